@@ -1,0 +1,92 @@
+"""The alert state machine for one asset/sensor/channel/kind.
+
+Raise after N consecutive readings at or above a level (debounce), escalate after N
+consecutive readings at a higher level, clear only after N consecutive readings below the
+clear threshold (threshold minus hysteresis). Only transitions produce records, so nothing
+that has not changed is re-sent. The state is a small dataclass the store persists in the
+same transaction as the alert it produced: a restart neither forgets nor repeats an alert.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+Transition = Literal["raised", "escalated", "cleared"]
+
+
+@dataclass(slots=True)
+class LifecycleState:
+    """Persisted per key. `active` is the raised level (0: no alert active)."""
+
+    active: int = 0
+    streak_level: int = 0  # lowest level seen over the current exceedance streak
+    streak: int = 0  # consecutive readings towards a raise or an escalation
+    clear_streak: int = 0  # consecutive readings below the clear threshold
+    raised_at: str | None = None  # UTC ISO time of the raise, for the record's evidence
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> LifecycleState:
+        known = {k: data[k] for k in cls.__slots__ if k in data}  # type: ignore[attr-defined]
+        return cls(**known)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """What one reading did: a transition (or None) and the level it concerns."""
+
+    transition: Transition | None
+    level: int
+
+
+def step(
+    state: LifecycleState,
+    level: int,
+    *,
+    below_clear: bool,
+    debounce: int,
+    now_iso: str,
+) -> Step:
+    """Advance the state machine by one reading (mutates `state`).
+
+    Args:
+        state: the key's state, updated in place.
+        level: the reading's level (0 none, 1 warning, 2 critical...).
+        below_clear: the reading is below the clear threshold (threshold minus hysteresis).
+        debounce: consecutive readings needed to raise, escalate or clear.
+        now_iso: the reading's UTC time, kept as raised_at on a raise.
+    """
+    if state.active == 0:
+        state.clear_streak = 0
+        if level <= 0:
+            state.streak, state.streak_level = 0, 0
+            return Step(None, 0)
+        state.streak_level = level if state.streak == 0 else min(state.streak_level, level)
+        state.streak += 1
+        if state.streak >= debounce:
+            state.active, state.raised_at = state.streak_level, now_iso
+            state.streak, state.streak_level = 0, 0
+            return Step("raised", state.active)
+        return Step(None, state.active)
+
+    # An alert is active: look for an escalation and for a clear, independently.
+    if level > state.active:
+        state.streak_level = level if state.streak == 0 else min(state.streak_level, level)
+        state.streak += 1
+    else:
+        state.streak, state.streak_level = 0, 0
+    state.clear_streak = state.clear_streak + 1 if below_clear else 0
+
+    if state.streak >= debounce:
+        state.active = state.streak_level
+        state.streak, state.streak_level = 0, 0
+        return Step("escalated", state.active)
+    if state.clear_streak >= debounce:
+        cleared_level = state.active
+        state.active, state.clear_streak, state.raised_at = 0, 0, None
+        state.streak, state.streak_level = 0, 0
+        return Step("cleared", cleared_level)
+    return Step(None, state.active)

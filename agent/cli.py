@@ -1,0 +1,116 @@
+"""`edge-agent`: run, check, demo, status, alerts, replay."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+EXIT_CONFIG = 2
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from agent.config import ConfigError, load_config
+    from agent.logs import setup_logging
+    from agent.runtime import Agent, run_until_signal
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            print(issue, file=sys.stderr)
+        return EXIT_CONFIG
+    setup_logging(args.log_level)
+    asyncio.run(run_until_signal(Agent(config)))
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from agent.config import main_check
+
+    return main_check(args.config, sys.stdout, sys.stderr)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from agent.demo import run_demo
+
+    return run_demo(duration_s=args.duration, life_s=args.life_s, workdir=args.workdir)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from agent.inspect import status
+
+    return status(args.config, sys.stdout)
+
+
+def _cmd_alerts(args: argparse.Namespace) -> int:
+    from agent.inspect import alerts
+
+    return alerts(args.config, sys.stdout, limit=args.limit)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-agent",
+        description="Vibration monitoring on the gateway: read sensors, compute severity and "
+        "time to failure, keep every alert on disk and forward it.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> None:
+        p.add_argument("-c", "--config", type=Path, required=True, help="YAML configuration")
+
+    p = sub.add_parser("run", help="run the agent")
+    with_config(p)
+    p.add_argument("--log-level", default="INFO")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("check", help="validate a configuration; exit 2 with every error")
+    with_config(p)
+    p.set_defaults(func=_cmd_check)
+
+    p = sub.add_parser("demo", help="run the whole chain here with simulators (no setup)")
+    p.add_argument("--duration", type=float, default=None,
+                   help="stop after this many seconds (default: until Ctrl-C)")
+    p.add_argument("--life-s", type=float, default=60.0,
+                   help="seconds until the simulated bearing fails (default 60)")
+    p.add_argument("--workdir", type=Path, default=None,
+                   help="keep the demo's files here instead of a temporary directory")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("status", help="store depth and, when reachable, the agent's /healthz")
+    with_config(p)
+    p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("alerts", help="print the most recent alerts from the store (JSON Lines)")
+    with_config(p)
+    p.add_argument("-n", "--limit", type=int, default=20)
+    p.set_defaults(func=_cmd_alerts)
+
+    try:
+        from agent import replay
+    except ImportError:  # replay lands with the analysis package
+        replay = None  # type: ignore[assignment]
+    if replay is not None:
+        p = sub.add_parser("replay", help="feed recorded waveforms through the analysis")
+        replay.add_arguments(p)
+        p.set_defaults(func=replay.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `edge-agent`."""
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `edge-agent alerts | head`
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

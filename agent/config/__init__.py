@@ -1,0 +1,54 @@
+"""Configuration: YAML -> validated, frozen models; errors with file:line:column."""
+
+from agent.config._check import CheckResult, check_file, main_check, summary
+from agent.config._errors import ConfigError, ConfigIssue
+from agent.config._loader import load_config
+from agent.config._models import (
+    Alerting,
+    Asset,
+    Bearing,
+    Config,
+    ExplicitLimits,
+    Failure,
+    Gateway,
+    Health,
+    HttpUplink,
+    Iso10816_1,
+    Iso10816_3,
+    ModbusTcp,
+    Sensor,
+    Store,
+    Uplink,
+    ZoneLimits,
+    parse_size,
+)
+from agent.config._zones import standard_label, zone_limits
+
+__all__ = [
+    "Alerting",
+    "Asset",
+    "Bearing",
+    "CheckResult",
+    "Config",
+    "ConfigError",
+    "ConfigIssue",
+    "ExplicitLimits",
+    "Failure",
+    "Gateway",
+    "Health",
+    "HttpUplink",
+    "Iso10816_1",
+    "Iso10816_3",
+    "ModbusTcp",
+    "Sensor",
+    "Store",
+    "Uplink",
+    "ZoneLimits",
+    "check_file",
+    "load_config",
+    "main_check",
+    "parse_size",
+    "standard_label",
+    "summary",
+    "zone_limits",
+]

@@ -1,0 +1,130 @@
+"""``edge-agent check``: validate a file, then print a summary or every issue."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+from urllib.parse import urlsplit, urlunsplit
+
+from agent.config._errors import ConfigIssue
+from agent.config._loader import collect
+from agent.config._models import Config
+from agent.config._zones import standard_label, zone_limits
+
+EXIT_OK = 0
+EXIT_INVALID = 2
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """The outcome of checking one file: a config, or the issues that prevent one.
+
+    Attributes:
+        config: the loaded configuration, None when there are issues.
+        issues: every problem found, sorted by position.
+    """
+
+    config: Config | None
+    issues: tuple[ConfigIssue, ...] = field(default=())
+
+    @property
+    def ok(self) -> bool:
+        """True when the file can be used."""
+        return self.config is not None and not self.issues
+
+
+def check_file(path: Path, *, environ: Mapping[str, str] | None = None) -> CheckResult:
+    """Load a configuration file without raising.
+
+    Args:
+        path: the YAML file.
+        environ: environment for ``${VAR}`` expansion; defaults to ``os.environ``.
+    """
+    config, issues = collect(path, environ)
+    return CheckResult(config, tuple(issues))
+
+
+def _num(x: float) -> str:
+    return f"{x:g}"
+
+
+def _size(n: int) -> str:
+    for unit, factor in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= factor:
+            return f"{n / factor:.4g} {unit}"
+    return f"{n} bytes"
+
+
+def _public_url(url: str) -> str:
+    """The URL without user:password, which would be a secret."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit(parts._replace(netloc=f"***@{netloc}"))
+
+
+def summary(config: Config) -> str:
+    """A short human description of what the agent will do with this configuration.
+
+    Never contains a token (nor the password of a URL).
+
+    Args:
+        config: a loaded configuration.
+    """
+    gw = config.gateway
+    lines = [f"gateway {gw.id}" + (f" (site {gw.site})" if gw.site else "")]
+    lines.append(f"{len(config.assets)} asset{'s' if len(config.assets) != 1 else ''}:")
+    for a in config.assets:
+        z = zone_limits(a.machine)
+        name = f' "{a.name}"' if a.name else ""
+        failure = _num(a.failure.threshold) if a.failure.threshold else f"{_num(z.cd)} (C/D)"
+        lines.append(
+            f"  {a.id}{name}: tier {a.tier}, {standard_label(a.machine)}, "
+            f"{_num(a.machine.rpm)} rpm; zones A/B {_num(z.ab)}, B/C {_num(z.bc)}, "
+            f"C/D {_num(z.cd)} mm/s; failure at {a.failure.metric} {failure}"
+        )
+    lines.append(f"{len(config.sensors)} sensor{'s' if len(config.sensors) != 1 else ''}:")
+    for s in config.sensors:
+        m = s.modbus
+        lines.append(
+            f"  {s.id} on {s.asset}: modbus tcp {m.host}:{m.port} device_id {m.device_id}, "
+            f"profile {m.profile}, channels {','.join(s.channels)}, "
+            f"every {_num(s.poll_interval_s)} s (timeout {_num(m.timeout_s)} s)"
+        )
+    if not config.uplinks:
+        lines.append("no uplinks: alerts stay in the local store")
+    else:
+        lines.append(f"{len(config.uplinks)} uplink{'s' if len(config.uplinks) != 1 else ''}:")
+    for u in config.uplinks:
+        h = u.http
+        source = f" from {h.token_file}" if h.token_file else ""
+        token = f"token set{source}" if h.token else "no token"
+        lines.append(f"  http {_public_url(h.url)} ({token}, batch {h.batch_size})")
+    st = config.store
+    lines.append(f"store {st.path}, budget {_size(st.max_bytes)}")
+    lines.append(f"health http://{config.health.host}:{config.health.port}/healthz")
+    return "\n".join(lines)
+
+
+def main_check(
+    path: Path, out: TextIO, err: TextIO, *, environ: Mapping[str, str] | None = None
+) -> int:
+    """``edge-agent check -c FILE``: the summary on ``out`` and 0, or each issue on ``err`` and 2.
+
+    Args:
+        path: the YAML file.
+        out: where the summary goes (stdout).
+        err: where issues go, one per line (stderr).
+        environ: environment for ``${VAR}`` expansion; defaults to ``os.environ``.
+    """
+    result = check_file(path, environ=environ)
+    if result.config is None:
+        for issue in result.issues:
+            print(issue, file=err)
+        return EXIT_INVALID
+    print(summary(result.config), file=out)
+    return EXIT_OK

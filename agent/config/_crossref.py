@@ -1,0 +1,235 @@
+"""Checks across entries that one model cannot see: ids, references, devices, files.
+
+They run on the parsed data even when validation found problems, so an integrator gets
+every error in one pass; entries too broken to compare are skipped (validation reports them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from agent.config._errors import ConfigIssue, KeyPath
+from agent.config._messages import did_you_mean
+from agent.config._models import ModbusTcp, Sensor
+from agent.config._source import SourceMap
+from drivers.reading import FEATURE_NAMES
+
+_MAX_TOKEN_BYTES = 64 * 1024
+
+
+def _entries(data: dict[str, Any], section: str) -> list[tuple[int, dict[str, Any]]]:
+    items = data.get(section)
+    if not isinstance(items, list):
+        return []
+    return [(i, e) for i, e in enumerate(items) if isinstance(e, dict)]
+
+
+def _line(smap: SourceMap, path: KeyPath) -> int:
+    node = smap.nodes.get(path)
+    return node.line if node else 0
+
+
+def _unique_ids(data: dict[str, Any], section: str, smap: SourceMap) -> list[ConfigIssue]:
+    issues = []
+    first: dict[str, int] = {}
+    what = section.rstrip("s")
+    for i, entry in _entries(data, section):
+        ident = entry.get("id")
+        if not isinstance(ident, str):
+            continue
+        if ident in first:
+            prev = _line(smap, (section, first[ident], "id"))
+            issues.append(
+                smap.issue(
+                    (section, i, "id"),
+                    f"duplicate {what} id '{ident}' (first used on line {prev}); "
+                    f"each {what} needs its own id",
+                )
+            )
+        else:
+            first[ident] = i
+    return issues
+
+
+def _as_int(value: Any, default: int) -> int | None:
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _channels(
+    sensor: dict[str, Any], i: int, profile: str, axes: tuple[str, ...], smap: SourceMap
+) -> list[ConfigIssue]:
+    """Each configured channel must be an axis the sensor's profile reads."""
+    given = sensor.get("channels", Sensor.model_fields["channels"].default)
+    if not isinstance(given, list | tuple):
+        return []
+    listed = sensor.get("channels") is not None
+    issues = []
+    for j, channel in enumerate(given):
+        if isinstance(channel, str) and channel not in axes:
+            path: KeyPath = ("sensors", i, "channels", j) if listed else ("sensors", i)
+            issues.append(
+                smap.issue(
+                    path,
+                    f"profile '{profile}' has no channel '{channel}'; its channels: "
+                    f"{', '.join(axes)}" + ("" if listed else " (set channels: to a subset)"),
+                )
+            )
+    return issues
+
+
+def _sensor_refs(
+    data: dict[str, Any],
+    smap: SourceMap,
+    profiles: frozenset[str],
+    axes_of: Callable[[str], tuple[str, ...] | None],
+) -> list[ConfigIssue]:
+    issues = []
+    asset_ids = list(
+        dict.fromkeys(a["id"] for _, a in _entries(data, "assets") if isinstance(a.get("id"), str))
+    )
+    endpoints: dict[tuple[str, int, int], tuple[int, str]] = {}
+    for i, sensor in _entries(data, "sensors"):
+        asset = sensor.get("asset")
+        if isinstance(asset, str) and asset_ids and asset not in asset_ids:
+            issues.append(
+                smap.issue(
+                    ("sensors", i, "asset"),
+                    f"no asset has id '{asset}'; known asset ids: {', '.join(asset_ids)}"
+                    + did_you_mean(asset, asset_ids),
+                )
+            )
+        modbus = sensor.get("modbus")
+        if not isinstance(modbus, dict):
+            continue
+        profile = modbus.get("profile", ModbusTcp.model_fields["profile"].default)
+        if isinstance(profile, str) and profile not in profiles:
+            known = sorted(profiles)
+            issues.append(
+                smap.issue(
+                    ("sensors", i, "modbus", "profile"),
+                    f"unknown register profile '{profile}'; known profiles: "
+                    f"{', '.join(known) or '(none installed)'}" + did_you_mean(profile, known),
+                )
+            )
+        elif isinstance(profile, str) and (axes := axes_of(profile)):
+            issues += _channels(sensor, i, profile, axes, smap)
+        host = modbus.get("host")
+        port = _as_int(modbus.get("port"), ModbusTcp.model_fields["port"].default)
+        unit = _as_int(modbus.get("device_id"), ModbusTcp.model_fields["device_id"].default)
+        if not isinstance(host, str) or port is None or unit is None:
+            continue
+        key = (host.strip().lower(), port, unit)
+        if key in endpoints:
+            j, other = endpoints[key]
+            where = ("sensors", i, "modbus", "device_id")
+            if where not in smap.nodes:
+                where = ("sensors", i, "modbus")
+            issues.append(
+                smap.issue(
+                    where,
+                    f"sensor polls the same Modbus device as sensor '{other}' (line "
+                    f"{_line(smap, ('sensors', j, 'modbus'))}): {host}:{port} device_id {unit}; "
+                    "give each sensor its own device_id, host or port",
+                )
+            )
+        else:
+            endpoints[key] = (i, str(sensor.get("id", f"#{i + 1}")))
+    return issues
+
+
+def _failure_metrics(data: dict[str, Any], smap: SourceMap) -> list[ConfigIssue]:
+    issues = []
+    names = sorted(FEATURE_NAMES)
+    for i, asset in _entries(data, "assets"):
+        failure = asset.get("failure")
+        metric = failure.get("metric") if isinstance(failure, dict) else None
+        if isinstance(metric, str) and metric not in FEATURE_NAMES:
+            issues.append(
+                smap.issue(
+                    ("assets", i, "failure", "metric"),
+                    f"unknown metric '{metric}'; expected one of {', '.join(names)}"
+                    + did_you_mean(metric, names),
+                )
+            )
+    return issues
+
+
+def read_tokens(
+    data: dict[str, Any], smap: SourceMap, base: Path
+) -> tuple[dict[int, str], list[ConfigIssue]]:
+    """Read every http uplink's ``token_file`` (whitespace stripped).
+
+    Args:
+        data: the parsed file.
+        smap: positions, for the issues.
+        base: directory that relative token_file paths are relative to (the config's).
+
+    Returns:
+        uplink index -> token, and the issues for files that are missing, unreadable or empty.
+        Issues name the file, never its content.
+    """
+    tokens: dict[int, str] = {}
+    issues = []
+    for i, uplink in _entries(data, "uplinks"):
+        http = uplink.get("http")
+        name = http.get("token_file") if isinstance(http, dict) else None
+        if not isinstance(name, str) or not name:
+            continue
+        path = ("uplinks", i, "http", "token_file")
+        file = base / Path(name).expanduser()
+        try:
+            with file.open("rb") as f:
+                raw = f.read(_MAX_TOKEN_BYTES + 1)
+        except FileNotFoundError:
+            msg = (
+                f"token file '{file}' does not exist; create it with the token as its only "
+                "content, or fix the path"
+            )
+        except IsADirectoryError:
+            msg = f"token file '{file}' is a directory; give the file that holds the token"
+        except ValueError:  # a NUL byte in the name
+            msg = f"token file name {name!r} is not a valid path; fix the path"
+        except OSError as exc:
+            msg = (
+                f"token file '{file}' cannot be read ({exc.strerror}); let the agent's user read it"
+            )
+        else:
+            token = raw.decode("utf-8", errors="replace").strip()
+            if len(raw) > _MAX_TOKEN_BYTES:
+                msg = f"token file '{file}' is larger than 64 KiB; it should hold only the token"
+            elif not token:
+                msg = f"token file '{file}' is empty; write the token into it"
+            else:
+                tokens[i] = token
+                continue
+        issues.append(smap.issue(path, msg))
+    return tokens, issues
+
+
+def cross_check(
+    data: dict[str, Any],
+    smap: SourceMap,
+    profile_names: Callable[[], frozenset[str]],
+    axes_of: Callable[[str], tuple[str, ...] | None],
+) -> list[ConfigIssue]:
+    """All checks between entries (see the module docstring).
+
+    Args:
+        data: the parsed file (plain dicts and lists, possibly invalid in places).
+        smap: positions, for the issues.
+        profile_names: the installed Modbus register profiles.
+        axes_of: a profile's channel names (None when it cannot be loaded).
+    """
+    issues = _unique_ids(data, "assets", smap) + _unique_ids(data, "sensors", smap)
+    issues += _sensor_refs(data, smap, frozenset(profile_names()), axes_of)
+    issues += _failure_metrics(data, smap)
+    return issues

@@ -1,0 +1,202 @@
+"""The configuration file's shape: pydantic models that forbid unknown keys.
+
+Every model is frozen: runtime code receives these objects and never a raw dict.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Id = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {
+    None: 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+
+
+def parse_size(value: object) -> int:
+    """Bytes from an int or a string such as "512MiB" or "2GB"."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 512MiB or 2GB")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        m = _SIZE_RE.match(value)
+        if m:
+            unit = m.group(2).lower() if m.group(2) else None
+            return int(float(m.group(1)) * _SIZE_UNITS[unit])
+    raise ValueError("expected a size such as 512MiB or 2GB")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Gateway(_Model):
+    id: Id
+    site: str | None = None
+
+
+class Iso10816_3(_Model):
+    """ISO 10816-3 / 20816-3: group 1 (300 kW-50 MW) or 2 (15-300 kW), rigid or flexible."""
+
+    standard: Literal["iso10816-3"]
+    group: Literal[1, 2]
+    foundation: Literal["rigid", "flexible"]
+    rpm: float = Field(gt=0, le=100_000)
+
+
+class Iso10816_1(_Model):
+    """ISO 10816-1 machine classes I-IV."""
+
+    standard: Literal["iso10816-1"]
+    class_: Literal["I", "II", "III", "IV"] = Field(alias="class")
+    rpm: float = Field(gt=0, le=100_000)
+
+
+class ZoneLimits(_Model):
+    """Explicit zone boundaries, velocity RMS in mm/s: A/B, B/C, C/D."""
+
+    ab: float = Field(gt=0)
+    bc: float = Field(gt=0)
+    cd: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ZoneLimits:
+        if not self.ab < self.bc < self.cd:
+            raise ValueError("zone limits must rise: ab < bc < cd")
+        return self
+
+
+class ExplicitLimits(_Model):
+    standard: Literal["limits"]
+    limits: ZoneLimits
+    rpm: float = Field(gt=0, le=100_000)
+
+
+Machine = Annotated[Iso10816_3 | Iso10816_1 | ExplicitLimits, Field(discriminator="standard")]
+
+
+class Bearing(_Model):
+    """Rolling-element bearing geometry, for the fault frequencies."""
+
+    balls: int = Field(ge=3, le=100)
+    ball_mm: float = Field(gt=0)
+    pitch_mm: float = Field(gt=0)
+    contact_deg: float = Field(default=0.0, ge=0, lt=90)
+
+
+class Failure(_Model):
+    """What "failed" means for time-to-failure: a metric reaching a threshold."""
+
+    metric: str = "velocity_rms_mm_s"
+    threshold: float | None = Field(default=None, gt=0)  # None: the machine's C/D boundary
+
+
+class Alerting(_Model):
+    """Alert lifecycle tuning."""
+
+    debounce: int = Field(default=3, ge=1, le=100)  # consecutive readings to raise or clear
+    hysteresis: float = Field(default=0.1, ge=0, lt=1)  # clear below threshold x (1 - h)
+
+
+class Asset(_Model):
+    id: Id
+    name: str = ""
+    tier: Literal[1, 2, 3] = 2
+    machine: Machine
+    bearing: Bearing | None = None
+    failure: Failure = Failure()
+    planning_horizon_hours: float = Field(default=168, gt=0)
+    alerting: Alerting = Alerting()
+
+
+class ModbusTcp(_Model):
+    host: str
+    port: int = Field(default=502, ge=1, le=65535)
+    device_id: int = Field(default=1, ge=0, le=247)
+    profile: str = "banner-qm30vt2"
+    timeout_s: float = Field(default=0.5, gt=0, le=30)
+
+
+class Sensor(_Model):
+    id: Id
+    asset: Id
+    modbus: ModbusTcp
+    poll_interval_s: float = Field(default=1.0, ge=0.05, le=3600)
+    channels: tuple[str, ...] = ("z", "x")
+
+    @model_validator(mode="after")
+    def _timeout_fits(self) -> Sensor:
+        if self.modbus.timeout_s >= self.poll_interval_s:
+            raise ValueError(
+                f"modbus.timeout_s ({self.modbus.timeout_s}) must be shorter than "
+                f"poll_interval_s ({self.poll_interval_s})"
+            )
+        return self
+
+
+class HttpUplink(_Model):
+    url: Annotated[str, Field(pattern=r"^https?://")]
+    token: str | None = None  # may be "${ENV_VAR}", expanded at load
+    token_file: Path | None = None
+    batch_size: int = Field(default=100, ge=1, le=10_000)
+    timeout_s: float = Field(default=10.0, gt=0, le=300)
+    max_backoff_s: float = Field(default=60.0, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _one_token(self) -> HttpUplink:
+        if self.token is not None and self.token_file is not None:
+            raise ValueError("give token or token_file, not both")
+        return self
+
+
+class Uplink(_Model):
+    http: HttpUplink
+
+
+class Store(_Model):
+    path: Path
+    max_bytes: int = 2 * 2**30
+
+    @field_validator("max_bytes", mode="before")
+    @classmethod
+    def _size(cls, v: object) -> int:
+        n = parse_size(v)
+        if n < 1 * 2**20:
+            raise ValueError("max_bytes must be at least 1MiB")
+        return n
+
+
+class Health(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(default=9108, ge=0, le=65535)  # 0: pick a free port
+
+
+class Config(_Model):
+    gateway: Gateway
+    assets: tuple[Asset, ...] = Field(min_length=1)
+    sensors: tuple[Sensor, ...] = Field(min_length=1)
+    uplinks: tuple[Uplink, ...] = ()
+    store: Store
+    health: Health = Health()
+
+    def asset(self, asset_id: str) -> Asset:
+        for a in self.assets:
+            if a.id == asset_id:
+                return a
+        raise KeyError(asset_id)

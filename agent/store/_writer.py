@@ -1,0 +1,279 @@
+"""The one thread that owns the SQLite connection, with group commit.
+
+Requests queue into the thread through a bounded queue. The thread takes everything that is
+queued, answers the reads against committed data, runs all the writes in ONE transaction
+(each in its own savepoint, so one bad request fails alone), commits (fsync, WAL,
+synchronous=FULL) and only then resolves the callers' asyncio futures with
+loop.call_soon_threadsafe. A crash before the commit returns acknowledges nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from agent.store._schema import is_full, primary_code, translate
+from agent.store.errors import StoreClosedError, StoreError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Op = Callable[[sqlite3.Connection], Any]
+
+MAX_GROUP = 512  # requests per transaction: bounds one commit's latency
+# Errors after which the whole transaction is rolled back, not just one request.
+_TXN_FATAL = (
+    sqlite3.SQLITE_FULL,
+    sqlite3.SQLITE_IOERR,
+    sqlite3.SQLITE_CORRUPT,
+    sqlite3.SQLITE_NOTADB,
+    sqlite3.SQLITE_BUSY,
+    sqlite3.SQLITE_LOCKED,
+    sqlite3.SQLITE_READONLY,
+    sqlite3.SQLITE_CANTOPEN,
+    sqlite3.SQLITE_NOMEM,
+)
+
+
+@dataclass(slots=True)
+class _Request:
+    op: Op
+    write: bool
+    future: asyncio.Future[Any]
+    what: str
+
+
+@dataclass(slots=True)
+class WriterCounters:
+    """How the group commit performed (for tests, benchmarks and health)."""
+
+    transactions: int = 0
+    write_requests: int = 0
+    read_requests: int = 0
+    failed_transactions: int = 0
+    max_group: int = 0
+    groups: list[int] = field(default_factory=list)  # last few group sizes, bounded
+
+    def note_group(self, n: int) -> None:
+        self.transactions += 1
+        self.write_requests += n
+        self.max_group = max(self.max_group, n)
+        self.groups.append(n)
+        del self.groups[:-64]
+
+
+_STOP = object()
+
+
+class Writer:
+    """Owns one sqlite3 connection on a dedicated thread.
+
+    Args:
+        path: the database file (for error messages).
+        opener: called on the thread; returns the open connection.
+        before_commit: called on the thread inside every write transaction, after the
+            requests ran (the disk budget is enforced there, in the same transaction).
+        queue_size: bound of the request queue; callers wait (asynchronously) beyond it.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        opener: Callable[[], sqlite3.Connection],
+        *,
+        before_commit: Callable[[sqlite3.Connection], None] | None = None,
+        queue_size: int = 1024,
+    ) -> None:
+        self._path = path
+        self._opener = opener
+        self._before_commit = before_commit
+        self._queue: queue.Queue[_Request | object] = queue.Queue(maxsize=queue_size)
+        self._slots: asyncio.Semaphore | None = None
+        self._queue_size = queue_size
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._closed: asyncio.Future[None] | None = None
+        self._accepting = False
+        self.counters = WriterCounters()
+
+    async def start(self) -> None:
+        """Start the thread and open the database on it; raises what opening raised."""
+        self._loop = asyncio.get_running_loop()
+        self._slots = asyncio.Semaphore(self._queue_size)
+        ready: asyncio.Future[None] = self._loop.create_future()
+        self._closed = self._loop.create_future()
+        self._thread = threading.Thread(
+            target=self._main,
+            args=(ready,),
+            name=f"store-writer[{self._path.name}]",
+            daemon=True,
+        )
+        self._thread.start()
+        await ready  # raises if opening failed (the thread has then exited)
+        self._accepting = True
+
+    async def stop(self) -> None:
+        """Run what is queued, close the connection, join the thread."""
+        if self._thread is None or self._closed is None:
+            return
+        self._accepting = False
+        if self._thread.is_alive():
+            # put() may block on a full queue: never on the event loop.
+            await asyncio.to_thread(self._queue.put, _STOP)
+            await asyncio.shield(self._closed)
+            await asyncio.to_thread(self._thread.join, 10.0)
+        self._thread = None
+
+    async def submit(self, op: Op, *, write: bool, what: str) -> Any:
+        """Queue `op(conn)` for the thread; returns its result once committed."""
+        if not self._accepting or self._loop is None or self._slots is None:
+            raise StoreClosedError(f"store {self._path} is not open", path=self._path)
+        await self._slots.acquire()  # bounded queue, without blocking the loop
+        future: asyncio.Future[Any] = self._loop.create_future()
+        try:
+            self._queue.put_nowait(_Request(op, write, future, what))
+        except BaseException:
+            self._slots.release()
+            raise
+        return await future
+
+    # --- thread side -------------------------------------------------------------------
+
+    def _resolve(self, req: _Request, result: Any, exc: BaseException | None) -> None:
+        assert self._loop is not None
+
+        def done() -> None:
+            assert self._slots is not None
+            self._slots.release()
+            if req.future.done():  # the caller was cancelled; the work still happened
+                return
+            if exc is None:
+                req.future.set_result(result)
+            else:
+                req.future.set_exception(exc)
+
+        self._loop.call_soon_threadsafe(done)
+
+    def _main(self, ready: asyncio.Future[None]) -> None:
+        assert self._loop is not None and self._closed is not None
+        try:
+            conn = self._opener()
+        except BaseException as exc:  # hand every opening failure to the awaiting caller
+            self._loop.call_soon_threadsafe(_settle, ready, None, exc)
+            self._loop.call_soon_threadsafe(_settle, self._closed, None, None)
+            return
+        self._loop.call_soon_threadsafe(_settle, ready, None, None)
+        try:
+            stop = False
+            while not stop:
+                batch: list[_Request] = []
+                item = self._queue.get()
+                while True:
+                    if item is _STOP:
+                        stop = True
+                    else:
+                        assert isinstance(item, _Request)
+                        batch.append(item)
+                    if len(batch) >= MAX_GROUP:
+                        break
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                self._run_group(conn, batch)
+        finally:
+            self._accepting = False
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+            # Nothing may wait forever on a thread that is gone.
+            closed = StoreClosedError(f"store {self._path} was closed", path=self._path)
+            while True:
+                try:
+                    left = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if isinstance(left, _Request):
+                    self._resolve(left, None, closed)
+            self._loop.call_soon_threadsafe(_settle, self._closed, None, None)
+
+    def _run_group(self, conn: sqlite3.Connection, batch: list[_Request]) -> None:
+        # Concurrent requests have no order among themselves, so reads may go first,
+        # against committed data only: no caller ever sees a write that could roll back.
+        writes = [r for r in batch if r.write]
+        for req in batch:
+            if not req.write:
+                self.counters.read_requests += 1
+                try:
+                    self._resolve(req, req.op(conn), None)
+                except Exception as exc:
+                    self._resolve(req, None, self._wrap(exc, req.what))
+        if writes:
+            self._transaction(conn, writes)
+
+    def _wrap(self, exc: BaseException, what: str) -> BaseException:
+        if isinstance(exc, StoreError):
+            return exc
+        if isinstance(exc, sqlite3.Error | OSError):
+            err = translate(exc, self._path, what)
+            err.__cause__ = exc
+            return err
+        return exc  # a programming or data error (e.g. NaN in a record): the caller's
+
+    def _transaction(self, conn: sqlite3.Connection, writes: list[_Request]) -> None:
+        outcomes: list[tuple[_Request, Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for req in writes:
+                conn.execute("SAVEPOINT req")
+                try:
+                    result = req.op(conn)
+                except Exception as exc:
+                    if primary_code(exc) in _TXN_FATAL or is_full(exc):
+                        raise
+                    conn.execute("ROLLBACK TO req")
+                    conn.execute("RELEASE req")
+                    outcomes.append((req, None, self._wrap(exc, req.what)))
+                    continue
+                conn.execute("RELEASE req")
+                outcomes.append((req, result, None))
+            if self._before_commit is not None:
+                self._before_commit(conn)
+            conn.execute("COMMIT")  # returns after the WAL is fsynced (synchronous=FULL)
+        except Exception as exc:
+            with contextlib.suppress(sqlite3.Error):
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            self.counters.failed_transactions += 1
+            err = self._wrap(exc, f"a transaction of {len(writes)} request(s)")
+            if is_full(exc):
+                log.error(
+                    "store %s is FULL: %d write(s) rolled back, none acknowledged; "
+                    "will retry on the next write",
+                    self._path,
+                    len(writes),
+                )
+            else:
+                log.error("store %s transaction failed, rolled back: %s", self._path, exc)
+            for req in writes:
+                self._resolve(req, None, err)
+            return
+        self.counters.note_group(len(writes))
+        for req, result, err in outcomes:
+            self._resolve(req, result, err)
+
+
+def _settle(fut: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    if fut.done():
+        return
+    if exc is None:
+        fut.set_result(result)
+    else:
+        fut.set_exception(exc)

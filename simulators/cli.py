@@ -1,0 +1,49 @@
+"""`edge-sim`: sensor and backend simulators, each a process of its own as in a plant."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+
+
+def _parser() -> argparse.ArgumentParser:
+    from simulators import backend, modbus
+
+    parser = argparse.ArgumentParser(prog="edge-sim", description=__doc__)
+    parser.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    m = sub.add_parser("modbus", help="Modbus TCP server with QM30VT2 sensors and scenarios")
+    modbus.add_arguments(m)
+    m.set_defaults(serve=modbus.serve)
+    b = sub.add_parser("backend", help="portfolio backend: accepts alert batches, dedupes")
+    backend.add_arguments(b)
+    b.set_defaults(serve=backend.serve)
+    return parser
+
+
+async def _serve_until_signal(serve: Callable[[argparse.Namespace], Awaitable[None]],
+                              args: argparse.Namespace) -> None:
+    task = asyncio.ensure_future(serve(args))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `edge-sim`."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(_serve_until_signal(args.serve, args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

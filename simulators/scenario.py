@@ -1,0 +1,176 @@
+"""Per-device value generators over time, for the sensor simulators.
+
+A scenario maps a time (seconds since the simulator started) to feature values per
+channel: ``{"z": {...}, "x": {...}, "all": {"temperature_c": ...}}``, with the canonical
+feature names of ``drivers/reading.py``. Noise is a pure function of (seed, channel,
+feature, 100 ms tick), so a run is reproducible and the value at a time does not depend
+on how often it is asked for.
+
+Levels are those of a group 2 machine on a rigid foundation (ISO 10816-3: A/B 1.4,
+B/C 2.8, C/D 4.5 mm/s).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+Sample = dict[str, dict[str, float]]  # channel ("z", "x", "all") -> feature -> value
+
+SCENARIOS = ("healthy", "degrade")
+
+# Healthy Z-axis levels (zone A/B); the X axis runs at AXIS_X_RATIO of the amplitudes.
+HEALTHY: Mapping[str, float] = {
+    "velocity_rms_mm_s": 1.0,
+    "velocity_peak_mm_s": 1.45,
+    "accel_rms_g": 0.2,
+    "accel_peak_g": 0.7,
+    "hf_accel_rms_g": 0.05,
+    "kurtosis": 3.0,
+    "crest_factor": 3.5,
+    "peak_frequency_hz": 24.7,  # 1x of a 1480 rpm motor
+}
+HEALTHY_TEMPERATURE_C = 45.0
+AXIS_X_RATIO = 0.8
+_AMPLITUDES = {
+    "velocity_rms_mm_s",
+    "velocity_peak_mm_s",
+    "accel_rms_g",
+    "accel_peak_g",
+    "hf_accel_rms_g",
+}
+NOISE_TICK_S = 0.1
+
+
+class Scenario(Protocol):
+    """Anything that gives feature values for a time."""
+
+    def sample(self, t_s: float) -> Sample:
+        """Feature values per channel at ``t_s`` seconds after the simulator started."""
+        ...
+
+
+def _noise(seed: int, key: str, t_s: float) -> float:
+    """A standard-normal draw fixed by (seed, key, tick): deterministic and stateless."""
+    tick = math.floor(t_s / NOISE_TICK_S)
+    return random.Random(f"{seed}/{key}/{tick}").gauss(0.0, 1.0)
+
+
+def _axes(z: Mapping[str, float], temperature_c: float) -> Sample:
+    x = {k: v * AXIS_X_RATIO if k in _AMPLITUDES else v for k, v in z.items()}
+    return {"z": dict(z), "x": x, "all": {"temperature_c": temperature_c}}
+
+
+def _with_noise(sample: Sample, seed: int, t_s: float, rel: float, temp_abs: float) -> Sample:
+    out: Sample = {}
+    for channel, features in sample.items():
+        out[channel] = {}
+        for name, value in features.items():
+            n = _noise(seed, f"{channel}/{name}", t_s)
+            if name == "temperature_c":
+                out[channel][name] = value + temp_abs * n
+            elif name == "peak_frequency_hz":
+                out[channel][name] = value  # the shaft speed does not jitter
+            else:
+                out[channel][name] = max(0.0, value * (1.0 + rel * n))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Healthy:
+    """A healthy machine: small noise around zone A/B values.
+
+    Attributes:
+        seed: noise seed.
+        noise: relative standard deviation of the amplitudes.
+    """
+
+    seed: int = 0
+    noise: float = 0.02
+
+    def sample(self, t_s: float) -> Sample:
+        """See Scenario.sample."""
+        return _with_noise(_axes(HEALTHY, HEALTHY_TEMPERATURE_C), self.seed, t_s, self.noise, 0.2)
+
+
+@dataclass(frozen=True, slots=True)
+class Degrade:
+    """A rolling-element bearing that degrades on an exponential path, then holds.
+
+    Velocity RMS follows ``v0 + (v_end - v0) * (exp(t/life) - 1) / (e - 1)`` up to
+    ``life_s`` and holds at ``v_end`` after. With ``life_s=60`` it crosses 2.8 mm/s (zone C)
+    at about 22 s and 4.5 mm/s (zone D) at about 37 s, and reaches 8 mm/s at 60 s.
+    Kurtosis, crest factor and high-frequency acceleration follow the same path 25 % faster
+    (full at 0.8 x ``life_s``), as impacts show before the overall level does.
+
+    Attributes:
+        seed: noise seed.
+        life_s: seconds from healthy to the end level.
+        noise: relative standard deviation of the amplitudes.
+        v_end: velocity RMS at the end of life, mm/s.
+    """
+
+    seed: int = 0
+    life_s: float = 60.0
+    noise: float = 0.02
+    v_end: float = 8.0
+
+    def progress(self, t_s: float) -> float:
+        """0 at the start, 1 at ``life_s`` and after; exponential in between."""
+        x = min(max(t_s, 0.0), self.life_s) / self.life_s
+        return (math.exp(x) - 1.0) / (math.e - 1.0)
+
+    def sample(self, t_s: float) -> Sample:
+        """See Scenario.sample."""
+        p = self.progress(t_s)
+        early = self.progress(t_s * 1.25)
+        v = HEALTHY["velocity_rms_mm_s"] + (self.v_end - HEALTHY["velocity_rms_mm_s"]) * p
+        crest = HEALTHY["crest_factor"] + 2.5 * early
+        accel = HEALTHY["accel_rms_g"] + 1.0 * p
+        z = {
+            "velocity_rms_mm_s": v,
+            "velocity_peak_mm_s": v * 1.45,
+            "accel_rms_g": accel,
+            "accel_peak_g": accel * crest,
+            "hf_accel_rms_g": HEALTHY["hf_accel_rms_g"] + 0.75 * early,
+            "kurtosis": HEALTHY["kurtosis"] + 6.0 * early,
+            "crest_factor": crest,
+            "peak_frequency_hz": HEALTHY["peak_frequency_hz"],
+        }
+        sample = _axes(z, HEALTHY_TEMPERATURE_C + 12.0 * p)
+        return _with_noise(sample, self.seed, t_s, self.noise, 0.2)
+
+
+@dataclass(frozen=True, slots=True)
+class Constant:
+    """Fixed values, no noise: for tests that must tell devices apart by value.
+
+    Attributes:
+        values: feature -> value, applied to every axis (``temperature_c`` to ``all``).
+    """
+
+    values: Mapping[str, float] = field(default_factory=lambda: dict(HEALTHY))
+
+    def sample(self, t_s: float) -> Sample:
+        """See Scenario.sample."""
+        axis = {k: v for k, v in self.values.items() if k != "temperature_c"}
+        out: Sample = {"z": dict(axis), "x": dict(axis)}
+        if "temperature_c" in self.values:
+            out["all"] = {"temperature_c": self.values["temperature_c"]}
+        return out
+
+
+def make_scenario(name: str, *, seed: int = 0, life_s: float = 60.0) -> Scenario:
+    """The scenario called ``name`` (one of SCENARIOS).
+
+    Raises:
+        ValueError: unknown name.
+    """
+    if name == "healthy":
+        return Healthy(seed=seed)
+    if name == "degrade":
+        return Degrade(seed=seed, life_s=life_s)
+    raise ValueError(f"unknown scenario {name!r}; expected one of {', '.join(SCENARIOS)}")

@@ -1,0 +1,74 @@
+"""Each alert state machine transition, including a restart (persist + restore) in between."""
+
+from __future__ import annotations
+
+import json
+
+from agent.analysis.lifecycle import LifecycleState, Step, step
+
+T = "2026-11-23T10:00:00.000Z"
+
+
+def feed(
+    state: LifecycleState, levels: list[int], below: list[bool] | None = None, debounce: int = 3
+) -> list[Step]:
+    below = below or [False] * len(levels)
+    return [
+        step(state, lv, below_clear=b, debounce=debounce, now_iso=T)
+        for lv, b in zip(levels, below, strict=True)
+    ]
+
+
+def transitions(steps: list[Step]) -> list[tuple[str, int]]:
+    return [(s.transition, s.level) for s in steps if s.transition]
+
+
+def test_raise_needs_n_consecutive_exceedances() -> None:
+    st = LifecycleState()
+    assert transitions(feed(st, [1, 1, 0, 1, 1])) == []  # streak broken by a 0
+    assert transitions(feed(st, [1])) == [("raised", 1)]
+    assert st.active == 1 and st.raised_at == T
+
+
+def test_raise_at_the_lowest_level_of_the_streak_then_escalate() -> None:
+    st = LifecycleState()
+    assert transitions(feed(st, [1, 2, 2])) == [("raised", 1)]
+    assert transitions(feed(st, [2, 2])) == []
+    assert transitions(feed(st, [2])) == [("escalated", 2)]
+    assert st.active == 2
+
+
+def test_no_resend_while_unchanged() -> None:
+    st = LifecycleState()
+    feed(st, [2, 2, 2])
+    assert transitions(feed(st, [2] * 50 + [1] * 50)) == []  # falling back to C is no news
+
+
+def test_clear_needs_n_consecutive_readings_below_hysteresis() -> None:
+    st = LifecycleState()
+    feed(st, [1, 1, 1])
+    # Level 0 but not below the clear threshold (inside the hysteresis band): stays raised.
+    assert transitions(feed(st, [0, 0, 0, 0], below=[False] * 4)) == []
+    assert transitions(feed(st, [0, 0, 1, 0], below=[True, True, False, True])) == []
+    assert transitions(feed(st, [0, 0], below=[True, True])) == [("cleared", 1)]
+    assert st.active == 0 and st.raised_at is None
+    assert transitions(feed(st, [1, 1, 1])) == [("raised", 1)]  # can raise again
+
+
+def test_restart_between_transitions_neither_repeats_nor_forgets() -> None:
+    st = LifecycleState()
+    feed(st, [1, 2, 2])  # raised at 1, escalation streak not started
+    feed(st, [2, 2])  # two of three towards escalation
+    saved = json.dumps(st.to_dict())
+    restored = LifecycleState.from_dict(json.loads(saved))
+    assert restored == st
+    # After the restart, the same machine state yields no second "raised"...
+    assert transitions(feed(restored, [2])) == [("escalated", 2)]
+    # ...and a fresh state (a forgetful agent) would have raised again: the test can fail.
+    assert transitions(feed(LifecycleState(), [2, 2, 2])) == [("raised", 2)]
+
+
+def test_debounce_one_reacts_immediately() -> None:
+    st = LifecycleState()
+    assert transitions(feed(st, [2], debounce=1)) == [("raised", 2)]
+    assert transitions(feed(st, [0], below=[True], debounce=1)) == [("cleared", 2)]

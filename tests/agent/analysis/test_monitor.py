@@ -1,0 +1,119 @@
+"""The monitor turns readings into schema-valid alert drafts and persistable state."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from agent.analysis.monitor import Monitor
+from agent.config import Config
+from drivers.reading import Reading
+
+SCHEMA = json.loads(
+    (Path(__file__).resolve().parents[3] / "agent" / "schemas" / "alert-v1.json").read_text()
+)
+
+
+def config(tmp_path: Path, debounce: int = 3) -> Config:
+    return Config.model_validate(
+        {
+            "gateway": {"id": "gw-t"},
+            "assets": [
+                {
+                    "id": "press-7",
+                    "name": "Press 7",
+                    "tier": 1,
+                    "machine": {
+                        "standard": "iso10816-3",
+                        "group": 2,
+                        "foundation": "rigid",
+                        "rpm": 1480,
+                    },
+                    "alerting": {"debounce": debounce, "hysteresis": 0.1},
+                }
+            ],
+            "sensors": [
+                {
+                    "id": "m1",
+                    "asset": "press-7",
+                    "modbus": {"host": "127.0.0.1", "port": 5020, "device_id": 1},
+                }
+            ],
+            "store": {"path": str(tmp_path / "o.db")},
+        }
+    )
+
+
+def readings(values: list[float], start: datetime | None = None) -> list[Reading]:
+    t0 = start or datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
+    return [
+        Reading("m1", "z", t0 + timedelta(seconds=i), {"velocity_rms_mm_s": v, "kurtosis": 3.1})
+        for i, v in enumerate(values)
+    ]
+
+
+def run(monitor: Monitor, values: list[float]) -> list[dict]:
+    out = []
+    for seq, r in enumerate(readings(values), start=1):
+        for d in monitor.update(r).drafts:
+            out.append(d.record(gateway_id="gw-t", seq=seq))
+    return out
+
+
+def test_zone_c_then_d_then_clear(tmp_path: Path) -> None:
+    m = Monitor(config(tmp_path))
+    recs = run(m, [1.0, 2.9, 3.0, 3.1, 4.6, 4.7, 4.8, 2.6, 2.0, 2.0, 2.0])
+    assert [(r["state"], r["severity"]["zone"], r["severity"]["level"]) for r in recs] == [
+        ("raised", "C", "warning"),
+        ("escalated", "D", "critical"),
+        ("cleared", "B", "info"),
+    ]
+    raised = recs[0]
+    assert raised["severity"]["value"] == 3.1 and raised["severity"]["threshold"] == 2.8
+    assert raised["severity"]["standard"] == "ISO 10816-3 group 2 rigid"
+    assert raised["detected_at"] == "2026-11-23T08:00:03.000Z"
+    assert raised["asset"] == {"id": "press-7", "name": "Press 7", "tier": 1}
+    assert raised["evidence"]["features"]["kurtosis"] == 3.1
+    assert recs[1]["severity"]["threshold"] == 4.5
+    assert recs[2]["severity"]["threshold"] == pytest.approx(2.52)
+    for r in recs:
+        jsonschema.validate(r, SCHEMA)
+
+
+def test_state_survives_a_restart(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    m = Monitor(cfg)
+    saved: dict[str, str] = {}
+    for r in readings([3.0, 3.0, 3.0, 3.0]):
+        saved.update(m.update(r).state)
+    assert list(saved) == ["press-7/m1/z/severity"]
+    again = Monitor(cfg, state=saved)
+    drafts = [d for r in readings([3.0] * 10) for d in again.update(r).drafts]
+    assert drafts == []  # the raised alert is remembered, not re-sent as new
+    forgetful = Monitor(cfg)
+    assert [d.state for r in readings([3.0] * 3) for d in forgetful.update(r).drafts] == ["raised"]
+
+
+def test_bad_quality_and_missing_velocity_are_skipped(tmp_path: Path) -> None:
+    m = Monitor(config(tmp_path, debounce=1))
+    t = datetime(2026, 11, 23, tzinfo=UTC)
+    assert m.update(Reading("m1", "z", t, {"velocity_rms_mm_s": 9.0}, quality="bad")).drafts == []
+    assert m.update(Reading("m1", "z", t, {"kurtosis": 9.0})).drafts == []
+    assert m.update(Reading("m1", "z", t, {"velocity_rms_mm_s": float("nan")})).drafts == []
+    assert m.skipped_total == 3
+    assert [
+        d.state for d in m.update(Reading("m1", "z", t, {"velocity_rms_mm_s": 9.0})).drafts
+    ] == ["raised"]
+
+
+def test_unconfigured_sensor_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(KeyError):
+        Monitor(config(tmp_path)).update(
+            readings([1.0])[0].__class__(
+                "ghost", "z", datetime(2026, 1, 1, tzinfo=UTC), {"velocity_rms_mm_s": 1.0}
+            )
+        )

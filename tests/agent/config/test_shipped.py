@@ -1,0 +1,114 @@
+"""The shipped files load cleanly; sizes parse; the summary shows what matters, no secrets."""
+
+from __future__ import annotations
+
+import io
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+from agent.config import load_config, main_check, parse_size, summary
+from tests.agent.config.helpers import VALID, lines, write
+
+ROOT = Path(__file__).resolve().parents[3]
+DEMO_ENV = {
+    "EDGE_DEMO_DIR": "/tmp/edge-demo-x",
+    "EDGE_DEMO_MODBUS_PORT": "40211",
+    "EDGE_DEMO_BACKEND_URL": "http://127.0.0.1:40212/v1/alerts",
+    "EDGE_DEMO_TOKEN": "demo-secret",
+}
+
+
+def test_example_passes_check_without_environment() -> None:
+    config = load_config(ROOT / "config" / "example.yaml", environ={})
+    assert config.gateway.id == "gw-01"
+    assert config.uplinks[0].http.token == "change-me"
+    out, err = io.StringIO(), io.StringIO()
+    assert main_check(ROOT / "config" / "example.yaml", out, err) == 0, err.getvalue()
+    assert "change-me" not in out.getvalue()
+
+
+def test_example_documents_every_option() -> None:
+    """Every key of every model is named in example.yaml (as a key or in a comment)."""
+    from agent.config import _models
+    from agent.config._schema import is_model, keys_of
+
+    text = (ROOT / "config" / "example.yaml").read_text()
+    models = [m for m in vars(_models).values() if is_model(m) and m.__module__ == _models.__name__]
+    missing = [f"{m.__name__}.{k}" for m in models for k in keys_of(m) if f"{k}:" not in text]
+    assert missing == []
+
+
+def test_demo_config_loads_with_the_demo_environment() -> None:
+    demo = resources.files("agent") / "demo.yaml"
+    with resources.as_file(demo) as path:
+        config = load_config(path, environ=DEMO_ENV)
+    assert config.store.path == Path("/tmp/edge-demo-x/outbox.db")
+    assert config.health.port == 0
+    by_unit = {s.modbus.device_id: s for s in config.sensors}
+    assert {s.modbus.port for s in config.sensors} == {40211}
+    assert by_unit[1].asset == "press-7" and config.asset("press-7").tier == 1
+    assert config.asset(by_unit[2].asset).tier == 2
+    assert all(s.poll_interval_s == 0.5 and s.modbus.timeout_s == 0.3 for s in config.sensors)
+    assert all(a.alerting.debounce == 3 for a in config.assets)
+    assert config.uplinks[0].http.url.endswith("/v1/alerts")
+    assert config.uplinks[0].http.token == "demo-secret"
+    assert "demo-secret" not in summary(config)
+
+
+def test_demo_config_names_missing_demo_variables() -> None:
+    with resources.as_file(resources.files("agent") / "demo.yaml") as path:
+        found = lines(path, environ={})
+    assert len(found) == 5 and all("environment variable EDGE_DEMO_" in f for f in found)
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        (1048576, 2**20),
+        ("1MiB", 2**20),
+        ("512 MiB", 512 * 2**20),
+        ("2GiB", 2 * 2**30),
+        ("2gb", 2 * 10**9),
+        ("1.5GB", 1_500_000_000),
+        ("3000000B", 3_000_000),
+        ("5000000", 5_000_000),
+    ],
+)
+def test_size_strings(tmp_path: Path, given: object, expected: int) -> None:
+    assert parse_size(given) == expected
+    text = VALID.replace("{path: /tmp/outbox.db}", f"{{path: /tmp/outbox.db, max_bytes: {given}}}")
+    assert load_config(write(tmp_path, text), environ={}).store.max_bytes == expected
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ("lots", "got 'lots'; expected a size such as 512MiB or 2GB"),
+        ("2 GiBs", "got '2 GiBs'; expected a size such as 512MiB or 2GB"),
+        ("512KiB", "got '512KiB'; max_bytes must be at least 1MiB"),
+        ("true", "got true; expected a size such as 512MiB or 2GB"),
+    ],
+)
+def test_bad_sizes(tmp_path: Path, given: str, message: str) -> None:
+    text = VALID.replace("{path: /tmp/outbox.db}", f"{{path: /tmp/outbox.db, max_bytes: {given}}}")
+    assert lines(write(tmp_path, text)) == [f"config.yaml:9:42: store.max_bytes: {message}"]
+
+
+def test_summary_lists_assets_sensors_uplinks_and_store(tmp_path: Path) -> None:
+    text = VALID + "uplinks:\n  - http: {url: 'https://u:pw@x.example/v1/alerts', token: t0k}\n"
+    text = text.replace("{path: /tmp/outbox.db}", "{path: /tmp/outbox.db, max_bytes: 512MiB}")
+    assert summary(load_config(write(tmp_path, text), environ={})) == (
+        "gateway gw-01\n"
+        "1 asset:\n"
+        "  press-7: tier 2, ISO 10816-3 group 2 rigid, 1480 rpm; zones A/B 1.4, B/C 2.8, "
+        "C/D 4.5 mm/s; failure at velocity_rms_mm_s 4.5 (C/D)\n"
+        "1 sensor:\n"
+        "  m1-de on press-7: modbus tcp 10.0.0.21:502 device_id 1, profile banner-qm30vt2, "
+        "channels z,x, every 1 s (timeout 0.5 s)\n"
+        "1 uplink:\n"
+        "  http https://***@x.example/v1/alerts (token set, batch 100)\n"
+        "store /tmp/outbox.db, budget 512 MiB\n"
+        "health http://127.0.0.1:9108/healthz"
+    )

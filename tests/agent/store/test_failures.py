@@ -1,0 +1,197 @@
+"""The outbox under failure: corrupt file, full disk, disk budget. Real files, real mounts."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.store import Outbox, StoreFullError
+from agent.store._schema import SEQ_FLOOR_PER_SECOND
+from tests.agent.store._drafts import draft
+
+BIG = 1 << 30
+
+
+def _read(path: Path) -> bytes:
+    return path.read_bytes()
+
+
+def outbox(path: Path, max_bytes: int = BIG) -> Outbox:
+    return Outbox(path, gateway_id="gw-01", max_bytes=max_bytes)
+
+
+async def test_not_a_database_is_quarantined_not_deleted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = tmp_path / "outbox.db"
+    garbage = b"this is not a database, it is a power cut's leftovers\n" * 200
+    db.write_bytes(garbage)
+    (tmp_path / "outbox.db-wal").write_bytes(b"wal leftovers")
+    with caplog.at_level(logging.ERROR):
+        async with outbox(db) as ob:
+            [rec] = await ob.append([draft()])
+            [q] = await ob.quarantines()
+            stats = await ob.stats()
+    kept = Path(q["path"])
+    assert kept.parent == tmp_path and kept.name.startswith("outbox.db.corrupt-")
+    assert _read(kept) == garbage  # kept byte for byte, with its WAL
+    assert _read(kept.with_name(kept.name + "-wal")) == b"wal leftovers"
+    assert ob.quarantined is not None and stats.quarantined_total == 1
+    # Nothing readable: seq restarts at the wall-clock floor, above any plausible old seq.
+    assert q["recovered_seq"] is None
+    assert rec["seq"] == q["seq_restart"] >= int(time.time() - 60) * SEQ_FLOOR_PER_SECOND
+    assert any("STORE CORRUPT" in r.message and r.levelno == logging.ERROR for r in caplog.records)
+
+
+async def test_damaged_pages_quarantined_and_seq_continues(tmp_path: Path) -> None:
+    db = tmp_path / "outbox.db"
+    async with outbox(db) as ob:
+        for i in range(40):
+            await ob.append([draft(i=i)])
+    size = db.stat().st_size
+    page = 4096
+    with db.open("r+b") as f:  # scribble over every page but the first (schema) page
+        for off in range(page, size, page):
+            f.seek(off + 100)
+            f.write(os.urandom(page - 200))
+    async with outbox(db) as ob:
+        [rec] = await ob.append([draft()])
+        [q] = await ob.quarantines()
+    assert _read(Path(q["path"]))
+    assert rec["seq"] > 40, "a reused seq would be dropped by the backend as a duplicate"
+    print(
+        f"\nquarantined {Path(q['path']).name}: recovered seq {q['recovered_seq']}, "
+        f"restart {q['seq_restart']} ({q['reason'][:80]})"
+    )
+
+
+@contextlib.contextmanager
+def small_disk(where: Path, size: str = "2m") -> Iterator[Path | None]:
+    """A real tmpfs of `size` mounted at `where`, or None if mounting is not allowed."""
+    where.mkdir()
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=10,
+    )
+    if res.returncode != 0:
+        yield None
+        return
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False, timeout=10)
+
+
+def fill(path: Path) -> int:
+    """Write until the file system says ENOSPC; returns bytes written."""
+    n = 0
+    chunk = b"\0" * 65536
+    with path.open("wb") as f:
+        try:
+            for _ in range(10_000):  # bounded: 640 MB at most
+                n += f.write(chunk)
+                f.flush()
+            raise AssertionError("the small disk never filled up")
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+    # top up the last partial block with small writes
+    with contextlib.suppress(OSError), path.open("ab") as f:
+        for _ in range(65536 // 512):
+            f.write(b"\0" * 512)
+            f.flush()
+    return n
+
+
+async def test_disk_full_is_reported_and_contained(tmp_path: Path) -> None:
+    with small_disk(tmp_path / "mnt") as mnt:
+        if mnt is None:
+            pytest.skip("cannot mount a tmpfs here (needs root); see the max_page_count test")
+        db = mnt / "outbox.db"
+        async with outbox(db) as ob:
+            before = await ob.append([draft(i=i) for i in range(3)], {"k": "1"})
+            filler = mnt / "filler"
+            fill(filler)
+            with pytest.raises(StoreFullError) as info:
+                # Enough data that the WAL must grow into space that is not there.
+                await ob.append([draft(i=i, blob="x" * 2000) for i in range(40)], {"k": "2"})
+            assert info.value.code is not None and "FULL" in info.value.code
+            # Contained: nothing of it was stored, the store still answers.
+            stats = await ob.stats()
+            assert (stats.pending, stats.last_seq) == (3, 3)
+            assert (await ob.load_state()) == {"k": "1"}
+            filler.unlink()  # space is back
+            after = await ob.append([draft(i=9)], {"k": "3"})
+        assert [r["seq"] for r in before + after] == [1, 2, 3, 4]
+        async with outbox(db) as ob:  # and what was acknowledged is all still there
+            assert [a.seq for a in await ob.next_batch(10)] == [1, 2, 3, 4]
+            assert (await ob.load_state()) == {"k": "3"}
+
+
+async def test_budget_prunes_delivered_then_evicts_lowest_tier(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    budget = 320 * 1024
+    pad = "y" * 1500
+    async with outbox(tmp_path / "outbox.db", max_bytes=budget) as ob:
+        delivered = await ob.append([draft(2, i, blob=pad) for i in range(60)])
+        await ob.mark_delivered(r["seq"] for r in delivered)
+        tier1 = []
+        with caplog.at_level(logging.ERROR):
+            for i in range(60):  # each round: one tier-1 and two tier-3 alerts
+                tier1 += await ob.append([draft(1, i, blob=pad)])
+                await ob.append([draft(3, i, blob=pad), draft(3, i + 1, blob=pad)])
+        stats = await ob.stats()
+        pending = await ob.next_batch(1000)
+    assert stats.delivered_pruned_total == 60 and stats.delivered == 0  # delivered went first
+    assert stats.evicted_total > 0
+    assert stats.pending + stats.evicted_total == 180  # every alert accounted for
+    assert {a.seq for a in pending if a.tier == 1} == {r["seq"] for r in tier1}
+    evicted_logs = [r for r in caplog.records if "evicted UNDELIVERED" in r.message]
+    assert len(evicted_logs) == stats.evicted_total
+    assert all(getattr(r, "tier", None) == 3 for r in evicted_logs)
+    assert "gw-01-" in evicted_logs[0].message  # logged with its alert_id
+
+
+async def test_reopen_after_uuid_named_path_creates_directories(tmp_path: Path) -> None:
+    db = tmp_path / uuid.uuid4().hex / "state" / "outbox.db"
+    async with outbox(db) as ob:
+        await ob.append([draft()])
+    assert db.exists()
+
+
+async def test_sqlite_full_from_page_limit_is_contained(tmp_path: Path) -> None:
+    """A genuine SQLITE_FULL without root: SQLite's own max_page_count (tmpfs test above
+    covers the real ENOSPC path)."""
+    async with outbox(tmp_path / "outbox.db") as ob:
+        await ob.append([draft()])
+
+        def limit(extra: int) -> object:
+            # Test-only reach into the writer thread: the pragma is per connection.
+            return ob._call(
+                lambda c: c.execute(
+                    f"PRAGMA max_page_count = "
+                    f"{c.execute('PRAGMA page_count').fetchone()[0] + extra}"
+                ).fetchone(),
+                write=False,
+                what="limit",
+            )
+
+        await limit(0)
+        with pytest.raises(StoreFullError):
+            await ob.append([draft(i=i, blob="z" * 4000) for i in range(10)])
+        assert (await ob.stats()).last_seq == 1
+        await limit(1000)
+        [rec] = await ob.append([draft(i=2)])
+    assert rec["seq"] == 2

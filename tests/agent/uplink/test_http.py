@@ -1,0 +1,190 @@
+"""HTTP uplink against the real backend simulator on loopback, with a real SQLite outbox."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.config import HttpUplink as HttpUplinkConfig
+from agent.store import Outbox
+from agent.uplink import HttpUplink
+from simulators.backend import BackendServer, Fault
+from tests.agent.store._drafts import draft
+
+TOKEN = "s3cret-token"
+
+
+@pytest.fixture
+async def outbox(tmp_path: Path) -> AsyncIterator[Outbox]:
+    async with Outbox(tmp_path / "outbox.db", gateway_id="gw-01", max_bytes=1 << 30) as ob:
+        yield ob
+
+
+def cfg(url: str, **kw: Any) -> HttpUplinkConfig:
+    base: dict[str, Any] = {
+        "url": url,
+        "token": TOKEN,
+        "batch_size": 10,
+        "timeout_s": 2.0,
+        "max_backoff_s": 0.3,
+    }
+    base.update(kw)
+    return HttpUplinkConfig(**base)
+
+
+async def until(cond: Callable[[], Awaitable[bool]], timeout_s: float = 8.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if await cond():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+class Running:
+    """Runs an uplink as a task for the duration of a with-block."""
+
+    def __init__(self, uplink: HttpUplink) -> None:
+        self.uplink = uplink
+        self.task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> HttpUplink:
+        self.task = asyncio.create_task(self.uplink.run(), name="uplink[test]")
+        return self.uplink
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.task is not None
+        self.task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await self.task
+
+
+async def test_delivers_and_marks_delivered(tmp_path: Path, outbox: Outbox) -> None:
+    records = await outbox.append([draft(i=i) for i in range(25)])
+    async with (
+        BackendServer(db=tmp_path / "backend.db", token=TOKEN) as backend,
+        Running(HttpUplink(cfg(backend.url), outbox, idle_recheck_s=0.5)) as up,
+    ):
+        await until(lambda: _pending_is(outbox, 0))
+        # A live alert appended while idle is woken up for at once (outbox.changed).
+        t0 = time.monotonic()
+        [live] = await outbox.append([draft(tier=1, i=99)])
+        await until(lambda: _pending_is(outbox, 0))
+        wake_s = time.monotonic() - t0
+        stored = await backend.alerts()
+        stats = await backend.stats()
+    assert [a["alert"]["alert_id"] for a in stored] == [r["alert_id"] for r in [*records, live]]
+    assert stats["accepted"] == 26 and stats["duplicates"] == 0 and stats["posts"] == 4
+    assert up.status.delivered_total == 26 and up.status.consecutive_failures == 0
+    assert up.status.last_success_at is not None
+    assert wake_s < 0.45, f"live alert waited {wake_s:.2f}s: not woken by outbox.changed"
+    assert (await outbox.stats()).delivered == 26
+
+
+async def test_503_burst_with_retry_after_delivers_exactly_once(
+    tmp_path: Path, outbox: Outbox
+) -> None:
+    records = await outbox.append([draft(i=i) for i in range(5)])
+    async with BackendServer(db=tmp_path / "backend.db", token=TOKEN) as backend:
+        # First answer lost after the backend stored the batch, then a plain 503 burst.
+        backend.inject(Fault(status=503, retry_after="1", after_store=True))
+        backend.inject(Fault(status=503, retry_after="1"), count=1)
+        t0 = time.monotonic()
+        async with Running(HttpUplink(cfg(backend.url, max_backoff_s=5.0), outbox)) as up:
+            await until(lambda: _pending_is(outbox, 0))
+        elapsed = time.monotonic() - t0
+        stats = await backend.stats()
+        stored = await backend.alerts()
+    assert elapsed >= 1.9, f"Retry-After: 1 not honoured twice ({elapsed:.2f}s)"
+    assert sorted(a["alert"]["alert_id"] for a in stored) == sorted(
+        r["alert_id"] for r in records
+    )  # each exactly once
+    assert stats["duplicates"] == 5 and stats["accepted"] == 5 and stats["faults_served"] == 2
+    assert up.status.failures_total == 2 and up.status.delivered_total == 5
+
+
+async def test_backend_down_then_back_on_same_port_loses_nothing(
+    tmp_path: Path, outbox: Outbox
+) -> None:
+    async with BackendServer(db=tmp_path / "backend.db", token=TOKEN) as backend:
+        port, url = backend.port, backend.url
+    records = await outbox.append([draft(tier=1 + i % 3, i=i) for i in range(30)])
+    uplink = HttpUplink(cfg(url, timeout_s=0.5), outbox)
+    async with Running(uplink) as up:
+        await until(lambda: _true(up.status.consecutive_failures >= 3))
+        assert (await outbox.stats()).pending == 30  # nothing marked without a 2xx
+        assert up.status.last_error and up.status.delivered_total == 0
+        async with BackendServer(port=port, db=tmp_path / "backend.db", token=TOKEN) as again:
+            await until(lambda: _pending_is(outbox, 0))
+            stored = await again.alerts()
+            stats = await again.stats()
+    assert sorted(a["alert"]["seq"] for a in stored) == [r["seq"] for r in records]
+    assert stats["duplicates"] == 0
+    # The backlog drained tier 1 first, then oldest first.
+    tiers = [a["alert"]["asset"]["tier"] for a in stored]
+    assert tiers == sorted(tiers)
+    assert up.status.consecutive_failures == 0 and up.status.next_retry_in_s is None
+
+
+async def test_400_dead_letters_only_the_bad_alert_with_reason(
+    tmp_path: Path, outbox: Outbox
+) -> None:
+    records = await outbox.append([draft(i=i) for i in range(3)])
+    # A wrong record in the outbox (as a bug upstream would write it).
+    with sqlite3.connect(outbox.path) as conn:
+        body = conn.execute("SELECT body FROM alerts WHERE seq = 2").fetchone()[0]
+        conn.execute(
+            "UPDATE alerts SET body = ? WHERE seq = 2",
+            (body.replace('"detected_at":"2026', '"detected_at":"yesterday '),),
+        )
+    async with (
+        BackendServer(db=tmp_path / "backend.db", token=TOKEN) as backend,
+        Running(HttpUplink(cfg(backend.url), outbox)) as up,
+    ):
+        await until(lambda: _pending_is(outbox, 0))
+        stored = await backend.alerts()
+    [dead] = await outbox.dead_letters()
+    assert dead["alert_id"] == records[1]["alert_id"]
+    assert dead["reason"].startswith("HTTP 400: ") and "detected_at" in dead["reason"]
+    assert [a["alert"]["seq"] for a in stored] == [1, 3]  # the good ones still went
+    assert up.status.dead_lettered_total == 1 and up.status.delivered_total == 2
+    assert (await outbox.stats()).dead_lettered == 1
+
+
+async def test_wrong_token_is_retried_not_dead_lettered(tmp_path: Path, outbox: Outbox) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("old-token\n")
+    await outbox.append([draft(i=i) for i in range(3)])
+    async with BackendServer(db=tmp_path / "backend.db", token=TOKEN) as backend:
+        c = cfg(backend.url, token=None, token_file=token_file)
+        async with Running(HttpUplink(c, outbox)) as up:
+            await until(lambda: _true(up.status.failures_total >= 2))
+            assert (await outbox.stats()).dead_lettered == 0
+            assert "401" in (up.status.last_error or "")
+            token_file.write_text(TOKEN + "\n")  # rotated: re-read after a 401
+            await until(lambda: _pending_is(outbox, 0))
+        assert (await backend.stats())["accepted"] == 3
+
+
+async def test_timeout_is_retried(tmp_path: Path, outbox: Outbox) -> None:
+    await outbox.append([draft()])
+    async with BackendServer(db=tmp_path / "backend.db", token=TOKEN) as backend:
+        backend.inject(Fault(status=200, delay_s=1.5))
+        async with Running(HttpUplink(cfg(backend.url, timeout_s=0.3), outbox)) as up:
+            await until(lambda: _pending_is(outbox, 0))
+        assert up.status.failures_total == 1 and "Timeout" in (up.status.last_error or "")
+        assert (await backend.stats())["accepted"] == 1
+
+
+async def _pending_is(outbox: Outbox, n: int) -> bool:
+    return (await outbox.stats()).pending == n
+
+
+async def _true(value: bool) -> bool:
+    return value

@@ -1,0 +1,187 @@
+"""The whole chain on loopback: simulator processes -> agent -> store -> backend.
+
+Real parts only: `edge-sim modbus` and `edge-sim backend` run as processes (as the demo
+starts them), the agent runs in-process on a real SQLite file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jsonschema
+import pytest
+
+from agent.config import load_config
+from agent.demo import SimProcess
+from agent.runtime import Agent
+
+pytestmark = [pytest.mark.network, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parent.parent
+SCHEMA = json.loads((REPO / "agent" / "schemas" / "alert-v1.json").read_text())
+TOKEN = "test-token-123"
+
+CONFIG = """\
+gateway: {{id: gw-e2e}}
+assets:
+  - id: press-7
+    name: Press 7 main motor
+    tier: 1
+    machine: {{standard: iso10816-3, group: 2, foundation: rigid, rpm: 1480}}
+    alerting: {{debounce: 3, hysteresis: 0.1}}
+  - id: fan-3
+    name: Fan 3
+    tier: 2
+    machine: {{standard: iso10816-3, group: 2, foundation: rigid, rpm: 1480}}
+sensors:
+  - id: m1-de
+    asset: press-7
+    modbus: {{host: 127.0.0.1, port: {modbus_port}, device_id: 1, timeout_s: 0.3}}
+    poll_interval_s: 0.5
+  - id: fan-3-de
+    asset: fan-3
+    modbus: {{host: 127.0.0.1, port: {modbus_port}, device_id: 2, timeout_s: 0.3}}
+    poll_interval_s: 0.5
+uplinks:
+  - http: {{url: "{backend_url}", token: "{token}", timeout_s: 2, max_backoff_s: 1}}
+store: {{path: "{store}", max_bytes: 64MiB}}
+health: {{port: 0}}
+"""
+
+
+@pytest.fixture
+async def sims(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
+    backend_args = ["backend", "--host", "127.0.0.1", "--port", "0",
+                    "--db", str(tmp_path / "backend.db"), "--token", TOKEN]
+    # A short life: zone C after ~5 s, D after ~8 s.
+    modbus_args = ["modbus", "--host", "127.0.0.1", "--port", "0", "--device", "1:degrade",
+                   "--device", "2:healthy", "--life-s", "12"]
+    async with SimProcess("backend", backend_args) as backend, \
+            SimProcess("modbus", modbus_args) as modbus:
+        yield {"backend": backend.info, "modbus": modbus.info}
+
+
+def write_config(tmp_path: Path, sims: dict[str, Any]) -> Path:
+    path = tmp_path / "agent.yaml"
+    path.write_text(CONFIG.format(modbus_port=sims["modbus"]["port"],
+                                  backend_url=sims["backend"]["url"], token=TOKEN,
+                                  store=tmp_path / "outbox.db"))
+    return path
+
+
+async def backend_alerts(url: str) -> list[dict[str, Any]]:
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as s, \
+            s.get(url) as resp:
+        resp.raise_for_status()
+        return list((await resp.json())["alerts"])
+
+
+async def wait_for(url: str, pred: Any, timeout_s: float) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout_s
+    alerts: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        alerts = await backend_alerts(url)
+        if pred(alerts):
+            return alerts
+        await asyncio.sleep(0.3)
+    raise AssertionError(f"backend never satisfied the condition; it has {alerts}")
+
+
+async def run_agent(config_path: Path) -> tuple[Agent, asyncio.Task[None]]:
+    agent = Agent(load_config(config_path))
+    task = asyncio.create_task(agent.run())
+    async with asyncio.timeout(10):
+        await agent.ready.wait()
+    return agent, task
+
+
+def severity_states(alerts: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [(a["state"], a["severity"]["zone"]) for a in alerts
+            if a["asset"]["id"] == "press-7" and a["sensor"]["channel"] == "z"]
+
+
+async def test_degrading_machine_reaches_backend_as_zone_c_then_d(
+    tmp_path: Path, sims: dict[str, Any]
+) -> None:
+    agent, task = await run_agent(write_config(tmp_path, sims))
+    try:
+        url = sims["backend"]["url"]
+        alerts = await wait_for(
+            url, lambda a: ("escalated", "D") in severity_states(a), timeout_s=40)
+    finally:
+        agent.stop()
+        await asyncio.wait_for(task, 15)
+    z = [a for a in alerts if a["asset"]["id"] == "press-7" and a["sensor"]["channel"] == "z"]
+    assert [(a["state"], a["severity"]["zone"]) for a in z][:2] == [
+        ("raised", "C"), ("escalated", "D")]
+    raised = z[0]
+    jsonschema.validate(raised, SCHEMA)
+    assert raised["gateway_id"] == "gw-e2e"
+    assert raised["asset"] == {"id": "press-7", "name": "Press 7 main motor", "tier": 1}
+    assert raised["sensor"] == {"id": "m1-de", "channel": "z", "transport": "modbus"}
+    assert raised["severity"]["level"] == "warning"
+    assert raised["severity"]["threshold"] == 2.8
+    assert 2.8 <= raised["severity"]["value"] < 4.5
+    assert raised["severity"]["value"] == raised["evidence"]["features"]["velocity_rms_mm_s"]
+    assert z[1]["severity"]["value"] >= 4.5
+    assert raised["alert_id"] == f"gw-e2e-{raised['seq']:012d}"
+    # The healthy fan never alerts.
+    assert not [a for a in alerts if a["asset"]["id"] == "fan-3"]
+    for a in alerts:
+        jsonschema.validate(a, SCHEMA)
+
+
+async def test_restart_neither_resends_as_new_nor_reuses_a_seq(
+    tmp_path: Path, sims: dict[str, Any]
+) -> None:
+    cfg = write_config(tmp_path, sims)
+    url = sims["backend"]["url"]
+    agent, task = await run_agent(cfg)
+    try:
+        await wait_for(url, lambda a: ("raised", "C") in severity_states(a), timeout_s=40)
+    finally:
+        agent.stop()
+        await asyncio.wait_for(task, 15)
+    before = await backend_alerts(url)
+    max_seq = max(a["seq"] for a in before)
+
+    # The machine is still in zone C or D: a forgetful agent would raise again.
+    agent, task = await run_agent(cfg)
+    try:
+        after = await wait_for(url, lambda a: ("escalated", "D") in severity_states(a),
+                               timeout_s=40)
+        await asyncio.sleep(2.0)  # more readings in zone D: nothing new may be sent
+        after = await backend_alerts(url)
+    finally:
+        agent.stop()
+        await asyncio.wait_for(task, 15)
+    states = severity_states(after)
+    assert states.count(("raised", "C")) == 1, states
+    assert [s for s in states if s[0] == "raised"] == [("raised", "C")], states
+    new = [a for a in after if a["alert_id"] not in {b["alert_id"] for b in before}]
+    assert new and all(a["seq"] > max_seq for a in new)
+    seqs = [a["seq"] for a in after]
+    assert len(seqs) == len(set(seqs))
+
+
+def test_demo_delivers_an_alert(tmp_path: Path) -> None:
+    """`edge-agent demo` as a newcomer runs it, shortened."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "demo", "--duration", "25", "--life-s", "12",
+         "--workdir", str(tmp_path / "demo")],
+        capture_output=True, text=True, timeout=90, env=env, stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "BACKEND received" in proc.stdout, proc.stdout[-3000:]
+    assert "zone C" in proc.stdout
+    assert "first one" in proc.stdout

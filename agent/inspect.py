@@ -35,11 +35,14 @@ def _load(config_path: Path, err: TextIO) -> Config | None:
 def store_summary(path: Path) -> dict[str, Any]:
     """Counts from the store file: pending, delivered, dead-lettered, last seq."""
     with _open_ro(path) as conn:
-        pending, delivered, last_seq, oldest = conn.execute(
-            "SELECT SUM(delivered_at IS NULL), SUM(delivered_at IS NOT NULL), MAX(seq),"
+        pending, delivered, oldest = conn.execute(
+            "SELECT SUM(delivered_at IS NULL), SUM(delivered_at IS NOT NULL),"
             " MIN(CASE WHEN delivered_at IS NULL THEN created_at END) FROM alerts"
         ).fetchone()
         (dead,) = conn.execute("SELECT COUNT(*) FROM dead_letters").fetchone()
+        # The persisted counter, not MAX(seq): delivered rows may have been pruned.
+        row = conn.execute("SELECT value FROM meta WHERE key = 'last_seq'").fetchone()
+        last_seq = int(row[0]) if row else None
     return {"path": str(path), "pending": pending or 0, "delivered": delivered or 0,
             "dead_lettered": dead, "last_seq": last_seq, "oldest_pending_created_at": oldest}
 

@@ -112,6 +112,14 @@ class Alerting(_Model):
 
     debounce: int = Field(default=3, ge=1, le=100)  # consecutive readings to raise or clear
     hysteresis: float = Field(default=0.1, ge=0, lt=1)  # clear below threshold x (1 - h)
+    # Readings after install or repair that form the channel's healthy baseline.
+    baseline_readings: int = Field(default=60, ge=10, le=100_000)
+    # After a clear, the same alert may raise again only this many seconds later.
+    resend_holdoff_s: float = Field(default=600.0, ge=0, le=30 * 86400)
+    # Prior on the growth of ln(failure metric) per day after degradation onset;
+    # None: reach the failure threshold in one planning horizon.
+    prior_rate_per_day: float | None = Field(default=None, gt=0)
+    prior_log_sd: float = Field(default=1.5, gt=0, le=5)  # spread of that prior (ln units)
 
 
 class Asset(_Model):
@@ -145,7 +153,8 @@ class Sensor(_Model):
         if self.modbus.timeout_s >= self.poll_interval_s:
             raise ValueError(
                 f"modbus.timeout_s ({self.modbus.timeout_s}) must be shorter than "
-                f"poll_interval_s ({self.poll_interval_s})"
+                f"poll_interval_s ({self.poll_interval_s}); lower modbus.timeout_s or raise "
+                "poll_interval_s"
             )
         return self
 
@@ -191,7 +200,9 @@ class Config(_Model):
     gateway: Gateway
     assets: tuple[Asset, ...] = Field(min_length=1)
     sensors: tuple[Sensor, ...] = Field(min_length=1)
-    uplinks: tuple[Uplink, ...] = ()
+    # One uplink for now: delivery is tracked per alert, not per uplink, so a second
+    # backend could miss alerts the first one acknowledged.
+    uplinks: tuple[Uplink, ...] = Field(default=(), max_length=1)
     store: Store
     health: Health = Health()
 

@@ -121,7 +121,8 @@ async def test_edge_sim_backend_prints_ready_fails_first_and_exits_on_sigterm(
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "simulators.backend",
+        "simulators.cli",  # = `edge-sim backend`, as the demo starts it
+        "backend",
         "--port",
         "0",
         "--db",
@@ -137,7 +138,8 @@ async def test_edge_sim_backend_prints_ready_fails_first_and_exits_on_sigterm(
             line = (await proc.stdout.readline()).decode()
         if not line:
             assert proc.stderr is not None
-            pytest.fail(f"no READY line (exit {await proc.wait()}); stderr: " + (await proc.stderr.read()).decode()[-2000:])
+            err = (await proc.stderr.read()).decode()[-2000:]
+            pytest.fail(f"no READY line (exit {await proc.wait()}); stderr: {err}")
         assert line.startswith("READY {")
         info = json.loads(line.removeprefix("READY "))
         assert info == {

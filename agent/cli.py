@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -73,12 +72,24 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_check)
 
     p = sub.add_parser("demo", help="run the whole chain here with simulators (no setup)")
-    p.add_argument("--duration", type=float, default=None,
-                   help="stop after this many seconds (default: until Ctrl-C)")
-    p.add_argument("--life-s", type=float, default=60.0,
-                   help="seconds until the simulated bearing fails (default 60)")
-    p.add_argument("--workdir", type=Path, default=None,
-                   help="keep the demo's files here instead of a temporary directory")
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="stop after this many seconds (default: until Ctrl-C)",
+    )
+    p.add_argument(
+        "--life-s",
+        type=float,
+        default=60.0,
+        help="seconds until the simulated bearing fails (default 60)",
+    )
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="keep the demo's files here instead of a temporary directory",
+    )
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("status", help="store depth and, when reachable, the agent's /healthz")

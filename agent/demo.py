@@ -40,8 +40,12 @@ class SimProcess:
 
     async def __aenter__(self) -> SimProcess:
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "simulators.cli", *self.args,
-            stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL,
+            sys.executable,
+            "-m",
+            "simulators.cli",
+            *self.args,
+            stdout=asyncio.subprocess.PIPE,
+            stdin=asyncio.subprocess.DEVNULL,
         )
         assert self.proc.stdout is not None
         try:
@@ -146,23 +150,44 @@ async def _backend_watch(url: str, token: str, display: _Display) -> None:
             await asyncio.sleep(0.5)
 
 
-async def _demo(duration_s: float | None, life_s: float, workdir: Path | None,
-                out: TextIO) -> int:
+async def _demo(duration_s: float | None, life_s: float, workdir: Path | None, out: TextIO) -> int:
     display = _Display(out)
     token = secrets.token_hex(16)
     with _workdir(workdir) as tmp:
         display.line(f"demo files in {tmp}")
-        backend_args = ["backend", "--host", "127.0.0.1", "--port", "0",
-                        "--db", str(tmp / "backend.db"), "--token", token]
-        modbus_args = ["modbus", "--host", "127.0.0.1", "--port", "0",
-                       "--device", "1:degrade", "--device", "2:healthy",
-                       "--life-s", str(life_s)]
-        async with SimProcess("backend", backend_args) as backend, \
-                SimProcess("modbus", modbus_args) as modbus:
+        backend_args = [
+            "backend",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--db",
+            str(tmp / "backend.db"),
+            "--token",
+            token,
+        ]
+        modbus_args = [
+            "modbus",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--device",
+            "1:degrade",
+            "--device",
+            "2:healthy",
+            "--life-s",
+            str(life_s),
+        ]
+        async with (
+            SimProcess("backend", backend_args) as backend,
+            SimProcess("modbus", modbus_args) as modbus,
+        ):
             display.line(f"backend simulator at {backend.info['url']} (pid {backend.proc.pid})")
             display.line(
                 f"modbus simulator at 127.0.0.1:{modbus.info['port']} (pid {modbus.proc.pid}): "
-                f"device 1 = degrading press motor (fails in ~{life_s:.0f}s), device 2 = healthy fan"
+                f"device 1 = degrading press motor (fails in ~{life_s:.0f}s), "
+                "device 2 = healthy fan"
             )
             env = {
                 "EDGE_DEMO_DIR": str(tmp),
@@ -178,8 +203,9 @@ async def _demo(duration_s: float | None, life_s: float, workdir: Path | None,
             run = asyncio.create_task(agent.run(), name="agent")
             helpers = [
                 asyncio.create_task(_status_loop(agent, display), name="demo-status"),
-                asyncio.create_task(_backend_watch(backend.info["url"], token, display),
-                                    name="demo-backend-watch"),
+                asyncio.create_task(
+                    _backend_watch(backend.info["url"], token, display), name="demo-backend-watch"
+                ),
             ]
             try:
                 if duration_s is not None:
@@ -194,15 +220,22 @@ async def _demo(duration_s: float | None, life_s: float, workdir: Path | None,
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.remove_signal_handler(sig)
     if display.first_delivered_s is not None:
-        display.line(f"done: {display.delivered} alerts at the backend; first one "
-                     f"{display.first_delivered_s:.1f}s after start")
+        display.line(
+            f"done: {display.delivered} alerts at the backend; first one "
+            f"{display.first_delivered_s:.1f}s after start"
+        )
     else:
         display.line("done: no alert reached the backend (run longer: --duration 90)")
     return 0
 
 
-def run_demo(*, duration_s: float | None = None, life_s: float = 60.0,
-             workdir: Path | None = None, out: TextIO | None = None) -> int:
+def run_demo(
+    *,
+    duration_s: float | None = None,
+    life_s: float = 60.0,
+    workdir: Path | None = None,
+    out: TextIO | None = None,
+) -> int:
     """Run the demo until Ctrl-C or `duration_s`; returns the exit code."""
     setup_logging("WARNING", json_lines=False)
     return asyncio.run(_demo(duration_s, life_s, workdir, out or sys.stdout))

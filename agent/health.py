@@ -35,18 +35,27 @@ class _SnapshotCollector:
                     fam.add_metric([s["id"]], float(s[key]))
             return fam
 
-        yield per_sensor("edge_sensor_last_read_age_seconds", "Seconds since the last good read",
-                         "last_ok_age_s")
+        yield per_sensor(
+            "edge_sensor_last_read_age_seconds", "Seconds since the last good read", "last_ok_age_s"
+        )
         yield per_sensor("edge_sensor_poll_errors", "Failed polls", "errors_total", counter=True)
         yield per_sensor("edge_sensor_polls", "Polls attempted", "polls_total", counter=True)
-        yield per_sensor("edge_sensor_round_trip_seconds", "Last poll round-trip time",
-                         "last_rtt_s")
-        yield per_sensor("edge_sensor_consecutive_failures", "Failure streak",
-                         "consecutive_failures")
-        zone = GaugeMetricFamily("edge_channel_velocity_rms_mm_s", "Last velocity RMS",
-                                 labels=["asset", "sensor", "channel", "zone"])
-        level = GaugeMetricFamily("edge_channel_alert_level", "Active alert level (0 none)",
-                                  labels=["asset", "sensor", "channel"])
+        yield per_sensor(
+            "edge_sensor_round_trip_seconds", "Last poll round-trip time", "last_rtt_s"
+        )
+        yield per_sensor(
+            "edge_sensor_consecutive_failures", "Failure streak", "consecutive_failures"
+        )
+        zone = GaugeMetricFamily(
+            "edge_channel_velocity_rms_mm_s",
+            "Last velocity RMS",
+            labels=["asset", "sensor", "channel", "zone"],
+        )
+        level = GaugeMetricFamily(
+            "edge_channel_alert_level",
+            "Active alert level (0 none)",
+            labels=["asset", "sensor", "channel"],
+        )
         for c in snap.get("channels", []):
             zone.add_metric([c["asset"], c["sensor"], c["channel"], c["zone"]], c["value"])
             level.add_metric([c["asset"], c["sensor"], c["channel"]], c["active_level"])
@@ -103,8 +112,13 @@ class HealthServer:
         port: listen port, 0 for a free one (see `port` after start).
     """
 
-    def __init__(self, snapshot: Callable[[], Awaitable[Snapshot]], *, host: str = "127.0.0.1",
-                 port: int = 9108) -> None:
+    def __init__(
+        self,
+        snapshot: Callable[[], Awaitable[Snapshot]],
+        *,
+        host: str = "127.0.0.1",
+        port: int = 9108,
+    ) -> None:
         self._snapshot = snapshot
         self._host, self._port = host, port
         self._runner: web.AppRunner | None = None

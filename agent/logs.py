@@ -29,8 +29,9 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
-def setup_logging(level: str = "INFO", *, stream: TextIO | None = None,
-                  json_lines: bool | None = None) -> None:
+def setup_logging(
+    level: str = "INFO", *, stream: TextIO | None = None, json_lines: bool | None = None
+) -> None:
     """Configure the root logger once for the process."""
     stream = stream or sys.stderr
     if json_lines is None:
@@ -39,9 +40,7 @@ def setup_logging(level: str = "INFO", *, stream: TextIO | None = None,
     if json_lines:
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-        )
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

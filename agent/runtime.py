@@ -49,12 +49,14 @@ class Agent:
         on_records: called with the records the store committed (for the demo display).
     """
 
-    def __init__(self, config: Config, *,
-                 on_records: Callable[[list[dict[str, Any]]], None] | None = None) -> None:
+    def __init__(
+        self, config: Config, *, on_records: Callable[[list[dict[str, Any]]], None] | None = None
+    ) -> None:
         self.config = config
         self.counters = PipelineCounters()
-        self.outbox = Outbox(config.store.path, gateway_id=config.gateway.id,
-                             max_bytes=config.store.max_bytes)
+        self.outbox = Outbox(
+            config.store.path, gateway_id=config.gateway.id, max_bytes=config.store.max_bytes
+        )
         self.monitor: Monitor | None = None
         self._queue: asyncio.Queue[Reading] = asyncio.Queue(maxsize=READING_QUEUE_SIZE)
         self._unsaved: deque[Update] = deque()
@@ -79,8 +81,7 @@ class Agent:
             for s in config.sensors
         ]
         self.uplinks = [
-            HttpUplink(u.http, self.outbox, name=f"http[{i}]")
-            for i, u in enumerate(config.uplinks)
+            HttpUplink(u.http, self.outbox, name=f"http[{i}]") for i, u in enumerate(config.uplinks)
         ]
         self.health: HealthServer | None = None
         self.ready = asyncio.Event()
@@ -96,8 +97,10 @@ class Agent:
             self.counters.readings_dropped_total += 1
             if not self._drop_logged:  # once per overload episode
                 self._drop_logged = True
-                log.warning("analysis queue full (%d): dropping readings, counted in "
-                            "edge_readings_dropped", READING_QUEUE_SIZE)
+                log.warning(
+                    "analysis queue full (%d): dropping readings, counted in edge_readings_dropped",
+                    READING_QUEUE_SIZE,
+                )
 
     async def run(self) -> None:
         """Run until stop() is called; returns after a clean shutdown."""
@@ -109,16 +112,20 @@ class Agent:
             async with HealthServer(self.snapshot, host=hc.host, port=hc.port) as health:
                 self.health = health
                 async with asyncio.TaskGroup() as tg:
-                    polls = [tg.create_task(p.run(), name=f"poll[{p.sensor_id}]")
-                             for p in self.pollers]
+                    polls = [
+                        tg.create_task(p.run(), name=f"poll[{p.sensor_id}]") for p in self.pollers
+                    ]
                     analysis = tg.create_task(self._analyse(), name="analysis")
-                    ups = [tg.create_task(u.run(), name=f"uplink[{u.name}]")
-                           for u in self.uplinks]
+                    ups = [tg.create_task(u.run(), name=f"uplink[{u.name}]") for u in self.uplinks]
                     watchdog = tg.create_task(self._watchdog(notifier), name="watchdog")
                     notifier.notify("READY=1")
                     self.ready.set()
-                    log.info("agent %s running: %d sensors, %d uplinks",
-                             self.config.gateway.id, len(self.pollers), len(self.uplinks))
+                    log.info(
+                        "agent %s running: %d sensors, %d uplinks",
+                        self.config.gateway.id,
+                        len(self.pollers),
+                        len(self.uplinks),
+                    )
                     await self._stop.wait()
                     notifier.notify("STOPPING=1")
                     # Order matters: stop reading, analyse what was read, persist, then
@@ -163,8 +170,11 @@ class Agent:
             if len(self._unsaved) >= UNSAVED_LIMIT:
                 lost = self._unsaved.popleft()
                 self.counters.alerts_lost_total += len(lost.drafts)
-                log.error("store unwritable and %d updates held: dropping the oldest (%d alerts)",
-                          UNSAVED_LIMIT, len(lost.drafts))
+                log.error(
+                    "store unwritable and %d updates held: dropping the oldest (%d alerts)",
+                    UNSAVED_LIMIT,
+                    len(lost.drafts),
+                )
             self._unsaved.append(update)
         await self._flush_unsaved()
 
@@ -179,22 +189,34 @@ class Agent:
             except StoreError as exc:
                 self.counters.store_errors_total += 1
                 self._store_retry_at = time.monotonic() + self._store_backoff_s * random.uniform(
-                    0.5, 1.0)
+                    0.5, 1.0
+                )
                 self._store_backoff_s = min(self._store_backoff_s * 2, STORE_RETRY_MAX_S)
-                log.error("store write failed (%s); %d updates held in memory, retrying",
-                          exc, len(self._unsaved))
+                log.error(
+                    "store write failed (%s); %d updates held in memory, retrying",
+                    exc,
+                    len(self._unsaved),
+                )
                 if final:
                     self.counters.alerts_lost_total += sum(len(u.drafts) for u in self._unsaved)
-                    log.critical("shutting down with %d unsaved alerts",
-                                 sum(len(u.drafts) for u in self._unsaved))
+                    log.critical(
+                        "shutting down with %d unsaved alerts",
+                        sum(len(u.drafts) for u in self._unsaved),
+                    )
                 return
             self._unsaved.popleft()
             self._store_backoff_s = 0.5
             self.counters.alerts_total += len(records)
             for r in records:
-                log.info("alert %s %s %s %s/%s: %s", r["alert_id"], r["kind"], r["state"],
-                         r["asset"]["id"], r["sensor"]["channel"],
-                         (r.get("severity") or {}).get("zone"))
+                log.info(
+                    "alert %s %s %s %s/%s: %s",
+                    r["alert_id"],
+                    r["kind"],
+                    r["state"],
+                    r["asset"]["id"],
+                    r["sensor"]["channel"],
+                    (r.get("severity") or {}).get("zone"),
+                )
             if records and self._on_records is not None:
                 self._on_records(records)
 
@@ -206,19 +228,27 @@ class Agent:
         for p in self.pollers:
             st = p.status
             last_ok = st.last_ok_at
-            sensors.append({
-                "id": p.sensor_id,
-                "state": st.state,
-                "last_ok_age_s": (now - last_ok).total_seconds() if last_ok else None,
-                "consecutive_failures": st.consecutive_failures,
-                "polls_total": st.polls_total,
-                "errors_total": st.errors_total,
-                "last_rtt_s": st.last_rtt_s,
-                "last_error": st.last_error,
-            })
+            sensors.append(
+                {
+                    "id": p.sensor_id,
+                    "state": st.state,
+                    "last_ok_age_s": (now - last_ok).total_seconds() if last_ok else None,
+                    "consecutive_failures": st.consecutive_failures,
+                    "polls_total": st.polls_total,
+                    "errors_total": st.errors_total,
+                    "last_rtt_s": st.last_rtt_s,
+                    "last_error": st.last_error,
+                }
+            )
         channels = [
-            {"asset": v.asset_id, "sensor": v.sensor_id, "channel": v.channel,
-             "value": v.value, "zone": v.zone, "active_level": v.active_level}
+            {
+                "asset": v.asset_id,
+                "sensor": v.sensor_id,
+                "channel": v.channel,
+                "value": v.value,
+                "zone": v.zone,
+                "active_level": v.active_level,
+            }
             for v in (self.monitor.views() if self.monitor else [])
         ]
         uplinks = [{"name": u.name, **asdict(u.status)} for u in self.uplinks]
@@ -240,8 +270,11 @@ class Agent:
             "channels": channels,
             "uplinks": uplinks,
             "store": store,
-            "pipeline": {**asdict(self.counters), "unsaved_updates": len(self._unsaved),
-                         "queue_depth": self._queue.qsize()},
+            "pipeline": {
+                **asdict(self.counters),
+                "unsaved_updates": len(self._unsaved),
+                "queue_depth": self._queue.qsize(),
+            },
         }
 
 

@@ -26,8 +26,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _serve_until_signal(serve: Callable[[argparse.Namespace], Awaitable[None]],
-                              args: argparse.Namespace) -> None:
+async def _serve_until_signal(
+    serve: Callable[[argparse.Namespace], Awaitable[None]], args: argparse.Namespace
+) -> None:
     task = asyncio.ensure_future(serve(args))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -39,8 +40,11 @@ async def _serve_until_signal(serve: Callable[[argparse.Namespace], Awaitable[No
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `edge-sim`."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     asyncio.run(_serve_until_signal(args.serve, args))
     return 0
 

@@ -60,27 +60,56 @@ health: {{port: 0}}
 
 @pytest.fixture
 async def sims(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
-    backend_args = ["backend", "--host", "127.0.0.1", "--port", "0",
-                    "--db", str(tmp_path / "backend.db"), "--token", TOKEN]
+    backend_args = [
+        "backend",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--db",
+        str(tmp_path / "backend.db"),
+        "--token",
+        TOKEN,
+    ]
     # A short life: zone C after ~5 s, D after ~8 s.
-    modbus_args = ["modbus", "--host", "127.0.0.1", "--port", "0", "--device", "1:degrade",
-                   "--device", "2:healthy", "--life-s", "12"]
-    async with SimProcess("backend", backend_args) as backend, \
-            SimProcess("modbus", modbus_args) as modbus:
+    modbus_args = [
+        "modbus",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--device",
+        "1:degrade",
+        "--device",
+        "2:healthy",
+        "--life-s",
+        "12",
+    ]
+    async with (
+        SimProcess("backend", backend_args) as backend,
+        SimProcess("modbus", modbus_args) as modbus,
+    ):
         yield {"backend": backend.info, "modbus": modbus.info}
 
 
 def write_config(tmp_path: Path, sims: dict[str, Any]) -> Path:
     path = tmp_path / "agent.yaml"
-    path.write_text(CONFIG.format(modbus_port=sims["modbus"]["port"],
-                                  backend_url=sims["backend"]["url"], token=TOKEN,
-                                  store=tmp_path / "outbox.db"))
+    path.write_text(
+        CONFIG.format(
+            modbus_port=sims["modbus"]["port"],
+            backend_url=sims["backend"]["url"],
+            token=TOKEN,
+            store=tmp_path / "outbox.db",
+        )
+    )
     return path
 
 
 async def backend_alerts(url: str) -> list[dict[str, Any]]:
-    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as s, \
-            s.get(url) as resp:
+    async with (
+        aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as s,
+        s.get(url) as resp,
+    ):
         resp.raise_for_status()
         return list((await resp.json())["alerts"])
 
@@ -104,9 +133,23 @@ async def run_agent(config_path: Path) -> tuple[Agent, asyncio.Task[None]]:
     return agent, task
 
 
+def cli(*args: str) -> str:
+    """Run `edge-agent ARGS` as a user would; its stdout."""
+    return subprocess.run(
+        [sys.executable, "-m", "agent.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+
+
 def severity_states(alerts: list[dict[str, Any]]) -> list[tuple[str, str]]:
-    return [(a["state"], a["severity"]["zone"]) for a in alerts
-            if a["asset"]["id"] == "press-7" and a["sensor"]["channel"] == "z"]
+    return [
+        (a["state"], a["severity"]["zone"])
+        for a in alerts
+        if a["asset"]["id"] == "press-7" and a["sensor"]["channel"] == "z"
+    ]
 
 
 async def test_degrading_machine_reaches_backend_as_zone_c_then_d(
@@ -116,13 +159,16 @@ async def test_degrading_machine_reaches_backend_as_zone_c_then_d(
     try:
         url = sims["backend"]["url"]
         alerts = await wait_for(
-            url, lambda a: ("escalated", "D") in severity_states(a), timeout_s=40)
+            url, lambda a: ("escalated", "D") in severity_states(a), timeout_s=40
+        )
     finally:
         agent.stop()
         await asyncio.wait_for(task, 15)
     z = [a for a in alerts if a["asset"]["id"] == "press-7" and a["sensor"]["channel"] == "z"]
     assert [(a["state"], a["severity"]["zone"]) for a in z][:2] == [
-        ("raised", "C"), ("escalated", "D")]
+        ("raised", "C"),
+        ("escalated", "D"),
+    ]
     raised = z[0]
     jsonschema.validate(raised, SCHEMA)
     assert raised["gateway_id"] == "gw-e2e"
@@ -157,8 +203,9 @@ async def test_restart_neither_resends_as_new_nor_reuses_a_seq(
     # The machine is still in zone C or D: a forgetful agent would raise again.
     agent, task = await run_agent(cfg)
     try:
-        after = await wait_for(url, lambda a: ("escalated", "D") in severity_states(a),
-                               timeout_s=40)
+        after = await wait_for(
+            url, lambda a: ("escalated", "D") in severity_states(a), timeout_s=40
+        )
         await asyncio.sleep(2.0)  # more readings in zone D: nothing new may be sent
         after = await backend_alerts(url)
     finally:
@@ -177,11 +224,107 @@ def test_demo_delivers_an_alert(tmp_path: Path) -> None:
     """`edge-agent demo` as a newcomer runs it, shortened."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "demo", "--duration", "25", "--life-s", "12",
-         "--workdir", str(tmp_path / "demo")],
-        capture_output=True, text=True, timeout=90, env=env, stdin=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "agent.cli",
+            "demo",
+            "--duration",
+            "25",
+            "--life-s",
+            "12",
+            "--workdir",
+            str(tmp_path / "demo"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env=env,
+        stdin=subprocess.DEVNULL,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "BACKEND received" in proc.stdout, proc.stdout[-3000:]
     assert "zone C" in proc.stdout
     assert "first one" in proc.stdout
+
+
+async def test_health_metrics_and_cli_views_of_a_running_agent(
+    tmp_path: Path, sims: dict[str, Any]
+) -> None:
+    cfg = write_config(tmp_path, sims)
+    agent, task = await run_agent(cfg)
+    try:
+        await wait_for(
+            sims["backend"]["url"], lambda a: ("raised", "C") in severity_states(a), timeout_s=40
+        )
+        assert agent.health is not None
+        base = f"http://127.0.0.1:{agent.health.port}"
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"{base}/healthz") as resp:
+                health = await resp.json()
+            async with s.get(f"{base}/metrics") as resp:
+                metrics = await resp.text()
+    finally:
+        agent.stop()
+        await asyncio.wait_for(task, 15)
+    assert health["gateway"] == "gw-e2e"
+    assert {s["id"]: s["state"] for s in health["sensors"]} == {"m1-de": "ok", "fan-3-de": "ok"}
+    assert health["store"]["last_seq"] >= 1
+    assert health["pipeline"]["readings_total"] > 0
+    assert 'edge_sensor_polls_total{sensor="m1-de"}' in metrics
+    assert "edge_store_pending" in metrics
+    assert 'edge_channel_alert_level{asset="press-7",channel="z",sensor="m1-de"} 1.0' in metrics
+
+    # The CLI reads the same store after the agent stopped.
+    out = await asyncio.to_thread(cli, "alerts", "-c", str(cfg))
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert lines and lines[-1]["state"] == "raised" and lines[-1]["_delivered_at"]
+    status = json.loads(await asyncio.to_thread(cli, "status", "-c", str(cfg)))
+    assert status["store"]["pending"] == 0 and status["store"]["delivered"] >= 1
+
+
+def test_sigterm_flushes_and_exits_cleanly(tmp_path: Path) -> None:
+    """`edge-agent run` under a service manager: SIGTERM -> exit 0, store intact."""
+
+    async def scenario() -> tuple[int, str]:
+        async with (
+            SimProcess(
+                "backend",
+                ["backend", "--port", "0", "--db", str(tmp_path / "b.db"), "--token", TOKEN],
+            ) as b,
+            SimProcess(
+                "modbus",
+                [
+                    "modbus",
+                    "--port",
+                    "0",
+                    "--device",
+                    "1:degrade",
+                    "--device",
+                    "2:healthy",
+                    "--life-s",
+                    "12",
+                ],
+            ) as m,
+        ):
+            cfg = write_config(tmp_path, {"backend": b.info, "modbus": m.info})
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "agent.cli",
+                "run",
+                "-c",
+                str(cfg),
+                stderr=asyncio.subprocess.PIPE,
+                stdin=asyncio.subprocess.DEVNULL,
+            )
+            await wait_for(b.info["url"], lambda a: len(a) >= 1, timeout_s=40)
+            proc.terminate()
+            _, err = await asyncio.wait_for(proc.communicate(), 20)
+            return int(proc.returncode or 0), err.decode()
+
+    code, err = asyncio.run(scenario())
+    assert code == 0, err[-2000:]
+    logs = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert any(rec["msg"] == "agent stopped cleanly" for rec in logs), err[-2000:]
+    assert all(rec["level"] not in ("ERROR", "CRITICAL") for rec in logs), err[-2000:]

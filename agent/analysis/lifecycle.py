@@ -24,6 +24,7 @@ class LifecycleState:
     streak: int = 0  # consecutive readings towards a raise or an escalation
     clear_streak: int = 0  # consecutive readings below the clear threshold
     raised_at: str | None = None  # UTC ISO time of the raise, for the record's evidence
+    cleared_at_s: float | None = None  # reading time (s) of the last clear, for the hold-off
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -48,7 +49,9 @@ def step(
     *,
     below_clear: bool,
     debounce: int,
-    now_iso: str,
+    now_iso: str | None = None,
+    now_s: float | None = None,
+    holdoff_s: float = 0.0,
 ) -> Step:
     """Advance the state machine by one reading (mutates `state`).
 
@@ -57,7 +60,11 @@ def step(
         level: the reading's level (0 none, 1 warning, 2 critical...).
         below_clear: the reading is below the clear threshold (threshold minus hysteresis).
         debounce: consecutive readings needed to raise, escalate or clear.
-        now_iso: the reading's UTC time, kept as raised_at on a raise.
+        now_iso: the reading's UTC time, kept as raised_at on a raise (callers that
+            format timestamps only when needed pass None and fill raised_at).
+        now_s: the reading's time in seconds (any fixed epoch), for the hold-off.
+        holdoff_s: after a clear, no new raise until this much reading time has passed
+            (the exceedance streak keeps counting, so a real fault raises right after).
     """
     if state.active == 0:
         state.clear_streak = 0
@@ -66,7 +73,12 @@ def step(
             return Step(None, 0)
         state.streak_level = level if state.streak == 0 else min(state.streak_level, level)
         state.streak += 1
-        if state.streak >= debounce:
+        held = (
+            now_s is not None
+            and state.cleared_at_s is not None
+            and now_s - state.cleared_at_s < holdoff_s
+        )
+        if state.streak >= debounce and not held:
             state.active, state.raised_at = state.streak_level, now_iso
             state.streak, state.streak_level = 0, 0
             return Step("raised", state.active)
@@ -87,6 +99,7 @@ def step(
     if state.clear_streak >= debounce:
         cleared_level = state.active
         state.active, state.clear_streak, state.raised_at = 0, 0, None
+        state.cleared_at_s = now_s
         state.streak, state.streak_level = 0, 0
         return Step("cleared", cleared_level)
     return Step(None, state.active)

@@ -193,6 +193,10 @@ class Trend:
         self._v = v + self._v[half:]
         self._n = n + self._n[half:]
 
+    def points(self) -> tuple[np.ndarray, np.ndarray]:
+        """Binned history (times, mean values), oldest first, open bin included."""
+        return self._points()
+
     def _points(self) -> tuple[np.ndarray, np.ndarray]:
         t, v = list(self._t), list(self._v)
         if self._open_n:

@@ -141,8 +141,11 @@ def translate(err: ErrorDetails, data: Any, smap: SourceMap) -> ConfigIssue | No
         return smap.issue(path, "the list is empty; add at least one entry")
     if kind == "too_long":
         most = err.get("ctx", {}).get("max_length")
-        return smap.issue(path, f"{len(value) if isinstance(value, list) else 'too many'} "
-                          f"entries; at most {most} supported: remove the extra ones")
+        return smap.issue(
+            path,
+            f"{len(value) if isinstance(value, list) else 'too many'} "
+            f"entries; at most {most} supported: remove the extra ones",
+        )
     if kind == "value_error":
         return _value_error(err, located, value, node, smap)
     msg = f"{got(value, node, path)}; expected {expected(located)}"

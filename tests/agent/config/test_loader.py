@@ -106,7 +106,7 @@ def test_model_rule_points_at_the_key_it_names(tmp_path: Path) -> None:
     path = write(tmp_path, text)
     assert lines(path) == [
         "config.yaml:8:42: sensors[0].modbus.timeout_s: modbus.timeout_s (2.0) must be "
-        "shorter than poll_interval_s (1.0)"
+        "shorter than poll_interval_s (1.0); lower modbus.timeout_s or raise poll_interval_s"
     ]
 
 

@@ -1,0 +1,157 @@
+"""A per-channel health indicator normalised by the channel's own learned baseline.
+
+HI = exponentially smoothed mean over the indicator features of ln(value / baseline median).
+The features are broadband acceleration RMS and high-frequency acceleration RMS: on the
+FEMTO run-to-failure bearings they rise earlier and more steadily than velocity RMS, and
+smart sensors (Banner QM30VT2) report both. When a channel carries neither, velocity RMS is
+used. Smoothing (EWMA) removes the single-snapshot spikes (impacts, load changes) that made
+the per-feature alarms of phase 1 raise before degradation onset.
+
+Alarm level: max(median + k x 1.4826 x MAD of the smoothed HI over the baseline, min_level),
+in ln units (min_level 0.3 = the features about 35 % above baseline). k, min_level and the
+smoothing are chosen leave-one-bearing-out in benchmarks/analytics (README there).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from drivers.reading import ACCEL_RMS, HF_ACCEL_RMS, VELOCITY_RMS
+
+__all__ = ["HI_FEATURES", "HealthIndex", "HealthIndexTuning"]
+
+HI_FEATURES = (ACCEL_RMS, HF_ACCEL_RMS)
+_FALLBACK = (VELOCITY_RMS,)
+_MAD_SIGMA = 1.4826
+_STATE_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class HealthIndexTuning:
+    """Alarm-level tuning of the health indicator.
+
+    Attributes:
+        alpha: EWMA weight of a new reading (0.1: about 10 readings of memory).
+        k_mad: MAD multiplier of the alarm level.
+        min_level: floor of the alarm level, ln units.
+    """
+
+    alpha: float = 0.1
+    k_mad: float = 10.0
+    min_level: float = 0.3
+
+
+class HealthIndex:
+    """Learn the baseline of one channel, then report the smoothed health indicator.
+
+    Args:
+        learn_readings: readings that form the baseline.
+        tuning: smoothing and alarm-level settings.
+    """
+
+    def __init__(self, learn_readings: int = 60, tuning: HealthIndexTuning | None = None) -> None:
+        if learn_readings < 10:
+            raise ValueError(f"learn_readings must be >= 10, got {learn_readings}")
+        self.learn_readings = int(learn_readings)
+        self.tuning = tuning or HealthIndexTuning()
+        self.reset()
+
+    def reset(self) -> None:
+        """Start learning again (after install, repair or maintenance)."""
+        self.features: tuple[str, ...] = ()
+        self._samples: list[list[float]] = []
+        self._median: list[float] = []
+        self.level: float | None = None  # alarm level once the baseline is learned
+        self.value: float | None = None  # smoothed HI once the baseline is learned
+        self.learned_at_s: float | None = None
+
+    @property
+    def samples_seen(self) -> int:
+        """Readings collected towards the baseline so far."""
+        return len(self._samples)
+
+    @property
+    def ready(self) -> bool:
+        """True once the baseline has been learned."""
+        return self.level is not None
+
+    def _raw(self, values: list[float]) -> float:
+        return sum(math.log(v / m) for v, m in zip(values, self._median, strict=True)) / len(values)
+
+    def update(self, t_s: float, features: Mapping[str, float]) -> float | None:
+        """Feed one reading.
+
+        Args:
+            t_s: reading time, seconds.
+            features: canonical feature name -> value.
+
+        Returns:
+            The smoothed health indicator (ln units, 0 = baseline), or None while learning
+            or when the reading lacks the indicator features.
+        """
+        if not self.features:
+            self.features = tuple(f for f in HI_FEATURES if f in features) or tuple(
+                f for f in _FALLBACK if f in features
+            )
+            if not self.features:
+                return None
+        values = [features.get(f, math.nan) for f in self.features]
+        if not all(v > 0.0 and math.isfinite(v) for v in values):
+            return None  # a zero or missing value carries no health information
+        if self.level is None:
+            self._samples.append(values)
+            if len(self._samples) >= self.learn_readings:
+                self._finish(t_s)
+            return None
+        a = self.tuning.alpha
+        assert self.value is not None
+        self.value += a * (self._raw(values) - self.value)
+        return self.value
+
+    def _finish(self, t_s: float) -> None:
+        arr = np.asarray(self._samples)
+        self._median = [float(x) for x in np.median(arr, axis=0)]
+        smoothed = []
+        s = self._raw(self._samples[0])
+        for row in self._samples:
+            s += self.tuning.alpha * (self._raw(row) - s)
+            smoothed.append(s)
+        warm = smoothed[min(10, len(smoothed) // 6) :]  # skip the EWMA start-up transient
+        med = float(np.median(warm))
+        mad = float(np.median(np.abs(np.asarray(warm) - med)))
+        self.level = max(med + self.tuning.k_mad * _MAD_SIGMA * mad, self.tuning.min_level)
+        self.value = s
+        self.learned_at_s = t_s
+        self._samples = []
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe state."""
+        return {
+            "version": _STATE_VERSION,
+            "features": list(self.features),
+            "samples": self._samples,
+            "median": self._median,
+            "level": self.level,
+            "value": self.value,
+            "learned_at_s": self.learned_at_s,
+        }
+
+    def load(self, state: Mapping[str, Any]) -> None:
+        """Restore to_dict() output (keeps this object's settings).
+
+        Raises:
+            ValueError: unknown state version.
+        """
+        if state.get("version") != _STATE_VERSION:
+            raise ValueError(f"unknown health index state version {state.get('version')!r}")
+        self.features = tuple(state["features"])
+        self._samples = [[float(x) for x in row] for row in state["samples"]]
+        self._median = [float(x) for x in state["median"]]
+        self.level = state["level"]
+        self.value = state["value"]
+        self.learned_at_s = state["learned_at_s"]

@@ -19,6 +19,7 @@ from agent.analysis.monitor import Monitor, Update
 from agent.config import Config
 from agent.health import HealthServer, Snapshot
 from agent.sdnotify import SystemdNotifier
+from agent.sensor_faults import SensorFaultTracker, SensorHealth
 from agent.store import Outbox, StoreError
 from agent.uplink import HttpUplink
 from drivers.modbus import ModbusTcpPoller, silence_pymodbus_logging
@@ -30,6 +31,10 @@ READING_QUEUE_SIZE = 1000
 # Updates (drafts + state) held in memory while the store cannot be written (disk full).
 UNSAVED_LIMIT = 10_000
 STORE_RETRY_MAX_S = 30.0
+# Failed polls in a row that open a poller's breaker and raise a sensor_fault alert.
+BREAKER_FAILURES = 3
+SENSOR_WATCH_INTERVAL_S = 1.0
+SHUTDOWN_DRAIN_S = 10.0  # well inside systemd's TimeoutStopSec=30
 
 
 @dataclass(slots=True)
@@ -58,6 +63,8 @@ class Agent:
             config.store.path, gateway_id=config.gateway.id, max_bytes=config.store.max_bytes
         )
         self.monitor: Monitor | None = None
+        self.faults: SensorFaultTracker | None = None
+        self._persist_lock = asyncio.Lock()  # the analysis and sensor watch both persist
         self._queue: asyncio.Queue[Reading] = asyncio.Queue(maxsize=READING_QUEUE_SIZE)
         self._unsaved: deque[Update] = deque()
         self._store_retry_at = 0.0
@@ -77,6 +84,7 @@ class Agent:
                 timeout_s=s.modbus.timeout_s,
                 poll_interval_s=s.poll_interval_s,
                 sink=self._enqueue,
+                failure_threshold=BREAKER_FAILURES,
             )
             for s in config.sensors
         ]
@@ -107,7 +115,11 @@ class Agent:
         notifier = SystemdNotifier()
         silence_pymodbus_logging()  # our pollers log once per failure episode, with context
         async with self.outbox:
-            self.monitor = Monitor(self.config, state=await self.outbox.load_state())
+            state = await self.outbox.load_state()
+            self.monitor = Monitor(self.config, state=state)
+            self.faults = SensorFaultTracker(
+                self.config, state=state, breaker_failures=BREAKER_FAILURES
+            )
             hc = self.config.health
             async with HealthServer(self.snapshot, host=hc.host, port=hc.port) as health:
                 self.health = health
@@ -116,6 +128,7 @@ class Agent:
                         tg.create_task(p.run(), name=f"poll[{p.sensor_id}]") for p in self.pollers
                     ]
                     analysis = tg.create_task(self._analyse(), name="analysis")
+                    watch = tg.create_task(self._watch_sensors(), name="sensor-watch")
                     ups = [tg.create_task(u.run(), name=f"uplink[{u.name}]") for u in self.uplinks]
                     watchdog = tg.create_task(self._watchdog(notifier), name="watchdog")
                     notifier.notify("READY=1")
@@ -130,12 +143,21 @@ class Agent:
                     notifier.notify("STOPPING=1")
                     # Order matters: stop reading, analyse what was read, persist, then
                     # stop the uplinks (undelivered alerts wait on disk for the next start).
-                    for t in polls:
+                    for t in [*polls, watch]:
                         t.cancel()
                     await asyncio.gather(*polls, return_exceptions=True)
-                    await self._queue.join()
+                    try:
+                        async with asyncio.timeout(SHUTDOWN_DRAIN_S):
+                            await self._queue.join()
+                    except TimeoutError:
+                        log.error(
+                            "analysis did not drain %d readings within %.0f s at shutdown",
+                            self._queue.qsize(),
+                            SHUTDOWN_DRAIN_S,
+                        )
                     analysis.cancel()
-                    await self._flush_unsaved(final=True)
+                    async with self._persist_lock:
+                        await self._flush_unsaved(final=True)
                     for t in [*ups, watchdog]:
                         t.cancel()
         log.info("agent stopped cleanly")
@@ -165,7 +187,25 @@ class Agent:
             finally:
                 self._queue.task_done()
 
+    async def _watch_sensors(self) -> None:
+        """Raise and clear sensor_fault alerts as pollers' breakers open and close."""
+        assert self.faults is not None
+        while True:
+            await asyncio.sleep(SENSOR_WATCH_INTERVAL_S)
+            for p in self.pollers:
+                st = p.status
+                health = SensorHealth(
+                    p.sensor_id, st.state, st.consecutive_failures, st.last_error, st.last_ok_at
+                )
+                update = self.faults.update(health, utc_now())
+                if update.drafts or update.state:
+                    await self._persist(update)
+
     async def _persist(self, update: Update) -> None:
+        async with self._persist_lock:
+            await self._persist_locked(update)
+
+    async def _persist_locked(self, update: Update) -> None:
         if update.drafts or update.state:
             if len(self._unsaved) >= UNSAVED_LIMIT:
                 lost = self._unsaved.popleft()

@@ -328,3 +328,46 @@ def test_sigterm_flushes_and_exits_cleanly(tmp_path: Path) -> None:
     logs = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     assert any(rec["msg"] == "agent stopped cleanly" for rec in logs), err[-2000:]
     assert all(rec["level"] not in ("ERROR", "CRITICAL") for rec in logs), err[-2000:]
+
+
+async def test_dead_sensor_raises_a_fault_and_does_not_stall_the_others(tmp_path: Path) -> None:
+    modbus_args = [
+        "modbus",
+        "--port",
+        "0",
+        "--device",
+        "1:degrade",
+        "--device",
+        "2:dead",
+        "--life-s",
+        "12",
+    ]
+    backend_args = ["backend", "--port", "0", "--db", str(tmp_path / "b.db"), "--token", TOKEN]
+    async with SimProcess("backend", backend_args) as b, SimProcess("modbus", modbus_args) as m:
+        cfg = write_config(tmp_path, {"backend": b.info, "modbus": m.info})
+        agent, task = await run_agent(cfg)
+        try:
+            alerts = await wait_for(
+                b.info["url"],
+                lambda a: (
+                    ("escalated", "D") in severity_states(a)
+                    and any(x["kind"] == "sensor_fault" for x in a)
+                ),
+                timeout_s=40,
+            )
+            snap = await agent.snapshot()
+        finally:
+            agent.stop()
+            await asyncio.wait_for(task, 15)
+    faults = [a for a in alerts if a["kind"] == "sensor_fault"]
+    assert [(f["sensor"]["id"], f["state"], f["asset"]["id"]) for f in faults] == [
+        ("fan-3-de", "raised", "fan-3")
+    ]
+    jsonschema.validate(faults[0], SCHEMA)
+    sensors = {s["id"]: s for s in snap["sensors"]}
+    assert sensors["fan-3-de"]["state"] == "backoff"
+    assert sensors["m1-de"]["state"] == "ok"
+    # The live sensor kept its 0.5 s cadence beside the dead one (at most a few misses).
+    uptime = snap["uptime_s"]
+    assert sensors["m1-de"]["polls_total"] >= (uptime / 0.5) * 0.8, (uptime, sensors["m1-de"])
+    assert snap["status"] == "degraded"

@@ -28,7 +28,6 @@ import numpy as np
 
 from agent.analysis.bearing import BearingGeometry
 from agent.analysis.degradation import (
-    MODEL_NAME,
     DegradationPrior,
     PosteriorTuning,
     bayes_exponential,
@@ -69,8 +68,8 @@ class Tuning:
         persist_every_s: model state is written at most this often per channel.
     """
 
-    health: HealthIndexTuning = HealthIndexTuning()
-    posterior: PosteriorTuning = PosteriorTuning()
+    health: HealthIndexTuning = field(default_factory=HealthIndexTuning)
+    posterior: PosteriorTuning = field(default_factory=PosteriorTuning)
     prior: DegradationPrior | None = None
     bin_s: float = 60.0
     capacity: int = 256
@@ -125,6 +124,15 @@ def state_key(asset_id: str, sensor_id: str, channel: str, kind: str) -> str:
 
 def _snap(s: LifecycleState) -> tuple[object, ...]:
     return (s.active, s.streak_level, s.streak, s.clear_streak, s.raised_at, s.cleared_at_s)
+
+
+def _closed(sensor: str, channel: str, kind: str, st: LifecycleState) -> dict[str, object]:
+    return {
+        "sensor": sensor,
+        "channel": channel,
+        "kind": kind,
+        "level": LEVEL_NAMES[min(st.active, 2)],
+    }
 
 
 def metric_unit(metric: str) -> str:
@@ -422,7 +430,6 @@ class Monitor:
             ),
         }  # fmt: skip
         if transition == "escalated" and isinstance(ch.estimate, TrendEstimate):
-            metric, _ = self._failure(ch)
             sev = Severity("critical", zone, "time to failure under the planning horizon",
                            "time_to_failure_hours", round(ch.estimate.hours, 3),
                            ch.asset.planning_horizon_hours)  # fmt: skip
@@ -468,8 +475,7 @@ class Monitor:
             if kind in ("severity", "trend"):
                 st = LifecycleState.from_dict(json.loads(self._saved[k]))
                 if st.active and (sensor, channel) not in self._channels:
-                    closed.append({"sensor": sensor, "channel": channel, "kind": kind,
-                                   "level": LEVEL_NAMES.get(st.active, "critical")})  # fmt: skip
+                    closed.append(_closed(sensor, channel, kind, st))
             keys.add((sensor, channel))
             del self._saved[k]
         transport = "modbus"
@@ -479,8 +485,7 @@ class Monitor:
                 transport = ch.sensor.transport
                 for kind, st in (("severity", ch.severity), ("trend", ch.trend)):
                     if st.active:
-                        closed.append({"sensor": sensor, "channel": channel, "kind": kind,
-                                       "level": LEVEL_NAMES.get(st.active, "critical")})  # fmt: skip
+                        closed.append(_closed(sensor, channel, kind, st))
             for kind in ("severity", "trend"):
                 out.state[state_key(asset_id, sensor, channel, kind)] = json.dumps(
                     LifecycleState().to_dict(), sort_keys=True
@@ -504,6 +509,21 @@ class Monitor:
             )
         )
         return out
+
+    def current(
+        self, sensor_id: str, channel: str
+    ) -> tuple[Severity, Progression | None, TimeToFailure | None, str | None] | None:
+        """A channel's severity, progression, time to failure (or the reason there is none)
+        as of its last reading; None if the channel has produced no reading."""
+        ch = self._channels.get((sensor_id, channel))
+        if ch is None or ch.view is None:
+            return None
+        zone, level = ch.view.zone, ZONE_LEVEL[ch.view.zone]
+        threshold = ch.table.cd if zone in ("C", "D") else ch.table.bc
+        sev = Severity(
+            LEVEL_NAMES[level], zone, ch.table.standard, SEVERITY_METRIC, ch.view.value, threshold
+        )
+        return (sev, *self._estimate_fields(ch))
 
     def views(self) -> list[ChannelView]:
         """The latest view of every channel that has produced a reading."""

@@ -1,0 +1,108 @@
+"""Sensor faults as alerts: a sensor that stops answering is a monitoring gap.
+
+A reliability engineer must know that a machine is no longer watched. When a poller's
+circuit breaker opens (several failed polls in a row) a `sensor_fault` alert is raised for
+the sensor's asset; when the sensor answers again it is cleared. The raised state is
+persisted with the alert, so a restart neither repeats nor forgets it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from agent.analysis.monitor import Update
+from agent.config import Config
+from agent.records import AlertDraft, AssetRef, SensorRef, Severity, format_ts
+
+ALL_CHANNELS = "all"
+
+
+@dataclass(frozen=True, slots=True)
+class SensorHealth:
+    """What the tracker needs from a poller's status."""
+
+    sensor_id: str
+    state: str  # "starting", "ok", "failing", "backoff"
+    consecutive_failures: int
+    last_error: str | None
+    last_ok_at: datetime | None
+
+
+def fault_key(asset_id: str, sensor_id: str) -> str:
+    """The store key of a sensor's fault state."""
+    return f"{asset_id}/{sensor_id}/{ALL_CHANNELS}/sensor_fault"
+
+
+class SensorFaultTracker:
+    """Turns poller state changes into sensor_fault raised/cleared drafts.
+
+    Args:
+        config: the validated configuration (sensor -> asset).
+        state: persisted state by key, as the store returned it.
+        breaker_failures: failed polls in a row that open a poller's breaker (the threshold
+            the record names).
+        transport: the transport name for the records.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        state: Mapping[str, str] | None = None,
+        breaker_failures: int = 3,
+        transport: str = "modbus",
+    ) -> None:
+        self._assets = {s.id: config.asset(s.asset) for s in config.sensors}
+        self._threshold = float(breaker_failures)
+        self._transport = transport
+        saved = state or {}
+        self._raised = {
+            sid: json.loads(saved.get(fault_key(a.id, sid), "{}")).get("raised", False)
+            for sid, a in self._assets.items()
+        }
+
+    def update(self, health: SensorHealth, now: datetime) -> Update:
+        """One status observation; a draft only when the fault starts or ends."""
+        out = Update()
+        asset = self._assets[health.sensor_id]
+        raised = self._raised[health.sensor_id]
+        if not raised and health.state == "backoff":
+            transition = "raised"
+        elif raised and health.state == "ok":
+            transition = "cleared"
+        else:
+            return out
+        self._raised[health.sensor_id] = transition == "raised"
+        out.state[fault_key(asset.id, health.sensor_id)] = json.dumps(
+            {"raised": transition == "raised", "at": format_ts(now)}
+        )
+        evidence: dict[str, object] = {
+            "consecutive_failures": health.consecutive_failures,
+            "last_error": health.last_error,
+            "last_ok_at": format_ts(health.last_ok_at) if health.last_ok_at else None,
+        }
+        out.drafts.append(
+            AlertDraft(
+                asset=AssetRef(asset.id, asset.name, asset.tier),
+                sensor=SensorRef(health.sensor_id, ALL_CHANNELS, self._transport),
+                kind="sensor_fault",
+                state=transition,  # type: ignore[arg-type]
+                detected_at=now,
+                severity=Severity(
+                    level="warning" if transition == "raised" else "info",
+                    zone=None,
+                    standard="sensor health",
+                    metric="consecutive_poll_failures",
+                    value=float(health.consecutive_failures),
+                    threshold=self._threshold,
+                ),
+                no_estimate_reason="no readings from this sensor: the machine is not watched"
+                if transition == "raised"
+                else "sensor answers again",
+                evidence=evidence,
+            )
+        )
+        return out

@@ -85,7 +85,7 @@ def _config(args: argparse.Namespace) -> tuple[Config, str, str]:
             "group": args.iso_group,
             "foundation": args.foundation,
             "rpm": args.rpm,
-        },  # fmt: skip
+        },
         "failure": {"metric": args.failure_metric, "threshold": args.failure_threshold},
         "planning_horizon_hours": args.planning_horizon_hours,
         "alerting": {"baseline_readings": args.baseline_readings},

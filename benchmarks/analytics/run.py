@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import evaluate as ev
 import femto
+import monitor_eval
 from report import write_report
 
 from agent.analysis.bearing import FEMTO_BEARING, fault_frequencies
@@ -67,6 +68,38 @@ def feature_cost() -> dict:
         waveform_features(x, 25600.0, shaft_hz=30.0, bearing=FEMTO_BEARING)
     us = (time.perf_counter() - t0) / reps * 1e6
     return {"us_per_snapshot": round(us, 1), "snapshots_per_s": round(1e6 / us)}
+
+
+def zone_boundaries() -> dict:
+    """Every ISO table through agent.analysis.severity: a value on a boundary is the upper
+    zone, one just below it the lower zone."""
+    from agent.analysis.severity import zone_table
+    from agent.config import Iso10816_1, Iso10816_3
+
+    machines = [
+        Iso10816_3(standard="iso10816-3", group=g, foundation=f, rpm=1480)
+        for g in (1, 2)
+        for f in ("rigid", "flexible")
+    ] + [Iso10816_1.model_validate({"standard": "iso10816-1", "class": c, "rpm": 1480})
+         for c in ("I", "II", "III", "IV")]  # fmt: skip
+    rows, ok = [], True
+    for m in machines:
+        t = zone_table(m)
+        exact = all(
+            t.zone(b) == z and t.zone(math.nextafter(b, 0.0)) == prev
+            for b, z, prev in ((t.ab, "B", "A"), (t.bc, "C", "B"), (t.cd, "D", "C"))
+        )
+        ok &= exact
+        rows.append({"standard": t.standard, "ab": t.ab, "bc": t.bc, "cd": t.cd, "exact": exact})
+    return {"all_exact": ok, "rows": rows}
+
+
+def monitor_throughput() -> dict:
+    """Monitor.update calls per second for feature readings (smart-sensor path), one core."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from monitor_throughput import measure
+
+    return measure()
 
 
 def femto_alarms(runs: dict, onsets: dict) -> dict:
@@ -210,6 +243,8 @@ def main() -> int:
         },
         "velocity_accuracy": velocity_accuracy(),
         "cost": feature_cost(),
+        "zone_boundaries": zone_boundaries(),
+        "monitor_throughput": monitor_throughput(),
     }
     if femto.available():
         t1 = time.perf_counter()
@@ -229,6 +264,7 @@ def main() -> int:
             },
             "alarms": femto_alarms(runs, onsets),
             "trend": femto_trend(runs),
+            "monitor": monitor_eval.evaluate(runs, onsets),
         }
     else:
         result["femto"] = {"skipped": f"{femto.FEMTO_DIR} not present"}

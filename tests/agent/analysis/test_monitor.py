@@ -117,3 +117,32 @@ def test_unconfigured_sensor_is_refused(tmp_path: Path) -> None:
                 "ghost", "z", datetime(2026, 1, 1, tzinfo=UTC), {"velocity_rms_mm_s": 1.0}
             )
         )
+
+
+def test_maintenance_resets_and_closes_active_alerts(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    m = Monitor(cfg)
+    saved: dict[str, str] = {}
+    for r in readings([3.0] * 3):
+        saved.update(m.update(r).state)
+    at = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+    u = m.maintenance("press-7", at, "bearing replaced")
+    saved.update(u.state)
+    (d,) = u.drafts
+    rec = d.record(gateway_id="gw-t", seq=9)
+    jsonschema.validate(rec, SCHEMA)
+    assert (rec["kind"], rec["state"]) == ("maintenance", "cleared")
+    assert rec["evidence"]["closed_alerts"] == [
+        {"sensor": "m1", "channel": "z", "kind": "severity", "level": "warning"}
+    ]
+    # After a restart the reset state is what is remembered: a new fault raises anew.
+    again = Monitor(cfg, state=saved)
+    assert [d.state for r in readings([3.0] * 3) for d in again.update(r).drafts] == ["raised"]
+    with pytest.raises(KeyError):
+        m.maintenance("ghost", at, "")
+
+
+def test_hold_off_rate_limits_a_flapping_alert(tmp_path: Path) -> None:
+    m = Monitor(config(tmp_path, debounce=1))
+    states = [d.state for r in readings([3.0, 1.0, 3.0, 3.0]) for d in m.update(r).drafts]
+    assert states == ["raised", "cleared"]  # re-raise held for resend_holdoff_s (600 s)

@@ -7,23 +7,39 @@ import asyncio
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from agent.config import Config
 
 EXIT_CONFIG = 2
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+def _load(path: Path) -> Config | None:
+    """The configuration, or None after printing every issue to stderr."""
     from agent.config import ConfigError, load_config
-    from agent.logs import setup_logging
-    from agent.runtime import Agent, run_until_signal
 
     try:
-        config = load_config(args.config)
+        return load_config(path)
     except ConfigError as exc:
         for issue in exc.issues:
             print(issue, file=sys.stderr)
+        return None
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from agent.logs import setup_logging
+    from agent.runtime import Agent, StoreInUseError, run_until_signal
+
+    config = _load(args.config)
+    if config is None:
         return EXIT_CONFIG
     setup_logging(args.log_level)
-    asyncio.run(run_until_signal(Agent(config)))
+    try:
+        asyncio.run(run_until_signal(Agent(config)))
+    except StoreInUseError as exc:
+        print(f"edge-agent: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -42,13 +58,24 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     from agent.inspect import status
 
-    return status(args.config, sys.stdout)
+    config = _load(args.config)
+    return EXIT_CONFIG if config is None else status(config, sys.stdout)
 
 
 def _cmd_alerts(args: argparse.Namespace) -> int:
     from agent.inspect import alerts
 
-    return alerts(args.config, sys.stdout, limit=args.limit)
+    config = _load(args.config)
+    return EXIT_CONFIG if config is None else alerts(config, sys.stdout, sys.stderr, args.limit)
+
+
+def _cmd_maintenance(args: argparse.Namespace) -> int:
+    from agent.maintenance import record_maintenance
+
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    return record_maintenance(config, args.asset, args.note, sys.stdout, sys.stderr)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -101,14 +128,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--limit", type=int, default=20)
     p.set_defaults(func=_cmd_alerts)
 
-    try:
-        from agent import replay
-    except ImportError:  # replay lands with the analysis package
-        replay = None  # type: ignore[assignment]
-    if replay is not None:
-        p = sub.add_parser("replay", help="feed recorded waveforms through the analysis")
-        replay.add_arguments(p)
-        p.set_defaults(func=replay.run)
+    p = sub.add_parser(
+        "maintenance",
+        help="record a repair: resets the asset's baseline and trend, sends a maintenance record",
+    )
+    with_config(p)
+    p.add_argument("--asset", required=True, help="asset id from the configuration")
+    p.add_argument("--note", default="", help="what was done (work order, part replaced)")
+    p.set_defaults(func=_cmd_maintenance)
+
+    from agent import replay
+
+    p = sub.add_parser("replay", help="feed recorded waveforms through the analysis (JSON Lines)")
+    replay.add_arguments(p)
+    p.set_defaults(func=replay.run)
     return parser
 
 

@@ -14,9 +14,13 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from agent.store import StoreError
+
 log = logging.getLogger(__name__)
 
 Snapshot = dict[str, Any]
+Maintenance = Callable[[str, str], Awaitable[list[dict[str, Any]]]]
+MAX_BODY_BYTES = 64 * 1024
 
 
 class _SnapshotCollector:
@@ -90,6 +94,7 @@ class _SnapshotCollector:
             ("alerts_total", "Alerts committed to the store"),
             ("alerts_lost_total", "Alerts lost because the store stayed unwritable"),
             ("store_errors_total", "Failed store writes"),
+            ("analysis_errors_total", "Readings the analysis failed on"),
         ):
             c = CounterMetricFamily(f"edge_{key.removesuffix('_total')}", doc)
             c.add_metric([], float(pipe.get(key, 0)))
@@ -104,12 +109,13 @@ def render_metrics(snap: Snapshot) -> bytes:
 
 
 class HealthServer:
-    """aiohttp server for /healthz and /metrics.
+    """aiohttp server for /healthz, /metrics and POST /v1/maintenance.
 
     Args:
         snapshot: coroutine returning the agent's current status snapshot.
         host: listen address; keep it on loopback.
         port: listen port, 0 for a free one (see `port` after start).
+        maintenance: records a repair event (asset id, note) and returns its records.
     """
 
     def __init__(
@@ -118,8 +124,10 @@ class HealthServer:
         *,
         host: str = "127.0.0.1",
         port: int = 9108,
+        maintenance: Maintenance | None = None,
     ) -> None:
         self._snapshot = snapshot
+        self._maintenance = maintenance
         self._host, self._port = host, port
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
@@ -132,10 +140,33 @@ class HealthServer:
         body = render_metrics(await self._snapshot())
         return web.Response(body=body, content_type="text/plain", charset="utf-8")
 
+    async def _post_maintenance(self, request: web.Request) -> web.Response:
+        if self._maintenance is None:
+            return web.json_response({"error": "maintenance not available"}, status=404)
+        try:
+            body = await request.json()
+            asset, note = body["asset"], str(body.get("note", ""))[:1000]
+            if not isinstance(asset, str):
+                raise TypeError("asset must be a string")
+        except (ValueError, KeyError, TypeError) as exc:
+            return web.json_response(
+                {"error": f'expected {{"asset": "<id>", "note": "..."}}: {exc}'}, status=400
+            )
+        try:
+            records = await self._maintenance(asset, note)
+        except KeyError:
+            return web.json_response({"error": f"unknown asset {asset!r}"}, status=404)
+        except StoreError as exc:
+            return web.json_response(
+                {"error": f"store unwritable, event held and retried: {exc}"}, status=503
+            )
+        return web.json_response({"records": records})
+
     async def __aenter__(self) -> HealthServer:
-        app = web.Application()
+        app = web.Application(client_max_size=MAX_BODY_BYTES)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
+        app.router.add_post("/v1/maintenance", self._post_maintenance)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port)

@@ -13,23 +13,13 @@ import urllib.request
 from pathlib import Path
 from typing import Any, TextIO
 
-from agent.config import Config, ConfigError, load_config
+from agent.config import Config
 
-EXIT_CONFIG = 2
 EXIT_NO_STORE = 1
 
 
 def _open_ro(path: Path) -> sqlite3.Connection:
     return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
-
-
-def _load(config_path: Path, err: TextIO) -> Config | None:
-    try:
-        return load_config(config_path)
-    except ConfigError as exc:
-        for issue in exc.issues:
-            print(issue, file=err)
-        return None
 
 
 def store_summary(path: Path) -> dict[str, Any]:
@@ -66,13 +56,8 @@ def _healthz(config: Config) -> dict[str, Any] | str:
         return f"agent not reachable at {url}: {exc}"
 
 
-def status(config_path: Path, out: TextIO, err: TextIO | None = None) -> int:
+def status(config: Config, out: TextIO) -> int:
     """Print the store summary and the agent's health as JSON."""
-    import sys
-
-    config = _load(config_path, err or sys.stderr)
-    if config is None:
-        return EXIT_CONFIG
     report: dict[str, Any] = {"gateway": config.gateway.id}
     if config.store.path.exists():
         report["store"] = store_summary(config.store.path)
@@ -83,15 +68,10 @@ def status(config_path: Path, out: TextIO, err: TextIO | None = None) -> int:
     return 0 if config.store.path.exists() else EXIT_NO_STORE
 
 
-def alerts(config_path: Path, out: TextIO, *, limit: int = 20, err: TextIO | None = None) -> int:
+def alerts(config: Config, out: TextIO, err: TextIO, limit: int = 20) -> int:
     """Print the newest alerts (JSON Lines, newest first) with their delivery time."""
-    import sys
-
-    config = _load(config_path, err or sys.stderr)
-    if config is None:
-        return EXIT_CONFIG
     if not config.store.path.exists():
-        print(f"no store yet at {config.store.path}", file=err or sys.stderr)
+        print(f"no store yet at {config.store.path}", file=err)
         return EXIT_NO_STORE
     with _open_ro(config.store.path) as conn:
         rows = conn.execute(

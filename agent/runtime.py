@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from agent.analysis.monitor import Monitor, Update
@@ -44,6 +46,41 @@ class PipelineCounters:
     alerts_total: int = 0
     alerts_lost_total: int = 0
     store_errors_total: int = 0
+    analysis_errors_total: int = 0
+
+
+class StoreInUseError(RuntimeError):
+    """Another agent process already runs on this store."""
+
+
+def lock_path(store_path: Path) -> Path:
+    """The lock file a running agent holds next to its store."""
+    return store_path.with_name(store_path.name + ".lock")
+
+
+@contextlib.contextmanager
+def store_lock(store_path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the store for this process's lifetime.
+
+    Two agents writing one store would each number alerts and deliver the other's; the lock
+    also tells `edge-agent maintenance` whether an agent is running.
+
+    Raises:
+        StoreInUseError: another process holds the lock.
+    """
+    path = lock_path(store_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise StoreInUseError(
+                f"another edge-agent is running on {store_path} (lock {path} is held)"
+            ) from exc
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 class Agent:
@@ -73,6 +110,7 @@ class Agent:
         self._stop = asyncio.Event()
         self._started = time.monotonic()
         self._drop_logged = False
+        self._analysis_failing: set[tuple[str, str]] = set()
         self.pollers = [
             ModbusTcpPoller(
                 s.id,
@@ -114,6 +152,11 @@ class Agent:
         """Run until stop() is called; returns after a clean shutdown."""
         notifier = SystemdNotifier()
         silence_pymodbus_logging()  # our pollers log once per failure episode, with context
+        with store_lock(self.config.store.path):
+            await self._run(notifier)
+        log.info("agent stopped cleanly")
+
+    async def _run(self, notifier: SystemdNotifier) -> None:
         async with self.outbox:
             state = await self.outbox.load_state()
             self.monitor = Monitor(self.config, state=state)
@@ -121,7 +164,9 @@ class Agent:
                 self.config, state=state, breaker_failures=BREAKER_FAILURES
             )
             hc = self.config.health
-            async with HealthServer(self.snapshot, host=hc.host, port=hc.port) as health:
+            async with HealthServer(
+                self.snapshot, host=hc.host, port=hc.port, maintenance=self.maintenance
+            ) as health:
                 self.health = health
                 async with asyncio.TaskGroup() as tg:
                     polls = [
@@ -160,7 +205,6 @@ class Agent:
                         await self._flush_unsaved(final=True)
                     for t in [*ups, watchdog]:
                         t.cancel()
-        log.info("agent stopped cleanly")
 
     async def _watchdog(self, notifier: SystemdNotifier) -> None:
         if notifier.watchdog_interval_s is None:
@@ -180,12 +224,39 @@ class Agent:
                 try:
                     update = self.monitor.update(reading)
                 except Exception:  # a bug on one reading must not stop the analysis
-                    log.exception("analysis failed for %s/%s", reading.sensor_id, reading.channel)
+                    self.counters.analysis_errors_total += 1
+                    key = (reading.sensor_id, reading.channel)
+                    if key not in self._analysis_failing:  # log once per channel
+                        self._analysis_failing.add(key)
+                        log.exception(
+                            "analysis failed for %s/%s (counted in "
+                            "edge_analysis_errors; logged once)",
+                            *key,
+                        )
                     continue
                 if update.drafts or update.state or self._unsaved:
                     await self._persist(update)
             finally:
                 self._queue.task_done()
+
+    async def maintenance(self, asset_id: str, note: str) -> list[dict[str, Any]]:
+        """Record a repair on an asset: reset its baselines and trends, store the event.
+
+        Raises:
+            KeyError: unknown asset.
+            StoreError: the store is unwritable now; the event is held and stored later.
+        """
+        assert self.monitor is not None
+        async with self._persist_lock:
+            update = self.monitor.maintenance(asset_id, utc_now(), note)
+            try:
+                records = await self.outbox.append(update.drafts, update.state)
+            except StoreError:
+                self._unsaved.append(update)  # the reset happened: keep the record, retry
+                raise
+        self.counters.alerts_total += len(records)
+        log.info("maintenance on %s recorded as %s", asset_id, records[0]["alert_id"])
+        return records
 
     async def _watch_sensors(self) -> None:
         """Raise and clear sensor_fault alerts as pollers' breakers open and close."""

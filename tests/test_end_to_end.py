@@ -22,7 +22,8 @@ import pytest
 
 from agent.config import load_config
 from agent.demo import SimProcess
-from agent.runtime import Agent
+from agent.runtime import Agent, StoreInUseError
+from tests.conftest import free_port
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 
@@ -54,7 +55,7 @@ sensors:
 uplinks:
   - http: {{url: "{backend_url}", token: "{token}", timeout_s: 2, max_backoff_s: 1}}
 store: {{path: "{store}", max_bytes: 64MiB}}
-health: {{port: 0}}
+health: {{port: {health_port}}}
 """
 
 
@@ -92,7 +93,7 @@ async def sims(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
         yield {"backend": backend.info, "modbus": modbus.info}
 
 
-def write_config(tmp_path: Path, sims: dict[str, Any]) -> Path:
+def write_config(tmp_path: Path, sims: dict[str, Any], health_port: int = 0) -> Path:
     path = tmp_path / "agent.yaml"
     path.write_text(
         CONFIG.format(
@@ -100,6 +101,7 @@ def write_config(tmp_path: Path, sims: dict[str, Any]) -> Path:
             backend_url=sims["backend"]["url"],
             token=TOKEN,
             store=tmp_path / "outbox.db",
+            health_port=health_port,
         )
     )
     return path
@@ -371,3 +373,41 @@ async def test_dead_sensor_raises_a_fault_and_does_not_stall_the_others(tmp_path
     uptime = snap["uptime_s"]
     assert sensors["m1-de"]["polls_total"] >= (uptime / 0.5) * 0.8, (uptime, sensors["m1-de"])
     assert snap["status"] == "degraded"
+
+
+async def test_maintenance_while_running_and_while_stopped(
+    tmp_path: Path, sims: dict[str, Any]
+) -> None:
+    cfg = write_config(tmp_path, sims, health_port=free_port())
+    url = sims["backend"]["url"]
+    agent, task = await run_agent(cfg)
+    try:
+        await wait_for(url, lambda a: ("raised", "C") in severity_states(a), timeout_s=40)
+        # A second agent on the same store is refused: two writers would mix up seqs.
+        with pytest.raises(StoreInUseError):
+            await Agent(load_config(cfg)).run()
+        out = await asyncio.to_thread(
+            cli, "maintenance", "-c", str(cfg), "--asset", "press-7", "--note", "DE bearing"
+        )
+        online = json.loads(out)
+        await wait_for(url, lambda a: any(x["kind"] == "maintenance" for x in a), timeout_s=20)
+    finally:
+        agent.stop()
+        await asyncio.wait_for(task, 15)
+    jsonschema.validate(online, SCHEMA)
+    assert (online["kind"], online["asset"]["id"]) == ("maintenance", "press-7")
+    assert "DE bearing" in json.dumps(online["evidence"])
+
+    # Stopped agent: the event goes straight into the store and is delivered on next start.
+    out = await asyncio.to_thread(cli, "maintenance", "-c", str(cfg), "--asset", "fan-3")
+    offline = json.loads(out)
+    assert offline["seq"] > online["seq"]
+    agent, task = await run_agent(cfg)
+    try:
+        alerts = await wait_for(
+            url, lambda a: offline["alert_id"] in {x["alert_id"] for x in a}, timeout_s=20
+        )
+    finally:
+        agent.stop()
+        await asyncio.wait_for(task, 15)
+    assert [a["asset"]["id"] for a in alerts if a["kind"] == "maintenance"] == ["press-7", "fan-3"]

@@ -27,17 +27,35 @@ from datetime import datetime
 import numpy as np
 
 from agent.analysis.bearing import BearingGeometry
+from agent.analysis.channel import (
+    Channel,
+    ChannelView,
+    load_channel,
+    model_state,
+    snap,
+    state_key,
+)
 from agent.analysis.degradation import (
     DegradationPrior,
     PosteriorTuning,
     bayes_exponential,
 )
+from agent.analysis.drafts import (
+    HEALTH_METRIC,
+    SEVERITY_METRIC,
+    closed_alert,
+    estimate_fields,
+    maintenance_draft,
+    metric_unit,
+    severity_draft,
+    trend_draft,
+)
 from agent.analysis.features import waveform_features
-from agent.analysis.health_index import HealthIndex, HealthIndexTuning
+from agent.analysis.health_index import HealthIndexTuning
 from agent.analysis.lifecycle import LifecycleState, step
-from agent.analysis.severity import LEVEL_NAMES, ZONE_LEVEL, ZoneTable, velocity_band_hz, zone_table
+from agent.analysis.severity import LEVEL_NAMES, ZONE_LEVEL, velocity_band_hz, zone_table
 from agent.analysis.trend import NoEstimate, Trend, TrendEstimate
-from agent.config import Asset, Config
+from agent.config import Config
 from agent.records import (
     AlertDraft,
     AssetRef,
@@ -47,11 +65,18 @@ from agent.records import (
     TimeToFailure,
     format_ts,
 )
-from drivers.reading import VELOCITY_RMS, Reading
+from drivers.reading import Reading
 
-SEVERITY_METRIC = VELOCITY_RMS
-HEALTH_METRIC = "health_index"
-_UNITS = (("_mm_s", "mm/s"), ("_g", "g"), ("_c", "degC"), ("_hz", "Hz"))
+__all__ = [
+    "HEALTH_METRIC",
+    "SEVERITY_METRIC",
+    "ChannelView",
+    "Monitor",
+    "Tuning",
+    "Update",
+    "metric_unit",
+    "state_key",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,70 +102,12 @@ class Tuning:
     persist_every_s: float = 60.0
 
 
-@dataclass(frozen=True, slots=True)
-class ChannelView:
-    """The latest state of one channel, for status displays and health."""
-
-    asset_id: str
-    sensor_id: str
-    channel: str
-    at: datetime
-    value: float
-    zone: str
-    active_level: int
-    health_index: float | None = None
-    trend_level: int = 0
-    estimate: TrendEstimate | NoEstimate | None = None
-
-
 @dataclass(slots=True)
 class Update:
     """What one reading produced: drafts to store, and state to store with them."""
 
     drafts: list[AlertDraft] = field(default_factory=list)
     state: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class _Channel:
-    asset: Asset
-    table: ZoneTable
-    sensor: SensorRef
-    severity: LifecycleState
-    trend: LifecycleState
-    hi: HealthIndex
-    history: Trend
-    onset_s: float | None = None
-    estimate: TrendEstimate | NoEstimate | None = None
-    estimate_bin: int | None = None
-    persisted_s: float = -math.inf
-    view: ChannelView | None = None
-
-
-def state_key(asset_id: str, sensor_id: str, channel: str, kind: str) -> str:
-    """The store key of one persisted state ("severity", "trend" or "model")."""
-    return f"{asset_id}/{sensor_id}/{channel}/{kind}"
-
-
-def _snap(s: LifecycleState) -> tuple[object, ...]:
-    return (s.active, s.streak_level, s.streak, s.clear_streak, s.raised_at, s.cleared_at_s)
-
-
-def _closed(sensor: str, channel: str, kind: str, st: LifecycleState) -> dict[str, object]:
-    return {
-        "sensor": sensor,
-        "channel": channel,
-        "kind": kind,
-        "level": LEVEL_NAMES[min(st.active, 2)],
-    }
-
-
-def metric_unit(metric: str) -> str:
-    """The unit of a canonical feature name (from its suffix)."""
-    for suffix, unit in _UNITS:
-        if metric.endswith(suffix):
-            return unit
-    return "1"
 
 
 class Monitor:
@@ -165,7 +132,7 @@ class Monitor:
         }
         self._tables = {a.id: zone_table(a.machine) for a in config.assets}
         self._saved = dict(state or {})
-        self._channels: dict[tuple[str, str], _Channel] = {}
+        self._channels: dict[tuple[str, str], Channel] = {}
         self.tuning = tuning or Tuning()
         self.skipped_total = 0  # readings without a usable velocity (bad quality, missing)
 
@@ -175,38 +142,24 @@ class Monitor:
         t = self.tuning
         return Trend(model="exponential", bin_s=t.bin_s, window_bins=30, capacity=t.capacity)
 
-    def _channel(self, reading: Reading) -> _Channel:
+    def _channel(self, reading: Reading) -> Channel:
         key = (reading.sensor_id, reading.channel)
         ch = self._channels.get(key)
         if ch is not None:
             return ch
         asset = self._sensor_asset[reading.sensor_id]
-        k = lambda kind: state_key(asset.id, reading.sensor_id, reading.channel, kind)  # noqa: E731
-        sev, tr, model = (self._saved.pop(k(x), None) for x in ("severity", "trend", "model"))
-        ch = _Channel(
+        ch = load_channel(
+            self._saved,
             asset=asset,
             table=self._tables[asset.id],
             sensor=SensorRef(reading.sensor_id, reading.channel, reading.transport),
-            severity=LifecycleState.from_dict(json.loads(sev)) if sev else LifecycleState(),
-            trend=LifecycleState.from_dict(json.loads(tr)) if tr else LifecycleState(),
-            hi=HealthIndex(asset.alerting.baseline_readings, self.tuning.health),
+            health=self.tuning.health,
             history=self._new_history(),
         )
-        data = json.loads(model) if model else {}
-        if data:
-            ch.hi.load(data["hi"])
-            ch.history = Trend.from_dict(data["history"])
-            ch.onset_s = data["onset_s"]
         self._channels[key] = ch
         return ch
 
-    def _model_state(self, ch: _Channel) -> str:
-        return json.dumps(
-            {"hi": ch.hi.to_dict(), "history": ch.history.to_dict(), "onset_s": ch.onset_s},
-            separators=(",", ":"),
-        )
-
-    def _features(self, ch: _Channel, reading: Reading) -> Mapping[str, float]:
+    def _features(self, ch: Channel, reading: Reading) -> Mapping[str, float]:
         if reading.waveform is None:
             return reading.features
         rpm = ch.asset.machine.rpm
@@ -222,10 +175,6 @@ class Monitor:
             bearing=geometry,
         )
         return {**computed, **reading.features}  # a sensor's own values (temperature) win
-
-    def _failure(self, ch: _Channel) -> tuple[str, float]:
-        f = ch.asset.failure
-        return f.metric, f.threshold if f.threshold is not None else ch.table.cd
 
     # ------------------------------------------------------------------ updates
 
@@ -245,7 +194,7 @@ class Monitor:
             return out
         t_s = reading.timestamp.timestamp()
         alerting = ch.asset.alerting
-        sev_before, tr_before = _snap(ch.severity), _snap(ch.trend)
+        sev_before, tr_before = snap(ch.severity), snap(ch.trend)
         was_ready = ch.hi.ready
 
         # Severity: ISO zone of velocity RMS.
@@ -261,7 +210,7 @@ class Monitor:
 
         # Trend: health index against its baseline level, failure metric history.
         hi = ch.hi.update(t_s, feats)
-        metric, threshold = self._failure(ch)
+        metric, threshold = ch.failure()
         fm = feats.get(metric)
         if fm is not None:
             ch.history.update(t_s, fm)
@@ -299,28 +248,27 @@ class Monitor:
         if s.transition is not None:
             if s.transition == "raised":
                 ch.severity.raised_at = format_ts(reading.timestamp)
-            out.drafts.append(self._severity_draft(ch, reading, feats, zone, s.transition, s.level))
+            out.drafts.append(severity_draft(ch, reading, feats, zone, s.transition, s.level))
         if ts.transition is not None:
             if ts.transition == "raised":
                 ch.trend.raised_at = format_ts(reading.timestamp)
-            out.drafts.append(self._trend_draft(ch, reading, feats, hi, ts.transition, ts.level))
+            out.drafts.append(trend_draft(ch, reading, feats, hi, ts.transition, ts.level))
 
-        key = lambda kind: state_key(ch.asset.id, ch.sensor.id, ch.sensor.channel, kind)  # noqa: E731
-        if _snap(ch.severity) != sev_before:
-            out.state[key("severity")] = json.dumps(ch.severity.to_dict(), sort_keys=True)
-        if _snap(ch.trend) != tr_before:
-            out.state[key("trend")] = json.dumps(ch.trend.to_dict(), sort_keys=True)
+        if snap(ch.severity) != sev_before:
+            out.state[ch.key("severity")] = json.dumps(ch.severity.to_dict(), sort_keys=True)
+        if snap(ch.trend) != tr_before:
+            out.state[ch.key("trend")] = json.dumps(ch.trend.to_dict(), sort_keys=True)
         if (
             model_changed
             or out.drafts
             or ch.hi.ready != was_ready
             or t_s - ch.persisted_s >= self.tuning.persist_every_s
         ):
-            out.state[key("model")] = self._model_state(ch)
+            out.state[ch.key("model")] = model_state(ch)
             ch.persisted_s = t_s
         return out
 
-    def _estimate(self, ch: _Channel, now_s: float, threshold: float) -> TrendEstimate | NoEstimate:
+    def _estimate(self, ch: Channel, now_s: float, threshold: float) -> TrendEstimate | NoEstimate:
         """The channel's time-to-failure estimate, recomputed at most once per bin."""
         b = math.floor(now_s / self.tuning.bin_s)
         if ch.estimate is not None and ch.estimate_bin == b:
@@ -350,7 +298,7 @@ class Monitor:
         return est
 
     @staticmethod
-    def _prior(ch: _Channel, threshold: float, values: np.ndarray) -> DegradationPrior:
+    def _prior(ch: Channel, threshold: float, values: np.ndarray) -> DegradationPrior:
         """Configured prior, or: reach the threshold in one planning horizon."""
         a = ch.asset.alerting
         if a.prior_rate_per_day is not None:
@@ -359,90 +307,6 @@ class Monitor:
         start = float(vals.mean()) if vals.shape[0] else threshold / math.e
         gap = max(math.log(threshold / start), 0.1)
         return DegradationPrior(gap / (ch.asset.planning_horizon_hours / 24.0), a.prior_log_sd)
-
-    # ------------------------------------------------------------------ drafts
-
-    def _estimate_fields(
-        self, ch: _Channel
-    ) -> tuple[Progression | None, TimeToFailure | None, str | None]:
-        est = ch.estimate
-        if isinstance(est, TrendEstimate):
-            metric, threshold = self._failure(ch)
-            return (
-                Progression(round(est.rate_per_day, 6), f"{metric_unit(metric)} per day",
-                            round(est.window_hours, 3)),
-                TimeToFailure(round(est.hours, 3), round(est.lower_hours, 3),
-                              round(est.upper_hours, 3), metric, threshold, est.model),
-                None,
-            )  # fmt: skip
-        return None, None, est.reason if est is not None else "no reading analysed yet"
-
-    def _draft(
-        self, ch: _Channel, reading: Reading, feats: Mapping[str, float], kind: str,
-        transition: str, severity: Severity, extra: dict[str, object],
-    ) -> AlertDraft:  # fmt: skip
-        progression, ttf, reason = self._estimate_fields(ch)
-        return AlertDraft(
-            asset=AssetRef(ch.asset.id, ch.asset.name, ch.asset.tier),
-            sensor=ch.sensor,
-            kind=kind,  # type: ignore[arg-type]
-            state=transition,  # type: ignore[arg-type]
-            detected_at=reading.timestamp,
-            severity=severity,
-            progression=progression,
-            time_to_failure=ttf,
-            no_estimate_reason=reason,
-            evidence={
-                "features": {k: round(v, 6) for k, v in feats.items() if math.isfinite(v)},
-                **extra,
-            },
-        )
-
-    def _severity_draft(
-        self, ch: _Channel, reading: Reading, feats: Mapping[str, float], zone: str,
-        transition: str, level: int,
-    ) -> AlertDraft:  # fmt: skip
-        h = ch.asset.alerting.hysteresis
-        value = feats[SEVERITY_METRIC]
-        if transition == "cleared":
-            threshold, name = ch.table.bc * (1 - h), "info"
-        else:
-            threshold, name = (ch.table.cd if level >= 2 else ch.table.bc), LEVEL_NAMES[level]
-        sev = Severity(name, zone, ch.table.standard, SEVERITY_METRIC, value, threshold)  # type: ignore[arg-type]
-        return self._draft(ch, reading, feats, "severity", transition, sev, {})
-
-    def _trend_draft(
-        self, ch: _Channel, reading: Reading, feats: Mapping[str, float], hi: float | None,
-        transition: str, level: int,
-    ) -> AlertDraft:  # fmt: skip
-        hi_level = ch.hi.level or 0.0
-        zone = ch.table.zone(feats[SEVERITY_METRIC])
-        extra: dict[str, object] = {
-            "health_index": {
-                "value": None if hi is None else round(hi, 6),
-                "alarm_level": round(hi_level, 6),
-                "features": list(ch.hi.features),
-                "rule": f"EWMA mean ln(value / baseline median) > max(median + "
-                f"{ch.hi.tuning.k_mad:g} x 1.4826 MAD, {ch.hi.tuning.min_level:g})",
-            },
-            "onset_at": None if ch.onset_s is None else format_ts(
-                datetime.fromtimestamp(ch.onset_s, tz=reading.timestamp.tzinfo)
-            ),
-        }  # fmt: skip
-        if transition == "escalated" and isinstance(ch.estimate, TrendEstimate):
-            sev = Severity("critical", zone, "time to failure under the planning horizon",
-                           "time_to_failure_hours", round(ch.estimate.hours, 3),
-                           ch.asset.planning_horizon_hours)  # fmt: skip
-        else:
-            name = "info" if transition == "cleared" else LEVEL_NAMES[max(level, 1)]
-            threshold = (
-                hi_level * (1 - ch.asset.alerting.hysteresis)
-                if transition == "cleared"
-                else hi_level
-            )
-            sev = Severity(name, None, "learned baseline (health index)", HEALTH_METRIC,  # type: ignore[arg-type]
-                           round(hi or 0.0, 6), round(threshold, 6))  # fmt: skip
-        return self._draft(ch, reading, feats, "trend", transition, sev, extra)
 
     # ------------------------------------------------------------------ maintenance
 
@@ -475,7 +339,7 @@ class Monitor:
             if kind in ("severity", "trend"):
                 st = LifecycleState.from_dict(json.loads(self._saved[k]))
                 if st.active and (sensor, channel) not in self._channels:
-                    closed.append(_closed(sensor, channel, kind, st))
+                    closed.append(closed_alert(sensor, channel, kind, st))
             keys.add((sensor, channel))
             del self._saved[k]
         transport = "modbus"
@@ -485,7 +349,7 @@ class Monitor:
                 transport = ch.sensor.transport
                 for kind, st in (("severity", ch.severity), ("trend", ch.trend)):
                     if st.active:
-                        closed.append(_closed(sensor, channel, kind, st))
+                        closed.append(closed_alert(sensor, channel, kind, st))
             for kind in ("severity", "trend"):
                 out.state[state_key(asset_id, sensor, channel, kind)] = json.dumps(
                     LifecycleState().to_dict(), sort_keys=True
@@ -493,19 +357,13 @@ class Monitor:
             out.state[state_key(asset_id, sensor, channel, "model")] = "{}"
         asset = self._sensor_asset[self._asset_sensors[asset_id][0]]
         out.drafts.append(
-            AlertDraft(
-                asset=AssetRef(asset.id, asset.name, asset.tier),
-                sensor=SensorRef(self._asset_sensors[asset_id][0], "*", transport),
-                kind="maintenance",
-                state="cleared",
-                detected_at=at,
-                severity=None,
-                no_estimate_reason="maintenance: baseline and trend restart from this event",
-                evidence={
-                    "note": note,
-                    "closed_alerts": closed,
-                    "reset_channels": [{"sensor": s, "channel": c} for s, c in sorted(keys)],
-                },
+            maintenance_draft(
+                AssetRef(asset.id, asset.name, asset.tier),
+                SensorRef(self._asset_sensors[asset_id][0], "*", transport),
+                at,
+                note,
+                closed,
+                sorted(keys),
             )
         )
         return out
@@ -523,7 +381,7 @@ class Monitor:
         sev = Severity(
             LEVEL_NAMES[level], zone, ch.table.standard, SEVERITY_METRIC, ch.view.value, threshold
         )
-        return (sev, *self._estimate_fields(ch))
+        return (sev, *estimate_fields(ch))
 
     def views(self) -> list[ChannelView]:
         """The latest view of every channel that has produced a reading."""

@@ -1,0 +1,122 @@
+"""Per-channel analysis state of the Monitor: lifecycles, health index, trend history.
+
+One Channel per (sensor, channel). Its lifecycle states are persisted as their own store
+keys ("severity", "trend") and the model (health index, binned history, onset) as "model";
+state_key() names them, load_channel() rebuilds a Channel from what the store returned.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from agent.analysis.health_index import HealthIndex, HealthIndexTuning
+from agent.analysis.lifecycle import LifecycleState
+from agent.analysis.severity import ZoneTable
+from agent.analysis.trend import NoEstimate, Trend, TrendEstimate
+from agent.config import Asset
+from agent.records import SensorRef
+
+__all__ = ["Channel", "ChannelView", "load_channel", "model_state", "snap", "state_key"]
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelView:
+    """The latest state of one channel, for status displays and health."""
+
+    asset_id: str
+    sensor_id: str
+    channel: str
+    at: datetime
+    value: float
+    zone: str
+    active_level: int
+    health_index: float | None = None
+    trend_level: int = 0
+    estimate: TrendEstimate | NoEstimate | None = None
+
+
+@dataclass(slots=True)
+class Channel:
+    """Mutable analysis state of one sensor channel."""
+
+    asset: Asset
+    table: ZoneTable
+    sensor: SensorRef
+    severity: LifecycleState
+    trend: LifecycleState
+    hi: HealthIndex
+    history: Trend
+    onset_s: float | None = None
+    estimate: TrendEstimate | NoEstimate | None = None
+    estimate_bin: int | None = None
+    persisted_s: float = -math.inf
+    view: ChannelView | None = None
+
+    def key(self, kind: str) -> str:
+        """This channel's store key of one persisted state."""
+        return state_key(self.asset.id, self.sensor.id, self.sensor.channel, kind)
+
+    def failure(self) -> tuple[str, float]:
+        """(failure metric, failure threshold); the threshold defaults to the C/D boundary."""
+        f = self.asset.failure
+        return f.metric, f.threshold if f.threshold is not None else self.table.cd
+
+
+def state_key(asset_id: str, sensor_id: str, channel: str, kind: str) -> str:
+    """The store key of one persisted state ("severity", "trend" or "model")."""
+    return f"{asset_id}/{sensor_id}/{channel}/{kind}"
+
+
+def snap(s: LifecycleState) -> tuple[object, ...]:
+    """The fields of a lifecycle state that decide whether it must be persisted."""
+    return (s.active, s.streak_level, s.streak, s.clear_streak, s.raised_at, s.cleared_at_s)
+
+
+def load_channel(
+    saved: MutableMapping[str, str],
+    *,
+    asset: Asset,
+    table: ZoneTable,
+    sensor: SensorRef,
+    health: HealthIndexTuning,
+    history: Trend,
+) -> Channel:
+    """Build a channel, consuming its persisted states from saved (if any).
+
+    Args:
+        saved: persisted state by key; this channel's keys are popped.
+        asset: the channel's configured asset.
+        table: the asset's zone table.
+        sensor: the sensor reference (id, channel, transport).
+        health: health-index tuning.
+        history: an empty trend history (used when nothing was persisted).
+    """
+    k = lambda kind: state_key(asset.id, sensor.id, sensor.channel, kind)  # noqa: E731
+    sev, tr, model = (saved.pop(k(x), None) for x in ("severity", "trend", "model"))
+    ch = Channel(
+        asset=asset,
+        table=table,
+        sensor=sensor,
+        severity=LifecycleState.from_dict(json.loads(sev)) if sev else LifecycleState(),
+        trend=LifecycleState.from_dict(json.loads(tr)) if tr else LifecycleState(),
+        hi=HealthIndex(asset.alerting.baseline_readings, health),
+        history=history,
+    )
+    data = json.loads(model) if model else {}
+    if data:
+        ch.hi.load(data["hi"])
+        ch.history = Trend.from_dict(data["history"])
+        ch.onset_s = data["onset_s"]
+    return ch
+
+
+def model_state(ch: Channel) -> str:
+    """The channel's model state (health index, history, onset) as compact JSON."""
+    return json.dumps(
+        {"hi": ch.hi.to_dict(), "history": ch.history.to_dict(), "onset_s": ch.onset_s},
+        separators=(",", ":"),
+    )

@@ -9,7 +9,14 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 Id = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 
@@ -178,9 +185,18 @@ class Uplink(_Model):
     http: HttpUplink
 
 
+_SIZE_JSON_SCHEMA = {
+    "anyOf": [
+        {"type": "integer", "minimum": 2**20},
+        {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*([KMGT]i?B|B)?\s*$"},
+    ],
+    "description": "bytes, or a size such as 512MiB or 2GB",
+}
+
+
 class Store(_Model):
     path: Path
-    max_bytes: int = 2 * 2**30
+    max_bytes: Annotated[int, WithJsonSchema(_SIZE_JSON_SCHEMA)] = 2 * 2**30
 
     @field_validator("max_bytes", mode="before")
     @classmethod

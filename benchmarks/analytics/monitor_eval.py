@@ -3,21 +3,30 @@
 Features are computed once per snapshot with the same waveform_features call the Monitor
 makes (femto.load_bearing) and fed to Monitor.update as feature readings, so every alarm,
 onset and time-to-failure number below comes from monitor.py / lifecycle.py /
-health_index.py / degradation.py. Leave-one-bearing-out: the growth-rate prior, the
-posterior tuning and the prior-fallback scale are learned on five bearings, scored on the
-sixth.
+health_index.py / degradation.py. Leave-one-bearing-out, everything learned on the five
+training bearings and scored on the sixth:
+1. health-index settings (alpha, k, floor) from a 27-point grid: zero false alarms on the
+   five (raise before the objective onset of evaluate.degradation_onset), then the longest
+   mean lead as a fraction of life, ties to the less sensitive setting;
+2. the growth-rate prior of the degradation model (from the five's onsets and failures);
+3. likelihood weight and reported quantile: mean PHM accuracy of the model's estimates on
+   the five (nested: each scored with a prior from the other four), 50..95 % of life;
+4. the population priors of ttf_prior (life, onset -> failure): fitted on the five.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
-from evaluate import phm_accuracy, prior_rul_s
+from evaluate import phm_accuracy
 from femto import CHANNELS, BearingRun
+from ttf_prior import conditional_point, median_point
 
 from agent.analysis.degradation import DegradationPrior, PosteriorTuning
+from agent.analysis.health_index import HealthIndexTuning
 from agent.analysis.monitor import Monitor, Tuning
 from agent.analysis.trend import TrendEstimate
 from agent.config import Config
@@ -26,9 +35,16 @@ from drivers.reading import Reading
 T0 = datetime(2012, 1, 1, tzinfo=UTC)
 FAILURE_G = 20.0
 FRACTIONS = (0.5, 0.7, 0.9)
+DENSE = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))  # 50..95 % of life (selection)
 WEIGHTS = (0.01, 0.03, 0.1)
 QUANTILES = (0.1, 0.25, 0.5)
-PRIOR_SCALES = (0.25, 0.5, 0.75, 1.0)
+HI_GRID = tuple(
+    HealthIndexTuning(alpha=a, k_mad=k, min_level=f)
+    for a in (0.05, 0.1, 0.2)
+    for k in (5.0, 10.0, 15.0)
+    for f in (0.2, 0.3, 0.5)
+)
+AFTER_ONSET = ("model", "fused", "onset prior")  # answers compared where the model estimates
 HORIZON_H = 1.0  # bench lives are hours: escalate under one hour left
 
 
@@ -57,29 +73,32 @@ def femto_config(run: BearingRun) -> Config:
     )
 
 
-def replay_features(run: BearingRun, tuning: Tuning, at_idx: list[int]) -> dict:
+def _readings(run: BearingRun) -> list[list[dict]]:
+    return [[dict(zip(run.features[ch], v, strict=True)) for v in
+             zip(*run.features[ch].values(), strict=True)] for ch in CHANNELS]  # fmt: skip
+
+
+def replay_features(run: BearingRun, tuning: Tuning, at_idx: list[int], feats=None) -> dict:
     """Feed a bearing through a Monitor; returns drafts and per-index channel estimates."""
     mon = Monitor(femto_config(run), tuning=tuning)
+    feats = feats or _readings(run)
     drafts, est = [], {}
-    feats = {ch: [dict(zip(run.features[ch], v, strict=True)) for v in
-                  zip(*run.features[ch].values(), strict=True)] for ch in CHANNELS}  # fmt: skip
     want = set(at_idx)
     for i, t in enumerate(run.t_s):
         at = T0 + timedelta(seconds=float(t))
-        for ch in CHANNELS:
-            for d in mon.update(Reading("s", ch, at, feats[ch][i], transport="replay")).drafts:
+        for c, ch in enumerate(CHANNELS):
+            for d in mon.update(Reading("s", ch, at, feats[c][i], transport="replay")).drafts:
                 drafts.append((i, ch, d))
         if i in want:
             est[i] = {v.channel: v.estimate for v in mon.views()}
     return {"drafts": drafts, "estimates": est}
 
 
-def onset_info(run: BearingRun, res: dict) -> tuple[int, float] | None:
-    """(index, accel_peak level) of the first trend raise on any channel."""
+def first_raise(res: dict) -> tuple[int, str] | None:
+    """(index, channel) of the first trend raise on any channel."""
     for i, ch, d in res["drafts"]:
         if d.kind == "trend" and d.state == "raised":
-            lo = max(0, i - 5)
-            return i, float(np.mean(run.features[ch]["accel_peak_g"][lo : i + 1]))
+            return i, ch
     return None
 
 
@@ -87,9 +106,10 @@ def learn_prior(runs: dict, base: dict, names: list[str]) -> DegradationPrior:
     """Growth rate of ln(accel_peak) from onset to the 20 g failure, over training bearings."""
     logs = []
     for b in names:
-        info = onset_info(runs[b], base[b])
+        info = first_raise(base[b])
         if info is not None:
-            i, level = info
+            i, ch = info
+            level = float(np.mean(runs[b].features[ch]["accel_peak_g"][max(0, i - 5) : i + 1]))
             dt_days = max(runs[b].life_s - runs[b].t_s[i], 60.0) / 86400.0
             logs.append(math.log(max(math.log(FAILURE_G / level), 0.1) / dt_days))
     if not logs:
@@ -97,76 +117,161 @@ def learn_prior(runs: dict, base: dict, names: list[str]) -> DegradationPrior:
     return DegradationPrior(math.exp(float(np.mean(logs))), max(float(np.std(logs)), 0.5))
 
 
-def score(run: BearingRun, res: dict, idx: list[int], train_lives: list[float], scale: float):
+def onset_durations(runs: dict, base: dict, names: list[str]) -> list[float]:
+    """Monitor onset (first trend raise) -> failure, seconds, of the bearings in names."""
+    out = []
+    for b in names:
+        info = first_raise(base[b])
+        if info is not None:
+            out.append(max(runs[b].life_s - float(runs[b].t_s[info[0]]), 10.0))
+    return out
+
+
+def alarm_stats(run: BearingRun, res: dict, onset: int) -> dict:
+    raises = [(i, d.kind) for i, _, d in res["drafts"] if d.state == "raised"]
+    trend = [i for i, k in raises if k == "trend"]
+    true = [i for i in trend if i >= onset]
+    return {
+        "trend_false_alarms": sum(i < onset for i in trend),
+        "severity_raises_before_onset": sum(i < onset for i, k in raises if k == "severity"),
+        "lead_min": round((run.life_s - run.t_s[min(true)]) / 60, 1) if true else None,
+        "lead_frac": (run.life_s - run.t_s[min(true)]) / run.life_s if true else 0.0,
+    }
+
+
+def choose_hi(stats: dict, train: list[str]) -> int:
+    """Grid index: fewest false alarms on train (zero if possible), then the longest mean
+    lead (fraction of life), then the less sensitive setting (higher k, floor; lower alpha)."""
+
+    def key(g: int):
+        h = HI_GRID[g]
+        fa = sum(stats[g, b]["trend_false_alarms"] for b in train)
+        lead = float(np.mean([stats[g, b]["lead_frac"] for b in train]))
+        return (-fa, round(lead, 4), h.k_mad, h.min_level, -h.alpha)
+
+    return max(range(len(HI_GRID)), key=key)
+
+
+def points(run, res, idx, fracs, lives, durations, scale=0.25) -> list[dict]:
+    """Every answer at each fraction of life (the scored ones and the compared ones)."""
     rows = []
-    for f, i in zip(FRACTIONS, idx, strict=True):
+    for f, i in zip(fracs, idx, strict=True):
         now, actual = float(run.t_s[i]), run.life_s - float(run.t_s[i])
         ests = [e for e in res["estimates"][i].values() if isinstance(e, TrendEstimate)]
-        if ests:
+        info = first_raise(res)
+        row = {"fraction": f, "actual_s": actual,
+               "life_prior_s": conditional_point(now, lives),
+               "median_prior_s": median_point(now, lives, scale)}  # fmt: skip
+        if ests and info is not None:
             e = min(ests, key=lambda x: x.hours)
-            pred, src = e.hours * 3600, "trend"
-            cov = e.lower_hours * 3600 <= actual <= e.upper_hours * 3600
+            since = now - float(run.t_s[info[0]])
+            onset_s = conditional_point(since, durations) if durations else e.hours * 3600
+            row.update(
+                source="trend", model_s=e.hours * 3600, onset_prior_s=onset_s,
+                fused_s=math.sqrt(e.hours * 3600 * onset_s),
+                covered=e.lower_hours * 3600 <= actual <= e.upper_hours * 3600,
+                lower_h=e.lower_hours, upper_h=e.upper_hours,
+            )  # fmt: skip
         else:
-            pred, src, cov = prior_rul_s(now, train_lives, scale), "no trend: prior", None
-        rows.append({"fraction": f, "actual_h": actual / 3600, "pred_h": pred / 3600,
-                     "source": src, "covered": cov, "A": phm_accuracy(actual, pred)})  # fmt: skip
+            row.update(source="no trend: life prior", covered=None)
+        rows.append(row)
     return rows
+
+
+def answer(row: dict, after_onset: str = "model") -> float:
+    """The scored prediction of a row: after onset the chosen answer, else the life prior."""
+    if row["source"] != "trend":
+        return row["life_prior_s"]
+    return {"model": row["model_s"], "fused": row.get("fused_s"),
+            "onset prior": row.get("onset_prior_s")}[after_onset]  # fmt: skip
+
+
+def _mean(xs: list[float]) -> float | None:
+    return round(float(np.mean(xs)), 3) if xs else None
 
 
 def evaluate(runs: dict[str, BearingRun], onsets: dict[str, int]) -> dict:
     names = list(runs)
-    idx = {b: [int(np.searchsorted(r.t_s, f * r.life_s, side="right") - 1) for f in FRACTIONS]
+    feats = {b: _readings(r) for b, r in runs.items()}
+    idx = {b: [int(np.searchsorted(r.t_s, f * r.life_s, side="right") - 1) for f in DENSE]
            for b, r in runs.items()}  # fmt: skip
-    base = {b: replay_features(runs[b], Tuning(), idx[b]) for b in names}
-    alarms = {}
-    for b, run in runs.items():
-        raises = [(i, ch, d.kind) for i, ch, d in base[b]["drafts"] if d.state == "raised"]
-        trend = [i for i, _, k in raises if k == "trend"]
-        alarms[b] = {
-            "trend_false_alarms": sum(i < onsets[b] for i in trend),
-            "severity_raises_before_onset": sum(
-                i < onsets[b] for i, _, k in raises if k == "severity"),
-            "lead_min": None if not [i for i in trend if i >= onsets[b]] else round(
-                (run.life_s - run.t_s[min(i for i in trend if i >= onsets[b])]) / 60, 1),
-            "first_raise_min_before_failure": None if not trend else round(
-                (run.life_s - run.t_s[min(trend)]) / 60, 1),
-        }  # fmt: skip
+    sel = [DENSE.index(f) for f in FRACTIONS]
+    base = {(g, b): replay_features(runs[b], Tuning(health=h), idx[b], feats[b])
+            for g, h in enumerate(HI_GRID) for b in names}  # fmt: skip
+    stats = {k: alarm_stats(runs[k[1]], v, onsets[k[1]]) for k, v in base.items()}
     cache: dict = {}
 
-    def scored(b: str, train: list[str], w: float, q: float, c: float) -> list[dict]:
-        prior = learn_prior(runs, base, train)
-        key = (b, tuple(train), w, q)
+    def rows(g, b, others, w, q) -> list[dict]:
+        """Bearing b with HI setting g, priors from others, posterior (w, q)."""
+        bg = {o: base[g, o] for o in names}
+        prior = learn_prior(runs, bg, others)
+        key = (g, b, tuple(others), w, q)
         if key not in cache:
-            tu = Tuning(posterior=PosteriorTuning(likelihood_weight=w, quantile=q), prior=prior)
-            cache[key] = replay_features(runs[b], tu, idx[b])
-        return score(runs[b], cache[key], idx[b], [runs[o].life_s for o in train], c)
+            tu = Tuning(health=HI_GRID[g], prior=prior,
+                        posterior=PosteriorTuning(likelihood_weight=w, quantile=q))  # fmt: skip
+            cache[key] = replay_features(runs[b], tu, idx[b], feats[b])
+        return points(runs[b], cache[key], idx[b], DENSE, [runs[o].life_s for o in others],
+                      onset_durations(runs, bg, others))  # fmt: skip
 
     folds = {}
     for test in names:
         train = [b for b in names if b != test]
-        best = max(
-            ((w, q, c) for w in WEIGHTS for q in QUANTILES for c in PRIOR_SCALES),
-            key=lambda p: np.mean([r["A"] for b in train
-                                   for r in scored(b, [o for o in train if o != b], *p)]),
-        )  # fmt: skip
-        prior = learn_prior(runs, base, train)
+        g = choose_hi(stats, train)
+        nested = {(w, q): [r for b in train for r in rows(g, b, [o for o in train if o != b], w, q)]
+                  for w in WEIGHTS for q in QUANTILES}  # fmt: skip
+
+        def trend_a(rs, how="model"):
+            return [
+                phm_accuracy(r["actual_s"], answer(r, how)) for r in rs if r["source"] == "trend"
+            ]
+
+        w, q = max(nested, key=lambda p: (_mean(trend_a(nested[p])) or 0.0, p[1] == 0.25))
+        how = max(AFTER_ONSET, key=lambda m: _mean(trend_a(nested[w, q], m)) or 0.0)
+        prior = learn_prior(runs, {o: base[g, o] for o in names}, train)
+        pts = rows(g, test, train, w, q)
         folds[test] = {
-            "weight": best[0], "quantile": best[1], "prior_scale": best[2],
+            "hi": {"alpha": HI_GRID[g].alpha, "k_mad": HI_GRID[g].k_mad,
+                   "min_level": HI_GRID[g].min_level},
+            "alarms": {k: v for k, v in stats[g, test].items() if k != "lead_frac"},
+            "weight": w, "quantile": q, "after_onset": how,
+            "after_onset_train_A": {m: _mean(trend_a(nested[w, q], m)) for m in AFTER_ONSET},
             "prior_rate_per_day": round(prior.rate_per_day, 2),
             "prior_log_sd": round(prior.log_sd, 2),
-            "points": scored(test, train, *best),
+            "points": [dict(r, pred_s=answer(r, how)) for r in (pts[i] for i in sel)],
         }  # fmt: skip
+    return {"folds": folds, "phm": summarise(folds), "hi_default": hi_default(folds)}
+
+
+def hi_default(folds: dict) -> dict:
+    """The most common fold choice of the health-index settings (shipped default)."""
+    c = Counter(tuple(f["hi"].values()) for f in folds.values())
+    (a, k, m), n = c.most_common(1)[0]
+    return {"alpha": a, "k_mad": k, "min_level": m, "folds": n, "of": len(folds)}
+
+
+def summarise(folds: dict) -> dict:
+    """PHM scores both ways (all points; trend-only points), bound coverage, comparisons."""
     pts = [p for f in folds.values() for p in f["points"]]
-    phm = {}
-    for f in FRACTIONS:
-        sel = [p for p in pts if p["fraction"] == f]
-        tr = [p["A"] for p in sel if p["source"] == "trend"]
-        phm[f"{int(f * 100)}%"] = {"all": round(float(np.mean([p["A"] for p in sel])), 3),
-                                   "trend_only": round(float(np.mean(tr)), 3) if tr else None,
-                                   "trend_points": len(tr)}  # fmt: skip
-    tr_all = [p["A"] for p in pts if p["source"] == "trend"]
-    phm["overall"] = {"all": round(float(np.mean([p["A"] for p in pts])), 3),
-                      "trend_only": round(float(np.mean(tr_all)), 3) if tr_all else None,
-                      "trend_points": len(tr_all),
-                      "trend_bounds_cover": sum(bool(p["covered"]) for p in pts)}  # fmt: skip
-    return {"alarms": alarms, "folds": folds, "phm": phm}
+    out: dict = {}
+    for label, sel in [*((f"{int(f * 100)}%", [p for p in pts if p["fraction"] == f])
+                         for f in FRACTIONS), ("overall", pts)]:  # fmt: skip
+        tr = [p for p in sel if p["source"] == "trend"]
+        out[label] = {
+            "all": _mean([phm_accuracy(p["actual_s"], p["pred_s"]) for p in sel]),
+            "trend_only": _mean([phm_accuracy(p["actual_s"], p["pred_s"]) for p in tr]),
+            "trend_points": len(tr),
+            "points": len(sel),
+        }
+    tr = [p for p in pts if p["source"] == "trend"]
+    nt = [p for p in pts if p["source"] != "trend"]
+    a = lambda ps, k: _mean([phm_accuracy(p["actual_s"], p[k]) for p in ps])  # noqa: E731
+    out["bounds_covered"] = f"{sum(bool(p['covered']) for p in tr)} of {len(tr)}"
+    out["compare"] = {
+        "no-trend points: life prior (scored)": a(nt, "life_prior_s"),
+        "no-trend points: phase-2 median prior x 0.25": a(nt, "median_prior_s"),
+        "trend points: model": a(tr, "model_s"),
+        "trend points: onset prior": a(tr, "onset_prior_s"),
+        "trend points: fused (geometric mean)": a(tr, "fused_s"),
+        "all points: life prior everywhere": a(pts, "life_prior_s"),
+    }
+    return out

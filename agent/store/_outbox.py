@@ -46,7 +46,13 @@ class Outbox:
     """
 
     def __init__(
-        self, path: str | Path, *, gateway_id: str, max_bytes: int, queue_size: int = 1024
+        self,
+        path: str | Path,
+        *,
+        gateway_id: str,
+        max_bytes: int,
+        queue_size: int = 1024,
+        first_seq: int | None = None,
     ) -> None:
         if max_bytes <= 0:
             raise ValueError("max_bytes must be positive")
@@ -54,6 +60,7 @@ class Outbox:
         self.gateway_id = gateway_id
         self.max_bytes = int(max_bytes)
         self._queue_size = queue_size
+        self._first_seq = first_seq  # None: the clock floor (ids never collide after a wipe)
         self._writer: Writer | None = None
         self._quarantined: Quarantined | None = None
         self.changed = asyncio.Event()
@@ -70,7 +77,7 @@ class Outbox:
         return self._writer.counters
 
     def _open(self) -> sqlite3.Connection:
-        conn, self._quarantined = open_db(self.path, self.gateway_id)
+        conn, self._quarantined = open_db(self.path, self.gateway_id, self._first_seq)
         return conn
 
     async def __aenter__(self) -> Self:

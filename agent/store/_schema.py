@@ -11,7 +11,9 @@ of unix_seconds x 100). The floor covers a file too damaged to read: it stays ab
 seq issued before as long as the gateway averaged fewer than 100 alerts per second since the
 counter started (alerts are rare events) and the clock is sane. If the file is unreadable
 AND the clock was reset to the past, reuse is possible; the quarantine row in the new
-database records what was recovered so an operator can see it.
+database records what was recovered so an operator can see it. A brand-new store starts at
+the same floor (not at 1), so an operator who deletes the file does not make the backend
+drop new alerts as duplicates of old ones.
 """
 
 from __future__ import annotations
@@ -225,7 +227,12 @@ def _recover_last_seq(path: Path) -> int | None:
     return best
 
 
-def _create(conn: sqlite3.Connection, gateway_id: str) -> None:
+def seq_floor() -> int:
+    """The wall-clock seq floor (see the module docstring)."""
+    return int(time.time() * SEQ_FLOOR_PER_SECOND)
+
+
+def _create(conn: sqlite3.Connection, gateway_id: str, first_seq: int | None) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
         # One statement at a time: executescript() would COMMIT our open transaction.
@@ -233,7 +240,10 @@ def _create(conn: sqlite3.Connection, gateway_id: str) -> None:
             if stmt.strip():
                 conn.execute(stmt)
         for key, value in (
-            ("last_seq", 0),
+            # A fresh store starts at the clock floor, not at 1: if an operator deleted the
+            # old file, ids from 1 would collide with alerts the backend already has, and
+            # it would drop the new ones as duplicates.
+            ("last_seq", (seq_floor() if first_seq is None else first_seq) - 1),
             ("evicted_total", 0),
             ("dead_letter_evicted_total", 0),
             ("delivered_pruned_total", 0),
@@ -262,7 +272,9 @@ def _record_quarantine(conn: sqlite3.Connection, q: Quarantined) -> None:
     conn.execute("COMMIT")
 
 
-def open_db(path: Path, gateway_id: str) -> tuple[sqlite3.Connection, Quarantined | None]:
+def open_db(
+    path: Path, gateway_id: str, first_seq: int | None = None
+) -> tuple[sqlite3.Connection, Quarantined | None]:
     """Open or create the outbox; a corrupt file is quarantined and replaced.
 
     Returns:
@@ -281,7 +293,7 @@ def open_db(path: Path, gateway_id: str) -> tuple[sqlite3.Connection, Quarantine
                 quarantined = _quarantine(path, reason)
         conn = _connect(path)
         _fsync_dir(path.parent)
-        _create(conn, gateway_id)  # idempotent: IF NOT EXISTS / INSERT OR IGNORE
+        _create(conn, gateway_id, first_seq)  # idempotent: IF NOT EXISTS / INSERT OR IGNORE
         if quarantined is not None:
             _record_quarantine(conn, quarantined)
         stored_gw = conn.execute("SELECT value FROM meta WHERE key = 'gateway_id'").fetchone()
@@ -302,7 +314,7 @@ def open_db(path: Path, gateway_id: str) -> tuple[sqlite3.Connection, Quarantine
 def _quarantine(path: Path, reason: str) -> Quarantined:
     target = _quarantine_files(path)
     recovered = _recover_last_seq(target)
-    floor = int(time.time()) * SEQ_FLOOR_PER_SECOND
+    floor = seq_floor()
     restart = max((recovered or 0) + 1, floor)
     log.error(
         "STORE CORRUPT: %s moved aside to %s (%s); NOT deleted, keep it for recovery. "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import logging
@@ -26,7 +27,7 @@ def _read(path: Path) -> bytes:
 
 
 def outbox(path: Path, max_bytes: int = BIG) -> Outbox:
-    return Outbox(path, gateway_id="gw-01", max_bytes=max_bytes)
+    return Outbox(path, gateway_id="gw-01", max_bytes=max_bytes, first_seq=1)
 
 
 async def test_not_a_database_is_quarantined_not_deleted(
@@ -195,3 +196,18 @@ async def test_sqlite_full_from_page_limit_is_contained(tmp_path: Path) -> None:
         await limit(1000)
         [rec] = await ob.append([draft(i=2)])
     assert rec["seq"] == 2
+
+
+async def test_a_wiped_store_never_reuses_an_alert_id(tmp_path: Path) -> None:
+    """An operator deletes the store (reinstall): new ids must not collide with old ones,
+    or the backend would drop the new alerts as duplicates."""
+    path = tmp_path / "outbox.db"
+    async with Outbox(path, gateway_id="gw-01", max_bytes=BIG) as ob:
+        (old,) = await ob.append([draft()])
+    assert old["seq"] >= int(time.time() - 60) * SEQ_FLOOR_PER_SECOND
+    for f in await asyncio.to_thread(lambda: list(tmp_path.glob("outbox.db*"))):
+        f.unlink()
+    await asyncio.sleep(0.05)  # the floor rises 100 per second: more than this store issued
+    async with Outbox(path, gateway_id="gw-01", max_bytes=BIG) as ob:
+        (new,) = await ob.append([draft()])
+    assert new["seq"] > old["seq"] and new["alert_id"] != old["alert_id"]

@@ -19,7 +19,9 @@ BIG = 1 << 30
 
 
 def outbox(path: Path, **kw: object) -> Outbox:
-    return Outbox(path, gateway_id="gw-01", max_bytes=int(kw.pop("max_bytes", BIG)), **kw)
+    return Outbox(
+        path, gateway_id="gw-01", max_bytes=int(kw.pop("max_bytes", BIG)), first_seq=1, **kw
+    )
 
 
 async def test_seq_monotonic_and_persisted_across_reopen(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ TOKEN = "s3cret-token"
 
 @pytest.fixture
 async def outbox(tmp_path: Path) -> AsyncIterator[Outbox]:
-    async with Outbox(tmp_path / "outbox.db", gateway_id="gw-01", max_bytes=1 << 30) as ob:
+    async with Outbox(tmp_path / "outbox.db", gateway_id="gw-01", max_bytes=1 << 30, first_seq=1) as ob:
         yield ob
 
 

@@ -172,7 +172,7 @@ class HttpUplink(_Model):
     token_file: Path | None = None
     batch_size: int = Field(default=100, ge=1, le=10_000)
     timeout_s: float = Field(default=10.0, gt=0, le=300)
-    max_backoff_s: float = Field(default=60.0, gt=0, le=3600)
+    max_backoff_s: float = Field(default=30.0, gt=0, le=3600)
 
     @model_validator(mode="after")
     def _one_token(self) -> HttpUplink:

@@ -42,6 +42,7 @@ RETRYABLE_4XX = frozenset({408, 429})
 AUTH_4XX = frozenset({401, 403, 407})
 _REASON_CHARS = 200
 _MAX_ERROR_BODY = 16 * 1024  # read no more than this of an error answer
+NEW_ALERT_RETRY_AFTER_S = 1.0  # during a backoff, a new alert retries after at least this
 
 
 @dataclass(slots=True)
@@ -236,11 +237,20 @@ class HttpUplink:
                 error,
                 delay,
             )
-        due = time.monotonic() + delay
+        start = time.monotonic()
+        due = start + delay
         try:
             while (left := due - time.monotonic()) > 0:
                 st.next_retry_in_s = round(left, 3)
-                await asyncio.sleep(min(left, 1.0))
+                # A new alert is worth a try before the backoff ends (alerts are rare, so
+                # this cannot hammer the backend); an explicit Retry-After is honoured fully.
+                if (
+                    retry_after_s is None
+                    and self.outbox.changed.is_set()
+                    and time.monotonic() - start >= NEW_ALERT_RETRY_AFTER_S
+                ):
+                    break
+                await asyncio.sleep(min(left, NEW_ALERT_RETRY_AFTER_S))
         finally:
             st.next_retry_in_s = None
 

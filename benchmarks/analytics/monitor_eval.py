@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 from evaluate import phm_accuracy
 from femto import CHANNELS, BearingRun
-from ttf_prior import conditional_point, median_point
+from ttf_prior import conditional_residuals, median_point
 
 from agent.analysis.degradation import DegradationPrior, PosteriorTuning
 from agent.analysis.health_index import HealthIndexTuning
@@ -44,7 +44,15 @@ HI_GRID = tuple(
     for k in (5.0, 10.0, 15.0)
     for f in (0.2, 0.3, 0.5)
 )
-AFTER_ONSET = ("model", "fused", "onset prior")  # answers compared where the model estimates
+AFTER_ONSET = ("model", "fused", "onset prior")
+PRIOR_QUANTILES = (
+    0.02,
+    0.05,
+    0.1,
+    0.2,
+    0.3,
+    0.5,
+)  # of the population priors' residuals  # answers compared where the model estimates
 HORIZON_H = 1.0  # bench lives are hours: escalate under one hour left
 
 
@@ -160,15 +168,18 @@ def points(run, res, idx, fracs, lives, durations, scale=0.25) -> list[dict]:
         ests = [e for e in res["estimates"][i].values() if isinstance(e, TrendEstimate)]
         info = first_raise(res)
         row = {"fraction": f, "actual_s": actual,
-               "life_prior_s": conditional_point(now, lives),
+               "life_q": np.quantile(conditional_residuals(now, lives), PRIOR_QUANTILES),
                "median_prior_s": median_point(now, lives, scale)}  # fmt: skip
         if ests and info is not None:
             e = min(ests, key=lambda x: x.hours)
             since = now - float(run.t_s[info[0]])
-            onset_s = conditional_point(since, durations) if durations else e.hours * 3600
+            onset_q = (
+                np.quantile(conditional_residuals(since, durations), PRIOR_QUANTILES)
+                if durations
+                else np.full(len(PRIOR_QUANTILES), e.hours * 3600)
+            )
             row.update(
-                source="trend", model_s=e.hours * 3600, onset_prior_s=onset_s,
-                fused_s=math.sqrt(e.hours * 3600 * onset_s),
+                source="trend", model_s=e.hours * 3600, onset_q=onset_q,
                 covered=e.lower_hours * 3600 <= actual <= e.upper_hours * 3600,
                 lower_h=e.lower_hours, upper_h=e.upper_hours,
             )  # fmt: skip
@@ -178,12 +189,15 @@ def points(run, res, idx, fracs, lives, durations, scale=0.25) -> list[dict]:
     return rows
 
 
-def answer(row: dict, after_onset: str = "model") -> float:
-    """The scored prediction of a row: after onset the chosen answer, else the life prior."""
+def answer(row: dict, after_onset: str = "model", ql: int = 2, qo: int = 2) -> float:
+    """The scored prediction of a row: after onset the chosen answer (the model, the onset
+    prior at quantile index qo, or their geometric mean), before it the life prior at
+    quantile index ql."""
     if row["source"] != "trend":
-        return row["life_prior_s"]
-    return {"model": row["model_s"], "fused": row.get("fused_s"),
-            "onset prior": row.get("onset_prior_s")}[after_onset]  # fmt: skip
+        return float(row["life_q"][ql])
+    onset = float(row["onset_q"][qo])
+    return {"model": row["model_s"], "fused": math.sqrt(row["model_s"] * onset),
+            "onset prior": onset}[after_onset]  # fmt: skip
 
 
 def _mean(xs: list[float]) -> float | None:
@@ -220,13 +234,15 @@ def evaluate(runs: dict[str, BearingRun], onsets: dict[str, int]) -> dict:
         nested = {(w, q): [r for b in train for r in rows(g, b, [o for o in train if o != b], w, q)]
                   for w in WEIGHTS for q in QUANTILES}  # fmt: skip
 
-        def trend_a(rs, how="model"):
-            return [
-                phm_accuracy(r["actual_s"], answer(r, how)) for r in rs if r["source"] == "trend"
-            ]
+        def acc(rs, trend, how="model", ql=2, qo=2):
+            return _mean([phm_accuracy(r["actual_s"], answer(r, how, ql, qo))
+                          for r in rs if (r["source"] == "trend") == trend]) or 0.0  # fmt: skip
 
-        w, q = max(nested, key=lambda p: (_mean(trend_a(nested[p])) or 0.0, p[1] == 0.25))
-        how = max(AFTER_ONSET, key=lambda m: _mean(trend_a(nested[w, q], m)) or 0.0)
+        w, q = max(nested, key=lambda p: (acc(nested[p], True), p[1] == 0.25))
+        nq = range(len(PRIOR_QUANTILES))
+        ql = max(nq, key=lambda i: acc(nested[w, q], False, ql=i))
+        qo = max(nq, key=lambda i: acc(nested[w, q], True, "onset prior", qo=i))
+        how = max(AFTER_ONSET, key=lambda m: acc(nested[w, q], True, m, qo=qo))
         prior = learn_prior(runs, {o: base[g, o] for o in names}, train)
         pts = rows(g, test, train, w, q)
         folds[test] = {
@@ -234,12 +250,25 @@ def evaluate(runs: dict[str, BearingRun], onsets: dict[str, int]) -> dict:
                    "min_level": HI_GRID[g].min_level},
             "alarms": {k: v for k, v in stats[g, test].items() if k != "lead_frac"},
             "weight": w, "quantile": q, "after_onset": how,
-            "after_onset_train_A": {m: _mean(trend_a(nested[w, q], m)) for m in AFTER_ONSET},
+            "life_prior_q": PRIOR_QUANTILES[ql], "onset_prior_q": PRIOR_QUANTILES[qo],
+            "after_onset_train_A": {m: acc(nested[w, q], True, m, qo=qo) for m in AFTER_ONSET},
             "prior_rate_per_day": round(prior.rate_per_day, 2),
             "prior_log_sd": round(prior.log_sd, 2),
-            "points": [dict(r, pred_s=answer(r, how)) for r in (pts[i] for i in sel)],
+            "points": [_scored(r, how, ql, qo) for r in (pts[i] for i in sel)],
         }  # fmt: skip
     return {"folds": folds, "phm": summarise(folds), "hi_default": hi_default(folds)}
+
+
+def _scored(r: dict, how: str, ql: int, qo: int) -> dict:
+    """A scored point: the answer per method (life prior where the model has none)."""
+    out = {k: v for k, v in r.items() if k not in ("life_q", "onset_q")}
+    out["life_prior_s"] = float(r["life_q"][ql])
+    out["pred_s"] = answer(r, how, ql, qo)
+    if r["source"] == "trend":
+        out["onset_prior_s"] = float(r["onset_q"][qo])
+        out["fused_s"] = answer(r, "fused", ql, qo)
+        out["model_pred_s"] = r["model_s"]
+    return out
 
 
 def hi_default(folds: dict) -> dict:

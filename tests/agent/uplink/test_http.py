@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,7 +23,9 @@ TOKEN = "s3cret-token"
 
 @pytest.fixture
 async def outbox(tmp_path: Path) -> AsyncIterator[Outbox]:
-    async with Outbox(tmp_path / "outbox.db", gateway_id="gw-01", max_bytes=1 << 30, first_seq=1) as ob:
+    async with Outbox(
+        tmp_path / "outbox.db", gateway_id="gw-01", max_bytes=1 << 30, first_seq=1
+    ) as ob:
         yield ob
 
 
@@ -188,3 +191,32 @@ async def _pending_is(outbox: Outbox, n: int) -> bool:
 
 async def _true(value: bool) -> bool:
     return value
+
+
+class _Longest(random.Random):
+    """Always the longest backoff, so the test sees the wait a new alert must cut short."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+async def test_new_alert_cuts_a_long_backoff_short(tmp_path: Path, outbox: Outbox) -> None:
+    async with BackendServer(db=tmp_path / "backend.db", token=TOKEN) as backend:
+        port, url = backend.port, backend.url
+    await outbox.append([draft(i=0)])
+    uplink = HttpUplink(
+        cfg(url, max_backoff_s=60, timeout_s=0.5), outbox, base_backoff_s=30, rng=_Longest()
+    )
+    async with Running(uplink) as up:
+        await until(lambda: _true(up.status.consecutive_failures >= 1))
+        async with BackendServer(port=port, db=tmp_path / "backend.db", token=TOKEN) as again:
+            await asyncio.sleep(1.5)
+            # Backend is back but the uplink sleeps its 30 s backoff: nothing delivered yet.
+            assert (await outbox.stats()).pending == 1
+            assert up.status.next_retry_in_s is not None and up.status.next_retry_in_s > 20
+            t0 = time.monotonic()
+            await outbox.append([draft(tier=1, i=1)])  # a live alert
+            await until(lambda: _pending_is(outbox, 0), timeout_s=5)
+            waited = time.monotonic() - t0
+            assert len(await again.alerts()) == 2
+    assert waited < 3.0, waited

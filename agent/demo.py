@@ -16,7 +16,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any, TextIO
@@ -37,6 +37,20 @@ class SimProcess:
         self.name, self.args = name, args
         self.proc: asyncio.subprocess.Process | None = None
         self.info: dict[str, Any] = {}
+
+    @classmethod
+    def backend(cls, db: Path, token: str) -> SimProcess:
+        """`edge-sim backend` on a free loopback port, storing into `db`."""
+        args = ["--host", "127.0.0.1", "--port", "0", "--db", str(db), "--token", token]
+        return cls("backend", ["backend", *args])
+
+    @classmethod
+    def modbus(cls, devices: Sequence[str], life_s: float) -> SimProcess:
+        """`edge-sim modbus` on a free loopback port; devices like "1:degrade", "2:dead"."""
+        args = ["--host", "127.0.0.1", "--port", "0", "--life-s", str(life_s)]
+        for d in devices:
+            args += ["--device", d]
+        return cls("modbus", ["modbus", *args])
 
     async def __aenter__(self) -> SimProcess:
         self.proc = await asyncio.create_subprocess_exec(
@@ -155,33 +169,9 @@ async def _demo(duration_s: float | None, life_s: float, workdir: Path | None, o
     token = secrets.token_hex(16)
     with _workdir(workdir) as tmp:
         display.line(f"demo files in {tmp}")
-        backend_args = [
-            "backend",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--db",
-            str(tmp / "backend.db"),
-            "--token",
-            token,
-        ]
-        modbus_args = [
-            "modbus",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--device",
-            "1:degrade",
-            "--device",
-            "2:healthy",
-            "--life-s",
-            str(life_s),
-        ]
         async with (
-            SimProcess("backend", backend_args) as backend,
-            SimProcess("modbus", modbus_args) as modbus,
+            SimProcess.backend(tmp / "backend.db", token) as backend,
+            SimProcess.modbus(["1:degrade", "2:healthy"], life_s) as modbus,
         ):
             display.line(f"backend simulator at {backend.info['url']} (pid {backend.proc.pid})")
             display.line(

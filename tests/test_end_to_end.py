@@ -30,6 +30,7 @@ pytestmark = [pytest.mark.network, pytest.mark.slow]
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA = json.loads((REPO / "agent" / "schemas" / "alert-v1.json").read_text())
 TOKEN = "test-token-123"
+LIFE_S = 12.0  # seconds until the simulated bearing fails
 
 CONFIG = """\
 gateway: {{id: gw-e2e}}
@@ -61,34 +62,10 @@ health: {{port: {health_port}}}
 
 @pytest.fixture
 async def sims(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
-    backend_args = [
-        "backend",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--db",
-        str(tmp_path / "backend.db"),
-        "--token",
-        TOKEN,
-    ]
     # A short life: zone C after ~5 s, D after ~8 s.
-    modbus_args = [
-        "modbus",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--device",
-        "1:degrade",
-        "--device",
-        "2:healthy",
-        "--life-s",
-        "12",
-    ]
     async with (
-        SimProcess("backend", backend_args) as backend,
-        SimProcess("modbus", modbus_args) as modbus,
+        SimProcess.backend(tmp_path / "backend.db", TOKEN) as backend,
+        SimProcess.modbus(["1:degrade", "2:healthy"], LIFE_S) as modbus,
     ):
         yield {"backend": backend.info, "modbus": modbus.info}
 
@@ -234,7 +211,7 @@ def test_demo_delivers_an_alert(tmp_path: Path) -> None:
             "--duration",
             "25",
             "--life-s",
-            "12",
+            str(LIFE_S),
             "--workdir",
             str(tmp_path / "demo"),
         ],
@@ -290,24 +267,8 @@ def test_sigterm_flushes_and_exits_cleanly(tmp_path: Path) -> None:
 
     async def scenario() -> tuple[int, str]:
         async with (
-            SimProcess(
-                "backend",
-                ["backend", "--port", "0", "--db", str(tmp_path / "b.db"), "--token", TOKEN],
-            ) as b,
-            SimProcess(
-                "modbus",
-                [
-                    "modbus",
-                    "--port",
-                    "0",
-                    "--device",
-                    "1:degrade",
-                    "--device",
-                    "2:healthy",
-                    "--life-s",
-                    "12",
-                ],
-            ) as m,
+            SimProcess.backend(tmp_path / "b.db", TOKEN) as b,
+            SimProcess.modbus(["1:degrade", "2:healthy"], LIFE_S) as m,
         ):
             cfg = write_config(tmp_path, {"backend": b.info, "modbus": m.info})
             proc = await asyncio.create_subprocess_exec(
@@ -333,19 +294,10 @@ def test_sigterm_flushes_and_exits_cleanly(tmp_path: Path) -> None:
 
 
 async def test_dead_sensor_raises_a_fault_and_does_not_stall_the_others(tmp_path: Path) -> None:
-    modbus_args = [
-        "modbus",
-        "--port",
-        "0",
-        "--device",
-        "1:degrade",
-        "--device",
-        "2:dead",
-        "--life-s",
-        "12",
-    ]
-    backend_args = ["backend", "--port", "0", "--db", str(tmp_path / "b.db"), "--token", TOKEN]
-    async with SimProcess("backend", backend_args) as b, SimProcess("modbus", modbus_args) as m:
+    async with (
+        SimProcess.backend(tmp_path / "b.db", TOKEN) as b,
+        SimProcess.modbus(["1:degrade", "2:dead"], LIFE_S) as m,
+    ):
         cfg = write_config(tmp_path, {"backend": b.info, "modbus": m.info})
         agent, task = await run_agent(cfg)
         try:

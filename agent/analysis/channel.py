@@ -13,6 +13,7 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass
 from datetime import datetime
 
+from agent.analysis.baseline import iso_alarm_level
 from agent.analysis.health_index import HealthIndex, HealthIndexTuning
 from agent.analysis.lifecycle import LifecycleState
 from agent.analysis.severity import ZoneTable
@@ -55,6 +56,12 @@ class Channel:
     estimate_bin: int | None = None
     persisted_s: float = -math.inf
     view: ChannelView | None = None
+    cause: str = "health_index"  # what raised the trend alert: health_index or velocity
+
+    def iso_alarm(self) -> float | None:
+        """ISO 20816-1 velocity alarm from the learned baseline, None while learning."""
+        base = self.hi.velocity_median
+        return None if base is None else iso_alarm_level(base, self.table.bc)
 
     def key(self, kind: str) -> str:
         """This channel's store key of one persisted state."""

@@ -136,11 +136,16 @@ def trend_draft(
                        ch.asset.planning_horizon_hours)  # fmt: skip
     else:
         name = "info" if transition == "cleared" else LEVEL_NAMES[max(level, 1)]
-        threshold = (
-            hi_level * (1 - ch.asset.alerting.hysteresis) if transition == "cleared" else hi_level
-        )
-        sev = Severity(name, None, "learned baseline (health index)", HEALTH_METRIC,  # type: ignore[arg-type]
-                       round(hi or 0.0, 6), round(threshold, 6))  # fmt: skip
+        keep = 1 - ch.asset.alerting.hysteresis if transition == "cleared" else 1.0
+        iso = ch.iso_alarm()
+        extra["iso_20816_1_alarm_mm_s"] = None if iso is None else round(iso, 4)
+        if ch.cause == SEVERITY_METRIC and iso is not None:
+            standard = "ISO 20816-1 alarm from the learned baseline"
+            value, threshold = feats[SEVERITY_METRIC], round(iso * keep, 4)
+            sev = Severity(name, zone, standard, SEVERITY_METRIC, value, threshold)  # type: ignore[arg-type]
+        else:
+            sev = Severity(name, None, "learned baseline (health index)", HEALTH_METRIC,  # type: ignore[arg-type]
+                           round(hi or 0.0, 6), round(hi_level * keep, 6))  # fmt: skip
     return _draft(ch, reading, feats, "trend", transition, sev, extra)
 
 

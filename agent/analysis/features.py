@@ -63,6 +63,9 @@ _ENVELOPE_KEYS = {
 }
 
 
+VELOCITY_BAND_PERIODS = "velocity_band_periods"
+
+
 def velocity_band_for_rpm(rpm: float | None) -> tuple[float, float]:
     """The ISO 10816/20816 velocity measurement band for a machine speed.
 
@@ -196,7 +199,8 @@ def waveform_features(
     Returns:
         accel_rms_g, accel_peak_g (about the mean), crest_factor, kurtosis (Pearson,
         3 for Gaussian), velocity_rms_mm_s, velocity_peak_mm_s, peak_frequency_hz (largest
-        velocity line in band), hf_accel_rms_g, and with shaft_hz and bearing the envelope
+        velocity line in band), velocity_band_periods (record length in periods of the
+        band's lowest frequency), hf_accel_rms_g, and with shaft_hz and bearing the envelope
         spectrum amplitudes envelope_bpfo_g, envelope_bpfi_g, envelope_bsf_g, envelope_ftf_g
         (root-sum-square of the largest envelope line within max(1 bin, 3 %) of the
         fault frequency and its 2nd and 3rd harmonics).
@@ -227,6 +231,9 @@ def waveform_features(
     power_w = spec_w.real * spec_w.real + spec_w.imag * spec_w.imag
     norm = n * plan.window_power
     out[VELOCITY_RMS] = math.sqrt(float(power_w @ plan.vel_weight2) / norm)
+    # How many periods of the band's lowest frequency the record spans: below a few, its
+    # velocity RMS is no measurement of that band (see severity.velocity_resolved).
+    out[VELOCITY_BAND_PERIODS] = n / fs_hz * band_hz[0]
     if plan.hf_weight2 is not None:
         out[HF_ACCEL_RMS] = math.sqrt(float(power_w @ plan.hf_weight2) / norm)
 

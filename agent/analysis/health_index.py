@@ -8,8 +8,10 @@ used. Smoothing (EWMA) removes the single-snapshot spikes (impacts, load changes
 the per-feature alarms of phase 1 raise before degradation onset.
 
 Alarm level: max(median + k x 1.4826 x MAD of the smoothed HI over the baseline, min_level),
-in ln units (min_level 0.3 = the features about 35 % above baseline). k, min_level and the
-smoothing are chosen leave-one-bearing-out in benchmarks/analytics (README there).
+in ln units (min_level 0.2 = the features about 22 % above baseline). alpha, k and min_level
+are selected inside each leave-one-bearing-out fold on the five training bearings (zero
+false alarms, then longest lead); the defaults are the most common fold choice
+(benchmarks/analytics/README.md reports every fold's choice).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ class HealthIndexTuning:
 
     alpha: float = 0.1
     k_mad: float = 10.0
-    min_level: float = 0.3
+    min_level: float = 0.2
 
 
 class HealthIndex:
@@ -66,6 +68,9 @@ class HealthIndex:
         self.features: tuple[str, ...] = ()
         self._samples: list[list[float]] = []
         self._median: list[float] = []
+        # Velocity RMS over the same learning window, for the ISO 20816-1 baseline alarm.
+        self._velocity: list[float] = []
+        self.velocity_median: float | None = None
         self.level: float | None = None  # alarm level once the baseline is learned
         self.value: float | None = None  # smoothed HI once the baseline is learned
         self.learned_at_s: float | None = None
@@ -105,6 +110,9 @@ class HealthIndex:
             return None  # a zero or missing value carries no health information
         if self.level is None:
             self._samples.append(values)
+            v = features.get(VELOCITY_RMS, math.nan)
+            if v > 0.0 and math.isfinite(v):
+                self._velocity.append(float(v))
             if len(self._samples) >= self.learn_readings:
                 self._finish(t_s)
             return None
@@ -128,6 +136,8 @@ class HealthIndex:
         self.value = s
         self.learned_at_s = t_s
         self._samples = []
+        self.velocity_median = float(np.median(self._velocity)) if self._velocity else None
+        self._velocity = []
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe state."""
@@ -136,6 +146,8 @@ class HealthIndex:
             "features": list(self.features),
             "samples": self._samples,
             "median": self._median,
+            "velocity": self._velocity,
+            "velocity_median": self.velocity_median,
             "level": self.level,
             "value": self.value,
             "learned_at_s": self.learned_at_s,
@@ -152,6 +164,8 @@ class HealthIndex:
         self.features = tuple(state["features"])
         self._samples = [[float(x) for x in row] for row in state["samples"]]
         self._median = [float(x) for x in state["median"]]
+        self._velocity = [float(x) for x in state.get("velocity", [])]
+        self.velocity_median = state.get("velocity_median")
         self.level = state["level"]
         self.value = state["value"]
         self.learned_at_s = state["learned_at_s"]

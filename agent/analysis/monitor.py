@@ -53,7 +53,13 @@ from agent.analysis.drafts import (
 from agent.analysis.features import waveform_features
 from agent.analysis.health_index import HealthIndexTuning
 from agent.analysis.lifecycle import LifecycleState, step
-from agent.analysis.severity import LEVEL_NAMES, ZONE_LEVEL, velocity_band_hz, zone_table
+from agent.analysis.severity import (
+    LEVEL_NAMES,
+    ZONE_LEVEL,
+    velocity_band_hz,
+    velocity_resolved,
+    zone_table,
+)
 from agent.analysis.trend import NoEstimate, Trend, TrendEstimate
 from agent.config import Config
 from agent.records import (
@@ -215,16 +221,21 @@ class Monitor:
         if fm is not None:
             ch.history.update(t_s, fm)
         est = self._estimate(ch, t_s, threshold)
-        level, below = 0, True
-        if hi is not None and ch.hi.level is not None:
-            if hi >= ch.hi.level:
-                level = (
-                    2
-                    if isinstance(est, TrendEstimate)
-                    and est.hours < (ch.asset.planning_horizon_hours)
-                    else 1
-                )
-            below = hi < ch.hi.level * (1.0 - alerting.hysteresis)
+        # Early detection: the health index over its learned level, or velocity RMS over
+        # the ISO 20816-1 alarm from the machine's own baseline (baseline + 0.25 x B/C, at
+        # most 1.25 x B/C), which fires well before zone C on a machine that ran smoothly.
+        h = alerting.hysteresis
+        hi_over = hi is not None and ch.hi.level is not None and hi >= ch.hi.level
+        iso = ch.iso_alarm() if velocity_resolved(feats) else None
+        iso_over = iso is not None and value >= iso
+        below = (hi is None or ch.hi.level is None or hi < ch.hi.level * (1.0 - h)) and (
+            iso is None or value < iso * (1.0 - h)
+        )
+        level = 0
+        if hi_over or iso_over:
+            ch.cause = "health_index" if hi_over else SEVERITY_METRIC
+            soon = isinstance(est, TrendEstimate) and est.hours < ch.asset.planning_horizon_hours
+            level = 2 if soon else 1
         ts = step(
             ch.trend,
             level,

@@ -8,9 +8,12 @@ one reading early than one reading late.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from agent.analysis.features import VELOCITY_BAND_PERIODS
 from agent.config import ExplicitLimits, Iso10816_1, Iso10816_3, standard_label, zone_limits
 
 Zone = Literal["A", "B", "C", "D"]
@@ -58,3 +61,18 @@ def zone_table(machine: Iso10816_3 | Iso10816_1 | ExplicitLimits) -> ZoneTable:
 def velocity_band_hz(rpm: float) -> tuple[float, float]:
     """The velocity RMS band ISO prescribes: 2-1000 Hz at or below 600 rpm, else 10-1000 Hz."""
     return (2.0, 1000.0) if rpm <= 600 else (10.0, 1000.0)
+
+
+# Periods of the band's lowest frequency a waveform must span for its velocity RMS to be a
+# measurement (a 0.1 s record resolves 10 Hz bins only: 10 Hz content is one period).
+MIN_PERIODS_FOR_VELOCITY = 4
+
+
+def velocity_resolved(features: Mapping[str, float]) -> bool:
+    """Whether a reading's velocity RMS covers the ISO band.
+
+    Smart sensors measure velocity over the band themselves (no marker); features computed
+    from a waveform carry velocity_band_periods, which must reach MIN_PERIODS_FOR_VELOCITY.
+    Velocity alarms that are not measurements stay off.
+    """
+    return features.get(VELOCITY_BAND_PERIODS, math.inf) >= MIN_PERIODS_FOR_VELOCITY

@@ -25,6 +25,7 @@ FEATURES = (
     "crest_factor",
     "kurtosis",
     "velocity_rms_mm_s",
+    "velocity_band_periods",
     "hf_accel_rms_g",
     "envelope_bpfo_g",
     "envelope_bpfi_g",

@@ -44,15 +44,11 @@ HI_GRID = tuple(
     for k in (5.0, 10.0, 15.0)
     for f in (0.2, 0.3, 0.5)
 )
-AFTER_ONSET = ("model", "fused", "onset prior")
-PRIOR_QUANTILES = (
-    0.02,
-    0.05,
-    0.1,
-    0.2,
-    0.3,
-    0.5,
-)  # of the population priors' residuals  # answers compared where the model estimates
+AFTER_ONSET = ("model", "fused", "onset prior")  # answers compared where the model estimates
+PRIOR_QUANTILES = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5)  # of the population priors' residuals
+MEDIAN_SCALES = (0.25, 0.5, 0.75, 1.0)  # phase-2 fallback: scale x median of the survivors
+LIFE_CANDIDATES = (*(f"log-normal q{q}" for q in PRIOR_QUANTILES),
+                   *(f"survivor median x{c}" for c in MEDIAN_SCALES))  # fmt: skip
 HORIZON_H = 1.0  # bench lives are hours: escalate under one hour left
 
 
@@ -160,7 +156,7 @@ def choose_hi(stats: dict, train: list[str]) -> int:
     return max(range(len(HI_GRID)), key=key)
 
 
-def points(run, res, idx, fracs, lives, durations, scale=0.25) -> list[dict]:
+def points(run, res, idx, fracs, lives, durations) -> list[dict]:
     """Every answer at each fraction of life (the scored ones and the compared ones)."""
     rows = []
     for f, i in zip(fracs, idx, strict=True):
@@ -168,8 +164,9 @@ def points(run, res, idx, fracs, lives, durations, scale=0.25) -> list[dict]:
         ests = [e for e in res["estimates"][i].values() if isinstance(e, TrendEstimate)]
         info = first_raise(res)
         row = {"fraction": f, "actual_s": actual,
-               "life_q": np.quantile(conditional_residuals(now, lives), PRIOR_QUANTILES),
-               "median_prior_s": median_point(now, lives, scale)}  # fmt: skip
+               "life_q": [*np.quantile(conditional_residuals(now, lives), PRIOR_QUANTILES),
+                          *(median_point(now, lives, c) for c in MEDIAN_SCALES)],
+               }  # fmt: skip
         if ests and info is not None:
             e = min(ests, key=lambda x: x.hours)
             since = now - float(run.t_s[info[0]])
@@ -240,7 +237,7 @@ def evaluate(runs: dict[str, BearingRun], onsets: dict[str, int]) -> dict:
 
         w, q = max(nested, key=lambda p: (acc(nested[p], True), p[1] == 0.25))
         nq = range(len(PRIOR_QUANTILES))
-        ql = max(nq, key=lambda i: acc(nested[w, q], False, ql=i))
+        ql = max(range(len(LIFE_CANDIDATES)), key=lambda i: acc(nested[w, q], False, ql=i))
         qo = max(nq, key=lambda i: acc(nested[w, q], True, "onset prior", qo=i))
         how = max(AFTER_ONSET, key=lambda m: acc(nested[w, q], True, m, qo=qo))
         prior = learn_prior(runs, {o: base[g, o] for o in names}, train)
@@ -250,7 +247,7 @@ def evaluate(runs: dict[str, BearingRun], onsets: dict[str, int]) -> dict:
                    "min_level": HI_GRID[g].min_level},
             "alarms": {k: v for k, v in stats[g, test].items() if k != "lead_frac"},
             "weight": w, "quantile": q, "after_onset": how,
-            "life_prior_q": PRIOR_QUANTILES[ql], "onset_prior_q": PRIOR_QUANTILES[qo],
+            "life_prior": LIFE_CANDIDATES[ql], "onset_prior_q": PRIOR_QUANTILES[qo],
             "after_onset_train_A": {m: acc(nested[w, q], True, m, qo=qo) for m in AFTER_ONSET},
             "prior_rate_per_day": round(prior.rate_per_day, 2),
             "prior_log_sd": round(prior.log_sd, 2),
@@ -263,7 +260,8 @@ def _scored(r: dict, how: str, ql: int, qo: int) -> dict:
     """A scored point: the answer per method (life prior where the model has none)."""
     out = {k: v for k, v in r.items() if k not in ("life_q", "onset_q")}
     out["life_prior_s"] = float(r["life_q"][ql])
-    out["pred_s"] = answer(r, how, ql, qo)
+    out["pred_s"] = answer(r, "model", ql, qo)  # what the agent says (prior: benchmark only)
+    out["selected_after_onset_s"] = answer(r, how, ql, qo)
     if r["source"] == "trend":
         out["onset_prior_s"] = float(r["onset_q"][qo])
         out["fused_s"] = answer(r, "fused", ql, qo)
@@ -297,10 +295,10 @@ def summarise(folds: dict) -> dict:
     out["bounds_covered"] = f"{sum(bool(p['covered']) for p in tr)} of {len(tr)}"
     out["compare"] = {
         "no-trend points: life prior (scored)": a(nt, "life_prior_s"),
-        "no-trend points: phase-2 median prior x 0.25": a(nt, "median_prior_s"),
         "trend points: model": a(tr, "model_s"),
         "trend points: onset prior": a(tr, "onset_prior_s"),
         "trend points: fused (geometric mean)": a(tr, "fused_s"),
+        "trend points: LOBO-selected after-onset answer": a(tr, "selected_after_onset_s"),
         "all points: life prior everywhere": a(pts, "life_prior_s"),
     }
     return out

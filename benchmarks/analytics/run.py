@@ -1,7 +1,7 @@
 """Analytics benchmark: velocity accuracy, FEMTO alarms and time to failure, feature cost.
 
 Run: .venv/bin/python benchmarks/analytics/run.py   (prints JSON, rewrites README.md here)
-Runtime: about 15-30 s on one core; all FEMTO snapshots are used (no decimation).
+Runtime: about 1.5 min on one core; all FEMTO snapshots are used (no decimation).
 """
 
 from __future__ import annotations

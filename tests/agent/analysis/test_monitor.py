@@ -146,3 +146,48 @@ def test_hold_off_rate_limits_a_flapping_alert(tmp_path: Path) -> None:
     m = Monitor(config(tmp_path, debounce=1))
     states = [d.state for r in readings([3.0, 1.0, 3.0, 3.0]) for d in m.update(r).drafts]
     assert states == ["raised", "cleared"]  # re-raise held for resend_holdoff_s (600 s)
+
+
+def test_iso_20816_1_baseline_alarm_fires_before_zone_c(tmp_path: Path) -> None:
+    """A machine that ran at 1.0 mm/s: ISO 20816-1 alarm = 1.0 + 0.25 x 2.8 = 1.7 mm/s,
+    reached in zone B, long before the zone C limit of 2.8 mm/s."""
+    m = Monitor(config(tmp_path))
+    t0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
+    accel = {"accel_rms_g": 0.2, "hf_accel_rms_g": 0.05}  # health-index features stay flat
+    values = [1.0 + 0.01 * (i % 3) for i in range(60)] + [1.5] * 5 + [1.8] * 4
+    recs = []
+    for i, v in enumerate(values):
+        r = Reading("m1", "z", t0 + timedelta(seconds=10 * i), {"velocity_rms_mm_s": v, **accel})
+        recs += [d.record(gateway_id="gw-t", seq=i) for d in m.update(r).drafts]
+    assert [(r["kind"], r["state"]) for r in recs] == [("trend", "raised")]
+    sev = recs[0]["severity"]
+    assert sev["metric"] == "velocity_rms_mm_s" and sev["zone"] == "B"
+    assert sev["standard"] == "ISO 20816-1 alarm from the learned baseline"
+    assert sev["threshold"] == pytest.approx(1.01 + 0.7, abs=0.011)
+    assert recs[0]["detected_at"] == "2026-11-23T08:11:10.000Z"  # third reading at 1.8 (i=67)
+    jsonschema.validate(recs[0], SCHEMA)
+
+
+def test_iso_20816_1_alarm_is_capped_at_1_25_bc(tmp_path: Path) -> None:
+    m = Monitor(config(tmp_path))
+    t0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
+    for i in range(60):  # a rough machine: baseline 2.9 mm/s
+        m.update(Reading("m1", "z", t0 + timedelta(seconds=i), {"velocity_rms_mm_s": 2.9}))
+    ch = m._channels[("m1", "z")]
+    assert ch.iso_alarm() == pytest.approx(1.25 * 2.8)  # not 2.9 + 0.7
+
+
+def test_velocity_alarm_needs_a_waveform_long_enough_for_the_band() -> None:
+    import numpy as np
+
+    from agent.analysis.features import waveform_features
+    from agent.analysis.severity import velocity_band_hz, velocity_resolved
+
+    noise = np.random.default_rng(0).normal(0, 0.1, 25600)
+    short = waveform_features(noise[:2560], 25600.0, band_hz=velocity_band_hz(1800))  # 0.1 s
+    long = waveform_features(noise, 25600.0, band_hz=velocity_band_hz(1800))  # 1 s
+    slow = waveform_features(noise, 25600.0, band_hz=velocity_band_hz(300))  # 2 Hz band
+    assert not velocity_resolved(short)  # one period of 10 Hz
+    assert velocity_resolved(long)  # ten periods
+    assert not velocity_resolved(slow)  # two periods of 2 Hz
+    assert velocity_resolved({"velocity_rms_mm_s": 1.0})  # a smart sensor's own value

@@ -13,10 +13,9 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from agent.analysis.baseline import iso_alarm_level
 from agent.analysis.health_index import HealthIndex, HealthIndexTuning
 from agent.analysis.lifecycle import LifecycleState
-from agent.analysis.severity import ZoneTable
+from agent.analysis.severity import ZoneTable, iso_alarm_level
 from agent.analysis.trend import NoEstimate, Trend, TrendEstimate
 from agent.config import Asset
 from agent.records import SensorRef

@@ -58,6 +58,19 @@ def zone_table(machine: Iso10816_3 | Iso10816_1 | ExplicitLimits) -> ZoneTable:
     return ZoneTable(lim.ab, lim.bc, lim.cd, standard_label(machine))
 
 
+def iso_alarm_level(baseline_mm_s: float, bc_boundary_mm_s: float) -> float:
+    """ISO 20816-1 alarm level for velocity RMS from a machine's own baseline.
+
+    Args:
+        baseline_mm_s: the machine's baseline velocity RMS, mm/s.
+        bc_boundary_mm_s: the zone B/C boundary of the applicable standard, mm/s.
+
+    Returns:
+        min(baseline + 0.25 x B/C, 1.25 x B/C).
+    """
+    return min(baseline_mm_s + 0.25 * bc_boundary_mm_s, 1.25 * bc_boundary_mm_s)
+
+
 def velocity_band_hz(rpm: float) -> tuple[float, float]:
     """The velocity RMS band ISO prescribes: 2-1000 Hz at or below 600 rpm, else 10-1000 Hz."""
     return (2.0, 1000.0) if rpm <= 600 else (10.0, 1000.0)

@@ -11,9 +11,9 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from feature_alarms import Baseline
 from femto import CHANNELS, BearingRun
 
-from agent.analysis.baseline import Baseline
 from agent.analysis.trend import NoEstimate, Trend
 
 ALARM_FEATURES = (

@@ -1,4 +1,8 @@
-"""Per-channel baseline after install or repair, and the alarm levels derived from it.
+"""Per-feature baseline alarms: phase 1's early-detection method, kept as a comparison.
+
+The agent does not use this module: its early detection is agent.analysis.health_index
+plus the ISO 20816-1 velocity alarm (agent.analysis.severity.iso_alarm_level). Section (b)
+of benchmarks/analytics/README.md scores this method leave-one-bearing-out beside it.
 
 The first readings (a count, or a duration) are the machine's own "healthy" reference; each
 feature gets its median and MAD. Alarm levels:
@@ -19,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from agent.analysis.severity import iso_alarm_level
 from drivers.reading import (
     ACCEL_RMS,
     ENVELOPE_BPFI,
@@ -35,7 +40,6 @@ __all__ = [
     "DEFAULT_MIN_RATIO",
     "Baseline",
     "Exceedance",
-    "iso_alarm_level",
 ]
 
 _MAD_SIGMA = 1.4826  # MAD -> standard deviation for Gaussian data
@@ -62,19 +66,6 @@ DEFAULT_MIN_RATIO: dict[str, float] = {
     ENVELOPE_BSF: 4.0,
     ENVELOPE_FTF: 6.0,
 }
-
-
-def iso_alarm_level(baseline_mm_s: float, bc_boundary_mm_s: float) -> float:
-    """ISO 20816-1 alarm level for velocity RMS from a machine's own baseline.
-
-    Args:
-        baseline_mm_s: the machine's baseline velocity RMS, mm/s.
-        bc_boundary_mm_s: the zone B/C boundary of the applicable standard, mm/s.
-
-    Returns:
-        min(baseline + 0.25 x B/C, 1.25 x B/C).
-    """
-    return min(baseline_mm_s + 0.25 * bc_boundary_mm_s, 1.25 * bc_boundary_mm_s)
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from agent.analysis.baseline import Baseline, iso_alarm_level
 from agent.analysis.features import waveform_features
+from agent.analysis.severity import iso_alarm_level
 
-FEMTO = Path(__file__).resolve().parents[4] / "shared" / "data" / "femto"
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks" / "analytics"))
+from feature_alarms import Baseline
+
+FEMTO = Path(__file__).resolve().parents[3] / "shared" / "data" / "femto"
 
 
 def _learn(b: Baseline, n: int, seed: int = 0) -> None:

@@ -63,7 +63,9 @@ def write_report(result: dict, path: Path) -> None:
             " 7-snapshot median; onset = earliest snapshot from which, until failure, at least"
             " one channel stays above its threshold. A raise before onset is a false alarm.",
             "",
-            "**Alarms**: baseline.py learned on the first 60 snapshots (10 min) per channel;"
+            "**Alarms** (phase 1's per-feature method, kept as a comparison: the agent uses"
+            " section (d)'s health index instead): feature_alarms.py learned on the first 60"
+            " snapshots (10 min) per channel;"
             " level = max(median + k x 1.4826 MAD, r x median); debounce: raise after 3"
             " consecutive exceedances. Per feature, (k, r) is chosen on the five training"
             " bearings: zero false alarms, longest mean lead (fraction of life), ties to the"
@@ -91,7 +93,8 @@ def write_report(result: dict, path: Path) -> None:
                 ],
             ),
             "",
-            f"Chosen on all six (baseline.py defaults): `{al['chosen_on_all_six']}`"
+            f"For reference only, the setting chosen on all six (feature_alarms.py defaults;"
+            f" used neither by the agent nor by the scores above): `{al['chosen_on_all_six']}`"
             " (None = no zero-false-alarm setting in the grid).",
             "",
             "**Time to failure**: indicator = accel_peak_g (larger channel), failure"

@@ -106,6 +106,16 @@ def demo_config_path() -> Path:
     return Path(str(resources.files("agent").joinpath("demo.yaml")))
 
 
+def _duration(hours: float) -> str:
+    """A readable duration: the demo's machine fails in seconds, a plant's in days."""
+    seconds = hours * 3600.0
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if hours < 2:
+        return f"{seconds / 60:.0f} min"
+    return f"{hours:.1f} h" if hours < 48 else f"{hours / 24:.1f} d"
+
+
 class _Display:
     def __init__(self, out: TextIO) -> None:
         self.out = out
@@ -121,12 +131,19 @@ class _Display:
         if self.first_delivered_s is None:
             self.first_delivered_s = time.monotonic() - self.t0
         sev = rec.get("severity") or {}
+        ttf = rec.get("time_to_failure")
+        outlook = (
+            f"time to failure {_duration(ttf['hours'])} [{_duration(ttf['lower_hours'])} to "
+            f"{_duration(ttf['upper_hours'])}] ({ttf['model']})"
+            if ttf
+            else f"no estimate: {rec.get('no_estimate_reason')}"
+        )
         self.line(
             f"BACKEND received {rec['alert_id']}: {rec['kind']} {rec['state']} "
             f"{rec['asset']['id']} ({rec['asset']['name']}) {rec['sensor']['id']}/"
             f"{rec['sensor']['channel']} zone {sev.get('zone')} {sev.get('level')} "
             f"{sev.get('metric')}={sev.get('value')} threshold {sev.get('threshold')} "
-            f"detected {rec['detected_at']}"
+            f"[{sev.get('standard')}] detected {rec['detected_at']}; {outlook}"
         )
 
 

@@ -98,49 +98,59 @@ class Healthy:
 
 @dataclass(frozen=True, slots=True)
 class Degrade:
-    """A rolling-element bearing that degrades on an exponential path, then holds.
+    """A rolling-element bearing that runs healthy, then degrades exponentially, then holds.
 
-    Velocity RMS follows ``v0 + (v_end - v0) * (exp(t/life) - 1) / (e - 1)`` up to
-    ``life_s`` and holds at ``v_end`` after. With ``life_s=60`` it crosses 2.8 mm/s (zone C)
-    at about 22 s and 4.5 mm/s (zone D) at about 37 s, and reaches 8 mm/s at 60 s.
-    Kurtosis, crest factor and high-frequency acceleration follow the same path 25 % faster
-    (full at 0.8 x ``life_s``), as impacts show before the overall level does.
+    Healthy for the first ``healthy_fraction`` of ``life_s`` (the agent learns its baseline
+    there, as on a machine after install), then every amplitude grows geometrically,
+    f(t) = f0 x (f_end / f0) ^ g(t) with g rising linearly from 0 to 1 by ``life_s``: the
+    exponential damage growth the agent's time-to-failure model assumes. With
+    ``life_s=60``, velocity RMS crosses 2.8 mm/s (zone C) at about 37 s and 4.5 mm/s (zone
+    D) at about 48 s, and reaches 8 mm/s at 60 s. Kurtosis, crest factor and
+    high-frequency acceleration follow the same path 25 % faster, as impacts show before
+    the overall level does.
 
     Attributes:
         seed: noise seed.
         life_s: seconds from healthy to the end level.
         noise: relative standard deviation of the amplitudes.
         v_end: velocity RMS at the end of life, mm/s.
+        healthy_fraction: part of the life spent healthy before the degradation starts.
     """
 
     seed: int = 0
     life_s: float = 60.0
     noise: float = 0.02
     v_end: float = 8.0
+    healthy_fraction: float = 0.25
 
     def progress(self, t_s: float) -> float:
-        """0 at the start, 1 at ``life_s`` and after; exponential in between."""
-        x = min(max(t_s, 0.0), self.life_s) / self.life_s
-        return (math.exp(x) - 1.0) / (math.e - 1.0)
+        """0 while healthy, then rising linearly to 1 at ``life_s`` (an exponent)."""
+        start = self.healthy_fraction * self.life_s
+        return min(max((t_s - start) / (self.life_s - start), 0.0), 1.0)
 
     def sample(self, t_s: float) -> Sample:
         """See Scenario.sample."""
-        p = self.progress(t_s)
-        early = self.progress(t_s * 1.25)
-        v = HEALTHY["velocity_rms_mm_s"] + (self.v_end - HEALTHY["velocity_rms_mm_s"]) * p
-        crest = HEALTHY["crest_factor"] + 2.5 * early
-        accel = HEALTHY["accel_rms_g"] + 1.0 * p
+        g = self.progress(t_s)
+        early = self.progress(self.healthy_fraction * self.life_s + 1.25 * (
+            t_s - self.healthy_fraction * self.life_s))  # fmt: skip
+
+        def grow(name: str, end: float, exponent: float) -> float:
+            return HEALTHY[name] * (end / HEALTHY[name]) ** exponent
+
+        v = grow("velocity_rms_mm_s", self.v_end, g)
+        crest = grow("crest_factor", 6.0, early)
+        accel = grow("accel_rms_g", 1.2, g)
         z = {
             "velocity_rms_mm_s": v,
             "velocity_peak_mm_s": v * 1.45,
             "accel_rms_g": accel,
             "accel_peak_g": accel * crest,
-            "hf_accel_rms_g": HEALTHY["hf_accel_rms_g"] + 0.75 * early,
-            "kurtosis": HEALTHY["kurtosis"] + 6.0 * early,
+            "hf_accel_rms_g": grow("hf_accel_rms_g", 0.8, early),
+            "kurtosis": grow("kurtosis", 9.0, early),
             "crest_factor": crest,
             "peak_frequency_hz": HEALTHY["peak_frequency_hz"],
         }
-        sample = _axes(z, HEALTHY_TEMPERATURE_C + 12.0 * p)
+        sample = _axes(z, HEALTHY_TEMPERATURE_C + 12.0 * g)
         return _with_noise(sample, self.seed, t_s, self.noise, 0.2)
 
 

@@ -7,11 +7,13 @@ left free. The posterior of b is evaluated on a grid (exact for this one-paramet
 a few hundred numpy operations), and each b gives a remaining time
 (ln threshold - level now) / b. The reported time is a low posterior quantile (default
 0.25) because a late warning costs a failure while an early one costs a planned stop; the
-bounds are the 5 % and 95 % quantiles.
+bounds are the 2.5 % and 97.5 % quantiles (a 95 % interval).
 
-Successive bins of a vibration metric are strongly autocorrelated, so the likelihood is
-down-weighted (likelihood_weight, chosen leave-one-bearing-out in benchmarks/analytics):
-with one weight the posterior would trust a few flat minutes far too much.
+Successive bins of a vibration metric are often strongly autocorrelated, so the likelihood is
+down-weighted: by the AR(1) effective-sample fraction of the residuals, (1 - r1)/(1 + r1),
+but never below likelihood_weight (chosen leave-one-bearing-out in benchmarks/analytics).
+Without it the posterior would trust a few flat minutes far too much; with only the fixed
+weight it would ignore a clean, fast trend.
 """
 
 from __future__ import annotations
@@ -28,8 +30,11 @@ __all__ = ["MODEL_NAME", "DegradationPrior", "PosteriorTuning", "bayes_exponenti
 MODEL_NAME = "bayes-exponential"
 _DAY_S = 86400.0
 _HOUR_S = 3600.0
-_GRID = np.linspace(-4.0, 4.0, 161)  # prior standard deviations around the prior mean
+_GRID = np.linspace(-4.0, 4.0, 161)  # the grid's extent and size, in prior standard deviations
 _MIN_VAR = 1e-4  # floor of the residual variance (ln units^2)
+_MIX_OFFSETS = np.linspace(
+    -4.0, 4.0, 17
+)  # where the mixture CDF is evaluated, in sd  # floor of the residual variance (ln units^2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,14 +55,55 @@ class PosteriorTuning:
     """How the posterior is turned into a number.
 
     Attributes:
-        likelihood_weight: tempering of the likelihood (autocorrelated bins).
+        likelihood_weight: least tempering of the likelihood (autocorrelated bins).
         quantile: posterior quantile of remaining time reported as the estimate.
         interval: posterior quantiles reported as lower and upper bounds.
     """
 
     likelihood_weight: float = 0.03
     quantile: float = 0.25
-    interval: tuple[float, float] = (0.05, 0.95)
+    interval: tuple[float, float] = (0.025, 0.975)
+
+
+def _independent_fraction(resid: np.ndarray) -> float:
+    """n_eff / n of residuals under an AR(1) model: (1 - r1) / (1 + r1), in [0, 1].
+
+    White residuals (a clean trend) count in full; strongly autocorrelated ones (slow
+    wander around the fit) count as a few independent points.
+    """
+    r = resid - resid.mean()
+    den = float(r @ r)
+    if r.shape[0] < 3 or den <= 0.0:
+        return 0.0
+    r1 = min(max(float(r[1:] @ r[:-1]) / den, 0.0), 0.999)
+    return (1.0 - r1) / (1.0 + r1)
+
+
+def _normal_cdf(z: np.ndarray) -> np.ndarray:
+    """Standard normal CDF (Abramowitz-Stegun 7.1.26, error < 1.5e-7); numpy only."""
+    x = np.abs(z) / math.sqrt(2.0)
+    t = 1.0 / (1.0 + 0.3275911 * x)
+    poly = t * (
+        0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429)))
+    )
+    erf = 1.0 - poly * np.exp(-x * x)
+    return 0.5 * (1.0 + np.sign(z) * erf)
+
+
+def _mixture_quantiles(
+    means: np.ndarray, sds: np.ndarray, weights: np.ndarray, qs: list[float]
+) -> list[float]:
+    """Quantiles of a weighted mixture of normals.
+
+    The CDF is evaluated around every component (its mean +- 4 sd), not on one even grid:
+    the components' means can span seconds to years, and an even grid would blur the
+    components that carry the mass into a single cell.
+    """
+    keep = weights > weights.max() * 1e-9
+    m, sd, w = means[keep], np.maximum(sds[keep], 1e-12), weights[keep] / weights[keep].sum()
+    grid = np.unique((m[None, :] + sd[None, :] * _MIX_OFFSETS[:, None]).ravel())
+    cdf = (_normal_cdf((grid[:, None] - m[None, :]) / sd[None, :]) * w[None, :]).sum(axis=1)
+    return [float(np.interp(q, cdf, grid)) for q in qs]
 
 
 def _quantiles(values: np.ndarray, weights: np.ndarray, qs: list[float]) -> list[float]:
@@ -103,20 +149,58 @@ def bayes_exponential(
     y_thr = math.log(threshold)
     if float(y[-1]) >= y_thr:
         return NoEstimate("the failure metric is already at or past its failure threshold")
-    log_rates = math.log(prior.rate_per_day / _DAY_S) + prior.log_sd * _GRID
-    rates = np.exp(log_rates)  # per second
     x = t - onset_s
-    resid = y[None, :] - rates[:, None] * x[None, :]
-    a = resid.mean(axis=1)
-    ssr = ((resid - a[:, None]) ** 2).sum(axis=1)
+    # Grid of ln(rate): the prior's +-4 sd, widened to the data's own least-squares rate when
+    # that lies outside (a machine degrading much faster than the prior expects must still
+    # be seen); the prior enters as its log-density, not as the grid's extent.
+    mu = math.log(prior.rate_per_day / _DAY_S)
+    lo, hi = mu + prior.log_sd * _GRID[0], mu + prior.log_sd * _GRID[-1]
+    xc = x - x.mean()
+    sxx0 = float(xc @ xc)
+    if sxx0 > 0:
+        ls_rate = float(xc @ (y - y.mean())) / sxx0
+        if ls_rate > 0:
+            lo, hi = min(lo, math.log(ls_rate) - 1.0), max(hi, math.log(ls_rate) + 1.0)
     n = t.shape[0]
-    var = max(float(ssr.min()) / max(n - 2, 1), _MIN_VAR)
-    log_post = -tu.likelihood_weight * ssr / (2.0 * var) - 0.5 * _GRID * _GRID
-    w = np.exp(log_post - log_post.max())
+
+    var_floor = _MIN_VAR * max(n - 2, 1)
+
+    def posterior(
+        log_rates: np.ndarray, weight: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        rates = np.exp(log_rates)  # per second
+        resid = y[None, :] - rates[:, None] * x[None, :]
+        a = resid.mean(axis=1)
+        ssr = ((resid - a[:, None]) ** 2).sum(axis=1)
+        z = (log_rates - mu) / prior.log_sd  # prior standard scores
+        # The noise level is unknown: integrated out (Jeffreys prior), the likelihood of a
+        # rate is ssr^(-(n-1)/2), which stays honest when a few points fit almost exactly.
+        log_post = -weight * 0.5 * (n - 1) * np.log(np.maximum(ssr, var_floor)) - 0.5 * z * z
+        return rates, a, ssr, np.exp(log_post - log_post.max())
+
+    # Coarse pass over the whole range fixes the noise level and the tempering...
+    log_rates = np.linspace(lo, hi, _GRID.shape[0])
+    rates = np.exp(log_rates)
+    resid = y[None, :] - rates[:, None] * x[None, :]
+    ssr0 = ((resid - resid.mean(axis=1)[:, None]) ** 2).sum(axis=1)
+    best = int(np.argmin(ssr0))
+    weight = max(tu.likelihood_weight, _independent_fraction(resid[best]))
+    _, _, _, w = posterior(log_rates, weight)
+    # ...a fine pass over where the posterior has mass keeps a sharp posterior's quantiles
+    # (and so the bounds) from collapsing onto one grid cell.
+    mass = np.flatnonzero(w > 1e-9)
+    lo_i, hi_i = max(int(mass[0]) - 1, 0), min(int(mass[-1]) + 1, log_rates.shape[0] - 1)
+    log_rates = np.linspace(log_rates[lo_i], log_rates[hi_i], _GRID.shape[0])
+    rates, a, ssr, w = posterior(log_rates, weight)
     level_now = a + rates * (now_s - onset_s)
-    remaining_s = np.maximum((y_thr - level_now) / rates, 0.0)
+    # Given a rate, the level now is known only to sd sqrt(var / n_eff): the remaining time
+    # is a mixture over rates of normals, not one point per rate (too-tight bounds).
+    var = np.maximum(ssr, var_floor) / max(n - 2, 1)
+    level_sd = np.sqrt(var / max(weight * n, 1.0))
+    remaining_s = (y_thr - level_now) / rates
     hours, lower, upper = (
-        q / _HOUR_S for q in _quantiles(remaining_s, w, [tu.quantile, *tu.interval])
+        max(q, 0.0) / _HOUR_S
+        for q in _mixture_quantiles(remaining_s, level_sd / rates, w, [tu.quantile, *tu.interval])
     )
     rate_med = _quantiles(rates, w, [0.5])[0]
     level_med = _quantiles(level_now, w, [0.5])[0]

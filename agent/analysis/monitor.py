@@ -61,7 +61,7 @@ from agent.analysis.severity import (
     zone_table,
 )
 from agent.analysis.trend import NoEstimate, Trend, TrendEstimate
-from agent.config import Config
+from agent.config import Asset, Config
 from agent.records import (
     AlertDraft,
     AssetRef,
@@ -93,7 +93,8 @@ class Tuning:
         health: health-index smoothing and alarm level.
         posterior: how the degradation posterior becomes a number.
         prior: growth-rate prior for every asset; None: from each asset's configuration.
-        bin_s: trend history bin width, seconds of reading time.
+        bin_s: trend history bin width, seconds of reading time (an asset's
+            alerting.trend_bin_s overrides it).
         capacity: maximum bins kept per channel (older half thinned beyond it).
         pre_onset_bins: bins before the onset that anchor the degradation fit.
         persist_every_s: model state is written at most this often per channel.
@@ -144,9 +145,10 @@ class Monitor:
 
     # ------------------------------------------------------------------ channel state
 
-    def _new_history(self) -> Trend:
+    def _new_history(self, asset: Asset) -> Trend:
         t = self.tuning
-        return Trend(model="exponential", bin_s=t.bin_s, window_bins=30, capacity=t.capacity)
+        bin_s = asset.alerting.trend_bin_s or t.bin_s
+        return Trend(model="exponential", bin_s=bin_s, window_bins=30, capacity=t.capacity)
 
     def _channel(self, reading: Reading) -> Channel:
         key = (reading.sensor_id, reading.channel)
@@ -160,7 +162,7 @@ class Monitor:
             table=self._tables[asset.id],
             sensor=SensorRef(reading.sensor_id, reading.channel, reading.transport),
             health=self.tuning.health,
-            history=self._new_history(),
+            history=self._new_history(asset),
         )
         self._channels[key] = ch
         return ch
@@ -281,7 +283,8 @@ class Monitor:
 
     def _estimate(self, ch: Channel, now_s: float, threshold: float) -> TrendEstimate | NoEstimate:
         """The channel's time-to-failure estimate, recomputed at most once per bin."""
-        b = math.floor(now_s / self.tuning.bin_s)
+        bin_s = ch.history.bin_s
+        b = math.floor(now_s / bin_s)
         if ch.estimate is not None and ch.estimate_bin == b:
             return ch.estimate
         if not ch.hi.ready:
@@ -299,7 +302,7 @@ class Monitor:
             )
         else:
             t, v = ch.history.points()
-            keep = t >= ch.onset_s - self.tuning.pre_onset_bins * self.tuning.bin_s
+            keep = t >= ch.onset_s - self.tuning.pre_onset_bins * bin_s
             prior = self.tuning.prior or self._prior(ch, threshold, v[keep])
             est = bayes_exponential(
                 t[keep], v[keep], onset_s=ch.onset_s, now_s=now_s, threshold=threshold,

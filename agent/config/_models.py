@@ -126,7 +126,13 @@ class Alerting(_Model):
     # Prior on the growth of ln(failure metric) per day after degradation onset;
     # None: reach the failure threshold in one planning horizon.
     prior_rate_per_day: float | None = Field(default=None, gt=0)
-    prior_log_sd: float = Field(default=1.5, gt=0, le=5)  # spread of that prior (ln units)
+    # Spread of that prior (ln units). The default is vague (x20 per sd): without a configured
+    # rate the planning-horizon guess must not outweigh a clear trend in the data.
+    prior_log_sd: float = Field(default=3.0, gt=0, le=5)
+    # Width of one trend-history bin, seconds of reading time; None: 60. The time-to-failure
+    # fit needs a few bins after onset, so a machine that fails within minutes (a demo, a
+    # test bench) needs shorter bins.
+    trend_bin_s: float | None = Field(default=None, ge=1, le=86_400)
 
 
 class Asset(_Model):

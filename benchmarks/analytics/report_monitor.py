@@ -104,7 +104,7 @@ def monitor_section(mo: dict) -> list[str]:
             ],
         ),
         "",
-        f"Bounds (5-95 % posterior) of the model's scored estimates contain the actual"
+        f"Bounds (2.5-97.5 % posterior) of the model's scored estimates contain the actual"
         f" remaining life at {phm['bounds_covered']} points.",
         "",
         "Compared answers (mean A over the same scored points; not in the agent):",

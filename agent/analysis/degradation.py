@@ -32,9 +32,8 @@ _DAY_S = 86400.0
 _HOUR_S = 3600.0
 _GRID = np.linspace(-4.0, 4.0, 161)  # the grid's extent and size, in prior standard deviations
 _MIN_VAR = 1e-4  # floor of the residual variance (ln units^2)
-_MIX_OFFSETS = np.linspace(
-    -4.0, 4.0, 17
-)  # where the mixture CDF is evaluated, in sd  # floor of the residual variance (ln units^2)
+_FINE = 41  # points of the fine pass over the posterior's mass
+_MIX_OFFSETS = np.array([-4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0])  # mixture CDF points, in sd
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +98,7 @@ def _mixture_quantiles(
     the components' means can span seconds to years, and an even grid would blur the
     components that carry the mass into a single cell.
     """
-    keep = weights > weights.max() * 1e-9
+    keep = weights > weights.max() * 1e-6
     m, sd, w = means[keep], np.maximum(sds[keep], 1e-12), weights[keep] / weights[keep].sum()
     grid = np.unique((m[None, :] + sd[None, :] * _MIX_OFFSETS[:, None]).ravel())
     cdf = (_normal_cdf((grid[:, None] - m[None, :]) / sd[None, :]) * w[None, :]).sum(axis=1)
@@ -165,32 +164,37 @@ def bayes_exponential(
 
     var_floor = _MIN_VAR * max(n - 2, 1)
 
+    # With a free intercept the fit is closed-form: for rate b, intercept ybar - b xbar and
+    # ssr(b) = Syy - 2 b Sxy + b^2 Sxx; nothing per point and grid cell is needed.
+    ybar, xbar = float(y.mean()), float(x.mean())
+    yc = y - ybar
+    syy, sxy = float(yc @ yc), float(xc @ yc)
+
     def posterior(
         log_rates: np.ndarray, weight: float
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         rates = np.exp(log_rates)  # per second
-        resid = y[None, :] - rates[:, None] * x[None, :]
-        a = resid.mean(axis=1)
-        ssr = ((resid - a[:, None]) ** 2).sum(axis=1)
+        a = ybar - rates * xbar
+        ssr = np.maximum(syy - 2.0 * rates * sxy + rates * rates * sxx0, 0.0)
         z = (log_rates - mu) / prior.log_sd  # prior standard scores
         # The noise level is unknown: integrated out (Jeffreys prior), the likelihood of a
         # rate is ssr^(-(n-1)/2), which stays honest when a few points fit almost exactly.
         log_post = -weight * 0.5 * (n - 1) * np.log(np.maximum(ssr, var_floor)) - 0.5 * z * z
         return rates, a, ssr, np.exp(log_post - log_post.max())
 
-    # Coarse pass over the whole range fixes the noise level and the tempering...
+    # Coarse pass over the whole range; the tempering comes from the best fit's residuals...
     log_rates = np.linspace(lo, hi, _GRID.shape[0])
-    rates = np.exp(log_rates)
-    resid = y[None, :] - rates[:, None] * x[None, :]
-    ssr0 = ((resid - resid.mean(axis=1)[:, None]) ** 2).sum(axis=1)
-    best = int(np.argmin(ssr0))
-    weight = max(tu.likelihood_weight, _independent_fraction(resid[best]))
+    ls = math.log(sxy / sxx0) if sxx0 > 0 and sxy > 0 else float(log_rates[0])
+    b_best = math.exp(min(max(ls, lo), hi))
+    weight = max(
+        tu.likelihood_weight, _independent_fraction(y - (ybar - b_best * xbar) - b_best * x)
+    )
     _, _, _, w = posterior(log_rates, weight)
     # ...a fine pass over where the posterior has mass keeps a sharp posterior's quantiles
     # (and so the bounds) from collapsing onto one grid cell.
     mass = np.flatnonzero(w > 1e-9)
     lo_i, hi_i = max(int(mass[0]) - 1, 0), min(int(mass[-1]) + 1, log_rates.shape[0] - 1)
-    log_rates = np.linspace(log_rates[lo_i], log_rates[hi_i], _GRID.shape[0])
+    log_rates = np.linspace(log_rates[lo_i], log_rates[hi_i], _FINE)
     rates, a, ssr, w = posterior(log_rates, weight)
     level_now = a + rates * (now_s - onset_s)
     # Given a rate, the level now is known only to sd sqrt(var / n_eff): the remaining time

@@ -206,7 +206,9 @@ def bayes_exponential(
         max(q, 0.0) / _HOUR_S
         for q in _mixture_quantiles(remaining_s, level_sd / rates, w, [tu.quantile, *tu.interval])
     )
-    rate_med = _quantiles(rates, w, [0.5])[0]
+    # The rate consistent with the reported time: the same posterior quantile, from the
+    # fast side (a low quantile of remaining time is a high quantile of rate).
+    rate_med = _quantiles(rates, w, [1.0 - tu.quantile])[0]
     level_med = _quantiles(level_now, w, [0.5])[0]
     value = math.exp(level_med)
     tc = x - x.mean()

@@ -350,6 +350,8 @@ class Monitor:
         prefix = f"{asset_id}/"
         for k in [k for k in self._saved if k.startswith(prefix)]:
             _, sensor, channel, kind = k.split("/", 3)
+            if kind not in ("severity", "trend", "model"):
+                continue  # not the monitor's (sensor_fault belongs to the runtime)
             if kind in ("severity", "trend"):
                 st = LifecycleState.from_dict(json.loads(self._saved[k]))
                 if st.active and (sensor, channel) not in self._channels:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import jsonschema
 
-from agent.config import Config
 from agent.sensor_faults import SensorFaultTracker, SensorHealth
+from tests.agent._configs import press_config
 
 SCHEMA = json.loads(
     (Path(__file__).resolve().parents[2] / "agent" / "schemas" / "alert-v1.json").read_text()
@@ -17,35 +17,12 @@ SCHEMA = json.loads(
 NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
 
 
-def config(tmp_path: Path) -> Config:
-    return Config.model_validate(
-        {
-            "gateway": {"id": "gw"},
-            "assets": [
-                {
-                    "id": "press-7",
-                    "name": "Press 7",
-                    "tier": 1,
-                    "machine": {
-                        "standard": "iso10816-3",
-                        "group": 2,
-                        "foundation": "rigid",
-                        "rpm": 1480,
-                    },
-                }
-            ],
-            "sensors": [{"id": "m1", "asset": "press-7", "modbus": {"host": "127.0.0.1"}}],
-            "store": {"path": str(tmp_path / "o.db")},
-        }
-    )
-
-
 def health(state: str, failures: int = 0) -> SensorHealth:
     return SensorHealth("m1", state, failures, "timeout after 0.5 s" if failures else None, None)
 
 
 def test_fault_raised_once_cleared_once_and_remembered(tmp_path: Path) -> None:
-    cfg = config(tmp_path)
+    cfg = press_config(tmp_path)
     tracker = SensorFaultTracker(cfg, breaker_failures=3)
     states: dict[str, str] = {}
     seen = []
@@ -62,7 +39,7 @@ def test_fault_raised_once_cleared_once_and_remembered(tmp_path: Path) -> None:
         states.update(upd.state)
         seen += upd.drafts
     assert [(d.kind, d.state) for d in seen] == [("sensor_fault", "raised")]
-    rec = seen[0].record(gateway_id="gw", seq=1)
+    rec = seen[0].record(gateway_id="gw-t", seq=1)
     jsonschema.validate(rec, SCHEMA)
     assert rec["sensor"] == {"id": "m1", "channel": "all", "transport": "modbus"}
     assert rec["severity"]["threshold"] == 3.0 and rec["evidence"]["consecutive_failures"] == 3

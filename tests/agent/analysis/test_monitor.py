@@ -12,6 +12,7 @@ import pytest
 from agent.analysis.monitor import Monitor
 from agent.config import Config
 from drivers.reading import Reading
+from tests.agent._configs import press_config
 
 SCHEMA = json.loads(
     (Path(__file__).resolve().parents[3] / "agent" / "schemas" / "alert-v1.json").read_text()
@@ -19,33 +20,7 @@ SCHEMA = json.loads(
 
 
 def config(tmp_path: Path, debounce: int = 3) -> Config:
-    return Config.model_validate(
-        {
-            "gateway": {"id": "gw-t"},
-            "assets": [
-                {
-                    "id": "press-7",
-                    "name": "Press 7",
-                    "tier": 1,
-                    "machine": {
-                        "standard": "iso10816-3",
-                        "group": 2,
-                        "foundation": "rigid",
-                        "rpm": 1480,
-                    },
-                    "alerting": {"debounce": debounce, "hysteresis": 0.1},
-                }
-            ],
-            "sensors": [
-                {
-                    "id": "m1",
-                    "asset": "press-7",
-                    "modbus": {"host": "127.0.0.1", "port": 5020, "device_id": 1},
-                }
-            ],
-            "store": {"path": str(tmp_path / "o.db")},
-        }
-    )
+    return press_config(tmp_path, debounce=debounce, hysteresis=0.1)
 
 
 def readings(values: list[float], start: datetime | None = None) -> list[Reading]:

@@ -1,0 +1,40 @@
+"""One small valid configuration for unit tests: asset press-7 (tier 1, ISO 10816-3 group 2
+rigid), sensor m1 on it, a store in the test's tmp_path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from agent.config import Config
+
+
+def press_config(tmp_path: Path, **alerting: Any) -> Config:
+    """The configuration; keyword arguments go to the asset's `alerting` block."""
+    return Config.model_validate(
+        {
+            "gateway": {"id": "gw-t"},
+            "assets": [
+                {
+                    "id": "press-7",
+                    "name": "Press 7",
+                    "tier": 1,
+                    "machine": {
+                        "standard": "iso10816-3",
+                        "group": 2,
+                        "foundation": "rigid",
+                        "rpm": 1480,
+                    },
+                    "alerting": alerting,
+                }
+            ],
+            "sensors": [
+                {
+                    "id": "m1",
+                    "asset": "press-7",
+                    "modbus": {"host": "127.0.0.1", "port": 5020, "device_id": 1},
+                }
+            ],
+            "store": {"path": str(tmp_path / "o.db")},
+        }
+    )

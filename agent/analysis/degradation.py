@@ -25,7 +25,13 @@ import numpy as np
 
 from agent.analysis.trend import NoEstimate, TrendEstimate
 
-__all__ = ["MODEL_NAME", "DegradationPrior", "PosteriorTuning", "bayes_exponential"]
+__all__ = [
+    "MODEL_NAME",
+    "DegradationPrior",
+    "PosteriorTuning",
+    "asset_prior",
+    "bayes_exponential",
+]
 
 MODEL_NAME = "bayes-exponential"
 _DAY_S = 86400.0
@@ -62,6 +68,30 @@ class PosteriorTuning:
     likelihood_weight: float = 0.03
     quantile: float = 0.25
     interval: tuple[float, float] = (0.025, 0.975)
+
+
+def asset_prior(
+    rate_per_day: float | None,
+    log_sd: float,
+    horizon_hours: float,
+    threshold: float,
+    values: np.ndarray,
+) -> DegradationPrior:
+    """An asset's configured prior, or by default: reach the threshold in one horizon.
+
+    Args:
+        rate_per_day: configured prior median rate (ln units per day), or None.
+        log_sd: configured prior spread.
+        horizon_hours: the asset's planning horizon.
+        threshold: the failure threshold.
+        values: the failure metric's recent values (the default starts from their mean).
+    """
+    if rate_per_day is not None:
+        return DegradationPrior(rate_per_day, log_sd)
+    vals = values[values > 0.0]
+    start = float(vals.mean()) if vals.shape[0] else threshold / math.e
+    gap = max(math.log(threshold / start), 0.1)
+    return DegradationPrior(gap / (horizon_hours / 24.0), log_sd)
 
 
 def _independent_fraction(resid: np.ndarray) -> float:

@@ -24,8 +24,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-import numpy as np
-
 from agent.analysis.bearing import BearingGeometry
 from agent.analysis.channel import (
     Channel,
@@ -38,6 +36,7 @@ from agent.analysis.channel import (
 from agent.analysis.degradation import (
     DegradationPrior,
     PosteriorTuning,
+    asset_prior,
     bayes_exponential,
 )
 from agent.analysis.drafts import (
@@ -303,24 +302,17 @@ class Monitor:
         else:
             t, v = ch.history.points()
             keep = t >= ch.onset_s - self.tuning.pre_onset_bins * bin_s
-            prior = self.tuning.prior or self._prior(ch, threshold, v[keep])
+            al = ch.asset.alerting
+            prior = self.tuning.prior or asset_prior(
+                al.prior_rate_per_day, al.prior_log_sd, ch.asset.planning_horizon_hours,
+                threshold, v[keep],
+            )  # fmt: skip
             est = bayes_exponential(
                 t[keep], v[keep], onset_s=ch.onset_s, now_s=now_s, threshold=threshold,
                 prior=prior, tuning=self.tuning.posterior,
             )  # fmt: skip
         ch.estimate, ch.estimate_bin = est, b
         return est
-
-    @staticmethod
-    def _prior(ch: Channel, threshold: float, values: np.ndarray) -> DegradationPrior:
-        """Configured prior, or: reach the threshold in one planning horizon."""
-        a = ch.asset.alerting
-        if a.prior_rate_per_day is not None:
-            return DegradationPrior(a.prior_rate_per_day, a.prior_log_sd)
-        vals = values[values > 0.0]
-        start = float(vals.mean()) if vals.shape[0] else threshold / math.e
-        gap = max(math.log(threshold / start), 0.1)
-        return DegradationPrior(gap / (ch.asset.planning_horizon_hours / 24.0), a.prior_log_sd)
 
     # ------------------------------------------------------------------ maintenance
 

@@ -131,6 +131,7 @@ class HealthServer:
         self._host, self._port = host, port
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
+        self.error: str | None = None  # why the endpoint is not listening, if it is not
 
     async def _healthz(self, _request: web.Request) -> web.Response:
         snap = await self._snapshot()
@@ -170,7 +171,17 @@ class HealthServer:
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            # Monitoring the machines matters more than this endpoint: keep running.
+            self.error = f"cannot listen on {self._host}:{self._port}: {exc.strerror or exc}"
+            log.error(
+                "health endpoint not started (%s); the agent runs on without "
+                "/healthz, /metrics and maintenance over HTTP",
+                self.error,
+            )
+            return self
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else self._port

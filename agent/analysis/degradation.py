@@ -38,6 +38,10 @@ _DAY_S = 86400.0
 _HOUR_S = 3600.0
 _GRID = np.linspace(-4.0, 4.0, 161)  # the grid's extent and size, in prior standard deviations
 _MIN_VAR = 1e-4  # floor of the residual variance (ln units^2)
+# No estimate while the bounds span more than this ratio: such a number says nothing a
+# maintenance planner can use, and a point inside it is mostly the prior.
+MAX_BOUND_RATIO = 100.0
+_MIN_LOWER_H = 1.0 / 60.0  # a lower bound under a minute counts as one minute
 _FINE = 41  # points of the fine pass over the posterior's mass
 _MIX_OFFSETS = np.array([-4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0])  # mixture CDF points, in sd
 
@@ -68,6 +72,11 @@ class PosteriorTuning:
     likelihood_weight: float = 0.03
     quantile: float = 0.25
     interval: tuple[float, float] = (0.025, 0.975)
+
+
+def _span(hours: float) -> str:
+    return f"{hours * 60:.0f} min" if hours < 2 else f"{hours:.1f} h" if hours < 48 else (
+        f"{hours / 24:.0f} d")  # fmt: skip
 
 
 def asset_prior(
@@ -236,6 +245,11 @@ def bayes_exponential(
         max(q, 0.0) / _HOUR_S
         for q in _mixture_quantiles(remaining_s, level_sd / rates, w, [tu.quantile, *tu.interval])
     )
+    if upper > MAX_BOUND_RATIO * max(lower, _MIN_LOWER_H):
+        return NoEstimate(
+            f"trend not yet informative: the 95 % bounds would span {_span(lower)} to "
+            f"{_span(upper)} (more than {MAX_BOUND_RATIO:g}x)"
+        )
     # The rate consistent with the reported time: the same posterior quantile, from the
     # fast side (a low quantile of remaining time is a high quantile of rate).
     rate_med = _quantiles(rates, w, [1.0 - tu.quantile])[0]

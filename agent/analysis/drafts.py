@@ -66,9 +66,9 @@ def estimate_fields(ch: Channel) -> tuple[Progression | None, TimeToFailure | No
         metric, threshold = ch.failure()
         return (
             Progression(round(est.rate_per_day, 6), f"{metric_unit(metric)} per day",
-                        round(est.window_hours, 3)),
-            TimeToFailure(round(est.hours, 3), round(est.lower_hours, 3),
-                          round(est.upper_hours, 3), metric, threshold, est.model),
+                        round(est.window_hours, 5)),
+            TimeToFailure(round(est.hours, 5), round(est.lower_hours, 5),
+                          round(est.upper_hours, 5), metric, threshold, est.model),
             None,
         )  # fmt: skip
     return None, None, est.reason if est is not None else "no reading analysed yet"
@@ -132,7 +132,7 @@ def trend_draft(
     }  # fmt: skip
     if transition == "escalated" and isinstance(ch.estimate, TrendEstimate):
         sev = Severity("critical", zone, "time to failure under the planning horizon",
-                       "time_to_failure_hours", round(ch.estimate.hours, 3),
+                       "time_to_failure_hours", round(ch.estimate.hours, 5),
                        ch.asset.planning_horizon_hours)  # fmt: skip
     else:
         name = "info" if transition == "cleared" else LEVEL_NAMES[max(level, 1)]

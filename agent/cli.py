@@ -29,7 +29,8 @@ def _load(path: Path) -> Config | None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from agent.logs import setup_logging
-    from agent.runtime import Agent, StoreInUseError, run_until_signal
+    from agent.runtime import Agent, run_until_signal
+    from agent.store import StoreInUseError
 
     config = _load(args.config)
     if config is None:

@@ -16,8 +16,7 @@ from typing import Any, TextIO
 
 from agent.analysis.monitor import Monitor
 from agent.config import Config
-from agent.runtime import StoreInUseError, store_lock
-from agent.store import Outbox, StoreError
+from agent.store import Outbox, StoreError, StoreInUseError, store_lock
 from drivers.reading import utc_now
 
 EXIT_FAILED = 1
@@ -51,7 +50,11 @@ def _online(config: Config, asset: str, note: str) -> list[dict[str, Any]]:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return list(json.load(resp)["records"])
     except urllib.error.HTTPError as exc:
-        raise RuntimeError(f"the agent refused: {json.load(exc).get('error', exc)}") from exc
+        try:
+            reason = json.load(exc).get("error", exc)
+        except ValueError:  # not our JSON error body
+            reason = f"HTTP {exc.code}"
+        raise RuntimeError(f"the agent refused: {reason}") from exc
     except OSError as exc:
         raise RuntimeError(
             f"the agent holds the store but does not answer at {url}: {exc}"

@@ -7,22 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
-import random
 import time
-from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from agent.analysis.monitor import Monitor, Update
 from agent.config import Config
 from agent.health import HealthServer, Snapshot
+from agent.pending import PendingWrites
 from agent.sdnotify import SystemdNotifier
 from agent.sensor_faults import SensorFaultTracker, SensorHealth
-from agent.store import Outbox, StoreError
+from agent.store import Outbox, StoreError, store_lock
 from agent.uplink import HttpUplink
 from drivers.modbus import ModbusTcpPoller, silence_pymodbus_logging
 from drivers.reading import Reading, utc_now
@@ -30,9 +27,6 @@ from drivers.reading import Reading, utc_now
 log = logging.getLogger(__name__)
 
 READING_QUEUE_SIZE = 1000
-# Updates (drafts + state) held in memory while the store cannot be written (disk full).
-UNSAVED_LIMIT = 10_000
-STORE_RETRY_MAX_S = 30.0
 # Failed polls in a row that open a poller's breaker and raise a sensor_fault alert.
 BREAKER_FAILURES = 3
 SENSOR_WATCH_INTERVAL_S = 1.0
@@ -47,40 +41,6 @@ class PipelineCounters:
     alerts_lost_total: int = 0
     store_errors_total: int = 0
     analysis_errors_total: int = 0
-
-
-class StoreInUseError(RuntimeError):
-    """Another agent process already runs on this store."""
-
-
-def lock_path(store_path: Path) -> Path:
-    """The lock file a running agent holds next to its store."""
-    return store_path.with_name(store_path.name + ".lock")
-
-
-@contextlib.contextmanager
-def store_lock(store_path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on the store for this process's lifetime.
-
-    Two agents writing one store would each number alerts and deliver the other's; the lock
-    also tells `edge-agent maintenance` whether an agent is running.
-
-    Raises:
-        StoreInUseError: another process holds the lock.
-    """
-    path = lock_path(store_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            raise StoreInUseError(
-                f"another edge-agent is running on {store_path} (lock {path} is held)"
-            ) from exc
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 class Agent:
@@ -101,12 +61,9 @@ class Agent:
         )
         self.monitor: Monitor | None = None
         self.faults: SensorFaultTracker | None = None
-        self._persist_lock = asyncio.Lock()  # the analysis and sensor watch both persist
         self._queue: asyncio.Queue[Reading] = asyncio.Queue(maxsize=READING_QUEUE_SIZE)
-        self._unsaved: deque[Update] = deque()
-        self._store_retry_at = 0.0
-        self._store_backoff_s = 0.5
-        self._on_records = on_records
+        self.pending = PendingWrites(self.outbox, self.counters, on_records=on_records)
+        self._stopping = False
         self._stop = asyncio.Event()
         self._started = time.monotonic()
         self._drop_logged = False
@@ -168,43 +125,56 @@ class Agent:
                 self.snapshot, host=hc.host, port=hc.port, maintenance=self.maintenance
             ) as health:
                 self.health = health
-                async with asyncio.TaskGroup() as tg:
-                    polls = [
-                        tg.create_task(p.run(), name=f"poll[{p.sensor_id}]") for p in self.pollers
-                    ]
-                    analysis = tg.create_task(self._analyse(), name="analysis")
-                    watch = tg.create_task(self._watch_sensors(), name="sensor-watch")
-                    ups = [tg.create_task(u.run(), name=f"uplink[{u.name}]") for u in self.uplinks]
-                    watchdog = tg.create_task(self._watchdog(notifier), name="watchdog")
-                    notifier.notify("READY=1")
-                    self.ready.set()
-                    log.info(
-                        "agent %s running: %d sensors, %d uplinks",
-                        self.config.gateway.id,
-                        len(self.pollers),
-                        len(self.uplinks),
-                    )
-                    await self._stop.wait()
-                    notifier.notify("STOPPING=1")
-                    # Order matters: stop reading, analyse what was read, persist, then
-                    # stop the uplinks (undelivered alerts wait on disk for the next start).
-                    for t in [*polls, watch]:
-                        t.cancel()
-                    await asyncio.gather(*polls, return_exceptions=True)
-                    try:
-                        async with asyncio.timeout(SHUTDOWN_DRAIN_S):
-                            await self._queue.join()
-                    except TimeoutError:
-                        log.error(
-                            "analysis did not drain %d readings within %.0f s at shutdown",
-                            self._queue.qsize(),
-                            SHUTDOWN_DRAIN_S,
+                try:
+                    async with asyncio.TaskGroup() as tg:
+                        polls = [
+                            tg.create_task(p.run(), name=f"poll[{p.sensor_id}]")
+                            for p in self.pollers
+                        ]
+                        analysis = tg.create_task(self._analyse(), name="analysis")
+                        watch = tg.create_task(self._watch_sensors(), name="sensor-watch")
+                        ups = [
+                            tg.create_task(u.run(), name=f"uplink[{u.name}]") for u in self.uplinks
+                        ]
+                        watchdog = tg.create_task(self._watchdog(notifier), name="watchdog")
+                        notifier.notify("READY=1")
+                        self.ready.set()
+                        log.info(
+                            "agent %s running: %d sensors, %d uplinks",
+                            self.config.gateway.id,
+                            len(self.pollers),
+                            len(self.uplinks),
                         )
-                    analysis.cancel()
-                    async with self._persist_lock:
-                        await self._flush_unsaved(final=True)
-                    for t in [*ups, watchdog]:
-                        t.cancel()
+                        await self._stop.wait()
+                        notifier.notify("STOPPING=1")
+                        # Order matters: stop reading, analyse what was read, persist, then
+                        # stop the uplinks (undelivered alerts wait on disk for the next start).
+                        for t in polls:
+                            t.cancel()
+                        await asyncio.gather(*polls, return_exceptions=True)
+                        try:
+                            async with asyncio.timeout(SHUTDOWN_DRAIN_S):
+                                await self._queue.join()
+                        except TimeoutError:
+                            log.error(
+                                "analysis did not drain %d readings within %.0f s at shutdown",
+                                self._queue.qsize(),
+                                SHUTDOWN_DRAIN_S,
+                            )
+                        # With the lock held neither writer can be inside a store write when
+                        # it is cancelled; whatever it made is already held in `pending`.
+                        async with self.pending.lock:
+                            self._stopping = True
+                            for t in (analysis, watch):
+                                t.cancel()
+                            await asyncio.gather(analysis, watch, return_exceptions=True)
+                            await self.pending.flush(final=True)
+                        for t in [*ups, watchdog]:
+                            t.cancel()
+                finally:
+                    if len(self.pending) and not self._stopping:  # a task crashed
+                        async with self.pending.lock:
+                            await self.pending.flush(final=True)
 
     async def _watchdog(self, notifier: SystemdNotifier) -> None:
         if notifier.watchdog_interval_s is None:
@@ -234,7 +204,7 @@ class Agent:
                             *key,
                         )
                     continue
-                if update.drafts or update.state or self._unsaved:
+                if update.drafts or update.state or len(self.pending):
                     await self._persist(update)
             finally:
                 self._queue.task_done()
@@ -242,19 +212,22 @@ class Agent:
     async def maintenance(self, asset_id: str, note: str) -> list[dict[str, Any]]:
         """Record a repair on an asset: reset its baselines and trends, store the event.
 
+        It goes through the same ordered queue as every alert, so no older held update can
+        overwrite the reset.
+
         Raises:
             KeyError: unknown asset.
-            StoreError: the store is unwritable now; the event is held and stored later.
+            StoreError: the agent is stopping, or the store is unwritable now (the event is
+                then held and stored once it can be).
         """
         assert self.monitor is not None
-        async with self._persist_lock:
-            update = self.monitor.maintenance(asset_id, utc_now(), note)
-            try:
-                records = await self.outbox.append(update.drafts, update.state)
-            except StoreError:
-                self._unsaved.append(update)  # the reset happened: keep the record, retry
-                raise
-        self.counters.alerts_total += len(records)
+        if self._stopping:
+            raise StoreError("the agent is stopping; record the event after it restarts")
+        records = await self.pending.write(
+            self.monitor.maintenance(asset_id, utc_now(), note), now=True
+        )
+        if records is None:
+            raise StoreError("the store is unwritable now; the event is held and retried")
         log.info("maintenance on %s recorded as %s", asset_id, records[0]["alert_id"])
         return records
 
@@ -269,67 +242,13 @@ class Agent:
                     p.sensor_id, st.state, st.consecutive_failures, st.last_error, st.last_ok_at
                 )
                 update = self.faults.update(health, utc_now())
-                if update.drafts or update.state:
-                    await self._persist(update)
+                if update.drafts or update.state or len(self.pending):
+                    await self._persist(update)  # also retries what a full disk held
 
     async def _persist(self, update: Update) -> None:
-        async with self._persist_lock:
-            await self._persist_locked(update)
-
-    async def _persist_locked(self, update: Update) -> None:
-        if update.drafts or update.state:
-            if len(self._unsaved) >= UNSAVED_LIMIT:
-                lost = self._unsaved.popleft()
-                self.counters.alerts_lost_total += len(lost.drafts)
-                log.error(
-                    "store unwritable and %d updates held: dropping the oldest (%d alerts)",
-                    UNSAVED_LIMIT,
-                    len(lost.drafts),
-                )
-            self._unsaved.append(update)
-        await self._flush_unsaved()
-
-    async def _flush_unsaved(self, *, final: bool = False) -> None:
-        """Write held updates in order; on a store error keep them and retry later."""
-        if not final and time.monotonic() < self._store_retry_at:
-            return
-        while self._unsaved:
-            update = self._unsaved[0]
-            try:
-                records = await self.outbox.append(update.drafts, update.state)
-            except StoreError as exc:
-                self.counters.store_errors_total += 1
-                self._store_retry_at = time.monotonic() + self._store_backoff_s * random.uniform(
-                    0.5, 1.0
-                )
-                self._store_backoff_s = min(self._store_backoff_s * 2, STORE_RETRY_MAX_S)
-                log.error(
-                    "store write failed (%s); %d updates held in memory, retrying",
-                    exc,
-                    len(self._unsaved),
-                )
-                if final:
-                    self.counters.alerts_lost_total += sum(len(u.drafts) for u in self._unsaved)
-                    log.critical(
-                        "shutting down with %d unsaved alerts",
-                        sum(len(u.drafts) for u in self._unsaved),
-                    )
-                return
-            self._unsaved.popleft()
-            self._store_backoff_s = 0.5
-            self.counters.alerts_total += len(records)
-            for r in records:
-                log.info(
-                    "alert %s %s %s %s/%s: %s",
-                    r["alert_id"],
-                    r["kind"],
-                    r["state"],
-                    r["asset"]["id"],
-                    r["sensor"]["channel"],
-                    (r.get("severity") or {}).get("zone"),
-                )
-            if records and self._on_records is not None:
-                self._on_records(records)
+        self.pending.hold(update)  # held before waiting: a shutdown cannot lose it
+        async with self.pending.lock:
+            await self.pending.flush()
 
     async def snapshot(self) -> Snapshot:
         """The agent's status, as /healthz and /metrics show it."""
@@ -370,7 +289,7 @@ class Agent:
         degraded = (
             any(s["state"] not in ("ok", "starting") for s in sensors)
             or any(u.get("consecutive_failures", 0) > 0 for u in uplinks)
-            or bool(self._unsaved)
+            or bool(len(self.pending))
             or "error" in store
         )
         return {
@@ -383,7 +302,7 @@ class Agent:
             "store": store,
             "pipeline": {
                 **asdict(self.counters),
-                "unsaved_updates": len(self._unsaved),
+                "unsaved_updates": len(self.pending),
                 "queue_depth": self._queue.qsize(),
             },
         }

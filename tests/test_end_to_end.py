@@ -22,7 +22,8 @@ import pytest
 
 from agent.config import load_config
 from agent.demo import SimProcess
-from agent.runtime import Agent, StoreInUseError
+from agent.runtime import Agent
+from agent.store import StoreInUseError
 from tests.conftest import free_port
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]

@@ -112,11 +112,17 @@ def load_channel(
         hi=HealthIndex(asset.alerting.baseline_readings, health),
         history=history,
     )
-    data = json.loads(model) if model else {}
-    if data:
-        ch.hi.load(data["hi"])
-        ch.history = Trend.from_dict(data["history"])
-        ch.onset_s = data["onset_s"]
+    # The alert states above are what must survive; a model state this version cannot read
+    # (older format, damaged) costs a relearned baseline, never a forgotten alert.
+    try:
+        data = json.loads(model) if model else {}
+        if data:
+            hi = HealthIndex(asset.alerting.baseline_readings, health)
+            hi.load(data["hi"])
+            ch.history, ch.hi = Trend.from_dict(data["history"]), hi
+            ch.onset_s = data["onset_s"]
+    except (ValueError, KeyError, TypeError):
+        ch.history = history
     return ch
 
 

@@ -42,6 +42,7 @@ _MIN_VAR = 1e-4  # floor of the residual variance (ln units^2)
 # maintenance planner can use, and a point inside it is mostly the prior.
 MAX_BOUND_RATIO = 100.0
 _MIN_LOWER_H = 1.0 / 60.0  # a lower bound under a minute counts as one minute
+_MAX_LN_LEVEL = 700.0  # exp() of more overflows a float
 _FINE = 41  # points of the fine pass over the posterior's mass
 _MIX_OFFSETS = np.array([-4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0])  # mixture CDF points, in sd
 
@@ -254,6 +255,8 @@ def bayes_exponential(
     # fast side (a low quantile of remaining time is a high quantile of rate).
     rate_med = _quantiles(rates, w, [1.0 - tu.quantile])[0]
     level_med = _quantiles(level_now, w, [0.5])[0]
+    if level_med > _MAX_LN_LEVEL:  # the fit extrapolates far past its data
+        return NoEstimate("the trend extrapolates far beyond its last data point")
     value = math.exp(level_med)
     tc = x - x.mean()
     sxx = float(tc @ tc)

@@ -76,7 +76,7 @@ def step(
         held = (
             now_s is not None
             and state.cleared_at_s is not None
-            and now_s - state.cleared_at_s < holdoff_s
+            and 0.0 <= now_s - state.cleared_at_s < holdoff_s  # a clock set back: no hold
         )
         if state.streak >= debounce and not held:
             state.active, state.raised_at = state.streak_level, now_iso

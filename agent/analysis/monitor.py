@@ -196,7 +196,7 @@ class Monitor:
         ch = self._channel(reading)
         feats = self._features(ch, reading)
         value = feats.get(SEVERITY_METRIC)
-        if value is None or value != value:  # NaN check
+        if value is None or not math.isfinite(value):
             self.skipped_total += 1
             return out
         t_s = reading.timestamp.timestamp()
@@ -229,7 +229,9 @@ class Monitor:
         hi_over = hi is not None and ch.hi.level is not None and hi >= ch.hi.level
         iso = ch.iso_alarm() if velocity_resolved(feats) else None
         iso_over = iso is not None and value >= iso
-        below = (hi is None or ch.hi.level is None or hi < ch.hi.level * (1.0 - h)) and (
+        # Unknown is never "below": a reading without the health-index features must not
+        # clear an active trend alert (its detection time is the record that matters).
+        below = (hi is not None and ch.hi.level is not None and hi < ch.hi.level * (1.0 - h)) and (
             iso is None or value < iso * (1.0 - h)
         )
         level = 0
@@ -307,10 +309,13 @@ class Monitor:
                 al.prior_rate_per_day, al.prior_log_sd, ch.asset.planning_horizon_hours,
                 threshold, v[keep],
             )  # fmt: skip
-            est = bayes_exponential(
-                t[keep], v[keep], onset_s=ch.onset_s, now_s=now_s, threshold=threshold,
-                prior=prior, tuning=self.tuning.posterior,
-            )  # fmt: skip
+            try:
+                est = bayes_exponential(
+                    t[keep], v[keep], onset_s=ch.onset_s, now_s=now_s, threshold=threshold,
+                    prior=prior, tuning=self.tuning.posterior,
+                )  # fmt: skip
+            except (ArithmeticError, ValueError) as exc:  # never lose the alerts over it
+                est = NoEstimate(f"time-to-failure model failed on this history: {exc}")
         ch.estimate, ch.estimate_bin = est, b
         return est
 

@@ -32,6 +32,9 @@ _HOUR_S = 3600.0
 _STATE_VERSION = 1
 
 
+CLOCK_RESET_S = 3600.0  # a step back larger than this discards the history (see update)
+
+
 @dataclass(frozen=True, slots=True)
 class TrendEstimate:
     """A time-to-threshold estimate.
@@ -162,7 +165,11 @@ class Trend:
             return
         b = math.floor(t_s / self.bin_s)
         if self._open_bin is not None and b < self._open_bin:
-            return  # clock went backwards: keep the history monotonic
+            if (self._open_bin - b) * self.bin_s < CLOCK_RESET_S:
+                return  # clock stepped back a little: keep the history monotonic
+            # The history was written under a clock far ahead (since corrected): it cannot
+            # be placed on the real time line, and keeping it would freeze the trend.
+            self.reset()
         if self._open_bin is not None and b != self._open_bin:
             self._close_bin()
         self._open_bin = b

@@ -208,6 +208,13 @@ def read_tokens(
                 msg = f"token file '{file}' is larger than 64 KiB; it should hold only the token"
             elif not token:
                 msg = f"token file '{file}' is empty; write the token into it"
+            elif "\ufffd" in token:
+                msg = f"token file '{file}' is not UTF-8 text; write the token as plain text"
+            elif any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in token):
+                msg = (
+                    f"token file '{file}' holds a line break or control character inside the "
+                    "token; it must hold the token alone, on one line"
+                )
             else:
                 tokens[i] = token
                 continue

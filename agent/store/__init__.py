@@ -1,5 +1,6 @@
 """Durable store-and-forward: the SQLite outbox of alerts and monitor state."""
 
+from agent.store._lock import StoreInUseError, lock_path, store_lock
 from agent.store._ops import OutboxStats, StoredAlert
 from agent.store._outbox import Outbox
 from agent.store._schema import Quarantined
@@ -13,6 +14,9 @@ __all__ = [
     "StoreClosedError",
     "StoreError",
     "StoreFullError",
+    "StoreInUseError",
     "StoredAlert",
     "WriterCounters",
+    "lock_path",
+    "store_lock",
 ]

@@ -108,7 +108,13 @@ class HttpUplink:
         async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
             await self._load_token()
             while True:
-                await self.step(session)
+                try:
+                    await self.step(session)
+                except Exception as exc:
+                    # Not seen in tests; a bad header value or a library surprise must not
+                    # stop delivery for good: count it as a failed attempt and back off.
+                    log.exception("uplink[%s]: unexpected error", self.name)
+                    await self._failed(f"unexpected: {exc!r}", None)
 
     async def step(self, session: aiohttp.ClientSession) -> None:
         """One unit of work: send a batch (and wait out a failure), or idle."""
@@ -259,11 +265,14 @@ class HttpUplink:
             return
         try:
             text = await asyncio.to_thread(self.cfg.token_file.read_text, encoding="utf-8")
-        except OSError as exc:
+            token = text.strip()
+            if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in token):
+                raise ValueError("it contains a line break or control character")
+        except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
             err = UplinkError(
-                f"cannot read token_file {self.cfg.token_file}: {exc}", uplink=self.name
+                f"cannot use token_file {self.cfg.token_file}: {exc}", uplink=self.name
             )
             log.error("uplink[%s]: %s", self.name, err)
             self.status.last_error = str(err)
             return
-        self._token = text.strip() or None
+        self._token = token or None

@@ -18,7 +18,12 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Literal
 
-from drivers.errors import DeviceError, DeviceExceptionResponse, DeviceTimeout
+from drivers.errors import (
+    DeviceError,
+    DeviceExceptionResponse,
+    DeviceProtocolError,
+    DeviceTimeout,
+)
 from drivers.modbus._client import ModbusTcpLink
 from drivers.modbus._plan import ReadBlock, ReadPlan, plan_profile
 from drivers.profiles import ALL_CHANNELS, Profile, Register, load_profile
@@ -195,6 +200,17 @@ class ModbusTcpPoller:
         except DeviceError as exc:
             self._failed(exc, started)
             raise
+        except Exception as exc:
+            # A library surprise must not end this poller (and with it the agent): it is
+            # one more failed poll, with its type in the message.
+            err = DeviceProtocolError(
+                f"unexpected {type(exc).__name__}: {exc}",
+                sensor_id=self.sensor_id,
+                address=self._link.address,
+                device_id=self._status.device_id,
+            )
+            self._failed(err, started)
+            raise err from exc
         self._succeeded(time.monotonic() - sent)
         return readings_from(self.sensor_id, self.plan.channels, values, timestamp)
 

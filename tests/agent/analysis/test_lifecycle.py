@@ -72,3 +72,15 @@ def test_debounce_one_reacts_immediately() -> None:
     st = LifecycleState()
     assert transitions(feed(st, [2], debounce=1)) == [("raised", 2)]
     assert transitions(feed(st, [0], below=[True], debounce=1)) == [("cleared", 2)]
+
+
+def test_a_clock_set_back_does_not_hold_new_alerts() -> None:
+    st = LifecycleState()
+    future = 1_900_000_000.0
+    for lv, below in ((1, False), (1, False), (1, False), (0, True), (0, True), (0, True)):
+        step(st, lv, below_clear=below, debounce=3, now_iso=T, now_s=future, holdoff_s=600)
+    assert st.active == 0 and st.cleared_at_s == future
+    now = future - 365 * 86400  # the clock is corrected, a year back
+    steps = [step(st, 2, below_clear=False, debounce=3, now_iso=T, now_s=now + i,
+                  holdoff_s=600) for i in range(3)]  # fmt: skip
+    assert [s.transition for s in steps] == [None, None, "raised"]

@@ -166,3 +166,48 @@ def test_velocity_alarm_needs_a_waveform_long_enough_for_the_band() -> None:
     assert velocity_resolved(long)  # ten periods
     assert not velocity_resolved(slow)  # two periods of 2 Hz
     assert velocity_resolved({"velocity_rms_mm_s": 1.0})  # a smart sensor's own value
+
+
+def test_infinite_velocity_is_skipped_not_stored(tmp_path: Path) -> None:
+    m = Monitor(config(tmp_path, debounce=1))
+    t = datetime(2026, 11, 23, tzinfo=UTC)
+    assert m.update(Reading("m1", "z", t, {"velocity_rms_mm_s": float("inf")})).drafts == []
+    assert m.skipped_total == 1
+
+
+def _learned(tmp_path: Path) -> tuple[Monitor, datetime]:
+    m = Monitor(config(tmp_path))
+    t0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
+    for i in range(60):
+        feats = {"velocity_rms_mm_s": 1.0, "accel_rms_g": 0.2 + 0.002 * (i % 3),
+                 "hf_accel_rms_g": 0.05}  # fmt: skip
+        m.update(Reading("m1", "z", t0 + timedelta(seconds=10 * i), feats))
+    return m, t0 + timedelta(seconds=600)
+
+
+def test_missing_health_features_never_clear_an_active_trend_alert(tmp_path: Path) -> None:
+    m, t = _learned(tmp_path)
+    kinds = []
+    for i in range(20):  # acceleration doubles: the health index crosses its level
+        feats = {"velocity_rms_mm_s": 1.0, "accel_rms_g": 0.4, "hf_accel_rms_g": 0.1}
+        kinds += [(d.kind, d.state) for d in m.update(
+            Reading("m1", "z", t + timedelta(seconds=10 * i), feats)).drafts]  # fmt: skip
+    assert ("trend", "raised") in kinds
+    later = t + timedelta(seconds=300)
+    for i in range(10):  # the sensor stops reporting acceleration (0 = no information)
+        feats = {"velocity_rms_mm_s": 1.0, "accel_rms_g": 0.0, "hf_accel_rms_g": 0.0}
+        r = Reading("m1", "z", later + timedelta(seconds=10 * i), feats)
+        assert [(d.kind, d.state) for d in m.update(r).drafts] == []
+
+
+def test_a_model_state_from_another_version_keeps_the_active_alerts(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    m = Monitor(cfg)
+    saved: dict[str, str] = {}
+    for r in readings([3.0] * 5):
+        saved.update(m.update(r).state)
+    model = json.loads(saved["press-7/m1/z/model"])
+    model["hi"]["version"] = 999
+    saved["press-7/m1/z/model"] = json.dumps(model)
+    again = Monitor(cfg, state=saved)
+    assert [d.state for r in readings([3.0] * 10) for d in again.update(r).drafts] == []

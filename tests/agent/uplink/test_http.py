@@ -220,3 +220,18 @@ async def test_new_alert_cuts_a_long_backoff_short(tmp_path: Path, outbox: Outbo
             waited = time.monotonic() - t0
             assert len(await again.alerts()) == 2
     assert waited < 3.0, waited
+
+
+async def test_token_file_with_a_line_break_is_refused_and_delivery_lives_on(
+    tmp_path: Path, outbox: Outbox
+) -> None:
+    bad = tmp_path / "token"
+    bad.write_bytes(b"abc\ndef\n")  # would be a forbidden header value
+    async with BackendServer(db=tmp_path / "backend.db", token=TOKEN) as backend:
+        await outbox.append([draft(i=0)])
+        uplink = HttpUplink(cfg(backend.url, token=None, token_file=bad), outbox)
+        async with Running(uplink) as up:
+            await until(lambda: _true(up.status.consecutive_failures >= 2))
+            assert up.status.delivered_total == 0  # refused token: nothing sent as valid
+            bad.write_text(TOKEN + "\n")  # the operator fixes the file; a 401 re-reads it
+            await until(lambda: _pending_is(outbox, 0))

@@ -1,0 +1,138 @@
+"""Updates on their way to the store: in order, bounded, retried while the store fails.
+
+An update is what one reading (or one sensor-state change, or one maintenance event)
+produced: alert drafts plus the state that produced them, stored in one transaction. While
+the store cannot be written (disk full) updates are held here, oldest first, up to a limit;
+beyond it the oldest is dropped, counted and logged. Every writer goes through one lock, so
+updates reach the store in the order they were made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from agent.analysis.monitor import Update
+from agent.store import Outbox, StoreError
+
+log = logging.getLogger(__name__)
+
+LIMIT = 10_000  # updates held in memory while the store is unwritable
+RETRY_MIN_S = 0.5
+RETRY_MAX_S = 30.0
+
+Records = list[dict[str, Any]]
+
+
+class Counters(Protocol):
+    alerts_total: int
+    alerts_lost_total: int
+    store_errors_total: int
+
+
+class PendingWrites:
+    """The ordered, bounded queue of updates in front of the outbox.
+
+    Args:
+        outbox: the open store.
+        counters: where alerts stored, lost and store errors are counted.
+        on_records: called with the records of every committed update.
+        limit: updates held at most while the store fails.
+    """
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        counters: Counters,
+        *,
+        on_records: Callable[[Records], None] | None = None,
+        limit: int = LIMIT,
+    ) -> None:
+        self._outbox = outbox
+        self._counters = counters
+        self._on_records = on_records
+        self._limit = limit
+        self._held: deque[Update] = deque()
+        self._retry_at = 0.0
+        self._backoff_s = RETRY_MIN_S
+        self.lock = asyncio.Lock()  # hold it to stop writers between two store writes
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def hold(self, update: Update) -> None:
+        """Queue an update (no I/O): from here on it is written, or counted as lost."""
+        if not (update.drafts or update.state):
+            return
+        if len(self._held) >= self._limit:
+            lost = self._held.popleft()
+            self._counters.alerts_lost_total += len(lost.drafts)
+            log.error("store unwritable and %d updates held: dropping the oldest (%d alerts)",
+                      self._limit, len(lost.drafts))  # fmt: skip
+        self._held.append(update)
+
+    async def write(self, update: Update, *, now: bool = False) -> Records | None:
+        """Queue an update and write what is due; this update's records, if it was written.
+
+        Args:
+            update: drafts and state to store together.
+            now: ignore the retry backoff (a person is waiting for the answer).
+        """
+        self.hold(update)
+        async with self.lock:
+            if now:
+                self._retry_at = 0.0
+            for done, records in await self.flush():
+                if done is update:
+                    return records
+        return None
+
+    async def flush(self, *, final: bool = False) -> list[tuple[Update, Records]]:
+        """Write held updates in order (call with `lock` held); stops at a store error.
+
+        Args:
+            final: shutting down: try now whatever the backoff, count what stays unwritten.
+        """
+        written: list[tuple[Update, Records]] = []
+        if not final and time.monotonic() < self._retry_at:
+            return written
+        while self._held:
+            update = self._held.popleft()  # popped first: a write cut off still commits once
+            try:
+                records = await self._outbox.append(update.drafts, update.state)
+            except (ValueError, TypeError) as exc:
+                # A draft the store cannot serialise (a bug upstream): drop it loudly rather
+                # than stop every other alert behind it.
+                self._counters.alerts_lost_total += len(update.drafts)
+                log.exception("dropping an unstorable update (%d alerts): %s",
+                              len(update.drafts), exc)  # fmt: skip
+                continue
+            except StoreError as exc:
+                self._held.appendleft(update)
+                self._failed(exc, final=final)
+                return written
+            self._backoff_s = RETRY_MIN_S
+            self._counters.alerts_total += len(records)
+            for r in records:
+                log.info("alert %s %s %s %s/%s", r["alert_id"], r["kind"], r["state"],
+                         r["asset"]["id"], r["sensor"]["channel"])  # fmt: skip
+            if records and self._on_records is not None:
+                self._on_records(records)
+            written.append((update, records))
+        return written
+
+    def _failed(self, exc: StoreError, *, final: bool) -> None:
+        self._counters.store_errors_total += 1
+        self._retry_at = time.monotonic() + self._backoff_s * random.uniform(0.5, 1.0)
+        self._backoff_s = min(self._backoff_s * 2, RETRY_MAX_S)
+        log.error("store write failed (%s); %d updates held in memory, retrying",
+                  exc, len(self._held))  # fmt: skip
+        if final:
+            lost = sum(len(u.drafts) for u in self._held)
+            self._counters.alerts_lost_total += lost
+            log.critical("shutting down with %d unsaved alerts", lost)

@@ -1,0 +1,67 @@
+"""Updates reach a real SQLite store in order, survive a full store, and a bad one is
+dropped loudly without stopping the rest."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from agent.analysis.monitor import Update
+from agent.pending import PendingWrites
+from agent.runtime import PipelineCounters
+from agent.store import Outbox
+from tests.agent.store._drafts import draft
+
+
+def _limit_pages(ob: Outbox, extra: int) -> object:
+    # Test-only reach into the writer thread: SQLite's own page limit gives a genuine
+    # SQLITE_FULL (the store tests also fill a real tmpfs).
+    return ob._call(
+        lambda c: c.execute(
+            f"PRAGMA max_page_count = {c.execute('PRAGMA page_count').fetchone()[0] + extra}"
+        ).fetchone(),
+        write=False,
+        what="limit",
+    )
+
+
+async def test_full_store_holds_updates_in_order_and_writes_them_later(tmp_path: Path) -> None:
+    counters = PipelineCounters()
+    async with Outbox(tmp_path / "o.db", gateway_id="gw", max_bytes=1 << 30, first_seq=1) as ob:
+        pending = PendingWrites(ob, counters)
+        await _limit_pages(ob, 0)
+        big = [Update([draft(i=i, blob="z" * 4000)], {f"k{i}": "old"}) for i in range(3)]
+        for u in big:
+            assert await pending.write(u) is None  # not stored: the store is full
+        assert len(pending) == 3 and counters.store_errors_total >= 1
+        await _limit_pages(ob, 1000)
+        # A later update jumps nothing: with `now` it writes everything held first, in order.
+        reset = Update([draft(i=9)], {"k0": "reset", "k1": "reset", "k2": "reset"})
+        records = await pending.write(reset, now=True)
+        assert records is not None and records[0]["seq"] == 4
+        assert len(pending) == 0 and counters.alerts_total == 4 and counters.alerts_lost_total == 0
+        state = await ob.load_state()
+    assert state == {"k0": "reset", "k1": "reset", "k2": "reset"}  # the newest state wins
+
+
+async def test_an_unstorable_update_is_dropped_and_counted_not_fatal(tmp_path: Path) -> None:
+    counters = PipelineCounters()
+    async with Outbox(tmp_path / "o.db", gateway_id="gw", max_bytes=1 << 30, first_seq=1) as ob:
+        pending = PendingWrites(ob, counters)
+        bad = draft(i=1)
+        bad = dataclasses.replace(
+            bad, severity=dataclasses.replace(bad.severity, value=float("inf"))
+        )
+        assert await pending.write(Update([bad], {})) is None
+        good = await pending.write(Update([draft(i=2)], {}))
+    assert good is not None and good[0]["seq"] == 1
+    assert counters.alerts_lost_total == 1 and counters.alerts_total == 1
+
+
+async def test_held_updates_are_bounded(tmp_path: Path) -> None:
+    counters = PipelineCounters()
+    async with Outbox(tmp_path / "o.db", gateway_id="gw", max_bytes=1 << 30, first_seq=1) as ob:
+        pending = PendingWrites(ob, counters, limit=2)
+        for i in range(5):
+            pending.hold(Update([draft(i=i)], {}))
+        assert len(pending) == 2 and counters.alerts_lost_total == 3

@@ -3,9 +3,9 @@
 For each channel the monitor runs two alert lifecycles (agent.analysis.lifecycle):
 - "severity": the ISO zone of velocity RMS (C: warning, D: critical).
 - "trend": early detection and time to failure. Level 1 (warning) when the health index
-  (agent.analysis.health_index, learned from the channel's own baseline) is above its
-  alarm level: that raise is the degradation onset. Level 2 (critical, an escalation) when
-  the estimated time to failure falls under the asset's planning horizon.
+  (learned from the channel's own baseline) or velocity RMS (ISO 20816-1 alarm from the
+  baseline) is above its level: that raise is the degradation onset. Level 2 (critical,
+  an escalation) when the time to failure falls under the asset's planning horizon.
 Time to failure: a Bayesian exponential model of the failure metric started at the onset
 (agent.analysis.degradation); before the onset there is no estimate and every record says
 why. Every draft carries the channel's current progression and time to failure.

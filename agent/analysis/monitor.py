@@ -142,8 +142,6 @@ class Monitor:
         self.tuning = tuning or Tuning()
         self.skipped_total = 0  # readings without a usable velocity (bad quality, missing)
 
-    # ------------------------------------------------------------------ channel state
-
     def _new_history(self, asset: Asset) -> Trend:
         t = self.tuning
         bin_s = asset.alerting.trend_bin_s or t.bin_s
@@ -182,8 +180,6 @@ class Monitor:
             bearing=geometry,
         )
         return {**computed, **reading.features}  # a sensor's own values (temperature) win
-
-    # ------------------------------------------------------------------ updates
 
     def update(self, reading: Reading) -> Update:
         """Analyse one reading; returns the drafts and state to persist together."""
@@ -318,8 +314,6 @@ class Monitor:
                 est = NoEstimate(f"time-to-failure model failed on this history: {exc}")
         ch.estimate, ch.estimate_bin = est, b
         return est
-
-    # ------------------------------------------------------------------ maintenance
 
     def maintenance(self, asset_id: str, at: datetime, note: str) -> Update:
         """A repair or maintenance event: reset the asset's baselines, trends and alerts.

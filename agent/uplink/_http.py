@@ -11,6 +11,8 @@ Status policy:
 - 401, 403, 407: the credentials are wrong, not the alerts; dead-lettering would empty the
   whole backlog into the dead-letter table after a token rotation. Retried like a 5xx,
   with the token file re-read, and logged at ERROR.
+- 404, 405: the URL or method is wrong (a misconfiguration, or a proxy during a backend
+  deploy), not the alerts: retried like a 5xx, logged at ERROR.
 - 413: the batch is too large; halve it (dead-letter only a single alert that is too big).
 - any other 4xx: the backend refuses these alerts. A batch of more than one is resent one
   alert at a time first, so one bad record cannot take good ones with it into the
@@ -38,7 +40,7 @@ from agent.uplink.errors import UplinkError, UplinkRejected, UplinkUnavailable
 
 log = logging.getLogger(__name__)
 
-RETRYABLE_4XX = frozenset({408, 429})
+RETRYABLE_4XX = frozenset({404, 405, 408, 429})
 AUTH_4XX = frozenset({401, 403, 407})
 _REASON_CHARS = 200
 _MAX_ERROR_BODY = 16 * 1024  # read no more than this of an error answer

@@ -235,3 +235,15 @@ async def test_token_file_with_a_line_break_is_refused_and_delivery_lives_on(
             assert up.status.delivered_total == 0  # refused token: nothing sent as valid
             bad.write_text(TOKEN + "\n")  # the operator fixes the file; a 401 re-reads it
             await until(lambda: _pending_is(outbox, 0))
+
+
+async def test_wrong_url_404_is_retried_not_dead_lettered(tmp_path: Path, outbox: Outbox) -> None:
+    await outbox.append([draft(i=i) for i in range(3)])
+    async with BackendServer(db=tmp_path / "backend.db", token=TOKEN) as backend:
+        wrong = backend.url.replace("/v1/alerts", "/v1/alertz")  # a proxy misroute, a typo
+        async with Running(HttpUplink(cfg(wrong), outbox)) as up:
+            await until(lambda: _true(up.status.consecutive_failures >= 2))
+        assert (await outbox.stats()).dead_lettered == 0
+        assert (await outbox.stats()).pending == 3  # all still there for the right URL
+        async with Running(HttpUplink(cfg(backend.url), outbox)):
+            await until(lambda: _pending_is(outbox, 0))

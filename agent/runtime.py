@@ -246,9 +246,7 @@ class Agent:
                     await self._persist(update)  # also retries what a full disk held
 
     async def _persist(self, update: Update) -> None:
-        self.pending.hold(update)  # held before waiting: a shutdown cannot lose it
-        async with self.pending.lock:
-            await self.pending.flush()
+        await self.pending.write(update)  # held before it waits: a shutdown cannot lose it
 
     async def snapshot(self) -> Snapshot:
         """The agent's status, as /healthz and /metrics show it."""

@@ -188,31 +188,31 @@ class ModbusTcpPoller:
                 values: list[tuple[Register, float]] = []
                 for block in self.plan.blocks:
                     values.extend(block.values(await self._read_block(block)))
-        except TimeoutError as exc:
-            err = DeviceTimeout(
-                f"no answer within the {self.budget_s:.2f} s poll budget",
-                sensor_id=self.sensor_id,
-                address=self._link.address,
-                device_id=self._status.device_id,
-            )
-            self._failed(err, started)
-            raise err from exc
         except DeviceError as exc:
             self._failed(exc, started)
             raise
         except Exception as exc:
-            # A library surprise must not end this poller (and with it the agent): it is
-            # one more failed poll, with its type in the message.
-            err = DeviceProtocolError(
-                f"unexpected {type(exc).__name__}: {exc}",
-                sensor_id=self.sensor_id,
-                address=self._link.address,
-                device_id=self._status.device_id,
+            # A timeout is the poll budget running out; anything else is a library surprise,
+            # which must not end this poller (and with it the agent): one more failed poll.
+            err = (
+                self._error(
+                    DeviceTimeout, f"no answer within the {self.budget_s:.2f} s poll budget"
+                )
+                if isinstance(exc, TimeoutError)
+                else self._error(DeviceProtocolError, f"unexpected {type(exc).__name__}: {exc}")
             )
             self._failed(err, started)
             raise err from exc
         self._succeeded(time.monotonic() - sent)
         return readings_from(self.sensor_id, self.plan.channels, values, timestamp)
+
+    def _error(self, cls: type[DeviceError], message: str) -> DeviceError:
+        return cls(
+            message,
+            sensor_id=self.sensor_id,
+            address=self._link.address,
+            device_id=self._status.device_id,
+        )
 
     async def _read_block(self, block: ReadBlock) -> list[int]:
         fc = self.plan.function_code

@@ -1,4 +1,4 @@
-"""`edge-sim`: sensor and backend simulators, each a process of its own as in a plant."""
+"""`edge-sim`: sensor, backend and CMMS simulators, each a process of its own as in a plant."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 
 def _parser() -> argparse.ArgumentParser:
-    from simulators import backend, modbus
+    from simulators import backend, cmms, modbus
 
     parser = argparse.ArgumentParser(prog="edge-sim", description=__doc__)
     parser.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
@@ -22,7 +22,10 @@ def _parser() -> argparse.ArgumentParser:
     m.set_defaults(serve=modbus.serve)
     b = sub.add_parser("backend", help="portfolio backend: accepts alert batches, dedupes")
     backend.add_arguments(b)
-    b.set_defaults(serve=backend.serve)
+    b.set_defaults(serve=backend.serve, check=backend.check_arguments)
+    c = sub.add_parser("cmms", help="CMMS work-order receiver: idempotent on Idempotency-Key")
+    cmms.add_arguments(c)
+    c.set_defaults(serve=cmms.serve)
     return parser
 
 
@@ -40,6 +43,10 @@ async def _serve_until_signal(
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `edge-sim`."""
     args = _parser().parse_args(argv)
+    problem = args.check(args) if hasattr(args, "check") else None
+    if problem:
+        print(f"edge-sim {args.command}: {problem}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=args.log_level.upper(),
         stream=sys.stderr,

@@ -9,6 +9,8 @@ Request handling is our own, on asyncio streams: one request in, one answer out,
 that request's transaction and device ids, written in request order per connection. Fault
 modes: ``dead`` (never answers), ``slow=S`` (answers S seconds late), ``exception[=C]``
 (answers Modbus exception C, default 4). Tokens combine: ``1:degrade,slow=0.5``.
+SIGUSR1 repairs every degrading device (its bearing is replaced: it runs healthy from then
+on), as a technician would in the demo.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from simulators._modbus_protocol import (
     frame,
     parse_header,
 )
-from simulators.scenario import SCENARIOS, Sample, Scenario, make_scenario
+from simulators.scenario import SCENARIOS, Degrade, Healthy, Sample, Scenario, make_scenario
 
 log = logging.getLogger("edge_sim.modbus")
 
@@ -157,6 +159,17 @@ class ModbusSimServer:
     def elapsed(self) -> float:
         """Seconds since the server started: the scenarios' time axis."""
         return time.monotonic() - self._t0
+
+    def repair(self) -> list[int]:
+        """Replace every degrading device's bearing: it runs healthy from now on.
+
+        Returns:
+            The ids of the devices repaired.
+        """
+        fixed = [d for d in self.devices.values() if isinstance(d.scenario, Degrade)]
+        for d in fixed:
+            d.scenario = Healthy(seed=d.scenario.seed)
+        return [d.device_id for d in fixed]
 
     def set_fault(self, device_id: int, fault: Fault) -> None:
         """Change a device's fault mode while running."""
@@ -297,10 +310,12 @@ async def serve(args: argparse.Namespace) -> None:
         async with ModbusSimServer(
             devices, profile=args.profile, host=args.host, port=args.port
         ) as srv:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signal.SIGUSR1, srv.repair)
             print("READY " + json.dumps({"host": srv.host, "port": srv.port}), flush=True)
             await stop.wait()
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
 

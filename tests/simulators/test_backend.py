@@ -146,6 +146,7 @@ async def test_edge_sim_backend_prints_ready_fails_first_and_exits_on_sigterm(
             "host": "127.0.0.1",
             "port": info["port"],
             "url": f"http://127.0.0.1:{info['port']}/v1/alerts",
+            "portfolio": f"http://127.0.0.1:{info['port']}/portfolio",
         }
         async with aiohttp.ClientSession() as s:
             assert (await post(s, info["url"], {"alerts": [rec(1)]}))[0] == 503

@@ -219,3 +219,14 @@ async def test_process_prints_ready_and_exits_on_sigterm() -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+def test_repair_replaces_the_degrading_bearing_only() -> None:
+    srv = ModbusSimServer(
+        [parse_device("1:degrade", life_s=10.0), parse_device("2:healthy", life_s=10.0)]
+    )
+    worn = srv.devices[1].scenario.sample(9.0)["z"]["velocity_rms_mm_s"]
+    assert srv.repair() == [1]
+    fixed = srv.devices[1].scenario.sample(9.0)["z"]["velocity_rms_mm_s"]
+    assert worn > 4.5 and fixed < 1.4  # zone D before, zone A after (ISO group 2 rigid)
+    assert srv.repair() == []  # nothing left to repair

@@ -51,9 +51,10 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from agent.demo import run_demo
+    from agent.demo import DemoOptions, run_demo
 
-    return run_demo(duration_s=args.duration, life_s=args.life_s, workdir=args.workdir)
+    opts = DemoOptions(args.duration, args.life_s, args.workdir, args.keep, args.json)
+    return run_demo(opts)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -117,6 +118,17 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help="keep the demo's files here instead of a temporary directory",
+    )
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the agent's store and the backend's database afterwards (prints where)",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print each record the backend receives as JSON Lines on stdout (the story "
+        "goes to stderr)",
     )
     p.set_defaults(func=_cmd_demo)
 

@@ -2,7 +2,9 @@
 
 Starts the Modbus sensor simulator and the portfolio backend simulator as separate
 processes (as a plant would have them), runs the agent on config/demo.yaml against them,
-and prints a live status and every alert as the backend receives it.
+and tells the story as the backend receives it: each alert in plain words, a planner who
+confirms the case, a technician who replaces the bearing before the estimated failure,
+and a closing summary per case from the backend's portfolio (whose page URL it prints).
 """
 
 from __future__ import annotations
@@ -17,17 +19,22 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, TextIO
 
 import aiohttp
 
-from agent.config import load_config
+from agent.analysis.severity import zone_table
+from agent.config import Config, load_config
+from agent.demo_crew import BackendView, Crew
+from agent.demo_story import LEGEND, case_summary, record_line
 from agent.logs import setup_logging
 from agent.runtime import Agent
 
 READY_TIMEOUT_S = 20.0
+STATUS_EVERY_S = 10.0
 
 
 class SimProcess:
@@ -39,9 +46,11 @@ class SimProcess:
         self.info: dict[str, Any] = {}
 
     @classmethod
-    def backend(cls, db: Path, token: str) -> SimProcess:
+    def backend(cls, db: Path, token: str | None, config: Path | None = None) -> SimProcess:
         """`edge-sim backend` on a free loopback port, storing into `db`."""
-        args = ["--host", "127.0.0.1", "--port", "0", "--db", str(db), "--token", token]
+        args = ["--host", "127.0.0.1", "--port", "0", "--db", str(db)]
+        args += ["--token", token] if token else []
+        args += ["--config", str(config)] if config else []
         return cls("backend", ["backend", *args])
 
     @classmethod
@@ -76,6 +85,11 @@ class SimProcess:
             raise
         return self
 
+    def repair(self) -> None:
+        """SIGUSR1: the Modbus simulator replaces its degrading devices' bearings."""
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGUSR1)
+
     async def stop(self) -> None:
         if self.proc is None or self.proc.returncode is not None:
             return
@@ -92,10 +106,12 @@ class SimProcess:
 
 
 @contextlib.contextmanager
-def _workdir(path: Path | None) -> Iterator[Path]:
+def _workdir(path: Path | None, keep: bool) -> Iterator[Path]:
     if path is not None:
         path.mkdir(parents=True, exist_ok=True)
         yield path
+    elif keep:
+        yield Path(tempfile.mkdtemp(prefix="edge-agent-demo-"))
     else:
         with tempfile.TemporaryDirectory(prefix="edge-agent-demo-") as tmp:
             yield Path(tmp)
@@ -106,96 +122,120 @@ def demo_config_path() -> Path:
     return Path(str(resources.files("agent").joinpath("demo.yaml")))
 
 
-def _duration(hours: float) -> str:
-    """A readable duration: the demo's machine fails in seconds, a plant's in days."""
-    seconds = hours * 3600.0
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if hours < 2:
-        return f"{seconds / 60:.0f} min"
-    return f"{hours:.1f} h" if hours < 48 else f"{hours / 24:.1f} d"
+def demo_backend_config_path() -> Path:
+    """The demo backend's asset figures (config/demo-backend.yaml links to it)."""
+    return Path(str(resources.files("agent").joinpath("demo-backend.yaml")))
 
 
 class _Display:
-    def __init__(self, out: TextIO) -> None:
-        self.out = out
+    """Story lines with the seconds since the start; raw records as JSON Lines if asked."""
+
+    def __init__(self, out: TextIO, raw: TextIO | None) -> None:
+        self.out, self.raw = out, raw
         self.t0 = time.monotonic()
+        self.t0_wall = time.time()
         self.first_delivered_s: float | None = None
         self.delivered = 0
 
     def line(self, text: str) -> None:
         print(f"[{time.monotonic() - self.t0:6.1f}s] {text}", file=self.out, flush=True)
 
-    def backend_alert(self, rec: dict[str, Any]) -> None:
+    def block(self, lines: Sequence[str]) -> None:
+        for text in lines:
+            print(f"          {text}", file=self.out, flush=True)
+
+    def received(self, rec: dict[str, Any], story: str) -> None:
         self.delivered += 1
         if self.first_delivered_s is None:
             self.first_delivered_s = time.monotonic() - self.t0
-        sev = rec.get("severity") or {}
-        ttf = rec.get("time_to_failure")
-        outlook = (
-            f"time to failure {_duration(ttf['hours'])} [{_duration(ttf['lower_hours'])} to "
-            f"{_duration(ttf['upper_hours'])}] ({ttf['model']})"
-            if ttf
-            else f"no estimate: {rec.get('no_estimate_reason')}"
-        )
-        self.line(
-            f"BACKEND received {rec['alert_id']}: {rec['kind']} {rec['state']} "
-            f"{rec['asset']['id']} ({rec['asset']['name']}) {rec['sensor']['id']}/"
-            f"{rec['sensor']['channel']} zone {sev.get('zone')} {sev.get('level')} "
-            f"{sev.get('metric')}={sev.get('value')} threshold {sev.get('threshold')} "
-            f"[{sev.get('standard')}] detected {rec['detected_at']}; {outlook}"
-        )
+        if self.raw is not None:
+            print(json.dumps(rec, sort_keys=True), file=self.raw, flush=True)
+        self.line(story)
 
 
 async def _status_loop(agent: Agent, display: _Display) -> None:
     await agent.ready.wait()
     while True:
+        await asyncio.sleep(STATUS_EVERY_S)
         snap = await agent.snapshot()
-        chans = "  ".join(
-            f"{c['asset']}/{c['channel']} {c['value']:.2f} mm/s {c['zone']}"
-            for c in sorted(snap["channels"], key=lambda c: (c["asset"], c["channel"]))
+        worst: dict[str, dict[str, Any]] = {}
+        for c in snap["channels"]:
+            if c["asset"] not in worst or c["value"] > worst[c["asset"]]["value"]:
+                worst[c["asset"]] = c
+        machines = ", ".join(
+            f"{a} {c['value']:.1f} mm/s (zone {c['zone']})" for a, c in sorted(worst.items())
         )
-        store = snap["store"]
-        sensors = " ".join(f"{s['id']}:{s['state']}" for s in snap["sensors"])
         display.line(
-            f"{chans or 'waiting for first readings'} | sensors {sensors} | alerts stored "
-            f"{snap['pipeline']['alerts_total']}, pending {store.get('pending')}, "
-            f"at backend {display.delivered}"
+            f"watching: {machines or 'waiting for first readings'} | alerts stored "
+            f"{snap['pipeline']['alerts_total']}, at the backend {display.delivered}"
         )
-        await asyncio.sleep(2.0)
 
 
-async def _backend_watch(url: str, token: str, display: _Display) -> None:
-    seen: set[str] = set()
-    headers = {"Authorization": f"Bearer {token}"}
-    timeout = aiohttp.ClientTimeout(total=3)
-    async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
-        while True:
-            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                async with session.get(url) as resp:
-                    body = await resp.json()
-                for rec in body.get("alerts", []):
-                    if rec["alert_id"] not in seen:
-                        seen.add(rec["alert_id"])
-                        display.backend_alert(rec)
-            await asyncio.sleep(0.5)
+async def _watch_backend(view: BackendView, crew: Crew, config: Config, display: _Display) -> None:
+    tables = {a.id: zone_table(a.machine) for a in config.assets}
+    horizons = {a.id: a.planning_horizon_hours for a in config.assets}
+    last = 0
+    while True:
+        records: list[dict[str, Any]] = []
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+            records, last = await view.records_after(last)
+        for rec in records:
+            display.received(rec, record_line(rec, tables, horizons))
+            try:
+                await crew.on_record(rec)
+            except (aiohttp.ClientError, TimeoutError) as exc:  # it tries again on the next
+                display.line(f"the planner could not reach the backend: {exc!r}")
+        await asyncio.sleep(0.5)
 
 
-async def _demo(duration_s: float | None, life_s: float, workdir: Path | None, out: TextIO) -> int:
-    display = _Display(out)
+async def _summary(view: BackendView, config: Config, display: _Display) -> None:
+    try:
+        listing = await view.cases()
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        display.line(f"no summary: the backend did not answer ({exc})")
+        return
+    display.line(f"summary: {listing['totals']['cases']} case(s) at the backend")
+    cased = set()
+    for case in listing["cases"]:
+        cased.add(case["asset"]["id"])
+        display.block(case_summary(case, display.t0_wall))
+    for asset in config.assets:
+        if asset.id not in cased:
+            display.block([f"{asset.id} {asset.name} (tier {asset.tier}): no case, healthy"])
+
+
+def _kept(tmp: Path, display: _Display) -> None:
+    display.line(
+        f"demo files kept in {tmp}: outbox.db (the agent's store), backend.db (the backend's "
+        "records, cases and confirmations). Look at them again with:"
+    )
+    display.block(
+        [
+            f"edge-sim backend --db {tmp / 'backend.db'} --config {demo_backend_config_path()} "
+            "--port 8080",
+            "then open http://127.0.0.1:8080/portfolio",
+        ]
+    )
+
+
+async def _demo(opts: DemoOptions, out: TextIO) -> int:
+    display = _Display(sys.stderr if opts.json else out, out if opts.json else None)
     token = secrets.token_hex(16)
-    with _workdir(workdir) as tmp:
-        display.line(f"demo files in {tmp}")
+    with _workdir(opts.workdir, opts.keep) as tmp:
         async with (
-            SimProcess.backend(tmp / "backend.db", token) as backend,
-            SimProcess.modbus(["1:degrade", "2:healthy"], life_s) as modbus,
+            SimProcess.backend(tmp / "backend.db", token, demo_backend_config_path()) as backend,
+            SimProcess.modbus(["1:degrade", "2:healthy"], opts.life_s) as modbus,
         ):
-            display.line(f"backend simulator at {backend.info['url']} (pid {backend.proc.pid})")
             display.line(
-                f"modbus simulator at 127.0.0.1:{modbus.info['port']} (pid {modbus.proc.pid}): "
-                f"device 1 = degrading press motor (fails in ~{life_s:.0f}s), "
-                "device 2 = healthy fan"
+                f"the agent watches a press motor whose bearing wears out (failure in about "
+                f"{opts.life_s:.0f} s) and a healthy cooling fan (Modbus simulator pid "
+                f"{modbus.proc.pid}), and forwards every alert to the maintenance backend "
+                f"(pid {backend.proc.pid})"
             )
+            display.line(
+                f"portfolio page (open it while the demo runs): {backend.info['portfolio']}"
+            )
+            display.line(LEGEND)
             env = {
                 "EDGE_DEMO_DIR": str(tmp),
                 "EDGE_DEMO_MODBUS_PORT": str(modbus.info["port"]),
@@ -207,42 +247,54 @@ async def _demo(duration_s: float | None, life_s: float, workdir: Path | None, o
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, agent.stop)
-            run = asyncio.create_task(agent.run(), name="agent")
-            helpers = [
-                asyncio.create_task(_status_loop(agent, display), name="demo-status"),
-                asyncio.create_task(
-                    _backend_watch(backend.info["url"], token, display), name="demo-backend-watch"
-                ),
-            ]
-            try:
-                if duration_s is not None:
-                    done, _ = await asyncio.wait({run}, timeout=duration_s)
-                    if not done:
-                        agent.stop()
-                await run
-            finally:
-                for t in helpers:
-                    t.cancel()
-                await asyncio.gather(*helpers, return_exceptions=True)
-                for sig in (signal.SIGINT, signal.SIGTERM):
-                    loop.remove_signal_handler(sig)
-    if display.first_delivered_s is not None:
+            base = backend.info["url"].removesuffix("/v1/alerts")
+            async with BackendView(base, token) as view:
+                crew = Crew(view, agent, modbus.repair, display.line)
+                run = asyncio.create_task(agent.run(), name="agent")
+                helpers = [
+                    asyncio.create_task(_status_loop(agent, display), name="demo-status"),
+                    asyncio.create_task(
+                        _watch_backend(view, crew, config, display), name="demo-backend-watch"
+                    ),
+                    asyncio.create_task(crew.run(), name="demo-crew"),
+                ]
+                try:
+                    if opts.duration_s is not None:
+                        done, _ = await asyncio.wait({run}, timeout=opts.duration_s)
+                        if not done:
+                            agent.stop()
+                    await run
+                finally:
+                    for t in helpers:
+                        t.cancel()
+                    await asyncio.gather(*helpers, return_exceptions=True)
+                    for sig in (signal.SIGINT, signal.SIGTERM):
+                        loop.remove_signal_handler(sig)
+                await _summary(view, config, display)
+        if opts.keep or opts.workdir is not None:
+            _kept(tmp, display)
+    if display.first_delivered_s is None:
+        display.line("done: no alert reached the backend (run longer: --duration 90)")
+    else:
         display.line(
             f"done: {display.delivered} alerts at the backend; first one "
             f"{display.first_delivered_s:.1f}s after start"
         )
-    else:
-        display.line("done: no alert reached the backend (run longer: --duration 90)")
     return 0
 
 
-def run_demo(
-    *,
-    duration_s: float | None = None,
-    life_s: float = 60.0,
-    workdir: Path | None = None,
-    out: TextIO | None = None,
-) -> int:
-    """Run the demo until Ctrl-C or `duration_s`; returns the exit code."""
+@dataclass(frozen=True, slots=True)
+class DemoOptions:
+    """What `edge-agent demo` was asked for."""
+
+    duration_s: float | None = None
+    life_s: float = 60.0
+    workdir: Path | None = None
+    keep: bool = False
+    json: bool = False
+
+
+def run_demo(opts: DemoOptions, out: TextIO | None = None) -> int:
+    """Run the demo until Ctrl-C or `opts.duration_s`; returns the exit code."""
     setup_logging("WARNING", json_lines=False)
-    return asyncio.run(_demo(duration_s, life_s, workdir, out or sys.stdout))
+    return asyncio.run(_demo(opts, out or sys.stdout))

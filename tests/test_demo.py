@@ -1,0 +1,148 @@
+"""`edge-agent demo` as a newcomer runs it: the story it prints, then its portfolio page in
+a real browser, from the store the demo kept."""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from agent.demo import SimProcess, demo_backend_config_path
+from tests.chromium import browser, chromium_binary
+
+STORY_TIMEOUT_S = 150.0  # the repair comes ~45 s in on an idle machine
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    out: str
+    kept: Path
+
+
+def _run_until_repair() -> tuple[str, int]:
+    """Run the demo until the backend has the repair, then Ctrl-C it; (stdout, exit code)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "demo", "--keep"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+        text=True, env=env,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + STORY_TIMEOUT_S
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([proc.stdout], [], [], 1.0)
+            line = proc.stdout.readline() if ready else ""
+            if ready and not line:
+                break  # exited
+            lines.append(line)
+            if "repair recorded" in line:
+                proc.send_signal(signal.SIGINT)  # Ctrl-C, as a user stops it
+                break
+        rest, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    out = "".join(lines) + rest
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{out[-3000:]}\n{err[-3000:]}"
+    return out, proc.returncode
+
+
+@pytest.fixture(scope="module")
+def demo_run() -> Iterator[DemoRun]:
+    out, _ = _run_until_repair()
+    match = re.search(r"demo files kept in (\S+):", out)
+    assert match, out[-3000:]
+    kept = Path(match.group(1))
+    try:
+        yield DemoRun(out, kept)
+    finally:
+        shutil.rmtree(kept, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_demo_tells_the_story_a_manager_reads(demo_run: DemoRun) -> None:
+    out = demo_run.out
+    assert "Zones (ISO 10816-3 vibration severity): A new machine" in out
+    assert re.search(
+        r"portfolio page \(open it while the demo runs\): http://127\.0\.0\.1:\d+/portfolio\?key=\w+",
+        out,
+    )
+    assert re.search(
+        r"press-7 Press 7 main motor: early warning - vibration departs from its baseline "
+        r"\(zone [AB], \d\.\d\d mm/s\)",
+        out,
+    ), out
+    assert re.search(r"estimated failure in [\d.]+ s \([\d.]+-[\d.]+ s\)", out)
+    assert "planner confirms case c-" in out and "technician replaces the bearing" in out
+    assert "press-7 Press 7 main motor: repair recorded" in out
+    assert re.search(
+        r"repaired +[\d.]+ s after detection \(lead time\), [\d.]+ s before the earliest", out
+    )
+    assert "downtime avoided 32 h, EUR 256,000" in out
+    assert "fan-3 Cooling fan 3 (tier 2): no case, healthy" in out
+    assert (demo_run.kept / "outbox.db").is_file() and (demo_run.kept / "backend.db").is_file()
+    # No line of the story runs on like a raw record did.
+    assert max(len(line) for line in out.splitlines()) < 260
+
+
+@pytest.mark.slow
+async def test_demo_portfolio_page_in_chromium(demo_run: DemoRun) -> None:
+    binary = chromium_binary()
+    if binary is None:
+        pytest.skip("chromium is not installed (Debian: apt-get install chromium)")
+    backend = SimProcess.backend(demo_run.kept / "backend.db", None, demo_backend_config_path())
+    async with backend:
+        base = backend.info["url"].removesuffix("/v1/alerts")
+        async with aiohttp.ClientSession() as s, s.get(f"{base}/v1/cases") as resp:
+            (case,) = (await resp.json())["cases"]
+        assert case["state"] == "repaired" and case["repair_before_failure"] is True
+        lead_s = case["lead_time_hours"] * 3600
+        async with browser(binary) as page:
+            await page.open(f"{base}/portfolio", width=1280, height=900)
+            wide = await page.evaluate(DOM_CHECK)
+            await page.open(f"{base}/portfolio", width=390, height=844)
+            phone = await page.evaluate(DOM_CHECK)
+    row = wide["row"]
+    assert row["asset"].startswith("press-7") and row["state"] == "repaired"
+    assert re.fullmatch(r"\d+ s", row["lead"]) and abs(int(row["lead"][:-2]) - lead_s) <= 0.5
+    assert row["before"].startswith("yes")
+    assert wide["band"]["width"] > 0 and wide["band"]["height"] > 50, wide
+    assert "estimated failure" in wide["band"]["title"]
+    assert wide["scripts"] == 0 and wide["overflow"] <= 0
+    # On a phone: no sideways scrolling, the narrow charts instead of the wide ones.
+    assert phone["overflow"] <= 0, phone
+    assert phone["band"]["width"] > 0 and phone["band"]["svg"] == "narrow"
+    assert phone["row"]["lead"] == row["lead"]
+
+
+DOM_CHECK = """(() => {
+  const row = document.querySelector('tr.case-row');
+  const cell = (c) => row.querySelector('td.' + c + ' > span').textContent.trim();
+  const section = document.getElementById(row.dataset.case);
+  const band = [...section.querySelectorAll('svg.severity rect.ttf-band')]
+    .find((r) => r.getBoundingClientRect().width > 0);
+  const box = band ? band.getBoundingClientRect() : {width: 0, height: 0};
+  return {
+    row: {asset: cell('asset'), state: cell('state'), lead: cell('lead-time'),
+          before: cell('before')},
+    band: {width: box.width, height: box.height,
+           title: band ? band.querySelector('title').textContent : '',
+           svg: band ? band.closest('svg').classList[2] : ''},
+    scripts: document.scripts.length,
+    overflow: document.documentElement.scrollWidth - window.innerWidth,
+  };
+})()"""

@@ -8,6 +8,7 @@ saved, with its charts. Every value that came from a record is escaped.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 from simulators._case_facts import bounds, duration, rate
 from simulators.charts import (
@@ -20,6 +21,7 @@ from simulators.charts import (
     ttf_chart,
 )
 
+MAX_DETAILED = 20  # cases drawn in full (six small charts each) on one page
 TIER_NAMES = {1: "Tier 1 (critical)", 2: "Tier 2", 3: "Tier 3"}
 STATE_TEXT = {
     "open": "open: detected, awaiting confirmation",
@@ -132,13 +134,14 @@ def _saved_text(saved: dict[str, Any] | None) -> str:
     return f"{saved['hours']:g} h{cost}"
 
 
-def _row(case: dict[str, Any]) -> str:
+def _row(case: dict[str, Any], detailed: bool) -> str:
     det, asset = case["detection"], case["asset"]
     conf = case["confirmation"]
     cells = (
         esc(asset["tier"] if asset["tier"] is not None else "?"),
         f'<span class="badge {esc(case["state"])}">{esc(case["state"])}</span>',
-        f'<a href="#{esc(case["id"])}">{esc(asset["id"])}</a><br>'
+        f'<a href="{"" if detailed else _asset_page(asset["id"])}#{esc(case["id"])}">'
+        f"{esc(asset['id'])}</a><br>"
         f"<small>{esc(asset['name'])}</small>",
         esc(when(case["opened_at"])),
         esc(finding(det)),
@@ -171,14 +174,19 @@ def _row(case: dict[str, Any]) -> str:
     return f'<tr class="case-row" data-case="{esc(case["id"])}">{tds}</tr>'
 
 
+def _asset_page(asset_id: str) -> str:
+    """The page of one asset's cases (escaped for an attribute)."""
+    return esc("/portfolio?" + urlencode({"asset": asset_id}))
+
+
 def _table(cases: list[dict[str, Any]]) -> str:
     rows, tier = [], object()
-    for case in cases:
+    for i, case in enumerate(cases):
         if case["asset"]["tier"] != tier:
             tier = case["asset"]["tier"]
             name = TIER_NAMES.get(tier, f"Tier {tier}") if isinstance(tier, int) else "Tier ?"
             rows.append(f'<tr class="group"><th colspan="{len(COLUMNS)}">{esc(name)}</th></tr>')
-        rows.append(_row(case))
+        rows.append(_row(case, detailed=i < MAX_DETAILED))
     head = "".join(f"<th>{esc(c)}</th>" for c in COLUMNS)
     return (
         f'<div class="tablewrap"><table class="cases"><thead><tr>{head}</tr></thead>'
@@ -304,6 +312,20 @@ def _case_section(case: dict[str, Any]) -> str:
     )
 
 
+def _details(cases: list[dict[str, Any]]) -> str:
+    """The sections of the first MAX_DETAILED cases; the others link to their asset's page."""
+    if not cases:
+        return ""
+    more = len(cases) - MAX_DETAILED
+    note = (
+        f"<p>The first {MAX_DETAILED} cases in the table's order are shown in full here; the "
+        f"other {more} open on their asset's page (follow the asset in the table).</p>"
+        if more > 0
+        else ""
+    )
+    return "<h2>Cases</h2>" + note + "".join(_case_section(c) for c in cases[:MAX_DETAILED])
+
+
 def render_page(selection: dict[str, Any], currency: str) -> str:
     """The whole page for a selection of GET /v1/cases (cases with their timelines)."""
     cases, tot = selection["cases"], selection["totals"]
@@ -348,7 +370,7 @@ def render_page(selection: dict[str, Any], currency: str) -> str:
         + "".join(f'<div class="tile"><b>{esc(v)}</b>{esc(k)}</div>' for k, v in tiles)
         + f'</div><p class="legend">{esc(LEGEND)}</p><h2>Cases by tier and state</h2>'
         + (_table(cases) if cases else "<p>No case yet: no alert has been raised.</p>")
-        + (("<h2>Cases</h2>" + "".join(_case_section(c) for c in cases)) if cases else "")
+        + _details(cases)
         + extra
         + "<footer><p class='sub'>Every figure comes from the alert records (schema "
         "edge-agent/alert/v1); time-to-failure bounds are 95 %. Downtime avoided counts only "

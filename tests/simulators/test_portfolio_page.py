@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -15,6 +16,10 @@ import aiohttp
 import pytest
 
 from simulators.backend import BackendServer
+from simulators.backend_config import BackendConfig
+from simulators.cases import build_portfolio
+from simulators.portfolio import ordered, totals
+from simulators.portfolio_page import MAX_DETAILED, render_page
 from tests.chromium import browser, chromium_binary
 from tests.simulators._records import Script
 
@@ -126,3 +131,24 @@ async def test_chromium_runs_no_record_text_as_code(tmp_path: Path) -> None:
             " name: document.querySelector('tr.case-row td.asset small').textContent})"
         )
     assert seen == {"scripts": 0, "pwned": None, "images": 0, "name": HOSTILE}
+
+
+def test_a_long_portfolio_draws_the_first_cases_in_full_and_links_the_rest() -> None:
+    records = []
+    for i in range(MAX_DETAILED + 3):
+        s = Script(datetime(2026, 11, 21, 8, tzinfo=UTC), asset=f"fan {i}&co")
+        s.seq = 100 * i
+        records += [s.zone(0.0, "C", 3.0, ttf=(5.0, 3.0, 8.0)), s.repair(1.0)]
+    cases = ordered(build_portfolio(records, [], BackendConfig()).cases)
+    selection = {
+        "cases": cases,
+        "totals": totals(cases, "EUR"),
+        "monitoring_gaps": [],
+        "unmatched_maintenance": [],
+        "generated_at": "2026-11-21T09:00:00.000Z",
+    }
+    page = render_page(selection, "EUR")
+    assert page.count('<section class="case"') == MAX_DETAILED
+    assert page.count('class="case-row"') == MAX_DETAILED + 3
+    # The others link to their asset's own page, the id URL-encoded.
+    assert len(re.findall(r'href="/portfolio\?asset=fan\+\d+%26co#c-[0-9a-f]{12}"', page)) == 3

@@ -18,6 +18,10 @@ from simulators._faults import Fault, Faults
 from simulators._http import AppServer, DbThread, bearer_ok, json_error
 
 
+class StartError(Exception):
+    """A simulator cannot start (its database cannot be opened); the message says why."""
+
+
 class CountedDb:
     """A simulator's SQLite file (WAL, fsync on commit) with a table of counters.
 
@@ -25,12 +29,15 @@ class CountedDb:
     """
 
     def __init__(self, path: str, counters: tuple[str, ...]) -> None:
-        self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=FULL")
-        self.conn.execute(
-            "CREATE TABLE IF NOT EXISTS counters (key TEXT PRIMARY KEY, value INTEGER NOT NULL)"
-        )
+        try:
+            self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=FULL")
+            self.conn.execute(
+                "CREATE TABLE IF NOT EXISTS counters (key TEXT PRIMARY KEY, value INTEGER NOT NULL)"
+            )
+        except sqlite3.Error as exc:
+            raise StartError(f"cannot open the database {path}: {exc}") from None
         self.conn.executemany(
             "INSERT OR IGNORE INTO counters (key, value) VALUES (?, 0)", [(k,) for k in counters]
         )

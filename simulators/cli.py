@@ -20,7 +20,9 @@ def _parser() -> argparse.ArgumentParser:
     m = sub.add_parser("modbus", help="Modbus TCP server with QM30VT2 sensors and scenarios")
     modbus.add_arguments(m)
     m.set_defaults(serve=modbus.serve)
-    b = sub.add_parser("backend", help="portfolio backend: accepts alert batches, dedupes")
+    b = sub.add_parser(
+        "backend", help="portfolio backend: takes alerts, builds cases, serves the page"
+    )
     backend.add_arguments(b)
     b.set_defaults(serve=backend.serve, check=backend.check_arguments)
     c = sub.add_parser("cmms", help="CMMS work-order receiver: idempotent on Idempotency-Key")
@@ -52,7 +54,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    asyncio.run(_serve_until_signal(args.serve, args))
+    from simulators._sim import StartError
+
+    try:
+        asyncio.run(_serve_until_signal(args.serve, args))
+    except (StartError, OSError) as exc:  # a bad --db, a port in use
+        print(f"edge-sim {args.command}: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -146,3 +148,16 @@ async def test_edge_sim_cmms_keeps_keys_across_a_restart(tmp_path: Path) -> None
             assert status == 200 and replay["work_order"]["id"] == "WO-000001"
             async with s.get(url, headers={"Authorization": f"Bearer {TOKEN}"}) as resp:
                 assert len((await resp.json())["work_orders"]) == 1
+
+
+def test_edge_sim_cmms_reports_a_database_it_cannot_open(tmp_path: Path) -> None:
+    bad = tmp_path / "missing-dir" / "c.db"
+    proc = subprocess.run(
+        [sys.executable, "-m", "simulators.cli", "cmms", "--db", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"edge-sim cmms: cannot open the database {bad}" in proc.stderr

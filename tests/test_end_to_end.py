@@ -58,6 +58,7 @@ uplinks:
   - http: {{url: "{backend_url}", token: "{token}", timeout_s: 2, max_backoff_s: 1}}
 store: {{path: "{store}", max_bytes: 64MiB}}
 health: {{port: {health_port}}}
+control: {{socket: "{control}"}}
 """
 
 
@@ -80,6 +81,7 @@ def write_config(tmp_path: Path, sims: dict[str, Any], health_port: int = 0) -> 
             token=TOKEN,
             store=tmp_path / "outbox.db",
             health_port=health_port,
+            control=tmp_path / "control.sock",
         )
     )
     return path
@@ -256,10 +258,18 @@ async def test_health_metrics_and_cli_views_of_a_running_agent(
     assert 'edge_channel_alert_level{asset="press-7",channel="z",sensor="m1-de"} 1.0' in metrics
 
     # The CLI reads the same store after the agent stopped.
-    out = await asyncio.to_thread(cli, "alerts", "-c", str(cfg))
+    out = await asyncio.to_thread(cli, "alerts", "--json", "-c", str(cfg))
     lines = [json.loads(line) for line in out.splitlines()]
     assert lines and lines[-1]["state"] == "raised" and lines[-1]["_delivered_at"]
-    status = json.loads(await asyncio.to_thread(cli, "status", "-c", str(cfg)))
+    stopped = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "agent.cli", "status", "--json", "-c", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert stopped.returncode == 1, stopped  # the agent is not reachable: say so
+    status = json.loads(stopped.stdout)
     assert status["store"]["pending"] == 0 and status["store"]["delivered"] >= 1
 
 
@@ -340,7 +350,15 @@ async def test_maintenance_while_running_and_while_stopped(
         with pytest.raises(StoreInUseError):
             await Agent(load_config(cfg)).run()
         out = await asyncio.to_thread(
-            cli, "maintenance", "-c", str(cfg), "--asset", "press-7", "--note", "DE bearing"
+            cli,
+            "maintenance",
+            "--json",
+            "-c",
+            str(cfg),
+            "--asset",
+            "press-7",
+            "--note",
+            "DE bearing",
         )
         online = json.loads(out)
         await wait_for(url, lambda a: any(x["kind"] == "maintenance" for x in a), timeout_s=20)
@@ -352,7 +370,7 @@ async def test_maintenance_while_running_and_while_stopped(
     assert "DE bearing" in json.dumps(online["evidence"])
 
     # Stopped agent: the event goes straight into the store and is delivered on next start.
-    out = await asyncio.to_thread(cli, "maintenance", "-c", str(cfg), "--asset", "fan-3")
+    out = await asyncio.to_thread(cli, "maintenance", "--json", "-c", str(cfg), "--asset", "fan-3")
     offline = json.loads(out)
     assert offline["seq"] > online["seq"]
     agent, task = await run_agent(cfg)

@@ -34,7 +34,9 @@ class SystemdNotifier:
             return
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+                # Never block the event loop: if systemd's queue is full, drop this one.
+                sock.setblocking(False)
                 sock.connect(self._addr)
-                sock.sendall(message.encode())
+                sock.send(message.encode())
         except OSError:
             pass

@@ -100,7 +100,7 @@ class Watchdog:
                 if self.notifier.watchdog_s is not None:
                     self.notifier.notify("WATCHDOG=1")
                 if self.withheld is not None:
-                    log.warning("watchdog: live again (%s is over)", self.withheld)
+                    log.warning("watchdog: the agent is live again (was: %s)", self.withheld)
                     self.withheld = None
             elif self.withheld is None:
                 self.withheld = problem

@@ -120,7 +120,7 @@ def _cmd_dropin(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_CONFIG
     try:
-        print(dropin(config), end="")
+        print(dropin(config, base=args.config.parent), end="")
     except DropinError as exc:
         print(f"edge-agent systemd-dropin: {exc}; nothing written", file=sys.stderr)
         return EXIT_FAILED

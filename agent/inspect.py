@@ -93,9 +93,11 @@ def _line(config: Config, agent: dict[str, Any] | None, problem: str | None, sto
     head = f"{gw}: agent running, {state}"
     if troubles:
         head += ": " + "; ".join(troubles)
-    ok = len(sensors) - len(bad)
+    ok = sum(1 for s in sensors if s.get("state") == "ok")
+    starting = sum(1 for s in sensors if s.get("state") == "starting")
+    waiting = f" ({starting} starting)" if starting else ""
     return (
-        f"{head}; sensors {ok}/{len(sensors)} ok; {_counts(agent.get('store', {}))}; "
+        f"{head}; sensors {ok}/{len(sensors)} ok{waiting}; {_counts(agent.get('store', {}))}; "
         f"up {agent.get('uptime_s', 0) / 3600:.1f} h"
     )
 

@@ -63,8 +63,13 @@ def _allow(addresses: Iterable[str], why: str) -> list[str]:
     return [f"# {why}"] + [f"IPAddressAllow={a}" for a in addresses]
 
 
-def dropin(config: Config, *, resolv: Path = RESOLV_CONF) -> str:
+def dropin(config: Config, *, base: Path, resolv: Path = RESOLV_CONF) -> str:
     """The drop-in file's text.
+
+    Args:
+        config: the validated configuration.
+        base: the configuration file's directory (relative token files are relative to it).
+        resolv: where the DNS servers are listed.
 
     Raises:
         DropinError: a host name does not resolve (nothing is printed: a partial
@@ -99,7 +104,7 @@ def dropin(config: Config, *, resolv: Path = RESOLV_CONF) -> str:
             lines += _allow(servers, f"DNS servers from {resolv}")
     for i, u in enumerate(config.uplinks):
         if u.http.token_file is not None:
-            source = Path(u.http.token_file)
+            source = (base / u.http.token_file).absolute()
             lines += [
                 f"# uplink {i} token: the service reads it as $CREDENTIALS_DIRECTORY/{source.name}",
                 f"LoadCredential={source.name}:{source}",

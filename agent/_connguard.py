@@ -3,9 +3,11 @@
 Every connection holds a file descriptor, and the agent shares its descriptor limit with its
 sensor connections: 1100 idle connections to an uncapped endpoint once exhausted it, and
 every sensor then failed. Past the cap, the connection that has been silent longest is
-closed to make room, so a crowd of idle connections cannot keep a real request out (the
-newcomer is the one that just spoke). Slow and idle connections are also timed out by the
-HTTP server itself (keep-alive timeout), so the crowd drains on its own.
+closed to make room: first those that never sent a byte (an idle crowd), then the oldest.
+A real client speaks within milliseconds of connecting, so a crowd cannot keep it out as
+long as the server accepts fewer connections per turn of the loop than the cap (the
+listen backlog). Slow and idle connections are also timed out by the HTTP server itself
+(keep-alive timeout), so the crowd drains on its own.
 """
 
 from __future__ import annotations
@@ -36,14 +38,17 @@ class _Guarded(asyncio.Protocol):
         self._inner = inner
         self.transport: asyncio.BaseTransport | None = None
         self.last_heard = time.monotonic()
+        self.spoke = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
+        self.last_heard = time.monotonic()
         self._guard.admit(self)
         self._inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
         self.last_heard = time.monotonic()
+        self.spoke = True
         self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
@@ -82,18 +87,19 @@ class ConnectionGuard:
         return lambda: _Guarded(self, factory())
 
     def admit(self, conn: _Guarded) -> None:
+        """Count `conn` in, closing the longest-silent connection past the cap."""
         self.stats.accepted_total += 1
-        while len(self._open) >= self._limit:
-            oldest = min(self._open, key=lambda c: c.last_heard)
-            self._open.discard(oldest)
+        if len(self._open) >= self._limit:
+            victim = min(self._open, key=lambda c: (c.spoke, c.last_heard))
+            self._open.discard(victim)
             self.stats.evicted_total += 1
-            if oldest.transport is not None:
-                oldest.transport.abort()  # frees the descriptor now
+            if victim.transport is not None:
+                victim.transport.abort()  # frees the descriptor now
             if not self._crowded:
                 self._crowded = True
                 log.warning(
-                    "%s: %d connections open (the cap): closing the longest-silent ones to "
-                    "serve new requests (counted in edge_http_connections_evicted)",
+                    "%s: %d connections open (the cap): closing silent ones to serve new "
+                    "requests (counted in edge_http_connections_evicted)",
                     self._name,
                     self._limit,
                 )

@@ -27,11 +27,13 @@ log = logging.getLogger(__name__)
 
 Snapshot = dict[str, Any]
 MAX_BODY_BYTES = 1024  # GET only: nothing to upload
-MAX_CONNECTIONS = 32
+# Connections served at once; more than the connections accepted per turn of the event
+# loop (LISTEN_BACKLOG), so a newcomer has spoken before a crowd could push it out.
+MAX_CONNECTIONS = 128
 # Closes a connection that has not sent complete headers, or sits idle between requests,
 # this long (aiohttp's keep-alive timeout covers both).
 IDLE_TIMEOUT_S = 5.0
-LISTEN_BACKLOG = 128
+LISTEN_BACKLOG = 32
 WILDCARDS = frozenset({"", "0.0.0.0", "::"})
 
 

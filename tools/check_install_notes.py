@@ -226,7 +226,8 @@ def exposure(root: Path) -> float | None:
     merged = root / "edge-agent.service"
     unit = (root / "etc/systemd/system/edge-agent.service").read_text()
     dropin = (root / "etc/systemd/system/edge-agent.service.d/site.conf").read_text()
-    merged.write_text(unit + "\n" + dropin.replace("[Service]", "", 1))
+    body = dropin.replace("[Service]\n", "", 1)  # merged where systemd would put it
+    merged.write_text(unit.replace("\n[Install]", f"\n{body}\n[Install]"))
     out = subprocess.run(
         [tool, "security", "--offline=yes", str(merged)],
         capture_output=True,

@@ -10,7 +10,6 @@ rebinding), connections are capped and idle ones time out (agent._connguard).
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Iterator
@@ -22,6 +21,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from agent._connguard import ConnectionGuard
+from agent.netaddr import ip_of, is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -80,20 +80,20 @@ class _SnapshotCollector:
         yield zone
         yield level
         store = snap.get("store", {})
-        for key, doc in (
-            ("pending", "Alerts waiting for delivery (buffer depth)"),
-            ("oldest_pending_age_s", "Age of the oldest undelivered alert, seconds"),
-            ("db_bytes", "Store file size in bytes"),
-            ("dead_lettered", "Alerts moved to the dead-letter table"),
-        ):
-            if store.get(key) is not None:
-                g = GaugeMetricFamily(f"edge_store_{key}", doc)
-                g.add_metric([], float(store[key]))
-                yield g
-        if store.get("evicted_total") is not None:
-            c = CounterMetricFamily("edge_store_evicted", "Alerts evicted by the disk budget")
-            c.add_metric([], float(store["evicted_total"]))
-            yield c
+        yield from _scalars(
+            store,
+            "edge_store_",
+            (
+                ("pending", "Alerts waiting for delivery (buffer depth)"),
+                ("oldest_pending_age_s", "Age of the oldest undelivered alert, seconds"),
+                ("db_bytes", "Store file size in bytes"),
+                ("dead_lettered", "Alerts moved to the dead-letter table"),
+            ),
+        )
+        yield from _scalars(
+            store, "edge_store_", (("evicted_total", "Alerts evicted by the disk budget"),),
+            counter=True,
+        )  # fmt: skip
         up = CounterMetricFamily("edge_uplink_delivered", "Alerts delivered", labels=["uplink"])
         fail = CounterMetricFamily("edge_uplink_failures", "Failed deliveries", labels=["uplink"])
         for u in snap.get("uplinks", []):
@@ -101,19 +101,21 @@ class _SnapshotCollector:
             fail.add_metric([u["name"]], float(u.get("failures_total", 0)))
         yield up
         yield fail
-        pipe = snap.get("pipeline", {})
-        for key, doc in (
-            ("readings_total", "Readings analysed"),
-            ("readings_dropped_total", "Readings dropped because the analysis queue was full"),
-            ("alerts_total", "Alerts committed to the store"),
-            ("alerts_lost_total", "Alerts lost because the store stayed unwritable"),
-            ("store_errors_total", "Failed store writes"),
-            ("analysis_errors_total", "Readings the analysis failed on"),
-        ):
-            c = CounterMetricFamily(f"edge_{key.removesuffix('_total')}", doc)
-            c.add_metric([], float(pipe.get(key, 0)))
-            yield c
-        yield from _gauges(
+        yield from _scalars(
+            snap.get("pipeline", {}),
+            "edge_",
+            (
+                ("readings_total", "Readings analysed"),
+                ("readings_dropped_total", "Readings dropped because the analysis queue was full"),
+                ("alerts_total", "Alerts committed to the store"),
+                ("alerts_lost_total", "Alerts lost because the store stayed unwritable"),
+                ("store_errors_total", "Failed store writes"),
+                ("analysis_errors_total", "Readings the analysis failed on"),
+            ),
+            counter=True,
+            default=0.0,
+        )
+        yield from _scalars(
             snap.get("process", {}),
             "edge_",
             (
@@ -124,25 +126,39 @@ class _SnapshotCollector:
             ),
         )
         http = snap.get("http", {})
-        yield from _gauges(http, "edge_http_", (("open", "Open HTTP connections"),))
-        for key, doc in (
-            ("accepted_total", "HTTP connections accepted"),
-            ("evicted_total", "HTTP connections closed by the connection cap"),
-        ):
-            if http.get(key) is not None:
-                c = CounterMetricFamily(f"edge_http_connections_{key.removesuffix('_total')}", doc)
-                c.add_metric([], float(http[key]))
-                yield c
+        yield from _scalars(http, "edge_http_", (("open", "Open HTTP connections"),))
+        yield from _scalars(
+            http,
+            "edge_http_connections_",
+            (
+                ("accepted_total", "HTTP connections accepted"),
+                ("evicted_total", "HTTP connections closed by the connection cap"),
+            ),
+            counter=True,
+        )
 
 
-def _gauges(
-    values: dict[str, Any], prefix: str, names: tuple[tuple[str, str], ...]
+def _scalars(
+    values: dict[str, Any],
+    prefix: str,
+    names: tuple[tuple[str, str], ...],
+    *,
+    counter: bool = False,
+    default: float | None = None,
 ) -> Iterator[Metric]:
+    """One unlabelled family per key present in `values` (or with a default)."""
     for key, doc in names:
-        if values.get(key) is not None:
-            g = GaugeMetricFamily(f"{prefix}{key}", doc)
-            g.add_metric([], float(values[key]))
-            yield g
+        value = values.get(key, default)
+        if value is None:
+            continue
+        if counter:
+            fam: CounterMetricFamily | GaugeMetricFamily = CounterMetricFamily(
+                f"{prefix}{key.removesuffix('_total')}", doc
+            )
+        else:
+            fam = GaugeMetricFamily(f"{prefix}{key}", doc)
+        fam.add_metric([], float(value))
+        yield fam
 
 
 def render_metrics(snap: Snapshot) -> bytes:
@@ -183,14 +199,6 @@ def _split_host(header: str) -> tuple[str, int | None]:
     return name, port
 
 
-def _is_ip(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
-
-
 class HostCheck:
     """Which Host headers name this server (anything else is DNS rebinding or a mistake).
 
@@ -211,21 +219,10 @@ class HostCheck:
         if port is not None and port != self.port:
             return False
         if self._host in WILDCARDS:
-            return _is_ip(name) or name in self._names
+            return ip_of(name) is not None or name in self._names
         if name == self._host or name in self._names:
             return True
-        try:
-            bound_loopback = ipaddress.ip_address(self._host).is_loopback
-        except ValueError:
-            bound_loopback = self._host == "localhost"
-        return bound_loopback and (name == "localhost" or _loopback_ip(name))
-
-
-def _loopback_ip(name: str) -> bool:
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
+        return is_loopback(self._host) and is_loopback(name)
 
 
 def _machine_names() -> frozenset[str]:

@@ -8,7 +8,6 @@ now: run it again after a configuration or DNS change, then `systemctl daemon-re
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -16,6 +15,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from agent.config import Config
+from agent.netaddr import ip_of, is_loopback
 
 RESOLV_CONF = Path("/etc/resolv.conf")
 
@@ -34,14 +34,6 @@ def _hosts(config: Config) -> list[tuple[str, str]]:
     return out
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 def _resolve(host: str) -> list[str]:
     try:
         infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
@@ -56,7 +48,7 @@ def _nameservers(resolv: Path) -> list[str]:
     except OSError:
         return []
     found = [ln.split()[1] for ln in lines if ln.startswith("nameserver") and len(ln.split()) > 1]
-    return [a for a in found if _is_ip(a) and not ipaddress.ip_address(a).is_loopback]
+    return [a for a in found if ip_of(a) is not None and not is_loopback(a)]
 
 
 def _allow(addresses: Iterable[str], why: str) -> list[str]:
@@ -91,12 +83,12 @@ def dropin(config: Config, *, base: Path, resolv: Path = RESOLV_CONF) -> str:
         allowed: set[str] = set()
         names = False
         for host, what in _hosts(config):
-            if _is_ip(host):
+            if ip_of(host) is not None:
                 found, why = [host], what
             else:
                 names = True
                 found, why = _resolve(host), f"{what}: {host} resolves to"
-            new = [a for a in found if a not in allowed and not ipaddress.ip_address(a).is_loopback]
+            new = [a for a in found if a not in allowed and not is_loopback(a)]
             allowed.update(new)
             if new:
                 lines += _allow(new, why)

@@ -24,7 +24,7 @@ from agent.config import load_config
 from agent.demo import SimProcess
 from agent.runtime import Agent
 from agent.store import StoreInUseError
-from tests.conftest import free_port
+from tests.conftest import agent_process, free_port
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 
@@ -282,16 +282,7 @@ def test_sigterm_flushes_and_exits_cleanly(tmp_path: Path) -> None:
             SimProcess.modbus(["1:degrade", "2:healthy"], LIFE_S) as m,
         ):
             cfg = write_config(tmp_path, {"backend": b.info, "modbus": m.info})
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "agent.cli",
-                "run",
-                "-c",
-                str(cfg),
-                stderr=asyncio.subprocess.PIPE,
-                stdin=asyncio.subprocess.DEVNULL,
-            )
+            proc = await agent_process(cfg, stderr=asyncio.subprocess.PIPE)
             await wait_for(b.info["url"], lambda a: len(a) >= 1, timeout_s=40)
             proc.terminate()
             _, err = await asyncio.wait_for(proc.communicate(), 20)

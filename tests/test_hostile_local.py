@@ -12,7 +12,6 @@ import contextlib
 import json
 import resource
 import socket
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,8 +20,11 @@ from typing import Any
 import aiohttp
 import pytest
 
+from agent.config import Control, Health, ModbusTcp, Sensor
 from agent.demo import SimProcess
-from tests.conftest import free_port
+from agent.identity import open_store_ro
+from tests.agent._configs import press_config, write_yaml
+from tests.conftest import agent_process, free_port
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 
@@ -30,41 +32,32 @@ IDLE_CONNECTIONS = 1100
 FD_LIMIT = 256  # the agent's RLIMIT_NOFILE here: far below the crowd
 ATTACK_S = 8.0
 
-CONFIG = """\
-gateway: {{id: gw-h}}
-assets:
-  - id: press-7
-    machine: {{standard: iso10816-3, group: 2, foundation: rigid, rpm: 1480}}
-sensors:
-  - id: m1
-    asset: press-7
-    modbus: {{host: 127.0.0.1, port: {port}, device_id: 1, timeout_s: 0.3}}
-    poll_interval_s: 0.5
-  - id: m2
-    asset: press-7
-    modbus: {{host: 127.0.0.1, port: {port}, device_id: 2, timeout_s: 0.3}}
-    poll_interval_s: 0.5
-store: {{path: "{tmp}/o.db"}}
-health: {{port: {health}}}
-control: {{socket: "{tmp}/c.sock"}}
-"""
-
 
 @contextlib.asynccontextmanager
-async def agent_process(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
+async def limited_agent(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
     async with SimProcess.modbus(["1:healthy", "2:healthy"], 600.0) as sim:
         health = free_port()
-        cfg = tmp_path / "agent.yaml"
-        cfg.write_text(CONFIG.format(port=sim.info["port"], tmp=tmp_path, health=health))
+        sensors = tuple(
+            Sensor(
+                id=f"m{unit}",
+                asset="press-7",
+                modbus=ModbusTcp(host="127.0.0.1", port=sim.info["port"], device_id=unit,
+                                 timeout_s=0.3),
+                poll_interval_s=0.5,
+            )
+            for unit in (1, 2)
+        )  # fmt: skip
+        config = press_config(tmp_path).model_copy(
+            update={
+                "sensors": sensors,
+                "health": Health(port=health),
+                "control": Control(socket=tmp_path / "c.sock"),
+            }
+        )
+        cfg = write_yaml(config, tmp_path / "agent.yaml")
         log = (tmp_path / "agent.log").open("wb")
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "agent.cli",
-            "run",
-            "-c",
-            str(cfg),
-            stdin=asyncio.subprocess.DEVNULL,
+        proc = await agent_process(
+            cfg,
             stderr=log,
             preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT)),
         )
@@ -105,8 +98,32 @@ def open_idle(port: int, n: int) -> list[socket.socket]:
     return crowd
 
 
-async def test_a_thousand_idle_connections_blind_nothing(tmp_path: Path) -> None:
-    async with agent_process(tmp_path) as agent:
+async def hostile_requests(url: str) -> list[int]:
+    """What a web page or a local user tried: reset a baseline over TCP, rebind the Host."""
+    port = url.rsplit(":", 1)[1]
+    statuses = []
+    async with aiohttp.ClientSession() as s:
+        for ctype, host in (
+            ("text/plain", f"127.0.0.1:{port}"),
+            ("application/json", f"127.0.0.1:{port}"),
+            ("application/x-www-form-urlencoded", f"attacker.example:{port}"),
+        ):
+            async with s.post(
+                f"{url}/v1/maintenance",
+                data=b'{"asset": "press-7", "note": "silence it"}',
+                headers={"Content-Type": ctype, "Host": host},
+            ) as r:
+                statuses.append(r.status)
+        async with s.get(f"{url}/metrics", headers={"Host": f"attacker.example:{port}"}) as r:
+            statuses.append(r.status)
+        async with s.get(f"{url}/metrics") as r:  # reading is allowed
+            statuses.append(r.status)
+    return statuses
+
+
+async def test_a_hostile_local_user_reads_but_neither_changes_nor_blinds(tmp_path: Path) -> None:
+    async with limited_agent(tmp_path) as agent:
+        assert await hostile_requests(agent["url"]) == [405, 405, 421, 421, 200]
         before = await healthz(agent["url"])
         assert before["status"] == "ok", before
         port = int(agent["url"].rsplit(":", 1)[1])
@@ -149,3 +166,6 @@ async def test_a_thousand_idle_connections_blind_nothing(tmp_path: Path) -> None
     assert len(log) < 20_000, log[-3000:]
     assert b"connect failed" not in log and b"Traceback" not in log
     assert b"closing silent ones" in log  # the crowd is reported, once
+    with open_store_ro(tmp_path / "o.db") as conn:
+        kinds = [k for (k,) in conn.execute("SELECT kind FROM alerts")]
+    assert "maintenance" not in kinds  # no baseline was reset

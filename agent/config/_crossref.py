@@ -7,7 +7,6 @@ every error in one pass; entries too broken to compare are skipped (validation r
 from __future__ import annotations
 
 import grp
-import ipaddress
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from agent.config._errors import ConfigIssue, KeyPath
 from agent.config._messages import did_you_mean
 from agent.config._models import ModbusTcp, Sensor
 from agent.config._source import SourceMap
+from agent.netaddr import is_loopback
 from drivers.reading import FEATURE_NAMES
 
 _MAX_TOKEN_BYTES = 64 * 1024
@@ -163,16 +163,6 @@ def _failure_metrics(data: dict[str, Any], smap: SourceMap) -> list[ConfigIssue]
                 )
             )
     return issues
-
-
-def is_loopback(host: str) -> bool:
-    """Whether a listen address keeps a server on this machine."""
-    if host.strip().lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip()).is_loopback
-    except ValueError:  # a host name: it may resolve to any interface
-        return False
 
 
 def _exposure(data: dict[str, Any], smap: SourceMap) -> list[ConfigIssue]:

@@ -16,43 +16,31 @@ from typing import Any
 import pytest
 
 from agent.cli import main as agent_main
-from agent.config import load_config
+from agent.config import Control, Health, ModbusTcp, load_config
 from agent.control import ControlServer
 from agent.health import HealthServer
 from agent.identity import agent_identity
 from agent.runtime import Agent
 from agent.store import store_lock
 from simulators.cli import main as sim_main
+from tests.agent._configs import press_config, write_yaml
 from tests.conftest import free_port
-
-CONFIG = """\
-gateway: {{id: gw-t}}
-assets:
-  - id: press-7
-    machine: {{standard: iso10816-3, group: 2, foundation: rigid, rpm: 1480}}
-sensors:
-  - id: m1
-    asset: press-7
-    modbus: {{host: 127.0.0.1, port: {dead_port}, timeout_s: 0.2}}
-store: {{path: "{store}"}}
-health: {{host: {host}, port: {port}{expose}}}
-control: {{socket: "{socket}"}}
-"""
 
 
 def write_config(tmp_path: Path, *, host: str = "127.0.0.1", port: int | None = None) -> Path:
-    path = tmp_path / "agent.yaml"
-    path.write_text(
-        CONFIG.format(
-            dead_port=free_port(),
-            store=tmp_path / "o.db",
-            host=host,
-            port=free_port() if port is None else port,
-            expose=", expose: true" if host not in ("127.0.0.1", "localhost") else "",
-            socket=tmp_path / "c.sock",
-        )
+    """press_config with a sensor nobody answers, a health port and a control socket."""
+    dead = ModbusTcp(host="127.0.0.1", port=free_port(), timeout_s=0.2)
+    config = press_config(tmp_path)
+    config = config.model_copy(
+        update={
+            "sensors": (config.sensors[0].model_copy(update={"modbus": dead}),),
+            "health": Health(
+                host=host, port=free_port() if port is None else port, expose=host != "127.0.0.1"
+            ),
+            "control": Control(socket=tmp_path / "c.sock"),
+        }
     )
-    return path
+    return write_yaml(config, tmp_path / "agent.yaml")
 
 
 @dataclass

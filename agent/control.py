@@ -124,6 +124,7 @@ class ControlServer:
         group: group allowed to use the socket besides the agent's user.
         identity: returns the agent's identity, sent with every answer.
         handlers: operation name -> coroutine taking (args, peer), returning the result.
+        request_timeout_s: a client must send its request line within this time.
 
     Attributes:
         error: why the socket is not served, when it is not (the agent runs on).
@@ -136,8 +137,10 @@ class ControlServer:
         group: str | None,
         identity: Callable[[], dict[str, Any]],
         handlers: Mapping[str, Handler],
+        request_timeout_s: float = REQUEST_TIMEOUT_S,
     ) -> None:
         self.path = path
+        self._timeout_s = request_timeout_s
         self._group = group
         self._identity = identity
         self._handlers = dict(handlers)
@@ -183,7 +186,7 @@ class ControlServer:
             else:
                 answer = await self._request(reader, _peer(writer.get_extra_info("socket")))
             writer.write(json.dumps(answer).encode() + b"\n")
-            await asyncio.wait_for(writer.drain(), REQUEST_TIMEOUT_S)
+            await asyncio.wait_for(writer.drain(), self._timeout_s)
         except (OSError, TimeoutError):
             pass  # the client went away; nothing was changed on its behalf that it lacks
         finally:
@@ -199,11 +202,11 @@ class ControlServer:
 
     async def _request(self, reader: asyncio.StreamReader, peer: Peer) -> dict[str, Any]:
         try:
-            line = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT_S)
+            line = await asyncio.wait_for(reader.readline(), self._timeout_s)
         except ValueError:  # the stream's limit: a line longer than MAX_REQUEST_BYTES
             return self._answer(error=f"request larger than {MAX_REQUEST_BYTES} bytes")
         except TimeoutError:
-            return self._answer(error=f"no complete request line within {REQUEST_TIMEOUT_S} s")
+            return self._answer(error=f"no complete request line within {self._timeout_s} s")
         try:
             request = json.loads(line)
         except (ValueError, RecursionError):

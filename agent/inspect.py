@@ -49,7 +49,10 @@ def _agent(config: Config) -> dict[str, Any]:
         Unreachable: no answer, or an answer from someone else.
     """
     url = health_url(config)
-    _status, body = get_json(url)
+    status, body = get_json(url)
+    if status not in (200, 503):  # 503 is a degraded agent, with its report
+        error = body.get("error") if isinstance(body, dict) else None
+        raise Unreachable(f"{url} answered HTTP {status}" + (f": {error}" if error else ""))
     wrong = mismatch(config, body.get("agent") if isinstance(body, dict) else None)
     if wrong is not None:
         raise Unreachable(f"the process at {url} is not this configuration's agent: {wrong}")

@@ -136,7 +136,7 @@ async def test_bad_requests_get_a_one_line_error(
 
 async def test_a_silent_client_is_answered_and_dropped(tmp_path: Path) -> None:
     path = tmp_path / "c.sock"
-    async with served(path):
+    async with ControlServer(path, group=None, identity=dict, handlers={}, request_timeout_s=0.3):
         reader, writer = await asyncio.open_unix_connection(str(path))
         async with asyncio.timeout(10):
             line = await reader.readline()

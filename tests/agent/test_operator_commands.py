@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from agent.cli import main as agent_main
 from agent.config import Control, Health, ModbusTcp, load_config
@@ -241,3 +242,32 @@ def test_edge_sim_bad_log_level_is_one_line() -> None:
     assert one_line_error(proc).startswith(
         "edge-sim: argument --log-level: unknown log level 'verbose'"
     )
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "expected"),
+    [
+        (404, b'{"error": "no such page"}', "answered HTTP 404: no such page"),
+        (200, b"<html>router login</html>", "answered HTTP 200 without a JSON document"),
+        (200, b"[" * 100_000 + b"]" * 100_000, "answered HTTP 200 without a JSON document"),
+    ],
+)
+async def test_status_names_what_answered_instead(
+    tmp_path: Path, status: int, body: bytes, expected: str
+) -> None:
+    port = free_port()
+
+    async def answer(_request: web.Request) -> web.Response:
+        return web.Response(status=status, body=body)
+
+    app = web.Application()
+    app.router.add_get("/healthz", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        proc = await asyncio.to_thread(cli, "status", "-c", str(write_config(tmp_path, port=port)))
+    finally:
+        await runner.cleanup()
+    assert proc.returncode == 1
+    assert f"http://127.0.0.1:{port}/healthz {expected}" in proc.stdout

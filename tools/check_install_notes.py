@@ -7,9 +7,10 @@ left out and listed. Then, as systemd would run the service:
 - file modes and owners are checked (config 0644, credentials 0700/0600, unit 0644);
 - `edge-agent check` runs as an unprivileged uid without supplementary groups (the
   dynamic user), with the token handed over in a credentials directory;
-- `edge-agent run` runs as that uid with the unit's LimitNOFILE and a notify socket: it
-  must say READY=1, ping the watchdog, serve /healthz and take a maintenance event through
-  its control socket (mode 0660) from root;
+- `edge-agent run` runs as that uid with the unit's LimitNOFILE, a /proc like the unit's
+  (ProtectProc=invisible, ProcSubset=pid) and a notify socket: it must say READY=1, ping
+  the watchdog, serve /healthz, take a maintenance event through its control socket (mode
+  0660) from root, answer the notes' `status`, and exit 0 on SIGTERM;
 - `systemd-analyze security --offline=yes` rates the unit with its drop-in, when the tool
   exists.
 
@@ -27,6 +28,7 @@ import os
 import re
 import resource
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -127,21 +129,32 @@ def as_service(root: Path) -> tuple[list[str], dict[str, str]]:
     for d in ("var/lib/edge-agent", "run/edge-agent"):  # StateDirectory=, RuntimeDirectory=
         (root / d).mkdir(parents=True)
         os.chown(root / d, UID, GID)
-    prefix = ["setpriv", f"--reuid={UID}", f"--regid={GID}", "--clear-groups"]
+    # ProtectProc=invisible and ProcSubset=pid: a /proc of its own, with only processes.
+    setup = "set -e; mount -t proc -o subset=pid,hidepid=invisible proc /proc; "
     python = (root / "opt/edge-agent/bin/python3").resolve()
     if python.is_relative_to("/root"):
         # This machine's Python lives under /root (0700), which the uid cannot enter; a
         # gateway's is /usr/bin/python3. Show the uid the interpreter and nothing else.
-        prefix = ["unshare", "-m", "bash", "-c", _REVEAL_PYENV, "bash", *prefix]
+        setup += _REVEAL_PYENV
+    prefix = [
+        *("unshare", "--mount", "--pid", "--fork", "bash", "-c", setup + 'exec "$@"', "bash"),
+        *("setpriv", f"--reuid={UID}", f"--regid={GID}", "--clear-groups"),
+    ]
     env = {"PATH": "/usr/bin:/bin", "CREDENTIALS_DIRECTORY": str(creds), "LANG": "C.UTF-8"}
     return prefix, env
 
 
 _REVEAL_PYENV = (
-    "set -e; d=$(mktemp -d); mount --bind /root/.pyenv $d; "
+    "d=$(mktemp -d); mount --bind /root/.pyenv $d; "
     "mount -t tmpfs -o mode=0755 tmpfs /root; mkdir /root/.pyenv; "
-    'mount --bind $d /root/.pyenv; exec "$@"'
+    "mount --bind $d /root/.pyenv; "
 )
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the agent itself (PID 1 of its namespace), as systemd's KillSignal does."""
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    os.kill(int(children[0]) if children else proc.pid, signal.SIGTERM)
 
 
 def unit_value(root: Path, key: str) -> str:
@@ -202,7 +215,7 @@ def run_service(root: Path, prefix: list[str], env: dict[str, str], port: int) -
                 if needs_service(cmd)
             ]
         finally:
-            proc.terminate()
+            stop(proc)
             try:
                 _, err = proc.communicate(timeout=30)
             except subprocess.TimeoutExpired:

@@ -65,8 +65,9 @@ def control_handler(maintain: Maintain) -> Handler:
 
     async def handle(args: Mapping[str, Any], peer: Peer) -> dict[str, Any]:
         request = MaintenanceRequest.from_args(args)
+        requester = await asyncio.to_thread(peer.describe, "control socket")  # NSS may block
         try:
-            records = await maintain(request, peer.describe("control socket"))
+            records = await maintain(request, requester)
         except KeyError:
             raise Refused(f"unknown asset {request.asset!r}") from None
         except StoreError as exc:

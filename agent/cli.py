@@ -1,18 +1,36 @@
-"""`edge-agent`: run, check, demo, status, alerts, replay."""
+"""`edge-agent`: run, check, demo, status, alerts, maintenance, replay, systemd-dropin.
+
+Every error is one line on stderr with a non-zero exit: a wrong argument (2), an invalid
+configuration (2), an agent that cannot be reached (1). Operator commands print one human
+line by default and JSON with --json.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
+
+from agent.logs import log_level
 
 if TYPE_CHECKING:
     from agent.config import Config
 
+EXIT_FAILED = 1
 EXIT_CONFIG = 2
+EXIT_USAGE = 2
+EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug, reported in one line
+
+
+class _Parser(argparse.ArgumentParser):
+    """Argument errors in one line (with where to look), not usage plus error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def _load(path: Path) -> Config | None:
@@ -27,10 +45,20 @@ def _load(path: Path) -> Config | None:
         return None
 
 
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from agent.logs import setup_logging
     from agent.runtime import Agent, run_until_signal
-    from agent.store import StoreInUseError
+    from agent.store import StoreError, StoreInUseError
 
     config = _load(args.config)
     if config is None:
@@ -38,9 +66,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level)
     try:
         asyncio.run(run_until_signal(Agent(config)))
-    except StoreInUseError as exc:
+    except (StoreInUseError, StoreError) as exc:
         print(f"edge-agent: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
+    except Exception:  # a crash: its traceback goes into the log (one JSON line)
+        logging.getLogger("agent").critical("agent crashed", exc_info=True)
+        return EXIT_FAILED
     return 0
 
 
@@ -61,52 +92,71 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from agent.inspect import status
 
     config = _load(args.config)
-    return EXIT_CONFIG if config is None else status(config, sys.stdout)
+    return EXIT_CONFIG if config is None else status(config, sys.stdout, as_json=args.json)
 
 
 def _cmd_alerts(args: argparse.Namespace) -> int:
     from agent.inspect import alerts
 
     config = _load(args.config)
-    return EXIT_CONFIG if config is None else alerts(config, sys.stdout, sys.stderr, args.limit)
+    if config is None:
+        return EXIT_CONFIG
+    return alerts(config, sys.stdout, sys.stderr, args.limit, as_json=args.json)
 
 
 def _cmd_maintenance(args: argparse.Namespace) -> int:
-    from agent.maintenance import record_maintenance
+    from agent.maintenance import MaintenanceRequest, record_maintenance
 
     config = _load(args.config)
     if config is None:
         return EXIT_CONFIG
-    return record_maintenance(config, args.asset, args.note, sys.stdout, sys.stderr)
+    request = MaintenanceRequest(asset=args.asset, note=args.note)
+    return record_maintenance(config, request, sys.stdout, sys.stderr, as_json=args.json)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="edge-agent",
-        description="Vibration monitoring on the gateway: read sensors, compute severity and "
-        "time to failure, keep every alert on disk and forward it.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
+def _cmd_dropin(args: argparse.Namespace) -> int:
+    from agent.unitgen import DropinError, dropin
 
-    def with_config(p: argparse.ArgumentParser) -> None:
-        p.add_argument("-c", "--config", type=Path, required=True, help="YAML configuration")
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    try:
+        print(dropin(config, base=args.config.parent), end="")
+    except DropinError as exc:
+        print(f"edge-agent systemd-dropin: {exc}; nothing written", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
 
+
+# --- subcommands: one function each, so a new option lands beside its command ------------
+
+
+def _with_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", type=Path, required=True, help="YAML configuration")
+
+
+def _with_json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print JSON instead of a human line")
+
+
+def _add_run(sub: argparse._SubParsersAction[_Parser]) -> None:
     p = sub.add_parser("run", help="run the agent")
-    with_config(p)
-    p.add_argument("--log-level", default="INFO")
+    _with_config(p)
+    p.add_argument(
+        "--log-level", type=log_level, default="INFO", help="debug, info (default), warning..."
+    )
     p.set_defaults(func=_cmd_run)
 
+
+def _add_check(sub: argparse._SubParsersAction[_Parser]) -> None:
     p = sub.add_parser("check", help="validate a configuration; exit 2 with every error")
-    with_config(p)
+    _with_config(p)
     p.set_defaults(func=_cmd_check)
 
+
+def _add_demo(sub: argparse._SubParsersAction[_Parser]) -> None:
     p = sub.add_parser("demo", help="run the whole chain here with simulators (no setup)")
-    p.add_argument(
-        "--duration",
-        type=float,
-        default=None,
-        help="stop after this many seconds (default: until Ctrl-C)",
-    )
+    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     p.add_argument(
         "--life-s",
         type=float,
@@ -132,29 +182,71 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("status", help="store depth and, when reachable, the agent's /healthz")
-    with_config(p)
+
+def _add_status(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser(
+        "status", help="the running agent's state in one line; exit 1 if it is not reachable"
+    )
+    _with_config(p)
+    _with_json(p)
     p.set_defaults(func=_cmd_status)
 
-    p = sub.add_parser("alerts", help="print the most recent alerts from the store (JSON Lines)")
-    with_config(p)
-    p.add_argument("-n", "--limit", type=int, default=20)
+
+def _add_alerts(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser("alerts", help="the most recent alerts from the store, newest first")
+    _with_config(p)
+    _with_json(p)
+    p.add_argument("-n", "--limit", type=_positive, default=20, help="how many (default 20)")
     p.set_defaults(func=_cmd_alerts)
 
+
+def _add_maintenance(sub: argparse._SubParsersAction[_Parser]) -> None:
     p = sub.add_parser(
         "maintenance",
         help="record a repair: resets the asset's baseline and trend, sends a maintenance record",
     )
-    with_config(p)
+    _with_config(p)
+    _with_json(p)
     p.add_argument("--asset", required=True, help="asset id from the configuration")
     p.add_argument("--note", default="", help="what was done (work order, part replaced)")
     p.set_defaults(func=_cmd_maintenance)
 
+
+def _add_replay(sub: argparse._SubParsersAction[_Parser]) -> None:
     from agent import replay
 
     p = sub.add_parser("replay", help="feed recorded waveforms through the analysis (JSON Lines)")
     replay.add_arguments(p)
     p.set_defaults(func=replay.run)
+
+
+def _add_dropin(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser(
+        "systemd-dropin",
+        help="print the systemd drop-in this configuration needs (network allow-list, groups)",
+    )
+    _with_config(p)
+    p.set_defaults(func=_cmd_dropin)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="edge-agent",
+        description="Vibration monitoring on the gateway: read sensors, compute severity and "
+        "time to failure, keep every alert on disk and forward it.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for add in (
+        _add_run,
+        _add_check,
+        _add_demo,
+        _add_status,
+        _add_alerts,
+        _add_maintenance,
+        _add_replay,
+        _add_dropin,
+    ):
+        add(sub)
     return parser
 
 
@@ -167,6 +259,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # `edge-agent alerts | head`
         return 0
+    except Exception as exc:  # a bug: one line, not a traceback in an operator's terminal
+        print(f"edge-agent {args.command}: internal error: {exc!r}", file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -1,26 +1,40 @@
 """Local health endpoints on loopback: GET /healthz (JSON) and GET /metrics (Prometheus).
 
 The server reports the state the pollers, uplinks and store already hold; it computes
-nothing of its own.
+nothing of its own. It is read-only: anyone on the machine (and a web page in its browser)
+can reach a TCP port, so every state-changing operation lives on the control socket
+(agent.control). Requests whose Host is not the bound address are refused (DNS
+rebinding), connections are capped and idle ones time out (agent._connguard).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import socket
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import asdict
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from agent.store import StoreError
+from agent._connguard import ConnectionGuard
+from agent.netaddr import ip_of, is_loopback
 
 log = logging.getLogger(__name__)
 
 Snapshot = dict[str, Any]
-Maintenance = Callable[[str, str], Awaitable[list[dict[str, Any]]]]
-MAX_BODY_BYTES = 64 * 1024
+MAX_BODY_BYTES = 1024  # GET only: nothing to upload
+# Connections served at once; more than the connections accepted per turn of the event
+# loop (LISTEN_BACKLOG), so a newcomer has spoken before a crowd could push it out.
+MAX_CONNECTIONS = 128
+# Closes a connection that has not sent complete headers, or sits idle between requests,
+# this long (aiohttp's keep-alive timeout covers both).
+IDLE_TIMEOUT_S = 5.0
+LISTEN_BACKLOG = 32
+WILDCARDS = frozenset({"", "0.0.0.0", "::"})
 
 
 class _SnapshotCollector:
@@ -66,20 +80,20 @@ class _SnapshotCollector:
         yield zone
         yield level
         store = snap.get("store", {})
-        for key, doc in (
-            ("pending", "Alerts waiting for delivery (buffer depth)"),
-            ("oldest_pending_age_s", "Age of the oldest undelivered alert, seconds"),
-            ("db_bytes", "Store file size in bytes"),
-            ("dead_lettered", "Alerts moved to the dead-letter table"),
-        ):
-            if store.get(key) is not None:
-                g = GaugeMetricFamily(f"edge_store_{key}", doc)
-                g.add_metric([], float(store[key]))
-                yield g
-        if store.get("evicted_total") is not None:
-            c = CounterMetricFamily("edge_store_evicted", "Alerts evicted by the disk budget")
-            c.add_metric([], float(store["evicted_total"]))
-            yield c
+        yield from _scalars(
+            store,
+            "edge_store_",
+            (
+                ("pending", "Alerts waiting for delivery (buffer depth)"),
+                ("oldest_pending_age_s", "Age of the oldest undelivered alert, seconds"),
+                ("db_bytes", "Store file size in bytes"),
+                ("dead_lettered", "Alerts moved to the dead-letter table"),
+            ),
+        )
+        yield from _scalars(
+            store, "edge_store_", (("evicted_total", "Alerts evicted by the disk budget"),),
+            counter=True,
+        )  # fmt: skip
         up = CounterMetricFamily("edge_uplink_delivered", "Alerts delivered", labels=["uplink"])
         fail = CounterMetricFamily("edge_uplink_failures", "Failed deliveries", labels=["uplink"])
         for u in snap.get("uplinks", []):
@@ -87,18 +101,64 @@ class _SnapshotCollector:
             fail.add_metric([u["name"]], float(u.get("failures_total", 0)))
         yield up
         yield fail
-        pipe = snap.get("pipeline", {})
-        for key, doc in (
-            ("readings_total", "Readings analysed"),
-            ("readings_dropped_total", "Readings dropped because the analysis queue was full"),
-            ("alerts_total", "Alerts committed to the store"),
-            ("alerts_lost_total", "Alerts lost because the store stayed unwritable"),
-            ("store_errors_total", "Failed store writes"),
-            ("analysis_errors_total", "Readings the analysis failed on"),
-        ):
-            c = CounterMetricFamily(f"edge_{key.removesuffix('_total')}", doc)
-            c.add_metric([], float(pipe.get(key, 0)))
-            yield c
+        yield from _scalars(
+            snap.get("pipeline", {}),
+            "edge_",
+            (
+                ("readings_total", "Readings analysed"),
+                ("readings_dropped_total", "Readings dropped because the analysis queue was full"),
+                ("alerts_total", "Alerts committed to the store"),
+                ("alerts_lost_total", "Alerts lost because the store stayed unwritable"),
+                ("store_errors_total", "Failed store writes"),
+                ("analysis_errors_total", "Readings the analysis failed on"),
+            ),
+            counter=True,
+            default=0.0,
+        )
+        yield from _scalars(
+            snap.get("process", {}),
+            "edge_",
+            (
+                ("open_fds", "Open file descriptors"),
+                ("fd_limit", "Soft limit on open file descriptors (RLIMIT_NOFILE)"),
+                ("loop_lag_seconds", "Event-loop lag at the watchdog's last tick"),
+                ("store_writer_busy_seconds", "How long the store writer has been on one batch"),
+            ),
+        )
+        http = snap.get("http", {})
+        yield from _scalars(http, "edge_http_", (("open", "Open HTTP connections"),))
+        yield from _scalars(
+            http,
+            "edge_http_connections_",
+            (
+                ("accepted_total", "HTTP connections accepted"),
+                ("evicted_total", "HTTP connections closed by the connection cap"),
+            ),
+            counter=True,
+        )
+
+
+def _scalars(
+    values: dict[str, Any],
+    prefix: str,
+    names: tuple[tuple[str, str], ...],
+    *,
+    counter: bool = False,
+    default: float | None = None,
+) -> Iterator[Metric]:
+    """One unlabelled family per key present in `values` (or with a default)."""
+    for key, doc in names:
+        value = values.get(key, default)
+        if value is None:
+            continue
+        if counter:
+            fam: CounterMetricFamily | GaugeMetricFamily = CounterMetricFamily(
+                f"{prefix}{key.removesuffix('_total')}", doc
+            )
+        else:
+            fam = GaugeMetricFamily(f"{prefix}{key}", doc)
+        fam.add_metric([], float(value))
+        yield fam
 
 
 def render_metrics(snap: Snapshot) -> bytes:
@@ -108,14 +168,79 @@ def render_metrics(snap: Snapshot) -> bytes:
     return generate_latest(registry)
 
 
+class _OneLine(logging.Filter):
+    """aiohttp logs a malformed request with its traceback: make it one warning line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None:
+            record.msg = f"{record.getMessage()}: {' '.join(str(exc).split())}"
+            record.args = ()
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+_http_log = logging.getLogger(f"{__name__}.http")
+_http_log.addFilter(_OneLine())
+
+
+def _split_host(header: str) -> tuple[str, int | None]:
+    """("name", port) from a Host header value; port None when absent or malformed."""
+    name, port = header.strip().lower(), None
+    if name.startswith("["):  # [v6]:port
+        end = name.find("]")
+        tail, name = name[end + 1 :], name[1:end]
+        if tail.startswith(":") and tail[1:].isdigit():
+            port = int(tail[1:])
+    elif name.count(":") == 1:
+        name, _, digits = name.partition(":")
+        port = int(digits) if digits.isdigit() else -1
+    return name, port
+
+
+class HostCheck:
+    """Which Host headers name this server (anything else is DNS rebinding or a mistake).
+
+    Args:
+        host: the listen address.
+        names: this machine's names, accepted when listening beyond loopback.
+    """
+
+    def __init__(self, host: str, names: frozenset[str]) -> None:
+        self._host = host.strip().lower()
+        self._names = names
+        self.port: int | None = None
+
+    def accepts(self, header: str | None) -> bool:
+        if not header:
+            return False
+        name, port = _split_host(header)
+        if port is not None and port != self.port:
+            return False
+        if self._host in WILDCARDS:
+            return ip_of(name) is not None or name in self._names
+        if name == self._host or name in self._names:
+            return True
+        return is_loopback(self._host) and is_loopback(name)
+
+
+def _machine_names() -> frozenset[str]:
+    # getfqdn() may ask DNS: called once, in a thread, at start.
+    return frozenset(n.lower() for n in (socket.gethostname(), socket.getfqdn()) if n)
+
+
 class HealthServer:
-    """aiohttp server for /healthz, /metrics and POST /v1/maintenance.
+    """aiohttp server for GET /healthz and GET /metrics (read-only).
 
     Args:
         snapshot: coroutine returning the agent's current status snapshot.
-        host: listen address; keep it on loopback.
+        host: listen address; keep it on loopback unless `expose`.
         port: listen port, 0 for a free one (see `port` after start).
-        maintenance: records a repair event (asset id, note) and returns its records.
+        expose: the configuration asked to listen beyond loopback (logged as a warning).
+        max_connections: connections served at once.
+        idle_timeout_s: a connection without complete headers, or idle between requests,
+            is closed after this long.
     """
 
     def __init__(
@@ -124,70 +249,100 @@ class HealthServer:
         *,
         host: str = "127.0.0.1",
         port: int = 9108,
-        maintenance: Maintenance | None = None,
+        expose: bool = False,
+        max_connections: int = MAX_CONNECTIONS,
+        idle_timeout_s: float = IDLE_TIMEOUT_S,
     ) -> None:
         self._snapshot = snapshot
-        self._maintenance = maintenance
-        self._host, self._port = host, port
+        self._host, self._port, self._expose = host, port, expose
+        self._idle_timeout_s = idle_timeout_s
         self._runner: web.AppRunner | None = None
+        self._server: asyncio.Server | None = None
+        self._check = HostCheck(host, frozenset())
+        self.guard = ConnectionGuard(max_connections, name="health endpoint")
         self.port: int | None = None
         self.error: str | None = None  # why the endpoint is not listening, if it is not
 
+    async def _full_snapshot(self) -> Snapshot:
+        return {**await self._snapshot(), "http": asdict(self.guard.stats)}
+
     async def _healthz(self, _request: web.Request) -> web.Response:
-        snap = await self._snapshot()
+        snap = await self._full_snapshot()
         return web.json_response(snap, status=200 if snap.get("status") == "ok" else 503)
 
     async def _metrics(self, _request: web.Request) -> web.Response:
-        body = render_metrics(await self._snapshot())
+        body = render_metrics(await self._full_snapshot())
         return web.Response(body=body, content_type="text/plain", charset="utf-8")
 
-    async def _post_maintenance(self, request: web.Request) -> web.Response:
-        if self._maintenance is None:
-            return web.json_response({"error": "maintenance not available"}, status=404)
-        try:
-            body = await request.json()
-            asset, note = body["asset"], str(body.get("note", ""))[:1000]
-            if not isinstance(asset, str):
-                raise TypeError("asset must be a string")
-        except (ValueError, KeyError, TypeError) as exc:
+    @web.middleware
+    async def _gate(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if not self._check.accepts(request.headers.get("Host")):
             return web.json_response(
-                {"error": f'expected {{"asset": "<id>", "note": "..."}}: {exc}'}, status=400
+                {"error": f"Host {request.headers.get('Host')!r} is not this agent's address"},
+                status=421,
             )
-        try:
-            records = await self._maintenance(asset, note)
-        except KeyError:
-            return web.json_response({"error": f"unknown asset {asset!r}"}, status=404)
-        except StoreError as exc:
+        if request.method not in ("GET", "HEAD"):
             return web.json_response(
-                {"error": f"store unwritable, event held and retried: {exc}"}, status=503
+                {
+                    "error": "read-only endpoint: changes (maintenance) go through the agent's "
+                    "control socket, with `edge-agent maintenance`"
+                },
+                status=405,
+                headers={"Allow": "GET, HEAD"},
             )
-        return web.json_response({"records": records})
+        if request.body_exists:
+            return web.json_response({"error": "GET requests carry no body"}, status=400)
+        return await handler(request)
 
     async def __aenter__(self) -> HealthServer:
-        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._gate])
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
-        app.router.add_post("/v1/maintenance", self._post_maintenance)
-        self._runner = web.AppRunner(app, access_log=None)
+        self._runner = web.AppRunner(
+            app,
+            access_log=None,
+            logger=_http_log,
+            keepalive_timeout=self._idle_timeout_s,
+            max_line_size=4096,
+            max_field_size=4096,
+            handler_cancellation=True,
+        )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port)
+        names = await asyncio.to_thread(_machine_names) if self._expose else frozenset()
+        self._check = HostCheck(self._host, names)
+        assert self._runner.server is not None
+        loop = asyncio.get_running_loop()
         try:
-            await site.start()
+            self._server = await loop.create_server(
+                self.guard.wrap(self._runner.server),
+                self._host or None,
+                self._port,
+                backlog=LISTEN_BACKLOG,
+                reuse_address=True,
+            )
         except OSError as exc:
             # Monitoring the machines matters more than this endpoint: keep running.
             self.error = f"cannot listen on {self._host}:{self._port}: {exc.strerror or exc}"
             log.error(
-                "health endpoint not started (%s); the agent runs on without "
-                "/healthz, /metrics and maintenance over HTTP",
+                "health endpoint not started (%s); the agent runs on without /healthz and /metrics",
                 self.error,
             )
             return self
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else self._port
+        self.port = self._check.port = self._server.sockets[0].getsockname()[1]
         log.info("health endpoint on http://%s:%s/healthz", self._host, self.port)
+        if self._expose:
+            log.warning(
+                "health endpoint exposed beyond this machine on %s:%s (health.expose): anyone "
+                "who reaches it can read /healthz and /metrics; it changes nothing",
+                self._host,
+                self.port,
+            )
         return self
 
     async def __aexit__(self, *_exc: object) -> None:
+        if self._server is not None:
+            self._server.close()
         if self._runner is not None:
             await self._runner.cleanup()

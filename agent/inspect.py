@@ -1,30 +1,29 @@
-"""`edge-agent status` and `edge-agent alerts`: look at a (possibly running) agent's store.
+"""`edge-agent status` and `edge-agent alerts`: look at a (possibly running) agent.
 
-Read-only: opens the SQLite file with mode=ro (WAL lets it read while the agent writes),
-and asks the running agent's /healthz when its port is fixed in the configuration.
+`status` asks the running agent's /healthz and checks that the answer comes from the agent
+of this configuration (gateway id and store identity): a port can be held by anyone.
+`alerts` reads the store file read-only (WAL lets it read while the agent writes).
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any, TextIO
 
 from agent.config import Config
+from agent.identity import mismatch, open_store_ro
+from agent.reach import Unreachable, get_json, health_url
 
+EXIT_OK = 0
+EXIT_UNREACHABLE = 1
 EXIT_NO_STORE = 1
-
-
-def _open_ro(path: Path) -> sqlite3.Connection:
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
 
 
 def store_summary(path: Path) -> dict[str, Any]:
     """Counts from the store file: pending, delivered, dead-lettered, last seq."""
-    with _open_ro(path) as conn:
+    with open_store_ro(path) as conn:
         pending, delivered, oldest = conn.execute(
             "SELECT SUM(delivered_at IS NULL), SUM(delivered_at IS NOT NULL),"
             " MIN(CASE WHEN delivered_at IS NULL THEN created_at END) FROM alerts"
@@ -43,42 +42,110 @@ def store_summary(path: Path) -> dict[str, Any]:
     }
 
 
-def _healthz(config: Config) -> dict[str, Any] | str:
-    if config.health.port == 0:
-        return "health.port is 0 (random): not reachable from here"
-    url = f"http://{config.health.host}:{config.health.port}/healthz"
+def _agent(config: Config) -> dict[str, Any]:
+    """The running agent's /healthz, verified to be ours.
+
+    Raises:
+        Unreachable: no answer, or an answer from someone else.
+    """
+    url = health_url(config)
+    status, body = get_json(url)
+    if status not in (200, 503):  # 503 is a degraded agent, with its report
+        error = body.get("error") if isinstance(body, dict) else None
+        raise Unreachable(f"{url} answered HTTP {status}" + (f": {error}" if error else ""))
+    wrong = mismatch(config, body.get("agent") if isinstance(body, dict) else None)
+    if wrong is not None:
+        raise Unreachable(f"the process at {url} is not this configuration's agent: {wrong}")
+    return dict(body)
+
+
+def _store(config: Config) -> dict[str, Any] | str:
+    path = config.store.path
     try:
-        with urllib.request.urlopen(url, timeout=3) as resp:
-            return dict(json.load(resp))
-    except urllib.error.HTTPError as exc:  # 503 = degraded, body still has the detail
-        return dict(json.load(exc))
-    except (OSError, ValueError) as exc:
-        return f"agent not reachable at {url}: {exc}"
+        if not path.exists():
+            return f"no store yet at {path}"
+        return store_summary(path)
+    except (sqlite3.Error, OSError) as exc:
+        return f"store {path} unreadable here: {exc}"
 
 
-def status(config: Config, out: TextIO) -> int:
-    """Print the store summary and the agent's health as JSON."""
-    report: dict[str, Any] = {"gateway": config.gateway.id}
-    if config.store.path.exists():
-        report["store"] = store_summary(config.store.path)
+def _counts(store: dict[str, Any]) -> str:
+    return (
+        f"alerts {store.get('pending', 0)} pending, {store.get('delivered', 0)} delivered, "
+        f"{store.get('dead_lettered', 0)} dead-lettered"
+    )
+
+
+def _line(config: Config, agent: dict[str, Any] | None, problem: str | None, store: Any) -> str:
+    gw = config.gateway.id
+    if agent is None:
+        stored = _counts(store) if isinstance(store, dict) else store
+        return f"{gw}: agent NOT reachable: {problem}; {stored}"
+    sensors = agent.get("sensors", [])
+    bad = [s for s in sensors if s.get("state") not in ("ok", "starting")]
+    troubles = [str(s.get("last_error") or f"sensor {s['id']} {s.get('state')}") for s in bad]
+    troubles += [
+        str(u.get("last_error") or f"uplink {u['name']} failing")
+        for u in agent.get("uplinks", [])
+        if u.get("consecutive_failures", 0) > 0
+    ]
+    hung = agent.get("process", {}).get("hung")
+    troubles += [f"hung: {hung}"] if hung else []
+    troubles += [f"store: {agent['store']['error']}"] if "error" in agent.get("store", {}) else []
+    state = "ok" if agent.get("status") == "ok" else "DEGRADED"
+    head = f"{gw}: agent running, {state}"
+    if troubles:
+        head += ": " + "; ".join(troubles)
+    ok = sum(1 for s in sensors if s.get("state") == "ok")
+    starting = sum(1 for s in sensors if s.get("state") == "starting")
+    waiting = f" ({starting} starting)" if starting else ""
+    return (
+        f"{head}; sensors {ok}/{len(sensors)} ok{waiting}; {_counts(agent.get('store', {}))}; "
+        f"up {agent.get('uptime_s', 0) / 3600:.1f} h"
+    )
+
+
+def status(config: Config, out: TextIO, *, as_json: bool = False) -> int:
+    """Print the agent's state (one line, or JSON); exit 1 when it cannot be reached."""
+    agent: dict[str, Any] | None = None
+    problem: str | None = None
+    try:
+        agent = _agent(config)
+    except Unreachable as exc:
+        problem = str(exc)
+    store = _store(config)
+    if as_json:
+        report = {"gateway": config.gateway.id, "agent": agent or problem, "store": store}
+        print(json.dumps(report, indent=2), file=out)
     else:
-        report["store"] = f"no store yet at {config.store.path}"
-    report["agent"] = _healthz(config)
-    print(json.dumps(report, indent=2), file=out)
-    return 0 if config.store.path.exists() else EXIT_NO_STORE
+        print(_line(config, agent, problem, store), file=out)
+    return EXIT_OK if agent is not None else EXIT_UNREACHABLE
 
 
-def alerts(config: Config, out: TextIO, err: TextIO, limit: int = 20) -> int:
-    """Print the newest alerts (JSON Lines, newest first) with their delivery time."""
-    if not config.store.path.exists():
-        print(f"no store yet at {config.store.path}", file=err)
+def _alert_line(rec: dict[str, Any]) -> str:
+    sev = rec.get("severity") or {}
+    where = f"{rec['asset']['id']} {rec['sensor']['id']}/{rec['sensor']['channel']}"
+    level = f" zone {sev.get('zone')} {sev.get('level')}" if sev else ""
+    delivery = f"delivered {rec['_delivered_at']}" if rec.get("_delivered_at") else "pending"
+    what = f"{rec['alert_id']} {rec['kind']} {rec['state']}"
+    return f"{rec['detected_at']} {what} {where}{level}; {delivery}"
+
+
+def alerts(config: Config, out: TextIO, err: TextIO, limit: int, *, as_json: bool = False) -> int:
+    """Print the newest alerts, newest first: one line each, or JSON Lines."""
+    try:
+        if not config.store.path.exists():
+            print(f"no store yet at {config.store.path}", file=err)
+            return EXIT_NO_STORE
+        with open_store_ro(config.store.path) as conn:
+            rows = conn.execute(
+                "SELECT body, delivered_at FROM alerts ORDER BY seq DESC LIMIT ?", (limit,)
+            ).fetchall()
+    except (sqlite3.Error, OSError) as exc:
+        print(f"cannot read the store {config.store.path}: {exc}", file=err)
         return EXIT_NO_STORE
-    with _open_ro(config.store.path) as conn:
-        rows = conn.execute(
-            "SELECT body, delivered_at FROM alerts ORDER BY seq DESC LIMIT ?", (max(limit, 0),)
-        ).fetchall()
     for body, delivered_at in rows:
         rec = json.loads(body)
         rec["_delivered_at"] = delivered_at
-        print(json.dumps(rec, sort_keys=True), file=out)
-    return 0
+        print(json.dumps(rec, sort_keys=True) if as_json else _alert_line(rec), file=out)
+    return EXIT_OK

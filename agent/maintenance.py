@@ -1,81 +1,141 @@
 """`edge-agent maintenance`: record a repair so the portfolio can close detect -> repair.
 
-With the agent running, the event goes through its loopback endpoint (the running monitor
-resets the asset's baselines and trends at once). With the agent stopped, the event is
-written straight into the store and the next start loads the reset state. The store lock
-tells the two cases apart, so the store never has two writers.
+With the agent running, the event goes through its control socket (agent.control; the
+running monitor resets the asset's baselines and trends at once). With the agent stopped,
+the event is written straight into the store and the next start loads the reset state.
+The store lock tells the two cases apart, so the store never has two writers. Either way
+the record names who asked (`evidence.requested_by`: uid, user, pid, and how).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-import urllib.error
-import urllib.request
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import asdict, dataclass, replace
 from typing import Any, TextIO
 
-from agent.analysis.monitor import Monitor
+from agent.analysis.monitor import Monitor, Update
 from agent.config import Config
+from agent.control import ControlError, Handler, Peer, Refused, call
+from agent.identity import mismatch
 from agent.store import Outbox, StoreError, StoreInUseError, store_lock
 from drivers.reading import utc_now
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+MAX_NOTE_CHARS = 1000
+OP = "maintenance"
+
+Requester = dict[str, Any]
 
 
-async def _offline(config: Config, asset: str, note: str) -> list[dict[str, Any]]:
+@dataclass(frozen=True, slots=True)
+class MaintenanceRequest:
+    """What an operator asks for; the control socket carries it as its fields."""
+
+    asset: str
+    note: str = ""
+
+    @classmethod
+    def from_args(cls, args: Mapping[str, Any]) -> MaintenanceRequest:
+        """Validate a request that came over the control socket.
+
+        Raises:
+            Refused: a field is missing or has the wrong type.
+        """
+        asset, note = args.get("asset"), args.get("note", "")
+        if not isinstance(asset, str) or not isinstance(note, str):
+            raise Refused('expected {"asset": "<id>", "note": "<text>"}')
+        return cls(asset, note[:MAX_NOTE_CHARS])
+
+
+def stamp_requester(update: Update, requester: Requester) -> Update:
+    """The update with `requested_by` in each record's evidence."""
+    drafts = [replace(d, evidence={**d.evidence, "requested_by": requester}) for d in update.drafts]
+    return Update(drafts, update.state)
+
+
+Maintain = Callable[[MaintenanceRequest, Requester], Awaitable[list[dict[str, Any]]]]
+
+
+def control_handler(maintain: Maintain) -> Handler:
+    """The control-socket operation that records maintenance on the running agent."""
+
+    async def handle(args: Mapping[str, Any], peer: Peer) -> dict[str, Any]:
+        request = MaintenanceRequest.from_args(args)
+        requester = await asyncio.to_thread(peer.describe, "control socket")  # NSS may block
+        try:
+            records = await maintain(request, requester)
+        except KeyError:
+            raise Refused(f"unknown asset {request.asset!r}") from None
+        except StoreError as exc:
+            raise Refused(str(exc)) from None
+        return {"records": records}
+
+    return handle
+
+
+async def _offline(config: Config, request: MaintenanceRequest) -> list[dict[str, Any]]:
     outbox = Outbox(
         config.store.path, gateway_id=config.gateway.id, max_bytes=config.store.max_bytes
     )
     async with outbox:
         monitor = Monitor(config, state=await outbox.load_state())
-        update = monitor.maintenance(asset, utc_now(), note)
+        update = monitor.maintenance(request.asset, utc_now(), request.note)
+        update = stamp_requester(update, Peer.this_process().describe("store (agent stopped)"))
         return await outbox.append(update.drafts, update.state)
 
 
-def _online(config: Config, asset: str, note: str) -> list[dict[str, Any]]:
-    if config.health.port == 0:
-        raise RuntimeError(
-            "the agent is running but its health endpoint has a random port (health.port: 0); "
-            "set a fixed health.port, or stop the agent and run this again"
-        )
-    url = f"http://{config.health.host}:{config.health.port}/v1/maintenance"
-    req = urllib.request.Request(
-        url,
-        data=json.dumps({"asset": asset, "note": note}).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
+def _online(config: Config, request: MaintenanceRequest) -> list[dict[str, Any]]:
+    path = config.control.socket
     try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return list(json.load(resp)["records"])
-    except urllib.error.HTTPError as exc:
-        try:
-            reason = json.load(exc).get("error", exc)
-        except ValueError:  # not our JSON error body
-            reason = f"HTTP {exc.code}"
-        raise RuntimeError(f"the agent refused: {reason}") from exc
-    except OSError as exc:
-        raise RuntimeError(
-            f"the agent holds the store but does not answer at {url}: {exc}"
-        ) from exc
+        answer = call(path, OP, asdict(request))
+    except ControlError as exc:
+        raise RuntimeError(f"cannot reach the running agent: {exc}") from None
+    wrong = mismatch(config, answer.get("agent"))
+    if wrong is not None:
+        raise RuntimeError(f"the process on {path} is not this configuration's agent: {wrong}")
+    if not answer["ok"]:
+        raise RuntimeError(f"the agent refused: {answer.get('error')}")
+    return list(answer["result"]["records"])
 
 
-def record_maintenance(config: Config, asset: str, note: str, out: TextIO, err: TextIO) -> int:
-    """Record the event; print its record(s) as JSON Lines. Returns the exit code."""
+def record_maintenance(
+    config: Config, request: MaintenanceRequest, out: TextIO, err: TextIO, *, as_json: bool
+) -> int:
+    """Record the event; print what was done (one line, or the records as JSON Lines).
+
+    Returns:
+        The exit code: 0 recorded, 1 not recorded, 2 unknown asset.
+    """
     known = [a.id for a in config.assets]
-    if asset not in known:
-        print(f"unknown asset {asset!r}; configured assets: {', '.join(known)}", file=err)
+    if request.asset not in known:
+        print(f"unknown asset {request.asset!r}; configured assets: {', '.join(known)}", file=err)
         return EXIT_USAGE
     try:
-        try:
-            with store_lock(config.store.path):
-                records = asyncio.run(_offline(config, asset, note))
-        except StoreInUseError:
-            records = _online(config, asset, note)
-    except (RuntimeError, StoreError) as exc:
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(store_lock(config.store.path))
+                running = False
+            except (StoreInUseError, PermissionError):  # running, or not ours to open
+                running = True
+            if running:
+                records, how = _online(config, request), "by the running agent"
+            else:
+                records, how = asyncio.run(_offline(config, request)), "into the store"
+    except (RuntimeError, StoreError, OSError) as exc:
         print(f"maintenance not recorded: {exc}", file=err)
         return EXIT_FAILED
-    for rec in records:
-        print(json.dumps(rec, sort_keys=True), file=out)
+    if as_json:
+        for rec in records:
+            print(json.dumps(rec, sort_keys=True), file=out)
+    else:
+        ids = ", ".join(r["alert_id"] for r in records)
+        print(
+            f"maintenance on {request.asset} recorded {how} as {ids}: its baselines and "
+            "trends restart, its open alerts are closed",
+            file=out,
+        )
     return 0

@@ -8,19 +8,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from agent import maintenance as maint
 from agent.analysis.monitor import Monitor, Update
 from agent.config import Config
+from agent.control import ControlServer
+from agent.fds import loop_exception_handler
 from agent.health import HealthServer, Snapshot
+from agent.identity import agent_identity, store_created_at
 from agent.pending import PendingWrites
 from agent.sdnotify import SystemdNotifier
 from agent.sensor_faults import SensorFaultTracker, SensorHealth
 from agent.store import Outbox, StoreError, store_lock
 from agent.uplink import HttpUplink
+from agent.watchdog import Watchdog, WatchdogLimits
 from drivers.modbus import ModbusTcpPoller, silence_pymodbus_logging
 from drivers.reading import Reading, utc_now
 
@@ -31,6 +37,7 @@ READING_QUEUE_SIZE = 1000
 BREAKER_FAILURES = 3
 SENSOR_WATCH_INTERVAL_S = 1.0
 SHUTDOWN_DRAIN_S = 10.0  # well inside systemd's TimeoutStopSec=30
+STATS_TIMEOUT_S = 2.0  # /healthz answers even when the store writer is stuck
 
 
 @dataclass(slots=True)
@@ -49,10 +56,15 @@ class Agent:
     Args:
         config: validated configuration.
         on_records: called with the records the store committed (for the demo display).
+        watchdog: bounds past which the agent counts as hung (systemd then restarts it).
     """
 
     def __init__(
-        self, config: Config, *, on_records: Callable[[list[dict[str, Any]]], None] | None = None
+        self,
+        config: Config,
+        *,
+        on_records: Callable[[list[dict[str, Any]]], None] | None = None,
+        watchdog: WatchdogLimits | None = None,
     ) -> None:
         self.config = config
         self.counters = PipelineCounters()
@@ -87,6 +99,13 @@ class Agent:
             HttpUplink(u.http, self.outbox, name=f"http[{i}]") for i, u in enumerate(config.uplinks)
         ]
         self.health: HealthServer | None = None
+        self.control: ControlServer | None = None
+        self.identity = agent_identity(config, None)
+        self.watchdog = Watchdog(
+            SystemdNotifier(),
+            writer_busy=lambda: self.outbox.writer_busy_s,
+            limits=watchdog or WatchdogLimits(),
+        )
         self.ready = asyncio.Event()
 
     def stop(self) -> None:
@@ -107,81 +126,95 @@ class Agent:
 
     async def run(self) -> None:
         """Run until stop() is called; returns after a clean shutdown."""
-        notifier = SystemdNotifier()
         silence_pymodbus_logging()  # our pollers log once per failure episode, with context
-        with store_lock(self.config.store.path):
-            await self._run(notifier)
+        loop = asyncio.get_running_loop()
+        previous = loop.get_exception_handler()
+        loop.set_exception_handler(loop_exception_handler)
+        try:
+            with store_lock(self.config.store.path):
+                await self._run()
+        finally:
+            loop.set_exception_handler(previous)
         log.info("agent stopped cleanly")
 
-    async def _run(self, notifier: SystemdNotifier) -> None:
-        async with self.outbox:
-            state = await self.outbox.load_state()
-            self.monitor = Monitor(self.config, state=state)
-            self.faults = SensorFaultTracker(
-                self.config, state=state, breaker_failures=BREAKER_FAILURES
+    async def _open(self, stack: contextlib.AsyncExitStack) -> None:
+        """Open the store, then the local endpoints (each one failing alone)."""
+        await stack.enter_async_context(self.outbox)
+        state = await self.outbox.load_state()
+        self.monitor = Monitor(self.config, state=state)
+        self.faults = SensorFaultTracker(
+            self.config, state=state, breaker_failures=BREAKER_FAILURES
+        )
+        try:
+            created = await asyncio.to_thread(store_created_at, self.config.store.path)
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("store identity unreadable (%s): clients check gateway and path", exc)
+            created = None
+        self.identity = agent_identity(self.config, created)
+        hc, cc = self.config.health, self.config.control
+        self.health = await stack.enter_async_context(
+            HealthServer(self.snapshot, host=hc.host, port=hc.port, expose=hc.expose)
+        )
+        self.control = await stack.enter_async_context(
+            ControlServer(
+                cc.socket,
+                group=cc.group,
+                identity=lambda: self.identity,
+                handlers={maint.OP: maint.control_handler(self.maintenance)},
             )
-            hc = self.config.health
-            async with HealthServer(
-                self.snapshot, host=hc.host, port=hc.port, maintenance=self.maintenance
-            ) as health:
-                self.health = health
-                try:
-                    async with asyncio.TaskGroup() as tg:
-                        polls = [
-                            tg.create_task(p.run(), name=f"poll[{p.sensor_id}]")
-                            for p in self.pollers
-                        ]
-                        analysis = tg.create_task(self._analyse(), name="analysis")
-                        watch = tg.create_task(self._watch_sensors(), name="sensor-watch")
-                        ups = [
-                            tg.create_task(u.run(), name=f"uplink[{u.name}]") for u in self.uplinks
-                        ]
-                        watchdog = tg.create_task(self._watchdog(notifier), name="watchdog")
-                        notifier.notify("READY=1")
-                        self.ready.set()
-                        log.info(
-                            "agent %s running: %d sensors, %d uplinks",
-                            self.config.gateway.id,
-                            len(self.pollers),
-                            len(self.uplinks),
-                        )
-                        await self._stop.wait()
-                        notifier.notify("STOPPING=1")
-                        # Order matters: stop reading, analyse what was read, persist, then
-                        # stop the uplinks (undelivered alerts wait on disk for the next start).
-                        for t in polls:
-                            t.cancel()
-                        await asyncio.gather(*polls, return_exceptions=True)
-                        try:
-                            async with asyncio.timeout(SHUTDOWN_DRAIN_S):
-                                await self._queue.join()
-                        except TimeoutError:
-                            log.error(
-                                "analysis did not drain %d readings within %.0f s at shutdown",
-                                self._queue.qsize(),
-                                SHUTDOWN_DRAIN_S,
-                            )
-                        # With the lock held neither writer can be inside a store write when
-                        # it is cancelled; whatever it made is already held in `pending`.
-                        async with self.pending.lock:
-                            self._stopping = True
-                            for t in (analysis, watch):
-                                t.cancel()
-                            await asyncio.gather(analysis, watch, return_exceptions=True)
-                            await self.pending.flush(final=True)
-                        for t in [*ups, watchdog]:
-                            t.cancel()
-                finally:
-                    if len(self.pending) and not self._stopping:  # a task crashed
-                        async with self.pending.lock:
-                            await self.pending.flush(final=True)
+        )
 
-    async def _watchdog(self, notifier: SystemdNotifier) -> None:
-        if notifier.watchdog_interval_s is None:
-            return
-        while True:
-            notifier.notify("WATCHDOG=1")
-            await asyncio.sleep(notifier.watchdog_interval_s)
+    async def _run(self) -> None:
+        notifier = self.watchdog.notifier
+        async with contextlib.AsyncExitStack() as stack:
+            await self._open(stack)
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    polls = [
+                        tg.create_task(p.run(), name=f"poll[{p.sensor_id}]") for p in self.pollers
+                    ]
+                    analysis = tg.create_task(self._analyse(), name="analysis")
+                    watch = tg.create_task(self._watch_sensors(), name="sensor-watch")
+                    ups = [tg.create_task(u.run(), name=f"uplink[{u.name}]") for u in self.uplinks]
+                    watchdog = tg.create_task(self.watchdog.run(), name="watchdog")
+                    notifier.notify("READY=1")
+                    self.ready.set()
+                    log.info(
+                        "agent %s running: %d sensors, %d uplinks",
+                        self.config.gateway.id,
+                        len(self.pollers),
+                        len(self.uplinks),
+                    )
+                    await self._stop.wait()
+                    notifier.notify("STOPPING=1")
+                    # Order matters: stop reading, analyse what was read, persist, then
+                    # stop the uplinks (undelivered alerts wait on disk for the next start).
+                    for t in polls:
+                        t.cancel()
+                    await asyncio.gather(*polls, return_exceptions=True)
+                    try:
+                        async with asyncio.timeout(SHUTDOWN_DRAIN_S):
+                            await self._queue.join()
+                    except TimeoutError:
+                        log.error(
+                            "analysis did not drain %d readings within %.0f s at shutdown",
+                            self._queue.qsize(),
+                            SHUTDOWN_DRAIN_S,
+                        )
+                    # With the lock held neither writer can be inside a store write when
+                    # it is cancelled; whatever it made is already held in `pending`.
+                    async with self.pending.lock:
+                        self._stopping = True
+                        for t in (analysis, watch):
+                            t.cancel()
+                        await asyncio.gather(analysis, watch, return_exceptions=True)
+                        await self.pending.flush(final=True)
+                    for t in [*ups, watchdog]:
+                        t.cancel()
+            finally:
+                if len(self.pending) and not self._stopping:  # a task crashed
+                    async with self.pending.lock:
+                        await self.pending.flush(final=True)
 
     async def _analyse(self) -> None:
         assert self.monitor is not None
@@ -209,11 +242,13 @@ class Agent:
             finally:
                 self._queue.task_done()
 
-    async def maintenance(self, asset_id: str, note: str) -> list[dict[str, Any]]:
+    async def maintenance(
+        self, request: maint.MaintenanceRequest, requested_by: maint.Requester
+    ) -> list[dict[str, Any]]:
         """Record a repair on an asset: reset its baselines and trends, store the event.
 
         It goes through the same ordered queue as every alert, so no older held update can
-        overwrite the reset.
+        overwrite the reset. The record names who asked (`evidence.requested_by`).
 
         Raises:
             KeyError: unknown asset.
@@ -223,12 +258,16 @@ class Agent:
         assert self.monitor is not None
         if self._stopping:
             raise StoreError("the agent is stopping; record the event after it restarts")
-        records = await self.pending.write(
-            self.monitor.maintenance(asset_id, utc_now(), note), now=True
-        )
+        update = self.monitor.maintenance(request.asset, utc_now(), request.note)
+        records = await self.pending.write(maint.stamp_requester(update, requested_by), now=True)
         if records is None:
             raise StoreError("the store is unwritable now; the event is held and retried")
-        log.info("maintenance on %s recorded as %s", asset_id, records[0]["alert_id"])
+        log.info(
+            "maintenance on %s recorded as %s, requested by %s",
+            request.asset,
+            records[0]["alert_id"],
+            requested_by,
+        )
         return records
 
     async def _watch_sensors(self) -> None:
@@ -281,17 +320,23 @@ class Agent:
         ]
         uplinks = [{"name": u.name, **asdict(u.status)} for u in self.uplinks]
         try:
-            store: dict[str, Any] = asdict(await self.outbox.stats())
+            async with asyncio.timeout(STATS_TIMEOUT_S):
+                store: dict[str, Any] = asdict(await self.outbox.stats())
         except StoreError as exc:
             store = {"error": str(exc)}
+        except TimeoutError:
+            store = {"error": f"the store writer did not answer within {STATS_TIMEOUT_S} s"}
+        wd = self.watchdog
         degraded = (
             any(s["state"] not in ("ok", "starting") for s in sensors)
             or any(u.get("consecutive_failures", 0) > 0 for u in uplinks)
             or bool(len(self.pending))
             or "error" in store
+            or wd.withheld is not None
         )
         return {
             "gateway": self.config.gateway.id,
+            "agent": self.identity,
             "status": "degraded" if degraded else "ok",
             "uptime_s": round(now_mono - self._started, 3),
             "sensors": sensors,
@@ -302,6 +347,13 @@ class Agent:
                 **asdict(self.counters),
                 "unsaved_updates": len(self.pending),
                 "queue_depth": self._queue.qsize(),
+            },
+            "process": {
+                "open_fds": wd.fds[0],
+                "fd_limit": wd.fds[1],
+                "loop_lag_seconds": round(wd.loop_lag_s, 3),
+                "store_writer_busy_seconds": round(self.outbox.writer_busy_s, 3),
+                "hung": wd.withheld,
             },
         }
 

@@ -9,14 +9,34 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from typing import NoReturn
+
+LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Argument errors in one line, not usage plus error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _level(text: str) -> str:
+    if text.lower() not in LEVELS:
+        raise argparse.ArgumentTypeError(
+            f"unknown log level {text!r}; choose one of {', '.join(LEVELS)}"
+        )
+    return text.upper()
 
 
 def _parser() -> argparse.ArgumentParser:
     from simulators import backend, cmms, modbus
 
-    parser = argparse.ArgumentParser(prog="edge-sim", description=__doc__)
-    parser.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="edge-sim", description=__doc__)
+    parser.add_argument(
+        "--log-level", type=_level, default="WARNING", help="logging level (default warning)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     m = sub.add_parser("modbus", help="Modbus TCP server with QM30VT2 sensors and scenarios")
     modbus.add_arguments(m)
     m.set_defaults(serve=modbus.serve)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +19,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+async def agent_process(config: Path, **kwargs: Any) -> asyncio.subprocess.Process:
+    """`edge-agent run -c CONFIG` in a process of its own, as systemd starts it."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "agent.cli",
+        "run",
+        "-c",
+        str(config),
+        stdin=asyncio.subprocess.DEVNULL,
+        **kwargs,
+    )
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from agent.config import load_config
 from agent.demo import SimProcess
 from agent.runtime import Agent
 from agent.store import StoreInUseError
-from tests.conftest import free_port
+from tests.conftest import agent_process, free_port
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 
@@ -57,6 +57,7 @@ uplinks:
   - http: {{url: "{backend_url}", token: "{token}", timeout_s: 2, max_backoff_s: 1}}
 store: {{path: "{store}", max_bytes: 64MiB}}
 health: {{port: {health_port}}}
+control: {{socket: "{control}"}}
 """
 
 
@@ -79,6 +80,7 @@ def write_config(tmp_path: Path, sims: dict[str, Any], health_port: int = 0) -> 
             token=TOKEN,
             store=tmp_path / "outbox.db",
             health_port=health_port,
+            control=tmp_path / "control.sock",
         )
     )
     return path
@@ -227,10 +229,18 @@ async def test_health_metrics_and_cli_views_of_a_running_agent(
     assert 'edge_channel_alert_level{asset="press-7",channel="z",sensor="m1-de"} 1.0' in metrics
 
     # The CLI reads the same store after the agent stopped.
-    out = await asyncio.to_thread(cli, "alerts", "-c", str(cfg))
+    out = await asyncio.to_thread(cli, "alerts", "--json", "-c", str(cfg))
     lines = [json.loads(line) for line in out.splitlines()]
     assert lines and lines[-1]["state"] == "raised" and lines[-1]["_delivered_at"]
-    status = json.loads(await asyncio.to_thread(cli, "status", "-c", str(cfg)))
+    stopped = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "agent.cli", "status", "--json", "-c", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert stopped.returncode == 1, stopped  # the agent is not reachable: say so
+    status = json.loads(stopped.stdout)
     assert status["store"]["pending"] == 0 and status["store"]["delivered"] >= 1
 
 
@@ -243,16 +253,7 @@ def test_sigterm_flushes_and_exits_cleanly(tmp_path: Path) -> None:
             SimProcess.modbus(["1:degrade", "2:healthy"], LIFE_S) as m,
         ):
             cfg = write_config(tmp_path, {"backend": b.info, "modbus": m.info})
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "agent.cli",
-                "run",
-                "-c",
-                str(cfg),
-                stderr=asyncio.subprocess.PIPE,
-                stdin=asyncio.subprocess.DEVNULL,
-            )
+            proc = await agent_process(cfg, stderr=asyncio.subprocess.PIPE)
             await wait_for(b.info["url"], lambda a: len(a) >= 1, timeout_s=40)
             proc.terminate()
             _, err = await asyncio.wait_for(proc.communicate(), 20)
@@ -311,7 +312,15 @@ async def test_maintenance_while_running_and_while_stopped(
         with pytest.raises(StoreInUseError):
             await Agent(load_config(cfg)).run()
         out = await asyncio.to_thread(
-            cli, "maintenance", "-c", str(cfg), "--asset", "press-7", "--note", "DE bearing"
+            cli,
+            "maintenance",
+            "--json",
+            "-c",
+            str(cfg),
+            "--asset",
+            "press-7",
+            "--note",
+            "DE bearing",
         )
         online = json.loads(out)
         await wait_for(url, lambda a: any(x["kind"] == "maintenance" for x in a), timeout_s=20)
@@ -323,7 +332,7 @@ async def test_maintenance_while_running_and_while_stopped(
     assert "DE bearing" in json.dumps(online["evidence"])
 
     # Stopped agent: the event goes straight into the store and is delivered on next start.
-    out = await asyncio.to_thread(cli, "maintenance", "-c", str(cfg), "--asset", "fan-3")
+    out = await asyncio.to_thread(cli, "maintenance", "--json", "-c", str(cfg), "--asset", "fan-3")
     offline = json.loads(out)
     assert offline["seq"] > online["seq"]
     agent, task = await run_agent(cfg)

@@ -1,6 +1,6 @@
 """Configuration: YAML -> validated, frozen models; errors with file:line:column."""
 
-from agent.config._check import CheckResult, check_file, main_check, summary
+from agent.config._check import CheckResult, check_file, main_check, public_url, summary
 from agent.config._errors import ConfigError, ConfigIssue
 from agent.config._loader import load_config
 from agent.config._models import (
@@ -8,6 +8,7 @@ from agent.config._models import (
     Asset,
     Bearing,
     Config,
+    Control,
     ExplicitLimits,
     Failure,
     Gateway,
@@ -32,6 +33,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "ConfigIssue",
+    "Control",
     "ExplicitLimits",
     "Failure",
     "Gateway",
@@ -48,6 +50,7 @@ __all__ = [
     "load_config",
     "main_check",
     "parse_size",
+    "public_url",
     "standard_label",
     "summary",
     "zone_limits",

@@ -57,7 +57,7 @@ def _size(n: int) -> str:
     return f"{n} bytes"
 
 
-def _public_url(url: str) -> str:
+def public_url(url: str) -> str:
     """The URL without user:password, which would be a secret."""
     parts = urlsplit(url)
     if parts.username is None and parts.password is None:
@@ -103,10 +103,14 @@ def summary(config: Config) -> str:
         h = u.http
         source = f" from {h.token_file}" if h.token_file else ""
         token = f"token set{source}" if h.token else "no token"
-        lines.append(f"  http {_public_url(h.url)} ({token}, batch {h.batch_size})")
+        lines.append(f"  http {public_url(h.url)} ({token}, batch {h.batch_size})")
     st = config.store
     lines.append(f"store {st.path}, budget {_size(st.max_bytes)}")
-    lines.append(f"health http://{config.health.host}:{config.health.port}/healthz")
+    hc = config.health
+    exposed = " (exposed beyond this machine, read-only)" if hc.expose else ""
+    lines.append(f"health http://{hc.host}:{hc.port}/healthz{exposed}")
+    group = f", group {config.control.group}" if config.control.group else ""
+    lines.append(f"control socket {config.control.socket} (maintenance; mode 0660{group})")
     return "\n".join(lines)
 
 

@@ -6,6 +6,7 @@ every error in one pass; entries too broken to compare are skipped (validation r
 
 from __future__ import annotations
 
+import grp
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from agent.config._errors import ConfigIssue, KeyPath
 from agent.config._messages import did_you_mean
 from agent.config._models import ModbusTcp, Sensor
 from agent.config._source import SourceMap
+from agent.netaddr import is_loopback
 from drivers.reading import FEATURE_NAMES
 
 _MAX_TOKEN_BYTES = 64 * 1024
@@ -163,6 +165,42 @@ def _failure_metrics(data: dict[str, Any], smap: SourceMap) -> list[ConfigIssue]
     return issues
 
 
+def _exposure(data: dict[str, Any], smap: SourceMap) -> list[ConfigIssue]:
+    """Serving /healthz beyond loopback needs `expose: true`, said on purpose."""
+    health = data.get("health")
+    if not isinstance(health, dict):
+        return []
+    host = health.get("host")
+    if not isinstance(host, str) or is_loopback(host) or health.get("expose") is True:
+        return []
+    return [
+        smap.issue(
+            ("health", "host"),
+            f"'{host}' serves /healthz and /metrics beyond this machine; keep 127.0.0.1, or "
+            "add 'expose: true' under health: to publish them (read-only; maintenance is "
+            "never served over TCP)",
+        )
+    ]
+
+
+def _control_group(data: dict[str, Any], smap: SourceMap) -> list[ConfigIssue]:
+    control = data.get("control")
+    group = control.get("group") if isinstance(control, dict) else None
+    if not isinstance(group, str) or not group:
+        return []
+    try:
+        grp.getgrnam(group)
+    except KeyError:
+        return [
+            smap.issue(
+                ("control", "group"),
+                f"group '{group}' does not exist on this machine; create it "
+                f"(groupadd --system {group}) or remove control.group",
+            )
+        ]
+    return []
+
+
 def read_tokens(
     data: dict[str, Any], smap: SourceMap, base: Path
 ) -> tuple[dict[int, str], list[ConfigIssue]]:
@@ -239,4 +277,6 @@ def cross_check(
     issues = _unique_ids(data, "assets", smap) + _unique_ids(data, "sensors", smap)
     issues += _sensor_refs(data, smap, frozenset(profile_names()), axes_of)
     issues += _failure_metrics(data, smap)
+    issues += _exposure(data, smap)
+    issues += _control_group(data, smap)
     return issues

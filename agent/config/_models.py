@@ -5,6 +5,7 @@ Every model is frozen: runtime code receives these objects and never a raw dict.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -214,8 +215,34 @@ class Store(_Model):
 
 
 class Health(_Model):
+    """The read-only TCP endpoint (/healthz, /metrics); never a state-changing operation."""
+
     host: str = "127.0.0.1"
     port: int = Field(default=9108, ge=0, le=65535)  # 0: pick a free port
+    # Binding beyond loopback must be asked for explicitly (checked in _crossref).
+    expose: bool = False
+
+
+# sun_path holds 108 bytes including the terminating NUL.
+_MAX_SOCKET_PATH_BYTES = 107
+
+
+class Control(_Model):
+    """The Unix socket that carries every state-changing operation (maintenance)."""
+
+    socket: Path = Path("/run/edge-agent/control.sock")
+    # Group that may use the socket (mode 0660); None: the agent's own group only.
+    group: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")] | None = None
+
+    @field_validator("socket")
+    @classmethod
+    def _fits(cls, v: Path) -> Path:
+        if len(os.fsencode(v)) > _MAX_SOCKET_PATH_BYTES:
+            raise ValueError(
+                f"socket path is {len(os.fsencode(v))} bytes; a Unix socket path may have at "
+                f"most {_MAX_SOCKET_PATH_BYTES}: choose a shorter path"
+            )
+        return v
 
 
 class Config(_Model):
@@ -227,6 +254,7 @@ class Config(_Model):
     uplinks: tuple[Uplink, ...] = Field(default=(), max_length=1)
     store: Store
     health: Health = Health()
+    control: Control = Control()
 
     def asset(self, asset_id: str) -> Asset:
         for a in self.assets:

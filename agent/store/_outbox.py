@@ -76,6 +76,11 @@ class Outbox:
             return WriterCounters()
         return self._writer.counters
 
+    @property
+    def writer_busy_s(self) -> float:
+        """Liveness of the writer thread (see Writer.busy_for_s); 0.0 when not open."""
+        return 0.0 if self._writer is None else self._writer.busy_for_s
+
     def _open(self) -> sqlite3.Connection:
         conn, self._quarantined = open_db(self.path, self.gateway_id, self._first_seq)
         return conn

@@ -15,6 +15,7 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,7 +103,15 @@ class Writer:
         self._thread: threading.Thread | None = None
         self._closed: asyncio.Future[None] | None = None
         self._accepting = False
+        self._busy_since: float | None = None  # monotonic start of the batch in hand
         self.counters = WriterCounters()
+
+    @property
+    def busy_for_s(self) -> float:
+        """Liveness, read-only: seconds the thread has spent on its current batch (0.0 when
+        idle). A wedged thread (a hung fsync) shows here as a time that keeps growing."""
+        since = self._busy_since
+        return 0.0 if since is None else time.monotonic() - since
 
     async def start(self) -> None:
         """Start the thread and open the database on it; raises what opening raised."""
@@ -188,7 +197,11 @@ class Writer:
                         item = self._queue.get_nowait()
                     except queue.Empty:
                         break
-                self._run_group(conn, batch)
+                self._busy_since = time.monotonic()
+                try:
+                    self._run_group(conn, batch)
+                finally:
+                    self._busy_since = None
         finally:
             self._accepting = False
             with contextlib.suppress(sqlite3.Error):

@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from agent.config import Config
 
 
@@ -38,3 +40,9 @@ def press_config(tmp_path: Path, **alerting: Any) -> Config:
             "store": {"path": str(tmp_path / "o.db")},
         }
     )
+
+
+def write_yaml(config: Config, path: Path) -> Path:
+    """The configuration as the YAML file a user would write (for `edge-agent` processes)."""
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json", by_alias=True)))
+    return path

@@ -1,16 +1,31 @@
-"""The health endpoint serves the snapshot, and a busy port never stops the agent."""
+"""The health endpoint: read-only, only for its own Host, capped, and idle connections end."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import socket
+import time
 
 import aiohttp
+import pytest
 
-from agent.health import HealthServer, render_metrics
+from agent.health import HealthServer, HostCheck, render_metrics
 
 
 async def _snap() -> dict[str, object]:
     return {"status": "degraded", "sensors": [{"id": "m1", "polls_total": 3, "errors_total": 1}]}
+
+
+async def _raw(port: int, request: bytes, timeout_s: float = 5.0) -> bytes:
+    """Send raw bytes, return everything the server answers before closing."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        async with asyncio.timeout(timeout_s):
+            return await reader.read()
+    finally:
+        writer.close()
 
 
 async def test_healthz_reports_degraded_with_503_and_metrics_render() -> None:
@@ -18,8 +33,14 @@ async def test_healthz_reports_degraded_with_503_and_metrics_render() -> None:
         assert hs.port and hs.error is None
         async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{hs.port}/healthz") as r:
             assert r.status == 503 and (await r.json())["status"] == "degraded"
-    text = render_metrics(await _snap()).decode()
+        async with aiohttp.ClientSession() as s, s.get(f"http://localhost:{hs.port}/metrics") as r:
+            assert r.status == 200
+            text = await r.text()
     assert 'edge_sensor_poll_errors_total{sensor="m1"} 1.0' in text
+    assert "edge_http_connections_accepted_total" in text
+    assert (
+        'edge_sensor_poll_errors_total{sensor="m1"} 1.0' in render_metrics(await _snap()).decode()
+    )
 
 
 async def test_busy_port_is_reported_not_fatal() -> None:
@@ -29,3 +50,105 @@ async def test_busy_port_is_reported_not_fatal() -> None:
         port = busy.getsockname()[1]
         async with HealthServer(_snap, port=port) as hs:
             assert hs.error and str(port) in hs.error
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH"])
+async def test_no_state_changing_method_over_tcp(method: str) -> None:
+    """The old POST /v1/maintenance (any content type, no credential) is gone from TCP."""
+    async with HealthServer(_snap, port=0) as hs:
+        body = b'{"asset": "press-7"}'
+        req = (
+            f"{method} /v1/maintenance HTTP/1.1\r\nHost: 127.0.0.1:{hs.port}\r\n"
+            f"Content-Type: text/plain\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n"
+        ).encode() + body
+        answer = await _raw(hs.port, req)
+    assert answer.startswith(b"HTTP/1.1 405"), answer[:200]
+    assert b"control socket" in answer
+
+
+@pytest.mark.parametrize(
+    "host_header",
+    [
+        "evil.example:{port}",  # DNS rebinding: the attacker's name pointing at 127.0.0.1
+        "127.0.0.1:1",  # another port
+        "gateway.plant.local",
+        "",  # none at all: HTTP/1.1 requires it
+    ],
+)
+async def test_foreign_host_header_is_refused(
+    host_header: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with HealthServer(_snap, port=0) as hs:
+        header = f"Host: {host_header.format(port=hs.port)}\r\n" if host_header else ""
+        req = f"GET /healthz HTTP/1.1\r\n{header}Connection: close\r\n\r\n"
+        answer = await _raw(hs.port, req.encode())
+    assert answer.startswith(b"HTTP/1.1 421" if host_header else b"HTTP/1.0 400"), answer[:200]
+    assert b'"sensors"' not in answer
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+
+
+async def test_a_get_with_a_body_is_refused() -> None:
+    async with HealthServer(_snap, port=0) as hs:
+        req = (
+            f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{hs.port}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
+        )
+        answer = await _raw(hs.port, req.encode())
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+
+
+def test_host_check_names() -> None:
+    loop = HostCheck("127.0.0.1", frozenset())
+    loop.port = 9108
+    assert [loop.accepts(h) for h in ("127.0.0.1:9108", "localhost:9108", "[::1]:9108")] == [
+        True,
+        True,
+        True,
+    ]
+    assert not any(loop.accepts(h) for h in ("evil:9108", "127.0.0.1:80", "10.0.0.5:9108", None))
+    exposed = HostCheck("0.0.0.0", frozenset({"gw-01"}))
+    exposed.port = 9108
+    assert exposed.accepts("10.0.0.5:9108") and exposed.accepts("GW-01:9108")
+    assert not exposed.accepts("evil.example:9108")
+
+
+async def test_slow_headers_and_idle_connections_are_closed() -> None:
+    async with HealthServer(_snap, port=0, idle_timeout_s=0.5) as hs:
+        reader, writer = await asyncio.open_connection("127.0.0.1", hs.port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # never finished
+        start = time.monotonic()
+        async with asyncio.timeout(5):
+            assert await reader.read() == b""
+        assert time.monotonic() - start < 3
+        writer.close()
+
+
+async def test_idle_crowd_cannot_keep_a_request_out() -> None:
+    """300 idle connections against a cap of 64: the newest request is still served."""
+    async with HealthServer(_snap, port=0, max_connections=64) as hs:
+        crowd = []
+        for _ in range(300):
+            crowd.append(await asyncio.open_connection("127.0.0.1", hs.port))
+        try:
+            async with (
+                aiohttp.ClientSession() as s,
+                asyncio.timeout(10),
+                s.get(f"http://127.0.0.1:{hs.port}/healthz") as r,
+            ):
+                assert r.status == 503
+                body = await r.json()
+        finally:
+            for _, w in crowd:
+                w.close()
+    assert body["http"]["open"] <= 64
+    assert body["http"]["evicted_total"] >= 300 - 64
+
+
+async def test_exposure_is_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    async with HealthServer(_snap, host="0.0.0.0", port=0, expose=True) as hs:
+        assert hs.port
+    assert any(
+        r.levelname == "WARNING" and "exposed beyond this machine" in r.getMessage()
+        for r in caplog.records
+    )

@@ -60,7 +60,7 @@ def test_demo_config_loads_with_the_demo_environment() -> None:
 def test_demo_config_names_missing_demo_variables() -> None:
     with resources.as_file(resources.files("agent") / "demo.yaml") as path:
         found = lines(path, environ={})
-    assert len(found) == 5 and all("environment variable EDGE_DEMO_" in f for f in found)
+    assert len(found) == 6 and all("environment variable EDGE_DEMO_" in f for f in found)
 
 
 @pytest.mark.parametrize(
@@ -110,5 +110,6 @@ def test_summary_lists_assets_sensors_uplinks_and_store(tmp_path: Path) -> None:
         "1 uplink:\n"
         "  http https://***@x.example/v1/alerts (token set, batch 100)\n"
         "store /tmp/outbox.db, budget 512 MiB\n"
-        "health http://127.0.0.1:9108/healthz"
+        "health http://127.0.0.1:9108/healthz\n"
+        "control socket /run/edge-agent/control.sock (maintenance; mode 0660)"
     )

@@ -1,0 +1,268 @@
+"""The control socket: every state-changing operation, on a Unix socket, never over TCP.
+
+A local user can reach a loopback TCP port, and so can a web page through the plant's
+browser. A Unix socket in the runtime directory with mode 0660 can only be used by the
+agent's user and the group the configuration names, and the kernel tells us who is
+asking (SO_PEERCRED), so every change names its requester.
+
+Protocol: one JSON object per line each way. The client sends
+`{"op": "maintenance", "args": {...}}`; the agent answers
+`{"ok": true, "agent": {identity}, "result": {...}}` or `{"ok": false, "agent": ...,
+"error": "..."}` and closes the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import json
+import logging
+import os
+import pwd
+import socket
+import stat
+import struct
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST_BYTES = 64 * 1024
+MAX_ANSWER_BYTES = 4 * 2**20
+MAX_CONNECTIONS = 8
+REQUEST_TIMEOUT_S = 5.0
+SOCKET_MODE = 0o660
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """Who is at the other end of a connection, as the kernel says (SO_PEERCRED)."""
+
+    pid: int
+    uid: int
+    gid: int
+
+    def describe(self, via: str) -> dict[str, Any]:
+        """The requester as a maintenance record names it."""
+        try:
+            user: str | None = pwd.getpwuid(self.uid).pw_name
+        except KeyError:  # a uid without a passwd entry (e.g. a dynamic user)
+            user = None
+        return {"uid": self.uid, "user": user, "gid": self.gid, "pid": self.pid, "via": via}
+
+    @classmethod
+    def this_process(cls) -> Peer:
+        return cls(os.getpid(), os.getuid(), os.getgid())
+
+
+class Refused(Exception):
+    """An operation the agent declines; the message goes back to the client as is."""
+
+
+class ControlError(Exception):
+    """The client could not get an answer from the agent (the message says why)."""
+
+
+Handler = Callable[[Mapping[str, Any], Peer], Awaitable[dict[str, Any]]]
+
+
+def _peer(sock: socket.socket) -> Peer:
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", raw)
+    return Peer(pid, uid, gid)
+
+
+def _claim_path(path: Path) -> None:
+    """Make `path` free for our socket: remove a stale socket, refuse anything else."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise OSError(f"{path} exists and is not a socket; move it away or set control.socket")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(str(path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            path.unlink(missing_ok=True)  # left behind by an agent that died
+            return
+        except OSError as exc:
+            raise OSError(f"{path} exists and cannot be checked: {exc.strerror or exc}") from exc
+    raise OSError(f"another process already listens on {path}")
+
+
+def _give_to_group(path: Path, group: str | None) -> None:
+    os.chmod(path, SOCKET_MODE)
+    if group is None:
+        return
+    try:
+        gid = grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise OSError(f"group {group!r} (control.group) does not exist") from None
+    if path.stat().st_gid == gid:
+        return
+    try:
+        os.chown(path, -1, gid)
+    except PermissionError:
+        raise OSError(
+            f"cannot give {path} to group {group!r}: the agent must be a member and may call "
+            f"chown (systemd: SupplementaryGroups={group} and SystemCallFilter=@chown, as "
+            "`edge-agent systemd-dropin` writes)"
+        ) from None
+
+
+class ControlServer:
+    """Serves the control socket while entered.
+
+    Args:
+        path: socket path (its directory is created if missing).
+        group: group allowed to use the socket besides the agent's user.
+        identity: returns the agent's identity, sent with every answer.
+        handlers: operation name -> coroutine taking (args, peer), returning the result.
+        request_timeout_s: a client must send its request line within this time.
+
+    Attributes:
+        error: why the socket is not served, when it is not (the agent runs on).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        group: str | None,
+        identity: Callable[[], dict[str, Any]],
+        handlers: Mapping[str, Handler],
+        request_timeout_s: float = REQUEST_TIMEOUT_S,
+    ) -> None:
+        self.path = path
+        self._timeout_s = request_timeout_s
+        self._group = group
+        self._identity = identity
+        self._handlers = dict(handlers)
+        self._server: asyncio.Server | None = None
+        self._inode: int | None = None
+        self._active = 0
+        self.error: str | None = None
+
+    async def __aenter__(self) -> ControlServer:
+        try:
+            await asyncio.to_thread(_claim_path, self.path)
+            self._server = await asyncio.start_unix_server(
+                self._serve, str(self.path), limit=MAX_REQUEST_BYTES
+            )
+            self._inode = self.path.stat().st_ino
+            await asyncio.to_thread(_give_to_group, self.path, self._group)
+        except OSError as exc:
+            self.error = f"control socket {self.path} not served: {exc.strerror or exc}"
+            log.error("%s; maintenance cannot reach the running agent", self.error)
+            await self._close()
+            return self
+        log.info("control socket on %s (mode 0%o)", self.path, SOCKET_MODE)
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self._close()
+
+    async def _close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        with contextlib.suppress(OSError):
+            if self._inode is not None and self.path.stat().st_ino == self._inode:
+                self.path.unlink()  # ours, not a successor's
+        self._inode = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._active += 1
+        try:
+            if self._active > MAX_CONNECTIONS:
+                answer = self._answer(error="busy: too many control connections; retry")
+            else:
+                answer = await self._request(reader, _peer(writer.get_extra_info("socket")))
+            writer.write(json.dumps(answer).encode() + b"\n")
+            await asyncio.wait_for(writer.drain(), self._timeout_s)
+        except (OSError, TimeoutError):
+            pass  # the client went away; nothing was changed on its behalf that it lacks
+        finally:
+            self._active -= 1
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    def _answer(self, *, error: str | None = None, result: Any = None) -> dict[str, Any]:
+        if error is not None:
+            return {"ok": False, "agent": self._identity(), "error": error}
+        return {"ok": True, "agent": self._identity(), "result": result}
+
+    async def _request(self, reader: asyncio.StreamReader, peer: Peer) -> dict[str, Any]:
+        try:
+            line = await asyncio.wait_for(reader.readline(), self._timeout_s)
+        except ValueError:  # the stream's limit: a line longer than MAX_REQUEST_BYTES
+            return self._answer(error=f"request larger than {MAX_REQUEST_BYTES} bytes")
+        except TimeoutError:
+            return self._answer(error=f"no complete request line within {self._timeout_s} s")
+        try:
+            request = json.loads(line)
+        except (ValueError, RecursionError):
+            return self._answer(error="the request is not one JSON object on one line")
+        if not isinstance(request, dict) or not isinstance(request.get("args", {}), dict):
+            return self._answer(error='expected {"op": "...", "args": {...}}')
+        op = request.get("op")
+        handler = self._handlers.get(op) if isinstance(op, str) else None
+        if handler is None:
+            return self._answer(
+                error=f"unknown operation {op!r}; known: {', '.join(sorted(self._handlers))}"
+            )
+        try:
+            return self._answer(result=await handler(request.get("args", {}), peer))
+        except Refused as exc:
+            return self._answer(error=str(exc))
+        except Exception:  # a bug must not take the agent down nor leave the client hanging
+            log.exception("control operation %r failed", op)
+            return self._answer(error=f"internal error in {op!r}; see the agent's log")
+
+
+def call(path: Path, op: str, args: Mapping[str, Any], *, timeout_s: float = 15.0) -> Any:
+    """Send one operation to the agent on `path`; returns the whole answer.
+
+    Raises:
+        ControlError: no agent answered (the message says why and what to do).
+    """
+    request = json.dumps({"op": op, "args": dict(args)}).encode() + b"\n"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout_s)
+        try:
+            sock.connect(str(path))
+            sock.sendall(request)
+            data = b""
+            while not data.endswith(b"\n") and len(data) <= MAX_ANSWER_BYTES:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        except FileNotFoundError:
+            raise ControlError(f"no control socket at {path}") from None
+        except PermissionError:
+            raise ControlError(
+                f"permission denied on {path}: run as root, or as a member of the group "
+                "named by control.group"
+            ) from None
+        except ConnectionRefusedError:
+            raise ControlError(f"nothing listens on {path} (a stale socket)") from None
+        except TimeoutError:
+            raise ControlError(f"no answer on {path} within {timeout_s:.0f} s") from None
+        except OSError as exc:
+            raise ControlError(f"cannot use {path}: {exc.strerror or exc}") from None
+    try:
+        answer = json.loads(data)
+    except (ValueError, RecursionError):
+        answer = None
+    if not isinstance(answer, dict) or "ok" not in answer:
+        raise ControlError(f"the process on {path} did not answer as an edge-agent")
+    return answer

@@ -1,0 +1,69 @@
+"""Which agent is this: gateway id and store identity, so a client can tell it reached ours.
+
+A port or socket path can be held by another process (another agent, another user's
+program). The agent reports its identity with every answer; operator commands compare it
+with their own configuration and refuse to trust an answer from anyone else.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from agent.config import Config
+
+
+def open_store_ro(path: Path) -> sqlite3.Connection:
+    """The store, read-only (WAL lets it be read while the agent writes)."""
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+
+
+def store_created_at(path: Path) -> str:
+    """The store's creation stamp (set once, when the file is created).
+
+    Raises:
+        OSError, sqlite3.Error: the file cannot be read.
+    """
+    with open_store_ro(path) as conn:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'created_at'").fetchone()
+    if row is None:
+        raise sqlite3.DatabaseError(f"{path} has no creation stamp: not an edge-agent store")
+    return str(row[0])
+
+
+def agent_identity(config: Config, created_at: str | None) -> dict[str, Any]:
+    """What the running agent reports about itself."""
+    return {
+        "gateway": config.gateway.id,
+        "store": os.path.abspath(config.store.path),
+        "store_created_at": created_at,
+    }
+
+
+def mismatch(config: Config, reported: object) -> str | None:
+    """Why `reported` is not this configuration's agent, or None when it is.
+
+    The store's creation stamp is compared when this process can read the store (an
+    operator without read access to the state directory is checked on gateway and path).
+    """
+    if not isinstance(reported, Mapping):
+        return "the answer carries no agent identity: it is not an edge-agent"
+    gateway, store = reported.get("gateway"), reported.get("store")
+    if gateway != config.gateway.id:
+        return f"it is the agent of gateway {gateway!r}, not {config.gateway.id!r}"
+    ours = os.path.abspath(config.store.path)
+    if store != ours:
+        return f"it runs on store {store}, not {ours}"
+    try:
+        created = store_created_at(config.store.path)
+    except (OSError, sqlite3.Error):
+        return None  # unreadable here: gateway and path matched
+    if reported.get("store_created_at") != created:
+        return (
+            f"its store was created at {reported.get('store_created_at')}, but {ours} was "
+            f"created at {created}: another file at the same path"
+        )
+    return None

@@ -1,0 +1,159 @@
+"""The control socket: who may change the agent, who asked, and bad requests answered in a line."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import json
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.control import MAX_REQUEST_BYTES, ControlServer, Peer, call
+
+IDENTITY = {"gateway": "gw-t", "store": "/x/o.db", "store_created_at": "2026-01-01T00:00:00.000Z"}
+OUTSIDER = 61_234  # a uid in systemd's dynamic range, in no group
+SYSTEM_PYTHON = "/usr/bin/python3"  # an unprivileged uid can run it (this machine's is in /root)
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory every uid may enter (pytest's tmp_path is private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="edge-ctl-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+async def _echo(args: Mapping[str, Any], peer: Peer) -> dict[str, Any]:
+    return {"args": dict(args), "peer": peer.describe("control socket")}
+
+
+@contextlib.asynccontextmanager
+async def served(path: Path, group: str | None = None) -> AsyncIterator[ControlServer]:
+    async with ControlServer(
+        path, group=group, identity=lambda: IDENTITY, handlers={"echo": _echo}
+    ) as server:
+        assert server.error is None, server.error
+        yield server
+
+
+def _raw(path: Path, data: bytes) -> dict[str, Any]:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(str(path))
+        s.sendall(data)
+        answer = b""
+        while not answer.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    return dict(json.loads(answer))
+
+
+async def test_socket_is_0660_for_the_configured_group(tmp_path: Path) -> None:
+    group = grp.getgrnam("daemon")
+    async with served(tmp_path / "c.sock", group="daemon") as server:
+        st = server.path.stat()
+        assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o660
+        assert st.st_gid == group.gr_gid
+    assert not (tmp_path / "c.sock").exists()  # removed at exit
+
+
+async def test_the_kernel_names_the_requester(tmp_path: Path) -> None:
+    async with served(tmp_path / "c.sock"):
+        answer = await asyncio.to_thread(call, tmp_path / "c.sock", "echo", {"asset": "p"})
+    assert answer["ok"] and answer["agent"] == IDENTITY
+    peer = answer["result"]["peer"]
+    assert (peer["uid"], peer["pid"], peer["user"]) == (os.getuid(), os.getpid(), "root")
+
+
+def _connect_as(path: Path, groups: str | None) -> subprocess.CompletedProcess[str]:
+    script = (
+        "import socket,sys\n"
+        "s=socket.socket(socket.AF_UNIX)\n"
+        "try:\n s.connect(sys.argv[1])\nexcept PermissionError:\n print('EACCES'); sys.exit()\n"
+        's.sendall(b\'{"op": "echo", "args": {}}\\n\'); print(s.recv(4096).decode())\n'
+    )
+    who = ["--groups", groups] if groups else ["--clear-groups"]
+    as_outsider = ["setpriv", f"--reuid={OUTSIDER}", f"--regid={OUTSIDER}", *who]
+    return subprocess.run(
+        [*as_outsider, SYSTEM_PYTHON, "-c", script, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("setpriv") or not os.path.exists(SYSTEM_PYTHON),
+    reason="needs root, setpriv and /usr/bin/python3 to act as another user",
+)
+async def test_other_users_cannot_connect_group_members_can(open_dir: Path) -> None:
+    path = open_dir / "c.sock"
+    async with served(path, group="daemon"):
+        outsider = await asyncio.to_thread(_connect_as, path, None)
+        member = await asyncio.to_thread(_connect_as, path, str(grp.getgrnam("daemon").gr_gid))
+    assert outsider.stdout.strip() == "EACCES", outsider
+    answer = json.loads(member.stdout)
+    assert answer["ok"] and answer["result"]["peer"]["uid"] == OUTSIDER
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "error"),
+    [
+        (b"[" * 60_000 + b"]" * 60_000 + b"\n", "request larger than"),
+        (b"[" * 30_000 + b"]" * 30_000 + b"\n", "not one JSON object"),  # RecursionError
+        (b"x" * (MAX_REQUEST_BYTES + 10) + b"\n", "request larger than"),
+        (b"asset=press-7\n", "not one JSON object"),
+        (b'["echo"]\n', 'expected {"op"'),
+        (b'{"op": "echo", "args": "press-7"}\n', 'expected {"op"'),
+        (b'{"op": "reset-everything"}\n', "unknown operation 'reset-everything'; known: echo"),
+        (b'{"op": 7}\n', "unknown operation 7"),
+    ],
+)
+async def test_bad_requests_get_a_one_line_error(
+    tmp_path: Path, request_bytes: bytes, error: str
+) -> None:
+    path = tmp_path / "c.sock"
+    async with served(path):
+        answer = await asyncio.to_thread(_raw, path, request_bytes)
+        again = await asyncio.to_thread(call, path, "echo", {})  # the server lives on
+    assert answer["ok"] is False and error in answer["error"], answer
+    assert "\n" not in answer["error"] and "Traceback" not in answer["error"]
+    assert again["ok"]
+
+
+async def test_a_silent_client_is_answered_and_dropped(tmp_path: Path) -> None:
+    path = tmp_path / "c.sock"
+    async with ControlServer(path, group=None, identity=dict, handlers={}, request_timeout_s=0.3):
+        reader, writer = await asyncio.open_unix_connection(str(path))
+        async with asyncio.timeout(10):
+            line = await reader.readline()
+        writer.close()
+    assert "no complete request line" in json.loads(line)["error"]
+
+
+async def test_stale_socket_is_replaced_a_live_one_is_not(tmp_path: Path) -> None:
+    path = tmp_path / "c.sock"
+    with socket.socket(socket.AF_UNIX) as stale:
+        stale.bind(str(path))  # bound, never listening: left behind by a dead agent
+    async with served(path):
+        assert (await asyncio.to_thread(call, path, "echo", {}))["ok"]
+        async with ControlServer(path, group=None, identity=dict, handlers={}) as second:
+            assert second.error and "another process already listens" in second.error
+        assert (await asyncio.to_thread(call, path, "echo", {}))["ok"]  # first one intact
+    path.write_text("not a socket")
+    async with ControlServer(path, group=None, identity=dict, handlers={}) as third:
+        assert third.error and "is not a socket" in third.error
+    assert path.read_text() == "not a socket"

@@ -1,0 +1,85 @@
+"""`edge-agent systemd-dropin`: the service may reach exactly what the configuration names."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from agent.config import load_config
+from agent.unitgen import DropinError, dropin
+
+REPO = Path(__file__).resolve().parents[2]
+UNIT = REPO / "systemd" / "edge-agent.service"
+
+CONFIG = """\
+gateway: {{id: gw-u}}
+assets:
+  - id: a1
+    machine: {{standard: iso10816-3, group: 2, foundation: rigid, rpm: 1480}}
+sensors:
+  - {{id: s1, asset: a1, modbus: {{host: 10.0.0.21}}}}
+  - {{id: s2, asset: a1, modbus: {{host: 10.0.0.21, device_id: 2}}}}
+  - {{id: s3, asset: a1, modbus: {{host: 127.0.0.1, port: 5020}}}}
+  - {{id: s4, asset: a1, modbus: {{host: "{sensor_name}"}}}}
+uplinks:
+  - http: {{url: "https://u:pw@{uplink}/v1/alerts", token_file: token}}
+store: {{path: /var/lib/edge-agent/outbox.db}}
+{extra}
+"""
+
+
+def write(tmp_path: Path, *, sensor_name: str = "localhost", uplink: str = "192.0.2.7",
+          extra: str = "") -> Path:  # fmt: skip
+    (tmp_path / "token").write_text("t0k\n")
+    path = tmp_path / "c.yaml"
+    path.write_text(CONFIG.format(sensor_name=sensor_name, uplink=uplink, extra=extra))
+    return path
+
+
+def test_allow_list_names_each_address_once(tmp_path: Path) -> None:
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("search plant.local\nnameserver 10.0.0.2\nnameserver 127.0.0.53\n")
+    text = dropin(load_config(write(tmp_path)), base=tmp_path, resolv=resolv)
+    allowed = re.findall(r"^IPAddressAllow=(.*)$", text, re.M)
+    # 10.0.0.21 once for two sensors; loopback is in the unit already; a host name brings
+    # the DNS server (not the local stub resolver, which is loopback).
+    assert allowed == ["10.0.0.21", "192.0.2.7", "10.0.0.2"]
+    assert f"LoadCredential=token:{tmp_path / 'token'}" in text
+    assert "u:pw" not in text and "SupplementaryGroups" not in text
+    assert text.splitlines()[2] == "[Service]"
+
+
+def test_an_unresolvable_host_writes_nothing(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, sensor_name="sensor-7.invalid"))
+    with pytest.raises(DropinError, match=r"cannot resolve sensor-7\.invalid"):
+        dropin(config, base=tmp_path)
+
+
+def test_exposed_health_resets_the_deny_list(tmp_path: Path) -> None:
+    extra = "health: {host: 0.0.0.0, expose: true}"
+    text = dropin(load_config(write(tmp_path, extra=extra)), base=tmp_path)
+    assert "IPAddressDeny=\n" in text and "IPAddressAllow" not in text
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not here")
+def test_unit_with_a_control_group_stays_at_most_1_5(tmp_path: Path) -> None:
+    """The worst case: an operators' group (one more group, and chown allowed back)."""
+    text = dropin(load_config(write(tmp_path, extra="control: {group: daemon}")), base=tmp_path)
+    assert "SupplementaryGroups=daemon\nSystemCallFilter=@chown" in text
+    merged = tmp_path / "edge-agent.service"
+    # The drop-in's [Service] lines, where systemd would merge them (not under [Install]).
+    body = text.replace("[Service]\n", "", 1)
+    merged.write_text(UNIT.read_text().replace("\n[Install]", f"\n{body}\n[Install]"))
+    out = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", str(merged)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert "Unknown key" not in out.stderr, out.stderr
+    level = float(re.search(r"Overall exposure level for \S+: ([0-9.]+)", out.stdout).group(1))
+    assert level <= 1.5, out.stdout

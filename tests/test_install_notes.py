@@ -1,0 +1,50 @@
+"""systemd/README.md's install commands, run in a throwaway root (tools/check_install_notes.py).
+
+systemd does not run here: the tool plays its part (a dynamic uid without groups, the
+credentials directory, the state and runtime directories, LimitNOFILE, a notify socket)
+and checks what the notes produced. CI also runs the tool with the notes' own venv and pip
+install; here it reuses this checkout's virtualenv to stay fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.network]
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("setpriv") or not shutil.which("unshare"),
+    reason="installing as the notes do needs root, and setpriv/unshare to act as the service",
+)
+def test_the_install_notes_produce_a_running_hardened_service() -> None:
+    proc = subprocess.run(
+        [sys.executable, "tools/check_install_notes.py", "--venv", sys.prefix, "--json"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    report = json.loads(proc.stdout)
+    assert proc.returncode == 0 and report["failures"] == [], proc.stdout[-4000:] + proc.stderr
+    # What was left out needs a running systemd (or is the venv this test reuses).
+    assert all(
+        cmd.startswith(("cd ", "python3 -m venv", "/opt/edge-agent/bin/pip", "systemctl"))
+        for cmd in report["skipped"]
+    ), report["skipped"]
+    assert report["modes"]["config"] == "0644 0:0"  # readable by the dynamic user
+    assert report["check_as_service_user"] == [0, ""]
+    assert report["service"]["notify"][:2] == ["READY=1", "WATCHDOG=1"]
+    assert "IPAddressAllow=10.0.0.21" in report["dropin"]
+    assert "LoadCredential=portfolio-token:" in report["dropin"]
+    if shutil.which("systemd-analyze"):
+        assert report["exposure"] <= 1.5

@@ -16,6 +16,8 @@ from typing import Any, Self
 
 import aiohttp
 
+from agent.control import Peer
+from agent.maintenance import MaintenanceRequest
 from agent.records import parse_ts
 from agent.runtime import Agent
 from agent.store import StoreError
@@ -142,7 +144,9 @@ class Crew:
         self._replace()
         self._say(f"technician replaces the bearing of {asset} and records the repair")
         try:
-            await self._agent.maintenance(asset, REPAIR_NOTE)
+            await self._agent.maintenance(
+                MaintenanceRequest(asset, REPAIR_NOTE), Peer.this_process().describe("demo")
+            )
         except StoreError as exc:
             self._say(f"the repair of {asset} is not recorded yet: {exc}")
 

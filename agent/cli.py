@@ -110,7 +110,7 @@ def _cmd_maintenance(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return EXIT_CONFIG
-    request = MaintenanceRequest(asset=args.asset, note=args.note)
+    request = MaintenanceRequest(asset=args.asset, note=args.note, replaced=args.replaced)
     return record_maintenance(config, request, sys.stdout, sys.stderr, as_json=args.json)
 
 
@@ -209,6 +209,17 @@ def _add_maintenance(sub: argparse._SubParsersAction[_Parser]) -> None:
     _with_json(p)
     p.add_argument("--asset", required=True, help="asset id from the configuration")
     p.add_argument("--note", default="", help="what was done (work order, part replaced)")
+    p.add_argument(
+        "--replaced",
+        nargs="?",
+        const="failed",
+        choices=("failed", "healthy"),
+        help="the part was replaced: its completed life joins the fleet history of the "
+        "asset's reliability.class and sharpens later priors of that class. 'failed' "
+        "(the default: a run to failure, or replaced for its degradation) counts as a "
+        "completed life; 'healthy' (replaced while sound) as a life that lasted at least "
+        "that long",
+    )
     p.set_defaults(func=_cmd_maintenance)
 
 

@@ -74,11 +74,21 @@ class _SnapshotCollector:
             "Active alert level (0 none)",
             labels=["asset", "sensor", "channel"],
         )
+        flaps = CounterMetricFamily(
+            "edge_alert_flaps",
+            "Returns above an alert's limit within its clear hold (one episode, not a new raise)",
+            labels=["asset", "sensor", "channel", "kind"],
+        )
         for c in snap.get("channels", []):
-            zone.add_metric([c["asset"], c["sensor"], c["channel"], c["zone"]], c["value"])
-            level.add_metric([c["asset"], c["sensor"], c["channel"]], c["active_level"])
+            where = [c["asset"], c["sensor"], c["channel"]]
+            # zone None: the waveform does not resolve the velocity band (no ISO zone)
+            zone.add_metric([*where, c["zone"] or "unresolved"], c["value"])
+            level.add_metric(where, c["active_level"])
+            for kind, n in c.get("flaps", {}).items():
+                flaps.add_metric([*where, kind], float(n))
         yield zone
         yield level
+        yield flaps
         store = snap.get("store", {})
         yield from _scalars(
             store,

@@ -1,7 +1,9 @@
 """`edge-agent status` and `edge-agent alerts`: look at a (possibly running) agent.
 
 `status` asks the running agent's /healthz and checks that the answer comes from the agent
-of this configuration (gateway id and store identity): a port can be held by anyone.
+of this configuration (gateway id and store identity): a port can be held by anyone. It
+also shows the fleet history of completed lives per asset class (from the store) and the
+life prior each asset gets from it.
 `alerts` reads the store file read-only (WAL lets it read while the agent writes).
 """
 
@@ -12,6 +14,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any, TextIO
 
+from agent.analysis.lifetime import AssetLives
+from agent.analysis.reliability import FleetLife
 from agent.config import Config
 from agent.identity import mismatch, open_store_ro
 from agent.reach import Unreachable, get_json, health_url
@@ -40,6 +44,64 @@ def store_summary(path: Path) -> dict[str, Any]:
         "last_seq": last_seq,
         "oldest_pending_created_at": oldest,
     }
+
+
+def fleet_history(path: Path) -> dict[str, list[FleetLife]]:
+    """Completed lives by class from the store (empty for a store from before fleet lives)."""
+    out: dict[str, list[FleetLife]] = {}
+    with open_store_ro(path) as conn:
+        try:
+            rows = conn.execute(
+                "SELECT class, life_hours, failed, asset, ended_at FROM fleet_lives ORDER BY id"
+            ).fetchall()
+        except sqlite3.OperationalError:  # no such table: nothing recorded yet
+            return out
+    for cls, hours, failed, asset, ended_at in rows:
+        out.setdefault(cls, []).append(FleetLife(float(hours), bool(failed), asset, ended_at))
+    return out
+
+
+def reliability_summary(config: Config, fleet: dict[str, list[FleetLife]]) -> dict[str, Any]:
+    """Per class: the fleet's completed lives; per asset: the life prior they give."""
+    lives = AssetLives(config.assets, {}, fleet)
+    classes: dict[str, Any] = {}
+    for cls, items in sorted(fleet.items()):
+        classes[cls] = {
+            "failed_lives_hours": [round(x.hours, 3) for x in items if x.failed],
+            "replaced_healthy_hours": [round(x.hours, 3) for x in items if not x.failed],
+            "last_recorded": max(x.ended_at for x in items),
+        }
+    assets = {}
+    for a in config.assets:
+        prior = lives.prior(a)
+        assets[a.id] = {
+            "class": lives.class_of(a),
+            "prior": None if prior is None else prior.source,
+            "median_life_hours": None if prior is None else round(prior.median_life_hours, 1),
+        }
+    return {"classes": classes, "assets": assets}
+
+
+def _fleet(config: Config) -> dict[str, Any]:
+    path = config.store.path
+    try:
+        history = fleet_history(path) if path.exists() else {}
+    except (sqlite3.Error, OSError):
+        history = {}  # _store() reports an unreadable store
+    return reliability_summary(config, history)
+
+
+def _fleet_words(fleet: dict[str, Any]) -> str:
+    parts = [
+        f"{cls} {len(c['failed_lives_hours'])} lives"
+        + (
+            f" (+{len(c['replaced_healthy_hours'])} replaced healthy)"
+            if c["replaced_healthy_hours"]
+            else ""
+        )
+        for cls, c in fleet["classes"].items()
+    ]
+    return f"; fleet history: {', '.join(parts)}" if parts else ""
 
 
 def _agent(config: Config) -> dict[str, Any]:
@@ -114,11 +176,13 @@ def status(config: Config, out: TextIO, *, as_json: bool = False) -> int:
     except Unreachable as exc:
         problem = str(exc)
     store = _store(config)
+    fleet = _fleet(config)
     if as_json:
-        report = {"gateway": config.gateway.id, "agent": agent or problem, "store": store}
+        report = {"gateway": config.gateway.id, "agent": agent or problem, "store": store,
+                  "fleet": fleet}  # fmt: skip
         print(json.dumps(report, indent=2), file=out)
     else:
-        print(_line(config, agent, problem, store), file=out)
+        print(_line(config, agent, problem, store) + _fleet_words(fleet), file=out)
     return EXIT_OK if agent is not None else EXIT_UNREACHABLE
 
 

@@ -27,6 +27,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 MAX_NOTE_CHARS = 1000
 OP = "maintenance"
+REPLACED = (None, "failed", "healthy")
 
 Requester = dict[str, Any]
 
@@ -37,6 +38,10 @@ class MaintenanceRequest:
 
     asset: str
     note: str = ""
+    # The part was replaced: "failed" (a run to failure, or replaced for its degradation) or
+    # "healthy" (replaced while sound); its completed life joins the fleet history of the
+    # asset's reliability class (agent.analysis.lifetime). None: no replacement.
+    replaced: str | None = None
 
     @classmethod
     def from_args(cls, args: Mapping[str, Any]) -> MaintenanceRequest:
@@ -46,15 +51,18 @@ class MaintenanceRequest:
             Refused: a field is missing or has the wrong type.
         """
         asset, note = args.get("asset"), args.get("note", "")
+        replaced = args.get("replaced")
         if not isinstance(asset, str) or not isinstance(note, str):
             raise Refused('expected {"asset": "<id>", "note": "<text>"}')
-        return cls(asset, note[:MAX_NOTE_CHARS])
+        if replaced not in REPLACED:
+            raise Refused("replaced must be null, 'failed' or 'healthy'")
+        return cls(asset, note[:MAX_NOTE_CHARS], replaced)
 
 
 def stamp_requester(update: Update, requester: Requester) -> Update:
     """The update with `requested_by` in each record's evidence."""
     drafts = [replace(d, evidence={**d.evidence, "requested_by": requester}) for d in update.drafts]
-    return Update(drafts, update.state)
+    return replace(update, drafts=drafts)
 
 
 Maintain = Callable[[MaintenanceRequest, Requester], Awaitable[list[dict[str, Any]]]]
@@ -82,10 +90,13 @@ async def _offline(config: Config, request: MaintenanceRequest) -> list[dict[str
         config.store.path, gateway_id=config.gateway.id, max_bytes=config.store.max_bytes
     )
     async with outbox:
-        monitor = Monitor(config, state=await outbox.load_state())
-        update = monitor.maintenance(request.asset, utc_now(), request.note)
+        state, fleet = await outbox.load_state(), await outbox.fleet_lives()
+        monitor = Monitor(config, state=state, fleet=fleet)
+        update = monitor.maintenance(
+            request.asset, utc_now(), request.note, replaced=request.replaced
+        )
         update = stamp_requester(update, Peer.this_process().describe("store (agent stopped)"))
-        return await outbox.append(update.drafts, update.state)
+        return await outbox.append(update.drafts, update.state, update.lives)
 
 
 def _online(config: Config, request: MaintenanceRequest) -> list[dict[str, Any]]:

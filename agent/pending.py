@@ -104,7 +104,7 @@ class PendingWrites:
         while self._held:
             update = self._held.popleft()  # popped first: a write cut off still commits once
             try:
-                records = await self._outbox.append(update.drafts, update.state)
+                records = await self._outbox.append(update.drafts, update.state, update.lives)
             except (ValueError, TypeError) as exc:
                 # A draft the store cannot serialise (a bug upstream): drop it loudly rather
                 # than stop every other alert behind it.

@@ -141,7 +141,8 @@ class Agent:
         """Open the store, then the local endpoints (each one failing alone)."""
         await stack.enter_async_context(self.outbox)
         state = await self.outbox.load_state()
-        self.monitor = Monitor(self.config, state=state)
+        fleet = await self.outbox.fleet_lives()
+        self.monitor = Monitor(self.config, state=state, fleet=fleet)
         self.faults = SensorFaultTracker(
             self.config, state=state, breaker_failures=BREAKER_FAILURES
         )
@@ -248,7 +249,9 @@ class Agent:
         """Record a repair on an asset: reset its baselines and trends, store the event.
 
         It goes through the same ordered queue as every alert, so no older held update can
-        overwrite the reset. The record names who asked (`evidence.requested_by`).
+        overwrite the reset. The record names who asked (`evidence.requested_by`). A
+        replacement (request.replaced) stores the part's completed life in the fleet history
+        of its class, in the same transaction.
 
         Raises:
             KeyError: unknown asset.
@@ -258,7 +261,9 @@ class Agent:
         assert self.monitor is not None
         if self._stopping:
             raise StoreError("the agent is stopping; record the event after it restarts")
-        update = self.monitor.maintenance(request.asset, utc_now(), request.note)
+        update = self.monitor.maintenance(
+            request.asset, utc_now(), request.note, replaced=request.replaced
+        )
         records = await self.pending.write(maint.stamp_requester(update, requested_by), now=True)
         if records is None:
             raise StoreError("the store is unwritable now; the event is held and retried")
@@ -315,6 +320,7 @@ class Agent:
                 "value": v.value,
                 "zone": v.zone,
                 "active_level": v.active_level,
+                "flaps": {"severity": v.flaps[0], "trend": v.flaps[1]},
             }
             for v in (self.monitor.views() if self.monitor else [])
         ]

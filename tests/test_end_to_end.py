@@ -321,6 +321,7 @@ async def test_maintenance_while_running_and_while_stopped(
             "press-7",
             "--note",
             "DE bearing",
+            "--replaced",
         )
         online = json.loads(out)
         await wait_for(url, lambda a: any(x["kind"] == "maintenance" for x in a), timeout_s=20)
@@ -330,6 +331,9 @@ async def test_maintenance_while_running_and_while_stopped(
     jsonschema.validate(online, SCHEMA)
     assert (online["kind"], online["asset"]["id"]) == ("maintenance", "press-7")
     assert "DE bearing" in json.dumps(online["evidence"])
+    # The replacement reached the running agent; no age is configured, so no life is kept.
+    assert online["evidence"]["replacement"]["replaced"] == "failed"
+    assert "life_not_recorded" in online["evidence"]["replacement"]
 
     # Stopped agent: the event goes straight into the store and is delivered on next start.
     out = await asyncio.to_thread(cli, "maintenance", "--json", "-c", str(cfg), "--asset", "fan-3")

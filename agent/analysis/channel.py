@@ -16,7 +16,8 @@ from datetime import datetime
 from agent.analysis.health_index import HealthIndex, HealthIndexTuning
 from agent.analysis.lifecycle import LifecycleState
 from agent.analysis.severity import ZoneTable, iso_alarm_level
-from agent.analysis.trend import NoEstimate, Trend, TrendEstimate
+from agent.analysis.trend import NoEstimate, Trend
+from agent.analysis.ttf import Estimate
 from agent.config import Asset
 from agent.records import SensorRef
 
@@ -32,11 +33,12 @@ class ChannelView:
     channel: str
     at: datetime
     value: float
-    zone: str
+    zone: str | None  # None: the velocity band is not resolved (no ISO zone)
     active_level: int
     health_index: float | None = None
     trend_level: int = 0
-    estimate: TrendEstimate | NoEstimate | None = None
+    estimate: Estimate | NoEstimate | None = None
+    flaps: tuple[int, int] = (0, 0)  # (severity, trend) returns within the clear hold
 
 
 @dataclass(slots=True)
@@ -51,11 +53,14 @@ class Channel:
     hi: HealthIndex
     history: Trend
     onset_s: float | None = None
-    estimate: TrendEstimate | NoEstimate | None = None
+    estimate: Estimate | NoEstimate | None = None
     estimate_bin: int | None = None
     persisted_s: float = -math.inf
     view: ChannelView | None = None
     cause: str = "health_index"  # what raised the trend alert: health_index or velocity
+    # Periods of the velocity band's low edge in the last waveform, when too few for ISO
+    # severity (None: the velocity RMS was a measurement).
+    velocity_periods: float | None = None
 
     def iso_alarm(self) -> float | None:
         """ISO 20816-1 velocity alarm from the learned baseline, None while learning."""
@@ -79,7 +84,8 @@ def state_key(asset_id: str, sensor_id: str, channel: str, kind: str) -> str:
 
 def snap(s: LifecycleState) -> tuple[object, ...]:
     """The fields of a lifecycle state that decide whether it must be persisted."""
-    return (s.active, s.streak_level, s.streak, s.clear_streak, s.raised_at, s.cleared_at_s)
+    return (s.active, s.streak_level, s.streak, s.clear_streak, s.raised_at, s.cleared_at_s,
+            s.below_since_s, s.flaps)  # fmt: skip
 
 
 def load_channel(

@@ -1,19 +1,23 @@
-"""Bayesian exponential degradation (Gebraeel-style) from a degradation onset.
+"""The degradation trend as evidence about the remaining time R (Gebraeel-style exponential).
 
-After onset the failure metric m is modelled as ln m(t) = a + b (t - t_onset) + e: the
-damage grows geometrically at rate b (ln units per second). b has a log-normal prior (from
-the asset's configuration, or learned from run-to-failure bearings in the benchmark); a is
-left free. The posterior of b is evaluated on a grid (exact for this one-parameter model,
-a few hundred numpy operations), and each b gives a remaining time
-(ln threshold - level now) / b. The reported time is a low posterior quantile (default
-0.25) because a late warning costs a failure while an early one costs a planned stop; the
-bounds are the 2.5 % and 97.5 % quantiles (a 95 % interval).
+After a degradation onset the failure metric m is modelled as ln m(t) = l + (Y - l) (t - now)
+/ R + e, with Y = ln(threshold): a straight line in ln m that is at level l now and reaches
+the threshold R seconds from now (a geometric growth at rate (Y - l) / R). For each R the
+level l is integrated out (flat prior; closed form from a handful of sums), and so is the
+noise level (Jeffreys prior), which leaves the marginal likelihood of R:
+    ln L(R) = -w ((n - 1) / 2) ln ssr(R) - (w / 2) ln sum_i g_i(R)^2,
+with g_i = 1 - (t_i - now) / R. As R grows the line flattens and L(R) tends to the
+likelihood of "no trend": a flat history says little about R, and a prior on R (the asset
+class's life, or the growth-rate prior below) carries the estimate; a clean steep rise
+makes L sharp and the data carry it (agent.analysis.ttf combines them).
 
 Successive bins of a vibration metric are often strongly autocorrelated, so the likelihood is
-down-weighted: by the AR(1) effective-sample fraction of the residuals, (1 - r1)/(1 + r1),
-but never below likelihood_weight (chosen leave-one-bearing-out in benchmarks/analytics).
-Without it the posterior would trust a few flat minutes far too much; with only the fixed
-weight it would ignore a clean, fast trend.
+tempered by w: the AR(1) effective-sample fraction of the best fit's residuals, (1 - r1) /
+(1 + r1), but never below likelihood_weight. Without it the posterior would trust a few flat
+minutes far too much; with only the fixed weight it would ignore a clean, fast trend.
+
+Without a life prior the growth rate has a log-normal prior (configured per asset, or "reach
+the threshold in one planning horizon", vague), which is a log-normal prior on R.
 """
 
 from __future__ import annotations
@@ -23,28 +27,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agent.analysis.trend import NoEstimate, TrendEstimate
+from agent.analysis.trend import NoEstimate
 
 __all__ = [
-    "MODEL_NAME",
     "DegradationPrior",
-    "PosteriorTuning",
+    "TrendEvidence",
     "asset_prior",
-    "bayes_exponential",
+    "trend_evidence",
 ]
 
-MODEL_NAME = "bayes-exponential"
 _DAY_S = 86400.0
-_HOUR_S = 3600.0
-_GRID = np.linspace(-4.0, 4.0, 161)  # the grid's extent and size, in prior standard deviations
 _MIN_VAR = 1e-4  # floor of the residual variance (ln units^2)
-# No estimate while the bounds span more than this ratio: such a number says nothing a
-# maintenance planner can use, and a point inside it is mostly the prior.
-MAX_BOUND_RATIO = 100.0
-_MIN_LOWER_H = 1.0 / 60.0  # a lower bound under a minute counts as one minute
-_MAX_LN_LEVEL = 700.0  # exp() of more overflows a float
-_FINE = 41  # points of the fine pass over the posterior's mass
-_MIX_OFFSETS = np.array([-4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0])  # mixture CDF points, in sd
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,26 +51,6 @@ class DegradationPrior:
 
     rate_per_day: float
     log_sd: float
-
-
-@dataclass(frozen=True, slots=True)
-class PosteriorTuning:
-    """How the posterior is turned into a number.
-
-    Attributes:
-        likelihood_weight: least tempering of the likelihood (autocorrelated bins).
-        quantile: posterior quantile of remaining time reported as the estimate.
-        interval: posterior quantiles reported as lower and upper bounds.
-    """
-
-    likelihood_weight: float = 0.03
-    quantile: float = 0.25
-    interval: tuple[float, float] = (0.025, 0.975)
-
-
-def _span(hours: float) -> str:
-    return f"{hours * 60:.0f} min" if hours < 2 else f"{hours:.1f} h" if hours < 48 else (
-        f"{hours / 24:.0f} d")  # fmt: skip
 
 
 def asset_prior(
@@ -118,158 +91,166 @@ def _independent_fraction(resid: np.ndarray) -> float:
     return (1.0 - r1) / (1.0 + r1)
 
 
-def _normal_cdf(z: np.ndarray) -> np.ndarray:
-    """Standard normal CDF (Abramowitz-Stegun 7.1.26, error < 1.5e-7); numpy only."""
-    x = np.abs(z) / math.sqrt(2.0)
-    t = 1.0 / (1.0 + 0.3275911 * x)
-    poly = t * (
-        0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429)))
-    )
-    erf = 1.0 - poly * np.exp(-x * x)
-    return 0.5 * (1.0 + np.sign(z) * erf)
+MIN_AFTER = 5  # binned points after a change point before its growth counts
+MAX_CHANGES = 24  # candidate change points (spread over the history), plus "no change"
+GROWTH_POWERS = (1.0, 2.0)  # shapes of ln m after the change: linear, accelerating
 
 
-def _mixture_quantiles(
-    means: np.ndarray, sds: np.ndarray, weights: np.ndarray, qs: list[float]
-) -> list[float]:
-    """Quantiles of a weighted mixture of normals.
+@dataclass(frozen=True, slots=True)
+class TrendEvidence:
+    """Sufficient statistics of the binned history for every candidate change point.
 
-    The CDF is evaluated around every component (its mean +- 4 sd), not on one even grid:
-    the components' means can span seconds to years, and an even grid would blur the
-    components that carry the mass into a single cell.
+    The model: ln m is flat at l0 until the change point tau, then grows as a power p of
+    the time since tau (GROWTH_POWERS: steady or accelerating) and reaches Y = ln(threshold)
+    R seconds from now. tau and p are unknown and integrated out: even odds that the growth
+    has begun (tau uniform in time over the candidates: MAX_CHANGES spread over the history
+    plus every bin around the best fit) or not yet (a flat line, which says nothing about
+    R: failure may still come from a growth that starts later).
+
+    Attributes:
+        n: binned points used.
+        weight: likelihood tempering w (see the module docstring).
+        threshold_log: Y = ln(threshold).
+        window_s: time from the first point used to now.
+        since_s: now - tau for each candidate change point, (K,).
+        prior: prior weight of each candidate (the time it stands for), summing to 1.
+        sums: per growth power p and candidate (sum e, sum e^2, sum e y) with
+            e = max(t - tau, 0)^p, each (P, K).
+        totals: (sum y, sum y^2) over all points.
     """
-    keep = weights > weights.max() * 1e-6
-    m, sd, w = means[keep], np.maximum(sds[keep], 1e-12), weights[keep] / weights[keep].sum()
-    grid = np.unique((m[None, :] + sd[None, :] * _MIX_OFFSETS[:, None]).ravel())
-    cdf = (_normal_cdf((grid[:, None] - m[None, :]) / sd[None, :]) * w[None, :]).sum(axis=1)
-    return [float(np.interp(q, cdf, grid)) for q in qs]
+
+    n: int
+    weight: float
+    threshold_log: float
+    window_s: float
+    since_s: np.ndarray
+    prior: np.ndarray
+    sums: tuple[np.ndarray, np.ndarray, np.ndarray]
+    totals: tuple[float, float]
+
+    def _fit(self, remaining_s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(l0, ssr, sum g^2), each (P, K, G): the best line per power, candidate and R."""
+        e1, e2, e1y = (x[:, :, None] for x in self.sums)
+        sy, syy = self.totals
+        y_thr = self.threshold_log
+        powers = np.asarray(GROWTH_POWERS)[:, None, None]
+        v = (1.0 / (self.since_s[None, :, None] + np.maximum(remaining_s, 1e-9))) ** powers
+        sgg = self.n - 2.0 * v * e1 + v * v * e2
+        sgz = sy - v * (y_thr * e1 + e1y) + v * v * y_thr * e2
+        szz = syy - 2.0 * y_thr * v * e1y + y_thr * y_thr * v * v * e2
+        level0 = sgz / sgg
+        return level0, np.maximum(szz - sgz * level0, 0.0), sgg
+
+    def _log_ml(self, remaining_s: np.ndarray) -> np.ndarray:
+        """ln L per (power, candidate) and R, (P * K, G)."""
+        _, ssr, sgg = self._fit(remaining_s)
+        ll = self._tempered(ssr, sgg)
+        return np.asarray(ll.reshape(-1, ll.shape[-1]))
+
+    def _tempered(self, ssr: np.ndarray, sgg: np.ndarray | float) -> np.ndarray:
+        floor = _MIN_VAR * max(self.n - 2, 1)
+        w = self.weight
+        return np.asarray(
+            -w * 0.5 * (self.n - 1) * np.log(np.maximum(ssr, floor)) - 0.5 * w * np.log(sgg)
+        )
+
+    def log_likelihood(self, remaining_s: np.ndarray) -> np.ndarray:
+        """ln L(R) up to a constant, for R in seconds (> 0), with the change point and the
+        growth shape integrated out (see the class docstring)."""
+        ll = self._log_ml(remaining_s)
+        sy, syy = self.totals
+        flat = float(self._tempered(np.asarray(syy - sy * sy / self.n), float(self.n)))
+        top = np.maximum(ll.max(axis=0), flat)
+        weights = np.tile(self.prior, len(GROWTH_POWERS)) / len(GROWTH_POWERS)
+        grown = weights @ np.exp(ll - top)
+        return np.asarray(top + np.log(0.5 * np.exp(flat - top) + 0.5 * grown))
+
+    def level(self, remaining_s: float) -> float:
+        """Fitted ln(metric) now, for the most likely path that reaches the threshold in R."""
+        r = np.array([max(remaining_s, 1e-9)])
+        best = int(np.argmax(self._log_ml(r)[:, 0]))
+        p, k = divmod(best, self.since_s.shape[0])
+        level0, _, _ = self._fit(r)
+        frac = (self.since_s[k] / (self.since_s[k] + r[0])) ** GROWTH_POWERS[p]
+        return float(level0[p, k, 0] + (self.threshold_log - level0[p, k, 0]) * frac)
+
+    def rate_log_prior(self, prior: DegradationPrior, remaining_s: np.ndarray) -> np.ndarray:
+        """ln density over R (per ln R) of the growth-rate prior: rate = (Y - l) / R, with l
+        the level now of the longest change (the history's first candidate)."""
+        level0, _, _ = self._fit(remaining_s)
+        h = self.since_s[0]
+        level = level0[0, 0] + (self.threshold_log - level0[0, 0]) * h / (h + remaining_s)
+        gap = np.maximum(self.threshold_log - level, 1e-6)
+        z = (np.log(gap / remaining_s) - math.log(prior.rate_per_day / _DAY_S)) / prior.log_sd
+        return np.asarray(-0.5 * z * z)
 
 
-def _quantiles(values: np.ndarray, weights: np.ndarray, qs: list[float]) -> list[float]:
-    order = np.argsort(values)
-    cw = np.cumsum(weights[order])
-    cw /= cw[-1]
-    idx = np.minimum(np.searchsorted(cw, qs), len(order) - 1)
-    return [float(values[order][i]) for i in idx]
-
-
-def bayes_exponential(
+def trend_evidence(
     t_s: np.ndarray,
     values: np.ndarray,
     *,
-    onset_s: float,
     now_s: float,
     threshold: float,
-    prior: DegradationPrior,
-    tuning: PosteriorTuning | None = None,
-) -> TrendEstimate | NoEstimate:
-    """Time until the failure metric reaches threshold, from the points since onset.
+    min_weight: float,
+) -> TrendEvidence | NoEstimate:
+    """The trend evidence of the binned history (the caller selects the points).
 
     Args:
-        t_s: binned times (s), ascending; points before onset_s are allowed (they anchor
-            the level) and may be passed by the caller.
+        t_s: binned times (s), ascending.
         values: binned failure-metric values (> 0).
-        onset_s: degradation onset time (s).
         now_s: the time of the estimate (s).
         threshold: the failure threshold, same unit as values.
-        prior: prior of the growth rate.
-        tuning: posterior settings.
+        min_weight: least tempering of the likelihood.
 
     Returns:
-        A TrendEstimate (model "bayes-exponential") or NoEstimate with the reason.
+        The evidence, or NoEstimate with the reason (too few points, threshold reached).
     """
-    tu = tuning or PosteriorTuning()
     ok = (values > 0.0) & np.isfinite(values)
     t, y = t_s[ok], np.log(values[ok])
-    if t.shape[0] < 3:
-        return NoEstimate(f"only {t.shape[0]} binned points since the degradation onset; need 3")
+    n = int(t.shape[0])
+    if n < MIN_AFTER + 1:
+        return NoEstimate(f"only {n} binned points of the failure metric; need {MIN_AFTER + 1}")
     if threshold <= 0.0:
         return NoEstimate("the failure threshold must be positive")
     y_thr = math.log(threshold)
     if float(y[-1]) >= y_thr:
         return NoEstimate("the failure metric is already at or past its failure threshold")
-    x = t - onset_s
-    # Grid of ln(rate): the prior's +-4 sd, widened to the data's own least-squares rate when
-    # that lies outside (a machine degrading much faster than the prior expects must still
-    # be seen); the prior enters as its log-density, not as the grid's extent.
-    mu = math.log(prior.rate_per_day / _DAY_S)
-    lo, hi = mu + prior.log_sd * _GRID[0], mu + prior.log_sd * _GRID[-1]
-    xc = x - x.mean()
-    sxx0 = float(xc @ xc)
-    if sxx0 > 0:
-        ls_rate = float(xc @ (y - y.mean())) / sxx0
-        if ls_rate > 0:
-            lo, hi = min(lo, math.log(ls_rate) - 1.0), max(hi, math.log(ls_rate) + 1.0)
-    n = t.shape[0]
+    taus, e, sums, fit = _candidates(t, y, np.unique(
+        np.linspace(0, n - MIN_AFTER - 1, min(MAX_CHANGES, n - MIN_AFTER)).round().astype(int)
+    ))  # fmt: skip
+    # Every bin between the neighbours of the best coarse change point joins the candidates,
+    # so the change is placed to the bin, not to the coarse spacing (a bias in R otherwise).
+    k = int(np.searchsorted(t, taus[fit[1]]))
+    lo, hi = taus[max(fit[1] - 1, 0)], taus[min(fit[1] + 1, taus.shape[0] - 1)]
+    near = np.flatnonzero((t >= lo) & (t <= hi) & (np.arange(n) <= n - MIN_AFTER - 1))
+    coarse = np.searchsorted(t, taus)
+    taus, e, sums, fit = _candidates(t, y, np.union1d(coarse, np.append(near, k)))
+    resid = y - fit[2] - fit[3] * e[fit[0], fit[1]]
+    weight = max(min_weight, _independent_fraction(resid))
+    edges = np.concatenate(([taus[0]], (taus[1:] + taus[:-1]) / 2.0, [now_s]))
+    span = np.maximum(np.diff(edges), 1e-9)
+    return TrendEvidence(
+        n, weight, y_thr, max(now_s - float(t[0]), 0.0), now_s - taus, span / span.sum(),
+        sums, (float(y.sum()), float(y @ y)),
+    )  # fmt: skip
 
-    var_floor = _MIN_VAR * max(n - 2, 1)
 
-    # With a free intercept the fit is closed-form: for rate b, intercept ybar - b xbar and
-    # ssr(b) = Syy - 2 b Sxy + b^2 Sxx; nothing per point and grid cell is needed.
-    ybar, xbar = float(y.mean()), float(x.mean())
-    yc = y - ybar
-    syy, sxy = float(yc @ yc), float(xc @ yc)
-
-    def posterior(
-        log_rates: np.ndarray, weight: float
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        rates = np.exp(log_rates)  # per second
-        a = ybar - rates * xbar
-        ssr = np.maximum(syy - 2.0 * rates * sxy + rates * rates * sxx0, 0.0)
-        z = (log_rates - mu) / prior.log_sd  # prior standard scores
-        # The noise level is unknown: integrated out (Jeffreys prior), the likelihood of a
-        # rate is ssr^(-(n-1)/2), which stays honest when a few points fit almost exactly.
-        log_post = -weight * 0.5 * (n - 1) * np.log(np.maximum(ssr, var_floor)) - 0.5 * z * z
-        return rates, a, ssr, np.exp(log_post - log_post.max())
-
-    # Coarse pass over the whole range; the tempering comes from the best fit's residuals...
-    log_rates = np.linspace(lo, hi, _GRID.shape[0])
-    ls = math.log(sxy / sxx0) if sxx0 > 0 and sxy > 0 else float(log_rates[0])
-    b_best = math.exp(min(max(ls, lo), hi))
-    weight = max(
-        tu.likelihood_weight, _independent_fraction(y - (ybar - b_best * xbar) - b_best * x)
+def _candidates(
+    t: np.ndarray, y: np.ndarray, idx: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray], tuple]:
+    """Change points at bins idx: (taus, e (P, K, n), sums, best free-slope fit (p, k,
+    intercept, slope))."""
+    taus = t[idx]
+    e = (
+        np.maximum(t[None, :] - taus[:, None], 0.0)[None, :, :]
+        ** np.asarray(GROWTH_POWERS)[:, None, None]
     )
-    _, _, _, w = posterior(log_rates, weight)
-    # ...a fine pass over where the posterior has mass keeps a sharp posterior's quantiles
-    # (and so the bounds) from collapsing onto one grid cell.
-    mass = np.flatnonzero(w > 1e-9)
-    lo_i, hi_i = max(int(mass[0]) - 1, 0), min(int(mass[-1]) + 1, log_rates.shape[0] - 1)
-    log_rates = np.linspace(log_rates[lo_i], log_rates[hi_i], _FINE)
-    rates, a, ssr, w = posterior(log_rates, weight)
-    level_now = a + rates * (now_s - onset_s)
-    # Given a rate, the level now is known only to sd sqrt(var / n_eff): the remaining time
-    # is a mixture over rates of normals, not one point per rate (too-tight bounds).
-    var = np.maximum(ssr, var_floor) / max(n - 2, 1)
-    level_sd = np.sqrt(var / max(weight * n, 1.0))
-    remaining_s = (y_thr - level_now) / rates
-    hours, lower, upper = (
-        max(q, 0.0) / _HOUR_S
-        for q in _mixture_quantiles(remaining_s, level_sd / rates, w, [tu.quantile, *tu.interval])
-    )
-    if upper > MAX_BOUND_RATIO * max(lower, _MIN_LOWER_H):
-        return NoEstimate(
-            f"trend not yet informative: the 95 % bounds would span {_span(lower)} to "
-            f"{_span(upper)} (more than {MAX_BOUND_RATIO:g}x)"
-        )
-    # The rate consistent with the reported time: the same posterior quantile, from the
-    # fast side (a low quantile of remaining time is a high quantile of rate).
-    rate_med = _quantiles(rates, w, [1.0 - tu.quantile])[0]
-    level_med = _quantiles(level_now, w, [0.5])[0]
-    if level_med > _MAX_LN_LEVEL:  # the fit extrapolates far past its data
-        return NoEstimate("the trend extrapolates far beyond its last data point")
-    value = math.exp(level_med)
-    tc = x - x.mean()
-    sxx = float(tc @ tc)
-    slope = float(tc @ (y - y.mean())) / sxx if sxx > 0 else 0.0
-    se = math.sqrt(float(ssr.min()) / max(n - 2, 1) / sxx) if sxx > 0 else math.inf
-    return TrendEstimate(
-        value=value,
-        rate_per_day=value * rate_med * _DAY_S,
-        hours=hours,
-        lower_hours=min(lower, hours),
-        upper_hours=max(upper, hours),
-        model=MODEL_NAME,
-        window_hours=max(now_s - float(t[0]), 0.0) / _HOUR_S,
-        slope_t=slope / se if se > 0 else 0.0,
-        points=int(n),
-    )
+    s1, s2, s1y = e.sum(axis=2), (e * e).sum(axis=2), e @ y
+    n, sy = t.shape[0], float(y.sum())
+    den = n * s2 - s1 * s1
+    slope = np.where(den > 0, (n * s1y - s1 * sy) / np.where(den > 0, den, 1.0), 0.0)
+    icpt = (sy - slope * s1) / n
+    ssr = float(y @ y) - 2 * icpt * sy - 2 * slope * s1y + n * icpt**2 + 2 * icpt * slope * s1 + (
+        slope**2 * s2)  # fmt: skip
+    p, k = np.unravel_index(int(np.argmin(ssr)), ssr.shape)
+    return taus, e, (s1, s2, s1y), (int(p), int(k), float(icpt[p, k]), float(slope[p, k]))

@@ -1,7 +1,8 @@
 """Alert drafts of the Monitor: severity, trend and maintenance records of one channel.
 
-Every draft carries the channel's current progression and time to failure, or the reason
-there is none: time_to_failure is set only from a trend-based estimate (TrendEstimate).
+Every draft carries the channel's current time to failure (agent.analysis.ttf.Estimate) and
+its basis in the evidence, or the reason there is none; progression is set only once a
+degradation trend exists.
 """
 
 from __future__ import annotations
@@ -12,8 +13,13 @@ from datetime import datetime
 
 from agent.analysis.channel import Channel
 from agent.analysis.lifecycle import LifecycleState
-from agent.analysis.severity import LEVEL_NAMES
-from agent.analysis.trend import TrendEstimate
+from agent.analysis.severity import (
+    LEVEL_NAMES,
+    ZONE_LEVEL,
+    velocity_band_hz,
+    velocity_unresolved_reason,
+)
+from agent.analysis.ttf import Estimate
 from agent.records import (
     AlertDraft,
     AssetRef,
@@ -29,6 +35,8 @@ __all__ = [
     "HEALTH_METRIC",
     "SEVERITY_METRIC",
     "closed_alert",
+    "current_severity",
+    "estimate_evidence",
     "estimate_fields",
     "maintenance_draft",
     "metric_unit",
@@ -60,18 +68,40 @@ def closed_alert(sensor: str, channel: str, kind: str, st: LifecycleState) -> di
 
 
 def estimate_fields(ch: Channel) -> tuple[Progression | None, TimeToFailure | None, str | None]:
-    """(progression, time to failure, no-estimate reason) of the channel's estimate."""
+    """(progression, time to failure, reason) of the channel's estimate; the reason says
+    why progression (and time to failure, when there is none) is missing."""
     est = ch.estimate
-    if isinstance(est, TrendEstimate):
-        metric, threshold = ch.failure()
-        return (
-            Progression(round(est.rate_per_day, 6), f"{metric_unit(metric)} per day",
-                        round(est.window_hours, 5)),
-            TimeToFailure(round(est.hours, 5), round(est.lower_hours, 5),
-                          round(est.upper_hours, 5), metric, threshold, est.model),
-            None,
-        )  # fmt: skip
-    return None, None, est.reason if est is not None else "no reading analysed yet"
+    if not isinstance(est, Estimate):
+        return None, None, est.reason if est is not None else "no reading analysed yet"
+    metric, threshold = ch.failure()
+    ttf = TimeToFailure(round(est.hours, 5), round(est.lower_hours, 5),
+                        round(est.upper_hours, 5), metric, threshold, est.model)  # fmt: skip
+    if est.rate_per_day is None or est.window_hours is None:
+        return None, ttf, est.basis
+    unit = f"{metric_unit(metric)} per day"
+    return Progression(round(est.rate_per_day, 6), unit, round(est.window_hours, 5)), ttf, None
+
+
+def estimate_evidence(ch: Channel) -> dict[str, object]:
+    """The record's evidence about its time to failure: what it rests on, term shares."""
+    est = ch.estimate
+    if not isinstance(est, Estimate):
+        return {}
+    return {"time_to_failure_basis": {"summary": est.basis, "terms": est.terms}}
+
+
+def current_severity(ch: Channel) -> Severity:
+    """The channel's ISO severity as of its last reading (zone None where not measured)."""
+    assert ch.view is not None
+    zone = ch.view.zone
+    if zone is None:
+        band = velocity_band_hz(ch.asset.machine.rpm)
+        note = velocity_unresolved_reason(ch.velocity_periods or 0.0, band)
+        standard = f"{ch.table.standard}: {note}"
+        return Severity("info", None, standard, SEVERITY_METRIC, ch.view.value, ch.table.bc)
+    threshold = ch.table.cd if zone in ("C", "D") else ch.table.bc
+    name = LEVEL_NAMES[ZONE_LEVEL[zone]]
+    return Severity(name, zone, ch.table.standard, SEVERITY_METRIC, ch.view.value, threshold)
 
 
 def _draft(
@@ -91,6 +121,7 @@ def _draft(
         no_estimate_reason=reason,
         evidence={
             "features": {k: round(v, 6) for k, v in feats.items() if math.isfinite(v)},
+            **estimate_evidence(ch),
             **extra,
         },
     )
@@ -117,7 +148,7 @@ def trend_draft(
 ) -> AlertDraft:  # fmt: skip
     """The record of a trend (health index / time to failure) transition."""
     hi_level = ch.hi.level or 0.0
-    zone = ch.table.zone(feats[SEVERITY_METRIC])
+    zone = ch.view.zone if ch.view is not None else None
     extra: dict[str, object] = {
         "health_index": {
             "value": None if hi is None else round(hi, 6),
@@ -130,7 +161,7 @@ def trend_draft(
             datetime.fromtimestamp(ch.onset_s, tz=reading.timestamp.tzinfo)
         ),
     }  # fmt: skip
-    if transition == "escalated" and isinstance(ch.estimate, TrendEstimate):
+    if transition == "escalated" and isinstance(ch.estimate, Estimate):
         sev = Severity("critical", zone, "time to failure under the planning horizon",
                        "time_to_failure_hours", round(ch.estimate.hours, 5),
                        ch.asset.planning_horizon_hours)  # fmt: skip
@@ -152,8 +183,10 @@ def trend_draft(
 def maintenance_draft(
     asset: AssetRef, sensor: SensorRef, at: datetime, note: str,
     closed: list[dict[str, object]], reset: list[tuple[str, str]],
+    extra: dict[str, object] | None = None,
 ) -> AlertDraft:  # fmt: skip
-    """The one record of a maintenance event (kind "maintenance", state "cleared")."""
+    """The one record of a maintenance event (kind "maintenance", state "cleared");
+    extra: more evidence (the replacement and its completed life)."""
     return AlertDraft(
         asset=asset,
         sensor=sensor,
@@ -166,5 +199,6 @@ def maintenance_draft(
             "note": note,
             "closed_alerts": closed,
             "reset_channels": [{"sensor": s, "channel": c} for s, c in sorted(reset)],
+            **(extra or {}),
         },
     )

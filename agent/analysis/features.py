@@ -84,7 +84,7 @@ def velocity_band_for_rpm(rpm: float | None) -> tuple[float, float]:
 class _Plan:
     """Precomputed, read-only arrays for one (n, fs, bands) combination."""
 
-    window: np.ndarray  # Hann, length n
+    window: np.ndarray  # periodic Hann, length n (applied in frequency: _hann_spectrum)
     window_power: float  # sum(window**2)
     vel_weight2: np.ndarray  # per rfft bin: 2 * (g / (2 pi f))**2 in band, else 0
     vel_gain: np.ndarray  # per rfft bin: g / (j 2 pi f) in band (hard edges), else 0
@@ -117,7 +117,7 @@ def _plan(
     df = fs_hz / n
     nyquist = fs_hz / 2.0
     freqs = np.fft.rfftfreq(n, 1.0 / fs_hz)
-    window = np.hanning(n)
+    window = 0.5 - 0.5 * np.cos(2.0 * math.pi * np.arange(n) / n)  # periodic Hann
     vel_mask = _band_mask(freqs, band_hz[0], band_hz[1], df)
     omega = np.where(freqs > 0.0, 2.0 * math.pi * freqs, 1.0)
     vel_weight2 = np.where(vel_mask, 2.0 * (G_MM_S2 / omega) ** 2, 0.0)
@@ -155,6 +155,17 @@ def _plan(
         env_amp_scale=2.0 / float(np.sum(env_window)),
         df=df,
     )
+
+
+def _hann_spectrum(spec: np.ndarray, n: int) -> np.ndarray:
+    """rfft of x times the periodic Hann window, from rfft(x): 0.5 X[k] - 0.25 (X[k-1] +
+    X[k+1]), the bins beyond either end being the conjugates of their mirror images."""
+    out = 0.5 * spec
+    out[1:] -= 0.25 * spec[:-1]
+    out[:-1] -= 0.25 * spec[1:]
+    out[0] -= 0.25 * np.conj(spec[1])
+    out[-1] -= 0.25 * np.conj(spec[-2] if n % 2 == 0 else spec[-1])
+    return out
 
 
 def _line_amplitude(spectrum: np.ndarray, df: float, freq_hz: float, harmonics: int) -> float:
@@ -214,34 +225,36 @@ def waveform_features(
     env_band = hf_band_hz if envelope_band_hz is None else envelope_band_hz
     plan = _plan(n, float(fs_hz), tuple(band_hz), tuple(hf_band_hz), tuple(env_band))
 
-    x = x - x.mean()
+    x = x - float(x.sum()) / n
     x2 = x * x
-    var = float(x2.mean())
+    var = float(x2.sum()) / n
     rms = math.sqrt(var)
-    peak = float(np.abs(x).max())
+    peak = max(float(x.max()), -float(x.min()))
     out: dict[str, float] = {
         ACCEL_RMS: rms,
         ACCEL_PEAK: peak,
         CREST_FACTOR: peak / rms if rms > 0.0 else 0.0,
-        KURTOSIS: float((x2 * x2).mean()) / (var * var) if var > 0.0 else 0.0,
+        KURTOSIS: float(x2 @ x2) / n / (var * var) if var > 0.0 else 0.0,
     }
 
-    # Windowed spectrum for band powers (leakage stays within the Hann main lobe).
-    spec_w = np.fft.rfft(x * plan.window)
+    # One FFT serves both spectra: the unwindowed one (velocity time signal, its peak) and
+    # the Hann-windowed one for band powers (leakage stays within the main lobe), which for
+    # the periodic Hann window is a three-term convolution in frequency.
+    spec = np.fft.rfft(x)
+    spec_w = _hann_spectrum(spec, n)
     power_w = spec_w.real * spec_w.real + spec_w.imag * spec_w.imag
     norm = n * plan.window_power
-    out[VELOCITY_RMS] = math.sqrt(float(power_w @ plan.vel_weight2) / norm)
+    vel_power = power_w * plan.vel_weight2
+    out[VELOCITY_RMS] = math.sqrt(float(vel_power.sum()) / norm)
     # How many periods of the band's lowest frequency the record spans: below a few, its
     # velocity RMS is no measurement of that band (see severity.velocity_resolved).
     out[VELOCITY_BAND_PERIODS] = n / fs_hz * band_hz[0]
     if plan.hf_weight2 is not None:
         out[HF_ACCEL_RMS] = math.sqrt(float(power_w @ plan.hf_weight2) / norm)
 
-    # Unwindowed spectrum for the velocity time signal (peak) and its dominant line.
-    spec = np.fft.rfft(x)
     vel_spec = spec * plan.vel_gain
-    out[VELOCITY_PEAK] = float(np.abs(np.fft.irfft(vel_spec, n)).max())
-    vel_power = power_w * plan.vel_weight2
+    velocity = np.fft.irfft(vel_spec, n)
+    out[VELOCITY_PEAK] = max(float(velocity.max()), -float(velocity.min()))
     out[PEAK_FREQUENCY] = float(plan.vel_freqs[int(np.argmax(vel_power))])
 
     if shaft_hz is not None and bearing is not None and plan.env_gain is not None:

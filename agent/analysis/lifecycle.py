@@ -2,9 +2,12 @@
 
 Raise after N consecutive readings at or above a level (debounce), escalate after N
 consecutive readings at a higher level, clear only after N consecutive readings below the
-clear threshold (threshold minus hysteresis). Only transitions produce records, so nothing
-that has not changed is re-sent. The state is a small dataclass the store persists in the
-same transaction as the alert it produced: a restart neither forgets nor repeats an alert.
+clear threshold (threshold minus hysteresis) spanning at least clear_hold_s of reading time
+(hysteresis in time as well as level: a level that dips below and comes back within the hold
+is one episode, not a clear and a new raise; each such return is counted as a flap). Only
+transitions produce records, so nothing that has not changed is re-sent. The state is a
+small dataclass the store persists in the same transaction as the alert it produced: a
+restart neither forgets nor repeats an alert.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ class LifecycleState:
     clear_streak: int = 0  # consecutive readings below the clear threshold
     raised_at: str | None = None  # UTC ISO time of the raise, for the record's evidence
     cleared_at_s: float | None = None  # reading time (s) of the last clear, for the hold-off
+    below_since_s: float | None = None  # reading time the current run below the clear level began
+    flaps: int = 0  # returns above the limit after a run below that would have cleared
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -52,6 +57,7 @@ def step(
     now_iso: str | None = None,
     now_s: float | None = None,
     holdoff_s: float = 0.0,
+    clear_hold_s: float = 0.0,
 ) -> Step:
     """Advance the state machine by one reading (mutates `state`).
 
@@ -65,9 +71,11 @@ def step(
         now_s: the reading's time in seconds (any fixed epoch), for the hold-off.
         holdoff_s: after a clear, no new raise until this much reading time has passed
             (the exceedance streak keeps counting, so a real fault raises right after).
+        clear_hold_s: an active alert clears only once its readings have stayed below the
+            clear threshold this long (needs now_s).
     """
     if state.active == 0:
-        state.clear_streak = 0
+        state.clear_streak, state.below_since_s = 0, None
         if level <= 0:
             state.streak, state.streak_level = 0, 0
             return Step(None, 0)
@@ -90,15 +98,26 @@ def step(
         state.streak += 1
     else:
         state.streak, state.streak_level = 0, 0
-    state.clear_streak = state.clear_streak + 1 if below_clear else 0
+    if below_clear:
+        state.clear_streak += 1
+        if state.below_since_s is None or (now_s is not None and now_s < state.below_since_s):
+            state.below_since_s = now_s  # (a clock set back restarts the hold)
+    else:
+        if state.clear_streak >= debounce and level > 0:
+            state.flaps += 1  # it would have cleared on level alone: one episode goes on
+        state.clear_streak, state.below_since_s = 0, None
+    held_long = (
+        now_s is None or state.below_since_s is None or now_s - state.below_since_s >= clear_hold_s
+    )
 
     if state.streak >= debounce:
         state.active = state.streak_level
         state.streak, state.streak_level = 0, 0
         return Step("escalated", state.active)
-    if state.clear_streak >= debounce:
+    if state.clear_streak >= debounce and held_long:
         cleared_level = state.active
         state.active, state.clear_streak, state.raised_at = 0, 0, None
+        state.below_since_s = None
         state.cleared_at_s = now_s
         state.streak, state.streak_level = 0, 0
         return Step("cleared", cleared_level)

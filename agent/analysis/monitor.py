@@ -1,14 +1,16 @@
 """Per asset/sensor/channel analysis: reading -> features -> severity and trend -> drafts.
 
 For each channel the monitor runs two alert lifecycles (agent.analysis.lifecycle):
-- "severity": the ISO zone of velocity RMS (C: warning, D: critical).
+- "severity": the ISO zone of velocity RMS (C: warning, D: critical), only where the
+  reading's velocity band is resolved (a 0.1 s snapshot does not resolve 10 Hz: no zone).
 - "trend": early detection and time to failure. Level 1 (warning) when the health index
   (learned from the channel's own baseline) or velocity RMS (ISO 20816-1 alarm from the
   baseline) is above its level: that raise is the degradation onset. Level 2 (critical,
   an escalation) when the time to failure falls under the asset's planning horizon.
-Time to failure: a Bayesian exponential model of the failure metric started at the onset
-(agent.analysis.degradation); before the onset there is no estimate and every record says
-why. Every draft carries the channel's current progression and time to failure.
+Time to failure (agent.analysis.forecast): the asset's reliability prior (its class's life,
+given its age) before the onset, fused with the Bayesian exponential trend of the failure
+metric after it; without a prior the trend alone, and before the onset no estimate, with
+the reason. Every draft carries the channel's current time to failure and its basis.
 
 The monitor is pure and synchronous: the runtime feeds it readings and persists what it
 returns (drafts and changed state) in one store transaction. Model state (baseline, binned
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -33,33 +35,33 @@ from agent.analysis.channel import (
     snap,
     state_key,
 )
-from agent.analysis.degradation import (
-    DegradationPrior,
-    PosteriorTuning,
-    asset_prior,
-    bayes_exponential,
-)
+from agent.analysis.degradation import DegradationPrior
 from agent.analysis.drafts import (
     HEALTH_METRIC,
     SEVERITY_METRIC,
     closed_alert,
+    current_severity,
+    estimate_evidence,
     estimate_fields,
     maintenance_draft,
     metric_unit,
     severity_draft,
     trend_draft,
 )
-from agent.analysis.features import waveform_features
+from agent.analysis.features import VELOCITY_BAND_PERIODS, waveform_features
+from agent.analysis.forecast import channel_estimate
 from agent.analysis.health_index import HealthIndexTuning
 from agent.analysis.lifecycle import LifecycleState, step
+from agent.analysis.lifetime import AssetLives
+from agent.analysis.reliability import FleetLife
 from agent.analysis.severity import (
-    LEVEL_NAMES,
     ZONE_LEVEL,
     velocity_band_hz,
     velocity_resolved,
     zone_table,
 )
-from agent.analysis.trend import NoEstimate, Trend, TrendEstimate
+from agent.analysis.trend import NoEstimate, Trend
+from agent.analysis.ttf import Estimate, PosteriorTuning
 from agent.config import Asset, Config
 from agent.records import (
     AlertDraft,
@@ -95,16 +97,14 @@ class Tuning:
         bin_s: trend history bin width, seconds of reading time (an asset's
             alerting.trend_bin_s overrides it).
         capacity: maximum bins kept per channel (older half thinned beyond it).
-        pre_onset_bins: bins before the onset that anchor the degradation fit.
         persist_every_s: model state is written at most this often per channel.
     """
 
     health: HealthIndexTuning = field(default_factory=HealthIndexTuning)
     posterior: PosteriorTuning = field(default_factory=PosteriorTuning)
-    prior: DegradationPrior | None = None
+    prior: DegradationPrior | None = None  # growth rate; None: each asset's own
     bin_s: float = 60.0
     capacity: int = 256
-    pre_onset_bins: int = 5
     persist_every_s: float = 60.0
 
 
@@ -114,6 +114,7 @@ class Update:
 
     drafts: list[AlertDraft] = field(default_factory=list)
     state: dict[str, str] = field(default_factory=dict)
+    lives: list[tuple[str, FleetLife]] = field(default_factory=list)  # (class, completed life)
 
 
 class Monitor:
@@ -123,6 +124,9 @@ class Monitor:
         config: the validated configuration.
         state: persisted state by key, as the store returned it.
         tuning: analysis settings (defaults: chosen in benchmarks/analytics).
+        fleet: completed lives by asset class, as the store returned them.
+        persist: return the state to store with each update (False: replay, which
+            keeps nothing).
     """
 
     def __init__(
@@ -131,6 +135,8 @@ class Monitor:
         *,
         state: Mapping[str, str] | None = None,
         tuning: Tuning | None = None,
+        fleet: Mapping[str, Sequence[FleetLife]] | None = None,
+        persist: bool = True,
     ) -> None:
         self._sensor_asset = {s.id: config.asset(s.asset) for s in config.sensors}
         self._asset_sensors = {
@@ -138,6 +144,8 @@ class Monitor:
         }
         self._tables = {a.id: zone_table(a.machine) for a in config.assets}
         self._saved = dict(state or {})
+        self.lives = AssetLives(config.assets, self._saved, fleet)
+        self.persist = persist
         self._channels: dict[tuple[str, str], Channel] = {}
         self.tuning = tuning or Tuning()
         self.skipped_total = 0  # readings without a usable velocity (bad quality, missing)
@@ -200,30 +208,34 @@ class Monitor:
         sev_before, tr_before = snap(ch.severity), snap(ch.trend)
         was_ready = ch.hi.ready
 
-        # Severity: ISO zone of velocity RMS.
-        zone = ch.table.zone(value)
+        # Severity: ISO zone of velocity RMS, where the waveform resolves the band (an
+        # unresolved value is no measurement: it neither raises nor clears).
+        resolved = velocity_resolved(feats)
+        zone = ch.table.zone(value) if resolved else None
+        ch.velocity_periods = None if resolved else feats.get(VELOCITY_BAND_PERIODS, 0.0)
         s = step(
             ch.severity,
-            ZONE_LEVEL[zone],
-            below_clear=value < ch.table.bc * (1.0 - alerting.hysteresis),
+            ZONE_LEVEL[zone] if zone else 0,
+            below_clear=resolved and value < ch.table.bc * (1.0 - alerting.hysteresis),
             debounce=alerting.debounce,
             now_s=t_s,
             holdoff_s=alerting.resend_holdoff_s,
+            clear_hold_s=alerting.clear_hold_s,
         )
 
         # Trend: health index against its baseline level, failure metric history.
         hi = ch.hi.update(t_s, feats)
-        metric, threshold = ch.failure()
+        metric, _ = ch.failure()
         fm = feats.get(metric)
         if fm is not None:
             ch.history.update(t_s, fm)
-        est = self._estimate(ch, t_s, threshold)
+        est = self._estimate(ch, t_s)
         # Early detection: the health index over its learned level, or velocity RMS over
         # the ISO 20816-1 alarm from the machine's own baseline (baseline + 0.25 x B/C, at
         # most 1.25 x B/C), which fires well before zone C on a machine that ran smoothly.
         h = alerting.hysteresis
         hi_over = hi is not None and ch.hi.level is not None and hi >= ch.hi.level
-        iso = ch.iso_alarm() if velocity_resolved(feats) else None
+        iso = ch.iso_alarm() if resolved else None
         iso_over = iso is not None and value >= iso
         # Unknown is never "below": a reading without the health-index features must not
         # clear an active trend alert (its detection time is the record that matters).
@@ -233,7 +245,7 @@ class Monitor:
         level = 0
         if hi_over or iso_over:
             ch.cause = "health_index" if hi_over else SEVERITY_METRIC
-            soon = isinstance(est, TrendEstimate) and est.hours < ch.asset.planning_horizon_hours
+            soon = isinstance(est, Estimate) and est.hours < ch.asset.planning_horizon_hours
             level = 2 if soon else 1
         ts = step(
             ch.trend,
@@ -242,18 +254,19 @@ class Monitor:
             debounce=alerting.debounce,
             now_s=t_s,
             holdoff_s=alerting.resend_holdoff_s,
+            clear_hold_s=alerting.clear_hold_s,
         )
         model_changed = False
         if ts.transition == "raised":
             ch.onset_s, ch.estimate_bin, model_changed = t_s, None, True
-            est = self._estimate(ch, t_s, threshold)
+            est = self._estimate(ch, t_s)
         elif ts.transition == "cleared":
             ch.onset_s, ch.estimate_bin, model_changed = None, None, True
-            est = self._estimate(ch, t_s, threshold)
+            est = self._estimate(ch, t_s)
 
         ch.view = ChannelView(
             ch.asset.id, ch.sensor.id, ch.sensor.channel, reading.timestamp, value, zone,
-            ch.severity.active, hi, ch.trend.active, est,
+            ch.severity.active, hi, ch.trend.active, est, (ch.severity.flaps, ch.trend.flaps),
         )  # fmt: skip
         if s.transition is not None:
             if s.transition == "raised":
@@ -264,58 +277,37 @@ class Monitor:
                 ch.trend.raised_at = format_ts(reading.timestamp)
             out.drafts.append(trend_draft(ch, reading, feats, hi, ts.transition, ts.level))
 
+        if not self.persist:
+            return out
+        out.state.update(self.lives.take_changes())
         if snap(ch.severity) != sev_before:
             out.state[ch.key("severity")] = json.dumps(ch.severity.to_dict(), sort_keys=True)
         if snap(ch.trend) != tr_before:
             out.state[ch.key("trend")] = json.dumps(ch.trend.to_dict(), sort_keys=True)
-        if (
-            model_changed
-            or out.drafts
-            or ch.hi.ready != was_ready
-            or t_s - ch.persisted_s >= self.tuning.persist_every_s
-        ):
+        changed = model_changed or out.drafts or ch.hi.ready != was_ready
+        if changed or t_s - ch.persisted_s >= self.tuning.persist_every_s:
             out.state[ch.key("model")] = model_state(ch)
             ch.persisted_s = t_s
         return out
 
-    def _estimate(self, ch: Channel, now_s: float, threshold: float) -> TrendEstimate | NoEstimate:
+    def _estimate(self, ch: Channel, now_s: float) -> Estimate | NoEstimate:
         """The channel's time-to-failure estimate, recomputed at most once per bin."""
-        bin_s = ch.history.bin_s
-        b = math.floor(now_s / bin_s)
+        b = math.floor(now_s / ch.history.bin_s)
         if ch.estimate is not None and ch.estimate_bin == b:
             return ch.estimate
-        if not ch.hi.ready:
-            n = ch.hi.samples_seen
-            est: TrendEstimate | NoEstimate = NoEstimate(
-                f"learning the baseline ({n} of {ch.hi.learn_readings} readings)"
-                if ch.hi.features
-                else "the channel carries no health-index feature (accel RMS, hf or velocity)"
-            )
-        elif ch.onset_s is None:
-            est = NoEstimate(
-                "no degradation onset: the health index "
-                f"({(ch.hi.value or 0.0):.3g}) is below its baseline alarm level "
-                f"({ch.hi.level:.3g}); no trend to extrapolate"
-            )
-        else:
-            t, v = ch.history.points()
-            keep = t >= ch.onset_s - self.tuning.pre_onset_bins * bin_s
-            al = ch.asset.alerting
-            prior = self.tuning.prior or asset_prior(
-                al.prior_rate_per_day, al.prior_log_sd, ch.asset.planning_horizon_hours,
-                threshold, v[keep],
+        try:
+            est = channel_estimate(
+                ch, self.lives.life(ch.asset, now_s), now_s, posterior=self.tuning.posterior,
+                rate_prior=self.tuning.prior,
             )  # fmt: skip
-            try:
-                est = bayes_exponential(
-                    t[keep], v[keep], onset_s=ch.onset_s, now_s=now_s, threshold=threshold,
-                    prior=prior, tuning=self.tuning.posterior,
-                )  # fmt: skip
-            except (ArithmeticError, ValueError) as exc:  # never lose the alerts over it
-                est = NoEstimate(f"time-to-failure model failed on this history: {exc}")
+        except (ArithmeticError, ValueError) as exc:  # never lose the alerts over it
+            est = NoEstimate(f"time-to-failure model failed on this history: {exc}")
         ch.estimate, ch.estimate_bin = est, b
         return est
 
-    def maintenance(self, asset_id: str, at: datetime, note: str) -> Update:
+    def maintenance(
+        self, asset_id: str, at: datetime, note: str, *, replaced: str | None = None
+    ) -> Update:
         """A repair or maintenance event: reset the asset's baselines, trends and alerts.
 
         The record is kind "maintenance" with state "cleared": the repair resolves the
@@ -327,6 +319,9 @@ class Monitor:
             asset_id: the configured asset id.
             at: time of the event (UTC aware).
             note: free text from the technician or CMMS.
+            replaced: the part was replaced: "failed" (a run to failure, or replaced for
+                its degradation) or "healthy" (replaced while sound). Its completed life
+                joins the fleet history of the asset's class, and its age restarts at 0.
 
         Raises:
             KeyError: unknown asset.
@@ -363,6 +358,11 @@ class Monitor:
                 )
             out.state[state_key(asset_id, sensor, channel, "model")] = "{}"
         asset = self._sensor_asset[self._asset_sensors[asset_id][0]]
+        extra: dict[str, object] = {}
+        if replaced is not None:
+            extra, lives, state = self.lives.record_replacement(asset, at, replaced)
+            out.lives.extend(lives)
+            out.state.update(state)
         out.drafts.append(
             maintenance_draft(
                 AssetRef(asset.id, asset.name, asset.tier),
@@ -371,6 +371,7 @@ class Monitor:
                 note,
                 closed,
                 sorted(keys),
+                extra,
             )
         )
         return out
@@ -383,12 +384,12 @@ class Monitor:
         ch = self._channels.get((sensor_id, channel))
         if ch is None or ch.view is None:
             return None
-        zone, level = ch.view.zone, ZONE_LEVEL[ch.view.zone]
-        threshold = ch.table.cd if zone in ("C", "D") else ch.table.bc
-        sev = Severity(
-            LEVEL_NAMES[level], zone, ch.table.standard, SEVERITY_METRIC, ch.view.value, threshold
-        )
-        return (sev, *estimate_fields(ch))
+        return (current_severity(ch), *estimate_fields(ch))
+
+    def estimate_basis(self, sensor_id: str, channel: str) -> dict[str, object]:
+        """The evidence a record carries about the channel's time to failure ({} if none)."""
+        ch = self._channels.get((sensor_id, channel))
+        return {} if ch is None else estimate_evidence(ch)
 
     def views(self) -> list[ChannelView]:
         """The latest view of every channel that has produced a reading."""

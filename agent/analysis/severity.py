@@ -89,3 +89,13 @@ def velocity_resolved(features: Mapping[str, float]) -> bool:
     Velocity alarms that are not measurements stay off.
     """
     return features.get(VELOCITY_BAND_PERIODS, math.inf) >= MIN_PERIODS_FOR_VELOCITY
+
+
+def velocity_unresolved_reason(periods: float, band_hz: tuple[float, float]) -> str:
+    """Why a velocity RMS is no ISO measurement: its waveform spans `periods` periods of the
+    band's lowest frequency, fewer than MIN_PERIODS_FOR_VELOCITY."""
+    return (
+        f"not measured: the {band_hz[0]:g}-{band_hz[1]:g} Hz velocity band is not resolved "
+        f"(the waveform spans {periods:.2g} period(s) of {band_hz[0]:g} Hz; ISO severity needs "
+        f"at least {MIN_PERIODS_FOR_VELOCITY}), so no ISO zone or severity alert comes from it"
+    )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -19,7 +20,8 @@ from pydantic import (
     model_validator,
 )
 
-Id = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+Id = Annotated[str, Field(pattern=_ID_PATTERN)]
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {
@@ -124,6 +126,9 @@ class Alerting(_Model):
     baseline_readings: int = Field(default=60, ge=10, le=100_000)
     # After a clear, the same alert may raise again only this many seconds later.
     resend_holdoff_s: float = Field(default=600.0, ge=0, le=30 * 86400)
+    # Hysteresis in time: an active alert clears only after its value has stayed below the
+    # clear level this many seconds, so a level that dips and returns is one episode.
+    clear_hold_s: float = Field(default=1800.0, ge=0, le=30 * 86400)
     # Prior on the growth of ln(failure metric) per day after degradation onset;
     # None: reach the failure threshold in one planning horizon.
     prior_rate_per_day: float | None = Field(default=None, gt=0)
@@ -136,6 +141,68 @@ class Alerting(_Model):
     trend_bin_s: float | None = Field(default=None, ge=1, le=86_400)
 
 
+class WeibullLife(_Model):
+    """A catalogue life distribution: Weibull shape and scale (63.2 % have failed by then)."""
+
+    shape: float = Field(gt=0, le=20)
+    scale_hours: float = Field(gt=0)
+
+
+class Reliability(_Model):
+    """The asset's life prior and age, for time to failure at every stage of its life."""
+
+    # Fleet history is kept per class; an id (pattern on the field, so messages can explain it).
+    class_: str | None = Field(default=None, alias="class", pattern=_ID_PATTERN)
+    lives_hours: tuple[float, ...] | None = Field(default=None, min_length=1, max_length=10_000)
+    weibull: WeibullLife | None = None
+    l10_hours: float | None = Field(default=None, gt=0)
+    shape: float | None = Field(default=None, gt=0, le=20)  # for lives_hours and l10_hours
+    installed_at: datetime | None = None  # UTC when it carries no offset
+    age_hours: float | None = Field(default=None, ge=0)
+
+    @field_validator("lives_hours")
+    @classmethod
+    def _positive_lives(cls, v: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        bad = [x for x in v or () if not 0 < x < float("inf")]
+        if bad:
+            raise ValueError(f"every life must be hours greater than 0 ({bad[0]:g} is not)")
+        return v
+
+    @field_validator("installed_at", mode="before")
+    @classmethod
+    def _iso_time(cls, v: object) -> object:
+        if isinstance(v, str):
+            try:
+                return datetime.fromisoformat(v.strip().replace("Z", "+00:00"))
+            except ValueError:
+                raise ValueError("expected an ISO-8601 time such as 2025-03-01T06:00:00Z") from None
+        return v
+
+    @model_validator(mode="after")
+    def _one_prior_one_age(self) -> Reliability:
+        problems = []
+        given = [k for k in ("lives_hours", "weibull", "l10_hours") if getattr(self, k)]
+        if len(given) > 1:
+            problems.append(
+                f"give one life prior, not {' and '.join(given)}: lives_hours (completed lives "
+                "of comparable machines), weibull {shape, scale_hours} or l10_hours"
+            )
+        if self.shape is not None and self.weibull is not None:
+            problems.append("weibull carries its own shape; remove reliability.shape")
+        if self.installed_at is not None and self.age_hours is not None:
+            problems.append("give installed_at or age_hours, not both")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def installed_at_utc(self) -> datetime | None:
+        at = self.installed_at
+        if at is None or at.tzinfo is not None:
+            return at
+        return at.replace(tzinfo=UTC)
+
+
 class Asset(_Model):
     id: Id
     name: str = ""
@@ -145,6 +212,7 @@ class Asset(_Model):
     failure: Failure = Failure()
     planning_horizon_hours: float = Field(default=168, gt=0)
     alerting: Alerting = Alerting()
+    reliability: Reliability | None = None
 
 
 class ModbusTcp(_Model):

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from agent.analysis.reliability import FleetLife
 from agent.records import AlertDraft, dumps, parse_ts
 from agent.store._schema import now_ts
 
@@ -79,9 +80,11 @@ def append(
     gateway_id: str,
     drafts: Sequence[AlertDraft],
     state: Mapping[str, str] | None,
+    lives: Sequence[tuple[str, FleetLife]] = (),
 ) -> list[dict[str, Any]]:
-    """Number, freeze and insert the drafts, and upsert the monitor state, in the caller's
-    transaction (the writer's savepoint): all of it or none of it."""
+    """Number, freeze and insert the drafts, upsert the monitor state and add the completed
+    lives (class, life) to the fleet history, in the caller's transaction (the writer's
+    savepoint): all of it or none of it."""
     last = meta_int(conn, "last_seq")
     created = now_ts()
     records: list[dict[str, Any]] = []
@@ -111,7 +114,24 @@ def append(
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             [(str(k), str(v)) for k, v in state.items()],
         )
+    if lives:  # (asset, ended_at) is unique: a retried write adds a life once
+        conn.executemany(
+            "INSERT OR IGNORE INTO fleet_lives (class, asset, life_hours, failed, ended_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [(c, x.asset, float(x.hours), int(x.failed), x.ended_at) for c, x in lives],
+        )
     return records
+
+
+def fleet_lives(conn: sqlite3.Connection) -> dict[str, list[FleetLife]]:
+    """The fleet history: completed lives by class, oldest first."""
+    out: dict[str, list[FleetLife]] = {}
+    rows = conn.execute(
+        "SELECT class, life_hours, failed, asset, ended_at FROM fleet_lives ORDER BY id"
+    ).fetchall()
+    for cls, hours, failed, asset, ended_at in rows:
+        out.setdefault(cls, []).append(FleetLife(float(hours), bool(failed), asset, ended_at))
+    return out
 
 
 def load_state(conn: sqlite3.Connection) -> dict[str, str]:

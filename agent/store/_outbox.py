@@ -16,6 +16,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from agent.analysis.reliability import FleetLife
 from agent.records import AlertDraft
 from agent.store import _budget, _ops
 from agent.store._ops import OutboxStats, StoredAlert
@@ -124,7 +125,10 @@ class Outbox:
         return await self._writer.submit(op, write=write, what=what)
 
     async def append(
-        self, drafts: Sequence[AlertDraft], state: Mapping[str, str] | None = None
+        self,
+        drafts: Sequence[AlertDraft],
+        state: Mapping[str, str] | None = None,
+        lives: Sequence[tuple[str, FleetLife]] = (),
     ) -> list[dict[str, Any]]:
         """Store alerts and the monitor state that produced them, in one transaction.
 
@@ -132,6 +136,8 @@ class Outbox:
             drafts: alerts to number and store (may be empty: state only).
             state: monitor-state key/values to upsert in the same transaction, so a crash
                 can neither repeat nor forget an alert.
+            lives: completed lives (asset class, life) for the fleet history, stored with
+                the maintenance record that reports them.
 
         Returns:
             The schema v1 records, after their transaction is on disk.
@@ -142,10 +148,11 @@ class Outbox:
         """
         drafts = list(drafts)
         state = dict(state) if state else None
-        if not drafts and not state:
+        lives = list(lives)
+        if not drafts and not state and not lives:
             return []
         records: list[dict[str, Any]] = await self._call(
-            lambda c: _ops.append(c, self.gateway_id, drafts, state),
+            lambda c: _ops.append(c, self.gateway_id, drafts, state, lives),
             write=True,
             what=f"appending {len(drafts)} alert(s)",
         )
@@ -157,6 +164,13 @@ class Outbox:
         """All persisted monitor state."""
         result: dict[str, str] = await self._call(
             _ops.load_state, write=False, what="loading state"
+        )
+        return result
+
+    async def fleet_lives(self) -> dict[str, list[FleetLife]]:
+        """The fleet history: completed lives by asset class."""
+        result: dict[str, list[FleetLife]] = await self._call(
+            _ops.fleet_lives, write=False, what="loading the fleet history"
         )
         return result
 

@@ -64,6 +64,15 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 );
 CREATE TABLE IF NOT EXISTS monitor_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value NOT NULL);
+CREATE TABLE IF NOT EXISTS fleet_lives (
+    id          INTEGER PRIMARY KEY,
+    class       TEXT NOT NULL,
+    asset       TEXT NOT NULL,
+    life_hours  REAL NOT NULL,
+    failed      INTEGER NOT NULL,
+    ended_at    TEXT NOT NULL,
+    UNIQUE (asset, ended_at)
+);
 CREATE TABLE IF NOT EXISTS quarantine (
     id            INTEGER PRIMARY KEY,
     at            TEXT NOT NULL,

@@ -1,20 +1,18 @@
-"""FEMTO evaluation: degradation onset, baseline alarms with debounce, trend RUL and PHM score.
+"""FEMTO evaluation: degradation onset and the per-feature baseline alarms with debounce.
 
 Everything that is learned or tuned is chosen on five bearings and scored on the sixth
-(leave-one-bearing-out).
+(leave-one-bearing-out). Time to failure is evaluated through `edge-agent replay` itself
+(ttf_replay.py), never here.
 """
 
 from __future__ import annotations
 
 import itertools
-import math
 from dataclasses import dataclass
 
 import numpy as np
 from feature_alarms import Baseline
 from femto import CHANNELS, BearingRun
-
-from agent.analysis.trend import NoEstimate, Trend
 
 ALARM_FEATURES = (
     "accel_rms_g",
@@ -32,14 +30,6 @@ LEARN_READINGS = 60  # 10 min of FEMTO snapshots
 ONSET_REF_FRACTION = 0.10
 ONSET_SIGMAS = 3.0
 ONSET_HALF_WINDOW = 3  # centred median over 7 snapshots (70 s)
-FAILURE_PEAK_G = 20.0
-TREND_GRID = {
-    "model": ("exponential", "linear"),
-    "bin_s": (10.0, 60.0),
-    "window_s": (300.0, 900.0, 1800.0),
-}
-TUNE_FRACTIONS = tuple(np.round(np.arange(0.50, 0.951, 0.025), 3))
-SCORE_FRACTIONS = (0.5, 0.7, 0.9)
 
 
 def centred_median(a: np.ndarray, half: int) -> np.ndarray:
@@ -168,102 +158,3 @@ def combined_outcome(table: dict, chosen: dict, name: str, onset: int) -> AlarmO
     if not actives:
         return AlarmOutcome(0, None)
     return alarm_outcome(np.vstack(actives), np.vstack(raises), onset)
-
-
-# ---------------------------------------------------------------- trend / time to failure
-
-
-def health_indicator(run: BearingRun) -> np.ndarray:
-    """accel_peak_g, larger of the two channels: the bench's failure metric (20 g)."""
-    return np.maximum(run.features["h"]["accel_peak_g"], run.features["v"]["accel_peak_g"])
-
-
-def phm_accuracy(actual: float, predicted: float) -> float:
-    """PHM 2012 score of one prediction."""
-    er = 100.0 * (actual - predicted) / actual
-    if er <= 0.0:
-        return math.exp(-math.log(0.5) * er / 5.0)
-    return math.exp(math.log(0.5) * er / 20.0)
-
-
-PRIOR_SCALES = (0.25, 0.5, 0.75, 1.0)
-
-
-def prior_rul_s(age_s: float, train_lives: list[float], scale: float = 1.0) -> float:
-    """Fallback when the trend gives no estimate: `scale` x the median remaining life of the
-    training bearings that outlived this age (scale < 1 leans early, which the PHM score
-    punishes less than late); 10 % of the age when none did."""
-    rest = [life - age_s for life in train_lives if life > age_s]
-    return scale * float(np.median(rest)) if rest else 0.1 * age_s
-
-
-def trend_predictions(
-    run: BearingRun, params: dict, fractions: tuple[float, ...], ratio_bounds=(0.3, 3.0)
-) -> list[dict]:
-    """Feed the indicator through a Trend and estimate at each fraction of life."""
-    bin_s = params["bin_s"]
-    trend = Trend(
-        model=params["model"],
-        bin_s=bin_s,
-        window_bins=max(3, int(params["window_s"] / bin_s)),
-        min_points=10,
-        min_t=3.0,
-        capacity=max(256, 2 * int(params["window_s"] / bin_s) + 2),
-        ratio_bounds=ratio_bounds,
-    )
-    hi = health_indicator(run)
-    life = run.life_s
-    out = []
-    targets = [f * life for f in fractions]
-    j = 0
-    for i, t in enumerate(run.t_s):
-        trend.update(float(t), float(hi[i]))
-        while j < len(targets) and (i + 1 >= len(run.t_s) or run.t_s[i + 1] > targets[j]):
-            est = trend.estimate(float(t), FAILURE_PEAK_G)
-            out.append({"fraction": fractions[j], "now_s": float(t), "est": est})
-            j += 1
-    return out
-
-
-def score_predictions(
-    preds: list[dict], life_s: float, train_lives: list[float], prior_scale: float = 1.0
-) -> list[dict]:
-    """Add actual RUL, predicted RUL (trend, or prior fallback) and PHM accuracy."""
-    rows = []
-    for p in preds:
-        actual = life_s - p["now_s"]
-        est = p["est"]
-        if isinstance(est, NoEstimate):
-            pred = prior_rul_s(p["now_s"], train_lives, prior_scale)
-            rows.append({**p, "actual_s": actual, "pred_s": pred, "source": "prior"})
-        else:
-            rows.append(
-                {
-                    **p,
-                    "actual_s": actual,
-                    "pred_s": est.hours * 3600.0,
-                    "source": "trend",
-                    "covered": est.lower_hours * 3600.0 <= actual <= est.upper_hours * 3600.0,
-                }
-            )
-        rows[-1]["A"] = phm_accuracy(actual, rows[-1]["pred_s"]) if actual > 0 else float("nan")
-    return rows
-
-
-def trend_param_grid() -> list[dict]:
-    """All trend configurations compared."""
-    keys = list(TREND_GRID)
-    grid = [dict(zip(keys, v, strict=True)) for v in itertools.product(*TREND_GRID.values())]
-    # A window holding fewer bins than min_points (10) could never estimate.
-    return [p for p in grid if p["window_s"] / p["bin_s"] >= 10]
-
-
-def calibrate_ratio_bounds(rows: list[dict], coverage: float = 0.8) -> tuple[float, float]:
-    """Empirical (low, high) factors on actual/predicted so `coverage` of training
-    trend predictions fall inside [hours*low, hours*high]."""
-    ratios = [r["actual_s"] / r["pred_s"] for r in rows if r["source"] == "trend"]
-    if len(ratios) < 3:
-        return (0.3, 3.0)
-    tail = (1.0 - coverage) / 2.0
-    lo, hi = np.quantile(ratios, [tail, 1.0 - tail])
-    return (float(min(max(lo, 0.01), 1.0)), float(max(hi, 1.0)))

@@ -1,7 +1,8 @@
 """Analytics benchmark: velocity accuracy, FEMTO alarms and time to failure, feature cost.
 
 Run: .venv/bin/python benchmarks/analytics/run.py   (prints JSON, rewrites README.md here)
-Runtime: about 1.5 min on one core; all FEMTO snapshots are used (no decimation).
+Runtime: about 4 min on 2 shared cores; all FEMTO snapshots are used (no decimation). Time
+to failure comes from `edge-agent replay` itself (ttf_replay.py, also runnable alone).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import evaluate as ev
 import femto
 import monitor_eval
+import ttf_replay
 from report import write_report
 
 from agent.analysis.bearing import FEMTO_BEARING, fault_frequencies
@@ -136,105 +138,6 @@ def femto_alarms(runs: dict, onsets: dict) -> dict:
     return {"folds": folds, "chosen_on_all_six": all_six}
 
 
-def femto_trend(runs: dict) -> dict:
-    """Leave-one-bearing-out trend model selection, bound calibration and PHM scores."""
-    names = list(runs)
-    grid = ev.trend_param_grid()
-    tune = {
-        (g, b): ev.trend_predictions(runs[b], p, ev.TUNE_FRACTIONS)
-        for g, p in enumerate(grid)
-        for b in names
-    }
-
-    def rows_for(g: int, b: str, train: list[str], c: float = 1.0) -> list[dict]:
-        lives = [runs[o].life_s for o in train]
-        return ev.score_predictions(tune[g, b], runs[b].life_s, lives, c)
-
-    # Model comparison over all folds: each bearing scored with the other five as prior.
-    comparison = []
-    for g, p in enumerate(grid):
-        rows = [r for b in names for r in rows_for(g, b, [o for o in names if o != b])]
-        tr = [r for r in rows if r["source"] == "trend"]
-        comparison.append(
-            {
-                **p,
-                "mean_A_all": round(float(np.mean([r["A"] for r in rows])), 3),
-                "trend_estimates": len(tr),
-                "mean_A_trend_only": round(float(np.mean([r["A"] for r in tr])), 3) if tr else None,
-                "median_actual_over_pred": round(
-                    float(np.median([r["actual_s"] / r["pred_s"] for r in tr])), 2
-                )
-                if tr
-                else None,
-            }
-        )
-    folds = {}
-    for test in names:
-        train = [b for b in names if b != test]
-        # Select on the five: mean PHM accuracy over 50..95 % of life (prior fills gaps).
-        # Nested: each training bearing is scored with the other four as its prior.
-        best, c = max(
-            ((g, c) for g in range(len(grid)) for c in ev.PRIOR_SCALES),
-            key=lambda gc: np.mean(
-                [
-                    r["A"]
-                    for b in train
-                    for r in rows_for(gc[0], b, [o for o in names if o not in (b, test)], gc[1])
-                ]
-            ),
-        )
-        cal_rows = [
-            r for b in train for r in rows_for(best, b, [o for o in names if o not in (b, test)], c)
-        ]
-        bounds = ev.calibrate_ratio_bounds(cal_rows)
-        preds = ev.trend_predictions(runs[test], grid[best], ev.SCORE_FRACTIONS, bounds)
-        lives = [runs[b].life_s for b in train]
-        scored = ev.score_predictions(preds, runs[test].life_s, lives, c)
-        dense = ev.score_predictions(
-            ev.trend_predictions(runs[test], grid[best], ev.TUNE_FRACTIONS, bounds),
-            runs[test].life_s,
-            lives,
-            c,
-        )
-        folds[test] = {
-            "params": grid[best],
-            "prior_scale": c,
-            "ratio_bounds": [round(x, 3) for x in bounds],
-            "points": [
-                {
-                    "fraction": r["fraction"],
-                    "actual_h": round(r["actual_s"] / 3600, 3),
-                    "pred_h": round(r["pred_s"] / 3600, 3),
-                    "source": r["source"],
-                    "A": round(r["A"], 3),
-                    **(
-                        {
-                            "lower_h": round(r["est"].lower_hours, 3),
-                            "upper_h": round(r["est"].upper_hours, 3),
-                            "covered": r["covered"],
-                        }
-                        if r["source"] == "trend"
-                        else {"reason": r["est"].reason}
-                    ),
-                }
-                for r in scored
-            ],
-            "dense_trend_points": sum(r["source"] == "trend" for r in dense),
-            "dense_covered": sum(bool(r.get("covered")) for r in dense),
-        }
-    score = {
-        f"{int(f * 100)}%": round(
-            float(
-                np.mean([p["A"] for b in names for p in folds[b]["points"] if p["fraction"] == f])
-            ),
-            3,
-        )
-        for f in ev.SCORE_FRACTIONS
-    }
-    score["all"] = round(float(np.mean([p["A"] for b in names for p in folds[b]["points"]])), 3)
-    return {"comparison": comparison, "folds": folds, "phm_score": score}
-
-
 def main() -> int:
     t0 = time.perf_counter()
     result: dict = {
@@ -263,9 +166,9 @@ def main() -> int:
                 for b, r in runs.items()
             },
             "alarms": femto_alarms(runs, onsets),
-            "trend": femto_trend(runs),
             "monitor": monitor_eval.evaluate(runs, onsets),
         }
+        result["ttf"] = ttf_replay.evaluate()
     else:
         result["femto"] = {"skipped": f"{femto.FEMTO_DIR} not present"}
     result["runtime_s"] = round(time.perf_counter() - t0, 1)

@@ -152,3 +152,15 @@ async def test_exposure_is_a_warning(caplog: pytest.LogCaptureFixture) -> None:
         r.levelname == "WARNING" and "exposed beyond this machine" in r.getMessage()
         for r in caplog.records
     )
+
+
+def test_metrics_show_flaps_per_alert_and_unresolved_velocity() -> None:
+    snap = {
+        "channels": [
+            {"asset": "b1", "sensor": "s", "channel": "h", "value": 66.7, "zone": None,
+             "active_level": 1, "flaps": {"severity": 0, "trend": 5}},
+        ]
+    }  # fmt: skip
+    text = render_metrics(snap).decode()
+    assert 'edge_alert_flaps_total{asset="b1",channel="h",kind="trend",sensor="s"} 5.0' in text
+    assert 'zone="unresolved"' in text

@@ -84,3 +84,46 @@ def test_a_clock_set_back_does_not_hold_new_alerts() -> None:
     steps = [step(st, 2, below_clear=False, debounce=3, now_iso=T, now_s=now + i,
                   holdoff_s=600) for i in range(3)]  # fmt: skip
     assert [s.transition for s in steps] == [None, None, "raised"]
+
+
+def test_a_flapping_level_is_one_episode_and_each_return_a_flap() -> None:
+    """Five dips below the clear level within an hour, each too short for the 30 min clear
+    hold: one raise, no clear, five flaps; then a long quiet spell clears it once."""
+    st = LifecycleState()
+    out, now = [], 0.0
+
+    def go(level: int, below: bool, n: int) -> None:
+        nonlocal now
+        for _ in range(n):
+            out.append(step(st, level, below_clear=below, debounce=3, now_iso=T, now_s=now,
+                            holdoff_s=600, clear_hold_s=1800))  # fmt: skip
+            now += 60.0
+
+    for _ in range(5):  # 12 minutes a cycle: 6 above, 6 below
+        go(1, False, 6)
+        go(0, True, 6)
+    assert transitions(out) == [("raised", 1)]
+    assert st.flaps == 4  # the fifth dip has not returned yet
+    go(1, False, 1)
+    assert st.flaps == 5
+    go(0, True, 29)
+    assert transitions(out) == [("raised", 1)]  # 29 min below: not yet
+    go(0, True, 2)
+    assert transitions(out) == [("raised", 1), ("cleared", 1)]
+    # Without a time hold the same dips clear and re-raise (held off 10 min by resend).
+    plain, now = LifecycleState(), 0.0
+    steps = []
+    for _ in range(5):
+        for lv, below in [(1, False)] * 6 + [(0, True)] * 6:
+            steps.append(step(plain, lv, below_clear=below, debounce=3, now_iso=T, now_s=now,
+                              holdoff_s=0))  # fmt: skip
+            now += 60.0
+    assert len(transitions(steps)) == 10 and plain.flaps == 0
+
+
+def test_the_clear_hold_and_flap_count_survive_a_restart() -> None:
+    st = LifecycleState()
+    for i, (lv, below) in enumerate([(1, False)] * 3 + [(0, True)] * 4 + [(1, False)]):
+        step(st, lv, below_clear=below, debounce=3, now_iso=T, now_s=60.0 * i, clear_hold_s=1800)
+    restored = LifecycleState.from_dict(json.loads(json.dumps(st.to_dict())))
+    assert restored == st and restored.flaps == 1 and restored.active == 1

@@ -19,8 +19,9 @@ SCHEMA = json.loads(
 )
 
 
-def config(tmp_path: Path, debounce: int = 3) -> Config:
-    return press_config(tmp_path, debounce=debounce, hysteresis=0.1)
+def config(tmp_path: Path, debounce: int = 3, clear_hold_s: float = 0.0) -> Config:
+    """press-7; clears on level alone (clear_hold_s 0) unless a test sets the time hold."""
+    return press_config(tmp_path, debounce=debounce, hysteresis=0.1, clear_hold_s=clear_hold_s)
 
 
 def readings(values: list[float], start: datetime | None = None) -> list[Reading]:

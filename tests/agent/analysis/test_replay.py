@@ -1,16 +1,19 @@
-"""`edge-agent replay` on a synthetic run-to-failure recording, and the CSV input."""
+"""`edge-agent replay`: synthetic run-to-failure recordings, the PRONOSTIA CSV layout, flags
+checked like `check` checks YAML, the summary line and the plot, and the FEMTO bearings."""
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import math
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from agent.cli import _parser
-from agent.replay import replay
+from agent.replay import replay, run
 
 FS = 25600.0
 N = 2560
@@ -34,6 +37,19 @@ def _recording(path: Path, seed: int = 7) -> tuple[float, float]:
     return float(t[-1]), float(fail_t)
 
 
+def _args(*argv: str) -> argparse.Namespace:
+    return _parser().parse_args(["replay", *argv])
+
+
+def _lines(args: argparse.Namespace) -> tuple[int, list[dict]]:
+    out = io.StringIO()
+    n = replay(args, out)
+    return n, [json.loads(x) for x in out.getvalue().splitlines()]
+
+
+FAILURE = ("--failure-metric", "accel_peak_g", "--failure-threshold", "4")
+
+
 def test_replay_alerts_before_failure_and_bounds_contain_truth(tmp_path: Path) -> None:
     """Four synthetic run-to-failure recordings (two channels each): an early alert on every
     one, estimates close to the truth, and 95 % bounds that contain it nearly always (a
@@ -42,22 +58,8 @@ def test_replay_alerts_before_failure_and_bounds_contain_truth(tmp_path: Path) -
     for seed in range(4):
         path = tmp_path / f"run{seed}.npz"
         last_t, fail_t = _recording(path, seed)
-        args = _parser().parse_args(
-            [
-                "replay",
-                str(path),
-                "--failure-metric",
-                "accel_peak_g",
-                "--failure-threshold",
-                "4",
-                "--planning-horizon-hours",
-                "12",
-            ]
-        )
-        out = io.StringIO()
-        n = replay(args, out)
-        lines = [json.loads(x) for x in out.getvalue().splitlines()]
-        alerts, estimates = lines[:n], lines[n:]
+        n, lines = _lines(_args(str(path), *FAILURE, "--planning-horizon-hours", "12"))
+        alerts, estimates, summary = lines[:n], lines[n:-1], lines[-1]
         assert [a["seq"] for a in alerts] == list(range(1, n + 1))
         assert all(a["gateway_id"] == "replay" for a in alerts)
         trend = [a for a in alerts if a["kind"] == "trend" and a["state"] == "raised"]
@@ -72,19 +74,149 @@ def test_replay_alerts_before_failure_and_bounds_contain_truth(tmp_path: Path) -
             assert e["progression"]["rate_per_day"] > 0
             covered += ttf["lower_hours"] <= truth_h <= ttf["upper_hours"]
             total += 1
+        # The summary tells the story: first alert, lead to the end, estimates over time.
+        assert (
+            summary["kind"] == "summary" and summary["first_alert"]["at"] == trend[0]["detected_at"]
+        )
+        lead = summary["first_alert"]["lead_time_hours"]
+        assert 0 < lead < last_t / 3600
+        assert summary["time_to_failure"]["hours"] == min(
+            e["time_to_failure"]["hours"] for e in estimates
+        )
+        series = summary["estimates"]["h"]
+        assert len(series["at"]) == len(series["hours"]) == len(series["model"]) > 100
     assert covered >= 0.8 * total, (covered, total)
 
 
-def test_csv_folder_and_limit(tmp_path: Path) -> None:
+def test_with_a_prior_every_cut_of_a_recording_gets_an_estimate_with_its_basis(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "run.npz"
+    _recording(path, 1)
+    prior = ("--prior-life-hours", "9,14", "--age-hours", "2")
+    models = []
+    for limit in ("5", "80", "200", "430"):  # learning the baseline, healthy, onset, late
+        _, lines = _lines(_args(str(path), *FAILURE, *prior, "--limit", limit))
+        summary = lines[-1]
+        ttf = summary["time_to_failure"]
+        assert ttf is not None and ttf["lower_hours"] <= ttf["hours"] <= ttf["upper_hours"]
+        assert ttf["summary"] and set(ttf["terms"]) <= {"reliability_prior", "degradation_trend"}
+        models.append(ttf["model"])
+    assert models[:2] == ["reliability-prior", "reliability-prior"]
+    assert "bayes-exponential" in models[-1]
+    _, lines = _lines(_args(str(path), *FAILURE, *prior, "--limit", "5"))
+    est = lines[-2]
+    assert est["progression"] is None
+    assert est["no_estimate_reason"].startswith("no degradation seen yet (learning the baseline")
+    assert "at age 2.0" in est["no_estimate_reason"]  # age at the first snapshot + 4 x 60 s
+
+
+def _pronostia(folder: Path, times: list[tuple[int, int, int]], cols: int = 6) -> None:
+    rng = np.random.default_rng(0)
+    for i, (h, m, s) in enumerate(times, start=1):
+        us = np.arange(N) * 1e6 / FS
+        rows = [
+            f"{h},{m},{s + int(u // 1e6)},{u % 1e6:.1f},{a:.3f},{b:.3f}"
+            for u, a, b in zip(us, *rng.normal(0, 0.3, (2, N)), strict=True)
+        ]
+        if cols != 6:
+            rows = [",".join(r.split(",")[:cols]) for r in rows]
+        (folder / f"acc_{i:05d}.csv").write_text("\n".join(rows) + "\n")
+    (folder / "temp_00001.csv").write_text("9,39,39,0,80.1\n")  # ignored: not a vibration file
+
+
+def test_the_original_pronostia_csv_layout_is_read_directly(tmp_path: Path) -> None:
+    times = [(23, 59, 30), (23, 59, 40), (23, 59, 50), (0, 0, 0), (0, 0, 0), (0, 0, 10)]
+    _pronostia(tmp_path, times)
+    _, lines = _lines(_args(str(tmp_path), "--start", "2012-03-04T00:00:00Z",
+                            "--prior-life-hours", "2.5"))  # fmt: skip
+    summary = lines[-1]
+    rec = summary["recording"]
+    assert (rec["first"], rec["last"]) == ("2012-03-04T23:59:30.000Z", "2012-03-05T00:00:10.000Z")
+    assert rec["snapshots"] == 5 and rec["skipped"] == {"time does not advance": 1}
+    assert [e["sensor"]["channel"] for e in lines[:-1]] == ["h", "v"]
+    assert summary["time_to_failure"]["model"] == "reliability-prior"
+
+
+def test_a_headerless_csv_of_another_shape_is_an_error_not_channel_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _pronostia(tmp_path, [(9, 0, 0)], cols=5)
+    assert run(_args(str(tmp_path))) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "acc_00001.csv:1: not the PRONOSTIA layout" in err
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "s1.csv").write_text("0.1,0.2\n0.3,0.4\n")
+    assert run(_args(str(other), "--fs-hz", "25600")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "s1.csv:1: no header line (the first row is numbers, 2 of them)" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--failure-metric", "accel_peak"], "--failure-metric 'accel_peak': unknown metric;"
+         " valid names: accel_peak_g, accel_rms_g,"),
+        (["--rpm", "-5"], "--rpm -5.0: expected greater than 0"),
+        (["--iso-group", "3"], "--iso-group 3: expected 1 or 2"),
+        (["--prior-life-hours", "2.5,x"], "--prior-life-hours '2.5,x': expected completed"),
+        (["--age-hours", "-1", "--prior-life-hours", "3"], "--age-hours -1.0: expected greater"),
+        (["--limit", "0"], "--limit 0: expected at least 1 snapshot"),
+        (["--start", "yesterday"], "--start 'yesterday': expected an ISO-8601 time"),
+        (["--balls", "9"], "--balls, --ball-mm and --pitch-mm go together"),
+    ],
+)  # fmt: skip
+def test_flags_are_checked_with_one_line_each(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(_args(str(tmp_path / "none.npz"), *argv)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"replay: {message}"), err
+    if "accel_peak'" in message:
+        assert "(did you mean 'accel_peak_g'?)" in err
+
+
+def test_csv_folder_with_a_header_and_limit(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     for i in range(4):
         f = tmp_path / f"snap{i:03d}.csv"
         rows = "\n".join(f"{a:.5f},{b:.5f}" for a, b in rng.normal(0, 0.1, (2560, 2)))
         f.write_text(f"# fs_hz=25600\n# timestamp=2026-01-01T00:0{i}:00Z\nx,y\n{rows}\n")
-    args = _parser().parse_args(["replay", str(tmp_path), "--limit", "3"])
-    out = io.StringIO()
-    assert replay(args, out) == 0
-    est = [json.loads(x) for x in out.getvalue().splitlines()]
+    n, lines = _lines(_args(str(tmp_path), "--limit", "3"))
+    assert n == 0
+    est = lines[:-1]
     assert [e["sensor"]["channel"] for e in est] == ["x", "y"]
     assert est[0]["at"] == "2026-01-01T00:02:00.000Z"
     assert "learning the baseline" in est[0]["no_estimate_reason"]
+
+
+def test_plot_draws_the_story(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib", reason="--plot needs the optional matplotlib extra")
+    path = tmp_path / "run.npz"
+    _recording(path, 2)
+    png = tmp_path / "story.png"
+    _lines(_args(str(path), *FAILURE, "--prior-life-hours", "9", "--plot", str(png)))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+
+
+@pytest.mark.slow
+@pytest.mark.femto
+def test_femto_bearing_no_severity_from_unresolved_velocity_and_an_estimate_at_every_cut(
+    femto_dir: Path,
+) -> None:
+    """Bearing3_1 (515 snapshots of 0.1 s, prior: Bearing3_2's life): no ISO severity alert
+    (the 10-1000 Hz band is not resolved), the record says so, every cut has an estimate."""
+    base = (str(femto_dir / "Bearing3_1.npz"), "--rpm", "1500", "--failure-metric",
+            "accel_peak_g", "--failure-threshold", "20", "--prior-life-hours",
+            "4.5444")  # fmt: skip
+    n, lines = _lines(_args(*base))
+    assert not [a for a in lines[:n] if a["kind"] == "severity"]
+    for est in lines[n:-1]:
+        assert est["severity"]["zone"] is None and "not resolved" in est["severity"]["standard"]
+    summary = lines[-1]
+    assert summary["first_alert"]["kind"] == "trend"
+    for limit in ("30", "257", "480"):
+        _, cut = _lines(_args(*base, "--limit", limit))
+        ttf = cut[-1]["time_to_failure"]
+        assert ttf is not None and ttf["lower_hours"] < ttf["upper_hours"] and ttf["summary"]

@@ -1,0 +1,143 @@
+"""`edge-agent replay`: feed a recording through the agent's own Monitor and tell its story.
+
+Inputs: a FEMTO/PRONOSTIA .npz file (keys acc, scale_g, t_s, fs_hz); a folder in the
+original PRONOSTIA CSV layout (acc_NNNNN.csv, no header, one row per sample: hour, minute,
+second, microsecond, horizontal g, vertical g; the snapshot's time is its first row's, on
+the date of --start); or a folder of CSV snapshots, one per file in name order, whose first
+line names the channels (e.g. h,v) and whose optional comment lines set "# fs_hz=25600" and
+"# timestamp=2026-01-01T00:00:10Z". A header-less CSV of another shape is an error.
+
+Output (stdout, JSON Lines), all from the recording's own clock:
+- every alert record as the agent would send it (seq from 1, gateway id "replay" unless -c
+  gives one);
+- one record per channel with "kind": "estimate": severity, progression and time to failure
+  (with the basis of its model) as of the last snapshot, or the reason there is none;
+- one "kind": "summary" line: the first alert and its lead time to the end of the
+  recording, the asset's time to failure (its shortest channel), the flap counts and the
+  estimates over time per channel (time, hours, bounds, model, health index).
+With --prior-life-hours (and --age-hours) the asset has a reliability prior, so every cut of
+a recording gets an estimate with bounds. Snapshots whose time does not advance are skipped
+and counted. Exit status 2 on a bad option, recording or configuration (one line each).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, TextIO
+
+from agent.analysis.monitor import Monitor
+from agent.config import ConfigError
+from agent.records import dumps, format_ts
+from agent.replay import _args
+from agent.replay._args import ArgumentError, build_config
+from agent.replay._inputs import RecordingError, parse_start, snapshots
+from agent.replay._story import PlotError, Story, plot
+from drivers.reading import Reading, Waveform
+
+__all__ = ["add_arguments", "replay", "run"]
+
+EXIT_USAGE = 2
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options and help text of `edge-agent replay`."""
+    _args.add_arguments(parser)
+    parser.description = __doc__.split("\n\n", 1)[1] if __doc__ else None
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
+def replay(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    """Run the replay; writes JSON Lines to `out`. Returns the number of alert records.
+
+    Raises:
+        ArgumentError, ConfigError, RecordingError, PlotError: bad input (see run()).
+    """
+    cfg, gateway, sensor = build_config(args)
+    monitor = Monitor(cfg, persist=False)  # a replay keeps nothing
+    story = Story(next(s.asset for s in cfg.sensors if s.id == sensor))
+    seq = 0
+    channels: list[str] = []
+    last = None
+    source = snapshots(
+        Path(args.input),
+        start=parse_start(args.start),
+        interval_s=args.interval_s,
+        fs_hz=args.fs_hz,
+    )
+    for n, snap in enumerate(source):
+        if args.limit is not None and n >= args.limit:
+            break  # the first N snapshots of the recording, as if it stopped there
+        if last is not None and snap.at <= last:
+            story.skipped["time does not advance"] += 1  # a recording's clock glitch
+            continue
+        last = snap.at
+        story.snapshot(snap.at)
+        for ch, samples in snap.channels.items():
+            if ch not in channels:
+                channels.append(ch)
+            wave = Waveform(samples, snap.fs_hz)
+            r = Reading(sensor, ch, snap.at, {}, transport="replay", waveform=wave)
+            for draft in monitor.update(r).drafts:
+                seq += 1
+                rec = draft.record(gateway_id=gateway, seq=seq)
+                story.alert(rec)
+                out.write(dumps(rec) + "\n")
+        story.estimates(monitor.views())
+    final = [_estimate_record(monitor, gateway, sensor, ch) for ch in channels]
+    final = [r for r in final if r is not None]
+    for rec in final:
+        out.write(dumps(rec) + "\n")
+    flaps = {v.channel: {"severity": v.flaps[0], "trend": v.flaps[1]} for v in monitor.views()}
+    summary = story.summary(final, flaps)
+    out.write(dumps(summary) + "\n")
+    out.flush()
+    if args.plot is not None:
+        plot(summary, args.plot)
+    return seq
+
+
+def _estimate_record(
+    monitor: Monitor, gateway: str, sensor: str, channel: str
+) -> dict[str, Any] | None:
+    cur = monitor.current(sensor, channel)
+    view = next(
+        (v for v in monitor.views() if v.sensor_id == sensor and v.channel == channel), None
+    )
+    if cur is None or view is None:
+        return None
+    sev, prog, ttf, reason = cur
+    rec: dict[str, Any] = {
+        "kind": "estimate",
+        "gateway_id": gateway,
+        "asset": {"id": view.asset_id},
+        "sensor": {"id": sensor, "channel": channel, "transport": "replay"},
+        "at": format_ts(view.at),
+        "severity": asdict(sev),
+        "progression": None if prog is None else asdict(prog),
+        "time_to_failure": None if ttf is None else asdict(ttf),
+        "health_index": view.health_index,
+    }
+    rec.update(monitor.estimate_basis(sensor, channel))
+    if reason is not None:
+        rec["no_estimate_reason"] = reason
+    return rec
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of `edge-agent replay`: 0 on success, 2 on a bad input or config."""
+    try:
+        replay(args)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            print(issue, file=sys.stderr)
+        return EXIT_USAGE
+    except (ArgumentError, RecordingError, PlotError) as exc:
+        print(f"replay: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        print(f"replay: {exc.filename or args.input}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0

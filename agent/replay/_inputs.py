@@ -1,0 +1,190 @@
+"""Recordings `edge-agent replay` reads: snapshots of (time, sampling rate, channel samples).
+
+- A FEMTO/PRONOSTIA .npz file (keys acc int16 (N, n, 2), scale_g, t_s, fs_hz; channels "h"
+  and "v"), see ../shared/data/femto/README.md.
+- A folder in the original PRONOSTIA layout: one acc_NNNNN.csv per snapshot, no header, one
+  row per sample: hour, minute, second, microsecond, horizontal g, vertical g (',' or ';'
+  separated). The snapshot's time is its first row's time of day (on the date of --start,
+  rolling over at midnight); the sampling rate comes from the rows' own times.
+- A folder of CSV snapshots with a header: one file per snapshot, read in name order; first
+  line the channel names (e.g. `h,v` or `x,y,z`), then one row per sample in g. Optional
+  comment lines before the header set `# fs_hz=25600` and `# timestamp=...Z`; without them
+  --fs-hz and --start + i x --interval-s are used.
+A header-less CSV of any other shape is an error: its first row is never taken for names.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["RecordingError", "Snapshot", "parse_start", "snapshots"]
+
+_NPZ_CHANNELS = ("h", "v")
+PRONOSTIA_CHANNELS = ("h", "v")
+_PRONOSTIA_COLUMNS = 6
+_NUMBER = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
+_DAY_S = 86400.0
+_MAX_FILE_BYTES = 64 * 2**20  # one snapshot; anything larger is not a snapshot
+
+
+class RecordingError(ValueError):
+    """A recording that cannot be read as snapshots (the message names the file)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """One snapshot of a recording."""
+
+    at: datetime
+    fs_hz: float
+    channels: dict[str, np.ndarray]
+    source: str  # file (and index) it came from, for messages
+
+
+def parse_start(text: str) -> datetime:
+    """An ISO-8601 time; UTC when it carries no offset."""
+    ts = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+
+def _npz(path: Path, start: datetime) -> Iterator[Snapshot]:
+    try:
+        with np.load(path) as data:
+            acc, scale = data["acc"], float(data["scale_g"])
+            t_s, fs = np.asarray(data["t_s"], dtype=np.float64), float(data["fs_hz"])
+    except KeyError as exc:
+        raise RecordingError(f"{path}: not a FEMTO .npz (missing key {exc})") from exc
+    if acc.ndim != 3 or acc.shape[2] != len(_NPZ_CHANNELS) or t_s.shape[0] != acc.shape[0]:
+        raise RecordingError(f"{path}: acc must be (N, samples, 2) with one t_s per snapshot")
+    for i in range(acc.shape[0]):
+        yield Snapshot(
+            start + timedelta(seconds=float(t_s[i])),
+            fs,
+            {ch: acc[i, :, k] * scale for k, ch in enumerate(_NPZ_CHANNELS)},
+            f"{path}[{i}]",
+        )
+
+
+def _numbers(text: str, columns: int, where: str) -> np.ndarray:
+    """Rows of `columns` numbers from CSV text (',' or ';'), fast."""
+    text = text.replace("\r", "").replace(";", ",").strip()
+    if "\n\n" in text:
+        text = "\n".join(line for line in text.split("\n") if line.strip())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy only warns about text it cannot read
+        try:
+            flat = np.fromstring(text.replace("\n", ","), sep=",")  # type: ignore[call-overload]
+        except (ValueError, DeprecationWarning) as exc:
+            raise RecordingError(f"{where}: a value that is not a number ({exc})") from exc
+    if flat.shape[0] == 0 or flat.shape[0] % columns:
+        raise RecordingError(
+            f"{where}: expected rows of {columns} numbers; the file holds {flat.shape[0]} "
+            "values (a missing or extra value, or text among the numbers)"
+        )
+    return np.asarray(flat.reshape(-1, columns))
+
+
+def _read(path: Path) -> str:
+    if path.stat().st_size > _MAX_FILE_BYTES:
+        raise RecordingError(f"{path}: larger than 64 MiB; one file should be one snapshot")
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise RecordingError(f"{path}: not UTF-8 text") from exc
+
+
+def _fields(line: str) -> list[str]:
+    return [f.strip() for f in re.split(r"[,;]", line.strip())]
+
+
+def _pronostia(files: list[Path], start: datetime, fs_hz: float | None) -> Iterator[Snapshot]:
+    day = start.replace(hour=0, minute=0, second=0, microsecond=0)
+    last = -1.0
+    for f in files:
+        text = _read(f)
+        first = text.split("\n", 1)[0]
+        fields = _fields(first)
+        if len(fields) != _PRONOSTIA_COLUMNS or not all(_NUMBER.match(x) for x in fields):
+            raise RecordingError(
+                f"{f}:1: not the PRONOSTIA layout (no header; {_PRONOSTIA_COLUMNS} numbers per "
+                f"row: hour, minute, second, microsecond, horizontal g, vertical g); got "
+                f"{len(fields)} field(s): {first[:80]!r}"
+            )
+        rows = _numbers(text, _PRONOSTIA_COLUMNS, str(f))
+        secs = rows[:, 0] * 3600.0 + rows[:, 1] * 60.0 + rows[:, 2] + rows[:, 3] * 1e-6
+        span = float(secs[-1] - secs[0])
+        fs = (rows.shape[0] - 1) / span if span > 0 else fs_hz
+        if fs is None:
+            raise RecordingError(f"{f}: the rows' times do not advance; give --fs-hz")
+        of_day = float(secs[0])
+        if of_day < last - _DAY_S / 2:  # the clock passed midnight
+            day += timedelta(days=1)
+        last = of_day
+        channels = {ch: rows[:, 4 + k] for k, ch in enumerate(PRONOSTIA_CHANNELS)}
+        yield Snapshot(day + timedelta(seconds=of_day), float(fs), channels, str(f))
+
+
+def _with_header(
+    files: list[Path], start: datetime, interval_s: float, fs_hz: float | None
+) -> Iterator[Snapshot]:
+    for i, f in enumerate(files):
+        meta: dict[str, str] = {}
+        lines = _read(f).split("\n")
+        n = 0
+        while n < len(lines) and lines[n].startswith("#"):
+            key, _, value = lines[n][1:].partition("=")
+            meta[key.strip()] = value.strip()
+            n += 1
+        if n >= len(lines) or not lines[n].strip():
+            raise RecordingError(f"{f}: no header line of channel names (e.g. 'h,v')")
+        names = _fields(lines[n])
+        if all(_NUMBER.match(x) for x in names):
+            raise RecordingError(
+                f"{f}:{n + 1}: no header line (the first row is numbers, {len(names)} of them); "
+                "a header-less CSV must be the PRONOSTIA layout (acc_NNNNN.csv, 6 columns: "
+                "hour, minute, second, microsecond, horizontal g, vertical g). Otherwise start "
+                "the file with the channel names, e.g. 'h,v'"
+            )
+        if len(set(names)) != len(names) or not all(names):
+            raise RecordingError(f"{f}:{n + 1}: channel names must be distinct and non-empty")
+        data = _numbers("\n".join(lines[n + 1 :]).strip(), len(names), str(f))
+        try:
+            fs = float(meta["fs_hz"]) if "fs_hz" in meta else fs_hz
+            at = (
+                parse_start(meta["timestamp"])
+                if "timestamp" in meta
+                else (start + timedelta(seconds=i * interval_s))
+            )
+        except ValueError as exc:
+            raise RecordingError(f"{f}: bad '# fs_hz=' or '# timestamp=' line: {exc}") from exc
+        if fs is None or not fs > 0:
+            raise RecordingError(f"{f}: no '# fs_hz=' line and no --fs-hz")
+        yield Snapshot(at, fs, {name: data[:, k] for k, name in enumerate(names)}, str(f))
+
+
+def snapshots(
+    source: Path, *, start: datetime, interval_s: float, fs_hz: float | None
+) -> Iterator[Snapshot]:
+    """The snapshots of a recording, in recording order (see the module docstring).
+
+    Raises:
+        RecordingError: (possibly while iterating) the recording cannot be read.
+    """
+    if source.is_file() and source.suffix == ".npz":
+        return _npz(source, start)
+    if not source.is_dir():
+        raise RecordingError(f"{source}: expected a .npz file or a folder of CSV snapshots")
+    acc = sorted(source.glob("acc_*.csv"))
+    if acc:
+        return _pronostia(acc, start, fs_hz)
+    files = sorted(source.glob("*.csv"))
+    if not files:
+        raise RecordingError(f"{source}: no acc_*.csv or *.csv files in this folder")
+    return _with_header(files, start, interval_s, fs_hz)

@@ -1,0 +1,199 @@
+"""Time to failure on the FEMTO learning bearings, exactly as a user gets it: `edge-agent replay`.
+
+Every number here comes from the JSON Lines that the `edge-agent replay` command prints,
+run as a subprocess with only its documented flags:
+
+    edge-agent replay BEARING.npz --rpm RPM --failure-metric accel_peak_g
+        --failure-threshold 20 --prior-life-hours H[,H...] --age-hours 0 [--limit N]
+
+The prior is the completed lives of the other bearings of the same operating condition
+(leave-one-bearing-out: one life per fold for these six); nothing else is learned, tuned or
+added per bearing. A cut of the recording at a point of life is `--limit N` (the first N
+snapshots, as if the recording stopped there, the way the PHM 2012 challenge truncated its
+test bearings); the scored estimate is the summary line's `time_to_failure` (the asset's
+shortest channel). The full replay of each bearing gives the first alert, its lead time, the
+severity alerts and the estimates over time (bounds coverage over the whole life).
+
+Cut points: 50, 70 and 90 % of life, and the challenge's own cut-off points: the fraction of
+life at which each test bearing of the same operating condition was truncated (its observed
+duration over observed duration + actual RUL, from the challenge's published test set),
+applied to the learning bearings of that condition.
+
+Run: .venv/bin/python benchmarks/analytics/ttf_replay.py   (prints JSON)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from femto import BEARINGS, FEMTO_DIR, SHAFT_RPM
+
+REPO = Path(__file__).resolve().parents[2]
+EDGE_AGENT = REPO / ".venv" / "bin" / "edge-agent"
+FAILURE_G = 20.0
+FRACTIONS = (0.5, 0.7, 0.9)
+# PHM 2012 test set: (observed duration s, actual RUL s) per test bearing, by condition.
+CHALLENGE_TEST = {
+    "1": {"Bearing1_3": (18010, 5730), "Bearing1_4": (11380, 339), "Bearing1_5": (23010, 1610),
+          "Bearing1_6": (23010, 1460), "Bearing1_7": (15010, 7570)},
+    "2": {"Bearing2_3": (12010, 7530), "Bearing2_4": (6110, 1390), "Bearing2_5": (20010, 3090),
+          "Bearing2_6": (5710, 1290), "Bearing2_7": (1710, 580)},
+    "3": {"Bearing3_3": (3510, 820)},
+}  # fmt: skip
+
+
+def phm_accuracy(actual: float, predicted: float) -> float:
+    """PHM 2012 accuracy: Er = 100 (act - pred) / act; late (Er <= 0) costs more."""
+    er = 100.0 * (actual - predicted) / actual
+    return math.exp(-math.log(0.5) * er / 5.0) if er <= 0 else math.exp(math.log(0.5) * er / 20.0)
+
+
+def condition(bearing: str) -> str:
+    return bearing[len("Bearing")]
+
+
+def command(bearing: str, lives_s: list[float], limit: int | None = None) -> list[str]:
+    """The user's command line for one bearing (prior: the other lives of its condition)."""
+    cmd = [
+        str(EDGE_AGENT), "replay", str(FEMTO_DIR / f"{bearing}.npz"),
+        "--rpm", f"{SHAFT_RPM[condition(bearing)]:g}",
+        "--failure-metric", "accel_peak_g", "--failure-threshold", f"{FAILURE_G:g}",
+        "--prior-life-hours", ",".join(f"{x / 3600:.4f}" for x in lives_s),
+        "--age-hours", "0",
+    ]  # fmt: skip
+    return cmd + (["--limit", str(limit)] if limit is not None else [])
+
+
+def _shown(cmd: list[str]) -> str:
+    """The command as a user in the repository types it."""
+    return " ".join(cmd).replace(str(REPO) + "/", "").replace(str(REPO.parent) + "/", "../")
+
+
+def replay(cmd: list[str]) -> tuple[list[dict], float, float]:
+    """(JSON lines, wall s, child CPU s) of one replay."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.strip()[-500:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return [json.loads(x) for x in proc.stdout.splitlines()], wall, cpu
+
+
+def _ts(text: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def cut_points(bearing: str) -> list[tuple[str, float]]:
+    pts = [(f"{int(f * 100)}%", f) for f in FRACTIONS]
+    pts += [(f"cut-off of {name}", obs / (obs + rul))
+            for name, (obs, rul) in CHALLENGE_TEST[condition(bearing)].items()]  # fmt: skip
+    return pts
+
+
+def asset_series(summary: dict) -> list[tuple[float, float, float, float]]:
+    """(time, hours, lower, upper) of the asset (its shortest channel) at every estimate."""
+    events: dict[float, dict[str, tuple[float, float, float]]] = {}
+    for ch, s in summary["estimates"].items():
+        for at, h, lo, hi in zip(s["at"], s["hours"], s["lower_hours"], s["upper_hours"],
+                                 strict=True):  # fmt: skip
+            if h is not None:
+                events.setdefault(_ts(at), {})[ch] = (h, lo, hi)
+    out, current = [], {}
+    for t in sorted(events):
+        current.update(events[t])
+        h, lo, hi = min(current.values())
+        out.append((t, h, lo, hi))
+    return out
+
+
+def evaluate_bearing(bearing: str) -> dict:
+    t_s = np.load(FEMTO_DIR / f"{bearing}.npz")["t_s"]
+    life_s = float(t_s[-1])
+    start = _ts("2026-01-01T00:00:00Z")  # replay's default --start
+    lives = [float(np.load(FEMTO_DIR / f"{o}.npz")["t_s"][-1]) for o in BEARINGS
+             if o != bearing and condition(o) == condition(bearing)]  # fmt: skip
+    full_cmd = command(bearing, lives)
+    lines, wall, cpu = replay(full_cmd)
+    summary = lines[-1]
+    alerts = [x for x in lines if x.get("schema")]
+    series = asset_series(summary)
+    covered = [lo <= (life_s - (t - start)) / 3600.0 <= hi for t, _, lo, hi in series]
+    first = summary["first_alert"]
+    points = []
+    for label, f in cut_points(bearing):
+        i = int(np.searchsorted(t_s, f * life_s, side="right") - 1)
+        lines_cut, _, _ = replay(command(bearing, lives, limit=i + 1))
+        ttf = lines_cut[-1]["time_to_failure"]
+        actual_h = (life_s - float(t_s[i])) / 3600.0
+        at = _ts(lines_cut[-1]["recording"]["last"])
+        full = [s for s in series if s[0] <= at]
+        points.append({
+            "point": label, "fraction": round(f, 4), "snapshots": i + 1,
+            "actual_h": round(actual_h, 4), "hours": ttf["hours"],
+            "lower_hours": ttf["lower_hours"], "upper_hours": ttf["upper_hours"],
+            "model": ttf["model"], "A": round(phm_accuracy(actual_h, ttf["hours"]), 4),
+            "covered": ttf["lower_hours"] <= actual_h <= ttf["upper_hours"],
+            "same_as_full_replay": bool(full) and abs(full[-1][1] - ttf["hours"]) < 1e-6,
+            "command": _shown(command(bearing, lives, limit=i + 1)),
+        })  # fmt: skip
+    return {
+        "life_h": round(life_s / 3600, 4),
+        "prior_life_hours": [round(x / 3600, 4) for x in lives],
+        "command": _shown(full_cmd),
+        "replay_wall_s": round(wall, 2),
+        "replay_cpu_s": round(cpu, 2),
+        "snapshots": summary["recording"]["snapshots"],
+        "skipped": summary["recording"]["skipped"],
+        "first_alert": first,
+        "alerts_raised": summary["alerts_raised"],
+        "severity_alerts": sum(a["kind"] == "severity" for a in alerts),
+        "flaps": summary["flaps"],
+        "estimates_over_time": len(series),
+        "covered_over_time": round(float(np.mean(covered)), 3) if covered else None,
+        "points": points,
+    }
+
+
+def evaluate() -> dict:
+    t0 = time.perf_counter()
+    per = {b: evaluate_bearing(b) for b in BEARINGS}
+    pts = [p for b in per.values() for p in b["points"]]
+
+    def mean(xs: list[float]) -> float | None:
+        return round(float(np.mean(xs)), 3) if xs else None
+
+    score = {label: mean([p["A"] for p in pts if p["point"] == label])
+             for label in ("50%", "70%", "90%")}  # fmt: skip
+    score["challenge cut-offs"] = mean([p["A"] for p in pts if p["point"].startswith("cut-off")])
+    score["50/70/90 %"] = mean([p["A"] for p in pts if p["point"].endswith("%")])
+    score["all points"] = mean([p["A"] for p in pts])
+    over_time = [b["covered_over_time"] for b in per.values() if b["covered_over_time"] is not None]
+    return {
+        "bearings": per,
+        "phm_score": score,
+        "bounds_coverage_scored_points": mean([float(p["covered"]) for p in pts]),
+        "bounds_coverage_over_time_mean": mean(over_time),
+        "cut_replays_match_full_replay": all(p["same_as_full_replay"] for p in pts),
+        "severity_alerts_total": sum(b["severity_alerts"] for b in per.values()),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "runtime_s": round(time.perf_counter() - t0, 1),
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(evaluate(), indent=1))

@@ -1,0 +1,159 @@
+"""The Monitor's time to failure at every stage: prior before onset, the asset's age, fleet
+lives from replacements, and severity only where the velocity band is measured."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import numpy as np
+import pytest
+
+from agent.analysis.monitor import Monitor
+from agent.analysis.reliability import life_prior
+from agent.config import Config
+from drivers.reading import Reading, Waveform
+
+SCHEMA = json.loads(
+    (Path(__file__).resolve().parents[3] / "agent" / "schemas" / "alert-v1.json").read_text()
+)
+T0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
+FEATS = {"velocity_rms_mm_s": 1.0, "accel_rms_g": 0.2, "hf_accel_rms_g": 0.05}
+
+
+def config(reliability: dict[str, Any] | None, **alerting: Any) -> Config:
+    asset: dict[str, Any] = {
+        "id": "press-7",
+        "name": "Press 7",
+        "tier": 1,
+        "machine": {"standard": "iso10816-3", "group": 2, "foundation": "rigid", "rpm": 1480},
+        "alerting": alerting,
+    }
+    if reliability is not None:
+        asset["reliability"] = reliability
+    return Config.model_validate({
+        "gateway": {"id": "gw-t"},
+        "assets": [asset],
+        "sensors": [{"id": "m1", "asset": "press-7", "modbus": {"host": "127.0.0.1"}}],
+        "store": {"path": "/nonexistent/o.db"},
+    })  # fmt: skip
+
+
+def reading(at: datetime, **feats: float) -> Reading:
+    return Reading("m1", "z", at, {**FEATS, **feats})
+
+
+def ttf_at(m: Monitor, at: datetime) -> tuple[Any, Any, Any, Any]:
+    m.update(reading(at))
+    cur = m.current("m1", "z")
+    assert cur is not None
+    return cur
+
+
+def test_before_any_onset_the_prior_at_the_asset_age_and_the_record_says_so() -> None:
+    m = Monitor(config({"lives_hours": [1000.0], "age_hours": 100.0}, debounce=1))
+    prior = life_prior(lives_hours=[1000.0])
+    assert prior is not None
+    _, prog, ttf, reason = ttf_at(m, T0)
+    assert prog is None and ttf is not None and ttf.model == "reliability-prior"
+    assert ttf.hours == pytest.approx(prior.remaining_quantiles(100.0, [0.25])[0], rel=1e-4)
+    assert reason is not None and reason.startswith("no degradation seen yet (learning the base")
+    # Ten hours later (the readings' clock) the asset is 110 h old.
+    _, _, ttf, _ = ttf_at(m, T0 + timedelta(hours=10))
+    assert ttf.hours == pytest.approx(prior.remaining_quantiles(110.0, [0.25])[0], rel=1e-4)
+    # A record (zone C) carries it, valid against the schema.
+    (draft,) = m.update(reading(T0 + timedelta(hours=10, seconds=1), velocity_rms_mm_s=3.0)).drafts
+    rec = draft.record(gateway_id="gw-t", seq=1)
+    jsonschema.validate(rec, SCHEMA)
+    assert rec["time_to_failure"]["model"] == "reliability-prior"
+    assert rec["progression"] is None and "no degradation seen yet" in rec["no_estimate_reason"]
+    assert rec["evidence"]["time_to_failure_basis"]["terms"] == {"reliability_prior": 1.0}
+
+
+def test_without_a_prior_no_estimate_and_the_reason() -> None:
+    m = Monitor(config(None))
+    _, _, ttf, reason = ttf_at(m, T0)
+    assert ttf is None and reason is not None
+    assert "learning the baseline" in reason and "no reliability prior" in reason
+    m = Monitor(config({"lives_hours": [1000.0]}))  # a prior but no age
+    _, _, ttf, reason = ttf_at(m, T0)
+    assert ttf is None and "age is unknown" in reason
+
+
+def test_the_age_anchor_survives_a_restart_and_follows_a_changed_configuration() -> None:
+    cfg = config({"lives_hours": [1000.0], "age_hours": 100.0})
+    m = Monitor(cfg)
+    saved = dict(m.update(reading(T0)).state)
+    assert "press-7/*/*/life" in saved
+    again = Monitor(cfg, state=saved)  # restarted 50 h later: still 150 h, not 100 h
+    assert again.lives.life(cfg.assets[0], (T0 + timedelta(hours=50)).timestamp()).age_hours == (
+        pytest.approx(150.0)
+    )
+    edited = config({"lives_hours": [1000.0], "age_hours": 10.0})  # the integrator fixed it
+    fixed = Monitor(edited, state=saved)
+    assert fixed.lives.life(edited.assets[0], (T0 + timedelta(hours=50)).timestamp()).age_hours == (
+        pytest.approx(10.0)
+    )
+    installed = config({"lives_hours": [1000.0], "installed_at": "2026-11-20T08:00:00Z"})
+    life = Monitor(installed).lives.life(installed.assets[0], T0.timestamp())
+    assert life.age_hours == pytest.approx(72.0) and life.age_from == "installed_at"
+
+
+def test_a_replacement_adds_the_completed_life_and_restarts_the_age() -> None:
+    cfg = config({"class": "bearing-6204", "lives_hours": [1000.0], "age_hours": 100.0})
+    m = Monitor(cfg)
+    m.update(reading(T0))
+    at = T0 + timedelta(hours=20)
+    u = m.maintenance("press-7", at, "DE bearing replaced", replaced="failed")
+    ((cls, life),) = u.lives
+    assert (cls, life.asset, life.ended_at) == (
+        "bearing-6204",
+        "press-7",
+        "2026-11-24T04:00:00.000Z",
+    )
+    assert life.hours == pytest.approx(120.0) and life.failed
+    rec = u.drafts[0].record(gateway_id="gw-t", seq=1)
+    jsonschema.validate(rec, SCHEMA)
+    assert rec["evidence"]["replacement"] == {
+        "replaced": "failed", "class": "bearing-6204", "completed_life_hours": 120.0,
+        "fleet_lives": 1,
+    }  # fmt: skip
+    after = m.lives.life(cfg.assets[0], (at + timedelta(hours=1)).timestamp())
+    assert after.age_hours == pytest.approx(1.0) and after.age_from == "replaced"
+    assert after.prior is not None and "1 life in the fleet history" in after.prior.source
+    # The next agent start reads the fleet history from the store and the anchors.
+    again = Monitor(cfg, state=u.state, fleet={"bearing-6204": [life]})
+    life2 = again.lives.life(cfg.assets[0], (at + timedelta(hours=2)).timestamp())
+    assert life2.age_hours == pytest.approx(2.0) and life2.prior == after.prior
+    # Replaced while healthy: a suspension; and with the age unknown nothing is recorded.
+    healthy = m.maintenance("press-7", at + timedelta(hours=5), "", replaced="healthy")
+    assert healthy.lives[0][1].failed is False
+    unknown = Monitor(config({"lives_hours": [1000.0]}))
+    u = unknown.maintenance("press-7", at, "", replaced="failed")
+    assert u.lives == [] and "life_not_recorded" in u.drafts[0].evidence["replacement"]
+    with pytest.raises(ValueError):
+        m.maintenance("press-7", at, "", replaced="broken")
+
+
+def _waveform(seconds: float, amp_g: float = 5.0) -> Waveform:
+    fs = 25600.0
+    t = np.arange(int(fs * seconds)) / fs
+    return Waveform(amp_g * np.sin(2 * np.pi * 100.0 * t), fs)
+
+
+def test_no_severity_from_a_velocity_band_the_waveform_does_not_resolve() -> None:
+    """A 100 Hz, 5 g tone is 55 mm/s (zone D) when measured; a 0.1 s snapshot does not
+    resolve the 10-1000 Hz band, so it raises nothing and the record says so."""
+    m = Monitor(config(None, debounce=1))
+    for i in range(5):
+        r = Reading("m1", "z", T0 + timedelta(seconds=10 * i), {}, waveform=_waveform(0.1))
+        assert [d.kind for d in m.update(r).drafts] == []
+    sev, _, _, _ = m.current("m1", "z") or (None,) * 4
+    assert sev is not None and sev.zone is None and sev.level == "info"
+    assert "not measured" in sev.standard and "1 period" in sev.standard
+    assert m.views()[0].zone is None
+    long = Reading("m1", "z", T0 + timedelta(seconds=60), {}, waveform=_waveform(1.0))
+    assert [(d.kind, d.severity.zone) for d in m.update(long).drafts] == [("severity", "D")]

@@ -1,0 +1,93 @@
+"""The fleet teaches itself: `maintenance --replaced` stores a completed life per asset class,
+later priors of the class use it, and `status` shows it (real SQLite files, the real CLI)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from agent.analysis.reliability import FleetLife
+from agent.cli import main
+from agent.store import Outbox
+from tests.agent.store._drafts import draft
+
+CONFIG = """\
+gateway: {{id: gw-t}}
+assets:
+  - id: press-7
+    machine: {{standard: iso10816-3, group: 2, foundation: rigid, rpm: 1480}}
+    reliability: {{class: bearing-6204, lives_hours: [900], age_hours: 500}}
+  - id: press-8
+    machine: {{standard: iso10816-3, group: 2, foundation: rigid, rpm: 1480}}
+    reliability: {{class: bearing-6204, age_hours: 40}}
+sensors:
+  - {{id: m1, asset: press-7, modbus: {{host: 127.0.0.1, port: 5020}}}}
+  - {{id: m2, asset: press-8, modbus: {{host: 127.0.0.1, port: 5021}}}}
+store: {{path: {db}}}
+health: {{port: 0}}
+"""
+
+
+async def test_lives_are_stored_with_their_record_once_and_survive_a_reopen(tmp_path: Path) -> None:
+    db = tmp_path / "o.db"
+    life = FleetLife(120.5, True, "press-7", "2026-11-24T04:00:00.000Z")
+    async with Outbox(db, gateway_id="gw-t", max_bytes=1 << 30, first_seq=1) as ob:
+        assert await ob.fleet_lives() == {}
+        (rec,) = await ob.append([draft()], {"k": "v"}, [("bearing-6204", life)])
+        await ob.append([draft(1)], None, [("bearing-6204", life)])  # a retried write
+    async with Outbox(db, gateway_id="gw-t", max_bytes=1 << 30) as ob:
+        assert await ob.fleet_lives() == {"bearing-6204": [life]}
+    assert rec["seq"] == 1
+
+
+@pytest.fixture
+def cfg(tmp_path: Path) -> Path:
+    """Two assets of one class; the store in tmp_path/o.db."""
+    file = tmp_path / "c.yaml"
+    file.write_text(CONFIG.format(db=tmp_path / "o.db"))
+    return file
+
+
+def test_replaced_twice_offline_then_status_shows_the_class_history(
+    cfg: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["maintenance", "-c", str(cfg), "--asset", "press-7"]
+    assert main([*args, "--replaced", "--note", "DE bearing seized"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["evidence"]["replacement"] == {
+        "replaced": "failed", "class": "bearing-6204", "completed_life_hours": 500.0,
+        "fleet_lives": 1,
+    }  # fmt: skip
+    assert main([*args, "--replaced", "healthy"]) == 0  # the new part, replaced again at once
+    second = json.loads(capsys.readouterr().out)["evidence"]["replacement"]
+    assert second["replaced"] == "healthy" and second["completed_life_hours"] < 0.01
+    assert second["fleet_lives"] == 2
+    with pytest.raises(SystemExit) as bad:  # argparse: one line naming the valid choices
+        main(["maintenance", "-c", str(cfg), "--asset", "press-7", "--replaced", "x"])
+    assert bad.value.code == 2 and "choose from 'failed', 'healthy'" in capsys.readouterr().err
+
+    assert main(["status", "-c", str(cfg)]) == 0
+    fleet = json.loads(capsys.readouterr().out)["fleet"]
+    cls = fleet["classes"]["bearing-6204"]
+    assert cls["failed_lives_hours"] == [500.0] and len(cls["replaced_healthy_hours"]) == 1
+    # Both assets of the class use the stored life; press-8 has no configured lives at all.
+    assert "1 life in the fleet history" in fleet["assets"]["press-7"]["prior"]
+    assert fleet["assets"]["press-8"]["prior"].endswith(
+        "1 life in the fleet history, 1 replaced while healthy"
+    )
+    assert fleet["assets"]["press-8"]["median_life_hours"] == pytest.approx(500.0, rel=0.01)
+
+
+def test_status_reads_a_store_from_before_fleet_lives(
+    cfg: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["maintenance", "-c", str(cfg), "--asset", "press-8"]) == 0
+    with sqlite3.connect(cfg.parent / "o.db") as conn:  # an older agent's store: no such table
+        conn.execute("DROP TABLE fleet_lives")
+    capsys.readouterr()
+    assert main(["status", "-c", str(cfg)]) == 0
+    fleet = json.loads(capsys.readouterr().out)["fleet"]
+    assert fleet["classes"] == {} and fleet["assets"]["press-8"]["prior"] is None

@@ -92,15 +92,11 @@ def _fleet(config: Config) -> dict[str, Any]:
 
 
 def _fleet_words(fleet: dict[str, Any]) -> str:
-    parts = [
-        f"{cls} {len(c['failed_lives_hours'])} lives"
-        + (
-            f" (+{len(c['replaced_healthy_hours'])} replaced healthy)"
-            if c["replaced_healthy_hours"]
-            else ""
-        )
-        for cls, c in fleet["classes"].items()
-    ]
+    parts = []
+    for cls, c in fleet["classes"].items():
+        n, healthy = len(c["failed_lives_hours"]), len(c["replaced_healthy_hours"])
+        words = f"{cls} {n} {'life' if n == 1 else 'lives'}"
+        parts.append(words + (f" (+{healthy} replaced healthy)" if healthy else ""))
     return f"; fleet history: {', '.join(parts)}" if parts else ""
 
 

@@ -54,7 +54,7 @@ def cfg(tmp_path: Path) -> Path:
 def test_replaced_twice_offline_then_status_shows_the_class_history(
     cfg: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = ["maintenance", "-c", str(cfg), "--asset", "press-7"]
+    args = ["maintenance", "--json", "-c", str(cfg), "--asset", "press-7"]
     assert main([*args, "--replaced", "--note", "DE bearing seized"]) == 0
     first = json.loads(capsys.readouterr().out)
     assert first["evidence"]["replacement"] == {
@@ -69,7 +69,13 @@ def test_replaced_twice_offline_then_status_shows_the_class_history(
         main(["maintenance", "-c", str(cfg), "--asset", "press-7", "--replaced", "x"])
     assert bad.value.code == 2 and "choose from 'failed', 'healthy'" in capsys.readouterr().err
 
-    assert main(["status", "-c", str(cfg)]) == 0
+    assert main(["status", "-c", str(cfg)]) == 1  # the agent is stopped: exit 1, and the store
+    assert (
+        capsys.readouterr()
+        .out.rstrip()
+        .endswith("; fleet history: bearing-6204 1 life (+1 replaced healthy)")
+    )
+    assert main(["status", "--json", "-c", str(cfg)]) == 1
     fleet = json.loads(capsys.readouterr().out)["fleet"]
     cls = fleet["classes"]["bearing-6204"]
     assert cls["failed_lives_hours"] == [500.0] and len(cls["replaced_healthy_hours"]) == 1
@@ -88,6 +94,6 @@ def test_status_reads_a_store_from_before_fleet_lives(
     with sqlite3.connect(cfg.parent / "o.db") as conn:  # an older agent's store: no such table
         conn.execute("DROP TABLE fleet_lives")
     capsys.readouterr()
-    assert main(["status", "-c", str(cfg)]) == 0
+    assert main(["status", "--json", "-c", str(cfg)]) == 1  # the agent is stopped
     fleet = json.loads(capsys.readouterr().out)["fleet"]
     assert fleet["classes"] == {} and fleet["assets"]["press-8"]["prior"] is None

@@ -1,20 +1,24 @@
 """The degradation trend as evidence about the remaining time R (Gebraeel-style exponential).
 
-After a degradation onset the failure metric m is modelled as ln m(t) = l + (Y - l) (t - now)
-/ R + e, with Y = ln(threshold): a straight line in ln m that is at level l now and reaches
-the threshold R seconds from now (a geometric growth at rate (Y - l) / R). For each R the
-level l is integrated out (flat prior; closed form from a handful of sums), and so is the
-noise level (Jeffreys prior), which leaves the marginal likelihood of R:
-    ln L(R) = -w ((n - 1) / 2) ln ssr(R) - (w / 2) ln sum_i g_i(R)^2,
-with g_i = 1 - (t_i - now) / R. As R grows the line flattens and L(R) tends to the
-likelihood of "no trend": a flat history says little about R, and a prior on R (the asset
-class's life, or the growth-rate prior below) carries the estimate; a clean steep rise
-makes L sharp and the data carry it (agent.analysis.ttf combines them).
+After a degradation onset the failure metric m's binned history (all of it: the change is
+the model's to place) is modelled as ln m(t) = l0 until a change point tau, then
+l0 + (Y - l0) ((t - tau) / (now + R - tau))^p, with Y = ln(threshold): the log of the
+metric grows from its healthy level and reaches the threshold R seconds from now, steadily
+(p = 1, geometric growth of m) or accelerating (p = 2). For each (tau, p, R) the healthy
+level is integrated out (flat prior; closed form from a handful of sums), and so is the
+noise level (Jeffreys prior):
+    ln L = -w ((n - 1) / 2) ln ssr - (w / 2) ln sum_i g_i^2,
+    g_i = 1 - (max(t_i - tau, 0) / (now + R - tau))^p.
+tau and p are then integrated out too (TrendEvidence): even odds that the growth has begun
+at some candidate tau, or not yet. As R grows the path flattens and L(R) tends to the
+likelihood of "no trend": a flat history says little about R and a prior on R (the asset
+class's life, or the growth-rate prior below) carries the estimate; a clean steep rise makes
+L sharp and the data carry it (agent.analysis.ttf combines them).
 
 Successive bins of a vibration metric are often strongly autocorrelated, so the likelihood is
-tempered by w: the AR(1) effective-sample fraction of the best fit's residuals, (1 - r1) /
-(1 + r1), but never below likelihood_weight. Without it the posterior would trust a few flat
-minutes far too much; with only the fixed weight it would ignore a clean, fast trend.
+tempered by w: the AR(1) effective-sample fraction of the best free-slope fit's residuals,
+(1 - r1) / (1 + r1), but never below likelihood_weight. Without it the posterior would trust
+a few flat minutes far too much; with only the fixed weight it would ignore a clean trend.
 
 Without a life prior the growth rate has a log-normal prior (configured per asset, or "reach
 the threshold in one planning horizon", vague), which is a log-normal prior on R.
@@ -92,7 +96,8 @@ def _independent_fraction(resid: np.ndarray) -> float:
 
 
 MIN_AFTER = 5  # binned points after a change point before its growth counts
-MAX_CHANGES = 24  # candidate change points (spread over the history), plus "no change"
+MAX_CHANGES = 16  # candidate change points spread over the history (then refined)
+_REFINE = 6  # candidates added between the neighbours of the best one, twice
 GROWTH_POWERS = (1.0, 2.0)  # shapes of ln m after the change: linear, accelerating
 
 
@@ -103,9 +108,9 @@ class TrendEvidence:
     The model: ln m is flat at l0 until the change point tau, then grows as a power p of
     the time since tau (GROWTH_POWERS: steady or accelerating) and reaches Y = ln(threshold)
     R seconds from now. tau and p are unknown and integrated out: even odds that the growth
-    has begun (tau uniform in time over the candidates: MAX_CHANGES spread over the history
-    plus every bin around the best fit) or not yet (a flat line, which says nothing about
-    R: failure may still come from a growth that starts later).
+    has begun (tau uniform in time over the candidates: MAX_CHANGES spread over the history,
+    then a few bins around each growth shape's best fit, twice) or not yet (a flat line,
+    which says nothing about R: failure may still come from a growth that starts later).
 
     Attributes:
         n: binned points used.
@@ -128,13 +133,22 @@ class TrendEvidence:
     sums: tuple[np.ndarray, np.ndarray, np.ndarray]
     totals: tuple[float, float]
 
-    def _fit(self, remaining_s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(l0, ssr, sum g^2), each (P, K, G): the best line per power, candidate and R."""
-        e1, e2, e1y = (x[:, :, None] for x in self.sums)
+    def _fit(
+        self, remaining_s: np.ndarray, only: tuple[int, int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(l0, ssr, sum g^2), each (P, K, G): the best line per power, candidate and R
+        (only: one (power, candidate), then each (1, 1, G))."""
+        sums = self.sums if only is None else tuple(
+            x[only[0] : only[0] + 1, only[1] : only[1] + 1] for x in self.sums
+        )  # fmt: skip
+        since = self.since_s if only is None else self.since_s[only[1] : only[1] + 1]
+        powers = np.asarray(GROWTH_POWERS if only is None else GROWTH_POWERS[only[0]])
+        e1, e2, e1y = (x[:, :, None] for x in sums)
         sy, syy = self.totals
         y_thr = self.threshold_log
-        powers = np.asarray(GROWTH_POWERS)[:, None, None]
-        v = (1.0 / (self.since_s[None, :, None] + np.maximum(remaining_s, 1e-9))) ** powers
+        v = (1.0 / (since[None, :, None] + np.maximum(remaining_s, 1e-9))) ** np.reshape(
+            powers, (-1, 1, 1)
+        )
         sgg = self.n - 2.0 * v * e1 + v * v * e2
         sgz = sy - v * (y_thr * e1 + e1y) + v * v * y_thr * e2
         szz = syy - 2.0 * y_thr * v * e1y + y_thr * y_thr * v * v * e2
@@ -170,16 +184,16 @@ class TrendEvidence:
         r = np.array([max(remaining_s, 1e-9)])
         best = int(np.argmax(self._log_ml(r)[:, 0]))
         p, k = divmod(best, self.since_s.shape[0])
-        level0, _, _ = self._fit(r)
+        level0 = float(self._fit(r, (p, k))[0][0, 0, 0])
         frac = (self.since_s[k] / (self.since_s[k] + r[0])) ** GROWTH_POWERS[p]
-        return float(level0[p, k, 0] + (self.threshold_log - level0[p, k, 0]) * frac)
+        return level0 + (self.threshold_log - level0) * frac
 
     def rate_log_prior(self, prior: DegradationPrior, remaining_s: np.ndarray) -> np.ndarray:
         """ln density over R (per ln R) of the growth-rate prior: rate = (Y - l) / R, with l
         the level now of the longest change (the history's first candidate)."""
-        level0, _, _ = self._fit(remaining_s)
+        level0 = self._fit(remaining_s, (0, 0))[0][0, 0]
         h = self.since_s[0]
-        level = level0[0, 0] + (self.threshold_log - level0[0, 0]) * h / (h + remaining_s)
+        level = level0 + (self.threshold_log - level0) * h / (h + remaining_s)
         gap = np.maximum(self.threshold_log - level, 1e-6)
         z = (np.log(gap / remaining_s) - math.log(prior.rate_per_day / _DAY_S)) / prior.log_sd
         return np.asarray(-0.5 * z * z)
@@ -220,11 +234,14 @@ def trend_evidence(
     ))  # fmt: skip
     # Every bin between the neighbours of the best coarse change point joins the candidates,
     # so the change is placed to the bin, not to the coarse spacing (a bias in R otherwise).
-    k = int(np.searchsorted(t, taus[fit[1]]))
-    lo, hi = taus[max(fit[1] - 1, 0)], taus[min(fit[1] + 1, taus.shape[0] - 1)]
-    near = np.flatnonzero((t >= lo) & (t <= hi) & (np.arange(n) <= n - MIN_AFTER - 1))
-    coarse = np.searchsorted(t, taus)
-    taus, e, sums, fit = _candidates(t, y, np.union1d(coarse, np.append(near, k)))
+    idx = np.searchsorted(t, taus)
+    for _ in range(2):  # zoom in twice: a few bins between each power's best one's neighbours
+        for k in fit[4]:
+            lo = idx[max(k - 1, 0)]
+            hi = min(idx[min(k + 1, idx.shape[0] - 1)], n - MIN_AFTER - 1)
+            near = np.linspace(lo, hi, min(_REFINE, hi - lo + 1)).round().astype(int)
+            idx = np.union1d(idx, near)
+        taus, e, sums, fit = _candidates(t, y, idx)
     resid = y - fit[2] - fit[3] * e[fit[0], fit[1]]
     weight = max(min_weight, _independent_fraction(resid))
     edges = np.concatenate(([taus[0]], (taus[1:] + taus[:-1]) / 2.0, [now_s]))
@@ -239,13 +256,11 @@ def _candidates(
     t: np.ndarray, y: np.ndarray, idx: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray], tuple]:
     """Change points at bins idx: (taus, e (P, K, n), sums, best free-slope fit (p, k,
-    intercept, slope))."""
+    intercept, slope, and each power's best k))."""
     taus = t[idx]
-    e = (
-        np.maximum(t[None, :] - taus[:, None], 0.0)[None, :, :]
-        ** np.asarray(GROWTH_POWERS)[:, None, None]
-    )
-    s1, s2, s1y = e.sum(axis=2), (e * e).sum(axis=2), e @ y
+    base = np.maximum(t[None, :] - taus[:, None], 0.0)
+    e = np.stack([base if p == 1.0 else base**p for p in GROWTH_POWERS])
+    s1, s2, s1y = e.sum(axis=2), np.einsum("pkn,pkn->pk", e, e), e @ y
     n, sy = t.shape[0], float(y.sum())
     den = n * s2 - s1 * s1
     slope = np.where(den > 0, (n * s1y - s1 * sy) / np.where(den > 0, den, 1.0), 0.0)
@@ -253,4 +268,6 @@ def _candidates(
     ssr = float(y @ y) - 2 * icpt * sy - 2 * slope * s1y + n * icpt**2 + 2 * icpt * slope * s1 + (
         slope**2 * s2)  # fmt: skip
     p, k = np.unravel_index(int(np.argmin(ssr)), ssr.shape)
-    return taus, e, (s1, s2, s1y), (int(p), int(k), float(icpt[p, k]), float(slope[p, k]))
+    per_power = tuple(int(x) for x in np.argmin(ssr, axis=1))
+    return taus, e, (s1, s2, s1y), (int(p), int(k), float(icpt[p, k]), float(slope[p, k]),
+                                    per_power)  # fmt: skip

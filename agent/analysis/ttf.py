@@ -49,8 +49,8 @@ MAX_BOUND_RATIO = 100.0
 _HOUR_S = 3600.0
 _DAY_S = 86400.0
 _MIN_LOWER_H = 1.0 / 60.0
-_COARSE = np.linspace(0.0, math.log(1e8 * _HOUR_S), 240)  # ln R, R from 1 s to 10^8 h
-_FINE = 160
+_COARSE = np.linspace(0.0, math.log(1e8 * _HOUR_S), 120)  # ln R, R from 1 s to 10^8 h
+_FINE = 100
 _TAIL = 1e-9  # probability mass left outside the fine grid
 
 

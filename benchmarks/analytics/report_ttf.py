@@ -11,6 +11,21 @@ def _pt(p: dict) -> str:
             f"{p['actual_h']:.2f} h, A={p['A']:.2f} ({p['model']}, bounds {cov})")  # fmt: skip
 
 
+def _by_model(per: dict) -> str:
+    """Where the scored estimates came from, and how they scored (generated)."""
+    pts = [p for x in per.values() for p in x["points"]]
+    parts = []
+    for model in sorted({p["model"] for p in pts}):
+        a = [p["A"] for p in pts if p["model"] == model]
+        parts.append(f"{model}: {len(a)} points, mean A {sum(a) / len(a):.3f}")
+    late = sum(p["hours"] > p["actual_h"] for p in pts)
+    return (
+        f"Scored estimates by model: {'; '.join(parts)}. {late} of {len(pts)} were late"
+        " (an estimate above the actual remaining life, which the PHM score punishes four"
+        " times harder than an early one)."
+    )
+
+
 def ttf_section(tt: dict) -> list[str]:
     """Markdown lines of section (e), every number from tt (ttf_replay.evaluate())."""
     per, sc = tt["bearings"], tt["phm_score"]
@@ -58,6 +73,8 @@ def ttf_section(tt: dict) -> list[str]:
               sum(n for ch in x["flaps"].values() for n in ch.values())]
              for b, x in per.items()],
         ),
+        "",
+        _by_model(per),
         "",
         f"Load average during the run: {tt['load_average']} (2 shared cores; the replay"
         " times are wall and CPU seconds of the whole command, start-up included).",

@@ -185,6 +185,8 @@ class AssetLives:
 
     def take_changes(self) -> dict[str, str]:
         """Anchors changed since the last call, as store state to persist."""
+        if not self._changed:  # the usual case, once per reading: no work
+            return {}
         out = {life_key(a): json.dumps(self._anchors[a], sort_keys=True) for a in self._changed}
         self._changed.clear()
         return out

@@ -38,6 +38,9 @@ def write_report(result: dict, path: Path) -> None:
         ),
         "",
         "## (c) Cost",
+        f"Load average when the run started: {result.get('load_average_at_start')} (2 cores"
+        " shared with other work: compare figures measured side by side).",
+        "",
         f"{result['cost']['us_per_snapshot']} us per 2560-sample snapshot through all features"
         f" (envelope included) = {result['cost']['snapshots_per_s']} snapshots/s on one core.",
         "",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -141,6 +142,7 @@ def femto_alarms(runs: dict, onsets: dict) -> dict:
 def main() -> int:
     t0 = time.perf_counter()
     result: dict = {
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "fault_frequency_multiples": {
             k: round(v, 4) for k, v in fault_frequencies(1.0, FEMTO_BEARING).items()
         },

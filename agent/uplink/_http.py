@@ -6,6 +6,9 @@ outage the backlog stays on disk; only the batch in flight is in memory.
 
 Status policy:
 - 2xx: delivered.
+- 3xx: never followed (aiohttp would turn a 301/302 POST into a GET without a body and
+  report its 2xx, or forward the alerts to another host on a 307/308): a failure naming
+  the Location, retried like a 5xx and logged at ERROR; nothing is marked delivered.
 - 5xx, 408, 429, connection errors, timeouts: back off (full jitter, at least Retry-After,
   at most max_backoff_s) and retry forever.
 - 401, 403, 407: the credentials are wrong, not the alerts; dead-lettering would empty the
@@ -157,9 +160,19 @@ class HttpUplink:
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
         try:
-            async with session.post(self.cfg.url, data=body, headers=headers) as resp:
+            async with session.post(
+                self.cfg.url, data=body, headers=headers, allow_redirects=False
+            ) as resp:
                 if 200 <= resp.status < 300:
                     return
+                if 300 <= resp.status < 400:
+                    raise UplinkUnavailable(
+                        f"HTTP {resp.status} redirect to {resp.headers.get('Location')!r} not "
+                        "followed (a redirect turns the POST into a GET or sends the alerts "
+                        "elsewhere); set the uplink url to the final address",
+                        uplink=self.name,
+                        status=resp.status,
+                    )
                 raw = await resp.content.read(_MAX_ERROR_BODY)
                 text = raw.decode("utf-8", "replace")[:_REASON_CHARS]
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"))

@@ -247,3 +247,26 @@ async def test_wrong_url_404_is_retried_not_dead_lettered(tmp_path: Path, outbox
         assert (await outbox.stats()).pending == 3  # all still there for the right URL
         async with Running(HttpUplink(cfg(backend.url), outbox)):
             await until(lambda: _pending_is(outbox, 0))
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+async def test_redirect_is_a_failure_and_marks_nothing_delivered(
+    tmp_path: Path, outbox: Outbox, status: int
+) -> None:
+    await outbox.append([draft(i=i) for i in range(3)])
+    async with (
+        BackendServer(db=tmp_path / "a.db", token=TOKEN) as backend,
+        BackendServer(db=tmp_path / "elsewhere.db", token=TOKEN) as elsewhere,
+    ):
+        backend.inject(Fault(status=status, location=elsewhere.url), count=1000)
+        async with Running(HttpUplink(cfg(backend.url), outbox)) as up:
+            await until(lambda: _true(up.status.consecutive_failures >= 2))
+        assert (await outbox.stats()).pending == 3  # nothing marked delivered
+        assert (await outbox.stats()).dead_lettered == 0
+        assert f"HTTP {status} redirect to '{elsewhere.url}'" in (up.status.last_error or "")
+        assert (await elsewhere.stats())["posts"] == 0  # the alerts went nowhere else
+        assert (await backend.stats())["accepted"] == 0
+        backend.backend.faults.clear()  # the operator fixes the URL / the proxy
+        async with Running(HttpUplink(cfg(backend.url), outbox)):
+            await until(lambda: _pending_is(outbox, 0))
+        assert (await backend.stats())["accepted"] == 3

@@ -1,9 +1,12 @@
-"""Durable store-and-forward: the SQLite outbox of alerts and monitor state."""
+"""Durable store-and-forward: the SQLite outbox of alerts, summaries and monitor state."""
 
+from agent.store._files import Quarantined
 from agent.store._lock import StoreInUseError, lock_path, store_lock
-from agent.store._ops import OutboxStats, StoredAlert
+from agent.store._ops import StoredItem
 from agent.store._outbox import Outbox
-from agent.store._schema import Quarantined
+from agent.store._queries import OutboxStats, UplinkBacklog
+from agent.store._salvage import StoreFault
+from agent.store._view import StoreView, read_only, requeue_in_place
 from agent.store._writer import WriterCounters
 from agent.store.errors import StoreClosedError, StoreError, StoreFullError
 
@@ -13,10 +16,15 @@ __all__ = [
     "Quarantined",
     "StoreClosedError",
     "StoreError",
+    "StoreFault",
     "StoreFullError",
     "StoreInUseError",
-    "StoredAlert",
+    "StoreView",
+    "StoredItem",
+    "UplinkBacklog",
     "WriterCounters",
     "lock_path",
+    "read_only",
+    "requeue_in_place",
     "store_lock",
 ]

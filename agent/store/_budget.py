@@ -6,25 +6,33 @@ page_size: SQLite reuses freed pages, so the file stops growing once rows are de
 The WAL is bounded separately (journal_size_limit, auto-checkpoint).
 
 Order, each step only while still over budget:
-1. delivered rows, oldest first, down to PRUNE_TO of the budget (they are safe upstream);
-2. dead letters, oldest first (the backend refused them; logged one by one);
-3. undelivered alerts, lowest tier first (3, then 2, then 1), oldest first: tier 1 only
-   when no tier 2/3 remains. Every one is logged with its alert_id and counted.
+1. complete items (every uplink has them), summaries then alerts, oldest first, down to
+   PRUNE_TO of the budget (they are safe upstream);
+2. feature summaries not yet everywhere, oldest first (the lower class goes first);
+3. alerts whose only remaining claim is a dead letter (no uplink waits for them), oldest
+   first, logged one by one;
+4. undelivered alerts, lowest tier first (3, then 2, then 1), oldest first: tier 1 only
+   when no tier 2/3 remains. Every one is logged with its alert_id.
+Each step counts what it dropped in total and per uplink that still needed it.
 """
 
 from __future__ import annotations
 
 import logging
 import sqlite3
+from collections.abc import Callable
 
-from agent.store._ops import add_meta
+from agent.store._ops import add_meta, bump
+from agent.store._routing import ALERT, DEAD, PENDING, SUMMARY, TABLES, marks
 
 log = logging.getLogger(__name__)
 
-PRUNE_TO = 0.9  # prune delivered rows to 90 %, so the next append does not prune again
-_DELIVERED_CHUNK = 256
-_EVICT_CHUNK = 1  # one at a time: evict no more undelivered alerts than needed
+PRUNE_TO = 0.9  # prune complete items to 90 %, so the next append does not prune again
+_PRUNE_CHUNK = 256
+_SUMMARY_CHUNK = 16
 _MAX_ROUNDS = 100_000  # bound on the loops (each round deletes at least one row)
+
+Pick = Callable[[sqlite3.Connection], list[int]]
 
 
 def used_bytes(conn: sqlite3.Connection) -> int:
@@ -35,71 +43,111 @@ def used_bytes(conn: sqlite3.Connection) -> int:
     return int((pages - free) * size)
 
 
+def _delete(conn: sqlite3.Connection, klass: int, refs: list[int], counter: str | None) -> None:
+    """Delete items and their delivery rows; count them for the uplinks that waited."""
+    table, _ = TABLES[klass]
+    m = marks(len(refs))
+    if counter is not None:
+        for state, key in ((PENDING, counter), (DEAD, "dead_letter_evicted_total")):
+            for up, n in conn.execute(
+                "SELECT uplink, count(*) FROM outbound WHERE class = ? AND state = ? "
+                f"AND ref IN ({m}) GROUP BY uplink",
+                (klass, state, *refs),
+            ).fetchall():
+                bump(conn, up, key, n)
+    conn.execute(f"DELETE FROM outbound WHERE class = ? AND ref IN ({m})", (klass, *refs))
+    conn.execute(f"DELETE FROM {table} WHERE seq IN ({m})", refs)
+
+
+def _drain(
+    conn: sqlite3.Connection,
+    below: int,
+    klass: int,
+    pick: Pick,
+    counter: str | None,
+    label: str = "",
+) -> int:
+    """Delete what `pick` names until used bytes are at most `below`; returns the count.
+
+    `counter` is the per-uplink counter of an uplink that still waited for an item (None:
+    the items were complete); `label` names evicted alerts in their log lines.
+    """
+    total = 0
+    for _ in range(_MAX_ROUNDS):
+        if used_bytes(conn) <= below:
+            break
+        refs = pick(conn)
+        if not refs:
+            break
+        if klass == ALERT and label:
+            for aid, tier in conn.execute(
+                f"SELECT alert_id, tier FROM alerts WHERE seq IN ({marks(len(refs))})", refs
+            ).fetchall():
+                log.error(
+                    "disk budget exceeded: evicted %s alert %s (tier %d)",
+                    label,
+                    aid,
+                    tier,
+                    extra={"alert_id": aid, "tier": tier},
+                )
+        _delete(conn, klass, refs, counter)
+        total += len(refs)
+    return total
+
+
+def _complete(klass: int) -> Pick:
+    table, _ = TABLES[klass]
+    sql = f"SELECT seq FROM {table} WHERE delivered_at IS NOT NULL ORDER BY seq LIMIT ?"
+    return lambda c: [r[0] for r in c.execute(sql, (_PRUNE_CHUNK,))]
+
+
+def _summaries(conn: sqlite3.Connection) -> list[int]:
+    sql = "SELECT seq FROM summaries WHERE delivered_at IS NULL ORDER BY seq LIMIT ?"
+    return [r[0] for r in conn.execute(sql, (_SUMMARY_CHUNK,))]
+
+
+def _dead_only(conn: sqlite3.Connection) -> list[int]:
+    row = conn.execute(
+        f"SELECT o.ref FROM outbound o WHERE o.class = {ALERT} AND o.state = {DEAD} "
+        "AND NOT EXISTS (SELECT 1 FROM outbound p JOIN uplinks u ON u.name = p.uplink "
+        f"WHERE p.class = {ALERT} AND p.ref = o.ref AND p.state = {PENDING}) "
+        "ORDER BY o.ref LIMIT 1"
+    ).fetchone()
+    return [] if row is None else [row[0]]
+
+
+def _undelivered(conn: sqlite3.Connection) -> list[int]:
+    for tier in (3, 2, 1):  # one indexed probe per tier: no sort of the whole backlog
+        row = conn.execute(
+            "SELECT seq FROM alerts WHERE delivered_at IS NULL AND tier = ? ORDER BY seq LIMIT 1",
+            (tier,),
+        ).fetchone()
+        if row is not None:
+            return [row[0]]
+    return []
+
+
 def enforce(conn: sqlite3.Connection, max_bytes: int) -> None:
     """Bring used bytes under max_bytes, in the order of the module docstring."""
     if used_bytes(conn) <= max_bytes:
         return
     target = int(max_bytes * PRUNE_TO)
-    pruned = 0
-    for _ in range(_MAX_ROUNDS):
-        if used_bytes(conn) <= target:
-            break
-        cur = conn.execute(
-            "DELETE FROM alerts WHERE seq IN (SELECT seq FROM alerts "
-            "WHERE delivered_at IS NOT NULL ORDER BY seq LIMIT ?)",
-            (_DELIVERED_CHUNK,),
-        )
-        if cur.rowcount <= 0:
-            break
-        pruned += cur.rowcount
+    pruned = sum(_drain(conn, target, k, _complete(k), None) for k in (SUMMARY, ALERT))
     if pruned:
         add_meta(conn, "delivered_pruned_total", pruned)
-        log.info("disk budget: pruned %d delivered alert(s), oldest first", pruned)
-    _evict(
-        conn, max_bytes, "dead_letters", "", "dead_letter_evicted_total", "dead letter(s)", "seq"
+        log.info("disk budget: pruned %d delivered item(s), oldest first", pruned)
+    steps = (  # (class, pick, global counter, per-uplink counter, label of alerts)
+        (SUMMARY, _summaries, "summaries_evicted_total", "summaries_evicted_total", ""),
+        (ALERT, _dead_only, "dead_letter_evicted_total", "evicted_total", "dead-lettered"),
+        (ALERT, _undelivered, "evicted_total", "evicted_total", "UNDELIVERED"),
     )
-    _evict(
-        conn,
-        max_bytes,
-        "alerts",
-        "WHERE delivered_at IS NULL",
-        "evicted_total",
-        "UNDELIVERED alert(s)",
-        "tier DESC, seq",
-    )
-
-
-def _evict(
-    conn: sqlite3.Connection,
-    max_bytes: int,
-    table: str,
-    where: str,
-    counter: str,
-    what: str,
-    order: str,
-) -> None:
-    total = 0
-    for _ in range(_MAX_ROUNDS):
-        if used_bytes(conn) <= max_bytes:
-            break
-        rows = conn.execute(
-            f"SELECT seq, alert_id, tier FROM {table} {where} ORDER BY {order} LIMIT ?",
-            (_EVICT_CHUNK,),
-        ).fetchall()
-        if not rows:
-            break
-        seqs = [r[0] for r in rows]
-        conn.execute(f"DELETE FROM {table} WHERE seq IN ({','.join('?' * len(seqs))})", seqs)
-        for _seq, aid, tier in rows:
+    for klass, pick, total_key, counter, label in steps:
+        n = _drain(conn, max_bytes, klass, pick, counter, label)
+        if n:
+            add_meta(conn, total_key, n)
             log.error(
-                "disk budget exceeded (%d bytes): evicted %s %s (tier %d)",
+                "disk budget (%d bytes): evicted %d %s in total",
                 max_bytes,
-                what,
-                aid,
-                tier,
-                extra={"alert_id": aid, "tier": tier},
+                n,
+                f"{label} alerts" if label else "feature summaries",
             )
-        total += len(rows)
-    if total:
-        add_meta(conn, counter, total)
-        log.error("disk budget: evicted %d %s in total this round", total, what)

@@ -1,63 +1,60 @@
-"""The outbox's SQL, as plain functions of a connection; they run on the writer thread."""
+"""The outbox's writes and its delivery reads, as plain functions of a connection.
+
+They run on the writer thread, inside the writer's transaction (each request in its own
+savepoint): all of a request or none of it.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import os
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from agent.analysis.reliability import FleetLife
-from agent.records import AlertDraft, dumps, parse_ts
-from agent.store._schema import now_ts
+from agent.records import AlertDraft, dumps
+from agent.store._routing import (
+    ALERT,
+    CLASS_NAMES,
+    DEAD,
+    DELIVERED,
+    PENDING,
+    SUMMARY,
+    TABLES,
+    chunks,
+    marks,
+    route,
+    settle,
+)
+from agent.store._sqlite import now_ts
+from agent.summaries import SummaryDraft
 
 log = logging.getLogger(__name__)
 
-_CHUNK = 500  # bound on SQL variables per statement
-
 
 @dataclass(frozen=True, slots=True)
-class StoredAlert:
-    """One undelivered alert as the uplink sends it: the frozen JSON text, never rebuilt."""
-
-    seq: int
-    tier: int
-    json: str
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxStats:
-    """Counts for status and health.
+class StoredItem:
+    """One item an uplink sends: the frozen JSON text, never rebuilt.
 
     Attributes:
-        pending: stored, not yet delivered, not dead-lettered.
-        delivered: delivered rows still kept (pruned oldest-first under the budget).
-        dead_lettered: rejected by a backend, kept for inspection.
-        oldest_pending_age_s: wall-clock age of the oldest pending alert (0 if none).
-        db_bytes: database file plus WAL on disk.
-        evicted_total: undelivered alerts dropped for the disk budget, ever.
-        last_seq: the highest seq ever issued (never reused).
-        dead_letter_evicted_total: dead letters dropped for the disk budget, ever.
-        delivered_pruned_total: delivered rows pruned for the disk budget, ever.
-        quarantined_total: corrupt files moved aside into this store's history.
+        klass: ALERT or SUMMARY (alerts go first, summaries only when no alert waits).
+        seq: the item's seq within its class.
+        tier: its asset's tier (tier 1 first).
+        item_id: alert_id or summary_id.
+        json: the record as stored.
     """
 
-    pending: int
-    delivered: int
-    dead_lettered: int
-    oldest_pending_age_s: float
-    db_bytes: int
-    evicted_total: int
-    last_seq: int
-    dead_letter_evicted_total: int = 0
-    delivered_pruned_total: int = 0
-    quarantined_total: int = 0
+    klass: int
+    seq: int
+    tier: int
+    item_id: str
+    json: str
+
+    @property
+    def class_name(self) -> str:
+        """ "alert" or "summary" (for topics, endpoints and logs)."""
+        return CLASS_NAMES[self.klass]
 
 
 def meta_int(conn: sqlite3.Connection, key: str) -> int:
@@ -69,10 +66,13 @@ def add_meta(conn: sqlite3.Connection, key: str, n: int) -> None:
     conn.execute("UPDATE meta SET value = value + ? WHERE key = ?", (n, key))
 
 
-def chunks(seqs: Iterable[int]) -> Iterable[list[int]]:
-    items = [int(s) for s in seqs]
-    for i in range(0, len(items), _CHUNK):
-        yield items[i : i + _CHUNK]
+def bump(conn: sqlite3.Connection, uplink: str, key: str, n: int) -> None:
+    """Add n to a per-uplink counter."""
+    conn.execute(
+        "INSERT INTO uplink_counters (uplink, key, value) VALUES (?, ?, ?) "
+        "ON CONFLICT (uplink, key) DO UPDATE SET value = value + excluded.value",
+        (uplink, key, n),
+    )
 
 
 def append(
@@ -82,9 +82,9 @@ def append(
     state: Mapping[str, str] | None,
     lives: Sequence[tuple[str, FleetLife]] = (),
 ) -> list[dict[str, Any]]:
-    """Number, freeze and insert the drafts, upsert the monitor state and add the completed
-    lives (class, life) to the fleet history, in the caller's transaction (the writer's
-    savepoint): all of it or none of it."""
+    """Number, freeze and insert the drafts, route them to every registered uplink, upsert
+    the monitor state and add the completed lives (class, life) to the fleet history, in
+    the caller's transaction (the writer's savepoint): all of it or none of it."""
     last = meta_int(conn, "last_seq")
     created = now_ts()
     records: list[dict[str, Any]] = []
@@ -108,6 +108,7 @@ def append(
         records.append(record)
     if drafts:
         conn.execute("UPDATE meta SET value = ? WHERE key = 'last_seq'", (last,))
+        route(conn, ALERT, [r["seq"] for r in records])
     if state:
         conn.executemany(
             "INSERT INTO monitor_state (key, value) VALUES (?, ?) "
@@ -134,129 +135,144 @@ def fleet_lives(conn: sqlite3.Connection) -> dict[str, list[FleetLife]]:
     return out
 
 
+def append_summaries(
+    conn: sqlite3.Connection, gateway_id: str, drafts: Sequence[SummaryDraft]
+) -> list[dict[str, Any]]:
+    """Number, freeze, insert and route feature summaries (their own seq, never an
+    alert's: a gap in alert seqs must only ever mean a missing alert)."""
+    last = meta_int(conn, "last_summary_seq")
+    created = now_ts()
+    records: list[dict[str, Any]] = []
+    for draft in drafts:
+        last += 1
+        record = draft.record(gateway_id=gateway_id, seq=last)
+        conn.execute(
+            "INSERT INTO summaries (seq, summary_id, tier, sensor_id, created_at, body) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (last, record["summary_id"], draft.tier, draft.sensor_id, created, dumps(record)),
+        )
+        records.append(record)
+    if drafts:
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'last_summary_seq'", (last,))
+        route(conn, SUMMARY, [r["seq"] for r in records])
+    return records
+
+
 def load_state(conn: sqlite3.Connection) -> dict[str, str]:
     return dict(conn.execute("SELECT key, value FROM monitor_state").fetchall())
 
 
-def next_batch(conn: sqlite3.Connection, limit: int) -> list[StoredAlert]:
-    # Tier 1 first, then oldest first (seq order is creation order); served by the
-    # partial index alerts_pending (tier, seq).
-    rows = conn.execute(
-        "SELECT seq, tier, body FROM alerts WHERE delivered_at IS NULL ORDER BY tier, seq LIMIT ?",
-        (max(1, int(limit)),),
-    ).fetchall()
-    return [StoredAlert(seq, tier, body) for seq, tier, body in rows]
+def next_batch(conn: sqlite3.Connection, uplink: str, limit: int) -> list[StoredItem]:
+    """Up to `limit` items pending for the uplink, one class per batch: alerts (tier 1
+    first, then oldest first), and summaries (oldest first) only when no alert waits."""
+    for klass, order in ((ALERT, "o.tier, o.ref"), (SUMMARY, "o.ref")):
+        table, id_col = TABLES[klass]
+        rows = conn.execute(
+            f"SELECT o.ref, o.tier, t.{id_col}, t.body FROM outbound o "
+            f"JOIN {table} t ON t.seq = o.ref "
+            f"WHERE o.uplink = ? AND o.class = ? AND o.state = {PENDING} "
+            f"ORDER BY {order} LIMIT ?",
+            (uplink, klass, max(1, int(limit))),
+        ).fetchall()
+        if rows:
+            return [StoredItem(klass, seq, tier, iid, body) for seq, tier, iid, body in rows]
+    return []
 
 
-def mark_delivered(conn: sqlite3.Connection, seqs: Iterable[int]) -> int:
+def _by_class(items: Iterable[StoredItem]) -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for it in items:
+        out.setdefault(it.klass, []).append(it.seq)
+    return out
+
+
+def mark_delivered(conn: sqlite3.Connection, uplink: str, items: Iterable[StoredItem]) -> int:
+    """Record delivery to one uplink; items every uplink has become complete."""
     at = now_ts()
     n = 0
-    for part in chunks(seqs):
-        marks = ",".join("?" * len(part))
-        cur = conn.execute(
-            f"UPDATE alerts SET delivered_at = ? WHERE delivered_at IS NULL AND seq IN ({marks})",
-            (at, *part),
-        )
-        n += cur.rowcount
+    for klass, refs in _by_class(items).items():
+        for part in chunks(refs):
+            n += conn.execute(
+                f"UPDATE outbound SET state = {DELIVERED}, at = ? WHERE uplink = ? "
+                f"AND class = ? AND state = {PENDING} AND ref IN ({marks(len(part))})",
+                (at, uplink, klass, *part),
+            ).rowcount
+        settle(conn, klass, refs)
     return n
 
 
-def dead_letter(conn: sqlite3.Connection, seqs: Iterable[int], reason: str) -> list[str]:
+def dead_letter(
+    conn: sqlite3.Connection, uplink: str, items: Iterable[StoredItem], reason: str
+) -> list[str]:
+    """Move pending items of one uplink to its dead letters, with the reason."""
     at = now_ts()
     moved: list[str] = []
-    for part in chunks(seqs):
-        marks = ",".join("?" * len(part))
-        ids = [
-            r[0]
-            for r in conn.execute(
-                f"SELECT alert_id FROM alerts WHERE delivered_at IS NULL AND seq IN ({marks})", part
-            )
-        ]
-        conn.execute(
-            "INSERT OR REPLACE INTO dead_letters "
-            "(seq, alert_id, tier, kind, detected_at, created_at, body, reason, dead_at) "
-            "SELECT seq, alert_id, tier, kind, detected_at, created_at, body, ?, ? "
-            f"FROM alerts WHERE delivered_at IS NULL AND seq IN ({marks})",
-            (reason, at, *part),
+    for it in items:
+        cur = conn.execute(
+            f"UPDATE outbound SET state = {DEAD}, at = ?, reason = ? WHERE uplink = ? "
+            f"AND class = ? AND ref = ? AND state = {PENDING}",
+            (at, reason, uplink, it.klass, it.seq),
         )
-        conn.execute(f"DELETE FROM alerts WHERE delivered_at IS NULL AND seq IN ({marks})", part)
-        moved.extend(ids)
+        if cur.rowcount:
+            moved.append(it.item_id)
     if moved:
-        log.error("dead-lettered %d alert(s) %s: %s", len(moved), ", ".join(moved[:20]), reason)
+        bump(conn, uplink, "dead_lettered_total", len(moved))
+        log.error(
+            "uplink[%s]: dead-lettered %d item(s) %s: %s",
+            uplink,
+            len(moved),
+            ", ".join(moved[:20]),
+            reason,
+        )
     return moved
 
 
-def _age_s(created_at: str | None) -> float:
-    if not created_at:
-        return 0.0
-    # A clock that jumped back must not report a negative age.
-    return max(0.0, (datetime.now(UTC) - parse_ts(created_at)).total_seconds())
+def requeue(
+    conn: sqlite3.Connection,
+    *,
+    uplink: str | None,
+    item_ids: Sequence[str] | None,
+    by: str,
+) -> list[dict[str, Any]]:
+    """Put dead letters back in their uplink's queue, and record each in `requeues`.
 
+    Args:
+        uplink: only this uplink's dead letters (None: every registered uplink's).
+        item_ids: only these alert or summary ids (None: all of them).
+        by: who asked (kept with the record).
 
-def stats(conn: sqlite3.Connection, path: Path) -> OutboxStats:
-    pending, oldest = conn.execute(
-        "SELECT count(*), min(created_at) FROM alerts WHERE delivered_at IS NULL"
-    ).fetchone()
-    delivered = conn.execute(
-        "SELECT count(*) FROM alerts WHERE delivered_at IS NOT NULL"
-    ).fetchone()[0]
-    dead = conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
-    size = 0
-    for suffix in ("", "-wal"):
-        with contextlib.suppress(OSError):  # no WAL right now is fine
-            size += os.stat(f"{path}{suffix}").st_size
-    return OutboxStats(
-        pending=pending,
-        delivered=delivered,
-        dead_lettered=dead,
-        oldest_pending_age_s=_age_s(oldest),
-        db_bytes=size,
-        evicted_total=meta_int(conn, "evicted_total"),
-        last_seq=meta_int(conn, "last_seq"),
-        dead_letter_evicted_total=meta_int(conn, "dead_letter_evicted_total"),
-        delivered_pruned_total=meta_int(conn, "delivered_pruned_total"),
-        quarantined_total=conn.execute("SELECT count(*) FROM quarantine").fetchone()[0],
-    )
-
-
-def recent(conn: sqlite3.Connection, limit: int) -> list[dict[str, Any]]:
-    rows = conn.execute(
-        "SELECT seq, alert_id, tier, created_at, body, delivered_at, NULL, NULL FROM alerts "
-        "UNION ALL "
-        "SELECT seq, alert_id, tier, created_at, body, NULL, reason, dead_at FROM dead_letters "
-        "ORDER BY seq DESC LIMIT ?",
-        (max(0, int(limit)),),
-    ).fetchall()
-    return [
-        {
-            "seq": seq,
-            "alert_id": aid,
-            "tier": tier,
-            "created_at": created,
-            "delivered": delivered_at is not None,
-            "delivered_at": delivered_at,
-            "dead_letter_reason": reason,
-            "dead_lettered_at": dead_at,
-            "record": json.loads(body),
-        }
-        for seq, aid, tier, created, body, delivered_at, reason, dead_at in rows
-    ]
-
-
-def dead_letters(conn: sqlite3.Connection, limit: int) -> list[dict[str, Any]]:
-    rows = conn.execute(
-        "SELECT seq, alert_id, reason, dead_at, body FROM dead_letters ORDER BY seq DESC LIMIT ?",
-        (max(0, int(limit)),),
-    ).fetchall()
-    return [
-        {"seq": s, "alert_id": a, "reason": r, "dead_lettered_at": d, "record": json.loads(b)}
-        for s, a, r, d, b in rows
-    ]
-
-
-def quarantines(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-    rows = conn.execute(
-        "SELECT at, path, reason, recovered_seq, seq_restart FROM quarantine ORDER BY id"
-    ).fetchall()
-    keys = ("at", "path", "reason", "recovered_seq", "seq_restart")
-    return [dict(zip(keys, r, strict=True)) for r in rows]
+    Returns:
+        What was requeued: uplink, class, item id, the dead-letter reason it had.
+    """
+    at = now_ts()
+    done: list[dict[str, Any]] = []
+    for klass, (table, id_col) in TABLES.items():
+        where = [f"o.state = {DEAD}", "o.class = ?", "o.uplink IN (SELECT name FROM uplinks)"]
+        args: list[Any] = [klass]
+        if uplink is not None:
+            where.append("o.uplink = ?")
+            args.append(uplink)
+        if item_ids is not None:
+            where.append(f"t.{id_col} IN ({marks(len(item_ids))})")
+            args.extend(item_ids)
+        rows = conn.execute(
+            f"SELECT o.uplink, o.ref, t.{id_col}, o.reason, o.at FROM outbound o "
+            f"JOIN {table} t ON t.seq = o.ref WHERE {' AND '.join(where)} ORDER BY o.ref",
+            args,
+        ).fetchall()
+        for up, ref, iid, reason, dead_at in rows:
+            conn.execute(
+                f"UPDATE outbound SET state = {PENDING}, at = NULL, reason = NULL "
+                "WHERE uplink = ? AND class = ? AND ref = ?",
+                (up, klass, ref),
+            )
+            conn.execute(
+                "INSERT INTO requeues (at, uplink, class, ref, item_id, reason, dead_at, by) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (at, up, klass, ref, iid, reason, dead_at, by),
+            )
+            bump(conn, up, "requeued_total", 1)
+            done.append({"uplink": up, "class": CLASS_NAMES[klass], "id": iid, "reason": reason})
+    if done:
+        log.warning("requeued %d dead letter(s) (by %s)", len(done), by)
+    return done

@@ -1,4 +1,4 @@
-"""The outbox: alerts and monitor state, durable before they are acknowledged.
+"""The outbox: alerts, summaries and monitor state, durable before they are acknowledged.
 
 Every call goes to the writer thread (agent.store._writer); no sqlite call runs on the
 event loop. Writes from concurrent callers share one transaction (group commit), and each
@@ -11,39 +11,50 @@ import asyncio
 import functools
 import logging
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 from agent.analysis.reliability import FleetLife
 from agent.records import AlertDraft
-from agent.store import _budget, _ops
-from agent.store._ops import OutboxStats, StoredAlert
-from agent.store._schema import Quarantined, open_db
+from agent.store import _budget, _ops, _queries
+from agent.store._files import Quarantined
+from agent.store._ops import StoredItem
+from agent.store._queries import OutboxStats
+from agent.store._salvage import StoreFault
+from agent.store._schema import open_db
 from agent.store._writer import Writer, WriterCounters
 from agent.store.errors import StoreClosedError, StoreError
+from agent.summaries import SummaryDraft
 
 log = logging.getLogger(__name__)
 
+MAX_FAULTS_KEPT = 16
+
 
 class Outbox:
-    """SQLite outbox of alerts (WAL, synchronous=FULL) owned by one writer thread.
+    """SQLite outbox (WAL, synchronous=FULL) owned by one writer thread.
 
-    Use as `async with Outbox(path, gateway_id="gw-01", max_bytes=...) as outbox:`.
-    Entering opens or creates the file (quarantining a corrupt one) and starts the thread;
-    leaving runs what is queued and stops it.
+    Use as `async with Outbox(path, gateway_id="gw-01", max_bytes=..., uplinks=[...])`.
+    Entering opens or creates the file (migrating an older schema, quarantining a corrupt
+    file, registering the uplinks) and starts the thread; leaving runs what is queued and
+    stops it.
 
     Args:
         path: the database file; its directory is created if missing.
         gateway_id: numbers alerts as `<gateway_id>-<seq>`; seq is per store, never reused.
         max_bytes: disk budget of live pages (see agent.store._budget for what goes first).
+        uplinks: the configured uplink names; every stored item waits for each of them.
+            None keeps the store's registration as it is (CLI tools that do not deliver).
         queue_size: bound of queued requests; beyond it callers wait.
+        first_seq: the first seq of a new store (None: the clock floor).
+        on_fault: called on the event loop after the store file was recovered at run time.
 
     Attributes:
-        changed: set whenever alerts were appended, so an uplink can wake up; the waiter
-            clears it.
         quarantined: the corrupt file moved aside at open, if any.
+        faults: the run-time recoveries since open (newest last, bounded).
     """
 
     def __init__(
@@ -52,19 +63,24 @@ class Outbox:
         *,
         gateway_id: str,
         max_bytes: int,
+        uplinks: Sequence[str] | None = None,
         queue_size: int = 1024,
         first_seq: int | None = None,
+        on_fault: Callable[[StoreFault], None] | None = None,
     ) -> None:
         if max_bytes <= 0:
             raise ValueError("max_bytes must be positive")
         self.path = Path(path)
         self.gateway_id = gateway_id
         self.max_bytes = int(max_bytes)
+        self.uplinks = None if uplinks is None else tuple(uplinks)
         self._queue_size = queue_size
         self._first_seq = first_seq  # None: the clock floor (ids never collide after a wipe)
         self._writer: Writer | None = None
         self._quarantined: Quarantined | None = None
-        self.changed = asyncio.Event()
+        self._on_fault = on_fault
+        self.faults: deque[StoreFault] = deque(maxlen=MAX_FAULTS_KEPT)
+        self._wake: dict[str, asyncio.Event] = {}
 
     @property
     def quarantined(self) -> Quarantined | None:
@@ -72,7 +88,7 @@ class Outbox:
 
     @property
     def counters(self) -> WriterCounters:
-        """Group-commit counters (transactions, write requests, group sizes)."""
+        """Group-commit counters (transactions, write requests, group sizes, recoveries)."""
         if self._writer is None:
             return WriterCounters()
         return self._writer.counters
@@ -82,9 +98,26 @@ class Outbox:
         """Liveness of the writer thread (see Writer.busy_for_s); 0.0 when not open."""
         return 0.0 if self._writer is None else self._writer.busy_for_s
 
+    def wake_event(self, uplink: str) -> asyncio.Event:
+        """Set whenever items were stored or requeued, so that uplink wakes up; the uplink
+        clears it before it reads."""
+        return self._wake.setdefault(uplink, asyncio.Event())
+
+    def _wake_all(self) -> None:
+        for name in self.uplinks or ():
+            self.wake_event(name).set()
+
     def _open(self) -> sqlite3.Connection:
-        conn, self._quarantined = open_db(self.path, self.gateway_id, self._first_seq)
+        conn, quarantined = open_db(self.path, self.gateway_id, self._first_seq, self.uplinks)
+        if quarantined is not None:
+            self._quarantined = quarantined
         return conn
+
+    def _fault(self, fault: StoreFault) -> None:
+        self.faults.append(fault)
+        self._wake_all()  # the fresh store holds every backlog: deliver on
+        if self._on_fault is not None:
+            self._on_fault(fault)
 
     async def __aenter__(self) -> Self:
         if self._writer is not None:
@@ -94,6 +127,7 @@ class Outbox:
             self._open,
             before_commit=functools.partial(_budget.enforce, max_bytes=self.max_bytes),
             queue_size=self._queue_size,
+            on_fault=self._fault,
         )
         await writer.start()
         self._writer = writer
@@ -105,8 +139,7 @@ class Outbox:
             stats.last_seq,
             stats.db_bytes,
         )
-        if stats.pending:
-            self.changed.set()  # a backlog from before the restart: wake the uplink
+        self._wake_all()  # a backlog from before the restart: wake the uplinks
         return self
 
     async def __aexit__(
@@ -157,7 +190,20 @@ class Outbox:
             what=f"appending {len(drafts)} alert(s)",
         )
         if records:
-            self.changed.set()
+            self._wake_all()
+        return records
+
+    async def append_summaries(self, drafts: Sequence[SummaryDraft]) -> list[dict[str, Any]]:
+        """Store feature summaries (a lower class than alerts); their records."""
+        drafts = list(drafts)
+        if not drafts:
+            return []
+        records: list[dict[str, Any]] = await self._call(
+            lambda c: _ops.append_summaries(c, self.gateway_id, drafts),
+            write=True,
+            what=f"appending {len(drafts)} summaries",
+        )
+        self._wake_all()
         return records
 
     async def load_state(self) -> dict[str, str]:
@@ -174,57 +220,86 @@ class Outbox:
         )
         return result
 
-    async def next_batch(self, limit: int) -> list[StoredAlert]:
-        """Up to `limit` undelivered alerts: tier 1 first, then oldest first."""
-        result: list[StoredAlert] = await self._call(
-            lambda c: _ops.next_batch(c, limit), write=False, what="reading a batch"
+    async def next_batch(self, uplink: str, limit: int) -> list[StoredItem]:
+        """Up to `limit` items pending for the uplink (alerts first: tier 1, oldest)."""
+        result: list[StoredItem] = await self._call(
+            lambda c: _ops.next_batch(c, uplink, limit), write=False, what="reading a batch"
         )
         return result
 
-    async def mark_delivered(self, seqs: Iterable[int]) -> int:
-        """Mark alerts delivered (after a 2xx); returns how many changed."""
-        seqs = list(seqs)
+    async def mark_delivered(self, uplink: str, items: Iterable[StoredItem]) -> int:
+        """Record that the uplink has these items (after a 2xx or PUBACK)."""
+        items = list(items)
         result: int = await self._call(
-            lambda c: _ops.mark_delivered(c, seqs),
+            lambda c: _ops.mark_delivered(c, uplink, items),
             write=True,
-            what=f"marking {len(seqs)} delivered",
+            what=f"marking {len(items)} delivered to {uplink}",
         )
         return result
 
-    async def dead_letter(self, seqs: Iterable[int], reason: str) -> list[str]:
-        """Move undelivered alerts to the dead-letter table with a reason; returns ids."""
-        seqs = list(seqs)
+    async def dead_letter(self, uplink: str, items: Iterable[StoredItem], reason: str) -> list[str]:
+        """Move items to the uplink's dead letters with a reason; returns their ids."""
+        items = list(items)
         result: list[str] = await self._call(
-            lambda c: _ops.dead_letter(c, seqs, reason),
+            lambda c: _ops.dead_letter(c, uplink, items, reason),
             write=True,
-            what=f"dead-lettering {len(seqs)}",
+            what=f"dead-lettering {len(items)} for {uplink}",
         )
+        return result
+
+    async def requeue(
+        self,
+        *,
+        uplink: str | None = None,
+        item_ids: Sequence[str] | None = None,
+        by: str = "operator",
+    ) -> list[dict[str, Any]]:
+        """Put dead letters back in their uplinks' queues (recorded in the store)."""
+        ids = None if item_ids is None else list(item_ids)
+        result: list[dict[str, Any]] = await self._call(
+            lambda c: _ops.requeue(c, uplink=uplink, item_ids=ids, by=by),
+            write=True,
+            what="requeueing dead letters",
+        )
+        if result:
+            self._wake_all()
         return result
 
     async def stats(self) -> OutboxStats:
-        """Counts for status and health."""
+        """Counts for status and health, in total and per uplink."""
         result: OutboxStats = await self._call(
-            lambda c: _ops.stats(c, self.path), write=False, what="reading stats"
+            lambda c: _queries.stats(c, self.path), write=False, what="reading stats"
         )
         return result
 
     async def recent(self, limit: int) -> list[dict[str, Any]]:
-        """Newest alerts first, with delivered/dead-letter flags and times."""
+        """Newest alerts first, with their delivery to each uplink."""
         result: list[dict[str, Any]] = await self._call(
-            lambda c: _ops.recent(c, limit), write=False, what="reading recent alerts"
+            lambda c: _queries.recent(c, limit), write=False, what="reading recent alerts"
         )
         return result
 
-    async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
-        """Dead-lettered alerts, newest first, with their reasons."""
+    async def dead_letters(
+        self, limit: int = 100, uplink: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Dead letters, newest first, with their uplink and reason."""
         result: list[dict[str, Any]] = await self._call(
-            lambda c: _ops.dead_letters(c, limit), write=False, what="reading dead letters"
+            lambda c: _queries.dead_letters(c, limit, uplink),
+            write=False,
+            what="reading dead letters",
         )
         return result
 
     async def quarantines(self) -> list[dict[str, Any]]:
-        """Corrupt files this store replaced, oldest first."""
+        """Damaged or foreign files this store replaced, oldest first."""
         result: list[dict[str, Any]] = await self._call(
-            _ops.quarantines, write=False, what="reading quarantines"
+            _queries.quarantines, write=False, what="reading quarantines"
+        )
+        return result
+
+    async def requeues(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Requeued dead letters, newest first."""
+        result: list[dict[str, Any]] = await self._call(
+            lambda c: _queries.requeues(c, limit), write=False, what="reading requeues"
         )
         return result

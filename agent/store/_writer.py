@@ -5,6 +5,10 @@ queued, answers the reads against committed data, runs all the writes in ONE tra
 (each in its own savepoint, so one bad request fails alone), commits (fsync, WAL,
 synchronous=FULL) and only then resolves the callers' asyncio futures with
 loop.call_soon_threadsafe. A crash before the commit returns acknowledges nothing.
+
+Before and after every group the thread checks that the file at the store's path is still
+the one it opened (agent.store._salvage); a replaced, deleted or damaged store is copied
+out and reopened before anything more is acknowledged.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from agent.store._schema import is_full, primary_code, translate
+from agent.store._keeper import ConnectionKeeper
+from agent.store._salvage import StoreFault
+from agent.store._sqlite import is_corrupt, is_full, primary_code, translate
 from agent.store.errors import StoreClosedError, StoreError
 
 log = logging.getLogger(__name__)
@@ -52,6 +58,9 @@ class _Request:
     what: str
 
 
+Outcome = tuple[_Request, Any, BaseException | None]
+
+
 @dataclass(slots=True)
 class WriterCounters:
     """How the group commit performed (for tests, benchmarks and health)."""
@@ -61,6 +70,7 @@ class WriterCounters:
     read_requests: int = 0
     failed_transactions: int = 0
     max_group: int = 0
+    recoveries: int = 0  # store files recovered at run time
     groups: list[int] = field(default_factory=list)  # last few group sizes, bounded
 
     def note_group(self, n: int) -> None:
@@ -78,11 +88,12 @@ class Writer:
     """Owns one sqlite3 connection on a dedicated thread.
 
     Args:
-        path: the database file (for error messages).
-        opener: called on the thread; returns the open connection.
+        path: the database file.
+        opener: called on the thread; returns the open connection (again after a recovery).
         before_commit: called on the thread inside every write transaction, after the
             requests ran (the disk budget is enforced there, in the same transaction).
         queue_size: bound of the request queue; callers wait (asynchronously) beyond it.
+        on_fault: called on the event loop after the store was recovered at run time.
     """
 
     def __init__(
@@ -92,10 +103,12 @@ class Writer:
         *,
         before_commit: Callable[[sqlite3.Connection], None] | None = None,
         queue_size: int = 1024,
+        on_fault: Callable[[StoreFault], None] | None = None,
     ) -> None:
         self._path = path
         self._opener = opener
         self._before_commit = before_commit
+        self._on_fault = on_fault
         self._queue: queue.Queue[_Request | object] = queue.Queue(maxsize=queue_size)
         self._slots: asyncio.Semaphore | None = None
         self._queue_size = queue_size
@@ -105,6 +118,8 @@ class Writer:
         self._accepting = False
         self._busy_since: float | None = None  # monotonic start of the batch in hand
         self.counters = WriterCounters()
+        self._keeper = ConnectionKeeper(path, opener, self._recovered)  # thread side only
+        self._unacked: list[Outcome] = []  # committed into a file that was then replaced
 
     @property
     def busy_for_s(self) -> float:
@@ -174,7 +189,7 @@ class Writer:
     def _main(self, ready: asyncio.Future[None]) -> None:
         assert self._loop is not None and self._closed is not None
         try:
-            conn = self._opener()
+            self._keeper.open()
         except BaseException as exc:  # hand every opening failure to the awaiting caller
             self._loop.call_soon_threadsafe(_settle, ready, None, exc)
             self._loop.call_soon_threadsafe(_settle, self._closed, None, None)
@@ -199,15 +214,16 @@ class Writer:
                         break
                 self._busy_since = time.monotonic()
                 try:
-                    self._run_group(conn, batch)
+                    self._run_group(batch)
                 finally:
                     self._busy_since = None
         finally:
             self._accepting = False
-            with contextlib.suppress(sqlite3.Error):
-                conn.close()
+            self._keeper.close()
             # Nothing may wait forever on a thread that is gone.
             closed = StoreClosedError(f"store {self._path} was closed", path=self._path)
+            for req, _result, _err in self._unacked:
+                self._resolve(req, None, closed)
             while True:
                 try:
                     left = self._queue.get_nowait()
@@ -217,19 +233,63 @@ class Writer:
                     self._resolve(left, None, closed)
             self._loop.call_soon_threadsafe(_settle, self._closed, None, None)
 
-    def _run_group(self, conn: sqlite3.Connection, batch: list[_Request]) -> None:
+    def _run_group(self, batch: list[_Request]) -> None:
         # Concurrent requests have no order among themselves, so reads may go first,
         # against committed data only: no caller ever sees a write that could roll back.
         writes = [r for r in batch if r.write]
         for req in batch:
             if not req.write:
                 self.counters.read_requests += 1
-                try:
-                    self._resolve(req, req.op(conn), None)
-                except Exception as exc:
-                    self._resolve(req, None, self._wrap(exc, req.what))
-        if writes:
-            self._transaction(conn, writes)
+                self._read(req)
+        if not writes:
+            return
+        for _attempt in range(2):  # a second time only after a recovery
+            conn = self._keeper.usable()
+            if conn is None:
+                break
+            outcomes, fatal = self._transaction(conn, writes)
+            if fatal is not None and is_corrupt(fatal):
+                self._keeper.corrupt(fatal)
+                continue
+            if fatal is not None:
+                self._fail(writes, fatal)
+                return
+            if self._keeper.moved():
+                # Committed into a file that is no longer the store: acknowledged only
+                # once the recovery has copied it into the fresh one (_recovered).
+                self._unacked += outcomes
+                self._keeper.usable()
+                return
+            for req, result, err in outcomes:
+                self._resolve(req, result, err)
+            return
+        for req in writes:
+            self._resolve(req, None, self._keeper.unavailable())
+
+    def _recovered(self, fault: StoreFault) -> None:
+        self.counters.recoveries += 1
+        for req, result, err in self._unacked:  # now in the fresh store too
+            self._resolve(req, result, err)
+        self._unacked.clear()
+        if self._on_fault is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._on_fault, fault)
+
+    def _read(self, req: _Request) -> None:
+        for _attempt in range(2):  # a second time only after a recovery
+            conn = self._keeper.usable()
+            if conn is None:
+                break
+            try:
+                result = req.op(conn)
+            except Exception as exc:
+                if is_corrupt(exc):
+                    self._keeper.corrupt(exc)
+                    continue
+                self._resolve(req, None, self._wrap(exc, req.what))
+                return
+            self._resolve(req, result, None)
+            return
+        self._resolve(req, None, self._keeper.unavailable())
 
     def _wrap(self, exc: BaseException, what: str) -> BaseException:
         if isinstance(exc, StoreError):
@@ -240,8 +300,11 @@ class Writer:
             return err
         return exc  # a programming or data error (e.g. NaN in a record): the caller's
 
-    def _transaction(self, conn: sqlite3.Connection, writes: list[_Request]) -> None:
-        outcomes: list[tuple[_Request, Any, BaseException | None]] = []
+    def _transaction(
+        self, conn: sqlite3.Connection, writes: list[_Request]
+    ) -> tuple[list[Outcome], BaseException | None]:
+        """Run the writes in one transaction: their outcomes, or the error that undid all."""
+        outcomes: list[Outcome] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             for req in writes:
@@ -265,22 +328,23 @@ class Writer:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
             self.counters.failed_transactions += 1
-            err = self._wrap(exc, f"a transaction of {len(writes)} request(s)")
-            if is_full(exc):
-                log.error(
-                    "store %s is FULL: %d write(s) rolled back, none acknowledged; "
-                    "will retry on the next write",
-                    self._path,
-                    len(writes),
-                )
-            else:
-                log.error("store %s transaction failed, rolled back: %s", self._path, exc)
-            for req in writes:
-                self._resolve(req, None, err)
-            return
+            return [], exc
         self.counters.note_group(len(writes))
-        for req, result, err in outcomes:
-            self._resolve(req, result, err)
+        return outcomes, None
+
+    def _fail(self, writes: list[_Request], exc: BaseException) -> None:
+        err = self._wrap(exc, f"a transaction of {len(writes)} request(s)")
+        if is_full(exc):
+            log.error(
+                "store %s is FULL: %d write(s) rolled back, none acknowledged; "
+                "will retry on the next write",
+                self._path,
+                len(writes),
+            )
+        else:
+            log.error("store %s transaction failed, rolled back: %s", self._path, exc)
+        for req in writes:
+            self._resolve(req, None, err)
 
 
 def _settle(fut: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:

@@ -12,16 +12,30 @@ from pathlib import Path
 import pytest
 
 from agent.records import dumps
-from agent.store import Outbox, StoreClosedError
+from agent.store import Outbox, StoreClosedError, StoredItem
 from tests.agent.store._drafts import draft
 
 BIG = 1 << 30
 
 
+UP = "up"
+
+
 def outbox(path: Path, **kw: object) -> Outbox:
     return Outbox(
-        path, gateway_id="gw-01", max_bytes=int(kw.pop("max_bytes", BIG)), first_seq=1, **kw
+        path,
+        gateway_id="gw-01",
+        max_bytes=int(kw.pop("max_bytes", BIG)),
+        first_seq=1,
+        uplinks=(UP,),
+        **kw,
     )
+
+
+async def items(ob: Outbox, *seqs: int, uplink: str = UP) -> list[StoredItem]:
+    """The pending items with these seqs (all pending ones when none given)."""
+    batch = await ob.next_batch(uplink, 1000)
+    return [it for it in batch if not seqs or it.seq in seqs]
 
 
 async def test_seq_monotonic_and_persisted_across_reopen(tmp_path: Path) -> None:
@@ -109,28 +123,36 @@ async def test_next_batch_tier1_first_then_oldest(tmp_path: Path) -> None:
     async with outbox(tmp_path / "outbox.db") as ob:
         await ob.append([draft(3, 0), draft(2, 1), draft(3, 2)])
         await ob.append([draft(1, 3), draft(2, 4), draft(1, 5)])
-        batch = await ob.next_batch(10)
+        batch = await ob.next_batch(UP, 10)
         assert [(a.tier, a.seq) for a in batch] == [(1, 4), (1, 6), (2, 2), (2, 5), (3, 1), (3, 3)]
         assert json.loads(batch[0].json)["seq"] == 4
-        assert [a.seq for a in await ob.next_batch(2)] == [4, 6]
+        assert batch[0].item_id == "gw-01-000000000004"
+        assert [a.seq for a in await ob.next_batch(UP, 2)] == [4, 6]
 
 
 async def test_delivered_dead_letter_recent_and_stats(tmp_path: Path) -> None:
     async with outbox(tmp_path / "outbox.db") as ob:
         await ob.append([draft(i=i) for i in range(5)])
-        assert await ob.mark_delivered([1, 2]) == 2
-        assert await ob.mark_delivered([1]) == 0  # idempotent
-        assert await ob.dead_letter([3], "HTTP 400: bad detected_at") == ["gw-01-000000000003"]
-        assert [a.seq for a in await ob.next_batch(10)] == [4, 5]
+        first_two = await items(ob, 1, 2)
+        assert await ob.mark_delivered(UP, first_two) == 2
+        assert await ob.mark_delivered(UP, first_two) == 0  # idempotent
+        bad = await items(ob, 3)
+        assert await ob.dead_letter(UP, bad, "HTTP 400: bad detected_at") == ["gw-01-000000000003"]
+        assert [a.seq for a in await ob.next_batch(UP, 10)] == [4, 5]
         stats = await ob.stats()
         assert (stats.pending, stats.delivered, stats.dead_lettered) == (2, 2, 1)
         assert stats.oldest_pending_age_s >= 0 and stats.db_bytes > 0
+        up = stats.uplinks[UP]
+        assert (up.pending, up.dead_lettered, up.dead_lettered_total) == (2, 1, 1)
         recent = await ob.recent(10)
         assert [r["seq"] for r in recent] == [5, 4, 3, 2, 1]
         assert [r["delivered"] for r in recent] == [False, False, False, True, True]
-        assert recent[2]["dead_letter_reason"] == "HTTP 400: bad detected_at"
+        assert recent[2]["deliveries"][UP]["state"] == "dead_letter"
+        assert recent[2]["deliveries"][UP]["reason"] == "HTTP 400: bad detected_at"
+        assert recent[4]["deliveries"][UP]["state"] == "delivered"
         [dl] = await ob.dead_letters()
         assert dl["reason"].startswith("HTTP 400") and dl["record"]["seq"] == 3
+        assert (dl["uplink"], dl["class"], dl["id"]) == (UP, "alert", "gw-01-000000000003")
 
 
 async def test_backlog_survives_restart_and_wakes_uplink(tmp_path: Path) -> None:
@@ -138,8 +160,8 @@ async def test_backlog_survives_restart_and_wakes_uplink(tmp_path: Path) -> None
     async with outbox(db) as ob:
         await ob.append([draft(i=i) for i in range(3)])
     async with outbox(db) as ob:
-        assert ob.changed.is_set()
-        assert [a.seq for a in await ob.next_batch(10)] == [1, 2, 3]
+        assert ob.wake_event(UP).is_set()
+        assert [a.seq for a in await ob.next_batch(UP, 10)] == [1, 2, 3]
 
 
 async def test_closed_outbox_refuses(tmp_path: Path) -> None:

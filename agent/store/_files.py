@@ -1,0 +1,164 @@
+"""The store file at startup: is it corrupt, and if so move it aside, never delete it.
+
+Quarantine trade-off: a corrupt file is renamed, never deleted, and a fresh store is
+created. The per-gateway seq must never be reused, because the backend deduplicates on
+alert_id and would silently drop a new alert that reused an old id. So the fresh store
+starts above max(the last seq still readable from the quarantined file, a wall-clock floor
+of unix_seconds x 100). The floor covers a file too damaged to read: it stays above every
+seq issued before as long as the gateway averaged fewer than 100 alerts per second since the
+counter started (alerts are rare events) and the clock is sane. If the file is unreadable
+AND the clock was reset to the past, reuse is possible; the quarantine row in the new
+database records what was recovered so an operator can see it. A brand-new store starts at
+the same floor (not at 1), so an operator who deletes the file does not make the backend
+drop new alerts as duplicates of old ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from agent.store._sqlite import MAGIC, connect_ro, fsync_dir, is_corrupt
+from agent.store.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+SEQ_FLOOR_PER_SECOND = 100  # see the module docstring
+_MAX_PLAUSIBLE_SEQ = 10**15
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantined:
+    """A damaged or foreign file that was moved aside.
+
+    Attributes:
+        path: where it is now (next to the store, never deleted).
+        reason: why it was moved.
+        recovered_seq: the last seq read from it (None when unreadable).
+        seq_restart: the first seq of the fresh store.
+    """
+
+    path: Path
+    reason: str
+    recovered_seq: int | None
+    seq_restart: int
+
+
+def seq_floor() -> int:
+    """The wall-clock seq floor (see the module docstring)."""
+    return int(time.time() * SEQ_FLOOR_PER_SECOND)
+
+
+def precheck(path: Path, schema_version: int) -> str | None:
+    """Why an existing file is corrupt, or None if it is fine.
+
+    Looks without changing anything: the header is read by hand, and quick_check runs on a
+    read-only connection, which can neither checkpoint nor drop the WAL of a damaged file
+    (a read-write connection would, on close, and destroy evidence).
+
+    Raises:
+        StoreError: the file is not corrupt but cannot be used (newer schema).
+        sqlite3.Error / OSError: it cannot be read (locked, permissions): not corrupt.
+    """
+    with path.open("rb") as f:
+        head = f.read(len(MAGIC))
+    if not head:
+        return None  # an empty file is an empty database
+    if head != MAGIC:
+        return f"not an SQLite database (header {head[:16]!r})"
+    conn = connect_ro(path)
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > schema_version:
+            # A newer agent wrote it: not corrupt, so never quarantine; refuse to touch it.
+            raise StoreError(
+                f"{path} has schema version {version}, this agent knows {schema_version}",
+                path=path,
+            )
+        rows = [r[0] for r in conn.execute("PRAGMA quick_check(20)").fetchall()]
+    except sqlite3.DatabaseError as exc:
+        if is_corrupt(exc):
+            return f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        conn.close()
+    if rows != ["ok"]:
+        return "quick_check: " + "; ".join(map(str, rows))[:500]
+    return None
+
+
+def aside_name(path: Path, what: str) -> Path:
+    """A free name next to the store for a file moved aside (never overwrites evidence)."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    target = path.with_name(f"{path.name}.{what}-{stamp}")
+    n = 1
+    while any(target.with_name(target.name + s).exists() for s in ("", "-wal", "-shm")):
+        n += 1
+        target = path.with_name(f"{path.name}.{what}-{stamp}.{n}")
+    return target
+
+
+def move_aside(path: Path, target: Path, *, sidecars: bool = True) -> None:
+    """Rename the file (and its -wal/-shm) to target; open descriptors stay valid."""
+    if path.exists():
+        os.replace(path, target)
+    if sidecars:
+        for suffix in ("-wal", "-shm"):
+            side = path.with_name(path.name + suffix)
+            if side.exists():
+                os.replace(side, target.with_name(target.name + suffix))
+    fsync_dir(path.parent)
+
+
+def recover_last_seq(path: Path) -> int | None:
+    """Best effort: the highest seq still readable from a (quarantined) file."""
+    best: int | None = None
+    queries = (
+        "SELECT value FROM meta WHERE key = 'last_seq'",
+        "SELECT max(seq) FROM alerts",
+        "SELECT max(seq) FROM dead_letters",  # a schema v1 file
+    )
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0)
+    except sqlite3.Error:
+        return None
+    try:
+        for q in queries:
+            try:
+                row = conn.execute(q).fetchone()
+            except sqlite3.Error:
+                continue
+            if row and plausible_seq(row[0]):
+                best = row[0] if best is None else max(best, row[0])
+    finally:
+        conn.close()
+    return best
+
+
+def plausible_seq(value: object) -> bool:
+    """A damaged page can yield any integer; an absurd one would only risk overflow."""
+    return isinstance(value, int) and 0 <= value <= _MAX_PLAUSIBLE_SEQ
+
+
+def quarantine(path: Path, reason: str) -> Quarantined:
+    """Move a corrupt store aside at startup; the caller creates the fresh one."""
+    target = aside_name(path, "corrupt")
+    move_aside(path, target)
+    recovered = recover_last_seq(target)
+    restart = max((recovered or 0) + 1, seq_floor())
+    log.error(
+        "STORE CORRUPT: %s moved aside to %s (%s); NOT deleted, keep it for recovery. "
+        "A fresh store was created; seq restarts at %d (last readable seq: %s). "
+        "Alerts not yet delivered from the old file are NOT in the new store.",
+        path,
+        target,
+        reason,
+        restart,
+        recovered,
+    )
+    return Quarantined(target, reason, recovered, restart)

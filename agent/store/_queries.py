@@ -1,0 +1,294 @@
+"""Read-only views of the store: counts per uplink, recent items, dead letters, history.
+
+Plain functions of a connection: the agent runs them on its writer thread, the CLI on a
+read-only connection of its own (WAL lets it read while the agent writes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from agent.records import parse_ts
+from agent.store._routing import ALERT, CLASS_NAMES, DEAD, PENDING, SUMMARY, TABLES, marks
+from agent.store.errors import StoreError
+
+_COUNTER_KEYS = (
+    "evicted_total",
+    "dead_letter_evicted_total",
+    "summaries_evicted_total",
+    "dead_lettered_total",
+    "requeued_total",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class UplinkBacklog:
+    """One uplink's share of the store.
+
+    Attributes:
+        configured: registered now (an unconfigured uplink's rows are kept, inert).
+        pending: alerts waiting for this uplink.
+        pending_summaries: feature summaries waiting for it.
+        oldest_pending_age_s: wall-clock age of its oldest waiting alert (0 if none).
+        dead_lettered: its dead letters now (alerts and summaries).
+        evicted_total: alerts evicted by the disk budget before it had them, ever.
+        dead_letter_evicted_total: its dead letters evicted by the disk budget, ever.
+        summaries_evicted_total: summaries evicted before it had them, ever.
+        dead_lettered_total: items it dead-lettered, ever.
+        requeued_total: its dead letters requeued by an operator, ever.
+    """
+
+    configured: bool
+    pending: int = 0
+    pending_summaries: int = 0
+    oldest_pending_age_s: float = 0.0
+    dead_lettered: int = 0
+    evicted_total: int = 0
+    dead_letter_evicted_total: int = 0
+    summaries_evicted_total: int = 0
+    dead_lettered_total: int = 0
+    requeued_total: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStats:
+    """Counts for status and health.
+
+    Attributes:
+        pending: alerts some configured uplink still waits for (or, with no uplink
+            configured, every alert not delivered).
+        delivered: alerts every uplink has, still kept (pruned oldest-first by the budget).
+        dead_lettered: alerts dead-lettered by at least one configured uplink.
+        oldest_pending_age_s: wall-clock age of the oldest alert not yet everywhere.
+        db_bytes: database file plus WAL on disk.
+        evicted_total: undelivered alerts dropped for the disk budget, ever.
+        last_seq: the highest alert seq ever issued (never reused).
+        dead_letter_evicted_total: dead-lettered alerts dropped for the disk budget, ever.
+        delivered_pruned_total: delivered items pruned for the disk budget, ever.
+        quarantined_total: damaged or foreign files moved aside in this store's history.
+        summaries_pending: feature summaries not yet everywhere.
+        summaries_evicted_total: summaries dropped for the disk budget, ever.
+        uplinks: per uplink name, its backlog.
+    """
+
+    pending: int
+    delivered: int
+    dead_lettered: int
+    oldest_pending_age_s: float
+    db_bytes: int
+    evicted_total: int
+    last_seq: int
+    dead_letter_evicted_total: int = 0
+    delivered_pruned_total: int = 0
+    quarantined_total: int = 0
+    summaries_pending: int = 0
+    summaries_evicted_total: int = 0
+    uplinks: dict[str, UplinkBacklog] = field(default_factory=dict)
+
+
+def check_version(conn: sqlite3.Connection, path: Path) -> None:
+    """Refuse a store this code cannot read (v1: not migrated yet)."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version < 2:
+        raise StoreError(
+            f"store {path} has schema v{version}; start the agent once (edge-agent run) "
+            "and it migrates the store in place",
+            path=path,
+        )
+
+
+def _meta(conn: sqlite3.Connection, key: str) -> int:
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def age_s(created_at: str | None) -> float:
+    if not created_at:
+        return 0.0
+    # A clock that jumped back must not report a negative age.
+    return max(0.0, (datetime.now(UTC) - parse_ts(created_at)).total_seconds())
+
+
+def _scalar(conn: sqlite3.Connection, sql: str, args: tuple[Any, ...] = ()) -> Any:
+    row = conn.execute(sql, args).fetchone()
+    return None if row is None else row[0]
+
+
+def _backlog(conn: sqlite3.Connection, name: str, configured: bool) -> UplinkBacklog:
+    def count(klass: int, state: int) -> int:
+        return int(
+            _scalar(
+                conn,
+                "SELECT count(*) FROM outbound WHERE uplink = ? AND class = ? AND state = ?",
+                (name, klass, state),
+            )
+        )
+
+    oldest = _scalar(
+        conn,
+        "SELECT created_at FROM alerts WHERE seq = (SELECT min(ref) FROM outbound "
+        f"WHERE uplink = ? AND class = {ALERT} AND state = {PENDING})",
+        (name,),
+    )
+    counters = dict(
+        conn.execute("SELECT key, value FROM uplink_counters WHERE uplink = ?", (name,))
+    )
+    return UplinkBacklog(
+        configured=configured,
+        pending=count(ALERT, PENDING),
+        pending_summaries=count(SUMMARY, PENDING),
+        oldest_pending_age_s=age_s(oldest),
+        dead_lettered=count(ALERT, DEAD) + count(SUMMARY, DEAD),
+        **{k: int(counters.get(k, 0)) for k in _COUNTER_KEYS},
+    )
+
+
+def stats(conn: sqlite3.Connection, path: Path) -> OutboxStats:
+    configured = [r[0] for r in conn.execute("SELECT name FROM uplinks ORDER BY name")]
+    others = [
+        r[0]
+        for r in conn.execute(
+            "SELECT DISTINCT uplink FROM outbound WHERE uplink NOT IN (SELECT name FROM uplinks)"
+        )
+    ]
+    if configured:
+        pending = _scalar(
+            conn,
+            "SELECT count(DISTINCT ref) FROM outbound WHERE class = ? AND state = ? "
+            f"AND uplink IN ({marks(len(configured))})",
+            (ALERT, PENDING, *configured),
+        )
+    else:
+        pending = _scalar(conn, "SELECT count(*) FROM alerts WHERE delivered_at IS NULL")
+    oldest = _scalar(
+        conn,
+        "SELECT created_at FROM alerts WHERE seq = "
+        "(SELECT min(seq) FROM alerts WHERE delivered_at IS NULL)",
+    )
+    dead = _scalar(
+        conn,
+        f"SELECT count(DISTINCT ref) FROM outbound WHERE class = ? AND state = {DEAD} "
+        "AND uplink IN (SELECT name FROM uplinks)",
+        (ALERT,),
+    )
+    size = 0
+    for suffix in ("", "-wal"):
+        with contextlib.suppress(OSError):  # no WAL right now is fine
+            size += os.stat(f"{path}{suffix}").st_size
+    return OutboxStats(
+        pending=int(pending),
+        delivered=int(_scalar(conn, "SELECT count(*) FROM alerts WHERE delivered_at IS NOT NULL")),
+        dead_lettered=int(dead),
+        oldest_pending_age_s=age_s(oldest),
+        db_bytes=size,
+        evicted_total=_meta(conn, "evicted_total"),
+        last_seq=_meta(conn, "last_seq"),
+        dead_letter_evicted_total=_meta(conn, "dead_letter_evicted_total"),
+        delivered_pruned_total=_meta(conn, "delivered_pruned_total"),
+        quarantined_total=int(_scalar(conn, "SELECT count(*) FROM quarantine")),
+        summaries_pending=int(
+            _scalar(conn, "SELECT count(*) FROM summaries WHERE delivered_at IS NULL")
+        ),
+        summaries_evicted_total=_meta(conn, "summaries_evicted_total"),
+        uplinks={
+            **{n: _backlog(conn, n, True) for n in configured},
+            **{n: _backlog(conn, n, False) for n in others},
+        },
+    )
+
+
+def _deliveries(conn: sqlite3.Connection, klass: int, ref: int) -> dict[str, dict[str, Any]]:
+    states = {0: "pending", 1: "delivered", 2: "dead_letter"}
+    return {
+        up: {"state": states.get(st, str(st)), "at": at, "reason": reason}
+        for up, st, at, reason in conn.execute(
+            "SELECT uplink, state, at, reason FROM outbound WHERE class = ? AND ref = ? "
+            "ORDER BY uplink",
+            (klass, ref),
+        )
+    }
+
+
+def recent(conn: sqlite3.Connection, limit: int) -> list[dict[str, Any]]:
+    """Newest alerts first, with where each one was delivered."""
+    rows = conn.execute(
+        "SELECT seq, alert_id, tier, created_at, body, delivered_at FROM alerts "
+        "ORDER BY seq DESC LIMIT ?",
+        (max(0, int(limit)),),
+    ).fetchall()
+    return [
+        {
+            "seq": seq,
+            "alert_id": aid,
+            "tier": tier,
+            "created_at": created,
+            "delivered": delivered_at is not None,
+            "delivered_at": delivered_at,
+            "deliveries": _deliveries(conn, ALERT, seq),
+            "record": json.loads(body),
+        }
+        for seq, aid, tier, created, body, delivered_at in rows
+    ]
+
+
+def dead_letters(
+    conn: sqlite3.Connection, limit: int, uplink: str | None = None
+) -> list[dict[str, Any]]:
+    """Dead letters, newest first: uplink, class, id, reason, when, and the record."""
+    out: list[dict[str, Any]] = []
+    for klass, (table, id_col) in TABLES.items():
+        where = f"o.state = {DEAD} AND o.class = ?" + (" AND o.uplink = ?" if uplink else "")
+        args: tuple[Any, ...] = (klass, uplink) if uplink else (klass,)
+        for up, seq, iid, reason, at, body in conn.execute(
+            f"SELECT o.uplink, o.ref, t.{id_col}, o.reason, o.at, t.body FROM outbound o "
+            f"JOIN {table} t ON t.seq = o.ref WHERE {where} ORDER BY o.at DESC LIMIT ?",
+            (*args, max(0, int(limit))),
+        ):
+            out.append(
+                {
+                    "uplink": up,
+                    "class": CLASS_NAMES[klass],
+                    "seq": seq,
+                    "id": iid,
+                    "reason": reason,
+                    "dead_lettered_at": at,
+                    "record": json.loads(body),
+                }
+            )
+    out.sort(key=lambda d: d["dead_lettered_at"] or "", reverse=True)
+    return out[: max(0, int(limit))]
+
+
+def quarantines(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        "SELECT at, path, reason, recovered_seq, seq_restart FROM quarantine ORDER BY id"
+    ).fetchall()
+    keys = ("at", "path", "reason", "recovered_seq", "seq_restart")
+    return [dict(zip(keys, r, strict=True)) for r in rows]
+
+
+def requeues(conn: sqlite3.Connection, limit: int) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        "SELECT at, uplink, class, item_id, reason, dead_at, by FROM requeues "
+        "ORDER BY id DESC LIMIT ?",
+        (max(0, int(limit)),),
+    ).fetchall()
+    return [
+        {
+            "at": at,
+            "uplink": up,
+            "class": CLASS_NAMES.get(k, str(k)),
+            "id": iid,
+            "reason": reason,
+            "dead_lettered_at": dead_at,
+            "by": by,
+        }
+        for at, up, k, iid, reason, dead_at, by in rows
+    ]

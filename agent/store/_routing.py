@@ -1,0 +1,145 @@
+"""Who still needs what: per-(item, uplink) delivery rows, uplink registration, completion.
+
+Every item (an alert, or a feature summary) gets one `outbound` row per registered uplink
+when it is stored: pending, then delivered or dead-lettered. An item is *complete* (its
+`delivered_at` set) once every registered uplink has it; only complete items are pruned
+first by the disk budget. A newly configured uplink is registered at open and gets a
+pending row for every item that is not complete yet (so adding an uplink after an outage,
+or configuring the first one, delivers the backlog to it too, but no history that every
+other uplink already has). An uplink removed from the configuration is unregistered: its
+rows stay (visible, requeueable, pruned with their items) but no longer hold items back.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Iterable, Sequence
+
+from agent.store._sqlite import now_ts
+
+log = logging.getLogger(__name__)
+
+ALERT = 0  # the class of an item: alerts go first and are evicted last
+SUMMARY = 1
+PENDING, DELIVERED, DEAD = 0, 1, 2
+TABLES = {ALERT: ("alerts", "alert_id"), SUMMARY: ("summaries", "summary_id")}
+CLASS_NAMES = {ALERT: "alert", SUMMARY: "summary"}
+LEGACY_UPLINK = "http"  # the default name of schema v1's one http uplink
+_CHUNK = 500  # bound on SQL variables per statement
+
+
+def chunks(refs: Iterable[int]) -> Iterable[list[int]]:
+    items = [int(s) for s in refs]
+    for i in range(0, len(items), _CHUNK):
+        yield items[i : i + _CHUNK]
+
+
+def marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+def route(conn: sqlite3.Connection, klass: int, refs: Sequence[int]) -> None:
+    """Pending rows for new items, one per registered uplink (inside the append)."""
+    table, _ = TABLES[klass]
+    for part in chunks(refs):
+        conn.execute(
+            "INSERT OR IGNORE INTO outbound (uplink, class, ref, tier, state) "
+            f"SELECT u.name, ?, t.seq, t.tier, {PENDING} FROM uplinks u, {table} t "
+            f"WHERE t.seq IN ({marks(len(part))})",
+            (klass, *part),
+        )
+
+
+def settle(conn: sqlite3.Connection, klass: int, refs: Iterable[int] | None = None) -> int:
+    """Mark items complete that every registered uplink now has; returns how many."""
+    table, _ = TABLES[klass]
+    cond = (
+        "delivered_at IS NULL AND EXISTS (SELECT 1 FROM uplinks) AND NOT EXISTS ("
+        "SELECT 1 FROM outbound o JOIN uplinks u ON u.name = o.uplink "
+        f"WHERE o.class = ? AND o.ref = {table}.seq AND o.state != {DELIVERED})"
+    )
+    at = now_ts()
+    if refs is None:
+        return conn.execute(
+            f"UPDATE {table} SET delivered_at = ? WHERE {cond}", (at, klass)
+        ).rowcount
+    n = 0
+    for part in chunks(refs):
+        n += conn.execute(
+            f"UPDATE {table} SET delivered_at = ? WHERE seq IN ({marks(len(part))}) AND {cond}",
+            (at, *part, klass),
+        ).rowcount
+    return n
+
+
+def register(conn: sqlite3.Connection, names: Sequence[str]) -> None:
+    """Make the registered uplinks exactly `names` (see the module docstring)."""
+    known = {r[0] for r in conn.execute("SELECT name FROM uplinks")}
+    for gone in sorted(known - set(names)):
+        conn.execute("DELETE FROM uplinks WHERE name = ?", (gone,))
+        left = conn.execute(
+            f"SELECT count(*) FROM outbound WHERE uplink = ? AND state = {PENDING}", (gone,)
+        ).fetchone()[0]
+        log.warning(
+            "uplink %s is no longer configured: its %d undelivered item(s) are kept but no "
+            "longer hold anything back (configure it again to resume)",
+            gone,
+            left,
+        )
+    for name in names:
+        if name in known:
+            continue
+        conn.execute("INSERT INTO uplinks (name, added_at) VALUES (?, ?)", (name, now_ts()))
+        routed = 0
+        for klass, (table, _) in TABLES.items():
+            routed += conn.execute(
+                "INSERT OR IGNORE INTO outbound (uplink, class, ref, tier, state) "
+                f"SELECT ?, ?, seq, tier, {PENDING} FROM {table} WHERE delivered_at IS NULL",
+                (name, klass),
+            ).rowcount
+        log.info(
+            "uplink %s registered: %d stored item(s) not yet delivered everywhere", name, routed
+        )
+    if names:
+        for klass in TABLES:
+            settle(conn, klass)
+
+
+def migrate_v1(conn: sqlite3.Connection, legacy: str) -> None:
+    """Schema v1 -> v2: v1 tracked delivery per alert for its one uplink.
+
+    That uplink becomes `legacy`: its deliveries and dead letters become its rows, and its
+    undelivered alerts its pending rows. Nothing is dropped: dead letters move back into
+    `alerts` (their bodies are needed to requeue them).
+    """
+    conn.execute("INSERT OR IGNORE INTO uplinks (name, added_at) VALUES (?, ?)", (legacy, now_ts()))
+    conn.execute(
+        "INSERT OR IGNORE INTO outbound (uplink, class, ref, tier, state, at) "
+        f"SELECT ?, {ALERT}, seq, tier, {DELIVERED}, delivered_at FROM alerts "
+        "WHERE delivered_at IS NOT NULL",
+        (legacy,),
+    )
+    conn.execute(
+        "INSERT OR IGNORE INTO alerts "
+        "(seq, alert_id, tier, kind, detected_at, created_at, body, delivered_at) "
+        "SELECT seq, alert_id, tier, kind, detected_at, created_at, body, NULL FROM dead_letters"
+    )
+    dead = conn.execute(
+        "INSERT OR IGNORE INTO outbound (uplink, class, ref, tier, state, at, reason) "
+        f"SELECT ?, {ALERT}, seq, tier, {DEAD}, dead_at, reason FROM dead_letters",
+        (legacy,),
+    ).rowcount
+    pending = conn.execute(
+        "INSERT OR IGNORE INTO outbound (uplink, class, ref, tier, state) "
+        f"SELECT ?, {ALERT}, seq, tier, {PENDING} FROM alerts WHERE delivered_at IS NULL",
+        (legacy,),
+    ).rowcount
+    conn.execute("DROP TABLE dead_letters")
+    log.warning(
+        "store migrated from schema v1: %d undelivered alert(s) and %d dead letter(s) kept "
+        "for uplink %s",
+        pending,
+        dead,
+        legacy,
+    )

@@ -1,0 +1,262 @@
+"""A store damaged or replaced while the agent runs: detect it, copy out, carry on.
+
+Detection (on the writer thread, before and after every transaction):
+- error class: SQLITE_CORRUPT / SQLITE_NOTADB from any statement;
+- the file at the store's path is not the one we opened (device/inode changed, or it is
+  gone): `mv other.db outbox.db` or `rm outbox.db`. SQLite itself notices neither and
+  keeps committing into the unlinked inode, so every later "acknowledged" alert would be
+  lost when the process ends;
+- its header is no longer SQLite's (overwritten in place).
+
+Recovery: every readable row of our open connection (which still reaches the old inode)
+is copied into `<store>.recovering` (its own rollback journal, one transaction per table,
+a range-bisecting fallback around damaged pages), a completion marker is committed, the
+damaged or foreign file is moved aside (never deleted), and the copy is renamed into place
+and opened like any store. Nothing committed to the old file before detection is lost
+when the old file is readable (a replacement), and what was unreadable is counted. A
+crash in the middle is finished at the next open (`finish_interrupted`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.store._files import aside_name, move_aside, plausible_seq, seq_floor
+from agent.store._routing import TABLES
+from agent.store._schema import ddl_statements
+from agent.store._sqlite import MAGIC, fsync_dir, identity, now_ts
+
+log = logging.getLogger(__name__)
+
+RECOVERING = ".recovering"
+_MARKER = "salvage_complete"
+_MAX_STATEMENTS = 4000  # bound on the bisection around damaged pages, per recovery
+_QUALIFY = re.compile(r"^(CREATE (?:TABLE|INDEX) IF NOT EXISTS )(\w+)")
+
+
+@dataclass(frozen=True, slots=True)
+class StoreFault:
+    """What happened to the store file at run time, and what recovery did.
+
+    Attributes:
+        kind: "corrupt" (SQLite reported damage) or "replaced" (another file, or none,
+            is at the store's path).
+        reason: the detection, in words.
+        detected_at: UTC timestamp.
+        moved_to: where the damaged or foreign file went (None: there was none).
+        copied: rows copied into the fresh store, per table.
+        lost_rows: rows that could not be read, per table (an upper bound).
+        seq_restart: the next alert seq of the fresh store.
+    """
+
+    kind: str
+    reason: str
+    detected_at: str
+    moved_to: Path | None
+    copied: dict[str, int] = field(default_factory=dict)
+    lost_rows: dict[str, int] = field(default_factory=dict)
+    seq_restart: int = 0
+
+
+def file_fault(path: Path, opened: tuple[int, int] | None) -> str | None:
+    """Why the file at `path` is no longer the store we opened, or None."""
+    now = identity(path)
+    if now is None:
+        return f"{path} disappeared while open (deleted or moved away)"
+    if opened is not None and now != opened:
+        return f"{path} was replaced by another file while open (inode {opened[1]} -> {now[1]})"
+    try:
+        with path.open("rb") as f:
+            head = f.read(len(MAGIC))
+    except OSError:
+        return None  # unreadable right now: SQLite's own errors will say more
+    if head and head != MAGIC:
+        return f"{path} was overwritten: its header is not SQLite's ({head[:16]!r})"
+    return None
+
+
+def _columns(conn: sqlite3.Connection, schema: str, table: str) -> list[str]:
+    return [r[1] for r in conn.execute(f"PRAGMA {schema}.table_info({table})")]
+
+
+class _Copier:
+    """Copies the old connection's tables into the attached fresh database."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.statements = 0
+        self.lost: dict[str, int] = {}
+
+    def _try(self, sql: str, args: tuple[int, ...] = ()) -> bool:
+        self.statements += 1
+        try:
+            self.conn.execute("BEGIN")  # deferred: locks only what it touches
+            self.conn.execute(sql, args)
+            self.conn.execute("COMMIT")
+            return True
+        except sqlite3.DatabaseError:
+            with contextlib.suppress(sqlite3.Error):
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+            return False
+
+    def _ranges(self, sql: str, lo: int, hi: int) -> int:
+        """Copy rowids lo..hi, halving around what fails; returns rowids given up."""
+        stack = [(lo, hi)]
+        lost = 0
+        while stack:
+            a, b = stack.pop()
+            if self.statements >= _MAX_STATEMENTS:
+                lost += b - a + 1
+                continue
+            if self._try(sql + " WHERE rowid BETWEEN ? AND ?", (a, b)):
+                continue
+            if a == b:
+                lost += 1
+                continue
+            mid = (a + b) // 2
+            stack += [(mid + 1, b), (a, mid)]
+        return lost
+
+    def table(self, name: str) -> None:
+        try:
+            old = set(_columns(self.conn, "main", name))
+        except sqlite3.DatabaseError:
+            old = set()
+        cols = [c for c in _columns(self.conn, "fresh", name) if c in old]
+        if not cols:
+            return  # a table the old file did not have (or whose schema is unreadable)
+        names = ", ".join(cols)
+        sql = f"INSERT OR IGNORE INTO fresh.{name} ({names}) SELECT {names} FROM main.{name}"
+        if self._try(sql):
+            return
+        try:
+            lo, hi = self.conn.execute(f"SELECT min(rowid), max(rowid) FROM main.{name}").fetchone()
+        except sqlite3.DatabaseError:
+            self.lost[name] = -1  # not even its bounds are readable: unknown how many
+            return
+        if lo is not None:
+            lost = self._ranges(sql, int(lo), int(hi))
+            if lost:
+                self.lost[name] = lost
+
+
+def _drop_dangling(conn: sqlite3.Connection) -> None:
+    """Delivery rows whose item was unreadable would claim a backlog that cannot be sent."""
+    conn.execute("BEGIN")
+    for klass, (table, _) in TABLES.items():
+        conn.execute(
+            "DELETE FROM fresh.outbound WHERE class = ? AND ref NOT IN "
+            f"(SELECT seq FROM fresh.{table})",
+            (klass,),
+        )
+    conn.execute("COMMIT")
+
+
+def _copy(conn: sqlite3.Connection, tmp: Path) -> tuple[dict[str, int], dict[str, int], int]:
+    """Copy every table into tmp; returns rows copied, rows lost, the last seq seen."""
+    conn.execute("ATTACH DATABASE ? AS fresh", (str(tmp),))
+    try:
+        conn.execute("PRAGMA fresh.journal_mode=DELETE")
+        conn.execute("PRAGMA fresh.synchronous=FULL")
+        conn.execute("BEGIN")
+        for stmt in ddl_statements():
+            conn.execute(_QUALIFY.sub(r"\1fresh.\2", stmt))
+        conn.execute("COMMIT")
+        copier = _Copier(conn)
+        tables = [
+            r[0] for r in conn.execute("SELECT name FROM fresh.sqlite_master WHERE type = 'table'")
+        ]
+        for name in tables:
+            copier.table(name)
+        _drop_dangling(conn)
+        copied = {t: conn.execute(f"SELECT count(*) FROM fresh.{t}").fetchone()[0] for t in tables}
+        last = 0
+        for sql in (
+            "SELECT value FROM fresh.meta WHERE key = 'last_seq'",
+            "SELECT max(seq) FROM fresh.alerts",
+        ):
+            value = conn.execute(sql).fetchone()
+            if value and plausible_seq(value[0]):
+                last = max(last, int(value[0]))
+        conn.execute("BEGIN")
+        conn.execute(
+            "INSERT OR REPLACE INTO fresh.meta (key, value) VALUES (?, ?)", (_MARKER, now_ts())
+        )
+        conn.execute("COMMIT")
+    finally:
+        with contextlib.suppress(sqlite3.Error):
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("DETACH DATABASE fresh")
+    return copied, copier.lost, last
+
+
+def salvage(conn: sqlite3.Connection, path: Path, kind: str, reason: str) -> StoreFault:
+    """Copy the open store out, move the bad file aside, put the copy in its place.
+
+    Closes `conn` (the caller opens the store again at `path`). On failure nothing has
+    been moved and `conn` is still open: the caller retries later.
+    """
+    tmp = path.with_name(path.name + RECOVERING)
+    if tmp.exists():
+        move_aside(tmp, aside_name(tmp, "stale"), sidecars=False)
+    try:
+        copied, lost, last = _copy(conn, tmp)
+    except BaseException:
+        for f in (tmp, tmp.with_name(tmp.name + "-journal")):
+            with contextlib.suppress(OSError):
+                f.unlink()  # our own incomplete copy, not evidence
+        raise
+    moved_to: Path | None = None
+    if path.exists():
+        moved_to = aside_name(path, kind)
+        # Replaced: the file at the path is foreign, its -wal/-shm are still ours (moved
+        # below). Corrupt: the file and its sidecars are the evidence, kept together.
+        move_aside(path, moved_to, sidecars=kind == "corrupt")
+    with contextlib.suppress(sqlite3.Error):
+        conn.close()  # after the move: SQLite sees the move and leaves the WAL alone
+    if kind != "corrupt" and any(path.with_name(path.name + s).exists() for s in ("-wal", "-shm")):
+        move_aside(path, aside_name(path, "previous"))  # only the sidecars remain here
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+    restart = max(last + 1, seq_floor()) if kind == "corrupt" else last + 1
+    return StoreFault(kind, reason, now_ts(), moved_to, copied, lost, restart)
+
+
+def finish_interrupted(path: Path) -> None:
+    """At open: a recovery cut off by a crash is finished, or its leftovers moved aside."""
+    tmp = path.with_name(path.name + RECOVERING)
+    if not tmp.exists():
+        return
+    complete = False
+    with contextlib.suppress(sqlite3.Error):
+        conn = sqlite3.connect(f"file:{tmp}?mode=ro", uri=True, timeout=1.0)
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (_MARKER,)).fetchone()
+            complete = row is not None
+        finally:
+            conn.close()
+    if not complete:
+        target = aside_name(tmp, "incomplete")
+        move_aside(tmp, target, sidecars=False)
+        log.error("an interrupted store recovery left %s (incomplete); moved aside", target)
+        return
+    if path.exists():
+        target = aside_name(path, "superseded")
+        move_aside(path, target)
+        log.error(
+            "store %s replaced by its completed recovery copy; old file kept at %s", path, target
+        )
+    else:
+        move_aside(path, aside_name(path, "previous"))  # stray -wal/-shm of the old store
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+    log.warning("finished an interrupted store recovery: %s is the recovered copy", path)

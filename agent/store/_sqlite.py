@@ -1,0 +1,96 @@
+"""SQLite plumbing shared by the store's modules: connections, error classes, timestamps.
+
+Runs only on the store's writer thread (or in a short-lived CLI process), never on the
+event loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+
+from agent.store.errors import StoreError, StoreFullError
+
+WAL_LIMIT_BYTES = 4 * 2**20  # truncate the WAL back to this after a checkpoint
+BUSY_TIMEOUT_S = 5.0
+MAGIC = b"SQLite format 3\x00"
+CORRUPT_CODES = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
+def now_ts() -> str:
+    """Wall-clock UTC timestamp, same format as the alert record."""
+    now = datetime.now(UTC)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+
+
+def primary_code(exc: BaseException) -> int | None:
+    """SQLite's primary result code of an exception, if it carries one."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return None if code is None else code & 0xFF
+
+
+def is_full(exc: BaseException) -> bool:
+    """True for SQLITE_FULL or ENOSPC/EDQUOT: the disk has no room."""
+    if primary_code(exc) == sqlite3.SQLITE_FULL:
+        return True
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_corrupt(exc: BaseException) -> bool:
+    """True for "database disk image is malformed" and "file is not a database"."""
+    return primary_code(exc) in CORRUPT_CODES
+
+
+def translate(exc: BaseException, path: Path, doing: str) -> StoreError:
+    """Our error for a sqlite3/OS error (callers raise it `from` the original)."""
+    name = getattr(exc, "sqlite_errorname", None)
+    if name is None and isinstance(exc, OSError) and exc.errno is not None:
+        name = errno.errorcode.get(exc.errno)
+    cls = StoreFullError if is_full(exc) else StoreError
+    return cls(f"{doing} failed on {path}: {exc}", path=path, code=name)
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A read-write connection in WAL mode with synchronous=FULL."""
+    # isolation_level=None: we issue BEGIN/COMMIT ourselves (group commit).
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+    try:
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StoreError(f"cannot enable WAL on {path} (got {mode})", path=path)
+        # FULL: the WAL is fsynced at every commit, so an ack survives a power cut.
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
+        conn.execute("PRAGMA foreign_keys=ON")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def connect_ro(path: Path) -> sqlite3.Connection:
+    """A read-only connection: it can neither checkpoint nor drop a WAL."""
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or a new file durable: its directory entry goes to disk."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file at path, None when there is none."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino

@@ -1,0 +1,84 @@
+"""The store seen from another process (the CLI): read-only, or one short write."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from agent.store import _ops, _queries
+from agent.store._queries import OutboxStats
+from agent.store._sqlite import connect, connect_ro, translate
+
+
+class StoreView:
+    """Queries on an open read-only connection (see agent.store._queries)."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn = conn
+        self._path = path
+
+    def stats(self) -> OutboxStats:
+        return _queries.stats(self._conn, self._path)
+
+    def recent(self, limit: int) -> list[dict[str, Any]]:
+        return _queries.recent(self._conn, limit)
+
+    def dead_letters(self, limit: int, uplink: str | None = None) -> list[dict[str, Any]]:
+        return _queries.dead_letters(self._conn, limit, uplink)
+
+    def requeues(self, limit: int) -> list[dict[str, Any]]:
+        return _queries.requeues(self._conn, limit)
+
+
+@contextlib.contextmanager
+def read_only(path: Path) -> Iterator[StoreView]:
+    """A read-only view of a store file (WAL: it reads while the agent writes).
+
+    Raises:
+        StoreError: the file is not readable as a store of this schema.
+    """
+    try:
+        conn = connect_ro(path)
+    except sqlite3.Error as exc:
+        raise translate(exc, path, "opening the store read-only") from exc
+    try:
+        _queries.check_version(conn, path)
+        yield StoreView(conn, path)
+    except sqlite3.Error as exc:
+        raise translate(exc, path, "reading the store") from exc
+    finally:
+        conn.close()
+
+
+def requeue_in_place(
+    path: Path, *, uplink: str | None, item_ids: Sequence[str] | None, by: str
+) -> list[dict[str, Any]]:
+    """Requeue dead letters in a store a running agent holds: one short transaction.
+
+    The agent's uplinks pick the rows up at their next read (within seconds).
+
+    Raises:
+        StoreError: the store cannot be written (busy beyond the timeout, not migrated).
+    """
+    try:
+        conn = connect(path)
+    except sqlite3.Error as exc:
+        raise translate(exc, path, "opening the store") from exc
+    try:
+        _queries.check_version(conn, path)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            done = _ops.requeue(conn, uplink=uplink, item_ids=item_ids, by=by)
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+    except sqlite3.Error as exc:
+        raise translate(exc, path, "requeueing dead letters") from exc
+    finally:
+        conn.close()
+    return done

@@ -1,0 +1,178 @@
+"""A store replaced, deleted or damaged while the agent runs: real files, real renames."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.store import Outbox, StoreFault
+from agent.store._files import SEQ_FLOOR_PER_SECOND
+from agent.store._salvage import RECOVERING, _copy
+from tests.agent.store._drafts import draft
+
+UP = "up"
+
+
+def outbox(path: Path, faults: list[StoreFault]) -> Outbox:
+    return Outbox(
+        path,
+        gateway_id="gw-01",
+        max_bytes=1 << 30,
+        first_seq=1,
+        uplinks=(UP,),
+        on_fault=faults.append,
+    )
+
+
+def leftovers(folder: Path, pattern: str) -> list[Path]:
+    """Files set aside next to the store (evidence is never deleted)."""
+    return sorted(folder.glob(pattern))
+
+
+async def pending_ids(ob: Outbox) -> list[str]:
+    return sorted(it.item_id for it in await ob.next_batch(UP, 10_000))
+
+
+@pytest.mark.parametrize("how", ["mv", "rm"])
+async def test_replaced_or_deleted_file_loses_no_acknowledged_alert(
+    tmp_path: Path, how: str
+) -> None:
+    db = tmp_path / "outbox.db"
+    foreign = b"an operator's file, mv'd over the store by mistake\n" * 50
+    faults: list[StoreFault] = []
+    async with outbox(db, faults) as ob:
+        before = await ob.append([draft(i=i) for i in range(5)], {"k": "1"})
+        delivered = await ob.next_batch(UP, 2)
+        await ob.mark_delivered(UP, delivered)
+        if how == "mv":
+            other = tmp_path / "other.db"
+            other.write_bytes(foreign)
+            os.replace(other, db)
+        else:
+            db.unlink()
+        # The next write sees it: nothing is acknowledged into a file nobody can reach.
+        after = await ob.append([draft(i=10)], {"k": "2"})
+        [fault] = faults
+        stored = await pending_ids(ob)
+        state = await ob.load_state()
+        [q] = await ob.quarantines()
+        again = await ob.append([draft(i=11)])
+    assert fault.kind == "replaced"
+    assert "replaced" in fault.reason or "disappeared" in fault.reason
+    # Every acknowledged alert is in the fresh store, undelivered ones still pending.
+    assert stored == sorted(r["alert_id"] for r in (before + after)[2:])
+    assert state == {"k": "2"}
+    # Numbering continues: the old file was readable, so no jump to the clock floor.
+    assert [r["seq"] for r in before + after + again] == [1, 2, 3, 4, 5, 6, 7]
+    if how == "mv":
+        assert fault.moved_to is not None and fault.moved_to.read_bytes() == foreign
+        assert q["path"] == str(fault.moved_to)
+    with sqlite3.connect(db) as conn:  # the file at the path is the store again
+        assert conn.execute("SELECT count(*) FROM alerts").fetchone()[0] == 7
+
+
+async def test_corrupted_while_open_is_quarantined_and_the_rest_recovered(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "outbox.db"
+    faults: list[StoreFault] = []
+    async with outbox(db, faults) as ob:
+        for i in range(300):
+            await ob.append([draft(i=i)], {f"s{i % 5}": str(i)})
+        with sqlite3.connect(db) as other:  # as SQLite's auto-checkpoint does
+            other.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        size = db.stat().st_size
+        with db.open("r+b") as f:  # a bad sector in the middle of the alerts table
+            f.seek(size // 2)
+            f.write(os.urandom(8192))
+        t0 = time.time()
+        await pending_ids(ob)  # the uplink's next read runs into the damage
+        [fault] = faults
+        after = await ob.append([draft(i=999)], {"s0": "after"})
+        left = await pending_ids(ob)
+        state = await ob.load_state()
+        stats = await ob.stats()
+    print(f"\ncopied {fault.copied}, lost {fault.lost_rows}")
+    assert fault.kind == "corrupt" and fault.moved_to is not None
+    assert fault.moved_to.exists() and fault.moved_to.name.startswith("outbox.db.corrupt-")
+    # What was readable came across; what was not is counted, not silently dropped.
+    assert fault.copied["alerts"] >= 250, fault.copied
+    assert fault.copied["alerts"] + fault.lost_rows.get("alerts", 0) >= 300
+    assert after[0]["alert_id"] in left and state["s0"] == "after"
+    # A damaged file's numbering cannot be trusted: seq jumps above the clock floor.
+    assert after[0]["seq"] >= int(t0 - 60) * SEQ_FLOOR_PER_SECOND
+    assert stats.quarantined_total == 1 and stats.pending == len(left)
+
+
+async def test_header_overwritten_in_place_is_detected(tmp_path: Path) -> None:
+    db = tmp_path / "outbox.db"
+    faults: list[StoreFault] = []
+    async with outbox(db, faults) as ob:
+        before = await ob.append([draft(i=i) for i in range(3)])
+        with db.open("r+b") as f:
+            f.write(b"\0" * 100)
+        await ob.append([draft(i=3)])
+        [fault] = faults
+        ids = await pending_ids(ob)
+    assert fault.kind == "corrupt" and "header" in fault.reason
+    assert set(r["alert_id"] for r in before) <= set(ids)  # still in the WAL, copied out
+
+
+async def test_a_recovery_cut_off_by_a_crash_is_finished_at_the_next_open(tmp_path: Path) -> None:
+    db = tmp_path / "outbox.db"
+    faults: list[StoreFault] = []
+    async with outbox(db, faults) as ob:
+        records = await ob.append([draft(i=i) for i in range(4)])
+    # The crash came after the copy was complete, before the bad file was moved aside.
+    conn = sqlite3.connect(db, isolation_level=None)
+    _copy(conn, db.with_name(db.name + RECOVERING))
+    conn.close()
+    db.write_bytes(b"garbage that replaced the store")
+    async with outbox(db, faults) as ob:
+        ids = await pending_ids(ob)
+    assert ids == sorted(r["alert_id"] for r in records)
+    assert leftovers(tmp_path, "outbox.db.superseded-*")
+    assert not db.with_name(db.name + RECOVERING).exists()
+
+
+async def test_an_incomplete_recovery_copy_is_set_aside_not_used(tmp_path: Path) -> None:
+    db = tmp_path / "outbox.db"
+    faults: list[StoreFault] = []
+    async with outbox(db, faults) as ob:
+        records = await ob.append([draft(i=i) for i in range(2)])
+    half = db.with_name(db.name + RECOVERING)
+    with sqlite3.connect(half) as conn:
+        conn.execute("CREATE TABLE alerts (seq INTEGER PRIMARY KEY)")  # no completion mark
+    async with outbox(db, faults) as ob:
+        ids = await pending_ids(ob)
+    assert ids == sorted(r["alert_id"] for r in records)
+    assert leftovers(tmp_path, "outbox.db.recovering.incomplete-*")
+
+
+async def test_concurrent_writes_during_a_replacement_all_land(tmp_path: Path) -> None:
+    db = tmp_path / "outbox.db"
+    faults: list[StoreFault] = []
+    acked: list[str] = []
+    async with outbox(db, faults) as ob:
+
+        async def writer(k: int) -> None:
+            for i in range(40):
+                recs = await ob.append([draft(i=k * 100 + i)])
+                acked.extend(r["alert_id"] for r in recs)
+                await asyncio.sleep(0)
+
+        async def replace() -> None:
+            await asyncio.sleep(0.05)
+            other = tmp_path / "other.db"
+            other.write_bytes(b"x" * 4096)
+            await asyncio.to_thread(os.replace, other, db)
+
+        await asyncio.gather(*(writer(k) for k in range(4)), replace())
+        ids = await pending_ids(ob)
+    assert len(faults) == 1
+    assert sorted(acked) == ids and len(ids) == 160

@@ -1,0 +1,163 @@
+"""Delivery tracked per (item, uplink): routing, completion, migration, requeue, budget."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from agent.records import AssetRef
+from agent.store import Outbox, StoredItem
+from agent.summaries import SummaryDraft
+from tests.agent.store._drafts import draft
+from tests.agent.store._v1 import make_v1_store
+
+BIG = 1 << 30
+T0 = datetime(2026, 11, 21, 8, 0, tzinfo=UTC)
+
+
+def outbox(path: Path, uplinks: tuple[str, ...] | None, max_bytes: int = BIG) -> Outbox:
+    return Outbox(path, gateway_id="gw-01", max_bytes=max_bytes, first_seq=1, uplinks=uplinks)
+
+
+def summary(i: int, pad: str = "") -> SummaryDraft:
+    return SummaryDraft(
+        asset=AssetRef("press-7", "Press 7", 1),
+        sensor_id="m1",
+        transport="modbus",
+        start=T0 + timedelta(minutes=i),
+        end=T0 + timedelta(minutes=i + 1),
+        channels={"z": {"readings": 60, "features": {"velocity_rms_mm_s": {"pad": pad}}}},
+    )
+
+
+async def take(ob: Outbox, uplink: str, *seqs: int) -> list[StoredItem]:
+    return [it for it in await ob.next_batch(uplink, 1000) if not seqs or it.seq in seqs]
+
+
+async def test_each_uplink_has_its_own_backlog_and_an_item_completes_when_all_have_it(
+    tmp_path: Path,
+) -> None:
+    async with outbox(tmp_path / "o.db", ("a", "b")) as ob:
+        await ob.append([draft(i=i) for i in range(4)])
+        await ob.mark_delivered("a", await take(ob, "a"))  # a is current
+        assert await take(ob, "a") == []
+        assert [it.seq for it in await take(ob, "b")] == [1, 2, 3, 4]  # b is down
+        stats = await ob.stats()
+        assert (stats.uplinks["a"].pending, stats.uplinks["b"].pending) == (0, 4)
+        assert (stats.pending, stats.delivered) == (4, 0)  # kept until b has them
+        await ob.mark_delivered("b", await take(ob, "b", 1, 2))
+        stats = await ob.stats()
+        assert (stats.pending, stats.delivered) == (2, 2)
+        recent = await ob.recent(1)
+        assert {u: d["state"] for u, d in recent[0]["deliveries"].items()} == {
+            "a": "delivered",
+            "b": "pending",
+        }
+
+
+async def test_a_new_uplink_gets_the_backlog_not_the_history_and_a_removed_one_lets_go(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "o.db"
+    async with outbox(db, ("a",)) as ob:
+        await ob.append([draft(i=i) for i in range(3)])
+        await ob.mark_delivered("a", await take(ob, "a", 1))
+    async with outbox(db, ("a", "b")) as ob:  # b configured later
+        assert [it.seq for it in await take(ob, "b")] == [2, 3]  # seq 1 is history
+    async with outbox(db, ("b",)) as ob:  # a removed: it no longer holds anything back
+        await ob.mark_delivered("b", await take(ob, "b"))
+        stats = await ob.stats()
+        assert (stats.pending, stats.delivered) == (0, 3)
+        assert not stats.uplinks["a"].configured and stats.uplinks["a"].pending == 2
+    async with outbox(db, None) as ob:  # a CLI tool leaves the registration alone
+        assert set((await ob.stats()).uplinks) == {"a", "b"}
+        assert (await ob.stats()).uplinks["b"].configured
+
+
+async def test_with_no_uplink_alerts_wait_for_the_first_one(tmp_path: Path) -> None:
+    db = tmp_path / "o.db"
+    async with outbox(db, ()) as ob:
+        await ob.append([draft(i=i) for i in range(2)])
+        assert (await ob.stats()).pending == 2
+    async with outbox(db, ("http",)) as ob:
+        assert [it.seq for it in await take(ob, "http")] == [1, 2]
+
+
+async def test_a_v1_store_is_migrated_in_place_without_loss(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = tmp_path / "o.db"
+    make_v1_store(db, delivered=3, pending=4, dead=2)
+    with caplog.at_level(logging.WARNING):
+        async with outbox(db, ("portfolio", "broker")) as ob:
+            state = await ob.load_state()
+            stats = await ob.stats()
+            dead = await ob.dead_letters()
+            to_portfolio = await take(ob, "portfolio")
+            to_broker = await take(ob, "broker")
+            [rec] = await ob.append([draft()])
+    assert state == {"press-7/m1/z/severity": '{"level": 1}'}
+    # v1's one uplink is the first configured: its pending alerts and dead letters.
+    assert sorted(it.seq for it in to_portfolio) == [4, 5, 6, 7]
+    assert sorted((d["uplink"], d["seq"], d["reason"]) for d in dead) == [
+        ("portfolio", 8, "HTTP 400: bad"),
+        ("portfolio", 9, "HTTP 400: bad"),
+    ]
+    # A second uplink gets everything not yet delivered everywhere (dead letters too).
+    assert sorted(it.seq for it in to_broker) == [4, 5, 6, 7, 8, 9]
+    assert (stats.delivered, stats.last_seq, rec["seq"]) == (3, 9, 10)
+    assert "migrated from schema v1" in caplog.text
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert not conn.execute(
+            "SELECT name FROM sqlite_master WHERE name = 'dead_letters'"
+        ).fetchall()
+
+
+async def test_requeue_by_id_by_uplink_and_all_is_recorded(tmp_path: Path) -> None:
+    async with outbox(tmp_path / "o.db", ("a", "b")) as ob:
+        recs = await ob.append([draft(i=i) for i in range(4)])
+        ids = [r["alert_id"] for r in recs]
+        await ob.dead_letter("a", await take(ob, "a", 1, 2), "HTTP 400: refused")
+        await ob.dead_letter("b", await take(ob, "b", 3), "HTTP 422: schema")
+        assert await ob.requeue(item_ids=["gw-01-999999999999"]) == []
+        [one] = await ob.requeue(item_ids=[ids[0]], by="test")
+        assert (one["uplink"], one["id"], one["reason"]) == ("a", ids[0], "HTTP 400: refused")
+        assert [it.seq for it in await take(ob, "a")] == [1, 3, 4]
+        [by_uplink] = await ob.requeue(uplink="b")
+        assert by_uplink["id"] == ids[2]
+        await ob.dead_letter("b", await take(ob, "b", 3), "HTTP 422: again")
+        rest = await ob.requeue()
+        assert sorted(r["id"] for r in rest) == [ids[1], ids[2]]
+        log = await ob.requeues()
+        stats = await ob.stats()
+    assert len(log) == 4 and log[-1]["by"] == "test"
+    assert stats.dead_lettered == 0
+    assert (stats.uplinks["a"].requeued_total, stats.uplinks["b"].requeued_total) == (2, 2)
+
+
+async def test_summaries_go_after_alerts_and_are_evicted_first(tmp_path: Path) -> None:
+    budget = 400 * 1024
+    async with outbox(tmp_path / "o.db", ("a",), max_bytes=budget) as ob:
+        sums = await ob.append_summaries([summary(i) for i in range(2)])
+        [alert] = await ob.append([draft(tier=3)])
+        assert sums[0]["summary_id"] == "gw-01-summary-000000000001" and alert["seq"] == 1
+        batch = await take(ob, "a")
+        assert [(it.class_name, it.seq) for it in batch] == [("alert", 1)]  # alerts first
+        await ob.mark_delivered("a", batch)
+        assert [(it.class_name, it.seq) for it in await take(ob, "a")] == [
+            ("summary", 1),
+            ("summary", 2),
+        ]
+        for i in range(150):  # fill the budget with summaries, then with alerts
+            await ob.append_summaries([summary(i, "s" * 1500)])
+        await ob.append([draft(tier=3, i=i, blob="a" * 1500) for i in range(40)])
+        stats = await ob.stats()
+        left = await ob.next_batch("a", 1000)
+    assert stats.summaries_evicted_total > 0 and stats.evicted_total == 0
+    assert stats.uplinks["a"].summaries_evicted_total == stats.summaries_evicted_total
+    assert stats.pending == 40 and len([it for it in left if it.class_name == "alert"]) == 40

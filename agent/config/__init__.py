@@ -1,6 +1,6 @@
 """Configuration: YAML -> validated, frozen models; errors with file:line:column."""
 
-from agent.config._check import CheckResult, check_file, main_check, public_url, summary
+from agent.config._check import CheckResult, check_file, main_check, readable_by_others, summary
 from agent.config._errors import ConfigError, ConfigIssue
 from agent.config._loader import load_config
 from agent.config._models import (
@@ -17,12 +17,16 @@ from agent.config._models import (
     Iso10816_1,
     Iso10816_3,
     ModbusTcp,
+    MqttTls,
+    MqttUplink,
     Sensor,
     Store,
+    Summaries,
     Uplink,
     ZoneLimits,
     parse_size,
 )
+from agent.config._urls import public_url
 from agent.config._zones import standard_label, zone_limits
 
 __all__ = [
@@ -42,8 +46,11 @@ __all__ = [
     "Iso10816_1",
     "Iso10816_3",
     "ModbusTcp",
+    "MqttTls",
+    "MqttUplink",
     "Sensor",
     "Store",
+    "Summaries",
     "Uplink",
     "ZoneLimits",
     "check_file",
@@ -51,6 +58,7 @@ __all__ = [
     "main_check",
     "parse_size",
     "public_url",
+    "readable_by_others",
     "standard_label",
     "summary",
     "zone_limits",

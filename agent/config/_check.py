@@ -6,11 +6,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
-from urllib.parse import urlsplit, urlunsplit
 
 from agent.config._errors import ConfigIssue
 from agent.config._loader import collect
 from agent.config._models import Config
+from agent.config._urls import public_url
 from agent.config._zones import standard_label, zone_limits
 
 EXIT_OK = 0
@@ -57,14 +57,44 @@ def _size(n: int) -> str:
     return f"{n} bytes"
 
 
-def public_url(url: str) -> str:
-    """The URL without user:password, which would be a secret."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit(parts._replace(netloc=f"***@{netloc}"))
+def readable_by_others(path: Path | None) -> str | None:
+    """A warning when a secret file is readable by group or others, else None."""
+    if path is None:
+        return None
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None  # unreadable files are reported as errors by the loader
+    if mode & 0o077:
+        return (
+            f"warning: {path} is readable by other users (mode {mode & 0o777:04o}); "
+            f"chmod 600 {path} so only the agent's user can read the secret"
+        )
+    return None
+
+
+def _uplink_lines(config: Config) -> list[str]:
+    lines = []
+    for name, u in zip(config.uplink_names(), config.uplinks, strict=True):
+        if u.http is not None:
+            h = u.http
+            source = f" from {h.token_file}" if h.token_file else ""
+            token = f"token set{source}" if h.token else "no token"
+            lines.append(f"  {name}: {public_url(h.url)} ({token}, batch {h.batch_size})")
+            secret = h.token_file
+        else:
+            assert u.mqtt is not None
+            m = u.mqtt
+            tls = "TLS" if m.tls is not None else "NO TLS"
+            lines.append(
+                f"  {name}: mqtt {m.host}:{m.port} ({tls}, QoS 1, topic {m.topic}, "
+                f"batch {m.batch_size})"
+            )
+            secret = m.password_file
+        warning = readable_by_others(secret)
+        if warning:
+            lines.append(f"    {warning}")
+    return lines
 
 
 def summary(config: Config) -> str:
@@ -99,11 +129,11 @@ def summary(config: Config) -> str:
         lines.append("no uplinks: alerts stay in the local store")
     else:
         lines.append(f"{len(config.uplinks)} uplink{'s' if len(config.uplinks) != 1 else ''}:")
-    for u in config.uplinks:
-        h = u.http
-        source = f" from {h.token_file}" if h.token_file else ""
-        token = f"token set{source}" if h.token else "no token"
-        lines.append(f"  http {public_url(h.url)} ({token}, batch {h.batch_size})")
+    lines += _uplink_lines(config)
+    if config.summaries is not None:
+        sm = config.summaries
+        which = ", ".join(sm.sensors) if sm.sensors is not None else "every sensor"
+        lines.append(f"feature summaries every {_num(sm.interval_s)} s for {which}")
     st = config.store
     lines.append(f"store {st.path}, budget {_size(st.max_bytes)}")
     hc = config.health

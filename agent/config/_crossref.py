@@ -201,63 +201,125 @@ def _control_group(data: dict[str, Any], smap: SourceMap) -> list[ConfigIssue]:
     return []
 
 
+# (section under an uplink, key naming a secret file, what the file holds)
+SECRET_FILES = (("http", "token_file", "token"), ("mqtt", "password_file", "password"))
+
+
+def _read_secret(file: Path, name: str, what: str) -> tuple[str | None, str]:
+    """The secret in a file (whitespace stripped), or None and what is wrong, never the
+    content."""
+    try:
+        with file.open("rb") as f:
+            raw = f.read(_MAX_TOKEN_BYTES + 1)
+    except FileNotFoundError:
+        return None, (
+            f"{what} file '{file}' does not exist; create it with the {what} as its only "
+            "content, or fix the path"
+        )
+    except IsADirectoryError:
+        return None, f"{what} file '{file}' is a directory; give the file that holds the {what}"
+    except ValueError:  # a NUL byte in the name
+        return None, f"{what} file name {name!r} is not a valid path; fix the path"
+    except OSError as exc:
+        return None, (
+            f"{what} file '{file}' cannot be read ({exc.strerror}); let the agent's user read it"
+        )
+    token = raw.decode("utf-8", errors="replace").strip()
+    if len(raw) > _MAX_TOKEN_BYTES:
+        return None, f"{what} file '{file}' is larger than 64 KiB; it should hold only the {what}"
+    if not token:
+        return None, f"{what} file '{file}' is empty; write the {what} into it"
+    if "\ufffd" in token:
+        return None, f"{what} file '{file}' is not UTF-8 text; write the {what} as plain text"
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in token):
+        return None, (
+            f"{what} file '{file}' holds a line break or control character inside the "
+            f"{what}; it must hold the {what} alone, on one line"
+        )
+    return token, ""
+
+
+def secret_path(base: Path, name: str) -> Path:
+    """A secret file's path: relative ones are relative to the configuration's folder."""
+    return base / Path(name).expanduser()
+
+
 def read_tokens(
     data: dict[str, Any], smap: SourceMap, base: Path
 ) -> tuple[dict[int, str], list[ConfigIssue]]:
-    """Read every http uplink's ``token_file`` (whitespace stripped).
+    """Read every uplink's secret file (http ``token_file``, mqtt ``password_file``).
 
     Args:
         data: the parsed file.
         smap: positions, for the issues.
-        base: directory that relative token_file paths are relative to (the config's).
+        base: directory that relative paths are relative to (the config's).
 
     Returns:
-        uplink index -> token, and the issues for files that are missing, unreadable or empty.
-        Issues name the file, never its content.
+        uplink index -> secret, and the issues for files that are missing, unreadable or
+        empty. Issues name the file, never its content.
     """
     tokens: dict[int, str] = {}
     issues = []
     for i, uplink in _entries(data, "uplinks"):
-        http = uplink.get("http")
-        name = http.get("token_file") if isinstance(http, dict) else None
-        if not isinstance(name, str) or not name:
+        for section, key, what in SECRET_FILES:
+            block = uplink.get(section)
+            name = block.get(key) if isinstance(block, dict) else None
+            if not isinstance(name, str) or not name:
+                continue
+            try:
+                file = secret_path(base, name)
+            except ValueError:
+                file = Path(name)
+            secret, msg = _read_secret(file, name, what)
+            if secret is not None:
+                tokens[i] = secret
+            else:
+                issues.append(smap.issue(("uplinks", i, section, key), msg))
+    return tokens, issues
+
+
+def _uplink_names(data: dict[str, Any], smap: SourceMap) -> list[ConfigIssue]:
+    issues = []
+    first: dict[str, int] = {}
+    for i, uplink in _entries(data, "uplinks"):
+        name = uplink.get("name")
+        if name is None:
+            kinds = [k for k in ("http", "mqtt") if k in uplink]
+            if len(kinds) != 1:
+                continue
+            same = [j for j, u in _entries(data, "uplinks") if kinds[0] in u]
+            name = kinds[0] if len(same) == 1 else f"{kinds[0]}-{same.index(i) + 1}"
+        if not isinstance(name, str):
             continue
-        path = ("uplinks", i, "http", "token_file")
-        file = base / Path(name).expanduser()
-        try:
-            with file.open("rb") as f:
-                raw = f.read(_MAX_TOKEN_BYTES + 1)
-        except FileNotFoundError:
-            msg = (
-                f"token file '{file}' does not exist; create it with the token as its only "
-                "content, or fix the path"
-            )
-        except IsADirectoryError:
-            msg = f"token file '{file}' is a directory; give the file that holds the token"
-        except ValueError:  # a NUL byte in the name
-            msg = f"token file name {name!r} is not a valid path; fix the path"
-        except OSError as exc:
-            msg = (
-                f"token file '{file}' cannot be read ({exc.strerror}); let the agent's user read it"
+        if name in first:
+            where = ("uplinks", i, "name") if "name" in uplink else ("uplinks", i)
+            issues.append(
+                smap.issue(
+                    where,
+                    f"duplicate uplink name '{name}' (first used on line "
+                    f"{_line(smap, ('uplinks', first[name]))}); give each uplink its own name",
+                )
             )
         else:
-            token = raw.decode("utf-8", errors="replace").strip()
-            if len(raw) > _MAX_TOKEN_BYTES:
-                msg = f"token file '{file}' is larger than 64 KiB; it should hold only the token"
-            elif not token:
-                msg = f"token file '{file}' is empty; write the token into it"
-            elif "\ufffd" in token:
-                msg = f"token file '{file}' is not UTF-8 text; write the token as plain text"
-            elif any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in token):
-                msg = (
-                    f"token file '{file}' holds a line break or control character inside the "
-                    "token; it must hold the token alone, on one line"
-                )
-            else:
-                tokens[i] = token
-                continue
-        issues.append(smap.issue(path, msg))
-    return tokens, issues
+            first[name] = i
+    return issues
+
+
+def _summary_sensors(data: dict[str, Any], smap: SourceMap) -> list[ConfigIssue]:
+    block = data.get("summaries")
+    wanted = block.get("sensors") if isinstance(block, dict) else None
+    if not isinstance(wanted, list):
+        return []
+    known = [s["id"] for _, s in _entries(data, "sensors") if isinstance(s.get("id"), str)]
+    return [
+        smap.issue(
+            ("summaries", "sensors", j),
+            f"no sensor has id '{sid}'; known sensor ids: {', '.join(known)}"
+            + did_you_mean(sid, known),
+        )
+        for j, sid in enumerate(wanted)
+        if isinstance(sid, str) and known and sid not in known
+    ]
 
 
 def cross_check(
@@ -279,4 +341,5 @@ def cross_check(
     issues += _failure_metrics(data, smap)
     issues += _exposure(data, smap)
     issues += _control_group(data, smap)
+    issues += _uplink_names(data, smap) + _summary_sensors(data, smap)
     return issues

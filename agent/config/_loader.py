@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from agent.config._crossref import cross_check, read_tokens
+from agent.config._crossref import cross_check, read_tokens, secret_path
 from agent.config._errors import ConfigError, ConfigIssue
 from agent.config._messages import translate_all
 from agent.config._models import Config
@@ -100,25 +100,45 @@ def collect(
         issues.append(ConfigIssue(str(path), 0, 0, "", "the configuration is not valid"))
     if issues or config is None:
         return None, sorted(set(issues))
-    return _with_tokens(config, tokens), []
+    return _resolved(config, tokens, path.parent), []
 
 
-def _with_tokens(config: Config, tokens: dict[int, str]) -> Config:
-    """Put the content of each token_file into that uplink's ``token``.
+def _absolute(p: Path | None, base: Path) -> Path | None:
+    return None if p is None else secret_path(base, str(p)).absolute()
+
+
+def _resolved(config: Config, secrets: dict[int, str], base: Path) -> Config:
+    """Uplinks with every file path absolute (relative ones are relative to the
+    configuration's folder, at load and whenever the agent re-reads them) and each secret
+    file's content in ``token`` / ``password``.
 
     ``model_copy`` skips validation on purpose: the "token or token_file" rule is about what
     the integrator writes; at runtime ``token`` is the effective secret and ``token_file``
-    stays to say where it came from.
+    stays to say where it came from (and is re-read after a 401).
     """
-    if not tokens:
-        return config
-    uplinks = tuple(
-        u.model_copy(update={"http": u.http.model_copy(update={"token": tokens[i]})})
-        if i in tokens
-        else u
-        for i, u in enumerate(config.uplinks)
-    )
-    return config.model_copy(update={"uplinks": uplinks})
+    uplinks = []
+    for i, u in enumerate(config.uplinks):
+        if u.http is not None:
+            h = u.http
+            upd: dict[str, object] = {"token_file": _absolute(h.token_file, base)}
+            if i in secrets:
+                upd["token"] = secrets[i]
+            u = u.model_copy(update={"http": h.model_copy(update=upd)})
+        elif u.mqtt is not None:
+            m = u.mqtt
+            upd = {"password_file": _absolute(m.password_file, base)}
+            if i in secrets:
+                upd["password"] = secrets[i]
+            if m.tls is not None:
+                upd["tls"] = m.tls.model_copy(
+                    update={k: _absolute(getattr(m.tls, k), base) for k in TLS_FILES}
+                )
+            u = u.model_copy(update={"mqtt": m.model_copy(update=upd)})
+        uplinks.append(u)
+    return config.model_copy(update={"uplinks": tuple(uplinks)})
+
+
+TLS_FILES = ("ca_file", "cert_file", "key_file")
 
 
 def load_config(path: Path, *, environ: Mapping[str, str] | None = None) -> Config:

@@ -13,6 +13,7 @@ from pydantic_core import ErrorDetails
 from agent.config._errors import ConfigIssue, KeyPath
 from agent.config._schema import Located, expected, is_model, keys_of, locate, strip, union_tags
 from agent.config._source import Node, SourceMap
+from agent.config._urls import public_url
 
 # What to write for a required key, when the type alone says too little.
 _ADD = {
@@ -31,12 +32,11 @@ _ADD = {
 # Keys of features this version does not have yet: say so instead of "unknown key".
 _PLANNED = {
     ("Sensor", "mqtt"): "MQTT sensors are not supported yet in this version; use modbus",
-    ("Uplink", "mqtt"): "MQTT uplinks are not supported yet in this version; use http",
     ("Config", "mqtt_inputs"): "MQTT inputs are not supported yet in this version; remove it",
     ("Sensor", "rtu"): "Modbus RTU is not supported yet; use modbus (TCP) via a gateway",
     ("ModbusTcp", "serial"): "Modbus RTU is not supported yet; use Modbus TCP via a gateway",
 }
-_SECRET_KEYS = {"token"}
+_SECRET_KEYS = {"token", "password"}
 
 
 def did_you_mean(word: str, options: Iterable[str]) -> str:
@@ -58,11 +58,11 @@ def got(value: Any, node: Node | None, path: KeyPath) -> str:
         return "got a list"
     raw = node.raw if node is not None else None
     if node is not None and node.template is not None:
-        return f"got {value!r} (from {node.template!r})"
+        return f"got {public_url(str(value))!r} (from {node.template!r})"
     if isinstance(value, bool) and raw is not None and raw.lower() not in ("true", "false"):
         return f"got {raw} (YAML reads it as {str(value).lower()}; quote it: '{raw}')"
     if isinstance(value, str):
-        return f"got {value!r}"
+        return f"got {public_url(value)!r}"  # a URL's user:password is never echoed
     return f"got {raw}" if raw is not None else f"got {value!r}"
 
 

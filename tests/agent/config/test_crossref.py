@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
+
 import os
 from pathlib import Path
 
 import pytest
 
-from agent.config import load_config
+from agent.config import load_config, main_check
 from tests.agent.config.helpers import lines, write
 
 TWO = """\
@@ -96,11 +98,27 @@ def test_token_file_is_read_stripped_and_never_printed(tmp_path: Path) -> None:
     config = load_config(path, environ={})
     http = config.uplinks[0].http
     assert http.token == "s3cret-token"
-    assert http.token_file == Path("token")
+    # Resolved against the configuration's folder once, so a re-read after a 401 (or a
+    # token rotation) finds the same file whatever the working directory is.
+    assert http.token_file == tmp_path / "token" and http.token_file.is_absolute()
     from agent.config import summary
 
     text = summary(config)
-    assert "s3cret" not in text and "token set from token" in text
+    assert "s3cret" not in text and f"token set from {tmp_path / 'token'}" in text
+
+
+@pytest.mark.parametrize(("mode", "warned"), [(0o600, False), (0o640, True), (0o644, True)])
+def test_a_token_file_readable_by_others_is_warned_about(
+    tmp_path: Path, mode: int, warned: bool
+) -> None:
+    token = tmp_path / "token"
+    token.write_text("s3cret-token\n")
+    token.chmod(mode)
+    out, err = io.StringIO(), io.StringIO()
+    assert main_check(write(tmp_path, HTTP.replace("TOKEN_FILE", "token")), out, err) == 0
+    expected = f"warning: {token} is readable by other users (mode {mode:04o}); chmod 600"
+    assert (expected in out.getvalue()) == warned, out.getvalue()
+    assert "s3cret" not in out.getvalue() + err.getvalue()
 
 
 @pytest.mark.parametrize(

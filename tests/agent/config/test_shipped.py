@@ -97,7 +97,11 @@ def test_bad_sizes(tmp_path: Path, given: str, message: str) -> None:
 
 
 def test_summary_lists_assets_sensors_uplinks_and_store(tmp_path: Path) -> None:
-    text = VALID + "uplinks:\n  - http: {url: 'https://u:pw@x.example/v1/alerts', token: t0k}\n"
+    text = VALID + (
+        "uplinks:\n  - http: {url: 'https://x.example/v1/alerts', token: t0k}\n"
+        "  - {name: broker, mqtt: {host: mqtt.example, topic: 'plant/{gateway}/{kind}'}}\n"
+        "summaries: {interval_s: 600}\n"
+    )
     text = text.replace("{path: /tmp/outbox.db}", "{path: /tmp/outbox.db, max_bytes: 512MiB}")
     assert summary(load_config(write(tmp_path, text), environ={})) == (
         "gateway gw-01\n"
@@ -107,8 +111,10 @@ def test_summary_lists_assets_sensors_uplinks_and_store(tmp_path: Path) -> None:
         "1 sensor:\n"
         "  m1-de on press-7: modbus tcp 10.0.0.21:502 device_id 1, profile banner-qm30vt2, "
         "channels z,x, every 1 s (timeout 0.5 s)\n"
-        "1 uplink:\n"
-        "  http https://***@x.example/v1/alerts (token set, batch 100)\n"
+        "2 uplinks:\n"
+        "  http: https://x.example/v1/alerts (token set, batch 100)\n"
+        "  broker: mqtt mqtt.example:8883 (TLS, QoS 1, topic plant/{gateway}/{kind}, batch 50)\n"
+        "feature summaries every 600 s for every sensor\n"
         "store /tmp/outbox.db, budget 512 MiB\n"
         "health http://127.0.0.1:9108/healthz\n"
         "control socket /run/edge-agent/control.sock (maintenance; mode 0660)"

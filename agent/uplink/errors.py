@@ -1,4 +1,4 @@
-"""Errors of the uplink package: aiohttp/OS errors are translated into these at the edge."""
+"""Errors of the uplink package: aiohttp/MQTT/OS errors are translated into these at the edge."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ class UplinkError(Exception):
     """Delivering a batch failed.
 
     Attributes:
-        uplink: the uplink's name (e.g. "http").
-        status: the HTTP status, when there was a response.
+        uplink: the uplink's name.
+        status: the HTTP status or MQTT reason code, when the far end answered.
     """
 
     def __init__(self, message: str, *, uplink: str, status: int | None = None) -> None:
@@ -18,10 +18,13 @@ class UplinkError(Exception):
 
 
 class UplinkUnavailable(UplinkError):
-    """Worth retrying later: 5xx, 408, 429, auth trouble, connection errors, timeouts.
+    """Worth retrying later: 5xx, 408, 429, 3xx, auth trouble, connection errors, timeouts.
 
     Attributes:
         retry_after_s: the server's Retry-After, in seconds, when it sent one.
+        down: the far end did not answer usefully (no connection, a timeout, a 5xx without
+            Retry-After): a cheap probe watches for its return. False when it answered and
+            refused for a reason a probe cannot see change (credentials, a wrong URL).
     """
 
     def __init__(
@@ -31,14 +34,34 @@ class UplinkUnavailable(UplinkError):
         uplink: str,
         status: int | None = None,
         retry_after_s: float | None = None,
+        down: bool = False,
     ) -> None:
         super().__init__(message, uplink=uplink, status=status)
         self.retry_after_s = retry_after_s
+        self.down = down
 
 
 class UplinkRejected(UplinkError):
-    """The backend refused the batch itself (a 4xx other than 408/429): do not retry it."""
+    """The far end refused the items themselves: do not retry them as they are.
 
-    def __init__(self, message: str, *, uplink: str, status: int, reason: str) -> None:
+    Attributes:
+        reason: what it said (kept with a dead letter).
+        too_large: the batch was too large (halve it; only a single item is dead-lettered).
+        per_item: the refusal names exactly the failed items (MQTT: one PUBACK per
+            message); False for a whole-batch refusal that must be narrowed down first.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        uplink: str,
+        status: int,
+        reason: str,
+        too_large: bool = False,
+        per_item: bool = False,
+    ) -> None:
         super().__init__(message, uplink=uplink, status=status)
         self.reason = reason
+        self.too_large = too_large
+        self.per_item = per_item

@@ -14,19 +14,36 @@ import pytest
 
 from agent.config import HttpUplink as HttpUplinkConfig
 from agent.store import Outbox
-from agent.uplink import HttpUplink
+from agent.uplink import Delivery, HttpTransport
 from simulators.backend import BackendServer, Fault
 from tests.agent.store._drafts import draft
 
 TOKEN = "s3cret-token"
+UP = "up"
 
 
 @pytest.fixture
 async def outbox(tmp_path: Path) -> AsyncIterator[Outbox]:
     async with Outbox(
-        tmp_path / "outbox.db", gateway_id="gw-01", max_bytes=1 << 30, first_seq=1
+        tmp_path / "outbox.db", gateway_id="gw-01", max_bytes=1 << 30, first_seq=1, uplinks=(UP,)
     ) as ob:
         yield ob
+
+
+def HttpUplink(  # noqa: N802 - reads like the class it builds
+    c: HttpUplinkConfig, outbox: Outbox, *, base_backoff_s: float = 0.5, **kw: Any
+) -> Delivery:
+    """A delivery loop over an HTTP transport, as build_uplinks makes it."""
+    return Delivery(
+        UP,
+        HttpTransport(c, name=UP),
+        outbox,
+        batch_size=c.batch_size,
+        max_backoff_s=c.max_backoff_s,
+        probe_interval_s=c.probe_interval_s,
+        base_backoff_s=base_backoff_s,
+        **kw,
+    )
 
 
 def cfg(url: str, **kw: Any) -> HttpUplinkConfig:
@@ -53,11 +70,11 @@ async def until(cond: Callable[[], Awaitable[bool]], timeout_s: float = 8.0) -> 
 class Running:
     """Runs an uplink as a task for the duration of a with-block."""
 
-    def __init__(self, uplink: HttpUplink) -> None:
+    def __init__(self, uplink: Delivery) -> None:
         self.uplink = uplink
         self.task: asyncio.Task[None] | None = None
 
-    async def __aenter__(self) -> HttpUplink:
+    async def __aenter__(self) -> Delivery:
         self.task = asyncio.create_task(self.uplink.run(), name="uplink[test]")
         return self.uplink
 
@@ -75,7 +92,7 @@ async def test_delivers_and_marks_delivered(tmp_path: Path, outbox: Outbox) -> N
         Running(HttpUplink(cfg(backend.url), outbox, idle_recheck_s=0.5)) as up,
     ):
         await until(lambda: _pending_is(outbox, 0))
-        # A live alert appended while idle is woken up for at once (outbox.changed).
+        # A live alert appended while idle is woken up for at once (the outbox's wake event).
         t0 = time.monotonic()
         [live] = await outbox.append([draft(tier=1, i=99)])
         await until(lambda: _pending_is(outbox, 0))
@@ -86,7 +103,7 @@ async def test_delivers_and_marks_delivered(tmp_path: Path, outbox: Outbox) -> N
     assert stats["accepted"] == 26 and stats["duplicates"] == 0 and stats["posts"] == 4
     assert up.status.delivered_total == 26 and up.status.consecutive_failures == 0
     assert up.status.last_success_at is not None
-    assert wake_s < 0.45, f"live alert waited {wake_s:.2f}s: not woken by outbox.changed"
+    assert wake_s < 0.45, f"live alert waited {wake_s:.2f}s: not woken by the outbox"
     assert (await outbox.stats()).delivered == 26
 
 
@@ -153,7 +170,7 @@ async def test_400_dead_letters_only_the_bad_alert_with_reason(
         await until(lambda: _pending_is(outbox, 0))
         stored = await backend.alerts()
     [dead] = await outbox.dead_letters()
-    assert dead["alert_id"] == records[1]["alert_id"]
+    assert dead["id"] == records[1]["alert_id"] and dead["uplink"] == UP
     assert dead["reason"].startswith("HTTP 400: ") and "detected_at" in dead["reason"]
     assert [a["alert"]["seq"] for a in stored] == [1, 3]  # the good ones still went
     assert up.status.dead_lettered_total == 1 and up.status.delivered_total == 2
@@ -200,25 +217,50 @@ class _Longest(random.Random):
         return b
 
 
-async def test_new_alert_cuts_a_long_backoff_short(tmp_path: Path, outbox: Outbox) -> None:
+async def test_a_returning_backend_is_noticed_by_the_probe_not_the_backoff(
+    tmp_path: Path, outbox: Outbox
+) -> None:
     async with BackendServer(db=tmp_path / "backend.db", token=TOKEN) as backend:
         port, url = backend.port, backend.url
     await outbox.append([draft(i=0)])
     uplink = HttpUplink(
-        cfg(url, max_backoff_s=60, timeout_s=0.5), outbox, base_backoff_s=30, rng=_Longest()
+        cfg(url, max_backoff_s=60, timeout_s=0.5, probe_interval_s=0.5),
+        outbox,
+        base_backoff_s=30,
+        rng=_Longest(),
     )
     async with Running(uplink) as up:
         await until(lambda: _true(up.status.consecutive_failures >= 1))
+        await asyncio.sleep(3.0)  # down: cheap probes only, no POST storm
+        assert up.status.attempts_total == 1 and up.status.state == "probing"
+        assert 3 <= up.status.probes_total <= 7, up.status.probes_total
+        assert up.status.next_retry_in_s is not None and up.status.next_retry_in_s > 20
         async with BackendServer(port=port, db=tmp_path / "backend.db", token=TOKEN) as again:
+            t0 = time.monotonic()
+            await until(lambda: _pending_is(outbox, 0), timeout_s=5)
+            waited = time.monotonic() - t0
+            assert len(await again.alerts()) == 1
+    assert waited < 2.0, f"{waited:.2f} s after the backend's return (the backoff was 30 s)"
+    assert up.status.resumed_by_probe_total == 1
+
+
+async def test_new_alert_cuts_a_long_backoff_short(tmp_path: Path, outbox: Outbox) -> None:
+    await outbox.append([draft(i=0)])
+    async with BackendServer(db=tmp_path / "backend.db", token=TOKEN) as backend:
+        backend.inject(Fault(status=404, body="no such route"), count=1)  # a proxy misroute
+        uplink = HttpUplink(cfg(backend.url, max_backoff_s=60), outbox, base_backoff_s=30,
+                            rng=_Longest())  # fmt: skip
+        async with Running(uplink) as up:
+            await until(lambda: _true(up.status.consecutive_failures >= 1))
             await asyncio.sleep(1.5)
-            # Backend is back but the uplink sleeps its 30 s backoff: nothing delivered yet.
+            # It answered (404): no probe can tell when that is fixed, so it backs off 30 s.
             assert (await outbox.stats()).pending == 1
-            assert up.status.next_retry_in_s is not None and up.status.next_retry_in_s > 20
+            assert up.status.state == "backoff" and up.status.probes_total == 0
             t0 = time.monotonic()
             await outbox.append([draft(tier=1, i=1)])  # a live alert
             await until(lambda: _pending_is(outbox, 0), timeout_s=5)
             waited = time.monotonic() - t0
-            assert len(await again.alerts()) == 2
+            assert len(await backend.alerts()) == 2
     assert waited < 3.0, waited
 
 

@@ -1,0 +1,46 @@
+"""Uplinks from the configuration: the one place that builds them (a reload rebuilds here)."""
+
+from __future__ import annotations
+
+import random
+
+from agent.config import Config
+from agent.store import Outbox
+from agent.uplink._delivery import Delivery
+from agent.uplink._http import HttpTransport
+from agent.uplink._mqtt import MqttTransport
+from agent.uplink._transport import Transport
+
+
+def build_uplinks(
+    config: Config, outbox: Outbox, *, rng: random.Random | None = None
+) -> list[Delivery]:
+    """One delivery loop per configured uplink, named as `config.uplink_names()`.
+
+    Args:
+        config: the validated configuration.
+        outbox: the open (or about to open) outbox, created with the same uplink names.
+        rng: random source for the jitter (tests pass a seeded one).
+    """
+    out = []
+    for name, u in zip(config.uplink_names(), config.uplinks, strict=True):
+        transport: Transport
+        if u.http is not None:
+            transport = HttpTransport(u.http, name=name)
+            common = u.http
+        else:
+            assert u.mqtt is not None
+            transport = MqttTransport(u.mqtt, name=name, gateway_id=config.gateway.id)
+            common = u.mqtt
+        out.append(
+            Delivery(
+                name,
+                transport,
+                outbox,
+                batch_size=common.batch_size,
+                max_backoff_s=common.max_backoff_s,
+                probe_interval_s=common.probe_interval_s,
+                rng=rng,
+            )
+        )
+    return out

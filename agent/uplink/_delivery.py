@@ -1,0 +1,273 @@
+"""One uplink's delivery loop, whatever the transport: its queue, retries and dead letters.
+
+Delivery is at-least-once: an item is marked delivered to this uplink only after the
+transport reports it acknowledged (a 2xx, a successful PUBACK); a batch whose answer is
+lost is sent again with the same bytes (the JSON text frozen in the outbox) and the far end
+deduplicates on the id. During an outage the backlog stays on disk; only the batch in
+flight is in memory. Each uplink has its own loop, so one that is down holds back no other.
+
+After a failure:
+- a Retry-After (429/503) is honoured in full;
+- the far end down (no connection, timeout, 5xx without Retry-After): the loop waits its
+  backoff (full jitter up to max_backoff_s) but probes cheaply every probe_interval_s and
+  resumes as soon as the far end answers. If a send fails right after a probe said "up",
+  the probe cannot see this failure, so it stops cutting waits short until a success;
+- the far end answered and refused (credentials, a wrong URL, a redirect): backoff only;
+- a new alert cuts any wait short after 1 s, except an explicit Retry-After.
+Refused items: a too-large batch is halved; a refused batch is resent one item at a time
+so one bad record cannot take good ones with it; a refused single item is dead-lettered
+for this uplink with the reason (an operator can requeue it: `edge-agent requeue`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from agent.records import format_ts
+from agent.store import Outbox, StoredItem, StoreError
+from agent.uplink._backoff import retry_delay
+from agent.uplink._transport import Transport
+from agent.uplink.errors import UplinkRejected, UplinkUnavailable
+
+log = logging.getLogger(__name__)
+
+NEW_ALERT_RETRY_AFTER_S = 1.0  # during a backoff, a new alert retries after at least this
+
+
+@dataclass(slots=True)
+class UplinkStatus:
+    """What health and status report; updated in place by the delivery loop.
+
+    Plain JSON values only, so `dataclasses.asdict(status)` goes straight into /healthz.
+
+    Attributes:
+        name: the uplink's name; kind: http or mqtt; target: where, without secrets.
+        state: idle, sending, backoff (waiting), probing (waiting, watching for the far
+            end's return).
+        last_success_at: UTC time of the last acknowledged batch, ISO-8601 with ms and Z.
+        next_retry_in_s: while waiting, seconds to the next attempt (refreshed at least
+            every second); None when not waiting.
+        probes_total: cheap reachability checks made while the far end was down.
+        resumed_by_probe_total: waits a probe cut short because the far end was back.
+    """
+
+    name: str
+    kind: str
+    target: str
+    state: str = "idle"
+    delivered_total: int = 0
+    summaries_delivered_total: int = 0
+    attempts_total: int = 0
+    failures_total: int = 0
+    consecutive_failures: int = 0
+    last_error: str | None = None
+    last_success_at: str | None = None
+    next_retry_in_s: float | None = None
+    dead_lettered_total: int = 0
+    probes_total: int = 0
+    resumed_by_probe_total: int = 0
+
+
+class Delivery:
+    """Delivers the outbox's backlog for one uplink through one transport, until cancelled.
+
+    Args:
+        name: the uplink's name (its rows in the store, metrics, logs).
+        transport: how items reach the far end.
+        outbox: the open outbox.
+        batch_size: items per send at most.
+        max_backoff_s: the longest wait between attempts.
+        probe_interval_s: how often to probe while the far end is down.
+        base_backoff_s: first backoff ceiling; doubles per consecutive failure.
+        idle_recheck_s: with nothing pending, recheck this often even without a wake-up
+            (a dead letter requeued by another process).
+        rng: random source for the jitter (tests pass a seeded one).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        transport: Transport,
+        outbox: Outbox,
+        *,
+        batch_size: int,
+        max_backoff_s: float,
+        probe_interval_s: float = 1.0,
+        base_backoff_s: float = 0.5,
+        idle_recheck_s: float = 5.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.name = name
+        self.transport = transport
+        self.outbox = outbox
+        self.status = UplinkStatus(name, transport.kind, transport.target)
+        self._batch = batch_size
+        self._cap = max_backoff_s
+        self._probe_s = probe_interval_s
+        self._base = min(base_backoff_s, max_backoff_s)
+        self._idle = idle_recheck_s
+        self._rng = rng or random.Random()
+        self._limit = batch_size
+        self._one_by_one = 0  # isolate a refused batch: send this many items singly
+        self._in_error = False
+        self._probe_trusted = True
+        self._after_probe = False  # the send under way follows a probe that said "up"
+
+    async def run(self) -> None:
+        """Deliver forever; returns only by cancellation (which it never swallows)."""
+        async with self.transport:
+            while True:
+                try:
+                    await self.step()
+                except Exception as exc:
+                    # A library surprise must not stop delivery for good: count it as a
+                    # failed attempt and back off.
+                    log.exception("uplink[%s]: unexpected error", self.name)
+                    await self._failed(f"unexpected: {exc!r}")
+
+    async def step(self) -> None:
+        """One unit of work: send a batch (and wait out a failure), or idle."""
+        wake = self.outbox.wake_event(self.name)
+        wake.clear()  # before reading, so an append after it wakes us
+        try:
+            items = await self.outbox.next_batch(self.name, 1 if self._one_by_one else self._limit)
+        except StoreError as exc:
+            await self._failed(f"outbox: {exc}")
+            return
+        if not items:
+            self.status.state = "idle"
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), self._idle)
+            return
+        self.status.state = "sending"
+        self.status.attempts_total += 1
+        after_probe, self._after_probe = self._after_probe, False
+        result = await self.transport.send(items)
+        if result.delivered:
+            try:
+                await self.outbox.mark_delivered(self.name, result.delivered)
+            except StoreError as exc:
+                # Delivered but not recorded: they will be sent again, the far end dedupes.
+                await self._failed(f"outbox: marking delivered: {exc}")
+                return
+            self._succeeded(result.delivered)
+        err = result.error
+        if isinstance(err, UplinkUnavailable):
+            if after_probe and err.down:
+                self._probe_trusted = False  # the probe says up, sends fail: do not hammer
+            await self._failed(str(err), err.retry_after_s, down=err.down)
+        elif isinstance(err, UplinkRejected):
+            await self._rejected(result.failed, err)
+
+    async def _rejected(self, items: list[StoredItem], exc: UplinkRejected) -> None:
+        if exc.too_large and len(items) > 1:
+            self._limit = max(1, len(items) // 2)
+            log.warning(
+                "uplink[%s]: batch of %d too large, now %d", self.name, len(items), self._limit
+            )
+            return
+        if len(items) > 1 and not exc.per_item:
+            # Find the culprits: resend these items one by one (same order, still pending).
+            self._one_by_one = len(items)
+            log.warning(
+                "uplink[%s]: batch of %d refused (%s); resending one by one",
+                self.name,
+                len(items),
+                exc.reason,
+            )
+            return
+        if self._one_by_one:
+            self._one_by_one -= 1
+        try:
+            moved = await self.outbox.dead_letter(self.name, items, exc.reason)
+        except StoreError as store_exc:
+            await self._failed(f"outbox: dead-lettering: {store_exc}")
+            return
+        self.status.dead_lettered_total += len(moved)
+        self.status.last_error = exc.reason
+
+    def _succeeded(self, items: list[StoredItem]) -> None:
+        st = self.status
+        alerts = sum(1 for it in items if it.class_name == "alert")
+        st.delivered_total += alerts
+        st.summaries_delivered_total += len(items) - alerts
+        st.last_success_at = format_ts(datetime.now(UTC))
+        self._probe_trusted = True
+        if self._one_by_one:
+            self._one_by_one -= 1
+        if self._limit < self._batch:
+            self._limit = min(self._batch, self._limit * 2)
+        if self._in_error:
+            log.warning(
+                "uplink[%s] recovered after %d failure(s): delivered %d item(s)",
+                self.name,
+                st.consecutive_failures,
+                len(items),
+            )
+            self._in_error = False
+        st.consecutive_failures = 0
+
+    async def _failed(
+        self, error: str, retry_after_s: float | None = None, *, down: bool = False
+    ) -> None:
+        st = self.status
+        st.failures_total += 1
+        st.consecutive_failures += 1
+        st.last_error = error
+        delay = retry_delay(
+            st.consecutive_failures, retry_after_s, base_s=self._base, cap_s=self._cap,
+            rng=self._rng,
+        )  # fmt: skip
+        if not self._in_error:
+            log.error(
+                "uplink[%s] failing: %s; its backlog stays in the outbox, retrying",
+                self.name,
+                error,
+            )
+            self._in_error = True
+        else:
+            log.debug(
+                "uplink[%s] still failing (%d): %s; next try in %.2fs",
+                self.name,
+                st.consecutive_failures,
+                error,
+                delay,
+            )
+        probing = down and retry_after_s is None and self._probe_trusted
+        try:
+            await self._wait(delay, probing=probing, honour=retry_after_s is not None)
+        finally:
+            st.next_retry_in_s = None
+
+    async def _wait(self, delay: float, *, probing: bool, honour: bool) -> None:
+        """Wait out a backoff; a probe seeing the far end back, or a new alert, ends it."""
+        st = self.status
+        st.state = "probing" if probing else "backoff"
+        wake = self.outbox.wake_event(self.name)
+        start = time.monotonic()
+        due = start + delay
+        next_probe = start + self._probe_s * self._rng.uniform(0.5, 1.0)
+        while (left := due - (now := time.monotonic())) > 0:
+            st.next_retry_in_s = round(left, 3)
+            # A new alert is worth a try before the backoff ends (alerts are rare, so this
+            # cannot hammer the far end); an explicit Retry-After is honoured fully.
+            if not honour and wake.is_set() and now - start >= NEW_ALERT_RETRY_AFTER_S:
+                return
+            if probing and now >= next_probe:
+                st.probes_total += 1
+                if await self.transport.probe():
+                    st.resumed_by_probe_total += 1
+                    self._after_probe = True
+                    return
+                now = time.monotonic()
+                next_probe = now + self._probe_s * self._rng.uniform(0.5, 1.0)
+            nap = min(due - now, NEW_ALERT_RETRY_AFTER_S)
+            if probing:
+                nap = min(nap, max(0.0, next_probe - now))
+            await asyncio.sleep(max(nap, 0.01))

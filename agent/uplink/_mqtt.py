@@ -1,0 +1,238 @@
+"""MQTT 5 transport: one QoS 1 message per item, delivered only on a successful PUBACK.
+
+aiomqtt 2.x treats every PUBACK as success, but an MQTT 5 broker refuses a publish with a
+PUBACK whose reason code is 0x80 or above (not authorized, quota exceeded, ...): marking
+such an alert delivered would lose it. `_AckingClient` keeps the reason code. It relies on
+aiomqtt 2.x internals (pinned <3 in pyproject); tests/agent/uplink/test_mqtt.py fails
+loudly if an upgrade changes them.
+
+The session is persistent (a fixed client id, clean start off, a session expiry), the
+client is created once and re-entered after a failure, as aiomqtt documents. Refusals:
+"packet too large" and "payload format invalid" dead-letter that one item; every other
+negative PUBACK (not authorized, topic invalid, quota, server busy) is retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from types import TracebackType
+from typing import Any, Self
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from agent.config import MqttUplink as MqttUplinkConfig
+from agent.store import StoredItem
+from agent.uplink._transport import SendResult, tcp_probe
+from agent.uplink.errors import UplinkError, UplinkRejected, UplinkUnavailable
+
+log = logging.getLogger(__name__)
+
+PROBE_TIMEOUT_S = 2.0
+MAX_QUEUED = 1000  # paho's own outgoing queue, bounded
+_ITEM_REFUSALS = frozenset({0x95, 0x99})  # packet too large, payload format invalid
+_DOWN_CONNACK = frozenset({3, 0x88, 0x89})  # server unavailable, server busy
+
+
+class _AckingClient(aiomqtt.Client):
+    """aiomqtt's client, keeping each PUBACK's reason code (see the module docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._reasons: dict[int, ReasonCode] = {}
+
+    def _on_publish(
+        self, client: Any, userdata: Any, mid: int, reason_code: Any, properties: Any
+    ) -> None:
+        if mid in self._pending_publishes:  # a late ack of an abandoned publish is dropped
+            self._reasons[mid] = reason_code
+        super()._on_publish(client, userdata, mid, reason_code, properties)
+
+    def connected(self) -> bool:
+        return bool(self._client.is_connected())
+
+    async def publish_acked(
+        self, topic: str, payload: str, *, properties: Properties, wait_s: float
+    ) -> ReasonCode:
+        """Publish at QoS 1; the PUBACK's reason code (raises MqttError on trouble)."""
+        info = self._client.publish(topic, payload, 1, False, properties)
+        if info.rc != 0:
+            raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
+        confirmation = asyncio.Event()
+        try:
+            with self._pending_call(info.mid, confirmation, self._pending_publishes):
+                await self._wait_for(confirmation.wait(), timeout=wait_s)
+            return self._reasons[info.mid]
+        finally:
+            self._reasons.pop(info.mid, None)
+
+
+class MqttTransport:
+    """Publishes items to an MQTT 5 broker.
+
+    Args:
+        cfg: the `uplinks[].mqtt` configuration (file paths already absolute).
+        name: the uplink's name, for errors, logs and the default client id.
+        gateway_id: for the topic and the default client id.
+    """
+
+    kind = "mqtt"
+
+    def __init__(self, cfg: MqttUplinkConfig, *, name: str, gateway_id: str) -> None:
+        self.cfg = cfg
+        self.name = name
+        self.gateway_id = gateway_id
+        self.client_id = cfg.client_id or f"edge-agent-{gateway_id}-{name}"
+        self.target = f"mqtt{'s' if cfg.tls is not None else ''}://{cfg.host}:{cfg.port}"
+        self._client: _AckingClient | None = None
+        self._up = False
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._disconnect()
+
+    def topic(self, item: StoredItem) -> str:
+        """The topic of one item: the configured template, per gateway and kind."""
+        kind = "summary" if item.class_name == "summary" else _kind_of(item.json)
+        return self.cfg.topic.format(gateway=self.gateway_id, kind=kind)
+
+    def _build(self) -> _AckingClient:
+        """A new client (blocking: reads the TLS files; run in a thread)."""
+        cfg = self.cfg
+        context = None
+        if cfg.tls is not None:
+            context = ssl.create_default_context(
+                cafile=str(cfg.tls.ca_file) if cfg.tls.ca_file else None
+            )
+            if cfg.tls.cert_file and cfg.tls.key_file:
+                context.load_cert_chain(str(cfg.tls.cert_file), str(cfg.tls.key_file))
+        password = cfg.password
+        if cfg.password_file is not None:  # re-read at each new client: a rotation works
+            password = cfg.password_file.read_text(encoding="utf-8").strip() or None
+        connect = Properties(PacketTypes.CONNECT)
+        connect.SessionExpiryInterval = cfg.session_expiry_s
+        return _AckingClient(
+            cfg.host,
+            cfg.port,
+            identifier=self.client_id,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=False,
+            properties=connect,
+            username=cfg.username,
+            password=password,
+            tls_context=context,
+            keepalive=cfg.keepalive_s,
+            timeout=cfg.timeout_s,
+            max_queued_outgoing_messages=MAX_QUEUED,
+        )
+
+    async def _connect(self) -> None:
+        if self._client is None:
+            self._client = await asyncio.to_thread(self._build)
+        async with asyncio.timeout(self.cfg.timeout_s + 1.0):
+            await self._client.__aenter__()
+        self._up = True
+
+    async def _disconnect(self) -> None:
+        client, up, self._up = self._client, self._up, False
+        if client is None or not up:
+            return
+        with contextlib.suppress(aiomqtt.MqttError, OSError, TimeoutError):
+            async with asyncio.timeout(2.0):
+                await client.__aexit__(None, None, None)
+
+    def _error(self, exc: BaseException, doing: str) -> UplinkUnavailable:
+        rc = getattr(exc, "rc", None)
+        code = getattr(rc, "value", rc)
+        refused = isinstance(exc, aiomqtt.MqttConnectError)
+        if refused and code not in _DOWN_CONNACK:
+            self._client = None  # rebuilt at the next try: a rotated password is re-read
+        return UplinkUnavailable(
+            f"{doing} {self.target}: {type(exc).__name__}: {exc}",
+            uplink=self.name,
+            status=code if isinstance(code, int) else None,
+            down=not refused or code in _DOWN_CONNACK,
+        )
+
+    async def send(self, items: list[StoredItem]) -> SendResult:
+        """Publish every item at QoS 1, concurrently; each one counts on its own PUBACK."""
+        if not (self._up and self._client is not None and self._client.connected()):
+            await self._disconnect()
+            try:
+                await self._connect()
+            except (aiomqtt.MqttError, OSError, ssl.SSLError, TimeoutError) as exc:
+                return SendResult([], self._error(exc, "connecting to"), items)
+        assert self._client is not None
+        props = Properties(PacketTypes.PUBLISH)
+        props.PayloadFormatIndicator = 1
+        props.ContentType = "application/json"
+        outcomes = await asyncio.gather(
+            *(
+                self._client.publish_acked(
+                    self.topic(it), it.json, properties=props, wait_s=self.cfg.timeout_s
+                )
+                for it in items
+            ),
+            return_exceptions=True,
+        )
+        delivered: list[StoredItem] = []
+        unavailable: UplinkError | None = None
+        refused: UplinkRejected | None = None
+        failed_soft: list[StoredItem] = []
+        failed_hard: list[StoredItem] = []
+        for it, out in zip(items, outcomes, strict=True):
+            if isinstance(out, ReasonCode) and not out.is_failure:
+                delivered.append(it)
+            elif isinstance(out, ReasonCode) and out.value in _ITEM_REFUSALS:
+                reason = f"PUBACK {out.value:#04x} {out}"
+                refused = UplinkRejected(
+                    f"publish to {self.target}: {reason}",
+                    uplink=self.name, status=out.value, reason=reason, per_item=True,
+                )  # fmt: skip
+                failed_hard.append(it)
+            elif isinstance(out, ReasonCode):
+                unavailable = unavailable or UplinkUnavailable(
+                    f"publish to {self.target}: PUBACK {out.value:#04x} {out} "
+                    f"(topic {self.topic(it)})",
+                    uplink=self.name, status=out.value,
+                )  # fmt: skip
+                failed_soft.append(it)
+            elif isinstance(out, aiomqtt.MqttError | OSError):
+                unavailable = self._error(out, "publishing to")
+                failed_soft.append(it)
+            elif isinstance(out, BaseException):
+                raise out
+        if unavailable is not None and isinstance(unavailable, UplinkUnavailable):
+            if unavailable.down:
+                await self._disconnect()
+            return SendResult(delivered, unavailable, failed_soft + failed_hard)
+        return SendResult(delivered, refused, failed_hard)
+
+    async def probe(self) -> bool:
+        """A TCP connection to the broker opens (no MQTT session is touched)."""
+        return await tcp_probe(
+            self.cfg.host, self.cfg.port, min(self.cfg.timeout_s, PROBE_TIMEOUT_S)
+        )
+
+
+def _kind_of(text: str) -> str:
+    """The record's kind, read from its frozen JSON text without parsing all of it."""
+    marker = '"kind":"'
+    start = text.find(marker)
+    if start < 0:
+        return "alert"
+    start += len(marker)
+    end = text.find('"', start)
+    return text[start:end] if end > start else "alert"

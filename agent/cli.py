@@ -1,4 +1,4 @@
-"""`edge-agent`: run, check, demo, status, alerts, maintenance, replay, systemd-dropin.
+"""`edge-agent`: run, check, demo, status, alerts, requeue, maintenance, replay, systemd-dropin.
 
 Every error is one line on stderr with a non-zero exit: a wrong argument (2), an invalid
 configuration (2), an agent that cannot be reached (1). Operator commands print one human
@@ -101,7 +101,33 @@ def _cmd_alerts(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return EXIT_CONFIG
-    return alerts(config, sys.stdout, sys.stderr, args.limit, as_json=args.json)
+    return alerts(
+        config,
+        sys.stdout,
+        sys.stderr,
+        args.limit,
+        as_json=args.json,
+        dead_letter=args.dead_letter,
+        uplink=args.uplink,
+    )
+
+
+def _cmd_requeue(args: argparse.Namespace) -> int:
+    from agent.requeue import requeue
+
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    if not (args.ids or args.all or args.uplink):
+        print(
+            "edge-agent requeue: say which dead letters: --id ID, --uplink NAME or --all "
+            "(see edge-agent requeue --help)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    return requeue(
+        config, sys.stdout, sys.stderr, ids=args.ids or None, uplink=args.uplink, as_json=args.json
+    )
 
 
 def _cmd_maintenance(args: argparse.Namespace) -> int:
@@ -197,7 +223,27 @@ def _add_alerts(sub: argparse._SubParsersAction[_Parser]) -> None:
     _with_config(p)
     _with_json(p)
     p.add_argument("-n", "--limit", type=_positive, default=20, help="how many (default 20)")
+    p.add_argument(
+        "--dead-letter",
+        action="store_true",
+        help="the dead letters instead: what a backend refused, per uplink, with the reason",
+    )
+    p.add_argument("--uplink", default=None, help="with --dead-letter: only this uplink's")
     p.set_defaults(func=_cmd_alerts)
+
+
+def _add_requeue(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser(
+        "requeue",
+        help="put dead letters back in their uplink's queue (by id, by uplink, or all)",
+    )
+    _with_config(p)
+    _with_json(p)
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--id", dest="ids", action="append", help="an alert id (repeatable)")
+    which.add_argument("--all", action="store_true", help="every dead letter of every uplink")
+    p.add_argument("--uplink", default=None, help="only this uplink's dead letters")
+    p.set_defaults(func=_cmd_requeue)
 
 
 def _add_maintenance(sub: argparse._SubParsersAction[_Parser]) -> None:
@@ -253,6 +299,7 @@ def _parser() -> argparse.ArgumentParser:
         _add_demo,
         _add_status,
         _add_alerts,
+        _add_requeue,
         _add_maintenance,
         _add_replay,
         _add_dropin,

@@ -111,6 +111,7 @@ class _SnapshotCollector:
             fail.add_metric([u["name"]], float(u.get("failures_total", 0)))
         yield up
         yield fail
+        yield from _uplink_series(snap.get("uplinks", []))
         yield from _scalars(
             snap.get("pipeline", {}),
             "edge_",
@@ -121,6 +122,9 @@ class _SnapshotCollector:
                 ("alerts_lost_total", "Alerts lost because the store stayed unwritable"),
                 ("store_errors_total", "Failed store writes"),
                 ("analysis_errors_total", "Readings the analysis failed on"),
+                ("summaries_total", "Feature summaries committed to the store"),
+                ("summaries_dropped_total", "Feature summaries dropped (queue full, store error)"),
+                ("store_faults_total", "Store files recovered at run time (replaced, damaged)"),
             ),
             counter=True,
             default=0.0,
@@ -168,6 +172,35 @@ def _scalars(
         else:
             fam = GaugeMetricFamily(f"{prefix}{key}", doc)
         fam.add_metric([], float(value))
+        yield fam
+
+
+# Per-uplink series: (name, help, where in the uplink's snapshot, counter?)
+_UPLINK_SERIES = (
+    ("edge_uplink_pending", "Alerts waiting for this uplink", ("backlog", "pending"), False),
+    ("edge_uplink_summaries_pending", "Feature summaries waiting for this uplink",
+     ("backlog", "pending_summaries"), False),
+    ("edge_uplink_oldest_pending_age_seconds", "Age of its oldest waiting alert",
+     ("backlog", "oldest_pending_age_s"), False),
+    ("edge_uplink_dead_letters", "Its dead letters now", ("backlog", "dead_lettered"), False),
+    ("edge_uplink_evicted", "Alerts evicted by the disk budget before it had them",
+     ("backlog", "evicted_total"), True),
+    ("edge_uplink_summaries_delivered", "Feature summaries delivered",
+     ("summaries_delivered_total",), True),
+    ("edge_uplink_consecutive_failures", "Failure streak", ("consecutive_failures",), False),
+    ("edge_uplink_probes", "Reachability probes while it was down", ("probes_total",), True),
+)  # fmt: skip
+
+
+def _uplink_series(uplinks: list[dict[str, Any]]) -> Iterator[Metric]:
+    for name, doc, where, counter in _UPLINK_SERIES:
+        fam = (CounterMetricFamily if counter else GaugeMetricFamily)(name, doc, labels=["uplink"])
+        for u in uplinks:
+            value: Any = u
+            for key in where:
+                value = value.get(key) if isinstance(value, dict) else None
+            if isinstance(value, int | float):
+                fam.add_metric([u["name"]], float(value))
         yield fam
 
 

@@ -4,13 +4,15 @@
 of this configuration (gateway id and store identity): a port can be held by anyone. It
 also shows the fleet history of completed lives per asset class (from the store) and the
 life prior each asset gets from it.
-`alerts` reads the store file read-only (WAL lets it read while the agent writes).
+`alerts` reads the store file read-only (WAL lets it read while the agent writes): the
+newest alerts and where each was delivered, or (`--dead-letter`) what a backend refused.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -19,30 +21,33 @@ from agent.analysis.reliability import FleetLife
 from agent.config import Config
 from agent.identity import mismatch, open_store_ro
 from agent.reach import Unreachable, get_json, health_url
+from agent.store import StoreError, read_only
 
 EXIT_OK = 0
 EXIT_UNREACHABLE = 1
 EXIT_NO_STORE = 1
+EXIT_USAGE = 2
 
 
 def store_summary(path: Path) -> dict[str, Any]:
-    """Counts from the store file: pending, delivered, dead-lettered, last seq."""
-    with open_store_ro(path) as conn:
-        pending, delivered, oldest = conn.execute(
-            "SELECT SUM(delivered_at IS NULL), SUM(delivered_at IS NOT NULL),"
-            " MIN(CASE WHEN delivered_at IS NULL THEN created_at END) FROM alerts"
-        ).fetchone()
-        (dead,) = conn.execute("SELECT COUNT(*) FROM dead_letters").fetchone()
-        # The persisted counter, not MAX(seq): delivered rows may have been pruned.
-        row = conn.execute("SELECT value FROM meta WHERE key = 'last_seq'").fetchone()
-        last_seq = int(row[0]) if row else None
+    """Counts from the store file: pending, delivered, dead-lettered, last seq, per uplink.
+
+    Raises:
+        StoreError: the file is not a store this agent can read (or not migrated yet).
+    """
+    with read_only(path) as view:
+        stats = view.stats()
     return {
         "path": str(path),
-        "pending": pending or 0,
-        "delivered": delivered or 0,
-        "dead_lettered": dead,
-        "last_seq": last_seq,
-        "oldest_pending_created_at": oldest,
+        "pending": stats.pending,
+        "delivered": stats.delivered,
+        "dead_lettered": stats.dead_lettered,
+        "last_seq": stats.last_seq,
+        "oldest_pending_age_s": stats.oldest_pending_age_s,
+        "summaries_pending": stats.summaries_pending,
+        "evicted_total": stats.evicted_total,
+        "quarantined_total": stats.quarantined_total,
+        "uplinks": {name: asdict(b) for name, b in stats.uplinks.items()},
     }
 
 
@@ -123,15 +128,22 @@ def _store(config: Config) -> dict[str, Any] | str:
         if not path.exists():
             return f"no store yet at {path}"
         return store_summary(path)
-    except (sqlite3.Error, OSError) as exc:
+    except (StoreError, sqlite3.Error, OSError) as exc:
         return f"store {path} unreadable here: {exc}"
 
 
 def _counts(store: dict[str, Any]) -> str:
-    return (
+    text = (
         f"alerts {store.get('pending', 0)} pending, {store.get('delivered', 0)} delivered, "
         f"{store.get('dead_lettered', 0)} dead-lettered"
     )
+    behind = [  # each uplink's own backlog, where it has one
+        f"{name} {b['pending']} waiting"
+        + (f", {b['dead_lettered']} dead" if b["dead_lettered"] else "")
+        for name, b in (store.get("uplinks") or {}).items()
+        if b and (b.get("pending") or b.get("dead_lettered"))
+    ]
+    return text + (f" (uplink {'; '.join(behind)})" if behind else "")
 
 
 def _line(config: Config, agent: dict[str, Any] | None, problem: str | None, store: Any) -> str:
@@ -182,30 +194,65 @@ def status(config: Config, out: TextIO, *, as_json: bool = False) -> int:
     return EXIT_OK if agent is not None else EXIT_UNREACHABLE
 
 
-def _alert_line(rec: dict[str, Any]) -> str:
+def _alert_line(rec: dict[str, Any], deliveries: dict[str, dict[str, Any]]) -> str:
     sev = rec.get("severity") or {}
     where = f"{rec['asset']['id']} {rec['sensor']['id']}/{rec['sensor']['channel']}"
     level = f" zone {sev.get('zone')} {sev.get('level')}" if sev else ""
-    delivery = f"delivered {rec['_delivered_at']}" if rec.get("_delivered_at") else "pending"
+    if rec.get("_delivered_at"):
+        delivery = f"delivered {rec['_delivered_at']}"
+    else:
+        delivery = ", ".join(f"{u} {d['state'].replace('_', ' ')}" for u, d in deliveries.items())
     what = f"{rec['alert_id']} {rec['kind']} {rec['state']}"
-    return f"{rec['detected_at']} {what} {where}{level}; {delivery}"
+    return f"{rec['detected_at']} {what} {where}{level}; {delivery or 'pending'}"
 
 
-def alerts(config: Config, out: TextIO, err: TextIO, limit: int, *, as_json: bool = False) -> int:
-    """Print the newest alerts, newest first: one line each, or JSON Lines."""
+def _dead_line(d: dict[str, Any]) -> str:
+    return (
+        f"{d['dead_lettered_at']} {d['id']} ({d['class']}) refused by {d['uplink']}: {d['reason']}"
+    )
+
+
+def alerts(
+    config: Config,
+    out: TextIO,
+    err: TextIO,
+    limit: int,
+    *,
+    as_json: bool = False,
+    dead_letter: bool = False,
+    uplink: str | None = None,
+) -> int:
+    """Print the newest alerts (or dead letters), newest first: one line each, or JSON Lines.
+
+    Args:
+        config: the configuration (store path, uplink names).
+        out: where the lines go; err: where problems go.
+        limit: at most this many.
+        as_json: JSON Lines (each record with `_delivered_at`, once every uplink has it, and
+            `_deliveries`, per uplink) instead of one human line each.
+        dead_letter: dead letters instead (uplink, id, reason, when, record).
+        uplink: only this uplink's dead letters.
+    """
+    names = config.uplink_names()
+    if uplink is not None and uplink not in names:
+        print(f"unknown uplink {uplink!r}; configured uplinks: {', '.join(names)}", file=err)
+        return EXIT_USAGE
     try:
         if not config.store.path.exists():
             print(f"no store yet at {config.store.path}", file=err)
             return EXIT_NO_STORE
-        with open_store_ro(config.store.path) as conn:
-            rows = conn.execute(
-                "SELECT body, delivered_at FROM alerts ORDER BY seq DESC LIMIT ?", (limit,)
-            ).fetchall()
-    except (sqlite3.Error, OSError) as exc:
+        with read_only(config.store.path) as view:
+            rows = view.dead_letters(limit, uplink) if dead_letter else view.recent(limit)
+    except (StoreError, sqlite3.Error, OSError) as exc:
         print(f"cannot read the store {config.store.path}: {exc}", file=err)
         return EXIT_NO_STORE
-    for body, delivered_at in rows:
-        rec = json.loads(body)
-        rec["_delivered_at"] = delivered_at
-        print(json.dumps(rec, sort_keys=True) if as_json else _alert_line(rec), file=out)
+    for r in rows:
+        if dead_letter:
+            print(json.dumps(r, sort_keys=True) if as_json else _dead_line(r), file=out)
+            continue
+        rec = r["record"]
+        rec["_delivered_at"] = r["delivered_at"]
+        rec["_deliveries"] = r["deliveries"]
+        line = json.dumps(rec, sort_keys=True) if as_json else _alert_line(rec, r["deliveries"])
+        print(line, file=out)
     return EXIT_OK

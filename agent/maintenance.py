@@ -87,7 +87,10 @@ def control_handler(maintain: Maintain) -> Handler:
 
 async def _offline(config: Config, request: MaintenanceRequest) -> list[dict[str, Any]]:
     outbox = Outbox(
-        config.store.path, gateway_id=config.gateway.id, max_bytes=config.store.max_bytes
+        config.store.path,
+        gateway_id=config.gateway.id,
+        max_bytes=config.store.max_bytes,
+        uplinks=config.uplink_names(),
     )
     async with outbox:
         state, fleet = await outbox.load_state(), await outbox.fleet_lives()

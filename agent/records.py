@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 SCHEMA = "edge-agent/alert/v1"
 
-Kind = Literal["severity", "trend", "sensor_fault", "maintenance"]
+Kind = Literal["severity", "trend", "sensor_fault", "maintenance", "gateway_fault"]
 State = Literal["raised", "escalated", "cleared"]
 Level = Literal["info", "warning", "critical"]
 

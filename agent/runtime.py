@@ -19,13 +19,15 @@ from agent.analysis.monitor import Monitor, Update
 from agent.config import Config
 from agent.control import ControlServer
 from agent.fds import loop_exception_handler
+from agent.gateway_faults import quarantine_draft, store_fault_draft
 from agent.health import HealthServer, Snapshot
 from agent.identity import agent_identity, store_created_at
 from agent.pending import PendingWrites
 from agent.sdnotify import SystemdNotifier
 from agent.sensor_faults import SensorFaultTracker, SensorHealth
-from agent.store import Outbox, StoreError, store_lock
-from agent.uplink import HttpUplink
+from agent.store import Outbox, StoreError, StoreFault, store_lock
+from agent.summaries import SummaryAggregator, SummaryDraft
+from agent.uplink import build_uplinks
 from agent.watchdog import Watchdog, WatchdogLimits
 from drivers.modbus import ModbusTcpPoller, silence_pymodbus_logging
 from drivers.reading import Reading, utc_now
@@ -38,6 +40,8 @@ BREAKER_FAILURES = 3
 SENSOR_WATCH_INTERVAL_S = 1.0
 SHUTDOWN_DRAIN_S = 10.0  # well inside systemd's TimeoutStopSec=30
 STATS_TIMEOUT_S = 2.0  # /healthz answers even when the store writer is stuck
+SUMMARY_QUEUE_SIZE = 256  # summaries waiting for the store (dropped and counted beyond)
+FAULT_QUEUE_SIZE = 16
 
 
 @dataclass(slots=True)
@@ -48,6 +52,9 @@ class PipelineCounters:
     alerts_lost_total: int = 0
     store_errors_total: int = 0
     analysis_errors_total: int = 0
+    summaries_total: int = 0
+    summaries_dropped_total: int = 0
+    store_faults_total: int = 0
 
 
 class Agent:
@@ -69,8 +76,20 @@ class Agent:
         self.config = config
         self.counters = PipelineCounters()
         self.outbox = Outbox(
-            config.store.path, gateway_id=config.gateway.id, max_bytes=config.store.max_bytes
+            config.store.path,
+            gateway_id=config.gateway.id,
+            max_bytes=config.store.max_bytes,
+            uplinks=config.uplink_names(),
+            on_fault=self._store_fault,
         )
+        self._faults: asyncio.Queue[StoreFault] = asyncio.Queue(maxsize=FAULT_QUEUE_SIZE)
+        sm = config.summaries
+        self.summaries = (
+            None
+            if sm is None
+            else SummaryAggregator(config, interval_s=sm.interval_s, sensors=sm.sensors)
+        )
+        self._summary_queue: asyncio.Queue[SummaryDraft] = asyncio.Queue(SUMMARY_QUEUE_SIZE)
         self.monitor: Monitor | None = None
         self.faults: SensorFaultTracker | None = None
         self._queue: asyncio.Queue[Reading] = asyncio.Queue(maxsize=READING_QUEUE_SIZE)
@@ -95,9 +114,7 @@ class Agent:
             )
             for s in config.sensors
         ]
-        self.uplinks = [
-            HttpUplink(u.http, self.outbox, name=f"http[{i}]") for i, u in enumerate(config.uplinks)
-        ]
+        self.uplinks = build_uplinks(config, self.outbox)
         self.health: HealthServer | None = None
         self.control: ControlServer | None = None
         self.identity = agent_identity(config, None)
@@ -177,6 +194,8 @@ class Agent:
                     analysis = tg.create_task(self._analyse(), name="analysis")
                     watch = tg.create_task(self._watch_sensors(), name="sensor-watch")
                     ups = [tg.create_task(u.run(), name=f"uplink[{u.name}]") for u in self.uplinks]
+                    ups.append(tg.create_task(self._store_faults(), name="store-faults"))
+                    ups.append(tg.create_task(self._store_summaries(), name="summaries"))
                     watchdog = tg.create_task(self.watchdog.run(), name="watchdog")
                     notifier.notify("READY=1")
                     self.ready.set()
@@ -240,6 +259,8 @@ class Agent:
                     continue
                 if update.drafts or update.state or len(self.pending):
                     await self._persist(update)
+                if self.summaries is not None:
+                    self._summarise(reading)
             finally:
                 self._queue.task_done()
 
@@ -289,6 +310,43 @@ class Agent:
                 if update.drafts or update.state or len(self.pending):
                     await self._persist(update)  # also retries what a full disk held
 
+    def _summarise(self, reading: Reading) -> None:
+        assert self.summaries is not None
+        draft = self.summaries.add(reading)
+        if draft is None:
+            return
+        try:
+            self._summary_queue.put_nowait(draft)
+        except asyncio.QueueFull:
+            self.counters.summaries_dropped_total += 1  # telemetry: never blocks analysis
+
+    async def _store_summaries(self) -> None:
+        """Store feature summaries off the reading path (a lower class than alerts)."""
+        while True:
+            draft = await self._summary_queue.get()
+            try:
+                await self.outbox.append_summaries([draft])
+                self.counters.summaries_total += 1
+            except (StoreError, ValueError) as exc:
+                self.counters.summaries_dropped_total += 1
+                log.warning("feature summary of %s not stored: %s", draft.sensor_id, exc)
+
+    def _store_fault(self, fault: StoreFault) -> None:
+        """Called by the outbox after it recovered its file at run time."""
+        self.counters.store_faults_total += 1
+        with contextlib.suppress(asyncio.QueueFull):  # bounded; each is also logged
+            self._faults.put_nowait(fault)
+
+    async def _store_faults(self) -> None:
+        """Raise a gateway_fault alert for each store fault (and a startup quarantine)."""
+        q = self.outbox.quarantined
+        if q is not None:
+            await self._persist(Update(drafts=[quarantine_draft(self.config, q, utc_now())]))
+        while True:
+            fault = await self._faults.get()
+            draft = store_fault_draft(self.config, fault, utc_now())
+            await self._persist(Update(drafts=[draft]))
+
     async def _persist(self, update: Update) -> None:
         await self.pending.write(update)  # held before it waits: a shutdown cannot lose it
 
@@ -324,7 +382,6 @@ class Agent:
             }
             for v in (self.monitor.views() if self.monitor else [])
         ]
-        uplinks = [{"name": u.name, **asdict(u.status)} for u in self.uplinks]
         try:
             async with asyncio.timeout(STATS_TIMEOUT_S):
                 store: dict[str, Any] = asdict(await self.outbox.stats())
@@ -333,6 +390,8 @@ class Agent:
         except TimeoutError:
             store = {"error": f"the store writer did not answer within {STATS_TIMEOUT_S} s"}
         wd = self.watchdog
+        backlogs = store.get("uplinks", {})
+        uplinks = [{**asdict(u.status), "backlog": backlogs.get(u.name)} for u in self.uplinks]
         degraded = (
             any(s["state"] not in ("ok", "starting") for s in sensors)
             or any(u.get("consecutive_failures", 0) > 0 for u in uplinks)

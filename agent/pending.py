@@ -61,6 +61,9 @@ class PendingWrites:
         self._retry_at = 0.0
         self._backoff_s = RETRY_MIN_S
         self.lock = asyncio.Lock()  # hold it to stop writers between two store writes
+        # Records of updates another writer's flush stored while their own writer waited
+        # for the lock, by id(update); only writers that wait register, and they pop.
+        self._written: dict[int, Records | None] = {}
 
     def __len__(self) -> int:
         return len(self._held)
@@ -84,13 +87,16 @@ class PendingWrites:
             now: ignore the retry backoff (a person is waiting for the answer).
         """
         self.hold(update)
-        async with self.lock:
-            if now:
-                self._retry_at = 0.0
-            for done, records in await self.flush():
-                if done is update:
-                    return records
-        return None
+        key = id(update)
+        self._written[key] = None
+        try:
+            async with self.lock:
+                if now:
+                    self._retry_at = 0.0
+                await self.flush()
+                return self._written[key]
+        finally:
+            del self._written[key]
 
     async def flush(self, *, final: bool = False) -> list[tuple[Update, Records]]:
         """Write held updates in order (call with `lock` held); stops at a store error.
@@ -123,6 +129,8 @@ class PendingWrites:
                          r["asset"]["id"], r["sensor"]["channel"])  # fmt: skip
             if records and self._on_records is not None:
                 self._on_records(records)
+            if id(update) in self._written:
+                self._written[id(update)] = records
             written.append((update, records))
         return written
 

@@ -12,6 +12,7 @@ Endpoints:
     /v1/cases, /v1/cases/{id}, /v1/cases/{id}/confirm, /portfolio
                              the prevented-failure portfolio (simulators/portfolio.py):
                              the stored records grouped into cases (simulators/cases.py).
+    POST, GET /v1/summaries  feature summaries (simulators/_summaries.py).
     POST /admin/faults, /admin/outage, DELETE /admin/faults
                              fault injection on POST /v1/alerts (simulators/_faults.py);
                              after_store: the batch is stored first (the answer is lost).
@@ -35,6 +36,7 @@ from simulators._backend_db import BackendDb
 from simulators._faults import Fault
 from simulators._http import AppServer, bearer_ok, json_error, read_json, serve_until_cancelled
 from simulators._sim import SimApp, SimServer, add_common_arguments
+from simulators._summaries import SummaryApi
 from simulators.backend_config import BackendConfig, ConfigFileError, load_backend_config
 from simulators.portfolio import PortfolioApi
 
@@ -113,6 +115,7 @@ class Backend(SimApp[BackendDb]):
         PortfolioApi(
             self.dbt, lambda: self.db, token=token, config=config or BackendConfig()
         ).add_routes(self.app)
+        SummaryApi(self.dbt, lambda: self.db.conn, token=token).add_routes(self.app)
 
     async def _post_alerts(self, request: web.Request) -> web.Response:
         fault, answer = await self.admit_write(request)

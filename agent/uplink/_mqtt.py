@@ -22,6 +22,7 @@ from types import TracebackType
 from typing import Any, Self
 
 import aiomqtt
+from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -55,6 +56,12 @@ class _AckingClient(aiomqtt.Client):
 
     def connected(self) -> bool:
         return bool(self._client.is_connected())
+
+    def forget_disconnect(self) -> None:
+        """The disconnect's error was seen (as a failed publish): do not log it again as a
+        "Future exception was never retrieved" at exit."""
+        if self._disconnected.done() and not self._disconnected.cancelled():
+            self._disconnected.exception()
 
     async def publish_acked(
         self, topic: str, payload: str, *, properties: Properties, wait_s: float
@@ -108,8 +115,8 @@ class MqttTransport:
         kind = "summary" if item.class_name == "summary" else _kind_of(item.json)
         return self.cfg.topic.format(gateway=self.gateway_id, kind=kind)
 
-    def _build(self) -> _AckingClient:
-        """A new client (blocking: reads the TLS files; run in a thread)."""
+    def _secrets(self) -> tuple[ssl.SSLContext | None, str | None]:
+        """The TLS context and the password (blocking: reads files; run in a thread)."""
         cfg = self.cfg
         context = None
         if cfg.tls is not None:
@@ -121,6 +128,11 @@ class MqttTransport:
         password = cfg.password
         if cfg.password_file is not None:  # re-read at each new client: a rotation works
             password = cfg.password_file.read_text(encoding="utf-8").strip() or None
+        return context, password
+
+    def _build(self, context: ssl.SSLContext | None, password: str | None) -> _AckingClient:
+        """A new client (on the event loop: aiomqtt binds it to the running loop)."""
+        cfg = self.cfg
         connect = Properties(PacketTypes.CONNECT)
         connect.SessionExpiryInterval = cfg.session_expiry_s
         return _AckingClient(
@@ -140,7 +152,7 @@ class MqttTransport:
 
     async def _connect(self) -> None:
         if self._client is None:
-            self._client = await asyncio.to_thread(self._build)
+            self._client = self._build(*await asyncio.to_thread(self._secrets))
         async with asyncio.timeout(self.cfg.timeout_s + 1.0):
             await self._client.__aenter__()
         self._up = True
@@ -152,11 +164,12 @@ class MqttTransport:
         with contextlib.suppress(aiomqtt.MqttError, OSError, TimeoutError):
             async with asyncio.timeout(2.0):
                 await client.__aexit__(None, None, None)
+        client.forget_disconnect()
 
     def _error(self, exc: BaseException, doing: str) -> UplinkUnavailable:
         rc = getattr(exc, "rc", None)
         code = getattr(rc, "value", rc)
-        refused = isinstance(exc, aiomqtt.MqttConnectError)
+        refused = isinstance(exc, MqttConnectError)
         if refused and code not in _DOWN_CONNACK:
             self._client = None  # rebuilt at the next try: a rotated password is re-read
         return UplinkUnavailable(
@@ -172,7 +185,8 @@ class MqttTransport:
             await self._disconnect()
             try:
                 await self._connect()
-            except (aiomqtt.MqttError, OSError, ssl.SSLError, TimeoutError) as exc:
+            except (aiomqtt.MqttError, OSError, ValueError, TimeoutError) as exc:
+                # OSError covers ssl.SSLError and unreadable TLS or password files.
                 return SendResult([], self._error(exc, "connecting to"), items)
         assert self._client is not None
         props = Properties(PacketTypes.PUBLISH)

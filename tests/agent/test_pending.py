@@ -3,6 +3,7 @@ dropped loudly without stopping the rest."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from pathlib import Path
 
@@ -65,3 +66,16 @@ async def test_held_updates_are_bounded(tmp_path: Path) -> None:
         for i in range(5):
             pending.hold(Update([draft(i=i)], {}))
         assert len(pending) == 2 and counters.alerts_lost_total == 3
+
+
+async def test_concurrent_writers_each_get_their_own_records(tmp_path: Path) -> None:
+    """One writer's flush stores the others' updates too: each still learns it was stored
+    (a maintenance request must not be answered "not stored" when it was)."""
+    counters = PipelineCounters()
+    async with Outbox(tmp_path / "o.db", gateway_id="gw", max_bytes=1 << 30, first_seq=1) as ob:
+        pending = PendingWrites(ob, counters)
+        results = await asyncio.gather(
+            *(pending.write(Update([draft(i=i)]), now=True) for i in range(20))
+        )
+    assert all(r is not None and len(r) == 1 for r in results), results
+    assert sorted(r[0]["seq"] for r in results if r) == list(range(1, 21))

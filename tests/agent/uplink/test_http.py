@@ -30,7 +30,7 @@ async def outbox(tmp_path: Path) -> AsyncIterator[Outbox]:
         yield ob
 
 
-def HttpUplink(  # noqa: N802 - reads like the class it builds
+def HttpUplink(
     c: HttpUplinkConfig, outbox: Outbox, *, base_backoff_s: float = 0.5, **kw: Any
 ) -> Delivery:
     """A delivery loop over an HTTP transport, as build_uplinks makes it."""

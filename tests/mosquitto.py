@@ -1,0 +1,142 @@
+"""A real mosquitto broker for tests: our own process on a free loopback port, never the
+system's (1883), optionally with TLS (a CA and a server certificate made with openssl)."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+READY_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Certs:
+    """A test CA and a server certificate for 127.0.0.1 signed by it."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def make_certs(folder: Path) -> Certs:
+    """CA + server certificate (subjectAltName IP:127.0.0.1), via the openssl command."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ca_key, ca, key, csr, cert = (
+        folder / n for n in ("ca.key", "ca.pem", "server.key", "server.csr", "server.pem")
+    )
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=30)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key), "-out",
+        str(ca), "-days", "2", "-subj", "/CN=edge-agent test CA")  # fmt: skip
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr),
+        "-subj", "/CN=127.0.0.1")  # fmt: skip
+    ext = folder / "san.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1\n")
+    run("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
+        "-CAcreateserial", "-out", str(cert), "-days", "2", "-extfile", str(ext))  # fmt: skip
+    return Certs(ca, cert, key)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Mosquitto:
+    """Start, stop and restart one broker on one port, with persistence on disk.
+
+    Args:
+        folder: where its configuration, persistence and log go.
+        certs: serve TLS with these (None: plain MQTT).
+        acl: the text of an ACL file (None: everything allowed).
+    """
+
+    def __init__(self, folder: Path, *, certs: Certs | None = None, acl: str | None = None):
+        self.folder = folder
+        self.port = _free_port()
+        self.certs = certs
+        self.acl = acl
+        self.log = folder / "mosquitto.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def _conf(self) -> Path:
+        lines = [
+            f"listener {self.port} 127.0.0.1",
+            "allow_anonymous true",
+            "persistence true",
+            f"persistence_location {self.folder}/",
+            f"log_dest file {self.log}",
+            "log_type all",
+            "connection_messages true",
+            # As root, mosquitto drops to user "mosquitto", which cannot read the test's
+            # files: stay who we are (ignored when not root).
+            f"user {pwd.getpwuid(os.getuid()).pw_name}",
+        ]
+        if self.certs is not None:
+            lines += [
+                f"cafile {self.certs.ca}",
+                f"certfile {self.certs.cert}",
+                f"keyfile {self.certs.key}",
+            ]
+        if self.acl is not None:
+            acl = self.folder / "acl"
+            acl.write_text(self.acl)
+            lines.append(f"acl_file {acl}")
+        conf = self.folder / "mosquitto.conf"
+        conf.write_text("\n".join(lines) + "\n")
+        return conf
+
+    def start(self) -> None:
+        self._proc = subprocess.Popen(
+            [MOSQUITTO, "-c", str(self._conf())],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"mosquitto exited ({self._proc.returncode}); see {self.log}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"mosquitto not listening on {self.port} within {READY_TIMEOUT_S} s")
+
+    def stop(self) -> None:
+        """SIGTERM (mosquitto saves its persistence then) and wait, bounded."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+    def restart(self, *, acl: str | None = None) -> None:
+        self.stop()
+        if acl is not None:
+            self.acl = acl
+        self.start()
+
+    def __enter__(self) -> Mosquitto:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -3,14 +3,22 @@ system's (1883), optionally with TLS (a CA and a server certificate made with op
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import pwd
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 READY_TIMEOUT_S = 10.0
@@ -140,3 +148,54 @@ class Mosquitto:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class Collector:
+    """A subscriber with a persistent session: QoS 1 messages wait for it at the broker."""
+
+    def __init__(self, broker: Mosquitto, topic: str) -> None:
+        self.broker = broker
+        self.topic = topic
+        self.context = (
+            None
+            if broker.certs is None
+            else ssl.create_default_context(cafile=str(broker.certs.ca))
+        )
+        self.messages: list[tuple[str, dict[str, Any]]] = []
+
+    def _client(self) -> aiomqtt.Client:
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600
+        return aiomqtt.Client(
+            "127.0.0.1",
+            self.broker.port,
+            identifier="test-collector",
+            protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=False,
+            properties=props,
+            tls_context=self.context,
+        )
+
+    async def subscribe(self) -> None:
+        async with self._client() as c:
+            await c.subscribe(self.topic, qos=1)
+
+    async def collect(
+        self, want: set[str], *, topics: frozenset[str] = frozenset(), timeout_s: float = 10.0
+    ) -> set[str]:
+        """Reconnect and take messages until every id in `want` came, and a message on
+        each of `topics` (bounded); the ids seen."""
+        seen: set[str] = set()
+        async with self._client() as c:
+            await c.subscribe(self.topic, qos=1)
+            try:
+                async with asyncio.timeout(timeout_s):
+                    async for msg in c.messages:
+                        rec = json.loads(bytes(msg.payload))  # type: ignore[arg-type]
+                        self.messages.append((str(msg.topic), rec))
+                        seen.add(rec.get("alert_id") or rec.get("summary_id"))
+                        if want <= seen and topics <= {t for t, _ in self.messages}:
+                            break
+            except TimeoutError:
+                pass
+        return seen

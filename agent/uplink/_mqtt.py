@@ -135,7 +135,7 @@ class MqttTransport:
         cfg = self.cfg
         connect = Properties(PacketTypes.CONNECT)
         connect.SessionExpiryInterval = cfg.session_expiry_s
-        return _AckingClient(
+        client = _AckingClient(
             cfg.host,
             cfg.port,
             identifier=self.client_id,
@@ -149,6 +149,8 @@ class MqttTransport:
             timeout=cfg.timeout_s,
             max_queued_outgoing_messages=MAX_QUEUED,
         )
+        client.pending_calls_threshold = cfg.batch_size + 1  # a full batch is expected
+        return client
 
     async def _connect(self) -> None:
         if self._client is None:

@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import ssl
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
 import pytest
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from agent.config import MqttUplink as MqttUplinkConfig
 from agent.store import Outbox
 from agent.uplink import Delivery, MqttTransport
 from tests.agent.store._drafts import draft
-from tests.mosquitto import Certs, Mosquitto, make_certs
+from tests.mosquitto import Certs, Collector, Mosquitto, make_certs
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 
@@ -73,50 +68,6 @@ def delivery(c: MqttUplinkConfig, outbox: Outbox) -> Delivery:
     )
 
 
-class Collector:
-    """A subscriber with a persistent session: QoS 1 messages wait for it at the broker."""
-
-    def __init__(self, broker: Mosquitto) -> None:
-        assert broker.certs is not None
-        self.broker = broker
-        self.context = ssl.create_default_context(cafile=str(broker.certs.ca))
-        self.messages: list[tuple[str, dict[str, Any]]] = []
-
-    def _client(self) -> aiomqtt.Client:
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = 3600
-        return aiomqtt.Client(
-            "127.0.0.1",
-            self.broker.port,
-            identifier="test-collector",
-            protocol=aiomqtt.ProtocolVersion.V5,
-            clean_start=False,
-            properties=props,
-            tls_context=self.context,
-        )
-
-    async def subscribe(self) -> None:
-        async with self._client() as c:
-            await c.subscribe(f"edge-agent/{GW}/#", qos=1)
-
-    async def collect(self, want: set[str], timeout_s: float = 10.0) -> set[str]:
-        """Reconnect and take messages until every id in `want` came (bounded)."""
-        seen: set[str] = set()
-        async with self._client() as c:
-            await c.subscribe(f"edge-agent/{GW}/#", qos=1)
-            try:
-                async with asyncio.timeout(timeout_s):
-                    async for msg in c.messages:
-                        rec = json.loads(bytes(msg.payload))  # type: ignore[arg-type]
-                        self.messages.append((str(msg.topic), rec))
-                        seen.add(rec["alert_id"])
-                        if want <= seen:
-                            break
-            except TimeoutError:
-                pass
-        return seen
-
-
 class Running:
     def __init__(self, d: Delivery) -> None:
         self.d = d
@@ -149,7 +100,7 @@ async def pending(outbox: Outbox) -> int:
 async def test_delivers_over_tls_on_puback_through_a_broker_restart(
     broker: Mosquitto, outbox: Outbox
 ) -> None:
-    collector = Collector(broker)
+    collector = Collector(broker, f"edge-agent/{GW}/#")
     await collector.subscribe()
     first = await outbox.append([draft(i=i) for i in range(15)])
     async with Running(delivery(cfg(broker), outbox)) as up:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from agent.config import HttpUplink as HttpUplinkConfig
+from agent.config import load_config
 from agent.store import Outbox
 from agent.uplink import Delivery, HttpTransport
 from simulators.backend import BackendServer, Fault
@@ -312,3 +313,32 @@ async def test_redirect_is_a_failure_and_marks_nothing_delivered(
         async with Running(HttpUplink(cfg(backend.url), outbox)):
             await until(lambda: _pending_is(outbox, 0))
         assert (await backend.stats())["accepted"] == 3
+
+
+async def test_relative_token_file_is_reread_from_the_config_folder_not_the_cwd(
+    tmp_path: Path,
+    outbox: Outbox,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    folder = tmp_path / "etc"
+    folder.mkdir()
+    (folder / "token").write_text("old-token\n")
+    (folder / "token").chmod(0o644)  # readable by others: warned about, still used
+    await outbox.append([draft(i=i) for i in range(2)])
+    async with BackendServer(db=tmp_path / "backend.db", token=TOKEN) as backend:
+        (folder / "agent.yaml").write_text(
+            "gateway: {id: gw-01}\n"
+            "assets: [{id: a, machine: {standard: iso10816-1, class: I, rpm: 3000}}]\n"
+            "sensors: [{id: s, asset: a, modbus: {host: 127.0.0.1}}]\n"
+            f"uplinks: [{{http: {{url: '{backend.url}', token_file: token}}}}]\n"
+            "store: {path: /tmp/unused.db}\n"
+        )
+        config = load_config(folder / "agent.yaml")
+        monkeypatch.chdir(tmp_path)  # the service's working directory is elsewhere
+        async with Running(HttpUplink(config.uplinks[0].http, outbox)) as up:
+            await until(lambda: _true(up.status.failures_total >= 2))  # 401: old token
+            (folder / "token").write_text(TOKEN + "\n")  # rotated in place
+            await until(lambda: _pending_is(outbox, 0))
+    assert "cannot use token_file" not in caplog.text
+    assert caplog.text.count("is readable by other users (mode 0644)") == 1

@@ -9,6 +9,7 @@ has no "cleared": the event is over when the record exists).
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from agent.config import Config
 from agent.records import AlertDraft, AssetRef, SensorRef, Severity
@@ -23,61 +24,51 @@ def _gateway(config: Config) -> AssetRef:
     return AssetRef(gw.id, name, 1)
 
 
-def store_fault_draft(config: Config, fault: StoreFault, now: datetime) -> AlertDraft:
-    """The record of a store recovered at run time."""
-    lost = sum(n for n in fault.lost_rows.values() if n > 0)
-    unknown = any(n < 0 for n in fault.lost_rows.values())
+def _draft(
+    config: Config,
+    now: datetime,
+    metric: str,
+    value: float,
+    threshold: float,
+    evidence: dict[str, Any],
+) -> AlertDraft:
     return AlertDraft(
         asset=_gateway(config),
         sensor=SensorRef(STORE_SENSOR, "all", "gateway"),
         kind="gateway_fault",
         state="raised",
         detected_at=now,
-        severity=Severity(
-            level="critical",
-            zone=None,
-            standard="store integrity",
-            metric="unreadable_rows",
-            value=float(lost),
-            threshold=0.0,
-        ),
+        severity=Severity("critical", None, "store integrity", metric, value, threshold),
         no_estimate_reason="a gateway fault, not a machine trend",
-        evidence={
-            "fault": f"store_{fault.kind}",
-            "reason": fault.reason,
-            "detected_at": fault.detected_at,
-            "moved_to": str(fault.moved_to) if fault.moved_to else None,
-            "rows_copied": fault.copied,
-            "rows_unreadable": fault.lost_rows,
-            "unreadable_count_unknown": unknown,
-            "next_seq": fault.seq_restart,
-        },
+        evidence=evidence,
     )
+
+
+def store_fault_draft(config: Config, fault: StoreFault, now: datetime) -> AlertDraft:
+    """The record of a store recovered at run time."""
+    lost = sum(n for n in fault.lost_rows.values() if n > 0)
+    evidence = {
+        "fault": f"store_{fault.kind}",
+        "reason": fault.reason,
+        "detected_at": fault.detected_at,
+        "moved_to": str(fault.moved_to) if fault.moved_to else None,
+        "rows_copied": fault.copied,
+        "rows_unreadable": fault.lost_rows,
+        "unreadable_count_unknown": any(n < 0 for n in fault.lost_rows.values()),
+        "next_seq": fault.seq_restart,
+    }
+    return _draft(config, now, "unreadable_rows", float(lost), 0.0, evidence)
 
 
 def quarantine_draft(config: Config, q: Quarantined, now: datetime) -> AlertDraft:
     """The record of a corrupt store moved aside at startup (its backlog is not here)."""
-    return AlertDraft(
-        asset=_gateway(config),
-        sensor=SensorRef(STORE_SENSOR, "all", "gateway"),
-        kind="gateway_fault",
-        state="raised",
-        detected_at=now,
-        severity=Severity(
-            level="critical",
-            zone=None,
-            standard="store integrity",
-            metric="last_readable_seq",
-            value=float(q.recovered_seq or 0),
-            threshold=float(q.seq_restart),
-        ),
-        no_estimate_reason="a gateway fault, not a machine trend",
-        evidence={
-            "fault": "store_quarantined_at_start",
-            "reason": q.reason,
-            "moved_to": str(q.path),
-            "last_readable_seq": q.recovered_seq,
-            "next_seq": q.seq_restart,
-            "note": "undelivered alerts of the old file are not in the new store; keep it",
-        },
-    )
+    evidence = {
+        "fault": "store_quarantined_at_start",
+        "reason": q.reason,
+        "moved_to": str(q.path),
+        "last_readable_seq": q.recovered_seq,
+        "next_seq": q.seq_restart,
+        "note": "undelivered alerts of the old file are not in the new store; keep it",
+    }
+    value = float(q.recovered_seq or 0)
+    return _draft(config, now, "last_readable_seq", value, float(q.seq_restart), evidence)

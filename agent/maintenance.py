@@ -20,7 +20,7 @@ from agent.analysis.monitor import Monitor, Update
 from agent.config import Config
 from agent.control import ControlError, Handler, Peer, Refused, call
 from agent.identity import mismatch
-from agent.store import Outbox, StoreError, StoreInUseError, store_lock
+from agent.store import StoreError, StoreInUseError, outbox_for, store_lock
 from drivers.reading import utc_now
 
 EXIT_FAILED = 1
@@ -86,13 +86,7 @@ def control_handler(maintain: Maintain) -> Handler:
 
 
 async def _offline(config: Config, request: MaintenanceRequest) -> list[dict[str, Any]]:
-    outbox = Outbox(
-        config.store.path,
-        gateway_id=config.gateway.id,
-        max_bytes=config.store.max_bytes,
-        uplinks=config.uplink_names(),
-    )
-    async with outbox:
+    async with outbox_for(config) as outbox:
         state, fleet = await outbox.load_state(), await outbox.fleet_lives()
         monitor = Monitor(config, state=state, fleet=fleet)
         update = monitor.maintenance(

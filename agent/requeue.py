@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from agent.config import Config
-from agent.store import Outbox, StoreError, StoreInUseError, requeue_in_place, store_lock
+from agent.store import StoreError, StoreInUseError, outbox_for, requeue_in_place, store_lock
 
 EXIT_NOTHING = 1
 EXIT_USAGE = 2
@@ -29,13 +29,7 @@ _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*-[0-9]{12}$")
 async def _offline(
     config: Config, uplink: str | None, ids: Sequence[str] | None, by: str
 ) -> list[dict[str, Any]]:
-    outbox = Outbox(
-        config.store.path,
-        gateway_id=config.gateway.id,
-        max_bytes=config.store.max_bytes,
-        uplinks=config.uplink_names(),
-    )
-    async with outbox:
+    async with outbox_for(config) as outbox:
         return await outbox.requeue(uplink=uplink, item_ids=ids, by=by)
 
 

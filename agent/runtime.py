@@ -25,7 +25,7 @@ from agent.identity import agent_identity, store_created_at
 from agent.pending import PendingWrites
 from agent.sdnotify import SystemdNotifier
 from agent.sensor_faults import SensorFaultTracker, SensorHealth
-from agent.store import Outbox, StoreError, StoreFault, store_lock
+from agent.store import StoreError, StoreFault, outbox_for, store_lock
 from agent.summaries import SummaryAggregator, SummaryDraft
 from agent.uplink import build_uplinks
 from agent.watchdog import Watchdog, WatchdogLimits
@@ -75,18 +75,12 @@ class Agent:
     ) -> None:
         self.config = config
         self.counters = PipelineCounters()
-        self.outbox = Outbox(
-            config.store.path,
-            gateway_id=config.gateway.id,
-            max_bytes=config.store.max_bytes,
-            uplinks=config.uplink_names(),
-            on_fault=self._store_fault,
-        )
+        self.outbox = outbox_for(config, on_fault=self._store_fault)
         self._faults: asyncio.Queue[StoreFault] = asyncio.Queue(maxsize=FAULT_QUEUE_SIZE)
         sm = config.summaries
-        self.summaries = (
+        self.summaries = (  # without an uplink a summary would only fill the disk budget
             None
-            if sm is None
+            if sm is None or not config.uplinks
             else SummaryAggregator(config, interval_s=sm.interval_s, sensors=sm.sensors)
         )
         self._summary_queue: asyncio.Queue[SummaryDraft] = asyncio.Queue(SUMMARY_QUEUE_SIZE)

@@ -1,21 +1,20 @@
-"""Agent memory during a backend outage, then the drain when the backend comes back.
+"""Agent memory during an outage of every backend, then the drain through two uplinks.
 
-The real pipeline pieces in one process: an Outbox on a temporary SQLite file, an
-HttpUplink pointed at a loopback port where nothing listens (the outage), and producers
-appending alert drafts in batches (group commit, as the monitor would under an alert
-storm). Every --sample-every alerts the process's RSS (/proc/self/status VmRSS) and
-tracemalloc's current size are sampled. The claim under test: memory stays flat during an
-outage because the backlog stays on disk, so RSS and traced memory grow by (close to)
-nothing per 1000 alerts after warm-up, while the database grows.
+The real pipeline pieces in one process: an Outbox on a temporary SQLite file and the
+uplinks the runtime builds from a configuration (build_uplinks: two HTTP uplinks by
+default, each pointed at a loopback port where nothing listens), and producers appending
+alert drafts in batches (group commit, as the monitor would under an alert storm). Every
+--sample-every alerts the process's RSS (/proc/self/status VmRSS) and tracemalloc's
+current size are sampled. The claim under test: memory stays flat during an outage
+because the backlog (one delivery row per alert and uplink) stays on disk.
 
-Then a BackendServer starts on that same port and the drain is measured: time to the
-first delivery (the uplink's back-off), time until nothing is pending, alerts/s. A few
-live tier-1 alerts are appended mid-drain, once the tier-1 backlog is out. The backend's
-copy is checked: every alert exactly once (duplicates counted separately), the backlog in
-(tier, seq) order (tier 1 first, oldest first within a tier), and the live tier-1 alerts
-ahead of the older tier-2/3 backlog. Prints one JSON object.
+Then a BackendServer starts on each port and the drain is measured: time until each
+uplink delivered its first and its last alert, items/s over all uplinks. A few live
+tier-1 alerts are appended mid-drain. Each backend's copy is checked: every alert exactly
+once, the backlog in (tier, seq) order, the live tier-1 alerts ahead of the older tier-2/3
+backlog. Prints one JSON object.
 
-    python benchmarks/outage_memory.py [--count 50000] [--batch 100] [--max-seconds 25]
+    python benchmarks/outage_memory.py [--count 100000] [--uplinks 2] [--no-tracemalloc]
 """
 
 from __future__ import annotations
@@ -40,15 +39,17 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.config import HttpUplink as HttpUplinkConfig
+from agent.config import Config
 from agent.records import AlertDraft, AssetRef, SensorRef, Severity
 from agent.store import Outbox
-from agent.uplink import HttpUplink
+from agent.uplink import build_uplinks
 from simulators.backend import MAX_LIST, BackendServer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from memsample import Sampler, mib, rss_bytes, slope_per_1000
 
 T0 = datetime(2026, 11, 21, 8, 15, 2, 123000, tzinfo=UTC)
 LIVE_TIER1 = 5  # live tier-1 alerts appended mid-drain
-MAX_SAMPLES = 10_000  # bound on the sample list
 POLL_S = 0.05
 
 
@@ -68,59 +69,11 @@ def draft(i: int, tier: int) -> AlertDraft:
     )
 
 
-def rss_bytes() -> int:
-    """This process's resident set size (VmRSS), bytes."""
-    # A /proc read returns in microseconds: harmless on the event loop.
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
-
-
 def free_port() -> int:
     """A loopback port nothing listens on (bound, read, closed)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def slope_per_1000(points: list[tuple[int, int]]) -> float | None:
-    """Least-squares slope of bytes over alerts, in bytes per 1000 alerts."""
-    if len(points) < 2:
-        return None
-    n = len(points)
-    mx = sum(x for x, _ in points) / n
-    my = sum(y for _, y in points) / n
-    sxx = sum((x - mx) ** 2 for x, _ in points)
-    if sxx == 0:
-        return None
-    sxy = sum((x - mx) * (y - my) for x, y in points)
-    return round(1000.0 * sxy / sxx, 1)
-
-
-def mib(n: int | float | None) -> float | None:
-    return None if n is None else round(n / 2**20, 2)
-
-
-class Sampler:
-    """RSS and traced memory against the number of alerts appended so far."""
-
-    def __init__(self) -> None:
-        self.samples: list[dict[str, int]] = []
-
-    def take(self, alerts: int) -> dict[str, int]:
-        cur, peak = tracemalloc.get_traced_memory() if tracemalloc.is_tracing() else (0, 0)
-        s = {"alerts": alerts, "rss": rss_bytes(), "traced": cur, "traced_peak": peak}
-        if len(self.samples) < MAX_SAMPLES:
-            self.samples.append(s)
-        return s
-
-    def at(self, alerts: int) -> dict[str, int]:
-        """The first sample taken at or after `alerts` appended."""
-        for s in self.samples:
-            if s["alerts"] >= alerts:
-                return s
-        return self.samples[-1]
 
 
 async def produce(
@@ -175,17 +128,66 @@ async def backend_alerts(backend: BackendServer, limit: int) -> list[dict[str, A
     return out
 
 
-async def run(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/v1/alerts"
-    cfg = HttpUplinkConfig(
-        url=url, batch_size=a.uplink_batch, timeout_s=5.0, max_backoff_s=a.max_backoff_s
+def bench_config(tmp: Path, ports: list[int], a: argparse.Namespace) -> Config:
+    """Two HTTP uplinks, as an integrator writes them (the runtime builds from this)."""
+    return Config.model_validate(
+        {
+            "gateway": {"id": "bench"},
+            "assets": [
+                {"id": "a", "machine": {"standard": "iso10816-1", "class": "I", "rpm": 3000}}
+            ],
+            "sensors": [{"id": "s", "asset": "a", "modbus": {"host": "127.0.0.1"}}],
+            "uplinks": [
+                {
+                    "name": f"backend-{i + 1}",
+                    "http": {
+                        "url": f"http://127.0.0.1:{port}/v1/alerts",
+                        "batch_size": a.uplink_batch,
+                        "timeout_s": 5.0,
+                        "max_backoff_s": a.max_backoff_s,
+                    },
+                }
+                for i, port in enumerate(ports)
+            ],
+            "store": {"path": str(tmp / "outbox.db"), "max_bytes": 1 << 34},
+        }
     )
+
+
+def check_backend(
+    stored: list[dict[str, Any]], total: int, live_seqs: list[int], stats: dict[str, int]
+) -> dict[str, Any]:
+    """One backend's copy: exactly once, the backlog in (tier, seq) order, live tier 1 early."""
+    seqs = [r["seq"] for r in stored]
+    live = set(live_seqs)
+    backlog = [(int(r["asset"]["tier"]), r["seq"]) for r in stored if r["seq"] not in live]
+    pos = {q: i for i, q in enumerate(seqs)}
+    return {
+        "stored": stats.get("stored"),
+        "duplicates": stats.get("duplicates"),
+        "posts": stats.get("posts"),
+        "exactly_once": stats.get("stored") == total
+        and len({r["alert_id"] for r in stored}) == total
+        and len(set(seqs)) == total,
+        "backlog_in_tier_then_seq_order": backlog == sorted(backlog),
+        "live_tier1_ahead_of_older_tier2_3": all(
+            any(r["asset"]["tier"] != 1 and r["seq"] < q for r in stored[pos[q] + 1 :])
+            for q in live_seqs
+            if q in pos
+        ),
+    }
+
+
+async def run(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    ports = [free_port() for _ in range(a.uplinks)]
+    config = bench_config(tmp, ports, a)
     sampler = Sampler()
-    db = tmp / "outbox.db"
-    async with Outbox(db, gateway_id="bench", max_bytes=1 << 34) as ob:
-        uplink = HttpUplink(cfg, ob, name="bench")
-        up_task = asyncio.create_task(uplink.run(), name="uplink")
+    names = config.uplink_names()
+    async with Outbox(
+        config.store.path, gateway_id="bench", max_bytes=config.store.max_bytes, uplinks=names
+    ) as ob:
+        uplinks = build_uplinks(config, ob)
+        tasks = [asyncio.create_task(u.run(), name=f"uplink[{u.name}]") for u in uplinks]
         # Warm up the code paths (imports, first connection refusal) before the baseline.
         await asyncio.sleep(0.5)
         gc.collect()
@@ -197,12 +199,14 @@ async def run(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         end_sample = sampler.take(appended)  # after a collection: what is really retained
         outage_stats = await ob.stats()
         outage_status = {
-            "attempts": uplink.status.attempts_total,
-            "failures": uplink.status.failures_total,
-            "delivered": uplink.status.delivered_total,
-            "last_error": uplink.status.last_error,
+            u.name: {
+                "attempts": u.status.attempts_total,
+                "probes": u.status.probes_total,
+                "delivered": u.status.delivered_total,
+                "pending": outage_stats.uplinks[u.name].pending,
+            }
+            for u in uplinks
         }
-
         warm = max(1, appended // 10)
         after_warm = [(s["alerts"], s["rss"]) for s in sampler.samples if s["alerts"] >= warm]
         after_warm_t = [(s["alerts"], s["traced"]) for s in sampler.samples if s["alerts"] >= warm]
@@ -211,95 +215,68 @@ async def run(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         tracing = tracemalloc.is_tracing()
         tracemalloc.stop()
 
-        # --- the backend comes back on the same port ---------------------------------
-        backend = BackendServer(port=port, db=tmp / "backend.db")
-        drain: dict[str, Any] = {}
-        async with backend:
+        # --- both backends come back on their ports ----------------------------------
+        backends = [BackendServer(port=p, db=tmp / f"backend-{i}.db") for i, p in enumerate(ports)]
+        async with contextlib.AsyncExitStack() as stack:
+            for b in backends:
+                await stack.enter_async_context(b)
             tb = time.monotonic()
-            t_first = await seconds_until(
-                lambda: uplink.status.delivered_total > 0, a.drain_max_seconds
+            first = await seconds_until(
+                lambda: all(u.status.delivered_total > 0 for u in uplinks), a.drain_max_seconds
             )
-            drain_rss_peak = rss_bytes()
+            rss_peak = rss_bytes()
             live_seqs: list[int] = []
-            live_at_delivered: list[int] = []
             t_end = tb + a.drain_max_seconds
-            # Wait for the tier-1 backlog to be out, then add live tier-1 alerts.
+            # Once the first uplink's tier-1 backlog is out, live tier-1 alerts arrive.
             await seconds_until(
-                lambda: uplink.status.delivered_total > tiers[1], max(0.0, t_end - time.monotonic())
+                lambda: uplinks[0].status.delivered_total > tiers[1],
+                max(0.0, t_end - time.monotonic()),
             )
-            if uplink.status.delivered_total < appended:
-                delivered_then = uplink.status.delivered_total
+            if uplinks[0].status.delivered_total < appended:
                 recs = await ob.append([draft(appended + k, 1) for k in range(LIVE_TIER1)])
                 live_seqs = [r["seq"] for r in recs]
-                live_at_delivered = [delivered_then] * len(live_seqs)
             total = appended + len(live_seqs)
-            while time.monotonic() < t_end:
-                drain_rss_peak = max(drain_rss_peak, rss_bytes())
-                if (await ob.stats()).pending == 0:
-                    break
+            done_at: dict[str, float] = {}
+            while time.monotonic() < t_end and len(done_at) < len(uplinks):
+                rss_peak = max(rss_peak, rss_bytes())
+                for u in uplinks:  # the uplinks' own counters: no store query per poll
+                    if u.name not in done_at and u.status.delivered_total >= total:
+                        done_at[u.name] = time.monotonic() - tb
                 await asyncio.sleep(POLL_S)
             drain_s = time.monotonic() - tb
             final = await ob.stats()
-            bstats = await backend.stats()
-            stored = await backend_alerts(backend, total)
-            up_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await up_task
+            copies = {
+                u.name: check_backend(
+                    await backend_alerts(b, total), total, live_seqs, await b.stats()
+                )
+                for u, b in zip(uplinks, backends, strict=True)
+            }
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
-        seqs = [r["seq"] for r in stored]
-        ids = [r["alert_id"] for r in stored]
-        live = set(live_seqs)
-        backlog_order = [
-            (int(r["asset"]["tier"]), r["seq"]) for r in stored if r["seq"] not in live
-        ]
-        in_order = backlog_order == sorted(backlog_order)
-        # How far behind its append each live alert landed (in alerts received after).
-        pos = {s: i for i, s in enumerate(seqs)}
-        live_lag = [
-            pos[s] - d for s, d in zip(live_seqs, live_at_delivered, strict=True) if s in pos
-        ]
-        first_tier23 = next(
-            (i for i, r in enumerate(stored) if r["asset"]["tier"] != 1 and r["seq"] not in live),
-            None,
-        )
-        live_before_older_t23 = all(
-            any(r["asset"]["tier"] != 1 and r["seq"] < s for r in stored[pos[s] + 1 :])
-            for s in live_seqs
-            if s in pos
-        )
-        deliver_s = drain_s - (t_first or 0.0)
-        delivered = total - final.pending
+        items = total * len(uplinks)
+        deliver_s = drain_s - (first or 0.0)
         drain = {
-            "backend_up_to_first_delivery_s": None if t_first is None else round(t_first, 3),
-            "backend_up_to_all_delivered_s": round(drain_s, 3),
-            "first_to_last_delivery_s": round(deliver_s, 3),
-            "delivered": delivered,
-            "alerts_per_s": round(delivered / deliver_s, 1) if deliver_s > 0 else None,
+            "backends_up_to_first_delivery_on_every_uplink_s": None
+            if first is None
+            else round(first, 3),
+            "backends_up_to_all_delivered_s": round(drain_s, 3),
+            "per_uplink_all_delivered_s": {k: round(v, 3) for k, v in done_at.items()},
+            "items_delivered": items - sum(b.pending for b in final.uplinks.values()),
+            "items_per_s_all_uplinks": round(items / deliver_s, 1) if deliver_s > 0 else None,
             "hit_time_limit": final.pending > 0,
-            "pending_after": final.pending,
-            "rss_peak_mib": mib(drain_rss_peak),
+            "store_pending_after": final.pending,
+            "store_complete_after": final.delivered,
+            "rss_peak_mib": mib(rss_peak),
             "uplink_batch_size": a.uplink_batch,
-            "posts": bstats.get("posts"),
         }
         check = {
             "appended": appended,
             "live_tier1_appended_mid_drain": len(live_seqs),
-            "expected_at_backend": total,
-            "backend_stored": bstats.get("stored"),
-            "backend_accepted": bstats.get("accepted"),
-            "backend_duplicates": bstats.get("duplicates"),
-            "distinct_alert_ids": len(set(ids)),
-            "missing_seqs": len(set(range(1, total + 1)) - set(seqs)),
-            "exactly_once": (
-                bstats.get("stored") == total
-                and len(set(ids)) == total
-                and set(seqs) == set(range(1, total + 1))
-            ),
-            "backlog_in_tier_then_seq_order": in_order,
-            "first_tier2or3_receipt_index": first_tier23,
+            "expected_at_each_backend": total,
             "tier1_backlog": tiers[1],
-            "live_tier1_received_within_alerts_of_append": live_lag,
-            "live_tier1_ahead_of_older_tier2_3": live_before_older_t23,
+            "per_backend": copies,
         }
 
     rss = {
@@ -314,8 +291,6 @@ async def run(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     }
     traced = {
         "start_mib": mib(start["traced"]),
-        "at_10pct_mib": mib(sampler.at(appended // 10)["traced"]),
-        "at_50pct_mib": mib(sampler.at(appended // 2)["traced"]),
         "at_100pct_mib": mib(sampler.at(appended)["traced"]),
         "end_after_gc_mib": mib(end_sample["traced"]),
         "peak_mib": mib(end_sample["traced_peak"]),
@@ -331,7 +306,7 @@ async def run(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             "store_pending": outage_stats.pending,
             "store_db_bytes": outage_stats.db_bytes,
             "db_bytes_per_alert": round(outage_stats.db_bytes / max(appended, 1), 1),
-            "uplink": outage_status,
+            "uplinks": outage_status,
             "rss": rss,
             "tracemalloc": traced,
             "samples": len(sampler.samples),
@@ -343,12 +318,13 @@ async def run(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
 async def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--count", type=int, default=50_000, help="alerts to append (bounded)")
+    p.add_argument("--count", type=int, default=100_000, help="alerts to append (bounded)")
+    p.add_argument("--uplinks", type=int, default=2, help="HTTP uplinks (backends), 1 to 4")
     p.add_argument("--batch", type=int, default=100, help="alerts per append")
     p.add_argument("--producers", type=int, default=4, help="concurrent producers")
     p.add_argument("--sample-every", type=int, default=500, help="alerts between samples")
-    p.add_argument("--max-seconds", type=float, default=25.0, help="time bound of the outage")
-    p.add_argument("--drain-max-seconds", type=float, default=25.0, help="time bound of drain")
+    p.add_argument("--max-seconds", type=float, default=60.0, help="time bound of the outage")
+    p.add_argument("--drain-max-seconds", type=float, default=60.0, help="time bound of drain")
     p.add_argument("--uplink-batch", type=int, default=100, help="uplink batch_size")
     p.add_argument("--max-backoff-s", type=float, default=2.0, help="uplink max_backoff_s")
     p.add_argument("--no-tracemalloc", action="store_true", help="RSS only (less overhead)")
@@ -356,6 +332,8 @@ async def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if not 0 < a.count <= 200_000 or a.batch < 1 or a.producers < 1 or a.sample_every < 1:
         p.error("--count 1..200000, --batch/--producers/--sample-every >= 1")
+    if not 1 <= a.uplinks <= 4:
+        p.error("--uplinks 1..4")
     logging.basicConfig(level=logging.CRITICAL, stream=sys.stderr)
     if not a.no_tracemalloc:
         tracemalloc.start()
@@ -373,6 +351,7 @@ async def main(argv: list[str] | None = None) -> int:
                     "batch": a.batch,
                     "producers": a.producers,
                     "sample_every": a.sample_every,
+                    "uplinks": a.uplinks,
                     "uplink_batch_size": a.uplink_batch,
                     "uplink_max_backoff_s": a.max_backoff_s,
                     "tracemalloc": not a.no_tracemalloc,

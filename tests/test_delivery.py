@@ -220,6 +220,24 @@ async def test_store_replaced_then_damaged_under_the_running_agent(
     assert any(n.startswith("outbox.db.corrupt-") for n in kept), kept
 
 
+async def test_a_store_found_corrupt_at_start_is_reported_as_a_gateway_fault(
+    tmp_path: Path, sims: dict[str, Any]
+) -> None:
+    (tmp_path / "outbox.db").write_bytes(b"left by a power cut mid-write\n" * 300)
+    async with Running(config_file(tmp_path, sims)):
+
+        async def reported() -> bool:
+            got = (await backend(sims["url"]))["alerts"]
+            return any(a["kind"] == "gateway_fault" for a in got)
+
+        await until(reported, 10, "a gateway_fault alert at the backend")
+    [fault] = [a for a in (await backend(sims["url"]))["alerts"] if a["kind"] == "gateway_fault"]
+    jsonschema.validate(fault, SCHEMA)
+    assert fault["evidence"]["fault"] == "store_quarantined_at_start"
+    kept = await asyncio.to_thread(Path(fault["evidence"]["moved_to"]).read_bytes)
+    assert kept.startswith(b"left by a power cut")  # kept aside, byte for byte
+
+
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "agent.cli", *args],

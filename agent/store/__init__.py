@@ -3,7 +3,7 @@
 from agent.store._files import Quarantined
 from agent.store._lock import StoreInUseError, lock_path, store_lock
 from agent.store._ops import StoredItem
-from agent.store._outbox import Outbox
+from agent.store._outbox import Outbox, outbox_for
 from agent.store._queries import OutboxStats, UplinkBacklog
 from agent.store._salvage import StoreFault
 from agent.store._view import StoreView, read_only, requeue_in_place
@@ -24,6 +24,7 @@ __all__ = [
     "UplinkBacklog",
     "WriterCounters",
     "lock_path",
+    "outbox_for",
     "read_only",
     "requeue_in_place",
     "store_lock",

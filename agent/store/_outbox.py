@@ -18,6 +18,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from agent.analysis.reliability import FleetLife
+from agent.config import Config
 from agent.records import AlertDraft
 from agent.store import _budget, _ops, _queries
 from agent.store._files import Quarantined
@@ -303,3 +304,15 @@ class Outbox:
             lambda c: _queries.requeues(c, limit), write=False, what="reading requeues"
         )
         return result
+
+
+def outbox_for(config: Config, *, on_fault: Callable[[StoreFault], None] | None = None) -> Outbox:
+    """The outbox a configuration describes, with its uplinks registered (one place for
+    the agent and the CLI tools that write the store while the agent is stopped)."""
+    return Outbox(
+        config.store.path,
+        gateway_id=config.gateway.id,
+        max_bytes=config.store.max_bytes,
+        uplinks=config.uplink_names(),
+        on_fault=on_fault,
+    )

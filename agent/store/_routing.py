@@ -78,6 +78,9 @@ def register(conn: sqlite3.Connection, names: Sequence[str]) -> None:
     known = {r[0] for r in conn.execute("SELECT name FROM uplinks")}
     for gone in sorted(known - set(names)):
         conn.execute("DELETE FROM uplinks WHERE name = ?", (gone,))
+        conn.execute(
+            "INSERT OR REPLACE INTO retired_uplinks (name, at) VALUES (?, ?)", (gone, now_ts())
+        )
         left = conn.execute(
             f"SELECT count(*) FROM outbound WHERE uplink = ? AND state = {PENDING}", (gone,)
         ).fetchone()[0]
@@ -91,6 +94,7 @@ def register(conn: sqlite3.Connection, names: Sequence[str]) -> None:
         if name in known:
             continue
         conn.execute("INSERT INTO uplinks (name, added_at) VALUES (?, ?)", (name, now_ts()))
+        conn.execute("DELETE FROM retired_uplinks WHERE name = ?", (name,))
         routed = 0
         for klass, (table, _) in TABLES.items():
             routed += conn.execute(

@@ -66,6 +66,7 @@ CREATE INDEX IF NOT EXISTS outbound_pending ON outbound (uplink, class, tier, re
 CREATE INDEX IF NOT EXISTS outbound_item ON outbound (class, ref);
 CREATE INDEX IF NOT EXISTS outbound_dead ON outbound (uplink, class, ref) WHERE state = 2;
 CREATE TABLE IF NOT EXISTS uplinks (name TEXT PRIMARY KEY, added_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS retired_uplinks (name TEXT PRIMARY KEY, at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS uplink_counters (
     uplink TEXT NOT NULL,
     key    TEXT NOT NULL,

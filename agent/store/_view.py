@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,23 +34,32 @@ class StoreView:
 
 
 @contextlib.contextmanager
+def _connection(
+    path: Path, opener: Callable[[Path], sqlite3.Connection], doing: str
+) -> Iterator[sqlite3.Connection]:
+    """A connection to a store of this schema; sqlite3 errors become StoreError."""
+    try:
+        conn = opener(path)
+    except sqlite3.Error as exc:
+        raise translate(exc, path, f"opening the store for {doing}") from exc
+    try:
+        _queries.check_version(conn, path)
+        yield conn
+    except sqlite3.Error as exc:
+        raise translate(exc, path, doing) from exc
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
 def read_only(path: Path) -> Iterator[StoreView]:
     """A read-only view of a store file (WAL: it reads while the agent writes).
 
     Raises:
         StoreError: the file is not readable as a store of this schema.
     """
-    try:
-        conn = connect_ro(path)
-    except sqlite3.Error as exc:
-        raise translate(exc, path, "opening the store read-only") from exc
-    try:
-        _queries.check_version(conn, path)
+    with _connection(path, connect_ro, "reading") as conn:
         yield StoreView(conn, path)
-    except sqlite3.Error as exc:
-        raise translate(exc, path, "reading the store") from exc
-    finally:
-        conn.close()
 
 
 def requeue_in_place(
@@ -63,12 +72,7 @@ def requeue_in_place(
     Raises:
         StoreError: the store cannot be written (busy beyond the timeout, not migrated).
     """
-    try:
-        conn = connect(path)
-    except sqlite3.Error as exc:
-        raise translate(exc, path, "opening the store") from exc
-    try:
-        _queries.check_version(conn, path)
+    with _connection(path, connect, "requeueing dead letters") as conn:
         conn.execute("BEGIN IMMEDIATE")
         try:
             done = _ops.requeue(conn, uplink=uplink, item_ids=item_ids, by=by)
@@ -77,8 +81,4 @@ def requeue_in_place(
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             raise
-    except sqlite3.Error as exc:
-        raise translate(exc, path, "requeueing dead letters") from exc
-    finally:
-        conn.close()
     return done

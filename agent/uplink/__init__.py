@@ -1,7 +1,7 @@
 """Uplinks: deliver the outbox to the portfolio backend, per uplink (HTTP, MQTT 5)."""
 
 from agent.uplink._backoff import full_jitter, parse_retry_after, retry_delay
-from agent.uplink._build import build_uplinks
+from agent.uplink._build import build_uplinks, delivery
 from agent.uplink._delivery import Delivery, UplinkStatus
 from agent.uplink._http import HttpTransport
 from agent.uplink._mqtt import MqttTransport
@@ -19,6 +19,7 @@ __all__ = [
     "UplinkStatus",
     "UplinkUnavailable",
     "build_uplinks",
+    "delivery",
     "full_jitter",
     "parse_retry_after",
     "retry_delay",

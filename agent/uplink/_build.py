@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 from agent.config import Config
 from agent.store import Outbox
@@ -27,20 +28,23 @@ def build_uplinks(
         transport: Transport
         if u.http is not None:
             transport = HttpTransport(u.http, name=name)
-            common = u.http
         else:
             assert u.mqtt is not None
             transport = MqttTransport(u.mqtt, name=name, gateway_id=config.gateway.id)
-            common = u.mqtt
-        out.append(
-            Delivery(
-                name,
-                transport,
-                outbox,
-                batch_size=common.batch_size,
-                max_backoff_s=common.max_backoff_s,
-                probe_interval_s=common.probe_interval_s,
-                rng=rng,
-            )
-        )
+        out.append(delivery(name, transport, outbox, u.http or u.mqtt, rng=rng))
     return out
+
+
+def delivery(name: str, transport: Transport, outbox: Outbox, settings: Any, **kw: Any) -> Delivery:
+    """A delivery loop with an uplink's settings (batch_size, max_backoff_s,
+    probe_interval_s); `kw` goes to Delivery (tests pass base_backoff_s, rng)."""
+    assert settings is not None
+    return Delivery(
+        name,
+        transport,
+        outbox,
+        batch_size=settings.batch_size,
+        max_backoff_s=settings.max_backoff_s,
+        probe_interval_s=settings.probe_interval_s,
+        **kw,
+    )

@@ -127,8 +127,9 @@ class Delivery:
                     await self.step()
                 except Exception as exc:
                     # A library surprise must not stop delivery for good: count it as a
-                    # failed attempt and back off.
-                    log.exception("uplink[%s]: unexpected error", self.name)
+                    # failed attempt and back off (the traceback once per failure episode).
+                    if not self._in_error:
+                        log.exception("uplink[%s]: unexpected error", self.name)
                     await self._failed(f"unexpected: {exc!r}")
 
     async def step(self) -> None:

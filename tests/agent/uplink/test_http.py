@@ -6,7 +6,7 @@ import asyncio
 import random
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +15,11 @@ import pytest
 from agent.config import HttpUplink as HttpUplinkConfig
 from agent.config import load_config
 from agent.store import Outbox
-from agent.uplink import Delivery, HttpTransport
+from agent.uplink import Delivery, HttpTransport, delivery
 from simulators.backend import BackendServer, Fault
 from tests.agent.store._drafts import draft
+from tests.agent.uplink._running import Running, until
+from tests.agent.uplink._running import true as _true
 
 TOKEN = "s3cret-token"
 UP = "up"
@@ -35,16 +37,7 @@ def HttpUplink(
     c: HttpUplinkConfig, outbox: Outbox, *, base_backoff_s: float = 0.5, **kw: Any
 ) -> Delivery:
     """A delivery loop over an HTTP transport, as build_uplinks makes it."""
-    return Delivery(
-        UP,
-        HttpTransport(c, name=UP),
-        outbox,
-        batch_size=c.batch_size,
-        max_backoff_s=c.max_backoff_s,
-        probe_interval_s=c.probe_interval_s,
-        base_backoff_s=base_backoff_s,
-        **kw,
-    )
+    return delivery(UP, HttpTransport(c, name=UP), outbox, c, base_backoff_s=base_backoff_s, **kw)
 
 
 def cfg(url: str, **kw: Any) -> HttpUplinkConfig:
@@ -57,33 +50,6 @@ def cfg(url: str, **kw: Any) -> HttpUplinkConfig:
     }
     base.update(kw)
     return HttpUplinkConfig(**base)
-
-
-async def until(cond: Callable[[], Awaitable[bool]], timeout_s: float = 8.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if await cond():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not reached in time")
-
-
-class Running:
-    """Runs an uplink as a task for the duration of a with-block."""
-
-    def __init__(self, uplink: Delivery) -> None:
-        self.uplink = uplink
-        self.task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> Delivery:
-        self.task = asyncio.create_task(self.uplink.run(), name="uplink[test]")
-        return self.uplink
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.task is not None
-        self.task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await self.task
 
 
 async def test_delivers_and_marks_delivered(tmp_path: Path, outbox: Outbox) -> None:
@@ -205,10 +171,6 @@ async def test_timeout_is_retried(tmp_path: Path, outbox: Outbox) -> None:
 
 async def _pending_is(outbox: Outbox, n: int) -> bool:
     return (await outbox.stats()).pending == n
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 class _Longest(random.Random):

@@ -12,8 +12,9 @@ import pytest
 
 from agent.config import MqttUplink as MqttUplinkConfig
 from agent.store import Outbox
-from agent.uplink import Delivery, MqttTransport
+from agent.uplink import Delivery, MqttTransport, delivery
 from tests.agent.store._drafts import draft
+from tests.agent.uplink._running import Running, true, until
 from tests.mosquitto import Certs, Collector, Mosquitto, make_certs
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
@@ -56,41 +57,8 @@ def cfg(broker: Mosquitto, **kw: Any) -> MqttUplinkConfig:
     return MqttUplinkConfig(**base)
 
 
-def delivery(c: MqttUplinkConfig, outbox: Outbox) -> Delivery:
-    transport = MqttTransport(c, name=UP, gateway_id=GW)
-    return Delivery(
-        UP,
-        transport,
-        outbox,
-        batch_size=c.batch_size,
-        max_backoff_s=c.max_backoff_s,
-        probe_interval_s=c.probe_interval_s,
-    )
-
-
-class Running:
-    def __init__(self, d: Delivery) -> None:
-        self.d = d
-        self.task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> Delivery:
-        self.task = asyncio.create_task(self.d.run())
-        return self.d
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.task is not None
-        self.task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await self.task
-
-
-async def until(cond: Any, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if await cond():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not reached in time")
+def mqtt(c: MqttUplinkConfig, outbox: Outbox) -> Delivery:
+    return delivery(UP, MqttTransport(c, name=UP, gateway_id=GW), outbox, c)
 
 
 async def pending(outbox: Outbox) -> int:
@@ -103,11 +71,11 @@ async def test_delivers_over_tls_on_puback_through_a_broker_restart(
     collector = Collector(broker, f"edge-agent/{GW}/#")
     await collector.subscribe()
     first = await outbox.append([draft(i=i) for i in range(15)])
-    async with Running(delivery(cfg(broker), outbox)) as up:
+    async with Running(mqtt(cfg(broker), outbox)) as up:
         await until(lambda: _eq(pending(outbox), 0))
         await asyncio.to_thread(broker.stop)
         second = await outbox.append([draft(tier=1, i=100 + i) for i in range(10)])
-        await until(lambda: _true(up.status.consecutive_failures >= 1))
+        await until(lambda: true(up.status.consecutive_failures >= 1))
         await asyncio.sleep(1.0)
         assert await pending(outbox) == 10  # nothing counted without a PUBACK
         assert up.status.state == "probing"
@@ -133,8 +101,8 @@ async def test_a_refusing_puback_is_never_counted_as_delivered(
     deny = "topic read edge-agent/#\n"  # anonymous clients may not publish there
     with Mosquitto(tmp_path / "acl-broker", certs=certs, acl=deny) as broker:
         await outbox.append([draft(i=i) for i in range(3)])
-        async with Running(delivery(cfg(broker), outbox)) as up:
-            await until(lambda: _true(up.status.consecutive_failures >= 2))
+        async with Running(mqtt(cfg(broker), outbox)) as up:
+            await until(lambda: true(up.status.consecutive_failures >= 2))
             assert await pending(outbox) == 3  # PUBACK 0x87: not delivered, not dead
             assert (await outbox.stats()).dead_lettered == 0
             assert "0x87" in (up.status.last_error or ""), up.status.last_error
@@ -149,8 +117,8 @@ async def test_plain_mqtt_to_a_broker_down_at_start_waits_and_delivers(
     c = MqttUplinkConfig(host="127.0.0.1", port=broker.port, tls=None, timeout_s=1.0,
                          max_backoff_s=0.5, probe_interval_s=0.2)  # fmt: skip
     await outbox.append([draft()])
-    async with Running(delivery(c, outbox)) as up:
-        await until(lambda: _true(up.status.consecutive_failures >= 2))
+    async with Running(mqtt(c, outbox)) as up:
+        await until(lambda: true(up.status.consecutive_failures >= 2))
         assert "Connection refused" in (up.status.last_error or "")
         await asyncio.to_thread(broker.start)
         try:
@@ -161,7 +129,3 @@ async def test_plain_mqtt_to_a_broker_down_at_start_waits_and_delivers(
 
 async def _eq(value: Any, expected: int) -> bool:
     return bool(await value == expected)
-
-
-async def _true(value: bool) -> bool:
-    return value

@@ -161,3 +161,23 @@ async def test_summaries_go_after_alerts_and_are_evicted_first(tmp_path: Path) -
     assert stats.summaries_evicted_total > 0 and stats.evicted_total == 0
     assert stats.uplinks["a"].summaries_evicted_total == stats.summaries_evicted_total
     assert stats.pending == 40 and len([it for it in left if it.class_name == "alert"]) == 40
+
+
+async def test_the_budget_keeps_what_one_uplink_still_needs_and_counts_per_uplink(
+    tmp_path: Path,
+) -> None:
+    pad = "p" * 1500
+    async with outbox(tmp_path / "o.db", ("a", "b"), max_bytes=400 * 1024) as ob:
+        for i in range(200):  # "a" is current, "b" is down
+            await ob.append([draft(tier=2, i=i, blob=pad)])
+            await ob.mark_delivered("a", await take(ob, "a"))
+        stats = await ob.stats()
+        left = await take(ob, "b")
+    # Delivered to "a" is not delivered: nothing was pruned as if safe upstream...
+    assert stats.delivered_pruned_total == 0
+    # ...the budget evicted alerts "b" never had, oldest first, and said whose they were.
+    assert stats.evicted_total > 0
+    assert stats.uplinks["b"].evicted_total == stats.evicted_total
+    assert stats.uplinks["a"].evicted_total == 0
+    assert len(left) + stats.evicted_total == 200
+    assert min(it.seq for it in left) == stats.evicted_total + 1

@@ -30,6 +30,7 @@ class ConnectionKeeper:
         path: the database file.
         opener: opens (or reopens) the store and returns the connection.
         on_fault: called (on this thread) after each recovery, with what happened.
+        on_progress: called while a recovery copies (it is slow, but not stuck).
     """
 
     def __init__(
@@ -37,10 +38,12 @@ class ConnectionKeeper:
         path: Path,
         opener: Callable[[], sqlite3.Connection],
         on_fault: Callable[[StoreFault], None],
+        on_progress: Callable[[], None] = lambda: None,
     ) -> None:
         self._path = path
         self._opener = opener
         self._on_fault = on_fault
+        self._on_progress = on_progress
         self.conn: sqlite3.Connection | None = None
         self._opened: tuple[int, int] | None = None  # (device, inode) we opened
         self.broken: tuple[str, str] | None = None  # (kind, reason) awaiting recovery
@@ -87,7 +90,7 @@ class ConnectionKeeper:
     def _recover(self, conn: sqlite3.Connection, kind: str, reason: str) -> None:
         log.critical("STORE FAULT (%s): %s; copying it out to a fresh store", kind, reason)
         try:
-            fault = salvage(conn, self._path, kind, reason)
+            fault = salvage(conn, self._path, kind, reason, self._on_progress)
         except Exception as exc:
             self._retry_at = time.monotonic() + RECOVERY_RETRY_S
             log.critical(

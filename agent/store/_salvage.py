@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 RECOVERING = ".recovering"
 _MARKER = "salvage_complete"
 _MAX_STATEMENTS = 4000  # bound on the bisection around damaged pages, per recovery
+_PAGE_ROWS = 5000  # rows copied per transaction
 _QUALIFY = re.compile(r"^(CREATE (?:TABLE|INDEX) IF NOT EXISTS )(\w+)")
 
 
@@ -86,10 +88,16 @@ def _columns(conn: sqlite3.Connection, schema: str, table: str) -> list[str]:
 
 
 class _Copier:
-    """Copies the old connection's tables into the attached fresh database."""
+    """Copies the old connection's tables into the attached fresh database.
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    A table goes in pages of _PAGE_ROWS rowids (one transaction each, so a big store shows
+    steady progress to the watchdog); a page that fails is halved down to single rows, so
+    one damaged leaf costs only the rows on it.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, progress: Callable[[], None]) -> None:
         self.conn = conn
+        self.progress = progress
         self.statements = 0
         self.lost: dict[str, int] = {}
 
@@ -105,6 +113,8 @@ class _Copier:
                 if self.conn.in_transaction:
                     self.conn.execute("ROLLBACK")
             return False
+        finally:
+            self.progress()
 
     def _ranges(self, sql: str, lo: int, hi: int) -> int:
         """Copy rowids lo..hi, halving around what fails; returns rowids given up."""
@@ -124,6 +134,18 @@ class _Copier:
             stack += [(mid + 1, b), (a, mid)]
         return lost
 
+    def _page_end(self, name: str, after: int, hi: int) -> int | None:
+        """The last rowid of the next page after `after` (the rest, if paging fails)."""
+        try:
+            row = self.conn.execute(
+                f"SELECT max(rowid) FROM (SELECT rowid FROM main.{name} WHERE rowid > ? "
+                "ORDER BY rowid LIMIT ?)",
+                (after, _PAGE_ROWS),
+            ).fetchone()
+        except sqlite3.DatabaseError:
+            return hi
+        return None if row is None or row[0] is None else int(row[0])
+
     def table(self, name: str) -> None:
         try:
             old = set(_columns(self.conn, "main", name))
@@ -134,17 +156,20 @@ class _Copier:
             return  # a table the old file did not have (or whose schema is unreadable)
         names = ", ".join(cols)
         sql = f"INSERT OR IGNORE INTO fresh.{name} ({names}) SELECT {names} FROM main.{name}"
-        if self._try(sql):
-            return
         try:
             lo, hi = self.conn.execute(f"SELECT min(rowid), max(rowid) FROM main.{name}").fetchone()
         except sqlite3.DatabaseError:
-            self.lost[name] = -1  # not even its bounds are readable: unknown how many
+            if not self._try(sql):
+                self.lost[name] = -1  # not even its bounds are readable: unknown how many
             return
-        if lo is not None:
-            lost = self._ranges(sql, int(lo), int(hi))
-            if lost:
-                self.lost[name] = lost
+        if lo is None:
+            return
+        lost, cur = 0, int(lo) - 1
+        while cur < int(hi) and (end := self._page_end(name, cur, int(hi))) is not None:
+            lost += self._ranges(sql, cur + 1, end)
+            cur = end
+        if lost:
+            self.lost[name] = lost
 
 
 def _drop_dangling(conn: sqlite3.Connection) -> None:
@@ -159,7 +184,9 @@ def _drop_dangling(conn: sqlite3.Connection) -> None:
     conn.execute("COMMIT")
 
 
-def _copy(conn: sqlite3.Connection, tmp: Path) -> tuple[dict[str, int], dict[str, int], int]:
+def _copy(
+    conn: sqlite3.Connection, tmp: Path, progress: Callable[[], None] = lambda: None
+) -> tuple[dict[str, int], dict[str, int], int]:
     """Copy every table into tmp; returns rows copied, rows lost, the last seq seen."""
     conn.execute("ATTACH DATABASE ? AS fresh", (str(tmp),))
     try:
@@ -169,7 +196,7 @@ def _copy(conn: sqlite3.Connection, tmp: Path) -> tuple[dict[str, int], dict[str
         for stmt in ddl_statements():
             conn.execute(_QUALIFY.sub(r"\1fresh.\2", stmt))
         conn.execute("COMMIT")
-        copier = _Copier(conn)
+        copier = _Copier(conn, progress)
         tables = [
             r[0] for r in conn.execute("SELECT name FROM fresh.sqlite_master WHERE type = 'table'")
         ]
@@ -199,17 +226,24 @@ def _copy(conn: sqlite3.Connection, tmp: Path) -> tuple[dict[str, int], dict[str
     return copied, copier.lost, last
 
 
-def salvage(conn: sqlite3.Connection, path: Path, kind: str, reason: str) -> StoreFault:
+def salvage(
+    conn: sqlite3.Connection,
+    path: Path,
+    kind: str,
+    reason: str,
+    progress: Callable[[], None] = lambda: None,
+) -> StoreFault:
     """Copy the open store out, move the bad file aside, put the copy in its place.
 
     Closes `conn` (the caller opens the store again at `path`). On failure nothing has
-    been moved and `conn` is still open: the caller retries later.
+    been moved and `conn` is still open: the caller retries later. `progress` is called
+    after every statement of the copy (the writer tells the watchdog it is not stuck).
     """
     tmp = path.with_name(path.name + RECOVERING)
     if tmp.exists():
         move_aside(tmp, aside_name(tmp, "stale"), sidecars=False)
     try:
-        copied, lost, last = _copy(conn, tmp)
+        copied, lost, last = _copy(conn, tmp, progress)
     except BaseException:
         for f in (tmp, tmp.with_name(tmp.name + "-journal")):
             with contextlib.suppress(OSError):

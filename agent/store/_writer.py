@@ -118,7 +118,9 @@ class Writer:
         self._accepting = False
         self._busy_since: float | None = None  # monotonic start of the batch in hand
         self.counters = WriterCounters()
-        self._keeper = ConnectionKeeper(path, opener, self._recovered)  # thread side only
+        # Thread side only. A recovery copying a large store is slow but not stuck: its
+        # progress restarts the busy clock the watchdog reads.
+        self._keeper = ConnectionKeeper(path, opener, self._recovered, self._progress)
         self._unacked: list[Outcome] = []  # committed into a file that was then replaced
 
     @property
@@ -265,6 +267,9 @@ class Writer:
             return
         for req in writes:
             self._resolve(req, None, self._keeper.unavailable())
+
+    def _progress(self) -> None:
+        self._busy_since = time.monotonic()
 
     def _recovered(self, fault: StoreFault) -> None:
         self.counters.recoveries += 1

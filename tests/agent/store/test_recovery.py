@@ -176,3 +176,18 @@ async def test_concurrent_writes_during_a_replacement_all_land(tmp_path: Path) -
         ids = await pending_ids(ob)
     assert len(faults) == 1
     assert sorted(acked) == ids and len(ids) == 160
+
+
+async def test_a_large_store_is_copied_in_pages_and_reports_progress(tmp_path: Path) -> None:
+    """The copy goes in pages, each one telling the writer (and so the watchdog) that the
+    recovery moves on: a big store on slow flash is not mistaken for a hung agent."""
+    db = tmp_path / "outbox.db"
+    faults: list[StoreFault] = []
+    async with outbox(db, faults) as ob:
+        await ob.append([], {f"k{i}": "v" for i in range(12_000)})
+    conn = sqlite3.connect(db, isolation_level=None)
+    ticks: list[int] = []
+    copied, lost, _last = _copy(conn, tmp_path / "copy.db", lambda: ticks.append(1))
+    conn.close()
+    assert copied["monitor_state"] == 12_000 and lost == {}
+    assert len(ticks) >= 3  # 12,000 rows in pages of 5,000, each reporting

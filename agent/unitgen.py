@@ -28,7 +28,7 @@ def _hosts(config: Config) -> list[tuple[str, str]]:
     """(host, what needs it) for every remote endpoint in the configuration."""
     out = [(s.modbus.host, f"sensor {s.id}") for s in config.sensors]
     for i, u in enumerate(config.uplinks):
-        host = urlsplit(u.http.url).hostname
+        host = urlsplit(u.http.url).hostname if u.http is not None else u.mqtt and u.mqtt.host
         if host:
             out.append((host, f"uplink {i}"))
     return out
@@ -95,10 +95,13 @@ def dropin(config: Config, *, base: Path, resolv: Path = RESOLV_CONF) -> str:
         if names and (servers := _nameservers(resolv)):
             lines += _allow(servers, f"DNS servers from {resolv}")
     for i, u in enumerate(config.uplinks):
-        if u.http.token_file is not None:
-            source = (base / u.http.token_file).absolute()
+        secret = u.http.token_file if u.http is not None else u.mqtt and u.mqtt.password_file
+        if secret is not None:
+            source = (base / secret).absolute()
+            what = "token" if u.http is not None else "password"
             lines += [
-                f"# uplink {i} token: the service reads it as $CREDENTIALS_DIRECTORY/{source.name}",
+                f"# uplink {i} {what}: the service reads it as "
+                f"$CREDENTIALS_DIRECTORY/{source.name}",
                 f"LoadCredential={source.name}:{source}",
             ]
     if config.control.group:

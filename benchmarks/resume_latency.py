@@ -5,8 +5,9 @@ with the uplink's default settings (probe every 1 s while the backend is down, b
 to 30 s), `edge-sim modbus` (one healthy sensor) and `edge-sim backend`. Each outage:
 
 1. the backend process is stopped (SIGTERM);
-2. a few alerts are recorded at once through the agent's maintenance endpoint, and then
-   none: no new alert may cut the uplink's backoff short (the case of the issue);
+2. a few alerts are recorded at once through the agent's control socket (maintenance
+   records), and then none: no new alert may cut the uplink's backoff short (the case of
+   the issue);
 3. after --outage-s (x0.8-1.2, seeded) the backend starts again on the same port and
    database; the time of its READY line is the return;
 4. the backend is polled every 20 ms until an alert of that outage is stored: the time
@@ -42,6 +43,10 @@ from typing import Any
 
 import aiohttp
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from agent.control import call
+from agent.maintenance import OP
+
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "bench-token"
 READY_TIMEOUT_S = 20.0
@@ -63,6 +68,7 @@ uplinks:
   - http: {{url: "{url}", token: {token}, probe_interval_s: {probe}}}
 store: {{path: "{store}"}}
 health: {{port: {health_port}}}
+control: {{socket: "{socket}"}}
 """
 
 
@@ -144,11 +150,10 @@ async def run_mode(a: argparse.Namespace, tmp: Path, probe_s: float) -> dict[str
     cfg = tmp / "agent.yaml"
     cfg.write_text(CONFIG.format(modbus_port=modbus.info["port"], url=url, token=TOKEN,
                                  probe=probe_s, store=tmp / "outbox.db",
-                                 health_port=health_port))  # fmt: skip
+                                 health_port=health_port, socket=tmp / "control.sock"))  # fmt: skip
     agent = Proc("-m", "agent.cli", "run", "-c", str(cfg), log=tmp / "agent.log")
     await agent.start(wait_ready=False)
     health = f"http://127.0.0.1:{health_port}/healthz"
-    repair = f"http://127.0.0.1:{health_port}/v1/maintenance"
     headers = {"Authorization": f"Bearer {TOKEN}"}
     outages: list[dict[str, Any]] = []
     try:
@@ -161,8 +166,10 @@ async def run_mode(a: argparse.Namespace, tmp: Path, probe_s: float) -> dict[str
                 await backend.stop()
                 t_down = time.monotonic()
                 for i in range(ALERTS_PER_OUTAGE):
-                    async with s.post(repair, json={"asset": "press-7", "note": f"{k}.{i}"}) as r:
-                        r.raise_for_status()
+                    args = {"asset": "press-7", "note": f"{k}.{i}"}
+                    answer = await asyncio.to_thread(call, tmp / "control.sock", OP, args)
+                    if not answer.get("ok"):
+                        raise RuntimeError(f"the agent refused a repair: {answer}")
                 await asyncio.sleep(
                     a.outage_s * rng.uniform(0.8, 1.2) - (time.monotonic() - t_down)
                 )

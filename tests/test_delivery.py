@@ -26,6 +26,7 @@ import pytest
 from agent.config import load_config
 from agent.demo import SimProcess
 from agent.health import render_metrics
+from agent.maintenance import MaintenanceRequest
 from agent.runtime import Agent
 from agent.store import read_only
 from tests.mosquitto import Collector, Mosquitto, make_certs
@@ -48,6 +49,8 @@ sensors:
     modbus: {host: 127.0.0.1, port: $modbus_port, device_id: 1, timeout_s: 0.3}
     poll_interval_s: 0.5
 store: {path: "$store"}
+health: {port: 0}
+control: {socket: "$socket"}
 uplinks:
   - name: portfolio
     http: {url: "$url", token: $token, timeout_s: 2, max_backoff_s: 1}
@@ -80,6 +83,7 @@ def config_file(tmp_path: Path, sims: dict[str, Any], extra: str = "") -> Path:
             gw=GW,
             modbus_port=sims["modbus_port"],
             store=tmp_path / "outbox.db",
+            socket=tmp_path / "control.sock",
             url=sims["url"],
             token=TOKEN,
         )
@@ -128,7 +132,8 @@ async def repairs(agent: Agent, n: int, note: str) -> list[str]:
     """n alerts acknowledged by the agent (maintenance records); their ids."""
     ids = []
     for i in range(n):
-        [rec] = await agent.maintenance("press-7", f"{note} {i}")
+        request = MaintenanceRequest(asset="press-7", note=f"{note} {i}")
+        [rec] = await agent.maintenance(request, {"via": "test"})
         ids.append(rec["alert_id"])
     return ids
 
@@ -180,7 +185,11 @@ async def test_two_uplinks_one_down_both_complete_without_loss(
     assert f"edge-agent/{GW}/maintenance" in topics and f"edge-agent/{GW}/summary" in topics
     stats = await backend(sims["url"], "/v1/stats")
     assert stats["duplicates"] == 0  # the broker's outage cost the portfolio nothing
-    assert stats["summaries_accepted"] >= 2
+    summaries = await backend(sims["url"], "/v1/summaries")
+    assert summaries["stored"] >= 2
+    rec = summaries["summaries"][0]
+    assert rec["schema"] == "edge-agent/summary/v1" and rec["sensor"]["id"] == "m1"
+    assert rec["channels"]["z"]["features"]["velocity_rms_mm_s"]["max"] > 0
     assert 'edge_uplink_pending{uplink="broker"} 0.0' in metrics
     assert 'edge_uplink_delivered_total{uplink="portfolio"}' in metrics
 
@@ -259,13 +268,15 @@ async def test_a_dead_letter_is_listed_and_requeued_by_the_operator(
             return (await agent.outbox.stats()).uplinks["portfolio"].dead_lettered == 1
 
         await until(dead_lettered, 10, "the refused alert is dead-lettered")
-        out = await asyncio.to_thread(cli, "alerts", "-c", str(cfg), "--dead-letter")
+        human = await asyncio.to_thread(cli, "alerts", "-c", str(cfg), "--dead-letter")
+        assert f"{dead_id} (alert) refused by portfolio: HTTP 422" in human.stdout
+        out = await asyncio.to_thread(cli, "alerts", "-c", str(cfg), "--dead-letter", "--json")
         [line] = [json.loads(x) for x in out.stdout.splitlines()]
         assert (line["uplink"], line["id"]) == ("portfolio", dead_id)
         assert line["reason"].startswith("HTTP 422") and line["record"]["alert_id"] == dead_id
         bad = await asyncio.to_thread(cli, "requeue", "-c", str(cfg), "--uplink", "nope")
         assert bad.returncode == 2 and "configured uplinks: portfolio" in bad.stderr
-        done = await asyncio.to_thread(cli, "requeue", "-c", str(cfg), "--id", dead_id)
+        done = await asyncio.to_thread(cli, "requeue", "-c", str(cfg), "--id", dead_id, "--json")
         assert done.returncode == 0, done.stderr
         assert json.loads(done.stdout)["id"] == dead_id
 

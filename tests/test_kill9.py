@@ -1,9 +1,9 @@
 """kill -9 at random moments while alerts flow: the backend ends up with every alert the
 agent acknowledged. Real processes: `edge-agent run`, `edge-sim modbus`, `edge-sim backend`.
 
-Alerts are made through the running agent's maintenance endpoint: its 200 answer comes
-after the alert's transaction is on disk, so every id in an answer is an alert the agent
-accepted. Kills land anywhere: during start-up, store opening, a commit, a POST.
+Alerts are made through the running agent's control socket (a maintenance record): its
+answer comes after the alert's transaction is on disk, so every id in an answer is an alert
+the agent accepted. Kills land anywhere: during start-up, store opening, a commit, a POST.
 """
 
 from __future__ import annotations
@@ -21,12 +21,14 @@ from typing import Any
 import aiohttp
 import pytest
 
+from agent.control import ControlError, call
 from agent.demo import SimProcess
+from agent.maintenance import OP
 from tests.conftest import free_port
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 
-KILLS = 22
+KILLS = 20
 TOKEN = "kill9-token"
 CONFIG = """\
 gateway: {{id: gw-k9}}
@@ -43,26 +45,29 @@ uplinks:
   - http: {{url: "{url}", token: {token}, timeout_s: 2, max_backoff_s: 1, batch_size: 20}}
 store: {{path: "{store}"}}
 health: {{port: {health_port}}}
+control: {{socket: "{socket}"}}
 """
 
 
-async def _flow(port: int, accepted: dict[str, dict[str, Any]], stop: asyncio.Event) -> None:
+def _repair(socket: Path, note: str) -> list[dict[str, Any]]:
+    """One maintenance record through the control socket; its records once on disk."""
+    try:
+        answer = call(socket, OP, {"asset": "press-7", "note": note}, timeout_s=2.0)
+    except ControlError:
+        return []  # not up yet, or just killed
+    return list(answer["result"]["records"]) if answer.get("ok") else []
+
+
+async def _flow(socket: Path, accepted: dict[str, dict[str, Any]], stop: asyncio.Event) -> None:
     """Record repairs as fast as the agent takes them; keep what it acknowledged."""
-    url = f"http://127.0.0.1:{port}/v1/maintenance"
-    timeout = aiohttp.ClientTimeout(total=2)
     n = 0
-    async with aiohttp.ClientSession(timeout=timeout) as s:
-        while not stop.is_set():
-            n += 1
-            try:
-                async with s.post(url, json={"asset": "press-7", "note": f"r{n}"}) as resp:
-                    if resp.status == 200:
-                        for rec in (await resp.json())["records"]:
-                            accepted[rec["alert_id"]] = rec
-                        continue
-            except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
-                pass
-            await asyncio.sleep(0.05)  # not up yet, or just killed
+    while not stop.is_set():
+        n += 1
+        records = await asyncio.to_thread(_repair, socket, f"r{n}")
+        for rec in records:
+            accepted[rec["alert_id"]] = rec
+        if not records:
+            await asyncio.sleep(0.05)
 
 
 async def _first_after(accepted: dict[str, Any], before: int, *, limit_s: float) -> None:
@@ -109,6 +114,7 @@ async def _agent(config: Path) -> asyncio.subprocess.Process:
 async def test_kill9_loop_loses_no_acknowledged_alert(tmp_path: Path) -> None:
     rng = random.Random(int(os.environ.get("KILL9_SEED", "9")))
     health_port = free_port()
+    socket = tmp_path / "control.sock"
     accepted: dict[str, dict[str, Any]] = {}
     async with (
         SimProcess.backend(tmp_path / "backend.db", TOKEN) as backend,
@@ -119,11 +125,11 @@ async def test_kill9_loop_loses_no_acknowledged_alert(tmp_path: Path) -> None:
         config.write_text(
             CONFIG.format(
                 modbus_port=modbus.info["port"], url=url, token=TOKEN,
-                store=tmp_path / "outbox.db", health_port=health_port,
+                store=tmp_path / "outbox.db", health_port=health_port, socket=socket,
             )
         )  # fmt: skip
         stop = asyncio.Event()
-        flows = [asyncio.create_task(_flow(health_port, accepted, stop)) for _ in range(4)]
+        flows = [asyncio.create_task(_flow(socket, accepted, stop)) for _ in range(4)]
         delays = []
         mid_flow = 0  # kills that landed while this run was acknowledging alerts
         try:
@@ -135,7 +141,7 @@ async def test_kill9_loop_loses_no_acknowledged_alert(tmp_path: Path) -> None:
                     await asyncio.sleep(rng.uniform(0.1, 1.5))
                 else:  # mostly while alerts flow: a random moment after the first one
                     await _first_after(accepted, before, limit_s=15)
-                    await asyncio.sleep(rng.uniform(0.05, 1.0))
+                    await asyncio.sleep(rng.uniform(0.05, 0.6))
                 delays.append(time.monotonic() - t0)
                 mid_flow += len(accepted) > before
                 proc.send_signal(signal.SIGKILL)

@@ -70,6 +70,7 @@ def site_edit(config: Path, root: Path, port: int) -> None:
     """What the integrator does at "edit it now": real hosts and this machine's paths."""
     text = config.read_text()
     text = text.replace("portfolio.example", "localhost:9")  # nothing listens there
+    text = text.replace("host: broker.example", "host: localhost")  # nor on MQTT's 8883
     text = text.replace("/var/lib/edge-agent", f"{root}/var/lib/edge-agent")
     text = text.replace("port: 9108", f"port: {port}")
     text = text.replace("/run/edge-agent/control.sock", f"{root}/run/edge-agent/control.sock")

@@ -26,7 +26,7 @@ sensors:
   - {{id: s3, asset: a1, modbus: {{host: 127.0.0.1, port: 5020}}}}
   - {{id: s4, asset: a1, modbus: {{host: "{sensor_name}"}}}}
 uplinks:
-  - http: {{url: "https://u:pw@{uplink}/v1/alerts", token_file: token}}
+  - http: {{url: "https://{uplink}/v1/alerts", token_file: token}}
 store: {{path: /var/lib/edge-agent/outbox.db}}
 {extra}
 """
@@ -49,7 +49,7 @@ def test_allow_list_names_each_address_once(tmp_path: Path) -> None:
     # the DNS server (not the local stub resolver, which is loopback).
     assert allowed == ["10.0.0.21", "192.0.2.7", "10.0.0.2"]
     assert f"LoadCredential=token:{tmp_path / 'token'}" in text
-    assert "u:pw" not in text and "SupplementaryGroups" not in text
+    assert "SupplementaryGroups" not in text
     assert text.splitlines()[2] == "[Service]"
 
 

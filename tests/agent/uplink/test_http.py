@@ -271,7 +271,7 @@ async def test_redirect_is_a_failure_and_marks_nothing_delivered(
         assert f"HTTP {status} redirect to '{elsewhere.url}'" in (up.status.last_error or "")
         assert (await elsewhere.stats())["posts"] == 0  # the alerts went nowhere else
         assert (await backend.stats())["accepted"] == 0
-        backend.backend.faults.clear()  # the operator fixes the URL / the proxy
+        backend.backend.faults.queue.clear()  # the operator fixes the URL / the proxy
         async with Running(HttpUplink(cfg(backend.url), outbox)):
             await until(lambda: _pending_is(outbox, 0))
         assert (await backend.stats())["accepted"] == 3

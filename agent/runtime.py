@@ -19,14 +19,13 @@ from agent.analysis.monitor import Monitor, Update
 from agent.config import Config
 from agent.control import ControlServer
 from agent.fds import loop_exception_handler
-from agent.gateway_faults import quarantine_draft, store_fault_draft
+from agent.feeds import OutboxFeeds
 from agent.health import HealthServer, Snapshot
 from agent.identity import agent_identity, store_created_at
 from agent.pending import PendingWrites
 from agent.sdnotify import SystemdNotifier
 from agent.sensor_faults import SensorFaultTracker, SensorHealth
-from agent.store import StoreError, StoreFault, outbox_for, store_lock
-from agent.summaries import SummaryAggregator, SummaryDraft
+from agent.store import StoreError, outbox_for, store_lock
 from agent.uplink import build_uplinks
 from agent.watchdog import Watchdog, WatchdogLimits
 from drivers.modbus import ModbusTcpPoller, silence_pymodbus_logging
@@ -40,8 +39,6 @@ BREAKER_FAILURES = 3
 SENSOR_WATCH_INTERVAL_S = 1.0
 SHUTDOWN_DRAIN_S = 10.0  # well inside systemd's TimeoutStopSec=30
 STATS_TIMEOUT_S = 2.0  # /healthz answers even when the store writer is stuck
-SUMMARY_QUEUE_SIZE = 256  # summaries waiting for the store (dropped and counted beyond)
-FAULT_QUEUE_SIZE = 16
 
 
 @dataclass(slots=True)
@@ -75,15 +72,8 @@ class Agent:
     ) -> None:
         self.config = config
         self.counters = PipelineCounters()
-        self.outbox = outbox_for(config, on_fault=self._store_fault)
-        self._faults: asyncio.Queue[StoreFault] = asyncio.Queue(maxsize=FAULT_QUEUE_SIZE)
-        sm = config.summaries
-        self.summaries = (  # without an uplink a summary would only fill the disk budget
-            None
-            if sm is None or not config.uplinks
-            else SummaryAggregator(config, interval_s=sm.interval_s, sensors=sm.sensors)
-        )
-        self._summary_queue: asyncio.Queue[SummaryDraft] = asyncio.Queue(SUMMARY_QUEUE_SIZE)
+        self.feeds = OutboxFeeds(config, self._persist, self.counters)
+        self.outbox = outbox_for(config, on_fault=self.feeds.store_fault)
         self.monitor: Monitor | None = None
         self.faults: SensorFaultTracker | None = None
         self._queue: asyncio.Queue[Reading] = asyncio.Queue(maxsize=READING_QUEUE_SIZE)
@@ -188,8 +178,8 @@ class Agent:
                     analysis = tg.create_task(self._analyse(), name="analysis")
                     watch = tg.create_task(self._watch_sensors(), name="sensor-watch")
                     ups = [tg.create_task(u.run(), name=f"uplink[{u.name}]") for u in self.uplinks]
-                    ups.append(tg.create_task(self._store_faults(), name="store-faults"))
-                    ups.append(tg.create_task(self._store_summaries(), name="summaries"))
+                    ups.append(tg.create_task(self.feeds.faults(self.outbox), name="store-faults"))
+                    ups.append(tg.create_task(self.feeds.summaries(self.outbox), name="summaries"))
                     watchdog = tg.create_task(self.watchdog.run(), name="watchdog")
                     notifier.notify("READY=1")
                     self.ready.set()
@@ -253,8 +243,7 @@ class Agent:
                     continue
                 if update.drafts or update.state or len(self.pending):
                     await self._persist(update)
-                if self.summaries is not None:
-                    self._summarise(reading)
+                self.feeds.reading(reading)
             finally:
                 self._queue.task_done()
 
@@ -303,43 +292,6 @@ class Agent:
                 update = self.faults.update(health, utc_now())
                 if update.drafts or update.state or len(self.pending):
                     await self._persist(update)  # also retries what a full disk held
-
-    def _summarise(self, reading: Reading) -> None:
-        assert self.summaries is not None
-        draft = self.summaries.add(reading)
-        if draft is None:
-            return
-        try:
-            self._summary_queue.put_nowait(draft)
-        except asyncio.QueueFull:
-            self.counters.summaries_dropped_total += 1  # telemetry: never blocks analysis
-
-    async def _store_summaries(self) -> None:
-        """Store feature summaries off the reading path (a lower class than alerts)."""
-        while True:
-            draft = await self._summary_queue.get()
-            try:
-                await self.outbox.append_summaries([draft])
-                self.counters.summaries_total += 1
-            except (StoreError, ValueError) as exc:
-                self.counters.summaries_dropped_total += 1
-                log.warning("feature summary of %s not stored: %s", draft.sensor_id, exc)
-
-    def _store_fault(self, fault: StoreFault) -> None:
-        """Called by the outbox after it recovered its file at run time."""
-        self.counters.store_faults_total += 1
-        with contextlib.suppress(asyncio.QueueFull):  # bounded; each is also logged
-            self._faults.put_nowait(fault)
-
-    async def _store_faults(self) -> None:
-        """Raise a gateway_fault alert for each store fault (and a startup quarantine)."""
-        q = self.outbox.quarantined
-        if q is not None:
-            await self._persist(Update(drafts=[quarantine_draft(self.config, q, utc_now())]))
-        while True:
-            fault = await self._faults.get()
-            draft = store_fault_draft(self.config, fault, utc_now())
-            await self._persist(Update(drafts=[draft]))
 
     async def _persist(self, update: Update) -> None:
         await self.pending.write(update)  # held before it waits: a shutdown cannot lose it

@@ -1,6 +1,7 @@
 """Configuration: YAML -> validated, frozen models; errors with file:line:column."""
 
 from agent.config._check import CheckResult, check_file, main_check, readable_by_others, summary
+from agent.config._delivery import HttpUplink, MqttTls, MqttUplink, Summaries, Uplink
 from agent.config._errors import ConfigError, ConfigIssue
 from agent.config._loader import load_config
 from agent.config._models import (
@@ -13,16 +14,11 @@ from agent.config._models import (
     Failure,
     Gateway,
     Health,
-    HttpUplink,
     Iso10816_1,
     Iso10816_3,
     ModbusTcp,
-    MqttTls,
-    MqttUplink,
     Sensor,
     Store,
-    Summaries,
-    Uplink,
     ZoneLimits,
     parse_size,
 )

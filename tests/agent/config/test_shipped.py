@@ -31,11 +31,16 @@ def test_example_passes_check_without_environment() -> None:
 
 def test_example_documents_every_option() -> None:
     """Every key of every model is named in example.yaml (as a key or in a comment)."""
-    from agent.config import _models
+    from agent.config import _delivery, _models
     from agent.config._schema import is_model, keys_of
 
     text = (ROOT / "config" / "example.yaml").read_text()
-    models = [m for m in vars(_models).values() if is_model(m) and m.__module__ == _models.__name__]
+    models = [
+        m
+        for mod in (_models, _delivery)
+        for m in vars(mod).values()
+        if is_model(m) and m.__module__ == mod.__name__
+    ]
     missing = [f"{m.__name__}.{k}" for m in models for k in keys_of(m) if f"{k}:" not in text]
     assert missing == []
 

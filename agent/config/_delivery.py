@@ -1,0 +1,153 @@
+"""What leaves the gateway: the uplinks (HTTP, MQTT 5) and the optional feature summaries.
+
+Models as in agent.config._models (frozen, unknown keys refused); the address hygiene
+rules live in agent.config._urls.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, model_validator
+
+from agent.config._base import Id, _Model
+from agent.config._urls import is_loopback, url_problem
+
+
+class _Delivery(_Model):
+    """Delivery settings every uplink shares."""
+
+    batch_size: int = Field(default=100, ge=1, le=10_000)
+    timeout_s: float = Field(default=10.0, gt=0, le=300)
+    max_backoff_s: float = Field(default=30.0, gt=0, le=3600)
+    # While the far end does not answer, a cheap check (HTTP HEAD, TCP connect) this often;
+    # delivery resumes as soon as it answers.
+    probe_interval_s: float = Field(default=1.0, ge=0.1, le=60)
+
+
+class HttpUplink(_Delivery):
+    url: Annotated[str, Field(pattern=r"^https?://")]
+    token: str | None = None  # may be "${ENV_VAR}", expanded at load
+    token_file: Path | None = None
+    allow_insecure_http: bool = False
+    # Where feature summaries go; None: url with its last path segment set to "summaries".
+    summaries_url: Annotated[str, Field(pattern=r"^https?://")] | None = None
+
+    @model_validator(mode="after")
+    def _checks(self) -> HttpUplink:
+        if self.token is not None and self.token_file is not None:
+            raise ValueError("give token or token_file, not both")
+        for url in (self.url, self.summaries_url):
+            problem = url and url_problem(url, allow_insecure_http=self.allow_insecure_http)
+            if problem:
+                raise ValueError(problem)
+        return self
+
+    def summaries_endpoint(self) -> str:
+        """The URL feature summaries are POSTed to."""
+        if self.summaries_url:
+            return self.summaries_url
+        head, _, _last = self.url.rstrip("/").rpartition("/")
+        return f"{head}/summaries"
+
+
+class MqttTls(_Model):
+    """TLS to the broker; every file optional (default: the system's CA certificates)."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None  # client certificate, when the broker wants one
+    key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> MqttTls:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("give cert_file and key_file together (a client certificate)")
+        return self
+
+
+class MqttUplink(_Delivery):
+    host: str = Field(min_length=1)
+    port: int = Field(default=8883, ge=1, le=65535)
+    tls: MqttTls | None = MqttTls()  # null: plain MQTT
+    allow_insecure_mqtt: bool = False
+    username: str | None = None
+    password: str | None = None  # may be "${ENV_VAR}", expanded at load
+    password_file: Path | None = None
+    client_id: str | None = Field(default=None, min_length=1, max_length=64)
+    # {gateway}: the gateway id; {kind}: the alert's kind, or "summary".
+    topic: str = "edge-agent/{gateway}/{kind}"
+    session_expiry_s: int = Field(default=86_400, ge=0, le=2**32 - 1)
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    batch_size: int = Field(default=50, ge=1, le=1000)
+
+    @model_validator(mode="after")
+    def _checks(self) -> MqttUplink:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("give password or password_file, not both")
+        if self.tls is None and not is_loopback(self.host) and not self.allow_insecure_mqtt:
+            raise ValueError(
+                f"tls: null sends the alerts (and any password) to {self.host} in clear "
+                "text; give tls: {} (or a ca_file), or set allow_insecure_mqtt: true if this "
+                "network is trusted"
+            )
+        problem = topic_problem(self.topic)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+
+TOPIC_FIELDS = ("gateway", "kind")
+
+
+def topic_problem(template: str) -> str | None:
+    """What is wrong with an MQTT topic template, or None."""
+    try:
+        sample = template.format(**{k: "x" for k in TOPIC_FIELDS})
+    except (KeyError, IndexError, ValueError) as exc:
+        return f"topic {template!r} has an unknown placeholder ({exc}); use " + ", ".join(
+            "{" + k + "}" for k in TOPIC_FIELDS
+        )
+    if not sample or "+" in sample or "#" in sample or "\0" in sample or len(sample) > 1024:
+        return f"topic {template!r} must be a plain topic name (no + or # wildcards)"
+    return None
+
+
+class Uplink(_Model):
+    """One destination: exactly one of http or mqtt."""
+
+    name: Id | None = None  # default: http / mqtt, or http-1, http-2 ... when several
+    http: HttpUplink | None = None
+    mqtt: MqttUplink | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Uplink:
+        if (self.http is None) == (self.mqtt is None):
+            raise ValueError("give exactly one of http or mqtt in each uplink")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return "http" if self.http is not None else "mqtt"
+
+
+MAX_UPLINKS = 8
+
+
+class Summaries(_Model):
+    """Periodic feature summaries (optional telemetry between alerts)."""
+
+    interval_s: float = Field(default=300.0, ge=1, le=86_400)
+    sensors: tuple[Id, ...] | None = None  # default: every sensor
+
+
+def uplink_names(uplinks: tuple[Uplink, ...]) -> tuple[str, ...]:
+    """Names of uplinks (see Config.uplink_names)."""
+    kinds = [u.kind for u in uplinks]
+    seen: dict[str, int] = {}
+    names = []
+    for u, kind in zip(uplinks, kinds, strict=True):
+        seen[kind] = seen.get(kind, 0) + 1
+        default = kind if kinds.count(kind) == 1 else f"{kind}-{seen[kind]}"
+        names.append(u.name or default)
+    return tuple(names)

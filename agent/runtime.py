@@ -46,7 +46,8 @@ SHUTDOWN_DRAIN_S = 10.0  # well inside systemd's TimeoutStopSec=30
 STATS_TIMEOUT_S = 2.0  # /healthz answers even when the store writer is stuck
 LAG_TICK_S = 0.1
 STARTS_PER_S = 500.0
-ANALYSIS_SLICE_S = 0.005  # analysis yields the event loop at least this often
+ANALYSIS_SLICE_S = 0.005  # analysis yields the event loop at least this often...
+ANALYSIS_SLICE_MAX_S = 0.05  # ...or this often while it is behind (well under any timeout)
 
 
 @dataclass(slots=True)
@@ -287,13 +288,16 @@ class Agent:
     async def _analyse(self) -> None:
         assert self.monitor is not None
         slice_end = time.monotonic() + ANALYSIS_SLICE_S
+        behind = self.queue_size // 10
         while True:
             if time.monotonic() >= slice_end:
                 # Queue.get() does not yield while readings are waiting: without this a
                 # backlog would be analysed in one go, stalling every poller's timers (and
-                # turning the backlog into timeouts, then sensor faults).
+                # turning the backlog into timeouts, then sensor faults). A longer slice
+                # while the queue is filling: the timers can wait a little, readings can't.
                 await asyncio.sleep(0)
-                slice_end = time.monotonic() + ANALYSIS_SLICE_S
+                deep = self._queue.qsize() > behind
+                slice_end = time.monotonic() + (ANALYSIS_SLICE_MAX_S if deep else ANALYSIS_SLICE_S)
             reading = await self._queue.get()
             try:
                 self.counters.readings_total += 1

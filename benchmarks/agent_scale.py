@@ -39,6 +39,7 @@ sys.path.insert(0, str(REPO))
 from tests.conftest import free_port  # noqa: E402
 
 MAX_SENSORS = 4000
+HEALTHZ_TIMEOUT_S = 15.0  # a /healthz of thousands of sensors on a loaded machine
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -73,9 +74,9 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def healthz(port: int) -> dict[str, Any] | None:
+def healthz(port: int, timeout_s: float = 2.0) -> dict[str, Any] | None:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=timeout_s) as r:
             return json.loads(r.read())
     except urllib.error.HTTPError as exc:  # 503 while degraded still carries the body
         return json.loads(exc.read())
@@ -130,7 +131,7 @@ def run_case(n: int, window_s: float, warmup_s: float, py_spy: str | None) -> di
                 break
             time.sleep(0.1)
         time.sleep(warmup_s)
-        before = healthz(health_port) or {}
+        before = healthz(health_port, HEALTHZ_TIMEOUT_S) or {}
         c0, w0 = cpu_s(agent.pid), time.monotonic()
         spy = None
         if py_spy:
@@ -145,7 +146,9 @@ def run_case(n: int, window_s: float, warmup_s: float, py_spy: str | None) -> di
             rss_peak = max(rss_peak, rss_mb(agent.pid))
             samples += 1
         c1, w1 = cpu_s(agent.pid), time.monotonic()
-        after = healthz(health_port) or {}
+        asked = time.monotonic()
+        after = healthz(health_port, HEALTHZ_TIMEOUT_S) or {}
+        healthz_s = time.monotonic() - asked
         if spy is not None:
             spy.wait(timeout=60)
         pb, pa = before.get("pipeline", {}), after.get("pipeline", {})
@@ -179,6 +182,7 @@ def run_case(n: int, window_s: float, warmup_s: float, py_spy: str | None) -> di
             "readings_dropped_total": pa.get("readings_dropped_total"),
             "queue_size": pa.get("queue_size"),
             "sensor_states": states,
+            "healthz_answer_s": round(healthz_s, 2),
             "stop_s": round(stop_s, 2),
             "exit_code": code,
         }

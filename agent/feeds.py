@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Protocol
 
 from agent.analysis.monitor import Update
@@ -43,7 +43,7 @@ class OutboxFeeds:
     """
 
     def __init__(
-        self, config: Config, persist: Callable[[Update], Awaitable[None]], counters: Counters
+        self, config: Config, persist: Callable[[Update], None], counters: Counters
     ) -> None:
         self._config = config
         self._persist = persist
@@ -90,8 +90,8 @@ class OutboxFeeds:
         """A gateway_fault alert for each store fault (and for a startup quarantine)."""
         q = outbox.quarantined
         if q is not None:
-            await self._persist(Update(drafts=[quarantine_draft(self._config, q, utc_now())]))
+            self._persist(Update(drafts=[quarantine_draft(self._config, q, utc_now())]))
         while True:
             fault = await self._faults.get()
             draft = store_fault_draft(self._config, fault, utc_now())
-            await self._persist(Update(drafts=[draft]))
+            self._persist(Update(drafts=[draft]))

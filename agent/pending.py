@@ -23,6 +23,7 @@ from agent.store import Outbox, StoreError
 log = logging.getLogger(__name__)
 
 LIMIT = 10_000  # updates held in memory while the store is unwritable
+BATCH_UPDATES = 1000  # updates written in one transaction at most
 RETRY_MIN_S = 0.5
 RETRY_MAX_S = 30.0
 
@@ -101,6 +102,10 @@ class PendingWrites:
     async def flush(self, *, final: bool = False) -> list[tuple[Update, Records]]:
         """Write held updates in order (call with `lock` held); stops at a store error.
 
+        Consecutive updates go to the store together, up to BATCH_UPDATES in one
+        transaction (one fsync): thousands of channels saving their model state in the same
+        second cost a few commits, not thousands.
+
         Args:
             final: shutting down: try now whatever the backoff, count what stays unwritten.
         """
@@ -108,31 +113,65 @@ class PendingWrites:
         if not final and time.monotonic() < self._retry_at:
             return written
         while self._held:
-            update = self._held.popleft()  # popped first: a write cut off still commits once
-            try:
-                records = await self._outbox.append(update.drafts, update.state, update.lives)
-            except (ValueError, TypeError) as exc:
-                # A draft the store cannot serialise (a bug upstream): drop it loudly rather
-                # than stop every other alert behind it.
-                self._counters.alerts_lost_total += len(update.drafts)
-                log.exception("dropping an unstorable update (%d alerts): %s",
-                              len(update.drafts), exc)  # fmt: skip
-                continue
-            except StoreError as exc:
-                self._held.appendleft(update)
-                self._failed(exc, final=final)
+            n = min(len(self._held), BATCH_UPDATES)
+            batch = [self._held.popleft() for _ in range(n)]  # popped first: committed once
+            done, error, unwritten = await self._append(batch)
+            for update, records in done:
+                self._counters.alerts_total += len(records)
+                for r in records:
+                    log.info("alert %s %s %s %s/%s", r["alert_id"], r["kind"], r["state"],
+                             r["asset"]["id"], r["sensor"]["channel"])  # fmt: skip
+                if records and self._on_records is not None:
+                    self._on_records(records)
+                if id(update) in self._written:
+                    self._written[id(update)] = records
+            written += done
+            if error is not None:
+                # Only what was not committed goes back, in order: a committed update held
+                # again would be stored twice under new alert ids.
+                self._held.extendleft(reversed(unwritten))
+                self._failed(error, final=final)
                 return written
             self._backoff_s = RETRY_MIN_S
-            self._counters.alerts_total += len(records)
-            for r in records:
-                log.info("alert %s %s %s %s/%s", r["alert_id"], r["kind"], r["state"],
-                         r["asset"]["id"], r["sensor"]["channel"])  # fmt: skip
-            if records and self._on_records is not None:
-                self._on_records(records)
-            if id(update) in self._written:
-                self._written[id(update)] = records
-            written.append((update, records))
         return written
+
+    async def _append(
+        self, batch: list[Update]
+    ) -> tuple[list[tuple[Update, Records]], StoreError | None, list[Update]]:
+        """Store a batch in one transaction; one by one if a draft cannot be stored.
+
+        Returns:
+            The updates committed with their records, the store error that stopped the
+            writing (if any), and the updates of the batch that were not committed.
+        """
+        drafts = [d for u in batch for d in u.drafts]
+        lives = [life for u in batch for life in u.lives]
+        state: dict[str, str] = {}
+        for u in batch:
+            state.update(u.state)  # later wins, as one by one would
+        try:
+            records = await self._outbox.append(drafts, state, lives)
+        except StoreError as exc:
+            return [], exc, batch
+        except (ValueError, TypeError) as exc:
+            if len(batch) > 1:
+                out: list[tuple[Update, Records]] = []
+                for i, u in enumerate(batch):
+                    done, error, _ = await self._append([u])
+                    out += done
+                    if error is not None:
+                        return out, error, batch[i:]
+                return out, None, []
+            # A draft the store cannot serialise (a bug upstream): drop it loudly rather
+            # than stop every other alert behind it.
+            self._counters.alerts_lost_total += len(drafts)
+            log.exception("dropping an unstorable update (%d alerts): %s", len(drafts), exc)
+            return [], None, []
+        out, i = [], 0
+        for u in batch:
+            out.append((u, records[i : i + len(u.drafts)]))
+            i += len(u.drafts)
+        return out, None, []
 
     def _failed(self, exc: StoreError, *, final: bool) -> None:
         self._counters.store_errors_total += 1

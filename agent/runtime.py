@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import sqlite3
 import time
 from collections.abc import Callable
@@ -25,20 +26,29 @@ from agent.identity import agent_identity, store_created_at
 from agent.pending import PendingWrites
 from agent.sdnotify import SystemdNotifier
 from agent.sensor_faults import SensorFaultTracker, SensorHealth
+from agent.sources import BREAKER_FAILURES, build_sources
 from agent.store import StoreError, outbox_for, store_lock
 from agent.uplink import build_uplinks
 from agent.watchdog import Watchdog, WatchdogLimits
-from drivers.modbus import ModbusTcpPoller, silence_pymodbus_logging
+from drivers.profiles import ProfileLibrary
 from drivers.reading import Reading, utc_now
 
 log = logging.getLogger(__name__)
 
-READING_QUEUE_SIZE = 1000
-# Failed polls in a row that open a poller's breaker and raise a sensor_fault alert.
-BREAKER_FAILURES = 3
+# The reading queue holds this many seconds of every sensor's readings (at least
+# READING_QUEUE_MIN): enough to ride out a burst (start-up, a big store commit) without
+# dropping, bounded so an analysis that cannot keep up shows as counted drops, not memory.
+READING_QUEUE_S = 5.0
+READING_QUEUE_MIN = 1000
 SENSOR_WATCH_INTERVAL_S = 1.0
+STORE_RETRY_POLL_S = 0.5  # how often the writer looks again while the store fails
+POLLER_STOP_S = 2.0  # bound on waiting for pollers at shutdown (then they are abandoned)
 SHUTDOWN_DRAIN_S = 10.0  # well inside systemd's TimeoutStopSec=30
 STATS_TIMEOUT_S = 2.0  # /healthz answers even when the store writer is stuck
+LAG_TICK_S = 0.1
+STARTS_PER_S = 500.0
+ANALYSIS_SLICE_S = 0.005  # analysis yields the event loop at least this often...
+ANALYSIS_SLICE_MAX_S = 0.05  # ...or this often while it is behind (well under any timeout)
 
 
 @dataclass(slots=True)
@@ -76,28 +86,21 @@ class Agent:
         self.outbox = outbox_for(config, on_fault=self.feeds.store_fault)
         self.monitor: Monitor | None = None
         self.faults: SensorFaultTracker | None = None
-        self._queue: asyncio.Queue[Reading] = asyncio.Queue(maxsize=READING_QUEUE_SIZE)
+        per_second = sum(len(s.channels) / s.poll_interval_s for s in config.sensors)
+        self.queue_size = max(READING_QUEUE_MIN, int(per_second * READING_QUEUE_S))
+        self._queue: asyncio.Queue[Reading] = asyncio.Queue(maxsize=self.queue_size)
         self.pending = PendingWrites(self.outbox, self.counters, on_records=on_records)
         self._stopping = False
+        self._accepting = True
         self._stop = asyncio.Event()
+        self._wake_writer = asyncio.Event()
         self._started = time.monotonic()
         self._drop_logged = False
+        self._lag_max_s = 0.0
         self._analysis_failing: set[tuple[str, str]] = set()
-        self.pollers = [
-            ModbusTcpPoller(
-                s.id,
-                host=s.modbus.host,
-                port=s.modbus.port,
-                device_id=s.modbus.device_id,
-                profile=s.modbus.profile,
-                channels=s.channels,
-                timeout_s=s.modbus.timeout_s,
-                poll_interval_s=s.poll_interval_s,
-                sink=self._enqueue,
-                failure_threshold=BREAKER_FAILURES,
-            )
-            for s in config.sensors
-        ]
+        sources = build_sources(config, ProfileLibrary.load(config.profiles_dir), self._enqueue)
+        self.buses = sources.buses
+        self.pollers = list(sources.pollers)
         self.uplinks = build_uplinks(config, self.outbox)
         self.health: HealthServer | None = None
         self.control: ControlServer | None = None
@@ -114,6 +117,8 @@ class Agent:
         self._stop.set()
 
     def _enqueue(self, reading: Reading) -> None:
+        if not self._accepting:
+            return  # stopping: a reading that raced the stop is not analysed
         try:
             self._queue.put_nowait(reading)
         except asyncio.QueueFull:
@@ -122,12 +127,11 @@ class Agent:
                 self._drop_logged = True
                 log.warning(
                     "analysis queue full (%d): dropping readings, counted in edge_readings_dropped",
-                    READING_QUEUE_SIZE,
+                    self.queue_size,
                 )
 
     async def run(self) -> None:
         """Run until stop() is called; returns after a clean shutdown."""
-        silence_pymodbus_logging()  # our pollers log once per failure episode, with context
         loop = asyncio.get_running_loop()
         previous = loop.get_exception_handler()
         loop.set_exception_handler(loop_exception_handler)
@@ -170,32 +174,46 @@ class Agent:
         notifier = self.watchdog.notifier
         async with contextlib.AsyncExitStack() as stack:
             await self._open(stack)
+            polls: list[asyncio.Task[None]] = []
             try:
                 async with asyncio.TaskGroup() as tg:
+                    # Pollers run beside the group, not in it: shutdown waits for them a
+                    # bounded time and can abandon one, which a group cannot. First polls
+                    # spread over at least a second, longer for a large estate
+                    # (STARTS_PER_S): thousands of connects and first analyses in the same
+                    # instant would delay every answer past its timeout.
+                    ramp_s = max(1.0, len(self.pollers) / STARTS_PER_S)
                     polls = [
-                        tg.create_task(p.run(), name=f"poll[{p.sensor_id}]") for p in self.pollers
+                        asyncio.create_task(
+                            p.run(start_delay_s=random.uniform(0.0, ramp_s)),
+                            name=f"poll[{p.sensor_id}]",
+                        )
+                        for p in self.pollers
                     ]
+                    for t in polls:
+                        t.add_done_callback(_poller_ended)
                     analysis = tg.create_task(self._analyse(), name="analysis")
+                    writer = tg.create_task(self._write_loop(), name="store-writer")
                     watch = tg.create_task(self._watch_sensors(), name="sensor-watch")
                     ups = [tg.create_task(u.run(), name=f"uplink[{u.name}]") for u in self.uplinks]
                     ups.append(tg.create_task(self.feeds.faults(self.outbox), name="store-faults"))
                     ups.append(tg.create_task(self.feeds.summaries(self.outbox), name="summaries"))
                     watchdog = tg.create_task(self.watchdog.run(), name="watchdog")
+                    lag = tg.create_task(self._measure_lag(), name="loop-lag")
                     notifier.notify("READY=1")
                     self.ready.set()
                     log.info(
-                        "agent %s running: %d sensors, %d uplinks",
+                        "agent %s running: %d sensors on %d buses, %d uplinks",
                         self.config.gateway.id,
                         len(self.pollers),
+                        len(self.buses),
                         len(self.uplinks),
                     )
                     await self._stop.wait()
                     notifier.notify("STOPPING=1")
                     # Order matters: stop reading, analyse what was read, persist, then
                     # stop the uplinks (undelivered alerts wait on disk for the next start).
-                    for t in polls:
-                        t.cancel()
-                    await asyncio.gather(*polls, return_exceptions=True)
+                    await self._stop_pollers(polls)
                     try:
                         async with asyncio.timeout(SHUTDOWN_DRAIN_S):
                             await self._queue.join()
@@ -205,24 +223,84 @@ class Agent:
                             self._queue.qsize(),
                             SHUTDOWN_DRAIN_S,
                         )
-                    # With the lock held neither writer can be inside a store write when
-                    # it is cancelled; whatever it made is already held in `pending`.
+                    # With the lock held no writer can be inside a store write when it is
+                    # cancelled; whatever was made is already held in `pending`.
                     async with self.pending.lock:
                         self._stopping = True
-                        for t in (analysis, watch):
+                        for t in (analysis, watch, writer):
                             t.cancel()
-                        await asyncio.gather(analysis, watch, return_exceptions=True)
+                        await asyncio.gather(analysis, watch, writer, return_exceptions=True)
                         await self.pending.flush(final=True)
-                    for t in [*ups, watchdog]:
+                    for t in [*ups, watchdog, lag]:
                         t.cancel()
             finally:
+                for t in polls:
+                    t.cancel()
+                for bus in self.buses:
+                    bus.close()
                 if len(self.pending) and not self._stopping:  # a task crashed
                     async with self.pending.lock:
                         await self.pending.flush(final=True)
 
+    async def _stop_pollers(self, polls: list[asyncio.Task[None]]) -> None:
+        """Stop every poller, certainly and within POLLER_STOP_S.
+
+        The stop flag is checked after every await in a poller, so even a cancellation a
+        library swallowed ends it; no reading is accepted from here on either way.
+        """
+        self._accepting = False
+        for p in self.pollers:
+            p.stop()
+        for t in polls:
+            t.cancel()
+        if not polls:
+            return
+        _, stuck = await asyncio.wait(polls, timeout=POLLER_STOP_S)
+        if stuck:
+            names = sorted(t.get_name() for t in stuck)
+            log.error(
+                "%d pollers did not stop within %.0f s; abandoned: %s",
+                len(stuck),
+                POLLER_STOP_S,
+                ", ".join(names[:10]),
+            )
+
+    async def _write_loop(self) -> None:
+        """Persist what analysis and the sensor watch produced, in batches, in order.
+
+        Analysis never waits for a disk flush: it only holds its updates here and wakes
+        this task; a store that fails is retried with back-off (PendingWrites).
+        """
+        while True:
+            await self._wake_writer.wait()
+            self._wake_writer.clear()
+            async with self.pending.lock:
+                await self.pending.flush()
+            if len(self.pending):  # the store failed or more arrived: look again soon
+                await asyncio.sleep(STORE_RETRY_POLL_S if not self._wake_writer.is_set() else 0)
+                self._wake_writer.set()
+
+    async def _measure_lag(self) -> None:
+        """How late the event loop runs a timer: the delay every poll and reading suffers."""
+        while True:
+            asked = time.monotonic()
+            await asyncio.sleep(LAG_TICK_S)
+            lag = time.monotonic() - asked - LAG_TICK_S
+            self._lag_max_s = max(self._lag_max_s, lag)
+
     async def _analyse(self) -> None:
         assert self.monitor is not None
+        slice_end = time.monotonic() + ANALYSIS_SLICE_S
+        behind = self.queue_size // 10
         while True:
+            if time.monotonic() >= slice_end:
+                # Queue.get() does not yield while readings are waiting: without this a
+                # backlog would be analysed in one go, stalling every poller's timers (and
+                # turning the backlog into timeouts, then sensor faults). A longer slice
+                # while the queue is filling: the timers can wait a little, readings can't.
+                await asyncio.sleep(0)
+                deep = self._queue.qsize() > behind
+                slice_end = time.monotonic() + (ANALYSIS_SLICE_MAX_S if deep else ANALYSIS_SLICE_S)
             reading = await self._queue.get()
             try:
                 self.counters.readings_total += 1
@@ -241,8 +319,8 @@ class Agent:
                             *key,
                         )
                     continue
-                if update.drafts or update.state or len(self.pending):
-                    await self._persist(update)
+                if update.drafts or update.state:
+                    self._persist(update)
                 self.feeds.reading(reading)
             finally:
                 self._queue.task_done()
@@ -280,21 +358,35 @@ class Agent:
         return records
 
     async def _watch_sensors(self) -> None:
-        """Raise and clear sensor_fault alerts as pollers' breakers open and close."""
+        """Raise and clear sensor_fault alerts: breakers that open and close, and sensors
+        that answer only implausible values for longer than their bad_values_fault_s."""
         assert self.faults is not None
         while True:
             await asyncio.sleep(SENSOR_WATCH_INTERVAL_S)
+            now = utc_now()
             for p in self.pollers:
-                st = p.status
                 health = SensorHealth(
-                    p.sensor_id, st.state, st.consecutive_failures, st.last_error, st.last_ok_at
+                    p.sensor_id,
+                    p.state,
+                    p.consecutive_failures,
+                    p.last_error,
+                    p.last_ok_at,
+                    p.bad_for_s,
+                    p.last_bad,
                 )
-                update = self.faults.update(health, utc_now())
-                if update.drafts or update.state or len(self.pending):
-                    await self._persist(update)  # also retries what a full disk held
+                update = self.faults.update(health, now)
+                if update.drafts or update.state:
+                    self._persist(update)
 
-    async def _persist(self, update: Update) -> None:
-        await self.pending.write(update)  # held before it waits: a shutdown cannot lose it
+    def _persist(self, update: Update) -> None:
+        """Hold an update for the writer (no I/O here): from now on it is written, or
+        counted as lost."""
+        self.pending.hold(update)
+        self._wake_writer.set()
+
+    def _take_lag(self) -> float:
+        lag, self._lag_max_s = self._lag_max_s, 0.0
+        return lag
 
     async def snapshot(self) -> Snapshot:
         """The agent's status, as /healthz and /metrics show it."""
@@ -307,15 +399,22 @@ class Agent:
             sensors.append(
                 {
                     "id": p.sensor_id,
+                    "bus": p.bus.name,
                     "state": st.state,
                     "last_ok_age_s": (now - last_ok).total_seconds() if last_ok else None,
                     "consecutive_failures": st.consecutive_failures,
                     "polls_total": st.polls_total,
                     "errors_total": st.errors_total,
+                    "errors_by_kind": st.errors_by_kind,
+                    "missed_ticks": st.missed_ticks,
+                    "bad_values": st.bad_values,
+                    "bad_for_s": st.bad_for_s,
+                    "last_bad": list(st.last_bad),
                     "last_rtt_s": st.last_rtt_s,
                     "last_error": st.last_error,
                 }
             )
+        buses = [asdict(b.status()) for b in self.buses if b.kind != "tcp"]
         channels = [
             {
                 "asset": v.asset_id,
@@ -351,6 +450,7 @@ class Agent:
             "status": "degraded" if degraded else "ok",
             "uptime_s": round(now_mono - self._started, 3),
             "sensors": sensors,
+            "buses": buses,
             "channels": channels,
             "uplinks": uplinks,
             "store": store,
@@ -358,6 +458,8 @@ class Agent:
                 **asdict(self.counters),
                 "unsaved_updates": len(self.pending),
                 "queue_depth": self._queue.qsize(),
+                "queue_size": self.queue_size,
+                "loop_lag_max_s": round(self._take_lag(), 4),
             },
             "process": {
                 "open_fds": wd.fds[0],
@@ -367,6 +469,12 @@ class Agent:
                 "hung": wd.withheld,
             },
         }
+
+
+def _poller_ended(task: asyncio.Task[None]) -> None:
+    """A poller only ends when stopped; say so loudly if one ended any other way."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("%s ended unexpectedly: %r", task.get_name(), task.exception())
 
 
 async def run_until_signal(agent: Agent) -> None:

@@ -1,8 +1,11 @@
-"""Sensor faults as alerts: a sensor that stops answering is a monitoring gap.
+"""Sensor faults as alerts: a sensor that stops answering, or answers garbage, is a
+monitoring gap.
 
 A reliability engineer must know that a machine is no longer watched. When a poller's
-circuit breaker opens (several failed polls in a row) a `sensor_fault` alert is raised for
-the sensor's asset; when the sensor answers again it is cleared. The raised state is
+circuit breaker opens (several failed polls in a row), or when a sensor has answered only
+implausible values (sentinels such as 0xFFFF, out of its valid range, NaN, all zero) for
+longer than its ``bad_values_fault_s``, a `sensor_fault` alert is raised for the sensor's
+asset; when the sensor answers plausible values again it is cleared. The raised state is
 persisted with the alert, so a restart neither repeats nor forgets it.
 """
 
@@ -29,6 +32,8 @@ class SensorHealth:
     consecutive_failures: int
     last_error: str | None
     last_ok_at: datetime | None
+    bad_for_s: float = 0.0  # seconds of implausible values only (0: the values are fine)
+    last_bad: tuple[str, ...] = ()  # their flags, "feature:reason"
 
 
 def fault_key(asset_id: str, sensor_id: str) -> str:
@@ -56,6 +61,7 @@ class SensorFaultTracker:
         transport: str = "modbus",
     ) -> None:
         self._assets = {s.id: config.asset(s.asset) for s in config.sensors}
+        self._bad_after = {s.id: s.bad_values_fault_s for s in config.sensors}
         self._threshold = float(breaker_failures)
         self._transport = transport
         saved = state or {}
@@ -69,9 +75,10 @@ class SensorFaultTracker:
         out = Update()
         asset = self._assets[health.sensor_id]
         raised = self._raised[health.sensor_id]
-        if not raised and health.state == "backoff":
+        garbage = health.bad_for_s > 0 and health.bad_for_s >= self._bad_after[health.sensor_id]
+        if not raised and (health.state == "backoff" or garbage):
             transition = "raised"
-        elif raised and health.state == "ok":
+        elif raised and health.state == "ok" and health.bad_for_s == 0:
             transition = "cleared"
         else:
             return out
@@ -84,6 +91,17 @@ class SensorFaultTracker:
             "last_error": health.last_error,
             "last_ok_at": format_ts(health.last_ok_at) if health.last_ok_at else None,
         }
+        if garbage and health.state != "backoff":
+            evidence["implausible_values"] = list(health.last_bad)
+            evidence["implausible_for_s"] = round(health.bad_for_s, 1)
+        if transition == "raised" and garbage and health.state != "backoff":
+            metric, value = "implausible_values_seconds", health.bad_for_s
+            threshold = self._bad_after[health.sensor_id]
+            reason = "the sensor answers implausible values: the machine is not watched"
+        else:
+            metric, value = "consecutive_poll_failures", float(health.consecutive_failures)
+            threshold = self._threshold
+            reason = "no readings from this sensor: the machine is not watched"
         out.drafts.append(
             AlertDraft(
                 asset=AssetRef(asset.id, asset.name, asset.tier),
@@ -95,13 +113,11 @@ class SensorFaultTracker:
                     level="warning" if transition == "raised" else "info",
                     zone=None,
                     standard="sensor health",
-                    metric="consecutive_poll_failures",
-                    value=float(health.consecutive_failures),
-                    threshold=self._threshold,
+                    metric=metric,
+                    value=round(value, 3),
+                    threshold=threshold,
                 ),
-                no_estimate_reason="no readings from this sensor: the machine is not watched"
-                if transition == "raised"
-                else "sensor answers again",
+                no_estimate_reason=reason if transition == "raised" else "sensor answers again",
                 evidence=evidence,
             )
         )

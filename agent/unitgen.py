@@ -26,7 +26,8 @@ class DropinError(Exception):
 
 def _hosts(config: Config) -> list[tuple[str, str]]:
     """(host, what needs it) for every remote endpoint in the configuration."""
-    out = [(s.modbus.host, f"sensor {s.id}") for s in config.sensors]
+    out = [(s.modbus.host, f"sensor {s.id}") for s in config.sensors if s.modbus.host]
+    out += [(b.tcp.host, f"bus {b.id}") for b in config.buses if b.tcp is not None]
     for i, u in enumerate(config.uplinks):
         host = urlsplit(u.http.url).hostname if u.http is not None else u.mqtt and u.mqtt.host
         if host:

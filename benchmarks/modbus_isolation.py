@@ -1,8 +1,8 @@
 """Modbus device isolation: do a dead or a slow device cost the healthy ones any cadence?
 
-One Modbus TCP simulator endpoint (like a DXM gateway) serves --healthy healthy devices,
-each polled by its own real ModbusTcpPoller at --interval. Cases, run one after another in
-the same process, each on a fresh endpoint for --duration seconds:
+One Modbus TCP simulator endpoint serves --healthy healthy devices, each polled by its own
+real ModbusPoller on its own TCP connection (as for `host:`) at --interval. Cases, run one
+after another in the same process, each on a fresh endpoint for --duration seconds:
 
     a   healthy devices only (baseline)
     b   + one dead device (never answers)
@@ -42,7 +42,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from drivers.modbus import ModbusTcpPoller, silence_pymodbus_logging
+from drivers.modbus import Bus as ModbusBus
+from drivers.modbus import ModbusPoller, TcpLink
+from drivers.profiles import load_profile
 from drivers.reading import Reading
 from simulators.modbus import Fault, ModbusSimServer, SimDevice
 from simulators.scenario import Constant
@@ -116,7 +118,7 @@ async def run_case(
     tracks: dict[int, Track] = defaultdict(Track)
     rng = random.Random(seed)
     async with ModbusSimServer(devices) as srv:
-        pollers: dict[int, ModbusTcpPoller] = {}
+        pollers: dict[int, ModbusPoller] = {}
 
         def sink_for(dev: int) -> Callable[[Reading], None]:
             def sink(r: Reading) -> None:
@@ -137,11 +139,12 @@ async def run_case(
             return sink
 
         for d in devices:
-            pollers[d.device_id] = ModbusTcpPoller(
+            link = TcpLink(srv.host, srv.port, connect_timeout_s=1.0)
+            pollers[d.device_id] = ModbusPoller(
                 f"dev-{d.device_id}",
-                host=srv.host,
-                port=srv.port,
+                bus=ModbusBus(f"dev-{d.device_id}", "tcp", [link]),
                 device_id=d.device_id,
+                profile=load_profile("banner-qm30vt2"),
                 timeout_s=a.timeout_s,
                 poll_interval_s=a.interval,
                 sink=sink_for(d.device_id),
@@ -245,7 +248,6 @@ async def main(argv: list[str] | None = None) -> int:
     if not 1 <= a.healthy <= MAX_DEVICES or not 0 < a.duration <= 12 or a.interval <= 0:
         p.error("--healthy 1..64, --duration in (0, 12], --interval > 0")
     logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
-    silence_pymodbus_logging()
 
     def dead() -> SimDevice:
         return SimDevice(DEAD_ID, Constant(device_values(DEAD_ID)), Fault("dead"))

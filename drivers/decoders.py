@@ -9,10 +9,13 @@ nowhere else.
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+MAX_READ_REGISTERS = 125  # Modbus limit for one read, functions 3 and 4 (spec section 6.3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +164,26 @@ def clamp_raw(raw: float, dtype: DataType) -> int | float:
     return max(lo, min(hi, round(raw)))
 
 
+@functools.cache
+def unpacker(dtype: DataType, order: str) -> Callable[[bytes, int], int | float]:
+    """A fast decoder for one (type, order): ``f(buffer, byte_offset) -> number``.
+
+    ``buffer`` holds registers as big-endian words, as they arrive on the wire; one block
+    is packed once and every value of it is unpacked in place (the hot path of a poll).
+    """
+    st = struct.Struct(">" + dtype.code)
+    if order in ("AB", "ABCD"):
+        return lambda buf, offset: st.unpack_from(buf, offset)[0]
+    source = [0] * st.size  # value byte i comes from wire byte source[i]
+    for pos, idx in enumerate(_permutation(order)):
+        source[idx] = pos
+
+    def swapped(buf: bytes, offset: int) -> int | float:
+        return st.unpack(bytes(buf[offset + i] for i in source))[0]
+
+    return swapped
+
+
 def encode(raw: int | float, dtype: DataType, order: str) -> tuple[int, ...]:
     """Encode a raw number into wire registers (inverse of decode).
 
@@ -176,6 +199,7 @@ def encode(raw: int | float, dtype: DataType, order: str) -> tuple[int, ...]:
 
 __all__ = [
     "DATA_TYPES",
+    "MAX_READ_REGISTERS",
     "ORDERS_16",
     "ORDERS_32",
     "DataType",
@@ -184,4 +208,5 @@ __all__ = [
     "clamp_raw",
     "decode",
     "encode",
+    "unpacker",
 ]

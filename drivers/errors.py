@@ -11,25 +11,45 @@ class DriverError(Exception):
     """Base of every error raised by ``drivers``."""
 
 
-class ProfileError(DriverError, ValueError):
-    """A register profile file is missing or invalid.
+class DataFileError(DriverError, ValueError):
+    """A data file (register profile, payload decoder) is missing or invalid.
 
     Attributes:
-        source: the file (or resource name) the profile came from.
-        row: index of the offending register row, or None for file-level errors.
+        source: the file (or resource name) it came from.
         line: 1-based line in the file, when known.
+        column: 1-based column, when known.
+        path: key path inside the document (``("registers", 3, "type")``), may be empty.
+        message: what is wrong and what to write instead.
     """
 
     def __init__(
-        self, message: str, *, source: str, row: int | None = None, line: int | None = None
+        self,
+        message: str,
+        *,
+        source: str,
+        line: int | None = None,
+        column: int | None = None,
+        path: tuple[str | int, ...] = (),
     ) -> None:
-        self.source = source
-        self.row = row
-        self.line = line
-        where = source if line is None else f"{source}:{line}"
-        if row is not None:
-            where += f": registers[{row}]"
-        super().__init__(f"{where}: {message}")
+        self.source, self.line, self.column, self.path = source, line, column, path
+        self.message = message
+        where = source
+        if line is not None:
+            where += f":{line}" + (f":{column}" if column is not None else "")
+        key = format_key_path(path)
+        super().__init__(f"{where}: {key}: {message}" if key else f"{where}: {message}")
+
+
+class ProfileError(DataFileError):
+    """A register profile is missing or invalid (see DataFileError)."""
+
+
+def format_key_path(path: tuple[str | int, ...]) -> str:
+    """``registers[3].type`` from ``("registers", 3, "type")``."""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
 
 
 class DeviceError(DriverError):
@@ -99,6 +119,7 @@ class DeviceExceptionResponse(DeviceError):
 
 __all__ = [
     "EXCEPTION_NAMES",
+    "DataFileError",
     "DeviceConnectionError",
     "DeviceError",
     "DeviceExceptionResponse",
@@ -106,4 +127,5 @@ __all__ = [
     "DeviceTimeout",
     "DriverError",
     "ProfileError",
+    "format_key_path",
 ]

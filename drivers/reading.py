@@ -67,6 +67,9 @@ class Reading:
         transport: where the reading came from.
         quality: "good", or "uncertain"/"bad" when the sensor flagged it.
         waveform: raw samples when the sensor sent them; the monitor computes features.
+        flags: why the reading is not "good": ``feature:reason`` entries (reason one of
+            sentinel, out_of_range, not_finite, all_zero); flagged values are left out of
+            ``features``, so garbage never reaches severity or trend.
     """
 
     sensor_id: str
@@ -76,6 +79,7 @@ class Reading:
     transport: Transport = "modbus"
     quality: Quality = "good"
     waveform: Waveform | None = None
+    flags: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.timestamp.tzinfo is None:

@@ -92,3 +92,22 @@ def answer_read(pdu: bytes, function_code: int, read: RegisterSource) -> bytes:
     if words is None:
         return exception_pdu(fc, ILLEGAL_DATA_ADDRESS)
     return struct.pack(f">BB{count}H", fc, 2 * count, *words)
+
+
+def rtu_crc(data: bytes) -> int:
+    """Modbus RTU CRC-16, computed bit by bit (independent of the agent's table version)."""
+    crc = 0xFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            lsb = crc & 1
+            crc >>= 1
+            if lsb:
+                crc ^= 0xA001
+    return crc
+
+
+def rtu_frame(device_id: int, pdu: bytes) -> bytes:
+    """An RTU frame: device id, PDU, CRC low byte first."""
+    body = bytes((device_id,)) + pdu
+    return body + struct.pack("<H", rtu_crc(body))

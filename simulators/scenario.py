@@ -91,6 +91,9 @@ class Healthy:
     seed: int = 0
     noise: float = 0.02
 
+    # Values change at most once per tick: a simulator may cache a tick's registers.
+    resolution_s = NOISE_TICK_S
+
     def sample(self, t_s: float) -> Sample:
         """See Scenario.sample."""
         return _with_noise(_axes(HEALTHY, HEALTHY_TEMPERATURE_C), self.seed, t_s, self.noise, 0.2)
@@ -128,6 +131,9 @@ class Degrade:
         start = self.healthy_fraction * self.life_s
         return min(max((t_s - start) / (self.life_s - start), 0.0), 1.0)
 
+    # Values change at most once per tick: a simulator may cache a tick's registers.
+    resolution_s = NOISE_TICK_S
+
     def sample(self, t_s: float) -> Sample:
         """See Scenario.sample."""
         g = self.progress(t_s)
@@ -159,18 +165,20 @@ class Constant:
     """Fixed values, no noise: for tests that must tell devices apart by value.
 
     Attributes:
-        values: feature -> value, applied to every axis (``temperature_c`` to ``all``).
+        values: feature -> value, applied to every axis (``temperature_c`` to ``all``);
+            features not given keep their healthy level (so every register is plausible).
     """
 
     values: Mapping[str, float] = field(default_factory=lambda: dict(HEALTHY))
 
+    # Values change at most once per tick: a simulator may cache a tick's registers.
+    resolution_s = NOISE_TICK_S
+
     def sample(self, t_s: float) -> Sample:
         """See Scenario.sample."""
-        axis = {k: v for k, v in self.values.items() if k != "temperature_c"}
-        out: Sample = {"z": dict(axis), "x": dict(axis)}
-        if "temperature_c" in self.values:
-            out["all"] = {"temperature_c": self.values["temperature_c"]}
-        return out
+        merged = {**HEALTHY, "temperature_c": HEALTHY_TEMPERATURE_C, **self.values}
+        axis = {k: v for k, v in merged.items() if k != "temperature_c"}
+        return {"z": dict(axis), "x": dict(axis), "all": {"temperature_c": merged["temperature_c"]}}
 
 
 def make_scenario(name: str, *, seed: int = 0, life_s: float = 60.0) -> Scenario:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -284,6 +285,9 @@ class Monitor:
             out.state[ch.key("severity")] = json.dumps(ch.severity.to_dict(), sort_keys=True)
         if snap(ch.trend) != tr_before:
             out.state[ch.key("trend")] = json.dumps(ch.trend.to_dict(), sort_keys=True)
+        if ch.persisted_s == -math.inf:  # spread the channels' periodic saves (no bursts)
+            ch.persisted_s = t_s - (zlib.crc32(ch.key("model").encode()) % 997) / 997 * (
+                self.tuning.persist_every_s)  # fmt: skip
         changed = model_changed or out.drafts or ch.hi.ready != was_ready
         if changed or t_s - ch.persisted_s >= self.tuning.persist_every_s:
             out.state[ch.key("model")] = model_state(ch)

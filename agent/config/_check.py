@@ -120,11 +120,13 @@ def summary(config: Config) -> str:
     lines.append(f"{len(config.sensors)} sensor{'s' if len(config.sensors) != 1 else ''}:")
     for s in config.sensors:
         m = s.modbus
+        where = f"bus {m.bus}" if m.bus is not None else f"modbus tcp {m.host}:{m.port}"
         lines.append(
-            f"  {s.id} on {s.asset}: modbus tcp {m.host}:{m.port} device_id {m.device_id}, "
+            f"  {s.id} on {s.asset}: {where} device_id {m.device_id}, "
             f"profile {m.profile}, channels {','.join(s.channels)}, "
             f"every {_num(s.poll_interval_s)} s (timeout {_num(m.timeout_s)} s)"
         )
+    lines += _bus_lines(config)
     if not config.uplinks:
         lines.append("no uplinks: alerts stay in the local store")
     else:
@@ -142,6 +144,41 @@ def summary(config: Config) -> str:
     group = f", group {config.control.group}" if config.control.group else ""
     lines.append(f"control socket {config.control.socket} (maintenance; mode 0660{group})")
     return "\n".join(lines)
+
+
+def _bus_lines(config: Config) -> list[str]:
+    """Each bus with its devices and the poll plan's line utilisation."""
+    if not config.buses:
+        return []
+    # Imported here: the capacity plan needs the register profiles (data files).
+    from agent.sources import planned_utilisation
+    from drivers.profiles import ProfileLibrary
+
+    library = ProfileLibrary.load(config.profiles_dir)
+    lines = [f"{len(config.buses)} bus{'es' if len(config.buses) != 1 else ''}:"]
+    for b in config.buses:
+        n = sum(1 for s in config.sensors if s.modbus.bus == b.id)
+        if b.rtu is not None:
+            r = b.rtu
+            what = f"rtu {r.port} {r.baudrate} baud {r.bytesize}{r.parity}{r.stop_bits}"
+        else:
+            assert b.tcp is not None
+            t = b.tcp
+            what = f"gateway {t.host}:{t.port} ({t.max_connections} connection"
+            what += "s)" if t.max_connections != 1 else ")"
+        use = planned_utilisation(config, b, library)
+        if use is None:
+            plan = "line utilisation unknown (set tcp.line_baudrate to plan it)"
+        elif use < 1.0:
+            plan = f"line utilisation {100 * use:.0f} % planned"
+        else:
+            plan = (
+                f"WARNING: line over capacity, {100 * use:.0f} % planned: its devices will "
+                "poll slower than configured (raise poll_interval_s, read fewer channels or "
+                "split the line)"
+            )
+        lines.append(f"  {b.id}: {what}, {n} device{'s' if n != 1 else ''}; {plan}")
+    return lines
 
 
 def main_check(

@@ -7,9 +7,8 @@ every error in one pass; entries too broken to compare are skipped (validation r
 from __future__ import annotations
 
 import grp
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from agent.config._errors import ConfigIssue, KeyPath
 from agent.config._messages import did_you_mean
@@ -19,6 +18,20 @@ from agent.netaddr import is_loopback
 from drivers.reading import FEATURE_NAMES
 
 _MAX_TOKEN_BYTES = 64 * 1024
+
+
+class Profiles(Protocol):
+    """What the checks need to know about the register profiles."""
+
+    def names(self) -> list[str]: ...
+
+    def axes(self, name: str) -> tuple[str, ...] | None:
+        """The profile's channels, None for an unknown (or broken) profile."""
+        ...
+
+    def broken(self, name: str) -> str | None:
+        """The file of a profile called ``name`` that failed to load, if there is one."""
+        ...
 
 
 def _entries(data: dict[str, Any], section: str) -> list[tuple[int, dict[str, Any]]]:
@@ -88,17 +101,60 @@ def _channels(
     return issues
 
 
-def _sensor_refs(
-    data: dict[str, Any],
-    smap: SourceMap,
-    profiles: frozenset[str],
-    axes_of: Callable[[str], tuple[str, ...] | None],
+def _endpoint_key(
+    data: dict[str, Any], modbus: dict[str, Any]
+) -> tuple[str, str | int, int] | None:
+    """(endpoint, port or bus, unit): two sensors with the same key poll one device."""
+    unit = _as_int(modbus.get("device_id"), ModbusTcp.model_fields["device_id"].default)
+    if unit is None:
+        return None
+    bus = modbus.get("bus")
+    if isinstance(bus, str):
+        return ("bus", bus, unit)
+    host = modbus.get("host")
+    port = _as_int(modbus.get("port"), ModbusTcp.model_fields["port"].default)
+    if not isinstance(host, str) or port is None:
+        return None
+    return (host.strip().lower(), port, unit)
+
+
+def _profile_refs(
+    sensor: dict[str, Any], i: int, modbus: dict[str, Any], profiles: Profiles, smap: SourceMap
 ) -> list[ConfigIssue]:
+    profile = modbus.get("profile", ModbusTcp.model_fields["profile"].default)
+    if not isinstance(profile, str):
+        return []
+    axes = profiles.axes(profile)
+    broken = profiles.broken(profile) if axes is None else None
+    if broken is not None:
+        return [
+            smap.issue(
+                ("sensors", i, "modbus", "profile"),
+                f"register profile '{profile}' has errors (reported at {broken}); fix them",
+            )
+        ]
+    if axes is None:
+        known = profiles.names()
+        return [
+            smap.issue(
+                ("sensors", i, "modbus", "profile"),
+                f"unknown register profile '{profile}'; known profiles: "
+                f"{', '.join(known) or '(none installed)'}" + did_you_mean(profile, known),
+            )
+        ]
+    return _channels(sensor, i, profile, axes, smap)
+
+
+def _sensor_refs(data: dict[str, Any], smap: SourceMap, profiles: Profiles) -> list[ConfigIssue]:
     issues = []
     asset_ids = list(
         dict.fromkeys(a["id"] for _, a in _entries(data, "assets") if isinstance(a.get("id"), str))
     )
-    endpoints: dict[tuple[str, int, int], tuple[int, str]] = {}
+    bus_ids = list(
+        dict.fromkeys(b["id"] for _, b in _entries(data, "buses") if isinstance(b.get("id"), str))
+    )
+    gateways = _gateway_endpoints(data)
+    endpoints: dict[tuple[str, str | int, int], tuple[int, str]] = {}
     for i, sensor in _entries(data, "sensors"):
         asset = sensor.get("asset")
         if isinstance(asset, str) and asset_ids and asset not in asset_ids:
@@ -112,39 +168,83 @@ def _sensor_refs(
         modbus = sensor.get("modbus")
         if not isinstance(modbus, dict):
             continue
-        profile = modbus.get("profile", ModbusTcp.model_fields["profile"].default)
-        if isinstance(profile, str) and profile not in profiles:
-            known = sorted(profiles)
+        issues += _profile_refs(sensor, i, modbus, profiles, smap)
+        bus = modbus.get("bus")
+        if isinstance(bus, str) and bus not in bus_ids:
             issues.append(
                 smap.issue(
-                    ("sensors", i, "modbus", "profile"),
-                    f"unknown register profile '{profile}'; known profiles: "
-                    f"{', '.join(known) or '(none installed)'}" + did_you_mean(profile, known),
+                    ("sensors", i, "modbus", "bus"),
+                    f"no bus has id '{bus}'; "
+                    + (
+                        f"known bus ids: {', '.join(bus_ids)}"
+                        if bus_ids
+                        else "declare it under buses"
+                    )
+                    + did_you_mean(bus, bus_ids),
                 )
             )
-        elif isinstance(profile, str) and (axes := axes_of(profile)):
-            issues += _channels(sensor, i, profile, axes, smap)
-        host = modbus.get("host")
-        port = _as_int(modbus.get("port"), ModbusTcp.model_fields["port"].default)
-        unit = _as_int(modbus.get("device_id"), ModbusTcp.model_fields["device_id"].default)
-        if not isinstance(host, str) or port is None or unit is None:
+        key = _endpoint_key(data, modbus)
+        if key is None:
             continue
-        key = (host.strip().lower(), port, unit)
+        if key[0] != "bus" and (key[0], key[1]) in gateways:
+            issues.append(
+                smap.issue(
+                    ("sensors", i, "modbus", "host"),
+                    f"{modbus.get('host')}:{key[1]} is the gateway bus "
+                    f"'{gateways[(key[0], key[1])]}'; write bus: {gateways[(key[0], key[1])]} "
+                    "instead of host and port, so its devices share the line's schedule",
+                )
+            )
         if key in endpoints:
             j, other = endpoints[key]
             where = ("sensors", i, "modbus", "device_id")
             if where not in smap.nodes:
                 where = ("sensors", i, "modbus")
+            place = f"bus {key[1]}" if key[0] == "bus" else f"{modbus.get('host')}:{key[1]}"
             issues.append(
                 smap.issue(
                     where,
                     f"sensor polls the same Modbus device as sensor '{other}' (line "
-                    f"{_line(smap, ('sensors', j, 'modbus'))}): {host}:{port} device_id {unit}; "
+                    f"{_line(smap, ('sensors', j, 'modbus'))}): {place} device_id {key[2]}; "
                     "give each sensor its own device_id, host or port",
                 )
             )
         else:
             endpoints[key] = (i, str(sensor.get("id", f"#{i + 1}")))
+    return issues
+
+
+def _gateway_endpoints(data: dict[str, Any]) -> dict[tuple[str, int], str]:
+    out = {}
+    for _, bus in _entries(data, "buses"):
+        tcp = bus.get("tcp")
+        if isinstance(tcp, dict) and isinstance(tcp.get("host"), str):
+            port = _as_int(tcp.get("port"), 502)
+            if port is not None:
+                out[(tcp["host"].strip().lower(), port)] = str(bus.get("id"))
+    return out
+
+
+def _bus_endpoints(data: dict[str, Any], smap: SourceMap) -> list[ConfigIssue]:
+    """Two bus entries may not name the same serial port or gateway endpoint."""
+    issues = []
+    seen: dict[tuple[str, ...], str] = {}
+    for i, bus in _entries(data, "buses"):
+        tcp, rtu = bus.get("tcp"), bus.get("rtu")
+        if isinstance(rtu, dict) and isinstance(rtu.get("port"), str):
+            key, path, what = ("rtu", rtu["port"]), ("buses", i, "rtu", "port"), rtu["port"]
+        elif isinstance(tcp, dict) and isinstance(tcp.get("host"), str):
+            port = str(_as_int(tcp.get("port"), 502))
+            key = ("tcp", tcp["host"].strip().lower(), port)
+            path, what = ("buses", i, "tcp", "host"), f"{tcp['host']}:{port}"
+        else:
+            continue
+        if key in seen:
+            issues.append(
+                smap.issue(path, f"{what} is already bus '{seen[key]}'; one bus per line")
+            )
+        else:
+            seen[key] = str(bus.get("id"))
     return issues
 
 
@@ -322,22 +422,18 @@ def _summary_sensors(data: dict[str, Any], smap: SourceMap) -> list[ConfigIssue]
     ]
 
 
-def cross_check(
-    data: dict[str, Any],
-    smap: SourceMap,
-    profile_names: Callable[[], frozenset[str]],
-    axes_of: Callable[[str], tuple[str, ...] | None],
-) -> list[ConfigIssue]:
+def cross_check(data: dict[str, Any], smap: SourceMap, profiles: Profiles) -> list[ConfigIssue]:
     """All checks between entries (see the module docstring).
 
     Args:
         data: the parsed file (plain dicts and lists, possibly invalid in places).
         smap: positions, for the issues.
-        profile_names: the installed Modbus register profiles.
-        axes_of: a profile's channel names (None when it cannot be loaded).
+        profiles: the register profiles (shipped and the profiles_dir's).
     """
     issues = _unique_ids(data, "assets", smap) + _unique_ids(data, "sensors", smap)
-    issues += _sensor_refs(data, smap, frozenset(profile_names()), axes_of)
+    issues += _unique_ids(data, "buses", smap)
+    issues += _sensor_refs(data, smap, profiles)
+    issues += _bus_endpoints(data, smap)
     issues += _failure_metrics(data, smap)
     issues += _exposure(data, smap)
     issues += _control_group(data, smap)

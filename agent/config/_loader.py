@@ -44,21 +44,43 @@ def _read(path: Path) -> tuple[str | None, ConfigIssue | None]:
     return None, ConfigIssue(file, 0, 0, "", msg)
 
 
-def _profile_names() -> frozenset[str]:
-    # Imported here: the profiles are data files read on demand, only when a file is checked.
-    from drivers.profiles import profile_names
+class _Profiles:
+    """The register profiles a file uses, loaded once per check (shipped + profiles_dir)."""
 
-    return frozenset(profile_names())
+    def __init__(self, folder: Path | None) -> None:
+        # Imported here: profiles are data files read only when a file is checked.
+        from drivers.profiles import ProfileLibrary
+
+        self.library = ProfileLibrary.load(folder)
+
+    def names(self) -> list[str]:
+        return self.library.names()
+
+    def axes(self, name: str) -> tuple[str, ...] | None:
+        return self.library.get(name).channels if name in self.library else None
+
+    def broken(self, name: str) -> str | None:
+        """The file of a profile called ``name`` that failed to load, if there is one."""
+        for e in self.library.errors:
+            if Path(e.source).stem == name:
+                return e.source
+        return None
+
+    def issues(self) -> list[ConfigIssue]:
+        """Each profile file problem as an issue at its own file:line:column."""
+        from drivers.errors import format_key_path
+
+        return [
+            ConfigIssue(e.source, e.line or 0, e.column or 0, format_key_path(e.path), e.message)
+            for e in self.library.errors
+        ]
 
 
-def _profile_axes(name: str) -> tuple[str, ...] | None:
-    from drivers.errors import ProfileError
-    from drivers.profiles import load_profile
-
-    try:
-        return load_profile(name).channels
-    except ProfileError:
-        return None  # a broken shipped profile is the package's fault, reported by its tests
+def _profiles_dir(data: dict[str, object], base: Path) -> Path | None:
+    folder = data.get("profiles_dir")
+    if not isinstance(folder, str) or not folder:
+        return None
+    return base / Path(folder).expanduser()
 
 
 def collect(
@@ -91,15 +113,18 @@ def collect(
     except ValidationError as exc:
         issues += translate_all(exc.errors(), data, smap)
     taken = {i.path for i in issues}
-    issues += [
-        i for i in cross_check(data, smap, _profile_names, _profile_axes) if i.path not in taken
-    ]
+    folder = _profiles_dir(data, path.parent)
+    profiles = _Profiles(folder)
+    issues += [i for i in cross_check(data, smap, profiles) if i.path not in taken]
+    issues += profiles.issues()
     tokens, token_issues = read_tokens(data, smap, path.parent)
     issues += token_issues
     if config is None and not issues:  # every error was a repeat of a dropped one: say so
         issues.append(ConfigIssue(str(path), 0, 0, "", "the configuration is not valid"))
     if issues or config is None:
         return None, sorted(set(issues))
+    if folder is not None:  # absolute from here on: the runtime does not know the file
+        config = config.model_copy(update={"profiles_dir": folder.resolve()})
     return _resolved(config, tokens, path.parent), []
 
 

@@ -22,7 +22,7 @@ _ADD = {
     "sensors": "sensors: a list of sensors, each with id, asset and modbus",
     "store": "store: {path: /var/lib/edge-agent/outbox.db}",
     "machine": "machine: {standard: iso10816-3, group: 2, foundation: rigid, rpm: 1480}",
-    "modbus": "modbus: {host: 10.0.0.21, port: 502, device_id: 1}",
+    "modbus": "modbus: {host: 10.0.0.21, port: 502, device_id: 1} (or {bus: ID, device_id: 1})",
     "host": "host: the device's IP address or host name, e.g. 10.0.0.21",
     "http": "http: {url: https://portfolio.example/v1/alerts}",
     "rpm": "rpm: the shaft speed in revolutions per minute, e.g. 1480",
@@ -33,8 +33,10 @@ _ADD = {
 _PLANNED = {
     ("Sensor", "mqtt"): "MQTT sensors are not supported yet in this version; use modbus",
     ("Config", "mqtt_inputs"): "MQTT inputs are not supported yet in this version; remove it",
-    ("Sensor", "rtu"): "Modbus RTU is not supported yet; use modbus (TCP) via a gateway",
-    ("ModbusTcp", "serial"): "Modbus RTU is not supported yet; use Modbus TCP via a gateway",
+    ("Sensor", "rtu"): "a serial line is a bus: declare it under buses with "
+    "rtu: {port: /dev/ttyUSB0, baudrate: 19200} and give the sensor modbus: {bus: ID}",
+    ("ModbusTcp", "serial"): "a serial line is a bus: declare it under buses with "
+    "rtu: {port: ...} and write bus: ID here instead",
 }
 _SECRET_KEYS = {"token", "password"}
 

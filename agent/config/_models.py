@@ -210,11 +210,69 @@ class Asset(_Model):
 
 
 class ModbusTcp(_Model):
-    host: str
+    """A sensor's Modbus access: its own TCP endpoint (host), or a device on a bus."""
+
+    host: str | None = None
     port: int = Field(default=502, ge=1, le=65535)
+    bus: Id | None = None  # the id of an entry under buses
     device_id: int = Field(default=1, ge=0, le=247)
     profile: str = "banner-qm30vt2"
     timeout_s: float = Field(default=0.5, gt=0, le=30)
+    # Longest wait between probes of a device that stopped answering (its breaker is open).
+    backoff_max_s: float = Field(default=30.0, ge=0.5, le=3600)
+
+    @model_validator(mode="after")
+    def _one_endpoint(self) -> ModbusTcp:
+        if (self.host is None) == (self.bus is None):
+            raise ValueError(
+                "give host (the device's own TCP endpoint) or bus (the id of a serial line "
+                "or gateway under buses), not both and not neither"
+            )
+        if self.bus is not None and "port" in self.model_fields_set:
+            raise ValueError("port belongs to the bus entry, not to a device on a bus")
+        return self
+
+
+class TcpBus(_Model):
+    """A Modbus TCP endpoint whose devices share one line (a TCP-to-RTU gateway)."""
+
+    host: str
+    port: int = Field(default=502, ge=1, le=65535)
+    # Connections the gateway serves at once; 1 = one request at a time (DXM, MGate).
+    max_connections: int = Field(default=1, ge=1, le=16)
+    # Speed of the RS-485 line behind the gateway; only for the capacity plan.
+    line_baudrate: int | None = Field(default=None, ge=300, le=4_000_000)
+    # After a device times out, wait up to this long for the gateway's late answer or its
+    # exception 11 before the next request (the gateway holds its line until then).
+    settle_s: float = Field(default=1.0, ge=0, le=30)
+
+
+class RtuBus(_Model):
+    """A local serial port (RS-485) with Modbus RTU devices."""
+
+    port: str  # e.g. /dev/ttyUSB0 or /dev/serial/by-id/...
+    baudrate: int = Field(default=19200, ge=300, le=4_000_000)
+    parity: Literal["N", "E", "O"] = "N"
+    stop_bits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+    # Silence before each request; None: 3.5 characters (1.75 ms above 19200 baud).
+    inter_frame_s: float | None = Field(default=None, ge=0, le=1)
+    # After a timeout or a garbled answer, discard bytes until the line is this quiet.
+    late_flush_s: float = Field(default=0.05, ge=0, le=2)
+
+
+class Bus(_Model):
+    """One scheduled resource that several devices share: a serial line or a gateway."""
+
+    id: Id
+    tcp: TcpBus | None = None
+    rtu: RtuBus | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Bus:
+        if (self.tcp is None) == (self.rtu is None):
+            raise ValueError("give tcp (a gateway endpoint) or rtu (a serial port), not both")
+        return self
 
 
 class Sensor(_Model):
@@ -223,6 +281,9 @@ class Sensor(_Model):
     modbus: ModbusTcp
     poll_interval_s: float = Field(default=1.0, ge=0.05, le=3600)
     channels: tuple[str, ...] = ("z", "x")
+    # Seconds of implausible values (sentinels, out of range, NaN, all zero) in a row
+    # before a sensor_fault alert is raised.
+    bad_values_fault_s: float = Field(default=30.0, ge=0, le=86_400)
 
     @model_validator(mode="after")
     def _timeout_fits(self) -> Sensor:
@@ -297,6 +358,15 @@ class Config(_Model):
     health: Health = Health()
     control: Control = Control()
     summaries: Summaries | None = None
+    buses: tuple[Bus, ...] = ()
+    # Folder of extra register profiles (*.yaml, one per sensor model); relative to this file.
+    profiles_dir: Path | None = None
+
+    def bus(self, bus_id: str) -> Bus:
+        for b in self.buses:
+            if b.id == bus_id:
+                return b
+        raise KeyError(bus_id)
 
     def asset(self, asset_id: str) -> Asset:
         for a in self.assets:

@@ -1,32 +1,43 @@
-"""Modbus drivers: one poller per device, register profiles compiled into read plans."""
+"""Modbus drivers: buses (a device's own TCP connection, a gateway, a serial line), one
+poller per device, register profiles compiled into read plans."""
 
-from drivers.modbus._client import ModbusTcpLink, silence_pymodbus_logging
-from drivers.modbus._plan import (
-    MAX_READ_REGISTERS,
-    ReadBlock,
-    ReadPlan,
-    plan_profile,
-    plan_reads,
-)
+from drivers.decoders import MAX_READ_REGISTERS
+from drivers.modbus._bus import Bus, BusStatus
+from drivers.modbus._capacity import TURNAROUND_S, exchange_s, line_utilisation
+from drivers.modbus._frames import ExceptionAnswer, FrameError
+from drivers.modbus._link import Link, LinkDown, LinkTimeout
+from drivers.modbus._plan import ReadBlock, ReadPlan, plan_profile, plan_reads
 from drivers.modbus._poller import (
     Backoff,
-    ModbusTcpPoller,
+    ModbusPoller,
     PollerState,
     PollerStatus,
     readings_from,
 )
+from drivers.modbus._rtu import RtuLink
+from drivers.modbus._tcp import TcpLink
 
 __all__ = [
     "MAX_READ_REGISTERS",
+    "TURNAROUND_S",
     "Backoff",
-    "ModbusTcpLink",
-    "ModbusTcpPoller",
+    "Bus",
+    "BusStatus",
+    "ExceptionAnswer",
+    "FrameError",
+    "Link",
+    "LinkDown",
+    "LinkTimeout",
+    "ModbusPoller",
     "PollerState",
     "PollerStatus",
     "ReadBlock",
     "ReadPlan",
+    "RtuLink",
+    "TcpLink",
+    "exchange_s",
+    "line_utilisation",
     "plan_profile",
     "plan_reads",
     "readings_from",
-    "silence_pymodbus_logging",
 ]

@@ -1,19 +1,19 @@
 """Compile a register profile into read blocks. Pure: no sockets, no clock.
 
-The poller only executes the plan. Adjacent rows merge into one read; a gap is bridged when
-every register in it is listed in the profile (an ignored row the device still serves) or
-when it is at most ``max_gap`` registers; a read never exceeds the protocol's 125 registers
-and never splits a multi-register value.
+The poller only executes the plan. Rows of one function code (3 or 4) that are adjacent
+merge into one read; a gap is bridged when every register in it is listed in the profile
+(an ignored row the device still serves) or when it is at most ``max_gap`` registers; a
+read never exceeds the protocol's 125 registers and never splits a multi-register value.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+import struct
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 
+from drivers.decoders import MAX_READ_REGISTERS, unpacker
 from drivers.profiles import ALL_CHANNELS, Profile, Register
-
-MAX_READ_REGISTERS = 125  # Modbus limit for function codes 3 and 4 (spec section 6.3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,29 +23,49 @@ class ReadBlock:
     address: int
     count: int
     registers: tuple[Register, ...]
+    function_code: int = 3
+    # (row, unpack function, byte offset), compiled once: decoding is on every poll's path.
+    _decoders: tuple[tuple[Register, Callable[[bytes, int], int | float], int], ...] = field(
+        init=False, repr=False, compare=False
+    )
+    _words: struct.Struct = field(init=False, repr=False, compare=False)
 
-    def values(self, words: Sequence[int]) -> list[tuple[Register, float]]:
-        """Decode this block's answer into (row, scaled value) pairs.
+    def __post_init__(self) -> None:
+        decoders = tuple(
+            (reg, unpacker(reg.dtype, reg.order), 2 * (reg.address - self.address))
+            for reg in self.registers
+        )
+        object.__setattr__(self, "_decoders", decoders)
+        object.__setattr__(self, "_words", struct.Struct(f">{self.count}H"))
+
+    def raw_values(self, words: Sequence[int]) -> list[tuple[Register, int | float]]:
+        """Decode this block's answer into (row, raw number) pairs: packed once, each row
+        unpacked in place.
 
         Raises:
             ValueError: ``words`` does not hold exactly ``count`` registers.
         """
         if len(words) != self.count:
             raise ValueError(f"expected {self.count} registers, got {len(words)}")
-        out = []
-        for reg in self.registers:
-            offset = reg.address - self.address
-            out.append((reg, reg.value(words[offset : offset + reg.count])))
-        return out
+        buf = self._words.pack(*words)
+        return [(reg, unpack(buf, offset)) for reg, unpack, offset in self._decoders]
+
+    def values(self, words: Sequence[int]) -> list[tuple[Register, float]]:
+        """Decode this block's answer into (row, scaled value) pairs (see raw_values)."""
+        return [(reg, reg.scaled(float(raw))) for reg, raw in self.raw_values(words)]
 
 
 @dataclass(frozen=True, slots=True)
 class ReadPlan:
-    """The reads for one device: function code and blocks in address order."""
+    """The reads for one device: blocks in (function, address) order."""
 
-    function_code: int
     blocks: tuple[ReadBlock, ...]
     channels: tuple[str, ...]
+
+    @property
+    def registers_read(self) -> int:
+        """Registers transferred per poll (for the line's capacity plan)."""
+        return sum(b.count for b in self.blocks)
 
 
 def plan_reads(
@@ -55,7 +75,7 @@ def plan_reads(
     max_gap: int = 0,
     max_count: int = MAX_READ_REGISTERS,
 ) -> tuple[ReadBlock, ...]:
-    """Group rows into as few reads as the rules allow.
+    """Group rows into as few reads as the rules allow (each function code apart).
 
     Args:
         registers: the rows to read.
@@ -70,28 +90,30 @@ def plan_reads(
         raise ValueError(f"max_count must be 2..{MAX_READ_REGISTERS}, got {max_count}")
     if max_gap < 0:
         raise ValueError(f"max_gap must be >= 0, got {max_gap}")
-    served: set[int] = set()
-    for reg in known:
-        served.update(range(reg.address, reg.end))
-    rows = sorted(registers, key=lambda r: r.address)
-    for reg in rows:
-        served.update(range(reg.address, reg.end))
+    served: set[tuple[int, int]] = set()
+    rows = sorted(registers, key=lambda r: (r.function_code, r.address))
+    for reg in [*known, *rows]:
+        served.update((reg.function_code, a) for a in range(reg.address, reg.end))
 
     blocks: list[ReadBlock] = []
     current: list[Register] = []
-    start = end = 0
+    fc = start = end = 0
     for reg in rows:
         if current:
-            gap = range(end, reg.address)
-            unlisted = sum(1 for a in gap if a not in served)
-            if reg.address >= end and unlisted <= max_gap and reg.end - start <= max_count:
+            unlisted = sum(1 for a in range(end, reg.address) if (fc, a) not in served)
+            if (
+                reg.function_code == fc
+                and reg.address >= end
+                and unlisted <= max_gap
+                and reg.end - start <= max_count
+            ):
                 current.append(reg)
                 end = max(end, reg.end)
                 continue
-            blocks.append(ReadBlock(start, end - start, tuple(current)))
-        current, start, end = [reg], reg.address, reg.end
+            blocks.append(ReadBlock(start, end - start, tuple(current), fc))
+        current, fc, start, end = [reg], reg.function_code, reg.address, reg.end
     if current:
-        blocks.append(ReadBlock(start, end - start, tuple(current)))
+        blocks.append(ReadBlock(start, end - start, tuple(current), fc))
     return tuple(blocks)
 
 
@@ -118,4 +140,4 @@ def plan_profile(
     # Every listed row, used or not, is a register the device serves: safe to bridge.
     known = profile.registers + profile.ignored
     blocks = plan_reads(rows, known=known, max_gap=max_gap, max_count=max_count)
-    return ReadPlan(function_code=profile.function_code, blocks=blocks, channels=wanted)
+    return ReadPlan(blocks=blocks, channels=wanted)

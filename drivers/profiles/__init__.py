@@ -1,21 +1,37 @@
 """Register profiles: sensor models described as data (one YAML file per model)."""
 
-from drivers.profiles._profile import (
-    ALL_CHANNELS,
-    Profile,
-    Register,
+from drivers.profiles._library import (
+    ProfileLibrary,
     load_profile,
     load_profile_file,
-    parse_profile,
     profile_names,
+    shipped,
+)
+from drivers.profiles._profile import (
+    ALL_CHANNELS,
+    ALL_ZERO,
+    NOT_FINITE,
+    OUT_OF_RANGE,
+    QUALITY_REASONS,
+    SENTINEL,
+    Profile,
+    Register,
+    parse_profile,
 )
 
 __all__ = [
     "ALL_CHANNELS",
+    "ALL_ZERO",
+    "NOT_FINITE",
+    "OUT_OF_RANGE",
+    "QUALITY_REASONS",
+    "SENTINEL",
     "Profile",
+    "ProfileLibrary",
     "Register",
     "load_profile",
     "load_profile_file",
     "parse_profile",
     "profile_names",
+    "shipped",
 ]

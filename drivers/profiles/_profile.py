@@ -1,7 +1,10 @@
 """Register profiles: one YAML file per sensor model, loaded into frozen dataclasses.
 
-A profile is data (see ``banner-qm30vt2.yaml``); adding a sensor model needs no Python.
-Every error names the file, the line and the register row.
+A profile is data (see ``banner-qm30vt2.yaml`` and ``docs/profiles.md``); adding a sensor
+model needs no Python. Each row says where a value lives (function 3 or 4, address, type,
+word and byte order), how to scale it (scale, offset, unit), what it is (feature,
+channel), and which values are garbage (valid range, sentinels). Every error names the
+file, the line and column, and the key.
 """
 
 from __future__ import annotations
@@ -9,24 +12,39 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from importlib import resources
-from pathlib import Path
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any
 
-import yaml
-
-from drivers.decoders import DataType, canonical_order, canonical_type, decode, encode
+from drivers.datafiles import Document
+from drivers.decoders import (
+    MAX_READ_REGISTERS,
+    DataType,
+    canonical_order,
+    canonical_type,
+    decode,
+    encode,
+)
 from drivers.errors import ProfileError
 from drivers.reading import FEATURE_NAMES
 
 ALL_CHANNELS = "all"  # channel name of a value shared by every axis (temperature)
-Table = Literal["holding", "input"]
 FUNCTION_CODES: dict[str, int] = {"holding": 3, "input": 4}
 
+# Quality flags: why a value is not used (counted per sensor and reason in /metrics).
+SENTINEL = "sentinel"
+OUT_OF_RANGE = "out_of_range"
+NOT_FINITE = "not_finite"
+ALL_ZERO = "all_zero"
+QUALITY_REASONS = (SENTINEL, OUT_OF_RANGE, NOT_FINITE, ALL_ZERO)
+
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
-_TOP_KEYS = {"name", "model", "table", "registers"}
-_ROW_KEYS = {"address", "type", "order", "scale", "unit", "feature", "channel", "ignore"}
+_TOP_KEYS = {"name", "model", "document", "table", "all_zero", "defaults", "registers"}
+_ROW_KEYS = {
+    "address", "table", "function", "type", "count", "order", "word_order", "byte_order",
+    "scale", "offset", "unit", "feature", "channel", "ignore", "valid", "sentinels",
+}  # fmt: skip
+_DEFAULT_KEYS = {"table", "function", "order", "word_order", "byte_order", "valid", "sentinels"}
+_ENDIAN = {"big": 0, "little": 1}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -37,11 +55,15 @@ class Register:
         address: 0-based wire address of the first register.
         dtype: data type (width and signedness).
         order: canonical byte order (``AB``/``BA`` or ``ABCD``/``CDAB``/``BADC``/``DCBA``).
-        scale: multiplier from the raw integer to ``unit``.
+        scale: multiplier from the raw number to ``unit``.
         unit: unit after scaling, for humans.
         feature: canonical feature name, or None for an ignored row.
         channel: axis name, or ``all`` for a value every axis shares.
         ignore: why the row is not used (None when it is used).
+        function_code: 3 (holding registers) or 4 (input registers).
+        offset: added after scaling (value = raw x scale + offset).
+        valid: (lowest, highest) plausible scaled value; None: any finite value.
+        sentinels: raw values the device uses for "no value" (e.g. 65535).
     """
 
     address: int
@@ -52,6 +74,11 @@ class Register:
     feature: str | None
     channel: str
     ignore: str | None = None
+    function_code: int = 3
+    offset: float = 0.0
+    valid: tuple[float, float] | None = None
+    sentinels: frozenset[float] = frozenset()
+    _divisor: float = field(default=0.0, init=False, repr=False, compare=False)
 
     @property
     def count(self) -> int:
@@ -63,19 +90,38 @@ class Register:
         """One past the last register address."""
         return self.address + self.dtype.registers
 
+    def __post_init__(self) -> None:
+        # Divide by an integral divisor when the scale is one (0.001 -> / 1000), so that
+        # 12 * 0.1 reads as 1.2 and not 1.2000000000000002. Decided once, used every poll.
+        divisor = 1.0 / self.scale
+        integral = abs(self.scale) < 1 and abs(divisor - round(divisor)) < 1e-9
+        object.__setattr__(self, "_divisor", float(round(divisor)) if integral else 0.0)
+
+    def scaled(self, raw: float) -> float:
+        """The scaled value of a raw number."""
+        if self._divisor:
+            return raw / self._divisor + self.offset
+        return raw * self.scale + self.offset
+
     def value(self, registers: Sequence[int]) -> float:
         """The scaled value of this row's raw registers."""
-        raw = float(decode(registers, self.dtype, self.order))
-        # Divide by an integral divisor when the scale is one (0.001 -> / 1000), so that
-        # 12 * 0.1 reads as 1.2 and not 1.2000000000000002.
-        divisor = 1.0 / self.scale
-        if abs(self.scale) < 1 and abs(divisor - round(divisor)) < 1e-9:
-            return raw / round(divisor)
-        return raw * self.scale
+        return self.scaled(float(decode(registers, self.dtype, self.order)))
+
+    def assess(self, raw: int | float) -> tuple[float, str | None]:
+        """The scaled value of a raw number and why it is garbage (a quality reason), or
+        None when it is usable."""
+        if raw in self.sentinels:
+            return float(raw), SENTINEL
+        if not math.isfinite(raw):
+            return float(raw), NOT_FINITE
+        value = self.scaled(float(raw))
+        if self.valid is not None and not self.valid[0] <= value <= self.valid[1]:
+            return value, OUT_OF_RANGE
+        return value, None
 
     def raw(self, value: float) -> tuple[int, ...]:
         """The wire registers that encode ``value`` (inverse of ``value``, clamped)."""
-        return encode(value / self.scale, self.dtype, self.order)
+        return encode((value - self.offset) / self.scale, self.dtype, self.order)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -85,23 +131,20 @@ class Profile:
     Attributes:
         name: the profile's name (file stem), e.g. ``banner-qm30vt2``.
         model: human-readable model name.
-        table: ``holding`` (function 3) or ``input`` (function 4).
-        registers: the used rows, sorted by address.
+        registers: the used rows, sorted by (function, address).
         ignored: rows listed for completeness but not read as features.
         source: where the profile was loaded from, for messages.
+        document: the public document the map comes from.
+        all_zero_fault: an answer whose used registers are all zero is garbage.
     """
 
     name: str
     model: str
-    table: Table
     registers: tuple[Register, ...]
     ignored: tuple[Register, ...] = ()
     source: str = ""
-
-    @property
-    def function_code(self) -> int:
-        """The Modbus read function for this profile's table."""
-        return FUNCTION_CODES[self.table]
+    document: str = ""
+    all_zero_fault: bool = True
 
     @property
     def channels(self) -> tuple[str, ...]:
@@ -112,209 +155,258 @@ class Profile:
                 seen.setdefault(reg.channel, None)
         return tuple(seen)
 
+    @property
+    def function_codes(self) -> tuple[int, ...]:
+        """The read functions the profile uses, sorted."""
+        return tuple(sorted({r.function_code for r in self.registers}))
+
     def registers_for(self, channel: str) -> tuple[Register, ...]:
         """The rows that feed ``channel``'s reading: its own plus the shared ones."""
         return tuple(r for r in self.registers if r.channel in (channel, ALL_CHANNELS))
 
-    def span(self) -> tuple[int, int]:
-        """(first address, one past the last) over all rows, ignored ones included."""
-        rows = self.registers + self.ignored
+    def span(self, function_code: int | None = None) -> tuple[int, int]:
+        """(first address, one past the last) over all rows of a table, ignored included."""
+        rows = [
+            r
+            for r in self.registers + self.ignored
+            if function_code is None or r.function_code == function_code
+        ]
         return min(r.address for r in rows), max(r.end for r in rows)
 
 
-def _row_lines(text: str) -> list[int]:
-    """1-based line of each item of the top-level ``registers`` list (best effort)."""
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        return []
-    if not isinstance(node, yaml.MappingNode):
-        return []
-    for key, value in node.value:
-        if getattr(key, "value", None) == "registers" and isinstance(value, yaml.SequenceNode):
-            return [item.start_mark.line + 1 for item in value.value]
-    return []
+class _Row:
+    """Parses one register row of a document; every error at the offending key."""
 
+    def __init__(self, doc: Document, index: int, row: Any, defaults: Mapping[str, Any]) -> None:
+        self.doc, self.index = doc, index
+        self.base: tuple[str | int, ...] = ("registers", index)
+        if not isinstance(row, dict):
+            self.fail((), f"expected a mapping, got {type(row).__name__}")
+        unknown = sorted(set(row) - _ROW_KEYS)
+        if unknown:
+            self.fail((unknown[0],), f"unknown key {unknown[0]!r}; allowed: {sorted(_ROW_KEYS)}")
+        self.given = set(row)
+        self.row = {**defaults, **row}
 
-def _number(row: Mapping[str, Any], key: str, default: float | None, fail: Any) -> float:
-    value = row.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        fail(f"{key} must be a number, got {value!r}")
-    return float(value)
+    def fail(self, key: tuple[str | int, ...], message: str) -> None:
+        raise self.doc.error(self.base + key, message, ProfileError)
 
+    def number(self, key: str, default: float) -> float:
+        value = self.row.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.fail((key,), f"{key} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            self.fail((key,), f"{key} must be finite, got {value!r}")
+        return float(value)
 
-def _parse_row(index: int, row: Any, source: str, line: int | None) -> Register:
-    def fail(message: str) -> None:
-        raise ProfileError(message, source=source, row=index, line=line)
+    def function_code(self) -> int:
+        if {"function", "table"} <= self.given:
+            self.fail(("function",), "give table or function, not both")
+        if "function" in self.given or ("function" in self.row and "table" not in self.given):
+            fc = self.row["function"]
+            if fc not in (3, 4) or isinstance(fc, bool):
+                self.fail(("function",), f"function must be 3 or 4 (a register read), got {fc!r}")
+            return int(fc)
+        table = self.row.get("table", "holding")
+        if table not in FUNCTION_CODES:
+            self.fail(("table",), f"table must be holding or input, got {table!r}")
+        return FUNCTION_CODES[table]
 
-    if not isinstance(row, dict):
-        fail(f"expected a mapping, got {type(row).__name__}")
-    unknown = sorted(set(row) - _ROW_KEYS)
-    if unknown:
-        fail(f"unknown key(s) {', '.join(map(repr, unknown))}; allowed: {sorted(_ROW_KEYS)}")
-    address = row.get("address")
-    if isinstance(address, bool) or not isinstance(address, int) or not 0 <= address <= 65535:
-        fail(f"address must be an integer 0..65535 (0-based wire address), got {address!r}")
-    if "type" not in row:
-        fail("type is required (uint16, int16, uint32, int32, float32)")
-    try:
-        dtype = canonical_type(str(row["type"]))
-        order = canonical_order(row.get("order"), dtype.registers)
-    except ValueError as exc:
-        fail(f"(address {address}) {exc}")
-    if address + dtype.registers > 65536:
-        fail(f"(address {address}) {dtype.name} runs past register 65535")
-    scale = _number(row, "scale", 1.0, fail)
-    if scale == 0 or not math.isfinite(scale):
-        fail(f"(address {address}) scale must be a finite non-zero number, got {scale!r}")
-    ignore = row.get("ignore")
-    feature = row.get("feature")
-    if ignore is None:
-        if feature not in FEATURE_NAMES:
+    def order(self, dtype: DataType) -> str:
+        if dtype.registers == 1 and "word_order" not in self.given:
+            self.row.pop("word_order", None)  # a default for the 32-bit rows
+        if "order" in self.row and ("word_order" in self.row or "byte_order" in self.row):
+            self.fail(("order",), "give order, or word_order/byte_order, not both")
+        if "order" not in self.row and ("word_order" in self.row or "byte_order" in self.row):
+            word = self.row.get("word_order", "big")
+            byte = self.row.get("byte_order", "big")
+            for key, v in (("word_order", word), ("byte_order", byte)):
+                if v not in _ENDIAN:
+                    self.fail((key,), f"{key} must be big or little, got {v!r}")
+            if dtype.registers == 1 and "word_order" in self.row:
+                self.fail(("word_order",), f"{dtype.name} is one register: no word order")
+            if dtype.registers == 1:
+                return "BA" if _ENDIAN[byte] else "AB"
+            return ("ABCD", "BADC", "CDAB", "DCBA")[2 * _ENDIAN[word] + _ENDIAN[byte]]
+        try:
+            return canonical_order(self.row.get("order"), dtype.registers)
+        except ValueError as exc:
+            self.fail(("order",), str(exc))
+        raise AssertionError  # unreachable: fail raises
+
+    def valid(self) -> tuple[float, float] | None:
+        v = self.row.get("valid")
+        if v is None:
+            return None
+        if (
+            not isinstance(v, list)
+            or len(v) != 2
+            or any(isinstance(x, bool) or not isinstance(x, int | float) for x in v)
+            or not v[0] <= v[1]
+        ):
+            self.fail(("valid",), f"valid must be [lowest, highest] numbers, got {v!r}")
+        return float(v[0]), float(v[1])
+
+    def sentinels(self, dtype: DataType) -> frozenset[float]:
+        given = self.row.get("sentinels", [])
+        if not isinstance(given, list):
+            self.fail(("sentinels",), f"sentinels must be a list of raw values, got {given!r}")
+        out: set[float] = set()
+        bits = 16 * dtype.registers
+        for j, s in enumerate(given):
+            if isinstance(s, bool) or not isinstance(s, int | float):
+                self.fail(("sentinels", j), f"a sentinel is a raw number, got {s!r}")
+            if not dtype.is_float:
+                if not isinstance(s, int) or not -(1 << (bits - 1)) <= s < (1 << bits):
+                    self.fail(("sentinels", j), f"sentinel {s!r} does not fit {dtype.name}")
+                if dtype.code.islower() and s >= 1 << (bits - 1):
+                    s -= 1 << bits  # 0xFFFF written for an int16 means -1
+                elif not dtype.code.islower() and s < 0:
+                    s += 1 << bits  # -1 written for a uint16 means 0xFFFF
+            out.add(s)
+        return frozenset(out)
+
+    def parse(self) -> Register:
+        row = self.row
+        address = row.get("address")
+        if isinstance(address, bool) or not isinstance(address, int) or not 0 <= address <= 65535:
+            self.fail(
+                ("address",),
+                f"address must be an integer 0..65535 (0-based wire address), got {address!r}",
+            )
+        if "type" not in row:
+            self.fail((), "type is required (uint16, int16, uint32, int32, float32)")
+        try:
+            dtype = canonical_type(str(row["type"]))
+        except ValueError as exc:
+            self.fail(("type",), str(exc))
+        count = row.get("count", dtype.registers)
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            self.fail(("count",), f"count must be a positive integer, got {count!r}")
+        if count > MAX_READ_REGISTERS:
+            self.fail(
+                ("count",), f"count {count} is above the protocol limit of 125 registers per read"
+            )
+        if count != dtype.registers:
+            self.fail(("count",), f"count {count} does not fit {dtype.name} ({dtype.registers})")
+        if address + dtype.registers > 65536:
+            self.fail(("address",), f"{dtype.name} at {address} runs past register 65535")
+        scale = self.number("scale", 1.0)
+        if scale == 0:
+            self.fail(("scale",), "scale must not be 0")
+        ignore, feature = row.get("ignore"), row.get("feature")
+        if feature is not None and feature not in FEATURE_NAMES:
             known = ", ".join(sorted(FEATURE_NAMES))
-            fail(f"(address {address}) unknown feature {feature!r}; expected one of {known}")
-    elif feature is not None and feature not in FEATURE_NAMES:
-        fail(f"(address {address}) unknown feature {feature!r}")
-    channel = row.get("channel")
-    if not isinstance(channel, str) or not channel:
-        fail(f"(address {address}) channel is required (an axis name or {ALL_CHANNELS!r})")
-    return Register(
-        address=address,
-        dtype=dtype,
-        order=order,
-        scale=scale,
-        unit=str(row.get("unit", "")),
-        feature=feature,
-        channel=channel,
-        ignore=None if ignore is None else str(ignore),
-    )
+            self.fail(("feature",), f"unknown feature {feature!r}; expected one of {known}")
+        if ignore is None and feature is None:
+            self.fail((), "feature is required (or ignore: with the reason the row is unused)")
+        channel = row.get("channel")
+        if not isinstance(channel, str) or not channel:
+            self.fail((), f"channel is required (an axis name or {ALL_CHANNELS!r})")
+        return Register(
+            address=address,
+            dtype=dtype,
+            order=self.order(dtype),
+            scale=scale,
+            unit=str(row.get("unit", "")),
+            feature=feature,
+            channel=channel,
+            ignore=None if ignore is None else str(ignore),
+            function_code=self.function_code(),
+            offset=self.number("offset", 0.0),
+            valid=self.valid(),
+            sentinels=self.sentinels(dtype),
+        )
 
 
-def parse_profile(text: str, source: str, *, expected_name: str | None = None) -> Profile:
-    """Parse and validate a profile's YAML text.
+def parse_profile(doc: Document, expected_name: str | None = None) -> Profile:
+    """Validate a parsed profile document.
 
     Args:
-        text: the YAML document.
-        source: file name for messages.
+        doc: the YAML document with positions (drivers.datafiles.parse_document).
         expected_name: when given, the profile's ``name`` must equal it (the file stem).
 
     Raises:
-        ProfileError: any problem, naming the file, line and row.
+        ProfileError: the first problem, with file:line:column and key.
     """
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        raise ProfileError(f"invalid YAML: {exc}", source=source, line=line) from exc
+    data = doc.data
     if not isinstance(data, dict):
-        raise ProfileError("expected a mapping at the top level", source=source)
+        raise doc.error((), "expected a mapping at the top level", ProfileError)
     unknown = sorted(set(data) - _TOP_KEYS)
     if unknown:
-        raise ProfileError(f"unknown top-level key(s) {unknown}", source=source)
+        raise doc.error(
+            (unknown[0],), f"unknown key {unknown[0]!r}; allowed: {sorted(_TOP_KEYS)}", ProfileError
+        )
     name = data.get("name")
     if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise ProfileError(f"name must be a lower-case identifier, got {name!r}", source=source)
+        raise doc.error(
+            ("name",), f"name must be a lower-case identifier, got {name!r}", ProfileError
+        )
     if expected_name is not None and name != expected_name:
-        raise ProfileError(f"name {name!r} does not match file {expected_name!r}", source=source)
-    table = data.get("table", "holding")
-    if table not in FUNCTION_CODES:
-        raise ProfileError(f"table must be holding or input, got {table!r}", source=source)
+        raise doc.error(
+            ("name",), f"name {name!r} does not match the file name {expected_name!r}", ProfileError
+        )
+    defaults = data.get("defaults") or {}
+    if not isinstance(defaults, dict) or set(defaults) - _DEFAULT_KEYS:
+        raise doc.error(
+            ("defaults",), f"defaults may set only {sorted(_DEFAULT_KEYS)}", ProfileError
+        )
+    if "table" in data:
+        defaults = {"table": data["table"], **defaults}
+    all_zero = data.get("all_zero", "fault")
+    if all_zero not in ("fault", "valid"):
+        raise doc.error(
+            ("all_zero",), f"all_zero must be fault or valid, got {all_zero!r}", ProfileError
+        )
     rows = data.get("registers")
     if not isinstance(rows, list) or not rows:
-        raise ProfileError("registers must be a non-empty list", source=source)
-    lines = _row_lines(text)
-    parsed = [
-        _parse_row(i, row, source, lines[i] if i < len(lines) else None)
-        for i, row in enumerate(rows)
-    ]
-    _check_overlaps(parsed, source, lines)
+        raise doc.error(("registers",), "registers must be a non-empty list", ProfileError)
+    parsed = [_Row(doc, i, row, defaults).parse() for i, row in enumerate(rows)]
+    _check_overlaps(parsed, doc)
     used = [r for r in parsed if r.ignore is None]
     if not used:
-        raise ProfileError("every register row is ignored", source=source)
-    _check_duplicates(parsed, source, lines)
+        raise doc.error(("registers",), "every register row is ignored", ProfileError)
+    _check_duplicates(parsed, doc)
+
+    def key(r: Register) -> tuple[int, int]:
+        return r.function_code, r.address
+
     return Profile(
         name=name,
         model=str(data.get("model", name)),
-        table=table,
-        registers=tuple(sorted(used, key=lambda r: r.address)),
-        ignored=tuple(sorted((r for r in parsed if r.ignore is not None), key=lambda r: r.address)),
-        source=source,
+        registers=tuple(sorted(used, key=key)),
+        ignored=tuple(sorted((r for r in parsed if r.ignore is not None), key=key)),
+        source=doc.source,
+        document=str(data.get("document", "")),
+        all_zero_fault=all_zero == "fault",
     )
 
 
-def _check_overlaps(rows: list[Register], source: str, lines: list[int]) -> None:
-    owner: dict[int, int] = {}
+def _check_overlaps(rows: list[Register], doc: Document) -> None:
+    owner: dict[tuple[int, int], int] = {}
     for i, reg in enumerate(rows):
         for addr in range(reg.address, reg.end):
-            if addr in owner:
-                j = owner[addr]
-                raise ProfileError(
+            j = owner.setdefault((reg.function_code, addr), i)
+            if j != i:
+                raise doc.error(
+                    ("registers", i, "address"),
                     f"address {addr} overlaps registers[{j}] (address {rows[j].address})",
-                    source=source,
-                    row=i,
-                    line=lines[i] if i < len(lines) else None,
+                    ProfileError,
                 )
-            owner[addr] = i
 
 
-def _check_duplicates(rows: list[Register], source: str, lines: list[int]) -> None:
+def _check_duplicates(rows: list[Register], doc: Document) -> None:
     seen: dict[tuple[str, str], int] = {}
     for i, reg in enumerate(rows):
         if reg.ignore is not None or reg.feature is None:
             continue
-        for key, other in seen.items():
-            same_feature = key[1] == reg.feature
-            clash = key[0] == reg.channel or ALL_CHANNELS in (key[0], reg.channel)
-            if same_feature and clash:
-                raise ProfileError(
+        for (channel, feature), other in seen.items():
+            clash = channel == reg.channel or ALL_CHANNELS in (channel, reg.channel)
+            if feature == reg.feature and clash:
+                raise doc.error(
+                    ("registers", i, "feature"),
                     f"feature {reg.feature!r} on channel {reg.channel!r} is already given by "
-                    f"registers[{other}] (channel {key[0]!r})",
-                    source=source,
-                    row=i,
-                    line=lines[i] if i < len(lines) else None,
+                    f"registers[{other}] (channel {channel!r})",
+                    ProfileError,
                 )
         seen[(reg.channel, reg.feature)] = i
-
-
-_PACKAGE = "drivers.profiles"
-
-
-def profile_names() -> list[str]:
-    """Names of the profiles shipped with the package, sorted."""
-    root = resources.files(_PACKAGE)
-    return sorted(
-        entry.name.removesuffix(".yaml")
-        for entry in root.iterdir()
-        if entry.name.endswith(".yaml") and entry.is_file()
-    )
-
-
-def load_profile(name: str) -> Profile:
-    """Load a shipped profile by name (e.g. ``banner-qm30vt2``).
-
-    Raises:
-        ProfileError: unknown name or invalid file.
-    """
-    names = profile_names()
-    if name not in names:
-        raise ProfileError(
-            f"unknown profile {name!r}; available: {', '.join(names)}", source=_PACKAGE
-        )
-    source = f"{name}.yaml"
-    text = resources.files(_PACKAGE).joinpath(source).read_text(encoding="utf-8")
-    return parse_profile(text, f"drivers/profiles/{source}", expected_name=name)
-
-
-def load_profile_file(path: str | Path) -> Profile:
-    """Load a profile from a file outside the package (site-specific sensor models).
-
-    Raises:
-        ProfileError: unreadable or invalid file.
-    """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ProfileError(f"cannot read: {exc.strerror}", source=str(path)) from exc
-    return parse_profile(text, str(path), expected_name=path.stem)

@@ -60,7 +60,7 @@ def test_limits_are_checked() -> None:
 def test_qm30vt2_is_one_read() -> None:
     p = load_profile("banner-qm30vt2")
     plan = plan_profile(p)
-    assert plan.function_code == 3
+    assert plan.blocks[0].function_code == 3
     assert spans(plan.blocks) == [(5201, 21)]  # 5200 is an ignored edge row: not read
     assert spans(plan_profile(p, ["z"]).blocks) == [(5201, 20)]
     assert spans(plan_profile(p, ["x"]).blocks) == [(5203, 19)]

@@ -6,9 +6,20 @@ from pathlib import Path
 
 import pytest
 
-from drivers.errors import ProfileError
-from drivers.profiles import load_profile, load_profile_file, parse_profile, profile_names
+from drivers.datafiles import parse_document
+from drivers.errors import DataFileError, ProfileError
+from drivers.profiles import (
+    ProfileLibrary,
+    load_profile,
+    load_profile_file,
+    parse_profile,
+    profile_names,
+)
 from drivers.reading import FEATURE_NAMES
+
+
+def parse(text: str, source: str = "demo.yaml", expected_name: str | None = None):
+    return parse_profile(parse_document(text, source), expected_name)
 
 
 def test_shipped_profiles_are_listed_and_load() -> None:
@@ -19,7 +30,7 @@ def test_shipped_profiles_are_listed_and_load() -> None:
 
 def test_qm30vt2_matches_the_datasheet_map() -> None:
     p = load_profile("banner-qm30vt2")
-    assert p.function_code == 3
+    assert p.function_codes == (3,)
     assert p.channels == ("z", "x")
     assert p.span() == (5200, 5222)  # 22 registers from 45201
     by_addr = {r.address: r for r in p.registers}
@@ -64,23 +75,23 @@ ROW_OK = "  - {address: 10, type: uint16, scale: 0.001, feature: kurtosis, chann
     [
         (
             "  - {address: 11, type: uint17, feature: kurtosis, channel: z}\n",
-            r"demo\.yaml:5: registers\[1\]: \(address 11\) unknown type 'uint17'",
+            r"demo\.yaml:5:25: registers\[1\]\.type: unknown type 'uint17'",
         ),
         (
             "  - {address: 10, type: int16, feature: crest_factor, channel: z}\n",
-            r"demo\.yaml:5: registers\[1\]: address 10 overlaps registers\[0\]",
+            r"demo\.yaml:5:15: registers\[1\]\.address: address 10 overlaps registers\[0\]",
         ),
         (
             "  - {address: 9, type: float32, feature: crest_factor, channel: z}\n",
-            r"registers\[1\]: address 10 overlaps registers\[0\] \(address 10\)",
+            r"registers\[1\]\.address: address 10 overlaps registers\[0\] \(address 10\)",
         ),
         (
             "  - {address: 11, type: uint16, feature: velocity_mm_s, channel: z}\n",
-            r"demo\.yaml:5: registers\[1\]: \(address 11\) unknown feature 'velocity_mm_s'",
+            r"demo\.yaml:5:42: registers\[1\]\.feature: unknown feature 'velocity_mm_s'",
         ),
         (
             "  - {address: 11, type: uint16, feature: kurtosis, channel: all}\n",
-            r"registers\[1\]: feature 'kurtosis' on channel 'all' is already given",
+            r"registers\[1\]\.feature: feature 'kurtosis' on channel 'all' is already given",
         ),
         (
             "  - {address: 11, type: uint16, order: CDAB, feature: crest_factor, channel: z}\n",
@@ -88,7 +99,7 @@ ROW_OK = "  - {address: 10, type: uint16, scale: 0.001, feature: kurtosis, chann
         ),
         (
             "  - {address: 11, type: uint16, scale: 0, feature: crest_factor, channel: z}\n",
-            r"scale must be a finite non-zero number",
+            r"scale must not be 0",
         ),
         (
             "  - {address: 70000, type: uint16, feature: crest_factor, channel: z}\n",
@@ -96,7 +107,7 @@ ROW_OK = "  - {address: 10, type: uint16, scale: 0.001, feature: kurtosis, chann
         ),
         (
             "  - {address: 11, type: uint16, feature: crest_factor, chanel: z}\n",
-            r"unknown key\(s\) 'chanel'",
+            r"registers\[1\]\.chanel: unknown key 'chanel'",
         ),
         (
             "  - {address: 11, type: uint16, feature: crest_factor}\n",
@@ -113,15 +124,15 @@ def test_validation_errors_name_file_line_and_row(tmp_path: Path, rows: str, mes
 
 
 def test_file_level_errors(tmp_path: Path) -> None:
-    with pytest.raises(ProfileError, match="does not match file"):
-        parse_profile(HEAD.replace("demo", "other") + ROW_OK, "x/demo.yaml", expected_name="demo")
+    with pytest.raises(ProfileError, match="does not match the file name"):
+        parse(HEAD.replace("demo", "other") + ROW_OK, "x/demo.yaml", expected_name="demo")
     with pytest.raises(ProfileError, match="table must be holding or input"):
-        parse_profile(HEAD.replace("holding", "coils") + ROW_OK, "demo.yaml")
+        parse(HEAD.replace("holding", "coils") + ROW_OK)
     with pytest.raises(ProfileError, match="registers must be a non-empty list"):
-        parse_profile("name: demo\nregisters: []\n", "demo.yaml")
-    with pytest.raises(ProfileError, match="invalid YAML"):
-        parse_profile("name: [demo\n", "demo.yaml")
-    with pytest.raises(ProfileError, match="cannot read"):
+        parse("name: demo\nregisters: []\n")
+    with pytest.raises(DataFileError, match=r"demo\.yaml:2:1: invalid YAML"):
+        parse("name: [demo\n")
+    with pytest.raises(DataFileError, match="cannot read"):
         load_profile_file(tmp_path / "missing.yaml")
 
 
@@ -131,9 +142,72 @@ def test_32_bit_rows_and_input_table() -> None:
         "  - {address: 0, type: float32, order: word-swap, feature: kurtosis, channel: z}\n"
         "  - {address: 2, type: int32, scale: 0.01, feature: temperature_c, channel: all}\n"
     )
-    p = parse_profile(text, "demo.yaml")
-    assert p.function_code == 4
+    p = parse(text)
+    assert p.function_codes == (4,)
     k, t = p.registers
     assert (k.order, k.count, t.order, t.count) == ("CDAB", 2, "ABCD", 2)
     assert k.value([0x0000, 0x3FC0]) == 1.5
     assert t.value(t.raw(-12.5)) == -12.5
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ("{address: 1, type: uint16, count: 130, feature: kurtosis, channel: z}",
+         r"demo\.yaml:4:39: registers\[0\]\.count: count 130 is above the protocol limit"),
+        ("{address: 1, type: float32, count: 1, feature: kurtosis, channel: z}",
+         r"registers\[0\]\.count: count 1 does not fit float32 \(2\)"),
+        ("{address: 1, type: float64, feature: kurtosis, channel: z}",
+         r"demo\.yaml:4:24: registers\[0\]\.type: unknown type 'float64'"),
+        ("{address: 1, type: int16, sentinels: [70000], feature: kurtosis, channel: z}",
+         r"registers\[0\]\.sentinels\[0\]: sentinel 70000 does not fit int16"),
+        ("{address: 1, type: int16, valid: [5, 1], feature: kurtosis, channel: z}",
+         r"registers\[0\]\.valid: valid must be \[lowest, highest\]"),
+        ("{address: 1, type: uint16, word_order: little, feature: kurtosis, channel: z}",
+         r"registers\[0\]\.word_order: uint16 is one register: no word order"),
+        ("{address: 1, type: uint16, function: 1, feature: kurtosis, channel: z}",
+         r"registers\[0\]\.function: function must be 3 or 4"),
+    ],
+)  # fmt: skip
+def test_check_errors_name_file_line_column_and_key(row: str, message: str) -> None:
+    with pytest.raises(ProfileError, match=message):
+        parse(f"name: demo\ntable: holding\nregisters:\n  - {row}\n")
+
+
+def test_generic_rows_decode_with_offset_orders_and_flags() -> None:
+    p = parse(
+        "name: demo\ndefaults: {sentinels: [0xFFFF]}\nregisters:\n"
+        "  - {address: 0, type: uint32, word_order: little, byte_order: big, scale: 0.1,"
+        " offset: -40, feature: temperature_c, channel: all, valid: [-40, 125]}\n"
+        "  - {address: 10, function: 4, type: int16, byte_order: little, feature: kurtosis,"
+        " channel: z, valid: [1, 50], sentinels: [0x8000]}\n"
+    )
+    temp, kurt = sorted(p.registers, key=lambda r: r.function_code)
+    assert (temp.order, temp.function_code, kurt.order, kurt.function_code) == ("CDAB", 3, "BA", 4)
+    assert temp.value(temp.raw(21.5)) == pytest.approx(21.5)
+    assert temp.assess(650) == (25.0, None)
+    assert temp.assess(2000)[1] == "out_of_range"
+    assert kurt.sentinels == {-32768}  # 0x8000 written for an int16 means -32768
+    assert kurt.assess(-32768)[1] == "sentinel"
+    assert kurt.assess(float("nan"))[1] == "not_finite"
+    assert p.function_codes == (3, 4)
+
+
+def test_profiles_folder_adds_and_reports_with_positions(tmp_path: Path) -> None:
+    (tmp_path / "good-one.yaml").write_text(HEAD.replace("demo", "good-one") + ROW_OK)
+    (tmp_path / "bad-one.yaml").write_text(
+        "name: bad-one\nregisters:\n  - {address: 1, type: uint99, feature: kurtosis, channel: z}\n"
+    )
+    (tmp_path / "banner-qm30vt2.yaml").write_text(HEAD.replace("demo", "banner-qm30vt2") + ROW_OK)
+    (tmp_path / "notes.txt").write_text("not a profile")
+    lib = ProfileLibrary.load(tmp_path)
+    assert "good-one" in lib and "banner-qm30vt2" in lib and "bad-one" not in lib
+    messages = sorted(str(e) for e in lib.errors)
+    assert any("bad-one.yaml:3:24: registers[0].type: unknown type 'uint99'" in m for m in messages)
+    assert any("is shipped with the agent" in m for m in messages)
+    assert lib.get("banner-qm30vt2").source.startswith("drivers/profiles/")  # shipped wins
+
+
+def test_shipped_profiles_cite_their_document() -> None:
+    for name in profile_names():
+        assert load_profile(name).document, name

@@ -47,7 +47,8 @@ def test_cross_reference_errors_all_at_once(tmp_path: Path) -> None:
         "as sensor 'm1' (line 11): 10.0.0.21:502 device_id 1; give each sensor its own "
         "device_id, host or port",
         "config.yaml:14:65: sensors[1].modbus.profile: unknown register profile 'qm30vt2'; "
-        "known profiles: banner-qm30vt2 (did you mean 'banner-qm30vt2'?)",
+        "known profiles: amc-avm2000r, banner-qm30vt2, machinesaver-trivibe "
+        "(did you mean 'banner-qm30vt2'?)",
     ]
 
 

@@ -45,8 +45,8 @@ def test_wrong_key_wrong_type_and_missing_field_reported_together(tmp_path: Path
         ),
         ConfigIssue(
             f, 9, 7, "sensors[0].modbus.prot",
-            "unknown key 'prot'; allowed keys: host, port, device_id, profile, timeout_s "
-            "(did you mean 'port'?)",
+            "unknown key 'prot'; allowed keys: host, port, bus, device_id, profile, timeout_s, "
+            "backoff_max_s (did you mean 'port'?)",
         ),
         ConfigIssue(
             f, 10, 18, "sensors[0].modbus.device_id",
@@ -62,7 +62,7 @@ def test_a_misspelt_required_key_is_one_issue(tmp_path: Path) -> None:
     path = write(tmp_path, VALID.replace("{host: 10.0.0.21}", "{hots: 10.0.0.21}"))
     assert lines(path) == [
         "config.yaml:8:14: sensors[0].modbus.hots: unknown key 'hots'; allowed keys: host, "
-        "port, device_id, profile, timeout_s (did you mean 'host'? it is required and missing)"
+        "port, bus, device_id, profile, timeout_s, backoff_max_s (did you mean 'host'?)"
     ]
 
 

@@ -1,0 +1,131 @@
+"""Sensors from the configuration: buses and pollers, built in one place.
+
+A sensor with ``modbus.host`` gets a bus of its own (one TCP connection, as a Modbus TCP
+device serves requests in parallel with its neighbours); sensors on a declared bus (a
+serial line or a gateway endpoint) share its schedule. Config reload rebuilds through
+this function too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from agent.config import Bus as BusConfig
+from agent.config import Config, Sensor
+from drivers.modbus import (
+    Backoff,
+    Bus,
+    ModbusPoller,
+    RtuLink,
+    TcpLink,
+    line_utilisation,
+    plan_profile,
+)
+from drivers.profiles import ProfileLibrary
+from drivers.reading import Reading
+
+CONNECT_TIMEOUT_MIN_S = 1.0
+BREAKER_FAILURES = 3  # failed polls in a row that open a poller's breaker
+
+
+@dataclass(frozen=True, slots=True)
+class Sources:
+    """What the runtime runs for the sensors.
+
+    Attributes:
+        buses: every bus (shared ones first, then one per directly connected sensor).
+        pollers: one per sensor, in configuration order.
+    """
+
+    buses: tuple[Bus, ...]
+    pollers: tuple[ModbusPoller, ...]
+
+
+def planned_utilisation(config: Config, bus: BusConfig, library: ProfileLibrary) -> float | None:
+    """The poll plan's share of a serial line (None when its speed is not known)."""
+    if bus.rtu is not None:
+        baud, parity, stop = bus.rtu.baudrate, bus.rtu.parity, bus.rtu.stop_bits
+    elif bus.tcp is not None and bus.tcp.line_baudrate is not None:
+        baud, parity, stop = bus.tcp.line_baudrate, "N", 1
+    else:
+        return None
+    devices = [
+        (plan_profile(library.get(s.modbus.profile), s.channels), s.poll_interval_s)
+        for s in config.sensors
+        if s.modbus.bus == bus.id
+    ]
+    return line_utilisation(devices, baudrate=baud, parity=parity, stop_bits=stop)
+
+
+def _shared_bus(config: Config, bus: BusConfig, library: ProfileLibrary) -> Bus:
+    plan = planned_utilisation(config, bus, library)
+    if bus.rtu is not None:
+        r = bus.rtu
+        link = RtuLink(
+            r.port,
+            baudrate=r.baudrate,
+            parity=r.parity,
+            stop_bits=r.stop_bits,
+            bytesize=r.bytesize,
+            inter_frame_s=r.inter_frame_s,
+            late_flush_s=r.late_flush_s,
+        )
+        return Bus(bus.id, "rtu", [link], planned_utilisation=plan)
+    assert bus.tcp is not None
+    t = bus.tcp
+    links = [
+        TcpLink(t.host, t.port, connect_timeout_s=CONNECT_TIMEOUT_MIN_S, settle_s=t.settle_s)
+        for _ in range(t.max_connections)
+    ]
+    return Bus(bus.id, "gateway", links, planned_utilisation=plan)
+
+
+def _own_bus(sensor: Sensor) -> Bus:
+    m = sensor.modbus
+    assert m.host is not None
+    link = TcpLink(m.host, m.port, connect_timeout_s=max(m.timeout_s, CONNECT_TIMEOUT_MIN_S))
+    return Bus(sensor.id, "tcp", [link])
+
+
+def build_sources(
+    config: Config, library: ProfileLibrary, sink: Callable[[Reading], None]
+) -> Sources:
+    """Buses and pollers for every configured sensor.
+
+    Args:
+        config: the validated configuration.
+        library: the register profiles (shipped plus the profiles_dir's), loaded once.
+        sink: where every poller hands its readings.
+
+    Raises:
+        ProfileError: a sensor names a profile the library does not have (``check``
+            reports it first).
+    """
+    shared = {b.id: _shared_bus(config, b, library) for b in config.buses}
+    buses: list[Bus] = list(shared.values())
+    pollers = []
+    for s in config.sensors:
+        m = s.modbus
+        if m.bus is not None:
+            bus = shared[m.bus]
+        else:
+            bus = _own_bus(s)
+            buses.append(bus)
+        pollers.append(
+            ModbusPoller(
+                s.id,
+                bus=bus,
+                device_id=m.device_id,
+                profile=library.get(m.profile),
+                channels=s.channels,
+                timeout_s=m.timeout_s,
+                poll_interval_s=s.poll_interval_s,
+                sink=sink,
+                backoff=Backoff(
+                    min(s.poll_interval_s, 1.0), max(m.backoff_max_s, 0.5), BREAKER_FAILURES
+                ),
+                transport="modbus-rtu" if bus.kind == "rtu" else "modbus",
+            )
+        )
+    return Sources(tuple(buses), tuple(pollers))

@@ -1,0 +1,221 @@
+"""Modbus RTU on a serial port (RS-485): framing by silence, CRC, late-byte flush.
+
+RTU frames carry no transaction id, so a late answer from a slow device could pass for
+the next request's. Defences, in order: wait the inter-frame gap (3.5 characters, 1.75 ms
+above 19200 baud) before every request; discard whatever arrived before it; check device
+id, function code, byte count and CRC of the answer; a complete, valid frame from another
+device that precedes ours is dropped and counted as late; after a timeout or a garbled
+answer, flush: read and discard until the line has been quiet for ``late_flush_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+
+import serial
+
+from drivers.modbus._frames import (
+    FrameError,
+    char_time_s,
+    crc16,
+    inter_frame_gap_s,
+    read_pdu,
+    registers_of,
+    rtu_answer_pdu,
+    rtu_expected_size,
+    rtu_frame,
+)
+from drivers.modbus._link import LinkDown, LinkTimeout
+
+MAX_FLUSH_S = 2.0  # a line that never falls quiet (noise) is reported, not waited on forever
+MAX_BUFFER = 4096
+
+PARITIES = {"N": serial.PARITY_NONE, "E": serial.PARITY_EVEN, "O": serial.PARITY_ODD}
+
+
+class RtuLink:
+    """One serial port (an RS-485 line with any number of devices).
+
+    Args:
+        port: the serial device, e.g. ``/dev/ttyUSB0``.
+        baudrate: line speed.
+        parity: ``N``, ``E`` or ``O``.
+        stop_bits: 1 or 2.
+        bytesize: data bits, 7 or 8.
+        inter_frame_s: silence before each request; None: 3.5 characters (1.75 ms above
+            19200 baud), as the Modbus serial line specification requires.
+        late_flush_s: after a timeout or a garbled answer, discard bytes until the line
+            has been quiet this long.
+    """
+
+    def __init__(
+        self,
+        port: str,
+        *,
+        baudrate: int,
+        parity: str = "N",
+        stop_bits: int = 1,
+        bytesize: int = 8,
+        inter_frame_s: float | None = None,
+        late_flush_s: float = 0.05,
+    ) -> None:
+        self.address = port
+        self.port, self.baudrate, self.parity = port, baudrate, parity
+        self.stop_bits, self.bytesize = stop_bits, bytesize
+        self.char_s = char_time_s(baudrate, parity, stop_bits, bytesize)
+        self.gap_s = inter_frame_gap_s(baudrate, self.char_s) if inter_frame_s is None else (
+            inter_frame_s)  # fmt: skip
+        self.late_flush_s = late_flush_s
+        self._serial: serial.Serial | None = None
+        self._buf = bytearray()
+        self._arrived = asyncio.Event()
+        self._last_activity = 0.0
+        self.late_answers = 0
+        self.flushed_bytes = 0
+
+    @property
+    def connected(self) -> bool:
+        """True while the port is open."""
+        return self._serial is not None
+
+    async def connect(self) -> None:
+        """Open and configure the port.
+
+        Raises:
+            LinkDown: the port does not exist or cannot be opened or configured.
+        """
+        self.close()
+        try:
+            ser = serial.Serial(
+                self.port,
+                baudrate=self.baudrate,
+                bytesize=self.bytesize,
+                parity=PARITIES[self.parity],
+                stopbits=self.stop_bits,
+                timeout=0,
+                exclusive=True,
+            )
+        except (serial.SerialException, OSError, ValueError) as exc:
+            raise LinkDown(f"cannot open {self.port}: {exc}") from exc
+        self._serial = ser
+        self._buf.clear()
+        asyncio.get_running_loop().add_reader(ser.fileno(), self._readable)
+        self._last_activity = time.monotonic()
+
+    def close(self) -> None:
+        """Close the port."""
+        ser, self._serial = self._serial, None
+        if ser is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(ser.fileno())
+            with contextlib.suppress(Exception):
+                ser.close()
+        self._arrived.set()
+
+    def _readable(self) -> None:
+        ser = self._serial
+        if ser is None:
+            return
+        try:
+            data = os.read(ser.fileno(), MAX_BUFFER)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.close()  # the adapter was unplugged: the next poll reopens it
+            return
+        if not data:
+            return
+        self._last_activity = time.monotonic()
+        if len(self._buf) + len(data) > MAX_BUFFER:
+            self.flushed_bytes += len(self._buf)
+            self._buf.clear()
+        self._buf += data
+        self._arrived.set()
+
+    async def _wait_data(self, deadline: float) -> bool:
+        """Wait for more bytes until ``deadline`` (monotonic); False when it passed."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        self._arrived.clear()
+        try:
+            async with asyncio.timeout(left):
+                await self._arrived.wait()
+        except TimeoutError:
+            return False
+        if self._serial is None:
+            raise LinkDown(f"{self.port} closed")
+        return True
+
+    async def _quiet(self) -> None:
+        """The inter-frame gap since the last byte either way."""
+        wait = self._last_activity + self.gap_s - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+    async def _flush(self) -> None:
+        """Discard bytes until the line has been quiet for late_flush_s (bounded)."""
+        stop = time.monotonic() + MAX_FLUSH_S
+        while self._serial is not None and time.monotonic() < stop:
+            quiet_until = self._last_activity + self.late_flush_s
+            if time.monotonic() >= quiet_until:
+                break
+            await self._wait_data(min(quiet_until, stop))
+        self.flushed_bytes += len(self._buf)
+        self._buf.clear()
+
+    def _drop_foreign_frame(self, device_id: int) -> bool:
+        """Drop a complete, valid answer of another device at the buffer's start."""
+        buf = self._buf
+        if len(buf) < 3 or buf[0] == device_id:
+            return False
+        size = 5 if buf[1] & 0x80 else 3 + buf[2] + 2
+        if len(buf) < size or crc16(bytes(buf[: size - 2])) != int.from_bytes(
+            buf[size - 2 : size], "little"
+        ):
+            return False
+        del buf[:size]
+        self.late_answers += 1
+        return True
+
+    async def read(
+        self, device_id: int, function_code: int, address: int, count: int, timeout_s: float
+    ) -> list[int]:
+        """See Link.read."""
+        ser = self._serial
+        if ser is None:
+            raise LinkDown(f"{self.port} is not open")
+        await self._quiet()
+        self.flushed_bytes += len(self._buf)
+        self._buf.clear()
+        request = rtu_frame(device_id, read_pdu(function_code, address, count))
+        try:
+            os.write(ser.fileno(), request)
+        except OSError as exc:
+            self.close()
+            raise LinkDown(f"write to {self.port} failed: {exc.strerror}") from exc
+        sent_end = time.monotonic() + len(request) * self.char_s
+        self._last_activity = sent_end
+        deadline = sent_end + timeout_s
+        try:
+            frame = await self._receive(device_id, count, deadline)
+            return registers_of(rtu_answer_pdu(frame, device_id), function_code, count)
+        except (LinkTimeout, FrameError):
+            await self._flush()
+            raise
+
+    async def _receive(self, device_id: int, count: int, deadline: float) -> bytes:
+        while True:
+            self._drop_foreign_frame(device_id)
+            size = rtu_expected_size(bytes(self._buf[:2]), count)
+            if size is not None and len(self._buf) >= size:
+                frame = bytes(self._buf[:size])
+                del self._buf[:size]
+                return frame
+            if not await self._wait_data(deadline):
+                if self._buf:
+                    raise FrameError("short", f"incomplete answer ({len(self._buf)} bytes)")
+                raise LinkTimeout("no answer in time")

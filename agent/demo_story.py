@@ -51,7 +51,9 @@ def _outlook(rec: Mapping[str, Any]) -> str:
     return f"no failure estimate yet ({reason.split(':')[0]})"
 
 
-def _zone(rec: Mapping[str, Any], tables: Mapping[str, ZoneTable]) -> tuple[str, float | None]:
+def record_zone(
+    rec: Mapping[str, Any], tables: Mapping[str, ZoneTable]
+) -> tuple[str, float | None]:
     """The record's ISO zone (from the asset's table when the record has none) and velocity."""
     sev = rec.get("severity") or {}
     feats = (rec.get("evidence") or {}).get("features") or {}
@@ -74,7 +76,7 @@ def record_line(
     sev = rec.get("severity") or {}
     sensor = rec["sensor"]
     where = f" [{sensor['id']} {sensor['channel']}]"
-    zone, v = _zone(rec, tables)
+    zone, v = record_zone(rec, tables)
     level = f"zone {zone}, {v:.2f} mm/s" if v is not None else f"zone {zone}"
     if kind == "maintenance":
         note = (rec.get("evidence") or {}).get("note") or "no note"

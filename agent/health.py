@@ -190,6 +190,8 @@ _UPLINK_SERIES = (
      ("summaries_delivered_total",), True),
     ("edge_uplink_consecutive_failures", "Failure streak", ("consecutive_failures",), False),
     ("edge_uplink_probes", "Reachability probes while it was down", ("probes_total",), True),
+    ("edge_uplink_skipped", "Items settled unsent: not for this uplink (cmms: no work order)",
+     ("skipped_total",), True),
 )  # fmt: skip
 
 

@@ -71,6 +71,7 @@ def site_edit(config: Path, root: Path, port: int) -> None:
     text = config.read_text()
     text = text.replace("portfolio.example", "localhost:9")  # nothing listens there
     text = text.replace("host: broker.example", "host: localhost")  # nor on MQTT's 8883
+    text = text.replace("cmms.example", "localhost:9")  # nor a CMMS
     text = text.replace("/var/lib/edge-agent", f"{root}/var/lib/edge-agent")
     text = text.replace("port: 9108", f"port: {port}")
     text = text.replace("/run/edge-agent/control.sock", f"{root}/run/edge-agent/control.sock")

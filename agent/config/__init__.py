@@ -1,7 +1,15 @@
 """Configuration: YAML -> validated, frozen models; errors with file:line:column."""
 
 from agent.config._check import CheckResult, check_file, main_check, readable_by_others, summary
-from agent.config._delivery import HttpUplink, MqttTls, MqttUplink, Summaries, Uplink
+from agent.config._cmms import DEFAULT_PRIORITY, CmmsFields, CmmsMapping
+from agent.config._delivery import (
+    CmmsUplink,
+    HttpUplink,
+    MqttTls,
+    MqttUplink,
+    Summaries,
+    Uplink,
+)
 from agent.config._errors import ConfigError, ConfigIssue
 from agent.config._loader import load_config
 from agent.config._models import (
@@ -29,11 +37,15 @@ from agent.config._urls import public_url
 from agent.config._zones import standard_label, zone_limits
 
 __all__ = [
+    "DEFAULT_PRIORITY",
     "Alerting",
     "Asset",
     "Bearing",
     "Bus",
     "CheckResult",
+    "CmmsFields",
+    "CmmsMapping",
+    "CmmsUplink",
     "Config",
     "ConfigError",
     "ConfigIssue",

@@ -76,11 +76,18 @@ def readable_by_others(path: Path | None) -> str | None:
 def _uplink_lines(config: Config) -> list[str]:
     lines = []
     for name, u in zip(config.uplink_names(), config.uplinks, strict=True):
-        if u.http is not None:
-            h = u.http
+        if u.http is not None or u.cmms is not None:
+            h = u.http or u.cmms
+            assert h is not None
             source = f" from {h.token_file}" if h.token_file else ""
             token = f"token set{source}" if h.token else "no token"
-            lines.append(f"  {name}: {public_url(h.url)} ({token}, batch {h.batch_size})")
+            what = f"batch {h.batch_size}"
+            if u.cmms is not None:
+                what = (
+                    "work-order requests for raised and escalated alerts, due "
+                    f"{_num(u.cmms.safety_margin_hours)} h before the earliest estimated failure"
+                )
+            lines.append(f"  {name}: {public_url(h.url)} ({token}, {what})")
             secret = h.token_file
         else:
             assert u.mqtt is not None

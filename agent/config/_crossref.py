@@ -10,6 +10,8 @@ import grp
 from pathlib import Path
 from typing import Any, Protocol
 
+from agent.config._cmms_check import cmms_asset_refs
+from agent.config._delivery import UPLINK_KINDS
 from agent.config._errors import ConfigIssue, KeyPath
 from agent.config._messages import did_you_mean
 from agent.config._models import ModbusTcp, Sensor
@@ -302,7 +304,11 @@ def _control_group(data: dict[str, Any], smap: SourceMap) -> list[ConfigIssue]:
 
 
 # (section under an uplink, key naming a secret file, what the file holds)
-SECRET_FILES = (("http", "token_file", "token"), ("mqtt", "password_file", "password"))
+SECRET_FILES = (
+    ("http", "token_file", "token"),
+    ("mqtt", "password_file", "password"),
+    ("cmms", "token_file", "token"),
+)
 
 
 def _read_secret(file: Path, name: str, what: str) -> tuple[str | None, str]:
@@ -384,7 +390,7 @@ def _uplink_names(data: dict[str, Any], smap: SourceMap) -> list[ConfigIssue]:
     for i, uplink in _entries(data, "uplinks"):
         name = uplink.get("name")
         if name is None:
-            kinds = [k for k in ("http", "mqtt") if k in uplink]
+            kinds = [k for k in UPLINK_KINDS if k in uplink]
             if len(kinds) != 1:
                 continue
             same = [j for j, u in _entries(data, "uplinks") if kinds[0] in u]
@@ -438,4 +444,5 @@ def cross_check(data: dict[str, Any], smap: SourceMap, profiles: Profiles) -> li
     issues += _exposure(data, smap)
     issues += _control_group(data, smap)
     issues += _uplink_names(data, smap) + _summary_sensors(data, smap)
+    issues += cmms_asset_refs(data, smap)
     return issues

@@ -1,4 +1,5 @@
-"""What leaves the gateway: the uplinks (HTTP, MQTT 5) and the optional feature summaries.
+"""What leaves the gateway: the uplinks (HTTP, MQTT 5, CMMS work orders) and the optional
+feature summaries.
 
 Models as in agent.config._models (frozen, unknown keys refused); the address hygiene
 rules live in agent.config._urls.
@@ -7,11 +8,12 @@ rules live in agent.config._urls.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Self
 
 from pydantic import Field, model_validator
 
 from agent.config._base import Id, _Model
+from agent.config._cmms import CmmsMapping
 from agent.config._urls import is_loopback, url_problem
 
 
@@ -26,22 +28,35 @@ class _Delivery(_Model):
     probe_interval_s: float = Field(default=1.0, ge=0.1, le=60)
 
 
-class HttpUplink(_Delivery):
+class _HttpEndpoint(_Delivery):
+    """An HTTPS endpoint with an optional bearer token (the http and cmms uplinks)."""
+
     url: Annotated[str, Field(pattern=r"^https?://")]
     token: str | None = None  # may be "${ENV_VAR}", expanded at load
     token_file: Path | None = None
     allow_insecure_http: bool = False
+
+    @model_validator(mode="after")
+    def _endpoint(self) -> Self:
+        if self.token is not None and self.token_file is not None:
+            raise ValueError("give token or token_file, not both")
+        problem = url_problem(self.url, allow_insecure_http=self.allow_insecure_http)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+
+class HttpUplink(_HttpEndpoint):
     # Where feature summaries go; None: url with its last path segment set to "summaries".
     summaries_url: Annotated[str, Field(pattern=r"^https?://")] | None = None
 
     @model_validator(mode="after")
-    def _checks(self) -> HttpUplink:
-        if self.token is not None and self.token_file is not None:
-            raise ValueError("give token or token_file, not both")
-        for url in (self.url, self.summaries_url):
-            problem = url and url_problem(url, allow_insecure_http=self.allow_insecure_http)
-            if problem:
-                raise ValueError(problem)
+    def _summaries(self) -> HttpUplink:
+        problem = self.summaries_url and url_problem(
+            self.summaries_url, allow_insecure_http=self.allow_insecure_http
+        )
+        if problem:
+            raise ValueError(problem)
         return self
 
     def summaries_endpoint(self) -> str:
@@ -50,6 +65,21 @@ class HttpUplink(_Delivery):
             return self.summaries_url
         head, _, _last = self.url.rstrip("/").rpartition("/")
         return f"{head}/summaries"
+
+
+class CmmsUplink(_HttpEndpoint):
+    """Work-order requests for raised and escalated alerts (agent.uplink._cmms).
+
+    The due date is the detection time plus the lower bound of the time to failure minus
+    `safety_margin_hours`; without an estimate, plus `due_without_estimate_hours` (default:
+    the asset's planning horizon) minus the margin; never before the detection, and at the
+    detection in zone D.
+    """
+
+    batch_size: int = Field(default=20, ge=1, le=1000)  # alerts per round, one POST each
+    safety_margin_hours: float = Field(default=24.0, ge=0, le=87_600)
+    due_without_estimate_hours: float | None = Field(default=None, gt=0, le=87_600)
+    mapping: CmmsMapping = CmmsMapping()
 
 
 class MqttTls(_Model):
@@ -113,22 +143,33 @@ def topic_problem(template: str) -> str | None:
     return None
 
 
-class Uplink(_Model):
-    """One destination: exactly one of http or mqtt."""
+UPLINK_KINDS = ("http", "mqtt", "cmms")
 
-    name: Id | None = None  # default: http / mqtt, or http-1, http-2 ... when several
+
+class Uplink(_Model):
+    """One destination: exactly one of http, mqtt or cmms."""
+
+    name: Id | None = None  # default: its kind (http-1, http-2 ... when several share it)
     http: HttpUplink | None = None
     mqtt: MqttUplink | None = None
+    cmms: CmmsUplink | None = None
 
     @model_validator(mode="after")
     def _one(self) -> Uplink:
-        if (self.http is None) == (self.mqtt is None):
-            raise ValueError("give exactly one of http or mqtt in each uplink")
+        if sum(getattr(self, k) is not None for k in UPLINK_KINDS) != 1:
+            raise ValueError("give exactly one of http, mqtt or cmms in each uplink")
         return self
 
     @property
     def kind(self) -> str:
-        return "http" if self.http is not None else "mqtt"
+        """http, mqtt or cmms."""
+        return next(k for k in UPLINK_KINDS if getattr(self, k) is not None)
+
+    @property
+    def settings(self) -> HttpUplink | MqttUplink | CmmsUplink:
+        """The one block given (its delivery settings and endpoint)."""
+        block: HttpUplink | MqttUplink | CmmsUplink = getattr(self, self.kind)
+        return block
 
 
 MAX_UPLINKS = 8

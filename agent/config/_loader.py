@@ -143,12 +143,13 @@ def _resolved(config: Config, secrets: dict[int, str], base: Path) -> Config:
     """
     uplinks = []
     for i, u in enumerate(config.uplinks):
-        if u.http is not None:
-            h = u.http
+        if u.http is not None or u.cmms is not None:
+            h = u.http or u.cmms
+            assert h is not None
             upd: dict[str, object] = {"token_file": _absolute(h.token_file, base)}
             if i in secrets:
                 upd["token"] = secrets[i]
-            u = u.model_copy(update={"http": h.model_copy(update=upd)})
+            u = u.model_copy(update={u.kind: h.model_copy(update=upd)})
         elif u.mqtt is not None:
             m = u.mqtt
             upd = {"password_file": _absolute(m.password_file, base)}

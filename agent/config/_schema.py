@@ -184,7 +184,12 @@ def expected(located: Located) -> str:
         need = f" (required: {', '.join(req)})" if req else ""
         return f"a mapping with keys {', '.join(keys_of(ann))}{need}"
     if is_union(ann):
-        return "a mapping"
+        members = [strip(a) for a in get_args(ann) if a is not type(None)]
+        if any(is_model(m) or m is Any for m in members):
+            return "a mapping"
+        return " or ".join(
+            expected(Located(located.path, m, field, located.parent)) for m in members
+        )
     if get_origin(ann) in (tuple, list):
         item = strip(get_args(ann)[0]) if get_args(ann) else Any
         if is_model(item):

@@ -5,12 +5,14 @@ from agent.store._lock import StoreInUseError, lock_path, store_lock
 from agent.store._ops import StoredItem
 from agent.store._outbox import Outbox, outbox_for
 from agent.store._queries import OutboxStats, UplinkBacklog
+from agent.store._routing import FINDINGS
 from agent.store._salvage import StoreFault
 from agent.store._view import StoreView, read_only, requeue_in_place
 from agent.store._writer import WriterCounters
 from agent.store.errors import StoreClosedError, StoreError, StoreFullError
 
 __all__ = [
+    "FINDINGS",
     "Outbox",
     "OutboxStats",
     "Quarantined",

@@ -186,16 +186,19 @@ def _by_class(items: Iterable[StoredItem]) -> dict[int, list[int]]:
     return out
 
 
-def mark_delivered(conn: sqlite3.Connection, uplink: str, items: Iterable[StoredItem]) -> int:
-    """Record delivery to one uplink; items every uplink has become complete."""
+def mark_delivered(
+    conn: sqlite3.Connection, uplink: str, items: Iterable[StoredItem], note: str | None = None
+) -> int:
+    """Record delivery to one uplink; items every uplink has become complete. A note (kept
+    as the row's reason) says the uplink settled the item without sending it, and why."""
     at = now_ts()
     n = 0
     for klass, refs in _by_class(items).items():
         for part in chunks(refs):
             n += conn.execute(
-                f"UPDATE outbound SET state = {DELIVERED}, at = ? WHERE uplink = ? "
+                f"UPDATE outbound SET state = {DELIVERED}, at = ?, reason = ? WHERE uplink = ? "
                 f"AND class = ? AND state = {PENDING} AND ref IN ({marks(len(part))})",
-                (at, uplink, klass, *part),
+                (at, note, uplink, klass, *part),
             ).rowcount
         settle(conn, klass, refs)
     return n

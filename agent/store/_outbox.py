@@ -24,6 +24,7 @@ from agent.store import _budget, _ops, _queries
 from agent.store._files import Quarantined
 from agent.store._ops import StoredItem
 from agent.store._queries import OutboxStats
+from agent.store._routing import FINDINGS
 from agent.store._salvage import StoreFault
 from agent.store._schema import open_db
 from agent.store._writer import Writer, WriterCounters
@@ -49,6 +50,8 @@ class Outbox:
         max_bytes: disk budget of live pages (see agent.store._budget for what goes first).
         uplinks: the configured uplink names; every stored item waits for each of them.
             None keeps the store's registration as it is (CLI tools that do not deliver).
+        carries: uplink name -> what it is given, for an uplink that does not carry every
+            item (FINDINGS: a CMMS); the others carry everything (agent.store._routing).
         queue_size: bound of queued requests; beyond it callers wait.
         first_seq: the first seq of a new store (None: the clock floor).
         on_fault: called on the event loop after the store file was recovered at run time.
@@ -65,6 +68,7 @@ class Outbox:
         gateway_id: str,
         max_bytes: int,
         uplinks: Sequence[str] | None = None,
+        carries: Mapping[str, str] | None = None,
         queue_size: int = 1024,
         first_seq: int | None = None,
         on_fault: Callable[[StoreFault], None] | None = None,
@@ -75,6 +79,7 @@ class Outbox:
         self.gateway_id = gateway_id
         self.max_bytes = int(max_bytes)
         self.uplinks = None if uplinks is None else tuple(uplinks)
+        self.carries = dict(carries or {})
         self._queue_size = queue_size
         self._first_seq = first_seq  # None: the clock floor (ids never collide after a wipe)
         self._writer: Writer | None = None
@@ -109,7 +114,9 @@ class Outbox:
             self.wake_event(name).set()
 
     def _open(self) -> sqlite3.Connection:
-        conn, quarantined = open_db(self.path, self.gateway_id, self._first_seq, self.uplinks)
+        conn, quarantined = open_db(
+            self.path, self.gateway_id, self._first_seq, self.uplinks, self.carries
+        )
         if quarantined is not None:
             self._quarantined = quarantined
         return conn
@@ -228,11 +235,14 @@ class Outbox:
         )
         return result
 
-    async def mark_delivered(self, uplink: str, items: Iterable[StoredItem]) -> int:
-        """Record that the uplink has these items (after a 2xx or PUBACK)."""
+    async def mark_delivered(
+        self, uplink: str, items: Iterable[StoredItem], *, note: str | None = None
+    ) -> int:
+        """Record that the uplink has these items (after a 2xx or PUBACK), or, with a
+        note, that it settled them without sending (an item it does not carry, and why)."""
         items = list(items)
         result: int = await self._call(
-            lambda c: _ops.mark_delivered(c, uplink, items),
+            lambda c: _ops.mark_delivered(c, uplink, items, note),
             write=True,
             what=f"marking {len(items)} delivered to {uplink}",
         )
@@ -309,10 +319,12 @@ class Outbox:
 def outbox_for(config: Config, *, on_fault: Callable[[StoreFault], None] | None = None) -> Outbox:
     """The outbox a configuration describes, with its uplinks registered (one place for
     the agent and the CLI tools that write the store while the agent is stopped)."""
+    names = config.uplink_names()
     return Outbox(
         config.store.path,
         gateway_id=config.gateway.id,
         max_bytes=config.store.max_bytes,
-        uplinks=config.uplink_names(),
+        uplinks=names,
+        carries={n: FINDINGS for n, u in zip(names, config.uplinks, strict=True) if u.cmms},
         on_fault=on_fault,
     )

@@ -209,8 +209,14 @@ def stats(conn: sqlite3.Connection, path: Path) -> OutboxStats:
 
 def _deliveries(conn: sqlite3.Connection, klass: int, ref: int) -> dict[str, dict[str, Any]]:
     states = {0: "pending", 1: "delivered", 2: "dead_letter"}
+    # A delivered row with a reason was settled without sending (the uplink does not carry
+    # that item: a clear opens no work order).
     return {
-        up: {"state": states.get(st, str(st)), "at": at, "reason": reason}
+        up: {
+            "state": "skipped" if st == 1 and reason else states.get(st, str(st)),
+            "at": at,
+            "reason": reason,
+        }
         for up, st, at, reason in conn.execute(
             "SELECT uplink, state, at, reason FROM outbound WHERE class = ? AND ref = ? "
             "ORDER BY uplink",

@@ -1,20 +1,24 @@
 """Who still needs what: per-(item, uplink) delivery rows, uplink registration, completion.
 
 Every item (an alert, or a feature summary) gets one `outbound` row per registered uplink
-when it is stored: pending, then delivered or dead-lettered. An item is *complete* (its
-`delivered_at` set) once every registered uplink has it; only complete items are pruned
-first by the disk budget. A newly configured uplink is registered at open and gets a
-pending row for every item that is not complete yet (so adding an uplink after an outage,
-or configuring the first one, delivers the backlog to it too, but no history that every
-other uplink already has). An uplink removed from the configuration is unregistered: its
-rows stay (visible, requeueable, pruned with their items) but no longer hold items back.
+that carries it when it is stored: pending, then delivered or dead-lettered. Most uplinks
+carry every item; a CMMS uplink (`carries` = FINDINGS) only severity and trend alerts
+raised or escalated, so a clear, a repair, a sensor fault or a summary never waits for it
+(an item no uplink carries is complete at once). An item is *complete* (its
+`delivered_at` set) once every registered uplink has it, or does not carry it; only
+complete items are pruned first by the disk budget. A newly configured uplink is
+registered at open and gets a pending row for every item it carries that is not complete
+yet (so adding an uplink after an outage, or configuring the first one, delivers the
+backlog to it too, but no history that every other uplink already has). An uplink
+removed from the configuration is unregistered: its rows stay (visible, requeueable,
+pruned with their items) but no longer hold items back.
 """
 
 from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from agent.store._sqlite import now_ts
 
@@ -39,16 +43,28 @@ def marks(n: int) -> str:
     return ",".join("?" * n)
 
 
+FINDINGS = "findings"  # what a CMMS uplink carries: raised or escalated severity/trend alerts
+# Which items an uplink `u` carries, as SQL over the item `t` (u.carries NULL: every item).
+_CARRIED = {
+    ALERT: f"(u.carries IS NULL OR (u.carries = '{FINDINGS}' AND t.kind IN ('severity', "
+    "'trend') AND json_extract(t.body, '$.state') IN ('raised', 'escalated')))",
+    SUMMARY: "u.carries IS NULL",
+}
+
+
 def route(conn: sqlite3.Connection, klass: int, refs: Sequence[int]) -> None:
-    """Pending rows for new items, one per registered uplink (inside the append)."""
+    """Pending rows for new items, one per registered uplink that carries them (inside the
+    append); items no uplink carries are complete at once."""
     table, _ = TABLES[klass]
     for part in chunks(refs):
         conn.execute(
             "INSERT OR IGNORE INTO outbound (uplink, class, ref, tier, state) "
             f"SELECT u.name, ?, t.seq, t.tier, {PENDING} FROM uplinks u, {table} t "
-            f"WHERE t.seq IN ({marks(len(part))})",
+            f"WHERE t.seq IN ({marks(len(part))}) AND {_CARRIED[klass]}",
             (klass, *part),
         )
+    if conn.execute("SELECT 1 FROM uplinks WHERE carries IS NOT NULL LIMIT 1").fetchone():
+        settle(conn, klass, refs)
 
 
 def settle(conn: sqlite3.Connection, klass: int, refs: Iterable[int] | None = None) -> int:
@@ -73,8 +89,12 @@ def settle(conn: sqlite3.Connection, klass: int, refs: Iterable[int] | None = No
     return n
 
 
-def register(conn: sqlite3.Connection, names: Sequence[str]) -> None:
-    """Make the registered uplinks exactly `names` (see the module docstring)."""
+def register(
+    conn: sqlite3.Connection, names: Sequence[str], carries: Mapping[str, str] | None = None
+) -> None:
+    """Make the registered uplinks exactly `names` (see the module docstring); `carries`:
+    name -> FINDINGS for an uplink that does not carry every item."""
+    carries = _usable(conn, carries or {})
     known = {r[0] for r in conn.execute("SELECT name FROM uplinks")}
     for gone in sorted(known - set(names)):
         conn.execute("DELETE FROM uplinks WHERE name = ?", (gone,))
@@ -92,15 +112,20 @@ def register(conn: sqlite3.Connection, names: Sequence[str]) -> None:
         )
     for name in names:
         if name in known:
+            conn.execute("UPDATE uplinks SET carries = ? WHERE name = ?", (carries.get(name), name))
             continue
-        conn.execute("INSERT INTO uplinks (name, added_at) VALUES (?, ?)", (name, now_ts()))
+        conn.execute(
+            "INSERT INTO uplinks (name, added_at, carries) VALUES (?, ?, ?)",
+            (name, now_ts(), carries.get(name)),
+        )
         conn.execute("DELETE FROM retired_uplinks WHERE name = ?", (name,))
         routed = 0
         for klass, (table, _) in TABLES.items():
             routed += conn.execute(
                 "INSERT OR IGNORE INTO outbound (uplink, class, ref, tier, state) "
-                f"SELECT ?, ?, seq, tier, {PENDING} FROM {table} WHERE delivered_at IS NULL",
-                (name, klass),
+                f"SELECT u.name, ?, t.seq, t.tier, {PENDING} FROM uplinks u, {table} t "
+                f"WHERE u.name = ? AND t.delivered_at IS NULL AND {_CARRIED[klass]}",
+                (klass, name),
             ).rowcount
         log.info(
             "uplink %s registered: %d stored item(s) not yet delivered everywhere", name, routed
@@ -108,6 +133,19 @@ def register(conn: sqlite3.Connection, names: Sequence[str]) -> None:
     if names:
         for klass in TABLES:
             settle(conn, klass)
+
+
+def _usable(conn: sqlite3.Connection, carries: Mapping[str, str]) -> Mapping[str, str]:
+    """`carries`, or nothing when this SQLite has no JSON functions to tell findings: then
+    every uplink is given every item (a CMMS uplink settles what it does not carry)."""
+    if not carries:
+        return carries
+    try:
+        conn.execute("SELECT json_extract('{}', '$.state')")
+    except sqlite3.OperationalError:
+        log.warning("this SQLite has no JSON functions: every uplink is given every item")
+        return {}
+    return carries
 
 
 def migrate_v1(conn: sqlite3.Connection, legacy: str) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from agent.store import _routing
@@ -65,7 +65,7 @@ CREATE TABLE IF NOT EXISTS outbound (
 CREATE INDEX IF NOT EXISTS outbound_pending ON outbound (uplink, class, tier, ref) WHERE state = 0;
 CREATE INDEX IF NOT EXISTS outbound_item ON outbound (class, ref);
 CREATE INDEX IF NOT EXISTS outbound_dead ON outbound (uplink, class, ref) WHERE state = 2;
-CREATE TABLE IF NOT EXISTS uplinks (name TEXT PRIMARY KEY, added_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS uplinks (name TEXT PRIMARY KEY, added_at TEXT NOT NULL, carries TEXT);
 CREATE TABLE IF NOT EXISTS retired_uplinks (name TEXT PRIMARY KEY, at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS uplink_counters (
     uplink TEXT NOT NULL,
@@ -116,6 +116,7 @@ def create(
     gateway_id: str,
     first_seq: int | None,
     uplinks: Sequence[str] | None,
+    carries: Mapping[str, str] | None = None,
 ) -> None:
     """Create or migrate the schema and register the uplinks, in one transaction."""
     version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -123,6 +124,8 @@ def create(
     try:
         for stmt in ddl_statements():
             conn.execute(stmt)
+        if "carries" not in {r[1] for r in conn.execute("PRAGMA table_info(uplinks)")}:
+            conn.execute("ALTER TABLE uplinks ADD COLUMN carries TEXT")  # added in place
         if version == 1:
             _routing.migrate_v1(conn, uplinks[0] if uplinks else _routing.LEGACY_UPLINK)
         # A fresh store starts at the clock floor, not at 1: if an operator deleted the old
@@ -141,7 +144,7 @@ def create(
         ):
             conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (key, value))
         if uplinks is not None:
-            _routing.register(conn, uplinks)
+            _routing.register(conn, uplinks, carries or {})
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
@@ -170,6 +173,7 @@ def open_db(
     gateway_id: str,
     first_seq: int | None = None,
     uplinks: Sequence[str] | None = None,
+    carries: Mapping[str, str] | None = None,
 ) -> tuple[sqlite3.Connection, Quarantined | None]:
     """Open or create the outbox; a corrupt file is quarantined and replaced.
 
@@ -178,6 +182,7 @@ def open_db(
         gateway_id: recorded at creation; a mismatch is logged.
         first_seq: the first seq of a new store (None: the clock floor).
         uplinks: the configured uplink names to register (None: leave registration as is).
+        carries: what an uplink is given when not every item (agent.store._routing).
 
     Returns:
         The connection (WAL, synchronous=FULL, schema current) and what was quarantined.
@@ -199,7 +204,7 @@ def open_db(
         conn = connect(path)
         fsync_dir(path.parent)
         try:
-            create(conn, gateway_id, first_seq, uplinks)
+            create(conn, gateway_id, first_seq, uplinks, carries)
             if quarantined is not None:
                 record_quarantine(conn, quarantined)
         except BaseException:

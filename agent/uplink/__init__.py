@@ -1,14 +1,18 @@
-"""Uplinks: deliver the outbox to the portfolio backend, per uplink (HTTP, MQTT 5)."""
+"""Uplinks: deliver the outbox, per uplink (HTTP, MQTT 5, CMMS work-order requests)."""
 
 from agent.uplink._backoff import full_jitter, parse_retry_after, retry_delay
-from agent.uplink._build import build_uplinks, delivery
+from agent.uplink._build import asset_facts, build_uplinks, delivery
+from agent.uplink._cmms import CmmsTransport
 from agent.uplink._delivery import Delivery, UplinkStatus
 from agent.uplink._http import HttpTransport
 from agent.uplink._mqtt import MqttTransport
 from agent.uplink._transport import SendResult, Transport
+from agent.uplink._workorder import AssetFacts, WorkOrder, no_work_order
 from agent.uplink.errors import UplinkError, UplinkRejected, UplinkUnavailable
 
 __all__ = [
+    "AssetFacts",
+    "CmmsTransport",
     "Delivery",
     "HttpTransport",
     "MqttTransport",
@@ -18,9 +22,12 @@ __all__ = [
     "UplinkRejected",
     "UplinkStatus",
     "UplinkUnavailable",
+    "WorkOrder",
+    "asset_facts",
     "build_uplinks",
     "delivery",
     "full_jitter",
+    "no_work_order",
     "parse_retry_after",
     "retry_delay",
 ]

@@ -5,12 +5,15 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from agent.analysis.severity import zone_table
 from agent.config import Config
 from agent.store import Outbox
+from agent.uplink._cmms import CmmsTransport
 from agent.uplink._delivery import Delivery
 from agent.uplink._http import HttpTransport
 from agent.uplink._mqtt import MqttTransport
 from agent.uplink._transport import Transport
+from agent.uplink._workorder import AssetFacts
 
 
 def build_uplinks(
@@ -28,11 +31,21 @@ def build_uplinks(
         transport: Transport
         if u.http is not None:
             transport = HttpTransport(u.http, name=name)
+        elif u.cmms is not None:
+            transport = CmmsTransport(u.cmms, name=name, assets=asset_facts(config),
+                                      site=config.gateway.site)  # fmt: skip
         else:
             assert u.mqtt is not None
             transport = MqttTransport(u.mqtt, name=name, gateway_id=config.gateway.id)
-        out.append(delivery(name, transport, outbox, u.http or u.mqtt, rng=rng))
+        out.append(delivery(name, transport, outbox, u.settings, rng=rng))
     return out
+
+
+def asset_facts(config: Config) -> dict[str, AssetFacts]:
+    """Per configured asset, what a work order needs: zone table, planning horizon."""
+    return {
+        a.id: AssetFacts(zone_table(a.machine), a.planning_horizon_hours) for a in config.assets
+    }
 
 
 def delivery(name: str, transport: Transport, outbox: Outbox, settings: Any, **kw: Any) -> Delivery:

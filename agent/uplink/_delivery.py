@@ -47,7 +47,7 @@ class UplinkStatus:
     Plain JSON values only, so `dataclasses.asdict(status)` goes straight into /healthz.
 
     Attributes:
-        name: the uplink's name; kind: http or mqtt; target: where, without secrets.
+        name: the uplink's name; kind: http, mqtt or cmms; target: where, without secrets.
         state: idle, sending, backoff (waiting), probing (waiting, watching for the far
             end's return).
         last_success_at: UTC time of the last acknowledged batch, ISO-8601 with ms and Z.
@@ -55,6 +55,8 @@ class UplinkStatus:
             every second); None when not waiting.
         probes_total: cheap reachability checks made while the far end was down.
         resumed_by_probe_total: waits a probe cut short because the far end was back.
+        skipped_total: items settled without sending, as this uplink does not carry them
+            (cmms: clears, maintenance and sensor faults open no work order).
     """
 
     name: str
@@ -70,6 +72,7 @@ class UplinkStatus:
     last_success_at: str | None = None
     next_retry_in_s: float | None = None
     dead_lettered_total: int = 0
+    skipped_total: int = 0
     probes_total: int = 0
     resumed_by_probe_total: int = 0
 
@@ -150,6 +153,8 @@ class Delivery:
         self.status.attempts_total += 1
         after_probe, self._after_probe = self._after_probe, False
         result = await self.transport.send(items)
+        if result.skipped and not await self._skipped(result.skipped):
+            return
         if result.delivered:
             try:
                 await self.outbox.mark_delivered(self.name, result.delivered)
@@ -165,6 +170,20 @@ class Delivery:
             await self._failed(str(err), err.retry_after_s, down=err.down)
         elif isinstance(err, UplinkRejected):
             await self._rejected(result.failed, err)
+
+    async def _skipped(self, skipped: list[tuple[StoredItem, str]]) -> bool:
+        """Settle what this uplink does not carry, with why; False when the store failed."""
+        by_why: dict[str, list[StoredItem]] = {}
+        for item, why in skipped:
+            by_why.setdefault(why, []).append(item)
+        try:
+            for why, items in by_why.items():
+                await self.outbox.mark_delivered(self.name, items, note=why)
+        except StoreError as exc:
+            await self._failed(f"outbox: marking skipped: {exc}")
+            return False
+        self.status.skipped_total += len(skipped)
+        return True
 
     async def _rejected(self, items: list[StoredItem], exc: UplinkRejected) -> None:
         if exc.too_large and len(items) > 1:

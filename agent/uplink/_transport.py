@@ -20,11 +20,15 @@ class SendResult:
         delivered: items the far end acknowledged (a 2xx, a successful PUBACK).
         error: why the rest failed, None when nothing failed.
         failed: the items the error applies to.
+        skipped: items this uplink does not carry, each with why (a clear opens no work
+            order): settled for this uplink without being sent, so they neither wait
+            forever nor hold back the disk budget.
     """
 
     delivered: list[StoredItem]
     error: UplinkError | None = None
     failed: list[StoredItem] = field(default_factory=list)
+    skipped: list[tuple[StoredItem, str]] = field(default_factory=list)
 
 
 class Transport(Protocol):
@@ -34,7 +38,7 @@ class Transport(Protocol):
     answers False. Entering it opens what it needs (a session), never the network.
     """
 
-    kind: str  # "http", "mqtt"
+    kind: str  # "http", "mqtt", "cmms"
     target: str  # where it delivers, without secrets (for status and logs)
 
     async def __aenter__(self) -> Self: ...

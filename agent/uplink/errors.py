@@ -56,7 +56,7 @@ class UplinkRejected(UplinkError):
         message: str,
         *,
         uplink: str,
-        status: int,
+        status: int | None,
         reason: str,
         too_large: bool = False,
         per_item: bool = False,

@@ -83,3 +83,34 @@ def test_unit_with_a_control_group_stays_at_most_1_5(tmp_path: Path) -> None:
     assert "Unknown key" not in out.stderr, out.stderr
     level = float(re.search(r"Overall exposure level for \S+: ([0-9.]+)", out.stdout).group(1))
     assert level <= 1.5, out.stdout
+
+
+def test_a_cmms_uplink_is_allowed_with_its_token(tmp_path: Path) -> None:
+    (tmp_path / "cmms").mkdir()
+    (tmp_path / "cmms" / "cmms-token").write_text("c0k\n")
+    extra = (
+        "  - cmms: {url: 'https://192.0.2.9:8443/api/v1/work-orders', "
+        "token_file: cmms/cmms-token}\n"
+    )
+    path = write(tmp_path)
+    path.write_text(path.read_text().replace("store:", extra + "store:", 1))
+    text = dropin(load_config(path), base=tmp_path, resolv=tmp_path / "none")
+    allowed = re.findall(r"^IPAddressAllow=(.*)$", text, re.M)
+    assert allowed == ["10.0.0.21", "192.0.2.7", "192.0.2.9"]
+    assert "# uplink 1 (cmms)\nIPAddressAllow=192.0.2.9\n" in text
+    assert f"LoadCredential=cmms-token:{tmp_path / 'cmms' / 'cmms-token'}" in text
+    assert "# uplink 1 (cmms) token: the service reads it as $CREDENTIALS_DIRECTORY/cmms-token" in (
+        text
+    )
+
+
+def test_two_secret_files_with_one_name_are_refused(tmp_path: Path) -> None:
+    """systemd names a credential after its file: two files called `token` would clash."""
+    (tmp_path / "cmms").mkdir()
+    (tmp_path / "cmms" / "token").write_text("c0k\n")
+    extra = "  - cmms: {url: 'https://192.0.2.9/api/v1/work-orders', token_file: cmms/token}\n"
+    path = write(tmp_path)
+    path.write_text(path.read_text().replace("store:", extra + "store:", 1))
+    with pytest.raises(DropinError, match=r"uplinks 0 and 1 read different secret files named "
+                                          r"token .*rename one of them"):  # fmt: skip
+        dropin(load_config(path), base=tmp_path)

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from agent.records import AssetRef
-from agent.store import Outbox, StoredItem
+from agent.store import FINDINGS, Outbox, StoredItem
 from agent.summaries import SummaryDraft
 from tests.agent.store._drafts import draft
 from tests.agent.store._v1 import make_v1_store
+from tests.agent.uplink._alerts import maintenance, sensor_fault, severity, trend
 
 BIG = 1 << 30
 T0 = datetime(2026, 11, 21, 8, 0, tzinfo=UTC)
@@ -181,3 +182,33 @@ async def test_the_budget_keeps_what_one_uplink_still_needs_and_counts_per_uplin
     assert stats.uplinks["a"].evicted_total == 0
     assert len(left) + stats.evicted_total == 200
     assert min(it.seq for it in left) == stats.evicted_total + 1
+
+
+async def test_a_findings_uplink_is_given_only_findings_and_holds_nothing_else(
+    tmp_path: Path,
+) -> None:
+    """A CMMS uplink carries raised and escalated severity and trend alerts only: a clear,
+    a repair or a summary never waits for it (alone, it is complete at once)."""
+    path = tmp_path / "o.db"
+    mixed = [severity("C"), trend("escalated"), severity("B", "cleared", velocity=2.0),
+             maintenance(), sensor_fault()]  # fmt: skip
+    async with Outbox(path, gateway_id="gw-01", max_bytes=BIG, first_seq=1,
+                      uplinks=("cmms",), carries={"cmms": FINDINGS}) as ob:  # fmt: skip
+        await ob.append(mixed)
+        await ob.append_summaries([summary(0)])
+        assert [it.seq for it in await take(ob, "cmms")] == [1, 2]
+        stats = await ob.stats()
+        assert (stats.pending, stats.delivered, stats.summaries_pending) == (2, 3, 0)
+    # Beside a portfolio uplink that carries everything; then registered on a backlog.
+    async with Outbox(path, gateway_id="gw-01", max_bytes=BIG, uplinks=("cmms", "http"),
+                      carries={"cmms": FINDINGS}) as ob:  # fmt: skip
+        # Its backlog: the findings still waiting; the rest was complete already.
+        assert [it.seq for it in await take(ob, "http")] == [1, 2]
+        await ob.append(mixed)
+        assert [it.seq for it in await take(ob, "cmms")] == [1, 2, 6, 7]
+        assert [it.seq for it in await take(ob, "http")] == [1, 2, 6, 7, 8, 9, 10]
+        await ob.mark_delivered("http", await take(ob, "http"))
+        assert (await ob.stats()).pending == 4  # the findings wait for the CMMS alone
+    async with Outbox(path, gateway_id="gw-01", max_bytes=BIG, uplinks=("http", "cmms-2"),
+                      carries={"cmms-2": FINDINGS}) as ob:  # fmt: skip
+        assert [it.seq for it in await take(ob, "cmms-2")] == [1, 2, 6, 7]

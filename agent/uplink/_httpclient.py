@@ -1,0 +1,190 @@
+"""One HTTP endpoint with a bearer token, as the http and cmms transports use it.
+
+POSTs never follow a redirect (aiohttp would turn a 301/302 POST into a GET without a body
+and report its 2xx, or send the request to another host on a 307/308): a 3xx is a failure
+naming the Location. The token comes from the configuration or its token_file, which is
+re-read after a 401/403/407 (a rotated token is picked up). A HEAD on the URL is the cheap
+probe while the far end is down. Error messages name the URL without credentials.
+
+Status policy of a non-2xx answer (`HttpClient.failure`):
+- 5xx, 408, 429 and the caller's other retryable statuses: retried; the far end is "down"
+  (probed) unless it sent a Retry-After, which is honoured;
+- 401, 403, 407: the credentials are wrong, not the items: retried (token file re-read);
+- 404, 405: the URL or method is wrong (a misconfiguration, a proxy during a deploy), not
+  the items: retried;
+- 413: too large (a batch is halved, a single item dead-lettered);
+- any other 4xx: the far end refuses these items (UplinkRejected).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
+
+import aiohttp
+
+from agent.config import CmmsUplink, HttpUplink, public_url, readable_by_others
+from agent.uplink._backoff import parse_retry_after
+from agent.uplink.errors import UplinkError, UplinkRejected, UplinkUnavailable
+
+log = logging.getLogger(__name__)
+
+RETRYABLE_4XX = frozenset({404, 405, 408, 429})
+AUTH_4XX = frozenset({401, 403, 407})
+REASON_CHARS = 200
+MAX_ANSWER_BYTES = 16 * 1024  # read no more than this of an answer
+PROBE_TIMEOUT_S = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What the far end answered (below 300, or 400 and above).
+
+    Attributes:
+        status: the HTTP status.
+        text: the first MAX_ANSWER_BYTES of the body, decoded (bad bytes replaced).
+        retry_after_s: its Retry-After in seconds, when it sent one.
+        replayed: it says this answers a request it had already handled (the
+            `Idempotent-Replayed: true` header of Stripe-style idempotency).
+    """
+
+    status: int
+    text: str
+    retry_after_s: float | None = None
+    replayed: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+
+class HttpClient:
+    """An aiohttp session to one endpoint; enter it before use.
+
+    Args:
+        cfg: an `http` or `cmms` uplink's configuration (token_file already absolute).
+        name: the uplink's name, for errors and logs.
+    """
+
+    def __init__(self, cfg: HttpUplink | CmmsUplink, *, name: str) -> None:
+        self.cfg = cfg
+        self.name = name
+        self.target = public_url(cfg.url)
+        self._token: str | None = cfg.token
+        self._session: aiohttp.ClientSession | None = None
+        self._mode_warned = False
+
+    async def __aenter__(self) -> Self:
+        timeout = aiohttp.ClientTimeout(total=self.cfg.timeout_s)
+        connector = aiohttp.TCPConnector(limit=1)
+        self._session = aiohttp.ClientSession(timeout=timeout, connector=connector)
+        await self._load_token()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str] | None = None) -> Answer:
+        """POST a JSON body; the answer, whatever its status but a redirect.
+
+        Raises:
+            UplinkUnavailable: no answer (connection refused, reset, timeout: `down`), or a
+                3xx, which is never followed.
+        """
+        assert self._session is not None
+        shown = public_url(url)
+        sent = {"Content-Type": "application/json", **(headers or {})}
+        if self._token:
+            sent["Authorization"] = f"Bearer {self._token}"
+        try:
+            async with self._session.post(
+                url, data=body, headers=sent, allow_redirects=False
+            ) as resp:
+                status = resp.status
+                if 300 <= status < 400:
+                    location = public_url(resp.headers.get("Location", ""))
+                    raise UplinkUnavailable(
+                        f"POST {shown}: HTTP {status} redirect to {location!r} not followed "
+                        "(a redirect turns the POST into a GET or sends the alerts "
+                        "elsewhere); set the uplink url to the final address",
+                        uplink=self.name,
+                        status=status,
+                    )
+                raw = await resp.content.read(MAX_ANSWER_BYTES)
+                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+                replayed = resp.headers.get("Idempotent-Replayed", "").lower() == "true"
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise UplinkUnavailable(
+                f"POST {shown}: {type(exc).__name__}: {exc}".replace(url, shown),
+                uplink=self.name,
+                down=True,
+            ) from exc
+        return Answer(status, raw.decode("utf-8", "replace"), retry_after, replayed)
+
+    async def failure(
+        self, url: str, answer: Answer, *, retryable: frozenset[int] = RETRYABLE_4XX
+    ) -> UplinkError:
+        """The error a non-2xx answer means (see the module docstring); after a 401, 403 or
+        407 the token file is read again."""
+        status = answer.status
+        reason = f"HTTP {status}: {answer.text[:REASON_CHARS]}"
+        message = f"POST {public_url(url)}: {reason}"
+        if status in AUTH_4XX:
+            await self._load_token()
+        if status >= 500 or status in retryable or status in AUTH_4XX:
+            return UplinkUnavailable(
+                message,
+                uplink=self.name,
+                status=status,
+                retry_after_s=answer.retry_after_s,
+                down=(status >= 500 or status == 408) and answer.retry_after_s is None,
+            )
+        return UplinkRejected(
+            message, uplink=self.name, status=status, reason=reason, too_large=status == 413
+        )
+
+    async def probe(self) -> bool:
+        """A HEAD on the URL: any answer below 500 means the far end is back."""
+        if self._session is None:
+            return False
+        try:
+            async with self._session.head(
+                self.cfg.url,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=min(self.cfg.timeout_s, PROBE_TIMEOUT_S)),
+            ) as resp:
+                return resp.status < 500
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return False
+
+    async def _load_token(self) -> None:
+        path = self.cfg.token_file
+        if path is None:
+            return
+
+        def read() -> tuple[str, str | None]:
+            return path.read_text(encoding="utf-8"), readable_by_others(path)
+
+        try:
+            text, warning = await asyncio.to_thread(read)
+            token = text.strip()
+            if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in token):
+                raise ValueError("it contains a line break or control character")
+        except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+            log.error("uplink[%s]: cannot use token_file %s: %s", self.name, path, exc)
+            return
+        if warning and not self._mode_warned:
+            self._mode_warned = True
+            log.warning("uplink[%s]: token_file %s", self.name, warning)
+        self._token = token or None

@@ -1,0 +1,191 @@
+"""An alert record -> the work-order request a CMMS uplink POSTs, or why it opens none.
+
+Pure and deterministic: the request is built from the stored record (its frozen JSON
+text) and the configuration only, never from the clock, so a retry sends the same bytes
+under the same Idempotency-Key (the alert id) and the CMMS answers with the work order it
+already opened.
+
+Which records open a work order: severity and trend alerts that are raised or escalated
+(every such alert opens its own; an escalation says which state it escalates). None for a
+clear (the work order stays open until a person closes it in the CMMS with the repair), a
+maintenance record (it is the repair), a sensor or gateway fault (the machine is not
+measured: not a machine repair; they reach the portfolio backend), a feature summary.
+
+Request (keys from `mapping.fields`, then `mapping.static` merged in):
+- title: asset and finding in one line;
+- asset: the CMMS's asset id from `mapping.assets`, else ours;
+- priority: `mapping.priority_for(tier, zone)`, the zone being the record's ISO zone, or
+  the zone of the velocity in its evidence, or "unknown";
+- due_date: see `due`;
+- description: the evidence in words a planner reads (agent.uplink._evidence);
+- source: the alert's ids, so a person can find a duplicate if the CMMS forgot the key.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from agent.analysis.severity import ZoneTable
+from agent.config import CmmsUplink
+from agent.demo_story import duration, record_zone
+from agent.records import parse_ts
+from agent.uplink._evidence import description
+
+OPENS = frozenset({("severity", "raised"), ("severity", "escalated"),
+                   ("trend", "raised"), ("trend", "escalated")})  # fmt: skip
+MAX_LEAD_HOURS = 87_600.0  # ten years: a due date further out means nothing to a planner
+DEFAULT_HORIZON_HOURS = 168.0  # an asset no longer configured: the configuration's default
+_NONE = {
+    "cleared": "a clear opens no work order (the open one is closed in the CMMS with the repair)",
+    "maintenance": "a maintenance record opens no work order: it is the repair",
+    "sensor_fault": "a sensor fault opens no work order: the machine is not measured, not "
+    "found worn (the portfolio backend has it)",
+    "gateway_fault": "a gateway fault opens no work order (the portfolio backend has it)",
+}
+_HEADLINES = {
+    "C": "zone C vibration - plan maintenance",
+    "D": "zone D vibration - damage likely, stop",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class AssetFacts:
+    """What the configuration says about an asset, for the request.
+
+    Attributes:
+        table: its ISO zone boundaries (a zone from a velocity when the record has none).
+        horizon_hours: its planning horizon (the due date without an estimate).
+    """
+
+    table: ZoneTable
+    horizon_hours: float
+
+
+@dataclass(frozen=True, slots=True)
+class WorkOrder:
+    """One request: the Idempotency-Key, the body's bytes and what to log."""
+
+    key: str
+    body: bytes
+    asset: str
+    priority: str | int
+    due: str
+
+
+def no_work_order(record: Mapping[str, Any]) -> str | None:
+    """Why this record opens no work order, or None when it opens one."""
+    kind, state = record.get("kind"), record.get("state")
+    if (kind, state) in OPENS:
+        return None
+    if state == "cleared" and kind in ("severity", "trend"):
+        return _NONE["cleared"]
+    return _NONE.get(str(kind), f"a {kind} {state} record opens no work order")
+
+
+def due(
+    record: Mapping[str, Any], zone: str, cfg: CmmsUplink, horizon_hours: float
+) -> tuple[datetime, str]:
+    """The due date (whole seconds, UTC) and, in words, how it was set.
+
+    Detection time + the lower bound of the time to failure - the safety margin; without
+    an estimate, + `due_without_estimate_hours` (default: the planning horizon) - the
+    margin; never before the detection; in zone D (damage likely) at the detection.
+    """
+    detected = parse_ts(record["detected_at"])
+    margin = cfg.safety_margin_hours
+    ttf = record.get("time_to_failure")
+    if zone == "D":
+        lead, basis = 0.0, "zone D (damage likely): at once"
+    elif ttf:
+        lead = float(ttf["lower_hours"])
+        basis = f"the earliest estimated failure ({duration(lead)} after detection)"
+    else:
+        lead = cfg.due_without_estimate_hours or horizon_hours
+        what = "configured lead" if cfg.due_without_estimate_hours else "planning horizon"
+        basis = f"no failure estimate yet, so the {what} ({duration(lead)} after detection)"
+    hours = min(max(0.0, lead - margin), MAX_LEAD_HOURS)
+    if zone != "D":
+        basis += f" minus the safety margin ({duration(margin)})"
+        if lead - margin <= 0:
+            basis += ": at once"
+    return (detected + timedelta(hours=hours)).replace(microsecond=0), basis
+
+
+def _title(record: Mapping[str, Any], zone: str) -> str:
+    asset = record["asset"]
+    name = asset.get("name")
+    who = f"{asset['id']} {name}" if name and name != asset["id"] else str(asset["id"])
+    sev = record.get("severity") or {}
+    if record["kind"] == "severity":
+        what = _HEADLINES.get(zone, f"zone {zone} vibration")
+    elif sev.get("metric") == "time_to_failure_hours":
+        what = "failure expected within the planning horizon"
+    else:
+        what = "early warning - vibration departs from its baseline"
+    if record["state"] == "escalated" and record["kind"] == "severity":
+        what += " (escalated)"
+    return f"{who}: {what}"
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
+
+
+def build(
+    record: Mapping[str, Any],
+    cfg: CmmsUplink,
+    facts: Mapping[str, AssetFacts],
+    *,
+    gateway_site: str | None = None,
+) -> WorkOrder:
+    """The request for a record that opens a work order (`no_work_order` is None).
+
+    Args:
+        record: the alert record, as stored.
+        cfg: the uplink's configuration (mapping, safety margin).
+        facts: per configured asset id, its zone table and planning horizon.
+        gateway_site: the gateway's site, for the description.
+
+    Raises:
+        KeyError, TypeError, ValueError: the record lacks what a work order needs.
+    """
+    m = cfg.mapping
+    asset = record["asset"]
+    fact = facts.get(asset["id"])
+    tables = {asset["id"]: fact.table} if fact is not None else {}
+    horizon = fact.horizon_hours if fact is not None else DEFAULT_HORIZON_HOURS
+    zone, _velocity = record_zone(record, tables)
+    zone = zone if zone in ("A", "B", "C", "D") else "unknown"
+    due_at, due_basis = due(record, zone, cfg, horizon)
+    due_text = due_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+    priority = m.priority_for(int(asset["tier"]), zone)
+    parts: dict[str, Any] = {
+        "title": _clip(_title(record, zone), m.title_max_chars),
+        "asset": m.assets.get(asset["id"], asset["id"]),
+        "priority": priority,
+        "due_date": due_text,
+        "description": _clip(
+            description(
+                record, tables, {asset["id"]: horizon}, due_at, due_basis, site=gateway_site
+            ),
+            m.description_max_chars,
+        ),
+        "source": {
+            "system": "edge-agent",
+            "alert_id": record["alert_id"],
+            "gateway_id": record["gateway_id"],
+            "asset_id": asset["id"],
+            "sensor": f"{record['sensor']['id']}/{record['sensor']['channel']}",
+            "kind": record["kind"],
+            "state": record["state"],
+            "detected_at": record["detected_at"],
+        },
+    }
+    body = {key: parts[part] for part, key in m.fields.used().items()}
+    body.update(m.static)
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return WorkOrder(record["alert_id"], text.encode(), parts["asset"], priority, due_text)

@@ -1,0 +1,205 @@
+"""CMMS work orders through the whole chain, real processes only: `edge-sim modbus` (a
+machine in zone C), `edge-agent run`, `edge-sim cmms`, and the CLI as an operator runs it.
+
+The agent is killed with SIGKILL while the CMMS holds the answer to a work order it has
+already opened; the CMMS then goes down, a repair is recorded, the CMMS comes back. Each
+finding has exactly one work order with the mapped fields; the repair has none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from agent.demo import SimProcess
+from agent.records import parse_ts
+from agent.uplink import no_work_order
+from tests.conftest import agent_process, free_port
+
+pytestmark = [pytest.mark.network, pytest.mark.slow]
+
+TOKEN = "wo-token"
+CONFIG = """\
+gateway: {{id: gw-wo, site: plant-a}}
+assets:
+  - id: press-7
+    name: Press 7 main motor
+    tier: 1
+    machine: {{standard: iso10816-3, group: 2, foundation: rigid, rpm: 1480}}
+    planning_horizon_hours: 48
+sensors:
+  - id: m1
+    asset: press-7
+    modbus: {{host: 127.0.0.1, port: {modbus_port}, device_id: 1, timeout_s: 0.3}}
+    poll_interval_s: 0.5
+uplinks:
+  - cmms:
+      url: "{url}"
+      token_file: cmms-token
+      timeout_s: 5
+      max_backoff_s: 1
+      safety_margin_hours: 12
+      mapping:
+        assets: {{press-7: A-10023}}
+        static: {{type: predictive, requested_by: edge-agent gw-wo}}
+store: {{path: "{store}"}}
+health: {{port: {health_port}}}
+control: {{socket: "{socket}"}}
+"""
+
+
+def _cmms(port: int, db: Path) -> SimProcess:
+    return SimProcess(
+        "cmms", ["cmms", "--host", "127.0.0.1", "--port", str(port), "--db", str(db),
+                 "--token", TOKEN],
+    )  # fmt: skip
+
+
+async def _get(url: str) -> Any:
+    try:
+        async with (
+            aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=2),
+                headers={"Authorization": f"Bearer {TOKEN}"},
+            ) as s,
+            s.get(url) as resp,
+        ):
+            return await resp.json()
+    except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
+        return None  # not up (yet, or any more)
+
+
+async def until(cond: Callable[[], Awaitable[bool]], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if await cond():
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"not within {timeout_s} s: {what}")
+
+
+async def _uplink(health_port: int) -> dict[str, Any]:
+    health = await _get(f"http://127.0.0.1:{health_port}/healthz")
+    return dict(health["uplinks"][0]) if health else {}
+
+
+async def test_work_orders_survive_kill9_and_outage_without_duplicates(tmp_path: Path) -> None:
+    cmms_port, health_port = free_port(), free_port()
+    cmms_db, store = tmp_path / "cmms.db", tmp_path / "outbox.db"
+    base = f"http://127.0.0.1:{cmms_port}"
+    (tmp_path / "cmms-token").write_text(TOKEN + "\n")
+    (tmp_path / "cmms-token").chmod(0o600)
+    config = tmp_path / "agent.yaml"
+    logs = [(tmp_path / f"agent{i}.log").open("wb") for i in (1, 2)]
+    async with SimProcess.modbus(["1:velocity=3.5"], 600.0) as modbus:
+        config.write_text(
+            CONFIG.format(
+                modbus_port=modbus.info["port"], url=f"{base}/api/v1/work-orders",
+                store=store, health_port=health_port, socket=tmp_path / "control.sock",
+            )
+        )  # fmt: skip
+        async with _cmms(cmms_port, cmms_db):
+            # The next work order is opened, and its answer held back for 30 s.
+            async with (
+                aiohttp.ClientSession() as s,
+                s.post(f"{base}/admin/faults",
+                       json={"status": 502, "after_store": True, "delay_s": 30}) as r,
+            ):  # fmt: skip
+                assert r.status == 200
+            first = await agent_process(config, stdout=logs[0], stderr=logs[0])
+            try:
+                await until(lambda: _created_is(base, 1), 30, "the zone C alert opens a work order")
+            finally:  # mid-delivery: the work order exists, the agent has no answer yet
+                first.send_signal(signal.SIGKILL)
+                await first.wait()
+        # The CMMS is down; the agent comes back and retries, without an answer.
+        second = await agent_process(config, stdout=logs[1], stderr=logs[1])
+        try:
+            await until(
+                lambda: _uplink_at_least(health_port, "consecutive_failures", 2),
+                30, "retries against the CMMS that is down",
+            )  # fmt: skip
+            repair = await _cli(config, "maintenance", "--asset", "press-7", "--note",
+                                "drive-end bearing replaced")  # fmt: skip
+            repair_id = repair[0]["alert_id"]
+            # The repair opens no work order: it never waits for the CMMS, which is down,
+            # while the interrupted finding does.
+            shown = {r["alert_id"]: r for r in await _cli(config, "alerts")}
+            assert shown[repair_id]["_delivered_at"] is not None
+            assert "cmms" not in shown[repair_id]["_deliveries"]
+            assert {r["_deliveries"]["cmms"]["state"] for r in shown.values()
+                    if "cmms" in r["_deliveries"]} == {"pending"}  # fmt: skip
+            async with _cmms(cmms_port, cmms_db):
+                await until(lambda: _drained(health_port), 30, "every work order delivered")
+                listing = await _get(f"{base}/api/v1/work-orders")
+                stats = await _get(f"{base}/api/v1/stats")
+        finally:
+            second.send_signal(signal.SIGTERM)
+            code = await asyncio.wait_for(second.wait(), 20)
+    for f in logs:
+        f.close()
+    assert code == 0
+    with sqlite3.connect(store) as conn:
+        rows = [json.loads(b) for (b,) in conn.execute("SELECT body FROM alerts ORDER BY seq")]
+    findings = [r for r in rows if no_work_order(r) is None]
+    orders = listing["work_orders"]
+    keys = [o["request_key"] for o in orders]
+    # One work order per finding, none twice, none for the repair.
+    assert sorted(keys) == sorted(r["alert_id"] for r in findings) and len(findings) >= 1
+    assert len(set(keys)) == len(keys) and repair_id not in keys
+    assert stats["created"] == len(keys) and stats["conflicts"] == 0
+    assert stats["replayed"] >= 1  # the request the kill interrupted came back as a retry
+    # The first one, as the YAML maps it.
+    raised, order = findings[0], orders[0]
+    assert order["request_key"] == raised["alert_id"] and raised["severity"]["zone"] == "C"
+    assert order["asset_id"] == "A-10023" and order["priority"] == "urgent"
+    assert order["type"] == "predictive" and order["requested_by"] == "edge-agent gw-wo"
+    assert order["title"] == "press-7 Press 7 main motor: zone C vibration - plan maintenance"
+    detected = parse_ts(raised["detected_at"]).replace(microsecond=0)
+    due = parse_ts(order["due_date"].replace("Z", ".000Z"))
+    assert (due - detected).total_seconds() == 36 * 3600  # horizon 48 h - margin 12 h
+    assert "Vibration: velocity RMS 3.5 mm/s, zone C" in order["description"]
+    assert (
+        f"Alert {raised['alert_id']} (severity raised) from gateway gw-wo at site plant-a"
+        in (order["description"])
+    )
+    assert order["source"]["alert_id"] == raised["alert_id"]
+
+
+async def _created_is(base: str, n: int) -> bool:
+    stats = await _get(f"{base}/api/v1/stats")
+    return bool(stats) and stats["created"] >= n
+
+
+async def _drained(health_port: int) -> bool:
+    health = await _get(f"http://127.0.0.1:{health_port}/healthz")
+    if not health:
+        return False
+    up = health["uplinks"][0]
+    return bool(health["store"]["pending"] == 0 and up["consecutive_failures"] == 0)
+
+
+async def _cli(config: Path, *args: str) -> list[dict[str, Any]]:
+    """`edge-agent COMMAND -c CONFIG ARGS --json` as an operator runs it; its JSON lines."""
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "agent.cli", args[0], "-c", str(config), *args[1:], "--json"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+async def _uplink_at_least(health_port: int, key: str, n: int) -> bool:
+    return int((await _uplink(health_port)).get(key, 0)) >= n

@@ -1,8 +1,9 @@
 """`edge-agent demo`: the whole chain on this machine, no setup.
 
-Starts the Modbus sensor simulator and the portfolio backend simulator as separate
-processes (as a plant would have them), runs the agent on config/demo.yaml against them,
-and tells the story as the backend receives it: each alert in plain words, a planner who
+Starts the Modbus sensor simulator, the portfolio backend simulator and the CMMS
+simulator as separate processes (as a plant would have them), runs the agent on
+config/demo.yaml against them, and tells the story as the backend receives it (and each
+work order the CMMS opens): each alert in plain words, a planner who
 confirms the case, a technician who replaces the bearing before the estimated failure,
 and a closing summary per case from the backend's portfolio (whose page URL it prints).
 """
@@ -52,6 +53,12 @@ class SimProcess:
         args += ["--token", token] if token else []
         args += ["--config", str(config)] if config else []
         return cls("backend", ["backend", *args])
+
+    @classmethod
+    def cmms(cls, db: Path, token: str | None, port: int = 0) -> SimProcess:
+        """`edge-sim cmms` on loopback (a free port by default), storing into `db`."""
+        args = ["--host", "127.0.0.1", "--port", str(port), "--db", str(db)]
+        return cls("cmms", ["cmms", *args, *(["--token", token] if token else [])])
 
     @classmethod
     def modbus(cls, devices: Sequence[str], life_s: float) -> SimProcess:
@@ -136,6 +143,7 @@ class _Display:
         self.t0_wall = time.time()
         self.first_delivered_s: float | None = None
         self.delivered = 0
+        self.work_orders = 0
 
     def line(self, text: str) -> None:
         print(f"[{time.monotonic() - self.t0:6.1f}s] {text}", file=self.out, flush=True)
@@ -188,6 +196,35 @@ async def _watch_backend(view: BackendView, crew: Crew, config: Config, display:
         await asyncio.sleep(0.5)
 
 
+def _due(wo: dict[str, Any]) -> str:
+    """'19:04:06 UTC' on the day of detection, else '2026-12-02 19:03:46 UTC'."""
+    due = str(wo.get("due_date") or "")
+    if len(due) < 19:
+        return "not set"
+    same_day = due[:10] == str((wo.get("source") or {}).get("detected_at", ""))[:10]
+    return f"{due[11:19]} UTC" if same_day else f"{due[:10]} {due[11:19]} UTC"
+
+
+async def _watch_cmms(url: str, token: str, display: _Display) -> None:
+    """One line per work order the CMMS opens (the agent's cmms uplink)."""
+    last = 0
+    headers = {"Authorization": f"Bearer {token}"}
+    timeout = aiohttp.ClientTimeout(total=2)
+    async with aiohttp.ClientSession(headers=headers, timeout=timeout) as s:
+        while True:
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
+                async with s.get(url, params={"after": str(last)}) as resp:
+                    page = await resp.json()
+                for wo in page["work_orders"]:
+                    display.work_orders += 1
+                    display.line(
+                        f"CMMS work order {wo['id']} opened: {wo['title']} (priority "
+                        f"{wo['priority']}, due {_due(wo)})"
+                    )
+                last = int(page["last_seq"])
+            await asyncio.sleep(0.5)
+
+
 async def _summary(view: BackendView, config: Config, display: _Display) -> None:
     try:
         listing = await view.cases()
@@ -207,13 +244,16 @@ async def _summary(view: BackendView, config: Config, display: _Display) -> None
 def _kept(tmp: Path, display: _Display) -> None:
     display.line(
         f"demo files kept in {tmp}: outbox.db (the agent's store), backend.db (the backend's "
-        "records, cases and confirmations). Look at them again with:"
+        "records, cases and confirmations), cmms.db (the work orders). Look at them again "
+        "with:"
     )
     display.block(
         [
             f"edge-sim backend --db {tmp / 'backend.db'} --config {demo_backend_config_path()} "
             "--port 8080",
             "then open http://127.0.0.1:8080/portfolio",
+            f"edge-sim cmms --db {tmp / 'cmms.db'} --port 8081",
+            "then open http://127.0.0.1:8081/api/v1/work-orders",
         ]
     )
 
@@ -225,12 +265,17 @@ async def _demo(opts: DemoOptions, out: TextIO) -> int:
         async with (
             SimProcess.backend(tmp / "backend.db", token, demo_backend_config_path()) as backend,
             SimProcess.modbus(["1:degrade", "2:healthy"], opts.life_s) as modbus,
+            SimProcess.cmms(tmp / "cmms.db", token) as cmms,
         ):
             display.line(
                 f"the agent watches a press motor whose bearing wears out (failure in about "
                 f"{opts.life_s:.0f} s) and a healthy cooling fan (Modbus simulator pid "
                 f"{modbus.proc.pid}), and forwards every alert to the maintenance backend "
                 f"(pid {backend.proc.pid})"
+            )
+            display.line(
+                f"each early warning or alarm also becomes a work-order request to the plant's "
+                f"CMMS (simulator pid {cmms.proc.pid})"
             )
             display.line(
                 f"portfolio page (open it while the demo runs): {backend.info['portfolio']}"
@@ -241,6 +286,7 @@ async def _demo(opts: DemoOptions, out: TextIO) -> int:
                 "EDGE_DEMO_MODBUS_PORT": str(modbus.info["port"]),
                 "EDGE_DEMO_BACKEND_URL": backend.info["url"],
                 "EDGE_DEMO_TOKEN": token,
+                "EDGE_DEMO_CMMS_URL": cmms.info["url"],
             }
             config = load_config(demo_config_path(), environ={**os.environ, **env})
             agent = Agent(config)
@@ -257,6 +303,9 @@ async def _demo(opts: DemoOptions, out: TextIO) -> int:
                         _watch_backend(view, crew, config, display), name="demo-backend-watch"
                     ),
                     asyncio.create_task(crew.run(), name="demo-crew"),
+                    asyncio.create_task(
+                        _watch_cmms(cmms.info["url"], token, display), name="demo-cmms-watch"
+                    ),
                 ]
                 try:
                     if opts.duration_s is not None:
@@ -277,8 +326,8 @@ async def _demo(opts: DemoOptions, out: TextIO) -> int:
         display.line("done: no alert reached the backend (run longer: --duration 90)")
     else:
         display.line(
-            f"done: {display.delivered} alerts at the backend; first one "
-            f"{display.first_delivered_s:.1f}s after start"
+            f"done: {display.delivered} alerts at the backend, {display.work_orders} work "
+            f"order(s) in the CMMS; first alert {display.first_delivered_s:.1f}s after start"
         )
     return 0
 

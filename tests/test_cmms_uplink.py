@@ -14,8 +14,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ from agent.demo import SimProcess
 from agent.records import parse_ts
 from agent.uplink import no_work_order
 from tests.conftest import agent_process, free_port
+from tests.test_delivery import until
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 
@@ -59,13 +58,6 @@ control: {{socket: "{socket}"}}
 """
 
 
-def _cmms(port: int, db: Path) -> SimProcess:
-    return SimProcess(
-        "cmms", ["cmms", "--host", "127.0.0.1", "--port", str(port), "--db", str(db),
-                 "--token", TOKEN],
-    )  # fmt: skip
-
-
 async def _get(url: str) -> Any:
     try:
         async with (
@@ -78,15 +70,6 @@ async def _get(url: str) -> Any:
             return await resp.json()
     except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
         return None  # not up (yet, or any more)
-
-
-async def until(cond: Callable[[], Awaitable[bool]], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if await cond():
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"not within {timeout_s} s: {what}")
 
 
 async def _uplink(health_port: int) -> dict[str, Any]:
@@ -109,7 +92,7 @@ async def test_work_orders_survive_kill9_and_outage_without_duplicates(tmp_path:
                 store=store, health_port=health_port, socket=tmp_path / "control.sock",
             )
         )  # fmt: skip
-        async with _cmms(cmms_port, cmms_db):
+        async with SimProcess.cmms(cmms_db, TOKEN, cmms_port):
             # The next work order is opened, and its answer held back for 30 s.
             async with (
                 aiohttp.ClientSession() as s,
@@ -140,7 +123,7 @@ async def test_work_orders_survive_kill9_and_outage_without_duplicates(tmp_path:
             assert "cmms" not in shown[repair_id]["_deliveries"]
             assert {r["_deliveries"]["cmms"]["state"] for r in shown.values()
                     if "cmms" in r["_deliveries"]} == {"pending"}  # fmt: skip
-            async with _cmms(cmms_port, cmms_db):
+            async with SimProcess.cmms(cmms_db, TOKEN, cmms_port):
                 await until(lambda: _drained(health_port), 30, "every work order delivered")
                 listing = await _get(f"{base}/api/v1/work-orders")
                 stats = await _get(f"{base}/api/v1/stats")

@@ -94,7 +94,13 @@ def test_demo_tells_the_story_a_manager_reads(demo_run: DemoRun) -> None:
     )
     assert "downtime avoided 32 h, EUR 256,000" in out
     assert "fan-3 Cooling fan 3 (tier 2): no case, healthy" in out
+    # Each finding also opened a work order in the CMMS, once.
+    opened = re.findall(r"CMMS work order (WO-\d{6}) opened: press-7 Press 7 main motor: ", out)
+    assert opened and len(set(opened)) == len(opened), out
+    assert re.search(r"CMMS work order WO-\d{6} opened: press-7 Press 7 main motor: early "
+                     r"warning .*\(priority high, due ", out)  # fmt: skip
     assert (demo_run.kept / "outbox.db").is_file() and (demo_run.kept / "backend.db").is_file()
+    assert (demo_run.kept / "cmms.db").is_file()
     # No line of the story runs on like a raw record did.
     assert max(len(line) for line in out.splitlines()) < 260
 

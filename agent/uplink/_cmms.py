@@ -23,8 +23,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from agent.config import CmmsUplink
 from agent.store import StoredItem
@@ -53,8 +52,8 @@ def _answer_id(text: str, key: str = "id") -> str | None:
     return None
 
 
-class CmmsTransport:
-    """POSTs work-order requests to a CMMS.
+class CmmsTransport(HttpClient):
+    """POSTs work-order requests to a CMMS (probe: a HEAD on the URL, from HttpClient).
 
     Args:
         cfg: the `uplinks[].cmms` configuration (token_file already absolute).
@@ -73,24 +72,10 @@ class CmmsTransport:
         assets: Mapping[str, AssetFacts],
         site: str | None = None,
     ) -> None:
-        self.cfg = cfg
-        self.name = name
+        super().__init__(cfg, name=name)
+        self.cfg: CmmsUplink = cfg
         self.assets = dict(assets)
         self.site = site
-        self.client = HttpClient(cfg, name=name)
-        self.target = self.client.target
-
-    async def __aenter__(self) -> Self:
-        await self.client.__aenter__()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.client.__aexit__(exc_type, exc, tb)
 
     def request(self, item: StoredItem) -> WorkOrder | str:
         """The work-order request for an item, or why it opens none.
@@ -127,7 +112,7 @@ class CmmsTransport:
                 skipped.append((item, wo))
                 continue
             try:
-                answer = await self.client.post(self.cfg.url, wo.body, {"Idempotency-Key": wo.key})
+                answer = await self.post(self.cfg.url, wo.body, {"Idempotency-Key": wo.key})
             except UplinkError as exc:
                 return SendResult(delivered, exc, items[i:], skipped)
             if not answer.ok:
@@ -163,12 +148,15 @@ class CmmsTransport:
                     f"work order is opened. Check {existing} in the CMMS"
                 )
             else:
-                reason = f"HTTP 422: {answer.text[:REASON_CHARS]}"
+                reason = (
+                    f"HTTP 422: {answer.text[:REASON_CHARS]} (the CMMS refused the "
+                    f"work-order request for alert {wo.key}; it is never sent under another key)"
+                )
             return UplinkRejected(
                 f"POST {self.target}: {reason}",
                 uplink=self.name, status=422, reason=reason, per_item=True,
             )  # fmt: skip
-        err = await self.client.failure(self.cfg.url, answer, retryable=RETRYABLE)
+        err = await self.failure(self.cfg.url, answer, retryable=RETRYABLE)
         if not isinstance(err, UplinkRejected):
             return err
         reason = (
@@ -180,7 +168,3 @@ class CmmsTransport:
             uplink=self.name, status=answer.status, reason=reason,
             too_large=err.too_large, per_item=True,
         )  # fmt: skip
-
-    async def probe(self) -> bool:
-        """A HEAD on the URL: any answer below 500 means the CMMS is back."""
-        return await self.client.probe()

@@ -22,9 +22,6 @@ Error messages name the URL without credentials.
 
 from __future__ import annotations
 
-from types import TracebackType
-from typing import Self
-
 from agent.config import HttpUplink as HttpUplinkConfig
 from agent.store import StoredItem
 from agent.uplink._httpclient import HttpClient
@@ -32,8 +29,8 @@ from agent.uplink._transport import SendResult
 from agent.uplink.errors import UplinkError
 
 
-class HttpTransport:
-    """POSTs batches to an HTTP backend.
+class HttpTransport(HttpClient):
+    """POSTs batches to an HTTP backend (probe: a HEAD on the URL, from HttpClient).
 
     Args:
         cfg: the `uplinks[].http` configuration (token_file already absolute).
@@ -43,22 +40,8 @@ class HttpTransport:
     kind = "http"
 
     def __init__(self, cfg: HttpUplinkConfig, *, name: str) -> None:
-        self.cfg = cfg
-        self.name = name
-        self.client = HttpClient(cfg, name=name)
-        self.target = self.client.target
-
-    async def __aenter__(self) -> Self:
-        await self.client.__aenter__()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.client.__aexit__(exc_type, exc, tb)
+        super().__init__(cfg, name=name)
+        self.cfg: HttpUplinkConfig = cfg
 
     async def send(self, items: list[StoredItem]) -> SendResult:
         """POST the batch; all delivered, or all failed with the reason."""
@@ -68,13 +51,9 @@ class HttpTransport:
             url, key = self.cfg.summaries_endpoint(), "summaries"
         body = ('{"' + key + '":[' + ",".join(it.json for it in items) + "]}").encode()
         try:
-            answer = await self.client.post(url, body)
+            answer = await self.post(url, body)
         except UplinkError as exc:
             return SendResult([], exc, items)
         if answer.ok:
             return SendResult(items)
-        return SendResult([], await self.client.failure(url, answer), items)
-
-    async def probe(self) -> bool:
-        """A HEAD on the URL: any answer below 500 means the backend is back."""
-        return await self.client.probe()
+        return SendResult([], await self.failure(url, answer), items)

@@ -17,6 +17,7 @@ DEMO_ENV = {
     "EDGE_DEMO_MODBUS_PORT": "40211",
     "EDGE_DEMO_BACKEND_URL": "http://127.0.0.1:40212/v1/alerts",
     "EDGE_DEMO_TOKEN": "demo-secret",
+    "EDGE_DEMO_CMMS_URL": "http://127.0.0.1:40213/api/v1/work-orders",
 }
 
 
@@ -65,7 +66,7 @@ def test_demo_config_loads_with_the_demo_environment() -> None:
 def test_demo_config_names_missing_demo_variables() -> None:
     with resources.as_file(resources.files("agent") / "demo.yaml") as path:
         found = lines(path, environ={})
-    assert len(found) == 6 and all("environment variable EDGE_DEMO_" in f for f in found)
+    assert len(found) == 8 and all("environment variable EDGE_DEMO_" in f for f in found)
 
 
 @pytest.mark.parametrize(

@@ -198,7 +198,9 @@ def _alert_line(rec: dict[str, Any], deliveries: dict[str, dict[str, Any]]) -> s
     sev = rec.get("severity") or {}
     where = f"{rec['asset']['id']} {rec['sensor']['id']}/{rec['sensor']['channel']}"
     level = f" zone {sev.get('zone')} {sev.get('level')}" if sev else ""
-    if rec.get("_delivered_at"):
+    if rec.get("_delivered_at") and not deliveries:  # e.g. a repair, with only a cmms uplink
+        delivery = "kept here: no configured uplink carries it"
+    elif rec.get("_delivered_at"):
         delivery = f"delivered {rec['_delivered_at']}"
     else:
         delivery = ", ".join(f"{u} {d['state'].replace('_', ' ')}" for u, d in deliveries.items())

@@ -123,6 +123,9 @@ async def test_work_orders_survive_kill9_and_outage_without_duplicates(tmp_path:
             assert "cmms" not in shown[repair_id]["_deliveries"]
             assert {r["_deliveries"]["cmms"]["state"] for r in shown.values()
                     if "cmms" in r["_deliveries"]} == {"pending"}  # fmt: skip
+            lines = await _cli(config, "alerts", json_lines=False)
+            assert any(repair_id in ln and ln.endswith("; kept here: no configured uplink "
+                       "carries it") for ln in lines)  # fmt: skip
             async with SimProcess.cmms(cmms_db, TOKEN, cmms_port):
                 await until(lambda: _drained(health_port), 30, "every work order delivered")
                 listing = await _get(f"{base}/api/v1/work-orders")
@@ -173,15 +176,17 @@ async def _drained(health_port: int) -> bool:
     return bool(health["store"]["pending"] == 0 and up["consecutive_failures"] == 0)
 
 
-async def _cli(config: Path, *args: str) -> list[dict[str, Any]]:
-    """`edge-agent COMMAND -c CONFIG ARGS --json` as an operator runs it; its JSON lines."""
+async def _cli(config: Path, *args: str, json_lines: bool = True) -> list[Any]:
+    """`edge-agent COMMAND -c CONFIG ARGS [--json]` as an operator runs it; its lines."""
     done = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "agent.cli", args[0], "-c", str(config), *args[1:], "--json"],
+        [sys.executable, "-m", "agent.cli", args[0], "-c", str(config), *args[1:],
+         *(["--json"] if json_lines else [])],
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    return [json.loads(line) for line in done.stdout.splitlines()]
+    lines = done.stdout.splitlines()
+    return [json.loads(line) for line in lines] if json_lines else lines
 
 
 async def _uplink_at_least(health_port: int, key: str, n: int) -> bool:

@@ -68,7 +68,7 @@ async def _measure(
     mode: str, directory: Path, count: int, concurrency: int, max_s: float
 ) -> dict[str, Any]:
     path = directory / f"bench-{mode}.db"
-    async with Outbox(path, gateway_id="bench", max_bytes=1 << 32) as ob:
+    async with Outbox(path, gateway_id="bench", max_bytes=1 << 32, first_seq=1) as ob:
         t0 = time.monotonic()
         deadline = t0 + max_s
         if mode == "group_commit":

@@ -227,7 +227,7 @@ class Reloader:
             if bus is not None:
                 bus.planned_utilisation = planned_utilisation(new, bus_cfg, library)
         sensors.add_buses(prepared.sources.buses)
-        sensors.start(prepared.sources.pollers, ramp_s=min(1.0, new.sensors[0].poll_interval_s))
+        sensors.start(prepared.sources.pollers)
         for name in plan.uplinks_stop:
             old = agent.deliveries.pop(name, None)
             if old is not None:

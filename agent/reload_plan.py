@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
+from agent.analysis.channel import same_model_basis
 from agent.config import Config, Sensor
 from drivers.profiles import ProfileLibrary
 
@@ -147,15 +148,32 @@ def _plan_sensors(
             plan.stop.append(sid)
             plan.start.append(sid)
             plan.changes.append(
-                f"sensor {sid} restarted: how it is read changed (its analysis state is kept)"
+                f"sensor {sid} restarted: how it is read changed; "
+                + _analysis_change(old, new, sid)
             )
         elif was.analysis != spec.analysis:
             plan.reanalyse.append(sid)
-            plan.changes.append(f"sensor {sid}: analysis settings changed (its poller runs on)")
+            plan.changes.append(f"sensor {sid} polls on; " + _analysis_change(old, new, sid))
     for sid in before:
         if sid not in after:
             plan.stop.append(sid)
             plan.changes.append(f"sensor {sid} removed")
+
+
+def _analysis_change(old: Config, new: Config, sid: str) -> str:
+    """What happens to a kept sensor's analysis state (agent.analysis.monitor.reconfigure)."""
+    before = old.asset(next(s.asset for s in old.sensors if s.id == sid))
+    after = new.asset(next(s.asset for s in new.sensors if s.id == sid))
+    if before.id != after.id:
+        return f"it moved from asset {before.id} to {after.id} (its state there is kept aside)"
+    if before == after:
+        return "its analysis state is kept"
+    if same_model_basis(before, after):
+        return f"asset {after.id}'s new settings apply, its learned baseline is kept"
+    return (
+        f"asset {after.id}'s baseline is relearned (speed, bearing, baseline length, trend "
+        "bin or failure metric changed); its open alerts stay"
+    )
 
 
 def _plan_uplinks(old: Config, new: Config, plan: ReloadPlan) -> None:

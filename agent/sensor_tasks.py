@@ -43,13 +43,13 @@ class RunningSensors:
             if b.kind != OWN_BUS:
                 self.shared[b.name] = b
 
-    def start(self, pollers: Iterable[ModbusPoller], *, ramp_s: float) -> None:
+    def start(self, pollers: Iterable[ModbusPoller], *, ramp_s: float | None = None) -> None:
         """Start each poller, its first poll at a random moment within ramp_s (thousands of
-        connects and first analyses in the same instant would time each other out)."""
+        connects and first analyses in the same instant would time each other out); None:
+        within its own poll interval (at most 1 s), as a reload starts a few."""
         for p in pollers:
-            task = asyncio.create_task(
-                p.run(start_delay_s=random.uniform(0.0, ramp_s)), name=f"poll[{p.sensor_id}]"
-            )
+            delay = None if ramp_s is None else random.uniform(0.0, ramp_s)
+            task = asyncio.create_task(p.run(start_delay_s=delay), name=f"poll[{p.sensor_id}]")
             task.add_done_callback(_poller_ended)
             self.pollers[p.sensor_id] = p
             self._tasks[p.sensor_id] = task

@@ -53,6 +53,8 @@ async def agent_snapshot(agent: Agent) -> Snapshot:
             "value": v.value,
             "zone": v.zone,
             "active_level": v.active_level,
+            # None while the channel learns its baseline (after install, repair, relearn).
+            "health_index": v.health_index,
             "flaps": {"severity": v.flaps[0], "trend": v.flaps[1]},
         }
         for v in (agent.monitor.views() if agent.monitor else [])

@@ -1,0 +1,391 @@
+"""Reload without restart, on real processes: `edge-agent run` (SIGHUP and `edge-agent
+reload`), `edge-sim modbus`, `edge-sim backend`, the agent's real store.
+
+Alerts flow all along as maintenance records made through the control socket (as in the
+kill -9 test): an answer comes after the record is on disk, so every id in an answer is an
+alert the agent accepted, and each must reach a backend exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from agent.control import ControlError, call
+from agent.demo import SimProcess
+from agent.maintenance import OP as MAINTENANCE
+from tests.conftest import REPO, agent_process, free_port
+
+pytestmark = [pytest.mark.network, pytest.mark.slow]
+
+TOKEN = "reload-token"
+POLL_S = 0.5
+OUTSIDER = 61_234  # a uid in systemd's dynamic range, in no group
+# Lets an unprivileged uid run this machine's Python, which lives under /root (0700), as
+# tools/check_install_notes.py does; a gateway's Python is /usr/bin/python3.
+REVEAL_PYENV = (
+    "d=$(mktemp -d); mount --bind /root/.pyenv $d; "
+    "mount -t tmpfs -o mode=0755 tmpfs /root; mkdir /root/.pyenv; "
+    "mount --bind $d /root/.pyenv; "
+)
+
+
+def sensor(sid: str, asset: str, port: int, unit: int) -> str:
+    return (
+        f"  - id: {sid}\n    asset: {asset}\n"
+        f"    modbus: {{host: 127.0.0.1, port: {port}, device_id: {unit}, timeout_s: 0.3}}\n"
+        f"    poll_interval_s: {POLL_S}\n"
+    )
+
+
+def config_text(d: dict[str, Any], sensors: list[str], *, url: str, extra: str = "") -> str:
+    """The agent's YAML: press-7 (the machine whose baseline must survive), fan-9 (where the
+    flows record repairs), the given sensors, one http uplink named portfolio."""
+    machine = "{standard: iso10816-3, group: 2, foundation: rigid, rpm: 1480}"
+    assets = "".join(
+        f"  - id: {a}\n    tier: 1\n    machine: {machine}\n"
+        f"    alerting: {{baseline_readings: 10{extra if a == 'press-7' else ''}}}\n"
+        for a in ("press-7", "fan-9")
+    )
+    return (
+        "gateway: {id: gw-rl}\n"
+        f"assets:\n{assets}"
+        f"sensors:\n{''.join(sensors)}"
+        "uplinks:\n"
+        f'  - name: portfolio\n    http: {{url: "{url}", token: {TOKEN}, timeout_s: 2, '
+        "max_backoff_s: 1, batch_size: 20}\n"
+        f'store: {{path: "{d["dir"]}/outbox.db"}}\n'
+        f"health: {{port: {d['health']}}}\n"
+        f'control: {{socket: "{d["dir"]}/control.sock"}}\n'
+    )
+
+
+@contextlib.asynccontextmanager
+async def running(workdir: Path) -> AsyncIterator[dict[str, Any]]:
+    """Two backends (A, B), two Modbus simulators, the agent on A with m1, m2 (simulator 1)
+    and m3 (simulator 2)."""
+    async with (
+        SimProcess.backend(workdir / "a.db", TOKEN) as a,
+        SimProcess.backend(workdir / "b.db", TOKEN) as b,
+        SimProcess.modbus(["1:healthy", "2:healthy", "3:healthy"], 600.0) as m,
+        SimProcess.modbus(["1:healthy"], 600.0) as m_other,
+    ):
+        d: dict[str, Any] = {
+            "dir": workdir, "health": free_port(), "a": a.info["url"], "b": b.info["url"],
+            "port": m.info["port"], "other_port": m_other.info["port"],
+            "config": workdir / "agent.yaml", "log": workdir / "agent.log",
+        }  # fmt: skip
+        d["sensors"] = {
+            "m1": sensor("m1", "press-7", d["port"], 1),
+            "m2": sensor("m2", "fan-9", d["port"], 2),
+            "m3": sensor("m3", "fan-9", d["other_port"], 1),
+            "m4": sensor("m4", "press-7", d["port"], 3),
+        }
+        write(d, ["m1", "m2", "m3"], url=d["a"])
+        with d["log"].open("wb") as log:
+            proc = await agent_process(d["config"], stderr=log, stdout=asyncio.subprocess.DEVNULL)
+            d["proc"] = proc
+            try:
+                await until(d, lambda h: all(s["last_ok_age_s"] is not None for s in h["sensors"]))
+                yield d
+            finally:
+                if proc.returncode is None:
+                    proc.send_signal(signal.SIGTERM)
+                    assert await asyncio.wait_for(proc.wait(), 30) == 0
+
+
+def write(d: dict[str, Any], sensors: list[str], *, url: str, extra: str = "") -> None:
+    text = config_text(d, [d["sensors"][s] for s in sensors], url=url, extra=extra)
+    tmp = d["config"].with_suffix(".new")
+    tmp.write_text(text)
+    tmp.chmod(0o644)
+    tmp.replace(d["config"])  # as an editor saves: the agent never reads half a file
+
+
+async def healthz(d: dict[str, Any]) -> dict[str, Any]:
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s,
+        s.get(f"http://127.0.0.1:{d['health']}/healthz") as r,
+    ):
+        return dict(await r.json())
+
+
+async def metrics(d: dict[str, Any]) -> dict[str, float]:
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s,
+        s.get(f"http://127.0.0.1:{d['health']}/metrics") as r,
+    ):
+        text = await r.text()
+    return {
+        k: float(v)
+        for k, _, v in (ln.partition(" ") for ln in text.splitlines())
+        if k.startswith("edge_reload")
+    }
+
+
+async def until(d: dict[str, Any], pred: Any, limit_s: float = 20.0) -> dict[str, Any]:
+    deadline = time.monotonic() + limit_s
+    while True:
+        with contextlib.suppress(OSError, aiohttp.ClientError, ValueError):
+            h = await healthz(d)
+            if pred(h):
+                return h
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {limit_s} s")
+        await asyncio.sleep(0.1)
+
+
+def by_id(h: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {s["id"]: s for s in h["sensors"]}
+
+
+async def reload_cmd(d: dict[str, Any], *extra: str) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "agent.cli", "reload", "-c", str(d["config"]), *extra],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+
+
+def established_to(port: int) -> int:
+    """TCP connections on this machine established to 127.0.0.1:port (the agent's polls)."""
+    n = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            for line in f.readlines()[1:]:
+                remote, state = line.split()[2], line.split()[3]
+                n += int(remote.rsplit(":", 1)[1], 16) == port and state == "01"
+    return n
+
+
+def log_lines(d: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for ln in d["log"].read_text().splitlines():
+        with contextlib.suppress(ValueError):
+            out.append(json.loads(ln))
+    return out
+
+
+async def test_sensors_added_removed_and_untouched_across_reloads(tmp_path: Path) -> None:
+    async with running(tmp_path) as d:
+        # m1 learns its baseline (10 readings at 0.5 s) before anything changes.
+        await until(d, lambda h: all(
+            c["health_index"] is not None for c in h["channels"] if c["sensor"] == "m1"
+        ) and any(c["sensor"] == "m1" for c in h["channels"]))  # fmt: skip
+        assert established_to(d["other_port"]) >= 1  # m3 is polled
+
+        # An invalid file (a typo in m2's key): refused, reported at its line and column.
+        good = d["config"].read_text()
+        d["config"].write_text(good.replace("poll_interval_s: 0.5", "poll_intervall_s: 0.5", 1))
+        before = by_id(await healthz(d))
+        d["proc"].send_signal(signal.SIGHUP)
+        await until(d, lambda h: h["reload"]["reload_failures_total"] == 1)
+        await asyncio.sleep(2 * POLL_S)
+        after = by_id(await healthz(d))
+        assert set(after) == {"m1", "m2", "m3"}
+        assert all(after[s]["polls_total"] > before[s]["polls_total"] for s in after)
+        refused = [r for r in log_lines(d) if "refused" in r["msg"]]
+        assert f"{d['config']}:15:5: sensors[0]" in refused[0]["msg"], refused
+        assert refused[0]["requested_by"] == "SIGHUP"
+
+        # Add m4, remove m3; m1 and m2 untouched. Watch m1 all along.
+        d["config"].write_text(good)
+        samples: list[dict[str, Any]] = []
+        stop = asyncio.Event()
+
+        async def watch() -> None:
+            while not stop.is_set():
+                samples.append(await healthz(d))
+                await asyncio.sleep(0.1)
+
+        watcher = asyncio.create_task(watch())
+        await asyncio.sleep(1.0)
+        write(d, ["m1", "m2", "m4"], url=d["a"])
+        asked = time.monotonic()
+        done = await reload_cmd(d)
+        answered = time.monotonic()
+        assert done.returncode == 0, done.stderr
+        assert "sensor m4 added" in done.stdout and "sensor m3 removed" in done.stdout
+        assert "m1" not in done.stdout and "m2" not in done.stdout, done.stdout
+        first = await until(d, lambda h: by_id(h).get("m4", {}).get("last_ok_age_s") is not None)
+        started_s = time.monotonic() - asked
+        await asyncio.sleep(3 * POLL_S)
+        stop.set()
+        await watcher
+        final = by_id(await healthz(d))
+
+    print(
+        json.dumps({"reload_s": round(answered - asked, 3), "m4_first_poll_s": round(started_s, 3)})
+    )
+    # Added: polled within a poll interval once the reload applied (the command's own
+    # start-up, its check of the file and this test's sampling aside).
+    assert started_s <= (answered - asked) + POLL_S + 0.5, started_s
+    assert "m4" in by_id(first)
+    # Removed: gone from health, and no connection to its device is left or made again.
+    assert "m3" not in final
+    assert established_to(d["other_port"]) == 0
+    # Untouched: m1 polled on without a gap and without a restart (its counters never
+    # went back), and its baseline stayed learned in every sample.
+    m1 = [by_id(h)["m1"] for h in samples]
+    polls = [s["polls_total"] for s in m1]
+    assert polls == sorted(polls) and polls[-1] > polls[0] + 3, polls
+    assert max(s["last_ok_age_s"] for s in m1) < 2 * POLL_S + 0.5, m1
+    assert all(
+        c["health_index"] is not None for h in samples for c in h["channels"] if c["sensor"] == "m1"
+    )
+    applied = [r for r in log_lines(d) if r["msg"].startswith("configuration reloaded")]
+    assert "uid 0 (root)" in applied[0]["requested_by"], applied
+
+
+async def _flow(d: dict[str, Any], accepted: dict[str, Any], stop: asyncio.Event) -> None:
+    """Repairs on fan-9 as fast as the agent takes them; keep what it acknowledged."""
+    n = 0
+    while not stop.is_set():
+        n += 1
+        try:
+            answer = await asyncio.to_thread(
+                call, d["dir"] / "control.sock", MAINTENANCE, {"asset": "fan-9", "note": f"r{n}"}
+            )
+        except ControlError:
+            answer = {}
+        for rec in answer.get("result", {}).get("records", []) if answer.get("ok") else []:
+            accepted[rec["alert_id"]] = rec
+        await asyncio.sleep(0.02)
+
+
+async def _backend(url: str) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    base = url.rsplit("/v1/", 1)[0]
+    out: dict[str, dict[str, Any]] = {}
+    after = 0
+    async with aiohttp.ClientSession(headers=headers) as s:
+        for _ in range(200):  # bounded paging
+            async with s.get(url, params={"after": str(after)}) as r:
+                page = await r.json()
+            if not page["alerts"]:
+                break
+            out.update({a["alert_id"]: a for a in page["alerts"]})
+            after = page["last_receipt"]
+        async with s.get(f"{base}/v1/stats") as r:
+            stats = await r.json()
+    return out, stats
+
+
+async def test_reloads_while_alerts_flow_lose_and_duplicate_nothing(tmp_path: Path) -> None:
+    accepted: dict[str, Any] = {}
+    async with running(tmp_path) as d:
+        stop = asyncio.Event()
+        flows = [asyncio.create_task(_flow(d, accepted, stop)) for _ in range(2)]
+        try:
+            await asyncio.sleep(1.5)
+            # 1. SIGHUP with a change of thresholds only (analysis; every poller runs on).
+            write(d, ["m1", "m2", "m3"], url=d["a"], extra=", debounce: 4")
+            d["proc"].send_signal(signal.SIGHUP)
+            await until(d, lambda h: h["reload"]["reloads_total"] == 1)
+            await asyncio.sleep(1.0)
+            # 2. The command: the uplink moves to backend B (same name, same cursor).
+            write(d, ["m1", "m2", "m3"], url=d["b"], extra=", debounce: 4")
+            done = await reload_cmd(d, "--json")
+            assert done.returncode == 0, done.stderr
+            assert any("uplink portfolio rebuilt" in c for c in json.loads(done.stdout)["changes"])
+            moved_at = len(accepted)
+            await asyncio.sleep(1.5)
+            # 3. SIGHUP again, with sensors changing under the flow.
+            write(d, ["m1", "m2", "m4"], url=d["b"], extra=", debounce: 4")
+            d["proc"].send_signal(signal.SIGHUP)
+            await until(d, lambda h: h["reload"]["reloads_total"] == 3)
+            await asyncio.sleep(1.0)
+        finally:
+            stop.set()
+            await asyncio.gather(*flows)
+        await until(d, lambda h: h["store"].get("pending") == 0, limit_s=30)
+        counts = await metrics(d)
+        at_a, stats_a = await _backend(d["a"])
+        at_b, stats_b = await _backend(d["b"])
+    with sqlite3.connect(tmp_path / "outbox.db") as conn:
+        stored = {r[0] for r in conn.execute("SELECT alert_id FROM alerts")}
+        undelivered = conn.execute("SELECT count(*) FROM alerts WHERE delivered_at IS NULL")
+        assert undelivered.fetchone()[0] == 0
+    print(json.dumps({"accepted": len(accepted), "at_a": len(at_a), "at_b": len(at_b),
+                      "duplicates": [stats_a["duplicates"], stats_b["duplicates"]]}))  # fmt: skip
+    assert len(accepted) >= 50, len(accepted)
+    assert set(accepted) <= stored
+    # Nothing lost: every stored alert reached a backend; nothing duplicated: none reached
+    # both (the delivery position survived the rebuild), none twice at one.
+    assert set(at_a) | set(at_b) == stored
+    assert not set(at_a) & set(at_b)
+    assert stats_a["duplicates"] == 0 and stats_b["duplicates"] == 0
+    # The URL change took effect: what was made after it went to B.
+    later = sorted(accepted)[moved_at + 20 :]
+    assert later and all(i in at_b for i in later)
+    assert all(at_a.get(i, at_b.get(i)) == rec for i, rec in accepted.items())
+    assert counts == {"edge_reloads_total": 3.0, "edge_reload_failures_total": 0.0}, counts
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory every uid may enter (pytest's tmp_path is private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="edge-reload-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _as_outsider(config: Path) -> subprocess.CompletedProcess[str]:
+    """`edge-agent reload` run by a local user who is not in the socket's group."""
+    user = ["setpriv", f"--reuid={OUTSIDER}", f"--regid={OUTSIDER}", "--clear-groups"]
+    return subprocess.run(
+        ["unshare", "--mount", "--fork", "bash", "-c", REVEAL_PYENV + 'exec "$@"', "bash",
+         *user, sys.executable, "-m", "agent.cli", "reload", "-c", str(config)],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+        env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/"},
+    )  # fmt: skip
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("setpriv") or not shutil.which("unshare"),
+    reason="needs root, setpriv and unshare to act as another local user",
+)
+async def test_reload_command_refuses_invalid_files_serialises_and_checks_permission(
+    open_dir: Path,
+) -> None:
+    async with running(open_dir) as d:
+        good = d["config"].read_text()
+        # Invalid: the command prints each issue at file:line:col and exits 2.
+        d["config"].write_text(good.replace("device_id: 2", "device_id: two", 1))
+        bad = await reload_cmd(d)
+        assert bad.returncode == 2, bad
+        assert f"{d['config']}:18:" in bad.stderr and "device_id" in bad.stderr, bad.stderr
+        assert "nothing changed" in bad.stderr
+        # A local user without access to the control socket changes nothing.
+        write(d, ["m1", "m2", "m3", "m4"], url=d["a"])
+        outsider = await asyncio.to_thread(_as_outsider, d["config"])
+        assert outsider.returncode == 1, outsider
+        assert "permission denied" in outsider.stderr, outsider.stderr
+        assert "m4" not in by_id(await healthz(d))
+        # Three requests at once: one adds m4, the others find nothing to change.
+        runs = await asyncio.gather(*(reload_cmd(d, "--json") for _ in range(3)))
+        h = await until(d, lambda h: "m4" in by_id(h))
+        counts = await metrics(d)
+    assert all(r.returncode == 0 for r in runs), [r.stderr for r in runs]
+    changes = [json.loads(r.stdout)["changes"] for r in runs]
+    assert sorted(len(c) for c in changes) == [0, 0, 1], changes
+    assert [s["id"] for s in h["sensors"]].count("m4") == 1
+    assert counts == {"edge_reloads_total": 3.0, "edge_reload_failures_total": 1.0}, counts

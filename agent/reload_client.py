@@ -84,7 +84,8 @@ def request_reload(path: Path, out: TextIO, err: TextIO, *, as_json: bool = Fals
         print(json.dumps(result, indent=2), file=out)
         return EXIT_OK
     changes, later = result.get("changes", []), result.get("needs_restart", [])
-    print(f"reloaded {result.get('config')}: {len(changes) or 'no'} change(s)", file=out)
+    what = f"{len(changes)} change(s)" if changes else "nothing changed"
+    print(f"reloaded {result.get('config')}: {what}", file=out)
     for line in changes:
         print(f"  {line}", file=out)
     for line in later:

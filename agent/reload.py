@@ -129,6 +129,9 @@ class Reloader:
         log.info("reload requested by %s", requester)
         async with self._lock:
             await self._agent.ready.wait()
+            if self._agent.stopping:
+                self._count(ok=False)
+                raise ReloadRefused("the agent is stopping; it reads the file when it starts")
             notifier = self._agent.watchdog.notifier
             notifier.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
             try:
@@ -179,8 +182,8 @@ class Reloader:
             log.exception("reload: building the new sensors or uplinks failed")
             raise ReloadRefused(f"cannot build what {self.path} describes: {exc}") from exc
         await self._register_uplinks(new)
-        await self._apply(new, library, plan, prepared)
         needs = list(plan.needs_restart)
+        needs += await self._apply(new, library, plan, prepared)
         if agent.queue_size < agent.wanted_queue_size(new):
             needs.append(
                 f"analysis queue: {agent.queue_size} readings now, "
@@ -210,7 +213,8 @@ class Reloader:
 
     async def _apply(
         self, new: Config, library: ProfileLibrary, plan: ReloadPlan, prepared: _Prepared
-    ) -> None:
+    ) -> list[str]:
+        """Apply a checked plan; what could not be (a health port taken, the agent stopping)."""
         agent = self._agent
         assert agent.monitor is not None and agent.faults is not None
         # Analysis first, in the same loop step as the removed pollers leave (no await in
@@ -235,11 +239,18 @@ class Reloader:
                 await delivery.stop(task, timeout_s=UPLINK_STOP_S)
                 if name in prepared.deliveries:
                     _carry_counters(delivery, prepared.deliveries[name])
-        for delivery in prepared.deliveries.values():
-            agent.start_uplink(delivery)
+        problems = []
+        if agent.stopping:  # its task group takes no new task: the uplinks start next time
+            problems += [f"uplink {n}: the agent is stopping" for n in prepared.deliveries]
+        else:
+            for delivery in prepared.deliveries.values():
+                agent.start_uplink(delivery)
         agent.outbox.max_bytes = new.store.max_bytes
         if plan.health:
-            await agent.rebind_health()
+            error = await agent.rebind_health()
+            if error is not None:
+                problems.append(f"health endpoint not served: {error}; fix health.* and reload")
+        return problems
 
 
 def _carry_counters(old: Delivery, new: Delivery) -> None:

@@ -157,12 +157,18 @@ class Agent:
         task = self._tg.create_task(delivery.run(), name=f"uplink[{delivery.name}]")
         self.deliveries[delivery.name] = (delivery, task)
 
-    async def rebind_health(self) -> None:
-        """Serve /healthz and /metrics where the (reloaded) configuration says."""
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    async def rebind_health(self) -> str | None:
+        """Serve /healthz and /metrics where the (reloaded) configuration says; why not,
+        when it cannot listen there (the agent runs on without them)."""
         await self._close_health()
         hc = self.config.health
         self.health = HealthServer(self.snapshot, host=hc.host, port=hc.port, expose=hc.expose)
         await self.health.__aenter__()
+        return self.health.error
 
     async def _close_health(self) -> None:
         if self.health is not None:

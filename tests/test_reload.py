@@ -53,7 +53,9 @@ def sensor(sid: str, asset: str, port: int, unit: int) -> str:
     )
 
 
-def config_text(d: dict[str, Any], sensors: list[str], *, url: str, extra: str = "") -> str:
+def config_text(
+    d: dict[str, Any], sensors: list[str], *, url: str, extra: str = "", buses: str = ""
+) -> str:
     """The agent's YAML: press-7 (the machine whose baseline must survive), fan-9 (where the
     flows record repairs), the given sensors, one http uplink named portfolio."""
     machine = "{standard: iso10816-3, group: 2, foundation: rigid, rpm: 1480}"
@@ -70,7 +72,7 @@ def config_text(d: dict[str, Any], sensors: list[str], *, url: str, extra: str =
         f'  - name: portfolio\n    http: {{url: "{url}", token: {TOKEN}, timeout_s: 2, '
         "max_backoff_s: 1, batch_size: 20}\n"
         f'store: {{path: "{d["dir"]}/outbox.db"}}\n'
-        f"health: {{port: {d['health']}}}\n"
+        f"health: {{port: {d['health']}}}\n{buses}"
         f'control: {{socket: "{d["dir"]}/control.sock"}}\n'
     )
 
@@ -83,7 +85,7 @@ async def running(workdir: Path) -> AsyncIterator[dict[str, Any]]:
         SimProcess.backend(workdir / "a.db", TOKEN) as a,
         SimProcess.backend(workdir / "b.db", TOKEN) as b,
         SimProcess.modbus(["1:healthy", "2:healthy", "3:healthy"], 600.0) as m,
-        SimProcess.modbus(["1:healthy"], 600.0) as m_other,
+        SimProcess.modbus(["1:healthy", "2:healthy"], 600.0) as m_other,
     ):
         d: dict[str, Any] = {
             "dir": workdir, "health": free_port(), "a": a.info["url"], "b": b.info["url"],
@@ -95,6 +97,11 @@ async def running(workdir: Path) -> AsyncIterator[dict[str, Any]]:
             "m2": sensor("m2", "fan-9", d["port"], 2),
             "m3": sensor("m3", "fan-9", d["other_port"], 1),
             "m4": sensor("m4", "press-7", d["port"], 3),
+            **{
+                f"g{n}": f"  - id: g{n}\n    asset: fan-9\n    modbus: {{bus: gw, device_id: {n}, "
+                f"timeout_s: 0.3}}\n    poll_interval_s: {POLL_S}\n"
+                for n in (1, 2)
+            },
         }
         write(d, ["m1", "m2", "m3"], url=d["a"])
         with d["log"].open("wb") as log:
@@ -109,8 +116,10 @@ async def running(workdir: Path) -> AsyncIterator[dict[str, Any]]:
                     assert await asyncio.wait_for(proc.wait(), 30) == 0
 
 
-def write(d: dict[str, Any], sensors: list[str], *, url: str, extra: str = "") -> None:
-    text = config_text(d, [d["sensors"][s] for s in sensors], url=url, extra=extra)
+def write(
+    d: dict[str, Any], sensors: list[str], *, url: str, extra: str = "", buses: str = ""
+) -> None:
+    text = config_text(d, [d["sensors"][s] for s in sensors], url=url, extra=extra, buses=buses)
     tmp = d["config"].with_suffix(".new")
     tmp.write_text(text)
     tmp.chmod(0o644)
@@ -389,3 +398,37 @@ async def test_reload_command_refuses_invalid_files_serialises_and_checks_permis
     assert sorted(len(c) for c in changes) == [0, 0, 1], changes
     assert [s["id"] for s in h["sensors"]].count("m4") == 1
     assert counts == {"edge_reloads_total": 3.0, "edge_reload_failures_total": 1.0}, counts
+
+
+def gateway_bus(d: dict[str, Any], settle_s: float) -> str:
+    port = d["other_port"]
+    return f"buses:\n  - id: gw\n    tcp: {{host: 127.0.0.1, port: {port}, settle_s: {settle_s}}}\n"
+
+
+async def test_a_changed_bus_is_rebuilt_with_its_sensors(tmp_path: Path) -> None:
+    async with running(tmp_path) as d:
+        # m3 (its own connection to simulator 2) gives way to g1, g2 behind a gateway there.
+        write(d, ["m1", "m2", "g1", "g2"], url=d["a"], buses=gateway_bus(d, 1.0))
+        added = await reload_cmd(d)
+        assert added.returncode == 0, added.stderr
+        assert "bus gw added" in added.stdout and "sensor m3 removed" in added.stdout
+        h = await until(d, lambda h: all(by_id(h).get(g, {}).get("polls_total", 0) > 6
+                                         for g in ("g1", "g2")))  # fmt: skip
+        m1_before = by_id(h)["m1"]["polls_total"]
+        write(d, ["m1", "m2", "g1", "g2"], url=d["a"], buses=gateway_bus(d, 0.5))
+        rebuilt = await reload_cmd(d)
+        after = await until(d, lambda h: all(by_id(h)[g]["last_ok_age_s"] is not None
+                                             for g in ("g1", "g2")))  # fmt: skip
+        await asyncio.sleep(3 * POLL_S)
+        connections = established_to(d["other_port"])
+        final = by_id(await healthz(d))
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert "bus gw rebuilt" in rebuilt.stdout
+    assert "sensor g1 restarted" in rebuilt.stdout and "sensor g2 restarted" in rebuilt.stdout
+    assert "m1" not in rebuilt.stdout
+    # New pollers on a new bus (their counters start again), the old bus's connection closed:
+    # one connection to the gateway (max_connections 1), not two.
+    assert all(by_id(after)[g]["polls_total"] < by_id(h)[g]["polls_total"] for g in ("g1", "g2"))
+    assert connections == 1
+    assert final["m1"]["polls_total"] > m1_before + 3  # untouched, polled on
+    assert [b["name"] for b in after["buses"]] == ["gw"]

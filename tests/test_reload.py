@@ -34,6 +34,7 @@ from tests.conftest import REPO, agent_process, free_port
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 
 TOKEN = "reload-token"
+TOKEN_B = "rotated-token"  # backend B takes only this one
 POLL_S = 0.5
 OUTSIDER = 61_234  # a uid in systemd's dynamic range, in no group
 # Lets an unprivileged uid run this machine's Python, which lives under /root (0700), as
@@ -69,7 +70,7 @@ def config_text(
         f"assets:\n{assets}"
         f"sensors:\n{''.join(sensors)}"
         "uplinks:\n"
-        f'  - name: portfolio\n    http: {{url: "{url}", token: {TOKEN}, timeout_s: 2, '
+        f'  - name: portfolio\n    http: {{url: "{url}", token_file: token, timeout_s: 2, '
         "max_backoff_s: 1, batch_size: 20}\n"
         f'store: {{path: "{d["dir"]}/outbox.db"}}\n'
         f"health: {{port: {d['health']}}}\n{buses}"
@@ -83,7 +84,7 @@ async def running(workdir: Path) -> AsyncIterator[dict[str, Any]]:
     and m3 (simulator 2)."""
     async with (
         SimProcess.backend(workdir / "a.db", TOKEN) as a,
-        SimProcess.backend(workdir / "b.db", TOKEN) as b,
+        SimProcess.backend(workdir / "b.db", TOKEN_B) as b,
         SimProcess.modbus(["1:healthy", "2:healthy", "3:healthy"], 600.0) as m,
         SimProcess.modbus(["1:healthy", "2:healthy"], 600.0) as m_other,
     ):
@@ -103,6 +104,9 @@ async def running(workdir: Path) -> AsyncIterator[dict[str, Any]]:
                 for n in (1, 2)
             },
         }
+        token = workdir / "token"
+        token.write_text(TOKEN)
+        token.chmod(0o600)
         write(d, ["m1", "m2", "m3"], url=d["a"])
         with d["log"].open("wb") as log:
             proc = await agent_process(d["config"], stderr=log, stdout=asyncio.subprocess.DEVNULL)
@@ -279,8 +283,8 @@ async def _flow(d: dict[str, Any], accepted: dict[str, Any], stop: asyncio.Event
         await asyncio.sleep(0.02)
 
 
-async def _backend(url: str) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
-    headers = {"Authorization": f"Bearer {TOKEN}"}
+async def _backend(url: str, token: str) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    headers = {"Authorization": f"Bearer {token}"}
     base = url.rsplit("/v1/", 1)[0]
     out: dict[str, dict[str, Any]] = {}
     after = 0
@@ -309,25 +313,32 @@ async def test_reloads_while_alerts_flow_lose_and_duplicate_nothing(tmp_path: Pa
             d["proc"].send_signal(signal.SIGHUP)
             await until(d, lambda h: h["reload"]["reloads_total"] == 1)
             await asyncio.sleep(1.0)
-            # 2. The command: the uplink moves to backend B (same name, same cursor).
+            # 2. The command: the uplink moves to backend B (same name, same cursor), which
+            # refuses the old token (401): alerts wait in the store, none is dropped.
             write(d, ["m1", "m2", "m3"], url=d["b"], extra=", debounce: 4")
             done = await reload_cmd(d, "--json")
             assert done.returncode == 0, done.stderr
             assert any("uplink portfolio rebuilt" in c for c in json.loads(done.stdout)["changes"])
             moved_at = len(accepted)
-            await asyncio.sleep(1.5)
+            await asyncio.sleep(1.0)
+            # 2b. The token file is rotated (the file is not edited): the reload takes it.
+            (tmp_path / "token").write_text(TOKEN_B)
+            rotated = await reload_cmd(d)
+            assert rotated.returncode == 0, rotated.stderr
+            assert "uplink portfolio rebuilt" in rotated.stdout, rotated.stdout
+            await asyncio.sleep(1.0)
             # 3. SIGHUP again, with sensors changing under the flow.
             write(d, ["m1", "m2", "m4"], url=d["b"], extra=", debounce: 4")
             d["proc"].send_signal(signal.SIGHUP)
-            await until(d, lambda h: h["reload"]["reloads_total"] == 3)
+            await until(d, lambda h: h["reload"]["reloads_total"] == 4)
             await asyncio.sleep(1.0)
         finally:
             stop.set()
             await asyncio.gather(*flows)
         await until(d, lambda h: h["store"].get("pending") == 0, limit_s=30)
         counts = await metrics(d)
-        at_a, stats_a = await _backend(d["a"])
-        at_b, stats_b = await _backend(d["b"])
+        at_a, stats_a = await _backend(d["a"], TOKEN)
+        at_b, stats_b = await _backend(d["b"], TOKEN_B)
     with sqlite3.connect(tmp_path / "outbox.db") as conn:
         stored = {r[0] for r in conn.execute("SELECT alert_id FROM alerts")}
         undelivered = conn.execute("SELECT count(*) FROM alerts WHERE delivered_at IS NULL")
@@ -345,7 +356,7 @@ async def test_reloads_while_alerts_flow_lose_and_duplicate_nothing(tmp_path: Pa
     later = sorted(accepted)[moved_at + 20 :]
     assert later and all(i in at_b for i in later)
     assert all(at_a.get(i, at_b.get(i)) == rec for i, rec in accepted.items())
-    assert counts == {"edge_reloads_total": 3.0, "edge_reload_failures_total": 0.0}, counts
+    assert counts == {"edge_reloads_total": 4.0, "edge_reload_failures_total": 0.0}, counts
 
 
 @pytest.fixture

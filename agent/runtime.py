@@ -131,7 +131,7 @@ class Agent:
     @property
     def pollers(self) -> list[ModbusPoller]:
         """The sensors' pollers: the running ones (before start, the ones built)."""
-        return list(self.sensors.pollers.values()) or list(self._first_pollers)
+        return list(self.sensors.pollers.values() if self._tg else self._first_pollers)
 
     @property
     def buses(self) -> list[Bus]:
@@ -139,7 +139,7 @@ class Agent:
 
     @property
     def uplinks(self) -> list[Delivery]:
-        return [d for d, _ in self.deliveries.values()] or list(self._first_uplinks)
+        return [d for d, _ in self.deliveries.values()] if self._tg else list(self._first_uplinks)
 
     @staticmethod
     def wanted_queue_size(config: Config) -> int:

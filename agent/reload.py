@@ -89,16 +89,21 @@ class Reloader:
         self.counters = ReloadCounters()
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._signal_waiting = False
 
     def on_signal(self) -> None:
-        """SIGHUP: reload in the background (the outcome goes to the log)."""
+        """SIGHUP: reload in the background (the outcome goes to the log). Signals that
+        arrive while one already waits its turn are that one: it reads the newest file."""
+        if self._signal_waiting:
+            return
+        self._signal_waiting = True
         task = asyncio.get_running_loop().create_task(self._quiet("SIGHUP"), name="reload")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _quiet(self, requester: str) -> None:
         with contextlib.suppress(ReloadRefused):  # logged by reload()
-            await self.reload(requester)
+            await self.reload(requester, signalled=True)
 
     def control_handler(self) -> Handler:
         """The control-socket operation `reload` (args: {"config": the client's file})."""
@@ -120,7 +125,7 @@ class Reloader:
 
         return handle
 
-    async def reload(self, requester: str) -> dict[str, Any]:
+    async def reload(self, requester: str, *, signalled: bool = False) -> dict[str, Any]:
         """Re-read the file and apply it; what changed.
 
         Raises:
@@ -129,6 +134,8 @@ class Reloader:
         log.info("reload requested by %s", requester)
         async with self._lock:
             await self._agent.ready.wait()
+            if signalled:
+                self._signal_waiting = False  # from here a new signal reads the file again
             if self._agent.stopping:
                 self._count(ok=False)
                 raise ReloadRefused("the agent is stopping; it reads the file when it starts")

@@ -183,12 +183,15 @@ class Reloader:
         plan = plan_reload(agent.config, new, agent.library, library)
         if plan.refused:
             raise ReloadRefused("; ".join(plan.refused))
+        before = agent.config
+        await self._register_uplinks(new)  # the step that can fail (an unwritable store)
         try:
             prepared = self._prepare(new, library, plan)
-        except Exception as exc:  # a surprise must leave the agent as it was
+        except Exception as exc:  # a surprise (a bug) must leave the agent as it was
             log.exception("reload: building the new sensors or uplinks failed")
+            with contextlib.suppress(ReloadRefused):
+                await self._register_uplinks(before)
             raise ReloadRefused(f"cannot build what {self.path} describes: {exc}") from exc
-        await self._register_uplinks(new)
         needs = list(plan.needs_restart)
         needs += await self._apply(new, library, plan, prepared)
         if agent.queue_size < agent.wanted_queue_size(new):
@@ -207,7 +210,7 @@ class Reloader:
         return _Prepared(sources, {n: built[n] for n in plan.uplinks_start})
 
     async def _register_uplinks(self, new: Config) -> None:
-        """First, as the one step that can fail (an unwritable store): then nothing changed."""
+        """The store's uplinks as `new` names them (refused when the store cannot now)."""
         outbox = self._agent.outbox
         names = new.uplink_names()
         carries = {n: FINDINGS for n, u in zip(names, new.uplinks, strict=True) if u.cmms}

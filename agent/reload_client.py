@@ -70,7 +70,11 @@ def request_reload(path: Path, out: TextIO, err: TextIO, *, as_json: bool = Fals
     try:
         answer = call(sock, OP, {"config": real}, timeout_s=TIMEOUT_S)
     except ControlError as exc:
-        print(f"reload not done: cannot reach the running agent: {exc}", file=err)
+        print(
+            f"reload not done: cannot reach the running agent: {exc} (a new control.socket "
+            "is used from the next restart; `systemctl reload edge-agent` reloads by SIGHUP)",
+            file=err,
+        )
         return EXIT_FAILED
     wrong = _not_ours(config, real, answer.get("agent"), bool(answer["ok"]))
     if wrong is not None:

@@ -247,6 +247,12 @@ async def test_reload_command_refuses_invalid_files_serialises_and_checks_permis
         assert bad.returncode == 2, bad
         assert f"{d['config']}:18:" in bad.stderr and "device_id" in bad.stderr, bad.stderr
         assert "nothing changed" in bad.stderr
+        # A new gateway id cannot be taken by a running agent: refused, with what to do.
+        d["config"].write_text(good.replace("id: gw-rl", "id: gw-new", 1))
+        renamed = await reload_cmd(d)
+        assert renamed.returncode == 1, renamed
+        assert "gateway.id gw-rl -> gw-new" in renamed.stderr
+        assert "systemctl restart edge-agent" in renamed.stderr
         # A local user without access to the control socket changes nothing.
         write(d, ["m1", "m2", "m3", "m4"], url=d["a"])
         outsider = await asyncio.to_thread(_as_outsider, d["config"])
@@ -261,7 +267,7 @@ async def test_reload_command_refuses_invalid_files_serialises_and_checks_permis
     changes = [json.loads(r.stdout)["changes"] for r in runs]
     assert sorted(len(c) for c in changes) == [0, 0, 1], changes
     assert [s["id"] for s in h["sensors"]].count("m4") == 1
-    assert counts == {"edge_reloads_total": 3.0, "edge_reload_failures_total": 1.0}, counts
+    assert counts == {"edge_reloads_total": 3.0, "edge_reload_failures_total": 2.0}, counts
 
 
 async def test_a_changed_bus_is_rebuilt_with_its_sensors(tmp_path: Path) -> None:

@@ -146,7 +146,7 @@ class Reloader:
             except ReloadRefused as exc:
                 self._count(ok=False)
                 log.error(
-                    "reload requested by %s refused, the running configuration stays: %s",
+                    "reload refused (requested by %s); the running configuration stays: %s",
                     requester,
                     exc,
                     extra={"requested_by": requester},

@@ -4,6 +4,7 @@ lives from replacements, and severity only where the velocity band is measured."
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 
 from agent.analysis.monitor import Monitor
 from agent.analysis.reliability import life_prior
+from agent.analysis.ttf import POINT_TAIL, tail_levels
 from agent.config import Config
 from drivers.reading import Reading, Waveform
 
@@ -46,6 +48,12 @@ def reading(at: datetime, **feats: float) -> Reading:
     return Reading("m1", "z", at, {**FEATS, **feats})
 
 
+def L10(prior: Any, age_h: float) -> float:
+    """The reported point: the remaining L10 at that age."""
+    hours = prior.remaining_quantiles(age_h, tail_levels(POINT_TAIL))
+    return math.exp(sum(math.log(h) for h in hours) / len(hours))
+
+
 def ttf_at(m: Monitor, at: datetime) -> tuple[Any, Any, Any, Any]:
     m.update(reading(at))
     cur = m.current("m1", "z")
@@ -59,11 +67,11 @@ def test_before_any_onset_the_prior_at_the_asset_age_and_the_record_says_so() ->
     assert prior is not None
     _, prog, ttf, reason = ttf_at(m, T0)
     assert prog is None and ttf is not None and ttf.model == "reliability-prior"
-    assert ttf.hours == pytest.approx(prior.remaining_quantiles(100.0, [0.25])[0], rel=1e-4)
+    assert ttf.hours == pytest.approx(L10(prior, 100.0), rel=1e-4)
     assert reason is not None and reason.startswith("no degradation seen yet (learning the base")
     # Ten hours later (the readings' clock) the asset is 110 h old.
     _, _, ttf, _ = ttf_at(m, T0 + timedelta(hours=10))
-    assert ttf.hours == pytest.approx(prior.remaining_quantiles(110.0, [0.25])[0], rel=1e-4)
+    assert ttf.hours == pytest.approx(L10(prior, 110.0), rel=1e-4)
     # A record (zone C) carries it, valid against the schema.
     (draft,) = m.update(reading(T0 + timedelta(hours=10, seconds=1), velocity_rms_mm_s=3.0)).drafts
     rec = draft.record(gateway_id="gw-t", seq=1)

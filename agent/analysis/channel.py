@@ -68,6 +68,7 @@ class Channel:
     onset_s: float | None = None
     estimate: Estimate | NoEstimate | None = None
     estimate_bin: int | None = None
+    estimate_s: float = -math.inf  # reading time the estimate was computed at
     persisted_s: float = -math.inf
     view: ChannelView | None = None
     cause: str = "health_index"  # what raised the trend alert: health_index or velocity

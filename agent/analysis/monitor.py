@@ -52,7 +52,7 @@ from agent.analysis.drafts import (
     trend_draft,
 )
 from agent.analysis.features import VELOCITY_BAND_PERIODS
-from agent.analysis.forecast import channel_estimate
+from agent.analysis.forecast import channel_estimate, still_fresh
 from agent.analysis.health_index import HealthIndex, HealthIndexTuning
 from agent.analysis.lifecycle import LifecycleState, step
 from agent.analysis.lifetime import AssetLives
@@ -314,9 +314,9 @@ class Monitor:
         return out
 
     def _estimate(self, ch: Channel, now_s: float) -> Estimate | NoEstimate:
-        """The channel's time-to-failure estimate, recomputed at most once per bin."""
+        """The channel's estimate: at most once per bin, far from failure less (still_fresh)."""
         b = math.floor(now_s / ch.history.bin_s)
-        if ch.estimate is not None and ch.estimate_bin == b:
+        if ch.estimate is not None and (ch.estimate_bin == b or still_fresh(ch, now_s)):
             return ch.estimate
         try:
             est = channel_estimate(
@@ -325,7 +325,7 @@ class Monitor:
             )  # fmt: skip
         except (ArithmeticError, ValueError) as exc:  # never lose the alerts over it
             est = NoEstimate(f"time-to-failure model failed on this history: {exc}")
-        ch.estimate, ch.estimate_bin = est, b
+        ch.estimate, ch.estimate_bin, ch.estimate_s = est, b, now_s
         return est
 
     def maintenance(

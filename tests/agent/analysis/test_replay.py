@@ -153,6 +153,25 @@ def test_a_headerless_csv_of_another_shape_is_an_error_not_channel_names(
     assert "s1.csv:1: no header line (the first row is numbers, 2 of them)" in err
 
 
+def test_a_pronostia_row_with_a_missing_or_extra_value_is_an_error_with_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Only the acceleration columns are parsed (numpy's C reader), so a row with a seventh
+    field, a row with five, or a snapshot too short to analyse must still be refused."""
+    _pronostia(tmp_path, [(9, 0, 0)])
+    f = tmp_path / "acc_00001.csv"
+    rows = f.read_text().splitlines()
+    for bad, message in (
+        ([*rows[:5], rows[5] + ",0.1", *rows[6:]], "expected rows of 6 numbers; 2560 rows"),
+        ([*rows[:5], rows[5].rsplit(",", 1)[0], *rows[6:]], "not rows of 6 numbers"),
+        (rows[:3], "3 rows; a snapshot needs 16"),
+    ):
+        f.write_text("\n".join(bad) + "\n")
+        assert run(_args(str(tmp_path))) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "acc_00001.csv: " + message in err, err
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

@@ -109,6 +109,13 @@ def test_with_a_prior_every_cut_of_a_recording_gets_an_estimate_with_its_basis(
     assert est["progression"] is None
     assert est["no_estimate_reason"].startswith("no degradation seen yet (learning the baseline")
     assert "at age 2.0" in est["no_estimate_reason"]  # age at the first snapshot + 4 x 60 s
+    # The point is conservative by default (lowest quarter); --point-tail 1 moves only it.
+    default, wider = (
+        _lines(_args(str(path), *FAILURE, *prior, "--limit", "80", *tail))[1][-1]["time_to_failure"]
+        for tail in ((), ("--point-tail", "1")))  # fmt: skip
+    assert default["lower_hours"] < default["hours"] < wider["hours"] < default["upper_hours"]
+    assert (default["lower_hours"], default["upper_hours"]) == (
+        wider["lower_hours"], wider["upper_hours"])  # fmt: skip
 
 
 def _pronostia(folder: Path, times: list[tuple[int, int, int]], cols: int = 6) -> None:
@@ -182,6 +189,7 @@ def test_a_pronostia_row_with_a_missing_or_extra_value_is_an_error_with_the_file
         (["--prior-life-hours", "2.5,x"], "--prior-life-hours '2.5,x': expected completed"),
         (["--age-hours", "-1", "--prior-life-hours", "3"], "--age-hours -1.0: expected greater"),
         (["--limit", "0"], "--limit 0: expected at least 1 snapshot"),
+        (["--point-tail", "0"], "--point-tail 0: expected a share in (0, 1]"),
         (["--start", "yesterday"], "--start 'yesterday': expected an ISO-8601 time"),
         (["--balls", "9"], "--balls, --ball-mm and --pitch-mm go together"),
     ],

@@ -13,6 +13,7 @@ import jsonschema
 import numpy as np
 import pytest
 
+from agent.analysis.forecast import REFRESH_SHARE
 from agent.analysis.monitor import Monitor
 from agent.analysis.reliability import life_prior
 from agent.analysis.ttf import POINT_TAIL, tail_levels
@@ -165,3 +166,24 @@ def test_no_severity_from_a_velocity_band_the_waveform_does_not_resolve() -> Non
     assert m.views()[0].zone is None
     long = Reading("m1", "z", T0 + timedelta(seconds=60), {}, waveform=_waveform(1.0))
     assert [(d.kind, d.severity.zone) for d in m.update(long).drafts] == [("severity", "D")]
+
+
+def test_far_from_failure_the_estimate_is_refreshed_once_per_percent_of_its_lower_bound() -> None:
+    """A posterior costs about half a millisecond: far from failure it is recomputed once
+    1 % of its lower bound has passed (here about 18 min), not at every minute's bin; an
+    estimate that is due is recomputed at the next reading."""
+    m = Monitor(config({"lives_hours": [1000.0], "age_hours": 100.0}))
+    hours, lower = [], []
+    for minute in range(0, 121):
+        _, _, ttf, _ = ttf_at(m, T0 + timedelta(minutes=minute))
+        hours.append(ttf.hours)
+        lower.append(ttf.lower_hours)
+    refresh_min = REFRESH_SHARE * min(lower) * 60
+    assert 10 < refresh_min < 60, refresh_min  # the scenario is the one described
+    changes = [i for i in range(1, len(hours)) if hours[i] != hours[i - 1]]
+    assert changes, "never recomputed"
+    gaps = np.diff([0, *changes])
+    assert all(refresh_min - 1 <= g <= refresh_min + 1 for g in gaps), (gaps, refresh_min)
+    # Each value is the estimate at the age it was computed, not a stale one.
+    prior = life_prior(lives_hours=[1000.0])
+    assert hours[changes[-1]] == pytest.approx(L10(prior, 100.0 + changes[-1] / 60), rel=1e-4)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent.config import CheckResult, Config, check_file
 from agent.control import Handler, Peer, Refused
+from agent.mqtt_inputs import MqttInputs, build_mqtt
 from agent.records import format_ts
 from agent.reload_plan import ReloadPlan, plan_reload
 from agent.sources import Sources, build_sources, planned_utilisation
@@ -63,6 +64,7 @@ class _Prepared:
 
     sources: Sources
     deliveries: dict[str, Delivery]
+    mqtt: MqttInputs | None = None  # the rebuilt MQTT inputs, when an MQTT setting changed
 
 
 def _read(path: Path) -> tuple[CheckResult, ProfileLibrary | None]:
@@ -207,7 +209,8 @@ class Reloader:
         kept = {i: b for i, b in agent.sensors.shared.items() if i not in plan.buses_retired}
         sources = build_sources(new, library, agent.sink, only=set(plan.start), shared=kept)
         built = {d.name: d for d in build_uplinks(new, agent.outbox)}
-        return _Prepared(sources, {n: built[n] for n in plan.uplinks_start})
+        mqtt = build_mqtt(new, agent.sink) if plan.mqtt else None
+        return _Prepared(sources, {n: built[n] for n in plan.uplinks_start}, mqtt)
 
     async def _register_uplinks(self, new: Config) -> None:
         """The store's uplinks as `new` names them (refused when the store cannot now)."""
@@ -242,6 +245,8 @@ class Reloader:
                 bus.planned_utilisation = planned_utilisation(new, bus_cfg, library)
         sensors.add_buses(prepared.sources.buses)
         sensors.start(prepared.sources.pollers)
+        if prepared.mqtt is not None:
+            await agent.mqtt.replace(prepared.mqtt, timeout_s=agent.poller_stop_s)
         for name in plan.uplinks_stop:
             old = agent.deliveries.pop(name, None)
             if old is not None:

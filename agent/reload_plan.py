@@ -35,7 +35,10 @@ class SensorSpec:
 
 def _transport(config: Config, s: Sensor, library: ProfileLibrary) -> Hashable:
     """What a sensor's poller is built from (agent.sources). The one branch per kind."""
+    if s.mqtt is not None:  # agent.mqtt_inputs: its subscription, its broker, its channels
+        return ("mqtt", s.mqtt, config.broker(s.mqtt.broker), s.channels, config.decoders_dir)
     m = s.modbus
+    assert m is not None
     bus = config.bus(m.bus) if m.bus is not None else None
     return ("modbus", m, bus, library.get(m.profile), s.poll_interval_s, s.channels)
 
@@ -73,6 +76,8 @@ class ReloadPlan:
         buses_retired: shared buses to close (removed or rebuilt) after their sensors stop.
         uplinks_stop / uplinks_start: uplinks to stop and (re)build, by name.
         health: the health endpoint's settings changed (it is rebound).
+        mqtt: an MQTT setting changed: the broker links are rebuilt as a whole (a
+            persistent session keeps the QoS 1 messages of the moment between).
         changes: one human line per change, for the log and the reload command.
     """
 
@@ -85,6 +90,7 @@ class ReloadPlan:
     uplinks_stop: list[str] = field(default_factory=list)
     uplinks_start: list[str] = field(default_factory=list)
     health: bool = False
+    mqtt: bool = False
     changes: list[str] = field(default_factory=list)
 
     @property
@@ -197,7 +203,21 @@ def _plan_uplinks(old: Config, new: Config, plan: ReloadPlan) -> None:
             )
 
 
+def mqtt_spec(config: Config) -> Hashable:
+    """What the MQTT inputs are built from (agent.mqtt_inputs.build_mqtt)."""
+    return (
+        config.gateway.id,
+        config.mqtt,
+        config.decoders_dir,
+        tuple((s.id, s.mqtt, s.channels) for s in config.sensors if s.mqtt is not None),
+    )
+
+
 def _plan_rest(old: Config, new: Config, plan: ReloadPlan) -> None:
+    if mqtt_spec(new) != mqtt_spec(old):
+        plan.mqtt = True
+        if new.mqtt != old.mqtt:
+            plan.changes.append("MQTT brokers changed: the broker links are rebuilt")
     if new.health != old.health:
         plan.health = True
         h = new.health

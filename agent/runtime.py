@@ -24,6 +24,7 @@ from agent.fds import loop_exception_handler
 from agent.feeds import OutboxFeeds
 from agent.health import HealthServer, Snapshot
 from agent.identity import agent_identity, store_created_at
+from agent.mqtt_inputs import RunningMqtt, build_mqtt
 from agent.pending import PendingWrites
 from agent.reload import Reloader
 from agent.sdnotify import SystemdNotifier
@@ -114,6 +115,7 @@ class Agent:
         self.sensors = RunningSensors()
         self.sensors.add_buses(sources.buses)
         self._first_pollers = sources.pollers
+        self.mqtt = RunningMqtt(build_mqtt(config, self._enqueue))
         self._first_uplinks = build_uplinks(config, self.outbox)
         self.deliveries: dict[str, tuple[Delivery, asyncio.Task[None]]] = {}
         self._tg: asyncio.TaskGroup | None = None
@@ -144,7 +146,12 @@ class Agent:
     @staticmethod
     def wanted_queue_size(config: Config) -> int:
         """The reading queue a configuration needs (READING_QUEUE_S of every reading)."""
-        per_second = sum(len(s.channels) / s.poll_interval_s for s in config.sensors)
+        # An MQTT sensor's rate is its publisher's; one message per second per channel is
+        # the usual case (a burst beyond the queue is counted, not lost silently).
+        per_second = sum(
+            len(s.channels) / (s.poll_interval_s if s.modbus is not None else 1.0)
+            for s in config.sensors
+        )
         return max(READING_QUEUE_MIN, int(per_second * READING_QUEUE_S))
 
     def stop(self) -> None:
@@ -238,6 +245,7 @@ class Agent:
                     # over at least a second, longer for a large estate (STARTS_PER_S).
                     ramp_s = max(1.0, len(self._first_pollers) / STARTS_PER_S)
                     self.sensors.start(self._first_pollers, ramp_s=ramp_s)
+                    self.mqtt.start()
                     analysis = tg.create_task(self._analyse(), name="analysis")
                     writer = tg.create_task(self._write_loop(), name="store-writer")
                     watch = tg.create_task(self._watch_sensors(), name="sensor-watch")
@@ -250,10 +258,13 @@ class Agent:
                     notifier.notify("READY=1")
                     self.ready.set()
                     log.info(
-                        "agent %s running: %d sensors on %d buses, %d uplinks",
+                        "agent %s running: %d sensors on %d buses, %d MQTT sensors on %d "
+                        "brokers, %d uplinks",
                         self.config.gateway.id,
                         len(self.pollers),
                         len(self.buses),
+                        len(self.mqtt.sensors),
+                        len(self.mqtt.links),
                         len(self.uplinks),
                     )
                     await self._stop.wait()
@@ -262,6 +273,7 @@ class Agent:
                     # stop the uplinks (undelivered alerts wait on disk for the next start).
                     self._accepting = False
                     await self.sensors.stop(timeout_s=POLLER_STOP_S)
+                    await self.mqtt.stop(timeout_s=POLLER_STOP_S)
                     try:
                         async with asyncio.timeout(SHUTDOWN_DRAIN_S):
                             await self._queue.join()
@@ -283,6 +295,7 @@ class Agent:
                         t.cancel()
             finally:
                 self.sensors.cancel_all()
+                self.mqtt.cancel_all()
                 if len(self.pending) and not self._stopping:  # a task crashed
                     async with self.pending.lock:
                         await self.pending.flush(final=True)
@@ -383,7 +396,8 @@ class Agent:
 
     async def _watch_sensors(self) -> None:
         """Raise and clear sensor_fault alerts: breakers that open and close, and sensors
-        that answer only implausible values for longer than their bad_values_fault_s."""
+        that answer only implausible values for longer than their bad_values_fault_s, and
+        MQTT sensors silent for longer than their stale_after_s."""
         assert self.faults is not None
         while True:
             await asyncio.sleep(SENSOR_WATCH_INTERVAL_S)
@@ -397,6 +411,20 @@ class Agent:
                     p.last_ok_at,
                     p.bad_for_s,
                     p.last_bad,
+                )
+                update = self.faults.update(health, now)
+                if update.drafts or update.state:
+                    self._persist(update)
+            for m in self.mqtt.sensors:
+                health = SensorHealth(
+                    m.sensor_id,
+                    m.state,
+                    0,
+                    m.last_error,
+                    m.last_ok_at,
+                    m.bad_for_s,
+                    m.last_bad,
+                    m.silent_for_s,
                 )
                 update = self.faults.update(health, now)
                 if update.drafts or update.state:

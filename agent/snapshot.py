@@ -44,6 +44,8 @@ async def agent_snapshot(agent: Agent) -> Snapshot:
                 "last_error": st.last_error,
             }
         )
+    sensors += [m.status() for m in agent.mqtt.sensors]
+    mqtt_links = [link.status() for link in agent.mqtt.links]
     buses = [asdict(b.status()) for b in agent.buses if b.kind != "tcp"]
     channels = [
         {
@@ -72,6 +74,7 @@ async def agent_snapshot(agent: Agent) -> Snapshot:
     uplinks = [{**asdict(u.status), "backlog": backlogs.get(u.name)} for u in agent.uplinks]
     degraded = (
         any(s["state"] not in ("ok", "starting") for s in sensors)
+        or any(not link["connected"] for link in mqtt_links)
         or any(u.get("consecutive_failures", 0) > 0 for u in uplinks)
         or bool(len(agent.pending))
         or "error" in store
@@ -84,6 +87,7 @@ async def agent_snapshot(agent: Agent) -> Snapshot:
         "uptime_s": round(now_mono - agent.started, 3),
         "sensors": sensors,
         "buses": buses,
+        "mqtt": mqtt_links,
         "channels": channels,
         "uplinks": uplinks,
         "store": store,

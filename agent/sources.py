@@ -110,8 +110,10 @@ def build_sources(
         ProfileError: a sensor names a profile the library does not have (``check``
             reports it first).
     """
-    sensors = [s for s in config.sensors if only is None or s.id in only]
-    used = {s.modbus.bus for s in sensors}
+    sensors = [
+        s for s in config.sensors if s.modbus is not None and (only is None or s.id in only)
+    ]  # MQTT sensors: agent.mqtt_inputs
+    used = {s.modbus.bus for s in sensors if s.modbus is not None}
     reuse = dict(shared or {})
     built = {
         b.id: _shared_bus(config, b, library)

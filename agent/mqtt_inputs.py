@@ -1,0 +1,171 @@
+"""MQTT sensors from the configuration: one link per broker, one route per topic filter.
+
+Built in one function from (config, sink), so a configuration reload rebuilds them the
+same way (agent.reload: the links are replaced as a whole when an MQTT setting changes;
+with a persistent session the broker keeps QoS 1 messages for the moment between).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from agent.config import Config
+from agent.config._mqtt import Broker
+from drivers.mqtt import BrokerLink, BrokerSettings, MqttSensor, Route, Router, parse_key_from
+from drivers.payloads import DecoderLibrary
+from drivers.reading import Reading
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class MqttInputs:
+    """What the runtime runs for the MQTT sensors.
+
+    Attributes:
+        links: one per broker that at least one sensor uses.
+        sensors: one per MQTT sensor, in configuration order.
+    """
+
+    links: tuple[BrokerLink, ...] = ()
+    sensors: tuple[MqttSensor, ...] = ()
+
+
+def broker_settings(broker: Broker, gateway_id: str) -> BrokerSettings:
+    """The drivers' view of a broker entry (its file paths are absolute after loading)."""
+    tls = broker.tls
+    return BrokerSettings(
+        id=broker.id,
+        host=broker.host,
+        port=broker.effective_port,
+        client_id=broker.effective_client_id(gateway_id),
+        tls=tls is not None,
+        ca_file=tls.ca_file if tls else None,
+        cert_file=tls.cert_file if tls else None,
+        key_file=tls.key_file if tls else None,
+        username=broker.username,
+        password=broker.password,
+        password_file=broker.password_file,
+        persistent=broker.session == "persistent",
+        session_expiry_s=broker.session_expiry_s,
+        keepalive_s=broker.keepalive_s,
+        protocol=broker.protocol,
+        max_payload_bytes=broker.max_payload_bytes,
+        queue_size=broker.queue_size,
+        reconnect_max_s=broker.reconnect_max_s,
+        connect_timeout_s=broker.connect_timeout_s,
+    )
+
+
+def build_mqtt(
+    config: Config,
+    sink: Callable[[Reading], None],
+    decoders: DecoderLibrary | None = None,
+) -> MqttInputs:
+    """Links and sensors for every MQTT sensor of the configuration.
+
+    Args:
+        config: the validated configuration.
+        sink: where every sensor hands its readings.
+        decoders: the payload decoders (default: shipped plus the decoders_dir's).
+
+    Raises:
+        DecoderError: a sensor names a decoder the library does not have (``check``
+            reports it first).
+    """
+    wanted = [s for s in config.sensors if s.mqtt is not None]
+    if not wanted:
+        return MqttInputs()
+    library = decoders or DecoderLibrary.load(config.decoders_dir)
+    routes: dict[str, dict[str, Route]] = {}
+    sensors = []
+    for s in wanted:
+        m = s.mqtt
+        assert m is not None
+        sensor = MqttSensor(
+            s.id,
+            decoder=library.get(m.decoder),
+            channels=s.channels,
+            stale_after_s=m.stale_after_s,
+            sink=sink,
+            broker=m.broker,
+            topic=m.topic,
+            key=m.key or (s.id if m.key_from else None),
+        )
+        route = routes.setdefault(m.broker, {}).setdefault(m.topic, Route(m.topic))
+        route.add(sensor, parse_key_from(m.key_from), m.key, m.qos)
+        sensors.append(sensor)
+    links = tuple(
+        BrokerLink(
+            broker_settings(config.broker(broker_id), config.gateway.id),
+            Router(by_topic.values()),
+        )
+        for broker_id, by_topic in routes.items()
+    )
+    return MqttInputs(links, tuple(sensors))
+
+
+class RunningMqtt:
+    """The broker links' tasks: started at start-up, replaced as a whole by a reload that
+    changes an MQTT setting, stopped certainly and within a bound at shutdown.
+
+    Like the pollers (agent.sensor_tasks), the links run beside the agent's TaskGroup so
+    that stopping can abandon one that does not end in time.
+    """
+
+    def __init__(self, inputs: MqttInputs) -> None:
+        self.inputs = inputs
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def links(self) -> tuple[BrokerLink, ...]:
+        return self.inputs.links
+
+    @property
+    def sensors(self) -> tuple[MqttSensor, ...]:
+        return self.inputs.sensors
+
+    def start(self) -> None:
+        """Run every link (each reconnects forever until stopped)."""
+        for link in self.inputs.links:
+            task = asyncio.create_task(link.run(), name=f"mqtt[{link.id}]")
+            task.add_done_callback(_link_ended)
+            self._tasks.append(task)
+
+    async def stop(self, *, timeout_s: float) -> None:
+        """Stop every link: nothing is decoded from here on; a link still running after
+        timeout_s is abandoned, and said so."""
+        for link in self.inputs.links:
+            link.stop()
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=timeout_s)
+            if stuck:
+                log.error(
+                    "%d MQTT links did not stop within %.0f s; abandoned: %s",
+                    len(stuck),
+                    timeout_s,
+                    ", ".join(sorted(t.get_name() for t in stuck)),
+                )
+
+    async def replace(self, inputs: MqttInputs, *, timeout_s: float) -> None:
+        """Stop the running links and start these (a reload)."""
+        await self.stop(timeout_s=timeout_s)
+        self.inputs = inputs
+        self.start()
+
+    def cancel_all(self) -> None:
+        """Last resort on the way out."""
+        for task in self._tasks:
+            task.cancel()
+
+
+def _link_ended(task: asyncio.Task[None]) -> None:
+    """A link only ends when stopped; say so loudly if one ended any other way."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("%s ended unexpectedly: %r", task.get_name(), task.exception())

@@ -69,6 +69,7 @@ class Channel:
     estimate: Estimate | NoEstimate | None = None
     estimate_bin: int | None = None
     estimate_s: float = -math.inf  # reading time the estimate was computed at
+    estimate_metric: float | None = None  # the failure metric's newest bin mean then
     persisted_s: float = -math.inf
     view: ChannelView | None = None
     cause: str = "health_index"  # what raised the trend alert: health_index or velocity

@@ -19,12 +19,15 @@ from agent.analysis.trend import NoEstimate
 from agent.analysis.ttf import MODEL_PRIOR, Estimate, PosteriorTuning, remaining_life
 from agent.records import format_ts
 
-__all__ = ["MODEL_REACHED", "REFRESH_SHARE", "channel_estimate", "still_fresh"]
+__all__ = ["JUMP_SHARE", "MODEL_REACHED", "REFRESH_SHARE", "channel_estimate", "still_fresh"]
 
 MODEL_REACHED = "failure-threshold-reached"
 # Far from failure an estimate is recomputed only once this share of its lower bound has
 # passed (the posterior costs about 0.5 ms; a 30 h estimate gains nothing from each minute).
 REFRESH_SHARE = 0.01
+# ...unless the failure metric stepped toward its threshold since: by this share of its log
+# distance to it (about this share of the remaining time on an exponential trend), or onto it.
+JUMP_SHARE = 0.1
 
 
 def still_fresh(ch: Channel, now_s: float) -> bool:
@@ -35,7 +38,20 @@ def still_fresh(ch: Channel, now_s: float) -> bool:
         isinstance(est, Estimate)
         and ch.estimate_bin is not None  # None: an onset or a clear asks for a new one
         and 0.0 <= age_s < REFRESH_SHARE * est.lower_hours * 3600.0
+        and not _stepped(ch)
     )
+
+
+def _stepped(ch: Channel) -> bool:
+    """Whether the failure metric moved toward its threshold since the estimate by more
+    than the refresh cadence assumes (a step: a spall, a loose foot, a zone change)."""
+    now, then = ch.history.last(), ch.estimate_metric
+    if now is None:
+        return False
+    _, threshold = ch.failure()
+    if then is None or not 0.0 < then < threshold or now >= threshold:
+        return True
+    return math.log(threshold / now) < (1.0 - JUMP_SHARE) * math.log(threshold / then)
 
 
 def _no_trend(ch: Channel) -> str | None:

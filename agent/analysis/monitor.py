@@ -326,6 +326,7 @@ class Monitor:
         except (ArithmeticError, ValueError) as exc:  # never lose the alerts over it
             est = NoEstimate(f"time-to-failure model failed on this history: {exc}")
         ch.estimate, ch.estimate_bin, ch.estimate_s = est, b, now_s
+        ch.estimate_metric = ch.history.last()
         return est
 
     def maintenance(

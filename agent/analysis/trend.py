@@ -200,6 +200,12 @@ class Trend:
         self._v = v + self._v[half:]
         self._n = n + self._n[half:]
 
+    def last(self) -> float | None:
+        """The newest bin's mean value (the open bin's while it has readings); None if empty."""
+        if self._open_n:
+            return self._open_v / self._open_n
+        return self._v[-1] if self._v else None
+
     def points(self) -> tuple[np.ndarray, np.ndarray]:
         """Binned history (times, mean values), oldest first, open bin included."""
         return self._points()

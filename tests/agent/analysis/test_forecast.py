@@ -187,3 +187,30 @@ def test_far_from_failure_the_estimate_is_refreshed_once_per_percent_of_its_lowe
     # Each value is the estimate at the age it was computed, not a stale one.
     prior = life_prior(lives_hours=[1000.0])
     assert hours[changes[-1]] == pytest.approx(L10(prior, 100.0 + changes[-1] / 60), rel=1e-4)
+
+
+def test_a_jump_of_the_failure_metric_refreshes_the_estimate_at_once() -> None:
+    """Far from failure an estimate stands for 1 % of its lower bound (here ~16 h), but
+    not past a step in the failure metric: velocity jumping to twice its failure threshold
+    is "threshold reached" at the next reading, and the trend alert escalates, instead of
+    the records carrying the earlier 4,000 h and no escalation for the next 16 h."""
+    m = Monitor(config({"lives_hours": [20000.0], "age_hours": 100.0}, debounce=1))
+    t = T0
+    for _ in range(200):  # the baseline
+        m.update(reading(t))
+        t += timedelta(minutes=1)
+    onset = {"accel_rms_g": 0.5, "hf_accel_rms_g": 0.2}
+    raised = []
+    for _ in range(5):  # the health index is smoothed: an onset within a few readings
+        raised += [d.state for d in m.update(reading(t, **onset)).drafts if d.kind == "trend"]
+        t += timedelta(minutes=1)
+    assert raised == ["raised"]
+    _, _, ttf, _ = m.current("m1", "z") or (None, None, None, None)
+    assert ttf is not None and ttf.hours > 1000 and REFRESH_SHARE * ttf.lower_hours > 10
+    drafts = m.update(reading(t, **onset, velocity_rms_mm_s=9.0)).drafts
+    _, _, ttf, _ = m.current("m1", "z") or (None, None, None, None)
+    assert ttf is not None and ttf.hours == 0.0 and ttf.model == "failure-threshold-reached"
+    trend = [d for d in drafts if d.kind == "trend"]
+    assert [(d.state, d.time_to_failure.hours) for d in trend] == [("escalated", 0.0)]
+    severity = [d for d in drafts if d.kind == "severity"]
+    assert [d.time_to_failure.hours for d in severity] == [0.0]

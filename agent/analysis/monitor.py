@@ -155,6 +155,7 @@ class Monitor:
             a.id: [s.id for s in config.sensors if s.asset == a.id] for a in config.assets
         }
         self._tables = {a.id: zone_table(a.machine) for a in config.assets}
+        self._assets = {a.id: a for a in config.assets}
 
     def knows(self, sensor_id: str) -> bool:
         """True when the sensor is in the configuration (a reload may have removed it)."""
@@ -354,9 +355,10 @@ class Monitor:
             raise KeyError(f"unknown asset {asset_id!r}")
         out = Update()
         closed: list[dict[str, object]] = []
-        keys: set[tuple[str, str]] = {
-            k for k, c in self._channels.items() if c.asset.id == asset_id
-        }
+        # The channels on this asset now; a sensor a reload moved to another asset keeps its
+        # channel there (only what it left on this asset, in the saved state, is reset).
+        here = {k for k, c in self._channels.items() if c.asset.id == asset_id}
+        keys = set(here)
         prefix = f"{asset_id}/"
         for k in [k for k in self._saved if k.startswith(prefix)]:
             _, sensor, channel, kind = k.split("/", 3)
@@ -364,13 +366,13 @@ class Monitor:
                 continue  # not the monitor's (sensor_fault belongs to the runtime)
             if kind in ("severity", "trend"):
                 st = LifecycleState.from_dict(json.loads(self._saved[k]))
-                if st.active and (sensor, channel) not in self._channels:
+                if st.active and (sensor, channel) not in here:
                     closed.append(closed_alert(sensor, channel, kind, st))
             keys.add((sensor, channel))
             del self._saved[k]
         transport = "modbus"
         for sensor, channel in sorted(keys):
-            ch = self._channels.pop((sensor, channel), None)
+            ch = self._channels.pop((sensor, channel)) if (sensor, channel) in here else None
             if ch is not None:
                 transport = ch.sensor.transport
                 for kind, st in (("severity", ch.severity), ("trend", ch.trend)):
@@ -381,7 +383,10 @@ class Monitor:
                     LifecycleState().to_dict(), sort_keys=True
                 )
             out.state[state_key(asset_id, sensor, channel, "model")] = "{}"
-        asset = self._sensor_asset[self._asset_sensors[asset_id][0]]
+        asset = self._assets[asset_id]
+        # The record names one of the asset's sensors ("*" channel: all of them); an asset
+        # a reload left without sensors names the one it had, or none.
+        named = [*self._asset_sensors[asset_id], *(s for s, _ in sorted(keys)), "*"][0]
         extra: dict[str, object] = {}
         if replaced is not None:
             extra, lives, state = self.lives.record_replacement(asset, at, replaced)
@@ -390,7 +395,7 @@ class Monitor:
         out.drafts.append(
             maintenance_draft(
                 AssetRef(asset.id, asset.name, asset.tier),
-                SensorRef(self._asset_sensors[asset_id][0], "*", transport),
+                SensorRef(named, "*", transport),
                 at,
                 note,
                 closed,

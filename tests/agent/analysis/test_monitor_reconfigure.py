@@ -6,6 +6,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from agent.analysis.monitor import Monitor
 from agent.config import Config
 from drivers.reading import Reading
@@ -69,3 +71,38 @@ def test_a_removed_sensor_is_saved_and_resumes_when_it_returns(tmp_path: Path) -
     m.reconfigure(cfg(tmp_path))
     feed(m, [1.0], 12)
     assert health_index(m) is not None  # resumed, not relearned
+
+
+def two_assets(tmp_path: Path, on: str, *, m2: bool = False) -> Config:
+    """press-7 and fan-3, sensor m1 on `on` (and m2 on press-7)."""
+    data = cfg(tmp_path).model_dump(mode="json", by_alias=True)
+    fan = {**data["assets"][0], "id": "fan-3", "name": "Fan 3"}
+    data["assets"].append(fan)
+    data["sensors"][0]["asset"] = on
+    if m2:
+        other = {**data["sensors"][0], "id": "m2", "asset": "press-7"}
+        other["modbus"] = {**other["modbus"], "device_id": 2}
+        data["sensors"].append(other)
+    return Config.model_validate(data)
+
+
+@pytest.mark.parametrize("m2", [False, True], ids=["press-7 left bare", "press-7 keeps m2"])
+def test_a_repair_of_the_asset_a_sensor_left_leaves_its_new_asset_alone(
+    tmp_path: Path, m2: bool
+) -> None:
+    """m1 raised zone C on press-7, then a reload moved it to fan-3 where it raised zone C
+    again. A repair of press-7 (now without sensors) closes press-7's alerts; fan-3's stay
+    open (no second "raised" for the same condition), and its learned baseline stays."""
+    m = Monitor(two_assets(tmp_path, "press-7", m2=m2))
+    on_press = feed(m, [1.0] * 10 + [3.1] * 2, 0)
+    assert ("severity", "raised") in on_press
+    m.reconfigure(two_assets(tmp_path, "fan-3", m2=m2))
+    assert feed(m, [1.0] * 10 + [3.1] * 2, 12).count(("severity", "raised")) == 1
+    (draft,) = m.maintenance("press-7", T0 + timedelta(seconds=30), "bearing replaced").drafts
+    assert draft.asset.id == "press-7"
+    closed = draft.evidence["closed_alerts"]
+    assert sorted((c["sensor"], c["kind"]) for c in closed) == sorted(
+        ("m1", kind) for kind, state in on_press if state == "raised"
+    )
+    assert ("severity", "raised") not in feed(m, [3.2] * 3, 40)  # fan-3's is still open
+    assert health_index(m) is not None  # fan-3's baseline was not reset

@@ -87,7 +87,6 @@ class Reloader:
     def __init__(self, agent: Agent, path: Path) -> None:
         self._agent = agent
         self.path = path
-        self._real = os.path.realpath(path)
         self.counters = ReloadCounters()
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -114,9 +113,13 @@ class Reloader:
             given = args.get("config")
             if not isinstance(given, str) or not given:
                 raise Refused('expected {"config": "<path of the configuration file>"}')
-            if await asyncio.to_thread(os.path.realpath, given) != self._real:
+            # Resolved now, not at start: a deployment that swaps the link the agent was
+            # started with names the new release, which is what a reload reads.
+            real = await asyncio.to_thread(os.path.realpath, self.path)
+            self._agent.identity = {**self._agent.identity, "config": real}
+            if await asyncio.to_thread(os.path.realpath, given) != real:
                 raise Refused(
-                    f"this agent runs with {self._real}, not {given}: edit that file "
+                    f"this agent runs with {real}, not {given}: edit that file "
                     "and reload it (a different file needs a restart with -c)"
                 )
             who = await asyncio.to_thread(peer.describe, "control socket")  # NSS may block

@@ -66,9 +66,10 @@ def config_text(
 
 
 @contextlib.asynccontextmanager
-async def running(workdir: Path) -> AsyncIterator[dict[str, Any]]:
+async def running(workdir: Path, *, link: bool = False) -> AsyncIterator[dict[str, Any]]:
     """Two backends (A, B), two Modbus simulators, the agent on A with m1, m2 (simulator 1)
-    and m3 (simulator 2)."""
+    and m3 (simulator 2); link: agent.yaml is a symlink to v1.yaml (as a deployment tool
+    that swaps a link to the release makes it)."""
     async with (
         SimProcess.backend(workdir / "a.db", TOKEN) as a,
         SimProcess.backend(workdir / "b.db", TOKEN_B) as b,
@@ -95,6 +96,9 @@ async def running(workdir: Path) -> AsyncIterator[dict[str, Any]]:
         token.write_text(TOKEN)
         token.chmod(0o600)
         write(d, ["m1", "m2", "m3"], url=d["a"])
+        if link:
+            d["config"].replace(workdir / "v1.yaml")
+            d["config"].symlink_to(workdir / "v1.yaml")
         with d["log"].open("wb") as log:
             proc = await agent_process(d["config"], stderr=log, stdout=asyncio.subprocess.DEVNULL)
             d["proc"] = proc

@@ -34,6 +34,7 @@ from tests._reload_agent import (
     TOKEN,
     TOKEN_B,
     by_id,
+    config_text,
     established_to,
     gateway_bus,
     healthz,
@@ -297,3 +298,19 @@ async def test_a_changed_bus_is_rebuilt_with_its_sensors(tmp_path: Path) -> None
     assert connections == 1
     assert final["m1"]["polls_total"] > m1_before + 3  # untouched, polled on
     assert [b["name"] for b in after["buses"]] == ["gw"]
+
+
+async def test_a_configuration_deployed_by_swapping_its_symlink_is_reloaded(tmp_path: Path) -> None:
+    """A deployment tool writes the new release and swaps the link the agent was started
+    with (agent.yaml -> v1.yaml, then -> v2.yaml): `edge-agent reload -c agent.yaml` applies
+    v2, as SIGHUP does, instead of "this agent runs with v1.yaml, not agent.yaml"."""
+    async with running(tmp_path, link=True) as d:
+        v2 = tmp_path / "v2.yaml"
+        v2.write_text(config_text(d, [d["sensors"][s] for s in ("m1", "m2", "m4")], url=d["a"]))
+        swap = tmp_path / "agent.yaml.swap"
+        swap.symlink_to(v2)
+        swap.replace(d["config"])
+        done = await reload_cmd(d)
+        assert done.returncode == 0, done.stderr
+        assert "sensor m4 added" in done.stdout, done.stdout
+        await until(d, lambda h: "m4" in by_id(h) and "m3" not in by_id(h))

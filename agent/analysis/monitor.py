@@ -42,7 +42,6 @@ from agent.analysis.degradation import DegradationPrior
 from agent.analysis.drafts import (
     HEALTH_METRIC,
     SEVERITY_METRIC,
-    closed_alert,
     current_severity,
     estimate_evidence,
     estimate_fields,
@@ -54,9 +53,10 @@ from agent.analysis.drafts import (
 from agent.analysis.features import VELOCITY_BAND_PERIODS
 from agent.analysis.forecast import channel_estimate, still_fresh
 from agent.analysis.health_index import HealthIndex, HealthIndexTuning
-from agent.analysis.lifecycle import LifecycleState, step
+from agent.analysis.lifecycle import step
 from agent.analysis.lifetime import AssetLives
 from agent.analysis.reliability import FleetLife
+from agent.analysis.repair import reset_asset
 from agent.analysis.severity import (
     ZONE_LEVEL,
     velocity_resolved,
@@ -354,39 +354,13 @@ class Monitor:
         if asset_id not in self._asset_sensors:
             raise KeyError(f"unknown asset {asset_id!r}")
         out = Update()
-        closed: list[dict[str, object]] = []
-        # The channels on this asset now; a sensor a reload moved to another asset keeps its
-        # channel there (only what it left on this asset, in the saved state, is reset).
-        here = {k for k, c in self._channels.items() if c.asset.id == asset_id}
-        keys = set(here)
-        prefix = f"{asset_id}/"
-        for k in [k for k in self._saved if k.startswith(prefix)]:
-            _, sensor, channel, kind = k.split("/", 3)
-            if kind not in ("severity", "trend", "model"):
-                continue  # not the monitor's (sensor_fault belongs to the runtime)
-            if kind in ("severity", "trend"):
-                st = LifecycleState.from_dict(json.loads(self._saved[k]))
-                if st.active and (sensor, channel) not in here:
-                    closed.append(closed_alert(sensor, channel, kind, st))
-            keys.add((sensor, channel))
-            del self._saved[k]
-        transport = "modbus"
-        for sensor, channel in sorted(keys):
-            ch = self._channels.pop((sensor, channel)) if (sensor, channel) in here else None
-            if ch is not None:
-                transport = ch.sensor.transport
-                for kind, st in (("severity", ch.severity), ("trend", ch.trend)):
-                    if st.active:
-                        closed.append(closed_alert(sensor, channel, kind, st))
-            for kind in ("severity", "trend"):
-                out.state[state_key(asset_id, sensor, channel, kind)] = json.dumps(
-                    LifecycleState().to_dict(), sort_keys=True
-                )
-            out.state[state_key(asset_id, sensor, channel, "model")] = "{}"
+        reset = reset_asset(asset_id, self._channels, self._saved)
+        out.state.update(reset.state)
+        keys, transport = reset.keys, reset.transport
         asset = self._assets[asset_id]
         # The record names one of the asset's sensors ("*" channel: all of them); an asset
         # a reload left without sensors names the one it had, or none.
-        named = [*self._asset_sensors[asset_id], *(s for s, _ in sorted(keys)), "*"][0]
+        named = [*self._asset_sensors[asset_id], *(s for s, _ in keys), "*"][0]
         extra: dict[str, object] = {}
         if replaced is not None:
             extra, lives, state = self.lives.record_replacement(asset, at, replaced)
@@ -398,8 +372,8 @@ class Monitor:
                 SensorRef(named, "*", transport),
                 at,
                 note,
-                closed,
-                sorted(keys),
+                reset.closed,
+                keys,
                 extra,
             )
         )

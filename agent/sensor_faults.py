@@ -66,11 +66,14 @@ class SensorFaultTracker:
         # Only the fault states are kept: a sensor a reload adds later resumes its own.
         self._saved = {k: v for k, v in (state or {}).items() if k.endswith("/sensor_fault")}
         self._raised: dict[str, bool] = {}
+        self._raised_on: dict[str, str] = {}  # the asset each sensor's raised state is for
         self.reconfigure(config)
 
     def reconfigure(self, config: Config) -> None:
         """Take a (re)loaded configuration: sensor -> asset, fault delays; a sensor seen
-        before keeps its raised state, a new one starts from what the store held."""
+        before keeps its raised state, a new one starts from what the store held. A sensor
+        moved to another asset leaves its state with the old one and takes the new asset's
+        (as a restart would find them in the store)."""
         self._assets = {s.id: config.asset(s.asset) for s in config.sensors}
         self._bad_after = {s.id: s.bad_values_fault_s for s in config.sensors}
         self._transports = {
@@ -78,9 +81,14 @@ class SensorFaultTracker:
         }
         self._stale_after = {s.id: s.mqtt.stale_after_s for s in config.sensors if s.mqtt}
         for sid, a in self._assets.items():
+            was = self._raised_on.get(sid)
+            if sid in self._raised and was is not None and was != a.id:
+                kept = json.dumps({"raised": self._raised.pop(sid)})
+                self._saved[fault_key(was, sid)] = kept
             if sid not in self._raised:
                 saved = json.loads(self._saved.get(fault_key(a.id, sid), "{}"))
                 self._raised[sid] = bool(saved.get("raised", False))
+                self._raised_on[sid] = a.id
 
     def update(self, health: SensorHealth, now: datetime) -> Update:
         """One status observation; a draft only when the fault starts or ends."""

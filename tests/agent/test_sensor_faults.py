@@ -50,3 +50,30 @@ def test_fault_raised_once_cleared_once_and_remembered(tmp_path: Path) -> None:
     cleared = again.update(health("ok"), NOW).drafts
     assert [(d.kind, d.state) for d in cleared] == [("sensor_fault", "cleared")]
     assert again.update(health("ok"), NOW).drafts == []
+
+
+def test_a_sensor_moved_to_another_asset_by_a_reload_faults_there_as_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    """m1 is dead on press-7 (raised), then a reload moves it to fan-3: fan-3 is not watched
+    either, so its own fault is raised there (as a restart would: the store holds none for
+    fan-3), and the recovery clears fan-3's; press-7's stays with press-7 and is cleared
+    there when m1 comes back to it and answers."""
+    on_press = press_config(tmp_path)
+    data = on_press.model_dump(mode="json", by_alias=True)
+    data["assets"].append({**data["assets"][0], "id": "fan-3", "name": "Fan 3"})
+    on_press = type(on_press).model_validate(data)
+    data["sensors"][0]["asset"] = "fan-3"
+    on_fan = type(on_press).model_validate(data)
+
+    def seen(tracker: SensorFaultTracker, st: str, n: int = 0) -> list[tuple[str, str]]:
+        return [(d.asset.id, d.state) for d in tracker.update(health(st, n), NOW).drafts]
+
+    tracker = SensorFaultTracker(on_press, breaker_failures=3)
+    assert seen(tracker, "backoff", 3) == [("press-7", "raised")]
+    tracker.reconfigure(on_fan)
+    assert seen(tracker, "backoff", 4) == [("fan-3", "raised")]
+    assert seen(tracker, "ok") == [("fan-3", "cleared")]
+    tracker.reconfigure(on_press)
+    assert seen(tracker, "ok") == [("press-7", "cleared")]
+    assert seen(tracker, "ok") == []

@@ -166,7 +166,9 @@ class ModbusPoller:
         sink: called with each Reading (synchronously, on the event loop; keep it short).
         backoff: the circuit breaker (default: from the poll interval, cap 30 s, 3 failures).
         transport: the transport name the readings carry.
-        rng: random source for jitter (tests pass a seeded one).
+        rng: random source for jitter (tests pass a seeded one; pollers may share one).
+        plan: the compiled reads of ``profile`` for ``channels`` (default: compiled here;
+            pollers of the same profile and channels may share one).
     """
 
     def __init__(
@@ -183,6 +185,7 @@ class ModbusPoller:
         backoff: Backoff | None = None,
         transport: Transport = "modbus",
         rng: random.Random | None = None,
+        plan: ReadPlan | None = None,
     ) -> None:
         if timeout_s <= 0 or poll_interval_s <= 0:
             raise ValueError("timeout_s and poll_interval_s must be positive")
@@ -190,7 +193,7 @@ class ModbusPoller:
         self.bus = bus
         self.device_id = device_id
         self.profile = profile
-        self.plan: ReadPlan = plan_profile(profile, channels)
+        self.plan: ReadPlan = plan or plan_profile(profile, channels)
         self.timeout_s = timeout_s
         self.poll_interval_s = poll_interval_s
         self.transport: Transport = transport

@@ -97,7 +97,8 @@ class TcpLink:
         self._tid = 0
         self._waiting: tuple[int, int, asyncio.Future[bytes]] | None = None
         self._stale: set[int] = set()
-        self._settled = asyncio.Event()
+        # Made by the first settle (gateways only): thousands of device links never wait.
+        self._settled: asyncio.Event | None = None
         self.late_answers = 0
         self.stray_answers = 0  # answers to no request of ours (a confused peer)
         self._timeouts = 0  # in a row
@@ -158,7 +159,8 @@ class TcpLink:
             p.transport.abort()
         self._fail(LinkDown("connection closed"))
         self._stale.clear()
-        self._settled.set()
+        if self._settled is not None:
+            self._settled.set()
 
     async def read(
         self, device_id: int, function_code: int, address: int, count: int, timeout_s: float
@@ -202,10 +204,13 @@ class TcpLink:
         if self._settle_s <= 0:
             self.close()
             return
-        self._settled.clear()
+        if self._settled is None:
+            self._settled = asyncio.Event()
+        settled = self._settled
+        settled.clear()
         try:
             async with asyncio.timeout(self._settle_s):
-                await self._settled.wait()
+                await settled.wait()
         except TimeoutError:
             self.close()  # still silent: the late answer must never meet a later request
 
@@ -226,7 +231,7 @@ class TcpLink:
         if tid in self._stale:
             self._stale.discard(tid)
             self.late_answers += 1
-            if not self._stale:
+            if not self._stale and self._settled is not None:
                 self._settled.set()
             return
         self.stray_answers += 1
@@ -246,4 +251,5 @@ class TcpLink:
         reason = f": {exc}" if exc else ""
         self._fail(LinkDown(f"connection lost{reason}"))
         self._protocol = None
-        self._settled.set()
+        if self._settled is not None:
+            self._settled.set()

@@ -21,6 +21,8 @@ from drivers.modbus import (
     ReadPlan,
     RtuLink,
     TcpLink,
+    Wheel,
+    deadline_wheel,
     line_utilisation,
     plan_profile,
 )
@@ -28,6 +30,12 @@ from drivers.profiles import ProfileLibrary
 from drivers.reading import Reading
 
 CONNECT_TIMEOUT_MIN_S = 1.0
+# Pollers wake, and their own connections time requests out, through shared timer wheels:
+# one event-loop timer per slot instead of two per poll (2000 sensors: 4000 timers a
+# second). A tick is then up to TICK_GRAIN_S late and a timeout up to DEADLINE_GRAIN_S;
+# the cadence grid itself does not drift. Gateways and serial lines keep exact timers.
+TICK_GRAIN_S = 0.005
+DEADLINE_GRAIN_S = 0.01
 BREAKER_FAILURES = 3  # failed polls in a row that open a poller's breaker
 
 
@@ -83,10 +91,15 @@ def _shared_bus(config: Config, bus: BusConfig, library: ProfileLibrary) -> Bus:
     return Bus(bus.id, "gateway", links, planned_utilisation=plan)
 
 
-def _own_bus(sensor: Sensor) -> Bus:
+def _own_bus(sensor: Sensor, deadlines: Wheel) -> Bus:
     m = sensor.modbus
     assert m is not None and m.host is not None
-    link = TcpLink(m.host, m.port, connect_timeout_s=max(m.timeout_s, CONNECT_TIMEOUT_MIN_S))
+    link = TcpLink(
+        m.host,
+        m.port,
+        connect_timeout_s=max(m.timeout_s, CONNECT_TIMEOUT_MIN_S),
+        deadlines=deadlines,
+    )
     return Bus(sensor.id, "tcp", [link])
 
 
@@ -128,6 +141,7 @@ def build_sources(
     # jitter source, rather than 2000 copies of each (a Random alone is 2.5 kB).
     plans: dict[tuple[str, tuple[str, ...] | None], ReadPlan] = {}
     rng = random.Random()
+    ticks, deadlines = Wheel(TICK_GRAIN_S), deadline_wheel(DEADLINE_GRAIN_S)
     for s in sensors:
         m = s.modbus
         if m is None:
@@ -135,7 +149,7 @@ def build_sources(
         if m.bus is not None:
             bus = reuse.get(m.bus) or built[m.bus]
         else:
-            bus = _own_bus(s)
+            bus = _own_bus(s, deadlines)
             buses.append(bus)
         profile = library.get(m.profile)
         key = (m.profile, None if s.channels is None else tuple(s.channels))
@@ -158,6 +172,7 @@ def build_sources(
                 ),
                 transport="modbus-rtu" if bus.kind == "rtu" else "modbus",
                 rng=rng,
+                wheel=ticks,
             )
         )
     return Sources(tuple(buses), tuple(pollers))

@@ -89,12 +89,12 @@ class HealthIndex:
         """True once the baseline has been learned."""
         return self.level is not None
 
-    def _raw(self, values: list[float] | array[float]) -> float:
+    def _raw(self, values: list[float]) -> float:
         return sum(math.log(v / m) for v, m in zip(values, self._median, strict=True)) / len(values)
 
-    def _rows(self) -> list[array[float]]:
+    def _rows(self) -> list[list[float]]:
         k = len(self.features)
-        s = self._samples
+        s = self._samples.tolist()
         return [s[i : i + k] for i in range(0, len(s), k)] if k else []
 
     def update(self, t_s: float, features: Mapping[str, float]) -> float | None:
@@ -155,7 +155,7 @@ class HealthIndex:
         return {
             "version": _STATE_VERSION,
             "features": list(self.features),
-            "samples": [row.tolist() for row in self._rows()],
+            "samples": self._rows(),
             "median": self._median,
             "velocity": self._velocity.tolist(),
             "velocity_median": self.velocity_median,

@@ -175,6 +175,10 @@ def run_case(
         states: dict[str, int] = {}
         for s in after.get("sensors", []):
             states[s["state"]] = states.get(s["state"], 0) + 1
+
+        def total(snapshot: dict[str, Any], key: str) -> int:
+            return sum(s.get(key) or 0 for s in snapshot.get("sensors", []))
+
         t_stop = time.monotonic()
         agent.send_signal(signal.SIGTERM)
         try:
@@ -203,6 +207,11 @@ def run_case(
             "readings_dropped_total": pa.get("readings_dropped_total"),
             "queue_size": pa.get("queue_size"),
             "sensor_states": states,
+            # Ticks the pollers skipped (a poll overran its interval: a starved process)
+            # and failed polls, within the window.
+            "missed_ticks": total(after, "missed_ticks") - total(before, "missed_ticks"),
+            "poll_errors": total(after, "errors_total") - total(before, "errors_total"),
+            "loop_lag_max_s": pa.get("loop_lag_max_s"),
             "healthz_answer_s": round(healthz_s, 2),
             "stop_s": round(stop_s, 2),
             "exit_code": code,

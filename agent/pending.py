@@ -61,6 +61,8 @@ class PendingWrites:
         self._held: deque[Update] = deque()
         self._retry_at = 0.0
         self._backoff_s = RETRY_MIN_S
+        self._held_since: float | None = None  # monotonic time the queue last became non-empty
+        self.failing = False  # the last store write failed (until one succeeds)
         self.lock = asyncio.Lock()  # hold it to stop writers between two store writes
         # Records of updates another writer's flush stored while their own writer waited
         # for the lock, by id(update); only writers that wait register, and they pop.
@@ -68,6 +70,12 @@ class PendingWrites:
 
     def __len__(self) -> int:
         return len(self._held)
+
+    @property
+    def held_for_s(self) -> float:
+        """How long updates have been waiting without the queue emptying (0: none wait)."""
+        since = self._held_since
+        return 0.0 if since is None else time.monotonic() - since
 
     def hold(self, update: Update) -> None:
         """Queue an update (no I/O): from here on it is written, or counted as lost."""
@@ -78,6 +86,8 @@ class PendingWrites:
             self._counters.alerts_lost_total += len(lost.drafts)
             log.error("store unwritable and %d updates held: dropping the oldest (%d alerts)",
                       self._limit, len(lost.drafts))  # fmt: skip
+        if not self._held:
+            self._held_since = time.monotonic()
         self._held.append(update)
 
     async def write(self, update: Update, *, now: bool = False) -> Records | None:
@@ -133,6 +143,8 @@ class PendingWrites:
                 self._failed(error, final=final)
                 return written
             self._backoff_s = RETRY_MIN_S
+            self.failing = False
+        self._held_since = None
         return written
 
     async def _append(
@@ -174,6 +186,7 @@ class PendingWrites:
         return out, None, []
 
     def _failed(self, exc: StoreError, *, final: bool) -> None:
+        self.failing = True
         self._counters.store_errors_total += 1
         self._retry_at = time.monotonic() + self._backoff_s * random.uniform(0.5, 1.0)
         self._backoff_s = min(self._backoff_s * 2, RETRY_MAX_S)

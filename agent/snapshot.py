@@ -16,6 +16,9 @@ if TYPE_CHECKING:
     from agent.runtime import Agent
 
 STATS_TIMEOUT_S = 2.0  # /healthz answers even when the store writer is stuck
+# Updates waiting longer than this (or a failed store write) make the agent "degraded";
+# waiting for a shared transaction (runtime.STATE_BATCH_S) is normal.
+UNSAVED_DEGRADED_S = 2.0
 
 
 async def agent_snapshot(agent: Agent) -> Snapshot:
@@ -76,7 +79,8 @@ async def agent_snapshot(agent: Agent) -> Snapshot:
         any(s["state"] not in ("ok", "starting") for s in sensors)
         or any(not link["connected"] for link in mqtt_links)
         or any(u.get("consecutive_failures", 0) > 0 for u in uplinks)
-        or bool(len(agent.pending))
+        or agent.pending.failing
+        or agent.pending.held_for_s > UNSAVED_DEGRADED_S
         or "error" in store
         or wd.withheld is not None
     )

@@ -13,8 +13,12 @@ no uplink). Measured, all from outside the agent:
 
 Prints one JSON object. ``--py-spy FILE`` records a py-spy profile of the agent during the
 window of the largest N (py-spy must be installed; it is not a dependency).
+``--compare REF`` also runs the agent of git ref REF (exported to a temporary folder, run
+with the same interpreter, simulator and generated configuration), alternating with this
+checkout's for each N and each of ``--repeat`` rounds, so both are measured side by side.
 
     python benchmarks/agent_scale.py [--sensors 500 1000 2000] [--window 60] [--warmup 20]
+        [--compare main] [--repeat 2]
 """
 
 from __future__ import annotations
@@ -62,9 +66,10 @@ def write_config(path: Path, ports: list[int], health_port: int, store: Path) ->
     path.write_text("\n".join(lines) + "\n")
 
 
-def cpu_s(pid: int) -> float:
+def cpu_s(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of the process, all its threads."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
 
 
 def rss_mb(pid: int) -> float:
@@ -102,7 +107,21 @@ def start_sim(n: int) -> tuple[subprocess.Popen[str], list[int]]:
     raise RuntimeError("simulator did not start")
 
 
-def run_case(n: int, window_s: float, warmup_s: float, py_spy: str | None) -> dict[str, Any]:
+def export_ref(ref: str, into: Path) -> Path:
+    """The agent's source at git ref ``ref``, exported (not checked out) under ``into``."""
+    dest = into / "agent-src"
+    dest.mkdir()
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", ref], cwd=REPO, capture_output=True, check=True
+    )
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+    return dest
+
+
+def run_case(
+    n: int, window_s: float, warmup_s: float, py_spy: str | None, src: Path = REPO
+) -> dict[str, Any]:
+    """One agent run at ``n`` sensors; ``src`` is the checkout whose agent runs."""
     tmp = Path(tempfile.mkdtemp(prefix="edge-scale-"))
     sim, ports = start_sim(n)
     agent = None
@@ -113,7 +132,7 @@ def run_case(n: int, window_s: float, warmup_s: float, py_spy: str | None) -> di
         agent_cli = [sys.executable, "-m", "agent.cli"]
         t0 = time.monotonic()
         check = subprocess.run(
-            [*agent_cli, "check", "-c", str(cfg)], capture_output=True, text=True, cwd=REPO
+            [*agent_cli, "check", "-c", str(cfg)], capture_output=True, text=True, cwd=src
         )
         check_s = time.monotonic() - t0
         if check.returncode != 0:
@@ -122,7 +141,7 @@ def run_case(n: int, window_s: float, warmup_s: float, py_spy: str | None) -> di
         with (tmp / "agent.log").open("w") as log:
             agent = subprocess.Popen(
                 [*agent_cli, "run", "-c", str(cfg), "--log-level", "WARNING"],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, cwd=REPO,
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, cwd=src,
             )  # fmt: skip
         healthz_after = None
         while time.monotonic() - t0 < 120:
@@ -156,6 +175,10 @@ def run_case(n: int, window_s: float, warmup_s: float, py_spy: str | None) -> di
         states: dict[str, int] = {}
         for s in after.get("sensors", []):
             states[s["state"]] = states.get(s["state"], 0) + 1
+
+        def total(snapshot: dict[str, Any], key: str) -> int:
+            return sum(s.get(key) or 0 for s in snapshot.get("sensors", []))
+
         t_stop = time.monotonic()
         agent.send_signal(signal.SIGTERM)
         try:
@@ -168,10 +191,12 @@ def run_case(n: int, window_s: float, warmup_s: float, py_spy: str | None) -> di
         analysed = (pa.get("readings_total", 0) - pb.get("readings_total", 0)) / span
         return {
             "sensors": n,
+            "load_average": [round(x, 2) for x in os.getloadavg()],
             "check_s": round(check_s, 2),
             "healthz_after_s": None if healthz_after is None else round(healthz_after, 2),
             "window_s": round(span, 1),
-            "cpu_share_of_one_core": round((c1 - c0) / span, 3),
+            "cpu_share_of_one_core": round((sum(c1) - sum(c0)) / span, 3),
+            "cpu_user_system": [round((c1[0] - c0[0]) / span, 3), round((c1[1] - c0[1]) / span, 3)],
             "rss_peak_mb": round(rss_peak, 1),
             "readings_expected_per_s": expected,
             "readings_analysed_per_s": round(analysed, 1),
@@ -182,6 +207,11 @@ def run_case(n: int, window_s: float, warmup_s: float, py_spy: str | None) -> di
             "readings_dropped_total": pa.get("readings_dropped_total"),
             "queue_size": pa.get("queue_size"),
             "sensor_states": states,
+            # Ticks the pollers skipped (a poll overran its interval: a starved process)
+            # and failed polls, within the window.
+            "missed_ticks": total(after, "missed_ticks") - total(before, "missed_ticks"),
+            "poll_errors": total(after, "errors_total") - total(before, "errors_total"),
+            "loop_lag_max_s": pa.get("loop_lag_max_s"),
             "healthz_answer_s": round(healthz_s, 2),
             "stop_s": round(stop_s, 2),
             "exit_code": code,
@@ -203,13 +233,31 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=60.0, help="measurement window, s")
     parser.add_argument("--warmup", type=float, default=20.0, help="after /healthz answers, s")
     parser.add_argument("--py-spy", help="record a py-spy profile of the largest case here")
+    parser.add_argument("--compare", help="git ref whose agent runs beside this one")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds per N (with --compare)")
     args = parser.parse_args()
     sizes = [min(max(1, n), MAX_SENSORS) for n in args.sensors]
-    cases = []
-    for n in sizes:
-        spy = args.py_spy if args.py_spy and n == max(sizes) else None
-        cases.append(run_case(n, args.window, args.warmup, spy))
-        print(json.dumps(cases[-1]), file=sys.stderr)
+    variants: list[tuple[str, Path]] = [("this", REPO)]
+    keep = Path(tempfile.mkdtemp(prefix="edge-scale-src-"))
+    try:
+        if args.compare:
+            variants.append((args.compare, export_ref(args.compare, keep)))
+        cases = []
+        for n in sizes:
+            for r in range(max(1, args.repeat)):
+                # Alternate which runs first, so a drift in the machine's load does not
+                # always favour the same variant.
+                order = variants if r % 2 == 0 else variants[::-1]
+                for name, src in order:
+                    spy = args.py_spy if args.py_spy and n == max(sizes) and r == 0 else None
+                    if spy and name != "this":
+                        spy = None
+                    case = {"agent": name, "round": r + 1}
+                    case.update(run_case(n, args.window, args.warmup, spy, src))
+                    cases.append(case)
+                    print(json.dumps(cases[-1]), file=sys.stderr)
+    finally:
+        shutil.rmtree(keep, ignore_errors=True)
     print(
         json.dumps(
             {

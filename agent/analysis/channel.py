@@ -71,11 +71,25 @@ class Channel:
     estimate_s: float = -math.inf  # reading time the estimate was computed at
     estimate_metric: float | None = None  # the failure metric's newest bin mean then
     persisted_s: float = -math.inf
-    view: ChannelView | None = None
+    # The latest view's fields; the ChannelView itself is made when someone looks (a
+    # status page, a draft), not for each of thousands of readings a second.
+    view_fields: tuple[object, ...] | None = None
+    _view: ChannelView | None = None
     cause: str = "health_index"  # what raised the trend alert: health_index or velocity
     # Periods of the velocity band's low edge in the last waveform, when too few for ISO
     # severity (None: the velocity RMS was a measurement).
     velocity_periods: float | None = None
+
+    @property
+    def view(self) -> ChannelView | None:
+        """The latest state of this channel (None before its first analysed reading)."""
+        if self._view is None and self.view_fields is not None:
+            self._view = ChannelView(*self.view_fields)  # type: ignore[arg-type]
+        return self._view
+
+    def set_view(self, *fields: object) -> None:
+        """Record the latest view's fields (ChannelView's, in order)."""
+        self.view_fields, self._view = fields, None
 
     def iso_alarm(self) -> float | None:
         """ISO 20816-1 velocity alarm from the learned baseline, None while learning."""

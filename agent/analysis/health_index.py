@@ -17,6 +17,7 @@ false alarms, then longest lead); the defaults are the most common fold choice
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -66,10 +67,13 @@ class HealthIndex:
     def reset(self) -> None:
         """Start learning again (after install, repair or maintenance)."""
         self.features: tuple[str, ...] = ()
-        self._samples: list[list[float]] = []
+        # The learning window, row after row (len(features) values each), as C doubles:
+        # thousands of channels learn at once after a start, and a list of float objects
+        # per reading cost about 16 times the memory.
+        self._samples = array("d")
         self._median: list[float] = []
         # Velocity RMS over the same learning window, for the ISO 20816-1 baseline alarm.
-        self._velocity: list[float] = []
+        self._velocity = array("d")
         self.velocity_median: float | None = None
         self.level: float | None = None  # alarm level once the baseline is learned
         self.value: float | None = None  # smoothed HI once the baseline is learned
@@ -78,7 +82,7 @@ class HealthIndex:
     @property
     def samples_seen(self) -> int:
         """Readings collected towards the baseline so far."""
-        return len(self._samples)
+        return len(self._samples) // len(self.features) if self.features else 0
 
     @property
     def ready(self) -> bool:
@@ -87,6 +91,11 @@ class HealthIndex:
 
     def _raw(self, values: list[float]) -> float:
         return sum(math.log(v / m) for v, m in zip(values, self._median, strict=True)) / len(values)
+
+    def _rows(self) -> list[list[float]]:
+        k = len(self.features)
+        s = self._samples.tolist()
+        return [s[i : i + k] for i in range(0, len(s), k)] if k else []
 
     def update(self, t_s: float, features: Mapping[str, float]) -> float | None:
         """Feed one reading.
@@ -106,14 +115,15 @@ class HealthIndex:
             if not self.features:
                 return None
         values = [features.get(f, math.nan) for f in self.features]
-        if not all(v > 0.0 and math.isfinite(v) for v in values):
-            return None  # a zero or missing value carries no health information
+        for v in values:
+            if not (v > 0.0 and math.isfinite(v)):
+                return None  # a zero or missing value carries no health information
         if self.level is None:
-            self._samples.append(values)
+            self._samples.extend(values)
             v = features.get(VELOCITY_RMS, math.nan)
             if v > 0.0 and math.isfinite(v):
                 self._velocity.append(float(v))
-            if len(self._samples) >= self.learn_readings:
+            if len(self._samples) >= self.learn_readings * len(values):
                 self._finish(t_s)
             return None
         a = self.tuning.alpha
@@ -122,11 +132,12 @@ class HealthIndex:
         return self.value
 
     def _finish(self, t_s: float) -> None:
-        arr = np.asarray(self._samples)
+        rows = self._rows()
+        arr = np.asarray(self._samples).reshape(len(rows), len(self.features))
         self._median = [float(x) for x in np.median(arr, axis=0)]
         smoothed = []
-        s = self._raw(self._samples[0])
-        for row in self._samples:
+        s = self._raw(rows[0])
+        for row in rows:
             s += self.tuning.alpha * (self._raw(row) - s)
             smoothed.append(s)
         warm = smoothed[min(10, len(smoothed) // 6) :]  # skip the EWMA start-up transient
@@ -135,18 +146,18 @@ class HealthIndex:
         self.level = max(med + self.tuning.k_mad * _MAD_SIGMA * mad, self.tuning.min_level)
         self.value = s
         self.learned_at_s = t_s
-        self._samples = []
+        self._samples = array("d")
         self.velocity_median = float(np.median(self._velocity)) if self._velocity else None
-        self._velocity = []
+        self._velocity = array("d")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe state."""
         return {
             "version": _STATE_VERSION,
             "features": list(self.features),
-            "samples": self._samples,
+            "samples": self._rows(),
             "median": self._median,
-            "velocity": self._velocity,
+            "velocity": self._velocity.tolist(),
             "velocity_median": self.velocity_median,
             "level": self.level,
             "value": self.value,
@@ -162,9 +173,12 @@ class HealthIndex:
         if state.get("version") != _STATE_VERSION:
             raise ValueError(f"unknown health index state version {state.get('version')!r}")
         self.features = tuple(state["features"])
-        self._samples = [[float(x) for x in row] for row in state["samples"]]
+        rows = state["samples"]
+        if any(len(row) != len(self.features) for row in rows):
+            raise ValueError("health index state: a sample row does not match the features")
+        self._samples = array("d", (float(x) for row in rows for x in row))
         self._median = [float(x) for x in state["median"]]
-        self._velocity = [float(x) for x in state.get("velocity", [])]
+        self._velocity = array("d", (float(x) for x in state.get("velocity", [])))
         self.velocity_median = state.get("velocity_median")
         self.level = state["level"]
         self.value = state["value"]

@@ -48,6 +48,9 @@ class Step:
     level: int
 
 
+_QUIET = Step(None, 0)  # the step of almost every reading (immutable, so shared)
+
+
 def step(
     state: LifecycleState,
     level: int,
@@ -78,7 +81,7 @@ def step(
         state.clear_streak, state.below_since_s = 0, None
         if level <= 0:
             state.streak, state.streak_level = 0, 0
-            return Step(None, 0)
+            return _QUIET
         state.streak_level = level if state.streak == 0 else min(state.streak_level, level)
         state.streak += 1
         held = (

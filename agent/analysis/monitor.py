@@ -285,7 +285,7 @@ class Monitor:
             ch.onset_s, ch.estimate_bin, model_changed = None, None, True
             est = self._estimate(ch, t_s)
 
-        ch.view = ChannelView(
+        ch.set_view(
             ch.asset.id, ch.sensor.id, ch.sensor.channel, reading.timestamp, value, zone,
             ch.severity.active, hi, ch.trend.active, est, (ch.severity.flaps, ch.trend.flaps),
         )  # fmt: skip
@@ -396,4 +396,4 @@ class Monitor:
 
     def views(self) -> list[ChannelView]:
         """The latest view of every channel that has produced a reading."""
-        return [c.view for c in self._channels.values() if c.view is not None]
+        return [v for c in self._channels.values() if (v := c.view) is not None]

@@ -11,7 +11,6 @@ from agent.store import Outbox
 from agent.uplink._cmms import CmmsTransport
 from agent.uplink._delivery import Delivery
 from agent.uplink._http import HttpTransport
-from agent.uplink._mqtt import MqttTransport
 from agent.uplink._transport import Transport
 from agent.uplink._workorder import AssetFacts
 
@@ -36,6 +35,8 @@ def build_uplinks(
                                       site=config.gateway.site)  # fmt: skip
         else:
             assert u.mqtt is not None
+            from agent.uplink._mqtt import MqttTransport  # only here: aiomqtt is heavy
+
             transport = MqttTransport(u.mqtt, name=name, gateway_id=config.gateway.id)
         out.append(delivery(name, transport, outbox, u.settings, rng=rng))
     return out

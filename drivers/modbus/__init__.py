@@ -15,7 +15,8 @@ from drivers.modbus._poller import (
     readings_from,
 )
 from drivers.modbus._rtu import RtuLink
-from drivers.modbus._tcp import TcpLink
+from drivers.modbus._tcp import TcpLink, deadline_wheel
+from drivers.modbus._wheel import Wheel
 
 __all__ = [
     "MAX_READ_REGISTERS",
@@ -35,6 +36,8 @@ __all__ = [
     "ReadPlan",
     "RtuLink",
     "TcpLink",
+    "Wheel",
+    "deadline_wheel",
     "exchange_s",
     "line_utilisation",
     "plan_profile",

@@ -57,10 +57,31 @@ class ReadBlock:
 
 @dataclass(frozen=True, slots=True)
 class ReadPlan:
-    """The reads for one device: blocks in (function, address) order."""
+    """The reads for one device: blocks in (function, address) order.
+
+    ``registers`` lists every block's rows in read order (the order of a poll's decoded
+    values); ``routes`` gives, per channel in ``channels`` order, the (feature, index into
+    those values) pairs its Reading carries: the channel's own rows and the shared ones,
+    in read order. Compiled once, used on every poll.
+    """
 
     blocks: tuple[ReadBlock, ...]
     channels: tuple[str, ...]
+    registers: tuple[Register, ...] = field(init=False, repr=False, compare=False)
+    routes: tuple[tuple[tuple[str, int], ...], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        regs = tuple(reg for block in self.blocks for reg in block.registers)
+        routes = tuple(
+            tuple(
+                (reg.feature, i)
+                for i, reg in enumerate(regs)
+                if reg.feature is not None and reg.channel in (channel, ALL_CHANNELS)
+            )
+            for channel in self.channels
+        )
+        object.__setattr__(self, "registers", regs)
+        object.__setattr__(self, "routes", routes)
 
     @property
     def registers_read(self) -> int:

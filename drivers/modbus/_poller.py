@@ -34,6 +34,7 @@ from drivers.modbus._bus import Bus
 from drivers.modbus._frames import ExceptionAnswer, FrameError
 from drivers.modbus._link import LinkDown, LinkTimeout
 from drivers.modbus._plan import ReadPlan, plan_profile
+from drivers.modbus._wheel import Wheel
 from drivers.profiles import ALL_CHANNELS, ALL_ZERO, Profile, Register
 from drivers.reading import Reading, Transport, utc_now
 
@@ -166,7 +167,11 @@ class ModbusPoller:
         sink: called with each Reading (synchronously, on the event loop; keep it short).
         backoff: the circuit breaker (default: from the poll interval, cap 30 s, 3 failures).
         transport: the transport name the readings carry.
-        rng: random source for jitter (tests pass a seeded one).
+        rng: random source for jitter (tests pass a seeded one; pollers may share one).
+        plan: the compiled reads of ``profile`` for ``channels`` (default: compiled here;
+            pollers of the same profile and channels may share one).
+        wheel: wakes the poller at each tick, shared by many pollers (one event-loop timer
+            per slot; a tick is then up to its grain late); None: a timer per tick.
     """
 
     def __init__(
@@ -183,6 +188,8 @@ class ModbusPoller:
         backoff: Backoff | None = None,
         transport: Transport = "modbus",
         rng: random.Random | None = None,
+        plan: ReadPlan | None = None,
+        wheel: Wheel | None = None,
     ) -> None:
         if timeout_s <= 0 or poll_interval_s <= 0:
             raise ValueError("timeout_s and poll_interval_s must be positive")
@@ -190,13 +197,14 @@ class ModbusPoller:
         self.bus = bus
         self.device_id = device_id
         self.profile = profile
-        self.plan: ReadPlan = plan_profile(profile, channels)
+        self.plan: ReadPlan = plan or plan_profile(profile, channels)
         self.timeout_s = timeout_s
         self.poll_interval_s = poll_interval_s
         self.transport: Transport = transport
         self._sink = sink
         self._backoff = backoff or Backoff(min(poll_interval_s, 1.0))
         self._rng = rng or random.Random()
+        self._wheel = wheel
         self._stopped = False
         self._sink_errors = 0
         # Mutable counters; `status` hands out frozen snapshots.
@@ -323,31 +331,41 @@ class ModbusPoller:
             err = self._error(DeviceProtocolError, f"unexpected {type(exc).__name__}: {exc}")
             self._failed(err, started)
             raise err from exc
-        self._succeeded(time.monotonic() - started)
-        return self._decode(answers)
+        now = utc_now()
+        self._succeeded(time.monotonic() - started, now)
+        return self._decode(answers, now)
 
-    def _decode(self, answers: list[list[int]]) -> list[Reading]:
-        values: list[tuple[Register, float]] = []
+    def _decode(self, answers: list[list[int]], now: datetime) -> list[Reading]:
+        plan = self.plan
+        values: list[float] = []
         flags: list[tuple[Register, str]] = []
         any_set = False
-        for block, words in zip(self.plan.blocks, answers, strict=True):
+        for block, words in zip(plan.blocks, answers, strict=True):
             any_set = any_set or any(words)
             for reg, raw in block.raw_values(words):
                 value, reason = reg.assess(raw)
-                values.append((reg, value))
+                values.append(value)
                 if reason is not None:
                     flags.append((reg, reason))
         if not any_set and self.profile.all_zero_fault:
-            flags = [(reg, ALL_ZERO) for reg, _ in values]
-        readings = readings_from(
-            self.sensor_id,
-            self.plan.channels,
-            values,
-            utc_now(),
-            flags=flags,
-            transport=self.transport,
-        )
-        self._count_quality(flags)
+            flags = [(reg, ALL_ZERO) for reg in plan.registers]
+        if flags:
+            readings = readings_from(
+                self.sensor_id,
+                plan.channels,
+                list(zip(plan.registers, values, strict=True)),
+                now,
+                flags=flags,
+                transport=self.transport,
+            )
+        else:  # every poll of a healthy sensor: what readings_from makes, compiled routes
+            sid, transport = self.sensor_id, self.transport
+            readings = [
+                Reading(sid, channel, now, {f: values[i] for f, i in route}, transport)
+                for channel, route in zip(plan.channels, plan.routes, strict=True)
+            ]
+        if flags or self._bad_since is not None:
+            self._count_quality(flags)
         return readings
 
     def _count_quality(self, flags: list[tuple[Register, str]]) -> None:
@@ -389,7 +407,7 @@ class ModbusPoller:
         else:
             log.debug("modbus sensor %s still failing (%d): %s", self.sensor_id, failures, err)
 
-    def _succeeded(self, rtt_s: float) -> None:
+    def _succeeded(self, rtt_s: float, now: datetime) -> None:
         if self.consecutive_failures:
             down = time.monotonic() - (self._failing_since or time.monotonic())
             log.info(
@@ -402,7 +420,7 @@ class ModbusPoller:
                 extra={"sensor_id": self.sensor_id, "address": self.bus.address},
             )
         self.state, self.consecutive_failures = "ok", 0
-        self._last_ok_at, self._last_rtt, self._backoff_s = utc_now(), rtt_s, 0.0
+        self._last_ok_at, self._last_rtt, self._backoff_s = now, rtt_s, 0.0
 
     def _deliver(self, readings: list[Reading]) -> None:
         for reading in readings:
@@ -418,12 +436,12 @@ class ModbusPoller:
         """Ask the run loop to end at its next step; nothing is delivered after this."""
         self._stopped = True
 
-    def _check_stop(self) -> None:
-        """End the loop if asked to, even when a library swallowed the CancelledError."""
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise asyncio.CancelledError
-        if self._stopped:
+    def _check_stop(self, task: asyncio.Task[None] | None) -> None:
+        """End the loop if asked to, even when a library swallowed the CancelledError.
+
+        ``task`` is the run loop's own task (looked up once, not on every poll).
+        """
+        if self._stopped or (task is not None and task.cancelling()):
             raise asyncio.CancelledError
 
     async def run(self, *, start_delay_s: float | None = None) -> None:
@@ -442,17 +460,21 @@ class ModbusPoller:
         if start_delay_s is None:
             start_delay_s = self._rng.uniform(0.0, min(interval, 1.0))
         next_at = time.monotonic() + start_delay_s
+        task = asyncio.current_task()
         while True:
-            self._check_stop()
+            self._check_stop(task)
             delay = next_at - time.monotonic()
             if delay > 0:
-                await asyncio.sleep(delay)
-                self._check_stop()
+                if self._wheel is not None:
+                    await self._wheel.sleep_until(next_at)
+                else:
+                    await asyncio.sleep(delay)
+                self._check_stop(task)
             try:
                 readings: list[Reading] | None = await self.poll_once()
             except DeviceError:
                 readings = None  # recorded in the status and logged by poll_once
-            self._check_stop()  # an answer that raced the stop is not delivered
+            self._check_stop(task)  # an answer that raced the stop is not delivered
             if readings:
                 self._deliver(readings)
             now = time.monotonic()

@@ -28,6 +28,7 @@ from drivers.modbus._frames import (
     tcp_frame,
 )
 from drivers.modbus._link import LinkDown, LinkTimeout
+from drivers.modbus._wheel import Wheel
 
 MAX_BUFFER = 64 * 1024  # a peer that streams garbage is cut off, not buffered
 MAX_TIMEOUTS_KEPT = 3  # timeouts in a row after which a connection is presumed half-open
@@ -36,6 +37,11 @@ MAX_TIMEOUTS_KEPT = 3  # timeouts in a row after which a connection is presumed 
 def _expire(fut: asyncio.Future[bytes]) -> None:
     if not fut.done():
         fut.set_exception(LinkTimeout("no answer in time"))
+
+
+def deadline_wheel(grain_s: float = 0.01) -> Wheel:
+    """A wheel of request timeouts that many links share (see TcpLink's ``deadlines``)."""
+    return Wheel(grain_s, _expire)
 
 
 class _Protocol(asyncio.Protocol):
@@ -84,20 +90,31 @@ class TcpLink:
             request (a gateway's line is busy until then); None: do not wait (a device that
             serves requests in parallel), keep the connection (its late answer is dropped
             by transaction id) until MAX_TIMEOUTS_KEPT timeouts in a row, then reconnect.
+        deadlines: a deadline_wheel() shared with other links: request timeouts then cost
+            one event-loop timer per slot of the wheel, not one per request, and fire up to
+            its grain late; None: a timer per request.
     """
 
     def __init__(
-        self, host: str, port: int, *, connect_timeout_s: float, settle_s: float | None = None
+        self,
+        host: str,
+        port: int,
+        *,
+        connect_timeout_s: float,
+        settle_s: float | None = None,
+        deadlines: Wheel | None = None,
     ) -> None:
         self.host, self.port = host, port
         self.address = f"{host}:{port}"
         self._connect_timeout_s = connect_timeout_s
         self._settle_s = settle_s
+        self._deadlines = deadlines
         self._protocol: _Protocol | None = None
         self._tid = 0
         self._waiting: tuple[int, int, asyncio.Future[bytes]] | None = None
         self._stale: set[int] = set()
-        self._settled = asyncio.Event()
+        # Made by the first settle (gateways only): thousands of device links never wait.
+        self._settled: asyncio.Event | None = None
         self.late_answers = 0
         self.stray_answers = 0  # answers to no request of ours (a confused peer)
         self._timeouts = 0  # in a row
@@ -158,7 +175,8 @@ class TcpLink:
             p.transport.abort()
         self._fail(LinkDown("connection closed"))
         self._stale.clear()
-        self._settled.set()
+        if self._settled is not None:
+            self._settled.set()
 
     async def read(
         self, device_id: int, function_code: int, address: int, count: int, timeout_s: float
@@ -175,7 +193,11 @@ class TcpLink:
         p.transport.write(tcp_frame(tid, device_id, read_pdu(function_code, address, count)))
         # A timer that fails the future (cheaper than asyncio.timeout per request, and no
         # cancellation is borrowed from the task, so none can be lost).
-        timer = loop.call_later(timeout_s, _expire, fut)
+        timer = None
+        if self._deadlines is not None:
+            self._deadlines.add(fut, loop.time() + timeout_s)
+        else:
+            timer = loop.call_later(timeout_s, _expire, fut)
         try:
             pdu = await fut
         except LinkTimeout:
@@ -185,7 +207,8 @@ class TcpLink:
             await self._settle()
             raise LinkTimeout(f"no answer within {timeout_s:g} s") from None
         finally:
-            timer.cancel()
+            if timer is not None:
+                timer.cancel()
             if self._waiting is not None and self._waiting[2] is fut:
                 self._waiting = None
             if not fut.done():  # cancelled: its answer, if any, is late from now on
@@ -202,10 +225,13 @@ class TcpLink:
         if self._settle_s <= 0:
             self.close()
             return
-        self._settled.clear()
+        if self._settled is None:
+            self._settled = asyncio.Event()
+        settled = self._settled
+        settled.clear()
         try:
             async with asyncio.timeout(self._settle_s):
-                await self._settled.wait()
+                await settled.wait()
         except TimeoutError:
             self.close()  # still silent: the late answer must never meet a later request
 
@@ -226,7 +252,7 @@ class TcpLink:
         if tid in self._stale:
             self._stale.discard(tid)
             self.late_answers += 1
-            if not self._stale:
+            if not self._stale and self._settled is not None:
                 self._settled.set()
             return
         self.stray_answers += 1
@@ -246,4 +272,5 @@ class TcpLink:
         reason = f": {exc}" if exc else ""
         self._fail(LinkDown(f"connection lost{reason}"))
         self._protocol = None
-        self._settled.set()
+        if self._settled is not None:
+            self._settled.set()

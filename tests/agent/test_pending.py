@@ -35,12 +35,14 @@ async def test_full_store_holds_updates_in_order_and_writes_them_later(tmp_path:
         for u in big:
             assert await pending.write(u) is None  # not stored: the store is full
         assert len(pending) == 3 and counters.store_errors_total >= 1
+        assert pending.failing  # /healthz says "degraded" at once
         await _limit_pages(ob, 1000)
         # A later update jumps nothing: with `now` it writes everything held first, in order.
         reset = Update([draft(i=9)], {"k0": "reset", "k1": "reset", "k2": "reset"})
         records = await pending.write(reset, now=True)
         assert records is not None and records[0]["seq"] == 4
         assert len(pending) == 0 and counters.alerts_total == 4 and counters.alerts_lost_total == 0
+        assert not pending.failing and pending.held_for_s == 0.0
         state = await ob.load_state()
     assert state == {"k0": "reset", "k1": "reset", "k2": "reset"}  # the newest state wins
 
@@ -79,3 +81,20 @@ async def test_concurrent_writers_each_get_their_own_records(tmp_path: Path) -> 
         )
     assert all(r is not None and len(r) == 1 for r in results), results
     assert sorted(r[0]["seq"] for r in results if r) == list(range(1, 21))
+
+
+async def test_held_for_counts_from_the_oldest_waiting_update(tmp_path: Path) -> None:
+    """State-only updates wait a moment to share a transaction; /healthz calls the agent
+    degraded only when updates wait much longer than that (or a write failed)."""
+    counters = PipelineCounters()
+    async with Outbox(tmp_path / "o.db", gateway_id="gw", max_bytes=1 << 30, first_seq=1) as ob:
+        pending = PendingWrites(ob, counters)
+        assert pending.held_for_s == 0.0
+        pending.hold(Update([], {"k": "1"}))
+        await asyncio.sleep(0.05)
+        pending.hold(Update([], {"k": "2"}))  # a later update does not restart the clock
+        assert pending.held_for_s >= 0.05
+        async with pending.lock:
+            await pending.flush()
+        assert pending.held_for_s == 0.0 and not pending.failing
+        assert await ob.load_state() == {"k": "2"}

@@ -13,7 +13,7 @@ import random
 
 import pytest
 
-from drivers.modbus import Backoff, Bus, ModbusPoller, TcpLink
+from drivers.modbus import Backoff, Bus, ModbusPoller, TcpLink, Wheel, deadline_wheel
 from drivers.profiles import load_profile
 from drivers.reading import Reading
 from simulators.modbus import ModbusSimServer, SimDevice
@@ -23,14 +23,18 @@ pytestmark = pytest.mark.network
 POLLERS = 40
 
 
-async def test_cancel_landing_with_the_answer_ends_every_poller() -> None:
+@pytest.mark.parametrize("shared_timers", [False, True], ids=["own-timers", "timer-wheels"])
+async def test_cancel_landing_with_the_answer_ends_every_poller(shared_timers: bool) -> None:
+    """Also with the timer wheels the agent uses (ticks and request timeouts shared)."""
     delivered_after_cancel: list[Reading] = []
     cancelled_at: dict[str, bool] = {}
+    ticks = Wheel(0.005) if shared_timers else None
+    deadlines = deadline_wheel(0.01) if shared_timers else None
     async with ModbusSimServer([SimDevice(i, Constant()) for i in range(1, POLLERS + 1)]) as srv:
         pollers, tasks = [], []
         for i in range(1, POLLERS + 1):
             sid = f"s{i}"
-            link = TcpLink("127.0.0.1", srv.port, connect_timeout_s=1.0)
+            link = TcpLink("127.0.0.1", srv.port, connect_timeout_s=1.0, deadlines=deadlines)
 
             def sink(r: Reading, sid: str = sid) -> None:
                 if cancelled_at.get(sid):
@@ -46,6 +50,7 @@ async def test_cancel_landing_with_the_answer_ends_every_poller() -> None:
                 sink=sink,
                 backoff=Backoff(0.02),
                 rng=random.Random(i),
+                wheel=ticks,
             )
             pollers.append(p)
             tasks.append(asyncio.create_task(p.run(start_delay_s=0.0), name=f"poll[{sid}]"))

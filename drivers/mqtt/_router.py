@@ -78,6 +78,11 @@ class Route:
             by_key = self.keyed.setdefault(key_from, {})
             by_key.setdefault((key or sensor.sensor_id).casefold(), []).append(sensor)
 
+    def sensors(self) -> list[MqttSensor]:
+        """Every sensor this subscription feeds."""
+        return [*self.anyone, *(s for by_key in self.keyed.values() for v in by_key.values()
+                                for s in v)]  # fmt: skip
+
     def sensors_for(self, topic: str, payload: Payload) -> list[MqttSensor]:
         """The sensors a message on ``topic`` is for (counts it when there are none)."""
         out = list(self.anyone)

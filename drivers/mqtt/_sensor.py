@@ -171,6 +171,10 @@ class MqttSensor:
                 extra={"sensor_id": self.sensor_id},
             )
 
+    def refused(self, error: str) -> None:
+        """The broker refused the subscription: the reason this sensor is silent."""
+        self._last_error = error
+
     def _quality(self, flags: list[str]) -> None:
         if not flags:
             if self._bad_since is not None:

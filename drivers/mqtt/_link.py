@@ -305,7 +305,8 @@ class BrokerLink:
             payload = payload.encode()
         elif not isinstance(payload, bytes | bytearray):
             payload = b"" if payload is None else str(payload).encode()
-        self.router.dispatch(message.topic.value, bytes(payload), utc_now())
+        retained = bool(message.retain)  # replayed by the broker, not published just now
+        self.router.dispatch(message.topic.value, bytes(payload), utc_now(), retained=retained)
 
     def _failed(self, exc: BaseException, attempt: int) -> None:
         text = f"{type(exc).__name__}: {exc}"

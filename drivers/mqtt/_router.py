@@ -138,7 +138,9 @@ class Router:
     def matching(self, topic: str) -> list[Route]:
         return [r for r in self.routes.values() if topic_matches(r.topic, topic)]
 
-    def dispatch(self, topic: str, raw: bytes, received_at: datetime) -> None:
+    def dispatch(
+        self, topic: str, raw: bytes, received_at: datetime, *, retained: bool = False
+    ) -> None:
         """Decode a message for each sensor it is for; never raises."""
         payload = Payload(raw)
         sensors: dict[int, MqttSensor] = {}
@@ -149,7 +151,7 @@ class Router:
         if not routes:
             log.debug("mqtt message on %s matches no subscription", topic[:120])
         for s in sensors.values():
-            s.handle(payload, received_at)
+            s.handle(payload, received_at, retained=retained)
 
     def reject(self, topic: str, reason: str, detail: str) -> None:
         """Count a message refused before decoding (too large): on the sensors the topic

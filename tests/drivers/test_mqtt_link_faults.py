@@ -4,20 +4,24 @@ message delivered twice, readings out of order."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
 import logging
 import os
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import aiomqtt
 import pytest
 
 from agent.health_mqtt import mqtt_metrics
-from tests.drivers.test_mqtt_link import Rig, until
+from tests.drivers.test_mqtt_link import MAC, TOPIC, Rig, broker, ncd, publish, until
 from tests.mosquitto import Mosquitto
 
 pytestmark = [pytest.mark.network]
+__all__ = ["broker"]  # the fixture
 
 DYNSEC = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"
 
@@ -68,3 +72,62 @@ async def test_a_subscription_the_broker_refuses_is_reported_not_silent(
     families = {m.name: m for m in mqtt_metrics({"mqtt": [status]})}
     [sample] = families["edge_mqtt_subscription_refused"].samples
     assert sample.labels == {"broker": "b", "topic": "ncd/vibration/+"} and sample.value == 1
+
+
+async def retain(port: int, topic: str, body: str) -> None:
+    async with aiomqtt.Client("127.0.0.1", port) as c:
+        await c.publish(topic, body, qos=1, retain=True)
+
+
+def stamped(v: float, at: str) -> str:
+    return json.dumps({"addr": MAC, "timestamp": at, **{f"{a}_velocity_mm_sec": v for a in "xyz"}})
+
+
+async def test_a_retained_reading_is_not_analysed_again_at_every_reconnect(
+    broker: Mosquitto,
+) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    rig = Rig(broker)
+    async with rig.running() as link:
+        # The gateway publishes its last reading retained, then the broker restarts: at
+        # the resubscription the broker replays it.
+        await retain(broker.port, TOPIC, stamped(2.0, now.isoformat()))
+        await until(lambda: len(rig.got) == 1, 5)
+        broker.restart()
+        await until(lambda: link.connects_total == 2, 10)
+        await asyncio.sleep(0.5)
+        assert rig.values() == [2.0], "the replayed reading was analysed a second time"
+        assert dict(rig.sensor.dropped) == {"duplicate": 1}
+        # A retained message without a time is of unknown age: not a live reading either.
+        await retain(broker.port, TOPIC, ncd(3.0))
+        await until(lambda: len(rig.got) == 2, 5)
+        silent = rig.sensor.silent_for_s
+        await asyncio.sleep(0.3)
+        broker.restart()
+        await until(lambda: link.connects_total == 3, 10)
+        await asyncio.sleep(0.5)
+    assert rig.values() == [2.0, 3.0]
+    assert rig.sensor.dropped["retained"] == 1
+    # ...and it does not make a silent sensor look alive.
+    assert rig.sensor.silent_for_s > silent + 0.5
+
+
+async def test_readings_out_of_order_or_delivered_twice_are_dropped_not_analysed(
+    broker: Mosquitto,
+) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    at = [(now + timedelta(seconds=s)).isoformat() for s in (-7200, -1, 0, 1)]
+    rig = Rig(broker)
+    async with rig.running():
+        await publish(broker.port, [
+            (TOPIC, stamped(2.0, at[2])),
+            (TOPIC, stamped(2.0, at[2])),  # a QoS 1 redelivery: the same message again
+            (TOPIC, stamped(9.0, at[0])),  # two hours back: would reset the trend history
+            (TOPIC, stamped(8.0, at[1])),
+            (TOPIC, stamped(2.5, at[2])),  # the same second, another reading: kept
+            (TOPIC, stamped(3.0, at[3])),
+        ])  # fmt: skip
+        await until(lambda: sum(rig.sensor.dropped.values()) + len(rig.got) == 6, 5)
+    assert rig.values() == [2.0, 2.5, 3.0]
+    assert [r.timestamp for r in rig.got] == sorted(r.timestamp for r in rig.got)
+    assert dict(rig.sensor.dropped) == {"duplicate": 1, "out_of_order": 2}

@@ -173,6 +173,11 @@ class MqttSensor:
                 if self._sink_errors == 1:
                     log.exception("mqtt sensor %s: reading sink failed", self.sensor_id)
 
+    def carry_from(self, old: MqttSensor) -> None:
+        """Take over what a reload's predecessor analysed last: the broker replays its
+        retained messages to the new subscription, and they must not count again."""
+        self._latest.update(old._latest)
+
     def _newer(self, readings: list[Reading], digest: int) -> list[Reading]:
         """The readings newer than the last analysed on their channel (the rest counted)."""
         fresh = []

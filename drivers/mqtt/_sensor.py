@@ -26,9 +26,12 @@ LOG_EVERY_S = 600.0  # a reason logged for a sensor is logged again at most this
 UNEXPECTED = "decoder_error"  # a decoder bug: counted, logged, never fatal
 # A reading not newer than the last one analysed for its channel: a step back in time would
 # corrupt the trend (over an hour back it discards the history), a replay counts twice.
-DUPLICATE = "duplicate"  # the same time and bytes again (QoS 1 redelivery, retained replay)
+DUPLICATE = "duplicate"  # the same time and bytes again (a QoS 1 redelivery)
 OUT_OF_ORDER = "out_of_order"
-RETAINED = "retained"  # a retained message without a time of its own: its age is unknown
+# A retained message is the broker's copy of one published earlier, replayed at every
+# subscription (in 3.1.1 before the queued messages of a persistent session): its reading
+# was live when published, and is not analysed again as if new.
+RETAINED = "retained"
 
 
 class MqttSensor:
@@ -137,11 +140,12 @@ class MqttSensor:
     def handle(self, payload: Payload, received_at: datetime, *, retained: bool = False) -> None:
         """Decode one message and hand its readings to the sink, or count why not.
 
-        ``retained``: the broker replays a stored message (at every subscription): it is
-        analysed only when it carries its own time, newer than what was analysed, and it
-        never counts as a sign of life.
+        ``retained``: the broker replays a stored message (see RETAINED): counted, dropped.
         """
         self.messages_total += 1
+        if retained:
+            self.drop(RETAINED, "the broker's stored copy of an earlier message")
+            return
         try:
             decoded = self.decoder.decode(payload, received_at)
         except PayloadError as exc:
@@ -158,12 +162,8 @@ class MqttSensor:
             readings = self._newer(readings, hash(payload.raw))
             if not readings:
                 return
-        elif retained:
-            self.drop(RETAINED, "a retained message without a timestamp (age unknown)")
-            return
-        if not retained:
-            self._last_msg = time.monotonic()
-            self._last_ok_at = received_at
+        self._last_msg = time.monotonic()
+        self._last_ok_at = received_at
         self._quality([f for r in readings for f in r.flags])
         for reading in readings:
             try:
@@ -174,8 +174,8 @@ class MqttSensor:
                     log.exception("mqtt sensor %s: reading sink failed", self.sensor_id)
 
     def carry_from(self, old: MqttSensor) -> None:
-        """Take over what a reload's predecessor analysed last: the broker replays its
-        retained messages to the new subscription, and they must not count again."""
+        """Take over what a reload's predecessor analysed last: a QoS 1 message the broker
+        delivers again to the new link must not count twice."""
         self._latest.update(old._latest)
 
     def _newer(self, readings: list[Reading], digest: int) -> list[Reading]:

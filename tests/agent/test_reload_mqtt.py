@@ -134,4 +134,4 @@ async def test_a_retained_reading_is_not_analysed_again_after_a_reload(tmp_path:
         finally:
             agent.stop()
             await asyncio.wait_for(task, 15)
-    assert dict(s1.dropped) == {"duplicate": 1}, "the retained reading was analysed again"
+    assert dict(s1.dropped) == {"retained": 1}, "the retained reading was analysed again"

@@ -248,8 +248,14 @@ class BrokerLink:
                 self.settings.address,
                 down,
             )
+            ids = {r.topic: i for i, r in self.router.by_id.items()}
             for topic, route in self.router.routes.items():
-                self._granted(topic, route, await client.subscribe(topic, qos=route.qos))
+                props = None
+                if self.settings.protocol == "5" and topic in ids:
+                    props = Properties(PacketTypes.SUBSCRIBE)
+                    props.SubscriptionIdentifier = ids[topic]
+                result = await client.subscribe(topic, qos=route.qos, properties=props)
+                self._granted(topic, route, result)
             await self._consume(client)
         finally:
             with contextlib.suppress(aiomqtt.MqttError, OSError, TimeoutError):
@@ -306,7 +312,12 @@ class BrokerLink:
         elif not isinstance(payload, bytes | bytearray):
             payload = b"" if payload is None else str(payload).encode()
         retained = bool(message.retain)  # replayed by the broker, not published just now
-        self.router.dispatch(message.topic.value, bytes(payload), utc_now(), retained=retained)
+        sub_ids = getattr(message.properties, "SubscriptionIdentifier", None)
+        if sub_ids is not None and not isinstance(sub_ids, list):
+            sub_ids = [sub_ids]
+        self.router.dispatch(
+            message.topic.value, bytes(payload), utc_now(), retained=retained, sub_ids=sub_ids
+        )
 
     def _failed(self, exc: BaseException, attempt: int) -> None:
         text = f"{type(exc).__name__}: {exc}"

@@ -17,6 +17,9 @@ import aiomqtt
 import pytest
 
 from agent.health_mqtt import mqtt_metrics
+from drivers.mqtt import BrokerLink, BrokerSettings, MqttSensor, Route, Router, parse_key_from
+from drivers.payloads import load_decoder
+from drivers.reading import Reading
 from tests.drivers.test_mqtt_link import MAC, TOPIC, Rig, broker, ncd, publish, until
 from tests.mosquitto import Mosquitto
 
@@ -142,3 +145,40 @@ async def test_readings_out_of_order_or_delivered_twice_are_dropped_not_analysed
     assert rig.values() == [2.0, 2.5, 3.0]
     assert [r.timestamp for r in rig.got] == sorted(r.timestamp for r in rig.got)
     assert dict(rig.sensor.dropped) == {"duplicate": 1, "out_of_order": 2}
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+async def test_overlapping_subscriptions_deliver_a_message_once(
+    broker: Mosquitto, protocol: str
+) -> None:
+    # One sensor on its exact topic, others behind the wildcard that also matches it: over
+    # MQTT 5 the broker sends one copy per matching subscription.
+    got: list[Reading] = []
+    exact = MqttSensor(
+        "fan-3", decoder=load_decoder("ncd-processed"), channels=["z"], stale_after_s=60,
+        sink=got.append, broker="b", topic=TOPIC,
+    )  # fmt: skip
+    other = MqttSensor(
+        "fan-4", decoder=load_decoder("ncd-processed"), channels=["z"], stale_after_s=60,
+        sink=got.append, broker="b", topic="ncd/vibration/+",
+    )  # fmt: skip
+    one, shared = Route(TOPIC), Route("ncd/vibration/+")
+    one.add(exact, None, None, 1)
+    shared.add(other, parse_key_from("payload:addr"), "00:00:00:00:00:00:00:02", 1)
+    base = {"id": "b", "host": "127.0.0.1", "port": broker.port, "client_id": "edge-o"}
+    link = BrokerLink(BrokerSettings(**base, protocol=protocol), Router([one, shared]))
+    task = asyncio.create_task(link.run())
+    try:
+        await until(lambda: link.connected, 10)
+        await asyncio.sleep(0.3)
+        await publish(broker.port, [(TOPIC, ncd(1.0)), (TOPIC, ncd(2.0))])
+        await until(lambda: len(got) >= 2, 5)
+        await asyncio.sleep(0.5)
+    finally:
+        link.stop()
+        task.cancel()
+        await asyncio.wait([task], timeout=5)
+    assert [(r.sensor_id, r.features["velocity_rms_mm_s"]) for r in got] == [
+        ("fan-3", 1.0),
+        ("fan-3", 2.0),
+    ], "a reading was analysed once per matching subscription"

@@ -182,3 +182,46 @@ async def test_overlapping_subscriptions_deliver_a_message_once(
         ("fan-3", 1.0),
         ("fan-3", 2.0),
     ], "a reading was analysed once per matching subscription"
+
+
+@pytest.mark.skipif(not Path(DYNSEC).exists(), reason=f"{DYNSEC} is missing (mosquitto)")
+async def test_a_refused_subscription_makes_the_agent_degraded_and_status_says_why(
+    tmp_path: Path,
+) -> None:
+    from agent.config import load_config
+    from agent.inspect import _line
+    from agent.runtime import Agent
+
+    with _Dynsec(tmp_path / "acl") as broker:
+        path = tmp_path / "agent.yaml"
+        path.write_text(
+            json.dumps({
+                "gateway": {"id": "gw-acl"},
+                "assets": [{"id": "fan-3", "machine": {"standard": "iso10816-3", "group": 2,
+                            "foundation": "rigid", "rpm": 1480}}],
+                "mqtt": [{"id": "plant", "host": "127.0.0.1", "port": broker.port,
+                          "username": "gw", "password": "secret"}],
+                "sensors": [{"id": "fan-3-ncd", "asset": "fan-3", "channels": ["z"],
+                             "mqtt": {"broker": "plant", "topic": TOPIC,
+                                      "decoder": "ncd-processed"}}],
+                "store": {"path": str(tmp_path / "outbox.db")},
+                "health": {"port": 0},
+                "control": {"socket": str(tmp_path / "control.sock")},
+            })
+        )  # fmt: skip
+        config = load_config(path)
+        agent = Agent(config)
+        task = asyncio.create_task(agent.run())
+        try:
+            async with asyncio.timeout(10):
+                await agent.ready.wait()
+            await until(lambda: agent.mqtt.links[0].refused, 5)
+            snap = await agent.snapshot()
+        finally:
+            agent.stop()
+            await asyncio.wait_for(task, 15)
+    # The sensor is only "starting" for its first stale_after_s (300 s): without this the
+    # agent would say ok for five minutes while nothing can ever arrive.
+    assert snap["status"] == "degraded"
+    line = _line(config, snap, None, {})
+    assert f"mqtt broker plant refused the subscription to {TOPIC}" in line, line

@@ -59,8 +59,16 @@ def mqtt_metrics(snap: dict[str, Any]) -> Iterator[Metric]:
         "filter",
         labels=["broker", "topic", "reason"],
     )
+    refused = GaugeMetricFamily(
+        "edge_mqtt_subscription_refused",
+        "1 for a topic filter the broker refused to subscribe to (its ACL): its sensors get "
+        "no messages",
+        labels=["broker", "topic"],
+    )
     for b in snap.get("mqtt", []):
         name = [b["id"]]
+        for topic in b.get("refused_subscriptions") or {}:
+            refused.add_metric([b["id"], topic], 1.0)
         connected.add_metric(name, 1.0 if b.get("connected") else 0.0)
         connects.add_metric(name, float(b.get("connects_total", 0)))
         received.add_metric(name, float(b.get("messages_total", 0)))
@@ -69,4 +77,4 @@ def mqtt_metrics(snap: dict[str, Any]) -> Iterator[Metric]:
         for topic, reasons in (b.get("unrouted") or {}).items():
             for reason, n in reasons.items():
                 unrouted.add_metric([b["id"], topic, reason], float(n))
-    yield from (connected, connects, received, queue, queue_drops, unrouted)
+    yield from (connected, connects, received, queue, queue_drops, unrouted, refused)

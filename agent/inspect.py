@@ -164,6 +164,11 @@ def _line(config: Config, agent: dict[str, Any] | None, problem: str | None, sto
         for b in agent.get("mqtt", [])
         if not b.get("connected")
     ]
+    troubles += [
+        f"mqtt broker {b['id']} refused the subscription to {topic} ({reason})"
+        for b in agent.get("mqtt", [])
+        for topic, reason in (b.get("refused_subscriptions") or {}).items()
+    ]
     hung = agent.get("process", {}).get("hung")
     troubles += [f"hung: {hung}"] if hung else []
     troubles += [f"store: {agent['store']['error']}"] if "error" in agent.get("store", {}) else []

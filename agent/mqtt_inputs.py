@@ -156,6 +156,10 @@ class RunningMqtt:
     async def replace(self, inputs: MqttInputs, *, timeout_s: float) -> None:
         """Stop the running links and start these (a reload)."""
         await self.stop(timeout_s=timeout_s)
+        old = {s.sensor_id: s for s in self.inputs.sensors}
+        for sensor in inputs.sensors:
+            if sensor.sensor_id in old:
+                sensor.carry_from(old[sensor.sensor_id])
         self.inputs = inputs
         self.start()
 

@@ -426,12 +426,18 @@ class Agent:
                 update = self.faults.update(health, now)
                 if update.drafts or update.state:
                     self._persist(update)
+            links = {link.id: link for link in self.mqtt.links}
             for m in self.mqtt.sensors:
+                link = links.get(m.broker)
+                error = m.last_error
+                if link is not None and not link.connected:
+                    # Silent because the broker is out of reach: say so in the fault.
+                    error = f"broker {link.id} not connected: {link.last_error or 'connecting'}"
                 health = SensorHealth(
                     m.sensor_id,
                     m.state,
                     0,
-                    m.last_error,
+                    error,
                     m.last_ok_at,
                     m.bad_for_s,
                     m.last_bad,

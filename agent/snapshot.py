@@ -77,7 +77,7 @@ async def agent_snapshot(agent: Agent) -> Snapshot:
     uplinks = [{**asdict(u.status), "backlog": backlogs.get(u.name)} for u in agent.uplinks]
     degraded = (
         any(s["state"] not in ("ok", "starting") for s in sensors)
-        or any(not link["connected"] for link in mqtt_links)
+        or any(not link["connected"] or link["refused_subscriptions"] for link in mqtt_links)
         or any(u.get("consecutive_failures", 0) > 0 for u in uplinks)
         or agent.pending.failing
         or agent.pending.held_for_s > UNSAVED_DEGRADED_S

@@ -84,7 +84,28 @@ def parse_document(text: str, source: str) -> Document:
     if node is not None:
         for path, n in _walk(node, ()):
             positions.setdefault(path, (n.start_mark.line + 1, n.start_mark.column + 1))
+            if isinstance(n, yaml.MappingNode):
+                _no_duplicate_keys(n, source)
     return Document(source, data, positions)
+
+
+def _no_duplicate_keys(node: yaml.MappingNode, source: str) -> None:
+    """YAML keeps the last of two equal keys without a word (a copied block would
+    silently replace the first): refuse it, at the second one."""
+    seen: dict[str, int] = {}
+    for key, _ in node.value:
+        if not isinstance(key, yaml.ScalarNode):
+            continue
+        line = key.start_mark.line + 1
+        if key.value in seen:
+            raise DataFileError(
+                f"duplicate key '{key.value}' (also on line {seen[key.value]}); YAML would "
+                "silently keep only the last one: remove or rename one of them",
+                source=source,
+                line=line,
+                column=key.start_mark.column + 1,
+            )
+        seen[key.value] = line
 
 
 def load_folder(

@@ -273,12 +273,14 @@ async def test_broker_down_shows_in_healthz_and_shutdown_stays_bounded(
 
     gone = Mosquitto(tmp_path / "gone")  # never started: nothing listens on its port
     gone.port = free_port()
-    agent = Agent(load_config(write_config(tmp_path, gone, stale=1)))
+    records: list[dict[str, Any]] = []
+    agent = Agent(load_config(write_config(tmp_path, gone, stale=1)), on_records=records.extend)
     task = asyncio.create_task(agent.run())
     async with asyncio.timeout(10):
         await agent.ready.wait()
     await asyncio.sleep(1.5)
     snap = await agent.snapshot()
+    await _until(lambda: any(r.get("kind") == "sensor_fault" for r in records), 5)
     agent.stop()
     started = time.monotonic()
     await asyncio.wait_for(task, 10)
@@ -288,6 +290,12 @@ async def test_broker_down_shows_in_healthz_and_shutdown_stays_bounded(
     assert snap["status"] == "degraded"
     states = {s["id"]: s["state"] for s in snap["sensors"]}
     assert states == {"fan-3-ncd": "starting", "pump-9-ncd": "stale"}  # stale after 30 s, 1 s
+    # The fault says the broker is unreachable, not only that the sensor is silent: whoever
+    # reads it goes to the network or the broker, not to the sensor's battery.
+    [fault] = [r for r in records if r.get("kind") == "sensor_fault"]
+    assert fault["sensor"]["id"] == "pump-9-ncd"
+    cause = fault["evidence"]["last_error"] or ""
+    assert "broker plant" in cause and "refused" in cause, cause
 
 
 async def test_waveform_snapshots_go_through_the_agents_feature_extraction(

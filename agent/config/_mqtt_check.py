@@ -113,7 +113,21 @@ def _topic_level(i: int, m: dict[str, Any], smap: SourceMap) -> list[ConfigIssue
         return []
     level = int(match.group(2))
     levels = topic.split("/")
-    if "#" in levels or level < len(levels):
+    wild = [n for n, name in enumerate(levels) if name == "+"]
+    if "#" in levels[: level + 1] or (level < len(levels) and levels[level] == "+"):
+        return []
+    if level < len(levels):
+        # A fixed level is the same in every message: the key could never match it.
+        hint = f"here topic:{wild[0]}" if len(wild) == 1 else "e.g. topic:N where level N is +"
+        key = f"key '{m['key']}'" if m.get("key") is not None else "its key (the sensor id)"
+        return [
+            smap.issue(
+                ("sensors", i, "mqtt", "key_from"),
+                f"level {level} of topic '{topic}' is '{levels[level]}' in every message, so no "
+                f"message carries {key} there; name a '+' level ({hint})",
+            )
+        ]
+    if "#" in levels:
         return []
     return [
         smap.issue(

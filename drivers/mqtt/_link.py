@@ -119,6 +119,7 @@ class BrokerLink:
         self.messages_total = 0
         self.queue_dropped = 0
         self.last_error: str | None = None
+        self.refused: dict[str, str] = {}  # topic filter -> the broker's SUBACK reason
         self._down_since: float | None = time.monotonic()
 
     @property
@@ -144,6 +145,7 @@ class BrokerLink:
             else round(time.monotonic() - self._down_since, 3),
             "last_error": self.last_error,
             "subscriptions": {t: r.qos for t, r in self.router.routes.items()},
+            "refused_subscriptions": dict(self.refused),
             "unrouted": self.router.status(),
         }
 
@@ -246,14 +248,46 @@ class BrokerLink:
                 self.settings.address,
                 down,
             )
+            ids = {r.topic: i for i, r in self.router.by_id.items()}
             for topic, route in self.router.routes.items():
-                await client.subscribe(topic, qos=route.qos)
+                props = None
+                if self.settings.protocol == "5" and topic in ids:
+                    props = Properties(PacketTypes.SUBSCRIBE)
+                    props.SubscriptionIdentifier = ids[topic]
+                result = await client.subscribe(topic, qos=route.qos, properties=props)
+                self._granted(topic, route, result)
             await self._consume(client)
         finally:
             with contextlib.suppress(aiomqtt.MqttError, OSError, TimeoutError):
                 async with asyncio.timeout(DISCONNECT_S):
                     await client.__aexit__(None, None, None)
             client.forget_disconnect()
+
+    def _granted(self, topic: str, route: Any, result: Any) -> None:
+        """Check the SUBACK: a subscription the broker refuses (an ACL: 0x80 in 3.1.1,
+        0x87 in 5) must be said, or its sensors would only look stale for no visible reason.
+        """
+        codes = result if isinstance(result, list | tuple) else [result]
+        failed = [c for c in codes if getattr(c, "is_failure", False) or c == 0x80]
+        if not failed:
+            self.refused.pop(topic, None)
+            return
+        reason = str(failed[0])
+        first = self.refused.get(topic) != reason
+        self.refused[topic] = reason
+        text = f"subscription to {topic} refused by the broker ({reason})"
+        self.last_error = text
+        for sensor in route.sensors():
+            sensor.refused(text)
+        if first:
+            log.error(
+                "mqtt broker %s at %s: %s; its sensors get no messages (check the broker's "
+                "ACL for user %s); tried again at every reconnect",
+                self.settings.id,
+                self.settings.address,
+                text,
+                self.settings.username,
+            )
 
     async def _consume(self, client: _Client) -> None:
         queue = client._queue
@@ -277,7 +311,13 @@ class BrokerLink:
             payload = payload.encode()
         elif not isinstance(payload, bytes | bytearray):
             payload = b"" if payload is None else str(payload).encode()
-        self.router.dispatch(message.topic.value, bytes(payload), utc_now())
+        retained = bool(message.retain)  # replayed by the broker, not published just now
+        sub_ids = getattr(message.properties, "SubscriptionIdentifier", None)
+        if sub_ids is not None and not isinstance(sub_ids, list):
+            sub_ids = [sub_ids]
+        self.router.dispatch(
+            message.topic.value, bytes(payload), utc_now(), retained=retained, sub_ids=sub_ids
+        )
 
     def _failed(self, exc: BaseException, attempt: int) -> None:
         text = f"{type(exc).__name__}: {exc}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import zlib
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ log = logging.getLogger("edge_agent.drivers.mqtt")
 
 UNKNOWN_SENSOR = "unknown_sensor"
 NO_KEY = "no_key"  # the key field is missing or not a scalar
+MAX_SUB_ID = 268_435_455  # the largest MQTT 5 subscription identifier
 MAX_LOGGED_KEYS = 100  # unknown keys logged once each, up to this many per filter
 
 KeyFrom = tuple[str, int | tuple[str, ...]]  # ("topic", level) or ("payload", path)
@@ -78,6 +80,11 @@ class Route:
             by_key = self.keyed.setdefault(key_from, {})
             by_key.setdefault((key or sensor.sensor_id).casefold(), []).append(sensor)
 
+    def sensors(self) -> list[MqttSensor]:
+        """Every sensor this subscription feeds."""
+        return [*self.anyone, *(s for by_key in self.keyed.values() for v in by_key.values()
+                                for s in v)]  # fmt: skip
+
     def sensors_for(self, topic: str, payload: Payload) -> list[MqttSensor]:
         """The sensors a message on ``topic`` is for (counts it when there are none)."""
         out = list(self.anyone)
@@ -129,22 +136,42 @@ class Router:
 
     def __init__(self, routes: Iterable[Route]) -> None:
         self.routes = {r.topic: r for r in routes}
+        # MQTT 5 subscription identifiers: a broker that sends one copy of a message per
+        # matching subscription (mosquitto does) names the subscription of each copy. From
+        # the filter itself, so that one a persistent session kept from an older
+        # configuration names no route of this one.
+        self.by_id = {zlib.crc32(t.encode()) % MAX_SUB_ID + 1: r for t, r in self.routes.items()}
+        if len(self.by_id) != len(self.routes):
+            self.by_id = {}  # two filters on one identifier (rare): route by topic alone
 
-    def matching(self, topic: str) -> list[Route]:
+    def matching(self, topic: str, sub_ids: Iterable[int] | None = None) -> list[Route]:
+        """The routes a message is for: those its subscription identifiers name (one copy
+        per subscription: each copy is for its own route only), else every match."""
+        if sub_ids is not None:
+            named = (self.by_id.get(i) for i in sub_ids)
+            return [r for r in named if r is not None and topic_matches(r.topic, topic)]
         return [r for r in self.routes.values() if topic_matches(r.topic, topic)]
 
-    def dispatch(self, topic: str, raw: bytes, received_at: datetime) -> None:
+    def dispatch(
+        self,
+        topic: str,
+        raw: bytes,
+        received_at: datetime,
+        *,
+        retained: bool = False,
+        sub_ids: Iterable[int] | None = None,
+    ) -> None:
         """Decode a message for each sensor it is for; never raises."""
         payload = Payload(raw)
         sensors: dict[int, MqttSensor] = {}
-        routes = self.matching(topic)
+        routes = self.matching(topic, sub_ids)
         for route in routes:
             for s in route.sensors_for(topic, payload):
                 sensors[id(s)] = s
         if not routes:
             log.debug("mqtt message on %s matches no subscription", topic[:120])
         for s in sensors.values():
-            s.handle(payload, received_at)
+            s.handle(payload, received_at, retained=retained)
 
     def reject(self, topic: str, reason: str, detail: str) -> None:
         """Count a message refused before decoding (too large): on the sensors the topic

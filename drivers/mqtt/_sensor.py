@@ -24,6 +24,14 @@ log = logging.getLogger("edge_agent.drivers.mqtt")
 SensorState = Literal["starting", "ok", "stale"]
 LOG_EVERY_S = 600.0  # a reason logged for a sensor is logged again at most this often
 UNEXPECTED = "decoder_error"  # a decoder bug: counted, logged, never fatal
+# A reading not newer than the last one analysed for its channel: a step back in time would
+# corrupt the trend (over an hour back it discards the history), a replay counts twice.
+DUPLICATE = "duplicate"  # the same time and bytes again (a QoS 1 redelivery)
+OUT_OF_ORDER = "out_of_order"
+# A retained message is the broker's copy of one published earlier, replayed at every
+# subscription (in 3.1.1 before the queued messages of a persistent session): its reading
+# was live when published, and is not analysed again as if new.
+RETAINED = "retained"
 
 
 class MqttSensor:
@@ -71,6 +79,7 @@ class MqttSensor:
         self._last_bad: tuple[str, ...] = ()
         self._logged: dict[str, float] = {}
         self._sink_errors = 0
+        self._latest: dict[str, tuple[datetime, int]] = {}  # channel -> (time, hash of bytes)
 
     # -- what the health endpoint and the sensor-fault tracker read ----------------------
     @property
@@ -128,9 +137,15 @@ class MqttSensor:
         }
 
     # -- the message path -------------------------------------------------------------
-    def handle(self, payload: Payload, received_at: datetime) -> None:
-        """Decode one message and hand its readings to the sink, or count why not."""
+    def handle(self, payload: Payload, received_at: datetime, *, retained: bool = False) -> None:
+        """Decode one message and hand its readings to the sink, or count why not.
+
+        ``retained``: the broker replays a stored message (see RETAINED): counted, dropped.
+        """
         self.messages_total += 1
+        if retained:
+            self.drop(RETAINED, "the broker's stored copy of an earlier message")
+            return
         try:
             decoded = self.decoder.decode(payload, received_at)
         except PayloadError as exc:
@@ -143,6 +158,10 @@ class MqttSensor:
         if not readings:
             self.drop("no_channel", f"none of the channels {', '.join(self.channels)}")
             return
+        if decoded.timestamp is not None:
+            readings = self._newer(readings, hash(payload.raw))
+            if not readings:
+                return
         self._last_msg = time.monotonic()
         self._last_ok_at = received_at
         self._quality([f for r in readings for f in r.flags])
@@ -153,6 +172,33 @@ class MqttSensor:
                 self._sink_errors += 1
                 if self._sink_errors == 1:
                     log.exception("mqtt sensor %s: reading sink failed", self.sensor_id)
+
+    def carry_from(self, old: MqttSensor) -> None:
+        """Take over what a reload's predecessor analysed last: a QoS 1 message the broker
+        delivers again to the new link must not count twice."""
+        self._latest.update(old._latest)
+
+    def _newer(self, readings: list[Reading], digest: int) -> list[Reading]:
+        """The readings newer than the last analysed on their channel (the rest counted)."""
+        fresh = []
+        for r in readings:
+            last = self._latest.get(r.channel)
+            if (
+                last is None
+                or r.timestamp > last[0]
+                or (r.timestamp == last[0] and digest != last[1])
+            ):
+                fresh.append(r)
+        if not fresh:
+            at, latest = readings[0].timestamp, self._latest[readings[0].channel][0]
+            if at == latest:
+                self.drop(DUPLICATE, f"already analysed the reading of {at.isoformat()}")
+            else:
+                self.drop(OUT_OF_ORDER, f"{at.isoformat()} is before {latest.isoformat()}")
+            return fresh
+        for r in fresh:
+            self._latest[r.channel] = (r.timestamp, digest)
+        return fresh
 
     def drop(self, reason: str, detail: str) -> None:
         """Count a dropped message; log the reason once, then at most every LOG_EVERY_S."""
@@ -170,6 +216,10 @@ class MqttSensor:
                 self.dropped[reason],
                 extra={"sensor_id": self.sensor_id},
             )
+
+    def refused(self, error: str) -> None:
+        """The broker refused the subscription: the reason this sensor is silent."""
+        self._last_error = error
 
     def _quality(self, flags: list[str]) -> None:
         if not flags:

@@ -15,6 +15,7 @@ from agent.config import Config, load_config
 from agent.reload_plan import plan_reload
 from agent.runtime import Agent
 from drivers.profiles import ProfileLibrary
+from drivers.reading import utc_now
 from tests.mosquitto import Mosquitto
 
 LIBRARY = ProfileLibrary.load(None)
@@ -101,3 +102,36 @@ async def test_reload_adds_an_mqtt_sensor_and_follows_a_moved_broker(tmp_path: P
             await asyncio.wait_for(task, 15)
     assert links == [two.port]
     assert by_id == {"s1": "ok", "s2": "ok"}
+
+
+@pytest.mark.network
+async def test_a_retained_reading_is_not_analysed_again_after_a_reload(tmp_path: Path) -> None:
+    path = tmp_path / "agent.yaml"
+    stamped = json.dumps(
+        {
+            "addr": "a",
+            "timestamp": utc_now().isoformat(),
+            **{f"{a}_velocity_mm_sec": 2.0 for a in "xyz"},
+        }
+    )
+    with Mosquitto(tmp_path / "b1") as broker:
+        path.write_text(json.dumps(data(tmp_path, broker.port)))
+        agent = Agent(load_config(path), config_path=path)
+        task = asyncio.create_task(agent.run())
+        try:
+            async with asyncio.timeout(10):
+                await agent.ready.wait()
+            await until(lambda: agent.mqtt.links[0].connected)
+            await asyncio.sleep(0.3)  # subscribed
+            async with aiomqtt.Client("127.0.0.1", broker.port) as c:
+                await c.publish("ncd/vibration/1", stamped, qos=1, retain=True)
+            await until(lambda: agent.mqtt.sensors[0].messages_total == 1)
+            assert agent.reloader is not None
+            path.write_text(json.dumps(data(tmp_path, broker.port, sensors=2)))
+            await agent.reloader.reload("test")  # rebuilds the links: the broker replays it
+            await until(lambda: agent.mqtt.sensors[0].messages_total == 1)
+            s1 = agent.mqtt.sensors[0]
+        finally:
+            agent.stop()
+            await asyncio.wait_for(task, 15)
+    assert dict(s1.dropped) == {"retained": 1}, "the retained reading was analysed again"

@@ -82,3 +82,21 @@ def test_drops_count_on_the_sensor_the_topic_names() -> None:
     assert dict(a.dropped) == {"malformed": 1, "too_large": 1}
     assert dict(a.bad) == {"not_finite": 1}
     assert a.state == "ok" and a.messages_total == 2
+
+
+def test_a_copy_is_for_the_routes_its_subscription_identifiers_name() -> None:
+    got: list[Reading] = []
+    exact, wide = Route("ncd/vibration/a"), Route("ncd/#")
+    exact.add(sensor("a", got), None, None, 1)
+    wide.add(sensor("w", got), None, None, 1)
+    router = Router([exact, wide])
+    ids = {r.topic: i for i, r in router.by_id.items()}
+    router.dispatch("ncd/vibration/a", msg("x", 1.0), NOW, sub_ids=[ids["ncd/vibration/a"]])
+    router.dispatch("ncd/vibration/a", msg("x", 1.0), NOW, sub_ids=[ids["ncd/#"]])
+    # A subscription a persistent session kept from an older configuration: no route.
+    assert 12345 not in router.by_id
+    router.dispatch("ncd/vibration/a", msg("x", 1.0), NOW, sub_ids=[12345])
+    router.dispatch("ncd/vibration/a", msg("x", 2.0), NOW)  # no identifiers (3.1.1): all
+    assert [(r.sensor_id, r.features["velocity_rms_mm_s"]) for r in got] == [
+        ("a", 1.0), ("w", 1.0), ("a", 2.0), ("w", 2.0),
+    ]  # fmt: skip

@@ -293,3 +293,19 @@ def test_decoder_file_errors_have_file_line_column(tmp_path: Path) -> None:
         "c.yaml:6:14: sample_rate: sample_rate must name a header field (r), got 'rate'",
         "d.yaml:1:7: name: name 'e' does not match the file name 'd'",
     ]
+
+
+def test_a_key_given_twice_in_a_decoder_file_is_an_error_not_the_last_one_silently(
+    tmp_path: Path,
+) -> None:
+    # A second fields: block (a copy-paste) silently replaced the first: channel x vanished.
+    (tmp_path / "acme.yaml").write_text(
+        "name: acme\nformat: json-features\nfields:\n"
+        "  - {path: vib.x.rms, feature: velocity_rms_mm_s, channel: x}\n"
+        "fields:\n  - {path: vib.z.rms, feature: velocity_rms_mm_s, channel: z}\n"
+    )
+    _, errors = load_folder(tmp_path, lambda doc, stem: parse_decoder(doc, expected_name=stem))
+    assert [str(e).removeprefix(str(tmp_path) + "/") for e in errors] == [
+        "acme.yaml:5:1: duplicate key 'fields' (also on line 3); YAML would silently keep only "
+        "the last one: remove or rename one of them"
+    ]

@@ -1,0 +1,227 @@
+"""The broker link when the broker or its publishers misbehave (real mosquitto): a
+subscription the broker refuses, a retained reading replayed at every reconnect, a QoS 1
+message delivered twice, readings out of order."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import logging
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import aiomqtt
+import pytest
+
+from agent.health_mqtt import mqtt_metrics
+from drivers.mqtt import BrokerLink, BrokerSettings, MqttSensor, Route, Router, parse_key_from
+from drivers.payloads import load_decoder
+from drivers.reading import Reading
+from tests.drivers.test_mqtt_link import MAC, TOPIC, Rig, broker, ncd, publish, until
+from tests.mosquitto import Mosquitto
+
+pytestmark = [pytest.mark.network]
+__all__ = ["broker"]  # the fixture
+
+DYNSEC = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"
+
+
+class _Dynsec(Mosquitto):
+    """A broker whose ACL (mosquitto's dynamic security plugin) lets user gw subscribe to
+    ncd/allowed/# only; a refused subscription gets SUBACK 0x87 (v5) or 0x80 (3.1.1)."""
+
+    def _conf(self) -> Path:
+        salt = os.urandom(12)
+        digest = hashlib.pbkdf2_hmac("sha512", b"secret", salt, 101)
+        acl = [{"acltype": "subscribePattern", "topic": "ncd/allowed/#", "allow": True}]
+        rules = {
+            "clients": [{
+                "username": "gw", "password": base64.b64encode(digest).decode(),
+                "salt": base64.b64encode(salt).decode(), "iterations": 101,
+                "roles": [{"rolename": "gw"}],
+            }],
+            "roles": [{"rolename": "gw", "acls": acl}],
+            "defaultACLAccess": {"publishClientSend": True, "publishClientReceive": True,
+                                 "subscribe": False, "unsubscribe": True},
+        }  # fmt: skip
+        (self.folder / "dynsec.json").write_text(json.dumps(rules))
+        conf = super()._conf()
+        text = conf.read_text() + f"plugin {DYNSEC}\n"
+        conf.write_text(text + f"plugin_opt_config_file {self.folder / 'dynsec.json'}\n")
+        return conf
+
+
+@pytest.mark.skipif(not Path(DYNSEC).exists(), reason=f"{DYNSEC} is missing (mosquitto)")
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+async def test_a_subscription_the_broker_refuses_is_reported_not_silent(
+    tmp_path: Path, protocol: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with _Dynsec(tmp_path / "acl") as broker:
+        rig = Rig(broker, username="gw", password="secret", protocol=protocol)
+        caplog.set_level(logging.ERROR, logger="edge_agent.drivers.mqtt")
+        async with rig.running() as link:
+            await until(lambda: link.status()["refused_subscriptions"], 5)
+            status = link.status()
+    # Without this the sensor would only look stale, for no reason anyone could see.
+    refused = status["refused_subscriptions"]
+    assert list(refused) == ["ncd/vibration/+"]
+    assert refused["ncd/vibration/+"] in ("Not authorized", "Unspecified error")
+    assert "refused" in (status["last_error"] or "")
+    assert rig.sensor.last_error is not None and "refused" in rig.sensor.last_error
+    assert any("refused" in r.getMessage() for r in caplog.records)
+    families = {m.name: m for m in mqtt_metrics({"mqtt": [status]})}
+    [sample] = families["edge_mqtt_subscription_refused"].samples
+    assert sample.labels == {"broker": "b", "topic": "ncd/vibration/+"} and sample.value == 1
+
+
+async def retain(port: int, topic: str, body: str) -> None:
+    async with aiomqtt.Client("127.0.0.1", port) as c:
+        await c.publish(topic, body, qos=1, retain=True)
+
+
+def stamped(v: float, at: str) -> str:
+    return json.dumps({"addr": MAC, "timestamp": at, **{f"{a}_velocity_mm_sec": v for a in "xyz"}})
+
+
+async def test_a_retained_reading_is_not_analysed_again_at_every_reconnect(
+    broker: Mosquitto,
+) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    rig = Rig(broker)
+    async with rig.running() as link:
+        # The gateway publishes its readings retained, then the broker restarts: at the
+        # resubscription the broker replays the last one.
+        await retain(broker.port, TOPIC, stamped(2.0, now.isoformat()))
+        await retain(broker.port, TOPIC, ncd(3.0))  # and one without a time of its own
+        await until(lambda: len(rig.got) == 2, 5)
+        silent = rig.sensor.silent_for_s
+        await asyncio.sleep(0.3)
+        broker.restart()
+        await until(lambda: link.connects_total == 2, 10)
+        await asyncio.sleep(0.5)
+    assert rig.values() == [2.0, 3.0], "the replayed reading was analysed a second time"
+    assert dict(rig.sensor.dropped) == {"retained": 1}
+    # ...and it does not make a silent sensor look alive.
+    assert rig.sensor.silent_for_s > silent + 0.5
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+async def test_a_persistent_session_gets_every_retained_reading_sent_while_away_in_order(
+    broker: Mosquitto, protocol: str
+) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    at = [(now + timedelta(seconds=s)).isoformat() for s in (-3, -2, -1)]
+    rig = Rig(broker, persistent=True, protocol=protocol)
+    async with rig.running():
+        pass
+    for v, t in zip((1.0, 2.0, 3.0), at, strict=True):
+        await retain(broker.port, TOPIC, stamped(v, t))
+    # In 3.1.1 the broker replays the retained copy of 3.0 before the three it queued.
+    async with rig.running():
+        await until(lambda: len(rig.got) == 3 and rig.sensor.dropped["retained"] == 1, 5)
+    assert rig.values() == [1.0, 2.0, 3.0]
+    assert dict(rig.sensor.dropped) == {"retained": 1}
+
+
+async def test_readings_out_of_order_or_delivered_twice_are_dropped_not_analysed(
+    broker: Mosquitto,
+) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    at = [(now + timedelta(seconds=s)).isoformat() for s in (-7200, -1, 0, 1)]
+    rig = Rig(broker)
+    async with rig.running():
+        await publish(broker.port, [
+            (TOPIC, stamped(2.0, at[2])),
+            (TOPIC, stamped(2.0, at[2])),  # a QoS 1 redelivery: the same message again
+            (TOPIC, stamped(9.0, at[0])),  # two hours back: would reset the trend history
+            (TOPIC, stamped(8.0, at[1])),
+            (TOPIC, stamped(2.5, at[2])),  # the same second, another reading: kept
+            (TOPIC, stamped(3.0, at[3])),
+        ])  # fmt: skip
+        await until(lambda: sum(rig.sensor.dropped.values()) + len(rig.got) == 6, 5)
+    assert rig.values() == [2.0, 2.5, 3.0]
+    assert [r.timestamp for r in rig.got] == sorted(r.timestamp for r in rig.got)
+    assert dict(rig.sensor.dropped) == {"duplicate": 1, "out_of_order": 2}
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+async def test_overlapping_subscriptions_deliver_a_message_once(
+    broker: Mosquitto, protocol: str
+) -> None:
+    # One sensor on its exact topic, others behind the wildcard that also matches it: over
+    # MQTT 5 the broker sends one copy per matching subscription.
+    got: list[Reading] = []
+    exact = MqttSensor(
+        "fan-3", decoder=load_decoder("ncd-processed"), channels=["z"], stale_after_s=60,
+        sink=got.append, broker="b", topic=TOPIC,
+    )  # fmt: skip
+    other = MqttSensor(
+        "fan-4", decoder=load_decoder("ncd-processed"), channels=["z"], stale_after_s=60,
+        sink=got.append, broker="b", topic="ncd/vibration/+",
+    )  # fmt: skip
+    one, shared = Route(TOPIC), Route("ncd/vibration/+")
+    one.add(exact, None, None, 1)
+    shared.add(other, parse_key_from("payload:addr"), "00:00:00:00:00:00:00:02", 1)
+    base = {"id": "b", "host": "127.0.0.1", "port": broker.port, "client_id": "edge-o"}
+    link = BrokerLink(BrokerSettings(**base, protocol=protocol), Router([one, shared]))
+    task = asyncio.create_task(link.run())
+    try:
+        await until(lambda: link.connected, 10)
+        await asyncio.sleep(0.3)
+        await publish(broker.port, [(TOPIC, ncd(1.0)), (TOPIC, ncd(2.0))])
+        await until(lambda: len(got) >= 2, 5)
+        await asyncio.sleep(0.5)
+    finally:
+        link.stop()
+        task.cancel()
+        await asyncio.wait([task], timeout=5)
+    assert [(r.sensor_id, r.features["velocity_rms_mm_s"]) for r in got] == [
+        ("fan-3", 1.0),
+        ("fan-3", 2.0),
+    ], "a reading was analysed once per matching subscription"
+
+
+@pytest.mark.skipif(not Path(DYNSEC).exists(), reason=f"{DYNSEC} is missing (mosquitto)")
+async def test_a_refused_subscription_makes_the_agent_degraded_and_status_says_why(
+    tmp_path: Path,
+) -> None:
+    from agent.config import load_config
+    from agent.inspect import _line
+    from agent.runtime import Agent
+
+    with _Dynsec(tmp_path / "acl") as broker:
+        path = tmp_path / "agent.yaml"
+        path.write_text(
+            json.dumps({
+                "gateway": {"id": "gw-acl"},
+                "assets": [{"id": "fan-3", "machine": {"standard": "iso10816-3", "group": 2,
+                            "foundation": "rigid", "rpm": 1480}}],
+                "mqtt": [{"id": "plant", "host": "127.0.0.1", "port": broker.port,
+                          "username": "gw", "password": "secret"}],
+                "sensors": [{"id": "fan-3-ncd", "asset": "fan-3", "channels": ["z"],
+                             "mqtt": {"broker": "plant", "topic": TOPIC,
+                                      "decoder": "ncd-processed"}}],
+                "store": {"path": str(tmp_path / "outbox.db")},
+                "health": {"port": 0},
+                "control": {"socket": str(tmp_path / "control.sock")},
+            })
+        )  # fmt: skip
+        config = load_config(path)
+        agent = Agent(config)
+        task = asyncio.create_task(agent.run())
+        try:
+            async with asyncio.timeout(10):
+                await agent.ready.wait()
+            await until(lambda: agent.mqtt.links[0].refused, 5)
+            snap = await agent.snapshot()
+        finally:
+            agent.stop()
+            await asyncio.wait_for(task, 15)
+    # The sensor is only "starting" for its first stale_after_s (300 s): without this the
+    # agent would say ok for five minutes while nothing can ever arrive.
+    assert snap["status"] == "degraded"
+    line = _line(config, snap, None, {})
+    assert f"mqtt broker plant refused the subscription to {TOPIC}" in line, line

@@ -7,16 +7,16 @@ schedule, the hostile-message fractions and the payloads are testable without a 
 from __future__ import annotations
 
 import heapq
+import json
 import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import numpy as np
-
 from simulators import ncd
-from simulators.scenario import Degrade, Healthy, Scenario, make_scenario
+from simulators.scenario import NOISE_TICK_S as TICK_S
+from simulators.scenario import Degrade, Healthy, Sample, Scenario, make_scenario
 
 Behaviour = Literal["healthy", "degrade", "dead", "garbage", "malformed"]
 BEHAVIOURS: tuple[Behaviour, ...] = ("healthy", "degrade", "dead", "garbage", "malformed")
@@ -34,7 +34,18 @@ class Sensor:
     mac: str = ""
     last_ts: float = 0.0  # timestamps strictly increase per sensor
     hostile_credit: float = 0.0  # accumulated share of extra garbage/malformed messages
-    _wave_cache: tuple[int, dict[str, np.ndarray]] | None = None
+    _body_cache: dict[str, tuple[int, bytes]] = field(default_factory=dict)  # kind -> (tick, body)
+    _sample_cache: tuple[int, Scenario, Sample] | None = None
+
+    def sample(self, t_s: float) -> Sample:
+        """The scenario's values at ``t_s``; they change once per tick (100 ms), and a
+        flood asks thousands of times per second."""
+        tick = int(t_s / TICK_S)
+        cached = self._sample_cache
+        if cached is None or cached[0] != tick or cached[1] is not self.scenario:
+            cached = (tick, self.scenario, self.scenario.sample(t_s))
+            self._sample_cache = cached
+        return cached[2]
 
     def __post_init__(self) -> None:
         self.mac = ncd.mac(self.index)
@@ -190,29 +201,37 @@ class Plan:
                 self._pending.append(self._garbage(sensor, topic, good, at))
             else:
                 self._pending.append(self._malformed(sensor, topic, good))
-        return Message(topic, ncd.encode(good), kind, sensor.index)  # type: ignore[arg-type]
+        return Message(topic, good, kind, sensor.index)  # type: ignore[arg-type]
 
-    def _good(self, sensor: Sensor, kind: str, t_s: float, at: float) -> dict[str, Any]:
-        sample = sensor.scenario.sample(t_s)
+    def _good(self, sensor: Sensor, kind: str, t_s: float, at: float) -> bytes:
+        # The values change once per scenario tick: encode the body once per tick and kind,
+        # and only the head (addr, timestamp) per message, however fast we publish.
+        tick = int(t_s / TICK_S)
+        cached = sensor._body_cache.get(kind)
+        if cached is None or cached[0] != tick:
+            cached = (tick, self._body(sensor, kind, t_s, tick))
+            sensor._body_cache[kind] = cached
+        return ncd.stamped(sensor.mac, at, cached[1])
+
+    def _body(self, sensor: Sensor, kind: str, t_s: float, tick: int) -> bytes:
+        sample = sensor.sample(t_s)
         if kind == "processed":
             rssi = -55 - (sensor.index * 7) % 30
-            return ncd.processed(sensor.mac, sample, at, nested=self.nested, rssi=rssi)
-        tick = int(t_s / 0.1)  # one synthesis per scenario tick, however fast we publish
-        if sensor._wave_cache is None or sensor._wave_cache[0] != tick:
-            wave = ncd.synth_waveform(
-                sample, fs_hz=self.odr_hz, n=self.samples, seed=self.seed + sensor.index, tick=tick
-            )
-            sensor._wave_cache = (tick, wave)
-        return ncd.waveform(sensor.mac, sensor._wave_cache[1], at, self.odr_hz,
-                            encoding=self.encoding)  # fmt: skip
+            msg = ncd.processed(sensor.mac, sample, 0.0, nested=self.nested, rssi=rssi)
+            del msg["addr"], msg["timestamp"]
+            return ncd.encode(msg)
+        wave = ncd.synth_waveform(
+            sample, fs_hz=self.odr_hz, n=self.samples, seed=self.seed + sensor.index, tick=tick
+        )
+        return ncd.waveform_body(wave, self.odr_hz, encoding=self.encoding)
 
-    def _garbage(self, sensor: Sensor, topic: str, good: dict[str, Any], at: float) -> Message:
-        bad = ncd.garbage(good, self._rng.choice(ncd.GARBAGE_KINDS), at)
+    def _garbage(self, sensor: Sensor, topic: str, good: bytes, at: float) -> Message:
+        bad = ncd.garbage(json.loads(good), self._rng.choice(ncd.GARBAGE_KINDS), at)
         return Message(topic, ncd.encode(bad), "garbage", sensor.index)
 
-    def _malformed(self, sensor: Sensor, topic: str, good: dict[str, Any]) -> Message:
+    def _malformed(self, sensor: Sensor, topic: str, good: bytes) -> Message:
         kind = self._rng.choice(ncd.MALFORMED_KINDS)
-        payload = ncd.malformed(ncd.encode(good), kind, self._rng, oversize=self.oversize_bytes)
+        payload = ncd.malformed(good, kind, self._rng, oversize=self.oversize_bytes)
         return Message(topic, payload, "malformed", sensor.index)
 
     def _femto_message(self, due: float) -> Message | None:
@@ -226,5 +245,6 @@ class Plan:
         addr = ncd.mac(self.femto_index)
         at = max(time.time(), self._femto_last + 0.001)
         self._femto_last = at
-        msg = ncd.waveform(addr, snap.channels, at, snap.fs_hz, encoding=self.encoding)
-        return Message(self.topic("waveform", addr), ncd.encode(msg), "femto", self.femto_index)
+        body = ncd.waveform_body(snap.channels, snap.fs_hz, encoding=self.encoding)
+        return Message(self.topic("waveform", addr), ncd.stamped(addr, at, body), "femto",
+                       self.femto_index)  # fmt: skip

@@ -118,15 +118,16 @@ def synth_waveform(
     return out
 
 
-def waveform(
-    addr: str, channels: Mapping[str, np.ndarray], at: float, fs_hz: float, *,
-    encoding: str = "json",
-) -> dict[str, Any]:  # fmt: skip
-    """A waveform snapshot message: samples in g per axis, or base64 int16 with a scale."""
-    msg: dict[str, Any] = {"addr": addr, "timestamp": iso(at), "odr_hz": fs_hz}
+def waveform_body(
+    channels: Mapping[str, np.ndarray], fs_hz: float, *, encoding: str = "json"
+) -> bytes:
+    """A waveform snapshot without its head (see `stamped`): samples in g per axis as JSON
+    arrays, or base64 of little-endian int16 counts with a scale. Encoding 7680 samples is
+    the costly part, so a publisher can reuse one body under several heads."""
+    msg: dict[str, Any] = {"odr_hz": fs_hz}
     if encoding == "json":
         msg["axes"] = {k: np.round(v, 5).tolist() for k, v in channels.items()}
-        return msg
+        return encode(msg)
     peak = max((float(np.max(np.abs(v))) for v in channels.values()), default=0.0)
     scale = max(peak, INT16_FULL_SCALE_G) / 32767.0  # a fixed range unless it would clip
     msg["encoding"] = "int16-b64"
@@ -135,7 +136,13 @@ def waveform(
         k: base64.b64encode(np.round(v / scale).astype("<i2").tobytes()).decode("ascii")
         for k, v in channels.items()
     }
-    return msg
+    return encode(msg)
+
+
+def stamped(addr: str, at: float, body: bytes) -> bytes:
+    """``body`` (a JSON object) with ``addr`` and ``timestamp`` first."""
+    head = encode({"addr": addr, "timestamp": iso(at)})
+    return head[:-1] + b"," + body[1:]
 
 
 def garbage(good: dict[str, Any], kind: str, at: float) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from drivers.payloads._common import (
     Decoded,
     Payload,
     parse_timestamp,
+    split_path,
     to_readings,
 )
 from drivers.payloads._features import FeaturesDecoder, Field
@@ -52,5 +53,6 @@ __all__ = [
     "parse_decoder",
     "parse_timestamp",
     "shipped",
+    "split_path",
     "to_readings",
 ]

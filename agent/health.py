@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from agent._connguard import ConnectionGuard
+from agent.health_mqtt import mqtt_metrics
 from agent.netaddr import ip_of, is_loopback
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class _SnapshotCollector:
             "edge_sensor_consecutive_failures", "Failure streak", "consecutive_failures"
         )
         yield from _modbus_metrics(snap)
+        yield from mqtt_metrics(snap)
         zone = GaugeMetricFamily(
             "edge_channel_velocity_rms_mm_s",
             "Last velocity RMS",

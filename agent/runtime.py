@@ -23,6 +23,7 @@ from agent.fds import loop_exception_handler
 from agent.feeds import OutboxFeeds
 from agent.health import HealthServer, Snapshot
 from agent.identity import agent_identity, store_created_at
+from agent.mqtt_inputs import build_mqtt
 from agent.pending import PendingWrites
 from agent.sdnotify import SystemdNotifier
 from agent.sensor_faults import SensorFaultTracker, SensorHealth
@@ -86,7 +87,12 @@ class Agent:
         self.outbox = outbox_for(config, on_fault=self.feeds.store_fault)
         self.monitor: Monitor | None = None
         self.faults: SensorFaultTracker | None = None
-        per_second = sum(len(s.channels) / s.poll_interval_s for s in config.sensors)
+        # An MQTT sensor's rate is its publisher's; one message per second per channel is
+        # the usual case (a burst beyond the queue is counted, not lost silently).
+        per_second = sum(
+            len(s.channels) / (s.poll_interval_s if s.modbus is not None else 1.0)
+            for s in config.sensors
+        )
         self.queue_size = max(READING_QUEUE_MIN, int(per_second * READING_QUEUE_S))
         self._queue: asyncio.Queue[Reading] = asyncio.Queue(maxsize=self.queue_size)
         self.pending = PendingWrites(self.outbox, self.counters, on_records=on_records)
@@ -101,6 +107,7 @@ class Agent:
         sources = build_sources(config, ProfileLibrary.load(config.profiles_dir), self._enqueue)
         self.buses = sources.buses
         self.pollers = list(sources.pollers)
+        self.mqtt = build_mqtt(config, self._enqueue)
         self.uplinks = build_uplinks(config, self.outbox)
         self.health: HealthServer | None = None
         self.control: ControlServer | None = None
@@ -190,6 +197,10 @@ class Agent:
                         )
                         for p in self.pollers
                     ]
+                    polls += [
+                        asyncio.create_task(link.run(), name=f"mqtt[{link.id}]")
+                        for link in self.mqtt.links
+                    ]
                     for t in polls:
                         t.add_done_callback(_poller_ended)
                     analysis = tg.create_task(self._analyse(), name="analysis")
@@ -203,10 +214,13 @@ class Agent:
                     notifier.notify("READY=1")
                     self.ready.set()
                     log.info(
-                        "agent %s running: %d sensors on %d buses, %d uplinks",
+                        "agent %s running: %d sensors on %d buses, %d MQTT sensors on %d "
+                        "brokers, %d uplinks",
                         self.config.gateway.id,
                         len(self.pollers),
                         len(self.buses),
+                        len(self.mqtt.sensors),
+                        len(self.mqtt.links),
                         len(self.uplinks),
                     )
                     await self._stop.wait()
@@ -251,6 +265,8 @@ class Agent:
         self._accepting = False
         for p in self.pollers:
             p.stop()
+        for link in self.mqtt.links:
+            link.stop()
         for t in polls:
             t.cancel()
         if not polls:
@@ -377,6 +393,20 @@ class Agent:
                 update = self.faults.update(health, now)
                 if update.drafts or update.state:
                     self._persist(update)
+            for m in self.mqtt.sensors:
+                health = SensorHealth(
+                    m.sensor_id,
+                    m.state,
+                    0,
+                    m.last_error,
+                    m.last_ok_at,
+                    m.bad_for_s,
+                    m.last_bad,
+                    m.silent_for_s,
+                )
+                update = self.faults.update(health, now)
+                if update.drafts or update.state:
+                    self._persist(update)
 
     def _persist(self, update: Update) -> None:
         """Hold an update for the writer (no I/O here): from now on it is written, or
@@ -414,6 +444,8 @@ class Agent:
                     "last_error": st.last_error,
                 }
             )
+        sensors += [m.status() for m in self.mqtt.sensors]
+        mqtt_links = [link.status() for link in self.mqtt.links]
         buses = [asdict(b.status()) for b in self.buses if b.kind != "tcp"]
         channels = [
             {
@@ -439,6 +471,7 @@ class Agent:
         uplinks = [{**asdict(u.status), "backlog": backlogs.get(u.name)} for u in self.uplinks]
         degraded = (
             any(s["state"] not in ("ok", "starting") for s in sensors)
+            or any(not link["connected"] for link in mqtt_links)
             or any(u.get("consecutive_failures", 0) > 0 for u in uplinks)
             or bool(len(self.pending))
             or "error" in store
@@ -451,6 +484,7 @@ class Agent:
             "uptime_s": round(now_mono - self._started, 3),
             "sensors": sensors,
             "buses": buses,
+            "mqtt": mqtt_links,
             "channels": channels,
             "uplinks": uplinks,
             "store": store,
@@ -472,7 +506,8 @@ class Agent:
 
 
 def _poller_ended(task: asyncio.Task[None]) -> None:
-    """A poller only ends when stopped; say so loudly if one ended any other way."""
+    """A poller (or broker link) only ends when stopped; say so loudly if one ended any
+    other way."""
     if not task.cancelled() and task.exception() is not None:
         log.error("%s ended unexpectedly: %r", task.get_name(), task.exception())
 

@@ -34,6 +34,7 @@ class SensorHealth:
     last_ok_at: datetime | None
     bad_for_s: float = 0.0  # seconds of implausible values only (0: the values are fine)
     last_bad: tuple[str, ...] = ()  # their flags, "feature:reason"
+    silent_for_s: float = 0.0  # an MQTT sensor: seconds since its last usable message
 
 
 def fault_key(asset_id: str, sensor_id: str) -> str:
@@ -63,7 +64,10 @@ class SensorFaultTracker:
         self._assets = {s.id: config.asset(s.asset) for s in config.sensors}
         self._bad_after = {s.id: s.bad_values_fault_s for s in config.sensors}
         self._threshold = float(breaker_failures)
-        self._transport = transport
+        self._transports = {
+            s.id: "mqtt" if s.mqtt is not None else transport for s in config.sensors
+        }
+        self._stale_after = {s.id: s.mqtt.stale_after_s for s in config.sensors if s.mqtt}
         saved = state or {}
         self._raised = {
             sid: json.loads(saved.get(fault_key(a.id, sid), "{}")).get("raised", False)
@@ -76,7 +80,8 @@ class SensorFaultTracker:
         asset = self._assets[health.sensor_id]
         raised = self._raised[health.sensor_id]
         garbage = health.bad_for_s > 0 and health.bad_for_s >= self._bad_after[health.sensor_id]
-        if not raised and (health.state == "backoff" or garbage):
+        down = health.state in ("backoff", "stale")
+        if not raised and (down or garbage):
             transition = "raised"
         elif raised and health.state == "ok" and health.bad_for_s == 0:
             transition = "cleared"
@@ -91,13 +96,19 @@ class SensorFaultTracker:
             "last_error": health.last_error,
             "last_ok_at": format_ts(health.last_ok_at) if health.last_ok_at else None,
         }
-        if garbage and health.state != "backoff":
+        if health.state == "stale":
+            evidence["silent_for_s"] = round(health.silent_for_s, 1)
+        if garbage and not down:
             evidence["implausible_values"] = list(health.last_bad)
             evidence["implausible_for_s"] = round(health.bad_for_s, 1)
-        if transition == "raised" and garbage and health.state != "backoff":
+        if transition == "raised" and garbage and not down:
             metric, value = "implausible_values_seconds", health.bad_for_s
             threshold = self._bad_after[health.sensor_id]
             reason = "the sensor answers implausible values: the machine is not watched"
+        elif health.sensor_id in self._stale_after:
+            metric, value = "seconds_without_message", health.silent_for_s
+            threshold = self._stale_after[health.sensor_id]
+            reason = "no messages from this sensor: the machine is not watched"
         else:
             metric, value = "consecutive_poll_failures", float(health.consecutive_failures)
             threshold = self._threshold
@@ -105,7 +116,9 @@ class SensorFaultTracker:
         out.drafts.append(
             AlertDraft(
                 asset=AssetRef(asset.id, asset.name, asset.tier),
-                sensor=SensorRef(health.sensor_id, ALL_CHANNELS, self._transport),
+                sensor=SensorRef(
+                    health.sensor_id, ALL_CHANNELS, self._transports[health.sensor_id]
+                ),
                 kind="sensor_fault",
                 state=transition,  # type: ignore[arg-type]
                 detected_at=now,

@@ -53,7 +53,7 @@ def planned_utilisation(config: Config, bus: BusConfig, library: ProfileLibrary)
     devices = [
         (plan_profile(library.get(s.modbus.profile), s.channels), s.poll_interval_s)
         for s in config.sensors
-        if s.modbus.bus == bus.id
+        if s.modbus is not None and s.modbus.bus == bus.id
     ]
     return line_utilisation(devices, baudrate=baud, parity=parity, stop_bits=stop)
 
@@ -83,7 +83,7 @@ def _shared_bus(config: Config, bus: BusConfig, library: ProfileLibrary) -> Bus:
 
 def _own_bus(sensor: Sensor) -> Bus:
     m = sensor.modbus
-    assert m.host is not None
+    assert m is not None and m.host is not None
     link = TcpLink(m.host, m.port, connect_timeout_s=max(m.timeout_s, CONNECT_TIMEOUT_MIN_S))
     return Bus(sensor.id, "tcp", [link])
 
@@ -107,6 +107,8 @@ def build_sources(
     pollers = []
     for s in config.sensors:
         m = s.modbus
+        if m is None:
+            continue  # an MQTT sensor (agent.mqtt_inputs)
         if m.bus is not None:
             bus = shared[m.bus]
         else:

@@ -28,8 +28,9 @@ class DropinError(Exception):
 
 def _hosts(config: Config) -> list[tuple[str, str]]:
     """(host, what needs it) for every remote endpoint in the configuration."""
-    out = [(s.modbus.host, f"sensor {s.id}") for s in config.sensors if s.modbus.host]
+    out = [(s.modbus.host, f"sensor {s.id}") for s in config.sensors if s.modbus and s.modbus.host]
     out += [(b.tcp.host, f"bus {b.id}") for b in config.buses if b.tcp is not None]
+    out += [(b.host, f"mqtt broker {b.id}") for b in config.mqtt]
     for i, u in enumerate(config.uplinks):
         block = u.settings
         host = block.host if isinstance(block, MqttUplink) else urlsplit(block.url).hostname

@@ -44,6 +44,24 @@ class ProfileError(DataFileError):
     """A register profile is missing or invalid (see DataFileError)."""
 
 
+class DecoderError(DataFileError):
+    """A payload decoder file is missing or invalid (see DataFileError)."""
+
+
+class PayloadError(DriverError):
+    """A message payload that cannot be used; it is dropped and counted.
+
+    Attributes:
+        reason: a short fixed label for metrics (``malformed_json``, ``missing_field``,
+            ``wrong_type``, ``future_timestamp``...).
+        detail: what exactly was wrong, for one log line (never the whole payload).
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason, self.detail = reason, detail
+        super().__init__(f"{reason}: {detail}")
+
+
 def format_key_path(path: tuple[str | int, ...]) -> str:
     """``registers[3].type`` from ``("registers", 3, "type")``."""
     out = ""

@@ -126,7 +126,17 @@ def summary(config: Config) -> str:
         )
     lines.append(f"{len(config.sensors)} sensor{'s' if len(config.sensors) != 1 else ''}:")
     for s in config.sensors:
+        if s.mqtt is not None:
+            q = s.mqtt
+            key = f", key {q.key or s.id} from {q.key_from}" if q.key_from else ""
+            lines.append(
+                f"  {s.id} on {s.asset}: mqtt {q.broker} topic {q.topic} (QoS {q.qos}{key}), "
+                f"decoder {q.decoder}, channels {','.join(s.channels)}, stale after "
+                f"{_num(q.stale_after_s)} s"
+            )
+            continue
         m = s.modbus
+        assert m is not None
         where = f"bus {m.bus}" if m.bus is not None else f"modbus tcp {m.host}:{m.port}"
         lines.append(
             f"  {s.id} on {s.asset}: {where} device_id {m.device_id}, "
@@ -134,6 +144,7 @@ def summary(config: Config) -> str:
             f"every {_num(s.poll_interval_s)} s (timeout {_num(m.timeout_s)} s)"
         )
     lines += _bus_lines(config)
+    lines += _broker_lines(config)
     if not config.uplinks:
         lines.append("no uplinks: alerts stay in the local store")
     else:
@@ -153,6 +164,28 @@ def summary(config: Config) -> str:
     return "\n".join(lines)
 
 
+def _broker_lines(config: Config) -> list[str]:
+    """Each MQTT broker with its security, session and sensors."""
+    if not config.mqtt:
+        return []
+    lines = [f"{len(config.mqtt)} MQTT broker{'s' if len(config.mqtt) != 1 else ''}:"]
+    for b in config.mqtt:
+        n = sum(1 for s in config.sensors if s.mqtt is not None and s.mqtt.broker == b.id)
+        tls = "TLS" if b.tls is not None else "no TLS"
+        if b.tls is not None and b.tls.cert_file is not None:
+            tls += " with client certificate"
+        user = f", user {b.username}" if b.username else ""
+        lines.append(
+            f"  {b.id}: mqtt{'s' if b.tls else ''}://{b.host}:{b.effective_port} (MQTT "
+            f"{b.protocol}, {tls}{user}, {b.session} session, client id "
+            f"{b.effective_client_id(config.gateway.id)}), {n} sensor{'s' if n != 1 else ''}"
+        )
+        warning = readable_by_others(b.password_file)
+        if warning:
+            lines.append(f"    {warning}")
+    return lines
+
+
 def _bus_lines(config: Config) -> list[str]:
     """Each bus with its devices and the poll plan's line utilisation."""
     if not config.buses:
@@ -164,7 +197,7 @@ def _bus_lines(config: Config) -> list[str]:
     library = ProfileLibrary.load(config.profiles_dir)
     lines = [f"{len(config.buses)} bus{'es' if len(config.buses) != 1 else ''}:"]
     for b in config.buses:
-        n = sum(1 for s in config.sensors if s.modbus.bus == b.id)
+        n = sum(1 for s in config.sensors if s.modbus is not None and s.modbus.bus == b.id)
         if b.rtu is not None:
             r = b.rtu
             what = f"rtu {r.port} {r.baudrate} baud {r.bytesize}{r.parity}{r.stop_bits}"

@@ -12,6 +12,7 @@ from agent.config._crossref import cross_check, read_tokens, secret_path
 from agent.config._errors import ConfigError, ConfigIssue
 from agent.config._messages import translate_all
 from agent.config._models import Config
+from agent.config._mqtt_check import mqtt_checks, read_broker_files
 from agent.config._yaml import parse
 
 _MAX_FILE_BYTES = 1 * 2**20  # a configuration is a few KiB; anything this big is a mistake
@@ -76,8 +77,40 @@ class _Profiles:
         ]
 
 
-def _profiles_dir(data: dict[str, object], base: Path) -> Path | None:
-    folder = data.get("profiles_dir")
+class _Decoders:
+    """The payload decoders a file uses, loaded once per check (shipped + decoders_dir)."""
+
+    def __init__(self, folder: Path | None) -> None:
+        from drivers.payloads import DecoderLibrary
+
+        self.library = DecoderLibrary.load(folder)
+
+    def names(self) -> list[str]:
+        return self.library.names()
+
+    def channels(self, name: str) -> tuple[str, ...] | None:
+        return self.library.get(name).channels if name in self.library else None
+
+    def json_payload(self, name: str) -> bool:
+        return bool(self.library.get(name).json_payload)
+
+    def broken(self, name: str) -> str | None:
+        for e in self.library.errors:
+            if Path(e.source).stem == name:
+                return e.source
+        return None
+
+    def issues(self) -> list[ConfigIssue]:
+        from drivers.errors import format_key_path
+
+        return [
+            ConfigIssue(e.source, e.line or 0, e.column or 0, format_key_path(e.path), e.message)
+            for e in self.library.errors
+        ]
+
+
+def _profiles_dir(data: dict[str, object], base: Path, key: str = "profiles_dir") -> Path | None:
+    folder = data.get(key)
     if not isinstance(folder, str) or not folder:
         return None
     return base / Path(folder).expanduser()
@@ -119,12 +152,22 @@ def collect(
     issues += profiles.issues()
     tokens, token_issues = read_tokens(data, smap, path.parent)
     issues += token_issues
+    decoders_dir = _profiles_dir(data, path.parent, "decoders_dir")
+    if data.get("mqtt") or decoders_dir is not None:
+        decoders = _Decoders(decoders_dir)
+        issues += [i for i in mqtt_checks(data, smap, decoders) if i.path not in taken]
+        issues += decoders.issues()
+    passwords, broker_issues = read_broker_files(data, smap, path.parent)
+    issues += broker_issues
     if config is None and not issues:  # every error was a repeat of a dropped one: say so
         issues.append(ConfigIssue(str(path), 0, 0, "", "the configuration is not valid"))
     if issues or config is None:
         return None, sorted(set(issues))
     if folder is not None:  # absolute from here on: the runtime does not know the file
         config = config.model_copy(update={"profiles_dir": folder.resolve()})
+    if decoders_dir is not None:
+        config = config.model_copy(update={"decoders_dir": decoders_dir.resolve()})
+    config = _resolved_brokers(config, passwords, path.parent)
     return _resolved(config, tokens, path.parent), []
 
 
@@ -165,6 +208,22 @@ def _resolved(config: Config, secrets: dict[int, str], base: Path) -> Config:
 
 
 TLS_FILES = ("ca_file", "cert_file", "key_file")
+
+
+def _resolved_brokers(config: Config, secrets: dict[int, str], base: Path) -> Config:
+    """Brokers with absolute file paths and each password file's content in ``password``
+    (as _resolved does for the uplinks)."""
+    brokers = []
+    for i, b in enumerate(config.mqtt):
+        upd: dict[str, object] = {"password_file": _absolute(b.password_file, base)}
+        if i in secrets:
+            upd["password"] = secrets[i]
+        if b.tls is not None:
+            upd["tls"] = b.tls.model_copy(
+                update={k: _absolute(getattr(b.tls, k), base) for k in TLS_FILES}
+            )
+        brokers.append(b.model_copy(update=upd))
+    return config.model_copy(update={"mqtt": tuple(brokers)})
 
 
 def load_config(path: Path, *, environ: Mapping[str, str] | None = None) -> Config:

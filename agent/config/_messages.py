@@ -19,7 +19,7 @@ from agent.config._urls import public_url
 _ADD = {
     "gateway": "gateway: {id: gw-01}",
     "assets": "assets: a list of machines, each with id and machine",
-    "sensors": "sensors: a list of sensors, each with id, asset and modbus",
+    "sensors": "sensors: a list of sensors, each with id, asset and modbus or mqtt",
     "store": "store: {path: /var/lib/edge-agent/outbox.db}",
     "machine": "machine: {standard: iso10816-3, group: 2, foundation: rigid, rpm: 1480}",
     "modbus": "modbus: {host: 10.0.0.21, port: 502, device_id: 1} (or {bus: ID, device_id: 1})",
@@ -27,12 +27,15 @@ _ADD = {
     "http": "http: {url: https://portfolio.example/v1/alerts}",
     "rpm": "rpm: the shaft speed in revolutions per minute, e.g. 1480",
     "asset": "asset: the id of an entry under assets",
+    "broker": "broker: the id of an entry under the top-level mqtt: list",
+    "topic": "topic: the topic filter, e.g. ncd/vibration/00:13:a2:00:41:9b:0c:11 or ncd/+/#",
+    "decoder": "decoder: a payload decoder, e.g. ncd-processed (see docs/decoders.md)",
     "path": "path: /var/lib/edge-agent/outbox.db (the alert store, an SQLite file)",
 }
 # Keys of features this version does not have yet: say so instead of "unknown key".
 _PLANNED = {
-    ("Sensor", "mqtt"): "MQTT sensors are not supported yet in this version; use modbus",
-    ("Config", "mqtt_inputs"): "MQTT inputs are not supported yet in this version; remove it",
+    ("Config", "mqtt_inputs"): "brokers are a top-level list: mqtt: [{id: plant-broker, "
+    "host: 10.0.0.5}], and each MQTT sensor names one with mqtt: {broker: ID, topic: ...}",
     ("Sensor", "rtu"): "a serial line is a bus: declare it under buses with "
     "rtu: {port: /dev/ttyUSB0, baudrate: 19200} and give the sensor modbus: {bus: ID}",
     ("ModbusTcp", "serial"): "a serial line is a bus: declare it under buses with "

@@ -20,6 +20,7 @@ from pydantic import (
 
 from agent.config._base import _ID_PATTERN, Id, _Model
 from agent.config._delivery import MAX_UPLINKS, Summaries, Uplink, uplink_names
+from agent.config._mqtt import Broker, MqttSource
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {
@@ -278,7 +279,8 @@ class Bus(_Model):
 class Sensor(_Model):
     id: Id
     asset: Id
-    modbus: ModbusTcp
+    modbus: ModbusTcp | None = None
+    mqtt: MqttSource | None = None
     poll_interval_s: float = Field(default=1.0, ge=0.05, le=3600)
     channels: tuple[str, ...] = ("z", "x")
     # Seconds of implausible values (sentinels, out of range, NaN, all zero) in a row
@@ -287,7 +289,11 @@ class Sensor(_Model):
 
     @model_validator(mode="after")
     def _timeout_fits(self) -> Sensor:
-        if self.modbus.timeout_s >= self.poll_interval_s:
+        if (self.modbus is None) == (self.mqtt is None):
+            raise ValueError(
+                "give modbus (a polled device) or mqtt (a subscription), not both and not neither"
+            )
+        if self.modbus is not None and self.modbus.timeout_s >= self.poll_interval_s:
             raise ValueError(
                 f"modbus.timeout_s ({self.modbus.timeout_s}) must be shorter than "
                 f"poll_interval_s ({self.poll_interval_s}); lower modbus.timeout_s or raise "
@@ -361,6 +367,15 @@ class Config(_Model):
     buses: tuple[Bus, ...] = ()
     # Folder of extra register profiles (*.yaml, one per sensor model); relative to this file.
     profiles_dir: Path | None = None
+    # Brokers MQTT sensors subscribe through; folder of extra payload decoders (*.yaml).
+    mqtt: tuple[Broker, ...] = ()
+    decoders_dir: Path | None = None
+
+    def broker(self, broker_id: str) -> Broker:
+        for b in self.mqtt:
+            if b.id == broker_id:
+                return b
+        raise KeyError(broker_id)
 
     def bus(self, bus_id: str) -> Bus:
         for b in self.buses:

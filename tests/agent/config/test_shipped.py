@@ -32,13 +32,13 @@ def test_example_passes_check_without_environment() -> None:
 
 def test_example_documents_every_option() -> None:
     """Every key of every model is named in example.yaml (as a key or in a comment)."""
-    from agent.config import _cmms, _delivery, _models
+    from agent.config import _cmms, _delivery, _models, _mqtt
     from agent.config._schema import is_model, keys_of
 
     text = (ROOT / "config" / "example.yaml").read_text()
     models = [
         m
-        for mod in (_models, _delivery, _cmms)
+        for mod in (_models, _delivery, _cmms, _mqtt)
         for m in vars(mod).values()
         if is_model(m) and m.__module__ == mod.__name__
     ]

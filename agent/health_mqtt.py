@@ -1,0 +1,72 @@
+"""Prometheus families of the MQTT inputs: per-sensor messages and drops, per-broker link
+state and unrouted messages (from the snapshot the runtime already holds)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+
+def mqtt_metrics(snap: dict[str, Any]) -> Iterator[Metric]:
+    """The MQTT families (empty ones when no MQTT sensor is configured)."""
+    messages = CounterMetricFamily(
+        "edge_mqtt_messages", "MQTT messages routed to the sensor", labels=["sensor"]
+    )
+    dropped = CounterMetricFamily(
+        "edge_mqtt_dropped",
+        "MQTT messages dropped, by reason (too_large, malformed, wrong_type, missing_field, "
+        "bad_timestamp, future_timestamp, old_timestamp, bad_waveform...)",
+        labels=["sensor", "reason"],
+    )
+    silent = GaugeMetricFamily(
+        "edge_mqtt_last_message_age_seconds",
+        "Seconds since the sensor's last usable MQTT message",
+        labels=["sensor"],
+    )
+    for s in snap.get("sensors", []):
+        if s.get("transport") != "mqtt":
+            continue
+        messages.add_metric([s["id"]], float(s.get("messages_total", 0)))
+        for reason, n in (s.get("dropped") or {}).items():
+            dropped.add_metric([s["id"], reason], float(n))
+        if s.get("last_message_age_s") is not None:
+            silent.add_metric([s["id"]], float(s["last_message_age_s"]))
+    yield messages
+    yield dropped
+    yield silent
+    connected = GaugeMetricFamily(
+        "edge_mqtt_broker_connected", "1 while the broker link is up", labels=["broker"]
+    )
+    connects = CounterMetricFamily(
+        "edge_mqtt_broker_connects", "Successful connections to the broker", labels=["broker"]
+    )
+    received = CounterMetricFamily(
+        "edge_mqtt_broker_messages", "Messages received from the broker", labels=["broker"]
+    )
+    queue = GaugeMetricFamily(
+        "edge_mqtt_queue_depth", "Messages waiting to be decoded", labels=["broker"]
+    )
+    queue_drops = CounterMetricFamily(
+        "edge_mqtt_queue_dropped",
+        "Messages dropped because the decode queue was full",
+        labels=["broker"],
+    )
+    unrouted = CounterMetricFamily(
+        "edge_mqtt_unrouted",
+        "Messages no configured sensor took (unknown_sensor, no_key, malformed...), by topic "
+        "filter",
+        labels=["broker", "topic", "reason"],
+    )
+    for b in snap.get("mqtt", []):
+        name = [b["id"]]
+        connected.add_metric(name, 1.0 if b.get("connected") else 0.0)
+        connects.add_metric(name, float(b.get("connects_total", 0)))
+        received.add_metric(name, float(b.get("messages_total", 0)))
+        queue.add_metric(name, float(b.get("queue_depth", 0)))
+        queue_drops.add_metric(name, float(b.get("queue_dropped_total", 0)))
+        for topic, reasons in (b.get("unrouted") or {}).items():
+            for reason, n in reasons.items():
+                unrouted.add_metric([b["id"], topic, reason], float(n))
+    yield from (connected, connects, received, queue, queue_drops, unrouted)

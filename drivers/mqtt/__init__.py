@@ -1,0 +1,25 @@
+"""MQTT sensors: broker links (aiomqtt), routing by topic and key, per-sensor decoding."""
+
+from drivers.mqtt._link import BrokerLink, BrokerSettings
+from drivers.mqtt._router import (
+    NO_KEY,
+    UNKNOWN_SENSOR,
+    Route,
+    Router,
+    parse_key_from,
+    topic_matches,
+)
+from drivers.mqtt._sensor import MqttSensor, SensorState
+
+__all__ = [
+    "NO_KEY",
+    "UNKNOWN_SENSOR",
+    "BrokerLink",
+    "BrokerSettings",
+    "MqttSensor",
+    "Route",
+    "Router",
+    "SensorState",
+    "parse_key_from",
+    "topic_matches",
+]

@@ -1,0 +1,297 @@
+"""One broker connection: subscribe, receive, route; reconnect forever.
+
+aiomqtt 2.x as documented: the Client is created once and ``async with`` is re-entered
+after every MqttError, with a capped, fully jittered wait (a broker restart costs seconds,
+not minutes), and every subscription is made again. A persistent session (fixed client
+id, MQTT 5 clean start off + session expiry, or 3.1.1 clean session off) lets the broker
+queue QoS 1 messages while the agent is away.
+
+Bounded: aiomqtt's incoming queue has ``queue_size`` places; a message that finds it full,
+or is larger than ``max_payload_bytes``, is dropped in paho's callback (counted, never
+blocking paho's loop). Decoding runs in this link's task, yielding the loop every
+DRAIN_BATCH messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from drivers.mqtt._router import Router
+from drivers.payloads import TOO_LARGE
+from drivers.reading import utc_now
+
+log = logging.getLogger("edge_agent.drivers.mqtt")
+
+DRAIN_BATCH = 200  # messages decoded between two yields of the event loop
+BACKOFF_BASE_S = 0.1
+BACKOFF_FLOOR_S = 0.05
+DISCONNECT_S = 2.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BrokerSettings:
+    """How to reach one broker (the drivers' view of a ``mqtt:`` entry; paths absolute)."""
+
+    id: str
+    host: str
+    port: int
+    client_id: str
+    tls: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    username: str | None = None
+    password: str | None = None
+    password_file: Path | None = None
+    persistent: bool = False
+    session_expiry_s: int = 86_400
+    keepalive_s: int = 30
+    protocol: str = "5"
+    max_payload_bytes: int = 256 * 2**10
+    queue_size: int = 10_000
+    reconnect_max_s: float = 2.0
+    connect_timeout_s: float = 10.0
+
+    @property
+    def address(self) -> str:
+        return f"mqtt{'s' if self.tls else ''}://{self.host}:{self.port}"
+
+
+class _Client(aiomqtt.Client):
+    """aiomqtt's client with the size cap and queue-full drops counted in paho's callback
+    (aiomqtt only logs a full queue)."""
+
+    def __init__(self, *args: Any, on_drop: Callable[[str, str, int], None], cap: int, **kw: Any):
+        super().__init__(*args, **kw)
+        self._on_drop = on_drop
+        self._cap = cap
+
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        size = len(message.payload)
+        if size > self._cap:
+            self._on_drop(message.topic, TOO_LARGE, size)
+        elif self._queue.full():
+            self._on_drop(message.topic, "queue_full", size)
+        else:
+            super()._on_message(client, userdata, message)
+
+    def forget_disconnect(self) -> None:
+        """The disconnect's error was handled: no 'exception never retrieved' at exit."""
+        if self._disconnected.done() and not self._disconnected.cancelled():
+            self._disconnected.exception()
+
+
+class BrokerLink:
+    """Subscribes to one broker and routes its messages (see the module docstring).
+
+    Args:
+        settings: the broker.
+        router: the subscriptions and the sensors behind them.
+        rng: random source for the reconnect jitter.
+    """
+
+    def __init__(
+        self, settings: BrokerSettings, router: Router, *, rng: random.Random | None = None
+    ) -> None:
+        self.settings = settings
+        self.router = router
+        self._rng = rng or random.Random()
+        self._client: _Client | None = None
+        self._stopped = False
+        self.connected = False
+        self.connects_total = 0
+        self.disconnects_total = 0
+        self.messages_total = 0
+        self.queue_dropped = 0
+        self.last_error: str | None = None
+        self._down_since: float | None = time.monotonic()
+
+    @property
+    def id(self) -> str:
+        return self.settings.id
+
+    def status(self) -> dict[str, Any]:
+        """A snapshot for /healthz and /metrics."""
+        client = self._client
+        return {
+            "id": self.settings.id,
+            "address": self.settings.address,
+            "client_id": self.settings.client_id,
+            "connected": self.connected,
+            "connects_total": self.connects_total,
+            "disconnects_total": self.disconnects_total,
+            "messages_total": self.messages_total,
+            "queue_depth": client._queue.qsize() if client is not None else 0,
+            "queue_size": self.settings.queue_size,
+            "queue_dropped_total": self.queue_dropped,
+            "down_for_s": None
+            if self._down_since is None
+            else round(time.monotonic() - self._down_since, 3),
+            "last_error": self.last_error,
+            "subscriptions": {t: r.qos for t, r in self.router.routes.items()},
+            "unrouted": self.router.status(),
+        }
+
+    def stop(self) -> None:
+        """Ask the run loop to end; no message is decoded after this."""
+        self._stopped = True
+
+    def _drop(self, topic: str, reason: str, size: int) -> None:
+        self.messages_total += 1
+        if reason == "queue_full":
+            self.queue_dropped += 1
+            if self.queue_dropped == 1 or self.queue_dropped % 10_000 == 0:
+                log.warning(
+                    "mqtt broker %s: decode queue full (%d): %d messages dropped so far",
+                    self.settings.id,
+                    self.settings.queue_size,
+                    self.queue_dropped,
+                )
+            return
+        self.router.reject(topic, reason, f"{size} bytes > {self.settings.max_payload_bytes}")
+
+    def _secrets(self) -> tuple[ssl.SSLContext | None, str | None]:
+        """TLS context and password (blocking: reads files; run in a thread)."""
+        s = self.settings
+        context = None
+        if s.tls:
+            context = ssl.create_default_context(cafile=str(s.ca_file) if s.ca_file else None)
+            if s.cert_file and s.key_file:
+                context.load_cert_chain(str(s.cert_file), str(s.key_file))
+        password = s.password
+        if s.password_file is not None:
+            password = s.password_file.read_text(encoding="utf-8").strip() or None
+        return context, password
+
+    def _build(self, context: ssl.SSLContext | None, password: str | None) -> _Client:
+        s = self.settings
+        v5 = s.protocol == "5"
+        kw: dict[str, Any] = {}
+        if v5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = s.session_expiry_s if s.persistent else 0
+            # The broker need not even send what we would drop as too large (x4: we still
+            # see, and count, moderately oversized messages).
+            props.MaximumPacketSize = min(s.max_payload_bytes * 4 + 65_536, 2**28)
+            kw.update(clean_start=not s.persistent, properties=props)
+        else:
+            kw.update(clean_session=not s.persistent)
+        return _Client(
+            s.host,
+            s.port,
+            identifier=s.client_id,
+            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
+            username=s.username,
+            password=password,
+            tls_context=context,
+            keepalive=s.keepalive_s,
+            timeout=s.connect_timeout_s,
+            max_queued_incoming_messages=s.queue_size,
+            on_drop=self._drop,
+            cap=s.max_payload_bytes,
+            **kw,
+        )
+
+    async def run(self) -> None:
+        """Connect, subscribe and route until stopped; reconnect after every failure."""
+        attempt = 0
+        while not self._stopped:
+            try:
+                await self._session()
+                attempt = 0  # the session ended after it had worked
+            except (aiomqtt.MqttError, OSError, ValueError, TimeoutError) as exc:
+                # OSError covers ssl.SSLError and unreadable TLS or password files.
+                self._failed(exc, attempt)
+            finally:
+                self._mark_down()
+            if self._stopped:
+                break
+            attempt += 1
+            cap = min(self.settings.reconnect_max_s, BACKOFF_BASE_S * 2.0 ** min(attempt, 20))
+            await asyncio.sleep(max(BACKOFF_FLOOR_S, self._rng.uniform(0.0, cap)))
+
+    async def _session(self) -> None:
+        if self._client is None:
+            self._client = self._build(*await asyncio.to_thread(self._secrets))
+        client = self._client
+        try:
+            async with asyncio.timeout(self.settings.connect_timeout_s + 1.0):
+                await client.__aenter__()
+        except TimeoutError:
+            self._client = None  # a connect stuck in paho's thread: start afresh
+            raise
+        try:
+            self.connected = True
+            self.connects_total += 1
+            down = time.monotonic() - (self._down_since or time.monotonic())
+            self._down_since = None
+            log.info(
+                "mqtt broker %s connected at %s (after %.1f s down)",
+                self.settings.id,
+                self.settings.address,
+                down,
+            )
+            for topic, route in self.router.routes.items():
+                await client.subscribe(topic, qos=route.qos)
+            await self._consume(client)
+        finally:
+            with contextlib.suppress(aiomqtt.MqttError, OSError, TimeoutError):
+                async with asyncio.timeout(DISCONNECT_S):
+                    await client.__aexit__(None, None, None)
+            client.forget_disconnect()
+
+    async def _consume(self, client: _Client) -> None:
+        queue = client._queue
+        async for message in client.messages:
+            self._handle(message)
+            n = 1
+            while not queue.empty() and not self._stopped:
+                self._handle(queue.get_nowait())
+                n += 1
+                if n % DRAIN_BATCH == 0:
+                    await asyncio.sleep(0)
+            if self._stopped:
+                return
+
+    def _handle(self, message: aiomqtt.Message) -> None:
+        if self._stopped:
+            return
+        self.messages_total += 1
+        payload = message.payload
+        if isinstance(payload, str):
+            payload = payload.encode()
+        elif not isinstance(payload, bytes | bytearray):
+            payload = b"" if payload is None else str(payload).encode()
+        self.router.dispatch(message.topic.value, bytes(payload), utc_now())
+
+    def _failed(self, exc: BaseException, attempt: int) -> None:
+        text = f"{type(exc).__name__}: {exc}"
+        if attempt == 0 or text != self.last_error:
+            log.warning(
+                "mqtt broker %s at %s: %s; reconnecting",
+                self.settings.id,
+                self.settings.address,
+                text,
+            )
+        self.last_error = text
+        if not isinstance(exc, aiomqtt.MqttError):
+            self._client = None  # rebuilt: a fixed TLS or password file is read again
+
+    def _mark_down(self) -> None:
+        if self.connected:
+            self.disconnects_total += 1
+            self._down_since = time.monotonic()
+        self.connected = False

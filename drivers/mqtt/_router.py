@@ -1,0 +1,166 @@
+"""Which sensor a message is for: topic filters, then a key from the topic or the payload.
+
+One subscription per distinct topic filter of a broker; several sensors may share one
+(``ncd/vibration/+``) when each has a key read from a topic level or a payload field
+(NCD's ``addr``). Keys compare case-insensitively (MAC addresses are written both ways).
+Messages nobody claims are counted per topic filter and reason, never fatal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from drivers.errors import PayloadError
+from drivers.mqtt._sensor import MqttSensor
+from drivers.payloads import Payload, split_path
+
+log = logging.getLogger("edge_agent.drivers.mqtt")
+
+UNKNOWN_SENSOR = "unknown_sensor"
+NO_KEY = "no_key"  # the key field is missing or not a scalar
+MAX_LOGGED_KEYS = 100  # unknown keys logged once each, up to this many per filter
+
+KeyFrom = tuple[str, int | tuple[str, ...]]  # ("topic", level) or ("payload", path)
+
+
+def topic_matches(pattern: str, topic: str) -> bool:
+    """MQTT filter matching (+ one level, # the rest; $-topics never match wildcards)."""
+    if pattern == topic:
+        return True
+    if topic.startswith("$") and pattern[:1] in ("+", "#"):
+        return False
+    p_levels, t_levels = pattern.split("/"), topic.split("/")
+    for i, p in enumerate(p_levels):
+        if p == "#":
+            return True
+        if i >= len(t_levels) or (p != "+" and p != t_levels[i]):
+            return False
+    return len(p_levels) == len(t_levels)
+
+
+def parse_key_from(text: str | None) -> KeyFrom | None:
+    """``topic:2`` -> ("topic", 2); ``payload:a.b`` -> ("payload", ("a", "b"))."""
+    if text is None:
+        return None
+    kind, _, where = text.partition(":")
+    return (kind, int(where)) if kind == "topic" else (kind, split_path(where))
+
+
+@dataclass(slots=True)
+class Route:
+    """One subscription: a topic filter and the sensors it feeds.
+
+    Attributes:
+        topic: the topic filter subscribed to.
+        qos: the highest QoS its sensors asked for.
+        anyone: sensors that take every message on the filter (no key).
+        keyed: key location -> key (case-folded) -> sensors.
+        unrouted: messages no sensor took, by reason.
+    """
+
+    topic: str
+    qos: int = 0
+    anyone: list[MqttSensor] = field(default_factory=list)
+    keyed: dict[KeyFrom, dict[str, list[MqttSensor]]] = field(default_factory=dict)
+    unrouted: Counter[str] = field(default_factory=Counter)
+    _logged: set[str] = field(default_factory=set)
+
+    def add(self, sensor: MqttSensor, key_from: KeyFrom | None, key: str | None, qos: int) -> None:
+        self.qos = max(self.qos, qos)
+        if key_from is None:
+            self.anyone.append(sensor)
+        else:
+            by_key = self.keyed.setdefault(key_from, {})
+            by_key.setdefault((key or sensor.sensor_id).casefold(), []).append(sensor)
+
+    def sensors_for(self, topic: str, payload: Payload) -> list[MqttSensor]:
+        """The sensors a message on ``topic`` is for (counts it when there are none)."""
+        out = list(self.anyone)
+        problem: PayloadError | None = None
+        for key_from, by_key in self.keyed.items():
+            try:
+                key = _key(key_from, topic, payload)
+            except PayloadError as exc:
+                problem = exc
+                continue
+            out += by_key.get(key, ())
+            if key not in by_key and not self.anyone:
+                problem = PayloadError(UNKNOWN_SENSOR, f"key {key[:80]!r}")
+        if not out and problem is not None:
+            self.count(problem.reason, problem.detail)
+        return out
+
+    def count(self, reason: str, detail: str) -> None:
+        self.unrouted[reason] += 1
+        tag = f"{reason}:{detail}" if reason == UNKNOWN_SENSOR else reason
+        if tag not in self._logged and len(self._logged) < MAX_LOGGED_KEYS:
+            self._logged.add(tag)
+            log.warning(
+                "mqtt topic %s: message for no configured sensor (%s: %s); counted in "
+                "edge_mqtt_unrouted, logged once",
+                self.topic,
+                reason,
+                detail,
+            )
+
+
+def _key(key_from: KeyFrom, topic: str, payload: Payload) -> str:
+    kind, where = key_from
+    if kind == "topic":
+        assert isinstance(where, int)
+        levels = topic.split("/")
+        if where >= len(levels):
+            raise PayloadError(NO_KEY, f"topic {topic[:80]!r} has no level {where}")
+        return levels[where].casefold()
+    assert isinstance(where, tuple)
+    value = payload.field(where)  # raises PayloadError(malformed) for non-JSON
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise PayloadError(NO_KEY, f"payload field {'.'.join(where)} missing or not a scalar")
+    return str(value).casefold()
+
+
+class Router:
+    """Every route of one broker: delivers a message to its sensors, counts the rest."""
+
+    def __init__(self, routes: Iterable[Route]) -> None:
+        self.routes = {r.topic: r for r in routes}
+
+    def matching(self, topic: str) -> list[Route]:
+        return [r for r in self.routes.values() if topic_matches(r.topic, topic)]
+
+    def dispatch(self, topic: str, raw: bytes, received_at: datetime) -> None:
+        """Decode a message for each sensor it is for; never raises."""
+        payload = Payload(raw)
+        sensors: dict[int, MqttSensor] = {}
+        routes = self.matching(topic)
+        for route in routes:
+            for s in route.sensors_for(topic, payload):
+                sensors[id(s)] = s
+        if not routes:
+            log.debug("mqtt message on %s matches no subscription", topic[:120])
+        for s in sensors.values():
+            s.handle(payload, received_at)
+
+    def reject(self, topic: str, reason: str, detail: str) -> None:
+        """Count a message refused before decoding (too large): on the sensors the topic
+        alone names, else on the routes."""
+        for route in self.matching(topic):
+            named = list(route.anyone)
+            for key_from, by_key in route.keyed.items():
+                if key_from[0] == "topic":
+                    with contextlib.suppress(PayloadError):
+                        named += by_key.get(_key(key_from, topic, Payload(b"")), ())
+            if named:
+                for s in named:
+                    s.drop(reason, detail)
+            else:
+                route.count(reason, detail)
+
+    def status(self) -> dict[str, dict[str, int]]:
+        """Unrouted messages by topic filter and reason."""
+        return {t: dict(r.unrouted) for t, r in self.routes.items() if r.unrouted}

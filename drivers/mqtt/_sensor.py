@@ -1,0 +1,191 @@
+"""One MQTT sensor: decodes the messages routed to it, counts what it drops, knows its age.
+
+Whatever arrives, ``handle`` never raises: a message is decoded into Readings for the
+sink, or dropped and counted by reason (logged once per reason, then at most every
+LOG_EVERY_S). Implausible values (sentinels, out of range, NaN) travel as flagged
+readings, which the monitor never analyses, and count in ``bad_values`` as for Modbus.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, Literal
+
+from drivers.errors import PayloadError
+from drivers.payloads import Decoder, Payload, to_readings
+from drivers.reading import Reading, utc_now
+
+log = logging.getLogger("edge_agent.drivers.mqtt")
+
+SensorState = Literal["starting", "ok", "stale"]
+LOG_EVERY_S = 600.0  # a reason logged for a sensor is logged again at most this often
+UNEXPECTED = "decoder_error"  # a decoder bug: counted, logged, never fatal
+
+
+class MqttSensor:
+    """A sensor fed by MQTT messages (see the module docstring).
+
+    Args:
+        sensor_id: the sensor's configured id.
+        decoder: the payload decoder.
+        channels: the channels to deliver (others in the message are ignored).
+        stale_after_s: seconds without a usable message after which the state is "stale".
+        sink: called with each Reading (on the event loop; keep it short).
+        broker: the broker id, for status and logs.
+        topic: the subscription's topic filter.
+        key: the key that routes shared-subscription messages here (None: all of them).
+    """
+
+    def __init__(
+        self,
+        sensor_id: str,
+        *,
+        decoder: Decoder,
+        channels: Sequence[str],
+        stale_after_s: float,
+        sink: Callable[[Reading], None],
+        broker: str,
+        topic: str,
+        key: str | None = None,
+    ) -> None:
+        self.sensor_id = sensor_id
+        self.decoder = decoder
+        self.channels = tuple(channels)
+        self.stale_after_s = stale_after_s
+        self.broker = broker
+        self.topic = topic
+        self.key = key
+        self._sink = sink
+        self._started = time.monotonic()
+        self._last_msg: float | None = None
+        self._last_ok_at: datetime | None = None
+        self._last_error: str | None = None
+        self.messages_total = 0
+        self.dropped: Counter[str] = Counter()
+        self.bad: Counter[str] = Counter()
+        self._bad_since: float | None = None
+        self._last_bad: tuple[str, ...] = ()
+        self._logged: dict[str, float] = {}
+        self._sink_errors = 0
+
+    # -- what the health endpoint and the sensor-fault tracker read ----------------------
+    @property
+    def state(self) -> SensorState:
+        """starting (nothing yet, not for long), ok, or stale (silent too long)."""
+        now = time.monotonic()
+        if self._last_msg is None:
+            return "stale" if now - self._started >= self.stale_after_s else "starting"
+        return "stale" if now - self._last_msg >= self.stale_after_s else "ok"
+
+    @property
+    def silent_for_s(self) -> float:
+        """Seconds since the last usable message (or since start)."""
+        return time.monotonic() - (self._last_msg or self._started)
+
+    @property
+    def last_ok_at(self) -> datetime | None:
+        return self._last_ok_at
+
+    @property
+    def last_error(self) -> str | None:
+        return self._last_error
+
+    @property
+    def consecutive_failures(self) -> int:
+        return 0  # a subscription has no polls to fail; silence is "stale"
+
+    @property
+    def bad_for_s(self) -> float:
+        return 0.0 if self._bad_since is None else time.monotonic() - self._bad_since
+
+    @property
+    def last_bad(self) -> tuple[str, ...]:
+        return self._last_bad
+
+    def status(self) -> dict[str, Any]:
+        """A snapshot for /healthz (the same keys as a Modbus poller's, plus MQTT ones)."""
+        last = self._last_ok_at
+        return {
+            "id": self.sensor_id,
+            "transport": "mqtt",
+            "bus": self.broker,
+            "topic": self.topic,
+            "state": self.state,
+            "last_ok_age_s": (utc_now() - last).total_seconds() if last else None,
+            "last_message_age_s": round(self.silent_for_s, 3) if self._last_msg else None,
+            "stale_after_s": self.stale_after_s,
+            "consecutive_failures": 0,
+            "messages_total": self.messages_total,
+            "dropped": dict(self.dropped),
+            "bad_values": dict(self.bad),
+            "bad_for_s": round(self.bad_for_s, 3),
+            "last_bad": list(self._last_bad),
+            "last_error": self._last_error,
+        }
+
+    # -- the message path -------------------------------------------------------------
+    def handle(self, payload: Payload, received_at: datetime) -> None:
+        """Decode one message and hand its readings to the sink, or count why not."""
+        self.messages_total += 1
+        try:
+            decoded = self.decoder.decode(payload, received_at)
+        except PayloadError as exc:
+            self.drop(exc.reason, exc.detail)
+            return
+        except Exception as exc:  # a decoder bug must not end the link
+            self.drop(UNEXPECTED, f"{type(exc).__name__}: {exc}")
+            return
+        readings = to_readings(self.sensor_id, self.channels, decoded, received_at)
+        if not readings:
+            self.drop("no_channel", f"none of the channels {', '.join(self.channels)}")
+            return
+        self._last_msg = time.monotonic()
+        self._last_ok_at = received_at
+        self._quality([f for r in readings for f in r.flags])
+        for reading in readings:
+            try:
+                self._sink(reading)
+            except Exception:  # the sink is the caller's code
+                self._sink_errors += 1
+                if self._sink_errors == 1:
+                    log.exception("mqtt sensor %s: reading sink failed", self.sensor_id)
+
+    def drop(self, reason: str, detail: str) -> None:
+        """Count a dropped message; log the reason once, then at most every LOG_EVERY_S."""
+        self.dropped[reason] += 1
+        self._last_error = f"{reason}: {detail}"
+        now = time.monotonic()
+        last = self._logged.get(reason)
+        if last is None or now - last >= LOG_EVERY_S:
+            self._logged[reason] = now
+            log.warning(
+                "mqtt sensor %s: message dropped (%s: %s); %d dropped for this reason so far, "
+                "counted in edge_mqtt_dropped",
+                self.sensor_id,
+                reason,
+                detail[:200],
+                self.dropped[reason],
+                extra={"sensor_id": self.sensor_id},
+            )
+
+    def _quality(self, flags: list[str]) -> None:
+        if not flags:
+            if self._bad_since is not None:
+                log.info("mqtt sensor %s values plausible again", self.sensor_id)
+            self._bad_since = None
+            return
+        for reason in {f.rpartition(":")[2] for f in flags}:
+            self.bad[reason] += 1
+        self._last_bad = tuple(sorted(set(flags)))
+        if self._bad_since is None:
+            self._bad_since = time.monotonic()
+            log.warning(
+                "mqtt sensor %s sends implausible values (%s); they are not analysed",
+                self.sensor_id,
+                ", ".join(self._last_bad),
+                extra={"sensor_id": self.sensor_id},
+            )

@@ -264,3 +264,27 @@ async def test_twenty_percent_malformed_changes_nothing_but_the_drop_counters(
         'topic="ncd/vibration/+"} 7.0'
     ) in text
     assert 'edge_sensor_bad_values_total{reason="not_finite",sensor="fan-3-ncd"} 8.0' in text
+
+
+async def test_broker_down_shows_in_healthz_and_shutdown_stays_bounded(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    from tests.conftest import free_port
+
+    gone = Mosquitto(tmp_path / "gone")  # never started: nothing listens on its port
+    gone.port = free_port()
+    agent = Agent(load_config(write_config(tmp_path, gone, stale=1)))
+    task = asyncio.create_task(agent.run())
+    async with asyncio.timeout(10):
+        await agent.ready.wait()
+    await asyncio.sleep(1.5)
+    snap = await agent.snapshot()
+    agent.stop()
+    started = time.monotonic()
+    await asyncio.wait_for(task, 10)
+    assert time.monotonic() - started < 3.0
+    link = snap["mqtt"][0]
+    assert link["connected"] is False and "refused" in (link["last_error"] or "")
+    assert snap["status"] == "degraded"
+    states = {s["id"]: s["state"] for s in snap["sensors"]}
+    assert states == {"fan-3-ncd": "starting", "pump-9-ncd": "stale"}  # stale after 30 s, 1 s

@@ -38,7 +38,7 @@ log = logging.getLogger("edge_agent.drivers.mqtt")
 DRAIN_BATCH = 200  # messages decoded between two yields of the event loop
 BACKOFF_BASE_S = 0.1
 BACKOFF_FLOOR_S = 0.05
-DISCONNECT_S = 2.0
+DISCONNECT_S = 1.0  # inside the runtime's POLLER_STOP_S
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -89,7 +89,7 @@ class Route:
                 problem = exc
                 continue
             out += by_key.get(key, ())
-            if key not in by_key and not self.anyone:
+            if key not in by_key and problem is None:
                 problem = PayloadError(UNKNOWN_SENSOR, f"key {key[:80]!r}")
         if not out and problem is not None:
             self.count(problem.reason, problem.detail)

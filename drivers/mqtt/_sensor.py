@@ -159,8 +159,7 @@ class MqttSensor:
         self.dropped[reason] += 1
         self._last_error = f"{reason}: {detail}"
         now = time.monotonic()
-        last = self._logged.get(reason)
-        if last is None or now - last >= LOG_EVERY_S:
+        if now - self._logged.get(reason, -LOG_EVERY_S) >= LOG_EVERY_S:
             self._logged[reason] = now
             log.warning(
                 "mqtt sensor %s: message dropped (%s: %s); %d dropped for this reason so far, "
@@ -175,7 +174,7 @@ class MqttSensor:
     def _quality(self, flags: list[str]) -> None:
         if not flags:
             if self._bad_since is not None:
-                log.info("mqtt sensor %s values plausible again", self.sensor_id)
+                log.debug("mqtt sensor %s values plausible again", self.sensor_id)
             self._bad_since = None
             return
         for reason in {f.rpartition(":")[2] for f in flags}:
@@ -183,6 +182,10 @@ class MqttSensor:
         self._last_bad = tuple(sorted(set(flags)))
         if self._bad_since is None:
             self._bad_since = time.monotonic()
+        tag = "values:" + ",".join(self._last_bad)
+        now = time.monotonic()
+        if now - self._logged.get(tag, -LOG_EVERY_S) >= LOG_EVERY_S:
+            self._logged[tag] = now
             log.warning(
                 "mqtt sensor %s sends implausible values (%s); they are not analysed",
                 self.sensor_id,

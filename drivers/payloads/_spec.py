@@ -124,6 +124,8 @@ def _field(d: _Doc, row: Any, i: int) -> Field:
     if "path" not in row:
         d.fail(base, "path is required (the field's dotted path in the JSON)")
     feature = row.get("feature")
+    if feature is None:
+        d.fail(base, "feature is required (the canonical feature the field feeds)")
     if feature not in FEATURE_NAMES:
         d.fail((*base, "feature"), f"unknown feature {feature!r}; expected one of "
                f"{', '.join(sorted(FEATURE_NAMES))}")  # fmt: skip

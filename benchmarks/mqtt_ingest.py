@@ -15,6 +15,9 @@ uplink) and a private mosquitto; the publisher is ``edge-sim mqtt`` in its own p
   second of agent CPU. Target >= 500/s on one core.
 - ``fleet``: 200 NCD sensors at 1 Hz for ``--window`` s after a warm-up: the agent's CPU
   share of one core (target < 10 %), beside the same agent idle before the sensors start.
+- ``fleet-floor``: the same 200 sensors into a bare aiomqtt subscriber (QoS 1, each message
+  parsed as JSON, nothing else) in its own process: the part of ``fleet`` any agent built
+  on aiomqtt pays.
 
 ``--profile DIR`` runs each agent under cProfile and writes DIR/<case>.prof plus the top
 functions to stderr. Prints one JSON object.
@@ -261,6 +264,48 @@ def fleet_case(broker: int, tmp: Path, *, sensors: int, window: float, warmup: f
     }
 
 
+# The floor under any agent on aiomqtt: subscribe (QoS 1), take each message, parse it.
+_BARE = """
+import asyncio, json, sys
+import aiomqtt
+async def main():
+    async with aiomqtt.Client("127.0.0.1", int(sys.argv[1]),
+                              protocol=aiomqtt.ProtocolVersion.V5) as c:
+        await c.subscribe("ncd/vibration/+", qos=1)
+        print("subscribed", flush=True)
+        async for m in c.messages:
+            json.loads(m.payload)
+asyncio.run(main())
+"""
+
+
+def floor_case(broker: int, *, sensors: int, window: float, warmup: float) -> dict[str, Any]:
+    """A bare aiomqtt subscriber in its own process, under the fleet's load."""
+    bare = subprocess.Popen(
+        [sys.executable, "-c", _BARE, str(broker)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True, cwd=REPO,
+    )  # fmt: skip
+    try:
+        assert bare.stdout is not None
+        bare.stdout.readline()
+        sim = edge_sim(broker, "--sensors", str(sensors), "--rate", "1",
+                       "--duration", str(warmup + window + 2))  # fmt: skip
+        time.sleep(warmup)
+        c0, t0 = cpu_s(bare.pid), time.monotonic()
+        time.sleep(window)
+        c1, t1 = cpu_s(bare.pid), time.monotonic()
+        finish(sim)
+    finally:
+        bare.kill()
+        bare.wait()
+    return {
+        "sensors": sensors,
+        "rate_hz": 1.0,
+        "window_s": round(t1 - t0, 1),
+        "bare_aiomqtt_cpu_percent_of_one_core": round(100 * (c1 - c0) / (t1 - t0), 2),
+    }
+
+
 def print_profile(path: Path, top: int = 25) -> None:
     if not path.exists():
         print(f"{path}: no profile written (did the agent exit cleanly?)", file=sys.stderr)
@@ -272,7 +317,7 @@ def print_profile(path: Path, top: int = 25) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--cases", nargs="+", default=["processed", "waveform", "waveform-int16",
-                                                  "fleet"])  # fmt: skip
+                                                  "fleet", "fleet-floor"])  # fmt: skip
     p.add_argument("--processed-count", type=int, default=30000)
     p.add_argument("--waveform-count", type=int, default=3000)
     p.add_argument("--fleet-sensors", type=int, default=200)
@@ -301,6 +346,10 @@ def main() -> None:
                     result[case] = flood_case(case, broker.port, tmp, sensors=8,
                                               count=n, wave=True,
                                               encoding=enc, profile=args.profile)  # fmt: skip
+                elif case == "fleet-floor":
+                    result[case] = floor_case(broker.port, sensors=args.fleet_sensors,
+                                              window=args.window, warmup=args.warmup)  # fmt: skip
+                    continue
                 elif case == "fleet":
                     result[case] = fleet_case(broker.port, tmp, sensors=args.fleet_sensors,
                                               window=args.window, warmup=args.warmup,

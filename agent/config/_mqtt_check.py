@@ -227,4 +227,3 @@ def read_broker_files(
                     )
                 )
     return secrets, issues
-

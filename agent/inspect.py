@@ -159,6 +159,11 @@ def _line(config: Config, agent: dict[str, Any] | None, problem: str | None, sto
         for u in agent.get("uplinks", [])
         if u.get("consecutive_failures", 0) > 0
     ]
+    troubles += [
+        f"mqtt broker {b['id']} down: {b.get('last_error') or 'connecting'}"
+        for b in agent.get("mqtt", [])
+        if not b.get("connected")
+    ]
     hung = agent.get("process", {}).get("hung")
     troubles += [f"hung: {hung}"] if hung else []
     troubles += [f"store: {agent['store']['error']}"] if "error" in agent.get("store", {}) else []

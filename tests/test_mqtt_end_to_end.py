@@ -288,3 +288,53 @@ async def test_broker_down_shows_in_healthz_and_shutdown_stays_bounded(
     assert snap["status"] == "degraded"
     states = {s["id"]: s["state"] for s in snap["sensors"]}
     assert states == {"fan-3-ncd": "starting", "pump-9-ncd": "stale"}  # stale after 30 s, 1 s
+
+
+async def test_waveform_snapshots_go_through_the_agents_feature_extraction(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    import base64
+
+    import numpy as np
+
+    (tmp_path / "agent.yaml").write_text(
+        f"""\
+gateway: {{id: gw-wf}}
+assets:
+  - id: fan-3
+    machine: {{standard: iso10816-3, group: 2, foundation: rigid, rpm: 1480}}
+mqtt:
+  - {{id: plant, host: 127.0.0.1, port: {broker.port}}}
+sensors:
+  - id: fan-3-wave
+    asset: fan-3
+    mqtt: {{broker: plant, topic: "ncd/waveform/+", decoder: waveform-json,
+            key: "{MAC}", key_from: "payload:addr"}}
+    channels: [x, z]
+store: {{path: "{tmp_path}/outbox.db"}}
+health: {{port: 0}}
+control: {{socket: "{tmp_path}/control.sock"}}
+"""
+    )
+    fs, n = 25600.0, 2560
+    t = np.arange(n) / fs
+    x = 0.5 * np.sin(2 * np.pi * 100.0 * t)  # 0.5 g at 100 Hz
+    expected = 0.5 * 9806.65 / (2 * np.pi * 100.0) / np.sqrt(2)  # velocity RMS, mm/s
+    counts = np.round(x / 2 / 0.0005).astype("<i2")  # z: half of it, as int16 counts
+    msg = {"addr": MAC, "odr_hz": fs, "axes": {"x": x.tolist()}}
+    packed = {"addr": MAC, "odr_hz": fs, "encoding": "int16-b64", "scale_g": 0.0005,
+              "axes": {"z": base64.b64encode(counts.tobytes()).decode()}}  # fmt: skip
+    agent, task = await run(tmp_path / "agent.yaml")
+    try:
+        async with aiomqtt.Client("127.0.0.1", broker.port) as c:
+            await c.publish(f"ncd/waveform/{MAC}", json.dumps(msg), qos=1)
+            await c.publish(f"ncd/waveform/{MAC}", json.dumps(packed), qos=1)
+        assert agent.monitor is not None
+        monitor = agent.monitor
+        await _until(lambda: len(monitor.views()) == 2, 10)
+        views = {v.channel: v.value for v in monitor.views()}
+    finally:
+        agent.stop()
+        await asyncio.wait_for(task, 15)
+    assert views["x"] == pytest.approx(expected, rel=0.05)
+    assert views["z"] == pytest.approx(expected / 2, rel=0.05)

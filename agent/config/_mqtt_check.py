@@ -12,7 +12,7 @@ from typing import Any, Protocol
 from agent.config._crossref import _entries, _line, _read_secret, secret_path
 from agent.config._errors import ConfigIssue, KeyPath
 from agent.config._messages import did_you_mean
-from agent.config._mqtt import KEY_FROM_RE, MqttSource
+from agent.config._mqtt import KEY_FROM_RE
 from agent.config._source import SourceMap
 
 TLS_FILES = ("ca_file", "cert_file", "key_file")
@@ -227,8 +227,3 @@ def read_broker_files(
                     )
                 )
     return secrets, issues
-
-
-def stale_default() -> float:
-    """The default stale_after_s (for summaries)."""
-    return float(MqttSource.model_fields["stale_after_s"].default)

@@ -9,7 +9,7 @@ queue QoS 1 messages while the agent is away.
 Bounded: aiomqtt's incoming queue has ``queue_size`` places; a message that finds it full,
 or is larger than ``max_payload_bytes``, is dropped in paho's callback (counted, never
 blocking paho's loop). Decoding runs in this link's task, yielding the loop every
-DRAIN_BATCH messages.
+DRAIN_SLICE_S.
 """
 
 from __future__ import annotations
@@ -35,7 +35,9 @@ from drivers.reading import utc_now
 
 log = logging.getLogger("edge_agent.drivers.mqtt")
 
-DRAIN_BATCH = 200  # messages decoded between two yields of the event loop
+# Decoding yields the event loop at least this often, so a burst of large waveforms
+# never delays the pollers' timers or the health endpoint by more than a few ms.
+DRAIN_SLICE_S = 0.005
 BACKOFF_BASE_S = 0.1
 BACKOFF_FLOOR_S = 0.05
 DISCONNECT_S = 1.0  # inside the runtime's POLLER_STOP_S
@@ -257,12 +259,12 @@ class BrokerLink:
         queue = client._queue
         async for message in client.messages:
             self._handle(message)
-            n = 1
+            slice_end = time.monotonic() + DRAIN_SLICE_S
             while not queue.empty() and not self._stopped:
                 self._handle(queue.get_nowait())
-                n += 1
-                if n % DRAIN_BATCH == 0:
+                if time.monotonic() >= slice_end:
                     await asyncio.sleep(0)
+                    slice_end = time.monotonic() + DRAIN_SLICE_S
             if self._stopped:
                 return
 

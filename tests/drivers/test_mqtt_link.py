@@ -188,3 +188,69 @@ async def test_size_cap_unknown_sensors_and_garbage_are_counted(broker: Mosquitt
         "ncd/vibration/+": {"too_large": 1, "unknown_sensor": 1, "malformed": 1}
     }
     assert dict(rig.sensor.bad) == {"not_finite": 1}
+
+
+class _Locked(Mosquitto):
+    """A broker that wants a client certificate from our CA and a username/password."""
+
+    def __init__(self, folder: Path, certs: Any, passwords: Path) -> None:
+        super().__init__(folder, certs=certs)
+        self.passwords = passwords
+
+    def _conf(self) -> Path:
+        conf = super()._conf()
+        text = conf.read_text().replace("allow_anonymous true", "allow_anonymous false")
+        conf.write_text(text + f"require_certificate true\npassword_file {self.passwords}\n")
+        return conf
+
+
+def client_cert(certs: Any, folder: Path) -> tuple[Path, Path]:
+    import subprocess
+
+    key, csr, cert = folder / "gw.key", folder / "gw.csr", folder / "gw.pem"
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=30)
+
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr),
+        "-subj", "/CN=gw-01")  # fmt: skip
+    ca_key = str(certs.ca.parent / "ca.key")
+    run("x509", "-req", "-in", str(csr), "-CA", str(certs.ca), "-CAkey", ca_key,
+        "-CAcreateserial", "-out", str(cert), "-days", "2")  # fmt: skip
+    return cert, key
+
+
+async def test_client_certificate_and_password_file(tmp_path: Path) -> None:
+    import shutil
+    import ssl
+    import subprocess
+
+    if shutil.which("mosquitto_passwd") is None:
+        pytest.skip("mosquitto_passwd is not installed (Debian package mosquitto)")
+    certs = make_certs(tmp_path / "certs")
+    cert, key = client_cert(certs, tmp_path / "certs")
+    passwords = tmp_path / "passwd"
+    make = ["mosquitto_passwd", "-b", "-c", str(passwords), "gw-01", "s3cret"]
+    subprocess.run(make, check=True, capture_output=True, timeout=30)  # noqa: ASYNC221 (setup)
+    secret = tmp_path / "broker.pass"
+    secret.write_text("s3cret\n")
+    with _Locked(tmp_path / "locked", certs, passwords) as broker:
+        rig = Rig(broker, tls=True, ca_file=certs.ca, cert_file=cert, key_file=key,
+                  username="gw-01", password_file=secret)  # fmt: skip
+        async with rig.running():
+            ctx = ssl.create_default_context(cafile=str(certs.ca))
+            ctx.load_cert_chain(str(cert), str(key))
+            await publish(broker.port, [(TOPIC, ncd(2.5))], tls_context=ctx,
+                          username="gw-01", password="s3cret")  # fmt: skip
+            await until(lambda: rig.got, 5)
+        assert rig.values() == [2.5]
+        # A wrong password is refused; the link keeps trying and says why.
+        secret.write_text("wrong\n")
+        bad = Rig(broker, tls=True, ca_file=certs.ca, cert_file=cert, key_file=key,
+                  username="gw-01", password_file=secret, reconnect_max_s=0.2)  # fmt: skip
+        task = asyncio.create_task(bad.link.run())
+        await until(lambda: bad.link.last_error is not None, 5)
+        bad.link.stop()
+        task.cancel()
+        await asyncio.wait([task], timeout=5)
+        assert "Not authorized" in bad.link.last_error or "authoriz" in bad.link.last_error.lower()

@@ -251,9 +251,11 @@ class Publisher:
         return self.deadline is not None and time.monotonic() >= self.deadline
 
     async def run(self) -> Tally:
-        client = _client(self.args)
         wait = RECONNECT_S[0]
         while not self.done and not self._bounded():
+            # A fresh client per connection: aiomqtt 2.5.1 re-entered after a lost connection
+            # logs "Bad file descriptor" from add_writer at the final disconnect.
+            client = _client(self.args)
             try:
                 async with client:
                     wait = RECONNECT_S[0]

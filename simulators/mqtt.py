@@ -274,6 +274,9 @@ class Publisher:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stop.wait(), wait)
                 wait = min(wait * 2, RECONNECT_S[1])
+        if not self.announced and not self.stop.is_set():  # --duration ran out first
+            where = f"{self.args.host}:{broker_port(self.args)}"
+            raise StartError(f"cannot reach the broker at {where} within --duration")
         return self.tally
 
     def _announce(self) -> None:

@@ -1,4 +1,5 @@
-"""`edge-agent`: run, check, demo, status, alerts, requeue, maintenance, replay, systemd-dropin.
+"""`edge-agent`: run, check, reload, demo, status, alerts, requeue, maintenance, replay,
+systemd-dropin.
 
 Every error is one line on stderr with a non-zero exit: a wrong argument (2), an invalid
 configuration (2), an agent that cannot be reached (1). Operator commands print one human
@@ -65,7 +66,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     setup_logging(args.log_level)
     try:
-        asyncio.run(run_until_signal(Agent(config)))
+        asyncio.run(run_until_signal(Agent(config, config_path=args.config)))
     except (StoreInUseError, StoreError) as exc:
         print(f"edge-agent: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -79,6 +80,12 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from agent.config import main_check
 
     return main_check(args.config, sys.stdout, sys.stderr)
+
+
+def _cmd_reload(args: argparse.Namespace) -> int:
+    from agent.reload_client import request_reload
+
+    return request_reload(args.config, sys.stdout, sys.stderr, as_json=args.json)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -178,6 +185,17 @@ def _add_check(sub: argparse._SubParsersAction[_Parser]) -> None:
     p = sub.add_parser("check", help="validate a configuration; exit 2 with every error")
     _with_config(p)
     p.set_defaults(func=_cmd_check)
+
+
+def _add_reload(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser(
+        "reload",
+        help="make the running agent re-read its configuration file (as SIGHUP does) and "
+        "print what changed; exit 1 if refused or unreachable, 2 if the file is invalid",
+    )
+    _with_config(p)
+    _with_json(p)
+    p.set_defaults(func=_cmd_reload)
 
 
 def _add_demo(sub: argparse._SubParsersAction[_Parser]) -> None:
@@ -296,6 +314,7 @@ def _parser() -> argparse.ArgumentParser:
     for add in (
         _add_run,
         _add_check,
+        _add_reload,
         _add_demo,
         _add_status,
         _add_alerts,

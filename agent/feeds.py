@@ -45,17 +45,32 @@ class OutboxFeeds:
     def __init__(
         self, config: Config, persist: Callable[[Update], None], counters: Counters
     ) -> None:
-        self._config = config
         self._persist = persist
         self._counters = counters
         self._faults: asyncio.Queue[StoreFault] = asyncio.Queue(maxsize=FAULT_QUEUE_SIZE)
-        sm = config.summaries
-        self._aggregator = (  # without an uplink a summary would only fill the disk budget
-            None
-            if sm is None or not config.uplinks
-            else SummaryAggregator(config, interval_s=sm.interval_s, sensors=sm.sensors)
-        )
         self._summaries: asyncio.Queue[SummaryDraft] = asyncio.Queue(SUMMARY_QUEUE_SIZE)
+        self._config = config
+        self._aggregator: SummaryAggregator | None = None
+        self.reconfigure(config)
+
+    def reconfigure(self, config: Config) -> None:
+        """Take a (re)loaded configuration. The summary windows start again when what they
+        are built from changed (summaries, uplinks, sensors, assets); queued ones go on."""
+        sm = config.summaries
+        basis = (sm, bool(config.uplinks), config.sensors, config.assets)
+        old = self._config
+        if self._aggregator is None or basis != (
+            old.summaries,
+            bool(old.uplinks),
+            old.sensors,
+            old.assets,
+        ):
+            self._aggregator = (  # without an uplink a summary would only fill the budget
+                None
+                if sm is None or not config.uplinks
+                else SummaryAggregator(config, interval_s=sm.interval_s, sensors=sm.sensors)
+            )
+        self._config = config
 
     def reading(self, reading: Reading) -> None:
         """Fold an analysed reading into its sensor's summary (no I/O)."""

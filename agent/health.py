@@ -142,6 +142,15 @@ class _SnapshotCollector:
                 ("store_writer_busy_seconds", "How long the store writer has been on one batch"),
             ),
         )
+        yield from _scalars(
+            snap.get("reload", {}),
+            "edge_",
+            (
+                ("reloads_total", "Configuration reloads applied (SIGHUP, edge-agent reload)"),
+                ("reload_failures_total", "Configuration reloads refused (the old one stayed)"),
+            ),
+            counter=True,
+        )
         http = snap.get("http", {})
         yield from _scalars(http, "edge_http_", (("open", "Open HTTP connections"),))
         yield from _scalars(

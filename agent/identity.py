@@ -34,12 +34,16 @@ def store_created_at(path: Path) -> str:
     return str(row[0])
 
 
-def agent_identity(config: Config, created_at: str | None) -> dict[str, Any]:
-    """What the running agent reports about itself."""
+def agent_identity(
+    config: Config, created_at: str | None, config_path: Path | None = None
+) -> dict[str, Any]:
+    """What the running agent reports about itself (with the configuration file it reloads,
+    when it has one)."""
     return {
         "gateway": config.gateway.id,
         "store": os.path.abspath(config.store.path),
         "store_created_at": created_at,
+        "config": None if config_path is None else os.path.realpath(config_path),
     }
 
 

@@ -1,11 +1,14 @@
 """MQTT sensors from the configuration: one link per broker, one route per topic filter.
 
-Built in one function from (config, sink), so a configuration reload can rebuild them the
-same way as the Modbus sources (agent.sources).
+Built in one function from (config, sink), so a configuration reload rebuilds them the
+same way (agent.reload: the links are replaced as a whole when an MQTT setting changes;
+with a persistent session the broker keeps QoS 1 messages for the moment between).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -14,6 +17,8 @@ from agent.config._mqtt import Broker
 from drivers.mqtt import BrokerLink, BrokerSettings, MqttSensor, Route, Router, parse_key_from
 from drivers.payloads import DecoderLibrary
 from drivers.reading import Reading
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,3 +106,66 @@ def build_mqtt(
         for broker_id, by_topic in routes.items()
     )
     return MqttInputs(links, tuple(sensors))
+
+
+class RunningMqtt:
+    """The broker links' tasks: started at start-up, replaced as a whole by a reload that
+    changes an MQTT setting, stopped certainly and within a bound at shutdown.
+
+    Like the pollers (agent.sensor_tasks), the links run beside the agent's TaskGroup so
+    that stopping can abandon one that does not end in time.
+    """
+
+    def __init__(self, inputs: MqttInputs) -> None:
+        self.inputs = inputs
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def links(self) -> tuple[BrokerLink, ...]:
+        return self.inputs.links
+
+    @property
+    def sensors(self) -> tuple[MqttSensor, ...]:
+        return self.inputs.sensors
+
+    def start(self) -> None:
+        """Run every link (each reconnects forever until stopped)."""
+        for link in self.inputs.links:
+            task = asyncio.create_task(link.run(), name=f"mqtt[{link.id}]")
+            task.add_done_callback(_link_ended)
+            self._tasks.append(task)
+
+    async def stop(self, *, timeout_s: float) -> None:
+        """Stop every link: nothing is decoded from here on; a link still running after
+        timeout_s is abandoned, and said so."""
+        for link in self.inputs.links:
+            link.stop()
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=timeout_s)
+            if stuck:
+                log.error(
+                    "%d MQTT links did not stop within %.0f s; abandoned: %s",
+                    len(stuck),
+                    timeout_s,
+                    ", ".join(sorted(t.get_name() for t in stuck)),
+                )
+
+    async def replace(self, inputs: MqttInputs, *, timeout_s: float) -> None:
+        """Stop the running links and start these (a reload)."""
+        await self.stop(timeout_s=timeout_s)
+        self.inputs = inputs
+        self.start()
+
+    def cancel_all(self) -> None:
+        """Last resort on the way out."""
+        for task in self._tasks:
+            task.cancel()
+
+
+def _link_ended(task: asyncio.Task[None]) -> None:
+    """A link only ends when stopped; say so loudly if one ended any other way."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("%s ended unexpectedly: %r", task.get_name(), task.exception())

@@ -8,14 +8,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from agent import maintenance as maint
+from agent import reload
 from agent.analysis.monitor import Monitor, Update
 from agent.config import Config
 from agent.control import ControlServer
@@ -23,14 +24,18 @@ from agent.fds import loop_exception_handler
 from agent.feeds import OutboxFeeds
 from agent.health import HealthServer, Snapshot
 from agent.identity import agent_identity, store_created_at
-from agent.mqtt_inputs import build_mqtt
+from agent.mqtt_inputs import RunningMqtt, build_mqtt
 from agent.pending import PendingWrites
+from agent.reload import Reloader
 from agent.sdnotify import SystemdNotifier
 from agent.sensor_faults import SensorFaultTracker, SensorHealth
+from agent.sensor_tasks import RunningSensors
+from agent.snapshot import agent_snapshot
 from agent.sources import BREAKER_FAILURES, build_sources
 from agent.store import StoreError, outbox_for, store_lock
-from agent.uplink import build_uplinks
+from agent.uplink import Delivery, build_uplinks
 from agent.watchdog import Watchdog, WatchdogLimits
+from drivers.modbus import Bus, ModbusPoller
 from drivers.profiles import ProfileLibrary
 from drivers.reading import Reading, utc_now
 
@@ -45,7 +50,6 @@ SENSOR_WATCH_INTERVAL_S = 1.0
 STORE_RETRY_POLL_S = 0.5  # how often the writer looks again while the store fails
 POLLER_STOP_S = 2.0  # bound on waiting for pollers at shutdown (then they are abandoned)
 SHUTDOWN_DRAIN_S = 10.0  # well inside systemd's TimeoutStopSec=30
-STATS_TIMEOUT_S = 2.0  # /healthz answers even when the store writer is stuck
 LAG_TICK_S = 0.1
 STARTS_PER_S = 500.0
 ANALYSIS_SLICE_S = 0.005  # analysis yields the event loop at least this often...
@@ -70,48 +74,55 @@ class Agent:
 
     Args:
         config: validated configuration.
+        config_path: the file it came from; SIGHUP and `edge-agent reload` re-read it
+            (None: no reload, as in the demo and tests that build a Config in code).
         on_records: called with the records the store committed (for the demo display).
         watchdog: bounds past which the agent counts as hung (systemd then restarts it).
     """
+
+    poller_stop_s = POLLER_STOP_S
 
     def __init__(
         self,
         config: Config,
         *,
+        config_path: Path | None = None,
         on_records: Callable[[list[dict[str, Any]]], None] | None = None,
         watchdog: WatchdogLimits | None = None,
     ) -> None:
         self.config = config
+        self.config_path = config_path
         self.counters = PipelineCounters()
         self.feeds = OutboxFeeds(config, self._persist, self.counters)
         self.outbox = outbox_for(config, on_fault=self.feeds.store_fault)
         self.monitor: Monitor | None = None
         self.faults: SensorFaultTracker | None = None
-        # An MQTT sensor's rate is its publisher's; one message per second per channel is
-        # the usual case (a burst beyond the queue is counted, not lost silently).
-        per_second = sum(
-            len(s.channels) / (s.poll_interval_s if s.modbus is not None else 1.0)
-            for s in config.sensors
-        )
-        self.queue_size = max(READING_QUEUE_MIN, int(per_second * READING_QUEUE_S))
+        self.queue_size = self.wanted_queue_size(config)
         self._queue: asyncio.Queue[Reading] = asyncio.Queue(maxsize=self.queue_size)
         self.pending = PendingWrites(self.outbox, self.counters, on_records=on_records)
         self._stopping = False
         self._accepting = True
         self._stop = asyncio.Event()
         self._wake_writer = asyncio.Event()
-        self._started = time.monotonic()
+        self.started = time.monotonic()
         self._drop_logged = False
         self._lag_max_s = 0.0
         self._analysis_failing: set[tuple[str, str]] = set()
-        sources = build_sources(config, ProfileLibrary.load(config.profiles_dir), self._enqueue)
-        self.buses = sources.buses
-        self.pollers = list(sources.pollers)
-        self.mqtt = build_mqtt(config, self._enqueue)
-        self.uplinks = build_uplinks(config, self.outbox)
+        self.sink = self._enqueue
+        self.persist = self._persist
+        self.library = ProfileLibrary.load(config.profiles_dir)
+        sources = build_sources(config, self.library, self._enqueue)
+        self.sensors = RunningSensors()
+        self.sensors.add_buses(sources.buses)
+        self._first_pollers = sources.pollers
+        self.mqtt = RunningMqtt(build_mqtt(config, self._enqueue))
+        self._first_uplinks = build_uplinks(config, self.outbox)
+        self.deliveries: dict[str, tuple[Delivery, asyncio.Task[None]]] = {}
+        self._tg: asyncio.TaskGroup | None = None
         self.health: HealthServer | None = None
         self.control: ControlServer | None = None
-        self.identity = agent_identity(config, None)
+        self.reloader = None if config_path is None else Reloader(self, config_path)
+        self.identity = agent_identity(config, None, config_path)
         self.watchdog = Watchdog(
             SystemdNotifier(),
             writer_busy=lambda: self.outbox.writer_busy_s,
@@ -119,9 +130,56 @@ class Agent:
         )
         self.ready = asyncio.Event()
 
+    @property
+    def pollers(self) -> list[ModbusPoller]:
+        """The sensors' pollers: the running ones (before start, the ones built)."""
+        return list(self.sensors.pollers.values() if self._tg else self._first_pollers)
+
+    @property
+    def buses(self) -> list[Bus]:
+        return self.sensors.buses()
+
+    @property
+    def uplinks(self) -> list[Delivery]:
+        return [d for d, _ in self.deliveries.values()] if self._tg else list(self._first_uplinks)
+
+    @staticmethod
+    def wanted_queue_size(config: Config) -> int:
+        """The reading queue a configuration needs (READING_QUEUE_S of every reading)."""
+        # An MQTT sensor's rate is its publisher's; one message per second per channel is
+        # the usual case (a burst beyond the queue is counted, not lost silently).
+        per_second = sum(
+            len(s.channels) / (s.poll_interval_s if s.modbus is not None else 1.0)
+            for s in config.sensors
+        )
+        return max(READING_QUEUE_MIN, int(per_second * READING_QUEUE_S))
+
     def stop(self) -> None:
         """Ask the agent to flush and exit (signal handlers call this)."""
         self._stop.set()
+
+    def start_uplink(self, delivery: Delivery) -> None:
+        """Run an uplink's delivery loop in the agent's task group (at start, at a reload)."""
+        assert self._tg is not None
+        task = self._tg.create_task(delivery.run(), name=f"uplink[{delivery.name}]")
+        self.deliveries[delivery.name] = (delivery, task)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    async def rebind_health(self) -> str | None:
+        """Serve /healthz and /metrics where the (reloaded) configuration says; why not,
+        when it cannot listen there (the agent runs on without them)."""
+        await self._close_health()
+        hc = self.config.health
+        self.health = HealthServer(self.snapshot, host=hc.host, port=hc.port, expose=hc.expose)
+        await self.health.__aenter__()
+        return self.health.error
+
+    async def _close_health(self) -> None:
+        if self.health is not None:
+            await self.health.__aexit__(None, None, None)
 
     def _enqueue(self, reading: Reading) -> None:
         if not self._accepting:
@@ -163,17 +221,16 @@ class Agent:
         except (OSError, sqlite3.Error) as exc:
             log.warning("store identity unreadable (%s): clients check gateway and path", exc)
             created = None
-        self.identity = agent_identity(self.config, created)
-        hc, cc = self.config.health, self.config.control
-        self.health = await stack.enter_async_context(
-            HealthServer(self.snapshot, host=hc.host, port=hc.port, expose=hc.expose)
-        )
+        self.identity = agent_identity(self.config, created, self.config_path)
+        stack.push_async_callback(self._close_health)
+        await self.rebind_health()
+        cc = self.config.control
+        handlers = {maint.OP: maint.control_handler(self.maintenance)}
+        if self.reloader is not None:
+            handlers[reload.OP] = self.reloader.control_handler()
         self.control = await stack.enter_async_context(
             ControlServer(
-                cc.socket,
-                group=cc.group,
-                identity=lambda: self.identity,
-                handlers={maint.OP: maint.control_handler(self.maintenance)},
+                cc.socket, group=cc.group, identity=lambda: self.identity, handlers=handlers
             )
         )
 
@@ -181,33 +238,20 @@ class Agent:
         notifier = self.watchdog.notifier
         async with contextlib.AsyncExitStack() as stack:
             await self._open(stack)
-            polls: list[asyncio.Task[None]] = []
             try:
                 async with asyncio.TaskGroup() as tg:
-                    # Pollers run beside the group, not in it: shutdown waits for them a
-                    # bounded time and can abandon one, which a group cannot. First polls
-                    # spread over at least a second, longer for a large estate
-                    # (STARTS_PER_S): thousands of connects and first analyses in the same
-                    # instant would delay every answer past its timeout.
-                    ramp_s = max(1.0, len(self.pollers) / STARTS_PER_S)
-                    polls = [
-                        asyncio.create_task(
-                            p.run(start_delay_s=random.uniform(0.0, ramp_s)),
-                            name=f"poll[{p.sensor_id}]",
-                        )
-                        for p in self.pollers
-                    ]
-                    polls += [
-                        asyncio.create_task(link.run(), name=f"mqtt[{link.id}]")
-                        for link in self.mqtt.links
-                    ]
-                    for t in polls:
-                        t.add_done_callback(_poller_ended)
+                    self._tg = tg
+                    # Pollers run beside the group (agent.sensor_tasks). First polls spread
+                    # over at least a second, longer for a large estate (STARTS_PER_S).
+                    ramp_s = max(1.0, len(self._first_pollers) / STARTS_PER_S)
+                    self.sensors.start(self._first_pollers, ramp_s=ramp_s)
+                    self.mqtt.start()
                     analysis = tg.create_task(self._analyse(), name="analysis")
                     writer = tg.create_task(self._write_loop(), name="store-writer")
                     watch = tg.create_task(self._watch_sensors(), name="sensor-watch")
-                    ups = [tg.create_task(u.run(), name=f"uplink[{u.name}]") for u in self.uplinks]
-                    ups.append(tg.create_task(self.feeds.faults(self.outbox), name="store-faults"))
+                    for u in self._first_uplinks:
+                        self.start_uplink(u)
+                    ups = [tg.create_task(self.feeds.faults(self.outbox), name="store-faults")]
                     ups.append(tg.create_task(self.feeds.summaries(self.outbox), name="summaries"))
                     watchdog = tg.create_task(self.watchdog.run(), name="watchdog")
                     lag = tg.create_task(self._measure_lag(), name="loop-lag")
@@ -227,7 +271,9 @@ class Agent:
                     notifier.notify("STOPPING=1")
                     # Order matters: stop reading, analyse what was read, persist, then
                     # stop the uplinks (undelivered alerts wait on disk for the next start).
-                    await self._stop_pollers(polls)
+                    self._accepting = False
+                    await self.sensors.stop(timeout_s=POLLER_STOP_S)
+                    await self.mqtt.stop(timeout_s=POLLER_STOP_S)
                     try:
                         async with asyncio.timeout(SHUTDOWN_DRAIN_S):
                             await self._queue.join()
@@ -245,41 +291,14 @@ class Agent:
                             t.cancel()
                         await asyncio.gather(analysis, watch, writer, return_exceptions=True)
                         await self.pending.flush(final=True)
-                    for t in [*ups, watchdog, lag]:
+                    for t in [*ups, *(t for _, t in self.deliveries.values()), watchdog, lag]:
                         t.cancel()
             finally:
-                for t in polls:
-                    t.cancel()
-                for bus in self.buses:
-                    bus.close()
+                self.sensors.cancel_all()
+                self.mqtt.cancel_all()
                 if len(self.pending) and not self._stopping:  # a task crashed
                     async with self.pending.lock:
                         await self.pending.flush(final=True)
-
-    async def _stop_pollers(self, polls: list[asyncio.Task[None]]) -> None:
-        """Stop every poller, certainly and within POLLER_STOP_S.
-
-        The stop flag is checked after every await in a poller, so even a cancellation a
-        library swallowed ends it; no reading is accepted from here on either way.
-        """
-        self._accepting = False
-        for p in self.pollers:
-            p.stop()
-        for link in self.mqtt.links:
-            link.stop()
-        for t in polls:
-            t.cancel()
-        if not polls:
-            return
-        _, stuck = await asyncio.wait(polls, timeout=POLLER_STOP_S)
-        if stuck:
-            names = sorted(t.get_name() for t in stuck)
-            log.error(
-                "%d pollers did not stop within %.0f s; abandoned: %s",
-                len(stuck),
-                POLLER_STOP_S,
-                ", ".join(names[:10]),
-            )
 
     async def _write_loop(self) -> None:
         """Persist what analysis and the sensor watch produced, in batches, in order.
@@ -319,6 +338,8 @@ class Agent:
                 slice_end = time.monotonic() + (ANALYSIS_SLICE_MAX_S if deep else ANALYSIS_SLICE_S)
             reading = await self._queue.get()
             try:
+                if not self.monitor.knows(reading.sensor_id):
+                    continue  # queued before a reload removed its sensor
                 self.counters.readings_total += 1
                 if self._queue.qsize() == 0:
                     self._drop_logged = False
@@ -375,12 +396,13 @@ class Agent:
 
     async def _watch_sensors(self) -> None:
         """Raise and clear sensor_fault alerts: breakers that open and close, and sensors
-        that answer only implausible values for longer than their bad_values_fault_s."""
+        that answer only implausible values for longer than their bad_values_fault_s, and
+        MQTT sensors silent for longer than their stale_after_s."""
         assert self.faults is not None
         while True:
             await asyncio.sleep(SENSOR_WATCH_INTERVAL_S)
             now = utc_now()
-            for p in self.pollers:
+            for p in list(self.sensors.pollers.values()):
                 health = SensorHealth(
                     p.sensor_id,
                     p.state,
@@ -414,110 +436,30 @@ class Agent:
         self.pending.hold(update)
         self._wake_writer.set()
 
-    def _take_lag(self) -> float:
+    def take_lag(self) -> float:
+        """The longest event-loop lag since the last call."""
         lag, self._lag_max_s = self._lag_max_s, 0.0
         return lag
 
+    @property
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
+
     async def snapshot(self) -> Snapshot:
-        """The agent's status, as /healthz and /metrics show it."""
-        now_mono = time.monotonic()
-        now = utc_now()
-        sensors = []
-        for p in self.pollers:
-            st = p.status
-            last_ok = st.last_ok_at
-            sensors.append(
-                {
-                    "id": p.sensor_id,
-                    "bus": p.bus.name,
-                    "state": st.state,
-                    "last_ok_age_s": (now - last_ok).total_seconds() if last_ok else None,
-                    "consecutive_failures": st.consecutive_failures,
-                    "polls_total": st.polls_total,
-                    "errors_total": st.errors_total,
-                    "errors_by_kind": st.errors_by_kind,
-                    "missed_ticks": st.missed_ticks,
-                    "bad_values": st.bad_values,
-                    "bad_for_s": st.bad_for_s,
-                    "last_bad": list(st.last_bad),
-                    "last_rtt_s": st.last_rtt_s,
-                    "last_error": st.last_error,
-                }
-            )
-        sensors += [m.status() for m in self.mqtt.sensors]
-        mqtt_links = [link.status() for link in self.mqtt.links]
-        buses = [asdict(b.status()) for b in self.buses if b.kind != "tcp"]
-        channels = [
-            {
-                "asset": v.asset_id,
-                "sensor": v.sensor_id,
-                "channel": v.channel,
-                "value": v.value,
-                "zone": v.zone,
-                "active_level": v.active_level,
-                "flaps": {"severity": v.flaps[0], "trend": v.flaps[1]},
-            }
-            for v in (self.monitor.views() if self.monitor else [])
-        ]
-        try:
-            async with asyncio.timeout(STATS_TIMEOUT_S):
-                store: dict[str, Any] = asdict(await self.outbox.stats())
-        except StoreError as exc:
-            store = {"error": str(exc)}
-        except TimeoutError:
-            store = {"error": f"the store writer did not answer within {STATS_TIMEOUT_S} s"}
-        wd = self.watchdog
-        backlogs = store.get("uplinks", {})
-        uplinks = [{**asdict(u.status), "backlog": backlogs.get(u.name)} for u in self.uplinks]
-        degraded = (
-            any(s["state"] not in ("ok", "starting") for s in sensors)
-            or any(not link["connected"] for link in mqtt_links)
-            or any(u.get("consecutive_failures", 0) > 0 for u in uplinks)
-            or bool(len(self.pending))
-            or "error" in store
-            or wd.withheld is not None
-        )
-        return {
-            "gateway": self.config.gateway.id,
-            "agent": self.identity,
-            "status": "degraded" if degraded else "ok",
-            "uptime_s": round(now_mono - self._started, 3),
-            "sensors": sensors,
-            "buses": buses,
-            "mqtt": mqtt_links,
-            "channels": channels,
-            "uplinks": uplinks,
-            "store": store,
-            "pipeline": {
-                **asdict(self.counters),
-                "unsaved_updates": len(self.pending),
-                "queue_depth": self._queue.qsize(),
-                "queue_size": self.queue_size,
-                "loop_lag_max_s": round(self._take_lag(), 4),
-            },
-            "process": {
-                "open_fds": wd.fds[0],
-                "fd_limit": wd.fds[1],
-                "loop_lag_seconds": round(wd.loop_lag_s, 3),
-                "store_writer_busy_seconds": round(self.outbox.writer_busy_s, 3),
-                "hung": wd.withheld,
-            },
-        }
-
-
-def _poller_ended(task: asyncio.Task[None]) -> None:
-    """A poller (or broker link) only ends when stopped; say so loudly if one ended any
-    other way."""
-    if not task.cancelled() and task.exception() is not None:
-        log.error("%s ended unexpectedly: %r", task.get_name(), task.exception())
+        """The agent's status, as /healthz and /metrics show it (agent.snapshot)."""
+        return await agent_snapshot(self)
 
 
 async def run_until_signal(agent: Agent) -> None:
-    """Run the agent; SIGTERM and SIGINT ask it to flush and exit."""
+    """Run the agent; SIGTERM and SIGINT ask it to flush and exit, SIGHUP to reload its
+    configuration file (agent.reload)."""
     import signal
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, agent.stop)
+    if agent.reloader is not None:
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signal.SIGHUP, agent.reloader.on_signal)
     await agent.run()

@@ -61,23 +61,33 @@ class SensorFaultTracker:
         breaker_failures: int = 3,
         transport: str = "modbus",
     ) -> None:
+        self._threshold = float(breaker_failures)
+        self._transport = transport
+        # Only the fault states are kept: a sensor a reload adds later resumes its own.
+        self._saved = {k: v for k, v in (state or {}).items() if k.endswith("/sensor_fault")}
+        self._raised: dict[str, bool] = {}
+        self.reconfigure(config)
+
+    def reconfigure(self, config: Config) -> None:
+        """Take a (re)loaded configuration: sensor -> asset, fault delays; a sensor seen
+        before keeps its raised state, a new one starts from what the store held."""
         self._assets = {s.id: config.asset(s.asset) for s in config.sensors}
         self._bad_after = {s.id: s.bad_values_fault_s for s in config.sensors}
-        self._threshold = float(breaker_failures)
         self._transports = {
-            s.id: "mqtt" if s.mqtt is not None else transport for s in config.sensors
+            s.id: "mqtt" if s.mqtt is not None else self._transport for s in config.sensors
         }
         self._stale_after = {s.id: s.mqtt.stale_after_s for s in config.sensors if s.mqtt}
-        saved = state or {}
-        self._raised = {
-            sid: json.loads(saved.get(fault_key(a.id, sid), "{}")).get("raised", False)
-            for sid, a in self._assets.items()
-        }
+        for sid, a in self._assets.items():
+            if sid not in self._raised:
+                saved = json.loads(self._saved.get(fault_key(a.id, sid), "{}"))
+                self._raised[sid] = bool(saved.get("raised", False))
 
     def update(self, health: SensorHealth, now: datetime) -> Update:
         """One status observation; a draft only when the fault starts or ends."""
         out = Update()
-        asset = self._assets[health.sensor_id]
+        asset = self._assets.get(health.sensor_id)
+        if asset is None:  # removed by a reload an instant ago
+            return out
         raised = self._raised[health.sensor_id]
         garbage = health.bad_for_s > 0 and health.bad_for_s >= self._bad_after[health.sensor_id]
         down = health.state in ("backoff", "stale")
@@ -88,6 +98,7 @@ class SensorFaultTracker:
         else:
             return out
         self._raised[health.sensor_id] = transition == "raised"
+        self._saved.pop(fault_key(asset.id, health.sensor_id), None)  # superseded
         out.state[fault_key(asset.id, health.sensor_id)] = json.dumps(
             {"raised": transition == "raised", "at": format_ts(now)}
         )

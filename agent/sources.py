@@ -8,7 +8,7 @@ this function too.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 from agent.config import Bus as BusConfig
@@ -89,28 +89,45 @@ def _own_bus(sensor: Sensor) -> Bus:
 
 
 def build_sources(
-    config: Config, library: ProfileLibrary, sink: Callable[[Reading], None]
+    config: Config,
+    library: ProfileLibrary,
+    sink: Callable[[Reading], None],
+    *,
+    only: Collection[str] | None = None,
+    shared: Mapping[str, Bus] | None = None,
 ) -> Sources:
-    """Buses and pollers for every configured sensor.
+    """Buses and pollers for the configured sensors (nothing is opened here).
 
     Args:
         config: the validated configuration.
         library: the register profiles (shipped plus the profiles_dir's), loaded once.
         sink: where every poller hands its readings.
+        only: build these sensors only (a reload starts the added and changed ones).
+        shared: shared buses already running, by id, for the built sensors to join; the
+            other shared buses they need are built (and returned in `buses`).
 
     Raises:
         ProfileError: a sensor names a profile the library does not have (``check``
             reports it first).
     """
-    shared = {b.id: _shared_bus(config, b, library) for b in config.buses}
-    buses: list[Bus] = list(shared.values())
+    sensors = [
+        s for s in config.sensors if s.modbus is not None and (only is None or s.id in only)
+    ]  # MQTT sensors: agent.mqtt_inputs
+    used = {s.modbus.bus for s in sensors if s.modbus is not None}
+    reuse = dict(shared or {})
+    built = {
+        b.id: _shared_bus(config, b, library)
+        for b in config.buses
+        if b.id not in reuse and (only is None or b.id in used)
+    }
+    buses: list[Bus] = list(built.values())
     pollers = []
-    for s in config.sensors:
+    for s in sensors:
         m = s.modbus
         if m is None:
             continue  # an MQTT sensor (agent.mqtt_inputs)
         if m.bus is not None:
-            bus = shared[m.bus]
+            bus = reuse.get(m.bus) or built[m.bus]
         else:
             bus = _own_bus(s)
             buses.append(bus)

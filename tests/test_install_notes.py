@@ -44,6 +44,10 @@ def test_the_install_notes_produce_a_running_hardened_service() -> None:
     assert report["modes"]["config"] == "0644 0:0"  # readable by the dynamic user
     assert report["check_as_service_user"] == [0, ""]
     assert report["service"]["notify"][:2] == ["READY=1", "WATCHDOG=1"]
+    # systemctl reload (SIGHUP) and `edge-agent reload` re-read the file; it did not change.
+    assert report["service"]["reloaded_by_sighup"]
+    code, said = report["service"]["reload"]
+    assert code == 0 and "nothing changed" in said, said
     assert "IPAddressAllow=10.0.0.21" in report["dropin"]
     assert "LoadCredential=portfolio-token:" in report["dropin"]
     if shutil.which("systemd-analyze"):

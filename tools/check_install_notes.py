@@ -10,7 +10,8 @@ left out and listed. Then, as systemd would run the service:
 - `edge-agent run` runs as that uid with the unit's LimitNOFILE, a /proc like the unit's
   (ProtectProc=invisible, ProcSubset=pid) and a notify socket: it must say READY=1, ping
   the watchdog, serve /healthz, take a maintenance event through its control socket (mode
-  0660) from root, answer the notes' `status`, and exit 0 on SIGTERM;
+  0660) from root, answer the notes' `status`, reload its configuration on SIGHUP (the
+  unit's ExecReload=) and through `edge-agent reload`, and exit 0 on SIGTERM;
 - `systemd-analyze security --offline=yes` rates the unit with its drop-in, when the tool
   exists.
 
@@ -153,10 +154,11 @@ _REVEAL_PYENV = (
 )
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM to the agent itself (PID 1 of its namespace), as systemd's KillSignal does."""
+def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    """SIGTERM to the agent itself (PID 1 of its namespace), as systemd's KillSignal does
+    (SIGHUP as the unit's ExecReload= does)."""
     children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-    os.kill(int(children[0]) if children else proc.pid, signal.SIGTERM)
+    os.kill(int(children[0]) if children else proc.pid, sig)
 
 
 def unit_value(root: Path, key: str) -> str:
@@ -209,6 +211,14 @@ def run_service(root: Path, prefix: list[str], env: dict[str, str], port: int) -
                 text=True,
                 timeout=60,
             )
+            if "kill -HUP $MAINPID" in unit_value(root, "ExecReload"):
+                stop(proc, signal.SIGHUP)  # systemctl reload
+            reload = subprocess.run(
+                [str(agent), "reload", "-c", str(config)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             status = [
                 subprocess.run(
                     ["bash", "-c", in_root(cmd, root)], capture_output=True, text=True, timeout=60
@@ -228,6 +238,8 @@ def run_service(root: Path, prefix: list[str], env: dict[str, str], port: int) -
         "healthz_gateway": health.get("gateway") if isinstance(health, dict) else health,
         "control_socket_mode": sock_mode,
         "maintenance": (maint.returncode, maint.stdout.strip() or maint.stderr.strip()),
+        "reload": (reload.returncode, reload.stdout.strip() or reload.stderr.strip()),
+        "reloaded_by_sighup": "requested by SIGHUP: nothing changed" in err.decode(),
         "status": [(p.returncode, p.stdout.strip() or p.stderr.strip()) for p in status],
         "exit_code": proc.returncode,
         "log_errors": [ln for ln in err.decode().splitlines() if '"level": "ERROR"' in ln],
@@ -303,6 +315,8 @@ def main() -> int:
             ("/healthz", svc["healthz_gateway"] == "gw-01"),
             ("control socket 0660", svc["control_socket_mode"] == "0660"),
             ("maintenance", svc["maintenance"][0] == 0),
+            ("reload (edge-agent reload)", svc["reload"][0] == 0),
+            ("reload (SIGHUP, ExecReload=)", svc["reloaded_by_sighup"]),
             ("status", bool(svc["status"]) and all(code == 0 for code, _ in svc["status"])),
             ("clean exit", svc["exit_code"] == 0),
             ("exposure", report["exposure"] is None or report["exposure"] <= MAX_EXPOSURE),

@@ -9,19 +9,32 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from datetime import datetime
 
+from agent.analysis.bearing import BearingGeometry
+from agent.analysis.features import waveform_features
 from agent.analysis.health_index import HealthIndex, HealthIndexTuning
 from agent.analysis.lifecycle import LifecycleState
-from agent.analysis.severity import ZoneTable, iso_alarm_level
+from agent.analysis.severity import ZoneTable, iso_alarm_level, velocity_band_hz
 from agent.analysis.trend import NoEstimate, Trend
 from agent.analysis.ttf import Estimate
 from agent.config import Asset
 from agent.records import SensorRef
+from drivers.reading import Reading
 
-__all__ = ["Channel", "ChannelView", "load_channel", "model_state", "snap", "state_key"]
+__all__ = [
+    "Channel",
+    "ChannelView",
+    "load_channel",
+    "model_state",
+    "reading_features",
+    "same_model_basis",
+    "saved_states",
+    "snap",
+    "state_key",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +68,7 @@ class Channel:
     onset_s: float | None = None
     estimate: Estimate | NoEstimate | None = None
     estimate_bin: int | None = None
+    estimate_s: float = -math.inf  # reading time the estimate was computed at
     persisted_s: float = -math.inf
     view: ChannelView | None = None
     cause: str = "health_index"  # what raised the trend alert: health_index or velocity
@@ -132,9 +146,48 @@ def load_channel(
     return ch
 
 
+def saved_states(ch: Channel) -> dict[str, str]:
+    """Everything the channel would persist (lifecycles and model), by store key."""
+    return {
+        ch.key("severity"): json.dumps(ch.severity.to_dict(), sort_keys=True),
+        ch.key("trend"): json.dumps(ch.trend.to_dict(), sort_keys=True),
+        ch.key("model"): model_state(ch),
+    }
+
+
 def model_state(ch: Channel) -> str:
     """The channel's model state (health index, history, onset) as compact JSON."""
     return json.dumps(
         {"hi": ch.hi.to_dict(), "history": ch.history.to_dict(), "onset_s": ch.onset_s},
         separators=(",", ":"),
+    )
+
+
+def reading_features(ch: Channel, reading: Reading) -> Mapping[str, float]:
+    """The reading's features; a waveform's computed for the channel's machine."""
+    if reading.waveform is None:
+        return reading.features
+    rpm = ch.asset.machine.rpm
+    b = ch.asset.bearing
+    geometry = None if b is None else BearingGeometry(b.balls, b.ball_mm, b.pitch_mm, b.contact_deg)
+    computed = waveform_features(
+        reading.waveform.samples,
+        reading.waveform.fs_hz,
+        band_hz=velocity_band_hz(rpm),
+        shaft_hz=rpm / 60.0,
+        bearing=geometry,
+    )
+    return {**computed, **reading.features}  # a sensor's own values (temperature) win
+
+
+def same_model_basis(a: Asset, b: Asset) -> bool:
+    """True when a channel's learned model (baseline, trend history) means the same under
+    both asset settings: same features (speed, bearing) over the same baseline length, same
+    trend bins and failure metric. Thresholds, debounce and horizons do not enter it."""
+    return (
+        a.machine.rpm == b.machine.rpm
+        and a.bearing == b.bearing
+        and a.alerting.baseline_readings == b.alerting.baseline_readings
+        and a.alerting.trend_bin_s == b.alerting.trend_bin_s
+        and a.failure.metric == b.failure.metric
     )

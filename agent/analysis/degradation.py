@@ -98,7 +98,7 @@ def _independent_fraction(resid: np.ndarray) -> float:
 MIN_AFTER = 5  # binned points after a change point before its growth counts
 MAX_CHANGES = 16  # candidate change points spread over the history (then refined)
 _REFINE = 6  # candidates added between the neighbours of the best one, twice
-GROWTH_POWERS = (1.0, 2.0)  # shapes of ln m after the change: linear, accelerating
+GROWTH_POWERS = (1.0, 2.0)  # ln m after the change: linear, accelerating (_every_change)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,16 +142,17 @@ class TrendEvidence:
             x[only[0] : only[0] + 1, only[1] : only[1] + 1] for x in self.sums
         )  # fmt: skip
         since = self.since_s if only is None else self.since_s[only[1] : only[1] + 1]
-        powers = np.asarray(GROWTH_POWERS if only is None else GROWTH_POWERS[only[0]])
         e1, e2, e1y = (x[:, :, None] for x in sums)
         sy, syy = self.totals
         y_thr = self.threshold_log
-        v = (1.0 / (since[None, :, None] + np.maximum(remaining_s, 1e-9))) ** np.reshape(
-            powers, (-1, 1, 1)
-        )
-        sgg = self.n - 2.0 * v * e1 + v * v * e2
-        sgz = sy - v * (y_thr * e1 + e1y) + v * v * y_thr * e2
-        szz = syy - 2.0 * y_thr * v * e1y + y_thr * y_thr * v * v * e2
+        v1 = 1.0 / (since[:, None] + np.maximum(remaining_s, 1e-9))  # (K, G)
+        # GROWTH_POWERS (1, 2): v = (1 / (since + R))^p without a general power
+        v = v1[None] if only is not None and GROWTH_POWERS[only[0]] == 1.0 else (
+            v1[None] * v1[None] if only is not None else np.stack((v1, v1 * v1)))  # fmt: skip
+        vv = v * v
+        sgg = self.n - 2.0 * v * e1 + vv * e2
+        sgz = sy - v * (y_thr * e1 + e1y) + vv * (y_thr * e2)
+        szz = syy - (2.0 * y_thr) * v * e1y + vv * (y_thr * y_thr * e2)
         level0 = sgz / sgg
         return level0, np.maximum(szz - sgz * level0, 0.0), sgg
 
@@ -175,18 +176,19 @@ class TrendEvidence:
         sy, syy = self.totals
         flat = float(self._tempered(np.asarray(syy - sy * sy / self.n), float(self.n)))
         top = np.maximum(ll.max(axis=0), flat)
-        weights = np.tile(self.prior, len(GROWTH_POWERS)) / len(GROWTH_POWERS)
-        grown = weights @ np.exp(ll - top)
+        grown = (self.prior / len(GROWTH_POWERS)) @ np.exp(ll - top).reshape(
+            len(GROWTH_POWERS), self.prior.shape[0], -1
+        ).sum(axis=0)
         return np.asarray(top + np.log(0.5 * np.exp(flat - top) + 0.5 * grown))
 
     def level(self, remaining_s: float) -> float:
         """Fitted ln(metric) now, for the most likely path that reaches the threshold in R."""
         r = np.array([max(remaining_s, 1e-9)])
-        best = int(np.argmax(self._log_ml(r)[:, 0]))
+        level0, ssr, sgg = self._fit(r)
+        best = int(np.argmax(self._tempered(ssr, sgg)))
         p, k = divmod(best, self.since_s.shape[0])
-        level0 = float(self._fit(r, (p, k))[0][0, 0, 0])
         frac = (self.since_s[k] / (self.since_s[k] + r[0])) ** GROWTH_POWERS[p]
-        return level0 + (self.threshold_log - level0) * frac
+        return float(level0.flat[best]) + (self.threshold_log - float(level0.flat[best])) * frac
 
     def rate_log_prior(self, prior: DegradationPrior, remaining_s: np.ndarray) -> np.ndarray:
         """ln density over R (per ln R) of the growth-rate prior: rate = (Y - l) / R, with l
@@ -229,45 +231,61 @@ def trend_evidence(
     y_thr = math.log(threshold)
     if float(y[-1]) >= y_thr:
         return NoEstimate("the failure metric is already at or past its failure threshold")
-    taus, e, sums, fit = _candidates(t, y, np.unique(
-        np.linspace(0, n - MIN_AFTER - 1, min(MAX_CHANGES, n - MIN_AFTER)).round().astype(int)
-    ))  # fmt: skip
+    top = n - MIN_AFTER - 1
+    s1, s2, s1y, ssr, icpt, slope = _every_change(t, y, top)
+    idx = np.unique(np.linspace(0, top, min(MAX_CHANGES, n - MIN_AFTER)).round().astype(int))
     # Every bin between the neighbours of the best coarse change point joins the candidates,
     # so the change is placed to the bin, not to the coarse spacing (a bias in R otherwise).
-    idx = np.searchsorted(t, taus)
     for _ in range(2):  # zoom in twice: a few bins between each power's best one's neighbours
-        for k in fit[4]:
-            lo = idx[max(k - 1, 0)]
-            hi = min(idx[min(k + 1, idx.shape[0] - 1)], n - MIN_AFTER - 1)
-            near = np.linspace(lo, hi, min(_REFINE, hi - lo + 1)).round().astype(int)
-            idx = np.union1d(idx, near)
-        taus, e, sums, fit = _candidates(t, y, idx)
-    resid = y - fit[2] - fit[3] * e[fit[0], fit[1]]
+        near = [idx]
+        for k in np.argmin(ssr[:, idx], axis=1):
+            lo = int(idx[max(k - 1, 0)])
+            hi = min(int(idx[min(k + 1, idx.shape[0] - 1)]), top)
+            m = min(_REFINE, hi - lo + 1)
+            near.append(np.asarray([round(lo + (hi - lo) * j / max(m - 1, 1)) for j in range(m)]))
+        idx = np.unique(np.concatenate(near))
+    p, k = np.unravel_index(int(np.argmin(ssr[:, idx])), (ssr.shape[0], idx.shape[0]))
+    taus = t[idx]
+    grown = np.maximum(t - taus[k], 0.0) ** GROWTH_POWERS[p]
+    resid = y - icpt[p, idx[k]] - slope[p, idx[k]] * grown
     weight = max(min_weight, _independent_fraction(resid))
     edges = np.concatenate(([taus[0]], (taus[1:] + taus[:-1]) / 2.0, [now_s]))
     span = np.maximum(np.diff(edges), 1e-9)
     return TrendEvidence(
         n, weight, y_thr, max(now_s - float(t[0]), 0.0), now_s - taus, span / span.sum(),
-        sums, (float(y.sum()), float(y @ y)),
+        (s1[:, idx], s2[:, idx], s1y[:, idx]), (float(y.sum()), float(y @ y)),
     )  # fmt: skip
 
 
-def _candidates(
-    t: np.ndarray, y: np.ndarray, idx: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray], tuple]:
-    """Change points at bins idx: (taus, e (P, K, n), sums, best free-slope fit (p, k,
-    intercept, slope, and each power's best k))."""
-    taus = t[idx]
-    base = np.maximum(t[None, :] - taus[:, None], 0.0)
-    e = np.stack([base if p == 1.0 else base**p for p in GROWTH_POWERS])
-    s1, s2, s1y = e.sum(axis=2), np.einsum("pkn,pkn->pk", e, e), e @ y
+def _every_change(
+    t: np.ndarray, y: np.ndarray, top: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For a change point at each bin 0..top and each growth power p (GROWTH_POWERS: 1 and
+    2): sum e, sum e^2, sum e y with e = max(t - tau, 0)^p, and the best free-slope line's
+    ssr, intercept and slope; each (P, top + 1).
+
+    All in O(n): with u = (t - t_last) / scale in [-1, 0], suffix sums over j >= i of u^0..u^4
+    and y u^0..u^2 give every candidate's sums by binomial expansion (the origin at the last
+    bin keeps the late candidates, with few and small terms, exact).
+    """
+    scale = max(float(t[-1] - t[0]), 1e-9)
+    u = (t - t[-1]) / scale
+    u2 = u * u
+    cols = np.stack((np.ones_like(u), u, u2, u2 * u, u2 * u2, y, u * y, u2 * y))
+    a0, a1, a2, a3, a4, b0, b1, b2 = np.cumsum(cols[:, ::-1], axis=1)[:, ::-1][:, : top + 1]
+    c = u[: top + 1]
+    c2 = c * c
+    d1 = a1 - c * a0  # sum (u - c) over the bins after the change
+    d2 = a2 - 2.0 * c * a1 + c2 * a0  # sum (u - c)^2
+    d4 = a4 - 4.0 * c * a3 + 6.0 * c2 * a2 - 4.0 * c2 * c * a1 + c2 * c2 * a0
+    sc2 = scale * scale
+    s1 = np.stack((d1 * scale, d2 * sc2))
+    s2 = np.stack((d2 * sc2, d4 * sc2 * sc2))
+    s1y = np.stack(((b1 - c * b0) * scale, (b2 - 2.0 * c * b1 + c2 * b0) * sc2))
     n, sy = t.shape[0], float(y.sum())
     den = n * s2 - s1 * s1
     slope = np.where(den > 0, (n * s1y - s1 * sy) / np.where(den > 0, den, 1.0), 0.0)
     icpt = (sy - slope * s1) / n
     ssr = float(y @ y) - 2 * icpt * sy - 2 * slope * s1y + n * icpt**2 + 2 * icpt * slope * s1 + (
         slope**2 * s2)  # fmt: skip
-    p, k = np.unravel_index(int(np.argmin(ssr)), ssr.shape)
-    per_power = tuple(int(x) for x in np.argmin(ssr, axis=1))
-    return taus, e, (s1, s2, s1y), (int(p), int(k), float(icpt[p, k]), float(slope[p, k]),
-                                    per_power)  # fmt: skip
+    return s1, s2, s1y, ssr, icpt, slope

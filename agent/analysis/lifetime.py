@@ -67,17 +67,24 @@ class AssetLives:
         saved: Mapping[str, str],
         fleet: Mapping[str, Sequence[FleetLife]] | None = None,
     ) -> None:
-        self._assets = {a.id: a for a in assets}
         self._fleet = {k: list(v) for k, v in (fleet or {}).items()}
-        self._priors: dict[str, LifePrior | None] = {}
         self._anchors: dict[str, dict[str, float | None]] = {}
+        self._changed: set[str] = set()
+        self.reconfigure(assets, saved)
+
+    def reconfigure(self, assets: Iterable[Asset], saved: Mapping[str, str]) -> None:
+        """Take the assets of a (re)loaded configuration: their priors are worked out again;
+        the age anchors of assets already known are kept, a new asset's come from saved."""
+        self._assets = {a.id: a for a in assets}
+        self._priors: dict[str, LifePrior | None] = {}
         for asset_id in self._assets:
+            if asset_id in self._anchors:
+                continue
             try:
                 data = json.loads(saved.get(life_key(asset_id), "{}"))
             except ValueError:
                 data = {}
             self._anchors[asset_id] = data if isinstance(data, dict) else {}
-        self._changed: set[str] = set()
 
     def class_of(self, asset: Asset) -> str:
         """The fleet-history class of an asset (its own id without reliability.class)."""

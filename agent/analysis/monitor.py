@@ -27,12 +27,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from agent.analysis.bearing import BearingGeometry
 from agent.analysis.channel import (
     Channel,
     ChannelView,
     load_channel,
     model_state,
+    reading_features,
+    same_model_basis,
+    saved_states,
     snap,
     state_key,
 )
@@ -49,15 +51,14 @@ from agent.analysis.drafts import (
     severity_draft,
     trend_draft,
 )
-from agent.analysis.features import VELOCITY_BAND_PERIODS, waveform_features
-from agent.analysis.forecast import channel_estimate
-from agent.analysis.health_index import HealthIndexTuning
+from agent.analysis.features import VELOCITY_BAND_PERIODS
+from agent.analysis.forecast import channel_estimate, still_fresh
+from agent.analysis.health_index import HealthIndex, HealthIndexTuning
 from agent.analysis.lifecycle import LifecycleState, step
 from agent.analysis.lifetime import AssetLives
 from agent.analysis.reliability import FleetLife
 from agent.analysis.severity import (
     ZONE_LEVEL,
-    velocity_band_hz,
     velocity_resolved,
     zone_table,
 )
@@ -139,17 +140,52 @@ class Monitor:
         fleet: Mapping[str, Sequence[FleetLife]] | None = None,
         persist: bool = True,
     ) -> None:
-        self._sensor_asset = {s.id: config.asset(s.asset) for s in config.sensors}
-        self._asset_sensors = {
-            a.id: [s.id for s in config.sensors if s.asset == a.id] for a in config.assets
-        }
-        self._tables = {a.id: zone_table(a.machine) for a in config.assets}
+        self._index(config)
         self._saved = dict(state or {})
         self.lives = AssetLives(config.assets, self._saved, fleet)
         self.persist = persist
         self._channels: dict[tuple[str, str], Channel] = {}
         self.tuning = tuning or Tuning()
         self.skipped_total = 0  # readings without a usable velocity (bad quality, missing)
+
+    def _index(self, config: Config) -> None:
+        self._sensor_asset = {s.id: config.asset(s.asset) for s in config.sensors}
+        self._channels_of = {s.id: s.channels for s in config.sensors}
+        self._asset_sensors = {
+            a.id: [s.id for s in config.sensors if s.asset == a.id] for a in config.assets
+        }
+        self._tables = {a.id: zone_table(a.machine) for a in config.assets}
+
+    def knows(self, sensor_id: str) -> bool:
+        """True when the sensor is in the configuration (a reload may have removed it)."""
+        return sensor_id in self._sensor_asset
+
+    def reconfigure(self, config: Config) -> Update:
+        """Take a reloaded configuration; returns the state to persist.
+
+        A channel that keeps its asset keeps what it learned; new thresholds, debounce,
+        horizons and priors apply from its next reading. Its baseline and trend history are
+        relearned (alert states kept) only when what they were learned from changed (see
+        `same_model_basis`). A channel removed, or moved to another asset, is saved and
+        dropped (a later reload that brings it back resumes it).
+        """
+        out = Update()
+        self._index(config)
+        for key, ch in list(self._channels.items()):
+            asset = self._sensor_asset.get(key[0])
+            if asset is None or asset.id != ch.asset.id or key[1] not in self._channels_of[key[0]]:
+                self._saved.update(saved := saved_states(ch))
+                out.state.update(saved)
+                del self._channels[key]
+                continue
+            if not same_model_basis(asset, ch.asset):
+                ch.hi = HealthIndex(asset.alerting.baseline_readings, self.tuning.health)
+                ch.history, ch.onset_s = self._new_history(asset), None
+                out.state[ch.key("model")] = model_state(ch)
+            ch.asset, ch.table = asset, self._tables[asset.id]
+            ch.estimate = ch.estimate_bin = None
+        self.lives.reconfigure(config.assets, self._saved)
+        return out
 
     def _new_history(self, asset: Asset) -> Trend:
         t = self.tuning
@@ -173,23 +209,6 @@ class Monitor:
         self._channels[key] = ch
         return ch
 
-    def _features(self, ch: Channel, reading: Reading) -> Mapping[str, float]:
-        if reading.waveform is None:
-            return reading.features
-        rpm = ch.asset.machine.rpm
-        b = ch.asset.bearing
-        geometry = (
-            None if b is None else BearingGeometry(b.balls, b.ball_mm, b.pitch_mm, b.contact_deg)
-        )
-        computed = waveform_features(
-            reading.waveform.samples,
-            reading.waveform.fs_hz,
-            band_hz=velocity_band_hz(rpm),
-            shaft_hz=rpm / 60.0,
-            bearing=geometry,
-        )
-        return {**computed, **reading.features}  # a sensor's own values (temperature) win
-
     def update(self, reading: Reading) -> Update:
         """Analyse one reading; returns the drafts and state to persist together."""
         out = Update()
@@ -199,7 +218,7 @@ class Monitor:
             self.skipped_total += 1
             return out
         ch = self._channel(reading)
-        feats = self._features(ch, reading)
+        feats = reading_features(ch, reading)
         value = feats.get(SEVERITY_METRIC)
         if value is None or not math.isfinite(value):
             self.skipped_total += 1
@@ -295,9 +314,9 @@ class Monitor:
         return out
 
     def _estimate(self, ch: Channel, now_s: float) -> Estimate | NoEstimate:
-        """The channel's time-to-failure estimate, recomputed at most once per bin."""
+        """The channel's estimate: at most once per bin, far from failure less (still_fresh)."""
         b = math.floor(now_s / ch.history.bin_s)
-        if ch.estimate is not None and ch.estimate_bin == b:
+        if ch.estimate is not None and (ch.estimate_bin == b or still_fresh(ch, now_s)):
             return ch.estimate
         try:
             est = channel_estimate(
@@ -306,7 +325,7 @@ class Monitor:
             )  # fmt: skip
         except (ArithmeticError, ValueError) as exc:  # never lose the alerts over it
             est = NoEstimate(f"time-to-failure model failed on this history: {exc}")
-        ch.estimate, ch.estimate_bin = est, b
+        ch.estimate, ch.estimate_bin, ch.estimate_s = est, b, now_s
         return est
 
     def maintenance(

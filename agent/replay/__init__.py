@@ -28,7 +28,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TextIO
 
-from agent.analysis.monitor import Monitor
+from agent.analysis.monitor import Monitor, Tuning
+from agent.analysis.ttf import PosteriorTuning
 from agent.config import ConfigError
 from agent.records import dumps, format_ts
 from agent.replay import _args
@@ -56,7 +57,8 @@ def replay(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         ArgumentError, ConfigError, RecordingError, PlotError: bad input (see run()).
     """
     cfg, gateway, sensor = build_config(args)
-    monitor = Monitor(cfg, persist=False)  # a replay keeps nothing
+    tuning = Tuning(posterior=PosteriorTuning(point_tail=args.point_tail))
+    monitor = Monitor(cfg, tuning=tuning, persist=False)  # a replay keeps nothing
     story = Story(next(s.asset for s in cfg.sensors if s.id == sensor))
     seq = 0
     channels: list[str] = []

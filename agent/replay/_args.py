@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from agent.analysis.ttf import POINT_TAIL
 from agent.config import Config, load_config
 from agent.config._messages import did_you_mean
 from agent.replay._inputs import parse_start
@@ -87,6 +88,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         help="the machine's age at the first snapshot, hours (default 0 with --prior-life-hours)",
     )
+    r.add_argument(
+        "--point-tail",
+        type=float,
+        default=POINT_TAIL,
+        metavar="SHARE",
+        help="the estimate is the geometric mean of the remaining time over this lowest share "
+        f"of its posterior (default {POINT_TAIL:g}: about the remaining L10; 0.5 or more is "
+        "less conservative)",
+    )
     c = parser.add_argument_group("CSV snapshots")
     c.add_argument("--fs-hz", type=float, help="sampling rate when a file has no # fs_hz=")
     c.add_argument(
@@ -129,6 +139,8 @@ def _check_plain(args: argparse.Namespace) -> None:
     """Flags that never reach the configuration models."""
     if args.limit is not None and args.limit < 1:
         raise ArgumentError(f"--limit {args.limit}: expected at least 1 snapshot")
+    if not (math.isfinite(args.point_tail) and 0.0 < args.point_tail <= 1.0):
+        raise ArgumentError(f"--point-tail {args.point_tail:g}: expected a share in (0, 1]")
     for flag, value in (("--fs-hz", args.fs_hz), ("--interval-s", args.interval_s)):
         if value is not None and not (math.isfinite(value) and value > 0):
             raise ArgumentError(f"{flag} {value:g}: expected a number greater than 0")

@@ -15,6 +15,7 @@ A header-less CSV of any other shape is an error: its first row is never taken f
 
 from __future__ import annotations
 
+import io
 import re
 import warnings
 from collections.abc import Iterator
@@ -31,6 +32,7 @@ PRONOSTIA_CHANNELS = ("h", "v")
 _PRONOSTIA_COLUMNS = 6
 _NUMBER = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
 _DAY_S = 86400.0
+MIN_SAMPLES = 16  # the features need at least this many samples per channel
 _MAX_FILE_BYTES = 64 * 2**20  # one snapshot; anything larger is not a snapshot
 
 
@@ -104,6 +106,30 @@ def _fields(line: str) -> list[str]:
     return [f.strip() for f in re.split(r"[,;]", line.strip())]
 
 
+def _pronostia_rows(text: str, first: str, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """(the two acceleration columns, the first and last rows' times of day in s).
+
+    numpy's C reader parses only the acceleration columns (3x faster than every value); a
+    count of separators proves that every row has the six fields.
+    """
+    sep = ";" if ";" in first else ","
+    last = text.rstrip().rsplit("\n", 1)[-1]
+    try:
+        rows = np.loadtxt(io.StringIO(text), delimiter=sep, usecols=(4, 5), ndmin=2)
+        ends = np.array([[float(x) for x in _fields(line)[:4]] for line in (first, last)])
+    except ValueError as exc:
+        raise RecordingError(f"{where}: not rows of {_PRONOSTIA_COLUMNS} numbers ({exc})") from exc
+    if rows.shape[0] < MIN_SAMPLES:
+        raise RecordingError(f"{where}: {rows.shape[0]} rows; a snapshot needs {MIN_SAMPLES}")
+    if text.count(sep) != (_PRONOSTIA_COLUMNS - 1) * rows.shape[0]:
+        raise RecordingError(
+            f"{where}: expected rows of {_PRONOSTIA_COLUMNS} numbers; {rows.shape[0]} rows hold "
+            f"{text.count(sep) + rows.shape[0]} values (a missing or extra value)"
+        )
+    secs = ends[:, 0] * 3600.0 + ends[:, 1] * 60.0 + ends[:, 2] + ends[:, 3] * 1e-6
+    return rows, secs
+
+
 def _pronostia(files: list[Path], start: datetime, fs_hz: float | None) -> Iterator[Snapshot]:
     day = start.replace(hour=0, minute=0, second=0, microsecond=0)
     last = -1.0
@@ -117,8 +143,7 @@ def _pronostia(files: list[Path], start: datetime, fs_hz: float | None) -> Itera
                 f"row: hour, minute, second, microsecond, horizontal g, vertical g); got "
                 f"{len(fields)} field(s): {first[:80]!r}"
             )
-        rows = _numbers(text, _PRONOSTIA_COLUMNS, str(f))
-        secs = rows[:, 0] * 3600.0 + rows[:, 1] * 60.0 + rows[:, 2] + rows[:, 3] * 1e-6
+        rows, secs = _pronostia_rows(text, first, str(f))
         span = float(secs[-1] - secs[0])
         fs = (rows.shape[0] - 1) / span if span > 0 else fs_hz
         if fs is None:
@@ -127,7 +152,7 @@ def _pronostia(files: list[Path], start: datetime, fs_hz: float | None) -> Itera
         if of_day < last - _DAY_S / 2:  # the clock passed midnight
             day += timedelta(days=1)
         last = of_day
-        channels = {ch: rows[:, 4 + k] for k, ch in enumerate(PRONOSTIA_CHANNELS)}
+        channels = {ch: rows[:, k] for k, ch in enumerate(PRONOSTIA_CHANNELS)}
         yield Snapshot(day + timedelta(seconds=of_day), float(fs), channels, str(f))
 
 
@@ -166,6 +191,8 @@ def _with_header(
             raise RecordingError(f"{f}: bad '# fs_hz=' or '# timestamp=' line: {exc}") from exc
         if fs is None or not fs > 0:
             raise RecordingError(f"{f}: no '# fs_hz=' line and no --fs-hz")
+        if data.shape[0] < MIN_SAMPLES:
+            raise RecordingError(f"{f}: {data.shape[0]} rows; a snapshot needs {MIN_SAMPLES}")
         yield Snapshot(at, fs, {name: data[:, k] for k, name in enumerate(names)}, str(f))
 
 

@@ -8,7 +8,6 @@ caller's await returns only after that transaction is on disk.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import sqlite3
 from collections import deque
@@ -24,7 +23,7 @@ from agent.store import _budget, _ops, _queries
 from agent.store._files import Quarantined
 from agent.store._ops import StoredItem
 from agent.store._queries import OutboxStats
-from agent.store._routing import FINDINGS
+from agent.store._routing import FINDINGS, register
 from agent.store._salvage import StoreFault
 from agent.store._schema import open_db
 from agent.store._writer import Writer, WriterCounters
@@ -133,7 +132,8 @@ class Outbox:
         writer = Writer(
             self.path,
             self._open,
-            before_commit=functools.partial(_budget.enforce, max_bytes=self.max_bytes),
+            # Read at each commit: a reload may change the budget.
+            before_commit=lambda conn: _budget.enforce(conn, max_bytes=self.max_bytes),
             queue_size=self._queue_size,
             on_fault=self._fault,
         )
@@ -200,6 +200,17 @@ class Outbox:
         if records:
             self._wake_all()
         return records
+
+    async def register_uplinks(self, names: Sequence[str], carries: Mapping[str, str]) -> None:
+        """Make the registered uplinks exactly `names` while open (a reload): an added one
+        is given every item not yet delivered everywhere, a removed one holds nothing back
+        any more; every other uplink's delivery rows stay as they are."""
+        names, carries = tuple(names), dict(carries)
+        await self._call(
+            lambda c: register(c, names, carries), write=True, what="registering uplinks"
+        )
+        self.uplinks, self.carries = names, carries  # a recovered file registers these
+        self._wake_all()
 
     async def append_summaries(self, drafts: Sequence[SummaryDraft]) -> list[dict[str, Any]]:
         """Store feature summaries (a lower class than alerts); their records."""

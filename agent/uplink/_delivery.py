@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from agent.records import format_ts
 from agent.store import Outbox, StoredItem, StoreError
 from agent.uplink._backoff import retry_delay
-from agent.uplink._transport import Transport
+from agent.uplink._transport import SendResult, Transport
 from agent.uplink.errors import UplinkRejected, UplinkUnavailable
 
 log = logging.getLogger(__name__)
@@ -121,11 +121,14 @@ class Delivery:
         self._in_error = False
         self._probe_trusted = True
         self._after_probe = False  # the send under way follows a probe that said "up"
+        self._stopping = False
+        self._between = asyncio.Event()  # set while no send is under way
+        self._between.set()
 
     async def run(self) -> None:
-        """Deliver forever; returns only by cancellation (which it never swallows)."""
+        """Deliver until stopped or cancelled (a cancellation is never swallowed)."""
         async with self.transport:
-            while True:
+            while not self._stopping:
                 try:
                     await self.step()
                 except Exception as exc:
@@ -152,16 +155,16 @@ class Delivery:
         self.status.state = "sending"
         self.status.attempts_total += 1
         after_probe, self._after_probe = self._after_probe, False
-        result = await self.transport.send(items)
-        if result.skipped and not await self._skipped(result.skipped):
+        self._between.clear()
+        try:
+            result = await self.transport.send(items)
+            problem = await self._settle(result)
+        finally:
+            self._between.set()
+        if problem is not None:
+            await self._failed(problem)
             return
         if result.delivered:
-            try:
-                await self.outbox.mark_delivered(self.name, result.delivered)
-            except StoreError as exc:
-                # Delivered but not recorded: they will be sent again, the far end dedupes.
-                await self._failed(f"outbox: marking delivered: {exc}")
-                return
             self._succeeded(result.delivered)
         err = result.error
         if isinstance(err, UplinkUnavailable):
@@ -171,19 +174,36 @@ class Delivery:
         elif isinstance(err, UplinkRejected):
             await self._rejected(result.failed, err)
 
-    async def _skipped(self, skipped: list[tuple[StoredItem, str]]) -> bool:
-        """Settle what this uplink does not carry, with why; False when the store failed."""
+    async def _settle(self, result: SendResult) -> str | None:
+        """Record what the far end has, and what this uplink does not carry (with why);
+        the problem when the store failed (then they are sent again, the far end dedupes)."""
         by_why: dict[str, list[StoredItem]] = {}
-        for item, why in skipped:
+        for item, why in result.skipped:
             by_why.setdefault(why, []).append(item)
         try:
             for why, items in by_why.items():
                 await self.outbox.mark_delivered(self.name, items, note=why)
         except StoreError as exc:
-            await self._failed(f"outbox: marking skipped: {exc}")
-            return False
-        self.status.skipped_total += len(skipped)
-        return True
+            return f"outbox: marking skipped: {exc}"
+        self.status.skipped_total += len(result.skipped)
+        if result.delivered:
+            try:
+                await self.outbox.mark_delivered(self.name, result.delivered)
+            except StoreError as exc:
+                return f"outbox: marking delivered: {exc}"
+        return None
+
+    async def stop(self, task: asyncio.Task[None], *, timeout_s: float) -> None:
+        """End this loop (a reload) without cutting a send short: a batch under way is
+        finished and recorded, within timeout_s (past that it is cancelled: at-least-once,
+        it is sent again later and the far end dedupes); then `task` (running `run`) ends.
+        """
+        self._stopping = True
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._between.wait()
+        task.cancel()
+        await asyncio.wait([task], timeout=timeout_s)
 
     async def _rejected(self, items: list[StoredItem], exc: UplinkRejected) -> None:
         if exc.too_large and len(items) > 1:

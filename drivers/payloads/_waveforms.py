@@ -151,7 +151,8 @@ class WaveformJsonDecoder:
                 raise PayloadError(MALFORMED, f"axis {axis}: not base64") from None
             if len(raw) % 2:
                 raise PayloadError(BAD_WAVEFORM, f"axis {axis}: odd byte count {len(raw)}")
-            return np.frombuffer(raw, dtype="<i2").astype(np.float64) * scale
+            with np.errstate(over="ignore"):  # a huge scale gives inf: flagged, not analysed
+                return np.frombuffer(raw, dtype="<i2").astype(np.float64) * scale
         if not isinstance(data, list):
             raise PayloadError(WRONG_TYPE, f"axis {axis}: expected a list of numbers")
         if len(data) > limit:
@@ -257,7 +258,8 @@ class RawInt16Decoder:
             )
         self.limits.check(n, fs, self.axis_names[0])
         data = np.frombuffer(raw, dtype="<i2", offset=self.data_offset).astype(np.float64)
-        data *= scale
+        with np.errstate(over="ignore"):  # a huge scale gives inf: flagged, not analysed
+            data *= scale
         out = Decoded()
         for i, axis in enumerate(self.axis_names[:n_axes]):
             samples = data[i * n : (i + 1) * n] if self.layout == "planar" else data[i::n_axes]

@@ -4,6 +4,7 @@ lives from replacements, and severity only where the velocity band is measured."
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -12,8 +13,10 @@ import jsonschema
 import numpy as np
 import pytest
 
+from agent.analysis.forecast import REFRESH_SHARE
 from agent.analysis.monitor import Monitor
 from agent.analysis.reliability import life_prior
+from agent.analysis.ttf import POINT_TAIL, tail_levels
 from agent.config import Config
 from drivers.reading import Reading, Waveform
 
@@ -46,6 +49,12 @@ def reading(at: datetime, **feats: float) -> Reading:
     return Reading("m1", "z", at, {**FEATS, **feats})
 
 
+def L10(prior: Any, age_h: float) -> float:
+    """The reported point: the remaining L10 at that age."""
+    hours = prior.remaining_quantiles(age_h, tail_levels(POINT_TAIL))
+    return math.exp(sum(math.log(h) for h in hours) / len(hours))
+
+
 def ttf_at(m: Monitor, at: datetime) -> tuple[Any, Any, Any, Any]:
     m.update(reading(at))
     cur = m.current("m1", "z")
@@ -59,11 +68,11 @@ def test_before_any_onset_the_prior_at_the_asset_age_and_the_record_says_so() ->
     assert prior is not None
     _, prog, ttf, reason = ttf_at(m, T0)
     assert prog is None and ttf is not None and ttf.model == "reliability-prior"
-    assert ttf.hours == pytest.approx(prior.remaining_quantiles(100.0, [0.25])[0], rel=1e-4)
+    assert ttf.hours == pytest.approx(L10(prior, 100.0), rel=1e-4)
     assert reason is not None and reason.startswith("no degradation seen yet (learning the base")
     # Ten hours later (the readings' clock) the asset is 110 h old.
     _, _, ttf, _ = ttf_at(m, T0 + timedelta(hours=10))
-    assert ttf.hours == pytest.approx(prior.remaining_quantiles(110.0, [0.25])[0], rel=1e-4)
+    assert ttf.hours == pytest.approx(L10(prior, 110.0), rel=1e-4)
     # A record (zone C) carries it, valid against the schema.
     (draft,) = m.update(reading(T0 + timedelta(hours=10, seconds=1), velocity_rms_mm_s=3.0)).drafts
     rec = draft.record(gateway_id="gw-t", seq=1)
@@ -157,3 +166,24 @@ def test_no_severity_from_a_velocity_band_the_waveform_does_not_resolve() -> Non
     assert m.views()[0].zone is None
     long = Reading("m1", "z", T0 + timedelta(seconds=60), {}, waveform=_waveform(1.0))
     assert [(d.kind, d.severity.zone) for d in m.update(long).drafts] == [("severity", "D")]
+
+
+def test_far_from_failure_the_estimate_is_refreshed_once_per_percent_of_its_lower_bound() -> None:
+    """A posterior costs about half a millisecond: far from failure it is recomputed once
+    1 % of its lower bound has passed (here about 18 min), not at every minute's bin; an
+    estimate that is due is recomputed at the next reading."""
+    m = Monitor(config({"lives_hours": [1000.0], "age_hours": 100.0}))
+    hours, lower = [], []
+    for minute in range(0, 121):
+        _, _, ttf, _ = ttf_at(m, T0 + timedelta(minutes=minute))
+        hours.append(ttf.hours)
+        lower.append(ttf.lower_hours)
+    refresh_min = REFRESH_SHARE * min(lower) * 60
+    assert 10 < refresh_min < 60, refresh_min  # the scenario is the one described
+    changes = [i for i in range(1, len(hours)) if hours[i] != hours[i - 1]]
+    assert changes, "never recomputed"
+    gaps = np.diff([0, *changes])
+    assert all(refresh_min - 1 <= g <= refresh_min + 1 for g in gaps), (gaps, refresh_min)
+    # Each value is the estimate at the age it was computed, not a stale one.
+    prior = life_prior(lives_hours=[1000.0])
+    assert hours[changes[-1]] == pytest.approx(L10(prior, 100.0 + changes[-1] / 60), rel=1e-4)

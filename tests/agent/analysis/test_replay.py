@@ -109,6 +109,13 @@ def test_with_a_prior_every_cut_of_a_recording_gets_an_estimate_with_its_basis(
     assert est["progression"] is None
     assert est["no_estimate_reason"].startswith("no degradation seen yet (learning the baseline")
     assert "at age 2.0" in est["no_estimate_reason"]  # age at the first snapshot + 4 x 60 s
+    # The point is conservative by default (lowest quarter); --point-tail 1 moves only it.
+    default, wider = (
+        _lines(_args(str(path), *FAILURE, *prior, "--limit", "80", *tail))[1][-1]["time_to_failure"]
+        for tail in ((), ("--point-tail", "1")))  # fmt: skip
+    assert default["lower_hours"] < default["hours"] < wider["hours"] < default["upper_hours"]
+    assert (default["lower_hours"], default["upper_hours"]) == (
+        wider["lower_hours"], wider["upper_hours"])  # fmt: skip
 
 
 def _pronostia(folder: Path, times: list[tuple[int, int, int]], cols: int = 6) -> None:
@@ -153,6 +160,25 @@ def test_a_headerless_csv_of_another_shape_is_an_error_not_channel_names(
     assert "s1.csv:1: no header line (the first row is numbers, 2 of them)" in err
 
 
+def test_a_pronostia_row_with_a_missing_or_extra_value_is_an_error_with_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Only the acceleration columns are parsed (numpy's C reader), so a row with a seventh
+    field, a row with five, or a snapshot too short to analyse must still be refused."""
+    _pronostia(tmp_path, [(9, 0, 0)])
+    f = tmp_path / "acc_00001.csv"
+    rows = f.read_text().splitlines()
+    for bad, message in (
+        ([*rows[:5], rows[5] + ",0.1", *rows[6:]], "expected rows of 6 numbers; 2560 rows"),
+        ([*rows[:5], rows[5].rsplit(",", 1)[0], *rows[6:]], "not rows of 6 numbers"),
+        (rows[:3], "3 rows; a snapshot needs 16"),
+    ):
+        f.write_text("\n".join(bad) + "\n")
+        assert run(_args(str(tmp_path))) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "acc_00001.csv: " + message in err, err
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -163,6 +189,7 @@ def test_a_headerless_csv_of_another_shape_is_an_error_not_channel_names(
         (["--prior-life-hours", "2.5,x"], "--prior-life-hours '2.5,x': expected completed"),
         (["--age-hours", "-1", "--prior-life-hours", "3"], "--age-hours -1.0: expected greater"),
         (["--limit", "0"], "--limit 0: expected at least 1 snapshot"),
+        (["--point-tail", "0"], "--point-tail 0: expected a share in (0, 1]"),
         (["--start", "yesterday"], "--start 'yesterday': expected an ISO-8601 time"),
         (["--balls", "9"], "--balls, --ball-mm and --pitch-mm go together"),
     ],

@@ -8,9 +8,17 @@ import numpy as np
 import pytest
 
 from agent.analysis.degradation import DegradationPrior, trend_evidence
-from agent.analysis.reliability import life_prior
+from agent.analysis.reliability import LifePrior, life_prior
 from agent.analysis.trend import NoEstimate
-from agent.analysis.ttf import MODEL_FUSED, MODEL_PRIOR, MODEL_TREND, Estimate, remaining_life
+from agent.analysis.ttf import (
+    MODEL_FUSED,
+    MODEL_PRIOR,
+    MODEL_TREND,
+    POINT_TAIL,
+    Estimate,
+    remaining_life,
+    tail_levels,
+)
 
 H = 3600.0
 THRESHOLD = 20.0
@@ -23,6 +31,12 @@ def history(now_h: float, *, onset_h: float = 2.03, fail_h: float = 5.0, seed: i
     rate = math.log(THRESHOLD) / ((fail_h - onset_h) * H)
     y = rate * np.maximum(t - onset_h * H, 0.0) + rng.normal(0.0, 0.05, t.shape[0])
     return t, np.exp(y)
+
+
+def point(prior: LifePrior, age_h: float) -> float:
+    """The reported point of the prior alone: the geometric mean over its lowest quarter."""
+    hours = prior.remaining_quantiles(age_h, tail_levels(POINT_TAIL))
+    return math.exp(sum(math.log(h) for h in hours) / len(hours))
 
 
 def estimate(now_h: float, lives: list[float], **kw) -> Estimate:
@@ -42,8 +56,9 @@ def test_before_onset_the_prior_alone_in_closed_form() -> None:
     est = remaining_life(life=(prior, 6.0), evidence=None)
     assert isinstance(est, Estimate)
     assert est.model == MODEL_PRIOR and est.terms == {"reliability_prior": 1.0}
-    q25, lo, hi = prior.remaining_quantiles(6.0, [0.25, 0.025, 0.975])
-    assert (est.hours, est.lower_hours, est.upper_hours) == pytest.approx((q25, lo, hi))
+    lo, hi = prior.remaining_quantiles(6.0, [0.025, 0.975])
+    l10 = point(prior, 6.0)
+    assert (est.hours, est.lower_hours, est.upper_hours) == pytest.approx((l10, lo, hi))
     assert est.rate_per_day is None  # no trend, no progression
 
 
@@ -61,8 +76,8 @@ def test_a_flat_history_leaves_the_prior_in_charge() -> None:
     assert est.model == MODEL_PRIOR, est
     prior = life_prior(lives_hours=[12.0])
     assert prior is not None
-    (q25,) = prior.remaining_quantiles(4.0, [0.25])
-    assert est.hours == pytest.approx(q25, rel=0.3)
+    l10 = point(prior, 4.0)
+    assert est.hours == pytest.approx(l10, rel=0.3)
 
 
 def test_from_prior_to_data_smoothly_and_bounds_narrow_only_with_evidence() -> None:

@@ -1,0 +1,239 @@
+"""What a reload changes: the running configuration against the file's, as a plan.
+
+Pure (no I/O, no asyncio): agent.reload applies the plan. A sensor is a *transport* (what
+its poller is built from: its modbus block, its bus, its register profile, its cadence and
+channels) plus an *analysis* (its asset and that asset's settings, its fault delay), keyed
+by the sensor's id. A changed transport restarts the sensor's poller; a changed analysis
+alone leaves the poller running and updates the analysis in place (agent.analysis.monitor
+`reconfigure` says what keeps its learned baseline). A sensor of another kind (MQTT) is one
+more branch in `_transport`.
+
+Some changes cannot be applied to a running agent: a new gateway id (it numbers the alerts)
+or store path (the store holds every buffered alert) refuses the whole reload; a changed
+control socket is listed as needing a restart while the rest applies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+
+from agent.analysis.channel import same_model_basis
+from agent.config import Config, Sensor
+from drivers.profiles import ProfileLibrary
+
+RESTART = "systemctl restart edge-agent"
+
+
+@dataclass(frozen=True, slots=True)
+class SensorSpec:
+    """A sensor as a reload compares it."""
+
+    transport: Hashable
+    analysis: Hashable
+
+
+def _transport(config: Config, s: Sensor, library: ProfileLibrary) -> Hashable:
+    """What a sensor's poller is built from (agent.sources). The one branch per kind."""
+    if s.mqtt is not None:  # agent.mqtt_inputs: its subscription, its broker, its channels
+        return ("mqtt", s.mqtt, config.broker(s.mqtt.broker), s.channels, config.decoders_dir)
+    m = s.modbus
+    assert m is not None
+    bus = config.bus(m.bus) if m.bus is not None else None
+    return ("modbus", m, bus, library.get(m.profile), s.poll_interval_s, s.channels)
+
+
+def sensor_specs(config: Config, library: ProfileLibrary) -> dict[str, SensorSpec]:
+    """Every configured sensor's spec, by id."""
+    return {
+        s.id: SensorSpec(
+            _transport(config, s, library),
+            (s.asset, config.asset(s.asset), s.channels, s.bad_values_fault_s),
+        )
+        for s in config.sensors
+    }
+
+
+def _uplink_specs(config: Config) -> dict[str, Hashable]:
+    """Each uplink's settings by name (a CMMS uplink also depends on the assets and site)."""
+    out: dict[str, Hashable] = {}
+    for name, u in zip(config.uplink_names(), config.uplinks, strict=True):
+        extra = (config.assets, config.gateway.site) if u.cmms is not None else None
+        out[name] = (u, extra)
+    return out
+
+
+@dataclass(slots=True)
+class ReloadPlan:
+    """The differences between the running configuration and the new one.
+
+    Attributes:
+        refused: changes that need a restart and make the whole reload refused.
+        needs_restart: changes not applied (the rest is), each with why.
+        start: sensors to start (added, or restarted with a changed transport).
+        stop: sensors to stop (removed, or restarted).
+        reanalyse: sensors whose poller keeps running while their analysis changes.
+        buses_retired: shared buses to close (removed or rebuilt) after their sensors stop.
+        uplinks_stop / uplinks_start: uplinks to stop and (re)build, by name.
+        health: the health endpoint's settings changed (it is rebound).
+        mqtt: an MQTT setting changed: the broker links are rebuilt as a whole (a
+            persistent session keeps the QoS 1 messages of the moment between).
+        changes: one human line per change, for the log and the reload command.
+    """
+
+    refused: list[str] = field(default_factory=list)
+    needs_restart: list[str] = field(default_factory=list)
+    start: list[str] = field(default_factory=list)
+    stop: list[str] = field(default_factory=list)
+    reanalyse: list[str] = field(default_factory=list)
+    buses_retired: list[str] = field(default_factory=list)
+    uplinks_stop: list[str] = field(default_factory=list)
+    uplinks_start: list[str] = field(default_factory=list)
+    health: bool = False
+    mqtt: bool = False
+    changes: list[str] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.changes or self.needs_restart)
+
+
+def plan_reload(
+    old: Config, new: Config, old_library: ProfileLibrary, new_library: ProfileLibrary
+) -> ReloadPlan:
+    """The plan that turns the running `old` configuration into `new`."""
+    plan = ReloadPlan()
+    if new.gateway.id != old.gateway.id:
+        plan.refused.append(
+            f"gateway.id {old.gateway.id} -> {new.gateway.id}: alert ids are numbered by "
+            f"it; a new id needs a restart ({RESTART})"
+        )
+    if new.store.path.absolute() != old.store.path.absolute():
+        plan.refused.append(
+            f"store.path {old.store.path} -> {new.store.path}: the store holds every "
+            f"buffered alert and stays open while the agent runs; a new path needs a restart "
+            f"({RESTART})"
+        )
+    if plan.refused:
+        return plan
+    _plan_buses(old, new, plan)
+    _plan_sensors(old, new, old_library, new_library, plan)
+    _plan_uplinks(old, new, plan)
+    _plan_rest(old, new, plan)
+    return plan
+
+
+def _plan_buses(old: Config, new: Config, plan: ReloadPlan) -> None:
+    before = {b.id: b for b in old.buses}
+    after = {b.id: b for b in new.buses}
+    for bus_id, b in before.items():
+        if bus_id not in after:
+            plan.buses_retired.append(bus_id)
+            plan.changes.append(f"bus {bus_id} removed")
+        elif after[bus_id] != b:
+            plan.buses_retired.append(bus_id)
+            plan.changes.append(f"bus {bus_id} rebuilt (its settings changed), with its sensors")
+    plan.changes += [f"bus {i} added" for i in after if i not in before]
+
+
+def _plan_sensors(
+    old: Config,
+    new: Config,
+    old_library: ProfileLibrary,
+    new_library: ProfileLibrary,
+    plan: ReloadPlan,
+) -> None:
+    before = sensor_specs(old, old_library)
+    after = sensor_specs(new, new_library)
+    for sid, spec in after.items():
+        was = before.get(sid)
+        if was is None:
+            plan.start.append(sid)
+            plan.changes.append(f"sensor {sid} added")
+        elif was.transport != spec.transport:
+            plan.stop.append(sid)
+            plan.start.append(sid)
+            plan.changes.append(
+                f"sensor {sid} restarted: how it is read changed; "
+                + _analysis_change(old, new, sid)
+            )
+        elif was.analysis != spec.analysis:
+            plan.reanalyse.append(sid)
+            plan.changes.append(f"sensor {sid} polls on; " + _analysis_change(old, new, sid))
+    for sid in before:
+        if sid not in after:
+            plan.stop.append(sid)
+            plan.changes.append(f"sensor {sid} removed")
+
+
+def _analysis_change(old: Config, new: Config, sid: str) -> str:
+    """What happens to a kept sensor's analysis state (agent.analysis.monitor.reconfigure)."""
+    before = old.asset(next(s.asset for s in old.sensors if s.id == sid))
+    after = new.asset(next(s.asset for s in new.sensors if s.id == sid))
+    if before.id != after.id:
+        return f"it moved from asset {before.id} to {after.id} (its state there is kept aside)"
+    if before == after:
+        return "its analysis state is kept"
+    if same_model_basis(before, after):
+        return f"asset {after.id}'s new settings apply, its learned baseline is kept"
+    return (
+        f"asset {after.id}'s baseline is relearned (speed, bearing, baseline length, trend "
+        "bin or failure metric changed); its open alerts stay"
+    )
+
+
+def _plan_uplinks(old: Config, new: Config, plan: ReloadPlan) -> None:
+    before, after = _uplink_specs(old), _uplink_specs(new)
+    for name, spec in after.items():
+        if name not in before:
+            plan.uplinks_start.append(name)
+            plan.changes.append(f"uplink {name} added")
+        elif before[name] != spec:
+            plan.uplinks_stop.append(name)
+            plan.uplinks_start.append(name)
+            plan.changes.append(
+                f"uplink {name} rebuilt: its settings or secret changed (its delivery "
+                "position in the store is kept)"
+            )
+    for name in before:
+        if name not in after:
+            plan.uplinks_stop.append(name)
+            plan.changes.append(
+                f"uplink {name} removed (what it had not received stays in the store)"
+            )
+
+
+def mqtt_spec(config: Config) -> Hashable:
+    """What the MQTT inputs are built from (agent.mqtt_inputs.build_mqtt)."""
+    return (
+        config.gateway.id,
+        config.mqtt,
+        config.decoders_dir,
+        tuple((s.id, s.mqtt, s.channels) for s in config.sensors if s.mqtt is not None),
+    )
+
+
+def _plan_rest(old: Config, new: Config, plan: ReloadPlan) -> None:
+    if mqtt_spec(new) != mqtt_spec(old):
+        plan.mqtt = True
+        if new.mqtt != old.mqtt:
+            plan.changes.append("MQTT brokers changed: the broker links are rebuilt")
+    if new.health != old.health:
+        plan.health = True
+        h = new.health
+        plan.changes.append(f"health endpoint moves to {h.host}:{h.port}")
+    if new.control != old.control:
+        plan.needs_restart.append(
+            f"control socket ({new.control.socket}, group {new.control.group}): the socket "
+            f"this request came through stays as it is until a restart ({RESTART})"
+        )
+    if new.store.max_bytes != old.store.max_bytes:
+        plan.changes.append(f"store budget {old.store.max_bytes} -> {new.store.max_bytes} bytes")
+    if new.summaries != old.summaries:
+        plan.changes.append("feature summaries settings changed (open windows start again)")
+    if new.gateway.site != old.gateway.site:
+        plan.changes.append(f"gateway.site {old.gateway.site} -> {new.gateway.site}")
+    changed_assets = [
+        a.id for a in new.assets if a.id in {x.id for x in old.assets} and a != old.asset(a.id)
+    ]
+    plan.changes += [f"asset {a} settings changed" for a in changed_assets]

@@ -1,0 +1,109 @@
+"""The agent's status as /healthz and /metrics show it: one snapshot, built from what the
+pollers, buses, monitor, store and uplinks already hold (nothing is recomputed)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+from agent.health import Snapshot
+from agent.store import StoreError
+from drivers.reading import utc_now
+
+if TYPE_CHECKING:
+    from agent.runtime import Agent
+
+STATS_TIMEOUT_S = 2.0  # /healthz answers even when the store writer is stuck
+
+
+async def agent_snapshot(agent: Agent) -> Snapshot:
+    """The agent's status, as /healthz and /metrics show it."""
+    now_mono = time.monotonic()
+    now = utc_now()
+    sensors = []
+    for p in agent.pollers:
+        st = p.status
+        last_ok = st.last_ok_at
+        sensors.append(
+            {
+                "id": p.sensor_id,
+                "bus": p.bus.name,
+                "state": st.state,
+                "last_ok_age_s": (now - last_ok).total_seconds() if last_ok else None,
+                "consecutive_failures": st.consecutive_failures,
+                "polls_total": st.polls_total,
+                "errors_total": st.errors_total,
+                "errors_by_kind": st.errors_by_kind,
+                "missed_ticks": st.missed_ticks,
+                "bad_values": st.bad_values,
+                "bad_for_s": st.bad_for_s,
+                "last_bad": list(st.last_bad),
+                "last_rtt_s": st.last_rtt_s,
+                "last_error": st.last_error,
+            }
+        )
+    sensors += [m.status() for m in agent.mqtt.sensors]
+    mqtt_links = [link.status() for link in agent.mqtt.links]
+    buses = [asdict(b.status()) for b in agent.buses if b.kind != "tcp"]
+    channels = [
+        {
+            "asset": v.asset_id,
+            "sensor": v.sensor_id,
+            "channel": v.channel,
+            "value": v.value,
+            "zone": v.zone,
+            "active_level": v.active_level,
+            # None while the channel learns its baseline (after install, repair, relearn).
+            "health_index": v.health_index,
+            "flaps": {"severity": v.flaps[0], "trend": v.flaps[1]},
+        }
+        for v in (agent.monitor.views() if agent.monitor else [])
+    ]
+    try:
+        async with asyncio.timeout(STATS_TIMEOUT_S):
+            store: dict[str, Any] = asdict(await agent.outbox.stats())
+    except StoreError as exc:
+        store = {"error": str(exc)}
+    except TimeoutError:
+        store = {"error": f"the store writer did not answer within {STATS_TIMEOUT_S} s"}
+    wd = agent.watchdog
+    reloads = asdict(agent.reloader.counters) if agent.reloader is not None else {}
+    backlogs = store.get("uplinks", {})
+    uplinks = [{**asdict(u.status), "backlog": backlogs.get(u.name)} for u in agent.uplinks]
+    degraded = (
+        any(s["state"] not in ("ok", "starting") for s in sensors)
+        or any(not link["connected"] for link in mqtt_links)
+        or any(u.get("consecutive_failures", 0) > 0 for u in uplinks)
+        or bool(len(agent.pending))
+        or "error" in store
+        or wd.withheld is not None
+    )
+    return {
+        "gateway": agent.config.gateway.id,
+        "agent": agent.identity,
+        "status": "degraded" if degraded else "ok",
+        "uptime_s": round(now_mono - agent.started, 3),
+        "sensors": sensors,
+        "buses": buses,
+        "mqtt": mqtt_links,
+        "channels": channels,
+        "uplinks": uplinks,
+        "store": store,
+        "reload": reloads,
+        "pipeline": {
+            **asdict(agent.counters),
+            "unsaved_updates": len(agent.pending),
+            "queue_depth": agent.queue_depth,
+            "queue_size": agent.queue_size,
+            "loop_lag_max_s": round(agent.take_lag(), 4),
+        },
+        "process": {
+            "open_fds": wd.fds[0],
+            "fd_limit": wd.fds[1],
+            "loop_lag_seconds": round(wd.loop_lag_s, 3),
+            "store_writer_busy_seconds": round(agent.outbox.writer_busy_s, 3),
+            "hung": wd.withheld,
+        },
+    }

@@ -1,0 +1,103 @@
+"""A reload with MQTT sensors: the plan (pure), then a running agent whose file gains an
+MQTT sensor and a changed broker, with a real mosquitto."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+
+from agent.config import Config, load_config
+from agent.reload_plan import plan_reload
+from agent.runtime import Agent
+from drivers.profiles import ProfileLibrary
+from tests.mosquitto import Mosquitto
+
+LIBRARY = ProfileLibrary.load(None)
+MACHINE = {"standard": "iso10816-3", "group": 2, "foundation": "rigid", "rpm": 1480}
+
+
+def data(tmp_path: Path, port: int, sensors: int = 1) -> dict[str, Any]:
+    return {
+        "gateway": {"id": "gw-rm"},
+        "assets": [{"id": "fan-3", "machine": MACHINE}],
+        "mqtt": [{"id": "plant", "host": "127.0.0.1", "port": port}],
+        "sensors": [
+            {
+                "id": f"s{n}",
+                "asset": "fan-3",
+                "channels": ["z"],
+                "mqtt": {
+                    "broker": "plant",
+                    "topic": f"ncd/vibration/{n}",
+                    "decoder": "ncd-processed",
+                },
+            }
+            for n in range(1, sensors + 1)
+        ],
+        "store": {"path": str(tmp_path / "outbox.db")},
+        "health": {"port": 0},
+        "control": {"socket": str(tmp_path / "control.sock")},
+    }
+
+
+def plan(old: dict[str, Any], new: dict[str, Any]):  # type: ignore[no-untyped-def]
+    return plan_reload(Config.model_validate(old), Config.model_validate(new), LIBRARY, LIBRARY)
+
+
+def test_plan_mqtt_sensors_and_brokers(tmp_path: Path) -> None:
+    old = data(tmp_path, 1883)
+    assert not plan(old, data(tmp_path, 1883)).mqtt
+    added = plan(old, data(tmp_path, 1883, sensors=2))
+    assert added.mqtt and added.start == ["s2"] and not added.stop
+    moved = plan(old, data(tmp_path, 1884))
+    assert moved.mqtt and moved.start == ["s1"] and moved.stop == ["s1"]
+    assert "MQTT brokers changed: the broker links are rebuilt" in moved.changes
+    other = data(tmp_path, 1883)
+    other["assets"][0]["alerting"] = {"debounce": 5}
+    p = plan(old, other)
+    assert not p.mqtt and p.reanalyse == ["s1"]
+
+
+async def until(pred: Any, timeout_s: float = 10) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not pred():  # noqa: ASYNC110 (state of the agent, no event to wait on)
+            await asyncio.sleep(0.05)
+
+
+def ncd(v: float) -> str:
+    return json.dumps({"addr": "a", **{f"{a}_velocity_mm_sec": v for a in "xyz"}})
+
+
+@pytest.mark.network
+async def test_reload_adds_an_mqtt_sensor_and_follows_a_moved_broker(tmp_path: Path) -> None:
+    path = tmp_path / "agent.yaml"
+    with Mosquitto(tmp_path / "b1") as one, Mosquitto(tmp_path / "b2") as two:
+        path.write_text(json.dumps(data(tmp_path, one.port)))
+        agent = Agent(load_config(path), config_path=path)
+        task = asyncio.create_task(agent.run())
+        try:
+            async with asyncio.timeout(10):
+                await agent.ready.wait()
+            await until(lambda: agent.mqtt.links[0].connected)
+            assert agent.reloader is not None
+            path.write_text(json.dumps(data(tmp_path, two.port, sensors=2)))
+            result = await agent.reloader.reload("test")
+            assert "sensor s2 added" in result["changes"]
+            await until(lambda: agent.mqtt.links and agent.mqtt.links[0].connected)
+            await asyncio.sleep(0.3)  # subscribed
+            async with aiomqtt.Client("127.0.0.1", two.port) as c:
+                await c.publish("ncd/vibration/1", ncd(1.0), qos=1)
+                await c.publish("ncd/vibration/2", ncd(2.0), qos=1)
+            await until(lambda: sum(s.messages_total for s in agent.mqtt.sensors) >= 2)
+            links = [link.settings.port for link in agent.mqtt.links]
+            by_id = {s.sensor_id: s.state for s in agent.mqtt.sensors}
+        finally:
+            agent.stop()
+            await asyncio.wait_for(task, 15)
+    assert links == [two.port]
+    assert by_id == {"s1": "ok", "s2": "ok"}

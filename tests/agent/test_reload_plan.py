@@ -1,0 +1,98 @@
+"""What a reload would change, decided before anything is touched (agent.reload_plan)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+from agent.config import Config
+from agent.reload_plan import ReloadPlan, plan_reload
+from drivers.profiles import ProfileLibrary
+from tests.agent._configs import press_config
+
+LIBRARY = ProfileLibrary.load(None)
+
+
+def base(tmp_path: Path) -> dict[str, Any]:
+    """press-7 with m1 (own TCP endpoint) and m2, m3 on a gateway bus; one http uplink."""
+    data = press_config(tmp_path).model_dump(mode="json", by_alias=True, exclude_none=True)
+    data["buses"] = [{"id": "line-1", "tcp": {"host": "127.0.0.1", "port": 5021}}]
+    data["sensors"] += [
+        {"id": f"m{n}", "asset": "press-7", "modbus": {"bus": "line-1", "device_id": n}}
+        for n in (2, 3)
+    ]
+    data["uplinks"] = [{"name": "portfolio", "http": {"url": "https://p.example/v1/alerts",
+                                                      "token": "t1"}}]  # fmt: skip
+    return data
+
+
+def plan(old: dict[str, Any], new: dict[str, Any]) -> ReloadPlan:
+    return plan_reload(Config.model_validate(old), Config.model_validate(new), LIBRARY, LIBRARY)
+
+
+def test_the_same_file_changes_nothing(tmp_path: Path) -> None:
+    p = plan(base(tmp_path), base(tmp_path))
+    assert p.empty and not p.refused and not (p.start or p.stop or p.uplinks_start)
+
+
+def test_a_new_gateway_id_or_store_path_refuses_the_whole_reload(tmp_path: Path) -> None:
+    new = base(tmp_path)
+    new["gateway"]["id"] = "gw-other"
+    new["store"]["path"] = str(tmp_path / "elsewhere.db")
+    new["sensors"].pop()  # would be applied, but nothing is when anything is refused
+    p = plan(base(tmp_path), new)
+    assert [r.split(" ", 1)[0] for r in p.refused] == ["gateway.id", "store.path"]
+    assert all("systemctl restart edge-agent" in r for r in p.refused)
+    assert not (p.stop or p.start or p.changes)
+
+
+def test_sensors_by_id_transport_restarts_analysis_alone_polls_on(tmp_path: Path) -> None:
+    new = base(tmp_path)
+    new["sensors"][0]["modbus"]["port"] = 5030  # m1: how it is read
+    new["assets"][0]["alerting"] = {"debounce": 5}  # every sensor of press-7: analysis only
+    new["sensors"].append({"id": "m9", "asset": "press-7", "modbus": {"host": "127.0.0.1"}})
+    del new["sensors"][2]  # m3
+    p = plan(base(tmp_path), new)
+    assert (sorted(p.stop), sorted(p.start), p.reanalyse) == (["m1", "m3"], ["m1", "m9"], ["m2"])
+    lines = "\n".join(p.changes)
+    assert "sensor m1 restarted" in lines and "sensor m3 removed" in lines
+    assert (
+        "sensor m2 polls on; asset press-7's new settings apply, its learned baseline is kept"
+        in lines
+    )
+
+
+def test_a_changed_bus_is_rebuilt_with_all_its_sensors(tmp_path: Path) -> None:
+    new = base(tmp_path)
+    new["buses"][0]["tcp"]["settle_s"] = 0.2
+    p = plan(base(tmp_path), new)
+    assert p.buses_retired == ["line-1"]
+    assert sorted(p.stop) == sorted(p.start) == ["m2", "m3"]  # m1 has its own endpoint
+
+
+def test_speed_change_relearns_the_baseline(tmp_path: Path) -> None:
+    new = base(tmp_path)
+    new["assets"][0]["machine"]["rpm"] = 990
+    lines = "\n".join(plan(base(tmp_path), new).changes)
+    assert "asset press-7's baseline is relearned" in lines
+
+
+def test_uplinks_by_name_a_rotated_token_rebuilds_one(tmp_path: Path) -> None:
+    old = base(tmp_path)
+    old["uplinks"].append({"name": "broker", "mqtt": {"host": "127.0.0.1", "tls": None}})
+    new = copy.deepcopy(old)
+    new["uplinks"][0]["http"]["token"] = "t2"
+    p = plan(old, new)
+    assert (p.uplinks_stop, p.uplinks_start) == (["portfolio"], ["portfolio"])
+    assert "delivery position in the store is kept" in p.changes[0]
+    assert "t2" not in "".join(p.changes)  # never a secret in the log
+
+
+def test_control_socket_needs_a_restart_health_moves(tmp_path: Path) -> None:
+    new = base(tmp_path)
+    new["control"] = {"socket": str(tmp_path / "other.sock")}
+    new["health"] = {"port": 9999}
+    p = plan(base(tmp_path), new)
+    assert p.health and p.changes == ["health endpoint moves to 127.0.0.1:9999"]
+    assert len(p.needs_restart) == 1 and "control socket" in p.needs_restart[0]

@@ -1,8 +1,9 @@
 """`edge-agent demo`: the whole chain on this machine, no setup.
 
 Starts the Modbus sensor simulator, the portfolio backend simulator and the CMMS
-simulator as separate processes (as a plant would have them), runs the agent on
-config/demo.yaml against them, and tells the story as the backend receives it (and each
+simulator as separate processes (as a plant would have them), and when mosquitto is
+installed a private MQTT broker with a wireless NCD-style sensor publishing to it; runs
+the agent on config/demo.yaml against them, and tells the story as the backend receives it (and each
 work order the CMMS opens): each alert in plain words, a planner who
 confirms the case, a technician who replaces the bearing before the estimated failure,
 and a closing summary per case from the backend's portfolio (whose page URL it prints).
@@ -30,86 +31,12 @@ import aiohttp
 from agent.analysis.severity import zone_table
 from agent.config import Config, load_config
 from agent.demo_crew import BackendView, Crew
+from agent.demo_sims import SimProcess, Wireless, modbus_only_config
 from agent.demo_story import LEGEND, case_summary, record_line
 from agent.logs import setup_logging
 from agent.runtime import Agent
 
-READY_TIMEOUT_S = 20.0
 STATUS_EVERY_S = 10.0
-
-
-class SimProcess:
-    """A simulator child process that announces its address with one READY line."""
-
-    def __init__(self, name: str, args: list[str]) -> None:
-        self.name, self.args = name, args
-        self.proc: asyncio.subprocess.Process | None = None
-        self.info: dict[str, Any] = {}
-
-    @classmethod
-    def backend(cls, db: Path, token: str | None, config: Path | None = None) -> SimProcess:
-        """`edge-sim backend` on a free loopback port, storing into `db`."""
-        args = ["--host", "127.0.0.1", "--port", "0", "--db", str(db)]
-        args += ["--token", token] if token else []
-        args += ["--config", str(config)] if config else []
-        return cls("backend", ["backend", *args])
-
-    @classmethod
-    def cmms(cls, db: Path, token: str | None, port: int = 0) -> SimProcess:
-        """`edge-sim cmms` on loopback (a free port by default), storing into `db`."""
-        args = ["--host", "127.0.0.1", "--port", str(port), "--db", str(db)]
-        return cls("cmms", ["cmms", *args, *(["--token", token] if token else [])])
-
-    @classmethod
-    def modbus(cls, devices: Sequence[str], life_s: float) -> SimProcess:
-        """`edge-sim modbus` on a free loopback port; devices like "1:degrade", "2:dead"."""
-        args = ["--host", "127.0.0.1", "--port", "0", "--life-s", str(life_s)]
-        for d in devices:
-            args += ["--device", d]
-        return cls("modbus", ["modbus", *args])
-
-    async def __aenter__(self) -> SimProcess:
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "simulators.cli",
-            *self.args,
-            stdout=asyncio.subprocess.PIPE,
-            stdin=asyncio.subprocess.DEVNULL,
-        )
-        assert self.proc.stdout is not None
-        try:
-            async with asyncio.timeout(READY_TIMEOUT_S):
-                while True:
-                    line = await self.proc.stdout.readline()
-                    if not line:
-                        raise RuntimeError(f"{self.name} simulator exited before it was ready")
-                    if line.startswith(b"READY "):
-                        self.info = json.loads(line[6:])
-                        break
-        except BaseException:
-            await self.stop()
-            raise
-        return self
-
-    def repair(self) -> None:
-        """SIGUSR1: the Modbus simulator replaces its degrading devices' bearings."""
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGUSR1)
-
-    async def stop(self) -> None:
-        if self.proc is None or self.proc.returncode is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            async with asyncio.timeout(5):
-                await self.proc.wait()
-        except TimeoutError:
-            self.proc.kill()
-            await self.proc.wait()
-
-    async def __aexit__(self, *_exc: object) -> None:
-        await self.stop()
 
 
 @contextlib.contextmanager
@@ -241,6 +168,26 @@ async def _summary(view: BackendView, config: Config, display: _Display) -> None
             display.block([f"{asset.id} {asset.name} (tier {asset.tier}): no case, healthy"])
 
 
+def _wireless_line(w: Wireless) -> str:
+    assert w.sensor is not None and w.sensor.proc is not None
+    assert w.broker is not None and w.broker.proc is not None
+    return (
+        f"a wireless vibration sensor (NCD style) on a healthy cooling water pump publishes its "
+        f"readings over MQTT (edge-sim mqtt pid {w.sensor.proc.pid}) to a mosquitto broker the "
+        f"demo started on 127.0.0.1:{w.port} (pid {w.broker.proc.pid}), which the agent "
+        "subscribes to"
+    )
+
+
+def _no_wireless_line(w: Wireless) -> str:
+    if "not installed" in w.reason:
+        return (
+            "mosquitto is not installed (Debian/Ubuntu: sudo apt install mosquitto), so the "
+            "demo runs its Modbus sensors only, without the wireless MQTT sensor"
+        )
+    return f"no MQTT broker ({w.reason}), so the demo runs its Modbus sensors only"
+
+
 def _kept(tmp: Path, display: _Display) -> None:
     display.line(
         f"demo files kept in {tmp}: outbox.db (the agent's store), backend.db (the backend's "
@@ -263,6 +210,7 @@ async def _demo(opts: DemoOptions, out: TextIO) -> int:
     token = secrets.token_hex(16)
     with _workdir(opts.workdir, opts.keep) as tmp:
         async with (
+            Wireless(tmp) as wireless,
             SimProcess.backend(tmp / "backend.db", token, demo_backend_config_path()) as backend,
             SimProcess.modbus(["1:degrade", "2:healthy"], opts.life_s) as modbus,
             SimProcess.cmms(tmp / "cmms.db", token) as cmms,
@@ -273,6 +221,8 @@ async def _demo(opts: DemoOptions, out: TextIO) -> int:
                 f"{modbus.proc.pid}), and forwards every alert to the maintenance backend "
                 f"(pid {backend.proc.pid})"
             )
+            mqtt = await wireless.ready()
+            display.line(_wireless_line(wireless) if mqtt else _no_wireless_line(wireless))
             display.line(
                 f"each early warning or alarm also becomes a work-order request to the plant's "
                 f"CMMS (simulator pid {cmms.proc.pid})"
@@ -288,7 +238,12 @@ async def _demo(opts: DemoOptions, out: TextIO) -> int:
                 "EDGE_DEMO_TOKEN": token,
                 "EDGE_DEMO_CMMS_URL": cmms.info["url"],
             }
-            config = load_config(demo_config_path(), environ={**os.environ, **env})
+            path = demo_config_path()
+            if mqtt:
+                env["EDGE_DEMO_MQTT_PORT"] = str(wireless.port)
+            else:
+                path = modbus_only_config(path, tmp / "demo-modbus-only.yaml")
+            config = load_config(path, environ={**os.environ, **env})
             agent = Agent(config)
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):

@@ -30,7 +30,7 @@ def _level(text: str) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from simulators import backend, cmms, modbus
+    from simulators import backend, cmms, modbus, mosquitto, mqtt
 
     parser = _Parser(prog="edge-sim", description=__doc__)
     parser.add_argument(
@@ -48,6 +48,14 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("cmms", help="CMMS work-order receiver: idempotent on Idempotency-Key")
     cmms.add_arguments(c)
     c.set_defaults(serve=cmms.serve)
+    q = sub.add_parser(
+        "mqtt", help="wireless vibration sensors (NCD style) publishing to an MQTT broker"
+    )
+    mqtt.add_arguments(q)
+    q.set_defaults(serve=mqtt.serve, check=mqtt.check_arguments)
+    w = sub.add_parser("mosquitto", help="a private mosquitto broker on a free loopback port")
+    mosquitto.add_arguments(w)
+    w.set_defaults(serve=mosquitto.serve, check=mosquitto.check_arguments)
     return parser
 
 

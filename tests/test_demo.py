@@ -30,6 +30,10 @@ class DemoRun:
     kept: Path
 
 
+def _has_mosquitto() -> bool:
+    return bool(shutil.which("mosquitto") or os.access("/usr/sbin/mosquitto", os.X_OK))
+
+
 def _run_until_repair() -> tuple[str, int]:
     """Run the demo until the backend has the repair, then Ctrl-C it; (stdout, exit code)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -94,6 +98,17 @@ def test_demo_tells_the_story_a_manager_reads(demo_run: DemoRun) -> None:
     )
     assert "downtime avoided 32 h, EUR 256,000" in out
     assert "fan-3 Cooling fan 3 (tier 2): no case, healthy" in out
+    if _has_mosquitto():  # the wireless pump beside the Modbus machines, healthy throughout
+        assert re.search(
+            r"a wireless vibration sensor \(NCD style\) on a healthy cooling water pump "
+            r"publishes its readings over MQTT \(edge-sim mqtt pid \d+\) to a mosquitto broker "
+            r"the demo started on 127\.0\.0\.1:\d+ \(pid \d+\)", out
+        ), out  # fmt: skip
+        assert re.search(r"watching: .*pump-2 [01]\.\d mm/s \(zone A\)", out), out
+        assert "pump-2 Cooling water pump 2 (tier 2): no case, healthy" in out
+        assert "pump-2 Cooling water pump 2: " not in out  # no alert of any kind
+    else:
+        assert "the demo runs its Modbus sensors only" in out
     # Each finding also opened a work order in the CMMS, once.
     opened = re.findall(r"CMMS work order (WO-\d{6}) opened: press-7 Press 7 main motor: ", out)
     assert opened and len(set(opened)) == len(opened), out
@@ -103,6 +118,23 @@ def test_demo_tells_the_story_a_manager_reads(demo_run: DemoRun) -> None:
     assert (demo_run.kept / "cmms.db").is_file()
     # No line of the story runs on like a raw record did.
     assert max(len(line) for line in out.splitlines()) < 260
+
+
+@pytest.mark.slow
+def test_demo_without_mosquitto_runs_modbus_only_and_says_so() -> None:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "EDGE_MOSQUITTO": ""}  # as if not installed
+    done = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "demo", "--duration", "12"],
+        capture_output=True, text=True, env=env, timeout=90, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    out = done.stdout
+    assert done.returncode == 0, done.stderr[-3000:]
+    said = [line for line in out.splitlines() if "mosquitto" in line]
+    assert len(said) == 1 and "mosquitto is not installed (Debian/Ubuntu: sudo apt install " \
+        "mosquitto), so the demo runs its Modbus sensors only" in said[0], out  # fmt: skip
+    assert re.search(r"watching: fan-3 [\d.]+ mm/s \(zone A\), press-7 [\d.]+ mm/s "
+                     r"\(zone A\) \|", out), out  # fmt: skip
+    assert "pump-2" not in out
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ DEMO_ENV = {
     "EDGE_DEMO_BACKEND_URL": "http://127.0.0.1:40212/v1/alerts",
     "EDGE_DEMO_TOKEN": "demo-secret",
     "EDGE_DEMO_CMMS_URL": "http://127.0.0.1:40213/api/v1/work-orders",
+    "EDGE_DEMO_MQTT_PORT": "40214",
 }
 
 
@@ -52,11 +53,15 @@ def test_demo_config_loads_with_the_demo_environment() -> None:
         config = load_config(path, environ=DEMO_ENV)
     assert config.store.path == Path("/tmp/edge-demo-x/outbox.db")
     assert config.health.port == 0
-    by_unit = {s.modbus.device_id: s for s in config.sensors}
-    assert {s.modbus.port for s in config.sensors} == {40211}
+    modbus = [s for s in config.sensors if s.modbus is not None]
+    by_unit = {s.modbus.device_id: s for s in modbus}
+    assert {s.modbus.port for s in modbus} == {40211}
     assert by_unit[1].asset == "press-7" and config.asset("press-7").tier == 1
     assert config.asset(by_unit[2].asset).tier == 2
-    assert all(s.poll_interval_s == 0.5 and s.modbus.timeout_s == 0.3 for s in config.sensors)
+    assert all(s.poll_interval_s == 0.5 and s.modbus.timeout_s == 0.3 for s in modbus)
+    (wireless,) = [s for s in config.sensors if s.mqtt is not None]
+    assert wireless.asset == "pump-2" and wireless.mqtt.decoder == "ncd-processed"
+    assert config.broker(wireless.mqtt.broker).port == 40214
     assert all(a.alerting.debounce == 3 for a in config.assets)
     assert config.uplinks[0].http.url.endswith("/v1/alerts")
     assert config.uplinks[0].http.token == "demo-secret"
@@ -66,7 +71,7 @@ def test_demo_config_loads_with_the_demo_environment() -> None:
 def test_demo_config_names_missing_demo_variables() -> None:
     with resources.as_file(resources.files("agent") / "demo.yaml") as path:
         found = lines(path, environ={})
-    assert len(found) == 8 and all("environment variable EDGE_DEMO_" in f for f in found)
+    assert len(found) == 9 and all("environment variable EDGE_DEMO_" in f for f in found)
 
 
 @pytest.mark.parametrize(

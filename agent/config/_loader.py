@@ -5,16 +5,23 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import ValidationError
 
 from agent.config._crossref import cross_check, read_tokens, secret_path
+from agent.config._delivery import MqttUplink
 from agent.config._errors import ConfigError, ConfigIssue
 from agent.config._messages import translate_all
 from agent.config._models import Config
+from agent.config._mqtt import Broker
 from agent.config._mqtt_check import mqtt_checks, read_broker_files
 from agent.config._yaml import parse
 
+if TYPE_CHECKING:
+    from drivers.datalibrary import DataLibrary
+
+M = TypeVar("M", Broker, MqttUplink)
 _MAX_FILE_BYTES = 1 * 2**20  # a configuration is a few KiB; anything this big is a mistake
 
 
@@ -45,30 +52,24 @@ def _read(path: Path) -> tuple[str | None, ConfigIssue | None]:
     return None, ConfigIssue(file, 0, 0, "", msg)
 
 
-class _Profiles:
-    """The register profiles a file uses, loaded once per check (shipped + profiles_dir)."""
+class _Library:
+    """A data-file library a file uses, loaded once per check (shipped + a site folder)."""
 
-    def __init__(self, folder: Path | None) -> None:
-        # Imported here: profiles are data files read only when a file is checked.
-        from drivers.profiles import ProfileLibrary
-
-        self.library = ProfileLibrary.load(folder)
+    def __init__(self, library: DataLibrary[Any]) -> None:
+        self.library = library
 
     def names(self) -> list[str]:
         return self.library.names()
 
-    def axes(self, name: str) -> tuple[str, ...] | None:
-        return self.library.get(name).channels if name in self.library else None
-
     def broken(self, name: str) -> str | None:
-        """The file of a profile called ``name`` that failed to load, if there is one."""
+        """The file of an item called ``name`` that failed to load, if there is one."""
         for e in self.library.errors:
             if Path(e.source).stem == name:
                 return e.source
         return None
 
     def issues(self) -> list[ConfigIssue]:
-        """Each profile file problem as an issue at its own file:line:column."""
+        """Each data file problem as an issue at its own file:line:column."""
         from drivers.errors import format_key_path
 
         return [
@@ -77,36 +78,32 @@ class _Profiles:
         ]
 
 
-class _Decoders:
-    """The payload decoders a file uses, loaded once per check (shipped + decoders_dir)."""
+class _Profiles(_Library):
+    """The register profiles a file uses (shipped + profiles_dir)."""
+
+    def __init__(self, folder: Path | None) -> None:
+        # Imported here: profiles are data files read only when a file is checked.
+        from drivers.profiles import ProfileLibrary
+
+        super().__init__(ProfileLibrary.load(folder))
+
+    def axes(self, name: str) -> tuple[str, ...] | None:
+        return self.library.get(name).channels if name in self.library else None
+
+
+class _Decoders(_Library):
+    """The payload decoders a file uses (shipped + decoders_dir)."""
 
     def __init__(self, folder: Path | None) -> None:
         from drivers.payloads import DecoderLibrary
 
-        self.library = DecoderLibrary.load(folder)
-
-    def names(self) -> list[str]:
-        return self.library.names()
+        super().__init__(DecoderLibrary.load(folder))
 
     def channels(self, name: str) -> tuple[str, ...] | None:
         return self.library.get(name).channels if name in self.library else None
 
     def json_payload(self, name: str) -> bool:
         return bool(self.library.get(name).json_payload)
-
-    def broken(self, name: str) -> str | None:
-        for e in self.library.errors:
-            if Path(e.source).stem == name:
-                return e.source
-        return None
-
-    def issues(self) -> list[ConfigIssue]:
-        from drivers.errors import format_key_path
-
-        return [
-            ConfigIssue(e.source, e.line or 0, e.column or 0, format_key_path(e.path), e.message)
-            for e in self.library.errors
-        ]
 
 
 def _profiles_dir(data: dict[str, object], base: Path, key: str = "profiles_dir") -> Path | None:
@@ -194,15 +191,7 @@ def _resolved(config: Config, secrets: dict[int, str], base: Path) -> Config:
                 upd["token"] = secrets[i]
             u = u.model_copy(update={u.kind: h.model_copy(update=upd)})
         elif u.mqtt is not None:
-            m = u.mqtt
-            upd = {"password_file": _absolute(m.password_file, base)}
-            if i in secrets:
-                upd["password"] = secrets[i]
-            if m.tls is not None:
-                upd["tls"] = m.tls.model_copy(
-                    update={k: _absolute(getattr(m.tls, k), base) for k in TLS_FILES}
-                )
-            u = u.model_copy(update={"mqtt": m.model_copy(update=upd)})
+            u = u.model_copy(update={"mqtt": _mqtt_files(u.mqtt, secrets.get(i), base)})
         uplinks.append(u)
     return config.model_copy(update={"uplinks": tuple(uplinks)})
 
@@ -213,17 +202,21 @@ TLS_FILES = ("ca_file", "cert_file", "key_file")
 def _resolved_brokers(config: Config, secrets: dict[int, str], base: Path) -> Config:
     """Brokers with absolute file paths and each password file's content in ``password``
     (as _resolved does for the uplinks)."""
-    brokers = []
-    for i, b in enumerate(config.mqtt):
-        upd: dict[str, object] = {"password_file": _absolute(b.password_file, base)}
-        if i in secrets:
-            upd["password"] = secrets[i]
-        if b.tls is not None:
-            upd["tls"] = b.tls.model_copy(
-                update={k: _absolute(getattr(b.tls, k), base) for k in TLS_FILES}
-            )
-        brokers.append(b.model_copy(update=upd))
-    return config.model_copy(update={"mqtt": tuple(brokers)})
+    brokers = tuple(_mqtt_files(b, secrets.get(i), base) for i, b in enumerate(config.mqtt))
+    return config.model_copy(update={"mqtt": brokers})
+
+
+def _mqtt_files(m: M, secret: str | None, base: Path) -> M:
+    """An MQTT connection (uplink or broker) with absolute password and TLS file paths,
+    and the password file's content in ``password`` when it was read."""
+    upd: dict[str, object] = {"password_file": _absolute(m.password_file, base)}
+    if secret is not None:
+        upd["password"] = secret
+    if m.tls is not None:
+        upd["tls"] = m.tls.model_copy(
+            update={k: _absolute(getattr(m.tls, k), base) for k in TLS_FILES}
+        )
+    return m.model_copy(update=upd)
 
 
 def load_config(path: Path, *, environ: Mapping[str, str] | None = None) -> Config:

@@ -116,6 +116,25 @@ class SimApp(Generic[DbT]):
             return None, json_error(401, "bad or missing bearer token")
         return fault, None
 
+    async def reject(self, reason: str) -> web.Response:
+        """Count a rejected write and answer 400 with `reason`."""
+        await self.dbt.run(self.db.bump, rejected=1)
+        return json_error(400, reason)
+
+    def read_page(
+        self, request: web.Request, max_list: int
+    ) -> tuple[tuple[int, int], web.Response | None]:
+        """A list request's ((after, limit), None), or (_, the 401 or 400 answer to give):
+        `after` defaults to 0, `limit` to and at most `max_list`, at least 1."""
+        if not bearer_ok(request, self.token):
+            return (0, 0), json_error(401, "bad or missing bearer token")
+        try:
+            after = int(request.query.get("after", "0"))
+            limit = min(max_list, max(1, int(request.query.get("limit", str(max_list)))))
+        except ValueError:
+            return (0, 0), json_error(400, "after and limit must be integers")
+        return (after, limit), None
+
 
 class SimServer(AppServer):
     """Runs a SimApp on loopback: `async with BackendServer(db=path) as s: s.url`.

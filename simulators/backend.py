@@ -34,7 +34,7 @@ from aiohttp import web
 
 from simulators._backend_db import BackendDb
 from simulators._faults import Fault
-from simulators._http import AppServer, bearer_ok, json_error, read_json, serve_until_cancelled
+from simulators._http import AppServer, read_json, serve_until_cancelled
 from simulators._sim import SimApp, SimServer, add_common_arguments
 from simulators._summaries import SummaryApi
 from simulators.backend_config import BackendConfig, ConfigFileError, load_backend_config
@@ -123,33 +123,25 @@ class Backend(SimApp[BackendDb]):
             return answer
         payload, error = await read_json(request)
         if error is not None:
-            return await self._reject("body is not JSON")
+            return await self.reject("body is not JSON")
         alerts = payload.get("alerts") if isinstance(payload, dict) else None
         if not isinstance(alerts, list):
-            return await self._reject('body must be {"alerts": [...]}')
+            return await self.reject('body must be {"alerts": [...]}')
         if len(alerts) > MAX_ALERTS_PER_POST:
-            return await self._reject(f"at most {MAX_ALERTS_PER_POST} alerts per POST")
+            return await self.reject(f"at most {MAX_ALERTS_PER_POST} alerts per POST")
         for i, rec in enumerate(alerts):
             reason = validate(rec, i)
             if reason:
-                return await self._reject(reason)
+                return await self.reject(reason)
         accepted, duplicates = await self.dbt.run(self.db.store, alerts)
         if fault is not None:
             return await self.faults.serve(fault)
         return web.json_response({"accepted": accepted, "duplicates": duplicates})
 
-    async def _reject(self, reason: str) -> web.Response:
-        await self.dbt.run(self.db.bump, rejected=1)
-        return web.json_response({"error": reason}, status=400)
-
     async def _get_alerts(self, request: web.Request) -> web.Response:
-        if not bearer_ok(request, self.token):
-            return json_error(401, "bad or missing bearer token")
-        try:
-            after = int(request.query.get("after", "0"))
-            limit = min(MAX_LIST, max(1, int(request.query.get("limit", str(MAX_LIST)))))
-        except ValueError:
-            return web.json_response({"error": "after and limit must be integers"}, status=400)
+        (after, limit), answer = self.read_page(request, MAX_LIST)
+        if answer is not None:
+            return answer
         rows = await self.dbt.run(self.db.list, after, limit)
         last = rows[-1]["receipt"] if rows else after
         return web.json_response(

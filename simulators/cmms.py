@@ -228,27 +228,23 @@ class Cmms(SimApp[CmmsDb]):
             ]
         )
 
-    async def _rejected(self, message: str) -> web.Response:
-        await self.dbt.run(self.db.bump, rejected=1)
-        return json_error(400, message)
-
     async def _post(self, request: web.Request) -> web.Response:
         fault, answer = await self.admit_write(request)
         if answer is not None:
             return answer
         key = request.headers.get("Idempotency-Key", "")
         if not _KEY_RE.match(key):
-            return await self._rejected(
+            return await self.reject(
                 "Idempotency-Key header required: 1-255 visible ASCII characters, one key "
                 "per work order meant (e.g. the alert id)"
             )
         payload, error = await read_json(request)
         if error is not None:
-            return await self._rejected("body is not JSON")
+            return await self.reject("body is not JSON")
         try:
             wo_request = WorkOrderRequest.model_validate(payload)
         except ValidationError as exc:
-            return await self._rejected(_problem(exc))
+            return await self.reject(_problem(exc))
         work_order, outcome = await self.dbt.run(self.db.create, key, wo_request)
         if fault is not None:
             return await self.faults.serve(fault)
@@ -269,14 +265,10 @@ class Cmms(SimApp[CmmsDb]):
         )
 
     async def _list(self, request: web.Request) -> web.Response:
-        if not bearer_ok(request, self.token):
-            return json_error(401, "bad or missing bearer token")
+        (after, limit), answer = self.read_page(request, MAX_LIST)
+        if answer is not None:
+            return answer
         q = request.query
-        try:
-            after = int(q.get("after", "0"))
-            limit = min(MAX_LIST, max(1, int(q.get("limit", str(MAX_LIST)))))
-        except ValueError:
-            return json_error(400, "after and limit must be integers")
         rows = await self.dbt.run(self.db.list, after, limit, q.get("asset_id"), q.get("status"))
         last = int(rows[-1]["id"][3:]) if rows else after
         return web.json_response({"work_orders": rows, "last_seq": last})

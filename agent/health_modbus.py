@@ -1,0 +1,69 @@
+"""Prometheus families of the Modbus side: per-sensor fault kinds and value flags, per-bus
+line use, and the event-loop lag (from the snapshot the runtime already holds)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+
+def modbus_metrics(snap: dict[str, Any]) -> Iterator[Metric]:
+    """Per-sensor fault kinds and value flags, per-bus line use, and the event-loop lag."""
+    kinds = CounterMetricFamily(
+        "edge_sensor_poll_errors_by_kind",
+        "Failed polls by kind (timeout, connection, exception_N, crc, short, wrong_device...)",
+        labels=["sensor", "kind"],
+    )
+    bad = CounterMetricFamily(
+        "edge_sensor_bad_values",
+        "Readings not analysed: implausible values (sentinel, out_of_range, not_finite, all_zero)",
+        labels=["sensor", "reason"],
+    )
+    for s in snap.get("sensors", []):
+        for kind, n in (s.get("errors_by_kind") or {}).items():
+            kinds.add_metric([s["id"], kind], float(n))
+        for reason, n in (s.get("bad_values") or {}).items():
+            bad.add_metric([s["id"], reason], float(n))
+    yield kinds
+    yield bad
+    families = {
+        "utilisation": GaugeMetricFamily(
+            "edge_bus_utilisation",
+            "Share of the last ~10 s the bus's line was busy",
+            labels=["bus"],
+        ),
+        "planned_utilisation": GaugeMetricFamily(
+            "edge_bus_planned_utilisation",
+            "Share of the line the poll plan needs (over 1: the line cannot keep the rates)",
+            labels=["bus"],
+        ),
+        "queue_depth": GaugeMetricFamily(
+            "edge_bus_queue_depth", "Requests waiting for the line", labels=["bus"]
+        ),
+        "wait_s_max": GaugeMetricFamily(
+            "edge_bus_wait_seconds_max",
+            "Longest wait for the line since last scrape",
+            labels=["bus"],
+        ),
+    }
+    late = CounterMetricFamily(
+        "edge_bus_late_answers",
+        "Answers dropped because their request had timed out",
+        labels=["bus"],
+    )
+    for b in snap.get("buses", []):
+        for key, fam in families.items():
+            if b.get(key) is not None:
+                fam.add_metric([b["name"]], float(b[key]))
+        late.add_metric([b["name"]], float(b.get("late_answers", 0)))
+    yield from families.values()
+    yield late
+    lag = snap.get("pipeline", {}).get("loop_lag_max_s")
+    if lag is not None:
+        g = GaugeMetricFamily(
+            "edge_loop_lag_seconds_max", "Longest event-loop lag since last scrape"
+        )
+        g.add_metric([], float(lag))
+        yield g

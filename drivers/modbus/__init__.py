@@ -2,19 +2,16 @@
 poller per device, register profiles compiled into read plans."""
 
 from drivers.decoders import MAX_READ_REGISTERS
+from drivers.modbus._backoff import Backoff
 from drivers.modbus._bus import Bus, BusStatus
 from drivers.modbus._capacity import TURNAROUND_S, exchange_s, line_utilisation
 from drivers.modbus._frames import ExceptionAnswer, FrameError
 from drivers.modbus._link import Link, LinkDown, LinkTimeout
 from drivers.modbus._plan import ReadBlock, ReadPlan, plan_profile, plan_reads
-from drivers.modbus._poller import (
-    Backoff,
-    ModbusPoller,
-    PollerState,
-    PollerStatus,
-    readings_from,
-)
+from drivers.modbus._poller import ModbusPoller
+from drivers.modbus._readings import readings_from
 from drivers.modbus._rtu import RtuLink
+from drivers.modbus._status import PollerState, PollerStatus
 from drivers.modbus._tcp import TcpLink, deadline_wheel
 from drivers.modbus._wheel import Wheel
 

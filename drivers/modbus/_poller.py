@@ -17,11 +17,8 @@ import logging
 import math
 import random
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
 
 from drivers.errors import (
     DeviceConnectionError,
@@ -30,127 +27,23 @@ from drivers.errors import (
     DeviceProtocolError,
     DeviceTimeout,
 )
+from drivers.modbus._backoff import Backoff
 from drivers.modbus._bus import Bus
 from drivers.modbus._frames import ExceptionAnswer, FrameError
 from drivers.modbus._link import LinkDown, LinkTimeout
 from drivers.modbus._plan import ReadPlan, plan_profile
+from drivers.modbus._readings import assemble
+from drivers.modbus._status import PollerState, PollerStatus, PollLedger
 from drivers.modbus._wheel import Wheel
-from drivers.profiles import ALL_CHANNELS, ALL_ZERO, Profile, Register
+from drivers.profiles import Profile
 from drivers.reading import Reading, Transport, utc_now
+
+__all__ = ["BUSY", "ModbusPoller"]
 
 log = logging.getLogger("edge_agent.drivers.modbus")
 
-PollerState = Literal["starting", "ok", "failing", "backoff"]
 BUSY = 6  # Modbus "server device busy": the only answer worth an immediate retry
 BUSY_RETRY_DELAY_S = 0.05
-
-
-@dataclass(frozen=True, slots=True)
-class PollerStatus:
-    """What a health endpoint shows for one device (a snapshot; never mutated).
-
-    Attributes:
-        sensor_id: the sensor's id.
-        address: ``host:port`` or serial port.
-        device_id: Modbus unit id.
-        state: ``starting`` (no poll yet), ``ok``, ``failing`` (fewer failures in a row than
-            the breaker threshold) or ``backoff`` (breaker open, retrying later).
-        last_ok_at: UTC time of the last good read.
-        last_error: the last failure's message (kept after recovery).
-        last_error_at: UTC time of the last failure.
-        consecutive_failures: failures since the last good read.
-        polls_total: polls attempted.
-        errors_total: polls failed.
-        exception_responses: Modbus exception answers received.
-        missed_ticks: cadence ticks skipped because a poll ran past them.
-        last_rtt_s: duration of the last good poll (queue wait included), seconds.
-        backoff_s: the current back-off delay (0 when the breaker is closed).
-        errors_by_kind: failed polls by kind (timeout, connection, exception_N, crc,
-            short, wrong_device, byte_count, wrong_function, ...).
-        bad_values: readings flagged, by reason (sentinel, out_of_range, not_finite,
-            all_zero).
-        bad_for_s: seconds the sensor has answered only flagged values (0: it has not).
-        last_bad: the flags of the last flagged reading.
-    """
-
-    sensor_id: str
-    address: str
-    device_id: int
-    state: PollerState = "starting"
-    last_ok_at: datetime | None = None
-    last_error: str | None = None
-    last_error_at: datetime | None = None
-    consecutive_failures: int = 0
-    polls_total: int = 0
-    errors_total: int = 0
-    exception_responses: int = 0
-    missed_ticks: int = 0
-    last_rtt_s: float | None = None
-    backoff_s: float = 0.0
-    errors_by_kind: dict[str, int] = field(default_factory=dict)
-    bad_values: dict[str, int] = field(default_factory=dict)
-    bad_for_s: float = 0.0
-    last_bad: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Circuit-breaker delays: none below ``threshold`` failures in a row, then doubling
-    from ``base_s`` up to ``max_s``, each drawn uniformly from [d/2, d] (equal jitter) so
-    devices that failed together do not retry together. The first probes come soon (a
-    device that blinked is read again within about ``base_s``); only a device that stays
-    dead is probed as rarely as ``max_s``.
-    """
-
-    base_s: float
-    max_s: float = 30.0
-    threshold: int = 3
-
-    def delay(self, failures: int, rng: random.Random) -> float:
-        """Seconds to wait after ``failures`` consecutive failures."""
-        if failures < self.threshold:
-            return 0.0
-        exponent = min(failures - self.threshold, 30)  # bounded: 2**30 is plenty
-        cap = max(min(self.max_s, self.base_s * 2.0**exponent), 0.0)
-        return rng.uniform(cap / 2.0, cap)
-
-
-def readings_from(
-    sensor_id: str,
-    channels: Sequence[str],
-    values: Sequence[tuple[Register, float]],
-    timestamp: datetime,
-    *,
-    flags: Sequence[tuple[Register, str]] = (),
-    transport: Transport = "modbus",
-) -> list[Reading]:
-    """One Reading per channel: that channel's features plus the shared ones.
-
-    A channel with a flagged value (its own or a shared one) is quality "bad", carries the
-    flags, and leaves the flagged values out of its features.
-    """
-    out = []
-    for channel in channels:
-        mine = (channel, ALL_CHANNELS)
-        bad = tuple(f"{reg.feature}:{reason}" for reg, reason in flags if reg.channel in mine)
-        flagged = {id(reg) for reg, _ in flags}
-        features = {
-            reg.feature: value
-            for reg, value in values
-            if reg.feature is not None and reg.channel in mine and id(reg) not in flagged
-        }
-        out.append(
-            Reading(
-                sensor_id,
-                channel,
-                timestamp,
-                features,
-                transport=transport,
-                quality="bad" if bad else "good",
-                flags=bad,
-            )
-        )
-    return out
 
 
 class ModbusPoller:
@@ -207,20 +100,7 @@ class ModbusPoller:
         self._wheel = wheel
         self._stopped = False
         self._sink_errors = 0
-        # Mutable counters; `status` hands out frozen snapshots.
-        self.state: PollerState = "starting"
-        self.consecutive_failures = 0
-        self._polls = self._errors = self._exceptions = self._missed = 0
-        self._last_ok_at: datetime | None = None
-        self._last_error: str | None = None
-        self._last_error_at: datetime | None = None
-        self._last_rtt: float | None = None
-        self._backoff_s = 0.0
-        self._failing_since: float | None = None
-        self._by_kind: Counter[str] = Counter()
-        self._bad: Counter[str] = Counter()
-        self._bad_since: float | None = None
-        self._last_bad: tuple[str, ...] = ()
+        self.ledger = PollLedger(sensor_id, bus, device_id, self._backoff.threshold)
         bus.devices += 1
 
     @property
@@ -229,48 +109,39 @@ class ModbusPoller:
         return self._backoff.threshold
 
     @property
+    def state(self) -> PollerState:
+        """``starting``, ``ok``, ``failing`` or ``backoff`` (see PollerStatus)."""
+        return self.ledger.state
+
+    @property
+    def consecutive_failures(self) -> int:
+        """Failures since the last good read."""
+        return self.ledger.consecutive_failures
+
+    @property
     def last_error(self) -> str | None:
         """The last failure's message (kept after recovery)."""
-        return self._last_error
+        return self.ledger.last_error
 
     @property
     def last_ok_at(self) -> datetime | None:
         """UTC time of the last good read."""
-        return self._last_ok_at
+        return self.ledger.last_ok_at
 
     @property
     def last_bad(self) -> tuple[str, ...]:
         """The flags of the last flagged reading (``feature:reason``)."""
-        return self._last_bad
+        return self.ledger.last_bad
 
     @property
     def bad_for_s(self) -> float:
         """Seconds this sensor has answered only flagged values (0 when it has not)."""
-        return 0.0 if self._bad_since is None else time.monotonic() - self._bad_since
+        return self.ledger.bad_for_s
 
     @property
     def status(self) -> PollerStatus:
         """The current status snapshot (safe to keep; it never changes)."""
-        return PollerStatus(
-            self.sensor_id,
-            self.bus.address,
-            self.device_id,
-            self.state,
-            self._last_ok_at,
-            self._last_error,
-            self._last_error_at,
-            self.consecutive_failures,
-            self._polls,
-            self._errors,
-            self._exceptions,
-            self._missed,
-            self._last_rtt,
-            self._backoff_s,
-            dict(self._by_kind),
-            dict(self._bad),
-            round(self.bad_for_s, 3),
-            self._last_bad,
-        )
+        return self.ledger.snapshot()
 
     def _error(self, cls: type[DeviceError], message: str) -> DeviceError:
         return cls(
@@ -292,7 +163,7 @@ class ModbusPoller:
                     self.device_id, function_code, address, count, self.timeout_s
                 )
         except ExceptionAnswer as exc:
-            self._by_kind[f"exception_{exc.code}"] += 1
+            self.ledger.by_kind[f"exception_{exc.code}"] += 1
             raise DeviceExceptionResponse(
                 code=exc.code,
                 function_code=function_code,
@@ -301,13 +172,13 @@ class ModbusPoller:
                 device_id=self.device_id,
             ) from None
         except LinkTimeout as exc:
-            self._by_kind["timeout"] += 1
+            self.ledger.by_kind["timeout"] += 1
             raise self._error(DeviceTimeout, str(exc)) from None
         except LinkDown as exc:
-            self._by_kind["connection"] += 1
+            self.ledger.by_kind["connection"] += 1
             raise self._error(DeviceConnectionError, str(exc)) from None
         except FrameError as exc:
-            self._by_kind[exc.reason] += 1
+            self.ledger.by_kind[exc.reason] += 1
             raise self._error(DeviceProtocolError, str(exc)) from None
 
     async def poll_once(self) -> list[Reading]:
@@ -317,110 +188,33 @@ class ModbusPoller:
             DeviceError: the poll failed (timeout, exception answer, protocol, connection).
         """
         started = time.monotonic()
-        self._polls += 1
+        self.ledger.polls += 1
         answers: list[list[int]] = []
         try:
             for block in self.plan.blocks:
                 answers.append(await self._read(block.function_code, block.address, block.count))
         except DeviceError as exc:
-            self._failed(exc, started)
+            self.ledger.failed(exc, started)
             raise
         except Exception as exc:
             # A library surprise must not end this poller (and with it the agent).
-            self._by_kind["unexpected"] += 1
+            self.ledger.by_kind["unexpected"] += 1
             err = self._error(DeviceProtocolError, f"unexpected {type(exc).__name__}: {exc}")
-            self._failed(err, started)
+            self.ledger.failed(err, started)
             raise err from exc
         now = utc_now()
-        self._succeeded(time.monotonic() - started, now)
-        return self._decode(answers, now)
-
-    def _decode(self, answers: list[list[int]], now: datetime) -> list[Reading]:
-        plan = self.plan
-        values: list[float] = []
-        flags: list[tuple[Register, str]] = []
-        any_set = False
-        for block, words in zip(plan.blocks, answers, strict=True):
-            any_set = any_set or any(words)
-            for reg, raw in block.raw_values(words):
-                value, reason = reg.assess(raw)
-                values.append(value)
-                if reason is not None:
-                    flags.append((reg, reason))
-        if not any_set and self.profile.all_zero_fault:
-            flags = [(reg, ALL_ZERO) for reg in plan.registers]
-        if flags:
-            readings = readings_from(
-                self.sensor_id,
-                plan.channels,
-                list(zip(plan.registers, values, strict=True)),
-                now,
-                flags=flags,
-                transport=self.transport,
-            )
-        else:  # every poll of a healthy sensor: what readings_from makes, compiled routes
-            sid, transport = self.sensor_id, self.transport
-            readings = [
-                Reading(sid, channel, now, {f: values[i] for f, i in route}, transport)
-                for channel, route in zip(plan.channels, plan.routes, strict=True)
-            ]
-        if flags or self._bad_since is not None:
-            self._count_quality(flags)
+        self.ledger.succeeded(time.monotonic() - started, now)
+        readings, flags = assemble(
+            self.plan,
+            answers,
+            now,
+            sensor_id=self.sensor_id,
+            transport=self.transport,
+            all_zero_fault=self.profile.all_zero_fault,
+        )
+        if flags or self.ledger.bad_since is not None:
+            self.ledger.count_quality(flags)
         return readings
-
-    def _count_quality(self, flags: list[tuple[Register, str]]) -> None:
-        if not flags:
-            if self._bad_since is not None:
-                log.info("modbus sensor %s values plausible again", self.sensor_id)
-            self._bad_since = None
-            return
-        reasons = {reason for _, reason in flags}
-        for reason in reasons:
-            self._bad[reason] += 1
-        self._last_bad = tuple(sorted(f"{reg.feature}:{reason}" for reg, reason in flags))
-        if self._bad_since is None:
-            self._bad_since = time.monotonic()
-            log.warning(
-                "modbus sensor %s answers implausible values (%s); they are not analysed",
-                self.sensor_id,
-                ", ".join(self._last_bad),
-                extra={"sensor_id": self.sensor_id, "address": self.bus.address},
-            )
-
-    def _failed(self, err: DeviceError, started: float) -> None:
-        failures = self.consecutive_failures + 1
-        self.consecutive_failures = failures
-        self.state = "backoff" if failures >= self._backoff.threshold else "failing"
-        self._errors += 1
-        self._exceptions += isinstance(err, DeviceExceptionResponse)
-        self._last_error, self._last_error_at = str(err), utc_now()
-        if failures == 1:
-            self._failing_since = started
-            log.warning(
-                "modbus sensor %s at %s device %d failing: %s",
-                self.sensor_id,
-                self.bus.address,
-                self.device_id,
-                err.message,
-                extra={"sensor_id": self.sensor_id, "address": self.bus.address},
-            )
-        else:
-            log.debug("modbus sensor %s still failing (%d): %s", self.sensor_id, failures, err)
-
-    def _succeeded(self, rtt_s: float, now: datetime) -> None:
-        if self.consecutive_failures:
-            down = time.monotonic() - (self._failing_since or time.monotonic())
-            log.info(
-                "modbus sensor %s at %s device %d recovered after %d failed polls (%.1f s)",
-                self.sensor_id,
-                self.bus.address,
-                self.device_id,
-                self.consecutive_failures,
-                down,
-                extra={"sensor_id": self.sensor_id, "address": self.bus.address},
-            )
-        self.state, self.consecutive_failures = "ok", 0
-        self._last_ok_at, self._last_rtt, self._backoff_s = now, rtt_s, 0.0
 
     def _deliver(self, readings: list[Reading]) -> None:
         for reading in readings:
@@ -482,9 +276,9 @@ class ModbusPoller:
             if now > next_at:
                 missed = math.floor((now - next_at) / interval) + 1
                 next_at += missed * interval
-                self._missed += missed
+                self.ledger.missed += missed
             backoff = self._backoff.delay(self.consecutive_failures, self._rng)
-            self._backoff_s = backoff
+            self.ledger.backoff_s = backoff
             if backoff > 0 and now + backoff > next_at:
                 # Resume on the cadence grid at the first tick after the back-off.
                 next_at += math.ceil((now + backoff - next_at) / interval) * interval

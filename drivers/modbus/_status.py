@@ -1,0 +1,184 @@
+"""A poller's bookkeeping: its counters, its state, the one line logged when it starts
+failing (or answering implausible values) and the one when it recovers, and the frozen
+status snapshot a health endpoint shows."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+from drivers.errors import DeviceError, DeviceExceptionResponse
+from drivers.modbus._bus import Bus
+from drivers.profiles import Register
+from drivers.reading import utc_now
+
+__all__ = ["PollLedger", "PollerState", "PollerStatus"]
+
+log = logging.getLogger("edge_agent.drivers.modbus")
+
+PollerState = Literal["starting", "ok", "failing", "backoff"]
+
+
+@dataclass(frozen=True, slots=True)
+class PollerStatus:
+    """What a health endpoint shows for one device (a snapshot; never mutated).
+
+    Attributes:
+        sensor_id: the sensor's id.
+        address: ``host:port`` or serial port.
+        device_id: Modbus unit id.
+        state: ``starting`` (no poll yet), ``ok``, ``failing`` (fewer failures in a row than
+            the breaker threshold) or ``backoff`` (breaker open, retrying later).
+        last_ok_at: UTC time of the last good read.
+        last_error: the last failure's message (kept after recovery).
+        last_error_at: UTC time of the last failure.
+        consecutive_failures: failures since the last good read.
+        polls_total: polls attempted.
+        errors_total: polls failed.
+        exception_responses: Modbus exception answers received.
+        missed_ticks: cadence ticks skipped because a poll ran past them.
+        last_rtt_s: duration of the last good poll (queue wait included), seconds.
+        backoff_s: the current back-off delay (0 when the breaker is closed).
+        errors_by_kind: failed polls by kind (timeout, connection, exception_N, crc,
+            short, wrong_device, byte_count, wrong_function, ...).
+        bad_values: readings flagged, by reason (sentinel, out_of_range, not_finite,
+            all_zero).
+        bad_for_s: seconds the sensor has answered only flagged values (0: it has not).
+        last_bad: the flags of the last flagged reading.
+    """
+
+    sensor_id: str
+    address: str
+    device_id: int
+    state: PollerState = "starting"
+    last_ok_at: datetime | None = None
+    last_error: str | None = None
+    last_error_at: datetime | None = None
+    consecutive_failures: int = 0
+    polls_total: int = 0
+    errors_total: int = 0
+    exception_responses: int = 0
+    missed_ticks: int = 0
+    last_rtt_s: float | None = None
+    backoff_s: float = 0.0
+    errors_by_kind: dict[str, int] = field(default_factory=dict)
+    bad_values: dict[str, int] = field(default_factory=dict)
+    bad_for_s: float = 0.0
+    last_bad: tuple[str, ...] = ()
+
+
+class PollLedger:
+    """The mutable counters of one poller; ``snapshot`` hands out frozen copies.
+
+    Args:
+        sensor_id: the sensor's id (for log lines and the status).
+        bus: the device's bus (its address names the device in log lines).
+        device_id: Modbus unit id.
+        threshold: failures in a row that open the breaker (state ``backoff``).
+    """
+
+    def __init__(self, sensor_id: str, bus: Bus, device_id: int, threshold: int) -> None:
+        self.sensor_id, self.bus, self.device_id = sensor_id, bus, device_id
+        self.threshold = threshold
+        self.state: PollerState = "starting"
+        self.consecutive_failures = 0
+        self.polls = self.errors = self.exceptions = self.missed = 0
+        self.last_ok_at: datetime | None = None
+        self.last_error: str | None = None
+        self.last_error_at: datetime | None = None
+        self.last_rtt: float | None = None
+        self.backoff_s = 0.0
+        self.by_kind: Counter[str] = Counter()
+        self.bad: Counter[str] = Counter()
+        self.bad_since: float | None = None
+        self.last_bad: tuple[str, ...] = ()
+        self._failing_since: float | None = None
+
+    @property
+    def bad_for_s(self) -> float:
+        """Seconds this sensor has answered only flagged values (0 when it has not)."""
+        return 0.0 if self.bad_since is None else time.monotonic() - self.bad_since
+
+    def snapshot(self) -> PollerStatus:
+        """The current status (safe to keep; it never changes)."""
+        return PollerStatus(
+            self.sensor_id,
+            self.bus.address,
+            self.device_id,
+            self.state,
+            self.last_ok_at,
+            self.last_error,
+            self.last_error_at,
+            self.consecutive_failures,
+            self.polls,
+            self.errors,
+            self.exceptions,
+            self.missed,
+            self.last_rtt,
+            self.backoff_s,
+            dict(self.by_kind),
+            dict(self.bad),
+            round(self.bad_for_s, 3),
+            self.last_bad,
+        )
+
+    def count_quality(self, flags: list[tuple[Register, str]]) -> None:
+        """Record one poll's value flags (none: the values are plausible again)."""
+        if not flags:
+            if self.bad_since is not None:
+                log.info("modbus sensor %s values plausible again", self.sensor_id)
+            self.bad_since = None
+            return
+        reasons = {reason for _, reason in flags}
+        for reason in reasons:
+            self.bad[reason] += 1
+        self.last_bad = tuple(sorted(f"{reg.feature}:{reason}" for reg, reason in flags))
+        if self.bad_since is None:
+            self.bad_since = time.monotonic()
+            log.warning(
+                "modbus sensor %s answers implausible values (%s); they are not analysed",
+                self.sensor_id,
+                ", ".join(self.last_bad),
+                extra={"sensor_id": self.sensor_id, "address": self.bus.address},
+            )
+
+    def failed(self, err: DeviceError, started: float) -> None:
+        """Record a failed poll that started at monotonic ``started``."""
+        failures = self.consecutive_failures + 1
+        self.consecutive_failures = failures
+        self.state = "backoff" if failures >= self.threshold else "failing"
+        self.errors += 1
+        self.exceptions += isinstance(err, DeviceExceptionResponse)
+        self.last_error, self.last_error_at = str(err), utc_now()
+        if failures == 1:
+            self._failing_since = started
+            log.warning(
+                "modbus sensor %s at %s device %d failing: %s",
+                self.sensor_id,
+                self.bus.address,
+                self.device_id,
+                err.message,
+                extra={"sensor_id": self.sensor_id, "address": self.bus.address},
+            )
+        else:
+            log.debug("modbus sensor %s still failing (%d): %s", self.sensor_id, failures, err)
+
+    def succeeded(self, rtt_s: float, now: datetime) -> None:
+        """Record a good poll of ``rtt_s`` seconds, read at UTC ``now``."""
+        if self.consecutive_failures:
+            down = time.monotonic() - (self._failing_since or time.monotonic())
+            log.info(
+                "modbus sensor %s at %s device %d recovered after %d failed polls (%.1f s)",
+                self.sensor_id,
+                self.bus.address,
+                self.device_id,
+                self.consecutive_failures,
+                down,
+                extra={"sensor_id": self.sensor_id, "address": self.bus.address},
+            )
+        self.state, self.consecutive_failures = "ok", 0
+        self.last_ok_at, self.last_rtt, self.backoff_s = now, rtt_s, 0.0

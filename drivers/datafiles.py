@@ -7,6 +7,7 @@ collects every error as FILE:LINE:COL instead of stopping at the first one.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,26 @@ class Document:
         """An error of class ``cls`` at ``path``'s position, naming the key path."""
         line, column = self.at(path)
         return cls(message, source=self.source, line=line, column=column, path=path)
+
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+
+def item_name(doc: Document, expected_name: str | None, cls: type[E]) -> str:
+    """The document's top-level ``name``: a lower-case identifier, equal to
+    ``expected_name`` (the file stem) when that is given.
+
+    Raises:
+        DataFileError: of class ``cls``, at the ``name`` key.
+    """
+    name = doc.data.get("name")
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise doc.error(("name",), f"name must be a lower-case identifier, got {name!r}", cls)
+    if expected_name is not None and name != expected_name:
+        raise doc.error(
+            ("name",), f"name {name!r} does not match the file name {expected_name!r}", cls
+        )
+    return name
 
 
 def _walk(node: yaml.Node, path: KeyPath) -> Iterator[tuple[KeyPath, yaml.Node]]:

@@ -10,7 +10,7 @@ import math
 import re
 from typing import Any, NoReturn
 
-from drivers.datafiles import Document
+from drivers.datafiles import Document, item_name
 from drivers.errors import DecoderError
 from drivers.payloads._common import ALL_CHANNELS, split_path
 from drivers.payloads._features import FeaturesDecoder, Field
@@ -25,7 +25,6 @@ from drivers.reading import FEATURE_NAMES
 
 Decoder = FeaturesDecoder | WaveformJsonDecoder | RawInt16Decoder
 FORMATS = ("json-features", "waveform-json", "raw-int16")
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 _PATH_RE = re.compile(r"^[^.\s][^\s]*$")
 _COMMON = {"name", "format", "description", "document"}
 _KEYS = {
@@ -287,11 +286,7 @@ def parse_decoder(doc: Document, expected_name: str | None = None) -> Decoder:
     if fmt not in FORMATS:
         d.fail(("format",), f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     d.keys(data, _COMMON | _KEYS[fmt], ())
-    name = data.get("name")
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        d.fail(("name",), f"name must be a lower-case identifier, got {name!r}")
-    if expected_name is not None and name != expected_name:
-        d.fail(("name",), f"name {name!r} does not match the file name {expected_name!r}")
+    name = item_name(doc, expected_name, DecoderError)
     if fmt == "json-features":
         return _features(d, data, name)
     if fmt == "waveform-json":

@@ -7,6 +7,7 @@ from drivers.profiles._library import (
     profile_names,
     shipped,
 )
+from drivers.profiles._parse import parse_profile
 from drivers.profiles._profile import (
     ALL_CHANNELS,
     ALL_ZERO,
@@ -16,7 +17,6 @@ from drivers.profiles._profile import (
     SENTINEL,
     Profile,
     Register,
-    parse_profile,
 )
 
 __all__ = [

@@ -8,7 +8,8 @@ from pathlib import Path
 from drivers.datafiles import Document, read_document
 from drivers.datalibrary import DataLibrary
 from drivers.errors import ProfileError
-from drivers.profiles._profile import Profile, parse_profile
+from drivers.profiles._parse import parse_profile
+from drivers.profiles._profile import Profile
 
 
 class ProfileLibrary(DataLibrary[Profile]):

@@ -9,13 +9,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import ValidationError
 
-from agent.config._crossref import cross_check, read_tokens, secret_path
+from agent.config._crossref import cross_check
 from agent.config._delivery import MqttUplink
 from agent.config._errors import ConfigError, ConfigIssue
 from agent.config._messages import translate_all
 from agent.config._models import Config
 from agent.config._mqtt import Broker
 from agent.config._mqtt_check import mqtt_checks, read_broker_files
+from agent.config._secrets import read_tokens, secret_path
 from agent.config._yaml import parse
 
 if TYPE_CHECKING:

@@ -1,14 +1,16 @@
 """A library of data files of one kind (register profiles, payload decoders): the files
 shipped in a package plus a site folder, each parsed once, looked up by name.
 
-Each kind subclasses ``DataLibrary`` and names its package, its error class and its parser;
-the loading, the shipped-name rule and the error messages are the same for every kind.
+Each kind subclasses ``DataLibrary`` with a ``DataKind``: its word for messages, its
+package, its error class and its parser. The loading, the shipped-name rule and the error
+messages are the same for every kind.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar
@@ -25,33 +27,42 @@ class _Sourced(Protocol):
 T = TypeVar("T", bound=_Sourced)
 
 
+@dataclass(frozen=True, slots=True)
+class DataKind(Generic[T]):
+    """One kind of data file.
+
+    Attributes:
+        word: what one item is called in messages ("profile").
+        package: where the shipped files live ("drivers.profiles").
+        error: the class raised and collected for this kind.
+        parse: ``parse(document, expected_name)``; the name is the file stem.
+    """
+
+    word: str
+    package: str
+    error: type[DataFileError]
+    parse: Callable[[Document, str], T]
+
+
 class DataLibrary(Generic[T]):
     """Items by name, and the errors of the files that could not be loaded.
 
-    Subclasses set ``kind`` (a word for messages), ``package`` (where the shipped files
-    live), ``error`` (the class raised and collected) and ``parse_item``.
+    Subclasses set ``kind``.
 
     Args:
         items: name -> parsed item.
         errors: problems found while loading (each with file:line:column).
     """
 
-    kind: ClassVar[str]
-    package: ClassVar[str]
-    error: ClassVar[type[DataFileError]]
+    kind: ClassVar[DataKind[Any]]
 
     def __init__(self, items: Mapping[str, T], errors: Sequence[DataFileError] = ()) -> None:
         self._items = dict(items)
         self.errors: tuple[DataFileError, ...] = tuple(errors)
 
-    @staticmethod
-    def parse_item(doc: Document, name: str) -> T:
-        """Parse one document whose file stem is ``name``."""
-        raise NotImplementedError
-
     @classmethod
     def shipped(cls) -> Self:
-        """The items shipped in ``package`` (read once per process)."""
+        """The items shipped in the kind's package (read once per process)."""
         return _shipped(cls)
 
     @classmethod
@@ -61,14 +72,15 @@ class DataLibrary(Generic[T]):
         base = cls.shipped()
         if folder is None:
             return base
-        extra, errors = load_folder(folder, cls.parse_item)
+        extra, errors = load_folder(folder, cls.kind.parse)
         items = dict(base._items)
         problems: list[DataFileError] = [*base.errors, *errors]
         for name, item in extra.items():
             if name in items:
                 problems.append(
-                    cls.error(
-                        f"{cls.kind} {name!r} is shipped with the agent; give yours another name",
+                    cls.kind.error(
+                        f"{cls.kind.word} {name!r} is shipped with the agent; "
+                        "give yours another name",
                         source=item.source,
                     )
                 )
@@ -87,14 +99,14 @@ class DataLibrary(Generic[T]):
         """The item called ``name``.
 
         Raises:
-            DataFileError: of the library's ``error`` class, for an unknown name.
+            DataFileError: of the kind's ``error`` class, for an unknown name.
         """
         try:
             return self._items[name]
         except KeyError:
-            raise self.error(
-                f"unknown {self.kind} {name!r}; available: {', '.join(self.names())}",
-                source=self.package,
+            raise self.kind.error(
+                f"unknown {self.kind.word} {name!r}; available: {', '.join(self.names())}",
+                source=self.kind.package,
             ) from None
 
 
@@ -103,8 +115,8 @@ L = TypeVar("L", bound=DataLibrary[Any])
 
 @functools.cache
 def _shipped(cls: type[L]) -> L:
-    root = resources.files(cls.package)
-    folder = cls.package.replace(".", "/")
+    root = resources.files(cls.kind.package)
+    folder = cls.kind.package.replace(".", "/")
     items: dict[str, Any] = {}
     errors: list[DataFileError] = []
     for entry in sorted(root.iterdir(), key=lambda e: e.name):
@@ -113,7 +125,7 @@ def _shipped(cls: type[L]) -> L:
         stem = entry.name.removesuffix(".yaml")
         try:
             doc = parse_document(entry.read_text(encoding="utf-8"), f"{folder}/{entry.name}")
-            items[stem] = cls.parse_item(doc, stem)
+            items[stem] = cls.kind.parse(doc, stem)
         except DataFileError as exc:
             errors.append(exc)
     return cls(items, errors)

@@ -3,33 +3,18 @@
 
 from __future__ import annotations
 
-from drivers.datafiles import Document
-from drivers.datalibrary import DataLibrary
+from drivers.datalibrary import DataKind, DataLibrary
 from drivers.errors import DecoderError
 from drivers.payloads._spec import Decoder, parse_decoder
 
 
 class DecoderLibrary(DataLibrary[Decoder]):
-    """Decoders by name, and the errors of the files that could not be loaded.
+    """Decoders by name, and the errors of the files that could not be loaded."""
 
-    Args:
-        items: name -> decoder.
-        errors: problems found while loading (each with file:line:column).
-    """
-
-    kind = "decoder"
-    package = "drivers.payloads"
-    error = DecoderError
-
-    @staticmethod
-    def parse_item(doc: Document, name: str) -> Decoder:
-        """Parse one decoder file whose stem is ``name``."""
-        return parse_decoder(doc, expected_name=name)
+    kind = DataKind("decoder", "drivers.payloads", DecoderError, parse_decoder)
 
 
-def shipped() -> DecoderLibrary:
-    """The decoders shipped in this package (read once per process)."""
-    return DecoderLibrary.shipped()
+shipped = DecoderLibrary.shipped  # the shipped decoders (read once per process)
 
 
 def load_decoder(name: str) -> Decoder:

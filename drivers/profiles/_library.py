@@ -5,34 +5,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from drivers.datafiles import Document, read_document
-from drivers.datalibrary import DataLibrary
+from drivers.datafiles import read_document
+from drivers.datalibrary import DataKind, DataLibrary
 from drivers.errors import ProfileError
 from drivers.profiles._parse import parse_profile
 from drivers.profiles._profile import Profile
 
 
 class ProfileLibrary(DataLibrary[Profile]):
-    """Profiles by name, and the errors of the files that could not be loaded.
+    """Profiles by name, and the errors of the files that could not be loaded."""
 
-    Args:
-        items: name -> profile.
-        errors: problems found while loading (each with file:line:column).
-    """
-
-    kind = "profile"
-    package = "drivers.profiles"
-    error = ProfileError
-
-    @staticmethod
-    def parse_item(doc: Document, name: str) -> Profile:
-        """Parse one profile file whose stem is ``name``."""
-        return parse_profile(doc, expected_name=name)
+    kind = DataKind("profile", "drivers.profiles", ProfileError, parse_profile)
 
 
-def shipped() -> ProfileLibrary:
-    """The profiles shipped in this package (read once per process)."""
-    return ProfileLibrary.shipped()
+shipped = ProfileLibrary.shipped  # the shipped profiles (read once per process)
 
 
 def profile_names() -> list[str]:

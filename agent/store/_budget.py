@@ -14,16 +14,26 @@ Order, each step only while still over budget:
 4. undelivered alerts, lowest tier first (3, then 2, then 1), oldest first: tier 1 only
    when no tier 2/3 remains. Every one is logged with its alert_id.
 Each step counts what it dropped in total and per uplink that still needed it.
+
+A disk that fills before max_bytes is reached (a 2 GiB default on a small eMMC, a log
+growing beside the store) runs steps 1 and 2 against what the disk holds (the file's size
+plus the file system's free space, less DISK_RESERVE_BYTES), while there is still room to
+do it: on a disk with no room at all the WAL can grow no further and cannot be
+checkpointed into a file that must grow, so not even a DELETE commits, and every new alert
+would fail, held in memory until dropped, while alerts delivered long ago filled the file.
+Alerts still awaited are never evicted for the disk, only for the budget.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 from collections.abc import Callable
 
 from agent.store._ops import add_meta, bump
 from agent.store._routing import ALERT, DEAD, PENDING, SUMMARY, TABLES, marks
+from agent.store._sqlite import WAL_LIMIT_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +41,9 @@ PRUNE_TO = 0.9  # prune complete items to 90 %, so the next append does not prun
 _PRUNE_CHUNK = 256
 _SUMMARY_CHUNK = 16
 _MAX_ROUNDS = 100_000  # bound on the loops (each round deletes at least one row)
+# Free space kept on the disk: a WAL at its size limit and as much again for the
+# checkpoint that copies it into the file.
+DISK_RESERVE_BYTES = 2 * WAL_LIMIT_BYTES
 
 Pick = Callable[[sqlite3.Connection], list[int]]
 
@@ -127,9 +140,41 @@ def _undelivered(conn: sqlite3.Connection) -> list[int]:
     return []
 
 
+def disk_bytes(conn: sqlite3.Connection) -> int | None:
+    """The most the store can hold on its disk (see the module docstring); None when the
+    file system cannot say (an in-memory database, a stat that fails)."""
+    path = conn.execute("PRAGMA database_list").fetchone()[2]
+    if not path:
+        return None
+    try:
+        size = os.stat(path).st_size
+        fs = os.statvfs(path)
+    except OSError:
+        return None
+    return size + fs.f_bavail * fs.f_frsize - DISK_RESERVE_BYTES
+
+
+def checkpoint_if_short(conn: sqlite3.Connection) -> None:
+    """After a commit, with less than DISK_RESERVE_BYTES free: copy the WAL into the file
+    now, while the file can still grow, so that the WAL is reused from its start and the
+    writes that follow need no new disk space."""
+    path = conn.execute("PRAGMA database_list").fetchone()[2]
+    try:
+        fs = os.statvfs(path) if path else None
+    except OSError:
+        return
+    if fs is not None and fs.f_bavail * fs.f_frsize < DISK_RESERVE_BYTES:
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+
 def enforce(conn: sqlite3.Connection, max_bytes: int) -> None:
-    """Bring used bytes under max_bytes, in the order of the module docstring."""
-    if used_bytes(conn) <= max_bytes:
+    """Bring used bytes under max_bytes, in the order of the module docstring; below it,
+    under what the disk holds, with what is safe to drop only."""
+    used = used_bytes(conn)
+    if used <= max_bytes:
+        disk = disk_bytes(conn)
+        if disk is not None and used > disk:
+            _make_room(conn, disk)
         return
     target = int(max_bytes * PRUNE_TO)
     pruned = sum(_drain(conn, target, k, _complete(k), None) for k in (SUMMARY, ALERT))
@@ -151,3 +196,25 @@ def enforce(conn: sqlite3.Connection, max_bytes: int) -> None:
                 n,
                 f"{label} alerts" if label else "feature summaries",
             )
+
+
+def _make_room(conn: sqlite3.Connection, disk: int) -> None:
+    """The disk fills before the budget: prune complete items, then summaries not yet
+    everywhere, down to PRUNE_TO of what the disk holds. Never an alert an uplink still
+    waits for: a disk filled for a while by something else must not cost alerts (if
+    nothing is left to drop, a write fails as full and is held and retried)."""
+    target = int(max(disk, 0) * PRUNE_TO)
+    pruned = sum(_drain(conn, target, k, _complete(k), None) for k in (SUMMARY, ALERT))
+    if pruned:
+        add_meta(conn, "delivered_pruned_total", pruned)
+    evicted = _drain(conn, target, SUMMARY, _summaries, "summaries_evicted_total")
+    if evicted:
+        add_meta(conn, "summaries_evicted_total", evicted)
+    if pruned or evicted:
+        log.error(
+            "disk nearly full (room for %d bytes of the store, budget not reached): pruned "
+            "%d delivered item(s) and evicted %d feature summaries, oldest first",
+            disk,
+            pruned,
+            evicted,
+        )

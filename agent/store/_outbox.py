@@ -134,6 +134,7 @@ class Outbox:
             self._open,
             # Read at each commit: a reload may change the budget.
             before_commit=lambda conn: _budget.enforce(conn, max_bytes=self.max_bytes),
+            after_commit=_budget.checkpoint_if_short,
             queue_size=self._queue_size,
             on_fault=self._fault,
         )

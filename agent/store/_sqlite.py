@@ -65,6 +65,9 @@ def connect(path: Path) -> sqlite3.Connection:
         # FULL: the WAL is fsynced at every commit, so an ack survives a power cut.
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
+        # Debian builds SQLite with secure_delete on: every freed page is zeroed into the
+        # WAL, so a prune writes as much as it frees, and on a full disk cannot commit.
+        conn.execute("PRAGMA secure_delete=FAST")
         conn.execute("PRAGMA foreign_keys=ON")
     except BaseException:
         conn.close()

@@ -92,6 +92,8 @@ class Writer:
         opener: called on the thread; returns the open connection (again after a recovery).
         before_commit: called on the thread inside every write transaction, after the
             requests ran (the disk budget is enforced there, in the same transaction).
+        after_commit: called on the thread after every committed write transaction (best
+            effort: its errors are logged, the transaction stands).
         queue_size: bound of the request queue; callers wait (asynchronously) beyond it.
         on_fault: called on the event loop after the store was recovered at run time.
     """
@@ -102,12 +104,14 @@ class Writer:
         opener: Callable[[], sqlite3.Connection],
         *,
         before_commit: Callable[[sqlite3.Connection], None] | None = None,
+        after_commit: Callable[[sqlite3.Connection], None] | None = None,
         queue_size: int = 1024,
         on_fault: Callable[[StoreFault], None] | None = None,
     ) -> None:
         self._path = path
         self._opener = opener
         self._before_commit = before_commit
+        self._after_commit = after_commit
         self._on_fault = on_fault
         self._queue: queue.Queue[_Request | object] = queue.Queue(maxsize=queue_size)
         self._slots: asyncio.Semaphore | None = None
@@ -335,6 +339,11 @@ class Writer:
             self.counters.failed_transactions += 1
             return [], exc
         self.counters.note_group(len(writes))
+        if self._after_commit is not None:
+            try:
+                self._after_commit(conn)
+            except sqlite3.Error as exc:
+                log.warning("store %s: after a commit: %s", self._path, exc)
         return outcomes, None
 
     def _fail(self, writes: list[_Request], exc: BaseException) -> None:

@@ -98,11 +98,20 @@ def small_disk(where: Path, size: str = "2m") -> Iterator[Path | None]:
         subprocess.run(["umount", "-l", str(where)], check=False, timeout=10)
 
 
-def fill(path: Path) -> int:
-    """Write until the file system says ENOSPC; returns bytes written."""
+def fill(path: Path, leave: int = 0) -> int:
+    """Write until the file system says ENOSPC (or only `leave` bytes are free); returns
+    bytes written."""
     n = 0
     chunk = b"\0" * 65536
-    with path.open("wb") as f:
+    if leave:
+        fs = os.statvfs(path.parent)
+        n = max(0, fs.f_bavail * fs.f_frsize - leave)
+        with path.open("wb") as f:
+            for _ in range(n // len(chunk)):
+                f.write(chunk)
+            f.write(b"\0" * (n % len(chunk)))
+        return n
+    with path.open("wb", buffering=0) as f:  # unbuffered: nothing left to fail at close
         try:
             for _ in range(10_000):  # bounded: 640 MB at most
                 n += f.write(chunk)
@@ -111,7 +120,7 @@ def fill(path: Path) -> int:
         except OSError as exc:
             assert exc.errno == errno.ENOSPC
     # top up the last partial block with small writes
-    with contextlib.suppress(OSError), path.open("ab") as f:
+    with contextlib.suppress(OSError), path.open("ab", buffering=0) as f:
         for _ in range(65536 // 512):
             f.write(b"\0" * 512)
             f.flush()
@@ -141,6 +150,53 @@ async def test_disk_full_is_reported_and_contained(tmp_path: Path) -> None:
         async with outbox(db) as ob:  # and what was acknowledged is all still there
             assert [a.seq for a in await ob.next_batch(UP, 10)] == [1, 2, 3, 4]
             assert (await ob.load_state()) == {"k": "3"}
+
+
+async def test_a_full_disk_makes_room_from_delivered_alerts_not_from_new_ones(
+    tmp_path: Path,
+) -> None:
+    """The disk fills up long before the budget (a 2 GiB default on a small eMMC, a log
+    file growing beside the store): alerts every uplink already has are safe upstream and
+    must give way to new ones, or every new alert is held in memory until it is dropped."""
+    with small_disk(tmp_path / "mnt", "40m") as mnt:
+        if mnt is None:
+            pytest.skip("cannot mount a tmpfs here (needs root)")
+        async with outbox(mnt / "outbox.db") as ob:  # budget: 1 GiB, far above the disk
+            for r in range(40):
+                await ob.append([draft(i=100 * r + i, blob="x" * 2000) for i in range(100)])
+                await ob.mark_delivered(UP, await ob.next_batch(UP, 1000))
+            assert (await ob.stats()).delivered_pruned_total == 0  # the disk had room
+            # A log grows beside the store, slowly, then takes every byte left.
+            stored = []
+            for i, leave in enumerate((16, 12, 8, 6, 4, 2, 1, 0)):
+                await asyncio.to_thread(fill, mnt / f"log.{i}", leave=leave * 2**20)
+                stored += await ob.append([draft(1, i, blob="y" * 2000)])
+            for i in range(600):  # ~1.5 MB of new alerts on a disk with no room left
+                stored += await ob.append([draft(1, 100 + i, blob="y" * 2000)])
+            stats = await ob.stats()
+            pending = await ob.next_batch(UP, 1000)
+        assert [a.seq for a in pending] == [r["seq"] for r in stored]  # none lost
+        assert stats.evicted_total == 0
+        assert 0 < stats.delivered_pruned_total < 4000  # room came from delivered alerts
+        assert stats.delivered == 4000 - stats.delivered_pruned_total
+
+
+async def test_a_disk_filled_by_others_never_costs_an_awaited_alert(tmp_path: Path) -> None:
+    """Nothing delivered to prune: new alerts wait (held by the caller), the stored ones
+    are kept, whatever fills the disk."""
+    with small_disk(tmp_path / "mnt", "16m") as mnt:
+        if mnt is None:
+            pytest.skip("cannot mount a tmpfs here (needs root)")
+        async with outbox(mnt / "outbox.db") as ob:
+            stored = await ob.append([draft(3, i, blob="x" * 2000) for i in range(50)])
+            await asyncio.to_thread(fill, mnt / "filler")
+            for i in range(200):
+                with contextlib.suppress(StoreFullError):
+                    stored += await ob.append([draft(1, i, blob="y" * 2000)])
+            stats = await ob.stats()
+            pending = await ob.next_batch(UP, 1000)
+        assert stats.evicted_total == 0
+        assert sorted(a.seq for a in pending) == sorted(r["seq"] for r in stored)
 
 
 async def test_budget_prunes_delivered_then_evicts_lowest_tier(

@@ -11,7 +11,8 @@ registered at open and gets a pending row for every item it carries that is not 
 yet (so adding an uplink after an outage, or configuring the first one, delivers the
 backlog to it too, but no history that every other uplink already has). An uplink
 removed from the configuration is unregistered: its rows stay (visible, requeueable,
-pruned with their items) but no longer hold items back.
+pruned with their items) but no longer hold items back; configured again, what it still
+lacks holds its items back again.
 """
 
 from __future__ import annotations
@@ -121,6 +122,14 @@ def register(
         conn.execute("DELETE FROM retired_uplinks WHERE name = ?", (name,))
         routed = 0
         for klass, (table, _) in TABLES.items():
+            # Configured again: what it did not have while it was away (completed without
+            # it) is awaited again, so not complete: never pruned as safe upstream.
+            routed += conn.execute(
+                f"UPDATE {table} SET delivered_at = NULL WHERE delivered_at IS NOT NULL AND "
+                f"seq IN (SELECT ref FROM outbound WHERE uplink = ? AND class = ? "
+                f"AND state != {DELIVERED})",
+                (name, klass),
+            ).rowcount
             routed += conn.execute(
                 "INSERT OR IGNORE INTO outbound (uplink, class, ref, tier, state) "
                 f"SELECT u.name, ?, t.seq, t.tier, {PENDING} FROM uplinks u, {table} t "

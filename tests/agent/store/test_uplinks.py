@@ -79,6 +79,33 @@ async def test_a_new_uplink_gets_the_backlog_not_the_history_and_a_removed_one_l
         assert (await ob.stats()).uplinks["b"].configured
 
 
+async def test_an_uplink_configured_again_resumes_its_backlog_and_the_budget_keeps_it(
+    tmp_path: Path,
+) -> None:
+    """Removed for a while (its backend was down for weeks), then configured again: what it
+    still waited for was given to it again ("configure it again to resume"), so the budget
+    must not prune it as if every uplink had it."""
+    db = tmp_path / "o.db"
+    pad = "p" * 1500
+    async with outbox(db, ("a", "b")) as ob:
+        await ob.append([draft(tier=1, i=i, blob=pad) for i in range(20)])
+        await ob.mark_delivered("a", await take(ob, "a"))  # "b" is down
+    async with outbox(db, ("a",)):  # "b" removed from the configuration
+        pass
+    async with outbox(db, ("a", "b"), max_bytes=400 * 1024) as ob:  # "b" is back
+        stats = await ob.stats()
+        assert stats.uplinks["b"].pending == 20 and stats.pending == 20
+        for i in range(200):  # "a" is current, the store reaches its budget
+            await ob.append([draft(tier=3, i=100 + i, blob=pad)])
+            await ob.mark_delivered("a", await take(ob, "a"))
+        left = await take(ob, "b")
+        stats = await ob.stats()
+    # Tier 1 goes last: the budget evicted tier-3 alerts "b" never had, not its backlog.
+    assert [it.seq for it in left if it.tier == 1] == list(range(1, 21))
+    assert stats.uplinks["b"].evicted_total == stats.evicted_total > 0
+    assert len(left) + stats.evicted_total == 220
+
+
 async def test_with_no_uplink_alerts_wait_for_the_first_one(tmp_path: Path) -> None:
     db = tmp_path / "o.db"
     async with outbox(db, ()) as ob:

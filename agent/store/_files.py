@@ -15,6 +15,7 @@ drop new alerts as duplicates of old ones.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
@@ -47,6 +48,58 @@ class Quarantined:
     reason: str
     recovered_seq: int | None
     seq_restart: int
+
+
+ISSUED = ".issued"  # beside the store: the highest seqs it ever issued
+SEQ_KEYS = ("last_seq", "last_summary_seq")
+
+
+def issued_path(path: Path) -> Path:
+    return path.with_name(path.name + ISSUED)
+
+
+def read_issued(path: Path) -> dict[str, int]:
+    """The highest seqs issued from the store at `path` ({} when never written or
+    unreadable: the clock floor is the fallback)."""
+    try:
+        data = json.loads(issued_path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: v for k, v in data.items() if k in SEQ_KEYS and plausible_seq(v)}
+
+
+class IssuedMark:
+    """Keeps `<store>.issued` at the store's last seqs, after every commit (writer thread).
+
+    A store file restored from a backup numbers from where the backup stopped, reusing ids
+    the backend already has (it drops the new alerts as duplicates); this file, beside it,
+    says how far this store got. Not fsynced: after a power cut the database is ahead of
+    it, which is harmless; it only has to outlive a restore of the database file.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._written: tuple[int, ...] | None = None
+
+    def after_commit(self, conn: sqlite3.Connection) -> None:
+        values = tuple(
+            int(r[0]) if (r := conn.execute("SELECT value FROM meta WHERE key = ?", (k,))
+                          .fetchone()) else 0
+            for k in SEQ_KEYS
+        )  # fmt: skip
+        if values == self._written:
+            return
+        target = issued_path(self.path)
+        tmp = target.with_name(target.name + ".tmp")
+        try:
+            tmp.write_text(json.dumps(dict(zip(SEQ_KEYS, values, strict=True))), "utf-8")
+            os.replace(tmp, target)
+        except OSError as exc:  # a full disk: the clock floor still stands behind it
+            log.warning("cannot record the last seq in %s: %s", target, exc)
+            return
+        self._written = values
 
 
 def seq_floor() -> int:

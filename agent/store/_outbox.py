@@ -20,7 +20,7 @@ from agent.analysis.reliability import FleetLife
 from agent.config import Config
 from agent.records import AlertDraft
 from agent.store import _budget, _ops, _queries
-from agent.store._files import Quarantined
+from agent.store._files import IssuedMark, Quarantined
 from agent.store._ops import StoredItem
 from agent.store._queries import OutboxStats
 from agent.store._routing import FINDINGS, register
@@ -129,12 +129,16 @@ class Outbox:
     async def __aenter__(self) -> Self:
         if self._writer is not None:
             raise StoreError(f"outbox {self.path} is already open", path=self.path)
+        issued = IssuedMark(self.path)
         writer = Writer(
             self.path,
             self._open,
             # Read at each commit: a reload may change the budget.
             before_commit=lambda conn: _budget.enforce(conn, max_bytes=self.max_bytes),
-            after_commit=_budget.checkpoint_if_short,
+            after_commit=lambda conn: (
+                _budget.checkpoint_if_short(conn),
+                issued.after_commit(conn),
+            ),
             queue_size=self._queue_size,
             on_fault=self._fault,
         )

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from agent.store import _routing
-from agent.store._files import Quarantined, precheck, quarantine, seq_floor
+from agent.store._files import SEQ_KEYS, Quarantined, precheck, quarantine, read_issued, seq_floor
 from agent.store._sqlite import connect, fsync_dir, now_ts, translate
 from agent.store.errors import StoreError
 
@@ -168,6 +168,34 @@ def record_quarantine(conn: sqlite3.Connection, q: Quarantined) -> None:
     conn.execute("COMMIT")
 
 
+def catch_up_issued(conn: sqlite3.Connection, path: Path) -> None:
+    """A store behind the seqs it already issued (its file restored from a backup) numbers
+    on above them (agent.store._files.IssuedMark), loudly: the ids in between are the
+    backend's already."""
+    issued = read_issued(path)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for key in SEQ_KEYS:
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            have = int(row[0]) if row else 0
+            if issued.get(key, 0) > have:
+                conn.execute("UPDATE meta SET value = ? WHERE key = ?", (issued[key], key))
+                log.error(
+                    "store %s is behind the ids it already issued (%s %d, issued up to %d): "
+                    "restored from a backup? Numbering goes on above them; alerts stored "
+                    "after that backup are not in this file",
+                    path,
+                    key,
+                    have,
+                    issued[key],
+                )
+        conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
+
+
 def open_db(
     path: Path,
     gateway_id: str,
@@ -207,6 +235,7 @@ def open_db(
             create(conn, gateway_id, first_seq, uplinks, carries)
             if quarantined is not None:
                 record_quarantine(conn, quarantined)
+            catch_up_issued(conn, path)
         except BaseException:
             conn.close()
             raise

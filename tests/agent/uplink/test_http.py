@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import shutil
 import sqlite3
 import time
 from collections.abc import AsyncIterator
@@ -304,3 +305,34 @@ async def test_relative_token_file_is_reread_from_the_config_folder_not_the_cwd(
             await until(lambda: _pending_is(outbox, 0))
     assert "cannot use token_file" not in caplog.text
     assert caplog.text.count("is readable by other users (mode 0644)") == 1
+
+
+async def test_a_store_restored_from_a_backup_never_reissues_a_delivered_id(
+    tmp_path: Path,
+) -> None:
+    """An operator restores last night's store file (a damaged card, a botched upgrade):
+    alerts issued since then are at the backend already, under ids the restored file would
+    issue again; the backend would drop the new alerts as duplicates of those."""
+    path = tmp_path / "outbox.db"
+    backup = tmp_path / "backup.db"
+
+    def store() -> Outbox:
+        return Outbox(path, gateway_id="gw-01", max_bytes=1 << 30, uplinks=(UP,))
+
+    async with store() as ob:
+        before = await ob.append([draft(i=i) for i in range(3)])
+    await asyncio.to_thread(shutil.copyfile, path, backup)  # the agent is stopped
+    async with BackendServer(db=tmp_path / "backend.db", token=TOKEN) as backend:
+        async with store() as ob:
+            since = await ob.append([draft(i=10 + i) for i in range(2)])
+            async with Running(HttpUplink(cfg(backend.url), ob)):
+                await until(lambda: _pending_is(ob, 0))
+        await asyncio.to_thread(shutil.copyfile, backup, path)  # restored, agent stopped
+        async with store() as ob:
+            [new] = await ob.append([draft(tier=1, i=99)])
+            async with Running(HttpUplink(cfg(backend.url), ob)):
+                await until(lambda: _pending_is(ob, 0))
+        stored = {a["alert"]["alert_id"]: a["alert"] for a in await backend.alerts()}
+    assert new["alert_id"] not in {r["alert_id"] for r in before + since}
+    assert stored[new["alert_id"]]["detected_at"] == new["detected_at"]  # not dropped
+    assert len(stored) == 6

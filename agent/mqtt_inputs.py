@@ -55,6 +55,7 @@ def broker_settings(broker: Broker, gateway_id: str) -> BrokerSettings:
         protocol=broker.protocol,
         max_payload_bytes=broker.max_payload_bytes,
         queue_size=broker.queue_size,
+        queue_max_bytes=broker.queue_max_bytes,
         reconnect_max_s=broker.reconnect_max_s,
         connect_timeout_s=broker.connect_timeout_s,
     )

@@ -34,6 +34,8 @@ MAX_REQUEST_BYTES = 64 * 1024
 MAX_ANSWER_BYTES = 4 * 2**20
 MAX_CONNECTIONS = 8
 REQUEST_TIMEOUT_S = 5.0
+CLOSE_WAIT_S = 2.0  # at close, requests under way get this long to be answered
+STOPPING = "the agent is stopping; try again once it runs"
 SOCKET_MODE = 0o660
 
 
@@ -147,6 +149,8 @@ class ControlServer:
         self._server: asyncio.Server | None = None
         self._inode: int | None = None
         self._active = 0
+        self._serving: set[asyncio.Task[Any]] = set()
+        self._closing = asyncio.Event()
         self.error: str | None = None
 
     async def __aenter__(self) -> ControlServer:
@@ -169,10 +173,18 @@ class ControlServer:
         await self._close()
 
     async def _close(self) -> None:
+        # Every connection accepted gets its answer before the agent goes (Python 3.11's
+        # wait_closed does not wait for them; the loop's end would cut them off): one still
+        # waiting for its request line is told the agent is stopping, bounded.
+        self._closing.set()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
+        if self._serving:
+            _, late = await asyncio.wait(list(self._serving), timeout=CLOSE_WAIT_S)
+            for task in late:
+                task.cancel()
         with contextlib.suppress(OSError):
             if self._inode is not None and self.path.stat().st_ino == self._inode:
                 self.path.unlink()  # ours, not a successor's
@@ -180,6 +192,10 @@ class ControlServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._active += 1
+        task = asyncio.current_task()
+        if task is not None:
+            self._serving.add(task)
+            task.add_done_callback(self._serving.discard)
         try:
             if self._active > MAX_CONNECTIONS:
                 answer = self._answer(error="busy: too many control connections; retry")
@@ -201,12 +217,26 @@ class ControlServer:
         return {"ok": True, "agent": self._identity(), "result": result}
 
     async def _request(self, reader: asyncio.StreamReader, peer: Peer) -> dict[str, Any]:
+        if self._closing.is_set():
+            return self._answer(error=STOPPING)
+        read = asyncio.ensure_future(reader.readline())
+        closing = asyncio.ensure_future(self._closing.wait())
         try:
-            line = await asyncio.wait_for(reader.readline(), self._timeout_s)
+            await asyncio.wait(
+                [read, closing], timeout=self._timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            closing.cancel()
+            if not read.done():
+                read.cancel()
+        if not read.done() or read.cancelled():
+            if self._closing.is_set():
+                return self._answer(error=STOPPING)
+            return self._answer(error=f"no complete request line within {self._timeout_s} s")
+        try:
+            line = read.result()
         except ValueError:  # the stream's limit: a line longer than MAX_REQUEST_BYTES
             return self._answer(error=f"request larger than {MAX_REQUEST_BYTES} bytes")
-        except TimeoutError:
-            return self._answer(error=f"no complete request line within {self._timeout_s} s")
         try:
             request = json.loads(line)
         except (ValueError, RecursionError):

@@ -48,10 +48,16 @@ def mqtt_metrics(snap: dict[str, Any]) -> Iterator[Metric]:
     queue = GaugeMetricFamily(
         "edge_mqtt_queue_depth", "Messages waiting to be decoded", labels=["broker"]
     )
+    queue_bytes = GaugeMetricFamily(
+        "edge_mqtt_queue_bytes",
+        "Payload bytes waiting to be decoded (bounded by the broker's queue_max_bytes)",
+        labels=["broker"],
+    )
     queue_drops = CounterMetricFamily(
         "edge_mqtt_queue_dropped",
-        "Messages dropped because the decode queue was full",
-        labels=["broker"],
+        "Messages dropped because the decode queue was full, by reason (queue_full: "
+        "queue_size messages waiting; queue_bytes: queue_max_bytes of payload waiting)",
+        labels=["broker", "reason"],
     )
     unrouted = CounterMetricFamily(
         "edge_mqtt_unrouted",
@@ -73,8 +79,10 @@ def mqtt_metrics(snap: dict[str, Any]) -> Iterator[Metric]:
         connects.add_metric(name, float(b.get("connects_total", 0)))
         received.add_metric(name, float(b.get("messages_total", 0)))
         queue.add_metric(name, float(b.get("queue_depth", 0)))
-        queue_drops.add_metric(name, float(b.get("queue_dropped_total", 0)))
+        queue_bytes.add_metric(name, float(b.get("queue_bytes", 0)))
+        for reason, n in (b.get("queue_dropped") or {}).items():
+            queue_drops.add_metric([b["id"], reason], float(n))
         for topic, reasons in (b.get("unrouted") or {}).items():
             for reason, n in reasons.items():
                 unrouted.add_metric([b["id"], topic, reason], float(n))
-    yield from (connected, connects, received, queue, queue_drops, unrouted, refused)
+    yield from (connected, connects, received, queue, queue_bytes, queue_drops, unrouted, refused)

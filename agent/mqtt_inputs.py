@@ -55,6 +55,7 @@ def broker_settings(broker: Broker, gateway_id: str) -> BrokerSettings:
         protocol=broker.protocol,
         max_payload_bytes=broker.max_payload_bytes,
         queue_size=broker.queue_size,
+        queue_max_bytes=broker.queue_max_bytes,
         reconnect_max_s=broker.reconnect_max_s,
         connect_timeout_s=broker.connect_timeout_s,
     )
@@ -113,12 +114,17 @@ class RunningMqtt:
     changes an MQTT setting, stopped certainly and within a bound at shutdown.
 
     Like the pollers (agent.sensor_tasks), the links run beside the agent's TaskGroup so
-    that stopping can abandon one that does not end in time.
+    that stopping can abandon one that does not end in time. A link task stays listed
+    until it has ended (not merely until asked to stop), so a shutdown that overlaps a
+    reload's replacement waits for the links that replacement is stopping too; and once
+    `close` has begun no link starts, so a replacement that finishes after it cannot leave
+    a link running past shutdown.
     """
 
     def __init__(self, inputs: MqttInputs) -> None:
         self.inputs = inputs
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.closed = False
 
     @property
     def links(self) -> tuple[BrokerLink, ...]:
@@ -129,18 +135,24 @@ class RunningMqtt:
         return self.inputs.sensors
 
     def start(self) -> None:
-        """Run every link (each reconnects forever until stopped)."""
+        """Run every link (each reconnects forever until stopped); none once closed."""
+        if self.closed:
+            for link in self.inputs.links:
+                link.stop()
+            log.info("MQTT links not started: the agent is stopping")
+            return
         for link in self.inputs.links:
             task = asyncio.create_task(link.run(), name=f"mqtt[{link.id}]")
             task.add_done_callback(_link_ended)
-            self._tasks.append(task)
+            task.add_done_callback(self._tasks.discard)
+            self._tasks.add(task)
 
     async def stop(self, *, timeout_s: float) -> None:
         """Stop every link: nothing is decoded from here on; a link still running after
         timeout_s is abandoned, and said so."""
         for link in self.inputs.links:
             link.stop()
-        tasks, self._tasks = self._tasks, []
+        tasks = list(self._tasks)  # with those a replacement is stopping right now
         for task in tasks:
             task.cancel()
         if tasks:
@@ -153,19 +165,26 @@ class RunningMqtt:
                     ", ".join(sorted(t.get_name() for t in stuck)),
                 )
 
+    async def close(self, *, timeout_s: float) -> None:
+        """Shutdown: stop every link and start none from here on (a reload's
+        replacement still under way then starts nothing)."""
+        self.closed = True
+        await self.stop(timeout_s=timeout_s)
+
     async def replace(self, inputs: MqttInputs, *, timeout_s: float) -> None:
-        """Stop the running links and start these (a reload)."""
+        """Stop the running links and start these (a reload); after `close`, only stop."""
         await self.stop(timeout_s=timeout_s)
         old = {s.sensor_id: s for s in self.inputs.sensors}
         for sensor in inputs.sensors:
             if sensor.sensor_id in old:
                 sensor.carry_from(old[sensor.sensor_id])
         self.inputs = inputs
-        self.start()
+        self.start()  # no await since the stop: a close that began meanwhile is seen here
 
     def cancel_all(self) -> None:
         """Last resort on the way out."""
-        for task in self._tasks:
+        self.closed = True
+        for task in list(self._tasks):
             task.cancel()
 
 

@@ -8,6 +8,11 @@ their analysis state, removed and changed ones stop (bounded, as at shutdown), a
 changed ones start; uplinks are rebuilt by name, each keeping its delivery position in the
 store; the store, its outbox and the held writes are never touched. Reloads run one at a
 time; each is logged with what changed and who asked, and counted in /metrics.
+
+A reload and a shutdown never overlap: one that arrives once stopping has begun, or finds
+it begun before it changes anything, is refused ("the agent is stopping"); one already
+applying its changes is waited for by the shutdown (`settle`), so everything it starts is
+there for the shutdown to stop.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ log = logging.getLogger(__name__)
 
 OP = "reload"
 UPLINK_STOP_S = 5.0  # a send under way may finish this long before its loop is cancelled
+STOPPING = "the agent is stopping; it reads the file when it starts"
 # Counters a rebuilt uplink carries over, so /metrics counters do not drop at a reload.
 _KEPT_COUNTERS = tuple(f.name for f in fields(UplinkStatus) if f.name.endswith("_total"))
 
@@ -91,10 +97,14 @@ class Reloader:
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._signal_waiting = False
+        self._closed = False
 
     def on_signal(self) -> None:
         """SIGHUP: reload in the background (the outcome goes to the log). Signals that
         arrive while one already waits its turn are that one: it reads the newest file."""
+        if self._closed:
+            log.warning("SIGHUP ignored: %s", STOPPING)
+            return
         if self._signal_waiting:
             return
         self._signal_waiting = True
@@ -138,12 +148,13 @@ class Reloader:
         """
         log.info("reload requested by %s", requester)
         async with self._lock:
-            await self._agent.ready.wait()
+            await self._agent.started_or_stopping()
             if signalled:
                 self._signal_waiting = False  # from here a new signal reads the file again
             if self._agent.stopping:
                 self._count(ok=False)
-                raise ReloadRefused("the agent is stopping; it reads the file when it starts")
+                log.warning("reload refused (requested by %s): %s", requester, STOPPING)
+                raise ReloadRefused(STOPPING)
             notifier = self._agent.watchdog.notifier
             notifier.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
             try:
@@ -158,7 +169,8 @@ class Reloader:
                 )
                 raise
             finally:
-                notifier.notify("READY=1")
+                # Not READY once stopping began: systemd must go on seeing a stop.
+                notifier.notify("STOPPING=1" if self._agent.stopping else "READY=1")
             self._count(ok=True)
             log.info(
                 "configuration reloaded from %s, requested by %s: %s%s",
@@ -169,6 +181,26 @@ class Reloader:
                 extra={"requested_by": requester, "changes": outcome["changes"]},
             )
             return outcome
+
+    async def settle(self, *, timeout_s: float) -> bool:
+        """Shutdown: wait until no reload is applying changes (a reload that has not yet
+        changed anything is refused as it notices the stop). False when one still ran
+        after timeout_s (it then starts nothing: sensors and links are closed)."""
+        try:
+            async with asyncio.timeout(timeout_s), self._lock:
+                return True
+        except TimeoutError:
+            log.error("a reload still ran %.0f s after stopping began; stopping anyway", timeout_s)
+            return False
+
+    async def close(self, *, timeout_s: float) -> None:
+        """The agent stopped: SIGHUP is ignored from here on; reloads a signal started end
+        (each is refused at once now), bounded."""
+        self._closed = True
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=timeout_s)
+        for task in list(self._tasks):
+            task.cancel()
 
     def _count(self, *, ok: bool) -> None:
         c = self.counters
@@ -181,6 +213,8 @@ class Reloader:
     async def _reload(self, requester: str) -> dict[str, Any]:
         agent = self._agent
         result, library = await asyncio.to_thread(_read, self.path)
+        if agent.stopping:  # a stop began while the file was read: change nothing
+            raise ReloadRefused(STOPPING)
         if result.config is None or library is None:
             issues = "\n".join(str(i) for i in result.issues)
             raise ReloadRefused(f"{self.path} is not valid (as `edge-agent check` says):\n{issues}")
@@ -197,6 +231,12 @@ class Reloader:
             with contextlib.suppress(ReloadRefused):
                 await self._register_uplinks(before)
             raise ReloadRefused(f"cannot build what {self.path} describes: {exc}") from exc
+        if agent.stopping:  # a stop began meanwhile: nothing has changed yet; leave it so
+            with contextlib.suppress(ReloadRefused):
+                await self._register_uplinks(before)
+            raise ReloadRefused(STOPPING)
+        # From here to the first await in _apply nothing yields: a shutdown that begins
+        # later finds this reload applying and waits for it (settle).
         needs = list(plan.needs_restart)
         needs += await self._apply(new, library, plan, prepared)
         if agent.queue_size < agent.wanted_queue_size(new):
@@ -247,24 +287,26 @@ class Reloader:
             if bus is not None:
                 bus.planned_utilisation = planned_utilisation(new, bus_cfg, library)
         sensors.add_buses(prepared.sources.buses)
-        sensors.start(prepared.sources.pollers)
+        problems = []
+        if agent.stopping:  # the shutdown stops everything next: start nothing now
+            problems += [f"sensor {p.sensor_id}: {STOPPING}" for p in prepared.sources.pollers]
+        else:
+            sensors.start(prepared.sources.pollers)
         if prepared.mqtt is not None:
             await agent.mqtt.replace(prepared.mqtt, timeout_s=agent.poller_stop_s)
-        for name in plan.uplinks_stop:
-            old = agent.deliveries.pop(name, None)
-            if old is not None:
-                delivery, task = old
-                await delivery.stop(task, timeout_s=UPLINK_STOP_S)
-                if name in prepared.deliveries:
-                    _carry_counters(delivery, prepared.deliveries[name])
-        problems = []
+        # Old uplinks end side by side: stopping is bounded by one UPLINK_STOP_S, not by n.
+        leaving = [(n, agent.deliveries.pop(n)) for n in plan.uplinks_stop if n in agent.deliveries]
+        await asyncio.gather(*(d.stop(t, timeout_s=UPLINK_STOP_S) for _, (d, t) in leaving))
+        for name, (delivery, _) in leaving:
+            if name in prepared.deliveries:
+                _carry_counters(delivery, prepared.deliveries[name])
         if agent.stopping:  # its task group takes no new task: the uplinks start next time
-            problems += [f"uplink {n}: the agent is stopping" for n in prepared.deliveries]
+            problems += [f"uplink {n}: {STOPPING}" for n in prepared.deliveries]
         else:
             for delivery in prepared.deliveries.values():
                 agent.start_uplink(delivery)
         agent.outbox.max_bytes = new.store.max_bytes
-        if plan.health:
+        if plan.health and not agent.stopping:
             error = await agent.rebind_health()
             if error is not None:
                 problems.append(f"health endpoint not served: {error}; fix health.* and reload")

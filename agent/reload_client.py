@@ -71,8 +71,8 @@ def request_reload(path: Path, out: TextIO, err: TextIO, *, as_json: bool = Fals
         answer = call(sock, OP, {"config": real}, timeout_s=TIMEOUT_S)
     except ControlError as exc:
         print(
-            f"reload not done: cannot reach the running agent: {exc} (a new control.socket "
-            "is used from the next restart; `systemctl reload edge-agent` reloads by SIGHUP)",
+            f"reload not done: cannot reach the running agent: {exc} (is it running? a new "
+            "control.socket is used from the next restart)",
             file=err,
         )
         return EXIT_FAILED

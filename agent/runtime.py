@@ -50,6 +50,7 @@ SENSOR_WATCH_INTERVAL_S = 1.0
 STORE_RETRY_POLL_S = 0.5  # how often the writer looks again while the store fails
 POLLER_STOP_S = 2.0  # bound on waiting for pollers at shutdown (then they are abandoned)
 SHUTDOWN_DRAIN_S = 10.0  # well inside systemd's TimeoutStopSec=30
+RELOAD_SETTLE_S = 8.0  # a reload applying when stop begins (bounded stops: 2 + 2 + 5 s)
 LAG_TICK_S = 0.1
 STARTS_PER_S = 500.0
 ANALYSIS_SLICE_S = 0.005  # analysis yields the event loop at least this often...
@@ -173,6 +174,17 @@ class Agent:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
+    async def started_or_stopping(self) -> None:
+        """Wait until the agent runs, or is asked to stop (it may never get to run)."""
+        if self.ready.is_set() or self._stop.is_set():
+            return
+        waits = [asyncio.ensure_future(e.wait()) for e in (self.ready, self._stop)]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+
     async def rebind_health(self) -> str | None:
         """Serve /healthz and /metrics where the (reloaded) configuration says; why not,
         when it cannot listen there (the agent runs on without them)."""
@@ -209,6 +221,8 @@ class Agent:
             with store_lock(self.config.store.path):
                 await self._run()
         finally:
+            if self.reloader is not None:  # SIGHUP reloads end (refused) before we return
+                await self.reloader.close(timeout_s=POLLER_STOP_S)
             loop.set_exception_handler(previous)
         log.info("agent stopped cleanly")
 
@@ -277,8 +291,13 @@ class Agent:
                     # Order matters: stop reading, analyse what was read, persist, then
                     # stop the uplinks (undelivered alerts wait on disk for the next start).
                     self._accepting = False
-                    await self.sensors.stop(timeout_s=POLLER_STOP_S)
-                    await self.mqtt.stop(timeout_s=POLLER_STOP_S)
+                    # Nothing starts from here, whatever a reload in flight asks; one that
+                    # is applying ends first, so what it stops is waited for below.
+                    self.sensors.closed = self.mqtt.closed = True
+                    if self.reloader is not None:
+                        await self.reloader.settle(timeout_s=RELOAD_SETTLE_S)
+                    await self.sensors.close(timeout_s=POLLER_STOP_S)
+                    await self.mqtt.close(timeout_s=POLLER_STOP_S)
                     try:
                         async with asyncio.timeout(SHUTDOWN_DRAIN_S):
                             await self._queue.join()

@@ -2,7 +2,8 @@
 
 Pollers run beside the agent's TaskGroup, not in it: stopping waits for them a bounded time
 and can abandon one, which a group cannot. Start-up, a reload and shutdown all go through
-here, so a sensor is stopped the same certain way whichever asks.
+here, so a sensor is stopped the same certain way whichever asks. Once shutdown has
+begun (`close`), nothing starts: a reload still under way cannot leave a poller behind.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ class RunningSensors:
         self.pollers: dict[str, ModbusPoller] = {}
         self.shared: dict[str, Bus] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        # Pollers being stopped (by a reload) until their task has ended: a shutdown that
+        # overlaps that stop waits for them too.
+        self._leaving: set[asyncio.Task[None]] = set()
+        self.closed = False
 
     def buses(self) -> list[Bus]:
         """Every bus in use: the shared ones, then each directly connected sensor's."""
@@ -46,7 +51,13 @@ class RunningSensors:
     def start(self, pollers: Iterable[ModbusPoller], *, ramp_s: float | None = None) -> None:
         """Start each poller, its first poll at a random moment within ramp_s (thousands of
         connects and first analyses in the same instant would time each other out); None:
-        within its own poll interval (at most 1 s), as a reload starts a few."""
+        within its own poll interval (at most 1 s), as a reload starts a few. Once closed,
+        none is started."""
+        if self.closed:
+            pollers = list(pollers)
+            if pollers:
+                log.info("%d pollers not started: the agent is stopping", len(pollers))
+            return
         for p in pollers:
             delay = None if ramp_s is None else random.uniform(0.0, ramp_s)
             task = asyncio.create_task(p.run(start_delay_s=delay), name=f"poll[{p.sensor_id}]")
@@ -67,8 +78,12 @@ class RunningSensors:
         for p, task in stopped:
             p.stop()
             task.cancel()
-        if stopped:
-            _, stuck = await asyncio.wait([t for _, t in stopped], timeout=timeout_s)
+            if not task.done():
+                self._leaving.add(task)
+                task.add_done_callback(self._leaving.discard)
+        waited = {t for _, t in stopped} | (set(self._leaving) if ids is None else set())
+        if waited:
+            _, stuck = await asyncio.wait(waited, timeout=timeout_s)
             if stuck:
                 names = sorted(t.get_name() for t in stuck)
                 log.error(
@@ -83,6 +98,12 @@ class RunningSensors:
             else:
                 p.bus.devices = max(0, p.bus.devices - 1)
 
+    async def close(self, *, timeout_s: float) -> None:
+        """Shutdown: stop every sensor (and wait for those a reload is stopping) and start
+        none from here on."""
+        self.closed = True
+        await self.stop(timeout_s=timeout_s)
+
     def retire_buses(self, ids: Iterable[str]) -> None:
         """Close shared buses no sensor runs on any more (stop their sensors first)."""
         for bus_id in ids:
@@ -92,7 +113,8 @@ class RunningSensors:
 
     def cancel_all(self) -> None:
         """Last resort on the way out: cancel what runs and close every bus."""
-        for task in self._tasks.values():
+        self.closed = True
+        for task in [*self._tasks.values(), *self._leaving]:
             task.cancel()
         for bus in self.buses():
             bus.close()

@@ -44,10 +44,18 @@ def test_the_install_notes_produce_a_running_hardened_service() -> None:
     assert report["modes"]["config"] == "0644 0:0"  # readable by the dynamic user
     assert report["check_as_service_user"] == [0, ""]
     assert report["service"]["notify"][:2] == ["READY=1", "WATCHDOG=1"]
-    # systemctl reload (SIGHUP) and `edge-agent reload` re-read the file; it did not change.
+    # SIGHUP and `edge-agent reload` re-read the file; it did not change.
     assert report["service"]["reloaded_by_sighup"]
     code, said = report["service"]["reload"]
     assert code == 0 and "nothing changed" in said, said
+    # systemctl reload (the unit's ExecReload=, as the dynamic uid) says the outcome: done...
+    code, said = report["service"]["exec_reload"]
+    assert code == 0 and "nothing changed" in said, said
+    assert report["service"]["exec_reload_by_service_uid"]
+    # ...or refused, with the problem at FILE:LINE:COL (systemctl reload then fails).
+    code, said, where = report["service"]["exec_reload_broken"]
+    assert code == 2 and f"{where} sensors[0].poll_intervall_s: unknown key" in said, said
+    assert said.startswith("reload refused, nothing changed: "), said
     assert "IPAddressAllow=10.0.0.21" in report["dropin"]
     assert "LoadCredential=portfolio-token:" in report["dropin"]
     if shutil.which("systemd-analyze"):

@@ -10,8 +10,10 @@ left out and listed. Then, as systemd would run the service:
 - `edge-agent run` runs as that uid with the unit's LimitNOFILE, a /proc like the unit's
   (ProtectProc=invisible, ProcSubset=pid) and a notify socket: it must say READY=1, ping
   the watchdog, serve /healthz, take a maintenance event through its control socket (mode
-  0660) from root, answer the notes' `status`, reload its configuration on SIGHUP (the
-  unit's ExecReload=) and through `edge-agent reload`, and exit 0 on SIGTERM;
+  0660) from root, answer the notes' `status`, reload its configuration on SIGHUP and
+  through `edge-agent reload` (as root), run the unit's ExecReload= as the service's uid
+  (what `systemctl reload` does): it must succeed, and with a broken file fail with the
+  file:line:column of the problem while the agent runs on; and exit 0 on SIGTERM;
 - `systemd-analyze security --offline=yes` rates the unit with its drop-in, when the tool
   exists.
 
@@ -28,6 +30,7 @@ import json
 import os
 import re
 import resource
+import shlex
 import shutil
 import signal
 import socket
@@ -156,7 +159,7 @@ _REVEAL_PYENV = (
 
 def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
     """SIGTERM to the agent itself (PID 1 of its namespace), as systemd's KillSignal does
-    (SIGHUP as the unit's ExecReload= does)."""
+    (or SIGHUP, as `kill -HUP` does)."""
     children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
     os.kill(int(children[0]) if children else proc.pid, sig)
 
@@ -165,6 +168,35 @@ def unit_value(root: Path, key: str) -> str:
     unit = (root / "etc/systemd/system/edge-agent.service").read_text()
     m = re.search(rf"^{key}=(.*)$", unit, re.M)
     return m.group(1).strip() if m else ""
+
+
+def break_config(config: Path) -> tuple[str, str]:
+    """Misspell the first sensor's poll_interval_s (as an operator might); the original
+    text and the FILE:LINE:COL the refusal must name."""
+    text = config.read_text()
+    lines = text.splitlines(keepends=True)
+    for n, line in enumerate(lines):
+        if line.lstrip().startswith("poll_interval_s:"):
+            col = len(line) - len(line.lstrip()) + 1
+            lines[n] = line.replace("poll_interval_s:", "poll_intervall_s:", 1)
+            config.write_text("".join(lines))
+            return text, f"{config}:{n + 1}:{col}:"
+    raise SystemExit(f"{config}: no poll_interval_s to misspell")
+
+
+def exec_reload(
+    root: Path, prefix: list[str], env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """The unit's ExecReload= as systemd runs it for `systemctl reload`: as the service's
+    dynamic uid, without groups, with its credentials."""
+    cmd = shlex.split(in_root(unit_value(root, "ExecReload"), root))
+    return subprocess.run(
+        [*prefix, *cmd], env=env, capture_output=True, text=True, timeout=90, check=False
+    )
+
+
+def said(proc: subprocess.CompletedProcess[str]) -> tuple[int, str]:
+    return proc.returncode, (proc.stdout.strip() + "\n" + proc.stderr.strip()).strip()
 
 
 def run_service(root: Path, prefix: list[str], env: dict[str, str], port: int) -> dict[str, Any]:
@@ -211,14 +243,19 @@ def run_service(root: Path, prefix: list[str], env: dict[str, str], port: int) -
                 text=True,
                 timeout=60,
             )
-            if "kill -HUP $MAINPID" in unit_value(root, "ExecReload"):
-                stop(proc, signal.SIGHUP)  # systemctl reload
+            stop(proc, signal.SIGHUP)  # kill -HUP still reloads (the outcome in the log)
             reload = subprocess.run(
                 [str(agent), "reload", "-c", str(config)],
                 capture_output=True,
                 text=True,
                 timeout=60,
             )
+            reloaded = exec_reload(root, prefix, env)  # systemctl reload
+            good, where = break_config(config)
+            try:
+                refused = exec_reload(root, prefix, env)
+            finally:
+                config.write_text(good)
             status = [
                 subprocess.run(
                     ["bash", "-c", in_root(cmd, root)], capture_output=True, text=True, timeout=60
@@ -240,6 +277,9 @@ def run_service(root: Path, prefix: list[str], env: dict[str, str], port: int) -
         "maintenance": (maint.returncode, maint.stdout.strip() or maint.stderr.strip()),
         "reload": (reload.returncode, reload.stdout.strip() or reload.stderr.strip()),
         "reloaded_by_sighup": "requested by SIGHUP: nothing changed" in err.decode(),
+        "exec_reload": said(reloaded),
+        "exec_reload_by_service_uid": f"requested by uid {UID}" in err.decode(),
+        "exec_reload_broken": [*said(refused), where],
         "status": [(p.returncode, p.stdout.strip() or p.stderr.strip()) for p in status],
         "exit_code": proc.returncode,
         "log_errors": [ln for ln in err.decode().splitlines() if '"level": "ERROR"' in ln],
@@ -263,6 +303,13 @@ def exposure(root: Path) -> float | None:
     ).stdout
     m = re.search(r"Overall exposure level for \S+: ([0-9.]+)", out)
     return float(m.group(1)) if m else None
+
+
+def _same_agent(root: Path) -> bool:
+    """ExecReload= names ExecStart='s program and configuration file."""
+    start = shlex.split(unit_value(root, "ExecStart"))
+    reload = shlex.split(unit_value(root, "ExecReload"))
+    return reload == [start[0], "reload", *start[2:]] and start[1] == "run"
 
 
 def main() -> int:
@@ -299,6 +346,7 @@ def main() -> int:
             "dropin": (root / "etc/systemd/system/edge-agent.service.d/site.conf").read_text(),
             "service": run_service(root, prefix, env, port),
             "exposure": exposure(root),
+            "reload_matches_start": _same_agent(root),
         }
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -316,7 +364,17 @@ def main() -> int:
             ("control socket 0660", svc["control_socket_mode"] == "0660"),
             ("maintenance", svc["maintenance"][0] == 0),
             ("reload (edge-agent reload)", svc["reload"][0] == 0),
-            ("reload (SIGHUP, ExecReload=)", svc["reloaded_by_sighup"]),
+            ("reload (SIGHUP)", svc["reloaded_by_sighup"]),
+            ("ExecReload= reloads ExecStart='s file", report["reload_matches_start"]),
+            (
+                "ExecReload= as the service user",
+                svc["exec_reload"][0] == 0 and svc["exec_reload_by_service_uid"],
+            ),
+            (
+                "ExecReload= refuses a broken file with FILE:LINE:COL",
+                svc["exec_reload_broken"][0] != 0
+                and svc["exec_reload_broken"][2] in svc["exec_reload_broken"][1],
+            ),
             ("status", bool(svc["status"]) and all(code == 0 for code, _ in svc["status"])),
             ("clean exit", svc["exit_code"] == 0),
             ("exposure", report["exposure"] is None or report["exposure"] <= MAX_EXPOSURE),

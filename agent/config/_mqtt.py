@@ -10,13 +10,16 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, WithJsonSchema, field_validator, model_validator
+from pydantic import Field, ValidationInfo, WithJsonSchema, field_validator, model_validator
 
 from agent.config._base import Id, _Model
 from agent.config._delivery import MqttTls
 
 KEY_FROM_RE = re.compile(r"^(topic:(\d{1,3})|payload:([A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*))$")
 DEFAULT_MAX_PAYLOAD = 256 * 2**10
+# The decode queue's bound in payload bytes: queue_size places alone would let 10000
+# messages of 256 KiB (2.5 GB) wait while decoding is held up.
+DEFAULT_QUEUE_MAX_BYTES = 32 * 2**20
 
 _PAYLOAD_SIZE_SCHEMA = {
     "anyOf": [
@@ -24,6 +27,13 @@ _PAYLOAD_SIZE_SCHEMA = {
         {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*([KMGT]i?B|B)?\s*$"},
     ],
     "description": "bytes, or a size such as 256KiB",
+}
+_QUEUE_BYTES_SCHEMA = {
+    "anyOf": [
+        {"type": "integer", "minimum": 1},
+        {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*([KMGT]i?B|B)?\s*$"},
+    ],
+    "description": "bytes, or a size such as 32MiB; at least max_payload_bytes",
 }
 
 
@@ -65,6 +75,8 @@ class Broker(_Model):
     max_payload_bytes: Annotated[int, WithJsonSchema(_PAYLOAD_SIZE_SCHEMA)] = DEFAULT_MAX_PAYLOAD
     # Messages held between the connection and the decoders; beyond: dropped and counted.
     queue_size: int = Field(default=10_000, ge=10, le=1_000_000)
+    # ...and at most this many payload bytes; beyond: dropped and counted (queue_bytes).
+    queue_max_bytes: Annotated[int, WithJsonSchema(_QUEUE_BYTES_SCHEMA)] = DEFAULT_QUEUE_MAX_BYTES
     # Reconnect waits grow to at most this (full jitter), so a broker restart costs seconds.
     reconnect_max_s: float = Field(default=2.0, ge=0.1, le=60)
     connect_timeout_s: float = Field(default=10.0, gt=0, le=120)
@@ -82,6 +94,24 @@ class Broker(_Model):
         n = parse_size(v)
         if not 1024 <= n <= 64 * 2**20:
             raise ValueError("max_payload_bytes must be between 1KiB and 64MiB")
+        return n
+
+    @field_validator("queue_max_bytes", mode="before")
+    @classmethod
+    def _queue_bytes(cls, v: object, info: ValidationInfo) -> int:
+        from agent.config._models import parse_size
+
+        n = parse_size(v)
+        if n < 1:
+            raise ValueError(
+                "queue_max_bytes must be a positive size: bytes, or e.g. 32MiB (the default)"
+            )
+        cap = info.data.get("max_payload_bytes")  # validated before (declared first)
+        if isinstance(cap, int) and n < cap:
+            raise ValueError(
+                f"queue_max_bytes must be at least max_payload_bytes ({cap}), or a message "
+                "of the largest allowed size could never be queued; default 32MiB"
+            )
         return n
 
     @model_validator(mode="after")

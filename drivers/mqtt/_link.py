@@ -6,10 +6,12 @@ not minutes), and every subscription is made again. A persistent session (fixed 
 id, MQTT 5 clean start off + session expiry, or 3.1.1 clean session off) lets the broker
 queue QoS 1 messages while the agent is away.
 
-Bounded: aiomqtt's incoming queue has ``queue_size`` places; a message that finds it full,
-or is larger than ``max_payload_bytes``, is dropped in paho's callback (counted, never
-blocking paho's loop). Decoding runs in this link's task, yielding the loop every
-DRAIN_SLICE_S.
+Bounded: aiomqtt's incoming queue has ``queue_size`` places and holds at most
+``queue_max_bytes`` of payload (places alone would let 10000 messages of 256 KiB, 2.5 GB,
+wait while decoding is held up); a message that finds it full (``queue_full``) or would
+take it past its bytes (``queue_bytes``), or is larger than ``max_payload_bytes``, is
+dropped in paho's callback (counted, never blocking paho's loop). Decoding runs in this
+link's task, yielding the loop every DRAIN_SLICE_S.
 """
 
 from __future__ import annotations
@@ -19,9 +21,7 @@ import contextlib
 import logging
 import random
 import ssl
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,8 +30,8 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from drivers.mqtt._client import DROP_LOG_EVERY, QUEUE_FULL, QUEUE_REASONS, BoundedClient
 from drivers.mqtt._router import Router
-from drivers.payloads import TOO_LARGE
 from drivers.reading import utc_now
 
 log = logging.getLogger("edge_agent.drivers.mqtt")
@@ -69,49 +69,13 @@ class BrokerSettings:
     protocol: str = "5"
     max_payload_bytes: int = 256 * 2**10
     queue_size: int = 10_000
+    queue_max_bytes: int = 32 * 2**20
     reconnect_max_s: float = 2.0
     connect_timeout_s: float = 10.0
 
     @property
     def address(self) -> str:
         return f"mqtt{'s' if self.tls else ''}://{self.host}:{self.port}"
-
-
-class _Client(aiomqtt.Client):
-    """aiomqtt's client with the size cap and queue-full drops counted in paho's callback
-    (aiomqtt only logs a full queue)."""
-
-    def __init__(self, *args: Any, on_drop: Callable[[str, str, int], None], cap: int, **kw: Any):
-        super().__init__(*args, **kw)
-        self._on_drop = on_drop
-        self._cap = cap
-        self._loop_thread = threading.get_ident()  # aiomqtt binds the running loop here
-
-    def _on_socket_register_write(self, client: Any, userdata: Any, sock: Any) -> None:
-        # Each QoS 1 message's PUBACK: aiomqtt schedules add_writer thread-safely (a self-pipe
-        # write and two extra loop turns), then removes it; at 200 messages/s that is a
-        # tenth of the link's CPU. On the loop's own thread, write at once instead (the
-        # socket is almost always writable) and wait for writability only if data is left.
-        if threading.get_ident() == self._loop_thread:
-            with contextlib.suppress(Exception):  # a broken socket shows on the next read
-                client.loop_write()
-            if not getattr(client, "_registered_write", True):
-                return  # all written: paho unregistered the write already
-        super()._on_socket_register_write(client, userdata, sock)
-
-    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
-        size = len(message.payload)
-        if size > self._cap:
-            self._on_drop(message.topic, TOO_LARGE, size)
-        elif self._queue.full():
-            self._on_drop(message.topic, "queue_full", size)
-        else:
-            super()._on_message(client, userdata, message)
-
-    def forget_disconnect(self) -> None:
-        """The disconnect's error was handled: no 'exception never retrieved' at exit."""
-        if self._disconnected.done() and not self._disconnected.cancelled():
-            self._disconnected.exception()
 
 
 class BrokerLink:
@@ -129,13 +93,14 @@ class BrokerLink:
         self.settings = settings
         self.router = router
         self._rng = rng or random.Random()
-        self._client: _Client | None = None
+        self._client: BoundedClient | None = None
         self._stopped = False
         self.connected = False
         self.connects_total = 0
         self.disconnects_total = 0
         self.messages_total = 0
-        self.queue_dropped = 0
+        self.queue_dropped: dict[str, int] = dict.fromkeys(QUEUE_REASONS, 0)
+        self._peak_before = 0  # the queue-bytes peak of clients since rebuilt
         self.last_error: str | None = None
         self.refused: dict[str, str] = {}  # topic filter -> the broker's SUBACK reason
         self._down_since: float | None = time.monotonic()
@@ -157,7 +122,13 @@ class BrokerLink:
             "messages_total": self.messages_total,
             "queue_depth": client._queue.qsize() if client is not None else 0,
             "queue_size": self.settings.queue_size,
-            "queue_dropped_total": self.queue_dropped,
+            "queue_bytes": client.queued_bytes if client is not None else 0,
+            "queue_bytes_peak": max(
+                self._peak_before, client.queued_bytes_peak if client is not None else 0
+            ),
+            "queue_max_bytes": self.settings.queue_max_bytes,
+            "queue_dropped_total": sum(self.queue_dropped.values()),
+            "queue_dropped": dict(self.queue_dropped),
             "down_for_s": None
             if self._down_since is None
             else round(time.monotonic() - self._down_since, 3),
@@ -173,14 +144,22 @@ class BrokerLink:
 
     def _drop(self, topic: str, reason: str, size: int) -> None:
         self.messages_total += 1
-        if reason == "queue_full":
-            self.queue_dropped += 1
-            if self.queue_dropped == 1 or self.queue_dropped % 10_000 == 0:
+        if reason in self.queue_dropped:
+            n = self.queue_dropped[reason] = self.queue_dropped[reason] + 1
+            if n == 1 or n % DROP_LOG_EVERY == 0:  # rate-limited: first, then every 10000
+                s = self.settings
+                bound = (
+                    f"{s.queue_size} messages"
+                    if reason == QUEUE_FULL
+                    else f"{s.queue_max_bytes} bytes of payload"
+                )
                 log.warning(
-                    "mqtt broker %s: decode queue full (%d): %d messages dropped so far",
-                    self.settings.id,
-                    self.settings.queue_size,
-                    self.queue_dropped,
+                    "mqtt broker %s: decode queue full (%s): %d messages dropped so far "
+                    "(counted in edge_mqtt_queue_dropped{reason=%s})",
+                    s.id,
+                    bound,
+                    n,
+                    reason,
                 )
             return
         self.router.reject(topic, reason, f"{size} bytes > {self.settings.max_payload_bytes}")
@@ -198,7 +177,7 @@ class BrokerLink:
             password = s.password_file.read_text(encoding="utf-8").strip() or None
         return context, password
 
-    def _build(self, context: ssl.SSLContext | None, password: str | None) -> _Client:
+    def _build(self, context: ssl.SSLContext | None, password: str | None) -> BoundedClient:
         s = self.settings
         v5 = s.protocol == "5"
         kw: dict[str, Any] = {}
@@ -211,7 +190,7 @@ class BrokerLink:
             kw.update(clean_start=not s.persistent, properties=props)
         else:
             kw.update(clean_session=not s.persistent)
-        return _Client(
+        return BoundedClient(
             s.host,
             s.port,
             identifier=s.client_id,
@@ -224,6 +203,7 @@ class BrokerLink:
             max_queued_incoming_messages=s.queue_size,
             on_drop=self._drop,
             cap=s.max_payload_bytes,
+            max_bytes=s.queue_max_bytes,
             **kw,
         )
 
@@ -253,7 +233,7 @@ class BrokerLink:
             async with asyncio.timeout(self.settings.connect_timeout_s + 1.0):
                 await client.__aenter__()
         except TimeoutError:
-            self._client = None  # a connect stuck in paho's thread: start afresh
+            self._forget_client()  # a connect stuck in paho's thread: start afresh
             raise
         try:
             self.connected = True
@@ -307,13 +287,16 @@ class BrokerLink:
                 self.settings.username,
             )
 
-    async def _consume(self, client: _Client) -> None:
+    async def _consume(self, client: BoundedClient) -> None:
         queue = client._queue
         async for message in client.messages:
+            client.taken(message)
             self._handle(message)
             slice_end = time.monotonic() + DRAIN_SLICE_S
             while not queue.empty() and not self._stopped:
-                self._handle(queue.get_nowait())
+                message = queue.get_nowait()
+                client.taken(message)
+                self._handle(message)
                 if time.monotonic() >= slice_end:
                     await asyncio.sleep(0)
                     slice_end = time.monotonic() + DRAIN_SLICE_S
@@ -349,7 +332,13 @@ class BrokerLink:
             )
         self.last_error = text
         if not isinstance(exc, aiomqtt.MqttError):
-            self._client = None  # rebuilt: a fixed TLS or password file is read again
+            self._forget_client()  # rebuilt: a fixed TLS or password file is read again
+
+    def _forget_client(self) -> None:
+        """Drop the client (its queue and the bytes counted in it go with it)."""
+        if self._client is not None:
+            self._peak_before = max(self._peak_before, self._client.queued_bytes_peak)
+        self._client = None
 
     def _mark_down(self) -> None:
         if self.connected:

@@ -1,0 +1,83 @@
+"""aiomqtt's client with the link's bounds applied in paho's message callback.
+
+Every inbound message is measured before aiomqtt queues it: larger than the size cap,
+the queue without a place, or the queue's payload bytes past their bound, and it is
+dropped (the link counts it) instead of queued. Runs on the event loop's thread (aiomqtt
+2.x reads paho's socket from loop callbacks), so the byte count needs no lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import aiomqtt
+
+from drivers.payloads import TOO_LARGE
+
+QUEUE_FULL = "queue_full"  # the decode queue had no place left
+QUEUE_BYTES = "queue_bytes"  # the message would take the queue past queue_max_bytes
+QUEUE_REASONS = (QUEUE_FULL, QUEUE_BYTES)
+DROP_LOG_EVERY = 10_000  # a queue drop is logged the first time, then every this many
+
+
+def _payload_size(payload: object) -> int:
+    """The bytes a queued message holds (paho gives bytes; the same measure in and out)."""
+    return len(payload) if isinstance(payload, bytes | bytearray | str) else 0
+
+
+class BoundedClient(aiomqtt.Client):
+    """aiomqtt's client with the size cap, queue-full and queue-bytes drops counted in
+    paho's callback (aiomqtt only logs a full queue and has no bound in bytes)."""
+
+    def __init__(
+        self,
+        *args: Any,
+        on_drop: Callable[[str, str, int], None],
+        cap: int,
+        max_bytes: int,
+        **kw: Any,
+    ) -> None:
+        super().__init__(*args, **kw)
+        self._on_drop = on_drop
+        self._cap = cap
+        self._max_bytes = max_bytes
+        self.queued_bytes = 0  # payload bytes in self._queue now
+        self.queued_bytes_peak = 0
+        self._loop_thread = threading.get_ident()  # aiomqtt binds the running loop here
+
+    def _on_socket_register_write(self, client: Any, userdata: Any, sock: Any) -> None:
+        # Each QoS 1 message's PUBACK: aiomqtt schedules add_writer thread-safely (a self-pipe
+        # write and two extra loop turns), then removes it; at 200 messages/s that is a
+        # tenth of the link's CPU. On the loop's own thread, write at once instead (the
+        # socket is almost always writable) and wait for writability only if data is left.
+        if threading.get_ident() == self._loop_thread:
+            with contextlib.suppress(Exception):  # a broken socket shows on the next read
+                client.loop_write()
+            if not getattr(client, "_registered_write", True):
+                return  # all written: paho unregistered the write already
+        super()._on_socket_register_write(client, userdata, sock)
+
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        size = _payload_size(message.payload)
+        if size > self._cap:
+            self._on_drop(message.topic, TOO_LARGE, size)
+        elif self._queue.full():
+            self._on_drop(message.topic, QUEUE_FULL, size)
+        elif self.queued_bytes + size > self._max_bytes:
+            self._on_drop(message.topic, QUEUE_BYTES, size)
+        else:
+            self.queued_bytes += size
+            self.queued_bytes_peak = max(self.queued_bytes_peak, self.queued_bytes)
+            super()._on_message(client, userdata, message)
+
+    def taken(self, message: aiomqtt.Message) -> None:
+        """A message left the queue: its bytes no longer count against the bound."""
+        self.queued_bytes -= _payload_size(message.payload)
+
+    def forget_disconnect(self) -> None:
+        """The disconnect's error was handled: no 'exception never retrieved' at exit."""
+        if self._disconnected.done() and not self._disconnected.cancelled():
+            self._disconnected.exception()

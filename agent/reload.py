@@ -6,8 +6,9 @@ path: agent.reload_plan), is refused with the reasons and the running configurat
 in force, whole. A valid file is applied by difference: untouched sensors poll on with
 their analysis state, removed and changed ones stop (bounded, as at shutdown), added and
 changed ones start; uplinks are rebuilt by name, each keeping its delivery position in the
-store; the store, its outbox and the held writes are never touched. Reloads run one at a
-time; each is logged with what changed and who asked, and counted in /metrics.
+store (a removed or renamed one leaves what it had not received there, under its name);
+the store, its outbox and the held writes are never touched. Reloads run one at a time;
+each is logged with what changed and who asked, and counted in /metrics.
 
 A reload and a shutdown never overlap: one that arrives once stopping has begun, or finds
 it begun before it changes anything, is refused ("the agent is stopping"); one already
@@ -223,7 +224,8 @@ class Reloader:
         if plan.refused:
             raise ReloadRefused("; ".join(plan.refused))
         before = agent.config
-        await self._register_uplinks(new)  # the step that can fail (an unwritable store)
+        # The step that can fail (an unwritable store); what removed uplinks leave behind.
+        plan.count_left(await self._register_uplinks(new))
         try:
             prepared = self._prepare(new, library, plan)
         except Exception as exc:  # a surprise (a bug) must leave the agent as it was
@@ -255,15 +257,16 @@ class Reloader:
         mqtt = build_mqtt(new, agent.sink) if plan.mqtt else None
         return _Prepared(sources, {n: built[n] for n in plan.uplinks_start}, mqtt)
 
-    async def _register_uplinks(self, new: Config) -> None:
-        """The store's uplinks as `new` names them (refused when the store cannot now)."""
+    async def _register_uplinks(self, new: Config) -> dict[str, int]:
+        """The store's uplinks as `new` names them (refused when the store cannot now);
+        for each uplink unregistered, the items it had not received (kept under its name)."""
         outbox = self._agent.outbox
         names = new.uplink_names()
         carries = {n: FINDINGS for n, u in zip(names, new.uplinks, strict=True) if u.cmms}
         if names == outbox.uplinks and carries == outbox.carries:
-            return
+            return {}
         try:
-            await outbox.register_uplinks(names, carries)
+            return await outbox.register_uplinks(names, carries)
         except StoreError as exc:
             raise ReloadRefused(f"the store cannot register the uplinks now: {exc}") from exc
 

@@ -15,7 +15,7 @@ control socket is listed as needing a restart while the rest applies.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 
 from agent.analysis.channel import same_model_basis
@@ -55,12 +55,42 @@ def sensor_specs(config: Config, library: ProfileLibrary) -> dict[str, SensorSpe
 
 
 def _uplink_specs(config: Config) -> dict[str, Hashable]:
-    """Each uplink's settings by name (a CMMS uplink also depends on the assets and site)."""
+    """Each uplink's settings by name (a CMMS uplink also depends on the assets and site);
+    the name itself is the key, not a setting (`name: http` given to the unnamed http
+    uplink changes nothing)."""
     out: dict[str, Hashable] = {}
     for name, u in zip(config.uplink_names(), config.uplinks, strict=True):
         extra = (config.assets, config.gateway.site) if u.cmms is not None else None
-        out[name] = (u, extra)
+        out[name] = (u.model_copy(update={"name": None}), extra)
     return out
+
+
+def gone_change(name: str, renamed_to: str | None, left: int | None = None) -> str:
+    """The change line of an uplink no longer configured under `name` (removed, or its
+    settings now under another name); `left`: the items it had not received, when known.
+
+    What the store does (agent.store._routing.register): delivery state is kept by name;
+    the rows of an uplink no longer configured stay, and an uplink configured again under
+    that name resumes what it still lacks; meanwhile they hold nothing back, so items every
+    configured uplink has are complete, the first the disk budget prunes.
+    """
+    what = (
+        "what it had not received stays"
+        if left is None
+        else f"the {left} item(s) it had not received stay"
+    )
+    kept = (
+        f"{what} in the store under the name {name}, sent when an "
+        f"uplink named {name} is configured again (meanwhile they hold nothing back: once "
+        "every configured uplink has them, the disk budget may prune them)"
+    )
+    if renamed_to is None:
+        return f"uplink {name} removed: {kept}"
+    return (
+        f"uplink {name} renamed {renamed_to}: delivery state is kept by name, so "
+        f"{renamed_to} starts as a new uplink, sent every stored item not yet delivered "
+        f"everywhere (some perhaps again); {kept}"
+    )
 
 
 @dataclass(slots=True)
@@ -75,6 +105,8 @@ class ReloadPlan:
         reanalyse: sensors whose poller keeps running while their analysis changes.
         buses_retired: shared buses to close (removed or rebuilt) after their sensors stop.
         uplinks_stop / uplinks_start: uplinks to stop and (re)build, by name.
+        uplinks_gone: uplinks no longer configured under their name -> the name their
+            settings now have (renamed), or None (removed).
         health: the health endpoint's settings changed (it is rebound).
         mqtt: an MQTT setting changed: the broker links are rebuilt as a whole (a
             persistent session keeps the QoS 1 messages of the moment between).
@@ -89,6 +121,7 @@ class ReloadPlan:
     buses_retired: list[str] = field(default_factory=list)
     uplinks_stop: list[str] = field(default_factory=list)
     uplinks_start: list[str] = field(default_factory=list)
+    uplinks_gone: dict[str, str | None] = field(default_factory=dict)
     health: bool = False
     mqtt: bool = False
     changes: list[str] = field(default_factory=list)
@@ -96,6 +129,14 @@ class ReloadPlan:
     @property
     def empty(self) -> bool:
         return not (self.changes or self.needs_restart)
+
+    def count_left(self, left: Mapping[str, int]) -> None:
+        """Say how many items each uplink no longer configured had not received (the
+        store's count as it unregistered them: agent.store.Outbox.register_uplinks)."""
+        for name, to in self.uplinks_gone.items():
+            if name in left:
+                at = self.changes.index(gone_change(name, to))
+                self.changes[at] = gone_change(name, to, left[name])
 
 
 def plan_reload(
@@ -184,10 +225,23 @@ def _analysis_change(old: Config, new: Config, sid: str) -> str:
 
 def _plan_uplinks(old: Config, new: Config, plan: ReloadPlan) -> None:
     before, after = _uplink_specs(old), _uplink_specs(new)
+    added = [name for name in after if name not in before]
+    for name in before:
+        if name not in after:
+            # Its settings under a new name: a rename (the store sees a new uplink).
+            to = next((n for n in added if after[n] == before[name]), None)
+            if to is not None:
+                added.remove(to)
+            plan.uplinks_gone[name] = to
+    renamed = {to for to in plan.uplinks_gone.values() if to is not None}
     for name, spec in after.items():
         if name not in before:
             plan.uplinks_start.append(name)
-            plan.changes.append(f"uplink {name} added")
+            if name not in renamed:
+                plan.changes.append(
+                    f"uplink {name} added: it is sent every stored item not yet delivered "
+                    "everywhere (and what it lacked if it ran under this name before)"
+                )
         elif before[name] != spec:
             plan.uplinks_stop.append(name)
             plan.uplinks_start.append(name)
@@ -195,12 +249,9 @@ def _plan_uplinks(old: Config, new: Config, plan: ReloadPlan) -> None:
                 f"uplink {name} rebuilt: its settings or secret changed (its delivery "
                 "position in the store is kept)"
             )
-    for name in before:
-        if name not in after:
-            plan.uplinks_stop.append(name)
-            plan.changes.append(
-                f"uplink {name} removed (what it had not received stays in the store)"
-            )
+    for name, to in plan.uplinks_gone.items():
+        plan.uplinks_stop.append(name)
+        plan.changes.append(gone_change(name, to))
 
 
 def mqtt_spec(config: Config) -> Hashable:

@@ -41,11 +41,26 @@ def sensor(sid: str, asset: str, port: int, unit: int) -> str:
     )
 
 
+def uplink(name: str, url: str, token_file: str = "token") -> str:
+    """One http uplink entry of the agent's YAML."""
+    return (
+        f'  - name: {name}\n    http: {{url: "{url}", token_file: {token_file}, timeout_s: 2, '
+        "max_backoff_s: 1, batch_size: 20}\n"
+    )
+
+
 def config_text(
-    d: dict[str, Any], sensors: list[str], *, url: str, extra: str = "", buses: str = ""
+    d: dict[str, Any],
+    sensors: list[str],
+    *,
+    url: str,
+    extra: str = "",
+    buses: str = "",
+    uplinks: str | None = None,
 ) -> str:
     """The agent's YAML: press-7 (the machine whose baseline must survive), fan-9 (where the
-    flows record repairs), the given sensors, one http uplink named portfolio."""
+    flows record repairs), the given sensors, one http uplink named portfolio to `url`
+    (`uplinks`: these entries instead)."""
     machine = "{standard: iso10816-3, group: 2, foundation: rigid, rpm: 1480}"
     assets = "".join(
         f"  - id: {a}\n    tier: 1\n    machine: {machine}\n"
@@ -56,9 +71,7 @@ def config_text(
         "gateway: {id: gw-rl}\n"
         f"assets:\n{assets}"
         f"sensors:\n{''.join(sensors)}"
-        "uplinks:\n"
-        f'  - name: portfolio\n    http: {{url: "{url}", token_file: token, timeout_s: 2, '
-        "max_backoff_s: 1, batch_size: 20}\n"
+        f"uplinks:\n{uplink('portfolio', url) if uplinks is None else uplinks}"
         f'store: {{path: "{d["dir"]}/outbox.db"}}\n'
         f"health: {{port: {d['health']}}}\n{buses}"
         f'control: {{socket: "{d["dir"]}/control.sock"}}\n'
@@ -112,9 +125,17 @@ async def running(workdir: Path, *, link: bool = False) -> AsyncIterator[dict[st
 
 
 def write(
-    d: dict[str, Any], sensors: list[str], *, url: str, extra: str = "", buses: str = ""
+    d: dict[str, Any],
+    sensors: list[str],
+    *,
+    url: str,
+    extra: str = "",
+    buses: str = "",
+    uplinks: str | None = None,
 ) -> None:
-    text = config_text(d, [d["sensors"][s] for s in sensors], url=url, extra=extra, buses=buses)
+    text = config_text(
+        d, [d["sensors"][s] for s in sensors], url=url, extra=extra, buses=buses, uplinks=uplinks
+    )
     tmp = d["config"].with_suffix(".new")
     tmp.write_text(text)
     tmp.chmod(0o644)

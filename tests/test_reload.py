@@ -43,9 +43,10 @@ from tests._reload_agent import (
     reload_cmd,
     running,
     until,
+    uplink,
     write,
 )
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 
@@ -211,6 +212,57 @@ async def test_reloads_while_alerts_flow_lose_and_duplicate_nothing(tmp_path: Pa
     assert later and all(i in at_b for i in later)
     assert all(at_a.get(i, at_b.get(i)) == rec for i, rec in accepted.items())
     assert counts == {"edge_reloads_total": 4.0, "edge_reload_failures_total": 0.0}, counts
+
+
+async def test_a_removed_or_renamed_uplink_says_what_it_leaves_in_the_store(
+    tmp_path: Path,
+) -> None:
+    """`edge-agent reload` says what becomes of a removed uplink's undelivered alerts (kept
+    under its name) and of a renamed one (a new uplink to the store); configured again
+    under its name, the removed one gets them."""
+    async with running(tmp_path) as d:
+        sensors = ["m1", "m2", "m3"]
+        (tmp_path / "token_b").write_text(TOKEN_B)
+        (tmp_path / "token_b").chmod(0o600)
+        dead = f"http://127.0.0.1:{free_port()}/v1/alerts"
+        portfolio = uplink("portfolio", d["a"])
+        write(d, sensors, url=d["a"], uplinks=portfolio + uplink("backup", dead, "token_b"))
+        assert (await reload_cmd(d)).returncode == 0
+        ids = []
+        for n in range(3):
+            answer = await asyncio.to_thread(
+                call, d["dir"] / "control.sock", MAINTENANCE, {"asset": "fan-9", "note": f"r{n}"}
+            )
+            ids += [r["alert_id"] for r in answer["result"]["records"]]
+        await until(d, lambda h: h["store"]["uplinks"]["backup"]["pending"] == len(ids) == 3
+                    and h["store"]["uplinks"]["portfolio"]["pending"] == 0)  # fmt: skip
+
+        write(d, sensors, url=d["a"])  # backup removed while its backend is down
+        removed = await reload_cmd(d, "--json")
+        assert removed.returncode == 0, removed.stderr
+        [line] = json.loads(removed.stdout)["changes"]
+        assert line.startswith(
+            "uplink backup removed: the 3 item(s) it had not received stay in the store "
+            "under the name backup, sent when an uplink named backup is configured again"
+        ), line
+        await until(d, lambda h: h["store"]["pending"] == 0)  # it holds nothing back
+        logged = [r["msg"] for r in log_lines(d) if "configuration reloaded" in r["msg"]]
+        assert "uplink backup removed: the 3 item(s)" in logged[-1]
+
+        write(d, sensors, url=d["a"], uplinks=uplink("main", d["a"]))  # same settings
+        renamed = await reload_cmd(d)
+        assert renamed.returncode == 0, renamed.stderr
+        assert "uplink portfolio renamed main: delivery state is kept by name" in renamed.stdout
+        assert "the 0 item(s) it had not received" in renamed.stdout, renamed.stdout
+
+        main_and_backup = uplink("main", d["a"]) + uplink("backup", d["b"], "token_b")
+        write(d, sensors, url=d["a"], uplinks=main_and_backup)  # backup again, on B
+        assert (await reload_cmd(d)).returncode == 0
+        await until(d, lambda h: h["store"]["uplinks"]["backup"]["pending"] == 0)
+        at_a, stats_a = await _backend(d["a"], TOKEN)
+        at_b, stats_b = await _backend(d["b"], TOKEN_B)
+    assert set(ids) <= set(at_a) and set(ids) <= set(at_b)
+    assert stats_a["duplicates"] == 0 and stats_b["duplicates"] == 0
 
 
 @pytest.fixture

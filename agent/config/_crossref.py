@@ -104,18 +104,44 @@ def _control_group(data: dict[str, Any], smap: SourceMap) -> list[ConfigIssue]:
     return []
 
 
+def _uplink_kind(uplink: dict[str, Any]) -> str | None:
+    kinds = [k for k in UPLINK_KINDS if k in uplink]
+    return kinds[0] if len(kinds) == 1 else None
+
+
+def _unnamed_uplinks(data: dict[str, Any], smap: SourceMap) -> dict[int, ConfigIssue]:
+    """Several uplinks of one kind must each be named: the store keeps delivery state by
+    name, and a default taken from the position (http-1, http-2) would hand one backend's
+    state to another when an uplink is removed or inserted (alerts skipped as delivered)."""
+    issues = {}
+    uplinks = entries(data, "uplinks")
+    for kind in UPLINK_KINDS:
+        same = [(i, u) for i, u in uplinks if _uplink_kind(u) == kind]
+        if len(same) < 2:
+            continue
+        lines = ", ".join(str(line_at(smap, ("uplinks", i))) for i, _ in same)
+        issues |= {
+            i: smap.issue(
+                ("uplinks", i),
+                f"several {kind} uplinks (lines {lines}): give each a `name:` (its delivery "
+                f"state is kept under that name; name one `{kind}` to keep the state of the "
+                f"former single unnamed {kind} uplink, or name them {kind}-1, {kind}-2 ... "
+                "in their former order if they ran unnamed together)",
+            )
+            for i, u in same
+            if u.get("name") is None
+        }
+    return issues
+
+
 def _uplink_names(data: dict[str, Any], smap: SourceMap) -> list[ConfigIssue]:
-    issues = []
+    unnamed = _unnamed_uplinks(data, smap)  # these have no default name to compare
+    issues = list(unnamed.values())
     first: dict[str, int] = {}
     for i, uplink in entries(data, "uplinks"):
         name = uplink.get("name")
-        if name is None:
-            kinds = [k for k in UPLINK_KINDS if k in uplink]
-            if len(kinds) != 1:
-                continue
-            same = [j for j, u in entries(data, "uplinks") if kinds[0] in u]
-            name = kinds[0] if len(same) == 1 else f"{kinds[0]}-{same.index(i) + 1}"
-        if not isinstance(name, str):
+        name = _uplink_kind(uplink) if name is None else name
+        if not isinstance(name, str) or i in unnamed:
             continue
         if name in first:
             where = ("uplinks", i, "name") if "name" in uplink else ("uplinks", i)

@@ -149,7 +149,10 @@ UPLINK_KINDS = ("http", "mqtt", "cmms")
 class Uplink(_Model):
     """One destination: exactly one of http, mqtt or cmms."""
 
-    name: Id | None = None  # default: its kind (http-1, http-2 ... when several share it)
+    # Default: its kind, when no other uplink has that kind (several of a kind must each be
+    # named: the store keeps delivery state by name, and a name taken from the uplink's
+    # position would move to another backend when an uplink is removed or inserted).
+    name: Id | None = None
     http: HttpUplink | None = None
     mqtt: MqttUplink | None = None
     cmms: CmmsUplink | None = None
@@ -183,12 +186,14 @@ class Summaries(_Model):
 
 
 def uplink_names(uplinks: tuple[Uplink, ...]) -> tuple[str, ...]:
-    """Names of uplinks (see Config.uplink_names)."""
+    """Names of uplinks (see Config.uplink_names).
+
+    Raises:
+        ValueError: an unnamed uplink shares its kind with another (the loader refuses
+            such a file; see agent.config._crossref).
+    """
     kinds = [u.kind for u in uplinks]
-    seen: dict[str, int] = {}
-    names = []
-    for u, kind in zip(uplinks, kinds, strict=True):
-        seen[kind] = seen.get(kind, 0) + 1
-        default = kind if kinds.count(kind) == 1 else f"{kind}-{seen[kind]}"
-        names.append(u.name or default)
-    return tuple(names)
+    for u in uplinks:
+        if u.name is None and kinds.count(u.kind) > 1:
+            raise ValueError(f"several {u.kind} uplinks: each needs a name")
+    return tuple(u.name or u.kind for u in uplinks)

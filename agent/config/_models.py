@@ -390,5 +390,5 @@ class Config(_Model):
         raise KeyError(asset_id)
 
     def uplink_names(self) -> tuple[str, ...]:
-        """Each uplink's name: as given, else its kind, numbered when several share it."""
+        """Each uplink's name: as given, else its kind (only one uplink may then have it)."""
         return uplink_names(self.uplinks)

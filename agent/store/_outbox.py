@@ -206,16 +206,20 @@ class Outbox:
             self._wake_all()
         return records
 
-    async def register_uplinks(self, names: Sequence[str], carries: Mapping[str, str]) -> None:
+    async def register_uplinks(
+        self, names: Sequence[str], carries: Mapping[str, str]
+    ) -> dict[str, int]:
         """Make the registered uplinks exactly `names` while open (a reload): an added one
         is given every item not yet delivered everywhere, a removed one holds nothing back
-        any more; every other uplink's delivery rows stay as they are."""
+        any more; every other uplink's delivery rows stay as they are. Returns each removed
+        uplink's count of items it had not received (kept under its name)."""
         names, carries = tuple(names), dict(carries)
-        await self._call(
+        kept: dict[str, int] = await self._call(
             lambda c: register(c, names, carries), write=True, what="registering uplinks"
         )
         self.uplinks, self.carries = names, carries  # a recovered file registers these
         self._wake_all()
+        return kept
 
     async def append_summaries(self, drafts: Sequence[SummaryDraft]) -> list[dict[str, Any]]:
         """Store feature summaries (a lower class than alerts); their records."""

@@ -92,24 +92,28 @@ def settle(conn: sqlite3.Connection, klass: int, refs: Iterable[int] | None = No
 
 def register(
     conn: sqlite3.Connection, names: Sequence[str], carries: Mapping[str, str] | None = None
-) -> None:
+) -> dict[str, int]:
     """Make the registered uplinks exactly `names` (see the module docstring); `carries`:
-    name -> FINDINGS for an uplink that does not carry every item."""
+    name -> FINDINGS for an uplink that does not carry every item. Returns, for each uplink
+    unregistered now, how many items it had not received (kept under its name)."""
     carries = _usable(conn, carries or {})
     known = {r[0] for r in conn.execute("SELECT name FROM uplinks")}
+    kept: dict[str, int] = {}
     for gone in sorted(known - set(names)):
         conn.execute("DELETE FROM uplinks WHERE name = ?", (gone,))
         conn.execute(
             "INSERT OR REPLACE INTO retired_uplinks (name, at) VALUES (?, ?)", (gone, now_ts())
         )
-        left = conn.execute(
+        left = kept[gone] = conn.execute(
             f"SELECT count(*) FROM outbound WHERE uplink = ? AND state = {PENDING}", (gone,)
         ).fetchone()[0]
         log.warning(
-            "uplink %s is no longer configured: its %d undelivered item(s) are kept but no "
-            "longer hold anything back (configure it again to resume)",
+            "uplink %s is no longer configured: its %d undelivered item(s) are kept under "
+            "that name but no longer hold anything back (an uplink configured again under "
+            "the name %s resumes them)",
             gone,
             left,
+            gone,
         )
     for name in names:
         if name in known:
@@ -142,6 +146,7 @@ def register(
     if names:
         for klass in TABLES:
             settle(conn, klass)
+    return kept
 
 
 def _usable(conn: sqlite3.Connection, carries: Mapping[str, str]) -> Mapping[str, str]:

@@ -89,6 +89,34 @@ def test_uplinks_by_name_a_rotated_token_rebuilds_one(tmp_path: Path) -> None:
     assert "t2" not in "".join(p.changes)  # never a secret in the log
 
 
+def test_uplinks_removed_or_renamed_say_what_they_leave_in_the_store(tmp_path: Path) -> None:
+    old = base(tmp_path)
+    old["uplinks"].append({"name": "broker", "mqtt": {"host": "127.0.0.1", "tls": None}})
+    new = copy.deepcopy(old)
+    new["uplinks"][0]["name"] = "main"  # same settings under a new name
+    del new["uplinks"][1]
+    p = plan(old, new)
+    assert p.uplinks_gone == {"portfolio": "main", "broker": None}
+    assert (sorted(p.uplinks_stop), p.uplinks_start) == (["broker", "portfolio"], ["main"])
+    assert [c.split(":")[0] for c in p.changes] == [
+        "uplink portfolio renamed main",
+        "uplink broker removed",
+    ]
+    assert "sent when an uplink named broker is configured again" in p.changes[1]
+    p.count_left({"portfolio": 0, "broker": 7})  # the store's count as it unregisters them
+    assert "the 7 item(s) it had not received stay in the store" in p.changes[1]
+    assert "the 0 item(s)" in p.changes[0]
+
+
+def test_naming_the_single_unnamed_uplink_by_its_kind_changes_nothing(tmp_path: Path) -> None:
+    old = base(tmp_path)
+    del old["uplinks"][0]["name"]  # named http by its kind
+    new = copy.deepcopy(old)
+    new["uplinks"][0]["name"] = "http"  # as the check asks when a second one is added
+    p = plan(old, new)
+    assert p.empty and not (p.uplinks_stop or p.uplinks_start)
+
+
 def test_control_socket_needs_a_restart_health_moves(tmp_path: Path) -> None:
     new = base(tmp_path)
     new["control"] = {"socket": str(tmp_path / "other.sock")}

@@ -106,6 +106,34 @@ async def test_an_uplink_configured_again_resumes_its_backlog_and_the_budget_kee
     assert len(left) + stats.evicted_total == 220
 
 
+async def test_a_removed_uplink_keeps_its_backlog_under_its_name_until_it_returns(
+    tmp_path: Path,
+) -> None:
+    """What a reload says of a removed (or renamed) uplink: the items it had not received
+    stay under its name and go to it when that name is configured again; meanwhile they
+    hold nothing back (so the budget may prune them), and what is stored meanwhile is not
+    kept for it."""
+    db = tmp_path / "o.db"
+    pad = "p" * 1500
+    async with outbox(db, ("a", "b")) as ob:
+        await ob.append([draft(tier=1, i=i, blob=pad) for i in range(5)])
+        await ob.mark_delivered("a", await take(ob, "a"))  # "b" is down
+        assert await ob.register_uplinks(("a",), {}) == {"b": 5}  # a reload removes "b"
+        await ob.append([draft(i=10 + i) for i in range(2)])  # stored while "b" is away
+        await ob.mark_delivered("a", await take(ob, "a"))
+        assert (await ob.stats()).pending == 0  # "b" holds nothing back
+        assert await ob.register_uplinks(("a", "b"), {}) == {}  # configured again
+        assert [it.seq for it in await take(ob, "b")] == [1, 2, 3, 4, 5]
+        assert (await ob.stats()).pending == 5  # awaited again: not prunable as complete
+    async with outbox(db, ("a",), max_bytes=60 * 1024) as ob:  # away again, a small budget
+        for i in range(40):
+            await ob.append([draft(tier=3, i=100 + i, blob=pad)])
+            await ob.mark_delivered("a", await take(ob, "a"))
+    async with outbox(db, ("a", "b")) as ob:
+        left = [it.seq for it in await take(ob, "b")]
+    assert left == [], "complete while b was away: the budget pruned them first"
+
+
 async def test_with_no_uplink_alerts_wait_for_the_first_one(tmp_path: Path) -> None:
     db = tmp_path / "o.db"
     async with outbox(db, ()) as ob:

@@ -11,7 +11,9 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
 import shutil
+import signal
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -102,7 +104,12 @@ class Page:
 @contextlib.asynccontextmanager
 async def browser(binary: str) -> AsyncIterator[Page]:
     """A headless Chromium with a fresh profile, and one page of it."""
-    with tempfile.TemporaryDirectory(prefix="edge-chromium-") as profile:
+    # Chromium's helper processes (zygote, renderers, crashpad) can outlive the main one
+    # and still write into the profile: the browser gets its own process group, which is
+    # ended as a whole, and a late file in the profile cannot fail the test's cleanup.
+    with tempfile.TemporaryDirectory(
+        prefix="edge-chromium-", ignore_cleanup_errors=True
+    ) as profile:
         proc = await asyncio.create_subprocess_exec(
             binary,
             *FLAGS,
@@ -111,6 +118,7 @@ async def browser(binary: str) -> AsyncIterator[Page]:
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
             stdin=asyncio.subprocess.DEVNULL,
+            start_new_session=True,
         )
         try:
             port_file = Path(profile) / "DevToolsActivePort"
@@ -127,11 +135,16 @@ async def browser(binary: str) -> AsyncIterator[Page]:
                 async with session.ws_connect(ws_url, max_msg_size=64 * 2**20) as ws:
                     yield Page(ws)
         finally:
-            if proc.returncode is None:
-                proc.terminate()
-                try:
-                    async with asyncio.timeout(10):
-                        await proc.wait()
-                except TimeoutError:
-                    proc.kill()
+            _signal_group(proc.pid, signal.SIGTERM)
+            try:
+                async with asyncio.timeout(10):
                     await proc.wait()
+            except TimeoutError:
+                pass
+            _signal_group(proc.pid, signal.SIGKILL)
+            await proc.wait()
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any, TextIO
@@ -20,8 +21,11 @@ from agent.analysis.monitor import Monitor, Update
 from agent.config import Config
 from agent.control import ControlError, Handler, Peer, Refused, call
 from agent.identity import mismatch
+from agent.pending import PendingWrites
 from agent.store import StoreError, StoreInUseError, outbox_for, store_lock
 from drivers.reading import utc_now
+
+log = logging.getLogger(__name__)
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -83,6 +87,38 @@ def control_handler(maintain: Maintain) -> Handler:
         return {"records": records}
 
     return handle
+
+
+async def record_running(
+    monitor: Monitor,
+    pending: PendingWrites,
+    request: MaintenanceRequest,
+    requested_by: Requester,
+) -> list[dict[str, Any]]:
+    """Record a repair in the running agent: reset the asset's baselines and trends, store
+    the event.
+
+    It goes through the same ordered queue as every alert, so no older held update can
+    overwrite the reset. The record names who asked (`evidence.requested_by`). A
+    replacement (request.replaced) stores the part's completed life in the fleet history
+    of its class, in the same transaction.
+
+    Raises:
+        KeyError: unknown asset.
+        StoreError: the store is unwritable now (the event is then held and stored once it
+            can be).
+    """
+    update = monitor.maintenance(request.asset, utc_now(), request.note, replaced=request.replaced)
+    records = await pending.write(stamp_requester(update, requested_by), now=True)
+    if records is None:
+        raise StoreError("the store is unwritable now; the event is held and retried")
+    log.info(
+        "maintenance on %s recorded as %s, requested by %s",
+        request.asset,
+        records[0]["alert_id"],
+        requested_by,
+    )
+    return records
 
 
 async def _offline(config: Config, request: MaintenanceRequest) -> list[dict[str, Any]]:

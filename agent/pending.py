@@ -4,17 +4,19 @@ An update is what one reading (or one sensor-state change, or one maintenance ev
 produced: alert drafts plus the state that produced them, stored in one transaction. While
 the store cannot be written (disk full) updates are held here, oldest first, up to a limit;
 beyond it the oldest is dropped, counted and logged. Every writer goes through one lock, so
-updates reach the store in the order they were made.
+updates reach the store in the order they were made. One task (`UpdateWriter`) writes
+them, so the analysis never waits for a disk flush.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from agent.analysis.monitor import Update
@@ -26,6 +28,11 @@ LIMIT = 10_000  # updates held in memory while the store is unwritable
 BATCH_UPDATES = 1000  # updates written in one transaction at most
 RETRY_MIN_S = 0.5
 RETRY_MAX_S = 30.0
+STORE_RETRY_POLL_S = 0.5  # how often the writer looks again while the store fails
+# Updates without an alert (model and lifecycle state) wait up to this long for others to
+# share their transaction: thousands of channels' periodic saves then cost a few commits a
+# second instead of one each. An update with an alert is written at once, with them.
+STATE_BATCH_S = 0.25
 
 Records = list[dict[str, Any]]
 
@@ -196,3 +203,67 @@ class PendingWrites:
             lost = sum(len(u.drafts) for u in self._held)
             self._counters.alerts_lost_total += lost
             log.critical("shutting down with %d unsaved alerts", lost)
+
+
+class UpdateWriter:
+    """The store-writer task: what the analysis and the sensor watch produced, in batches,
+    in order.
+
+    Producers only hold their updates (`persist`, no I/O) and wake this task; a store that
+    fails is retried with back-off (PendingWrites).
+
+    Args:
+        pending: the ordered queue in front of the outbox.
+
+    Attributes:
+        closed: the final flush has begun (shutdown): nothing held from here is written.
+    """
+
+    def __init__(self, pending: PendingWrites) -> None:
+        self.pending = pending
+        self.closed = False
+        self._wake = asyncio.Event()
+        self._alert_held = asyncio.Event()  # an update with drafts waits: write now
+
+    def persist(self, update: Update) -> None:
+        """Hold an update for the writer (no I/O here): from now on it is written, or
+        counted as lost."""
+        self.pending.hold(update)
+        if update.drafts or update.lives:
+            self._alert_held.set()
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Write until cancelled: at once after an alert, else after STATE_BATCH_S."""
+        while True:
+            await self._wake.wait()
+            if not self._alert_held.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(STATE_BATCH_S):
+                        await self._alert_held.wait()
+            self._wake.clear()
+            self._alert_held.clear()
+            async with self.pending.lock:
+                await self.pending.flush()
+            if len(self.pending):  # the store failed or more arrived: look again soon
+                await asyncio.sleep(STORE_RETRY_POLL_S if not self._wake.is_set() else 0)
+                self._wake.set()
+
+    async def close(self, producers: Iterable[asyncio.Task[None]]) -> None:
+        """Shutdown: end the tasks that make updates (this writer's among them), then write
+        what they made, a last time."""
+        # With the lock held no writer can be inside a store write when it is cancelled;
+        # whatever was made is already held in `pending`.
+        async with self.pending.lock:
+            self.closed = True
+            tasks = list(producers)
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.pending.flush(final=True)
+
+    async def flush_after_crash(self) -> None:
+        """A task crashed before the shutdown's last flush: write what is held, once."""
+        if len(self.pending) and not self.closed:
+            async with self.pending.lock:
+                await self.pending.flush(final=True)

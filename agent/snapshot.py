@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 STATS_TIMEOUT_S = 2.0  # /healthz answers even when the store writer is stuck
 # Updates waiting longer than this (or a failed store write) make the agent "degraded";
-# waiting for a shared transaction (runtime.STATE_BATCH_S) is normal.
+# waiting for a shared transaction (agent.pending.STATE_BATCH_S) is normal.
 UNSAVED_DEGRADED_S = 2.0
 
 

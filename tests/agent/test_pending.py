@@ -8,10 +8,11 @@ import dataclasses
 from pathlib import Path
 
 from agent.analysis.monitor import Update
-from agent.pending import PendingWrites
+from agent.pending import STATE_BATCH_S, PendingWrites, UpdateWriter
 from agent.runtime import PipelineCounters
 from agent.store import Outbox
 from tests.agent.store._drafts import draft
+from tests.agent.test_reload_mqtt import until
 
 
 def _limit_pages(ob: Outbox, extra: int) -> object:
@@ -98,3 +99,31 @@ async def test_held_for_counts_from_the_oldest_waiting_update(tmp_path: Path) ->
             await pending.flush()
         assert pending.held_for_s == 0.0 and not pending.failing
         assert await ob.load_state() == {"k": "2"}
+
+
+async def test_the_writer_lets_state_wait_for_company_and_writes_an_alert_at_once(
+    tmp_path: Path,
+) -> None:
+    """State-only updates wait up to STATE_BATCH_S to share a transaction; an alert is
+    written at once; the shutdown's close ends the producers, then writes what is held."""
+    counters = PipelineCounters()
+    async with Outbox(tmp_path / "o.db", gateway_id="gw", max_bytes=1 << 30, first_seq=1) as ob:
+        pending = PendingWrites(ob, counters)
+        writer = UpdateWriter(pending)
+        task = asyncio.create_task(writer.run())
+        writer.persist(Update([], {"k": "1"}))
+        await asyncio.sleep(STATE_BATCH_S / 5)
+        assert len(pending) == 1  # waiting for company
+        await until(lambda: len(pending) == 0, 10 * STATE_BATCH_S)  # then written alone
+        async with pending.lock:  # that write is over (a flush takes what arrives meanwhile)
+            assert await ob.load_state() == {"k": "1"}
+        writer.persist(Update([draft(i=1)], {"k": "2"}))
+        # At once: well before the batch time is up (one commit on a local file).
+        await until(lambda: counters.alerts_total == 1, 0.8 * STATE_BATCH_S)
+        assert await ob.load_state() == {"k": "2"}
+        writer.persist(Update([], {"k": "3"}))
+        await writer.close([task])
+        assert writer.closed and task.cancelled() and len(pending) == 0
+        assert await ob.load_state() == {"k": "3"}
+        await writer.flush_after_crash()  # after the last flush: nothing more is written
+    assert counters.alerts_lost_total == 0 and counters.store_errors_total == 0

@@ -1,0 +1,80 @@
+"""The sensor watch: once a second, every sensor's state into the sensor_fault tracker.
+
+It raises and clears sensor_fault alerts (agent.sensor_faults): breakers that open and
+close, sensors that answer only implausible values for longer than their
+bad_values_fault_s, and MQTT sensors silent for longer than their stale_after_s. It reads
+the sensors as they run now, so sensors a reload added or removed are watched or not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import datetime
+
+from agent.analysis.monitor import Update
+from agent.mqtt_inputs import RunningMqtt
+from agent.sensor_faults import SensorFaultTracker, SensorHealth
+from agent.sensor_tasks import RunningSensors
+from drivers.modbus import ModbusPoller
+from drivers.mqtt import BrokerLink, MqttSensor
+from drivers.reading import utc_now
+
+SENSOR_WATCH_INTERVAL_S = 1.0
+
+
+async def watch_sensors(
+    faults: SensorFaultTracker,
+    sensors: RunningSensors,
+    mqtt: RunningMqtt,
+    persist: Callable[[Update], None],
+) -> None:
+    """Feed the tracker every SENSOR_WATCH_INTERVAL_S until cancelled.
+
+    Args:
+        faults: the tracker (a reload reconfigures it in place).
+        sensors: the running pollers.
+        mqtt: the running MQTT links and sensors.
+        persist: holds an update for the store writer (no I/O).
+    """
+    while True:
+        await asyncio.sleep(SENSOR_WATCH_INTERVAL_S)
+        now = utc_now()
+        links = {link.id: link for link in mqtt.links}
+        healths = [_poller_health(p) for p in list(sensors.pollers.values())]
+        healths += [_mqtt_health(m, links.get(m.broker)) for m in mqtt.sensors]
+        for health in healths:
+            _step(faults, health, now, persist)
+
+
+def _step(
+    faults: SensorFaultTracker,
+    health: SensorHealth,
+    now: datetime,
+    persist: Callable[[Update], None],
+) -> None:
+    update = faults.update(health, now)
+    if update.drafts or update.state:
+        persist(update)
+
+
+def _poller_health(p: ModbusPoller) -> SensorHealth:
+    return SensorHealth(
+        p.sensor_id,
+        p.state,
+        p.consecutive_failures,
+        p.last_error,
+        p.last_ok_at,
+        p.bad_for_s,
+        p.last_bad,
+    )
+
+
+def _mqtt_health(m: MqttSensor, link: BrokerLink | None) -> SensorHealth:
+    error = m.last_error
+    if link is not None and not link.connected:
+        # Silent because the broker is out of reach: say so in the fault.
+        error = f"broker {link.id} not connected: {link.last_error or 'connecting'}"
+    return SensorHealth(
+        m.sensor_id, m.state, 0, error, m.last_ok_at, m.bad_for_s, m.last_bad, m.silent_for_s
+    )

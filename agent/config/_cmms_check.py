@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from agent.config._errors import ConfigIssue
-from agent.config._messages import did_you_mean
+from agent.config._messages import unknown_id
 from agent.config._source import SourceMap
 
 
@@ -28,8 +28,7 @@ def cmms_asset_refs(data: dict[str, Any], smap: SourceMap) -> list[ConfigIssue]:
                 issues.append(
                     smap.issue(
                         ("uplinks", i, "cmms", "mapping", "assets", ours),
-                        f"no asset has id '{ours}'; known asset ids: {', '.join(known)}"
-                        + did_you_mean(ours, known),
+                        unknown_id("asset", ours, known),
                         at="key",
                     )
                 )

@@ -14,19 +14,13 @@ from agent.config._cmms_check import cmms_asset_refs
 from agent.config._data import entries, line_at
 from agent.config._delivery import UPLINK_KINDS
 from agent.config._errors import ConfigIssue
-from agent.config._messages import did_you_mean
+from agent.config._messages import did_you_mean, unknown_id
 from agent.config._modbus_check import Profiles, bus_endpoints, sensor_refs
-from agent.config._secrets import read_secret, secret_path
 from agent.config._source import SourceMap
 from agent.netaddr import is_loopback
 from drivers.reading import FEATURE_NAMES
 
-__all__ = ["Profiles", "_entries", "_line", "_read_secret", "cross_check", "secret_path"]
-
-
-# Names (with secret_path) that _mqtt_check still imports from here; new code imports
-# agent.config._data and agent.config._secrets.
-_entries, _line, _read_secret = entries, line_at, read_secret
+__all__ = ["Profiles", "cross_check"]
 
 
 def _unique_ids(data: dict[str, Any], section: str, smap: SourceMap) -> list[ConfigIssue]:
@@ -166,8 +160,7 @@ def _summary_sensors(data: dict[str, Any], smap: SourceMap) -> list[ConfigIssue]
     return [
         smap.issue(
             ("summaries", "sensors", j),
-            f"no sensor has id '{sid}'; known sensor ids: {', '.join(known)}"
-            + did_you_mean(sid, known),
+            unknown_id("sensor", sid, known),
         )
         for j, sid in enumerate(wanted)
         if isinstance(sid, str) and known and sid not in known

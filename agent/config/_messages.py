@@ -50,6 +50,13 @@ def did_you_mean(word: str, options: Iterable[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def unknown_id(what: str, value: str, known: list[str], declare: str = "") -> str:
+    """ "no bus has id 'x'; known bus ids: a, b (did you mean 'a'?)", or how to declare one
+    when none is known and ``declare`` says how."""
+    listed = f"known {what} ids: {', '.join(known)}" if known or not declare else declare
+    return f"no {what} has id '{value}'; {listed}" + did_you_mean(value, known)
+
+
 def got(value: Any, node: Node | None, path: KeyPath) -> str:
     """'got ...' describing the given value as the user wrote it, never a secret."""
     if path and path[-1] in _SECRET_KEYS:

@@ -7,7 +7,7 @@ from typing import Any, Protocol
 
 from agent.config._data import as_int, entries, line_at
 from agent.config._errors import ConfigIssue, KeyPath
-from agent.config._messages import did_you_mean
+from agent.config._messages import did_you_mean, unknown_id
 from agent.config._models import ModbusTcp, Sensor
 from agent.config._source import SourceMap
 
@@ -110,8 +110,7 @@ def sensor_refs(data: dict[str, Any], smap: SourceMap, profiles: Profiles) -> li
             issues.append(
                 smap.issue(
                     ("sensors", i, "asset"),
-                    f"no asset has id '{asset}'; known asset ids: {', '.join(asset_ids)}"
-                    + did_you_mean(asset, asset_ids),
+                    unknown_id("asset", asset, asset_ids),
                 )
             )
         modbus = sensor.get("modbus")
@@ -123,13 +122,7 @@ def sensor_refs(data: dict[str, Any], smap: SourceMap, profiles: Profiles) -> li
             issues.append(
                 smap.issue(
                     ("sensors", i, "modbus", "bus"),
-                    f"no bus has id '{bus}'; "
-                    + (
-                        f"known bus ids: {', '.join(bus_ids)}"
-                        if bus_ids
-                        else "declare it under buses"
-                    )
-                    + did_you_mean(bus, bus_ids),
+                    unknown_id("bus", bus, bus_ids, "declare it under buses"),
                 )
             )
         key = _endpoint_key(data, modbus)

@@ -9,10 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
-from agent.config._crossref import _entries, _line, _read_secret, secret_path
+from agent.config._data import entries, line_at
 from agent.config._errors import ConfigIssue, KeyPath
-from agent.config._messages import did_you_mean
+from agent.config._messages import did_you_mean, unknown_id
 from agent.config._mqtt import KEY_FROM_RE
+from agent.config._secrets import read_secret, secret_path
 from agent.config._source import SourceMap
 
 TLS_FILES = ("ca_file", "cert_file", "key_file")
@@ -35,7 +36,7 @@ class Decoders(Protocol):
 def _broker_ids(data: dict[str, Any], smap: SourceMap) -> tuple[list[str], list[ConfigIssue]]:
     ids: dict[str, int] = {}
     issues = []
-    for i, b in _entries(data, "mqtt"):
+    for i, b in entries(data, "mqtt"):
         ident = b.get("id")
         if not isinstance(ident, str):
             continue
@@ -44,7 +45,7 @@ def _broker_ids(data: dict[str, Any], smap: SourceMap) -> tuple[list[str], list[
                 smap.issue(
                     ("mqtt", i, "id"),
                     f"duplicate broker id '{ident}' (first used on line "
-                    f"{_line(smap, ('mqtt', ids[ident], 'id'))}); give each broker its own id",
+                    f"{line_at(smap, ('mqtt', ids[ident], 'id'))}); give each broker its own id",
                 )
             )
         else:
@@ -142,7 +143,7 @@ def _shared(data: dict[str, Any], smap: SourceMap) -> list[ConfigIssue]:
     """Sensors sharing a subscription (broker, topic) need distinct keys."""
     issues = []
     groups: dict[tuple[str, str], list[tuple[int, str, str | None]]] = {}
-    for i, s in _entries(data, "sensors"):
+    for i, s in entries(data, "sensors"):
         m = s.get("mqtt")
         if not isinstance(m, dict):
             continue
@@ -165,7 +166,7 @@ def _shared(data: dict[str, Any], smap: SourceMap) -> list[ConfigIssue]:
                     smap.issue(
                         ("sensors", i, "mqtt"),
                         f"sensor '{sid}' shares topic '{topic}' with sensor '{first_id}' "
-                        f"(line {_line(smap, ('sensors', first_i, 'mqtt'))}): say which "
+                        f"(line {line_at(smap, ('sensors', first_i, 'mqtt'))}): say which "
                         "messages are its own with key_from (topic:N or payload:FIELD, e.g. "
                         "payload:addr) and key",
                     )
@@ -186,7 +187,7 @@ def _shared(data: dict[str, Any], smap: SourceMap) -> list[ConfigIssue]:
 def mqtt_checks(data: dict[str, Any], smap: SourceMap, decoders: Decoders) -> list[ConfigIssue]:
     """Every check of MQTT inputs (see the module docstring)."""
     broker_ids, issues = _broker_ids(data, smap)
-    for i, sensor in _entries(data, "sensors"):
+    for i, sensor in entries(data, "sensors"):
         m = sensor.get("mqtt")
         if not isinstance(m, dict):
             continue
@@ -195,13 +196,12 @@ def mqtt_checks(data: dict[str, Any], smap: SourceMap, decoders: Decoders) -> li
             issues.append(
                 smap.issue(
                     ("sensors", i, "mqtt", "broker"),
-                    f"no broker has id '{broker}'; "
-                    + (
-                        f"known broker ids: {', '.join(broker_ids)}"
-                        if broker_ids
-                        else "declare it in the top-level mqtt: list (id, host, port)"
-                    )
-                    + did_you_mean(broker, broker_ids),
+                    unknown_id(
+                        "broker",
+                        broker,
+                        broker_ids,
+                        "declare it in the top-level mqtt: list (id, host, port)",
+                    ),
                 )
             )
         issues += _decoder_ref(sensor, i, m, decoders, smap)
@@ -221,10 +221,10 @@ def read_broker_files(
     """
     secrets: dict[int, str] = {}
     issues = []
-    for i, b in _entries(data, "mqtt"):
+    for i, b in entries(data, "mqtt"):
         name = b.get("password_file")
         if isinstance(name, str) and name:
-            secret, msg = _read_secret(secret_path(base, name), name, "password")
+            secret, msg = read_secret(secret_path(base, name), name, "password")
             if secret is not None:
                 secrets[i] = secret
             else:

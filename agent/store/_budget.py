@@ -60,7 +60,23 @@ def _delete(conn: sqlite3.Connection, klass: int, refs: list[int], counter: str 
     """Delete items and their delivery rows; count them for the uplinks that waited."""
     table, _ = TABLES[klass]
     m = marks(len(refs))
-    if counter is not None:
+    if counter is None:
+        # A complete item still pending only for an uplink removed from the config (kept
+        # under its name should it return): dropping it is an eviction for that uplink.
+        retired = "evicted_total" if klass == ALERT else "summaries_evicted_total"
+        for up, n in conn.execute(
+            f"SELECT uplink, count(*) FROM outbound WHERE class = ? AND state = {PENDING} "
+            f"AND ref IN ({m}) GROUP BY uplink",
+            (klass, *refs),
+        ).fetchall():
+            bump(conn, up, retired, n)
+            log.warning(
+                "disk budget: pruned %d item(s) kept for uplink %s, which is not configured",
+                n,
+                up,
+                extra={"uplink": up},
+            )
+    else:
         for state, key in ((PENDING, counter), (DEAD, "dead_letter_evicted_total")):
             for up, n in conn.execute(
                 "SELECT uplink, count(*) FROM outbound WHERE class = ? AND state = ? "

@@ -131,7 +131,9 @@ async def test_a_removed_uplink_keeps_its_backlog_under_its_name_until_it_return
             await ob.mark_delivered("a", await take(ob, "a"))
     async with outbox(db, ("a", "b")) as ob:
         left = [it.seq for it in await take(ob, "b")]
+        stats = await ob.stats()
     assert left == [], "complete while b was away: the budget pruned them first"
+    assert stats.uplinks["b"].evicted_total == 5, "and counted them as lost for b"
 
 
 async def test_with_no_uplink_alerts_wait_for_the_first_one(tmp_path: Path) -> None:

@@ -4,7 +4,8 @@ POST   /admin/faults   {"status": 503, "count": 2, "retry_after": 1, "delay_s": 
                         "after_store": false, "location": null, "body": "..."}
                        the next `count` write requests fail that way; after_store: the
                        request is applied first and its answer is lost (a retry must
-                       not duplicate); location: sent with a 3xx status (a redirect).
+                       not duplicate); location: sent with a 3xx status (a redirect);
+                       content_type: of the answer ("text/html" with 200: a block page).
 POST   /admin/outage   {"seconds": 10, "status": 503, "retry_after": 5}: every write
                        request fails that way for `seconds` (a maintenance window).
 DELETE /admin/faults   clears queued faults and any outage.
@@ -38,6 +39,7 @@ class Fault:
     body: str = "injected fault"
     after_store: bool = False  # apply the request, then fail: a lost answer, so a retry dupes
     location: str | None = None  # Location header of a 3xx answer
+    content_type: str = "text/plain"  # text/html with 200: a firewall's block page
 
     async def respond(self) -> web.Response:
         """Wait `delay_s`, then answer with this fault."""
@@ -48,7 +50,9 @@ class Fault:
             headers["Retry-After"] = self.retry_after
         if self.location:
             headers["Location"] = self.location
-        return web.Response(status=self.status, text=self.body, headers=headers)
+        return web.Response(
+            status=self.status, text=self.body, headers=headers, content_type=self.content_type
+        )
 
 
 def parse_fault(spec: Any) -> Fault:
@@ -70,6 +74,7 @@ def parse_fault(spec: Any) -> Fault:
             body=str(spec.get("body", "injected fault")),
             after_store=bool(spec.get("after_store", False)),
             location=None if location is None else str(location),
+            content_type=str(spec.get("content_type", "text/plain")),
         )
     except (TypeError, ValueError) as exc:
         raise ValueError(f"bad fault spec: {exc}") from None

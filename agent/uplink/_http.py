@@ -5,7 +5,8 @@ Alerts go to `url` as {"alerts": [...]}, feature summaries to the summaries URL 
 same record.
 
 Status policy (agent.uplink._httpclient):
-- 2xx: delivered.
+- 2xx: delivered, unless the body is a web page (text/html): a firewall's block page or
+  a proxy's answers 200 too; retried and logged at ERROR like a 3xx.
 - 3xx: never followed: a failure naming the Location, retried with backoff and logged at
   ERROR; nothing is marked delivered.
 - 5xx, 408, 429, connection errors, timeouts: retried; the backend is "down" (probed with a

@@ -122,6 +122,17 @@ class HttpClient:
                         status=status,
                     )
                 raw = await resp.content.read(MAX_ANSWER_BYTES)
+                if 200 <= status < 300 and resp.content_type == "text/html":
+                    # Not the backend's acknowledgement: a firewall's block page (F5 ASM
+                    # answers 200 by default), a proxy's login page or a web UI behind a
+                    # wrong URL. Taking it as delivered would lose the alerts.
+                    raise UplinkUnavailable(
+                        f"POST {shown}: HTTP {status} with a web page (text/html) instead "
+                        "of the backend's answer (a firewall or proxy page, or a URL that "
+                        "is not the API); nothing marked delivered",
+                        uplink=self.name,
+                        status=status,
+                    )
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"))
                 replayed = resp.headers.get("Idempotent-Replayed", "").lower() == "true"
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:

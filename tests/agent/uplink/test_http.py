@@ -278,6 +278,25 @@ async def test_redirect_is_a_failure_and_marks_nothing_delivered(
         assert (await backend.stats())["accepted"] == 3
 
 
+async def test_a_web_page_answering_200_is_not_a_delivery(tmp_path: Path, outbox: Outbox) -> None:
+    """A firewall between the gateway and the backend (F5 ASM by default) answers a blocked
+    POST with 200 and an HTML page: the alerts never reached the backend."""
+    await outbox.append([draft(i=i) for i in range(3)])
+    page = "<html><body>The requested URL was rejected. Support ID: 1234</body></html>"
+    async with BackendServer(db=tmp_path / "a.db", token=TOKEN) as backend:
+        backend.inject(Fault(status=200, body=page, content_type="text/html"), count=1000)
+        async with Running(HttpUplink(cfg(backend.url), outbox)) as up:
+            await until(lambda: _true(up.status.consecutive_failures >= 2))
+        assert (await outbox.stats()).pending == 3  # nothing marked delivered
+        assert (await outbox.stats()).dead_lettered == 0
+        assert "HTTP 200 with a web page (text/html)" in (up.status.last_error or "")
+        assert (await backend.stats())["accepted"] == 0
+        backend.backend.faults.queue.clear()  # IT lets the gateway through
+        async with Running(HttpUplink(cfg(backend.url), outbox)):
+            await until(lambda: _pending_is(outbox, 0))
+        assert (await backend.stats())["accepted"] == 3
+
+
 async def test_relative_token_file_is_reread_from_the_config_folder_not_the_cwd(
     tmp_path: Path,
     outbox: Outbox,

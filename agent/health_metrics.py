@@ -185,6 +185,10 @@ _UPLINK_SERIES = (
     ("edge_uplink_oldest_pending_age_seconds", "Age of its oldest waiting alert",
      ("backlog", "oldest_pending_age_s"), False),
     ("edge_uplink_dead_letters", "Its dead letters now", ("backlog", "dead_lettered"), False),
+    ("edge_uplink_dead_lettered", "Items it dead-lettered since start (refused by the far end)",
+     ("dead_lettered_total",), True),
+    ("edge_uplink_too_large", "Items dead-lettered as larger than the far end takes (HTTP "
+     "413, MQTT maximum packet size)", ("too_large_total",), True),
     ("edge_uplink_evicted", "Alerts evicted by the disk budget before it had them",
      ("backlog", "evicted_total"), True),
     ("edge_uplink_summaries_delivered", "Feature summaries delivered",

@@ -4,9 +4,11 @@ system's (1883), optionally with TLS (a CA and a server certificate made with op
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import pwd
+import re
 import shutil
 import socket
 import ssl
@@ -67,10 +69,24 @@ class Mosquitto:
         folder: where its configuration, persistence and log go.
         certs: serve TLS with these (None: plain MQTT).
         acl: the text of an ACL file (None: everything allowed).
+        max_packet_size: the largest MQTT packet it takes, in bytes (None: no limit). It
+            announces it to MQTT 5 clients in CONNACK and disconnects a client sending more.
+        message_size_limit: the largest payload it takes, in bytes (None: no limit); not
+            announced: a larger QoS 1 publish gets a PUBACK 0x95 (mosquitto 2.0).
     """
 
-    def __init__(self, folder: Path, *, certs: Certs | None = None, acl: str | None = None):
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        certs: Certs | None = None,
+        acl: str | None = None,
+        max_packet_size: int | None = None,
+        message_size_limit: int | None = None,
+    ):
         self.folder = folder
+        self.max_packet_size = max_packet_size
+        self.message_size_limit = message_size_limit
         self.port = _free_port()
         self.certs = certs
         self.acl = acl
@@ -97,6 +113,10 @@ class Mosquitto:
                 f"certfile {self.certs.cert}",
                 f"keyfile {self.certs.key}",
             ]
+        if self.max_packet_size is not None:
+            lines.append(f"max_packet_size {self.max_packet_size}")
+        if self.message_size_limit is not None:
+            lines.append(f"message_size_limit {self.message_size_limit}")
         if self.acl is not None:
             acl = self.folder / "acl"
             acl.write_text(self.acl)
@@ -133,6 +153,13 @@ class Mosquitto:
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or a power cut: nothing saved since the last clean stop."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait(timeout=5)
 
@@ -199,3 +226,91 @@ class Collector:
             except TimeoutError:
                 pass
         return seen
+
+
+class MqttProxy:
+    """A TCP hop in front of a broker, for what a broker alone will not do on cue (plain
+    MQTT only: it reads the client's packets):
+    - `limit`: it closes the connection, without a word, when the client sends a packet
+      over that many bytes: a limit nobody announces (a broker that does not say it in
+      CONNACK, a middlebox);
+    - `holding`: while True, it swallows the client's PUBLISH packets (never forwarded, so
+      never acknowledged): a publish in flight when the broker dies.
+
+    Attributes:
+        port: where clients connect (127.0.0.1).
+        cuts: connections it closed for a packet over the limit.
+        held: the alert id of each PUBLISH it swallowed.
+    """
+
+    def __init__(self, broker: Mosquitto, limit: int | None = None) -> None:
+        self.broker = broker
+        self.limit = limit
+        self.holding = False
+        self.port = 0
+        self.cuts = 0
+        self.held: list[str] = []
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> MqttProxy:
+        self._server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
+
+    async def _client(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
+        try:
+            br, bw = await asyncio.open_connection("127.0.0.1", self.broker.port)
+        except OSError:
+            cw.close()
+            return
+        up = asyncio.create_task(self._packets(cr, bw))
+        down = asyncio.create_task(self._bytes(br, cw))
+        self._tasks |= {up, down}
+        try:
+            await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (up, down):
+                task.cancel()
+            await asyncio.gather(up, down, return_exceptions=True)
+            self._tasks -= {up, down}
+            bw.close()
+            cw.close()
+
+    async def _packets(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        """Client to broker, one whole packet at a time (fixed header, varint length)."""
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            while True:
+                header = bytearray(await src.readexactly(1))
+                remaining, shift = 0, 0
+                while True:
+                    byte = (await src.readexactly(1))[0]
+                    header.append(byte)
+                    remaining |= (byte & 0x7F) << shift
+                    shift += 7
+                    if not byte & 0x80:
+                        break
+                if self.limit is not None and len(header) + remaining > self.limit:
+                    self.cuts += 1
+                    return  # closes both sides: no DISCONNECT, no PUBACK
+                body = await src.readexactly(remaining)
+                if self.holding and header[0] >> 4 == 3:  # PUBLISH
+                    ids = re.findall(rb'"alert_id":"([^"]+)"', body)
+                    self.held.append(ids[0].decode() if ids else "?")
+                    continue
+                dst.write(bytes(header) + body)
+                await dst.drain()
+
+    async def _bytes(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await src.read(65536):
+                dst.write(data)
+                await dst.drain()

@@ -14,9 +14,11 @@ After a failure:
   the probe cannot see this failure, so it stops cutting waits short until a success;
 - the far end answered and refused (credentials, a wrong URL, a redirect): backoff only;
 - a new alert cuts any wait short after 1 s, except an explicit Retry-After.
-Refused items: a too-large batch is halved; a refused batch is resent one item at a time
-so one bad record cannot take good ones with it; a refused single item is dead-lettered
-for this uplink with the reason (an operator can requeue it: `edge-agent requeue`).
+Refused items: a too-large batch is halved (one item too large on its own, or an MQTT
+message over the broker's maximum packet size, is dead-lettered); a refused batch is
+resent one item at a time so one bad record cannot take good ones with it; a refused
+single item is dead-lettered for this uplink with the reason (an operator can requeue it:
+`edge-agent requeue`).
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ class UplinkStatus:
         resumed_by_probe_total: waits a probe cut short because the far end was back.
         skipped_total: items settled without sending, as this uplink does not carry them
             (cmms: clears, maintenance and sensor faults open no work order).
+        too_large_total: items dead-lettered because they are larger than the far end takes
+            (HTTP 413 for one item; MQTT: over the broker's maximum packet size).
     """
 
     name: str
@@ -72,6 +76,7 @@ class UplinkStatus:
     last_success_at: str | None = None
     next_retry_in_s: float | None = None
     dead_lettered_total: int = 0
+    too_large_total: int = 0
     skipped_total: int = 0
     probes_total: int = 0
     resumed_by_probe_total: int = 0
@@ -206,7 +211,7 @@ class Delivery:
         await asyncio.wait([task], timeout=timeout_s)
 
     async def _rejected(self, items: list[StoredItem], exc: UplinkRejected) -> None:
-        if exc.too_large and len(items) > 1:
+        if exc.too_large and len(items) > 1 and not exc.per_item:
             self._limit = max(1, len(items) // 2)
             log.warning(
                 "uplink[%s]: batch of %d too large, now %d", self.name, len(items), self._limit
@@ -230,6 +235,8 @@ class Delivery:
             await self._failed(f"outbox: dead-lettering: {store_exc}")
             return
         self.status.dead_lettered_total += len(moved)
+        if exc.too_large:
+            self.status.too_large_total += len(moved)
         self.status.last_error = exc.reason
 
     def _succeeded(self, items: list[StoredItem]) -> None:

@@ -46,7 +46,8 @@ class UplinkRejected(UplinkError):
 
     Attributes:
         reason: what it said (kept with a dead letter).
-        too_large: the batch was too large (halve it; only a single item is dead-lettered).
+        too_large: too large (halve a batch; a single item, or one named by a per-item
+            refusal, is dead-lettered and counted as too large).
         per_item: the refusal names exactly the failed items (MQTT: one PUBACK per
             message); False for a whole-batch refusal that must be narrowed down first.
     """

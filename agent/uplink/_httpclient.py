@@ -82,7 +82,11 @@ class HttpClient:
         timeout = aiohttp.ClientTimeout(total=self.cfg.timeout_s)
         connector = aiohttp.TCPConnector(limit=1)
         self._session = aiohttp.ClientSession(timeout=timeout, connector=connector)
-        await self._load_token()
+        try:
+            await self._load_token()
+        except BaseException:
+            await self.__aexit__(None, None, None)  # no __aexit__ follows a failed __aenter__
+            raise
         return self
 
     async def __aexit__(

@@ -11,30 +11,14 @@ The session is persistent (a fixed client id, clean start off, a session expiry)
 client is created once and re-entered after a failure, as aiomqtt documents. Refusals:
 "payload format invalid" (0x99) and "packet too large" (0x95) dead-letter that one item;
 every other negative PUBACK (not authorized, topic invalid, quota, server busy,
-unspecified) concerns the session, not the item, and is retried. MQTT 5 does not allow
-0x95 in a PUBACK, yet mosquitto sends it (message_size_limit): paho takes it for a
-protocol error and closes the connection, a drop the rule below handles.
-
-A record too large for the broker must not block the ones behind it (a broker disconnects
-a client that sends a packet over its limit; resending it forever silences the uplink):
-- a packet over the Maximum Packet Size the broker announced in CONNACK is never sent:
-  dead-lettered at once, "MQTT packet too large: ...";
-- a broker that enforces a limit it does not announce drops the connection right after the
-  publish, without a PUBACK, and takes a new one at once. The first unacknowledged item
-  larger than any the broker acknowledged is then sent last (nothing after it); when that
-  happens right after it DROPS_TO_REFUSE times in a row, it is dead-lettered the same way.
-  An outage never counts: a drop counts only when the broker takes us back at once and
-  still has our session (it was neither down nor restarted; so this needs a session
-  expiry above 0). Anything else clears the count: a drop after which it refuses or has
-  lost the session, a failed connect, a success, a timeout, a DISCONNECT naming a
-  session-wide reason (server shutting down, session taken over, quota, not authorized).
+unspecified) concerns the session, not the item, and is retried. A record too large for
+the broker is found and dead-lettered by agent.uplink._mqtt_limits.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import ssl
 from types import TracebackType
 from typing import Any, Self
@@ -47,17 +31,13 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config import MqttUplink as MqttUplinkConfig
 from agent.store import StoredItem
+from agent.uplink._mqtt_limits import PACKET_TOO_LARGE, Dropped, PacketLimits
 from agent.uplink._transport import SendResult, tcp_probe
 from agent.uplink.errors import UplinkRejected, UplinkUnavailable
 
-log = logging.getLogger(__name__)
-
 PROBE_TIMEOUT_S = 2.0
 MAX_QUEUED = 1000  # paho's own outgoing queue, bounded
-_ITEM_REFUSALS = frozenset({0x95, 0x99})  # packet too large, payload format invalid
-PACKET_TOO_LARGE = 0x95
-DROPS_TO_REFUSE = 3  # drops right after one record, in a row, that make it "too large"
-TOO_LARGE = "MQTT packet too large"  # how its dead letters' reasons start
+_ITEM_REFUSALS = frozenset({PACKET_TOO_LARGE, 0x99})  # too large, payload format invalid
 _DOWN_CONNACK = frozenset({3, 0x88, 0x89})  # server unavailable, server busy
 
 
@@ -139,33 +119,6 @@ class _AckingClient(aiomqtt.Client):
             self._reasons.pop(info.mid, None)
 
 
-class Dropped(aiomqtt.MqttError):
-    """The connection ended before the PUBACK.
-
-    Attributes:
-        reason: why, as paho reports it (None: unknown).
-        by_broker: the reason is the broker's DISCONNECT; False when the connection was
-            lost without one (closed, reset, keepalive timeout) or paho closed it (a
-            protocol error: paho takes mosquitto's PUBACK 0x95, "packet too large", which
-            MQTT 5 does not allow in a PUBACK, for one).
-    """
-
-    def __init__(self, reason: Any = None, *, by_broker: bool = False) -> None:
-        code = getattr(reason, "value", reason)
-        said = f"{code:#04x} {reason}" if isinstance(code, int) else "closed"
-        super().__init__(
-            f"connection ended before the PUBACK ({'DISCONNECT ' if by_broker else ''}{said})"
-        )
-        self.reason = reason
-        self.by_broker = by_broker
-
-    @property
-    def maybe_too_large(self) -> bool:
-        """It may be the publish's doing: the broker said "packet too large", or the
-        connection ended without a word from it."""
-        return not self.by_broker or getattr(self.reason, "value", None) == PACKET_TOO_LARGE
-
-
 class MqttTransport:
     """Publishes items to an MQTT 5 broker.
 
@@ -185,10 +138,7 @@ class MqttTransport:
         self.target = f"mqtt{'s' if cfg.tls is not None else ''}://{cfg.host}:{cfg.port}"
         self._client: _AckingClient | None = None
         self._up = False
-        self._suspect: str | None = None  # an item the connection dropped right after
-        self._drops = 0  # ... so many times in a row
-        self._largest_acked = 0  # bytes: the largest packet this broker acknowledged
-        self._sizes: dict[str, int] = {}  # packet bytes of the batch being sent, by item id
+        self._limits = PacketLimits(uplink=name, target=self.target)
         self._props = Properties(PacketTypes.PUBLISH)
         self._props.PayloadFormatIndicator = 1
         self._props.ContentType = "application/json"
@@ -280,8 +230,8 @@ class MqttTransport:
         """Publish every item at QoS 1, concurrently; each one counts on its own PUBACK.
 
         An item over the broker's Maximum Packet Size is refused without being sent; while
-        an item is suspected of a limit the broker does not announce, it goes alone (the
-        items behind it wait, in order). See the module docstring.
+        an item is suspected of a limit the broker does not announce, it goes last (the
+        items behind it wait, in order): see agent.uplink._mqtt_limits.
         """
         if not (self._up and self._client is not None and self._client.connected()):
             await self._disconnect()
@@ -289,22 +239,16 @@ class MqttTransport:
                 await self._connect()
             except (aiomqtt.MqttError, OSError, ValueError, TimeoutError) as exc:
                 # OSError covers ssl.SSLError and unreadable TLS or password files.
-                self._suspect, self._drops = None, 0  # an outage: no record's fault
+                self._limits.outage()  # an outage: no record's fault
                 return SendResult([], self._error(exc, "connecting to"), items)
         client = self._client
         assert client is not None
-        props = self._props
-        self._sizes = {it.item_id: publish_size(self.topic(it), it.json, props) for it in items}
-        limit = client.max_packet_size
-        oversize = [it for it in items if limit is not None and self._size(it) > limit]
-        sending = [it for it in items if it not in oversize]
-        ids = [it.item_id for it in sending]
-        if self._suspect in ids:  # nothing after it: a drop right after it is its doing
-            sending = sending[: ids.index(self._suspect) + 1]
+        limits = self._limits
+        sending, hard = limits.plan(items, self.topic, self._props, client.max_packet_size)
         outcomes = await asyncio.gather(
             *(
                 client.publish_acked(
-                    self.topic(it), it.json, properties=props, wait_s=self.cfg.timeout_s
+                    self.topic(it), it.json, properties=self._props, wait_s=self.cfg.timeout_s
                 )
                 for it in sending
             ),
@@ -313,15 +257,11 @@ class MqttTransport:
         delivered: list[StoredItem] = []
         unavailable: UplinkUnavailable | None = None
         soft: list[StoredItem] = []
-        hard = [(it, self._too_large(
-            f"{TOO_LARGE}: {self._size(it)} bytes, over the broker's maximum packet size "
-            f"{limit} (announced in CONNACK); not sent"
-        )) for it in oversize]  # fmt: skip
         drops: list[tuple[StoredItem, Dropped]] = []
         for it, out in zip(sending, outcomes, strict=True):
             if isinstance(out, ReasonCode) and not out.is_failure:
                 delivered.append(it)
-                self._largest_acked = max(self._largest_acked, self._size(it))
+                limits.acked(it)
             elif isinstance(out, ReasonCode) and out.value in _ITEM_REFUSALS:
                 reason = f"PUBACK {out.value:#04x} {out}"
                 hard.append((it, UplinkRejected(
@@ -345,15 +285,10 @@ class MqttTransport:
                 raise out
         if drops:
             await self._disconnect()
-        if (culprit := await self._refused_by_drops(drops)) is not None:
+        if (culprit := await limits.refused_by_drops(drops, self._back_at_once)) is not None:
             # The drop was its doing: the rest left without a PUBACK go again next time.
-            it, drop = culprit
-            return SendResult(delivered, self._too_large(
-                f"{TOO_LARGE}: {self._size(it)} bytes; the connection ended right after it "
-                f"{DROPS_TO_REFUSE} times in a row without a PUBACK (last: {drop.reason}), the "
-                "broker taking us back at once each time (a limit it does not announce; the "
-                f"largest it acknowledged: {self._largest_acked} bytes)"
-            ), [it])  # fmt: skip
+            it, refused = culprit
+            return SendResult(delivered, refused, [it])
         if unavailable is not None:
             if unavailable.down and not drops:  # after drops: closed, or open anew
                 await self._disconnect()
@@ -367,39 +302,6 @@ class MqttTransport:
             delivered, refused, [it for it, exc in hard if exc.reason == refused.reason]
         )
 
-    def _size(self, item: StoredItem) -> int:
-        return self._sizes[item.item_id]
-
-    async def _refused_by_drops(
-        self, drops: list[tuple[StoredItem, Dropped]]
-    ) -> tuple[StoredItem, Dropped] | None:
-        """Count a drop right after one item: the first publish left without a PUBACK that
-        may be the cause (a drop that may mean "too large", after a packet larger than any
-        this broker acknowledged), when the broker takes us back at once with our session
-        (no outage, no restart). The item the drops make too large, with the last drop
-        (DROPS_TO_REFUSE in a row, then the count ends); None otherwise."""
-        culprit = next(
-            ((it, drop) for it, drop in drops
-             if drop.maybe_too_large and self._size(it) > self._largest_acked),
-            None,
-        )  # fmt: skip
-        if culprit is None or not await self._back_at_once():
-            # No drop, a session-wide one, not a matter of size, or the broker is down.
-            self._suspect, self._drops = None, 0
-            return None
-        suspect = culprit[0]
-        self._drops = self._drops + 1 if suspect.item_id == self._suspect else 1
-        self._suspect = suspect.item_id
-        log.warning(
-            "uplink[%s]: the connection ended right after %s (%d bytes, no PUBACK) and the "
-            "broker took us back at once, session kept, %d of %d times in a row",
-            self.name, suspect.item_id, self._size(suspect), self._drops, DROPS_TO_REFUSE,
-        )  # fmt: skip
-        if self._drops < DROPS_TO_REFUSE:
-            return None
-        self._suspect, self._drops = None, 0
-        return culprit
-
     async def _back_at_once(self) -> bool:
         """The broker takes us back right away and still has our session: it neither was
         down (it would refuse) nor restarted (a restarted broker has lost the session, or,
@@ -409,13 +311,6 @@ class MqttTransport:
         except (aiomqtt.MqttError, OSError, ValueError, TimeoutError):
             return False
         return self._client is not None and self._client.session_present
-
-    def _too_large(self, reason: str) -> UplinkRejected:
-        return UplinkRejected(
-            f"publish to {self.target}: {reason}",
-            uplink=self.name, status=PACKET_TOO_LARGE, reason=reason, too_large=True,
-            per_item=True,
-        )  # fmt: skip
 
     async def probe(self) -> bool:
         """A TCP connection to the broker opens (no MQTT session is touched)."""
@@ -433,13 +328,3 @@ def _kind_of(text: str) -> str:
     start += len(marker)
     end = text.find('"', start)
     return text[start:end] if end > start else "alert"
-
-
-def publish_size(topic: str, payload: str, properties: Properties) -> int:
-    """Bytes of the whole MQTT 5 PUBLISH packet at QoS 1, as Maximum Packet Size counts
-    them: fixed header, topic, packet id, properties, payload."""
-    remaining = 2 + len(topic.encode()) + 2 + len(properties.pack()) + len(payload.encode())
-    length_bytes = (
-        1 if remaining < 128 else 2 if remaining < 16_384 else 3 if remaining < 2**21 else 4
-    )
-    return 1 + length_bytes + remaining

@@ -21,7 +21,7 @@ from agent.config import MqttUplink as MqttUplinkConfig
 from agent.health import render_metrics
 from agent.store import Outbox
 from agent.uplink import Delivery, MqttTransport, delivery
-from agent.uplink._mqtt import DROPS_TO_REFUSE, publish_size
+from agent.uplink._mqtt_limits import DROPS_TO_REFUSE, publish_size
 from tests.agent.store._drafts import draft
 from tests.agent.uplink._running import Running, true, until
 from tests.mosquitto import Certs, Collector, Mosquitto, MqttProxy, make_certs

@@ -95,7 +95,8 @@ def _uplink_lines(config: Config) -> list[str]:
             tls = "TLS" if m.tls is not None else "NO TLS"
             lines.append(
                 f"  {name}: mqtt {m.host}:{m.port} ({tls}, QoS 1, topic {m.topic}, "
-                f"batch {m.batch_size})"
+                f"batch {m.batch_size}"
+                f"{'' if m.require_subscriber else ', PUBACK 0x10 no subscriber: delivered'})"
             )
             secret = m.password_file
         warning = readable_by_others(secret)

@@ -110,6 +110,17 @@ class MqttUplink(_Delivery):
     session_expiry_s: int = Field(default=86_400, ge=0, le=2**32 - 1)
     keepalive_s: int = Field(default=30, ge=5, le=3600)
     batch_size: int = Field(default=50, ge=1, le=1000)
+    # A PUBACK 0x10 "No matching subscribers" is a success code, but mosquitto and HiveMQ
+    # send it when they discarded the message: counting it delivered loses the alert.
+    require_subscriber: bool = Field(
+        default=True,
+        description=(
+            "true: a PUBACK 0x10 'No matching subscribers' (the broker dropped the message: "
+            "no client subscribes to its topic) is not a delivery; the item stays pending "
+            "and is retried. false: it counts as delivered, for a broker that hands "
+            "messages on without a subscriber (a Kafka bridge, a rules engine)."
+        ),
+    )
 
     @model_validator(mode="after")
     def _checks(self) -> MqttUplink:

@@ -13,6 +13,14 @@ client is created once and re-entered after a failure, as aiomqtt documents. Ref
 every other negative PUBACK (not authorized, topic invalid, quota, server busy,
 unspecified) concerns the session, not the item, and is retried. A record too large for
 the broker is found and dead-lettered by agent.uplink._mqtt_limits.
+
+PUBACK 0x10 "No matching subscribers" is a success code, but mosquitto and HiveMQ send it
+when they discarded the message because no client subscribes to its topic (the backend's
+consumer down with a clean session): with `require_subscriber` (the default) it is not a
+delivery; the item stays pending and is retried with the backoff, neither down (the
+broker answered) nor dead-lettered (it is no fault of the item). A broker that hands
+messages on without a subscriber (a Kafka bridge, a rules engine) may answer 0x10 too:
+there `require_subscriber: false` counts it as delivered.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from agent.uplink.errors import UplinkRejected, UplinkUnavailable
 PROBE_TIMEOUT_S = 2.0
 MAX_QUEUED = 1000  # paho's own outgoing queue, bounded
 _ITEM_REFUSALS = frozenset({PACKET_TOO_LARGE, 0x99})  # too large, payload format invalid
+NO_MATCHING_SUBSCRIBERS = 0x10
 _DOWN_CONNACK = frozenset({3, 0x88, 0x89})  # server unavailable, server busy
 
 
@@ -231,7 +240,8 @@ class MqttTransport:
 
         An item over the broker's Maximum Packet Size is refused without being sent; while
         an item is suspected of a limit the broker does not announce, it goes last (the
-        items behind it wait, in order): see agent.uplink._mqtt_limits.
+        items behind it wait, in order): see agent.uplink._mqtt_limits. A PUBACK 0x10 is
+        no delivery while `require_subscriber` holds (see the module docstring).
         """
         if not (self._up and self._client is not None and self._client.connected()):
             await self._disconnect()
@@ -259,7 +269,11 @@ class MqttTransport:
         soft: list[StoredItem] = []
         drops: list[tuple[StoredItem, Dropped]] = []
         for it, out in zip(sending, outcomes, strict=True):
-            if isinstance(out, ReasonCode) and not out.is_failure:
+            if isinstance(out, ReasonCode) and self._dropped_unheard(out):
+                limits.acked(it)  # the broker took the packet; nobody got it
+                unavailable = unavailable or self._no_subscriber(out, it)
+                soft.append(it)
+            elif isinstance(out, ReasonCode) and not out.is_failure:
                 delivered.append(it)
                 limits.acked(it)
             elif isinstance(out, ReasonCode) and out.value in _ITEM_REFUSALS:
@@ -301,6 +315,21 @@ class MqttTransport:
         return SendResult(
             delivered, refused, [it for it, exc in hard if exc.reason == refused.reason]
         )
+
+    def _dropped_unheard(self, code: ReasonCode) -> bool:
+        """A PUBACK 0x10 "No matching subscribers", when it is not a delivery."""
+        return code.value == NO_MATCHING_SUBSCRIBERS and self.cfg.require_subscriber
+
+    def _no_subscriber(self, code: ReasonCode, item: StoredItem) -> UplinkUnavailable:
+        # Not down (the broker answered: a probe cannot see a subscriber come back) and no
+        # fault of the item: kept and retried with the backoff.
+        return UplinkUnavailable(
+            f"publish to {self.target}: PUBACK {code.value:#04x} {code} on topic "
+            f"{self.topic(item)}: no client subscribes, so the broker dropped it; kept and "
+            "retried (set require_subscriber: false when the broker hands messages on "
+            "without a subscriber, e.g. a Kafka or rules-engine extension)",
+            uplink=self.name, status=code.value,
+        )  # fmt: skip
 
     async def _back_at_once(self) -> bool:
         """The broker takes us back right away and still has our session: it neither was

@@ -89,6 +89,16 @@ def test_uplinks_by_name_a_rotated_token_rebuilds_one(tmp_path: Path) -> None:
     assert "t2" not in "".join(p.changes)  # never a secret in the log
 
 
+def test_require_subscriber_turned_off_rebuilds_that_mqtt_uplink_only(tmp_path: Path) -> None:
+    old = base(tmp_path)
+    old["uplinks"].append({"name": "broker", "mqtt": {"host": "127.0.0.1", "tls": None}})
+    new = copy.deepcopy(old)
+    new["uplinks"][1]["mqtt"]["require_subscriber"] = False
+    p = plan(old, new)
+    assert (p.uplinks_stop, p.uplinks_start) == (["broker"], ["broker"])
+    assert not (p.start or p.stop or p.refused or p.mqtt)
+
+
 def test_uplinks_removed_or_renamed_say_what_they_leave_in_the_store(tmp_path: Path) -> None:
     old = base(tmp_path)
     old["uplinks"].append({"name": "broker", "mqtt": {"host": "127.0.0.1", "tls": None}})

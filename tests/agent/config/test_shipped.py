@@ -74,6 +74,17 @@ def test_demo_config_names_missing_demo_variables() -> None:
     assert len(found) == 9 and all("environment variable EDGE_DEMO_" in f for f in found)
 
 
+def test_summary_says_when_a_puback_0x10_counts_as_delivered(tmp_path: Path) -> None:
+    text = VALID + (
+        "uplinks:\n  - {name: a, mqtt: {host: mqtt.example}}\n"
+        "  - {name: b, mqtt: {host: mqtt.example, require_subscriber: false}}\n"
+    )
+    config = load_config(write(tmp_path, text), environ={})
+    assert [u.mqtt.require_subscriber for u in config.uplinks] == [True, False]
+    a, b = (ln for ln in summary(config).splitlines() if "mqtt mqtt.example" in ln)
+    assert "0x10" not in a and b.endswith("batch 50, PUBACK 0x10 no subscriber: delivered)")
+
+
 @pytest.mark.parametrize(
     ("given", "expected"),
     [

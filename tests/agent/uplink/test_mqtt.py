@@ -111,6 +111,9 @@ async def test_a_refusing_puback_is_never_counted_as_delivered(
 ) -> None:
     deny = "topic read edge-agent/#\n"  # anonymous clients may not publish there
     with Mosquitto(tmp_path / "acl-broker", certs=certs, acl=deny) as broker:
+        # A subscriber (its session kept through the restart): once publishing is allowed,
+        # the PUBACK is 0x00, not 0x10 "no matching subscribers" (not a delivery either).
+        await Collector(broker, f"edge-agent/{GW}/#").subscribe()
         await outbox.append([draft(i=i) for i in range(3)])
         async with Running(mqtt(cfg(broker), outbox)) as up:
             await until(lambda: true(up.status.consecutive_failures >= 2))
@@ -125,8 +128,10 @@ async def test_plain_mqtt_to_a_broker_down_at_start_waits_and_delivers(
     tmp_path: Path, outbox: Outbox
 ) -> None:
     broker = Mosquitto(tmp_path / "plain")  # not started yet
+    # Nobody subscribes: this test is about the connection, so a PUBACK 0x10 counts here.
     c = MqttUplinkConfig(host="127.0.0.1", port=broker.port, tls=None, timeout_s=1.0,
-                         max_backoff_s=0.5, probe_interval_s=0.2)  # fmt: skip
+                         max_backoff_s=0.5, probe_interval_s=0.2,
+                         require_subscriber=False)  # fmt: skip
     await outbox.append([draft()])
     async with Running(mqtt(c, outbox)) as up:
         await until(lambda: true(up.status.consecutive_failures >= 2))
@@ -355,7 +360,9 @@ async def test_drops_right_after_one_alert_while_the_broker_dies_each_time_dead_
     with Mosquitto(tmp_path / "dies") as broker:
         async with MqttProxy(broker) as proxy:
             proxy.holding = True
-            async with Running(mqtt(plain(proxy.port), outbox)) as up:
+            # No subscriber (a killed broker keeps no session): PUBACK 0x10 counts here.
+            c = plain(proxy.port, require_subscriber=False)
+            async with Running(mqtt(c, outbox)) as up:
                 for episode in range(1, DROPS_TO_REFUSE + 2):
                     await until(held_times(proxy, records[0]["alert_id"], episode))
                     await asyncio.to_thread(broker.kill)
@@ -378,7 +385,8 @@ async def test_the_packet_size_is_counted_exactly_at_the_brokers_limit(
     sizes = [publish_size(transport.topic(it), it.json, transport._props) for it in items]
     assert sizes[1] == sizes[0] + 1
     with Mosquitto(tmp_path / "exact", certs=certs, max_packet_size=sizes[0]) as broker:
-        async with Running(mqtt(cfg(broker), outbox)) as up:
+        # About sizes, with no subscriber: a PUBACK 0x10 counts as delivered here.
+        async with Running(mqtt(cfg(broker, require_subscriber=False), outbox)) as up:
             await until(lambda: _eq(pending(outbox), 0))
     [dead] = await outbox.dead_letters()
     assert dead["id"] == over["alert_id"], dead

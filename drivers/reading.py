@@ -70,6 +70,9 @@ class Reading:
         flags: why the reading is not "good": ``feature:reason`` entries (reason one of
             sentinel, out_of_range, not_finite, all_zero); flagged values are left out of
             ``features``, so garbage never reaches severity or trend.
+        mono_s: ``time.monotonic()`` when it was read, for durations (a wall clock stepped
+            by NTP must not stretch or shrink a hold); None when the timestamp is the only
+            clock (a recording, a sensor's own time).
     """
 
     sensor_id: str
@@ -80,6 +83,7 @@ class Reading:
     quality: Quality = "good"
     waveform: Waveform | None = None
     flags: tuple[str, ...] = ()
+    mono_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.timestamp.tzinfo is None:

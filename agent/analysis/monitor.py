@@ -147,6 +147,9 @@ class Monitor:
         self._channels: dict[tuple[str, str], Channel] = {}
         self.tuning = tuning or Tuning()
         self.skipped_total = 0  # readings without a usable velocity (bad quality, missing)
+        # Live readings' analysis time: the wall clock at the first one plus monotonic time
+        # since, so an NTP step neither stretches nor shrinks a hold, a bin or a rate.
+        self._mono_offset: float | None = None
 
     def _index(self, config: Config) -> None:
         self._sensor_asset = {s.id: config.asset(s.asset) for s in config.sensors}
@@ -224,7 +227,8 @@ class Monitor:
         if value is None or not math.isfinite(value):
             self.skipped_total += 1
             return out
-        t_s = reading.timestamp.timestamp()
+        wall_s = reading.timestamp.timestamp()
+        t_s = self._analysis_time(reading, wall_s)
         alerting = ch.asset.alerting
         sev_before, tr_before = snap(ch.severity), snap(ch.trend)
         was_ready = ch.hi.ready
@@ -250,7 +254,7 @@ class Monitor:
         fm = feats.get(metric)
         if fm is not None:
             ch.history.update(t_s, fm)
-        est = self._estimate(ch, t_s)
+        est = self._estimate(ch, t_s, wall_s)
         # Early detection: the health index over its learned level, or velocity RMS over
         # the ISO 20816-1 alarm from the machine's own baseline (baseline + 0.25 x B/C, at
         # most 1.25 x B/C), which fires well before zone C on a machine that ran smoothly.
@@ -280,10 +284,10 @@ class Monitor:
         model_changed = False
         if ts.transition == "raised":
             ch.onset_s, ch.estimate_bin, model_changed = t_s, None, True
-            est = self._estimate(ch, t_s)
+            est = self._estimate(ch, t_s, wall_s)
         elif ts.transition == "cleared":
             ch.onset_s, ch.estimate_bin, model_changed = None, None, True
-            est = self._estimate(ch, t_s)
+            est = self._estimate(ch, t_s, wall_s)
 
         ch.set_view(
             ch.asset.id, ch.sensor.id, ch.sensor.channel, reading.timestamp, value, zone,
@@ -314,14 +318,25 @@ class Monitor:
             ch.persisted_s = t_s
         return out
 
-    def _estimate(self, ch: Channel, now_s: float) -> Estimate | NoEstimate:
-        """The channel's estimate: at most once per bin, far from failure less (still_fresh)."""
+    def _analysis_time(self, reading: Reading, wall_s: float) -> float:
+        """Seconds on the clock durations are measured with: for a live reading (mono_s)
+        monotonic time anchored to the wall clock once per process (holds, hold-offs, trend
+        bins and rates, save cadence); otherwise the reading's own timestamp."""
+        if reading.mono_s is None:
+            return wall_s
+        if self._mono_offset is None:
+            self._mono_offset = wall_s - reading.mono_s
+        return self._mono_offset + reading.mono_s
+
+    def _estimate(self, ch: Channel, now_s: float, wall_s: float) -> Estimate | NoEstimate:
+        """The channel's estimate: at most once per bin, far from failure less (still_fresh).
+        The asset's age is wall time (installed_at is a date); the trend is analysis time."""
         b = math.floor(now_s / ch.history.bin_s)
         if ch.estimate is not None and (ch.estimate_bin == b or still_fresh(ch, now_s)):
             return ch.estimate
         try:
             est = channel_estimate(
-                ch, self.lives.life(ch.asset, now_s), now_s, posterior=self.tuning.posterior,
+                ch, self.lives.life(ch.asset, wall_s), now_s, posterior=self.tuning.posterior,
                 rate_prior=self.tuning.prior,
             )  # fmt: skip
         except (ArithmeticError, ValueError) as exc:  # never lose the alerts over it

@@ -202,12 +202,13 @@ class ModbusPoller:
             err = self._error(DeviceProtocolError, f"unexpected {type(exc).__name__}: {exc}")
             self.ledger.failed(err, started)
             raise err from exc
-        now = utc_now()
-        self.ledger.succeeded(time.monotonic() - started, now)
+        now, mono = utc_now(), time.monotonic()
+        self.ledger.succeeded(mono - started, now)
         readings, flags = assemble(
             self.plan,
             answers,
             now,
+            mono_s=mono,
             sensor_id=self.sensor_id,
             transport=self.transport,
             all_zero_fault=self.profile.all_zero_fault,

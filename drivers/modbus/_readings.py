@@ -61,6 +61,7 @@ def assemble(
     sensor_id: str,
     transport: Transport,
     all_zero_fault: bool,
+    mono_s: float | None = None,
 ) -> tuple[list[Reading], Flags]:
     """One Reading per planned channel from the words of each block, and the flags raised.
 
@@ -70,6 +71,7 @@ def assemble(
         sensor_id: the sensor the readings come from.
         transport: the transport name the readings carry.
         all_zero_fault: the profile says every register reading 0 is a fault.
+        mono_s: the monotonic time of ``now`` (durations are measured on it).
     """
     values: list[float] = []
     flags: Flags = []
@@ -94,7 +96,14 @@ def assemble(
         )
     else:  # every poll of a healthy sensor: what readings_from makes, compiled routes
         readings = [
-            Reading(sensor_id, channel, now, {f: values[i] for f, i in route}, transport)
+            Reading(
+                sensor_id,
+                channel,
+                now,
+                {f: values[i] for f, i in route},
+                transport,
+                mono_s=mono_s,
+            )
             for channel, route in zip(plan.channels, plan.routes, strict=True)
         ]
     return readings, flags

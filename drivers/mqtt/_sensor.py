@@ -154,7 +154,10 @@ class MqttSensor:
         except Exception as exc:  # a decoder bug must not end the link
             self.drop(UNEXPECTED, f"{type(exc).__name__}: {exc}")
             return
-        readings = to_readings(self.sensor_id, self.channels, decoded, received_at)
+        # Durations run on the monotonic clock (the decode queue's wait, ms, is left out).
+        readings = to_readings(
+            self.sensor_id, self.channels, decoded, received_at, received_mono_s=time.monotonic()
+        )
         if not readings:
             self.drop("no_channel", f"none of the channels {', '.join(self.channels)}")
             return

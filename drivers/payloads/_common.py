@@ -116,13 +116,18 @@ def to_readings(
     received_at: datetime,
     *,
     transport: Transport = "mqtt",
+    received_mono_s: float | None = None,
 ) -> list[Reading]:
     """One Reading per wanted channel the message carries (shared values added to each).
+
+    ``received_mono_s`` (the monotonic time of ``received_at``) goes with readings stamped
+    at receipt; a reading with the sensor's own timestamp keeps that clock alone.
 
     A channel with a flagged value (its own or a shared one) is quality "bad": the monitor
     skips it, so garbage never reaches severity or trend.
     """
     at = decoded.timestamp or received_at
+    mono = None if decoded.timestamp else received_mono_s
     shared = decoded.features.get(ALL_CHANNELS, {})
     shared_flags = decoded.flags.get(ALL_CHANNELS, [])
     out = []
@@ -142,6 +147,7 @@ def to_readings(
                 quality="bad" if flags else "good",
                 waveform=wave,
                 flags=tuple(flags),
+                mono_s=mono,
             )
         )
     return out

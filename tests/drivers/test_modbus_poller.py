@@ -86,6 +86,7 @@ def assert_values(reading: Reading, expected: dict[str, float]) -> None:
 
 
 async def test_reads_scaled_values_for_two_device_ids() -> None:
+    started = time.monotonic()
     async with ModbusSimServer({1: Constant(A), 2: Constant(B), 3: Degrade(seed=1)}) as srv:
         r1 = await poller(srv.port, 1, print).poll_once()
         r2 = await poller(srv.port, 2, print).poll_once()
@@ -94,6 +95,8 @@ async def test_reads_scaled_values_for_two_device_ids() -> None:
     for r in (*r1, *r2, *r3):
         assert r.transport == "modbus" and r.quality == "good"
         assert r.timestamp.tzinfo is UTC
+        # Durations (holds, hold-offs, trend rates) run on the monotonic clock, not the wall.
+        assert r.mono_s is not None and started <= r.mono_s <= time.monotonic()
     for r in r1:
         assert r.sensor_id == "s1"
         assert_values(r, A)

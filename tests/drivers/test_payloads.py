@@ -92,6 +92,15 @@ def test_timestamps_iso_or_epoch(given: object, expected: datetime) -> None:
     assert decode("ncd-processed", ncd(timestamp=given)).timestamp == expected
 
 
+def test_monotonic_time_only_for_readings_stamped_at_receipt() -> None:
+    """Durations run on the receipt's monotonic time; a sensor's own clock stays its own."""
+    at_receipt = to_readings("s", ["z"], decode("ncd-processed", ncd()), NOW, received_mono_s=7.5)
+    own = decode("ncd-processed", ncd(timestamp="2026-11-25T11:59:00Z"))
+    stamped = to_readings("s", ["z"], own, NOW, received_mono_s=7.5)
+    assert [r.mono_s for r in at_receipt] == [7.5]
+    assert [r.mono_s for r in stamped] == [None]
+
+
 @pytest.mark.parametrize(
     ("given", "why"),
     [

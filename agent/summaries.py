@@ -8,7 +8,9 @@ edge-agent/summary/v1, `agent/schemas/summary-v1.json`).
 
 Windows follow the readings' own timestamps: a sensor's window opens with its first
 reading and closes with the first reading at least `interval_s` later, so a dead sensor
-sends nothing (its sensor_fault alert says why) and a clock step cannot emit a burst.
+sends nothing (its sensor_fault alert says why) and a clock step cannot emit a burst. A
+live reading's window length is measured on the monotonic clock (`Reading.mono_s`), so an
+NTP step back cannot hold a window open for hours.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ class _Window:
     start: datetime
     end: datetime
     transport: str
+    mono_start: float | None = None  # monotonic time of its first live reading
     readings: dict[str, int] = field(default_factory=dict)
     stats: dict[str, dict[str, _Stat]] = field(default_factory=dict)
 
@@ -124,11 +127,11 @@ class SummaryAggregator:
             return None
         win = self._windows.get(reading.sensor_id)
         draft = None
-        if win is not None and (reading.timestamp - win.start).total_seconds() >= self._interval:
+        if win is not None and _elapsed_s(win, reading) >= self._interval:
             draft = self._close(reading.sensor_id, win)
             win = None
         if win is None:
-            win = _Window(reading.timestamp, reading.timestamp, reading.transport)
+            win = _Window(reading.timestamp, reading.timestamp, reading.transport, reading.mono_s)
             self._windows[reading.sensor_id] = win
         self._fold(win, reading)
         return draft
@@ -166,3 +169,10 @@ class SummaryAggregator:
             end=win.end,
             channels=channels,
         )
+
+
+def _elapsed_s(win: _Window, reading: Reading) -> float:
+    """Seconds since the window opened: monotonic for live readings, else reading time."""
+    if win.mono_start is not None and reading.mono_s is not None:
+        return reading.mono_s - win.mono_start
+    return (reading.timestamp - win.start).total_seconds()

@@ -50,6 +50,17 @@ def test_a_window_closes_with_the_first_reading_past_the_interval(tmp_path: Path
     assert nxt is not None and nxt.channels["z"]["features"]["velocity_rms_mm_s"]["min"] == 7.0
 
 
+def test_a_clock_step_back_does_not_hold_a_live_window_open(tmp_path: Path) -> None:
+    """NTP sets the gateway's clock back an hour mid-window: the window still closes after
+    interval_s of real time (monotonic), not an hour and interval_s later."""
+    agg = SummaryAggregator(press_config(tmp_path), interval_s=10)
+    assert agg.add(reading(0, 1.0, mono_s=500.0)) is None
+    assert agg.add(reading(5, 2.0, mono_s=505.0)) is None
+    draft = agg.add(reading(10 - 3600, 3.0, mono_s=510.0))  # wall clock stepped back 1 h
+    assert draft is not None
+    assert draft.channels["z"]["readings"] == 2
+
+
 def test_bad_and_non_finite_values_are_left_out_and_counted(tmp_path: Path) -> None:
     agg = SummaryAggregator(press_config(tmp_path), interval_s=5)
     agg.add(reading(0, 1.0))

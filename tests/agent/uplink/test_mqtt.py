@@ -159,20 +159,28 @@ def in_first_arrival_order(collector: Collector) -> list[str]:
     return order
 
 
+async def one_large_among_small(
+    broker: Mosquitto, outbox: Outbox
+) -> tuple[Collector, list[str], str]:
+    """A subscribed collector and 15 stored alerts, the 4th of tens of KB (its evidence):
+    the ids the collector must get, in order, and the large one's id."""
+    collector = Collector(broker, f"edge-agent/{GW}/#")
+    await collector.subscribe()
+    drafts = [draft(i=i) for i in range(3)]
+    drafts.append(draft(i=3, spectrum="x" * 20_000))
+    drafts += [draft(i=4 + i) for i in range(12)]
+    records = await outbox.append(drafts)
+    big = records[3]["alert_id"]
+    return collector, [r["alert_id"] for r in records if r["alert_id"] != big], big
+
+
 async def test_a_record_over_the_brokers_maximum_packet_size_is_dead_lettered_not_looped(
     tmp_path: Path, certs: Certs, outbox: Outbox
 ) -> None:
     with Mosquitto(tmp_path / "small", certs=certs, max_packet_size=LIMIT) as broker:
-        collector = Collector(broker, f"edge-agent/{GW}/#")
-        await collector.subscribe()
-        drafts = [draft(i=i) for i in range(3)]
-        drafts.append(draft(i=3, spectrum="x" * 20_000))  # evidence of tens of KB
-        drafts += [draft(i=4 + i) for i in range(12)]
-        records = await outbox.append(drafts)
-        big = records[3]["alert_id"]
+        collector, want, big = await one_large_among_small(broker, outbox)
         async with Running(mqtt(cfg(broker), outbox)) as up:
             await until(lambda: _eq(pending(outbox), 0))
-        want = [r["alert_id"] for r in records if r["alert_id"] != big]
         seen = await collector.collect(set(want))
         log = await asyncio.to_thread(broker.log.read_text)
     [dead] = await outbox.dead_letters()
@@ -201,18 +209,11 @@ async def test_a_limit_the_broker_does_not_announce_dead_letters_after_three_dro
     tmp_path: Path, outbox: Outbox
 ) -> None:
     with Mosquitto(tmp_path / "plain") as broker:
-        collector = Collector(broker, f"edge-agent/{GW}/#")
-        await collector.subscribe()
-        drafts = [draft(i=i) for i in range(3)]
-        drafts.append(draft(i=3, spectrum="x" * 20_000))
-        drafts += [draft(i=4 + i) for i in range(12)]
-        records = await outbox.append(drafts)
-        big = records[3]["alert_id"]
+        collector, want, big = await one_large_among_small(broker, outbox)
         async with MqttProxy(broker, LIMIT) as proxy:
             async with Running(mqtt(plain(proxy.port), outbox)) as up:
                 await until(lambda: _eq(pending(outbox), 0), timeout_s=30)
             cuts = proxy.cuts
-        want = [r["alert_id"] for r in records if r["alert_id"] != big]
         seen = await collector.collect(set(want))
     [dead] = await outbox.dead_letters()
     assert dead["id"] == big and dead["uplink"] == UP
@@ -231,16 +232,9 @@ async def test_a_puback_0x95_from_mosquitto_dead_letters_the_record_after_three_
     # 0x95, which MQTT 5 does not allow in a PUBACK: paho takes it for a protocol error
     # and closes the connection. The same record every time: it is the record's doing.
     with Mosquitto(tmp_path / "limit", certs=certs, message_size_limit=LIMIT) as broker:
-        collector = Collector(broker, f"edge-agent/{GW}/#")
-        await collector.subscribe()
-        drafts = [draft(i=i) for i in range(3)]
-        drafts.append(draft(i=3, spectrum="x" * 20_000))
-        drafts += [draft(i=4 + i) for i in range(12)]
-        records = await outbox.append(drafts)
-        big = records[3]["alert_id"]
+        collector, want, big = await one_large_among_small(broker, outbox)
         async with Running(mqtt(cfg(broker), outbox)) as up:
             await until(lambda: _eq(pending(outbox), 0), timeout_s=30)
-        want = [r["alert_id"] for r in records if r["alert_id"] != big]
         seen = await collector.collect(set(want))
         log = await asyncio.to_thread(broker.log.read_text)
     [dead] = await outbox.dead_letters()

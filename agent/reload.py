@@ -278,8 +278,9 @@ class Reloader:
         assert agent.monitor is not None and agent.faults is not None
         # Analysis first, in the same loop step as the removed pollers leave (no await in
         # between): from here no reading of a removed sensor is analysed.
+        # A removed or moved sensor's open alerts are closed with the state that says so.
         agent.persist(agent.monitor.reconfigure(new))
-        agent.faults.reconfigure(new)
+        agent.persist(agent.faults.reconfigure(new))
         agent.feeds.reconfigure(new)
         agent.config, agent.library = new, library
         sensors = agent.sensors

@@ -241,6 +241,10 @@ class Agent:
         self.faults = SensorFaultTracker(
             self.config, state=state, breaker_failures=BREAKER_FAILURES
         )
+        # Alerts persisted for sensors this configuration no longer has on that asset
+        # would stay open forever: closed now (the writer stores them once it runs).
+        self.persist(self.monitor.close_unconfigured())
+        self.persist(self.faults.close_unconfigured())
         try:
             created = await asyncio.to_thread(store_created_at, self.config.store.path)
         except (OSError, sqlite3.Error) as exc:

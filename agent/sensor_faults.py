@@ -6,7 +6,9 @@ circuit breaker opens (several failed polls in a row), or when a sensor has answ
 implausible values (sentinels such as 0xFFFF, out of its valid range, NaN, all zero) for
 longer than its ``bad_values_fault_s``, a `sensor_fault` alert is raised for the sensor's
 asset; when the sensor answers plausible values again it is cleared. The raised state is
-persisted with the alert, so a restart neither repeats nor forgets it.
+persisted with the alert, so a restart neither repeats nor forgets it. A sensor that leaves
+its asset (a reload, or a restart with an edited file) has its fault there cleared: no
+status of it will ever clear it on that asset (agent.analysis.removed).
 """
 
 from __future__ import annotations
@@ -17,8 +19,16 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from agent.analysis.monitor import Update
-from agent.config import Config
+from agent.analysis.removed import (
+    CLOSED_AT_START,
+    CLOSED_BY_RELOAD,
+    asset_ref,
+    closing_draft,
+    why_left,
+)
+from agent.config import Asset, Config
 from agent.records import AlertDraft, AssetRef, SensorRef, Severity, format_ts
+from drivers.reading import utc_now
 
 ALL_CHANNELS = "all"
 
@@ -67,19 +77,35 @@ class SensorFaultTracker:
         self._saved = {k: v for k, v in (state or {}).items() if k.endswith("/sensor_fault")}
         self._raised: dict[str, bool] = {}
         self._raised_on: dict[str, str] = {}  # the asset each sensor's raised state is for
-        self.reconfigure(config)
+        self._assets: dict[str, Asset] = {}
+        self._transports: dict[str, str] = {}
+        self._place(config)
 
-    def reconfigure(self, config: Config) -> None:
+    def reconfigure(self, config: Config, at: datetime | None = None) -> Update:
+        """Take a reloaded configuration; a "cleared" record (at: its time) for each fault
+        a removed or moved sensor leaves raised on its old asset, with its state."""
+        before, transports = self._assets, self._transports
+        self._place(config)
+        return self._close_left(before, {**self._transports, **transports}, at, CLOSED_BY_RELOAD)
+
+    def close_unconfigured(self, at: datetime | None = None) -> Update:
+        """At start: clear the persisted faults of sensors no longer on that asset."""
+        return self._close_left(self._assets, self._transports, at, CLOSED_AT_START)
+
+    def _place(self, config: Config) -> None:
         """Take a (re)loaded configuration: sensor -> asset, fault delays; a sensor seen
         before keeps its raised state, a new one starts from what the store held. A sensor
-        moved to another asset leaves its state with the old one and takes the new asset's
-        (as a restart would find them in the store)."""
+        removed, or moved to another asset, leaves its state with the old one and takes the
+        new asset's (as a restart would find them in the store)."""
         self._assets = {s.id: config.asset(s.asset) for s in config.sensors}
         self._bad_after = {s.id: s.bad_values_fault_s for s in config.sensors}
         self._transports = {
             s.id: "mqtt" if s.mqtt is not None else self._transport for s in config.sensors
         }
         self._stale_after = {s.id: s.mqtt.stale_after_s for s in config.sensors if s.mqtt}
+        for sid in [s for s in self._raised if s not in self._assets]:
+            kept = json.dumps({"raised": self._raised.pop(sid)})
+            self._saved[fault_key(self._raised_on.pop(sid), sid)] = kept
         for sid, a in self._assets.items():
             was = self._raised_on.get(sid)
             if sid in self._raised and was is not None and was != a.id:
@@ -89,6 +115,30 @@ class SensorFaultTracker:
                 saved = json.loads(self._saved.get(fault_key(a.id, sid), "{}"))
                 self._raised[sid] = bool(saved.get("raised", False))
                 self._raised_on[sid] = a.id
+
+    def _close_left(
+        self, before: dict[str, Asset], transports: dict[str, str], at: datetime | None, when: str
+    ) -> Update:
+        out = Update()
+        assets = {a.id: a for a in [*before.values(), *self._assets.values()]}
+        for k in sorted(self._saved):
+            asset_id, sid = k.split("/")[:2]
+            placed = (self._assets[sid].id, ()) if sid in self._assets else None
+            if (reason := why_left(asset_id, sid, None, placed, when)) is None:
+                continue
+            try:
+                saved = json.loads(self._saved[k])
+            except ValueError:
+                continue
+            if not isinstance(saved, dict) or not saved.get("raised"):
+                continue
+            now = at or utc_now()
+            ref = asset_ref(assets.get(asset_id), asset_id)
+            sref = SensorRef(sid, ALL_CHANNELS, transports.get(sid, self._transport))
+            draft = closing_draft(ref, sref, "sensor_fault", 1, saved.get("at"), now, reason)
+            out.drafts.append(draft)
+            self._saved[k] = out.state[k] = json.dumps({"raised": False, "at": format_ts(now)})
+        return out
 
     def update(self, health: SensorHealth, now: datetime) -> Update:
         """One status observation; a draft only when the fault starts or ends."""

@@ -26,6 +26,7 @@ import aiohttp
 import pytest
 
 from agent.control import ControlError, call
+from agent.demo import SimProcess
 from agent.maintenance import OP as MAINTENANCE
 from tests._reload_agent import (
     OUTSIDER,
@@ -42,11 +43,12 @@ from tests._reload_agent import (
     metrics,
     reload_cmd,
     running,
+    sensor,
     until,
     uplink,
     write,
 )
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, agent_process, free_port
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 
@@ -366,3 +368,81 @@ async def test_a_configuration_deployed_by_swapping_its_symlink_is_reloaded(tmp_
         assert done.returncode == 0, done.stderr
         assert "sensor m4 added" in done.stdout, done.stdout
         await until(d, lambda h: "m4" in by_id(h) and "m3" not in by_id(h))
+
+
+async def _m_alerts(d: dict[str, Any], sensor: str) -> list[dict[str, Any]]:
+    """The backend's records of one sensor on press-7, in seq order."""
+    at_a, _ = await _backend(d["a"], TOKEN)
+    recs = [r for r in at_a.values() if r["sensor"]["id"] == sensor]
+    return sorted((r for r in recs if r["asset"]["id"] == "press-7"), key=lambda r: r["seq"])
+
+
+async def _backend_until(d: dict[str, Any], sensor: str, pred: Any) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + 30.0
+    while time.monotonic() < deadline:
+        recs = await _m_alerts(d, sensor)
+        if pred(recs):
+            return recs
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"backend records of {sensor}: {await _m_alerts(d, sensor)}")
+
+
+async def _press_cases(d: dict[str, Any]) -> list[str]:
+    base = d["a"].rsplit("/v1/", 1)[0]
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with (
+        aiohttp.ClientSession(headers=headers) as s,
+        s.get(f"{base}/v1/cases", params={"asset": "press-7"}) as r,
+    ):
+        return [c["state"] for c in (await r.json())["cases"]]
+
+
+def _closed(recs: list[dict[str, Any]], why: str) -> bool:
+    """Every alert the sensor raised has a later "cleared" record that says why."""
+    open_ = {(r["sensor"]["channel"], r["kind"]) for r in recs if r["state"] != "cleared"}
+    shut = {
+        (r["sensor"]["channel"], r["kind"])
+        for r in recs
+        if r["state"] == "cleared" and r["evidence"].get("reason") == why
+    }
+    return bool(open_) and open_ <= shut
+
+
+async def test_a_removed_sensor_closes_its_open_alerts_by_reload_and_at_restart(
+    tmp_path: Path,
+) -> None:
+    """m5 and m6 measure zone D on press-7. A reload that removes m5 closes its alerts, and
+    the backend's case for press-7 resolves; m6 removed from the file while the agent is
+    stopped is closed when it starts again (its state was all that remained)."""
+    async with (
+        SimProcess.modbus(["1:velocity=12", "2:velocity=12"], 600.0) as loud,
+        running(tmp_path) as d,
+    ):
+        for sid, unit in (("m5", 1), ("m6", 2)):
+            d["sensors"][sid] = sensor(sid, "press-7", loud.info["port"], unit)
+        write(d, ["m1", "m2", "m3", "m5"], url=d["a"])
+        assert (await reload_cmd(d)).returncode == 0
+        await _backend_until(d, "m5", lambda rs: any(r["kind"] == "severity" for r in rs))
+        assert await _press_cases(d) == ["open"]
+        write(d, ["m1", "m2", "m3"], url=d["a"])
+        assert (await reload_cmd(d)).returncode == 0
+        why = "sensor removed from the configuration by a reload"
+        await _backend_until(d, "m5", lambda rs: _closed(rs, why))
+        assert await _press_cases(d) == ["cleared"]
+
+        write(d, ["m1", "m2", "m3", "m6"], url=d["a"])
+        assert (await reload_cmd(d)).returncode == 0
+        await _backend_until(d, "m6", lambda rs: any(r["kind"] == "severity" for r in rs))
+        d["proc"].send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(d["proc"].wait(), 30) == 0
+        write(d, ["m1", "m2", "m3"], url=d["a"])  # edited while the agent is stopped
+        with d["log"].open("ab") as log:
+            again = await agent_process(d["config"], stderr=log, stdout=asyncio.subprocess.DEVNULL)
+            try:
+                why = "sensor removed from the configuration at start (the configuration "
+                why += "no longer has it there)"
+                await _backend_until(d, "m6", lambda rs: _closed(rs, why))
+                assert await _press_cases(d) == ["cleared", "cleared"]
+            finally:
+                again.send_signal(signal.SIGTERM)
+                assert await asyncio.wait_for(again.wait(), 30) == 0

@@ -56,6 +56,7 @@ from agent.analysis.health_index import HealthIndex, HealthIndexTuning
 from agent.analysis.lifecycle import step
 from agent.analysis.lifetime import AssetLives
 from agent.analysis.reliability import FleetLife
+from agent.analysis.removed import CLOSED_AT_START, CLOSED_BY_RELOAD, close_saved
 from agent.analysis.repair import reset_asset
 from agent.analysis.severity import (
     ZONE_LEVEL,
@@ -74,7 +75,7 @@ from agent.records import (
     TimeToFailure,
     format_ts,
 )
-from drivers.reading import Reading
+from drivers.reading import Reading, utc_now
 
 __all__ = [
     "HEALTH_METRIC",
@@ -159,27 +160,36 @@ class Monitor:
         }
         self._tables = {a.id: zone_table(a.machine) for a in config.assets}
         self._assets = {a.id: a for a in config.assets}
+        rtu = {b.id for b in config.buses if b.rtu is not None}
+        self._transports = {
+            s.id: "mqtt" if s.mqtt else "modbus-rtu" if s.modbus.bus in rtu else "modbus"  # type: ignore[union-attr]
+            for s in config.sensors
+        }
 
     def knows(self, sensor_id: str) -> bool:
         """True when the sensor is in the configuration (a reload may have removed it)."""
         return sensor_id in self._sensor_asset
 
-    def reconfigure(self, config: Config) -> Update:
-        """Take a reloaded configuration; returns the state to persist.
+    def reconfigure(self, config: Config, at: datetime | None = None) -> Update:
+        """Take a reloaded configuration; returns the state to persist, and a "cleared"
+        record for each alert a removed or moved channel leaves open (at: their time).
 
         A channel that keeps its asset keeps what it learned; new thresholds, debounce,
         horizons and priors apply from its next reading. Its baseline and trend history are
         relearned (alert states kept) only when what they were learned from changed (see
         `same_model_basis`). A channel removed, or moved to another asset, is saved and
-        dropped (a later reload that brings it back resumes it).
+        dropped (a later reload that brings it back resumes its model); its open alerts
+        are closed, since no reading will ever clear them there.
         """
         out = Update()
+        assets, transports = self._assets, self._transports  # as the alerts were raised
         self._index(config)
         for key, ch in list(self._channels.items()):
             asset = self._sensor_asset.get(key[0])
             if asset is None or asset.id != ch.asset.id or key[1] not in self._channels_of[key[0]]:
                 self._saved.update(saved := saved_states(ch))
                 out.state.update(saved)
+                transports[key[0]] = ch.sensor.transport
                 del self._channels[key]
                 continue
             if not same_model_basis(asset, ch.asset):
@@ -189,7 +199,27 @@ class Monitor:
             ch.asset, ch.table = asset, self._tables[asset.id]
             ch.estimate = ch.estimate_bin = None
         self.lives.reconfigure(config.assets, self._saved)
+        self._close_left(out, {**self._assets, **assets}, transports, at, CLOSED_BY_RELOAD)
         return out
+
+    def close_unconfigured(self, at: datetime | None = None) -> Update:
+        """At start: a "cleared" record for each alert the persisted state has open for a
+        channel the configuration no longer has on that asset, and its reset state."""
+        out = Update()
+        self._close_left(out, self._assets, self._transports, at, CLOSED_AT_START)
+        return out
+
+    def _close_left(
+        self, out: Update, assets: Mapping[str, Asset], transports: Mapping[str, str],
+        at: datetime | None, when: str,
+    ) -> None:  # fmt: skip
+        def placed(sensor: str) -> tuple[str, tuple[str, ...]] | None:
+            a = self._sensor_asset.get(sensor)
+            return None if a is None else (a.id, self._channels_of[sensor])
+
+        out.drafts += close_saved(
+            self._saved, out.state, placed, assets, transports, at or utc_now(), when
+        )
 
     def _new_history(self, asset: Asset) -> Trend:
         t = self.tuning

@@ -57,8 +57,8 @@ def test_a_sensor_moved_to_another_asset_by_a_reload_faults_there_as_after_a_res
 ) -> None:
     """m1 is dead on press-7 (raised), then a reload moves it to fan-3: fan-3 is not watched
     either, so its own fault is raised there (as a restart would: the store holds none for
-    fan-3), and the recovery clears fan-3's; press-7's stays with press-7 and is cleared
-    there when m1 comes back to it and answers."""
+    fan-3), and the recovery clears fan-3's; press-7's is cleared by the move itself (no
+    status of m1 could clear it there), so m1 coming back to press-7 starts clean."""
     on_press = press_config(tmp_path)
     data = on_press.model_dump(mode="json", by_alias=True)
     data["assets"].append({**data["assets"][0], "id": "fan-3", "name": "Fan 3"})
@@ -71,9 +71,11 @@ def test_a_sensor_moved_to_another_asset_by_a_reload_faults_there_as_after_a_res
 
     tracker = SensorFaultTracker(on_press, breaker_failures=3)
     assert seen(tracker, "backoff", 3) == [("press-7", "raised")]
-    tracker.reconfigure(on_fan)
+    (left,) = tracker.reconfigure(on_fan, NOW).drafts
+    assert (left.asset.id, left.state) == ("press-7", "cleared")
+    assert left.evidence["reason"] == "sensor moved to asset fan-3 by a reload"
+    jsonschema.validate(left.record(gateway_id="gw-t", seq=1), SCHEMA)
     assert seen(tracker, "backoff", 4) == [("fan-3", "raised")]
     assert seen(tracker, "ok") == [("fan-3", "cleared")]
-    tracker.reconfigure(on_press)
-    assert seen(tracker, "ok") == [("press-7", "cleared")]
+    assert tracker.reconfigure(on_press, NOW).drafts == []  # fan-3's was cleared already
     assert seen(tracker, "ok") == []

@@ -91,18 +91,19 @@ def test_a_repair_of_the_asset_a_sensor_left_leaves_its_new_asset_alone(
     tmp_path: Path, m2: bool
 ) -> None:
     """m1 raised zone C on press-7, then a reload moved it to fan-3 where it raised zone C
-    again. A repair of press-7 (now without sensors) closes press-7's alerts; fan-3's stay
-    open (no second "raised" for the same condition), and its learned baseline stays."""
+    again. The reload closed press-7's alerts (no reading of m1 could clear them there), so
+    a repair of press-7 has none of m1's left to close; fan-3's stay open (no second
+    "raised" for the same condition), and its learned baseline stays."""
     m = Monitor(two_assets(tmp_path, "press-7", m2=m2))
     on_press = feed(m, [1.0] * 10 + [3.1] * 2, 0)
     assert ("severity", "raised") in on_press
-    m.reconfigure(two_assets(tmp_path, "fan-3", m2=m2))
+    moved = m.reconfigure(two_assets(tmp_path, "fan-3", m2=m2)).drafts
+    assert sorted((d.asset.id, d.sensor.id, d.kind, d.state) for d in moved) == sorted(
+        ("press-7", "m1", kind, "cleared") for kind, state in on_press if state == "raised"
+    )
     assert feed(m, [1.0] * 10 + [3.1] * 2, 12).count(("severity", "raised")) == 1
     (draft,) = m.maintenance("press-7", T0 + timedelta(seconds=30), "bearing replaced").drafts
     assert draft.asset.id == "press-7"
-    closed = draft.evidence["closed_alerts"]
-    assert sorted((c["sensor"], c["kind"]) for c in closed) == sorted(
-        ("m1", kind) for kind, state in on_press if state == "raised"
-    )
+    assert draft.evidence["closed_alerts"] == []
     assert ("severity", "raised") not in feed(m, [3.2] * 3, 40)  # fan-3's is still open
     assert health_index(m) is not None  # fan-3's baseline was not reset

@@ -151,3 +151,20 @@ async def test_a_channel_dropped_from_the_sensor_closes_only_its_own(tmp_path: P
         assert set(closed) == {"severity", "trend"}  # m1 still answers: its fault stays
         reason = "channel z removed from the sensor's configuration by a reload"
         assert all(r["evidence"]["reason"] == reason for r in closed.values())
+
+
+async def test_a_restart_with_the_same_configuration_closes_nothing(tmp_path: Path) -> None:
+    """The common case: the agent restarts (an update, a power cut) with the file it ran
+    with; every alert it had open stays open, and the next reading continues its episode."""
+    async with Outbox(tmp_path / "o.db", gateway_id="gw-t", max_bytes=1 << 30) as ob:
+        await raise_on_press(tmp_path, ob)
+        before = await records(ob)
+    async with Outbox(tmp_path / "o.db", gateway_id="gw-t", max_bytes=1 << 30) as ob:
+        same, saved = config(tmp_path, "press-7"), await ob.load_state()
+        m, faults = Monitor(same, state=saved), SensorFaultTracker(same, state=saved)
+        at = T0 + timedelta(hours=1)
+        assert not m.close_unconfigured(at).drafts
+        assert not faults.close_unconfigured(at).drafts
+        r = Reading("m1", "z", at, {"velocity_rms_mm_s": 3.1})
+        assert not m.update(r).drafts  # still zone C: the same episode, nothing new
+        assert len(await records(ob)) == len(before)

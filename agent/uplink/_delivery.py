@@ -134,6 +134,10 @@ class Delivery:
         """Deliver until stopped or cancelled (a cancellation is never swallowed)."""
         async with self.transport:
             while not self._stopping:
+                # Python 3.11's asyncio.wait_for (the idle wait, aiomqtt's acks) can return
+                # instead of raising when a cancel lands as it completes: honour it here.
+                if (task := asyncio.current_task()) is not None and task.cancelling():
+                    raise asyncio.CancelledError
                 try:
                     await self.step()
                 except Exception as exc:

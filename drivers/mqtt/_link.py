@@ -229,13 +229,9 @@ class BrokerLink:
         if self._client is None:
             self._client = self._build(*await asyncio.to_thread(self._secrets))
         client = self._client
+        await self._connect(client)
         try:
-            async with asyncio.timeout(self.settings.connect_timeout_s + 1.0):
-                await client.__aenter__()
-        except TimeoutError:
-            self._forget_client()  # a connect stuck in paho's thread: start afresh
-            raise
-        try:
+            _raise_if_cancelled()
             self.connected = True
             self.connects_total += 1
             down = time.monotonic() - (self._down_since or time.monotonic())
@@ -253,6 +249,7 @@ class BrokerLink:
                     props = Properties(PacketTypes.SUBSCRIBE)
                     props.SubscriptionIdentifier = ids[topic]
                 result = await client.subscribe(topic, qos=route.qos, properties=props)
+                _raise_if_cancelled()
                 self._granted(topic, route, result)
             await self._consume(client)
         finally:
@@ -260,6 +257,36 @@ class BrokerLink:
                 async with asyncio.timeout(DISCONNECT_S):
                     await client.__aexit__(None, None, None)
             client.forget_disconnect()
+
+    async def _connect(self, client: BoundedClient) -> None:
+        """``client.__aenter__()`` within connect_timeout_s. paho connects in an executor
+        thread that no cancellation stops: abandoned there (a stop or a reload cancelling
+        this link mid-connect), it would open its socket later with aiomqtt's housekeeping
+        task and our client id, a second session taking the broker's messages from the next
+        link. So a cancelled connect is let finish (at most DISCONNECT_S) and closed."""
+        enter = asyncio.create_task(client.__aenter__(), name=f"mqtt-connect[{self.settings.id}]")
+        try:
+            async with asyncio.timeout(self.settings.connect_timeout_s + 1.0):
+                await asyncio.shield(enter)
+        except TimeoutError:
+            enter.cancel()
+            self._forget_client()  # a connect stuck in paho's thread: start afresh
+            raise
+        except asyncio.CancelledError:
+            await self._close_abandoned(client, enter)
+            raise
+
+    async def _close_abandoned(self, client: BoundedClient, enter: asyncio.Task[Any]) -> None:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            async with asyncio.timeout(DISCONNECT_S):
+                await asyncio.shield(enter)
+        if enter.done() and not enter.cancelled() and enter.exception() is None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                async with asyncio.timeout(DISCONNECT_S):
+                    await client.__aexit__(None, None, None)
+        else:
+            enter.cancel()
+        self._forget_client()
 
     def _granted(self, topic: str, route: Any, result: Any) -> None:
         """Check the SUBACK: a subscription the broker refuses (an ACL: 0x80 in 3.1.1,
@@ -345,3 +372,12 @@ class BrokerLink:
             self.disconnects_total += 1
             self._down_since = time.monotonic()
         self.connected = False
+
+
+def _raise_if_cancelled() -> None:
+    """aiomqtt waits for a CONNACK or SUBACK with asyncio.wait_for, which on Python 3.11
+    returns the result instead of raising when a cancel lands as the answer arrives: the
+    link would go on consuming with its stop lost, a task no one ends."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

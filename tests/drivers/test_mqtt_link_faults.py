@@ -225,3 +225,32 @@ async def test_a_refused_subscription_makes_the_agent_degraded_and_status_says_w
     assert snap["status"] == "degraded"
     line = _line(config, snap, None, {})
     assert f"mqtt broker plant refused the subscription to {TOPIC}" in line, line
+
+
+async def test_a_link_cancelled_while_connecting_leaves_no_client_behind(
+    broker: Mosquitto,
+) -> None:
+    """A stop or a reload cancels a link in the middle of its connect (paho connects in a
+    thread no cancellation stops, and aiomqtt's asyncio.wait_for loses a cancel that lands
+    as the CONNACK or SUBACK arrives, on Python 3.11): the link ends, and nothing outlives
+    it, neither aiomqtt's housekeeping task nor a connection holding our client id (it
+    would take the broker's messages)."""
+    before = asyncio.all_tasks()
+    for i in range(60):  # cancelled 0-15 ms after start: before, during and after CONNECT
+        rig = Rig(broker)
+        task = asyncio.create_task(rig.link.run())
+        await asyncio.sleep(i / 4000)
+        task.cancel()
+        await asyncio.wait([task], timeout=5)
+        assert task.done()
+    await asyncio.sleep(0.5)  # what a thread would open late would be running by now
+    left = asyncio.all_tasks() - before - {asyncio.current_task()}
+    assert not left, sorted(t.get_name() for t in left)
+    assert _established_to(broker.port) == 0, "a connection to the broker was left open"
+
+
+def _established_to(port: int) -> int:
+    """TCP connections of this machine in state ESTABLISHED towards 127.0.0.1:port."""
+    lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    remote = f"0100007F:{port:04X}"
+    return sum(1 for ln in lines if ln.split()[2] == remote and ln.split()[3] == "01")

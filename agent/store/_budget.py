@@ -30,6 +30,7 @@ import logging
 import os
 import sqlite3
 from collections.abc import Callable
+from pathlib import Path
 
 from agent.store._ops import add_meta, bump
 from agent.store._routing import ALERT, DEAD, PENDING, SUMMARY, TABLES, marks
@@ -156,12 +157,9 @@ def _undelivered(conn: sqlite3.Connection) -> list[int]:
     return []
 
 
-def disk_bytes(conn: sqlite3.Connection) -> int | None:
-    """The most the store can hold on its disk (see the module docstring); None when the
-    file system cannot say (an in-memory database, a stat that fails)."""
-    path = conn.execute("PRAGMA database_list").fetchone()[2]
-    if not path:
-        return None
+def disk_bytes(path: Path) -> int | None:
+    """The most the store at `path` can hold on its disk (see the module docstring); None
+    when the file system cannot say."""
     try:
         size = os.stat(path).st_size
         fs = os.statvfs(path)
@@ -170,25 +168,24 @@ def disk_bytes(conn: sqlite3.Connection) -> int | None:
     return size + fs.f_bavail * fs.f_frsize - DISK_RESERVE_BYTES
 
 
-def checkpoint_if_short(conn: sqlite3.Connection) -> None:
+def checkpoint_if_short(conn: sqlite3.Connection, path: Path) -> None:
     """After a commit, with less than DISK_RESERVE_BYTES free: copy the WAL into the file
     now, while the file can still grow, so that the WAL is reused from its start and the
     writes that follow need no new disk space."""
-    path = conn.execute("PRAGMA database_list").fetchone()[2]
     try:
-        fs = os.statvfs(path) if path else None
+        fs = os.statvfs(path)
     except OSError:
         return
-    if fs is not None and fs.f_bavail * fs.f_frsize < DISK_RESERVE_BYTES:
+    if fs.f_bavail * fs.f_frsize < DISK_RESERVE_BYTES:
         conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
 
-def enforce(conn: sqlite3.Connection, max_bytes: int) -> None:
-    """Bring used bytes under max_bytes, in the order of the module docstring; below it,
-    under what the disk holds, with what is safe to drop only."""
+def enforce(conn: sqlite3.Connection, path: Path, max_bytes: int) -> None:
+    """Bring used bytes of the store at `path` under max_bytes, in the order of the module
+    docstring; below it, under what the disk holds, with what is safe to drop only."""
     used = used_bytes(conn)
     if used <= max_bytes:
-        disk = disk_bytes(conn)
+        disk = disk_bytes(path)
         if disk is not None and used > disk:
             _make_room(conn, disk)
         return

@@ -130,15 +130,17 @@ class Outbox:
         if self._writer is not None:
             raise StoreError(f"outbox {self.path} is already open", path=self.path)
         issued = IssuedMark(self.path)
+
+        def after_commit(conn: sqlite3.Connection) -> None:
+            _budget.checkpoint_if_short(conn, self.path)
+            issued.after_commit(conn)
+
         writer = Writer(
             self.path,
             self._open,
             # Read at each commit: a reload may change the budget.
-            before_commit=lambda conn: _budget.enforce(conn, max_bytes=self.max_bytes),
-            after_commit=lambda conn: (
-                _budget.checkpoint_if_short(conn),
-                issued.after_commit(conn),
-            ),
+            before_commit=lambda conn: _budget.enforce(conn, self.path, self.max_bytes),
+            after_commit=after_commit,
             queue_size=self._queue_size,
             on_fault=self._fault,
         )

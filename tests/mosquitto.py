@@ -314,3 +314,11 @@ class MqttProxy:
             while data := await src.read(65536):
                 dst.write(data)
                 await dst.drain()
+
+
+def established_to(port: int) -> int:
+    """TCP connections of this machine in state ESTABLISHED towards 127.0.0.1:port (a
+    client left connected to the test's broker)."""
+    lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    remote = f"0100007F:{port:04X}"
+    return sum(1 for ln in lines if ln.split()[2] == remote and ln.split()[3] == "01")

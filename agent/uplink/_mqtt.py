@@ -42,6 +42,7 @@ from agent.store import StoredItem
 from agent.uplink._mqtt_limits import PACKET_TOO_LARGE, Dropped, PacketLimits
 from agent.uplink._transport import SendResult, tcp_probe
 from agent.uplink.errors import UplinkRejected, UplinkUnavailable
+from drivers.mqtt import enter_client
 
 PROBE_TIMEOUT_S = 2.0
 MAX_QUEUED = 1000  # paho's own outgoing queue, bounded
@@ -209,8 +210,13 @@ class MqttTransport:
         if self._client is None:
             self._client = self._build(*await asyncio.to_thread(self._secrets))
         self._client.forget_unacked()
-        async with asyncio.timeout(self.cfg.timeout_s + 1.0):
-            await self._client.__aenter__()
+        try:
+            await enter_client(
+                self._client, self.cfg.timeout_s + 1.0, name=f"mqtt-uplink[{self.name}]"
+            )
+        except (TimeoutError, asyncio.CancelledError):
+            self._client = None  # it keeps aiomqtt's re-entry lock: rebuilt at the next try
+            raise
         self._up = True
 
     async def _disconnect(self) -> None:

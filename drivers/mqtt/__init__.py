@@ -1,5 +1,6 @@
 """MQTT sensors: broker links (aiomqtt), routing by topic and key, per-sensor decoding."""
 
+from drivers.mqtt._connect import enter_client
 from drivers.mqtt._link import BrokerLink, BrokerSettings
 from drivers.mqtt._router import (
     NO_KEY,
@@ -20,6 +21,7 @@ __all__ = [
     "Route",
     "Router",
     "SensorState",
+    "enter_client",
     "parse_key_from",
     "topic_matches",
 ]

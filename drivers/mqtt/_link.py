@@ -31,6 +31,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from drivers.mqtt._client import DROP_LOG_EVERY, QUEUE_FULL, QUEUE_REASONS, BoundedClient
+from drivers.mqtt._connect import enter_client
 from drivers.mqtt._router import Router
 from drivers.reading import utc_now
 
@@ -259,34 +260,17 @@ class BrokerLink:
             client.forget_disconnect()
 
     async def _connect(self, client: BoundedClient) -> None:
-        """``client.__aenter__()`` within connect_timeout_s. paho connects in an executor
-        thread that no cancellation stops: abandoned there (a stop or a reload cancelling
-        this link mid-connect), it would open its socket later with aiomqtt's housekeeping
-        task and our client id, a second session taking the broker's messages from the next
-        link. So a cancelled connect is let finish (at most DISCONNECT_S) and closed."""
-        enter = asyncio.create_task(client.__aenter__(), name=f"mqtt-connect[{self.settings.id}]")
+        """Connect within connect_timeout_s; a client whose connect timed out or was
+        cancelled (a stop, a reload) is not used again (drivers.mqtt._connect)."""
         try:
-            async with asyncio.timeout(self.settings.connect_timeout_s + 1.0):
-                await asyncio.shield(enter)
-        except TimeoutError:
-            enter.cancel()
-            self._forget_client()  # a connect stuck in paho's thread: start afresh
+            await enter_client(
+                client,
+                self.settings.connect_timeout_s + 1.0,
+                name=f"mqtt-connect[{self.settings.id}]",
+            )
+        except (TimeoutError, asyncio.CancelledError):
+            self._forget_client()
             raise
-        except asyncio.CancelledError:
-            await self._close_abandoned(client, enter)
-            raise
-
-    async def _close_abandoned(self, client: BoundedClient, enter: asyncio.Task[Any]) -> None:
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            async with asyncio.timeout(DISCONNECT_S):
-                await asyncio.shield(enter)
-        if enter.done() and not enter.cancelled() and enter.exception() is None:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                async with asyncio.timeout(DISCONNECT_S):
-                    await client.__aexit__(None, None, None)
-        else:
-            enter.cancel()
-        self._forget_client()
 
     def _granted(self, topic: str, route: Any, result: Any) -> None:
         """Check the SUBACK: a subscription the broker refuses (an ACL: 0x80 in 3.1.1,

@@ -21,7 +21,7 @@ from drivers.mqtt import BrokerLink, BrokerSettings, MqttSensor, Route, Router, 
 from drivers.payloads import load_decoder
 from drivers.reading import Reading
 from tests.drivers.test_mqtt_link import MAC, TOPIC, Rig, broker, ncd, publish, until
-from tests.mosquitto import Mosquitto
+from tests.mosquitto import Mosquitto, established_to
 
 pytestmark = [pytest.mark.network]
 __all__ = ["broker"]  # the fixture
@@ -246,11 +246,4 @@ async def test_a_link_cancelled_while_connecting_leaves_no_client_behind(
     await asyncio.sleep(0.5)  # what a thread would open late would be running by now
     left = asyncio.all_tasks() - before - {asyncio.current_task()}
     assert not left, sorted(t.get_name() for t in left)
-    assert _established_to(broker.port) == 0, "a connection to the broker was left open"
-
-
-def _established_to(port: int) -> int:
-    """TCP connections of this machine in state ESTABLISHED towards 127.0.0.1:port."""
-    lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
-    remote = f"0100007F:{port:04X}"
-    return sum(1 for ln in lines if ln.split()[2] == remote and ln.split()[3] == "01")
+    assert established_to(broker.port) == 0, "a connection to the broker was left open"

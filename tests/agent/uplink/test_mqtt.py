@@ -24,7 +24,7 @@ from agent.uplink import Delivery, MqttTransport, delivery
 from agent.uplink._mqtt_limits import DROPS_TO_REFUSE, publish_size
 from tests.agent.store._drafts import draft
 from tests.agent.uplink._running import Running, true, until
-from tests.mosquitto import Certs, Collector, Mosquitto, MqttProxy, make_certs
+from tests.mosquitto import Certs, Collector, Mosquitto, MqttProxy, established_to, make_certs
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 
@@ -386,3 +386,26 @@ async def test_the_packet_size_is_counted_exactly_at_the_brokers_limit(
     assert dead["id"] == over["alert_id"], dead
     assert f"{sizes[1]} bytes, over the broker's maximum packet size {sizes[0]}" in dead["reason"]
     assert up.status.delivered_total == 1 and fits["alert_id"] != dead["id"]
+
+
+async def test_an_uplink_cancelled_while_connecting_leaves_no_connection_behind(
+    broker: Mosquitto, outbox: Outbox
+) -> None:
+    """A stop or a reload cancels a send in the middle of its connect (paho connects in a
+    thread no cancellation stops): nothing outlives it, neither aiomqtt's housekeeping task
+    nor a session under our client id that would take the next connection's place."""
+    await outbox.append([draft(i=0)])
+    items = await outbox.next_batch(UP, 1)
+    before = asyncio.all_tasks()
+    for i in range(40):  # cancelled 0-10 ms after start: before, during and after CONNECT
+        transport = MqttTransport(cfg(broker, require_subscriber=False), name=UP, gateway_id=GW)
+        async with transport:
+            task = asyncio.create_task(transport.send(items))
+            await asyncio.sleep(i / 4000)
+            task.cancel()
+            await asyncio.wait([task], timeout=5)
+            assert task.done()
+    await asyncio.sleep(0.5)  # what a thread would open late would be running by now
+    left = asyncio.all_tasks() - before - {asyncio.current_task()}
+    assert not left, sorted(t.get_name() for t in left)
+    assert established_to(broker.port) == 0, "a connection to the broker was left open"

@@ -1,0 +1,50 @@
+"""Entering an aiomqtt client so that neither a timeout nor a cancellation leaves a
+connection behind.
+
+paho connects in an executor thread that no cancellation stops: a connect abandoned there
+opens its socket later, with aiomqtt's housekeeping task and our client id (a second
+session that takes the broker's messages or acks from the next one), and the abandoned
+``__aenter__`` keeps aiomqtt's re-entry lock, so that client cannot connect again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import aiomqtt
+
+CLOSE_S = 1.0  # a cancelled connect is let finish, then closed, within this
+
+
+async def enter_client(client: aiomqtt.Client, timeout_s: float, *, name: str) -> None:
+    """``client.__aenter__()`` within timeout_s.
+
+    Raises:
+        TimeoutError: not connected in time; the connect is abandoned and the client keeps
+            aiomqtt's re-entry lock: build a new one.
+        asyncio.CancelledError: after a connect under way was let finish (at most CLOSE_S)
+            and closed; do not use the client again either.
+    """
+    entering = asyncio.create_task(client.__aenter__(), name=name)
+    try:
+        async with asyncio.timeout(timeout_s):
+            await asyncio.shield(entering)
+    except TimeoutError:
+        entering.cancel()
+        raise
+    except asyncio.CancelledError:
+        await _close_abandoned(client, entering)
+        raise
+
+
+async def _close_abandoned(client: aiomqtt.Client, entering: asyncio.Task[object]) -> None:
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        async with asyncio.timeout(CLOSE_S):
+            await asyncio.shield(entering)
+    if entering.done() and not entering.cancelled() and entering.exception() is None:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            async with asyncio.timeout(CLOSE_S):
+                await client.__aexit__(None, None, None)
+    else:
+        entering.cancel()

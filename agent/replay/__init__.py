@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TextIO
@@ -34,9 +35,10 @@ from agent.config import ConfigError
 from agent.records import dumps, format_ts
 from agent.replay import _args
 from agent.replay._args import ArgumentError, build_config
-from agent.replay._inputs import RecordingError, parse_start, snapshots
+from agent.replay._batches import with_features
+from agent.replay._inputs import RecordingError, Snapshot, parse_start, snapshots
 from agent.replay._story import PlotError, Story, plot
-from drivers.reading import Reading, Waveform
+from drivers.reading import Reading
 
 __all__ = ["add_arguments", "replay", "run"]
 
@@ -62,26 +64,19 @@ def replay(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     story = Story(next(s.asset for s in cfg.sensors if s.id == sensor))
     seq = 0
     channels: list[str] = []
-    last = None
     source = snapshots(
         Path(args.input),
         start=parse_start(args.start),
         interval_s=args.interval_s,
         fs_hz=args.fs_hz,
     )
-    for n, snap in enumerate(source):
-        if args.limit is not None and n >= args.limit:
-            break  # the first N snapshots of the recording, as if it stopped there
-        if last is not None and snap.at <= last:
-            story.skipped["time does not advance"] += 1  # a recording's clock glitch
-            continue
-        last = snap.at
+    asset = next(a for a in cfg.assets if a.id == story.asset_id)
+    for snap, features in with_features(_advancing(source, args.limit, story), asset):
         story.snapshot(snap.at)
-        for ch, samples in snap.channels.items():
+        for ch, feats in features.items():
             if ch not in channels:
                 channels.append(ch)
-            wave = Waveform(samples, snap.fs_hz)
-            r = Reading(sensor, ch, snap.at, {}, transport="replay", waveform=wave)
+            r = Reading(sensor, ch, snap.at, feats, transport="replay")
             for draft in monitor.update(r).drafts:
                 seq += 1
                 rec = draft.record(gateway_id=gateway, seq=seq)
@@ -99,6 +94,20 @@ def replay(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     if args.plot is not None:
         plot(summary, args.plot)
     return seq
+
+
+def _advancing(source: Iterator[Snapshot], limit: int | None, story: Story) -> Iterator[Snapshot]:
+    """The first `limit` snapshots (as if the recording stopped there), less those whose time
+    does not advance (a recording's clock glitch: skipped and counted)."""
+    last = None
+    for n, snap in enumerate(source):
+        if limit is not None and n >= limit:
+            break
+        if last is not None and snap.at <= last:
+            story.skipped["time does not advance"] += 1
+            continue
+        last = snap.at
+        yield snap
 
 
 def _estimate_record(

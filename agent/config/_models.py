@@ -136,11 +136,19 @@ class Alerting(_Model):
     trend_bin_s: float | None = Field(default=None, ge=1, le=86_400)
 
 
+# Hours of a life, an L10, a Weibull scale or an age: at most ~114 years. With shapes in
+# [MIN_SHAPE, MAX_SHAPE] every power of such hours stays a finite float (no inf/NaN bounds).
+MAX_LIFE_HOURS = 1_000_000.0
+MIN_SHAPE, MAX_SHAPE = 0.1, 20.0
+MIN_INSTALLED_YEAR = 1900
+_ISO_EXAMPLE = "2025-03-01T06:00:00Z"
+
+
 class WeibullLife(_Model):
     """A catalogue life distribution: Weibull shape and scale (63.2 % have failed by then)."""
 
-    shape: float = Field(gt=0, le=20)
-    scale_hours: float = Field(gt=0)
+    shape: float = Field(ge=MIN_SHAPE, le=MAX_SHAPE)
+    scale_hours: float = Field(gt=0, le=MAX_LIFE_HOURS)
 
 
 class Reliability(_Model):
@@ -150,27 +158,43 @@ class Reliability(_Model):
     class_: str | None = Field(default=None, alias="class", pattern=_ID_PATTERN)
     lives_hours: tuple[float, ...] | None = Field(default=None, min_length=1, max_length=10_000)
     weibull: WeibullLife | None = None
-    l10_hours: float | None = Field(default=None, gt=0)
-    shape: float | None = Field(default=None, gt=0, le=20)  # for lives_hours and l10_hours
+    l10_hours: float | None = Field(default=None, gt=0, le=MAX_LIFE_HOURS)
+    # for lives_hours and l10_hours
+    shape: float | None = Field(default=None, ge=MIN_SHAPE, le=MAX_SHAPE)
     installed_at: datetime | None = None  # UTC when it carries no offset
-    age_hours: float | None = Field(default=None, ge=0)
+    age_hours: float | None = Field(default=None, ge=0, le=MAX_LIFE_HOURS)
 
     @field_validator("lives_hours")
     @classmethod
     def _positive_lives(cls, v: tuple[float, ...] | None) -> tuple[float, ...] | None:
-        bad = [x for x in v or () if not 0 < x < float("inf")]
+        bad = [x for x in v or () if not 0 < x <= MAX_LIFE_HOURS]
         if bad:
-            raise ValueError(f"every life must be hours greater than 0 ({bad[0]:g} is not)")
+            raise ValueError(
+                f"every life must be hours greater than 0 and at most {MAX_LIFE_HOURS:.0f} "
+                f"({bad[0]:g} is not)"
+            )
         return v
 
     @field_validator("installed_at", mode="before")
     @classmethod
     def _iso_time(cls, v: object) -> object:
+        # A bare number would be read as Unix seconds: `installed_at: 2025` is 1970.
+        if isinstance(v, int | float):
+            raise ValueError(f"expected an ISO-8601 time such as {_ISO_EXAMPLE}, in quotes")
         if isinstance(v, str):
             try:
                 return datetime.fromisoformat(v.strip().replace("Z", "+00:00"))
             except ValueError:
-                raise ValueError("expected an ISO-8601 time such as 2025-03-01T06:00:00Z") from None
+                raise ValueError(f"expected an ISO-8601 time such as {_ISO_EXAMPLE}") from None
+        return v
+
+    @field_validator("installed_at")
+    @classmethod
+    def _plausible_time(cls, v: datetime | None) -> datetime | None:
+        if v is not None and v.year < MIN_INSTALLED_YEAR:
+            raise ValueError(
+                f"expected a time in {MIN_INSTALLED_YEAR} or later (the part's installation)"
+            )
         return v
 
     @model_validator(mode="after")

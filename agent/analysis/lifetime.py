@@ -5,7 +5,10 @@ first sees the asset, anchored then and persisted, so restarts do not rewind it)
 `maintenance --replaced` (a new part: age 0 then). The most recent of these anchors wins, so a
 replacement recorded after the configured installation date counts, and editing the
 configuration afterwards counts again. Ages advance with the readings' clock (the recording's
-own clock in replay).
+own clock in replay). An installed_at after the reading's time gives no age (the record says
+to correct it or the clock); the agent's own anchors found after now were taken with a clock
+that was ahead and count from now. A replacement within DUPLICATE_S of the previous one is
+that one recorded twice: its "life" of a few seconds is not added to the fleet history.
 
 Prior: agent.analysis.reliability from the asset's `reliability` block plus the completed
 lives of its class (`reliability.class`, by default the asset's own id) recorded in the store.
@@ -16,7 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from agent.analysis.channel import state_key
 from agent.analysis.reliability import FleetLife, LifePrior, life_prior
@@ -31,10 +34,24 @@ _NO_PRIOR = (
     "no reliability prior is configured (reliability: lives_hours, weibull or l10_hours; "
     "or fleet lives of its class)"
 )
+_NO_AGE_TO_END = (
+    "the asset's age was unknown (set reliability.installed_at or age_hours); "
+    "its age counts from this replacement"
+)
+# Two replacements of one asset closer than this are one replacement recorded twice.
+DUPLICATE_S = 60.0
 _NO_AGE = (
     "the asset's age is unknown (set reliability.installed_at or age_hours, or record a "
     "replacement with maintenance --replaced)"
 )
+
+
+def _future_install(installed: datetime, now_s: float) -> str:
+    now = format_ts(datetime.fromtimestamp(now_s, tz=UTC))
+    return (
+        f"the asset's age is unknown: reliability.installed_at ({format_ts(installed)}) is "
+        f"after the reading's time ({now}); correct it, or the gateway's clock"
+    )
 
 
 def life_key(asset_id: str) -> str:
@@ -70,6 +87,7 @@ class AssetLives:
         self._fleet = {k: list(v) for k, v in (fleet or {}).items()}
         self._anchors: dict[str, dict[str, float | None]] = {}
         self._changed: set[str] = set()
+        self._not_recorded: dict[str, str] = {}  # why replaced() kept no life, by asset
         self.reconfigure(assets, saved)
 
     def reconfigure(self, assets: Iterable[Asset], saved: Mapping[str, str]) -> None:
@@ -110,16 +128,16 @@ class AssetLives:
             )
         return self._priors[asset.id]
 
-    def _age(self, asset: Asset, now_s: float) -> tuple[float | None, str]:
+    def _age(self, asset: Asset, now_s: float) -> tuple[float | None, str, str]:
+        """(age in hours or None, the anchor it comes from, why there is none)."""
         rel = asset.reliability
         anchor = self._anchors[asset.id]
+        self._clock_went_back(asset.id, now_s)
         # (anchor time, rank on a tie: a replacement is the newest news, age then, how)
         candidates: list[tuple[float, int, float, str]] = []
         replaced = anchor.get("replaced_at_s")
         if replaced is not None:
             candidates.append((float(replaced), 1, 0.0, "replaced"))
-        if rel is not None and rel.installed_at_utc is not None:
-            candidates.append((rel.installed_at_utc.timestamp(), 0, 0.0, "installed_at"))
         if rel is not None and rel.age_hours is not None:
             if anchor.get("age_hours") != rel.age_hours or anchor.get("anchor_s") is None:
                 anchor["age_hours"], anchor["anchor_s"] = rel.age_hours, now_s  # first seen
@@ -127,19 +145,37 @@ class AssetLives:
             at = anchor["anchor_s"]
             assert at is not None
             candidates.append((float(at), 0, rel.age_hours, "age_hours"))
+        installed = rel.installed_at_utc if rel is not None else None
+        if installed is not None:
+            # After now (mistyped, or the clock far behind) it says nothing about the age
+            # yet; as an age of 0 it would also outrank every later replacement.
+            if installed.timestamp() <= now_s:
+                candidates.append((installed.timestamp(), 0, 0.0, "installed_at"))
+            elif not candidates:
+                return None, "", _future_install(installed, now_s)
         if not candidates:
-            return None, ""
+            return None, "", _NO_AGE
         at, _, age, how = max(candidates)
-        return max(age + (now_s - at) / _HOUR_S, 0.0), how
+        return age + (now_s - at) / _HOUR_S, how, ""
+
+    def _clock_went_back(self, asset_id: str, now_s: float) -> None:
+        """The agent's own anchors after now were taken with a clock that was ahead (a
+        gateway that booted with a wrong time, then synced): they count from now."""
+        anchor = self._anchors[asset_id]
+        for key in ("replaced_at_s", "anchor_s"):
+            at = anchor.get(key)
+            if at is not None and float(at) > now_s:
+                anchor[key] = now_s
+                self._changed.add(asset_id)
 
     def life(self, asset: Asset, now_s: float) -> Life:
         """The asset's prior and age at now_s (reading time, s)."""
         prior = self.prior(asset)
-        age, how = self._age(asset, now_s)
+        age, how, why = self._age(asset, now_s)
         if prior is None:
             return Life(None, age, _NO_PRIOR)
         if age is None:
-            return Life(prior, None, _NO_AGE)
+            return Life(prior, None, why)
         return Life(prior, age, None, how)
 
     def replaced(
@@ -151,9 +187,19 @@ class AssetLives:
             The completed life (None when the asset's age was unknown), already added to
             this agent's history; the asset's age restarts from 0 at at_s.
         """
-        age, _ = self._age(asset, at_s)
+        age, how, why = self._age(asset, at_s)
         done = None
-        if age is not None:
+        if age is not None and how == "replaced" and age * _HOUR_S < DUPLICATE_S:
+            # The same replacement recorded twice (a retried command): one life, not a
+            # second "failed" life of a few seconds that would drag the class's prior down.
+            self._not_recorded[asset.id] = (
+                f"{asset.id} was replaced {age * _HOUR_S:.0f} s before; a life this short is "
+                "taken as the same replacement recorded twice"
+            )
+            return None
+        if age is None:
+            self._not_recorded[asset.id] = _NO_AGE_TO_END if why == _NO_AGE else why
+        else:
             done = FleetLife(round(age, 6), failed, asset.id, ended_at)
             cls = self.class_of(asset)
             self._fleet.setdefault(cls, []).append(done)
@@ -180,10 +226,7 @@ class AssetLives:
         info: dict[str, object] = {"replaced": how, "class": cls, "completed_life_hours": None}
         lives = []
         if done is None:
-            info["life_not_recorded"] = (
-                "the asset's age was unknown (set reliability.installed_at or age_hours); "
-                "its age counts from this replacement"
-            )
+            info["life_not_recorded"] = self._not_recorded.pop(asset.id, _NO_AGE_TO_END)
         else:
             lives.append((cls, done))
             info["completed_life_hours"] = round(done.hours, 4)

@@ -61,9 +61,10 @@ def test_replaced_twice_offline_then_status_shows_the_class_history(
         "replaced": "failed", "class": "bearing-6204", "completed_life_hours": 500.0,
         "fleet_lives": 1,
     }  # fmt: skip
-    assert main([*args, "--replaced", "healthy"]) == 0  # the new part, replaced again at once
+    # press-8's part (40 h old), replaced while sound: a suspension of the same class.
+    assert main([*args[:-1], "press-8", "--replaced", "healthy"]) == 0
     second = json.loads(capsys.readouterr().out)["evidence"]["replacement"]
-    assert second["replaced"] == "healthy" and second["completed_life_hours"] < 0.01
+    assert second["replaced"] == "healthy" and second["completed_life_hours"] == 40.0
     assert second["fleet_lives"] == 2
     with pytest.raises(SystemExit) as bad:  # argparse: one line naming the valid choices
         main(["maintenance", "-c", str(cfg), "--asset", "press-7", "--replaced", "x"])
@@ -84,7 +85,8 @@ def test_replaced_twice_offline_then_status_shows_the_class_history(
     assert fleet["assets"]["press-8"]["prior"].endswith(
         "1 life in the fleet history, 1 replaced while healthy"
     )
-    assert fleet["assets"]["press-8"]["median_life_hours"] == pytest.approx(500.0, rel=0.01)
+    median = (500.0**1.5 + 40.0**1.5) ** (1 / 1.5)  # one failure, exposure of both lives
+    assert fleet["assets"]["press-8"]["median_life_hours"] == pytest.approx(median, rel=0.01)
 
 
 def test_status_reads_a_store_from_before_fleet_lives(
@@ -97,3 +99,22 @@ def test_status_reads_a_store_from_before_fleet_lives(
     assert main(["status", "--json", "-c", str(cfg)]) == 1  # the agent is stopped
     fleet = json.loads(capsys.readouterr().out)["fleet"]
     assert fleet["classes"] == {} and fleet["assets"]["press-8"]["prior"] is None
+
+
+def test_a_replacement_recorded_twice_within_a_minute_adds_one_life(
+    cfg: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An operator who runs the command again (it seemed to hang, a script retried) must
+    not add a failed life of one second to the class: press-8's prior would halve."""
+    args = ["maintenance", "--json", "-c", str(cfg), "--asset", "press-7", "--replaced"]
+    assert main(args) == 0 and main(args) == 0
+    first, second = (json.loads(x) for x in capsys.readouterr().out.splitlines())
+    assert first["evidence"]["replacement"]["completed_life_hours"] == 500.0
+    again = second["evidence"]["replacement"]
+    assert again["completed_life_hours"] is None and again["fleet_lives"] == 1
+    assert "recorded twice" in again["life_not_recorded"]
+    with sqlite3.connect(cfg.parent / "o.db") as conn:
+        assert conn.execute("SELECT life_hours FROM fleet_lives").fetchall() == [(500.0,)]
+    assert main(["status", "--json", "-c", str(cfg)]) == 1
+    fleet = json.loads(capsys.readouterr().out)["fleet"]
+    assert fleet["assets"]["press-8"]["median_life_hours"] == pytest.approx(500.0, rel=0.01)

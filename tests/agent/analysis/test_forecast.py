@@ -214,3 +214,31 @@ def test_a_jump_of_the_failure_metric_refreshes_the_estimate_at_once() -> None:
     assert [(d.state, d.time_to_failure.hours) for d in trend] == [("escalated", 0.0)]
     severity = [d for d in drafts if d.kind == "severity"]
     assert [d.time_to_failure.hours for d in severity] == [0.0]
+
+
+def test_an_installation_after_the_reading_time_gives_no_age_and_says_why() -> None:
+    """installed_at in the future (a typo, or a gateway clock far behind) is no age of 0 h
+    that silently outlives a later replacement: the record says what to correct."""
+    cfg = config({"lives_hours": [1000.0], "installed_at": "2099-01-01T00:00:00Z"})
+    m = Monitor(cfg)
+    _, _, ttf, reason = ttf_at(m, T0)
+    assert ttf is None and reason is not None
+    assert "installed_at (2099-01-01T00:00:00.000Z) is after the reading's time" in reason
+    u = m.maintenance("press-7", T0, "", replaced="failed")
+    assert u.lives == [] and "is after" in u.drafts[0].evidence["replacement"]["life_not_recorded"]
+    # The replacement is the asset's age from then on.
+    life = m.lives.life(cfg.assets[0], (T0 + timedelta(hours=3)).timestamp())
+    assert life.age_hours == pytest.approx(3.0) and life.age_from == "replaced"
+
+
+def test_anchors_taken_with_a_clock_ahead_count_from_when_the_clock_is_right() -> None:
+    """A gateway that booted a year ahead and then synced: the age_hours anchor it saved
+    is in the future. The asset is then age_hours old, not 0 h for a year."""
+    cfg = config({"lives_hours": [1000.0], "age_hours": 100.0})
+    saved = dict(Monitor(cfg).update(reading(T0 + timedelta(days=365))).state)
+    m = Monitor(cfg, state=saved)  # restarted with the right clock
+    life = m.lives.life(cfg.assets[0], T0.timestamp())
+    assert life.age_hours == pytest.approx(100.0) and life.age_from == "age_hours"
+    later = m.lives.life(cfg.assets[0], (T0 + timedelta(hours=5)).timestamp())
+    assert later.age_hours == pytest.approx(105.0)
+    assert "press-7/*/*/life" in m.lives.take_changes()  # the corrected anchor is saved

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from agent.analysis.lifetime import AssetLives
-from agent.analysis.reliability import FleetLife
+from agent.analysis.reliability import FleetLife, plausible
 from agent.config import Config
 from agent.identity import mismatch, open_store_ro
 from agent.reach import Unreachable, get_json, health_url
@@ -71,11 +71,14 @@ def reliability_summary(config: Config, fleet: dict[str, list[FleetLife]]) -> di
     lives = AssetLives(config.assets, {}, fleet)
     classes: dict[str, Any] = {}
     for cls, items in sorted(fleet.items()):
+        usable = [x for x in items if plausible(x.hours)]
         classes[cls] = {
-            "failed_lives_hours": [round(x.hours, 3) for x in items if x.failed],
-            "replaced_healthy_hours": [round(x.hours, 3) for x in items if not x.failed],
+            "failed_lives_hours": [round(x.hours, 3) for x in usable if x.failed],
+            "replaced_healthy_hours": [round(x.hours, 3) for x in usable if not x.failed],
             "last_recorded": max(x.ended_at for x in items),
         }
+        if len(usable) < len(items):  # inf/NaN would not be JSON; the prior ignores them too
+            classes[cls]["ignored_lives"] = len(items) - len(usable)
     assets = {}
     for a in config.assets:
         prior = lives.prior(a)

@@ -31,6 +31,7 @@ __all__ = [
     "FleetLife",
     "LifePrior",
     "life_prior",
+    "plausible",
 ]
 
 # Weibull shape assumed for rolling bearings when only lives or an L10 are given: ISO 281's
@@ -39,6 +40,15 @@ DEFAULT_SHAPE = 1.5
 # How many observed lives a catalogue Weibull (or L10) is worth against the fleet's own.
 CATALOGUE_LIVES = 10.0
 _L10_SURVIVAL = 0.9
+# The longest life taken (as the configuration's bound, agent.config MAX_LIFE_HOURS): with
+# shapes up to 20 its powers stay finite. A stored life above it, or not finite, came from a
+# store written before lives were bounded; it is ignored, and the prior's source says so.
+MAX_LIFE_HOURS = 1_000_000.0
+
+
+def plausible(hours: float) -> bool:
+    """A life the prior can take: finite, greater than 0, at most MAX_LIFE_HOURS."""
+    return 0.0 < hours <= MAX_LIFE_HOURS
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +143,7 @@ def life_prior(
     b = weibull[0] if weibull is not None else (shape or DEFAULT_SHAPE)
     n, s = 0.0, 0.0
     parts = []
-    configured = [float(x) for x in lives_hours if x > 0]
+    configured = [float(x) for x in lives_hours if plausible(x)]
     if configured:
         n += len(configured)
         s += sum(x**b for x in configured)
@@ -148,8 +158,10 @@ def life_prior(
             parts.append(f"L10 {l10_hours:g} h (worth {CATALOGUE_LIVES:g} lives)")
         n += CATALOGUE_LIVES
         s += CATALOGUE_LIVES * scale**b
-    failed = [f.hours for f in fleet if f.failed and f.hours > 0]
-    healthy = [f.hours for f in fleet if not f.failed and f.hours > 0]
+    fleet = list(fleet)
+    failed = [f.hours for f in fleet if f.failed and plausible(f.hours)]
+    healthy = [f.hours for f in fleet if not f.failed and plausible(f.hours)]
+    ignored = sum(1 for f in fleet if not plausible(f.hours))
     if failed:
         n += len(failed)
         s += sum(x**b for x in failed)
@@ -157,6 +169,8 @@ def life_prior(
     if healthy:
         s += sum(x**b for x in healthy)
         parts.append(f"{len(healthy)} replaced while healthy")
+    if ignored and parts:
+        parts[-1] += f" ({ignored} implausible {'life' if ignored == 1 else 'lives'} ignored)"
     if n <= 0.0 or s <= 0.0:
         return None
     return LifePrior(b, n, s, f"Weibull shape {b:g}: " + ", ".join(parts))

@@ -3,15 +3,22 @@ later priors of the class use it, and `status` shows it (real SQLite files, the 
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
 import sqlite3
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from agent.analysis.monitor import Monitor
 from agent.analysis.reliability import FleetLife
 from agent.cli import main
-from agent.store import Outbox
+from agent.config import load_config
+from agent.store import Outbox, outbox_for
+from drivers.reading import Reading
 from tests.agent.store._drafts import draft
 
 CONFIG = """\
@@ -118,3 +125,46 @@ def test_a_replacement_recorded_twice_within_a_minute_adds_one_life(
     assert main(["status", "--json", "-c", str(cfg)]) == 1
     fleet = json.loads(capsys.readouterr().out)["fleet"]
     assert fleet["assets"]["press-8"]["median_life_hours"] == pytest.approx(500.0, rel=0.01)
+
+
+def test_implausible_stored_lives_are_ignored_and_said_so(
+    cfg: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A store written before lives were bounded (age_hours 1e308 was accepted) can hold a
+    life of inf or 1e300 h: the prior overflowed, `status` died with an internal error and
+    the records' bounds were NaN (every alert of the class unstorable)."""
+    assert main(["maintenance", "-c", str(cfg), "--asset", "press-7", "--replaced"]) == 0
+    with sqlite3.connect(cfg.parent / "o.db") as conn:
+        conn.executemany(
+            "INSERT INTO fleet_lives (class, asset, life_hours, failed, ended_at) "
+            "VALUES ('bearing-6204', 'press-8', ?, 1, ?)",
+            [(float("inf"), "2026-01-01T00:00:00.000Z"), (1e300, "2026-01-02T00:00:00.000Z")],
+        )
+    capsys.readouterr()
+    assert main(["status", "--json", "-c", str(cfg)]) == 1  # the agent is stopped
+    out = capsys.readouterr().out
+    fleet = json.loads(out, parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))["fleet"]
+    cls = fleet["classes"]["bearing-6204"]
+    assert cls["failed_lives_hours"] == [500.0] and cls["ignored_lives"] == 2
+    prior = fleet["assets"]["press-8"]["prior"]
+    assert prior.endswith("1 life in the fleet history (2 implausible lives ignored)")
+    assert fleet["assets"]["press-8"]["median_life_hours"] == pytest.approx(500.0, rel=0.01)
+    assert main(["status", "-c", str(cfg)]) == 1
+    assert capsys.readouterr().out.rstrip().endswith("; fleet history: bearing-6204 1 life")
+    # The running agent's records: finite bounds that the store takes.
+
+    async def zone_c() -> dict[str, Any]:
+        config = load_config(cfg)
+        async with outbox_for(config) as ob:
+            m = Monitor(config, state=await ob.load_state(), fleet=await ob.fleet_lives())
+            at, records = datetime.now(UTC), []
+            for i in range(20):  # zone C, past the debounce
+                r = Reading("m2", "z", at + timedelta(seconds=i), {"velocity_rms_mm_s": 3.5})
+                u = m.update(r)
+                records += await ob.append(u.drafts, u.state, u.lives)
+            assert records, "no zone C record"
+            return records[-1]
+
+    ttf = asyncio.run(zone_c())["time_to_failure"]
+    assert ttf is not None and ttf["model"] == "reliability-prior"
+    assert all(math.isfinite(ttf[k]) for k in ("hours", "lower_hours", "upper_hours"))

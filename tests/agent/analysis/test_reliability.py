@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from agent.analysis.reliability import CATALOGUE_LIVES, FleetLife, LifePrior, life_prior
+from agent.analysis.ttf import Estimate, remaining_life
 
 
 def test_one_life_is_the_median_and_the_quantiles_invert_the_survival() -> None:
@@ -77,3 +78,27 @@ def test_more_lives_narrow_the_bounds() -> None:
         return hi / lo
 
     assert width(life_prior(lives_hours=[1000.0] * 20)) < width(life_prior(lives_hours=[1000.0]))
+
+
+@pytest.mark.parametrize("shape", [0.1, 1.5, 20.0])
+@pytest.mark.parametrize("hours", [1e-6, 1.0, 1e6])
+@pytest.mark.parametrize("age_h", [0.0, 1e-6, 5e3, 1.2e6])
+def test_every_corner_of_the_configurable_space_gives_finite_bounds(
+    shape: float, hours: float, age_h: float
+) -> None:
+    """Lives, scales and L10s up to the configuration's 1,000,000 h, shapes 0.1 to 20, ages
+    from 0 to an installation in 1900, with 10,000 fleet lives: a record's hours and bounds
+    are finite and not negative (NaN would make the record unstorable)."""
+    fleet = [FleetLife(hours, i % 2 == 0) for i in range(10_000)]
+    priors = [
+        life_prior(lives_hours=[hours] * 10_000, shape=shape, fleet=fleet),
+        life_prior(weibull=(shape, hours), fleet=fleet),
+        life_prior(l10_hours=hours, shape=shape),
+    ]
+    for prior in priors:
+        assert prior is not None
+        est = remaining_life(life=(prior, age_h), evidence=None)
+        assert isinstance(est, Estimate)
+        got = (est.hours, est.lower_hours, est.upper_hours, prior.median_life_hours)
+        assert all(math.isfinite(x) and x >= 0 for x in got), (prior, got)
+        assert est.lower_hours <= est.hours <= est.upper_hours

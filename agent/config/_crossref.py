@@ -16,6 +16,7 @@ from agent.config._delivery import UPLINK_KINDS
 from agent.config._errors import ConfigIssue
 from agent.config._messages import did_you_mean, unknown_id
 from agent.config._modbus_check import Profiles, bus_endpoints, sensor_refs
+from agent.config._reliability_check import reliability_classes
 from agent.config._source import SourceMap
 from agent.netaddr import is_loopback
 from drivers.reading import FEATURE_NAMES
@@ -184,4 +185,5 @@ def cross_check(data: dict[str, Any], smap: SourceMap, profiles: Profiles) -> li
     issues += _control_group(data, smap)
     issues += _uplink_names(data, smap) + _summary_sensors(data, smap)
     issues += cmms_asset_refs(data, smap)
+    issues += reliability_classes(data, smap)
     return issues

@@ -99,12 +99,25 @@ def _fleet(config: Config) -> dict[str, Any]:
     return reliability_summary(config, history)
 
 
+_CLASSES_SHOWN = 5  # in the one-line status
+
+
 def _fleet_words(fleet: dict[str, Any]) -> str:
+    """The fleet history for the one-line status: the classes the configured assets use
+    (at most _CLASSES_SHOWN), and a count of the rest (`--json` lists them all)."""
+    used = {a["class"] for a in fleet["assets"].values()}
+    named = [c for c in fleet["classes"] if c in used]
     parts = []
-    for cls, c in fleet["classes"].items():
+    for cls in named[:_CLASSES_SHOWN]:
+        c = fleet["classes"][cls]
         n, healthy = len(c["failed_lives_hours"]), len(c["replaced_healthy_hours"])
         words = f"{cls} {n} {'life' if n == 1 else 'lives'}"
         parts.append(words + (f" (+{healthy} replaced healthy)" if healthy else ""))
+    more, unused = len(named) - _CLASSES_SHOWN, len(fleet["classes"]) - len(named)
+    rest = [f"{more} more classes"] if more > 0 else []
+    rest += [f"{unused} {'class' if unused == 1 else 'classes'} no asset uses"] if unused else []
+    if rest:
+        parts.append(f"and {' and '.join(rest)} (status --json)")
     return f"; fleet history: {', '.join(parts)}" if parts else ""
 
 

@@ -168,3 +168,27 @@ def test_implausible_stored_lives_are_ignored_and_said_so(
     ttf = asyncio.run(zone_c())["time_to_failure"]
     assert ttf is not None and ttf["model"] == "reliability-prior"
     assert all(math.isfinite(ttf[k]) for k in ("hours", "lower_hours", "upper_hours"))
+
+
+def test_status_stays_one_readable_line_with_many_classes(
+    cfg: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """10,000 lives over 300 classes (a site's years of replacements, classes since
+    renamed): the one-line status names the configured class and a count of the rest, not
+    8,000 characters of them; --json still lists every class."""
+    assert main(["maintenance", "-c", str(cfg), "--asset", "press-7", "--replaced"]) == 0
+    with sqlite3.connect(cfg.parent / "o.db") as conn:
+        conn.executemany(
+            "INSERT INTO fleet_lives (class, asset, life_hours, failed, ended_at) "
+            "VALUES (?, 'press-7', ?, 1, ?)",
+            [(f"old-{i % 300}", 100.0 + i, f"2025-01-01T{i:08d}") for i in range(10_000)],
+        )
+    capsys.readouterr()
+    assert main(["status", "-c", str(cfg)]) == 1  # the agent is stopped
+    line = capsys.readouterr().out.rstrip()
+    assert line.endswith(
+        "; fleet history: bearing-6204 1 life, and 300 classes no asset uses (status --json)"
+    ), line
+    assert len(line) < 400
+    assert main(["status", "--json", "-c", str(cfg)]) == 1
+    assert len(json.loads(capsys.readouterr().out)["fleet"]["classes"]) == 301

@@ -8,11 +8,15 @@ retry sends the same bytes.
 from __future__ import annotations
 
 import json
+import logging
+import math
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 SCHEMA = "edge-agent/alert/v1"
+
+log = logging.getLogger(__name__)
 
 Kind = Literal["severity", "trend", "sensor_fault", "maintenance", "gateway_fault"]
 State = Literal["raised", "escalated", "cleared"]
@@ -111,7 +115,65 @@ class AlertDraft:
         }
         if self.progression is None or self.time_to_failure is None:
             rec["no_estimate_reason"] = self.no_estimate_reason or "no trend yet"
+        return _finite(rec)
+
+
+# Sections of a record whose numbers the schema requires: with one not finite, the section
+# is left out (null) rather than the whole alert lost (JSON has no NaN; the store refuses it).
+_SECTIONS = ("severity", "progression", "time_to_failure")
+
+
+def _finite(rec: dict[str, Any]) -> dict[str, Any]:
+    """The record without its non-finite numbers (a fault upstream, e.g. a sensor's garbage
+    or a numeric overflow): a section holding one becomes null, an evidence value is
+    removed, and evidence.non_finite lists what was left out. The alert itself is kept."""
+    gone = [name for name in _SECTIONS if rec[name] is not None and not _all_finite(rec[name])]
+    evidence = _finite_values(rec["evidence"], "evidence", gone)
+    if not gone:
         return rec
+    for name in _SECTIONS:
+        if name in gone:
+            rec[name] = None
+    rec["evidence"] = {**evidence, "non_finite": gone}
+    if rec["progression"] is None or rec["time_to_failure"] is None:
+        estimate = [n for n in gone if n in ("progression", "time_to_failure")]
+        if estimate:
+            rec["no_estimate_reason"] = (
+                f"{' and '.join(estimate)} held a number that is not finite (left out so "
+                "the alert is kept)"
+            )
+    log.warning(
+        "alert %s of %s/%s: non-finite numbers left out of the record: %s",
+        rec["kind"], rec["sensor"]["id"], rec["sensor"]["channel"], ", ".join(gone),
+    )  # fmt: skip
+    return rec
+
+
+def _all_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_all_finite(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return all(_all_finite(v) for v in value)
+    return True
+
+
+def _finite_values(value: Any, path: str, gone: list[str]) -> Any:
+    """value without its non-finite floats (dicts and lists walked); their paths to gone."""
+    if isinstance(value, float) and not math.isfinite(value):
+        gone.append(path)
+        return None
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            kept = _finite_values(v, f"{path}.{k}", gone)
+            if kept is not None or v is None:
+                out[k] = kept
+        return out
+    if isinstance(value, list | tuple):
+        return [_finite_values(v, f"{path}[{i}]", gone) for i, v in enumerate(value)]
+    return value
 
 
 def dumps(record: dict[str, Any]) -> str:

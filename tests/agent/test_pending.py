@@ -5,14 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
+import sqlite3
 from pathlib import Path
+
+import jsonschema
 
 from agent.analysis.monitor import Update
 from agent.pending import STATE_BATCH_S, PendingWrites, UpdateWriter
+from agent.records import Progression, TimeToFailure
 from agent.runtime import PipelineCounters
 from agent.store import Outbox
 from tests.agent.store._drafts import draft
 from tests.agent.test_reload_mqtt import until
+
+SCHEMA = json.loads((Path(__file__).parents[2] / "agent/schemas/alert-v1.json").read_text())
 
 
 def _limit_pages(ob: Outbox, extra: int) -> object:
@@ -52,14 +59,39 @@ async def test_an_unstorable_update_is_dropped_and_counted_not_fatal(tmp_path: P
     counters = PipelineCounters()
     async with Outbox(tmp_path / "o.db", gateway_id="gw", max_bytes=1 << 30, first_seq=1) as ob:
         pending = PendingWrites(ob, counters)
-        bad = draft(i=1)
-        bad = dataclasses.replace(
-            bad, severity=dataclasses.replace(bad.severity, value=float("inf"))
-        )
+        bad = draft(i=1, raw=b"bytes")  # no JSON for it: a bug upstream
         assert await pending.write(Update([bad], {})) is None
         good = await pending.write(Update([draft(i=2)], {}))
     assert good is not None and good[0]["seq"] == 1
     assert counters.alerts_lost_total == 1 and counters.alerts_total == 1
+
+
+async def test_an_alert_with_a_non_finite_number_is_kept_without_it(tmp_path: Path) -> None:
+    """JSON has no NaN or infinity, so such a record could not be stored and the alert was
+    lost; now the section holding one is null and the evidence says what was left out."""
+    counters = PipelineCounters()
+    async with Outbox(tmp_path / "o.db", gateway_id="gw", max_bytes=1 << 30, first_seq=1) as ob:
+        pending = PendingWrites(ob, counters)
+        bad = draft(i=1, crest_factor=float("nan"))
+        bad = dataclasses.replace(
+            bad,
+            severity=dataclasses.replace(bad.severity, value=float("inf")),
+            time_to_failure=TimeToFailure(12.0, 3.0, float("inf"), "velocity_rms_mm_s", 7.1, "m"),
+            progression=Progression(0.3, "mm/s per day", 24.0),
+        )
+        stored = await pending.write(Update([bad], {}))
+        assert stored is not None
+    with sqlite3.connect(tmp_path / "o.db") as conn:  # the frozen text the uplinks send
+        (rec,) = [json.loads(body) for (body,) in conn.execute("SELECT body FROM alerts")]
+    jsonschema.validate(rec, SCHEMA)
+    assert rec["seq"] == 1 and rec["severity"] is None and rec["time_to_failure"] is None
+    assert rec["progression"] == {"rate_per_day": 0.3, "unit": "mm/s per day", "window_hours": 24.0}
+    assert rec["evidence"]["non_finite"] == [
+        "severity", "time_to_failure", "evidence.features.crest_factor"
+    ]  # fmt: skip
+    assert rec["evidence"]["features"] == {"kurtosis": 5.8}
+    assert "time_to_failure held a number that is not finite" in rec["no_estimate_reason"]
+    assert counters.alerts_lost_total == 0 and counters.alerts_total == 1
 
 
 async def test_held_updates_are_bounded(tmp_path: Path) -> None:

@@ -16,12 +16,15 @@ A header-less CSV of any other shape is an error: its first row is never taken f
 from __future__ import annotations
 
 import io
+import math
 import re
 import warnings
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -34,6 +37,7 @@ _NUMBER = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
 _DAY_S = 86400.0
 MIN_SAMPLES = 16  # the features need at least this many samples per channel
 _MAX_FILE_BYTES = 64 * 2**20  # one snapshot; anything larger is not a snapshot
+_MAX_T_S = 1e10  # 300 years of seconds: a larger t_s is a corrupt value, not a time
 
 
 class RecordingError(ValueError):
@@ -56,21 +60,72 @@ def parse_start(text: str) -> datetime:
     return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
 
 
-def _npz(path: Path, start: datetime) -> Iterator[Snapshot]:
+_NPZ_KEYS = ("acc", "scale_g", "t_s", "fs_hz")
+
+
+def _scalar(data: Any, key: str, path: Path, what: str) -> float:
+    """A positive finite number stored as a one-element array (scale_g, fs_hz)."""
+    value = np.asarray(data[key])
+    if value.size != 1 or not np.issubdtype(value.dtype, np.number):
+        raise RecordingError(f"{path}: {key} must be one number ({what}); got shape {value.shape}")
+    x = float(value.reshape(()).real)
+    if not (math.isfinite(x) and x > 0):
+        raise RecordingError(f"{path}: {key} is {x:g}; expected {what}, finite and > 0")
+    return x
+
+
+def _load_npz(path: Path) -> tuple[np.ndarray, float, np.ndarray, float]:
+    """(acc, scale_g, t_s, fs_hz) of a FEMTO .npz, checked; RecordingError otherwise."""
     try:
         with np.load(path) as data:
-            acc, scale = data["acc"], float(data["scale_g"])
-            t_s, fs = np.asarray(data["t_s"], dtype=np.float64), float(data["fs_hz"])
-    except KeyError as exc:
-        raise RecordingError(f"{path}: not a FEMTO .npz (missing key {exc})") from exc
-    if acc.ndim != 3 or acc.shape[2] != len(_NPZ_CHANNELS) or t_s.shape[0] != acc.shape[0]:
+            missing = [k for k in _NPZ_KEYS if k not in data.files]
+            if missing:
+                raise RecordingError(
+                    f"{path}: not a FEMTO .npz: missing {', '.join(missing)} (expected keys "
+                    f"{', '.join(_NPZ_KEYS)}: acc (N, samples, 2), scale_g, t_s (N,), fs_hz)"
+                )
+            acc, t_s = data["acc"], np.asarray(data["t_s"])
+            scale = _scalar(data, "scale_g", path, "g per count")
+            fs = _scalar(data, "fs_hz", path, "the sampling rate in Hz")
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        if isinstance(exc, RecordingError):
+            raise
+        # numpy's own words mislead here (allow_pickle=...): say what the file must be
+        raise RecordingError(
+            f"{path}: not a .npz archive of numeric arrays ({type(exc).__name__}); "
+            "write one with numpy.savez"
+        ) from None
+    if not (np.issubdtype(acc.dtype, np.integer) or np.issubdtype(acc.dtype, np.floating)):
+        raise RecordingError(f"{path}: acc holds {acc.dtype} values; expected integers or floats")
+    if acc.ndim != 3 or acc.shape[2] != len(_NPZ_CHANNELS) or t_s.shape != acc.shape[:1]:
         raise RecordingError(f"{path}: acc must be (N, samples, 2) with one t_s per snapshot")
+    if acc.shape[1] < MIN_SAMPLES:
+        raise RecordingError(
+            f"{path}: {acc.shape[1]} sample(s) per snapshot; a snapshot needs {MIN_SAMPLES}"
+        )
+    if not np.issubdtype(t_s.dtype, np.number) or np.iscomplexobj(t_s):
+        raise RecordingError(f"{path}: t_s holds {t_s.dtype} values; expected seconds")
+    t_s = t_s.astype(np.float64)
+    bad = np.flatnonzero(~(np.abs(t_s) < _MAX_T_S))  # NaN too
+    if bad.size:
+        raise RecordingError(
+            f"{path}: t_s[{bad[0]}] is {t_s[bad[0]]:g}; every snapshot needs a time in seconds "
+            f"since the first (finite, within +-{_MAX_T_S:g})"
+        )
+    return acc, scale, t_s, fs
+
+
+def _npz(path: Path, start: datetime) -> Iterator[Snapshot]:
+    acc, scale, t_s, fs = _load_npz(path)
     for i in range(acc.shape[0]):
+        try:
+            at = start + timedelta(seconds=float(t_s[i]))
+        except OverflowError:
+            raise RecordingError(
+                f"{path}: t_s[{i}] = {t_s[i]:g} s after --start is past the year 9999"
+            ) from None
         yield Snapshot(
-            start + timedelta(seconds=float(t_s[i])),
-            fs,
-            {ch: acc[i, :, k] * scale for k, ch in enumerate(_NPZ_CHANNELS)},
-            f"{path}[{i}]",
+            at, fs, {ch: acc[i, :, k] * scale for k, ch in enumerate(_NPZ_CHANNELS)}, f"{path}[{i}]"
         )
 
 

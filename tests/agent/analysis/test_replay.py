@@ -247,3 +247,60 @@ def test_femto_bearing_no_severity_from_unresolved_velocity_and_an_estimate_at_e
         _, cut = _lines(_args(*base, "--limit", limit))
         ttf = cut[-1]["time_to_failure"]
         assert ttf is not None and ttf["lower_hours"] < ttf["upper_hours"] and ttf["summary"]
+
+
+def _npz(path: Path, n: int = 20, **override: object) -> Path:
+    """A small FEMTO-shaped .npz (int16 counts, 10 s apart), with keys replaced or dropped."""
+    rng = np.random.default_rng(3)
+    data: dict[str, object] = {
+        "acc": np.round(rng.normal(0, 100, (n, N, 2))).astype(np.int16),
+        "scale_g": np.float32(0.002),
+        "t_s": np.arange(n) * 10.0,
+        "fs_hz": np.float32(FS),
+    }
+    data.update(override)
+    np.savez(path, **{k: v for k, v in data.items() if v is not None})
+    return path
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"fs_hz": np.float32(0)}, "fs_hz is 0; expected the sampling rate in Hz, finite and > 0"),
+        ({"fs_hz": np.float64(np.inf)}, "fs_hz is inf; expected the sampling rate"),
+        ({"fs_hz": np.float32(np.nan)}, "fs_hz is nan; expected the sampling rate"),
+        ({"scale_g": np.float32(np.nan)}, "scale_g is nan; expected g per count"),
+        ({"scale_g": np.array([0.002, 0.002])}, "scale_g must be one number (g per count)"),
+        ({"acc": np.zeros((20, 1, 2), np.int16)}, "1 sample(s) per snapshot; a snapshot needs 16"),
+        ({"acc": np.full((20, N, 2), "x")}, "acc holds <U1 values; expected integers or floats"),
+        ({"t_s": np.where(np.arange(20) == 7, np.nan, np.arange(20) * 10.0)},
+         "t_s[7] is nan; every snapshot needs a time"),
+        ({"t_s": np.arange(20) * 1e12}, "t_s[1] is 1e+12; every snapshot needs a time"),
+        ({"t_s": None, "fs_hz": None}, "not a FEMTO .npz: missing t_s, fs_hz (expected keys"),
+    ],
+)  # fmt: skip
+def test_a_malformed_npz_is_one_line_naming_the_file_not_an_internal_error(
+    override: dict[str, object], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A sampling rate of 0 or NaN, a scale that is no number, snapshots of 1 sample, a time
+    that is NaN or absurd: each used to end in an internal error (exit 70) deep in the
+    analysis, or in NaN everywhere."""
+    path = _npz(tmp_path / "rec.npz", **override)
+    assert run(_args(str(path))) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"replay: {path}: {message}"), err
+
+
+def test_a_file_that_is_no_npz_archive_or_past_year_9999_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = tmp_path / "notes.npz"
+    text.write_text("not an archive\n")
+    assert run(_args(str(text))) == 2
+    err = capsys.readouterr().err
+    assert err == f"replay: {text}: not a .npz archive of numeric arrays (ValueError); " \
+        "write one with numpy.savez\n"  # fmt: skip
+    path = _npz(tmp_path / "rec.npz")
+    assert run(_args(str(path), "--start", "9999-12-31T23:59:00Z")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "rec.npz: t_s[6] = 60 s after --start is past the year" in err

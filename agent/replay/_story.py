@@ -34,6 +34,7 @@ class Story:
     last: datetime | None = None
     snapshots: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
+    first_skipped: dict[str, str] = field(default_factory=dict)
     first_alert: dict[str, Any] | None = None
     raised: Counter[str] = field(default_factory=Counter)
     series: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
@@ -44,6 +45,18 @@ class Story:
         self.first = self.first or at
         self.last = at
         self.snapshots += 1
+
+    def skip(self, reason: str, source: str) -> None:
+        """A snapshot (or one channel of it) was not analysed; the first source is kept."""
+        self.skipped[reason] += 1
+        self.first_skipped.setdefault(reason, source)
+
+    def skipped_note(self) -> str | None:
+        """One line for stderr on what was skipped, so it is never silent; None if nothing."""
+        if not self.skipped:
+            return None
+        parts = [f"{n} x {r} (first: {self.first_skipped[r]})" for r, n in self.skipped.items()]
+        return "skipped " + "; ".join(parts) + ' (counts in the summary\'s "skipped")'
 
     def alert(self, record: dict[str, Any]) -> None:
         """An alert record was produced."""

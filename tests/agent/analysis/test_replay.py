@@ -304,3 +304,51 @@ def test_a_file_that_is_no_npz_archive_or_past_year_9999_is_one_line(
     assert run(_args(str(path), "--start", "9999-12-31T23:59:00Z")) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "rec.npz: t_s[6] = 60 s after --start is past the year" in err
+
+
+def test_nan_inf_and_flat_samples_are_skipped_per_channel_counted_and_told(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A dropout (NaN/inf in a float recording, "nan" in a CSV) used to vanish inside the
+    analysis: the summary claimed every snapshot analysed. A flat channel (a dead sensor)
+    was taken for a quiet machine. Both are now skipped, counted and told on stderr."""
+    acc = np.round(np.random.default_rng(4).normal(0, 100, (20, N, 2))) * 0.002
+    acc[5, 9, 1], acc[12:, :, 0], acc[8] = np.nan, np.inf, 0.0  # v once, h from 12, both flat
+    path = _npz(tmp_path / "rec.npz", acc=acc, scale_g=np.float32(1.0))
+    _, lines = _lines(_args(str(path)))
+    rec = lines[-1]["recording"]
+    assert rec["skipped"] == {
+        "samples not finite or beyond 1e+06 g (v)": 1,
+        "flat samples (h)": 1,
+        "flat samples (v)": 1,
+        "samples not finite or beyond 1e+06 g (h)": 8,
+    }
+    assert rec["snapshots"] == 19  # snapshot 8 had no usable channel
+    assert [e["at"] for e in lines[:-1]] == ["2026-01-01T00:01:50.000Z",  # h: last good is 11
+                                             "2026-01-01T00:03:10.000Z"]  # fmt: skip
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(
+        f"replay: note: skipped 1 x samples not finite or beyond 1e+06 g (v) (first: {path}[5]);"
+    )
+    folder = tmp_path / "csv"
+    folder.mkdir()
+    rows = ["0.1,0.2", "-0.1,nan", *(f"{a:.3f},{a / 2:.3f}" for a in np.linspace(-1, 1, 30))]
+    (folder / "s1.csv").write_text("# fs_hz=25600\nx,y\n" + "\n".join(rows) + "\n")
+    _, lines = _lines(_args(str(folder)))
+    assert lines[-1]["recording"]["skipped"] == {"samples not finite or beyond 1e+06 g (y)": 1}
+
+
+def test_the_femto_clock_step_is_skipped_and_told(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Bearing1_1's t_s jumps back to -52.2 s at snapshots 2120-2121: they are skipped, and
+    stderr says where (the same shape here: a step back, a duplicate)."""
+    t = np.arange(20) * 10.0
+    t[10:12] = -52.2
+    path = _npz(tmp_path / "rec.npz", t_s=t)
+    _, lines = _lines(_args(str(path)))
+    assert lines[-1]["recording"]["skipped"] == {"time does not advance": 2}
+    assert capsys.readouterr().err == (
+        f"replay: note: skipped 2 x time does not advance (first: {path}[10]) "
+        '(counts in the summary\'s "skipped")\n'
+    )

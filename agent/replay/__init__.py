@@ -187,6 +187,8 @@ def run(args: argparse.Namespace) -> int:
     except (ArgumentError, RecordingError, PlotError) as exc:
         print(f"replay: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:
+        raise  # `edge-agent replay ... | head -1`: the reader left; the CLI exits quietly
     except OSError as exc:
         print(f"replay: {exc.filename or args.input}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE

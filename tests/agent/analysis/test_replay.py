@@ -7,6 +7,8 @@ import argparse
 import io
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -352,3 +354,40 @@ def test_the_femto_clock_step_is_skipped_and_told(
         f"replay: note: skipped 2 x time does not advance (first: {path}[10]) "
         '(counts in the summary\'s "skipped")\n'
     )
+
+
+def _replay_process(*argv: str, stdout: int | None = None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "replay", *argv],
+        stdout=subprocess.PIPE if stdout is None else stdout,
+        stderr=subprocess.PIPE,
+    )
+
+
+def test_piping_into_head_exits_quietly(tmp_path: Path) -> None:
+    """`edge-agent replay rec.npz | head -1`: the reader leaves before the output is written;
+    that used to be reported as "replay: rec.npz: Broken pipe", exit 2, blaming the file."""
+    path = _npz(tmp_path / "rec.npz")
+    proc = _replay_process(str(path))
+    assert proc.stdout is not None
+    proc.stdout.close()  # like head -1 after its line: every write now fails with EPIPE
+    _, err = proc.communicate(timeout=60)
+    assert (proc.returncode, err) == (0, b"")
+
+
+def test_ctrl_c_while_the_command_loads_exits_130_without_a_traceback(tmp_path: Path) -> None:
+    """A real SIGINT, sent while `replay` imports its analysis modules (the first half
+    second of a run), used to print a KeyboardInterrupt traceback."""
+    code = (
+        "import builtins, os, signal, sys\n"
+        "real = builtins.__import__\n"
+        "def hook(name, *a, **k):\n"
+        "    if name == 'agent.analysis.monitor':\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        "    return real(name, *a, **k)\n"
+        "builtins.__import__ = hook\n"
+        "from agent.cli import main\n"
+        f"sys.exit(main(['replay', {str(tmp_path / 'rec.npz')!r}]))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
+    assert (proc.returncode, proc.stderr) == (130, b"")

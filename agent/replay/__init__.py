@@ -41,7 +41,7 @@ from agent.replay import _args
 from agent.replay._args import ArgumentError, build_config
 from agent.replay._batches import with_features
 from agent.replay._inputs import RecordingError, Snapshot, parse_start, snapshots
-from agent.replay._story import PlotError, Story, plot
+from agent.replay._story import PlotError, Story, plot, plot_format
 from drivers.reading import Reading
 
 __all__ = ["add_arguments", "replay", "run"]
@@ -65,6 +65,8 @@ def replay(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         ArgumentError, ConfigError, RecordingError, PlotError: bad input (see run()).
     """
     cfg, gateway, sensor = build_config(args)
+    if args.plot is not None:
+        plot_format(args.plot)  # a bad --plot path is told now, not after the whole replay
     tuning = Tuning(posterior=PosteriorTuning(point_tail=args.point_tail))
     monitor = Monitor(cfg, tuning=tuning, persist=False)  # a replay keeps nothing
     story = Story(next(s.asset for s in cfg.sensors if s.id == sensor))

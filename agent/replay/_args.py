@@ -117,8 +117,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--plot",
         type=Path,
         metavar="OUT.png",
-        help="draw the health index and the estimate with its bounds "
-        "against time (needs matplotlib: pip install 'edge-agent[plot]')",
+        help="draw the health index and the estimate with its bounds against time, as PNG "
+        "(or SVG, PDF... by the suffix; needs matplotlib: pip install 'edge-agent[plot]')",
     )
 
 

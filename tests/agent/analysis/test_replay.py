@@ -391,3 +391,26 @@ def test_ctrl_c_while_the_command_loads_exits_130_without_a_traceback(tmp_path: 
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
     assert (proc.returncode, proc.stderr) == (130, b"")
+
+
+def test_a_bad_plot_path_is_refused_before_the_replay_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--plot to a folder used to write FOLDER.png next to it and exit 0; --plot out.txt ran
+    the whole replay, then ended in an internal error. Both are one line before any output;
+    a name without a suffix gets a PNG at that very name (not NAME.png)."""
+    pytest.importorskip("matplotlib", reason="--plot needs the optional matplotlib extra")
+    path = _npz(tmp_path / "rec.npz")
+    folder = tmp_path / "plots"
+    folder.mkdir()
+    for target, message in (
+        (folder, f"--plot {folder}: is a folder; give a file name, e.g. {folder}/story.png"),
+        (tmp_path / "out.txt", f"--plot {tmp_path}/out.txt: .txt is no image format; use .png"),
+        (tmp_path / "no" / "x.png", f"--plot {tmp_path}/no/x.png: folder {tmp_path}/no does not"),
+    ):
+        assert run(_args(str(path), "--plot", str(target))) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and err.count("\n") == 1 and err.startswith(f"replay: {message}"), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plots", "rec.npz"]
+    assert run(_args(str(path), "--plot", str(tmp_path / "story"))) == 0
+    assert (tmp_path / "story").read_bytes()[:4] == b"\x89PNG"

@@ -13,9 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from agent.cli import _parser
 from agent.replay import replay, run
+from tests.agent._configs import press_config
 
 FS = 25600.0
 N = 2560
@@ -414,3 +416,36 @@ def test_a_bad_plot_path_is_refused_before_the_replay_runs(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plots", "rec.npz"]
     assert run(_args(str(path), "--plot", str(tmp_path / "story"))) == 0
     assert (tmp_path / "story").read_bytes()[:4] == b"\x89PNG"
+
+
+def _config_with_prior(tmp_path: Path) -> Path:
+    cfg = press_config(tmp_path).model_dump(mode="json", by_alias=True)
+    cfg["assets"][0]["reliability"] = {"class": "b6204", "lives_hours": [5.0], "age_hours": 2.0}
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_age_and_prior_flags_replace_only_their_part_and_an_age_needs_a_prior(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With -c, --age-hours alone used to drop the file's life prior (no estimate at all) and
+    --prior-life-hours alone reset the file's age to 0; --age-hours with no prior anywhere
+    was ignored without a word."""
+    rec, site = str(_npz(tmp_path / "rec.npz")), str(_config_with_prior(tmp_path))
+
+    def basis(*argv: str) -> str:
+        _, lines = _lines(_args(rec, "-c", site, "--limit", "1", *argv))
+        ttf = lines[-1]["time_to_failure"]
+        assert ttf is not None and ttf["model"] == "reliability-prior", lines[-1]
+        return str(ttf["summary"])
+
+    assert "at age 3 h" in basis("--age-hours", "3") and "1 life configured" in basis()
+    assert "at age 2 h" in basis("--prior-life-hours", "9,14")
+    assert "2 lives configured" in basis("--prior-life-hours", "9,14")
+    assert run(_args(rec, "--age-hours", "5")) == 2
+    err = capsys.readouterr().err
+    assert err == "replay: --age-hours 5: an age needs a life prior; give --prior-life-hours " \
+        "too (completed lives of comparable machines, e.g. 2.4,7.8)\n"  # fmt: skip
+    assert run(_args(rec, "--age-hours", "inf", "--prior-life-hours", "3")) == 2
+    assert capsys.readouterr().err == "replay: --age-hours inf: expected a finite number of hours\n"

@@ -196,6 +196,8 @@ def test_a_pronostia_row_with_a_missing_or_extra_value_is_an_error_with_the_file
         (["--point-tail", "0"], "--point-tail 0: expected a share in (0, 1]"),
         (["--start", "yesterday"], "--start 'yesterday': expected an ISO-8601 time"),
         (["--balls", "9"], "--balls, --ball-mm and --pitch-mm go together"),
+        (["--balls", "13", "--ball-mm", "25.6", "--pitch-mm", "3.5"], "--balls/--ball-mm/"
+         "--pitch-mm: ball_mm (25.6) must be smaller than pitch_mm (3.5)"),
     ],
 )  # fmt: skip
 def test_flags_are_checked_with_one_line_each(

@@ -1,11 +1,12 @@
 """Recordings `edge-agent replay` reads: snapshots of (time, sampling rate, channel samples).
 
-- A FEMTO/PRONOSTIA .npz file (keys acc int16 (N, n, 2), scale_g, t_s, fs_hz; channels "h"
-  and "v"), see ../shared/data/femto/README.md.
+- A FEMTO/PRONOSTIA .npz file (keys acc int16 or float (N, n, 2), scale_g, t_s, fs_hz;
+  channels "h" and "v"), see ../shared/data/femto/README.md.
 - A folder in the original PRONOSTIA layout: one acc_NNNNN.csv per snapshot, no header, one
   row per sample: hour, minute, second, microsecond, horizontal g, vertical g (',' or ';'
-  separated). The snapshot's time is its first row's time of day (on the date of --start,
-  rolling over at midnight); the sampling rate comes from the rows' own times.
+  separated; with ';', a ',' is a decimal mark, as European spreadsheets write it). The
+  snapshot's time is its first row's time of day (on the date of --start, rolling over at
+  midnight); the sampling rate comes from the rows' own times.
 - A folder of CSV snapshots with a header: one file per snapshot, read in name order; first
   line the channel names (e.g. `h,v` or `x,y,z`), then one row per sample in g. Optional
   comment lines before the header set `# fs_hz=25600` and `# timestamp=...Z`; without them
@@ -131,7 +132,10 @@ def _npz(path: Path, start: datetime) -> Iterator[Snapshot]:
 
 def _numbers(text: str, columns: int, where: str) -> np.ndarray:
     """Rows of `columns` numbers from CSV text (',' or ';'), fast."""
-    text = text.replace("\r", "").replace(";", ",").strip()
+    text = text.replace("\r", "")
+    if ";" in text:  # ';'-separated (a European spreadsheet): ',' is the decimal mark
+        text = text.replace(",", ".").replace(";", ",")
+    text = text.strip()
     if "\n\n" in text:
         text = "\n".join(line for line in text.split("\n") if line.strip())
     with warnings.catch_warnings():
@@ -158,7 +162,11 @@ def _read(path: Path) -> str:
 
 
 def _fields(line: str) -> list[str]:
-    return [f.strip() for f in re.split(r"[,;]", line.strip())]
+    """A line's fields: split on ';' when it has one (then ',' is the decimal mark, as a
+    European spreadsheet writes it), else on ','."""
+    if ";" in line:
+        return [f.strip().replace(",", ".") for f in line.strip().split(";")]
+    return [f.strip() for f in line.strip().split(",")]
 
 
 def _pronostia_rows(text: str, first: str, where: str) -> tuple[np.ndarray, np.ndarray]:
@@ -168,6 +176,8 @@ def _pronostia_rows(text: str, first: str, where: str) -> tuple[np.ndarray, np.n
     count of separators proves that every row has the six fields.
     """
     sep = ";" if ";" in first else ","
+    if sep == ";" and "," in text:  # decimal commas: numpy's reader wants points
+        text = text.replace(",", ".")
     last = text.rstrip().rsplit("\n", 1)[-1]
     try:
         rows = np.loadtxt(io.StringIO(text), delimiter=sep, usecols=(4, 5), ndmin=2)
@@ -244,8 +254,12 @@ def _with_header(
             )
         except ValueError as exc:
             raise RecordingError(f"{f}: bad '# fs_hz=' or '# timestamp=' line: {exc}") from exc
-        if fs is None or not fs > 0:
+        if fs is None:
             raise RecordingError(f"{f}: no '# fs_hz=' line and no --fs-hz")
+        if not (math.isfinite(fs) and fs > 0):
+            raise RecordingError(
+                f"{f}: '# fs_hz={meta['fs_hz']}': expected the sampling rate in Hz, finite and > 0"
+            )
         if data.shape[0] < MIN_SAMPLES:
             raise RecordingError(f"{f}: {data.shape[0]} rows; a snapshot needs {MIN_SAMPLES}")
         yield Snapshot(at, fs, {name: data[:, k] for k, name in enumerate(names)}, str(f))

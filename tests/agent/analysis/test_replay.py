@@ -451,3 +451,49 @@ def test_age_and_prior_flags_replace_only_their_part_and_an_age_needs_a_prior(
         "too (completed lives of comparable machines, e.g. 2.4,7.8)\n"  # fmt: skip
     assert run(_args(rec, "--age-hours", "inf", "--prior-life-hours", "3")) == 2
     assert capsys.readouterr().err == "replay: --age-hours inf: expected a finite number of hours\n"
+
+
+def test_a_european_spreadsheet_csv_reads_as_the_same_recording(tmp_path: Path) -> None:
+    """';' separators with decimal commas (a BOM and CRLF too, as Excel writes them) used to
+    be read as twice the rows, integer and fraction parts apart: a silently wrong analysis
+    (the header layout), or a refused PRONOSTIA file. Both now equal the plain file."""
+    rng = np.random.default_rng(5)
+    plain, euro = tmp_path / "plain", tmp_path / "euro"
+    for layout in ("header", "pronostia"):
+        for d in (plain, euro):
+            d.mkdir()
+        for i in range(3):
+            a = rng.normal(0, 0.3, (N, 2))
+            if layout == "header":
+                rows = [f"{x:.4f},{y:.4f}" for x, y in a]
+                head, name = ["# fs_hz=25600", "x,y"], f"s{i}.csv"
+            else:
+                us = np.arange(N) * 1e6 / FS
+                rows = [f"9,0,{10 * i + int(u // 1e6)},{u % 1e6:.1f},{x:.4f},{y:.4f}"
+                        for u, (x, y) in zip(us, a, strict=True)]  # fmt: skip
+                head, name = [], f"acc_{i + 1:05d}.csv"
+            text = "\n".join([*head, *rows]) + "\n"
+            (plain / name).write_text(text)
+            euro_text = text.replace(",", ";").replace(".", ",").replace("\n", "\r\n")
+            (euro / name).write_bytes(b"\xef\xbb\xbf" + euro_text.encode())
+        got = [_lines(_args(str(d), "--prior-life-hours", "3"))[1] for d in (plain, euro)]
+        assert got[0] == got[1] and got[0][-1]["recording"]["snapshots"] == 3, layout
+        assert got[0][-1]["recording"]["skipped"] == {}
+        for d in (plain, euro):
+            for f in d.iterdir():
+                f.unlink()
+            d.rmdir()
+
+
+def test_a_csv_sampling_rate_of_inf_nan_or_0_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """'# fs_hz=inf' was an internal error; nan and 0 were "no '# fs_hz=' line"."""
+    rows = "\n".join(f"{a:.3f},{a:.3f}" for a in np.linspace(-1, 1, 32))
+    for value in ("inf", "nan", "0"):
+        (tmp_path / "s.csv").write_text(f"# fs_hz={value}\nx,y\n{rows}\n")
+        assert run(_args(str(tmp_path))) == 2
+        assert capsys.readouterr().err == (
+            f"replay: {tmp_path}/s.csv: '# fs_hz={value}': expected the sampling rate in Hz, "
+            "finite and > 0\n"
+        )

@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from agent.records import format_ts
+
 __all__ = ["RecordingError", "Snapshot", "parse_start", "snapshots"]
 
 _NPZ_CHANNELS = ("h", "v")
@@ -36,6 +38,7 @@ PRONOSTIA_CHANNELS = ("h", "v")
 _PRONOSTIA_COLUMNS = 6
 _NUMBER = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
 _DAY_S = 86400.0
+_TIME_OF_DAY_TOPS = (24, 60, 61, 1e6)  # hour, minute, second (a leap second), microsecond
 MIN_SAMPLES = 16  # the features need at least this many samples per channel
 _MAX_FILE_BYTES = 64 * 2**20  # one snapshot; anything larger is not a snapshot
 _MAX_T_S = 1e10  # 300 years of seconds: a larger t_s is a corrupt value, not a time
@@ -73,6 +76,17 @@ def _scalar(data: Any, key: str, path: Path, what: str) -> float:
     if not (math.isfinite(x) and x > 0):
         raise RecordingError(f"{path}: {key} is {x:g}; expected {what}, finite and > 0")
     return x
+
+
+def _after(start: datetime, seconds: float, where: str, check: str) -> datetime:
+    """start + seconds; a time past the year 9999 (a corrupt time, an absurd --interval-s)
+    is a RecordingError naming the file and what to check."""
+    try:
+        return start + timedelta(seconds=seconds)
+    except OverflowError:
+        raise RecordingError(
+            f"{where}: {format_ts(start)} + {seconds:g} s is past the year 9999; check {check}"
+        ) from None
 
 
 def _load_npz(path: Path) -> tuple[np.ndarray, float, np.ndarray, float]:
@@ -119,12 +133,7 @@ def _load_npz(path: Path) -> tuple[np.ndarray, float, np.ndarray, float]:
 def _npz(path: Path, start: datetime) -> Iterator[Snapshot]:
     acc, scale, t_s, fs = _load_npz(path)
     for i in range(acc.shape[0]):
-        try:
-            at = start + timedelta(seconds=float(t_s[i]))
-        except OverflowError:
-            raise RecordingError(
-                f"{path}: t_s[{i}] = {t_s[i]:g} s after --start is past the year 9999"
-            ) from None
+        at = _after(start, float(t_s[i]), f"{path}[{i}]", "t_s and --start")
         yield Snapshot(
             at, fs, {ch: acc[i, :, k] * scale for k, ch in enumerate(_NPZ_CHANNELS)}, f"{path}[{i}]"
         )
@@ -191,6 +200,13 @@ def _pronostia_rows(text: str, first: str, where: str) -> tuple[np.ndarray, np.n
             f"{where}: expected rows of {_PRONOSTIA_COLUMNS} numbers; {rows.shape[0]} rows hold "
             f"{text.count(sep) + rows.shape[0]} values (a missing or extra value)"
         )
+    for row, line in zip(ends, (1, rows.shape[0]), strict=True):
+        # A time of day out of range would shift the snapshot by hours without a word.
+        if not all(0 <= x < top for x, top in zip(row, _TIME_OF_DAY_TOPS, strict=True)):
+            raise RecordingError(
+                f"{where}:{line}: {', '.join(f'{x:g}' for x in row)} is no time of day (hour "
+                "0-23, minute 0-59, second 0-59, microsecond 0-999999 in the first 4 columns)"
+            )
     secs = ends[:, 0] * 3600.0 + ends[:, 1] * 60.0 + ends[:, 2] + ends[:, 3] * 1e-6
     return rows, secs
 
@@ -215,10 +231,10 @@ def _pronostia(files: list[Path], start: datetime, fs_hz: float | None) -> Itera
             raise RecordingError(f"{f}: the rows' times do not advance; give --fs-hz")
         of_day = float(secs[0])
         if of_day < last - _DAY_S / 2:  # the clock passed midnight
-            day += timedelta(days=1)
+            day = _after(day, _DAY_S, str(f), "--start")
         last = of_day
         channels = {ch: rows[:, k] for k, ch in enumerate(PRONOSTIA_CHANNELS)}
-        yield Snapshot(day + timedelta(seconds=of_day), float(fs), channels, str(f))
+        yield Snapshot(_after(day, of_day, str(f), "--start"), float(fs), channels, str(f))
 
 
 def _with_header(
@@ -247,13 +263,10 @@ def _with_header(
         data = _numbers("\n".join(lines[n + 1 :]).strip(), len(names), str(f))
         try:
             fs = float(meta["fs_hz"]) if "fs_hz" in meta else fs_hz
-            at = (
-                parse_start(meta["timestamp"])
-                if "timestamp" in meta
-                else (start + timedelta(seconds=i * interval_s))
-            )
+            stamp = parse_start(meta["timestamp"]) if "timestamp" in meta else None
         except ValueError as exc:
             raise RecordingError(f"{f}: bad '# fs_hz=' or '# timestamp=' line: {exc}") from exc
+        at = stamp or _after(start, i * interval_s, str(f), "--start and --interval-s")
         if fs is None:
             raise RecordingError(f"{f}: no '# fs_hz=' line and no --fs-hz")
         if not (math.isfinite(fs) and fs > 0):

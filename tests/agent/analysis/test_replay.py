@@ -309,7 +309,10 @@ def test_a_file_that_is_no_npz_archive_or_past_year_9999_is_one_line(
     path = _npz(tmp_path / "rec.npz")
     assert run(_args(str(path), "--start", "9999-12-31T23:59:00Z")) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "rec.npz: t_s[6] = 60 s after --start is past the year" in err
+    assert (
+        err.count("\n") == 1
+        and "rec.npz[6]: 9999-12-31T23:59:00.000Z + 60 s is past the year 9999; check t_s" in err
+    )
 
 
 def test_nan_inf_and_flat_samples_are_skipped_per_channel_counted_and_told(
@@ -497,3 +500,25 @@ def test_a_csv_sampling_rate_of_inf_nan_or_0_is_named(
             f"replay: {tmp_path}/s.csv: '# fs_hz={value}': expected the sampling rate in Hz, "
             "finite and > 0\n"
         )
+
+
+def test_a_csv_time_past_9999_or_no_time_of_day_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--interval-s 1e300 was an internal error (OverflowError); a PRONOSTIA hour of 99 moved
+    the snapshot four days on without a word."""
+    rows = "\n".join(f"{a:.3f},{-a:.3f}" for a in np.linspace(-1, 1, 32))
+    for i in range(2):
+        (tmp_path / f"s{i}.csv").write_text(f"x,y\n{rows}\n")
+    assert run(_args(str(tmp_path), "--fs-hz", "25600", "--interval-s", "1e300")) == 2
+    assert capsys.readouterr().err == (
+        f"replay: {tmp_path}/s1.csv: 2026-01-01T00:00:00.000Z + 1e+300 s is past the year 9999; "
+        "check --start and --interval-s\n"
+    )
+    folder = tmp_path / "pronostia"
+    folder.mkdir()
+    _pronostia(folder, [(99, 0, 0)])
+    assert run(_args(str(folder))) == 2
+    assert capsys.readouterr().err.startswith(
+        f"replay: {folder}/acc_00001.csv:1: 99, 0, 0, 0 is no time of day (hour 0-23,"
+    )

@@ -103,7 +103,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     c.add_argument(
         "--start",
         default="2026-01-01T00:00:00Z",
-        help="time of the first snapshot (the date of a PRONOSTIA folder)",
+        help="time of the first snapshot, ISO-8601, UTC without an offset (the date of a "
+        "PRONOSTIA folder); default 2026-01-01T00:00:00Z",
     )
     c.add_argument(
         "--interval-s",

@@ -329,7 +329,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `edge-agent`."""
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)  # imports the commands' modules: a Ctrl-C lands here
+    except KeyboardInterrupt:
+        return 130
     try:
         return int(args.func(args))
     except KeyboardInterrupt:

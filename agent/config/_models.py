@@ -104,6 +104,17 @@ class Bearing(_Model):
     pitch_mm: float = Field(gt=0)
     contact_deg: float = Field(default=0.0, ge=0, lt=90)
 
+    @model_validator(mode="after")
+    def _balls_inside_the_pitch_circle(self) -> Bearing:
+        # The fault frequencies need it; without this check such a file passed `check`
+        # and every waveform of the asset then failed in the analysis.
+        if not self.ball_mm < self.pitch_mm:
+            raise ValueError(
+                f"ball_mm ({self.ball_mm:g}) must be smaller than pitch_mm ({self.pitch_mm:g}): "
+                "the pitch diameter runs through the balls' centres"
+            )
+        return self
+
 
 class Failure(_Model):
     """What "failed" means for time-to-failure: a metric reaching a threshold."""

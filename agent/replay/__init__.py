@@ -16,8 +16,10 @@ Output (stdout, JSON Lines), all from the recording's own clock:
   recording, the asset's time to failure (its shortest channel), the flap counts and the
   estimates over time per channel (time, hours, bounds, model, health index).
 With --prior-life-hours (and --age-hours) the asset has a reliability prior, so every cut of
-a recording gets an estimate with bounds. Snapshots whose time does not advance are skipped
-and counted. Exit status 2 on a bad option, recording or configuration (one line each).
+a recording gets an estimate with bounds. Snapshots whose time does not advance, and a
+channel's samples that are NaN, inf, beyond 1e6 g or flat (a dropout, a dead sensor), are
+skipped, counted in the summary and told on stderr in one line. Exit status 2 on a bad
+option, recording or configuration (one line each).
 """
 
 from __future__ import annotations
@@ -25,9 +27,11 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, TextIO
+
+import numpy as np
 
 from agent.analysis.monitor import Monitor, Tuning
 from agent.analysis.ttf import PosteriorTuning
@@ -37,12 +41,14 @@ from agent.replay import _args
 from agent.replay._args import ArgumentError, build_config
 from agent.replay._batches import with_features
 from agent.replay._inputs import RecordingError, Snapshot, parse_start, snapshots
-from agent.replay._story import PlotError, Story, plot
+from agent.replay._story import PlotError, Story, plot, plot_format
 from drivers.reading import Reading
 
 __all__ = ["add_arguments", "replay", "run"]
 
 EXIT_USAGE = 2
+# No accelerometer reads more; a larger value is a corrupt sample (and overflows the spectra).
+_MAX_G = 1e6
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,6 +65,8 @@ def replay(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         ArgumentError, ConfigError, RecordingError, PlotError: bad input (see run()).
     """
     cfg, gateway, sensor = build_config(args)
+    if args.plot is not None:
+        plot_format(args.plot)  # a bad --plot path is told now, not after the whole replay
     tuning = Tuning(posterior=PosteriorTuning(point_tail=args.point_tail))
     monitor = Monitor(cfg, tuning=tuning, persist=False)  # a replay keeps nothing
     story = Story(next(s.asset for s in cfg.sensors if s.id == sensor))
@@ -71,7 +79,8 @@ def replay(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         fs_hz=args.fs_hz,
     )
     asset = next(a for a in cfg.assets if a.id == story.asset_id)
-    for snap, features in with_features(_advancing(source, args.limit, story), asset):
+    usable = _usable(_advancing(source, args.limit, story), story)
+    for snap, features in with_features(usable, asset):
         story.snapshot(snap.at)
         for ch, feats in features.items():
             if ch not in channels:
@@ -91,6 +100,9 @@ def replay(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     summary = story.summary(final, flaps)
     out.write(dumps(summary) + "\n")
     out.flush()
+    note = story.skipped_note()
+    if note is not None:
+        print(f"replay: note: {note}", file=sys.stderr)
     if args.plot is not None:
         plot(summary, args.plot)
     return seq
@@ -104,10 +116,39 @@ def _advancing(source: Iterator[Snapshot], limit: int | None, story: Story) -> I
         if limit is not None and n >= limit:
             break
         if last is not None and snap.at <= last:
-            story.skipped["time does not advance"] += 1
+            story.skip("time does not advance", snap.source)
             continue
         last = snap.at
         yield snap
+
+
+def _usable(source: Iterator[Snapshot], story: Story) -> Iterator[Snapshot]:
+    """Each snapshot less its channels whose samples are no measurement (skipped, counted
+    and told); a snapshot left without a channel is not analysed at all."""
+    for snap in source:
+        kept = {}
+        for ch, samples in snap.channels.items():
+            unusable = _unusable(samples)
+            if unusable is None:
+                kept[ch] = samples
+            else:
+                story.skip(f"{unusable} ({ch})", snap.source)
+        if len(kept) == len(snap.channels):
+            yield snap
+        elif kept:
+            yield replace(snap, channels=kept)
+
+
+def _unusable(samples: np.ndarray) -> str | None:
+    """Why a channel's samples are no measurement, or None. NaN or inf (a dropout, a
+    corrupt file) would be skipped inside the analysis without a trace, and a flat record (a
+    dead or unplugged sensor) would count as a quiet machine in the baseline."""
+    lo, hi = float(samples.min()), float(samples.max())
+    if not (lo >= -_MAX_G and hi <= _MAX_G):  # NaN fails both
+        return f"samples not finite or beyond {_MAX_G:g} g"
+    if lo == hi:
+        return "flat samples"
+    return None
 
 
 def _estimate_record(
@@ -148,6 +189,8 @@ def run(args: argparse.Namespace) -> int:
     except (ArgumentError, RecordingError, PlotError) as exc:
         print(f"replay: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:
+        raise  # `edge-agent replay ... | head -1`: the reader left; the CLI exits quietly
     except OSError as exc:
         print(f"replay: {exc.filename or args.input}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -86,7 +86,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     r.add_argument(
         "--age-hours",
         type=float,
-        help="the machine's age at the first snapshot, hours (default 0 with --prior-life-hours)",
+        help="the machine's age at the first snapshot, hours, with a prior (default: -c's "
+        "age, else 0)",
     )
     r.add_argument(
         "--point-tail",
@@ -102,7 +103,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     c.add_argument(
         "--start",
         default="2026-01-01T00:00:00Z",
-        help="time of the first snapshot (the date of a PRONOSTIA folder)",
+        help="time of the first snapshot, ISO-8601, UTC without an offset (the date of a "
+        "PRONOSTIA folder); default 2026-01-01T00:00:00Z",
     )
     c.add_argument(
         "--interval-s",
@@ -117,8 +119,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--plot",
         type=Path,
         metavar="OUT.png",
-        help="draw the health index and the estimate with its bounds "
-        "against time (needs matplotlib: pip install 'edge-agent[plot]')",
+        help="draw the health index and the estimate with its bounds against time, as PNG "
+        "(or SVG, PDF... by the suffix; needs matplotlib: pip install 'edge-agent[plot]')",
     )
 
 
@@ -137,6 +139,8 @@ def _lives(text: str) -> list[float]:
 
 def _check_plain(args: argparse.Namespace) -> None:
     """Flags that never reach the configuration models."""
+    if args.age_hours is not None and not math.isfinite(args.age_hours):
+        raise ArgumentError(f"--age-hours {args.age_hours:g}: expected a finite number of hours")
     if args.limit is not None and args.limit < 1:
         raise ArgumentError(f"--limit {args.limit}: expected at least 1 snapshot")
     if not (math.isfinite(args.point_tail) and 0.0 < args.point_tail <= 1.0):
@@ -185,11 +189,11 @@ def build_config(args: argparse.Namespace) -> tuple[Config, str, str]:
         ConfigError: a bad configuration file (every issue, file:line:col).
     """
     _check_plain(args)
-    reliability: dict[str, Any] | None = None
-    if args.prior_life_hours is not None or args.age_hours is not None:
-        reliability = {"age_hours": 0.0 if args.age_hours is None else args.age_hours}
-        if args.prior_life_hours is not None:
-            reliability["lives_hours"] = _lives(args.prior_life_hours)
+    flags: dict[str, Any] = {}
+    if args.prior_life_hours is not None:
+        flags["lives_hours"] = _lives(args.prior_life_hours)
+    if args.age_hours is not None:
+        flags["age_hours"] = args.age_hours
     if args.config is not None:
         cfg = load_config(args.config)
         try:
@@ -202,12 +206,11 @@ def build_config(args: argparse.Namespace) -> tuple[Config, str, str]:
         sensors = [s for s in cfg.sensors if s.asset == asset.id]
         if not sensors:
             raise ArgumentError(f"asset {asset.id!r} has no sensor in {args.config}")
-        if reliability is not None:  # the flags replace the file's prior for this asset
+        if flags:
             data = cfg.model_dump(by_alias=True)
             i = [a.id for a in cfg.assets].index(asset.id)
-            rel = data["assets"][i].get("reliability") or {}
-            keep = {"class": rel.get("class"), "shape": rel.get("shape")}
-            data["assets"][i]["reliability"] = {**keep, **reliability}
+            rel = _with_flags(data["assets"][i].get("reliability") or {}, flags, args.config)
+            data["assets"][i]["reliability"] = rel
             cfg = _validate(data, data["assets"][i])
         return cfg, cfg.gateway.id, sensors[0].id
     asset: dict[str, Any] = {
@@ -230,8 +233,8 @@ def build_config(args: argparse.Namespace) -> tuple[Config, str, str]:
             "pitch_mm": args.pitch_mm,
             "contact_deg": args.contact_deg,
         }
-    if reliability is not None:
-        asset["reliability"] = reliability
+    if flags:
+        asset["reliability"] = _with_flags({}, flags, None)
     data = {
         "gateway": {"id": "replay"},
         "assets": [asset],
@@ -239,6 +242,31 @@ def build_config(args: argparse.Namespace) -> tuple[Config, str, str]:
         "store": {"path": "/nonexistent/replay.db"},  # replay never opens a store
     }
     return _validate(data, asset), "replay", "replay"
+
+
+_PRIORS = ("lives_hours", "weibull", "l10_hours")
+_AGES = ("age_hours", "installed_at")
+
+
+def _with_flags(rel: dict[str, Any], flags: dict[str, Any], config: Path | None) -> dict[str, Any]:
+    """The asset's reliability with each flag replacing only its own part: --prior-life-hours
+    the file's life prior (lives_hours, weibull or l10_hours), --age-hours its age
+    (age_hours or installed_at); class and shape stay. An age without a prior is refused: it
+    would be dropped without a word (the estimate needs a prior to age)."""
+    out = dict(rel)
+    if "lives_hours" in flags:
+        out.update(dict.fromkeys(_PRIORS), lives_hours=flags["lives_hours"])
+        if not any(out.get(k) is not None for k in _AGES):
+            out["age_hours"] = 0.0  # the recording starts with a new part
+    if "age_hours" in flags:
+        out.update(dict.fromkeys(_AGES), age_hours=flags["age_hours"])
+        if not any(out.get(k) for k in _PRIORS):
+            where = "" if config is None else f" and the asset in {config} has none"
+            raise ArgumentError(
+                f"--age-hours {flags['age_hours']:g}: an age needs a life prior{where}; give "
+                "--prior-life-hours too (completed lives of comparable machines, e.g. 2.4,7.8)"
+            )
+    return out
 
 
 def _validate(data: dict[str, Any], asset: dict[str, Any]) -> Config:

@@ -1,11 +1,12 @@
 """Recordings `edge-agent replay` reads: snapshots of (time, sampling rate, channel samples).
 
-- A FEMTO/PRONOSTIA .npz file (keys acc int16 (N, n, 2), scale_g, t_s, fs_hz; channels "h"
-  and "v"), see ../shared/data/femto/README.md.
+- A FEMTO/PRONOSTIA .npz file (keys acc int16 or float (N, n, 2), scale_g, t_s, fs_hz;
+  channels "h" and "v"), see ../shared/data/femto/README.md.
 - A folder in the original PRONOSTIA layout: one acc_NNNNN.csv per snapshot, no header, one
   row per sample: hour, minute, second, microsecond, horizontal g, vertical g (',' or ';'
-  separated). The snapshot's time is its first row's time of day (on the date of --start,
-  rolling over at midnight); the sampling rate comes from the rows' own times.
+  separated; with ';', a ',' is a decimal mark, as European spreadsheets write it). The
+  snapshot's time is its first row's time of day (on the date of --start, rolling over at
+  midnight); the sampling rate comes from the rows' own times.
 - A folder of CSV snapshots with a header: one file per snapshot, read in name order; first
   line the channel names (e.g. `h,v` or `x,y,z`), then one row per sample in g. Optional
   comment lines before the header set `# fs_hz=25600` and `# timestamp=...Z`; without them
@@ -16,14 +17,19 @@ A header-less CSV of any other shape is an error: its first row is never taken f
 from __future__ import annotations
 
 import io
+import math
 import re
 import warnings
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from agent.records import format_ts
 
 __all__ = ["RecordingError", "Snapshot", "parse_start", "snapshots"]
 
@@ -32,8 +38,10 @@ PRONOSTIA_CHANNELS = ("h", "v")
 _PRONOSTIA_COLUMNS = 6
 _NUMBER = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
 _DAY_S = 86400.0
+_TIME_OF_DAY_TOPS = (24, 60, 61, 1e6)  # hour, minute, second (a leap second), microsecond
 MIN_SAMPLES = 16  # the features need at least this many samples per channel
 _MAX_FILE_BYTES = 64 * 2**20  # one snapshot; anything larger is not a snapshot
+_MAX_T_S = 1e10  # 300 years of seconds: a larger t_s is a corrupt value, not a time
 
 
 class RecordingError(ValueError):
@@ -56,27 +64,87 @@ def parse_start(text: str) -> datetime:
     return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
 
 
-def _npz(path: Path, start: datetime) -> Iterator[Snapshot]:
+_NPZ_KEYS = ("acc", "scale_g", "t_s", "fs_hz")
+
+
+def _scalar(data: Any, key: str, path: Path, what: str) -> float:
+    """A positive finite number stored as a one-element array (scale_g, fs_hz)."""
+    value = np.asarray(data[key])
+    if value.size != 1 or not np.issubdtype(value.dtype, np.number):
+        raise RecordingError(f"{path}: {key} must be one number ({what}); got shape {value.shape}")
+    x = float(value.reshape(()).real)
+    if not (math.isfinite(x) and x > 0):
+        raise RecordingError(f"{path}: {key} is {x:g}; expected {what}, finite and > 0")
+    return x
+
+
+def _after(start: datetime, seconds: float, where: str, check: str) -> datetime:
+    """start + seconds; a time past the year 9999 (a corrupt time, an absurd --interval-s)
+    is a RecordingError naming the file and what to check."""
+    try:
+        return start + timedelta(seconds=seconds)
+    except OverflowError:
+        raise RecordingError(
+            f"{where}: {format_ts(start)} + {seconds:g} s is past the year 9999; check {check}"
+        ) from None
+
+
+def _load_npz(path: Path) -> tuple[np.ndarray, float, np.ndarray, float]:
+    """(acc, scale_g, t_s, fs_hz) of a FEMTO .npz, checked; RecordingError otherwise."""
     try:
         with np.load(path) as data:
-            acc, scale = data["acc"], float(data["scale_g"])
-            t_s, fs = np.asarray(data["t_s"], dtype=np.float64), float(data["fs_hz"])
-    except KeyError as exc:
-        raise RecordingError(f"{path}: not a FEMTO .npz (missing key {exc})") from exc
-    if acc.ndim != 3 or acc.shape[2] != len(_NPZ_CHANNELS) or t_s.shape[0] != acc.shape[0]:
+            missing = [k for k in _NPZ_KEYS if k not in data.files]
+            if missing:
+                raise RecordingError(
+                    f"{path}: not a FEMTO .npz: missing {', '.join(missing)} (expected keys "
+                    f"{', '.join(_NPZ_KEYS)}: acc (N, samples, 2), scale_g, t_s (N,), fs_hz)"
+                )
+            acc, t_s = data["acc"], np.asarray(data["t_s"])
+            scale = _scalar(data, "scale_g", path, "g per count")
+            fs = _scalar(data, "fs_hz", path, "the sampling rate in Hz")
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        if isinstance(exc, RecordingError):
+            raise
+        # numpy's own words mislead here (allow_pickle=...): say what the file must be
+        raise RecordingError(
+            f"{path}: not a .npz archive of numeric arrays ({type(exc).__name__}); "
+            "write one with numpy.savez"
+        ) from None
+    if not (np.issubdtype(acc.dtype, np.integer) or np.issubdtype(acc.dtype, np.floating)):
+        raise RecordingError(f"{path}: acc holds {acc.dtype} values; expected integers or floats")
+    if acc.ndim != 3 or acc.shape[2] != len(_NPZ_CHANNELS) or t_s.shape != acc.shape[:1]:
         raise RecordingError(f"{path}: acc must be (N, samples, 2) with one t_s per snapshot")
+    if acc.shape[1] < MIN_SAMPLES:
+        raise RecordingError(
+            f"{path}: {acc.shape[1]} sample(s) per snapshot; a snapshot needs {MIN_SAMPLES}"
+        )
+    if not np.issubdtype(t_s.dtype, np.number) or np.iscomplexobj(t_s):
+        raise RecordingError(f"{path}: t_s holds {t_s.dtype} values; expected seconds")
+    t_s = t_s.astype(np.float64)
+    bad = np.flatnonzero(~(np.abs(t_s) < _MAX_T_S))  # NaN too
+    if bad.size:
+        raise RecordingError(
+            f"{path}: t_s[{bad[0]}] is {t_s[bad[0]]:g}; every snapshot needs a time in seconds "
+            f"since the first (finite, within +-{_MAX_T_S:g})"
+        )
+    return acc, scale, t_s, fs
+
+
+def _npz(path: Path, start: datetime) -> Iterator[Snapshot]:
+    acc, scale, t_s, fs = _load_npz(path)
     for i in range(acc.shape[0]):
+        at = _after(start, float(t_s[i]), f"{path}[{i}]", "t_s and --start")
         yield Snapshot(
-            start + timedelta(seconds=float(t_s[i])),
-            fs,
-            {ch: acc[i, :, k] * scale for k, ch in enumerate(_NPZ_CHANNELS)},
-            f"{path}[{i}]",
+            at, fs, {ch: acc[i, :, k] * scale for k, ch in enumerate(_NPZ_CHANNELS)}, f"{path}[{i}]"
         )
 
 
 def _numbers(text: str, columns: int, where: str) -> np.ndarray:
     """Rows of `columns` numbers from CSV text (',' or ';'), fast."""
-    text = text.replace("\r", "").replace(";", ",").strip()
+    text = text.replace("\r", "")
+    if ";" in text:  # ';'-separated (a European spreadsheet): ',' is the decimal mark
+        text = text.replace(",", ".").replace(";", ",")
+    text = text.strip()
     if "\n\n" in text:
         text = "\n".join(line for line in text.split("\n") if line.strip())
     with warnings.catch_warnings():
@@ -103,7 +171,11 @@ def _read(path: Path) -> str:
 
 
 def _fields(line: str) -> list[str]:
-    return [f.strip() for f in re.split(r"[,;]", line.strip())]
+    """A line's fields: split on ';' when it has one (then ',' is the decimal mark, as a
+    European spreadsheet writes it), else on ','."""
+    if ";" in line:
+        return [f.strip().replace(",", ".") for f in line.strip().split(";")]
+    return [f.strip() for f in line.strip().split(",")]
 
 
 def _pronostia_rows(text: str, first: str, where: str) -> tuple[np.ndarray, np.ndarray]:
@@ -113,6 +185,8 @@ def _pronostia_rows(text: str, first: str, where: str) -> tuple[np.ndarray, np.n
     count of separators proves that every row has the six fields.
     """
     sep = ";" if ";" in first else ","
+    if sep == ";" and "," in text:  # decimal commas: numpy's reader wants points
+        text = text.replace(",", ".")
     last = text.rstrip().rsplit("\n", 1)[-1]
     try:
         rows = np.loadtxt(io.StringIO(text), delimiter=sep, usecols=(4, 5), ndmin=2)
@@ -126,6 +200,13 @@ def _pronostia_rows(text: str, first: str, where: str) -> tuple[np.ndarray, np.n
             f"{where}: expected rows of {_PRONOSTIA_COLUMNS} numbers; {rows.shape[0]} rows hold "
             f"{text.count(sep) + rows.shape[0]} values (a missing or extra value)"
         )
+    for row, line in zip(ends, (1, rows.shape[0]), strict=True):
+        # A time of day out of range would shift the snapshot by hours without a word.
+        if not all(0 <= x < top for x, top in zip(row, _TIME_OF_DAY_TOPS, strict=True)):
+            raise RecordingError(
+                f"{where}:{line}: {', '.join(f'{x:g}' for x in row)} is no time of day (hour "
+                "0-23, minute 0-59, second 0-59, microsecond 0-999999 in the first 4 columns)"
+            )
     secs = ends[:, 0] * 3600.0 + ends[:, 1] * 60.0 + ends[:, 2] + ends[:, 3] * 1e-6
     return rows, secs
 
@@ -150,10 +231,10 @@ def _pronostia(files: list[Path], start: datetime, fs_hz: float | None) -> Itera
             raise RecordingError(f"{f}: the rows' times do not advance; give --fs-hz")
         of_day = float(secs[0])
         if of_day < last - _DAY_S / 2:  # the clock passed midnight
-            day += timedelta(days=1)
+            day = _after(day, _DAY_S, str(f), "--start")
         last = of_day
         channels = {ch: rows[:, k] for k, ch in enumerate(PRONOSTIA_CHANNELS)}
-        yield Snapshot(day + timedelta(seconds=of_day), float(fs), channels, str(f))
+        yield Snapshot(_after(day, of_day, str(f), "--start"), float(fs), channels, str(f))
 
 
 def _with_header(
@@ -182,15 +263,16 @@ def _with_header(
         data = _numbers("\n".join(lines[n + 1 :]).strip(), len(names), str(f))
         try:
             fs = float(meta["fs_hz"]) if "fs_hz" in meta else fs_hz
-            at = (
-                parse_start(meta["timestamp"])
-                if "timestamp" in meta
-                else (start + timedelta(seconds=i * interval_s))
-            )
+            stamp = parse_start(meta["timestamp"]) if "timestamp" in meta else None
         except ValueError as exc:
             raise RecordingError(f"{f}: bad '# fs_hz=' or '# timestamp=' line: {exc}") from exc
-        if fs is None or not fs > 0:
+        at = stamp or _after(start, i * interval_s, str(f), "--start and --interval-s")
+        if fs is None:
             raise RecordingError(f"{f}: no '# fs_hz=' line and no --fs-hz")
+        if not (math.isfinite(fs) and fs > 0):
+            raise RecordingError(
+                f"{f}: '# fs_hz={meta['fs_hz']}': expected the sampling rate in Hz, finite and > 0"
+            )
         if data.shape[0] < MIN_SAMPLES:
             raise RecordingError(f"{f}: {data.shape[0]} rows; a snapshot needs {MIN_SAMPLES}")
         yield Snapshot(at, fs, {name: data[:, k] for k, name in enumerate(names)}, str(f))

@@ -6,6 +6,7 @@ plot is drawn from it alone, so anyone can draw their own from the JSON.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -16,7 +17,7 @@ from agent.analysis.channel import ChannelView
 from agent.analysis.ttf import Estimate
 from agent.records import format_ts
 
-__all__ = ["PlotError", "Story", "plot"]
+__all__ = ["PlotError", "Story", "plot", "plot_format"]
 
 _HOUR_S = 3600.0
 
@@ -34,6 +35,7 @@ class Story:
     last: datetime | None = None
     snapshots: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
+    first_skipped: dict[str, str] = field(default_factory=dict)
     first_alert: dict[str, Any] | None = None
     raised: Counter[str] = field(default_factory=Counter)
     series: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
@@ -44,6 +46,18 @@ class Story:
         self.first = self.first or at
         self.last = at
         self.snapshots += 1
+
+    def skip(self, reason: str, source: str) -> None:
+        """A snapshot (or one channel of it) was not analysed; the first source is kept."""
+        self.skipped[reason] += 1
+        self.first_skipped.setdefault(reason, source)
+
+    def skipped_note(self) -> str | None:
+        """One line for stderr on what was skipped, so it is never silent; None if nothing."""
+        if not self.skipped:
+            return None
+        parts = [f"{n} x {r} (first: {self.first_skipped[r]})" for r, n in self.skipped.items()]
+        return "skipped " + "; ".join(parts) + ' (counts in the summary\'s "skipped")'
 
     def alert(self, record: dict[str, Any]) -> None:
         """An alert record was produced."""
@@ -122,12 +136,7 @@ class Story:
         return out
 
 
-def plot(summary: dict[str, Any], path: Path) -> None:
-    """Health index and the estimate with its 95 % bounds against time, one PNG.
-
-    Raises:
-        PlotError: matplotlib is not installed, or the file cannot be written.
-    """
+def _pyplot() -> Any:
     try:
         import matplotlib
 
@@ -137,6 +146,44 @@ def plot(summary: dict[str, Any], path: Path) -> None:
         raise PlotError(
             "--plot needs matplotlib, an optional extra: pip install 'edge-agent[plot]'"
         ) from exc
+    return plt
+
+
+def plot_format(path: Path) -> str:
+    """The image format of --plot PATH, checked before the replay runs (a long replay must
+    not end in "cannot write"): its suffix, or PNG without one (written at PATH itself, not
+    at PATH.png as matplotlib would).
+
+    Raises:
+        PlotError: matplotlib is missing, PATH is a folder, its folder does not exist or
+            is not writable, or the suffix is no image format matplotlib writes.
+    """
+    plt = _pyplot()
+    if path.is_dir():
+        raise PlotError(f"--plot {path}: is a folder; give a file name, e.g. {path / 'story.png'}")
+    parent = path.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise PlotError(f"--plot {path}: folder {parent} does not exist or is not writable")
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    formats = plt.figure().canvas.get_supported_filetypes()
+    plt.close("all")
+    if fmt not in formats:
+        raise PlotError(
+            f"--plot {path}: .{fmt} is no image format; use .png, .svg or .pdf "
+            f"(any of {', '.join(sorted(formats))})"
+        )
+    return fmt
+
+
+def plot(summary: dict[str, Any], path: Path) -> None:
+    """Health index and the estimate with its 95 % bounds against time, one image (PNG unless
+    the path's suffix says otherwise, see plot_format).
+
+    Raises:
+        PlotError: matplotlib is not installed, or the file cannot be written.
+    """
+    fmt = plot_format(path)
+    plt = _pyplot()
     rec = summary["recording"]
     if rec["first"] is None:
         raise PlotError("nothing to plot: no snapshot was analysed")
@@ -184,7 +231,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     fig.suptitle(f"{summary['asset']['id']}: replay of {rec['snapshots']} snapshots", fontsize=10)
     fig.tight_layout()
     try:
-        fig.savefig(path, dpi=100)
+        fig.savefig(path, dpi=100, format=fmt)
     except OSError as exc:
         raise PlotError(f"cannot write {path}: {exc.strerror or exc}") from exc
     finally:

@@ -7,13 +7,17 @@ import argparse
 import io
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from agent.cli import _parser
 from agent.replay import replay, run
+from tests.agent._configs import press_config
 
 FS = 25600.0
 N = 2560
@@ -192,6 +196,8 @@ def test_a_pronostia_row_with_a_missing_or_extra_value_is_an_error_with_the_file
         (["--point-tail", "0"], "--point-tail 0: expected a share in (0, 1]"),
         (["--start", "yesterday"], "--start 'yesterday': expected an ISO-8601 time"),
         (["--balls", "9"], "--balls, --ball-mm and --pitch-mm go together"),
+        (["--balls", "13", "--ball-mm", "25.6", "--pitch-mm", "3.5"], "--balls/--ball-mm/"
+         "--pitch-mm: ball_mm (25.6) must be smaller than pitch_mm (3.5)"),
     ],
 )  # fmt: skip
 def test_flags_are_checked_with_one_line_each(
@@ -247,3 +253,272 @@ def test_femto_bearing_no_severity_from_unresolved_velocity_and_an_estimate_at_e
         _, cut = _lines(_args(*base, "--limit", limit))
         ttf = cut[-1]["time_to_failure"]
         assert ttf is not None and ttf["lower_hours"] < ttf["upper_hours"] and ttf["summary"]
+
+
+def _npz(path: Path, n: int = 20, **override: object) -> Path:
+    """A small FEMTO-shaped .npz (int16 counts, 10 s apart), with keys replaced or dropped."""
+    rng = np.random.default_rng(3)
+    data: dict[str, object] = {
+        "acc": np.round(rng.normal(0, 100, (n, N, 2))).astype(np.int16),
+        "scale_g": np.float32(0.002),
+        "t_s": np.arange(n) * 10.0,
+        "fs_hz": np.float32(FS),
+    }
+    data.update(override)
+    np.savez(path, **{k: v for k, v in data.items() if v is not None})
+    return path
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"fs_hz": np.float32(0)}, "fs_hz is 0; expected the sampling rate in Hz, finite and > 0"),
+        ({"fs_hz": np.float64(np.inf)}, "fs_hz is inf; expected the sampling rate"),
+        ({"fs_hz": np.float32(np.nan)}, "fs_hz is nan; expected the sampling rate"),
+        ({"scale_g": np.float32(np.nan)}, "scale_g is nan; expected g per count"),
+        ({"scale_g": np.array([0.002, 0.002])}, "scale_g must be one number (g per count)"),
+        ({"acc": np.zeros((20, 1, 2), np.int16)}, "1 sample(s) per snapshot; a snapshot needs 16"),
+        ({"acc": np.full((20, N, 2), "x")}, "acc holds <U1 values; expected integers or floats"),
+        ({"t_s": np.where(np.arange(20) == 7, np.nan, np.arange(20) * 10.0)},
+         "t_s[7] is nan; every snapshot needs a time"),
+        ({"t_s": np.arange(20) * 1e12}, "t_s[1] is 1e+12; every snapshot needs a time"),
+        ({"t_s": None, "fs_hz": None}, "not a FEMTO .npz: missing t_s, fs_hz (expected keys"),
+    ],
+)  # fmt: skip
+def test_a_malformed_npz_is_one_line_naming_the_file_not_an_internal_error(
+    override: dict[str, object], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A sampling rate of 0 or NaN, a scale that is no number, snapshots of 1 sample, a time
+    that is NaN or absurd: each used to end in an internal error (exit 70) deep in the
+    analysis, or in NaN everywhere."""
+    path = _npz(tmp_path / "rec.npz", **override)
+    assert run(_args(str(path))) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"replay: {path}: {message}"), err
+
+
+def test_a_file_that_is_no_npz_archive_or_past_year_9999_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = tmp_path / "notes.npz"
+    text.write_text("not an archive\n")
+    assert run(_args(str(text))) == 2
+    err = capsys.readouterr().err
+    assert err == f"replay: {text}: not a .npz archive of numeric arrays (ValueError); " \
+        "write one with numpy.savez\n"  # fmt: skip
+    path = _npz(tmp_path / "rec.npz")
+    assert run(_args(str(path), "--start", "9999-12-31T23:59:00Z")) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.count("\n") == 1
+        and "rec.npz[6]: 9999-12-31T23:59:00.000Z + 60 s is past the year 9999; check t_s" in err
+    )
+
+
+def test_nan_inf_and_flat_samples_are_skipped_per_channel_counted_and_told(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A dropout (NaN/inf in a float recording, "nan" in a CSV) used to vanish inside the
+    analysis: the summary claimed every snapshot analysed. A flat channel (a dead sensor)
+    was taken for a quiet machine. Both are now skipped, counted and told on stderr."""
+    acc = np.round(np.random.default_rng(4).normal(0, 100, (20, N, 2))) * 0.002
+    acc[5, 9, 1], acc[12:, :, 0], acc[8] = np.nan, np.inf, 0.0  # v once, h from 12, both flat
+    path = _npz(tmp_path / "rec.npz", acc=acc, scale_g=np.float32(1.0))
+    _, lines = _lines(_args(str(path)))
+    rec = lines[-1]["recording"]
+    assert rec["skipped"] == {
+        "samples not finite or beyond 1e+06 g (v)": 1,
+        "flat samples (h)": 1,
+        "flat samples (v)": 1,
+        "samples not finite or beyond 1e+06 g (h)": 8,
+    }
+    assert rec["snapshots"] == 19  # snapshot 8 had no usable channel
+    assert [e["at"] for e in lines[:-1]] == ["2026-01-01T00:01:50.000Z",  # h: last good is 11
+                                             "2026-01-01T00:03:10.000Z"]  # fmt: skip
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(
+        f"replay: note: skipped 1 x samples not finite or beyond 1e+06 g (v) (first: {path}[5]);"
+    )
+    folder = tmp_path / "csv"
+    folder.mkdir()
+    rows = ["0.1,0.2", "-0.1,nan", *(f"{a:.3f},{a / 2:.3f}" for a in np.linspace(-1, 1, 30))]
+    (folder / "s1.csv").write_text("# fs_hz=25600\nx,y\n" + "\n".join(rows) + "\n")
+    _, lines = _lines(_args(str(folder)))
+    assert lines[-1]["recording"]["skipped"] == {"samples not finite or beyond 1e+06 g (y)": 1}
+
+
+def test_the_femto_clock_step_is_skipped_and_told(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Bearing1_1's t_s jumps back to -52.2 s at snapshots 2120-2121: they are skipped, and
+    stderr says where (the same shape here: a step back, a duplicate)."""
+    t = np.arange(20) * 10.0
+    t[10:12] = -52.2
+    path = _npz(tmp_path / "rec.npz", t_s=t)
+    _, lines = _lines(_args(str(path)))
+    assert lines[-1]["recording"]["skipped"] == {"time does not advance": 2}
+    assert capsys.readouterr().err == (
+        f"replay: note: skipped 2 x time does not advance (first: {path}[10]) "
+        '(counts in the summary\'s "skipped")\n'
+    )
+
+
+def _replay_process(*argv: str, stdout: int | None = None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "replay", *argv],
+        stdout=subprocess.PIPE if stdout is None else stdout,
+        stderr=subprocess.PIPE,
+    )
+
+
+def test_piping_into_head_exits_quietly(tmp_path: Path) -> None:
+    """`edge-agent replay rec.npz | head -1`: the reader leaves before the output is written;
+    that used to be reported as "replay: rec.npz: Broken pipe", exit 2, blaming the file."""
+    path = _npz(tmp_path / "rec.npz")
+    proc = _replay_process(str(path))
+    assert proc.stdout is not None
+    proc.stdout.close()  # like head -1 after its line: every write now fails with EPIPE
+    _, err = proc.communicate(timeout=60)
+    assert (proc.returncode, err) == (0, b"")
+
+
+def test_ctrl_c_while_the_command_loads_exits_130_without_a_traceback(tmp_path: Path) -> None:
+    """A real SIGINT, sent while `replay` imports its analysis modules (the first half
+    second of a run), used to print a KeyboardInterrupt traceback."""
+    code = (
+        "import builtins, os, signal, sys\n"
+        "real = builtins.__import__\n"
+        "def hook(name, *a, **k):\n"
+        "    if name == 'agent.analysis.monitor':\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        "    return real(name, *a, **k)\n"
+        "builtins.__import__ = hook\n"
+        "from agent.cli import main\n"
+        f"sys.exit(main(['replay', {str(tmp_path / 'rec.npz')!r}]))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
+    assert (proc.returncode, proc.stderr) == (130, b"")
+
+
+def test_a_bad_plot_path_is_refused_before_the_replay_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--plot to a folder used to write FOLDER.png next to it and exit 0; --plot out.txt ran
+    the whole replay, then ended in an internal error. Both are one line before any output;
+    a name without a suffix gets a PNG at that very name (not NAME.png)."""
+    pytest.importorskip("matplotlib", reason="--plot needs the optional matplotlib extra")
+    path = _npz(tmp_path / "rec.npz")
+    folder = tmp_path / "plots"
+    folder.mkdir()
+    for target, message in (
+        (folder, f"--plot {folder}: is a folder; give a file name, e.g. {folder}/story.png"),
+        (tmp_path / "out.txt", f"--plot {tmp_path}/out.txt: .txt is no image format; use .png"),
+        (tmp_path / "no" / "x.png", f"--plot {tmp_path}/no/x.png: folder {tmp_path}/no does not"),
+    ):
+        assert run(_args(str(path), "--plot", str(target))) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and err.count("\n") == 1 and err.startswith(f"replay: {message}"), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plots", "rec.npz"]
+    assert run(_args(str(path), "--plot", str(tmp_path / "story"))) == 0
+    assert (tmp_path / "story").read_bytes()[:4] == b"\x89PNG"
+
+
+def _config_with_prior(tmp_path: Path) -> Path:
+    cfg = press_config(tmp_path).model_dump(mode="json", by_alias=True)
+    cfg["assets"][0]["reliability"] = {"class": "b6204", "lives_hours": [5.0], "age_hours": 2.0}
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_age_and_prior_flags_replace_only_their_part_and_an_age_needs_a_prior(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With -c, --age-hours alone used to drop the file's life prior (no estimate at all) and
+    --prior-life-hours alone reset the file's age to 0; --age-hours with no prior anywhere
+    was ignored without a word."""
+    rec, site = str(_npz(tmp_path / "rec.npz")), str(_config_with_prior(tmp_path))
+
+    def basis(*argv: str) -> str:
+        _, lines = _lines(_args(rec, "-c", site, "--limit", "1", *argv))
+        ttf = lines[-1]["time_to_failure"]
+        assert ttf is not None and ttf["model"] == "reliability-prior", lines[-1]
+        return str(ttf["summary"])
+
+    assert "at age 3 h" in basis("--age-hours", "3") and "1 life configured" in basis()
+    assert "at age 2 h" in basis("--prior-life-hours", "9,14")
+    assert "2 lives configured" in basis("--prior-life-hours", "9,14")
+    assert run(_args(rec, "--age-hours", "5")) == 2
+    err = capsys.readouterr().err
+    assert err == "replay: --age-hours 5: an age needs a life prior; give --prior-life-hours " \
+        "too (completed lives of comparable machines, e.g. 2.4,7.8)\n"  # fmt: skip
+    assert run(_args(rec, "--age-hours", "inf", "--prior-life-hours", "3")) == 2
+    assert capsys.readouterr().err == "replay: --age-hours inf: expected a finite number of hours\n"
+
+
+def test_a_european_spreadsheet_csv_reads_as_the_same_recording(tmp_path: Path) -> None:
+    """';' separators with decimal commas (a BOM and CRLF too, as Excel writes them) used to
+    be read as twice the rows, integer and fraction parts apart: a silently wrong analysis
+    (the header layout), or a refused PRONOSTIA file. Both now equal the plain file."""
+    rng = np.random.default_rng(5)
+    plain, euro = tmp_path / "plain", tmp_path / "euro"
+    for layout in ("header", "pronostia"):
+        for d in (plain, euro):
+            d.mkdir()
+        for i in range(3):
+            a = rng.normal(0, 0.3, (N, 2))
+            if layout == "header":
+                rows = [f"{x:.4f},{y:.4f}" for x, y in a]
+                head, name = ["# fs_hz=25600", "x,y"], f"s{i}.csv"
+            else:
+                us = np.arange(N) * 1e6 / FS
+                rows = [f"9,0,{10 * i + int(u // 1e6)},{u % 1e6:.1f},{x:.4f},{y:.4f}"
+                        for u, (x, y) in zip(us, a, strict=True)]  # fmt: skip
+                head, name = [], f"acc_{i + 1:05d}.csv"
+            text = "\n".join([*head, *rows]) + "\n"
+            (plain / name).write_text(text)
+            euro_text = text.replace(",", ";").replace(".", ",").replace("\n", "\r\n")
+            (euro / name).write_bytes(b"\xef\xbb\xbf" + euro_text.encode())
+        got = [_lines(_args(str(d), "--prior-life-hours", "3"))[1] for d in (plain, euro)]
+        assert got[0] == got[1] and got[0][-1]["recording"]["snapshots"] == 3, layout
+        assert got[0][-1]["recording"]["skipped"] == {}
+        for d in (plain, euro):
+            for f in d.iterdir():
+                f.unlink()
+            d.rmdir()
+
+
+def test_a_csv_sampling_rate_of_inf_nan_or_0_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """'# fs_hz=inf' was an internal error; nan and 0 were "no '# fs_hz=' line"."""
+    rows = "\n".join(f"{a:.3f},{a:.3f}" for a in np.linspace(-1, 1, 32))
+    for value in ("inf", "nan", "0"):
+        (tmp_path / "s.csv").write_text(f"# fs_hz={value}\nx,y\n{rows}\n")
+        assert run(_args(str(tmp_path))) == 2
+        assert capsys.readouterr().err == (
+            f"replay: {tmp_path}/s.csv: '# fs_hz={value}': expected the sampling rate in Hz, "
+            "finite and > 0\n"
+        )
+
+
+def test_a_csv_time_past_9999_or_no_time_of_day_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--interval-s 1e300 was an internal error (OverflowError); a PRONOSTIA hour of 99 moved
+    the snapshot four days on without a word."""
+    rows = "\n".join(f"{a:.3f},{-a:.3f}" for a in np.linspace(-1, 1, 32))
+    for i in range(2):
+        (tmp_path / f"s{i}.csv").write_text(f"x,y\n{rows}\n")
+    assert run(_args(str(tmp_path), "--fs-hz", "25600", "--interval-s", "1e300")) == 2
+    assert capsys.readouterr().err == (
+        f"replay: {tmp_path}/s1.csv: 2026-01-01T00:00:00.000Z + 1e+300 s is past the year 9999; "
+        "check --start and --interval-s\n"
+    )
+    folder = tmp_path / "pronostia"
+    folder.mkdir()
+    _pronostia(folder, [(99, 0, 0)])
+    assert run(_args(str(folder))) == 2
+    assert capsys.readouterr().err.startswith(
+        f"replay: {folder}/acc_00001.csv:1: 99, 0, 0, 0 is no time of day (hour 0-23,"
+    )

@@ -238,7 +238,7 @@ def waveform_features_batch(
     envelope_band_hz: tuple[float, float | None] | None = None,
 ) -> list[dict[str, float]]:
     """waveform_features of each row of a (records, samples) array, computed together: one
-    FFT call per batch instead of per record (a replay's 5000 records: a third less CPU).
+    FFT call and one set of array operations per batch instead of per record.
     Every operation works row by row, so a record's features do not depend on the batch
     it came in (waveform_features is a batch of one).
 

@@ -13,10 +13,8 @@ from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from datetime import datetime
 
-import numpy as np
-
 from agent.analysis.bearing import BearingGeometry
-from agent.analysis.features import waveform_features_batch
+from agent.analysis.features import waveform_features
 from agent.analysis.health_index import HealthIndex, HealthIndexTuning
 from agent.analysis.lifecycle import LifecycleState
 from agent.analysis.severity import ZoneTable, iso_alarm_level, velocity_band_hz
@@ -29,7 +27,6 @@ from drivers.reading import Reading
 __all__ = [
     "Channel",
     "ChannelView",
-    "asset_waveform_features",
     "load_channel",
     "model_state",
     "reading_features",
@@ -185,21 +182,17 @@ def reading_features(ch: Channel, reading: Reading) -> Mapping[str, float]:
     """The reading's features; a waveform's computed for the channel's machine."""
     if reading.waveform is None:
         return reading.features
-    wave = reading.waveform
-    (computed,) = asset_waveform_features(ch.asset, np.asarray(wave.samples)[None, :], wave.fs_hz)
-    return {**computed, **reading.features}  # a sensor's own values (temperature) win
-
-
-def asset_waveform_features(asset: Asset, rows: np.ndarray, fs_hz: float) -> list[dict[str, float]]:
-    """The features of each row of samples (g) as the asset's machine defines them: its
-    speed's velocity band and, with a bearing configured, the envelope at its fault
-    frequencies. A replay computes a batch of snapshots at once with it."""
-    rpm = asset.machine.rpm
-    b = asset.bearing
+    rpm = ch.asset.machine.rpm
+    b = ch.asset.bearing
     geometry = None if b is None else BearingGeometry(b.balls, b.ball_mm, b.pitch_mm, b.contact_deg)
-    return waveform_features_batch(
-        rows, fs_hz, band_hz=velocity_band_hz(rpm), shaft_hz=rpm / 60.0, bearing=geometry
+    computed = waveform_features(
+        reading.waveform.samples,
+        reading.waveform.fs_hz,
+        band_hz=velocity_band_hz(rpm),
+        shaft_hz=rpm / 60.0,
+        bearing=geometry,
     )
+    return {**computed, **reading.features}  # a sensor's own values (temperature) win
 
 
 def same_model_basis(a: Asset, b: Asset) -> bool:

@@ -44,7 +44,6 @@ __all__ = [
     "LOW_SPEED_VELOCITY_BAND_HZ",
     "velocity_band_for_rpm",
     "waveform_features",
-    "waveform_features_batch",
 ]
 
 G_MM_S2 = 9806.65  # standard gravity, mm/s^2 per g
@@ -159,14 +158,13 @@ def _plan(
 
 
 def _hann_spectrum(spec: np.ndarray, n: int) -> np.ndarray:
-    """rfft of x times the periodic Hann window, from rfft(x) (rows of spectra): 0.5 X[k] -
-    0.25 (X[k-1] + X[k+1]), the bins beyond either end being the conjugates of their mirror
-    images."""
+    """rfft of x times the periodic Hann window, from rfft(x): 0.5 X[k] - 0.25 (X[k-1] +
+    X[k+1]), the bins beyond either end being the conjugates of their mirror images."""
     out = 0.5 * spec
-    out[:, 1:] -= 0.25 * spec[:, :-1]
-    out[:, :-1] -= 0.25 * spec[:, 1:]
-    out[:, 0] -= 0.25 * np.conj(spec[:, 1])
-    out[:, -1] -= 0.25 * np.conj(spec[:, -2] if n % 2 == 0 else spec[:, -1])
+    out[1:] -= 0.25 * spec[:-1]
+    out[:-1] -= 0.25 * spec[1:]
+    out[0] -= 0.25 * np.conj(spec[1])
+    out[-1] -= 0.25 * np.conj(spec[-2] if n % 2 == 0 else spec[-1])
     return out
 
 
@@ -221,91 +219,56 @@ def waveform_features(
     x = np.asarray(samples_g, dtype=np.float64)
     if x.ndim != 1 or x.shape[0] < 16:
         raise ValueError(f"samples_g must be 1-D with >= 16 samples, got shape {x.shape}")
-    return waveform_features_batch(
-        x[None, :], fs_hz, band_hz=band_hz, shaft_hz=shaft_hz, bearing=bearing,
-        hf_band_hz=hf_band_hz, envelope_band_hz=envelope_band_hz,
-    )[0]  # fmt: skip
-
-
-def waveform_features_batch(
-    samples_g: np.ndarray,
-    fs_hz: float,
-    *,
-    band_hz: tuple[float, float] = DEFAULT_VELOCITY_BAND_HZ,
-    shaft_hz: float | None = None,
-    bearing: BearingGeometry | None = None,
-    hf_band_hz: tuple[float, float | None] = DEFAULT_HF_BAND_HZ,
-    envelope_band_hz: tuple[float, float | None] | None = None,
-) -> list[dict[str, float]]:
-    """waveform_features of each row of a (records, samples) array, computed together: one
-    FFT call and one set of array operations per batch instead of per record.
-    Every operation works row by row, so a record's features do not depend on the batch
-    it came in (waveform_features is a batch of one).
-
-    Raises:
-        ValueError: not a 2-D array of rows of >= 16 samples, or fs_hz <= 0.
-    """
-    x = np.asarray(samples_g, dtype=np.float64)
-    if x.ndim != 2 or x.shape[1] < 16:
-        raise ValueError(f"samples_g must be rows of >= 16 samples, got shape {x.shape}")
     if not fs_hz > 0.0:
         raise ValueError(f"fs_hz must be > 0, got {fs_hz}")
-    n = x.shape[1]
+    n = x.shape[0]
     env_band = hf_band_hz if envelope_band_hz is None else envelope_band_hz
     plan = _plan(n, float(fs_hz), tuple(band_hz), tuple(hf_band_hz), tuple(env_band))
 
-    x = x - x.sum(axis=1, keepdims=True) / n
+    x = x - float(x.sum()) / n
     x2 = x * x
-    var = x2.sum(axis=1) / n
-    rms = np.sqrt(var)
-    peak = np.maximum(x.max(axis=1), -x.min(axis=1))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        crest = np.where(rms > 0.0, peak / rms, 0.0)
-        kurtosis = np.where(var > 0.0, (x2 * x2).sum(axis=1) / n / (var * var), 0.0)
-    cols: dict[str, np.ndarray] = {
+    var = float(x2.sum()) / n
+    rms = math.sqrt(var)
+    peak = max(float(x.max()), -float(x.min()))
+    out: dict[str, float] = {
         ACCEL_RMS: rms,
         ACCEL_PEAK: peak,
-        CREST_FACTOR: crest,
-        KURTOSIS: kurtosis,
+        CREST_FACTOR: peak / rms if rms > 0.0 else 0.0,
+        KURTOSIS: float(x2 @ x2) / n / (var * var) if var > 0.0 else 0.0,
     }
 
     # One FFT serves both spectra: the unwindowed one (velocity time signal, its peak) and
     # the Hann-windowed one for band powers (leakage stays within the main lobe), which for
     # the periodic Hann window is a three-term convolution in frequency.
-    spec = np.fft.rfft(x, axis=1)
+    spec = np.fft.rfft(x)
     spec_w = _hann_spectrum(spec, n)
     power_w = spec_w.real * spec_w.real + spec_w.imag * spec_w.imag
     norm = n * plan.window_power
     vel_power = power_w * plan.vel_weight2
-    cols[VELOCITY_RMS] = np.sqrt(vel_power.sum(axis=1) / norm)
+    out[VELOCITY_RMS] = math.sqrt(float(vel_power.sum()) / norm)
     # How many periods of the band's lowest frequency the record spans: below a few, its
     # velocity RMS is no measurement of that band (see severity.velocity_resolved).
-    cols[VELOCITY_BAND_PERIODS] = np.full(x.shape[0], n / fs_hz * band_hz[0])
+    out[VELOCITY_BAND_PERIODS] = n / fs_hz * band_hz[0]
     if plan.hf_weight2 is not None:
-        cols[HF_ACCEL_RMS] = np.sqrt((power_w * plan.hf_weight2).sum(axis=1) / norm)
+        out[HF_ACCEL_RMS] = math.sqrt(float(power_w @ plan.hf_weight2) / norm)
 
-    velocity = np.fft.irfft(spec * plan.vel_gain, n, axis=1)
-    cols[VELOCITY_PEAK] = np.maximum(velocity.max(axis=1), -velocity.min(axis=1))
-    cols[PEAK_FREQUENCY] = plan.vel_freqs[np.argmax(vel_power, axis=1)]
+    vel_spec = spec * plan.vel_gain
+    velocity = np.fft.irfft(vel_spec, n)
+    out[VELOCITY_PEAK] = max(float(velocity.max()), -float(velocity.min()))
+    out[PEAK_FREQUENCY] = float(plan.vel_freqs[int(np.argmax(vel_power))])
 
     if shaft_hz is not None and bearing is not None and plan.env_gain is not None:
-        cols.update(_envelope_features(x, plan, fault_frequencies(shaft_hz, bearing)))
-    names = list(cols)
-    rows = zip(*(cols[k].tolist() for k in names), strict=True)
-    return [dict(zip(names, row, strict=True)) for row in rows]
+        out.update(_envelope_features(x, plan, fault_frequencies(shaft_hz, bearing)))
+    return out
 
 
-def _envelope_features(
-    x: np.ndarray, plan: _Plan, freqs: dict[str, float]
-) -> dict[str, np.ndarray]:
+def _envelope_features(x: np.ndarray, plan: _Plan, freqs: dict[str, float]) -> dict[str, float]:
     assert plan.env_gain is not None
-    analytic = np.fft.ifft(np.fft.fft(x, axis=1) * plan.env_gain, axis=1)
+    analytic = np.fft.ifft(np.fft.fft(x) * plan.env_gain)
     env = np.abs(analytic)
-    env -= env.mean(axis=1, keepdims=True)
-    env_spec = np.abs(np.fft.rfft(env * plan.env_window, axis=1)) * plan.env_amp_scale
+    env -= env.mean()
+    env_spec = np.abs(np.fft.rfft(env * plan.env_window)) * plan.env_amp_scale
     return {
-        key: np.array(
-            [_line_amplitude(row, plan.df, freqs[name], _ENVELOPE_HARMONICS) for row in env_spec]
-        )
+        key: _line_amplitude(env_spec, plan.df, freqs[name], _ENVELOPE_HARMONICS)
         for name, key in _ENVELOPE_KEYS.items()
     }

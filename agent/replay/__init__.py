@@ -39,10 +39,9 @@ from agent.config import ConfigError
 from agent.records import dumps, format_ts
 from agent.replay import _args
 from agent.replay._args import ArgumentError, build_config
-from agent.replay._batches import with_features
 from agent.replay._inputs import RecordingError, Snapshot, parse_start, snapshots
 from agent.replay._story import PlotError, Story, plot, plot_format
-from drivers.reading import Reading
+from drivers.reading import Reading, Waveform
 
 __all__ = ["add_arguments", "replay", "run"]
 
@@ -78,14 +77,13 @@ def replay(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         interval_s=args.interval_s,
         fs_hz=args.fs_hz,
     )
-    asset = next(a for a in cfg.assets if a.id == story.asset_id)
-    usable = _usable(_advancing(source, args.limit, story), story)
-    for snap, features in with_features(usable, asset):
+    for snap in _usable(_advancing(source, args.limit, story), story):
         story.snapshot(snap.at)
-        for ch, feats in features.items():
+        for ch, samples in snap.channels.items():
             if ch not in channels:
                 channels.append(ch)
-            r = Reading(sensor, ch, snap.at, feats, transport="replay")
+            wave = Waveform(samples, snap.fs_hz)
+            r = Reading(sensor, ch, snap.at, {}, transport="replay", waveform=wave)
             for draft in monitor.update(r).drafts:
                 seq += 1
                 rec = draft.record(gateway_id=gateway, seq=seq)

@@ -8,11 +8,7 @@ import numpy as np
 import pytest
 
 from agent.analysis.bearing import FEMTO_BEARING, BearingGeometry, fault_frequencies
-from agent.analysis.features import (
-    velocity_band_for_rpm,
-    waveform_features,
-    waveform_features_batch,
-)
+from agent.analysis.features import velocity_band_for_rpm, waveform_features
 
 FS = 25600.0
 G = 9806.65
@@ -113,28 +109,3 @@ def test_bad_input_is_refused() -> None:
         waveform_features(np.zeros((10, 2)), FS)
     with pytest.raises(ValueError):
         BearingGeometry(balls=9, ball_mm=40.0, pitch_mm=39.0)
-
-
-def test_a_batch_gives_each_record_exactly_its_own_features() -> None:
-    """A replay computes snapshots in batches; a cut replay ends with a shorter batch, and
-    must still give the same numbers as the full replay, so a record's features may not
-    depend on the batch it is in (bit for bit, envelope included)."""
-    rng = np.random.default_rng(3)
-    t = _t(0.1)
-    rows = np.stack([
-        (1 + k) * 0.1 * np.sin(2 * math.pi * 160.0 * t) * (1 + np.sin(2 * math.pi * 30.0 * t))
-        + rng.normal(0.0, 0.05 * (1 + k), t.shape[0])
-        for k in range(9)
-    ])  # fmt: skip
-    kwargs = {"shaft_hz": 30.0, "bearing": FEMTO_BEARING}
-    single = [waveform_features(r, FS, **kwargs) for r in rows]
-    assert waveform_features_batch(rows, FS, **kwargs) == single
-    split = [
-        f
-        for a, b in ((0, 4), (4, 5), (5, 9))
-        for f in waveform_features_batch(rows[a:b], FS, **kwargs)
-    ]
-    assert split == single
-    assert "envelope_bpfo_g" in single[0] and single[8]["accel_rms_g"] > single[0]["accel_rms_g"]
-    with pytest.raises(ValueError, match="rows of >= 16 samples"):
-        waveform_features_batch(rows[0], FS)

@@ -70,6 +70,19 @@ def _reference(tt: dict) -> str:
     )
 
 
+def _larger_fleet(tt: dict) -> str:
+    """What five prior lives instead of one change (generated)."""
+    lf = tt["larger_fleet"]
+    return (
+        "With a larger fleet: the same command with the lives of all five other bearings as"
+        " the prior (any condition, so a mixed class; five lives per fold instead of one)"
+        f" scores {lf['score']} over all points and {lf['over_time']} over time, its bounds"
+        f" containing the truth at {lf['bounds_coverage']:.0%} of the points (against"
+        f" {tt['phm_score']['all points']}, {tt['phm_over_time']} and"
+        f" {tt['bounds_coverage_scored_points']:.0%} with one life)."
+    )
+
+
 def ttf_section(tt: dict) -> list[str]:
     """Markdown lines of section (e), every number from tt (ttf_replay.evaluate())."""
     per, sc = tt["bearings"], tt["phm_score"]
@@ -103,6 +116,8 @@ def ttf_section(tt: dict) -> list[str]:
         _tail_check(tt),
         "",
         _reference(tt),
+        "",
+        _larger_fleet(tt),
         "",
         "95 % bounds contain the actual remaining life at"
         f" {tt['bounds_coverage_scored_points']:.0%} of the scored points, and on average"

@@ -11,4 +11,6 @@ Id = Annotated[str, Field(pattern=_ID_PATTERN)]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No NaN or infinity anywhere: a .inf threshold or rate passes every bound check
+    # (inf > 0) and then turns estimates into NaN (the replay ended in an internal error).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)

@@ -189,6 +189,8 @@ def test_a_pronostia_row_with_a_missing_or_extra_value_is_an_error_with_the_file
         (["--failure-metric", "accel_peak"], "--failure-metric 'accel_peak': unknown metric;"
          " valid names: accel_peak_g, accel_rms_g,"),
         (["--rpm", "-5"], "--rpm -5.0: expected greater than 0"),
+        (["--rpm", "nan"], "--rpm nan: expected a finite number"),
+        (["--failure-threshold", "inf"], "--failure-threshold inf: expected a finite number"),
         (["--iso-group", "3"], "--iso-group 3: expected 1 or 2"),
         (["--prior-life-hours", "2.5,x"], "--prior-life-hours '2.5,x': expected completed"),
         (["--age-hours", "-1", "--prior-life-hours", "3"], "--age-hours -1.0: expected greater"),

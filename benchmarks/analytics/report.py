@@ -102,5 +102,5 @@ def write_report(result: dict, path: Path) -> None:
         ]
         out += monitor_section(fm["monitor"])
     if "bearings" in result.get("ttf", {}):
-        out += ttf_section(result["ttf"])
+        out += ttf_section(result["ttf"], result.get("onsets"))
     path.write_text("\n".join(out) + "\n")

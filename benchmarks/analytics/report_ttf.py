@@ -83,8 +83,42 @@ def _larger_fleet(tt: dict) -> str:
     )
 
 
-def ttf_section(tt: dict) -> list[str]:
-    """Markdown lines of section (e), every number from tt (ttf_replay.evaluate())."""
+def _onsets(on: dict) -> str:
+    """How long before failure the recordings show degradation (generated)."""
+    per = on["bearings"]
+
+    def lead(x: dict | None) -> str:
+        return "none" if x is None else f"{x['lead_h']:.2f} h ({x['life_fraction']:.0%})"
+
+    rows = "; ".join(
+        f"{b} ({x['life_h']:.2f} h): {lead(x['k4']['earliest_any'])}"
+        f" / {lead(x['k6']['earliest_any'])},"
+        f" robust {lead(x['k4']['robust_onset'])} / {lead(x['k6']['robust_onset'])},"
+        f" false {len(x['k4']['false_departures'])} / {len(x['k6']['false_departures'])}"
+        for b, x in per.items()
+    )
+    conf, false = on["robust_onset_confirmed_before_cut"], on["false_departures_total"]
+    return (
+        "How long before failure do the recordings show any sign of degradation?"
+        " (indicator_onsets.py:"
+        f" {on['series']} indicator series, the six waveform features and 8 log band energies"
+        " per channel, each smoothed by a causal 6-snapshot median; a departure is the first run of"
+        " 30 snapshots outside median +/- k x 1.4826 x MAD of the bearing's healthy baseline, its"
+        " first 20 % or 60 min.) Per bearing, at k = 4 / 6: the earliest departure of any series in"
+        " either direction, lead before failure (share of life); the robust onset, when at least"
+        f" {on['robust_onset_min_series']} series have departed upward; and false departures, the"
+        " same rule run inside the baseline (first half as reference, second half tested): "
+        f"{rows}. The robust onset was confirmed (its 30-snapshot run complete) before"
+        f" {conf['k4']} / {conf['k6']} of the {on['cut_points']} cut points scored above; at the"
+        " others the recording holds no robust sign of damage yet, so only the age and the prior"
+        " inform the estimate. Earliest departures come hours earlier, but the baseline itself"
+        f" fires {false['k4']} / {false['k6']} times, so single early departures are not evidence."
+    )
+
+
+def ttf_section(tt: dict, onsets: dict | None = None) -> list[str]:
+    """Markdown lines of section (e), every number from tt (ttf_replay.evaluate()) and
+    onsets (indicator_onsets.evaluate())."""
     per, sc = tt["bearings"], tt["phm_score"]
     first = next(iter(per.values()))
     cut = [p for p in first["points"] if p["point"].startswith("cut-off")][:1]
@@ -119,6 +153,7 @@ def ttf_section(tt: dict) -> list[str]:
         "",
         _larger_fleet(tt),
         "",
+        *([_onsets(onsets), ""] if onsets else []),
         "95 % bounds contain the actual remaining life at"
         f" {tt['bounds_coverage_scored_points']:.0%} of the scored points, and on average"
         " over every estimate of the whole life at"

@@ -2,7 +2,8 @@
 
 Run: .venv/bin/python benchmarks/analytics/run.py   (prints JSON, rewrites README.md here)
 Runtime: about 4 min on 2 shared cores; all FEMTO snapshots are used (no decimation). Time
-to failure comes from `edge-agent replay` itself (ttf_replay.py, also runnable alone).
+to failure comes from `edge-agent replay` itself (ttf_replay.py, also runnable alone), with
+when the recordings first show degradation (indicator_onsets.py, also runnable alone).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import evaluate as ev
 import femto
+import indicator_onsets
 import monitor_eval
 import ttf_replay
 from report import write_report
@@ -171,6 +173,7 @@ def main() -> int:
             "monitor": monitor_eval.evaluate(runs, onsets),
         }
         result["ttf"] = ttf_replay.evaluate()
+        result["onsets"] = indicator_onsets.evaluate()
     else:
         result["femto"] = {"skipped": f"{femto.FEMTO_DIR} not present"}
     result["runtime_s"] = round(time.perf_counter() - t0, 1)

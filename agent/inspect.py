@@ -240,6 +240,20 @@ def _dead_line(d: dict[str, Any]) -> str:
     )
 
 
+def _print_dead(rows: list[dict[str, Any]], out: TextIO, as_json: bool) -> None:
+    for r in rows:
+        print(json.dumps(r, sort_keys=True) if as_json else _dead_line(r), file=out)
+
+
+def _print_alerts(rows: list[dict[str, Any]], out: TextIO, as_json: bool) -> None:
+    for r in rows:
+        rec = r["record"]
+        rec["_delivered_at"] = r["delivered_at"]
+        rec["_deliveries"] = r["deliveries"]
+        line = json.dumps(rec, sort_keys=True) if as_json else _alert_line(rec, r["deliveries"])
+        print(line, file=out)
+
+
 def alerts(
     config: Config,
     out: TextIO,
@@ -270,17 +284,14 @@ def alerts(
             print(f"no store yet at {config.store.path}", file=err)
             return EXIT_NO_STORE
         with read_only(config.store.path) as view:
-            rows = view.dead_letters(limit, uplink) if dead_letter else view.recent(limit)
+            if dead_letter:
+                _print_dead(view.dead_letters(limit, uplink), out, as_json)
+            else:
+                for page in view.recent_pages(limit):  # printed as read: bounded memory
+                    _print_alerts(page, out, as_json)
+    except BrokenPipeError:
+        raise  # the reader went away (`| head`): the CLI ends quietly
     except (StoreError, sqlite3.Error, OSError) as exc:
         print(f"cannot read the store {config.store.path}: {exc}", file=err)
         return EXIT_NO_STORE
-    for r in rows:
-        if dead_letter:
-            print(json.dumps(r, sort_keys=True) if as_json else _dead_line(r), file=out)
-            continue
-        rec = r["record"]
-        rec["_delivered_at"] = r["delivered_at"]
-        rec["_deliveries"] = r["deliveries"]
-        line = json.dumps(rec, sort_keys=True) if as_json else _alert_line(rec, r["deliveries"])
-        print(line, file=out)
     return EXIT_OK

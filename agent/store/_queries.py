@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import sqlite3
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -225,26 +226,53 @@ def _deliveries(conn: sqlite3.Connection, klass: int, ref: int) -> dict[str, dic
     }
 
 
+# `edge-agent alerts` reads this many alerts per query: its memory stays bounded whatever
+# --limit asks, and between pages it holds no snapshot, so the agent's WAL checkpoints.
+PAGE_ROWS = 200
+
+_RECENT = "SELECT seq, alert_id, tier, created_at, body, delivered_at FROM alerts "
+
+
+def _recent_row(conn: sqlite3.Connection, row: tuple[Any, ...]) -> dict[str, Any]:
+    seq, aid, tier, created, body, delivered_at = row
+    return {
+        "seq": seq,
+        "alert_id": aid,
+        "tier": tier,
+        "created_at": created,
+        "delivered": delivered_at is not None,
+        "delivered_at": delivered_at,
+        "deliveries": _deliveries(conn, ALERT, seq),
+        "record": json.loads(body),
+    }
+
+
+def recent_pages(
+    conn: sqlite3.Connection, limit: int, page_rows: int = PAGE_ROWS
+) -> Iterator[list[dict[str, Any]]]:
+    """Newest alerts first, at most `limit`, a page at a time (keyset on seq).
+
+    Each page is read whole before it is yielded: no statement stays open while the
+    caller writes (to a pipe a pager holds, say), so no read snapshot pins the WAL.
+    """
+    left, before = max(0, int(limit)), None
+    while left > 0:
+        n = min(page_rows, left)
+        if before is None:
+            rows = conn.execute(_RECENT + "ORDER BY seq DESC LIMIT ?", (n,)).fetchall()
+        else:
+            rows = conn.execute(
+                _RECENT + "WHERE seq < ? ORDER BY seq DESC LIMIT ?", (before, n)
+            ).fetchall()
+        if not rows:
+            return
+        yield [_recent_row(conn, r) for r in rows]
+        left, before = left - len(rows), rows[-1][0]
+
+
 def recent(conn: sqlite3.Connection, limit: int) -> list[dict[str, Any]]:
     """Newest alerts first, with where each one was delivered."""
-    rows = conn.execute(
-        "SELECT seq, alert_id, tier, created_at, body, delivered_at FROM alerts "
-        "ORDER BY seq DESC LIMIT ?",
-        (max(0, int(limit)),),
-    ).fetchall()
-    return [
-        {
-            "seq": seq,
-            "alert_id": aid,
-            "tier": tier,
-            "created_at": created,
-            "delivered": delivered_at is not None,
-            "delivered_at": delivered_at,
-            "deliveries": _deliveries(conn, ALERT, seq),
-            "record": json.loads(body),
-        }
-        for seq, aid, tier, created, body, delivered_at in rows
-    ]
+    return [r for page in recent_pages(conn, limit) for r in page]
 
 
 def dead_letters(

@@ -26,6 +26,9 @@ class StoreView:
     def recent(self, limit: int) -> list[dict[str, Any]]:
         return _queries.recent(self._conn, limit)
 
+    def recent_pages(self, limit: int) -> Iterator[list[dict[str, Any]]]:
+        return _queries.recent_pages(self._conn, limit)
+
     def dead_letters(self, limit: int, uplink: str | None = None) -> list[dict[str, Any]]:
         return _queries.dead_letters(self._conn, limit, uplink)
 

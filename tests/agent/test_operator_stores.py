@@ -1,0 +1,62 @@
+"""Operator commands on awkward stores and input: a large store, a newer agent's store, a
+limit beyond SQLite, a note longer than the agent keeps. Real store files, the real CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import tracemalloc
+from pathlib import Path
+
+from agent.config import load_config
+from agent.inspect import alerts
+from agent.store import outbox_for
+from tests.agent.store._drafts import draft
+from tests.agent.test_operator_commands import cli, write_config
+
+
+class _Sink(io.TextIOBase):
+    """stdout that keeps only a count: the test measures the command, not its output."""
+
+    lines = 0
+
+    def write(self, s: str) -> int:
+        self.lines += s.count("\n")
+        return len(s)
+
+
+def _fill(cfg: Path, n: int) -> None:
+    async def fill() -> None:
+        async with outbox_for(load_config(cfg)) as ob:
+            for i in range(0, n, 500):
+                await ob.append([draft(1, i + j, asset="press-7") for j in range(500)])
+
+    asyncio.run(fill())
+
+
+def test_alerts_with_a_large_limit_prints_as_it_reads(tmp_path: Path) -> None:
+    # 100,000 alerts with -n 100000 took 645 MB (all read, then printed) on a gateway that
+    # may have 512 MB; `| head -1` waited 5 s for its line. Now a page at a time.
+    cfg = write_config(tmp_path)
+    _fill(cfg, 3000)
+    out = _Sink()
+    tracemalloc.start()
+    try:
+        code = alerts(load_config(cfg), out, io.StringIO(), 3000, as_json=True)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert code == 0
+    assert out.lines == 3000
+    assert peak < 4 * 2**20, f"peak {peak / 2**20:.1f} MB for 3000 alerts"
+
+
+def test_alerts_newest_first_across_pages(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path)
+    _fill(cfg, 1000)
+    proc = cli("alerts", "--json", "-n", "450", "-c", str(cfg))
+    assert proc.returncode == 0, proc.stderr
+    ids = [json.loads(line)["alert_id"] for line in proc.stdout.splitlines()]
+    assert len(ids) == len(set(ids)) == 450
+    assert ids == sorted(ids, reverse=True)

@@ -25,6 +25,7 @@ EXIT_FAILED = 1
 EXIT_CONFIG = 2
 EXIT_USAGE = 2
 EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug, reported in one line
+MAX_LIMIT = 10**9  # beyond any store; SQLite's integers end at 2**63 - 1
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,6 +54,8 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if n < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    if n > MAX_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_LIMIT}, got {n}")
     return n
 
 

@@ -13,7 +13,7 @@ from agent.config import load_config
 from agent.inspect import alerts
 from agent.store import outbox_for
 from tests.agent.store._drafts import draft
-from tests.agent.test_operator_commands import cli, write_config
+from tests.agent.test_operator_commands import cli, one_line_error, write_config
 
 
 class _Sink(io.TextIOBase):
@@ -60,3 +60,11 @@ def test_alerts_newest_first_across_pages(tmp_path: Path) -> None:
     ids = [json.loads(line)["alert_id"] for line in proc.stdout.splitlines()]
     assert len(ids) == len(set(ids)) == 450
     assert ids == sorted(ids, reverse=True)
+
+
+def test_a_limit_beyond_sqlite_is_a_usage_error(tmp_path: Path) -> None:
+    proc = cli("alerts", "-n", str(10**21), "-c", str(write_config(tmp_path)))
+    assert proc.returncode == 2
+    assert one_line_error(proc).startswith(
+        "edge-agent alerts: argument -n/--limit: must be at most 1000000000"
+    )

@@ -18,6 +18,7 @@ from typing import Any
 
 from agent.records import parse_ts
 from agent.store._routing import ALERT, CLASS_NAMES, DEAD, PENDING, SUMMARY, TABLES
+from agent.store._schema import SCHEMA_VERSION
 from agent.store.errors import StoreError
 
 _COUNTER_KEYS = (
@@ -95,8 +96,16 @@ class OutboxStats:
 
 
 def check_version(conn: sqlite3.Connection, path: Path) -> None:
-    """Refuse a store this code cannot read (v1: not migrated yet)."""
+    """Refuse a store this code cannot read (v1: not migrated yet; a newer agent's)."""
     version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        # A newer agent's tables may mean something else: reading them could show wrong
+        # counts, and requeue would write rows that agent does not expect.
+        raise StoreError(
+            f"store {path} has schema v{version}, newer than this edge-agent knows "
+            f"(v{SCHEMA_VERSION}); use the edge-agent version that wrote it",
+            path=path,
+        )
     if version < 2:
         raise StoreError(
             f"store {path} has schema v{version}; start the agent once (edge-agent run) "

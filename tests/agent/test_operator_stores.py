@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import sqlite3
 import tracemalloc
 from pathlib import Path
 
@@ -68,3 +69,19 @@ def test_a_limit_beyond_sqlite_is_a_usage_error(tmp_path: Path) -> None:
     assert one_line_error(proc).startswith(
         "edge-agent alerts: argument -n/--limit: must be at most 1000000000"
     )
+
+
+def test_read_commands_refuse_a_newer_agents_store(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path)
+    _fill(cfg, 1)
+    path = load_config(cfg).store.path
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA user_version = 3")
+    before = path.read_bytes()
+    for args in (["alerts"], ["alerts", "--dead-letter"]):
+        proc = cli(*args, "-c", str(cfg))
+        assert proc.returncode == 1
+        assert "has schema v3, newer than this edge-agent knows (v2)" in one_line_error(proc)
+    status = cli("status", "-c", str(cfg))
+    assert "has schema v3, newer than this edge-agent knows" in status.stdout
+    assert path.read_bytes() == before

@@ -60,7 +60,16 @@ class MaintenanceRequest:
             raise Refused('expected {"asset": "<id>", "note": "<text>"}')
         if replaced not in REPLACED:
             raise Refused("replaced must be null, 'failed' or 'healthy'")
-        return cls(asset, note[:MAX_NOTE_CHARS], replaced)
+        if len(note) > MAX_NOTE_CHARS:  # refused, not cut: the sender would not know
+            raise Refused(too_long(note))
+        return cls(asset, note, replaced)
+
+
+def too_long(note: str) -> str:
+    return (
+        f"the note has {len(note)} characters, at most {MAX_NOTE_CHARS} are allowed; "
+        "shorten it (the work order can hold the rest)"
+    )
 
 
 def stamp_requester(update: Update, requester: Requester) -> Update:
@@ -152,11 +161,14 @@ def record_maintenance(
     """Record the event; print what was done (one line, or the records as JSON Lines).
 
     Returns:
-        The exit code: 0 recorded, 1 not recorded, 2 unknown asset.
+        The exit code: 0 recorded, 1 not recorded, 2 unknown asset or a note too long.
     """
     known = [a.id for a in config.assets]
     if request.asset not in known:
         print(f"unknown asset {request.asset!r}; configured assets: {', '.join(known)}", file=err)
+        return EXIT_USAGE
+    if len(request.note) > MAX_NOTE_CHARS:  # the same limit with the agent running or not
+        print(f"maintenance not recorded: --note: {too_long(request.note)}", file=err)
         return EXIT_USAGE
     try:
         with contextlib.ExitStack() as stack:

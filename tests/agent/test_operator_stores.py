@@ -11,10 +11,12 @@ import tracemalloc
 from pathlib import Path
 
 from agent.config import load_config
+from agent.control import call
 from agent.inspect import alerts
+from agent.maintenance import MAX_NOTE_CHARS
 from agent.store import outbox_for
 from tests.agent.store._drafts import draft
-from tests.agent.test_operator_commands import cli, one_line_error, write_config
+from tests.agent.test_operator_commands import cli, one_line_error, running_agent, write_config
 
 
 class _Sink(io.TextIOBase):
@@ -85,3 +87,29 @@ def test_read_commands_refuse_a_newer_agents_store(tmp_path: Path) -> None:
     status = cli("status", "-c", str(cfg))
     assert "has schema v3, newer than this edge-agent knows" in status.stdout
     assert path.read_bytes() == before
+
+
+def test_a_note_too_long_is_refused_not_cut(tmp_path: Path) -> None:
+    # The running agent kept the first 1000 characters and said "recorded"; with the agent
+    # stopped the whole note went in. Now both refuse, and nothing is recorded.
+    cfg = write_config(tmp_path)
+    note = "x" * (MAX_NOTE_CHARS + 1)
+    proc = cli("maintenance", "-c", str(cfg), "--asset", "press-7", "--note", note)
+    assert proc.returncode == 2
+    assert one_line_error(proc) == (
+        "maintenance not recorded: --note: the note has 1001 characters, at most 1000 are "
+        "allowed; shorten it (the work order can hold the rest)"
+    )
+    assert not load_config(cfg).store.path.exists()
+
+
+async def test_the_control_socket_refuses_a_note_too_long(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path)
+    config = load_config(cfg)
+    async with running_agent(cfg):
+        args = {"asset": "press-7", "note": "y" * (MAX_NOTE_CHARS + 1)}
+        answer = await asyncio.to_thread(call, config.control.socket, "maintenance", args)
+    assert answer["ok"] is False
+    assert answer["error"].startswith("the note has 1001 characters, at most 1000")
+    listed = await asyncio.to_thread(cli, "alerts", "--json", "-c", str(cfg))
+    assert [json.loads(x)["kind"] for x in listed.stdout.splitlines()] == []

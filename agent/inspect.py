@@ -284,10 +284,11 @@ def alerts(
             print(f"no store yet at {config.store.path}", file=err)
             return EXIT_NO_STORE
         with read_only(config.store.path) as view:
-            if dead_letter:
-                _print_dead(view.dead_letters(limit, uplink), out, as_json)
+            if dead_letter:  # printed as read, a page at a time: bounded memory
+                for dead in view.dead_letter_pages(limit, uplink):
+                    _print_dead(dead, out, as_json)
             else:
-                for page in view.recent_pages(limit):  # printed as read: bounded memory
+                for page in view.recent_pages(limit):
                     _print_alerts(page, out, as_json)
     except BrokenPipeError:
         raise  # the reader went away (`| head`): the CLI ends quietly

@@ -10,7 +10,7 @@ import contextlib
 import json
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -284,32 +284,70 @@ def recent(conn: sqlite3.Connection, limit: int) -> list[dict[str, Any]]:
     return [r for page in recent_pages(conn, limit) for r in page]
 
 
+def _dead_keys(
+    conn: sqlite3.Connection, limit: int, uplink: str | None
+) -> list[tuple[str, int, str, int, str | None]]:
+    """(when, class, uplink, seq, reason) of the newest dead letters, without bodies."""
+    keys: list[tuple[str, int, str, int, str | None]] = []
+    for klass in TABLES:
+        where = f"state = {DEAD} AND class = ?" + (" AND uplink = ?" if uplink else "")
+        args: tuple[Any, ...] = (klass, uplink) if uplink else (klass,)
+        keys += [
+            (at or "", klass, up, ref, reason)
+            for up, ref, reason, at in conn.execute(
+                f"SELECT uplink, ref, reason, at FROM outbound WHERE {where} "
+                "ORDER BY at DESC LIMIT ?",
+                (*args, limit),
+            )
+        ]
+    keys.sort(key=lambda k: k[0], reverse=True)
+    return keys[:limit]
+
+
+def _dead_page(
+    conn: sqlite3.Connection, keys: Sequence[tuple[str, int, str, int, str | None]]
+) -> list[dict[str, Any]]:
+    bodies: dict[tuple[int, int], tuple[str, str]] = {}
+    for klass, (table, id_col) in TABLES.items():
+        refs = sorted({ref for _, k, _, ref, _ in keys if k == klass})
+        if refs:
+            marks = ",".join("?" * len(refs))
+            for seq, iid, body in conn.execute(
+                f"SELECT seq, {id_col}, body FROM {table} WHERE seq IN ({marks})", refs
+            ):
+                bodies[klass, seq] = (iid, body)
+    return [
+        {
+            "uplink": up,
+            "class": CLASS_NAMES[klass],
+            "seq": ref,
+            "id": bodies[klass, ref][0],
+            "reason": reason,
+            "dead_lettered_at": at or None,
+            "record": json.loads(bodies[klass, ref][1]),
+        }
+        for at, klass, up, ref, reason in keys
+        if (klass, ref) in bodies  # evicted since the keys were read: gone, not shown
+    ]
+
+
+def dead_letter_pages(
+    conn: sqlite3.Connection, limit: int, uplink: str | None = None, page_rows: int = PAGE_ROWS
+) -> Iterator[list[dict[str, Any]]]:
+    """Dead letters, newest first: uplink, class, id, reason, when, and the record.
+
+    The keys come first (small); the records a page at a time, as recent_pages does.
+    """
+    keys = _dead_keys(conn, max(0, int(limit)), uplink)
+    for i in range(0, len(keys), page_rows):
+        yield _dead_page(conn, keys[i : i + page_rows])
+
+
 def dead_letters(
     conn: sqlite3.Connection, limit: int, uplink: str | None = None
 ) -> list[dict[str, Any]]:
     """Dead letters, newest first: uplink, class, id, reason, when, and the record."""
-    out: list[dict[str, Any]] = []
-    for klass, (table, id_col) in TABLES.items():
-        where = f"o.state = {DEAD} AND o.class = ?" + (" AND o.uplink = ?" if uplink else "")
-        args: tuple[Any, ...] = (klass, uplink) if uplink else (klass,)
-        for up, seq, iid, reason, at, body in conn.execute(
-            f"SELECT o.uplink, o.ref, t.{id_col}, o.reason, o.at, t.body FROM outbound o "
-            f"JOIN {table} t ON t.seq = o.ref WHERE {where} ORDER BY o.at DESC LIMIT ?",
-            (*args, max(0, int(limit))),
-        ):
-            out.append(
-                {
-                    "uplink": up,
-                    "class": CLASS_NAMES[klass],
-                    "seq": seq,
-                    "id": iid,
-                    "reason": reason,
-                    "dead_lettered_at": at,
-                    "record": json.loads(body),
-                }
-            )
-    out.sort(key=lambda d: d["dead_lettered_at"] or "", reverse=True)
-    return out[: max(0, int(limit))]
+    return [d for page in dead_letter_pages(conn, limit, uplink) for d in page]
 
 
 def quarantines(conn: sqlite3.Connection) -> list[dict[str, Any]]:

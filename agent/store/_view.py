@@ -32,6 +32,11 @@ class StoreView:
     def dead_letters(self, limit: int, uplink: str | None = None) -> list[dict[str, Any]]:
         return _queries.dead_letters(self._conn, limit, uplink)
 
+    def dead_letter_pages(
+        self, limit: int, uplink: str | None = None
+    ) -> Iterator[list[dict[str, Any]]]:
+        return _queries.dead_letter_pages(self._conn, limit, uplink)
+
     def requeues(self, limit: int) -> list[dict[str, Any]]:
         return _queries.requeues(self._conn, limit)
 

@@ -8,7 +8,10 @@ import io
 import json
 import sqlite3
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
+
+import yaml
 
 from agent.config import load_config
 from agent.control import call
@@ -29,13 +32,35 @@ class _Sink(io.TextIOBase):
         return len(s)
 
 
-def _fill(cfg: Path, n: int) -> None:
+def _fill(cfg: Path, n: int, *, refused_by: str | None = None) -> None:
+    """n alerts through the real Outbox; all dead-lettered by `refused_by` if named."""
+
     async def fill() -> None:
         async with outbox_for(load_config(cfg)) as ob:
             for i in range(0, n, 500):
                 await ob.append([draft(1, i + j, asset="press-7") for j in range(500)])
+                if refused_by is not None:
+                    items = await ob.next_batch(refused_by, 500)
+                    await ob.dead_letter(refused_by, items, "HTTP 422: schema")
 
     asyncio.run(fill())
+
+
+def _peak(run: Callable[[], int]) -> tuple[int, int]:
+    """(exit code, peak bytes traced while it ran)."""
+    tracemalloc.start()
+    try:
+        code = run()
+        return code, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def _with_uplink(cfg: Path) -> Path:
+    data = yaml.safe_load(cfg.read_text())
+    data["uplinks"] = [{"name": "portfolio", "http": {"url": "http://127.0.0.1:9/v1/alerts"}}]
+    cfg.write_text(yaml.safe_dump(data))
+    return cfg
 
 
 def test_alerts_with_a_large_limit_prints_as_it_reads(tmp_path: Path) -> None:
@@ -44,15 +69,29 @@ def test_alerts_with_a_large_limit_prints_as_it_reads(tmp_path: Path) -> None:
     cfg = write_config(tmp_path)
     _fill(cfg, 3000)
     out = _Sink()
-    tracemalloc.start()
-    try:
-        code = alerts(load_config(cfg), out, io.StringIO(), 3000, as_json=True)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    code, peak = _peak(lambda: alerts(load_config(cfg), out, io.StringIO(), 3000, as_json=True))
     assert code == 0
     assert out.lines == 3000
     assert peak < 4 * 2**20, f"peak {peak / 2**20:.1f} MB for 3000 alerts"
+
+
+def test_dead_letters_with_a_large_limit_print_as_they_read(tmp_path: Path) -> None:
+    # 100,000 dead letters with -n 100000 took 548 MB: every record decoded, then sorted.
+    cfg = _with_uplink(write_config(tmp_path))
+    _fill(cfg, 3000, refused_by="portfolio")
+    out = _Sink()
+    code, peak = _peak(
+        lambda: alerts(load_config(cfg), out, io.StringIO(), 3000, as_json=True, dead_letter=True)
+    )
+    assert code == 0
+    assert out.lines == 3000
+    assert peak < 4 * 2**20, f"peak {peak / 2**20:.1f} MB for 3000 dead letters"
+    newest = cli("alerts", "--dead-letter", "--json", "-n", "2", "-c", str(cfg))
+    rows = [json.loads(line) for line in newest.stdout.splitlines()]
+    assert [(r["uplink"], r["reason"], r["class"]) for r in rows] == [
+        ("portfolio", "HTTP 422: schema", "alert")
+    ] * 2
+    assert rows[0]["dead_lettered_at"] >= rows[1]["dead_lettered_at"]
 
 
 def test_alerts_newest_first_across_pages(tmp_path: Path) -> None:

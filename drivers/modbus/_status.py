@@ -20,6 +20,11 @@ __all__ = ["PollLedger", "PollerState", "PollerStatus"]
 
 log = logging.getLogger("edge_agent.drivers.modbus")
 
+# A sensor that fails (or answers garbage) for one poll now and then would log two lines
+# per blip forever; after one reported episode, the next brief ones within this window
+# are only counted, and named in the next line that is logged.
+EPISODE_LOG_QUIET_S = 300.0
+
 PollerState = Literal["starting", "ok", "failing", "backoff"]
 
 
@@ -97,6 +102,9 @@ class PollLedger:
         self.bad_since: float | None = None
         self.last_bad: tuple[str, ...] = ()
         self._failing_since: float | None = None
+        self._fail_log = _EpisodeLog()
+        self._bad_log = _EpisodeLog()
+        self._bad_polls = 0  # flagged polls in a row
 
     @property
     def bad_for_s(self) -> float:
@@ -129,20 +137,23 @@ class PollLedger:
     def count_quality(self, flags: list[tuple[Register, str]]) -> None:
         """Record one poll's value flags (none: the values are plausible again)."""
         if not flags:
-            if self.bad_since is not None:
+            if self.bad_since is not None and self._bad_log.logged:
                 log.info("modbus sensor %s values plausible again", self.sensor_id)
-            self.bad_since = None
+            self.bad_since, self._bad_polls = None, 0
             return
         reasons = {reason for _, reason in flags}
         for reason in reasons:
             self.bad[reason] += 1
         self.last_bad = tuple(sorted(f"{reg.feature}:{reason}" for reg, reason in flags))
+        self._bad_polls += 1
         if self.bad_since is None:
             self.bad_since = time.monotonic()
+        if self._bad_log.report(self._bad_polls, self.threshold):
             log.warning(
-                "modbus sensor %s answers implausible values (%s); they are not analysed",
+                "modbus sensor %s answers implausible values (%s); they are not analysed%s",
                 self.sensor_id,
                 ", ".join(self.last_bad),
+                self._bad_log.hushed_note(),
                 extra={"sensor_id": self.sensor_id, "address": self.bus.address},
             )
 
@@ -156,12 +167,14 @@ class PollLedger:
         self.last_error, self.last_error_at = str(err), utc_now()
         if failures == 1:
             self._failing_since = started
+        if self._fail_log.report(failures, self.threshold):
             log.warning(
-                "modbus sensor %s at %s device %d failing: %s",
+                "modbus sensor %s at %s device %d failing: %s%s",
                 self.sensor_id,
                 self.bus.address,
                 self.device_id,
                 err.message,
+                self._fail_log.hushed_note(),
                 extra={"sensor_id": self.sensor_id, "address": self.bus.address},
             )
         else:
@@ -169,7 +182,7 @@ class PollLedger:
 
     def succeeded(self, rtt_s: float, now: datetime) -> None:
         """Record a good poll of ``rtt_s`` seconds, read at UTC ``now``."""
-        if self.consecutive_failures:
+        if self.consecutive_failures and self._fail_log.logged:
             down = time.monotonic() - (self._failing_since or time.monotonic())
             log.info(
                 "modbus sensor %s at %s device %d recovered after %d failed polls (%.1f s)",
@@ -182,3 +195,42 @@ class PollLedger:
             )
         self.state, self.consecutive_failures = "ok", 0
         self.last_ok_at, self.last_rtt, self.backoff_s = now, rtt_s, 0.0
+
+
+class _EpisodeLog:
+    """Whether an episode (failing polls, or implausible values, in a row) is logged.
+
+    The first episode is; within EPISODE_LOG_QUIET_S of the last logged one, a brief one
+    is only counted, and logged after all if it lasts ``threshold`` polls (the breaker
+    opens, a fault alert is near). ``logged`` says whether its end deserves a line too.
+    """
+
+    __slots__ = ("_quiet_until", "hushed", "logged")
+
+    def __init__(self) -> None:
+        self.hushed = 0  # episodes not logged since the last line
+        self.logged = False
+        self._quiet_until = -1.0
+
+    def report(self, in_a_row: int, threshold: int) -> bool:
+        """Whether to log this poll of an episode that has lasted ``in_a_row`` polls."""
+        now = time.monotonic()
+        if in_a_row == 1:
+            self.logged = now >= self._quiet_until
+            if not self.logged:
+                self.hushed += 1
+                return False
+        elif self.logged or in_a_row != threshold:
+            return False
+        else:
+            self.hushed -= 1  # counted when it began; logged now
+            self.logged = True
+        self._quiet_until = now + EPISODE_LOG_QUIET_S
+        return True
+
+    def hushed_note(self) -> str:
+        """What the line adds about episodes not logged, and resets their count."""
+        n, self.hushed = self.hushed, 0
+        if not n:
+            return ""
+        return f" ({n} brief episodes since the last report were counted, not logged)"

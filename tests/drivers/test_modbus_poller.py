@@ -283,3 +283,49 @@ async def test_a_host_that_does_not_resolve_says_so() -> None:
     with pytest.raises(DeviceConnectionError, match=r"cannot resolve no-such-host\.invalid"):
         await p.poll_once()
     assert p.status.errors_by_kind == {"connection": 1}
+
+
+async def test_intermittent_failures_are_counted_not_logged_per_blip(caplog) -> None:
+    # A noisy slave: exception 4 for one poll now and then. Two lines per blip would bury
+    # the log; one report, counts in the status, and a line again once it stays down.
+    caplog.set_level(logging.INFO, logger=LOG)
+    readings = Collector()
+    async with ModbusSimServer([SimDevice(5, Constant(A))]) as srv:
+        p = poller(srv.port, 5, readings, poll_interval_s=0.05, backoff_max_s=0.1)
+        async with running(p):
+            for _ in range(8):  # eight blips of about one poll each
+                srv.set_fault(5, Fault("exception", code=4))
+                await asyncio.sleep(0.05)
+                srv.set_fault(5, Fault())
+                await readings.next(timeout_s=3)
+                await asyncio.sleep(0.1)
+            blips = p.status.errors_total
+            srv.set_fault(5, Fault("exception", code=4))  # now it stays down
+            for _ in range(100):
+                if p.status.state == "backoff":
+                    break
+                await asyncio.sleep(0.05)
+    assert blips >= 6 and p.status.errors_by_kind["exception_4"] >= blips
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    recovered = [r for r in caplog.records if "recovered" in r.getMessage()]
+    assert len(warnings) == 2, warnings  # the first blip, then the lasting failure
+    assert "brief episodes since the last report were counted" in warnings[1]
+    assert len(recovered) == 1
+
+
+async def test_intermittent_garbage_is_counted_not_logged_per_poll(caplog) -> None:
+    caplog.set_level(logging.INFO, logger=LOG)
+    readings = Collector()
+    async with ModbusSimServer([SimDevice(5, Constant(A))]) as srv:
+        p = poller(srv.port, 5, readings, poll_interval_s=0.05)
+        async with running(p):
+            for _ in range(8):
+                srv.set_fault(5, Fault("ffff"))
+                await asyncio.sleep(0.05)
+                srv.set_fault(5, Fault())
+                await asyncio.sleep(0.15)
+    assert p.status.bad_values["sentinel"] >= 6
+    assert [r.quality for r in readings].count("bad") >= 6
+    lines = [r.getMessage() for r in caplog.records if "implausible" in r.getMessage()]
+    again = [r for r in caplog.records if "plausible again" in r.getMessage()]
+    assert len(lines) == 1 and len(again) == 1, lines

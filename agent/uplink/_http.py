@@ -6,7 +6,9 @@ same record.
 
 Status policy (agent.uplink._httpclient):
 - 2xx: delivered, unless the body is a web page (text/html): a firewall's block page or
-  a proxy's answers 200 too; retried and logged at ERROR like a 3xx.
+  a proxy's answers 200 too; retried and logged at ERROR like a 3xx. The answer must
+  arrive whole (or its first 16 KiB): one cut short is a failure, and the batch is resent.
+- 1xx as a final answer (a 101 nobody asked for): retried, never dead-lettered.
 - 3xx: never followed: a failure naming the Location, retried with backoff and logged at
   ERROR; nothing is marked delivered.
 - 5xx, 408, 429, connection errors, timeouts: retried; the backend is "down" (probed with a

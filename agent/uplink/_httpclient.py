@@ -7,7 +7,8 @@ re-read after a 401/403/407 (a rotated token is picked up). A HEAD on the URL is
 probe while the far end is down. Error messages name the URL without credentials.
 
 Status policy of a non-2xx answer (`HttpClient.failure`):
-- 5xx, 408, 429 and the caller's other retryable statuses: retried; the far end is "down"
+- 1xx (a 101 nobody asked for), 5xx, 408, 429 and the caller's other retryable statuses:
+  retried; the far end is "down"
   (probed) unless it sent a Retry-After, which is honoured;
 - 401, 403, 407: the credentials are wrong, not the items: retried (token file re-read);
 - 404, 405: the URL or method is wrong (a misconfiguration, a proxy during a deploy), not
@@ -125,7 +126,12 @@ class HttpClient:
                         uplink=self.name,
                         status=status,
                     )
-                raw = await resp.content.read(MAX_ANSWER_BYTES)
+                if 200 <= status < 300:
+                    # The whole acknowledgement (or its first MAX_ANSWER_BYTES): an answer
+                    # cut short raises ClientPayloadError and nothing is marked delivered.
+                    raw = await _read_answer(resp.content)
+                else:
+                    raw = await resp.content.read(MAX_ANSWER_BYTES)
                 if 200 <= status < 300 and resp.content_type == "text/html":
                     # Not the backend's acknowledgement: a firewall's block page (F5 ASM
                     # answers 200 by default), a proxy's login page or a web UI behind a
@@ -157,13 +163,15 @@ class HttpClient:
         message = f"POST {public_url(url)}: {reason}"
         if status in AUTH_4XX:
             await self._load_token()
-        if status >= 500 or status in retryable or status in AUTH_4XX:
+        # Below 400 (a 101 nobody asked for) is no refusal of the items either.
+        if status >= 500 or status < 400 or status in retryable or status in AUTH_4XX:
             return UplinkUnavailable(
                 message,
                 uplink=self.name,
                 status=status,
                 retry_after_s=answer.retry_after_s,
-                down=(status >= 500 or status == 408) and answer.retry_after_s is None,
+                down=(status >= 500 or status == 408 or status < 400)
+                and answer.retry_after_s is None,
             )
         return UplinkRejected(
             message, uplink=self.name, status=status, reason=reason, too_large=status == 413
@@ -203,3 +211,17 @@ class HttpClient:
             self._mode_warned = True
             log.warning("uplink[%s]: token_file %s", self.name, warning)
         self._token = token or None
+
+
+async def _read_answer(content: aiohttp.StreamReader) -> bytes:
+    """The body to its end or its first MAX_ANSWER_BYTES; raises ClientPayloadError when the
+    connection closes before the end (one `read` returns whatever has arrived so far)."""
+    parts: list[bytes] = []
+    size = 0
+    while size < MAX_ANSWER_BYTES:
+        chunk = await content.read(MAX_ANSWER_BYTES - size)
+        if not chunk:
+            break
+        parts.append(chunk)
+        size += len(chunk)
+    return b"".join(parts)

@@ -1,0 +1,132 @@
+"""HTTP uplink against a misbehaving backend: a raw asyncio server on loopback that sends
+exactly the bytes a broken backend or proxy would, with a real SQLite outbox."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from agent.config import HttpUplink as HttpUplinkConfig
+from agent.store import Outbox
+from agent.uplink import HttpTransport, delivery
+from tests.agent.store._drafts import draft
+from tests.agent.uplink._running import Running, until
+from tests.agent.uplink._running import true as _true
+
+UP = "up"
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def _read_request(reader: asyncio.StreamReader) -> bytes:
+    """Reads one request; its method."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    await reader.readexactly(length)
+    return head.split(b" ", 1)[0]
+
+
+def _answer(
+    status: int, *, body: bytes = b"", length: int | None = None, extra: bytes = b""
+) -> bytes:
+    length = len(body) if length is None else length
+    return (
+        b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n"
+        % (status, length, extra)
+    ) + body
+
+
+class Backend:
+    """Answers every POST with `answer` (bytes) and closes; counts the POSTs."""
+
+    def __init__(self, answer: bytes) -> None:
+        self.answer = answer
+        self.posts = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            if await _read_request(reader) == b"POST":
+                self.posts += 1
+            writer.write(self.answer)
+            await writer.drain()
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+
+@asynccontextmanager
+async def serving(backend: Backend) -> AsyncIterator[str]:
+    server = await asyncio.start_server(backend.handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}/alerts"
+    finally:
+        server.close()
+
+
+async def _outbox(tmp_path: Path) -> Outbox:
+    return Outbox(
+        tmp_path / "outbox.db", gateway_id="gw-01", max_bytes=1 << 30, first_seq=1, uplinks=(UP,)
+    )
+
+
+def _cfg(url: str, **kw: float) -> HttpUplinkConfig:
+    base = {"timeout_s": 2.0, "max_backoff_s": 0.3, **kw}
+    return HttpUplinkConfig(url=url, token="t", allow_insecure_http=True, **base)  # type: ignore[arg-type]
+
+
+async def test_a_200_cut_short_before_its_body_ends_is_not_a_delivery(tmp_path: Path) -> None:
+    """A 200 whose connection closes before its Content-Length is an answer we never got
+    whole (a proxy or backend dying mid-answer): resent, never marked delivered."""
+    backend = Backend(_answer(200, body=b'{"accep', length=1000))
+    async with await _outbox(tmp_path) as outbox, serving(backend) as url:
+        await outbox.append([draft(i=i) for i in range(3)])
+        async with Running(
+            delivery(UP, HttpTransport(_cfg(url), name=UP), outbox, _cfg(url))
+        ) as up:
+            await until(lambda: _true(backend.posts >= 3))
+        assert (await outbox.stats()).pending == 3
+        assert up.status.delivered_total == 0
+        assert "payload is not completed" in (up.status.last_error or "")
+        backend.answer = _answer(200, body=b"{}")  # the backend answers whole again
+        async with Running(delivery(UP, HttpTransport(_cfg(url), name=UP), outbox, _cfg(url))):
+            await until(lambda: _pending_is(outbox, 0))
+
+
+async def test_an_unasked_101_answer_dead_letters_nothing(tmp_path: Path) -> None:
+    """A 1xx final answer is no refusal of the alerts: retried, never dead-lettered."""
+    backend = Backend(b"HTTP/1.1 101 Switching Protocols\r\nContent-Length: 0\r\n\r\n")
+    async with await _outbox(tmp_path) as outbox, serving(backend) as url:
+        await outbox.append([draft(i=i) for i in range(3)])
+        async with Running(
+            delivery(UP, HttpTransport(_cfg(url), name=UP), outbox, _cfg(url))
+        ) as up:
+            await until(lambda: _true(up.status.consecutive_failures >= 2))
+        stats = await outbox.stats()
+        assert stats.dead_lettered == 0 and stats.pending == 3
+        assert "HTTP 101" in (up.status.last_error or "")
+
+
+async def test_an_absurd_retry_after_waits_no_longer_than_max_backoff(tmp_path: Path) -> None:
+    """Retry-After of 10^9 s, or a date in 2099, is honoured only up to max_backoff_s."""
+    backend = Backend(_answer(503, extra=b"Retry-After: 1000000000\r\n"))
+    async with await _outbox(tmp_path) as outbox, serving(backend) as url:
+        await outbox.append([draft(i=0)])
+        c = _cfg(url, max_backoff_s=0.5)
+        t0 = time.monotonic()
+        async with Running(delivery(UP, HttpTransport(c, name=UP), outbox, c)):
+            await until(lambda: _true(backend.posts >= 3))
+            backend.answer = _answer(503, extra=b"Retry-After: Wed, 21 Oct 2099 07:28:00 GMT\r\n")
+            await until(lambda: _true(backend.posts >= 5))
+        assert time.monotonic() - t0 < 4.0
+        assert (await outbox.stats()).pending == 1
+
+
+async def _pending_is(outbox: Outbox, n: int) -> bool:
+    return (await outbox.stats()).pending == n

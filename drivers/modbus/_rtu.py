@@ -75,6 +75,7 @@ class RtuLink:
         self._last_activity = 0.0
         self.late_answers = 0
         self.flushed_bytes = 0
+        self.echoes = 0  # our own requests read back (RS-485 adapters that echo), dropped
 
     @property
     def connected(self) -> bool:
@@ -201,19 +202,44 @@ class RtuLink:
         self._last_activity = sent_end
         deadline = sent_end + timeout_s
         try:
-            frame = await self._receive(device_id, count, deadline)
+            frame = await self._receive(device_id, count, deadline, request)
             return registers_of(rtu_answer_pdu(frame, device_id), function_code, count)
         except (LinkTimeout, FrameError):
             await self._flush()
             raise
 
-    async def _receive(self, device_id: int, count: int, deadline: float) -> bytes:
+    def _complete_frame(self, count: int) -> bytes | None:
+        """The answer-sized frame at the buffer's start, if it has all arrived."""
+        size = rtu_expected_size(bytes(self._buf[:2]), count)
+        if size is None or len(self._buf) < size:
+            return None
+        return bytes(self._buf[:size])
+
+    def _echo_state(self, request: bytes, frame: bytes | None) -> str:
+        """``echo`` when the buffer starts with our request read back (not a valid
+        answer), ``partial`` while it may still become one, else ``no``."""
+        if frame is not None and crc16(frame[:-2]) == int.from_bytes(frame[-2:], "little"):
+            return "no"  # a valid answer wins over a byte-for-byte coincidence
+        n = min(len(self._buf), len(request))
+        if n == 0 or self._buf[:n] != request[:n]:
+            return "no"
+        return "echo" if n == len(request) else "partial"
+
+    async def _receive(self, device_id: int, count: int, deadline: float, request: bytes) -> bytes:
+        echo_seen = False
         while True:
             self._drop_foreign_frame(device_id)
-            size = rtu_expected_size(bytes(self._buf[:2]), count)
-            if size is not None and len(self._buf) >= size:
-                frame = bytes(self._buf[:size])
-                del self._buf[:size]
+            frame = self._complete_frame(count)
+            # An adapter that echoes what it sends puts our request before the answer;
+            # without this every read on such a line fails its CRC.
+            echo = "no" if echo_seen else self._echo_state(request, frame)
+            if echo == "echo":
+                del self._buf[: len(request)]
+                self.echoes += 1
+                echo_seen = True
+                continue
+            if frame is not None and echo == "no":
+                del self._buf[: len(frame)]
                 return frame
             if not await self._wait_data(deadline):
                 if self._buf:

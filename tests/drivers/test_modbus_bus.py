@@ -185,3 +185,41 @@ async def test_gateway_overload_shows_in_utilisation() -> None:
         )
     assert result["status"].utilisation > 0.8, result["status"]
     assert sum(p.status.missed_ticks for p in result["pollers"].values()) > 0
+
+
+async def test_rtu_adapter_that_echoes_requests_still_reads(serial_pair: tuple[str, str]) -> None:
+    """Many RS-485 adapters read back what they send: our request precedes each answer.
+    The echo is dropped and counted; the answer is still taken (it used to fail its CRC)."""
+    import os
+    import struct
+    import tty
+
+    from drivers.modbus._frames import rtu_frame
+
+    agent_tty, device_tty = serial_pair
+    fd = os.open(device_tty, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    tty.setraw(fd)
+    loop = asyncio.get_running_loop()
+    pending = bytearray()
+
+    def answer_with_echo() -> None:
+        pending.extend(os.read(fd, 256))
+        while len(pending) >= 8:
+            request = bytes(pending[:8])
+            del pending[:8]
+            count = int.from_bytes(request[4:6], "big")
+            regs = struct.pack(f">{count}H", *range(7, 7 + count))
+            os.write(fd, request)  # the echo, then the device's answer
+            os.write(fd, rtu_frame(request[0], bytes((3, 2 * count)) + regs))
+
+    loop.add_reader(fd, answer_with_echo)
+    try:
+        link = RtuLink(agent_tty, baudrate=115200)
+        bus = Bus("line-1", "rtu", [link])
+        for count in (1, 2, 4):  # answers shorter and longer than the 8-byte echo
+            assert await bus.read(1, 3, 0, count, 0.2) == list(range(7, 7 + count))
+        assert link.echoes == 3
+        bus.close()
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)

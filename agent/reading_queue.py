@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Protocol
 
@@ -26,6 +27,10 @@ READING_QUEUE_S = 5.0
 READING_QUEUE_MIN = 1000
 ANALYSIS_SLICE_S = 0.005  # analysis yields the event loop at least this often...
 ANALYSIS_SLICE_MAX_S = 0.05  # ...or this often while it is behind (well under any timeout)
+# One sensor holds at most this share of the queue: an MQTT publisher in a tight loop
+# (thousands of messages a second) would otherwise fill it, and every other sensor's
+# readings would be the ones dropped. Its own excess is dropped and counted instead.
+SENSOR_SHARE = 0.75
 
 
 class Counters(Protocol):
@@ -60,6 +65,9 @@ class ReadingQueue:
         self._accepting = True
         self._drop_logged = False
         self._failing: set[tuple[str, str]] = set()
+        self._per_sensor_max = max(1, int(size * SENSOR_SHARE))
+        self._held: Counter[str] = Counter()  # sensor id -> readings it has queued
+        self._hogs_logged: set[str] = set()  # sensors said to be over their share
 
     @property
     def depth(self) -> int:
@@ -69,8 +77,24 @@ class ReadingQueue:
         """The sensors' sink: queue a reading, or drop it (counted) when the queue is full."""
         if not self._accepting:
             return  # stopping: a reading that raced the stop is not analysed
+        sensor = reading.sensor_id
+        if self._held[sensor] >= self._per_sensor_max:
+            self._counters.readings_dropped_total += 1
+            if sensor not in self._hogs_logged:  # once per episode and sensor
+                self._hogs_logged.add(sensor)
+                log.warning(
+                    "sensor %s sends faster than the analysis takes it: it holds %d of the "
+                    "%d places of the analysis queue; its further readings are dropped "
+                    "(counted in edge_readings_dropped) so the other sensors' get through",
+                    sensor,
+                    self._held[sensor],
+                    self.size,
+                    extra={"sensor_id": sensor},
+                )
+            return
         try:
             self._queue.put_nowait(reading)
+            self._held[sensor] += 1
         except asyncio.QueueFull:
             self._counters.readings_dropped_total += 1
             if not self._drop_logged:  # once per overload episode
@@ -123,6 +147,7 @@ class ReadingQueue:
                 deep = queue.qsize() > behind
                 slice_end = time.monotonic() + (ANALYSIS_SLICE_MAX_S if deep else ANALYSIS_SLICE_S)
             reading = queue.get_nowait() if queue.qsize() else await queue.get()
+            self._release(reading.sensor_id)
             try:
                 if not monitor.knows(reading.sensor_id):
                     continue  # queued before a reload removed its sensor
@@ -139,6 +164,15 @@ class ReadingQueue:
                 analysed(reading)
             finally:
                 queue.task_done()
+
+    def _release(self, sensor: str) -> None:
+        """A reading of ``sensor`` left the queue."""
+        left = self._held[sensor] - 1
+        if left > 0:
+            self._held[sensor] = left
+        else:  # no key left behind per sensor ever seen (bounded by the configuration)
+            del self._held[sensor]
+            self._hogs_logged.discard(sensor)
 
     def _count_failure(self, reading: Reading) -> None:
         self._counters.analysis_errors_total += 1

@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import os
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,6 +18,8 @@ import aiomqtt
 import pytest
 
 from agent.health_mqtt import mqtt_metrics
+from agent.reading_queue import ReadingQueue
+from agent.runtime import PipelineCounters
 from drivers.mqtt import BrokerLink, BrokerSettings, MqttSensor, Route, Router, parse_key_from
 from drivers.payloads import load_decoder
 from drivers.reading import Reading
@@ -247,3 +250,46 @@ async def test_a_link_cancelled_while_connecting_leaves_no_client_behind(
     left = asyncio.all_tasks() - before - {asyncio.current_task()}
     assert not left, sorted(t.get_name() for t in left)
     assert established_to(broker.port) == 0, "a connection to the broker was left open"
+
+
+async def test_a_flooding_sensor_cannot_crowd_its_neighbours_out_of_the_analysis_queue(
+    broker: Mosquitto, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Both sensors feed the agent's one bounded analysis queue; the analysis is behind (not
+    # running yet) while one publisher sends thousands of messages in a tight loop.
+    counters = PipelineCounters()
+    queue = ReadingQueue(100, counters)
+    routes = []
+    for sid in ("flood", "quiet"):
+        sensor = MqttSensor(
+            sid, decoder=load_decoder("ncd-processed"), channels=["z"], stale_after_s=60,
+            sink=queue.put, broker="b", topic=f"t/{sid}",
+        )  # fmt: skip
+        route = Route(f"t/{sid}")
+        route.add(sensor, None, None, 1)
+        routes.append(route)
+    base = {"id": "b", "host": "127.0.0.1", "port": broker.port, "client_id": "edge-t"}
+    link = BrokerLink(BrokerSettings(**base), Router(routes))
+    caplog.set_level(logging.WARNING, logger="agent.reading_queue")
+    task = asyncio.create_task(link.run())
+    try:
+        await until(lambda: link.status()["connected"], 10)
+        await asyncio.sleep(0.2)
+        async with aiomqtt.Client("127.0.0.1", broker.port) as c:
+            for i in range(2000):
+                await c.publish("t/flood", ncd(1.0), qos=1 if i == 1999 else 0)
+                if i % 400 == 399:
+                    await c.publish("t/quiet", ncd(2.0), qos=1)
+        await until(lambda: link.status()["messages_total"] >= 1990, 10)
+    finally:
+        link.stop()
+        task.cancel()
+        await asyncio.wait([task], timeout=5)
+    queued: list[Reading] = []
+    while queue.depth:
+        queued.append(queue._queue.get_nowait())
+    held = Counter(r.sensor_id for r in queued)
+    assert held["quiet"] == 5, f"the quiet sensor's readings were crowded out: {held}"
+    assert held["flood"] == 75  # its share of the queue; the rest dropped and counted
+    assert counters.readings_dropped_total >= 1900
+    assert len([r for r in caplog.records if "flood" in r.getMessage()]) == 1, "logged once"

@@ -112,6 +112,17 @@ def _topic_level(i: int, m: dict[str, Any], smap: SourceMap) -> list[ConfigIssue
     match = KEY_FROM_RE.match(key_from)
     if match is None or match.group(2) is None:
         return []
+    key = m.get("key")
+    if isinstance(key, str) and (bad := sorted(set(key) & set("/+#"))):
+        # A topic level never holds '/', and a published topic never holds '+' or '#'.
+        return [
+            smap.issue(
+                ("sensors", i, "mqtt", "key"),
+                f"key '{key}' holds {' and '.join(repr(c) for c in bad)}, which no level of a "
+                f"published topic can, so no message would ever be this sensor's; give the "
+                f"text of the one topic level that names it",
+            )
+        ]
     level = int(match.group(2))
     levels = topic.split("/")
     wild = [n for n, name in enumerate(levels) if name == "+"]

@@ -55,7 +55,9 @@ class Payload:
         """
         if self._json is _MISSING:
             try:
-                self._json = json.loads(self.raw)
+                self._json = json.loads(self.raw, object_pairs_hook=_unique_keys)
+            except _DuplicateKey as exc:
+                self._json = PayloadError(MALFORMED, f"duplicate key {str(exc)[:80]!r}")
             except (ValueError, RecursionError) as exc:
                 self._json = PayloadError(MALFORMED, f"not JSON ({type(exc).__name__})")
             else:
@@ -69,6 +71,24 @@ class Payload:
     def field(self, path: Sequence[str]) -> Any:
         """The JSON value at a dotted path, or None when absent."""
         return lookup(self.json, path)
+
+
+class _DuplicateKey(ValueError):
+    """A JSON object names one key twice."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refused when it names a key twice: which of the two values the
+    sensor meant is unknown (json keeps the last, other parsers the first), and a reading
+    taken from either could raise a false alert."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return obj
 
 
 def lookup(obj: Any, path: Sequence[str]) -> Any:

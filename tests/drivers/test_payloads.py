@@ -137,6 +137,10 @@ def test_a_clock_a_little_ahead_is_accepted() -> None:
         (json.dumps(ncd(x_velocity_mm_sec=True)).encode(), "wrong_type"),
         (json.dumps({k: v for k, v in ncd().items() if k != "y_velocity_mm_sec"}).encode(),
          "missing_field"),
+        # The same key twice: json would keep the last value (99 mm/s, zone D) silently.
+        (json.dumps(ncd())[:-1].encode() + b', "z_velocity_mm_sec": 99.0}', "malformed"),
+        (b'{"addr": "a", "sensor_data": {"x": 1, "x": 2}}', "malformed"),
+        (b'{"x": 1' + b"0" * 5000 + b"}", "malformed"),  # beyond int's 4300 digits
     ],
 )  # fmt: skip
 def test_hostile_payloads_are_refused_with_a_reason(raw: bytes, why: str) -> None:

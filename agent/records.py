@@ -127,7 +127,7 @@ def _finite(rec: dict[str, Any]) -> dict[str, Any]:
     """The record without its non-finite numbers (a fault upstream, e.g. a sensor's garbage
     or a numeric overflow): a section holding one becomes null, an evidence value is
     removed, and evidence.non_finite lists what was left out. The alert itself is kept."""
-    gone = [name for name in _SECTIONS if rec[name] is not None and not _all_finite(rec[name])]
+    gone = [name for name in _SECTIONS if _has_non_finite(rec[name])]
     evidence = _finite_values(rec["evidence"], "evidence", gone)
     if not gone:
         return rec
@@ -135,13 +135,11 @@ def _finite(rec: dict[str, Any]) -> dict[str, Any]:
         if name in gone:
             rec[name] = None
     rec["evidence"] = {**evidence, "non_finite": gone}
-    if rec["progression"] is None or rec["time_to_failure"] is None:
-        estimate = [n for n in gone if n in ("progression", "time_to_failure")]
-        if estimate:
-            rec["no_estimate_reason"] = (
-                f"{' and '.join(estimate)} held a number that is not finite (left out so "
-                "the alert is kept)"
-            )
+    if estimate := [n for n in gone if n in ("progression", "time_to_failure")]:
+        rec["no_estimate_reason"] = (
+            f"{' and '.join(estimate)} held a number that is not finite (left out so the "
+            "alert is kept)"
+        )
     log.warning(
         "alert %s of %s/%s: non-finite numbers left out of the record: %s",
         rec["kind"], rec["sensor"]["id"], rec["sensor"]["channel"], ", ".join(gone),
@@ -149,14 +147,10 @@ def _finite(rec: dict[str, Any]) -> dict[str, Any]:
     return rec
 
 
-def _all_finite(value: Any) -> bool:
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, dict):
-        return all(_all_finite(v) for v in value.values())
-    if isinstance(value, list | tuple):
-        return all(_all_finite(v) for v in value)
-    return True
+def _has_non_finite(value: Any) -> bool:
+    found: list[str] = []
+    _finite_values(value, "", found)
+    return bool(found)
 
 
 def _finite_values(value: Any, path: str, gone: list[str]) -> Any:

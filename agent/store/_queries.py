@@ -239,6 +239,7 @@ def _deliveries(conn: sqlite3.Connection, klass: int, ref: int) -> dict[str, dic
 # --limit asks, and between pages it holds no snapshot, so the agent's WAL checkpoints.
 PAGE_ROWS = 200
 
+_ABOVE_ANY_SEQ = 2**63 - 1  # SQLite's largest integer: the first page's keyset bound
 _RECENT = "SELECT seq, alert_id, tier, created_at, body, delivered_at FROM alerts "
 
 
@@ -264,15 +265,11 @@ def recent_pages(
     Each page is read whole before it is yielded: no statement stays open while the
     caller writes (to a pipe a pager holds, say), so no read snapshot pins the WAL.
     """
-    left, before = max(0, int(limit)), None
+    left, before = max(0, int(limit)), _ABOVE_ANY_SEQ
     while left > 0:
-        n = min(page_rows, left)
-        if before is None:
-            rows = conn.execute(_RECENT + "ORDER BY seq DESC LIMIT ?", (n,)).fetchall()
-        else:
-            rows = conn.execute(
-                _RECENT + "WHERE seq < ? ORDER BY seq DESC LIMIT ?", (before, n)
-            ).fetchall()
+        rows = conn.execute(
+            _RECENT + "WHERE seq < ? ORDER BY seq DESC LIMIT ?", (before, min(page_rows, left))
+        ).fetchall()
         if not rows:
             return
         yield [_recent_row(conn, r) for r in rows]

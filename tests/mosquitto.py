@@ -322,3 +322,20 @@ def established_to(port: int) -> int:
     lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
     remote = f"0100007F:{port:04X}"
     return sum(1 for ln in lines if ln.split()[2] == remote and ln.split()[3] == "01")
+
+
+async def cancel_after(task: asyncio.Task[Any], delay_s: float) -> None:
+    """Cancel `task` after `delay_s` (a stop or reload landing mid-connect); it must end."""
+    await asyncio.sleep(delay_s)
+    task.cancel()
+    await asyncio.wait([task], timeout=5)
+    assert task.done()
+
+
+async def assert_nothing_outlives(before: set[asyncio.Task[Any]], port: int) -> None:
+    """No task started since `before` is left, and no connection to the broker at `port`
+    (paho connects in a thread no cancellation stops: give it time to show up)."""
+    await asyncio.sleep(0.5)
+    left = asyncio.all_tasks() - before - {asyncio.current_task()}
+    assert not left, sorted(t.get_name() for t in left)
+    assert established_to(port) == 0, "a connection to the broker was left open"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import logging
@@ -273,6 +274,9 @@ async def test_a_flooding_sensor_cannot_crowd_its_neighbours_out_of_the_analysis
                 if i % 400 == 399:
                     await c.publish("t/quiet", ncd(2.0), qos=1)
         await until(lambda: link.status()["messages_total"] >= 1990, 10)
+        # The quiet sensor's last QoS 1 message may still be on its way behind the flood.
+        with contextlib.suppress(AssertionError):  # the assertion below says what is missing
+            await until(lambda: queue._held["quiet"] >= 5, 5)
     finally:
         link.stop()
         task.cancel()

@@ -6,8 +6,9 @@ page_size: SQLite reuses freed pages, so the file stops growing once rows are de
 The WAL is bounded separately (journal_size_limit, auto-checkpoint).
 
 Order, each step only while still over budget:
-1. complete items (every uplink has them), summaries then alerts, oldest first, down to
-   PRUNE_TO of the budget (they are safe upstream);
+1. complete items (every configured uplink has them), summaries then alerts, oldest first,
+   down to PRUNE_TO of the budget (they are safe upstream): first those every uplink ever
+   configured has, then those a removed uplink left under its name (logged, counted);
 2. feature summaries not yet everywhere, oldest first (the lower class goes first);
 3. alerts whose only remaining claim is a dead letter (no uplink waits for them), oldest
    first, logged one by one;
@@ -125,10 +126,38 @@ def _drain(
     return total
 
 
-def _complete(klass: int) -> Pick:
+def _complete(klass: int, *, kept: bool) -> Pick:
+    """Complete items, oldest first. kept=False: only those no removed uplink still waits
+    for (safe at every backend); kept=True: the rest, the backlog a removed uplink left
+    under its name (pruned only after every item all backends have, so an uplink configured
+    again still finds what it lacked)."""
     table, _ = TABLES[klass]
-    sql = f"SELECT seq FROM {table} WHERE delivered_at IS NOT NULL ORDER BY seq LIMIT ?"
-    return lambda c: [r[0] for r in c.execute(sql, (_PRUNE_CHUNK,))]
+    held = (
+        f"EXISTS (SELECT 1 FROM outbound o WHERE o.class = {klass} AND o.ref = {table}.seq "
+        f"AND o.state = {PENDING})"
+    )
+    sql = (
+        f"SELECT seq FROM {table} WHERE delivered_at IS NOT NULL AND seq > ? "
+        f"AND {'' if kept else 'NOT '}{held} ORDER BY seq LIMIT ?"
+    )
+    after = [0]  # keyset: each round starts past the last, not past every held row again
+
+    def pick(c: sqlite3.Connection) -> list[int]:
+        refs = [r[0] for r in c.execute(sql, (after[0], _PRUNE_CHUNK))]
+        if refs:
+            after[0] = refs[-1]
+        return refs
+
+    return pick
+
+
+def _prune(conn: sqlite3.Connection, below: int) -> int:
+    """Complete items down to `below`: summaries then alerts, those every uplink has first."""
+    return sum(
+        _drain(conn, below, k, _complete(k, kept=kept), None)
+        for kept in (False, True)
+        for k in (SUMMARY, ALERT)
+    )
 
 
 def _summaries(conn: sqlite3.Connection) -> list[int]:
@@ -190,7 +219,7 @@ def enforce(conn: sqlite3.Connection, path: Path, max_bytes: int) -> None:
             _make_room(conn, disk)
         return
     target = int(max_bytes * PRUNE_TO)
-    pruned = sum(_drain(conn, target, k, _complete(k), None) for k in (SUMMARY, ALERT))
+    pruned = _prune(conn, target)
     if pruned:
         add_meta(conn, "delivered_pruned_total", pruned)
         log.info("disk budget: pruned %d delivered item(s), oldest first", pruned)
@@ -217,7 +246,7 @@ def _make_room(conn: sqlite3.Connection, disk: int) -> None:
     waits for: a disk filled for a while by something else must not cost alerts (if
     nothing is left to drop, a write fails as full and is held and retried)."""
     target = int(max(disk, 0) * PRUNE_TO)
-    pruned = sum(_drain(conn, target, k, _complete(k), None) for k in (SUMMARY, ALERT))
+    pruned = _prune(conn, target)
     if pruned:
         add_meta(conn, "delivered_pruned_total", pruned)
     evicted = _drain(conn, target, SUMMARY, _summaries, "summaries_evicted_total")

@@ -132,8 +132,43 @@ async def test_a_removed_uplink_keeps_its_backlog_under_its_name_until_it_return
     async with outbox(db, ("a", "b")) as ob:
         left = [it.seq for it in await take(ob, "b")]
         stats = await ob.stats()
-    assert left == [], "complete while b was away: the budget pruned them first"
+    assert left == [], "complete while b was away, and a budget nothing else fits in"
     assert stats.uplinks["b"].evicted_total == 5, "and counted them as lost for b"
+
+
+async def test_the_budget_prunes_what_every_backend_has_before_a_removed_uplinks_backlog(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A backup uplink removed while its backend is down (to be configured again once it is
+    back) keeps its backlog under its name; while the main uplink delivers, the budget must
+    prune the items every backend already has before that backlog, the only items some
+    backend lacks. Only when nothing else is left does the backlog go, counted and logged."""
+    db = tmp_path / "o.db"
+    pad = "p" * 1500
+    async with outbox(db, ("a", "b")) as ob:
+        await ob.append([draft(tier=1, i=i, blob=pad) for i in range(5)])
+        await ob.mark_delivered("a", await take(ob, "a"))  # "b" is down
+        assert await ob.register_uplinks(("a",), {}) == {"b": 5}  # a reload removes "b"
+    async with outbox(db, ("a",), max_bytes=400 * 1024) as ob:
+        for i in range(300):  # "a" delivers all along; the store reaches its budget
+            await ob.append([draft(tier=3, i=100 + i, blob=pad)])
+            await ob.mark_delivered("a", await take(ob, "a"))
+        pruned = (await ob.stats()).delivered_pruned_total
+    async with outbox(db, ("a", "b")) as ob:  # "b" is configured again
+        left = [it.seq for it in await take(ob, "b")]
+        stats = await ob.stats()
+    assert pruned > 0
+    assert left == [1, 2, 3, 4, 5], f"b lost its backlog while {pruned} newer items went"
+    assert stats.uplinks["b"].evicted_total == 0
+    with caplog.at_level(logging.WARNING):
+        async with outbox(db, ("a",), max_bytes=400 * 1024) as ob:
+            for i in range(300):  # "a" is down too: only undelivered alerts come in
+                await ob.append([draft(tier=3, i=1000 + i, blob=pad)])
+    async with outbox(db, ("a", "b")) as ob:
+        stats = await ob.stats()
+        left = [it.seq for it in await take(ob, "b")]
+    assert min(left) > 5 and stats.uplinks["b"].evicted_total == 5, stats.uplinks["b"]
+    assert any("kept for uplink b, which is not configured" in r.message for r in caplog.records)
 
 
 async def test_with_no_uplink_alerts_wait_for_the_first_one(tmp_path: Path) -> None:

@@ -80,6 +80,7 @@ def _shared_bus(config: Config, bus: BusConfig, library: ProfileLibrary) -> Bus:
             bytesize=r.bytesize,
             inter_frame_s=r.inter_frame_s,
             late_flush_s=r.late_flush_s,
+            repeat_guard_s=r.repeat_guard_s,
         )
         return Bus(bus.id, "rtu", [link], planned_utilisation=plan)
     assert bus.tcp is not None

@@ -295,6 +295,9 @@ class RtuBus(_Model):
     inter_frame_s: float | None = Field(default=None, ge=0, le=1)
     # After a timeout or a garbled answer, discard bytes until the line is this quiet.
     late_flush_s: float = Field(default=0.05, ge=0, le=2)
+    # Least time between a device's answer and the next request to it: a device that
+    # answers twice (flaky slave, repeater) cannot have its repeat taken as the next answer.
+    repeat_guard_s: float = Field(default=0.02, ge=0, le=1)
 
 
 class Bus(_Model):

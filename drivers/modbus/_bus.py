@@ -34,6 +34,8 @@ class BusStatus:
         queue_depth: requests waiting for a turn now.
         wait_s_max: the longest wait for a turn since the last snapshot.
         late_answers: answers dropped because their request had timed out.
+        duplicate_answers: answers a device sent twice; the repeats were dropped (RTU).
+        echoes: our requests read back by an echoing RS-485 adapter, dropped (RTU).
     """
 
     name: str
@@ -45,6 +47,8 @@ class BusStatus:
     queue_depth: int
     wait_s_max: float
     late_answers: int
+    duplicate_answers: int = 0
+    echoes: int = 0
 
 
 class Bus:
@@ -118,6 +122,10 @@ class Bus:
         self, device_id: int, function_code: int, address: int, count: int, timeout_s: float
     ) -> list[int]:
         """One read on the next free link (see Link.read for what it raises)."""
+        if len(self.links) == 1 and (hold := self.links[0].hold_off_s(device_id)) > 0:
+            # This device answered moments ago (an RTU line): let others use the line
+            # while its possible repeat of that answer dies out (not a wait for the line).
+            await asyncio.sleep(hold)
         asked = time.monotonic()
         # The free link is taken without a coroutine of its own: this runs on every poll.
         link = self._free.pop(0) if self._free and not self._waiters else await self._acquire()
@@ -148,6 +156,8 @@ class Bus:
             len(self._waiters or ()),
             round(wait, 4),
             sum(link.late_answers for link in self.links),
+            sum(link.duplicate_answers for link in self.links),
+            sum(link.echoes for link in self.links),
         )
 
     def close(self) -> None:

@@ -23,6 +23,8 @@ class Link(Protocol):
 
     address: str
     late_answers: int  # answers that arrived after their request had timed out (dropped)
+    duplicate_answers: int  # answers a device sent twice, the repeat dropped (RTU)
+    echoes: int  # our own requests read back by an echoing RS-485 adapter (RTU)
 
     @property
     def connected(self) -> bool:
@@ -44,6 +46,10 @@ class Link(Protocol):
             FrameError: an answer that does not belong to this request.
             ExceptionAnswer: a Modbus exception response.
         """
+        ...
+
+    def hold_off_s(self, device_id: int) -> float:
+        """Seconds before ``device_id`` may be asked again on this link (0: now)."""
         ...
 
     def close(self) -> None:

@@ -6,18 +6,26 @@ above 19200 baud) before every request; discard whatever arrived before it; chec
 id, function code, byte count and CRC of the answer; a complete, valid frame from another
 device that precedes ours is dropped and counted as late; after a timeout or a garbled
 answer, flush: read and discard until the line has been quiet for ``late_flush_s``.
+
+A device that answers twice (a flaky slave, an RS-485 repeater) sends a valid frame with
+our device id, function code and byte count: nothing in it tells it from the answer to
+the next request. So a device is not asked again until ``repeat_guard_s`` after its
+last answer; a repeat arriving before that is dropped and counted as a duplicate. The bus
+waits out this hold-off before taking the line, so other devices use it meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import time
 
 import serial
 
 from drivers.modbus._frames import (
+    ExceptionAnswer,
     FrameError,
     char_time_s,
     crc16,
@@ -29,6 +37,9 @@ from drivers.modbus._frames import (
     rtu_frame,
 )
 from drivers.modbus._link import LinkDown, LinkTimeout
+from drivers.modbus._status import _EpisodeLog
+
+log = logging.getLogger("edge_agent.drivers.modbus")
 
 MAX_FLUSH_S = 2.0  # a line that never falls quiet (noise) is reported, not waited on forever
 MAX_BUFFER = 4096
@@ -49,6 +60,9 @@ class RtuLink:
             19200 baud), as the Modbus serial line specification requires.
         late_flush_s: after a timeout or a garbled answer, discard bytes until the line
             has been quiet this long.
+        repeat_guard_s: the least time between a device's answer and the next request
+            to the same device; a repeat of the answer arriving before then is dropped.
+            Other devices use the line meanwhile. 0: no guard.
     """
 
     def __init__(
@@ -61,6 +75,7 @@ class RtuLink:
         bytesize: int = 8,
         inter_frame_s: float | None = None,
         late_flush_s: float = 0.05,
+        repeat_guard_s: float = 0.02,
     ) -> None:
         self.address = port
         self.port, self.baudrate, self.parity = port, baudrate, parity
@@ -69,13 +84,18 @@ class RtuLink:
         self.gap_s = inter_frame_gap_s(baudrate, self.char_s) if inter_frame_s is None else (
             inter_frame_s)  # fmt: skip
         self.late_flush_s = late_flush_s
+        self.repeat_guard_s = repeat_guard_s
         self._serial: serial.Serial | None = None
         self._buf = bytearray()
         self._arrived = asyncio.Event()
         self._last_activity = 0.0
         self.late_answers = 0
+        self.duplicate_answers = 0  # a device's answer sent again (flaky slave, repeater)
         self.flushed_bytes = 0
         self.echoes = 0  # our own requests read back (RS-485 adapters that echo), dropped
+        # device id -> (monotonic end, frame) of its last good answer: at most 256 entries
+        self._answered: dict[int, tuple[float, bytes]] = {}
+        self._logs = {"echo": _EpisodeLog(), "duplicate": _EpisodeLog(), "late": _EpisodeLog()}
 
     @property
     def connected(self) -> bool:
@@ -152,10 +172,13 @@ class RtuLink:
         return True
 
     async def _quiet(self) -> None:
-        """The inter-frame gap since the last byte either way."""
-        wait = self._last_activity + self.gap_s - time.monotonic()
-        if wait > 0:
+        """The inter-frame gap since the last byte either way. A frame still arriving (a
+        repeated answer) is waited out, up to ``late_flush_s``: noise never falls quiet."""
+        stop = time.monotonic() + self.late_flush_s
+        while (wait := self._last_activity + self.gap_s - time.monotonic()) > 0:
             await asyncio.sleep(wait)
+            if time.monotonic() >= stop:
+                return
 
     async def _flush(self) -> None:
         """Discard bytes until the line has been quiet for late_flush_s (bounded)."""
@@ -168,19 +191,63 @@ class RtuLink:
         self.flushed_bytes += len(self._buf)
         self._buf.clear()
 
-    def _drop_foreign_frame(self, device_id: int) -> bool:
-        """Drop a complete, valid answer of another device at the buffer's start."""
+    def _valid_frame_at_start(self) -> bytes | None:
+        """The complete answer frame (any device, valid CRC) at the buffer's start."""
         buf = self._buf
-        if len(buf) < 3 or buf[0] == device_id:
-            return False
+        if len(buf) < 3:
+            return None
         size = 5 if buf[1] & 0x80 else 3 + buf[2] + 2
         if len(buf) < size or crc16(bytes(buf[: size - 2])) != int.from_bytes(
             buf[size - 2 : size], "little"
         ):
-            return False
-        del buf[:size]
-        self.late_answers += 1
-        return True
+            return None
+        return bytes(buf[:size])
+
+    def _drop_stray(self, frame: bytes) -> None:
+        """Drop ``frame`` from the buffer's start: a repeat of its device's last answer is
+        a duplicate, anything else a late answer. Logged once per episode."""
+        del self._buf[: len(frame)]
+        last = self._answered.get(frame[0])
+        kind = "duplicate" if last is not None and last[1] == frame else "late"
+        if kind == "duplicate":
+            self.duplicate_answers += 1
+        else:
+            self.late_answers += 1
+        self._log_once(kind, frame[0])
+
+    def _log_once(self, kind: str, device_id: int) -> None:
+        """One warning per episode and kind (see _EpisodeLog); later ones are counted."""
+        episode = self._logs[kind]
+        if not episode.report(1, 1):
+            return
+        what = {
+            "echo": "reads back our requests (an echoing RS-485 adapter); echoes are dropped",
+            "duplicate": "device %d answered a request twice; the repeat was dropped, "
+            "not taken as the next answer",
+            "late": "a late answer from device %d was dropped",
+        }[kind]
+        args = (self.port,) + ((device_id,) if kind != "echo" else ()) + (episode.hushed_note(),)
+        log.warning(
+            "modbus line %s: " + what + "%s",
+            *args,
+            extra={"address": self.port, "device_id": device_id},
+        )
+
+    def _drop_leftovers(self) -> None:
+        """Before a request: drop what arrived since the last exchange, counting whole
+        answers among it as duplicates or late answers, the rest as flushed bytes."""
+        while (frame := self._valid_frame_at_start()) is not None:
+            self._drop_stray(frame)
+        self.flushed_bytes += len(self._buf)
+        self._buf.clear()
+
+    def hold_off_s(self, device_id: int) -> float:
+        """Seconds before ``device_id`` may be asked again: until ``repeat_guard_s`` after
+        its last answer, so that a repeat of that answer cannot pass for the next one."""
+        last = self._answered.get(device_id)
+        if last is None:
+            return 0.0
+        return max(0.0, last[0] + self.repeat_guard_s - time.monotonic())
 
     async def read(
         self, device_id: int, function_code: int, address: int, count: int, timeout_s: float
@@ -189,9 +256,10 @@ class RtuLink:
         ser = self._serial
         if ser is None:
             raise LinkDown(f"{self.port} is not open")
+        if (hold := self.hold_off_s(device_id)) > 0:
+            await asyncio.sleep(hold)  # the bus waits this out before taking the line
         await self._quiet()
-        self.flushed_bytes += len(self._buf)
-        self._buf.clear()
+        self._drop_leftovers()
         request = rtu_frame(device_id, read_pdu(function_code, address, count))
         try:
             os.write(ser.fileno(), request)
@@ -203,10 +271,15 @@ class RtuLink:
         deadline = sent_end + timeout_s
         try:
             frame = await self._receive(device_id, count, deadline, request)
-            return registers_of(rtu_answer_pdu(frame, device_id), function_code, count)
+            registers = registers_of(rtu_answer_pdu(frame, device_id), function_code, count)
         except (LinkTimeout, FrameError):
             await self._flush()
             raise
+        except ExceptionAnswer:
+            self._answered[device_id] = (time.monotonic(), frame)  # it may repeat too
+            raise
+        self._answered[device_id] = (time.monotonic(), frame)
+        return registers
 
     def _complete_frame(self, count: int) -> bytes | None:
         """The answer-sized frame at the buffer's start, if it has all arrived."""
@@ -228,7 +301,8 @@ class RtuLink:
     async def _receive(self, device_id: int, count: int, deadline: float, request: bytes) -> bytes:
         echo_seen = False
         while True:
-            self._drop_foreign_frame(device_id)
+            while (stray := self._valid_frame_at_start()) is not None and stray[0] != device_id:
+                self._drop_stray(stray)
             frame = self._complete_frame(count)
             # An adapter that echoes what it sends puts our request before the answer;
             # without this every read on such a line fails its CRC.
@@ -236,6 +310,7 @@ class RtuLink:
             if echo == "echo":
                 del self._buf[: len(request)]
                 self.echoes += 1
+                self._log_once("echo", device_id)
                 echo_seen = True
                 continue
             if frame is not None and echo == "no":

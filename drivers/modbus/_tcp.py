@@ -117,7 +117,12 @@ class TcpLink:
         self._settled: asyncio.Event | None = None
         self.late_answers = 0
         self.stray_answers = 0  # answers to no request of ours (a confused peer)
+        self.duplicate_answers = self.echoes = 0  # RTU only: transaction ids tell these apart
         self._timeouts = 0  # in a row
+
+    def hold_off_s(self, device_id: int) -> float:
+        """Always 0: a transaction id ties each answer to its request."""
+        return 0.0
 
     @property
     def connected(self) -> bool:

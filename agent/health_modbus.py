@@ -53,13 +53,27 @@ def modbus_metrics(snap: dict[str, Any]) -> Iterator[Metric]:
         "Answers dropped because their request had timed out",
         labels=["bus"],
     )
+    duplicates = CounterMetricFamily(
+        "edge_bus_duplicate_answers",
+        "Answers a device sent twice (flaky slave, RS-485 repeater); the repeats were dropped",
+        labels=["bus"],
+    )
+    echoes = CounterMetricFamily(
+        "edge_bus_echoes",
+        "Our requests read back by an echoing RS-485 adapter; dropped",
+        labels=["bus"],
+    )
     for b in snap.get("buses", []):
         for key, fam in families.items():
             if b.get(key) is not None:
                 fam.add_metric([b["name"]], float(b[key]))
         late.add_metric([b["name"]], float(b.get("late_answers", 0)))
+        duplicates.add_metric([b["name"]], float(b.get("duplicate_answers", 0)))
+        echoes.add_metric([b["name"]], float(b.get("echoes", 0)))
     yield from families.values()
     yield late
+    yield duplicates
+    yield echoes
     lag = snap.get("pipeline", {}).get("loop_lag_max_s")
     if lag is not None:
         g = GaugeMetricFamily(

@@ -219,6 +219,7 @@ async def test_rtu_adapter_that_echoes_requests_still_reads(serial_pair: tuple[s
         for count in (1, 2, 4):  # answers shorter and longer than the 8-byte echo
             assert await bus.read(1, 3, 0, count, 0.2) == list(range(7, 7 + count))
         assert link.echoes == 3
+        assert bus.status().echoes == 3  # shown per line in /metrics (edge_bus_echoes)
         bus.close()
     finally:
         loop.remove_reader(fd)

@@ -15,9 +15,11 @@ import os
 import struct
 import tty
 from collections.abc import Iterator
+from dataclasses import asdict
 
 import pytest
 
+from agent.health_metrics import render_metrics
 from drivers.modbus import Bus, RtuLink
 from drivers.modbus._frames import rtu_frame
 
@@ -92,6 +94,9 @@ async def test_a_repeated_answer_is_never_taken_for_the_next_one(
     lines = [r for r in caplog.records if "answered a request twice" in r.getMessage()]
     assert len(lines) == 1, caplog.text  # once per episode, not once per repeat
     assert agent_tty in lines[0].getMessage() and "device 1" in lines[0].getMessage()
+    metrics = render_metrics({"buses": [asdict(status)]}).decode()
+    assert f'edge_bus_duplicate_answers_total{{bus="line-1"}} {float(READS)}' in metrics
+    assert 'edge_bus_echoes_total{bus="line-1"} 0.0' in metrics
 
 
 async def test_other_devices_use_the_line_while_one_is_held_off(

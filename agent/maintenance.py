@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import sqlite3
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any, TextIO
@@ -22,7 +23,7 @@ from agent.config import Config
 from agent.control import ControlError, Handler, Peer, Refused, call
 from agent.identity import mismatch
 from agent.pending import PendingWrites
-from agent.store import StoreError, StoreInUseError, outbox_for, store_lock
+from agent.store import StoreError, StoreInUseError, check_path, outbox_for, store_lock
 from drivers.reading import utc_now
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 MAX_NOTE_CHARS = 1000
+PRECHECK_BUSY_S = 1.0  # a store another process holds is opened (and waited for) below
 OP = "maintenance"
 REPLACED = (None, "failed", "healthy")
 
@@ -171,6 +173,9 @@ def record_maintenance(
         print(f"maintenance not recorded: --note: {too_long(request.note)}", file=err)
         return EXIT_USAGE
     try:
+        # Before the lock: no lock file beside another application's file.
+        with contextlib.suppress(sqlite3.Error, OSError):  # unreadable now: opening says why
+            check_path(config.store.path, timeout=PRECHECK_BUSY_S)
         with contextlib.ExitStack() as stack:
             try:
                 stack.enter_context(store_lock(config.store.path))

@@ -11,18 +11,28 @@ at their next read.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
 import json
 import re
+import sqlite3
 from collections.abc import Sequence
 from typing import Any, TextIO
 
 from agent.config import Config
-from agent.store import StoreError, StoreInUseError, outbox_for, requeue_in_place, store_lock
+from agent.store import (
+    StoreError,
+    StoreInUseError,
+    check_path,
+    outbox_for,
+    requeue_in_place,
+    store_lock,
+)
 
 EXIT_NOTHING = 1
 EXIT_USAGE = 2
 MAX_IDS = 1000
+PRECHECK_BUSY_S = 1.0  # a store another process holds is opened (and waited for) below
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*-[0-9]{12}$")
 
 
@@ -76,6 +86,9 @@ def requeue(
         return EXIT_NOTHING
     by = _who()
     try:
+        # Before the lock: no lock file beside another application's file.
+        with contextlib.suppress(sqlite3.Error, OSError):  # unreadable now: opening says why
+            check_path(config.store.path, timeout=PRECHECK_BUSY_S)
         try:
             with store_lock(config.store.path):
                 done = asyncio.run(_offline(config, uplink, ids, by))

@@ -353,6 +353,16 @@ class Store(_Model):
     path: Path
     max_bytes: Annotated[int, WithJsonSchema(_SIZE_JSON_SCHEMA)] = 2 * 2**30
 
+    @field_validator("path")
+    @classmethod
+    def _not_a_directory(cls, v: Path) -> Path:
+        # Caught here so `edge-agent check` says it; SQLite would say "disk I/O error".
+        if v.is_dir():
+            raise ValueError(
+                f"{v} is a directory: name the database file inside it (e.g. {v / 'outbox.db'})"
+            )
+        return v
+
     @field_validator("max_bytes", mode="before")
     @classmethod
     def _size(cls, v: object) -> int:

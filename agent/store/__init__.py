@@ -1,6 +1,6 @@
 """Durable store-and-forward: the SQLite outbox of alerts, summaries and monitor state."""
 
-from agent.store._files import Quarantined
+from agent.store._files import Quarantined, check_path
 from agent.store._lock import StoreInUseError, lock_path, store_lock
 from agent.store._ops import StoredItem
 from agent.store._outbox import Outbox, outbox_for
@@ -25,6 +25,7 @@ __all__ = [
     "StoredItem",
     "UplinkBacklog",
     "WriterCounters",
+    "check_path",
     "lock_path",
     "outbox_for",
     "read_only",

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from agent.store._sqlite import MAGIC, connect_ro, fsync_dir, is_corrupt
+from agent.store._sqlite import BUSY_TIMEOUT_S, MAGIC, connect_ro, fsync_dir, is_corrupt
 from agent.store.errors import StoreError
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,100 @@ class IssuedMark:
 def seq_floor() -> int:
     """The wall-clock seq floor (see the module docstring)."""
     return int(time.time() * SEQ_FLOOR_PER_SECOND)
+
+
+# Tables every schema version of the store has (v1 and v2): a file with other tables is
+# another application's database.
+_OUR_TABLES = frozenset({"alerts", "meta", "monitor_state"})
+# How our schema reads in SQLite's own page of table definitions (sqlite_master keeps the
+# CREATE statements as text): found in a file whose header is destroyed, it says "ours".
+_SIGNATURES = (b"CREATE TABLE monitor_state (", b"CREATE TABLE meta (key TEXT PRIMARY KEY")
+_SCAN_BYTES = 1 << 20  # the schema pages sit at the start of the file (and its WAL)
+
+
+def refuse_directory(path: Path) -> None:
+    """A directory at the store's path: SQLite would only say "disk I/O error".
+
+    Raises:
+        StoreError: `path` is a directory.
+    """
+    if path.is_dir():
+        raise StoreError(
+            f"store.path {path} is a directory, not a file: name the database file inside "
+            f"it (e.g. {path / 'outbox.db'})",
+            path=path,
+        )
+
+
+def _has_signature(path: Path) -> bool:
+    for f in (path, path.with_name(path.name + "-wal")):
+        try:
+            with f.open("rb") as fh:
+                data = fh.read(_SCAN_BYTES)
+        except OSError:
+            continue
+        if any(sig in data for sig in _SIGNATURES):
+            return True
+    return False
+
+
+def _looks_ours(path: Path) -> bool:
+    """Evidence that a damaged file was an edge-agent store: the seq mark the agent writes
+    beside its store after every commit, or our schema's text inside the file."""
+    return issued_path(path).exists() or _has_signature(path)
+
+
+def foreign(path: Path, timeout: float = BUSY_TIMEOUT_S) -> str | None:
+    """What the existing file at `path` is when it is NOT an edge-agent store; None when
+    it is ours (intact or damaged), or empty (an empty file or database becomes a store).
+
+    Only our own store may be quarantined and replaced: a store.path that names another
+    application's file (a typo) must be refused and left exactly as it is. Looks without
+    changing anything (read-only connection).
+
+    Raises:
+        sqlite3.Error / OSError: it cannot be read now (locked, permissions).
+    """
+    with path.open("rb") as f:
+        head = f.read(len(MAGIC))
+    if not head:
+        return None
+    if head != MAGIC:
+        if _looks_ours(path):
+            return None  # our store with its header destroyed: quarantined by precheck
+        return f"not an SQLite database (it starts with {head!r})"
+    conn = connect_ro(path, timeout)
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as exc:
+        if not is_corrupt(exc):
+            raise
+        if _looks_ours(path):
+            return None
+        return f"a damaged SQLite database with no sign of being an edge-agent store ({exc})"
+    finally:
+        conn.close()
+    if not tables or tables >= _OUR_TABLES:
+        return None
+    shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+    return f"an SQLite database of another application (tables: {shown})"
+
+
+def check_path(path: Path, timeout: float = BUSY_TIMEOUT_S) -> None:
+    """Refuse a store.path that names a directory or a file that is not our store.
+
+    Raises:
+        StoreError: what is at `path` cannot be a store; nothing was changed.
+        sqlite3.Error / OSError: it cannot be read now (locked, permissions).
+    """
+    refuse_directory(path)
+    if path.exists() and (found := foreign(path, timeout)) is not None:
+        raise StoreError(
+            f"{path} is not an edge-agent store: {found}. It was left untouched. Check "
+            "store.path in the configuration: it must name the agent's own store file, "
+            "or a file that does not exist yet (the agent creates it)",
+            path=path,
+        )
 
 
 def precheck(path: Path, schema_version: int) -> str | None:

@@ -106,6 +106,12 @@ def check_version(conn: sqlite3.Connection, path: Path) -> None:
             f"(v{SCHEMA_VERSION}); use the edge-agent version that wrote it",
             path=path,
         )
+    if version == 0:
+        raise StoreError(
+            f"{path} is not an edge-agent store (an SQLite file without its schema): check "
+            "store.path in the configuration",
+            path=path,
+        )
     if version < 2:
         raise StoreError(
             f"store {path} has schema v{version}; start the agent once (edge-agent run) "

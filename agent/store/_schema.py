@@ -18,7 +18,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from agent.store import _routing
-from agent.store._files import SEQ_KEYS, Quarantined, precheck, quarantine, read_issued, seq_floor
+from agent.store._files import (
+    SEQ_KEYS,
+    Quarantined,
+    check_path,
+    precheck,
+    quarantine,
+    read_issued,
+    refuse_directory,
+    seq_floor,
+)
 from agent.store._sqlite import connect, fsync_dir, now_ts, translate
 from agent.store.errors import StoreError
 
@@ -217,14 +226,17 @@ def open_db(
 
     Raises:
         StoreError: the file cannot be opened and is not corrupt (locked, newer schema,
-            permissions, disk full while creating).
+            permissions, disk full while creating), or the path names a directory or a file
+            that is not an edge-agent store (left untouched).
     """
     from agent.store._salvage import finish_interrupted  # it builds on this module
 
     quarantined: Quarantined | None = None
     try:
+        refuse_directory(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        finish_interrupted(path)
+        finish_interrupted(path)  # our own interrupted recovery first: it may fix the file
+        check_path(path)  # another application's file is refused, never quarantined
         if path.exists():
             reason = precheck(path, SCHEMA_VERSION)
             if reason is not None:

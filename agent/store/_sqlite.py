@@ -75,9 +75,9 @@ def connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def connect_ro(path: Path) -> sqlite3.Connection:
+def connect_ro(path: Path, timeout: float = BUSY_TIMEOUT_S) -> sqlite3.Connection:
     """A read-only connection: it can neither checkpoint nor drop a WAL."""
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout)
 
 
 def fsync_dir(directory: Path) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.store import _ops, _queries
+from agent.store._files import refuse_directory
 from agent.store._queries import OutboxStats
 from agent.store._sqlite import connect, connect_ro, translate
 
@@ -46,6 +47,7 @@ def _connection(
     path: Path, opener: Callable[[Path], sqlite3.Connection], doing: str
 ) -> Iterator[sqlite3.Connection]:
     """A connection to a store of this schema; sqlite3 errors become StoreError."""
+    refuse_directory(path)
     try:
         conn = opener(path)
     except sqlite3.Error as exc:

@@ -7,6 +7,7 @@ import contextlib
 import errno
 import logging
 import os
+import sqlite3
 import subprocess
 import time
 import uuid
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.store import Outbox, StoreFullError
+from agent.store import Outbox, StoreError, StoreFullError
 from agent.store._files import SEQ_FLOOR_PER_SECOND
 from tests.agent.store._drafts import draft
 
@@ -33,10 +34,12 @@ def outbox(path: Path, max_bytes: int = BIG) -> Outbox:
     return Outbox(path, gateway_id="gw-01", max_bytes=max_bytes, first_seq=1, uplinks=(UP,))
 
 
-async def test_not_a_database_is_quarantined_not_deleted(
+async def test_our_store_overwritten_with_garbage_is_quarantined_not_deleted(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     db = tmp_path / "outbox.db"
+    async with outbox(db) as ob:
+        await ob.append([draft()])  # a real store: the agent's seq mark lies beside it
     garbage = b"this is not a database, it is a power cut's leftovers\n" * 200
     db.write_bytes(garbage)
     (tmp_path / "outbox.db-wal").write_bytes(b"wal leftovers")
@@ -54,6 +57,43 @@ async def test_not_a_database_is_quarantined_not_deleted(
     assert q["recovered_seq"] is None
     assert rec["seq"] == q["seq_restart"] >= int(time.time() - 60) * SEQ_FLOOR_PER_SECOND
     assert any("STORE CORRUPT" in r.message and r.levelno == logging.ERROR for r in caplog.records)
+
+
+async def test_our_store_with_its_header_destroyed_is_recognised_and_quarantined(
+    tmp_path: Path,
+) -> None:
+    # No seq mark beside it: our schema's text in the file is the evidence.
+    db = tmp_path / "outbox.db"
+    async with outbox(db) as ob:
+        await ob.append([draft()])
+    (tmp_path / "outbox.db.issued").unlink()
+    with db.open("r+b") as f:
+        f.write(b"\xff" * 100)
+    async with outbox(db) as ob:
+        [q] = await ob.quarantines()
+    assert "not an SQLite database" in q["reason"]
+
+
+@pytest.mark.parametrize("kind", ["text", "sqlite"])
+async def test_a_file_that_is_not_a_store_is_refused_and_left_untouched(
+    tmp_path: Path, kind: str
+) -> None:
+    # store.path with a typo naming another application's file: it was moved aside (a
+    # text file) or had our tables added into it (an SQLite file), and a store created.
+    other = tmp_path / "inventory.db"
+    if kind == "text":
+        other.write_bytes(b"part,qty\nbearing 6205,4\n" * 50)
+    else:
+        with contextlib.closing(sqlite3.connect(other)) as conn, conn:
+            conn.execute("CREATE TABLE parts (name TEXT, qty INTEGER)")
+            conn.execute("INSERT INTO parts VALUES ('bearing 6205', 4)")
+    before = _read(other)
+    with pytest.raises(StoreError, match="is not an edge-agent store") as err:
+        async with outbox(other):
+            pass
+    assert str(other) in str(err.value) and "store.path" in str(err.value)
+    assert _read(other) == before
+    assert sorted(os.listdir(tmp_path)) == ["inventory.db"]
 
 
 async def test_damaged_pages_quarantined_and_seq_continues(tmp_path: Path) -> None:

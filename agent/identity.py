@@ -7,6 +7,7 @@ with their own configuration and refuse to trust an answer from anyone else.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 from collections.abc import Mapping
@@ -14,20 +15,22 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import Config
+from agent.store import READ_BUSY_S
 
 
-def open_store_ro(path: Path) -> sqlite3.Connection:
-    """The store, read-only (WAL lets it be read while the agent writes)."""
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+def open_store_ro(path: Path, timeout: float = 5.0) -> sqlite3.Connection:
+    """The store, read-only (WAL lets it be read while the agent writes); `timeout`: the
+    longest wait for a lock another process holds."""
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout)
 
 
-def store_created_at(path: Path) -> str:
+def store_created_at(path: Path, timeout: float = 5.0) -> str:
     """The store's creation stamp (set once, when the file is created).
 
     Raises:
-        OSError, sqlite3.Error: the file cannot be read.
+        OSError, sqlite3.Error: the file cannot be read (or is locked beyond `timeout`).
     """
-    with open_store_ro(path) as conn:
+    with contextlib.closing(open_store_ro(path, timeout)) as conn:
         row = conn.execute("SELECT value FROM meta WHERE key = 'created_at'").fetchone()
     if row is None:
         raise sqlite3.DatabaseError(f"{path} has no creation stamp: not an edge-agent store")
@@ -62,7 +65,8 @@ def mismatch(config: Config, reported: object) -> str | None:
     if store != ours:
         return f"it runs on store {store}, not {ours}"
     try:
-        created = store_created_at(config.store.path)
+        # An operator's command: a store held by another process must not stall it.
+        created = store_created_at(config.store.path, READ_BUSY_S)
     except (OSError, sqlite3.Error):
         return None  # unreadable here: gateway and path matched
     if reported.get("store_created_at") != created:

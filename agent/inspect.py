@@ -10,6 +10,7 @@ newest alerts and where each was delivered, or (`--dead-letter`) what a backend 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 from dataclasses import asdict
@@ -21,7 +22,7 @@ from agent.analysis.reliability import FleetLife, plausible
 from agent.config import Config
 from agent.identity import mismatch, open_store_ro
 from agent.reach import Unreachable, get_json, health_url
-from agent.store import StoreError, read_only
+from agent.store import READ_BUSY_S, StoreError, read_only
 
 EXIT_OK = 0
 EXIT_UNREACHABLE = 1
@@ -54,13 +55,15 @@ def store_summary(path: Path) -> dict[str, Any]:
 def fleet_history(path: Path) -> dict[str, list[FleetLife]]:
     """Completed lives by class from the store (empty for a store from before fleet lives)."""
     out: dict[str, list[FleetLife]] = {}
-    with open_store_ro(path) as conn:
+    with contextlib.closing(open_store_ro(path, READ_BUSY_S)) as conn:
         try:
             rows = conn.execute(
                 "SELECT class, life_hours, failed, asset, ended_at FROM fleet_lives ORDER BY id"
             ).fetchall()
-        except sqlite3.OperationalError:  # no such table: nothing recorded yet
-            return out
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return out  # a store from before fleet lives: nothing recorded yet
+            raise
     for cls, hours, failed, asset, ended_at in rows:
         out.setdefault(cls, []).append(FleetLife(float(hours), bool(failed), asset, ended_at))
     return out
@@ -90,12 +93,14 @@ def reliability_summary(config: Config, fleet: dict[str, list[FleetLife]]) -> di
     return {"classes": classes, "assets": assets}
 
 
-def _fleet(config: Config) -> dict[str, Any]:
+def _fleet(config: Config, readable: bool) -> dict[str, Any]:
+    """The fleet summary; without history when _store() found the store unreadable (busy,
+    damaged): it said why once, and a second wait for a held lock would double the time."""
     path = config.store.path
     try:
-        history = fleet_history(path) if path.exists() else {}
+        history = fleet_history(path) if readable else {}
     except (sqlite3.Error, OSError):
-        history = {}  # _store() reports an unreadable store
+        history = {}  # unreadable since _store() looked: the next status says why
     return reliability_summary(config, history)
 
 
@@ -210,7 +215,7 @@ def status(config: Config, out: TextIO, *, as_json: bool = False) -> int:
     except Unreachable as exc:
         problem = str(exc)
     store = _store(config)
-    fleet = _fleet(config)
+    fleet = _fleet(config, readable=isinstance(store, dict))
     if as_json:
         report = {"gateway": config.gateway.id, "agent": agent or problem, "store": store,
                   "fleet": fleet}  # fmt: skip

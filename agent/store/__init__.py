@@ -7,15 +7,17 @@ from agent.store._outbox import Outbox, outbox_for
 from agent.store._queries import OutboxStats, UplinkBacklog
 from agent.store._routing import FINDINGS
 from agent.store._salvage import StoreFault
-from agent.store._view import StoreView, read_only, requeue_in_place
+from agent.store._view import READ_BUSY_S, StoreView, read_only, requeue_in_place
 from agent.store._writer import WriterCounters
-from agent.store.errors import StoreClosedError, StoreError, StoreFullError
+from agent.store.errors import StoreBusyError, StoreClosedError, StoreError, StoreFullError
 
 __all__ = [
     "FINDINGS",
+    "READ_BUSY_S",
     "Outbox",
     "OutboxStats",
     "Quarantined",
+    "StoreBusyError",
     "StoreClosedError",
     "StoreError",
     "StoreFault",

@@ -13,7 +13,7 @@ import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
-from agent.store.errors import StoreError, StoreFullError
+from agent.store.errors import StoreBusyError, StoreError, StoreFullError
 
 WAL_LIMIT_BYTES = 4 * 2**20  # truncate the WAL back to this after a checkpoint
 BUSY_TIMEOUT_S = 5.0
@@ -50,6 +50,13 @@ def translate(exc: BaseException, path: Path, doing: str) -> StoreError:
     name = getattr(exc, "sqlite_errorname", None)
     if name is None and isinstance(exc, OSError) and exc.errno is not None:
         name = errno.errorcode.get(exc.errno)
+    if primary_code(exc) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return StoreBusyError(
+            f"{doing} failed on {path}: the store is busy (another process holds a lock on "
+            f"it: a long write, a backup, an sqlite3 shell); retry in a moment ({exc})",
+            path=path,
+            code=name,
+        )
     cls = StoreFullError if is_full(exc) else StoreError
     return cls(f"{doing} failed on {path}: {exc}", path=path, code=name)
 

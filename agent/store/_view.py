@@ -13,6 +13,10 @@ from agent.store._files import refuse_directory
 from agent.store._queries import OutboxStats
 from agent.store._sqlite import connect, connect_ro, translate
 
+# An operator's read waits at most this long for a lock another process holds (the agent's
+# own writer never blocks readers in WAL mode): "busy, retry" beats a silent hang.
+READ_BUSY_S = 2.0
+
 
 class StoreView:
     """Queries on an open read-only connection (see agent.store._queries)."""
@@ -66,9 +70,10 @@ def read_only(path: Path) -> Iterator[StoreView]:
     """A read-only view of a store file (WAL: it reads while the agent writes).
 
     Raises:
+        StoreBusyError: another process holds a lock on it beyond READ_BUSY_S.
         StoreError: the file is not readable as a store of this schema.
     """
-    with _connection(path, connect_ro, "reading") as conn:
+    with _connection(path, lambda p: connect_ro(p, READ_BUSY_S), "reading") as conn:
         yield StoreView(conn, path)
 
 

@@ -28,3 +28,7 @@ class StoreFullError(StoreError):
 
 class StoreClosedError(StoreError):
     """The outbox is not open (never entered, or already left)."""
+
+
+class StoreBusyError(StoreError):
+    """Another process holds a lock on the store beyond the wait allowed: retry later."""

@@ -1,10 +1,11 @@
-"""Operator commands pointed at the wrong thing: another application's file, a directory.
-Real files, the real CLI."""
+"""Operator commands pointed at the wrong thing: another application's file, a directory,
+a store another process holds locked. Real files, real SQLite locks, the real CLI."""
 
 from __future__ import annotations
 
 import contextlib
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,25 @@ async def test_the_store_refuses_a_directory_with_a_clear_error(tmp_path: Path) 
     with pytest.raises(StoreError, match="is a directory, not a file"):
         async with Outbox(tmp_path, gateway_id="gw", max_bytes=1 << 30):
             pass
+
+
+def test_read_commands_fail_fast_on_a_store_another_process_holds(tmp_path: Path) -> None:
+    # An exclusive lock held by another process (an sqlite3 shell, a backup tool): status
+    # waited 10 s (two 5 s busy timeouts), alerts 5 s, then said "database is locked".
+    cfg = write_config(tmp_path)
+    assert cli("maintenance", "-c", str(cfg), "--asset", "press-7").returncode == 0
+    holder = sqlite3.connect(tmp_path / "o.db", isolation_level=None)
+    try:
+        holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+        holder.execute("BEGIN EXCLUSIVE")
+        holder.execute("INSERT INTO meta (key, value) VALUES ('held', 1)")
+        for args in (["status"], ["alerts"]):
+            start = time.monotonic()
+            proc = cli(*args, "-c", str(cfg))
+            took = time.monotonic() - start
+            assert proc.returncode == 1
+            text = proc.stdout + proc.stderr
+            assert "the store is busy" in text and "retry in a moment" in text, text
+            assert took < 4.5, f"{args[0]} took {took:.1f} s"
+    finally:
+        holder.close()

@@ -197,8 +197,9 @@ class Writer:
         try:
             self._keeper.open()
         except BaseException as exc:  # hand every opening failure to the awaiting caller
-            self._loop.call_soon_threadsafe(_settle, ready, None, exc)
-            self._loop.call_soon_threadsafe(_settle, self._closed, None, None)
+            # One callback, `ready` last: once the caller sees the error its loop may close
+            # (asyncio.run in a CLI), and a second call from here would raise on this thread.
+            self._loop.call_soon_threadsafe(_open_failed, ready, self._closed, exc)
             return
         self._loop.call_soon_threadsafe(_settle, ready, None, None)
         try:
@@ -359,6 +360,13 @@ class Writer:
             log.error("store %s transaction failed, rolled back: %s", self._path, exc)
         for req in writes:
             self._resolve(req, None, err)
+
+
+def _open_failed(
+    ready: asyncio.Future[None], closed: asyncio.Future[None], exc: BaseException
+) -> None:
+    _settle(closed, None, None)
+    _settle(ready, None, exc)
 
 
 def _settle(fut: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:

@@ -3,8 +3,10 @@ a store another process holds locked. Real files, real SQLite locks, the real CL
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -104,3 +106,26 @@ def test_read_commands_fail_fast_on_a_store_another_process_holds(tmp_path: Path
             assert took < 4.5, f"{args[0]} took {took:.1f} s"
     finally:
         holder.close()
+
+
+def test_a_failed_open_leaves_no_thread_error_behind(tmp_path: Path) -> None:
+    # The writer thread settled two futures after a failed open: the second could find the
+    # CLI's event loop closed and print "RuntimeError: Event loop is closed" (9 in 50).
+    db = tmp_path / "o.db"
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        conn.execute("PRAGMA user_version = 9")  # a newer agent's store: opening fails
+    errors: list[BaseException | None] = []
+    previous = threading.excepthook
+    threading.excepthook = lambda a: errors.append(a.exc_value)
+
+    async def open_once() -> None:
+        with contextlib.suppress(StoreError):
+            async with Outbox(db, gateway_id="gw", max_bytes=1 << 30):
+                pass
+
+    try:
+        for _ in range(50):
+            asyncio.run(open_once())
+    finally:
+        threading.excepthook = previous
+    assert errors == []

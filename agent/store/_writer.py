@@ -126,6 +126,7 @@ class Writer:
         # progress restarts the busy clock the watchdog reads.
         self._keeper = ConnectionKeeper(path, opener, self._recovered, self._progress)
         self._unacked: list[Outcome] = []  # committed into a file that was then replaced
+        self._full_failures = 0  # failed transactions since the disk filled up (thread side)
 
     @property
     def busy_for_s(self) -> float:
@@ -340,6 +341,13 @@ class Writer:
             self.counters.failed_transactions += 1
             return [], exc
         self.counters.note_group(len(writes))
+        if self._full_failures:
+            log.warning(
+                "store %s is writable again after %d transaction(s) failed on a full disk",
+                self._path,
+                self._full_failures,
+            )
+            self._full_failures = 0
         if self._after_commit is not None:
             try:
                 self._after_commit(conn)
@@ -350,9 +358,13 @@ class Writer:
     def _fail(self, writes: list[_Request], exc: BaseException) -> None:
         err = self._wrap(exc, f"a transaction of {len(writes)} request(s)")
         if is_full(exc):
-            log.error(
+            self._full_failures += 1
+            # Once per episode: every write fails while the disk stays full, and a log line
+            # per failure would itself fill the journal of a gateway with no space left.
+            log.log(
+                logging.ERROR if self._full_failures == 1 else logging.DEBUG,
                 "store %s is FULL: %d write(s) rolled back, none acknowledged; "
-                "will retry on the next write",
+                "will retry on the next write (said once until a write succeeds)",
                 self._path,
                 len(writes),
             )

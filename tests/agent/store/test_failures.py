@@ -192,6 +192,27 @@ async def test_disk_full_is_reported_and_contained(tmp_path: Path) -> None:
             assert (await ob.load_state()) == {"k": "3"}
 
 
+async def test_a_full_disk_is_logged_once_per_episode(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Every write failing on a full disk logged an ERROR (300 appends: 300 lines).
+    with small_disk(tmp_path / "mnt") as mnt:
+        if mnt is None:
+            pytest.skip("cannot mount a tmpfs here (needs root)")
+        async with outbox(mnt / "outbox.db") as ob:
+            filler = mnt / "filler"
+            fill(filler)
+            with caplog.at_level(logging.INFO, logger="agent.store"):
+                for i in range(20):
+                    with pytest.raises(StoreFullError):
+                        await ob.append([draft(i=i, blob="x" * 2000) for _ in range(20)])
+                filler.unlink()
+                await ob.append([draft(i=99)])
+    full = [r for r in caplog.records if "is FULL" in r.message and r.levelno >= logging.INFO]
+    back = [r for r in caplog.records if "writable again after 20" in r.message]
+    assert len(full) == 1 and len(back) == 1
+
+
 async def test_a_full_disk_makes_room_from_delivered_alerts_not_from_new_ones(
     tmp_path: Path,
 ) -> None:

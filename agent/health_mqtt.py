@@ -20,9 +20,15 @@ def mqtt_metrics(snap: dict[str, Any]) -> Iterator[Metric]:
         "bad_timestamp, future_timestamp, old_timestamp, bad_waveform...)",
         labels=["sensor", "reason"],
     )
+    timing = CounterMetricFamily(
+        "edge_mqtt_timing",
+        "MQTT readings kept whose time was noted, by kind (late: measured longer than "
+        "stale_after_s before arrival, not a sign of life)",
+        labels=["sensor", "kind"],
+    )
     silent = GaugeMetricFamily(
         "edge_mqtt_last_message_age_seconds",
-        "Seconds since the sensor's last usable MQTT message",
+        "Seconds since the newest measurement of the sensor's usable MQTT messages",
         labels=["sensor"],
     )
     for s in snap.get("sensors", []):
@@ -31,10 +37,13 @@ def mqtt_metrics(snap: dict[str, Any]) -> Iterator[Metric]:
         messages.add_metric([s["id"]], float(s.get("messages_total", 0)))
         for reason, n in (s.get("dropped") or {}).items():
             dropped.add_metric([s["id"], reason], float(n))
+        for kind, n in (s.get("timing") or {}).items():
+            timing.add_metric([s["id"], kind], float(n))
         if s.get("last_message_age_s") is not None:
             silent.add_metric([s["id"]], float(s["last_message_age_s"]))
     yield messages
     yield dropped
+    yield timing
     yield silent
     connected = GaugeMetricFamily(
         "edge_mqtt_broker_connected", "1 while the broker link is up", labels=["broker"]

@@ -32,6 +32,10 @@ OUT_OF_ORDER = "out_of_order"
 # subscription (in 3.1.1 before the queued messages of a persistent session): its reading
 # was live when published, and is not analysed again as if new.
 RETAINED = "retained"
+# Readings kept but whose time says something about the sensor (counted, logged once per
+# LOG_EVERY_S): measured longer than stale_after_s before they arrived (a buffered backlog
+# flushed after a reconnect, or a clock behind), which are history, not a sign of life.
+LATE = "late"
 
 
 class MqttSensor:
@@ -80,6 +84,7 @@ class MqttSensor:
         self._logged: dict[str, float] = {}
         self._sink_errors = 0
         self._latest: dict[str, tuple[datetime, int]] = {}  # channel -> (time, hash of bytes)
+        self.timing: Counter[str] = Counter()  # LATE...: readings kept, their time noted
 
     # -- what the health endpoint and the sensor-fault tracker read ----------------------
     @property
@@ -92,7 +97,8 @@ class MqttSensor:
 
     @property
     def silent_for_s(self) -> float:
-        """Seconds since the last usable message (or since start)."""
+        """Seconds since the newest measurement a usable message carried (or since start):
+        a reading measured an hour ago, arriving now, leaves the sensor an hour silent."""
         return time.monotonic() - (self._last_msg or self._started)
 
     @property
@@ -131,6 +137,7 @@ class MqttSensor:
             "messages_total": self.messages_total,
             "dropped": dict(self.dropped),
             "bad_values": dict(self.bad),
+            "timing": dict(self.timing),
             "bad_for_s": round(self.bad_for_s, 3),
             "last_bad": list(self._last_bad),
             "last_error": self._last_error,
@@ -165,8 +172,7 @@ class MqttSensor:
             readings = self._newer(readings, hash(payload.raw))
             if not readings:
                 return
-        self._last_msg = time.monotonic()
-        self._last_ok_at = received_at
+        self._alive(readings[0].timestamp, received_at)
         self._quality([f for r in readings for f in r.flags])
         for reading in readings:
             try:
@@ -175,6 +181,38 @@ class MqttSensor:
                 self._sink_errors += 1
                 if self._sink_errors == 1:
                     log.exception("mqtt sensor %s: reading sink failed", self.sensor_id)
+
+    def _alive(self, measured: datetime, received_at: datetime) -> None:
+        """Staleness follows the newest measurement, not the arrival: a backlog of
+        hours-old readings (analysed as the history it is) must not make a dead sensor
+        look alive. A sensor whose clock is behind by more than stale_after_s looks stale
+        too, and says why in last_error."""
+        age = max(0.0, (received_at - measured).total_seconds())
+        seen = time.monotonic() - age
+        if self._last_msg is None or seen > self._last_msg:
+            self._last_msg = seen
+            self._last_ok_at = measured
+        if age < self.stale_after_s:
+            return
+        self.timing[LATE] += 1
+        detail = (
+            f"readings arrive {age:.0f} s after they were measured (a buffered backlog, or "
+            "the sensor's clock is behind): kept as history, not taken as a sign of life"
+        )
+        if self.state == "stale":
+            self._last_error = f"{LATE}: {detail}"
+        self._log_timing(LATE, detail)
+
+    def _log_timing(self, kind: str, detail: str) -> None:
+        """Log a timing note once, then at most every LOG_EVERY_S."""
+        now = time.monotonic()
+        if now - self._logged.get(kind, -LOG_EVERY_S) >= LOG_EVERY_S:
+            self._logged[kind] = now
+            log.warning(
+                "mqtt sensor %s (%s): %s; %d such readings so far, counted in edge_mqtt_timing",
+                self.sensor_id, kind, detail, self.timing[kind],
+                extra={"sensor_id": self.sensor_id},
+            )  # fmt: skip
 
     def carry_from(self, old: MqttSensor) -> None:
         """Take over what a reload's predecessor analysed last: a QoS 1 message the broker

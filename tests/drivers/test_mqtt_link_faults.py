@@ -289,3 +289,28 @@ async def test_a_flooding_sensor_cannot_crowd_its_neighbours_out_of_the_analysis
     assert held["flood"] == 75  # its share of the queue; the rest dropped and counted
     assert counters.readings_dropped_total >= 1900
     assert len([r for r in caplog.records if "flood" in r.getMessage()]) == 1, "logged once"
+
+
+async def test_a_backlog_of_hours_old_readings_does_not_make_a_dead_sensor_look_alive(
+    broker: Mosquitto,
+) -> None:
+    # A gateway flushes what it buffered while its uplink was down: readings of a sensor
+    # that died meanwhile. They are history (analysed in order) but no sign of life.
+    now = datetime.now(UTC).replace(microsecond=0)
+    backlog = [(now - timedelta(hours=2, seconds=-s)).isoformat() for s in (0, 60, 120)]
+    rig = Rig(broker)  # stale_after_s=60
+    async with rig.running():
+        await publish(broker.port, [(TOPIC, stamped(float(i), at)) for i, at in enumerate(backlog)])
+        await until(lambda: len(rig.got) == 3, 5)
+        assert rig.sensor.state == "stale", "a 2 h old backlog made the sensor look alive"
+        assert rig.sensor.silent_for_s > 7000
+        assert rig.sensor.timing["late"] == 3
+        assert "backlog" in (rig.sensor.last_error or "")
+        status = rig.sensor.status()
+        assert status["timing"] == {"late": 3} and status["state"] == "stale"
+        # A fresh reading is the sign of life.
+        await publish(broker.port, [(TOPIC, stamped(5.0, datetime.now(UTC).isoformat()))])
+        await until(lambda: len(rig.got) == 4, 5)
+        assert rig.sensor.state == "ok" and rig.sensor.silent_for_s < 30
+    assert rig.values() == [0.0, 1.0, 2.0, 5.0]
+    assert not rig.sensor.dropped

@@ -23,7 +23,8 @@ def mqtt_metrics(snap: dict[str, Any]) -> Iterator[Metric]:
     timing = CounterMetricFamily(
         "edge_mqtt_timing",
         "MQTT readings kept whose time was noted, by kind (late: measured longer than "
-        "stale_after_s before arrival, not a sign of life)",
+        "stale_after_s before arrival, not a sign of life; clock_ahead: stamped ahead of "
+        "this gateway, analysed at their arrival time)",
         labels=["sensor", "kind"],
     )
     silent = GaugeMetricFamily(

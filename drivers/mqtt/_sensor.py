@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from drivers.errors import PayloadError
-from drivers.payloads import Decoder, Payload, to_readings
+from drivers.payloads import Decoded, Decoder, Payload, to_readings
 from drivers.reading import Reading, utc_now
 
 log = logging.getLogger("edge_agent.drivers.mqtt")
@@ -36,6 +36,12 @@ RETAINED = "retained"
 # LOG_EVERY_S): measured longer than stale_after_s before they arrived (a buffered backlog
 # flushed after a reconnect, or a clock behind), which are history, not a sign of life.
 LATE = "late"
+# Stamped ahead of this gateway by more than CLOCK_AHEAD_S (and less than the decoders'
+# FUTURE_LIMIT, beyond which the message is dropped): a sensor clock running ahead. Kept
+# with its own time, it would make every correctly stamped reading after it "out of order"
+# (dropped) until real time caught up with it; it is analysed at its arrival time instead.
+CLOCK_AHEAD = "clock_ahead"
+CLOCK_AHEAD_S = 2.0  # NTP-set clocks agree far better; a reading is never measured later
 
 
 class MqttSensor:
@@ -161,6 +167,8 @@ class MqttSensor:
         except Exception as exc:  # a decoder bug must not end the link
             self.drop(UNEXPECTED, f"{type(exc).__name__}: {exc}")
             return
+        if decoded.timestamp is not None:
+            self._clock_ahead(decoded, received_at)
         # Durations run on the monotonic clock (the decode queue's wait, ms, is left out).
         readings = to_readings(
             self.sensor_id, self.channels, decoded, received_at, received_mono_s=time.monotonic()
@@ -181,6 +189,21 @@ class MqttSensor:
                 self._sink_errors += 1
                 if self._sink_errors == 1:
                     log.exception("mqtt sensor %s: reading sink failed", self.sensor_id)
+
+    def _clock_ahead(self, decoded: Decoded, received_at: datetime) -> None:
+        """A reading stamped ahead of its arrival (see CLOCK_AHEAD) takes the arrival time."""
+        assert decoded.timestamp is not None
+        ahead = (decoded.timestamp - received_at).total_seconds()
+        if ahead <= CLOCK_AHEAD_S:
+            return
+        self.timing[CLOCK_AHEAD] += 1
+        stamp = decoded.timestamp.isoformat()
+        decoded.timestamp = received_at
+        self._log_timing(
+            CLOCK_AHEAD,
+            f"a reading stamped {stamp}, {ahead:.0f} s ahead of this gateway (the sensor's "
+            "clock runs ahead): analysed at its arrival time",
+        )
 
     def _alive(self, measured: datetime, received_at: datetime) -> None:
         """Staleness follows the newest measurement, not the arrival: a backlog of

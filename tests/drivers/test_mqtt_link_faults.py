@@ -314,3 +314,27 @@ async def test_a_backlog_of_hours_old_readings_does_not_make_a_dead_sensor_look_
         assert rig.sensor.state == "ok" and rig.sensor.silent_for_s < 30
     assert rig.values() == [0.0, 1.0, 2.0, 5.0]
     assert not rig.sensor.dropped
+
+
+async def test_a_reading_stamped_minutes_ahead_does_not_make_the_next_ones_out_of_order(
+    broker: Mosquitto,
+) -> None:
+    # One reading from a sensor whose clock ran 4 minutes ahead (inside the 5 minutes the
+    # decoders accept), then correctly stamped ones: before, all of those were dropped as
+    # out_of_order until real time passed the bad stamp.
+    now = datetime.now(UTC)
+    ahead = (now + timedelta(minutes=4)).isoformat()
+    rig = Rig(broker)
+    async with rig.running():
+        await publish(broker.port, [(TOPIC, stamped(1.0, ahead))])
+        await until(lambda: len(rig.got) == 1, 5)
+        later = [datetime.now(UTC) + timedelta(milliseconds=ms) for ms in (1, 2, 3)]
+        await publish(broker.port, [(TOPIC, stamped(v, at.isoformat())) for v, at in
+                                    zip((2.0, 3.0, 4.0), later, strict=True)])  # fmt: skip
+        await until(lambda: len(rig.got) + sum(rig.sensor.dropped.values()) == 4, 5)
+    assert rig.values() == [1.0, 2.0, 3.0, 4.0]
+    assert not rig.sensor.dropped
+    assert rig.sensor.timing == {"clock_ahead": 1}
+    # The first reading took its arrival time, so time only moves forward in the analysis.
+    assert rig.got[0].timestamp < now + timedelta(seconds=10)
+    assert [r.timestamp for r in rig.got] == sorted(r.timestamp for r in rig.got)

@@ -235,7 +235,10 @@ class MqttProxy:
       over that many bytes: a limit nobody announces (a broker that does not say it in
       CONNACK, a middlebox);
     - `holding`: while True, it swallows the client's PUBLISH packets (never forwarded, so
-      never acknowledged): a publish in flight when the broker dies.
+      never acknowledged): a publish in flight when the broker dies;
+    - `holding_acks`: while True, it swallows the client's PUBACK packets, and `cut()`
+      then closes every connection: a PUBACK lost with a dying link, so the broker sends
+      the message again (DUP) to the session at the next connection.
 
     Attributes:
         port: where clients connect (127.0.0.1).
@@ -247,11 +250,18 @@ class MqttProxy:
         self.broker = broker
         self.limit = limit
         self.holding = False
+        self.holding_acks = False
+        self.acks_held = 0
         self.port = 0
         self.cuts = 0
         self.held: list[str] = []
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+
+    def cut(self) -> None:
+        """Close every connection now, without a word to either side."""
+        for task in list(self._tasks):
+            task.cancel()
 
     async def __aenter__(self) -> MqttProxy:
         self._server = await asyncio.start_server(self._client, "127.0.0.1", 0)
@@ -305,6 +315,9 @@ class MqttProxy:
                 if self.holding and header[0] >> 4 == 3:  # PUBLISH
                     ids = re.findall(rb'"alert_id":"([^"]+)"', body)
                     self.held.append(ids[0].decode() if ids else "?")
+                    continue
+                if self.holding_acks and header[0] >> 4 == 4:  # PUBACK
+                    self.acks_held += 1
                     continue
                 dst.write(bytes(header) + body)
                 await dst.drain()

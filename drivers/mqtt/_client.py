@@ -71,7 +71,11 @@ class BoundedClient(aiomqtt.Client):
         else:
             self.queued_bytes += size
             self.queued_bytes_peak = max(self.queued_bytes_peak, self.queued_bytes)
-            super()._on_message(client, userdata, message)
+            # aiomqtt's Message drops paho's DUP flag: a QoS 1 message sent again (its PUBACK
+            # was lost with the connection) must be told from a new one (MqttSensor).
+            m = aiomqtt.Message._from_paho_message(message)
+            m.dup = bool(message.dup)  # type: ignore[attr-defined]
+            self._queue.put_nowait(m)  # a place is free: checked above, same thread
 
     def taken(self, message: aiomqtt.Message) -> None:
         """A message left the queue: its bytes no longer count against the bound."""

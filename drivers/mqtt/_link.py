@@ -328,8 +328,17 @@ class BrokerLink:
         sub_ids = getattr(message.properties, "SubscriptionIdentifier", None)
         if sub_ids is not None and not isinstance(sub_ids, list):
             sub_ids = [sub_ids]
+        # A QoS 1 message's packet id names it while in flight, so a copy the broker sends
+        # again (DUP) can be told from a new message (MqttSensor).
+        mid = message.mid if message.qos > 0 else None
         self.router.dispatch(
-            message.topic.value, bytes(payload), utc_now(), retained=retained, sub_ids=sub_ids
+            message.topic.value,
+            bytes(payload),
+            utc_now(),
+            retained=retained,
+            sub_ids=sub_ids,
+            mid=mid,
+            dup=bool(getattr(message, "dup", False)),
         )
 
     def _failed(self, exc: BaseException, attempt: int) -> None:

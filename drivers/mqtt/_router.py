@@ -160,8 +160,12 @@ class Router:
         *,
         retained: bool = False,
         sub_ids: Iterable[int] | None = None,
+        mid: int | None = None,
+        dup: bool = False,
     ) -> None:
-        """Decode a message for each sensor it is for; never raises."""
+        """Decode a message for each sensor it is for; never raises.
+
+        ``mid``: a QoS 1 message's packet id; ``dup``: the broker sends it again."""
         payload = Payload(raw)
         sensors: dict[int, MqttSensor] = {}
         routes = self.matching(topic, sub_ids)
@@ -171,7 +175,7 @@ class Router:
         if not routes:
             log.debug("mqtt message on %s matches no subscription", topic[:120])
         for s in sensors.values():
-            s.handle(payload, received_at, retained=retained)
+            s.handle(payload, received_at, retained=retained, mid=mid, dup=dup)
 
     def reject(self, topic: str, reason: str, detail: str) -> None:
         """Count a message refused before decoding (too large): on the sensors the topic

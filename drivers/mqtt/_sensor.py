@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, Literal
@@ -28,6 +28,11 @@ UNEXPECTED = "decoder_error"  # a decoder bug: counted, logged, never fatal
 # corrupt the trend (over an hour back it discards the history), a replay counts twice.
 DUPLICATE = "duplicate"  # the same time and bytes again (a QoS 1 redelivery)
 OUT_OF_ORDER = "out_of_order"
+# A message without its own time has only its packet id and bytes: one the broker flags DUP
+# (sent again after its PUBACK was lost with the connection) whose id and bytes match one
+# of the last RECENT_MIDS analysed is that message again. Only the broker's in-flight
+# messages are sent again (mosquitto's max_inflight_messages: 20 by default).
+RECENT_MIDS = 64
 # A retained message is the broker's copy of one published earlier, replayed at every
 # subscription (in 3.1.1 before the queued messages of a persistent session): its reading
 # was live when published, and is not analysed again as if new.
@@ -90,6 +95,7 @@ class MqttSensor:
         self._logged: dict[str, float] = {}
         self._sink_errors = 0
         self._latest: dict[str, tuple[datetime, int]] = {}  # channel -> (time, hash of bytes)
+        self._recent: deque[tuple[int, int]] = deque(maxlen=RECENT_MIDS)  # (mid, digest)
         self.timing: Counter[str] = Counter()  # LATE...: readings kept, their time noted
 
     # -- what the health endpoint and the sensor-fault tracker read ----------------------
@@ -150,14 +156,27 @@ class MqttSensor:
         }
 
     # -- the message path -------------------------------------------------------------
-    def handle(self, payload: Payload, received_at: datetime, *, retained: bool = False) -> None:
+    def handle(
+        self,
+        payload: Payload,
+        received_at: datetime,
+        *,
+        retained: bool = False,
+        mid: int | None = None,
+        dup: bool = False,
+    ) -> None:
         """Decode one message and hand its readings to the sink, or count why not.
 
         ``retained``: the broker replays a stored message (see RETAINED): counted, dropped.
+        ``mid``: a QoS 1 message's packet id; ``dup``: the broker flagged it as sent again
+        (see RECENT_MIDS).
         """
         self.messages_total += 1
         if retained:
             self.drop(RETAINED, "the broker's stored copy of an earlier message")
+            return
+        if dup and mid is not None and (mid, hash(payload.raw)) in self._recent:
+            self.drop(DUPLICATE, f"message {mid} sent again by the broker (DUP)")
             return
         try:
             decoded = self.decoder.decode(payload, received_at)
@@ -181,6 +200,8 @@ class MqttSensor:
             if not readings:
                 return
         self._alive(readings[0].timestamp, received_at)
+        if mid is not None:
+            self._recent.append((mid, hash(payload.raw)))
         self._quality([f for r in readings for f in r.flags])
         for reading in readings:
             try:
@@ -241,6 +262,7 @@ class MqttSensor:
         """Take over what a reload's predecessor analysed last: a QoS 1 message the broker
         delivers again to the new link must not count twice."""
         self._latest.update(old._latest)
+        self._recent.extend(old._recent)
 
     def _newer(self, readings: list[Reading], digest: int) -> list[Reading]:
         """The readings newer than the last analysed on their channel (the rest counted)."""

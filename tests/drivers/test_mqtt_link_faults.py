@@ -25,7 +25,7 @@ from drivers.mqtt import BrokerLink, BrokerSettings, MqttSensor, Route, Router, 
 from drivers.payloads import load_decoder
 from drivers.reading import Reading
 from tests.drivers.test_mqtt_link import MAC, TOPIC, Rig, broker, ncd, publish, until
-from tests.mosquitto import Mosquitto, assert_nothing_outlives, cancel_after
+from tests.mosquitto import Mosquitto, MqttProxy, assert_nothing_outlives, cancel_after
 
 pytestmark = [pytest.mark.network]
 __all__ = ["broker"]  # the fixture
@@ -338,3 +338,28 @@ async def test_a_reading_stamped_minutes_ahead_does_not_make_the_next_ones_out_o
     # The first reading took its arrival time, so time only moves forward in the analysis.
     assert rig.got[0].timestamp < now + timedelta(seconds=10)
     assert [r.timestamp for r in rig.got] == sorted(r.timestamp for r in rig.got)
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+async def test_a_qos1_redelivery_of_a_reading_without_a_timestamp_is_analysed_once(
+    broker: Mosquitto, protocol: str
+) -> None:
+    # The link dies after the agent took a message but before its PUBACK reached the
+    # broker (a cellular link dropping): the persistent session sends it again, flagged
+    # DUP, with the same packet id. Without a timestamp in the payload the time check
+    # cannot tell it from a new reading.
+    async with MqttProxy(broker) as proxy:
+        rig = Rig(broker, port=proxy.port, persistent=True, protocol=protocol)
+        async with rig.running() as link:
+            proxy.holding_acks = True
+            await publish(broker.port, [(TOPIC, ncd(1.0))])
+            await until(lambda: len(rig.got) == 1 and proxy.acks_held == 1, 5)
+            proxy.holding_acks = False
+            proxy.cut()
+            await until(lambda: link.connects_total == 2, 10)
+            await until(lambda: rig.sensor.messages_total == 2, 5)
+            # The same bytes published again are a new reading, and analysed.
+            await publish(broker.port, [(TOPIC, ncd(1.0))])
+            await until(lambda: rig.sensor.messages_total == 3, 5)
+    assert rig.values() == [1.0, 1.0], "the redelivered copy was analysed a second time"
+    assert dict(rig.sensor.dropped) == {"duplicate": 1}

@@ -329,3 +329,25 @@ async def test_intermittent_garbage_is_counted_not_logged_per_poll(caplog) -> No
     lines = [r.getMessage() for r in caplog.records if "implausible" in r.getMessage()]
     again = [r for r in caplog.records if "plausible again" in r.getMessage()]
     assert len(lines) == 1 and len(again) == 1, lines
+
+
+async def test_0x8000_in_an_unsigned_register_is_garbage_not_a_zone_d_reading(caplog) -> None:
+    # 0x8000, the "no value" mark of 16-bit registers (the int16 minimum), in the QM30VT2's
+    # unsigned mm/s register read as 32.768 mm/s: zone D on every ISO 10816 class, and
+    # inside the 0-50 valid range. Kurtosis and crest factor (32.768) were analysed too.
+    caplog.set_level(logging.INFO, logger=LOG)
+    garbage = {"velocity_rms_mm_s": 32.768, "kurtosis": 32.768, "crest_factor": 32.768}
+    readings = Collector()
+    async with ModbusSimServer([SimDevice(5, Constant({**A, **garbage}))]) as srv:
+        p = poller(srv.port, 5, readings, poll_interval_s=0.05)
+        async with running(p):
+            while len(readings) < 6:
+                await readings.next(timeout_s=3)
+    for r in readings:
+        assert r.quality == "bad"
+        assert not set(garbage) & set(r.features), r.features  # never analysed
+        assert {f"{f}:sentinel" for f in garbage} <= set(r.flags)
+        assert r.features["accel_rms_g"] == pytest.approx(A["accel_rms_g"])  # the rest kept
+    assert p.status.bad_values["sentinel"] >= 3
+    lines = [r.getMessage() for r in caplog.records if "implausible" in r.getMessage()]
+    assert len(lines) == 1, lines

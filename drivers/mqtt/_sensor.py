@@ -38,8 +38,9 @@ RECENT_MIDS = 64
 # was live when published, and is not analysed again as if new.
 RETAINED = "retained"
 # Readings kept but whose time says something about the sensor (counted, logged once per
-# LOG_EVERY_S): measured longer than stale_after_s before they arrived (a buffered backlog
-# flushed after a reconnect, or a clock behind), which are history, not a sign of life.
+# LOG_EVERY_S): measured longer than stale_after_s before they arrived, beyond the sensor's
+# usual lag (a buffered backlog flushed after a reconnect, a clock stepped back): history,
+# not a sign of life.
 LATE = "late"
 # Stamped ahead of this gateway by more than CLOCK_AHEAD_S (and less than the decoders'
 # FUTURE_LIMIT, beyond which the message is dropped): a sensor clock running ahead. Kept
@@ -85,6 +86,8 @@ class MqttSensor:
         self._sink = sink
         self._started = time.monotonic()
         self._last_msg: float | None = None
+        # The sensor's usual lag, arrival minus measurement (see _alive): 0 until learned.
+        self._lag_floor, self._lag_at = 0.0, self._started
         self._last_ok_at: datetime | None = None
         self._last_error: str | None = None
         self.messages_total = 0
@@ -229,10 +232,21 @@ class MqttSensor:
     def _alive(self, measured: datetime, received_at: datetime) -> None:
         """Staleness follows the newest measurement, not the arrival: a backlog of
         hours-old readings (analysed as the history it is) must not make a dead sensor
-        look alive. A sensor whose clock is behind by more than stale_after_s looks stale
-        too, and says why in last_error."""
-        age = max(0.0, (received_at - measured).total_seconds())
-        seen = time.monotonic() - age
+        look alive.
+
+        A clock that is steadily behind is learned, not held against the sensor: its lag
+        floor (the least lag seen) may rise by at most the time passed between messages,
+        capped at stale_after_s per message. A live sensor whose clock lags L looks stale
+        only until the floor has caught up (about L after start), while a backlog flushed
+        within seconds stands out by its whole age.
+        """
+        lag = max(0.0, (received_at - measured).total_seconds())
+        now = time.monotonic()
+        rise = min(now - self._lag_at, self.stale_after_s)
+        self._lag_floor = min(lag, self._lag_floor + rise)
+        self._lag_at = now
+        age = lag - self._lag_floor
+        seen = now - age
         if self._last_msg is None or seen > self._last_msg:
             self._last_msg = seen
             self._last_ok_at = measured
@@ -240,8 +254,8 @@ class MqttSensor:
             return
         self.timing[LATE] += 1
         detail = (
-            f"readings arrive {age:.0f} s after they were measured (a buffered backlog, or "
-            "the sensor's clock is behind): kept as history, not taken as a sign of life"
+            f"readings arrive {lag:.0f} s after they were measured (a buffered backlog, or "
+            "the sensor's clock stepped back): kept as history, not taken as a sign of life"
         )
         if self.state == "stale":
             self._last_error = f"{LATE}: {detail}"
@@ -263,6 +277,7 @@ class MqttSensor:
         delivers again to the new link must not count twice."""
         self._latest.update(old._latest)
         self._recent.extend(old._recent)
+        self._lag_floor, self._lag_at = old._lag_floor, old._lag_at
 
     def _newer(self, readings: list[Reading], digest: int) -> list[Reading]:
         """The readings newer than the last analysed on their channel (the rest counted)."""

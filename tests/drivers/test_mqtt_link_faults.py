@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -313,6 +314,28 @@ async def test_a_backlog_of_hours_old_readings_does_not_make_a_dead_sensor_look_
         await until(lambda: len(rig.got) == 4, 5)
         assert rig.sensor.state == "ok" and rig.sensor.silent_for_s < 30
     assert rig.values() == [0.0, 1.0, 2.0, 5.0]
+    assert not rig.sensor.dropped
+
+
+async def test_a_sensor_whose_clock_is_steadily_behind_is_learned_not_called_stale(
+    broker: Mosquitto,
+) -> None:
+    # A live sensor whose clock lags 3 s, with stale_after_s 1: its lag is learned while
+    # its messages flow (the floor rises by the time between messages), so it is "ok"
+    # afterwards, not stale forever (which would raise a false sensor_fault alert).
+    rig = Rig(broker)
+    rig.sensor.stale_after_s = 1.0
+    async with rig.running():
+        deadline = time.monotonic() + 10.0
+        for i in range(40):  # bounded: 40 messages, 0.25 s apart, at most 10 s
+            at = (datetime.now(UTC) - timedelta(seconds=3)).isoformat()
+            await publish(broker.port, [(TOPIC, stamped(float(i), at))])
+            await until(lambda n=i + 1: len(rig.got) == n, 5)
+            if i >= 24 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.25)
+        assert rig.sensor.state == "ok", rig.sensor.last_error
+        assert rig.sensor.silent_for_s < 1.0
     assert not rig.sensor.dropped
 
 

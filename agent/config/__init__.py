@@ -33,6 +33,7 @@ from agent.config._models import (
     ZoneLimits,
     parse_size,
 )
+from agent.config._tls import load_tls, tls_context
 from agent.config._urls import public_url
 from agent.config._zones import standard_label, zone_limits
 
@@ -69,11 +70,13 @@ __all__ = [
     "ZoneLimits",
     "check_file",
     "load_config",
+    "load_tls",
     "main_check",
     "parse_size",
     "public_url",
     "readable_by_others",
     "standard_label",
     "summary",
+    "tls_context",
     "zone_limits",
 ]

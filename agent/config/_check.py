@@ -87,6 +87,10 @@ def _uplink_lines(config: Config) -> list[str]:
                     "work-order requests for raised and escalated alerts, due "
                     f"{_num(u.cmms.safety_margin_hours)} h before the earliest estimated failure"
                 )
+            if h.ca_file is not None:
+                token += f", CA {h.ca_file}"
+            if h.cert_file is not None:
+                token += " and client certificate" if h.ca_file else ", client certificate"
             lines.append(f"  {name}: {public_url(h.url)} ({token}, {what})")
             secret = h.token_file
         else:

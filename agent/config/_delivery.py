@@ -10,11 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Self
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from agent.config._base import Id, _Model
 from agent.config._cmms import CmmsMapping
-from agent.config._urls import is_loopback, url_problem
+from agent.config._urls import is_loopback, public_url, url_problem
 
 
 class _Delivery(_Model):
@@ -35,11 +35,30 @@ class _HttpEndpoint(_Delivery):
     token: str | None = None  # may be "${ENV_VAR}", expanded at load
     token_file: Path | None = None
     allow_insecure_http: bool = False
+    # TLS of an https:// url: the CA certificate(s) to trust instead of the system's (a
+    # private or plant CA), and a client certificate when the far end asks for one.
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @field_validator("ca_file", "cert_file", "key_file")
+    @classmethod
+    def _https_only(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        url = info.data.get("url")  # declared before, so validated already (when valid)
+        if v is not None and isinstance(url, str) and not url.lower().startswith("https://"):
+            raise ValueError(
+                f"{info.field_name} is for TLS, but url {public_url(url)!r} is plain "
+                f"http:// (no TLS, the file would be ignored); use an https:// url, or "
+                f"remove {info.field_name}"
+            )
+        return v
 
     @model_validator(mode="after")
     def _endpoint(self) -> Self:
         if self.token is not None and self.token_file is not None:
             raise ValueError("give token or token_file, not both")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("give cert_file and key_file together (a client certificate)")
         problem = url_problem(self.url, allow_insecure_http=self.allow_insecure_http)
         if problem:
             raise ValueError(problem)

@@ -17,12 +17,14 @@ from agent.config._models import Config
 from agent.config._mqtt import Broker
 from agent.config._mqtt_check import mqtt_checks, read_broker_files
 from agent.config._secrets import read_tokens, secret_path
+from agent.config._tls_check import tls_file_issues
 from agent.config._yaml import parse
 
 if TYPE_CHECKING:
     from drivers.datalibrary import DataLibrary
 
 M = TypeVar("M", Broker, MqttUplink)
+TLS_FILES = ("ca_file", "cert_file", "key_file")
 _MAX_FILE_BYTES = 1 * 2**20  # a configuration is a few KiB; anything this big is a mistake
 
 
@@ -150,6 +152,7 @@ def collect(
     issues += profiles.issues()
     tokens, token_issues = read_tokens(data, smap, path.parent)
     issues += token_issues
+    issues += tls_file_issues(data, smap, path.parent)
     decoders_dir = _profiles_dir(data, path.parent, "decoders_dir")
     if data.get("mqtt") or decoders_dir is not None:
         decoders = _Decoders(decoders_dir)
@@ -187,7 +190,9 @@ def _resolved(config: Config, secrets: dict[int, str], base: Path) -> Config:
         if u.http is not None or u.cmms is not None:
             h = u.http or u.cmms
             assert h is not None
-            upd: dict[str, object] = {"token_file": _absolute(h.token_file, base)}
+            upd: dict[str, object] = {
+                k: _absolute(getattr(h, k), base) for k in ("token_file", *TLS_FILES)
+            }
             if i in secrets:
                 upd["token"] = secrets[i]
             u = u.model_copy(update={u.kind: h.model_copy(update=upd)})
@@ -195,9 +200,6 @@ def _resolved(config: Config, secrets: dict[int, str], base: Path) -> Config:
             u = u.model_copy(update={"mqtt": _mqtt_files(u.mqtt, secrets.get(i), base)})
         uplinks.append(u)
     return config.model_copy(update={"uplinks": tuple(uplinks)})
-
-
-TLS_FILES = ("ca_file", "cert_file", "key_file")
 
 
 def _resolved_brokers(config: Config, secrets: dict[int, str], base: Path) -> Config:

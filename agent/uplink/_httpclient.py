@@ -6,6 +6,13 @@ naming the Location. The token comes from the configuration or its token_file, w
 re-read after a 401/403/407 (a rotated token is picked up). A HEAD on the URL is the cheap
 probe while the far end is down. Error messages name the URL without credentials.
 
+TLS: the uplink's ca_file (a private or plant CA, instead of the system's CAs) and client
+certificate are loaded once, off the event loop, when the client is entered; a file that
+cannot be loaded sends nothing (never a fallback to the system's CAs) and each attempt
+tries it again. A certificate that fails verification is a failure that says so (retried
+with backoff, never "delivered", nothing dead-lettered); the files are re-read after it,
+so a CA file replaced in place is picked up.
+
 Status policy of a non-2xx answer (`HttpClient.failure`):
 - 1xx (a 101 nobody asked for), 5xx, 408, 429 and the caller's other retryable statuses:
   retried; the far end is "down"
@@ -21,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -28,7 +36,7 @@ from typing import Self
 
 import aiohttp
 
-from agent.config import CmmsUplink, HttpUplink, public_url, readable_by_others
+from agent.config import CmmsUplink, HttpUplink, load_tls, public_url, readable_by_others
 from agent.uplink._backoff import parse_retry_after
 from agent.uplink.errors import UplinkError, UplinkRejected, UplinkUnavailable
 
@@ -78,6 +86,10 @@ class HttpClient:
         self._token: str | None = cfg.token
         self._session: aiohttp.ClientSession | None = None
         self._mode_warned = False
+        # None until the uplink's own TLS files are loaded; unused without them.
+        self._tls_files = cfg.ca_file is not None or cfg.cert_file is not None
+        self._ssl: ssl.SSLContext | None = None
+        self._tls_problem = ""
 
     async def __aenter__(self) -> Self:
         timeout = aiohttp.ClientTimeout(total=self.cfg.timeout_s)
@@ -85,6 +97,7 @@ class HttpClient:
         self._session = aiohttp.ClientSession(timeout=timeout, connector=connector)
         try:
             await self._load_token()
+            await self._load_tls()
         except BaseException:
             await self.__aexit__(None, None, None)  # no __aexit__ follows a failed __aenter__
             raise
@@ -112,9 +125,15 @@ class HttpClient:
         sent = {"Content-Type": "application/json", **(headers or {})}
         if self._token:
             sent["Authorization"] = f"Bearer {self._token}"
+        if self._tls_files and self._ssl is None and not await self._load_tls():
+            raise UplinkUnavailable(
+                f"POST {shown}: cannot load this uplink's TLS files: {self._tls_problem}; "
+                "nothing sent (tried again at each attempt)",
+                uplink=self.name,
+            )
         try:
             async with self._session.post(
-                url, data=body, headers=sent, allow_redirects=False
+                url, data=body, headers=sent, allow_redirects=False, ssl=self._ssl or True
             ) as resp:
                 status = resp.status
                 if 300 <= status < 400:
@@ -145,6 +164,8 @@ class HttpClient:
                     )
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"))
                 replayed = resp.headers.get("Idempotent-Replayed", "").lower() == "true"
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise await self._untrusted(shown, exc) from exc
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise UplinkUnavailable(
                 f"POST {shown}: {type(exc).__name__}: {exc}".replace(url, shown),
@@ -179,17 +200,48 @@ class HttpClient:
 
     async def probe(self) -> bool:
         """A HEAD on the URL: any answer below 500 means the far end is back."""
-        if self._session is None:
+        if self._session is None or (self._tls_files and self._ssl is None):
             return False
         try:
             async with self._session.head(
                 self.cfg.url,
                 allow_redirects=False,
+                ssl=self._ssl or True,
                 timeout=aiohttp.ClientTimeout(total=min(self.cfg.timeout_s, PROBE_TIMEOUT_S)),
             ) as resp:
                 return resp.status < 500
         except (aiohttp.ClientError, TimeoutError, OSError):
             return False
+
+    async def _load_tls(self) -> bool:
+        """(Re)load the uplink's TLS files in a thread; False (and why) when they fail."""
+        if not self._tls_files:
+            return True
+        cfg = self.cfg
+        loaded = await asyncio.to_thread(load_tls, cfg.ca_file, cfg.cert_file, cfg.key_file)
+        if isinstance(loaded, str):
+            self._ssl, self._tls_problem = None, loaded
+            return False
+        self._ssl = loaded
+        return True
+
+    async def _untrusted(
+        self, shown: str, exc: aiohttp.ClientConnectorCertificateError
+    ) -> UplinkUnavailable:
+        """The far end's certificate failed verification: a trust problem a probe cannot see
+        change (so not "down"); the CA file is re-read for the next attempt."""
+        if self.cfg.ca_file is not None:
+            trusted = f"the CA certificate(s) in ca_file {self.cfg.ca_file}"
+            fix = "make ca_file hold the CA that signed it (re-read after each such failure)"
+        else:
+            trusted = "the system's CA certificates"
+            fix = "for a private or plant CA, set ca_file to that CA's certificate (PEM)"
+        await self._load_tls()
+        return UplinkUnavailable(
+            f"POST {shown}: TLS: the server's certificate is not trusted "
+            f"({exc.certificate_error}); this uplink trusts {trusted}: {fix}",
+            uplink=self.name,
+        )
 
     async def _load_token(self) -> None:
         path = self.cfg.token_file

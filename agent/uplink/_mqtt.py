@@ -38,6 +38,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config import MqttUplink as MqttUplinkConfig
+from agent.config import tls_context
 from agent.store import StoredItem
 from agent.uplink._mqtt_limits import PACKET_TOO_LARGE, Dropped, PacketLimits
 from agent.uplink._transport import SendResult, tcp_probe
@@ -174,11 +175,8 @@ class MqttTransport:
         cfg = self.cfg
         context = None
         if cfg.tls is not None:
-            context = ssl.create_default_context(
-                cafile=str(cfg.tls.ca_file) if cfg.tls.ca_file else None
-            )
-            if cfg.tls.cert_file and cfg.tls.key_file:
-                context.load_cert_chain(str(cfg.tls.cert_file), str(cfg.tls.key_file))
+            # As `check` loads them (a passphrase-protected key is refused, not prompted for).
+            context = tls_context(cfg.tls.ca_file, cfg.tls.cert_file, cfg.tls.key_file)
         password = cfg.password
         if cfg.password_file is not None:  # re-read at each new client: a rotation works
             password = cfg.password_file.read_text(encoding="utf-8").strip() or None

@@ -21,16 +21,20 @@ def full_jitter(failures: int, *, base_s: float, cap_s: float, rng: random.Rando
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
     """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date).
 
-    Returns None when absent or unparseable; never negative.
+    Returns None when absent or unparseable (a negative number, garbage); never negative;
+    0 for a date in the past. Any size is returned: the delivery loop waits at most its
+    max_backoff_s (agent.uplink._delivery), so a far-future date cannot stall it.
     """
     if not value:
         return None
     value = value.strip()
     if value.isascii() and value.isdigit():  # "²".isdigit() is True too
-        return float(value)
+        return float(value)  # 400 digits: inf, capped by the caller like any other
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
+        # OverflowError: a year beyond a C long ("... Oct 99999999999999999999 ..."); it
+        # would escape the HTTP client and fail an answer that was a delivery.
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)

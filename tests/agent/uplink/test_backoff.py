@@ -24,6 +24,9 @@ def test_parse_retry_after_seconds_date_and_garbage() -> None:
     assert parse_retry_after(date, now=now) == 30.0
     assert parse_retry_after(format_datetime(now - timedelta(hours=1), usegmt=True), now=now) == 0.0
     assert parse_retry_after("soon") is None
+    assert parse_retry_after("-5") is None and parse_retry_after("1e9") is None
+    assert parse_retry_after("Wed, 21 Oct 99999999999999999999 07:28:00 GMT") is None
+    assert parse_retry_after("9" * 400) == float("inf")  # then capped like any other
     assert parse_retry_after(None) is None
 
 
@@ -31,4 +34,8 @@ def test_retry_delay_honours_retry_after_within_cap() -> None:
     rng = random.Random(1)
     assert retry_delay(1, 5.0, base_s=0.5, cap_s=60.0, rng=rng) == 5.0
     assert retry_delay(1, 3600.0, base_s=0.5, cap_s=60.0, rng=rng) == 60.0
+    assert retry_delay(1, float("inf"), base_s=0.5, cap_s=60.0, rng=rng) == 60.0
+    # Retry-After: 0 (or a date in the past) again and again: the jittered backoff still
+    # grows, so a backend answering it cannot make us hammer it.
+    assert max(retry_delay(8, 0.0, base_s=0.5, cap_s=60.0, rng=rng) for _ in range(50)) > 30
     assert retry_delay(50, None, base_s=0.5, cap_s=2.0, rng=rng) <= 2.0

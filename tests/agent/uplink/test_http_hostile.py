@@ -130,3 +130,23 @@ async def test_an_absurd_retry_after_waits_no_longer_than_max_backoff(tmp_path: 
 
 async def _pending_is(outbox: Outbox, n: int) -> bool:
     return (await outbox.stats()).pending == n
+
+
+async def test_a_retry_after_date_past_year_9999_neither_stalls_nor_crashes(
+    tmp_path: Path,
+) -> None:
+    """A Retry-After date whose year overflows the C long (a broken or hostile proxy): a 503
+    carrying it is an ordinary 503 (retried, its status in the error); a 200 carrying it is
+    a delivery, not an "unexpected error" resent forever."""
+    huge = b"Retry-After: Wed, 21 Oct 99999999999999999999 07:28:00 GMT\r\n"
+    backend = Backend(_answer(503, extra=huge))
+    async with await _outbox(tmp_path) as outbox, serving(backend) as url:
+        await outbox.append([draft(i=i) for i in range(2)])
+        c = _cfg(url, max_backoff_s=0.3)
+        async with Running(delivery(UP, HttpTransport(c, name=UP), outbox, c)) as up:
+            await until(lambda: _true(up.status.consecutive_failures >= 2))
+            assert (up.status.last_error or "").endswith("HTTP 503: "), up.status.last_error
+            backend.answer = _answer(200, body=b"{}", extra=huge)
+            await until(lambda: _pending_is(outbox, 0))
+        assert up.status.delivered_total == 2
+        assert (await outbox.stats()).dead_lettered == 0

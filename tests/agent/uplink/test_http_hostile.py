@@ -150,3 +150,73 @@ async def test_a_retry_after_date_past_year_9999_neither_stalls_nor_crashes(
             await until(lambda: _pending_is(outbox, 0))
         assert up.status.delivered_total == 2
         assert (await outbox.stats()).dead_lettered == 0
+
+
+class Slow:
+    """Reads a POST, then answers slowly: after `delay_s` (nothing before), or a 200 whose
+    body trickles one byte every `trickle_s`. Every wait is bounded (`limit_s`)."""
+
+    def __init__(self, *, delay_s: float = 0.0, trickle_s: float = 0.0, limit_s: float = 20.0):
+        self.delay_s, self.trickle_s, self.limit_s = delay_s, trickle_s, limit_s
+        self.posts = 0
+        self.first_post_at: float | None = None
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(self.limit_s):
+                if await _read_request(reader) != b"POST":
+                    writer.write(_answer(200))  # the probe's HEAD
+                    await writer.drain()
+                    return
+                self.posts += 1
+                self.first_post_at = self.first_post_at or time.monotonic()
+                await asyncio.sleep(self.delay_s)
+                body = b'{"accepted": 1}' + b" " * 200
+                writer.write(_answer(200, body=b"" if self.trickle_s else body, length=len(body)))
+                for byte in body if self.trickle_s else b"":
+                    await writer.drain()
+                    writer.write(bytes([byte]))
+                    await asyncio.sleep(self.trickle_s)
+                await writer.drain()
+        except (OSError, asyncio.IncompleteReadError, TimeoutError):
+            pass
+        finally:
+            writer.close()
+
+
+@asynccontextmanager
+async def serving_slow(backend: Slow) -> AsyncIterator[str]:
+    server = await asyncio.start_server(backend.handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}/alerts"
+    finally:
+        server.close()
+
+
+async def _slow_answer_times_out_overall(tmp_path: Path, backend: Slow) -> None:
+    async with await _outbox(tmp_path) as outbox, serving_slow(backend) as url:
+        await outbox.append([draft(i=0)])
+        c = _cfg(url, timeout_s=1.0, max_backoff_s=0.3)
+        async with Running(delivery(UP, HttpTransport(c, name=UP), outbox, c)) as up:
+            await until(lambda: _true(up.status.failures_total >= 1), timeout_s=10.0)
+            assert backend.first_post_at is not None
+            failed_after = time.monotonic() - backend.first_post_at
+            # ... and goes on: the next attempt is made.
+            await until(lambda: _true(backend.posts >= 2), timeout_s=10.0)
+        # Within its 1 s timeout overall (generous margin for a loaded box), far before the
+        # answer would have been whole (15 s).
+        assert failed_after < 5.0, f"gave up after {failed_after:.1f}s"
+        assert "TimeoutError" in (up.status.last_error or ""), up.status.last_error
+        stats = await outbox.stats()
+        assert stats.pending == 1 and stats.delivered == 0 and stats.dead_lettered == 0
+
+
+async def test_a_200_that_comes_after_a_long_silence_times_out(tmp_path: Path) -> None:
+    await _slow_answer_times_out_overall(tmp_path, Slow(delay_s=15.0))
+
+
+async def test_a_200_whose_body_trickles_times_out_overall_not_per_byte(tmp_path: Path) -> None:
+    """One byte every 70 ms: no single read waits anywhere near the timeout, the whole
+    body would take 15 s."""
+    await _slow_answer_times_out_overall(tmp_path, Slow(trickle_s=0.07))

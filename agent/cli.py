@@ -9,7 +9,6 @@ line by default and JSON with --json.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from collections.abc import Sequence
@@ -60,6 +59,8 @@ def _positive(text: str) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    import asyncio  # here: the other commands (replay, status...) start without it
+
     from agent.logs import setup_logging
     from agent.runtime import Agent, run_until_signal
     from agent.store import StoreError, StoreInUseError

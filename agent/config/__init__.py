@@ -1,6 +1,13 @@
-"""Configuration: YAML -> validated, frozen models; errors with file:line:column."""
+"""Configuration: YAML -> validated, frozen models; errors with file:line:column.
 
-from agent.config._check import CheckResult, check_file, main_check, readable_by_others, summary
+The models import eagerly; the YAML loader and the checks (yaml, the cross-reference and
+message modules: about a third of the package's import time) only when first used, so a
+command that builds its config from flags (`edge-agent replay`) does not pay for them.
+"""
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
 from agent.config._cmms import DEFAULT_PRIORITY, CmmsFields, CmmsMapping
 from agent.config._delivery import (
     CmmsUplink,
@@ -11,7 +18,6 @@ from agent.config._delivery import (
     Uplink,
 )
 from agent.config._errors import ConfigError, ConfigIssue
-from agent.config._loader import load_config
 from agent.config._models import (
     Alerting,
     Asset,
@@ -80,3 +86,30 @@ __all__ = [
     "tls_context",
     "zone_limits",
 ]
+
+if TYPE_CHECKING:
+    from agent.config._check import (
+        CheckResult,
+        check_file,
+        main_check,
+        readable_by_others,
+        summary,
+    )
+    from agent.config._loader import load_config
+
+# name -> module of the names imported on first use (PEP 562)
+_LAZY = {
+    "CheckResult": "agent.config._check",
+    "check_file": "agent.config._check",
+    "main_check": "agent.config._check",
+    "readable_by_others": "agent.config._check",
+    "summary": "agent.config._check",
+    "load_config": "agent.config._loader",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(module), name)

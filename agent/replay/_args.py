@@ -15,8 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from agent.analysis.ttf import POINT_TAIL
-from agent.config import Config, load_config
-from agent.config._messages import did_you_mean
+from agent.config import Config
 from agent.replay._inputs import parse_start
 from drivers.reading import FEATURE_NAMES, TEMPERATURE
 
@@ -155,6 +154,8 @@ def _check_plain(args: argparse.Namespace) -> None:
             f"--start {args.start!r}: expected an ISO-8601 time, e.g. 2026-01-01T00:00:00Z"
         ) from None
     if args.failure_metric not in FAILURE_METRICS:
+        from agent.config._messages import did_you_mean  # only on this error: a slow import
+
         raise ArgumentError(
             f"--failure-metric {args.failure_metric!r}: unknown metric; valid names: "
             f"{', '.join(FAILURE_METRICS)}" + did_you_mean(args.failure_metric, FAILURE_METRICS)
@@ -195,6 +196,8 @@ def build_config(args: argparse.Namespace) -> tuple[Config, str, str]:
     if args.age_hours is not None:
         flags["age_hours"] = args.age_hours
     if args.config is not None:
+        from agent.config import load_config  # with -c only: yaml and the checks load slowly
+
         cfg = load_config(args.config)
         try:
             asset = cfg.asset(args.asset) if args.asset else cfg.assets[0]

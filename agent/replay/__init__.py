@@ -19,7 +19,8 @@ With --prior-life-hours (and --age-hours) the asset has a reliability prior, so 
 a recording gets an estimate with bounds. Snapshots whose time does not advance, and a
 channel's samples that are NaN, inf, beyond 1e6 g or flat (a dropout, a dead sensor), are
 skipped, counted in the summary and told on stderr in one line. Exit status 2 on a bad
-option, recording or configuration (one line each).
+option, recording or configuration (one line each); a recording found damaged part way (a
+bad CSV file, a .npz whose data fails its checksum) ends the output there, without summary.
 """
 
 from __future__ import annotations

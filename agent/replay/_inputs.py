@@ -1,7 +1,9 @@
 """Recordings `edge-agent replay` reads: snapshots of (time, sampling rate, channel samples).
 
 - A FEMTO/PRONOSTIA .npz file (keys acc int16 or float (N, n, 2), scale_g, t_s, fs_hz;
-  channels "h" and "v"), see ../shared/data/femto/README.md.
+  channels "h" and "v"), see ../shared/data/femto/README.md. acc is read a chunk of
+  snapshots at a time, the next chunk decompressing in a worker thread while the current
+  one is analysed (memory stays bounded; damage is found when its chunk is read).
 - A folder in the original PRONOSTIA layout: one acc_NNNNN.csv per snapshot, no header, one
   row per sample: hour, minute, second, microsecond, horizontal g, vertical g (',' or ';'
   separated; with ';', a ',' is a decimal mark, as European spreadsheets write it). The
@@ -21,7 +23,8 @@ import math
 import re
 import warnings
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -89,54 +92,142 @@ def _after(start: datetime, seconds: float, where: str, check: str) -> datetime:
         ) from None
 
 
-def _load_npz(path: Path) -> tuple[np.ndarray, float, np.ndarray, float]:
-    """(acc, scale_g, t_s, fs_hz) of a FEMTO .npz, checked; RecordingError otherwise."""
-    try:
-        with np.load(path) as data:
-            missing = [k for k in _NPZ_KEYS if k not in data.files]
-            if missing:
-                raise RecordingError(
-                    f"{path}: not a FEMTO .npz: missing {', '.join(missing)} (expected keys "
-                    f"{', '.join(_NPZ_KEYS)}: acc (N, samples, 2), scale_g, t_s (N,), fs_hz)"
-                )
-            acc, t_s = data["acc"], np.asarray(data["t_s"])
-            scale = _scalar(data, "scale_g", path, "g per count")
-            fs = _scalar(data, "fs_hz", path, "the sampling rate in Hz")
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        if isinstance(exc, RecordingError):
+class _Npz:
+    """A FEMTO .npz opened and checked, its acc array read in chunks of snapshots on
+    demand (not all at once: memory stays bounded however long the recording)."""
+
+    def __init__(self, path: Path, data: Any) -> None:
+        missing = [k for k in _NPZ_KEYS if k not in data.files]
+        if missing:
+            raise RecordingError(
+                f"{path}: not a FEMTO .npz: missing {', '.join(missing)} (expected keys "
+                f"{', '.join(_NPZ_KEYS)}: acc (N, samples, 2), scale_g, t_s (N,), fs_hz)"
+            )
+        self.path, self.done = path, 0
+        self._member, self._loaded = _acc_member(data), None
+        try:
+            self._check(data)
+        except BaseException:
+            self.close()
             raise
-        # numpy's own words mislead here (allow_pickle=...): say what the file must be
-        raise RecordingError(
-            f"{path}: not a .npz archive of numeric arrays ({type(exc).__name__}); "
-            "write one with numpy.savez"
-        ) from None
-    if not (np.issubdtype(acc.dtype, np.integer) or np.issubdtype(acc.dtype, np.floating)):
-        raise RecordingError(f"{path}: acc holds {acc.dtype} values; expected integers or floats")
-    if acc.ndim != 3 or acc.shape[2] != len(_NPZ_CHANNELS) or t_s.shape != acc.shape[:1]:
-        raise RecordingError(f"{path}: acc must be (N, samples, 2) with one t_s per snapshot")
-    if acc.shape[1] < MIN_SAMPLES:
-        raise RecordingError(
-            f"{path}: {acc.shape[1]} sample(s) per snapshot; a snapshot needs {MIN_SAMPLES}"
-        )
-    if not np.issubdtype(t_s.dtype, np.number) or np.iscomplexobj(t_s):
-        raise RecordingError(f"{path}: t_s holds {t_s.dtype} values; expected seconds")
-    t_s = t_s.astype(np.float64)
-    bad = np.flatnonzero(~(np.abs(t_s) < _MAX_T_S))  # NaN too
-    if bad.size:
-        raise RecordingError(
-            f"{path}: t_s[{bad[0]}] is {t_s[bad[0]]:g}; every snapshot needs a time in seconds "
-            f"since the first (finite, within +-{_MAX_T_S:g})"
-        )
-    return acc, scale, t_s, fs
+
+    def _check(self, data: Any) -> None:
+        path = self.path
+        if self._member is None:  # not a plain .npy member: numpy reads (and refuses) it
+            self._loaded = data["acc"]
+            dtype, shape = self._loaded.dtype, self._loaded.shape
+        else:
+            dtype, shape = self._member[1], self._member[2]
+        t_s = np.asarray(data["t_s"])
+        self.scale = _scalar(data, "scale_g", path, "g per count")
+        self.fs = _scalar(data, "fs_hz", path, "the sampling rate in Hz")
+        if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+            raise RecordingError(f"{path}: acc holds {dtype} values; expected integers or floats")
+        if len(shape) != 3 or shape[2] != len(_NPZ_CHANNELS) or t_s.shape != shape[:1]:
+            raise RecordingError(f"{path}: acc must be (N, samples, 2) with one t_s per snapshot")
+        if shape[1] < MIN_SAMPLES:
+            raise RecordingError(
+                f"{path}: {shape[1]} sample(s) per snapshot; a snapshot needs {MIN_SAMPLES}"
+            )
+        if not np.issubdtype(t_s.dtype, np.number) or np.iscomplexobj(t_s):
+            raise RecordingError(f"{path}: t_s holds {t_s.dtype} values; expected seconds")
+        self.t_s = t_s.astype(np.float64)
+        bad = np.flatnonzero(~(np.abs(self.t_s) < _MAX_T_S))  # NaN too
+        if bad.size:
+            raise RecordingError(
+                f"{path}: t_s[{bad[0]}] is {self.t_s[bad[0]]:g}; every snapshot needs a time in "
+                f"seconds since the first (finite, within +-{_MAX_T_S:g})"
+            )
+        self.dtype, self.shape = np.dtype(dtype), tuple(shape)
+
+    def close(self) -> None:
+        if self._member is not None:
+            self._member[0].close()
+
+    def chunk(self) -> np.ndarray | None:
+        """The next up to _NPZ_CHUNK snapshots (count, samples, 2), or None at the end."""
+        count = min(_NPZ_CHUNK, self.shape[0] - self.done)
+        if count <= 0:
+            return None
+        if self._member is None:
+            assert self._loaded is not None
+            out = self._loaded[self.done : self.done + count]
+        else:
+            size = count * self.shape[1] * self.shape[2] * self.dtype.itemsize
+            try:
+                raw = self._member[0].read(size)
+            except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+                raise _not_npz(self.path, exc) from None
+            if len(raw) != size:
+                raise _not_npz(self.path, EOFError())
+            out = np.frombuffer(raw, self.dtype).reshape(count, *self.shape[1:])
+        self.done += count
+        return out
+
+
+_NPZ_CHUNK = 32  # snapshots per read: 330 kB of int16 for FEMTO's 2 x 2560 samples
+
+
+def _acc_member(data: Any) -> tuple[Any, np.dtype, tuple[int, ...]] | None:
+    """(open file positioned at the data, dtype, shape) of acc.npy in the archive when it is
+    a C-ordered array without Python objects; None for numpy to read it whole instead."""
+    if "acc.npy" not in data.zip.namelist():
+        return None
+    f = data.zip.open("acc.npy")
+    try:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            fortran, dtype, shape = True, None, ()
+    except BaseException:
+        f.close()
+        raise
+    if fortran or dtype is None or dtype.hasobject:
+        f.close()
+        return None
+    return f, dtype, shape
+
+
+def _not_npz(path: Path, exc: BaseException) -> RecordingError:
+    # numpy's own words mislead here (allow_pickle=...): say what the file must be
+    return RecordingError(
+        f"{path}: not a .npz archive of numeric arrays ({type(exc).__name__}); "
+        "write one with numpy.savez"
+    )
+
+
+def _read_ahead(read: Callable[[], np.ndarray | None]) -> Iterator[np.ndarray]:
+    """read() until None, one call ahead in a worker thread: zlib inflates without the
+    GIL, so the next chunk decompresses while the current one is analysed."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="replay-read") as pool:
+        ahead = pool.submit(read)
+        while (chunk := ahead.result()) is not None:
+            ahead = pool.submit(read)
+            yield chunk
 
 
 def _npz(path: Path, start: datetime) -> Iterator[Snapshot]:
-    acc, scale, t_s, fs = _load_npz(path)
-    for i in range(acc.shape[0]):
-        at = _after(start, float(t_s[i]), f"{path}[{i}]", "t_s and --start")
-        yield Snapshot(
-            at, fs, {ch: acc[i, :, k] * scale for k, ch in enumerate(_NPZ_CHANNELS)}, f"{path}[{i}]"
-        )
+    try:
+        with np.load(path) as data:
+            npz = _Npz(path, data)
+            try:
+                i = 0
+                for chunk in _read_ahead(npz.chunk):
+                    for acc in chunk:
+                        where = f"{path}[{i}]"
+                        at = _after(start, float(npz.t_s[i]), where, "t_s and --start")
+                        channels = {ch: acc[:, k] * npz.scale for k, ch in enumerate(_NPZ_CHANNELS)}
+                        yield Snapshot(at, npz.fs, channels, where)
+                        i += 1
+            finally:
+                npz.close()
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        if isinstance(exc, RecordingError):
+            raise
+        raise _not_npz(path, exc) from None
 
 
 def _numbers(text: str, columns: int, where: str) -> np.ndarray:

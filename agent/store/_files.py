@@ -148,13 +148,20 @@ def _looks_ours(path: Path) -> bool:
     return issued_path(path).exists() or _has_signature(path)
 
 
-def foreign(path: Path, timeout: float = BUSY_TIMEOUT_S) -> str | None:
+def foreign(
+    path: Path, timeout: float = BUSY_TIMEOUT_S, *, damage_is_ours: bool = False
+) -> str | None:
     """What the existing file at `path` is when it is NOT an edge-agent store; None when
     it is ours (intact or damaged), or empty (an empty file or database becomes a store).
 
-    Only our own store may be quarantined and replaced: a store.path that names another
-    application's file (a typo) must be refused and left exactly as it is. Looks without
-    changing anything (read-only connection).
+    A store.path that names another application's file (a typo) must be refused and left
+    exactly as it is. Looks without changing anything (read-only connection).
+
+    damage_is_ours: the running agent's view. A file that is not a readable SQLite
+    database (a power cut's garbage, a store whose first page was lost) is taken as its own
+    damaged store: it is moved aside byte for byte and reported, and the agent goes on
+    alerting, instead of refusing to start and silencing every machine. Only a readable
+    database of another application is refused (the agent would add its tables into it).
 
     Raises:
         sqlite3.Error / OSError: it cannot be read now (locked, permissions).
@@ -164,7 +171,7 @@ def foreign(path: Path, timeout: float = BUSY_TIMEOUT_S) -> str | None:
     if not head:
         return None
     if head != MAGIC:
-        if _looks_ours(path):
+        if damage_is_ours or _looks_ours(path):
             return None  # our store with its header destroyed: quarantined by precheck
         return f"not an SQLite database (it starts with {head!r})"
     conn = connect_ro(path, timeout)
@@ -173,7 +180,7 @@ def foreign(path: Path, timeout: float = BUSY_TIMEOUT_S) -> str | None:
     except sqlite3.DatabaseError as exc:
         if not is_corrupt(exc):
             raise
-        if _looks_ours(path):
+        if damage_is_ours or _looks_ours(path):
             return None
         return f"a damaged SQLite database with no sign of being an edge-agent store ({exc})"
     finally:
@@ -184,15 +191,18 @@ def foreign(path: Path, timeout: float = BUSY_TIMEOUT_S) -> str | None:
     return f"an SQLite database of another application (tables: {shown})"
 
 
-def check_path(path: Path, timeout: float = BUSY_TIMEOUT_S) -> None:
-    """Refuse a store.path that names a directory or a file that is not our store.
+def check_path(
+    path: Path, timeout: float = BUSY_TIMEOUT_S, *, damage_is_ours: bool = False
+) -> None:
+    """Refuse a store.path that names a directory or a file that is not our store
+    (damage_is_ours: see foreign).
 
     Raises:
         StoreError: what is at `path` cannot be a store; nothing was changed.
         sqlite3.Error / OSError: it cannot be read now (locked, permissions).
     """
     refuse_directory(path)
-    if path.exists() and (found := foreign(path, timeout)) is not None:
+    if path.exists() and (found := foreign(path, timeout, damage_is_ours=damage_is_ours)):
         raise StoreError(
             f"{path} is not an edge-agent store: {found}. It was left untouched. Check "
             "store.path in the configuration: it must name the agent's own store file, "

@@ -226,8 +226,8 @@ def open_db(
 
     Raises:
         StoreError: the file cannot be opened and is not corrupt (locked, newer schema,
-            permissions, disk full while creating), or the path names a directory or a file
-            that is not an edge-agent store (left untouched).
+            permissions, disk full while creating), or the path names a directory or
+            another application's SQLite database (left untouched).
     """
     from agent.store._salvage import finish_interrupted  # it builds on this module
 
@@ -236,7 +236,9 @@ def open_db(
         refuse_directory(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         finish_interrupted(path)  # our own interrupted recovery first: it may fix the file
-        check_path(path)  # another application's file is refused, never quarantined
+        # Another application's database is refused, never quarantined or written into;
+        # unreadable garbage is taken as our damaged store (see foreign).
+        check_path(path, damage_is_ours=True)
         if path.exists():
             reason = precheck(path, SCHEMA_VERSION)
             if reason is not None:

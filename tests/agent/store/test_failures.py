@@ -74,19 +74,15 @@ async def test_our_store_with_its_header_destroyed_is_recognised_and_quarantined
     assert "not an SQLite database" in q["reason"]
 
 
-@pytest.mark.parametrize("kind", ["text", "sqlite"])
-async def test_a_file_that_is_not_a_store_is_refused_and_left_untouched(
-    tmp_path: Path, kind: str
+async def test_another_applications_database_is_refused_and_left_untouched(
+    tmp_path: Path,
 ) -> None:
-    # store.path with a typo naming another application's file: it was moved aside (a
-    # text file) or had our tables added into it (an SQLite file), and a store created.
+    # store.path with a typo naming another application's SQLite database: our tables
+    # were added into it and a store made of it.
     other = tmp_path / "inventory.db"
-    if kind == "text":
-        other.write_bytes(b"part,qty\nbearing 6205,4\n" * 50)
-    else:
-        with contextlib.closing(sqlite3.connect(other)) as conn, conn:
-            conn.execute("CREATE TABLE parts (name TEXT, qty INTEGER)")
-            conn.execute("INSERT INTO parts VALUES ('bearing 6205', 4)")
+    with contextlib.closing(sqlite3.connect(other)) as conn, conn:
+        conn.execute("CREATE TABLE parts (name TEXT, qty INTEGER)")
+        conn.execute("INSERT INTO parts VALUES ('bearing 6205', 4)")
     before = _read(other)
     with pytest.raises(StoreError, match="is not an edge-agent store") as err:
         async with outbox(other):
@@ -94,6 +90,21 @@ async def test_a_file_that_is_not_a_store_is_refused_and_left_untouched(
     assert str(other) in str(err.value) and "store.path" in str(err.value)
     assert _read(other) == before
     assert sorted(os.listdir(tmp_path)) == ["inventory.db"]
+
+
+async def test_garbage_at_the_store_path_is_moved_aside_whole_and_the_agent_goes_on(
+    tmp_path: Path,
+) -> None:
+    # To the running agent, a file that is no database at all is its own store damaged
+    # (a power cut): refusing to start would silence every machine. Kept byte for byte.
+    db = tmp_path / "outbox.db"
+    db.write_bytes(b"part,qty\nbearing 6205,4\n" * 50)
+    before = _read(db)
+    async with outbox(db) as ob:
+        [q] = await ob.quarantines()
+        await ob.append([draft(i=1)])
+    [kept] = [p for p in tmp_path.iterdir() if p.name.startswith("outbox.db.corrupt-")]
+    assert _read(kept) == before and "not an SQLite database" in q["reason"]
 
 
 async def test_damaged_pages_quarantined_and_seq_continues(tmp_path: Path) -> None:

@@ -61,7 +61,7 @@ class Backend:
 
 
 @asynccontextmanager
-async def serving(backend: Backend) -> AsyncIterator[str]:
+async def serving(backend: Backend | Slow) -> AsyncIterator[str]:
     server = await asyncio.start_server(backend.handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
@@ -184,18 +184,8 @@ class Slow:
             writer.close()
 
 
-@asynccontextmanager
-async def serving_slow(backend: Slow) -> AsyncIterator[str]:
-    server = await asyncio.start_server(backend.handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}/alerts"
-    finally:
-        server.close()
-
-
 async def _slow_answer_times_out_overall(tmp_path: Path, backend: Slow) -> None:
-    async with await _outbox(tmp_path) as outbox, serving_slow(backend) as url:
+    async with await _outbox(tmp_path) as outbox, serving(backend) as url:
         await outbox.append([draft(i=0)])
         c = _cfg(url, timeout_s=1.0, max_backoff_s=0.3)
         async with Running(delivery(UP, HttpTransport(c, name=UP), outbox, c)) as up:

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 
-from agent.analysis.channel import same_model_basis
+from agent.analysis.basis import basis_change, reading_source
 from agent.config import Config, Sensor
 from drivers.profiles import ProfileLibrary
 
@@ -209,18 +209,25 @@ def _plan_sensors(
 
 def _analysis_change(old: Config, new: Config, sid: str) -> str:
     """What happens to a kept sensor's analysis state (agent.analysis.monitor.reconfigure)."""
-    before = old.asset(next(s.asset for s in old.sensors if s.id == sid))
-    after = new.asset(next(s.asset for s in new.sensors if s.id == sid))
+    s_before = next(s for s in old.sensors if s.id == sid)
+    s_after = next(s for s in new.sensors if s.id == sid)
+    before, after = old.asset(s_before.asset), new.asset(s_after.asset)
     if before.id != after.id:
         return f"it moved from asset {before.id} to {after.id} (its state there is kept aside)"
+    change = basis_change(before, after, reading_source(s_before), reading_source(s_after))
+    if change.relearn is not None:
+        return (
+            f"its baseline on asset {after.id} is relearned ({change.relearn}); its open "
+            "trend alerts are cleared by the reload, saying why"
+        )
+    if change.history:
+        return (
+            f"its time-to-failure history on asset {after.id} starts again "
+            f"({'; '.join(change.history)}); its learned baseline and onset are kept"
+        )
     if before == after:
         return "its analysis state is kept"
-    if same_model_basis(before, after):
-        return f"asset {after.id}'s new settings apply, its learned baseline is kept"
-    return (
-        f"asset {after.id}'s baseline is relearned (speed, bearing, baseline length, trend "
-        "bin or failure metric changed); its open alerts stay"
-    )
+    return f"asset {after.id}'s new settings apply, its learned baseline is kept"
 
 
 def _plan_uplinks(old: Config, new: Config, plan: ReloadPlan) -> None:

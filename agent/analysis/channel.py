@@ -30,7 +30,6 @@ __all__ = [
     "load_channel",
     "model_state",
     "reading_features",
-    "same_model_basis",
     "saved_states",
     "snap",
     "state_key",
@@ -193,16 +192,3 @@ def reading_features(ch: Channel, reading: Reading) -> Mapping[str, float]:
         bearing=geometry,
     )
     return {**computed, **reading.features}  # a sensor's own values (temperature) win
-
-
-def same_model_basis(a: Asset, b: Asset) -> bool:
-    """True when a channel's learned model (baseline, trend history) means the same under
-    both asset settings: same features (speed, bearing) over the same baseline length, same
-    trend bins and failure metric. Thresholds, debounce and horizons do not enter it."""
-    return (
-        a.machine.rpm == b.machine.rpm
-        and a.bearing == b.bearing
-        and a.alerting.baseline_readings == b.alerting.baseline_readings
-        and a.alerting.trend_bin_s == b.alerting.trend_bin_s
-        and a.failure.metric == b.failure.metric
-    )

@@ -27,13 +27,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from agent.analysis.basis import basis_change, reading_source
 from agent.analysis.channel import (
     Channel,
     ChannelView,
     load_channel,
     model_state,
     reading_features,
-    same_model_basis,
     saved_states,
     snap,
     state_key,
@@ -53,10 +53,16 @@ from agent.analysis.drafts import (
 from agent.analysis.features import VELOCITY_BAND_PERIODS
 from agent.analysis.forecast import channel_estimate, still_fresh
 from agent.analysis.health_index import HealthIndex, HealthIndexTuning
-from agent.analysis.lifecycle import step
+from agent.analysis.lifecycle import LifecycleState, step
 from agent.analysis.lifetime import AssetLives
 from agent.analysis.reliability import FleetLife
-from agent.analysis.removed import CLOSED_AT_START, CLOSED_BY_RELOAD, close_saved
+from agent.analysis.removed import (
+    CLOSED_AT_START,
+    CLOSED_BY_RELOAD,
+    asset_ref,
+    close_saved,
+    closing_draft,
+)
 from agent.analysis.repair import reset_asset
 from agent.analysis.severity import (
     ZONE_LEVEL,
@@ -160,6 +166,7 @@ class Monitor:
         }
         self._tables = {a.id: zone_table(a.machine) for a in config.assets}
         self._assets = {a.id: a for a in config.assets}
+        self._sources = {s.id: reading_source(s) for s in config.sensors}
         rtu = {b.id for b in config.buses if b.rtu is not None}
         self._transports = {
             s.id: "mqtt" if s.mqtt else "modbus-rtu" if s.modbus.bus in rtu else "modbus"  # type: ignore[union-attr]
@@ -172,17 +179,23 @@ class Monitor:
 
     def reconfigure(self, config: Config, at: datetime | None = None) -> Update:
         """Take a reloaded configuration; returns the state to persist, and a "cleared"
-        record for each alert a removed or moved channel leaves open (at: their time).
+        record for each alert a removed or moved channel leaves open, or a relearned
+        baseline closes (at: their time).
 
         A channel that keeps its asset keeps what it learned; new thresholds, debounce,
-        horizons and priors apply from its next reading. Its baseline and trend history are
-        relearned (alert states kept) only when what they were learned from changed (see
-        `same_model_basis`). A channel removed, or moved to another asset, is saved and
-        dropped (a later reload that brings it back resumes its model); its open alerts
-        are closed, since no reading will ever clear them there.
+        horizons, priors and failure threshold apply from its next reading. What a change
+        invalidates is relearned, nothing more (agent.analysis.basis): a new failure
+        metric, trend bin or bearing rebuilds the failure metric's history only (baseline
+        and onset kept); a new speed or register profile / decoder relearns the baseline,
+        and closes the channel's open trend alert with a record that says so (a baseline
+        learned from a degraded machine would otherwise clear it later, as if it had
+        recovered). A channel removed, or moved to another asset, is saved and dropped (a
+        later reload that brings it back resumes its model); its open alerts are closed,
+        since no reading will ever clear them there.
         """
         out = Update()
         assets, transports = self._assets, self._transports  # as the alerts were raised
+        sources = self._sources
         self._index(config)
         for key, ch in list(self._channels.items()):
             asset = self._sensor_asset.get(key[0])
@@ -192,15 +205,35 @@ class Monitor:
                 transports[key[0]] = ch.sensor.transport
                 del self._channels[key]
                 continue
-            if not same_model_basis(asset, ch.asset):
-                ch.hi = HealthIndex(asset.alerting.baseline_readings, self.tuning.health)
-                ch.history, ch.onset_s = self._new_history(asset), None
+            change = basis_change(ch.asset, asset, sources[key[0]], self._sources[key[0]])
+            if change.relearn is not None:
+                self._relearn(ch, asset, change.relearn, at or utc_now(), out)
+            elif change.history:
+                ch.history = self._new_history(asset)
                 out.state[ch.key("model")] = model_state(ch)
+            # A baseline still being learned completes at the new length.
+            ch.hi.learn_readings = asset.alerting.baseline_readings
             ch.asset, ch.table = asset, self._tables[asset.id]
             ch.estimate = ch.estimate_bin = None
         self.lives.reconfigure(config.assets, self._saved)
         self._close_left(out, {**self._assets, **assets}, transports, at, CLOSED_BY_RELOAD)
         return out
+
+    def _relearn(self, ch: Channel, asset: Asset, what: str, at: datetime, out: Update) -> None:
+        """Start the channel's baseline and history again; its open trend alert (measured
+        against the old baseline) is closed now, with the reason, not later as a recovery."""
+        if ch.trend.active:
+            reason = f"cleared by a reload: baseline relearned after {what}"
+            lead = "no time to failure until the new baseline is learned"
+            out.drafts.append(
+                closing_draft(asset_ref(asset, asset.id), ch.sensor, "trend", ch.trend.active,
+                              ch.trend.raised_at, at, reason, lead)
+            )  # fmt: skip
+            ch.trend = LifecycleState()
+            out.state[ch.key("trend")] = json.dumps(ch.trend.to_dict(), sort_keys=True)
+        ch.hi = HealthIndex(asset.alerting.baseline_readings, self.tuning.health)
+        ch.history, ch.onset_s = self._new_history(asset), None
+        out.state[ch.key("model")] = model_state(ch)
 
     def close_unconfigured(self, at: datetime | None = None) -> Update:
         """At start: a "cleared" record for each alert the persisted state has open for a

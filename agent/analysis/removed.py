@@ -64,9 +64,11 @@ def asset_ref(asset: Asset | None, asset_id: str) -> AssetRef:
 
 def closing_draft(
     asset: AssetRef, sensor: SensorRef, kind: str, level: int, raised_at: str | None,
-    at: datetime, reason: str,
+    at: datetime, reason: str, lead: str = "no longer measured on this asset",
 ) -> AlertDraft:  # fmt: skip
-    """The "cleared" record of an alert closed because its sensor left the asset."""
+    """The "cleared" record of an alert closed without a reading that cleared it: its
+    sensor left the asset, or (with its own lead) a reload made the channel
+    relearn the baseline the alert was measured against."""
     return AlertDraft(
         asset=asset,
         sensor=sensor,
@@ -74,7 +76,7 @@ def closing_draft(
         state="cleared",
         detected_at=at,
         severity=None,  # no reading measured the clear
-        no_estimate_reason=f"no longer measured on this asset: {reason}",
+        no_estimate_reason=f"{lead}: {reason}",
         evidence={
             "reason": reason,
             "closed_level": LEVEL_NAMES[min(max(level, 1), 2)],

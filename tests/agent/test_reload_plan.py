@@ -75,7 +75,22 @@ def test_speed_change_relearns_the_baseline(tmp_path: Path) -> None:
     new = base(tmp_path)
     new["assets"][0]["machine"]["rpm"] = 990
     lines = "\n".join(plan(base(tmp_path), new).changes)
-    assert "asset press-7's baseline is relearned" in lines
+    assert (
+        "its baseline on asset press-7 is relearned (machine.rpm 1480 -> 990); its open "
+        "trend alerts are cleared by the reload, saying why" in lines
+    )
+
+
+def test_a_new_failure_metric_keeps_the_baseline(tmp_path: Path) -> None:
+    """Before, the plan said the baseline is relearned (and the monitor did it)."""
+    new = base(tmp_path)
+    new["assets"][0]["failure"] = {"metric": "accel_rms_g", "threshold": 2.0}
+    lines = "\n".join(plan(base(tmp_path), new).changes)
+    assert (
+        "its time-to-failure history on asset press-7 starts again (failure.metric "
+        "velocity_rms_mm_s -> accel_rms_g); its learned baseline and onset are kept" in lines
+    )
+    assert "relearned" not in lines
 
 
 def test_uplinks_by_name_a_rotated_token_rebuilds_one(tmp_path: Path) -> None:

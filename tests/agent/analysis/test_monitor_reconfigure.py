@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ import pytest
 
 from agent.analysis.monitor import Monitor
 from agent.config import Config
+from agent.records import AlertDraft
 from drivers.reading import Reading
 from tests.agent._configs import press_config
 
@@ -107,3 +109,131 @@ def test_a_repair_of_the_asset_a_sensor_left_leaves_its_new_asset_alone(
     assert draft.evidence["closed_alerts"] == []
     assert ("severity", "raised") not in feed(m, [3.2] * 3, 40)  # fan-3's is still open
     assert health_index(m) is not None  # fan-3's baseline was not reset
+
+
+# A machine already degraded when the integrator edits its analysis settings: accel RMS
+# (the health-index feature) doubled and velocity RMS rose over its ISO 20816-1 alarm, so
+# the trend alert is open (raised, then escalated). What the reload may reset depends on
+# what the change invalidates (agent.analysis.basis).
+
+
+def degraded_config(tmp_path: Path, edit: dict[str, Any] | None = None) -> Config:
+    data = press_config(
+        tmp_path, baseline_readings=10, debounce=2, clear_hold_s=300, trend_bin_s=10
+    ).model_dump(mode="json", by_alias=True)
+    for path, value in (edit or {}).items():
+        *parents, last = path.split(".")
+        node = data
+        for p in parents:
+            node = node[int(p)] if p.isdigit() else node[p]
+        node[last] = value
+    return Config.model_validate(data)
+
+
+def vib(i: int, accel: float, velocity: float) -> Reading:
+    return Reading("m1", "z", T0 + timedelta(seconds=10 * i),
+                   {"velocity_rms_mm_s": velocity, "accel_rms_g": accel,
+                    "hf_accel_rms_g": accel / 2})  # fmt: skip
+
+
+def run(m: Monitor, start: int, n: int, accel: float, velocity: float) -> list[AlertDraft]:
+    return [d for i in range(start, start + n) for d in m.update(vib(i, accel, velocity)).drafts]
+
+
+def degrade(tmp_path: Path) -> tuple[Monitor, dict[str, str]]:
+    m = Monitor(degraded_config(tmp_path))
+    state: dict[str, str] = {}
+    for i in range(32):
+        up = m.update(vib(i, 1.0, 1.0) if i < 12 else vib(i, 2.0, 1.9))
+        state.update(up.state)
+    assert m._channels[("m1", "z")].trend.active == 2  # raised, then escalated
+    return m, state
+
+
+HISTORY_ONLY = {
+    "failure metric": {"assets.0.failure": {"metric": "accel_rms_g"}},
+    "trend bin": {"assets.0.alerting.trend_bin_s": 20},
+    "bearing": {"assets.0.bearing": {"balls": 9, "ball_mm": 7.9, "pitch_mm": 38.5}},
+}
+NOTHING = {
+    "failure threshold": {"assets.0.failure": {"threshold": 6.0}},
+    "baseline length": {"assets.0.alerting.baseline_readings": 40},
+    "clear hold": {"assets.0.alerting.clear_hold_s": 600},
+}
+
+
+@pytest.mark.parametrize("edit", [*HISTORY_ONLY.values(), *NOTHING.values()],
+                         ids=[*HISTORY_ONLY, *NOTHING])  # fmt: skip
+def test_an_analysis_change_keeps_the_baseline_onset_and_open_trend_of_a_degraded_machine(
+    tmp_path: Path, edit: dict[str, Any]
+) -> None:
+    """Before: a new failure metric, trend bin, bearing or baseline length relearned the
+    baseline from the degraded machine, and the open trend alert cleared clear_hold_s later
+    as if it had recovered. Now only the failure metric's history starts again (when the
+    change invalidates it); the baseline, the onset and the alert stay, also in the state
+    a restart resumes from."""
+    m, state = degrade(tmp_path)
+    ch = m._channels[("m1", "z")]
+    learned_at, onset, bins = ch.hi.learned_at_s, ch.onset_s, ch.history.to_dict()
+    update = m.reconfigure(degraded_config(tmp_path, edit))
+    assert update.drafts == []
+    ch = m._channels[("m1", "z")]
+    assert (ch.hi.learned_at_s, ch.onset_s, ch.trend.active) == (learned_at, onset, 2)
+    history_rebuilt = edit in HISTORY_ONLY.values()
+    assert (ch.history.to_dict() != bins) is history_rebuilt
+    state.update(update.state)
+    later = run(m, 32, 80, 2.0, 1.9)  # 800 s still degraded, past the 300 s clear hold
+    assert [(d.kind, d.state) for d in later] == []
+    assert m._channels[("m1", "z")].trend.active == 2
+    resumed = Monitor(degraded_config(tmp_path, edit), state=state)
+    resumed.update(vib(32, 2.0, 1.9))
+    again = resumed._channels[("m1", "z")]
+    assert (again.hi.learned_at_s, again.onset_s) == (learned_at, onset)
+
+
+@pytest.mark.parametrize(
+    ("edit", "what"),
+    [
+        ({"assets.0.machine.rpm": 990}, "machine.rpm 1480 -> 990"),
+        (
+            {"sensors.0.modbus.profile": "machinesaver-trivibe"},
+            "modbus.profile banner-qm30vt2 -> modbus.profile machinesaver-trivibe",
+        ),
+    ],
+    ids=["speed", "register profile"],
+)
+def test_a_change_that_invalidates_the_baseline_closes_the_trend_alert_saying_why(
+    tmp_path: Path, edit: dict[str, Any], what: str
+) -> None:
+    """Before: the baseline was relearned from the degraded machine with the trend alert
+    left open, which then cleared (a plain "cleared", as if the machine had recovered)
+    clear_hold_s after the new baseline; a profile change kept the old baseline. Now the
+    reload closes it at once with a record saying why, and nothing clears later."""
+    m, _ = degrade(tmp_path)
+    at = T0 + timedelta(minutes=6)
+    update = m.reconfigure(degraded_config(tmp_path, edit), at)
+    (draft,) = update.drafts
+    assert (draft.kind, draft.state, draft.detected_at) == ("trend", "cleared", at)
+    reason = f"cleared by a reload: baseline relearned after {what}"
+    assert draft.evidence["reason"] == reason
+    assert draft.evidence["closed_level"] == "critical"
+    assert (
+        draft.no_estimate_reason
+        == f"no time to failure until the new baseline is learned: {reason}"
+    )
+    assert json.loads(update.state["press-7/m1/z/trend"])["active"] == 0
+    ch = m._channels[("m1", "z")]
+    assert (ch.hi.ready, ch.onset_s, ch.trend.active) == (False, None, 0)
+    assert run(m, 32, 80, 2.0, 1.9) == []  # no later "cleared" (nor a raise from the new baseline)
+    assert m._channels[("m1", "z")].hi.ready  # relearned
+
+
+def test_a_new_baseline_length_applies_to_a_baseline_still_learning(tmp_path: Path) -> None:
+    m = Monitor(degraded_config(tmp_path))
+    run(m, 0, 5, 1.0, 1.0)
+    m.reconfigure(degraded_config(tmp_path, {"assets.0.alerting.baseline_readings": 20}))
+    run(m, 5, 10, 1.0, 1.0)
+    ch = m._channels[("m1", "z")]
+    assert (ch.hi.ready, ch.hi.samples_seen) == (False, 15)  # the 5 kept, 20 needed
+    run(m, 15, 5, 1.0, 1.0)
+    assert ch.hi.ready

@@ -73,6 +73,8 @@ class Mosquitto:
             announces it to MQTT 5 clients in CONNACK and disconnects a client sending more.
         message_size_limit: the largest payload it takes, in bytes (None: no limit); not
             announced: a larger QoS 1 publish gets a PUBACK 0x95 (mosquitto 2.0).
+        require_certificate: with certs, a client must show a certificate signed by the CA
+            (mutual TLS; mosquitto's require_certificate).
     """
 
     def __init__(
@@ -83,7 +85,9 @@ class Mosquitto:
         acl: str | None = None,
         max_packet_size: int | None = None,
         message_size_limit: int | None = None,
+        require_certificate: bool = False,
     ):
+        self.require_certificate = require_certificate
         self.folder = folder
         self.max_packet_size = max_packet_size
         self.message_size_limit = message_size_limit
@@ -113,6 +117,8 @@ class Mosquitto:
                 f"certfile {self.certs.cert}",
                 f"keyfile {self.certs.key}",
             ]
+            if self.require_certificate:
+                lines.append("require_certificate true")
         if self.max_packet_size is not None:
             lines.append(f"max_packet_size {self.max_packet_size}")
         if self.message_size_limit is not None:

@@ -39,7 +39,7 @@ from agent.config._models import (
     ZoneLimits,
     parse_size,
 )
-from agent.config._tls import load_tls, tls_context
+from agent.config._tls import client_cert_hint, load_tls, tls_context
 from agent.config._urls import public_url
 from agent.config._zones import standard_label, zone_limits
 
@@ -75,6 +75,7 @@ __all__ = [
     "Uplink",
     "ZoneLimits",
     "check_file",
+    "client_cert_hint",
     "load_config",
     "load_tls",
     "main_check",

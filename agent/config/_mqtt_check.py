@@ -16,8 +16,6 @@ from agent.config._mqtt import KEY_FROM_RE
 from agent.config._secrets import read_secret, secret_path
 from agent.config._source import SourceMap
 
-TLS_FILES = ("ca_file", "cert_file", "key_file")
-
 
 class Decoders(Protocol):
     """What the checks need to know about the payload decoders."""
@@ -224,8 +222,8 @@ def mqtt_checks(data: dict[str, Any], smap: SourceMap, decoders: Decoders) -> li
 def read_broker_files(
     data: dict[str, Any], smap: SourceMap, base: Path
 ) -> tuple[dict[int, str], list[ConfigIssue]]:
-    """Each broker's password file (like an uplink's token file), and TLS files that do
-    not exist.
+    """Each broker's password file (like an uplink's token file); its TLS files are
+    checked with the uplinks' (agent.config._tls_check).
 
     Returns:
         broker index -> password, and the issues (never a file's content).
@@ -240,15 +238,4 @@ def read_broker_files(
                 secrets[i] = secret
             else:
                 issues.append(smap.issue(("mqtt", i, "password_file"), msg))
-        tls = b.get("tls")
-        for key in TLS_FILES if isinstance(tls, dict) else ():
-            value = tls.get(key)
-            if isinstance(value, str) and value and not secret_path(base, value).is_file():
-                issues.append(
-                    smap.issue(
-                        ("mqtt", i, "tls", key),
-                        f"{key} '{secret_path(base, value)}' does not exist or is not a file; "
-                        "fix the path (relative paths are relative to this configuration)",
-                    )
-                )
     return secrets, issues

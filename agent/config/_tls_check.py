@@ -1,8 +1,9 @@
-"""`check` of the uplinks' TLS files: each must exist, be readable and hold what it is named
-for (a PEM CA certificate; a client certificate that its key matches), so a mistake is
-reported at its line before the agent runs, not as a failing uplink in production.
+"""`check` of the uplinks' and the MQTT input brokers' TLS files: each must exist, be
+readable and hold what it is named for (a PEM CA certificate; an unencrypted PEM key; a
+client certificate that its key matches), so a mistake is reported at its line before the
+agent runs, not as a failing uplink or a silent sensor in production.
 
-Files are loaded exactly as the uplinks load them (agent.config._tls.tls_context).
+Files are loaded exactly as the runtime loads them (drivers.tls.tls_context).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ UPLINK_TLS: tuple[tuple[str, tuple[str, ...]], ...] = (
 
 
 def tls_file_issues(data: dict[str, Any], smap: SourceMap, base: Path) -> list[ConfigIssue]:
-    """An issue per unusable ca_file, cert_file or key_file of an uplink.
+    """An issue per unusable ca_file, cert_file or key_file of an uplink or of an input
+    broker (``mqtt[].tls``).
 
     Args:
         data: the parsed file.
@@ -40,6 +42,10 @@ def tls_file_issues(data: dict[str, Any], smap: SourceMap, base: Path) -> list[C
                 block = block.get(key) if isinstance(block, dict) else None
             if isinstance(block, dict):
                 issues += _block(block, ("uplinks", i, section, *inside), smap, base)
+    for i, broker in entries(data, "mqtt"):
+        tls = broker.get("tls")
+        if isinstance(tls, dict):
+            issues += _block(tls, ("mqtt", i, "tls"), smap, base)
     return issues
 
 

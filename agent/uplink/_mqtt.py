@@ -38,12 +38,12 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config import MqttUplink as MqttUplinkConfig
-from agent.config import tls_context
+from agent.config import client_cert_hint, load_tls
 from agent.store import StoredItem
 from agent.uplink._mqtt_limits import PACKET_TOO_LARGE, Dropped, PacketLimits
 from agent.uplink._transport import SendResult, tcp_probe
 from agent.uplink.errors import UplinkRejected, UplinkUnavailable
-from drivers.mqtt import enter_client
+from drivers.mqtt import HandshakeAware, enter_client
 
 PROBE_TIMEOUT_S = 2.0
 MAX_QUEUED = 1000  # paho's own outgoing queue, bounded
@@ -52,7 +52,7 @@ NO_MATCHING_SUBSCRIBERS = 0x10
 _DOWN_CONNACK = frozenset({3, 0x88, 0x89})  # server unavailable, server busy
 
 
-class _AckingClient(aiomqtt.Client):
+class _AckingClient(HandshakeAware):
     """aiomqtt's client, keeping each PUBACK's reason code (see the module docstring)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -176,7 +176,10 @@ class MqttTransport:
         context = None
         if cfg.tls is not None:
             # As `check` loads them (a passphrase-protected key is refused, not prompted for).
-            context = tls_context(cfg.tls.ca_file, cfg.tls.cert_file, cfg.tls.key_file)
+            loaded = load_tls(cfg.tls.ca_file, cfg.tls.cert_file, cfg.tls.key_file)
+            if isinstance(loaded, str):
+                raise ValueError(f"cannot load this uplink's TLS files: {loaded}")
+            context = loaded
         password = cfg.password
         if cfg.password_file is not None:  # re-read at each new client: a rotation works
             password = cfg.password_file.read_text(encoding="utf-8").strip() or None
@@ -232,8 +235,11 @@ class MqttTransport:
         refused = isinstance(exc, MqttConnectError)
         if refused and code not in _DOWN_CONNACK:
             self._client = None  # rebuilt at the next try: a rotated password is re-read
+        text = f"{type(exc).__name__}: {exc}"
+        if self.cfg.tls is not None:
+            text += client_cert_hint(text, has_cert=self.cfg.tls.cert_file is not None)
         return UplinkUnavailable(
-            f"{doing} {self.target}: {type(exc).__name__}: {exc}",
+            f"{doing} {self.target}: {text}",
             uplink=self.name,
             status=code if isinstance(code, int) else None,
             down=not refused or code in _DOWN_CONNACK,

@@ -34,6 +34,7 @@ from drivers.mqtt._client import DROP_LOG_EVERY, QUEUE_FULL, QUEUE_REASONS, Boun
 from drivers.mqtt._connect import enter_client
 from drivers.mqtt._router import Router
 from drivers.reading import utc_now
+from drivers.tls import client_cert_hint, load_tls
 
 log = logging.getLogger("edge_agent.drivers.mqtt")
 
@@ -47,6 +48,10 @@ GATHER_S = 0.02
 BACKOFF_BASE_S = 0.1
 BACKOFF_FLOOR_S = 0.05
 DISCONNECT_S = 1.0  # inside the runtime's POLLER_STOP_S
+
+
+class TlsFilesError(ValueError):
+    """The broker's TLS files cannot be loaded: no connection is tried without them."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -170,9 +175,15 @@ class BrokerLink:
         s = self.settings
         context = None
         if s.tls:
-            context = ssl.create_default_context(cafile=str(s.ca_file) if s.ca_file else None)
-            if s.cert_file and s.key_file:
-                context.load_cert_chain(str(s.cert_file), str(s.key_file))
+            # As `check` loads them: a passphrase-protected key is refused, never prompted
+            # for (OpenSSL would ask on the terminal, or fail obscurely under systemd).
+            loaded = load_tls(s.ca_file, s.cert_file, s.key_file)
+            if isinstance(loaded, str):
+                raise TlsFilesError(
+                    f"cannot load the broker's TLS files: {loaded}; not connecting without "
+                    "them (tried again with backoff)"
+                )
+            context = loaded
         password = s.password
         if s.password_file is not None:
             password = s.password_file.read_text(encoding="utf-8").strip() or None
@@ -342,7 +353,9 @@ class BrokerLink:
         )
 
     def _failed(self, exc: BaseException, attempt: int) -> None:
-        text = f"{type(exc).__name__}: {exc}"
+        text = str(exc) if isinstance(exc, TlsFilesError) else f"{type(exc).__name__}: {exc}"
+        if self.settings.tls:
+            text += client_cert_hint(text, has_cert=self.settings.cert_file is not None)
         if attempt == 0 or text != self.last_error:
             log.warning(
                 "mqtt broker %s at %s: %s; reconnecting",

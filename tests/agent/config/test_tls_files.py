@@ -126,3 +126,45 @@ def test_the_mqtt_uplinks_tls_files_are_checked_too(tmp_path: Path) -> None:
     found = lines(write(tmp_path, text))
     assert len(found) == 1 and found[0].startswith("config.yaml:11:47: uplinks[0].mqtt.tls.ca_file")
     assert "does not exist" in found[0]
+
+
+def _broker(tmp_path: Path, tls: str) -> Path:
+    """VALID plus one input broker (tls on line 13) with this tls block, and a sensor on it."""
+    text = VALID + (
+        f"mqtt:\n  - id: plant\n    host: 127.0.0.1\n    tls:\n{tls}"
+        "sensors:\n  - id: fan-9\n    mqtt: {broker: plant, topic: ncd/x, decoder: ncd-processed}\n"
+    )
+    return write(tmp_path, text)
+
+
+def test_an_input_brokers_tls_files_are_loaded_as_at_runtime(tmp_path: Path, certs: Certs) -> None:
+    """mqtt[].tls: a passphrase-protected key at the key's line; a file that is no PEM
+    certificate, and a key of another certificate, each at its own line."""
+    import subprocess
+
+    key = tmp_path / "enc.key"
+    subprocess.run(
+        ["openssl", "rsa", "-aes256", "-in", str(certs.key), "-out", str(key),
+         "-passout", "pass:secret"],
+        check=True, capture_output=True, timeout=30, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    (tmp_path / "notpem.pem").write_text("hello\n")
+    tls = f"      ca_file: notpem.pem\n      cert_file: {certs.cert}\n      key_file: {key}\n"
+    found = [f for f in lines(_broker(tmp_path, tls)) if ".tls." in f]
+    assert len(found) == 2, found
+    assert found[0].startswith("config.yaml:14:16: mqtt[0].tls.ca_file: ")
+    assert "holds no usable PEM certificate" in found[0]
+    assert found[1].startswith("config.yaml:16:17: mqtt[0].tls.key_file: ")
+    assert f"'{key}': the private key is protected by a passphrase" in found[1]
+    tls = f"      cert_file: {certs.cert}\n      key_file: {certs.ca.parent / 'ca.key'}\n"
+    found = [f for f in lines(_broker(tmp_path, tls)) if ".tls." in f]
+    assert len(found) == 1 and found[0].startswith("config.yaml:14:18: mqtt[0].tls.cert_file")
+    assert "(KEY_VALUES_MISMATCH)" in found[0]
+
+
+def test_a_key_file_that_is_no_pem_key_says_how_to_convert(tmp_path: Path, certs: Certs) -> None:
+    (tmp_path / "key.der").write_bytes(b"\x30\x82\x04\xa4" + b"\x00" * 64)
+    tls = f"      cert_file: {certs.cert}\n      key_file: key.der\n"
+    found = [f for f in lines(_broker(tmp_path, tls)) if ".tls." in f]
+    assert len(found) == 1 and found[0].startswith("config.yaml:15:17: mqtt[0].tls.key_file")
+    assert "holds no PEM private key" in found[0] and "openssl pkey -inform der" in found[0]

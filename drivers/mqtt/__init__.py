@@ -1,6 +1,7 @@
 """MQTT sensors: broker links (aiomqtt), routing by topic and key, per-sensor decoding."""
 
 from drivers.mqtt._connect import enter_client
+from drivers.mqtt._handshake import HandshakeAware
 from drivers.mqtt._link import BrokerLink, BrokerSettings
 from drivers.mqtt._router import (
     NO_KEY,
@@ -17,6 +18,7 @@ __all__ = [
     "UNKNOWN_SENSOR",
     "BrokerLink",
     "BrokerSettings",
+    "HandshakeAware",
     "MqttSensor",
     "Route",
     "Router",

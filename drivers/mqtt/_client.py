@@ -15,6 +15,7 @@ from typing import Any
 
 import aiomqtt
 
+from drivers.mqtt._handshake import HandshakeAware
 from drivers.payloads import TOO_LARGE
 
 QUEUE_FULL = "queue_full"  # the decode queue had no place left
@@ -28,7 +29,7 @@ def _payload_size(payload: object) -> int:
     return len(payload) if isinstance(payload, bytes | bytearray | str) else 0
 
 
-class BoundedClient(aiomqtt.Client):
+class BoundedClient(HandshakeAware):
     """aiomqtt's client with the size cap, queue-full and queue-bytes drops counted in
     paho's callback (aiomqtt only logs a full queue and has no bound in bytes)."""
 

@@ -410,3 +410,19 @@ async def test_an_uplink_cancelled_while_connecting_leaves_no_connection_behind(
         async with transport:
             await cancel_after(asyncio.create_task(transport.send(items)), i / 4000)
     await assert_nothing_outlives(before, broker.port)
+
+
+async def test_a_broker_wanting_a_client_certificate_says_so_at_once(
+    tmp_path: Path, certs: Certs, outbox: Outbox
+) -> None:
+    """mosquitto require_certificate true and no cert_file: the error names the fix within
+    the connect, not "timed out" after it (TLS 1.3 sends the alert after the handshake)."""
+    await outbox.append([draft(i=0)])
+    with Mosquitto(tmp_path / "mtls", certs=certs, require_certificate=True) as broker:
+        async with Running(mqtt(cfg(broker, timeout_s=20.0), outbox)) as up:
+            t0 = time.monotonic()
+            await until(lambda: true(up.status.last_error is not None))
+            took = time.monotonic() - t0
+    error = up.status.last_error or ""
+    assert "the server asks for a client certificate: set cert_file and key_file" in error, error
+    assert took < 15, took

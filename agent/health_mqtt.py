@@ -1,5 +1,6 @@
 """Prometheus families of the MQTT inputs: per-sensor messages and drops, per-broker link
-state and unrouted messages (from the snapshot the runtime already holds)."""
+state, unrouted messages and what the broker says it dropped (from the snapshot the
+runtime already holds)."""
 
 from __future__ import annotations
 
@@ -81,8 +82,18 @@ def mqtt_metrics(snap: dict[str, Any]) -> Iterator[Metric]:
         "no messages",
         labels=["broker", "topic"],
     )
+    broker_dropped = CounterMetricFamily(
+        "edge_mqtt_broker_dropped",
+        "Messages the broker reports it dropped while we were connected (mosquitto's "
+        "$SYS/broker/publish/messages/dropped: its per-client limits max_inflight_messages / "
+        "max_queued_messages; broker-wide, over all its clients, not only ours); absent while "
+        "unknown (a broker without that topic, or one that refuses it)",
+        labels=["broker"],
+    )
     for b in snap.get("mqtt", []):
         name = [b["id"]]
+        if b.get("broker_dropped_total") is not None:
+            broker_dropped.add_metric(name, float(b["broker_dropped_total"]))
         for topic in b.get("refused_subscriptions") or {}:
             refused.add_metric([b["id"], topic], 1.0)
         connected.add_metric(name, 1.0 if b.get("connected") else 0.0)
@@ -96,3 +107,4 @@ def mqtt_metrics(snap: dict[str, Any]) -> Iterator[Metric]:
             for reason, n in reasons.items():
                 unrouted.add_metric([b["id"], topic, reason], float(n))
     yield from (connected, connects, received, queue, queue_bytes, queue_drops, unrouted, refused)
+    yield broker_dropped

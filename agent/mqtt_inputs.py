@@ -58,6 +58,7 @@ def broker_settings(broker: Broker, gateway_id: str) -> BrokerSettings:
         queue_max_bytes=broker.queue_max_bytes,
         reconnect_max_s=broker.reconnect_max_s,
         connect_timeout_s=broker.connect_timeout_s,
+        sys_dropped_topic=broker.sys_dropped_topic,
     )
 
 

@@ -75,6 +75,8 @@ class Mosquitto:
             announced: a larger QoS 1 publish gets a PUBACK 0x95 (mosquitto 2.0).
         require_certificate: with certs, a client must show a certificate signed by the CA
             (mutual TLS; mosquitto's require_certificate).
+        extra: more mosquitto.conf lines (e.g. ``max_queued_messages 10``,
+            ``sys_interval 0``).
     """
 
     def __init__(
@@ -86,8 +88,10 @@ class Mosquitto:
         max_packet_size: int | None = None,
         message_size_limit: int | None = None,
         require_certificate: bool = False,
+        extra: tuple[str, ...] = (),
     ):
         self.require_certificate = require_certificate
+        self.extra = extra
         self.folder = folder
         self.max_packet_size = max_packet_size
         self.message_size_limit = message_size_limit
@@ -123,6 +127,7 @@ class Mosquitto:
             lines.append(f"max_packet_size {self.max_packet_size}")
         if self.message_size_limit is not None:
             lines.append(f"message_size_limit {self.message_size_limit}")
+        lines += self.extra
         if self.acl is not None:
             acl = self.folder / "acl"
             acl.write_text(self.acl)
@@ -244,7 +249,10 @@ class MqttProxy:
       never acknowledged): a publish in flight when the broker dies;
     - `holding_acks`: while True, it swallows the client's PUBACK packets, and `cut()`
       then closes every connection: a PUBACK lost with a dying link, so the broker sends
-      the message again (DUP) to the session at the next connection.
+      the message again (DUP) to the session at the next connection;
+    - `pause()` / `resume()`: it stops passing the broker's bytes to the client (a client
+      too slow to drain: it acknowledges nothing meanwhile, so the broker's in-flight
+      window and per-client queue fill, and mosquitto drops the rest).
 
     Attributes:
         port: where clients connect (127.0.0.1).
@@ -263,6 +271,15 @@ class MqttProxy:
         self.held: list[str] = []
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+
+    def pause(self) -> None:
+        """Stop passing the broker's bytes to the client (they wait in the sockets)."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
 
     def cut(self) -> None:
         """Close every connection now, without a word to either side."""
@@ -331,6 +348,7 @@ class MqttProxy:
     async def _bytes(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError):
             while data := await src.read(65536):
+                await self._flowing.wait()
                 dst.write(data)
                 await dst.drain()
 

@@ -20,6 +20,8 @@ DEFAULT_MAX_PAYLOAD = 256 * 2**10
 # The decode queue's bound in payload bytes: queue_size places alone would let 10000
 # messages of 256 KiB (2.5 GB) wait while decoding is held up.
 DEFAULT_QUEUE_MAX_BYTES = 32 * 2**20
+# mosquitto's total of messages it dropped (drivers.mqtt._broker_drops.DEFAULT_TOPIC).
+DEFAULT_SYS_DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
 
 _PAYLOAD_SIZE_SCHEMA = {
     "anyOf": [
@@ -80,11 +82,27 @@ class Broker(_Model):
     # Reconnect waits grow to at most this (full jitter), so a broker restart costs seconds.
     reconnect_max_s: float = Field(default=2.0, ge=0.1, le=60)
     connect_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    # The broker's counter of messages it dropped (its per-client limits), watched and
+    # reported as edge_mqtt_broker_dropped; mosquitto's by default; null: not asked for.
+    sys_dropped_topic: str | None = Field(default=DEFAULT_SYS_DROPPED_TOPIC, max_length=256)
 
     @field_validator("protocol", mode="before")
     @classmethod
     def _protocol(cls, v: object) -> object:
         return str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
+
+    @field_validator("sys_dropped_topic")
+    @classmethod
+    def _sys_topic(cls, v: str | None) -> str | None:
+        # Only the broker's own tree: a sensor topic here would be read as a counter.
+        if v is not None and (
+            not v.startswith("$SYS/") or any(c in v for c in "+#\0") or len(v) < 6
+        ):
+            raise ValueError(
+                "sys_dropped_topic must be one topic under $SYS/ without wildcards (default "
+                f"{DEFAULT_SYS_DROPPED_TOPIC}, mosquitto's), or null to not watch it"
+            )
+        return v
 
     @field_validator("max_payload_bytes", mode="before")
     @classmethod

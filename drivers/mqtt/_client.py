@@ -1,9 +1,11 @@
 """aiomqtt's client with the link's bounds applied in paho's message callback.
 
-Every inbound message is measured before aiomqtt queues it: larger than the size cap,
-the queue without a place, or the queue's payload bytes past their bound, and it is
-dropped (the link counts it) instead of queued. Runs on the event loop's thread (aiomqtt
-2.x reads paho's socket from loop callbacks), so the byte count needs no lock.
+The broker's $SYS counter of dropped messages (drivers.mqtt._broker_drops) is taken out
+first: it is no reading. Every other inbound message is measured before aiomqtt queues
+it: larger than the size cap, the queue without a place, or the queue's payload bytes
+past their bound, and it is dropped (the link counts it) instead of queued. Runs on the
+event loop's thread (aiomqtt 2.x reads paho's socket from loop callbacks), so the byte
+count needs no lock.
 """
 
 from __future__ import annotations
@@ -39,10 +41,14 @@ class BoundedClient(HandshakeAware):
         on_drop: Callable[[str, str, int], None],
         cap: int,
         max_bytes: int,
+        sys_topic: str | None = None,
+        on_sys: Callable[[object], None] | None = None,
         **kw: Any,
     ) -> None:
         super().__init__(*args, **kw)
         self._on_drop = on_drop
+        self._sys_topic = sys_topic
+        self._on_sys = on_sys
         self._cap = cap
         self._max_bytes = max_bytes
         self.queued_bytes = 0  # payload bytes in self._queue now
@@ -62,6 +68,10 @@ class BoundedClient(HandshakeAware):
         super()._on_socket_register_write(client, userdata, sock)
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        if self._on_sys is not None and message.topic == self._sys_topic:
+            # The broker's own counter: not a reading, and never lost to a full queue.
+            self._on_sys(message.payload)
+            return
         size = _payload_size(message.payload)
         if size > self._cap:
             self._on_drop(message.topic, TOO_LARGE, size)

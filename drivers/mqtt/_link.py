@@ -12,6 +12,9 @@ wait while decoding is held up); a message that finds it full (``queue_full``) o
 take it past its bytes (``queue_bytes``), or is larger than ``max_payload_bytes``, is
 dropped in paho's callback (counted, never blocking paho's loop). Decoding runs in this
 link's task, yielding the loop every DRAIN_SLICE_S.
+
+What the broker itself drops (its per-client limits, before anything reaches us) shows
+only in its own $SYS counter, watched by drivers.mqtt._broker_drops.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from drivers.mqtt._broker_drops import DEFAULT_TOPIC as SYS_DROPPED_TOPIC
+from drivers.mqtt._broker_drops import BrokerDrops
 from drivers.mqtt._client import DROP_LOG_EVERY, QUEUE_FULL, QUEUE_REASONS, BoundedClient
 from drivers.mqtt._connect import enter_client
 from drivers.mqtt._router import Router
@@ -78,6 +83,8 @@ class BrokerSettings:
     queue_max_bytes: int = 32 * 2**20
     reconnect_max_s: float = 2.0
     connect_timeout_s: float = 10.0
+    # The broker's $SYS counter of messages it dropped (None: not asked for).
+    sys_dropped_topic: str | None = SYS_DROPPED_TOPIC
 
     @property
     def address(self) -> str:
@@ -109,6 +116,7 @@ class BrokerLink:
         self._peak_before = 0  # the queue-bytes peak of clients since rebuilt
         self.last_error: str | None = None
         self.refused: dict[str, str] = {}  # topic filter -> the broker's SUBACK reason
+        self.broker_drops = BrokerDrops(settings.id, settings.address, settings.sys_dropped_topic)
         self._down_since: float | None = time.monotonic()
 
     @property
@@ -142,6 +150,7 @@ class BrokerLink:
             "subscriptions": {t: r.qos for t, r in self.router.routes.items()},
             "refused_subscriptions": dict(self.refused),
             "unrouted": self.router.status(),
+            **self.broker_drops.status(),
         }
 
     def stop(self) -> None:
@@ -216,6 +225,8 @@ class BrokerLink:
             on_drop=self._drop,
             cap=s.max_payload_bytes,
             max_bytes=s.queue_max_bytes,
+            sys_topic=s.sys_dropped_topic,
+            on_sys=self.broker_drops.observe,
             **kw,
         )
 
@@ -263,6 +274,7 @@ class BrokerLink:
                 result = await client.subscribe(topic, qos=route.qos, properties=props)
                 _raise_if_cancelled()
                 self._granted(topic, route, result)
+            await self._watch_broker_drops(client)
             await self._consume(client)
         finally:
             with contextlib.suppress(aiomqtt.MqttError, OSError, TimeoutError):
@@ -308,6 +320,28 @@ class BrokerLink:
                 text,
                 self.settings.username,
             )
+
+    async def _watch_broker_drops(self, client: BoundedClient) -> None:
+        """Subscribe to the broker's dropped-messages counter, after the sensors' own
+        subscriptions (a broker that refuses it, or even disconnects us for it, costs them
+        nothing): QoS 0, it is refreshed every few seconds anyway."""
+        drops = self.broker_drops
+        if not drops.wanted:
+            return
+        assert drops.topic is not None
+        drops.connected()
+        try:
+            result = await client.subscribe(drops.topic, qos=0)
+        except aiomqtt.MqttError as exc:
+            drops.lost(f"{type(exc).__name__}: {exc}")  # twice in a row: not asked again
+            raise
+        _raise_if_cancelled()
+        codes = result if isinstance(result, list | tuple) else [result]
+        failed = [c for c in codes if getattr(c, "is_failure", False) or c == 0x80]
+        if failed:
+            drops.refused(f"SUBACK {failed[0]}")
+        else:
+            drops.granted()
 
     async def _consume(self, client: BoundedClient) -> None:
         queue = client._queue

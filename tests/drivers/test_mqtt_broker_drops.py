@@ -1,0 +1,128 @@
+"""Messages the broker drops before they reach us (real mosquitto): its $SYS counter is
+watched and reported, a broker without it shows "unknown", never an error."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from agent.health_mqtt import mqtt_metrics
+from drivers.mqtt import BrokerLink
+from drivers.mqtt._broker_drops import MAX_VALUE, BrokerDrops, parse_counter
+from tests.drivers.test_mqtt_link import TOPIC, Rig, ncd, publish, until
+from tests.drivers.test_mqtt_link_faults import DYNSEC, _Dynsec
+from tests.mosquitto import Mosquitto, MqttProxy
+
+pytestmark = [pytest.mark.network]
+
+LOGGER = "edge_agent.drivers.mqtt"
+# Small limits: 5 in flight (unacknowledged) and 10 queued per client; the rest dropped.
+LIMITS = ("sys_interval 1", "max_inflight_messages 5", "max_queued_messages 10")
+BURST = 60  # per burst: 60 - 5 - 10 = 45 dropped while our client is paused
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage() for r in caplog.records if r.name == LOGGER and r.levelno >= logging.WARNING
+    ]
+
+
+def _dropped(link: BrokerLink) -> int:
+    return int(link.status()["broker_dropped_total"] or 0)
+
+
+def _metric(status: dict[str, object]) -> list[float]:
+    families = {m.name: m for m in mqtt_metrics({"mqtt": [status]})}
+    return [s.value for s in families["edge_mqtt_broker_dropped"].samples]
+
+
+async def test_drops_by_the_broker_for_a_slow_client_are_counted_and_warned_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    with Mosquitto(tmp_path / "b", extra=LIMITS) as broker:
+        async with MqttProxy(broker) as proxy:
+            rig = Rig(broker, port=proxy.port)
+            async with rig.running() as link:
+                await until(lambda: link.status()["broker_drops"] == "watching", 5)
+                assert link.status()["broker_dropped_total"] == 0  # the retained baseline
+                for n in (1, 2):
+                    proxy.pause()  # our client reads nothing, acknowledges nothing
+                    await publish(broker.port, [(TOPIC, ncd(float(v))) for v in range(BURST)])
+                    proxy.resume()
+                    await until(lambda g=15 * n: len(rig.got) >= g, 10)
+                    await until(lambda d=45 * n: _dropped(link) >= d, 10)
+                status = link.status()
+    # 120 published, 30 delivered: the 90 the broker dropped are visible now.
+    assert len(rig.got) == 30
+    assert status["messages_total"] == 30  # the $SYS messages are no readings
+    assert 90 <= status["broker_dropped_total"] <= 2 * BURST
+    assert _metric(status) == [float(status["broker_dropped_total"])]
+    warned = [m for m in _warnings(caplog) if "dropped" in m]
+    assert len(warned) == 1, warned  # one per episode, not one per $SYS update
+    assert "broker-wide" in warned[0] and "max_queued_messages" in warned[0]
+    assert " b at " in warned[0]  # names the broker
+
+
+async def test_a_broker_without_sys_shows_unknown_not_an_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    with Mosquitto(tmp_path / "b", extra=("sys_interval 0",)) as broker:
+        rig = Rig(broker)
+        async with rig.running() as link:
+            await publish(broker.port, [(TOPIC, ncd(1.0))])
+            await until(lambda: rig.got, 5)
+            status = link.status()
+    assert status["broker_dropped_total"] is None and status["broker_drops"] == "waiting"
+    assert status["last_error"] is None and not status["refused_subscriptions"]
+    assert _metric(status) == []  # absent: unknown, not 0
+    assert _warnings(caplog) == []
+
+
+async def test_turned_off_it_is_not_subscribed(tmp_path: Path) -> None:
+    with Mosquitto(tmp_path / "b", extra=("sys_interval 1",)) as broker:
+        rig = Rig(broker, sys_dropped_topic=None)
+        async with rig.running() as link:
+            await publish(broker.port, [(TOPIC, ncd(1.0))])
+            await until(lambda: rig.got, 5)
+            status = link.status()
+    assert status["broker_drops"] == "off" and status["broker_dropped_total"] is None
+    assert "$SYS/broker/publish/messages/dropped" not in broker.log.read_text()
+
+
+@pytest.mark.skipif(not Path(DYNSEC).exists(), reason=f"{DYNSEC} is missing (mosquitto)")
+async def test_a_refused_sys_subscription_is_said_once_at_info(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    with _Dynsec(tmp_path / "acl") as broker:
+        rig = Rig(broker, username="gw", password="secret")
+        async with rig.running() as link:
+            await until(lambda: link.status()["broker_drops"] == "refused", 5)
+            status = link.status()
+    assert status["broker_dropped_total"] is None and _metric(status) == []
+    said = [r for r in caplog.records if "$SYS" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.INFO
+    # The sensor's own refused subscription is still the error it was.
+    assert list(status["refused_subscriptions"]) == ["ncd/vibration/+"]
+
+
+def test_the_counter_is_parsed_within_bounds(caplog: pytest.LogCaptureFixture) -> None:
+    assert parse_counter(b"45") == 45 and parse_counter(b" 7\n") == 7
+    for bad in (b"", b"-1", b"1e9", b"4 5", b"\xd9\xa3", b"9" * 25, str(MAX_VALUE).encode()):
+        assert parse_counter(bad) is None, bad
+    drops = BrokerDrops("b", "mqtt://x:1", "$SYS/broker/publish/messages/dropped")
+    drops.connected()
+    drops.observe(b"100")  # the baseline: drops before we came are not ours
+    drops.observe(b"garbage")  # ignored, counted, logged once
+    drops.observe(b"x" * 10_000)
+    drops.observe(b"130")
+    drops.observe(b"5")  # went back (a reset): a new baseline, nothing counted
+    drops.observe(b"8")
+    assert drops.dropped_total == 33 and drops.bad_values == 2
+    drops.connected()
+    drops.observe(b"50")  # a new connection: a new baseline
+    assert drops.dropped_total == 33

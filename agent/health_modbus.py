@@ -63,6 +63,15 @@ def modbus_metrics(snap: dict[str, Any]) -> Iterator[Metric]:
         "Our requests read back by an echoing RS-485 adapter; dropped",
         labels=["bus"],
     )
+    noisy_reads = CounterMetricFamily(
+        "edge_bus_noisy_reads",
+        "Failed reads after which the line never fell quiet (noise: broken transceiver, "
+        "babbling device)",
+        labels=["bus"],
+    )
+    noisy = GaugeMetricFamily(
+        "edge_bus_noisy", "1 while the line is noisy (never falls quiet)", labels=["bus"]
+    )
     for b in snap.get("buses", []):
         for key, fam in families.items():
             if b.get(key) is not None:
@@ -70,10 +79,14 @@ def modbus_metrics(snap: dict[str, Any]) -> Iterator[Metric]:
         late.add_metric([b["name"]], float(b.get("late_answers", 0)))
         duplicates.add_metric([b["name"]], float(b.get("duplicate_answers", 0)))
         echoes.add_metric([b["name"]], float(b.get("echoes", 0)))
+        noisy_reads.add_metric([b["name"]], float(b.get("noisy_reads", 0)))
+        noisy.add_metric([b["name"]], float(bool(b.get("noisy"))))
     yield from families.values()
     yield late
     yield duplicates
     yield echoes
+    yield noisy_reads
+    yield noisy
     lag = snap.get("pipeline", {}).get("loop_lag_max_s")
     if lag is not None:
         g = GaugeMetricFamily(

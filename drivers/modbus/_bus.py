@@ -36,6 +36,8 @@ class BusStatus:
         late_answers: answers dropped because their request had timed out.
         duplicate_answers: answers a device sent twice; the repeats were dropped (RTU).
         echoes: our requests read back by an echoing RS-485 adapter, dropped (RTU).
+        noisy_reads: failed reads after which the line never fell quiet (RTU noise).
+        noisy: the line is noisy now: the last failed read found it never quiet (RTU).
     """
 
     name: str
@@ -49,6 +51,8 @@ class BusStatus:
     late_answers: int
     duplicate_answers: int = 0
     echoes: int = 0
+    noisy_reads: int = 0
+    noisy: bool = False
 
 
 class Bus:
@@ -158,6 +162,8 @@ class Bus:
             sum(link.late_answers for link in self.links),
             sum(link.duplicate_answers for link in self.links),
             sum(link.echoes for link in self.links),
+            sum(link.noisy_reads for link in self.links),
+            any(link.noisy for link in self.links),
         )
 
     def close(self) -> None:

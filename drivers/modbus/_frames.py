@@ -22,7 +22,8 @@ class FrameError(ValueError):
 
     Attributes:
         reason: a short machine-readable kind: ``wrong_device``, ``wrong_function``,
-            ``byte_count``, ``crc``, ``short``, ``transaction``, ``protocol``.
+            ``byte_count``, ``crc``, ``short``, ``transaction``, ``protocol``, ``noise``
+            (RTU: the line never fell quiet after the failed read).
     """
 
     def __init__(self, reason: str, message: str) -> None:

@@ -25,6 +25,8 @@ class Link(Protocol):
     late_answers: int  # answers that arrived after their request had timed out (dropped)
     duplicate_answers: int  # answers a device sent twice, the repeat dropped (RTU)
     echoes: int  # our own requests read back by an echoing RS-485 adapter (RTU)
+    noisy_reads: int  # failed reads after which the line never fell quiet (RTU noise)
+    noisy: bool  # the line is noisy now (RTU)
 
     @property
     def connected(self) -> bool:

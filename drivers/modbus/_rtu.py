@@ -7,6 +7,14 @@ id, function code, byte count and CRC of the answer; a complete, valid frame fro
 device that precedes ours is dropped and counted as late; after a timeout or a garbled
 answer, flush: read and discard until the line has been quiet for ``late_flush_s``.
 
+A line that never falls quiet (a broken transceiver, a babbling device) is noise, not a
+late answer: a flush gives up once bytes have kept coming for longer than the longest
+answer frame plus ``late_flush_s``, so one failed read cannot hold the line for long and
+stall the other devices. That read fails as ``noise``; the line is reported noisy (its
+status, /metrics, one warning per episode with the port) until a flush finds it quiet or
+an answer gets through. Answers are still taken only whole and checked (CRC, device id,
+function code, byte count), so noise can fail a read but not pass for an answer.
+
 A device that answers twice (a flaky slave, an RS-485 repeater) sends a valid frame with
 our device id, function code and byte count: nothing in it tells it from the answer to
 the next request. So a device is not asked again until ``repeat_guard_s`` after its
@@ -41,7 +49,8 @@ from drivers.modbus._status import _EpisodeLog
 
 log = logging.getLogger("edge_agent.drivers.modbus")
 
-MAX_FLUSH_S = 2.0  # a line that never falls quiet (noise) is reported, not waited on forever
+MAX_FLUSH_S = 2.0  # the flush bound's ceiling, whatever the baud rate
+LONGEST_FRAME_CHARS = 256  # an RTU frame is at most 256 characters
 MAX_BUFFER = 4096
 
 PARITIES = {"N": serial.PARITY_NONE, "E": serial.PARITY_EVEN, "O": serial.PARITY_ODD}
@@ -59,7 +68,9 @@ class RtuLink:
         inter_frame_s: silence before each request; None: 3.5 characters (1.75 ms above
             19200 baud), as the Modbus serial line specification requires.
         late_flush_s: after a timeout or a garbled answer, discard bytes until the line
-            has been quiet this long.
+            has been quiet this long; a line still busy after the longest frame (256
+            characters, at most MAX_FLUSH_S) plus this is noise: the read fails as
+            ``noise`` and the line is reported noisy.
         repeat_guard_s: the least time between a device's answer and the next request
             to the same device; a repeat of the answer arriving before then is dropped.
             Other devices use the line meanwhile. 0: no guard.
@@ -93,9 +104,20 @@ class RtuLink:
         self.duplicate_answers = 0  # a device's answer sent again (flaky slave, repeater)
         self.flushed_bytes = 0
         self.echoes = 0  # our own requests read back (RS-485 adapters that echo), dropped
+        # A flush that sees bytes for longer than a whole frame plus late_flush_s is noise.
+        self.noise_after_s = min(MAX_FLUSH_S, LONGEST_FRAME_CHARS * self.char_s) + late_flush_s
+        self.noisy_reads = 0  # failed reads after which the line never fell quiet
+        self._noisy_since: float | None = None  # monotonic start of the noise episode
+        self._noisy_in_a_row = 0
         # device id -> (monotonic end, frame) of its last good answer: at most 256 entries
         self._answered: dict[int, tuple[float, bytes]] = {}
         self._logs = {"echo": _EpisodeLog(), "duplicate": _EpisodeLog(), "late": _EpisodeLog()}
+        self._noise_log = _EpisodeLog()
+
+    @property
+    def noisy(self) -> bool:
+        """True while the line is noisy: the last flush never saw it fall quiet."""
+        return self._noisy_since is not None
 
     @property
     def connected(self) -> bool:
@@ -180,16 +202,56 @@ class RtuLink:
             if time.monotonic() >= stop:
                 return
 
-    async def _flush(self) -> None:
-        """Discard bytes until the line has been quiet for late_flush_s (bounded)."""
-        stop = time.monotonic() + MAX_FLUSH_S
+    async def _flush(self) -> bool:
+        """Discard bytes until the line has been quiet for late_flush_s; give up after
+        ``noise_after_s`` (noise). True when the line fell quiet (or the port closed)."""
+        stop = time.monotonic() + self.noise_after_s
+        quiet = False
         while self._serial is not None and time.monotonic() < stop:
             quiet_until = self._last_activity + self.late_flush_s
             if time.monotonic() >= quiet_until:
+                quiet = True
                 break
             await self._wait_data(min(quiet_until, stop))
+        else:
+            quiet = self._serial is None or time.monotonic() >= (
+                self._last_activity + self.late_flush_s
+            )
         self.flushed_bytes += len(self._buf)
         self._buf.clear()
+        return quiet
+
+    def _noise_seen(self, device_id: int) -> None:
+        """A flush found the line never quiet: count it, log the episode's start once."""
+        self.noisy_reads += 1
+        self._noisy_in_a_row += 1
+        if self._noisy_since is None:
+            self._noisy_since = time.monotonic()
+        if self._noise_log.report(self._noisy_in_a_row, 1):
+            log.warning(
+                "modbus line %s is noisy: it never fell quiet for %.0f ms within %.2f s "
+                "after a failed read (a broken transceiver or a babbling device?); reads "
+                "fail fast until it is quiet%s",
+                self.port,
+                self.late_flush_s * 1000,
+                self.noise_after_s,
+                self._noise_log.hushed_note(),
+                extra={"address": self.port, "device_id": device_id},
+            )
+
+    def _quiet_again(self) -> None:
+        """The line fell quiet (or an answer got through): the noise episode ends."""
+        if self._noisy_since is None:
+            return
+        if self._noise_log.logged:
+            log.info(
+                "modbus line %s quiet again after %d noisy reads (%.1f s)",
+                self.port,
+                self._noisy_in_a_row,
+                time.monotonic() - self._noisy_since,
+                extra={"address": self.port},
+            )
+        self._noisy_since, self._noisy_in_a_row = None, 0
 
     def _valid_frame_at_start(self) -> bytes | None:
         """The complete answer frame (any device, valid CRC) at the buffer's start."""
@@ -272,13 +334,18 @@ class RtuLink:
         try:
             frame = await self._receive(device_id, count, deadline, request)
             registers = registers_of(rtu_answer_pdu(frame, device_id), function_code, count)
-        except (LinkTimeout, FrameError):
-            await self._flush()
-            raise
+        except (LinkTimeout, FrameError) as exc:
+            if await self._flush():
+                self._quiet_again()
+                raise
+            self._noise_seen(device_id)
+            raise FrameError("noise", f"noise on the line ({exc})") from exc
         except ExceptionAnswer:
             self._answered[device_id] = (time.monotonic(), frame)  # it may repeat too
+            self._quiet_again()
             raise
         self._answered[device_id] = (time.monotonic(), frame)
+        self._quiet_again()
         return registers
 
     def _complete_frame(self, count: int) -> bytes | None:

@@ -37,12 +37,13 @@ def poller(port: int, device_id: int, sink: Callable[[Reading], None], **kw) -> 
     kw.setdefault("timeout_s", 0.3)
     kw.setdefault("poll_interval_s", 0.2)
     backoff_max_s = kw.pop("backoff_max_s", 30.0)
+    profile = kw.pop("profile", "banner-qm30vt2")
     link = TcpLink("127.0.0.1", port, connect_timeout_s=1.0)
     return ModbusPoller(
         f"s{device_id}",
         bus=Bus(f"s{device_id}", "tcp", [link]),
         device_id=device_id,
-        profile=load_profile("banner-qm30vt2"),
+        profile=load_profile(profile),
         sink=sink,
         backoff=Backoff(min(kw["poll_interval_s"], 1.0), backoff_max_s),
         rng=random.Random(1),
@@ -348,6 +349,41 @@ async def test_0x8000_in_an_unsigned_register_is_garbage_not_a_zone_d_reading(ca
         assert not set(garbage) & set(r.features), r.features  # never analysed
         assert {f"{f}:sentinel" for f in garbage} <= set(r.flags)
         assert r.features["accel_rms_g"] == pytest.approx(A["accel_rms_g"])  # the rest kept
+    assert p.status.bad_values["sentinel"] >= 3
+    lines = [r.getMessage() for r in caplog.records if "implausible" in r.getMessage()]
+    assert len(lines) == 1, lines
+
+
+class AmcChannel1:
+    """An AVM 2000R sensor's channel ``ch1`` (and the shared temperature) at fixed values."""
+
+    def __init__(self, values: dict[str, float]) -> None:
+        self.values = values
+
+    def sample(self, t_s: float) -> dict[str, dict[str, float]]:
+        ch1 = {k: v for k, v in self.values.items() if k != "temperature_c"}
+        return {"ch1": ch1, "all": {"temperature_c": self.values["temperature_c"]}}
+
+
+async def test_0x8000_in_the_amc_acceleration_registers_is_garbage_not_3_3_g(caplog) -> None:
+    # The AVM 2000R's acceleration registers are uint16 in 0.001 m/s2: raw 0x8000, the
+    # 16-bit "no value" mark, read as 32.768 m/s2 = 3.34 g, inside the 0-100 g valid range.
+    caplog.set_level(logging.INFO, logger=LOG)
+    scale = load_profile("amc-avm2000r").registers[1].scale  # g per raw unit
+    garbage = {"accel_peak_g": 0x8000 * scale, "accel_rms_g": 0x8000 * scale}
+    good = {"velocity_peak_mm_s": 4.0, "velocity_rms_mm_s": 2.0, "temperature_c": 35.0}
+    readings = Collector()
+    sim = SimDevice(5, AmcChannel1({**good, **garbage}))
+    async with ModbusSimServer([sim], profile="amc-avm2000r") as srv:
+        p = poller(srv.port, 5, readings, poll_interval_s=0.05, profile="amc-avm2000r")
+        async with running(p):
+            while len(readings) < 3:
+                await readings.next(timeout_s=3)
+    for r in readings:
+        assert r.channel == "ch1" and r.quality == "bad", r
+        assert not set(garbage) & set(r.features), r.features  # never analysed
+        assert {f"{f}:sentinel" for f in garbage} <= set(r.flags), r.flags
+        assert r.features["velocity_rms_mm_s"] == pytest.approx(2.0)  # the rest kept
     assert p.status.bad_values["sentinel"] >= 3
     lines = [r.getMessage() for r in caplog.records if "implausible" in r.getMessage()]
     assert len(lines) == 1, lines

@@ -12,8 +12,11 @@ Order, each step only while still over budget:
 2. feature summaries not yet everywhere, oldest first (the lower class goes first);
 3. alerts whose only remaining claim is a dead letter (no uplink waits for them), oldest
    first, logged one by one;
-4. undelivered alerts, lowest tier first (3, then 2, then 1), oldest first: tier 1 only
-   when no tier 2/3 remains. Every one is logged with its alert_id.
+4. undelivered alerts, lowest tier first (3, then 2, then 1): tier 1 only when no tier 2/3
+   remains. Within a tier, by their place in their episode (agent.store._episodes), oldest
+   first within each: records of closed episodes (and one-off events) first, then records
+   of open episodes in between, then the raise of an open episode, and the latest record
+   of an open episode last (the one that tells the backend a fault is still open).
 Each step counts what it dropped in total and per uplink that still needed it.
 
 A disk that fills before max_bytes is reached (a 2 GiB default on a small eMMC, a log
@@ -176,9 +179,10 @@ def _dead_only(conn: sqlite3.Connection) -> list[int]:
 
 
 def _undelivered(conn: sqlite3.Connection) -> list[int]:
-    for tier in (3, 2, 1):  # one indexed probe per tier: no sort of the whole backlog
+    for tier in (3, 2, 1):  # one probe of alerts_evict per tier: no sort of the backlog
         row = conn.execute(
-            "SELECT seq FROM alerts WHERE delivered_at IS NULL AND tier = ? ORDER BY seq LIMIT 1",
+            "SELECT seq FROM alerts WHERE delivered_at IS NULL AND tier = ? "
+            "ORDER BY hold, seq LIMIT 1",
             (tier,),
         ).fetchone()
         if row is not None:

@@ -14,6 +14,7 @@ from typing import Any
 
 from agent.analysis.reliability import FleetLife
 from agent.records import AlertDraft, dumps
+from agent.store._episodes import link
 from agent.store._routing import (
     ALERT,
     CLASS_NAMES,
@@ -92,9 +93,10 @@ def append(
         last += 1
         record = draft.record(gateway_id=gateway_id, seq=last)
         text = dumps(record)  # raises on NaN: that request alone fails (savepoint)
+        episode, hold = link(conn, record)  # its place in its episode, for the budget
         conn.execute(
-            "INSERT INTO alerts (seq, alert_id, tier, kind, detected_at, created_at, body) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO alerts (seq, alert_id, tier, kind, detected_at, created_at, body, "
+            "episode, hold) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 last,
                 record["alert_id"],
@@ -103,6 +105,8 @@ def append(
                 record["detected_at"],
                 created,
                 text,
+                episode,
+                hold,
             ),
         )
         records.append(record)

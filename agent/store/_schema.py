@@ -17,7 +17,7 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from agent.store import _routing
+from agent.store import _episodes, _routing
 from agent.store._files import (
     SEQ_KEYS,
     Quarantined,
@@ -46,9 +46,12 @@ CREATE TABLE IF NOT EXISTS alerts (
     detected_at  TEXT NOT NULL,
     created_at   TEXT NOT NULL,
     body         TEXT NOT NULL,
-    delivered_at TEXT
+    delivered_at TEXT,
+    episode      TEXT,
+    hold         INTEGER NOT NULL DEFAULT 0
 );
-CREATE INDEX IF NOT EXISTS alerts_pending ON alerts (tier, seq) WHERE delivered_at IS NULL;
+CREATE INDEX IF NOT EXISTS alerts_evict ON alerts (tier, hold, seq) WHERE delivered_at IS NULL;
+CREATE INDEX IF NOT EXISTS alerts_open ON alerts (episode) WHERE hold > 0;
 CREATE INDEX IF NOT EXISTS alerts_delivered ON alerts (seq) WHERE delivered_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS summaries (
     seq          INTEGER PRIMARY KEY,
@@ -115,6 +118,19 @@ CREATE TABLE IF NOT EXISTS quarantine (
 """
 
 
+_RANKED = "episodes_ranked_at"  # set once the alerts carry their episode and hold
+
+
+def _add_episodes(conn: sqlite3.Connection) -> None:
+    """A file from before episodes were tracked: add the columns in place (ranked after
+    the DDL, by agent.store._episodes.backfill) and drop the index they replace."""
+    cols = {r[1] for r in conn.execute("PRAGMA table_info(alerts)")}
+    if cols and "hold" not in cols:
+        conn.execute("ALTER TABLE alerts ADD COLUMN episode TEXT")
+        conn.execute("ALTER TABLE alerts ADD COLUMN hold INTEGER NOT NULL DEFAULT 0")
+    conn.execute("DROP INDEX IF EXISTS alerts_pending")  # alerts_evict covers it
+
+
 def ddl_statements() -> list[str]:
     """The DDL one statement at a time (executescript() would COMMIT our transaction)."""
     return [s.strip() for s in _DDL.split(";") if s.strip()]
@@ -131,6 +147,7 @@ def create(
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     conn.execute("BEGIN IMMEDIATE")
     try:
+        _add_episodes(conn)
         for stmt in ddl_statements():
             conn.execute(stmt)
         if "carries" not in {r[1] for r in conn.execute("PRAGMA table_info(uplinks)")}:
@@ -154,6 +171,11 @@ def create(
             conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (key, value))
         if uplinks is not None:
             _routing.register(conn, uplinks, carries or {})
+        if conn.execute("SELECT 1 FROM meta WHERE key = ?", (_RANKED,)).fetchone() is None:
+            n = _episodes.backfill(conn)
+            conn.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (_RANKED, now_ts()))
+            if n:
+                log.info("store: ranked %d undelivered alert(s) by episode", n)
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:

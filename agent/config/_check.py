@@ -161,6 +161,14 @@ def summary(config: Config) -> str:
         lines.append(f"feature summaries every {_num(sm.interval_s)} s for {which}")
     st = config.store
     lines.append(f"store {st.path}, budget {_size(st.max_bytes)}")
+    from agent.store._sqlite import WAL_LIMIT_BYTES  # here: the store is not config's
+
+    if st.max_bytes < WAL_LIMIT_BYTES:  # the budget counts the file's live pages only
+        lines.append(
+            f"  warning: the store's WAL beside the file takes up to {_size(WAL_LIMIT_BYTES)} "
+            f"more, not counted in max_bytes: plan about {_size(st.max_bytes + WAL_LIMIT_BYTES)} "
+            "of disk"
+        )
     hc = config.health
     exposed = " (exposed beyond this machine, read-only)" if hc.expose else ""
     lines.append(f"health http://{hc.host}:{hc.port}/healthz{exposed}")

@@ -141,3 +141,14 @@ def test_summary_lists_assets_sensors_uplinks_and_store(tmp_path: Path) -> None:
         "health http://127.0.0.1:9108/healthz\n"
         "control socket /run/edge-agent/control.sock (maintenance; mode 0660)"
     )
+
+
+def test_summary_warns_when_the_wal_outweighs_the_budget(tmp_path: Path) -> None:
+    """max_bytes counts live pages; the WAL (up to 4 MiB) comes on top: 1 MiB is 5 on disk."""
+    text = VALID.replace("{path: /tmp/outbox.db}", "{path: /tmp/outbox.db, max_bytes: 1MiB}")
+    lines = summary(load_config(write(tmp_path, text), environ={})).splitlines()
+    i = lines.index("store /tmp/outbox.db, budget 1 MiB")
+    assert lines[i + 1] == (
+        "  warning: the store's WAL beside the file takes up to 4 MiB more, not counted in "
+        "max_bytes: plan about 5 MiB of disk"
+    )

@@ -55,6 +55,7 @@ def store_fault_draft(config: Config, fault: StoreFault, now: datetime) -> Alert
         "rows_copied": fault.copied,
         "rows_unreadable": fault.lost_rows,
         "unreadable_count_unknown": any(n < 0 for n in fault.lost_rows.values()),
+        "lost_items": list(fault.lost),
         "next_seq": fault.seq_restart,
     }
     return _draft(config, now, "unreadable_rows", float(lost), 0.0, evidence)

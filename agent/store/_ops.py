@@ -28,7 +28,7 @@ from agent.store._routing import (
     route,
     settle,
 )
-from agent.store._sqlite import now_ts
+from agent.store._sqlite import RowDamaged, now_ts
 from agent.summaries import SummaryDraft
 
 log = logging.getLogger(__name__)
@@ -172,14 +172,21 @@ def next_batch(conn: sqlite3.Connection, uplink: str, limit: int) -> list[Stored
     for klass, order in ((ALERT, "o.tier, o.ref"), (SUMMARY, "o.ref")):
         table, id_col = TABLES[klass]
         rows = conn.execute(
-            f"SELECT o.ref, o.tier, t.{id_col}, t.body FROM outbound o "
+            f"SELECT o.ref, o.tier, t.{id_col}, t.body, json_valid(t.body) FROM outbound o "
             f"JOIN {table} t ON t.seq = o.ref "
             f"WHERE o.uplink = ? AND o.class = ? AND o.state = {PENDING} "
             f"ORDER BY {order} LIMIT ?",
             (uplink, klass, max(1, int(limit))),
         ).fetchall()
+        if bad := [(seq, iid) for seq, _, iid, _, ok in rows if not ok]:
+            # Sent as is, it would be rejected (or worse, parsed into nonsense) on every
+            # attempt: the writer treats it as damage and salvages the store.
+            raise RowDamaged(
+                f"{table} seq {bad[0][0]} ({bad[0][1]!r}) and {len(bad) - 1} more in this "
+                "batch: the stored body is not valid JSON"
+            )
         if rows:
-            return [StoredItem(klass, seq, tier, iid, body) for seq, tier, iid, body in rows]
+            return [StoredItem(klass, seq, tier, iid, body) for seq, tier, iid, body, _ in rows]
     return []
 
 

@@ -8,18 +8,24 @@ Detection (on the writer thread, before and after every transaction):
   lost when the process ends;
 - its header is no longer SQLite's (overwritten in place).
 
+- a row that cannot be read back: a TEXT value that is not UTF-8, an item body that is not
+  JSON (a bad sector inside a record, which SQLite's page checks do not see).
+
 Recovery: every readable row of our open connection (which still reaches the old inode)
 is copied into `<store>.recovering` (its own rollback journal, one transaction per table,
 a range-bisecting fallback around damaged pages), a completion marker is committed, the
 damaged or foreign file is moved aside (never deleted), and the copy is renamed into place
-and opened like any store. Nothing committed to the old file before detection is lost
-when the old file is readable (a replacement), and what was unreadable is counted. A
-crash in the middle is finished at the next open (`finish_interrupted`).
+and opened like any store. A row whose text is not UTF-8 or whose body is not JSON is not
+copied (it would only break the fresh store the same way): it is counted and logged by seq
+and id with the rows on unreadable pages. Nothing committed to the old file before
+detection is lost when the old file is readable (a replacement), and what was unreadable
+is counted. A crash in the middle is finished at the next open (`finish_interrupted`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -27,6 +33,7 @@ import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from agent.store._files import aside_name, move_aside, plausible_seq, seq_floor
 from agent.store._routing import TABLES
@@ -39,6 +46,9 @@ RECOVERING = ".recovering"
 _MARKER = "salvage_complete"
 _MAX_STATEMENTS = 4000  # bound on the bisection around damaged pages, per recovery
 _PAGE_ROWS = 5000  # rows copied per transaction
+_LOST_SHOWN = 50  # lost rows named in the log and the fault, per recovery
+_ROW_OK = "agent_row_ok"  # SQL function: are a row's values what we could have written
+_ID_COLS = {table: id_col for table, id_col in TABLES.values()}
 _QUALIFY = re.compile(r"^(CREATE (?:TABLE|INDEX) IF NOT EXISTS )(\w+)")
 
 
@@ -55,6 +65,8 @@ class StoreFault:
         copied: rows copied into the fresh store, per table.
         lost_rows: rows that could not be read, per table (an upper bound).
         seq_restart: the next alert seq of the fresh store.
+        lost: the alerts and summaries lost, as "<table> seq <n> (<id>)" or a seq range
+            of unreadable pages (the first _LOST_SHOWN).
     """
 
     kind: str
@@ -64,6 +76,7 @@ class StoreFault:
     copied: dict[str, int] = field(default_factory=dict)
     lost_rows: dict[str, int] = field(default_factory=dict)
     seq_restart: int = 0
+    lost: tuple[str, ...] = ()
 
 
 def file_fault(path: Path, opened: tuple[int, int] | None) -> str | None:
@@ -100,6 +113,32 @@ class _Copier:
         self.progress = progress
         self.statements = 0
         self.lost: dict[str, int] = {}
+        self.named: list[str] = []  # lost alerts and summaries, bounded (_LOST_SHOWN)
+        self._cols: dict[str, list[str]] = {}
+        self._bad: dict[str, dict[int, str]] = {}  # table -> rowid -> id (as readable)
+        self._runs: list[list[Any]] = []  # [table, first, last] rowids on unreadable pages
+        conn.create_function(_ROW_OK, -1, self._row_ok)  # not deterministic: it records
+
+    def _row_ok(self, table: str, rowid: int, *values: bytes | None) -> int:
+        """1 when every value reads back as text (and a body as a JSON object), else 0 and
+        the row is remembered. Values arrive CAST AS BLOB: the bytes as stored."""
+        try:
+            texts = [None if v is None else bytes(v).decode() for v in values]
+            for name, text in zip(self._cols[table], texts, strict=True):
+                if name == "body" and not isinstance(json.loads(text or "null"), dict):
+                    raise ValueError("body is not a JSON object")
+            return 1
+        except (ValueError, TypeError):  # UnicodeDecodeError and JSONDecodeError included
+            cols = self._cols[table]
+            id_col = _ID_COLS.get(table)
+            raw = values[cols.index(id_col)] if id_col in cols else None
+            shown = bytes(raw).decode(errors="replace")[:64] if raw is not None else "?"
+            self._bad.setdefault(table, {})[int(rowid)] = shown
+            return 0
+
+    def _name(self, text: str) -> None:
+        if len(self.named) < _LOST_SHOWN:
+            self.named.append(text)
 
     def _try(self, sql: str, args: tuple[int, ...] = ()) -> bool:
         self.statements += 1
@@ -116,7 +155,7 @@ class _Copier:
         finally:
             self.progress()
 
-    def _ranges(self, sql: str, lo: int, hi: int) -> int:
+    def _ranges(self, name: str, sql: str, lo: int, hi: int) -> int:
         """Copy rowids lo..hi, halving around what fails; returns rowids given up."""
         stack = [(lo, hi)]
         lost = 0
@@ -124,15 +163,28 @@ class _Copier:
             a, b = stack.pop()
             if self.statements >= _MAX_STATEMENTS:
                 lost += b - a + 1
+                self._name_range(name, a, b)
                 continue
-            if self._try(sql + " WHERE rowid BETWEEN ? AND ?", (a, b)):
+            if self._try(sql + " rowid BETWEEN ? AND ?", (a, b)):
                 continue
             if a == b:
                 lost += 1
+                self._name_range(name, a, b)
                 continue
             mid = (a + b) // 2
             stack += [(mid + 1, b), (a, mid)]
         return lost
+
+    def _name_range(self, name: str, a: int, b: int) -> None:
+        """Remember unreadable rowids of an item table (its seq), adjacent ones as one run
+        (the bisection gives them up in ascending order)."""
+        if name not in _ID_COLS:
+            return
+        runs = self._runs
+        if runs and runs[-1][0] == name and runs[-1][2] == a - 1:
+            runs[-1][2] = b
+        elif len(runs) < _LOST_SHOWN:
+            runs.append([name, a, b])
 
     def _page_end(self, name: str, after: int, hi: int) -> int | None:
         """The last rowid of the next page after `after` (the rest, if paging fails)."""
@@ -155,39 +207,59 @@ class _Copier:
         if not cols:
             return  # a table the old file did not have (or whose schema is unreadable)
         names = ", ".join(cols)
-        sql = f"INSERT OR IGNORE INTO fresh.{name} ({names}) SELECT {names} FROM main.{name}"
+        self._cols[name] = cols
+        check = f"{_ROW_OK}('{name}', rowid, " + ", ".join(f"CAST({c} AS BLOB)" for c in cols)
+        sql = (
+            f"INSERT OR IGNORE INTO fresh.{name} ({names}) SELECT {names} FROM main.{name} "
+            f"WHERE {check}) AND"
+        )
         try:
             lo, hi = self.conn.execute(f"SELECT min(rowid), max(rowid) FROM main.{name}").fetchone()
         except sqlite3.DatabaseError:
-            if not self._try(sql):
+            if not self._try(sql + " 1"):
                 self.lost[name] = -1  # not even its bounds are readable: unknown how many
             return
         if lo is None:
             return
         lost, cur = 0, int(lo) - 1
         while cur < int(hi) and (end := self._page_end(name, cur, int(hi))) is not None:
-            lost += self._ranges(sql, cur + 1, end)
+            lost += self._ranges(name, sql, cur + 1, end)
             cur = end
+        for table, a, b in self._runs:
+            self._name(
+                f"{table} seq {a}..{b}: unreadable" if a < b else f"{table} seq {a}: unreadable"
+            )
+        self._runs.clear()
+        bad = self._bad.get(name, {})
+        for rowid, shown in sorted(bad.items()):
+            if name in _ID_COLS:
+                self._name(f"{name} seq {rowid} ({shown}): damaged text")
+        lost += len(bad)
         if lost:
             self.lost[name] = lost
 
 
-def _drop_dangling(conn: sqlite3.Connection) -> None:
-    """Delivery rows whose item was unreadable would claim a backlog that cannot be sent."""
+def _drop_dangling(conn: sqlite3.Connection) -> dict[str, int]:
+    """Delivery rows whose item was unreadable would claim a backlog that cannot be sent;
+    returns, per item table, how many items had such rows: lost even when no statement
+    failed (a damaged interior page can hide a whole leaf without an error)."""
+    items: dict[str, int] = {}
     conn.execute("BEGIN")
     for klass, (table, _) in TABLES.items():
-        conn.execute(
-            "DELETE FROM fresh.outbound WHERE class = ? AND ref NOT IN "
-            f"(SELECT seq FROM fresh.{table})",
-            (klass,),
+        missing = (
+            f"FROM fresh.outbound WHERE class = ? AND ref NOT IN (SELECT seq FROM fresh.{table})"
         )
+        items[table] = conn.execute(f"SELECT count(DISTINCT ref) {missing}", (klass,)).fetchone()[0]
+        conn.execute(f"DELETE {missing}", (klass,))
     conn.execute("COMMIT")
+    return items
 
 
 def _copy(
     conn: sqlite3.Connection, tmp: Path, progress: Callable[[], None] = lambda: None
-) -> tuple[dict[str, int], dict[str, int], int]:
-    """Copy every table into tmp; returns rows copied, rows lost, the last seq seen."""
+) -> tuple[dict[str, int], dict[str, int], int, list[str]]:
+    """Copy every table into tmp; returns rows copied, rows lost, the last seq seen, and
+    the lost items by name (bounded)."""
     conn.execute("ATTACH DATABASE ? AS fresh", (str(tmp),))
     try:
         conn.execute("PRAGMA fresh.journal_mode=DELETE")
@@ -202,7 +274,11 @@ def _copy(
         ]
         for name in tables:
             copier.table(name)
-        _drop_dangling(conn)
+        for table, n in _drop_dangling(conn).items():
+            known = copier.lost.get(table, 0)
+            if known >= 0 and n > known:  # vanished without an error: lost all the same
+                copier.named.append(f"{n - known} {table} with deliveries but no readable row")
+                copier.lost[table] = n
         copied = {t: conn.execute(f"SELECT count(*) FROM fresh.{t}").fetchone()[0] for t in tables}
         last = 0
         for sql in (
@@ -223,7 +299,7 @@ def _copy(
                 conn.execute("ROLLBACK")
         with contextlib.suppress(sqlite3.Error):
             conn.execute("DETACH DATABASE fresh")
-    return copied, copier.lost, last
+    return copied, copier.lost, last, copier.named
 
 
 def salvage(
@@ -243,7 +319,7 @@ def salvage(
     if tmp.exists():
         move_aside(tmp, aside_name(tmp, "stale"), sidecars=False)
     try:
-        copied, lost, last = _copy(conn, tmp, progress)
+        copied, lost, last, named = _copy(conn, tmp, progress)
     except BaseException:
         for f in (tmp, tmp.with_name(tmp.name + "-journal")):
             with contextlib.suppress(OSError):
@@ -262,7 +338,14 @@ def salvage(
     os.replace(tmp, path)
     fsync_dir(path.parent)
     restart = max(last + 1, seq_floor()) if kind == "corrupt" else last + 1
-    return StoreFault(kind, reason, now_ts(), moved_to, copied, lost, restart)
+    if named:
+        log.error(
+            "store recovery could not copy %s: %s%s",
+            ", ".join(f"{n} {t} row(s)" for t, n in lost.items()),
+            "; ".join(named),
+            f" (first {_LOST_SHOWN} shown)" if len(named) >= _LOST_SHOWN else "",
+        )
+    return StoreFault(kind, reason, now_ts(), moved_to, copied, lost, restart, tuple(named))
 
 
 def finish_interrupted(path: Path) -> None:

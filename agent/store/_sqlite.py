@@ -19,6 +19,14 @@ WAL_LIMIT_BYTES = 4 * 2**20  # truncate the WAL back to this after a checkpoint
 BUSY_TIMEOUT_S = 5.0
 MAGIC = b"SQLite format 3\x00"
 CORRUPT_CODES = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+# Python's sqlite3 raises this OperationalError (no SQLite code) for a TEXT value that is
+# not UTF-8. We only ever store str, so such a value is damage, not data.
+_UNDECODABLE = "Could not decode to UTF-8"
+
+
+class RowDamaged(sqlite3.DatabaseError):
+    """A stored row is not what we wrote (its JSON body does not parse): the file is damaged
+    where SQLite's page checks cannot see it, e.g. a bad sector inside a record."""
 
 
 def now_ts() -> str:
@@ -41,7 +49,13 @@ def is_full(exc: BaseException) -> bool:
 
 
 def is_corrupt(exc: BaseException) -> bool:
-    """True for "database disk image is malformed" and "file is not a database"."""
+    """True for "database disk image is malformed", "file is not a database", and a row
+    whose text cannot be read back (not UTF-8, or a body that is not JSON): damage either
+    way, and reading it again fails again, so the store must be salvaged, not retried."""
+    if isinstance(exc, RowDamaged):
+        return True
+    if isinstance(exc, sqlite3.OperationalError) and str(exc).startswith(_UNDECODABLE):
+        return True
     return primary_code(exc) in CORRUPT_CODES
 
 

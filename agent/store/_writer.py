@@ -323,7 +323,7 @@ class Writer:
                 try:
                     result = req.op(conn)
                 except Exception as exc:
-                    if primary_code(exc) in _TXN_FATAL or is_full(exc):
+                    if primary_code(exc) in _TXN_FATAL or is_full(exc) or is_corrupt(exc):
                         raise
                     conn.execute("ROLLBACK TO req")
                     conn.execute("RELEASE req")

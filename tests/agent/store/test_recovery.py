@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import sqlite3
 import time
 from pathlib import Path
@@ -76,20 +77,48 @@ async def test_replaced_or_deleted_file_loses_no_acknowledged_alert(
         assert conn.execute("SELECT count(*) FROM alerts").fetchone()[0] == 7
 
 
+def marker(i: int) -> str:
+    return f"MARKER-{i:04d}-" + "q" * 24
+
+
+async def fill(ob: Outbox, n: int, marked: int) -> None:
+    """n alerts (one a transaction), alert `marked` carrying a marker in its body, all of
+    them checkpointed into the main file (as SQLite's auto-checkpoint does)."""
+    for i in range(n):
+        extra = {"note": marker(i)} if i == marked else {}
+        await ob.append([draft(i=i, **extra)], {f"s{i % 5}": str(i)})
+    with sqlite3.connect(db_of(ob)) as other:
+        other.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def db_of(ob: Outbox) -> Path:
+    return ob.path
+
+
+def overwrite_at(db: Path, needle: bytes, data: bytes, *, page_start: bool = False) -> int:
+    """Write `data` over the one place `needle` is in the file (or from the start of its
+    page): a bad sector exactly there. Returns the offset written."""
+    content = db.read_bytes()
+    assert content.count(needle) == 1, content.count(needle)
+    at = content.index(needle)
+    if page_start:
+        page = int.from_bytes(content[16:18], "big") or 65536
+        at -= at % page
+    with db.open("r+b") as f:
+        f.seek(at)
+        f.write(data)
+    return at
+
+
 async def test_corrupted_while_open_is_quarantined_and_the_rest_recovered(
     tmp_path: Path,
 ) -> None:
     db = tmp_path / "outbox.db"
     faults: list[StoreFault] = []
     async with outbox(db, faults) as ob:
-        for i in range(300):
-            await ob.append([draft(i=i)], {f"s{i % 5}": str(i)})
-        with sqlite3.connect(db) as other:  # as SQLite's auto-checkpoint does
-            other.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        size = db.stat().st_size
-        with db.open("r+b") as f:  # a bad sector in the middle of the alerts table
-            f.seek(size // 2)
-            f.write(os.urandom(8192))
+        await fill(ob, 300, marked=150)
+        # Two pages of noise from the page holding alert 150 (seeded: the same every run).
+        overwrite_at(db, marker(150).encode(), random.Random(150).randbytes(8192), page_start=True)
         t0 = time.time()
         await pending_ids(ob)  # the uplink's next read runs into the damage
         [fault] = faults
@@ -97,16 +126,53 @@ async def test_corrupted_while_open_is_quarantined_and_the_rest_recovered(
         left = await pending_ids(ob)
         state = await ob.load_state()
         stats = await ob.stats()
-    print(f"\ncopied {fault.copied}, lost {fault.lost_rows}")
+    print(f"\ncopied {fault.copied}, lost {fault.lost_rows} {fault.lost}")
     assert fault.kind == "corrupt" and fault.moved_to is not None
     assert fault.moved_to.exists() and fault.moved_to.name.startswith("outbox.db.corrupt-")
     # What was readable came across; what was not is counted, not silently dropped.
     assert fault.copied["alerts"] >= 250, fault.copied
     assert fault.copied["alerts"] + fault.lost_rows.get("alerts", 0) >= 300
+    assert fault.lost, "the lost alerts are named"
     assert after[0]["alert_id"] in left and state["s0"] == "after"
     # A damaged file's numbering cannot be trusted: seq jumps above the clock floor.
     assert after[0]["seq"] >= int(t0 - 60) * SEQ_FLOOR_PER_SECOND
     assert stats.quarantined_total == 1 and stats.pending == len(left)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(b"\xff\xfe" * 18, id="not-utf8"),  # what the sqlite3 module cannot decode
+        pytest.param(b'"}]' * 12, id="not-json"),  # valid UTF-8, the body no longer parses
+    ],
+)
+async def test_a_damaged_alert_body_is_salvaged_not_read_forever(
+    tmp_path: Path, damage: bytes
+) -> None:
+    """A bad sector inside one record passes SQLite's page checks; reading it failed on
+    every batch (or sent garbage), so the uplink delivered nothing after it, for good."""
+    db = tmp_path / "outbox.db"
+    faults: list[StoreFault] = []
+    async with outbox(db, faults) as ob:
+        await fill(ob, 40, marked=20)
+        needle = marker(20).encode()
+        assert len(damage) == len(needle)
+        overwrite_at(db, needle, damage)
+        ids = await pending_ids(ob)  # the uplink's next read: the store is salvaged
+        [fault] = faults
+        after = await ob.append([draft(i=999)])
+        left = await pending_ids(ob)  # the fresh store reads back whole
+        delivered = await ob.next_batch(UP, 100)
+        await ob.mark_delivered(UP, delivered)
+        stats = await ob.stats()
+    damaged = "seq 21 (gw-01-000000000021)"  # the 21st alert, which carried the marker
+    assert fault.kind == "corrupt"
+    assert fault.lost_rows == {"alerts": 1}, fault.lost_rows
+    assert fault.copied["alerts"] == 39
+    assert [x for x in fault.lost if damaged in x], fault.lost  # named: seq and id
+    assert damaged not in ids and len(ids) == 39
+    assert left == sorted([*ids, after[0]["alert_id"]])
+    assert stats.pending == 0 and stats.quarantined_total == 1
 
 
 async def test_header_overwritten_in_place_is_detected(tmp_path: Path) -> None:
@@ -187,7 +253,7 @@ async def test_a_large_store_is_copied_in_pages_and_reports_progress(tmp_path: P
         await ob.append([], {f"k{i}": "v" for i in range(12_000)})
     conn = sqlite3.connect(db, isolation_level=None)
     ticks: list[int] = []
-    copied, lost, _last = _copy(conn, tmp_path / "copy.db", lambda: ticks.append(1))
+    copied, lost, _last, _named = _copy(conn, tmp_path / "copy.db", lambda: ticks.append(1))
     conn.close()
     assert copied["monitor_state"] == 12_000 and lost == {}
     assert len(ticks) >= 3  # 12,000 rows in pages of 5,000, each reporting

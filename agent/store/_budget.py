@@ -17,7 +17,8 @@ Order, each step only while still over budget:
    first within each: records of closed episodes (and one-off events) first, then records
    of open episodes in between, then the raise of an open episode, and the latest record
    of an open episode last (the one that tells the backend a fault is still open).
-Each step counts what it dropped in total and per uplink that still needed it.
+Each step counts what it dropped in total and per uplink that still needed it; evicted
+alerts and summaries are logged after the commit, in few lines (agent.store._evictlog).
 
 A disk that fills before max_bytes is reached (a 2 GiB default on a small eMMC, a log
 growing beside the store) runs steps 1 and 2 against what the disk holds (the file's size
@@ -36,6 +37,7 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
+from agent.store._evictlog import EvictionLog
 from agent.store._ops import add_meta, bump
 from agent.store._routing import ALERT, DEAD, PENDING, SUMMARY, TABLES, marks
 from agent.store._sqlite import WAL_LIMIT_BYTES
@@ -100,11 +102,12 @@ def _drain(
     pick: Pick,
     counter: str | None,
     label: str = "",
+    evictions: EvictionLog | None = None,
 ) -> int:
     """Delete what `pick` names until used bytes are at most `below`; returns the count.
 
     `counter` is the per-uplink counter of an uplink that still waited for an item (None:
-    the items were complete); `label` names evicted alerts in their log lines.
+    the items were complete); evicted alerts go to `evictions` under `label`.
     """
     total = 0
     for _ in range(_MAX_ROUNDS):
@@ -113,17 +116,13 @@ def _drain(
         refs = pick(conn)
         if not refs:
             break
-        if klass == ALERT and label:
-            for aid, tier in conn.execute(
-                f"SELECT alert_id, tier FROM alerts WHERE seq IN ({marks(len(refs))})", refs
+        if klass == ALERT and evictions is not None:
+            for seq, aid, tier, detected_at in conn.execute(
+                "SELECT seq, alert_id, tier, detected_at FROM alerts "
+                f"WHERE seq IN ({marks(len(refs))}) ORDER BY seq",
+                refs,
             ).fetchall():
-                log.error(
-                    "disk budget exceeded: evicted %s alert %s (tier %d)",
-                    label,
-                    aid,
-                    tier,
-                    extra={"alert_id": aid, "tier": tier},
-                )
+                evictions.add(label, seq, aid, tier, detected_at)
         _delete(conn, klass, refs, counter)
         total += len(refs)
     return total
@@ -213,9 +212,11 @@ def checkpoint_if_short(conn: sqlite3.Connection, path: Path) -> None:
         conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
 
-def enforce(conn: sqlite3.Connection, path: Path, max_bytes: int) -> None:
+def enforce(conn: sqlite3.Connection, path: Path, max_bytes: int, evictions: EvictionLog) -> None:
     """Bring used bytes of the store at `path` under max_bytes, in the order of the module
-    docstring; below it, under what the disk holds, with what is safe to drop only."""
+    docstring; below it, under what the disk holds, with what is safe to drop only. What
+    it evicts goes to `evictions`, logged once the transaction commits."""
+    evictions.begin()
     used = used_bytes(conn)
     if used <= max_bytes:
         disk = disk_bytes(path)
@@ -233,15 +234,11 @@ def enforce(conn: sqlite3.Connection, path: Path, max_bytes: int) -> None:
         (ALERT, _undelivered, "evicted_total", "evicted_total", "UNDELIVERED"),
     )
     for klass, pick, total_key, counter, label in steps:
-        n = _drain(conn, max_bytes, klass, pick, counter, label)
+        n = _drain(conn, max_bytes, klass, pick, counter, label, evictions)
         if n:
             add_meta(conn, total_key, n)
-            log.error(
-                "disk budget (%d bytes): evicted %d %s in total",
-                max_bytes,
-                n,
-                f"{label} alerts" if label else "feature summaries",
-            )
+            if klass == SUMMARY:
+                evictions.add_summaries(n)
 
 
 def _make_room(conn: sqlite3.Connection, disk: int) -> None:

@@ -20,6 +20,7 @@ from agent.analysis.reliability import FleetLife
 from agent.config import Config
 from agent.records import AlertDraft
 from agent.store import _budget, _ops, _queries
+from agent.store._evictlog import EvictionLog
 from agent.store._files import IssuedMark, Quarantined
 from agent.store._ops import StoredItem
 from agent.store._queries import OutboxStats
@@ -86,6 +87,7 @@ class Outbox:
         self._on_fault = on_fault
         self.faults: deque[StoreFault] = deque(maxlen=MAX_FAULTS_KEPT)
         self._wake: dict[str, asyncio.Event] = {}
+        self._evictions: EvictionLog | None = None
 
     @property
     def quarantined(self) -> Quarantined | None:
@@ -130,8 +132,10 @@ class Outbox:
         if self._writer is not None:
             raise StoreError(f"outbox {self.path} is already open", path=self.path)
         issued = IssuedMark(self.path)
+        evictions = self._evictions = EvictionLog(lambda: self.max_bytes)
 
         def after_commit(conn: sqlite3.Connection) -> None:
+            evictions.committed()  # first: what the budget evicted is now for good
             _budget.checkpoint_if_short(conn, self.path)
             issued.after_commit(conn)
 
@@ -139,7 +143,7 @@ class Outbox:
             self.path,
             self._open,
             # Read at each commit: a reload may change the budget.
-            before_commit=lambda conn: _budget.enforce(conn, self.path, self.max_bytes),
+            before_commit=lambda conn: _budget.enforce(conn, self.path, self.max_bytes, evictions),
             after_commit=after_commit,
             queue_size=self._queue_size,
             on_fault=self._fault,
@@ -166,6 +170,9 @@ class Outbox:
         writer, self._writer = self._writer, None
         if writer is not None:
             await writer.stop()
+        if self._evictions is not None:  # the thread is gone: the rest of its evictions
+            self._evictions.close()
+            self._evictions = None
 
     async def _call(self, op: Any, *, write: bool, what: str) -> Any:
         if self._writer is None:

@@ -103,7 +103,7 @@ async def test_garbage_at_the_store_path_is_moved_aside_whole_and_the_agent_goes
     async with outbox(db) as ob:
         [q] = await ob.quarantines()
         await ob.append([draft(i=1)])
-    [kept] = [p for p in tmp_path.iterdir() if p.name.startswith("outbox.db.corrupt-")]
+    [kept] = await asyncio.to_thread(lambda: list(tmp_path.glob("outbox.db.corrupt-*")))
     assert _read(kept) == before and "not an SQLite database" in q["reason"]
 
 

@@ -253,6 +253,11 @@ def _print_dead(rows: list[dict[str, Any]], out: TextIO, as_json: bool) -> None:
 def _print_alerts(rows: list[dict[str, Any]], out: TextIO, as_json: bool) -> None:
     for r in rows:
         rec = r["record"]
+        if "unreadable" in rec and "alert_id" not in rec:  # a damaged record (a bad sector)
+            line = json.dumps(r, sort_keys=True) if as_json else (
+                f"seq {r['seq']} {r['alert_id']}: {rec['unreadable']}")  # fmt: skip
+            print(line, file=out)
+            continue
         rec["_delivered_at"] = r["delivered_at"]
         rec["_deliveries"] = r["deliveries"]
         line = json.dumps(rec, sort_keys=True) if as_json else _alert_line(rec, r["deliveries"])

@@ -249,6 +249,15 @@ _ABOVE_ANY_SEQ = 2**63 - 1  # SQLite's largest integer: the first page's keyset 
 _RECENT = "SELECT seq, alert_id, tier, created_at, body, delivered_at FROM alerts "
 
 
+def _stored_record(body: str) -> Any:
+    """A stored record for an operator's listing: a damaged one (a bad sector: the agent
+    salvages the store when it next reads it) is shown as such, not a failed command."""
+    try:
+        return json.loads(body)
+    except ValueError as exc:
+        return {"unreadable": f"damaged record text ({exc})", "text": body[:200]}
+
+
 def _recent_row(conn: sqlite3.Connection, row: tuple[Any, ...]) -> dict[str, Any]:
     seq, aid, tier, created, body, delivered_at = row
     return {
@@ -259,7 +268,7 @@ def _recent_row(conn: sqlite3.Connection, row: tuple[Any, ...]) -> dict[str, Any
         "delivered": delivered_at is not None,
         "delivered_at": delivered_at,
         "deliveries": _deliveries(conn, ALERT, seq),
-        "record": json.loads(body),
+        "record": _stored_record(body),
     }
 
 
@@ -327,7 +336,7 @@ def _dead_page(
             "id": bodies[klass, ref][0],
             "reason": reason,
             "dead_lettered_at": at or None,
-            "record": json.loads(bodies[klass, ref][1]),
+            "record": _stored_record(bodies[klass, ref][1]),
         }
         for at, klass, up, ref, reason in keys
         if (klass, ref) in bodies  # evicted since the keys were read: gone, not shown

@@ -217,6 +217,27 @@ def test_alerts_prints_one_line_per_alert(tmp_path: Path) -> None:
     assert " maintenance cleared press-7 m1/* ; pending" in line.replace("*;", "* ;")
 
 
+def test_alerts_shows_a_damaged_record_and_lists_the_others(tmp_path: Path) -> None:
+    # A bad sector inside one record's text (valid UTF-8, no longer JSON): the operator's
+    # listing used to fail whole with a ValueError traceback.
+    import sqlite3
+
+    cfg = write_config(tmp_path)
+    for _ in range(2):
+        assert cli("maintenance", "-c", str(cfg), "--asset", "press-7").returncode == 0
+    store = load_config(cfg).store.path
+    with contextlib.closing(sqlite3.connect(store)) as conn, conn:
+        conn.execute("UPDATE alerts SET body = '{\"kind\": \"mainte}]}]' WHERE seq = "
+                     "(SELECT MIN(seq) FROM alerts)")  # fmt: skip
+    proc = cli("alerts", "-c", str(cfg))
+    assert proc.returncode == 0, proc.stderr
+    newest, damaged = proc.stdout.splitlines()
+    assert " maintenance cleared press-7 " in newest
+    assert "damaged record text" in damaged
+    rows = [json.loads(x) for x in cli("alerts", "--json", "-c", str(cfg)).stdout.splitlines()]
+    assert rows[1]["record"]["text"].startswith('{"kind": "mainte')
+
+
 LIMIT = "edge-agent alerts: argument -n/--limit:"
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 
-from agent.analysis.basis import basis_change, reading_source
+from agent.analysis.basis import basis_change, basis_of
 from agent.config import Config, Sensor
 from drivers.profiles import ProfileLibrary
 
@@ -214,7 +214,7 @@ def _analysis_change(old: Config, new: Config, sid: str) -> str:
     before, after = old.asset(s_before.asset), new.asset(s_after.asset)
     if before.id != after.id:
         return f"it moved from asset {before.id} to {after.id} (its state there is kept aside)"
-    change = basis_change(before, after, reading_source(s_before), reading_source(s_after))
+    change = basis_change(basis_of(before, s_before), basis_of(after, s_after))
     if change.relearn is not None:
         return (
             f"its baseline on asset {after.id} is relearned ({change.relearn}); its open "

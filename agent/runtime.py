@@ -242,7 +242,8 @@ class Agent:
             self.config, state=state, breaker_failures=BREAKER_FAILURES
         )
         # Alerts persisted for sensors this configuration no longer has on that asset
-        # would stay open forever: closed now (the writer stores them once it runs).
+        # would stay open forever: closed now (the writer stores them once it runs); a
+        # model learned under settings edited while stopped is relearned as a reload would.
         self.persist(self.monitor.close_unconfigured())
         self.persist(self.faults.close_unconfigured())
         try:

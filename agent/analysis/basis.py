@@ -1,27 +1,31 @@
-"""What a settings change invalidates in a channel's learned state (a live reload).
+"""What a settings change invalidates in a channel's learned state (a reload or a restart).
 
 A channel learns two things, from different inputs:
 - the baseline (health index over accel RMS / HF accel RMS, else velocity RMS, and the
   velocity median behind the ISO 20816-1 alarm): learned from how the machine vibrates at
-  its speed, as this sensor reports it. A new speed or a new register profile / decoder
-  (another device, other scaling) makes it meaningless; nothing else does.
+  its speed, as this sensor reports it. A new speed, a new register profile / decoder
+  (other scaling), or another physical device at the sensor id (a new Modbus address, MQTT
+  broker, topic or key: a replaced sensor) makes it meaningless; nothing else does.
 - the failure metric's binned history (time to failure): the failure metric's values in
   bins of trend_bin_s. A new metric, bin width or bearing geometry (the envelope features
   depend on it) makes it meaningless; the baseline and the degradation onset stay.
 
+The Basis a channel learned under is saved with its model, so a restart with a
+configuration edited while the agent was stopped applies the same rules as a live reload.
+
 Relearning a baseline while the machine is degraded would learn the degradation as normal,
 and the open trend alert would later clear as if the machine had recovered. So a relearn
-closes that alert at once, with a record that says a reload did it and why
-(agent.analysis.monitor `reconfigure`).
+closes that alert at once, with a record that says why (agent.analysis.monitor).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 
 from agent.config import Asset, Sensor
 
-__all__ = ["BasisChange", "basis_change", "reading_source"]
+__all__ = ["Basis", "BasisChange", "basis_change", "basis_of", "device", "reading_source"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +47,48 @@ class BasisChange:
         return "; ".join(self.baseline) or None
 
 
+@dataclass(frozen=True, slots=True)
+class Basis:
+    """The settings a channel's model was learned under (saved with the model).
+
+    Attributes:
+        rpm: machine.rpm.
+        source: reading_source (register profile or decoder).
+        device: device (the physical sensor's address).
+        metric: failure.metric.
+        trend_bin_s: alerting.trend_bin_s as configured (None: the agent's default).
+        bearing: (balls, ball_mm, pitch_mm, contact_deg), None without one.
+    """
+
+    rpm: float
+    source: str
+    device: str
+    metric: str
+    trend_bin_s: float | None
+    bearing: tuple[float, ...] | None
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: object) -> Basis | None:
+        """The saved basis; None when absent or unreadable (a store older than it)."""
+        if not isinstance(data, Mapping):
+            return None
+        try:
+            bearing = data["bearing"]
+            return cls(
+                rpm=float(data["rpm"]),
+                source=str(data["source"]),
+                device=str(data["device"]),
+                metric=str(data["metric"]),
+                trend_bin_s=None if data["trend_bin_s"] is None else float(data["trend_bin_s"]),
+                bearing=None if bearing is None else tuple(float(x) for x in bearing),
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
 def reading_source(sensor: Sensor) -> str:
     """What turns the device's data into features: its register profile or its decoder."""
     if sensor.mqtt is not None:
@@ -51,26 +97,52 @@ def reading_source(sensor: Sensor) -> str:
     return f"modbus.profile {sensor.modbus.profile}"
 
 
+def device(sensor: Sensor) -> str:
+    """The physical sensor behind the id: its Modbus address (host, port and device id, or
+    bus and device id) or its MQTT subscription (broker, topic, and key when shared)."""
+    if (q := sensor.mqtt) is not None:
+        key = f" key {q.key or sensor.id}" if q.key_from is not None else ""
+        return f"mqtt broker {q.broker} topic {q.topic}{key}"
+    m = sensor.modbus
+    assert m is not None
+    where = f"bus {m.bus}" if m.bus is not None else f"tcp {m.host}:{m.port}"
+    return f"modbus {where} device_id {m.device_id}"
+
+
+def basis_of(asset: Asset, sensor: Sensor) -> Basis:
+    """The basis of a channel of `sensor` on `asset` as configured."""
+    b = asset.bearing
+    return Basis(
+        rpm=float(asset.machine.rpm),
+        source=reading_source(sensor),
+        device=device(sensor),
+        metric=asset.failure.metric,
+        trend_bin_s=asset.alerting.trend_bin_s,
+        bearing=None if b is None else (b.balls, b.ball_mm, b.pitch_mm, b.contact_deg),
+    )
+
+
 def _was(name: str, before: object, after: object) -> str:
     return f"{name} {before} -> {after}"
 
 
-def basis_change(before: Asset, after: Asset, src_before: str, src_after: str) -> BasisChange:
-    """What a channel on asset `before`, read through `src_before` (reading_source), must
-    relearn under `after` read through `src_after`. Thresholds, zones, debounce, holds,
-    horizons, priors and `failure.threshold` invalidate nothing; `alerting.baseline_readings`
-    applies to a baseline still being learned and to the next one (after a repair)."""
+def basis_change(before: Basis, after: Basis) -> BasisChange:
+    """What a channel learned under `before` must relearn under `after`. Thresholds, zones,
+    debounce, holds, horizons, priors and `failure.threshold` invalidate nothing (they are
+    not in the basis); `alerting.baseline_readings` applies to a baseline still being
+    learned and to the next one (after a repair)."""
     baseline: list[str] = []
-    if before.machine.rpm != after.machine.rpm:
-        baseline.append(_was("machine.rpm", f"{before.machine.rpm:g}", f"{after.machine.rpm:g}"))
-    if src_before != src_after:
-        baseline.append(f"{src_before} -> {src_after}")
+    if before.rpm != after.rpm:
+        baseline.append(_was("machine.rpm", f"{before.rpm:g}", f"{after.rpm:g}"))
+    if before.source != after.source:
+        baseline.append(f"{before.source} -> {after.source}")
+    if before.device != after.device:
+        baseline.append(f"sensor replaced: {before.device} -> {after.device}")
     history: list[str] = []
-    if before.failure.metric != after.failure.metric:
-        history.append(_was("failure.metric", before.failure.metric, after.failure.metric))
-    if before.alerting.trend_bin_s != after.alerting.trend_bin_s:
-        bins = (before.alerting.trend_bin_s, after.alerting.trend_bin_s)
-        history.append(_was("alerting.trend_bin_s", *bins))
+    if before.metric != after.metric:
+        history.append(_was("failure.metric", before.metric, after.metric))
+    if before.trend_bin_s != after.trend_bin_s:
+        history.append(_was("alerting.trend_bin_s", before.trend_bin_s, after.trend_bin_s))
     if before.bearing != after.bearing:
         history.append("bearing geometry changed")
     return BasisChange(tuple(baseline), tuple(history))

@@ -1,8 +1,9 @@
 """Per-channel analysis state of the Monitor: lifecycles, health index, trend history.
 
 One Channel per (sensor, channel). Its lifecycle states are persisted as their own store
-keys ("severity", "trend") and the model (health index, binned history, onset) as "model";
-state_key() names them, load_channel() rebuilds a Channel from what the store returned.
+keys ("severity", "trend") and the model (health index, binned history, onset, and the
+basis it was learned under) as "model"; state_key() names them, load_channel() rebuilds a
+Channel from what the store returned.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from datetime import datetime
 
+from agent.analysis.basis import Basis
 from agent.analysis.bearing import BearingGeometry
 from agent.analysis.features import waveform_features
 from agent.analysis.health_index import HealthIndex, HealthIndexTuning
@@ -30,6 +32,7 @@ __all__ = [
     "load_channel",
     "model_state",
     "reading_features",
+    "saved_basis",
     "saved_states",
     "snap",
     "state_key",
@@ -65,6 +68,9 @@ class Channel:
     hi: HealthIndex
     history: Trend
     onset_s: float | None = None
+    # The settings the model was learned under (agent.analysis.basis); None: a model saved
+    # by a version that did not record it, kept as it is.
+    basis: Basis | None = None
     estimate: Estimate | NoEstimate | None = None
     estimate_bin: int | None = None
     estimate_s: float = -math.inf  # reading time the estimate was computed at
@@ -155,9 +161,20 @@ def load_channel(
             hi.load(data["hi"])
             ch.history, ch.hi = Trend.from_dict(data["history"]), hi
             ch.onset_s = data["onset_s"]
+            ch.basis = Basis.from_dict(data.get("basis"))
     except (ValueError, KeyError, TypeError):
-        ch.history = history
+        ch.history, ch.hi = history, HealthIndex(asset.alerting.baseline_readings, health)
     return ch
+
+
+def saved_basis(model: str) -> Basis | None:
+    """The basis a saved model state was learned under; None: none recorded (an older
+    store, a reset or unreadable model)."""
+    try:
+        data = json.loads(model)
+    except ValueError:
+        return None
+    return Basis.from_dict(data.get("basis")) if isinstance(data, dict) else None
 
 
 def saved_states(ch: Channel) -> dict[str, str]:
@@ -170,11 +187,13 @@ def saved_states(ch: Channel) -> dict[str, str]:
 
 
 def model_state(ch: Channel) -> str:
-    """The channel's model state (health index, history, onset) as compact JSON."""
+    """The channel's model state (health index, history, onset, basis) as compact JSON."""
+    basis = None if ch.basis is None else ch.basis.to_dict()
     return json.dumps(
-        {"hi": ch.hi.to_dict(), "history": ch.history.to_dict(), "onset_s": ch.onset_s},
+        {"hi": ch.hi.to_dict(), "history": ch.history.to_dict(), "onset_s": ch.onset_s,
+         "basis": basis},
         separators=(",", ":"),
-    )
+    )  # fmt: skip
 
 
 def reading_features(ch: Channel, reading: Reading) -> Mapping[str, float]:

@@ -27,13 +27,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from agent.analysis.basis import basis_change, reading_source
+from agent.analysis.basis import Basis, BasisChange, basis_change, basis_of
 from agent.analysis.channel import (
     Channel,
     ChannelView,
     load_channel,
     model_state,
     reading_features,
+    saved_basis,
     saved_states,
     snap,
     state_key,
@@ -82,6 +83,9 @@ from agent.records import (
     format_ts,
 )
 from drivers.reading import Reading, utc_now
+
+RELEARNED_BY_RELOAD = "cleared by a reload: baseline relearned after {}"
+RELEARNED_AT_START = "closed at start: baseline relearned after {} while the agent was stopped"
 
 __all__ = [
     "HEALTH_METRIC",
@@ -166,7 +170,7 @@ class Monitor:
         }
         self._tables = {a.id: zone_table(a.machine) for a in config.assets}
         self._assets = {a.id: a for a in config.assets}
-        self._sources = {s.id: reading_source(s) for s in config.sensors}
+        self._basis = {s.id: basis_of(config.asset(s.asset), s) for s in config.sensors}
         rtu = {b.id for b in config.buses if b.rtu is not None}
         self._transports = {
             s.id: "mqtt" if s.mqtt else "modbus-rtu" if s.modbus.bus in rtu else "modbus"  # type: ignore[union-attr]
@@ -189,13 +193,16 @@ class Monitor:
         and onset kept); a new speed or register profile / decoder relearns the baseline,
         and closes the channel's open trend alert with a record that says so (a baseline
         learned from a degraded machine would otherwise clear it later, as if it had
-        recovered). A channel removed, or moved to another asset, is saved and dropped (a
-        later reload that brings it back resumes its model); its open alerts are closed,
-        since no reading will ever clear them there.
+        recovered); so does another physical sensor at the sensor id (a new Modbus address,
+        MQTT broker, topic or key). The same applies to a channel not yet read since the
+        start (its saved model). A channel removed, or moved to another asset, is saved and
+        dropped (a later reload that brings it back resumes its model, or relearns what
+        the configuration it comes back to invalidates); its open alerts are closed, since
+        no reading will ever clear them there.
         """
         out = Update()
+        at = at or utc_now()
         assets, transports = self._assets, self._transports  # as the alerts were raised
-        sources = self._sources
         self._index(config)
         for key, ch in list(self._channels.items()):
             asset = self._sensor_asset.get(key[0])
@@ -205,25 +212,57 @@ class Monitor:
                 transports[key[0]] = ch.sensor.transport
                 del self._channels[key]
                 continue
-            change = basis_change(ch.asset, asset, sources[key[0]], self._sources[key[0]])
-            if change.relearn is not None:
-                self._relearn(ch, asset, change.relearn, at or utc_now(), out)
-            elif change.history:
-                ch.history = self._new_history(asset)
-                out.state[ch.key("model")] = model_state(ch)
+            self._rebase(ch, asset, self._basis[key[0]], at, out, RELEARNED_BY_RELOAD)
             # A baseline still being learned completes at the new length.
             ch.hi.learn_readings = asset.alerting.baseline_readings
             ch.asset, ch.table = asset, self._tables[asset.id]
             ch.estimate = ch.estimate_bin = None
         self.lives.reconfigure(config.assets, self._saved)
         self._close_left(out, {**self._assets, **assets}, transports, at, CLOSED_BY_RELOAD)
+        self._rebase_saved(out, at, RELEARNED_BY_RELOAD)
         return out
 
-    def _relearn(self, ch: Channel, asset: Asset, what: str, at: datetime, out: Update) -> None:
+    def _rebase(
+        self, ch: Channel, asset: Asset, now: Basis, at: datetime, out: Update, why: str
+    ) -> None:
+        """Relearn what the channel's model lost by the change from the basis it was
+        learned under to `now` (agent.analysis.basis), nothing more. A model saved without
+        a basis (an older store) is kept as it is and learned on under `now`."""
+        before, ch.basis = ch.basis, now
+        change = BasisChange() if before is None else basis_change(before, now)
+        if change.relearn is not None:
+            self._relearn(ch, asset, change.relearn, at, out, why)
+        elif change.history:
+            ch.history = self._new_history(asset)
+            out.state[ch.key("model")] = model_state(ch)
+
+    def _rebase_saved(self, out: Update, at: datetime, why: str) -> None:
+        """Load and rebase each saved channel still measured on its asset whose saved basis
+        differs from the configuration's (edited while stopped, or before its first reading
+        since the start): its open trend alert is closed now, not at its first reading (a
+        replaced sensor that never answers would leave it open)."""
+        for k in [k for k in self._saved if k.endswith("/model")]:
+            parts = k.split("/")
+            if len(parts) != 4:
+                continue
+            asset_id, sensor, channel, _ = parts
+            asset = self._sensor_asset.get(sensor)
+            if asset is None or asset.id != asset_id or channel not in self._channels_of[sensor]:
+                continue  # not measured there (_close_left closes what it left open)
+            now = self._basis[sensor]
+            if (sensor, channel) in self._channels or saved_basis(self._saved[k]) in (None, now):
+                continue
+            ch = self._load(SensorRef(sensor, channel, self._transports[sensor]))
+            self._rebase(ch, asset, now, at, out, why)
+
+    def _relearn(
+        self, ch: Channel, asset: Asset, what: str, at: datetime, out: Update, why: str
+    ) -> None:
         """Start the channel's baseline and history again; its open trend alert (measured
-        against the old baseline) is closed now, with the reason, not later as a recovery."""
+        against the old baseline) is closed now, with the reason (`why` formatted with
+        what changed), not later as a recovery."""
         if ch.trend.active:
-            reason = f"cleared by a reload: baseline relearned after {what}"
+            reason = why.format(what)
             lead = "no time to failure until the new baseline is learned"
             out.drafts.append(
                 closing_draft(asset_ref(asset, asset.id), ch.sensor, "trend", ch.trend.active,
@@ -237,9 +276,14 @@ class Monitor:
 
     def close_unconfigured(self, at: datetime | None = None) -> Update:
         """At start: a "cleared" record for each alert the persisted state has open for a
-        channel the configuration no longer has on that asset, and its reset state."""
+        channel the configuration no longer has on that asset, and its reset state; and
+        for each channel whose saved model was learned under settings edited while the
+        agent was stopped, what reconfigure() would relearn (a relearned baseline closes
+        the open trend alert, saying so)."""
         out = Update()
+        at = at or utc_now()
         self._close_left(out, self._assets, self._transports, at, CLOSED_AT_START)
+        self._rebase_saved(out, at, RELEARNED_AT_START)
         return out
 
     def _close_left(
@@ -259,21 +303,29 @@ class Monitor:
         bin_s = asset.alerting.trend_bin_s or t.bin_s
         return Trend(model="exponential", bin_s=bin_s, window_bins=30, capacity=t.capacity)
 
-    def _channel(self, reading: Reading) -> Channel:
-        key = (reading.sensor_id, reading.channel)
-        ch = self._channels.get(key)
+    def _channel(self, reading: Reading, out: Update) -> Channel:
+        ch = self._channels.get((reading.sensor_id, reading.channel))
         if ch is not None:
             return ch
-        asset = self._sensor_asset[reading.sensor_id]
+        ch = self._load(SensorRef(reading.sensor_id, reading.channel, reading.transport))
+        # The start (close_unconfigured) rebased saved models; this covers a caller that
+        # did not make that call, and a model saved without a basis (it takes this one).
+        asset, now = ch.asset, self._basis[reading.sensor_id]
+        self._rebase(ch, asset, now, reading.timestamp, out, RELEARNED_AT_START)
+        return ch
+
+    def _load(self, sensor: SensorRef) -> Channel:
+        """The channel of `sensor` on its configured asset, from its saved states if any."""
+        asset = self._sensor_asset[sensor.id]
         ch = load_channel(
             self._saved,
             asset=asset,
             table=self._tables[asset.id],
-            sensor=SensorRef(reading.sensor_id, reading.channel, reading.transport),
+            sensor=sensor,
             health=self.tuning.health,
             history=self._new_history(asset),
         )
-        self._channels[key] = ch
+        self._channels[(sensor.id, sensor.channel)] = ch
         return ch
 
     def update(self, reading: Reading) -> Update:
@@ -284,7 +336,7 @@ class Monitor:
         if reading.quality != "good":
             self.skipped_total += 1
             return out
-        ch = self._channel(reading)
+        ch = self._channel(reading, out)
         feats = reading_features(ch, reading)
         value = feats.get(SEVERITY_METRIC)
         if value is None or not math.isfinite(value):

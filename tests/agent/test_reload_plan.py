@@ -149,3 +149,15 @@ def test_control_socket_needs_a_restart_health_moves(tmp_path: Path) -> None:
     p = plan(base(tmp_path), new)
     assert p.health and p.changes == ["health endpoint moves to 127.0.0.1:9999"]
     assert len(p.needs_restart) == 1 and "control socket" in p.needs_restart[0]
+
+
+def test_another_device_at_the_sensor_id_relearns_its_baseline(tmp_path: Path) -> None:
+    """Before, the plan (and the monitor) kept the old device's baseline for a new one."""
+    new = base(tmp_path)
+    new["sensors"][1]["modbus"]["device_id"] = 9  # m2: another device on line-1
+    lines = "\n".join(plan(base(tmp_path), new).changes)
+    assert (
+        "sensor m2 restarted: how it is read changed; its baseline on asset press-7 is "
+        "relearned (sensor replaced: modbus bus line-1 device_id 2 -> modbus bus line-1 "
+        "device_id 9); its open trend alerts are cleared by the reload, saying why" in lines
+    )

@@ -1,0 +1,279 @@
+"""A restart with a configuration edited while the agent was stopped, a reload before a
+channel's first reading since the start, and a replaced sensor: the saved model is judged
+by the basis it was learned under (agent.analysis.basis), as a live reload judges it.
+
+Real Monitor and SQLite store: what one process saved is what the next one starts from.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from agent.analysis.basis import basis_change, basis_of
+from agent.analysis.monitor import Monitor, Update
+from agent.config import Config
+from agent.store import Outbox
+from drivers.reading import Reading
+from tests.agent._configs import press_config
+
+SCHEMA = json.loads(
+    (Path(__file__).resolve().parents[3] / "agent" / "schemas" / "alert-v1.json").read_text()
+)
+T0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
+AT = T0 + timedelta(hours=2)  # the restart
+KEY = "press-7/m1/z"
+
+
+def config(tmp_path: Path, edit: dict[str, Any] | None = None) -> Config:
+    data = press_config(
+        tmp_path, baseline_readings=10, debounce=2, clear_hold_s=300, trend_bin_s=10
+    ).model_dump(mode="json", by_alias=True)
+    for path, value in (edit or {}).items():
+        *parents, last = path.split(".")
+        node = data
+        for p in parents:
+            node = node[int(p)] if p.isdigit() else node[p]
+        node[last] = value
+    return Config.model_validate(data)
+
+
+def vib(i: int, accel: float, velocity: float) -> Reading:
+    return Reading("m1", "z", T0 + timedelta(seconds=10 * i),
+                   {"velocity_rms_mm_s": velocity, "accel_rms_g": accel,
+                    "hf_accel_rms_g": accel / 2})  # fmt: skip
+
+
+def store_at(tmp_path: Path) -> Outbox:
+    return Outbox(tmp_path / "o.db", gateway_id="gw-t", max_bytes=1 << 30)
+
+
+async def store(ob: Outbox, update: Update) -> list[dict[str, Any]]:
+    recs = [r for r in await ob.append(update.drafts, update.state)]
+    for rec in recs:
+        jsonschema.validate(rec, SCHEMA)
+    return recs
+
+
+async def degrade(tmp_path: Path) -> tuple[float, float]:
+    """The first process: baseline learned, then the machine degrades (accel RMS doubles,
+    velocity over its ISO 20816-1 alarm): the trend alert is raised and escalated. Returns
+    (baseline learned at, onset), as saved."""
+    async with store_at(tmp_path) as ob:
+        m = Monitor(config(tmp_path))
+        m.close_unconfigured(T0)
+        for i in range(32):
+            await store(ob, m.update(vib(i, 1.0, 1.0) if i < 12 else vib(i, 2.0, 1.9)))
+        ch = m._channels[("m1", "z")]
+        assert ch.trend.active == 2 and ch.onset_s is not None
+        assert ch.hi.learned_at_s is not None
+        return ch.hi.learned_at_s, ch.onset_s
+
+
+async def restart(tmp_path: Path, cfg: Config) -> tuple[Monitor, list[dict[str, Any]]]:
+    """A new process on the saved state with `cfg`: the monitor and the records its start
+    stored."""
+    async with store_at(tmp_path) as ob:
+        m = Monitor(cfg, state=await ob.load_state())
+        return m, await store(ob, m.close_unconfigured(AT))
+
+
+async def saved(tmp_path: Path) -> dict[str, str]:
+    async with store_at(tmp_path) as ob:
+        return await ob.load_state()
+
+
+def later(m: Monitor, n: int = 80) -> list[tuple[str, str]]:
+    """n readings (800 s, past the 300 s clear hold) of the still degraded machine."""
+    out = []
+    for i in range(100, 100 + n):
+        r = vib(i, 2.0, 1.9)
+        r = Reading(r.sensor_id, r.channel, AT + timedelta(seconds=10 * (i - 99)), r.features)
+        out += [(d.kind, d.state) for d in m.update(r).drafts]
+    return out
+
+
+RELEARN = {
+    "speed": ({"assets.0.machine.rpm": 990}, "machine.rpm 1480 -> 990"),
+    "register profile": (
+        {"sensors.0.modbus.profile": "machinesaver-trivibe"},
+        "modbus.profile banner-qm30vt2 -> modbus.profile machinesaver-trivibe",
+    ),
+    "replaced sensor (device id)": (
+        {"sensors.0.modbus.device_id": 7},
+        "sensor replaced: modbus tcp 127.0.0.1:5020 device_id 1 -> "
+        "modbus tcp 127.0.0.1:5020 device_id 7",
+    ),
+    "replaced sensor (host)": (
+        {"sensors.0.modbus.host": "127.0.0.2"},
+        "sensor replaced: modbus tcp 127.0.0.1:5020 device_id 1 -> "
+        "modbus tcp 127.0.0.2:5020 device_id 1",
+    ),
+}
+
+
+@pytest.mark.parametrize(("edit", "what"), RELEARN.values(), ids=RELEARN)
+async def test_a_restart_after_an_edit_that_invalidates_the_baseline_relearns_it(
+    tmp_path: Path, edit: dict[str, Any], what: str
+) -> None:
+    """Before: the saved baseline came back as it was, measured with another speed, scaling
+    or device, and the trend alert raised against it stayed open. Now the start relearns it
+    and closes that alert, saying why; nothing clears or raises later from it."""
+    await degrade(tmp_path)
+    m, recs = await restart(tmp_path, config(tmp_path, edit))
+    (rec,) = recs
+    reason = f"closed at start: baseline relearned after {what} while the agent was stopped"
+    assert (rec["kind"], rec["state"], rec["evidence"]["reason"]) == ("trend", "cleared", reason)
+    assert rec["detected_at"] == "2026-11-23T10:00:00.000Z"
+    assert rec["evidence"]["closed_level"] == "critical"
+    state = await saved(tmp_path)
+    assert json.loads(state[f"{KEY}/trend"])["active"] == 0
+    model = json.loads(state[f"{KEY}/model"])
+    assert model["onset_s"] is None and model["hi"] != {}
+    assert model["basis"] == basis_of(*_placed(config(tmp_path, edit))).to_dict()
+    ch = m._channels[("m1", "z")]
+    assert (ch.hi.ready, ch.trend.active) == (False, 0)
+    assert later(m) == []  # relearned from the degraded machine: no clear, no raise
+    assert m._channels[("m1", "z")].hi.ready
+    # The next start with the same file finds the basis it saved: nothing more.
+    _, again = await restart(tmp_path, config(tmp_path, edit))
+    assert again == []
+
+
+def _placed(cfg: Config) -> tuple[Any, Any]:
+    return cfg.assets[0], cfg.sensors[0]
+
+
+HISTORY_ONLY = {
+    "trend bin": {"assets.0.alerting.trend_bin_s": 20},
+    "failure metric": {"assets.0.failure": {"metric": "accel_rms_g"}},
+    "bearing": {"assets.0.bearing": {"balls": 9, "ball_mm": 7.9, "pitch_mm": 38.5}},
+}
+
+
+@pytest.mark.parametrize("edit", HISTORY_ONLY.values(), ids=HISTORY_ONLY)
+async def test_a_restart_after_a_history_edit_rebuilds_the_history_only(
+    tmp_path: Path, edit: dict[str, Any]
+) -> None:
+    """Before: the history binned under the old bin width / metric / bearing came back (a
+    10 s history read as 20 s bins). Now it starts again; baseline, onset and the open
+    alert stay, with no record."""
+    learned_at, onset = await degrade(tmp_path)
+    bins = json.loads((await saved(tmp_path))[f"{KEY}/model"])["history"]
+    m, recs = await restart(tmp_path, config(tmp_path, edit))
+    assert recs == []
+    ch = m._channels[("m1", "z")]
+    assert (ch.hi.learned_at_s, ch.onset_s, ch.trend.active) == (learned_at, onset, 2)
+    assert ch.history.to_dict() != bins and ch.history.last() is None
+    assert ch.history.bin_s == (20.0 if "assets.0.alerting.trend_bin_s" in edit else 10.0)
+    model = json.loads((await saved(tmp_path))[f"{KEY}/model"])
+    assert model["history"] == ch.history.to_dict() and model["onset_s"] == onset
+    assert later(m) == []  # still the same open episode
+
+
+async def test_a_restart_with_the_same_or_an_unrelated_edit_keeps_everything(
+    tmp_path: Path,
+) -> None:
+    learned_at, onset = await degrade(tmp_path)
+    edit = {"assets.0.alerting.clear_hold_s": 600, "sensors.0.modbus.timeout_s": 0.4}
+    m, recs = await restart(tmp_path, config(tmp_path, edit))
+    assert recs == [] and not m._channels  # nothing loaded before its first reading
+    m.update(vib(40, 2.0, 1.9))
+    ch = m._channels[("m1", "z")]
+    assert (ch.hi.learned_at_s, ch.onset_s, ch.trend.active) == (learned_at, onset, 2)
+
+
+async def test_a_model_saved_without_a_basis_is_kept_as_it_was(tmp_path: Path) -> None:
+    """A store written before the basis was saved: nothing to compare, so the model is
+    restored as before (documented); it is saved with the current basis from then on."""
+    learned_at, onset = await degrade(tmp_path)
+    async with store_at(tmp_path) as ob:
+        model = json.loads((await ob.load_state())[f"{KEY}/model"])
+        del model["basis"]
+        await ob.append([], {f"{KEY}/model": json.dumps(model)})
+    m, recs = await restart(tmp_path, config(tmp_path, {"assets.0.machine.rpm": 990}))
+    assert recs == []
+    up = m.update(vib(40, 2.0, 1.9))
+    ch = m._channels[("m1", "z")]
+    assert (ch.hi.learned_at_s, ch.onset_s, ch.trend.active) == (learned_at, onset, 2)
+    assert up.drafts == []
+    assert ch.basis == basis_of(*_placed(config(tmp_path, {"assets.0.machine.rpm": 990})))
+
+
+async def test_a_reload_before_the_first_reading_since_the_start_relearns(
+    tmp_path: Path,
+) -> None:
+    """Before: the channel was not running yet, so the reload compared nothing and its
+    first reading restored the model learned at the old speed."""
+    await degrade(tmp_path)
+    m, recs = await restart(tmp_path, config(tmp_path))
+    assert recs == []
+    async with store_at(tmp_path) as ob:
+        recs = await store(ob, m.reconfigure(config(tmp_path, {"assets.0.machine.rpm": 990}), AT))
+    (rec,) = recs
+    assert rec["evidence"]["reason"] == (
+        "cleared by a reload: baseline relearned after machine.rpm 1480 -> 990"
+    )
+    assert later(m) == []
+    assert json.loads((await saved(tmp_path))[f"{KEY}/trend"])["active"] == 0
+
+
+async def test_a_live_reload_that_replaces_the_sensor_relearns_saying_so(tmp_path: Path) -> None:
+    """Before: a new device_id (another physical sensor at the same sensor id) kept the old
+    sensor's baseline; the new sensor was judged against another device's."""
+    async with store_at(tmp_path) as ob:
+        m = Monitor(config(tmp_path))
+        for i in range(32):
+            await store(ob, m.update(vib(i, 1.0, 1.0) if i < 12 else vib(i, 2.0, 1.9)))
+        recs = await store(ob, m.reconfigure(config(tmp_path, {"sensors.0.modbus.device_id": 7})))
+    (rec,) = recs
+    assert rec["evidence"]["reason"] == (
+        "cleared by a reload: baseline relearned after sensor replaced: modbus tcp "
+        "127.0.0.1:5020 device_id 1 -> modbus tcp 127.0.0.1:5020 device_id 7"
+    )
+    assert not m._channels[("m1", "z")].hi.ready
+
+
+def mqtt_config(tmp_path: Path, **source: Any) -> Config:
+    data = config(tmp_path).model_dump(mode="json", by_alias=True)
+    data["mqtt"] = [{"id": "plant", "host": "127.0.0.1", "port": 1883}]
+    mqtt = {"broker": "plant", "topic": "ncd/+/vib", "decoder": "ncd-processed",
+            "key": "a1", "key_from": "payload:addr", **source}  # fmt: skip
+    data["sensors"][0] = {"id": "m1", "asset": "press-7", "channels": ["z"], "mqtt": mqtt}
+    return Config.model_validate(data)
+
+
+@pytest.mark.parametrize(
+    ("source", "cause"),
+    [
+        ({"key": "b7"}, "sensor replaced: mqtt broker plant topic ncd/+/vib key a1 -> "
+                        "mqtt broker plant topic ncd/+/vib key b7"),
+        ({"topic": "ncd/2/vib"}, "sensor replaced: mqtt broker plant topic ncd/+/vib key a1 -> "
+                                 "mqtt broker plant topic ncd/2/vib key a1"),
+        ({"decoder": "generic-json"}, "mqtt.decoder ncd-processed -> mqtt.decoder generic-json"),
+        ({"stale_after_s": 60, "qos": 0}, None),
+    ],
+    ids=["key", "topic", "decoder", "staleness and qos"],
+)  # fmt: skip
+async def test_an_mqtt_sensor_is_the_same_device_by_broker_topic_and_key(
+    tmp_path: Path, source: dict[str, Any], cause: str | None
+) -> None:
+    before, after = mqtt_config(tmp_path), mqtt_config(tmp_path, **source)
+    assert basis_change(basis_of(*_placed(before)), basis_of(*_placed(after))).relearn == cause
+    # ... and a restart judges it so (the saved basis against the edited file).
+    async with store_at(tmp_path) as ob:
+        m = Monitor(before)
+        for i in range(32):
+            r = vib(i, 1.0, 1.0) if i < 12 else vib(i, 2.0, 1.9)
+            await store(ob, m.update(Reading(r.sensor_id, r.channel, r.timestamp, r.features,
+                                             transport="mqtt")))  # fmt: skip
+    _, recs = await restart(tmp_path, after)
+    reasons = [r["evidence"]["reason"] for r in recs]
+    why = f"closed at start: baseline relearned after {cause} while the agent was stopped"
+    assert reasons == ([] if cause is None else [why])
+    assert all(r["sensor"]["transport"] == "mqtt" for r in recs)

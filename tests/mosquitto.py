@@ -56,6 +56,21 @@ def make_certs(folder: Path) -> Certs:
     return Certs(ca, cert, key)
 
 
+def client_cert(certs: Certs, folder: Path) -> tuple[Path, Path]:
+    """A client certificate (and its key) signed by the certs' CA (mutual TLS)."""
+    key, csr, cert = folder / "gw.key", folder / "gw.csr", folder / "gw.pem"
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=30)
+
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr),
+        "-subj", "/CN=gw-01")  # fmt: skip
+    ca_key = str(certs.ca.parent / "ca.key")
+    run("x509", "-req", "-in", str(csr), "-CA", str(certs.ca), "-CAkey", ca_key,
+        "-CAcreateserial", "-out", str(cert), "-days", "2")  # fmt: skip
+    return cert, key
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -17,7 +17,7 @@ import pytest
 from drivers.mqtt import BrokerLink, BrokerSettings, MqttSensor, Route, Router, parse_key_from
 from drivers.payloads import load_decoder
 from drivers.reading import Reading
-from tests.mosquitto import Mosquitto, make_certs
+from tests.mosquitto import Mosquitto, client_cert, make_certs
 
 pytestmark = [pytest.mark.network]
 
@@ -202,22 +202,6 @@ class _Locked(Mosquitto):
         text = conf.read_text().replace("allow_anonymous true", "allow_anonymous false")
         conf.write_text(text + f"require_certificate true\npassword_file {self.passwords}\n")
         return conf
-
-
-def client_cert(certs: Any, folder: Path) -> tuple[Path, Path]:
-    import subprocess
-
-    key, csr, cert = folder / "gw.key", folder / "gw.csr", folder / "gw.pem"
-
-    def run(*args: str) -> None:
-        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=30)
-
-    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr),
-        "-subj", "/CN=gw-01")  # fmt: skip
-    ca_key = str(certs.ca.parent / "ca.key")
-    run("x509", "-req", "-in", str(csr), "-CA", str(certs.ca), "-CAkey", ca_key,
-        "-CAcreateserial", "-out", str(cert), "-days", "2")  # fmt: skip
-    return cert, key
 
 
 async def test_client_certificate_and_password_file(tmp_path: Path) -> None:

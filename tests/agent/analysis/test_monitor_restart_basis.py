@@ -8,7 +8,7 @@ Real Monitor and SQLite store: what one process saved is what the next one start
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,33 +20,14 @@ from agent.analysis.monitor import Monitor, Update
 from agent.config import Config
 from agent.store import Outbox
 from drivers.reading import Reading
-from tests.agent._configs import press_config
+from tests.agent.analysis.test_monitor_reconfigure import T0, vib
+from tests.agent.analysis.test_monitor_reconfigure import degraded_config as config
 
 SCHEMA = json.loads(
     (Path(__file__).resolve().parents[3] / "agent" / "schemas" / "alert-v1.json").read_text()
 )
-T0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
 AT = T0 + timedelta(hours=2)  # the restart
 KEY = "press-7/m1/z"
-
-
-def config(tmp_path: Path, edit: dict[str, Any] | None = None) -> Config:
-    data = press_config(
-        tmp_path, baseline_readings=10, debounce=2, clear_hold_s=300, trend_bin_s=10
-    ).model_dump(mode="json", by_alias=True)
-    for path, value in (edit or {}).items():
-        *parents, last = path.split(".")
-        node = data
-        for p in parents:
-            node = node[int(p)] if p.isdigit() else node[p]
-        node[last] = value
-    return Config.model_validate(data)
-
-
-def vib(i: int, accel: float, velocity: float) -> Reading:
-    return Reading("m1", "z", T0 + timedelta(seconds=10 * i),
-                   {"velocity_rms_mm_s": velocity, "accel_rms_g": accel,
-                    "hf_accel_rms_g": accel / 2})  # fmt: skip
 
 
 def store_at(tmp_path: Path) -> Outbox:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import shutil
 import ssl
-import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,7 +20,7 @@ from agent.uplink import CmmsTransport, HttpTransport, delivery
 from tests.agent.store._drafts import draft
 from tests.agent.uplink._running import Running, until
 from tests.agent.uplink._running import true as _true
-from tests.mosquitto import Certs, make_certs
+from tests.mosquitto import Certs, client_cert, make_certs
 
 UP = "up"
 
@@ -64,21 +63,6 @@ async def https(
         yield f"https://127.0.0.1:{port}/v1/alerts"
     finally:
         await runner.cleanup()
-
-
-def client_cert(certs: Certs, folder: Path) -> tuple[Path, Path]:
-    """A client certificate (and its key) signed by the certs' CA."""
-    key, csr, cert = folder / "gw.key", folder / "gw.csr", folder / "gw.pem"
-
-    def run(*args: str) -> None:
-        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=30)
-
-    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr),
-        "-subj", "/CN=gw-01")  # fmt: skip
-    ca_key = str(certs.ca.parent / "ca.key")
-    run("x509", "-req", "-in", str(csr), "-CA", str(certs.ca), "-CAkey", ca_key,
-        "-CAcreateserial", "-out", str(cert), "-days", "2")  # fmt: skip
-    return cert, key
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,7 @@ from typing import Any
 CLOSED, BETWEEN, RAISED, LATEST = 0, 1, 2, 3
 _EPISODIC = ("severity", "trend", "sensor_fault")
 _SEP = "\x1f"  # cannot occur in ids from the config
+_CHUNK = 1000  # rows read at a time by backfill
 
 
 def episode_key(kind: str, asset: str, sensor: str, channel: str) -> str:
@@ -56,7 +57,8 @@ def link(conn: sqlite3.Connection, record: Mapping[str, Any]) -> tuple[str | Non
     else:  # the previous latest record becomes the raise or a record in between
         conn.execute(
             f"UPDATE alerts SET hold = CASE WHEN json_extract(body, '$.state') = 'raised' "
-            f"THEN {RAISED} ELSE {BETWEEN} END WHERE episode = ? AND hold = {LATEST}",
+            f"THEN {RAISED} ELSE {BETWEEN} END WHERE episode = ? AND hold > 0 "
+            f"AND hold = {LATEST}",  # `hold > 0` lets SQLite use alerts_open: no scan
             (key,),
         )
     return key, LATEST
@@ -65,18 +67,27 @@ def link(conn: sqlite3.Connection, record: Mapping[str, Any]) -> tuple[str | Non
 def backfill(conn: sqlite3.Connection) -> int:
     """Rank the undelivered alerts of a store written before episodes were tracked (once,
     at open; the rows read oldest first as if appended again). Returns how many."""
-    rows = conn.execute(
-        "SELECT seq, body FROM alerts WHERE delivered_at IS NULL AND episode IS NULL "
-        "AND kind IN ('severity', 'trend', 'sensor_fault', 'maintenance') ORDER BY seq"
-    ).fetchall()
-    for seq, body in rows:
-        try:
-            record = json.loads(body)
-            episode, hold = link(conn, record)
-        except (ValueError, KeyError, TypeError, AttributeError):
-            continue  # unreadable: stays CLOSED, as before (oldest first)
-        conn.execute("UPDATE alerts SET episode = ?, hold = ? WHERE seq = ?", (episode, hold, seq))
-    return len(rows)
+    done, last = 0, -1
+    while True:  # a chunk at a time: a large backlog's bodies never all in memory at once
+        rows = conn.execute(
+            "SELECT seq, body FROM alerts WHERE seq > ? AND delivered_at IS NULL "
+            "AND episode IS NULL AND kind IN ('severity', 'trend', 'sensor_fault', "
+            "'maintenance') ORDER BY seq LIMIT ?",
+            (last, _CHUNK),
+        ).fetchall()
+        if not rows:
+            return done
+        for seq, body in rows:
+            try:
+                record = json.loads(body)
+                episode, hold = link(conn, record)
+            except (ValueError, KeyError, TypeError, AttributeError):
+                continue  # unreadable: stays CLOSED, as before (oldest first)
+            conn.execute(
+                "UPDATE alerts SET episode = ?, hold = ? WHERE seq = ?", (episode, hold, seq)
+            )
+        done += len(rows)
+        last = rows[-1][0]
 
 
 def _close(conn: sqlite3.Connection, key: str) -> None:

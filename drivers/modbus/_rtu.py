@@ -7,13 +7,14 @@ id, function code, byte count and CRC of the answer; a complete, valid frame fro
 device that precedes ours is dropped and counted as late; after a timeout or a garbled
 answer, flush: read and discard until the line has been quiet for ``late_flush_s``.
 
-A line that never falls quiet (a broken transceiver, a babbling device) is noise, not a
-late answer: a flush gives up once bytes have kept coming for longer than the longest
-answer frame plus ``late_flush_s``, so one failed read cannot hold the line for long and
-stall the other devices. That read fails as ``noise``; the line is reported noisy (its
-status, /metrics, one warning per episode with the port) until a flush finds it quiet or
-an answer gets through. Answers are still taken only whole and checked (CRC, device id,
-function code, byte count), so noise can fail a read but not pass for an answer.
+A line that never falls quiet (a broken transceiver, a babbling device) is noise, not a late
+answer: a flush gives up once bytes have kept coming for longer than the longest answer
+frame (with the gaps the spec allows between characters) plus ``late_flush_s``, so one
+failed read cannot hold the line for long and stall the other devices. That read fails as
+``noise``; the line is reported noisy (its status, /metrics, one warning per episode with
+the port) until a flush finds it quiet or an answer gets through. Answers are still taken
+only whole and checked (CRC, device id, function code, byte count), so noise can fail a read
+but not pass for an answer.
 
 A device that answers twice (a flaky slave, an RS-485 repeater) sends a valid frame with
 our device id, function code and byte count: nothing in it tells it from the answer to
@@ -51,6 +52,7 @@ log = logging.getLogger("edge_agent.drivers.modbus")
 
 MAX_FLUSH_S = 2.0  # the flush bound's ceiling, whatever the baud rate
 LONGEST_FRAME_CHARS = 256  # an RTU frame is at most 256 characters
+FRAME_STRETCH = 2.5  # each character plus a gap of up to 1.5 characters after it
 MAX_BUFFER = 4096
 
 PARITIES = {"N": serial.PARITY_NONE, "E": serial.PARITY_EVEN, "O": serial.PARITY_ODD}
@@ -69,8 +71,8 @@ class RtuLink:
             19200 baud), as the Modbus serial line specification requires.
         late_flush_s: after a timeout or a garbled answer, discard bytes until the line
             has been quiet this long; a line still busy after the longest frame (256
-            characters, at most MAX_FLUSH_S) plus this is noise: the read fails as
-            ``noise`` and the line is reported noisy.
+            characters with 1.5-character gaps, at most MAX_FLUSH_S) plus this is noise:
+            the read fails as ``noise`` and the line is reported noisy.
         repeat_guard_s: the least time between a device's answer and the next request
             to the same device; a repeat of the answer arriving before then is dropped.
             Other devices use the line meanwhile. 0: no guard.
@@ -105,7 +107,11 @@ class RtuLink:
         self.flushed_bytes = 0
         self.echoes = 0  # our own requests read back (RS-485 adapters that echo), dropped
         # A flush that sees bytes for longer than a whole frame plus late_flush_s is noise.
-        self.noise_after_s = min(MAX_FLUSH_S, LONGEST_FRAME_CHARS * self.char_s) + late_flush_s
+        # A frame may leave gaps of up to 1.5 characters between its characters (the
+        # spec's t1.5; slow devices do): the longest answer still arriving is not noise.
+        self.noise_after_s = (
+            min(MAX_FLUSH_S, LONGEST_FRAME_CHARS * FRAME_STRETCH * self.char_s) + late_flush_s
+        )
         self.noisy_reads = 0  # failed reads after which the line never fell quiet
         self._noisy_since: float | None = None  # monotonic start of the noise episode
         self._noisy_in_a_row = 0

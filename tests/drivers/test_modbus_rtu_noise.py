@@ -191,3 +191,46 @@ async def test_a_late_answer_is_still_flushed_on_a_quiet_line(line: tuple[str, s
         device.close()
     assert link.flushed_bytes + link.late_answers > 0
     assert link.noisy_reads == 0 and not bus.status().noisy
+
+
+async def test_a_long_answer_straddling_the_timeout_is_not_noise(line: tuple[str, str]) -> None:
+    """A slow device (9600 baud, a gap of 0.2 characters between characters, well within
+    the 1.5 the spec allows) whose 255-byte answer starts just before our timeout: the read
+    fails as a short answer and the line is not reported noisy (the flush used to give up
+    after 256 bare character times and call the rest of the answer noise)."""
+    agent_tty, device_tty = line
+    fd = os.open(device_tty, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    tty.setraw(fd)
+    link = RtuLink(agent_tty, baudrate=9600, late_flush_s=0.05)
+    count, timeout_s = 125, 0.3
+    paced_s = 1.2 * link.char_s  # per character, its gap included
+    asked = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_request() -> None:
+        os.read(fd, 256)
+        asked.set()
+
+    async def device() -> None:
+        await asyncio.wait_for(asked.wait(), 10)
+        await asyncio.sleep(timeout_s - 0.03)
+        values = b"".join(struct.pack(">H", 7) for _ in range(count))
+        frame = rtu_frame(1, bytes([3, 2 * count]) + values)
+        start = time.monotonic()
+        for i in range(0, len(frame), 8):  # the line's pace, 8 characters at a time
+            os.write(fd, frame[i : i + 8])
+            await asyncio.sleep(max(0.0, start + (i + 8) * paced_s - time.monotonic()))
+
+    loop.add_reader(fd, on_request)
+    try:
+        await link.connect()
+        task = asyncio.create_task(device())
+        with pytest.raises(FrameError) as failed:
+            await link.read(1, 3, 0, count, timeout_s)
+        await task
+    finally:
+        loop.remove_reader(fd)
+        link.close()
+        os.close(fd)
+    assert failed.value.reason == "short"
+    assert link.noisy_reads == 0 and not link.noisy

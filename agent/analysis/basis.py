@@ -5,7 +5,8 @@ A channel learns two things, from different inputs:
   velocity median behind the ISO 20816-1 alarm): learned from how the machine vibrates at
   its speed, as this sensor reports it. A new speed, a new register profile / decoder
   (other scaling), or another physical device at the sensor id (a new Modbus address, MQTT
-  broker, topic or key: a replaced sensor) makes it meaningless; nothing else does.
+  broker, topic or key: a replaced sensor) makes it meaningless; nothing else does (a
+  host written otherwise is the same: localhost or 127.0.0.1, capitals, a trailing dot).
 - the failure metric's binned history (time to failure): the failure metric's values in
   bins of trend_bin_s. A new metric, bin width or bearing geometry (the envelope features
   depend on it) makes it meaningless; the baseline and the degradation onset stay.
@@ -20,12 +21,23 @@ closes that alert at once, with a record that says why (agent.analysis.monitor).
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 from agent.config import Asset, Sensor
 
-__all__ = ["Basis", "BasisChange", "basis_change", "basis_of", "device", "reading_source"]
+__all__ = [
+    "Basis",
+    "BasisChange",
+    "basis_change",
+    "basis_of",
+    "device",
+    "reading_source",
+    "same_device",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +134,32 @@ def basis_of(asset: Asset, sensor: Sensor) -> Basis:
     )
 
 
+_TCP = re.compile(r"^modbus tcp (?P<host>.+):(?P<port>\d+) (?P<rest>device_id .*)$")
+# This machine under its usual names: a device the gateway serves itself (a protocol
+# converter) is the same whichever the configuration names it by.
+_LOOPBACK = {"localhost", "localhost.localdomain", "ip6-localhost", "127.0.0.1", "::1"}
+
+
+def _host_key(host: str) -> str:
+    """A host as compared: case, a trailing dot, brackets and IP spelling are cosmetic.
+    Names are not resolved (blocking, and a DHCP address is no identity)."""
+    h = host.strip().strip("[]").rstrip(".").lower()
+    with contextlib.suppress(ValueError):  # a name, not an address
+        h = ipaddress.ip_address(h).compressed
+    return "loopback" if h in _LOOPBACK else h
+
+
+def same_device(before: str, after: str) -> bool:
+    """Whether two device() strings name the same physical sensor (saved strings too)."""
+    if before == after:
+        return True
+    b, a = _TCP.match(before), _TCP.match(after)
+    if b is None or a is None:
+        return False
+    return (b["port"], b["rest"], _host_key(b["host"])) == (
+        a["port"], a["rest"], _host_key(a["host"]))  # fmt: skip
+
+
 def _was(name: str, before: object, after: object) -> str:
     return f"{name} {before} -> {after}"
 
@@ -136,7 +174,7 @@ def basis_change(before: Basis, after: Basis) -> BasisChange:
         baseline.append(_was("machine.rpm", f"{before.rpm:g}", f"{after.rpm:g}"))
     if before.source != after.source:
         baseline.append(f"{before.source} -> {after.source}")
-    if before.device != after.device:
+    if not same_device(before.device, after.device):
         baseline.append(f"sensor replaced: {before.device} -> {after.device}")
     history: list[str] = []
     if before.metric != after.metric:

@@ -258,3 +258,17 @@ async def test_an_mqtt_sensor_is_the_same_device_by_broker_topic_and_key(
     why = f"closed at start: baseline relearned after {cause} while the agent was stopped"
     assert reasons == ([] if cause is None else [why])
     assert all(r["sensor"]["transport"] == "mqtt" for r in recs)
+
+
+@pytest.mark.parametrize("host", ["localhost", "LocalHost.", "::1"])
+async def test_the_same_host_written_otherwise_is_the_same_device(
+    tmp_path: Path, host: str
+) -> None:
+    """127.0.0.1 written as localhost, in capitals, with a trailing dot: the same device, so
+    a restart keeps the baseline and the open trend alert (it used to relearn and close it)."""
+    learned_at, onset = await degrade(tmp_path)
+    m, recs = await restart(tmp_path, config(tmp_path, {"sensors.0.modbus.host": host}))
+    assert recs == []  # no record closing the open alert
+    m.update(vib(40, 2.0, 1.9))
+    ch = m._channels[("m1", "z")]
+    assert (ch.hi.learned_at_s, ch.onset_s, ch.trend.active) == (learned_at, onset, 2)

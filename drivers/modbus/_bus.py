@@ -101,7 +101,7 @@ class Bus:
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled():
                 self._release(fut.result())  # granted as we were cancelled: pass it on
-            else:
+            elif fut in waiters:  # a release may already have passed over it
                 waiters.remove(fut)
             raise
 

@@ -225,3 +225,20 @@ async def test_rtu_adapter_that_echoes_requests_still_reads(serial_pair: tuple[s
     finally:
         loop.remove_reader(fd)
         os.close(fd)
+
+
+async def test_a_queued_read_cancelled_as_the_line_is_released_ends_cancelled() -> None:
+    # Pollers stopped while queued for a shared line: the release passed over the cancelled
+    # request, and its cancellation then tried to leave the queue again ("ValueError:
+    # <Future cancelled> is not in deque", reported as an unexpected poller error).
+    link = TcpLink("127.0.0.1", 9, connect_timeout_s=1)  # never connected: only queued for
+    bus = Bus("gw", "gateway", [link])
+    taken = bus._free.pop(0)  # another read holds the line
+    queued = asyncio.create_task(bus._acquire())
+    await asyncio.sleep(0)  # queued behind it
+    queued.cancel()  # the poller is stopped...
+    bus._release(taken)  # ...as the line is released, before the queued task runs again
+    with pytest.raises(asyncio.CancelledError):
+        await queued
+    assert bus._free == [taken]  # the line is free again, nobody waits
+    assert not bus._waiters

@@ -21,10 +21,15 @@ class Backoff:
     max_s: float = 30.0
     threshold: int = 3
 
-    def delay(self, failures: int, rng: random.Random) -> float:
-        """Seconds to wait after ``failures`` consecutive failures."""
+    def delay(self, failures: int, rng: random.Random, *, floor_s: float = 0.0) -> float:
+        """Seconds to wait after ``failures`` consecutive failures.
+
+        ``floor_s`` raises the doubling's current step (never above ``max_s``): a device
+        whose failures are costly to others skips the quick first probes.
+        """
         if failures < self.threshold:
             return 0.0
         exponent = min(failures - self.threshold, 30)  # bounded: 2**30 is plenty
-        cap = max(min(self.max_s, self.base_s * 2.0**exponent), 0.0)
+        step = max(self.base_s * 2.0**exponent, floor_s)
+        cap = max(min(self.max_s, step), 0.0)
         return rng.uniform(cap / 2.0, cap)

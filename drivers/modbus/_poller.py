@@ -2,7 +2,10 @@
 
 A poller asks its bus for every read (drivers.modbus._bus): a device's own TCP
 connection, a gateway endpoint or a serial line shared with other devices. A dead device
-costs its bus at most one timeout per back-off period once its breaker is open.
+costs its bus at most one timeout per back-off period once its breaker is open; on a bus
+shared with other devices that period starts long enough for its failed polls to hold the
+line at most SHARED_LINE_SHARE of the time (up to the breaker's max_s), so a silent unit
+behind a gateway does not cost its neighbours ticks with quick probes.
 
 Shutdown is certain: the run loop re-checks its stop flag and the task's pending
 cancellation after every await, so a cancellation that a library swallowed (pymodbus's
@@ -44,6 +47,11 @@ log = logging.getLogger("edge_agent.drivers.modbus")
 
 BUSY = 6  # Modbus "server device busy": the only answer worth an immediate retry
 BUSY_RETRY_DELAY_S = 0.05
+# On a shared bus a failed poll holds the line (timeout, then the gateway's settle) while
+# the other devices wait and miss ticks: once its breaker is open, a device's failed
+# polls may take at most this share of the line (its probes are spaced at least their
+# duration / SHARED_LINE_SHARE apart, within the breaker's max_s).
+SHARED_LINE_SHARE = 0.05
 
 
 class ModbusPoller:
@@ -245,7 +253,9 @@ class ModbusPoller:
         Polls never overlap; ticks a poll overran are skipped and counted in
         ``status.missed_ticks``. After the breaker's threshold of failures in a row the
         poller waits a jittered, capped, growing back-off before the next attempt, and
-        retries forever.
+        retries forever; on a shared bus that back-off is at least the failed poll's
+        duration / SHARED_LINE_SHARE (within the cap). The first good answer restores the
+        cadence.
 
         Args:
             start_delay_s: delay before the first poll; default a random fraction of the
@@ -265,10 +275,12 @@ class ModbusPoller:
                 else:
                     await asyncio.sleep(delay)
                 self._check_stop(task)
+            started = time.monotonic()
             try:
                 readings: list[Reading] | None = await self.poll_once()
             except DeviceError:
                 readings = None  # recorded in the status and logged by poll_once
+            failed = readings is None
             self._check_stop(task)  # an answer that raced the stop is not delivered
             if readings:
                 self._deliver(readings)
@@ -278,7 +290,11 @@ class ModbusPoller:
                 missed = math.floor((now - next_at) / interval) + 1
                 next_at += missed * interval
                 self.ledger.missed += missed
-            backoff = self._backoff.delay(self.consecutive_failures, self._rng)
+            floor = 0.0
+            if failed and self.bus.devices > 1:
+                # Queue wait included: a congested line is one more reason to probe less.
+                floor = (now - started) / SHARED_LINE_SHARE
+            backoff = self._backoff.delay(self.consecutive_failures, self._rng, floor_s=floor)
             self.ledger.backoff_s = backoff
             if backoff > 0 and now + backoff > next_at:
                 # Resume on the cadence grid at the first tick after the back-off.

@@ -242,3 +242,55 @@ async def test_a_queued_read_cancelled_as_the_line_is_released_ends_cancelled() 
         await queued
     assert bus._free == [taken]  # the line is free again, nobody waits
     assert not bus._waiters
+
+
+async def test_a_silent_unit_behind_a_gateway_costs_its_neighbours_few_ticks() -> None:
+    """A unit that never answers holds the gateway's line for the gateway's whole timeout,
+    longer than its neighbours' interval: every attempt makes them miss ticks. Once its
+    breaker is open it is probed rarely (its failed polls take at most ~5 % of the line),
+    not at the breaker's quick first steps, and its fault is still reported."""
+    interval, timeout, seconds, silent = 0.2, 0.1, 5.0, 9
+    gw = GatewayLine(baudrate=19200, timeout_s=0.5)  # the line is held 0.5 s per attempt
+    ids = tuple(range(1, 10))
+    sims = [SimDevice(i, Constant({"velocity_rms_mm_s": velocity(i)})) for i in ids]
+    sims[-1].fault = Fault("dead")
+    async with ModbusSimServer(sims, gateway=gw) as srv:
+        link = TcpLink("127.0.0.1", srv.port, connect_timeout_s=1.0, settle_s=1.0)
+        bus = Bus("dxm", "gateway", [link])
+        readings: dict[str, list[Reading]] = defaultdict(list)
+        pollers = [
+            ModbusPoller(
+                f"d{i}",
+                bus=bus,
+                device_id=i,
+                profile=load_profile("banner-qm30vt2"),
+                channels=["z"],
+                timeout_s=timeout,
+                poll_interval_s=interval,
+                sink=lambda r: readings[r.sensor_id].append(r),
+                backoff=Backoff(interval, max_s=10.0),
+                rng=random.Random(i),
+            )
+            for i in ids
+        ]
+        tasks = [asyncio.create_task(p.run(start_delay_s=i * 0.02)) for i, p in enumerate(pollers)]
+        await asyncio.sleep(seconds)
+        for p in pollers:
+            p.stop()
+        for t in tasks:
+            t.cancel()
+        await asyncio.wait(tasks, timeout=2.0)
+        bus.close()
+    dead = pollers[-1].status
+    assert dead.state == "backoff" and dead.consecutive_failures >= 3, dead  # still reported
+    assert readings[f"d{silent}"] == []
+    # Three failures at the cadence open the breaker (and raise its sensor_fault); then the
+    # next probe waits >= 0.5 s / 5 % capped at 10 s, drawn from [5, 10] s: none in 5 s.
+    # The old breaker probed again after 0.1-0.2 s, 0.2-0.4 s, 0.4-0.8 s...: 7-8 attempts.
+    assert srv.requests[silent] <= 4, srv.requests
+    # Each attempt costs every neighbour a tick or two (0.5 s hold, 0.2 s interval): about
+    # 3 x 8 x 2 = 48 with three attempts; the old breaker cost them about 100.
+    missed = sum(p.status.missed_ticks for p in pollers[:-1])
+    assert missed <= 92, (missed, [p.status.missed_ticks for p in pollers])
+    for i in ids[:-1]:
+        assert all(r.features["velocity_rms_mm_s"] == velocity(i) for r in readings[f"d{i}"])

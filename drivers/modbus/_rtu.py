@@ -21,6 +21,17 @@ our device id, function code and byte count: nothing in it tells it from the ans
 the next request. So a device is not asked again until ``repeat_guard_s`` after its
 last answer; a repeat arriving before that is dropped and counted as a duplicate. The bus
 waits out this hold-off before taking the line, so other devices use it meanwhile.
+
+A device that timed out (or answered garbled) may still answer, after the flush found the
+line quiet: that late answer has the device id, function code and byte count of the answer
+to the next request. So the device is not asked again for a late-answer window (the failed
+read's timeout again, within LATE_WINDOW_MIN_S..LATE_WINDOW_MAX_S, counted from the end of
+the flush): its answer must then be at least its timeout plus the window late before it
+could pass for the next one's.
+Other devices use the line meanwhile (the same hold-off); a frame from the device arriving
+in the window is dropped and counted as late. And an answer cannot begin before our
+request has been sent: bytes that arrived before the request's end (its line time after
+the write) are dropped (an echoing adapter's copy of our request aside).
 """
 
 from __future__ import annotations
@@ -54,6 +65,11 @@ MAX_FLUSH_S = 2.0  # the flush bound's ceiling, whatever the baud rate
 LONGEST_FRAME_CHARS = 256  # an RTU frame is at most 256 characters
 FRAME_STRETCH = 2.5  # each character plus a gap of up to 1.5 characters after it
 MAX_BUFFER = 4096
+# The late-answer window: the failed read's timeout, within these bounds. The floor covers
+# a short timeout (0.15 s at 115200 baud) on a device that answers a few hundred ms late;
+# the ceiling keeps a 30 s timeout from silencing a device for 30 s more.
+LATE_WINDOW_MIN_S = 0.5
+LATE_WINDOW_MAX_S = 5.0
 
 PARITIES = {"N": serial.PARITY_NONE, "E": serial.PARITY_EVEN, "O": serial.PARITY_ODD}
 
@@ -76,6 +92,10 @@ class RtuLink:
         repeat_guard_s: the least time between a device's answer and the next request
             to the same device; a repeat of the answer arriving before then is dropped.
             Other devices use the line meanwhile. 0: no guard.
+
+    After a device's timeout or garbled answer it is not asked again for the failed
+    read's timeout (0.5 to 5 s) after the flush; its late answer arriving
+    meanwhile is dropped and counted as late. Other devices use the line meanwhile.
     """
 
     def __init__(
@@ -117,6 +137,11 @@ class RtuLink:
         self._noisy_in_a_row = 0
         # device id -> (monotonic end, frame) of its last good answer: at most 256 entries
         self._answered: dict[int, tuple[float, bytes]] = {}
+        # device id -> monotonic end of its late-answer window, from its last failed read
+        # until its next answer: at most 256 entries
+        self._failed: dict[int, float] = {}
+        self._sent_end = 0.0  # when the request being sent is off the wire (monotonic)
+        self._early = 0  # bytes at the buffer's start that arrived before that
         self._logs = {"echo": _EpisodeLog(), "duplicate": _EpisodeLog(), "late": _EpisodeLog()}
         self._noise_log = _EpisodeLog()
 
@@ -177,11 +202,13 @@ class RtuLink:
             return
         if not data:
             return
-        self._last_activity = time.monotonic()
+        now = self._last_activity = time.monotonic()
         if len(self._buf) + len(data) > MAX_BUFFER:
             self.flushed_bytes += len(self._buf)
             self._buf.clear()
         self._buf += data
+        if now < self._sent_end:  # read before our request was off the wire: not its answer
+            self._early = len(self._buf)
         self._arrived.set()
 
     async def _wait_data(self, deadline: float) -> bool:
@@ -276,7 +303,9 @@ class RtuLink:
         a duplicate, anything else a late answer. Logged once per episode."""
         del self._buf[: len(frame)]
         last = self._answered.get(frame[0])
-        kind = "duplicate" if last is not None and last[1] == frame else "late"
+        # A device that failed since its last answer sends late answers, not repeats.
+        repeat = frame[0] not in self._failed and last is not None and last[1] == frame
+        kind = "duplicate" if repeat else "late"
         if kind == "duplicate":
             self.duplicate_answers += 1
         else:
@@ -311,11 +340,47 @@ class RtuLink:
 
     def hold_off_s(self, device_id: int) -> float:
         """Seconds before ``device_id`` may be asked again: until ``repeat_guard_s`` after
-        its last answer, so that a repeat of that answer cannot pass for the next one."""
+        its last answer, so that a repeat of that answer cannot pass for the next one, and
+        until its late-answer window after a failed read has passed."""
         last = self._answered.get(device_id)
-        if last is None:
-            return 0.0
-        return max(0.0, last[0] + self.repeat_guard_s - time.monotonic())
+        until = self._failed.get(device_id, 0.0)
+        if last is not None:
+            until = max(until, last[0] + self.repeat_guard_s)
+        return max(0.0, until - time.monotonic())
+
+    def _answered_by(self, device_id: int, frame: bytes) -> None:
+        """A whole, valid answer (registers or an exception) from ``device_id``."""
+        self._answered[device_id] = (time.monotonic(), frame)
+        self._failed.pop(device_id, None)
+        self._quiet_again()
+
+    async def _drop_early(self, request: bytes, sent_end: float, device_id: int) -> bool:
+        """Wait until our request is off the wire and drop what arrived before: an answer
+        cannot begin earlier (a stale frame read late from the port, another device's).
+        An echoing adapter's copy of the request is kept for _receive, or dropped here
+        with what followed it. True when the echo was dropped here."""
+        if (left := sent_end - time.monotonic()) > 0:
+            await asyncio.sleep(left)
+        early, self._early = min(self._early, len(self._buf)), 0
+        if early == 0:
+            return False
+        echo = False
+        n = min(early, len(request))
+        if self._buf[:n] == request[:n]:
+            if early <= len(request):
+                return False  # our echo, perhaps still arriving
+            del self._buf[: len(request)]
+            early -= len(request)
+            self.echoes += 1
+            self._log_once("echo", device_id)
+            echo = True
+        while early > 0 and (frame := self._valid_frame_at_start()) is not None:
+            self._drop_stray(frame)
+            early -= len(frame)
+        if early > 0:
+            self.flushed_bytes += early
+            del self._buf[:early]
+        return echo
 
     async def read(
         self, device_id: int, function_code: int, address: int, count: int, timeout_s: float
@@ -329,29 +394,34 @@ class RtuLink:
         await self._quiet()
         self._drop_leftovers()
         request = rtu_frame(device_id, read_pdu(function_code, address, count))
+        # The request cannot be off the wire before its line time after the write.
+        sent_end = self._sent_end = time.monotonic() + len(request) * self.char_s
+        self._early = 0
         try:
             os.write(ser.fileno(), request)
         except OSError as exc:
             self.close()
             raise LinkDown(f"write to {self.port} failed: {exc.strerror}") from exc
-        sent_end = time.monotonic() + len(request) * self.char_s
         self._last_activity = sent_end
         deadline = sent_end + timeout_s
         try:
-            frame = await self._receive(device_id, count, deadline, request)
+            echo_seen = await self._drop_early(request, sent_end, device_id)
+            frame = await self._receive(device_id, count, deadline, request, echo_seen)
             registers = registers_of(rtu_answer_pdu(frame, device_id), function_code, count)
         except (LinkTimeout, FrameError) as exc:
-            if await self._flush():
+            quiet = await self._flush()
+            # Its answer may still come: not asked again (other devices are) until then.
+            window = min(max(timeout_s, LATE_WINDOW_MIN_S), LATE_WINDOW_MAX_S)
+            self._failed[device_id] = time.monotonic() + window
+            if quiet:
                 self._quiet_again()
                 raise
             self._noise_seen(device_id)
             raise FrameError("noise", f"noise on the line ({exc})") from exc
         except ExceptionAnswer:
-            self._answered[device_id] = (time.monotonic(), frame)  # it may repeat too
-            self._quiet_again()
+            self._answered_by(device_id, frame)  # it may repeat too
             raise
-        self._answered[device_id] = (time.monotonic(), frame)
-        self._quiet_again()
+        self._answered_by(device_id, frame)
         return registers
 
     def _complete_frame(self, count: int) -> bytes | None:
@@ -371,8 +441,9 @@ class RtuLink:
             return "no"
         return "echo" if n == len(request) else "partial"
 
-    async def _receive(self, device_id: int, count: int, deadline: float, request: bytes) -> bytes:
-        echo_seen = False
+    async def _receive(
+        self, device_id: int, count: int, deadline: float, request: bytes, echo_seen: bool
+    ) -> bytes:
         while True:
             while (stray := self._valid_frame_at_start()) is not None and stray[0] != device_id:
                 self._drop_stray(stray)

@@ -210,8 +210,10 @@ async def test_rtu_adapter_that_echoes_requests_still_reads(serial_pair: tuple[s
             del pending[:8]
             count = int.from_bytes(request[4:6], "big")
             regs = struct.pack(f">{count}H", *range(7, 7 + count))
-            os.write(fd, request)  # the echo, then the device's answer
-            os.write(fd, rtu_frame(request[0], bytes((3, 2 * count)) + regs))
+            os.write(fd, request)  # the echo, then the device's answer once the request
+            # is off the wire (an answer cannot begin earlier: such bytes are dropped)
+            answer = rtu_frame(request[0], bytes((3, 2 * count)) + regs)
+            loop.call_later(0.005, os.write, fd, answer)
 
     loop.add_reader(fd, answer_with_echo)
     try:

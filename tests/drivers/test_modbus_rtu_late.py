@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import struct
 import time
 import tty
 from collections.abc import Iterator
@@ -19,8 +18,8 @@ from collections.abc import Iterator
 import pytest
 
 from drivers.modbus import Bus, RtuLink
-from drivers.modbus._frames import rtu_frame
 from drivers.modbus._link import LinkTimeout
+from tests.drivers.rtu_script import ScriptedLine, read_answer
 
 pytestmark = [pytest.mark.network]
 
@@ -29,47 +28,19 @@ LATE_S = TIMEOUT_S + 0.2  # device 1 answers 0.2 s after our timeout...
 PROMPT_S = 0.01  # ...the others at once
 
 
-class SlowDevice:
+class SlowDevice(ScriptedLine):
     """Devices on ``path``: device 1 answers each read ``delay_s`` after it, the others
     after PROMPT_S; register values = the request's number on the line (from 1)."""
 
     def __init__(self, path: str, delay_s: float = LATE_S) -> None:
-        self.fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
-        tty.setraw(self.fd)
+        super().__init__(path)
         self.delay_s = delay_s
-        self.requests = 0
         self.asked: list[tuple[int, float]] = []  # (device id, monotonic time)
-        self._pending = bytearray()
-        self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(self.fd, self._on_request)
 
-    def _on_request(self) -> None:
-        self._pending += os.read(self.fd, 256)
-        while len(self._pending) >= 8:
-            request = bytes(self._pending[:8])
-            del self._pending[:8]
-            self.requests += 1
-            self.asked.append((request[0], time.monotonic()))
-            self._loop.call_later(
-                self.delay_s if request[0] == 1 else PROMPT_S,
-                self._write,
-                self.answer(request, self.requests),
-            )
-
-    @staticmethod
-    def answer(request: bytes, value: int) -> bytes:
-        count = int.from_bytes(request[4:6], "big")
-        regs = struct.pack(f">{count}H", *[value] * count)
-        return rtu_frame(request[0], bytes((3, 2 * count)) + regs)
-
-    def _write(self, frame: bytes) -> None:
-        if self.fd >= 0:
-            os.write(self.fd, frame)
-
-    def close(self) -> None:
-        self._loop.remove_reader(self.fd)
-        os.close(self.fd)
-        self.fd = -1
+    def on_request(self, request: bytes) -> None:
+        self.asked.append((request[0], time.monotonic()))
+        delay = self.delay_s if request[0] == 1 else PROMPT_S
+        self.later(delay, read_answer(request, self.requests))
 
 
 @pytest.fixture
@@ -133,8 +104,8 @@ async def test_a_stale_frame_in_the_buffer_is_not_the_answer(line: tuple[str, st
     bus = Bus("line-1", "rtu", [link])
     try:
         assert await bus.read(1, 3, 0, 2, 1.0) == [1, 1]
-        stale = SlowDevice.answer(bytes((1, 3, 0, 0, 0, 2, 0, 0)), 99)
-        device._write(stale)
+        stale = read_answer(bytes((1, 3, 0, 0, 0, 2, 0, 0)), 99)
+        device.write(stale)
         await asyncio.sleep(0.1)  # read into our buffer
         assert await bus.read(1, 3, 0, 2, 1.0) == [2, 2]
     finally:
@@ -159,8 +130,8 @@ async def test_an_answer_cannot_begin_before_the_request_is_sent(line: tuple[str
         while len(pending) >= 8:
             request = bytes(pending[:8])
             del pending[:8]
-            os.write(fd, SlowDevice.answer(request, 99))  # at once: during our request
-            loop.call_later(sent_s + 0.1, os.write, fd, SlowDevice.answer(request, 7))
+            os.write(fd, read_answer(request, 99))  # at once: during our request
+            loop.call_later(sent_s + 0.1, os.write, fd, read_answer(request, 7))
 
     loop.add_reader(fd, on_request)
     bus = Bus("line-1", "rtu", [link])

@@ -25,6 +25,7 @@ from agent.health_metrics import render_metrics
 from drivers.modbus import Bus, RtuLink
 from drivers.modbus._frames import FrameError, rtu_frame
 from drivers.modbus._link import LinkTimeout
+from tests.drivers.rtu_script import ScriptedLine, read_answer
 
 pytestmark = [pytest.mark.network]
 
@@ -36,38 +37,20 @@ def value_of(device_id: int) -> int:
     return 100 * device_id + 7
 
 
-class NoisyLine:
+class NoisyLine(ScriptedLine):
     """The device end of a line: devices 1..N answer reads with ``value_of(id)``, and
     ``noise(seconds)`` writes bytes every 2 ms for that long (bounded), some of them
     shaped like answer starts (id, function 3, byte count) so only CRC tells them apart."""
 
     def __init__(self, path: str, ids: tuple[int, ...]) -> None:
-        self.fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
-        tty.setraw(self.fd)
+        super().__init__(path)
         self.ids = ids
-        self.requests = 0
         self.noise_bytes = 0
-        self._pending = bytearray()
-        self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(self.fd, self._on_request)
         self._rng = random.Random(7)
 
-    def _on_request(self) -> None:
-        self._pending += os.read(self.fd, 256)
-        while len(self._pending) >= 8:
-            request = bytes(self._pending[:8])
-            del self._pending[:8]
-            self.requests += 1
-            if request[0] not in self.ids:
-                continue
-            count = int.from_bytes(request[4:6], "big")
-            regs = struct.pack(f">{count}H", *[value_of(request[0])] * count)
-            answer = rtu_frame(request[0], bytes((3, 2 * count)) + regs)
-            self._loop.call_later(TURNAROUND_S, self._write, answer)
-
-    def _write(self, data: bytes) -> None:
-        if self.fd >= 0:
-            os.write(self.fd, data)
+    def on_request(self, request: bytes) -> None:
+        if request[0] in self.ids:
+            self.later(TURNAROUND_S, read_answer(request, value_of(request[0])))
 
     async def noise(self, seconds: float) -> None:
         end = time.monotonic() + seconds
@@ -75,14 +58,9 @@ class NoisyLine:
             chunk = bytes(self._rng.randrange(256) for _ in range(self._rng.randrange(1, 9)))
             if self._rng.random() < 0.3:  # looks like an answer's start; its CRC is wrong
                 chunk = bytes((self._rng.choice(self.ids), 3, 2)) + chunk
-            self._write(chunk)
+            self.write(chunk)
             self.noise_bytes += len(chunk)
             await asyncio.sleep(NOISE_EVERY_S)
-
-    def close(self) -> None:
-        self._loop.remove_reader(self.fd)
-        os.close(self.fd)
-        self.fd = -1
 
 
 async def read_loop(

@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import struct
-import tty
 from collections.abc import Iterator
 from dataclasses import asdict
 
@@ -21,7 +18,7 @@ import pytest
 
 from agent.health_metrics import render_metrics
 from drivers.modbus import Bus, RtuLink
-from drivers.modbus._frames import rtu_frame
+from tests.drivers.rtu_script import ScriptedLine, read_answer
 
 pytestmark = [pytest.mark.network]
 
@@ -30,37 +27,13 @@ REPEAT_S = 0.01  # ...and sends the same answer again 10 ms later
 READS = 8
 
 
-class TwiceAnswering:
+class TwiceAnswering(ScriptedLine):
     """Answers each read on ``path`` twice; register values = the request's number."""
 
-    def __init__(self, path: str) -> None:
-        self.fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
-        tty.setraw(self.fd)
-        self.requests = 0
-        self._pending = bytearray()
-        self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(self.fd, self._on_request)
-
-    def _on_request(self) -> None:
-        self._pending += os.read(self.fd, 256)
-        while len(self._pending) >= 8:
-            request = bytes(self._pending[:8])
-            del self._pending[:8]
-            self.requests += 1
-            count = int.from_bytes(request[4:6], "big")
-            regs = struct.pack(f">{count}H", *[self.requests] * count)
-            answer = rtu_frame(request[0], bytes((3, 2 * count)) + regs)
-            self._loop.call_later(TURNAROUND_S, self._write, answer)
-            self._loop.call_later(TURNAROUND_S + REPEAT_S, self._write, answer)
-
-    def _write(self, frame: bytes) -> None:
-        if self.fd >= 0:
-            os.write(self.fd, frame)
-
-    def close(self) -> None:
-        self._loop.remove_reader(self.fd)
-        os.close(self.fd)
-        self.fd = -1
+    def on_request(self, request: bytes) -> None:
+        answer = read_answer(request, self.requests)
+        self.later(TURNAROUND_S, answer)
+        self.later(TURNAROUND_S + REPEAT_S, answer)
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import math
 import random
 import time
 from collections.abc import Iterator
@@ -22,6 +23,14 @@ Behaviour = Literal["healthy", "degrade", "dead", "garbage", "malformed"]
 BEHAVIOURS: tuple[Behaviour, ...] = ("healthy", "degrade", "dead", "garbage", "malformed")
 Kind = Literal["processed", "waveform", "femto", "garbage", "malformed"]
 KINDS: tuple[Kind, ...] = ("processed", "waveform", "femto", "garbage", "malformed")
+
+
+def next_stamp(now: float, last: float) -> float:
+    """``now``, or 1 ms after ``last`` if that is later, in whole milliseconds: the payload's
+    resolution (ncd.iso). Adding 0.001 to a float time could print as the same millisecond
+    (.9339995 and .9349995 both as .934): a second reading of a flood with the first one's
+    bytes, which the agent drops as a redelivery."""
+    return max(math.floor(now * 1000), round(last * 1000) + 1) / 1000
 
 
 @dataclass(slots=True)
@@ -51,7 +60,7 @@ class Sensor:
         self.mac = ncd.mac(self.index)
 
     def stamp(self, now: float) -> float:
-        self.last_ts = max(now, self.last_ts + 0.001)
+        self.last_ts = next_stamp(now, self.last_ts)
         return self.last_ts
 
 
@@ -243,8 +252,7 @@ class Plan:
             upcoming = (self._femto_next.at.timestamp() - self._femto_first) / self.speedup
             self._push(max(upcoming, due), -1, "femto")
         addr = ncd.mac(self.femto_index)
-        at = max(time.time(), self._femto_last + 0.001)
-        self._femto_last = at
+        at = self._femto_last = next_stamp(time.time(), self._femto_last)
         body = ncd.waveform_body(snap.channels, snap.fs_hz, encoding=self.encoding)
         return Message(self.topic("waveform", addr), ncd.stamped(addr, at, body), "femto",
                        self.femto_index)  # fmt: skip

@@ -12,7 +12,7 @@ import logging
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from drivers.errors import PayloadError
@@ -42,6 +42,7 @@ RETAINED = "retained"
 # usual lag (a buffered backlog flushed after a reconnect, a clock stepped back): history,
 # not a sign of life.
 LATE = "late"
+_TICK = timedelta(microseconds=1)  # the least step forward in time of a reading
 # Stamped ahead of this gateway by more than CLOCK_AHEAD_S (and less than the decoders'
 # FUTURE_LIMIT, beyond which the message is dropped): a sensor clock running ahead. Kept
 # with its own time, it would make every correctly stamped reading after it "out of order"
@@ -222,7 +223,11 @@ class MqttSensor:
             return
         self.timing[CLOCK_AHEAD] += 1
         stamp = decoded.timestamp.isoformat()
-        decoded.timestamp = received_at
+        # Just after the newest reading analysed, if that is later than the arrival (an
+        # earlier reading only just under the threshold kept its stamp): re-stamped to its
+        # arrival, this one would be dropped as out of order. Never later than its own stamp.
+        newest = max((t for t, _ in self._latest.values()), default=received_at)
+        decoded.timestamp = min(decoded.timestamp, max(received_at, newest + _TICK))
         self._log_timing(
             CLOCK_AHEAD,
             f"a reading stamped {stamp}, {ahead:.0f} s ahead of this gateway (the sensor's "

@@ -363,6 +363,26 @@ async def test_a_reading_stamped_minutes_ahead_does_not_make_the_next_ones_out_o
     assert [r.timestamp for r in rig.got] == sorted(r.timestamp for r in rig.got)
 
 
+async def test_a_clock_near_the_ahead_threshold_loses_no_reading(broker: Mosquitto) -> None:
+    # A sensor clock about 2 s ahead with a varying network delay: reading A looks 1.9 s
+    # ahead and keeps its stamp; B, measured later, looks 2.5 s ahead and took its arrival
+    # time, earlier than A's stamp: it was dropped as out_of_order.
+    now = datetime.now(UTC)
+    rig = Rig(broker)
+    async with rig.running():
+        await publish(
+            broker.port, [(TOPIC, stamped(1.0, (now + timedelta(seconds=1.9)).isoformat()))]
+        )
+        await until(lambda: len(rig.got) == 1, 5)
+        await publish(
+            broker.port, [(TOPIC, stamped(2.0, (now + timedelta(seconds=2.5)).isoformat()))]
+        )
+        await until(lambda: len(rig.got) + sum(rig.sensor.dropped.values()) == 2, 5)
+    assert rig.values() == [1.0, 2.0]
+    assert not rig.sensor.dropped
+    assert rig.got[0].timestamp < rig.got[1].timestamp  # time still only moves forward
+
+
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 async def test_a_qos1_redelivery_of_a_reading_without_a_timestamp_is_analysed_once(
     broker: Mosquitto, protocol: str

@@ -11,6 +11,7 @@ import asyncio
 import os
 import struct
 import tty
+from abc import ABC, abstractmethod
 
 from drivers.modbus._frames import rtu_frame
 
@@ -22,7 +23,7 @@ def read_answer(request: bytes, value: int) -> bytes:
     return rtu_frame(request[0], bytes((3, 2 * count)) + regs)
 
 
-class ScriptedLine:
+class ScriptedLine(ABC):
     """Devices at the far end of the pty ``path``; ``requests`` counts every request seen."""
 
     def __init__(self, path: str) -> None:
@@ -41,9 +42,9 @@ class ScriptedLine:
             self.requests += 1
             self.on_request(request)
 
+    @abstractmethod
     def on_request(self, request: bytes) -> None:
         """Answer (or not) one request; the request's number on the line is ``requests``."""
-        raise NotImplementedError
 
     def later(self, delay_s: float, data: bytes) -> None:
         """Write ``data`` on the line ``delay_s`` from now."""

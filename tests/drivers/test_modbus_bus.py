@@ -47,6 +47,8 @@ async def run_bus(
     seconds: float,
     ids: tuple[int, ...] = (*HEALTHY, DEAD, SLOW),
     status_before_stop: bool = False,
+    backoff_max_s: float = 2.0,
+    start_step_s: float = 0.0,
 ) -> dict:
     readings: dict[str, list[Reading]] = defaultdict(list)
     pollers = [
@@ -59,12 +61,14 @@ async def run_bus(
             timeout_s=timeout_s,
             poll_interval_s=interval_s,
             sink=lambda r: readings[r.sensor_id].append(r),
-            backoff=Backoff(interval_s, max_s=2.0),
+            backoff=Backoff(interval_s, max_s=backoff_max_s),
             rng=random.Random(i),
         )
         for i in ids
     ]
-    tasks = [asyncio.create_task(p.run(start_delay_s=0.0)) for p in pollers]
+    tasks = [
+        asyncio.create_task(p.run(start_delay_s=k * start_step_s)) for k, p in enumerate(pollers)
+    ]
     await asyncio.sleep(seconds)
     status = bus.status() if status_before_stop else None
     for p in pollers:
@@ -258,31 +262,11 @@ async def test_a_silent_unit_behind_a_gateway_costs_its_neighbours_few_ticks() -
     sims[-1].fault = Fault("dead")
     async with ModbusSimServer(sims, gateway=gw) as srv:
         link = TcpLink("127.0.0.1", srv.port, connect_timeout_s=1.0, settle_s=1.0)
-        bus = Bus("dxm", "gateway", [link])
-        readings: dict[str, list[Reading]] = defaultdict(list)
-        pollers = [
-            ModbusPoller(
-                f"d{i}",
-                bus=bus,
-                device_id=i,
-                profile=load_profile("banner-qm30vt2"),
-                channels=["z"],
-                timeout_s=timeout,
-                poll_interval_s=interval,
-                sink=lambda r: readings[r.sensor_id].append(r),
-                backoff=Backoff(interval, max_s=10.0),
-                rng=random.Random(i),
-            )
-            for i in ids
-        ]
-        tasks = [asyncio.create_task(p.run(start_delay_s=i * 0.02)) for i, p in enumerate(pollers)]
-        await asyncio.sleep(seconds)
-        for p in pollers:
-            p.stop()
-        for t in tasks:
-            t.cancel()
-        await asyncio.wait(tasks, timeout=2.0)
-        bus.close()
+        result = await run_bus(
+            Bus("dxm", "gateway", [link]), interval_s=interval, timeout_s=timeout,
+            seconds=seconds, ids=ids, backoff_max_s=10.0, start_step_s=0.02,
+        )  # fmt: skip
+    readings, pollers = result["readings"], list(result["pollers"].values())
     dead = pollers[-1].status
     assert dead.state == "backoff" and dead.consecutive_failures >= 3, dead  # still reported
     assert readings[f"d{silent}"] == []

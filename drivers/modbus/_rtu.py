@@ -239,17 +239,14 @@ class RtuLink:
         """Discard bytes until the line has been quiet for late_flush_s; give up after
         ``noise_after_s`` (noise). True when the line fell quiet (or the port closed)."""
         stop = time.monotonic() + self.noise_after_s
-        quiet = False
         while self._serial is not None and time.monotonic() < stop:
             quiet_until = self._last_activity + self.late_flush_s
             if time.monotonic() >= quiet_until:
-                quiet = True
                 break
             await self._wait_data(min(quiet_until, stop))
-        else:
-            quiet = self._serial is None or time.monotonic() >= (
-                self._last_activity + self.late_flush_s
-            )
+        quiet = self._serial is None or time.monotonic() >= (
+            self._last_activity + self.late_flush_s
+        )
         self.flushed_bytes += len(self._buf)
         self._buf.clear()
         return quiet
@@ -330,6 +327,12 @@ class RtuLink:
             extra={"address": self.port, "device_id": device_id},
         )
 
+    def _drop_echo(self, request: bytes, device_id: int) -> None:
+        """Our request read back at the buffer's start (an echoing adapter): dropped."""
+        del self._buf[: len(request)]
+        self.echoes += 1
+        self._log_once("echo", device_id)
+
     def _drop_leftovers(self) -> None:
         """Before a request: drop what arrived since the last exchange, counting whole
         answers among it as duplicates or late answers, the rest as flushed bytes."""
@@ -369,10 +372,8 @@ class RtuLink:
         if self._buf[:n] == request[:n]:
             if early <= len(request):
                 return False  # our echo, perhaps still arriving
-            del self._buf[: len(request)]
+            self._drop_echo(request, device_id)
             early -= len(request)
-            self.echoes += 1
-            self._log_once("echo", device_id)
             echo = True
         while early > 0 and (frame := self._valid_frame_at_start()) is not None:
             self._drop_stray(frame)
@@ -452,9 +453,7 @@ class RtuLink:
             # without this every read on such a line fails its CRC.
             echo = "no" if echo_seen else self._echo_state(request, frame)
             if echo == "echo":
-                del self._buf[: len(request)]
-                self.echoes += 1
-                self._log_once("echo", device_id)
+                self._drop_echo(request, device_id)
                 echo_seen = True
                 continue
             if frame is not None and echo == "no":

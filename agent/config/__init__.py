@@ -39,9 +39,9 @@ from agent.config._models import (
     ZoneLimits,
     parse_size,
 )
-from agent.config._tls import client_cert_hint, load_tls, tls_context
 from agent.config._urls import public_url
 from agent.config._zones import standard_label, zone_limits
+from drivers.tls import client_cert_hint, load_tls, tls_context
 
 __all__ = [
     "DEFAULT_PRIORITY",

@@ -15,7 +15,7 @@ from agent.config._data import entries
 from agent.config._errors import ConfigIssue, KeyPath
 from agent.config._secrets import secret_path
 from agent.config._source import SourceMap
-from agent.config._tls import tls_file_problem
+from drivers.tls import tls_file_problem
 
 # (section under an uplink, where its TLS files are inside it)
 UPLINK_TLS: tuple[tuple[str, tuple[str, ...]], ...] = (

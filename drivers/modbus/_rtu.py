@@ -57,7 +57,7 @@ from drivers.modbus._frames import (
     rtu_frame,
 )
 from drivers.modbus._link import LinkDown, LinkTimeout
-from drivers.modbus._status import _EpisodeLog
+from drivers.modbus._status import EpisodeLog
 
 log = logging.getLogger("edge_agent.drivers.modbus")
 
@@ -142,8 +142,8 @@ class RtuLink:
         self._failed: dict[int, float] = {}
         self._sent_end = 0.0  # when the request being sent is off the wire (monotonic)
         self._early = 0  # bytes at the buffer's start that arrived before that
-        self._logs = {"echo": _EpisodeLog(), "duplicate": _EpisodeLog(), "late": _EpisodeLog()}
-        self._noise_log = _EpisodeLog()
+        self._logs = {"echo": EpisodeLog(), "duplicate": EpisodeLog(), "late": EpisodeLog()}
+        self._noise_log = EpisodeLog()
 
     @property
     def noisy(self) -> bool:
@@ -310,7 +310,7 @@ class RtuLink:
         self._log_once(kind, frame[0])
 
     def _log_once(self, kind: str, device_id: int) -> None:
-        """One warning per episode and kind (see _EpisodeLog); later ones are counted."""
+        """One warning per episode and kind (see EpisodeLog); later ones are counted."""
         episode = self._logs[kind]
         if not episode.report(1, 1):
             return

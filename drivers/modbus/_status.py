@@ -103,8 +103,8 @@ class PollLedger:
         self.bad_since: float | None = None
         self.last_bad: tuple[str, ...] = ()
         self._failing_since: float | None = None
-        self._fail_log = _EpisodeLog()
-        self._bad_log = _EpisodeLog()
+        self._fail_log = EpisodeLog()
+        self._bad_log = EpisodeLog()
         self._bad_polls = 0  # flagged polls in a row
 
     @property
@@ -198,7 +198,7 @@ class PollLedger:
         self.last_ok_at, self.last_rtt, self.backoff_s = now, rtt_s, 0.0
 
 
-class _EpisodeLog:
+class EpisodeLog:
     """Whether an episode (failing polls, or implausible values, in a row) is logged.
 
     The first episode is; within EPISODE_LOG_QUIET_S of the last logged one, a brief one

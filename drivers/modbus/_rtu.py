@@ -144,6 +144,7 @@ class RtuLink:
         self._early = 0  # bytes at the buffer's start that arrived before that
         self._logs = {"echo": EpisodeLog(), "duplicate": EpisodeLog(), "late": EpisodeLog()}
         self._noise_log = EpisodeLog()
+        self._gone_log = EpisodeLog()  # the port failing under us (an unplugged adapter)
 
     @property
     def noisy(self) -> bool:
@@ -197,10 +198,13 @@ class RtuLink:
             data = os.read(ser.fileno(), MAX_BUFFER)
         except BlockingIOError:
             return
-        except OSError:
-            self.close()  # the adapter was unplugged: the next poll reopens it
+        except OSError as exc:
+            self._gone(exc.strerror or str(exc))
             return
         if not data:
+            # Readable yet nothing to read: a hung-up tty (an unplugged USB adapter), which
+            # stays readable forever; left open, this callback would spin the event loop.
+            self._gone("end of file")
             return
         now = self._last_activity = time.monotonic()
         if len(self._buf) + len(data) > MAX_BUFFER:
@@ -210,6 +214,21 @@ class RtuLink:
         if now < self._sent_end:  # read before our request was off the wire: not its answer
             self._early = len(self._buf)
         self._arrived.set()
+
+    def _gone(self, why: str) -> None:
+        """The port failed under us (an unplugged adapter): close it, so a read waiting
+        fails as a lost connection and the next poll reopens the port (the poller backs
+        off while it cannot). Logged once per episode."""
+        self.close()
+        if self._gone_log.report(1, 1):
+            log.warning(
+                "modbus line %s: the serial port failed (%s; adapter unplugged?); closed, "
+                "reopened at the next poll%s",
+                self.port,
+                why,
+                self._gone_log.hushed_note(),
+                extra={"address": self.port},
+            )
 
     async def _wait_data(self, deadline: float) -> bool:
         """Wait for more bytes until ``deadline`` (monotonic); False when it passed."""

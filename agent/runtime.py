@@ -54,7 +54,7 @@ from agent.shutdown import (
 )
 from agent.snapshot import agent_snapshot
 from agent.sources import BREAKER_FAILURES, build_sources
-from agent.store import StoreError, outbox_for, store_lock
+from agent.store import StoreError, check_path, outbox_for, store_lock
 from agent.uplink import Delivery, build_uplinks
 from agent.watchdog import Watchdog, WatchdogLimits
 from drivers.modbus import Bus, ModbusPoller
@@ -224,7 +224,12 @@ class Agent:
         previous = loop.get_exception_handler()
         loop.set_exception_handler(loop_exception_handler)
         try:
-            with store_lock(self.config.store.path):
+            path = self.config.store.path
+            # Before the lock: another application's file is refused with no lock file
+            # left beside it. Damage is ours (quarantined when the store opens, as there).
+            with contextlib.suppress(sqlite3.Error, OSError):  # unreadable now: opening says
+                check_path(path, timeout=maint.PRECHECK_BUSY_S, damage_is_ours=True)
+            with store_lock(path):
                 await self._run()
         finally:
             if self.reloader is not None:  # SIGHUP reloads end (refused) before we return

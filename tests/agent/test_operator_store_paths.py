@@ -129,3 +129,19 @@ def test_a_failed_open_leaves_no_thread_error_behind(tmp_path: Path) -> None:
     finally:
         threading.excepthook = previous
     assert errors == []
+
+
+def test_run_refuses_another_apps_sqlite_file_with_no_lock_file_beside_it(
+    tmp_path: Path,
+) -> None:
+    # `run` took the store lock before looking at the file: it refused, but left
+    # inventory.db.lock behind in the other application's folder.
+    other = tmp_path / "inventory.db"
+    _other_apps_file(other, "sqlite")
+    before = other.read_bytes()
+    cfg = _point_store_at(write_config(tmp_path), other)
+    proc = cli("run", "-c", str(cfg))
+    assert proc.returncode == 1
+    assert f"{other} is not an edge-agent store" in proc.stderr
+    assert other.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["agent.yaml", "inventory.db"]

@@ -35,8 +35,16 @@ from types import TracebackType
 from typing import Self
 
 import aiohttp
+import yarl
 
-from agent.config import CmmsUplink, HttpUplink, load_tls, public_url, readable_by_others
+from agent.config import (
+    CmmsUplink,
+    HttpUplink,
+    client_cert_hint,
+    load_tls,
+    public_url,
+    readable_by_others,
+)
 from agent.uplink._backoff import parse_retry_after
 from agent.uplink.errors import UplinkError, UplinkRejected, UplinkUnavailable
 
@@ -47,6 +55,13 @@ AUTH_4XX = frozenset({401, 403, 407})
 REASON_CHARS = 200
 MAX_ANSWER_BYTES = 16 * 1024  # read no more than this of an answer
 PROBE_TIMEOUT_S = 2.0
+# A server that wants a client certificate drops a connection that brought none at once;
+# any other server waits (seconds) for the request. See _drops_certless.
+CERT_PROBE_WAIT_S = 0.5
+DROPS_CERTLESS_HINT = (
+    "; the server closes TLS connections that bring no client certificate: it probably "
+    "requires one (mutual TLS): set cert_file and key_file"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,12 +182,26 @@ class HttpClient:
         except aiohttp.ClientConnectorCertificateError as exc:
             raise await self._untrusted(shown, exc) from exc
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            text = f"{type(exc).__name__}: {exc}".replace(url, shown)
             raise UplinkUnavailable(
-                f"POST {shown}: {type(exc).__name__}: {exc}".replace(url, shown),
+                f"POST {shown}: {text}{await self._cert_hint(url, exc, text)}",
                 uplink=self.name,
                 down=True,
             ) from exc
         return Answer(status, raw.decode("utf-8", "replace"), retry_after, replayed)
+
+    async def _cert_hint(self, url: str, exc: BaseException, text: str) -> str:
+        """The hint for a server that wants a client certificate this uplink has none of
+        ("" otherwise): without it, mutual TLS looks like any connection failure. The
+        server's alert says so when it sends one; a reset says nothing (a server that
+        aborts the handshake, as Python's asyncio does), so a bare TLS connection asks."""
+        if self.cfg.cert_file is not None or yarl.URL(url).scheme != "https":
+            return ""
+        if hint := client_cert_hint(text, has_cert=False):
+            return hint
+        if _reset(exc) and await _drops_certless(url, self._ssl):
+            return DROPS_CERTLESS_HINT
+        return ""
 
     async def failure(
         self, url: str, answer: Answer, *, retryable: frozenset[int] = RETRYABLE_4XX
@@ -277,3 +306,41 @@ async def _read_answer(content: aiohttp.StreamReader) -> bytes:
         parts.append(chunk)
         size += len(chunk)
     return b"".join(parts)
+
+
+def _reset(exc: BaseException) -> bool:
+    """A connection reset anywhere in the exception's chain."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # a chain is short; bounded all the same
+        if seen is None:
+            return False
+        if isinstance(seen, ConnectionResetError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+async def _drops_certless(url: str, ctx: ssl.SSLContext | None) -> bool:
+    """Whether the server at ``url`` drops a TLS connection that brought no client
+    certificate before anything was sent on it: a reset during the handshake (TLS 1.2),
+    or the connection closed right after it (TLS 1.3 checks the certificate after the
+    client's last handshake message). A server that waits for the request does not."""
+    target = yarl.URL(url)
+    if ctx is None:  # the system's CAs, as aiohttp uses them: loaded off the event loop
+        ctx = await asyncio.to_thread(ssl.create_default_context)
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT_S):
+            reader, writer = await asyncio.open_connection(target.host, target.port, ssl=ctx)
+    except ConnectionResetError:
+        return True
+    except (OSError, TimeoutError):  # ssl.SSLError is an OSError: another failure
+        return False
+    try:
+        async with asyncio.timeout(CERT_PROBE_WAIT_S):
+            return await reader.read(1) == b""
+    except TimeoutError:
+        return False  # it waits for a request: the reset had another cause
+    except OSError:
+        return True  # reset (or alerted) without a word from us
+    finally:
+        writer.close()

@@ -42,12 +42,18 @@ class Backend:
 
 @asynccontextmanager
 async def https(
-    backend: Backend, certs: Certs, *, client_ca: Path | None = None
+    backend: Backend,
+    certs: Certs,
+    *,
+    client_ca: Path | None = None,
+    max_version: ssl.TLSVersion | None = None,
 ) -> AsyncIterator[str]:
     """An HTTPS server on 127.0.0.1 with the certs' server certificate; with client_ca, it
     requires a client certificate signed by that CA."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(str(certs.cert), str(certs.key))
+    if max_version is not None:
+        ctx.maximum_version = max_version
     if client_ca is not None:
         ctx.verify_mode = ssl.CERT_REQUIRED
         ctx.load_verify_locations(cafile=str(client_ca))
@@ -182,3 +188,23 @@ async def test_cmms_with_a_client_certificate_mutual_tls(tmp_path: Path, plant: 
         async with Running(delivery(UP, t, outbox, c)) as up:
             await until(lambda: _pending_is(outbox, 0))
         assert backend.posts == 1 and up.status.delivered_total == 1
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2])
+async def test_a_server_requiring_a_client_certificate_we_lack_is_named_as_the_cause(
+    tmp_path: Path, plant: Certs, version: ssl.TLSVersion
+) -> None:
+    """An asyncio server aborts the handshake without a TLS alert: the user saw only
+    "Connection reset by peer" (TLS 1.3) or "Cannot connect to host ... [None]" (TLS 1.2)."""
+    backend = Backend()
+    async with (
+        _outbox(tmp_path) as outbox,
+        https(backend, plant, client_ca=plant.ca, max_version=version) as url,
+    ):
+        await outbox.append([draft(i=0)])
+        c = _http(url, ca_file=plant.ca)
+        async with Running(delivery(UP, HttpTransport(c, name=UP), outbox, c)) as up:
+            await until(lambda: _true(up.status.consecutive_failures >= 2))
+        assert backend.posts == 0 and (await outbox.stats()).pending == 1
+        error = up.status.last_error or ""
+        assert "requires one (mutual TLS): set cert_file and key_file" in error, error

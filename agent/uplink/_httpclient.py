@@ -13,6 +13,12 @@ tries it again. A certificate that fails verification is a failure that says so 
 with backoff, never "delivered", nothing dead-lettered); the files are re-read after it,
 so a CA file replaced in place is picked up.
 
+Kept-alive connections: one that died while idle (the server's keep-alive timeout, a NAT or
+firewall that forgot it) shows only when the next POST meets a reset or a close before any
+answer; such a POST is sent once more at once on a new connection instead of failing (the
+same body, so the same alert ids or Idempotency-Key: a backend drops a duplicate, as after
+any retry). A fresh connection's failure is never resent here.
+
 Status policy of a non-2xx answer (`HttpClient.failure`):
 - 1xx (a 101 nobody asked for), 5xx, 408, 429 and the caller's other retryable statuses:
   retried; the far end is "down"
@@ -27,11 +33,12 @@ Status policy of a non-2xx answer (`HttpClient.failure`):
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
-from types import TracebackType
+from types import SimpleNamespace, TracebackType
 from typing import Self
 
 import aiohttp
@@ -105,11 +112,16 @@ class HttpClient:
         self._tls_files = cfg.ca_file is not None or cfg.cert_file is not None
         self._ssl: ssl.SSLContext | None = None
         self._tls_problem = ""
+        self.stale_retries = 0  # POSTs resent once after a dropped idle kept-alive connection
 
     async def __aenter__(self) -> Self:
         timeout = aiohttp.ClientTimeout(total=self.cfg.timeout_s)
         connector = aiohttp.TCPConnector(limit=1)
-        self._session = aiohttp.ClientSession(timeout=timeout, connector=connector)
+        trace = aiohttp.TraceConfig()
+        trace.on_connection_reuseconn.append(_mark_reused)
+        self._session = aiohttp.ClientSession(
+            timeout=timeout, connector=connector, trace_configs=[trace]
+        )
         try:
             await self._load_token()
             await self._load_tls()
@@ -147,38 +159,19 @@ class HttpClient:
                 uplink=self.name,
             )
         try:
-            async with self._session.post(
-                url, data=body, headers=sent, allow_redirects=False, ssl=self._ssl or True
-            ) as resp:
-                status = resp.status
-                if 300 <= status < 400:
-                    location = public_url(resp.headers.get("Location", ""))
-                    raise UplinkUnavailable(
-                        f"POST {shown}: HTTP {status} redirect to {location!r} not followed "
-                        "(a redirect turns the POST into a GET or sends the alerts "
-                        "elsewhere); set the uplink url to the final address",
-                        uplink=self.name,
-                        status=status,
-                    )
-                if 200 <= status < 300:
-                    # The whole acknowledgement (or its first MAX_ANSWER_BYTES): an answer
-                    # cut short raises ClientPayloadError and nothing is marked delivered.
-                    raw = await _read_answer(resp.content)
-                else:
-                    raw = await resp.content.read(MAX_ANSWER_BYTES)
-                if 200 <= status < 300 and resp.content_type == "text/html":
-                    # Not the backend's acknowledgement: a firewall's block page (F5 ASM
-                    # answers 200 by default), a proxy's login page or a web UI behind a
-                    # wrong URL. Taking it as delivered would lose the alerts.
-                    raise UplinkUnavailable(
-                        f"POST {shown}: HTTP {status} with a web page (text/html) instead "
-                        "of the backend's answer (a firewall or proxy page, or a URL that "
-                        "is not the API); nothing marked delivered",
-                        uplink=self.name,
-                        status=status,
-                    )
-                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-                replayed = resp.headers.get("Idempotent-Replayed", "").lower() == "true"
+            seen: dict[str, bool] = {}
+            try:
+                return await self._exchange(url, shown, body, sent, seen)
+            except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
+                if not _stale_keepalive(exc, seen):
+                    raise
+                # The far end (or a NAT, a firewall) dropped the idle kept-alive connection
+                # and our request met a reset before any answer: once more on a new one.
+                # Same body, same alert ids (or Idempotency-Key): at worst a duplicate the
+                # backend drops, as after any retry.
+                self.stale_retries += 1
+                log.debug("uplink[%s]: %s on a reused idle connection; resent once", self.name, exc)
+                return await self._exchange(url, shown, body, sent, {})
         except aiohttp.ClientConnectorCertificateError as exc:
             raise await self._untrusted(shown, exc) from exc
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
@@ -188,6 +181,51 @@ class HttpClient:
                 uplink=self.name,
                 down=True,
             ) from exc
+
+    async def _exchange(
+        self, url: str, shown: str, body: bytes, sent: Mapping[str, str], seen: dict[str, bool]
+    ) -> Answer:
+        """One POST and its answer; ``seen`` learns whether the request went on a reused
+        connection (``reused``) and whether an answer began (``answered``)."""
+        assert self._session is not None
+        async with self._session.post(
+            url,
+            data=body,
+            headers=sent,
+            allow_redirects=False,
+            ssl=self._ssl or True,
+            trace_request_ctx=seen,
+        ) as resp:
+            seen["answered"] = True
+            status = resp.status
+            if 300 <= status < 400:
+                location = public_url(resp.headers.get("Location", ""))
+                raise UplinkUnavailable(
+                    f"POST {shown}: HTTP {status} redirect to {location!r} not followed "
+                    "(a redirect turns the POST into a GET or sends the alerts "
+                    "elsewhere); set the uplink url to the final address",
+                    uplink=self.name,
+                    status=status,
+                )
+            if 200 <= status < 300:
+                # The whole acknowledgement (or its first MAX_ANSWER_BYTES): an answer
+                # cut short raises ClientPayloadError and nothing is marked delivered.
+                raw = await _read_answer(resp.content)
+            else:
+                raw = await resp.content.read(MAX_ANSWER_BYTES)
+            if 200 <= status < 300 and resp.content_type == "text/html":
+                # Not the backend's acknowledgement: a firewall's block page (F5 ASM
+                # answers 200 by default), a proxy's login page or a web UI behind a
+                # wrong URL. Taking it as delivered would lose the alerts.
+                raise UplinkUnavailable(
+                    f"POST {shown}: HTTP {status} with a web page (text/html) instead "
+                    "of the backend's answer (a firewall or proxy page, or a URL that "
+                    "is not the API); nothing marked delivered",
+                    uplink=self.name,
+                    status=status,
+                )
+            retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+            replayed = resp.headers.get("Idempotent-Replayed", "").lower() == "true"
         return Answer(status, raw.decode("utf-8", "replace"), retry_after, replayed)
 
     async def _cert_hint(self, url: str, exc: BaseException, text: str) -> str:
@@ -344,3 +382,25 @@ async def _drops_certless(url: str, ctx: ssl.SSLContext | None) -> bool:
         return True  # reset (or alerted) without a word from us
     finally:
         writer.close()
+
+
+async def _mark_reused(
+    _session: aiohttp.ClientSession, ctx: SimpleNamespace, _params: object
+) -> None:
+    """aiohttp took a kept-alive connection from its pool for this request."""
+    if isinstance(ctx.trace_request_ctx, dict):
+        ctx.trace_request_ctx["reused"] = True
+
+
+def _stale_keepalive(exc: BaseException, seen: dict[str, bool]) -> bool:
+    """A request on a reused kept-alive connection that met a reset or a close before any
+    answer began: the connection had died while idle (a server's keep-alive timeout, a
+    NAT or firewall that forgot it), not the request's fault."""
+    if not seen.get("reused") or seen.get("answered"):
+        return False
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return True
+    return isinstance(exc, aiohttp.ClientOSError) and exc.errno in (
+        errno.ECONNRESET,
+        errno.EPIPE,
+    )

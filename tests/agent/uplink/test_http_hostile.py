@@ -4,6 +4,8 @@ exactly the bytes a broken backend or proxy would, with a real SQLite outbox."""
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -61,7 +63,7 @@ class Backend:
 
 
 @asynccontextmanager
-async def serving(backend: Backend | Slow) -> AsyncIterator[str]:
+async def serving(backend: Backend | Slow | ForgetsIdle) -> AsyncIterator[str]:
     server = await asyncio.start_server(backend.handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
@@ -210,3 +212,60 @@ async def test_a_200_whose_body_trickles_times_out_overall_not_per_byte(tmp_path
     """One byte every 70 ms: no single read waits anywhere near the timeout, the whole
     body would take 15 s."""
     await _slow_answer_times_out_overall(tmp_path, Slow(trickle_s=0.07))
+
+
+IDLE_S = 0.3
+
+
+class ForgetsIdle:
+    """A keep-alive backend behind a NAT or firewall that forgets idle flows: nothing tells
+    the client; a request on a connection idle for over IDLE_S meets a reset, unanswered
+    and not taken. Counts the POSTs it took (answered 200, connection kept) and the resets."""
+
+    def __init__(self) -> None:
+        self.posts = 0
+        self.resets = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        last: float | None = None
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                if last is not None and time.monotonic() - last > IDLE_S:
+                    self.resets += 1
+                    sock = writer.get_extra_info("socket")
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    writer.transport.abort()
+                    return
+                length = next(
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                )
+                await reader.readexactly(length)
+                self.posts += 1
+                writer.write(_answer(200, body=b'{"accepted": 1}'))
+                await writer.drain()
+                last = time.monotonic()
+        except (OSError, asyncio.IncompleteReadError):
+            writer.close()
+
+
+async def test_a_kept_alive_connection_dropped_while_idle_costs_no_failed_post(
+    tmp_path: Path,
+) -> None:
+    """Each alert after an idle gap used to fail once ("Connection reset by peer", a
+    failure counted, a warning and a recovery logged, delivery after a backoff). Now the
+    POST is sent again at once on a new connection; nothing is taken twice."""
+    backend = ForgetsIdle()
+    async with await _outbox(tmp_path) as outbox, serving(backend) as url:
+        cfg = _cfg(url)
+        transport = HttpTransport(cfg, name=UP)
+        async with Running(delivery(UP, transport, outbox, cfg)) as up:
+            for i in range(2):
+                await outbox.append([draft(i=i)])
+                await until(lambda i=i: _true(up.status.delivered_total == i + 1))
+                await asyncio.sleep(2 * IDLE_S)  # the NAT forgets the kept-alive connection
+            assert up.status.failures_total == 0, up.status.last_error
+            assert backend.resets == 1 and transport.stale_retries == 1
+        assert backend.posts == 2

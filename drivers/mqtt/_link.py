@@ -117,6 +117,7 @@ class BrokerLink:
         self.last_error: str | None = None
         self.refused: dict[str, str] = {}  # topic filter -> the broker's SUBACK reason
         self.broker_drops = BrokerDrops(settings.id, settings.address, settings.sys_dropped_topic)
+        self._sys_unsubscribed = False  # an earlier run's $SYS subscription (persistent)
         self._down_since: float | None = time.monotonic()
 
     @property
@@ -326,6 +327,12 @@ class BrokerLink:
         subscriptions (a broker that refuses it, or even disconnects us for it, costs them
         nothing): QoS 0, it is refreshed every few seconds anyway."""
         drops = self.broker_drops
+        if (
+            self.settings.persistent
+            and drops.topic != SYS_DROPPED_TOPIC
+            and not self._sys_unsubscribed
+        ):
+            await self._unsubscribe_default_sys(client)
         if not drops.wanted:
             return
         assert drops.topic is not None
@@ -342,6 +349,16 @@ class BrokerLink:
             drops.refused(f"SUBACK {failed[0]}")
         else:
             drops.granted()
+
+    async def _unsubscribe_default_sys(self, client: BoundedClient) -> None:
+        """A persistent session keeps what an earlier run subscribed: the broker's default
+        dropped-messages counter, when sys_dropped_topic was on then and is off (or names
+        another topic) now. Its updates would keep coming, counted as sensor messages.
+        Unsubscribing a topic the session does not hold is harmless. Once per link: this
+        link never subscribes it, and a broker that drops us for it is not asked again."""
+        self._sys_unsubscribed = True
+        await client.unsubscribe(SYS_DROPPED_TOPIC)
+        _raise_if_cancelled()
 
     async def _consume(self, client: BoundedClient) -> None:
         queue = client._queue

@@ -3,9 +3,11 @@ watched and reported, a broker without it shows "unknown", never an error."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
+import aiomqtt
 import pytest
 
 from agent.health_mqtt import mqtt_metrics
@@ -91,6 +93,40 @@ async def test_turned_off_it_is_not_subscribed(tmp_path: Path) -> None:
             status = link.status()
     assert status["broker_drops"] == "off" and status["broker_dropped_total"] is None
     assert "$SYS/broker/publish/messages/dropped" not in broker.log.read_text()
+
+
+async def _broker_drops_some(port: int) -> None:
+    """An offline persistent client's queue (max_queued_messages 10) overflows: the broker
+    drops messages and publishes its new $SYS dropped counter at the next sys_interval."""
+    async with aiomqtt.Client("127.0.0.1", port, identifier="ghost", clean_session=False) as c:
+        await c.subscribe("ghost/t", qos=1)
+    await publish(port, [("ghost/t", "x")] * 30)
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+async def test_turned_off_on_a_persistent_session_the_old_subscription_is_removed(
+    tmp_path: Path, protocol: str
+) -> None:
+    # The broker kept the earlier run's $SYS subscription in the session: its updates kept
+    # coming, counted as sensor messages, with the watch turned off.
+    limits = ("sys_interval 1", "max_queued_messages 10")
+    with Mosquitto(tmp_path / "b", extra=limits) as broker:
+        first = Rig(broker, persistent=True, protocol=protocol)
+        async with first.running() as link:
+            await until(lambda: link.status()["broker_drops"] == "watching", 5)
+        again = Rig(broker, persistent=True, protocol=protocol, sys_dropped_topic=None)
+        async with (
+            again.running() as link,
+            aiomqtt.Client("127.0.0.1", broker.port) as watcher,
+        ):
+            await watcher.subscribe("$SYS/broker/publish/messages/dropped")
+            await _broker_drops_some(broker.port)
+            async with asyncio.timeout(5):  # the broker published a new count...
+                async for message in watcher.messages:
+                    if parse_counter(message.payload):
+                        break
+            await asyncio.sleep(0.3)  # ...which reached every subscriber by now
+            assert link.status()["messages_total"] == 0
 
 
 @pytest.mark.skipif(not Path(DYNSEC).exists(), reason=f"{DYNSEC} is missing (mosquitto)")

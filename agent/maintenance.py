@@ -18,12 +18,14 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any, TextIO
 
+from agent.analysis.basis import source_digests
 from agent.analysis.monitor import Monitor, Update
 from agent.config import Config
 from agent.control import ControlError, Handler, Peer, Refused, call
 from agent.identity import mismatch
 from agent.pending import PendingWrites
 from agent.store import StoreError, StoreInUseError, check_path, outbox_for, store_lock
+from drivers.profiles import ProfileLibrary
 from drivers.reading import utc_now
 
 log = logging.getLogger(__name__)
@@ -133,9 +135,13 @@ async def record_running(
 
 
 async def _offline(config: Config, request: MaintenanceRequest) -> list[dict[str, Any]]:
+    digests: dict[str, str] = {}  # the models it saves keep their basis whole
+    with contextlib.suppress(OSError, ValueError):  # unreadable now: saved without them
+        library = await asyncio.to_thread(ProfileLibrary.load, config.profiles_dir)
+        digests = source_digests(config, library)
     async with outbox_for(config) as outbox:
         state, fleet = await outbox.load_state(), await outbox.fleet_lives()
-        monitor = Monitor(config, state=state, fleet=fleet)
+        monitor = Monitor(config, state=state, fleet=fleet, digests=digests)
         update = monitor.maintenance(
             request.asset, utc_now(), request.note, replaced=request.replaced
         )

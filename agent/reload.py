@@ -28,6 +28,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agent.analysis.basis import source_digests
 from agent.config import CheckResult, Config, check_file
 from agent.control import Handler, Peer, Refused
 from agent.mqtt_inputs import MqttInputs, build_mqtt
@@ -279,7 +280,7 @@ class Reloader:
         # Analysis first, in the same loop step as the removed pollers leave (no await in
         # between): from here no reading of a removed sensor is analysed.
         # A removed or moved sensor's open alerts are closed with the state that says so.
-        agent.persist(agent.monitor.reconfigure(new))
+        agent.persist(agent.monitor.reconfigure(new, digests=source_digests(new, library)))
         agent.persist(agent.faults.reconfigure(new))
         agent.feeds.reconfigure(new)
         agent.config, agent.library = new, library

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 
-from agent.analysis.basis import basis_change, basis_of
+from agent.analysis.basis import basis_change, basis_of, source_digests
 from agent.config import Config, Sensor
 from drivers.profiles import ProfileLibrary
 
@@ -186,6 +186,7 @@ def _plan_sensors(
 ) -> None:
     before = sensor_specs(old, old_library)
     after = sensor_specs(new, new_library)
+    digests = (source_digests(old, old_library), source_digests(new, new_library))
     for sid, spec in after.items():
         was = before.get(sid)
         if was is None:
@@ -196,25 +197,33 @@ def _plan_sensors(
             plan.start.append(sid)
             plan.changes.append(
                 f"sensor {sid} restarted: how it is read changed; "
-                + _analysis_change(old, new, sid)
+                + _analysis_change(old, new, sid, digests)
             )
         elif was.analysis != spec.analysis:
             plan.reanalyse.append(sid)
-            plan.changes.append(f"sensor {sid} polls on; " + _analysis_change(old, new, sid))
+            plan.changes.append(
+                f"sensor {sid} polls on; " + _analysis_change(old, new, sid, digests)
+            )
     for sid in before:
         if sid not in after:
             plan.stop.append(sid)
             plan.changes.append(f"sensor {sid} removed")
 
 
-def _analysis_change(old: Config, new: Config, sid: str) -> str:
-    """What happens to a kept sensor's analysis state (agent.analysis.monitor.reconfigure)."""
+def _analysis_change(
+    old: Config, new: Config, sid: str, digests: tuple[dict[str, str], dict[str, str]]
+) -> str:
+    """What happens to a kept sensor's analysis state (agent.analysis.monitor.reconfigure);
+    digests: each side's source_digests."""
     s_before = next(s for s in old.sensors if s.id == sid)
     s_after = next(s for s in new.sensors if s.id == sid)
     before, after = old.asset(s_before.asset), new.asset(s_after.asset)
     if before.id != after.id:
         return f"it moved from asset {before.id} to {after.id} (its state there is kept aside)"
-    change = basis_change(basis_of(before, s_before), basis_of(after, s_after))
+    change = basis_change(
+        basis_of(before, s_before, digests[0].get(sid)),
+        basis_of(after, s_after, digests[1].get(sid)),
+    )
     if change.relearn is not None:
         return (
             f"its baseline on asset {after.id} is relearned ({change.relearn}); its open "

@@ -22,6 +22,7 @@ from typing import Any
 
 from agent import maintenance as maint
 from agent import reload
+from agent.analysis.basis import source_digests
 from agent.analysis.monitor import Monitor, Update
 from agent.config import Config
 from agent.control import ControlServer
@@ -242,7 +243,8 @@ class Agent:
         await stack.enter_async_context(self.outbox)
         state = await self.outbox.load_state()
         fleet = await self.outbox.fleet_lives()
-        self.monitor = Monitor(self.config, state=state, fleet=fleet)
+        digests = source_digests(self.config, self.library)
+        self.monitor = Monitor(self.config, state=state, fleet=fleet, digests=digests)
         self.faults = SensorFaultTracker(
             self.config, state=state, breaker_failures=BREAKER_FAILURES
         )

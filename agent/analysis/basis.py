@@ -4,9 +4,12 @@ A channel learns two things, from different inputs:
 - the baseline (health index over accel RMS / HF accel RMS, else velocity RMS, and the
   velocity median behind the ISO 20816-1 alarm): learned from how the machine vibrates at
   its speed, as this sensor reports it. A new speed, a new register profile / decoder
-  (other scaling), or another physical device at the sensor id (a new Modbus address, MQTT
-  broker, topic or key: a replaced sensor) makes it meaningless; nothing else does (a
-  host written otherwise is the same: localhost or 127.0.0.1, capitals, a trailing dot).
+  (other scaling), a profile file edited under the same name so that it reads other values
+  (its rows' addresses, types, byte orders, scales, offsets, features or channels; not its
+  description or valid ranges), or another physical device at the sensor id (a new Modbus
+  address, MQTT broker, topic or key: a replaced sensor) makes it meaningless; nothing else
+  does (a host written otherwise is the same: localhost or 127.0.0.1, capitals, a trailing
+  dot). A decoder file edited under the same name is not seen yet (MQTT).
 - the failure metric's binned history (time to failure): the failure metric's values in
   bins of trend_bin_s. A new metric, bin width or bearing geometry (the envelope features
   depend on it) makes it meaningless; the baseline and the degradation onset stay.
@@ -22,12 +25,17 @@ closes that alert at once, with a record that says why (agent.analysis.monitor).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
-from agent.config import Asset, Sensor
+from agent.config import Asset, Config, Sensor
+
+if TYPE_CHECKING:  # types only: `edge-agent replay` starts without the profile loader (YAML)
+    from drivers.profiles import Profile, ProfileLibrary
 
 __all__ = [
     "Basis",
@@ -35,8 +43,10 @@ __all__ = [
     "basis_change",
     "basis_of",
     "device",
+    "profile_digest",
     "reading_source",
     "same_device",
+    "source_digests",
 ]
 
 
@@ -70,6 +80,8 @@ class Basis:
         metric: failure.metric.
         trend_bin_s: alerting.trend_bin_s as configured (None: the agent's default).
         bearing: (balls, ball_mm, pitch_mm, contact_deg), None without one.
+        source_digest: profile_digest of the register profile the source names; None when
+            unknown (an MQTT decoder, a model saved before digests were kept).
     """
 
     rpm: float
@@ -78,6 +90,7 @@ class Basis:
     metric: str
     trend_bin_s: float | None
     bearing: tuple[float, ...] | None
+    source_digest: str | None = None
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -96,9 +109,38 @@ class Basis:
                 metric=str(data["metric"]),
                 trend_bin_s=None if data["trend_bin_s"] is None else float(data["trend_bin_s"]),
                 bearing=None if bearing is None else tuple(float(x) for x in bearing),
+                source_digest=_optional_str(data.get("source_digest")),
             )
         except (KeyError, TypeError, ValueError):
             return None
+
+
+def _optional_str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def profile_digest(profile: Profile) -> str:
+    """A short hash of what in a register profile turns registers into feature values:
+    each used row's place, type, byte order, scale, offset, feature and channel. Its name,
+    model, description, ignored rows and valid ranges (quality flags, not values) are not
+    in it: editing those relearns nothing."""
+    rows = [
+        (r.function_code, r.address, r.dtype.name, r.order, r.scale, r.offset, r.feature,
+         r.channel)
+        for r in profile.registers
+    ]  # fmt: skip
+    return hashlib.sha256(repr(rows).encode()).hexdigest()[:16]
+
+
+def source_digests(config: Config, library: ProfileLibrary) -> dict[str, str]:
+    """Sensor id -> profile_digest of its register profile (Modbus sensors whose profile
+    the library has; a checked configuration names no other)."""
+    out: dict[str, str] = {}
+    for s in config.sensors:
+        if s.modbus is not None:
+            with contextlib.suppress(ValueError):  # an unknown name (DataFileError)
+                out[s.id] = profile_digest(library.get(s.modbus.profile))
+    return out
 
 
 def reading_source(sensor: Sensor) -> str:
@@ -121,8 +163,9 @@ def device(sensor: Sensor) -> str:
     return f"modbus {where} device_id {m.device_id}"
 
 
-def basis_of(asset: Asset, sensor: Sensor) -> Basis:
-    """The basis of a channel of `sensor` on `asset` as configured."""
+def basis_of(asset: Asset, sensor: Sensor, digest: str | None = None) -> Basis:
+    """The basis of a channel of `sensor` on `asset` as configured; `digest`: its register
+    profile's profile_digest (see source_digests)."""
     b = asset.bearing
     return Basis(
         rpm=float(asset.machine.rpm),
@@ -131,6 +174,7 @@ def basis_of(asset: Asset, sensor: Sensor) -> Basis:
         metric=asset.failure.metric,
         trend_bin_s=asset.alerting.trend_bin_s,
         bearing=None if b is None else (b.balls, b.ball_mm, b.pitch_mm, b.contact_deg),
+        source_digest=digest,
     )
 
 
@@ -174,6 +218,12 @@ def basis_change(before: Basis, after: Basis) -> BasisChange:
         baseline.append(_was("machine.rpm", f"{before.rpm:g}", f"{after.rpm:g}"))
     if before.source != after.source:
         baseline.append(f"{before.source} -> {after.source}")
+    elif None not in (before.source_digest, after.source_digest) and (
+        before.source_digest != after.source_digest
+    ):
+        # The same name, other values: the file was edited (a scale corrected, a register
+        # moved). Unknown on either side (an older saved model): kept, as before.
+        baseline.append(f"{after.source} edited: it reads other values")
     if not same_device(before.device, after.device):
         baseline.append(f"sensor replaced: {before.device} -> {after.device}")
     history: list[str] = []

@@ -140,6 +140,8 @@ class Monitor:
         fleet: completed lives by asset class, as the store returned them.
         persist: return the state to store with each update (False: replay, which
             keeps nothing).
+        digests: sensor id -> its register profile's digest (agent.analysis.basis.
+            source_digests): a profile file edited under the same name relearns.
     """
 
     def __init__(
@@ -150,8 +152,9 @@ class Monitor:
         tuning: Tuning | None = None,
         fleet: Mapping[str, Sequence[FleetLife]] | None = None,
         persist: bool = True,
+        digests: Mapping[str, str] | None = None,
     ) -> None:
-        self._index(config)
+        self._index(config, digests)
         self._saved = dict(state or {})
         self.lives = AssetLives(config.assets, self._saved, fleet)
         self.persist = persist
@@ -162,7 +165,7 @@ class Monitor:
         # since, so an NTP step neither stretches nor shrinks a hold, a bin or a rate.
         self._mono_offset: float | None = None
 
-    def _index(self, config: Config) -> None:
+    def _index(self, config: Config, digests: Mapping[str, str] | None) -> None:
         self._sensor_asset = {s.id: config.asset(s.asset) for s in config.sensors}
         self._channels_of = {s.id: s.channels for s in config.sensors}
         self._asset_sensors = {
@@ -170,7 +173,10 @@ class Monitor:
         }
         self._tables = {a.id: zone_table(a.machine) for a in config.assets}
         self._assets = {a.id: a for a in config.assets}
-        self._basis = {s.id: basis_of(config.asset(s.asset), s) for s in config.sensors}
+        digests = digests or {}
+        self._basis = {
+            s.id: basis_of(config.asset(s.asset), s, digests.get(s.id)) for s in config.sensors
+        }
         rtu = {b.id for b in config.buses if b.rtu is not None}
         self._transports = {
             s.id: "mqtt" if s.mqtt else "modbus-rtu" if s.modbus.bus in rtu else "modbus"  # type: ignore[union-attr]
@@ -181,7 +187,13 @@ class Monitor:
         """True when the sensor is in the configuration (a reload may have removed it)."""
         return sensor_id in self._sensor_asset
 
-    def reconfigure(self, config: Config, at: datetime | None = None) -> Update:
+    def reconfigure(
+        self,
+        config: Config,
+        at: datetime | None = None,
+        *,
+        digests: Mapping[str, str] | None = None,
+    ) -> Update:
         """Take a reloaded configuration; returns the state to persist, and a "cleared"
         record for each alert a removed or moved channel leaves open, or a relearned
         baseline closes (at: their time).
@@ -190,7 +202,8 @@ class Monitor:
         horizons, priors and failure threshold apply from its next reading. What a change
         invalidates is relearned, nothing more (agent.analysis.basis): a new failure
         metric, trend bin or bearing rebuilds the failure metric's history only (baseline
-        and onset kept); a new speed or register profile / decoder relearns the baseline,
+        and onset kept); a new speed or register profile / decoder, or a profile edited
+        under the same name to read other values (`digests`), relearns the baseline,
         and closes the channel's open trend alert with a record that says so (a baseline
         learned from a degraded machine would otherwise clear it later, as if it had
         recovered); so does another physical sensor at the sensor id (a new Modbus address,
@@ -203,7 +216,7 @@ class Monitor:
         out = Update()
         at = at or utc_now()
         assets, transports = self._assets, self._transports  # as the alerts were raised
-        self._index(config)
+        self._index(config, digests)
         for key, ch in list(self._channels.items()):
             asset = self._sensor_asset.get(key[0])
             if asset is None or asset.id != ch.asset.id or key[1] not in self._channels_of[key[0]]:

@@ -161,3 +161,34 @@ def test_another_device_at_the_sensor_id_relearns_its_baseline(tmp_path: Path) -
         "relearned (sensor replaced: modbus bus line-1 device_id 2 -> modbus bus line-1 "
         "device_id 9); its open trend alerts are cleared by the reload, saying why" in lines
     )
+
+
+def test_a_profile_file_edited_under_the_same_name_relearns_the_baseline(tmp_path: Path) -> None:
+    """Before: the pollers were rebuilt with the corrected scale (values x10) while "its
+    analysis state is kept": every reading judged against a baseline of the old values."""
+    folder = tmp_path / "profiles"
+    folder.mkdir()
+    shipped = Path(__file__).resolve().parents[2] / "drivers" / "profiles" / "banner-qm30vt2.yaml"
+    text = shipped.read_text().replace("name: banner-qm30vt2", "name: plant-vt")
+    data = base(tmp_path)
+    data["profiles_dir"] = str(folder)
+    for s in data["sensors"]:
+        s["modbus"]["profile"] = "plant-vt"
+    (folder / "plant-vt.yaml").write_text(text)
+    before = ProfileLibrary.load(folder)
+    fixed = text.replace("scale: 0.001, unit: mm/s", "scale: 0.01, unit: mm/s")
+    (folder / "plant-vt.yaml").write_text(fixed)
+    after = ProfileLibrary.load(folder)
+    cfg = Config.model_validate(data)
+    p = plan_reload(cfg, cfg, before, after)
+    assert sorted(p.start) == ["m1", "m2", "m3"]
+    assert all(
+        "its baseline on asset press-7 is relearned (modbus.profile plant-vt edited: it reads "
+        "other values)" in line
+        for line in p.changes
+    ), p.changes
+    # Its description edited only: the pollers are rebuilt, the baseline is kept.
+    (folder / "plant-vt.yaml").write_text(fixed.replace("model: Banner QM30VT2", "model: VT2"))
+    p = plan_reload(cfg, cfg, after, ProfileLibrary.load(folder))
+    assert sorted(p.start) == ["m1", "m2", "m3"]
+    assert all(line.endswith("its analysis state is kept") for line in p.changes), p.changes

@@ -15,10 +15,11 @@ from typing import Any
 import jsonschema
 import pytest
 
-from agent.analysis.basis import basis_change, basis_of
+from agent.analysis.basis import basis_change, basis_of, source_digests
 from agent.analysis.monitor import Monitor, Update
 from agent.config import Config
 from agent.store import Outbox
+from drivers.profiles import ProfileLibrary
 from drivers.reading import Reading
 from tests.agent.analysis.test_monitor_reconfigure import T0, vib
 from tests.agent.analysis.test_monitor_reconfigure import degraded_config as config
@@ -272,3 +273,70 @@ async def test_the_same_host_written_otherwise_is_the_same_device(
     m.update(vib(40, 2.0, 1.9))
     ch = m._channels[("m1", "z")]
     assert (ch.hi.learned_at_s, ch.onset_s, ch.trend.active) == (learned_at, onset, 2)
+
+
+def _profile_file(folder: Path, velocity_scale: str = "0.001", document: str = "") -> Path:
+    """plant-vt: the shipped Banner profile under another name, in a profiles_dir, with its
+    velocity scale (and document line) as given: an integrator's own copy, edited in place."""
+    shipped = Path(__file__).resolve().parents[3] / "drivers" / "profiles" / "banner-qm30vt2.yaml"
+    text = shipped.read_text().replace("name: banner-qm30vt2", "name: plant-vt")
+    text = text.replace("scale: 0.001, unit: mm/s", f"scale: {velocity_scale}, unit: mm/s")
+    if document:
+        text = text.replace("document: ", f"document: {document!r} #", 1)
+    folder.mkdir(exist_ok=True)
+    (folder / "plant-vt.yaml").write_text(text)
+    return folder
+
+
+def _digests(cfg: Config, folder: Path) -> dict[str, str]:
+    return source_digests(cfg, ProfileLibrary.load(folder))
+
+
+async def test_a_profile_file_edited_under_the_same_name_relearns_at_restart_and_reload(
+    tmp_path: Path,
+) -> None:
+    """Before: a profile corrected in place (velocity scale 0.001 -> 0.01: values x10) kept
+    the baseline learned from the old values, named the same; the trend alert raised
+    against it stayed open and every reading was judged against the old scale."""
+    folder = _profile_file(tmp_path / "profiles")
+    cfg = config(tmp_path, {"sensors.0.modbus.profile": "plant-vt"})
+    async with store_at(tmp_path) as ob:
+        m = Monitor(cfg, digests=_digests(cfg, folder))
+        for i in range(32):
+            await store(ob, m.update(vib(i, 1.0, 1.0) if i < 12 else vib(i, 2.0, 1.9)))
+        assert m._channels[("m1", "z")].trend.active == 2
+    _profile_file(folder, velocity_scale="0.01")  # edited while the agent was stopped
+    async with store_at(tmp_path) as ob:
+        m = Monitor(cfg, state=await ob.load_state(), digests=_digests(cfg, folder))
+        (rec,) = await store(ob, m.close_unconfigured(AT))
+    assert rec["evidence"]["reason"] == (
+        "closed at start: baseline relearned after modbus.profile plant-vt edited: it reads "
+        "other values while the agent was stopped"
+    )
+    assert not m._channels[("m1", "z")].hi.ready
+    # Learned again; then a live reload after editing it back relearns too.
+    for i in range(12):
+        r = vib(i, 2.0, 1.9)
+        m.update(Reading(r.sensor_id, r.channel, AT + timedelta(seconds=10 * (i + 1)), r.features))
+    assert m._channels[("m1", "z")].hi.ready
+    _profile_file(folder)
+    m.reconfigure(cfg, digests=_digests(cfg, folder))
+    assert not m._channels[("m1", "z")].hi.ready
+
+
+async def test_a_profile_edit_that_reads_the_same_values_or_an_older_model_keeps_it(
+    tmp_path: Path,
+) -> None:
+    """Its description edited, or a model saved before profile digests were kept (an
+    upgrade): the baseline stays."""
+    folder = _profile_file(tmp_path / "profiles")
+    cfg = config(tmp_path, {"sensors.0.modbus.profile": "plant-vt"})
+    m = Monitor(cfg)  # no digests: as an older agent saved its models
+    for i in range(12):
+        m.update(vib(i, 1.0, 1.0))
+    assert m._channels[("m1", "z")].hi.ready
+    assert m.reconfigure(cfg, digests=_digests(cfg, folder)).drafts == []
+    assert m._channels[("m1", "z")].hi.ready
+    _profile_file(folder, document="Plant copy, reviewed 2026-11")
+    assert m.reconfigure(cfg, digests=_digests(cfg, folder)).drafts == []
+    assert m._channels[("m1", "z")].hi.ready

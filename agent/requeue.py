@@ -81,8 +81,12 @@ def requeue(
                 file=err,
             )  # fmt: skip
             return EXIT_USAGE
-    if not config.store.path.exists():
-        print(f"no store yet at {config.store.path}", file=err)
+    try:
+        if not config.store.path.exists():
+            print(f"no store yet at {config.store.path}", file=err)
+            return EXIT_NOTHING
+    except OSError as exc:  # the service's state folder, entered by another user
+        print(f"nothing requeued: cannot read the store {config.store.path}: {exc}", file=err)
         return EXIT_NOTHING
     by = _who()
     try:

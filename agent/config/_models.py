@@ -349,6 +349,15 @@ _SIZE_JSON_SCHEMA = {
 }
 
 
+def _is_dir(path: Path) -> bool:
+    """Whether path is a directory; False when this user may not look (Python 3.11's
+    Path.is_dir raises PermissionError then)."""
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
+
+
 class Store(_Model):
     path: Path
     max_bytes: Annotated[int, WithJsonSchema(_SIZE_JSON_SCHEMA)] = 2 * 2**30
@@ -357,7 +366,9 @@ class Store(_Model):
     @classmethod
     def _not_a_directory(cls, v: Path) -> Path:
         # Caught here so `edge-agent check` says it; SQLite would say "disk I/O error".
-        if v.is_dir():
+        # A folder this user may not enter (the service's state directory, read by an
+        # operator's `status`) cannot be looked into: that is not this file's error.
+        if _is_dir(v):
             raise ValueError(
                 f"{v} is a directory: name the database file inside it (e.g. {v / 'outbox.db'})"
             )

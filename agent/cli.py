@@ -34,12 +34,17 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
-def _load(path: Path) -> Config | None:
-    """The configuration, or None after printing every issue to stderr."""
+def _load(path: Path, *, secrets: bool = True) -> Config | None:
+    """The configuration, or None after printing every issue to stderr.
+
+    secrets=False for the operator commands (status, alerts, requeue, maintenance): they
+    never use the uplinks' token, password or TLS files, and the install notes keep those
+    readable by root and the service only; an operator's command must not need them.
+    """
     from agent.config import ConfigError, load_config
 
     try:
-        return load_config(path)
+        return load_config(path, secrets=secrets)
     except ConfigError as exc:
         for issue in exc.issues:
             print(issue, file=sys.stderr)
@@ -102,14 +107,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     from agent.inspect import status
 
-    config = _load(args.config)
+    config = _load(args.config, secrets=False)
     return EXIT_CONFIG if config is None else status(config, sys.stdout, as_json=args.json)
 
 
 def _cmd_alerts(args: argparse.Namespace) -> int:
     from agent.inspect import alerts
 
-    config = _load(args.config)
+    config = _load(args.config, secrets=False)
     if config is None:
         return EXIT_CONFIG
     return alerts(
@@ -126,7 +131,7 @@ def _cmd_alerts(args: argparse.Namespace) -> int:
 def _cmd_requeue(args: argparse.Namespace) -> int:
     from agent.requeue import requeue
 
-    config = _load(args.config)
+    config = _load(args.config, secrets=False)
     if config is None:
         return EXIT_CONFIG
     if not (args.ids or args.all or args.uplink):
@@ -144,7 +149,7 @@ def _cmd_requeue(args: argparse.Namespace) -> int:
 def _cmd_maintenance(args: argparse.Namespace) -> int:
     from agent.maintenance import MaintenanceRequest, record_maintenance
 
-    config = _load(args.config)
+    config = _load(args.config, secrets=False)
     if config is None:
         return EXIT_CONFIG
     request = MaintenanceRequest(asset=args.asset, note=args.note, replaced=args.replaced)

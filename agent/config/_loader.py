@@ -117,7 +117,7 @@ def _profiles_dir(data: dict[str, object], base: Path, key: str = "profiles_dir"
 
 
 def collect(
-    path: Path, environ: Mapping[str, str] | None = None
+    path: Path, environ: Mapping[str, str] | None = None, *, secrets: bool = True
 ) -> tuple[Config | None, list[ConfigIssue]]:
     """Load and check a file, returning the config or every issue found.
 
@@ -125,6 +125,9 @@ def collect(
         path: the YAML file. Issues name it as given; a relative ``token_file`` is read
             relative to the file's directory.
         environ: environment for ``${VAR}`` expansion; defaults to ``os.environ``.
+        secrets: read and check the files only the agent itself uses (token and password
+            files, TLS files). False for the operator commands: they run as users who
+            may not read the service's credentials, and never use them.
 
     Returns:
         (config, []) when the file is valid, else (None, issues sorted by position).
@@ -150,16 +153,20 @@ def collect(
     profiles = _Profiles(folder)
     issues += [i for i in cross_check(data, smap, profiles) if i.path not in taken]
     issues += profiles.issues()
-    tokens, token_issues = read_tokens(data, smap, path.parent)
-    issues += token_issues
-    issues += tls_file_issues(data, smap, path.parent)
+    tokens: dict[int, str] = {}
+    if secrets:
+        tokens, token_issues = read_tokens(data, smap, path.parent)
+        issues += token_issues
+        issues += tls_file_issues(data, smap, path.parent)
     decoders_dir = _profiles_dir(data, path.parent, "decoders_dir")
     if data.get("mqtt") or decoders_dir is not None:
         decoders = _Decoders(decoders_dir)
         issues += [i for i in mqtt_checks(data, smap, decoders) if i.path not in taken]
         issues += decoders.issues()
-    passwords, broker_issues = read_broker_files(data, smap, path.parent)
-    issues += broker_issues
+    passwords: dict[int, str] = {}
+    if secrets:
+        passwords, broker_issues = read_broker_files(data, smap, path.parent)
+        issues += broker_issues
     if config is None and not issues:  # every error was a repeat of a dropped one: say so
         issues.append(ConfigIssue(str(path), 0, 0, "", "the configuration is not valid"))
     if issues or config is None:
@@ -222,17 +229,20 @@ def _mqtt_files(m: M, secret: str | None, base: Path) -> M:
     return m.model_copy(update=upd)
 
 
-def load_config(path: Path, *, environ: Mapping[str, str] | None = None) -> Config:
+def load_config(
+    path: Path, *, environ: Mapping[str, str] | None = None, secrets: bool = True
+) -> Config:
     """Load a configuration file into validated, frozen models.
 
     Args:
         path: the YAML file.
         environ: environment for ``${VAR}`` expansion; defaults to ``os.environ``.
+        secrets: False: leave token, password and TLS files unread (see ``collect``).
 
     Raises:
         ConfigError: with every problem found (``.issues``), each at file:line:column.
     """
-    config, issues = collect(path, environ)
+    config, issues = collect(path, environ, secrets=secrets)
     if config is None:
         raise ConfigError(issues)
     return config

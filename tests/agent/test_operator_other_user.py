@@ -10,6 +10,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -91,3 +94,45 @@ def test_commands_say_the_store_is_not_readable_instead_of_an_internal_error(sit
         assert "internal error" not in ran.stderr, ran.stderr
         assert ran.returncode == 1, ran
         assert f"cannot read the store {site}/state/outbox.db" in ran.stderr, ran.stderr
+
+
+def _healthy(config: Path, agent: subprocess.Popen[bytes]) -> None:
+    port = next(ln for ln in config.read_text().splitlines() if ln.startswith("health:"))
+    url = f"http://127.0.0.1:{port.split()[-1].rstrip('}')}/healthz"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and agent.poll() is None:
+        try:
+            urllib.request.urlopen(url, timeout=1).close()
+            return
+        except urllib.error.HTTPError:  # 503: degraded (nobody at 10.0.0.21), but up
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"the agent did not answer {url}")
+
+
+def test_operator_commands_do_not_need_the_service_credentials(site: Path) -> None:
+    # Before: with the notes' token_file under /etc/edge-agent/credentials (0700 root),
+    # an operator's `status` exited 2 with "token file ... cannot be read (Permission
+    # denied); let the agent's user read it": the running agent was never asked, and the
+    # advice was to loosen the secret's permissions.
+    config = _write(site, token_file=True)
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "run", "-c", str(config)],
+        cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        _healthy(config, agent)
+        status = _as_operator("status", "-c", str(config))
+        maintenance = _as_operator("maintenance", "-c", str(config), "--asset", "press-7")
+        alerts = _as_operator("alerts", "-c", str(config))
+    finally:
+        agent.terminate()
+        agent.wait(timeout=30)
+    assert status.returncode == 0 and "gw-01: agent running" in status.stdout, status
+    for ran in (status, maintenance, alerts):
+        assert "token file" not in ran.stdout + ran.stderr, ran
+    # What this user may not do, it is told why (the control socket is 0660).
+    assert maintenance.returncode == 1 and "ermission denied" in maintenance.stderr, maintenance
+    assert alerts.returncode == 1 and "cannot read the store" in alerts.stderr, alerts

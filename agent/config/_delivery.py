@@ -14,6 +14,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from agent.config._base import Id, _Model
 from agent.config._cmms import CmmsMapping
+from agent.config._hosts import Host
 from agent.config._urls import is_loopback, public_url, url_problem
 
 
@@ -116,7 +117,7 @@ class MqttTls(_Model):
 
 
 class MqttUplink(_Delivery):
-    host: str = Field(min_length=1)
+    host: Host
     port: int = Field(default=8883, ge=1, le=65535)
     tls: MqttTls | None = MqttTls()  # null: plain MQTT
     allow_insecure_mqtt: bool = False

@@ -20,6 +20,7 @@ from pydantic import (
 
 from agent.config._base import _ID_PATTERN, Id, _Model
 from agent.config._delivery import MAX_UPLINKS, Summaries, Uplink, uplink_names
+from agent.config._hosts import Host
 from agent.config._mqtt import Broker, MqttSource
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
@@ -248,7 +249,7 @@ class Asset(_Model):
 class ModbusTcp(_Model):
     """A sensor's Modbus access: its own TCP endpoint (host), or a device on a bus."""
 
-    host: str | None = None
+    host: Host | None = None
     port: int = Field(default=502, ge=1, le=65535)
     bus: Id | None = None  # the id of an entry under buses
     device_id: int = Field(default=1, ge=0, le=247)
@@ -272,7 +273,7 @@ class ModbusTcp(_Model):
 class TcpBus(_Model):
     """A Modbus TCP endpoint whose devices share one line (a TCP-to-RTU gateway)."""
 
-    host: str
+    host: Host
     port: int = Field(default=502, ge=1, le=65535)
     # Connections the gateway serves at once; 1 = one request at a time (DXM, MGate).
     max_connections: int = Field(default=1, ge=1, le=16)

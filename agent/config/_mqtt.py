@@ -14,6 +14,7 @@ from pydantic import Field, ValidationInfo, WithJsonSchema, field_validator, mod
 
 from agent.config._base import Id, _Model
 from agent.config._delivery import MqttTls
+from agent.config._hosts import Host
 
 KEY_FROM_RE = re.compile(r"^(topic:(\d{1,3})|payload:([A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*))$")
 DEFAULT_MAX_PAYLOAD = 256 * 2**10
@@ -60,7 +61,7 @@ class Broker(_Model):
     """One broker the agent subscribes to (an entry of the top-level ``mqtt:`` list)."""
 
     id: Id
-    host: str = Field(min_length=1)
+    host: Host
     port: int | None = Field(default=None, ge=1, le=65535)  # None: 1883, or 8883 with tls
     tls: MqttTls | None = None
     username: str | None = None

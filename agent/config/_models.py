@@ -267,6 +267,13 @@ class ModbusTcp(_Model):
             )
         if self.bus is not None and "port" in self.model_fields_set:
             raise ValueError("port belongs to the bus entry, not to a device on a bus")
+        if self.bus is not None and self.device_id == 0:
+            # On a serial line (and behind a TCP-to-RTU gateway) 0 is the broadcast
+            # address: every device obeys it and none answers, so each read times out.
+            raise ValueError(
+                "device_id 0 is the Modbus broadcast address on a shared line: no device "
+                "answers it; give the device's own address, 1 to 247"
+            )
         return self
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Literal
@@ -307,6 +308,16 @@ class RtuBus(_Model):
     # answers twice (flaky slave, repeater) cannot have its repeat taken as the next answer.
     repeat_guard_s: float = Field(default=0.02, ge=0, le=1)
 
+    @field_validator("port")
+    @classmethod
+    def _serial_device(cls, v: str) -> str:
+        # Caught here so `check` says it at its line; at run time the sensors on the
+        # line only failed with "cannot open" again and again (and a sensor_fault).
+        problem = serial_port_problem(v)
+        if problem is not None:
+            raise ValueError(problem)
+        return v
+
 
 class Bus(_Model):
     """One scheduled resource that several devices share: a serial line or a gateway."""
@@ -355,6 +366,24 @@ _SIZE_JSON_SCHEMA = {
     ],
     "description": "bytes, or a size such as 512MiB or 2GB",
 }
+
+
+def serial_port_problem(port: str) -> str | None:
+    """What is wrong with an RTU bus's serial port, or None. A port that does not exist
+    now is fine (a USB adapter plugged in later); one that exists must be a device."""
+    if not port.startswith("/"):
+        return (
+            "expected the serial device's full path, such as /dev/ttyUSB0 or "
+            "/dev/serial/by-id/... (ls /dev/serial/by-id/ lists the adapters)"
+        )
+    try:
+        mode = os.stat(port).st_mode
+    except (OSError, ValueError):
+        return None  # absent now, or not ours to look at: opening it says why
+    if stat.S_ISCHR(mode):
+        return None
+    what = "a directory" if stat.S_ISDIR(mode) else "a file, not a serial device"
+    return f"{port} is {what}: give the serial device, such as /dev/ttyUSB0"
 
 
 def _is_dir(path: Path) -> bool:

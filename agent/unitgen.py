@@ -3,14 +3,19 @@
 The shipped unit denies every IP address but loopback's; this drop-in allows exactly the
 sensors, uplinks (the portfolio backend, the broker, the CMMS) and (when a host is a name)
 DNS servers the configuration names, loads each uplink's token or password file as a
-systemd credential (named after the file), and lets the agent give its control socket to
-the configured group. Host names are resolved now: run it again after a configuration or
-DNS change, then `systemctl daemon-reload`.
+systemd credential (named after the file), opens the sandbox to the serial ports of RTU
+buses (the unit's PrivateDevices=yes hides them, and the dynamic user is in no group that
+may open them), and lets the agent give its control socket to the configured group. Host
+names are resolved now: run it again after a configuration or DNS change, then
+`systemctl daemon-reload`.
 """
 
 from __future__ import annotations
 
+import grp
+import os
 import socket
+import stat
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +25,10 @@ from agent.config import Config, MqttUplink
 from agent.netaddr import ip_of, is_loopback
 
 RESOLV_CONF = Path("/etc/resolv.conf")
+PROC_DEVICES = Path("/proc/devices")
+# The group of serial ports on Debian and most distributions, for a port that is not
+# plugged in when the drop-in is written.
+SERIAL_GROUP = "dialout"
 
 
 class DropinError(Exception):
@@ -90,18 +99,91 @@ def _credentials(config: Config, base: Path) -> list[str]:
     return lines
 
 
-def dropin(config: Config, *, base: Path, resolv: Path = RESOLV_CONF) -> str:
+def _char_driver(major: int, devices: Path) -> str | None:
+    """The character-device driver name of a major number (/proc/devices), e.g. ttyUSB."""
+    try:
+        lines = devices.read_text().split("Block devices:")[0].splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == str(major):
+            return parts[1]
+    return None
+
+
+def _serial_port(port: str, devices: Path) -> tuple[str, str, str]:
+    """(DeviceAllow= specifier, group that may open it, what was found) for a serial port.
+
+    The driver class (char-ttyUSB) rather than the one node: a USB adapter that comes
+    back as ttyUSB1 after a replug stays allowed. A port absent now is allowed by its
+    path (systemd looks it up when the service starts) with the usual serial group.
+    """
+    try:
+        st = os.stat(port)
+    except OSError:
+        return port, SERIAL_GROUP, "not present now: run systemd-dropin again once it is"
+    real = os.path.realpath(port)
+    rw = stat.S_IRGRP | stat.S_IWGRP
+    if st.st_gid == 0 or st.st_mode & rw != rw:
+        # The service's dynamic user can only get in through a group: never root's.
+        raise DropinError(
+            f"serial port {port} ({real}, mode {stat.S_IMODE(st.st_mode):04o}, group "
+            f"{_group_name(st.st_gid)}) can be opened by root only; give it a group that may "
+            'read and write it (a udev rule with GROUP="dialout", MODE="0660")'
+        )
+    driver = _char_driver(os.major(st.st_rdev), devices) if stat.S_ISCHR(st.st_mode) else None
+    spec = f"char-{driver}" if driver else port
+    group = _group_name(st.st_gid)
+    return spec, group, f"{real}, group {group}"
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def _serial(config: Config, devices: Path) -> list[str]:
+    """PrivateDevices=no with a device allow-list and the ports' groups, for RTU buses."""
+    lines: list[str] = []
+    specs: list[str] = []
+    groups: list[str] = []
+    for bus in config.buses:
+        if bus.rtu is None:
+            continue
+        spec, group, found = _serial_port(bus.rtu.port, devices)
+        lines.append(f"# bus {bus.id}: serial port {bus.rtu.port} ({found})")
+        specs += [spec] if spec not in specs else []
+        groups += [group] if group not in groups else []
+    if not lines:
+        return []
+    return [
+        *lines,
+        "# PrivateDevices=yes would hide the ports: only these devices (and /dev/null...)",
+        "PrivateDevices=no",
+        "DevicePolicy=closed",
+        *(f"DeviceAllow={spec} rw" for spec in specs),
+        *(f"SupplementaryGroups={group}" for group in groups),
+    ]
+
+
+def dropin(
+    config: Config, *, base: Path, resolv: Path = RESOLV_CONF, devices: Path = PROC_DEVICES
+) -> str:
     """The drop-in file's text.
 
     Args:
         config: the validated configuration.
         base: the configuration file's directory (relative token files are relative to it).
         resolv: where the DNS servers are listed.
+        devices: the kernel's list of device drivers (for the serial ports' class).
 
     Raises:
         DropinError: a host name does not resolve (nothing is printed: a partial
-            allow-list would cut a sensor off without saying so), or two secret files
-            would be the same credential.
+            allow-list would cut a sensor off without saying so), two secret files
+            would be the same credential, or a serial port only root may open.
     """
     lines = [
         f"# Generated by `edge-agent systemd-dropin` for gateway {config.gateway.id} on "
@@ -131,6 +213,7 @@ def dropin(config: Config, *, base: Path, resolv: Path = RESOLV_CONF) -> str:
         if names and (servers := _nameservers(resolv)):
             lines += _allow(servers, f"DNS servers from {resolv}")
     lines += _credentials(config, base)
+    lines += _serial(config, devices)
     if config.control.group:
         group = config.control.group
         lines += [

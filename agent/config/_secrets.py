@@ -10,9 +10,12 @@ from agent.config._data import entries
 from agent.config._errors import ConfigIssue
 from agent.config._source import SourceMap
 
-__all__ = ["SECRET_FILES", "read_secret", "read_tokens", "secret_path"]
+__all__ = ["PLACEHOLDERS", "SECRET_FILES", "read_secret", "read_tokens", "secret_path"]
 
 _MAX_TOKEN_BYTES = 64 * 1024
+# What the install notes and the example write where the real secret belongs: copied
+# literally, it passed every check and the backend answered 401 to each delivery.
+PLACEHOLDERS = frozenset({"PASTE-THE-TOKEN-HERE", "change-me"})
 
 # (section under an uplink, key naming a secret file, what the file holds)
 SECRET_FILES = (
@@ -52,6 +55,11 @@ def read_secret(file: Path, name: str, what: str) -> tuple[str | None, str]:
         return None, (
             f"{what} file '{file}' holds a line break or control character inside the "
             f"{what}; it must hold the {what} alone, on one line"
+        )
+    if token in PLACEHOLDERS:
+        return None, (
+            f"{what} file '{file}' still holds the placeholder {token!r}; write the real "
+            f"{what} into it"
         )
     return token, ""
 

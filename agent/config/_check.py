@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from agent.config._data import entries
 from agent.config._errors import ConfigIssue
 from agent.config._loader import collect
 from agent.config._models import Config
 from agent.config._urls import public_url
+from agent.config._yaml import parse
 from agent.config._zones import standard_label, zone_limits
 
 EXIT_OK = 0
@@ -251,4 +254,46 @@ def main_check(
             print(issue, file=err)
         return EXIT_INVALID
     print(summary(result.config), file=out)
+    for warning in inline_secrets(path, environ):
+        print(warning, file=out)
     return EXIT_OK
+
+
+def _secret_paths(data: object) -> list[tuple[str | int, ...]]:
+    """Where a file may hold a secret inline: uplink tokens and passwords, brokers'."""
+    if not isinstance(data, dict):
+        return []
+    paths: list[tuple[str | int, ...]] = []
+    for i, _ in entries(data, "uplinks"):
+        paths += [("uplinks", i, "http", "token"), ("uplinks", i, "cmms", "token")]
+        paths.append(("uplinks", i, "mqtt", "password"))
+    paths += [("mqtt", i, "password") for i, _ in entries(data, "mqtt")]
+    return paths
+
+
+def inline_secrets(path: Path, environ: Mapping[str, str] | None = None) -> list[str]:
+    """A warning per token or password written into the file itself while other users
+    can read the file (the notes install it 0644: it is meant to hold no secret).
+
+    A value from ``${VAR}`` (systemd's EnvironmentFile=, root's) is not in the file.
+    """
+    try:
+        mode = path.stat().st_mode & 0o777
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeError):
+        return []
+    if not mode & 0o044:
+        return []
+    data, smap, _ = parse(str(path), text, environ if environ is not None else os.environ)
+    found = []
+    for where in _secret_paths(data):
+        node = smap.nodes.get(where)
+        if node is None or node.template is not None or not node.raw:
+            continue
+        msg = (
+            f"warning: a {where[-1]} is written in this file, which other users can read "
+            f"(mode {mode:04o}); move it to {where[-1]}_file in /etc/edge-agent/credentials "
+            "(chmod 600), as systemd/README.md shows"
+        )
+        found.append(smap.issue(where, msg))
+    return [str(issue) for issue in sorted(found)]

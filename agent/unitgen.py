@@ -201,8 +201,10 @@ def dropin(
         allowed: set[str] = set()
         names = False
         for host, what in _hosts(config):
-            if ip_of(host) is not None:
-                found, why = [host], what
+            if (ip := ip_of(host)) is not None:
+                # systemd takes no "%eth0" zone (a link-local address needs one to be
+                # reached): "Address prefix is invalid, ignoring assignment".
+                found, why = [str(ip).split("%", 1)[0]], what
             else:
                 names = True
                 found, why = _resolve(host), f"{what}: {host} resolves to"

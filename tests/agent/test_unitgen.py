@@ -181,3 +181,11 @@ def test_unit_with_a_serial_port_and_a_control_group_stays_at_most_1_5(
     extra = _rtu(serial_port) + "control: {group: daemon}"
     text = dropin(load_config(write(tmp_path, extra=extra)), base=tmp_path)
     assert _exposure(tmp_path, text) <= 1.5
+
+
+def test_a_link_local_sensor_is_allowed_without_its_zone(tmp_path: Path) -> None:
+    # Before: IPAddressAllow=fe80::12%eth0, which systemd ignores ("Address prefix is
+    # invalid, ignoring assignment"): the sensor stayed cut off by IPAddressDeny=any.
+    path = write(tmp_path, sensor_name="fe80::12%eth0")
+    text = dropin(load_config(path), base=tmp_path, resolv=tmp_path / "none")
+    assert "# sensor s4\nIPAddressAllow=fe80::12\n" in text

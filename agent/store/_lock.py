@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 from collections.abc import Iterator
 from pathlib import Path
+
+from agent.store.errors import StoreError
 
 
 class StoreInUseError(RuntimeError):
@@ -26,10 +29,23 @@ def store_lock(store_path: Path) -> Iterator[None]:
 
     Raises:
         StoreInUseError: another process holds the lock.
+        StoreError: the lock file cannot be created (a read-only or missing folder).
     """
     path = lock_path(store_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a+") as fh:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = path.open("a+")
+    except OSError as exc:
+        # The first write of a run: a folder the sandbox keeps read-only ended the agent
+        # in a traceback ("agent crashed"), restarted by systemd every few seconds.
+        raise StoreError(
+            f"cannot write in the store's folder {path.parent} ({exc.strerror}): store.path "
+            "must be in a folder the agent's user can write; under the shipped systemd unit "
+            "(ProtectSystem=strict) that is /var/lib/edge-agent only",
+            path=store_path,
+            code=errno.errorcode.get(exc.errno or 0),
+        ) from exc
+    with fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:

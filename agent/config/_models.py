@@ -423,7 +423,7 @@ class Store(_Model):
 class Health(_Model):
     """The read-only TCP endpoint (/healthz, /metrics); never a state-changing operation."""
 
-    host: str = "127.0.0.1"
+    host: Host = "127.0.0.1"
     port: int = Field(default=9108, ge=0, le=65535)  # 0: pick a free port
     # Binding beyond loopback must be asked for explicitly (checked in _crossref).
     expose: bool = False

@@ -4,15 +4,19 @@ The server reports the state the pollers, uplinks and store already hold; it com
 nothing of its own. It is read-only: anyone on the machine (and a web page in its browser)
 can reach a TCP port, so every state-changing operation lives on the control socket
 (agent.control). Requests whose Host is not the bound address are refused (DNS
-rebinding), connections are capped and idle ones time out (agent._connguard).
+rebinding), connections are capped and idle ones time out (agent._connguard). Requests
+are answered from one snapshot at a time (SNAPSHOT_MAX_AGE_S), so a flood of them costs
+the agent no more than one client does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 from aiohttp import web
 
@@ -32,6 +36,11 @@ MAX_CONNECTIONS = 128
 # this long (aiohttp's keep-alive timeout covers both).
 IDLE_TIMEOUT_S = 5.0
 LISTEN_BACKLOG = 32
+# Every snapshot costs a read on the store writer's thread (where alerts are committed)
+# and a render on the event loop (where sensors are polled): requests within this many
+# seconds of one share it. 128 concurrent clients took the store writer for seconds per
+# alert before (a read each, queued ahead of the writes, even for clients that hung up).
+SNAPSHOT_MAX_AGE_S = 1.0
 
 
 class _OneLine(logging.Filter):
@@ -51,6 +60,70 @@ _http_log = logging.getLogger(f"{__name__}.http")
 _http_log.addFilter(_OneLine())
 
 
+@dataclass(slots=True)
+class _Answer:
+    """One snapshot and its encodings, each made once however many requests read it."""
+
+    snap: Snapshot
+    _json: bytes | None = None
+    _metrics: bytes | None = None
+
+    @property
+    def status(self) -> int:
+        return 200 if self.snap.get("status") == "ok" else 503
+
+    def json(self) -> bytes:
+        if self._json is None:
+            self._json = json.dumps(self.snap).encode()
+        return self._json
+
+    def metrics(self) -> bytes:
+        if self._metrics is None:
+            self._metrics = render_metrics(self.snap)
+        return self._metrics
+
+
+class _SharedAnswer:
+    """The answer every request gets: one in the making for all callers at once, reused
+    while younger than `max_age_s`. A caller that goes away (a client that hung up) does
+    not cancel it; the next callers wait for the same one instead of starting another."""
+
+    def __init__(self, make: Callable[[], Awaitable[Snapshot]], max_age_s: float) -> None:
+        self._make = make
+        self._max_age_s = max_age_s
+        self._task: asyncio.Task[_Answer] | None = None
+        self._started = 0.0
+
+    async def _answer(self) -> _Answer:
+        return _Answer(await self._make())
+
+    def _usable(self, now: float) -> bool:
+        task = self._task
+        if task is None:
+            return False
+        if not task.done():
+            return True
+        return (
+            not task.cancelled()
+            and task.exception() is None
+            and now - self._started <= self._max_age_s
+        )
+
+    async def get(self) -> _Answer:
+        now = time.monotonic()
+        if not self._usable(now):
+            self._task = asyncio.get_running_loop().create_task(self._answer())
+            # retrieved here too: every caller may have gone before it failed
+            self._task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            self._started = now
+        assert self._task is not None
+        return await asyncio.shield(self._task)
+
+    def cancel(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+
 class HealthServer:
     """aiohttp server for GET /healthz and GET /metrics (read-only).
 
@@ -62,6 +135,7 @@ class HealthServer:
         max_connections: connections served at once.
         idle_timeout_s: a connection without complete headers, or idle between requests,
             is closed after this long.
+        snapshot_max_age_s: requests within this long of a snapshot are answered from it.
     """
 
     def __init__(
@@ -73,8 +147,10 @@ class HealthServer:
         expose: bool = False,
         max_connections: int = MAX_CONNECTIONS,
         idle_timeout_s: float = IDLE_TIMEOUT_S,
+        snapshot_max_age_s: float = SNAPSHOT_MAX_AGE_S,
     ) -> None:
         self._snapshot = snapshot
+        self._answers = _SharedAnswer(self._full_snapshot, snapshot_max_age_s)
         self._host, self._port, self._expose = host, port, expose
         self._idle_timeout_s = idle_timeout_s
         self._runner: web.AppRunner | None = None
@@ -88,12 +164,17 @@ class HealthServer:
         return {**await self._snapshot(), "http": asdict(self.guard.stats)}
 
     async def _healthz(self, _request: web.Request) -> web.Response:
-        snap = await self._full_snapshot()
-        return web.json_response(snap, status=200 if snap.get("status") == "ok" else 503)
+        answer = await self._answers.get()
+        return web.Response(
+            body=answer.json(),
+            status=answer.status,
+            content_type="application/json",
+            charset="utf-8",
+        )
 
     async def _metrics(self, _request: web.Request) -> web.Response:
-        body = render_metrics(await self._full_snapshot())
-        return web.Response(body=body, content_type="text/plain", charset="utf-8")
+        answer = await self._answers.get()
+        return web.Response(body=answer.metrics(), content_type="text/plain", charset="utf-8")
 
     @web.middleware
     async def _gate(
@@ -167,3 +248,4 @@ class HealthServer:
             self._server.close()
         if self._runner is not None:
             await self._runner.cleanup()
+        self._answers.cancel()

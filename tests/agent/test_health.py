@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
 import time
@@ -10,8 +11,11 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import yaml
 
 from agent.health import HealthServer, HostCheck, render_metrics
+from simulators.backend import BackendServer
+from tests.agent.store._drafts import draft
 from tests.agent.test_operator_commands import running_agent, write_config
 
 
@@ -198,3 +202,35 @@ async def test_a_flood_of_requests_costs_the_agent_one_snapshot(tmp_path: Path) 
         reads = agent.outbox.counters.read_requests - reads
     assert sorted(set(statuses)) == [200, 503], statuses  # degraded (its sensor is dead)
     assert reads <= 5, f"{reads} store reads for 150 requests"
+
+
+async def test_a_key_in_the_uplink_url_is_not_shown_to_local_users(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Some backends take their key in the query (an Azure function's `?code=`): every
+    local user read it in /healthz (the uplink's target and last error) and in the log.
+    Now the value shows as ***, the parameter's name stays."""
+    async with BackendServer(token="the-real-token") as backend:  # refuses the agent: 401
+        url = f"{backend.url}?code=SECRET-KEY-123"
+        cfg = write_config(tmp_path)
+        data = yaml.safe_load(cfg.read_text())
+        data["uplinks"] = [{"name": "portfolio", "http": {"url": url}}]
+        cfg.write_text(yaml.safe_dump(data))
+        async with running_agent(cfg) as agent:
+            await agent.outbox.append([draft(1, 0, asset="press-7")])
+            health = f"http://127.0.0.1:{agent.config.health.port}"
+            async with aiohttp.ClientSession() as s:
+                for _ in range(100):  # up to 10 s for the refused POST
+                    async with s.get(f"{health}/healthz") as r:
+                        snap = await r.json()
+                    if snap["uplinks"][0]["last_error"]:
+                        break
+                    await asyncio.sleep(0.1)
+                async with s.get(f"{health}/metrics") as r:
+                    metrics = await r.text()
+        posts = (await backend.stats())["unauthorized"]
+    shown = json.dumps(snap) + metrics + caplog.text
+    assert posts >= 1  # the key was sent to the backend
+    assert "HTTP 401" in snap["uplinks"][0]["last_error"], snap["uplinks"]
+    assert snap["uplinks"][0]["target"] == f"{backend.url}?code=***"
+    assert "SECRET-KEY-123" not in shown

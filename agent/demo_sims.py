@@ -12,17 +12,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 import yaml
 
 READY_TIMEOUT_S = 20.0
+# The simulators' token goes in their environment (readable by this user only), never on
+# their command line (which `ps` shows every local user): simulators._sim.TOKEN_ENV.
+TOKEN_ENV = "EDGE_SIM_TOKEN"
 WIRELESS_MAC = "00:13:a2:00:41:9b:0c:01"  # edge-sim mqtt's sensor 1 (agent/demo.yaml)
 WIRELESS_RATE_HZ = 2.0  # as often as the Modbus sensors are polled
+
+
+def _token_env(token: str | None) -> dict[str, str]:
+    # Set or not, never inherited: a token from the caller's environment is not this one.
+    return {TOKEN_ENV: token or ""}
 
 
 class SimProcess:
@@ -32,10 +41,18 @@ class SimProcess:
         name: what it is, for messages.
         args: the `edge-sim` command line after `edge-sim`.
         errors: a file for its stderr; its last line explains a failed start.
+        env: variables added to its environment.
     """
 
-    def __init__(self, name: str, args: list[str], errors: Path | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        args: list[str],
+        errors: Path | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.name, self.args, self.errors = name, args, errors
+        self.env = dict(env or {})
         self.proc: asyncio.subprocess.Process | None = None
         self.info: dict[str, Any] = {}
 
@@ -43,15 +60,14 @@ class SimProcess:
     def backend(cls, db: Path, token: str | None, config: Path | None = None) -> SimProcess:
         """`edge-sim backend` on a free loopback port, storing into `db`."""
         args = ["--host", "127.0.0.1", "--port", "0", "--db", str(db)]
-        args += ["--token", token] if token else []
         args += ["--config", str(config)] if config else []
-        return cls("backend", ["backend", *args])
+        return cls("backend", ["backend", *args], env=_token_env(token))
 
     @classmethod
     def cmms(cls, db: Path, token: str | None, port: int = 0) -> SimProcess:
         """`edge-sim cmms` on loopback (a free port by default), storing into `db`."""
         args = ["--host", "127.0.0.1", "--port", str(port), "--db", str(db)]
-        return cls("cmms", ["cmms", *args, *(["--token", token] if token else [])])
+        return cls("cmms", ["cmms", *args], env=_token_env(token))
 
     @classmethod
     def modbus(cls, devices: Sequence[str], life_s: float) -> SimProcess:
@@ -82,6 +98,7 @@ class SimProcess:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "simulators.cli", *self.args,
                 stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL, stderr=err,
+                env={**os.environ, **self.env},
             )  # fmt: skip
         finally:
             if err is not None:

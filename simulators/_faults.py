@@ -9,6 +9,10 @@ POST   /admin/faults   {"status": 503, "count": 2, "retry_after": 1, "delay_s": 
 POST   /admin/outage   {"seconds": 10, "status": 503, "retry_after": 5}: every write
                        request fails that way for `seconds` (a maintenance window).
 DELETE /admin/faults   clears queued faults and any outage.
+
+With a token, these take `Authorization: Bearer <token>` like every other request: without
+it any local user, or a web page in the machine's browser (a form's text/plain POST needs
+no preflight), could hold the demo's backend in an outage.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import Any
 
 from aiohttp import web
 
-from simulators._http import json_error, read_json
+from simulators._http import bearer_ok, json_error, read_json
 
 MAX_QUEUED_FAULTS = 1000
 MAX_FAULT_DELAY_S = 300.0
@@ -88,13 +92,17 @@ class Faults:
 
     Args:
         on_served: called (awaited) each time a fault is served, e.g. to count it.
+        token: the simulator's token: the /admin routes require it as a bearer token.
     """
 
-    def __init__(self, on_served: Callable[[], Awaitable[None]] | None = None) -> None:
+    def __init__(
+        self, on_served: Callable[[], Awaitable[None]] | None = None, *, token: str | None = None
+    ) -> None:
         self.queue: deque[Fault] = deque(maxlen=MAX_QUEUED_FAULTS)
         self._outage: Fault | None = None
         self._outage_until = 0.0
         self._on_served = on_served
+        self._token = token
 
     def inject(self, fault: Fault, count: int = 1) -> None:
         """Queue `count` failures of the next write requests."""
@@ -129,6 +137,8 @@ class Faults:
         )
 
     async def _post_faults(self, request: web.Request) -> web.Response:
+        if not bearer_ok(request, self._token):
+            return json_error(401, "bad or missing bearer token")
         spec, error = await read_json(request)
         if error is not None:
             return error
@@ -141,6 +151,8 @@ class Faults:
         return web.json_response({"queued": len(self.queue)})
 
     async def _post_outage(self, request: web.Request) -> web.Response:
+        if not bearer_ok(request, self._token):
+            return json_error(401, "bad or missing bearer token")
         spec, error = await read_json(request)
         if error is not None:
             return error
@@ -152,7 +164,9 @@ class Faults:
         self._outage, self._outage_until = fault, time.monotonic() + max(seconds, 0.0)
         return web.json_response({"outage_s": max(seconds, 0.0), "status": fault.status})
 
-    async def _delete_faults(self, _request: web.Request) -> web.Response:
+    async def _delete_faults(self, request: web.Request) -> web.Response:
+        if not bearer_ok(request, self._token):
+            return json_error(401, "bad or missing bearer token")
         self.queue.clear()
         self._outage = None
         return web.json_response({"queued": 0})

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,10 @@ from aiohttp import web
 
 from simulators._faults import Fault, Faults
 from simulators._http import AppServer, DbThread, bearer_ok, json_error
+
+# The token for --token's default: a process's environment is readable by its user only,
+# its command line by every local user (ps).
+TOKEN_ENV = "EDGE_SIM_TOKEN"
 
 
 class StartError(Exception):
@@ -81,7 +86,9 @@ class SimApp(Generic[DbT]):
     ) -> None:
         self._open, self._db_path, self.token = open_db, str(db), token
         self.dbt = DbThread(name)
-        self.faults = Faults(on_served=lambda: self.dbt.run(self.db.bump, faults_served=1))
+        self.faults = Faults(
+            on_served=lambda: self.dbt.run(self.db.bump, faults_served=1), token=token
+        )
         self.faults.inject(Fault(status=fail_status), fail_first)
         self._db: DbT | None = None
         self.app = web.Application(client_max_size=max_body)
@@ -166,7 +173,12 @@ def add_common_arguments(parser: argparse.ArgumentParser, stored: str) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default loopback)")
     parser.add_argument("--port", type=int, default=0, help="TCP port; 0 picks a free one")
     parser.add_argument("--db", default=":memory:", help=f"SQLite file for {stored}")
-    parser.add_argument("--token", default=None, help="require this bearer token")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get(TOKEN_ENV) or None,
+        help=f"require this bearer token (default: ${TOKEN_ENV}, better: a command line is "
+        "visible to every local user)",
+    )
     parser.add_argument(
         "--fail-first",
         type=int,

@@ -97,7 +97,8 @@ async def test_work_orders_survive_kill9_and_outage_without_duplicates(tmp_path:
             async with (
                 aiohttp.ClientSession() as s,
                 s.post(f"{base}/admin/faults",
-                       json={"status": 502, "after_store": True, "delay_s": 30}) as r,
+                       json={"status": 502, "after_store": True, "delay_s": 30},
+                       headers={"Authorization": f"Bearer {TOKEN}"}) as r,
             ):  # fmt: skip
                 assert r.status == 200
             first = await agent_process(config, stdout=logs[0], stderr=logs[0])

@@ -260,7 +260,9 @@ async def test_a_dead_letter_is_listed_and_requeued_by_the_operator(
     cfg = config_file(tmp_path, sims)
     async with Running(cfg) as agent, aiohttp.ClientSession() as s:
         admin = sims["url"].replace("/v1/alerts", "/admin/faults")
-        async with s.post(admin, json={"status": 422, "body": "schema mismatch"}) as resp:
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        fault = {"status": 422, "body": "schema mismatch"}
+        async with s.post(admin, json=fault, headers=auth) as resp:
             assert resp.status == 200
         [dead_id] = await repairs(agent, 1, "refused once")
 

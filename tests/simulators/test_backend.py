@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from agent.demo_sims import SimProcess
 from simulators.backend import BackendServer
 
 GOOD: dict[str, Any] = {
@@ -158,3 +159,34 @@ async def test_edge_sim_backend_prints_ready_fails_first_and_exits_on_sigterm(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_the_demo_backend_token_stays_off_ps_and_guards_its_admin_routes(
+    tmp_path: Path,
+) -> None:
+    """The demo started the backend with `--token T` (every local user read it in `ps`) and
+    /admin took no token: a web page's text/plain form POST held the demo's backend in a
+    10-minute outage (every delivery 503). Now the token goes in the environment and the
+    /admin routes require it."""
+    token = "demo-token-5f1c"
+    async with SimProcess.backend(tmp_path / "b.db", token) as b, aiohttp.ClientSession() as s:
+        assert b.proc is not None
+        cmdline = await asyncio.to_thread(Path(f"/proc/{b.proc.pid}/cmdline").read_bytes)
+        base = b.info["url"].removesuffix("/v1/alerts")
+        forged = []
+        for method, path in (("POST", "/admin/outage"), ("POST", "/admin/faults")):
+            async with s.request(
+                method,
+                base + path,
+                data=b'{"seconds": 600, "status": 503, "count": 100}',
+                headers={"Content-Type": "text/plain"},  # a form: no CORS preflight
+            ) as r:
+                forged.append(r.status)
+        delivered = (await post(s, b.info["url"], {"alerts": [rec(1)]}, token=token))[0]
+        auth = {"Authorization": f"Bearer {token}"}
+        async with s.post(base + "/admin/faults", json={"status": 503}, headers=auth) as r:
+            operator = r.status
+    assert token.encode() not in cmdline
+    assert forged == [401, 401]
+    assert delivered == 200
+    assert operator == 200  # who holds the token still injects faults

@@ -16,12 +16,13 @@ import sqlite3
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TextIO
+from urllib.parse import urlsplit
 
 from agent.analysis.lifetime import AssetLives
 from agent.analysis.reliability import FleetLife, plausible
 from agent.config import Config
 from agent.identity import mismatch, open_store_ro
-from agent.reach import Unreachable, get_json, health_url
+from agent.reach import Unreachable, get_json, health_url, listener_uid
 from agent.store import READ_BUSY_S, StoreError, read_only
 
 EXIT_OK = 0
@@ -133,6 +134,10 @@ def _agent(config: Config) -> dict[str, Any]:
         Unreachable: no answer, or an answer from someone else.
     """
     url = health_url(config)
+    # Asked first: another user's listener is not read at all (it could drip its answer).
+    wrong = _impostor(config, url)
+    if wrong is not None:
+        raise Unreachable(f"the process at {url} is not this configuration's agent: {wrong}")
     status, body = get_json(url)
     if status not in (200, 503):  # 503 is a degraded agent, with its report
         error = body.get("error") if isinstance(body, dict) else None
@@ -141,6 +146,35 @@ def _agent(config: Config) -> dict[str, Any]:
     if wrong is not None:
         raise Unreachable(f"the process at {url} is not this configuration's agent: {wrong}")
     return dict(body)
+
+
+def _agent_uid(config: Config) -> tuple[int, Path] | None:
+    """The agent's user: the owner of its control socket, else of its store (none can
+    create files in the agent's directories but the agent, and root)."""
+    for path in (config.control.socket, config.store.path):
+        with contextlib.suppress(OSError):
+            return path.stat().st_uid, path
+    return None
+
+
+def _impostor(config: Config, url: str) -> str | None:
+    """Why the listener at `url` is not the agent's user's, or None when it may be.
+
+    The identity in /healthz can be read, and served back, by any local user who takes the
+    port while the agent is down (the agent then runs on without it): the owner of the
+    listening socket tells them apart."""
+    owner = _agent_uid(config)
+    parts = urlsplit(url)
+    if owner is None or parts.hostname is None or parts.port is None:
+        return None
+    uid = listener_uid(parts.hostname, parts.port)
+    if uid is None or uid in (0, owner[0]):
+        return None
+    return (
+        f"it runs as uid {uid}, the agent as uid {owner[0]} (the owner of {owner[1]}): "
+        "another user holds the agent's health port; the agent itself runs without /healthz "
+        "and /metrics (its log says why)"
+    )
 
 
 def _store(config: Config) -> dict[str, Any] | str:

@@ -7,6 +7,7 @@ environment (the agent is on this machine).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import socket
 import urllib.error
@@ -17,6 +18,7 @@ from urllib.parse import urlsplit
 from agent.config import Config, public_url
 
 MAX_BODY_BYTES = 4 * 2**20
+_LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp's st column
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -75,3 +77,45 @@ def _why(reason: object, url: str, timeout_s: float) -> str:
     if isinstance(reason, OSError):
         return f"cannot reach {shown}: {reason.strerror or reason}"
     return f"cannot reach {shown}: {reason}"
+
+
+def _proc_ip(hex_addr: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An address as /proc/net/tcp* spells it: 32-bit words in the host's (little-endian)
+    byte order."""
+    raw = bytes.fromhex(hex_addr)
+    swapped = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    return ipaddress.ip_address(swapped)
+
+
+def listener_uid(host: str, port: int) -> int | None:
+    """The uid that owns the TCP socket listening on host:port, as the kernel says (Linux);
+    None when unknown (another system, a host name, no such listener).
+
+    Anyone can listen on a free port, and copy the agent's identity from its /healthz: the
+    owner of the listening socket is what such an impostor cannot fake.
+    """
+    try:
+        target = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+    exact: int | None = None
+    wildcard: int | None = None
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table, encoding="ascii") as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            cols = row.split()
+            if len(cols) < 8 or cols[3] != _LISTEN:
+                continue
+            addr, _, hex_port = cols[1].partition(":")
+            if int(hex_port, 16) != port:
+                continue
+            ip = _proc_ip(addr)
+            if ip == target or getattr(ip, "ipv4_mapped", None) == target:
+                exact = int(cols[7])
+            elif ip.is_unspecified:
+                wildcard = int(cols[7])
+    return exact if exact is not None else wildcard

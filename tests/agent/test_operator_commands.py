@@ -8,6 +8,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -292,3 +293,60 @@ async def test_status_names_what_answered_instead(
         await runner.cleanup()
     assert proc.returncode == 1
     assert f"http://127.0.0.1:{port}/healthz {expected}" in proc.stdout
+
+
+OUTSIDER = 61_234  # a uid in systemd's dynamic range, in no group
+SYSTEM_PYTHON = "/usr/bin/python3"  # an unprivileged uid can run it
+_COPYCAT = """
+import http.server, sys
+body = sys.stdin.buffer.read()
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("setpriv") or not os.path.exists(SYSTEM_PYTHON),
+    reason="needs root, setpriv and /usr/bin/python3 to act as another user",
+)
+async def test_status_refuses_another_user_serving_the_agents_own_identity(
+    tmp_path: Path,
+) -> None:
+    """Any local user reads the agent's identity in /healthz; one who takes the port while
+    the agent restarts (the agent then runs on without it) served it back with "ok", and
+    `status` said "agent running, ok" whatever the sensors did. Now the owner of the
+    listening socket must be the agent's user (or root)."""
+    cfg = write_config(tmp_path)
+    port = load_config(cfg).health.port
+    async with running_agent(cfg):
+        real = await asyncio.to_thread(cli, "status", "--json", "-c", str(cfg))
+    copied = json.loads(real.stdout)["agent"] | {"status": "ok", "sensors": []}
+    as_outsider = ["setpriv", f"--reuid={OUTSIDER}", f"--regid={OUTSIDER}", "--clear-groups"]
+    copycat = await asyncio.create_subprocess_exec(
+        *as_outsider, SYSTEM_PYTHON, "-c", _COPYCAT, str(port), stdin=asyncio.subprocess.PIPE
+    )
+    try:
+        assert copycat.stdin is not None
+        copycat.stdin.write(json.dumps(copied).encode())
+        copycat.stdin.close()
+        for _ in range(100):  # up to 10 s to listen
+            with contextlib.suppress(OSError):
+                _, w = await asyncio.open_connection("127.0.0.1", port)
+                w.close()
+                break
+            await asyncio.sleep(0.1)
+        proc = await asyncio.to_thread(cli, "status", "-c", str(cfg))
+    finally:
+        copycat.kill()
+        await copycat.wait()
+    assert proc.returncode == 1, proc
+    assert "agent running" not in proc.stdout
+    assert f"it runs as uid {OUTSIDER}, the agent as uid 0" in proc.stdout, proc.stdout

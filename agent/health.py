@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from agent._connguard import ConnectionGuard
 from agent.health_hosts import HostCheck, machine_names
@@ -36,6 +37,7 @@ MAX_CONNECTIONS = 128
 # this long (aiohttp's keep-alive timeout covers both).
 IDLE_TIMEOUT_S = 5.0
 LISTEN_BACKLOG = 32
+MAX_ERROR_CHARS = 300  # of an unexpected error's text in the log line
 # Every snapshot costs a read on the store writer's thread (where alerts are committed)
 # and a render on the event loop (where sensors are polled): requests within this many
 # seconds of one share it. 128 concurrent clients took the store writer for seconds per
@@ -43,13 +45,24 @@ LISTEN_BACKLOG = 32
 SNAPSHOT_MAX_AGE_S = 1.0
 
 
+def _what(exc: BaseException) -> str:
+    """An error in words; a malformed request's without its bytes, which the client chose."""
+    if isinstance(exc, HttpProcessingError):
+        return f"malformed request refused with HTTP {exc.code} ({type(exc).__name__})"
+    return " ".join(str(exc).split())[:MAX_ERROR_CHARS]
+
+
 class _OneLine(logging.Filter):
-    """aiohttp logs a malformed request with its traceback: make it one warning line."""
+    """aiohttp logs a malformed request with its traceback and some of its bytes: make it
+    one warning line, the same for every malformed request of a kind. The log writes a
+    repeated line once (agent.logs), so junk that differs each time cannot flood it: 20,000
+    over-long request lines, each with other bytes, once wrote 6 MB in 10 s (under systemd,
+    journald's rate limit then drops the agent's own warnings)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         if exc is not None:
-            record.msg = f"{record.getMessage()}: {' '.join(str(exc).split())}"
+            record.msg = f"{record.getMessage()}: {_what(exc)}"
             record.args = ()
             record.exc_info = record.exc_text = None
             record.levelno, record.levelname = logging.WARNING, "WARNING"

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
+import os
 import socket
 import time
 from pathlib import Path
@@ -14,6 +16,7 @@ import pytest
 import yaml
 
 from agent.health import HealthServer, HostCheck, render_metrics
+from agent.logs import RepeatLimitingHandler
 from simulators.backend import BackendServer
 from tests.agent.store._drafts import draft
 from tests.agent.test_operator_commands import running_agent, write_config
@@ -234,3 +237,26 @@ async def test_a_key_in_the_uplink_url_is_not_shown_to_local_users(
     assert "HTTP 401" in snap["uplinks"][0]["last_error"], snap["uplinks"]
     assert snap["uplinks"][0]["target"] == f"{backend.url}?code=***"
     assert "SECRET-KEY-123" not in shown
+
+
+async def test_malformed_requests_with_changing_junk_are_one_log_line() -> None:
+    """aiohttp's message quotes the request's bytes, so each over-long request line (a web
+    page can send one: a long URL) was a new log line: 20,000 in 10 s wrote 6 MB. Now the
+    line names the kind of error only, and the log writes its repeats once."""
+    out = io.StringIO()
+    handler = RepeatLimitingHandler(out, interval_s=60.0)
+    http_log = logging.getLogger("agent.health.http")
+    http_log.addHandler(handler)
+    try:
+        async with HealthServer(_snap, port=0) as hs:
+            for i in range(30):
+                path = f"/{i:04d}-{os.urandom(4).hex()}".encode() + b"a" * 5000
+                answer = await _raw(hs.port, b"GET " + path + b" HTTP/1.1\r\n\r\n")
+                assert answer.startswith(b"HTTP/1.0 400"), answer[:80]
+    finally:
+        http_log.removeHandler(handler)
+        handler.close()  # writes the repeat count
+    lines = out.getvalue().splitlines()
+    assert len(lines) <= 3, lines[:5]
+    assert "malformed request refused with HTTP 400 (LineTooLong)" in lines[0]
+    assert "aaaa" not in out.getvalue()

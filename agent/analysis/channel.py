@@ -27,6 +27,7 @@ from agent.records import SensorRef
 from drivers.reading import Reading
 
 __all__ = [
+    "STOPPED_SHARE",
     "Channel",
     "ChannelView",
     "load_channel",
@@ -37,6 +38,15 @@ __all__ = [
     "snap",
     "state_key",
 ]
+
+
+# A velocity RMS below this share of the channel's learned running baseline is a stopped
+# machine (or a sensor unplugged, reading zeros): a running machine does not vibrate at a
+# fifth of its healthy level, and ambient vibration at standstill is far lower still. Such a
+# reading says nothing about the machine's condition: it neither raises nor clears an alert
+# and is left out of the trend, so a weekend stop neither closes an open alert (to raise it
+# again as new on Monday) nor puts a step into the history that reads as explosive growth.
+STOPPED_SHARE = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +110,12 @@ class Channel:
         """ISO 20816-1 velocity alarm from the learned baseline, None while learning."""
         base = self.hi.velocity_median
         return None if base is None else iso_alarm_level(base, self.table.bc)
+
+    def stopped(self, velocity_mm_s: float) -> bool:
+        """Whether a velocity RMS says the machine is not running (or the sensor is off it):
+        below STOPPED_SHARE of the baseline learned while it ran. False while learning."""
+        base = self.hi.velocity_median
+        return base is not None and velocity_mm_s < STOPPED_SHARE * base
 
     def key(self, kind: str) -> str:
         """This channel's store key of one persisted state."""

@@ -161,6 +161,7 @@ class Monitor:
         self._channels: dict[tuple[str, str], Channel] = {}
         self.tuning = tuning or Tuning()
         self.skipped_total = 0  # readings without a usable velocity (bad quality, missing)
+        self.stopped_total = 0  # readings of a stopped machine (channel.STOPPED_SHARE)
         # Live readings' analysis time: the wall clock at the first one plus monotonic time
         # since, so an NTP step neither stretches nor shrinks a hold, a bin or a rate.
         self._mono_offset: float | None = None
@@ -354,6 +355,9 @@ class Monitor:
         value = feats.get(SEVERITY_METRIC)
         if value is None or not math.isfinite(value):
             self.skipped_total += 1
+            return out
+        if ch.stopped(value):  # no measurement of the machine's condition (channel.py)
+            self.stopped_total += 1
             return out
         wall_s = reading.timestamp.timestamp()
         t_s = self._analysis_time(reading, wall_s)

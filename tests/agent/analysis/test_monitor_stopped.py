@@ -1,0 +1,36 @@
+"""A stopped machine (velocity far below its running baseline) is no measurement: a weekend
+stop neither clears a degraded machine's alerts nor raises them again as new at restart."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from agent.analysis.monitor import Monitor
+from drivers.reading import Reading
+from tests.agent._configs import press_config
+
+T0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
+
+
+def test_a_weekend_stop_neither_clears_nor_re_raises_the_alerts(tmp_path: Path) -> None:
+    m = Monitor(press_config(tmp_path, baseline_readings=20))
+    phases = [
+        (40, 1.0, 0.05),  # healthy: the baseline (velocity, accel RMS) is learned
+        (30, 3.2, 0.12),  # degraded: ISO zone C and the health index over its level
+        (48 * 60, 0.02, 0.001),  # stopped for 48 h: ambient vibration only
+        (30, 3.2, 0.12),  # restarted in the same condition
+    ]
+    records = []
+    t = 0.0
+    for n, velocity, accel in phases:
+        for i in range(n):
+            wobble = 1.0 + 0.03 * ((i * 7) % 5 - 2) / 2  # deterministic +/- 3 % noise
+            feats = {"velocity_rms_mm_s": velocity * wobble, "accel_rms_g": accel * wobble}
+            at = T0 + timedelta(seconds=t)
+            records += [(d.kind, d.state) for d in m.update(Reading("m1", "z", at, feats)).drafts]
+            t += 60.0
+    raised = [r for r in records if r[1] == "raised"]
+    assert sorted(raised) == [("severity", "raised"), ("trend", "raised")]
+    assert not [r for r in records if r[1] == "cleared"]
+    assert m.stopped_total == 48 * 60

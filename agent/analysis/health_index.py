@@ -1,11 +1,15 @@
 """A per-channel health indicator normalised by the channel's own learned baseline.
 
-HI = exponentially smoothed mean over the indicator features of ln(value / baseline median).
+HI = exponentially smoothed (EWMA) running median of 3 of the mean over the indicator
+features of ln(value / baseline median).
 The features are broadband acceleration RMS and high-frequency acceleration RMS: on the
 FEMTO run-to-failure bearings they rise earlier and more steadily than velocity RMS, and
 smart sensors (Banner QM30VT2) report both. When a channel carries neither, velocity RMS is
 used. Smoothing (EWMA) removes the single-snapshot spikes (impacts, load changes) that made
-the per-feature alarms of phase 1 raise before degradation onset.
+the per-feature alarms of phase 1 raise before degradation onset; the running median of 3
+before it keeps one reading, however far off, from moving it at all (the EWMA alone held a
+single 12x glitch over the alarm level for longer than the debounce). It costs a lasting
+rise one reading; the alarm level is learned as before, from the unfiltered indicator.
 
 Alarm level: max(median + k x 1.4826 x MAD of the smoothed HI over the baseline, min_level),
 in ln units (min_level 0.2 = the features about 22 % above baseline). alpha, k and min_level
@@ -32,6 +36,7 @@ HI_FEATURES = (ACCEL_RMS, HF_ACCEL_RMS)
 _FALLBACK = (VELOCITY_RMS,)
 _MAD_SIGMA = 1.4826
 _STATE_VERSION = 1
+SPIKE_WINDOW = 3  # raw indicators whose median feeds the EWMA (_despiked)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +83,7 @@ class HealthIndex:
         self.level: float | None = None  # alarm level once the baseline is learned
         self.value: float | None = None  # smoothed HI once the baseline is learned
         self.learned_at_s: float | None = None
+        self._recent: list[float] = []  # the last raw indicators, for the spike filter
 
     @property
     def samples_seen(self) -> int:
@@ -91,6 +97,16 @@ class HealthIndex:
 
     def _raw(self, values: list[float]) -> float:
         return sum(math.log(v / m) for v, m in zip(values, self._median, strict=True)) / len(values)
+
+    def _despiked(self, raw: float) -> float:
+        """The median of this raw indicator and the two before it (itself until there are
+        two): one reading cannot move the smoothed indicator, however far off it is. The
+        EWMA alone let a single 12x glitch of the acceleration features (a knock, a bad
+        packet inside the valid range) hold it over the alarm level for more readings than
+        the debounce, raising a degradation onset from one reading."""
+        window = [*self._recent[-(SPIKE_WINDOW - 1) :], raw]
+        self._recent = window[-(SPIKE_WINDOW - 1) :]
+        return sorted(window)[len(window) // 2] if len(window) == SPIKE_WINDOW else raw
 
     def _rows(self) -> list[list[float]]:
         k = len(self.features)
@@ -128,7 +144,7 @@ class HealthIndex:
             return None
         a = self.tuning.alpha
         assert self.value is not None
-        self.value += a * (self._raw(values) - self.value)
+        self.value += a * (self._despiked(self._raw(values)) - self.value)
         return self.value
 
     def _finish(self, t_s: float) -> None:
@@ -140,6 +156,7 @@ class HealthIndex:
         for row in rows:
             s += self.tuning.alpha * (self._raw(row) - s)
             smoothed.append(s)
+        self._recent = [self._raw(row) for row in rows[-(SPIKE_WINDOW - 1) :]]
         warm = smoothed[min(10, len(smoothed) // 6) :]  # skip the EWMA start-up transient
         med = float(np.median(warm))
         mad = float(np.median(np.abs(np.asarray(warm) - med)))
@@ -162,6 +179,7 @@ class HealthIndex:
             "level": self.level,
             "value": self.value,
             "learned_at_s": self.learned_at_s,
+            "recent": list(self._recent),
         }
 
     def load(self, state: Mapping[str, Any]) -> None:
@@ -183,3 +201,4 @@ class HealthIndex:
         self.level = state["level"]
         self.value = state["value"]
         self.learned_at_s = state["learned_at_s"]
+        self._recent = [float(x) for x in state.get("recent", [])][-(SPIKE_WINDOW - 1) :]

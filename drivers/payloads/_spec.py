@@ -37,7 +37,7 @@ _KEYS = {
 _FIELD_KEYS = {"path", "feature", "channel", "unit", "scale", "offset", "valid", "sentinels",
                "required"}  # fmt: skip
 _HEADER_KEYS = {"name", "offset", "type", "equals"}
-_LIMIT_KEYS = {"min_samples", "max_samples", "rate_hz"}
+_LIMIT_KEYS = {"min_samples", "max_samples", "rate_hz", "max_g"}
 
 
 class _Doc:
@@ -114,7 +114,10 @@ class _Doc:
         rate = d.rate_hz
         if "rate_hz" in given:
             rate = self.pair(given["rate_hz"], ("limits", "rate_hz"), "rate_hz")
-        return WaveLimits(min_samples=lo, max_samples=hi, rate_hz=rate)
+        max_g = self.number(given.get("max_g", d.max_g), ("limits", "max_g"))
+        if max_g <= 0:
+            self.fail(("limits", "max_g"), f"max_g must be a positive number of g, got {max_g:g}")
+        return WaveLimits(min_samples=lo, max_samples=hi, rate_hz=rate, max_g=max_g)
 
 
 def _field(d: _Doc, row: Any, i: int) -> Field:

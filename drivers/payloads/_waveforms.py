@@ -2,7 +2,8 @@
 little-endian int16 block after a header described in YAML.
 
 The agent computes the features itself (agent.analysis.features via Reading.waveform).
-An axis with a NaN or infinite sample is flagged, never analysed.
+An axis with a NaN or infinite sample, or one beyond the decoder's max_g, is flagged, never
+analysed.
 """
 
 from __future__ import annotations
@@ -29,10 +30,16 @@ from drivers.payloads._common import (
     number,
     parse_timestamp,
 )
-from drivers.profiles import NOT_FINITE
+from drivers.profiles import NOT_FINITE, OUT_OF_RANGE
 from drivers.reading import Waveform
 
 WAVE_FLAG = f"waveform:{NOT_FINITE}"
+WAVE_RANGE_FLAG = f"waveform:{OUT_OF_RANGE}"
+# No vibration accelerometer measures beyond this (industrial IEPE: 50-500 g, MEMS: 2-64 g): a
+# larger sample is a bad scale (a float32 header field read as 3e38 g/count) or a corrupt
+# body, whose velocity RMS (1e42 mm/s) would otherwise be ISO zone D. A decoder for a shock
+# sensor raises it (limits.max_g).
+MAX_G = 2000.0
 ENCODINGS = ("float-array", "int16-b64")
 HEADER_TYPES = {
     "uint8": "B", "int8": "b", "uint16": "H", "int16": "h", "uint32": "I", "int32": "i",
@@ -42,11 +49,12 @@ HEADER_TYPES = {
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WaveLimits:
-    """Plausible bounds of a snapshot: samples per axis and sampling rate."""
+    """Plausible bounds of a snapshot: samples per axis, sampling rate, largest |sample| (g)."""
 
     min_samples: int = 64
     max_samples: int = 65_536
     rate_hz: tuple[float, float] = (100.0, 200_000.0)
+    max_g: float = MAX_G
 
     def check(self, n: int, fs: float, axis: str) -> None:
         if not self.min_samples <= n <= self.max_samples:
@@ -58,9 +66,12 @@ class WaveLimits:
             raise PayloadError(BAD_WAVEFORM, f"sampling rate {fs!r} Hz out of range")
 
 
-def _store(out: Decoded, axis: str, samples: np.ndarray, fs: float) -> None:
+def _store(out: Decoded, axis: str, samples: np.ndarray, fs: float, max_g: float) -> None:
     if not np.isfinite(samples).all():
         out.flags.setdefault(axis, []).append(WAVE_FLAG)
+        return
+    if samples.size and float(np.abs(samples).max()) > max_g:
+        out.flags.setdefault(axis, []).append(WAVE_RANGE_FLAG)
         return
     out.waveforms[axis] = Waveform(samples, fs)
 
@@ -133,7 +144,7 @@ class WaveformJsonDecoder:
                 continue  # an axis nobody asked for
             samples = self._samples(data, encoding, scale, axis)
             self.limits.check(len(samples), fs, axis)
-            _store(out, axis, samples, fs)
+            _store(out, axis, samples, fs, self.limits.max_g)
         if not out.waveforms and not out.flags:
             raise PayloadError(MISSING_FIELD, f"no axis among {', '.join(self.axis_names)}")
         return out
@@ -263,5 +274,5 @@ class RawInt16Decoder:
         out = Decoded()
         for i, axis in enumerate(self.axis_names[:n_axes]):
             samples = data[i * n : (i + 1) * n] if self.layout == "planar" else data[i::n_axes]
-            _store(out, axis, samples, fs)
+            _store(out, axis, samples, fs, self.limits.max_g)
         return out

@@ -257,6 +257,34 @@ def test_waveform_with_nan_sample_is_flagged() -> None:
     assert "z" in d.waveforms
 
 
+def test_a_sample_beyond_any_accelerometer_range_is_flagged_never_analysed() -> None:
+    """Before: a raw-int16 header whose float32 scale read 3e38 g/count (or a JSON body of
+    1e100 g samples) passed as a good waveform; its velocity RMS (3e42 mm/s) was ISO zone D
+    and raised a critical severity alert. Now the axis is flagged out_of_range."""
+    x = (np.sin(np.arange(512) / 5) * 1000).astype(int)
+    d = decode("raw-int16", raw_frame([x], scale=3e38))
+    assert d.waveforms == {} and d.flags == {"x": ["waveform:out_of_range"]}
+    (r,) = to_readings("s", ["x"], d, NOW)
+    assert r.quality == "bad" and r.waveform is None
+    msg = wave_msg()
+    msg["axes"]["z"][3] = 1e100  # type: ignore[index]
+    d = decode("waveform-json", json.dumps(msg).encode())
+    assert set(d.waveforms) == {"x"} and d.flags == {"z": ["waveform:out_of_range"]}
+    assert set(decode("raw-int16", raw_frame([x], scale=1.9)).waveforms) == {"x"}  # 1900 g
+
+
+def test_a_shock_sensor_decoder_raises_max_g(tmp_path: Path) -> None:
+    spec = Path(__file__).resolve().parents[2] / "drivers" / "payloads" / "raw-int16.yaml"
+    text = spec.read_text().replace("limits: {", "limits: {max_g: 100000, ")
+    (tmp_path / "shock.yaml").write_text(text.replace("name: raw-int16", "name: shock"))
+    lib = DecoderLibrary.load(tmp_path)
+    assert lib.errors == ()
+    x = (np.sin(np.arange(512) / 5) * 1000).astype(int)
+    frame = raw_frame([x], scale=10.0)  # 10 000 g
+    assert set(lib.get("shock").decode(Payload(frame), NOW).waveforms) == {"x"}
+    assert decode("raw-int16", frame).flags == {"x": ["waveform:out_of_range"]}
+
+
 def raw_frame(axes: list[np.ndarray], fs: int = 25600, scale: float = 0.001, magic: int = 0x5657):
     n = len(axes[0])
     head = struct.pack("<HBBIIf", magic, 1, len(axes), fs, n, scale)

@@ -61,10 +61,13 @@ def _no_trend(ch: Channel) -> str | None:
             return "the channel carries no health-index feature (accel RMS, hf or velocity)"
         return f"learning the baseline ({ch.hi.samples_seen} of {ch.hi.learn_readings} readings)"
     if ch.onset_s is None:
-        return (
-            f"the health index ({(ch.hi.value or 0.0):.3g}) is below its baseline alarm level "
-            f"({ch.hi.level:.3g})"
-        )
+        value, level = ch.hi.value or 0.0, ch.hi.level or 0.0
+        if value >= level:  # over, but not yet for the debounce (or within the re-raise hold)
+            return (
+                f"the health index ({value:.3g}) is over its baseline alarm level ({level:.3g}), "
+                "not yet for the debounce (or within the re-raise hold-off after a clear)"
+            )
+        return f"the health index ({value:.3g}) is below its baseline alarm level ({level:.3g})"
     return None
 
 

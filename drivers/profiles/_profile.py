@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from drivers.decoders import DataType, decode, encode
 
 ALL_CHANNELS = "all"  # channel name of a value shared by every axis (temperature)
+FLOAT32_DIGITS = 7  # significant decimal digits a float32 register carries (scaled())
 
 # Quality flags: why a value is not used (counted per sensor and reason in /metrics).
 SENTINEL = "sentinel"
@@ -79,7 +80,13 @@ class Register:
         """The scaled value of a raw number."""
         if self._divisor:
             return raw / self._divisor + self.offset
-        return raw * self.scale + self.offset
+        value = raw * self.scale + self.offset
+        if self.dtype.is_float and math.isfinite(value):
+            # A float32 carries about 7 significant digits and nothing beyond them: the
+            # sensor's 7.1 mm/s sent as in/s (0.27952757) and scaled by 25.4 read
+            # 7.0999996, ISO zone C instead of D (a boundary value is the upper zone).
+            return float(f"{value:.{FLOAT32_DIGITS}g}")
+        return value
 
     def value(self, registers: Sequence[int]) -> float:
         """The scaled value of this row's raw registers."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import pytest
@@ -211,3 +212,23 @@ def test_profiles_folder_adds_and_reports_with_positions(tmp_path: Path) -> None
 def test_shipped_profiles_cite_their_document() -> None:
     for name in profile_names():
         assert load_profile(name).document, name
+
+
+@pytest.mark.parametrize("boundary", [1.12, 1.4, 2.8, 3.5, 4.5, 7.1, 11.0, 11.2, 18.0])
+def test_a_float32_in_s_register_at_an_iso_boundary_reads_as_the_boundary(
+    boundary: float,
+) -> None:
+    """Before: a TriVibe reporting exactly 7.1 mm/s (its float32 in/s register, 0.27952757)
+    read 7.0999996 mm/s after x 25.4: ISO zone C where the boundary belongs to zone D.
+    Now a float32 row keeps the 7 significant digits the register carries."""
+    reg = next(
+        r
+        for r in load_profile("machinesaver-trivibe").registers
+        if r.feature == "velocity_rms_mm_s"
+    )
+    wire = struct.unpack(">HH", struct.pack(">f", boundary / 25.4))  # as the sensor sends it
+    assert reg.value(list(wire)) == boundary
+    assert reg.assess(struct.unpack(">f", struct.pack(">f", boundary / 25.4))[0]) == (
+        boundary,
+        None,
+    )

@@ -74,8 +74,10 @@ class _SnapshotCollector:
         )
         for c in snap.get("channels", []):
             where = [c["asset"], c["sensor"], c["channel"]]
-            # zone None: the waveform does not resolve the velocity band (no ISO zone)
-            zone.add_metric([*where, c["zone"] or "unresolved"], c["value"])
+            # zone None: the machine is stopped, or the waveform does not resolve the
+            # velocity band (no ISO zone)
+            idle = "stopped" if c.get("stopped") else "unresolved"
+            zone.add_metric([*where, c["zone"] or idle], c["value"])
             level.add_metric(where, c["active_level"])
             for kind, n in c.get("flaps", {}).items():
                 flaps.add_metric([*where, kind], float(n))

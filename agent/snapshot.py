@@ -61,6 +61,8 @@ async def agent_snapshot(agent: Agent) -> Snapshot:
             # None while the channel learns its baseline (after install, repair, relearn).
             "health_index": v.health_index,
             "flaps": {"severity": v.flaps[0], "trend": v.flaps[1]},
+            # True: the last reading was of a stopped machine (no zone; alerts held as they were)
+            "stopped": v.stopped,
         }
         for v in (agent.monitor.views() if agent.monitor else [])
     ]

@@ -58,12 +58,13 @@ class ChannelView:
     channel: str
     at: datetime
     value: float
-    zone: str | None  # None: the velocity band is not resolved (no ISO zone)
+    zone: str | None  # None: the velocity band is not resolved, or the machine is stopped
     active_level: int
     health_index: float | None = None
     trend_level: int = 0
     estimate: Estimate | NoEstimate | None = None
     flaps: tuple[int, int] = (0, 0)  # (severity, trend) returns within the clear hold
+    stopped: bool = False  # the reading said the machine is stopped (STOPPED_SHARE)
 
 
 @dataclass(slots=True)

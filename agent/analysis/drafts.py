@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping
 from datetime import datetime
 
-from agent.analysis.channel import Channel
+from agent.analysis.channel import STOPPED_SHARE, Channel
 from agent.analysis.lifecycle import LifecycleState
 from agent.analysis.severity import (
     LEVEL_NAMES,
@@ -94,6 +94,14 @@ def current_severity(ch: Channel) -> Severity:
     """The channel's ISO severity as of its last reading (zone None where not measured)."""
     assert ch.view is not None
     zone = ch.view.zone
+    if ch.view.stopped:
+        base = ch.hi.velocity_median or 0.0
+        note = (
+            f"not measured: the machine is stopped (velocity RMS below {STOPPED_SHARE:g} x its "
+            f"running baseline of {base:.3g} mm/s), so no ISO zone comes from it"
+        )
+        standard = f"{ch.table.standard}: {note}"
+        return Severity("info", None, standard, SEVERITY_METRIC, ch.view.value, ch.table.bc)
     if zone is None:
         band = velocity_band_hz(ch.asset.machine.rpm)
         note = velocity_unresolved_reason(ch.velocity_periods or 0.0, band)

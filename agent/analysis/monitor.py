@@ -358,6 +358,12 @@ class Monitor:
             return out
         if ch.stopped(value):  # no measurement of the machine's condition (channel.py)
             self.stopped_total += 1
+            shown = ch.view
+            ch.set_view(
+                ch.asset.id, ch.sensor.id, ch.sensor.channel, reading.timestamp, value, None,
+                ch.severity.active, shown.health_index if shown else None, ch.trend.active,
+                ch.estimate, (ch.severity.flaps, ch.trend.flaps), True,
+            )  # fmt: skip
             return out
         wall_s = reading.timestamp.timestamp()
         t_s = self._analysis_time(reading, wall_s)

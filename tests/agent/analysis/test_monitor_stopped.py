@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from agent.analysis.monitor import Monitor
+from agent.health_metrics import render_metrics
 from drivers.reading import Reading
 from tests.agent._configs import press_config
 
@@ -34,3 +35,22 @@ def test_a_weekend_stop_neither_clears_nor_re_raises_the_alerts(tmp_path: Path) 
     assert sorted(raised) == [("severity", "raised"), ("trend", "raised")]
     assert not [r for r in records if r[1] == "cleared"]
     assert m.stopped_total == 48 * 60
+
+
+def test_status_shows_the_stopped_machine_not_its_last_running_value(tmp_path: Path) -> None:
+    """Status and /metrics show the stopped machine's own reading, no zone, marked stopped,
+    not the last running value (3.2 mm/s, zone C) for the whole stop."""
+    m = Monitor(press_config(tmp_path, baseline_readings=20))
+    for i in range(60):
+        v, a = (1.0, 0.05) if i < 30 else (3.2, 0.12) if i < 50 else (0.02, 0.001)
+        m.update(Reading("m1", "z", T0 + timedelta(minutes=i), {"velocity_rms_mm_s": v,
+                                                                 "accel_rms_g": a}))  # fmt: skip
+    (view,) = m.views()
+    assert (view.value, view.zone, view.stopped, view.active_level) == (0.02, None, True, 1)
+    current = m.current("m1", "z")
+    assert current is not None and current[0].zone is None
+    assert "the machine is stopped" in current[0].standard
+    snap = {"channels": [{"asset": "press-7", "sensor": "m1", "channel": "z",
+                          "value": view.value, "zone": None, "active_level": 1,
+                          "stopped": True}]}  # fmt: skip
+    assert 'zone="stopped"' in render_metrics(snap).decode()

@@ -116,3 +116,23 @@ def test_without_any_prior_the_trend_alone_or_no_estimate_with_the_reason() -> N
     assert not isinstance(ev, NoEstimate)
     vague = remaining_life(life=None, evidence=ev, rate_prior=DegradationPrior(10.0, 3.0))
     assert isinstance(vague, NoEstimate) and "not yet informative" in vague.reason
+
+
+def test_an_estimate_the_trend_moved_far_from_the_prior_is_not_labelled_the_prior() -> None:
+    """Before: a metric that jumped 3.2x and stayed (5 one-minute bins after 2 h flat) moved
+    the estimate from the prior's thousands of hours to seconds, with bounds wider (in ln R)
+    than the prior's, and the record named the reliability prior as its model (trend share
+    0 %): the prior's spread was measured on the posterior's zoomed grid, where the prior is
+    only its tail. The share now counts the shift of the median too."""
+    t = np.arange(0.0, 125 * 60.0, 60.0)
+    v = np.where(t < 120 * 60.0, 1.0, 3.2) * np.exp(0.03 * np.sin(np.arange(t.shape[0])))
+    now = float(t[-1])
+    ev = trend_evidence(t, v, now_s=now, threshold=4.5, min_weight=0.03)
+    assert not isinstance(ev, NoEstimate)
+    prior = life_prior(weibull=(2.0, 20000.0))
+    assert prior is not None
+    est = remaining_life(life=(prior, 5000.0), evidence=ev)
+    assert isinstance(est, Estimate)
+    prior_lo, _ = prior.remaining_quantiles(5000.0, [0.025, 0.975])
+    assert est.upper_hours < prior_lo  # the trend alone put it there
+    assert est.model != MODEL_PRIOR and est.terms["degradation_trend"] > 0.9

@@ -13,7 +13,10 @@ After a failure:
   resumes as soon as the far end answers. If a send fails right after a probe said "up",
   the probe cannot see this failure, so it stops cutting waits short until a success;
 - the far end answered and refused (credentials, a wrong URL, a redirect): backoff only;
-- a new alert cuts any wait short after 1 s, except an explicit Retry-After.
+- a new item cuts a wait short after 1 s, once per failure episode (until a success),
+  except an explicit Retry-After: alerts and summaries keep arriving during a long outage
+  (a summary every few seconds from a few hundred sensors), and a try after each one
+  would turn the backoff into a POST a second at a backend that is down or refusing.
 Refused items: a too-large batch is halved (one item too large on its own, or an MQTT
 message over the broker's maximum packet size, is dead-lettered); a refused batch is
 resent one item at a time so one bad record cannot take good ones with it; a refused
@@ -126,6 +129,7 @@ class Delivery:
         self._in_error = False
         self._probe_trusted = True
         self._after_probe = False  # the send under way follows a probe that said "up"
+        self._woken_early = False  # a new item cut a wait short since the last success
         self._stopping = False
         self._between = asyncio.Event()  # set while no send is under way
         self._between.set()
@@ -250,6 +254,7 @@ class Delivery:
         st.summaries_delivered_total += len(items) - alerts
         st.last_success_at = format_ts(datetime.now(UTC))
         self._probe_trusted = True
+        self._woken_early = False
         if self._one_by_one:
             self._one_by_one -= 1
         if self._limit < self._batch:
@@ -297,7 +302,8 @@ class Delivery:
             st.next_retry_in_s = None
 
     async def _wait(self, delay: float, *, probing: bool, honour: bool) -> None:
-        """Wait out a backoff; a probe seeing the far end back, or a new alert, ends it."""
+        """Wait out a backoff; a probe seeing the far end back, or the episode's first new item,
+        ends it."""
         st = self.status
         st.state = "probing" if probing else "backoff"
         wake = self.outbox.wake_event(self.name)
@@ -306,9 +312,16 @@ class Delivery:
         next_probe = start + self._probe_s * self._rng.uniform(0.5, 1.0)
         while (left := due - (now := time.monotonic())) > 0:
             st.next_retry_in_s = round(left, 3)
-            # A new alert is worth a try before the backoff ends (alerts are rare, so this
-            # cannot hammer the far end); an explicit Retry-After is honoured fully.
-            if not honour and wake.is_set() and now - start >= NEW_ALERT_RETRY_AFTER_S:
+            # A new item is worth one try before the backoff ends; once per failure
+            # episode, as items keep coming during an outage. An explicit Retry-After is
+            # honoured fully.
+            if (
+                not honour
+                and not self._woken_early
+                and wake.is_set()
+                and now - start >= NEW_ALERT_RETRY_AFTER_S
+            ):
+                self._woken_early = True
                 return
             if probing and now >= next_probe:
                 st.probes_total += 1

@@ -8,6 +8,7 @@ import shutil
 import sqlite3
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,9 @@ import pytest
 
 from agent.config import HttpUplink as HttpUplinkConfig
 from agent.config import load_config
+from agent.records import AssetRef
 from agent.store import Outbox
+from agent.summaries import SummaryDraft
 from agent.uplink import Delivery, HttpTransport, delivery
 from simulators.backend import BackendServer, Fault
 from tests.agent.store._drafts import draft
@@ -226,6 +229,40 @@ async def test_new_alert_cuts_a_long_backoff_short(tmp_path: Path, outbox: Outbo
             waited = time.monotonic() - t0
             assert len(await backend.alerts()) == 2
     assert waited < 3.0, waited
+
+
+async def test_items_arriving_during_an_outage_do_not_turn_the_backoff_into_a_storm(
+    tmp_path: Path, outbox: Outbox
+) -> None:
+    """Summaries (a few hundred sensors: one every few seconds) and alerts keep coming while
+    the backend refuses: the first new item cuts the 30 s backoff short once, the rest wait
+    it out instead of a POST each second."""
+    await outbox.append([draft(i=0)])
+    async with BackendServer(db=tmp_path / "backend.db", token=TOKEN) as backend:
+        # A rotated token the agent has not got yet: refused (401), retried with backoff.
+        c = cfg(backend.url, token="expired", max_backoff_s=60)
+        uplink = HttpUplink(c, outbox, base_backoff_s=30, rng=_Longest())
+        async with Running(uplink) as up:
+            await until(lambda: _true(up.status.consecutive_failures >= 1))
+            for i in range(20):  # 4 s of new items, one every 0.2 s
+                await outbox.append_summaries([_summary(i)])
+                await asyncio.sleep(0.2)
+            await until(lambda: _posts_at_least(backend, 2))
+            posts = (await backend.stats())["posts"]
+    # The first attempt, and one early retry for the new items; 5 before (one a second).
+    assert posts == 2, posts
+    assert up.status.state == "backoff"
+
+
+async def _posts_at_least(backend: BackendServer, n: int) -> bool:
+    return (await backend.stats())["posts"] >= n
+
+
+def _summary(i: int) -> SummaryDraft:
+    start = datetime(2026, 11, 21, 8, 0, tzinfo=UTC) + timedelta(minutes=5 * i)
+    window = {"velocity_rms_mm_s": {"min": 1.0, "mean": 1.1, "max": 1.2, "last": 1.1}}
+    return SummaryDraft(AssetRef("press-7", "Press 7", 1), "m1-de", "modbus", start,
+                        start + timedelta(minutes=5), {"z": window})  # fmt: skip
 
 
 async def test_token_file_with_a_line_break_is_refused_and_delivery_lives_on(

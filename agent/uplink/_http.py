@@ -19,17 +19,27 @@ Status policy (agent.uplink._httpclient):
 - 404, 405: the URL or method is wrong (a misconfiguration, or a proxy during a backend
   deploy), not the alerts: retried, logged at ERROR.
 - 413: the batch is too large; halved (a single alert that is too large is dead-lettered).
+- 409 Conflict: the backend already has an id in the batch (a resend after an answer that
+  was lost: it stored the batch, the answer never came). The batch is resent one by one
+  (as any refused batch); a single item answered 409 is one the backend has: delivered,
+  logged, never dead-lettered (a requeue would only meet the same 409).
 - any other 4xx: the backend refuses these alerts (see agent.uplink._delivery).
 Error messages name the URL without credentials.
 """
 
 from __future__ import annotations
 
+import logging
+
 from agent.config import HttpUplink as HttpUplinkConfig
 from agent.store import StoredItem
-from agent.uplink._httpclient import HttpClient
+from agent.uplink._httpclient import REASON_CHARS, HttpClient
 from agent.uplink._transport import SendResult
 from agent.uplink.errors import UplinkError
+
+log = logging.getLogger(__name__)
+
+DUPLICATE = 409  # Conflict: the backend already has this id
 
 
 class HttpTransport(HttpClient):
@@ -58,5 +68,11 @@ class HttpTransport(HttpClient):
         except UplinkError as exc:
             return SendResult([], exc, items)
         if answer.ok:
+            return SendResult(items)
+        if answer.status == DUPLICATE and len(items) == 1:
+            log.warning(
+                "uplink[%s]: %s %s: the backend already has it (HTTP 409: %s); delivered",
+                self.name, items[0].class_name, items[0].item_id, answer.text[:REASON_CHARS],
+            )  # fmt: skip
             return SendResult(items)
         return SendResult([], await self.failure(url, answer), items)

@@ -4,6 +4,7 @@ exactly the bytes a broken backend or proxy would, with a real SQLite outbox."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import struct
 import time
@@ -269,3 +270,60 @@ async def test_a_kept_alive_connection_dropped_while_idle_costs_no_failed_post(
             assert up.status.failures_total == 0, up.status.last_error
             assert backend.resets == 1 and transport.stale_retries == 1
         assert backend.posts == 2
+
+
+class Conflicting:
+    """A backend with a unique alert_id: a batch holding an id it has is refused with 409
+    Conflict (nothing stored); its first answer is lost (it stores, then stays silent past
+    the client's timeout), as a backend whose answer a dying link ate."""
+
+    def __init__(self, *, silent_s: float) -> None:
+        self.silent_s = silent_s
+        self.stored: list[str] = []
+        self.posts = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(10.0):
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                body = await reader.readexactly(length)
+                if not head.startswith(b"POST"):
+                    writer.write(_answer(200))  # the probe's HEAD
+                    return
+                self.posts += 1
+                ids = [a["alert_id"] for a in json.loads(body)["alerts"]]
+                if any(i in self.stored for i in ids):
+                    writer.write(_answer(409, body=b'{"error": "duplicate alert_id"}'))
+                    return
+                self.stored += ids
+                if self.posts == 1:
+                    await asyncio.sleep(self.silent_s)  # the answer is lost
+                writer.write(_answer(200, body=b'{"accepted": %d}' % len(ids)))
+        except (OSError, asyncio.IncompleteReadError, TimeoutError):
+            pass
+        finally:
+            writer.close()
+
+
+async def test_a_409_duplicate_after_a_lost_answer_counts_as_delivered_once(
+    tmp_path: Path,
+) -> None:
+    """The backend stored a batch but its answer was lost; the resend (same ids) is refused
+    as a duplicate (409): the backend has those alerts, so they are delivered, not dead
+    letters an operator would requeue into the same 409 forever."""
+    backend = Conflicting(silent_s=1.5)
+    async with await _outbox(tmp_path) as outbox, serving(backend) as url:
+        records = await outbox.append([draft(i=i) for i in range(3)])
+        c = _cfg(url, timeout_s=1.0)
+        async with Running(delivery(UP, HttpTransport(c, name=UP), outbox, c)) as up:
+            await until(lambda: _true(backend.posts >= 1))
+            await outbox.append([draft(i=3)])  # a new alert, in the resent batch
+            await until(lambda: _pending_is(outbox, 0))
+        stats = await outbox.stats()
+    assert stats.dead_lettered == 0 and stats.delivered == 4
+    assert backend.stored == [r["alert_id"] for r in records] + [f"gw-01-{4:012d}"]
+    assert up.status.delivered_total == 4 and up.status.dead_lettered_total == 0

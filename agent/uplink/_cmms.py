@@ -30,7 +30,7 @@ from agent.store import StoredItem
 from agent.uplink._httpclient import REASON_CHARS, RETRYABLE_4XX, Answer, HttpClient
 from agent.uplink._transport import SendResult
 from agent.uplink._workorder import AssetFacts, WorkOrder, build, no_work_order
-from agent.uplink.errors import UplinkError, UplinkRejected
+from agent.uplink.errors import UplinkError, UplinkRejected, UplinkUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,8 @@ class CmmsTransport(HttpClient):
             try:
                 answer = await self.post(self.cfg.url, wo.body, {"Idempotency-Key": wo.key})
             except UplinkError as exc:
+                if isinstance(exc, UplinkUnavailable):
+                    exc.timed_out = False  # one work order per POST: a smaller batch is no faster
                 return SendResult(delivered, exc, items[i:], skipped)
             if not answer.ok:
                 err = await self._refusal(wo, answer)

@@ -17,6 +17,9 @@ After a failure:
   except an explicit Retry-After: alerts and summaries keep arriving during a long outage
   (a summary every few seconds from a few hundred sensors), and a try after each one
   would turn the backoff into a POST a second at a backend that is down or refusing.
+A batch that timed out is halved too (a link too slow to carry a full batch within
+timeout_s, GPRS or a congested hop, would otherwise time out on every attempt and deliver
+nothing ever again); like a too-large one, it doubles back with each success.
 Refused items: a too-large batch is halved (one item too large on its own, or an MQTT
 message over the broker's maximum packet size, is dead-lettered); a refused batch is
 resent one item at a time so one bad record cannot take good ones with it; a refused
@@ -181,6 +184,8 @@ class Delivery:
             self._succeeded(result.delivered)
         err = result.error
         if isinstance(err, UplinkUnavailable):
+            if err.timed_out and len(result.failed) > 1:
+                self._halve(len(result.failed), "timed out")
             if after_probe and err.down:
                 self._probe_trusted = False  # the probe says up, sends fail: do not hammer
             await self._failed(str(err), err.retry_after_s, down=err.down)
@@ -220,10 +225,7 @@ class Delivery:
 
     async def _rejected(self, items: list[StoredItem], exc: UplinkRejected) -> None:
         if exc.too_large and len(items) > 1 and not exc.per_item:
-            self._limit = max(1, len(items) // 2)
-            log.warning(
-                "uplink[%s]: batch of %d too large, now %d", self.name, len(items), self._limit
-            )
+            self._halve(len(items), "too large")
             return
         if len(items) > 1 and not exc.per_item:
             # Find the culprits: resend these items one by one (same order, still pending).
@@ -246,6 +248,11 @@ class Delivery:
         if exc.too_large:
             self.status.too_large_total += len(moved)
         self.status.last_error = exc.reason
+
+    def _halve(self, size: int, why: str) -> None:
+        """Send smaller batches (each success doubles them back, up to batch_size)."""
+        self._limit = max(1, size // 2)
+        log.warning("uplink[%s]: batch of %d %s, now %d", self.name, size, why, self._limit)
 
     def _succeeded(self, items: list[StoredItem]) -> None:
         st = self.status

@@ -144,8 +144,8 @@ class HttpClient:
         """POST a JSON body; the answer, whatever its status but a redirect.
 
         Raises:
-            UplinkUnavailable: no answer (connection refused, reset, timeout: `down`), or a
-                3xx, which is never followed.
+            UplinkUnavailable: no answer (connection refused, reset, timeout: `down`; a
+                timeout is `timed_out` too), or a 3xx, which is never followed.
         """
         assert self._session is not None
         shown = public_url(url)
@@ -180,6 +180,7 @@ class HttpClient:
                 f"POST {shown}: {text}{await self._cert_hint(url, exc, text)}",
                 uplink=self.name,
                 down=True,
+                timed_out=isinstance(exc, TimeoutError),
             ) from exc
 
     async def _exchange(

@@ -25,6 +25,8 @@ class UplinkUnavailable(UplinkError):
         down: the far end did not answer usefully (no connection, a timeout, a 5xx without
             Retry-After): a cheap probe watches for its return. False when it answered and
             refused for a reason a probe cannot see change (credentials, a wrong URL).
+        timed_out: no (whole) answer within the timeout: the batch may be too large for
+            the link to carry in time, so the delivery loop halves it.
     """
 
     def __init__(
@@ -35,10 +37,12 @@ class UplinkUnavailable(UplinkError):
         status: int | None = None,
         retry_after_s: float | None = None,
         down: bool = False,
+        timed_out: bool = False,
     ) -> None:
         super().__init__(message, uplink=uplink, status=status)
         self.retry_after_s = retry_after_s
         self.down = down
+        self.timed_out = timed_out
 
 
 class UplinkRejected(UplinkError):

@@ -327,3 +327,52 @@ async def test_a_409_duplicate_after_a_lost_answer_counts_as_delivered_once(
     assert stats.dead_lettered == 0 and stats.delivered == 4
     assert backend.stored == [r["alert_id"] for r in records] + [f"gw-01-{4:012d}"]
     assert up.status.delivered_total == 4 and up.status.dead_lettered_total == 0
+
+
+class Narrow:
+    """A backend behind a narrow link (GPRS, a congested satellite hop): the request body
+    comes in at `rate` bytes/s; each POST is answered 200 once read whole."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.delivered: list[str] = []
+        self.posts = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(10.0):
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                body = b""
+                while len(body) < length:
+                    body += await reader.readexactly(min(256, length - len(body)))
+                    await asyncio.sleep(256 / self.rate)
+                if head.startswith(b"POST"):
+                    self.posts += 1
+                    self.delivered += [a["alert_id"] for a in json.loads(body)["alerts"]]
+                writer.write(_answer(200, body=b"{}"))
+                await writer.drain()
+        except (OSError, asyncio.IncompleteReadError, TimeoutError):
+            pass
+        finally:
+            writer.close()
+
+
+async def test_a_batch_too_slow_for_the_link_is_halved_not_resent_forever(
+    tmp_path: Path,
+) -> None:
+    """After an outage the backlog goes in full batches; over a link too slow to carry one
+    within timeout_s every attempt timed out and nothing was ever delivered again (new
+    alerts join the same batch). A batch that times out is halved, as one too large."""
+    backend = Narrow(rate=3000.0)
+    async with await _outbox(tmp_path) as outbox, serving(backend) as url:
+        records = await outbox.append([draft(i=i) for i in range(8)])
+        c = _cfg(url, timeout_s=0.6, batch_size=8)
+        assert len(json.dumps(records)) / backend.rate > 2 * c.timeout_s  # a full batch
+        async with Running(delivery(UP, HttpTransport(c, name=UP), outbox, c)) as up:
+            await until(lambda: _true(up.status.delivered_total >= 2), timeout_s=10.0)
+        assert "TimeoutError" in (up.status.last_error or "")
+    assert backend.delivered[:2] == [r["alert_id"] for r in records[:2]]

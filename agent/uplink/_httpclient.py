@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import logging
 import ssl
 from collections.abc import Mapping
@@ -214,14 +215,14 @@ class HttpClient:
                 raw = await _read_answer(resp.content)
             else:
                 raw = await resp.content.read(MAX_ANSWER_BYTES)
-            if 200 <= status < 300 and resp.content_type == "text/html":
+            if 200 <= status < 300 and web_page(resp.content_type, raw):
                 # Not the backend's acknowledgement: a firewall's block page (F5 ASM
-                # answers 200 by default), a proxy's login page or a web UI behind a
-                # wrong URL. Taking it as delivered would lose the alerts.
+                # answers 200 by default), a proxy's or hotspot's login page or a web UI
+                # behind a wrong URL. Taking it as delivered would lose the alerts.
                 raise UplinkUnavailable(
-                    f"POST {shown}: HTTP {status} with a web page (text/html) instead "
-                    "of the backend's answer (a firewall or proxy page, or a URL that "
-                    "is not the API); nothing marked delivered",
+                    f"POST {shown}: HTTP {status} with a web page ({resp.content_type}) "
+                    "instead of the backend's answer (a firewall or proxy page, or a URL "
+                    "that is not the API); nothing marked delivered",
                     uplink=self.name,
                     status=status,
                 )
@@ -331,6 +332,26 @@ class HttpClient:
             self._mode_warned = True
             log.warning("uplink[%s]: token_file %s", self.name, warning)
         self._token = token or None
+
+
+_PAGE_TYPES = frozenset({"text/html", "application/xhtml+xml"})
+_LEADING = b"\xef\xbb\xbf \t\r\n"  # a UTF-8 BOM and whitespace before the first tag
+
+
+def web_page(content_type: str, body: bytes) -> bool:
+    """A 2xx body that is a web page, not an API's acknowledgement: it begins with markup
+    (whatever its Content-Type: a portal may send none, or XHTML), or it is HTML with
+    markup in it. "HTML" without any, or JSON (Express's `res.send("OK")`, PHP's `echo`,
+    both text/html by default), is the backend's answer."""
+    if body.lstrip(_LEADING).startswith(b"<"):
+        return True
+    if content_type not in _PAGE_TYPES or b"<" not in body:
+        return False
+    try:
+        json.loads(body)
+    except ValueError:  # UnicodeDecodeError is a ValueError
+        return True
+    return False
 
 
 async def _read_answer(content: aiohttp.StreamReader) -> bytes:

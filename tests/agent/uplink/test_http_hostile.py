@@ -376,3 +376,46 @@ async def test_a_batch_too_slow_for_the_link_is_halved_not_resent_forever(
             await until(lambda: _true(up.status.delivered_total >= 2), timeout_s=10.0)
         assert "TimeoutError" in (up.status.last_error or "")
     assert backend.delivered[:2] == [r["alert_id"] for r in records[:2]]
+
+
+def _typed(status: int, content_type: bytes, body: bytes) -> bytes:
+    return b"HTTP/1.1 %d X\r\n%sContent-Length: %d\r\n\r\n%s" % (
+        status, b"Content-Type: %s\r\n" % content_type if content_type else b"", len(body), body
+    )  # fmt: skip
+
+
+async def _delivered_by(tmp_path: Path, answer: bytes) -> tuple[int, str | None]:
+    """Alerts marked delivered when every POST is answered `answer`, and the last error."""
+    backend = Backend(answer)
+    async with await _outbox(tmp_path) as outbox, serving(backend) as url:
+        await outbox.append([draft(i=i) for i in range(2)])
+        async with Running(
+            delivery(UP, HttpTransport(_cfg(url), name=UP), outbox, _cfg(url))
+        ) as up:
+            await until(lambda: _true(backend.posts >= 2 or up.status.delivered_total == 2))
+        return up.status.delivered_total, up.status.last_error
+
+
+async def test_an_acknowledgement_sent_as_text_html_is_a_delivery(tmp_path: Path) -> None:
+    """Express's res.send("OK") and PHP's echo answer with Content-Type text/html: no web
+    page (no markup) but the backend's acknowledgement. Taken for a block page it was
+    resent forever and nothing past the first batch was ever sent."""
+    for body in (b"OK", b'{"accepted": 2, "note": "a<b"}', b""):
+        delivered, error = await _delivered_by(
+            tmp_path / body.hex(), _typed(200, b"text/html; charset=utf-8", body)
+        )
+        assert delivered == 2, (body, error)
+
+
+async def test_a_captive_portal_page_is_no_delivery_whatever_its_content_type(
+    tmp_path: Path,
+) -> None:
+    """A portal or proxy page without a Content-Type, or as XHTML, is as much a web page as
+    one sent as text/html: nothing is marked delivered."""
+    page = b"\r\n<!DOCTYPE html>\n<html><head><title>Hotspot login</title></head></html>"
+    for content_type in (b"", b"application/xhtml+xml", b"text/plain"):
+        delivered, error = await _delivered_by(
+            tmp_path / content_type.hex(), _typed(200, content_type, page)
+        )
+        assert delivered == 0, content_type
+        assert "a web page" in (error or ""), error

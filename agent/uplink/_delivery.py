@@ -24,7 +24,13 @@ Refused items: a too-large batch is halved (one item too large on its own, or an
 message over the broker's maximum packet size, is dead-lettered); a refused batch is
 resent one item at a time so one bad record cannot take good ones with it; a refused
 single item is dead-lettered for this uplink with the reason (an operator can requeue it:
-`edge-agent requeue`).
+`edge-agent requeue`). Refusals alike in a row, with no delivery between them, are what
+an endpoint that refuses everything looks like (a proxy's 400 page, http:// sent to a TLS
+port): past FREE_REFUSALS of them, each further item is dead-lettered only when it is
+refused again after a backoff, so the backlog is not emptied into the dead letters within
+seconds and is still pending once the endpoint is fixed. This is for refusals of a
+batch narrowed down to one item (http); a refusal of one item as such (too large, an MQTT
+PUBACK, a CMMS answer to that item's own request) is never held back.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from agent.uplink.errors import UplinkRejected, UplinkUnavailable
 log = logging.getLogger(__name__)
 
 NEW_ALERT_RETRY_AFTER_S = 1.0  # during a backoff, a new alert retries after at least this
+FREE_REFUSALS = 3  # refusals alike in a row dead-lettered at once; then one per backoff
 
 
 @dataclass(slots=True)
@@ -133,6 +140,9 @@ class Delivery:
         self._probe_trusted = True
         self._after_probe = False  # the send under way follows a probe that said "up"
         self._woken_early = False  # a new item cut a wait short since the last success
+        self._refusal: str | None = None  # the last refusal's reason ...
+        self._refusals = 0  # ... and the items refused alike in a row since a delivery
+        self._held: frozenset[str] = frozenset()  # refused, held back a backoff, not dead
         self._stopping = False
         self._between = asyncio.Event()  # set while no send is under way
         self._between.set()
@@ -237,6 +247,13 @@ class Delivery:
                 exc.reason,
             )
             return
+        if self._hold_back(items, exc):
+            await self._failed(
+                f"{exc.reason}: {self._refusals} items refused alike in a row, none "
+                "delivered between: the endpoint (a proxy, a URL) may refuse everything, so "
+                "each further one is dead-lettered only if refused again after a backoff"
+            )
+            return
         if self._one_by_one:
             self._one_by_one -= 1
         try:
@@ -248,6 +265,22 @@ class Delivery:
         if exc.too_large:
             self.status.too_large_total += len(moved)
         self.status.last_error = exc.reason
+
+    def _hold_back(self, items: list[StoredItem], exc: UplinkRejected) -> bool:
+        """Whether to keep these refused items pending for a backoff instead of
+        dead-lettering them now (see the module docstring)."""
+        if exc.too_large or exc.per_item:
+            return False
+        ids = frozenset(it.item_id for it in items)
+        if ids == self._held:  # refused again after the backoff: theirs after all
+            self._held = frozenset()
+            return False
+        self._refusals = self._refusals + len(items) if exc.reason == self._refusal else 1
+        self._refusal = exc.reason
+        if self._refusals <= FREE_REFUSALS:
+            return False
+        self._held = ids
+        return True
 
     def _halve(self, size: int, why: str) -> None:
         """Send smaller batches (each success doubles them back, up to batch_size)."""
@@ -262,6 +295,7 @@ class Delivery:
         st.last_success_at = format_ts(datetime.now(UTC))
         self._probe_trusted = True
         self._woken_early = False
+        self._refusal, self._refusals, self._held = None, 0, frozenset()
         if self._one_by_one:
             self._one_by_one -= 1
         if self._limit < self._batch:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import socket
 import struct
 import time
@@ -419,3 +420,42 @@ async def test_a_captive_portal_page_is_no_delivery_whatever_its_content_type(
         )
         assert delivered == 0, content_type
         assert "a web page" in (error or ""), error
+
+
+class _Longest(random.Random):
+    """Always the longest backoff (full jitter could make every wait near 0)."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+NGINX_400 = (
+    b"<html>\r\n<head><title>400 The plain HTTP request was sent to HTTPS port</title></head>"
+    b"\r\n<body>\r\n<center><h1>400 Bad Request</h1></center>\r\n<center>The plain HTTP "
+    b"request was sent to HTTPS port</center>\r\n<hr><center>nginx</center>\r\n</body>\r\n"
+    b"</html>\r\n"
+)
+
+
+async def test_an_endpoint_refusing_everything_alike_does_not_dead_letter_the_backlog(
+    tmp_path: Path,
+) -> None:
+    """A misconfigured endpoint (http:// to nginx's TLS port) answers 400 to every POST:
+    the whole backlog went to the dead letters within seconds (300 of 300 in 5 s in the
+    probe), and every new alert after it. After a few refusals alike in a row, the next
+    one waits a backoff before it is dead-lettered, so fixing the URL (or the proxy)
+    finds the backlog still pending."""
+    backend = Backend(_typed(400, b"text/html", NGINX_400))
+    async with await _outbox(tmp_path) as outbox, serving(backend) as url:
+        await outbox.append([draft(i=i) for i in range(20)])
+        c = _cfg(url, max_backoff_s=30.0)
+        up = delivery(UP, HttpTransport(c, name=UP), outbox, c, rng=_Longest())
+        async with Running(up):
+            await until(lambda: _true(up.status.dead_lettered_total >= 3))
+            await asyncio.sleep(2.0)
+            stats = await outbox.stats()
+            assert stats.dead_lettered <= 5 and stats.pending >= 15, stats
+            assert "refused alike" in (up.status.last_error or ""), up.status.last_error
+            backend.answer = _answer(200, body=b"{}")  # the URL is fixed
+            await until(lambda: _pending_is(outbox, 0), timeout_s=10.0)
+        assert up.status.delivered_total == 20 - stats.dead_lettered

@@ -9,12 +9,21 @@ asset; when the sensor answers plausible values again it is cleared. The raised 
 persisted with the alert, so a restart neither repeats nor forgets it. A sensor that leaves
 its asset (a reload, or a restart with an edited file) has its fault there cleared: no
 status of it will ever clear it on that asset (agent.analysis.removed).
+
+A sensor that comes back for a poll or two and fails again (a device whose firmware stalls
+a few requests into each connection, a marginal radio link) would raise and clear its
+fault every few seconds: 64 alerts in 3 minutes from one device, each forwarded (and a
+CMMS work order per raise). A fault raised again within FLAP_WINDOW_S of its clear makes
+the sensor *flapping*: its next clear waits until it has answered plausibly for
+FLAP_CLEAR_HOLD_S without a break, so the whole unsteady stretch is one episode. A first
+fault still clears at the first good answer.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -31,6 +40,8 @@ from agent.records import AlertDraft, AssetRef, SensorRef, Severity, format_ts
 from drivers.reading import utc_now
 
 ALL_CHANNELS = "all"
+FLAP_WINDOW_S = 600.0  # a fault raised again this soon after its clear: the sensor flaps
+FLAP_CLEAR_HOLD_S = 120.0  # a flapping sensor must answer this long, unbroken, to clear
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +72,7 @@ class SensorFaultTracker:
         breaker_failures: failed polls in a row that open a poller's breaker (the threshold
             the record names).
         transport: the transport name for the records.
+        clock: monotonic seconds (tests pass their own), for the flapping hold.
     """
 
     def __init__(
@@ -70,9 +82,15 @@ class SensorFaultTracker:
         state: Mapping[str, str] | None = None,
         breaker_failures: int = 3,
         transport: str = "modbus",
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._threshold = float(breaker_failures)
         self._transport = transport
+        self._clock = clock
+        # Flapping (in memory only: a restart forgets it, and at worst clears early once).
+        self._cleared_at: dict[str, float] = {}  # monotonic time of each sensor's last clear
+        self._flapping: set[str] = set()  # sensors whose next clear waits FLAP_CLEAR_HOLD_S
+        self._ok_since: dict[str, float] = {}  # since when each answers plausibly, unbroken
         # Only the fault states are kept: a sensor a reload adds later resumes its own.
         self._saved = {k: v for k, v in (state or {}).items() if k.endswith("/sensor_fault")}
         self._raised: dict[str, bool] = {}
@@ -103,6 +121,10 @@ class SensorFaultTracker:
             s.id: "mqtt" if s.mqtt is not None else self._transport for s in config.sensors
         }
         self._stale_after = {s.id: s.mqtt.stale_after_s for s in config.sensors if s.mqtt}
+        for flaps in (self._cleared_at, self._ok_since):
+            for sid in [sid for sid in flaps if sid not in self._assets]:
+                del flaps[sid]
+        self._flapping &= self._assets.keys()
         for sid in [s for s in self._raised if s not in self._assets]:
             kept = json.dumps({"raised": self._raised.pop(sid)})
             self._saved[fault_key(self._raised_on.pop(sid), sid)] = kept
@@ -140,19 +162,37 @@ class SensorFaultTracker:
             self._saved[k] = out.state[k] = json.dumps({"raised": False, "at": format_ts(now)})
         return out
 
+    def _answering_for(self, health: SensorHealth) -> float | None:
+        """Seconds the sensor has answered plausible values without a break (as watched),
+        None while it does not."""
+        sid = health.sensor_id
+        if health.state != "ok" or health.bad_for_s != 0:
+            self._ok_since.pop(sid, None)
+            return None
+        since = self._ok_since.setdefault(sid, self._clock())
+        return self._clock() - since
+
     def update(self, health: SensorHealth, now: datetime) -> Update:
         """One status observation; a draft only when the fault starts or ends."""
         out = Update()
         asset = self._assets.get(health.sensor_id)
         if asset is None:  # removed by a reload an instant ago
             return out
-        raised = self._raised[health.sensor_id]
-        garbage = health.bad_for_s > 0 and health.bad_for_s >= self._bad_after[health.sensor_id]
+        sid = health.sensor_id
+        raised = self._raised[sid]
+        garbage = health.bad_for_s > 0 and health.bad_for_s >= self._bad_after[sid]
         down = health.state in ("backoff", "stale")
+        answering_for = self._answering_for(health)
         if not raised and (down or garbage):
             transition = "raised"
-        elif raised and health.state == "ok" and health.bad_for_s == 0:
+            cleared_at = self._cleared_at.get(sid)
+            if cleared_at is not None and self._clock() - cleared_at < FLAP_WINDOW_S:
+                self._flapping.add(sid)
+        elif raised and answering_for is not None:
+            if sid in self._flapping and answering_for < FLAP_CLEAR_HOLD_S:
+                return out  # back for a moment only, as before: the episode goes on
             transition = "cleared"
+            self._cleared_at[sid] = self._clock()
         else:
             return out
         self._raised[health.sensor_id] = transition == "raised"
@@ -170,6 +210,11 @@ class SensorFaultTracker:
         if garbage and not down:
             evidence["implausible_values"] = list(health.last_bad)
             evidence["implausible_for_s"] = round(health.bad_for_s, 1)
+        if sid in self._flapping:
+            evidence["flapping"] = True  # raised again soon after a clear
+            if transition == "cleared":
+                evidence["answering_for_s"] = round(answering_for or 0.0, 1)
+                self._flapping.discard(sid)
         if transition == "raised" and garbage and not down:
             metric, value = "implausible_values_seconds", health.bad_for_s
             threshold = self._bad_after[health.sensor_id]

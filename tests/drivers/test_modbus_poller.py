@@ -332,12 +332,17 @@ async def test_intermittent_garbage_is_counted_not_logged_per_poll(caplog) -> No
     assert len(lines) == 1 and len(again) == 1, lines
 
 
-async def test_0x8000_in_an_unsigned_register_is_garbage_not_a_zone_d_reading(caplog) -> None:
+@pytest.mark.parametrize("raw", [0x8000, 0x7FFF])
+async def test_0x8000_in_an_unsigned_register_is_garbage_not_a_zone_d_reading(
+    caplog, raw: int
+) -> None:
     # 0x8000, the "no value" mark of 16-bit registers (the int16 minimum), in the QM30VT2's
     # unsigned mm/s register read as 32.768 mm/s: zone D on every ISO 10816 class, and
     # inside the 0-50 valid range. Kurtosis and crest factor (32.768) were analysed too.
+    # 0x7FFF, the int16 maximum and the other common "over range / no value" mark, read
+    # as 32.767 mm/s: the same zone D from garbage.
     caplog.set_level(logging.INFO, logger=LOG)
-    garbage = {"velocity_rms_mm_s": 32.768, "kurtosis": 32.768, "crest_factor": 32.768}
+    garbage = {f: raw * 0.001 for f in ("velocity_rms_mm_s", "kurtosis", "crest_factor")}
     readings = Collector()
     async with ModbusSimServer([SimDevice(5, Constant({**A, **garbage}))]) as srv:
         p = poller(srv.port, 5, readings, poll_interval_s=0.05)
@@ -365,12 +370,16 @@ class AmcChannel1:
         return {"ch1": ch1, "all": {"temperature_c": self.values["temperature_c"]}}
 
 
-async def test_0x8000_in_the_amc_acceleration_registers_is_garbage_not_3_3_g(caplog) -> None:
+@pytest.mark.parametrize("raw", [0x8000, 0x7FFF])
+async def test_0x8000_in_the_amc_acceleration_registers_is_garbage_not_3_3_g(
+    caplog, raw: int
+) -> None:
     # The AVM 2000R's acceleration registers are uint16 in 0.001 m/s2: raw 0x8000, the
-    # 16-bit "no value" mark, read as 32.768 m/s2 = 3.34 g, inside the 0-100 g valid range.
+    # 16-bit "no value" mark, read as 32.768 m/s2 = 3.34 g, inside the 0-100 g valid range
+    # (0x7FFF, the int16 maximum's "over range" mark, as 32.767 m/s2: the same 3.34 g).
     caplog.set_level(logging.INFO, logger=LOG)
     scale = load_profile("amc-avm2000r").registers[1].scale  # g per raw unit
-    garbage = {"accel_peak_g": 0x8000 * scale, "accel_rms_g": 0x8000 * scale}
+    garbage = {"accel_peak_g": raw * scale, "accel_rms_g": raw * scale}
     good = {"velocity_peak_mm_s": 4.0, "velocity_rms_mm_s": 2.0, "temperature_c": 35.0}
     readings = Collector()
     sim = SimDevice(5, AmcChannel1({**good, **garbage}))

@@ -32,6 +32,11 @@ from drivers.modbus._wheel import Wheel
 
 MAX_BUFFER = 64 * 1024  # a peer that streams garbage is cut off, not buffered
 MAX_TIMEOUTS_KEPT = 3  # timeouts in a row after which a connection is presumed half-open
+# Unanswered transaction ids remembered per connection, newest kept: a device that drops a
+# request now and then (never three in a row) keeps its connection, and every id it never
+# answered stayed in the set, up to all 65536 (~4 MB per flaky device). An answer older
+# than this many unanswered requests is counted as a stray one and dropped all the same.
+MAX_STALE_KEPT = 32
 
 
 def _expire(fut: asyncio.Future[bytes]) -> None:
@@ -112,7 +117,7 @@ class TcpLink:
         self._protocol: _Protocol | None = None
         self._tid = 0
         self._waiting: tuple[int, int, asyncio.Future[bytes]] | None = None
-        self._stale: set[int] = set()
+        self._stale: dict[int, None] = {}  # insertion-ordered: the oldest is dropped first
         # Made by the first settle (gateways only): thousands of device links never wait.
         self._settled: asyncio.Event | None = None
         self.late_answers = 0
@@ -208,7 +213,7 @@ class TcpLink:
             pdu = await fut
         except LinkTimeout:
             self._waiting = None  # from now on its answer is a late one
-            self._stale.add(tid)
+            self._mark_stale(tid)
             self._timeouts += 1
             await self._settle()
             raise LinkTimeout(f"no answer within {timeout_s:g} s") from None
@@ -219,7 +224,7 @@ class TcpLink:
                 self._waiting = None
             if not fut.done():  # cancelled: its answer, if any, is late from now on
                 fut.cancel()
-                self._stale.add(tid)
+                self._mark_stale(tid)
         self._timeouts = 0
         return registers_of(pdu, function_code, count)
 
@@ -256,12 +261,19 @@ class TcpLink:
                     fut.set_result(pdu)
             return
         if tid in self._stale:
-            self._stale.discard(tid)
+            del self._stale[tid]
             self.late_answers += 1
             if not self._stale and self._settled is not None:
                 self._settled.set()
             return
         self.stray_answers += 1
+
+    def _mark_stale(self, tid: int) -> None:
+        stale = self._stale
+        stale.pop(tid, None)  # a reused id moves to the newest end
+        stale[tid] = None
+        if len(stale) > MAX_STALE_KEPT:
+            del stale[next(iter(stale))]
 
     def _fail(self, exc: Exception) -> None:
         waiting, self._waiting = self._waiting, None

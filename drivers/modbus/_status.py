@@ -49,7 +49,8 @@ class PollerStatus:
         last_rtt_s: duration of the last good poll (queue wait included), seconds.
         backoff_s: the current back-off delay (0 when the breaker is closed).
         errors_by_kind: failed polls by kind (timeout, connection, exception_N, crc,
-            short, wrong_device, byte_count, wrong_function, noise (RTU: the line never
+            short, wrong_device, transaction (TCP: answers came under another transaction id),
+            byte_count, wrong_function, noise (RTU: the line never
             fell quiet after the failed read), ...).
         bad_values: readings flagged, by reason (sentinel, out_of_range, not_finite,
             all_zero).

@@ -198,6 +198,7 @@ class TcpLink:
             raise LinkDown("not connected")
         self._tid = (self._tid + 1) & 0xFFFF
         tid = self._tid
+        strays = self.stray_answers
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[bytes] = loop.create_future()
         self._waiting = (tid, device_id, fut)
@@ -216,6 +217,14 @@ class TcpLink:
             self._mark_stale(tid)
             self._timeouts += 1
             await self._settle()
+            if self.stray_answers > strays:
+                # The device answers, under another id: say so, not "no answer".
+                raise FrameError(
+                    "transaction",
+                    f"no answer with our transaction id within {timeout_s:g} s, but "
+                    f"{self.stray_answers - strays} with another id: the device does not "
+                    "echo the request's transaction id",
+                ) from None
             raise LinkTimeout(f"no answer within {timeout_s:g} s") from None
         finally:
             if timer is not None:

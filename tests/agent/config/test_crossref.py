@@ -160,3 +160,28 @@ def test_token_and_token_file_together(tmp_path: Path) -> None:
     assert lines(write(tmp_path, text)) == [
         "config.yaml:7:11: uplinks[0].http: give token or token_file, not both"
     ]
+
+
+def test_an_unknown_id_in_a_plant_sized_file_lists_a_few_known_ids_not_all(
+    tmp_path: Path,
+) -> None:
+    # 2000 sensors on 2000 machines and one typo: the line listed all 2000 asset ids
+    # (18 kB on one line, per mistake).
+    n = 2000
+    text = "gateway: {id: gw-01}\nassets:\n"
+    text += "".join(
+        f"  - {{id: pump-{i}, machine: {{standard: iso10816-3, group: 2, "
+        "foundation: rigid, rpm: 1480}}\n"
+        for i in range(n)
+    )
+    text += "sensors:\n"
+    text += "".join(
+        f"  - {{id: s{i}, asset: {'pmup-7' if i == 7 else f'pump-{i}'}, "
+        f"modbus: {{host: 10.0.0.{i % 200 + 1}, device_id: {i // 200 + 1}}}}}\n"
+        for i in range(n)
+    )
+    text += "store: {path: /tmp/o.db}\n"
+    (line,) = lines(write(tmp_path, text))
+    assert line.startswith(f"config.yaml:{n + 11}:")
+    assert "no asset has id 'pmup-7'" in line and "(did you mean 'pump-7'?)" in line
+    assert f"and {n - 10} more" in line and len(line) < 400, len(line)

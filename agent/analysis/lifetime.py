@@ -8,7 +8,9 @@ configuration afterwards counts again. Ages advance with the readings' clock (th
 own clock in replay). An installed_at after the reading's time gives no age (the record says
 to correct it or the clock); the agent's own anchors found after now were taken with a clock
 that was ahead and count from now. A replacement within DUPLICATE_S of the previous one is
-that one recorded twice: its "life" of a few seconds is not added to the fleet history.
+that one recorded twice: its "life" of a few seconds is not added to the fleet history;
+recorded again as the other kind (`--replaced healthy` corrected by `--replaced failed`),
+it corrects the life the first one stored (the store replaces that row).
 
 Prior: agent.analysis.reliability from the asset's `reliability` block plus the completed
 lives of its class (`reliability.class`, by default the asset's own id) recorded in the store.
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from agent.analysis.channel import state_key
@@ -88,6 +90,7 @@ class AssetLives:
         self._anchors: dict[str, dict[str, float | None]] = {}
         self._changed: set[str] = set()
         self._not_recorded: dict[str, str] = {}  # why replaced() kept no life, by asset
+        self._corrected: dict[str, str] = {}  # what replaced() corrected, by asset
         self.reconfigure(assets, saved)
 
     def reconfigure(self, assets: Iterable[Asset], saved: Mapping[str, str]) -> None:
@@ -192,6 +195,10 @@ class AssetLives:
         if age is not None and how == "replaced" and age * _HOUR_S < DUPLICATE_S:
             # The same replacement recorded twice (a retried command): one life, not a
             # second "failed" life of a few seconds that would drag the class's prior down.
+            # Recorded as the other kind, it is a correction of the first: its life changes.
+            corrected = self._correct(asset, failed=failed)
+            if corrected is not None:
+                return corrected
             self._not_recorded[asset.id] = (
                 f"{asset.id} was replaced {age * _HOUR_S:.0f} s before; a life this short is "
                 "taken as the same replacement recorded twice"
@@ -203,12 +210,35 @@ class AssetLives:
             done = FleetLife(round(age, 6), failed, asset.id, ended_at)
             cls = self.class_of(asset)
             self._fleet.setdefault(cls, []).append(done)
-            for a in self._assets.values():
-                if self.class_of(a) == cls:
-                    self._priors.pop(a.id, None)
+            self._forget_priors(cls)
         self._anchors[asset.id]["replaced_at_s"] = at_s
         self._changed.add(asset.id)
         return done
+
+    def _correct(self, asset: Asset, *, failed: bool) -> FleetLife | None:
+        """The life the asset's last replacement stored, as `failed` now says (None: it
+        stored none, or already says so). It keeps its hours and end: the part's life
+        ended at the first record; the new part's age still counts from there."""
+        at_s = self._anchors[asset.id].get("replaced_at_s")
+        if at_s is None:
+            return None
+        ended_at = format_ts(datetime.fromtimestamp(float(at_s), tz=UTC))
+        lives = self._fleet.get(self.class_of(asset), [])
+        for i in range(len(lives) - 1, -1, -1):
+            life = lives[i]
+            if life.asset == asset.id and life.ended_at == ended_at:
+                if life.failed == failed:
+                    return None
+                lives[i] = replace(life, failed=failed)
+                self._corrected[asset.id] = "failed" if life.failed else "healthy"
+                self._forget_priors(self.class_of(asset))
+                return lives[i]
+        return None
+
+    def _forget_priors(self, cls: str) -> None:
+        for a in self._assets.values():
+            if self.class_of(a) == cls:
+                self._priors.pop(a.id, None)
 
     def record_replacement(
         self, asset: Asset, at: datetime, how: str
@@ -230,6 +260,12 @@ class AssetLives:
         else:
             lives.append((cls, done))
             info["completed_life_hours"] = round(done.hours, 4)
+            was = self._corrected.pop(asset.id, None)
+            if was is not None:  # the store replaces the row the first record added
+                info["corrects"] = (
+                    f"the replacement recorded at {done.ended_at} as {was}: its life is "
+                    f"now counted as {how}"
+                )
         info["fleet_lives"] = len(self.fleet(cls))
         return {"replacement": info}, lives, self.take_changes()
 

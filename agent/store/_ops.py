@@ -119,10 +119,13 @@ def append(
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             [(str(k), str(v)) for k, v in state.items()],
         )
-    if lives:  # (asset, ended_at) is unique: a retried write adds a life once
+    if lives:  # (asset, ended_at) is unique: a retried write adds a life once, and a
+        # correction of a replacement (healthy -> failed within a minute) replaces its row
         conn.executemany(
-            "INSERT OR IGNORE INTO fleet_lives (class, asset, life_hours, failed, ended_at) "
-            "VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO fleet_lives (class, asset, life_hours, failed, ended_at) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (asset, ended_at) DO UPDATE SET "
+            "class = excluded.class, life_hours = excluded.life_hours, "
+            "failed = excluded.failed",
             [(c, x.asset, float(x.hours), int(x.failed), x.ended_at) for c, x in lives],
         )
     return records

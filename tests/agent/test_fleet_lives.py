@@ -127,6 +127,42 @@ def test_a_replacement_recorded_twice_within_a_minute_adds_one_life(
     assert fleet["assets"]["press-8"]["median_life_hours"] == pytest.approx(500.0, rel=0.01)
 
 
+def test_a_replacement_corrected_within_a_minute_replaces_its_life(
+    cfg: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--replaced healthy` corrected at once by `--replaced failed`: the first entry stayed
+    (a suspension where the part had failed: the class's prior too long); the correction
+    now replaces it, in the store and in `status`. A later replacement is a new life."""
+    args = ["maintenance", "--json", "-c", str(cfg), "--asset", "press-7", "--replaced"]
+    assert main([*args, "healthy"]) == 0 and main([*args, "failed"]) == 0
+    first, second = (json.loads(x) for x in capsys.readouterr().out.splitlines())
+    assert first["evidence"]["replacement"]["replaced"] == "healthy"
+    fixed = second["evidence"]["replacement"]
+    assert fixed["completed_life_hours"] == 500.0 and fixed["fleet_lives"] == 1
+    assert "as healthy: its life is now counted as failed" in fixed["corrects"]
+    with sqlite3.connect(cfg.parent / "o.db") as conn:
+        rows = conn.execute("SELECT life_hours, failed FROM fleet_lives").fetchall()
+    assert rows == [(500.0, 1)]
+    assert main(["status", "-c", str(cfg)]) == 1  # the agent is stopped
+    assert capsys.readouterr().out.rstrip().endswith("; fleet history: bearing-6204 1 life")
+
+    async def later() -> dict[str, Any]:  # the new part fails 100 h later: a second life
+        config = load_config(cfg)
+        async with outbox_for(config) as ob:
+            m = Monitor(config, state=await ob.load_state(), fleet=await ob.fleet_lives())
+            u = m.maintenance(
+                "press-7", datetime.now(UTC) + timedelta(hours=100), "", replaced="failed"
+            )
+            (record,) = await ob.append(u.drafts, u.state, u.lives)
+            return dict(record["evidence"]["replacement"])
+
+    again = asyncio.run(later())
+    assert again["completed_life_hours"] == pytest.approx(100.0, abs=0.01)
+    assert again["fleet_lives"] == 2 and "corrects" not in again
+    with sqlite3.connect(cfg.parent / "o.db") as conn:
+        assert len(conn.execute("SELECT 1 FROM fleet_lives").fetchall()) == 2
+
+
 def test_implausible_stored_lives_are_ignored_and_said_so(
     cfg: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -25,6 +25,7 @@ from agent.control import ControlError, Handler, Peer, Refused, call
 from agent.identity import mismatch
 from agent.pending import PendingWrites
 from agent.store import StoreError, StoreInUseError, check_path, outbox_for, store_lock
+from drivers.payloads import DecoderLibrary
 from drivers.profiles import ProfileLibrary
 from drivers.reading import utc_now
 
@@ -138,7 +139,8 @@ async def _offline(config: Config, request: MaintenanceRequest) -> list[dict[str
     digests: dict[str, str] = {}  # the models it saves keep their basis whole
     with contextlib.suppress(OSError, ValueError):  # unreadable now: saved without them
         library = await asyncio.to_thread(ProfileLibrary.load, config.profiles_dir)
-        digests = source_digests(config, library)
+        decoders = await asyncio.to_thread(DecoderLibrary.load, config.decoders_dir)
+        digests = source_digests(config, library, decoders)
     async with outbox_for(config) as outbox:
         state, fleet = await outbox.load_state(), await outbox.fleet_lives()
         monitor = Monitor(config, state=state, fleet=fleet, digests=digests)

@@ -37,6 +37,7 @@ from agent.reload_plan import ReloadPlan, plan_reload
 from agent.sources import Sources, build_sources, planned_utilisation
 from agent.store import FINDINGS, StoreError
 from agent.uplink import Delivery, UplinkStatus, build_uplinks
+from drivers.payloads import DecoderLibrary
 from drivers.profiles import ProfileLibrary
 from drivers.reading import utc_now
 
@@ -75,13 +76,24 @@ class _Prepared:
     mqtt: MqttInputs | None = None  # the rebuilt MQTT inputs, when an MQTT setting changed
 
 
-def _read(path: Path) -> tuple[CheckResult, ProfileLibrary | None]:
-    """The file checked as `edge-agent check` does, and its profile library (a thread:
-    reading files must not block the event loop)."""
+@dataclass(frozen=True, slots=True)
+class _Files:
+    """The data files a configuration names, read with it."""
+
+    profiles: ProfileLibrary
+    decoders: DecoderLibrary
+
+
+def _read(path: Path) -> tuple[CheckResult, _Files | None]:
+    """The file checked as `edge-agent check` does, and its register profiles and payload
+    decoders (a thread: reading files must not block the event loop)."""
     result = check_file(path)
     if result.config is None:
         return result, None
-    return result, ProfileLibrary.load(result.config.profiles_dir)
+    config = result.config
+    return result, _Files(
+        ProfileLibrary.load(config.profiles_dir), DecoderLibrary.load(config.decoders_dir)
+    )
 
 
 class Reloader:
@@ -214,21 +226,28 @@ class Reloader:
 
     async def _reload(self, requester: str) -> dict[str, Any]:
         agent = self._agent
-        result, library = await asyncio.to_thread(_read, self.path)
+        result, files = await asyncio.to_thread(_read, self.path)
         if agent.stopping:  # a stop began while the file was read: change nothing
             raise ReloadRefused(STOPPING)
-        if result.config is None or library is None:
+        if result.config is None or files is None:
             issues = "\n".join(str(i) for i in result.issues)
             raise ReloadRefused(f"{self.path} is not valid (as `edge-agent check` says):\n{issues}")
         new = result.config
-        plan = plan_reload(agent.config, new, agent.library, library)
+        plan = plan_reload(
+            agent.config,
+            new,
+            agent.library,
+            files.profiles,
+            old_decoders=agent.decoders,
+            new_decoders=files.decoders,
+        )
         if plan.refused:
             raise ReloadRefused("; ".join(plan.refused))
         before = agent.config
         # The step that can fail (an unwritable store); what removed uplinks leave behind.
         plan.count_left(await self._register_uplinks(new))
         try:
-            prepared = self._prepare(new, library, plan)
+            prepared = self._prepare(new, files, plan)
         except Exception as exc:  # a surprise (a bug) must leave the agent as it was
             log.exception("reload: building the new sensors or uplinks failed")
             with contextlib.suppress(ReloadRefused):
@@ -241,7 +260,7 @@ class Reloader:
         # From here to the first await in _apply nothing yields: a shutdown that begins
         # later finds this reload applying and waits for it (settle).
         needs = list(plan.needs_restart)
-        needs += await self._apply(new, library, plan, prepared)
+        needs += await self._apply(new, files, plan, prepared)
         if agent.queue_size < agent.wanted_queue_size(new):
             needs.append(
                 f"analysis queue: {agent.queue_size} readings now, "
@@ -250,12 +269,12 @@ class Reloader:
         return {"config": str(self.path), "changes": plan.changes, "needs_restart": needs,
                 "requested_by": requester}  # fmt: skip
 
-    def _prepare(self, new: Config, library: ProfileLibrary, plan: ReloadPlan) -> _Prepared:
-        agent = self._agent
+    def _prepare(self, new: Config, files: _Files, plan: ReloadPlan) -> _Prepared:
+        agent, library = self._agent, files.profiles
         kept = {i: b for i, b in agent.sensors.shared.items() if i not in plan.buses_retired}
         sources = build_sources(new, library, agent.sink, only=set(plan.start), shared=kept)
         built = {d.name: d for d in build_uplinks(new, agent.outbox)}
-        mqtt = build_mqtt(new, agent.sink) if plan.mqtt else None
+        mqtt = build_mqtt(new, agent.sink, files.decoders) if plan.mqtt else None
         return _Prepared(sources, {n: built[n] for n in plan.uplinks_start}, mqtt)
 
     async def _register_uplinks(self, new: Config) -> dict[str, int]:
@@ -272,7 +291,7 @@ class Reloader:
             raise ReloadRefused(f"the store cannot register the uplinks now: {exc}") from exc
 
     async def _apply(
-        self, new: Config, library: ProfileLibrary, plan: ReloadPlan, prepared: _Prepared
+        self, new: Config, files: _Files, plan: ReloadPlan, prepared: _Prepared
     ) -> list[str]:
         """Apply a checked plan; what could not be (a health port taken, the agent stopping)."""
         agent = self._agent
@@ -280,10 +299,12 @@ class Reloader:
         # Analysis first, in the same loop step as the removed pollers leave (no await in
         # between): from here no reading of a removed sensor is analysed.
         # A removed or moved sensor's open alerts are closed with the state that says so.
-        agent.persist(agent.monitor.reconfigure(new, digests=source_digests(new, library)))
+        library = files.profiles
+        digests = source_digests(new, library, files.decoders)
+        agent.persist(agent.monitor.reconfigure(new, digests=digests))
         agent.persist(agent.faults.reconfigure(new))
         agent.feeds.reconfigure(new)
-        agent.config, agent.library = new, library
+        agent.config, agent.library, agent.decoders = new, library, files.decoders
         sensors = agent.sensors
         await sensors.stop(plan.stop, timeout_s=agent.poller_stop_s)
         sensors.retire_buses(plan.buses_retired)  # a serial port is free before it reopens

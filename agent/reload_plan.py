@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from agent.analysis.basis import basis_change, basis_of, source_digests
 from agent.config import Config, Sensor
+from drivers.payloads import DecoderLibrary
 from drivers.profiles import ProfileLibrary
 
 RESTART = "systemctl restart edge-agent"
@@ -33,21 +34,38 @@ class SensorSpec:
     analysis: Hashable
 
 
-def _transport(config: Config, s: Sensor, library: ProfileLibrary) -> Hashable:
+def _transport(
+    config: Config, s: Sensor, library: ProfileLibrary, decoders: DecoderLibrary | None
+) -> Hashable:
     """What a sensor's poller is built from (agent.sources). The one branch per kind."""
-    if s.mqtt is not None:  # agent.mqtt_inputs: its subscription, its broker, its channels
-        return ("mqtt", s.mqtt, config.broker(s.mqtt.broker), s.channels, config.decoders_dir)
+    if s.mqtt is not None:  # agent.mqtt_inputs: its subscription, its broker, its channels,
+        # its decoder as its file now says (one edited under the same name is another)
+        decoder = _decoder(decoders, s.mqtt.decoder)
+        broker = config.broker(s.mqtt.broker)
+        return ("mqtt", s.mqtt, broker, s.channels, config.decoders_dir, decoder)
     m = s.modbus
     assert m is not None
     bus = config.bus(m.bus) if m.bus is not None else None
     return ("modbus", m, bus, library.get(m.profile), s.poll_interval_s, s.channels)
 
 
-def sensor_specs(config: Config, library: ProfileLibrary) -> dict[str, SensorSpec]:
-    """Every configured sensor's spec, by id."""
+def _decoder(decoders: DecoderLibrary | None, name: str) -> Hashable:
+    if decoders is None:
+        return None
+    try:
+        return decoders.get(name)
+    except ValueError:  # unknown (DecoderError): `check` refused the file before this
+        return name
+
+
+def sensor_specs(
+    config: Config, library: ProfileLibrary, decoders: DecoderLibrary | None = None
+) -> dict[str, SensorSpec]:
+    """Every configured sensor's spec, by id (decoders: the payload decoders as loaded
+    for this configuration; None: MQTT sensors compared by their settings alone)."""
     return {
         s.id: SensorSpec(
-            _transport(config, s, library),
+            _transport(config, s, library, decoders),
             (s.asset, config.asset(s.asset), s.channels, s.bad_values_fault_s),
         )
         for s in config.sensors
@@ -140,9 +158,16 @@ class ReloadPlan:
 
 
 def plan_reload(
-    old: Config, new: Config, old_library: ProfileLibrary, new_library: ProfileLibrary
+    old: Config,
+    new: Config,
+    old_library: ProfileLibrary,
+    new_library: ProfileLibrary,
+    *,
+    old_decoders: DecoderLibrary | None = None,
+    new_decoders: DecoderLibrary | None = None,
 ) -> ReloadPlan:
-    """The plan that turns the running `old` configuration into `new`."""
+    """The plan that turns the running `old` configuration into `new`; the decoders: each
+    side's payload decoders (a decoder file edited in place rebuilds the MQTT links)."""
     plan = ReloadPlan()
     if new.gateway.id != old.gateway.id:
         plan.refused.append(
@@ -158,7 +183,7 @@ def plan_reload(
     if plan.refused:
         return plan
     _plan_buses(old, new, plan)
-    _plan_sensors(old, new, old_library, new_library, plan)
+    _plan_sensors(old, new, (old_library, old_decoders), (new_library, new_decoders), plan)
     _plan_uplinks(old, new, plan)
     _plan_rest(old, new, plan)
     return plan
@@ -180,13 +205,14 @@ def _plan_buses(old: Config, new: Config, plan: ReloadPlan) -> None:
 def _plan_sensors(
     old: Config,
     new: Config,
-    old_library: ProfileLibrary,
-    new_library: ProfileLibrary,
+    old_sources: tuple[ProfileLibrary, DecoderLibrary | None],
+    new_sources: tuple[ProfileLibrary, DecoderLibrary | None],
     plan: ReloadPlan,
 ) -> None:
-    before = sensor_specs(old, old_library)
-    after = sensor_specs(new, new_library)
-    digests = (source_digests(old, old_library), source_digests(new, new_library))
+    before = sensor_specs(old, *old_sources)
+    after = sensor_specs(new, *new_sources)
+    digests = (source_digests(old, *old_sources), source_digests(new, *new_sources))
+    mqtt_ids = {s.id for s in new.sensors if s.mqtt is not None}
     for sid, spec in after.items():
         was = before.get(sid)
         if was is None:
@@ -195,6 +221,7 @@ def _plan_sensors(
         elif was.transport != spec.transport:
             plan.stop.append(sid)
             plan.start.append(sid)
+            plan.mqtt |= sid in mqtt_ids  # its link is rebuilt (its decoder file edited)
             plan.changes.append(
                 f"sensor {sid} restarted: how it is read changed; "
                 + _analysis_change(old, new, sid, digests)

@@ -59,6 +59,7 @@ from agent.store import StoreError, check_path, outbox_for, store_lock
 from agent.uplink import Delivery, build_uplinks
 from agent.watchdog import Watchdog, WatchdogLimits
 from drivers.modbus import Bus, ModbusPoller
+from drivers.payloads import DecoderLibrary
 from drivers.profiles import ProfileLibrary
 
 __all__ = [
@@ -136,11 +137,12 @@ class Agent:
         self.lag = LoopLag()
         self.sink = self.readings.put
         self.library = ProfileLibrary.load(config.profiles_dir)
+        self.decoders = DecoderLibrary.load(config.decoders_dir)  # as this config reads them
         sources = build_sources(config, self.library, self.sink)
         self.sensors = RunningSensors()
         self.sensors.add_buses(sources.buses)
         self._first_pollers = sources.pollers
-        self.mqtt = RunningMqtt(build_mqtt(config, self.sink))
+        self.mqtt = RunningMqtt(build_mqtt(config, self.sink, self.decoders))
         self._first_uplinks = build_uplinks(config, self.outbox)
         self.deliveries: dict[str, tuple[Delivery, asyncio.Task[None]]] = {}
         self._tg: asyncio.TaskGroup | None = None
@@ -243,7 +245,7 @@ class Agent:
         await stack.enter_async_context(self.outbox)
         state = await self.outbox.load_state()
         fleet = await self.outbox.fleet_lives()
-        digests = source_digests(self.config, self.library)
+        digests = source_digests(self.config, self.library, self.decoders)
         self.monitor = Monitor(self.config, state=state, fleet=fleet, digests=digests)
         self.faults = SensorFaultTracker(
             self.config, state=state, breaker_failures=BREAKER_FAILURES

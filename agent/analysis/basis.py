@@ -9,7 +9,9 @@ A channel learns two things, from different inputs:
   description or valid ranges), or another physical device at the sensor id (a new Modbus
   address, MQTT broker, topic or key: a replaced sensor) makes it meaningless; nothing else
   does (a host written otherwise is the same: localhost or 127.0.0.1, capitals, a trailing
-  dot). A decoder file edited under the same name is not seen yet (MQTT).
+  dot). A payload decoder file edited under the same name counts the same way (its fields'
+  paths, scales, offsets, features and channels, a waveform's rate, axes and scale; not
+  its description, units, valid ranges or sentinels).
 - the failure metric's binned history (time to failure): the failure metric's values in
   bins of trend_bin_s. A new metric, bin width or bearing geometry (the envelope features
   depend on it) makes it meaningless; the baseline and the degradation onset stay.
@@ -35,6 +37,7 @@ from typing import TYPE_CHECKING
 from agent.config import Asset, Config, Sensor
 
 if TYPE_CHECKING:  # types only: `edge-agent replay` starts without the profile loader (YAML)
+    from drivers.payloads import Decoder, DecoderLibrary
     from drivers.profiles import Profile, ProfileLibrary
 
 __all__ = [
@@ -42,6 +45,7 @@ __all__ = [
     "BasisChange",
     "basis_change",
     "basis_of",
+    "decoder_digest",
     "device",
     "profile_digest",
     "reading_source",
@@ -80,8 +84,9 @@ class Basis:
         metric: failure.metric.
         trend_bin_s: alerting.trend_bin_s as configured (None: the agent's default).
         bearing: (balls, ball_mm, pitch_mm, contact_deg), None without one.
-        source_digest: profile_digest of the register profile the source names; None when
-            unknown (an MQTT decoder, a model saved before digests were kept).
+        source_digest: profile_digest / decoder_digest of the register profile or payload
+            decoder the source names; None when unknown (a model saved before digests
+            were kept).
     """
 
     rpm: float
@@ -132,14 +137,43 @@ def profile_digest(profile: Profile) -> str:
     return hashlib.sha256(repr(rows).encode()).hexdigest()[:16]
 
 
-def source_digests(config: Config, library: ProfileLibrary) -> dict[str, str]:
+# What in each decoder format turns a payload into values (descriptions, units, valid
+# ranges, sentinels, limits and the time and key fields do not change a value).
+_DECODER_VALUES = {
+    "json-features": ("roots",),
+    "waveform-json": ("rate", "axes", "encoding", "scale", "axis_names"),
+    "raw-int16": ("data_offset", "sample_rate", "sample_count", "axis_count", "scale",
+                  "axis_names", "layout"),
+}  # fmt: skip
+
+
+def decoder_digest(decoder: Decoder) -> str:
+    """A short hash of what in a payload decoder turns a message into feature values (see
+    _DECODER_VALUES; json-features: each field's path, scale, offset, feature and channel;
+    raw-int16: each header field's place and type). Editing anything else relearns
+    nothing."""
+    kind = decoder.kind
+    parts: list[object] = [kind, *(getattr(decoder, a) for a in _DECODER_VALUES.get(kind, ()))]
+    for f in getattr(decoder, "fields", ()):
+        parts.append((f.path, f.scale, f.offset, f.feature, f.channel))
+    for h in getattr(decoder, "header", ()):
+        parts.append((h.name, h.offset, h.type))
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+
+
+def source_digests(
+    config: Config, library: ProfileLibrary, decoders: DecoderLibrary | None = None
+) -> dict[str, str]:
     """Sensor id -> profile_digest of its register profile (Modbus sensors whose profile
-    the library has; a checked configuration names no other)."""
+    the library has; a checked configuration names no other), and decoder_digest of its
+    payload decoder (MQTT sensors, when `decoders` is given)."""
     out: dict[str, str] = {}
     for s in config.sensors:
-        if s.modbus is not None:
-            with contextlib.suppress(ValueError):  # an unknown name (DataFileError)
+        with contextlib.suppress(ValueError):  # an unknown name (DataFileError)
+            if s.modbus is not None:
                 out[s.id] = profile_digest(library.get(s.modbus.profile))
+            elif s.mqtt is not None and decoders is not None:
+                out[s.id] = decoder_digest(decoders.get(s.mqtt.decoder))
     return out
 
 
@@ -165,7 +199,7 @@ def device(sensor: Sensor) -> str:
 
 def basis_of(asset: Asset, sensor: Sensor, digest: str | None = None) -> Basis:
     """The basis of a channel of `sensor` on `asset` as configured; `digest`: its register
-    profile's profile_digest (see source_digests)."""
+    profile's or payload decoder's digest (see source_digests)."""
     b = asset.bearing
     return Basis(
         rpm=float(asset.machine.rpm),

@@ -135,3 +135,55 @@ async def test_a_retained_reading_is_not_analysed_again_after_a_reload(tmp_path:
             agent.stop()
             await asyncio.wait_for(task, 15)
     assert dict(s1.dropped) == {"retained": 1}, "the retained reading was analysed again"
+
+
+def _decoder(folder: Path, scale: float) -> None:
+    """plant-json: the shipped generic-json under another name, its z velocity scaled."""
+    shipped = Path(__file__).resolve().parents[2] / "drivers" / "payloads" / "generic-json.yaml"
+    text = shipped.read_text().replace("name: generic-json", "name: plant-json")
+    field = "{path: z.velocity_rms_mm_s, feature: velocity_rms_mm_s, channel: z, unit: mm/s,"
+    folder.mkdir(exist_ok=True)
+    (folder / "plant-json.yaml").write_text(text.replace(field, f"{field} scale: {scale},"))
+
+
+@pytest.mark.network
+async def test_a_decoder_file_edited_in_place_is_applied_by_a_reload(tmp_path: Path) -> None:
+    """Before: a decoders_dir file corrected in place (scale 1 -> 10) changed nothing at a
+    reload ("changes": []): the links kept decoding with the old file until a restart, and
+    the baseline learned from the old values was kept even then."""
+    path, folder = tmp_path / "agent.yaml", tmp_path / "decoders"
+    _decoder(folder, 1.0)
+    with Mosquitto(tmp_path / "b1") as broker:
+        cfg = data(tmp_path, broker.port)
+        cfg["decoders_dir"] = str(folder)
+        cfg["sensors"][0]["mqtt"].update(topic="t/s1", decoder="plant-json")
+        path.write_text(json.dumps(cfg))
+        agent = Agent(load_config(path), config_path=path)
+        task = asyncio.create_task(agent.run())
+
+        async def publish_and_see(value: float) -> None:
+            await until(lambda: agent.mqtt.links and agent.mqtt.links[0].connected)
+            await asyncio.sleep(0.3)  # subscribed
+            async with aiomqtt.Client("127.0.0.1", broker.port) as c:
+                await c.publish("t/s1", json.dumps({"z": {"velocity_rms_mm_s": 1.5}}), qos=1)
+            await until(lambda: agent.mqtt.sensors[0].messages_total == 1)
+            assert agent.monitor is not None
+            monitor = agent.monitor
+            await until(lambda: [v.value for v in monitor.views()] == [value], 5)
+
+        try:
+            async with asyncio.timeout(10):
+                await agent.ready.wait()
+            await publish_and_see(1.5)
+            assert agent.reloader is not None
+            _decoder(folder, 10.0)
+            result = await agent.reloader.reload("test")
+            assert result["changes"] == [
+                "sensor s1 restarted: how it is read changed; its baseline on asset fan-3 is "
+                "relearned (mqtt.decoder plant-json edited: it reads other values); its open "
+                "trend alerts are cleared by the reload, saying why"
+            ]
+            await publish_and_see(15.0)  # decoded with the file as it is now
+        finally:
+            agent.stop()
+            await asyncio.wait_for(task, 15)

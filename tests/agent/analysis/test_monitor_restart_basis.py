@@ -19,6 +19,7 @@ from agent.analysis.basis import basis_change, basis_of, source_digests
 from agent.analysis.monitor import Monitor, Update
 from agent.config import Config
 from agent.store import Outbox
+from drivers.payloads import DecoderLibrary
 from drivers.profiles import ProfileLibrary
 from drivers.reading import Reading
 from tests.agent.analysis.test_monitor_reconfigure import T0, vib
@@ -340,3 +341,69 @@ async def test_a_profile_edit_that_reads_the_same_values_or_an_older_model_keeps
     _profile_file(folder, document="Plant copy, reviewed 2026-11")
     assert m.reconfigure(cfg, digests=_digests(cfg, folder)).drafts == []
     assert m._channels[("m1", "z")].hi.ready
+
+
+def _decoder_file(folder: Path, velocity_scale: float = 1.0, description: str = "") -> Path:
+    """plant-json: the shipped generic-json decoder under another name, in a decoders_dir,
+    its z velocity field scaled as given (and its description as given)."""
+    shipped = Path(__file__).resolve().parents[3] / "drivers" / "payloads" / "generic-json.yaml"
+    text = shipped.read_text().replace("name: generic-json", "name: plant-json")
+    field = "{path: z.velocity_rms_mm_s, feature: velocity_rms_mm_s, channel: z, unit: mm/s,"
+    text = text.replace(field, f"{field} scale: {velocity_scale},")
+    if description:
+        text = text.replace("description: ", f"description: {description!r} #", 1)
+    folder.mkdir(exist_ok=True)
+    (folder / "plant-json.yaml").write_text(text)
+    return folder
+
+
+def _mqtt_config(tmp_path: Path, folder: Path) -> Config:
+    """m1 as an MQTT sensor decoded by plant-json."""
+    return config(
+        tmp_path,
+        {
+            "mqtt": [{"id": "plant", "host": "127.0.0.1", "port": 1883}],
+            "decoders_dir": str(folder),
+            "sensors.0.modbus": None,
+            "sensors.0.mqtt": {"broker": "plant", "topic": "t/m1", "decoder": "plant-json"},
+        },
+    )
+
+
+def _decoder_digests(cfg: Config, folder: Path) -> dict[str, str]:
+    return source_digests(cfg, ProfileLibrary.load(None), DecoderLibrary.load(folder))
+
+
+async def test_a_decoder_file_edited_under_the_same_name_relearns_at_restart_and_reload(
+    tmp_path: Path,
+) -> None:
+    """Before: an MQTT decoder corrected in place (velocity scale 1 -> 10: values x10)
+    kept the baseline learned from the old values, named the same; the open trend alert
+    stayed open against it. Its description edited only: the baseline stays."""
+    folder = _decoder_file(tmp_path / "decoders")
+    cfg = _mqtt_config(tmp_path, folder)
+    async with store_at(tmp_path) as ob:
+        m = Monitor(cfg, digests=_decoder_digests(cfg, folder))
+        for i in range(32):
+            await store(ob, m.update(vib(i, 1.0, 1.0) if i < 12 else vib(i, 2.0, 1.9)))
+        assert m._channels[("m1", "z")].trend.active == 2
+    _decoder_file(folder, description="plant copy, reviewed")  # words only: kept
+    async with store_at(tmp_path) as ob:
+        m = Monitor(cfg, state=await ob.load_state(), digests=_decoder_digests(cfg, folder))
+        assert await store(ob, m.close_unconfigured(AT)) == []
+    _decoder_file(folder, velocity_scale=10.0)  # edited while the agent was stopped
+    async with store_at(tmp_path) as ob:
+        m = Monitor(cfg, state=await ob.load_state(), digests=_decoder_digests(cfg, folder))
+        (rec,) = await store(ob, m.close_unconfigured(AT))
+    assert rec["evidence"]["reason"] == (
+        "closed at start: baseline relearned after mqtt.decoder plant-json edited: it reads "
+        "other values while the agent was stopped"
+    )
+    assert not m._channels[("m1", "z")].hi.ready
+    for i in range(12):  # learned again; a live reload after editing it back relearns too
+        r = vib(i, 2.0, 1.9)
+        m.update(Reading(r.sensor_id, r.channel, AT + timedelta(seconds=10 * (i + 1)), r.features))
+    assert m._channels[("m1", "z")].hi.ready
+    _decoder_file(folder)
+    m.reconfigure(cfg, digests=_decoder_digests(cfg, folder))
+    assert not m._channels[("m1", "z")].hi.ready

@@ -8,8 +8,9 @@ with a persistent session the broker keeps QoS 1 messages for the moment between
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from agent.config import Config
@@ -19,6 +20,50 @@ from drivers.payloads import DecoderLibrary
 from drivers.reading import Reading
 
 log = logging.getLogger(__name__)
+
+SESSION_KEY = "mqtt-session {session}/subscriptions"  # a store state key
+MAX_REMEMBERED = 10_000  # topic filters per session read back from the store
+
+
+class SessionSubscriptions:
+    """What each persistent MQTT session was last subscribed to (drivers.mqtt.SessionLog),
+    kept in the store's state table so that a restart, like a reload, unsubscribes the
+    topic filters of sensors since removed.
+
+    Args:
+        persist: stores state (key -> value) in the agent's ordered write queue.
+    """
+
+    def __init__(self, persist: Callable[[dict[str, str]], None]) -> None:
+        self._persist = persist
+        self._filters: dict[str, frozenset[str]] = {}
+
+    def load(self, state: Mapping[str, str]) -> None:
+        """Take what the store holds (at start, before any link connects)."""
+        prefix, suffix = SESSION_KEY.split("{session}")
+        for key, value in state.items():
+            if key.startswith(prefix) and key.endswith(suffix):
+                session = key[len(prefix) : len(key) - len(suffix)]
+                self._filters.setdefault(session, _filters(value))
+
+    def subscribed(self, session: str) -> frozenset[str]:
+        return self._filters.get(session, frozenset())
+
+    def record(self, session: str, filters: frozenset[str]) -> None:
+        self._filters[session] = filters
+        value = json.dumps(sorted(filters))
+        self._persist({SESSION_KEY.format(session=session): value})
+
+
+def _filters(value: str) -> frozenset[str]:
+    """A stored filter list; anything else (damaged) is nothing known."""
+    try:
+        data = json.loads(value)
+    except ValueError:
+        return frozenset()
+    if not isinstance(data, list):
+        return frozenset()
+    return frozenset(f for f in data[:MAX_REMEMBERED] if isinstance(f, str) and f)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +111,7 @@ def build_mqtt(
     config: Config,
     sink: Callable[[Reading], None],
     decoders: DecoderLibrary | None = None,
+    sessions: SessionSubscriptions | None = None,
 ) -> MqttInputs:
     """Links and sensors for every MQTT sensor of the configuration.
 
@@ -73,6 +119,7 @@ def build_mqtt(
         config: the validated configuration.
         sink: where every sensor hands its readings.
         decoders: the payload decoders (default: shipped plus the decoders_dir's).
+        sessions: what persistent sessions were last subscribed to (None: not kept).
 
     Raises:
         DecoderError: a sensor names a decoder the library does not have (``check``
@@ -104,6 +151,7 @@ def build_mqtt(
         BrokerLink(
             broker_settings(config.broker(broker_id), config.gateway.id),
             Router(by_topic.values()),
+            sessions=sessions,
         )
         for broker_id, by_topic in routes.items()
     )

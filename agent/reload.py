@@ -274,7 +274,7 @@ class Reloader:
         kept = {i: b for i, b in agent.sensors.shared.items() if i not in plan.buses_retired}
         sources = build_sources(new, library, agent.sink, only=set(plan.start), shared=kept)
         built = {d.name: d for d in build_uplinks(new, agent.outbox)}
-        mqtt = build_mqtt(new, agent.sink, files.decoders) if plan.mqtt else None
+        mqtt = build_mqtt(new, agent.sink, files.decoders, agent.sessions) if plan.mqtt else None
         return _Prepared(sources, {n: built[n] for n in plan.uplinks_start}, mqtt)
 
     async def _register_uplinks(self, new: Config) -> dict[str, int]:

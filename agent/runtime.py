@@ -31,7 +31,7 @@ from agent.feeds import OutboxFeeds
 from agent.health import HealthServer, Snapshot
 from agent.identity import agent_identity, store_created_at
 from agent.loop_lag import LAG_TICK_S, LoopLag
-from agent.mqtt_inputs import RunningMqtt, build_mqtt
+from agent.mqtt_inputs import RunningMqtt, SessionSubscriptions, build_mqtt
 from agent.pending import STATE_BATCH_S, STORE_RETRY_POLL_S, PendingWrites, UpdateWriter
 from agent.reading_queue import (
     ANALYSIS_SLICE_MAX_S,
@@ -142,7 +142,9 @@ class Agent:
         self.sensors = RunningSensors()
         self.sensors.add_buses(sources.buses)
         self._first_pollers = sources.pollers
-        self.mqtt = RunningMqtt(build_mqtt(config, self.sink, self.decoders))
+        # What persistent MQTT sessions hold (loaded with the store, before links run).
+        self.sessions = SessionSubscriptions(lambda state: self.persist(Update(state=state)))
+        self.mqtt = RunningMqtt(build_mqtt(config, self.sink, self.decoders, self.sessions))
         self._first_uplinks = build_uplinks(config, self.outbox)
         self.deliveries: dict[str, tuple[Delivery, asyncio.Task[None]]] = {}
         self._tg: asyncio.TaskGroup | None = None
@@ -245,6 +247,7 @@ class Agent:
         await stack.enter_async_context(self.outbox)
         state = await self.outbox.load_state()
         fleet = await self.outbox.fleet_lives()
+        self.sessions.load(state)
         digests = source_digests(self.config, self.library, self.decoders)
         self.monitor = Monitor(self.config, state=state, fleet=fleet, digests=digests)
         self.faults = SensorFaultTracker(

@@ -2,7 +2,7 @@
 
 from drivers.mqtt._connect import enter_client
 from drivers.mqtt._handshake import HandshakeAware
-from drivers.mqtt._link import BrokerLink, BrokerSettings
+from drivers.mqtt._link import BrokerLink, BrokerSettings, SessionLog
 from drivers.mqtt._router import (
     NO_KEY,
     UNKNOWN_SENSOR,
@@ -23,6 +23,7 @@ __all__ = [
     "Route",
     "Router",
     "SensorState",
+    "SessionLog",
     "enter_client",
     "parse_key_from",
     "topic_matches",

@@ -15,6 +15,12 @@ link's task, yielding the loop every DRAIN_SLICE_S.
 
 What the broker itself drops (its per-client limits, before anything reaches us) shows
 only in its own $SYS counter, watched by drivers.mqtt._broker_drops.
+
+A persistent session also keeps every subscription an earlier run made: a topic filter
+no longer configured (a sensor removed by a reload or while stopped) would go on
+receiving, and queueing while we are away within the same per-client limit as the wanted
+ones. With a SessionLog (the agent keeps it in its store), the link unsubscribes the
+filters the session's last run subscribed and this one does not.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import ssl
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -53,6 +59,20 @@ GATHER_S = 0.02
 BACKOFF_BASE_S = 0.1
 BACKOFF_FLOOR_S = 0.05
 DISCONNECT_S = 1.0  # inside the runtime's POLLER_STOP_S
+UNSUBSCRIBE_BATCH = 100  # topic filters per UNSUBSCRIBE packet (a few KiB)
+
+
+class SessionLog(Protocol):
+    """Which topic filters a persistent session was last given, by session (broker
+    entry and client id), kept across restarts by whoever runs the links."""
+
+    def subscribed(self, session: str) -> frozenset[str]:
+        """The filters recorded for the session (empty: none known)."""
+        ...
+
+    def record(self, session: str, filters: frozenset[str]) -> None:
+        """The filters the session now holds (its run subscribed them)."""
+        ...
 
 
 class TlsFilesError(ValueError):
@@ -98,12 +118,20 @@ class BrokerLink:
         settings: the broker.
         router: the subscriptions and the sensors behind them.
         rng: random source for the reconnect jitter.
+        sessions: what a persistent session was last subscribed to (None: not known, a
+            filter an earlier run subscribed stays in the session).
     """
 
     def __init__(
-        self, settings: BrokerSettings, router: Router, *, rng: random.Random | None = None
+        self,
+        settings: BrokerSettings,
+        router: Router,
+        *,
+        rng: random.Random | None = None,
+        sessions: SessionLog | None = None,
     ) -> None:
         self.settings = settings
+        self._sessions = sessions
         self.router = router
         self._rng = rng or random.Random()
         self._client: BoundedClient | None = None
@@ -118,11 +146,18 @@ class BrokerLink:
         self.refused: dict[str, str] = {}  # topic filter -> the broker's SUBACK reason
         self.broker_drops = BrokerDrops(settings.id, settings.address, settings.sys_dropped_topic)
         self._sys_unsubscribed = False  # an earlier run's $SYS subscription (persistent)
+        self._gone_tried = False  # the filters an earlier run left in the session
         self._down_since: float | None = time.monotonic()
 
     @property
     def id(self) -> str:
         return self.settings.id
+
+    @property
+    def session(self) -> str:
+        """Our session: the broker entry's id and our client id (the broker knows it by the
+        client id; not by the address, which a configuration may write otherwise)."""
+        return f"{self.settings.id} {self.settings.client_id}"
 
     def status(self) -> dict[str, Any]:
         """A snapshot for /healthz and /metrics."""
@@ -275,6 +310,7 @@ class BrokerLink:
                 result = await client.subscribe(topic, qos=route.qos, properties=props)
                 _raise_if_cancelled()
                 self._granted(topic, route, result)
+            await self._unsubscribe_gone(client)
             await self._watch_broker_drops(client)
             await self._consume(client)
         finally:
@@ -321,6 +357,33 @@ class BrokerLink:
                 text,
                 self.settings.username,
             )
+
+    async def _unsubscribe_gone(self, client: BoundedClient) -> None:
+        """A persistent session: unsubscribe the filters its last run subscribed and this
+        configuration does not (a removed sensor's topic); then record this run's. The
+        broker sends what it queued for them before this (decoded for no sensor); nothing
+        after. Recorded only once they are gone; tried once per link (a broker that drops
+        us for it must not cost the sensors every connection): the next run tries again."""
+        if self._sessions is None or not self.settings.persistent or self._gone_tried:
+            return
+        self._gone_tried = True
+        wanted = frozenset(self.router.routes)
+        before = self._sessions.subscribed(self.session)
+        gone = sorted(before - wanted)
+        for i in range(0, len(gone), UNSUBSCRIBE_BATCH):
+            await client.unsubscribe(gone[i : i + UNSUBSCRIBE_BATCH])
+            _raise_if_cancelled()
+        if gone:
+            log.info(
+                "mqtt broker %s: unsubscribed %d topic filter(s) an earlier configuration "
+                "left in the persistent session of client id %s: %s",
+                self.settings.id,
+                len(gone),
+                self.settings.client_id,
+                ", ".join(gone[:10]) + (f" and {len(gone) - 10} more" if len(gone) > 10 else ""),
+            )
+        if before != wanted:
+            self._sessions.record(self.session, wanted)
 
     async def _watch_broker_drops(self, client: BoundedClient) -> None:
         """Subscribe to the broker's dropped-messages counter, after the sensors' own

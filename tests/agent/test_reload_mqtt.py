@@ -187,3 +187,63 @@ async def test_a_decoder_file_edited_in_place_is_applied_by_a_reload(tmp_path: P
         finally:
             agent.stop()
             await asyncio.wait_for(task, 15)
+
+
+async def _run_agent(path: Path, work: Any = None) -> dict[str, Any]:
+    """Start the agent on its file, let its link connect and subscribe, do `work`, stop;
+    its broker link's status."""
+    agent = Agent(load_config(path), config_path=path)
+    task = asyncio.create_task(agent.run())
+    try:
+        async with asyncio.timeout(10):
+            await agent.ready.wait()
+        await until(lambda: agent.mqtt.links and agent.mqtt.links[0].connected)
+        await asyncio.sleep(0.5)  # subscribed, and the queued messages are in
+        if work is not None:
+            await work(agent)
+            await until(lambda: agent.mqtt.links and agent.mqtt.links[0].connected)
+            await asyncio.sleep(0.5)
+        return agent.mqtt.links[0].status()
+    finally:
+        agent.stop()
+        await asyncio.wait_for(task, 15)
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+async def test_a_removed_sensor_s_topic_is_unsubscribed_from_a_persistent_session(
+    tmp_path: Path, protocol: str
+) -> None:
+    """Before: a sensor removed by a reload, or while the agent was stopped, stayed
+    subscribed in the broker's persistent session: every QoS 1 message on its topic was
+    queued while the agent was away (within the per-client limit the wanted topics share)
+    and arrived after each start, counted as unrouted, run after run."""
+    path = tmp_path / "agent.yaml"
+
+    def write(port: int, sensors: int) -> None:
+        cfg = data(tmp_path, port, sensors=sensors)
+        cfg["mqtt"][0].update(session="persistent", protocol=protocol)
+        path.write_text(json.dumps(cfg))
+
+    async def away(port: int) -> None:  # published while the agent is stopped
+        async with aiomqtt.Client("127.0.0.1", port) as c:
+            for n in (1, 2, 2, 2, 3, 3, 3):
+                await c.publish(f"ncd/vibration/{n}", ncd(1.0), qos=1)
+
+    async def reload_to_one(agent: Agent) -> None:
+        write(broker.port, 1)
+        assert agent.reloader is not None
+        await agent.reloader.reload("test")
+
+    with Mosquitto(tmp_path / "b1") as broker:
+        write(broker.port, 2)
+        await _run_agent(path, reload_to_one)  # s2 removed by a reload
+        await away(broker.port)
+        assert (await _run_agent(path))["messages_total"] == 1  # s1's only
+        write(broker.port, 3)
+        await _run_agent(path)
+        write(broker.port, 1)  # s2 and s3 removed while the agent is stopped
+        await _run_agent(path)
+        await away(broker.port)
+        status = await _run_agent(path)
+    assert status["messages_total"] == 1 and status["subscriptions"] == {"ncd/vibration/1": 1}

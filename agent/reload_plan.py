@@ -252,9 +252,10 @@ def _analysis_change(
         basis_of(after, s_after, digests[1].get(sid)),
     )
     if change.relearn is not None:
+        alerts = "severity and trend" if change.readings else "trend"
         return (
             f"its baseline on asset {after.id} is relearned ({change.relearn}); its open "
-            "trend alerts are cleared by the reload, saying why"
+            f"{alerts} alerts are cleared by the reload, saying why"
         )
     if change.history:
         return (

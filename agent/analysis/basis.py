@@ -62,10 +62,15 @@ class BasisChange:
         baseline: causes that invalidate the baseline (empty: it is kept).
         history: causes that invalidate the failure metric's history (and not the
             baseline); a relearned baseline rebuilds the history too.
+        readings: the causes among `baseline` that make the channel's readings another
+            sensor's, or another conversion's (a replaced sensor; another or an edited
+            profile / decoder): an alert judged on the old readings says nothing of the
+            new ones.
     """
 
     baseline: tuple[str, ...] = ()
     history: tuple[str, ...] = ()
+    readings: tuple[str, ...] = ()
 
     @property
     def relearn(self) -> str | None:
@@ -247,19 +252,21 @@ def basis_change(before: Basis, after: Basis) -> BasisChange:
     debounce, holds, horizons, priors and `failure.threshold` invalidate nothing (they are
     not in the basis); `alerting.baseline_readings` applies to a baseline still being
     learned and to the next one (after a repair)."""
-    baseline: list[str] = []
-    if before.rpm != after.rpm:
-        baseline.append(_was("machine.rpm", f"{before.rpm:g}", f"{after.rpm:g}"))
+    readings: list[str] = []
     if before.source != after.source:
-        baseline.append(f"{before.source} -> {after.source}")
+        readings.append(f"{before.source} -> {after.source}")
     elif None not in (before.source_digest, after.source_digest) and (
         before.source_digest != after.source_digest
     ):
         # The same name, other values: the file was edited (a scale corrected, a register
         # moved). Unknown on either side (an older saved model): kept, as before.
-        baseline.append(f"{after.source} edited: it reads other values")
+        readings.append(f"{after.source} edited: it reads other values")
     if not same_device(before.device, after.device):
-        baseline.append(f"sensor replaced: {before.device} -> {after.device}")
+        readings.append(f"sensor replaced: {before.device} -> {after.device}")
+    baseline: list[str] = []
+    if before.rpm != after.rpm:
+        baseline.append(_was("machine.rpm", f"{before.rpm:g}", f"{after.rpm:g}"))
+    baseline += readings
     history: list[str] = []
     if before.metric != after.metric:
         history.append(_was("failure.metric", before.metric, after.metric))
@@ -267,4 +274,4 @@ def basis_change(before: Basis, after: Basis) -> BasisChange:
         history.append(_was("alerting.trend_bin_s", before.trend_bin_s, after.trend_bin_s))
     if before.bearing != after.bearing:
         history.append("bearing geometry changed")
-    return BasisChange(tuple(baseline), tuple(history))
+    return BasisChange(tuple(baseline), tuple(history), tuple(readings))

@@ -86,6 +86,13 @@ from drivers.reading import Reading, utc_now
 
 RELEARNED_BY_RELOAD = "cleared by a reload: baseline relearned after {}"
 RELEARNED_AT_START = "closed at start: baseline relearned after {} while the agent was stopped"
+# The severity alert of readings that are now another sensor's (or another conversion's).
+_JUDGED_AFRESH = {
+    RELEARNED_BY_RELOAD: "cleared by a reload: {}; the new readings are judged afresh",
+    RELEARNED_AT_START: (
+        "closed at start: {} while the agent was stopped; the new readings are judged afresh"
+    ),
+}
 
 __all__ = [
     "HEALTH_METRIC",
@@ -208,8 +215,10 @@ class Monitor:
         and closes the channel's open trend alert with a record that says so (a baseline
         learned from a degraded machine would otherwise clear it later, as if it had
         recovered); so does another physical sensor at the sensor id (a new Modbus address,
-        MQTT broker, topic or key). The same applies to a channel not yet read since the
-        start (its saved model). A channel removed, or moved to another asset, is saved and
+        MQTT broker, topic or key), which with another or edited profile / decoder also
+        closes the open severity alert (judged on readings no longer this sensor's). The
+        same applies to a channel not yet read since the start (its saved model). A
+        channel removed, or moved to another asset, is saved and
         dropped (a later reload that brings it back resumes its model, or relearns what
         the configuration it comes back to invalidates); its open alerts are closed, since
         no reading will ever clear them there.
@@ -244,6 +253,8 @@ class Monitor:
         a basis (an older store) is kept as it is and learned on under `now`."""
         before, ch.basis = ch.basis, now
         change = BasisChange() if before is None else basis_change(before, now)
+        if change.readings:
+            self._judge_afresh(ch, asset, "; ".join(change.readings), at, out, why)
         if change.relearn is not None:
             self._relearn(ch, asset, change.relearn, at, out, why)
         elif change.history:
@@ -268,6 +279,24 @@ class Monitor:
                 continue
             ch = self._load(SensorRef(sensor, channel, self._transports[sensor]))
             self._rebase(ch, asset, now, at, out, why)
+
+    def _judge_afresh(
+        self, ch: Channel, asset: Asset, what: str, at: datetime, out: Update, why: str
+    ) -> None:
+        """The channel's readings are now another sensor's (or another conversion's): its
+        open severity alert, judged on the old ones, is closed now with the reason, not
+        later as a recovery (or kept open by the new sensor's readings as the same
+        episode); the new readings raise their own after the usual debounce."""
+        if not ch.severity.active:
+            return
+        reason = _JUDGED_AFRESH[why].format(what)
+        lead = "judged again from the next readings"
+        out.drafts.append(
+            closing_draft(asset_ref(asset, asset.id), ch.sensor, "severity", ch.severity.active,
+                          ch.severity.raised_at, at, reason, lead)
+        )  # fmt: skip
+        ch.severity = LifecycleState()
+        out.state[ch.key("severity")] = json.dumps(ch.severity.to_dict(), sort_keys=True)
 
     def _relearn(
         self, ch: Channel, asset: Asset, what: str, at: datetime, out: Update, why: str

@@ -181,7 +181,7 @@ async def test_a_decoder_file_edited_in_place_is_applied_by_a_reload(tmp_path: P
             assert result["changes"] == [
                 "sensor s1 restarted: how it is read changed; its baseline on asset fan-3 is "
                 "relearned (mqtt.decoder plant-json edited: it reads other values); its open "
-                "trend alerts are cleared by the reload, saying why"
+                "severity and trend alerts are cleared by the reload, saying why"
             ]
             await publish_and_see(15.0)  # decoded with the file as it is now
         finally:

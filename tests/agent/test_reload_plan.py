@@ -159,7 +159,8 @@ def test_another_device_at_the_sensor_id_relearns_its_baseline(tmp_path: Path) -
     assert (
         "sensor m2 restarted: how it is read changed; its baseline on asset press-7 is "
         "relearned (sensor replaced: modbus bus line-1 device_id 2 -> modbus bus line-1 "
-        "device_id 9); its open trend alerts are cleared by the reload, saying why" in lines
+        "device_id 9); its open severity and trend alerts are cleared by the reload, saying why"
+        in lines
     )
 
 

@@ -407,3 +407,67 @@ async def test_a_decoder_file_edited_under_the_same_name_relearns_at_restart_and
     _decoder_file(folder)
     m.reconfigure(cfg, digests=_decoder_digests(cfg, folder))
     assert not m._channels[("m1", "z")].hi.ready
+
+
+async def _zone_c(tmp_path: Path) -> Monitor:
+    """Baseline learned, then velocity 5 mm/s (ISO zone C): the severity alert is open."""
+    async with store_at(tmp_path) as ob:
+        m = Monitor(config(tmp_path))
+        for i in range(32):
+            await store(ob, m.update(vib(i, 1.0, 1.0) if i < 12 else vib(i, 2.0, 5.0)))
+    assert m._channels[("m1", "z")].severity.active
+    return m
+
+
+def _from(m: Monitor, start: int, n: int, velocity: float) -> list[tuple[str, str]]:
+    out = []
+    for i in range(start, start + n):
+        r = vib(i, 1.0, velocity)
+        r = Reading(r.sensor_id, r.channel, AT + timedelta(seconds=10 * (i + 1)), r.features)
+        out += [(d.kind, d.state) for d in m.update(r).drafts]
+    return out
+
+
+REPLACED = (
+    "sensor replaced: modbus tcp 127.0.0.1:5020 device_id 1 -> modbus tcp 127.0.0.1:5020 "
+    "device_id 7"
+)
+
+
+async def test_a_replaced_sensor_closes_the_old_sensor_s_severity_alert(tmp_path: Path) -> None:
+    """Before: the ISO severity alert raised on the old sensor's readings stayed open after
+    a reload that put another device at the sensor id (the trend alert was closed): the
+    new sensor's zone A readings then 'cleared' it after the clear hold, as if the machine
+    had recovered, and zone C readings carried on the old episode. Now it is closed at
+    once, saying why; the new sensor's readings raise their own after the debounce."""
+    m = await _zone_c(tmp_path)
+    replaced = config(tmp_path, {"sensors.0.modbus.device_id": 7})
+    async with store_at(tmp_path) as ob:
+        recs = await store(ob, m.reconfigure(replaced, AT))
+    by_kind = {r["kind"]: r for r in recs}
+    assert sorted(by_kind) == ["severity", "trend"]
+    sev = by_kind["severity"]
+    assert (sev["state"], sev["evidence"]["closed_level"]) == ("cleared", "critical")
+    assert sev["evidence"]["reason"] == (
+        f"cleared by a reload: {REPLACED}; the new readings are judged afresh"
+    )
+    assert _from(m, 0, 20, 0.8) == []  # zone A: nothing to clear, nothing raised
+    assert ("severity", "raised") in _from(m, 20, 5, 5.0)  # zone C: its own episode
+
+
+async def test_a_sensor_replaced_while_stopped_closes_its_severity_alert_at_start(
+    tmp_path: Path,
+) -> None:
+    await _zone_c(tmp_path)
+    _, recs = await restart(tmp_path, config(tmp_path, {"sensors.0.modbus.device_id": 7}))
+    sev = next(r for r in recs if r["kind"] == "severity")
+    assert sev["evidence"]["reason"] == (
+        f"closed at start: {REPLACED} while the agent was stopped; the new readings are "
+        "judged afresh"
+    )
+    assert json.loads((await saved(tmp_path))[f"{KEY}/severity"])["active"] == 0
+    # A new speed alone keeps the severity alert: the readings are the same sensor's.
+    m2 = await _zone_c(tmp_path / "speed")
+    update = m2.reconfigure(config(tmp_path / "speed", {"assets.0.machine.rpm": 990}), AT)
+    assert [d.kind for d in update.drafts] == ["trend"]
+    assert m2._channels[("m1", "z")].severity.active

@@ -9,9 +9,11 @@ A channel learns two things, from different inputs:
   description or valid ranges), or another physical device at the sensor id (a new Modbus
   address, MQTT broker, topic or key: a replaced sensor) makes it meaningless; nothing else
   does (a host written otherwise is the same: localhost or 127.0.0.1, capitals, a trailing
-  dot). A payload decoder file edited under the same name counts the same way (its fields'
-  paths, scales, offsets, features and channels, a waveform's rate, axes and scale; not
-  its description, units, valid ranges or sentinels).
+  dot; a DNS name is not resolved, so a device by its name, then by its address, counts
+  as replaced, and the cause says names are not resolved). A payload decoder file edited
+  under the same name counts the same way (its fields' paths, scales, offsets, features
+  and channels, a waveform's rate, axes and scale; not its description, units, valid
+  ranges or sentinels).
 - the failure metric's binned history (time to failure): the failure metric's values in
   bins of trend_bin_s. A new metric, bin width or bearing geometry (the envelope features
   depend on it) makes it meaningless; the baseline and the degradation onset stay.
@@ -243,6 +245,32 @@ def same_device(before: str, after: str) -> bool:
         a["port"], a["rest"], _host_key(a["host"]))  # fmt: skip
 
 
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+_UNRESOLVED = "host names are not resolved: one device under its name and its address counts as two"
+
+
+def _replaced(before: str, after: str) -> str:
+    """The cause line of another device at the sensor id. A host written as a name on one
+    side only is said to be a guess: the name is not resolved (DNS and DHCP move), so the
+    same device under its address counts as another; the integrator sees why."""
+    line = f"sensor replaced: {before} -> {after}"
+    b, a = _TCP.match(before), _TCP.match(after)
+    if b is None or a is None or (b["port"], b["rest"]) != (a["port"], a["rest"]):
+        return line
+    if _is_address(b["host"]) and _is_address(a["host"]):
+        return line
+    if "loopback" in (_host_key(b["host"]), _host_key(a["host"])):
+        return line
+    return f"{line} ({_UNRESOLVED})"
+
+
 def _was(name: str, before: object, after: object) -> str:
     return f"{name} {before} -> {after}"
 
@@ -262,7 +290,7 @@ def basis_change(before: Basis, after: Basis) -> BasisChange:
         # moved). Unknown on either side (an older saved model): kept, as before.
         readings.append(f"{after.source} edited: it reads other values")
     if not same_device(before.device, after.device):
-        readings.append(f"sensor replaced: {before.device} -> {after.device}")
+        readings.append(_replaced(before.device, after.device))
     baseline: list[str] = []
     if before.rpm != after.rpm:
         baseline.append(_was("machine.rpm", f"{before.rpm:g}", f"{after.rpm:g}"))

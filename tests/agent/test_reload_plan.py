@@ -193,3 +193,22 @@ def test_a_profile_file_edited_under_the_same_name_relearns_the_baseline(tmp_pat
     p = plan_reload(cfg, cfg, after, ProfileLibrary.load(folder))
     assert sorted(p.start) == ["m1", "m2", "m3"]
     assert all(line.endswith("its analysis state is kept") for line in p.changes), p.changes
+
+
+def test_a_host_name_rewritten_as_an_address_is_said_to_be_unresolved(tmp_path: Path) -> None:
+    """A device configured by its DNS name and then by its IP address counts as another
+    (names are not resolved: DNS and DHCP move); the line said 'sensor replaced' alone,
+    to an integrator who had only rewritten the host. Two addresses need no such word."""
+    lines = []
+    for before, after in (("vt-press7.example", "10.0.0.5"), ("10.0.0.4", "10.0.0.5")):
+        old, new = base(tmp_path), base(tmp_path)
+        old["sensors"][0]["modbus"]["host"] = before
+        new["sensors"][0]["modbus"]["host"] = after
+        (line,) = plan(old, new).changes
+        lines.append(line)
+    assert (
+        "sensor replaced: modbus tcp vt-press7.example:5020 device_id 1 -> modbus tcp "
+        "10.0.0.5:5020 device_id 1 (host names are not resolved: one device under its name "
+        "and its address counts as two)" in lines[0]
+    ), lines[0]
+    assert "not resolved" not in lines[1] and "sensor replaced" in lines[1]

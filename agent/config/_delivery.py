@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Self
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
@@ -67,7 +68,8 @@ class _HttpEndpoint(_Delivery):
 
 
 class HttpUplink(_HttpEndpoint):
-    # Where feature summaries go; None: url with its last path segment set to "summaries".
+    # Where feature summaries go; None: url with its last path segment set to "summaries",
+    # its query (a function key: ?code=...) kept.
     summaries_url: Annotated[str, Field(pattern=r"^https?://")] | None = None
 
     @model_validator(mode="after")
@@ -80,11 +82,15 @@ class HttpUplink(_HttpEndpoint):
         return self
 
     def summaries_endpoint(self) -> str:
-        """The URL feature summaries are POSTed to."""
+        """The URL feature summaries are POSTed to: summaries_url, else url with its last
+        path segment replaced by "summaries" (https://b/v1/alerts?code=K ->
+        https://b/v1/summaries?code=K). The query stays: a key there (an Azure function's
+        ?code=) is what the backend checks, and without it every summary is refused."""
         if self.summaries_url:
             return self.summaries_url
-        head, _, _last = self.url.rstrip("/").rpartition("/")
-        return f"{head}/summaries"
+        parts = urlsplit(self.url)
+        head = parts.path.rstrip("/").rpartition("/")[0]
+        return urlunsplit(parts._replace(path=f"{head}/summaries", fragment=""))
 
 
 class CmmsUplink(_HttpEndpoint):

@@ -258,6 +258,35 @@ class ControlServer:
             return self._answer(error=f"internal error in {op!r}; see the agent's log")
 
 
+def _send(sock: socket.socket, request: bytes) -> OSError | None:
+    """Send the request; the error when the agent closed before taking all of it.
+
+    The agent answers some requests without reading them (busy, stopping, a request over
+    MAX_REQUEST_BYTES) and closes: its answer is then waiting to be read, and it is what
+    the user must see, not the broken pipe it leaves behind."""
+    try:
+        sock.sendall(request)
+    except (BrokenPipeError, ConnectionResetError) as exc:
+        return exc
+    return None
+
+
+def _receive(sock: socket.socket) -> bytes:
+    """The answer line, as far as it came (a reset after it ends nothing that arrived)."""
+    data = b""
+    while not data.endswith(b"\n") and len(data) <= MAX_ANSWER_BYTES:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            if not data:
+                raise
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 def call(path: Path, op: str, args: Mapping[str, Any], *, timeout_s: float = 15.0) -> Any:
     """Send one operation to the agent on `path`; returns the whole answer.
 
@@ -269,13 +298,10 @@ def call(path: Path, op: str, args: Mapping[str, Any], *, timeout_s: float = 15.
         sock.settimeout(timeout_s)
         try:
             sock.connect(str(path))
-            sock.sendall(request)
-            data = b""
-            while not data.endswith(b"\n") and len(data) <= MAX_ANSWER_BYTES:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
+            unsent = _send(sock, request)
+            data = _receive(sock)
+            if unsent is not None and not data:
+                raise unsent
         except FileNotFoundError:
             raise ControlError(f"no control socket at {path}") from None
         except PermissionError:

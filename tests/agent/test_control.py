@@ -157,3 +157,36 @@ async def test_stale_socket_is_replaced_a_live_one_is_not(tmp_path: Path) -> Non
     async with ControlServer(path, group=None, identity=dict, handlers={}) as third:
         assert third.error and "is not a socket" in third.error
     assert path.read_text() == "not a socket"
+
+
+async def test_a_request_too_large_gets_its_answer_not_a_broken_pipe(tmp_path: Path) -> None:
+    # The agent answers without reading the rest, and closes: before, the client's send
+    # failed and the user saw "cannot use ...: Broken pipe" instead of the agent's words.
+    path = tmp_path / "c.sock"
+    async with served(path):
+        answer = await asyncio.to_thread(call, path, "echo", {"note": "x" * (1 << 20)})
+    assert answer["ok"] is False and "request larger than" in answer["error"], answer
+
+
+def _answer_unread(listener: socket.socket, answer: dict[str, Any]) -> None:
+    """One connection: the answer written at once, the request never read, then closed."""
+    conn, _ = listener.accept()
+    with conn:
+        conn.sendall(json.dumps(answer).encode() + b"\n")
+
+
+@pytest.mark.parametrize("error", ["the agent is stopping; try again once it runs", "busy: retry"])
+async def test_an_answer_given_before_the_request_is_read_reaches_the_client(
+    tmp_path: Path, error: str
+) -> None:
+    path = tmp_path / "c.sock"
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(path))
+        listener.listen(1)
+        listener.settimeout(10)
+        answer = {"ok": False, "agent": IDENTITY, "error": error}
+        server = asyncio.create_task(asyncio.to_thread(_answer_unread, listener, answer))
+        # Larger than the socket's buffers: the send cannot finish before the close.
+        got = await asyncio.to_thread(call, path, "echo", {"pad": "x" * (4 << 20)}, timeout_s=10)
+        await server
+    assert got == answer

@@ -7,16 +7,28 @@ can reach a TCP port, so every state-changing operation lives on the control soc
 rebinding), connections are capped and idle ones time out (agent._connguard). Requests
 are answered from one snapshot at a time (SNAPSHOT_MAX_AGE_S), so a flood of them costs
 the agent no more than one client does.
+
+When the port cannot be taken (another process, maybe another local user's, holds it
+while the agent restarts), the agent runs on and keeps trying, with a backoff up to
+BIND_RETRY_MAX_S: the port is taken back as soon as it is free, instead of Prometheus
+scraping whoever holds it for good. The episode is logged once, with the holder's uid
+where the kernel tells it, and reported through `on_state` (the agent notes it in its
+store, where `edge-agent status` reads it without the log).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import json
 import logging
+import os
+import pwd
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
+from datetime import datetime
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -24,6 +36,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 from agent._connguard import ConnectionGuard
 from agent.health_hosts import HostCheck, machine_names
 from agent.health_metrics import Snapshot, render_metrics
+from agent.reach import listener_uid
+from agent.records import format_ts
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +57,11 @@ MAX_ERROR_CHARS = 300  # of an unexpected error's text in the log line
 # seconds of one share it. 128 concurrent clients took the store writer for seconds per
 # alert before (a read each, queued ahead of the writes, even for clients that hung up).
 SNAPSHOT_MAX_AGE_S = 1.0
+HEALTH_NOTE = "health_endpoint"  # the store's note (agent.store Outbox.note) of why not served
+# While the port cannot be taken: the first retry after this long, then twice as long each
+# time up to the maximum (one bind attempt each: nothing to flood).
+BIND_RETRY_FIRST_S = 1.0
+BIND_RETRY_MAX_S = 30.0
 
 
 def _what(exc: BaseException) -> str:
@@ -149,6 +168,9 @@ class HealthServer:
         idle_timeout_s: a connection without complete headers, or idle between requests,
             is closed after this long.
         snapshot_max_age_s: requests within this long of a snapshot are answered from it.
+        on_state: told why the endpoint is not served when that begins, and None once it
+            is served (at the start too) or closed unserved; must not raise.
+        retry_first_s, retry_max_s: the backoff between attempts to take the port.
     """
 
     def __init__(
@@ -161,6 +183,9 @@ class HealthServer:
         max_connections: int = MAX_CONNECTIONS,
         idle_timeout_s: float = IDLE_TIMEOUT_S,
         snapshot_max_age_s: float = SNAPSHOT_MAX_AGE_S,
+        on_state: Callable[[str | None], Awaitable[None]] | None = None,
+        retry_first_s: float = BIND_RETRY_FIRST_S,
+        retry_max_s: float = BIND_RETRY_MAX_S,
     ) -> None:
         self._snapshot = snapshot
         self._answers = _SharedAnswer(self._full_snapshot, snapshot_max_age_s)
@@ -172,6 +197,10 @@ class HealthServer:
         self.guard = ConnectionGuard(max_connections, name="health endpoint")
         self.port: int | None = None
         self.error: str | None = None  # why the endpoint is not listening, if it is not
+        self.bind_attempts = 0  # failed attempts to take the port, in all
+        self._on_state = on_state
+        self._retry_s = (retry_first_s, max(retry_first_s, retry_max_s))
+        self._retrying: asyncio.Task[None] | None = None
 
     async def _full_snapshot(self) -> Snapshot:
         return {**await self._snapshot(), "http": asdict(self.guard.stats)}
@@ -227,7 +256,25 @@ class HealthServer:
         await self._runner.setup()
         names = await asyncio.to_thread(machine_names) if self._expose else frozenset()
         self._check = HostCheck(self._host, names)
-        assert self._runner.server is not None
+        first = await self._listen()
+        if first is not None:
+            # Monitoring the machines matters more than this endpoint: run on, and retry.
+            self.error = first
+            log.error(
+                "health endpoint not started (%s); the agent runs on without /healthz and "
+                "/metrics and takes the port as soon as it is free (retried every %g s at most)",
+                first,
+                self._retry_s[1],
+            )
+            await self._tell(first)
+            self._retrying = asyncio.create_task(self._retry(), name="health endpoint bind")
+            return self
+        await self._tell(None)
+        return self
+
+    async def _listen(self) -> str | None:
+        """Take the port and serve; why not, when it cannot."""
+        assert self._runner is not None and self._runner.server is not None
         loop = asyncio.get_running_loop()
         try:
             self._server = await loop.create_server(
@@ -238,13 +285,8 @@ class HealthServer:
                 reuse_address=True,
             )
         except OSError as exc:
-            # Monitoring the machines matters more than this endpoint: keep running.
-            self.error = f"cannot listen on {self._host}:{self._port}: {exc.strerror or exc}"
-            log.error(
-                "health endpoint not started (%s); the agent runs on without /healthz and /metrics",
-                self.error,
-            )
-            return self
+            self.bind_attempts += 1
+            return await self._why_not(exc)
         self.port = self._check.port = self._server.sockets[0].getsockname()[1]
         log.info("health endpoint on http://%s:%s/healthz", self._host, self.port)
         if self._expose:
@@ -254,11 +296,69 @@ class HealthServer:
                 self._host,
                 self.port,
             )
-        return self
+        return None
+
+    async def _why_not(self, exc: OSError) -> str:
+        """The bind error in words, with who holds the port when the kernel says."""
+        words = os.strerror(exc.errno) if exc.errno else str(exc)
+        why = f"cannot listen on {self._host}:{self._port}: {words}"
+        if exc.errno == errno.EADDRINUSE and self._port:
+            holder = await asyncio.to_thread(_holder, self._host or "0.0.0.0", self._port)
+            if holder is not None:
+                why += f", held by {holder}"
+        return why
+
+    async def _retry(self) -> None:
+        """Try to take the port again, with a backoff, until it is served (or closed)."""
+        delay, cap = self._retry_s
+        started = time.monotonic()
+        while True:
+            await asyncio.sleep(delay)
+            why = await self._listen()
+            if why is None:
+                break
+            self.error = why
+            delay = min(delay * 2, cap)
+            log.debug("health endpoint still not served (%s); next try in %g s", why, delay)
+        log.warning(
+            "health endpoint served again after %.0f s and %d failed attempt(s)",
+            time.monotonic() - started,
+            self.bind_attempts,
+        )
+        self.error = None
+        await self._tell(None)
+
+    async def _tell(self, why: str | None) -> None:
+        if self._on_state is not None:
+            await self._on_state(why)
 
     async def __aexit__(self, *_exc: object) -> None:
+        if self._retrying is not None:
+            self._retrying.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retrying
+            self._retrying = None
+            if self.error is not None:  # closed unserved: nothing left to report
+                await self._tell(None)
         if self._server is not None:
             self._server.close()
         if self._runner is not None:
             await self._runner.cleanup()
         self._answers.cancel()
+
+
+def health_note(why: str | None, now: datetime) -> str | None:
+    """The store's note of why the endpoint is not served (JSON: error, since), or None."""
+    return None if why is None else json.dumps({"error": why, "since": format_ts(now)})
+
+
+def _holder(host: str, port: int) -> str | None:
+    """Who listens on host:port (blocking: /proc and the user database): uid 1000 (ana),
+    the uid alone when it has no name; None when the kernel does not tell."""
+    uid = listener_uid(host, port)
+    if uid is None:
+        return None
+    try:
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return f"uid {uid}"

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from agent.analysis.lifetime import AssetLives
 from agent.analysis.reliability import FleetLife, plausible
 from agent.config import Config
+from agent.health import HEALTH_NOTE
 from agent.identity import mismatch, open_store_ro
 from agent.reach import Unreachable, get_json, health_url, listener_uid
 from agent.store import READ_BUSY_S, StoreError, read_only
@@ -39,6 +40,8 @@ def store_summary(path: Path) -> dict[str, Any]:
     """
     with read_only(path) as view:
         stats = view.stats()
+        note = view.note(HEALTH_NOTE)
+    health = _parsed_note(note)
     return {
         "path": str(path),
         "pending": stats.pending,
@@ -50,7 +53,19 @@ def store_summary(path: Path) -> dict[str, Any]:
         "evicted_total": stats.evicted_total,
         "quarantined_total": stats.quarantined_total,
         "uplinks": {name: asdict(b) for name, b in stats.uplinks.items()},
+        **({"health_endpoint": health} if health else {}),
     }
+
+
+def _parsed_note(text: str | None) -> dict[str, Any] | None:
+    """The agent's note of why its health endpoint is not served (agent.health)."""
+    if text is None:
+        return None
+    try:
+        note = json.loads(text)
+    except ValueError:
+        return {"error": text}
+    return note if isinstance(note, dict) else {"error": text}
 
 
 def fleet_history(path: Path) -> dict[str, list[FleetLife]]:
@@ -173,7 +188,7 @@ def _impostor(config: Config, url: str) -> str | None:
     return (
         f"it runs as uid {uid}, the agent as uid {owner[0]} (the owner of {owner[1]}): "
         "another user holds the agent's health port; the agent itself runs without /healthz "
-        "and /metrics (its log says why)"
+        "and /metrics until it is free"
     )
 
 
@@ -205,6 +220,12 @@ def _line(config: Config, agent: dict[str, Any] | None, problem: str | None, sto
     gw = config.gateway.id
     if agent is None:
         stored = _counts(store) if isinstance(store, dict) else store
+        noted = store.get("health_endpoint") if isinstance(store, dict) else None
+        if noted:  # the agent runs (or ran) without its endpoint, and said why
+            stored += (
+                f"; the agent noted at {noted.get('since', '?')}: its health endpoint is not "
+                f"served ({noted.get('error')}), retrying"
+            )
         return f"{gw}: agent NOT reachable: {problem}; {stored}"
     sensors = agent.get("sensors", [])
     bad = [s for s in sensors if s.get("state") not in ("ok", "starting")]

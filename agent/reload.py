@@ -335,7 +335,10 @@ class Reloader:
         if plan.health and not agent.stopping:
             error = await agent.rebind_health()
             if error is not None:
-                problems.append(f"health endpoint not served: {error}; fix health.* and reload")
+                problems.append(
+                    f"health endpoint not served: {error}; the agent takes the port as soon as "
+                    "it is free (or fix health.* and reload)"
+                )
         return problems
 
 

@@ -28,7 +28,7 @@ from agent.config import Config
 from agent.control import ControlServer
 from agent.fds import loop_exception_handler
 from agent.feeds import OutboxFeeds
-from agent.health import HealthServer, Snapshot
+from agent.health import HEALTH_NOTE, HealthServer, Snapshot, health_note
 from agent.identity import agent_identity, store_created_at
 from agent.loop_lag import LAG_TICK_S, LoopLag
 from agent.mqtt_inputs import RunningMqtt, SessionSubscriptions, build_mqtt
@@ -61,6 +61,7 @@ from agent.watchdog import Watchdog, WatchdogLimits
 from drivers.modbus import Bus, ModbusPoller
 from drivers.payloads import DecoderLibrary
 from drivers.profiles import ProfileLibrary
+from drivers.reading import utc_now
 
 __all__ = [
     # The bounds below moved to the modules that use them; importable here as before.
@@ -83,6 +84,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# The store writer is stuck: the health endpoint's note waits no longer than this.
+HEALTH_NOTE_TIMEOUT_S = 2.0
 STARTS_PER_S = 500.0  # first polls spread over len(pollers) / this (at least 1 s)
 
 
@@ -215,9 +218,24 @@ class Agent:
         when it cannot listen there (the agent runs on without them)."""
         await self._close_health()
         hc = self.config.health
-        self.health = HealthServer(self.snapshot, host=hc.host, port=hc.port, expose=hc.expose)
+        self.health = HealthServer(
+            self.snapshot,
+            host=hc.host,
+            port=hc.port,
+            expose=hc.expose,
+            on_state=self._note_health,
+        )
         await self.health.__aenter__()
         return self.health.error
+
+    async def _note_health(self, why: str | None) -> None:
+        """Why /healthz is not served, noted in the store (None: drop the note): `status`
+        reads it there, as it cannot ask an agent without its health endpoint."""
+        try:
+            async with asyncio.timeout(HEALTH_NOTE_TIMEOUT_S):
+                await self.outbox.note(HEALTH_NOTE, health_note(why, utc_now()))
+        except (StoreError, TimeoutError) as exc:
+            log.warning("the health endpoint's state not noted in the store: %s", exc)
 
     async def _close_health(self) -> None:
         if self.health is not None:

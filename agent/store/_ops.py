@@ -15,6 +15,7 @@ from typing import Any
 from agent.analysis.reliability import FleetLife
 from agent.records import AlertDraft, dumps
 from agent.store._episodes import link
+from agent.store._queries import NOTE_PREFIX
 from agent.store._routing import (
     ALERT,
     CLASS_NAMES,
@@ -65,6 +66,17 @@ def meta_int(conn: sqlite3.Connection, key: str) -> int:
 
 def add_meta(conn: sqlite3.Connection, key: str, n: int) -> None:
     conn.execute("UPDATE meta SET value = value + ? WHERE key = ?", (n, key))
+
+
+def set_note(conn: sqlite3.Connection, key: str, text: str | None) -> None:
+    """Keep (or, None, drop) a note the running agent leaves for `status` (see
+    agent.store._queries.note)."""
+    if text is None:
+        conn.execute("DELETE FROM meta WHERE key = ?", (NOTE_PREFIX + key,))
+    else:
+        conn.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (NOTE_PREFIX + key, text)
+        )
 
 
 def bump(conn: sqlite3.Connection, uplink: str, key: str, n: int) -> None:

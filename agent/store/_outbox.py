@@ -305,6 +305,11 @@ class Outbox:
             self._wake_all()
         return result
 
+    async def note(self, key: str, text: str | None) -> None:
+        """Leave a note for `edge-agent status` (None: drop it): something the agent cannot
+        say through its health endpoint, such as why that endpoint is not served."""
+        await self._call(lambda c: _ops.set_note(c, key, text), write=True, what=f"noting {key}")
+
     async def stats(self) -> OutboxStats:
         """Counts for status and health, in total and per uplink."""
         result: OutboxStats = await self._call(

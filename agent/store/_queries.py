@@ -125,6 +125,15 @@ def _meta(conn: sqlite3.Connection, key: str) -> int:
     return int(row[0]) if row else 0
 
 
+NOTE_PREFIX = "note:"  # meta keys of notes (text), apart from the counters
+
+
+def note(conn: sqlite3.Connection, key: str) -> str | None:
+    """A note the running agent left (agent.store._ops.set_note), or None."""
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (NOTE_PREFIX + key,)).fetchone()
+    return str(row[0]) if row else None
+
+
 def age_s(created_at: str | None) -> float:
     if not created_at:
         return 0.0

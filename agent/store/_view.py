@@ -45,6 +45,9 @@ class StoreView:
     def requeues(self, limit: int) -> list[dict[str, Any]]:
         return _queries.requeues(self._conn, limit)
 
+    def note(self, key: str) -> str | None:
+        return _queries.note(self._conn, key)
+
 
 @contextlib.contextmanager
 def _connection(

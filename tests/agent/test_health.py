@@ -61,6 +61,40 @@ async def test_busy_port_is_reported_not_fatal() -> None:
             assert hs.error and str(port) in hs.error
 
 
+async def test_a_port_held_at_start_is_taken_once_it_is_free(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Before, the agent tried once at start: a port held while it restarted (by another
+    local user) stayed someone else's for good, and Prometheus scraped that process."""
+    told: list[str | None] = []
+
+    async def on_state(why: str | None) -> None:
+        told.append(why)
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    async with HealthServer(
+        _snap, port=port, on_state=on_state, retry_first_s=0.05, retry_max_s=0.2
+    ) as hs:
+        await asyncio.sleep(0.6)  # several attempts fail meanwhile
+        attempts = hs.bind_attempts
+        busy.close()
+        for _ in range(100):  # up to 10 s
+            if hs.port == port:
+                break
+            await asyncio.sleep(0.1)
+        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/healthz") as r:
+            status = r.status
+    assert attempts >= 3 and hs.port == port and hs.error is None and status == 503
+    assert len(told) == 2 and told[1] is None
+    assert told[0] is not None and f"127.0.0.1:{port}: Address already in use" in told[0]
+    assert "held by uid" in told[0]  # the kernel names the holder (here: this test's user)
+    errors = [r for r in caplog.records if r.name == "agent.health" and r.levelno >= logging.ERROR]
+    assert len(errors) == 1  # once per episode, not once per attempt
+
+
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH"])
 async def test_no_state_changing_method_over_tcp(method: str) -> None:
     """The old POST /v1/maintenance (any content type, no credential) is gone from TCP."""

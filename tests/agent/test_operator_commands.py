@@ -350,3 +350,53 @@ async def test_status_refuses_another_user_serving_the_agents_own_identity(
     assert proc.returncode == 1, proc
     assert "agent running" not in proc.stdout
     assert f"it runs as uid {OUTSIDER}, the agent as uid 0" in proc.stdout, proc.stdout
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("setpriv") or not os.path.exists(SYSTEM_PYTHON),
+    reason="needs root, setpriv and /usr/bin/python3 to act as another user",
+)
+async def test_a_health_port_held_at_start_is_taken_back_and_status_says_why_meanwhile(
+    tmp_path: Path,
+) -> None:
+    """Before, an agent started while another user held its health port tried once, logged
+    it, and never served /healthz until restarted; status could only say "its log says why".
+    Now the agent keeps trying, takes the port once it is free, and notes why meanwhile in
+    its store, where status reads it."""
+    cfg = write_config(tmp_path)
+    port = load_config(cfg).health.port
+    as_outsider = ["setpriv", f"--reuid={OUTSIDER}", f"--regid={OUTSIDER}", "--clear-groups"]
+    holder = await asyncio.create_subprocess_exec(
+        *as_outsider, SYSTEM_PYTHON, "-c", _COPYCAT, str(port), stdin=asyncio.subprocess.PIPE
+    )
+    try:
+        assert holder.stdin is not None
+        holder.stdin.write(b"{}")
+        holder.stdin.close()
+        for _ in range(100):  # up to 10 s to listen
+            with contextlib.suppress(OSError):
+                _, w = await asyncio.open_connection("127.0.0.1", port)
+                w.close()
+                break
+            await asyncio.sleep(0.1)
+        async with running_agent(cfg) as agent:
+            held = await asyncio.to_thread(cli, "status", "-c", str(cfg))
+            holder.kill()
+            await holder.wait()
+            for _ in range(150):  # up to 15 s: the retries back off from 1 s
+                if agent.health is not None and agent.health.port == port:
+                    break
+                await asyncio.sleep(0.1)
+            back = await asyncio.to_thread(cli, "status", "-c", str(cfg))
+        stopped = await asyncio.to_thread(cli, "status", "-c", str(cfg))
+    finally:
+        if holder.returncode is None:
+            holder.kill()
+            await holder.wait()
+    assert held.returncode == 1, held
+    assert (
+        f"its health endpoint is not served (cannot listen on 127.0.0.1:{port}: Address "
+        f"already in use, held by uid {OUTSIDER}), retrying" in held.stdout
+    ), held.stdout
+    assert back.returncode == 0 and "agent running" in back.stdout, back
+    assert stopped.returncode == 1 and "health endpoint" not in stopped.stdout, stopped

@@ -183,7 +183,13 @@ class Delivery:
         after_probe, self._after_probe = self._after_probe, False
         self._between.clear()
         try:
-            result = await self.transport.send(items)
+            if items[0].class_name != "alert" and getattr(self.transport, "summaries_yield", False):
+                sent = await self._send_giving_way(items)
+                if sent is None:  # an alert came: it goes first, the summaries after it
+                    return
+                result = sent
+            else:
+                result = await self.transport.send(items)
             problem = await self._settle(result)
         finally:
             self._between.set()
@@ -201,6 +207,46 @@ class Delivery:
             await self._failed(str(err), err.retry_after_s, down=err.down)
         elif isinstance(err, UplinkRejected):
             await self._rejected(result.failed, err)
+
+    async def _send_giving_way(self, items: list[StoredItem]) -> SendResult | None:
+        """Send a batch of summaries, cancelled when an alert is stored meanwhile (None).
+
+        Summaries may go to their own endpoint (summaries_url): one that hangs (a firewall
+        dropping its packets) held each new alert back for up to timeout_s. A cancelled
+        batch stays pending and is sent again after the alert (the far end dedupes on ids).
+        """
+        send = asyncio.ensure_future(self.transport.send(items))
+        wake = self.outbox.wake_event(self.name)
+        try:
+            while not send.done():
+                waiter = asyncio.ensure_future(wake.wait())
+                try:
+                    await asyncio.wait([send, waiter], return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiter.cancel()
+                if send.done() or not wake.is_set():
+                    continue
+                wake.clear()  # a summary appended wakes us too: only an alert counts
+                if await self._alert_waits():
+                    send.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await send
+                    if send.cancelled():
+                        log.debug("uplink[%s]: summaries give way to an alert", self.name)
+                        return None
+        finally:
+            if not send.done():  # this loop is cancelled (a stop): so is the send
+                send.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await send
+        return send.result()
+
+    async def _alert_waits(self) -> bool:
+        try:
+            first = await self.outbox.next_batch(self.name, 1)
+        except StoreError:
+            return False  # the summaries' send goes on; the next step reads again
+        return bool(first) and first[0].class_name == "alert"
 
     async def _settle(self, result: SendResult) -> str | None:
         """Record what the far end has, and what this uplink does not carry (with why);

@@ -53,6 +53,9 @@ class HttpTransport(HttpClient):
     """
 
     kind = "http"
+    # A summaries batch in flight is cancelled for a new alert (agent.uplink._delivery):
+    # its own endpoint may hang while the alerts' answers.
+    summaries_yield = True
 
     def __init__(self, cfg: HttpUplinkConfig, *, name: str) -> None:
         super().__init__(cfg, name=name)

@@ -15,8 +15,10 @@ from pathlib import Path
 
 from agent.config import HttpUplink as HttpUplinkConfig
 from agent.store import Outbox
+from agent.summaries import SummaryDraft
 from agent.uplink import HttpTransport, delivery
-from tests.agent.store._drafts import draft
+from tests.agent.store._drafts import T0, draft
+from tests.agent.uplink._alerts import asset
 from tests.agent.uplink._running import Running, until
 from tests.agent.uplink._running import true as _true
 
@@ -459,3 +461,31 @@ async def test_an_endpoint_refusing_everything_alike_does_not_dead_letter_the_ba
             backend.answer = _answer(200, body=b"{}")  # the URL is fixed
             await until(lambda: _pending_is(outbox, 0), timeout_s=10.0)
         assert up.status.delivered_total == 20 - stats.dead_lettered
+
+
+async def test_an_alert_does_not_wait_for_a_summaries_endpoint_that_never_answers(
+    tmp_path: Path,
+) -> None:
+    """summaries_url behind a firewall that drops its packets: each summaries send hung
+    for timeout_s, and an alert stored meanwhile waited for it (7-8 s of 10 s measured).
+    Now the summaries give way; they stay pending and are sent again after the alert."""
+    backend = Backend(_answer(200, body=b"{}"))
+    with socket.socket() as silent:  # accepts connections (its backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        hole = f"http://127.0.0.1:{silent.getsockname()[1]}/summaries"
+        async with await _outbox(tmp_path) as outbox, serving(backend) as url:
+            cfg = _cfg(url, timeout_s=60.0)
+            cfg = cfg.model_copy(update={"summaries_url": hole})
+            window = {"velocity_rms_mm_s": {"min": 1.0, "mean": 1.1, "max": 1.2, "last": 1.1}}
+            await outbox.append_summaries(
+                [SummaryDraft(asset(), "m1-de", "modbus", T0, T0, {"z": window})]
+            )
+            async with Running(delivery(UP, HttpTransport(cfg, name=UP), outbox, cfg)) as up:
+                await until(lambda: _true(up.status.state == "sending"))
+                await asyncio.sleep(0.3)  # the summaries' POST is on its way into the hole
+                await outbox.append([draft(i=1)])
+                await until(lambda: _pending_is(outbox, 0), timeout_s=15.0)  # not 60 s
+                stats = await outbox.stats()
+            assert backend.posts == 1 and stats.summaries_pending == 1
+            assert up.status.delivered_total == 1 and up.status.failures_total == 0

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from agent.config import Config, MqttUplink
+from agent.config import Config, HttpUplink, MqttUplink
 from agent.netaddr import ip_of, is_loopback
 
 RESOLV_CONF = Path("/etc/resolv.conf")
@@ -45,6 +45,10 @@ def _hosts(config: Config) -> list[tuple[str, str]]:
         host = block.host if isinstance(block, MqttUplink) else urlsplit(block.url).hostname
         if host:
             out.append((host, f"uplink {i} ({u.kind})"))
+        # Feature summaries may go to a host of their own.
+        summaries = block.summaries_url if isinstance(block, HttpUplink) else None
+        if summaries and (host := urlsplit(summaries).hostname):
+            out.append((host, f"uplink {i} ({u.kind}) summaries"))
     return out
 
 

@@ -115,6 +115,21 @@ def test_a_cmms_uplink_is_allowed_with_its_token(tmp_path: Path) -> None:
     )
 
 
+def test_a_summaries_url_on_another_host_is_allowed_too(tmp_path: Path) -> None:
+    """Before, only the uplink's url was allowed: with IPAddressDeny=any, every summary
+    sent to its own summaries_url host failed, and the uplink stayed failing."""
+    path = write(tmp_path)
+    text = path.read_text().replace(
+        "token_file: token}",
+        'token_file: token, summaries_url: "https://198.51.100.4/ingest/summaries"}',
+    )
+    path.write_text(text + "summaries: {interval_s: 60}\n")
+    text = dropin(load_config(path), base=tmp_path, resolv=tmp_path / "none")
+    allowed = re.findall(r"^IPAddressAllow=(.*)$", text, re.M)
+    assert allowed == ["10.0.0.21", "192.0.2.7", "198.51.100.4"]
+    assert "# uplink 0 (http) summaries\nIPAddressAllow=198.51.100.4\n" in text
+
+
 def test_two_secret_files_with_one_name_are_refused(tmp_path: Path) -> None:
     """systemd names a credential after its file: two files called `token` would clash."""
     (tmp_path / "cmms").mkdir()

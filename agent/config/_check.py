@@ -94,6 +94,10 @@ def _uplink_lines(config: Config) -> list[str]:
                 token += f", CA {h.ca_file}"
             if h.cert_file is not None:
                 token += " and client certificate" if h.ca_file else ", client certificate"
+            if u.http is not None and config.summaries is not None:
+                # Derived from url unless summaries_url is given: shown, so a wrong guess is
+                # seen here rather than as a failing uplink.
+                what += f"; summaries to {public_url(u.http.summaries_endpoint())}"
             lines.append(f"  {name}: {public_url(h.url)} ({token}, {what})")
             secret = h.token_file
         else:

@@ -120,7 +120,7 @@ def test_bad_sizes(tmp_path: Path, given: str, message: str) -> None:
 
 def test_summary_lists_assets_sensors_uplinks_and_store(tmp_path: Path) -> None:
     text = VALID + (
-        "uplinks:\n  - http: {url: 'https://x.example/v1/alerts', token: t0k}\n"
+        "uplinks:\n  - http: {url: 'https://x.example/v1/alerts?code=K3y', token: t0k}\n"
         "  - {name: broker, mqtt: {host: mqtt.example, topic: 'plant/{gateway}/{kind}'}}\n"
         "summaries: {interval_s: 600}\n"
     )
@@ -134,7 +134,8 @@ def test_summary_lists_assets_sensors_uplinks_and_store(tmp_path: Path) -> None:
         "  m1-de on press-7: modbus tcp 10.0.0.21:502 device_id 1, profile banner-qm30vt2, "
         "channels z,x, every 1 s (timeout 0.5 s)\n"
         "2 uplinks:\n"
-        "  http: https://x.example/v1/alerts (token set, batch 100)\n"
+        "  http: https://x.example/v1/alerts?code=*** (token set, batch 100; summaries to "
+        "https://x.example/v1/summaries?code=***)\n"
         "  broker: mqtt mqtt.example:8883 (TLS, QoS 1, topic plant/{gateway}/{kind}, batch 50)\n"
         "feature summaries every 600 s for every sensor\n"
         "store /tmp/outbox.db, budget 512 MiB\n"

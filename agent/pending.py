@@ -74,6 +74,12 @@ class PendingWrites:
         # Records of updates another writer's flush stored while their own writer waited
         # for the lock, by id(update); only writers that wait register, and they pop.
         self._written: dict[int, Records | None] = {}
+        self._writing: list[Update] = []  # popped for the store write under way
+
+    @property
+    def unsaved_alerts(self) -> int:
+        """Alerts held, and in the store write under way (not yet committed)."""
+        return sum(len(u.drafts) for u in (*self._held, *self._writing))
 
     def __len__(self) -> int:
         return len(self._held)
@@ -83,6 +89,10 @@ class PendingWrites:
         """How long updates have been waiting without the queue emptying (0: none wait)."""
         since = self._held_since
         return 0.0 if since is None else time.monotonic() - since
+
+    def lost(self, alerts: int) -> None:
+        """Count alerts that will never be written (the agent stops without them)."""
+        self._counters.alerts_lost_total += alerts
 
     def hold(self, update: Update) -> None:
         """Queue an update (no I/O): from here on it is written, or counted as lost."""
@@ -132,7 +142,9 @@ class PendingWrites:
         while self._held:
             n = min(len(self._held), BATCH_UPDATES)
             batch = [self._held.popleft() for _ in range(n)]  # popped first: committed once
+            self._writing = batch  # stays if cancelled: committed or not, nobody knows
             done, error, unwritten = await self._append(batch)
+            self._writing = []
             for update, records in done:
                 self._counters.alerts_total += len(records)
                 for r in records:
@@ -249,18 +261,47 @@ class UpdateWriter:
                 await asyncio.sleep(STORE_RETRY_POLL_S if not self._wake.is_set() else 0)
                 self._wake.set()
 
-    async def close(self, producers: Iterable[asyncio.Task[None]]) -> None:
+    async def close(
+        self, producers: Iterable[asyncio.Task[None]], *, timeout_s: float | None = None
+    ) -> None:
         """Shutdown: end the tasks that make updates (this writer's among them), then write
-        what they made, a last time."""
-        # With the lock held no writer can be inside a store write when it is cancelled;
-        # whatever was made is already held in `pending`.
-        async with self.pending.lock:
-            self.closed = True
-            tasks = list(producers)
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await self.pending.flush(final=True)
+        what they made, a last time.
+
+        Args:
+            timeout_s: give up on the store after this long (a slow or hung disk: systemd
+                kills an agent that does not stop in time); what it had not committed is
+                counted as lost, and said so.
+        """
+        tasks = list(producers)
+        try:
+            async with asyncio.timeout(timeout_s):
+                # With the lock held no writer can be inside a store write when it is
+                # cancelled; whatever was made is already held in `pending`.
+                async with self.pending.lock:
+                    self.closed = True
+                    for t in tasks:
+                        t.cancel()
+                    await asyncio.gather(*tasks, return_exceptions=True)
+                    await self.pending.flush(final=True)
+        except TimeoutError:
+            self._give_up(tasks, timeout_s)
+
+    def _give_up(self, producers: list[asyncio.Task[None]], timeout_s: float | None) -> None:
+        """The store did not finish in time: count and say what may be lost."""
+        self.closed = True
+        for t in producers:  # when the lock was never had, they still run
+            t.cancel()
+        unsaved = self.pending.unsaved_alerts
+        self.pending.lost(unsaved)
+        log.critical(
+            "stopping: the store did not finish writing in the %.0f s the stop had left "
+            "for it (a slow or hung disk); exiting without it so systemd need not kill the "
+            "agent. Up to %d "
+            "alert(s) may be lost (any the disk commits after all are sent after the "
+            "restart)",
+            timeout_s,
+            unsaved,
+        )
 
     async def flush_after_crash(self) -> None:
         """A task crashed before the shutdown's last flush: write what is held, once."""

@@ -1,8 +1,10 @@
 """The agent's ordered stop: stop reading, analyse what was read, persist it, then stop
 the rest (undelivered alerts wait on disk for the next start).
 
-Every wait is bounded, so the whole stop ends well inside systemd's TimeoutStopSec=30: a
-poller or link that does not end in time is abandoned, and said so. A reload and the stop
+Every wait is bounded, so the whole stop ends inside systemd's TimeoutStopSec=30: a
+poller or link that does not end in time is abandoned, and said so; so is a store that
+does not commit in time (a slow or hung disk): the agent exits saying how many alerts may
+be lost, rather than being killed by systemd without a word. A reload and the stop
 never overlap (agent.reload): nothing starts once the stop began, and a reload already
 applying its changes is waited for, so what it started is stopped here too.
 """
@@ -19,6 +21,10 @@ if TYPE_CHECKING:
 POLLER_STOP_S = 2.0  # bound on waiting for pollers at shutdown (then they are abandoned)
 SHUTDOWN_DRAIN_S = 10.0  # well inside systemd's TimeoutStopSec=30
 RELOAD_SETTLE_S = 8.0  # a reload applying when stop begins (bounded stops: 2 + 2 + 5 s)
+# From the stop's start, the store's last writes are waited for this long, then its thread
+# this much longer to close the file: 24 + 3 s, inside systemd's TimeoutStopSec=30.
+STOP_BUDGET_S = 24.0
+STORE_CLOSE_S = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +46,9 @@ class PipelineTasks:
 async def shut_down(agent: Agent, tasks: PipelineTasks) -> None:
     """Stop the running agent in order; returns when only cancelled tasks remain."""
     agent.watchdog.notifier.notify("STOPPING=1")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + STOP_BUDGET_S
+    agent.outbox.close_deadline = deadline + STORE_CLOSE_S
     agent.readings.close()
     # Nothing starts from here, whatever a reload in flight asks; one that is applying
     # ends first, so what it stops is waited for below.
@@ -49,6 +58,6 @@ async def shut_down(agent: Agent, tasks: PipelineTasks) -> None:
     await agent.sensors.close(timeout_s=POLLER_STOP_S)
     await agent.mqtt.close(timeout_s=POLLER_STOP_S)
     await agent.readings.drain(timeout_s=SHUTDOWN_DRAIN_S)
-    await agent.writer.close(tasks.producers)
+    await agent.writer.close(tasks.producers, timeout_s=max(1.0, deadline - loop.time()))
     for t in [*tasks.others, *(t for _, t in agent.deliveries.values())]:
         t.cancel()

@@ -88,6 +88,9 @@ class Outbox:
         self.faults: deque[StoreFault] = deque(maxlen=MAX_FAULTS_KEPT)
         self._wake: dict[str, asyncio.Event] = {}
         self._evictions: EvictionLog | None = None
+        # Event-loop time past which closing stops waiting for the writer thread (the
+        # agent's bounded stop sets it; None: wait until the thread is done).
+        self.close_deadline: float | None = None
 
     @property
     def quarantined(self) -> Quarantined | None:
@@ -169,7 +172,10 @@ class Outbox:
     ) -> None:
         writer, self._writer = self._writer, None
         if writer is not None:
-            await writer.stop()
+            timeout_s = None
+            if self.close_deadline is not None:
+                timeout_s = max(0.0, self.close_deadline - asyncio.get_running_loop().time())
+            await writer.stop(timeout_s=timeout_s)
         if self._evictions is not None:  # the thread is gone: the rest of its evictions
             self._evictions.close()
             self._evictions = None

@@ -151,15 +151,32 @@ class Writer:
         await ready  # raises if opening failed (the thread has then exited)
         self._accepting = True
 
-    async def stop(self) -> None:
-        """Run what is queued, close the connection, join the thread."""
+    async def stop(self, *, timeout_s: float | None = None) -> None:
+        """Run what is queued, close the connection, join the thread.
+
+        Args:
+            timeout_s: stop waiting after this long (a slow or hung disk): the thread is
+                left to finish on its own (SQLite's journal keeps the file whole whatever
+                the moment the process then exits), and that is logged.
+        """
         if self._thread is None or self._closed is None:
             return
         self._accepting = False
         if self._thread.is_alive():
-            # put() may block on a full queue: never on the event loop.
-            await asyncio.to_thread(self._queue.put, _STOP)
-            await asyncio.shield(self._closed)
+            try:
+                async with asyncio.timeout(timeout_s):
+                    # put() may block on a full queue: never on the event loop.
+                    await asyncio.to_thread(self._queue.put, _STOP)
+                    await asyncio.shield(self._closed)
+            except TimeoutError:
+                log.error(
+                    "store %s: the writer thread is still busy when the stop's time is up "
+                    "(a slow or hung disk); the agent exits without waiting for it (SQLite "
+                    "keeps the file whole: what it commits is there after the restart)",
+                    self._path,
+                )
+                self._thread = None
+                return
             await asyncio.to_thread(self._thread.join, 10.0)
         self._thread = None
 
@@ -191,7 +208,7 @@ class Writer:
             else:
                 req.future.set_exception(exc)
 
-        self._loop.call_soon_threadsafe(done)
+        _call_soon(self._loop, done)
 
     def _main(self, ready: asyncio.Future[None]) -> None:
         assert self._loop is not None and self._closed is not None
@@ -239,7 +256,7 @@ class Writer:
                     break
                 if isinstance(left, _Request):
                     self._resolve(left, None, closed)
-            self._loop.call_soon_threadsafe(_settle, self._closed, None, None)
+            _call_soon(self._loop, _settle, self._closed, None, None)
 
     def _run_group(self, batch: list[_Request]) -> None:
         # Concurrent requests have no order among themselves, so reads may go first,
@@ -283,7 +300,7 @@ class Writer:
             self._resolve(req, result, err)
         self._unacked.clear()
         if self._on_fault is not None and self._loop is not None:
-            self._loop.call_soon_threadsafe(self._on_fault, fault)
+            _call_soon(self._loop, self._on_fault, fault)
 
     def _read(self, req: _Request) -> None:
         for _attempt in range(2):  # a second time only after a recovery
@@ -372,6 +389,13 @@ class Writer:
             log.error("store %s transaction failed, rolled back: %s", self._path, exc)
         for req in writes:
             self._resolve(req, None, err)
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: Any) -> None:
+    """Hand a callback to the event loop; none when the loop is closed: the agent stopped
+    without waiting for this thread (a bounded stop on a slow disk), nobody awaits it."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(callback, *args)
 
 
 def _open_failed(

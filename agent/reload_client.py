@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 import yaml
 
-from agent.config import Config, Control, check_file
+from agent.config import Config, ConfigIssue, Control, check_file
 from agent.control import ControlError, call
 from agent.identity import mismatch
 
@@ -29,16 +30,17 @@ OP = "reload"
 TIMEOUT_S = 60.0  # stopping sensors and uplinks is bounded well inside this
 
 
-def _lenient_socket(path: Path) -> Path:
-    """control.socket from a file that does not validate (the default when unreadable)."""
+def _lenient_socket(path: Path) -> tuple[Path, bool]:
+    """control.socket from a file that does not validate, and whether it is only the
+    default (the file unreadable, or naming none)."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
         sock = data["control"]["socket"]
         if isinstance(sock, str) and sock:
-            return Path(sock)
+            return Path(sock), False
     except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError):
         pass
-    return Control().socket
+    return Control().socket, True
 
 
 def _not_ours(config: Config | None, path: str, agent: Any, ok: bool) -> str | None:
@@ -57,6 +59,16 @@ def _not_ours(config: Config | None, path: str, agent: Any, ok: bool) -> str | N
     return mismatch(config, agent) if ok or same else None
 
 
+def _invalid(path: Path, issues: Sequence[ConfigIssue], sock: Path, exc: ControlError) -> str:
+    """A file that does not load, and no agent reached (its socket came from a guess)."""
+    lines = "\n".join(str(i) for i in issues)
+    return (
+        f"reload not done: {path} is not valid (as `edge-agent check` says):\n{lines}\n"
+        f"(no running agent was reached either, at {sock}: {exc}; a running agent keeps "
+        "its configuration)"
+    )
+
+
 def request_reload(path: Path, out: TextIO, err: TextIO, *, as_json: bool = False) -> int:
     """Ask the agent to reload; print what changed (one line per change, or JSON).
 
@@ -65,11 +77,14 @@ def request_reload(path: Path, out: TextIO, err: TextIO, *, as_json: bool = Fals
     """
     checked = check_file(path)
     config = checked.config
-    sock = config.control.socket if config is not None else _lenient_socket(path)
+    sock, guessed = (config.control.socket, False) if config is not None else _lenient_socket(path)
     real = os.path.realpath(path)
     try:
         answer = call(sock, OP, {"config": real}, timeout_s=TIMEOUT_S)
     except ControlError as exc:
+        if guessed:  # no socket in a file that does not load: the file is what to fix
+            print(_invalid(path, checked.issues, sock, exc), file=err)
+            return EXIT_INVALID
         print(
             f"reload not done: cannot reach the running agent: {exc} (is it running? a new "
             "control.socket is used from the next restart)",

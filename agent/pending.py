@@ -70,6 +70,7 @@ class PendingWrites:
         self._backoff_s = RETRY_MIN_S
         self._held_since: float | None = None  # monotonic time the queue last became non-empty
         self.failing = False  # the last store write failed (until one succeeds)
+        self._failing_since = 0.0  # monotonic time of the episode's first failure
         self.lock = asyncio.Lock()  # hold it to stop writers between two store writes
         # Records of updates another writer's flush stored while their own writer waited
         # for the lock, by id(update); only writers that wait register, and they pop.
@@ -89,6 +90,13 @@ class PendingWrites:
         """How long updates have been waiting without the queue emptying (0: none wait)."""
         since = self._held_since
         return 0.0 if since is None else time.monotonic() - since
+
+    def _recovered(self) -> None:
+        self.failing = False
+        log.warning(
+            "store writes resumed after %.0f s of failures; the held updates are written",
+            time.monotonic() - self._failing_since,
+        )
 
     def lost(self, alerts: int) -> None:
         """Count alerts that will never be written (the agent stops without them)."""
@@ -162,7 +170,8 @@ class PendingWrites:
                 self._failed(error, final=final)
                 return written
             self._backoff_s = RETRY_MIN_S
-            self.failing = False
+            if self.failing:
+                self._recovered()
         self._held_since = None
         return written
 
@@ -205,12 +214,23 @@ class PendingWrites:
         return out, None, []
 
     def _failed(self, exc: StoreError, *, final: bool) -> None:
+        first = not self.failing
+        if first:
+            self._failing_since = time.monotonic()
         self.failing = True
         self._counters.store_errors_total += 1
         self._retry_at = time.monotonic() + self._backoff_s * random.uniform(0.5, 1.0)
         self._backoff_s = min(self._backoff_s * 2, RETRY_MAX_S)
-        log.error("store write failed (%s); %d updates held in memory, retrying",
-                  exc, len(self._held))  # fmt: skip
+        # Once per episode: a store that stays unwritable (a full disk) fails every retry,
+        # and a line each (with a count that changes, so never collapsed as a repeat)
+        # would grow the journal of a gateway all the while; /healthz shows the count.
+        log.log(
+            logging.ERROR if first else logging.DEBUG,
+            "store write failed (%s); %d updates held in memory, retrying with back-off "
+            "(said once until a write succeeds)",
+            exc,
+            len(self._held),
+        )
         if final:
             lost = sum(len(u.drafts) for u in self._held)
             self._counters.alerts_lost_total += lost

@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 import sqlite3
 from pathlib import Path
 
 import jsonschema
+import pytest
 
 from agent.analysis.monitor import Update
 from agent.pending import STATE_BATCH_S, PendingWrites, UpdateWriter
@@ -159,3 +161,27 @@ async def test_the_writer_lets_state_wait_for_company_and_writes_an_alert_at_onc
         assert await ob.load_state() == {"k": "3"}
         await writer.flush_after_crash()  # after the last flush: nothing more is written
     assert counters.alerts_lost_total == 0 and counters.store_errors_total == 0
+
+
+async def test_a_store_that_stays_full_is_logged_once_per_episode(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Every retry logged an ERROR with a held count that changes (never collapsed as a
+    # repeat): a day of full disk put thousands of lines in the journal.
+    counters = PipelineCounters()
+    async with Outbox(tmp_path / "o.db", gateway_id="gw", max_bytes=1 << 30, first_seq=1) as ob:
+        pending = PendingWrites(ob, counters)
+        await _limit_pages(ob, 0)
+        with caplog.at_level(logging.DEBUG, logger="agent.pending"):
+            for i in range(10):
+                assert (
+                    await pending.write(Update([draft(i=i, blob="z" * 4000)], {}), now=True) is None
+                )
+            await _limit_pages(ob, 1000)
+            assert await pending.write(Update([draft(i=99)], {}), now=True) is not None
+    said = [r for r in caplog.records if r.name == "agent.pending" and r.levelno >= logging.INFO]
+    failed = [r for r in said if "store write failed" in r.getMessage()]
+    resumed = [r for r in said if "store writes resumed" in r.getMessage()]
+    assert len(failed) == 1 and failed[0].levelno == logging.ERROR, [r.getMessage() for r in said]
+    assert len(resumed) == 1, [r.getMessage() for r in said]
+    assert counters.store_errors_total == 10 and counters.alerts_total == 11

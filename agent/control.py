@@ -36,6 +36,10 @@ MAX_CONNECTIONS = 8
 REQUEST_TIMEOUT_S = 5.0
 CLOSE_WAIT_S = 2.0  # at close, requests under way get this long to be answered
 STOPPING = "the agent is stopping; try again once it runs"
+UNFINISHED = (
+    "the agent stopped before this request finished: it may or may not have taken effect; "
+    "check once the agent runs again"
+)
 SOCKET_MODE = 0o660
 
 
@@ -185,6 +189,8 @@ class ControlServer:
             _, late = await asyncio.wait(list(self._serving), timeout=CLOSE_WAIT_S)
             for task in late:
                 task.cancel()
+            if late:  # each answers UNFINISHED (bounded by its client's reading)
+                await asyncio.wait(late, timeout=CLOSE_WAIT_S)
         with contextlib.suppress(OSError):
             if self._inode is not None and self.path.stat().st_ino == self._inode:
                 self.path.unlink()  # ours, not a successor's
@@ -200,7 +206,7 @@ class ControlServer:
             if self._active > MAX_CONNECTIONS:
                 answer = self._answer(error="busy: too many control connections; retry")
             else:
-                answer = await self._request(reader, _peer(writer.get_extra_info("socket")))
+                answer = await self._unless_closed(reader, writer)
             writer.write(json.dumps(answer).encode() + b"\n")
             await asyncio.wait_for(writer.drain(), self._timeout_s)
         except (OSError, TimeoutError):
@@ -210,6 +216,19 @@ class ControlServer:
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
+
+    async def _unless_closed(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> dict[str, Any]:
+        """The request's answer; UNFINISHED when the close cancelled it. The connection's
+        task then ends normally: the client hears why, and Python 3.11's stream callback,
+        which asks a cancelled task for its exception, logs no error."""
+        try:
+            return await self._request(reader, _peer(writer.get_extra_info("socket")))
+        except asyncio.CancelledError:
+            if not self._closing.is_set():
+                raise  # not our close: leave the cancellation as it was
+            return self._answer(error=UNFINISHED)
 
     def _answer(self, *, error: str | None = None, result: Any = None) -> dict[str, Any]:
         if error is not None:

@@ -190,3 +190,34 @@ async def test_an_answer_given_before_the_request_is_read_reaches_the_client(
         got = await asyncio.to_thread(call, path, "echo", {"pad": "x" * (4 << 20)}, timeout_s=10)
         await server
     assert got == answer
+
+
+async def test_a_request_still_running_at_close_is_answered_not_cut_off(tmp_path: Path) -> None:
+    """A handler that outlives the close (a store write on a stalled disk) is cancelled:
+    its client is told so, and no asyncio error lands in the log. Before: the client saw
+    "did not answer as an edge-agent" and the loop logged "Exception in callback"
+    (Python 3.11's stream callback asks a cancelled task for its exception)."""
+    loop = asyncio.get_running_loop()
+    loop_errors: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, ctx: loop_errors.append(ctx))
+    started = asyncio.Event()
+
+    async def stuck(args: Mapping[str, Any], peer: Peer) -> dict[str, Any]:
+        started.set()
+        await asyncio.Event().wait()  # never returns by itself
+        return {}
+
+    path = tmp_path / "c.sock"
+    try:
+        async with ControlServer(path, group=None, identity=dict, handlers={"stuck": stuck}):
+            client = asyncio.create_task(asyncio.to_thread(call, path, "stuck", {}, timeout_s=10))
+            async with asyncio.timeout(5):
+                await started.wait()
+        answer = await client  # the close waited CLOSE_WAIT_S, then cancelled the handler
+        await asyncio.sleep(0.1)  # any callback of the ended connection has run
+    finally:
+        loop.set_exception_handler(previous)
+    assert not answer["ok"]
+    assert "stopped before this request finished" in answer["error"], answer
+    assert not loop_errors, [c.get("message") for c in loop_errors]

@@ -125,13 +125,17 @@ class _SharedAnswer:
         self._max_age_s = max_age_s
         self._task: asyncio.Task[_Answer] | None = None
         self._started = 0.0
+        # Bumped when the agent's state changes (a reload, a maintenance record): a
+        # snapshot begun before that is not given to a caller asking after it.
+        self._generation = 0
+        self._task_generation = 0
 
     async def _answer(self) -> _Answer:
         return _Answer(await self._make())
 
     def _usable(self, now: float) -> bool:
         task = self._task
-        if task is None:
+        if task is None or self._task_generation != self._generation:
             return False
         if not task.done():
             return True
@@ -148,8 +152,13 @@ class _SharedAnswer:
             # retrieved here too: every caller may have gone before it failed
             self._task.add_done_callback(lambda t: t.cancelled() or t.exception())
             self._started = now
+            self._task_generation = self._generation
         assert self._task is not None
         return await asyncio.shield(self._task)
+
+    def expire(self) -> None:
+        """The state changed: the next caller gets a snapshot begun after this."""
+        self._generation += 1
 
     def cancel(self) -> None:
         if self._task is not None:
@@ -201,6 +210,11 @@ class HealthServer:
         self._on_state = on_state
         self._retry_s = (retry_first_s, max(retry_first_s, retry_max_s))
         self._retrying: asyncio.Task[None] | None = None
+
+    def expire(self) -> None:
+        """The agent's state changed (a reload, a maintenance record): requests from now
+        on are answered from a snapshot made after it, not one up to a second older."""
+        self._answers.expire()
 
     async def _full_snapshot(self) -> Snapshot:
         return {**await self._snapshot(), "http": asdict(self.guard.stats)}

@@ -339,6 +339,7 @@ class Reloader:
                     f"health endpoint not served: {error}; the agent takes the port as soon as "
                     "it is free (or fix health.* and reload)"
                 )
+        agent.expire_status()
         return problems
 
 

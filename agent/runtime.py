@@ -361,7 +361,15 @@ class Agent:
         assert self.monitor is not None
         if self.writer.closed:
             raise StoreError("the agent is stopping; record the event after it restarts")
-        return await maint.record_running(self.monitor, self.pending, request, requested_by)
+        try:
+            return await maint.record_running(self.monitor, self.pending, request, requested_by)
+        finally:
+            self.expire_status()
+
+    def expire_status(self) -> None:
+        """The state changed: /healthz (and `status`) answer from a snapshot made after it."""
+        if self.health is not None:
+            self.health.expire()
 
     async def snapshot(self) -> Snapshot:
         """The agent's status, as /healthz and /metrics show it (agent.snapshot)."""

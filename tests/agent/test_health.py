@@ -241,6 +241,31 @@ async def test_a_flood_of_requests_costs_the_agent_one_snapshot(tmp_path: Path) 
     assert reads <= 5, f"{reads} store reads for 150 requests"
 
 
+async def test_a_change_of_state_is_shown_by_the_next_request_not_a_second_later() -> None:
+    """Requests share one snapshot for a second (the flood guard above); a reload or a
+    maintenance record expires it, so `status` right after a reload showed the pollers the
+    reload had just replaced (their old counters) for up to a second."""
+    made = 0
+
+    async def snap() -> dict[str, object]:
+        nonlocal made
+        made += 1
+        return {"status": "ok", "made": made}
+
+    async with HealthServer(snap, port=0, snapshot_max_age_s=60.0) as hs:
+        url = f"http://127.0.0.1:{hs.port}/healthz"
+        async with aiohttp.ClientSession() as s:
+
+            async def get() -> object:
+                async with s.get(url) as r:
+                    return (await r.json())["made"]
+
+            first, shared = await get(), await get()
+            hs.expire()
+            fresh = await get()
+    assert (first, shared, fresh) == (1, 1, 2)
+
+
 async def test_a_key_in_the_uplink_url_is_not_shown_to_local_users(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

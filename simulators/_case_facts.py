@@ -193,6 +193,7 @@ class Fact:
     no_estimate_reason: str | None = None
     note: str | None = None
     features: dict[str, float] = field(default_factory=dict)
+    revision: str | None = None  # a critical taken back to a warning: why (evidence.revision)
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -263,6 +264,7 @@ def fact_of(record: Mapping[str, Any]) -> Fact | None:
         no_estimate_reason=text(record.get("no_estimate_reason")),
         note=text(ev.get("note")),
         features=dict(list(feats.items())[:MAX_FEATURES]),
+        revision=text(obj(ev.get("revision")).get("reason")),
     )
 
 
@@ -279,6 +281,8 @@ def summary(f: Fact) -> str:
         return f"sensor {f.sensor} not answering ({v} failed polls): the machine is not watched"
     if f.state == "cleared":
         return f"{f.kind} alert cleared: {f.metric} {v} {unit} under {thr} {unit}".rstrip()
+    if f.revision:
+        return f"critical revised to a warning: {f.revision}"
     if f.metric == TTF_METRIC and f.value is not None and f.threshold is not None:
         return (
             f"time to failure {duration(f.value)}, under the planning horizon "

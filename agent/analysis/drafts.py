@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from agent.analysis.channel import STOPPED_SHARE, Channel
 from agent.analysis.lifecycle import LifecycleState
@@ -19,6 +19,7 @@ from agent.analysis.severity import (
     velocity_band_hz,
     velocity_unresolved_reason,
 )
+from agent.analysis.trend import NoEstimate
 from agent.analysis.ttf import Estimate
 from agent.records import (
     AlertDraft,
@@ -28,6 +29,7 @@ from agent.records import (
     Severity,
     TimeToFailure,
     format_ts,
+    parse_ts,
 )
 from drivers.reading import VELOCITY_RMS, Reading
 
@@ -40,6 +42,7 @@ __all__ = [
     "estimate_fields",
     "maintenance_draft",
     "metric_unit",
+    "revision_evidence",
     "severity_draft",
     "trend_draft",
 ]
@@ -150,11 +153,42 @@ def severity_draft(
     return _draft(ch, reading, feats, "severity", transition, sev, {})
 
 
+def revision_evidence(
+    ch: Channel, est: Estimate | NoEstimate | None, hours: float | None, escalated_at: str | None
+) -> dict[str, object]:
+    """evidence.revision of a critical taken back (agent.analysis.monitor._revision): what
+    the escalation said, when its failure was due, and why it no longer stands."""
+    metric, threshold = ch.failure()
+    value = ch.history.last()
+    due = None
+    if hours is not None and escalated_at is not None:
+        due = format_ts(parse_ts(escalated_at) + timedelta(hours=hours))
+    horizon = ch.asset.planning_horizon_hours
+    if isinstance(est, Estimate):
+        now = f"the time to failure is now {est.hours:.4g} h, over the planning horizon"
+    else:
+        now = f"there is no time to failure now ({est.reason if est else 'no estimate'})"
+    return {
+        "revises": "critical",
+        "escalated_at": escalated_at,
+        "time_to_failure_hours_then": None if hours is None else round(hours, 5),
+        "predicted_failure_at": due,
+        "reason": (
+            f"the failure predicted by {due} did not come ({metric} "
+            f"{'unknown' if value is None else f'{value:.4g}'} under its failure threshold "
+            f"{threshold:g}) and {now} ({horizon:g} h): the critical is revised to a warning, "
+            "same alert; an estimate under the horizon escalates it again"
+        ),
+    }
+
+
 def trend_draft(
     ch: Channel, reading: Reading, feats: Mapping[str, float], hi: float | None,
-    transition: str, level: int,
+    transition: str, level: int, *, revision: dict[str, object] | None = None,
 ) -> AlertDraft:  # fmt: skip
-    """The record of a trend (health index / time to failure) transition."""
+    """The record of a trend (health index / time to failure) transition; `revision`: a
+    critical taken back to a warning (state "escalated", the only v1 state that goes on
+    with the episode; severity warning; evidence.revision says what was revised and why)."""
     hi_level = ch.hi.level or 0.0
     zone = ch.view.zone if ch.view is not None else None
     extra: dict[str, object] = {
@@ -169,7 +203,9 @@ def trend_draft(
             datetime.fromtimestamp(ch.onset_s, tz=reading.timestamp.tzinfo)
         ),
     }  # fmt: skip
-    if transition == "escalated" and isinstance(ch.estimate, Estimate):
+    if revision is not None:
+        extra["revision"] = revision
+    if transition == "escalated" and revision is None and isinstance(ch.estimate, Estimate):
         sev = Severity("critical", zone, "time to failure under the planning horizon",
                        "time_to_failure_hours", round(ch.estimate.hours, 5),
                        ch.asset.planning_horizon_hours)  # fmt: skip

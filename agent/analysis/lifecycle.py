@@ -30,6 +30,14 @@ class LifecycleState:
     cleared_at_s: float | None = None  # reading time (s) of the last clear, for the hold-off
     below_since_s: float | None = None  # reading time the current run below the clear level began
     flaps: int = 0  # returns above the limit after a run below that would have cleared
+    # A critical on a time to failure (the trend's level 2): the reading time its estimate
+    # said the failure would come by, the estimate, when it was sent and the failure
+    # metric's recent level then, for revise().
+    due_s: float | None = None
+    due_hours: float | None = None
+    escalated_at: str | None = None
+    due_level: float | None = None
+    revise_streak: int = 0  # consecutive readings past due_s with the estimate out of horizon
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -115,13 +123,41 @@ def step(
 
     if state.streak >= debounce:
         state.active = state.streak_level
+        state.revise_streak = 0
         state.streak, state.streak_level = 0, 0
         return Step("escalated", state.active)
     if state.clear_streak >= debounce and held_long:
         cleared_level = state.active
         state.active, state.clear_streak, state.raised_at = 0, 0, None
         state.below_since_s = None
+        state.due_s = state.due_hours = state.escalated_at = state.due_level = None
+        state.revise_streak = 0
         state.cleared_at_s = now_s
         state.streak, state.streak_level = 0, 0
         return Step("cleared", cleared_level)
     return Step(None, state.active)
+
+
+def revise(state: LifecycleState, *, soon: bool, grown: bool, now_s: float, debounce: int) -> bool:
+    """Take back a critical sent on a time to failure that did not come true (mutates state).
+
+    True when the alert is at level 2 with a predicted failure time (due_s), that time has
+    passed (the caller has seen no failure: its metric is under the threshold, or the
+    estimate would be 0 h and `soon`), the failure metric has not grown toward its threshold
+    since (`grown` False) and the estimate has been out of the planning horizon (`soon`
+    False: longer, or no estimate at all), both for `debounce` consecutive readings: the
+    alert goes back to level 1, the same episode (a step then flat, a load change: the trend
+    said minutes, the machine ran on). Not before the predicted time (a late warning costs a
+    failure), nor while the metric climbs (the failure is late, not called off). A later
+    estimate under the horizon escalates again, as any would.
+    """
+    if state.active < 2 or state.due_s is None or soon or grown or now_s < state.due_s:
+        state.revise_streak = 0
+        return False
+    state.revise_streak += 1
+    if state.revise_streak < debounce:
+        return False
+    state.active, state.revise_streak = 1, 0
+    state.streak, state.streak_level = 0, 0
+    state.due_s = state.due_hours = state.escalated_at = state.due_level = None
+    return True

@@ -6,7 +6,10 @@ For each channel the monitor runs two alert lifecycles (agent.analysis.lifecycle
 - "trend": early detection and time to failure. Level 1 (warning) when the health index
   (learned from the channel's own baseline) or velocity RMS (ISO 20816-1 alarm from the
   baseline) is above its level: that raise is the degradation onset. Level 2 (critical,
-  an escalation) when the time to failure falls under the asset's planning horizon.
+  an escalation) when the time to failure falls under the asset's planning horizon; back
+  to level 1 (a revision, same episode) once the failure that critical predicted is
+  overdue, the failure metric has not grown and the estimate is over the horizon again
+  (a step then flat: a rebalanced or re-mounted machine, a load change; _revision).
 Time to failure (agent.analysis.forecast): the asset's reliability prior (its class's life,
 given its age) before the onset, fused with the Bayesian exponential trend of the failure
 metric after it; without a prior the trend alone, and before the onset no estimate, with
@@ -26,6 +29,8 @@ import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+
+import numpy as np
 
 from agent.analysis.basis import Basis, BasisChange, basis_change, basis_of
 from agent.analysis.channel import (
@@ -48,13 +53,14 @@ from agent.analysis.drafts import (
     estimate_fields,
     maintenance_draft,
     metric_unit,
+    revision_evidence,
     severity_draft,
     trend_draft,
 )
 from agent.analysis.features import VELOCITY_BAND_PERIODS
-from agent.analysis.forecast import channel_estimate, still_fresh
+from agent.analysis.forecast import JUMP_SHARE, channel_estimate, still_fresh
 from agent.analysis.health_index import HealthIndex, HealthIndexTuning
-from agent.analysis.lifecycle import LifecycleState, step
+from agent.analysis.lifecycle import LifecycleState, revise, step
 from agent.analysis.lifetime import AssetLives
 from agent.analysis.reliability import FleetLife
 from agent.analysis.removed import (
@@ -84,6 +90,9 @@ from agent.records import (
 )
 from drivers.reading import Reading, utc_now
 
+# The failure metric's level, to tell a failure that is late from one that is not coming
+# (_grown): the geometric mean of this many bins (10 min at the default 60 s bin).
+REVISE_BINS = 10
 RELEARNED_BY_RELOAD = "cleared by a reload: baseline relearned after {}"
 RELEARNED_AT_START = "closed at start: baseline relearned after {} while the agent was stopped"
 # The severity alert of readings that are now another sensor's (or another conversion's).
@@ -455,6 +464,11 @@ class Monitor:
         elif ts.transition == "cleared":
             ch.onset_s, ch.estimate_bin, model_changed = None, None, True
             est = self._estimate(ch, t_s, wall_s)
+        revision: dict[str, object] | None = None
+        if ts.transition in ("raised", "escalated") and ch.trend.active >= 2:
+            _note_due(ch, est, t_s, reading.timestamp)
+        elif ts.transition is None:
+            revision = _revision(ch, est, t_s)
 
         ch.set_view(
             ch.asset.id, ch.sensor.id, ch.sensor.channel, reading.timestamp, value, zone,
@@ -468,6 +482,10 @@ class Monitor:
             if ts.transition == "raised":
                 ch.trend.raised_at = format_ts(reading.timestamp)
             out.drafts.append(trend_draft(ch, reading, feats, hi, ts.transition, ts.level))
+        elif revision is not None:  # the same episode, taken back to a warning (_revision)
+            out.drafts.append(
+                trend_draft(ch, reading, feats, hi, "escalated", 1, revision=revision)
+            )
 
         if not self.persist:
             return out
@@ -579,3 +597,56 @@ class Monitor:
     def views(self) -> list[ChannelView]:
         """The latest view of every channel that has produced a reading."""
         return [v for c in self._channels.values() if (v := c.view) is not None]
+
+
+def _note_due(ch: Channel, est: Estimate | NoEstimate, t_s: float, at: datetime) -> None:
+    """A critical on the time to failure: keep when its estimate said the failure would
+    come, so that a failure that does not come by then can take it back (_revision)."""
+    if isinstance(est, Estimate):
+        ch.trend.due_s, ch.trend.due_hours = t_s + est.hours * 3600.0, est.hours
+        ch.trend.escalated_at, ch.trend.due_level = format_ts(at), _recent_level(ch, peak=True)
+
+
+def _recent_level(ch: Channel, *, peak: bool = False) -> float | None:
+    """The failure metric over its last REVISE_BINS bins (None without any): their geometric
+    mean, a level that noise or a value alternating between two readings hardly moves, or
+    (peak) their highest bin."""
+    v = ch.history.points()[1][-REVISE_BINS:]
+    v = v[np.isfinite(v) & (v > 0.0)]
+    if not v.shape[0]:
+        return None
+    return float(v.max()) if peak else float(np.exp(np.log(v).mean()))
+
+
+def _grown(ch: Channel) -> bool:
+    """Whether the failure metric has grown toward its threshold since the escalation: its
+    recent level above the highest bin before the escalation by more than JUMP_SHARE of its
+    log distance to the threshold (unknown counts as grown: the critical stays)."""
+    then, now = ch.trend.due_level, _recent_level(ch)
+    _, threshold = ch.failure()
+    if then is None or now is None or not 0.0 < then < threshold:
+        return True
+    return math.log(now / then) > JUMP_SHARE * math.log(threshold / then)
+
+
+def _revision(ch: Channel, est: Estimate | NoEstimate, t_s: float) -> dict[str, object] | None:
+    """The evidence of a critical taken back (agent.analysis.lifecycle.revise), or None.
+
+    A step then flat (a rebalanced or re-mounted machine, a load change) fits, right after
+    the step, only a growth that reaches the threshold in seconds, and a failure's last
+    minutes start with the same jump (FEMTO), so the critical is sent; once the predicted
+    failure time has passed without failure, the metric has not grown and the estimate has
+    been out of the horizon for the debounce, the record says it was revised and why, in
+    the same episode.
+    """
+    st = ch.trend
+    if st.active < 2 or st.due_s is None:  # almost every reading: nothing to revise
+        st.revise_streak = 0
+        return None
+    hours, escalated_at = st.due_hours, st.escalated_at
+    soon = isinstance(est, Estimate) and est.hours < ch.asset.planning_horizon_hours
+    grown = not soon and _grown(ch)
+    debounce = ch.asset.alerting.debounce
+    if not revise(st, soon=soon, grown=grown, now_s=t_s, debounce=debounce):
+        return None
+    return revision_evidence(ch, est, hours, escalated_at)

@@ -7,9 +7,11 @@ already opened.
 
 Which records open a work order: severity and trend alerts that are raised or escalated
 (every such alert opens its own; an escalation says which state it escalates). None for a
-clear (the work order stays open until a person closes it in the CMMS with the repair), a
-maintenance record (it is the repair), a sensor or gateway fault (the machine is not
-measured: not a machine repair; they reach the portfolio backend), a feature summary.
+revision (an "escalated" trend record whose evidence.revision takes a critical back to a
+warning: the work order the critical opened stays, a person closes it), a clear (the work
+order stays open until a person closes it in the CMMS with the repair), a maintenance
+record (it is the repair), a sensor or gateway fault (the machine is not measured: not a
+machine repair; they reach the portfolio backend), a feature summary.
 
 Request (keys from `mapping.fields`, then `mapping.static` merged in):
 - title: asset and finding in one line;
@@ -41,6 +43,8 @@ MAX_LEAD_HOURS = 87_600.0  # ten years: a due date further out means nothing to 
 DEFAULT_HORIZON_HOURS = 168.0  # an asset no longer configured: the configuration's default
 _NONE = {
     "cleared": "a clear opens no work order (the open one is closed in the CMMS with the repair)",
+    "revision": "a revision (a critical whose predicted failure did not come, back to a "
+    "warning) opens no work order: the open one stays until a person closes it",
     "maintenance": "a maintenance record opens no work order: it is the repair",
     "sensor_fault": "a sensor fault opens no work order: the machine is not measured, not "
     "found worn (the portfolio backend has it)",
@@ -79,6 +83,8 @@ class WorkOrder:
 def no_work_order(record: Mapping[str, Any]) -> str | None:
     """Why this record opens no work order, or None when it opens one."""
     kind, state = record.get("kind"), record.get("state")
+    if isinstance(record.get("evidence"), Mapping) and record["evidence"].get("revision"):
+        return _NONE["revision"]
     if (kind, state) in OPENS:
         return None
     if state == "cleared" and kind in ("severity", "trend"):

@@ -113,8 +113,9 @@ def test_a_repair_of_the_asset_a_sensor_left_leaves_its_new_asset_alone(
 
 # A machine already degraded when the integrator edits its analysis settings: accel RMS
 # (the health-index feature) doubled and velocity RMS rose over its ISO 20816-1 alarm, so
-# the trend alert is open (raised, then escalated). What the reload may reset depends on
-# what the change invalidates (agent.analysis.basis).
+# the trend alert is open (raised, then escalated; the step then flat is no failure in
+# seconds, so the critical is revised to a warning, same episode, once that is overdue).
+# What the reload may reset depends on what the change invalidates (agent.analysis.basis).
 
 
 def degraded_config(tmp_path: Path, edit: dict[str, Any] | None = None) -> Config:
@@ -146,8 +147,14 @@ def degrade(tmp_path: Path) -> tuple[Monitor, dict[str, str]]:
     for i in range(32):
         up = m.update(vib(i, 1.0, 1.0) if i < 12 else vib(i, 2.0, 1.9))
         state.update(up.state)
-    assert m._channels[("m1", "z")].trend.active == 2  # raised, then escalated
+        if m._channels[("m1", "z")].trend.active == 2:
+            break  # raised, then escalated (the step then flat revises it later)
+    assert m._channels[("m1", "z")].trend.active == 2
     return m, state
+
+
+def not_revisions(drafts: list[AlertDraft]) -> list[tuple[str, str]]:
+    return [(d.kind, d.state) for d in drafts if not d.evidence.get("revision")]
 
 
 HISTORY_ONLY = {
@@ -175,16 +182,17 @@ def test_an_analysis_change_keeps_the_baseline_onset_and_open_trend_of_a_degrade
     m, state = degrade(tmp_path)
     ch = m._channels[("m1", "z")]
     learned_at, onset, bins = ch.hi.learned_at_s, ch.onset_s, ch.history.to_dict()
+    active = ch.trend.active
     update = m.reconfigure(degraded_config(tmp_path, edit))
     assert update.drafts == []
     ch = m._channels[("m1", "z")]
-    assert (ch.hi.learned_at_s, ch.onset_s, ch.trend.active) == (learned_at, onset, 2)
+    assert (ch.hi.learned_at_s, ch.onset_s, ch.trend.active) == (learned_at, onset, active)
     history_rebuilt = edit in HISTORY_ONLY.values()
     assert (ch.history.to_dict() != bins) is history_rebuilt
     state.update(update.state)
     later = run(m, 32, 80, 2.0, 1.9)  # 800 s still degraded, past the 300 s clear hold
-    assert [(d.kind, d.state) for d in later] == []
-    assert m._channels[("m1", "z")].trend.active == 2
+    assert not_revisions(later) == []  # the episode goes on: no clear, no new raise
+    assert m._channels[("m1", "z")].trend.active >= 1
     resumed = Monitor(degraded_config(tmp_path, edit), state=state)
     resumed.update(vib(32, 2.0, 1.9))
     again = resumed._channels[("m1", "z")]
@@ -224,7 +232,7 @@ def test_a_change_that_invalidates_the_baseline_closes_the_trend_alert_saying_wh
     assert json.loads(update.state["press-7/m1/z/trend"])["active"] == 0
     ch = m._channels[("m1", "z")]
     assert (ch.hi.ready, ch.onset_s, ch.trend.active) == (False, None, 0)
-    assert run(m, 32, 80, 2.0, 1.9) == []  # no later "cleared" (nor a raise from the new baseline)
+    assert not_revisions(run(m, 32, 80, 2.0, 1.9)) == []  # no later clear (nor a raise)
     assert m._channels[("m1", "z")].hi.ready  # relearned
 
 

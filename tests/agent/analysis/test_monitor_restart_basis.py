@@ -45,13 +45,16 @@ async def store(ob: Outbox, update: Update) -> list[dict[str, Any]]:
 
 async def degrade(tmp_path: Path) -> tuple[float, float]:
     """The first process: baseline learned, then the machine degrades (accel RMS doubles,
-    velocity over its ISO 20816-1 alarm): the trend alert is raised and escalated. Returns
-    (baseline learned at, onset), as saved."""
+    velocity over its ISO 20816-1 alarm): the trend alert is raised and escalated (the
+    first process stops there: the step then flat would later revise the critical, since
+    no failure comes). Returns (baseline learned at, onset), as saved."""
     async with store_at(tmp_path) as ob:
         m = Monitor(config(tmp_path))
         m.close_unconfigured(T0)
         for i in range(32):
             await store(ob, m.update(vib(i, 1.0, 1.0) if i < 12 else vib(i, 2.0, 1.9)))
+            if m._channels[("m1", "z")].trend.active == 2:
+                break
         ch = m._channels[("m1", "z")]
         assert ch.trend.active == 2 and ch.onset_s is not None
         assert ch.hi.learned_at_s is not None
@@ -77,7 +80,9 @@ def later(m: Monitor, n: int = 80) -> list[tuple[str, str]]:
     for i in range(100, 100 + n):
         r = vib(i, 2.0, 1.9)
         r = Reading(r.sensor_id, r.channel, AT + timedelta(seconds=10 * (i - 99)), r.features)
-        out += [(d.kind, d.state) for d in m.update(r).drafts]
+        # A revision of the critical (same episode) may come: the step then flat fails
+        # nothing; what must not come is a clear or a new raise.
+        out += [(d.kind, d.state) for d in m.update(r).drafts if not d.evidence.get("revision")]
     return out
 
 
@@ -305,7 +310,7 @@ async def test_a_profile_file_edited_under_the_same_name_relearns_at_restart_and
         m = Monitor(cfg, digests=_digests(cfg, folder))
         for i in range(32):
             await store(ob, m.update(vib(i, 1.0, 1.0) if i < 12 else vib(i, 2.0, 1.9)))
-        assert m._channels[("m1", "z")].trend.active == 2
+        assert m._channels[("m1", "z")].trend.active >= 1  # open (its critical revised)
     _profile_file(folder, velocity_scale="0.01")  # edited while the agent was stopped
     async with store_at(tmp_path) as ob:
         m = Monitor(cfg, state=await ob.load_state(), digests=_digests(cfg, folder))
@@ -386,7 +391,7 @@ async def test_a_decoder_file_edited_under_the_same_name_relearns_at_restart_and
         m = Monitor(cfg, digests=_decoder_digests(cfg, folder))
         for i in range(32):
             await store(ob, m.update(vib(i, 1.0, 1.0) if i < 12 else vib(i, 2.0, 1.9)))
-        assert m._channels[("m1", "z")].trend.active == 2
+        assert m._channels[("m1", "z")].trend.active >= 1  # open (its critical revised)
     _decoder_file(folder, description="plant copy, reviewed")  # words only: kept
     async with store_at(tmp_path) as ob:
         m = Monitor(cfg, state=await ob.load_state(), digests=_decoder_digests(cfg, folder))

@@ -1,0 +1,120 @@
+"""A step then flat (a rebalanced or re-mounted machine, a load change) is not a failure in
+seconds: a critical sent on such a time to failure is revised once its predicted failure
+time has passed, the metric has not grown since and the estimate is out of the horizon."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from agent.analysis.monitor import Monitor
+from agent.config import Config
+from agent.uplink import no_work_order
+from drivers.reading import Reading
+from simulators._case_facts import fact_of, summary
+
+T0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
+SCHEMA = json.loads((Path(__file__).parents[3] / "agent" / "schemas" / "alert-v1.json").read_text())
+PRIOR = {"weibull": {"shape": 2.0, "scale_hours": 20000}, "age_hours": 5000}
+
+
+def config(tmp_path: Path, prior: bool) -> Config:
+    asset: dict[str, object] = {
+        "id": "press-7", "name": "Press 7", "tier": 1,
+        "machine": {"standard": "iso10816-3", "group": 2, "foundation": "rigid", "rpm": 1480},
+    }  # fmt: skip
+    if prior:
+        asset["reliability"] = PRIOR
+    return Config.model_validate(
+        {
+            "gateway": {"id": "gw-t"},
+            "assets": [asset],
+            "sensors": [{"id": "m1", "asset": "press-7", "modbus": {"host": "127.0.0.1"}}],
+            "store": {"path": str(tmp_path / "o.db")},
+        }
+    )
+
+
+def run(m: Monitor, levels: list[float], seed: int = 2) -> list[dict]:
+    """One reading a minute at each velocity level (+/- 3 % noise; accel scaled with it);
+    returns the records of the trend alert."""
+    rng = random.Random(seed)
+    out = []
+    for i, v in enumerate(levels):
+        noise = 1.0 + 0.03 * rng.gauss(0.0, 1.0)
+        feats = {"velocity_rms_mm_s": v * noise, "accel_rms_g": 0.05 * v * noise,
+                 "hf_accel_rms_g": 0.02 * v * noise, "kurtosis": 3.0}  # fmt: skip
+        at = T0 + timedelta(minutes=i)
+        for d in m.update(Reading("m1", "z", at, feats, mono_s=60.0 * i)).drafts:
+            if d.kind == "trend":
+                out.append(d.record(gateway_id="gw-t", seq=len(out) + 1))
+    return out
+
+
+def level(rec: dict) -> str:
+    return rec["severity"]["level"]
+
+
+@pytest.mark.parametrize("prior", [False, True])
+@pytest.mark.parametrize(
+    "after",
+    [
+        [3.2] * 180,  # 1.0 -> 3.2 mm/s (zone C) and flat: before, critical "0.00045 h" for good
+        [2.95 if (i // 2) % 2 else 2.45 for i in range(300)],  # flips around B/C
+    ],
+    ids=["step-to-zone-c", "flip-2.45-2.95"],
+)
+def test_a_critical_on_a_step_then_flat_is_revised_in_the_same_episode(
+    tmp_path: Path, prior: bool, after: list[float]
+) -> None:
+    m = Monitor(config(tmp_path, prior))
+    recs = run(m, [1.0] * 120 + after)
+    states = [(r["state"], level(r)) for r in recs]
+    assert ("escalated", "critical") in states  # a jump is where failures start too (FEMTO)
+    esc = states.index(("escalated", "critical"))
+    rev = [r for r in recs[esc + 1 :] if r["evidence"].get("revision")]
+    assert rev, states  # before: the critical stayed, whatever the later estimates said
+    r = rev[0]
+    assert (r["state"], level(r)) == ("escalated", "warning")  # v1: the episode goes on
+    assert [s for s, _ in states].count("raised") == 1  # not a new alert
+    revision = r["evidence"]["revision"]
+    assert revision["revises"] == "critical"
+    assert revision["escalated_at"] == recs[esc]["detected_at"]
+    due = datetime.fromisoformat(revision["predicted_failure_at"].replace("Z", "+00:00"))
+    assert due <= datetime.fromisoformat(r["detected_at"].replace("Z", "+00:00"))
+    assert "did not come" in revision["reason"]
+    jsonschema.validate(r, SCHEMA)
+    assert "revision" in (no_work_order(r) or "")  # the critical's work order stays
+    fact = fact_of(r)  # the portfolio's line for it
+    assert fact is not None and summary(fact).startswith("critical revised to a warning: ")
+    ttf = r["time_to_failure"]
+    assert ttf is None or ttf["hours"] >= 168.0  # no longer under the planning horizon
+    assert m._channels[("m1", "z")].trend.active == 1  # still a warning: the machine changed
+
+
+def test_a_growing_metric_keeps_its_critical_past_the_predicted_time(tmp_path: Path) -> None:
+    """Accelerating degradation: escalates when it did before, and a failure that comes later
+    than its estimate said is not called off while the metric climbs."""
+    m = Monitor(config(tmp_path, False))
+    grow = [1.0 * math.exp(0.0004 * i * i) for i in range(100)]  # to 55 mm/s over 100 min
+    recs = run(m, [1.0] * 120 + grow)
+    states = [(r["state"], level(r)) for r in recs]
+    assert states[:2] == [("raised", "warning"), ("escalated", "critical")]
+    assert recs[1]["detected_at"] == "2026-11-23T10:35:00.000Z"  # as before this change
+    assert not [r for r in recs if r["evidence"].get("revision")]
+
+
+def test_a_critical_is_not_revised_before_its_predicted_failure_time(tmp_path: Path) -> None:
+    """A revision needs the estimate's own failure time to have passed: within it the
+    critical stands, whatever the estimate does (a late warning costs a failure)."""
+    m = Monitor(config(tmp_path, False))
+    recs = run(m, [1.0] * 120 + [3.2] * 6)
+    assert [(r["state"], level(r)) for r in recs][-1] == ("escalated", "critical")
+    st = m._channels[("m1", "z")].trend
+    assert st.due_s is not None and st.due_hours is not None and st.escalated_at

@@ -24,11 +24,13 @@ Refused items: a too-large batch is halved (one item too large on its own, or an
 message over the broker's maximum packet size, is dead-lettered); a refused batch is
 resent one item at a time so one bad record cannot take good ones with it; a refused
 single item is dead-lettered for this uplink with the reason (an operator can requeue it:
-`edge-agent requeue`). Refusals alike in a row, with no delivery between them, are what
-an endpoint that refuses everything looks like (a proxy's 400 page, http:// sent to a TLS
-port): past FREE_REFUSALS of them, each further item is dead-lettered only when it is
-refused again after a backoff, so the backlog is not emptied into the dead letters within
-seconds and is still pending once the endpoint is fixed. This is for refusals of a
+`edge-agent requeue`). Refusals alike in a row (the same status, content type and body
+once request ids, Ray IDs, times and other numbers are masked), with no delivery between
+them, are what an endpoint that refuses everything looks like (a proxy's 400 page, http://
+sent to a TLS port, a CDN's error page): past FREE_REFUSALS of them, each further item
+is dead-lettered only when it is refused again after a backoff, so the backlog is not
+emptied into the dead letters within seconds and is still pending once the endpoint is
+fixed. This is for refusals of a
 batch narrowed down to one item (http); a refusal of one item as such (too large, an MQTT
 PUBACK, a CMMS answer to that item's own request) is never held back.
 """
@@ -140,7 +142,7 @@ class Delivery:
         self._probe_trusted = True
         self._after_probe = False  # the send under way follows a probe that said "up"
         self._woken_early = False  # a new item cut a wait short since the last success
-        self._refusal: str | None = None  # the last refusal's reason ...
+        self._refusal: str | None = None  # the last refusal's signature (`alike`) ...
         self._refusals = 0  # ... and the items refused alike in a row since a delivery
         self._held: frozenset[str] = frozenset()  # refused, held back a backoff, not dead
         self._stopping = False
@@ -315,14 +317,14 @@ class Delivery:
     def _hold_back(self, items: list[StoredItem], exc: UplinkRejected) -> bool:
         """Whether to keep these refused items pending for a backoff instead of
         dead-lettering them now (see the module docstring)."""
-        if exc.too_large or exc.per_item:
+        if exc.too_large or exc.alike is None:
             return False
         ids = frozenset(it.item_id for it in items)
         if ids == self._held:  # refused again after the backoff: theirs after all
             self._held = frozenset()
             return False
-        self._refusals = self._refusals + len(items) if exc.reason == self._refusal else 1
-        self._refusal = exc.reason
+        self._refusals = self._refusals + len(items) if exc.alike == self._refusal else 1
+        self._refusal = exc.alike
         if self._refusals <= FREE_REFUSALS:
             return False
         self._held = ids

@@ -36,6 +36,7 @@ import asyncio
 import errno
 import json
 import logging
+import re
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -61,6 +62,9 @@ log = logging.getLogger(__name__)
 RETRYABLE_4XX = frozenset({404, 405, 408, 429})
 AUTH_4XX = frozenset({401, 403, 407})
 REASON_CHARS = 200
+SIGNATURE_CHARS = 512  # of an answer's body, compared to tell refusals alike
+# A token holding a digit: a number, a timestamp's parts, a hex or base64 request id, a UUID.
+_WITH_DIGIT = re.compile(r"[\w+/=.-]*\d[\w+/=.-]*")
 MAX_ANSWER_BYTES = 16 * 1024  # read no more than this of an answer
 PROBE_TIMEOUT_S = 2.0
 # A server that wants a client certificate drops a connection that brought none at once;
@@ -82,12 +86,14 @@ class Answer:
         retry_after_s: its Retry-After in seconds, when it sent one.
         replayed: it says this answers a request it had already handled (the
             `Idempotent-Replayed: true` header of Stripe-style idempotency).
+        content_type: its media type ("" without one).
     """
 
     status: int
     text: str
     retry_after_s: float | None = None
     replayed: bool = False
+    content_type: str = ""
 
     @property
     def ok(self) -> bool:
@@ -228,7 +234,8 @@ class HttpClient:
                 )
             retry_after = parse_retry_after(resp.headers.get("Retry-After"))
             replayed = resp.headers.get("Idempotent-Replayed", "").lower() == "true"
-        return Answer(status, raw.decode("utf-8", "replace"), retry_after, replayed)
+            kind = resp.content_type if "Content-Type" in resp.headers else ""
+        return Answer(status, raw.decode("utf-8", "replace"), retry_after, replayed, kind)
 
     async def _cert_hint(self, url: str, exc: BaseException, text: str) -> str:
         """The hint for a server that wants a client certificate this uplink has none of
@@ -264,8 +271,9 @@ class HttpClient:
                 and answer.retry_after_s is None,
             )
         return UplinkRejected(
-            message, uplink=self.name, status=status, reason=reason, too_large=status == 413
-        )
+            message, uplink=self.name, status=status, reason=reason, too_large=status == 413,
+            alike=refusal_signature(answer),
+        )  # fmt: skip
 
     async def probe(self) -> bool:
         """A HEAD on the URL: any answer below 500 means the far end is back."""
@@ -332,6 +340,16 @@ class HttpClient:
             self._mode_warned = True
             log.warning("uplink[%s]: token_file %s", self.name, warning)
         self._token = token or None
+
+
+def refusal_signature(answer: Answer) -> str:
+    """What refusals of different items by one endpoint that refuses everything share: the
+    status, content type and (the start of) the body with every token holding a digit
+    masked. A proxy's or CDN's error page carries a request id, a Ray ID or the time
+    (Cloudflare, CloudFront, AWS ALB, a WAF's incident number), so the raw text differs
+    on each refusal although the page is the same."""
+    body = " ".join(answer.text.split())[:SIGNATURE_CHARS]
+    return f"{answer.status} {answer.content_type} {_WITH_DIGIT.sub('#', body)}"
 
 
 _PAGE_TYPES = frozenset({"text/html", "application/xhtml+xml"})

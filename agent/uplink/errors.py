@@ -54,6 +54,11 @@ class UplinkRejected(UplinkError):
             refusal, is dead-lettered and counted as too large).
         per_item: the refusal names exactly the failed items (MQTT: one PUBACK per
             message); False for a whole-batch refusal that must be narrowed down first.
+        alike: what an endpoint refusing everything would answer every item alike (an
+            HTTP answer's status, content type and body, with ids and numbers masked):
+            refusals alike in a row are held back (agent.uplink._delivery). None when the
+            refusal is certainly the item's own (too large, an MQTT PUBACK, a CMMS 422
+            naming its request): dead-lettered at once.
     """
 
     def __init__(
@@ -65,8 +70,10 @@ class UplinkRejected(UplinkError):
         reason: str,
         too_large: bool = False,
         per_item: bool = False,
+        alike: str | None = None,
     ) -> None:
         super().__init__(message, uplink=uplink, status=status)
         self.reason = reason
         self.too_large = too_large
         self.per_item = per_item
+        self.alike = alike

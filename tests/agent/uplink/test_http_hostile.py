@@ -489,3 +489,43 @@ async def test_an_alert_does_not_wait_for_a_summaries_endpoint_that_never_answer
                 stats = await outbox.stats()
             assert backend.posts == 1 and stats.summaries_pending == 1
             assert up.status.delivered_total == 1 and up.status.failures_total == 0
+
+
+class RayIds(Backend):
+    """A CDN in front of the backend refusing every POST with its error page, which names
+    a new Ray ID and the time on each answer (Cloudflare's 1020, a WAF's incident id)."""
+
+    def __init__(self) -> None:
+        super().__init__(b"")
+        self.fixed = False
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        n = self.posts + 1
+        page = (
+            b"<html><body><h1>Error 1020</h1>Access denied. Cloudflare Ray ID: %016x "
+            b"&bull; 2026-11-26 10:%02d:%02d UTC &bull; request 0d3f-%d</body></html>"
+            % (0x8A1B2C3D4E5F0000 + n * 7919, n % 60, n * 7 % 60, n)
+        )
+        self.answer = _answer(200, body=b"{}") if self.fixed else _typed(400, b"text/html", page)
+        await super().handle(reader, writer)
+
+
+async def test_refusals_that_differ_only_by_a_ray_id_count_as_alike(tmp_path: Path) -> None:
+    """A CDN's error page differs on each refusal by its Ray ID and time only: compared
+    as raw text, no two were alike, and the whole backlog was dead-lettered (50 of 50 in
+    5 s in the probe). Compared with ids and numbers masked, it is held back as any
+    endpoint refusing everything, and delivered once the CDN lets the agent through."""
+    backend = RayIds()
+    async with await _outbox(tmp_path) as outbox, serving(backend) as url:
+        await outbox.append([draft(i=i) for i in range(20)])
+        c = _cfg(url, max_backoff_s=3.0)  # the held one is tried again within 3 s
+        up = delivery(UP, HttpTransport(c, name=UP), outbox, c, rng=_Longest())
+        async with Running(up):
+            await until(lambda: _true(up.status.dead_lettered_total >= 3))
+            await asyncio.sleep(2.0)
+            stats = await outbox.stats()
+            assert stats.dead_lettered <= 5 and stats.pending >= 15, stats
+            assert "refused alike" in (up.status.last_error or ""), up.status.last_error
+            backend.fixed = True
+            await until(lambda: _pending_is(outbox, 0), timeout_s=10.0)
+        assert up.status.delivered_total == 20 - stats.dead_lettered

@@ -14,7 +14,12 @@ Status policy (agent.uplink._httpclient, plus):
   for the alert changed since it was sent (its mapping or safety margin was edited):
   dead-lettered with the work order's id, never sent under another key;
 - 400 and other refusals: dead-lettered with the CMMS's words (usually a mapping error:
-  fix it, then `edge-agent requeue --uplink NAME`);
+  fix it, then `edge-agent requeue --uplink NAME`), but refusals alike in a row (the
+  answer with ids and numbers masked, never the alert's id) are what a proxy, WAF or
+  wrong host in front of the CMMS answers every request (nginx's 400 "plain HTTP request
+  sent to HTTPS port", ModSecurity's 406): past the first few, each is held back a
+  backoff (agent.uplink._delivery), so fixing the URL finds the findings still pending;
+  a 422 is the CMMS's verdict on that request and never held back;
 - 3xx: never followed; 401/403/407, 404/405, 408, 429, 5xx, no answer: retried.
 """
 
@@ -168,5 +173,5 @@ class CmmsTransport(HttpClient):
         return UplinkRejected(
             f"POST {self.target}: {reason}",
             uplink=self.name, status=answer.status, reason=reason,
-            too_large=err.too_large, per_item=True,
+            too_large=err.too_large, per_item=True, alike=err.alike,
         )  # fmt: skip

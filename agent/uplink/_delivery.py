@@ -31,8 +31,9 @@ sent to a TLS port, a CDN's error page): past FREE_REFUSALS of them, each furthe
 is dead-lettered only when it is refused again after a backoff, so the backlog is not
 emptied into the dead letters within seconds and is still pending once the endpoint is
 fixed. This is for refusals of a
-batch narrowed down to one item (http); a refusal of one item as such (too large, an MQTT
-PUBACK, a CMMS answer to that item's own request) is never held back.
+batch narrowed down to one item (http) and a CMMS's refusals other than a 422 (a proxy's
+page names no work order); a refusal that is certainly one item's own (too large, an MQTT
+PUBACK, a CMMS 422, a record no work order can be built from) is never held back.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ redirects and refusals; what is not a finding opens none and waits for nothing."
 
 from __future__ import annotations
 
+import asyncio
+import random
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -270,3 +272,62 @@ async def test_probe_sees_the_receiver(tmp_path: Path) -> None:
             assert await transport.probe()
     async with CmmsTransport(cfg(url, timeout_s=0.5), name=UP, assets=FACTS) as transport:
         assert not await transport.probe()
+
+
+class _Longest(random.Random):
+    """Always the longest backoff (full jitter could make every wait near 0)."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+NGINX_400 = Fault(
+    status=400,
+    content_type="text/html",
+    body="<html>\r\n<head><title>400 The plain HTTP request was sent to HTTPS port</title>"
+    "</head>\r\n<body>\r\n<center><h1>400 Bad Request</h1></center>\r\n<center>The plain "
+    "HTTP request was sent to HTTPS port</center>\r\n<hr><center>nginx</center>\r\n</body>"
+    "\r\n</html>\r\n",
+)
+
+
+async def test_a_page_refusing_every_work_order_alike_holds_them_back(
+    tmp_path: Path, outbox: Outbox
+) -> None:
+    """A proxy in front of the CMMS answering every request with the same page (http://
+    sent to nginx's TLS port) dead-lettered every finding, 50 of 50 in 5 s in the probe:
+    each answer named its own alert, so no two refusals were alike. Now they are held
+    back like the http uplink's and opened once the proxy lets them through."""
+    await outbox.append([severity("C", i=i) for i in range(20)])
+    async with CmmsServer(db=tmp_path / "cmms.db", token=TOKEN) as cmms:
+        cmms.inject(NGINX_400, count=1000)
+        c = cfg(cmms.url, max_backoff_s=2.0)  # the held one is tried again within 2 s
+        transport = CmmsTransport(c, name=UP, assets=FACTS, site="plant-a")
+        up = delivery(UP, transport, outbox, c, base_backoff_s=0.5, rng=_Longest())
+        async with Running(up):
+            await until(lambda: _true(up.status.dead_lettered_total >= 3))
+            await asyncio.sleep(1.0)
+            stats = await outbox.stats()
+            assert stats.dead_lettered <= 5 and stats.pending >= 15, stats
+            assert "refused alike" in (up.status.last_error or ""), up.status.last_error
+            cmms.cmms.faults.queue.clear()  # the proxy is fixed
+            await until(lambda: _pending_is(outbox, 0), timeout_s=10.0)
+        assert len(await cmms.work_orders()) == 20 - stats.dead_lettered
+
+
+async def test_a_422_naming_a_field_of_each_work_order_is_never_held_back(
+    tmp_path: Path, outbox: Outbox
+) -> None:
+    """A 422 is the CMMS's own verdict on that work order's request: each is dead-lettered
+    at once with its words, however many come alike in a row."""
+    await outbox.append([severity("C", i=i) for i in range(6)])
+    refused = Fault(
+        status=422, content_type="application/json", body='{"error": "due_date: too early"}'
+    )
+    async with CmmsServer(db=tmp_path / "cmms.db", token=TOKEN) as cmms:
+        cmms.inject(refused, count=1000)
+        async with Running(uplink(cfg(cmms.url, max_backoff_s=30.0), outbox)) as up:
+            await until(lambda: _true(up.status.dead_lettered_total == 6))
+            assert up.status.failures_total == 0
+    dead = await outbox.dead_letters()
+    assert all("due_date: too early" in d["reason"] for d in dead)

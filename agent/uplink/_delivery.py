@@ -19,7 +19,14 @@ After a failure:
   would turn the backoff into a POST a second at a backend that is down or refusing.
 A batch that timed out is halved too (a link too slow to carry a full batch within
 timeout_s, GPRS or a congested hop, would otherwise time out on every attempt and deliver
-nothing ever again); like a too-large one, it doubles back with each success.
+nothing ever again); like a too-large one, it doubles back with each success, but never
+to within a quarter of a size that was too large, or that timed out right after a smaller
+batch was delivered (the ceiling), else the size swings between one that fits and double
+it and every other batch times out (a WARNING and a wasted timeout_s each). Timeouts with
+nothing delivered before them (a backend that hangs, a link that black-holes packets)
+say nothing about sizes and set no ceiling, so batches grow back to full size after such
+an outage. The ceiling doubles every CEILING_DOUBLING_S without a new one, so a link
+that got faster (or a body limit that was raised) gets its full batches back.
 Refused items: a too-large batch is halved (one item too large on its own, or an MQTT
 message over the broker's maximum packet size, is dead-lettered); a refused batch is
 resent one item at a time so one bad record cannot take good ones with it; a refused
@@ -56,6 +63,8 @@ log = logging.getLogger(__name__)
 
 NEW_ALERT_RETRY_AFTER_S = 1.0  # during a backoff, a new alert retries after at least this
 FREE_REFUSALS = 3  # refusals alike in a row dead-lettered at once; then one per backoff
+CEILING_DOUBLING_S = 120.0  # a batch size that timed out (or was too large) may be tried again
+CEILING_MARGIN = 0.75  # batches grow back to at most this share of that size
 
 
 @dataclass(slots=True)
@@ -138,6 +147,9 @@ class Delivery:
         self._idle = idle_recheck_s
         self._rng = rng or random.Random()
         self._limit = batch_size
+        self._ceiling: int | None = None  # the last batch size that timed out or was too large
+        self._ceiling_at = 0.0  # ... at this monotonic time
+        self._fitted = 0  # items the last attempt delivered (0: it failed)
         self._one_by_one = 0  # isolate a refused batch: send this many items singly
         self._in_error = False
         self._probe_trusted = True
@@ -204,7 +216,9 @@ class Delivery:
         err = result.error
         if isinstance(err, UplinkUnavailable):
             if err.timed_out and len(result.failed) > 1:
-                self._halve(len(result.failed), "timed out")
+                # A size signal only if a smaller batch just went through.
+                size = len(result.failed)
+                self._halve(size, "timed out", ceiling=0 < self._fitted < size)
             if after_probe and err.down:
                 self._probe_trusted = False  # the probe says up, sends fail: do not hammer
             await self._failed(str(err), err.retry_after_s, down=err.down)
@@ -331,13 +345,31 @@ class Delivery:
         self._held = ids
         return True
 
-    def _halve(self, size: int, why: str) -> None:
-        """Send smaller batches (each success doubles them back, up to batch_size)."""
+    def _halve(self, size: int, why: str, *, ceiling: bool = True) -> None:
+        """Send smaller batches (each success doubles them back, below the ceiling, which
+        `size` becomes unless told otherwise)."""
         self._limit = max(1, size // 2)
-        log.warning("uplink[%s]: batch of %d %s, now %d", self.name, size, why, self._limit)
+        if ceiling:
+            self._ceiling, self._ceiling_at = size, time.monotonic()
+        log.warning(
+            "uplink[%s]: batch of %d %s, now %d (growing back to at most %d)",
+            self.name, size, why, self._limit, self._grow_cap(),
+        )  # fmt: skip
+
+    def _grow_cap(self) -> int:
+        """The largest batch to grow back to: batch_size, or below a size that failed."""
+        if self._ceiling is None:
+            return self._batch
+        age = time.monotonic() - self._ceiling_at
+        ceiling = self._ceiling * 2.0 ** min(age / CEILING_DOUBLING_S, 32.0)
+        if ceiling * CEILING_MARGIN >= self._batch:
+            self._ceiling = None  # decayed away: the link has had time to get better
+            return self._batch
+        return max(1, int(ceiling * CEILING_MARGIN))
 
     def _succeeded(self, items: list[StoredItem]) -> None:
         st = self.status
+        self._fitted = len(items)
         alerts = sum(1 for it in items if it.class_name == "alert")
         st.delivered_total += alerts
         st.summaries_delivered_total += len(items) - alerts
@@ -347,8 +379,8 @@ class Delivery:
         self._refusal, self._refusals, self._held = None, 0, frozenset()
         if self._one_by_one:
             self._one_by_one -= 1
-        if self._limit < self._batch:
-            self._limit = min(self._batch, self._limit * 2)
+        if self._limit < (cap := self._grow_cap()):
+            self._limit = min(cap, self._limit * 2)
         if self._in_error:
             log.warning(
                 "uplink[%s] recovered after %d failure(s): delivered %d item(s)",
@@ -363,6 +395,7 @@ class Delivery:
         self, error: str, retry_after_s: float | None = None, *, down: bool = False
     ) -> None:
         st = self.status
+        self._fitted = 0
         st.failures_total += 1
         st.consecutive_failures += 1
         st.last_error = error

@@ -67,7 +67,7 @@ class Backend:
 
 
 @asynccontextmanager
-async def serving(backend: Backend | Slow | ForgetsIdle) -> AsyncIterator[str]:
+async def serving(backend: Backend | Slow | ForgetsIdle | Throttled) -> AsyncIterator[str]:
     server = await asyncio.start_server(backend.handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
@@ -529,3 +529,95 @@ async def test_refusals_that_differ_only_by_a_ray_id_count_as_alike(tmp_path: Pa
             backend.fixed = True
             await until(lambda: _pending_is(outbox, 0), timeout_s=10.0)
         assert up.status.delivered_total == 20 - stats.dead_lettered
+
+
+class Throttled:
+    """A backend behind a link that carries at most `fits` alerts within the agent's
+    timeout: a larger batch is answered only after `slow_s`; each size is counted."""
+
+    def __init__(self, fits: int, slow_s: float, status: int = 200) -> None:
+        self.fits, self.slow_s, self.status = fits, slow_s, status
+        self.sizes: list[int] = []
+        self.delivered: set[str] = set()
+
+    @property
+    def too_big(self) -> int:
+        return sum(1 for n in self.sizes if n > self.fits)
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            body = await reader.readexactly(length)
+            if not head.startswith(b"POST"):
+                writer.write(_answer(200))
+                return
+            alerts = json.loads(body)["alerts"]
+            self.sizes.append(len(alerts))
+            if len(alerts) > self.fits:
+                await asyncio.sleep(self.slow_s)
+                writer.write(_answer(self.status))
+            else:
+                self.delivered |= {a["alert_id"] for a in alerts}
+                writer.write(_answer(200, body=b"{}"))
+            await writer.drain()
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+
+async def test_a_batch_size_that_timed_out_is_not_tried_every_other_batch(
+    tmp_path: Path,
+) -> None:
+    """After a timeout halved the batch, each success doubled it back to the size that
+    timed out: on a link carrying 9 alerts per timeout, batches swung 16, 8, 16, 8 and
+    every other one timed out (7 timeouts for 60 alerts here; 13 for 200 in the probe,
+    each a WARNING and a wasted timeout_s). A size that timed out caps the growth below
+    it, so the batch size settles on one the link carries."""
+    backend = Throttled(fits=9, slow_s=3.0)
+    async with await _outbox(tmp_path) as outbox, serving(backend) as url:
+        await outbox.append([draft(i=i) for i in range(60)])
+        c = _cfg(url, timeout_s=0.5, batch_size=16, max_backoff_s=0.2)
+        async with Running(delivery(UP, HttpTransport(c, name=UP), outbox, c)):
+            await until(lambda: _pending_is(outbox, 0), timeout_s=30.0)
+    assert len(backend.delivered) == 60
+    assert backend.too_big <= 3, backend.sizes
+    assert 9 in backend.sizes, backend.sizes  # grew back to the largest size that fits
+
+
+async def test_a_batch_size_refused_as_too_large_is_not_tried_every_other_batch(
+    tmp_path: Path,
+) -> None:
+    """The same for a 413: a body limit of 9 alerts had every other batch refused."""
+    backend = Throttled(fits=9, slow_s=0.0, status=413)
+    async with await _outbox(tmp_path) as outbox, serving(backend) as url:
+        await outbox.append([draft(i=i) for i in range(60)])
+        c = _cfg(url, batch_size=16)
+        async with Running(delivery(UP, HttpTransport(c, name=UP), outbox, c)):
+            await until(lambda: _pending_is(outbox, 0), timeout_s=30.0)
+    assert len(backend.delivered) == 60
+    assert backend.too_big <= 3, backend.sizes
+    assert 9 in backend.sizes, backend.sizes  # grew back to the largest size that fits
+
+
+async def test_after_an_outage_of_timeouts_batches_grow_back_to_full_size(
+    tmp_path: Path,
+) -> None:
+    """A backend that hangs (or a link that black-holes packets) times out every batch
+    down to one alert: that says nothing about the sizes the link carries, so once it
+    answers again the batches grow back to batch_size as before, not capped for minutes
+    at the last size that timed out."""
+    backend = Throttled(fits=0, slow_s=3.0)  # the outage: every POST hangs
+    async with await _outbox(tmp_path) as outbox, serving(backend) as url:
+        await outbox.append([draft(i=i) for i in range(40)])
+        c = _cfg(url, timeout_s=0.3, batch_size=16, max_backoff_s=0.1)
+        async with Running(delivery(UP, HttpTransport(c, name=UP), outbox, c)):
+            await until(lambda: _true(1 in backend.sizes), timeout_s=15.0)
+            backend.fits = 1000  # the backend is back
+            await until(lambda: _pending_is(outbox, 0), timeout_s=15.0)
+    assert len(backend.delivered) == 40
+    assert 16 in backend.sizes[backend.sizes.index(1) :], backend.sizes

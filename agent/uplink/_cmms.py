@@ -17,8 +17,8 @@ Status policy (agent.uplink._httpclient, plus):
   fix it, then `edge-agent requeue --uplink NAME`), but refusals alike in a row (the
   answer with ids and numbers masked, never the alert's id) are what a proxy, WAF or
   wrong host in front of the CMMS answers every request (nginx's 400 "plain HTTP request
-  sent to HTTPS port", ModSecurity's 406): past the first few, each is held back a
-  backoff (agent.uplink._delivery), so fixing the URL finds the findings still pending;
+  sent to HTTPS port", ModSecurity's 406): past the first few, the rest stays pending
+  (agent.uplink._delivery), so fixing the URL finds the findings still pending;
   a 422 is the CMMS's verdict on that request and never held back;
 - 3xx: never followed; 401/403/407, 404/405, 408, 429, 5xx, no answer: retried.
 """

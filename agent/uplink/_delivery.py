@@ -34,13 +34,16 @@ single item is dead-lettered for this uplink with the reason (an operator can re
 `edge-agent requeue`). Refusals alike in a row (the same status, content type and body
 once request ids, Ray IDs, times and other numbers are masked), with no delivery between
 them, are what an endpoint that refuses everything looks like (a proxy's 400 page, http://
-sent to a TLS port, a CDN's error page): past FREE_REFUSALS of them, each further item
-is dead-lettered only when it is refused again after a backoff, so the backlog is not
-emptied into the dead letters within seconds and is still pending once the endpoint is
-fixed. This is for refusals of a
-batch narrowed down to one item (http) and a CMMS's refusals other than a 422 (a proxy's
-page names no work order); a refusal that is certainly one item's own (too large, an MQTT
-PUBACK, a CMMS 422, a record no work order can be built from) is never held back.
+sent to a TLS port, a CDN's error page): past FREE_REFUSALS of them, the next item is
+held pending, and after each backoff the item behind it is tried instead (the canary).
+Only once an item is delivered (the endpoint takes items after all) is the held one,
+refused alone again, dead-lettered as its own; while everything is refused nothing more
+is dead-lettered, however long it lasts, so the backlog is still pending once the
+endpoint is fixed, and a held item that is refused for its own sake blocks none behind it.
+This is for refusals of a batch narrowed down to one item (http) and a CMMS's refusals
+other than a 422 (a proxy's page names no work order); a refusal that is certainly one
+item's own (too large, an MQTT PUBACK, a CMMS 422, a record no work order can be built
+from) is never held back.
 """
 
 from __future__ import annotations
@@ -157,7 +160,7 @@ class Delivery:
         self._woken_early = False  # a new item cut a wait short since the last success
         self._refusal: str | None = None  # the last refusal's signature (`alike`) ...
         self._refusals = 0  # ... and the items refused alike in a row since a delivery
-        self._held: frozenset[str] = frozenset()  # refused, held back a backoff, not dead
+        self._held: frozenset[str] = frozenset()  # refused alike, kept pending, not dead
         self._stopping = False
         self._between = asyncio.Event()  # set while no send is under way
         self._between.set()
@@ -183,11 +186,13 @@ class Delivery:
         """One unit of work: send a batch (and wait out a failure), or idle."""
         wake = self.outbox.wake_event(self.name)
         wake.clear()  # before reading, so an append after it wakes us
+        size = 1 if self._one_by_one else self._limit
         try:
-            items = await self.outbox.next_batch(self.name, 1 if self._one_by_one else self._limit)
+            items = await self.outbox.next_batch(self.name, max(size, 2) if self._held else size)
         except StoreError as exc:
             await self._failed(f"outbox: {exc}")
             return
+        items = self._canary(items) or items[:size]
         if not items:
             self.status.state = "idle"
             with contextlib.suppress(TimeoutError):
@@ -314,7 +319,8 @@ class Delivery:
             await self._failed(
                 f"{exc.reason}: {self._refusals} items refused alike in a row, none "
                 "delivered between: the endpoint (a proxy, a URL) may refuse everything, so "
-                "each further one is dead-lettered only if refused again after a backoff"
+                "the rest stays pending, tried again after each backoff (an item is "
+                "dead-lettered only once one behind it is delivered)"
             )
             return
         if self._one_by_one:
@@ -329,15 +335,22 @@ class Delivery:
             self.status.too_large_total += len(moved)
         self.status.last_error = exc.reason
 
+    def _canary(self, items: list[StoredItem]) -> list[StoredItem]:
+        """With the first pending item held back, the one behind it (sent instead, so a
+        held item blocks nothing: delivered, it shows the endpoint takes items); [] when
+        there is none or the first is not held."""
+        if len(items) > 1 and items[0].item_id in self._held:
+            return items[1:2]
+        return []
+
     def _hold_back(self, items: list[StoredItem], exc: UplinkRejected) -> bool:
         """Whether to keep these refused items pending for a backoff instead of
         dead-lettering them now (see the module docstring)."""
         if exc.too_large or exc.alike is None:
             return False
         ids = frozenset(it.item_id for it in items)
-        if ids == self._held:  # refused again after the backoff: theirs after all
-            self._held = frozenset()
-            return False
+        if ids == self._held and exc.alike == self._refusal:  # none delivered since
+            return True
         self._refusals = self._refusals + len(items) if exc.alike == self._refusal else 1
         self._refusal = exc.alike
         if self._refusals <= FREE_REFUSALS:

@@ -67,7 +67,7 @@ class Backend:
 
 
 @asynccontextmanager
-async def serving(backend: Backend | Slow | ForgetsIdle | Throttled) -> AsyncIterator[str]:
+async def serving(backend: Backend | Slow | ForgetsIdle | Throttled | Picky) -> AsyncIterator[str]:
     server = await asyncio.start_server(backend.handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
@@ -621,3 +621,72 @@ async def test_after_an_outage_of_timeouts_batches_grow_back_to_full_size(
             await until(lambda: _pending_is(outbox, 0), timeout_s=15.0)
     assert len(backend.delivered) == 40
     assert 16 in backend.sizes[backend.sizes.index(1) :], backend.sizes
+
+
+class Picky(Backend):
+    """Refuses, with the same page, every batch holding an alert in `bad`; takes the rest."""
+
+    def __init__(self, bad: set[str]) -> None:
+        super().__init__(b"")
+        self.bad = bad
+        self.delivered: list[str] = []
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            ids = [a["alert_id"] for a in json.loads(await reader.readexactly(length))["alerts"]]
+            self.posts += 1
+            if self.bad.intersection(ids):
+                writer.write(_typed(400, b"text/html", NGINX_400))
+            else:
+                self.delivered += ids
+                writer.write(_answer(200, body=b"{}"))
+            await writer.drain()
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+
+async def test_an_endpoint_refusing_everything_dead_letters_no_more_as_backoffs_pass(
+    tmp_path: Path,
+) -> None:
+    """Past the first refusals alike, each backoff still dead-lettered one more alert (the
+    held one, refused again): at the 30 s default, a weekend of a proxy's 400 page
+    emptied the backlog all the same, one every 15 s or so. A held alert is now
+    dead-lettered only once one behind it is delivered (so it was its own fault)."""
+    backend = Picky(bad=set())
+    async with await _outbox(tmp_path) as outbox, serving(backend) as url:
+        records = await outbox.append([draft(i=i) for i in range(20)])
+        backend.bad = {r["alert_id"] for r in records}
+        c = _cfg(url, max_backoff_s=0.2)
+        up = delivery(UP, HttpTransport(c, name=UP), outbox, c, base_backoff_s=0.1)
+        async with Running(up):
+            await until(lambda: _true(backend.posts >= 20), timeout_s=10.0)
+            stats = await outbox.stats()
+            assert stats.dead_lettered == 3 and stats.pending == 17, stats
+            backend.bad = set()  # the proxy is fixed
+            await until(lambda: _pending_is(outbox, 0), timeout_s=10.0)
+        assert up.status.delivered_total == 17
+
+
+async def test_a_held_alert_that_is_refused_for_its_own_sake_blocks_none_behind_it(
+    tmp_path: Path,
+) -> None:
+    """Four alerts the backend refuses alike, then good ones: the fourth is held, but the
+    next one is tried meanwhile; once it is delivered the held one, refused alone again,
+    is dead-lettered as its own, and every good alert arrives."""
+    backend = Picky(bad=set())
+    async with await _outbox(tmp_path) as outbox, serving(backend) as url:
+        records = await outbox.append([draft(i=i) for i in range(9)])
+        backend.bad = {r["alert_id"] for r in records[:4]}
+        c = _cfg(url, max_backoff_s=0.2)
+        async with Running(delivery(UP, HttpTransport(c, name=UP), outbox, c)):
+            await until(lambda: _pending_is(outbox, 0), timeout_s=10.0)
+        dead = await outbox.dead_letters()
+    assert {d["id"] for d in dead} == backend.bad
+    assert backend.delivered == [r["alert_id"] for r in records[4:]]

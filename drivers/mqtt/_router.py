@@ -131,11 +131,19 @@ def _key(key_from: KeyFrom, topic: str, payload: Payload) -> str:
     return str(value).casefold()
 
 
+def _is_wild(topic_filter: str) -> bool:
+    return "+" in topic_filter or "#" in topic_filter
+
+
 class Router:
     """Every route of one broker: delivers a message to its sensors, counts the rest."""
 
     def __init__(self, routes: Iterable[Route]) -> None:
         self.routes = {r.topic: r for r in routes}
+        # A filter without wildcards matches its own topic only: found by lookup. Matching
+        # every message against every filter cost 2000 sensors on their own topics (MQTT
+        # 3.1.1, or a reject) 1.6 ms a message, under 700 messages/s in all.
+        self._wild = [r for t, r in self.routes.items() if _is_wild(t)]
         # MQTT 5 subscription identifiers: a broker that sends one copy of a message per
         # matching subscription (mosquitto does) names the subscription of each copy. From
         # the filter itself, so that one a persistent session kept from an older
@@ -150,7 +158,9 @@ class Router:
         if sub_ids is not None:
             named = (self.by_id.get(i) for i in sub_ids)
             return [r for r in named if r is not None and topic_matches(r.topic, topic)]
-        return [r for r in self.routes.values() if topic_matches(r.topic, topic)]
+        exact = self.routes.get(topic)
+        found = [r for r in self._wild if topic_matches(r.topic, topic)]
+        return found if exact is None else [exact, *found]
 
     def dispatch(
         self,

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import aiomqtt
+from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -60,6 +61,12 @@ BACKOFF_BASE_S = 0.1
 BACKOFF_FLOOR_S = 0.05
 DISCONNECT_S = 1.0  # inside the runtime's POLLER_STOP_S
 UNSUBSCRIBE_BATCH = 100  # topic filters per UNSUBSCRIBE packet (a few KiB)
+# CONNACK codes that refuse who we are (MQTT 5: 0x86 bad user name or password, 0x87 not
+# authorized, 0x8A banned, 0x8C bad authentication method; 3.1.1: 4 and 5). Trying again
+# at once cannot help: such a refusal is tried again every REFUSED_RETRY_S (with the
+# password file read again, so a fixed one is used without a restart).
+REFUSED_CODES = frozenset({134, 135, 138, 140, 4, 5})
+REFUSED_RETRY_S = 30.0
 
 
 class SessionLog(Protocol):
@@ -275,14 +282,19 @@ class BrokerLink:
                 attempt = 0  # the session ended after it had worked
             except (aiomqtt.MqttError, OSError, ValueError, TimeoutError) as exc:
                 # OSError covers ssl.SSLError and unreadable TLS or password files.
-                self._failed(exc, attempt)
+                refused = self._failed(exc, attempt)
+            else:
+                refused = False
             finally:
                 self._mark_down()
             if self._stopped:
                 break
             attempt += 1
             cap = min(self.settings.reconnect_max_s, BACKOFF_BASE_S * 2.0 ** min(attempt, 20))
-            await asyncio.sleep(max(BACKOFF_FLOOR_S, self._rng.uniform(0.0, cap)))
+            wait = max(BACKOFF_FLOOR_S, self._rng.uniform(0.0, cap))
+            if refused:
+                wait = max(wait, REFUSED_RETRY_S * self._rng.uniform(0.8, 1.0))
+            await asyncio.sleep(wait)
 
     async def _session(self) -> None:
         if self._client is None:
@@ -466,8 +478,16 @@ class BrokerLink:
             dup=bool(getattr(message, "dup", False)),
         )
 
-    def _failed(self, exc: BaseException, attempt: int) -> None:
-        text = str(exc) if isinstance(exc, TlsFilesError) else f"{type(exc).__name__}: {exc}"
+    def _failed(self, exc: BaseException, attempt: int) -> bool:
+        """Say why the session failed (once while the reason stays the same); True when
+        the broker refused our credentials (see REFUSED_CODES)."""
+        refused = _refused_code(exc)
+        if refused is not None:
+            text = self._refusal(refused)
+        elif isinstance(exc, TlsFilesError):
+            text = str(exc)
+        else:
+            text = f"{type(exc).__name__}: {exc}"
         if self.settings.tls:
             text += client_cert_hint(text, has_cert=self.settings.cert_file is not None)
         if attempt == 0 or text != self.last_error:
@@ -478,8 +498,22 @@ class BrokerLink:
                 text,
             )
         self.last_error = text
-        if not isinstance(exc, aiomqtt.MqttError):
+        if refused is not None or not isinstance(exc, aiomqtt.MqttError):
             self._forget_client()  # rebuilt: a fixed TLS or password file is read again
+        return refused is not None
+
+    def _refusal(self, code: str) -> str:
+        """What an integrator needs to fix a refused connection."""
+        s = self.settings
+        if s.username is None:
+            who = "no username is configured (the broker may want one)"
+        else:
+            source = f"password_file {s.password_file}" if s.password_file else "password"
+            who = f"check username {s.username!r} and its {source}"
+        return (
+            f"the broker refused the connection: {code}; {who}; tried again every "
+            f"{REFUSED_RETRY_S:.0f} s, the password file read again each time"
+        )
 
     def _forget_client(self) -> None:
         """Drop the client (its queue and the bytes counted in it go with it)."""
@@ -492,6 +526,22 @@ class BrokerLink:
             self.disconnects_total += 1
             self._down_since = time.monotonic()
         self.connected = False
+
+
+def _refused_code(exc: BaseException) -> str | None:
+    """The CONNACK refusal of our credentials ("Not authorized (0x87)"), else None."""
+    if not isinstance(exc, MqttConnectError):
+        return None
+    rc = exc.rc
+    value = getattr(rc, "value", rc)
+    if not isinstance(value, int) or value not in REFUSED_CODES:
+        return None
+    name = (
+        str(rc)
+        if not isinstance(rc, int)
+        else ("Bad username or password", "Not authorised")[value - 4]
+    )
+    return f"{name} (0x{value:02X})"
 
 
 def _raise_if_cancelled() -> None:

@@ -238,3 +238,60 @@ async def test_client_certificate_and_password_file(tmp_path: Path) -> None:
         task.cancel()
         await asyncio.wait([task], timeout=5)
         assert "Not authorized" in bad.link.last_error or "authoriz" in bad.link.last_error.lower()
+
+
+class _Passwords(Mosquitto):
+    """A plain broker that wants a username and password from its password file."""
+
+    def __init__(self, folder: Path, passwords: Path) -> None:
+        super().__init__(folder)
+        self.passwords = passwords
+
+    def _conf(self) -> Path:
+        conf = super()._conf()
+        text = conf.read_text().replace("allow_anonymous true", "allow_anonymous false")
+        conf.write_text(text + f"password_file {self.passwords}\n")
+        return conf
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+async def test_refused_credentials_are_named_and_a_fixed_password_file_is_used(
+    tmp_path: Path, protocol: str, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    # Before: "MqttConnectError: [code:135] Not authorized", retried every reconnect_max_s
+    # (42 refusals in the broker's log in 10 s), with the password read once: fixing
+    # password_file changed nothing until the agent was restarted.
+    import logging
+    import shutil
+    import subprocess
+
+    from drivers.mqtt import _link
+
+    if shutil.which("mosquitto_passwd") is None:
+        pytest.skip("mosquitto_passwd is not installed (Debian package mosquitto)")
+    monkeypatch.setattr(_link, "REFUSED_RETRY_S", 0.3, raising=False)
+    passwords = tmp_path / "passwd"
+    make = ["mosquitto_passwd", "-b", "-c", str(passwords), "gw-01", "s3cret"]
+    subprocess.run(make, check=True, capture_output=True, timeout=30)  # noqa: ASYNC221 (setup)
+    secret = tmp_path / "broker.pass"
+    secret.write_text("wrong\n")
+    caplog.set_level(logging.WARNING, "edge_agent.drivers.mqtt")
+    with _Passwords(tmp_path / "b", passwords) as broker:
+        rig = Rig(broker, username="gw-01", password_file=secret, protocol=protocol,
+                  reconnect_max_s=0.05)  # fmt: skip
+        task = asyncio.create_task(rig.link.run())
+        try:
+            await until(lambda: rig.link.last_error is not None, 5)
+            await asyncio.sleep(1.0)
+            error = rig.link.last_error
+            assert "refused" in error and "gw-01" in error and str(secret) in error, error
+            refusals = [r for r in caplog.records if "refused" in r.getMessage()]
+            assert len(refusals) == 1  # said once, not at every try
+            tries = (broker.folder / "mosquitto.log").read_text().count("not authorised")
+            assert tries <= 6  # every REFUSED_RETRY_S, not every reconnect_max_s
+            secret.write_text("s3cret\n")
+            await until(lambda: rig.link.connected, 5)
+        finally:
+            rig.link.stop()
+            task.cancel()
+            await asyncio.wait([task], timeout=5)

@@ -315,9 +315,16 @@ class BrokerLink:
                 self.settings.address,
                 down,
             )
-            await self._subscribe(client)
-            await self._unsubscribe_gone(client)
-            await self._watch_broker_drops(client)
+            # A persistent session's backlog arrives from CONNACK on, ahead of the SUBACKs:
+            # decoded as it comes, not left to fill the queue until the last one.
+            draining = asyncio.create_task(self._drain_meanwhile(client))
+            try:
+                await self._subscribe(client)
+                await self._unsubscribe_gone(client)
+                await self._watch_broker_drops(client)
+            finally:
+                draining.cancel()  # lands at its sleep: no message taken is left undecoded
+                await asyncio.wait([draining])
             await self._consume(client)
         finally:
             with contextlib.suppress(aiomqtt.MqttError, OSError, TimeoutError):
@@ -450,21 +457,31 @@ class BrokerLink:
         _raise_if_cancelled()
 
     async def _consume(self, client: BoundedClient) -> None:
-        queue = client._queue
         async for message in client.messages:
             client.taken(message)
             self._handle(message)
-            slice_end = time.monotonic() + DRAIN_SLICE_S
-            while not queue.empty() and not self._stopped:
-                message = queue.get_nowait()
-                client.taken(message)
-                self._handle(message)
-                if time.monotonic() >= slice_end:
-                    await asyncio.sleep(0)
-                    slice_end = time.monotonic() + DRAIN_SLICE_S
+            await self._drain(client)
             if self._stopped:
                 return
             await asyncio.sleep(GATHER_S)
+
+    async def _drain_meanwhile(self, client: BoundedClient) -> None:
+        """Decode what comes while the session is being set up, until cancelled."""
+        while not self._stopped:
+            await self._drain(client)
+            await asyncio.sleep(GATHER_S)
+
+    async def _drain(self, client: BoundedClient) -> None:
+        """Decode every queued message, yielding the loop every DRAIN_SLICE_S."""
+        queue = client._queue
+        slice_end = time.monotonic() + DRAIN_SLICE_S
+        while not queue.empty() and not self._stopped:
+            message = queue.get_nowait()
+            client.taken(message)
+            self._handle(message)
+            if time.monotonic() >= slice_end:
+                await asyncio.sleep(0)
+                slice_end = time.monotonic() + DRAIN_SLICE_S
 
     def _handle(self, message: aiomqtt.Message) -> None:
         if self._stopped:

@@ -492,3 +492,49 @@ async def test_mqtt5_asks_the_broker_for_no_retained_copies(
     assert link.messages_total == n
     assert not any(s.dropped for s in sensors)
     assert not [r for r in caplog.records if "retained" in r.getMessage()]
+
+
+async def test_a_persistent_session_backlog_is_decoded_while_resubscribing(
+    tmp_path: Path,
+) -> None:
+    # After a broker restart or a partition the broker sends a persistent session's
+    # backlog at once, while the link subscribes its topics again one SUBACK at a time;
+    # nothing was decoded until the last SUBACK, so the decode queue filled and the rest
+    # was dropped (2000 sensors after 4 s away: 8766 queue_full). Now each SUBACK's wait
+    # is followed by decoding what came meanwhile.
+    n, backlog = 300, 4
+    got: list[Reading] = []
+    routes = []
+    for i in range(n):
+        topic = f"plant/s{i}/data"
+        s = MqttSensor(f"s{i}", decoder=load_decoder("ncd-processed"), channels=["z"],
+                       stale_after_s=60, sink=got.append, broker="b", topic=topic)  # fmt: skip
+        route = Route(topic)
+        route.add(s, None, None, 1)
+        routes.append(route)
+    extra = ("max_queued_messages 100000", "max_inflight_messages 100")
+    with Mosquitto(tmp_path / "b", extra=extra) as broker:
+        settings = BrokerSettings(id="b", host="127.0.0.1", port=broker.port, client_id="edge-p",
+                                  persistent=True, queue_size=400)  # fmt: skip
+        link = BrokerLink(settings, Router(routes))
+        for away in (False, True):
+            if away:  # the link is away: the broker queues every sensor's readings
+                items = [(f"plant/s{i}/data", ncd(k + 1.0)) for k in range(backlog)
+                         for i in range(n)]  # fmt: skip
+                await publish(broker.port, items)
+            task = asyncio.create_task(link.run())
+            try:
+                await until(lambda: link.connected, 10)
+                if away:
+                    await until(lambda: len(got) == n * backlog, 10)
+                else:
+                    await asyncio.sleep(0.5)  # subscribed
+            except AssertionError:
+                pass
+            finally:
+                link.stop()
+                task.cancel()
+                await asyncio.wait([task], timeout=5)
+                link._stopped = False
+    assert link.queue_dropped == {"queue_full": 0, "queue_bytes": 0}
+    assert len(got) == n * backlog

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger("edge_agent.drivers.mqtt")
@@ -55,10 +56,19 @@ class BrokerDrops:
         broker: the broker id (for logs).
         address: the broker's address (for logs).
         topic: the $SYS topic to watch (None: off).
+        busiest: names the sensor that sent us the most messages lately (a sensor
+            flooding the broker is the likeliest cause of its drops), or None.
     """
 
-    def __init__(self, broker: str, address: str, topic: str | None) -> None:
+    def __init__(
+        self,
+        broker: str,
+        address: str,
+        topic: str | None,
+        busiest: Callable[[], str | None] | None = None,
+    ) -> None:
         self.broker = broker
+        self._busiest = busiest
         self.address = address
         self.topic = topic
         self.state = OFF if topic is None else WAITING
@@ -134,18 +144,20 @@ class BrokerDrops:
         new_episode = self._last_increase is None or now - self._last_increase > EPISODE_QUIET_S
         self._last_increase = now
         if new_episode:
+            busiest = self._busiest() if self._busiest is not None else None
             log.warning(
                 "mqtt broker %s at %s dropped %d messages (its %s rose from %d to %d): "
                 "broker-wide, possibly ours: our client drains too slowly "
                 "(edge_mqtt_queue_depth) or a sensor floods the broker, past its per-client "
-                "limits (mosquitto: max_inflight_messages, max_queued_messages); counted in "
-                "edge_mqtt_broker_dropped, warned again after %.0f s without drops",
+                "limits (mosquitto: max_inflight_messages, max_queued_messages)%s; counted "
+                "in edge_mqtt_broker_dropped, warned again after %.0f s without drops",
                 self.broker,
                 self.address,
                 increase,
                 self.topic,
                 last,
                 value,
+                f"; {busiest}" if busiest else "",
                 EPISODE_QUIET_S,
             )
 

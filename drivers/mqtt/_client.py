@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,10 @@ QUEUE_FULL = "queue_full"  # the decode queue had no place left
 QUEUE_BYTES = "queue_bytes"  # the message would take the queue past queue_max_bytes
 QUEUE_REASONS = (QUEUE_FULL, QUEUE_BYTES)
 DROP_LOG_EVERY = 10_000  # a queue drop is logged the first time, then every this many
+# Messages received are counted by topic (to name a flooding one): at most this many
+# topics, the rest under OTHER_TOPICS (a wildcard may match any number of them).
+MAX_TOPICS_COUNTED = 5000
+OTHER_TOPICS = "(other topics)"
 
 
 def _payload_size(payload: object) -> int:
@@ -54,6 +59,7 @@ class BoundedClient(HandshakeAware):
         self._max_bytes = max_bytes
         self.queued_bytes = 0  # payload bytes in self._queue now
         self.queued_bytes_peak = 0
+        self.by_topic: Counter[str] = Counter()  # messages received, since the link reset it
         self._loop_thread = threading.get_ident()  # aiomqtt binds the running loop here
 
     def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
@@ -82,6 +88,10 @@ class BoundedClient(HandshakeAware):
             # The broker's own counter: not a reading, and never lost to a full queue.
             self._on_sys(message.payload)
             return
+        topic = message.topic
+        if topic not in self.by_topic and len(self.by_topic) >= MAX_TOPICS_COUNTED:
+            topic = OTHER_TOPICS
+        self.by_topic[topic] += 1
         size = _payload_size(message.payload)
         if size > self._cap:
             self._on_drop(message.topic, TOO_LARGE, size)

@@ -31,6 +31,7 @@ import logging
 import random
 import ssl
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -153,7 +154,9 @@ class BrokerLink:
         self._peak_before = 0  # the queue-bytes peak of clients since rebuilt
         self.last_error: str | None = None
         self.refused: dict[str, str] = {}  # topic filter -> the broker's SUBACK reason
-        self.broker_drops = BrokerDrops(settings.id, settings.address, settings.sys_dropped_topic)
+        self.broker_drops = BrokerDrops(
+            settings.id, settings.address, settings.sys_dropped_topic, busiest=self._busiest
+        )
         self._sys_unsubscribed = False  # an earlier run's $SYS subscription (persistent)
         self._gone_tried = False  # the filters an earlier run left in the session
         self._down_since: float | None = time.monotonic()
@@ -197,6 +200,23 @@ class BrokerLink:
             "unrouted": self.router.status(),
             **self.broker_drops.status(),
         }
+
+    def _busiest(self) -> str | None:
+        """The topic that sent us the most messages since the last look (the broker's drop
+        warning): one sensor at 5000 messages/s fills the broker's per-client queue, and
+        the broker then drops the other sensors' messages as much as its own."""
+        client = self._client
+        if client is None:
+            return None
+        counts, client.by_topic = client.by_topic, Counter()
+        total = counts.total()
+        if total <= 0:
+            return None
+        top, n = counts.most_common(1)[0]
+        return (
+            f"of the {total} messages we got since the last such warning, {n} "
+            f"({100 * n // total} %) were on {top[:120]}"
+        )
 
     def stop(self) -> None:
         """Ask the run loop to end; no message is decoded after this."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from pathlib import Path
 
 import aiomqtt
@@ -162,3 +163,45 @@ def test_the_counter_is_parsed_within_bounds(caplog: pytest.LogCaptureFixture) -
     drops.connected()
     drops.observe(b"50")  # a new connection: a new baseline
     assert drops.dropped_total == 33
+
+
+async def test_the_drop_warning_names_the_sensor_that_floods_the_broker(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # One sensor at 5000 messages/s beside 1999 at 1 Hz (QoS 1, mosquitto's defaults):
+    # the broker dropped 27516 messages, the quiet sensors got 18 % of theirs, and the
+    # warning said only "a sensor floods the broker", not which one.
+    from drivers.mqtt import BrokerSettings, MqttSensor, Route, Router
+    from drivers.payloads import load_decoder
+    from drivers.reading import Reading
+
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    got: list[Reading] = []
+    routes = []
+    for name in ("quiet-1", "noisy-7", "quiet-2"):
+        sensor = MqttSensor(name, decoder=load_decoder("ncd-processed"), channels=["z"],
+                            stale_after_s=60, sink=got.append, broker="b",
+                            topic=f"plant/{name}")  # fmt: skip
+        route = Route(f"plant/{name}")
+        route.add(sensor, None, None, 1)
+        routes.append(route)
+    with Mosquitto(tmp_path / "b", extra=LIMITS) as broker:
+        async with MqttProxy(broker) as proxy:
+            settings = BrokerSettings(id="b", host="127.0.0.1", port=proxy.port, client_id="e")
+            link = BrokerLink(settings, Router(routes))
+            task = asyncio.create_task(link.run())
+            try:
+                await until(lambda: link.status()["broker_drops"] == "watching", 5)
+                proxy.pause()
+                items = [("plant/noisy-7", ncd(float(v))) for v in range(BURST)]
+                await publish(broker.port, [("plant/quiet-1", ncd(1.0)), *items,
+                                            ("plant/quiet-2", ncd(1.0))])  # fmt: skip
+                proxy.resume()
+                await until(lambda: _dropped(link) >= 45, 10)
+            finally:
+                link.stop()
+                task.cancel()
+                await asyncio.wait([task], timeout=5)
+    warned = [m for m in _warnings(caplog) if "dropped" in m]
+    assert len(warned) == 1, warned
+    assert re.search(r"\d+ \(\d+ %\) were on plant/noisy-7", warned[0]), warned[0]

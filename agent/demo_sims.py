@@ -29,6 +29,10 @@ WIRELESS_MAC = "00:13:a2:00:41:9b:0c:01"  # edge-sim mqtt's sensor 1 (agent/demo
 WIRELESS_RATE_HZ = 2.0  # as often as the Modbus sensors are polled
 
 
+# simulators.cli.PARENT_ENV: a simulator with our pid there ends when we die, even by SIGKILL.
+PARENT_ENV = "EDGE_SIM_PARENT_PID"
+
+
 def _token_env(token: str | None) -> dict[str, str]:
     # Set or not, never inherited: a token from the caller's environment is not this one.
     return {TOKEN_ENV: token or ""}
@@ -98,7 +102,7 @@ class SimProcess:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "simulators.cli", *self.args,
                 stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL, stderr=err,
-                env={**os.environ, **self.env},
+                env={**os.environ, **self.env, PARENT_ENV: str(os.getpid())},
             )  # fmt: skip
         finally:
             if err is not None:

@@ -5,13 +5,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import NoReturn
 
 LEVELS = ("debug", "info", "warning", "error", "critical")
+# Set by a parent that starts simulators as its children (agent.demo_sims.SimProcess) to its
+# pid: the simulator then ends when that parent dies, even by SIGKILL, instead of serving on
+# as an orphan nobody stops (with mosquitto under it and the demo's files in use).
+PARENT_ENV = "EDGE_SIM_PARENT_PID"
+_PR_SET_PDEATHSIG = 1
 
 
 class _Parser(argparse.ArgumentParser):
@@ -70,8 +77,22 @@ async def _serve_until_signal(
         await task
 
 
+def _parent_gone() -> bool:
+    """Under a parent named by $EDGE_SIM_PARENT_PID: ask Linux for SIGTERM (a clean stop)
+    when it dies; True when it is already gone (then there is nobody to serve)."""
+    want = os.environ.pop(PARENT_ENV, "")
+    if not want.isdigit():
+        return False
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    return os.getppid() != int(want)  # it died before prctl: no signal will come
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `edge-sim`."""
+    if _parent_gone():
+        return 1
     args = _parser().parse_args(argv)
     problem = args.check(args) if hasattr(args, "check") else None
     if problem:

@@ -184,3 +184,54 @@ DOM_CHECK = """(() => {
     overflow: document.documentElement.scrollWidth - window.innerWidth,
   };
 })()"""
+
+
+def _gone(pid: int) -> bool:
+    """Whether the process has ended (a zombie waiting for its reaper counts as ended)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def _wait_gone(pids: list[int], within_s: float) -> list[int]:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline and not all(_gone(p) for p in pids):
+        time.sleep(0.1)
+    return [p for p in pids if not _gone(p)]
+
+
+_PARENT = """
+import asyncio, sys
+from pathlib import Path
+from agent.demo_sims import SimProcess
+
+async def main():
+    async with SimProcess.cmms(Path(sys.argv[1]), None) as cmms:
+        print(cmms.proc.pid, flush=True)
+        await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+def test_simulators_end_with_their_parent_even_on_sigkill(tmp_path: Path) -> None:
+    # Before: a demo killed with SIGKILL left its five simulators and mosquitto serving on
+    # as orphans of init, for ever.
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _PARENT, str(tmp_path / "cmms.db")],
+        stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    assert parent.stdout is not None
+    child = 0
+    try:
+        child = int(parent.stdout.readline())
+        parent.kill()
+        parent.wait(timeout=10)
+        assert _wait_gone([child], 10.0) == [], "the simulator outlived its parent"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        if child and not _gone(child):
+            os.kill(child, signal.SIGKILL)

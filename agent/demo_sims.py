@@ -103,6 +103,9 @@ class SimProcess:
                 sys.executable, "-m", "simulators.cli", *self.args,
                 stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL, stderr=err,
                 env={**os.environ, **self.env, PARENT_ENV: str(os.getpid())},
+                # Its own process group: a Ctrl-C in the terminal reaches only the demo, which
+                # then asks the backend for its summary before it stops the simulators.
+                start_new_session=True,
             )  # fmt: skip
         finally:
             if err is not None:

@@ -235,3 +235,47 @@ def test_simulators_end_with_their_parent_even_on_sigkill(tmp_path: Path) -> Non
             parent.kill()
         if child and not _gone(child):
             os.kill(child, signal.SIGKILL)
+
+
+def _start_demo(*args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "demo", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+        text=True, env=env, start_new_session=True,  # its own terminal-like process group
+    )  # fmt: skip
+
+
+def _read_until(proc: subprocess.Popen[str], text: str, within_s: float) -> str:
+    """stdout up to and including the first line holding `text`."""
+    assert proc.stdout is not None
+    out: list[str] = []
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], 0.5)
+        line = proc.stdout.readline() if ready else ""
+        out.append(line)
+        if text in line or (ready and not line):
+            break
+    return "".join(out)
+
+
+@pytest.mark.slow
+def test_demo_ctrl_c_in_a_terminal_still_gives_the_summary() -> None:
+    # Before: Ctrl-C reaches the whole foreground process group, so the backend died with
+    # the demo and the story ended "no summary: the backend did not answer".
+    proc = _start_demo("--duration", "60")
+    try:
+        head = _read_until(proc, "Zones (ISO", 60.0)
+        assert "Zones (ISO" in head, head
+        os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+        rest, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    out = head + rest
+    assert proc.returncode == 0, err[-2000:]
+    assert "did not answer" not in out and "summary: 0 case(s) at the backend" in out, out
+    pids = [int(p) for p in re.findall(r"pid (\d+)", head)]
+    assert pids and _wait_gone(pids, 10.0) == [], out

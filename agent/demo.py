@@ -71,6 +71,7 @@ class _Display:
         self.first_delivered_s: float | None = None
         self.delivered = 0
         self.work_orders = 0
+        self.exited: SimProcess | None = None  # a simulator that exited on its own
 
     def line(self, text: str) -> None:
         print(f"[{time.monotonic() - self.t0:6.1f}s] {text}", file=self.out, flush=True)
@@ -123,6 +124,28 @@ async def _watch_backend(view: BackendView, crew: Crew, config: Config, display:
         await asyncio.sleep(0.5)
 
 
+def _exited(sim: SimProcess) -> str:
+    assert sim.proc is not None
+    return f"the {sim.name} simulator (pid {sim.proc.pid}) exited"
+
+
+async def _watch_sims(sims: Sequence[SimProcess], agent: Agent, display: _Display) -> None:
+    """Stop the demo, saying which, when a simulator exits on its own: the story cannot go
+    on honestly without it (no more readings, deliveries or work orders)."""
+    waits = {asyncio.ensure_future(s.proc.wait()): s for s in sims if s.proc is not None}
+    try:
+        done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+    sim = display.exited = waits[next(iter(done))]
+    assert sim.proc is not None
+    display.line(
+        f"{_exited(sim)} unexpectedly (exit status {sim.proc.returncode}): the demo stops here"
+    )
+    agent.stop()
+
+
 def _due(wo: dict[str, Any]) -> str:
     """'19:04:06 UTC' on the day of detection, else '2026-12-02 19:03:46 UTC'."""
     due = str(wo.get("due_date") or "")
@@ -153,6 +176,9 @@ async def _watch_cmms(url: str, token: str, display: _Display) -> None:
 
 
 async def _summary(view: BackendView, config: Config, display: _Display) -> None:
+    if display.exited is not None and display.exited.name == "backend":
+        display.line("no summary: the backend simulator is gone")
+        return
     try:
         listing = await view.cases()
     except (aiohttp.ClientError, TimeoutError) as exc:
@@ -261,6 +287,10 @@ async def _demo(opts: DemoOptions, out: TextIO) -> int:
                     asyncio.create_task(
                         _watch_cmms(cmms.info["url"], token, display), name="demo-cmms-watch"
                     ),
+                    asyncio.create_task(
+                        _watch_sims([backend, modbus, cmms, *wireless.running()], agent, display),
+                        name="demo-sims-watch",
+                    ),
                 ]
                 try:
                     if opts.duration_s is not None:
@@ -277,6 +307,12 @@ async def _demo(opts: DemoOptions, out: TextIO) -> int:
                 await _summary(view, config, display)
         if opts.keep or opts.workdir is not None:
             _kept(tmp, display)
+    if display.exited is not None:
+        display.line(
+            f"done: stopped early because {_exited(display.exited)}; {display.delivered} alerts at "
+            f"the backend, {display.work_orders} work order(s) in the CMMS"
+        )
+        return 1
     if display.first_delivered_s is None:
         display.line("done: no alert reached the backend (run longer: --duration 90)")
     else:

@@ -195,6 +195,10 @@ class Wireless:
         await asyncio.shield(self._task)
         return self.sensor is not None
 
+    def running(self) -> list[SimProcess]:
+        """The broker and the sensor, those that started."""
+        return [p for p in (self.broker, self.sensor) if p is not None]
+
     @property
     def port(self) -> int:
         assert self.broker is not None

@@ -279,3 +279,27 @@ def test_demo_ctrl_c_in_a_terminal_still_gives_the_summary() -> None:
     assert "did not answer" not in out and "summary: 0 case(s) at the backend" in out, out
     pids = [int(p) for p in re.findall(r"pid (\d+)", head)]
     assert pids and _wait_gone(pids, 10.0) == [], out
+
+
+@pytest.mark.slow
+def test_demo_says_so_and_stops_when_a_simulator_dies() -> None:
+    # Before: with its backend killed the demo went on silently to its end, then said
+    # "no alert reached the backend (run longer: --duration 90)" and exited 0.
+    proc = _start_demo("--duration", "90")
+    try:
+        head = _read_until(proc, "Zones (ISO", 60.0)
+        backend = re.search(r"maintenance backend \(pid (\d+)\)", head)
+        assert backend, head
+        os.kill(int(backend.group(1)), signal.SIGKILL)
+        rest, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    out = head + rest
+    assert proc.returncode == 1, out + err[-2000:]
+    said = f"the backend simulator (pid {backend.group(1)}) exited unexpectedly (exit status -9)"
+    assert said in out and "run longer" not in out, out
+    assert "done: stopped early because the backend simulator" in out, out
+    pids = [int(p) for p in re.findall(r"pid (\d+)", head)]
+    assert _wait_gone(pids, 10.0) == [], out

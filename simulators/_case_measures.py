@@ -142,7 +142,8 @@ class RepairVerdict:
 def repair_verdict(
     repair: Fact | None, latest: Estimate | None, reached: Fact | None
 ) -> RepairVerdict:
-    """Judge a repair against the last estimate before it (its lower bound) and against the
+    """Judge a repair against the estimate before it that expects the failure first (its
+    lower bound; `latest`: of each sensor axis's last estimate, that one) and against the
     failure threshold, if the records show it reached first."""
     ends = [t for t in (latest and latest.earliest_failure_at, reached and reached.at) if t]
     window_end = min(ends) if ends else None

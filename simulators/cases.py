@@ -31,7 +31,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from simulators._case_facts import Fact, fact_of, format_time, hours_between, parse_time, summary
+from simulators._case_facts import (
+    Estimate,
+    Fact,
+    fact_of,
+    format_time,
+    hours_between,
+    parse_time,
+    summary,
+)
 from simulators._case_measures import (
     ZONE_ORDER,
     classify,
@@ -124,6 +132,17 @@ class Portfolio:
     skipped_records: int
 
 
+def _earliest_current(facts: list[Fact]) -> Estimate | None:
+    """Of each sensor channel's last estimate, the one that expects the failure first: an
+    axis that reports later with a later failure does not overrule one that expects it
+    sooner (the repair is judged by this one's lower bound)."""
+    last: dict[tuple[str, str], Estimate] = {}
+    for f in facts:
+        if f.estimate is not None:
+            last[(f.sensor, f.channel)] = f.estimate
+    return min(last.values(), key=lambda e: e.earliest_failure_at, default=None)
+
+
 def _case(
     ep: _Episode,
     prev: dict[str, Any] | None,
@@ -144,7 +163,7 @@ def _case(
         "repaired" if repair else "confirmed" if conf else "cleared" if ep.cleared_at else "open"
     )
     closed_at = repair.at if repair else ep.cleared_at if state == "cleared" else None
-    verdict = repair_verdict(repair, latest, reached)
+    verdict = repair_verdict(repair, _earliest_current(ep.facts), reached)
     window_end = verdict.window_end
     progressions = [(f, f.progression) for f in ep.facts if f.progression is not None]
     zones = [z for f in ep.facts if (z := f.zone or classify(f.velocity, limits)) in ZONE_ORDER]

@@ -232,3 +232,19 @@ def test_edge_sim_backend_refuses_a_bad_yaml_before_binding(tmp_path: Path) -> N
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"{path}:2:28: assets.press-7.cost_per_hour" in proc.stderr
     assert proc.stdout == ""  # no READY line: nothing listens
+
+
+def test_repair_is_judged_by_the_axis_that_expects_the_failure_first() -> None:
+    # Before: the repair was judged by whichever axis reported last. In the demo the x axis
+    # reported 0.5 s after the z axis and its later earliest failure (10:04:24.8 instead of
+    # 10:04:22.4) became "the earliest estimated failure": a repair between the two counted
+    # as before the failure, with its downtime avoided.
+    s = Script(datetime(2026, 11, 21, 8, tzinfo=UTC))
+    case = _cases(
+        s.early_warning(0.0, ttf=(4.0, 3.0, 10.0)),  # z: earliest failure at +3 h
+        s.early_warning(0.5, ttf=(10.0, 8.5, 20.0), channel="x"),  # x: at +9 h
+        s.repair(5.0),
+    )[0]
+    assert case["repair_before_failure"] is False and case["downtime_avoided"] is None
+    assert case["repair_window"]["to"] == s.early_warning(3.0)["detected_at"]
+    assert case["repair_margin_hours"] == -2.0

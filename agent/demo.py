@@ -107,16 +107,29 @@ async def _status_loop(agent: Agent, display: _Display) -> None:
         )
 
 
-async def _watch_backend(view: BackendView, crew: Crew, config: Config, display: _Display) -> None:
-    tables = {a.id: zone_table(a.machine) for a in config.assets}
-    horizons = {a.id: a.planning_horizon_hours for a in config.assets}
-    last = 0
+class _Feed:
+    """The records the backend received, each told once, in the order it stored them."""
+
+    def __init__(self, view: BackendView, config: Config, display: _Display) -> None:
+        self.view, self.display = view, display
+        self.tables = {a.id: zone_table(a.machine) for a in config.assets}
+        self.horizons = {a.id: a.planning_horizon_hours for a in config.assets}
+        self.last = 0
+
+    async def told(self) -> list[dict[str, Any]]:
+        """Tell the records stored since the last call; returns them."""
+        records, self.last = await self.view.records_after(self.last)
+        for rec in records:
+            self.display.received(rec, record_line(rec, self.tables, self.horizons))
+        return records
+
+
+async def _watch_backend(feed: _Feed, crew: Crew, display: _Display) -> None:
     while True:
         records: list[dict[str, Any]] = []
         with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-            records, last = await view.records_after(last)
+            records = await feed.told()
         for rec in records:
-            display.received(rec, record_line(rec, tables, horizons))
             try:
                 await crew.on_record(rec)
             except (aiohttp.ClientError, TimeoutError) as exc:  # it tries again on the next
@@ -277,11 +290,12 @@ async def _demo(opts: DemoOptions, out: TextIO) -> int:
             base = backend.info["url"].removesuffix("/v1/alerts")
             async with BackendView(base, token) as view:
                 crew = Crew(view, agent, modbus.repair, display.line)
+                feed = _Feed(view, config, display)
                 run = asyncio.create_task(agent.run(), name="agent")
                 helpers = [
                     asyncio.create_task(_status_loop(agent, display), name="demo-status"),
                     asyncio.create_task(
-                        _watch_backend(view, crew, config, display), name="demo-backend-watch"
+                        _watch_backend(feed, crew, display), name="demo-backend-watch"
                     ),
                     asyncio.create_task(crew.run(), name="demo-crew"),
                     asyncio.create_task(
@@ -304,6 +318,9 @@ async def _demo(opts: DemoOptions, out: TextIO) -> int:
                     await asyncio.gather(*helpers, return_exceptions=True)
                     for sig in (signal.SIGINT, signal.SIGTERM):
                         loop.remove_signal_handler(sig)
+                # What the agent delivered as it stopped (its last flush) is told too.
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    await feed.told()
                 await _summary(view, config, display)
         if opts.keep or opts.workdir is not None:
             _kept(tmp, display)

@@ -23,7 +23,7 @@ __all__ = ["JUMP_SHARE", "MODEL_REACHED", "REFRESH_SHARE", "channel_estimate", "
 
 MODEL_REACHED = "failure-threshold-reached"
 # Far from failure an estimate is recomputed only once this share of its lower bound has
-# passed (the posterior costs about 0.5 ms; a 30 h estimate gains nothing from each minute).
+# passed (the posterior costs about 0.6 ms; a 30 h estimate gains nothing from each minute).
 REFRESH_SHARE = 0.01
 # ...unless the failure metric stepped toward its threshold since: by this share of its log
 # distance to it (about this share of the remaining time on an exponential trend), or onto it.

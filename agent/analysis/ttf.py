@@ -62,7 +62,10 @@ _DAY_S = 86400.0
 _MIN_LOWER_H = 1.0 / 60.0
 _COARSE = np.linspace(0.0, math.log(1e8 * _HOUR_S), 48)  # ln R, R from 1 s to 10^8 h
 _COARSE_R = np.exp(_COARSE)
-_FINE = 64
+# Fine cells over the mass: a sharp mode beside a long tail (the demo's bearing, minutes into
+# its trend) needs this many; on 64 its mass was misplaced and the point jumped 2x from one
+# bin to the next (tests/agent/analysis/test_ttf.py: within 5 % of 2048 cells here).
+_FINE = 256
 _UNIT = np.linspace(0.0, 1.0, _FINE)
 _MIN_CELLS = 4  # the 16-84 % spread must cover this many fine cells, or zoom once more
 _TAIL = 1e-9  # probability mass left outside the fine grid

@@ -161,10 +161,10 @@ def decoder_digest(decoder: Decoder) -> str:
     nothing."""
     kind = decoder.kind
     parts: list[object] = [kind, *(getattr(decoder, a) for a in _DECODER_VALUES.get(kind, ()))]
-    for f in getattr(decoder, "fields", ()):
-        parts.append((f.path, f.scale, f.offset, f.feature, f.channel))
-    for h in getattr(decoder, "header", ()):
-        parts.append((h.name, h.offset, h.type))
+    if kind == "json-features":  # a raw-int16 decoder's `fields` is a method (its header's)
+        parts += [(f.path, f.scale, f.offset, f.feature, f.channel) for f in decoder.fields]
+    if kind == "raw-int16":
+        parts += [(h.name, h.offset, h.type) for h in decoder.header]
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
 
 

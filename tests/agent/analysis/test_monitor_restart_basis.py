@@ -476,3 +476,40 @@ async def test_a_sensor_replaced_while_stopped_closes_its_severity_alert_at_star
     update = m2.reconfigure(config(tmp_path / "speed", {"assets.0.machine.rpm": 990}), AT)
     assert [d.kind for d in update.drafts] == ["trend"]
     assert m2._channels[("m1", "z")].severity.active
+
+
+def _raw_decoder_file(folder: Path, rate_field: str = "sample_rate", description: str = "") -> Path:
+    """site-raw: the shipped raw-int16 decoder under another name, its sample rate read from
+    the header field named (and its description as given)."""
+    shipped = Path(__file__).resolve().parents[3] / "drivers" / "payloads" / "raw-int16.yaml"
+    text = shipped.read_text().replace("name: raw-int16", "name: site-raw")
+    text = text.replace("sample_rate: sample_rate", f"sample_rate: {rate_field}")
+    if description:
+        text = text.replace("description: ", f"description: {description!r} #", 1)
+    folder.mkdir(exist_ok=True)
+    (folder / "site-raw.yaml").write_text(text)
+    return folder
+
+
+def test_a_raw_int16_sensor_has_a_digest_and_an_edit_changes_it(tmp_path: Path) -> None:
+    """Before: source_digests raised TypeError ('method' object is not iterable) for every
+    configuration with a raw-int16 MQTT sensor (its decoder's `fields` is a method), so
+    `edge-agent run` crashed at start ('agent crashed', restarted by systemd forever) and a
+    reload failed. Now such a sensor has a digest like any other: the words of its file
+    change nothing, the header field its sample rate comes from does."""
+    folder = _raw_decoder_file(tmp_path / "decoders")
+    cfg = config(
+        tmp_path,
+        {
+            "mqtt": [{"id": "plant", "host": "127.0.0.1", "port": 1883}],
+            "decoders_dir": str(folder),
+            "sensors.0.modbus": None,
+            "sensors.0.mqtt": {"broker": "plant", "topic": "t/m1", "decoder": "site-raw"},
+        },
+    )
+    first = _decoder_digests(cfg, folder)
+    assert set(first) == {"m1"}
+    _raw_decoder_file(folder, description="plant copy, reviewed")
+    assert _decoder_digests(cfg, folder) == first
+    _raw_decoder_file(folder, rate_field="samples")  # another header field: other values
+    assert _decoder_digests(cfg, folder) != first

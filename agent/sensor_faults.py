@@ -15,7 +15,8 @@ a few requests into each connection, a marginal radio link) would raise and clea
 fault every few seconds: 64 alerts in 3 minutes from one device, each forwarded (and a
 CMMS work order per raise). A fault raised again within FLAP_WINDOW_S of its clear makes
 the sensor *flapping*: its next clear waits until it has answered plausibly for
-FLAP_CLEAR_HOLD_S without a break, so the whole unsteady stretch is one episode. A first
+FLAP_CLEAR_HOLD_S without looking faulty again (a single missed poll is no break), so the
+whole unsteady stretch is one episode. A first
 fault still clears at the first good answer.
 """
 
@@ -162,14 +163,20 @@ class SensorFaultTracker:
             self._saved[k] = out.state[k] = json.dumps({"raised": False, "at": format_ts(now)})
         return out
 
-    def _answering_for(self, health: SensorHealth) -> float | None:
-        """Seconds the sensor has answered plausible values without a break (as watched),
-        None while it does not."""
+    def _answering_for(self, health: SensorHealth, faulty: bool) -> float | None:
+        """Seconds since the sensor last looked faulty (`faulty`: breaker open, stale, or
+        implausible for its bad_after), None unless it answers plausibly right now. A
+        single failed poll (state failing) or a moment of implausible values does not
+        restart the count: it would never raise a fault itself, and a sensor that misses
+        one poll a minute would otherwise be held in fault forever while its readings are
+        analysed."""
         sid = health.sensor_id
-        if health.state != "ok" or health.bad_for_s != 0:
+        if faulty:
             self._ok_since.pop(sid, None)
             return None
         since = self._ok_since.setdefault(sid, self._clock())
+        if health.state != "ok" or health.bad_for_s != 0:
+            return None
         return self._clock() - since
 
     def update(self, health: SensorHealth, now: datetime) -> Update:
@@ -182,7 +189,7 @@ class SensorFaultTracker:
         raised = self._raised[sid]
         garbage = health.bad_for_s > 0 and health.bad_for_s >= self._bad_after[sid]
         down = health.state in ("backoff", "stale")
-        answering_for = self._answering_for(health)
+        answering_for = self._answering_for(health, down or garbage)
         if not raised and (down or garbage):
             transition = "raised"
             cleared_at = self._cleared_at.get(sid)

@@ -122,3 +122,30 @@ def test_a_sensor_back_for_a_poll_or_two_at_a_time_is_one_fault_not_a_flood(
     t[0] += FLAP_WINDOW_S
     assert [d.state for d in tracker.update(health("backoff", 3), NOW).drafts] == ["raised"]
     assert [d.state for d in tracker.update(health("ok"), NOW).drafts] == ["cleared"]
+
+
+def test_a_flapping_sensor_that_misses_one_poll_a_minute_is_cleared_after_the_hold(
+    tmp_path: Path,
+) -> None:
+    """Before: once flapping, a sensor answering every poll but one a minute (state
+    failing for one 5 s poll, never its breaker) had its hold restarted by each missed
+    poll and its fault stayed raised for good (30 minutes probed: no clear) while its
+    readings were analysed. A missed poll would not raise a fault; it no longer restarts
+    the hold either, and the fault clears FLAP_CLEAR_HOLD_S after the last breaker open."""
+    t = [0.0]
+    tracker = SensorFaultTracker(press_config(tmp_path), breaker_failures=3, clock=lambda: t[0])
+
+    def see(state: str, failures: int = 0) -> list[str]:
+        t[0] += 1.0
+        return [d.state for d in tracker.update(health(state, failures), NOW).drafts]
+
+    seen = see("backoff", 3) + see("ok") + see("backoff", 3)  # raised, cleared, raised
+    assert seen == ["raised", "cleared", "raised"]
+    cleared_at = None
+    for second in range(1800):  # 30 minutes: one poll in twelve fails (5 s of 60)
+        failing = second % 60 >= 55
+        if see("failing", 1) if failing else see("ok"):
+            cleared_at = second
+            break
+    assert cleared_at is not None
+    assert FLAP_CLEAR_HOLD_S <= cleared_at <= FLAP_CLEAR_HOLD_S + 10

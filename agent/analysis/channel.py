@@ -42,7 +42,8 @@ __all__ = [
 
 # A velocity RMS below this share of the channel's learned running baseline is a stopped
 # machine (or a sensor unplugged, reading zeros): a running machine does not vibrate at a
-# fifth of its healthy level, and ambient vibration at standstill is far lower still. Such a
+# fifth of its healthy level, and ambient vibration at standstill is far lower still (its
+# acceleration features too: a slowed machine whose acceleration rises is running). Such a
 # reading says nothing about the machine's condition: it neither raises nor clears an alert
 # and is left out of the trend, so a weekend stop neither closes an open alert (to raise it
 # again as new on Monday) nor puts a step into the history that reads as explosive growth.
@@ -112,11 +113,16 @@ class Channel:
         base = self.hi.velocity_median
         return None if base is None else iso_alarm_level(base, self.table.bc)
 
-    def stopped(self, velocity_mm_s: float) -> bool:
-        """Whether a velocity RMS says the machine is not running (or the sensor is off it):
-        below STOPPED_SHARE of the baseline learned while it ran. False while learning."""
+    def stopped(self, velocity_mm_s: float, features: Mapping[str, float]) -> bool:
+        """Whether a reading says the machine is not running (or the sensor is off it): its
+        velocity RMS below STOPPED_SHARE of the baseline learned while it ran, and its
+        acceleration features not above theirs. False while learning. A machine slowed
+        down (a VFD at low speed) shows little velocity, but a failing bearing's
+        acceleration stays high: that reading is analysed, not taken for a stop."""
         base = self.hi.velocity_median
-        return base is not None and velocity_mm_s < STOPPED_SHARE * base
+        if base is None or velocity_mm_s >= STOPPED_SHARE * base:
+            return False
+        return not self.hi.above_baseline(features)
 
     def key(self, kind: str) -> str:
         """This channel's store key of one persisted state."""

@@ -98,6 +98,16 @@ class HealthIndex:
     def _raw(self, values: list[float]) -> float:
         return sum(math.log(v / m) for v, m in zip(values, self._median, strict=True)) / len(values)
 
+    def above_baseline(self, features: Mapping[str, float]) -> bool:
+        """Whether the reading's indicator features are, on average, above the medians
+        learned while the machine ran (False while learning, or when it lacks them)."""
+        if self.level is None or not self.features:
+            return False
+        values = [features.get(f, math.nan) for f in self.features]
+        if not all(v > 0.0 and math.isfinite(v) for v in values):
+            return False
+        return self._raw(values) > 0.0
+
     def _despiked(self, raw: float) -> float:
         """The median of this raw indicator and the two before it (itself until there are
         two): one reading cannot move the smoothed indicator, however far off it is. The

@@ -394,7 +394,7 @@ class Monitor:
         if value is None or not math.isfinite(value):
             self.skipped_total += 1
             return out
-        if ch.stopped(value):  # no measurement of the machine's condition (channel.py)
+        if ch.stopped(value, feats):  # no measurement of the machine's condition (channel.py)
             self.stopped_total += 1
             shown = ch.view
             ch.set_view(

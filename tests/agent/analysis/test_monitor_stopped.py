@@ -54,3 +54,32 @@ def test_status_shows_the_stopped_machine_not_its_last_running_value(tmp_path: P
                           "value": view.value, "zone": None, "active_level": 1,
                           "stopped": True}]}  # fmt: skip
     assert 'zone="stopped"' in render_metrics(snap).decode()
+
+
+def test_a_slowed_machine_with_its_acceleration_rising_is_analysed_not_stopped(
+    tmp_path: Path,
+) -> None:
+    """Before: a machine slowed down on its VFD (velocity RMS 15 % of its running baseline)
+    whose bearing's acceleration rose to 5x its baseline was taken for a stopped machine:
+    200 readings, no trend alert, status 'stopped'. Velocity alone says stopped; the
+    acceleration says it runs, and worse than when healthy: the reading is analysed, and
+    the health index raises its degradation onset. A real stop (both low) stays a stop."""
+    m = Monitor(press_config(tmp_path, baseline_readings=20))
+    records = []
+
+    def run(n: int, velocity: float, accel: float, start: int) -> None:
+        for i in range(start, start + n):
+            wobble = 1.0 + 0.03 * ((i * 7) % 5 - 2) / 2
+            feats = {"velocity_rms_mm_s": velocity * wobble, "accel_rms_g": accel * wobble}
+            at = T0 + timedelta(seconds=60.0 * i)
+            records.extend(
+                (d.kind, d.state) for d in m.update(Reading("m1", "z", at, feats)).drafts
+            )
+
+    run(40, 1.0, 0.05, 0)  # healthy at full speed: the baseline is learned
+    run(30, 0.02, 0.001, 40)  # stopped: no alert
+    assert records == [] and m.stopped_total == 30
+    run(200, 0.15, 0.25, 70)  # slowed, bearing failing
+    assert ("trend", "raised") in records
+    assert m.stopped_total == 30
+    assert not m.views()[0].stopped

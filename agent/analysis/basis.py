@@ -13,7 +13,7 @@ A channel learns two things, from different inputs:
   as replaced, and the cause says names are not resolved). A payload decoder file edited
   under the same name counts the same way (its fields' paths, scales, offsets, features
   and channels, a waveform's rate, axes and scale; not its description, units, valid
-  ranges or sentinels).
+  ranges, sentinels or the order of its fields).
 - the failure metric's binned history (time to failure): the failure metric's values in
   bins of trend_bin_s. A new metric, bin width or bearing geometry (the envelope features
   depend on it) makes it meaningless; the baseline and the degradation onset stay.
@@ -161,10 +161,12 @@ def decoder_digest(decoder: Decoder) -> str:
     nothing."""
     kind = decoder.kind
     parts: list[object] = [kind, *(getattr(decoder, a) for a in _DECODER_VALUES.get(kind, ()))]
+    # Sorted: the order of the fields (one per channel and feature) or of the header's
+    # fields (found by name) changes no value; a file tidied up must not relearn.
     if kind == "json-features":  # a raw-int16 decoder's `fields` is a method (its header's)
-        parts += [(f.path, f.scale, f.offset, f.feature, f.channel) for f in decoder.fields]
+        parts += sorted((f.channel, f.feature, f.path, f.scale, f.offset) for f in decoder.fields)
     if kind == "raw-int16":
-        parts += [(h.name, h.offset, h.type) for h in decoder.header]
+        parts += sorted((h.name, h.offset, h.type) for h in decoder.header)
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
 
 

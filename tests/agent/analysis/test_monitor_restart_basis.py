@@ -15,7 +15,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from agent.analysis.basis import basis_change, basis_of, source_digests
+from agent.analysis.basis import basis_change, basis_of, decoder_digest, source_digests
 from agent.analysis.monitor import Monitor, Update
 from agent.config import Config
 from agent.store import Outbox
@@ -513,3 +513,35 @@ def test_a_raw_int16_sensor_has_a_digest_and_an_edit_changes_it(tmp_path: Path) 
     assert _decoder_digests(cfg, folder) == first
     _raw_decoder_file(folder, rate_field="samples")  # another header field: other values
     assert _decoder_digests(cfg, folder) != first
+
+
+async def test_a_decoder_file_with_its_fields_reordered_keeps_the_baseline(
+    tmp_path: Path,
+) -> None:
+    """Before: a decoder file whose fields were only reordered (grouped by axis instead of
+    by feature: every value read the same) had another digest, so a reload or a restart
+    relearned the baseline and closed the open severity and trend alerts 'after mqtt.decoder
+    plant-json edited: it reads other values', to raise them again as new. Now the order of
+    the fields (and of a raw-int16 header's) is not part of the digest."""
+    folder = _decoder_file(tmp_path / "decoders")
+    cfg = _mqtt_config(tmp_path, folder)
+    m = Monitor(cfg, digests=_decoder_digests(cfg, folder))
+    for i in range(32):
+        m.update(vib(i, 1.0, 1.0) if i < 12 else vib(i, 2.0, 5.0))
+    assert m._channels[("m1", "z")].severity.active
+    path = folder / "plant-json.yaml"
+    lines = path.read_text().splitlines()
+    rows = [i for i, line in enumerate(lines) if line.strip().startswith("- {path")]
+    moved = [lines[i] for i in rows[::-1]]  # every field, last first
+    for i, line in zip(rows, moved, strict=True):
+        lines[i] = line
+    path.write_text("\n".join(lines) + "\n")
+    assert m.reconfigure(cfg, AT, digests=_decoder_digests(cfg, folder)).drafts == []
+    assert m._channels[("m1", "z")].hi.ready
+    raw = _raw_decoder_file(tmp_path / "raw")
+    before = decoder_digest(DecoderLibrary.load(raw).get("site-raw"))
+    text = (raw / "site-raw.yaml").read_text()
+    magic = "  - {name: magic, offset: 0, type: uint16, equals: 0x5657}\n"
+    scale = "  - {name: scale_g, offset: 12, type: float32}\n"
+    (raw / "site-raw.yaml").write_text(text.replace(magic, "").replace(scale, scale + magic))
+    assert decoder_digest(DecoderLibrary.load(raw).get("site-raw")) == before

@@ -8,7 +8,8 @@ Status policy (agent.uplink._httpclient):
 - 2xx: delivered, unless the body is a web page (it begins with markup, whatever its
   Content-Type, or it is text/html with markup in it): a firewall's block page, a proxy's
   or hotspot's login page answer 200 too; retried and logged at ERROR like a 3xx. A
-  text/html answer without markup ("OK" from Express or PHP) is an acknowledgement. The answer must
+  text/html answer without markup ("OK" from Express or PHP) is an acknowledgement, and so
+  is XML sent as XML (application/xml, text/xml, */*+xml) without an <html> element. The answer must
   arrive whole (or its first 16 KiB): one cut short is a failure, and the batch is resent.
 - 1xx as a final answer (a 101 nobody asked for): retried, never dead-lettered.
 - 3xx: never followed: a failure naming the Location, retried with backoff and logged at

@@ -360,7 +360,10 @@ def web_page(content_type: str, body: bytes) -> bool:
     """A 2xx body that is a web page, not an API's acknowledgement: it begins with markup
     (whatever its Content-Type: a portal may send none, or XHTML), or it is HTML with
     markup in it. "HTML" without any, or JSON (Express's `res.send("OK")`, PHP's `echo`,
-    both text/html by default), is the backend's answer."""
+    both text/html by default), is the backend's answer. So is XML sent as XML (a SOAP or
+    XML API's `<ack/>`, a CMMS answering XML), unless it holds an <html> element."""
+    if _xml_type(content_type):
+        return b"<html" in body.lower()
     if body.lstrip(_LEADING).startswith(b"<"):
         return True
     if content_type not in _PAGE_TYPES or b"<" not in body:
@@ -370,6 +373,13 @@ def web_page(content_type: str, body: bytes) -> bool:
     except ValueError:  # UnicodeDecodeError is a ValueError
         return True
     return False
+
+
+def _xml_type(content_type: str) -> bool:
+    """An XML media type other than XHTML: application/xml, text/xml, application/*+xml."""
+    if content_type in _PAGE_TYPES:
+        return False
+    return content_type in ("application/xml", "text/xml") or content_type.endswith("+xml")
 
 
 async def _read_answer(content: aiohttp.StreamReader) -> bytes:

@@ -424,6 +424,25 @@ async def test_a_captive_portal_page_is_no_delivery_whatever_its_content_type(
         assert "a web page" in (error or ""), error
 
 
+async def test_an_xml_acknowledgement_is_a_delivery(tmp_path: Path) -> None:
+    """A backend or CMMS answering XML (an <ack/>, a SOAP envelope) acknowledges as much as
+    one answering JSON. Taken for a web page because it begins with '<', every batch was
+    resent forever and nothing was ever marked delivered (0 of 2 in the probe)."""
+    answers = (
+        (b"application/xml", b'<?xml version="1.0" encoding="UTF-8"?>\n<ack accepted="2"/>'),
+        (b"text/xml; charset=utf-8", b"<result><status>OK</status></result>"),
+        (b"application/soap+xml", b"<s:Envelope><s:Body><ok/></s:Body></s:Envelope>"),
+    )
+    for content_type, body in answers:
+        delivered, error = await _delivered_by(
+            tmp_path / content_type.hex(), _typed(200, content_type, body)
+        )
+        assert delivered == 2, (content_type, error)
+    page = b"<?xml version='1.0'?><html><body>Access denied</body></html>"
+    delivered, error = await _delivered_by(tmp_path / "page", _typed(200, b"text/xml", page))
+    assert delivered == 0 and "a web page" in (error or ""), error
+
+
 class _Longest(random.Random):
     """Always the longest backoff (full jitter could make every wait near 0)."""
 

@@ -27,6 +27,9 @@ nothing delivered before them (a backend that hangs, a link that black-holes pac
 say nothing about sizes and set no ceiling, so batches grow back to full size after such
 an outage. The ceiling doubles every CEILING_DOUBLING_S without a new one, so a link
 that got faster (or a body limit that was raised) gets its full batches back.
+Over HTTP a summaries batch under way gives way to an alert stored meanwhile (cancelled,
+sent again after it), MAX_GIVE_WAYS times in a row at most: the next one is sent to its
+end, so a steady stream of alerts cannot starve a slow summaries endpoint.
 Refused items: a too-large batch is halved (one item too large on its own, or an MQTT
 message over the broker's maximum packet size, is dead-lettered); a refused batch is
 resent one item at a time so one bad record cannot take good ones with it; a refused
@@ -68,6 +71,8 @@ NEW_ALERT_RETRY_AFTER_S = 1.0  # during a backoff, a new alert retries after at 
 FREE_REFUSALS = 3  # refusals alike in a row dead-lettered at once; then one per backoff
 CEILING_DOUBLING_S = 120.0  # a batch size that timed out (or was too large) may be tried again
 CEILING_MARGIN = 0.75  # batches grow back to at most this share of that size
+# Summaries batches cut short for an alert in a row; the next one is sent to its end.
+MAX_GIVE_WAYS = 3
 
 
 @dataclass(slots=True)
@@ -161,6 +166,7 @@ class Delivery:
         self._refusal: str | None = None  # the last refusal's signature (`alike`) ...
         self._refusals = 0  # ... and the items refused alike in a row since a delivery
         self._held: frozenset[str] = frozenset()  # refused alike, kept pending, not dead
+        self._gave_way = 0  # summaries sends cancelled for an alert since one ended
         self._stopping = False
         self._between = asyncio.Event()  # set while no send is under way
         self._between.set()
@@ -203,7 +209,7 @@ class Delivery:
         after_probe, self._after_probe = self._after_probe, False
         self._between.clear()
         try:
-            if items[0].class_name != "alert" and getattr(self.transport, "summaries_yield", False):
+            if self._may_give_way(items):
                 sent = await self._send_giving_way(items)
                 if sent is None:  # an alert came: it goes first, the summaries after it
                     return
@@ -230,6 +236,18 @@ class Delivery:
         elif isinstance(err, UplinkRejected):
             await self._rejected(result.failed, err)
 
+    def _may_give_way(self, items: list[StoredItem]) -> bool:
+        """Whether this send is of summaries that give way to an alert. Not past
+        MAX_GIVE_WAYS in a row: a summaries endpoint that answers, only more slowly than
+        alerts come (a slow link, a busy backend), had every send cancelled and got the
+        same batch again and again while no summary was ever delivered."""
+        if items[0].class_name == "alert" or not getattr(self.transport, "summaries_yield", False):
+            return False
+        if self._gave_way < MAX_GIVE_WAYS:
+            return True
+        self._gave_way = 0  # this one is sent to its end (an answer or timeout_s)
+        return False
+
     async def _send_giving_way(self, items: list[StoredItem]) -> SendResult | None:
         """Send a batch of summaries, cancelled when an alert is stored meanwhile (None).
 
@@ -255,12 +273,14 @@ class Delivery:
                         await send
                     if send.cancelled():
                         log.debug("uplink[%s]: summaries give way to an alert", self.name)
+                        self._gave_way += 1
                         return None
         finally:
             if not send.done():  # this loop is cancelled (a stop): so is the send
                 send.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await send
+        self._gave_way = 0
         return send.result()
 
     async def _alert_waits(self) -> bool:

@@ -709,3 +709,53 @@ async def test_a_held_alert_that_is_refused_for_its_own_sake_blocks_none_behind_
         dead = await outbox.dead_letters()
     assert {d["id"] for d in dead} == backend.bad
     assert backend.delivered == [r["alert_id"] for r in records[4:]]
+
+
+class _Sluggish:
+    """Answers each POST 200 after `delay_s` on a kept-alive connection; counts them."""
+
+    def __init__(self, delay_s: float) -> None:
+        self.delay_s = delay_s
+        self.posts = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                await _read_request(reader)
+                self.posts += 1
+                await asyncio.sleep(self.delay_s)
+                writer.write(_answer(200, body=b"{}"))
+                await writer.drain()
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+
+async def test_a_steady_alert_stream_does_not_starve_a_slow_summaries_endpoint(
+    tmp_path: Path,
+) -> None:
+    """A summaries endpoint that answers, but more slowly than alerts come (0.6 s here, an
+    alert every 0.25 s): each summaries send was cancelled for the next alert and made
+    again, for ever (probe: 1 s answers, an alert every 0.5 s: 20 summaries POSTs received
+    in 10 s, none delivered). Now the summaries give way a few times in a row at most."""
+    alerts, slow = Backend(_answer(200, body=b"{}")), _Sluggish(0.6)
+    summaries = await asyncio.start_server(slow.handle, "127.0.0.1", 0)
+    surl = f"http://127.0.0.1:{summaries.sockets[0].getsockname()[1]}/summaries"
+    try:
+        async with await _outbox(tmp_path) as outbox, serving(alerts) as url:
+            cfg = _cfg(url, timeout_s=10.0).model_copy(update={"summaries_url": surl})
+            window = {"velocity_rms_mm_s": {"min": 1.0, "mean": 1.1, "max": 1.2, "last": 1.1}}
+            await outbox.append_summaries(
+                [SummaryDraft(asset(), "m1-de", "modbus", T0, T0, {"z": window})]
+            )
+            async with Running(delivery(UP, HttpTransport(cfg, name=UP), outbox, cfg)) as up:
+                for i in range(16):  # 4 s of alerts
+                    await asyncio.sleep(0.25)
+                    await outbox.append([draft(i=i)])
+                summaries_delivered = up.status.summaries_delivered_total
+                await until(lambda: _pending_is(outbox, 0))
+        assert summaries_delivered == 1, (slow.posts, up.status)
+        assert up.status.delivered_total == 16
+    finally:
+        summaries.close()

@@ -155,6 +155,8 @@ class ControlServer:
         self._active = 0
         self._serving: set[asyncio.Task[Any]] = set()
         self._closing = asyncio.Event()
+        # Loop time by which the close must be done (set by the agent's stop), or None.
+        self.close_deadline: float | None = None
         self.error: str | None = None
 
     async def __aenter__(self) -> ControlServer:
@@ -186,15 +188,24 @@ class ControlServer:
             await self._server.wait_closed()
             self._server = None
         if self._serving:
-            _, late = await asyncio.wait(list(self._serving), timeout=CLOSE_WAIT_S)
+            _, late = await asyncio.wait(list(self._serving), timeout=self._wait_s())
             for task in late:
                 task.cancel()
             if late:  # each answers UNFINISHED (bounded by its client's reading)
-                await asyncio.wait(late, timeout=CLOSE_WAIT_S)
+                await asyncio.wait(late, timeout=self._wait_s())
         with contextlib.suppress(OSError):
             if self._inode is not None and self.path.stat().st_ino == self._inode:
                 self.path.unlink()  # ours, not a successor's
         self._inode = None
+
+    def _wait_s(self) -> float:
+        """How long the close waits for requests under way: CLOSE_WAIT_S, less when the
+        stop's time is nearly up (a request waiting on a hung store would otherwise take
+        it past close_deadline, towards systemd's kill)."""
+        if self.close_deadline is None:
+            return CLOSE_WAIT_S
+        left = self.close_deadline - asyncio.get_running_loop().time()
+        return min(CLOSE_WAIT_S, max(0.0, left))
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._active += 1

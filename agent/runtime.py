@@ -231,11 +231,15 @@ class Agent:
     async def _note_health(self, why: str | None) -> None:
         """Why /healthz is not served, noted in the store (None: drop the note): `status`
         reads it there, as it cannot ask an agent without its health endpoint."""
+        timeout_s = HEALTH_NOTE_TIMEOUT_S
+        if (deadline := self.outbox.close_deadline) is not None:  # stopping: within its time
+            timeout_s = min(timeout_s, max(0.0, deadline - asyncio.get_running_loop().time()))
         try:
-            async with asyncio.timeout(HEALTH_NOTE_TIMEOUT_S):
+            async with asyncio.timeout(timeout_s):
                 await self.outbox.note(HEALTH_NOTE, health_note(why, utc_now()))
         except (StoreError, TimeoutError) as exc:
-            log.warning("the health endpoint's state not noted in the store: %s", exc)
+            why = str(exc) or f"the store did not answer within {timeout_s:g} s"
+            log.warning("the health endpoint's state not noted in the store: %s", why)
 
     async def _close_health(self) -> None:
         if self.health is not None:

@@ -48,7 +48,12 @@ async def shut_down(agent: Agent, tasks: PipelineTasks) -> None:
     agent.watchdog.notifier.notify("STOPPING=1")
     loop = asyncio.get_running_loop()
     deadline = loop.time() + STOP_BUDGET_S
+    # What closes after the last flush (the control socket's requests under way, the
+    # health endpoint's note, the store's thread) shares these last seconds: each is
+    # bounded by them, so a hung store cannot add their own waits past the budget.
     agent.outbox.close_deadline = deadline + STORE_CLOSE_S
+    if agent.control is not None:
+        agent.control.close_deadline = deadline + STORE_CLOSE_S
     agent.readings.close()
     # Nothing starts from here, whatever a reload in flight asks; one that is applying
     # ends first, so what it stops is waited for below.

@@ -25,7 +25,10 @@ Status policy (agent.uplink._httpclient):
 - 409 Conflict: the backend already has an id in the batch (a resend after an answer that
   was lost: it stored the batch, the answer never came). The batch is resent one by one
   (as any refused batch); a single item answered 409 is one the backend has: delivered,
-  logged, never dead-lettered (a requeue would only meet the same 409).
+  logged, never dead-lettered (a requeue would only meet the same 409). A 409 whose body
+  is a web page is no backend's word but a CDN's or proxy's error page (Cloudflare
+  answers its error 1014, a misconfigured custom hostname, with 409 and HTML): retried
+  like a 2xx web page, nothing marked delivered.
 - any other 4xx: the backend refuses these alerts (see agent.uplink._delivery).
 Error messages name the URL without credentials.
 """
@@ -35,10 +38,11 @@ from __future__ import annotations
 import logging
 
 from agent.config import HttpUplink as HttpUplinkConfig
+from agent.config import public_url
 from agent.store import StoredItem
-from agent.uplink._httpclient import REASON_CHARS, HttpClient
+from agent.uplink._httpclient import REASON_CHARS, HttpClient, web_page
 from agent.uplink._transport import SendResult
-from agent.uplink.errors import UplinkError
+from agent.uplink.errors import UplinkError, UplinkUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +79,8 @@ class HttpTransport(HttpClient):
             return SendResult([], exc, items)
         if answer.ok:
             return SendResult(items)
+        if answer.status == DUPLICATE and web_page(answer.content_type, answer.text.encode()):
+            return SendResult([], self._page_409(url, answer.content_type), items)
         if answer.status == DUPLICATE and len(items) == 1:
             log.warning(
                 "uplink[%s]: %s %s: the backend already has it (HTTP 409: %s); delivered",
@@ -82,3 +88,14 @@ class HttpTransport(HttpClient):
             )  # fmt: skip
             return SendResult(items)
         return SendResult([], await self.failure(url, answer), items)
+
+    def _page_409(self, url: str, content_type: str) -> UplinkUnavailable:
+        """A 409 with a web page: not the backend saying it has the items."""
+        return UplinkUnavailable(
+            f"POST {public_url(url)}: HTTP 409 with a web page ({content_type or 'no type'}) "
+            "instead of the backend's answer (a CDN's or proxy's error page, e.g. "
+            "Cloudflare's error 1014 for a hostname it is not set up to serve); nothing "
+            "marked delivered",
+            uplink=self.name,
+            status=DUPLICATE,
+        )

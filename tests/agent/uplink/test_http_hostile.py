@@ -443,6 +443,22 @@ async def test_an_xml_acknowledgement_is_a_delivery(tmp_path: Path) -> None:
     assert delivered == 0 and "a web page" in (error or ""), error
 
 
+async def test_a_409_web_page_is_no_duplicate(tmp_path: Path) -> None:
+    """A CDN's error page answered with 409 (Cloudflare's error 1014, a custom hostname
+    not set up on its side, is 409 + HTML) was taken for "the backend already has it":
+    every alert was marked delivered one by one and never reached the backend (2 of 2 in
+    the probe). Now it is retried like a 2xx web page; a plain 409 stays a duplicate."""
+    page = (
+        b"<!doctype html>\n<html><head><title>api.example.com | Error 1014</title></head>"
+        b"<body><h1>Error 1014: CNAME cross-user banned</h1></body></html>"
+    )
+    delivered, error = await _delivered_by(tmp_path / "page", _typed(409, b"text/html", page))
+    assert delivered == 0 and "HTTP 409 with a web page" in (error or ""), error
+    plain = _typed(409, b"application/json", b'{"error": "duplicate alert_id"}')
+    delivered, error = await _delivered_by(tmp_path / "plain", plain)
+    assert delivered == 2, error
+
+
 class _Longest(random.Random):
     """Always the longest backoff (full jitter could make every wait near 0)."""
 

@@ -2,11 +2,12 @@
 
 The shipped unit denies every IP address but loopback's; this drop-in allows exactly the
 sensors, uplinks (the portfolio backend, the broker, the CMMS) and (when a host is a name)
-DNS servers the configuration names, loads each uplink's token or password file as a
-systemd credential (named after the file), opens the sandbox to the serial ports of RTU
-buses (the unit's PrivateDevices=yes hides them, and the dynamic user is in no group that
-may open them), and lets the agent give its control socket to the configured group. Host
-names are resolved now: run it again after a configuration or DNS change, then
+DNS servers the configuration names, loads each uplink's token or password file and each
+input broker's password file as a systemd credential (named after the file), opens the
+sandbox to the serial ports of RTU buses (the unit's PrivateDevices=yes hides them, and the
+dynamic user is in no group that may open them), and lets the agent give its control socket
+to the configured group. Host names are resolved now: run it again after a configuration or
+DNS change, then
 `systemctl daemon-reload`.
 """
 
@@ -73,31 +74,43 @@ def _allow(addresses: Iterable[str], why: str) -> list[str]:
     return [f"# {why}"] + [f"IPAddressAllow={a}" for a in addresses]
 
 
-def _credentials(config: Config, base: Path) -> list[str]:
-    """LoadCredential= for each uplink's secret file (once per file)."""
-    lines: list[str] = []
-    loaded: dict[str, tuple[Path, int]] = {}  # credential name -> (file, first uplink)
+def _secret_files(config: Config) -> list[tuple[Path, str, str]]:
+    """(file, who reads it, what it holds) for every secret file: the uplinks' tokens and
+    passwords, and the input brokers' passwords (check's warning about an inline password
+    sends both to /etc/edge-agent/credentials, which the service's user cannot read)."""
+    out: list[tuple[Path, str, str]] = []
     for i, u in enumerate(config.uplinks):
         block = u.settings
         mqtt = isinstance(block, MqttUplink)
         secret = block.password_file if isinstance(block, MqttUplink) else block.token_file
-        if secret is None:
-            continue
+        if secret is not None:
+            out.append((Path(secret), f"uplink {i} ({u.kind})", "password" if mqtt else "token"))
+    out += [
+        (b.password_file, f"mqtt broker {b.id}", "password")
+        for b in config.mqtt
+        if b.password_file is not None
+    ]
+    return out
+
+
+def _credentials(config: Config, base: Path) -> list[str]:
+    """LoadCredential= for each secret file (once per file)."""
+    lines: list[str] = []
+    loaded: dict[str, tuple[Path, str]] = {}  # credential name -> (file, first reader)
+    for secret, who, what in _secret_files(config):
         source = (base / secret).absolute()
         if source.name in loaded:
-            first, j = loaded[source.name]
+            first, other = loaded[source.name]
             if first == source:
                 continue
             raise DropinError(
-                f"uplinks {j} and {i} read different secret files named {source.name} "
+                f"{other} and {who} read different secret files named {source.name} "
                 f"({first}, {source}); a systemd credential is named after its file: "
                 "rename one of them"
             )
-        loaded[source.name] = (source, i)
-        what = "password" if mqtt else "token"
+        loaded[source.name] = (source, who)
         lines += [
-            f"# uplink {i} ({u.kind}) {what}: the service reads it as "
-            f"$CREDENTIALS_DIRECTORY/{source.name}",
+            f"# {who} {what}: the service reads it as $CREDENTIALS_DIRECTORY/{source.name}",
             f"LoadCredential={source.name}:{source}",
         ]
     return lines

@@ -137,9 +137,27 @@ def test_two_secret_files_with_one_name_are_refused(tmp_path: Path) -> None:
     extra = "  - cmms: {url: 'https://192.0.2.9/api/v1/work-orders', token_file: cmms/token}\n"
     path = write(tmp_path)
     path.write_text(path.read_text().replace("store:", extra + "store:", 1))
-    with pytest.raises(DropinError, match=r"uplinks 0 and 1 read different secret files named "
-                                          r"token .*rename one of them"):  # fmt: skip
+    clash = r"uplink 0 \(http\) and uplink 1 \(cmms\) read different secret files named token "
+    with pytest.raises(DropinError, match=clash + r".*rename one of them"):
         dropin(load_config(path), base=tmp_path)
+
+
+def test_an_input_brokers_password_file_is_loaded_as_a_credential(tmp_path: Path) -> None:
+    """check sends an inline broker password to /etc/edge-agent/credentials (0700 root),
+    which the service's dynamic user cannot read: only a credential reaches it."""
+    (tmp_path / "broker-pass").write_text("s3cret\n")
+    extra = "mqtt:\n  - {id: plant, host: 10.0.0.5, username: gw-u, password_file: broker-pass}\n"
+    text = dropin(load_config(write(tmp_path, extra=extra)), base=tmp_path)
+    assert f"LoadCredential=broker-pass:{tmp_path / 'broker-pass'}" in text
+    assert "# mqtt broker plant password: the service reads it as" in text
+
+
+def test_an_input_broker_and_an_uplink_with_one_secret_name_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "token").write_text("s3cret\n")
+    extra = "mqtt:\n  - {id: plant, host: 10.0.0.5, username: gw-u, password_file: b/token}\n"
+    with pytest.raises(DropinError, match=r"uplink 0 \(http\) and mqtt broker plant read"):
+        dropin(load_config(write(tmp_path, extra=extra)), base=tmp_path)
 
 
 @pytest.fixture

@@ -79,3 +79,21 @@ _HOST_SCHEMA = {
 }
 
 Host = Annotated[str, AfterValidator(_valid_host), WithJsonSchema(_HOST_SCHEMA)]
+
+
+def _valid_listen_host(text: str) -> str:
+    # "" listens on every interface, IPv4 and IPv6 (asyncio's spelling, kept by the
+    # health endpoint, status and check since before host spellings were checked): a
+    # configuration using it must not stop starting after an upgrade.
+    return text if text == "" else _valid_host(text)
+
+
+_LISTEN_SCHEMA = {
+    "type": "string",
+    "description": (
+        "an IP address or host name to listen on, without scheme or port; "
+        "0.0.0.0, :: or an empty string for every interface"
+    ),
+}
+
+ListenHost = Annotated[str, AfterValidator(_valid_listen_host), WithJsonSchema(_LISTEN_SCHEMA)]

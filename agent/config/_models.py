@@ -21,7 +21,7 @@ from pydantic import (
 
 from agent.config._base import _ID_PATTERN, Id, _Model
 from agent.config._delivery import MAX_UPLINKS, Summaries, Uplink, uplink_names
-from agent.config._hosts import Host
+from agent.config._hosts import Host, ListenHost
 from agent.config._mqtt import Broker, MqttSource
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
@@ -423,7 +423,7 @@ class Store(_Model):
 class Health(_Model):
     """The read-only TCP endpoint (/healthz, /metrics); never a state-changing operation."""
 
-    host: Host = "127.0.0.1"
+    host: ListenHost = "127.0.0.1"
     port: int = Field(default=9108, ge=0, le=65535)  # 0: pick a free port
     # Binding beyond loopback must be asked for explicitly (checked in _crossref).
     expose: bool = False

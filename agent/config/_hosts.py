@@ -43,13 +43,26 @@ def host_problem(text: str) -> str | None:
         return "not a valid IPv4 address: four numbers 0-255 separated by dots"
     if ":" in text:
         return "not a valid IPv6 address"
-    labels = text[:-1].split(".") if text.endswith(".") else text.split(".")
-    if len(text) > _MAX_NAME or not all(_LABEL.match(label) for label in labels):
+    name = _ascii_name(text)
+    labels = name[:-1].split(".") if name.endswith(".") else name.split(".")
+    if len(name) > _MAX_NAME or not all(_LABEL.match(label) for label in labels):
         return (
             "expected an IP address or a host name (letters, digits, '-' and '.'), "
             "without scheme, port or path"
         )
     return None
+
+
+def _ascii_name(text: str) -> str:
+    """A host name as it is resolved: Python sends a Unicode name (pumpe-müller.example)
+    through IDNA (xn--...) in getaddrinfo, so such a name reaches its device; "" when it
+    has no IDNA form (then it is refused with the others)."""
+    if text.isascii():
+        return text
+    try:
+        return text.encode("idna").decode("ascii")
+    except UnicodeError:
+        return ""
 
 
 def _without_scheme(url: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -31,3 +32,21 @@ def test_an_empty_sensor_host_is_still_refused(tmp_path: Path) -> None:
     path = write(tmp_path, VALID.replace("host: 10.0.0.21", 'host: ""'))
     with pytest.raises(Exception, match="expected an IP address or host name"):
         load_config(path)
+
+
+def test_an_internationalised_host_name_is_accepted(tmp_path: Path) -> None:
+    """Python resolves a Unicode name through IDNA (socket.getaddrinfo, as the drivers
+    connect), so a name like pumpe-müller.werk.example reached its device before."""
+    name = "pumpe-müller.werk.example"
+    assert name.encode("idna").startswith(b"xn--pumpe-mller-")
+    with pytest.raises(socket.gaierror):  # resolved (and not found), not a UnicodeError
+        socket.getaddrinfo(name + ".invalid", 502)
+    config = load_config(write(tmp_path, VALID.replace("10.0.0.21", name)))
+    assert config.sensors[0].modbus is not None
+    assert config.sensors[0].modbus.host == name
+
+
+@pytest.mark.parametrize("bad", ["bad näme.example", "pumpe-ü..example", "ü" * 70 + ".example"])
+def test_a_broken_internationalised_name_is_still_refused(tmp_path: Path, bad: str) -> None:
+    with pytest.raises(Exception, match="expected an IP address or a host name"):
+        load_config(write(tmp_path, VALID.replace("10.0.0.21", f'"{bad}"')))

@@ -61,6 +61,18 @@ def _resolve(host: str) -> list[str]:
     return sorted({str(info[4][0]) for info in infos})
 
 
+def _firewall_form(address: str) -> str:
+    """An address as systemd's IP firewall matches it. Without a "%eth0" zone (a link-local
+    address needs one to be reached, systemd takes none: "Address prefix is invalid,
+    ignoring assignment"); an IPv4-mapped one (::ffff:10.0.0.5) as its IPv4 address: the
+    packets to it are IPv4, matched against IPv4 entries only."""
+    ip = ip_of(address.split("%", 1)[0])
+    if ip is None:
+        return address
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return str(mapped if mapped is not None else ip)
+
+
 def _nameservers(resolv: Path) -> list[str]:
     try:
         lines = resolv.read_text().splitlines()
@@ -218,13 +230,14 @@ def dropin(
         allowed: set[str] = set()
         names = False
         for host, what in _hosts(config):
-            if (ip := ip_of(host)) is not None:
-                # systemd takes no "%eth0" zone (a link-local address needs one to be
-                # reached): "Address prefix is invalid, ignoring assignment".
-                found, why = [str(ip).split("%", 1)[0]], what
+            if ip_of(host) is not None:
+                found, why = [_firewall_form(host)], what
             else:
                 names = True
-                found, why = _resolve(host), f"{what}: {host} resolves to"
+                found, why = (
+                    [_firewall_form(a) for a in _resolve(host)],
+                    f"{what}: {host} resolves to",
+                )
             new = [a for a in found if a not in allowed and not is_loopback(a)]
             allowed.update(new)
             if new:

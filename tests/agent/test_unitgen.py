@@ -222,3 +222,13 @@ def test_a_link_local_sensor_is_allowed_without_its_zone(tmp_path: Path) -> None
     path = write(tmp_path, sensor_name="fe80::12%eth0")
     text = dropin(load_config(path), base=tmp_path, resolv=tmp_path / "none")
     assert "# sensor s4\nIPAddressAllow=fe80::12\n" in text
+
+
+def test_an_ipv4_mapped_sensor_is_allowed_as_its_ipv4_address(tmp_path: Path) -> None:
+    # A socket connected to ::ffff:10.0.0.8 sends IPv4 packets (an AF_INET listener accepts
+    # it from 10.0.0.8), which systemd's firewall matches against IPv4 entries only: the
+    # drop-in's IPAddressAllow=::ffff:a00:8 never matched and the sensor stayed cut off.
+    path = write(tmp_path, sensor_name="::ffff:10.0.0.8")
+    text = dropin(load_config(path), base=tmp_path, resolv=tmp_path / "none")
+    assert "# sensor s4\nIPAddressAllow=10.0.0.8\n" in text
+    assert "::ffff:" not in text

@@ -128,17 +128,19 @@ def _credentials(config: Config, base: Path) -> list[str]:
     return lines
 
 
-def _char_driver(major: int, devices: Path) -> str | None:
-    """The character-device driver name of a major number (/proc/devices), e.g. ttyUSB."""
+def _char_driver(major: int, devices: Path, node: str) -> str | None:
+    """The character-device driver name of a major number (/proc/devices), e.g. ttyUSB.
+
+    Several drivers can share a major: 4 is "/dev/vc/0", "tty" and "ttyS"; the one whose
+    name begins the device node's (ttyS1) is the port's (systemd allows the whole major
+    either way, but the drop-in should name the serial driver, not the consoles)."""
     try:
         lines = devices.read_text().split("Block devices:")[0].splitlines()
     except OSError:
         return None
-    for line in lines:
-        parts = line.split()
-        if len(parts) == 2 and parts[0] == str(major):
-            return parts[1]
-    return None
+    names = [p[1] for p in (ln.split() for ln in lines) if len(p) == 2 and p[0] == str(major)]
+    own = [n for n in names if node.startswith(n)]
+    return max(own, key=len) if own else (names[0] if names else None)
 
 
 def _serial_port(port: str, devices: Path) -> tuple[str, str, str]:
@@ -161,7 +163,11 @@ def _serial_port(port: str, devices: Path) -> tuple[str, str, str]:
             f"{_group_name(st.st_gid)}) can be opened by root only; give it a group that may "
             'read and write it (a udev rule with GROUP="dialout", MODE="0660")'
         )
-    driver = _char_driver(os.major(st.st_rdev), devices) if stat.S_ISCHR(st.st_mode) else None
+    driver = (
+        _char_driver(os.major(st.st_rdev), devices, os.path.basename(real))
+        if stat.S_ISCHR(st.st_mode)
+        else None
+    )
     spec = f"char-{driver}" if driver else port
     group = _group_name(st.st_gid)
     return spec, group, f"{real}, group {group}"

@@ -6,6 +6,7 @@ import grp
 import os
 import re
 import shutil
+import stat
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -232,3 +233,21 @@ def test_an_ipv4_mapped_sensor_is_allowed_as_its_ipv4_address(tmp_path: Path) ->
     text = dropin(load_config(path), base=tmp_path, resolv=tmp_path / "none")
     assert "# sensor s4\nIPAddressAllow=10.0.0.8\n" in text
     assert "::ffff:" not in text
+
+
+def test_a_built_in_serial_port_is_allowed_by_its_own_driver_name(tmp_path: Path) -> None:
+    """ttyS ports (the RS-485 of most industrial gateways) share major 4 with the virtual
+    consoles; /proc/devices lists '4 /dev/vc/0' first, and the drop-in said
+    DeviceAllow=char-/dev/vc/0 for /dev/ttyS1."""
+    if "4 ttyS" not in Path("/proc/devices").read_text():
+        pytest.skip("no ttyS driver on this kernel")
+    node = tmp_path / "ttyS1"
+    try:
+        os.mknod(node, 0o660 | stat.S_IFCHR, os.makedev(4, 65))
+        os.chown(node, -1, GROUP_GID)
+        os.chmod(node, 0o660)  # mknod applies the umask
+    except PermissionError:
+        pytest.skip("making a device node needs root")
+    text = dropin(load_config(write(tmp_path, extra=_rtu(str(node)))), base=tmp_path)
+    assert "DeviceAllow=char-ttyS rw" in text.splitlines()
+    assert "/dev/vc/0" not in text

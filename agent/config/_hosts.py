@@ -9,6 +9,7 @@ line, saying what to write.
 from __future__ import annotations
 
 import re
+import socket
 from typing import Annotated
 from urllib.parse import urlsplit
 
@@ -40,7 +41,9 @@ def host_problem(text: str) -> str | None:
             return f"a link-local IPv6 address needs its interface: {text}%eth0 (the gateway's)"
         return None
     if _IPV4_LIKE.match(text):
-        return "not a valid IPv4 address: four numbers 0-255 separated by dots"
+        return (
+            _zero_padded(text) or "not a valid IPv4 address: four numbers 0-255 separated by dots"
+        )
     if ":" in text:
         return "not a valid IPv6 address"
     name = _ascii_name(text)
@@ -51,6 +54,23 @@ def host_problem(text: str) -> str | None:
             "without scheme, port or path"
         )
     return None
+
+
+def _zero_padded(text: str) -> str | None:
+    """What to write for an IPv4 address with leading zeros (192.168.001.010), or None.
+    The system reads such a number as octal (010 is 8): it reached another device."""
+    parts = text.split(".")
+    if len(parts) != 4 or not all(p.isdigit() and int(p) <= 255 for p in parts):
+        return None
+    meant = ".".join(str(int(p)) for p in parts)
+    try:
+        read = socket.inet_ntoa(socket.inet_aton(text))
+    except OSError:  # 08 or 09: not octal, looked up as a name
+        read = "not an address at all"
+    return (
+        f"write the numbers without leading zeros: {meant} (the system reads a number with "
+        f"a leading zero as octal: {text} is {read})"
+    )
 
 
 def _ascii_name(text: str) -> str:

@@ -50,3 +50,15 @@ def test_an_internationalised_host_name_is_accepted(tmp_path: Path) -> None:
 def test_a_broken_internationalised_name_is_still_refused(tmp_path: Path, bad: str) -> None:
     with pytest.raises(Exception, match="expected an IP address or a host name"):
         load_config(write(tmp_path, VALID.replace("10.0.0.21", f'"{bad}"')))
+
+
+def test_a_zero_padded_ipv4_address_is_refused_saying_why(tmp_path: Path) -> None:
+    """192.168.001.010 is four numbers 0-255 separated by dots, so 'not a valid IPv4
+    address: four numbers 0-255 separated by dots' left the integrator puzzled; and the
+    system reads 010 as octal: it reached 192.168.1.8, another device, before the check."""
+    assert socket.getaddrinfo("192.168.001.010", 502)[0][4][0] == "192.168.1.8"
+    path = write(tmp_path, VALID.replace("10.0.0.21", "192.168.001.010"))
+    with pytest.raises(Exception) as info:
+        load_config(path)
+    assert "without leading zeros: 192.168.1.10" in str(info.value)
+    assert "192.168.1.8" in str(info.value)

@@ -63,6 +63,9 @@ async def agent_snapshot(agent: Agent) -> Snapshot:
             "flaps": {"severity": v.flaps[0], "trend": v.flaps[1]},
             # True: the last reading was of a stopped machine (no zone; alerts held as they were)
             "stopped": v.stopped,
+            # None once the baseline is learned; else its progress, or that it waits for
+            # the machine to run (under machine.running_above_mm_s nothing is learned).
+            "learning": v.learning,
         }
         for v in (agent.monitor.views() if agent.monitor else [])
     ]

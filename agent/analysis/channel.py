@@ -47,6 +47,12 @@ __all__ = [
 # reading says nothing about the machine's condition: it neither raises nor clears an alert
 # and is left out of the trend, so a weekend stop neither closes an open alert (to raise it
 # again as new on Monday) nor puts a step into the history that reads as explosive growth.
+# Under the asset's machine.running_above_mm_s (default 0.05 mm/s, near sensor noise) a
+# reading is a stop too, and before a baseline exists that floor alone decides: a baseline
+# is learned only from readings of the running machine. Learned at standstill (a gateway
+# commissioned during a planned stop, a relearn after maintenance before the restart), the
+# first healthy running readings were 50x "the baseline": a trend warning, then a critical
+# with minutes to failure, on a healthy machine.
 STOPPED_SHARE = 0.2
 
 
@@ -66,6 +72,9 @@ class ChannelView:
     estimate: Estimate | NoEstimate | None = None
     flaps: tuple[int, int] = (0, 0)  # (severity, trend) returns within the clear hold
     stopped: bool = False  # the reading said the machine is stopped (STOPPED_SHARE)
+    # None once the baseline is learned; else how far its learning is, or that it waits for
+    # the machine to run (a stopped machine's readings never form it).
+    learning: str | None = None
 
 
 @dataclass(slots=True)
@@ -113,16 +122,38 @@ class Channel:
         base = self.hi.velocity_median
         return None if base is None else iso_alarm_level(base, self.table.bc)
 
+    def stop_below(self) -> float:
+        """The velocity RMS (mm/s) under which a reading is of a stopped machine: the
+        asset's running_above_mm_s, and once a baseline is learned at least STOPPED_SHARE
+        of its velocity median."""
+        floor = self.asset.machine.running_above_mm_s
+        base = self.hi.velocity_median if self.hi.ready else None
+        return floor if base is None else max(floor, STOPPED_SHARE * base)
+
     def stopped(self, velocity_mm_s: float, features: Mapping[str, float]) -> bool:
         """Whether a reading says the machine is not running (or the sensor is off it): its
-        velocity RMS below STOPPED_SHARE of the baseline learned while it ran, and its
-        acceleration features not above theirs. False while learning. A machine slowed
-        down (a VFD at low speed) shows little velocity, but a failing bearing's
-        acceleration stays high: that reading is analysed, not taken for a stop."""
-        base = self.hi.velocity_median
-        if base is None or velocity_mm_s >= STOPPED_SHARE * base:
+        velocity RMS under stop_below(), and once a baseline is learned its acceleration
+        features not above theirs. A machine slowed down (a VFD at low speed) shows little
+        velocity, but a failing bearing's acceleration stays high: that reading is
+        analysed, not taken for a stop. Before the baseline there is nothing to compare
+        the acceleration with: a reading under the floor is a stop and is not learned."""
+        if velocity_mm_s >= self.stop_below():
             return False
         return not self.hi.above_baseline(features)
+
+    def learning(self, stopped: bool) -> str | None:
+        """What the baseline's learning waits for (None once learned), for status."""
+        hi = self.hi
+        if hi.ready:
+            return None
+        seen = f"{hi.samples_seen} of {hi.learn_readings} readings"
+        if not stopped:
+            return f"learning the baseline ({seen})"
+        floor = self.asset.machine.running_above_mm_s
+        return (
+            f"learning the baseline: waiting for the machine to run (velocity RMS under "
+            f"machine.running_above_mm_s {floor:g} mm/s; {seen})"
+        )
 
     def key(self, kind: str) -> str:
         """This channel's store key of one persisted state."""

@@ -75,6 +75,8 @@ def estimate_fields(ch: Channel) -> tuple[Progression | None, TimeToFailure | No
     why progression (and time to failure, when there is none) is missing."""
     est = ch.estimate
     if not isinstance(est, Estimate):
+        if ch.view is not None and ch.view.stopped and not ch.hi.ready:
+            return None, None, ch.learning(True)  # no estimate was made: it waits to learn
         return None, None, est.reason if est is not None else "no reading analysed yet"
     metric, threshold = ch.failure()
     ttf = TimeToFailure(round(est.hours, 5), round(est.lower_hours, 5),
@@ -98,10 +100,8 @@ def current_severity(ch: Channel) -> Severity:
     assert ch.view is not None
     zone = ch.view.zone
     if ch.view.stopped:
-        base = ch.hi.velocity_median or 0.0
         note = (
-            f"not measured: the machine is stopped (velocity RMS below {STOPPED_SHARE:g} x its "
-            f"running baseline of {base:.3g} mm/s), so no ISO zone comes from it"
+            f"not measured: the machine is stopped ({_stop_rule(ch)}), so no ISO zone comes from it"
         )
         standard = f"{ch.table.standard}: {note}"
         return Severity("info", None, standard, SEVERITY_METRIC, ch.view.value, ch.table.bc)
@@ -113,6 +113,15 @@ def current_severity(ch: Channel) -> Severity:
     threshold = ch.table.cd if zone in ("C", "D") else ch.table.bc
     name = LEVEL_NAMES[ZONE_LEVEL[zone]]
     return Severity(name, zone, ch.table.standard, SEVERITY_METRIC, ch.view.value, threshold)
+
+
+def _stop_rule(ch: Channel) -> str:
+    """Which limit said the machine is stopped (Channel.stop_below)."""
+    floor = ch.asset.machine.running_above_mm_s
+    base = ch.hi.velocity_median if ch.hi.ready else None
+    if base is None or floor >= STOPPED_SHARE * base:
+        return f"velocity RMS under machine.running_above_mm_s {floor:g} mm/s"
+    return f"velocity RMS below {STOPPED_SHARE:g} x its running baseline of {base:.3g} mm/s"
 
 
 def _draft(

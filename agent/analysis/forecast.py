@@ -59,7 +59,7 @@ def _no_trend(ch: Channel) -> str | None:
     if not ch.hi.ready:
         if not ch.hi.features:
             return "the channel carries no health-index feature (accel RMS, hf or velocity)"
-        return f"learning the baseline ({ch.hi.samples_seen} of {ch.hi.learn_readings} readings)"
+        return ch.learning(ch.view is not None and ch.view.stopped)
     if ch.onset_s is None:
         value, level = ch.hi.value or 0.0, ch.hi.level or 0.0
         if value >= level:  # over, but not yet for the debounce (or within the re-raise hold)

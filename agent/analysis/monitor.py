@@ -177,7 +177,7 @@ class Monitor:
         self._channels: dict[tuple[str, str], Channel] = {}
         self.tuning = tuning or Tuning()
         self.skipped_total = 0  # readings without a usable velocity (bad quality, missing)
-        self.stopped_total = 0  # readings of a stopped machine (channel.STOPPED_SHARE)
+        self.stopped_total = 0  # readings of a stopped machine (Channel.stopped)
         # Live readings' analysis time: the wall clock at the first one plus monotonic time
         # since, so an NTP step neither stretches nor shrinks a hold, a bin or a rate.
         self._mono_offset: float | None = None
@@ -400,7 +400,7 @@ class Monitor:
             ch.set_view(
                 ch.asset.id, ch.sensor.id, ch.sensor.channel, reading.timestamp, value, None,
                 ch.severity.active, shown.health_index if shown else None, ch.trend.active,
-                ch.estimate, (ch.severity.flaps, ch.trend.flaps), True,
+                ch.estimate, (ch.severity.flaps, ch.trend.flaps), True, ch.learning(True),
             )  # fmt: skip
             return out
         wall_s = reading.timestamp.timestamp()
@@ -473,6 +473,7 @@ class Monitor:
         ch.set_view(
             ch.asset.id, ch.sensor.id, ch.sensor.channel, reading.timestamp, value, zone,
             ch.severity.active, hi, ch.trend.active, est, (ch.severity.flaps, ch.trend.flaps),
+            False, ch.learning(False),
         )  # fmt: skip
         if s.transition is not None:
             if s.transition == "raised":

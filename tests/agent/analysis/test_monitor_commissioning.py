@@ -1,0 +1,121 @@
+"""A baseline is learned only from readings of the running machine: a gateway commissioned
+during a planned stop, or an asset repaired and relearning before its restart, waits for
+the machine to run, and its first healthy running readings raise nothing."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from agent.analysis.monitor import Monitor
+from agent.config import Config
+from drivers.reading import Reading
+from tests.agent._configs import press_config
+
+T0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
+STOPPED = (0.02, 0.001)  # velocity RMS mm/s, accel RMS g: ambient vibration at standstill
+
+
+class Feed:
+    """Readings one minute apart into a real Monitor, with +/- 3 % deterministic noise."""
+
+    def __init__(self, monitor: Monitor) -> None:
+        self.m, self.i = monitor, 0
+        self.records: list[tuple[str, str]] = []
+
+    def run(self, n: int, velocity: float, accel: float) -> list[tuple[str, str]]:
+        out = []
+        for _ in range(n):
+            wobble = 1.0 + 0.03 * ((self.i * 7) % 5 - 2) / 2
+            feats = {"velocity_rms_mm_s": velocity * wobble, "accel_rms_g": accel * wobble}
+            at = T0 + timedelta(minutes=self.i)
+            out += [(d.kind, d.state) for d in self.m.update(Reading("m1", "z", at, feats)).drafts]
+            self.i += 1
+        self.records += out
+        return out
+
+    def degrade(self, velocity: float, accel: float) -> list[tuple[str, str]]:
+        """A bearing wearing out from the given running level: both features grow 3 %
+        a reading for 60 readings."""
+        return [r for k in range(60) for r in self.run(1, velocity * 1.03**k, accel * 1.03**k)]
+
+
+def machine(tmp_path: Path, **machine: Any) -> Config:
+    data = press_config(tmp_path, baseline_readings=20).model_dump(mode="json", by_alias=True)
+    data["assets"][0]["machine"].update(machine)
+    return Config.model_validate(data)
+
+
+def test_commissioned_during_a_stop_learns_when_the_machine_runs(tmp_path: Path) -> None:
+    """Before: 30 readings at standstill (0.02 mm/s) formed the baseline, and the healthy
+    machine's first running readings (1.0 mm/s) raised a trend warning (health index 0.46
+    over its level 0.2), escalated to critical with 0.0004 h to failure. Now the readings
+    under machine.running_above_mm_s (0.05 mm/s) form no baseline: status says it waits
+    for the machine to run, the baseline is learned once it runs, and a later wear is
+    detected."""
+    m = Monitor(press_config(tmp_path, baseline_readings=20))
+    feed = Feed(m)
+    assert feed.run(30, *STOPPED) == []
+    (view,) = m.views()
+    assert view.stopped and view.learning is not None
+    assert "waiting for the machine to run" in view.learning
+    assert "0 of 20 readings" in view.learning
+    current = m.current("m1", "z")
+    assert current is not None and current[3] is not None
+    assert "waiting for the machine to run" in current[3]
+    assert "machine.running_above_mm_s 0.05 mm/s" in current[0].standard
+
+    assert feed.run(200, 1.0, 0.05) == []  # healthy running: no alert
+    ch = m._channels[("m1", "z")]
+    assert ch.hi.ready and ch.hi.velocity_median == pytest.approx(1.0, rel=0.05)
+    assert m.views()[0].learning is None
+    assert ("trend", "raised") in feed.degrade(1.0, 0.05)
+
+
+def test_a_repair_then_a_stop_then_the_restart_raises_nothing(tmp_path: Path) -> None:
+    """A technician records maintenance (the baseline is relearned) while the machine is
+    still stopped for the repair; it restarts healthy an hour later: no alert, and the new
+    baseline is the running machine's."""
+    m = Monitor(press_config(tmp_path, baseline_readings=20))
+    feed = Feed(m)
+    assert feed.run(40, 1.0, 0.05) == []
+    assert feed.run(30, 3.2, 0.12)  # worn: alerts raised
+    up = m.maintenance("press-7", T0 + timedelta(minutes=feed.i), "bearing replaced")
+    assert [(d.kind, d.state) for d in up.drafts] == [("maintenance", "cleared")]
+    assert feed.run(60, *STOPPED) == []
+    assert "waiting for the machine to run" in (m.views()[0].learning or "")
+    assert feed.run(200, 1.0, 0.05) == []
+    assert m._channels[("m1", "z")].hi.velocity_median == pytest.approx(1.0, rel=0.05)
+    assert ("trend", "raised") in feed.degrade(1.0, 0.05)
+
+
+def test_a_slow_well_balanced_machine_is_learned_and_watched(tmp_path: Path) -> None:
+    """A machine that runs at 0.15 mm/s (three times the 0.05 mm/s default floor) learns its
+    baseline from its running readings, even when commissioned during a stop; its stops
+    hold its alerts as they were, and its wear raises the trend alert."""
+    m = Monitor(press_config(tmp_path, baseline_readings=20))
+    feed = Feed(m)
+    assert feed.run(30, *STOPPED) == []
+    assert feed.run(100, 0.15, 0.01) == []
+    ch = m._channels[("m1", "z")]
+    assert ch.hi.ready and ch.hi.velocity_median == pytest.approx(0.15, rel=0.05)
+    assert feed.run(60, *STOPPED) == []
+    assert m.views()[0].stopped
+    assert feed.run(20, 0.15, 0.01) == []
+    assert ("trend", "raised") in feed.degrade(0.15, 0.01)
+
+
+def test_the_floor_is_set_per_machine(tmp_path: Path) -> None:
+    """A machine quieter still (0.04 mm/s) waits under the default floor, and learns with
+    machine.running_above_mm_s set under its level (0 counts every reading as running)."""
+    for floor, learned in ((None, False), (0.03, True), (0.0, True)):
+        cfg = machine(tmp_path) if floor is None else machine(tmp_path, running_above_mm_s=floor)
+        m = Monitor(cfg)
+        Feed(m).run(40, 0.04, 0.004)
+        assert m._channels[("m1", "z")].hi.ready is learned, floor
+    with pytest.raises(ValidationError, match="running_above_mm_s"):
+        machine(tmp_path, running_above_mm_s=-1)

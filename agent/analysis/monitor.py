@@ -95,6 +95,7 @@ from drivers.reading import Reading, utc_now
 REVISE_BINS = 10
 RELEARNED_BY_RELOAD = "cleared by a reload: baseline relearned after {}"
 RELEARNED_AT_START = "closed at start: baseline relearned after {} while the agent was stopped"
+RELEARNED_AT_STANDSTILL = "cleared: baseline relearned from the running machine: {}"
 # The severity alert of readings that are now another sensor's (or another conversion's).
 _JUDGED_AFRESH = {
     RELEARNED_BY_RELOAD: "cleared by a reload: {}; the new readings are judged afresh",
@@ -389,6 +390,7 @@ class Monitor:
             self.skipped_total += 1
             return out
         ch = self._channel(reading, out)
+        self._relearn_standstill(ch, reading.timestamp, out)
         feats = reading_features(ch, reading)
         value = feats.get(SEVERITY_METRIC)
         if value is None or not math.isfinite(value):
@@ -503,6 +505,21 @@ class Monitor:
             out.state[ch.key("model")] = model_state(ch)
             ch.persisted_s = t_s
         return out
+
+    def _relearn_standstill(self, ch: Channel, at: datetime, out: Update) -> None:
+        """A baseline whose velocity median is under the machine's running floor was learned
+        while the machine stood (saved by a version without the floor, or the floor since
+        raised by a reload): every running reading would be an alert against it. It is
+        learned again from the running machine; a trend alert measured against it is
+        closed, saying why."""
+        base, floor = ch.hi.velocity_median, ch.asset.machine.running_above_mm_s
+        if not ch.hi.ready or base is None or base >= floor:
+            return
+        what = (
+            f"the baseline was learned at standstill (velocity RMS median {base:.3g} mm/s, "
+            f"under machine.running_above_mm_s {floor:g} mm/s)"
+        )
+        self._relearn(ch, ch.asset, what, at, out, RELEARNED_AT_STANDSTILL)
 
     def _analysis_time(self, reading: Reading, wall_s: float) -> float:
         """Seconds on the clock durations are measured with: for a live reading (mono_s)

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from agent.analysis.channel import saved_states
 from agent.analysis.monitor import Monitor
 from agent.config import Config
 from drivers.reading import Reading
@@ -119,3 +120,25 @@ def test_the_floor_is_set_per_machine(tmp_path: Path) -> None:
         assert m._channels[("m1", "z")].hi.ready is learned, floor
     with pytest.raises(ValidationError, match="running_above_mm_s"):
         machine(tmp_path, running_above_mm_s=-1)
+
+
+def test_a_baseline_saved_from_a_standstill_is_learned_again(tmp_path: Path) -> None:
+    """A baseline learned at standstill by a version without the floor (here: the floor
+    set to 0) had raised a trend alert on the healthy running machine; the agent restarted
+    with the floor closes it, saying why, and learns the running machine's baseline: no
+    further alert. (Raising the floor by a reload over a learned baseline does the same.)"""
+    old = Monitor(machine(tmp_path, running_above_mm_s=0))
+    feed = Feed(old)
+    feed.run(30, *STOPPED)
+    assert ("trend", "raised") in feed.run(10, 1.0, 0.05)  # the wrong alert
+    state = saved_states(old._channels[("m1", "z")])  # what the store held at the upgrade
+    m = Monitor(press_config(tmp_path, baseline_readings=20), state=state)
+    feed.m = m
+    up = m.update(Reading("m1", "z", T0 + timedelta(minutes=feed.i),
+                          {"velocity_rms_mm_s": 1.0, "accel_rms_g": 0.05}))  # fmt: skip
+    feed.i += 1
+    (closed,) = up.drafts
+    assert (closed.kind, closed.state) == ("trend", "cleared")
+    assert "learned at standstill" in str(closed.evidence)
+    assert feed.run(200, 1.0, 0.05) == []
+    assert m._channels[("m1", "z")].hi.velocity_median == pytest.approx(1.0, rel=0.05)

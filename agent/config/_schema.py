@@ -28,6 +28,7 @@ _PATTERNS = {
 
 # Units by key suffix, so "expected a number" can say "of seconds".
 _UNITS = {
+    "_mm_s": " of mm/s (velocity RMS)",  # before "_s": not seconds
     "_s": " of seconds",
     "_hours": " of hours",
     "_mm": " in mm",

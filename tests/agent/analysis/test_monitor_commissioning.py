@@ -13,9 +13,9 @@ from pydantic import ValidationError
 
 from agent.analysis.channel import saved_states
 from agent.analysis.monitor import Monitor
-from agent.config import Config
+from agent.config import Config, ConfigError, load_config
 from drivers.reading import Reading
-from tests.agent._configs import press_config
+from tests.agent._configs import press_config, write_yaml
 
 T0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
 STOPPED = (0.02, 0.001)  # velocity RMS mm/s, accel RMS g: ambient vibration at standstill
@@ -142,3 +142,14 @@ def test_a_baseline_saved_from_a_standstill_is_learned_again(tmp_path: Path) -> 
     assert "learned at standstill" in str(closed.evidence)
     assert feed.run(200, 1.0, 0.05) == []
     assert m._channels[("m1", "z")].hi.velocity_median == pytest.approx(1.0, rel=0.05)
+
+
+def test_a_wrong_floor_is_explained_in_mm_s(tmp_path: Path) -> None:
+    """The check's message names the setting's unit: velocity, not seconds (its key ends
+    in _s, which every other key so ending means)."""
+    path = write_yaml(machine(tmp_path), tmp_path / "c.yaml")
+    path.write_text(path.read_text().replace("running_above_mm_s: 0.05", "running_above_mm_s: 40"))
+    with pytest.raises(ConfigError) as exc:
+        load_config(path, environ={})
+    (issue,) = exc.value.issues
+    assert issue.message == "got 40; expected a number of mm/s (velocity RMS) from 0 to 10"

@@ -87,6 +87,7 @@ def modbus_metrics(snap: dict[str, Any]) -> Iterator[Metric]:
     yield echoes
     yield noisy_reads
     yield noisy
+    yield from _endpoint_metrics(snap.get("endpoints", []))
     lag = snap.get("pipeline", {}).get("loop_lag_max_s")
     if lag is not None:
         g = GaugeMetricFamily(
@@ -94,3 +95,26 @@ def modbus_metrics(snap: dict[str, Any]) -> Iterator[Metric]:
         )
         g.add_metric([], float(lag))
         yield g
+
+
+def _endpoint_metrics(endpoints: list[dict[str, Any]]) -> Iterator[Metric]:
+    """Silences of whole endpoints (every device behind a host:port, gateway or serial
+    line at once): each counted, brief ones included, which raise no fault."""
+    outages = CounterMetricFamily(
+        "edge_endpoint_outages",
+        "Ended silences of a whole endpoint (all its devices failing at once), brief ones included",
+        labels=["endpoint"],
+    )
+    seconds = CounterMetricFamily(
+        "edge_endpoint_outage_seconds", "Seconds endpoints were silent", labels=["endpoint"]
+    )
+    silent = GaugeMetricFamily(
+        "edge_endpoint_silent", "1 while no device behind the endpoint answers", labels=["endpoint"]
+    )
+    for e in endpoints:
+        outages.add_metric([e["endpoint"]], float(e["outages"]))
+        seconds.add_metric([e["endpoint"]], float(e["outage_seconds"]))
+        silent.add_metric([e["endpoint"]], float(e["silent"]))
+    yield outages
+    yield seconds
+    yield silent

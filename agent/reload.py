@@ -272,7 +272,9 @@ class Reloader:
     def _prepare(self, new: Config, files: _Files, plan: ReloadPlan) -> _Prepared:
         agent, library = self._agent, files.profiles
         kept = {i: b for i, b in agent.sensors.shared.items() if i not in plan.buses_retired}
-        sources = build_sources(new, library, agent.sink, only=set(plan.start), shared=kept)
+        sources = build_sources(
+            new, library, agent.sink, only=set(plan.start), shared=kept, peers=agent.sensors.peers
+        )
         built = {d.name: d for d in build_uplinks(new, agent.outbox)}
         mqtt = build_mqtt(new, agent.sink, files.decoders, agent.sessions) if plan.mqtt else None
         return _Prepared(sources, {n: built[n] for n in plan.uplinks_start}, mqtt)

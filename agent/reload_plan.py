@@ -324,6 +324,9 @@ def _plan_rest(old: Config, new: Config, plan: ReloadPlan) -> None:
         )
     if new.store.max_bytes != old.store.max_bytes:
         plan.changes.append(f"store budget {old.store.max_bytes} -> {new.store.max_bytes} bytes")
+    if new.sensor_faults != old.sensor_faults:
+        e = new.sensor_faults.endpoint_silent_s
+        plan.changes.append(f"an endpoint's fault is raised after {e:g} s of silence")
     if new.summaries != old.summaries:
         plan.changes.append("feature summaries settings changed (open windows start again)")
     if new.gateway.site != old.gateway.site:

@@ -141,8 +141,8 @@ class Agent:
         self.sink = self.readings.put
         self.library = ProfileLibrary.load(config.profiles_dir)
         self.decoders = DecoderLibrary.load(config.decoders_dir)  # as this config reads them
-        sources = build_sources(config, self.library, self.sink)
         self.sensors = RunningSensors()
+        sources = build_sources(config, self.library, self.sink, peers=self.sensors.peers)
         self.sensors.add_buses(sources.buses)
         self._first_pollers = sources.pollers
         # What persistent MQTT sessions hold (loaded with the store, before links run).

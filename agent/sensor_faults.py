@@ -18,6 +18,15 @@ the sensor *flapping*: its next clear waits until it has answered plausibly for
 FLAP_CLEAR_HOLD_S without looking faulty again (a single missed poll is no break), so the
 whole unsteady stretch is one episode. A first
 fault still clears at the first good answer.
+
+A whole endpoint falling silent (a host:port, gateway or serial line whose devices all
+fail at once: a restart, a switch port, a cable) is one fault, not one per device: 2000
+raised and 2000 cleared for a 10 s blip before. Its devices' own faults are held while
+it is silent (drivers.modbus._peers tells the two apart), and the endpoint's fault, on
+the gateway's asset, is raised only once the silence has lasted
+sensor_faults.endpoint_silent_s (default 30 s): a
+shorter blip raises nothing (it is counted in /metrics). It clears when the endpoint
+answers again; a device still silent then raises its own fault.
 """
 
 from __future__ import annotations
@@ -43,6 +52,8 @@ from drivers.reading import utc_now
 ALL_CHANNELS = "all"
 FLAP_WINDOW_S = 600.0  # a fault raised again this soon after its clear: the sensor flaps
 FLAP_CLEAR_HOLD_S = 120.0  # a flapping sensor must answer this long, unbroken, to clear
+ENDPOINT_PREFIX = "endpoint:"  # the sensor id of an endpoint's fault
+MAX_NAMED = 20  # sensor ids an endpoint fault names (the rest are counted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +68,20 @@ class SensorHealth:
     bad_for_s: float = 0.0  # seconds of implausible values only (0: the values are fine)
     last_bad: tuple[str, ...] = ()  # their flags, "feature:reason"
     silent_for_s: float = 0.0  # an MQTT sensor: seconds since its last usable message
+    # It fails with its whole endpoint, or may (none of the devices behind it answers):
+    # the endpoint's fault, not its own (see EndpointHealth).
+    with_endpoint: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointHealth:
+    """One endpoint (host:port, gateway, serial line) with several devices behind it."""
+
+    endpoint: str
+    devices: int
+    silent_for_s: float  # since its first device failed with none answering (0: answers)
+    silenced: tuple[str, ...] = ()  # the devices that failed during the silence
+    error: str = ""  # the first one's error
 
 
 def fault_key(asset_id: str, sensor_id: str) -> str:
@@ -98,6 +123,8 @@ class SensorFaultTracker:
         self._raised_on: dict[str, str] = {}  # the asset each sensor's raised state is for
         self._assets: dict[str, Asset] = {}
         self._transports: dict[str, str] = {}
+        self._endpoint_raised: dict[str, str] = {}  # endpoint -> its fault's sensor id
+        self.endpoint_faults = 0  # endpoint faults raised (for /metrics)
         self._place(config)
 
     def reconfigure(self, config: Config, at: datetime | None = None) -> Update:
@@ -117,6 +144,11 @@ class SensorFaultTracker:
         removed, or moved to another asset, leaves its state with the old one and takes the
         new asset's (as a restart would find them in the store)."""
         self._assets = {s.id: config.asset(s.asset) for s in config.sensors}
+        gw = config.gateway
+        self._endpoint_after = config.sensor_faults.endpoint_silent_s
+        self._gateway = AssetRef(
+            gw.id, f"gateway {gw.id}" + (f" ({gw.site})" if gw.site else ""), 1
+        )
         self._bad_after = {s.id: s.bad_values_fault_s for s in config.sensors}
         self._transports = {
             s.id: "mqtt" if s.mqtt is not None else self._transport for s in config.sensors
@@ -147,7 +179,13 @@ class SensorFaultTracker:
         for k in sorted(self._saved):
             asset_id, sid = k.split("/")[:2]
             placed = (self._assets[sid].id, ()) if sid in self._assets else None
-            if (reason := why_left(asset_id, sid, None, placed, when)) is None:
+            if sid.startswith(ENDPOINT_PREFIX):
+                # An endpoint's fault open when the agent stopped: its silence is measured
+                # anew (raised again if it lasts), so the old episode is closed.
+                if when != CLOSED_AT_START:
+                    continue
+                reason = "closed at start: the endpoint is watched anew, raised again if silent"
+            elif (reason := why_left(asset_id, sid, None, placed, when)) is None:
                 continue
             try:
                 saved = json.loads(self._saved[k])
@@ -188,7 +226,8 @@ class SensorFaultTracker:
         sid = health.sensor_id
         raised = self._raised[sid]
         garbage = health.bad_for_s > 0 and health.bad_for_s >= self._bad_after[sid]
-        down = health.state in ("backoff", "stale")
+        # Failing with its whole endpoint: that is the endpoint's fault (update_endpoint).
+        down = health.state in ("backoff", "stale") and not health.with_endpoint
         answering_for = self._answering_for(health, down or garbage)
         if not raised and (down or garbage):
             transition = "raised"
@@ -252,6 +291,60 @@ class SensorFaultTracker:
                     threshold=threshold,
                 ),
                 no_estimate_reason=reason if transition == "raised" else "sensor answers again",
+                evidence=evidence,
+            )
+        )
+        return out
+
+    def update_endpoint(self, health: EndpointHealth, now: datetime) -> Update:
+        """One endpoint's observation: its fault raised once it has been silent for
+        sensor_faults.endpoint_silent_s, cleared when it answers again."""
+        out = Update()
+        sid = ENDPOINT_PREFIX + health.endpoint.replace("/", "_")  # the store key splits on /
+        raised = health.endpoint in self._endpoint_raised
+        if not raised and health.silent_for_s > 0 and health.silent_for_s >= self._endpoint_after:
+            transition = "raised"
+            self._endpoint_raised[health.endpoint] = sid
+            self.endpoint_faults += 1
+        elif raised and health.silent_for_s == 0:
+            transition = "cleared"
+            del self._endpoint_raised[health.endpoint]
+        else:
+            return out
+        key = fault_key(self._gateway.id, sid)
+        self._saved.pop(key, None)
+        out.state[key] = json.dumps({"raised": transition == "raised", "at": format_ts(now)})
+        named = sorted(health.silenced)
+        evidence: dict[str, object] = {
+            "endpoint": health.endpoint,
+            "devices": health.devices,
+            "devices_silent": len(named),
+            "sensor_ids": named[:MAX_NAMED],
+            "last_error": health.error or None,
+        }
+        if transition == "raised":
+            evidence["silent_for_s"] = round(health.silent_for_s, 1)
+        out.drafts.append(
+            AlertDraft(
+                asset=self._gateway,
+                sensor=SensorRef(sid, ALL_CHANNELS, self._transport),
+                kind="sensor_fault",
+                state=transition,  # type: ignore[arg-type]
+                detected_at=now,
+                severity=Severity(
+                    level="warning" if transition == "raised" else "info",
+                    zone=None,
+                    standard="sensor health",
+                    metric="devices_silent",
+                    value=float(len(named)),
+                    threshold=float(health.devices),
+                ),
+                no_estimate_reason=(
+                    f"no device behind {health.endpoint} answers: {len(named)} sensors "
+                    "are not watched"
+                    if transition == "raised"
+                    else "the endpoint answers again"
+                ),
                 evidence=evidence,
             )
         )

@@ -13,7 +13,7 @@ import logging
 import random
 from collections.abc import Iterable
 
-from drivers.modbus import Bus, ModbusPoller
+from drivers.modbus import Bus, ModbusPoller, Peers
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,9 @@ class RunningSensors:
     def __init__(self) -> None:
         self.pollers: dict[str, ModbusPoller] = {}
         self.shared: dict[str, Bus] = {}
+        # The devices behind each endpoint (host:port, gateway, serial line), by endpoint:
+        # shared by the pollers a reload starts later (drivers.modbus._peers).
+        self.peers: dict[str, Peers] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         # Pollers being stopped (by a reload) until their task has ended: a shutdown that
         # overlaps that stop waits for them too.
@@ -93,6 +96,10 @@ class RunningSensors:
                     ", ".join(names[:10]),
                 )
         for p, _ in stopped:
+            if p.bus.peers is not None and ids is not None:
+                # A reload removed it (at shutdown the endpoints stay as they were: an
+                # endpoint's silence is not over because the agent stops).
+                p.bus.peers.leave(p.sensor_id)
             if p.bus.kind == OWN_BUS:
                 p.bus.close()
             else:

@@ -9,14 +9,15 @@ the sensors as they run now, so sensors a reload added or removed are watched or
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from datetime import datetime
 
 from agent.analysis.monitor import Update
 from agent.mqtt_inputs import RunningMqtt
-from agent.sensor_faults import SensorFaultTracker, SensorHealth
+from agent.sensor_faults import EndpointHealth, SensorFaultTracker, SensorHealth
 from agent.sensor_tasks import RunningSensors
-from drivers.modbus import ModbusPoller
+from drivers.modbus import ModbusPoller, Peers
 from drivers.mqtt import BrokerLink, MqttSensor
 from drivers.reading import utc_now
 
@@ -45,6 +46,11 @@ async def watch_sensors(
         healths += [_mqtt_health(m, links.get(m.broker)) for m in mqtt.sensors]
         for health in healths:
             _step(faults, health, now, persist)
+        for peers in list(sensors.peers.values()):
+            if peers.grouped or peers.outage is not None:
+                update = faults.update_endpoint(_endpoint_health(peers), now)
+                if update.drafts or update.state:
+                    persist(update)
 
 
 def _step(
@@ -67,6 +73,20 @@ def _poller_health(p: ModbusPoller) -> SensorHealth:
         p.last_ok_at,
         p.bad_for_s,
         p.last_bad,
+        with_endpoint=p.with_endpoint,
+    )
+
+
+def _endpoint_health(peers: Peers) -> EndpointHealth:
+    outage = peers.outage
+    if outage is None:
+        return EndpointHealth(peers.address, len(peers.members), 0.0)
+    return EndpointHealth(
+        peers.address,
+        len(peers.members),
+        max(outage.lasted_s(time.monotonic()), 1e-6),
+        tuple(outage.sensors),
+        outage.error,
     )
 
 

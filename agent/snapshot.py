@@ -50,6 +50,17 @@ async def agent_snapshot(agent: Agent) -> Snapshot:
     sensors += [m.status() for m in agent.mqtt.sensors]
     mqtt_links = [link.status() for link in agent.mqtt.links]
     buses = [asdict(b.status()) for b in agent.buses if b.kind != "tcp"]
+    endpoints = [
+        {
+            "endpoint": p.address,
+            "devices": len(p.members),
+            "silent": p.outage is not None,
+            "outages": p.outages,
+            "outage_seconds": round(p.outage_s_total, 3),
+        }
+        for p in agent.sensors.peers.values()
+        if p.grouped or p.outages
+    ]
     channels = [
         {
             "asset": v.asset_id,
@@ -96,6 +107,7 @@ async def agent_snapshot(agent: Agent) -> Snapshot:
         "uptime_s": round(now_mono - agent.started, 3),
         "sensors": sensors,
         "buses": buses,
+        "endpoints": endpoints,
         "mqtt": mqtt_links,
         "channels": channels,
         "uplinks": uplinks,

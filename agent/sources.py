@@ -18,6 +18,7 @@ from drivers.modbus import (
     Backoff,
     Bus,
     ModbusPoller,
+    Peers,
     ReadPlan,
     RtuLink,
     TcpLink,
@@ -104,6 +105,16 @@ def _own_bus(sensor: Sensor, deadlines: Wheel) -> Bus:
     return Bus(sensor.id, "tcp", [link])
 
 
+def _peers_of(registry: dict[str, Peers], bus: Bus) -> Peers:
+    """The endpoint's Peers: a shared bus (gateway, serial line) is one endpoint; devices'
+    own connections to the same host:port share one."""
+    key = bus.address if bus.kind == "tcp" else f"bus {bus.name}"
+    found = registry.get(key)
+    if found is None:
+        found = registry[key] = Peers(bus.address, BREAKER_FAILURES)
+    return found
+
+
 def build_sources(
     config: Config,
     library: ProfileLibrary,
@@ -111,6 +122,7 @@ def build_sources(
     *,
     only: Collection[str] | None = None,
     shared: Mapping[str, Bus] | None = None,
+    peers: dict[str, Peers] | None = None,
 ) -> Sources:
     """Buses and pollers for the configured sensors (nothing is opened here).
 
@@ -121,11 +133,15 @@ def build_sources(
         only: build these sensors only (a reload starts the added and changed ones).
         shared: shared buses already running, by id, for the built sensors to join; the
             other shared buses they need are built (and returned in `buses`).
+        peers: the devices behind each endpoint, by endpoint, for the built buses to
+            join (and add to): devices behind one endpoint are judged together when it
+            falls silent (drivers.modbus._peers).
 
     Raises:
         ProfileError: a sensor names a profile the library does not have (``check``
             reports it first).
     """
+    peers = {} if peers is None else peers
     sensors = [
         s for s in config.sensors if s.modbus is not None and (only is None or s.id in only)
     ]  # MQTT sensors: agent.mqtt_inputs
@@ -157,6 +173,8 @@ def build_sources(
         plan = plans.get(key)
         if plan is None:
             plan = plans[key] = plan_profile(profile, s.channels)
+        if bus.peers is None:
+            bus.peers = _peers_of(peers, bus)
         pollers.append(
             ModbusPoller(
                 s.id,

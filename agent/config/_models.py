@@ -439,6 +439,15 @@ class Store(_Model):
         return n
 
 
+class SensorFaults(_Model):
+    """How sensor faults are raised beyond each sensor's own settings."""
+
+    # A whole endpoint (host:port, gateway, serial line) whose devices all fail at once
+    # raises one fault for the endpoint once it has been silent this long; a shorter
+    # silence raises nothing (counted in /metrics), its devices' own faults held meanwhile.
+    endpoint_silent_s: float = Field(default=30.0, ge=0, le=86_400)
+
+
 class Health(_Model):
     """The read-only TCP endpoint (/healthz, /metrics); never a state-changing operation."""
 
@@ -478,6 +487,7 @@ class Config(_Model):
     store: Store
     health: Health = Health()
     control: Control = Control()
+    sensor_faults: SensorFaults = SensorFaults()
     summaries: Summaries | None = None
     buses: tuple[Bus, ...] = ()
     # Folder of extra register profiles (*.yaml, one per sensor model); relative to this file.

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from drivers.modbus._link import Link, LinkDown
+from drivers.modbus._peers import Peers
 
 UTILISATION_WINDOW_S = 10.0
 
@@ -80,6 +81,9 @@ class Bus:
         self.address = self.links[0].address
         self.planned_utilisation = planned_utilisation
         self.devices = 0
+        # The devices behind the same endpoint, whichever bus they use (None: each
+        # device is judged alone); see drivers.modbus._peers.
+        self.peers: Peers | None = None
         # A list and a lazily made deque: an empty deque is 0.6 kB, and most buses (a
         # device's own connection) never queue anyone.
         self._free: list[Link] = list(self.links)

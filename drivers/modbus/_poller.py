@@ -110,6 +110,13 @@ class ModbusPoller:
         self._sink_errors = 0
         self.ledger = PollLedger(sensor_id, bus, device_id, self._backoff.threshold)
         bus.devices += 1
+        if bus.peers is not None:
+            bus.peers.members[sensor_id] = poll_interval_s + timeout_s
+
+    @property
+    def with_endpoint(self) -> bool:
+        """Whether it fails with its whole endpoint, or may (see PollLedger)."""
+        return self.ledger.with_endpoint
 
     @property
     def failure_threshold(self) -> int:

@@ -1,6 +1,7 @@
 """A poller's bookkeeping: its counters, its state, the one line logged when it starts
 failing (or answering implausible values) and the one when it recovers, and the frozen
-status snapshot a health endpoint shows."""
+status snapshot a health endpoint shows. A device failing with its whole endpoint logs
+nothing of its own: its endpoint's two lines say it (drivers.modbus._peers)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Literal
 
 from drivers.errors import DeviceError, DeviceExceptionResponse
 from drivers.modbus._bus import Bus
+from drivers.modbus._peers import Outage, Peers
 from drivers.profiles import Register
 from drivers.reading import utc_now
 
@@ -107,11 +109,21 @@ class PollLedger:
         self._fail_log = EpisodeLog()
         self._bad_log = EpisodeLog()
         self._bad_polls = 0  # flagged polls in a row
+        # Judged with the other devices behind its endpoint (drivers.modbus._peers): a
+        # failure episode is logged as its own only once it is known to fail alone.
+        self._alone = True  # this failure episode is this device's own
+        self.joined: Outage | None = None  # the endpoint outage it fails in
 
     @property
     def bad_for_s(self) -> float:
         """Seconds this sensor has answered only flagged values (0 when it has not)."""
         return 0.0 if self.bad_since is None else time.monotonic() - self.bad_since
+
+    @property
+    def with_endpoint(self) -> bool:
+        """Whether this device fails with its whole endpoint, or may (no other device
+        behind it has answered since): its failure is the endpoint's, not its own."""
+        return self.consecutive_failures > 0 and (not self._alone or self.joined is not None)
 
     def snapshot(self) -> PollerStatus:
         """The current status (safe to keep; it never changes)."""
@@ -169,21 +181,64 @@ class PollLedger:
         self.last_error, self.last_error_at = str(err), utc_now()
         if failures == 1:
             self._failing_since = started
-        if self._fail_log.report(failures, self.threshold):
-            log.warning(
-                "modbus sensor %s at %s device %d failing: %s%s",
-                self.sensor_id,
-                self.bus.address,
-                self.device_id,
-                err.message,
-                self._fail_log.hushed_note(),
-                extra={"sensor_id": self.sensor_id, "address": self.bus.address},
-            )
+        peers = self.bus.peers
+        if peers is not None and peers.grouped:
+            self._judged(err, failures, peers)
+        elif self._fail_log.report(failures, self.threshold):
+            self._log_failing(err)
         else:
             log.debug("modbus sensor %s still failing (%d): %s", self.sensor_id, failures, err)
 
+    def _judged(self, err: DeviceError, failures: int, peers: Peers) -> None:
+        """A failure of a device whose endpoint has peers: its own line only once it
+        fails alone; within an outage of the endpoint only counted there."""
+        if failures == 1:
+            self._alone, self._fail_log.logged = False, False
+        if self.joined is not None:
+            if self.joined is peers.outage:
+                return  # the endpoint's outage goes on: its lines say it
+            self.joined, self._alone = None, True  # the endpoint answers, this one not
+            self._report_alone(err, " (still failing since its endpoint answered again)")
+        elif self._alone:
+            if self._fail_log.report(failures, self.threshold):
+                self._log_failing(err)
+        else:
+            since = self._failing_since or time.monotonic()
+            outage = peers.failed(
+                self.sensor_id, failures, since, err.message, lambda: self._report_alone(err)
+            )
+            if outage is not None:
+                self.joined = outage
+
+    def _report_alone(self, err: DeviceError, note: str = "") -> None:
+        """It is now known that this device fails alone: its line, as it would have been
+        logged at its first failure (or at the breaker's threshold, when hushed)."""
+        self._alone = True
+        logged = self._fail_log.report(1, self.threshold)
+        if not logged and self.consecutive_failures >= self.threshold:
+            logged = self._fail_log.report(self.threshold, self.threshold)
+        if logged:
+            self._log_failing(err, note)
+
+    def _log_failing(self, err: DeviceError, note: str = "") -> None:
+        log.warning(
+            "modbus sensor %s at %s device %d failing%s: %s%s",
+            self.sensor_id,
+            self.bus.address,
+            self.device_id,
+            note,
+            err.message,
+            self._fail_log.hushed_note(),
+            extra={"sensor_id": self.sensor_id, "address": self.bus.address},
+        )
+
     def succeeded(self, rtt_s: float, now: datetime) -> None:
         """Record a good poll of ``rtt_s`` seconds, read at UTC ``now``."""
+        if self.bus.peers is not None:
+            self.bus.peers.answered(self.sensor_id)
+        if self.joined is not None:
+            # Its endpoint's outage: the line that ended it names the devices.
+            self.joined, self._fail_log.logged = None, False
         if self.consecutive_failures and self._fail_log.logged:
             down = time.monotonic() - (self._failing_since or time.monotonic())
             log.info(

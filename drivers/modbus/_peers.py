@@ -1,0 +1,173 @@
+"""The devices behind one endpoint (a host:port, a gateway, a serial line) and its outages.
+
+When a whole endpoint goes silent (a simulator or gateway restarted, a switch port
+flapping, a cable pulled) every device behind it fails at once. Told apart device by
+device, 2000 sensors logged 4000 lines and raised 2000 sensor faults for a 10 s blip.
+`Peers` tells a device that fails alone from one that fails with its whole endpoint: a
+failing device is *undecided* until another device behind the same endpoint answers
+after its failure (it fails alone: its own line, its own fault, as before), or until it
+has failed `threshold` polls in a row with none answering for longer than any of them
+polls (an *outage* of the endpoint: one line for all, one fault episode for its host,
+see agent.sensor_faults). The
+outage ends at the first answer from any device behind the endpoint, with one line
+saying how many devices it silenced and for how long; a device still failing then goes
+back to being judged alone at its next poll.
+
+Endpoints with fewer than MIN_PEERS devices are not grouped: one device failing is
+simply that device failing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+__all__ = ["MIN_PEERS", "Outage", "Peers"]
+
+log = logging.getLogger("edge_agent.drivers.modbus")
+
+MIN_PEERS = 3  # devices behind an endpoint for their common silence to be its outage
+MAX_NAMED = 5  # sensor ids a log line names (the rest are counted)
+
+
+@dataclass(slots=True)
+class Outage:
+    """One silence of a whole endpoint (monotonic times)."""
+
+    since: float  # the first failure of a device it silenced
+    declared_at: float
+    sensors: set[str] = field(default_factory=set)  # devices that failed during it
+    error: str = ""  # the first device's error, as an example
+    ended_at: float | None = None
+
+    def lasted_s(self, now: float | None = None) -> float:
+        end = self.ended_at if self.ended_at is not None else (now or time.monotonic())
+        return max(0.0, end - self.since)
+
+
+class Peers:
+    """Devices behind one endpoint: who answered last, who fails undecided, the outage.
+
+    Args:
+        address: the endpoint (``host:port`` or serial port).
+        threshold: failed polls in a row, with no device answering, that make an outage
+            (the breaker threshold).
+    """
+
+    def __init__(self, address: str, threshold: int = 3) -> None:
+        self.address = address
+        self.threshold = threshold
+        # sensor id -> its poll interval plus timeout: how long it may go without
+        # answering while all is well.
+        self.members: dict[str, float] = {}
+        self.last_answer = -1.0  # monotonic time of the latest good poll of any device
+        self.outage: Outage | None = None
+        self.outages = 0  # outages ended
+        self.outage_s_total = 0.0
+        # Undecided failing devices: sensor id -> what logs its own line once it is clear
+        # it fails alone.
+        self._undecided: dict[str, tuple[float, Callable[[], None]]] = {}
+
+    @property
+    def grouped(self) -> bool:
+        """Whether these devices are judged together (enough of them)."""
+        return len(self.members) >= MIN_PEERS
+
+    def answered(self, sensor_id: str) -> None:
+        """A device answered: the others failing now fail alone; an outage ends."""
+        now = time.monotonic()
+        self.last_answer = now
+        self._undecided.pop(sensor_id, None)
+        if self.outage is not None:
+            self._end(now, sensor_id)
+        if self._undecided:
+            alone = list(self._undecided.values())
+            self._undecided.clear()
+            for _, report in alone:
+                report()
+
+    def failed(
+        self, sensor_id: str, failures: int, since: float, error: str, report: Callable[[], None]
+    ) -> Outage | None:
+        """A device's poll failed (its ``failures``-th in a row, the first at ``since``).
+
+        Returns the outage it fails in (nothing to log for it: the outage's lines say it
+        all), or None: ``report`` logs its own line once another device answers after
+        this failure (it fails alone; at once when the endpoint is not grouped), unless
+        it joins an outage first. An answer that came before this failure proves nothing:
+        at a cut, requests sent just before it fail after answers sent just before it.
+        """
+        if self.outage is not None:
+            self.outage.sensors.add(sensor_id)
+            self._undecided.pop(sensor_id, None)
+            return self.outage
+        if not self.grouped:
+            self._undecided.pop(sensor_id, None)
+            report()
+            return None
+        self._undecided.setdefault(sensor_id, (since, report))
+        if failures < self.threshold or not self._quiet_for_all():
+            return None
+        return self._declare(sensor_id, error)
+
+    def undecided(self, sensor_id: str) -> bool:
+        """Whether this device fails without it being known yet whether alone."""
+        return sensor_id in self._undecided
+
+    def leave(self, sensor_id: str) -> None:
+        """A device stopped (a reload removed it, or shutdown)."""
+        self.members.pop(sensor_id, None)
+        self._undecided.pop(sensor_id, None)
+        if not self.members and self.outage is not None:
+            # Its last device removed: nothing behind it is watched, so nothing is silent.
+            self.outage.ended_at = time.monotonic()
+            self.outage_s_total += self.outage.lasted_s()
+            self.outages += 1
+            self.outage = None
+
+    def _quiet_for_all(self) -> bool:
+        """Whether no device has answered for longer than any of them polls: a device
+        polled every 60 s beside this one at 1 s has not answered yet, not failed."""
+        quiet = time.monotonic() - self.last_answer
+        return quiet >= max(self.members.values(), default=0.0)
+
+    def _declare(self, sensor_id: str, error: str) -> Outage:
+        now = time.monotonic()
+        since = min(s for s, _ in self._undecided.values())
+        outage = Outage(since, now, set(self._undecided), error)
+        self._undecided.clear()
+        self.outage = outage
+        log.warning(
+            "modbus endpoint %s silent: none of its %d devices answers (for %.1f s; "
+            "first: %s); the devices failing with it are counted, not logged one by one",
+            self.address,
+            len(self.members),
+            outage.lasted_s(now),
+            error,
+            extra={"address": self.address},
+        )
+        return outage
+
+    def _end(self, now: float, sensor_id: str) -> None:
+        outage = self.outage
+        assert outage is not None
+        outage.ended_at = now
+        self.outage = None
+        self.outages += 1
+        self.outage_s_total += outage.lasted_s(now)
+        named = sorted(outage.sensors)
+        more = len(named) - MAX_NAMED
+        log.info(
+            "modbus endpoint %s answers again (%s first) after %.1f s silent: %d of its %d "
+            "devices failed during it (%s%s)",
+            self.address,
+            sensor_id,
+            outage.lasted_s(now),
+            len(named),
+            len(self.members),
+            ", ".join(named[:MAX_NAMED]),
+            f" and {more} more" if more > 0 else "",
+            extra={"address": self.address},
+        )

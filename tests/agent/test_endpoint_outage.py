@@ -1,0 +1,121 @@
+"""A whole endpoint falling silent is one fault episode and a few log lines, not one alert
+pair and two lines per sensor; a brief silence raises nothing but is counted; a single
+dead device among answering ones still raises its own sensor_fault.
+
+Real parts: two in-process Modbus simulators on loopback (one stopped and restarted on its
+port, as a restarted gateway or a flapping switch port), the real Agent, a real store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.config import load_config
+from agent.health import render_metrics
+from agent.runtime import Agent
+from simulators.modbus import Fault, ModbusSimServer, SimDevice
+from simulators.scenario import Constant
+
+pytestmark = [pytest.mark.network, pytest.mark.slow]
+
+BUSY = 12  # devices behind the endpoint that falls silent
+SILENT_FAULT_S = 2.5  # sensor_faults.endpoint_silent_s
+
+
+def _config(tmp_path: Path, busy: int, other: int) -> str:
+    sensor = (
+        "  - {{id: {id}, asset: m, modbus: {{host: 127.0.0.1, port: {port}, device_id: {dev},"
+        " timeout_s: 0.1, backoff_max_s: 0.5}}, poll_interval_s: 0.2}}"
+    )
+    sensors = [sensor.format(id=f"b{i}", port=busy, dev=i) for i in range(1, BUSY + 1)]
+    sensors += [sensor.format(id=f"o{i}", port=other, dev=i) for i in (1, 2, 3)]
+    return "\n".join(
+        [
+            "gateway: {id: gw-storm}",
+            "assets:",
+            "  - {id: m, tier: 1, machine: {standard: iso10816-3, group: 2, foundation: rigid,"
+            " rpm: 1480}}",
+            "sensors:",
+            *sensors,
+            f"sensor_faults: {{endpoint_silent_s: {SILENT_FAULT_S}}}",
+            f'store: {{path: "{tmp_path / "o.db"}"}}',
+            "health: {port: 0}",
+        ]
+    )
+
+
+async def _until(cond: Callable[[], bool], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.1)
+
+
+def _faults(records: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [(r["sensor"]["id"], r["state"]) for r in records if r["kind"] == "sensor_fault"]
+
+
+async def test_an_endpoint_silent_is_one_fault_and_a_blip_none(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    busy_devices = [SimDevice(i, Constant({})) for i in range(1, BUSY + 1)]
+    # o3 is dead among answering o1, o2: its own fault, as ever.
+    other_devices = [SimDevice(1, Constant({})), SimDevice(2, Constant({}))]
+    other_devices.append(SimDevice(3, Constant({}), Fault("dead")))
+    records: list[dict[str, Any]] = []
+    caplog.set_level(logging.INFO, logger="edge_agent.drivers.modbus")
+    srv = ModbusSimServer(busy_devices)
+    await srv.__aenter__()
+    port = srv.port
+    async with ModbusSimServer(other_devices) as other:
+        cfg = tmp_path / "agent.yaml"
+        cfg.write_text(_config(tmp_path, port, other.port))
+        agent = Agent(load_config(cfg), on_records=records.extend)
+        task = asyncio.create_task(agent.run())
+        try:
+            await _until(lambda: ("o3", "raised") in _faults(records), 10)
+            snap = await agent.snapshot()
+            assert all(s["state"] == "ok" for s in snap["sensors"] if s["id"] != "o3")
+            caplog.clear()
+            records.clear()
+
+            # A blip: every device of the endpoint fails (breakers open: 6 polls at 0.2 s),
+            # for less than endpoint_silent_s. Nothing is raised; the log says it once.
+            await srv.__aexit__(None, None, None)
+            await asyncio.sleep(1.5)
+            srv = ModbusSimServer(busy_devices, port=port)
+            await srv.__aenter__()
+            await asyncio.sleep(2.0)  # every breaker (0.5 s at most) closed again
+            blip_lines = [r.getMessage() for r in caplog.records]
+            assert _faults(records) == [], _faults(records)
+            assert len(blip_lines) <= 3, blip_lines  # before: 2 per device (24)
+            assert any("silent" in line for line in blip_lines), blip_lines
+            metrics = render_metrics(await agent.snapshot()).decode()
+            want = f'edge_endpoint_outages_total{{endpoint="127.0.0.1:{port}"}} 1.0'
+            assert want in metrics
+
+            # An outage: one fault for the endpoint, raised after endpoint_silent_s and
+            # cleared when it answers; none per device.
+            await srv.__aexit__(None, None, None)
+            await _until(lambda: len(_faults(records)) >= 1, 3 * SILENT_FAULT_S)
+            srv = ModbusSimServer(busy_devices, port=port)
+            await srv.__aenter__()
+            await _until(lambda: len(_faults(records)) >= 2, 5)
+            await asyncio.sleep(1.5)  # no per-device fault follows
+        finally:
+            agent.stop()
+            await asyncio.wait_for(task, 15)
+            await srv.__aexit__(None, None, None)
+    endpoint = f"endpoint:127.0.0.1:{port}"
+    assert _faults(records) == [(endpoint, "raised"), (endpoint, "cleared")]
+    raised = next(r for r in records if r["kind"] == "sensor_fault")
+    assert raised["asset"]["id"] == "gw-storm"
+    assert raised["evidence"]["devices_silent"] == BUSY
+    assert raised["evidence"]["endpoint"] == f"127.0.0.1:{port}"

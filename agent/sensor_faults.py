@@ -22,11 +22,11 @@ fault still clears at the first good answer.
 A whole endpoint falling silent (a host:port, gateway or serial line whose devices all
 fail at once: a restart, a switch port, a cable) is one fault, not one per device: 2000
 raised and 2000 cleared for a 10 s blip before. Its devices' own faults are held while
-it is silent (drivers.modbus._peers tells the two apart), and the endpoint's fault, on
-the gateway's asset, is raised only once the silence has lasted
-sensor_faults.endpoint_silent_s (default 30 s): a
-shorter blip raises nothing (it is counted in /metrics). It clears when the endpoint
-answers again; a device still silent then raises its own fault.
+it is silent (drivers.modbus._peers tells the two apart), and one fault for its host (a
+host's silent endpoints together: its 9 ports are one episode), on the gateway's asset,
+is raised only once the silence has lasted sensor_faults.endpoint_silent_s (default
+30 s): a shorter blip raises nothing (it is counted in /metrics). It clears when every
+endpoint of the host answers again; a device still silent then raises its own fault.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from drivers.reading import utc_now
 ALL_CHANNELS = "all"
 FLAP_WINDOW_S = 600.0  # a fault raised again this soon after its clear: the sensor flaps
 FLAP_CLEAR_HOLD_S = 120.0  # a flapping sensor must answer this long, unbroken, to clear
-ENDPOINT_PREFIX = "endpoint:"  # the sensor id of an endpoint's fault
+HOST_PREFIX = "host:"  # the sensor id of a host's endpoint fault
 MAX_NAMED = 20  # sensor ids an endpoint fault names (the rest are counted)
 
 
@@ -75,13 +75,15 @@ class SensorHealth:
 
 @dataclass(frozen=True, slots=True)
 class EndpointHealth:
-    """One endpoint (host:port, gateway, serial line) with several devices behind it."""
+    """The endpoints (host:port, gateway, serial line) of one host, each with several
+    devices behind it."""
 
-    endpoint: str
-    devices: int
-    silent_for_s: float  # since its first device failed with none answering (0: answers)
-    silenced: tuple[str, ...] = ()  # the devices that failed during the silence
-    error: str = ""  # the first one's error
+    host: str
+    devices: int  # behind all of them
+    silent_for_s: float  # the longest silence of one of them now (0: all answer)
+    silent: tuple[str, ...] = ()  # the endpoints silent now
+    silenced: tuple[str, ...] = ()  # the devices that failed during those silences
+    error: str = ""  # an example of their errors
 
 
 def fault_key(asset_id: str, sensor_id: str) -> str:
@@ -123,7 +125,7 @@ class SensorFaultTracker:
         self._raised_on: dict[str, str] = {}  # the asset each sensor's raised state is for
         self._assets: dict[str, Asset] = {}
         self._transports: dict[str, str] = {}
-        self._endpoint_raised: dict[str, str] = {}  # endpoint -> its fault's sensor id
+        self._endpoint_raised: dict[str, str] = {}  # host -> its fault's sensor id
         self.endpoint_faults = 0  # endpoint faults raised (for /metrics)
         self._place(config)
 
@@ -179,7 +181,7 @@ class SensorFaultTracker:
         for k in sorted(self._saved):
             asset_id, sid = k.split("/")[:2]
             placed = (self._assets[sid].id, ()) if sid in self._assets else None
-            if sid.startswith(ENDPOINT_PREFIX):
+            if sid.startswith(HOST_PREFIX):
                 # An endpoint's fault open when the agent stopped: its silence is measured
                 # anew (raised again if it lasts), so the old episode is closed.
                 if when != CLOSED_AT_START:
@@ -297,33 +299,35 @@ class SensorFaultTracker:
         return out
 
     def update_endpoint(self, health: EndpointHealth, now: datetime) -> Update:
-        """One endpoint's observation: its fault raised once it has been silent for
-        sensor_faults.endpoint_silent_s, cleared when it answers again."""
+        """One host's endpoints observed: one fault for the host, raised once one of them
+        has been silent for sensor_faults.endpoint_silent_s, cleared when all answer (a
+        host whose 9 ports all fall silent is one episode, not 9)."""
         out = Update()
-        sid = ENDPOINT_PREFIX + health.endpoint.replace("/", "_")  # the store key splits on /
-        raised = health.endpoint in self._endpoint_raised
+        sid = HOST_PREFIX + health.host.replace("/", "_")  # the store key splits on /
+        raised = health.host in self._endpoint_raised
         if not raised and health.silent_for_s > 0 and health.silent_for_s >= self._endpoint_after:
             transition = "raised"
-            self._endpoint_raised[health.endpoint] = sid
+            self._endpoint_raised[health.host] = sid
             self.endpoint_faults += 1
         elif raised and health.silent_for_s == 0:
             transition = "cleared"
-            del self._endpoint_raised[health.endpoint]
+            del self._endpoint_raised[health.host]
         else:
             return out
         key = fault_key(self._gateway.id, sid)
         self._saved.pop(key, None)
         out.state[key] = json.dumps({"raised": transition == "raised", "at": format_ts(now)})
         named = sorted(health.silenced)
-        evidence: dict[str, object] = {
-            "endpoint": health.endpoint,
-            "devices": health.devices,
-            "devices_silent": len(named),
-            "sensor_ids": named[:MAX_NAMED],
-            "last_error": health.error or None,
-        }
+        evidence: dict[str, object] = {"host": health.host}
         if transition == "raised":
-            evidence["silent_for_s"] = round(health.silent_for_s, 1)
+            evidence |= {
+                "endpoints_silent": sorted(health.silent),
+                "devices": health.devices,
+                "devices_silent": len(named),
+                "sensor_ids": named[:MAX_NAMED],
+                "last_error": health.error or None,
+                "silent_for_s": round(health.silent_for_s, 1),
+            }
         out.drafts.append(
             AlertDraft(
                 asset=self._gateway,
@@ -340,10 +344,10 @@ class SensorFaultTracker:
                     threshold=float(health.devices),
                 ),
                 no_estimate_reason=(
-                    f"no device behind {health.endpoint} answers: {len(named)} sensors "
-                    "are not watched"
+                    f"no device behind {', '.join(sorted(health.silent))} answers: "
+                    f"{len(named)} sensors are not watched"
                     if transition == "raised"
-                    else "the endpoint answers again"
+                    else "every endpoint of the host answers again"
                 ),
                 evidence=evidence,
             )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 
 from agent.analysis.monitor import Update
@@ -46,11 +46,10 @@ async def watch_sensors(
         healths += [_mqtt_health(m, links.get(m.broker)) for m in mqtt.sensors]
         for health in healths:
             _step(faults, health, now, persist)
-        for peers in list(sensors.peers.values()):
-            if peers.grouped or peers.outage is not None:
-                update = faults.update_endpoint(_endpoint_health(peers), now)
-                if update.drafts or update.state:
-                    persist(update)
+        for health in _hosts(sensors.peers.values()):
+            update = faults.update_endpoint(health, now)
+            if update.drafts or update.state:
+                persist(update)
 
 
 def _step(
@@ -77,17 +76,32 @@ def _poller_health(p: ModbusPoller) -> SensorHealth:
     )
 
 
-def _endpoint_health(peers: Peers) -> EndpointHealth:
-    outage = peers.outage
-    if outage is None:
-        return EndpointHealth(peers.address, len(peers.members), 0.0)
-    return EndpointHealth(
-        peers.address,
-        len(peers.members),
-        max(outage.lasted_s(time.monotonic()), 1e-6),
-        tuple(outage.sensors),
-        outage.error,
-    )
+def _hosts(peers: Iterable[Peers]) -> list[EndpointHealth]:
+    """The endpoints grouped by host: a host's silent endpoints are one fault."""
+    by_host: dict[str, list[Peers]] = {}
+    for p in peers:
+        if p.grouped or p.outage is not None:
+            by_host.setdefault(p.host, []).append(p)
+    now = time.monotonic()
+    out = []
+    for host, endpoints in by_host.items():
+        devices = sum(len(p.members) for p in endpoints)
+        silent = [p for p in endpoints if p.outage is not None]
+        if not silent:
+            out.append(EndpointHealth(host, devices, 0.0))
+            continue
+        outages = [p.outage for p in silent if p.outage is not None]
+        out.append(
+            EndpointHealth(
+                host,
+                devices,
+                max(max(o.lasted_s(now) for o in outages), 1e-6),
+                tuple(p.address for p in silent),
+                tuple(s for o in outages for s in o.sensors),
+                outages[0].error,
+            )
+        )
+    return out
 
 
 def _mqtt_health(m: MqttSensor, link: BrokerLink | None) -> SensorHealth:

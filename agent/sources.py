@@ -111,7 +111,8 @@ def _peers_of(registry: dict[str, Peers], bus: Bus) -> Peers:
     key = bus.address if bus.kind == "tcp" else f"bus {bus.name}"
     found = registry.get(key)
     if found is None:
-        found = registry[key] = Peers(bus.address, BREAKER_FAILURES)
+        host = getattr(bus.links[0], "host", bus.address)  # a serial line: its port
+        found = registry[key] = Peers(bus.address, BREAKER_FAILURES, host)
     return found
 
 

@@ -443,7 +443,7 @@ class SensorFaults(_Model):
     """How sensor faults are raised beyond each sensor's own settings."""
 
     # A whole endpoint (host:port, gateway, serial line) whose devices all fail at once
-    # raises one fault for the endpoint once it has been silent this long; a shorter
+    # raises one fault for its host once it has been silent this long; a shorter
     # silence raises nothing (counted in /metrics), its devices' own faults held meanwhile.
     endpoint_silent_s: float = Field(default=30.0, ge=0, le=86_400)
 

@@ -52,12 +52,15 @@ class Peers:
 
     Args:
         address: the endpoint (``host:port`` or serial port).
+        host: the host it is on (default: the address): a host's silent endpoints are
+            one fault.
         threshold: failed polls in a row, with no device answering, that make an outage
             (the breaker threshold).
     """
 
-    def __init__(self, address: str, threshold: int = 3) -> None:
+    def __init__(self, address: str, threshold: int = 3, host: str | None = None) -> None:
         self.address = address
+        self.host = address if host is None else host
         self.threshold = threshold
         # sensor id -> its poll interval plus timeout: how long it may go without
         # answering while all is well.

@@ -1,5 +1,5 @@
-"""A whole endpoint falling silent is one fault episode and a few log lines, not one alert
-pair and two lines per sensor; a brief silence raises nothing but is counted; a single
+"""A whole endpoint (or host) falling silent is one fault episode and a few log lines, not
+one alert pair and two lines per sensor; a brief silence raises nothing but is counted; a single
 dead device among answering ones still raises its own sensor_fault.
 
 Real parts: two in-process Modbus simulators on loopback (one stopped and restarted on its
@@ -62,7 +62,7 @@ def _faults(records: list[dict[str, Any]]) -> list[tuple[str, str]]:
     return [(r["sensor"]["id"], r["state"]) for r in records if r["kind"] == "sensor_fault"]
 
 
-async def test_an_endpoint_silent_is_one_fault_and_a_blip_none(
+async def test_a_host_silent_is_one_fault_and_a_blip_none(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     busy_devices = [SimDevice(i, Constant({})) for i in range(1, BUSY + 1)]
@@ -72,50 +72,55 @@ async def test_an_endpoint_silent_is_one_fault_and_a_blip_none(
     records: list[dict[str, Any]] = []
     caplog.set_level(logging.INFO, logger="edge_agent.drivers.modbus")
     srv = ModbusSimServer(busy_devices)
+    other = ModbusSimServer(other_devices)
     await srv.__aenter__()
-    port = srv.port
-    async with ModbusSimServer(other_devices) as other:
-        cfg = tmp_path / "agent.yaml"
-        cfg.write_text(_config(tmp_path, port, other.port))
-        agent = Agent(load_config(cfg), on_records=records.extend)
-        task = asyncio.create_task(agent.run())
-        try:
-            await _until(lambda: ("o3", "raised") in _faults(records), 10)
-            snap = await agent.snapshot()
-            assert all(s["state"] == "ok" for s in snap["sensors"] if s["id"] != "o3")
-            caplog.clear()
-            records.clear()
+    await other.__aenter__()
+    port, other_port = srv.port, other.port
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text(_config(tmp_path, port, other_port))
+    agent = Agent(load_config(cfg), on_records=records.extend)
+    task = asyncio.create_task(agent.run())
+    try:
+        await _until(lambda: ("o3", "raised") in _faults(records), 10)
+        snap = await agent.snapshot()
+        assert all(s["state"] == "ok" for s in snap["sensors"] if s["id"] != "o3")
+        caplog.clear()
+        records.clear()
 
-            # A blip: every device of the endpoint fails (breakers open: 6 polls at 0.2 s),
-            # for less than endpoint_silent_s. Nothing is raised; the log says it once.
-            await srv.__aexit__(None, None, None)
-            await asyncio.sleep(1.5)
-            srv = ModbusSimServer(busy_devices, port=port)
-            await srv.__aenter__()
-            await asyncio.sleep(2.0)  # every breaker (0.5 s at most) closed again
-            blip_lines = [r.getMessage() for r in caplog.records]
-            assert _faults(records) == [], _faults(records)
-            assert len(blip_lines) <= 3, blip_lines  # before: 2 per device (24)
-            assert any("silent" in line for line in blip_lines), blip_lines
-            metrics = render_metrics(await agent.snapshot()).decode()
-            want = f'edge_endpoint_outages_total{{endpoint="127.0.0.1:{port}"}} 1.0'
-            assert want in metrics
+        # A blip: every device of one endpoint fails (breakers open: 6 polls at 0.2 s),
+        # for less than endpoint_silent_s. Nothing is raised; the log says it once.
+        await srv.__aexit__(None, None, None)
+        await asyncio.sleep(1.5)
+        srv = ModbusSimServer(busy_devices, port=port)
+        await srv.__aenter__()
+        await asyncio.sleep(2.0)  # every breaker (0.5 s at most) closed again
+        blip_lines = [r.getMessage() for r in caplog.records]
+        assert _faults(records) == [], _faults(records)
+        assert len(blip_lines) <= 3, blip_lines  # before: 2 per device (24)
+        assert any("silent" in line for line in blip_lines), blip_lines
+        metrics = render_metrics(await agent.snapshot()).decode()
+        assert f'edge_endpoint_outages_total{{endpoint="127.0.0.1:{port}"}} 1.0' in metrics
 
-            # An outage: one fault for the endpoint, raised after endpoint_silent_s and
-            # cleared when it answers; none per device.
-            await srv.__aexit__(None, None, None)
-            await _until(lambda: len(_faults(records)) >= 1, 3 * SILENT_FAULT_S)
-            srv = ModbusSimServer(busy_devices, port=port)
-            await srv.__aenter__()
-            await _until(lambda: len(_faults(records)) >= 2, 5)
-            await asyncio.sleep(1.5)  # no per-device fault follows
-        finally:
-            agent.stop()
-            await asyncio.wait_for(task, 15)
-            await srv.__aexit__(None, None, None)
-    endpoint = f"endpoint:127.0.0.1:{port}"
-    assert _faults(records) == [(endpoint, "raised"), (endpoint, "cleared")]
+        # The host's outage (both its endpoints): one fault for the host, raised after
+        # endpoint_silent_s and cleared when it answers; none per device or endpoint.
+        await srv.__aexit__(None, None, None)
+        await other.__aexit__(None, None, None)
+        await _until(lambda: len(_faults(records)) >= 1, 3 * SILENT_FAULT_S)
+        srv = ModbusSimServer(busy_devices, port=port)
+        other = ModbusSimServer(other_devices, port=other_port)
+        await srv.__aenter__()
+        await other.__aenter__()
+        await _until(lambda: len(_faults(records)) >= 2, 5)
+        await asyncio.sleep(1.5)  # no per-device fault follows
+    finally:
+        agent.stop()
+        await asyncio.wait_for(task, 15)
+        await srv.__aexit__(None, None, None)
+        await other.__aexit__(None, None, None)
+    assert _faults(records) == [("host:127.0.0.1", "raised"), ("host:127.0.0.1", "cleared")]
     raised = next(r for r in records if r["kind"] == "sensor_fault")
     assert raised["asset"]["id"] == "gw-storm"
-    assert raised["evidence"]["devices_silent"] == BUSY
-    assert raised["evidence"]["endpoint"] == f"127.0.0.1:{port}"
+    assert raised["evidence"]["devices_silent"] == BUSY + 2  # o3 failed alone before
+    assert raised["evidence"]["endpoints_silent"] == sorted(
+        [f"127.0.0.1:{port}", f"127.0.0.1:{other_port}"]
+    )

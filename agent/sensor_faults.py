@@ -126,6 +126,9 @@ class SensorFaultTracker:
         self._assets: dict[str, Asset] = {}
         self._transports: dict[str, str] = {}
         self._endpoint_raised: dict[str, str] = {}  # host -> its fault's sensor id
+        self._host_cleared_at: dict[str, float] = {}  # as for sensors: a flapping host
+        self._host_flapping: set[str] = set()
+        self._host_ok_since: dict[str, float] = {}
         self.endpoint_faults = 0  # endpoint faults raised (for /metrics)
         self._place(config)
 
@@ -301,17 +304,31 @@ class SensorFaultTracker:
     def update_endpoint(self, health: EndpointHealth, now: datetime) -> Update:
         """One host's endpoints observed: one fault for the host, raised once one of them
         has been silent for sensor_faults.endpoint_silent_s, cleared when all answer (a
-        host whose 9 ports all fall silent is one episode, not 9)."""
+        host whose 9 ports all fall silent is one episode, not 9). A host raised again
+        within FLAP_WINDOW_S of its clear (a switch port flapping) clears only once it has
+        answered for FLAP_CLEAR_HOLD_S without a break, as a flapping sensor."""
         out = Update()
         sid = HOST_PREFIX + health.host.replace("/", "_")  # the store key splits on /
-        raised = health.host in self._endpoint_raised
+        host, clock = health.host, self._clock()
+        raised = host in self._endpoint_raised
+        answering_for = None
+        if health.silent_for_s > 0:
+            self._host_ok_since.pop(host, None)
+        else:
+            answering_for = clock - self._host_ok_since.setdefault(host, clock)
         if not raised and health.silent_for_s > 0 and health.silent_for_s >= self._endpoint_after:
             transition = "raised"
-            self._endpoint_raised[health.host] = sid
+            self._endpoint_raised[host] = sid
             self.endpoint_faults += 1
-        elif raised and health.silent_for_s == 0:
+            cleared_at = self._host_cleared_at.get(host)
+            if cleared_at is not None and clock - cleared_at < FLAP_WINDOW_S:
+                self._host_flapping.add(host)  # a switch port dropping it again and again
+        elif raised and answering_for is not None:
+            if host in self._host_flapping and answering_for < FLAP_CLEAR_HOLD_S:
+                return out  # back for a moment only: the episode goes on
             transition = "cleared"
-            del self._endpoint_raised[health.host]
+            del self._endpoint_raised[host]
+            self._host_cleared_at[host] = clock
         else:
             return out
         key = fault_key(self._gateway.id, sid)
@@ -319,6 +336,11 @@ class SensorFaultTracker:
         out.state[key] = json.dumps({"raised": transition == "raised", "at": format_ts(now)})
         named = sorted(health.silenced)
         evidence: dict[str, object] = {"host": health.host}
+        if host in self._host_flapping:
+            evidence["flapping"] = True  # raised again soon after a clear
+            if transition == "cleared":
+                evidence["answering_for_s"] = round(answering_for or 0.0, 1)
+                self._host_flapping.discard(host)
         if transition == "raised":
             evidence |= {
                 "endpoints_silent": sorted(health.silent),

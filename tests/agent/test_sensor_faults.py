@@ -11,6 +11,7 @@ import jsonschema
 from agent.sensor_faults import (
     FLAP_CLEAR_HOLD_S,
     FLAP_WINDOW_S,
+    EndpointHealth,
     SensorFaultTracker,
     SensorHealth,
 )
@@ -149,3 +150,37 @@ def test_a_flapping_sensor_that_misses_one_poll_a_minute_is_cleared_after_the_ho
             break
     assert cleared_at is not None
     assert FLAP_CLEAR_HOLD_S <= cleared_at <= FLAP_CLEAR_HOLD_S + 10
+
+
+def test_a_host_flapping_is_one_fault_not_a_pair_per_outage(tmp_path: Path) -> None:
+    """A switch port that drops a host for 40 s, gives it back for 5 s and drops it again
+    raised and cleared the host's fault every 45 s (80 records an hour to every uplink);
+    like a sensor's, a host fault raised again within FLAP_WINDOW_S of its clear stays
+    raised until every endpoint has answered for FLAP_CLEAR_HOLD_S."""
+    t = [0.0]
+    tracker = SensorFaultTracker(press_config(tmp_path), clock=lambda: t[0])
+    silent = EndpointHealth("10.0.0.5", 200, 0.0, ("10.0.0.5:502",), ("m1",), "timeout")
+    answering = EndpointHealth("10.0.0.5", 200, 0.0)
+    seen: list[str] = []
+    for _ in range(6):  # 40 s silent, 5 s answering; watched 1 Hz
+        for s in range(40):
+            t[0] += 1.0
+            h = EndpointHealth(**{**_fields(silent), "silent_for_s": float(s + 1)})
+            seen += [d.state for d in tracker.update_endpoint(h, NOW).drafts]
+        for _ in range(5):
+            t[0] += 1.0
+            seen += [d.state for d in tracker.update_endpoint(answering, NOW).drafts]
+    assert seen == ["raised", "cleared", "raised"]
+    cleared = []
+    while not cleared:  # answering for 4 s already (the last cycle's 5 ticks)
+        t[0] += 1.0
+        cleared = tracker.update_endpoint(answering, NOW).drafts
+    assert [d.state for d in cleared] == ["cleared"]
+    rec = cleared[0].record(gateway_id="gw-t", seq=9)
+    jsonschema.validate(rec, SCHEMA)
+    assert rec["evidence"]["flapping"] is True
+    assert FLAP_CLEAR_HOLD_S <= rec["evidence"]["answering_for_s"] < FLAP_CLEAR_HOLD_S + 1
+
+
+def _fields(h: EndpointHealth) -> dict[str, object]:
+    return {f: getattr(h, f) for f in h.__slots__}

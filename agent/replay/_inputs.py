@@ -230,11 +230,13 @@ def _npz(path: Path, start: datetime) -> Iterator[Snapshot]:
         raise _not_npz(path, exc) from None
 
 
-def _numbers(text: str, columns: int, where: str) -> np.ndarray:
-    """Rows of `columns` numbers from CSV text (',' or ';'), fast."""
+def _numbers(text: str, columns: int, where: str, first_line: int = 1) -> np.ndarray:
+    """Rows of `columns` numbers from CSV text (',' or ';'), fast; `first_line` is the
+    text's first line number in the file, for messages."""
     text = text.replace("\r", "")
     if ";" in text:  # ';'-separated (a European spreadsheet): ',' is the decimal mark
         text = text.replace(",", ".").replace(";", ",")
+    _rows_of(text, columns, where, first_line)
     text = text.strip()
     if "\n\n" in text:
         text = "\n".join(line for line in text.split("\n") if line.strip())
@@ -250,6 +252,18 @@ def _numbers(text: str, columns: int, where: str) -> np.ndarray:
             "values (a missing or extra value, or text among the numbers)"
         )
     return np.asarray(flat.reshape(-1, columns))
+
+
+def _rows_of(text: str, columns: int, where: str, first_line: int) -> None:
+    """Every non-blank line holds `columns` fields. The values are read as one flat list:
+    a row short of a value and a later one with an extra value would still add up, and
+    every row between them would be read shifted by one channel, without a word."""
+    for n, line in enumerate(text.split("\n"), first_line):
+        if line.strip() and line.count(",") != columns - 1:
+            raise RecordingError(
+                f"{where}:{n}: expected {columns} values per row, one per channel; got "
+                f"{line.count(',') + 1}: {line[:80]!r}"
+            )
 
 
 def _read(path: Path) -> str:
@@ -351,7 +365,7 @@ def _with_header(
             )
         if len(set(names)) != len(names) or not all(names):
             raise RecordingError(f"{f}:{n + 1}: channel names must be distinct and non-empty")
-        data = _numbers("\n".join(lines[n + 1 :]).strip(), len(names), str(f))
+        data = _numbers("\n".join(lines[n + 1 :]), len(names), str(f), n + 2)
         try:
             fs = float(meta["fs_hz"]) if "fs_hz" in meta else fs_hz
             stamp = parse_start(meta["timestamp"]) if "timestamp" in meta else None

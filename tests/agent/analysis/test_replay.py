@@ -524,3 +524,18 @@ def test_a_csv_time_past_9999_or_no_time_of_day_is_one_line(
     assert capsys.readouterr().err.startswith(
         f"replay: {folder}/acc_00001.csv:1: 99, 0, 0, 0 is no time of day (hour 0-23,"
     )
+
+
+def test_a_header_csv_row_short_of_a_value_is_an_error_even_if_a_later_row_has_one_extra(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A row missing a value and a later row with one too many hold the right number of
+    values in all: every row between them would be read with h and v swapped, silently."""
+    rows = [f"{i / 100:.2f},{-i / 100:.2f}" for i in range(1, 101)]
+    rows[50] = "0.51"  # the vertical value lost
+    rows[80] = "0.81,-0.81,0.99"  # a stray third value
+    (tmp_path / "snap.csv").write_text("# fs_hz=1000\nh,v\n" + "\n".join(rows) + "\n")
+    assert run(_args(str(tmp_path))) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert f"replay: {tmp_path / 'snap.csv'}:53: expected 2 values" in err, err

@@ -124,8 +124,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _lives(text: str) -> list[float]:
+    # An empty item ('1,,2', '2.4,') is a life lost on the way (an unset shell variable, a
+    # cut paste): refused, not dropped, so the prior is never built on fewer lives unsaid.
     try:
-        lives = [float(x) for x in text.split(",") if x.strip()]
+        lives = [float(x) for x in text.split(",")]
     except ValueError:
         lives = []
     if not lives or not all(math.isfinite(x) and x > 0 for x in lives):

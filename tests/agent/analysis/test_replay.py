@@ -193,6 +193,8 @@ def test_a_pronostia_row_with_a_missing_or_extra_value_is_an_error_with_the_file
         (["--failure-threshold", "inf"], "--failure-threshold inf: expected a finite number"),
         (["--iso-group", "3"], "--iso-group 3: expected 1 or 2"),
         (["--prior-life-hours", "2.5,x"], "--prior-life-hours '2.5,x': expected completed"),
+        (["--prior-life-hours", "1,,2"], "--prior-life-hours '1,,2': expected completed"),
+        (["--prior-life-hours", "2.4,"], "--prior-life-hours '2.4,': expected completed"),
         (["--age-hours", "-1", "--prior-life-hours", "3"], "--age-hours -1.0: expected greater"),
         (["--limit", "0"], "--limit 0: expected at least 1 snapshot"),
         (["--point-tail", "0"], "--point-tail 0: expected a share in (0, 1]"),

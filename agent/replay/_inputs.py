@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import math
 import re
+import stat
 import warnings
 import zipfile
 from collections.abc import Callable, Iterator
@@ -267,10 +268,20 @@ def _rows_of(text: str, columns: int, where: str, first_line: int) -> None:
 
 
 def _read(path: Path) -> str:
-    if path.stat().st_size > _MAX_FILE_BYTES:
+    # A named pipe would block open() forever without a writer, and with one be read whole
+    # whatever its size: only regular files are snapshots. The read is bounded too, for a
+    # file that grows after its size was looked at.
+    info = path.stat()
+    if not stat.S_ISREG(info.st_mode):
+        raise RecordingError(f"{path}: not a regular file; one file per snapshot")
+    raw = b""
+    if info.st_size <= _MAX_FILE_BYTES:
+        with path.open("rb") as f:
+            raw = f.read(_MAX_FILE_BYTES + 1)
+    if info.st_size > _MAX_FILE_BYTES or len(raw) > _MAX_FILE_BYTES:
         raise RecordingError(f"{path}: larger than 64 MiB; one file should be one snapshot")
-    try:
-        return path.read_text(encoding="utf-8-sig")
+    try:  # newlines as read_text() gives them: \r\n and \r are line ends
+        return raw.decode("utf-8-sig").replace("\r\n", "\n").replace("\r", "\n")
     except UnicodeDecodeError as exc:
         raise RecordingError(f"{path}: not UTF-8 text") from exc
 

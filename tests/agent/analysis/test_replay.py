@@ -7,6 +7,7 @@ import argparse
 import io
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -541,3 +542,19 @@ def test_a_header_csv_row_short_of_a_value_is_an_error_even_if_a_later_row_has_o
     err = capsys.readouterr().err
     assert err.count("\n") == 1, err
     assert f"replay: {tmp_path / 'snap.csv'}:53: expected 2 values" in err, err
+
+
+@pytest.mark.parametrize("name", ["acc_00001.csv", "snap.csv"])
+def test_a_fifo_among_the_csv_files_is_refused_not_waited_on(tmp_path: Path, name: str) -> None:
+    """A named pipe called acc_00001.csv (a capture still streaming, a `mkfifo` left over)
+    used to block the replay forever with no writer, and with one to be read whole into
+    memory past the 64 MiB limit (1.8 GB resident for a 300 MB stream)."""
+    os.mkfifo(tmp_path / name)
+    proc = _replay_process(str(tmp_path))
+    try:
+        _, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 2
+    assert err.decode() == f"replay: {tmp_path / name}: not a regular file; one file per snapshot\n"

@@ -48,8 +48,31 @@ class ArgumentError(ValueError):
     """A bad option value; the message is one line for the user."""
 
 
+class _Once(argparse.Action):
+    """argparse's "store" that refuses a second value: argparse keeps the last without a
+    word (--rpm 1800 ... --rpm 1500 would replay at 1500), as YAML does with a key given
+    twice, which `check` refuses too."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        given: dict[str, Any] = namespace.__dict__.setdefault("_given_once", {})
+        if self.dest in given:
+            raise argparse.ArgumentError(
+                self, f"given twice ({given[self.dest]}, then {values}); give it once"
+            )
+        given[self.dest] = values
+        setattr(namespace, self.dest, values)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `edge-agent replay`."""
+    for name in (None, "store"):  # the default action of every option below: given once
+        parser.register("action", name, _Once)
     parser.add_argument("input", type=Path, help="a .npz recording or a folder of CSV files")
     parser.add_argument("-c", "--config", type=Path, help="asset configuration (YAML)")
     parser.add_argument("--asset", help="asset id in the configuration (default: the first)")

@@ -558,3 +558,25 @@ def test_a_fifo_among_the_csv_files_is_refused_not_waited_on(tmp_path: Path, nam
         proc.wait()
     assert proc.returncode == 2
     assert err.decode() == f"replay: {tmp_path / name}: not a regular file; one file per snapshot\n"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--rpm", "1800", "--rpm", "1500"],
+        ["--failure-metric", "accel_peak_g", "--failure-metric=kurtosis"],
+        ["--prior-life-hours", "2,3", "--prior-life-hours", "4"],
+    ],
+)
+def test_a_flag_given_twice_is_refused_not_the_last_kept(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`check` refuses a YAML key given twice (YAML keeps the last); the same flag twice on
+    the command line (a copied command line, an alias plus its own flag) used to keep the
+    last one without a word: --rpm 1800 --rpm 1500 replayed at 1500 rpm, exit 0."""
+    with pytest.raises(SystemExit) as exc:
+        _args("rec.npz", *argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert f"argument {argv[0]}: given twice" in err, err

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from agent.analysis.ttf import POINT_TAIL
 from agent.config import Config
-from agent.replay._inputs import parse_start
+from agent.replay._inputs import parse_start, rate_problem
 from drivers.reading import FEATURE_NAMES, TEMPERATURE
 
 __all__ = ["FAILURE_METRICS", "ArgumentError", "add_arguments", "build_config"]
@@ -169,9 +169,10 @@ def _check_plain(args: argparse.Namespace) -> None:
         raise ArgumentError(f"--limit {args.limit}: expected at least 1 snapshot")
     if not (math.isfinite(args.point_tail) and 0.0 < args.point_tail <= 1.0):
         raise ArgumentError(f"--point-tail {args.point_tail:g}: expected a share in (0, 1]")
-    for flag, value in (("--fs-hz", args.fs_hz), ("--interval-s", args.interval_s)):
-        if value is not None and not (math.isfinite(value) and value > 0):
-            raise ArgumentError(f"{flag} {value:g}: expected a number greater than 0")
+    if args.interval_s is not None and not (math.isfinite(args.interval_s) and args.interval_s > 0):
+        raise ArgumentError(f"--interval-s {args.interval_s:g}: expected a number greater than 0")
+    if args.fs_hz is not None and (problem := rate_problem(args.fs_hz)) is not None:
+        raise ArgumentError(f"--fs-hz {args.fs_hz:g}: {problem}")
     try:
         parse_start(args.start)
     except ValueError:

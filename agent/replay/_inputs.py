@@ -46,10 +46,28 @@ _TIME_OF_DAY_TOPS = (24, 60, 61, 1e6)  # hour, minute, second (a leap second), m
 MIN_SAMPLES = 16  # the features need at least this many samples per channel
 _MAX_FILE_BYTES = 64 * 2**20  # one snapshot; anything larger is not a snapshot
 _MAX_T_S = 1e10  # 300 years of seconds: a larger t_s is a corrupt value, not a time
+# No vibration recording samples outside this (the agent's MQTT decoders take 100 Hz to
+# 200 kHz by default); 1e308 Hz, a corrupt field or a typo, overflows the spectra.
+FS_RANGE_HZ = (1.0, 1e7)
 
 
 class RecordingError(ValueError):
     """A recording that cannot be read as snapshots (the message names the file)."""
+
+
+def rate_problem(fs: float) -> str | None:
+    """Why a sampling rate is no sampling rate of a vibration recording, or None."""
+    lo, hi = FS_RANGE_HZ
+    if lo <= fs <= hi:  # NaN fails it too
+        return None
+    return f"expected a sampling rate of {lo:g} to {hi:g} Hz"
+
+
+def _check_rate(fs: float, what: str) -> float:
+    problem = rate_problem(fs)
+    if problem is not None:
+        raise RecordingError(f"{what} {fs:.3g} Hz; {problem}")
+    return fs
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +139,9 @@ class _Npz:
             dtype, shape = self._member[1], self._member[2]
         t_s = np.asarray(data["t_s"])
         self.scale = _scalar(data, "scale_g", path, "g per count")
-        self.fs = _scalar(data, "fs_hz", path, "the sampling rate in Hz")
+        self.fs = _check_rate(
+            _scalar(data, "fs_hz", path, "the sampling rate in Hz"), f"{path}: fs_hz is"
+        )
         if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
             raise RecordingError(f"{path}: acc holds {dtype} values; expected integers or floats")
         if len(shape) != 3 or shape[2] != len(_NPZ_CHANNELS) or t_s.shape != shape[:1]:
@@ -345,6 +365,8 @@ def _pronostia(files: list[Path], start: datetime, fs_hz: float | None) -> Itera
         fs = (rows.shape[0] - 1) / span if span > 0 else fs_hz
         if fs is None:
             raise RecordingError(f"{f}: the rows' times do not advance; give --fs-hz")
+        if span > 0:
+            _check_rate(fs, f"{f}: the rows' times give")
         of_day = float(secs[0])
         if of_day < last - _DAY_S / 2:  # the clock passed midnight
             day = _after(day, _DAY_S, str(f), "--start")
@@ -389,6 +411,8 @@ def _with_header(
             raise RecordingError(
                 f"{f}: '# fs_hz={meta['fs_hz']}': expected the sampling rate in Hz, finite and > 0"
             )
+        if "fs_hz" in meta:
+            _check_rate(fs, f"{f}: '# fs_hz={meta['fs_hz']}' is")
         if data.shape[0] < MIN_SAMPLES:
             raise RecordingError(f"{f}: {data.shape[0]} rows; a snapshot needs {MIN_SAMPLES}")
         yield Snapshot(at, fs, {name: data[:, k] for k, name in enumerate(names)}, str(f))

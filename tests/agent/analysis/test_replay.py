@@ -580,3 +580,38 @@ def test_a_flag_given_twice_is_refused_not_the_last_kept(
     err = capsys.readouterr().err
     assert err.count("\n") == 1, err
     assert f"argument {argv[0]}: given twice" in err, err
+
+
+def _rate_case(tmp_path: Path, case: str) -> list[str]:
+    rows = "\n".join(f"{a:.3f},{-a:.3f}" for a in np.linspace(-1, 1, 32))
+    if case == "npz":
+        return [str(_npz(tmp_path / "rec.npz", fs_hz=np.float64(1e308)))]
+    if case == "meta":
+        (tmp_path / "s.csv").write_text(f"# fs_hz=1e308\nh,v\n{rows}\n")
+        return [str(tmp_path)]
+    if case == "flag":
+        (tmp_path / "s.csv").write_text(f"h,v\n{rows}\n")
+        return [str(tmp_path), "--fs-hz", "1e308"]
+    # PRONOSTIA rows 0.01 us apart: their microsecond column gives 100 MHz
+    lines = [f"9,0,0,{k / 100:.2f},{k % 3 / 10},{-k % 5 / 10}" for k in range(16)]
+    (tmp_path / "acc_00001.csv").write_text("\n".join(lines) + "\n")
+    return [str(tmp_path)]
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("npz", "rec.npz: fs_hz is 1e+308 Hz; expected a sampling rate of 1 to 1e+07 Hz"),
+        ("meta", "s.csv: '# fs_hz=1e308' is 1e+308 Hz; expected a sampling rate of 1 to 1e+07"),
+        ("flag", "--fs-hz 1e+308: expected a sampling rate of 1 to 1e+07 Hz"),
+        ("rows", "acc_00001.csv: the rows' times give 1e+08 Hz; expected a sampling rate of 1"),
+    ],
+)
+def test_an_absurd_sampling_rate_is_one_line_not_numpy_warnings_and_garbage(
+    case: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """fs_hz 1e308 (a corrupt field, a typo) used to be analysed: numpy's overflow
+    RuntimeWarnings on stderr, a velocity band 'spanning 2.6e-304 periods', exit 0."""
+    assert run(_args(*_rate_case(tmp_path, case))) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err

@@ -44,6 +44,22 @@ _FLAG_OF = {
 }
 
 
+# The options of the "machine (without -c)" group, by dest: with -c the asset is the file's.
+_MACHINE_FLAGS = {
+    "rpm": "--rpm",
+    "iso_group": "--iso-group",
+    "foundation": "--foundation",
+    "balls": "--balls",
+    "ball_mm": "--ball-mm",
+    "pitch_mm": "--pitch-mm",
+    "contact_deg": "--contact-deg",
+    "failure_metric": "--failure-metric",
+    "failure_threshold": "--failure-threshold",
+    "planning_horizon_hours": "--planning-horizon-hours",
+    "baseline_readings": "--baseline-readings",
+}
+
+
 class ArgumentError(ValueError):
     """A bad option value; the message is one line for the user."""
 
@@ -191,6 +207,20 @@ def _check_plain(args: argparse.Namespace) -> None:
         raise ArgumentError("--balls, --ball-mm and --pitch-mm go together: give all three")
 
 
+def _check_with_config(args: argparse.Namespace) -> None:
+    """With -c, a machine flag would be dropped without a word (the asset is the file's):
+    refuse it, naming the first one given."""
+    if args.config is None:
+        return
+    given = getattr(args, "_given_once", {})  # what _Once saw on the command line
+    flag = next((_MACHINE_FLAGS[d] for d in given if d in _MACHINE_FLAGS), None)
+    if flag is not None:
+        raise ArgumentError(
+            f"{flag} applies without -c only; with -c the asset's machine, failure and "
+            f"alerting come from {args.config} (set it there, or drop -c)"
+        )
+
+
 def _message(err: Any, asset: dict[str, Any]) -> str:
     """One line for one pydantic error on the replay's asset."""
     tags = ("iso10816-3", "iso10816-1", "limits")  # union tags pydantic puts in the path
@@ -215,6 +245,7 @@ def build_config(args: argparse.Namespace) -> tuple[Config, str, str]:
         ArgumentError: a bad flag (one line).
         ConfigError: a bad configuration file (every issue, file:line:col).
     """
+    _check_with_config(args)
     _check_plain(args)
     flags: dict[str, Any] = {}
     if args.prior_life_hours is not None:

@@ -615,3 +615,24 @@ def test_an_absurd_sampling_rate_is_one_line_not_numpy_warnings_and_garbage(
     assert run(_args(*_rate_case(tmp_path, case))) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--rpm", "-5"],
+        ["--failure-metric", "kurtosis", "--failure-threshold", "3"],
+        ["--baseline-readings", "10"],
+        ["--iso-group", "1"],
+    ],
+)
+def test_a_machine_flag_with_c_is_refused_not_ignored(
+    argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With -c the asset comes from the file: --failure-metric kurtosis, --rpm -5 or
+    --iso-group 1 next to it used to be dropped without a word (the same output, exit 0)."""
+    rec, site = str(_npz(tmp_path / "rec.npz")), str(_config_with_prior(tmp_path))
+    assert run(_args(rec, "-c", site, *argv)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith(f"replay: {argv[0]} applies without -c only; with -c the asset's "), err

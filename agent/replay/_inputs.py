@@ -362,6 +362,8 @@ def _pronostia(files: list[Path], start: datetime, fs_hz: float | None) -> Itera
             )
         rows, secs = _pronostia_rows(text, first, str(f))
         span = float(secs[-1] - secs[0])
+        if span < 0:  # begun before midnight, ended after: a snapshot lasts far less than a day
+            span += _DAY_S
         fs = (rows.shape[0] - 1) / span if span > 0 else fs_hz
         if fs is None:
             raise RecordingError(f"{f}: the rows' times do not advance; give --fs-hz")

@@ -636,3 +636,24 @@ def test_a_machine_flag_with_c_is_refused_not_ignored(
     err = capsys.readouterr().err
     assert err.count("\n") == 1, err
     assert err.startswith(f"replay: {argv[0]} applies without -c only; with -c the asset's "), err
+
+
+def test_a_pronostia_snapshot_straddling_midnight_is_read_with_its_own_rate(
+    tmp_path: Path,
+) -> None:
+    """A snapshot begun at 23:59:59.95 ends at 00:00:00.05: its rows' times go from 86400 s
+    of day back to 0. That used to stop the replay there: "the rows' times do not advance;
+    give --fs-hz", exit 2, for a recording with nothing wrong."""
+    rng = np.random.default_rng(5)
+    for i, t0 in enumerate((86380.0, 86390.0, 86399.95, 9.95), start=1):
+        secs = (t0 + np.arange(N) / FS) % 86400.0
+        hms = [(int(s // 3600), int(s % 3600 // 60), int(s % 60)) for s in secs]
+        rows = [
+            f"{h},{m},{s},{round(x % 1 * 1e6)},{a:.3f},{b:.3f}"
+            for (h, m, s), x, a, b in zip(hms, secs, *rng.normal(0, 0.3, (2, N)), strict=True)
+        ]
+        (tmp_path / f"acc_{i:05d}.csv").write_text("\n".join(rows) + "\n")
+    _, lines = _lines(_args(str(tmp_path), "--start", "2012-03-04"))
+    rec = lines[-1]["recording"]
+    assert (rec["first"], rec["last"]) == ("2012-03-04T23:59:40.000Z", "2012-03-05T00:00:09.950Z")
+    assert rec["snapshots"] == 4 and rec["skipped"] == {}

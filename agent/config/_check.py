@@ -17,6 +17,7 @@ from agent.config._yaml import parse
 from agent.config._zones import standard_label, zone_limits
 
 EXIT_OK = 0
+CREDENTIALS_DIR = "/etc/edge-agent/credentials"  # systemd/README.md: 0700, root
 EXIT_INVALID = 2
 
 
@@ -263,15 +264,20 @@ def main_check(
     return EXIT_OK
 
 
-def _secret_paths(data: object) -> list[tuple[str | int, ...]]:
-    """Where a file may hold a secret inline: uplink tokens and passwords, brokers'."""
+def _secret_paths(data: object) -> list[tuple[tuple[str | int, ...], str]]:
+    """Where a file may hold a secret inline (uplink tokens and passwords, brokers'), each
+    with a name for its credential file (the uplink's or broker's name: systemd-dropin
+    loads each file as a credential named after it, so two must not share one)."""
     if not isinstance(data, dict):
         return []
-    paths: list[tuple[str | int, ...]] = []
-    for i, _ in entries(data, "uplinks"):
-        paths += [("uplinks", i, "http", "token"), ("uplinks", i, "cmms", "token")]
-        paths.append(("uplinks", i, "mqtt", "password"))
-    paths += [("mqtt", i, "password") for i, _ in entries(data, "mqtt")]
+    paths: list[tuple[tuple[str | int, ...], str]] = []
+    for i, up in entries(data, "uplinks"):
+        own = up.get("name") if isinstance(up.get("name"), str) else None
+        for kind, key in (("http", "token"), ("cmms", "token"), ("mqtt", "password")):
+            paths.append((("uplinks", i, kind, key), f"{own or f'{kind}-uplink-{i}'}-{key}"))
+    for i, broker in entries(data, "mqtt"):
+        own = broker.get("id") if isinstance(broker.get("id"), str) else f"mqtt-{i}"
+        paths.append((("mqtt", i, "password"), f"{own}-password"))
     return paths
 
 
@@ -290,14 +296,18 @@ def inline_secrets(path: Path, environ: Mapping[str, str] | None = None) -> list
         return []
     data, smap, _ = parse(str(path), text, environ if environ is not None else os.environ)
     found = []
-    for where in _secret_paths(data):
+    for where, name in _secret_paths(data):
         node = smap.nodes.get(where)
         if node is None or node.template is not None or not node.raw:
             continue
+        # The form that works under the unit: its DynamicUser cannot read the credentials
+        # folder, systemd-dropin's LoadCredential= copies the file to $CREDENTIALS_DIRECTORY;
+        # run by hand as root, the same line falls back to the file itself.
         msg = (
             f"warning: a {where[-1]} is written in this file, which other users can read "
-            f"(mode {mode:04o}); move it to {where[-1]}_file in /etc/edge-agent/credentials "
-            "(chmod 600), as systemd/README.md shows"
+            f"(mode {mode:04o}); put it alone in {CREDENTIALS_DIR}/{name} (chmod 600) and "
+            f'write {where[-1]}_file: "${{CREDENTIALS_DIRECTORY:-{CREDENTIALS_DIR}}}/{name}" '
+            "(then run systemd-dropin again), as systemd/README.md shows"
         )
         found.append(smap.issue(where, msg))
     return [str(issue) for issue in sorted(found)]

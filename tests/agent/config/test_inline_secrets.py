@@ -41,13 +41,19 @@ def test_a_secret_in_a_world_readable_file_is_named_at_its_line(tmp_path: Path) 
     code, warnings = _check(tmp_path, 0o644)
     assert code == 0
     path = tmp_path / "config.yaml"
+    # The hint gives the form the unit's dynamic user can read (via LoadCredential=), not
+    # a bare path under /etc/edge-agent/credentials it may not open.
     assert warnings == [
         f"{path}:8:60: mqtt[0].password: warning: a password is written in this file, which "
-        "other users can read (mode 0644); move it to password_file in "
-        "/etc/edge-agent/credentials (chmod 600), as systemd/README.md shows",
+        "other users can read (mode 0644); put it alone in "
+        "/etc/edge-agent/credentials/plant-password (chmod 600) and write password_file: "
+        '"${CREDENTIALS_DIRECTORY:-/etc/edge-agent/credentials}/plant-password" (then run '
+        "systemd-dropin again), as systemd/README.md shows",
         f"{path}:11:63: uplinks[0].http.token: warning: a token is written in this file, "
-        "which other users can read (mode 0644); move it to token_file in "
-        "/etc/edge-agent/credentials (chmod 600), as systemd/README.md shows",
+        "which other users can read (mode 0644); put it alone in "
+        "/etc/edge-agent/credentials/portfolio-token (chmod 600) and write token_file: "
+        '"${CREDENTIALS_DIRECTORY:-/etc/edge-agent/credentials}/portfolio-token" (then run '
+        "systemd-dropin again), as systemd/README.md shows",
     ]
     assert "abc-123-secret" not in "".join(warnings) and "b-r0ker" not in "".join(warnings)
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import ssl
 import time
@@ -563,7 +564,7 @@ class BrokerLink:
             who = f"check username {s.username!r} and its {source}"
         return (
             f"the broker refused the connection: {code}; {who}; tried again every "
-            f"{REFUSED_RETRY_S:.0f} s, the password file read again each time"
+            f"{REFUSED_RETRY_S:.0f} s{_reread(s.password_file)}"
         )
 
     def _forget_client(self) -> None:
@@ -602,3 +603,19 @@ def _raise_if_cancelled() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
+
+
+def _reread(password_file: Path | None) -> str:
+    """What a fixed password file does, for the refusal message: the link reads the file
+    again at each try, but under systemd the file it reads is the copy LoadCredential=
+    made when the service started (systemd/README.md), so a fix reaches it by a restart."""
+    if password_file is None:
+        return ""
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    if creds and Path(os.path.abspath(password_file)).is_relative_to(os.path.abspath(creds)):
+        return (
+            f", but {password_file} is systemd's copy of the credential made when the service "
+            "started: after fixing the file in /etc/edge-agent/credentials, "
+            "systemctl restart edge-agent"
+        )
+    return ", the password file read again each time"

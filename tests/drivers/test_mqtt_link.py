@@ -295,3 +295,36 @@ async def test_refused_credentials_are_named_and_a_fixed_password_file_is_used(
             rig.link.stop()
             task.cancel()
             await asyncio.wait([task], timeout=5)
+
+
+async def test_under_systemd_a_refused_credential_says_a_restart_reads_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: "the password file read again each time" under systemd too, where the file
+    # read is LoadCredential='s copy made at start: fixing /etc/edge-agent/credentials
+    # changed nothing until a restart, and the message did not say so.
+    import shutil
+    import subprocess
+
+    if shutil.which("mosquitto_passwd") is None:
+        pytest.skip("mosquitto_passwd is not installed (Debian package mosquitto)")
+    passwords = tmp_path / "passwd"
+    make = ["mosquitto_passwd", "-b", "-c", str(passwords), "gw-01", "s3cret"]
+    subprocess.run(make, check=True, capture_output=True, timeout=30)  # noqa: ASYNC221 (setup)
+    creds = tmp_path / "credentials"
+    creds.mkdir()
+    secret = creds / "plant-password"
+    secret.write_text("wrong\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    with _Passwords(tmp_path / "b", passwords) as broker:
+        rig = Rig(broker, username="gw-01", password_file=secret, reconnect_max_s=0.05)
+        task = asyncio.create_task(rig.link.run())
+        try:
+            await until(lambda: rig.link.last_error is not None, 5)
+            error = rig.link.last_error
+        finally:
+            rig.link.stop()
+            task.cancel()
+            await asyncio.wait([task], timeout=5)
+    assert "read again each time" not in error, error
+    assert "systemd's copy" in error and "systemctl restart edge-agent" in error, error

@@ -29,7 +29,9 @@ RESOLV_CONF = Path("/etc/resolv.conf")
 PROC_DEVICES = Path("/proc/devices")
 # The group of serial ports on Debian and most distributions, for a port that is not
 # plugged in when the drop-in is written.
-SERIAL_GROUP = "dialout"
+# The groups udev gives serial ports (Debian/Ubuntu/Fedora: dialout; Arch: uucp): for a port
+# not plugged in yet, the first of them that exists here.
+SERIAL_GROUPS = ("dialout", "uucp")
 
 
 class DropinError(Exception):
@@ -143,17 +145,26 @@ def _char_driver(major: int, devices: Path, node: str) -> str | None:
     return max(own, key=len) if own else (names[0] if names else None)
 
 
-def _serial_port(port: str, devices: Path) -> tuple[str, str, str]:
+def _serial_port(port: str, devices: Path) -> tuple[str, str | None, str]:
     """(DeviceAllow= specifier, group that may open it, what was found) for a serial port.
 
     The driver class (char-ttyUSB) rather than the one node: a USB adapter that comes
     back as ttyUSB1 after a replug stays allowed. A port absent now is allowed by its
-    path (systemd looks it up when the service starts) with the usual serial group.
+    path (systemd looks it up when the service starts) with the usual serial group, if
+    this system has one: SupplementaryGroups= naming a group that does not exist stops
+    the service from starting at all (status 216/GROUP), sensors and uplinks with it.
     """
     try:
         st = os.stat(port)
     except OSError:
-        return port, SERIAL_GROUP, "not present now: run systemd-dropin again once it is"
+        group = next((g for g in SERIAL_GROUPS if _group_exists(g)), None)
+        if group is None:
+            return port, None, (
+                f"not present now, and no {' or '.join(SERIAL_GROUPS)} group here, so no "
+                "group is added: plug it in and run systemd-dropin again (it takes the "
+                "port's own group)"
+            )  # fmt: skip
+        return port, group, "not present now: run systemd-dropin again once it is"
     real = os.path.realpath(port)
     rw = stat.S_IRGRP | stat.S_IWGRP
     if st.st_gid == 0 or st.st_mode & rw != rw:
@@ -171,6 +182,14 @@ def _serial_port(port: str, devices: Path) -> tuple[str, str, str]:
     spec = f"char-{driver}" if driver else port
     group = _group_name(st.st_gid)
     return spec, group, f"{real}, group {group}"
+
+
+def _group_exists(name: str) -> bool:
+    try:
+        grp.getgrnam(name)
+    except KeyError:
+        return False
+    return True
 
 
 def _group_name(gid: int) -> str:
@@ -191,7 +210,7 @@ def _serial(config: Config, devices: Path) -> list[str]:
         spec, group, found = _serial_port(bus.rtu.port, devices)
         lines.append(f"# bus {bus.id}: serial port {bus.rtu.port} ({found})")
         specs += [spec] if spec not in specs else []
-        groups += [group] if group not in groups else []
+        groups += [group] if group is not None and group not in groups else []
     if not lines:
         return []
     return [

@@ -201,6 +201,28 @@ def test_a_serial_port_not_plugged_in_is_allowed_by_its_path(tmp_path: Path) -> 
     assert "SupplementaryGroups=dialout" in text.splitlines()
 
 
+def test_a_port_not_plugged_in_gets_no_group_this_system_lacks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: SupplementaryGroups=dialout whatever the system; where no dialout group
+    # exists (Arch names it uucp) systemd refuses to start the service (216/GROUP).
+    import agent.unitgen as unitgen
+
+    port = "/dev/serial/by-id/usb-FTDI_FT232R_A10K1234-if00-port0"
+    config = load_config(write(tmp_path, extra=_rtu(port)))
+    missing = ("edge-agent-test-no-such-group", "edge-agent-test-no-such-either")
+    monkeypatch.setattr(unitgen, "SERIAL_GROUPS", missing)
+    lines = dropin(config, base=tmp_path).splitlines()
+    assert not [ln for ln in lines if ln.startswith("SupplementaryGroups=")]
+    assert f"DeviceAllow={port} rw" in lines
+    (said,) = [ln for ln in lines if ln.startswith("# bus rs485-1")]
+    assert "no edge-agent-test-no-such-group or edge-agent-test-no-such-either group" in said
+    assert "plug it in and run systemd-dropin again" in said
+    # The first serial group that exists is the one taken (here: any real group).
+    monkeypatch.setattr(unitgen, "SERIAL_GROUPS", (missing[0], GROUP))
+    assert f"SupplementaryGroups={GROUP}" in dropin(config, base=tmp_path).splitlines()
+
+
 def test_a_serial_port_only_root_may_open_is_refused(tmp_path: Path, serial_port: str) -> None:
     os.chmod(serial_port, 0o600)
     config = load_config(write(tmp_path, extra=_rtu(serial_port)))

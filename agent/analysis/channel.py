@@ -21,7 +21,7 @@ from agent.analysis.health_index import HealthIndex, HealthIndexTuning
 from agent.analysis.lifecycle import LifecycleState
 from agent.analysis.severity import ZoneTable, iso_alarm_level, velocity_band_hz
 from agent.analysis.trend import NoEstimate, Trend
-from agent.analysis.ttf import Estimate
+from agent.analysis.ttf import Estimate, aged
 from agent.config import Asset
 from agent.records import SensorRef
 from drivers.reading import Reading
@@ -96,6 +96,7 @@ class Channel:
     estimate_bin: int | None = None
     estimate_s: float = -math.inf  # reading time the estimate was computed at
     estimate_metric: float | None = None  # the failure metric's newest bin mean then
+    now_s: float = -math.inf  # analysis time of the latest reading (estimate_s's clock)
     persisted_s: float = -math.inf
     # The latest view's fields; the ChannelView itself is made when someone looks (a
     # status page, a draft), not for each of thousands of readings a second.
@@ -116,6 +117,23 @@ class Channel:
     def set_view(self, *fields: object) -> None:
         """Record the latest view's fields (ChannelView's, in order)."""
         self.view_fields, self._view = fields, None
+
+    def estimate_now(self) -> Estimate | NoEstimate | None:
+        """The estimate as of the latest reading, the time its records and views state: the
+        one computed earlier in the bin less the time since (agent.analysis.ttf.aged)."""
+        est = self.estimate
+        if not isinstance(est, Estimate) or not math.isfinite(self.estimate_s):
+            return est
+        return aged(est, self.now_s - self.estimate_s)
+
+    def hours_now(self) -> float | None:
+        """estimate_now()'s hours alone (None without an estimate), for the decisions
+        taken at every reading: a copy of the estimate each time would cost more."""
+        est = self.estimate
+        if not isinstance(est, Estimate):
+            return None
+        gone_s = self.now_s - self.estimate_s
+        return max(est.hours - gone_s / 3600.0, 0.0) if gone_s > 0.0 else est.hours
 
     def iso_alarm(self) -> float | None:
         """ISO 20816-1 velocity alarm from the learned baseline, None while learning."""

@@ -73,7 +73,7 @@ def closed_alert(sensor: str, channel: str, kind: str, st: LifecycleState) -> di
 def estimate_fields(ch: Channel) -> tuple[Progression | None, TimeToFailure | None, str | None]:
     """(progression, time to failure, reason) of the channel's estimate; the reason says
     why progression (and time to failure, when there is none) is missing."""
-    est = ch.estimate
+    est = ch.estimate_now()  # relative to the record's time, not to the bin's estimate
     if not isinstance(est, Estimate):
         if ch.view is not None and ch.view.stopped and not ch.hi.ready:
             return None, None, ch.learning(True)  # no estimate was made: it waits to learn
@@ -92,7 +92,14 @@ def estimate_evidence(ch: Channel) -> dict[str, object]:
     est = ch.estimate
     if not isinstance(est, Estimate):
         return {}
-    return {"time_to_failure_basis": {"summary": est.basis, "terms": est.terms}}
+    basis: dict[str, object] = {"summary": est.basis, "terms": est.terms}
+    view = ch.view
+    if view is not None and math.isfinite(ch.estimate_s):
+        # When the posterior was computed (hours and bounds are already counted down to
+        # the record's own time): a planner can see how fresh the figure is.
+        at = view.at - timedelta(seconds=max(ch.now_s - ch.estimate_s, 0.0))
+        basis["estimated_at"] = format_ts(at)
+    return {"time_to_failure_basis": basis}
 
 
 def current_severity(ch: Channel) -> Severity:
@@ -214,9 +221,10 @@ def trend_draft(
     }  # fmt: skip
     if revision is not None:
         extra["revision"] = revision
-    if transition == "escalated" and revision is None and isinstance(ch.estimate, Estimate):
+    told = ch.estimate_now()
+    if transition == "escalated" and revision is None and isinstance(told, Estimate):
         sev = Severity("critical", zone, "time to failure under the planning horizon",
-                       "time_to_failure_hours", round(ch.estimate.hours, 5),
+                       "time_to_failure_hours", round(told.hours, 5),
                        ch.asset.planning_horizon_hours)  # fmt: skip
     else:
         name = "info" if transition == "cleared" else LEVEL_NAMES[max(level, 1)]

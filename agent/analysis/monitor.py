@@ -396,6 +396,8 @@ class Monitor:
         if value is None or not math.isfinite(value):
             self.skipped_total += 1
             return out
+        wall_s = reading.timestamp.timestamp()
+        t_s = ch.now_s = self._analysis_time(reading, wall_s)  # the time records state
         if ch.stopped(value, feats):  # no measurement of the machine's condition (channel.py)
             self.stopped_total += 1
             shown = ch.view
@@ -405,8 +407,6 @@ class Monitor:
                 ch.estimate, (ch.severity.flaps, ch.trend.flaps), True, ch.learning(True),
             )  # fmt: skip
             return out
-        wall_s = reading.timestamp.timestamp()
-        t_s = self._analysis_time(reading, wall_s)
         alerting = ch.asset.alerting
         sev_before, tr_before = snap(ch.severity), snap(ch.trend)
         was_ready = ch.hi.ready
@@ -448,7 +448,8 @@ class Monitor:
         level = 0
         if hi_over or iso_over:
             ch.cause = "health_index" if hi_over else SEVERITY_METRIC
-            soon = isinstance(est, Estimate) and est.hours < ch.asset.planning_horizon_hours
+            told = ch.hours_now()  # as of this reading, as its record will say
+            soon = told is not None and told < ch.asset.planning_horizon_hours
             level = 2 if soon else 1
         ts = step(
             ch.trend,
@@ -468,9 +469,9 @@ class Monitor:
             est = self._estimate(ch, t_s, wall_s)
         revision: dict[str, object] | None = None
         if ts.transition in ("raised", "escalated") and ch.trend.active >= 2:
-            _note_due(ch, est, t_s, reading.timestamp)
+            _note_due(ch, t_s, reading.timestamp)
         elif ts.transition is None:
-            revision = _revision(ch, est, t_s)
+            revision = _revision(ch, t_s)
 
         ch.set_view(
             ch.asset.id, ch.sensor.id, ch.sensor.channel, reading.timestamp, value, zone,
@@ -617,9 +618,11 @@ class Monitor:
         return [v for c in self._channels.values() if (v := c.view) is not None]
 
 
-def _note_due(ch: Channel, est: Estimate | NoEstimate, t_s: float, at: datetime) -> None:
+def _note_due(ch: Channel, t_s: float, at: datetime) -> None:
     """A critical on the time to failure: keep when its estimate said the failure would
-    come, so that a failure that does not come by then can take it back (_revision)."""
+    come, so that a failure that does not come by then can take it back (_revision). The
+    estimate as of this reading: the record's hours count from its detected_at."""
+    est = ch.estimate_now()
     if isinstance(est, Estimate):
         ch.trend.due_s, ch.trend.due_hours = t_s + est.hours * 3600.0, est.hours
         ch.trend.escalated_at, ch.trend.due_level = format_ts(at), _recent_level(ch, peak=True)
@@ -647,7 +650,7 @@ def _grown(ch: Channel) -> bool:
     return math.log(now / then) > JUMP_SHARE * math.log(threshold / then)
 
 
-def _revision(ch: Channel, est: Estimate | NoEstimate, t_s: float) -> dict[str, object] | None:
+def _revision(ch: Channel, t_s: float) -> dict[str, object] | None:
     """The evidence of a critical taken back (agent.analysis.lifecycle.revise), or None.
 
     A step then flat (a rebalanced or re-mounted machine, a load change) fits, right after
@@ -662,9 +665,10 @@ def _revision(ch: Channel, est: Estimate | NoEstimate, t_s: float) -> dict[str, 
         st.revise_streak = 0
         return None
     hours, escalated_at = st.due_hours, st.escalated_at
-    soon = isinstance(est, Estimate) and est.hours < ch.asset.planning_horizon_hours
+    told = ch.hours_now()  # as of this reading, as the revision's record says
+    soon = told is not None and told < ch.asset.planning_horizon_hours
     grown = not soon and _grown(ch)
     debounce = ch.asset.alerting.debounce
     if not revise(st, soon=soon, grown=grown, now_s=t_s, debounce=debounce):
         return None
-    return revision_evidence(ch, est, hours, escalated_at)
+    return revision_evidence(ch, ch.estimate_now(), hours, escalated_at)

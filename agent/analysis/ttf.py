@@ -28,7 +28,7 @@ lowest quarter is the convention, not a fit.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -44,6 +44,7 @@ __all__ = [
     "POINT_TAIL",
     "Estimate",
     "PosteriorTuning",
+    "aged",
     "remaining_life",
     "tail_levels",
 ]
@@ -114,6 +115,22 @@ class Estimate:
     value: float | None = None
     rate_per_day: float | None = None
     window_hours: float | None = None
+
+
+def aged(est: Estimate, elapsed_s: float) -> Estimate:
+    """The estimate as of elapsed_s after the moment it was computed: the point and both
+    bounds less the time gone by, none under 0. An estimate is recomputed at most once per
+    trend bin (less often far from failure), but a record states the time of its own
+    reading: without this a figure of 24 s would be told 40 s after it was made."""
+    if not elapsed_s > 0.0:  # also NaN: nothing known to subtract
+        return est
+    h = elapsed_s / _HOUR_S
+    return replace(
+        est,
+        hours=max(est.hours - h, 0.0),
+        lower_hours=max(est.lower_hours - h, 0.0),
+        upper_hours=max(est.upper_hours - h, 0.0),
+    )
 
 
 def _span(hours: float) -> str:

@@ -123,6 +123,7 @@ class Story:
             if best is None
             else {
                 **best["time_to_failure"],
+                "at": best["at"],  # hours and bounds count from here (the last snapshot)
                 "channel": best["sensor"]["channel"],
                 **best.get("time_to_failure_basis", {}),
             }

@@ -130,7 +130,9 @@ def cut_points(bearing: str) -> list[tuple[str, float]]:
 
 
 def asset_series(summary: dict) -> list[tuple[float, float, float, float]]:
-    """(time, hours, lower, upper) of the asset (its shortest channel) at every estimate."""
+    """(time, hours, lower, upper) of the asset (its shortest channel) at every estimate,
+    each channel's figure counted down from when it was made to that time (as a record
+    made then states it: agent.analysis.ttf.aged)."""
     events: dict[float, dict[str, tuple[float, float, float]]] = {}
     for ch, s in summary["estimates"].items():
         for at, h, lo, hi in zip(s["at"], s["hours"], s["lower_hours"], s["upper_hours"],
@@ -139,22 +141,32 @@ def asset_series(summary: dict) -> list[tuple[float, float, float, float]]:
                 events.setdefault(_ts(at), {})[ch] = (h, lo, hi)
     out, current = [], {}
     for t in sorted(events):
-        current.update(events[t])
-        h, lo, hi = min(current.values())
-        out.append((t, h, lo, hi))
+        current.update({ch: (t, *v) for ch, v in events[t].items()})
+        out.append((t, *min(told(e, t) for e in current.values())))
     return out
+
+
+def told(entry: tuple[float, float, float, float], t: float) -> tuple[float, float, float]:
+    """(hours, lower, upper) of an estimate made at entry[0], as of t (s): what a record or
+    the replay's estimate line at t says (less the time since, none under 0)."""
+    made, *figures = entry
+    gone_h = max(t - made, 0.0) / 3600.0
+    h, lo, hi = (max(x - gone_h, 0.0) for x in figures)
+    return h, lo, hi
 
 
 def over_time_score(series: list[tuple[float, float, float, float]], t_s: np.ndarray) -> float:
     """Mean PHM accuracy of the estimate in force at every snapshot from OVER_TIME_FROM of
-    life to the last one before failure (the replay's own estimates over time)."""
+    life to the last one before failure (the replay's own estimates over time, as of that
+    snapshot)."""
     life_s, start = float(t_s[-1]), _ts("2026-01-01T00:00:00Z")
     times = np.asarray([s[0] for s in series])
     scores = []
     for t in t_s[(t_s >= OVER_TIME_FROM * life_s) & (t_s < life_s)]:
-        k = int(np.searchsorted(times, start + float(t) + 1e-6, side="right") - 1)
+        at = start + float(t)
+        k = int(np.searchsorted(times, at + 1e-6, side="right") - 1)
         if k >= 0:
-            scores.append(phm_accuracy((life_s - float(t)) / 3600.0, series[k][1]))
+            scores.append(phm_accuracy((life_s - float(t)) / 3600.0, told(series[k], at)[0]))
     return float(np.mean(scores)) if scores else 0.0
 
 
@@ -185,7 +197,8 @@ def evaluate_bearing(bearing: str) -> dict:
             "lower_hours": ttf["lower_hours"], "upper_hours": ttf["upper_hours"],
             "model": ttf["model"], "A": round(phm_accuracy(actual_h, ttf["hours"]), 4),
             "covered": ttf["lower_hours"] <= actual_h <= ttf["upper_hours"],
-            "same_as_full_replay": bool(full) and abs(full[-1][1] - ttf["hours"]) < 1e-6,
+            # rounding: the line and the series each give 5 decimals
+            "same_as_full_replay": bool(full) and abs(told(full[-1], at)[0] - ttf["hours"]) < 2e-5,
             "command": _shown(command(bearing, lives, limit=i + 1)),
         })  # fmt: skip
     return {
@@ -230,7 +243,8 @@ def _scored(bearing: str, tail: float, lives: list[float]) -> tuple[list[float],
     scores, covered = [], []
     for _, f in cut_points(bearing):
         i = int(np.searchsorted(t_s, f * life_s, side="right") - 1)
-        _, hours, lo, hi = [s for s in series if s[0] <= start + float(t_s[i]) + 1e-6][-1]
+        at = start + float(t_s[i])
+        hours, lo, hi = told([s for s in series if s[0] <= at + 1e-6][-1], at)
         actual = (life_s - float(t_s[i])) / 3600.0
         scores.append(phm_accuracy(actual, hours))
         covered.append(lo <= actual <= hi)

@@ -16,6 +16,7 @@ import pytest
 from agent.analysis.forecast import REFRESH_SHARE
 from agent.analysis.monitor import Monitor
 from agent.analysis.reliability import life_prior
+from agent.analysis.trend import NoEstimate
 from agent.analysis.ttf import POINT_TAIL, tail_levels
 from agent.config import Config
 from drivers.reading import Reading, Waveform
@@ -27,7 +28,9 @@ T0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
 FEATS = {"velocity_rms_mm_s": 1.0, "accel_rms_g": 0.2, "hf_accel_rms_g": 0.05}
 
 
-def config(reliability: dict[str, Any] | None, **alerting: Any) -> Config:
+def config(
+    reliability: dict[str, Any] | None, failure: dict[str, Any] | None = None, **alerting: Any
+) -> Config:
     asset: dict[str, Any] = {
         "id": "press-7",
         "name": "Press 7",
@@ -37,6 +40,8 @@ def config(reliability: dict[str, Any] | None, **alerting: Any) -> Config:
     }
     if reliability is not None:
         asset["reliability"] = reliability
+    if failure is not None:
+        asset["failure"] = failure
     return Config.model_validate({
         "gateway": {"id": "gw-t"},
         "assets": [asset],
@@ -175,9 +180,11 @@ def test_far_from_failure_the_estimate_is_refreshed_once_per_percent_of_its_lowe
     m = Monitor(config({"lives_hours": [1000.0], "age_hours": 100.0}))
     hours, lower = [], []
     for minute in range(0, 121):
-        _, _, ttf, _ = ttf_at(m, T0 + timedelta(minutes=minute))
-        hours.append(ttf.hours)
-        lower.append(ttf.lower_hours)
+        ttf_at(m, T0 + timedelta(minutes=minute))
+        (view,) = m.views()  # the estimate as computed (records count it down: below)
+        assert view.estimate is not None and not isinstance(view.estimate, NoEstimate)
+        hours.append(view.estimate.hours)
+        lower.append(view.estimate.lower_hours)
     refresh_min = REFRESH_SHARE * min(lower) * 60
     assert 10 < refresh_min < 60, refresh_min  # the scenario is the one described
     changes = [i for i in range(1, len(hours)) if hours[i] != hours[i - 1]]
@@ -242,3 +249,45 @@ def test_anchors_taken_with_a_clock_ahead_count_from_when_the_clock_is_right() -
     later = m.lives.life(cfg.assets[0], (T0 + timedelta(hours=5)).timestamp())
     assert later.age_hours == pytest.approx(105.0)
     assert "press-7/*/*/life" in m.lives.take_changes()  # the corrected anchor is saved
+
+
+def test_an_alert_record_counts_its_time_to_failure_from_its_own_detected_at() -> None:
+    """Far from failure the estimate stands for 1 % of its lower bound (here ~18 min): a
+    zone C record 10 min after it carried the figure of 10 min earlier as of its own
+    detected_at, so the failure moment a planner derives (detected_at + hours) was 10 min
+    late. Now hours and bounds are counted down to detected_at, and the basis says when the
+    posterior was computed."""
+    # The failure metric is not the velocity whose zone C makes the record (a step of
+    # the failure metric would have the estimate recomputed at once).
+    failure = {"metric": "accel_rms_g", "threshold": 5.0}
+    m = Monitor(config({"lives_hours": [1000.0], "age_hours": 100.0}, failure, debounce=1))
+    m.update(reading(T0))
+    (view,) = m.views()
+    made = view.estimate
+    assert made is not None and not isinstance(made, NoEstimate)
+    at = T0 + timedelta(minutes=10)
+    (draft,) = m.update(reading(at, velocity_rms_mm_s=3.0)).drafts
+    (view,) = m.views()
+    assert view.estimate is made  # not recomputed: still fresh (the case described)
+    rec = draft.record(gateway_id="gw-t", seq=1)
+    jsonschema.validate(rec, SCHEMA)
+    assert rec["detected_at"] == "2026-11-23T08:10:00.000Z"
+    ttf = rec["time_to_failure"]
+    for key in ("hours", "lower_hours", "upper_hours"):
+        assert ttf[key] == pytest.approx(getattr(made, key) - 10 / 60, abs=1e-5), key
+    assert rec["evidence"]["time_to_failure_basis"]["estimated_at"] == "2026-11-23T08:00:00.000Z"
+    # Its status view (monitor.current) says the same, as of the last reading.
+    _, _, cur, _ = m.current("m1", "z") or (None, None, None, None)
+    assert cur is not None and cur.hours == ttf["hours"]
+
+
+def test_a_figure_overtaken_by_the_time_since_is_0_bounds_too() -> None:
+    """An estimate of less time than has passed since it was made is 0 h left, never
+    negative (the schema's minimum), its bounds likewise."""
+    from agent.analysis.ttf import Estimate, aged
+
+    est = Estimate(0.01, 0.005, 0.02, "bayes-exponential", {}, "b")
+    late = aged(est, 40.0)  # 40 s after a figure of 36 s
+    assert (late.hours, late.lower_hours) == (0.0, 0.0)
+    assert late.upper_hours == pytest.approx(0.02 - 40 / 3600)
+    assert aged(est, float("nan")) is est and aged(est, -5.0) is est

@@ -10,6 +10,7 @@ import math
 import os
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -657,3 +658,29 @@ def test_a_pronostia_snapshot_straddling_midnight_is_read_with_its_own_rate(
     rec = lines[-1]["recording"]
     assert (rec["first"], rec["last"]) == ("2012-03-04T23:59:40.000Z", "2012-03-05T00:00:09.950Z")
     assert rec["snapshots"] == 4 and rec["skipped"] == {}
+
+
+def test_the_estimate_line_counts_its_hours_from_its_own_time_as_the_summary_shows(
+    tmp_path: Path,
+) -> None:
+    """Snapshots 10 s apart, the estimate made once per 60 s bin: the last snapshot (50 s
+    into its bin) printed the figure made 50 s earlier as if made at its own time (the
+    summary's series said it was made at :50, the line said :40 with the same hours). Now
+    the line's hours and bounds are the series' figure less the time since, which the
+    basis names (estimated_at); the summary's estimate is the line's, with its time."""
+    path = _npz(tmp_path / "r.npz", n=12)
+    prior = ("--prior-life-hours", "0.5", "--age-hours", "0.3")
+    _, lines = _lines(_args(str(path), *FAILURE, *prior))
+    summary, est = lines[-1], lines[-2]
+    series = summary["estimates"][est["sensor"]["channel"]]
+    made, at = series["at"][-1], est["at"]
+    assert (made, at) == ("2026-01-01T00:01:00.000Z", "2026-01-01T00:01:50.000Z")
+    elapsed_h = (datetime.fromisoformat(at) - datetime.fromisoformat(made)).total_seconds() / 3600
+    assert elapsed_h > 0
+    ttf = est["time_to_failure"]
+    for key in ("hours", "lower_hours", "upper_hours"):
+        want = max(series[key][-1] - elapsed_h, 0.0)
+        assert ttf[key] == pytest.approx(want, abs=2e-5), key
+    assert est["time_to_failure_basis"]["estimated_at"] == made
+    assert summary["time_to_failure"]["at"] == at
+    assert summary["time_to_failure"]["hours"] == ttf["hours"]

@@ -59,13 +59,12 @@ def _not_ours(config: Config | None, path: str, agent: Any, ok: bool) -> str | N
     return mismatch(config, agent) if ok or same else None
 
 
-def _invalid(path: Path, issues: Sequence[ConfigIssue], sock: Path, exc: ControlError) -> str:
-    """A file that does not load, and no agent reached (its socket came from a guess)."""
+def _invalid(path: Path, issues: Sequence[ConfigIssue], sock: Path, why: str) -> str:
+    """A file that does not load, and its agent not reached (the socket was a guess)."""
     lines = "\n".join(str(i) for i in issues)
     return (
         f"reload not done: {path} is not valid (as `edge-agent check` says):\n{lines}\n"
-        f"(no running agent was reached either, at {sock}: {exc}; a running agent keeps "
-        "its configuration)"
+        f"({why}, at {sock}; a running agent keeps its configuration)"
     )
 
 
@@ -83,7 +82,8 @@ def request_reload(path: Path, out: TextIO, err: TextIO, *, as_json: bool = Fals
         answer = call(sock, OP, {"config": real}, timeout_s=TIMEOUT_S)
     except ControlError as exc:
         if guessed:  # no socket in a file that does not load: the file is what to fix
-            print(_invalid(path, checked.issues, sock, exc), file=err)
+            why = f"no running agent was reached either: {exc}"
+            print(_invalid(path, checked.issues, sock, why), file=err)
             return EXIT_INVALID
         print(
             f"reload not done: cannot reach the running agent: {exc} (is it running? a new "
@@ -92,6 +92,10 @@ def request_reload(path: Path, out: TextIO, err: TextIO, *, as_json: bool = Fals
         )
         return EXIT_FAILED
     wrong = _not_ours(config, real, answer.get("agent"), bool(answer["ok"]))
+    if wrong is not None and guessed:  # another agent at the default socket: the file
+        why = f"the agent that answered is not this file's agent: {wrong}"  # is what to fix
+        print(_invalid(path, checked.issues, sock, why), file=err)
+        return EXIT_INVALID
     if wrong is not None:
         print(f"reload not done: the process on {sock} is not this file's agent: {wrong}", file=err)
         return EXIT_FAILED

@@ -4,11 +4,16 @@ agent answered on a control socket guessed from a file it could not read."""
 
 from __future__ import annotations
 
+import asyncio
 import io
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from agent.config import Control
+from agent.control import ControlServer, Peer, Refused
 from agent.reload_client import EXIT_INVALID, request_reload
 
 GOOD = """\
@@ -44,4 +49,32 @@ def test_a_file_that_does_not_load_is_reported_as_invalid(
     assert code == EXIT_INVALID, said
     assert f"{path} is not valid" in said, said
     assert where in said, said
-    assert "no running agent was reached" in said, said
+    assert "no running agent was reached" in said or "not this file's agent" in said, said
+
+
+async def test_a_file_that_does_not_load_beside_another_agent_is_reported_as_invalid(
+    tmp_path: Path,
+) -> None:
+    """On a gateway an agent does listen on the default control socket, the one guessed
+    for a file that does not load: the answer came from it (refusing another file) and the
+    operator was told only 'the process on /run/edge-agent/control.sock is not this file's
+    agent' (exit 1), never that the file they just saved is broken, nor where."""
+    sock = Control().socket
+    if sock.exists():
+        pytest.skip(f"{sock} is in use on this machine: the agent there answers as in this test")
+    other = {"gateway": "gw-other", "store": "/var/lib/edge-agent/other.db",
+             "config": "/etc/edge-agent/other.yaml"}  # fmt: skip
+
+    async def reload(_args: Mapping[str, Any], _peer: Peer) -> dict[str, Any]:
+        raise Refused("this agent runs with /etc/edge-agent/other.yaml")
+
+    path = tmp_path / "agent.yaml"
+    path.write_text(GOOD.format(dir=tmp_path) + "sensors: [\n")
+    sock.parent.mkdir(parents=True, exist_ok=True)
+    async with ControlServer(sock, group=None, identity=lambda: other, handlers={"reload": reload}):
+        out, err = io.StringIO(), io.StringIO()
+        code = await asyncio.to_thread(request_reload, path, out, err)
+    said = err.getvalue()
+    assert code == EXIT_INVALID, said
+    assert f"{path} is not valid" in said and "agent.yaml:13:1: YAML syntax error" in said, said
+    assert "not this file's agent" in said, said

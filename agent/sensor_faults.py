@@ -27,6 +27,10 @@ host's silent endpoints together: its 9 ports are one episode), on the gateway's
 is raised only once the silence has lasted sensor_faults.endpoint_silent_s (default
 30 s): a shorter blip raises nothing (it is counted in /metrics). It clears when every
 endpoint of the host answers again; a device still silent then raises its own fault.
+A device failing while no other device behind its endpoint has answered, with no outage
+declared (its peers poll every 10 minutes: an outage waits for them), is held for
+endpoint_silent_s at most, then raises its own fault: two dead devices beside one polled
+every 600 s raised nothing for up to 10 minutes before.
 """
 
 from __future__ import annotations
@@ -71,6 +75,9 @@ class SensorHealth:
     # It fails with its whole endpoint, or may (none of the devices behind it answers):
     # the endpoint's fault, not its own (see EndpointHealth).
     with_endpoint: bool = False
+    # Seconds it has failed with no other device behind its endpoint answering and no
+    # outage declared (the others poll slower, or not yet): held up to endpoint_silent_s.
+    undecided_for_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,7 +239,11 @@ class SensorFaultTracker:
         raised = self._raised[sid]
         garbage = health.bad_for_s > 0 and health.bad_for_s >= self._bad_after[sid]
         # Failing with its whole endpoint: that is the endpoint's fault (update_endpoint).
-        down = health.state in ("backoff", "stale") and not health.with_endpoint
+        # Undecided for endpoint_silent_s (the other devices poll every 10 minutes, so no
+        # outage is declared and none answers yet): its own fault, not held any longer.
+        undecided = health.undecided_for_s
+        held = health.with_endpoint and undecided < max(self._endpoint_after, 1e-9)
+        down = health.state in ("backoff", "stale") and not held
         answering_for = self._answering_for(health, down or garbage)
         if not raised and (down or garbage):
             transition = "raised"
@@ -258,6 +269,10 @@ class SensorFaultTracker:
         }
         if health.state == "stale":
             evidence["silent_for_s"] = round(health.silent_for_s, 1)
+        if transition == "raised" and undecided > 0:
+            # No other device behind its endpoint has answered since (they poll slower):
+            # whether the endpoint is silent too is not known yet.
+            evidence["endpoint_unconfirmed_for_s"] = round(undecided, 1)
         if garbage and not down:
             evidence["implausible_values"] = list(health.last_bad)
             evidence["implausible_for_s"] = round(health.bad_for_s, 1)

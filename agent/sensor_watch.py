@@ -73,6 +73,7 @@ def _poller_health(p: ModbusPoller) -> SensorHealth:
         p.bad_for_s,
         p.last_bad,
         with_endpoint=p.with_endpoint,
+        undecided_for_s=p.undecided_for_s,
     )
 
 

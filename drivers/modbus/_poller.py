@@ -119,6 +119,11 @@ class ModbusPoller:
         return self.ledger.with_endpoint
 
     @property
+    def undecided_for_s(self) -> float:
+        """Seconds it has failed without it being known whether alone (see PollLedger)."""
+        return self.ledger.undecided_for_s
+
+    @property
     def failure_threshold(self) -> int:
         """Failures in a row that open the breaker."""
         return self._backoff.threshold

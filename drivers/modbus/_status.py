@@ -125,6 +125,16 @@ class PollLedger:
         behind it has answered since): its failure is the endpoint's, not its own."""
         return self.consecutive_failures > 0 and (not self._alone or self.joined is not None)
 
+    @property
+    def undecided_for_s(self) -> float:
+        """Seconds this device has failed without it being known whether alone or with its
+        endpoint (0: it is known, or it does not fail). A device polled every 600 s beside
+        it may answer only in 10 minutes: its fault must not wait for that (see
+        agent.sensor_faults)."""
+        if self.consecutive_failures == 0 or self._alone or self.joined is not None:
+            return 0.0
+        return time.monotonic() - (self._failing_since or time.monotonic())
+
     def snapshot(self) -> PollerStatus:
         """The current status (safe to keep; it never changes)."""
         return PollerStatus(

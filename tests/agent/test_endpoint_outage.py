@@ -124,3 +124,59 @@ async def test_a_host_silent_is_one_fault_and_a_blip_none(
     assert raised["evidence"]["endpoints_silent"] == sorted(
         [f"127.0.0.1:{port}", f"127.0.0.1:{other_port}"]
     )
+
+
+async def test_devices_dead_beside_a_slowly_polled_one_raise_their_faults(
+    tmp_path: Path,
+) -> None:
+    """Two devices polled every 0.2 s die beside one polled every 60 s (which answers):
+    no outage can be declared before the slow one is asked again, and nothing told whether
+    they failed alone. Before, their faults were held for up to that 60 s (10 minutes with
+    a 600 s device): no fault, no log line. Now they raise after endpoint_silent_s."""
+    devices = [SimDevice(i, Constant({})) for i in (1, 2, 3)]
+    records: list[dict[str, Any]] = []
+    sensor = (
+        "  - {{id: {id}, asset: m, modbus: {{host: 127.0.0.1, port: {port}, device_id: {dev},"
+        " timeout_s: 0.1, backoff_max_s: 0.5}}, poll_interval_s: {every}}}"
+    )
+    async with ModbusSimServer(devices) as srv:
+        cfg = tmp_path / "agent.yaml"
+        cfg.write_text(
+            "\n".join(
+                [
+                    "gateway: {id: gw-slow}",
+                    "assets:",
+                    "  - {id: m, tier: 1, machine: {standard: iso10816-3, group: 2,"
+                    " foundation: rigid, rpm: 1480}}",
+                    "sensors:",
+                    sensor.format(id="fast1", port=srv.port, dev=1, every=0.2),
+                    sensor.format(id="fast2", port=srv.port, dev=2, every=0.2),
+                    sensor.format(id="slow", port=srv.port, dev=3, every=60),
+                    "sensor_faults: {endpoint_silent_s: 1.0}",
+                    f'store: {{path: "{tmp_path / "o.db"}"}}',
+                    "health: {port: 0}",
+                ]
+            )
+        )
+        agent = Agent(load_config(cfg), on_records=records.extend)
+        task = asyncio.create_task(agent.run())
+        try:
+
+            async def all_ok() -> bool:
+                snap = await agent.snapshot()
+                return all(s["state"] == "ok" for s in snap["sensors"])
+
+            deadline = time.monotonic() + 10
+            while not await all_ok():
+                assert time.monotonic() < deadline, "the devices never answered"
+                await asyncio.sleep(0.1)
+            srv.set_fault(1, Fault("dead"))
+            srv.set_fault(2, Fault("dead"))
+            raised = {("fast1", "raised"), ("fast2", "raised")}
+            await _until(lambda: raised <= set(_faults(records)), 8)
+        finally:
+            agent.stop()
+            await asyncio.wait_for(task, 15)
+    first = next(r for r in records if r["kind"] == "sensor_fault")
+    assert first["evidence"]["endpoint_unconfirmed_for_s"] >= 1.0
+    assert ("host:127.0.0.1", "raised") not in _faults(records)

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -314,6 +314,44 @@ class SensorFaultTracker:
                 evidence=evidence,
             )
         )
+        return out
+
+    def close_unwatched(self, watched: Collection[str], now: datetime) -> Update:
+        """Clear the fault of a host no longer watched as a group (a reload replaced the
+        gateway, removed or moved its devices, or left fewer than 3 behind it): nothing
+        would observe it answering again, and its fault stayed raised until a restart."""
+        out = Update()
+        for host in [h for h in self._endpoint_raised if h not in watched]:
+            sid = self._endpoint_raised.pop(host)
+            self._host_flapping.discard(host)
+            self._host_ok_since.pop(host, None)
+            self._host_cleared_at[host] = self._clock()
+            key = fault_key(self._gateway.id, sid)
+            self._saved.pop(key, None)
+            out.state[key] = json.dumps({"raised": False, "at": format_ts(now)})
+            reason = (
+                "no longer watched: the devices behind it were removed or moved by a reload "
+                "(any left are judged one by one)"
+            )
+            out.drafts.append(
+                AlertDraft(
+                    asset=self._gateway,
+                    sensor=SensorRef(sid, ALL_CHANNELS, self._transport),
+                    kind="sensor_fault",
+                    state="cleared",
+                    detected_at=now,
+                    severity=Severity(
+                        level="info",
+                        zone=None,
+                        standard="sensor health",
+                        metric="devices_silent",
+                        value=0.0,
+                        threshold=0.0,
+                    ),
+                    no_estimate_reason=reason,
+                    evidence={"host": host, "reason": reason},
+                )
+            )
         return out
 
     def update_endpoint(self, health: EndpointHealth, now: datetime) -> Update:

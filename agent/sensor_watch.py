@@ -46,10 +46,14 @@ async def watch_sensors(
         healths += [_mqtt_health(m, links.get(m.broker)) for m in mqtt.sensors]
         for health in healths:
             _step(faults, health, now, persist)
-        for health in _hosts(sensors.peers.values()):
+        hosts = _hosts(sensors.peers.values())
+        for health in hosts:
             update = faults.update_endpoint(health, now)
             if update.drafts or update.state:
                 persist(update)
+        update = faults.close_unwatched({h.host for h in hosts}, now)
+        if update.drafts or update.state:
+            persist(update)
 
 
 def _step(

@@ -180,3 +180,54 @@ async def test_devices_dead_beside_a_slowly_polled_one_raise_their_faults(
     first = next(r for r in records if r["kind"] == "sensor_fault")
     assert first["evidence"]["endpoint_unconfirmed_for_s"] >= 1.0
     assert ("host:127.0.0.1", "raised") not in _faults(records)
+
+
+async def test_a_host_fault_is_cleared_when_a_reload_moves_its_devices_away(
+    tmp_path: Path,
+) -> None:
+    """The gateway at 127.0.0.1 is dead (its host fault raised) and is replaced: a reload
+    moves its 3 devices to 127.0.0.2, where they answer. Before, nothing observed the old
+    host any more and host:127.0.0.1 stayed raised until a restart; now it is cleared,
+    saying why."""
+    devices = [SimDevice(i, Constant({})) for i in (1, 2, 3)]
+    records: list[dict[str, Any]] = []
+    sensor = (
+        "  - {{id: d{dev}, asset: m, modbus: {{host: {host}, port: {port}, device_id: {dev},"
+        " timeout_s: 0.1, backoff_max_s: 0.5}}, poll_interval_s: 0.2}}"
+    )
+
+    def config(host: str, port: int) -> str:
+        return "\n".join(
+            [
+                "gateway: {id: gw-moved}",
+                "assets:",
+                "  - {id: m, tier: 1, machine: {standard: iso10816-3, group: 2,"
+                " foundation: rigid, rpm: 1480}}",
+                "sensors:",
+                *[sensor.format(host=host, port=port, dev=i) for i in (1, 2, 3)],
+                "sensor_faults: {endpoint_silent_s: 1.0}",
+                f'store: {{path: "{tmp_path / "o.db"}"}}',
+                "health: {port: 0}",
+                f'control: {{socket: "{tmp_path / "c.sock"}"}}',
+            ]
+        )
+
+    old = ModbusSimServer(devices)
+    await old.__aenter__()
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text(config("127.0.0.1", old.port))
+    agent = Agent(load_config(cfg), config_path=cfg, on_records=records.extend)
+    task = asyncio.create_task(agent.run())
+    try:
+        async with ModbusSimServer(devices, host="127.0.0.2") as new:
+            await asyncio.sleep(0.5)
+            await old.__aexit__(None, None, None)
+            await _until(lambda: ("host:127.0.0.1", "raised") in _faults(records), 8)
+            cfg.write_text(config("127.0.0.2", new.port))
+            assert (await agent.reloader.reload("test"))["changes"]
+            await _until(lambda: ("host:127.0.0.1", "cleared") in _faults(records), 5)
+    finally:
+        agent.stop()
+        await asyncio.wait_for(task, 15)
+    cleared = [r for r in records if r["state"] == "cleared"]
+    assert "removed or moved by a reload" in cleared[0]["no_estimate_reason"]

@@ -99,7 +99,7 @@ class RunningSensors:
             if p.bus.peers is not None and ids is not None:
                 # A reload removed it (at shutdown the endpoints stay as they were: an
                 # endpoint's silence is not over because the agent stops).
-                p.bus.peers.leave(p.sensor_id)
+                p.bus.peers.leave(p.sensor_id, p.ledger)
             if p.bus.kind == OWN_BUS:
                 p.bus.close()
             else:

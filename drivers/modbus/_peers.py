@@ -65,6 +65,9 @@ class Peers:
         # sensor id -> its poll interval plus timeout: how long it may go without
         # answering while all is well.
         self.members: dict[str, float] = {}
+        # sensor id -> the poller (its ledger) that joined: a reload builds a changed
+        # sensor's new poller before it stops the old one, whose leave must not remove it.
+        self._owners: dict[str, object] = {}
         self.last_answer = -1.0  # monotonic time of the latest good poll of any device
         self.outage: Outage | None = None
         self.outages = 0  # outages ended
@@ -119,8 +122,17 @@ class Peers:
         """Whether this device fails without it being known yet whether alone."""
         return sensor_id in self._undecided
 
-    def leave(self, sensor_id: str) -> None:
-        """A device stopped (a reload removed it, or shutdown)."""
+    def join(self, sensor_id: str, quiet_s: float, owner: object = None) -> None:
+        """A device's poller, polling every ``quiet_s`` at most while all is well."""
+        self.members[sensor_id] = quiet_s
+        self._owners[sensor_id] = owner
+
+    def leave(self, sensor_id: str, owner: object = None) -> None:
+        """A device's poller stopped (a reload removed or restarted it): ``owner``, when
+        given, is the one that joined (a restarted sensor's new poller has joined since)."""
+        if owner is not None and self._owners.get(sensor_id) is not owner:
+            return  # replaced: the device is still behind this endpoint
+        self._owners.pop(sensor_id, None)
         self.members.pop(sensor_id, None)
         self._undecided.pop(sensor_id, None)
         if not self.members and self.outage is not None:

@@ -111,7 +111,7 @@ class ModbusPoller:
         self.ledger = PollLedger(sensor_id, bus, device_id, self._backoff.threshold)
         bus.devices += 1
         if bus.peers is not None:
-            bus.peers.members[sensor_id] = poll_interval_s + timeout_s
+            bus.peers.join(sensor_id, poll_interval_s + timeout_s, self.ledger)
 
     @property
     def with_endpoint(self) -> bool:

@@ -231,3 +231,53 @@ async def test_a_host_fault_is_cleared_when_a_reload_moves_its_devices_away(
         await asyncio.wait_for(task, 15)
     cleared = [r for r in records if r["state"] == "cleared"]
     assert "removed or moved by a reload" in cleared[0]["no_estimate_reason"]
+
+
+async def test_a_reload_restarting_a_device_keeps_its_endpoint_grouped(tmp_path: Path) -> None:
+    """A reload changes d1's poll interval (its poller restarts). The new poller joined its
+    endpoint before the old one stopped, and the old one's leave removed it: 2 devices
+    left, too few to group, so the endpoint's next outage raised d1, d2 and d3's own
+    faults again. Now the endpoint keeps its 3 devices: one fault for the host."""
+    devices = [SimDevice(i, Constant({})) for i in (1, 2, 3)]
+    records: list[dict[str, Any]] = []
+    sensor = (
+        "  - {{id: d{dev}, asset: m, modbus: {{host: 127.0.0.1, port: {port}, device_id: {dev},"
+        " timeout_s: 0.1, backoff_max_s: 0.5}}, poll_interval_s: {every}}}"
+    )
+
+    def config(port: int, d1_every: float) -> str:
+        every = {1: d1_every, 2: 0.2, 3: 0.2}
+        return "\n".join(
+            [
+                "gateway: {id: gw-reload}",
+                "assets:",
+                "  - {id: m, tier: 1, machine: {standard: iso10816-3, group: 2,"
+                " foundation: rigid, rpm: 1480}}",
+                "sensors:",
+                *[sensor.format(port=port, dev=i, every=every[i]) for i in (1, 2, 3)],
+                "sensor_faults: {endpoint_silent_s: 1.0}",
+                f'store: {{path: "{tmp_path / "o.db"}"}}',
+                "health: {port: 0}",
+                f'control: {{socket: "{tmp_path / "c.sock"}"}}',
+            ]
+        )
+
+    srv = ModbusSimServer(devices)
+    await srv.__aenter__()
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text(config(srv.port, 0.2))
+    agent = Agent(load_config(cfg), config_path=cfg, on_records=records.extend)
+    task = asyncio.create_task(agent.run())
+    try:
+        await asyncio.sleep(0.5)
+        cfg.write_text(config(srv.port, 0.3))
+        assert (await agent.reloader.reload("test"))["changes"]
+        await asyncio.sleep(0.5)
+        await srv.__aexit__(None, None, None)
+        await _until(lambda: ("host:127.0.0.1", "raised") in _faults(records), 8)
+        await asyncio.sleep(0.5)
+    finally:
+        agent.stop()
+        await asyncio.wait_for(task, 15)
+        await srv.__aexit__(None, None, None)
+    assert _faults(records) == [("host:127.0.0.1", "raised")]

@@ -26,7 +26,8 @@ it is silent (drivers.modbus._peers tells the two apart), and one fault for its 
 host's silent endpoints together: its 9 ports are one episode), on the gateway's asset,
 is raised only once the silence has lasted sensor_faults.endpoint_silent_s (default
 30 s): a shorter blip raises nothing (it is counted in /metrics). It clears when every
-endpoint of the host answers again; a device still silent then raises its own fault.
+endpoint of the host answers again; a device still silent then raises its own fault. A
+restart keeps it raised (one episode, not a clear and a new raise per restart).
 A device failing while no other device behind its endpoint has answered, with no outage
 declared (its peers poll every 10 minutes: an outage waits for them), is held for
 endpoint_silent_s at most, then raises its own fault: two dead devices beside one polled
@@ -91,6 +92,9 @@ class EndpointHealth:
     silent: tuple[str, ...] = ()  # the endpoints silent now
     silenced: tuple[str, ...] = ()  # the devices that failed during those silences
     error: str = ""  # an example of their errors
+    # Every endpoint has answered since the agent started: a fault kept raised across a
+    # restart is not cleared by endpoints not yet found silent again.
+    answered: bool = True
 
 
 def fault_key(asset_id: str, sensor_id: str) -> str:
@@ -138,6 +142,25 @@ class SensorFaultTracker:
         self._host_ok_since: dict[str, float] = {}
         self.endpoint_faults = 0  # endpoint faults raised (for /metrics)
         self._place(config)
+        self._restore_hosts()
+
+    def _restore_hosts(self) -> None:
+        """The host faults raised when the agent stopped stay raised (a restart neither
+        repeats nor forgets them, as a device's own): cleared when the host answers."""
+        for k, v in self._saved.items():
+            asset_id, sid = k.split("/")[:2]
+            if not sid.startswith(HOST_PREFIX) or asset_id != self._gateway.id:
+                continue
+            try:
+                saved = json.loads(v)
+            except ValueError:
+                continue
+            if (
+                isinstance(saved, dict)
+                and saved.get("raised")
+                and isinstance(saved.get("host"), str)
+            ):
+                self._endpoint_raised[saved["host"]] = sid
 
     def reconfigure(self, config: Config, at: datetime | None = None) -> Update:
         """Take a reloaded configuration; a "cleared" record (at: its time) for each fault
@@ -192,9 +215,10 @@ class SensorFaultTracker:
             asset_id, sid = k.split("/")[:2]
             placed = (self._assets[sid].id, ()) if sid in self._assets else None
             if sid.startswith(HOST_PREFIX):
-                # An endpoint's fault open when the agent stopped: its silence is measured
-                # anew (raised again if it lasts), so the old episode is closed.
-                if when != CLOSED_AT_START:
+                # A host's fault open when the agent stopped stays raised (_restore_hosts);
+                # one saved by an older version (no host) or for another gateway id is
+                # closed: its silence is measured anew, raised again if it lasts.
+                if when != CLOSED_AT_START or sid in self._endpoint_raised.values():
                     continue
                 reason = "closed at start: the endpoint is watched anew, raised again if silent"
             elif (reason := why_left(asset_id, sid, None, placed, when)) is None:
@@ -328,10 +352,10 @@ class SensorFaultTracker:
             self._host_cleared_at[host] = self._clock()
             key = fault_key(self._gateway.id, sid)
             self._saved.pop(key, None)
-            out.state[key] = json.dumps({"raised": False, "at": format_ts(now)})
+            out.state[key] = json.dumps({"raised": False, "at": format_ts(now), "host": host})
             reason = (
                 "no longer watched: the devices behind it were removed or moved by a reload "
-                "(any left are judged one by one)"
+                "(or in the file before a restart; any left are judged one by one)"
             )
             out.drafts.append(
                 AlertDraft(
@@ -376,7 +400,7 @@ class SensorFaultTracker:
             cleared_at = self._host_cleared_at.get(host)
             if cleared_at is not None and clock - cleared_at < FLAP_WINDOW_S:
                 self._host_flapping.add(host)  # a switch port dropping it again and again
-        elif raised and answering_for is not None:
+        elif raised and answering_for is not None and health.answered:
             if host in self._host_flapping and answering_for < FLAP_CLEAR_HOLD_S:
                 return out  # back for a moment only: the episode goes on
             transition = "cleared"
@@ -386,7 +410,8 @@ class SensorFaultTracker:
             return out
         key = fault_key(self._gateway.id, sid)
         self._saved.pop(key, None)
-        out.state[key] = json.dumps({"raised": transition == "raised", "at": format_ts(now)})
+        raised_now = transition == "raised"
+        out.state[key] = json.dumps({"raised": raised_now, "at": format_ts(now), "host": host})
         named = sorted(health.silenced)
         evidence: dict[str, object] = {"host": health.host}
         if host in self._host_flapping:

@@ -92,8 +92,9 @@ def _hosts(peers: Iterable[Peers]) -> list[EndpointHealth]:
     for host, endpoints in by_host.items():
         devices = sum(len(p.members) for p in endpoints)
         silent = [p for p in endpoints if p.outage is not None]
+        answered = all(p.last_answer >= 0 for p in endpoints)  # since the agent started
         if not silent:
-            out.append(EndpointHealth(host, devices, 0.0))
+            out.append(EndpointHealth(host, devices, 0.0, answered=answered))
             continue
         outages = [p.outage for p in silent if p.outage is not None]
         out.append(
@@ -104,6 +105,7 @@ def _hosts(peers: Iterable[Peers]) -> list[EndpointHealth]:
                 tuple(p.address for p in silent),
                 tuple(s for o in outages for s in o.sensors),
                 outages[0].error,
+                answered,
             )
         )
     return out

@@ -281,3 +281,60 @@ async def test_a_reload_restarting_a_device_keeps_its_endpoint_grouped(tmp_path:
         await asyncio.wait_for(task, 15)
         await srv.__aexit__(None, None, None)
     assert _faults(records) == [("host:127.0.0.1", "raised")]
+
+
+async def test_a_restart_during_a_host_outage_keeps_its_fault_raised(tmp_path: Path) -> None:
+    """The host's only endpoint is silent (host fault raised) when the agent restarts.
+    Before, the start closed the fault ('closed at start') and raised it again as a new
+    episode after endpoint_silent_s (a new CMMS work order per restart); now it stays
+    raised, as a device's own fault does, and clears when the endpoint answers."""
+    devices = [SimDevice(i, Constant({})) for i in (1, 2, 3)]
+    records: list[dict[str, Any]] = []
+    srv = ModbusSimServer(devices)
+    await srv.__aenter__()
+    port = srv.port
+    sensor = (
+        "  - {{id: d{dev}, asset: m, modbus: {{host: 127.0.0.1, port: {port}, device_id: {dev},"
+        " timeout_s: 0.1, backoff_max_s: 0.5}}, poll_interval_s: 0.2}}"
+    )
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text(
+        "\n".join(
+            [
+                "gateway: {id: gw-restart}",
+                "assets:",
+                "  - {id: m, tier: 1, machine: {standard: iso10816-3, group: 2,"
+                " foundation: rigid, rpm: 1480}}",
+                "sensors:",
+                *[sensor.format(port=port, dev=i) for i in (1, 2, 3)],
+                "sensor_faults: {endpoint_silent_s: 1.0}",
+                f'store: {{path: "{tmp_path / "o.db"}"}}',
+                "health: {port: 0}",
+                f'control: {{socket: "{tmp_path / "c.sock"}"}}',
+            ]
+        )
+    )
+    agent = Agent(load_config(cfg), on_records=records.extend)
+    task = asyncio.create_task(agent.run())
+    try:
+        await asyncio.sleep(0.5)
+        await srv.__aexit__(None, None, None)
+        await _until(lambda: ("host:127.0.0.1", "raised") in _faults(records), 8)
+    finally:
+        agent.stop()
+        await asyncio.wait_for(task, 15)
+    records.clear()
+    agent = Agent(load_config(cfg), on_records=records.extend)
+    task = asyncio.create_task(agent.run())
+    try:
+        await asyncio.sleep(3.0)  # still silent: past endpoint_silent_s again
+        assert _faults(records) == []
+        srv = ModbusSimServer(devices, port=port)
+        await srv.__aenter__()
+        await _until(lambda: ("host:127.0.0.1", "cleared") in _faults(records), 8)
+        await asyncio.sleep(0.5)
+    finally:
+        agent.stop()
+        await asyncio.wait_for(task, 15)
+        await srv.__aexit__(None, None, None)
+    assert _faults(records) == [("host:127.0.0.1", "cleared")]

@@ -30,6 +30,11 @@ log = logging.getLogger("edge_agent.drivers.modbus")
 
 MIN_PEERS = 3  # devices behind an endpoint for their common silence to be its outage
 MAX_NAMED = 5  # sensor ids a log line names (the rest are counted)
+# An endpoint silent again and again (a gateway whose last device answers only now and
+# then, a switch port flapping) would log two lines per silence forever; after a logged
+# one, the next within this window are only counted, and noted in the next line logged
+# (as a device's own failure episodes, drivers.modbus._status).
+LOG_QUIET_S = 300.0
 
 
 @dataclass(slots=True)
@@ -41,6 +46,7 @@ class Outage:
     sensors: set[str] = field(default_factory=set)  # devices that failed during it
     error: str = ""  # the first device's error, as an example
     ended_at: float | None = None
+    logged: bool = True  # its start was logged (its end is then logged too)
 
     def lasted_s(self, now: float | None = None) -> float:
         end = self.ended_at if self.ended_at is not None else (now or time.monotonic())
@@ -75,6 +81,8 @@ class Peers:
         # Undecided failing devices: sensor id -> what logs its own line once it is clear
         # it fails alone.
         self._undecided: dict[str, tuple[float, Callable[[], None]]] = {}
+        self._log_quiet_until = -1.0
+        self._hushed = 0  # outages not logged since the last line
 
     @property
     def grouped(self) -> bool:
@@ -154,13 +162,22 @@ class Peers:
         outage = Outage(since, now, set(self._undecided), error)
         self._undecided.clear()
         self.outage = outage
+        if now < self._log_quiet_until:
+            outage.logged = False
+            self._hushed += 1
+            return outage
+        self._log_quiet_until = now + LOG_QUIET_S
+        hushed, self._hushed = self._hushed, 0
         log.warning(
             "modbus endpoint %s silent: none of its %d devices answers (for %.1f s; "
-            "first: %s); the devices failing with it are counted, not logged one by one",
+            "first: %s); the devices failing with it are counted, not logged one by one%s",
             self.address,
             len(self.members),
             outage.lasted_s(now),
             error,
+            f" ({hushed} brief silences since the last report were counted, not logged)"
+            if hushed
+            else "",
             extra={"address": self.address},
         )
         return outage
@@ -172,6 +189,8 @@ class Peers:
         self.outage = None
         self.outages += 1
         self.outage_s_total += outage.lasted_s(now)
+        if not outage.logged:
+            return
         named = sorted(outage.sensors)
         more = len(named) - MAX_NAMED
         log.info(

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import time
+
+import pytest
 
 from drivers.modbus import Peers
 
@@ -58,3 +61,23 @@ def test_too_few_devices_are_each_judged_alone() -> None:
     alone: list[str] = []
     assert p.failed("s0", 1, time.monotonic(), "timeout", lambda: alone.append("s0")) is None
     assert alone == ["s0"]
+
+
+def test_an_endpoint_silent_again_and_again_is_logged_once_per_quiet_window(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Its last answering device answers only now and then: the endpoint falls silent
+    and answers again every few seconds. Before, two lines per silence (720 warnings an
+    hour); now the first silence is logged, the next ones within LOG_QUIET_S counted."""
+    caplog.set_level(logging.INFO, logger="edge_agent.drivers.modbus")
+    p = _peers(3)
+    for _ in range(5):
+        now = time.monotonic()
+        for failures in (1, 2, 3):
+            for i in range(3):
+                p.failed(f"s{i}", failures, now, "timeout", lambda: None)
+        assert p.outage is not None
+        p.answered("s2")
+    assert p.outages == 5
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2, lines  # one silence, one answer

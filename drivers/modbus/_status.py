@@ -192,9 +192,13 @@ class PollLedger:
         if failures == 1:
             self._failing_since = started
         peers = self.bus.peers
-        if peers is not None and peers.grouped:
+        if peers is not None and (peers.grouped or self.joined is not None):
+            # Also an outage it joined when its endpoint had more devices (a reload removed
+            # some since): told whether it still goes on, or this one fails alone now.
             self._judged(err, failures, peers)
-        elif self._fail_log.report(failures, self.threshold):
+            return
+        self._alone = True  # too few devices behind its endpoint (left) to judge together
+        if self._fail_log.report(failures, self.threshold):
             self._log_failing(err)
         else:
             log.debug("modbus sensor %s still failing (%d): %s", self.sensor_id, failures, err)

@@ -338,3 +338,57 @@ async def test_a_restart_during_a_host_outage_keeps_its_fault_raised(tmp_path: P
         await asyncio.wait_for(task, 15)
         await srv.__aexit__(None, None, None)
     assert _faults(records) == [("host:127.0.0.1", "cleared")]
+
+
+async def test_a_device_still_dead_after_a_reload_shrank_its_silent_endpoint_raises(
+    tmp_path: Path,
+) -> None:
+    """All 3 devices silent (host fault raised); a reload removes d3, leaving 2 (too few
+    to group); the gateway comes back with d2 still dead. Before, d2 kept the mark of the
+    ended outage (its failures no longer judged with the endpoint's): its fault was held
+    for good while the host fault cleared. Now d2 raises its own fault."""
+    devices = [SimDevice(i, Constant({})) for i in (1, 2, 3)]
+    records: list[dict[str, Any]] = []
+    sensor = (
+        "  - {{id: d{dev}, asset: m, modbus: {{host: 127.0.0.1, port: {port}, device_id: {dev},"
+        " timeout_s: 0.1, backoff_max_s: 0.5}}, poll_interval_s: 0.2}}"
+    )
+
+    def config(port: int, ids: tuple[int, ...]) -> str:
+        return "\n".join(
+            [
+                "gateway: {id: gw-shrunk}",
+                "assets:",
+                "  - {id: m, tier: 1, machine: {standard: iso10816-3, group: 2,"
+                " foundation: rigid, rpm: 1480}}",
+                "sensors:",
+                *[sensor.format(port=port, dev=i) for i in ids],
+                "sensor_faults: {endpoint_silent_s: 1.0}",
+                f'store: {{path: "{tmp_path / "o.db"}"}}',
+                "health: {port: 0}",
+                f'control: {{socket: "{tmp_path / "c.sock"}"}}',
+            ]
+        )
+
+    srv = ModbusSimServer(devices)
+    await srv.__aenter__()
+    port = srv.port
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text(config(port, (1, 2, 3)))
+    agent = Agent(load_config(cfg), config_path=cfg, on_records=records.extend)
+    task = asyncio.create_task(agent.run())
+    try:
+        await asyncio.sleep(0.5)
+        await srv.__aexit__(None, None, None)
+        await _until(lambda: ("host:127.0.0.1", "raised") in _faults(records), 8)
+        cfg.write_text(config(port, (1, 2)))
+        assert (await agent.reloader.reload("test"))["changes"]
+        devices[1].fault = Fault("dead")
+        srv = ModbusSimServer(devices, port=port)
+        await srv.__aenter__()
+        await _until(lambda: ("d2", "raised") in _faults(records), 6)
+    finally:
+        agent.stop()
+        await asyncio.wait_for(task, 15)
+        await srv.__aexit__(None, None, None)
+    assert ("d1", "raised") not in _faults(records)

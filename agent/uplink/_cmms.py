@@ -13,12 +13,11 @@ Status policy (agent.uplink._httpclient, plus):
 - 422 (this key was used with a different body): the work order exists, but our request
   for the alert changed since it was sent (its mapping or safety margin was edited):
   dead-lettered with the work order's id, never sent under another key;
-- 400 and other refusals: dead-lettered with the CMMS's words (usually a mapping error:
-  fix it, then `edge-agent requeue --uplink NAME`), but refusals alike in a row (the
-  answer with ids and numbers masked, never the alert's id) are what a proxy, WAF or
-  wrong host in front of the CMMS answers every request (nginx's 400 "plain HTTP request
-  sent to HTTPS port", ModSecurity's 406): past the first few, the rest stays pending
-  (agent.uplink._delivery), so fixing the URL finds the findings still pending;
+- 400 and other refusals (usually a mapping error, or a proxy, WAF or wrong host in front
+  of the CMMS answering every request alike: nginx's 400 "plain HTTP request sent to HTTPS
+  port", ModSecurity's 406) could be the endpoint's: a finding so refused is dead-lettered
+  only once one behind it is opened (agent.uplink._delivery), so fixing the mapping or URL
+  finds the findings still pending;
   a 422 is the CMMS's verdict on that request and never held back;
 - 3xx: never followed; 401/403/407, 404/405, 408, 429, 5xx, no answer: retried.
 """

@@ -34,19 +34,24 @@ Refused items: a too-large batch is halved (one item too large on its own, or an
 message over the broker's maximum packet size, is dead-lettered); a refused batch is
 resent one item at a time so one bad record cannot take good ones with it; a refused
 single item is dead-lettered for this uplink with the reason (an operator can requeue it:
-`edge-agent requeue`). Refusals alike in a row (the same status, content type and body
-once request ids, Ray IDs, times and other numbers are masked), with no delivery between
-them, are what an endpoint that refuses everything looks like (a proxy's 400 page, http://
-sent to a TLS port, a CDN's error page): past FREE_REFUSALS of them, the next item is
-held pending, and after each backoff the item behind it is tried instead (the canary).
-Only once an item is delivered (the endpoint takes items after all) is the held one,
-refused alone again, dead-lettered as its own; while everything is refused nothing more
-is dead-lettered, however long it lasts, so the backlog is still pending once the
-endpoint is fixed, and a held item that is refused for its own sake blocks none behind it.
+`edge-agent requeue`). But a refusal that could be the endpoint's rather than the item's
+(any answer an endpoint refusing everything gives every item: a proxy's 400 page, http://
+sent to a TLS port, a WAF's 406, a CDN's error page) dead-letters nothing by itself: an
+item so refused is dead-lettered only when refused again after an item behind it (on this
+uplink) was delivered, i.e. the endpoint takes items, so the refusal is the item's own.
+The refused first item is held pending and an item behind it is sent at once (the canary,
+CANARY_MAX_DEPTH items back at most, further back each round it is refused too, so a run
+of bad items blocks none behind it for long); a refused canary ends the round with a
+backoff (an ERROR once, the uplink failing in /healthz and status), after which the held
+item is tried first again, so fixing the URL delivers the backlog once and in order.
+While everything is refused nothing is dead-lettered, however long it lasts and however
+often the agent restarts (the rule needs no count that a restart would reset). With no
+item behind the held one (a quiet plant) there is no canary: the held item is retried
+after each backoff, failing, until it is delivered or another item arrives behind it.
 This is for refusals of a batch narrowed down to one item (http) and a CMMS's refusals
 other than a 422 (a proxy's page names no work order); a refusal that is certainly one
 item's own (too large, an MQTT PUBACK, a CMMS 422, a record no work order can be built
-from) is never held back.
+from) is dead-lettered at once.
 """
 
 from __future__ import annotations
@@ -68,7 +73,8 @@ from agent.uplink.errors import UplinkRejected, UplinkUnavailable
 log = logging.getLogger(__name__)
 
 NEW_ALERT_RETRY_AFTER_S = 1.0  # during a backoff, a new alert retries after at least this
-FREE_REFUSALS = 3  # refusals alike in a row dead-lettered at once; then one per backoff
+# A refused canary is tried this many items behind the held one at most (doubling from 1).
+CANARY_MAX_DEPTH = 64
 CEILING_DOUBLING_S = 120.0  # a batch size that timed out (or was too large) may be tried again
 CEILING_MARGIN = 0.75  # batches grow back to at most this share of that size
 # Summaries batches cut short for an alert in a row; the next one is sent to its end.
@@ -163,9 +169,13 @@ class Delivery:
         self._probe_trusted = True
         self._after_probe = False  # the send under way follows a probe that said "up"
         self._woken_early = False  # a new item cut a wait short since the last success
-        self._refusal: str | None = None  # the last refusal's signature (`alike`) ...
-        self._refusals = 0  # ... and the items refused alike in a row since a delivery
-        self._held: frozenset[str] = frozenset()  # refused alike, kept pending, not dead
+        self._refusals = 0  # refusals that may be the endpoint's since a delivery
+        self._held: str | None = None  # the first pending item, so refused: kept pending
+        self._canary_due = False  # the held item was just refused: an item behind it next
+        self._depth = 1  # how far behind the held item the canary is taken
+        self._ahead: frozenset[str] = frozenset()  # ahead of the canary under way
+        self._proven: frozenset[str] = frozenset()  # ahead of a delivered canary: a
+        # refusal of one of these is its own (the endpoint takes items)
         self._gave_way = 0  # summaries sends cancelled for an alert since one ended
         self._stopping = False
         self._between = asyncio.Event()  # set while no send is under way
@@ -193,12 +203,23 @@ class Delivery:
         wake = self.outbox.wake_event(self.name)
         wake.clear()  # before reading, so an append after it wakes us
         size = 1 if self._one_by_one else self._limit
+        canary, self._canary_due = self._canary_due, False
         try:
-            items = await self.outbox.next_batch(self.name, max(size, 2) if self._held else size)
+            items = await self.outbox.next_batch(
+                self.name, max(size, self._depth + 1) if canary else size
+            )
         except StoreError as exc:
             await self._failed(f"outbox: {exc}")
             return
-        items = self._canary(items) or items[:size]
+        self._ahead = frozenset()
+        if canary and items and items[0].item_id == self._held:
+            if len(items) == 1:  # a quiet plant: nothing behind the held item to try
+                await self._failed(self._held_error(quiet=True))
+                return
+            k = min(self._depth, len(items) - 1)
+            self._ahead = frozenset(it.item_id for it in items[:k])
+            items = items[k : k + 1]
+        items = items[:size]
         if not items:
             self.status.state = "idle"
             with contextlib.suppress(TimeoutError):
@@ -224,6 +245,8 @@ class Delivery:
             return
         if result.delivered:
             self._succeeded(result.delivered)
+            if self._ahead:  # a canary delivered: the items ahead of it refused as their own
+                self._proven = self._ahead
         err = result.error
         if isinstance(err, UplinkUnavailable):
             if err.timed_out and len(result.failed) > 1:
@@ -336,12 +359,9 @@ class Delivery:
             )
             return
         if self._hold_back(items, exc):
-            await self._failed(
-                f"{exc.reason}: {self._refusals} items refused alike in a row, none "
-                "delivered between: the endpoint (a proxy, a URL) may refuse everything, so "
-                "the rest stays pending, tried again after each backoff (an item is "
-                "dead-lettered only once one behind it is delivered)"
-            )
+            self.status.last_error = exc.reason
+            if not self._canary_due:  # a canary refused too: the round ends, a backoff
+                await self._failed(self._held_error(reason=exc.reason))
             return
         if self._one_by_one:
             self._one_by_one -= 1
@@ -355,28 +375,38 @@ class Delivery:
             self.status.too_large_total += len(moved)
         self.status.last_error = exc.reason
 
-    def _canary(self, items: list[StoredItem]) -> list[StoredItem]:
-        """With the first pending item held back, the one behind it (sent instead, so a
-        held item blocks nothing: delivered, it shows the endpoint takes items); [] when
-        there is none or the first is not held."""
-        if len(items) > 1 and items[0].item_id in self._held:
-            return items[1:2]
-        return []
-
     def _hold_back(self, items: list[StoredItem], exc: UplinkRejected) -> bool:
-        """Whether to keep these refused items pending for a backoff instead of
-        dead-lettering them now (see the module docstring)."""
-        if exc.too_large or exc.alike is None:
-            return False
+        """Whether to keep these refused items pending instead of dead-lettering them now
+        (see the module docstring): yes unless the refusal is certainly theirs, or they
+        are refused again after an item behind them was delivered."""
         ids = frozenset(it.item_id for it in items)
-        if ids == self._held and exc.alike == self._refusal:  # none delivered since
-            return True
-        self._refusals = self._refusals + len(items) if exc.alike == self._refusal else 1
-        self._refusal = exc.alike
-        if self._refusals <= FREE_REFUSALS:
+        if exc.too_large or exc.alike is None or ids <= self._proven:
+            self._proven -= ids
+            if self._held in ids:
+                self._held, self._depth = None, 1
             return False
-        self._held = ids
+        self._refusals += len(items)
+        if self._ahead:  # the canary: the next one is taken further back
+            self._depth = min(self._depth * 2, CANARY_MAX_DEPTH)
+        else:  # the first pending item: held, and one behind it tried at once
+            self._held, self._canary_due = items[0].item_id, True
         return True
+
+    def _held_error(self, *, reason: str | None = None, quiet: bool = False) -> str:
+        """Why the backlog is held back (the ERROR, /healthz's last_error)."""
+        if quiet:
+            return (
+                f"{self.status.last_error or 'refused'}: the first pending item is held, "
+                "refused with no item behind it to show whether the endpoint takes any "
+                "(a quiet plant): retried after each backoff, dead-lettered only once an "
+                "item behind it is delivered"
+            )
+        return (
+            f"{reason}: {self._refusals} refusal(s) in a row, none delivered between, "
+            "the items behind the first one refused too: the endpoint (a proxy, a URL) "
+            "may refuse everything, so the backlog stays pending, tried again after each "
+            "backoff (an item is dead-lettered only once one behind it is delivered)"
+        )
 
     def _halve(self, size: int, why: str, *, ceiling: bool = True) -> None:
         """Send smaller batches (each success doubles them back, below the ceiling, which
@@ -409,7 +439,8 @@ class Delivery:
         st.last_success_at = format_ts(datetime.now(UTC))
         self._probe_trusted = True
         self._woken_early = False
-        self._refusal, self._refusals, self._held = None, 0, frozenset()
+        self._refusals, self._held, self._depth = 0, None, 1
+        self._proven -= {it.item_id for it in items}
         if self._one_by_one:
             self._one_by_one -= 1
         if self._limit < (cap := self._grow_cap()):

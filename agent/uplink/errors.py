@@ -56,7 +56,8 @@ class UplinkRejected(UplinkError):
             message); False for a whole-batch refusal that must be narrowed down first.
         alike: what an endpoint refusing everything would answer every item alike (an
             HTTP answer's status, content type and body, with ids and numbers masked):
-            refusals alike in a row are held back (agent.uplink._delivery). None when the
+            such a refusal is held back until an item behind it is delivered
+            (agent.uplink._delivery). None when the
             refusal is certainly the item's own (too large, an MQTT PUBACK, a CMMS 422
             naming its request): dead-lettered at once.
     """

@@ -68,21 +68,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     from agent.logs import setup_logging
     from agent.runtime import Agent, run_until_signal
+    from agent.shutdown import EXIT_STOP_LOST_DATA
     from agent.store import StoreError, StoreInUseError
 
     config = _load(args.config)
     if config is None:
         return EXIT_CONFIG
     setup_logging(args.log_level)
+    agent = Agent(config, config_path=args.config)
     try:
-        asyncio.run(run_until_signal(Agent(config, config_path=args.config)))
+        asyncio.run(run_until_signal(agent))
     except (StoreInUseError, StoreError) as exc:
         print(f"edge-agent: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except Exception:  # a crash: its traceback goes into the log (one JSON line)
         logging.getLogger("agent").critical("agent crashed", exc_info=True)
         return EXIT_FAILED
-    return 0
+    return EXIT_STOP_LOST_DATA if agent.stop_lost_data else 0
 
 
 def _cmd_check(args: argparse.Namespace) -> int:

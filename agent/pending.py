@@ -249,11 +249,15 @@ class UpdateWriter:
 
     Attributes:
         closed: the final flush has begun (shutdown): nothing held from here is written.
+        gave_up: the final flush gave up on the store (a slow or hung disk); with
+            `lost_alerts`, how many alerts may be lost (the stop's exit status says so).
     """
 
     def __init__(self, pending: PendingWrites) -> None:
         self.pending = pending
         self.closed = False
+        self.gave_up = False
+        self.lost_alerts = 0
         self._wake = asyncio.Event()
         self._alert_held = asyncio.Event()  # an update with drafts waits: write now
 
@@ -313,6 +317,7 @@ class UpdateWriter:
             t.cancel()
         unsaved = self.pending.unsaved_alerts
         self.pending.lost(unsaved)
+        self.gave_up, self.lost_alerts = True, unsaved
         log.critical(
             "stopping: the store did not finish writing in the %.0f s the stop had left "
             "for it (a slow or hung disk); exiting without it so systemd need not kill the "

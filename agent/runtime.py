@@ -47,6 +47,7 @@ from agent.sensor_faults import SensorFaultTracker
 from agent.sensor_tasks import RunningSensors
 from agent.sensor_watch import SENSOR_WATCH_INTERVAL_S, watch_sensors
 from agent.shutdown import (
+    EXIT_STOP_LOST_DATA,
     POLLER_STOP_S,
     RELOAD_SETTLE_S,
     SHUTDOWN_DRAIN_S,
@@ -262,7 +263,20 @@ class Agent:
             if self.reloader is not None:  # SIGHUP reloads end (refused) before we return
                 await self.reloader.close(timeout_s=POLLER_STOP_S)
             loop.set_exception_handler(previous)
-        log.info("agent stopped cleanly")
+        if self.writer.gave_up:
+            log.critical(
+                "agent stopped, NOT cleanly: the store did not finish writing in the stop's "
+                "time, up to %d alert(s) and the latest state may be lost (exit status %d)",
+                self.writer.lost_alerts,
+                EXIT_STOP_LOST_DATA,
+            )
+        else:
+            log.info("agent stopped cleanly")
+
+    @property
+    def stop_lost_data(self) -> bool:
+        """The stop gave up on a store that did not commit: held writes may be lost."""
+        return self.writer.gave_up
 
     async def _open(self, stack: contextlib.AsyncExitStack) -> None:
         """Open the store, then the local endpoints (each one failing alone)."""

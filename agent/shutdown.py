@@ -25,6 +25,10 @@ RELOAD_SETTLE_S = 8.0  # a reload applying when stop begins (bounded stops: 2 + 
 # this much longer to close the file: 24 + 3 s, inside systemd's TimeoutStopSec=30.
 STOP_BUDGET_S = 24.0
 STORE_CLOSE_S = 3.0
+# `edge-agent run`'s exit status when the stop gave up on the store (EX_IOERR): the last
+# alerts or state may be lost. Not 0, so systemd marks the unit failed (Restart=on-failure
+# starts it again unless it was stopped on purpose) and an operator sees the stop was not clean.
+EXIT_STOP_LOST_DATA = 74
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import socket
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from agent import shutdown
+from agent import cli, shutdown
 from agent.config import Control, Health
 from agent.control import ControlError, call
 from agent.runtime import Agent
-from tests.agent._configs import press_config
+from tests.agent._configs import press_config, write_yaml
 
 
 def _repair(socket: Path) -> bool:
@@ -94,3 +97,57 @@ async def test_what_closes_after_the_store_gave_up_stays_within_the_budget(
         )
     assert took < 3.0, took  # budget 1 s + 0.5 s (before: 5.0 s)
     assert not answered_ok
+
+
+async def test_a_stop_that_gave_up_on_the_store_does_not_say_it_stopped_cleanly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After the CRITICAL 'up to N alert(s) may be lost', the last line still said 'agent
+    stopped cleanly'. Now the last line is CRITICAL and says the stop was not clean."""
+    caplog.set_level(logging.INFO)
+    agent, _, _ = await _stop_with_store_locked(tmp_path, monkeypatch, Health(port=0))
+    messages = [r.getMessage() for r in caplog.records]
+    assert "agent stopped cleanly" not in messages
+    last = caplog.records[-1]
+    assert last.levelno == logging.CRITICAL and "NOT cleanly" in last.getMessage(), messages[-3:]
+    assert agent.stop_lost_data
+
+
+def test_edge_agent_run_exits_non_zero_when_its_stop_lost_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`edge-agent run` exited 0 after a stop that gave up on a hung store, so systemd
+    recorded a clean stop. Now it exits EXIT_STOP_LOST_DATA (74) and the unit fails."""
+    monkeypatch.setattr(shutdown, "STOP_BUDGET_S", 1.0)
+    monkeypatch.setattr(shutdown, "STORE_CLOSE_S", 0.5)
+    sock = tmp_path / "c.sock"
+    config = press_config(tmp_path).model_copy(
+        update={"control": Control(socket=sock), "health": Health(port=0)}
+    )
+    path = write_yaml(config, tmp_path / "config.yaml")
+    done = threading.Event()
+
+    def lock_and_stop() -> None:
+        deadline = time.monotonic() + 15
+        while not sock.exists() and time.monotonic() < deadline and not done.is_set():
+            time.sleep(0.05)
+        blocker = sqlite3.connect(tmp_path / "o.db", isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            threading.Thread(target=_repair, args=(sock,), daemon=True).start()
+            time.sleep(0.5)  # the repair's alert is in the store write under way
+            os.kill(os.getpid(), signal.SIGTERM)
+            done.wait(20)
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+
+    helper = threading.Thread(target=lock_and_stop, daemon=True)
+    helper.start()
+    try:
+        rc = cli.main(["run", "-c", str(path)])
+    finally:
+        done.set()
+        helper.join(20)
+    assert rc == 74, rc  # before: 0
+    assert shutdown.EXIT_STOP_LOST_DATA == 74  # as README and the unit file say

@@ -113,7 +113,9 @@ class Writer:
         self._before_commit = before_commit
         self._after_commit = after_commit
         self._on_fault = on_fault
-        self._queue: queue.Queue[_Request | object] = queue.Queue(maxsize=queue_size)
+        # One place more than submit lets in (its slots): the stop marker always finds room,
+        # so a stop never waits on a thread stuck in a full queue's put (a hung disk).
+        self._queue: queue.Queue[_Request | object] = queue.Queue(maxsize=queue_size + 1)
         self._slots: asyncio.Semaphore | None = None
         self._queue_size = queue_size
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -165,10 +167,11 @@ class Writer:
         if self._thread.is_alive():
             try:
                 async with asyncio.timeout(timeout_s):
-                    # put() may block on a full queue: never on the event loop.
-                    await asyncio.to_thread(self._queue.put, _STOP)
+                    # Never blocks: a place is kept for it. A put() from a helper thread
+                    # blocked that thread until a hung commit ended, and the exit with it.
+                    self._queue.put_nowait(_STOP)
                     await asyncio.shield(self._closed)
-            except TimeoutError:
+            except (TimeoutError, queue.Full):
                 log.error(
                     "store %s: the writer thread is still busy when the stop's time is up "
                     "(a slow or hung disk); the agent exits without waiting for it (SQLite "

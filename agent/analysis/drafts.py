@@ -170,15 +170,23 @@ def severity_draft(
 
 
 def revision_evidence(
-    ch: Channel, est: Estimate | NoEstimate | None, hours: float | None, escalated_at: str | None
+    ch: Channel,
+    est: Estimate | NoEstimate | None,
+    hours: float | None,
+    escalated_at: str | None,
+    upper: float | None = None,
 ) -> dict[str, object]:
     """evidence.revision of a critical taken back (agent.analysis.monitor._revision): what
     the escalation said, when its failure was due, and why it no longer stands."""
     metric, threshold = ch.failure()
     value = ch.history.last()
     due = None
+    latest = None
     if hours is not None and escalated_at is not None:
         due = format_ts(parse_ts(escalated_at) + timedelta(hours=hours))
+    if upper is not None and escalated_at is not None:
+        latest = format_ts(parse_ts(escalated_at) + timedelta(hours=upper))
+    by = f"{due}, at the latest {latest}" if latest else f"{due}"
     horizon = ch.asset.planning_horizon_hours
     if isinstance(est, Estimate):
         now = f"the time to failure is now {est.hours:.4g} h, over the planning horizon"
@@ -189,8 +197,9 @@ def revision_evidence(
         "escalated_at": escalated_at,
         "time_to_failure_hours_then": None if hours is None else round(hours, 5),
         "predicted_failure_at": due,
+        "latest_failure_at": latest,  # the escalation's upper bound: revised only after it
         "reason": (
-            f"the failure predicted by {due} did not come ({metric} "
+            f"the failure predicted by {by} did not come ({metric} "
             f"{'unknown' if value is None else f'{value:.4g}'} under its failure threshold "
             f"{threshold:g}) and {now} ({horizon:g} h): the critical is revised to a warning, "
             "same alert; an estimate under the horizon escalates it again"

@@ -31,10 +31,11 @@ class LifecycleState:
     below_since_s: float | None = None  # reading time the current run below the clear level began
     flaps: int = 0  # returns above the limit after a run below that would have cleared
     # A critical on a time to failure (the trend's level 2): the reading time its estimate
-    # said the failure would come by, the estimate, when it was sent and the failure
-    # metric's recent level then, for revise().
+    # said the failure would come by at the latest (its upper bound), the estimate and that
+    # bound, when it was sent and the failure metric's recent level then, for revise().
     due_s: float | None = None
     due_hours: float | None = None
+    due_upper_hours: float | None = None
     escalated_at: str | None = None
     due_level: float | None = None
     revise_streak: int = 0  # consecutive readings past due_s with the estimate out of horizon
@@ -130,7 +131,8 @@ def step(
         cleared_level = state.active
         state.active, state.clear_streak, state.raised_at = 0, 0, None
         state.below_since_s = None
-        state.due_s = state.due_hours = state.escalated_at = state.due_level = None
+        state.due_s = state.due_hours = state.due_upper_hours = None
+        state.escalated_at = state.due_level = None
         state.revise_streak = 0
         state.cleared_at_s = now_s
         state.streak, state.streak_level = 0, 0
@@ -141,7 +143,8 @@ def step(
 def revise(state: LifecycleState, *, soon: bool, grown: bool, now_s: float, debounce: int) -> bool:
     """Take back a critical sent on a time to failure that did not come true (mutates state).
 
-    True when the alert is at level 2 with a predicted failure time (due_s), that time has
+    True when the alert is at level 2 with a predicted failure time (due_s: the estimate's
+    upper bound, the point being about the remaining L10, early by design), that time has
     passed (the caller has seen no failure: its metric is under the threshold, or the
     estimate would be 0 h and `soon`), the failure metric has not grown toward its threshold
     since (`grown` False) and the estimate has been out of the planning horizon (`soon`
@@ -159,5 +162,6 @@ def revise(state: LifecycleState, *, soon: bool, grown: bool, now_s: float, debo
         return False
     state.active, state.revise_streak = 1, 0
     state.streak, state.streak_level = 0, 0
-    state.due_s = state.due_hours = state.escalated_at = state.due_level = None
+    state.due_s = state.due_hours = state.due_upper_hours = None
+    state.escalated_at = state.due_level = None
     return True

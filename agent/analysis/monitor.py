@@ -624,7 +624,11 @@ def _note_due(ch: Channel, t_s: float, at: datetime) -> None:
     estimate as of this reading: the record's hours count from its detected_at."""
     est = ch.estimate_now()
     if isinstance(est, Estimate):
-        ch.trend.due_s, ch.trend.due_hours = t_s + est.hours * 3600.0, est.hours
+        # Overdue only past the upper bound: the point is about the remaining L10 (ttf.py),
+        # so a failure that comes after it but inside the bounds is the forecast coming true
+        # (FEMTO Bearing1_1 v: 0.48 h [0.33, 4.0], revised at 29 min, failed at 45).
+        ch.trend.due_s, ch.trend.due_hours = t_s + est.upper_hours * 3600.0, est.hours
+        ch.trend.due_upper_hours = est.upper_hours
         ch.trend.escalated_at, ch.trend.due_level = format_ts(at), _recent_level(ch, peak=True)
 
 
@@ -656,19 +660,19 @@ def _revision(ch: Channel, t_s: float) -> dict[str, object] | None:
     A step then flat (a rebalanced or re-mounted machine, a load change) fits, right after
     the step, only a growth that reaches the threshold in seconds, and a failure's last
     minutes start with the same jump (FEMTO), so the critical is sent; once the predicted
-    failure time has passed without failure, the metric has not grown and the estimate has
-    been out of the horizon for the debounce, the record says it was revised and why, in
-    the same episode.
+    failure time has passed without failure (to the end of its upper bound), the metric
+    has not grown and the estimate has been out of the horizon for the debounce, the record
+    says it was revised and why, in the same episode.
     """
     st = ch.trend
     if st.active < 2 or st.due_s is None:  # almost every reading: nothing to revise
         st.revise_streak = 0
         return None
-    hours, escalated_at = st.due_hours, st.escalated_at
+    hours, upper, escalated_at = st.due_hours, st.due_upper_hours, st.escalated_at
     told = ch.hours_now()  # as of this reading, as the revision's record says
     soon = told is not None and told < ch.asset.planning_horizon_hours
     grown = not soon and _grown(ch)
     debounce = ch.asset.alerting.debounce
     if not revise(st, soon=soon, grown=grown, now_s=t_s, debounce=debounce):
         return None
-    return revision_evidence(ch, ch.estimate_now(), hours, escalated_at)
+    return revision_evidence(ch, ch.estimate_now(), hours, escalated_at, upper)

@@ -97,6 +97,9 @@ class Channel:
     estimate_s: float = -math.inf  # reading time the estimate was computed at
     estimate_metric: float | None = None  # the failure metric's newest bin mean then
     now_s: float = -math.inf  # analysis time of the latest reading (estimate_s's clock)
+    # ...and of the latest running one: a stopped machine does not wear, so its estimate
+    # counts down to here, not through the stop (the next running reading recomputes it).
+    running_s: float = -math.inf
     persisted_s: float = -math.inf
     # The latest view's fields; the ChannelView itself is made when someone looks (a
     # status page, a draft), not for each of thousands of readings a second.
@@ -120,11 +123,12 @@ class Channel:
 
     def estimate_now(self) -> Estimate | NoEstimate | None:
         """The estimate as of the latest reading, the time its records and views state: the
-        one computed earlier in the bin less the time since (agent.analysis.ttf.aged)."""
+        one computed earlier in the bin less the running time since (agent.analysis.ttf.aged).
+        """
         est = self.estimate
         if not isinstance(est, Estimate) or not math.isfinite(self.estimate_s):
             return est
-        return aged(est, self.now_s - self.estimate_s)
+        return aged(est, self._gone_s())
 
     def hours_now(self) -> float | None:
         """estimate_now()'s hours alone (None without an estimate), for the decisions
@@ -132,8 +136,12 @@ class Channel:
         est = self.estimate
         if not isinstance(est, Estimate):
             return None
-        gone_s = self.now_s - self.estimate_s
+        gone_s = self._gone_s()
         return max(est.hours - gone_s / 3600.0, 0.0) if gone_s > 0.0 else est.hours
+
+    def _gone_s(self) -> float:
+        """Running time since the estimate was computed (to the latest running reading)."""
+        return min(self.now_s, self.running_s) - self.estimate_s
 
     def iso_alarm(self) -> float | None:
         """ISO 20816-1 velocity alarm from the learned baseline, None while learning."""

@@ -407,6 +407,7 @@ class Monitor:
                 ch.estimate, (ch.severity.flaps, ch.trend.flaps), True, ch.learning(True),
             )  # fmt: skip
             return out
+        ch.running_s = t_s
         alerting = ch.asset.alerting
         sev_before, tr_before = snap(ch.severity), snap(ch.trend)
         was_ready = ch.hi.ready

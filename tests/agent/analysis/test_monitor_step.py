@@ -186,3 +186,26 @@ def test_a_critical_is_not_revised_while_the_failure_is_inside_its_bounds(tmp_pa
     revision = rev[0]["evidence"]["revision"]
     assert revision["latest_failure_at"] is not None
     assert "at the latest" in revision["reason"]
+
+
+def test_a_stopped_machine_s_time_to_failure_does_not_count_down_to_0(tmp_path: Path) -> None:
+    """The trend's time to failure is running time: before, a machine stopped for the night
+    saw its estimate (replay's estimate lines, Monitor.current) counted down through the
+    stop: 4.1 h at the stop, 0 h ("failure due") 4.3 h into it, though nothing wore. Now it
+    stays as at the last running reading while the machine stands."""
+    m = Monitor(config(tmp_path, False))
+    grow = [math.exp(0.004 * i) for i in range(120)]
+    run(m, [1.0] * 120 + grow)  # degradation: an estimate of ~4 h
+    cur = m.current("m1", "z")
+    assert cur is not None and cur[2] is not None
+    before = cur[2].hours
+    assert 1.0 < before < 10.0, before
+    for i in range(600):  # stopped 10 h (velocity under the running floor)
+        at = T0 + timedelta(minutes=240 + i)
+        feats = {"velocity_rms_mm_s": 0.01, "accel_rms_g": 0.0005, "hf_accel_rms_g": 0.0002}
+        m.update(Reading("m1", "z", at, feats, mono_s=60.0 * (240 + i)))
+    (view,) = m.views()
+    assert view.stopped
+    cur = m.current("m1", "z")
+    assert cur is not None and cur[2] is not None
+    assert cur[2].hours == pytest.approx(before, abs=0.05)  # before: 0.0

@@ -627,9 +627,12 @@ def _note_due(ch: Channel, t_s: float, at: datetime) -> None:
     if isinstance(est, Estimate):
         # Overdue only past the upper bound: the point is about the remaining L10 (ttf.py),
         # so a failure that comes after it but inside the bounds is the forecast coming true
-        # (FEMTO Bearing1_1 v: 0.48 h [0.33, 4.0], revised at 29 min, failed at 45).
-        ch.trend.due_s, ch.trend.due_hours = t_s + est.upper_hours * 3600.0, est.hours
-        ch.trend.due_upper_hours = est.upper_hours
+        # (FEMTO Bearing1_1 v: 0.48 h [0.33, 4.0], revised at 29 min, failed at 45). At most
+        # the planning horizon, the critical's own claim: a bound mixing in the reliability
+        # prior (36000 h) would otherwise hold it for years.
+        latest = max(min(est.upper_hours, ch.asset.planning_horizon_hours), est.hours)
+        ch.trend.due_s, ch.trend.due_hours = t_s + latest * 3600.0, est.hours
+        ch.trend.due_upper_hours = latest
         ch.trend.escalated_at, ch.trend.due_level = format_ts(at), _recent_level(ch, peak=True)
 
 

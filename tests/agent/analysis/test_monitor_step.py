@@ -209,3 +209,34 @@ def test_a_stopped_machine_s_time_to_failure_does_not_count_down_to_0(tmp_path: 
     cur = m.current("m1", "z")
     assert cur is not None and cur[2] is not None
     assert cur[2].hours == pytest.approx(before, abs=0.05)  # before: 0.0
+
+
+def test_a_critical_with_bounds_of_years_is_revised_once_the_horizon_has_passed(
+    tmp_path: Path,
+) -> None:
+    """A critical whose bounds mix in the reliability prior (4.8 h, to 36000 h): waiting
+    for its upper bound would hold it for years. The critical claimed a failure within the
+    planning horizon (168 h): once that has passed, flat, it is revised."""
+    m = Monitor(config(tmp_path, True))
+    rng = random.Random(2)
+    levels = [1.0] * 120 + [2.0 * math.exp(0.005 * i) for i in range(80)]  # jump, growth
+    minutes = list(range(len(levels)))
+    for _ in range(360):  # then flat, one reading every 30 min for 180 h
+        minutes.append(minutes[-1] + 30)
+        levels.append(levels[-1])
+    recs = []
+    for i, v in zip(minutes, levels, strict=True):
+        noise = 1.0 + 0.03 * rng.gauss(0.0, 1.0)
+        feats = {"velocity_rms_mm_s": v * noise, "accel_rms_g": 0.05 * v * noise,
+                 "hf_accel_rms_g": 0.02 * v * noise, "kurtosis": 3.0}  # fmt: skip
+        at = T0 + timedelta(minutes=i)
+        for d in m.update(Reading("m1", "z", at, feats, mono_s=60.0 * i)).drafts:
+            if d.kind == "trend":
+                recs.append(d.record(gateway_id="gw-t", seq=len(recs) + 1))
+    crit = [r for r in recs if level(r) == "critical"]
+    assert crit and crit[0]["time_to_failure"]["upper_hours"] > 10_000  # the scenario
+    rev = [r for r in recs if r["evidence"].get("revision")]
+    assert rev  # not held for years
+    esc_at = datetime.fromisoformat(crit[0]["detected_at"].replace("Z", "+00:00"))
+    rev_at = datetime.fromisoformat(rev[0]["detected_at"].replace("Z", "+00:00"))
+    assert rev_at >= esc_at + timedelta(hours=168)  # not before the claim is falsified

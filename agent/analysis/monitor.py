@@ -147,6 +147,22 @@ class Update:
     lives: list[tuple[str, FleetLife]] = field(default_factory=list)  # (class, completed life)
 
 
+def _closed(
+    ch: Channel, kind: str, state: LifecycleState, asset: Asset, at: datetime, out: Update,
+    reason: str, lead: str,
+) -> LifecycleState:  # fmt: skip
+    """Close the channel's open `kind` alert (`state`) now, with the reason: its readings no
+    longer measure what it was raised on, so it is not left to clear later as a recovery.
+    Returns the channel's new (idle) state for that kind."""
+    out.drafts.append(
+        closing_draft(asset_ref(asset, asset.id), ch.sensor, kind, state.active,
+                      state.raised_at, at, reason, lead)
+    )  # fmt: skip
+    idle = LifecycleState()
+    out.state[ch.key(kind)] = json.dumps(idle.to_dict(), sort_keys=True)
+    return idle
+
+
 class Monitor:
     """Runs every configured channel's analysis.
 
@@ -297,16 +313,9 @@ class Monitor:
         open severity alert, judged on the old ones, is closed now with the reason, not
         later as a recovery (or kept open by the new sensor's readings as the same
         episode); the new readings raise their own after the usual debounce."""
-        if not ch.severity.active:
-            return
-        reason = _JUDGED_AFRESH[why].format(what)
-        lead = "judged again from the next readings"
-        out.drafts.append(
-            closing_draft(asset_ref(asset, asset.id), ch.sensor, "severity", ch.severity.active,
-                          ch.severity.raised_at, at, reason, lead)
-        )  # fmt: skip
-        ch.severity = LifecycleState()
-        out.state[ch.key("severity")] = json.dumps(ch.severity.to_dict(), sort_keys=True)
+        if ch.severity.active:
+            reason, lead = _JUDGED_AFRESH[why].format(what), "judged again from the next readings"
+            ch.severity = _closed(ch, "severity", ch.severity, asset, at, out, reason, lead)
 
     def _relearn(
         self, ch: Channel, asset: Asset, what: str, at: datetime, out: Update, why: str
@@ -315,14 +324,8 @@ class Monitor:
         against the old baseline) is closed now, with the reason (`why` formatted with
         what changed), not later as a recovery."""
         if ch.trend.active:
-            reason = why.format(what)
             lead = "no time to failure until the new baseline is learned"
-            out.drafts.append(
-                closing_draft(asset_ref(asset, asset.id), ch.sensor, "trend", ch.trend.active,
-                              ch.trend.raised_at, at, reason, lead)
-            )  # fmt: skip
-            ch.trend = LifecycleState()
-            out.state[ch.key("trend")] = json.dumps(ch.trend.to_dict(), sort_keys=True)
+            ch.trend = _closed(ch, "trend", ch.trend, asset, at, out, why.format(what), lead)
         ch.hi = HealthIndex(asset.alerting.baseline_readings, self.tuning.health)
         ch.history, ch.onset_s = self._new_history(asset), None
         out.state[ch.key("model")] = model_state(ch)

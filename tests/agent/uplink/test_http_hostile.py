@@ -26,14 +26,25 @@ UP = "up"
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
-async def _read_request(reader: asyncio.StreamReader) -> bytes:
-    """Reads one request; its method."""
+async def _read_head(reader: asyncio.StreamReader) -> tuple[bytes, int]:
+    """Reads one request's head; it and its Content-Length (0 without one)."""
     head = await reader.readuntil(b"\r\n\r\n")
     length = 0
     for line in head.split(b"\r\n"):
         if line.lower().startswith(b"content-length:"):
             length = int(line.split(b":")[1])
-    await reader.readexactly(length)
+    return head, length
+
+
+async def _read_whole(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """Reads one request; its head and its body."""
+    head, length = await _read_head(reader)
+    return head, await reader.readexactly(length)
+
+
+async def _read_request(reader: asyncio.StreamReader) -> bytes:
+    """Reads one request; its method."""
+    head, _ = await _read_whole(reader)
     return head.split(b" ", 1)[0]
 
 
@@ -234,18 +245,13 @@ class ForgetsIdle:
         last: float | None = None
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
+                _, length = await _read_head(reader)
                 if last is not None and time.monotonic() - last > IDLE_S:
                     self.resets += 1
                     sock = writer.get_extra_info("socket")
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                     writer.transport.abort()
                     return
-                length = next(
-                    int(line.split(b":")[1])
-                    for line in head.split(b"\r\n")
-                    if line.lower().startswith(b"content-length:")
-                )
                 await reader.readexactly(length)
                 self.posts += 1
                 writer.write(_answer(200, body=b'{"accepted": 1}'))
@@ -288,12 +294,7 @@ class Conflicting:
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             async with asyncio.timeout(10.0):
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":")[1])
-                body = await reader.readexactly(length)
+                head, body = await _read_whole(reader)
                 if not head.startswith(b"POST"):
                     writer.write(_answer(200))  # the probe's HEAD
                     return
@@ -344,11 +345,7 @@ class Narrow:
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             async with asyncio.timeout(10.0):
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":")[1])
+                head, length = await _read_head(reader)
                 body = b""
                 while len(body) < length:
                     body += await reader.readexactly(min(256, length - len(body)))
@@ -498,6 +495,12 @@ async def test_an_endpoint_refusing_everything_alike_does_not_dead_letter_the_ba
         assert up.status.delivered_total == 20
 
 
+async def _append_a_summary(outbox: Outbox) -> None:
+    """One summary window (m1-de, z) in the outbox, for the summaries endpoint."""
+    window = {"velocity_rms_mm_s": {"min": 1.0, "mean": 1.1, "max": 1.2, "last": 1.1}}
+    await outbox.append_summaries([SummaryDraft(asset(), "m1-de", "modbus", T0, T0, {"z": window})])
+
+
 async def test_an_alert_does_not_wait_for_a_summaries_endpoint_that_never_answers(
     tmp_path: Path,
 ) -> None:
@@ -512,10 +515,7 @@ async def test_an_alert_does_not_wait_for_a_summaries_endpoint_that_never_answer
         async with await _outbox(tmp_path) as outbox, serving(backend) as url:
             cfg = _cfg(url, timeout_s=60.0)
             cfg = cfg.model_copy(update={"summaries_url": hole})
-            window = {"velocity_rms_mm_s": {"min": 1.0, "mean": 1.1, "max": 1.2, "last": 1.1}}
-            await outbox.append_summaries(
-                [SummaryDraft(asset(), "m1-de", "modbus", T0, T0, {"z": window})]
-            )
+            await _append_a_summary(outbox)
             async with Running(delivery(UP, HttpTransport(cfg, name=UP), outbox, cfg)) as up:
                 await until(lambda: _true(up.status.state == "sending"))
                 await asyncio.sleep(0.3)  # the summaries' POST is on its way into the hole
@@ -581,12 +581,7 @@ class Throttled:
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":")[1])
-            body = await reader.readexactly(length)
+            head, body = await _read_whole(reader)
             if not head.startswith(b"POST"):
                 writer.write(_answer(200))
                 return
@@ -605,6 +600,19 @@ class Throttled:
             writer.close()
 
 
+async def _settles_on_what_fits(tmp_path: Path, backend: Throttled, **cfg: float) -> None:
+    """60 alerts through `backend` (which carries 9 a batch): every one delivered, few
+    batches too large, and the batch size settled on 9."""
+    async with await _outbox(tmp_path) as outbox, serving(backend) as url:
+        await outbox.append([draft(i=i) for i in range(60)])
+        c = _cfg(url, **cfg)
+        async with Running(delivery(UP, HttpTransport(c, name=UP), outbox, c)):
+            await until(lambda: _pending_is(outbox, 0), timeout_s=30.0)
+    assert len(backend.delivered) == 60
+    assert backend.too_big <= 3, backend.sizes
+    assert 9 in backend.sizes, backend.sizes  # grew back to the largest size that fits
+
+
 async def test_a_batch_size_that_timed_out_is_not_tried_every_other_batch(
     tmp_path: Path,
 ) -> None:
@@ -613,30 +621,16 @@ async def test_a_batch_size_that_timed_out_is_not_tried_every_other_batch(
     every other one timed out (7 timeouts for 60 alerts here; 13 for 200 in the probe,
     each a WARNING and a wasted timeout_s). A size that timed out caps the growth below
     it, so the batch size settles on one the link carries."""
-    backend = Throttled(fits=9, slow_s=3.0)
-    async with await _outbox(tmp_path) as outbox, serving(backend) as url:
-        await outbox.append([draft(i=i) for i in range(60)])
-        c = _cfg(url, timeout_s=0.5, batch_size=16, max_backoff_s=0.2)
-        async with Running(delivery(UP, HttpTransport(c, name=UP), outbox, c)):
-            await until(lambda: _pending_is(outbox, 0), timeout_s=30.0)
-    assert len(backend.delivered) == 60
-    assert backend.too_big <= 3, backend.sizes
-    assert 9 in backend.sizes, backend.sizes  # grew back to the largest size that fits
+    await _settles_on_what_fits(
+        tmp_path, Throttled(fits=9, slow_s=3.0), timeout_s=0.5, batch_size=16, max_backoff_s=0.2
+    )
 
 
 async def test_a_batch_size_refused_as_too_large_is_not_tried_every_other_batch(
     tmp_path: Path,
 ) -> None:
     """The same for a 413: a body limit of 9 alerts had every other batch refused."""
-    backend = Throttled(fits=9, slow_s=0.0, status=413)
-    async with await _outbox(tmp_path) as outbox, serving(backend) as url:
-        await outbox.append([draft(i=i) for i in range(60)])
-        c = _cfg(url, batch_size=16)
-        async with Running(delivery(UP, HttpTransport(c, name=UP), outbox, c)):
-            await until(lambda: _pending_is(outbox, 0), timeout_s=30.0)
-    assert len(backend.delivered) == 60
-    assert backend.too_big <= 3, backend.sizes
-    assert 9 in backend.sizes, backend.sizes  # grew back to the largest size that fits
+    await _settles_on_what_fits(tmp_path, Throttled(fits=9, slow_s=0.0, status=413), batch_size=16)
 
 
 async def test_after_an_outage_of_timeouts_batches_grow_back_to_full_size(
@@ -668,12 +662,8 @@ class Picky(Backend):
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":")[1])
-            ids = [a["alert_id"] for a in json.loads(await reader.readexactly(length))["alerts"]]
+            _, body = await _read_whole(reader)
+            ids = [a["alert_id"] for a in json.loads(body)["alerts"]]
             self.posts += 1
             if self.bad.intersection(ids):
                 writer.write(_typed(400, b"text/html", NGINX_400))
@@ -761,10 +751,7 @@ async def test_a_steady_alert_stream_does_not_starve_a_slow_summaries_endpoint(
     try:
         async with await _outbox(tmp_path) as outbox, serving(alerts) as url:
             cfg = _cfg(url, timeout_s=10.0).model_copy(update={"summaries_url": surl})
-            window = {"velocity_rms_mm_s": {"min": 1.0, "mean": 1.1, "max": 1.2, "last": 1.1}}
-            await outbox.append_summaries(
-                [SummaryDraft(asset(), "m1-de", "modbus", T0, T0, {"z": window})]
-            )
+            await _append_a_summary(outbox)
             async with Running(delivery(UP, HttpTransport(cfg, name=UP), outbox, cfg)) as up:
                 for i in range(16):  # 4 s of alerts
                     await asyncio.sleep(0.25)

@@ -13,6 +13,7 @@ import logging
 import os
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -156,6 +157,18 @@ async def test_readings_out_of_order_or_delivered_twice_are_dropped_not_analysed
     assert dict(rig.sensor.dropped) == {"duplicate": 1, "out_of_order": 2}
 
 
+@contextlib.asynccontextmanager
+async def _running(link: BrokerLink) -> AsyncIterator[None]:
+    """The link running as a task for the with-block; stopped and awaited (bounded) after."""
+    task = asyncio.create_task(link.run())
+    try:
+        yield
+    finally:
+        link.stop()
+        task.cancel()
+        await asyncio.wait([task], timeout=5)
+
+
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 async def test_overlapping_subscriptions_deliver_a_message_once(
     broker: Mosquitto, protocol: str
@@ -176,17 +189,12 @@ async def test_overlapping_subscriptions_deliver_a_message_once(
     shared.add(other, parse_key_from("payload:addr"), "00:00:00:00:00:00:00:02", 1)
     base = {"id": "b", "host": "127.0.0.1", "port": broker.port, "client_id": "edge-o"}
     link = BrokerLink(BrokerSettings(**base, protocol=protocol), Router([one, shared]))
-    task = asyncio.create_task(link.run())
-    try:
+    async with _running(link):
         await until(lambda: link.connected, 10)
         await asyncio.sleep(0.3)
         await publish(broker.port, [(TOPIC, ncd(1.0)), (TOPIC, ncd(2.0))])
         await until(lambda: len(got) >= 2, 5)
         await asyncio.sleep(0.5)
-    finally:
-        link.stop()
-        task.cancel()
-        await asyncio.wait([task], timeout=5)
     assert [(r.sensor_id, r.features["velocity_rms_mm_s"]) for r in got] == [
         ("fan-3", 1.0),
         ("fan-3", 2.0),
@@ -269,8 +277,7 @@ async def test_a_flooding_sensor_cannot_crowd_its_neighbours_out_of_the_analysis
     base = {"id": "b", "host": "127.0.0.1", "port": broker.port, "client_id": "edge-t"}
     link = BrokerLink(BrokerSettings(**base), Router(routes))
     caplog.set_level(logging.WARNING, logger="agent.reading_queue")
-    task = asyncio.create_task(link.run())
-    try:
+    async with _running(link):
         await until(lambda: link.status()["connected"], 10)
         await asyncio.sleep(0.2)
         async with aiomqtt.Client("127.0.0.1", broker.port) as c:
@@ -282,10 +289,6 @@ async def test_a_flooding_sensor_cannot_crowd_its_neighbours_out_of_the_analysis
         # The quiet sensor's last QoS 1 message may still be on its way behind the flood.
         with contextlib.suppress(AssertionError):  # the assertion below says what is missing
             await until(lambda: queue._held["quiet"] >= 5, 5)
-    finally:
-        link.stop()
-        task.cancel()
-        await asyncio.wait([task], timeout=5)
     queued: list[Reading] = []
     while queue.depth:
         queued.append(queue._queue.get_nowait())
@@ -412,6 +415,27 @@ async def test_a_qos1_redelivery_of_a_reading_without_a_timestamp_is_analysed_on
     assert dict(rig.sensor.dropped) == {"duplicate": 1}
 
 
+def _sensors(n: int, got: list[Reading]) -> tuple[list[Route], list[MqttSensor]]:
+    """n NCD sensors on plant/s<i>/data, each on its own route, all readings into `got`."""
+    routes, sensors = [], []
+    for i in range(n):
+        topic = f"plant/s{i}/data"
+        s = MqttSensor(f"s{i}", decoder=load_decoder("ncd-processed"), channels=["z"],
+                       stale_after_s=60, sink=got.append, broker="b", topic=topic)  # fmt: skip
+        route = Route(topic)
+        route.add(s, None, None, 1)
+        routes.append(route)
+        sensors.append(s)
+    return routes, sensors
+
+
+async def _retain_each(port: int, n: int) -> None:
+    """A retained reading on each of the n sensors' topics."""
+    async with aiomqtt.Client("127.0.0.1", port) as c:
+        for i in range(n):
+            await c.publish(f"plant/s{i}/data", ncd(1.0), qos=1, retain=True)
+
+
 async def test_many_topics_with_retained_messages_are_subscribed_without_nagle_stalls(
     broker: Mosquitto,
 ) -> None:
@@ -424,24 +448,13 @@ async def test_many_topics_with_retained_messages_are_subscribed_without_nagle_s
 
     n = 400
     got: list[Reading] = []
-    routes, sensors = [], []
-    for i in range(n):
-        topic = f"plant/s{i}/data"
-        s = MqttSensor(f"s{i}", decoder=load_decoder("ncd-processed"), channels=["z"],
-                       stale_after_s=60, sink=got.append, broker="b", topic=topic)  # fmt: skip
-        route = Route(topic)
-        route.add(s, None, None, 1)
-        routes.append(route)
-        sensors.append(s)
-    async with aiomqtt.Client("127.0.0.1", broker.port) as c:
-        for i in range(n):
-            await c.publish(f"plant/s{i}/data", ncd(1.0), qos=1, retain=True)
+    routes, sensors = _sensors(n, got)
+    await _retain_each(broker.port, n)
     settings = BrokerSettings(
         id="b", host="127.0.0.1", port=broker.port, client_id="edge-r", protocol="3.1.1"
     )
     link = BrokerLink(settings, Router(routes))
-    task = asyncio.create_task(link.run())
-    try:
+    async with _running(link):
         await until(lambda: link.connected, 10)
         assert link._client is not None
         sock = link._client._client.socket()
@@ -449,10 +462,6 @@ async def test_many_topics_with_retained_messages_are_subscribed_without_nagle_s
         # Every topic subscribed (its retained copy counted): well within the 8.8 s that
         # 400 delayed ACKs took.
         await until(lambda: sum(s.dropped["retained"] for s in sensors) == n, 5)
-    finally:
-        link.stop()
-        task.cancel()
-        await asyncio.wait([task], timeout=5)
 
 
 async def test_mqtt5_asks_the_broker_for_no_retained_copies(
@@ -463,31 +472,16 @@ async def test_mqtt5_asks_the_broker_for_no_retained_copies(
     # queue (with waveforms, megabytes) and 2000 warnings "message dropped (retained)".
     n = 50
     got: list[Reading] = []
-    routes, sensors = [], []
-    for i in range(n):
-        topic = f"plant/s{i}/data"
-        s = MqttSensor(f"s{i}", decoder=load_decoder("ncd-processed"), channels=["z"],
-                       stale_after_s=60, sink=got.append, broker="b", topic=topic)  # fmt: skip
-        route = Route(topic)
-        route.add(s, None, None, 1)
-        routes.append(route)
-        sensors.append(s)
-    async with aiomqtt.Client("127.0.0.1", broker.port) as c:
-        for i in range(n):
-            await c.publish(f"plant/s{i}/data", ncd(1.0), qos=1, retain=True)
+    routes, sensors = _sensors(n, got)
+    await _retain_each(broker.port, n)
     caplog.set_level(logging.WARNING, "edge_agent.drivers.mqtt")
     settings = BrokerSettings(id="b", host="127.0.0.1", port=broker.port, client_id="edge-r")
     link = BrokerLink(settings, Router(routes))
-    task = asyncio.create_task(link.run())
-    try:
+    async with _running(link):
         await until(lambda: link.connected, 10)
         await asyncio.sleep(0.5)  # subscribed, and the retained copies (if sent) decoded
         await publish(broker.port, [(f"plant/s{i}/data", ncd(2.0)) for i in range(n)])
         await until(lambda: len(got) == n, 5)
-    finally:
-        link.stop()
-        task.cancel()
-        await asyncio.wait([task], timeout=5)
     assert [r.features["velocity_rms_mm_s"] for r in got] == [2.0] * n
     assert link.messages_total == n
     assert not any(s.dropped for s in sensors)
@@ -504,14 +498,7 @@ async def test_a_persistent_session_backlog_is_decoded_while_resubscribing(
     # is followed by decoding what came meanwhile.
     n, backlog = 300, 4
     got: list[Reading] = []
-    routes = []
-    for i in range(n):
-        topic = f"plant/s{i}/data"
-        s = MqttSensor(f"s{i}", decoder=load_decoder("ncd-processed"), channels=["z"],
-                       stale_after_s=60, sink=got.append, broker="b", topic=topic)  # fmt: skip
-        route = Route(topic)
-        route.add(s, None, None, 1)
-        routes.append(route)
+    routes, _ = _sensors(n, got)
     extra = ("max_queued_messages 100000", "max_inflight_messages 100")
     with Mosquitto(tmp_path / "b", extra=extra) as broker:
         settings = BrokerSettings(id="b", host="127.0.0.1", port=broker.port, client_id="edge-p",

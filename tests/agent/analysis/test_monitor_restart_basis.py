@@ -25,9 +25,8 @@ from drivers.reading import Reading
 from tests.agent.analysis.test_monitor_reconfigure import T0, vib
 from tests.agent.analysis.test_monitor_reconfigure import degraded_config as config
 
-SCHEMA = json.loads(
-    (Path(__file__).resolve().parents[3] / "agent" / "schemas" / "alert-v1.json").read_text()
-)
+ROOT = Path(__file__).resolve().parents[3]
+SCHEMA = json.loads((ROOT / "agent" / "schemas" / "alert-v1.json").read_text())
 AT = T0 + timedelta(hours=2)  # the restart
 KEY = "press-7/m1/z"
 
@@ -61,11 +60,13 @@ async def degrade(tmp_path: Path) -> tuple[float, float]:
         return ch.hi.learned_at_s, ch.onset_s
 
 
-async def restart(tmp_path: Path, cfg: Config) -> tuple[Monitor, list[dict[str, Any]]]:
-    """A new process on the saved state with `cfg`: the monitor and the records its start
-    stored."""
+async def restart(
+    tmp_path: Path, cfg: Config, digests: dict[str, str] | None = None
+) -> tuple[Monitor, list[dict[str, Any]]]:
+    """A new process on the saved state with `cfg` (and its source files' `digests`): the
+    monitor and the records its start stored."""
     async with store_at(tmp_path) as ob:
-        m = Monitor(cfg, state=await ob.load_state())
+        m = Monitor(cfg, state=await ob.load_state(), digests=digests)
         return m, await store(ob, m.close_unconfigured(AT))
 
 
@@ -281,21 +282,53 @@ async def test_the_same_host_written_otherwise_is_the_same_device(
     assert (ch.hi.learned_at_s, ch.onset_s, ch.trend.active) == (learned_at, onset, 2)
 
 
+def _shipped_copy(
+    shipped: Path, folder: Path, name: str, edits: dict[str, str], note: tuple[str, str]
+) -> Path:
+    """A shipped profile or decoder file copied into `folder` as <name>.yaml under that name,
+    each edit (old text: new) made, and the note (key, value), if any, put in that key's
+    line: an integrator's own copy, edited in place."""
+    text = shipped.read_text().replace(f"name: {shipped.stem}", f"name: {name}")
+    for old, new in edits.items():
+        text = text.replace(old, new)
+    key, value = note
+    if value:
+        text = text.replace(f"{key}: ", f"{key}: {value!r} #", 1)
+    folder.mkdir(exist_ok=True)
+    (folder / f"{name}.yaml").write_text(text)
+    return folder
+
+
 def _profile_file(folder: Path, velocity_scale: str = "0.001", document: str = "") -> Path:
     """plant-vt: the shipped Banner profile under another name, in a profiles_dir, with its
-    velocity scale (and document line) as given: an integrator's own copy, edited in place."""
-    shipped = Path(__file__).resolve().parents[3] / "drivers" / "profiles" / "banner-qm30vt2.yaml"
-    text = shipped.read_text().replace("name: banner-qm30vt2", "name: plant-vt")
-    text = text.replace("scale: 0.001, unit: mm/s", f"scale: {velocity_scale}, unit: mm/s")
-    if document:
-        text = text.replace("document: ", f"document: {document!r} #", 1)
-    folder.mkdir(exist_ok=True)
-    (folder / "plant-vt.yaml").write_text(text)
-    return folder
+    velocity scale (and document line) as given."""
+    return _shipped_copy(
+        ROOT / "drivers" / "profiles" / "banner-qm30vt2.yaml", folder, "plant-vt",
+        {"scale: 0.001, unit: mm/s": f"scale: {velocity_scale}, unit: mm/s"},
+        ("document", document),
+    )  # fmt: skip
 
 
 def _digests(cfg: Config, folder: Path) -> dict[str, str]:
     return source_digests(cfg, ProfileLibrary.load(folder))
+
+
+async def _open_trend(tmp_path: Path, cfg: Config, digests: dict[str, str]) -> None:
+    """The first process, its source files' `digests` saved: baseline learned, then the
+    machine degrades and the trend alert is open."""
+    async with store_at(tmp_path) as ob:
+        m = Monitor(cfg, digests=digests)
+        for i in range(32):
+            await store(ob, m.update(vib(i, 1.0, 1.0) if i < 12 else vib(i, 2.0, 1.9)))
+        assert m._channels[("m1", "z")].trend.active >= 1  # open (its critical revised)
+
+
+def _relearn(m: Monitor) -> None:
+    """12 readings of the degraded machine after the restart: the baseline learned again."""
+    for i in range(12):
+        r = vib(i, 2.0, 1.9)
+        m.update(Reading(r.sensor_id, r.channel, AT + timedelta(seconds=10 * (i + 1)), r.features))
+    assert m._channels[("m1", "z")].hi.ready
 
 
 async def test_a_profile_file_edited_under_the_same_name_relearns_at_restart_and_reload(
@@ -306,25 +339,15 @@ async def test_a_profile_file_edited_under_the_same_name_relearns_at_restart_and
     against it stayed open and every reading was judged against the old scale."""
     folder = _profile_file(tmp_path / "profiles")
     cfg = config(tmp_path, {"sensors.0.modbus.profile": "plant-vt"})
-    async with store_at(tmp_path) as ob:
-        m = Monitor(cfg, digests=_digests(cfg, folder))
-        for i in range(32):
-            await store(ob, m.update(vib(i, 1.0, 1.0) if i < 12 else vib(i, 2.0, 1.9)))
-        assert m._channels[("m1", "z")].trend.active >= 1  # open (its critical revised)
+    await _open_trend(tmp_path, cfg, _digests(cfg, folder))
     _profile_file(folder, velocity_scale="0.01")  # edited while the agent was stopped
-    async with store_at(tmp_path) as ob:
-        m = Monitor(cfg, state=await ob.load_state(), digests=_digests(cfg, folder))
-        (rec,) = await store(ob, m.close_unconfigured(AT))
+    m, (rec,) = await restart(tmp_path, cfg, _digests(cfg, folder))
     assert rec["evidence"]["reason"] == (
         "closed at start: baseline relearned after modbus.profile plant-vt edited: it reads "
         "other values while the agent was stopped"
     )
     assert not m._channels[("m1", "z")].hi.ready
-    # Learned again; then a live reload after editing it back relearns too.
-    for i in range(12):
-        r = vib(i, 2.0, 1.9)
-        m.update(Reading(r.sensor_id, r.channel, AT + timedelta(seconds=10 * (i + 1)), r.features))
-    assert m._channels[("m1", "z")].hi.ready
+    _relearn(m)  # learned again; then a live reload after editing it back relearns too
     _profile_file(folder)
     m.reconfigure(cfg, digests=_digests(cfg, folder))
     assert not m._channels[("m1", "z")].hi.ready
@@ -351,15 +374,11 @@ async def test_a_profile_edit_that_reads_the_same_values_or_an_older_model_keeps
 def _decoder_file(folder: Path, velocity_scale: float = 1.0, description: str = "") -> Path:
     """plant-json: the shipped generic-json decoder under another name, in a decoders_dir,
     its z velocity field scaled as given (and its description as given)."""
-    shipped = Path(__file__).resolve().parents[3] / "drivers" / "payloads" / "generic-json.yaml"
-    text = shipped.read_text().replace("name: generic-json", "name: plant-json")
     field = "{path: z.velocity_rms_mm_s, feature: velocity_rms_mm_s, channel: z, unit: mm/s,"
-    text = text.replace(field, f"{field} scale: {velocity_scale},")
-    if description:
-        text = text.replace("description: ", f"description: {description!r} #", 1)
-    folder.mkdir(exist_ok=True)
-    (folder / "plant-json.yaml").write_text(text)
-    return folder
+    return _shipped_copy(
+        ROOT / "drivers" / "payloads" / "generic-json.yaml", folder, "plant-json",
+        {field: f"{field} scale: {velocity_scale},"}, ("description", description),
+    )  # fmt: skip
 
 
 def _mqtt_config(tmp_path: Path, folder: Path) -> Config:
@@ -387,28 +406,18 @@ async def test_a_decoder_file_edited_under_the_same_name_relearns_at_restart_and
     stayed open against it. Its description edited only: the baseline stays."""
     folder = _decoder_file(tmp_path / "decoders")
     cfg = _mqtt_config(tmp_path, folder)
-    async with store_at(tmp_path) as ob:
-        m = Monitor(cfg, digests=_decoder_digests(cfg, folder))
-        for i in range(32):
-            await store(ob, m.update(vib(i, 1.0, 1.0) if i < 12 else vib(i, 2.0, 1.9)))
-        assert m._channels[("m1", "z")].trend.active >= 1  # open (its critical revised)
+    await _open_trend(tmp_path, cfg, _decoder_digests(cfg, folder))
     _decoder_file(folder, description="plant copy, reviewed")  # words only: kept
-    async with store_at(tmp_path) as ob:
-        m = Monitor(cfg, state=await ob.load_state(), digests=_decoder_digests(cfg, folder))
-        assert await store(ob, m.close_unconfigured(AT)) == []
+    _, recs = await restart(tmp_path, cfg, _decoder_digests(cfg, folder))
+    assert recs == []
     _decoder_file(folder, velocity_scale=10.0)  # edited while the agent was stopped
-    async with store_at(tmp_path) as ob:
-        m = Monitor(cfg, state=await ob.load_state(), digests=_decoder_digests(cfg, folder))
-        (rec,) = await store(ob, m.close_unconfigured(AT))
+    m, (rec,) = await restart(tmp_path, cfg, _decoder_digests(cfg, folder))
     assert rec["evidence"]["reason"] == (
         "closed at start: baseline relearned after mqtt.decoder plant-json edited: it reads "
         "other values while the agent was stopped"
     )
     assert not m._channels[("m1", "z")].hi.ready
-    for i in range(12):  # learned again; a live reload after editing it back relearns too
-        r = vib(i, 2.0, 1.9)
-        m.update(Reading(r.sensor_id, r.channel, AT + timedelta(seconds=10 * (i + 1)), r.features))
-    assert m._channels[("m1", "z")].hi.ready
+    _relearn(m)  # learned again; a live reload after editing it back relearns too
     _decoder_file(folder)
     m.reconfigure(cfg, digests=_decoder_digests(cfg, folder))
     assert not m._channels[("m1", "z")].hi.ready
@@ -481,14 +490,10 @@ async def test_a_sensor_replaced_while_stopped_closes_its_severity_alert_at_star
 def _raw_decoder_file(folder: Path, rate_field: str = "sample_rate", description: str = "") -> Path:
     """site-raw: the shipped raw-int16 decoder under another name, its sample rate read from
     the header field named (and its description as given)."""
-    shipped = Path(__file__).resolve().parents[3] / "drivers" / "payloads" / "raw-int16.yaml"
-    text = shipped.read_text().replace("name: raw-int16", "name: site-raw")
-    text = text.replace("sample_rate: sample_rate", f"sample_rate: {rate_field}")
-    if description:
-        text = text.replace("description: ", f"description: {description!r} #", 1)
-    folder.mkdir(exist_ok=True)
-    (folder / "site-raw.yaml").write_text(text)
-    return folder
+    return _shipped_copy(
+        ROOT / "drivers" / "payloads" / "raw-int16.yaml", folder, "site-raw",
+        {"sample_rate: sample_rate": f"sample_rate: {rate_field}"}, ("description", description),
+    )  # fmt: skip
 
 
 def test_a_raw_int16_sensor_has_a_digest_and_an_edit_changes_it(tmp_path: Path) -> None:

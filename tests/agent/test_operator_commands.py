@@ -312,11 +312,37 @@ class H(http.server.BaseHTTPRequestHandler):
 http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 """
 
-
-@pytest.mark.skipif(
+_as_outsider = pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("setpriv") or not os.path.exists(SYSTEM_PYTHON),
     reason="needs root, setpriv and /usr/bin/python3 to act as another user",
 )
+
+
+async def _serve_as_outsider(port: int, body: bytes) -> asyncio.subprocess.Process:
+    """Another user (OUTSIDER) serving `body` to every GET on `port`, once it listens (up
+    to 10 s); the caller kills it."""
+    as_outsider = ["setpriv", f"--reuid={OUTSIDER}", f"--regid={OUTSIDER}", "--clear-groups"]
+    server = await asyncio.create_subprocess_exec(
+        *as_outsider, SYSTEM_PYTHON, "-c", _COPYCAT, str(port), stdin=asyncio.subprocess.PIPE
+    )
+    try:
+        assert server.stdin is not None
+        server.stdin.write(body)
+        server.stdin.close()
+        for _ in range(100):  # up to 10 s to listen
+            with contextlib.suppress(OSError):
+                _, w = await asyncio.open_connection("127.0.0.1", port)
+                w.close()
+                break
+            await asyncio.sleep(0.1)
+    except BaseException:
+        server.kill()
+        await server.wait()
+        raise
+    return server
+
+
+@_as_outsider
 async def test_status_refuses_another_user_serving_the_agents_own_identity(
     tmp_path: Path,
 ) -> None:
@@ -329,20 +355,8 @@ async def test_status_refuses_another_user_serving_the_agents_own_identity(
     async with running_agent(cfg):
         real = await asyncio.to_thread(cli, "status", "--json", "-c", str(cfg))
     copied = json.loads(real.stdout)["agent"] | {"status": "ok", "sensors": []}
-    as_outsider = ["setpriv", f"--reuid={OUTSIDER}", f"--regid={OUTSIDER}", "--clear-groups"]
-    copycat = await asyncio.create_subprocess_exec(
-        *as_outsider, SYSTEM_PYTHON, "-c", _COPYCAT, str(port), stdin=asyncio.subprocess.PIPE
-    )
+    copycat = await _serve_as_outsider(port, json.dumps(copied).encode())
     try:
-        assert copycat.stdin is not None
-        copycat.stdin.write(json.dumps(copied).encode())
-        copycat.stdin.close()
-        for _ in range(100):  # up to 10 s to listen
-            with contextlib.suppress(OSError):
-                _, w = await asyncio.open_connection("127.0.0.1", port)
-                w.close()
-                break
-            await asyncio.sleep(0.1)
         proc = await asyncio.to_thread(cli, "status", "-c", str(cfg))
     finally:
         copycat.kill()
@@ -352,10 +366,7 @@ async def test_status_refuses_another_user_serving_the_agents_own_identity(
     assert f"it runs as uid {OUTSIDER}, the agent as uid 0" in proc.stdout, proc.stdout
 
 
-@pytest.mark.skipif(
-    os.geteuid() != 0 or not shutil.which("setpriv") or not os.path.exists(SYSTEM_PYTHON),
-    reason="needs root, setpriv and /usr/bin/python3 to act as another user",
-)
+@_as_outsider
 async def test_a_health_port_held_at_start_is_taken_back_and_status_says_why_meanwhile(
     tmp_path: Path,
 ) -> None:
@@ -365,20 +376,8 @@ async def test_a_health_port_held_at_start_is_taken_back_and_status_says_why_mea
     its store, where status reads it."""
     cfg = write_config(tmp_path)
     port = load_config(cfg).health.port
-    as_outsider = ["setpriv", f"--reuid={OUTSIDER}", f"--regid={OUTSIDER}", "--clear-groups"]
-    holder = await asyncio.create_subprocess_exec(
-        *as_outsider, SYSTEM_PYTHON, "-c", _COPYCAT, str(port), stdin=asyncio.subprocess.PIPE
-    )
+    holder = await _serve_as_outsider(port, b"{}")
     try:
-        assert holder.stdin is not None
-        holder.stdin.write(b"{}")
-        holder.stdin.close()
-        for _ in range(100):  # up to 10 s to listen
-            with contextlib.suppress(OSError):
-                _, w = await asyncio.open_connection("127.0.0.1", port)
-                w.close()
-                break
-            await asyncio.sleep(0.1)
         async with running_agent(cfg) as agent:
             held = await asyncio.to_thread(cli, "status", "-c", str(cfg))
             holder.kill()

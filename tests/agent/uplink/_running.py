@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Awaitable, Callable
 
 import pytest
 
+from agent.store import Outbox
 from agent.uplink import Delivery
 
 
@@ -41,3 +43,23 @@ async def until(cond: Callable[[], Awaitable[bool]], timeout_s: float = 8.0) -> 
 
 async def true(value: bool) -> bool:
     return value
+
+
+class Longest(random.Random):
+    """Always the longest backoff (full jitter could make every wait near 0)."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+async def assert_held_back(
+    up: Delivery, outbox: Outbox, pending: int, *, failures: int = 1, settle_s: float = 0.0
+) -> None:
+    """Once `up` has failed `failures` times (and `settle_s` later): nothing dead-lettered,
+    all `pending` items still pending, and the error says the refusals came in a row."""
+    await until(lambda: true(up.status.failures_total >= failures))
+    if settle_s:
+        await asyncio.sleep(settle_s)
+    stats = await outbox.stats()
+    assert stats.dead_lettered == 0 and stats.pending == pending, stats
+    assert "refusal(s) in a row" in (up.status.last_error or ""), up.status.last_error

@@ -4,7 +4,6 @@ redirects and refusals; what is not a finding opens none and waits for nothing."
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -29,7 +28,7 @@ from tests.agent.uplink._alerts import (
     trend,
     ttf,
 )
-from tests.agent.uplink._running import Running, until
+from tests.agent.uplink._running import Longest, Running, assert_held_back, until
 from tests.agent.uplink._running import true as _true
 
 TOKEN = "cmms-token"
@@ -274,13 +273,6 @@ async def test_probe_sees_the_receiver(tmp_path: Path) -> None:
         assert not await transport.probe()
 
 
-class _Longest(random.Random):
-    """Always the longest backoff (full jitter could make every wait near 0)."""
-
-    def uniform(self, a: float, b: float) -> float:
-        return b
-
-
 NGINX_400 = Fault(
     status=400,
     content_type="text/html",
@@ -303,12 +295,9 @@ async def test_a_page_refusing_every_work_order_alike_holds_them_back(
         cmms.inject(NGINX_400, count=1000)
         c = cfg(cmms.url, max_backoff_s=2.0)  # the held one is tried again within 2 s
         transport = CmmsTransport(c, name=UP, assets=FACTS, site="plant-a")
-        up = delivery(UP, transport, outbox, c, base_backoff_s=0.5, rng=_Longest())
+        up = delivery(UP, transport, outbox, c, base_backoff_s=0.5, rng=Longest())
         async with Running(up):
-            await until(lambda: _true(up.status.failures_total >= 2))
-            stats = await outbox.stats()
-            assert stats.dead_lettered == 0 and stats.pending == 20, stats
-            assert "refusal(s) in a row" in (up.status.last_error or ""), up.status.last_error
+            await assert_held_back(up, outbox, 20, failures=2)
             cmms.cmms.faults.queue.clear()  # the proxy is fixed
             await until(lambda: _pending_is(outbox, 0), timeout_s=10.0)
         assert len(await cmms.work_orders()) == 20

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import socket
 import struct
 import time
@@ -19,7 +18,7 @@ from agent.summaries import SummaryDraft
 from agent.uplink import HttpTransport, delivery
 from tests.agent.store._drafts import T0, draft
 from tests.agent.uplink._alerts import asset
-from tests.agent.uplink._running import Running, until
+from tests.agent.uplink._running import Longest, Running, assert_held_back, until
 from tests.agent.uplink._running import true as _true
 
 UP = "up"
@@ -456,13 +455,6 @@ async def test_a_409_web_page_is_no_duplicate(tmp_path: Path) -> None:
     assert delivered == 2, error
 
 
-class _Longest(random.Random):
-    """Always the longest backoff (full jitter could make every wait near 0)."""
-
-    def uniform(self, a: float, b: float) -> float:
-        return b
-
-
 NGINX_400 = (
     b"<html>\r\n<head><title>400 The plain HTTP request was sent to HTTPS port</title></head>"
     b"\r\n<body>\r\n<center><h1>400 Bad Request</h1></center>\r\n<center>The plain HTTP "
@@ -483,13 +475,9 @@ async def test_an_endpoint_refusing_everything_alike_does_not_dead_letter_the_ba
     async with await _outbox(tmp_path) as outbox, serving(backend) as url:
         await outbox.append([draft(i=i) for i in range(20)])
         c = _cfg(url, max_backoff_s=30.0)
-        up = delivery(UP, HttpTransport(c, name=UP), outbox, c, rng=_Longest())
+        up = delivery(UP, HttpTransport(c, name=UP), outbox, c, rng=Longest())
         async with Running(up):
-            await until(lambda: _true(up.status.failures_total >= 1))
-            await asyncio.sleep(1.0)
-            stats = await outbox.stats()
-            assert stats.dead_lettered == 0 and stats.pending == 20, stats
-            assert "refusal(s) in a row" in (up.status.last_error or ""), up.status.last_error
+            await assert_held_back(up, outbox, 20, settle_s=1.0)
             backend.answer = _answer(200, body=b"{}")  # the URL is fixed
             await until(lambda: _pending_is(outbox, 0), timeout_s=10.0)
         assert up.status.delivered_total == 20
@@ -554,13 +542,9 @@ async def test_refusals_that_differ_only_by_a_ray_id_count_as_alike(tmp_path: Pa
     async with await _outbox(tmp_path) as outbox, serving(backend) as url:
         await outbox.append([draft(i=i) for i in range(20)])
         c = _cfg(url, max_backoff_s=3.0)  # the held one is tried again within 3 s
-        up = delivery(UP, HttpTransport(c, name=UP), outbox, c, rng=_Longest())
+        up = delivery(UP, HttpTransport(c, name=UP), outbox, c, rng=Longest())
         async with Running(up):
-            await until(lambda: _true(up.status.failures_total >= 1))
-            await asyncio.sleep(1.0)
-            stats = await outbox.stats()
-            assert stats.dead_lettered == 0 and stats.pending == 20, stats
-            assert "refusal(s) in a row" in (up.status.last_error or ""), up.status.last_error
+            await assert_held_back(up, outbox, 20, settle_s=1.0)
             backend.fixed = True
             await until(lambda: _pending_is(outbox, 0), timeout_s=10.0)
         assert up.status.delivered_total == 20

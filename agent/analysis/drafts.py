@@ -210,10 +210,13 @@ def revision_evidence(
 def trend_draft(
     ch: Channel, reading: Reading, feats: Mapping[str, float], hi: float | None,
     transition: str, level: int, *, revision: dict[str, object] | None = None,
+    again: str | None = None,
 ) -> AlertDraft:  # fmt: skip
     """The record of a trend (health index / time to failure) transition; `revision`: a
     critical taken back to a warning (state "escalated", the only v1 state that goes on
-    with the episode; severity warning; evidence.revision says what was revised and why)."""
+    with the episode; severity warning; evidence.revision says what was revised and why);
+    `again`: when this episode's first critical was sent, for a critical after a revision
+    (evidence.re_escalation: the critical's CMMS work order is still open)."""
     hi_level = ch.hi.level or 0.0
     zone = ch.view.zone if ch.view is not None else None
     extra: dict[str, object] = {
@@ -230,6 +233,12 @@ def trend_draft(
     }  # fmt: skip
     if revision is not None:
         extra["revision"] = revision
+    if again is not None:
+        extra["re_escalation"] = {
+            "first_critical_at": again,
+            "reason": "this episode was critical before (revised to a warning since): "
+            "the work order its first critical opened is still open",
+        }
     told = ch.estimate_now()
     if transition == "escalated" and revision is None and isinstance(told, Estimate):
         sev = Severity("critical", zone, "time to failure under the planning horizon",

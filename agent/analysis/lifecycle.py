@@ -39,6 +39,9 @@ class LifecycleState:
     escalated_at: str | None = None
     due_level: float | None = None
     revise_streak: int = 0  # consecutive readings past due_s with the estimate out of horizon
+    # When the episode's first critical was sent (it opened the episode's CMMS work order),
+    # kept through a revision: a later escalation says so, and opens no second work order.
+    critical_at: str | None = None
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -100,7 +103,7 @@ def step(
         )
         if state.streak >= debounce and not held:
             state.active, state.raised_at = state.streak_level, now_iso
-            state.streak, state.streak_level = 0, 0
+            state.streak, state.streak_level, state.critical_at = 0, 0, None
             return Step("raised", state.active)
         return Step(None, state.active)
 
@@ -132,7 +135,7 @@ def step(
         state.active, state.clear_streak, state.raised_at = 0, 0, None
         state.below_since_s = None
         state.due_s = state.due_hours = state.due_upper_hours = None
-        state.escalated_at = state.due_level = None
+        state.escalated_at = state.due_level = state.critical_at = None
         state.revise_streak = 0
         state.cleared_at_s = now_s
         state.streak, state.streak_level = 0, 0

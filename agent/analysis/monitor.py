@@ -472,8 +472,10 @@ class Monitor:
             ch.onset_s, ch.estimate_bin, model_changed = None, None, True
             est = self._estimate(ch, t_s, wall_s)
         revision: dict[str, object] | None = None
+        critical_before = ch.trend.critical_at  # a critical already sent in this episode
         if ts.transition in ("raised", "escalated") and ch.trend.active >= 2:
             _note_due(ch, t_s, reading.timestamp)
+            ch.trend.critical_at = critical_before or format_ts(reading.timestamp)
         elif ts.transition is None:
             revision = _revision(ch, t_s)
 
@@ -489,7 +491,10 @@ class Monitor:
         if ts.transition is not None:
             if ts.transition == "raised":
                 ch.trend.raised_at = format_ts(reading.timestamp)
-            out.drafts.append(trend_draft(ch, reading, feats, hi, ts.transition, ts.level))
+            again = critical_before if ts.level >= 2 else None
+            out.drafts.append(
+                trend_draft(ch, reading, feats, hi, ts.transition, ts.level, again=again)
+            )
         elif revision is not None:  # the same episode, taken back to a warning (_revision)
             out.drafts.append(
                 trend_draft(ch, reading, feats, hi, "escalated", 1, revision=revision)

@@ -8,7 +8,9 @@ already opened.
 Which records open a work order: severity and trend alerts that are raised or escalated
 (every such alert opens its own; an escalation says which state it escalates). None for a
 revision (an "escalated" trend record whose evidence.revision takes a critical back to a
-warning: the work order the critical opened stays, a person closes it), a clear (the work
+warning: the work order the critical opened stays, a person closes it), a critical again
+after a revision (evidence.re_escalation: the same episode's critical already opened one,
+still open; a second would be a duplicate for the planner), a clear (the work
 order stays open until a person closes it in the CMMS with the repair), a maintenance
 record (it is the repair), a sensor or gateway fault (the machine is not measured: not a
 machine repair; they reach the portfolio backend), a feature summary.
@@ -45,6 +47,8 @@ _NONE = {
     "cleared": "a clear opens no work order (the open one is closed in the CMMS with the repair)",
     "revision": "a revision (a critical whose predicted failure did not come, back to a "
     "warning) opens no work order: the open one stays until a person closes it",
+    "re_escalation": "a critical again after a revision opens no second work order: the "
+    "one this episode's first critical ({first}) opened is still open",
     "maintenance": "a maintenance record opens no work order: it is the repair",
     "sensor_fault": "a sensor fault opens no work order: the machine is not measured, not "
     "found worn (the portfolio backend has it)",
@@ -83,8 +87,12 @@ class WorkOrder:
 def no_work_order(record: Mapping[str, Any]) -> str | None:
     """Why this record opens no work order, or None when it opens one."""
     kind, state = record.get("kind"), record.get("state")
-    if isinstance(record.get("evidence"), Mapping) and record["evidence"].get("revision"):
+    evidence = record.get("evidence")
+    if isinstance(evidence, Mapping) and evidence.get("revision"):
         return _NONE["revision"]
+    if isinstance(evidence, Mapping) and isinstance(evidence.get("re_escalation"), Mapping):
+        first = evidence["re_escalation"].get("first_critical_at")
+        return _NONE["re_escalation"].format(first=first)
     if (kind, state) in OPENS:
         return None
     if state == "cleared" and kind in ("severity", "trend"):

@@ -17,6 +17,7 @@ import pytest
 
 from agent.analysis.monitor import Monitor
 from agent.config import Config
+from agent.store import Outbox
 from agent.uplink import no_work_order
 from drivers.reading import Reading
 from simulators._case_facts import fact_of, summary
@@ -60,6 +61,19 @@ def run(
                 out.append(d.record(gateway_id="gw-t", seq=len(out) + 1))
         if hours is not None:
             hours.append(getattr(m._channels[("m1", "z")].estimate, "hours", None))
+    return out
+
+
+async def stored(ob: Outbox, m: Monitor, levels: list[float], start: int) -> list[dict]:
+    """As run, from minute `start`, with each update's records and state stored in `ob`."""
+    rng = random.Random(2 + start)
+    out = []
+    for i, v in enumerate(levels, start):
+        noise = 1.0 + 0.03 * rng.gauss(0.0, 1.0)
+        feats = {"velocity_rms_mm_s": v * noise, "accel_rms_g": 0.05 * v * noise,
+                 "hf_accel_rms_g": 0.02 * v * noise, "kurtosis": 3.0}  # fmt: skip
+        up = m.update(Reading("m1", "z", T0 + timedelta(minutes=i), feats, mono_s=60.0 * i))
+        out += [r for r in await ob.append(up.drafts, up.state) if r["kind"] == "trend"]
     return out
 
 
@@ -240,3 +254,32 @@ def test_a_critical_with_bounds_of_years_is_revised_once_the_horizon_has_passed(
     esc_at = datetime.fromisoformat(crit[0]["detected_at"].replace("Z", "+00:00"))
     rev_at = datetime.fromisoformat(rev[0]["detected_at"].replace("Z", "+00:00"))
     assert rev_at >= esc_at + timedelta(hours=168)  # not before the claim is falsified
+
+
+@pytest.mark.parametrize("restart", [False, True])
+async def test_a_critical_again_after_a_revision_says_so_and_opens_no_second_work_order(
+    tmp_path: Path, restart: bool
+) -> None:
+    """Before: the critical after a revision was a plain escalation, and the CMMS uplink
+    opened a second work order for the episode (its first critical's still open). Now it
+    carries evidence.re_escalation (the first critical's time), also after a restart
+    between the revision and the new critical (the saved lifecycle keeps it), and opens
+    none."""
+    cfg = config(tmp_path, False)
+    levels = [1.0] * 120 + RAMP + [3.2 * math.exp(0.02 * i) for i in range(60)]
+    split = 120 + len(RAMP) if restart else len(levels)
+    async with Outbox(tmp_path / "o.db", gateway_id="gw-t", max_bytes=1 << 30) as ob:
+        m = Monitor(cfg)
+        recs = await stored(ob, m, levels[:split], 0)
+        if restart:
+            m = Monitor(cfg, state=await ob.load_state())
+            recs += await stored(ob, m, levels[split:], split)
+    states = [(r["state"], level(r)) for r in recs]
+    crit = [i for i, s in enumerate(states) if s == ("escalated", "critical")]
+    rev = [i for i, r in enumerate(recs) if r["evidence"].get("revision")]
+    assert len(crit) == 2 and len(rev) == 1 and crit[0] < rev[0] < crit[1], states
+    first, again = recs[crit[0]], recs[crit[1]]
+    assert "re_escalation" not in first["evidence"] and no_work_order(first) is None
+    assert again["evidence"]["re_escalation"]["first_critical_at"] == first["detected_at"]
+    assert "no second work order" in (no_work_order(again) or "")
+    jsonschema.validate(again, SCHEMA)

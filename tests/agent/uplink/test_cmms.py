@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -144,6 +145,39 @@ async def test_records_queued_before_it_carried_only_findings_are_settled_unsent
     assert "it is the repair" in rows[records[1]["alert_id"]]["reason"]
     assert "a sensor fault opens no work order" in rows[records[2]["alert_id"]]["reason"]
     assert up.status.skipped_total == 3 and up.status.delivered_total == 1
+
+
+async def test_one_episode_revised_then_critical_again_opens_no_second_work_order(
+    tmp_path: Path, outbox: Outbox
+) -> None:
+    """Warning, critical, revised to a warning, critical again, cleared: one trend episode.
+    Before: the critical again opened a third work order (WO-000003) beside the critical's
+    still open one. Now it is settled unsent, naming the first critical."""
+    revised = trend("escalated", i=2)
+    revised = replace(revised, evidence={**revised.evidence, "revision": {"revises": "critical"}})
+    again = trend("escalated", estimate=ttf(0.2, 0.4, 0.8), i=3)
+    first_at = "2026-11-21T08:15:03.000Z"
+    note = {"first_critical_at": first_at, "reason": "critical before"}
+    again = replace(again, evidence={**again.evidence, "re_escalation": note})
+    records = await outbox.append(
+        [
+            trend(i=0),
+            trend("escalated", estimate=ttf(0.3, 0.5, 0.9), i=1),
+            revised,
+            again,
+            trend("cleared", i=4),
+        ]
+    )
+    async with CmmsServer(db=tmp_path / "cmms.db", token=TOKEN) as cmms:
+        async with Running(uplink(cfg(cmms.url), outbox)):
+            await until(lambda: _pending_is(outbox, 0))
+        orders = await cmms.work_orders()
+    assert [o["request_key"] for o in orders] == [r["alert_id"] for r in records[:2]]
+    rows = {r["alert_id"]: r["deliveries"] for r in await outbox.recent(100)}
+    assert UP not in rows[records[4]["alert_id"]]  # a clear is not even routed to it
+    row = rows[records[3]["alert_id"]][UP]
+    assert row["state"] == "skipped" and "no second work order" in row["reason"]
+    assert first_at in row["reason"]
 
 
 async def test_outage_then_recovery_opens_each_work_order_once(

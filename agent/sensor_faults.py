@@ -32,6 +32,8 @@ A device failing while no other device behind its endpoint has answered, with no
 declared (its peers poll every 10 minutes: an outage waits for them), is held for
 endpoint_silent_s at most, then raises its own fault: two dead devices beside one polled
 every 600 s raised nothing for up to 10 minutes before.
+An MQTT broker link down is one fault the same way (sensor id broker:<id>): its sensors'
+staleness is held while it is down and judged alone from the reconnect on.
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ ALL_CHANNELS = "all"
 FLAP_WINDOW_S = 600.0  # a fault raised again this soon after its clear: the sensor flaps
 FLAP_CLEAR_HOLD_S = 120.0  # a flapping sensor must answer this long, unbroken, to clear
 HOST_PREFIX = "host:"  # the sensor id of a host's endpoint fault
+BROKER_PREFIX = "broker:"  # the sensor id of an MQTT broker's outage fault
+_PREFIXES = {"host": HOST_PREFIX, "broker": BROKER_PREFIX}
 MAX_NAMED = 20  # sensor ids an endpoint fault names (the rest are counted)
 
 
@@ -95,6 +99,21 @@ class EndpointHealth:
     # Every endpoint has answered since the agent started: a fault kept raised across a
     # restart is not cleared by endpoints not yet found silent again.
     answered: bool = True
+    # "broker": an MQTT broker link down (host: the broker id, silent: its address,
+    # devices: its sensors); its fault waits for the shortest stale_after_s of them too
+    # (raised_after_s), as long as they would each have waited.
+    kind: str = "host"
+    raised_after_s: float = 0.0
+
+    @property
+    def key(self) -> str:
+        """What the tracker knows it by: a host by its name (as stored since), anything
+        else by its sensor id (a broker id may equal a host name)."""
+        return self.host if self.kind == "host" else self.sensor_id
+
+    @property
+    def sensor_id(self) -> str:
+        return _PREFIXES[self.kind] + self.host.replace("/", "_")  # the store key splits on /
 
 
 def fault_key(asset_id: str, sensor_id: str) -> str:
@@ -149,7 +168,7 @@ class SensorFaultTracker:
         repeats nor forgets them, as a device's own): cleared when the host answers."""
         for k, v in self._saved.items():
             asset_id, sid = k.split("/")[:2]
-            if not sid.startswith(HOST_PREFIX) or asset_id != self._gateway.id:
+            if not sid.startswith(tuple(_PREFIXES.values())) or asset_id != self._gateway.id:
                 continue
             try:
                 saved = json.loads(v)
@@ -214,7 +233,7 @@ class SensorFaultTracker:
         for k in sorted(self._saved):
             asset_id, sid = k.split("/")[:2]
             placed = (self._assets[sid].id, ()) if sid in self._assets else None
-            if sid.startswith(HOST_PREFIX):
+            if sid.startswith(tuple(_PREFIXES.values())):
                 # A host's fault open when the agent stopped stays raised (_restore_hosts);
                 # one saved by an older version (no host) or for another gateway id is
                 # closed: its silence is measured anew, raised again if it lasts.
@@ -360,7 +379,7 @@ class SensorFaultTracker:
             out.drafts.append(
                 AlertDraft(
                     asset=self._gateway,
-                    sensor=SensorRef(sid, ALL_CHANNELS, self._transport),
+                    sensor=SensorRef(sid, ALL_CHANNELS, _transport(sid, self._transport)),
                     kind="sensor_fault",
                     state="cleared",
                     detected_at=now,
@@ -385,15 +404,15 @@ class SensorFaultTracker:
         within FLAP_WINDOW_S of its clear (a switch port flapping) clears only once it has
         answered for FLAP_CLEAR_HOLD_S without a break, as a flapping sensor."""
         out = Update()
-        sid = HOST_PREFIX + health.host.replace("/", "_")  # the store key splits on /
-        host, clock = health.host, self._clock()
+        sid, host, clock = health.sensor_id, health.key, self._clock()
+        after = max(self._endpoint_after, health.raised_after_s)
         raised = host in self._endpoint_raised
         answering_for = None
         if health.silent_for_s > 0:
             self._host_ok_since.pop(host, None)
         else:
             answering_for = clock - self._host_ok_since.setdefault(host, clock)
-        if not raised and health.silent_for_s > 0 and health.silent_for_s >= self._endpoint_after:
+        if not raised and health.silent_for_s > 0 and health.silent_for_s >= after:
             transition = "raised"
             self._endpoint_raised[host] = sid
             self.endpoint_faults += 1
@@ -413,13 +432,23 @@ class SensorFaultTracker:
         raised_now = transition == "raised"
         out.state[key] = json.dumps({"raised": raised_now, "at": format_ts(now), "host": host})
         named = sorted(health.silenced)
-        evidence: dict[str, object] = {"host": health.host}
+        broker = health.kind == "broker"
+        evidence: dict[str, object] = {health.kind: health.host}
         if host in self._host_flapping:
             evidence["flapping"] = True  # raised again soon after a clear
             if transition == "cleared":
                 evidence["answering_for_s"] = round(answering_for or 0.0, 1)
                 self._host_flapping.discard(host)
-        if transition == "raised":
+        if transition == "raised" and broker:
+            evidence |= {
+                "address": ", ".join(health.silent),
+                "sensors": health.devices,
+                "sensors_silent": len(named),
+                "sensor_ids": named[:MAX_NAMED],
+                "last_error": health.error or None,
+                "down_for_s": round(health.silent_for_s, 1),
+            }
+        elif transition == "raised":
             evidence |= {
                 "endpoints_silent": sorted(health.silent),
                 "devices": health.devices,
@@ -431,7 +460,7 @@ class SensorFaultTracker:
         out.drafts.append(
             AlertDraft(
                 asset=self._gateway,
-                sensor=SensorRef(sid, ALL_CHANNELS, self._transport),
+                sensor=SensorRef(sid, ALL_CHANNELS, _transport(sid, self._transport)),
                 kind="sensor_fault",
                 state=transition,  # type: ignore[arg-type]
                 detected_at=now,
@@ -439,17 +468,32 @@ class SensorFaultTracker:
                     level="warning" if transition == "raised" else "info",
                     zone=None,
                     standard="sensor health",
-                    metric="devices_silent",
+                    metric="sensors_silent" if broker else "devices_silent",
                     value=float(len(named)),
                     threshold=float(health.devices),
                 ),
-                no_estimate_reason=(
-                    f"no device behind {', '.join(sorted(health.silent))} answers: "
-                    f"{len(named)} sensors are not watched"
-                    if transition == "raised"
-                    else "every endpoint of the host answers again"
-                ),
+                no_estimate_reason=_endpoint_reason(health, transition, len(named)),
                 evidence=evidence,
             )
         )
         return out
+
+
+def _transport(sid: str, modbus: str) -> str:
+    return "mqtt" if sid.startswith(BROKER_PREFIX) else modbus
+
+
+def _endpoint_reason(health: EndpointHealth, transition: str, silent: int) -> str:
+    if health.kind == "broker":
+        if transition == "raised":
+            return (
+                f"MQTT broker {health.host} ({', '.join(health.silent)}) not connected: "
+                f"{silent} sensors are not watched"
+            )
+        return f"MQTT broker {health.host} connected again"
+    if transition == "raised":
+        return (
+            f"no device behind {', '.join(sorted(health.silent))} answers: "
+            f"{silent} sensors are not watched"
+        )
+    return "every endpoint of the host answers again"

@@ -46,12 +46,12 @@ async def watch_sensors(
         healths += [_mqtt_health(m, links.get(m.broker)) for m in mqtt.sensors]
         for health in healths:
             _step(faults, health, now, persist)
-        hosts = _hosts(sensors.peers.values())
+        hosts = [*_hosts(sensors.peers.values()), *_brokers(mqtt)]
         for health in hosts:
             update = faults.update_endpoint(health, now)
             if update.drafts or update.state:
                 persist(update)
-        update = faults.close_unwatched({h.host for h in hosts}, now)
+        update = faults.close_unwatched({h.key for h in hosts}, now)
         if update.drafts or update.state:
             persist(update)
 
@@ -111,11 +111,56 @@ def _hosts(peers: Iterable[Peers]) -> list[EndpointHealth]:
     return out
 
 
+def _brokers(mqtt: RunningMqtt) -> list[EndpointHealth]:
+    """Each broker link with sensors behind it: down, it is one fault for all of them
+    (raised once down for endpoint_silent_s and their shortest stale_after_s). A broker
+    a reload removed (or left without sensors) is not listed: its fault is closed as
+    unwatched."""
+    by_broker: dict[str, list[MqttSensor]] = {}
+    for m in mqtt.sensors:
+        by_broker.setdefault(m.broker, []).append(m)
+    out = []
+    for link in mqtt.links:
+        behind = by_broker.get(link.id)
+        if not behind:
+            continue
+        down = link.down_for_s
+        silent = tuple(m.sensor_id for m in behind if down and m.state == "stale")
+        out.append(
+            EndpointHealth(
+                link.id,
+                len(behind),
+                max(down, 1e-6) if not link.connected else 0.0,
+                (link.settings.address,),
+                silent,
+                link.last_error or "connecting",
+                kind="broker",
+                raised_after_s=min(m.stale_after_s for m in behind),
+            )
+        )
+    return out
+
+
 def _mqtt_health(m: MqttSensor, link: BrokerLink | None) -> SensorHealth:
     error = m.last_error
+    held = False
     if link is not None and not link.connected:
-        # Silent because the broker is out of reach: say so in the fault.
+        # Silent because the broker is out of reach: say so in the fault, and hold it
+        # (the broker's own fault says it once for all its sensors).
         error = f"broker {link.id} not connected: {link.last_error or 'connecting'}"
+        held = True
+    elif link is not None and (up := link.up_for_s) is not None:
+        # Back from a broker outage: each sensor is judged alone from the reconnect on
+        # (silent as long as stale_after_s since it), not stale at once for the outage.
+        held = m.silent_for_s > up and up < m.stale_after_s
     return SensorHealth(
-        m.sensor_id, m.state, 0, error, m.last_ok_at, m.bad_for_s, m.last_bad, m.silent_for_s
+        m.sensor_id,
+        m.state,
+        0,
+        error,
+        m.last_ok_at,
+        m.bad_for_s,
+        m.last_bad,
+        m.silent_for_s,
+        with_endpoint=held,
     )

@@ -274,7 +274,9 @@ async def test_broker_down_shows_in_healthz_and_shutdown_stays_bounded(
     gone = Mosquitto(tmp_path / "gone")  # never started: nothing listens on its port
     gone.port = free_port()
     records: list[dict[str, Any]] = []
-    agent = Agent(load_config(write_config(tmp_path, gone, stale=1)), on_records=records.extend)
+    faults = "sensor_faults: {endpoint_silent_s: 1}"
+    config = write_config(tmp_path, gone, stale=1, uplinks=faults)
+    agent = Agent(load_config(config), on_records=records.extend)
     task = asyncio.create_task(agent.run())
     async with asyncio.timeout(10):
         await agent.ready.wait()
@@ -290,12 +292,14 @@ async def test_broker_down_shows_in_healthz_and_shutdown_stays_bounded(
     assert snap["status"] == "degraded"
     states = {s["id"]: s["state"] for s in snap["sensors"]}
     assert states == {"fan-3-ncd": "starting", "pump-9-ncd": "stale"}  # stale after 30 s, 1 s
-    # The fault says the broker is unreachable, not only that the sensor is silent: whoever
-    # reads it goes to the network or the broker, not to the sensor's battery.
+    # The fault is the broker's, not the silent sensor's: whoever reads it goes to the
+    # network or the broker, not to the sensor's battery.
     [fault] = [r for r in records if r.get("kind") == "sensor_fault"]
-    assert fault["sensor"]["id"] == "pump-9-ncd"
+    assert fault["sensor"]["id"] == "broker:plant"
+    assert "MQTT broker plant" in fault["no_estimate_reason"], fault
     cause = fault["evidence"]["last_error"] or ""
-    assert "broker plant" in cause and "refused" in cause, cause
+    assert "refused" in cause, cause
+    assert fault["evidence"]["sensor_ids"] == ["pump-9-ncd"]
 
 
 async def test_waveform_snapshots_go_through_the_agents_feature_extraction(

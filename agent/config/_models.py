@@ -445,6 +445,8 @@ class SensorFaults(_Model):
     # A whole endpoint (host:port, gateway, serial line) whose devices all fail at once
     # raises one fault for its host once it has been silent this long; a shorter
     # silence raises nothing (counted in /metrics), its devices' own faults held meanwhile.
+    # An MQTT broker link down likewise: one fault for the broker once down this long
+    # (and as long as its sensors' shortest stale_after_s).
     endpoint_silent_s: float = Field(default=30.0, ge=0, le=86_400)
 
 

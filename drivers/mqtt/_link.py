@@ -161,10 +161,25 @@ class BrokerLink:
         self._sys_unsubscribed = False  # an earlier run's $SYS subscription (persistent)
         self._gone_tried = False  # the filters an earlier run left in the session
         self._down_since: float | None = time.monotonic()
+        self._up_since: float | None = None  # monotonic time of the current connection
 
     @property
     def id(self) -> str:
         return self.settings.id
+
+    @property
+    def down_for_s(self) -> float:
+        """Seconds the link has been down (since start if it never connected), 0 when up."""
+        if self.connected or self._down_since is None:
+            return 0.0
+        return time.monotonic() - self._down_since
+
+    @property
+    def up_for_s(self) -> float | None:
+        """Seconds since the link last connected, None while it is down."""
+        if not self.connected or self._up_since is None:
+            return None
+        return time.monotonic() - self._up_since
 
     @property
     def session(self) -> str:
@@ -330,6 +345,7 @@ class BrokerLink:
             self.connects_total += 1
             down = time.monotonic() - (self._down_since or time.monotonic())
             self._down_since = None
+            self._up_since = time.monotonic()
             log.info(
                 "mqtt broker %s connected at %s (after %.1f s down)",
                 self.settings.id,
@@ -578,6 +594,7 @@ class BrokerLink:
             self.disconnects_total += 1
             self._down_since = time.monotonic()
         self.connected = False
+        self._up_since = None
 
 
 def _refused_code(exc: BaseException) -> str | None:

@@ -1,0 +1,140 @@
+"""An MQTT broker outage is one fault naming the broker, not one per sensor; a short one
+raises nothing; after it each sensor is judged alone, and a dead sensor among live ones
+still raises its own fault after its stale_after_s.
+
+Real parts: a mosquitto of the test's own on a free loopback port (stopped and started
+again on it), a publisher of NCD-style messages, the real Agent, a real store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+
+from agent.config import load_config
+from agent.runtime import Agent
+from tests.mosquitto import Mosquitto
+
+pytestmark = [pytest.mark.network, pytest.mark.slow]
+
+SENSORS = 20
+STALE_S = 1.0  # each sensor's stale_after_s
+SILENT_FAULT_S = 2.0  # sensor_faults.endpoint_silent_s
+
+
+def _mac(i: int) -> str:
+    return f"00:13:a2:00:41:9b:0d:{i:02x}"
+
+
+def _config(tmp_path: Path, port: int) -> str:
+    sensor = (
+        "  - {{id: s{i}, asset: m, channels: [z], mqtt: {{broker: plant, topic: "
+        '"ncd/vibration/+", decoder: ncd-processed, key: "{mac}", key_from: "payload:addr",'
+        " stale_after_s: {stale}}}}}"
+    )
+    return "\n".join(
+        [
+            "gateway: {id: gw-mq}",
+            "assets:",
+            "  - {id: m, tier: 1, machine: {standard: iso10816-3, group: 2, foundation: rigid,"
+            " rpm: 1480}}",
+            "mqtt:",
+            f"  - {{id: plant, host: 127.0.0.1, port: {port}, reconnect_max_s: 0.3}}",
+            "sensors:",
+            *[sensor.format(i=i, mac=_mac(i), stale=STALE_S) for i in range(SENSORS)],
+            f"sensor_faults: {{endpoint_silent_s: {SILENT_FAULT_S}}}",
+            f'store: {{path: "{tmp_path / "o.db"}"}}',
+            "health: {port: 0}",
+        ]
+    )
+
+
+def _ncd(addr: str) -> str:
+    msg: dict[str, Any] = {"addr": addr, "rssi": -60, "battery": 3.3, "temperature": 35.0}
+    for a in "xyz":
+        msg |= {f"{a}_velocity_mm_sec": 1.0, f"{a}_rms_ACC_G": 0.1, f"{a}_max_ACC_G": 0.3}
+    return json.dumps(msg)
+
+
+async def _publish(port: int, live: set[int], stop: asyncio.Event) -> None:
+    """Every 0.2 s a message from each live sensor; reconnects while the broker is down."""
+    while not stop.is_set():
+        with contextlib.suppress(aiomqtt.MqttError, OSError):
+            async with aiomqtt.Client("127.0.0.1", port, identifier="pub") as c:
+                while not stop.is_set():
+                    for i in sorted(live):
+                        await c.publish(f"ncd/vibration/{_mac(i)}", _ncd(_mac(i)))
+                    await asyncio.sleep(0.2)
+        await asyncio.sleep(0.1)
+
+
+async def _until(cond: Callable[[], bool], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+def _faults(records: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [(r["sensor"]["id"], r["state"]) for r in records if r["kind"] == "sensor_fault"]
+
+
+async def test_a_broker_outage_is_one_fault_and_a_blip_none(tmp_path: Path) -> None:
+    broker = Mosquitto(tmp_path / "broker")
+    broker.start()
+    records: list[dict[str, Any]] = []
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text(_config(tmp_path, broker.port))
+    live = set(range(1, SENSORS))  # s0 is dead: its own fault, as ever
+    stop = asyncio.Event()
+    agent = Agent(load_config(cfg), on_records=records.extend)
+    task = asyncio.create_task(agent.run())
+    pub = asyncio.create_task(_publish(broker.port, live, stop))
+    try:
+        await _until(lambda: ("s0", "raised") in _faults(records), 10)
+        await _until(lambda: all(link.connected for link in agent.mqtt.links), 5)
+        await asyncio.sleep(1.5)
+        assert _faults(records) == [("s0", "raised")]
+        records.clear()
+
+        # A blip longer than stale_after_s, shorter than endpoint_silent_s: nothing.
+        broker.stop()
+        await asyncio.sleep(1.6)
+        broker.start()
+        await _until(lambda: all(link.connected for link in agent.mqtt.links), 5)
+        await asyncio.sleep(2.0)  # every sensor has spoken again (or would be stale alone)
+        assert _faults(records) == [], _faults(records)  # before: 19 raised + 19 cleared
+
+        # An outage: one fault naming the broker, cleared when it is back; no sensor's.
+        broker.stop()
+        await _until(lambda: len(_faults(records)) >= 1, 3 * SILENT_FAULT_S)
+        live.discard(5)  # s5 does not come back with the broker: judged alone after it
+        broker.start()
+        await _until(lambda: len(_faults(records)) >= 3, 3 * STALE_S + 3)
+        await asyncio.sleep(1.0)  # no other sensor's fault follows
+    finally:
+        stop.set()
+        agent.stop()
+        await asyncio.wait_for(task, 15)
+        await asyncio.wait_for(pub, 5)
+        broker.stop()
+    assert _faults(records) == [
+        ("broker:plant", "raised"),
+        ("broker:plant", "cleared"),
+        ("s5", "raised"),
+    ], _faults(records)
+    raised = next(r for r in records if r["kind"] == "sensor_fault")
+    assert raised["asset"]["id"] == "gw-mq"
+    assert raised["sensor"]["transport"] == "mqtt"
+    ev = raised["evidence"]
+    assert ev["broker"] == "plant" and ev["address"] == f"mqtt://127.0.0.1:{broker.port}"
+    assert ev["sensors"] == SENSORS and ev["sensors_silent"] == SENSORS
+    assert len(ev["sensor_ids"]) == SENSORS

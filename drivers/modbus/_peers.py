@@ -13,12 +13,17 @@ outage ends at the first answer from any device behind the endpoint, with one li
 saying how many devices it silenced and for how long; a device still failing then goes
 back to being judged alone at its next poll.
 
+When an outage ends, the devices whose breakers opened during it are woken (`wake_on_end`):
+each polls again at its next tick instead of after its own back-off (up to backoff_max_s,
+30 s by default), so readings resume within about a poll interval of the first answer.
+
 Endpoints with fewer than MIN_PEERS devices are not grouped: one device failing is
 simply that device failing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -83,6 +88,8 @@ class Peers:
         self._undecided: dict[str, tuple[float, Callable[[], None]]] = {}
         self._log_quiet_until = -1.0
         self._hushed = 0  # outages not logged since the last line
+        # Back-off sleeps to cut short when the outage ends (one per device at most).
+        self._sleepers: set[asyncio.Future[None]] = set()
 
     @property
     def grouped(self) -> bool:
@@ -125,6 +132,18 @@ class Peers:
         if failures < self.threshold or not self._quiet_for_all():
             return None
         return self._declare(sensor_id, error)
+
+    def wake_on_end(self, fut: asyncio.Future[None]) -> bool:
+        """Resolve ``fut`` when the current outage ends; False (not kept) when there is
+        none: a device failing among answering ones keeps its own back-off."""
+        if self.outage is None:
+            return False
+        self._sleepers.add(fut)
+        return True
+
+    def forget(self, fut: asyncio.Future[None]) -> None:
+        """A back-off sleep ended (woken, due, or cancelled)."""
+        self._sleepers.discard(fut)
 
     def undecided(self, sensor_id: str) -> bool:
         """Whether this device fails without it being known yet whether alone."""
@@ -189,6 +208,10 @@ class Peers:
         self.outage = None
         self.outages += 1
         self.outage_s_total += outage.lasted_s(now)
+        sleepers, self._sleepers = self._sleepers, set()
+        for fut in sleepers:
+            if not fut.done():
+                fut.set_result(None)
         if not outage.logged:
             return
         named = sorted(outage.sensors)

@@ -34,6 +34,7 @@ from drivers.modbus._backoff import Backoff
 from drivers.modbus._bus import Bus
 from drivers.modbus._frames import ExceptionAnswer, FrameError
 from drivers.modbus._link import LinkDown, LinkTimeout
+from drivers.modbus._peers import Peers
 from drivers.modbus._plan import ReadPlan, plan_profile
 from drivers.modbus._readings import assemble
 from drivers.modbus._status import PollerState, PollerStatus, PollLedger
@@ -259,6 +260,35 @@ class ModbusPoller:
         if self._stopped or (task is not None and task.cancelling()):
             raise asyncio.CancelledError
 
+    async def _back_off(self, until: float, interval: float, peers: Peers) -> float:
+        """Sleep a back-off until ``until``, cut short when the outage of the endpoint it
+        failed with ends (another device answered: this one is most likely back too);
+        returns the tick to poll at (woken: the next tick on the cadence grid)."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if not peers.wake_on_end(fut):
+            fut.set_result(None)  # not failing with its endpoint: its own back-off
+            if self._wheel is not None:
+                await self._wheel.sleep_until(until)
+            else:
+                await asyncio.sleep(until - time.monotonic())
+            return until
+        handle = None
+        if self._wheel is not None:
+            self._wheel.add(fut, until)
+        else:
+            handle = asyncio.get_running_loop().call_at(until, _resolve, fut)
+        try:
+            await fut
+        finally:
+            peers.forget(fut)
+            if handle is not None:
+                handle.cancel()
+        now = time.monotonic()
+        if now >= until:
+            return until
+        self.ledger.backoff_s = 0.0
+        return until - math.floor((until - now) / interval) * interval
+
     async def run(self, *, start_delay_s: float | None = None) -> None:
         """Poll on a fixed monotonic cadence until stopped or cancelled.
 
@@ -281,7 +311,10 @@ class ModbusPoller:
         while True:
             self._check_stop(task)
             delay = next_at - time.monotonic()
-            if delay > 0:
+            if delay > interval and self.bus.peers is not None:
+                next_at = await self._back_off(next_at, interval, self.bus.peers)
+                self._check_stop(task)
+            elif delay > 0:
                 if self._wheel is not None:
                     await self._wheel.sleep_until(next_at)
                 else:
@@ -311,3 +344,8 @@ class ModbusPoller:
             if backoff > 0 and now + backoff > next_at:
                 # Resume on the cadence grid at the first tick after the back-off.
                 next_at += math.ceil((now + backoff - next_at) / interval) * interval
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)

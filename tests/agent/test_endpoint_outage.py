@@ -392,3 +392,38 @@ async def test_a_device_still_dead_after_a_reload_shrank_its_silent_endpoint_rai
         await asyncio.wait_for(task, 15)
         await srv.__aexit__(None, None, None)
     assert ("d1", "raised") not in _faults(records)
+
+
+async def test_after_an_outage_one_answer_wakes_the_others_backoff(tmp_path: Path) -> None:
+    """Breakers grown to backoff_max_s during an outage: once one device answers again,
+    the others poll again within about a poll interval, not each after its own back-off."""
+    devices = [SimDevice(i, Constant({})) for i in range(1, BUSY + 1)]
+    srv = ModbusSimServer(devices)
+    await srv.__aenter__()
+    port = srv.port
+    cfg = tmp_path / "agent.yaml"
+    lines = _config(tmp_path, port, 0).splitlines()
+    text = "\n".join(x for x in lines if "{id: o" not in x)  # only the busy endpoint
+    text = text.replace("backoff_max_s: 0.5", "backoff_max_s: 6")
+    cfg.write_text(text.replace("endpoint_silent_s: 2.5", "endpoint_silent_s: 60"))
+    agent = Agent(load_config(cfg), on_records=lambda r: None)
+    task = asyncio.create_task(agent.run())
+    pollers = agent.sensors.pollers
+    try:
+        await _until(
+            lambda: len(pollers) > 0 and all(p.state == "ok" for p in pollers.values()), 10
+        )
+        await srv.__aexit__(None, None, None)
+        await asyncio.sleep(6.0)  # 0.2 s base doubled: back-offs of 1.6 to 6 s now
+        srv = ModbusSimServer(devices, port=port)
+        await srv.__aenter__()
+        await _until(lambda: any(p.state == "ok" for p in pollers.values()), 8)
+        first = time.monotonic()
+        await _until(lambda: all(p.state == "ok" for p in pollers.values()), 8)
+        spread = time.monotonic() - first
+    finally:
+        agent.stop()
+        await asyncio.wait_for(task, 15)
+        await srv.__aexit__(None, None, None)
+    # Before: the last resumed up to a whole back-off (1.6 to 6 s) after the first.
+    assert spread < 1.0, spread

@@ -34,6 +34,8 @@ endpoint_silent_s at most, then raises its own fault: two dead devices beside on
 every 600 s raised nothing for up to 10 minutes before.
 An MQTT broker link down is one fault the same way (sensor id broker:<id>): its sensors'
 staleness is held while it is down and judged alone from the reconnect on.
+Devices each on their own endpoint are judged together as the gateway's TCP network
+(drivers.modbus._peers.NETWORK): none of them answering is one fault, network:modbus-tcp.
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ FLAP_WINDOW_S = 600.0  # a fault raised again this soon after its clear: the sen
 FLAP_CLEAR_HOLD_S = 120.0  # a flapping sensor must answer this long, unbroken, to clear
 HOST_PREFIX = "host:"  # the sensor id of a host's endpoint fault
 BROKER_PREFIX = "broker:"  # the sensor id of an MQTT broker's outage fault
-_PREFIXES = {"host": HOST_PREFIX, "broker": BROKER_PREFIX}
+NETWORK_PREFIX = "network:"  # the sensor id of the Modbus TCP network's outage fault
+_PREFIXES = {"host": HOST_PREFIX, "broker": BROKER_PREFIX, "network": NETWORK_PREFIX}
 MAX_NAMED = 20  # sensor ids an endpoint fault names (the rest are counted)
 
 
@@ -491,6 +494,12 @@ def _endpoint_reason(health: EndpointHealth, transition: str, silent: int) -> st
                 f"{silent} sensors are not watched"
             )
         return f"MQTT broker {health.host} connected again"
+    if health.kind == "network":
+        if transition == "raised":
+            return (
+                f"no Modbus TCP device answers (a network outage): {silent} sensors are not watched"
+            )
+        return "Modbus TCP devices answer again"
     if transition == "raised":
         return (
             f"no device behind {', '.join(sorted(health.silent))} answers: "

@@ -17,7 +17,7 @@ from agent.analysis.monitor import Update
 from agent.mqtt_inputs import RunningMqtt
 from agent.sensor_faults import EndpointHealth, SensorFaultTracker, SensorHealth
 from agent.sensor_tasks import RunningSensors
-from drivers.modbus import ModbusPoller, Peers
+from drivers.modbus import NETWORK, ModbusPoller, Peers
 from drivers.mqtt import BrokerLink, MqttSensor
 from drivers.reading import utc_now
 
@@ -93,8 +93,9 @@ def _hosts(peers: Iterable[Peers]) -> list[EndpointHealth]:
         devices = sum(len(p.members) for p in endpoints)
         silent = [p for p in endpoints if p.outage is not None]
         answered = all(p.last_answer >= 0 for p in endpoints)  # since the agent started
+        kind = "network" if host == NETWORK else "host"
         if not silent:
-            out.append(EndpointHealth(host, devices, 0.0, answered=answered))
+            out.append(EndpointHealth(host, devices, 0.0, answered=answered, kind=kind))
             continue
         outages = [p.outage for p in silent if p.outage is not None]
         out.append(
@@ -106,6 +107,7 @@ def _hosts(peers: Iterable[Peers]) -> list[EndpointHealth]:
                 tuple(s for o in outages for s in o.sensors),
                 outages[0].error,
                 answered,
+                kind=kind,
             )
         )
     return out

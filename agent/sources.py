@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from agent.config import Bus as BusConfig
 from agent.config import Config, Sensor
 from drivers.modbus import (
+    NETWORK,
     Backoff,
     Bus,
     ModbusPoller,
@@ -113,6 +114,12 @@ def _peers_of(registry: dict[str, Peers], bus: Bus) -> Peers:
     if found is None:
         host = getattr(bus.links[0], "host", bus.address)  # a serial line: its port
         found = registry[key] = Peers(bus.address, BREAKER_FAILURES, host)
+        if isinstance(bus.links[0], TcpLink):
+            # Judged with every TCP device of the gateway when alone on its endpoint.
+            network = registry.get(NETWORK)
+            if network is None:
+                network = registry[NETWORK] = Peers(NETWORK, BREAKER_FAILURES)
+            found.network = network
     return found
 
 

@@ -7,7 +7,7 @@ from drivers.modbus._bus import Bus, BusStatus
 from drivers.modbus._capacity import TURNAROUND_S, exchange_s, line_utilisation
 from drivers.modbus._frames import ExceptionAnswer, FrameError
 from drivers.modbus._link import Link, LinkDown, LinkTimeout
-from drivers.modbus._peers import Outage, Peers
+from drivers.modbus._peers import NETWORK, Outage, Peers
 from drivers.modbus._plan import ReadBlock, ReadPlan, plan_profile, plan_reads
 from drivers.modbus._poller import ModbusPoller
 from drivers.modbus._readings import readings_from
@@ -18,6 +18,7 @@ from drivers.modbus._wheel import Wheel
 
 __all__ = [
     "MAX_READ_REGISTERS",
+    "NETWORK",
     "TURNAROUND_S",
     "Backoff",
     "Bus",

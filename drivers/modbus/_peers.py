@@ -29,11 +29,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["MIN_PEERS", "Outage", "Peers"]
+__all__ = ["MIN_PEERS", "NETWORK", "Outage", "Peers"]
 
 log = logging.getLogger("edge_agent.drivers.modbus")
 
 MIN_PEERS = 3  # devices behind an endpoint for their common silence to be its outage
+# The Peers of every Modbus TCP device of the gateway, each on its own endpoint or not: a
+# device alone on its endpoint (its own IP, the common case for TCP vibration sensors)
+# is judged with them, so a switch or VLAN outage silencing them all is one outage.
+NETWORK = "modbus-tcp"
 MAX_NAMED = 5  # sensor ids a log line names (the rest are counted)
 # An endpoint silent again and again (a gateway whose last device answers only now and
 # then, a switch port flapping) would log two lines per silence forever; after a logged
@@ -72,6 +76,9 @@ class Peers:
     def __init__(self, address: str, threshold: int = 3, host: str | None = None) -> None:
         self.address = address
         self.host = address if host is None else host
+        self.label = "TCP network" if address == NETWORK else f"endpoint {address}"
+        # The gateway's TCP network (NETWORK), for a device alone on this endpoint.
+        self.network: Peers | None = None
         self.threshold = threshold
         # sensor id -> its poll interval plus timeout: how long it may go without
         # answering while all is well.
@@ -90,6 +97,16 @@ class Peers:
         self._hushed = 0  # outages not logged since the last line
         # Back-off sleeps to cut short when the outage ends (one per device at most).
         self._sleepers: set[asyncio.Future[None]] = set()
+
+    @property
+    def judge(self) -> Peers | None:
+        """Who judges a failure of a device here: this endpoint when it has enough
+        devices, else the gateway's TCP network when that has (None: judged alone)."""
+        if self.grouped:
+            return self
+        if self.network is not None and self.network.grouped:
+            return self.network
+        return None
 
     @property
     def grouped(self) -> bool:
@@ -188,9 +205,9 @@ class Peers:
         self._log_quiet_until = now + LOG_QUIET_S
         hushed, self._hushed = self._hushed, 0
         log.warning(
-            "modbus endpoint %s silent: none of its %d devices answers (for %.1f s; "
+            "modbus %s silent: none of its %d devices answers (for %.1f s; "
             "first: %s); the devices failing with it are counted, not logged one by one%s",
-            self.address,
+            self.label,
             len(self.members),
             outage.lasted_s(now),
             error,
@@ -217,9 +234,9 @@ class Peers:
         named = sorted(outage.sensors)
         more = len(named) - MAX_NAMED
         log.info(
-            "modbus endpoint %s answers again (%s first) after %.1f s silent: %d of its %d "
+            "modbus %s answers again (%s first) after %.1f s silent: %d of its %d "
             "devices failed during it (%s%s)",
-            self.address,
+            self.label,
             sensor_id,
             outage.lasted_s(now),
             len(named),

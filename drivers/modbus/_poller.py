@@ -113,6 +113,8 @@ class ModbusPoller:
         bus.devices += 1
         if bus.peers is not None:
             bus.peers.join(sensor_id, poll_interval_s + timeout_s, self.ledger)
+            if bus.peers.network is not None:
+                bus.peers.network.join(sensor_id, poll_interval_s + timeout_s, self.ledger)
 
     @property
     def with_endpoint(self) -> bool:
@@ -311,8 +313,9 @@ class ModbusPoller:
         while True:
             self._check_stop(task)
             delay = next_at - time.monotonic()
-            if delay > interval and self.bus.peers is not None:
-                next_at = await self._back_off(next_at, interval, self.bus.peers)
+            judge = None if self.bus.peers is None else self.bus.peers.judge
+            if delay > interval and judge is not None:
+                next_at = await self._back_off(next_at, interval, judge)
                 self._check_stop(task)
             elif delay > 0:
                 if self._wheel is not None:

@@ -192,7 +192,13 @@ class PollLedger:
         if failures == 1:
             self._failing_since = started
         peers = self.bus.peers
-        if peers is not None and (peers.grouped or self.joined is not None):
+        if peers is not None and self.joined is None:
+            peers = peers.judge  # its endpoint, or the gateway's TCP network
+        elif (
+            peers is not None and peers.network is not None and self.joined is peers.network.outage
+        ):
+            peers = peers.network  # the network's outage it fails in goes on
+        if peers is not None:
             # Also an outage it joined when its endpoint had more devices (a reload removed
             # some since): told whether it still goes on, or this one fails alone now.
             self._judged(err, failures, peers)
@@ -250,6 +256,8 @@ class PollLedger:
         """Record a good poll of ``rtt_s`` seconds, read at UTC ``now``."""
         if self.bus.peers is not None:
             self.bus.peers.answered(self.sensor_id)
+            if self.bus.peers.network is not None:
+                self.bus.peers.network.answered(self.sensor_id)
         if self.joined is not None:
             # Its endpoint's outage: the line that ended it names the devices.
             self.joined, self._fail_log.logged = None, False

@@ -427,3 +427,81 @@ async def test_after_an_outage_one_answer_wakes_the_others_backoff(tmp_path: Pat
         await srv.__aexit__(None, None, None)
     # Before: the last resumed up to a whole back-off (1.6 to 6 s) after the first.
     assert spread < 1.0, spread
+
+
+def _own_ip_config(tmp_path: Path, ports: list[int]) -> str:
+    """One device per endpoint (as TCP sensors with their own IP): d<i> on ports[i]."""
+    sensor = (
+        "  - {{id: d{i}, asset: m, modbus: {{host: 127.0.0.1, port: {port}, device_id: 1,"
+        " timeout_s: 0.1, backoff_max_s: 0.5}}, poll_interval_s: 0.2}}"
+    )
+    lines = _config(tmp_path, 0, 0).splitlines()
+    head = [x for x in lines if "{id: b" not in x and "{id: o" not in x]
+    at = head.index("sensors:") + 1
+    return "\n".join(
+        head[:at] + [sensor.format(i=i, port=p) for i, p in enumerate(ports)] + head[at:]
+    )
+
+
+async def test_a_network_outage_of_own_ip_devices_is_one_fault_and_a_blip_none(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Devices each on their own endpoint, all silent at once (a switch or VLAN down): one
+    fault for the gateway's TCP network, none per device; a blip raises nothing; a device
+    dead among answering ones, or still silent once the others answer, raises its own."""
+    n = 10
+    servers = [ModbusSimServer([SimDevice(1, Constant({}))]) for _ in range(n)]
+    servers.append(ModbusSimServer([SimDevice(1, Constant({}), Fault("dead"))]))
+    for s in servers:
+        await s.__aenter__()
+    ports = [s.port for s in servers]
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text(_own_ip_config(tmp_path, ports))
+    records: list[dict[str, Any]] = []
+    caplog.set_level(logging.INFO, logger="edge_agent.drivers.modbus")
+    agent = Agent(load_config(cfg), on_records=records.extend)
+    task = asyncio.create_task(agent.run())
+    dead = f"d{n}"
+
+    async def restart(i: int) -> None:
+        servers[i] = ModbusSimServer([SimDevice(1, Constant({}))], port=ports[i])
+        await servers[i].__aenter__()
+
+    try:
+        await _until(lambda: (dead, "raised") in _faults(records), 10)
+        records.clear()
+        caplog.clear()
+
+        # A blip of every endpoint: nothing raised, a couple of lines.
+        for s in servers[:n]:
+            await s.__aexit__(None, None, None)
+        await asyncio.sleep(1.5)
+        for i in range(n):
+            await restart(i)
+        await asyncio.sleep(2.0)
+        blip_lines = [r.getMessage() for r in caplog.records]
+        assert _faults(records) == [], _faults(records)  # before: 10 raised + 10 cleared
+        assert len(blip_lines) <= 3, blip_lines
+        metrics = render_metrics(await agent.snapshot()).decode()
+        assert 'edge_endpoint_outages_total{endpoint="modbus-tcp"} 1.0' in metrics
+
+        # An outage: one fault for the network, cleared when it is back; d0 does not come
+        # back and is then judged alone.
+        for s in servers[:n]:
+            await s.__aexit__(None, None, None)
+        await _until(lambda: len(_faults(records)) >= 1, 3 * SILENT_FAULT_S)
+        for i in range(1, n):
+            await restart(i)
+        await _until(lambda: len(_faults(records)) >= 3, 6)
+        await asyncio.sleep(1.0)
+    finally:
+        agent.stop()
+        await asyncio.wait_for(task, 15)
+        for s in servers:
+            await s.__aexit__(None, None, None)
+    faults = _faults(records)  # d0's own fault may come in the tick the network clears
+    assert faults[0] == ("network:modbus-tcp", "raised"), faults
+    assert sorted(faults[1:]) == [("d0", "raised"), ("network:modbus-tcp", "cleared")], faults
+    raised = next(r for r in records if r["kind"] == "sensor_fault")
+    assert raised["asset"]["id"] == "gw-storm"
+    assert raised["evidence"]["devices_silent"] == n  # the dead one failed alone before

@@ -20,6 +20,8 @@ __all__ = ["Snapshot", "render_metrics"]
 
 Snapshot = dict[str, Any]
 
+LEARNING_STATES = ("waiting_to_run", "learning", "watching")
+
 
 def render_metrics(snap: Snapshot) -> bytes:
     """Prometheus text exposition of a snapshot."""
@@ -72,8 +74,17 @@ class _SnapshotCollector:
             "Returns above an alert's limit within its clear hold (one episode, not a new raise)",
             labels=["asset", "sensor", "channel", "kind"],
         )
+        learning = GaugeMetricFamily(
+            "edge_channel_learning",
+            "Baseline state (1 the current one): waiting_to_run (readings under "
+            "machine.running_above_mm_s, nothing learned or watched), learning, watching",
+            labels=["asset", "sensor", "channel", "state"],
+        )
         for c in snap.get("channels", []):
             where = [c["asset"], c["sensor"], c["channel"]]
+            if "learning_state" in c:
+                for state in LEARNING_STATES:
+                    learning.add_metric([*where, state], float(c["learning_state"] == state))
             # zone None: the machine is stopped, or the waveform does not resolve the
             # velocity band (no ISO zone)
             idle = "stopped" if c.get("stopped") else "unresolved"
@@ -84,6 +95,7 @@ class _SnapshotCollector:
         yield zone
         yield level
         yield flaps
+        yield learning
         store = snap.get("store", {})
         yield from _scalars(
             store,

@@ -77,6 +77,11 @@ async def agent_snapshot(agent: Agent) -> Snapshot:
             # None once the baseline is learned; else its progress, or that it waits for
             # the machine to run (under machine.running_above_mm_s nothing is learned).
             "learning": v.learning,
+            # for /metrics: waiting_to_run (stopped before a baseline: nothing is learned),
+            # learning, or watching (baseline learned)
+            "learning_state": (
+                "watching" if v.learning is None else "waiting_to_run" if v.stopped else "learning"
+            ),
         }
         for v in (agent.monitor.views() if agent.monitor else [])
     ]

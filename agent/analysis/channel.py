@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
+from collections import deque
 from collections.abc import Mapping, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from agent.analysis.basis import Basis
@@ -28,6 +30,7 @@ from drivers.reading import Reading
 
 __all__ = [
     "STOPPED_SHARE",
+    "WAIT_WARN_S",
     "Channel",
     "ChannelView",
     "load_channel",
@@ -54,6 +57,15 @@ __all__ = [
 # first healthy running readings were 50x "the baseline": a trend warning, then a critical
 # with minutes to failure, on a healthy machine.
 STOPPED_SHARE = 0.2
+
+# A channel without a baseline whose readings have all been under the running floor for
+# this long (reading time: a day covers a weekend stop's first day and a night shift's
+# stop) is logged once as a warning: a machine that runs below the floor, a sensor on the
+# wrong machine, or one reporting m/s as mm/s (1000x too low) is otherwise never learned
+# and never watched, and only status said so. WAIT_SEEN readings' velocity are kept for
+# the median the warning names.
+WAIT_WARN_S = 24 * 3600.0
+WAIT_SEEN = 255
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +121,12 @@ class Channel:
     # Periods of the velocity band's low edge in the last waveform, when too few for ISO
     # severity (None: the velocity RMS was a measurement).
     velocity_periods: float | None = None
+    # Before the baseline: analysis time of the first of the readings under the running
+    # floor since the last running one (None: not waiting), their latest velocities, and
+    # whether the long wait was logged.
+    waiting_since_s: float | None = None
+    waiting_seen: deque[float] = field(default_factory=lambda: deque(maxlen=WAIT_SEEN))
+    waiting_warned: bool = False
 
     @property
     def view(self) -> ChannelView | None:
@@ -179,6 +197,42 @@ class Channel:
         return (
             f"learning the baseline: waiting for the machine to run (velocity RMS under "
             f"machine.running_above_mm_s {floor:g} mm/s; {seen})"
+        )
+
+    def wait(self, now_s: float, velocity_mm_s: float) -> bool:
+        """Count a stopped reading before the baseline; True once, when all readings have
+        been under the floor for WAIT_WARN_S (the caller logs the warning)."""
+        if self.hi.ready:
+            return False
+        if self.waiting_since_s is None:
+            self.waiting_since_s = now_s
+            self.waiting_seen.clear()
+        self.waiting_seen.append(velocity_mm_s)
+        if self.waiting_warned or now_s - self.waiting_since_s < WAIT_WARN_S:
+            return False
+        self.waiting_warned = True
+        return True
+
+    def ran(self) -> bool:
+        """A running reading ends the wait; True if the long wait had been logged (the
+        caller logs that learning starts)."""
+        warned = self.waiting_warned
+        self.waiting_since_s, self.waiting_warned = None, False
+        return warned
+
+    def waited(self) -> str:
+        """The long wait, for the warning: how long, the median velocity, the setting."""
+        since = self.waiting_since_s
+        hours = (self.now_s - since) / 3600.0 if since is not None else 0.0
+        median = statistics.median(self.waiting_seen) if self.waiting_seen else 0.0
+        floor = self.asset.machine.running_above_mm_s
+        return (
+            f"asset {self.asset.id} sensor {self.sensor.id} channel {self.sensor.channel}: "
+            f"no baseline learned after {hours:.1f} h of readings all under "
+            f"machine.running_above_mm_s {floor:g} mm/s (velocity RMS median "
+            f"{median:.3g} mm/s): the channel is not watched. If the machine runs at this "
+            f"level, set machine.running_above_mm_s under it; check that the sensor is on "
+            f"this machine and reports velocity in mm/s (m/s reads 1000x too low)"
         )
 
     def key(self, kind: str) -> str:

@@ -24,6 +24,7 @@ reading time, so the write rate and the state size stay bounded.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import zlib
 from collections.abc import Mapping, Sequence
@@ -89,6 +90,8 @@ from agent.records import (
     format_ts,
 )
 from drivers.reading import Reading, utc_now
+
+log = logging.getLogger(__name__)
 
 # The failure metric's level, to tell a failure that is late from one that is not coming
 # (_grown): the geometric mean of this many bins (10 min at the default 60 s bin).
@@ -409,7 +412,15 @@ class Monitor:
                 ch.severity.active, shown.health_index if shown else None, ch.trend.active,
                 ch.estimate, (ch.severity.flaps, ch.trend.flaps), True, ch.learning(True),
             )  # fmt: skip
+            if ch.wait(t_s, value):
+                log.warning("%s", ch.waited())
             return out
+        if ch.ran():
+            log.info(
+                "asset %s sensor %s channel %s: the machine runs (velocity RMS %.3g mm/s); "
+                "learning the baseline",
+                ch.asset.id, ch.sensor.id, ch.sensor.channel, value,
+            )  # fmt: skip
         ch.running_s = t_s
         alerting = ch.asset.alerting
         sev_before, tr_before = snap(ch.severity), snap(ch.trend)

@@ -9,6 +9,7 @@ import logging
 import os
 import socket
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
@@ -17,6 +18,7 @@ import yaml
 
 from agent.health import HealthServer, HostCheck, render_metrics
 from agent.logs import RepeatLimitingHandler
+from drivers.reading import Reading
 from simulators.backend import BackendServer
 from tests.agent.store._drafts import draft
 from tests.agent.test_operator_commands import running_agent, write_config
@@ -319,3 +321,42 @@ async def test_malformed_requests_with_changing_junk_are_one_log_line() -> None:
     assert len(lines) <= 3, lines[:5]
     assert "malformed request refused with HTTP 400 (LineTooLong)" in lines[0]
     assert "aaaa" not in out.getvalue()
+
+
+async def test_metrics_show_each_channels_learning_state(tmp_path: Path) -> None:
+    """Before: a channel whose readings were all under machine.running_above_mm_s (never
+    learned, never watched) showed in /metrics only as a velocity with zone="stopped", like
+    any watched machine's weekend stop. Now edge_channel_learning{state} says it waits to
+    run, then learns, then watches."""
+    cfg = write_config(tmp_path)
+    t0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
+    async with running_agent(cfg) as agent:
+        port = agent.config.health.port
+        assert agent.monitor is not None
+        n = agent.config.assets[0].alerting.baseline_readings
+
+        def feed(start: int, count: int, velocity: float) -> None:
+            for i in range(start, start + count):
+                feats = {"velocity_rms_mm_s": velocity, "accel_rms_g": velocity / 20}
+                agent.monitor.update(Reading("m1", "z", t0 + timedelta(minutes=i), feats))  # type: ignore[union-attr]
+
+        async def states() -> dict[str, float]:
+            await asyncio.sleep(1.1)  # past the shared snapshot's age (the flood guard)
+            async with (
+                aiohttp.ClientSession() as s,
+                s.get(f"http://127.0.0.1:{port}/metrics") as r,
+            ):
+                text = await r.text()
+            out = {}
+            for line in text.splitlines():
+                if line.startswith("edge_channel_learning{"):
+                    state = line.split('state="')[1].split('"')[0]
+                    out[state] = float(line.rsplit(" ", 1)[1])
+            return out
+
+        feed(0, 5, 0.001)  # m/s reported as mm/s
+        assert await states() == {"waiting_to_run": 1.0, "learning": 0.0, "watching": 0.0}
+        feed(5, 2, 1.0)
+        assert await states() == {"waiting_to_run": 0.0, "learning": 1.0, "watching": 0.0}
+        feed(7, n, 1.0)
+        assert await states() == {"waiting_to_run": 0.0, "learning": 0.0, "watching": 1.0}

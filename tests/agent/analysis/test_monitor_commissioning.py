@@ -4,6 +4,7 @@ the machine to run, and its first healthy running readings raise nothing."""
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from agent.analysis.channel import saved_states
+from agent.analysis.channel import WAIT_WARN_S, saved_states
 from agent.analysis.monitor import Monitor
 from agent.config import Config, ConfigError, load_config
 from drivers.reading import Reading
@@ -153,3 +154,59 @@ def test_a_wrong_floor_is_explained_in_mm_s(tmp_path: Path) -> None:
         load_config(path, environ={})
     (issue,) = exc.value.issues
     assert issue.message == "got 40; expected a number of mm/s (velocity RMS) from 0 to 10"
+
+
+def _waiting_logs(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if "no baseline learned after" in r.getMessage()]
+
+
+def test_a_channel_waiting_a_day_to_run_is_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before: a sensor reporting velocity in m/s (1.0 mm/s read as 0.001) waited under the
+    0.05 mm/s floor for ever, never learned nor watched, and only status said so: no log
+    line. Now, after WAIT_WARN_S of readings all under the floor, one warning names the
+    channel, the setting and the median velocity seen; the next day adds no second one; and
+    the machine's first running reading is logged once as the start of learning."""
+    m = Monitor(press_config(tmp_path, baseline_readings=20))
+    caplog.set_level(logging.INFO, logger="agent.analysis.monitor")
+    at = lambda i: T0 + timedelta(minutes=10 * i)  # noqa: E731
+    feats = {"velocity_rms_mm_s": 0.001, "accel_rms_g": 0.00005}
+    for i in range(int(WAIT_WARN_S / 600)):  # just under a day
+        assert m.update(Reading("m1", "z", at(i), feats)).drafts == []
+    assert _waiting_logs(caplog) == []
+    for i in range(int(WAIT_WARN_S / 600), int(2 * WAIT_WARN_S / 600) + 5):  # a second day
+        m.update(Reading("m1", "z", at(i), feats))
+    (warned,) = _waiting_logs(caplog)
+    text = warned.getMessage()
+    assert warned.levelname == "WARNING"
+    assert "asset press-7 sensor m1 channel z" in text
+    assert "24.0 h" in text and "machine.running_above_mm_s 0.05 mm/s" in text
+    assert "velocity RMS median 0.001 mm/s" in text and "m/s" in text
+    running = {"velocity_rms_mm_s": 1.0, "accel_rms_g": 0.05}
+    for i in range(400, 403):
+        m.update(Reading("m1", "z", at(i), running))
+    started = [r for r in caplog.records if "learning the baseline" in r.getMessage()]
+    assert len(started) == 1 and "velocity RMS 1 mm/s" in started[0].getMessage()
+    assert len(_waiting_logs(caplog)) == 1
+
+
+def test_a_running_reading_restarts_the_wait(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A machine stopped most of the day but running now and then is learning: its waits
+    are each under a day, so nothing is logged."""
+    m = Monitor(press_config(tmp_path, baseline_readings=200))
+    caplog.set_level(logging.INFO, logger="agent.analysis.monitor")
+    i = 0
+    for _ in range(3):  # 20 h stopped, then an hour running, three times
+        for _ in range(120):
+            m.update(
+                Reading("m1", "z", T0 + timedelta(minutes=10 * i), {"velocity_rms_mm_s": 0.01})
+            )
+            i += 1
+        for _ in range(6):
+            m.update(Reading("m1", "z", T0 + timedelta(minutes=10 * i), {"velocity_rms_mm_s": 1.0}))
+            i += 1
+    assert _waiting_logs(caplog) == []
+    assert m.views()[0].learning is not None  # 18 of 200 running readings: still learning

@@ -460,6 +460,10 @@ class Delivery:
     ) -> None:
         st = self.status
         self._fitted = 0
+        # A delivered canary proves the endpoint took items then, not after a failure (an
+        # outage, a proxy refusing everything again): a refusal after it may be the
+        # endpoint's again, so the items ahead of the canary are held again, not dead.
+        self._proven = frozenset()
         st.failures_total += 1
         st.consecutive_failures += 1
         st.last_error = error

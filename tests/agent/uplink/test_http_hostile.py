@@ -796,3 +796,58 @@ async def test_a_quiet_plant_keeps_its_only_refused_alert_pending_and_failing(
             backend.bad = set()
             await until(lambda: _pending_is(outbox, 0), timeout_s=10.0)
     assert backend.delivered == [records[0]["alert_id"]]
+
+
+class Scripted(Backend):
+    """Answers the POSTs with the statuses in `script` in turn (the last one for good, the
+    400s as nginx's page); a HEAD (the reachability probe) with 200."""
+
+    def __init__(self, script: list[int]) -> None:
+        super().__init__(b"")
+        self.script = script
+        self.delivered: list[str] = []
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head, body = await _read_whole(reader)
+            if not head.startswith(b"POST"):
+                writer.write(_answer(200))
+                return
+            status = self.script[min(self.posts, len(self.script) - 1)]
+            self.posts += 1
+            if status == 200:
+                self.delivered += [a["alert_id"] for a in json.loads(body)["alerts"]]
+                writer.write(_answer(200, body=b"{}"))
+            elif status == 400:
+                writer.write(_typed(400, b"text/html", NGINX_400))
+            else:
+                writer.write(_answer(status))
+            await writer.drain()
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+
+async def test_a_canary_delivered_before_an_outage_proves_nothing_after_it(
+    tmp_path: Path,
+) -> None:
+    """The first alert refused (the proxy's 400 page), the one behind it delivered (the
+    proxy recovered): the first was 'proven' refused for its own sake, for good. Its next
+    try met a 503, and once the endpoint answered again it was behind the same proxy page
+    refusing everything: the first alert was dead-lettered on that one refusal. A failure
+    between ends the proof: it is held, like any refusal that may be the endpoint's."""
+    backend = Scripted([400, 400, 200, 503, 400])
+    async with await _outbox(tmp_path) as outbox, serving(backend) as url:
+        await outbox.append([draft(i=i) for i in range(2)])
+        c = _cfg(url, max_backoff_s=0.2)
+        up = delivery(UP, HttpTransport(c, name=UP), outbox, c)
+        async with Running(up):
+
+            async def settled() -> bool:
+                return backend.posts >= 7 or (await outbox.stats()).dead_lettered > 0
+
+            await until(settled, timeout_s=10.0)
+        stats = await outbox.stats()
+    assert stats.dead_lettered == 0 and stats.pending == 1, stats
+    assert len(backend.delivered) == 1

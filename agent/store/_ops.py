@@ -181,10 +181,14 @@ def load_state(conn: sqlite3.Connection) -> dict[str, str]:
     return dict(conn.execute("SELECT key, value FROM monitor_state").fetchall())
 
 
-def next_batch(conn: sqlite3.Connection, uplink: str, limit: int) -> list[StoredItem]:
+def next_batch(
+    conn: sqlite3.Connection, uplink: str, limit: int, *, summaries_only: bool = False
+) -> list[StoredItem]:
     """Up to `limit` items pending for the uplink, one class per batch: alerts (tier 1
-    first, then oldest first), and summaries (oldest first) only when no alert waits."""
-    for klass, order in ((ALERT, "o.tier, o.ref"), (SUMMARY, "o.ref")):
+    first, then oldest first), and summaries (oldest first) only when no alert waits
+    (or when told to skip the alerts: one held back blocks no summary)."""
+    classes = ((ALERT, "o.tier, o.ref"), (SUMMARY, "o.ref"))
+    for klass, order in classes[1:] if summaries_only else classes:
         table, id_col = TABLES[klass]
         rows = conn.execute(
             f"SELECT o.ref, o.tier, t.{id_col}, t.body, json_valid(t.body) FROM outbound o "

@@ -263,10 +263,15 @@ class Outbox:
         )
         return result
 
-    async def next_batch(self, uplink: str, limit: int) -> list[StoredItem]:
-        """Up to `limit` items pending for the uplink (alerts first: tier 1, oldest)."""
+    async def next_batch(
+        self, uplink: str, limit: int, *, summaries_only: bool = False
+    ) -> list[StoredItem]:
+        """Up to `limit` items pending for the uplink (alerts first: tier 1, oldest;
+        summaries_only: the summaries, even while alerts wait)."""
         result: list[StoredItem] = await self._call(
-            lambda c: _ops.next_batch(c, uplink, limit), write=False, what="reading a batch"
+            lambda c: _ops.next_batch(c, uplink, limit, summaries_only=summaries_only),
+            write=False,
+            what="reading a batch",
         )
         return result
 

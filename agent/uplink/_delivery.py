@@ -47,7 +47,8 @@ item is tried first again, so fixing the URL delivers the backlog once and in or
 While everything is refused nothing is dead-lettered, however long it lasts and however
 often the agent restarts (the rule needs no count that a restart would reset). With no
 item behind the held one (a quiet plant) there is no canary: the held item is retried
-after each backoff, failing, until it is delivered or another item arrives behind it.
+after each backoff, failing, until it is delivered or another item arrives behind it;
+the pending summaries (which otherwise wait behind any alert) are sent meanwhile.
 This is for refusals of a batch narrowed down to one item (http) and a CMMS's refusals
 other than a 422 (a proxy's page names no work order); a refusal that is certainly one
 item's own (too large, an MQTT PUBACK, a CMMS 422, a record no work order can be built
@@ -213,12 +214,22 @@ class Delivery:
             return
         self._ahead = frozenset()
         if canary and items and items[0].item_id == self._held:
-            if len(items) == 1:  # a quiet plant: nothing behind the held item to try
-                await self._failed(self._held_error(quiet=True))
-                return
-            k = min(self._depth, len(items) - 1)
-            self._ahead = frozenset(it.item_id for it in items[:k])
-            items = items[k : k + 1]
+            if len(items) == 1:  # a quiet plant: no alert behind the held one to try
+                # The summaries wait behind alerts: they go meanwhile, or one malformed
+                # alert held every summary back until the next alert (days on a calm
+                # plant). They prove nothing (they may go to another endpoint).
+                try:
+                    items = await self.outbox.next_batch(self.name, size, summaries_only=True)
+                except StoreError as exc:
+                    await self._failed(f"outbox: {exc}")
+                    return
+                if not items:
+                    await self._failed(self._held_error(quiet=True))
+                    return
+            else:
+                k = min(self._depth, len(items) - 1)
+                self._ahead = frozenset(it.item_id for it in items[:k])
+                items = items[k : k + 1]
         items = items[:size]
         if not items:
             self.status.state = "idle"

@@ -146,15 +146,15 @@ def _brokers(mqtt: RunningMqtt) -> list[EndpointHealth]:
 def _mqtt_health(m: MqttSensor, link: BrokerLink | None) -> SensorHealth:
     error = m.last_error
     held = False
+    if link is not None:
+        # Silent while its broker was out of reach: only the time the link was up counts
+        # towards its stale_after_s (the broker's own fault covers the rest), so after an
+        # outage it is judged alone from the reconnect on, and a link that reconnects every
+        # few seconds does not hold a dead sensor for ever.
+        since = time.monotonic() - m.silent_for_s
+        held = m.state == "stale" and link.connected_s_since(since) < m.stale_after_s
     if link is not None and not link.connected:
-        # Silent because the broker is out of reach: say so in the fault, and hold it
-        # (the broker's own fault says it once for all its sensors).
         error = f"broker {link.id} not connected: {link.last_error or 'connecting'}"
-        held = True
-    elif link is not None and (up := link.up_for_s) is not None:
-        # Back from a broker outage: each sensor is judged alone from the reconnect on
-        # (silent as long as stale_after_s since it), not stale at once for the outage.
-        held = m.silent_for_s > up and up < m.stale_after_s
     return SensorHealth(
         m.sensor_id,
         m.state,

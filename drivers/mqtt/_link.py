@@ -32,7 +32,7 @@ import os
 import random
 import ssl
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -64,6 +64,7 @@ BACKOFF_BASE_S = 0.1
 BACKOFF_FLOOR_S = 0.05
 DISCONNECT_S = 1.0  # inside the runtime's POLLER_STOP_S
 UNSUBSCRIBE_BATCH = 100  # topic filters per UNSUBSCRIBE packet (a few KiB)
+UPS_KEPT = 64  # connections remembered for connected_s_since (a few KiB per link)
 # CONNACK codes that refuse who we are (MQTT 5: 0x86 bad user name or password, 0x87 not
 # authorized, 0x8A banned, 0x8C bad authentication method; 3.1.1: 4 and 5). Trying again
 # at once cannot help: such a refusal is tried again every REFUSED_RETRY_S (with the
@@ -162,6 +163,9 @@ class BrokerLink:
         self._gone_tried = False  # the filters an earlier run left in the session
         self._down_since: float | None = time.monotonic()
         self._up_since: float | None = None  # monotonic time of the current connection
+        # The last connections (monotonic start, end): how long the link was up during a
+        # sensor's silence, however often it reconnected (bounded; see connected_s_since).
+        self._ups: deque[tuple[float, float]] = deque(maxlen=UPS_KEPT)
 
     @property
     def id(self) -> str:
@@ -180,6 +184,20 @@ class BrokerLink:
         if not self.connected or self._up_since is None:
             return None
         return time.monotonic() - self._up_since
+
+    def connected_s_since(self, since: float) -> float:
+        """Seconds the link was connected from the monotonic time `since` to now, leaving
+        out a connection that `since` fell in and that has ended since (a sensor silent
+        when an outage began is judged from the reconnect on, as if it had just spoken).
+        Before the oldest connection kept it counts as connected (a sensor silent through
+        more reconnects than are kept is judged alone rather than held)."""
+        now = time.monotonic()
+        total = sum(end - start for start, end in self._ups if start >= since)
+        if self.connected and self._up_since is not None:
+            total += now - max(self._up_since, since)
+        if len(self._ups) == self._ups.maxlen and self._ups[0][0] > since:
+            total += self._ups[0][0] - since
+        return total
 
     @property
     def session(self) -> str:
@@ -593,6 +611,8 @@ class BrokerLink:
         if self.connected:
             self.disconnects_total += 1
             self._down_since = time.monotonic()
+            if self._up_since is not None:
+                self._ups.append((self._up_since, self._down_since))
         self.connected = False
         self._up_since = None
 

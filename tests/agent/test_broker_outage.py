@@ -138,3 +138,37 @@ async def test_a_broker_outage_is_one_fault_and_a_blip_none(tmp_path: Path) -> N
     assert ev["broker"] == "plant" and ev["address"] == f"mqtt://127.0.0.1:{broker.port}"
     assert ev["sensors"] == SENSORS and ev["sensors_silent"] == SENSORS
     assert len(ev["sensor_ids"]) == SENSORS
+
+
+async def test_a_dead_sensor_raises_while_the_broker_link_flaps(tmp_path: Path) -> None:
+    """A link reconnecting every second (each up spell shorter than stale_after_s, each
+    down spell shorter than endpoint_silent_s) raises no broker fault; a sensor that says
+    nothing while the link is up still raises its own fault once the link has been up for
+    its stale_after_s in all (before: held for as long as the link flapped, no fault)."""
+    broker = Mosquitto(tmp_path / "broker")
+    broker.start()
+    records: list[dict[str, Any]] = []
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text(_config(tmp_path, broker.port))
+    stop = asyncio.Event()
+    agent = Agent(load_config(cfg), on_records=records.extend)
+    task = asyncio.create_task(agent.run())
+    pub = asyncio.create_task(_publish(broker.port, set(range(1, SENSORS)), stop))
+    try:
+        await _until(lambda: all(link.connected for link in agent.mqtt.links), 5)
+        for _ in range(8):  # up ~0.5 s, down ~0.5 s: s0 (dead) is silent throughout
+            await asyncio.sleep(0.5)
+            broker.stop()
+            await asyncio.sleep(0.5)
+            broker.start()
+            await _until(lambda: all(link.connected for link in agent.mqtt.links), 5)
+            if ("s0", "raised") in _faults(records):
+                break
+    finally:
+        stop.set()
+        agent.stop()
+        await asyncio.wait_for(task, 15)
+        await asyncio.wait_for(pub, 5)
+        broker.stop()
+    assert ("s0", "raised") in _faults(records), _faults(records)
+    assert not any(sid.startswith("broker:") for sid, _ in _faults(records))

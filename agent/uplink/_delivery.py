@@ -41,13 +41,17 @@ item so refused is dead-lettered only when refused again after an item behind it
 uplink) was delivered, i.e. the endpoint takes items, so the refusal is the item's own.
 The refused first item is held pending and an item behind it is sent at once (the canary,
 CANARY_MAX_DEPTH items back at most, further back each round it is refused too, so a run
-of bad items blocks none behind it for long); a refused canary ends the round with a
+of bad items blocks none behind it for long; never a record of an alert episode, same
+kind, asset, sensor and channel, an item ahead of it belongs to: the held raise's clear
+delivered first reached the backend and CMMS before the raise, so the first item of
+another episode is taken, CANARY_SEARCH looked at); a refused canary ends the round with a
 backoff (an ERROR once, the uplink failing in /healthz and status), after which the held
 item is tried first again, so fixing the URL delivers the backlog once and in order.
 While everything is refused nothing is dead-lettered, however long it lasts and however
 often the agent restarts (the rule needs no count that a restart would reset). With no
-item behind the held one (a quiet plant) there is no canary: the held item is retried
-after each backoff, failing, until it is delivered or another item arrives behind it;
+item behind the held one (a quiet plant), or only records of its episodes, there is no
+canary: the held item is retried after each backoff, failing, until it is delivered or
+an item of another episode arrives behind it;
 the pending summaries (which otherwise wait behind any alert) are sent meanwhile.
 This is for refusals of a batch narrowed down to one item (http) and a CMMS's refusals
 other than a 422 (a proxy's page names no work order); a refusal that is certainly one
@@ -59,6 +63,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import time
@@ -76,6 +81,9 @@ log = logging.getLogger(__name__)
 NEW_ALERT_RETRY_AFTER_S = 1.0  # during a backoff, a new alert retries after at least this
 # A refused canary is tried this many items behind the held one at most (doubling from 1).
 CANARY_MAX_DEPTH = 64
+# From there, this many items are looked at for one of no episode ahead of it.
+CANARY_SEARCH = 64
+_EPISODIC = frozenset({"severity", "trend", "sensor_fault"})
 CEILING_DOUBLING_S = 120.0  # a batch size that timed out (or was too large) may be tried again
 CEILING_MARGIN = 0.75  # batches grow back to at most this share of that size
 # Summaries batches cut short for an alert in a row; the next one is sent to its end.
@@ -207,14 +215,16 @@ class Delivery:
         canary, self._canary_due = self._canary_due, False
         try:
             items = await self.outbox.next_batch(
-                self.name, max(size, self._depth + 1) if canary else size
+                self.name, max(size, self._depth + CANARY_SEARCH) if canary else size
             )
         except StoreError as exc:
             await self._failed(f"outbox: {exc}")
             return
         self._ahead = frozenset()
         if canary and items and items[0].item_id == self._held:
-            if len(items) == 1:  # a quiet plant: no alert behind the held one to try
+            k = _canary_at(items, self._depth)
+            if k is None:  # a quiet plant: no alert behind the held one to try (or only
+                # records of its episodes, which must not overtake it)
                 # The summaries wait behind alerts: they go meanwhile, or one malformed
                 # alert held every summary back until the next alert (days on a calm
                 # plant). They prove nothing (they may go to another endpoint).
@@ -227,7 +237,6 @@ class Delivery:
                     await self._failed(self._held_error(quiet=True))
                     return
             else:
-                k = min(self._depth, len(items) - 1)
                 self._ahead = frozenset(it.item_id for it in items[:k])
                 items = items[k : k + 1]
         items = items[:size]
@@ -398,7 +407,7 @@ class Delivery:
             return False
         self._refusals += len(items)
         if self._ahead:  # the canary: the next one is taken further back
-            self._depth = min(self._depth * 2, CANARY_MAX_DEPTH)
+            self._depth = min(len(self._ahead) * 2, CANARY_MAX_DEPTH)
         else:  # the first pending item: held, and one behind it tried at once
             self._held, self._canary_due = items[0].item_id, True
         return True
@@ -409,7 +418,8 @@ class Delivery:
             return (
                 f"{self.status.last_error or 'refused'}: the first pending item is held, "
                 "refused with no item behind it to show whether the endpoint takes any "
-                "(a quiet plant): retried after each backoff, dead-lettered only once an "
+                "(a quiet plant, or only records of its alert episode, which must not reach "
+                "the backend before it): retried after each backoff, dead-lettered only once an "
                 "item behind it is delivered"
             )
         return (
@@ -537,3 +547,49 @@ class Delivery:
             if probing:
                 nap = min(nap, max(0.0, next_probe - now))
             await asyncio.sleep(max(nap, 0.01))
+
+
+def _canary_at(items: list[StoredItem], depth: int) -> int | None:
+    """Where in `items` (the held one first) the canary is: the first item from `depth` on
+    (or the last) of no alert episode an item ahead of it belongs to; None if there is none.
+
+    A delivered canary goes before the items ahead of it: one of the same episode (the
+    held raise's clear or escalation) reached the backend before its raise, and the
+    backend and the CMMS build a case from raise -> escalate -> clear in that order. A
+    clear carries no raise's id, so any record of the same kind, asset, sensor and channel
+    (a later raise too: a clear ahead of it would close it) must keep its place."""
+    if len(items) < 2:
+        return None
+    start = min(depth, len(items) - 1)
+    ahead: set[tuple[str, ...]] = set()
+    for item in items[:start]:
+        ahead |= _episodes(item)
+    for k in range(start, len(items)):
+        keys = _episodes(items[k])
+        if not keys & ahead:
+            return k
+        ahead |= keys
+    return None
+
+
+def _episodes(item: StoredItem) -> set[tuple[str, ...]]:
+    """The alert episodes (kind, asset, sensor, channel) a record belongs to: its own, or
+    those a maintenance record closes (agent.store._episodes); none for a summary or a
+    one-off event. An unreadable record counts as in none (it was stored as JSON)."""
+    if item.class_name != "alert":
+        return set()
+    try:
+        rec = json.loads(item.json)
+        kind, asset = rec["kind"], rec["asset"]["id"]
+        if kind == "maintenance":
+            closed = (rec.get("evidence") or {}).get("closed_alerts") or ()
+            return {
+                (str(c.get("kind")), asset, str(c.get("sensor")), str(c.get("channel")))
+                for c in closed
+                if isinstance(c, dict)
+            }
+        if kind in _EPISODIC:
+            return {(kind, asset, rec["sensor"]["id"], rec["sensor"]["channel"])}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        pass
+    return set()

@@ -15,6 +15,7 @@ import pytest
 
 from agent.analysis.severity import zone_table
 from agent.config import CmmsUplink, Iso10816_3
+from agent.records import SensorRef
 from agent.store import FINDINGS, Outbox
 from agent.summaries import SummaryDraft
 from agent.uplink import AssetFacts, CmmsTransport, Delivery, delivery
@@ -324,7 +325,13 @@ async def test_a_page_refusing_every_work_order_alike_holds_them_back(
     sent to nginx's TLS port) dead-lettered every finding, 50 of 50 in 5 s in the probe:
     each answer named its own alert, so no two refusals were alike. Now they are held
     back like the http uplink's and opened once the proxy lets them through."""
-    await outbox.append([severity("C", i=i) for i in range(20)])
+    # 20 sensors' findings (a canary is never one of the held one's episode)
+    await outbox.append(
+        [
+            replace(severity("C", i=i), sensor=SensorRef(f"m{i}-de", "z", "modbus"))
+            for i in range(20)
+        ]
+    )
     async with CmmsServer(db=tmp_path / "cmms.db", token=TOKEN) as cmms:
         cmms.inject(NGINX_400, count=1000)
         c = cfg(cmms.url, max_backoff_s=2.0)  # the held one is tried again within 2 s

@@ -126,7 +126,8 @@ async def test_backend_down_then_back_on_same_port_loses_nothing(
 async def test_400_dead_letters_only_the_bad_alert_with_reason(
     tmp_path: Path, outbox: Outbox
 ) -> None:
-    records = await outbox.append([draft(i=i) for i in range(3)])
+    # Three machines' alerts (one's clear may not overtake its raise: not as a canary).
+    records = await outbox.append([draft(i=i, asset=f"asset-{i}") for i in range(3)])
     # A wrong record in the outbox (as a bug upstream would write it).
     with sqlite3.connect(outbox.path) as conn:
         body = conn.execute("SELECT body FROM alerts WHERE seq = 2").fetchone()[0]

@@ -10,9 +10,12 @@ import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from agent.config import HttpUplink as HttpUplinkConfig
+from agent.records import AlertDraft
 from agent.store import Outbox
 from agent.summaries import SummaryDraft
 from agent.uplink import HttpTransport, delivery
@@ -84,6 +87,11 @@ async def serving(backend: Backend | Slow | ForgetsIdle | Throttled | Picky) -> 
         yield f"http://127.0.0.1:{port}/alerts"
     finally:
         server.close()
+
+
+def _machines(n: int) -> list[AlertDraft]:
+    """n raises, each of its own machine (its own episode: a canary may be any of them)."""
+    return [draft(i=i, asset=f"asset-{i}") for i in range(n)]
 
 
 async def _outbox(tmp_path: Path) -> Outbox:
@@ -473,7 +481,7 @@ async def test_an_endpoint_refusing_everything_alike_does_not_dead_letter_the_ba
     finds the backlog still pending."""
     backend = Backend(_typed(400, b"text/html", NGINX_400))
     async with await _outbox(tmp_path) as outbox, serving(backend) as url:
-        await outbox.append([draft(i=i) for i in range(20)])
+        await outbox.append(_machines(20))
         c = _cfg(url, max_backoff_s=30.0)
         up = delivery(UP, HttpTransport(c, name=UP), outbox, c, rng=Longest())
         async with Running(up):
@@ -540,7 +548,7 @@ async def test_refusals_that_differ_only_by_a_ray_id_count_as_alike(tmp_path: Pa
     endpoint refusing everything, and delivered once the CDN lets the agent through."""
     backend = RayIds()
     async with await _outbox(tmp_path) as outbox, serving(backend) as url:
-        await outbox.append([draft(i=i) for i in range(20)])
+        await outbox.append(_machines(20))
         c = _cfg(url, max_backoff_s=3.0)  # the held one is tried again within 3 s
         up = delivery(UP, HttpTransport(c, name=UP), outbox, c, rng=Longest())
         async with Running(up):
@@ -691,7 +699,7 @@ async def test_a_held_alert_that_is_refused_for_its_own_sake_blocks_none_behind_
     is dead-lettered as its own, and every good alert arrives."""
     backend = Picky(bad=set())
     async with await _outbox(tmp_path) as outbox, serving(backend) as url:
-        records = await outbox.append([draft(i=i) for i in range(9)])
+        records = await outbox.append(_machines(9))
         backend.bad = {r["alert_id"] for r in records[:4]}
         c = _cfg(url, max_backoff_s=0.2)
         async with Running(delivery(UP, HttpTransport(c, name=UP), outbox, c)):
@@ -851,6 +859,45 @@ async def test_a_canary_delivered_before_an_outage_proves_nothing_after_it(
         stats = await outbox.stats()
     assert stats.dead_lettered == 0 and stats.pending == 1, stats
     assert len(backend.delivered) == 1
+
+
+def _episode_order_kept(received: list[str], records: list[dict[str, Any]]) -> bool:
+    """Whether the backend got each episode's records (kind, asset, sensor, channel) in
+    the order they were stored."""
+    by_id = {r["alert_id"]: r for r in records}
+    last: dict[str, int] = {}
+    for aid in received:
+        r = by_id[aid]
+        key = json.dumps([r["kind"], r["asset"]["id"], r["sensor"]])
+        if r["seq"] < last.get(key, -1):
+            return False
+        last[key] = r["seq"]
+    return True
+
+
+async def test_a_canary_never_overtakes_an_earlier_record_of_its_episode(
+    tmp_path: Path,
+) -> None:
+    """A raise, its clear, then another machine's raise; the backend answers 400, 400,
+    then 200: the raise was held and the record behind it, its own clear, sent as the
+    canary and delivered first (received order [1, 0, 2]: the backend saw a clear of a
+    fault it never saw raised, then the raise, a case opened for ever). The canary is now
+    the first record of another episode; with none behind (only the clear), the held
+    raise is retried after the backoff, as on a quiet plant."""
+    for others in (True, False):
+        backend = Scripted([400, 400, 200])
+        async with await _outbox(tmp_path / str(others)) as outbox, serving(backend) as url:
+            drafts = [draft(i=0), replace(draft(i=1), state="cleared")]
+            if others:
+                drafts.append(draft(i=2, asset="asset-b"))
+            records = await outbox.append(drafts)
+            c = _cfg(url, max_backoff_s=0.2)
+            async with Running(delivery(UP, HttpTransport(c, name=UP), outbox, c)):
+                await until(lambda: _pending_is(outbox, 0), timeout_s=10.0)
+            assert (await outbox.stats()).dead_lettered == 0
+        ids = [r["alert_id"] for r in records]
+        assert sorted(backend.delivered) == sorted(ids), backend.delivered
+        assert _episode_order_kept(backend.delivered, records), (others, backend.delivered, ids)
 
 
 async def test_an_alert_held_on_a_quiet_plant_holds_no_summary_back(tmp_path: Path) -> None:

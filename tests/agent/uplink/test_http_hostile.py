@@ -798,9 +798,10 @@ async def test_a_quiet_plant_keeps_its_only_refused_alert_pending_and_failing(
         up = delivery(UP, HttpTransport(c, name=UP), outbox, c, base_backoff_s=0.1)
         async with Running(up):
             await until(lambda: _true(backend.posts >= 4), timeout_s=10.0)
+            # The refusal's own reason is set first, the quiet-plant one just after it.
+            await until(lambda: _true("quiet plant" in (up.status.last_error or "")), 10.0)
             assert (await outbox.stats()).dead_lettered == 0
             assert up.status.consecutive_failures > 0, up.status
-            assert "quiet plant" in (up.status.last_error or ""), up.status.last_error
             backend.bad = set()
             await until(lambda: _pending_is(outbox, 0), timeout_s=10.0)
     assert backend.delivered == [records[0]["alert_id"]]

@@ -339,27 +339,12 @@ class SensorFaultTracker:
             metric, value = "consecutive_poll_failures", float(health.consecutive_failures)
             threshold = self._threshold
             reason = "no readings from this sensor: the machine is not watched"
+        sensor = SensorRef(health.sensor_id, ALL_CHANNELS, self._transports[health.sensor_id])
+        why = reason if transition == "raised" else "sensor answers again"
         out.drafts.append(
-            AlertDraft(
-                asset=AssetRef(asset.id, asset.name, asset.tier),
-                sensor=SensorRef(
-                    health.sensor_id, ALL_CHANNELS, self._transports[health.sensor_id]
-                ),
-                kind="sensor_fault",
-                state=transition,  # type: ignore[arg-type]
-                detected_at=now,
-                severity=Severity(
-                    level="warning" if transition == "raised" else "info",
-                    zone=None,
-                    standard="sensor health",
-                    metric=metric,
-                    value=round(value, 3),
-                    threshold=threshold,
-                ),
-                no_estimate_reason=reason if transition == "raised" else "sensor answers again",
-                evidence=evidence,
-            )
-        )
+            _fault_draft(AssetRef(asset.id, asset.name, asset.tier), sensor, transition, now,
+                         (metric, round(value, 3), threshold), why, evidence)
+        )  # fmt: skip
         return out
 
     def close_unwatched(self, watched: Collection[str], now: datetime) -> Update:
@@ -460,26 +445,43 @@ class SensorFaultTracker:
                 "last_error": health.error or None,
                 "silent_for_s": round(health.silent_for_s, 1),
             }
+        sensor = SensorRef(sid, ALL_CHANNELS, _transport(sid, self._transport))
+        measured = (
+            "sensors_silent" if broker else "devices_silent",
+            float(len(named)),
+            float(health.devices),
+        )
+        why = _endpoint_reason(health, transition, len(named))
         out.drafts.append(
-            AlertDraft(
-                asset=self._gateway,
-                sensor=SensorRef(sid, ALL_CHANNELS, _transport(sid, self._transport)),
-                kind="sensor_fault",
-                state=transition,  # type: ignore[arg-type]
-                detected_at=now,
-                severity=Severity(
-                    level="warning" if transition == "raised" else "info",
-                    zone=None,
-                    standard="sensor health",
-                    metric="sensors_silent" if broker else "devices_silent",
-                    value=float(len(named)),
-                    threshold=float(health.devices),
-                ),
-                no_estimate_reason=_endpoint_reason(health, transition, len(named)),
-                evidence=evidence,
-            )
+            _fault_draft(self._gateway, sensor, transition, now, measured, why, evidence)
         )
         return out
+
+
+def _fault_draft(
+    asset: AssetRef, sensor: SensorRef, transition: str, now: datetime,
+    measured: tuple[str, float, float], reason: str, evidence: dict[str, object],
+) -> AlertDraft:  # fmt: skip
+    """A sensor_fault record (a sensor's, or a silent host's, network's or broker's):
+    `measured` is the severity's (metric, value, threshold)."""
+    metric, value, threshold = measured
+    return AlertDraft(
+        asset=asset,
+        sensor=sensor,
+        kind="sensor_fault",
+        state=transition,  # type: ignore[arg-type]
+        detected_at=now,
+        severity=Severity(
+            level="warning" if transition == "raised" else "info",
+            zone=None,
+            standard="sensor health",
+            metric=metric,
+            value=value,
+            threshold=threshold,
+        ),
+        no_estimate_reason=reason,
+        evidence=evidence,
+    )
 
 
 def _transport(sid: str, modbus: str) -> str:

@@ -269,7 +269,6 @@ async def _demo(opts: DemoOptions, out: TextIO) -> int:
             display.line(
                 f"portfolio page (open it while the demo runs): {backend.info['portfolio']}"
             )
-            display.line(LEGEND)
             env = {
                 "EDGE_DEMO_DIR": str(tmp),
                 "EDGE_DEMO_MODBUS_PORT": str(modbus.info["port"]),
@@ -287,6 +286,9 @@ async def _demo(opts: DemoOptions, out: TextIO) -> int:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, agent.stop)
+            # Printed once Ctrl-C stops the agent (and so still gives the summary): before,
+            # a Ctrl-C in the ~50 ms after this line exited 130 with no summary.
+            display.line(LEGEND)
             base = backend.info["url"].removesuffix("/v1/alerts")
             async with BackendView(base, token) as view:
                 crew = Crew(view, agent, modbus.repair, display.line)

@@ -10,7 +10,11 @@ Status policy (agent.uplink._httpclient):
   or hotspot's login page answer 200 too; retried and logged at ERROR like a 3xx. A
   text/html answer without markup ("OK" from Express or PHP) is an acknowledgement, and so
   is XML sent as XML (application/xml, text/xml, */*+xml) without an <html> element. The answer must
-  arrive whole (or its first 16 KiB): one cut short is a failure, and the batch is resent.
+  arrive whole (it is read to its end, its first 16 KiB kept): one cut short is a failure
+  and the batch is resent, as a backend that died mid-answer may not have stored it (the
+  backend dedupes on the ids). Cut short: closed before its Content-Length or last chunk;
+  without either (the close ends it), a JSON body (or one typed JSON) that does not parse,
+  an empty one included. A close-delimited "OK" cannot be checked: send a Content-Length.
 - 1xx as a final answer (a 101 nobody asked for): retried, never dead-lettered.
 - 3xx: never followed: a failure naming the Location, retried with backoff and logged at
   ERROR; nothing is marked delivered.

@@ -65,7 +65,8 @@ REASON_CHARS = 200
 SIGNATURE_CHARS = 512  # of an answer's body, compared to tell refusals alike
 # A token holding a digit: a number, a timestamp's parts, a hex or base64 request id, a UUID.
 _WITH_DIGIT = re.compile(r"[\w+/=.-]*\d[\w+/=.-]*")
-MAX_ANSWER_BYTES = 16 * 1024  # read no more than this of an answer
+MAX_ANSWER_BYTES = 16 * 1024  # keep no more than this of an answer
+TAIL_BYTES = 64  # of a longer 2xx answer, kept to see that its JSON ends
 PROBE_TIMEOUT_S = 2.0
 # A server that wants a client certificate drops a connection that brought none at once;
 # any other server waits (seconds) for the request. See _drops_certless.
@@ -216,9 +217,9 @@ class HttpClient:
                     status=status,
                 )
             if 200 <= status < 300:
-                # The whole acknowledgement (or its first MAX_ANSWER_BYTES): an answer
-                # cut short raises ClientPayloadError and nothing is marked delivered.
-                raw = await _read_answer(resp.content)
+                # The whole acknowledgement, read to its end (its first MAX_ANSWER_BYTES
+                # kept): a backend that died mid-answer may not have stored the batch.
+                raw = await self._whole_answer(resp, shown)
             else:
                 raw = await resp.content.read(MAX_ANSWER_BYTES)
             if 200 <= status < 300 and web_page(resp.content_type, raw):
@@ -236,6 +237,41 @@ class HttpClient:
             replayed = resp.headers.get("Idempotent-Replayed", "").lower() == "true"
             kind = resp.content_type if "Content-Type" in resp.headers else ""
         return Answer(status, raw.decode("utf-8", "replace"), retry_after, replayed, kind)
+
+    async def _whole_answer(self, resp: aiohttp.ClientResponse, shown: str) -> bytes:
+        """A 2xx answer's body (its first MAX_ANSWER_BYTES), read to its end; raises
+        UplinkUnavailable when it was cut short: the connection closed before its
+        Content-Length or last chunk, or, with neither (the close ends the body, so only
+        the body can tell), a JSON body that does not parse (empty included)."""
+        try:
+            raw, total, tail = await _read_answer(resp.content)
+        except aiohttp.ClientPayloadError as exc:
+            why = f"{type(exc).__name__}: {exc}"
+        else:
+            framed = (
+                "Content-Length" in resp.headers
+                or "chunked" in resp.headers.get("Transfer-Encoding", "").lower()
+            )
+            if (
+                framed
+                or resp.status == 204
+                or not _json_cut_short(
+                    resp.content_type if "Content-Type" in resp.headers else "", raw, total, tail
+                )
+            ):
+                return raw
+            why = (
+                f"the connection closed after {total} byte(s) of JSON that ends half way "
+                "(no Content-Length, no chunks: only the close marked its end)"
+            )
+        raise UplinkUnavailable(
+            f"POST {shown}: HTTP {resp.status} answer cut short ({why}): the backend may "
+            "have died before storing the batch; nothing marked delivered, resent (it "
+            "dedupes on the ids)",
+            uplink=self.name,
+            status=resp.status,
+            down=True,
+        )
 
     async def _cert_hint(self, url: str, exc: BaseException, text: str) -> str:
         """The hint for a server that wants a client certificate this uplink has none of
@@ -382,18 +418,36 @@ def _xml_type(content_type: str) -> bool:
     return content_type in ("application/xml", "text/xml") or content_type.endswith("+xml")
 
 
-async def _read_answer(content: aiohttp.StreamReader) -> bytes:
-    """The body to its end or its first MAX_ANSWER_BYTES; raises ClientPayloadError when the
-    connection closes before the end (one `read` returns whatever has arrived so far)."""
+async def _read_answer(content: aiohttp.StreamReader) -> tuple[bytes, int, bytes]:
+    """The body's first MAX_ANSWER_BYTES, its size and its last TAIL_BYTES, read to its
+    end (the rest discarded; time is bounded by the session's timeout). Raises
+    ClientPayloadError when the connection closes before the end its framing announced."""
     parts: list[bytes] = []
     size = 0
-    while size < MAX_ANSWER_BYTES:
-        chunk = await content.read(MAX_ANSWER_BYTES - size)
-        if not chunk:
-            break
-        parts.append(chunk)
+    tail = b""
+    while chunk := await content.read(MAX_ANSWER_BYTES):
+        if size < MAX_ANSWER_BYTES:
+            parts.append(chunk[: MAX_ANSWER_BYTES - size])
         size += len(chunk)
-    return b"".join(parts)
+        tail = (tail + chunk)[-TAIL_BYTES:]
+    return b"".join(parts), size, tail
+
+
+def _json_cut_short(content_type: str, head: bytes, size: int, tail: bytes) -> bool:
+    """Whether a close-delimited body that is (or says it is) JSON is incomplete: it does
+    not parse, or, past MAX_ANSWER_BYTES, does not end as it began ("}" or "]")."""
+    start = head.lstrip(_LEADING)[:1]
+    typed = content_type == "application/json" or content_type.endswith("+json")
+    if not typed and start not in (b"{", b"["):
+        return False  # "OK", an empty untyped body: nothing to check it against
+    if size > len(head):
+        end = tail.rstrip(_LEADING)[-1:]
+        return not start or end != {b"{": b"}", b"[": b"]"}.get(start)
+    try:
+        json.loads(head)
+    except ValueError:  # UnicodeDecodeError is a ValueError
+        return True
+    return False
 
 
 def _reset(exc: BaseException) -> bool:

@@ -123,6 +123,24 @@ async def test_a_200_cut_short_before_its_body_ends_is_not_a_delivery(tmp_path: 
             await until(lambda: _pending_is(outbox, 0))
 
 
+CLOSE_DELIMITED = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n"
+
+
+async def test_a_200_cut_short_by_a_close_is_not_a_delivery(tmp_path: Path) -> None:
+    """A backend that crashed mid-answer may not have stored the batch. A 200 with no
+    Content-Length (its end is the close) whose JSON stops half way, or empty, and a 200
+    whose Content-Length is past our 16 KiB read but more than came: resent, not delivered
+    (both were counted delivered: 2 of 2 lost). A whole close-delimited answer delivers."""
+    big = b'{"accepted": 2, "pad": "' + b" " * 20000
+    for i, answer in enumerate(
+        (CLOSE_DELIMITED + b'{"accep', CLOSE_DELIMITED, _answer(200, body=big, length=40000))
+    ):
+        delivered, error = await _delivered_by(tmp_path / str(i), answer)
+        assert delivered == 0 and "cut short" in (error or ""), (i, error)
+    delivered, error = await _delivered_by(tmp_path / "whole", CLOSE_DELIMITED + b'{"ok": 1}')
+    assert delivered == 2, error
+
+
 async def test_an_unasked_101_answer_dead_letters_nothing(tmp_path: Path) -> None:
     """A 1xx final answer is no refusal of the alerts: retried, never dead-lettered."""
     backend = Backend(b"HTTP/1.1 101 Switching Protocols\r\nContent-Length: 0\r\n\r\n")

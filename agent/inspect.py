@@ -235,6 +235,13 @@ def _line(config: Config, agent: dict[str, Any] | None, problem: str | None, sto
         for u in agent.get("uplinks", [])
         if u.get("consecutive_failures", 0) > 0
     ]
+    troubles += [  # the alerts' side above: an integrator must tell whether alerts flow
+        f"uplink {u['name']} feature summaries failing"
+        + (" (alerts delivered)" if not u.get("consecutive_failures") else "")
+        + f": {u.get('summaries_last_error') or '?'}"
+        for u in agent.get("uplinks", [])
+        if u.get("summaries_consecutive_failures", 0) > 0
+    ]
     troubles += [
         f"mqtt broker {b['id']} down: {b.get('last_error') or 'connecting'}"
         for b in agent.get("mqtt", [])

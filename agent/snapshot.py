@@ -100,6 +100,7 @@ async def agent_snapshot(agent: Agent) -> Snapshot:
         any(s["state"] not in ("ok", "starting") for s in sensors)
         or any(not link["connected"] or link["refused_subscriptions"] for link in mqtt_links)
         or any(u.get("consecutive_failures", 0) > 0 for u in uplinks)
+        or any(u.get("summaries_consecutive_failures", 0) > 0 for u in uplinks)
         or agent.pending.failing
         or agent.pending.held_for_s > UNSAVED_DEGRADED_S
         or "error" in store

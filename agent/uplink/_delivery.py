@@ -109,6 +109,11 @@ class UplinkStatus:
             (cmms: clears, maintenance and sensor faults open no work order).
         too_large_total: items dead-lettered because they are larger than the far end takes
             (HTTP 413 for one item; MQTT: over the broker's maximum packet size).
+        consecutive_failures, last_error: the alerts' side (a send of alerts, the store,
+            the loop itself): consecutive_failures 0 means alerts flow. A summary delivered
+            resets neither, a summary's failure sets neither.
+        summaries_consecutive_failures, summaries_last_error: the feature summaries' own
+            (their endpoint may be another: summaries_url), reset by a summary delivered.
     """
 
     name: str
@@ -128,6 +133,8 @@ class UplinkStatus:
     skipped_total: int = 0
     probes_total: int = 0
     resumed_by_probe_total: int = 0
+    summaries_consecutive_failures: int = 0
+    summaries_last_error: str | None = None
 
 
 class Delivery:
@@ -175,6 +182,7 @@ class Delivery:
         self._fitted = 0  # items the last attempt delivered (0: it failed)
         self._one_by_one = 0  # isolate a refused batch: send this many items singly
         self._in_error = False
+        self._streak = 0  # failures in a row, alerts' and summaries' alike: the backoff
         self._probe_trusted = True
         self._after_probe = False  # the send under way follows a probe that said "up"
         self._woken_early = False  # a new item cut a wait short since the last success
@@ -260,6 +268,7 @@ class Delivery:
             problem = await self._settle(result)
         finally:
             self._between.set()
+        summaries = items[0].class_name != "alert"
         if problem is not None:
             await self._failed(problem)
             return
@@ -275,7 +284,7 @@ class Delivery:
                 self._halve(size, "timed out", ceiling=0 < self._fitted < size)
             if after_probe and err.down:
                 self._probe_trusted = False  # the probe says up, sends fail: do not hammer
-            await self._failed(str(err), err.retry_after_s, down=err.down)
+            await self._failed(str(err), err.retry_after_s, down=err.down, summaries=summaries)
         elif isinstance(err, UplinkRejected):
             await self._rejected(result.failed, err)
 
@@ -378,10 +387,11 @@ class Delivery:
                 exc.reason,
             )
             return
+        summaries = items[0].class_name != "alert"
         if self._hold_back(items, exc):
-            self.status.last_error = exc.reason
+            self._note(exc.reason, summaries=summaries)
             if not self._canary_due:  # a canary refused too: the round ends, a backoff
-                await self._failed(self._held_error(reason=exc.reason))
+                await self._failed(self._held_error(reason=exc.reason), summaries=summaries)
             return
         if self._one_by_one:
             self._one_by_one -= 1
@@ -393,7 +403,14 @@ class Delivery:
         self.status.dead_lettered_total += len(moved)
         if exc.too_large:
             self.status.too_large_total += len(moved)
-        self.status.last_error = exc.reason
+        self._note(exc.reason, summaries=summaries)
+
+    def _note(self, error: str, *, summaries: bool) -> None:
+        """The last error, on the alerts' side or the summaries' (see UplinkStatus)."""
+        if summaries:
+            self.status.summaries_last_error = error
+        else:
+            self.status.last_error = error
 
     def _hold_back(self, items: list[StoredItem], exc: UplinkRejected) -> bool:
         """Whether to keep these refused items pending instead of dead-lettering them now
@@ -462,6 +479,7 @@ class Delivery:
         self._woken_early = False
         self._refusals, self._held, self._depth = 0, None, 1
         self._proven -= {it.item_id for it in items}
+        streak, self._streak = self._streak, 0
         if self._one_by_one:
             self._one_by_one -= 1
         if self._limit < (cap := self._grow_cap()):
@@ -470,14 +488,22 @@ class Delivery:
             log.warning(
                 "uplink[%s] recovered after %d failure(s): delivered %d item(s)",
                 self.name,
-                st.consecutive_failures,
+                streak,
                 len(items),
             )
             self._in_error = False
-        st.consecutive_failures = 0
+        if alerts:
+            st.consecutive_failures = 0
+        if alerts < len(items):
+            st.summaries_consecutive_failures = 0
 
     async def _failed(
-        self, error: str, retry_after_s: float | None = None, *, down: bool = False
+        self,
+        error: str,
+        retry_after_s: float | None = None,
+        *,
+        down: bool = False,
+        summaries: bool = False,
     ) -> None:
         st = self.status
         self._fitted = 0
@@ -486,10 +512,15 @@ class Delivery:
         # endpoint's again, so the items ahead of the canary are held again, not dead.
         self._proven = frozenset()
         st.failures_total += 1
-        st.consecutive_failures += 1
-        st.last_error = error
+        self._streak += 1
+        # Apart, so that status tells whether the ALERTS flow (see UplinkStatus).
+        if summaries:
+            st.summaries_consecutive_failures += 1
+        else:
+            st.consecutive_failures += 1
+        self._note(error, summaries=summaries)
         delay = retry_delay(
-            st.consecutive_failures, retry_after_s, base_s=self._base, cap_s=self._cap,
+            self._streak, retry_after_s, base_s=self._base, cap_s=self._cap,
             rng=self._rng,
         )  # fmt: skip
         if not self._in_error:
@@ -503,7 +534,7 @@ class Delivery:
             log.debug(
                 "uplink[%s] still failing (%d): %s; next try in %.2fs",
                 self.name,
-                st.consecutive_failures,
+                self._streak,
                 error,
                 delay,
             )

@@ -939,3 +939,40 @@ async def test_an_alert_held_on_a_quiet_plant_holds_no_summary_back(tmp_path: Pa
             await until(summaries_sent, timeout_s=4.0)
         stats = await outbox.stats()
     assert stats.pending == 1 and stats.dead_lettered == 0, stats
+
+
+class SummariesDown(Backend):
+    """Takes every alert (200); its summaries endpoint answers 404 (a wrong summaries_url)."""
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head, _ = await _read_whole(reader)
+            self.posts += head.startswith(b"POST /alerts")
+            writer.write(_answer(200 if b" /alerts " in head else 404, body=b"{}"))
+            await writer.drain()
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+
+async def test_failing_summaries_do_not_say_the_alerts_fail(tmp_path: Path) -> None:
+    """A wrong summaries_url (404) while every alert is delivered: the uplink's failure
+    streak and last_error (/healthz, `status`) were the summaries', so it read as failing
+    though alerts flowed. The summaries' failures are now reported on their own."""
+    backend = SummariesDown(b"")
+    async with await _outbox(tmp_path) as outbox, serving(backend) as url:
+        c = _cfg(url, max_backoff_s=0.2).model_copy(
+            update={"summaries_url": url.replace("/alerts", "/summaries")}
+        )
+        await _append_a_summary(outbox)
+        async with Running(delivery(UP, HttpTransport(c, name=UP), outbox, c)) as up:
+            await until(lambda: _true(up.status.failures_total >= 1))
+            await outbox.append([draft(i=1)])
+            await until(lambda: _true(up.status.delivered_total == 1))
+            failed = up.status.failures_total
+            await until(lambda: _true(up.status.failures_total > failed))  # summaries again
+            st = up.status
+            assert st.consecutive_failures == 0 and "404" not in (st.last_error or ""), st
+            assert st.summaries_consecutive_failures > 0, st
+            assert "HTTP 404" in (st.summaries_last_error or ""), st

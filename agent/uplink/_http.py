@@ -26,13 +26,17 @@ Status policy (agent.uplink._httpclient):
 - 404, 405: the URL or method is wrong (a misconfiguration, or a proxy during a backend
   deploy), not the alerts: retried, logged at ERROR.
 - 413: the batch is too large; halved (a single alert that is too large is dead-lettered).
-- 409 Conflict: the backend already has an id in the batch (a resend after an answer that
-  was lost: it stored the batch, the answer never came). The batch is resent one by one
-  (as any refused batch); a single item answered 409 is one the backend has: delivered,
-  logged, never dead-lettered (a requeue would only meet the same 409). A 409 whose body
-  is a web page is no backend's word but a CDN's or proxy's error page (Cloudflare
-  answers its error 1014, a misconfigured custom hostname, with 409 and HTML): retried
-  like a 2xx web page, nothing marked delivered.
+- 409 Conflict: the backend may already have an id in the batch (a resend after an answer
+  that was lost: it stored the batch, the answer never came). The batch is resent one by
+  one (as any refused batch); a single item answered 409 whose body names its id (the
+  alert_id or summary_id, as a token) is one the backend has: delivered, logged, never
+  dead-lettered (a requeue would only meet the same 409). A 409 that does not name it is
+  no proof the backend has the item: an API gateway's or WAF's "Conflict" (plain text, or
+  JSON like AWS API Gateway's {"message": ...}) answers any item alike; it is a refusal
+  like any other 4xx (held, dead-lettered only once an item behind it is delivered: see
+  agent.uplink._delivery), never a delivery. A 409 whose body is a web page is a CDN's or
+  proxy's error page (Cloudflare answers its error 1014, a misconfigured custom hostname,
+  with 409 and HTML): retried like a 2xx web page, nothing marked delivered.
 - any other 4xx: the backend refuses these alerts (see agent.uplink._delivery).
 Error messages name the URL without credentials.
 """
@@ -40,6 +44,7 @@ Error messages name the URL without credentials.
 from __future__ import annotations
 
 import logging
+import re
 
 from agent.config import HttpUplink as HttpUplinkConfig
 from agent.config import public_url
@@ -50,7 +55,7 @@ from agent.uplink.errors import UplinkError, UplinkUnavailable
 
 log = logging.getLogger(__name__)
 
-DUPLICATE = 409  # Conflict: the backend already has this id
+DUPLICATE = 409  # Conflict: the backend already has this id, when its answer names it
 
 
 class HttpTransport(HttpClient):
@@ -85,7 +90,7 @@ class HttpTransport(HttpClient):
             return SendResult(items)
         if answer.status == DUPLICATE and web_page(answer.content_type, answer.text.encode()):
             return SendResult([], self._page_409(url, answer.content_type), items)
-        if answer.status == DUPLICATE and len(items) == 1:
+        if answer.status == DUPLICATE and len(items) == 1 and _names(answer.text, items[0]):
             log.warning(
                 "uplink[%s]: %s %s: the backend already has it (HTTP 409: %s); delivered",
                 self.name, items[0].class_name, items[0].item_id, answer.text[:REASON_CHARS],
@@ -103,3 +108,9 @@ class HttpTransport(HttpClient):
             uplink=self.name,
             status=DUPLICATE,
         )
+
+
+def _names(text: str, item: StoredItem) -> bool:
+    """Whether an answer names the item's id as a token of its own (not inside another:
+    gw-01-000000000042 is not named by gw-01-0000000000421)."""
+    return re.search(rf"(?<![\w-]){re.escape(item.item_id)}(?![\w-])", text) is not None

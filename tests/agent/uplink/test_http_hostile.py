@@ -325,8 +325,9 @@ class Conflicting:
                     return
                 self.posts += 1
                 ids = [a["alert_id"] for a in json.loads(body)["alerts"]]
-                if any(i in self.stored for i in ids):
-                    writer.write(_answer(409, body=b'{"error": "duplicate alert_id"}'))
+                if dup := [i for i in ids if i in self.stored]:
+                    said = {"error": "duplicate alert_id", "alert_id": dup[0]}
+                    writer.write(_answer(409, body=json.dumps(said).encode()))
                     return
                 self.stored += ids
                 if self.posts == 1:
@@ -469,16 +470,25 @@ async def test_a_409_web_page_is_no_duplicate(tmp_path: Path) -> None:
     """A CDN's error page answered with 409 (Cloudflare's error 1014, a custom hostname
     not set up on its side, is 409 + HTML) was taken for "the backend already has it":
     every alert was marked delivered one by one and never reached the backend (2 of 2 in
-    the probe). Now it is retried like a 2xx web page; a plain 409 stays a duplicate."""
+    the probe). Now it is retried like a 2xx web page."""
     page = (
         b"<!doctype html>\n<html><head><title>api.example.com | Error 1014</title></head>"
         b"<body><h1>Error 1014: CNAME cross-user banned</h1></body></html>"
     )
     delivered, error = await _delivered_by(tmp_path / "page", _typed(409, b"text/html", page))
     assert delivered == 0 and "HTTP 409 with a web page" in (error or ""), error
-    plain = _typed(409, b"application/json", b'{"error": "duplicate alert_id"}')
-    delivered, error = await _delivered_by(tmp_path / "plain", plain)
-    assert delivered == 2, error
+
+
+async def test_a_409_that_names_no_id_is_no_duplicate(tmp_path: Path) -> None:
+    """An API gateway or WAF answering 409 "Conflict" to every POST (plain text, or AWS
+    API Gateway's JSON message) was taken for "the backend already has it": each alert,
+    sent alone, was marked delivered (2 of 2) and never reached the backend. A 409 is a
+    duplicate only when it names the alert's id; else a refusal, held, not dead-lettered."""
+    for i, (kind, body) in enumerate(
+        ((b"text/plain", b"Conflict"), (b"application/json", b'{"message": "Conflict"}'))
+    ):
+        delivered, error = await _delivered_by(tmp_path / str(i), _typed(409, kind, body))
+        assert delivered == 0 and "HTTP 409" in (error or ""), error
 
 
 NGINX_400 = (

@@ -38,7 +38,10 @@ single item is dead-lettered for this uplink with the reason (an operator can re
 (any answer an endpoint refusing everything gives every item: a proxy's 400 page, http://
 sent to a TLS port, a WAF's 406, a CDN's error page) dead-letters nothing by itself: an
 item so refused is dead-lettered only when refused again after an item behind it (on this
-uplink) was delivered, i.e. the endpoint takes items, so the refusal is the item's own.
+uplink) was delivered, i.e. the endpoint takes items, so the refusal is the item's own,
+and refused once more when resent alone at once (two refusals in a row: an endpoint that
+flips between refusing and taking per request, a flaky proxy, met the held item on each
+refusal and the canary on each success, and dead-lettered good items).
 The refused first item is held pending and an item behind it is sent at once (the canary,
 CANARY_MAX_DEPTH items back at most, further back each round it is refused too, so a run
 of bad items blocks none behind it for long; never a record of an alert episode, same
@@ -192,7 +195,8 @@ class Delivery:
         self._depth = 1  # how far behind the held item the canary is taken
         self._ahead: frozenset[str] = frozenset()  # ahead of the canary under way
         self._proven: frozenset[str] = frozenset()  # ahead of a delivered canary: a
-        # refusal of one of these is its own (the endpoint takes items)
+        # refusal of one of these is its own (the endpoint takes items) ...
+        self._rechecked: frozenset[str] = frozenset()  # ... once refused twice in a row
         self._gave_way = 0  # summaries sends cancelled for an alert since one ended
         self._stopping = False
         self._between = asyncio.Event()  # set while no send is under way
@@ -388,6 +392,9 @@ class Delivery:
             )
             return
         summaries = items[0].class_name != "alert"
+        if self._recheck(items, exc):
+            self._note(exc.reason, summaries=summaries)
+            return
         if self._hold_back(items, exc):
             self._note(exc.reason, summaries=summaries)
             if not self._canary_due:  # a canary refused too: the round ends, a backoff
@@ -412,6 +419,25 @@ class Delivery:
         else:
             self.status.last_error = error
 
+    def _recheck(self, items: list[StoredItem], exc: UplinkRejected) -> bool:
+        """Whether to send these items once more at once, alone, before taking a refusal
+        after their canary was delivered as their own: an endpoint that flips between
+        refusing and taking per request (a flaky proxy) met the held item on each refusal
+        and the canary on each success, and dead-lettered good items."""
+        ids = frozenset(it.item_id for it in items)
+        if exc.too_large or exc.alike is None or not ids <= self._proven:
+            return False
+        if ids <= self._rechecked:
+            return False  # refused twice in a row: its own
+        self._rechecked = ids
+        self._one_by_one = max(self._one_by_one, 1)
+        log.info(
+            "uplink[%s]: %s refused again after an item behind it was delivered (%s); "
+            "sent once more before it is taken as its own",
+            self.name, ", ".join(sorted(ids)), exc.reason,
+        )  # fmt: skip
+        return True
+
     def _hold_back(self, items: list[StoredItem], exc: UplinkRejected) -> bool:
         """Whether to keep these refused items pending instead of dead-lettering them now
         (see the module docstring): yes unless the refusal is certainly theirs, or they
@@ -419,6 +445,7 @@ class Delivery:
         ids = frozenset(it.item_id for it in items)
         if exc.too_large or exc.alike is None or ids <= self._proven:
             self._proven -= ids
+            self._rechecked -= ids
             if self._held in ids:
                 self._held, self._depth = None, 1
             return False
@@ -479,6 +506,7 @@ class Delivery:
         self._woken_early = False
         self._refusals, self._held, self._depth = 0, None, 1
         self._proven -= {it.item_id for it in items}
+        self._rechecked -= {it.item_id for it in items}
         streak, self._streak = self._streak, 0
         if self._one_by_one:
             self._one_by_one -= 1
@@ -510,7 +538,7 @@ class Delivery:
         # A delivered canary proves the endpoint took items then, not after a failure (an
         # outage, a proxy refusing everything again): a refusal after it may be the
         # endpoint's again, so the items ahead of the canary are held again, not dead.
-        self._proven = frozenset()
+        self._proven = self._rechecked = frozenset()
         st.failures_total += 1
         self._streak += 1
         # Apart, so that status tells whether the ALERTS flow (see UplinkStatus).

@@ -986,3 +986,21 @@ async def test_failing_summaries_do_not_say_the_alerts_fail(tmp_path: Path) -> N
             assert st.consecutive_failures == 0 and "404" not in (st.last_error or ""), st
             assert st.summaries_consecutive_failures > 0, st
             assert "HTTP 404" in (st.summaries_last_error or ""), st
+
+
+async def test_an_endpoint_flipping_between_400_and_200_dead_letters_no_good_alert(
+    tmp_path: Path,
+) -> None:
+    """A flaky proxy answering 400 (its page) and 200 in turn, per request: the held alert's
+    canary went through, its next try met the 400 again and it was dead-lettered (a good
+    alert, for the proxy's sake). A refusal after a delivered canary is now checked once
+    more at once: only two in a row make it the alert's own."""
+    backend = Scripted([400, 200] * 100)
+    async with await _outbox(tmp_path) as outbox, serving(backend) as url:
+        records = await outbox.append(_machines(4))
+        c = _cfg(url, max_backoff_s=0.05)
+        async with Running(delivery(UP, HttpTransport(c, name=UP), outbox, c)):
+            await until(lambda: _pending_is(outbox, 0), timeout_s=5.0)
+        stats = await outbox.stats()
+    assert stats.dead_lettered == 0, stats
+    assert sorted(backend.delivered) == sorted(r["alert_id"] for r in records)

@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 from agent.uplink._backoff import full_jitter, parse_retry_after, retry_delay
 from agent.uplink._build import asset_facts, build_uplinks, delivery
 from agent.uplink._cmms import CmmsTransport
-from agent.uplink._delivery import Delivery, UplinkStatus
+from agent.uplink._delivery import Delivery
 from agent.uplink._http import HttpTransport
+from agent.uplink._status import UplinkStatus
 from agent.uplink._transport import SendResult, Transport
 from agent.uplink._workorder import AssetFacts, WorkOrder, no_work_order
 from agent.uplink.errors import UplinkError, UplinkRejected, UplinkUnavailable

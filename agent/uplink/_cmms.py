@@ -16,7 +16,7 @@ Status policy (agent.uplink._httpclient, plus):
 - 400 and other refusals (usually a mapping error, or a proxy, WAF or wrong host in front
   of the CMMS answering every request alike: nginx's 400 "plain HTTP request sent to HTTPS
   port", ModSecurity's 406) could be the endpoint's: a finding so refused is dead-lettered
-  only once one behind it is opened (agent.uplink._delivery), so fixing the mapping or URL
+  only once one behind it is opened (agent.uplink._canary), so fixing the mapping or URL
   finds the findings still pending;
   a 422 is the CMMS's verdict on that request and never held back;
 - 3xx: never followed; 401/403/407, 404/405, 408, 429, 5xx, no answer: retried.

@@ -34,10 +34,10 @@ Status policy (agent.uplink._httpclient):
   no proof the backend has the item: an API gateway's or WAF's "Conflict" (plain text, or
   JSON like AWS API Gateway's {"message": ...}) answers any item alike; it is a refusal
   like any other 4xx (held, dead-lettered only once an item behind it is delivered: see
-  agent.uplink._delivery), never a delivery. A 409 whose body is a web page is a CDN's or
+  agent.uplink._canary), never a delivery. A 409 whose body is a web page is a CDN's or
   proxy's error page (Cloudflare answers its error 1014, a misconfigured custom hostname,
   with 409 and HTML): retried like a 2xx web page, nothing marked delivered.
-- any other 4xx: the backend refuses these alerts (see agent.uplink._delivery).
+- any other 4xx: the backend refuses these alerts (see agent.uplink._canary).
 Error messages name the URL without credentials.
 """
 
@@ -67,7 +67,7 @@ class HttpTransport(HttpClient):
     """
 
     kind = "http"
-    # A summaries batch in flight is cancelled for a new alert (agent.uplink._delivery):
+    # A summaries batch in flight is cancelled for a new alert (agent.uplink._giveway):
     # its own endpoint may hang while the alerts' answers.
     summaries_yield = True
 

@@ -57,7 +57,7 @@ class UplinkRejected(UplinkError):
         alike: what an endpoint refusing everything would answer every item alike (an
             HTTP answer's status, content type and body, with ids and numbers masked):
             such a refusal is held back until an item behind it is delivered
-            (agent.uplink._delivery). None when the
+            (agent.uplink._canary). None when the
             refusal is certainly the item's own (too large, an MQTT PUBACK, a CMMS 422
             naming its request): dead-lettered at once.
     """

@@ -158,7 +158,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         metavar="OUT.png",
         help="draw the health index and the estimate with its bounds against time, as PNG "
-        "(or SVG, PDF... by the suffix; needs matplotlib: pip install 'edge-agent[plot]')",
+        "(or SVG, PDF... by the suffix; needs matplotlib, the plot extra: "
+        "pip install -e '.[plot]' in the checkout)",
     )
 
 

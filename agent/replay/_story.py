@@ -7,6 +7,7 @@ plot is drawn from it alone, so anyone can draw their own from the JSON.
 from __future__ import annotations
 
 import os
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,6 +21,8 @@ from agent.records import format_ts
 __all__ = ["PlotError", "Story", "plot", "plot_format"]
 
 _HOUR_S = 3600.0
+# The plot extra of pyproject.toml (a test keeps the two alike).
+PLOT_REQUIREMENT = "matplotlib>=3.8,<4"
 
 
 class PlotError(RuntimeError):
@@ -144,8 +147,12 @@ def _pyplot() -> Any:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as exc:
+        # Never "pip install 'edge-agent[plot]'": edge-agent on the package index is an
+        # unrelated project; this is the plot extra of vibration-edge-agent.
         raise PlotError(
-            "--plot needs matplotlib, an optional extra: pip install 'edge-agent[plot]'"
+            f"--plot needs matplotlib (the optional plot extra): install it with "
+            f"{sys.executable} -m pip install '{PLOT_REQUIREMENT}' "
+            "(or from the checkout: pip install -e '.[plot]'), or leave --plot out"
         ) from exc
     return plt
 

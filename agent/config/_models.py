@@ -405,6 +405,28 @@ def serial_port_problem(port: str) -> str | None:
     return f"{port} is {what}: give the serial device, such as /dev/ttyUSB0"
 
 
+_WINDOWS_PATH = re.compile(r"^[A-Za-z]:|\\")
+
+
+def local_path_problem(path: Path, example: str) -> str | None:
+    """What is wrong with a path every command must find alike (the store, the control
+    socket), or None: a Windows path (copied from a laptop; on Linux it is a relative
+    file name with backslashes in it) or a relative one, which names another file for each
+    folder a command runs in (the service runs in /, an operator's `status` in his own)."""
+    text = str(path)
+    if _WINDOWS_PATH.search(text):
+        return (
+            "this is a Windows path; the gateway runs Linux, where paths use / and start "
+            f"at /: give an absolute path such as {example}"
+        )
+    if not path.is_absolute():
+        return (
+            "a relative path names another file for each folder a command runs in (the "
+            f"service runs in /): give an absolute path such as {example}"
+        )
+    return None
+
+
 def _is_dir(path: Path) -> bool:
     """Whether path is a directory; False when this user may not look (Python 3.11's
     Path.is_dir raises PermissionError then)."""
@@ -421,6 +443,9 @@ class Store(_Model):
     @field_validator("path")
     @classmethod
     def _not_a_directory(cls, v: Path) -> Path:
+        problem = local_path_problem(v, "/var/lib/edge-agent/outbox.db")
+        if problem:
+            raise ValueError(problem)
         # Caught here so `edge-agent check` says it; SQLite would say "disk I/O error".
         # A folder this user may not enter (the service's state directory, read by an
         # operator's `status`) cannot be looked into: that is not this file's error.
@@ -473,6 +498,9 @@ class Control(_Model):
     @field_validator("socket")
     @classmethod
     def _fits(cls, v: Path) -> Path:
+        problem = local_path_problem(v, "/run/edge-agent/control.sock")
+        if problem:
+            raise ValueError(problem)
         if len(os.fsencode(v)) > _MAX_SOCKET_PATH_BYTES:
             raise ValueError(
                 f"socket path is {len(os.fsencode(v))} bytes; a Unix socket path may have at "

@@ -11,7 +11,16 @@ from typing import Any, Literal, get_args, get_origin
 from pydantic_core import ErrorDetails
 
 from agent.config._errors import ConfigIssue, KeyPath
-from agent.config._schema import Located, expected, is_model, keys_of, locate, strip, union_tags
+from agent.config._schema import (
+    Located,
+    expected,
+    is_model,
+    is_union,
+    keys_of,
+    locate,
+    strip,
+    union_tags,
+)
 from agent.config._source import Node, SourceMap
 from agent.config._urls import public_url
 
@@ -152,6 +161,9 @@ def translate(err: ErrorDetails, data: Any, smap: SourceMap) -> ConfigIssue | No
             return smap.issue(path, f"unknown key '{key}': {planned}", at="key")
         allowed = keys_of(located.parent) if located.parent else []
         msg = f"unknown key '{key}'; allowed keys: {', '.join(allowed)}"
+        under = _belongs_under(tuple(err["loc"]), path, data, smap)
+        if under is not None:
+            return smap.issue(path, f"unknown key '{key}' at this level: {under}", at="key")
         return smap.issue(path, msg + did_you_mean(key, allowed), at="key")
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         return _union_tag(err, located, value, smap)
@@ -174,6 +186,37 @@ def translate(err: ErrorDetails, data: Any, smap: SourceMap) -> ConfigIssue | No
     elif kind == "string_type" and isinstance(value, int | float) and node and node.raw:
         msg += f'; YAML reads {node.raw} as a number: write it in quotes, "{node.raw}"'
     return smap.issue(path, msg)
+
+
+def _belongs_under(
+    loc: tuple[str | int, ...], path: KeyPath, data: Any, smap: SourceMap
+) -> str | None:
+    """How to indent a key written one level too far left, or None.
+
+    ``modbus:`` with its ``host:`` under it at the same indentation reads, in YAML, as an
+    empty ``modbus`` and an unknown ``host`` beside it: the nearest key above it that has no
+    value and takes this key is where it belongs."""
+    key = path[-1]
+    siblings, found = _value_at(data, path[:-1])
+    if not found or not isinstance(siblings, dict) or key not in siblings:
+        return None
+    names = list(siblings)
+    for above in reversed(names[: names.index(key)]):
+        node = smap.nodes.get((*path[:-1], above))
+        if siblings[above] is not None or node is None or not node.is_empty:
+            continue  # a key with a value of its own, or another key in this key's place
+        ann = strip(locate((*loc[:-1], above)).annotation)
+        listed = get_origin(ann) is tuple
+        if listed:
+            ann = strip(get_args(ann)[0]) if get_args(ann) else None
+        members = get_args(ann) if is_union(ann) else (ann,)
+        if key not in {k for m in members if is_model(m) for k in keys_of(m)}:
+            return None
+        where = f"'{above}' (line {node.key_line}), written with no value,"
+        if listed:
+            return f"{where} takes a list of entries with it: write '- {key}: ...' under it"
+        return f"{where} takes it: indent this line further than '{above}'"
+    return None
 
 
 def _union_tag(err: ErrorDetails, located: Located, value: Any, smap: SourceMap) -> ConfigIssue:

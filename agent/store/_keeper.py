@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -46,6 +47,7 @@ class ConnectionKeeper:
         self._on_progress = on_progress
         self.conn: sqlite3.Connection | None = None
         self._opened: tuple[int, int] | None = None  # (device, inode) we opened
+        self._head_fd: int | None = None  # on that file, for its header (see file_fault)
         self.broken: tuple[str, str] | None = None  # (kind, reason) awaiting recovery
         self._retry_at = 0.0
         self.recoveries = 0
@@ -54,16 +56,36 @@ class ConnectionKeeper:
         """The first open; raises what opening raised."""
         self.conn = self._opener()
         self._opened = identity(self._path)
+        self._keep_head()
+
+    def _keep_head(self) -> None:
+        """One descriptor on the file just opened, kept until the next open or close: the
+        header is read through it, since closing a descriptor of the store would drop
+        this process's SQLite locks on it (file_fault says what follows)."""
+        old, self._head_fd = self._head_fd, None
+        try:
+            fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            fd = None  # unreadable now: no header check; SQLite's errors say more
+        if fd is not None and (os.fstat(fd).st_dev, os.fstat(fd).st_ino) != self._opened:
+            os.close(fd)  # another file already: it is not ours, closing it drops nothing
+            fd = None
+        self._head_fd = fd
+        if old is not None:
+            os.close(old)  # the previous file's: moved aside, no longer written
 
     def close(self) -> None:
         if self.conn is not None:
             with contextlib.suppress(sqlite3.Error):
                 self.conn.close()
             self.conn = None
+        if self._head_fd is not None:
+            os.close(self._head_fd)
+            self._head_fd = None
 
     def moved(self) -> bool:
         """True when the file at the path is no longer the one we write into."""
-        return file_fault(self._path, self._opened) is not None
+        return file_fault(self._path, self._opened, self._head_fd) is not None
 
     def corrupt(self, exc: BaseException) -> None:
         """SQLite reported damage: recover at the next `usable()`."""
@@ -73,7 +95,7 @@ class ConnectionKeeper:
         """The connection, after a recovery if the file is no longer ours; None when the
         store cannot be used right now (recovery or reopening failed, retried later)."""
         if self.broken is None and self.conn is not None:
-            reason = file_fault(self._path, self._opened)
+            reason = file_fault(self._path, self._opened, self._head_fd)
             if reason is not None:
                 self.broken = ("corrupt" if "overwritten" in reason else "replaced", reason)
         if time.monotonic() >= self._retry_at:

@@ -79,16 +79,23 @@ class StoreFault:
     lost: tuple[str, ...] = ()
 
 
-def file_fault(path: Path, opened: tuple[int, int] | None) -> str | None:
-    """Why the file at `path` is no longer the store we opened, or None."""
+def file_fault(path: Path, opened: tuple[int, int] | None, head_fd: int | None) -> str | None:
+    """Why the file at `path` is no longer the store we opened, or None.
+
+    head_fd: a descriptor on the file we opened, kept open while we use it, to read its
+    header through. Never a fresh open and close of the file: closing any descriptor of
+    a file drops every POSIX lock this process holds on it, SQLite's shared lock too, and
+    another process's connection (`edge-agent requeue`) then takes itself for the last
+    one on close and deletes the WAL we go on writing into. None: no header check."""
     now = identity(path)
     if now is None:
         return f"{path} disappeared while open (deleted or moved away)"
     if opened is not None and now != opened:
         return f"{path} was replaced by another file while open (inode {opened[1]} -> {now[1]})"
+    if head_fd is None:
+        return None
     try:
-        with path.open("rb") as f:
-            head = f.read(len(MAGIC))
+        head = os.pread(head_fd, len(MAGIC), 0)
     except OSError:
         return None  # unreadable right now: SQLite's own errors will say more
     if head and head != MAGIC:

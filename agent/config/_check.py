@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,7 @@ from agent.config._data import entries
 from agent.config._errors import ConfigIssue
 from agent.config._loader import collect
 from agent.config._models import Config
+from agent.config._secrets import PLACEHOLDERS
 from agent.config._urls import public_url
 from agent.config._yaml import parse
 from agent.config._zones import standard_label, zone_limits
@@ -259,7 +261,7 @@ def main_check(
             print(issue, file=err)
         return EXIT_INVALID
     print(summary(result.config), file=out)
-    for warning in inline_secrets(path, environ):
+    for warning in inline_secrets(path, environ) + placeholder_secrets(path, environ):
         print(warning, file=out)
     return EXIT_OK
 
@@ -308,6 +310,42 @@ def inline_secrets(path: Path, environ: Mapping[str, str] | None = None) -> list
             f"(mode {mode:04o}); put it alone in {CREDENTIALS_DIR}/{name} (chmod 600) and "
             f'write {where[-1]}_file: "${{CREDENTIALS_DIRECTORY:-{CREDENTIALS_DIR}}}/{name}" '
             "(then run systemd-dropin again), as systemd/README.md shows"
+        )
+        found.append(smap.issue(where, msg))
+    return [str(issue) for issue in sorted(found)]
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def placeholder_secrets(path: Path, environ: Mapping[str, str] | None = None) -> list[str]:
+    """A warning per token or password that is still the example's placeholder, written
+    as such or left as the default of an unset ${VAR} (the example's own lines): it passed
+    check, and the backend refused every delivery with 401. A warning, not an error:
+    the example must pass check as shipped."""
+    env = environ if environ is not None else os.environ
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeError):
+        return []
+    data, smap, _ = parse(str(path), text, env)
+    found = []
+    for where, _name in _secret_paths(data):
+        node = smap.nodes.get(where)
+        if node is None or node.raw is None:
+            continue
+        block = data["uplinks"][where[1]] if where[0] == "uplinks" else data["mqtt"][where[1]]
+        section = block.get(where[2]) if len(where) == 4 else block
+        value = section.get(where[-1]) if isinstance(section, dict) else None
+        if value not in PLACEHOLDERS:
+            continue
+        var = _VAR.search(node.template or "")
+        unset = f" ({var.group(1)} is not set here)" if var else ""
+        how = f"set {var.group(1)} in the agent's environment, or " if var else ""
+        msg = (
+            f"warning: the example's placeholder, not a real {where[-1]}{unset}: the far "
+            f"end refuses every delivery with it; {how}write {where[-1]}_file: as "
+            "systemd/README.md shows"
         )
         found.append(smap.issue(where, msg))
     return [str(issue) for issue in sorted(found)]

@@ -23,6 +23,7 @@ __all__ = ["PlotError", "Story", "plot", "plot_format"]
 _HOUR_S = 3600.0
 # The plot extra of pyproject.toml (a test keeps the two alike).
 PLOT_REQUIREMENT = "matplotlib>=3.8,<4"
+_TIME_LEFT_POINTS = 200
 
 
 class PlotError(RuntimeError):
@@ -213,8 +214,11 @@ def plot(summary: dict[str, Any], path: Path) -> None:
         hi = [float("nan") if v is None else v for v in s["upper_hours"]]
         (line,) = bottom.plot(x, h, lw=1.2, label=f"{ch}: estimate")
         bottom.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
+    # Sampled, down to a thousandth of the recording: a straight segment to (end, 0) has
+    # no place on the log axis and was drawn as a vertical stroke at the start.
+    left = [end / _HOUR_S * 10 ** (-3 * k / _TIME_LEFT_POINTS) for k in range(_TIME_LEFT_POINTS)]
     bottom.plot(
-        [0, end / _HOUR_S], [end / _HOUR_S, 0], "k--", lw=0.8, label="time left in the recording"
+        [end / _HOUR_S - y for y in left], left, "k--", lw=0.8, label="time left in the recording"
     )
     first = summary.get("first_alert")
     if first is not None:

@@ -290,7 +290,8 @@ def status(config: Config, out: TextIO, *, as_json: bool = False) -> int:
 def _alert_line(rec: dict[str, Any], deliveries: dict[str, dict[str, Any]]) -> str:
     sev = rec.get("severity") or {}
     where = f"{rec['asset']['id']} {rec['sensor']['id']}/{rec['sensor']['channel']}"
-    level = f" zone {sev.get('zone')} {sev.get('level')}" if sev else ""
+    zone = f" zone {sev['zone']}" if sev.get("zone") else ""  # none: no velocity zone measured
+    level = f"{zone} {sev.get('level')}" if sev else ""
     if rec.get("_delivered_at") and not deliveries:  # e.g. a repair, with only a cmms uplink
         delivery = "kept here: no configured uplink carries it"
     elif rec.get("_delivered_at"):

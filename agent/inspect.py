@@ -356,13 +356,20 @@ def alerts(
         if not config.store.path.exists():
             print(f"no store yet at {config.store.path}", file=err)
             return EXIT_NO_STORE
+        shown = 0
         with read_only(config.store.path) as view:
             if dead_letter:  # printed as read, a page at a time: bounded memory
                 for dead in view.dead_letter_pages(limit, uplink):
                     _print_dead(dead, out, as_json)
+                    shown += len(dead)
             else:
                 for page in view.recent_pages(limit):
                     _print_alerts(page, out, as_json)
+                    shown += len(page)
+        if not shown and not as_json:  # an empty answer, told (JSON Lines stay empty)
+            what = "no dead letters" if dead_letter else "no alerts"
+            whose = f" for uplink {uplink}" if uplink is not None else ""
+            print(f"{what}{whose} in the store {config.store.path}", file=err)
     except BrokenPipeError:
         raise  # the reader went away (`| head`): the CLI ends quietly
     except (StoreError, sqlite3.Error, OSError) as exc:

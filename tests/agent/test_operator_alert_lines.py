@@ -35,3 +35,23 @@ def test_an_alert_without_a_zone_is_listed_without_one(tmp_path: Path) -> None:
     assert " trend raised press-7 m1-de/z warning; " in trend
     assert "None" not in ran.stdout
     assert " severity raised press-7 m1-de/z zone C warning; " in severity
+
+
+def test_an_empty_listing_says_so(tmp_path: Path) -> None:
+    """`alerts` and `alerts --dead-letter` on a store with none printed nothing at all: an
+    integrator could not tell an empty store from a command that did nothing."""
+    cfg = write_config(tmp_path)
+
+    async def fill() -> None:
+        async with outbox_for(load_config(cfg)):
+            pass
+
+    asyncio.run(fill())
+    store = load_config(cfg).store.path
+    ran = cli("alerts", "-c", str(cfg))
+    assert (ran.returncode, ran.stdout, ran.stderr) == (0, "", f"no alerts in the store {store}\n")
+    ran = cli("alerts", "-c", str(cfg), "--dead-letter")
+    assert (ran.returncode, ran.stdout) == (0, "")
+    assert ran.stderr == f"no dead letters in the store {store}\n"
+    ran = cli("alerts", "-c", str(cfg), "--json")
+    assert (ran.returncode, ran.stdout, ran.stderr) == (0, "", "")

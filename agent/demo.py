@@ -43,7 +43,7 @@ STATUS_EVERY_S = 10.0
 def _workdir(path: Path | None, keep: bool) -> Iterator[Path]:
     if path is not None:
         path.mkdir(parents=True, exist_ok=True)
-        yield path
+        yield path.resolve()  # the store and socket paths in demo.yaml must be absolute
     elif keep:
         yield Path(tempfile.mkdtemp(prefix="edge-agent-demo-"))
     else:

@@ -91,7 +91,10 @@ def got(value: Any, node: Node | None, path: KeyPath) -> str:
     if isinstance(value, bool) and raw is not None and raw.lower() not in ("true", "false"):
         return f"got {raw} (YAML reads it as {str(value).lower()}; quote it: '{raw}')"
     if isinstance(value, str):
-        return f"got {public_url(value)!r}"  # a URL's user:password is never echoed
+        text = public_url(value)  # a URL's user:password is never echoed
+        if "\\" in text and "'" not in text and text.isprintable():
+            return f"got '{text}'"  # a Windows path as written, not with its \\ doubled
+        return f"got {text!r}"
     return f"got {raw}" if raw is not None else f"got {value!r}"
 
 

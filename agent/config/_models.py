@@ -261,7 +261,9 @@ class Asset(_Model):
     machine: Machine
     bearing: Bearing | None = None
     failure: Failure = Failure()
-    planning_horizon_hours: float = Field(default=168, gt=0)
+    # At most ten years, as a work order's lead (due_without_estimate_hours): 1e308 was
+    # accepted, and every estimate then escalated as "within the planning horizon".
+    planning_horizon_hours: float = Field(default=168, gt=0, le=87_600)
     alerting: Alerting = Alerting()
     reliability: Reliability | None = None
 

@@ -193,6 +193,8 @@ def test_a_pronostia_row_with_a_missing_or_extra_value_is_an_error_with_the_file
         (["--rpm", "-5"], "--rpm -5.0: expected greater than 0"),
         (["--rpm", "nan"], "--rpm nan: expected a finite number"),
         (["--failure-threshold", "inf"], "--failure-threshold inf: expected a finite number"),
+        (["--planning-horizon-hours", "1e308"], "--planning-horizon-hours 1e+308: expected less"
+         " than or equal to 87600"),
         (["--iso-group", "3"], "--iso-group 3: expected 1 or 2"),
         (["--prior-life-hours", "2.5,x"], "--prior-life-hours '2.5,x': expected completed"),
         (["--prior-life-hours", "1,,2"], "--prior-life-hours '1,,2': expected completed"),

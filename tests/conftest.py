@@ -40,3 +40,23 @@ def femto_dir() -> Path:
     if not FEMTO_DIR.is_dir():
         pytest.skip("../shared/data/femto not present (a user's clone has no ../shared)")
     return FEMTO_DIR
+
+
+@pytest.fixture(autouse=True)
+def _no_system_control_socket(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test's agent serves its control socket in the test's folder, never at the system
+    path (control.socket's default): there it would probe, and a client test would talk
+    to, an agent really running on this machine. Agents in a subprocess are not seen here:
+    their configurations name a socket too (tests/agent/_configs.py, tests/_reload_agent.py)."""
+    from agent import control
+    from agent.config import Control
+
+    system, real = Control().socket, control.ControlServer.__init__
+
+    def checked(self: control.ControlServer, path: Path, **kwargs: Any) -> None:
+        if Path(path) == system:
+            pytest.fail(f"this test's agent would serve the system's control socket {system}: "
+                        "set control.socket to a path in tmp_path")  # fmt: skip
+        real(self, path, **kwargs)
+
+    monkeypatch.setattr(control.ControlServer, "__init__", checked)

@@ -1,5 +1,5 @@
 """One small valid configuration for unit tests: asset press-7 (tier 1, ISO 10816-3 group 2
-rigid), sensor m1 on it, a store in the test's tmp_path."""
+rigid), sensor m1 on it, a store and a control socket in the test's tmp_path."""
 
 from __future__ import annotations
 
@@ -38,6 +38,8 @@ def press_config(tmp_path: Path, **alerting: Any) -> Config:
                 }
             ],
             "store": {"path": str(tmp_path / "o.db")},
+            # never the system path: a test must not reach an agent running on the machine
+            "control": {"socket": str(tmp_path / "c.sock")},
         }
     )
 

@@ -55,6 +55,7 @@ def _config(
             f"sensor_faults: {{endpoint_silent_s: {silent_s}}}",
             f'store: {{path: "{tmp_path / "o.db"}"}}',
             "health: {port: 0}",
+            f'control: {{socket: "{tmp_path / "c.sock"}"}}',
         ]
     )
 

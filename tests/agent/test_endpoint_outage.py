@@ -47,6 +47,7 @@ def _config(tmp_path: Path, busy: int, other: int) -> str:
             f"sensor_faults: {{endpoint_silent_s: {SILENT_FAULT_S}}}",
             f'store: {{path: "{tmp_path / "o.db"}"}}',
             "health: {port: 0}",
+            f'control: {{socket: "{tmp_path / "c.sock"}"}}',
         ]
     )
 
@@ -155,6 +156,7 @@ async def test_devices_dead_beside_a_slowly_polled_one_raise_their_faults(
                     "sensor_faults: {endpoint_silent_s: 1.0}",
                     f'store: {{path: "{tmp_path / "o.db"}"}}',
                     "health: {port: 0}",
+                    f'control: {{socket: "{tmp_path / "c.sock"}"}}',
                 ]
             )
         )

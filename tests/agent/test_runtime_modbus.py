@@ -80,6 +80,7 @@ def config_text(tmp_path: Path, port: int, float_port: int) -> str:
             *sensors,
             f'store: {{path: "{tmp_path / "o.db"}"}}',
             "health: {port: 0}",
+            f'control: {{socket: "{tmp_path / "c.sock"}"}}',
             "profiles_dir: profiles",
         ]
     )
@@ -165,6 +166,7 @@ async def test_stop_under_load_is_bounded_and_reads_nothing_after(tmp_path: Path
             "gateway: {id: gw-stop}\nassets:\n  - {id: m, machine: {standard: iso10816-3, "
             "group: 2, foundation: rigid, rpm: 1480}}\nsensors:\n"
             f'{sensors}\nstore: {{path: "{tmp_path / "o.db"}"}}\nhealth: {{port: 0}}\n'
+            f'control: {{socket: "{tmp_path / "c.sock"}"}}\n'
         )
         agent = Agent(load_config(cfg_path))
         task = asyncio.create_task(agent.run())

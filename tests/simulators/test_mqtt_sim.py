@@ -303,6 +303,7 @@ sensors:
     mqtt: {{broker: lab, topic: "ncd/waveform/{MAC1}", decoder: femto-hv}}
 store: {{path: "{tmp_path / "outbox.db"}"}}
 health: {{port: {health}}}
+control: {{socket: "{tmp_path / "c.sock"}"}}
 """)  # fmt: skip
     agent = await agent_process(tmp_path / "agent.yaml", stderr=asyncio.subprocess.PIPE)
     try:

@@ -11,9 +11,12 @@ the agent no more than one client does.
 When the port cannot be taken (another process, maybe another local user's, holds it
 while the agent restarts), the agent runs on and keeps trying, with a backoff up to
 BIND_RETRY_MAX_S: the port is taken back as soon as it is free, instead of Prometheus
-scraping whoever holds it for good. The episode is logged once, with the holder's uid
-where the kernel tells it, and reported through `on_state` (the agent notes it in its
-store, where `edge-agent status` reads it without the log).
+scraping whoever holds it for good. Meanwhile whatever answers on the port is not the
+agent, and nothing here can stop Prometheus from scraping it: the episode is made loud
+instead. It is logged as an error with the holder's uid where the kernel tells it, again
+every BIND_REMIND_S while it lasts, and reported through `on_state` (the agent notes it in
+its store, where `edge-agent status` reads it without the log, and in systemd's STATUS=,
+which `systemctl status` shows).
 """
 
 from __future__ import annotations
@@ -62,6 +65,9 @@ HEALTH_NOTE = "health_endpoint"  # the store's note (agent.store Outbox.note) of
 # time up to the maximum (one bind attempt each: nothing to flood).
 BIND_RETRY_FIRST_S = 1.0
 BIND_RETRY_MAX_S = 30.0
+# While it lasts, the episode is logged again this often: whoever holds the port answers
+# Prometheus as if it were the agent, and one line at the start scrolls out of sight.
+BIND_REMIND_S = 600.0
 
 
 def _what(exc: BaseException) -> str:
@@ -180,6 +186,7 @@ class HealthServer:
         on_state: told why the endpoint is not served when that begins, and None once it
             is served (at the start too) or closed unserved; must not raise.
         retry_first_s, retry_max_s: the backoff between attempts to take the port.
+        remind_s: while the port cannot be taken, the error is logged again this often.
     """
 
     def __init__(
@@ -195,6 +202,7 @@ class HealthServer:
         on_state: Callable[[str | None], Awaitable[None]] | None = None,
         retry_first_s: float = BIND_RETRY_FIRST_S,
         retry_max_s: float = BIND_RETRY_MAX_S,
+        remind_s: float = BIND_REMIND_S,
     ) -> None:
         self._snapshot = snapshot
         self._answers = _SharedAnswer(self._full_snapshot, snapshot_max_age_s)
@@ -209,6 +217,7 @@ class HealthServer:
         self.bind_attempts = 0  # failed attempts to take the port, in all
         self._on_state = on_state
         self._retry_s = (retry_first_s, max(retry_first_s, retry_max_s))
+        self._remind_s = remind_s
         self._retrying: asyncio.Task[None] | None = None
 
     def expire(self) -> None:
@@ -276,7 +285,8 @@ class HealthServer:
             self.error = first
             log.error(
                 "health endpoint not started (%s); the agent runs on without /healthz and "
-                "/metrics and takes the port as soon as it is free (retried every %g s at most)",
+                "/metrics, whatever answers on that port is NOT this agent, and it takes the "
+                "port as soon as it is free (retried every %g s at most)",
                 first,
                 self._retry_s[1],
             )
@@ -325,7 +335,7 @@ class HealthServer:
     async def _retry(self) -> None:
         """Try to take the port again, with a backoff, until it is served (or closed)."""
         delay, cap = self._retry_s
-        started = time.monotonic()
+        started = reminded = time.monotonic()
         while True:
             await asyncio.sleep(delay)
             why = await self._listen()
@@ -333,7 +343,17 @@ class HealthServer:
                 break
             self.error = why
             delay = min(delay * 2, cap)
-            log.debug("health endpoint still not served (%s); next try in %g s", why, delay)
+            now = time.monotonic()
+            if now - reminded >= self._remind_s:
+                reminded = now
+                log.error(
+                    "health endpoint still not served after %.0f s (%s): whatever answers "
+                    "/healthz and /metrics on that port is NOT this agent; retrying",
+                    now - started,
+                    why,
+                )
+            else:
+                log.debug("health endpoint still not served (%s); next try in %g s", why, delay)
         log.warning(
             "health endpoint served again after %.0f s and %d failed attempt(s)",
             time.monotonic() - started,
@@ -364,6 +384,16 @@ class HealthServer:
 def health_note(why: str | None, now: datetime) -> str | None:
     """The store's note of why the endpoint is not served (JSON: error, since), or None."""
     return None if why is None else json.dumps({"error": why, "since": format_ts(now)})
+
+
+def health_status(why: str | None) -> str:
+    """systemd's STATUS= for the endpoint's state: why it is not served, or cleared."""
+    if why is None:
+        return "STATUS="  # empty: systemd drops the text
+    return (
+        f"STATUS=health endpoint NOT served ({why}): whatever answers /healthz and /metrics "
+        "there is not this agent; retrying"
+    )
 
 
 def _holder(host: str, port: int) -> str | None:

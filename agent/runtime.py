@@ -28,7 +28,7 @@ from agent.config import Config
 from agent.control import ControlServer
 from agent.fds import loop_exception_handler
 from agent.feeds import OutboxFeeds
-from agent.health import HEALTH_NOTE, HealthServer, Snapshot, health_note
+from agent.health import HEALTH_NOTE, HealthServer, Snapshot, health_note, health_status
 from agent.identity import agent_identity, store_created_at
 from agent.loop_lag import LAG_TICK_S, LoopLag
 from agent.mqtt_inputs import RunningMqtt, SessionSubscriptions, build_mqtt
@@ -231,7 +231,10 @@ class Agent:
 
     async def _note_health(self, why: str | None) -> None:
         """Why /healthz is not served, noted in the store (None: drop the note): `status`
-        reads it there, as it cannot ask an agent without its health endpoint."""
+        reads it there, as it cannot ask an agent without its health endpoint. systemd's
+        STATUS= says it too (`systemctl status`), as whoever holds the port meanwhile
+        answers Prometheus as if it were the agent."""
+        self.watchdog.notifier.notify(health_status(why))
         timeout_s = HEALTH_NOTE_TIMEOUT_S
         if (deadline := self.outbox.close_deadline) is not None:  # stopping: within its time
             timeout_s = min(timeout_s, max(0.0, deadline - asyncio.get_running_loop().time()))

@@ -16,12 +16,16 @@ import aiohttp
 import pytest
 import yaml
 
+from agent.config import Health
 from agent.health import HealthServer, HostCheck, render_metrics
 from agent.logs import RepeatLimitingHandler
+from agent.runtime import Agent
 from drivers.reading import Reading
 from simulators.backend import BackendServer
+from tests.agent._configs import press_config
 from tests.agent.store._drafts import draft
 from tests.agent.test_operator_commands import running_agent, write_config
+from tests.agent.test_watchdog import NotifySocket
 
 
 async def _snap() -> dict[str, object]:
@@ -95,6 +99,67 @@ async def test_a_port_held_at_start_is_taken_once_it_is_free(
     assert "held by uid" in told[0]  # the kernel names the holder (here: this test's user)
     errors = [r for r in caplog.records if r.name == "agent.health" and r.levelno >= logging.ERROR]
     assert len(errors) == 1  # once per episode, not once per attempt
+
+
+async def test_a_port_held_for_long_is_logged_again_while_it_lasts(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Before, one error line at start, then debug lines only: a port held for days (and
+    the holder answering Prometheus as the agent) left one line scrolled out of sight."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        async with HealthServer(
+            _snap, port=port, retry_first_s=0.05, retry_max_s=0.1, remind_s=0.3
+        ) as hs:
+            for _ in range(100):  # up to 5 s
+                if hs.bind_attempts >= 12:
+                    break
+                await asyncio.sleep(0.05)
+    errors = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "agent.health" and r.levelno >= logging.ERROR
+    ]
+    assert 2 <= len(errors) <= 1 + hs.bind_attempts // 3, errors  # bounded: not every try
+    assert all("is NOT this agent" in m and f"127.0.0.1:{port}" in m for m in errors), errors
+    assert "still not served after" in errors[-1]
+
+
+async def test_a_port_held_is_told_to_systemd_as_status_and_cleared_once_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`systemctl status` showed "active (running)" and nothing else while another process
+    answered Prometheus on the agent's port."""
+    notify = NotifySocket(tmp_path / "notify.sock")
+    monkeypatch.setenv("NOTIFY_SOCKET", str(notify.path))
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    config = press_config(tmp_path).model_copy(update={"health": Health(port=port)})
+    agent = Agent(config)
+    task = asyncio.create_task(agent.run())
+    try:
+        async with asyncio.timeout(10):
+            await agent.ready.wait()
+        held = [m for _, m in notify.drain() if m.startswith("STATUS=")]
+        busy.close()
+        for _ in range(200):  # up to 10 s: the first retry is 1 s after the start
+            if any(m == "STATUS=" for _, m in notify.drain()):
+                break
+            await asyncio.sleep(0.05)
+        assert agent.health is not None and agent.health.port == port
+    finally:
+        busy.close()
+        agent.stop()
+        await asyncio.wait_for(task, 20)
+        notify.close()
+    assert len(held) == 1, held
+    assert held[0].startswith("STATUS=health endpoint NOT served (cannot listen on ")
+    assert f"127.0.0.1:{port}: Address already in use" in held[0]
+    assert "is not this agent" in held[0]
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH"])

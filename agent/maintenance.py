@@ -165,6 +165,39 @@ def _online(config: Config, request: MaintenanceRequest) -> list[dict[str, Any]]
     return list(answer["result"]["records"])
 
 
+def _record(config: Config, request: MaintenanceRequest) -> tuple[list[dict[str, Any]], str]:
+    """The records and how they were made: into the store while no agent runs (its lock
+    is free), else by the running agent.
+
+    Raises:
+        RuntimeError, StoreError, OSError: not recorded (the message says why).
+    """
+    # Before the lock: no lock file beside another application's file.
+    with contextlib.suppress(sqlite3.Error, OSError):  # unreadable now: opening says why
+        check_path(config.store.path, timeout=PRECHECK_BUSY_S)
+    denied: StoreError | None = None
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(store_lock(config.store.path))
+        except StoreInUseError:
+            pass  # the agent runs
+        except StoreError as exc:
+            # Not ours to lock (the service's own folder, as the install notes make it):
+            # only the running agent can record it. An operator in control.group was told
+            # to move store.path instead, and nothing was recorded.
+            if exc.code not in ("EACCES", "EPERM"):
+                raise
+            denied = exc
+        else:
+            return asyncio.run(_offline(config, request)), "into the store"
+    try:
+        return _online(config, request), "by the running agent"
+    except RuntimeError as exc:
+        if denied is None:
+            raise
+        raise RuntimeError(f"{exc}; nor may this user write the store itself: {denied}") from None
+
+
 def record_maintenance(
     config: Config, request: MaintenanceRequest, out: TextIO, err: TextIO, *, as_json: bool
 ) -> int:
@@ -181,19 +214,7 @@ def record_maintenance(
         print(f"maintenance not recorded: --note: {too_long(request.note)}", file=err)
         return EXIT_USAGE
     try:
-        # Before the lock: no lock file beside another application's file.
-        with contextlib.suppress(sqlite3.Error, OSError):  # unreadable now: opening says why
-            check_path(config.store.path, timeout=PRECHECK_BUSY_S)
-        with contextlib.ExitStack() as stack:
-            try:
-                stack.enter_context(store_lock(config.store.path))
-                running = False
-            except (StoreInUseError, PermissionError):  # running, or not ours to open
-                running = True
-            if running:
-                records, how = _online(config, request), "by the running agent"
-            else:
-                records, how = asyncio.run(_offline(config, request)), "into the store"
+        records, how = _record(config, request)
     except (RuntimeError, StoreError, OSError) as exc:
         print(f"maintenance not recorded: {exc}", file=err)
         return EXIT_FAILED

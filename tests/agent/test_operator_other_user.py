@@ -38,7 +38,7 @@ def site() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _write(site: Path, *, token_file: bool) -> Path:
+def _write(site: Path, *, token_file: bool, group: str | None = None) -> Path:
     state = site / "state"  # StateDirectory= of a DynamicUser= service: 0700, not ours
     state.mkdir(mode=0o700)
     os.chown(state, SERVICE, SERVICE)
@@ -65,14 +65,16 @@ def _write(site: Path, *, token_file: bool) -> Path:
         f"{uplink}"
         f"store: {{path: {state}/outbox.db}}\n"
         f"health: {{port: {free_port()}}}\n"
-        f"control: {{socket: {site}/control.sock}}\n"
+        f"control: {{socket: {site}/control.sock" + (f", group: {group}}}\n" if group else "}\n")
     )
     config.chmod(0o644)
     return config
 
 
-def _as_operator(*args: str) -> subprocess.CompletedProcess[str]:
-    user = ["setpriv", f"--reuid={OUTSIDER}", f"--regid={OUTSIDER}", "--clear-groups"]
+def _as_operator(*args: str, groups: str | None = None) -> subprocess.CompletedProcess[str]:
+    """The CLI as OUTSIDER, in no group but `groups` (setpriv --groups: gid,gid)."""
+    member = [f"--groups={groups}"] if groups else ["--clear-groups"]
+    user = ["setpriv", f"--reuid={OUTSIDER}", f"--regid={OUTSIDER}", *member]
     return subprocess.run(
         ["unshare", "--mount", "--fork", "bash", "-c", REVEAL_PYENV + 'exec "$@"', "bash",
          *user, sys.executable, "-m", "agent.cli", *args],
@@ -136,3 +138,42 @@ def test_operator_commands_do_not_need_the_service_credentials(site: Path) -> No
     # What this user may not do, it is told why (the control socket is 0660).
     assert maintenance.returncode == 1 and "ermission denied" in maintenance.stderr, maintenance
     assert alerts.returncode == 1 and "cannot read the store" in alerts.stderr, alerts
+
+
+def _run_agent(config: Path) -> subprocess.Popen[bytes]:
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "run", "-c", str(config)],
+        cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    _healthy(config, agent)
+    return agent
+
+
+@pytest.mark.skipif(
+    shutil.which("getent") is None
+    or subprocess.run(["getent", "group", "nogroup"], capture_output=True).returncode != 0,
+    reason="needs the group nogroup to stand for control.group",
+)
+def test_an_operator_in_the_control_group_records_maintenance_through_the_agent(
+    site: Path,
+) -> None:
+    # Before: "maintenance not recorded: cannot write in the store's folder .../state
+    # (Permission denied): store.path must be in a folder the agent's user can write":
+    # the operator the socket's group lets in could not record a repair at all, as the
+    # store lock (the service's folder) was tried first and its refusal taken as final.
+    config = _write(site, token_file=False, group="nogroup")
+    agent = _run_agent(config)
+    try:
+        member = _as_operator("maintenance", "-c", str(config), "--asset", "press-7",
+                              groups="65534")  # fmt: skip
+        outsider = _as_operator("maintenance", "-c", str(config), "--asset", "press-7")
+    finally:
+        agent.terminate()
+        agent.wait(timeout=30)
+    assert member.returncode == 0, member
+    assert "maintenance on press-7 recorded by the running agent as" in member.stdout, member
+    # Outside the group: both ways are closed, and it is told both.
+    assert outsider.returncode == 1, outsider
+    assert "permission denied on" in outsider.stderr and "control.group" in outsider.stderr
+    assert "nor may this user write the store itself" in outsider.stderr, outsider.stderr

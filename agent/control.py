@@ -34,6 +34,11 @@ MAX_REQUEST_BYTES = 64 * 1024
 MAX_ANSWER_BYTES = 4 * 2**20
 MAX_CONNECTIONS = 8
 REQUEST_TIMEOUT_S = 5.0
+# Past MAX_CONNECTIONS, a connection that has waited this long without sending its request
+# is closed to make room: a client sends its line within milliseconds, so eight idle
+# connections (a script's forgotten `socat`) no longer turn every operator away as busy
+# for REQUEST_TIMEOUT_S, again and again.
+EVICT_SILENT_S = 0.5
 CLOSE_WAIT_S = 2.0  # at close, requests under way get this long to be answered
 STOPPING = "the agent is stopping; try again once it runs"
 UNFINISHED = (
@@ -153,6 +158,8 @@ class ControlServer:
         self._server: asyncio.Server | None = None
         self._inode: int | None = None
         self._active = 0
+        # Connections still waiting for their request line, oldest first: set to close one.
+        self._silent: dict[asyncio.Event, float] = {}
         self._serving: set[asyncio.Task[Any]] = set()
         self._closing = asyncio.Event()
         # Loop time by which the close must be done (set by the agent's stop), or None.
@@ -214,7 +221,7 @@ class ControlServer:
             self._serving.add(task)
             task.add_done_callback(self._serving.discard)
         try:
-            if self._active > MAX_CONNECTIONS:
+            if self._active > MAX_CONNECTIONS and not self._evict_silent():
                 answer = self._answer(error="busy: too many control connections; retry")
             else:
                 answer = await self._unless_closed(reader, writer)
@@ -241,6 +248,17 @@ class ControlServer:
                 raise  # not our close: leave the cancellation as it was
             return self._answer(error=UNFINISHED)
 
+    def _evict_silent(self) -> bool:
+        """Close the connection silent longest, if one has been for EVICT_SILENT_S."""
+        now = asyncio.get_running_loop().time()
+        for gone, since in self._silent.items():  # oldest first
+            if now - since < EVICT_SILENT_S:
+                return False
+            del self._silent[gone]
+            gone.set()
+            return True
+        return False
+
     def _answer(self, *, error: str | None = None, result: Any = None) -> dict[str, Any]:
         if error is not None:
             return {"ok": False, "agent": self._identity(), "error": error}
@@ -249,19 +267,28 @@ class ControlServer:
     async def _request(self, reader: asyncio.StreamReader, peer: Peer) -> dict[str, Any]:
         if self._closing.is_set():
             return self._answer(error=STOPPING)
+        gone = asyncio.Event()
+        self._silent[gone] = asyncio.get_running_loop().time()
         read = asyncio.ensure_future(reader.readline())
-        closing = asyncio.ensure_future(self._closing.wait())
+        waits = [asyncio.ensure_future(e.wait()) for e in (self._closing, gone)]
         try:
             await asyncio.wait(
-                [read, closing], timeout=self._timeout_s, return_when=asyncio.FIRST_COMPLETED
+                [read, *waits], timeout=self._timeout_s, return_when=asyncio.FIRST_COMPLETED
             )
         finally:
-            closing.cancel()
+            self._silent.pop(gone, None)
+            for w in waits:
+                w.cancel()
             if not read.done():
                 read.cancel()
         if not read.done() or read.cancelled():
             if self._closing.is_set():
                 return self._answer(error=STOPPING)
+            if gone.is_set():
+                return self._answer(
+                    error=f"closed: no request line after {EVICT_SILENT_S} s while "
+                    f"{MAX_CONNECTIONS} connections were open; another client needed the room"
+                )
             return self._answer(error=f"no complete request line within {self._timeout_s} s")
         try:
             line = read.result()

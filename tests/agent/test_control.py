@@ -18,7 +18,14 @@ from typing import Any
 
 import pytest
 
-from agent.control import MAX_REQUEST_BYTES, ControlServer, Peer, call
+from agent.control import (
+    EVICT_SILENT_S,
+    MAX_CONNECTIONS,
+    MAX_REQUEST_BYTES,
+    ControlServer,
+    Peer,
+    call,
+)
 
 IDENTITY = {"gateway": "gw-t", "store": "/x/o.db", "store_created_at": "2026-01-01T00:00:00.000Z"}
 OUTSIDER = 61_234  # a uid in systemd's dynamic range, in no group
@@ -221,3 +228,23 @@ async def test_a_request_still_running_at_close_is_answered_not_cut_off(tmp_path
     assert not answer["ok"]
     assert "stopped before this request finished" in answer["error"], answer
     assert not loop_errors, [c.get("message") for c in loop_errors]
+
+
+async def test_idle_connections_cannot_keep_an_operator_out(tmp_path: Path) -> None:
+    """Before: MAX_CONNECTIONS connections that never sent a request (a script's forgotten
+    `socat`, 1000 idle connects) answered every operator "busy" until each timed out
+    after 5 s, and again for as long as they were renewed. Now the one silent longest is
+    closed, and told why, to serve a client that speaks."""
+    path = tmp_path / "c.sock"
+    async with served(path):
+        idle = [await asyncio.open_unix_connection(str(path)) for _ in range(MAX_CONNECTIONS)]
+        try:
+            await asyncio.sleep(EVICT_SILENT_S + 0.2)  # silent for longer than a client is
+            answers = [await asyncio.to_thread(call, path, "echo", {"n": n}) for n in range(3)]
+            async with asyncio.timeout(5):
+                evicted = json.loads(await idle[0][0].readline())
+        finally:
+            for _, w in idle:
+                w.close()
+    assert [a["ok"] for a in answers] == [True] * 3, answers
+    assert "no request line after" in evicted["error"], evicted

@@ -63,7 +63,8 @@ STOPPED_SHARE = 0.2
 # stop) is logged once as a warning: a machine that runs below the floor, a sensor on the
 # wrong machine, or one reporting m/s as mm/s (1000x too low) is otherwise never learned
 # and never watched, and only status said so. WAIT_SEEN readings' velocity are kept for
-# the median the warning names.
+# the median the warning names. The wait's start is saved with the model: a gateway
+# restarted nightly (a power cycle, an update) would otherwise never reach a day.
 WAIT_WARN_S = 24 * 3600.0
 WAIT_SEEN = 255
 
@@ -201,7 +202,8 @@ class Channel:
 
     def wait(self, now_s: float, velocity_mm_s: float) -> bool:
         """Count a stopped reading before the baseline; True once, when all readings have
-        been under the floor for WAIT_WARN_S (the caller logs the warning)."""
+        been under the floor for WAIT_WARN_S (the caller logs the warning and saves the
+        model state, as when a wait begins: waiting_since_s is None before)."""
         if self.hi.ready:
             return False
         if self.waiting_since_s is None:
@@ -296,6 +298,9 @@ def load_channel(
             ch.history, ch.hi = Trend.from_dict(data["history"]), hi
             ch.onset_s = data["onset_s"]
             ch.basis = Basis.from_dict(data.get("basis"))
+            if not hi.ready and isinstance(data.get("waiting_since_s"), int | float):
+                ch.waiting_since_s = float(data["waiting_since_s"])
+                ch.waiting_warned = data.get("waiting_warned") is True
     except (ValueError, KeyError, TypeError):
         ch.history, ch.hi = history, HealthIndex(asset.alerting.baseline_readings, health)
     return ch
@@ -321,13 +326,14 @@ def saved_states(ch: Channel) -> dict[str, str]:
 
 
 def model_state(ch: Channel) -> str:
-    """The channel's model state (health index, history, onset, basis) as compact JSON."""
+    """The channel's model state (health index, history, onset, basis; the wait for the
+    machine to run, while there is one) as compact JSON."""
     basis = None if ch.basis is None else ch.basis.to_dict()
-    return json.dumps(
-        {"hi": ch.hi.to_dict(), "history": ch.history.to_dict(), "onset_s": ch.onset_s,
-         "basis": basis},
-        separators=(",", ":"),
-    )  # fmt: skip
+    state = {"hi": ch.hi.to_dict(), "history": ch.history.to_dict(), "onset_s": ch.onset_s,
+             "basis": basis}  # fmt: skip
+    if ch.waiting_since_s is not None:
+        state |= {"waiting_since_s": ch.waiting_since_s, "waiting_warned": ch.waiting_warned}
+    return json.dumps(state, separators=(",", ":"))
 
 
 def reading_features(ch: Channel, reading: Reading) -> Mapping[str, float]:

@@ -412,15 +412,22 @@ class Monitor:
                 ch.severity.active, shown.health_index if shown else None, ch.trend.active,
                 ch.estimate, (ch.severity.flaps, ch.trend.flaps), True, ch.learning(True),
             )  # fmt: skip
-            if ch.wait(t_s, value):
+            began = ch.waiting_since_s is None
+            warn = ch.wait(t_s, value)
+            if warn:
                 log.warning("%s", ch.waited())
+            if warn or (began and ch.waiting_since_s is not None):  # a restart counts on
+                out.state[ch.key("model")] = model_state(ch)
             return out
+        waited = ch.waiting_since_s is not None
         if ch.ran():
             log.info(
                 "asset %s sensor %s channel %s: the machine runs (velocity RMS %.3g mm/s); "
                 "learning the baseline",
                 ch.asset.id, ch.sensor.id, ch.sensor.channel, value,
             )  # fmt: skip
+        if waited:  # the wait ended: a restart must not count it on
+            out.state[ch.key("model")] = model_state(ch)
         ch.running_s = t_s
         alerting = ch.asset.alerting
         sev_before, tr_before = snap(ch.severity), snap(ch.trend)

@@ -210,3 +210,40 @@ def test_a_running_reading_restarts_the_wait(
             i += 1
     assert _waiting_logs(caplog) == []
     assert m.views()[0].learning is not None  # 18 of 200 running readings: still learning
+
+
+def test_the_wait_to_run_counts_across_restarts(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before: the wait's start lived in memory only, so a gateway restarted every night (a
+    power cycle, an update) never logged a channel that no running reading ever reached:
+    each process saw under a day. Now the wait is saved with the model state; a wait that
+    ended (the machine ran) is saved ended, and starts afresh at the next stop."""
+    config = press_config(tmp_path, baseline_readings=20)
+    caplog.set_level(logging.INFO, logger="agent.analysis.monitor")
+    at = lambda i: T0 + timedelta(minutes=10 * i)  # noqa: E731
+    stopped = {"velocity_rms_mm_s": 0.001, "accel_rms_g": 0.00005}
+    saved: dict[str, str] = {}
+    day = int(WAIT_WARN_S / 600)
+    i = 0
+    for _ in range(3):  # three processes of 10 h each (a restart in between)
+        m = Monitor(config, state=saved)
+        for _ in range(60):
+            saved.update(m.update(Reading("m1", "z", at(i), stopped)).state)
+            i += 1
+    (warned,) = _waiting_logs(caplog)
+    assert "no baseline learned after 24.0 h" in warned.getMessage()
+    assert i > day  # the warning came in the third process, after a day of readings
+    # The machine runs once, then stops again: after a restart the new wait starts then.
+    m = Monitor(config, state=saved)
+    saved.update(m.update(Reading("m1", "z", at(i), {"velocity_rms_mm_s": 1.0})).state)
+    caplog.clear()
+    for k in range(3):  # again three processes of 10 h each
+        m = Monitor(config, state=saved)
+        for _ in range(60):
+            i += 1
+            saved.update(m.update(Reading("m1", "z", at(i), stopped)).state)
+        if k == 1:  # 20 h since the machine stopped: under a day
+            assert _waiting_logs(caplog) == []
+    (again,) = _waiting_logs(caplog)
+    assert "no baseline learned after 24.0 h" in again.getMessage()

@@ -54,6 +54,10 @@ MAX_CONNECTIONS = 128
 # this long (aiohttp's keep-alive timeout covers both).
 IDLE_TIMEOUT_S = 5.0
 LISTEN_BACKLOG = 32
+# The kernel's queue of connections not yet accepted (the loop still accepts LISTEN_BACKLOG
+# a turn). At 32, a crowd of 1000 connects filled it and the kernel dropped a newcomer's
+# SYN: its connect waited for the retransmission, 1 s later. Capped by net.core.somaxconn.
+KERNEL_BACKLOG = 1024
 MAX_ERROR_CHARS = 300  # of an unexpected error's text in the log line
 # Every snapshot costs a read on the store writer's thread (where alerts are committed)
 # and a render on the event loop (where sensors are polled): requests within this many
@@ -311,6 +315,9 @@ class HealthServer:
         except OSError as exc:
             self.bind_attempts += 1
             return await self._why_not(exc)
+        for listening in self._server.sockets:
+            with listening.dup() as sock:  # the same socket: asyncio's wrapper has no listen()
+                sock.listen(KERNEL_BACKLOG)
         self.port = self._check.port = self._server.sockets[0].getsockname()[1]
         log.info("health endpoint on http://%s:%s/healthz", self._host, self.port)
         if self._expose:

@@ -9,6 +9,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from agent.health import Snapshot
+from agent.records import format_ts
 from agent.store import StoreError
 from drivers.reading import utc_now
 
@@ -110,6 +111,9 @@ async def agent_snapshot(agent: Agent) -> Snapshot:
         "gateway": agent.config.gateway.id,
         "agent": agent.identity,
         "status": "degraded" if degraded else "ok",
+        # When the ages below were measured: /healthz answers requests within a second of
+        # one another from one snapshot (agent.health), so a monitor can tell how old it is.
+        "at": format_ts(now),
         "uptime_s": round(now_mono - agent.started, 3),
         "sensors": sensors,
         "buses": buses,

@@ -351,6 +351,24 @@ async def test_a_flood_of_requests_costs_the_agent_one_snapshot(tmp_path: Path) 
     assert reads <= 5, f"{reads} store reads for 150 requests"
 
 
+async def test_healthz_says_when_its_snapshot_was_taken(tmp_path: Path) -> None:
+    """Requests within a second of one another share one snapshot: a monitor reading
+    last_ok_age_s could not tell it was up to a second old. Now `at` says when (UTC)."""
+    cfg = write_config(tmp_path)
+    async with running_agent(cfg) as agent:
+        url = f"http://127.0.0.1:{agent.config.health.port}/healthz"
+        asked = datetime.now(UTC)
+        async with aiohttp.ClientSession() as s:
+            bodies = []
+            for _ in range(2):
+                async with s.get(url) as r:
+                    bodies.append(await r.json())
+        answered = datetime.now(UTC)
+    first, second = (datetime.fromisoformat(b["at"].replace("Z", "+00:00")) for b in bodies)
+    assert asked - timedelta(seconds=1) <= first <= second <= answered
+    assert bodies[0]["at"].endswith("Z")
+
+
 async def test_a_change_of_state_is_shown_by_the_next_request_not_a_second_later() -> None:
     """Requests share one snapshot for a second (the flood guard above); a reload or a
     maintenance record expires it, so `status` right after a reload showed the pollers the

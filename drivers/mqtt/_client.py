@@ -20,6 +20,7 @@ from typing import Any
 import aiomqtt
 
 from drivers.mqtt._handshake import HandshakeAware
+from drivers.mqtt._oversize import OversizeGuard
 from drivers.payloads import TOO_LARGE
 
 QUEUE_FULL = "queue_full"  # the decode queue had no place left
@@ -61,6 +62,17 @@ class BoundedClient(HandshakeAware):
         self.queued_bytes_peak = 0
         self.by_topic: Counter[str] = Counter()  # messages received, since the link reset it
         self._loop_thread = threading.get_ident()  # aiomqtt binds the running loop here
+        # A message far over the cap is read past, never assembled (drivers.mqtt._oversize).
+        OversizeGuard(self._client, cap, self._oversized)
+
+    def _oversized(self, topic: str, size: int) -> None:
+        self._count(topic)
+        self._on_drop(topic, TOO_LARGE, size)
+
+    def _count(self, topic: str) -> None:
+        if topic not in self.by_topic and len(self.by_topic) >= MAX_TOPICS_COUNTED:
+            topic = OTHER_TOPICS
+        self.by_topic[topic] += 1
 
     def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
         # paho leaves Nagle on: after the PUBACK of a retained copy the broker sends with
@@ -88,10 +100,7 @@ class BoundedClient(HandshakeAware):
             # The broker's own counter: not a reading, and never lost to a full queue.
             self._on_sys(message.payload)
             return
-        topic = message.topic
-        if topic not in self.by_topic and len(self.by_topic) >= MAX_TOPICS_COUNTED:
-            topic = OTHER_TOPICS
-        self.by_topic[topic] += 1
+        self._count(message.topic)
         size = _payload_size(message.payload)
         if size > self._cap:
             self._on_drop(message.topic, TOO_LARGE, size)

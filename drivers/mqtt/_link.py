@@ -10,7 +10,8 @@ Bounded: aiomqtt's incoming queue has ``queue_size`` places and holds at most
 ``queue_max_bytes`` of payload (places alone would let 10000 messages of 256 KiB, 2.5 GB,
 wait while decoding is held up); a message that finds it full (``queue_full``) or would
 take it past its bytes (``queue_bytes``), or is larger than ``max_payload_bytes``, is
-dropped in paho's callback (counted, never blocking paho's loop). Decoding runs in this
+dropped in paho's callback (counted, never blocking paho's loop); one far larger is read
+past before paho would assemble it (drivers.mqtt._oversize). Decoding runs in this
 link's task, yielding the loop every DRAIN_SLICE_S.
 
 What the broker itself drops (its per-client limits, before anything reaches us) shows
@@ -304,9 +305,9 @@ class BrokerLink:
         if v5:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = s.session_expiry_s if s.persistent else 0
-            # The broker need not even send what we would drop as too large (x4: we still
-            # see, and count, moderately oversized messages).
-            props.MaximumPacketSize = min(s.max_payload_bytes * 4 + 65_536, 2**28)
+            # No Maximum Packet Size: mosquitto keeps a message it will not send us for it in
+            # flight, and 20 of them stop all delivery (drivers.mqtt._oversize, which reads
+            # one past instead, counted).
             kw.update(clean_start=not s.persistent, properties=props)
         else:
             kw.update(clean_session=not s.persistent)

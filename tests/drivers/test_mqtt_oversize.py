@@ -1,0 +1,110 @@
+"""Messages over the size cap against a real mosquitto: counted on their sensor, logged
+once with the size and the cap, acknowledged, and the next message decoded."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import aiomqtt
+import pytest
+
+from drivers.mqtt import BrokerLink, BrokerSettings, MqttSensor, Route, Router
+from drivers.mqtt._oversize import HEADROOM
+from drivers.payloads import load_decoder
+from drivers.reading import Reading
+from tests.drivers.test_mqtt_link import TOPIC, broker, ncd, until
+from tests.mosquitto import Mosquitto
+
+pytestmark = [pytest.mark.network]
+__all__ = ["broker"]  # the fixture
+
+CAP = 4096
+
+
+def _link(
+    broker: Mosquitto, got: list[Reading], **settings: object
+) -> tuple[BrokerLink, MqttSensor]:
+    """One sensor on its own topic (QoS 2 asked: each message comes at its own QoS)."""
+    sensor = MqttSensor(
+        "fan-3", decoder=load_decoder("ncd-processed"), channels=["z"], stale_after_s=60,
+        sink=got.append, broker="b", topic=TOPIC,
+    )  # fmt: skip
+    route = Route(TOPIC)
+    route.add(sensor, None, None, 2)
+    s = {"id": "b", "host": "127.0.0.1", "port": broker.port, "client_id": "edge-t", **settings}
+    return BrokerLink(BrokerSettings(**s), Router([route])), sensor  # type: ignore[arg-type]
+
+
+@contextlib.asynccontextmanager
+async def running(link: BrokerLink, got: list[Reading], port: int) -> AsyncIterator[None]:
+    """The link running, its subscription made (a reading came through: then forgotten)."""
+    task = asyncio.create_task(link.run())
+    try:
+        await until(lambda: link.connected, 10)
+        deadline = time.monotonic() + 10
+        async with aiomqtt.Client("127.0.0.1", port) as pub:
+            while not got and time.monotonic() < deadline:
+                await pub.publish(TOPIC, ncd(0.5), qos=1)
+                with contextlib.suppress(AssertionError):
+                    await until(lambda: got, 0.2)
+        assert got, "the link's subscription never delivered"
+        got.clear()
+        yield
+    finally:
+        link.stop()
+        task.cancel()
+        await asyncio.wait([task], timeout=5)
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+async def test_oversized_messages_are_counted_acked_and_the_next_one_decoded(
+    broker: Mosquitto, protocol: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """25 messages far over the cap (more than mosquitto's 20 in flight), at each QoS, then
+    a normal one. Telling an MQTT 5 broker our maximum packet size made it drop them
+    uncounted but keep the QoS 1/2 ones in flight: after 20 it sent nothing more."""
+    caplog.set_level(logging.WARNING, logger="edge_agent.drivers.mqtt")
+    got: list[Reading] = []
+    link, sensor = _link(broker, got, protocol=protocol, max_payload_bytes=CAP)
+    big = json.dumps({"pad": "x" * (CAP + HEADROOM + 50_000)})
+    async with running(link, got, broker.port):
+        async with aiomqtt.Client("127.0.0.1", broker.port) as pub:
+            for i in range(25):
+                await pub.publish(TOPIC, big, qos=(1, 2, 0)[i % 3])
+            await pub.publish(TOPIC, ncd(2.0), qos=1)
+        await until(lambda: got, 5)
+    assert [r.features["velocity_rms_mm_s"] for r in got] == [2.0]
+    assert dict(sensor.dropped) == {"too_large": 25}
+    logged = [r.getMessage() for r in caplog.records if "too_large" in r.getMessage()]
+    assert len(logged) == 1 and f"> {CAP}" in logged[0] and "fan-3" in logged[0]
+    assert f"{len(big)} bytes" in logged[0]
+
+
+async def test_a_message_just_over_the_cap_is_counted_too(broker: Mosquitto) -> None:
+    """Within the room for topic and properties, paho assembles it: the cap still holds."""
+    got: list[Reading] = []
+    link, sensor = _link(broker, got, max_payload_bytes=CAP)
+    async with running(link, got, broker.port):
+        async with aiomqtt.Client("127.0.0.1", broker.port) as pub:
+            await pub.publish(TOPIC, json.dumps({"pad": "x" * CAP}), qos=1)
+            await pub.publish(TOPIC, ncd(3.0), qos=1)
+        await until(lambda: got, 5)
+    assert dict(sensor.dropped) == {"too_large": 1}
+    assert [r.features["velocity_rms_mm_s"] for r in got] == [3.0]
+
+
+async def test_the_largest_cap_allowed_connects(broker: Mosquitto) -> None:
+    """max_payload_bytes 64MiB (the configuration's upper bound) once made a Maximum Packet
+    Size over MQTT's limit: paho raised, and the link's task ended for good."""
+    got: list[Reading] = []
+    link, _ = _link(broker, got, max_payload_bytes=64 * 2**20, queue_max_bytes=64 * 2**20)
+    async with running(link, got, broker.port):
+        async with aiomqtt.Client("127.0.0.1", broker.port) as pub:
+            await pub.publish(TOPIC, ncd(4.0), qos=1)
+        await until(lambda: got, 5)
+    assert link.connects_total == 1

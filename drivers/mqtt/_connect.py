@@ -15,12 +15,15 @@ import contextlib
 import aiomqtt
 
 CLOSE_S = 1.0  # a cancelled connect is let finish, then closed, within this
+TIMED_OUT = "Operation timed out"  # aiomqtt's MqttError when no CONNACK came in time
 
 
 async def enter_client(client: aiomqtt.Client, timeout_s: float, *, name: str) -> None:
     """``client.__aenter__()`` within timeout_s.
 
     Raises:
+        aiomqtt.MqttError: refused, or no CONNACK within the client's timeout; the socket
+            is closed, the client may connect again.
         TimeoutError: not connected in time; the connect is abandoned and the client keeps
             aiomqtt's re-entry lock: build a new one.
         asyncio.CancelledError: after a connect under way was let finish (at most CLOSE_S)
@@ -32,6 +35,19 @@ async def enter_client(client: aiomqtt.Client, timeout_s: float, *, name: str) -
             await asyncio.shield(entering)
     except TimeoutError:
         entering.cancel()
+        raise
+    except aiomqtt.MqttError as exc:
+        # aiomqtt gives up on a CONNACK that does not come (or a refusal) but leaves paho's
+        # socket open and read by the loop: against a broker that takes connections and
+        # never answers, one descriptor (and one half-open connection at the broker) more
+        # at every attempt, until the process runs out of them.
+        with contextlib.suppress(Exception):
+            client._client._sock_close()
+        if str(exc) == TIMED_OUT:
+            raise aiomqtt.MqttError(
+                f"no CONNACK within {client.timeout:g} s (the broker took the connection "
+                "but did not answer CONNECT)"
+            ) from None
         raise
     except asyncio.CancelledError:
         await _close_abandoned(client, entering)

@@ -64,3 +64,12 @@ async def _close_abandoned(client: aiomqtt.Client, entering: asyncio.Task[object
                 await client.__aexit__(None, None, None)
     else:
         entering.cancel()
+
+
+def raise_if_cancelled() -> None:
+    """aiomqtt waits for a CONNACK or SUBACK with asyncio.wait_for, which on Python 3.11
+    returns the result instead of raising when a cancel lands as the answer arrives: the
+    link would go on consuming with its stop lost, a task no one ends."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

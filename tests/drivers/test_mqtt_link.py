@@ -265,11 +265,11 @@ async def test_refused_credentials_are_named_and_a_fixed_password_file_is_used(
     import shutil
     import subprocess
 
-    from drivers.mqtt import _link
+    from drivers.mqtt import _reconnect
 
     if shutil.which("mosquitto_passwd") is None:
         pytest.skip("mosquitto_passwd is not installed (Debian package mosquitto)")
-    monkeypatch.setattr(_link, "REFUSED_RETRY_S", 0.3, raising=False)
+    monkeypatch.setattr(_reconnect, "REFUSED_RETRY_S", 0.3)
     passwords = tmp_path / "passwd"
     make = ["mosquitto_passwd", "-b", "-c", str(passwords), "gw-01", "s3cret"]
     subprocess.run(make, check=True, capture_output=True, timeout=30)  # noqa: ASYNC221 (setup)

@@ -1,0 +1,150 @@
+"""A broker link's subscriptions (a BrokerLink's part): one per route, each SUBACK
+checked; the filters an earlier run left in a persistent session unsubscribed; the
+broker's dropped-messages counter."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from drivers.mqtt._broker_drops import DEFAULT_TOPIC as SYS_DROPPED_TOPIC
+from drivers.mqtt._broker_drops import BrokerDrops
+from drivers.mqtt._client import BoundedClient
+from drivers.mqtt._connect import raise_if_cancelled
+from drivers.mqtt._router import Router
+from drivers.mqtt._settings import BrokerSettings, SessionLog
+
+log = logging.getLogger("edge_agent.drivers.mqtt")
+
+UNSUBSCRIBE_BATCH = 100  # topic filters per UNSUBSCRIBE packet (a few KiB)
+NO_RETAINED = SubscribeOptions.RETAIN_DO_NOT_SEND  # MQTT 5 retain handling 2
+
+
+class Subscribing:
+    """The link's subscriptions (the attributes are the link's own)."""
+
+    settings: BrokerSettings
+    router: Router
+    broker_drops: BrokerDrops
+    last_error: str | None
+    refused: dict[str, str]
+    _sessions: SessionLog | None
+    _sys_unsubscribed: bool
+    _gone_tried: bool
+    session: str  # drivers.mqtt._link
+
+    async def _subscribe(self, client: BoundedClient) -> None:
+        """Every route's filter, the SUBACK checked. In MQTT 5 with an identifier (see
+        Router) and without retained copies (retain handling 2): a retained copy is never
+        analysed (MqttSensor), yet the broker would send one per sensor topic at every
+        subscription: with 2000 sensors, 2000 messages through the decode queue and 2000
+        "dropped (retained)" warnings at each reconnect. 3.1.1 has no such option."""
+        v5 = self.settings.protocol == "5"
+        ids = {r.topic: i for i, r in self.router.by_id.items()}
+        for topic, route in self.router.routes.items():
+            props = options = None
+            if v5:
+                options = SubscribeOptions(qos=route.qos, retainHandling=NO_RETAINED)
+                if topic in ids:
+                    props = Properties(PacketTypes.SUBSCRIBE)
+                    props.SubscriptionIdentifier = ids[topic]
+            qos = 0 if options else route.qos  # paho takes it from the options, if any
+            result = await client.subscribe(topic, qos=qos, options=options, properties=props)
+            raise_if_cancelled()
+            self._granted(topic, route, result)
+
+    def _granted(self, topic: str, route: Any, result: Any) -> None:
+        """Check the SUBACK: a subscription the broker refuses (an ACL: 0x80 in 3.1.1,
+        0x87 in 5) must be said, or its sensors would only look stale for no visible reason.
+        """
+        codes = result if isinstance(result, list | tuple) else [result]
+        failed = [c for c in codes if getattr(c, "is_failure", False) or c == 0x80]
+        if not failed:
+            self.refused.pop(topic, None)
+            return
+        reason = str(failed[0])
+        first = self.refused.get(topic) != reason
+        self.refused[topic] = reason
+        text = f"subscription to {topic} refused by the broker ({reason})"
+        self.last_error = text
+        for sensor in route.sensors():
+            sensor.refused(text)
+        if first:
+            log.error(
+                "mqtt broker %s at %s: %s; its sensors get no messages (check the broker's "
+                "ACL for user %s); tried again at every reconnect",
+                self.settings.id,
+                self.settings.address,
+                text,
+                self.settings.username,
+            )
+
+    async def _unsubscribe_gone(self, client: BoundedClient) -> None:
+        """A persistent session: unsubscribe the filters its last run subscribed and this
+        configuration does not (a removed sensor's topic); then record this run's. The
+        broker sends what it queued for them before this (decoded for no sensor); nothing
+        after. Recorded only once they are gone; tried once per link (a broker that drops
+        us for it must not cost the sensors every connection): the next run tries again."""
+        if self._sessions is None or not self.settings.persistent or self._gone_tried:
+            return
+        self._gone_tried = True
+        wanted = frozenset(self.router.routes)
+        before = self._sessions.subscribed(self.session)
+        gone = sorted(before - wanted)
+        for i in range(0, len(gone), UNSUBSCRIBE_BATCH):
+            await client.unsubscribe(gone[i : i + UNSUBSCRIBE_BATCH])
+            raise_if_cancelled()
+        if gone:
+            log.info(
+                "mqtt broker %s: unsubscribed %d topic filter(s) an earlier configuration "
+                "left in the persistent session of client id %s: %s",
+                self.settings.id,
+                len(gone),
+                self.settings.client_id,
+                ", ".join(gone[:10]) + (f" and {len(gone) - 10} more" if len(gone) > 10 else ""),
+            )
+        if before != wanted:
+            self._sessions.record(self.session, wanted)
+
+    async def _watch_broker_drops(self, client: BoundedClient) -> None:
+        """Subscribe to the broker's dropped-messages counter, after the sensors' own
+        subscriptions (a broker that refuses it, or even disconnects us for it, costs them
+        nothing): QoS 0, it is refreshed every few seconds anyway."""
+        drops = self.broker_drops
+        if (
+            self.settings.persistent
+            and drops.topic != SYS_DROPPED_TOPIC
+            and not self._sys_unsubscribed
+        ):
+            await self._unsubscribe_default_sys(client)
+        if not drops.wanted:
+            return
+        assert drops.topic is not None
+        drops.connected()
+        try:
+            result = await client.subscribe(drops.topic, qos=0)
+        except aiomqtt.MqttError as exc:
+            drops.lost(f"{type(exc).__name__}: {exc}")  # twice in a row: not asked again
+            raise
+        raise_if_cancelled()
+        codes = result if isinstance(result, list | tuple) else [result]
+        failed = [c for c in codes if getattr(c, "is_failure", False) or c == 0x80]
+        if failed:
+            drops.refused(f"SUBACK {failed[0]}")
+        else:
+            drops.granted()
+
+    async def _unsubscribe_default_sys(self, client: BoundedClient) -> None:
+        """A persistent session keeps what an earlier run subscribed: the broker's default
+        dropped-messages counter, when sys_dropped_topic was on then and is off (or names
+        another topic) now. Its updates would keep coming, counted as sensor messages.
+        Unsubscribing a topic the session does not hold is harmless. Once per link: this
+        link never subscribes it, and a broker that drops us for it is not asked again."""
+        self._sys_unsubscribed = True
+        await client.unsubscribe(SYS_DROPPED_TOPIC)
+        raise_if_cancelled()

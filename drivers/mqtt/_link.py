@@ -171,7 +171,12 @@ class BrokerLink(Uptime, Reconnecting, Subscribing, Dispatching):
             finally:
                 draining.cancel()  # lands at its sleep: no message taken is left undecoded
                 await asyncio.wait([draining])
-            await self._consume(client)
+            retrying = asyncio.create_task(self._retry_refused(client))
+            try:
+                await self._consume(client)
+            finally:
+                retrying.cancel()
+                await asyncio.wait([retrying])
         finally:
             with contextlib.suppress(aiomqtt.MqttError, OSError, TimeoutError):
                 async with asyncio.timeout(DISCONNECT_S):

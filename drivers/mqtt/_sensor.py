@@ -323,8 +323,9 @@ class MqttSensor:
                 extra={"sensor_id": self.sensor_id},
             )
 
-    def refused(self, error: str) -> None:
-        """The broker refused the subscription: the reason this sensor is silent."""
+    def refused(self, error: str | None) -> None:
+        """The broker refused the subscription: the reason this sensor is silent (None:
+        granted since)."""
         self._last_error = error
 
     def _quality(self, flags: list[str]) -> None:

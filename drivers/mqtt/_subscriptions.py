@@ -4,7 +4,10 @@ broker's dropped-messages counter."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import random
 from typing import Any
 
 import aiomqtt
@@ -23,6 +26,7 @@ log = logging.getLogger("edge_agent.drivers.mqtt")
 
 UNSUBSCRIBE_BATCH = 100  # topic filters per UNSUBSCRIBE packet (a few KiB)
 NO_RETAINED = SubscribeOptions.RETAIN_DO_NOT_SEND  # MQTT 5 retain handling 2
+REFUSED_SUB_RETRY_S = 60.0  # a refused subscription is asked for again this often
 
 
 class Subscribing:
@@ -36,17 +40,21 @@ class Subscribing:
     _sessions: SessionLog | None
     _sys_unsubscribed: bool
     _gone_tried: bool
+    _rng: random.Random
     session: str  # drivers.mqtt._link
 
-    async def _subscribe(self, client: BoundedClient) -> None:
+    async def _subscribe(self, client: BoundedClient, only: frozenset[str] | None = None) -> None:
         """Every route's filter, the SUBACK checked. In MQTT 5 with an identifier (see
         Router) and without retained copies (retain handling 2): a retained copy is never
         analysed (MqttSensor), yet the broker would send one per sensor topic at every
         subscription: with 2000 sensors, 2000 messages through the decode queue and 2000
-        "dropped (retained)" warnings at each reconnect. 3.1.1 has no such option."""
+        "dropped (retained)" warnings at each reconnect. 3.1.1 has no such option.
+        `only`: these filters alone (those the broker refused, tried again)."""
         v5 = self.settings.protocol == "5"
         ids = {r.topic: i for i, r in self.router.by_id.items()}
         for topic, route in self.router.routes.items():
+            if only is not None and topic not in only:
+                continue
             props = options = None
             if v5:
                 options = SubscribeOptions(qos=route.qos, retainHandling=NO_RETAINED)
@@ -58,6 +66,18 @@ class Subscribing:
             raise_if_cancelled()
             self._granted(topic, route, result)
 
+    async def _retry_refused(self, client: BoundedClient) -> None:
+        """While connected, subscribe again every REFUSED_SUB_RETRY_S to the filters the
+        broker refused: an ACL fixed at the broker (mosquitto's dynamic security takes
+        effect at once) then reaches the sensors without waiting for a reconnect, which a
+        healthy link may never have. Ends when the connection does (the link's consumer
+        sees that)."""
+        with contextlib.suppress(aiomqtt.MqttError):
+            while True:
+                await asyncio.sleep(REFUSED_SUB_RETRY_S * self._rng.uniform(0.8, 1.0))
+                if self.refused:
+                    await self._subscribe(client, frozenset(self.refused))
+
     def _granted(self, topic: str, route: Any, result: Any) -> None:
         """Check the SUBACK: a subscription the broker refuses (an ACL: 0x80 in 3.1.1,
         0x87 in 5) must be said, or its sensors would only look stale for no visible reason.
@@ -65,23 +85,36 @@ class Subscribing:
         codes = result if isinstance(result, list | tuple) else [result]
         failed = [c for c in codes if getattr(c, "is_failure", False) or c == 0x80]
         if not failed:
-            self.refused.pop(topic, None)
+            was = self.refused.pop(topic, None)
+            if was is not None:
+                text = _refused_text(topic, was)
+                if self.last_error == text:
+                    self.last_error = None
+                for sensor in route.sensors():
+                    if sensor.last_error == text:
+                        sensor.refused(None)
+                log.warning(
+                    "mqtt broker %s: subscription to %s granted now; its sensors get messages",
+                    self.settings.id,
+                    topic,
+                )
             return
         reason = str(failed[0])
         first = self.refused.get(topic) != reason
         self.refused[topic] = reason
-        text = f"subscription to {topic} refused by the broker ({reason})"
+        text = _refused_text(topic, reason)
         self.last_error = text
         for sensor in route.sensors():
             sensor.refused(text)
         if first:
             log.error(
                 "mqtt broker %s at %s: %s; its sensors get no messages (check the broker's "
-                "ACL for user %s); tried again at every reconnect",
+                "ACL for user %s); tried again every %.0f s and at every reconnect",
                 self.settings.id,
                 self.settings.address,
                 text,
                 self.settings.username,
+                REFUSED_SUB_RETRY_S,
             )
 
     async def _unsubscribe_gone(self, client: BoundedClient) -> None:
@@ -148,3 +181,7 @@ class Subscribing:
         self._sys_unsubscribed = True
         await client.unsubscribe(SYS_DROPPED_TOPIC)
         raise_if_cancelled()
+
+
+def _refused_text(topic: str, reason: str) -> str:
+    return f"subscription to {topic} refused by the broker ({reason})"

@@ -1,15 +1,22 @@
 """The broker link against brokers that misbehave on purpose: one that takes the TCP
-connection and never answers CONNECT."""
+connection and never answers CONNECT; one that refuses some subscriptions (SUBACK
+failure codes) and grants them later."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
+from pathlib import Path
 
+import aiomqtt
 import pytest
 
-from drivers.mqtt import BrokerLink, BrokerSettings, MqttSensor, Route, Router
+from drivers.mqtt import BrokerLink, BrokerSettings, MqttSensor, Route, Router, _subscriptions
 from drivers.payloads import load_decoder
-from tests.drivers.test_mqtt_link import until
+from drivers.reading import Reading
+from tests.drivers.test_mqtt_link import ncd, until
+from tests.drivers.test_mqtt_link_faults import DYNSEC, _Dynsec
 
 pytestmark = [pytest.mark.network]
 
@@ -66,3 +73,85 @@ async def test_a_broker_that_never_sends_connack_is_named_and_tried_again(protoc
         task.cancel()
         await asyncio.wait([task], timeout=5)
         mute.close()
+
+
+class _DynsecAdmin(_Dynsec):
+    """_Dynsec with user admin (password secret) allowed to change its ACLs ($CONTROL)."""
+
+    def _conf(self) -> Path:
+        conf = super()._conf()
+        path = self.folder / "dynsec.json"
+        rules = json.loads(path.read_text())
+        gw = rules["clients"][0]
+        admin = {**gw, "username": "admin", "roles": [{"rolename": "admin"}]}
+        acl = {
+            "acltype": "publishClientSend",
+            "topic": "$CONTROL/dynamic-security/#",
+            "allow": True,
+        }
+        rules["clients"].append(admin)
+        rules["roles"].append({"rolename": "admin", "acls": [acl]})
+        path.write_text(json.dumps(rules))
+        return conf
+
+
+def _sensor(sensor_id: str, topic: str, got: list[Reading]) -> tuple[MqttSensor, Route]:
+    sensor = MqttSensor(
+        sensor_id, decoder=load_decoder("ncd-processed"), channels=["z"], stale_after_s=60,
+        sink=got.append, broker="b", topic=topic,
+    )  # fmt: skip
+    route = Route(topic)
+    route.add(sensor, None, None, 1)
+    return sensor, route
+
+
+@pytest.mark.skipif(not Path(DYNSEC).exists(), reason=f"{DYNSEC} is missing (mosquitto)")
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+async def test_a_refused_subscription_is_asked_again_and_its_sensor_heard_once_granted(
+    tmp_path: Path,
+    protocol: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One filter of two refused (SUBACK 0x87 / 0x80): the other sensor is heard, the
+    refused one named; once the broker's ACL grants it, it is heard without a reconnect
+    (before: only at the next reconnect, which a healthy link may never have)."""
+    monkeypatch.setattr(_subscriptions, "REFUSED_SUB_RETRY_S", 0.2)
+    caplog.set_level(logging.WARNING, logger="edge_agent.drivers.mqtt")
+    got: list[Reading] = []
+    _, a_route = _sensor("fan-1", "ncd/allowed/1", got)
+    refused, r_route = _sensor("fan-2", "ncd/vibration/2", got)
+    with _DynsecAdmin(tmp_path / "acl") as broker:
+        settings = BrokerSettings(
+            id="b", host="127.0.0.1", port=broker.port, client_id="edge-t",
+            protocol=protocol, username="gw", password="secret",
+        )  # fmt: skip
+        link = BrokerLink(settings, Router([a_route, r_route]))
+        task = asyncio.create_task(link.run())
+        try:
+            await until(lambda: link.refused, 10)
+            assert list(link.refused) == ["ncd/vibration/2"]
+            assert "refused" in (refused.last_error or "")
+            async with aiomqtt.Client(
+                "127.0.0.1", broker.port, username="admin", password="secret"
+            ) as c:
+                await c.publish("ncd/allowed/1", ncd(1.0), qos=1)
+                await until(lambda: got, 5)
+                # The broker's ACL changes while the link stays connected.
+                # (the broker's default for subscriptions: a role's ACL changed would
+                # make mosquitto disconnect the role's clients, and the link subscribe
+                # again anyway; other brokers change ACLs without a word)
+                grant = {"command": "setDefaultACLAccess",
+                         "acls": [{"acltype": "subscribe", "allow": True}]}  # fmt: skip
+                await c.publish("$CONTROL/dynamic-security/v1", json.dumps({"commands": [grant]}))
+                await until(lambda: not link.refused, 5)
+                await c.publish("ncd/vibration/2", ncd(2.0), qos=1)
+                await until(lambda: len(got) == 2, 5)
+            assert link.connects_total == 1
+            assert refused.last_error is None and link.last_error is None
+            assert any("granted now" in r.getMessage() for r in caplog.records)
+        finally:
+            link.stop()
+            task.cancel()
+            await asyncio.wait([task], timeout=5)
+    assert [r.sensor_id for r in got] == ["fan-1", "fan-2"]

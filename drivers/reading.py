@@ -68,7 +68,7 @@ class Reading:
         quality: "good", or "uncertain"/"bad" when the sensor flagged it.
         waveform: raw samples when the sensor sent them; the monitor computes features.
         flags: why the reading is not "good": ``feature:reason`` entries (reason one of
-            sentinel, out_of_range, not_finite, all_zero); flagged values are left out of
+            sentinel, out_of_range, not_finite, all_zero, saturated); flagged values are left out of
             ``features``, so garbage never reaches severity or trend.
         mono_s: ``time.monotonic()`` when it was read, for durations (a wall clock stepped
             by NTP must not stretch or shrink a hold); None when the timestamp is the only

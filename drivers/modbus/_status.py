@@ -55,7 +55,7 @@ class PollerStatus:
             byte_count, wrong_function, noise (RTU: the line never
             fell quiet after the failed read), ...).
         bad_values: readings flagged, by reason (sentinel, out_of_range, not_finite,
-            all_zero).
+            all_zero, saturated).
         bad_for_s: seconds the sensor has answered only flagged values (0: it has not).
         last_bad: the flags of the last flagged reading.
     """

@@ -23,7 +23,14 @@ SENTINEL = "sentinel"
 OUT_OF_RANGE = "out_of_range"
 NOT_FINITE = "not_finite"
 ALL_ZERO = "all_zero"
-QUALITY_REASONS = (SENTINEL, OUT_OF_RANGE, NOT_FINITE, ALL_ZERO)
+SATURATED = "saturated"
+QUALITY_REASONS = (SENTINEL, OUT_OF_RANGE, NOT_FINITE, ALL_ZERO, SATURATED)
+
+# A raw integer at or within this many codes of a full-scale code is a clipped, railed or
+# disconnected sensor, not a measurement: 0x7FFE read as 32.766 mm/s was a zone D alert.
+# Full scale: the type's extreme codes, and in an unsigned 16/32-bit row also the signed
+# maximum (0x7FFF, 0x7FFFFFFF), the over-range mark of a device with a signed converter.
+SATURATION_CODES = 2
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -58,6 +65,7 @@ class Register:
     valid: tuple[float, float] | None = None
     sentinels: frozenset[float] = frozenset()
     _divisor: float = field(default=0.0, init=False, repr=False, compare=False)
+    _rails: tuple[tuple[int, int], ...] = field(default=(), init=False, repr=False, compare=False)
 
     @property
     def count(self) -> int:
@@ -75,6 +83,7 @@ class Register:
         divisor = 1.0 / self.scale
         integral = abs(self.scale) < 1 and abs(divisor - round(divisor)) < 1e-9
         object.__setattr__(self, "_divisor", float(round(divisor)) if integral else 0.0)
+        object.__setattr__(self, "_rails", _rails(self.dtype))
 
     def scaled(self, raw: float) -> float:
         """The scaled value of a raw number."""
@@ -100,6 +109,8 @@ class Register:
         if not math.isfinite(raw):
             return float(raw), NOT_FINITE
         value = self.scaled(float(raw))
+        if any(lo <= raw <= hi for lo, hi in self._rails):
+            return value, SATURATED
         if self.valid is not None and not self.valid[0] <= value <= self.valid[1]:
             return value, OUT_OF_RANGE
         return value, None
@@ -107,6 +118,18 @@ class Register:
     def raw(self, value: float) -> tuple[int, ...]:
         """The wire registers that encode ``value`` (inverse of ``value``, clamped)."""
         return encode((value - self.offset) / self.scale, self.dtype, self.order)
+
+
+def _rails(dtype: DataType) -> tuple[tuple[int, int], ...]:
+    """The raw ranges (inclusive) that read as a saturated sensor (SATURATION_CODES)."""
+    if dtype.is_float:
+        return ()
+    bits, n = 16 * dtype.registers, SATURATION_CODES
+    signed_max = (1 << (bits - 1)) - 1
+    if dtype.code.islower():  # signed: both rails (the minimum itself is the usual sentinel)
+        return ((signed_max - n, signed_max), (-signed_max - 1, -signed_max - 1 + n))
+    top = (1 << bits) - 1
+    return ((top - n, top), (signed_max - n, signed_max))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -49,6 +49,10 @@ CASES: dict[int, tuple[dict[str, float], Fault, str]] = {
     7: ({}, Fault("garbled"), "error:byte_count"),
     8: ({}, Fault("wrong_id"), "error:wrong_device"),
     9: ({}, Fault("dead"), "error:timeout"),
+    # A railed or clipped sensor: one code under the int16 full scale 0x7FFF, the common
+    # over-range mark (32.766 mm/s, zone D for every class), and the uint16 one (65.534).
+    10: ({"velocity_rms_mm_s": 32.766}, Fault(), "bad:saturated"),
+    11: ({"velocity_rms_mm_s": 65.534}, Fault(), "bad:saturated"),
 }
 FLOAT_CASES: dict[int, tuple[dict[str, float], Fault, str]] = {
     1: ({}, Fault(), "ok"),
@@ -132,7 +136,7 @@ async def test_every_fault_kind_ends_in_a_flag_or_a_sensor_fault(tmp_path: Path)
     raised = {r["sensor"]["id"] for r in faults if r["state"] == "raised"}
     assert raised == expected_faults, raised
     garbage = [r for r in faults if r["severity"]["metric"] == "implausible_values_seconds"]
-    assert {r["sensor"]["id"] for r in garbage} == {"q2", "q3", "q4", "f2", "f3"}
+    assert {r["sensor"]["id"] for r in garbage} == {"q2", "q3", "q4", "q10", "q11", "f2", "f3"}
     assert all(r["evidence"]["implausible_values"] for r in garbage)
     # Garbage never reaches severity or trend: the only such alerts could come from the
     # healthy devices, and those run at 1 mm/s (zone A).

@@ -232,3 +232,32 @@ def test_a_float32_in_s_register_at_an_iso_boundary_reads_as_the_boundary(
         boundary,
         None,
     )
+
+
+@pytest.mark.parametrize(
+    ("address", "raw", "reason"),
+    [
+        (5201, 0x7FFE, "saturated"),  # 32.766 mm/s: zone D for every class before
+        (5201, 0x7FFD, "saturated"),
+        (5201, 0x7FFC, None),  # three codes under: a value
+        (5201, 0xFFFE, "saturated"),  # the uint16 rail, not merely out of range
+        (5201, 0x7FFF, "sentinel"),  # a declared sentinel stays one
+        (5201, 7100, None),
+        (5203, 32766, "saturated"),  # int16 temperature: both rails
+        (5203, -32767, "saturated"),
+        (5203, -1234, None),
+    ],
+)
+def test_a_qm30vt2_value_at_its_full_scale_is_saturated_not_a_value(
+    address: int, raw: int, reason: str | None
+) -> None:
+    reg = {r.address: r for r in load_profile("banner-qm30vt2").registers}[address]
+    assert reg.assess(raw)[1] == reason
+
+
+def test_a_float32_row_has_no_full_scale_code() -> None:
+    p = parse(
+        "name: demo\nregisters:\n - {address: 0, type: float32, unit: mm/s,"
+        " feature: velocity_rms_mm_s, channel: z}\n"
+    )
+    assert p.registers[0].assess(32766.0) == (32766.0, None)

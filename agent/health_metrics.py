@@ -80,8 +80,15 @@ class _SnapshotCollector:
             "machine.running_above_mm_s, nothing learned or watched), learning, watching",
             labels=["asset", "sensor", "channel", "state"],
         )
+        unconfirmed = CounterMetricFamily(
+            "edge_channel_unconfirmed_readings",
+            "Readings that jumped over 10x the last analysed one and fell back before 4 in a "
+            "row: taken as garbage, not analysed",
+            labels=["asset", "sensor", "channel"],
+        )
         for c in snap.get("channels", []):
             where = [c["asset"], c["sensor"], c["channel"]]
+            unconfirmed.add_metric(where, float(c.get("unconfirmed", 0)))
             if "learning_state" in c:
                 for state in LEARNING_STATES:
                     learning.add_metric([*where, state], float(c["learning_state"] == state))
@@ -96,6 +103,7 @@ class _SnapshotCollector:
         yield level
         yield flaps
         yield learning
+        yield unconfirmed
         store = snap.get("store", {})
         yield from _scalars(
             store,

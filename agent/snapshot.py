@@ -83,6 +83,8 @@ async def agent_snapshot(agent: Agent) -> Snapshot:
             "learning_state": (
                 "watching" if v.learning is None else "waiting_to_run" if v.stopped else "learning"
             ),
+            # readings of tenfold jumps that fell back: garbage, not analysed
+            "unconfirmed": v.unconfirmed,
         }
         for v in (agent.monitor.views() if agent.monitor else [])
     ]

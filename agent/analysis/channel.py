@@ -18,6 +18,7 @@ from datetime import datetime
 
 from agent.analysis.basis import Basis
 from agent.analysis.bearing import BearingGeometry
+from agent.analysis.confirm import JumpGate
 from agent.analysis.features import waveform_features
 from agent.analysis.health_index import HealthIndex, HealthIndexTuning
 from agent.analysis.lifecycle import LifecycleState
@@ -88,6 +89,8 @@ class ChannelView:
     # None once the baseline is learned; else how far its learning is, or that it waits for
     # the machine to run (a stopped machine's readings never form it).
     learning: str | None = None
+    # Readings of tenfold jumps that fell back before they lasted (agent.analysis.confirm).
+    unconfirmed: int = 0
 
 
 @dataclass(slots=True)
@@ -128,6 +131,8 @@ class Channel:
     waiting_since_s: float | None = None
     waiting_seen: deque[float] = field(default_factory=lambda: deque(maxlen=WAIT_SEEN))
     waiting_warned: bool = False
+    # Readings that jump tenfold wait here for confirmation (agent.analysis.confirm).
+    gate: JumpGate = field(default_factory=JumpGate)
 
     @property
     def view(self) -> ChannelView | None:

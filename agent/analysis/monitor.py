@@ -15,6 +15,9 @@ given its age) before the onset, fused with the Bayesian exponential trend of th
 metric after it; without a prior the trend alone, and before the onset no estimate, with
 the reason. Every draft carries the channel's current time to failure and its basis.
 
+A running reading that jumps tenfold over the channel's last analysed one is analysed only
+once the jump has lasted (agent.analysis.confirm): a burst of garbage raises nothing.
+
 The monitor is pure and synchronous: the runtime feeds it readings and persists what it
 returns (drafts and changed state) in one store transaction. Model state (baseline, binned
 history) is written on transitions and otherwise at most once per persist interval of
@@ -45,6 +48,7 @@ from agent.analysis.channel import (
     snap,
     state_key,
 )
+from agent.analysis.confirm import JUMP_CONFIRM, JUMP_FACTOR, Held
 from agent.analysis.degradation import DegradationPrior
 from agent.analysis.drafts import (
     HEALTH_METRIC,
@@ -60,7 +64,7 @@ from agent.analysis.drafts import (
 )
 from agent.analysis.features import VELOCITY_BAND_PERIODS
 from agent.analysis.forecast import JUMP_SHARE, channel_estimate, still_fresh
-from agent.analysis.health_index import HealthIndex, HealthIndexTuning
+from agent.analysis.health_index import HI_FEATURES, HealthIndex, HealthIndexTuning
 from agent.analysis.lifecycle import LifecycleState, revise, step
 from agent.analysis.lifetime import AssetLives
 from agent.analysis.reliability import FleetLife
@@ -198,6 +202,7 @@ class Monitor:
         self.tuning = tuning or Tuning()
         self.skipped_total = 0  # readings without a usable velocity (bad quality, missing)
         self.stopped_total = 0  # readings of a stopped machine (Channel.stopped)
+        self.unconfirmed_total = 0  # readings of jumps that did not last (confirm.py)
         # Live readings' analysis time: the wall clock at the first one plus monotonic time
         # since, so an NTP step neither stretches nor shrinks a hold, a bin or a rate.
         self._mono_offset: float | None = None
@@ -406,11 +411,13 @@ class Monitor:
         t_s = ch.now_s = self._analysis_time(reading, wall_s)  # the time records state
         if ch.stopped(value, feats):  # no measurement of the machine's condition (channel.py)
             self.stopped_total += 1
+            self._dropped(ch, ch.gate.interrupt())
             shown = ch.view
             ch.set_view(
                 ch.asset.id, ch.sensor.id, ch.sensor.channel, reading.timestamp, value, None,
                 ch.severity.active, shown.health_index if shown else None, ch.trend.active,
                 ch.estimate, (ch.severity.flaps, ch.trend.flaps), True, ch.learning(True),
+                ch.gate.dropped_total,
             )  # fmt: skip
             began = ch.waiting_since_s is None
             warn = ch.wait(t_s, value)
@@ -419,6 +426,40 @@ class Monitor:
             if warn or (began and ch.waiting_since_s is not None):  # a restart counts on
                 out.state[ch.key("model")] = model_state(ch)
             return out
+        # A tenfold jump is analysed only once it lasts (agent.analysis.confirm).
+        metric, _ = ch.failure()
+        watched = (SEVERITY_METRIC, *HI_FEATURES, metric)
+        ready, dropped = ch.gate.offer(Held(reading, feats, value, t_s, wall_s), watched)
+        self._dropped(ch, dropped)
+        for held in ready:
+            self._analyse(ch, held, out)
+        return out
+
+    def _dropped(self, ch: Channel, dropped: list[Held]) -> None:
+        """Count a burst of jumping readings that did not last; the first one of a channel
+        is logged (later ones are counted in unconfirmed_total)."""
+        if not dropped:
+            return
+        self.unconfirmed_total += len(dropped)
+        if ch.gate.warned:
+            return
+        ch.gate.warned = True
+        name = ch.gate.dropped_on or SEVERITY_METRIC
+        log.warning(
+            "asset %s sensor %s channel %s: %d reading(s) from %s jumped to over %gx the "
+            "channel's last analysed %s (%.4g) and fell back: taken as garbage, not analysed "
+            "(a jump is analysed once it lasts %d readings; later bursts are counted in "
+            "edge_channel_unconfirmed_readings_total, not logged)",
+            ch.asset.id, ch.sensor.id, ch.sensor.channel, len(dropped),
+            format_ts(dropped[0].reading.timestamp), JUMP_FACTOR, name,
+            dropped[0].features.get(name, math.nan), JUMP_CONFIRM,
+        )  # fmt: skip
+
+    def _analyse(self, ch: Channel, held: Held, out: Update) -> None:
+        """Analyse one running reading of the channel: severity, trend, state to persist."""
+        reading, feats, value, t_s, wall_s = (
+            held.reading, held.features, held.value, held.t_s, held.wall_s)  # fmt: skip
+        ch.now_s = t_s
         waited = ch.waiting_since_s is not None
         if ch.ran():
             log.info(
@@ -500,7 +541,7 @@ class Monitor:
         ch.set_view(
             ch.asset.id, ch.sensor.id, ch.sensor.channel, reading.timestamp, value, zone,
             ch.severity.active, hi, ch.trend.active, est, (ch.severity.flaps, ch.trend.flaps),
-            False, ch.learning(False),
+            False, ch.learning(False), ch.gate.dropped_total,
         )  # fmt: skip
         if s.transition is not None:
             if s.transition == "raised":
@@ -519,7 +560,7 @@ class Monitor:
             )
 
         if not self.persist:
-            return out
+            return
         out.state.update(self.lives.take_changes())
         if snap(ch.severity) != sev_before:
             out.state[ch.key("severity")] = json.dumps(ch.severity.to_dict(), sort_keys=True)
@@ -532,7 +573,6 @@ class Monitor:
         if changed or t_s - ch.persisted_s >= self.tuning.persist_every_s:
             out.state[ch.key("model")] = model_state(ch)
             ch.persisted_s = t_s
-        return out
 
     def _relearn_standstill(self, ch: Channel, at: datetime, out: Update) -> None:
         """A baseline whose velocity median is under the machine's running floor was learned

@@ -603,7 +603,9 @@ class Monitor:
         """The channel's estimate: at most once per bin, far from failure less (still_fresh).
         The asset's age is wall time (installed_at is a date); the trend is analysis time."""
         b = math.floor(now_s / ch.history.bin_s)
-        if ch.estimate is not None and (ch.estimate_bin == b or still_fresh(ch, now_s)):
+        if ch.estimate is not None and (
+            ch.estimate_bin == b or (still_fresh(ch, now_s) and not _prior_held(ch))
+        ):
             return ch.estimate
         try:
             est = channel_estimate(
@@ -683,6 +685,27 @@ class Monitor:
     def views(self) -> list[ChannelView]:
         """The latest view of every channel that has produced a reading."""
         return [v for c in self._channels.values() if (v := c.view) is not None]
+
+
+# Over this share of an estimate's information from the reliability prior, after an onset,
+# the estimate stands one bin only (_prior_held).
+PRIOR_HELD_SHARE = 0.5
+
+
+def _prior_held(ch: Channel) -> bool:
+    """Whether the channel's estimate is one the reliability prior holds after an onset: it
+    is then recomputed every bin, not only once 1 % of its lower bound has passed
+    (still_fresh). That lower bound is the prior's (hundreds of hours: a stand of hours),
+    while the trend that can take over grows with every bin: a staircase of 1.5x every 4 h
+    was asked once per step, right after it (a step then flat), and its trend escalated only
+    with the zone C severity warning. A degrading channel's estimate costs about 0.5 ms a
+    bin; the prior alone (no onset) and an estimate the trend holds keep the longer stand."""
+    est = ch.estimate
+    return (
+        ch.onset_s is not None
+        and isinstance(est, Estimate)
+        and est.terms.get("reliability_prior", 0.0) > PRIOR_HELD_SHARE
+    )
 
 
 def _note_due(ch: Channel, t_s: float, at: datetime) -> None:

@@ -233,7 +233,9 @@ def test_a_critical_with_bounds_of_years_is_revised_once_the_horizon_has_passed(
     planning horizon (168 h): once that has passed, flat, it is revised."""
     m = Monitor(config(tmp_path, True))
     rng = random.Random(2)
-    levels = [1.0] * 120 + [2.0 * math.exp(0.005 * i) for i in range(80)]  # jump, growth
+    # Jump, growth, flat: the growth ends 70 min after the jump, within minutes of the
+    # critical (one whose metric grows on after it is a failure late, not called off).
+    levels = [1.0] * 120 + [2.0 * math.exp(0.005 * i) for i in range(70)]
     minutes = list(range(len(levels)))
     for _ in range(360):  # then flat, one reading every 30 min for 180 h
         minutes.append(minutes[-1] + 30)

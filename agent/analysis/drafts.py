@@ -176,7 +176,7 @@ def revision_evidence(
     escalated_at: str | None,
     upper: float | None = None,
 ) -> dict[str, object]:
-    """evidence.revision of a critical taken back (agent.analysis.monitor._revision): what
+    """evidence.revision of a critical taken back (agent.analysis.revision.revision): what
     the escalation said, when its failure was due, and why it no longer stands."""
     metric, threshold = ch.failure()
     value = ch.history.last()

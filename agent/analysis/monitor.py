@@ -48,7 +48,7 @@ from agent.analysis.channel import (
     saved_states,
     state_key,
 )
-from agent.analysis.confirm import Held
+from agent.analysis.confirm import WATCHED, Held
 from agent.analysis.drafts import (
     HEALTH_METRIC,
     SEVERITY_METRIC,
@@ -75,9 +75,7 @@ from agent.analysis.removed import (
     close_saved,
 )
 from agent.analysis.repair import reset_asset
-from agent.analysis.severity import (
-    zone_table,
-)
+from agent.analysis.severity import velocity_resolved, zone_table
 from agent.config import Asset, Config
 from agent.records import (
     AssetRef,
@@ -301,8 +299,9 @@ class Monitor:
             note_stopped(ch, now, out)
             return out
         # A tenfold jump is analysed only once it lasts (agent.analysis.confirm).
-        metric, _ = ch.failure()
-        ready, dropped = ch.gate.offer(now, (SEVERITY_METRIC, *HI_FEATURES, metric))
+        # (a velocity RMS that does not resolve its band is no measurement: not judged)
+        watched = WATCHED if velocity_resolved(feats) else HI_FEATURES
+        ready, dropped = ch.gate.offer(now, watched)
         self._dropped(ch, dropped)
         for held in ready:
             analyse(ch, held, out, lives=self.lives, tuning=self.tuning, persist=self.persist)

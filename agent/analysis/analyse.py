@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import zlib
+from collections.abc import Sequence
 
 from agent.analysis.channel import Channel, model_state, snap
 from agent.analysis.confirm import JUMP_CONFIRM, JUMP_FACTOR, Held
@@ -52,7 +53,7 @@ def note_stopped(ch: Channel, held: Held, out: Update) -> None:
         out.state[ch.key("model")] = model_state(ch)
 
 
-def log_dropped(ch: Channel, dropped: list[Held]) -> None:
+def log_dropped(ch: Channel, dropped: Sequence[Held]) -> None:
     """Log the first burst of jumping readings of a channel that did not last (later ones
     are counted, not logged)."""
     if not dropped or ch.gate.warned:

@@ -20,7 +20,7 @@ does not jump (or a stop) comes first. The hold is in memory: a restart drops wh
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from agent.analysis.health_index import HI_FEATURES
@@ -58,29 +58,29 @@ class JumpGate:
     warned: bool = False  # a dropped burst was logged for this channel
     dropped_total: int = 0  # readings dropped as garbage bursts
 
-    def jump(self, features: Mapping[str, float], watched: Iterable[str]) -> str | None:
+    def jump(self, features: Mapping[str, float], watched: Sequence[str]) -> str | None:
         """The first watched feature more than JUMP_FACTOR x its reference, or None."""
+        ref = self.reference
         for name in watched:
-            ref, v = self.reference.get(name), features.get(name)
-            if ref is not None and v is not None and ref > 0.0 and v > JUMP_FACTOR * ref:
+            r, v = ref.get(name), features.get(name)
+            if r is not None and v is not None and r > 0.0 and v > JUMP_FACTOR * r:
                 return name
         return None
 
-    def offer(self, item: Held, watched: Iterable[str]) -> tuple[list[Held], list[Held]]:
+    def offer(self, item: Held, watched: Sequence[str]) -> tuple[Sequence[Held], Sequence[Held]]:
         """(readings to analyse now, in order; readings dropped as a garbage burst)."""
-        watched = tuple(watched)
         name = self.jump(item.features, watched)
-        if name is None:
-            dropped = self.interrupt()
+        if name is None:  # almost every reading: no tuple or list beyond the answer's
+            dropped = self.interrupt() if self.held else ()
             self.accept(item.features, watched)
-            return [item], dropped
+            return (item,), dropped
         self.held.append(item)
         self.jumped = self.jumped or name
         if len(self.held) < JUMP_CONFIRM:
-            return [], []
+            return (), ()
         ready, self.held, self.jumped = self.held, [], None
         self.accept(ready[-1].features, watched)
-        return ready, []
+        return ready, ()
 
     def interrupt(self) -> list[Held]:
         """A reading that does not jump (or a stop) ends a burst: what was held is dropped."""
@@ -90,9 +90,10 @@ class JumpGate:
         dropped, self.held, self.jumped = self.held, [], None
         return dropped
 
-    def accept(self, features: Mapping[str, float], watched: Iterable[str]) -> None:
+    def accept(self, features: Mapping[str, float], watched: Sequence[str]) -> None:
         """The latest analysed values become the reference."""
+        ref = self.reference
         for name in watched:
             v = features.get(name)
             if v is not None:
-                self.reference[name] = v
+                ref[name] = v

@@ -307,11 +307,12 @@ class Monitor:
             analyse(ch, held, out, lives=self.lives, tuning=self.tuning, persist=self.persist)
         return out
 
-    def _dropped(self, ch: Channel, dropped: list[Held]) -> None:
+    def _dropped(self, ch: Channel, dropped: Sequence[Held]) -> None:
         """Count a burst of jumping readings that did not last (the first one of a channel
         is logged)."""
-        self.unconfirmed_total += len(dropped)
-        log_dropped(ch, dropped)
+        if dropped:
+            self.unconfirmed_total += len(dropped)
+            log_dropped(ch, dropped)
 
     def _analysis_time(self, reading: Reading, wall_s: float) -> float:
         """Seconds on the clock durations are measured with: for a live reading (mono_s)

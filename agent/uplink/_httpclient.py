@@ -221,7 +221,7 @@ class HttpClient:
                 # kept): a backend that died mid-answer may not have stored the batch.
                 raw = await self._whole_answer(resp, shown)
             else:
-                raw = await resp.content.read(MAX_ANSWER_BYTES)
+                raw = await _read_refusal(resp.content)
             if 200 <= status < 300 and web_page(resp.content_type, raw):
                 # Not the backend's acknowledgement: a firewall's block page (F5 ASM
                 # answers 200 by default), a proxy's or hotspot's login page or a web UI
@@ -431,6 +431,21 @@ async def _read_answer(content: aiohttp.StreamReader) -> tuple[bytes, int, bytes
         size += len(chunk)
         tail = (tail + chunk)[-TAIL_BYTES:]
     return b"".join(parts), size, tail
+
+
+async def _read_refusal(content: aiohttp.StreamReader) -> bytes:
+    """A non-2xx answer's first MAX_ANSWER_BYTES (or all of it, if shorter). One `read`
+    returns only what has arrived: a 409 whose id came in a later segment or chunk named
+    no id, so the backend's "I have it" was taken for a refusal. Cut short, what came."""
+    parts: list[bytes] = []
+    size = 0
+    try:
+        while size < MAX_ANSWER_BYTES and (chunk := await content.read(MAX_ANSWER_BYTES - size)):
+            parts.append(chunk)
+            size += len(chunk)
+    except aiohttp.ClientPayloadError:
+        pass  # the reason is what came; the status decides
+    return b"".join(parts)
 
 
 def _json_cut_short(content_type: str, head: bytes, size: int, tail: bytes) -> bool:

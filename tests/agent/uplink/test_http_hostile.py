@@ -1004,3 +1004,46 @@ async def test_an_endpoint_flipping_between_400_and_200_dead_letters_no_good_ale
         stats = await outbox.stats()
     assert stats.dead_lettered == 0, stats
     assert sorted(backend.delivered) == sorted(r["alert_id"] for r in records)
+
+
+class SplitConflict:
+    """A backend that has every alert: a 409 naming the POSTed alert_id, its body sent in
+    two segments (as a proxy relays it, or a framework flushes a chunk), the id in the
+    second; the probe's HEAD is answered 200."""
+
+    def __init__(self) -> None:
+        self.posts = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head, body = await _read_whole(reader)
+            if not head.startswith(b"POST"):
+                writer.write(_answer(200))
+                return
+            self.posts += 1
+            said = b', "alert_id": "%s"}' % json.loads(body)["alerts"][0]["alert_id"].encode()
+            first = b'{"error": "duplicate"'
+            writer.write(_answer(409, length=len(first) + len(said)) + first)
+            await writer.drain()
+            await asyncio.sleep(0.05)  # the second segment comes apart from the first
+            writer.write(said)
+            await writer.drain()
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+
+async def test_a_409_naming_the_id_in_its_second_segment_is_a_delivery(tmp_path: Path) -> None:
+    """Only the first segment of a refusal's body was read (one `read` returns what has
+    arrived): a 409 whose alert_id came in the next segment named no id, so the alert the
+    backend has was held and resent forever (1 of 1). The body is now read to its end (its
+    first 16 KiB)."""
+    backend = SplitConflict()
+    async with await _outbox(tmp_path) as outbox, serving(backend) as url:
+        await outbox.append([draft(i=0)])
+        c = _cfg(url, max_backoff_s=0.05)
+        async with Running(delivery(UP, HttpTransport(c, name=UP), outbox, c)) as up:
+            await until(lambda: _true(up.status.delivered_total == 1 or backend.posts >= 3))
+        stats = await outbox.stats()
+    assert stats.delivered == 1 and stats.dead_lettered == 0, (stats, up.status.last_error)

@@ -14,7 +14,8 @@ Status policy (agent.uplink._httpclient):
   and the batch is resent, as a backend that died mid-answer may not have stored it (the
   backend dedupes on the ids). Cut short: closed before its Content-Length or last chunk;
   without either (the close ends it), a JSON body (or one typed JSON) that does not parse,
-  an empty one included. A close-delimited "OK" cannot be checked: send a Content-Length.
+  an empty one included (but for a 202 Accepted, which needs no body). A close-delimited
+  "OK" cannot be checked: send a Content-Length.
 - 1xx as a final answer (a 101 nobody asked for): retried, never dead-lettered.
 - 3xx: never followed: a failure naming the Location, retried with backoff and logged at
   ERROR; nothing is marked delivered.

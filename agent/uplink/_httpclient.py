@@ -242,7 +242,8 @@ class HttpClient:
         """A 2xx answer's body (its first MAX_ANSWER_BYTES), read to its end; raises
         UplinkUnavailable when it was cut short: the connection closed before its
         Content-Length or last chunk, or, with neither (the close ends the body, so only
-        the body can tell), a JSON body that does not parse (empty included)."""
+        the body can tell), a JSON body that does not parse (empty included, but
+        for a 202: "accepted", no body needed)."""
         try:
             raw, total, tail = await _read_answer(resp.content)
         except aiohttp.ClientPayloadError as exc:
@@ -255,6 +256,9 @@ class HttpClient:
             if (
                 framed
                 or resp.status == 204
+                # 202 Accepted says "queued", nothing more: an empty one is whole (an
+                # HTTP/1.0 backend's `send_response(202)` typed JSON, no Content-Length)
+                or (resp.status == 202 and total == 0)
                 or not _json_cut_short(
                     resp.content_type if "Content-Type" in resp.headers else "", raw, total, tail
                 )

@@ -1047,3 +1047,12 @@ async def test_a_409_naming_the_id_in_its_second_segment_is_a_delivery(tmp_path:
             await until(lambda: _true(up.status.delivered_total == 1 or backend.posts >= 3))
         stats = await outbox.stats()
     assert stats.delivered == 1 and stats.dead_lettered == 0, (stats, up.status.last_error)
+
+
+async def test_an_empty_202_accepted_without_content_length_is_a_delivery(tmp_path: Path) -> None:
+    """An HTTP/1.0 backend's `send_response(202)` typed JSON, no body, no Content-Length
+    (its end is the close): "accepted", whole as it is, was taken for a JSON answer cut
+    short and the batch resent forever (2 of 2 alerts never delivered)."""
+    empty = b"HTTP/1.0 202 Accepted\r\nContent-Type: application/json\r\n\r\n"
+    delivered, error = await _delivered_by(tmp_path, empty)
+    assert delivered == 2, error

@@ -89,6 +89,9 @@ class Delivery:
         self._one_by_one = 0  # isolate a refused batch: send this many items singly
         self._in_error = False
         self._streak = 0  # failures in a row, alerts' and summaries' alike: the backoff
+        # An alert failed to go (not only the store or the loop) since alerts last flowed:
+        # then only an alert delivered ends the alerts' failure streak.
+        self._alert_failed = False
         self._probe_trusted = True
         self._after_probe = False  # the send under way follows a probe that said "up"
         self._woken_early = False  # a new item cut a wait short since the last success
@@ -113,7 +116,7 @@ class Delivery:
                     # failed attempt and back off (the traceback once per failure episode).
                     if not self._in_error:
                         log.exception("uplink[%s]: unexpected error", self.name)
-                    await self._failed(f"unexpected: {exc!r}")
+                    await self._failed(f"unexpected: {exc!r}", of_items=False)
 
     async def step(self) -> None:
         """One unit of work: send a batch (and wait out a failure), or idle."""
@@ -127,7 +130,7 @@ class Delivery:
                 self.name, max(size, c.depth + CANARY_SEARCH) if canary else size
             )
         except StoreError as exc:
-            await self._failed(f"outbox: {exc}")
+            await self._failed(f"outbox: {exc}", of_items=False)
             return
         c.ahead = frozenset()
         if canary and items and items[0].item_id == c.held:
@@ -140,7 +143,7 @@ class Delivery:
                 try:
                     items = await self.outbox.next_batch(self.name, size, summaries_only=True)
                 except StoreError as exc:
-                    await self._failed(f"outbox: {exc}")
+                    await self._failed(f"outbox: {exc}", of_items=False)
                     return
                 if not items:
                     await self._failed(self._held_error(quiet=True))
@@ -172,7 +175,7 @@ class Delivery:
             self._between.set()
         summaries = items[0].class_name != "alert"
         if problem is not None:
-            await self._failed(problem)
+            await self._failed(problem, of_items=False)
             return
         if result.delivered:
             self._succeeded(result.delivered)
@@ -255,7 +258,7 @@ class Delivery:
         try:
             moved = await self.outbox.dead_letter(self.name, items, exc.reason)
         except StoreError as store_exc:
-            await self._failed(f"outbox: dead-lettering: {store_exc}")
+            await self._failed(f"outbox: dead-lettering: {store_exc}", of_items=False)
             return
         self.status.dead_lettered_total += len(moved)
         if exc.too_large:
@@ -302,8 +305,11 @@ class Delivery:
                 len(items),
             )
             self._in_error = False
-        if alerts:
+        if alerts or not self._alert_failed:
+            # A store's or the loop's failure is over once anything is delivered: on a
+            # calm plant (no alert for days) it read as failing all that time.
             st.consecutive_failures = 0
+            self._alert_failed = False
         if alerts < len(items):
             st.summaries_consecutive_failures = 0
 
@@ -314,8 +320,13 @@ class Delivery:
         *,
         down: bool = False,
         summaries: bool = False,
+        of_items: bool = True,
     ) -> None:
+        """Count a failure (the summaries' or the alerts'; not of_items: the store's or
+        the loop's, on the alerts' side) and wait out its backoff."""
         st = self.status
+        if of_items and not summaries:
+            self._alert_failed = True
         self._size.fitted = 0
         self._canary.failed()
         st.failures_total += 1

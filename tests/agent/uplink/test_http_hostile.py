@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import sqlite3
 import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -1056,3 +1057,42 @@ async def test_an_empty_202_accepted_without_content_length_is_a_delivery(tmp_pa
     empty = b"HTTP/1.0 202 Accepted\r\nContent-Type: application/json\r\n\r\n"
     delivered, error = await _delivered_by(tmp_path, empty)
     assert delivered == 2, error
+
+
+class LocksTheStore(Backend):
+    """Answers 200; before its first answer, another process's write lock is taken on the
+    outbox (a backup, an sqlite3 shell) and held until the test releases it."""
+
+    def __init__(self, db: Path) -> None:
+        super().__init__(_answer(200, body=b"{}"))
+        self.db = db
+        self.lock: sqlite3.Connection | None = None
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.lock is None:
+            self.lock = sqlite3.connect(self.db, isolation_level=None)
+            self.lock.execute("BEGIN IMMEDIATE")
+        await super().handle(reader, writer)
+
+    def release(self) -> None:
+        assert self.lock is not None
+        self.lock.rollback()
+        self.lock.close()
+
+
+async def test_a_store_hiccup_on_a_calm_plant_is_not_a_failure_for_good(tmp_path: Path) -> None:
+    """The store busy once (another process's lock) while a summary was marked delivered:
+    the alerts' failure streak (consecutive_failures, /healthz degraded, `status` failing)
+    was reset by an alert delivered only, so on a plant with no alert for days it stayed
+    set though the store worked again and every summary was delivered. A store's or the
+    loop's failure is now ended by any delivery; an alert's own failure by an alert's."""
+    backend = LocksTheStore(tmp_path / "outbox.db")
+    async with await _outbox(tmp_path) as outbox, serving(backend) as url:
+        c = _cfg(url, max_backoff_s=0.2)
+        await _append_a_summary(outbox)
+        async with Running(delivery(UP, HttpTransport(c, name=UP), outbox, c)) as up:
+            await until(lambda: _true(up.status.failures_total >= 1), timeout_s=15.0)
+            assert "busy" in (up.status.last_error or ""), up.status
+            backend.release()
+            await until(lambda: _true(up.status.summaries_delivered_total == 1))
+            assert up.status.consecutive_failures == 0, up.status

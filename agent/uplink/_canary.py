@@ -11,7 +11,13 @@ item so refused is dead-lettered only when refused again after an item behind it
 uplink) was delivered, i.e. the endpoint takes items, so the refusal is the item's own,
 and refused once more when resent alone at once (two refusals in a row: an endpoint that
 flips between refusing and taking per request, a flaky proxy, met the held item on each
-refusal and the canary on each success, and dead-lettered good items).
+refusal and the canary on each success, and dead-lettered good items). A refusal an
+item met and was later delivered after is the endpoint's, never an item's verdict: an
+item refused so is held, never dead-lettered (a proxy failing at random, 30 % of its
+answers its 400 page, dead-lettered about 1 good alert in 100 with two refusals in a row).
+Such an answer is the endpoint's for ENDPOINT_MEMORY_S after an item last met it and went
+through (ENDPOINT_SIGNATURES kept): a backend that refused everything with its own "invalid
+record" during a deploy does not hold a truly invalid record back for good after it.
 The refused first item is held pending and an item behind it is sent at once (the canary,
 CANARY_MAX_DEPTH items back at most, further back each round it is refused too, so a run
 of bad items blocks none behind it for long; never a record of an alert episode, same
@@ -35,7 +41,8 @@ from) is dead-lettered at once.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 from agent.store import StoredItem
 from agent.uplink.errors import UplinkRejected
@@ -44,6 +51,10 @@ from agent.uplink.errors import UplinkRejected
 CANARY_MAX_DEPTH = 64
 # From there, this many items are looked at for one of no episode ahead of it.
 CANARY_SEARCH = 64
+# Refusals proven the endpoint's (an item refused so was delivered after): this many kept,
+# each for this long after it was last proven.
+ENDPOINT_SIGNATURES = 8
+ENDPOINT_MEMORY_S = 600.0
 _EPISODIC = frozenset({"severity", "trend", "sensor_fault"})
 
 
@@ -60,6 +71,9 @@ class Canary:
         proven: ahead of a delivered canary: a refusal of one of these is its own (the
             endpoint takes items) ...
         rechecked: ... once refused twice in a row.
+        refused_with: items held or rechecked, and the refusal (its `alike`) they met.
+        endpoint_says: refusals an item met and was delivered after: the endpoint's
+            (with the monotonic time it was last so proven).
     """
 
     refusals: int = 0
@@ -69,6 +83,8 @@ class Canary:
     ahead: frozenset[str] = frozenset()
     proven: frozenset[str] = frozenset()
     rechecked: frozenset[str] = frozenset()
+    refused_with: dict[str, str] = field(default_factory=dict)
+    endpoint_says: dict[str, float] = field(default_factory=dict)
 
     def recheck(self, items: list[StoredItem], exc: UplinkRejected) -> bool:
         """Whether to send these items once more at once, alone, before taking a refusal
@@ -78,9 +94,10 @@ class Canary:
         ids = frozenset(it.item_id for it in items)
         if exc.too_large or exc.alike is None or not ids <= self.proven:
             return False
-        if ids <= self.rechecked:
-            return False  # refused twice in a row: its own
+        if ids <= self.rechecked or self._endpoints(exc.alike):
+            return False  # refused twice in a row: its own (or the endpoint's: held)
         self.rechecked = ids
+        self._remember(ids, exc.alike)
         return True
 
     def hold_back(self, items: list[StoredItem], exc: UplinkRejected) -> bool:
@@ -88,13 +105,20 @@ class Canary:
         (see the module docstring): yes unless the refusal is certainly theirs, or they
         are refused again after an item behind them was delivered."""
         ids = frozenset(it.item_id for it in items)
-        if exc.too_large or exc.alike is None or ids <= self.proven:
+        if (
+            exc.too_large
+            or exc.alike is None
+            or (ids <= self.proven and not self._endpoints(exc.alike))
+        ):
             self.proven -= ids
             self.rechecked -= ids
+            for item_id in ids:  # dead-lettered: its refusal was its own
+                self.refused_with.pop(item_id, None)
             if self.held in ids:
                 self.held, self.depth = None, 1
             return False
         self.refusals += len(items)
+        self._remember(ids, exc.alike)
         if self.ahead:  # the canary: the next one is taken further back
             self.depth = min(len(self.ahead) * 2, CANARY_MAX_DEPTH)
         else:  # the first pending item: held, and one behind it tried at once
@@ -106,6 +130,27 @@ class Canary:
         self.refusals, self.held, self.depth = 0, None, 1
         self.proven -= {it.item_id for it in items}
         self.rechecked -= {it.item_id for it in items}
+        for it in items:
+            said = self.refused_with.pop(it.item_id, None)
+            if said is not None:
+                # Refused, then taken: that refusal was the endpoint's, not the item's.
+                self.endpoint_says.pop(said, None)
+                self.endpoint_says[said] = time.monotonic()
+                while len(self.endpoint_says) > ENDPOINT_SIGNATURES:
+                    del self.endpoint_says[next(iter(self.endpoint_says))]
+
+    def _endpoints(self, alike: str) -> bool:
+        """Whether this refusal was proven the endpoint's, lately."""
+        at = self.endpoint_says.get(alike)
+        return at is not None and time.monotonic() - at < ENDPOINT_MEMORY_S
+
+    def _remember(self, ids: frozenset[str], alike: str) -> None:
+        """The refusal these items met (bounded: the held item and a canary or so)."""
+        for item_id in ids:
+            self.refused_with.pop(item_id, None)
+            self.refused_with[item_id] = alike
+        while len(self.refused_with) > CANARY_MAX_DEPTH:
+            del self.refused_with[next(iter(self.refused_with))]
 
     def failed(self) -> None:
         """A failure: a delivered canary proves the endpoint took items then, not after

@@ -36,6 +36,7 @@ An MQTT broker link down is one fault the same way (sensor id broker:<id>): its 
 staleness is held while it is down and judged alone from the reconnect on.
 Devices each on their own endpoint are judged together as the gateway's TCP network
 (drivers.modbus._peers.NETWORK): none of them answering is one fault, network:modbus-tcp.
+The endpoint faults are agent.endpoint_faults'; the record both build, agent.fault_draft.
 """
 
 from __future__ import annotations
@@ -55,17 +56,35 @@ from agent.analysis.removed import (
     why_left,
 )
 from agent.config import Asset, Config
-from agent.records import AlertDraft, AssetRef, SensorRef, Severity, format_ts
+from agent.endpoint_faults import EndpointFaults, EndpointHealth
+from agent.fault_draft import (
+    ALL_CHANNELS,
+    BROKER_PREFIX,
+    FLAP_CLEAR_HOLD_S,
+    FLAP_WINDOW_S,
+    HOST_PREFIX,
+    MAX_NAMED,
+    NETWORK_PREFIX,
+    PREFIXES,
+    fault_draft,
+    fault_key,
+)
+from agent.records import AssetRef, SensorRef, format_ts
 from drivers.reading import utc_now
 
-ALL_CHANNELS = "all"
-FLAP_WINDOW_S = 600.0  # a fault raised again this soon after its clear: the sensor flaps
-FLAP_CLEAR_HOLD_S = 120.0  # a flapping sensor must answer this long, unbroken, to clear
-HOST_PREFIX = "host:"  # the sensor id of a host's endpoint fault
-BROKER_PREFIX = "broker:"  # the sensor id of an MQTT broker's outage fault
-NETWORK_PREFIX = "network:"  # the sensor id of the Modbus TCP network's outage fault
-_PREFIXES = {"host": HOST_PREFIX, "broker": BROKER_PREFIX, "network": NETWORK_PREFIX}
-MAX_NAMED = 20  # sensor ids an endpoint fault names (the rest are counted)
+__all__ = [
+    "ALL_CHANNELS",
+    "BROKER_PREFIX",
+    "FLAP_CLEAR_HOLD_S",
+    "FLAP_WINDOW_S",
+    "HOST_PREFIX",
+    "MAX_NAMED",
+    "NETWORK_PREFIX",
+    "EndpointHealth",
+    "SensorFaultTracker",
+    "SensorHealth",
+    "fault_key",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,42 +105,6 @@ class SensorHealth:
     # Seconds it has failed with no other device behind its endpoint answering and no
     # outage declared (the others poll slower, or not yet): held up to endpoint_silent_s.
     undecided_for_s: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class EndpointHealth:
-    """The endpoints (host:port, gateway, serial line) of one host, each with several
-    devices behind it."""
-
-    host: str
-    devices: int  # behind all of them
-    silent_for_s: float  # the longest silence of one of them now (0: all answer)
-    silent: tuple[str, ...] = ()  # the endpoints silent now
-    silenced: tuple[str, ...] = ()  # the devices that failed during those silences
-    error: str = ""  # an example of their errors
-    # Every endpoint has answered since the agent started: a fault kept raised across a
-    # restart is not cleared by endpoints not yet found silent again.
-    answered: bool = True
-    # "broker": an MQTT broker link down (host: the broker id, silent: its address,
-    # devices: its sensors); its fault waits for the shortest stale_after_s of them too
-    # (raised_after_s), as long as they would each have waited.
-    kind: str = "host"
-    raised_after_s: float = 0.0
-
-    @property
-    def key(self) -> str:
-        """What the tracker knows it by: a host by its name (as stored since), anything
-        else by its sensor id (a broker id may equal a host name)."""
-        return self.host if self.kind == "host" else self.sensor_id
-
-    @property
-    def sensor_id(self) -> str:
-        return _PREFIXES[self.kind] + self.host.replace("/", "_")  # the store key splits on /
-
-
-def fault_key(asset_id: str, sensor_id: str) -> str:
-    """The store key of a sensor's fault state."""
-    return f"{asset_id}/{sensor_id}/{ALL_CHANNELS}/sensor_fault"
 
 
 class SensorFaultTracker:
@@ -158,31 +141,9 @@ class SensorFaultTracker:
         self._raised_on: dict[str, str] = {}  # the asset each sensor's raised state is for
         self._assets: dict[str, Asset] = {}
         self._transports: dict[str, str] = {}
-        self._endpoint_raised: dict[str, str] = {}  # host -> its fault's sensor id
-        self._host_cleared_at: dict[str, float] = {}  # as for sensors: a flapping host
-        self._host_flapping: set[str] = set()
-        self._host_ok_since: dict[str, float] = {}
-        self.endpoint_faults = 0  # endpoint faults raised (for /metrics)
+        self._endpoints = EndpointFaults(self._saved, transport, clock)
         self._place(config)
-        self._restore_hosts()
-
-    def _restore_hosts(self) -> None:
-        """The host faults raised when the agent stopped stay raised (a restart neither
-        repeats nor forgets them, as a device's own): cleared when the host answers."""
-        for k, v in self._saved.items():
-            asset_id, sid = k.split("/")[:2]
-            if not sid.startswith(tuple(_PREFIXES.values())) or asset_id != self._gateway.id:
-                continue
-            try:
-                saved = json.loads(v)
-            except ValueError:
-                continue
-            if (
-                isinstance(saved, dict)
-                and saved.get("raised")
-                and isinstance(saved.get("host"), str)
-            ):
-                self._endpoint_raised[saved["host"]] = sid
+        self._endpoints.restore()
 
     def reconfigure(self, config: Config, at: datetime | None = None) -> Update:
         """Take a reloaded configuration; a "cleared" record (at: its time) for each fault
@@ -203,9 +164,8 @@ class SensorFaultTracker:
         self._assets = {s.id: config.asset(s.asset) for s in config.sensors}
         gw = config.gateway
         self._endpoint_after = config.sensor_faults.endpoint_silent_s
-        self._gateway = AssetRef(
-            gw.id, f"gateway {gw.id}" + (f" ({gw.site})" if gw.site else ""), 1
-        )
+        gateway = AssetRef(gw.id, f"gateway {gw.id}" + (f" ({gw.site})" if gw.site else ""), 1)
+        self._endpoints.place(gateway, config.sensor_faults.endpoint_silent_s)
         self._bad_after = {s.id: s.bad_values_fault_s for s in config.sensors}
         self._transports = {
             s.id: "mqtt" if s.mqtt is not None else self._transport for s in config.sensors
@@ -236,11 +196,11 @@ class SensorFaultTracker:
         for k in sorted(self._saved):
             asset_id, sid = k.split("/")[:2]
             placed = (self._assets[sid].id, ()) if sid in self._assets else None
-            if sid.startswith(tuple(_PREFIXES.values())):
+            if sid.startswith(tuple(PREFIXES.values())):
                 # A host's fault open when the agent stopped stays raised (_restore_hosts);
                 # one saved by an older version (no host) or for another gateway id is
                 # closed: its silence is measured anew, raised again if it lasts.
-                if when != CLOSED_AT_START or sid in self._endpoint_raised.values():
+                if when != CLOSED_AT_START or sid in self._endpoints.raised.values():
                     continue
                 reason = "closed at start: the endpoint is watched anew, raised again if silent"
             elif (reason := why_left(asset_id, sid, None, placed, when)) is None:
@@ -342,169 +302,20 @@ class SensorFaultTracker:
         sensor = SensorRef(health.sensor_id, ALL_CHANNELS, self._transports[health.sensor_id])
         why = reason if transition == "raised" else "sensor answers again"
         out.drafts.append(
-            _fault_draft(AssetRef(asset.id, asset.name, asset.tier), sensor, transition, now,
+            fault_draft(AssetRef(asset.id, asset.name, asset.tier), sensor, transition, now,
                          (metric, round(value, 3), threshold), why, evidence)
         )  # fmt: skip
         return out
 
+    @property
+    def endpoint_faults(self) -> int:
+        """Endpoint faults raised (for /metrics)."""
+        return self._endpoints.raised_total
+
     def close_unwatched(self, watched: Collection[str], now: datetime) -> Update:
-        """Clear the fault of a host no longer watched as a group (a reload replaced the
-        gateway, removed or moved its devices, or left fewer than 3 behind it): nothing
-        would observe it answering again, and its fault stayed raised until a restart."""
-        out = Update()
-        for host in [h for h in self._endpoint_raised if h not in watched]:
-            sid = self._endpoint_raised.pop(host)
-            self._host_flapping.discard(host)
-            self._host_ok_since.pop(host, None)
-            self._host_cleared_at[host] = self._clock()
-            key = fault_key(self._gateway.id, sid)
-            self._saved.pop(key, None)
-            out.state[key] = json.dumps({"raised": False, "at": format_ts(now), "host": host})
-            reason = (
-                "no longer watched: the devices behind it were removed or moved by a reload "
-                "(or in the file before a restart; any left are judged one by one)"
-            )
-            out.drafts.append(
-                AlertDraft(
-                    asset=self._gateway,
-                    sensor=SensorRef(sid, ALL_CHANNELS, _transport(sid, self._transport)),
-                    kind="sensor_fault",
-                    state="cleared",
-                    detected_at=now,
-                    severity=Severity(
-                        level="info",
-                        zone=None,
-                        standard="sensor health",
-                        metric="devices_silent",
-                        value=0.0,
-                        threshold=0.0,
-                    ),
-                    no_estimate_reason=reason,
-                    evidence={"host": host, "reason": reason},
-                )
-            )
-        return out
+        """Clear the fault of a host no longer watched (agent.endpoint_faults)."""
+        return self._endpoints.close_unwatched(watched, now)
 
     def update_endpoint(self, health: EndpointHealth, now: datetime) -> Update:
-        """One host's endpoints observed: one fault for the host, raised once one of them
-        has been silent for sensor_faults.endpoint_silent_s, cleared when all answer (a
-        host whose 9 ports all fall silent is one episode, not 9). A host raised again
-        within FLAP_WINDOW_S of its clear (a switch port flapping) clears only once it has
-        answered for FLAP_CLEAR_HOLD_S without a break, as a flapping sensor."""
-        out = Update()
-        sid, host, clock = health.sensor_id, health.key, self._clock()
-        after = max(self._endpoint_after, health.raised_after_s)
-        raised = host in self._endpoint_raised
-        answering_for = None
-        if health.silent_for_s > 0:
-            self._host_ok_since.pop(host, None)
-        else:
-            answering_for = clock - self._host_ok_since.setdefault(host, clock)
-        if not raised and health.silent_for_s > 0 and health.silent_for_s >= after:
-            transition = "raised"
-            self._endpoint_raised[host] = sid
-            self.endpoint_faults += 1
-            cleared_at = self._host_cleared_at.get(host)
-            if cleared_at is not None and clock - cleared_at < FLAP_WINDOW_S:
-                self._host_flapping.add(host)  # a switch port dropping it again and again
-        elif raised and answering_for is not None and health.answered:
-            if host in self._host_flapping and answering_for < FLAP_CLEAR_HOLD_S:
-                return out  # back for a moment only: the episode goes on
-            transition = "cleared"
-            del self._endpoint_raised[host]
-            self._host_cleared_at[host] = clock
-        else:
-            return out
-        key = fault_key(self._gateway.id, sid)
-        self._saved.pop(key, None)
-        raised_now = transition == "raised"
-        out.state[key] = json.dumps({"raised": raised_now, "at": format_ts(now), "host": host})
-        named = sorted(health.silenced)
-        broker = health.kind == "broker"
-        evidence: dict[str, object] = {health.kind: health.host}
-        if host in self._host_flapping:
-            evidence["flapping"] = True  # raised again soon after a clear
-            if transition == "cleared":
-                evidence["answering_for_s"] = round(answering_for or 0.0, 1)
-                self._host_flapping.discard(host)
-        if transition == "raised" and broker:
-            evidence |= {
-                "address": ", ".join(health.silent),
-                "sensors": health.devices,
-                "sensors_silent": len(named),
-                "sensor_ids": named[:MAX_NAMED],
-                "last_error": health.error or None,
-                "down_for_s": round(health.silent_for_s, 1),
-            }
-        elif transition == "raised":
-            evidence |= {
-                "endpoints_silent": sorted(health.silent),
-                "devices": health.devices,
-                "devices_silent": len(named),
-                "sensor_ids": named[:MAX_NAMED],
-                "last_error": health.error or None,
-                "silent_for_s": round(health.silent_for_s, 1),
-            }
-        sensor = SensorRef(sid, ALL_CHANNELS, _transport(sid, self._transport))
-        measured = (
-            "sensors_silent" if broker else "devices_silent",
-            float(len(named)),
-            float(health.devices),
-        )
-        why = _endpoint_reason(health, transition, len(named))
-        out.drafts.append(
-            _fault_draft(self._gateway, sensor, transition, now, measured, why, evidence)
-        )
-        return out
-
-
-def _fault_draft(
-    asset: AssetRef, sensor: SensorRef, transition: str, now: datetime,
-    measured: tuple[str, float, float], reason: str, evidence: dict[str, object],
-) -> AlertDraft:  # fmt: skip
-    """A sensor_fault record (a sensor's, or a silent host's, network's or broker's):
-    `measured` is the severity's (metric, value, threshold)."""
-    metric, value, threshold = measured
-    return AlertDraft(
-        asset=asset,
-        sensor=sensor,
-        kind="sensor_fault",
-        state=transition,  # type: ignore[arg-type]
-        detected_at=now,
-        severity=Severity(
-            level="warning" if transition == "raised" else "info",
-            zone=None,
-            standard="sensor health",
-            metric=metric,
-            value=value,
-            threshold=threshold,
-        ),
-        no_estimate_reason=reason,
-        evidence=evidence,
-    )
-
-
-def _transport(sid: str, modbus: str) -> str:
-    return "mqtt" if sid.startswith(BROKER_PREFIX) else modbus
-
-
-def _endpoint_reason(health: EndpointHealth, transition: str, silent: int) -> str:
-    if health.kind == "broker":
-        if transition == "raised":
-            return (
-                f"MQTT broker {health.host} ({', '.join(health.silent)}) not connected: "
-                f"{silent} sensors are not watched"
-            )
-        return f"MQTT broker {health.host} connected again"
-    if health.kind == "network":
-        if transition == "raised":
-            return (
-                f"no Modbus TCP device answers (a network outage): {silent} sensors are not watched"
-            )
-        return "Modbus TCP devices answer again"
-    if transition == "raised":
-        return (
-            f"no device behind {', '.join(sorted(health.silent))} answers: "
-            f"{silent} sensors are not watched"
-        )
-    return "every endpoint of the host answers again"
+        """One host's (network's, broker's) endpoints observed (agent.endpoint_faults)."""
+        return self._endpoints.update(health, now)

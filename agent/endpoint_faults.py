@@ -42,6 +42,9 @@ class EndpointHealth:
     # (raised_after_s), as long as they would each have waited.
     kind: str = "host"
     raised_after_s: float = 0.0
+    # The network's: the hosts of its silent devices (silent: their host:port), what a
+    # planner goes and looks at.
+    silent_hosts: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
@@ -175,6 +178,20 @@ class EndpointFaults:
                 "last_error": health.error or None,
                 "down_for_s": round(health.silent_for_s, 1),
             }
+        elif transition == "raised" and health.kind == "network":
+            # Every silent endpoint and host named (the first MAX_NAMED, and how many).
+            endpoints, hosts = sorted(health.silent), sorted(health.silent_hosts)
+            evidence |= {
+                "hosts_silent": hosts[:MAX_NAMED],
+                "hosts_silent_count": len(hosts),
+                "endpoints_silent": endpoints[:MAX_NAMED],
+                "endpoints_silent_count": len(endpoints),
+                "devices": health.devices,
+                "devices_silent": len(named),
+                "sensor_ids": named[:MAX_NAMED],
+                "last_error": health.error or None,
+                "silent_for_s": round(health.silent_for_s, 1),
+            }
         elif transition == "raised":
             evidence |= {
                 "endpoints_silent": sorted(health.silent),
@@ -207,8 +224,11 @@ def _reason(health: EndpointHealth, transition: str, silent: int) -> str:
         return f"MQTT broker {health.host} connected again"
     if health.kind == "network":
         if transition == "raised":
+            hosts = sorted(health.silent_hosts)
+            more = f" and {len(hosts) - 3} more" if len(hosts) > 3 else ""
             return (
-                f"no Modbus TCP device answers (a network outage): {silent} sensors are not watched"
+                f"no Modbus TCP device answers (a network outage): {silent} sensors on "
+                f"{len(hosts)} hosts ({', '.join(hosts[:3])}{more}) are not watched"
             )
         return "Modbus TCP devices answer again"
     if transition == "raised":

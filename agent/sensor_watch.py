@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 
 from agent.analysis.monitor import Update
@@ -46,7 +46,8 @@ async def watch_sensors(
         healths += [_mqtt_health(m, links.get(m.broker)) for m in mqtt.sensors]
         for health in healths:
             _step(faults, health, now, persist)
-        hosts = [*_hosts(sensors.peers.values()), *_brokers(mqtt)]
+        places = {sid: _place(p) for sid, p in sensors.pollers.items()}
+        hosts = [*_hosts(sensors.peers.values(), places), *_brokers(mqtt)]
         for health in hosts:
             update = faults.update_endpoint(health, now)
             if update.drafts or update.state:
@@ -81,8 +82,15 @@ def _poller_health(p: ModbusPoller) -> SensorHealth:
     )
 
 
-def _hosts(peers: Iterable[Peers]) -> list[EndpointHealth]:
-    """The endpoints grouped by host: a host's silent endpoints are one fault."""
+def _place(p: ModbusPoller) -> tuple[str, str]:
+    """A device's endpoint (host:port, or bus) and host."""
+    return p.bus.address, getattr(p.bus.links[0], "host", p.bus.address)
+
+
+def _hosts(peers: Iterable[Peers], places: Mapping[str, tuple[str, str]]) -> list[EndpointHealth]:
+    """The endpoints grouped by host: a host's silent endpoints are one fault. The
+    network's silence names the endpoints and hosts of its silent devices (places: each
+    device's, by sensor id)."""
     by_host: dict[str, list[Peers]] = {}
     for p in peers:
         if p.grouped or p.outage is not None:
@@ -98,16 +106,23 @@ def _hosts(peers: Iterable[Peers]) -> list[EndpointHealth]:
             out.append(EndpointHealth(host, devices, 0.0, answered=answered, kind=kind))
             continue
         outages = [p.outage for p in silent if p.outage is not None]
+        silenced = tuple(s for o in outages for s in o.sensors)
+        addresses, hosts = tuple(p.address for p in silent), ()
+        if kind == "network":
+            found = [places[s] for s in silenced if s in places]
+            addresses = tuple(sorted({a for a, _ in found}))
+            hosts = tuple(sorted({h for _, h in found}))
         out.append(
             EndpointHealth(
                 host,
                 devices,
                 max(max(o.lasted_s(now) for o in outages), 1e-6),
-                tuple(p.address for p in silent),
-                tuple(s for o in outages for s in o.sensors),
+                addresses,
+                silenced,
                 outages[0].error,
                 answered,
                 kind=kind,
+                silent_hosts=hosts,
             )
         )
     return out

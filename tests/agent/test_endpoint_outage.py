@@ -431,17 +431,19 @@ async def test_after_an_outage_one_answer_wakes_the_others_backoff(tmp_path: Pat
     assert spread < 1.0, spread
 
 
-def _own_ip_config(tmp_path: Path, ports: list[int]) -> str:
-    """One device per endpoint (as TCP sensors with their own IP): d<i> on ports[i]."""
+def _own_ip_config(tmp_path: Path, places: list[tuple[str, int]]) -> str:
+    """One device per endpoint (as TCP sensors with their own IP): d<i> on places[i]."""
     sensor = (
-        "  - {{id: d{i}, asset: m, modbus: {{host: 127.0.0.1, port: {port}, device_id: 1,"
+        "  - {{id: d{i}, asset: m, modbus: {{host: {host}, port: {port}, device_id: 1,"
         " timeout_s: 0.1, backoff_max_s: 0.5}}, poll_interval_s: 0.2}}"
     )
     lines = _config(tmp_path, 0, 0).splitlines()
     head = [x for x in lines if "{id: b" not in x and "{id: o" not in x]
     at = head.index("sensors:") + 1
     return "\n".join(
-        head[:at] + [sensor.format(i=i, port=p) for i, p in enumerate(ports)] + head[at:]
+        head[:at]
+        + [sensor.format(i=i, host=h, port=p) for i, (h, p) in enumerate(places)]
+        + head[at:]
     )
 
 
@@ -452,13 +454,15 @@ async def test_a_network_outage_of_own_ip_devices_is_one_fault_and_a_blip_none(
     fault for the gateway's TCP network, none per device; a blip raises nothing; a device
     dead among answering ones, or still silent once the others answer, raises its own."""
     n = 10
-    servers = [ModbusSimServer([SimDevice(1, Constant({}))]) for _ in range(n)]
+    servers = [
+        ModbusSimServer([SimDevice(1, Constant({}))], host=f"127.0.0.{i + 1}") for i in range(n)
+    ]
     servers.append(ModbusSimServer([SimDevice(1, Constant({}), Fault("dead"))]))
     for s in servers:
         await s.__aenter__()
     ports = [s.port for s in servers]
     cfg = tmp_path / "agent.yaml"
-    cfg.write_text(_own_ip_config(tmp_path, ports))
+    cfg.write_text(_own_ip_config(tmp_path, [(s.host, s.port) for s in servers]))
     records: list[dict[str, Any]] = []
     caplog.set_level(logging.INFO, logger="edge_agent.drivers.modbus")
     agent = Agent(load_config(cfg), on_records=records.extend)
@@ -466,7 +470,9 @@ async def test_a_network_outage_of_own_ip_devices_is_one_fault_and_a_blip_none(
     dead = f"d{n}"
 
     async def restart(i: int) -> None:
-        servers[i] = ModbusSimServer([SimDevice(1, Constant({}))], port=ports[i])
+        servers[i] = ModbusSimServer(
+            [SimDevice(1, Constant({}))], host=f"127.0.0.{i + 1}", port=ports[i]
+        )
         await servers[i].__aenter__()
 
     try:
@@ -507,3 +513,11 @@ async def test_a_network_outage_of_own_ip_devices_is_one_fault_and_a_blip_none(
     raised = next(r for r in records if r["kind"] == "sensor_fault")
     assert raised["asset"]["id"] == "gw-storm"
     assert raised["evidence"]["devices_silent"] == n  # the dead one failed alone before
+    # What to go and look at: the silent hosts and endpoints, not just "modbus-tcp".
+    hosts = sorted(f"127.0.0.{i + 1}" for i in range(n))
+    assert raised["evidence"]["hosts_silent"] == hosts
+    assert raised["evidence"]["hosts_silent_count"] == n
+    assert raised["evidence"]["endpoints_silent"] == sorted(
+        f"127.0.0.{i + 1}:{ports[i]}" for i in range(n)
+    )
+    assert f"{n} sensors on {n} hosts" in raised["no_estimate_reason"]

@@ -202,4 +202,7 @@ def build_sources(
                 wheel=ticks,
             )
         )
+    for p in peers.values():
+        # An outage is decided without a device due only after this (_peers).
+        p.decide_within_s = config.sensor_faults.endpoint_silent_s
     return Sources(tuple(buses), tuple(pollers))

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -80,6 +81,9 @@ class Peers:
         # The gateway's TCP network (NETWORK), for a device alone on this endpoint.
         self.network: Peers | None = None
         self.threshold = threshold
+        # The longest an outage waits for a slowly polled device to be asked (the agent
+        # sets sensor_faults.endpoint_silent_s): see _quiet_for_all.
+        self.decide_within_s = math.inf
         # sensor id -> its poll interval plus timeout: how long it may go without
         # answering while all is well.
         self.members: dict[str, float] = {}
@@ -188,9 +192,14 @@ class Peers:
 
     def _quiet_for_all(self) -> bool:
         """Whether no device has answered for longer than any of them polls: a device
-        polled every 60 s beside this one at 1 s has not answered yet, not failed."""
+        polled every 60 s beside this one at 1 s has not answered yet, not failed. Only
+        the devices due within decide_within_s count when MIN_PEERS of them do: one not
+        due yet cannot be silent, and waiting for one polled every 600 s held a whole
+        network's outage (its one fault) back for 10 minutes."""
         quiet = time.monotonic() - self.last_answer
-        return quiet >= max(self.members.values(), default=0.0)
+        polls = list(self.members.values())
+        due = [q for q in polls if q <= self.decide_within_s]
+        return quiet >= max(due if len(due) >= MIN_PEERS else polls, default=0.0)
 
     def _declare(self, sensor_id: str, error: str) -> Outage:
         now = time.monotonic()

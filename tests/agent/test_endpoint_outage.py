@@ -521,3 +521,44 @@ async def test_a_network_outage_of_own_ip_devices_is_one_fault_and_a_blip_none(
         f"127.0.0.{i + 1}:{ports[i]}" for i in range(n)
     )
     assert f"{n} sensors on {n} hosts" in raised["no_estimate_reason"]
+
+
+async def test_a_network_outage_is_not_held_back_by_a_slowly_polled_device(
+    tmp_path: Path,
+) -> None:
+    """Six own-IP devices polled every 0.2 s and one every 60 s, all silent (the switch
+    down). The outage waited for the slow device to be asked (60 s here, 10 minutes with a
+    600 s device), so each fast device raised its own fault meanwhile; a device not due
+    yet cannot be silent: now the devices due decide, and it is one network fault."""
+    n = 7
+    servers = [ModbusSimServer([SimDevice(1, Constant({}))]) for _ in range(n)]
+    for s in servers:
+        await s.__aenter__()
+    slow = f"d{n - 1}"
+    text = _own_ip_config(tmp_path, [(s.host, s.port) for s in servers])
+    lines = [
+        x.replace("poll_interval_s: 0.2", "poll_interval_s: 60") if f"id: {slow}," in x else x
+        for x in text.splitlines()
+    ]
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text(
+        "\n".join(lines).replace(f"endpoint_silent_s: {SILENT_FAULT_S}", "endpoint_silent_s: 1.0")
+    )
+    records: list[dict[str, Any]] = []
+    agent = Agent(load_config(cfg), on_records=records.extend)
+    task = asyncio.create_task(agent.run())
+    pollers = agent.sensors.pollers
+    try:
+        await _until(
+            lambda: len(pollers) == n and all(p.state == "ok" for p in pollers.values()), 10
+        )
+        for s in servers:
+            await s.__aexit__(None, None, None)
+        await _until(lambda: len(_faults(records)) >= 1, 8)
+        await asyncio.sleep(1.5)  # no device's own fault follows
+    finally:
+        agent.stop()
+        await asyncio.wait_for(task, 15)
+        for s in servers:
+            await s.__aexit__(None, None, None)
+    assert _faults(records) == [("network:modbus-tcp", "raised")], _faults(records)

@@ -45,6 +45,9 @@ class EndpointHealth:
     # The network's: the hosts of its silent devices (silent: their host:port), what a
     # planner goes and looks at.
     silent_hosts: tuple[str, ...] = ()
+    # The key of a wider group silent with it (the network's): while that one's fault is
+    # raised, it covers this one (one fault for one outage).
+    within: str = ""
 
     @property
     def key(self) -> str:
@@ -107,25 +110,31 @@ class EndpointFaults:
         gateway, removed or moved its devices, or left fewer than 3 behind it): nothing
         would observe it answering again, and its fault stayed raised until a restart."""
         out = Update()
+        reason = (
+            "no longer watched: the devices behind it were removed or moved by a reload "
+            "(or in the file before a restart; any left are judged one by one)"
+        )
         for host in [h for h in self.raised if h not in watched]:
-            sid = self.raised.pop(host)
-            self._flapping.discard(host)
-            self._ok_since.pop(host, None)
             self._cleared_at[host] = self._clock()
-            key = fault_key(self._gateway.id, sid)
-            self._saved.pop(key, None)
-            out.state[key] = json.dumps({"raised": False, "at": format_ts(now), "host": host})
-            reason = (
-                "no longer watched: the devices behind it were removed or moved by a reload "
-                "(or in the file before a restart; any left are judged one by one)"
-            )
-            sensor = SensorRef(sid, ALL_CHANNELS, transport_of(sid, self._transport))
-            measured = ("devices_silent", 0.0, 0.0)
-            evidence: dict[str, object] = {"host": host, "reason": reason}
-            out.drafts.append(
-                fault_draft(self._gateway, sensor, "cleared", now, measured, reason, evidence)
-            )
+            self._close(out, host, now, reason, {"reason": reason})
         return out
+
+    def _close(
+        self, out: Update, host: str, now: datetime, reason: str, evidence: dict[str, object]
+    ) -> None:
+        """Clear a host's fault for a reason other than its answering again."""
+        sid = self.raised.pop(host)
+        self._flapping.discard(host)
+        self._ok_since.pop(host, None)
+        key = fault_key(self._gateway.id, sid)
+        self._saved.pop(key, None)
+        out.state[key] = json.dumps({"raised": False, "at": format_ts(now), "host": host})
+        sensor = SensorRef(sid, ALL_CHANNELS, transport_of(sid, self._transport))
+        measured = ("devices_silent", 0.0, 0.0)
+        evidence = {"host": host, **evidence}
+        out.drafts.append(
+            fault_draft(self._gateway, sensor, "cleared", now, measured, reason, evidence)
+        )
 
     def update(self, health: EndpointHealth, now: datetime) -> Update:
         """One host's endpoints observed: one fault for the host, raised once one of them
@@ -135,6 +144,15 @@ class EndpointFaults:
         answered for FLAP_CLEAR_HOLD_S without a break, as a flapping sensor."""
         out = Update()
         sid, host, clock = health.sensor_id, health.key, self._clock()
+        if health.within:
+            # Silent within the network's outage, whose one fault says it (raised once all
+            # has been silent for endpoint_silent_s: this one waits no longer than that):
+            # not raised, and closed once the network's is (raised again if still silent
+            # when the network is back).
+            if host in self.raised and health.within in self.raised:
+                why = f"superseded by {health.within}: the whole Modbus TCP network is silent"
+                self._close(out, host, now, why, {"superseded_by": health.within})
+            return out
         after = max(self._after, health.raised_after_s)
         raised = host in self.raised
         answering_for = None

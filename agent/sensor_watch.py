@@ -88,44 +88,88 @@ def _place(p: ModbusPoller) -> tuple[str, str]:
 
 
 def _hosts(peers: Iterable[Peers], places: Mapping[str, tuple[str, str]]) -> list[EndpointHealth]:
-    """The endpoints grouped by host: a host's silent endpoints are one fault. The
-    network's silence names the endpoints and hosts of its silent devices (places: each
-    device's, by sensor id)."""
+    """The groups that decide outages, by host: a host's silent endpoints are one fault;
+    the gateway's TCP network first, silent when every TCP device's group is (places:
+    each device's endpoint and host, by sensor id, to name what is silent)."""
+    peers = list(peers)
+    judges = {id(j): j for p in peers if p.address != NETWORK and (j := p.judge) is not None}
     by_host: dict[str, list[Peers]] = {}
     for p in peers:
-        if p.grouped or p.outage is not None:
+        if p.address != NETWORK and (id(p) in judges or p.outage is not None):
             by_host.setdefault(p.host, []).append(p)
-    now = time.monotonic()
-    out = []
-    for host, endpoints in by_host.items():
-        devices = sum(len(p.members) for p in endpoints)
-        silent = [p for p in endpoints if p.outage is not None]
-        answered = all(p.last_answer >= 0 for p in endpoints)  # since the agent started
-        kind = "network" if host == NETWORK else "host"
-        if not silent:
-            out.append(EndpointHealth(host, devices, 0.0, answered=answered, kind=kind))
-            continue
-        outages = [p.outage for p in silent if p.outage is not None]
-        silenced = tuple(s for o in outages for s in o.sensors)
-        addresses, hosts = tuple(p.address for p in silent), ()
-        if kind == "network":
-            found = [places[s] for s in silenced if s in places]
-            addresses = tuple(sorted({a for a, _ in found}))
-            hosts = tuple(sorted({h for _, h in found}))
-        out.append(
-            EndpointHealth(
-                host,
-                devices,
-                max(max(o.lasted_s(now) for o in outages), 1e-6),
-                addresses,
-                silenced,
-                outages[0].error,
-                answered,
-                kind=kind,
-                silent_hosts=hosts,
-            )
-        )
+    network = _network(peers, places)
+    out = [] if network is None else [network]
+    within = network.key if network is not None and network.silent_for_s > 0 else ""
+    for host, groups in by_host.items():
+        tcp = any(g.network is not None for g in groups)
+        out.append(_health(host, groups, places, "host", within if tcp else ""))
     return out
+
+
+def _network(peers: list[Peers], places: Mapping[str, tuple[str, str]]) -> EndpointHealth | None:
+    """The gateway's TCP network: silent when every TCP device's group (its endpoint or
+    the network itself) is, so one outage of many hosts is one fault."""
+    net = next((p for p in peers if p.address == NETWORK), None)
+    if net is None or not net.grouped:
+        return None
+    tcp = [p for p in peers if p.address != NETWORK and p.network is not None and p.members]
+    judges = {id(j): j for p in tcp if (j := p.judge) is not None}
+    # All on one host: that host's silence, its own fault (the narrower names more),
+    # unless no host's fault can say it (devices alone on their endpoints).
+    wide = len({p.host for p in tcp}) > 1 or id(net) in judges
+    silent = wide and all(p.judge is not None for p in tcp)
+    silent = silent and all(j.outage is not None for j in judges.values())
+    groups = list(judges.values()) if silent else [net]
+    answered = net.last_answer >= 0  # a TCP device has answered since the agent started
+    health = _health(NETWORK, groups, places, "network", "", since_last=True)
+    return EndpointHealth(
+        NETWORK, len(net.members), health.silent_for_s if silent else 0.0, health.silent,
+        health.silenced, health.error, answered, kind="network",
+        silent_hosts=health.silent_hosts,
+    )  # fmt: skip
+
+
+def _health(
+    host: str,
+    groups: list[Peers],
+    places: Mapping[str, tuple[str, str]],
+    kind: str,
+    within: str,
+    since_last: bool = False,
+) -> EndpointHealth:
+    """One host's (or the network's) groups: silent for the longest silence of one of
+    them (since_last: for the shortest, the time they have all been silent)."""
+    devices = len({s for g in groups for s in g.members})
+    answered = all(g.last_answer >= 0 for g in groups)  # since the agent started
+    outages = [g.outage for g in groups if g.outage is not None]
+    if not outages:
+        return EndpointHealth(host, devices, 0.0, answered=answered, kind=kind, within=within)
+    silenced = tuple(sorted({s for o in outages for s in o.sensors}))
+    # An endpoint's silence names it; a host's or the network's, its silent devices' places.
+    addresses = {g.address for g in groups if g.outage is not None and g.address != NETWORK}
+    found = [
+        places[s]
+        for g in groups
+        if g.outage is not None and g.address == NETWORK
+        for s in g.outage.sensors
+        if s in places
+    ]
+    addresses |= {a for a, _ in found}
+    hosts = {h for _, h in found} | {g.host for g in groups if g.outage is not None}
+    now = time.monotonic()
+    lasted = [o.lasted_s(now) for o in outages]
+    return EndpointHealth(
+        host,
+        devices,
+        max(min(lasted) if since_last else max(lasted), 1e-6),
+        tuple(sorted(addresses)),
+        silenced,
+        outages[0].error,
+        answered,
+        kind=kind,
+        silent_hosts=tuple(sorted(hosts - {NETWORK})),
+        within=within,
+    )
 
 
 def _brokers(mqtt: RunningMqtt) -> list[EndpointHealth]:

@@ -457,7 +457,8 @@ async def test_a_network_outage_of_own_ip_devices_is_one_fault_and_a_blip_none(
     servers = [
         ModbusSimServer([SimDevice(1, Constant({}))], host=f"127.0.0.{i + 1}") for i in range(n)
     ]
-    servers.append(ModbusSimServer([SimDevice(1, Constant({}), Fault("dead"))]))
+    dead_host = f"127.0.0.{n + 1}"
+    servers.append(ModbusSimServer([SimDevice(1, Constant({}), Fault("dead"))], host=dead_host))
     for s in servers:
         await s.__aenter__()
     ports = [s.port for s in servers]
@@ -531,7 +532,9 @@ async def test_a_network_outage_is_not_held_back_by_a_slowly_polled_device(
     600 s device), so each fast device raised its own fault meanwhile; a device not due
     yet cannot be silent: now the devices due decide, and it is one network fault."""
     n = 7
-    servers = [ModbusSimServer([SimDevice(1, Constant({}))]) for _ in range(n)]
+    servers = [
+        ModbusSimServer([SimDevice(1, Constant({}))], host=f"127.0.0.{i + 1}") for i in range(n)
+    ]
     for s in servers:
         await s.__aenter__()
     slow = f"d{n - 1}"
@@ -562,3 +565,84 @@ async def test_a_network_outage_is_not_held_back_by_a_slowly_polled_device(
         for s in servers:
             await s.__aexit__(None, None, None)
     assert _faults(records) == [("network:modbus-tcp", "raised")], _faults(records)
+
+
+async def _serve_hosts(units: list[int]) -> list[ModbusSimServer]:
+    """A simulator on each of 127.0.0.1, .2, ... with units[i] device ids (1, 2, ...)."""
+    servers = []
+    for i, n in enumerate(units):
+        devices = [SimDevice(d, Constant({})) for d in range(1, n + 1)]
+        servers.append(ModbusSimServer(devices, host=f"127.0.0.{i + 1}"))
+        await servers[-1].__aenter__()
+    return servers
+
+
+async def _restart(servers: list[ModbusSimServer], i: int) -> None:
+    s = servers[i]
+    servers[i] = ModbusSimServer(list(s.devices.values()), host=s.host, port=s.port)
+    await servers[i].__aenter__()
+
+
+def _hosts_config(tmp_path: Path, servers: list[ModbusSimServer]) -> Path:
+    """h<host>u<unit> for every device of every server, polled every 0.2 s."""
+    sensor = (
+        "  - {{id: h{h}u{u}, asset: m, modbus: {{host: {host}, port: {port}, device_id: {u},"
+        " timeout_s: 0.1, backoff_max_s: 0.5}}, poll_interval_s: 0.2}}"
+    )
+    lines = _config(tmp_path, 0, 0).splitlines()
+    head = [x for x in lines if "{id: b" not in x and "{id: o" not in x]
+    at = head.index("sensors:") + 1
+    sensors = [
+        sensor.format(h=h + 1, u=u, host=s.host, port=s.port)
+        for h, s in enumerate(servers)
+        for u in s.devices
+    ]
+    cfg = tmp_path / "agent.yaml"
+    text = "\n".join(head[:at] + sensors + head[at:])
+    cfg.write_text(text.replace(f"endpoint_silent_s: {SILENT_FAULT_S}", "endpoint_silent_s: 1.0"))
+    return cfg
+
+
+async def test_a_network_outage_closes_the_host_faults_and_leaves_the_still_silent_one(
+    tmp_path: Path,
+) -> None:
+    """Hosts .1-.3 with one device each, .4 and .5 with three: host .4 falls silent (its
+    fault raised), then the whole network. Both the network's fault and the hosts' were
+    raised for one outage; now the network's supersedes them (host .4's closed, .5's never
+    raised), and when the network comes back but .4, .4's fault is raised again."""
+    servers = await _serve_hosts([1, 1, 1, 3, 3])
+    records: list[dict[str, Any]] = []
+    agent = Agent(load_config(_hosts_config(tmp_path, servers)), on_records=records.extend)
+    task = asyncio.create_task(agent.run())
+    pollers = agent.sensors.pollers
+    net, host4 = "network:modbus-tcp", "host:127.0.0.4"
+    try:
+        await _until(
+            lambda: len(pollers) == 9 and all(p.state == "ok" for p in pollers.values()), 10
+        )
+        await servers[3].__aexit__(None, None, None)
+        await _until(lambda: (host4, "raised") in _faults(records), 8)
+        for i in (0, 1, 2, 4):
+            await servers[i].__aexit__(None, None, None)
+        await _until(lambda: (host4, "cleared") in _faults(records), 8)
+        await asyncio.sleep(1.0)  # no other host's fault follows
+        for i in (0, 1, 2, 4):
+            await _restart(servers, i)
+        await _until(lambda: len(_faults(records)) >= 5, 8)
+        await asyncio.sleep(1.0)
+    finally:
+        agent.stop()
+        await asyncio.wait_for(task, 15)
+        for s in servers:
+            await s.__aexit__(None, None, None)
+    assert _faults(records) == [
+        (host4, "raised"),
+        (net, "raised"),
+        (host4, "cleared"),
+        (net, "cleared"),
+        (host4, "raised"),
+    ], _faults(records)
+    superseded = next(r for r in records if r["state"] == "cleared")
+    assert superseded["evidence"]["superseded_by"] == net
+    network = next(r for r in records if r["sensor"]["id"] == net)
+    assert network["evidence"]["hosts_silent"] == [f"127.0.0.{i}" for i in range(1, 6)]

@@ -34,7 +34,9 @@ endpoint_silent_s at most, then raises its own fault: two dead devices beside on
 every 600 s raised nothing for up to 10 minutes before.
 An MQTT broker link down is one fault the same way (sensor id broker:<id>): its sensors'
 staleness is held while it is down and judged alone from the reconnect on.
-Devices each on their own endpoint are judged together as the gateway's TCP network
+A TCP host's devices on endpoints too small to group are judged together as the host
+(a switch of several down is a fault per silent host, not per device). Devices each on
+their own host are judged together as the gateway's TCP network
 (drivers.modbus._peers.NETWORK): none of them answering is one fault, network:modbus-tcp,
 which supersedes the faults of the hosts silent with it (agent.sensor_watch).
 The endpoint faults are agent.endpoint_faults'; the record both build, agent.fault_draft.

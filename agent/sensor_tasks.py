@@ -99,9 +99,8 @@ class RunningSensors:
             if p.bus.peers is not None and ids is not None:
                 # A reload removed it (at shutdown the endpoints stay as they were: an
                 # endpoint's silence is not over because the agent stops).
-                p.bus.peers.leave(p.sensor_id, p.ledger)
-                if p.bus.peers.network is not None:
-                    p.bus.peers.network.leave(p.sensor_id, p.ledger)
+                for peers in p.bus.peers.groups:
+                    peers.leave(p.sensor_id, p.ledger)
             if p.bus.kind == OWN_BUS:
                 p.bus.close()
             else:

@@ -92,27 +92,27 @@ def _hosts(peers: Iterable[Peers], places: Mapping[str, tuple[str, str]]) -> lis
     the gateway's TCP network first, silent when every TCP device's group is (places:
     each device's endpoint and host, by sensor id, to name what is silent)."""
     peers = list(peers)
-    judges = {id(j): j for p in peers if p.address != NETWORK and (j := p.judge) is not None}
+    judges = {id(j): j for p in peers if p.level == "endpoint" and (j := p.judge) is not None}
     by_host: dict[str, list[Peers]] = {}
     for p in peers:
-        if p.address != NETWORK and (id(p) in judges or p.outage is not None):
+        if p.level != "network" and (id(p) in judges or p.outage is not None):
             by_host.setdefault(p.host, []).append(p)
     network = _network(peers, places)
     out = [] if network is None else [network]
     within = network.key if network is not None and network.silent_for_s > 0 else ""
     for host, groups in by_host.items():
-        tcp = any(g.network is not None for g in groups)
+        tcp = any(g.level == "host" or g.network is not None for g in groups)
         out.append(_health(host, groups, places, "host", within if tcp else ""))
     return out
 
 
 def _network(peers: list[Peers], places: Mapping[str, tuple[str, str]]) -> EndpointHealth | None:
-    """The gateway's TCP network: silent when every TCP device's group (its endpoint or
-    the network itself) is, so one outage of many hosts is one fault."""
-    net = next((p for p in peers if p.address == NETWORK), None)
+    """The gateway's TCP network: silent when every TCP device's group (its endpoint, its
+    host or the network itself) is, so one outage of many hosts is one fault."""
+    net = next((p for p in peers if p.level == "network"), None)
     if net is None or not net.grouped:
         return None
-    tcp = [p for p in peers if p.address != NETWORK and p.network is not None and p.members]
+    tcp = [p for p in peers if p.level == "endpoint" and p.network is not None and p.members]
     judges = {id(j): j for p in tcp if (j := p.judge) is not None}
     # All on one host: that host's silence, its own fault (the narrower names more),
     # unless no host's fault can say it (devices alone on their endpoints).
@@ -146,11 +146,11 @@ def _health(
         return EndpointHealth(host, devices, 0.0, answered=answered, kind=kind, within=within)
     silenced = tuple(sorted({s for o in outages for s in o.sensors}))
     # An endpoint's silence names it; a host's or the network's, its silent devices' places.
-    addresses = {g.address for g in groups if g.outage is not None and g.address != NETWORK}
+    addresses = {g.address for g in groups if g.outage is not None and g.level == "endpoint"}
     found = [
         places[s]
         for g in groups
-        if g.outage is not None and g.address == NETWORK
+        if g.outage is not None and g.level != "endpoint"
         for s in g.outage.sensors
         if s in places
     ]

@@ -115,7 +115,12 @@ def _peers_of(registry: dict[str, Peers], bus: Bus) -> Peers:
         host = getattr(bus.links[0], "host", bus.address)  # a serial line: its port
         found = registry[key] = Peers(bus.address, BREAKER_FAILURES, host)
         if isinstance(bus.links[0], TcpLink):
-            # Judged with every TCP device of the gateway when alone on its endpoint.
+            # Judged with its host's devices, or every TCP device of the gateway, when too
+            # few share its endpoint.
+            group = registry.get(f"host {host}")
+            if group is None:
+                group = registry[f"host {host}"] = Peers(host, BREAKER_FAILURES, host, level="host")
+            found.host_group = group
             network = registry.get(NETWORK)
             if network is None:
                 network = registry[NETWORK] = Peers(NETWORK, BREAKER_FAILURES)

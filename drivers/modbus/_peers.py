@@ -18,7 +18,10 @@ each polls again at its next tick instead of after its own back-off (up to backo
 30 s by default), so readings resume within about a poll interval of the first answer.
 
 Endpoints with fewer than MIN_PEERS devices are not grouped: one device failing is
-simply that device failing.
+simply that device failing. A TCP host's devices on such endpoints (two device ids
+behind one port, a device per port) are judged together as the host when there are
+HOST_MIN_PEERS of them (`host_group`): a switch of several down, silencing 3 hosts of 9,
+is one outage per host, not each device failing alone.
 """
 
 from __future__ import annotations
@@ -30,11 +33,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["MIN_PEERS", "NETWORK", "Outage", "Peers"]
+__all__ = ["HOST_MIN_PEERS", "MIN_PEERS", "NETWORK", "Outage", "Peers"]
 
 log = logging.getLogger("edge_agent.drivers.modbus")
 
 MIN_PEERS = 3  # devices behind an endpoint for their common silence to be its outage
+# Devices on a TCP host, on endpoints too small to group, for their common silence to be
+# the host's outage: both of a host's two devices silent at once is the host.
+HOST_MIN_PEERS = 2
 # The Peers of every Modbus TCP device of the gateway, each on its own endpoint or not: a
 # device alone on its endpoint (its own IP, the common case for TCP vibration sensors)
 # is judged with them, so a switch or VLAN outage silencing them all is one outage.
@@ -74,11 +80,25 @@ class Peers:
             (the breaker threshold).
     """
 
-    def __init__(self, address: str, threshold: int = 3, host: str | None = None) -> None:
+    def __init__(
+        self,
+        address: str,
+        threshold: int = 3,
+        host: str | None = None,
+        *,
+        level: str = "endpoint",
+    ) -> None:
         self.address = address
         self.host = address if host is None else host
-        self.label = "TCP network" if address == NETWORK else f"endpoint {address}"
-        # The gateway's TCP network (NETWORK), for a device alone on this endpoint.
+        # "endpoint", "host" (a TCP host's devices together) or "network".
+        self.level = "network" if address == NETWORK else level
+        self.label = {"network": "TCP network", "host": f"host {self.host}"}.get(
+            self.level, f"endpoint {address}"
+        )
+        self.min_peers = HOST_MIN_PEERS if self.level == "host" else MIN_PEERS
+        # The devices of its TCP host, and the gateway's TCP network (NETWORK): who
+        # judges a device here when this endpoint has too few.
+        self.host_group: Peers | None = None
         self.network: Peers | None = None
         self.threshold = threshold
         # The longest an outage waits for a slowly polled device to be asked (the agent
@@ -105,17 +125,23 @@ class Peers:
     @property
     def judge(self) -> Peers | None:
         """Who judges a failure of a device here: this endpoint when it has enough
-        devices, else the gateway's TCP network when that has (None: judged alone)."""
-        if self.grouped:
-            return self
-        if self.network is not None and self.network.grouped:
-            return self.network
+        devices, else its TCP host, else the gateway's TCP network, the first that has
+        enough (None: judged alone)."""
+        for peers in (self, self.host_group, self.network):
+            if peers is not None and peers.grouped:
+                return peers
         return None
+
+    @property
+    def groups(self) -> list[Peers]:
+        """This endpoint and the wider groups its devices are in (each joins, answers and
+        leaves every one of them)."""
+        return [p for p in (self, self.host_group, self.network) if p is not None]
 
     @property
     def grouped(self) -> bool:
         """Whether these devices are judged together (enough of them)."""
-        return len(self.members) >= MIN_PEERS
+        return len(self.members) >= self.min_peers
 
     def answered(self, sensor_id: str) -> None:
         """A device answered: the others failing now fail alone; an outage ends."""

@@ -112,9 +112,8 @@ class ModbusPoller:
         self.ledger = PollLedger(sensor_id, bus, device_id, self._backoff.threshold)
         bus.devices += 1
         if bus.peers is not None:
-            bus.peers.join(sensor_id, poll_interval_s + timeout_s, self.ledger)
-            if bus.peers.network is not None:
-                bus.peers.network.join(sensor_id, poll_interval_s + timeout_s, self.ledger)
+            for peers in bus.peers.groups:
+                peers.join(sensor_id, poll_interval_s + timeout_s, self.ledger)
 
     @property
     def with_endpoint(self) -> bool:

@@ -193,11 +193,10 @@ class PollLedger:
             self._failing_since = started
         peers = self.bus.peers
         if peers is not None and self.joined is None:
-            peers = peers.judge  # its endpoint, or the gateway's TCP network
-        elif (
-            peers is not None and peers.network is not None and self.joined is peers.network.outage
-        ):
-            peers = peers.network  # the network's outage it fails in goes on
+            peers = peers.judge  # its endpoint, its host, or the gateway's TCP network
+        elif peers is not None:
+            # The group whose outage it fails in (the endpoint's when none goes on).
+            peers = next((g for g in peers.groups if self.joined is g.outage), peers)
         if peers is not None:
             # Also an outage it joined when its endpoint had more devices (a reload removed
             # some since): told whether it still goes on, or this one fails alone now.
@@ -255,9 +254,8 @@ class PollLedger:
     def succeeded(self, rtt_s: float, now: datetime) -> None:
         """Record a good poll of ``rtt_s`` seconds, read at UTC ``now``."""
         if self.bus.peers is not None:
-            self.bus.peers.answered(self.sensor_id)
-            if self.bus.peers.network is not None:
-                self.bus.peers.network.answered(self.sensor_id)
+            for peers in self.bus.peers.groups:
+                peers.answered(self.sensor_id)
         if self.joined is not None:
             # Its endpoint's outage: the line that ended it names the devices.
             self.joined, self._fail_log.logged = None, False

@@ -603,6 +603,41 @@ def _hosts_config(tmp_path: Path, servers: list[ModbusSimServer]) -> Path:
     return cfg
 
 
+async def test_a_switch_down_silencing_3_hosts_of_9_is_one_fault_per_host(
+    tmp_path: Path,
+) -> None:
+    """9 hosts with 2 device ids each (too few on one endpoint to judge together); a switch
+    drops 3 of them. The network still answers, so each of their 6 devices was judged
+    alone: 6 device faults. Now a host's devices are judged together: one fault per host."""
+    servers = await _serve_hosts([2] * 9)
+    records: list[dict[str, Any]] = []
+    agent = Agent(load_config(_hosts_config(tmp_path, servers)), on_records=records.extend)
+    task = asyncio.create_task(agent.run())
+    pollers = agent.sensors.pollers
+    silent = [f"host:127.0.0.{i}" for i in (1, 2, 3)]
+    try:
+        await _until(
+            lambda: len(pollers) == 18 and all(p.state == "ok" for p in pollers.values()), 10
+        )
+        for s in servers[:3]:
+            await s.__aexit__(None, None, None)
+        await _until(lambda: len(_faults(records)) >= 3, 8)
+        await asyncio.sleep(1.0)  # no device's own fault follows
+        for i in range(3):
+            await _restart(servers, i)
+        await _until(lambda: len(_faults(records)) >= 6, 8)
+    finally:
+        agent.stop()
+        await asyncio.wait_for(task, 15)
+        for s in servers:
+            await s.__aexit__(None, None, None)
+    faults = _faults(records)
+    assert sorted(faults[:3]) == [(h, "raised") for h in silent], faults
+    assert sorted(faults[3:]) == [(h, "cleared") for h in silent], faults
+    raised = next(r for r in records if r["kind"] == "sensor_fault")
+    assert raised["evidence"]["devices_silent"] == 2
+
+
 async def test_a_network_outage_closes_the_host_faults_and_leaves_the_still_silent_one(
     tmp_path: Path,
 ) -> None:

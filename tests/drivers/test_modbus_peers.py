@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from drivers.modbus import Peers
+from drivers.modbus import NETWORK, Peers
 
 
 def _peers(n: int, interval_s: float = 0.0) -> Peers:
@@ -61,6 +61,25 @@ def test_too_few_devices_are_each_judged_alone() -> None:
     alone: list[str] = []
     assert p.failed("s0", 1, time.monotonic(), "timeout", lambda: alone.append("s0")) is None
     assert alone == ["s0"]
+
+
+def test_too_few_on_an_endpoint_are_judged_with_their_host_then_the_network() -> None:
+    """Two devices behind one port of a host are judged as the host (its silence is the
+    host's outage); one alone on its host is judged with the gateway's TCP network."""
+    network = Peers(NETWORK)
+    host = Peers("10.0.0.7", host="10.0.0.7", level="host")
+    pair, single = Peers("10.0.0.7:502", host="10.0.0.7"), Peers("10.0.0.8:502", host="10.0.0.8")
+    pair.host_group, pair.network, single.network = host, network, network
+    for ep, sid in ((pair, "a"), (pair, "b"), (single, "c")):
+        for g in ep.groups:
+            g.join(sid, 0.0)
+    assert pair.judge is host and single.judge is network
+    for failures in (1, 2, 3):
+        for sid in ("a", "b"):
+            outage = host.failed(sid, failures, time.monotonic(), "refused", lambda: None)
+    assert outage is host.outage and outage.sensors == {"a", "b"}
+    network.answered("c")  # the rest of the network answers: the host is still silent
+    assert host.outage is outage
 
 
 def test_an_endpoint_silent_again_and_again_is_logged_once_per_quiet_window(

@@ -9,9 +9,11 @@ port, as a restarted gateway or a flapping switch port), the real Agent, a real 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,27 +31,108 @@ BUSY = 12  # devices behind the endpoint that falls silent
 SILENT_FAULT_S = 2.5  # sensor_faults.endpoint_silent_s
 
 
-def _config(tmp_path: Path, busy: int, other: int) -> str:
-    sensor = (
-        "  - {{id: {id}, asset: m, modbus: {{host: 127.0.0.1, port: {port}, device_id: {dev},"
-        " timeout_s: 0.1, backoff_max_s: 0.5}}, poll_interval_s: 0.2}}"
+@dataclass(frozen=True)
+class _Dev:
+    """One sensor: device id `unit` behind host:port, polled every `every` s."""
+
+    id: str
+    port: int
+    unit: int = 1
+    host: str = "127.0.0.1"
+    every: float = 0.2
+
+
+def _write_config(
+    tmp_path: Path,
+    devices: Iterable[_Dev],
+    *,
+    gateway: str = "gw-storm",
+    silent_s: float = 1.0,
+    backoff_max_s: float = 0.5,
+) -> Path:
+    """The agent's file: one asset m, these sensors, sensor_faults.endpoint_silent_s
+    `silent_s`, a store, a health port and a control socket."""
+    sensors = [
+        f"  - {{id: {d.id}, asset: m, modbus: {{host: {d.host}, port: {d.port},"
+        f" device_id: {d.unit}, timeout_s: 0.1, backoff_max_s: {backoff_max_s}}},"
+        f" poll_interval_s: {d.every}}}"
+        for d in devices
+    ]
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text(
+        "\n".join(
+            [
+                f"gateway: {{id: {gateway}}}",
+                "assets:",
+                "  - {id: m, tier: 1, machine: {standard: iso10816-3, group: 2,"
+                " foundation: rigid, rpm: 1480}}",
+                "sensors:",
+                *sensors,
+                f"sensor_faults: {{endpoint_silent_s: {silent_s}}}",
+                f'store: {{path: "{tmp_path / "o.db"}"}}',
+                "health: {port: 0}",
+                f'control: {{socket: "{tmp_path / "c.sock"}"}}',
+            ]
+        )
     )
-    sensors = [sensor.format(id=f"b{i}", port=busy, dev=i) for i in range(1, BUSY + 1)]
-    sensors += [sensor.format(id=f"o{i}", port=other, dev=i) for i in (1, 2, 3)]
-    return "\n".join(
-        [
-            "gateway: {id: gw-storm}",
-            "assets:",
-            "  - {id: m, tier: 1, machine: {standard: iso10816-3, group: 2, foundation: rigid,"
-            " rpm: 1480}}",
-            "sensors:",
-            *sensors,
-            f"sensor_faults: {{endpoint_silent_s: {SILENT_FAULT_S}}}",
-            f'store: {{path: "{tmp_path / "o.db"}"}}',
-            "health: {port: 0}",
-            f'control: {{socket: "{tmp_path / "c.sock"}"}}',
-        ]
-    )
+    return cfg
+
+
+def _busy(port: int) -> list[_Dev]:
+    """b1..b<BUSY> behind one endpoint."""
+    return [_Dev(f"b{i}", port, i) for i in range(1, BUSY + 1)]
+
+
+def _own_ips(servers: list[ModbusSimServer]) -> list[_Dev]:
+    """d<i>: device 1 of servers[i] (one device per endpoint, as TCP sensors with their own
+    IP)."""
+    return [_Dev(f"d{i}", s.port, host=s.host) for i, s in enumerate(servers)]
+
+
+def _devs(port: int, ids: Iterable[int] = (1, 2, 3), host: str = "127.0.0.1") -> list[_Dev]:
+    """d<i>: device i behind host:port."""
+    return [_Dev(f"d{i}", port, i, host) for i in ids]
+
+
+async def _serve_hosts(units: list[int]) -> list[ModbusSimServer]:
+    """A simulator on each of 127.0.0.1, .2, ... with units[i] device ids (1, 2, ...)."""
+    servers = []
+    for i, n in enumerate(units):
+        devices = [SimDevice(d, Constant({})) for d in range(1, n + 1)]
+        servers.append(ModbusSimServer(devices, host=f"127.0.0.{i + 1}"))
+        await servers[-1].__aenter__()
+    return servers
+
+
+async def _restart(servers: list[ModbusSimServer], i: int) -> None:
+    s = servers[i]
+    servers[i] = ModbusSimServer(list(s.devices.values()), host=s.host, port=s.port)
+    await servers[i].__aenter__()
+
+
+def _on_hosts(servers: list[ModbusSimServer]) -> list[_Dev]:
+    """h<host>u<unit>: every device of every server."""
+    return [
+        _Dev(f"h{h + 1}u{u}", s.port, u, s.host) for h, s in enumerate(servers) for u in s.devices
+    ]
+
+
+@contextlib.asynccontextmanager
+async def _running(cfg: Path, records: list[dict[str, Any]]) -> AsyncIterator[Agent]:
+    """The agent of `cfg` running (its records into `records`), stopped on the way out."""
+    agent = Agent(load_config(cfg), config_path=cfg, on_records=records.extend)
+    task = asyncio.create_task(agent.run())
+    try:
+        yield agent
+    finally:
+        agent.stop()
+        await asyncio.wait_for(task, 15)
+
+
+async def _all_ok(agent: Agent, n: int) -> None:
+    """Until the agent's n pollers have each answered."""
+    pollers = agent.sensors.pollers
+    await _until(lambda: len(pollers) == n and all(p.state == "ok" for p in pollers.values()), 10)
 
 
 async def _until(cond: Callable[[], bool], timeout_s: float) -> None:
@@ -77,45 +160,42 @@ async def test_a_host_silent_is_one_fault_and_a_blip_none(
     await srv.__aenter__()
     await other.__aenter__()
     port, other_port = srv.port, other.port
-    cfg = tmp_path / "agent.yaml"
-    cfg.write_text(_config(tmp_path, port, other_port))
-    agent = Agent(load_config(cfg), on_records=records.extend)
-    task = asyncio.create_task(agent.run())
+    others = [_Dev(f"o{i}", other_port, i) for i in (1, 2, 3)]
+    cfg = _write_config(tmp_path, [*_busy(port), *others], silent_s=SILENT_FAULT_S)
     try:
-        await _until(lambda: ("o3", "raised") in _faults(records), 10)
-        snap = await agent.snapshot()
-        assert all(s["state"] == "ok" for s in snap["sensors"] if s["id"] != "o3")
-        caplog.clear()
-        records.clear()
+        async with _running(cfg, records) as agent:
+            await _until(lambda: ("o3", "raised") in _faults(records), 10)
+            snap = await agent.snapshot()
+            assert all(s["state"] == "ok" for s in snap["sensors"] if s["id"] != "o3")
+            caplog.clear()
+            records.clear()
 
-        # A blip: every device of one endpoint fails (breakers open: 6 polls at 0.2 s),
-        # for less than endpoint_silent_s. Nothing is raised; the log says it once.
-        await srv.__aexit__(None, None, None)
-        await asyncio.sleep(1.5)
-        srv = ModbusSimServer(busy_devices, port=port)
-        await srv.__aenter__()
-        await asyncio.sleep(2.0)  # every breaker (0.5 s at most) closed again
-        blip_lines = [r.getMessage() for r in caplog.records]
-        assert _faults(records) == [], _faults(records)
-        assert len(blip_lines) <= 3, blip_lines  # before: 2 per device (24)
-        assert any("silent" in line for line in blip_lines), blip_lines
-        metrics = render_metrics(await agent.snapshot()).decode()
-        assert f'edge_endpoint_outages_total{{endpoint="127.0.0.1:{port}"}} 1.0' in metrics
+            # A blip: every device of one endpoint fails (breakers open: 6 polls at 0.2 s),
+            # for less than endpoint_silent_s. Nothing is raised; the log says it once.
+            await srv.__aexit__(None, None, None)
+            await asyncio.sleep(1.5)
+            srv = ModbusSimServer(busy_devices, port=port)
+            await srv.__aenter__()
+            await asyncio.sleep(2.0)  # every breaker (0.5 s at most) closed again
+            blip_lines = [r.getMessage() for r in caplog.records]
+            assert _faults(records) == [], _faults(records)
+            assert len(blip_lines) <= 3, blip_lines  # before: 2 per device (24)
+            assert any("silent" in line for line in blip_lines), blip_lines
+            metrics = render_metrics(await agent.snapshot()).decode()
+            assert f'edge_endpoint_outages_total{{endpoint="127.0.0.1:{port}"}} 1.0' in metrics
 
-        # The host's outage (both its endpoints): one fault for the host, raised after
-        # endpoint_silent_s and cleared when it answers; none per device or endpoint.
-        await srv.__aexit__(None, None, None)
-        await other.__aexit__(None, None, None)
-        await _until(lambda: len(_faults(records)) >= 1, 3 * SILENT_FAULT_S)
-        srv = ModbusSimServer(busy_devices, port=port)
-        other = ModbusSimServer(other_devices, port=other_port)
-        await srv.__aenter__()
-        await other.__aenter__()
-        await _until(lambda: len(_faults(records)) >= 2, 5)
-        await asyncio.sleep(1.5)  # no per-device fault follows
+            # The host's outage (both its endpoints): one fault for the host, raised after
+            # endpoint_silent_s and cleared when it answers; none per device or endpoint.
+            await srv.__aexit__(None, None, None)
+            await other.__aexit__(None, None, None)
+            await _until(lambda: len(_faults(records)) >= 1, 3 * SILENT_FAULT_S)
+            srv = ModbusSimServer(busy_devices, port=port)
+            other = ModbusSimServer(other_devices, port=other_port)
+            await srv.__aenter__()
+            await other.__aenter__()
+            await _until(lambda: len(_faults(records)) >= 2, 5)
+            await asyncio.sleep(1.5)  # no per-device fault follows
     finally:
-        agent.stop()
-        await asyncio.wait_for(task, 15)
         await srv.__aexit__(None, None, None)
         await other.__aexit__(None, None, None)
     assert _faults(records) == [("host:127.0.0.1", "raised"), ("host:127.0.0.1", "cleared")]
@@ -136,49 +216,15 @@ async def test_devices_dead_beside_a_slowly_polled_one_raise_their_faults(
     a 600 s device): no fault, no log line. Now they raise after endpoint_silent_s."""
     devices = [SimDevice(i, Constant({})) for i in (1, 2, 3)]
     records: list[dict[str, Any]] = []
-    sensor = (
-        "  - {{id: {id}, asset: m, modbus: {{host: 127.0.0.1, port: {port}, device_id: {dev},"
-        " timeout_s: 0.1, backoff_max_s: 0.5}}, poll_interval_s: {every}}}"
-    )
     async with ModbusSimServer(devices) as srv:
-        cfg = tmp_path / "agent.yaml"
-        cfg.write_text(
-            "\n".join(
-                [
-                    "gateway: {id: gw-slow}",
-                    "assets:",
-                    "  - {id: m, tier: 1, machine: {standard: iso10816-3, group: 2,"
-                    " foundation: rigid, rpm: 1480}}",
-                    "sensors:",
-                    sensor.format(id="fast1", port=srv.port, dev=1, every=0.2),
-                    sensor.format(id="fast2", port=srv.port, dev=2, every=0.2),
-                    sensor.format(id="slow", port=srv.port, dev=3, every=60),
-                    "sensor_faults: {endpoint_silent_s: 1.0}",
-                    f'store: {{path: "{tmp_path / "o.db"}"}}',
-                    "health: {port: 0}",
-                    f'control: {{socket: "{tmp_path / "c.sock"}"}}',
-                ]
-            )
-        )
-        agent = Agent(load_config(cfg), on_records=records.extend)
-        task = asyncio.create_task(agent.run())
-        try:
-
-            async def all_ok() -> bool:
-                snap = await agent.snapshot()
-                return all(s["state"] == "ok" for s in snap["sensors"])
-
-            deadline = time.monotonic() + 10
-            while not await all_ok():
-                assert time.monotonic() < deadline, "the devices never answered"
-                await asyncio.sleep(0.1)
+        fast = [_Dev(f"fast{i}", srv.port, i) for i in (1, 2)]
+        cfg = _write_config(tmp_path, [*fast, _Dev("slow", srv.port, 3, every=60)])
+        async with _running(cfg, records) as agent:
+            await _all_ok(agent, 3)
             srv.set_fault(1, Fault("dead"))
             srv.set_fault(2, Fault("dead"))
             raised = {("fast1", "raised"), ("fast2", "raised")}
             await _until(lambda: raised <= set(_faults(records)), 8)
-        finally:
-            agent.stop()
-            await asyncio.wait_for(task, 15)
     first = next(r for r in records if r["kind"] == "sensor_fault")
     assert first["evidence"]["endpoint_unconfirmed_for_s"] >= 1.0
     assert ("host:127.0.0.1", "raised") not in _faults(records)
@@ -193,44 +239,19 @@ async def test_a_host_fault_is_cleared_when_a_reload_moves_its_devices_away(
     saying why."""
     devices = [SimDevice(i, Constant({})) for i in (1, 2, 3)]
     records: list[dict[str, Any]] = []
-    sensor = (
-        "  - {{id: d{dev}, asset: m, modbus: {{host: {host}, port: {port}, device_id: {dev},"
-        " timeout_s: 0.1, backoff_max_s: 0.5}}, poll_interval_s: 0.2}}"
-    )
-
-    def config(host: str, port: int) -> str:
-        return "\n".join(
-            [
-                "gateway: {id: gw-moved}",
-                "assets:",
-                "  - {id: m, tier: 1, machine: {standard: iso10816-3, group: 2,"
-                " foundation: rigid, rpm: 1480}}",
-                "sensors:",
-                *[sensor.format(host=host, port=port, dev=i) for i in (1, 2, 3)],
-                "sensor_faults: {endpoint_silent_s: 1.0}",
-                f'store: {{path: "{tmp_path / "o.db"}"}}',
-                "health: {port: 0}",
-                f'control: {{socket: "{tmp_path / "c.sock"}"}}',
-            ]
-        )
-
     old = ModbusSimServer(devices)
     await old.__aenter__()
-    cfg = tmp_path / "agent.yaml"
-    cfg.write_text(config("127.0.0.1", old.port))
-    agent = Agent(load_config(cfg), config_path=cfg, on_records=records.extend)
-    task = asyncio.create_task(agent.run())
-    try:
-        async with ModbusSimServer(devices, host="127.0.0.2") as new:
-            await asyncio.sleep(0.5)
-            await old.__aexit__(None, None, None)
-            await _until(lambda: ("host:127.0.0.1", "raised") in _faults(records), 8)
-            cfg.write_text(config("127.0.0.2", new.port))
-            assert (await agent.reloader.reload("test"))["changes"]
-            await _until(lambda: ("host:127.0.0.1", "cleared") in _faults(records), 5)
-    finally:
-        agent.stop()
-        await asyncio.wait_for(task, 15)
+    cfg = _write_config(tmp_path, _devs(old.port), gateway="gw-moved")
+    async with (
+        _running(cfg, records) as agent,
+        ModbusSimServer(devices, host="127.0.0.2") as new,
+    ):
+        await asyncio.sleep(0.5)
+        await old.__aexit__(None, None, None)
+        await _until(lambda: ("host:127.0.0.1", "raised") in _faults(records), 8)
+        _write_config(tmp_path, _devs(new.port, host="127.0.0.2"), gateway="gw-moved")
+        assert (await agent.reloader.reload("test"))["changes"]
+        await _until(lambda: ("host:127.0.0.1", "cleared") in _faults(records), 5)
     cleared = [r for r in records if r["state"] == "cleared"]
     assert "removed or moved by a reload" in cleared[0]["no_estimate_reason"]
 
@@ -242,45 +263,21 @@ async def test_a_reload_restarting_a_device_keeps_its_endpoint_grouped(tmp_path:
     faults again. Now the endpoint keeps its 3 devices: one fault for the host."""
     devices = [SimDevice(i, Constant({})) for i in (1, 2, 3)]
     records: list[dict[str, Any]] = []
-    sensor = (
-        "  - {{id: d{dev}, asset: m, modbus: {{host: 127.0.0.1, port: {port}, device_id: {dev},"
-        " timeout_s: 0.1, backoff_max_s: 0.5}}, poll_interval_s: {every}}}"
-    )
-
-    def config(port: int, d1_every: float) -> str:
-        every = {1: d1_every, 2: 0.2, 3: 0.2}
-        return "\n".join(
-            [
-                "gateway: {id: gw-reload}",
-                "assets:",
-                "  - {id: m, tier: 1, machine: {standard: iso10816-3, group: 2,"
-                " foundation: rigid, rpm: 1480}}",
-                "sensors:",
-                *[sensor.format(port=port, dev=i, every=every[i]) for i in (1, 2, 3)],
-                "sensor_faults: {endpoint_silent_s: 1.0}",
-                f'store: {{path: "{tmp_path / "o.db"}"}}',
-                "health: {port: 0}",
-                f'control: {{socket: "{tmp_path / "c.sock"}"}}',
-            ]
-        )
-
     srv = ModbusSimServer(devices)
     await srv.__aenter__()
-    cfg = tmp_path / "agent.yaml"
-    cfg.write_text(config(srv.port, 0.2))
-    agent = Agent(load_config(cfg), config_path=cfg, on_records=records.extend)
-    task = asyncio.create_task(agent.run())
+    cfg = _write_config(tmp_path, _devs(srv.port), gateway="gw-reload")
     try:
-        await asyncio.sleep(0.5)
-        cfg.write_text(config(srv.port, 0.3))
-        assert (await agent.reloader.reload("test"))["changes"]
-        await asyncio.sleep(0.5)
-        await srv.__aexit__(None, None, None)
-        await _until(lambda: ("host:127.0.0.1", "raised") in _faults(records), 8)
-        await asyncio.sleep(0.5)
+        async with _running(cfg, records) as agent:
+            await asyncio.sleep(0.5)
+            slower = _devs(srv.port)
+            slower[0] = _Dev("d1", srv.port, 1, every=0.3)
+            _write_config(tmp_path, slower, gateway="gw-reload")
+            assert (await agent.reloader.reload("test"))["changes"]
+            await asyncio.sleep(0.5)
+            await srv.__aexit__(None, None, None)
+            await _until(lambda: ("host:127.0.0.1", "raised") in _faults(records), 8)
+            await asyncio.sleep(0.5)
     finally:
-        agent.stop()
-        await asyncio.wait_for(task, 15)
         await srv.__aexit__(None, None, None)
     assert _faults(records) == [("host:127.0.0.1", "raised")]
 
@@ -295,49 +292,21 @@ async def test_a_restart_during_a_host_outage_keeps_its_fault_raised(tmp_path: P
     srv = ModbusSimServer(devices)
     await srv.__aenter__()
     port = srv.port
-    sensor = (
-        "  - {{id: d{dev}, asset: m, modbus: {{host: 127.0.0.1, port: {port}, device_id: {dev},"
-        " timeout_s: 0.1, backoff_max_s: 0.5}}, poll_interval_s: 0.2}}"
-    )
-    cfg = tmp_path / "agent.yaml"
-    cfg.write_text(
-        "\n".join(
-            [
-                "gateway: {id: gw-restart}",
-                "assets:",
-                "  - {id: m, tier: 1, machine: {standard: iso10816-3, group: 2,"
-                " foundation: rigid, rpm: 1480}}",
-                "sensors:",
-                *[sensor.format(port=port, dev=i) for i in (1, 2, 3)],
-                "sensor_faults: {endpoint_silent_s: 1.0}",
-                f'store: {{path: "{tmp_path / "o.db"}"}}',
-                "health: {port: 0}",
-                f'control: {{socket: "{tmp_path / "c.sock"}"}}',
-            ]
-        )
-    )
-    agent = Agent(load_config(cfg), on_records=records.extend)
-    task = asyncio.create_task(agent.run())
-    try:
+    cfg = _write_config(tmp_path, _devs(port), gateway="gw-restart")
+    async with _running(cfg, records):
         await asyncio.sleep(0.5)
         await srv.__aexit__(None, None, None)
         await _until(lambda: ("host:127.0.0.1", "raised") in _faults(records), 8)
-    finally:
-        agent.stop()
-        await asyncio.wait_for(task, 15)
     records.clear()
-    agent = Agent(load_config(cfg), on_records=records.extend)
-    task = asyncio.create_task(agent.run())
     try:
-        await asyncio.sleep(3.0)  # still silent: past endpoint_silent_s again
-        assert _faults(records) == []
-        srv = ModbusSimServer(devices, port=port)
-        await srv.__aenter__()
-        await _until(lambda: ("host:127.0.0.1", "cleared") in _faults(records), 8)
-        await asyncio.sleep(0.5)
+        async with _running(cfg, records):
+            await asyncio.sleep(3.0)  # still silent: past endpoint_silent_s again
+            assert _faults(records) == []
+            srv = ModbusSimServer(devices, port=port)
+            await srv.__aenter__()
+            await _until(lambda: ("host:127.0.0.1", "cleared") in _faults(records), 8)
+            await asyncio.sleep(0.5)
     finally:
-        agent.stop()
-        await asyncio.wait_for(task, 15)
         await srv.__aexit__(None, None, None)
     assert _faults(records) == [("host:127.0.0.1", "cleared")]
 
@@ -351,47 +320,22 @@ async def test_a_device_still_dead_after_a_reload_shrank_its_silent_endpoint_rai
     for good while the host fault cleared. Now d2 raises its own fault."""
     devices = [SimDevice(i, Constant({})) for i in (1, 2, 3)]
     records: list[dict[str, Any]] = []
-    sensor = (
-        "  - {{id: d{dev}, asset: m, modbus: {{host: 127.0.0.1, port: {port}, device_id: {dev},"
-        " timeout_s: 0.1, backoff_max_s: 0.5}}, poll_interval_s: 0.2}}"
-    )
-
-    def config(port: int, ids: tuple[int, ...]) -> str:
-        return "\n".join(
-            [
-                "gateway: {id: gw-shrunk}",
-                "assets:",
-                "  - {id: m, tier: 1, machine: {standard: iso10816-3, group: 2,"
-                " foundation: rigid, rpm: 1480}}",
-                "sensors:",
-                *[sensor.format(port=port, dev=i) for i in ids],
-                "sensor_faults: {endpoint_silent_s: 1.0}",
-                f'store: {{path: "{tmp_path / "o.db"}"}}',
-                "health: {port: 0}",
-                f'control: {{socket: "{tmp_path / "c.sock"}"}}',
-            ]
-        )
-
     srv = ModbusSimServer(devices)
     await srv.__aenter__()
     port = srv.port
-    cfg = tmp_path / "agent.yaml"
-    cfg.write_text(config(port, (1, 2, 3)))
-    agent = Agent(load_config(cfg), config_path=cfg, on_records=records.extend)
-    task = asyncio.create_task(agent.run())
+    cfg = _write_config(tmp_path, _devs(port), gateway="gw-shrunk")
     try:
-        await asyncio.sleep(0.5)
-        await srv.__aexit__(None, None, None)
-        await _until(lambda: ("host:127.0.0.1", "raised") in _faults(records), 8)
-        cfg.write_text(config(port, (1, 2)))
-        assert (await agent.reloader.reload("test"))["changes"]
-        devices[1].fault = Fault("dead")
-        srv = ModbusSimServer(devices, port=port)
-        await srv.__aenter__()
-        await _until(lambda: ("d2", "raised") in _faults(records), 6)
+        async with _running(cfg, records) as agent:
+            await asyncio.sleep(0.5)
+            await srv.__aexit__(None, None, None)
+            await _until(lambda: ("host:127.0.0.1", "raised") in _faults(records), 8)
+            _write_config(tmp_path, _devs(port, (1, 2)), gateway="gw-shrunk")
+            assert (await agent.reloader.reload("test"))["changes"]
+            devices[1].fault = Fault("dead")
+            srv = ModbusSimServer(devices, port=port)
+            await srv.__aenter__()
+            await _until(lambda: ("d2", "raised") in _faults(records), 6)
     finally:
-        agent.stop()
-        await asyncio.wait_for(task, 15)
         await srv.__aexit__(None, None, None)
     assert ("d1", "raised") not in _faults(records)
 
@@ -403,48 +347,23 @@ async def test_after_an_outage_one_answer_wakes_the_others_backoff(tmp_path: Pat
     srv = ModbusSimServer(devices)
     await srv.__aenter__()
     port = srv.port
-    cfg = tmp_path / "agent.yaml"
-    lines = _config(tmp_path, port, 0).splitlines()
-    text = "\n".join(x for x in lines if "{id: o" not in x)  # only the busy endpoint
-    text = text.replace("backoff_max_s: 0.5", "backoff_max_s: 6")
-    cfg.write_text(text.replace("endpoint_silent_s: 2.5", "endpoint_silent_s: 60"))
-    agent = Agent(load_config(cfg), on_records=lambda r: None)
-    task = asyncio.create_task(agent.run())
-    pollers = agent.sensors.pollers
+    cfg = _write_config(tmp_path, _busy(port), silent_s=60, backoff_max_s=6)
     try:
-        await _until(
-            lambda: len(pollers) > 0 and all(p.state == "ok" for p in pollers.values()), 10
-        )
-        await srv.__aexit__(None, None, None)
-        await asyncio.sleep(6.0)  # 0.2 s base doubled: back-offs of 1.6 to 6 s now
-        srv = ModbusSimServer(devices, port=port)
-        await srv.__aenter__()
-        await _until(lambda: any(p.state == "ok" for p in pollers.values()), 8)
-        first = time.monotonic()
-        await _until(lambda: all(p.state == "ok" for p in pollers.values()), 8)
-        spread = time.monotonic() - first
+        async with _running(cfg, []) as agent:
+            pollers = agent.sensors.pollers
+            await _all_ok(agent, BUSY)
+            await srv.__aexit__(None, None, None)
+            await asyncio.sleep(6.0)  # 0.2 s base doubled: back-offs of 1.6 to 6 s now
+            srv = ModbusSimServer(devices, port=port)
+            await srv.__aenter__()
+            await _until(lambda: any(p.state == "ok" for p in pollers.values()), 8)
+            first = time.monotonic()
+            await _until(lambda: all(p.state == "ok" for p in pollers.values()), 8)
+            spread = time.monotonic() - first
     finally:
-        agent.stop()
-        await asyncio.wait_for(task, 15)
         await srv.__aexit__(None, None, None)
     # Before: the last resumed up to a whole back-off (1.6 to 6 s) after the first.
     assert spread < 1.0, spread
-
-
-def _own_ip_config(tmp_path: Path, places: list[tuple[str, int]]) -> str:
-    """One device per endpoint (as TCP sensors with their own IP): d<i> on places[i]."""
-    sensor = (
-        "  - {{id: d{i}, asset: m, modbus: {{host: {host}, port: {port}, device_id: 1,"
-        " timeout_s: 0.1, backoff_max_s: 0.5}}, poll_interval_s: 0.2}}"
-    )
-    lines = _config(tmp_path, 0, 0).splitlines()
-    head = [x for x in lines if "{id: b" not in x and "{id: o" not in x]
-    at = head.index("sensors:") + 1
-    return "\n".join(
-        head[:at]
-        + [sensor.format(i=i, host=h, port=p) for i, (h, p) in enumerate(places)]
-        + head[at:]
-    )
 
 
 async def test_a_network_outage_of_own_ip_devices_is_one_fault_and_a_blip_none(
@@ -454,58 +373,42 @@ async def test_a_network_outage_of_own_ip_devices_is_one_fault_and_a_blip_none(
     fault for the gateway's TCP network, none per device; a blip raises nothing; a device
     dead among answering ones, or still silent once the others answer, raises its own."""
     n = 10
-    servers = [
-        ModbusSimServer([SimDevice(1, Constant({}))], host=f"127.0.0.{i + 1}") for i in range(n)
-    ]
-    dead_host = f"127.0.0.{n + 1}"
-    servers.append(ModbusSimServer([SimDevice(1, Constant({}), Fault("dead"))], host=dead_host))
-    for s in servers:
-        await s.__aenter__()
+    servers = await _serve_hosts([1] * (n + 1))  # the last one's device dead
+    servers[n].set_fault(1, Fault("dead"))
     ports = [s.port for s in servers]
-    cfg = tmp_path / "agent.yaml"
-    cfg.write_text(_own_ip_config(tmp_path, [(s.host, s.port) for s in servers]))
+    cfg = _write_config(tmp_path, _own_ips(servers), silent_s=SILENT_FAULT_S)
     records: list[dict[str, Any]] = []
     caplog.set_level(logging.INFO, logger="edge_agent.drivers.modbus")
-    agent = Agent(load_config(cfg), on_records=records.extend)
-    task = asyncio.create_task(agent.run())
     dead = f"d{n}"
-
-    async def restart(i: int) -> None:
-        servers[i] = ModbusSimServer(
-            [SimDevice(1, Constant({}))], host=f"127.0.0.{i + 1}", port=ports[i]
-        )
-        await servers[i].__aenter__()
-
     try:
-        await _until(lambda: (dead, "raised") in _faults(records), 10)
-        records.clear()
-        caplog.clear()
+        async with _running(cfg, records) as agent:
+            await _until(lambda: (dead, "raised") in _faults(records), 10)
+            records.clear()
+            caplog.clear()
 
-        # A blip of every endpoint: nothing raised, a couple of lines.
-        for s in servers[:n]:
-            await s.__aexit__(None, None, None)
-        await asyncio.sleep(1.5)
-        for i in range(n):
-            await restart(i)
-        await asyncio.sleep(2.0)
-        blip_lines = [r.getMessage() for r in caplog.records]
-        assert _faults(records) == [], _faults(records)  # before: 10 raised + 10 cleared
-        assert len(blip_lines) <= 3, blip_lines
-        metrics = render_metrics(await agent.snapshot()).decode()
-        assert 'edge_endpoint_outages_total{endpoint="modbus-tcp"} 1.0' in metrics
+            # A blip of every endpoint: nothing raised, a couple of lines.
+            for s in servers[:n]:
+                await s.__aexit__(None, None, None)
+            await asyncio.sleep(1.5)
+            for i in range(n):
+                await _restart(servers, i)
+            await asyncio.sleep(2.0)
+            blip_lines = [r.getMessage() for r in caplog.records]
+            assert _faults(records) == [], _faults(records)  # before: 10 raised + 10 cleared
+            assert len(blip_lines) <= 3, blip_lines
+            metrics = render_metrics(await agent.snapshot()).decode()
+            assert 'edge_endpoint_outages_total{endpoint="modbus-tcp"} 1.0' in metrics
 
-        # An outage: one fault for the network, cleared when it is back; d0 does not come
-        # back and is then judged alone.
-        for s in servers[:n]:
-            await s.__aexit__(None, None, None)
-        await _until(lambda: len(_faults(records)) >= 1, 3 * SILENT_FAULT_S)
-        for i in range(1, n):
-            await restart(i)
-        await _until(lambda: len(_faults(records)) >= 3, 6)
-        await asyncio.sleep(1.0)
+            # An outage: one fault for the network, cleared when it is back; d0 does not
+            # come back and is then judged alone.
+            for s in servers[:n]:
+                await s.__aexit__(None, None, None)
+            await _until(lambda: len(_faults(records)) >= 1, 3 * SILENT_FAULT_S)
+            for i in range(1, n):
+                await _restart(servers, i)
+            await _until(lambda: len(_faults(records)) >= 3, 6)
+            await asyncio.sleep(1.0)
     finally:
-        agent.stop()
-        await asyncio.wait_for(task, 15)
         for s in servers:
             await s.__aexit__(None, None, None)
     faults = _faults(records)  # d0's own fault may come in the tick the network clears
@@ -532,75 +435,21 @@ async def test_a_network_outage_is_not_held_back_by_a_slowly_polled_device(
     600 s device), so each fast device raised its own fault meanwhile; a device not due
     yet cannot be silent: now the devices due decide, and it is one network fault."""
     n = 7
-    servers = [
-        ModbusSimServer([SimDevice(1, Constant({}))], host=f"127.0.0.{i + 1}") for i in range(n)
-    ]
-    for s in servers:
-        await s.__aenter__()
-    slow = f"d{n - 1}"
-    text = _own_ip_config(tmp_path, [(s.host, s.port) for s in servers])
-    lines = [
-        x.replace("poll_interval_s: 0.2", "poll_interval_s: 60") if f"id: {slow}," in x else x
-        for x in text.splitlines()
-    ]
-    cfg = tmp_path / "agent.yaml"
-    cfg.write_text(
-        "\n".join(lines).replace(f"endpoint_silent_s: {SILENT_FAULT_S}", "endpoint_silent_s: 1.0")
-    )
+    servers = await _serve_hosts([1] * n)
+    devices = _own_ips(servers)
+    devices[-1] = _Dev(devices[-1].id, servers[-1].port, host=servers[-1].host, every=60)
     records: list[dict[str, Any]] = []
-    agent = Agent(load_config(cfg), on_records=records.extend)
-    task = asyncio.create_task(agent.run())
-    pollers = agent.sensors.pollers
     try:
-        await _until(
-            lambda: len(pollers) == n and all(p.state == "ok" for p in pollers.values()), 10
-        )
-        for s in servers:
-            await s.__aexit__(None, None, None)
-        await _until(lambda: len(_faults(records)) >= 1, 8)
-        await asyncio.sleep(1.5)  # no device's own fault follows
+        async with _running(_write_config(tmp_path, devices), records) as agent:
+            await _all_ok(agent, n)
+            for s in servers:
+                await s.__aexit__(None, None, None)
+            await _until(lambda: len(_faults(records)) >= 1, 8)
+            await asyncio.sleep(1.5)  # no device's own fault follows
     finally:
-        agent.stop()
-        await asyncio.wait_for(task, 15)
         for s in servers:
             await s.__aexit__(None, None, None)
     assert _faults(records) == [("network:modbus-tcp", "raised")], _faults(records)
-
-
-async def _serve_hosts(units: list[int]) -> list[ModbusSimServer]:
-    """A simulator on each of 127.0.0.1, .2, ... with units[i] device ids (1, 2, ...)."""
-    servers = []
-    for i, n in enumerate(units):
-        devices = [SimDevice(d, Constant({})) for d in range(1, n + 1)]
-        servers.append(ModbusSimServer(devices, host=f"127.0.0.{i + 1}"))
-        await servers[-1].__aenter__()
-    return servers
-
-
-async def _restart(servers: list[ModbusSimServer], i: int) -> None:
-    s = servers[i]
-    servers[i] = ModbusSimServer(list(s.devices.values()), host=s.host, port=s.port)
-    await servers[i].__aenter__()
-
-
-def _hosts_config(tmp_path: Path, servers: list[ModbusSimServer]) -> Path:
-    """h<host>u<unit> for every device of every server, polled every 0.2 s."""
-    sensor = (
-        "  - {{id: h{h}u{u}, asset: m, modbus: {{host: {host}, port: {port}, device_id: {u},"
-        " timeout_s: 0.1, backoff_max_s: 0.5}}, poll_interval_s: 0.2}}"
-    )
-    lines = _config(tmp_path, 0, 0).splitlines()
-    head = [x for x in lines if "{id: b" not in x and "{id: o" not in x]
-    at = head.index("sensors:") + 1
-    sensors = [
-        sensor.format(h=h + 1, u=u, host=s.host, port=s.port)
-        for h, s in enumerate(servers)
-        for u in s.devices
-    ]
-    cfg = tmp_path / "agent.yaml"
-    text = "\n".join(head[:at] + sensors + head[at:])
-    cfg.write_text(text.replace(f"endpoint_silent_s: {SILENT_FAULT_S}", "endpoint_silent_s: 1.0"))
-    return cfg
 
 
 async def test_a_switch_down_silencing_3_hosts_of_9_is_one_fault_per_host(
@@ -611,24 +460,18 @@ async def test_a_switch_down_silencing_3_hosts_of_9_is_one_fault_per_host(
     alone: 6 device faults. Now a host's devices are judged together: one fault per host."""
     servers = await _serve_hosts([2] * 9)
     records: list[dict[str, Any]] = []
-    agent = Agent(load_config(_hosts_config(tmp_path, servers)), on_records=records.extend)
-    task = asyncio.create_task(agent.run())
-    pollers = agent.sensors.pollers
     silent = [f"host:127.0.0.{i}" for i in (1, 2, 3)]
     try:
-        await _until(
-            lambda: len(pollers) == 18 and all(p.state == "ok" for p in pollers.values()), 10
-        )
-        for s in servers[:3]:
-            await s.__aexit__(None, None, None)
-        await _until(lambda: len(_faults(records)) >= 3, 8)
-        await asyncio.sleep(1.0)  # no device's own fault follows
-        for i in range(3):
-            await _restart(servers, i)
-        await _until(lambda: len(_faults(records)) >= 6, 8)
+        async with _running(_write_config(tmp_path, _on_hosts(servers)), records) as agent:
+            await _all_ok(agent, 18)
+            for s in servers[:3]:
+                await s.__aexit__(None, None, None)
+            await _until(lambda: len(_faults(records)) >= 3, 8)
+            await asyncio.sleep(1.0)  # no device's own fault follows
+            for i in range(3):
+                await _restart(servers, i)
+            await _until(lambda: len(_faults(records)) >= 6, 8)
     finally:
-        agent.stop()
-        await asyncio.wait_for(task, 15)
         for s in servers:
             await s.__aexit__(None, None, None)
     faults = _faults(records)
@@ -647,27 +490,21 @@ async def test_a_network_outage_closes_the_host_faults_and_leaves_the_still_sile
     raised), and when the network comes back but .4, .4's fault is raised again."""
     servers = await _serve_hosts([1, 1, 1, 3, 3])
     records: list[dict[str, Any]] = []
-    agent = Agent(load_config(_hosts_config(tmp_path, servers)), on_records=records.extend)
-    task = asyncio.create_task(agent.run())
-    pollers = agent.sensors.pollers
     net, host4 = "network:modbus-tcp", "host:127.0.0.4"
     try:
-        await _until(
-            lambda: len(pollers) == 9 and all(p.state == "ok" for p in pollers.values()), 10
-        )
-        await servers[3].__aexit__(None, None, None)
-        await _until(lambda: (host4, "raised") in _faults(records), 8)
-        for i in (0, 1, 2, 4):
-            await servers[i].__aexit__(None, None, None)
-        await _until(lambda: (host4, "cleared") in _faults(records), 8)
-        await asyncio.sleep(1.0)  # no other host's fault follows
-        for i in (0, 1, 2, 4):
-            await _restart(servers, i)
-        await _until(lambda: len(_faults(records)) >= 5, 8)
-        await asyncio.sleep(1.0)
+        async with _running(_write_config(tmp_path, _on_hosts(servers)), records) as agent:
+            await _all_ok(agent, 9)
+            await servers[3].__aexit__(None, None, None)
+            await _until(lambda: (host4, "raised") in _faults(records), 8)
+            for i in (0, 1, 2, 4):
+                await servers[i].__aexit__(None, None, None)
+            await _until(lambda: (host4, "cleared") in _faults(records), 8)
+            await asyncio.sleep(1.0)  # no other host's fault follows
+            for i in (0, 1, 2, 4):
+                await _restart(servers, i)
+            await _until(lambda: len(_faults(records)) >= 5, 8)
+            await asyncio.sleep(1.0)
     finally:
-        agent.stop()
-        await asyncio.wait_for(task, 15)
         for s in servers:
             await s.__aexit__(None, None, None)
     assert _faults(records) == [

@@ -60,7 +60,9 @@ async def agent_snapshot(agent: Agent) -> Snapshot:
             "outage_seconds": round(p.outage_s_total, 3),
         }
         for p in agent.sensors.peers.values()
-        if p.grouped or p.outages
+        # A host's group (address: the host) only once silent: most hosts' devices are
+        # judged by their endpoints, and would each be listed twice.
+        if (p.grouped and p.level != "host") or p.outages or p.outage is not None
     ]
     channels = [
         {

@@ -471,6 +471,7 @@ async def test_a_switch_down_silencing_3_hosts_of_9_is_one_fault_per_host(
             for i in range(3):
                 await _restart(servers, i)
             await _until(lambda: len(_faults(records)) >= 6, 8)
+            metrics = render_metrics(await agent.snapshot()).decode()
     finally:
         for s in servers:
             await s.__aexit__(None, None, None)
@@ -479,6 +480,9 @@ async def test_a_switch_down_silencing_3_hosts_of_9_is_one_fault_per_host(
     assert sorted(faults[3:]) == [(h, "cleared") for h in silent], faults
     raised = next(r for r in records if r["kind"] == "sensor_fault")
     assert raised["evidence"]["devices_silent"] == 2
+    # /metrics counts the silent hosts' outages, and lists no answering host's group.
+    assert 'edge_endpoint_outages_total{endpoint="127.0.0.1"} 1.0' in metrics
+    assert 'endpoint="127.0.0.9"' not in metrics
 
 
 async def test_a_network_outage_closes_the_host_faults_and_leaves_the_still_silent_one(

@@ -246,7 +246,7 @@ async def test_a_host_fault_is_cleared_when_a_reload_moves_its_devices_away(
         _running(cfg, records) as agent,
         ModbusSimServer(devices, host="127.0.0.2") as new,
     ):
-        await asyncio.sleep(0.5)
+        await _all_ok(agent, 3)  # each answered before the cut
         await old.__aexit__(None, None, None)
         await _until(lambda: ("host:127.0.0.1", "raised") in _faults(records), 8)
         _write_config(tmp_path, _devs(new.port, host="127.0.0.2"), gateway="gw-moved")
@@ -273,7 +273,7 @@ async def test_a_reload_restarting_a_device_keeps_its_endpoint_grouped(tmp_path:
             slower[0] = _Dev("d1", srv.port, 1, every=0.3)
             _write_config(tmp_path, slower, gateway="gw-reload")
             assert (await agent.reloader.reload("test"))["changes"]
-            await asyncio.sleep(0.5)
+            await _all_ok(agent, 3)
             await srv.__aexit__(None, None, None)
             await _until(lambda: ("host:127.0.0.1", "raised") in _faults(records), 8)
             await asyncio.sleep(0.5)
@@ -293,8 +293,8 @@ async def test_a_restart_during_a_host_outage_keeps_its_fault_raised(tmp_path: P
     await srv.__aenter__()
     port = srv.port
     cfg = _write_config(tmp_path, _devs(port), gateway="gw-restart")
-    async with _running(cfg, records):
-        await asyncio.sleep(0.5)
+    async with _running(cfg, records) as agent:
+        await _all_ok(agent, 3)
         await srv.__aexit__(None, None, None)
         await _until(lambda: ("host:127.0.0.1", "raised") in _faults(records), 8)
     records.clear()
@@ -326,7 +326,7 @@ async def test_a_device_still_dead_after_a_reload_shrank_its_silent_endpoint_rai
     cfg = _write_config(tmp_path, _devs(port), gateway="gw-shrunk")
     try:
         async with _running(cfg, records) as agent:
-            await asyncio.sleep(0.5)
+            await _all_ok(agent, 3)
             await srv.__aexit__(None, None, None)
             await _until(lambda: ("host:127.0.0.1", "raised") in _faults(records), 8)
             _write_config(tmp_path, _devs(port, (1, 2)), gateway="gw-shrunk")

@@ -20,7 +20,7 @@ from typing import Any
 import aiomqtt
 
 from drivers.mqtt._handshake import HandshakeAware
-from drivers.mqtt._oversize import OversizeGuard
+from drivers.mqtt._oversize import install
 from drivers.payloads import TOO_LARGE
 
 QUEUE_FULL = "queue_full"  # the decode queue had no place left
@@ -62,8 +62,9 @@ class BoundedClient(HandshakeAware):
         self.queued_bytes_peak = 0
         self.by_topic: Counter[str] = Counter()  # messages received, since the link reset it
         self._loop_thread = threading.get_ident()  # aiomqtt binds the running loop here
-        # A message far over the cap is read past, never assembled (drivers.mqtt._oversize).
-        OversizeGuard(self._client, cap, self._oversized)
+        # A message far over the cap is read past, never assembled (drivers.mqtt._oversize);
+        # not when paho's internals differ from those the guard reads: why, else None.
+        self.unguarded = install(self._client, cap, self._oversized)
 
     def _oversized(self, topic: str, size: int) -> None:
         self._count(topic)

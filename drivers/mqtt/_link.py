@@ -88,6 +88,7 @@ class BrokerLink(Uptime, Reconnecting, Subscribing, Dispatching):
         )
         self._sys_unsubscribed = False  # an earlier run's $SYS subscription (persistent)
         self._gone_tried = False  # the filters an earlier run left in the session
+        self._unguarded_said = False  # drivers.mqtt._reconnect
         self._init_uptime()
 
     @property

@@ -17,10 +17,12 @@ broker silent while the link looked connected.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as paho
+from paho.mqtt import __version__ as PAHO_VERSION
 from paho.mqtt.enums import MQTTErrorCode
 
 PUBLISH = 0x30
@@ -28,11 +30,62 @@ HEADROOM = 2 * 65_536  # a topic (at most 65535 bytes), packet id and properties
 CHUNK = 65_536
 MAX_CHUNKS = 16  # per read callback (1 MiB): the loop is yielded between
 _SKIP = "edge_skip"  # our key in paho's _in_packet (paho renews the dict per packet)
+# paho's packet in progress, as _packet_read keeps it (2.2): the keys and their types.
+IN_PACKET = {
+    "command": int, "have_remaining": int, "remaining_count": list, "remaining_mult": int,
+    "remaining_length": int, "packet": bytearray, "to_process": int, "pos": int,
+}  # fmt: skip
+# paho's private methods used, and how many positional arguments each takes.
+METHODS = {"_packet_read": 0, "_sock_recv": 1, "_send_puback": 1, "_send_pubrec": 1}
+
+
+def unguardable(client: paho.Client) -> str | None:
+    """What of paho's private reader the guard needs is missing or shaped otherwise on
+    this client (None: all there, the guard can be installed)."""
+    for name, nargs in METHODS.items():
+        method = getattr(client, name, None)
+        if not callable(method):
+            return f"no {name}"
+        try:
+            params = inspect.signature(method).parameters.values()
+        except (TypeError, ValueError):
+            return f"{name} has no signature"
+        if sum(p.kind == p.POSITIONAL_OR_KEYWORD for p in params) != nargs:
+            return f"{name} takes other arguments"
+    if not callable(getattr(client, "_easy_log", None)):
+        return "no _easy_log"
+    for name in ("MQTT_LOG_ERR", "MQTTv5", "time_func"):
+        if not hasattr(paho, name):
+            return f"no paho.mqtt.client.{name}"
+    mutex = getattr(client, "_msgtime_mutex", None)
+    if not (hasattr(mutex, "__enter__") and hasattr(mutex, "__exit__")):
+        return "no _msgtime_mutex"
+    if not isinstance(getattr(client, "_last_bytes_received", None), int | float):
+        return "no _last_bytes_received"
+    if not hasattr(client, "_protocol"):
+        return "no _protocol"
+    packet = getattr(client, "_in_packet", None)
+    if not isinstance(packet, dict) or set(packet) != set(IN_PACKET):
+        return "_in_packet has other keys"
+    if any(not isinstance(packet[k], t) for k, t in IN_PACKET.items()):
+        return "_in_packet holds other types"
+    return None
+
+
+def install(client: paho.Client, limit: int, on_oversize: Callable[[str, int], None]) -> str | None:
+    """The guard on `client`, if paho's internals are as it reads them; else nothing is
+    installed and why is returned, e.g. "paho 2.3.0 internals differ (no _sock_recv)"."""
+    why = unguardable(client)
+    if why is not None:
+        return f"paho {PAHO_VERSION} internals differ ({why})"
+    OversizeGuard(client, limit, on_oversize)
+    return None
 
 
 class OversizeGuard:
     """Installed on a paho client: PUBLISH packets over `limit` + HEADROOM bytes are read
     past and acknowledged, and `on_oversize(topic, size)` is told (on the reading thread).
+    Installed through `install`, which checks paho's internals first.
     """
 
     def __init__(
@@ -118,7 +171,7 @@ class OversizeGuard:
         mid = int.from_bytes(packet[2 + tlen : 4 + tlen], "big") if qos else 0
         props = _varint(packet[2 + tlen + (2 if qos else 0) :])  # 0 in 3.1.1
         size = p["remaining_length"] - len(packet) - props  # the payload's
-        self._c._in_packet = {
+        self._c._in_packet = {  # as paho renews it (the keys checked by unguardable)
             "command": 0, "have_remaining": 0, "remaining_count": [], "remaining_mult": 1,
             "remaining_length": 0, "packet": bytearray(b""), "to_process": 0, "pos": 0,
         }  # fmt: skip

@@ -45,6 +45,7 @@ class Reconnecting:
     _client: BoundedClient | None
     _peak_before: int
     _rng: random.Random
+    _unguarded_said: bool  # the oversize guard's absence was logged (once per link)
     _drop: Callable[[str, str, int], None]  # drivers.mqtt._dispatch
 
     def _secrets(self) -> tuple[ssl.SSLContext | None, str | None]:
@@ -79,7 +80,7 @@ class Reconnecting:
             kw.update(clean_start=not s.persistent, properties=props)
         else:
             kw.update(clean_session=not s.persistent)
-        return BoundedClient(
+        client = BoundedClient(
             s.host,
             s.port,
             identifier=s.client_id,
@@ -97,6 +98,16 @@ class Reconnecting:
             on_sys=self.broker_drops.observe,
             **kw,
         )
+        if client.unguarded is not None and not self._unguarded_said:
+            self._unguarded_said = True  # the same paho at every rebuild: said once
+            log.warning(
+                "mqtt broker %s: oversize guard not installed: %s; messages over the cap "
+                "(max_payload_bytes %d) are assembled then dropped",
+                s.id,
+                client.unguarded,
+                s.max_payload_bytes,
+            )
+        return client
 
     async def _connect(self, client: BoundedClient) -> None:
         """Connect within connect_timeout_s; a client whose connect timed out or was

@@ -9,12 +9,14 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiomqtt
+import paho.mqtt.client as paho
 import pytest
 
 from drivers.mqtt import BrokerLink, BrokerSettings, MqttSensor, Route, Router
-from drivers.mqtt._oversize import HEADROOM
+from drivers.mqtt._oversize import HEADROOM, PAHO_VERSION
 from drivers.payloads import load_decoder
 from drivers.reading import Reading
 from tests.drivers.test_mqtt_link import TOPIC, broker, ncd, until
@@ -41,13 +43,16 @@ def _link(
 
 
 @contextlib.asynccontextmanager
-async def running(link: BrokerLink, got: list[Reading], port: int) -> AsyncIterator[None]:
-    """The link running, its subscription made (a reading came through: then forgotten)."""
+async def running(
+    link: BrokerLink, got: list[Reading], port: int, **pub_kw: Any
+) -> AsyncIterator[None]:
+    """The link running, its subscription made (a reading came through: then forgotten).
+    `pub_kw`: aiomqtt.Client's arguments for the publisher (tls_context)."""
     task = asyncio.create_task(link.run())
     try:
         await until(lambda: link.connected, 10)
         deadline = time.monotonic() + 10
-        async with aiomqtt.Client("127.0.0.1", port) as pub:
+        async with aiomqtt.Client("127.0.0.1", port, **pub_kw) as pub:
             while not got and time.monotonic() < deadline:
                 await pub.publish(TOPIC, ncd(0.5), qos=1)
                 with contextlib.suppress(AssertionError):
@@ -108,3 +113,57 @@ async def test_the_largest_cap_allowed_connects(broker: Mosquitto) -> None:
             await pub.publish(TOPIC, ncd(4.0), qos=1)
         await until(lambda: got, 5)
     assert link.connects_total == 1
+
+
+class _Renamed(paho.Client):
+    """paho as a minor release might change it: a private method the guard calls renamed
+    (paho's own QoS 2 path would use the new name; the test sends QoS 0 and 1)."""
+
+    @property
+    def _send_pubrec(self) -> Any:
+        raise AttributeError("_send_pubrec")
+
+
+class _NewKey(paho.Client):
+    """paho keeping one more thing in its packet in progress (the guard's reset would
+    lose it)."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._in_packet["properties"] = None
+
+
+@pytest.mark.parametrize(
+    ("client", "why"), [(_Renamed, "no _send_pubrec"), (_NewKey, "_in_packet has other keys")]
+)
+async def test_a_paho_whose_internals_differ_keeps_its_own_reader(
+    broker: Mosquitto,
+    client: type[paho.Client],
+    why: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The guard replaces paho's private reader: after a paho upgrade that changed it, the
+    guard is not installed (said once), messages over the cap are assembled by paho and
+    dropped by the cap, and every other message is read as before."""
+    monkeypatch.setattr(paho, "Client", client)  # aiomqtt builds its paho client so
+    caplog.set_level(logging.WARNING, logger="edge_agent.drivers.mqtt")
+    got: list[Reading] = []
+    link, sensor = _link(broker, got, max_payload_bytes=CAP)
+    big = json.dumps({"pad": "x" * (CAP + HEADROOM + 50_000)})
+    async with running(link, got, broker.port):
+        assert link._client is not None and isinstance(link._client._client, client)
+        assert "_packet_read" not in vars(link._client._client)  # paho's own reader
+        async with aiomqtt.Client("127.0.0.1", broker.port) as pub:
+            await pub.publish(TOPIC, big, qos=1)
+            await pub.publish(TOPIC, big, qos=0)
+            await pub.publish(TOPIC, ncd(2.0), qos=1)
+        await until(lambda: got, 5)
+    link._build(None, None)  # a rebuilt client (a credential refused): not said again
+    assert [r.features["velocity_rms_mm_s"] for r in got] == [2.0]
+    assert dict(sensor.dropped) == {"too_large": 2}
+    said = [r.getMessage() for r in caplog.records if "guard not installed" in r.getMessage()]
+    assert said == [
+        f"mqtt broker b: oversize guard not installed: paho {PAHO_VERSION} internals differ "
+        f"({why}); messages over the cap (max_payload_bytes {CAP}) are assembled then dropped"
+    ]

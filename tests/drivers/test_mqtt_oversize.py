@@ -7,8 +7,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import shutil
+import ssl
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiomqtt
@@ -20,7 +23,7 @@ from drivers.mqtt._oversize import HEADROOM, PAHO_VERSION
 from drivers.payloads import load_decoder
 from drivers.reading import Reading
 from tests.drivers.test_mqtt_link import TOPIC, broker, ncd, until
-from tests.mosquitto import Mosquitto
+from tests.mosquitto import Certs, Mosquitto, make_certs
 
 pytestmark = [pytest.mark.network]
 __all__ = ["broker"]  # the fixture
@@ -167,3 +170,78 @@ async def test_a_paho_whose_internals_differ_keeps_its_own_reader(
         f"mqtt broker b: oversize guard not installed: paho {PAHO_VERSION} internals differ "
         f"({why}); messages over the cap (max_payload_bytes {CAP}) are assembled then dropped"
     ]
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    return make_certs(tmp_path_factory.mktemp("certs"))
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+async def test_oversized_messages_over_tls_are_read_past_too(
+    tmp_path: Path, certs: Certs, protocol: str
+) -> None:
+    """Over TLS the guard reads the decrypted stream: a read may stop inside a TLS record
+    (the rest held by the SSL object, the socket not readable) or find no whole record
+    yet (SSLWantReadError). Each QoS, then a normal message right behind the last one."""
+    ctx = ssl.create_default_context(cafile=str(certs.ca))
+    got: list[Reading] = []
+    big = json.dumps({"pad": "x" * (CAP + HEADROOM + 300_000)})
+    with Mosquitto(tmp_path / "tls", certs=certs) as broker:
+        link, sensor = _link(
+            broker, got, protocol=protocol, max_payload_bytes=CAP, tls=True, ca_file=certs.ca
+        )
+        async with running(link, got, broker.port, tls_context=ctx):
+            assert link._client is not None and "_packet_read" in vars(link._client._client)
+            async with aiomqtt.Client("127.0.0.1", broker.port, tls_context=ctx) as pub:
+                for i in range(24):
+                    await pub.publish(TOPIC, big, qos=(1, 2, 0)[i % 3])
+                await pub.publish(TOPIC, ncd(2.5), qos=1)
+            await until(lambda: got, 10)
+    assert [r.features["velocity_rms_mm_s"] for r in got] == [2.5]
+    assert dict(sensor.dropped) == {"too_large": 24}
+    assert link.connects_total == 1
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+async def test_oversized_qos2_messages_complete_their_flow(
+    broker: Mosquitto, protocol: str
+) -> None:
+    """A QoS 2 message read past is answered PUBREC; the broker's PUBREL for a packet id
+    paho never saw must still get its PUBCOMP, or each stays in the broker's in-flight
+    window (20 in mosquitto) and the 21st stops all delivery."""
+    got: list[Reading] = []
+    link, sensor = _link(broker, got, protocol=protocol, max_payload_bytes=CAP)
+    big = json.dumps({"pad": "x" * (CAP + HEADROOM + 1000)})
+    async with running(link, got, broker.port):
+        async with aiomqtt.Client("127.0.0.1", broker.port) as pub:
+            for _ in range(30):
+                await pub.publish(TOPIC, big, qos=2)
+            await pub.publish(TOPIC, ncd(5.0), qos=2)
+        await until(lambda: got, 5)
+    assert [r.features["velocity_rms_mm_s"] for r in got] == [5.0]
+    assert dict(sensor.dropped) == {"too_large": 30}
+
+
+async def test_packets_at_the_guards_boundary(
+    broker: Mosquitto, caplog: pytest.LogCaptureFixture
+) -> None:
+    """MQTT 3.1.1, QoS 1 (no properties: the packet's length is known exactly): one byte
+    over the guard's limit is read past, its payload's size told right; one at the limit
+    is assembled by paho and dropped by the cap; the next message is decoded."""
+    caplog.set_level(logging.WARNING, logger="edge_agent.drivers.mqtt")
+    got: list[Reading] = []
+    link, sensor = _link(broker, got, protocol="3.1.1", max_payload_bytes=CAP)
+    at_limit = CAP + HEADROOM - (2 + len(TOPIC) + 2)  # remaining length == the limit
+    async with running(link, got, broker.port):
+        async with aiomqtt.Client("127.0.0.1", broker.port) as pub:
+            await pub.publish(TOPIC, b"x" * (at_limit + 1), qos=1)
+            await pub.publish(TOPIC, b"x" * at_limit, qos=1)
+            await pub.publish(TOPIC, ncd(6.0), qos=1)
+        await until(lambda: got, 5)
+    assert [r.features["velocity_rms_mm_s"] for r in got] == [6.0]
+    assert dict(sensor.dropped) == {"too_large": 2}
+    logged = [r.getMessage() for r in caplog.records if "too_large" in r.getMessage()]
+    assert len(logged) == 1 and f"{at_limit + 1} bytes" in logged[0], logged

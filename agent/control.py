@@ -74,7 +74,16 @@ class Refused(Exception):
 
 
 class ControlError(Exception):
-    """The client could not get an answer from the agent (the message says why)."""
+    """The client could not get an answer from the agent (the message says why).
+
+    Attributes:
+        no_agent: no agent listens there (no socket, or a stale one), as opposed to one
+            this user may not use or that did not answer.
+    """
+
+    def __init__(self, message: str, *, no_agent: bool = False) -> None:
+        super().__init__(message)
+        self.no_agent = no_agent
 
 
 Handler = Callable[[Mapping[str, Any], Peer], Awaitable[dict[str, Any]]]
@@ -360,14 +369,16 @@ def call(path: Path, op: str, args: Mapping[str, Any], *, timeout_s: float = 15.
             if unsent is not None and not data:
                 raise unsent
         except FileNotFoundError:
-            raise ControlError(f"no control socket at {path}") from None
+            raise ControlError(f"no control socket at {path}", no_agent=True) from None
         except PermissionError:
             raise ControlError(
                 f"permission denied on {path}: run as root, or as a member of the group "
                 "named by control.group"
             ) from None
         except ConnectionRefusedError:
-            raise ControlError(f"nothing listens on {path} (a stale socket)") from None
+            raise ControlError(
+                f"nothing listens on {path} (a stale socket)", no_agent=True
+            ) from None
         except TimeoutError:
             raise ControlError(f"no answer on {path} within {timeout_s:.0f} s") from None
         except OSError as exc:

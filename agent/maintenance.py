@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
+import os
 import sqlite3
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, replace
@@ -151,12 +153,20 @@ async def _offline(config: Config, request: MaintenanceRequest) -> list[dict[str
         return await outbox.append(update.drafts, update.state, update.lives)
 
 
+class _Unreached(RuntimeError):
+    """No agent could be asked (no socket, a stale one, one this user may not use)."""
+
+    def __init__(self, why: ControlError) -> None:
+        super().__init__(f"cannot reach the running agent: {why}")
+        self.why, self.no_agent = str(why), why.no_agent
+
+
 def _online(config: Config, request: MaintenanceRequest) -> list[dict[str, Any]]:
     path = config.control.socket
     try:
         answer = call(path, OP, asdict(request))
     except ControlError as exc:
-        raise RuntimeError(f"cannot reach the running agent: {exc}") from None
+        raise _Unreached(exc) from None
     wrong = mismatch(config, answer.get("agent"))
     if wrong is not None:
         raise RuntimeError(f"the process on {path} is not this configuration's agent: {wrong}")
@@ -192,10 +202,21 @@ def _record(config: Config, request: MaintenanceRequest) -> tuple[list[dict[str,
             return asyncio.run(_offline(config, request)), "into the store"
     try:
         return _online(config, request), "by the running agent"
-    except RuntimeError as exc:
+    except _Unreached as exc:
         if denied is None:
             raise
-        raise RuntimeError(f"{exc}; nor may this user write the store itself: {denied}") from None
+        # Whether an agent runs is unknown here (its lock could not be tried): say neither,
+        # and not the lock's advice to move store.path, which is the service's to follow.
+        folder, why = config.store.path.parent, os.strerror(getattr(errno, denied.code or "EACCES"))
+        then = (
+            ": start the agent (systemctl start edge-agent) and retry, or run this as root"
+            if exc.no_agent
+            else ""  # the agent's socket refused this user: its message says who may use it
+        )
+        raise RuntimeError(
+            f"cannot reach a running agent: {exc.why}; nor may this user write the store "
+            f"itself ({folder}: {why}){then}"
+        ) from None
 
 
 def record_maintenance(

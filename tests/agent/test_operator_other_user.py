@@ -177,3 +177,28 @@ def test_an_operator_in_the_control_group_records_maintenance_through_the_agent(
     assert outsider.returncode == 1, outsider
     assert "permission denied on" in outsider.stderr and "control.group" in outsider.stderr
     assert "nor may this user write the store itself" in outsider.stderr, outsider.stderr
+    assert "start the agent" not in outsider.stderr  # it runs: only the group is missing
+
+
+@pytest.mark.skipif(
+    shutil.which("getent") is None
+    or subprocess.run(["getent", "group", "nogroup"], capture_output=True).returncode != 0,
+    reason="needs the group nogroup to stand for control.group",
+)
+def test_with_no_agent_an_operator_who_may_not_write_the_store_is_told_what_to_do(
+    site: Path,
+) -> None:
+    # Before: "cannot reach the running agent: no control socket at ...; nor may this user
+    # write the store itself: ... store.path must be in a folder the agent's user can
+    # write": an agent said to run that did not, and the service's advice, to an operator.
+    config = _write(site, token_file=False, group="nogroup")
+    member = _as_operator("maintenance", "-c", str(config), "--asset", "press-7",
+                          groups="65534")  # fmt: skip
+    assert member.returncode == 1, member
+    assert member.stderr == (
+        f"maintenance not recorded: cannot reach a running agent: no control socket at "
+        f"{site}/control.sock; nor may this user write the store itself ({site}/state: "
+        "Permission denied): start the agent (systemctl start edge-agent) and retry, or run "
+        "this as root\n"
+    ), member.stderr
+    assert not (site / "state" / "outbox.db").exists()  # nothing recorded anywhere

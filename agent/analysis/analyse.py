@@ -33,10 +33,11 @@ __all__ = ["analyse", "log_dropped", "note_stopped"]
 log = logging.getLogger("agent.analysis.monitor")
 
 
-def note_stopped(ch: Channel, held: Held, out: Update) -> None:
+def note_stopped(ch: Channel, held: Held, out: Update, *, tuning: Tuning, persist: bool) -> None:
     """A reading of a stopped machine: no measurement of its condition (Channel.stopped).
     The view shows it (no zone, alerts as they were); a long wait before a baseline is
-    logged once, and its start saved with the model state (a restart counts on)."""
+    logged once, and (persist) its length saved with the model state as it begins, is
+    logged, and every tuning.persist_every_s (a restart counts on)."""
     reading, value = held.reading, held.value
     shown = ch.view
     ch.set_view(
@@ -49,8 +50,10 @@ def note_stopped(ch: Channel, held: Held, out: Update) -> None:
     warn = ch.wait(held.t_s, value)
     if warn:
         log.warning("%s", ch.waited())
-    if warn or (began and ch.waiting_since_s is not None):  # a restart counts on
+    due = held.t_s - ch.persisted_s >= tuning.persist_every_s
+    if persist and (warn or due or (began and ch.waiting_since_s is not None)):
         out.state[ch.key("model")] = model_state(ch)
+        ch.persisted_s = held.t_s
 
 
 def log_dropped(ch: Channel, dropped: Sequence[Held]) -> None:
@@ -79,7 +82,7 @@ def analyse(
     reading, feats, value, t_s, wall_s = (
         held.reading, held.features, held.value, held.t_s, held.wall_s)  # fmt: skip
     ch.now_s = t_s
-    waited = ch.waiting_since_s is not None
+    waited = ch.waiting_since_s is not None or ch.waited_before_s > 0
     if ch.ran():
         log.info(
             "asset %s sensor %s channel %s: the machine runs (velocity RMS %.3g mm/s); "

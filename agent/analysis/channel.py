@@ -127,10 +127,14 @@ class Channel:
     velocity_periods: float | None = None
     # Before the baseline: analysis time of the first of the readings under the running
     # floor since the last running one (None: not waiting), their latest velocities, and
-    # whether the long wait was logged.
+    # whether the long wait was logged. waited_before_s: how long earlier processes saw it
+    # wait, counted on from this process's next reading under the floor (saved as a length,
+    # not a start: a wall clock stepped between two runs moves neither, and the hours the
+    # gateway was off are not counted as readings).
     waiting_since_s: float | None = None
     waiting_seen: deque[float] = field(default_factory=lambda: deque(maxlen=WAIT_SEEN))
     waiting_warned: bool = False
+    waited_before_s: float = 0.0
     # Readings that jump tenfold wait here for confirmation (agent.analysis.confirm).
     gate: JumpGate = field(default_factory=JumpGate)
 
@@ -212,7 +216,7 @@ class Channel:
         if self.hi.ready:
             return False
         if self.waiting_since_s is None:
-            self.waiting_since_s = now_s
+            self.waiting_since_s, self.waited_before_s = now_s - self.waited_before_s, 0.0
             self.waiting_seen.clear()
         self.waiting_seen.append(velocity_mm_s)
         if self.waiting_warned or now_s - self.waiting_since_s < WAIT_WARN_S:
@@ -224,7 +228,7 @@ class Channel:
         """A running reading ends the wait; True if the long wait had been logged (the
         caller logs that learning starts)."""
         warned = self.waiting_warned
-        self.waiting_since_s, self.waiting_warned = None, False
+        self.waiting_since_s, self.waiting_warned, self.waited_before_s = None, False, 0.0
         return warned
 
     def waited(self) -> str:
@@ -303,8 +307,9 @@ def load_channel(
             ch.history, ch.hi = Trend.from_dict(data["history"]), hi
             ch.onset_s = data["onset_s"]
             ch.basis = Basis.from_dict(data.get("basis"))
-            if not hi.ready and isinstance(data.get("waiting_since_s"), int | float):
-                ch.waiting_since_s = float(data["waiting_since_s"])
+            waited = data.get("waited_s")
+            if not hi.ready and isinstance(waited, int | float) and 0 <= waited < math.inf:
+                ch.waited_before_s = float(waited)
                 ch.waiting_warned = data.get("waiting_warned") is True
     except (ValueError, KeyError, TypeError):
         ch.history, ch.hi = history, HealthIndex(asset.alerting.baseline_readings, health)
@@ -336,8 +341,9 @@ def model_state(ch: Channel) -> str:
     basis = None if ch.basis is None else ch.basis.to_dict()
     state = {"hi": ch.hi.to_dict(), "history": ch.history.to_dict(), "onset_s": ch.onset_s,
              "basis": basis}  # fmt: skip
-    if ch.waiting_since_s is not None:
-        state |= {"waiting_since_s": ch.waiting_since_s, "waiting_warned": ch.waiting_warned}
+    waited = ch.waited_before_s if ch.waiting_since_s is None else ch.now_s - ch.waiting_since_s
+    if ch.waiting_since_s is not None or waited > 0:
+        state |= {"waited_s": max(waited, 0.0), "waiting_warned": ch.waiting_warned}
     return json.dumps(state, separators=(",", ":"))
 
 

@@ -296,7 +296,7 @@ class Monitor:
         if ch.stopped(value, feats):  # no measurement of the machine's condition (channel.py)
             self.stopped_total += 1
             self._dropped(ch, ch.gate.interrupt())
-            note_stopped(ch, now, out)
+            note_stopped(ch, now, out, tuning=self.tuning, persist=self.persist)
             return out
         # A tenfold jump is analysed only once it lasts (agent.analysis.confirm).
         # (a velocity RMS that does not resolve its band is no measurement: not judged)

@@ -247,3 +247,33 @@ def test_the_wait_to_run_counts_across_restarts(
             assert _waiting_logs(caplog) == []
     (again,) = _waiting_logs(caplog)
     assert "no baseline learned after 24.0 h" in again.getMessage()
+
+
+@pytest.mark.parametrize("step", [timedelta(days=-365), timedelta(hours=-3), timedelta(days=365)])
+def test_the_wait_to_run_is_a_day_of_readings_whatever_the_clock_did_between_runs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, step: timedelta
+) -> None:
+    """Before: the wait was saved as its start on the wall clock, so a gateway that came
+    back with its clock a year behind (no RTC, before NTP) never logged the channel (the
+    wait looked negative for a year), and one whose clock went a year ahead logged 'no
+    baseline learned after 8770.0 h' at its first reading. It is saved as its length now:
+    10 h of readings before the restart and 14 h after it make the day, no sooner."""
+    config = press_config(tmp_path, baseline_readings=20)
+    caplog.set_level(logging.INFO, logger="agent.analysis.monitor")
+    stopped = {"velocity_rms_mm_s": 0.001, "accel_rms_g": 0.00005}
+    saved: dict[str, str] = {}
+    m = Monitor(config, state=saved)
+    for i in range(60):  # 10 h, a reading every 10 min
+        saved.update(m.update(Reading("m1", "z", T0 + timedelta(minutes=10 * i), stopped)).state)
+    restart = T0 + timedelta(hours=10) + step
+    m = Monitor(config, state=saved)
+    warned_at = None
+    for i in range(100):
+        at = restart + timedelta(minutes=10 * i)
+        saved.update(m.update(Reading("m1", "z", at, stopped)).state)
+        if warned_at is None and _waiting_logs(caplog):
+            warned_at = i
+    # 9 h 50 min of readings before (the first began the wait), 14 h 10 min after: the
+    # minutes of the restart itself are not counted, nor would be a week switched off.
+    assert warned_at == 14 * 6 + 1, warned_at
+    assert "no baseline learned after 24.0 h" in _waiting_logs(caplog)[0].getMessage()

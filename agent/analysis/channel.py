@@ -231,6 +231,11 @@ class Channel:
         self.waiting_since_s, self.waiting_warned, self.waited_before_s = None, False, 0.0
         return warned
 
+    def unwait(self) -> None:
+        """Forget the wait: the channel learns afresh (a relearn), and waits afresh."""
+        self.ran()
+        self.waiting_seen.clear()
+
     def waited(self) -> str:
         """The long wait, for the warning: how long, the median velocity, the setting."""
         since = self.waiting_since_s

@@ -106,6 +106,7 @@ def relearn(
         ch.trend = closed(ch, "trend", ch.trend, asset, at, out, why.format(what), lead)
     ch.hi = HealthIndex(asset.alerting.baseline_readings, tuning.health)
     ch.history, ch.onset_s = new_history(asset, tuning), None
+    ch.unwait()  # a new day from the next reading under the floor, logged again if so
     out.state[ch.key("model")] = model_state(ch)
 
 

@@ -277,3 +277,26 @@ def test_the_wait_to_run_is_a_day_of_readings_whatever_the_clock_did_between_run
     # minutes of the restart itself are not counted, nor would be a week switched off.
     assert warned_at == 14 * 6 + 1, warned_at
     assert "no baseline learned after 24.0 h" in _waiting_logs(caplog)[0].getMessage()
+
+
+def test_a_relearned_channel_waits_a_day_afresh(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before: a reload that relearns the channel (a new speed) kept its wait, and its
+    logged flag: a channel told of once, and reconfigured as the warning advised, was never
+    told of again however long it still waited."""
+    caplog.set_level(logging.INFO, logger="agent.analysis.monitor")
+    stopped = {"velocity_rms_mm_s": 0.001, "accel_rms_g": 0.00005}
+    m = Monitor(press_config(tmp_path, baseline_readings=20))
+    i = 0
+    for i in range(25 * 6):  # 25 h: logged once
+        m.update(Reading("m1", "z", T0 + timedelta(minutes=10 * i), stopped))
+    assert len(_waiting_logs(caplog)) == 1
+    data = press_config(tmp_path, baseline_readings=20).model_dump(mode="json", by_alias=True)
+    data["assets"][0]["machine"]["rpm"] = 990
+    m.reconfigure(Config.model_validate(data))
+    for k in range(1, 25 * 6):
+        m.update(Reading("m1", "z", T0 + timedelta(minutes=10 * (i + k)), stopped))
+        if k == 23 * 6:
+            assert len(_waiting_logs(caplog)) == 1  # under a day since the reload
+    assert len(_waiting_logs(caplog)) == 2

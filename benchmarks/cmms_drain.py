@@ -237,7 +237,8 @@ def main() -> None:
     p.add_argument("--dir", type=Path, default=None, help="where the databases go")
     a = p.parse_args()
     with tempfile.TemporaryDirectory(dir=a.dir) as tmp:
-        print(json.dumps(asyncio.run(run(a, Path(tmp))), indent=2))
+        # store.path must be absolute: --dir may be given relative
+        print(json.dumps(asyncio.run(run(a, Path(tmp).resolve())), indent=2))
 
 
 if __name__ == "__main__":

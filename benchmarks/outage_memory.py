@@ -328,7 +328,10 @@ async def main(argv: list[str] | None = None) -> int:
     p.add_argument("--uplink-batch", type=int, default=100, help="uplink batch_size")
     p.add_argument("--max-backoff-s", type=float, default=2.0, help="uplink max_backoff_s")
     p.add_argument("--no-tracemalloc", action="store_true", help="RSS only (less overhead)")
-    p.add_argument("--dir", type=Path, default=None, help="directory for the database files")
+    # Made absolute: the configuration built from it needs an absolute store.path.
+    p.add_argument(
+        "--dir", type=lambda s: Path(s).absolute(), help="directory for the database files"
+    )
     a = p.parse_args(argv)
     if not 0 < a.count <= 200_000 or a.batch < 1 or a.producers < 1 or a.sample_every < 1:
         p.error("--count 1..200000, --batch/--producers/--sample-every >= 1")

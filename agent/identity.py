@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import Config
-from agent.store import READ_BUSY_S
+from agent.store import READ_BUSY_S, ro_uri
 
 
 def open_store_ro(path: Path, timeout: float = 5.0) -> sqlite3.Connection:
     """The store, read-only (WAL lets it be read while the agent writes); `timeout`: the
     longest wait for a lock another process holds."""
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout)
+    return sqlite3.connect(ro_uri(path), uri=True, timeout=timeout)
 
 
 def store_created_at(path: Path, timeout: float = 5.0) -> str:

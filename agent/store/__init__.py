@@ -7,6 +7,7 @@ from agent.store._outbox import Outbox, outbox_for
 from agent.store._queries import OutboxStats, UplinkBacklog
 from agent.store._routing import FINDINGS
 from agent.store._salvage import StoreFault
+from agent.store._sqlite import ro_uri
 from agent.store._view import READ_BUSY_S, StoreView, read_only, requeue_in_place
 from agent.store._writer import WriterCounters
 from agent.store.errors import StoreBusyError, StoreClosedError, StoreError, StoreFullError
@@ -32,5 +33,6 @@ __all__ = [
     "outbox_for",
     "read_only",
     "requeue_in_place",
+    "ro_uri",
     "store_lock",
 ]

@@ -24,7 +24,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from agent.store._sqlite import BUSY_TIMEOUT_S, MAGIC, connect_ro, fsync_dir, is_corrupt
+from agent.store._sqlite import (
+    BUSY_TIMEOUT_S,
+    MAGIC,
+    connect_ro,
+    fsync_dir,
+    is_corrupt,
+    ro_uri,
+)
 from agent.store.errors import StoreError
 
 log = logging.getLogger(__name__)
@@ -281,7 +288,7 @@ def recover_last_seq(path: Path) -> int | None:
         "SELECT max(seq) FROM dead_letters",  # a schema v1 file
     )
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0)
+        conn = sqlite3.connect(ro_uri(path), uri=True, timeout=1.0)
     except sqlite3.Error:
         return None
     try:

@@ -38,7 +38,7 @@ from typing import Any
 from agent.store._files import aside_name, move_aside, plausible_seq, seq_floor
 from agent.store._routing import TABLES
 from agent.store._schema import ddl_statements
-from agent.store._sqlite import MAGIC, fsync_dir, identity, now_ts
+from agent.store._sqlite import MAGIC, fsync_dir, identity, now_ts, ro_uri
 
 log = logging.getLogger(__name__)
 
@@ -362,7 +362,7 @@ def finish_interrupted(path: Path) -> None:
         return
     complete = False
     with contextlib.suppress(sqlite3.Error):
-        conn = sqlite3.connect(f"file:{tmp}?mode=ro", uri=True, timeout=1.0)
+        conn = sqlite3.connect(ro_uri(tmp), uri=True, timeout=1.0)
         try:
             row = conn.execute("SELECT value FROM meta WHERE key = ?", (_MARKER,)).fetchone()
             complete = row is not None

@@ -10,6 +10,7 @@ import contextlib
 import errno
 import os
 import sqlite3
+import urllib.parse
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -96,9 +97,18 @@ def connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def ro_uri(path: str | os.PathLike[str]) -> str:
+    """The URI SQLite opens `path` read-only by. The name is percent-encoded: written as
+    it is, a '#' or '?' in it ends the file name there (and drops mode=ro: a read-write
+    connection that creates, and reads, another file) and '%41' names another file."""
+    name = urllib.parse.quote(os.fspath(path))  # '/' stays, '%', '#', '?' are encoded
+    # An empty authority first: a path starting '//' is not taken for a host.
+    return f"file://{name}?mode=ro" if name.startswith("/") else f"file:{name}?mode=ro"
+
+
 def connect_ro(path: Path, timeout: float = BUSY_TIMEOUT_S) -> sqlite3.Connection:
     """A read-only connection: it can neither checkpoint nor drop a WAL."""
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout)
+    return sqlite3.connect(ro_uri(path), uri=True, timeout=timeout)
 
 
 def fsync_dir(directory: Path) -> None:

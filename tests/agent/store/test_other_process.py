@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 from agent.store import Outbox, StoreFault
 from tests.agent.store._drafts import draft
+from tests.agent.test_operator_commands import write_config
 
 UP = "up"
 ROOT = Path(__file__).resolve().parents[3]
@@ -69,3 +73,52 @@ async def test_a_requeue_beside_the_running_agent_keeps_its_alerts_on_disk(
         assert _in_another_process(_COUNT, db) == "3"
         assert (tmp_path / "outbox.db-wal").exists()
     assert faults == []
+
+
+_CLI = "import sys\nfrom agent.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+
+
+def _cli_in_another_process(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", _CLI, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        check=False,
+    )
+
+
+def _config_with_store(tmp_path: Path, db: Path) -> Path:
+    cfg = write_config(tmp_path)
+    data = yaml.safe_load(cfg.read_text())
+    data["store"]["path"] = str(db)
+    cfg.write_text(yaml.safe_dump(data))
+    return cfg
+
+
+def _names(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+async def test_a_store_in_a_folder_named_with_hash_question_mark_or_percent_is_read(
+    tmp_path: Path,
+) -> None:
+    """The read-only connections (`alerts`, `status`, the store checks at every open) named
+    the store in an SQLite URI as written: a '#' or '?' in a folder's name ended the file
+    name there, so they opened (and created, read-write: mode=ro went with the rest) the
+    file named by what came before, and '%41' named yet another. `alerts` said the store
+    was not one, and an empty stray file appeared beside the store's folder."""
+    folder = tmp_path / "plant#2?line%41"
+    db = folder / "outbox.db"
+    cfg = _config_with_store(tmp_path, db)
+    before = _names(tmp_path)
+    faults: list[StoreFault] = []
+    async with _outbox(db, faults) as ob:
+        stored = await ob.append([draft(i=0), draft(i=1)])
+        proc = _cli_in_another_process("alerts", "-c", str(cfg), "--json")
+        assert proc.returncode == 0, proc.stderr
+        listed = [json.loads(line)["alert_id"] for line in proc.stdout.splitlines()]
+        assert sorted(listed) == sorted(r["alert_id"] for r in stored)
+    assert faults == []
+    assert _names(tmp_path) == sorted([*before, folder.name])

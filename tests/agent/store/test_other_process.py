@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -122,3 +125,53 @@ async def test_a_store_in_a_folder_named_with_hash_question_mark_or_percent_is_r
         assert sorted(listed) == sorted(r["alert_id"] for r in stored)
     assert faults == []
     assert _names(tmp_path) == sorted([*before, folder.name])
+
+
+def _descriptors_on(db: Path) -> list[str]:
+    """What this process's open descriptors on the store (its -wal, -shm, and the files
+    recovery moved aside, by their names now) point at."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own descriptor, closed by now
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith(str(db)):
+                found.append(target)
+    return sorted(found)
+
+
+def _mv_over(db: Path) -> None:
+    other = db.with_name("other.db")
+    other.write_bytes(b"an operator's file, mv'd over the store by mistake\n" * 50)
+    os.replace(other, db)
+
+
+def _overwrite_header(db: Path) -> None:
+    with db.open("r+b") as f:
+        f.write(b"\0" * 100)
+
+
+async def test_after_recoveries_the_store_is_still_held_against_other_processes(
+    tmp_path: Path,
+) -> None:
+    """The descriptor the agent keeps on its store (for the header check, instead of an
+    open and close per write) follows the store through recoveries: one on the recovered
+    file, none left on the files moved aside, so a requeue beside the agent still finds
+    it holding the recovered store (its WAL stays), and damage to that file is seen."""
+    db = tmp_path / "outbox.db"
+    faults: list[StoreFault] = []
+    async with _outbox(db, faults) as ob:
+        await ob.append([draft(i=0)])
+        held = _descriptors_on(db)
+        for k in range(3):
+            await asyncio.to_thread(_mv_over, db)
+            await ob.append([draft(i=1 + k)])
+        assert [f.kind for f in faults] == ["replaced"] * 3
+        assert _descriptors_on(db) == held  # the same files: no descriptor left behind
+        assert _in_another_process(_REQUEUE, db) == "0"
+        await ob.append([draft(i=4)])
+        assert _in_another_process(_COUNT, db) == "5"
+        assert (tmp_path / "outbox.db-wal").exists()
+        await asyncio.to_thread(_overwrite_header, db)
+        await ob.append([draft(i=5)])
+        assert [f.kind for f in faults] == ["replaced"] * 3 + ["corrupt"]
+        assert "header" in faults[-1].reason

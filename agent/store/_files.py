@@ -31,6 +31,7 @@ from agent.store._sqlite import (
     fsync_dir,
     is_corrupt,
     ro_uri,
+    store_file,
 )
 from agent.store.errors import StoreError
 
@@ -311,6 +312,7 @@ def plausible_seq(value: object) -> bool:
 
 def quarantine(path: Path, reason: str) -> Quarantined:
     """Move a corrupt store aside at startup; the caller creates the fresh one."""
+    path = store_file(path)
     target = aside_name(path, "corrupt")
     move_aside(path, target)
     recovered = recover_last_seq(target)

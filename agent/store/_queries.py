@@ -19,6 +19,7 @@ from typing import Any
 from agent.records import parse_ts
 from agent.store._routing import ALERT, CLASS_NAMES, DEAD, PENDING, SUMMARY, TABLES
 from agent.store._schema import SCHEMA_VERSION
+from agent.store._sqlite import store_file
 from agent.store.errors import StoreError
 
 _COUNTER_KEYS = (
@@ -209,7 +210,7 @@ def stats(conn: sqlite3.Connection, path: Path) -> OutboxStats:
     size = 0
     for suffix in ("", "-wal"):
         with contextlib.suppress(OSError):  # no WAL right now is fine
-            size += os.stat(f"{path}{suffix}").st_size
+            size += os.stat(f"{store_file(path)}{suffix}").st_size
     return OutboxStats(
         pending=pending,
         delivered=int(_scalar(conn, "SELECT count(*) FROM alerts WHERE delivered_at IS NOT NULL")),

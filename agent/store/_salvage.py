@@ -38,7 +38,7 @@ from typing import Any
 from agent.store._files import aside_name, move_aside, plausible_seq, seq_floor
 from agent.store._routing import TABLES
 from agent.store._schema import ddl_statements
-from agent.store._sqlite import MAGIC, fsync_dir, identity, now_ts, ro_uri
+from agent.store._sqlite import MAGIC, fsync_dir, identity, now_ts, ro_uri, store_file
 
 log = logging.getLogger(__name__)
 
@@ -322,6 +322,7 @@ def salvage(
     been moved and `conn` is still open: the caller retries later. `progress` is called
     after every statement of the copy (the writer tells the watchdog it is not stuck).
     """
+    path = store_file(path)
     tmp = path.with_name(path.name + RECOVERING)
     if tmp.exists():
         move_aside(tmp, aside_name(tmp, "stale"), sidecars=False)
@@ -357,6 +358,7 @@ def salvage(
 
 def finish_interrupted(path: Path) -> None:
     """At open: a recovery cut off by a crash is finished, or its leftovers moved aside."""
+    path = store_file(path)
     tmp = path.with_name(path.name + RECOVERING)
     if not tmp.exists():
         return

@@ -121,6 +121,13 @@ def fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
+def store_file(path: Path) -> Path:
+    """The file a store path names: the target when the path is a symlink. SQLite follows
+    the link and keeps the -wal and -shm beside the target, so the store's files are moved
+    aside (and a recovered copy put in place) there, and the link stays a link."""
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
 def identity(path: Path) -> tuple[int, int] | None:
     """(device, inode) of the file at path, None when there is none."""
     try:

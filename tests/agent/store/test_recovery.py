@@ -257,3 +257,62 @@ async def test_a_large_store_is_copied_in_pages_and_reports_progress(tmp_path: P
     conn.close()
     assert copied["monitor_state"] == 12_000 and lost == {}
     assert len(ticks) >= 3  # 12,000 rows in pages of 5,000, each reporting
+
+
+def _damage_header(db: Path) -> None:
+    with db.open("r+b") as f:
+        f.write(b"\0" * 100)
+
+
+async def test_a_symlinked_store_is_recovered_beside_its_target_and_stays_a_link(
+    tmp_path: Path,
+) -> None:
+    """store.path a symlink to the file on another disk: SQLite keeps the -wal and -shm
+    beside the target. A recovery moved the link aside (as the "corrupt" file), left the
+    damaged file where it was with its WAL checkpointed into it and deleted, and put the
+    recovered store where the link had been: from then on the agent wrote onto the link's
+    disk, and the metric of the store's size left out its WAL."""
+    disk = tmp_path / "data"
+    state = tmp_path / "state"
+    disk.mkdir()
+    state.mkdir()
+    real, link = disk / "outbox.db", state / "outbox.db"
+    link.symlink_to(real)
+    faults: list[StoreFault] = []
+    async with outbox(link, faults) as ob:
+        before = await ob.append([draft(i=i) for i in range(3)])
+        stats = await ob.stats()
+        assert stats.db_bytes == sum(os.stat(f"{real}{s}").st_size for s in ("", "-wal"))
+        await asyncio.to_thread(_damage_header, real)
+        await ob.append([draft(i=3)])
+        [fault] = faults
+        ids = await pending_ids(ob)
+        assert link.is_symlink() and link.resolve() == real
+        assert fault.moved_to is not None and fault.moved_to.parent == disk
+        # The damaged file is kept with its WAL (the evidence, and the alerts in it).
+        assert fault.moved_to.with_name(fault.moved_to.name + "-wal").exists()
+    assert fault.kind == "corrupt"
+    assert set(r["alert_id"] for r in before) <= set(ids)
+    assert sorted(p.name for p in state.iterdir()) == ["outbox.db", "outbox.db.issued"]
+
+
+async def test_a_symlinked_store_found_corrupt_at_open_is_set_aside_beside_its_target(
+    tmp_path: Path,
+) -> None:
+    """The quarantine at open moved the link aside, not the damaged file, and created the
+    fresh store where the link had been (on the link's disk)."""
+    disk = tmp_path / "data"
+    state = tmp_path / "state"
+    disk.mkdir()
+    state.mkdir()
+    real, link = disk / "outbox.db", state / "outbox.db"
+    link.symlink_to(real)
+    real.write_bytes(b"\0" * 4096)  # a power cut's garbage: taken as our damaged store
+    faults: list[StoreFault] = []
+    async with outbox(link, faults) as ob:
+        await ob.append([draft(i=0)])
+        quarantined = ob.quarantined
+    assert quarantined is not None and quarantined.path.parent == disk
+    assert quarantined.path.read_bytes() == b"\0" * 4096
+    assert link.is_symlink() and link.resolve() == real
+    assert sorted(p.name for p in state.iterdir()) == ["outbox.db", "outbox.db.issued"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import sqlite3
 import urllib.parse
@@ -109,6 +110,49 @@ def ro_uri(path: str | os.PathLike[str]) -> str:
 def connect_ro(path: Path, timeout: float = BUSY_TIMEOUT_S) -> sqlite3.Connection:
     """A read-only connection: it can neither checkpoint nor drop a WAL."""
     return sqlite3.connect(ro_uri(path), uri=True, timeout=timeout)
+
+
+# SQLite's unix locks: every open connection holds a read lock on these bytes of the file
+# (in WAL mode for as long as it is open); a checkpoint on close needs them all.
+_SHARED_FIRST = 2**30 + 2
+_SHARED_SIZE = 510
+
+
+def _open_here(ident: tuple[int, int]) -> bool:
+    """Whether this process has a descriptor on the file (device, inode) already."""
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # closed meanwhile (the listing's own, say)
+            st = os.stat(f"/proc/self/fd/{name}")
+            if (st.st_dev, st.st_ino) == ident:
+                return True
+    return False
+
+
+def held_open(path: Path) -> bool:
+    """True when an SQLite connection has the database file at `path` open: that very
+    file, not only one that had its name (it holds SQLite's shared lock on the file).
+
+    A file this process has open already counts as held (its own connections share their
+    locks): it is not probed, since closing the probe's descriptor would drop every lock
+    this process holds on the file, its SQLite connections' too.
+
+    Raises:
+        OSError: the file cannot be opened for writing.
+    """
+    ident = identity(path)
+    if ident is not None and _open_here(ident):
+        return True
+    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        # A write lock on the shared bytes, granted only if nobody holds any of them.
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, _SHARED_SIZE, _SHARED_FIRST)
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            return True
+        raise
+    finally:
+        os.close(fd)  # no lock of ours on this file but the probe's, which goes with it
+    return False
 
 
 def fsync_dir(directory: Path) -> None:

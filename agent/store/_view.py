@@ -11,7 +11,8 @@ from typing import Any
 from agent.store import _ops, _queries
 from agent.store._files import refuse_directory
 from agent.store._queries import OutboxStats
-from agent.store._sqlite import connect, connect_ro, translate
+from agent.store._sqlite import connect, connect_ro, held_open, translate
+from agent.store.errors import StoreError
 
 # An operator's read waits at most this long for a lock another process holds (the agent's
 # own writer never blocks readers in WAL mode): "busy, retry" beats a silent hang.
@@ -88,8 +89,26 @@ def requeue_in_place(
     The agent's uplinks pick the rows up at their next read (within seconds).
 
     Raises:
-        StoreError: the store cannot be written (busy beyond the timeout, not migrated).
+        StoreError: the store cannot be written (busy beyond the timeout, not migrated), or
+            the file at `path` is not the one the agent holds open.
     """
+    refuse_directory(path)
+    try:
+        held = held_open(path)
+    except OSError as exc:
+        raise translate(exc, path, "requeueing dead letters") from exc
+    if not held:
+        # Opened here, a file put at the store's path while the agent runs (a backup moved
+        # in) would be read with the agent's WAL beside it, and our connection, the last
+        # on that file, would copy that WAL into it on close and delete it: the agent then
+        # reads stale pages and its recovery of the replaced file loses its alerts.
+        raise StoreError(
+            f"the running agent does not hold the file at {path}: it is starting or "
+            "recovering its store, or the file was replaced or deleted while it runs (a "
+            "backup moved into its place?), which the agent sets aside at its next write. "
+            "Nothing was changed; retry in a moment",
+            path=path,
+        )
     with _connection(path, connect, "requeueing dead letters") as conn:
         conn.execute("BEGIN IMMEDIATE")
         try:

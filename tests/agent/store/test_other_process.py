@@ -6,13 +6,14 @@ import asyncio
 import contextlib
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import yaml
 
-from agent.store import Outbox, StoreFault
+from agent.store import Outbox, StoreFault, store_lock
 from tests.agent.store._drafts import draft
 from tests.agent.test_operator_commands import write_config
 
@@ -175,3 +176,47 @@ async def test_after_recoveries_the_store_is_still_held_against_other_processes(
         await ob.append([draft(i=5)])
         assert [f.kind for f in faults] == ["replaced"] * 3 + ["corrupt"]
         assert "header" in faults[-1].reason
+
+
+def _backup(db: Path) -> Path:
+    """An operator's copy of the store, by SQLite's own online backup."""
+    backup = db.with_name("backup.db")
+    src, dst = sqlite3.connect(db), sqlite3.connect(backup)
+    with contextlib.closing(src), contextlib.closing(dst):
+        src.backup(dst)
+    return backup
+
+
+async def test_a_requeue_refuses_a_file_moved_over_the_running_agents_store(
+    tmp_path: Path,
+) -> None:
+    """A backup moved back over the store while the agent ran, then `edge-agent requeue`
+    before the agent's next write: the requeue opened the backup with the agent's WAL
+    beside it, wrote into that WAL and, the last connection on the backup, copied the WAL
+    into it on close and deleted it. The agent, recovering from the replaced file, then
+    read stale pages: the alerts acknowledged since its last checkpoint were lost (and the
+    requeue reported done went into the backup). The requeue now refuses a file the agent
+    does not hold, and the agent's recovery keeps every alert and the backup as it was."""
+    db = tmp_path / "outbox.db"
+    cfg = _config_with_store(tmp_path, db)
+    faults: list[StoreFault] = []
+    with store_lock(db):  # as the running agent holds it
+        async with _outbox(db, faults) as ob:
+            dead = await ob.append([draft(i=0)])
+            await ob.dead_letter(UP, await ob.next_batch(UP, 10), "HTTP 401")
+            backup = await asyncio.to_thread(_backup, db)
+            kept = await asyncio.to_thread(backup.read_bytes)
+            pending = [*await ob.append([draft(i=1)]), *await ob.append([draft(i=2)])]
+            await asyncio.to_thread(os.replace, backup, db)
+            proc = _cli_in_another_process("requeue", "-c", str(cfg), "--all")
+            assert proc.returncode == 1, proc.stdout
+            assert "the running agent does not hold the file" in proc.stderr
+            assert "Nothing was changed" in proc.stderr
+            pending += await ob.append([draft(i=3)])  # the agent notices, recovers
+            [fault] = faults
+            waiting = [it.item_id for it in await ob.next_batch(UP, 100)]
+            dead_letters = [d["id"] for d in await ob.dead_letters()]
+    assert fault.kind == "replaced" and fault.moved_to is not None
+    assert sorted(waiting) == sorted(r["alert_id"] for r in pending)
+    assert dead_letters == [r["alert_id"] for r in dead]
+    assert fault.moved_to.read_bytes() == kept

@@ -74,6 +74,15 @@ class ConnectionKeeper:
         if old is not None:
             os.close(old)  # the previous file's: moved aside, no longer written
 
+    def settle(self) -> None:
+        """Before the close: a file replaced or deleted since the last write is recovered
+        now. Closed as it is, our WAL stays beside the file now at the path, and the next
+        open reads it into that file as if it were its own (a backup moved back over the
+        store: pages of two stores mixed); what was acknowledged lives only in that WAL."""
+        if self.conn is not None:
+            with contextlib.suppress(OSError, sqlite3.Error):
+                self.usable()
+
     def close(self) -> None:
         if self.conn is not None:
             with contextlib.suppress(sqlite3.Error):

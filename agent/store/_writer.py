@@ -247,6 +247,7 @@ class Writer:
                     self._busy_since = None
         finally:
             self._accepting = False
+            self._keeper.settle()
             self._keeper.close()
             # Nothing may wait forever on a thread that is gone.
             closed = StoreClosedError(f"store {self._path} was closed", path=self._path)

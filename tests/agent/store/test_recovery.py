@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import sqlite3
@@ -316,3 +317,36 @@ async def test_a_symlinked_store_found_corrupt_at_open_is_set_aside_beside_its_t
     assert quarantined.path.read_bytes() == b"\0" * 4096
     assert link.is_symlink() and link.resolve() == real
     assert sorted(p.name for p in state.iterdir()) == ["outbox.db", "outbox.db.issued"]
+
+
+def _backup(db: Path) -> Path:
+    """An operator's copy of the store, by SQLite's own online backup."""
+    backup = db.with_name("backup.db")
+    src, dst = sqlite3.connect(db), sqlite3.connect(backup)
+    with contextlib.closing(src), contextlib.closing(dst):
+        src.backup(dst)
+    return backup
+
+
+async def test_a_store_replaced_after_the_last_write_is_recovered_at_the_stop(
+    tmp_path: Path,
+) -> None:
+    """A backup moved over the store after the agent's last write, then a stop: the agent
+    closed without looking, its WAL (every alert since its last checkpoint) stayed beside
+    the backup, and the next start read that WAL into the backup as its own, pages of two
+    files mixed, with no fault said. The stop now recovers first, as a write would."""
+    db = tmp_path / "outbox.db"
+    faults: list[StoreFault] = []
+    async with outbox(db, faults) as ob:
+        stored = await ob.append([draft(i=0)])
+        backup = await asyncio.to_thread(_backup, db)
+        kept = await asyncio.to_thread(backup.read_bytes)
+        for i in range(1, 4):
+            stored += await ob.append([draft(i=i)])
+        await asyncio.to_thread(os.replace, backup, db)
+    [fault] = faults
+    assert fault.kind == "replaced" and fault.moved_to is not None
+    assert fault.moved_to.read_bytes() == kept  # set aside as it was
+    async with outbox(db, []) as ob:
+        ids = await pending_ids(ob)
+    assert ids == sorted(r["alert_id"] for r in stored)

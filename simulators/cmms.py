@@ -25,6 +25,21 @@ second work order.
         400 {"error"}                      malformed JSON, missing key, an unknown or bad field
         401                                bad or missing bearer token
         413                                body over 256 KiB
+    PATCH /api/v1/work-orders/{id} headers: Idempotency-Key (required, one key per update
+                                   meant), Authorization as for POST; like UpKeep's or
+                                   Fiix's PATCH of a work order by its id; also as a
+                                   POST with X-HTTP-Method-Override: PATCH (Maximo's
+                                   x-method-override, for clients that only POST)
+        body {"title", "priority", "due_date", "description" (each replaces, as in POST),
+              "note": str 1-20000 (appended to the work order's notes, like a Maximo
+                      work log or a MaintainX comment)}: at least one, nothing else
+        200 {"work_order": {...}}          updated (updated_at set; the note in "notes")
+        200 the same, Idempotent-Replayed: true   a retry of an update key with the same
+                                           body: applied once, never twice
+        404 {"error"}                      no work order with that id
+        409 {"error", "work_order_status"} the work order is closed: open a new one
+        422 {"error", "work_order_id"}     the update key was used before with another body
+        400, 401, 413                      as for POST
     GET  /api/v1/work-orders       ?asset_id=&status=&after=<seq>&limit=<n>
                                    {"work_orders": [...], "last_seq": n} in creation order
     GET  /api/v1/work-orders/{id}  one work order (404 if unknown)
@@ -35,10 +50,12 @@ second work order.
                                    (simulators/_faults.py); after_store: the work order is
                                    created and the answer lost, so a retry must replay.
 
-A work order is {"id", "request_key", "status": "open", "created_at", and the request's
-fields}. Keys never expire here (a real CMMS may forget them after a day or so: an uplink
-should also put the alert id in `source` so a person can find a duplicate). The file is
-SQLite in one worker thread; a restarted receiver keeps its work orders and keys.
+A work order is {"id", "request_key", "status": "open", "created_at", "updated_at" (null
+until updated), "notes": [{"at", "text", "request_key"}], and the request's fields}; an
+update overwrites the fields it names. POST /admin/close/{id} closes a work order (a person
+doing so in the CMMS). Keys never expire here (a real CMMS may forget them after a day or
+so: an uplink should also put the alert id in `source` so a person can find a duplicate).
+The file is SQLite in one worker thread; a restarted receiver keeps its work orders and keys.
 """
 
 from __future__ import annotations
@@ -68,10 +85,22 @@ COUNTERS = (
     "rejected",
     "unauthorized",
     "faults_served",
+    "updates",
+    "updated",
+    "update_replayed",
+    "not_found",
 )
 _KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
 _DUE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$")
 CustomValue = str | int | float | bool | None
+
+
+def _utc_date(value: str | None) -> str | None:
+    if value is not None:
+        if not _DUE_RE.match(value):
+            raise ValueError("must be UTC ISO-8601 like 2026-11-21T08:15:02Z")
+        datetime.fromisoformat(value.replace("Z", "+00:00"))  # a real date
+    return value
 
 
 class WorkOrderRequest(BaseModel):
@@ -93,11 +122,7 @@ class WorkOrderRequest(BaseModel):
     @field_validator("due_date")
     @classmethod
     def _utc(cls, value: str | None) -> str | None:
-        if value is not None:
-            if not _DUE_RE.match(value):
-                raise ValueError("must be UTC ISO-8601 like 2026-11-21T08:15:02Z")
-            datetime.fromisoformat(value.replace("Z", "+00:00"))  # a real date
-        return value
+        return _utc_date(value)
 
     @field_validator("source")
     @classmethod
@@ -105,6 +130,30 @@ class WorkOrderRequest(BaseModel):
         if value is not None and len(json.dumps(value)) > MAX_SOURCE_BYTES:
             raise ValueError(f"must be at most {MAX_SOURCE_BYTES} bytes of JSON")
         return value
+
+
+class WorkOrderUpdate(BaseModel):
+    """The body of PATCH /api/v1/work-orders/{id} (strict, as WorkOrderRequest)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    title: str | None = Field(default=None, min_length=1, max_length=200)
+    priority: Literal["low", "medium", "high", "urgent"] | None = None
+    due_date: str | None = None
+    description: str | None = Field(default=None, max_length=20000)
+    note: str | None = Field(default=None, min_length=1, max_length=20000)
+
+    @field_validator("due_date")
+    @classmethod
+    def _utc(cls, value: str | None) -> str | None:
+        return _utc_date(value)
+
+    def changes(self) -> dict[str, Any]:
+        """The fields this update sets (at least one, else ValueError)."""
+        given = self.model_dump(exclude_none=True)
+        if not given:
+            raise ValueError("body: give at least one of title, priority, due_date, "
+                             "description, note")  # fmt: skip
+        return given
 
 
 def _problem(exc: ValidationError) -> str:
@@ -125,17 +174,85 @@ class CmmsDb(CountedDb):
             "created_at TEXT NOT NULL, status TEXT NOT NULL, asset_id TEXT NOT NULL, "
             "body TEXT NOT NULL)"
         )
+        # An update's key, so a retried PATCH (its answer lost) is applied once.
+        self.conn.execute(
+            "CREATE TABLE IF NOT EXISTS updates (request_key TEXT PRIMARY KEY, "
+            "wo_seq INTEGER NOT NULL, body_sha256 TEXT NOT NULL, at TEXT NOT NULL)"
+        )
 
     @staticmethod
     def _work_order(row: tuple[Any, ...]) -> dict[str, Any]:
         seq, key, created_at, status, body = row
+        fields = json.loads(body)
         return {
             "id": f"WO-{seq:06d}",
             "request_key": key,
             "status": status,
             "created_at": created_at,
-            **json.loads(body),
+            "updated_at": fields.pop("_updated_at", None),
+            "notes": fields.pop("_notes", []),
+            **fields,
         }
+
+    def update(
+        self, wo_id: str, key: str, changes: dict[str, Any]
+    ) -> tuple[dict[str, Any] | None, str]:
+        """Apply an update under its key: (the work order, updated | replayed | conflict |
+        closed), or (None, not_found)."""
+        match = re.fullmatch(r"WO-(\d{1,12})", wo_id)
+        text = json.dumps(changes, sort_keys=True, separators=(",", ":"))
+        digest = hashlib.sha256(f"{wo_id}\n{text}".encode()).hexdigest()
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = None if match is None else self.conn.execute(
+                "SELECT seq, request_key, created_at, status, body FROM work_orders "
+                "WHERE seq = ?", (int(match.group(1)),),
+            ).fetchone()  # fmt: skip
+            if row is None:
+                self.bump(not_found=1)
+                self.conn.execute("COMMIT")
+                return None, "not_found"
+            seen = self.conn.execute(
+                "SELECT body_sha256 FROM updates WHERE request_key = ?", (key,)
+            ).fetchone()
+            if seen is not None:
+                outcome = "update_replayed" if seen[0] == digest else "conflicts"
+                self.bump(**{outcome: 1})
+                self.conn.execute("COMMIT")
+                return self._work_order(row), outcome.removeprefix("update_").removesuffix("s")
+            if row[3] == "closed":
+                self.conn.execute("COMMIT")
+                return self._work_order(row), "closed"
+            now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+            fields = json.loads(row[4])
+            note = changes.pop("note", None)
+            fields.update(changes)
+            if note is not None:
+                fields["_notes"] = [*fields.get("_notes", []),
+                                    {"at": now, "text": note, "request_key": key}]  # fmt: skip
+            fields["_updated_at"] = now
+            body = json.dumps(fields, sort_keys=True, separators=(",", ":"))
+            self.conn.execute("UPDATE work_orders SET body = ? WHERE seq = ?", (body, row[0]))
+            self.conn.execute(
+                "INSERT INTO updates (request_key, wo_seq, body_sha256, at) VALUES (?, ?, ?, ?)",
+                (key, row[0], digest, now),
+            )
+            self.bump(updated=1)
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        return self._work_order((*row[:4], body)), "updated"
+
+    def close(self, wo_id: str) -> bool:
+        """Close a work order (a person did the job); False if there is none."""
+        match = re.fullmatch(r"WO-(\d{1,12})", wo_id)
+        if match is None:
+            return False
+        cur = self.conn.execute(
+            "UPDATE work_orders SET status = 'closed' WHERE seq = ?", (int(match.group(1)),)
+        )
+        return cur.rowcount == 1
 
     def create(self, key: str, request: WorkOrderRequest) -> tuple[dict[str, Any], str]:
         """The work order for `key` and what happened: created, replayed or conflict."""
@@ -224,6 +341,9 @@ class Cmms(SimApp[CmmsDb]):
                 web.post("/api/v1/work-orders", self._post),
                 web.get("/api/v1/work-orders", self._list),
                 web.get("/api/v1/work-orders/{id}", self._get),
+                web.patch("/api/v1/work-orders/{id}", self._patch),
+                web.post("/api/v1/work-orders/{id}", self._overridden),
+                web.post("/admin/close/{id}", self._close),
                 web.get("/api/v1/stats", self._stats),
             ]
         )
@@ -263,6 +383,60 @@ class Cmms(SimApp[CmmsDb]):
             status=201,
             headers={"Location": f"/api/v1/work-orders/{work_order['id']}"},
         )
+
+    async def _patch(self, request: web.Request) -> web.Response:
+        fault, answer = await self.admit_write(request)
+        if answer is not None:
+            return answer
+        await self.dbt.run(self.db.bump, updates=1)
+        key = request.headers.get("Idempotency-Key", "")
+        if not _KEY_RE.match(key):
+            return await self.reject(
+                "Idempotency-Key header required: 1-255 visible ASCII characters, one key "
+                "per update meant"
+            )
+        payload, error = await read_json(request)
+        if error is not None:
+            return await self.reject("body is not JSON")
+        try:
+            changes = WorkOrderUpdate.model_validate(payload).changes()
+        except ValidationError as exc:
+            return await self.reject(_problem(exc))
+        except ValueError as exc:
+            return await self.reject(str(exc))
+        wo_id = request.match_info["id"]
+        work_order, outcome = await self.dbt.run(self.db.update, wo_id, key, changes)
+        if fault is not None:
+            return await self.faults.serve(fault)
+        if work_order is None:
+            return json_error(404, f"no work order {wo_id!r}")
+        if outcome == "closed":
+            return json_error(409, f"work order {wo_id} is closed", work_order_status="closed")
+        if outcome == "conflict":
+            return json_error(
+                422, "this Idempotency-Key was used before with a different update",
+                work_order_id=work_order["id"],
+            )  # fmt: skip
+        headers = {"Idempotent-Replayed": "true"} if outcome == "replayed" else None
+        return web.json_response({"work_order": work_order}, headers=headers)
+
+    async def _overridden(self, request: web.Request) -> web.Response:
+        """POST with `X-HTTP-Method-Override: PATCH` is the PATCH (as Maximo's
+        x-method-override, for clients and proxies that only pass POST)."""
+        override = request.headers.get("X-HTTP-Method-Override") or request.headers.get(
+            "x-method-override", ""
+        )
+        if override.upper() != "PATCH":
+            return json_error(405, "POST a work order's update with X-HTTP-Method-Override: "
+                              "PATCH, or PATCH it", allow="PATCH")  # fmt: skip
+        return await self._patch(request)
+
+    async def _close(self, request: web.Request) -> web.Response:
+        if not bearer_ok(request, self.token):
+            return json_error(401, "bad or missing bearer token")
+        if not await self.dbt.run(self.db.close, request.match_info["id"]):
+            return json_error(404, f"no work order {request.match_info['id']!r}")
+        return web.json_response({"closed": request.match_info["id"]})
 
     async def _list(self, request: web.Request) -> web.Response:
         (after, limit), answer = self.read_page(request, MAX_LIST)

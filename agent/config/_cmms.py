@@ -78,10 +78,17 @@ class CmmsFields(_Model):
     due_date: Key | None = "due_date"
     description: Key | None = "description"
     source: Key | None = "source"  # the alert's ids, so a person can find a duplicate
+    # An update's evidence (a later record of the episode: its escalation, revision),
+    # appended to the open work order's notes, work log or comments; null: no note.
+    note: Key | None = "note"
 
     def used(self) -> dict[str, str]:
-        """Our part -> its JSON key, for the parts that are sent."""
-        return {part: key for part, key in self.model_dump().items() if key is not None}
+        """Our part -> its JSON key, for the parts a request opening a work order sends."""
+        return {
+            part: key
+            for part, key in self.model_dump().items()
+            if key is not None and part != "note"
+        }
 
 
 class CmmsMapping(_Model):
@@ -100,17 +107,20 @@ class CmmsMapping(_Model):
     @model_validator(mode="after")
     def _distinct_keys(self) -> CmmsMapping:
         seen: dict[str, str] = {}
-        for part, key in self.fields.used().items():
+        for part, key in self.fields.model_dump().items():
+            if key is None:
+                continue
             if key in seen:
                 raise ValueError(
                     f"fields.{part} uses key '{key}', which fields.{seen[key]} already uses; "
                     "give each part its own key (or null to leave one out)"
                 )
             seen[key] = part
+        opening = {key: part for part, key in self.fields.used().items()}
         for key, value in self.static.items():
-            if key in seen:
+            if key in opening:  # static keys go with the opening request only, as `used`
                 raise ValueError(
-                    f"static.{key} would overwrite fields.{seen[key]} (key '{key}'): rename "
+                    f"static.{key} would overwrite fields.{opening[key]} (key '{key}'): rename "
                     "one of them"
                 )
             problem = _not_json(value, f"static.{key}")

@@ -32,7 +32,7 @@ def build_uplinks(
             transport = HttpTransport(u.http, name=name)
         elif u.cmms is not None:
             transport = CmmsTransport(u.cmms, name=name, assets=asset_facts(config),
-                                      site=config.gateway.site)  # fmt: skip
+                                      site=config.gateway.site, outbox=outbox)  # fmt: skip
         else:
             assert u.mqtt is not None
             from agent.uplink._mqtt import MqttTransport  # only here: aiomqtt is heavy

@@ -1,14 +1,23 @@
-"""CMMS transport: one work-order request per raised or escalated alert, idempotent.
+"""CMMS transport: one work order per alert episode, opened by its first record, updated
+by the later ones; every request idempotent.
 
-Each alert that opens a work order (agent.uplink._workorder) is POSTed on its own to the
-configured URL with `Idempotency-Key: <alert_id>` and a body built deterministically from
-the stored record, so a retry (an answer lost, an agent killed mid-request, a store
+The first record of an episode that opens a work order (agent.uplink._workorder: a raise,
+or an escalation of an episode whose order the uplink does not know) is POSTed on its own
+to the configured URL with `Idempotency-Key: <alert_id>` and a body built deterministically
+from the stored record, so a retry (an answer lost, an agent killed mid-request, a store
 recovered) is byte-identical and the CMMS answers with the work order it already opened
-instead of opening a second one. Everything else the uplink is given (clears, maintenance
-records, sensor and gateway faults, feature summaries) is settled unsent, with why.
+instead of opening a second one. The id it answers with is kept for the episode in the
+store (agent.uplink._cmms_orders) before the record counts as delivered. The episode's
+later records (an escalation, a revision, a critical again) update that work order: a
+PATCH of `{url}/{id}` (sent as a POST with `X-HTTP-Method-Override: PATCH`) raising its
+priority, bringing its due date forward and appending the evidence as a note, under
+`Idempotency-Key: <their alert_id>`, so a retry is applied once. A work order the CMMS no
+longer has (404) or that a person closed (409, status closed) is replaced: the record
+opens a new one. Everything else the uplink is given (clears, maintenance records, sensor
+and gateway faults, feature summaries) is settled unsent, with why.
 
 Status policy (agent.uplink._httpclient, plus):
-- 201, 200 (a replay of the same key): delivered; the work order's id is logged;
+- 201, 200 (a replay of the same key): delivered; the work order's id is logged and kept;
 - 409 (a request with this key is still being processed): retried;
 - 422 (this key was used with a different body): the work order exists, but our request
   for the alert changed since it was sent (its mapping or safety margin was edited):
@@ -24,22 +33,45 @@ Status policy (agent.uplink._httpclient, plus):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import quote
 
 from agent.config import CmmsUplink
-from agent.store import StoredItem
+from agent.store import Outbox, StoredItem, StoreError
+from agent.uplink._cmms_orders import EpisodeOrders
 from agent.uplink._httpclient import REASON_CHARS, RETRYABLE_4XX, Answer, HttpClient
 from agent.uplink._transport import SendResult
-from agent.uplink._workorder import AssetFacts, WorkOrder, build, no_work_order
+from agent.uplink._workorder import (
+    AssetFacts,
+    Update,
+    WorkOrder,
+    build,
+    episode,
+    no_work_order,
+    opened,
+    update,
+)
 from agent.uplink.errors import UplinkError, UplinkRejected, UplinkUnavailable
 
 log = logging.getLogger(__name__)
 
 RETRYABLE = RETRYABLE_4XX | {409}
 SUMMARY_SKIPPED = "a feature summary opens no work order"
+_REVISION = no_work_order({"evidence": {"revision": True}})
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    """A stored alert as sent: its record and its episode (None: not a severity or trend)."""
+
+    record: Mapping[str, Any]
+    episode: str | None
 
 
 def _answer_id(text: str, key: str = "id") -> str | None:
@@ -64,6 +96,8 @@ class CmmsTransport(HttpClient):
         name: the uplink's name, for errors and logs.
         assets: per configured asset id, its zone table and planning horizon.
         site: the gateway's site, for the descriptions.
+        outbox: the store that keeps each episode's work order across restarts (None: in
+            memory only).
     """
 
     kind = "cmms"
@@ -75,25 +109,33 @@ class CmmsTransport(HttpClient):
         name: str,
         assets: Mapping[str, AssetFacts],
         site: str | None = None,
+        outbox: Outbox | None = None,
     ) -> None:
         super().__init__(cfg, name=name)
         self.cfg: CmmsUplink = cfg
         self.assets = dict(assets)
         self.site = site
+        self.orders = EpisodeOrders(name, outbox)
 
     def request(self, item: StoredItem) -> WorkOrder | str:
-        """The work-order request for an item, or why it opens none.
+        """The work-order request for an item as if its episode had no work order, or why
+        it opens none.
 
         Raises:
             UplinkRejected: the stored record lacks what a work order needs.
         """
         if item.class_name != "alert":
             return SUMMARY_SKIPPED
-        try:
+        with self._unbuildable(item):
             record = json.loads(item.json)
             return no_work_order(record) or build(
                 record, self.cfg, self.assets, gateway_site=self.site
             )
+
+    @contextlib.contextmanager
+    def _unbuildable(self, item: StoredItem) -> Iterator[None]:
+        try:
+            yield
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             reason = (
                 f"cannot build a work order from the stored record ({type(exc).__name__}: {exc})"
@@ -102,32 +144,144 @@ class CmmsTransport(HttpClient):
                 reason, uplink=self.name, status=None, reason=reason, per_item=True
             ) from exc
 
+    async def _plan(self, item: StoredItem) -> tuple[WorkOrder | Update | str, _Item | None]:
+        """What to send for an item: an update of its episode's open work order, a request
+        opening one, or why nothing (with the record, for a work order that is gone)."""
+        if item.class_name != "alert":
+            return SUMMARY_SKIPPED, None
+        with self._unbuildable(item):
+            record = json.loads(item.json)
+            ep = episode(record)
+        order = None
+        if ep is not None and record.get("state") == "escalated":
+            order = await self._orders(self.orders.get(ep))
+        with self._unbuildable(item):
+            it = _Item(record, ep)
+            if order is not None:
+                return update(record, order, self.cfg, self.assets, gateway_site=self.site), it
+            return no_work_order(record) or self._build(record), it
+
+    def _build(self, record: Mapping[str, Any]) -> WorkOrder:
+        return build(record, self.cfg, self.assets, gateway_site=self.site)
+
+    async def _orders(self, call: Awaitable[T]) -> T:
+        """The episode map's answer; a store that fails it leaves the item pending."""
+        try:
+            return await call
+        except StoreError as exc:
+            raise UplinkUnavailable(
+                f"uplink {self.name}: cannot read or keep the episodes' work orders in the "
+                f"store ({exc}); retried",
+                uplink=self.name,
+            ) from exc
+
     async def send(self, items: list[StoredItem]) -> SendResult:
-        """One POST per work order, in order; stops at the first failure (the rest stays
-        pending). Items that open no work order are returned as skipped."""
+        """One request per work order opened or updated, in order; stops at the first
+        failure (the rest stays pending). Items that send nothing are returned as skipped."""
         delivered: list[StoredItem] = []
         skipped: list[tuple[StoredItem, str]] = []
         for i, item in enumerate(items):
             try:
-                wo = self.request(item)
+                outcome = await self._one(item)
             except UplinkRejected as exc:
                 return SendResult(delivered, exc, [item], skipped)
-            if isinstance(wo, str):
-                skipped.append((item, wo))
-                continue
-            try:
-                answer = await self.post(self.cfg.url, wo.body, {"Idempotency-Key": wo.key})
             except UplinkError as exc:
                 if isinstance(exc, UplinkUnavailable):
                     exc.timed_out = False  # one work order per POST: a smaller batch is no faster
                 return SendResult(delivered, exc, items[i:], skipped)
-            if not answer.ok:
-                err = await self._refusal(wo, answer)
-                failed = [item] if isinstance(err, UplinkRejected) else items[i:]
-                return SendResult(delivered, err, failed, skipped)
-            self._opened(wo, answer)
-            delivered.append(item)
+            if outcome is None:
+                delivered.append(item)
+            else:
+                skipped.append((item, outcome))
         return SendResult(delivered, None, [], skipped)
+
+    async def _one(self, item: StoredItem) -> str | None:
+        """Send what one item calls for: None once the CMMS has it, else why nothing was sent.
+
+        Raises:
+            UplinkError: not done (UplinkRejected: refused, for this item).
+        """
+        request, it = await self._plan(item)
+        if isinstance(request, str):
+            return request
+        assert it is not None
+        if isinstance(request, Update):
+            gone = await self._update(request, it)
+            if gone is None:
+                return None
+            with self._unbuildable(item):
+                revision = no_work_order(it.record) == _REVISION
+                request = self._build(it.record)
+            if revision:  # nothing to raise: the gone order is not replaced
+                await self._orders(self.orders.put(it.episode or "", None))
+                return f"{gone}; a revision opens no work order"
+            log.warning("uplink[%s]: %s: alert %s opens a new one", self.name, gone, request.key)
+        await self._open(request, it)
+        return None
+
+    async def _open(self, wo: WorkOrder, it: _Item) -> None:
+        answer = await self.post(self.cfg.url, wo.body, {"Idempotency-Key": wo.key})
+        if not answer.ok:
+            err = await self._refusal(wo, answer)
+            if it.episode is not None and isinstance(err, UplinkRejected):
+                existing = (
+                    _answer_id(answer.text, "work_order_id") if answer.status == 422 else None
+                )
+                # A 422 names the order this key opened: the episode's later records update
+                # it. Any other refusal: no order, so they must not update an older one.
+                order = None if existing is None else opened(wo, existing)
+                await self._orders(self.orders.put(it.episode, order))
+            raise err
+        number = _answer_id(answer.text)
+        if it.episode is not None:
+            order = None if number is None else opened(wo, number)
+            await self._orders(self.orders.put(it.episode, order))  # before it is delivered
+        self._opened(wo, answer)
+
+    async def _update(self, up: Update, it: _Item) -> str | None:
+        """PATCH the episode's open work order (as a POST with X-HTTP-Method-Override, as
+        Maximo takes it). None once applied; why, if the work order is gone (the CMMS
+        answered 404, or 409 closed: a person closed or deleted it)."""
+        number = up.order.work_order
+        url = f"{self.cfg.url.rstrip('/')}/{quote(number, safe='')}"
+        headers = {"Idempotency-Key": up.key, "X-HTTP-Method-Override": "PATCH"}
+        answer = await self.post(url, up.body, headers)
+        if answer.ok:
+            await self._orders(self.orders.put(it.episode or "", up.order))  # before delivered
+            how = "already updated (a retry)" if answer.replayed else "updated"
+            log.info(
+                "uplink[%s]: work order %s %s for alert %s (priority %s, due %s, opened by %s)",
+                self.name, number, how, up.key, up.priority or "kept", up.due or "kept",
+                up.order.opened_by,
+            )  # fmt: skip
+            return None
+        json_answer = answer.content_type.endswith("json")
+        if answer.status == 404 and json_answer:
+            return f"work order {number} is gone from the CMMS (HTTP 404)"
+        if answer.status == 409 and json_answer and '"closed"' in answer.text:
+            return f"work order {number} is closed in the CMMS"
+        if answer.status == 422:
+            reason = (
+                f"HTTP 422: {answer.text[:REASON_CHARS]} (the CMMS refused the update of work "
+                f"order {number} for alert {up.key}; it is never sent under another key)"
+            )
+            raise UplinkRejected(
+                f"POST {self.target}: {reason}",
+                uplink=self.name, status=422, reason=reason, per_item=True,
+            )  # fmt: skip
+        err = await self.failure(url, answer, retryable=RETRYABLE)
+        if not isinstance(err, UplinkRejected):
+            raise err
+        reason = (
+            f"{err.reason} (the CMMS refused the update of work order {number} for alert "
+            f"{up.key}: check uplink {self.name}'s mapping, then `edge-agent requeue "
+            f"--uplink {self.name}`)"
+        )
+        raise UplinkRejected(
+            f"POST {self.target}: {reason}",
+            uplink=self.name, status=answer.status, reason=reason,
+            too_large=err.too_large, per_item=True, alike=err.alike,
+        )  # fmt: skip
 
     def _opened(self, wo: WorkOrder, answer: Answer) -> None:
         number = _answer_id(answer.text) or "(no id in the answer)"

@@ -5,15 +5,15 @@ text) and the configuration only, never from the clock, so a retry sends the sam
 under the same Idempotency-Key (the alert id) and the CMMS answers with the work order it
 already opened.
 
-Which records open a work order: severity and trend alerts that are raised or escalated
-(every such alert opens its own; an escalation says which state it escalates). None for a
-revision (an "escalated" trend record whose evidence.revision takes a critical back to a
-warning: the work order the critical opened stays, a person closes it), a critical again
-after a revision (evidence.re_escalation: the same episode's critical already opened one,
-still open; a second would be a duplicate for the planner), a clear (the work
-order stays open until a person closes it in the CMMS with the repair), a maintenance
-record (it is the repair), a sensor or gateway fault (the machine is not measured: not a
-machine repair; they reach the portfolio backend), a feature summary.
+Which records open a work order: severity and trend alerts that are raised, and an
+escalation whose episode has no work order the uplink knows of. The later records of an
+episode that has one (an escalation, a revision, a critical again after a revision) make
+an `update` of it instead (agent.uplink._cmms): one work order per episode. Without a
+known order, a revision (a critical back to a warning) and a critical again after one
+(evidence.re_escalation) open none. None for a clear (the work order stays open until a
+person closes it in the CMMS with the repair), a maintenance record (it is the repair), a
+sensor or gateway fault (the machine is not measured: not a machine repair; they reach
+the portfolio backend), a feature summary.
 
 Request (keys from `mapping.fields`, then `mapping.static` merged in):
 - title: asset and finding in one line;
@@ -41,6 +41,7 @@ from agent.uplink._evidence import description
 
 OPENS = frozenset({("severity", "raised"), ("severity", "escalated"),
                    ("trend", "raised"), ("trend", "escalated")})  # fmt: skip
+ZONE_RANK = {"unknown": 0, "A": 1, "B": 2, "C": 3, "D": 4}
 MAX_LEAD_HOURS = 87_600.0  # ten years: a due date further out means nothing to a planner
 DEFAULT_HORIZON_HOURS = 168.0  # an asset no longer configured: the configuration's default
 _NONE = {
@@ -82,6 +83,45 @@ class WorkOrder:
     asset: str
     priority: str | int
     due: str
+    zone: str = "unknown"  # the ISO zone its priority was chosen by
+
+
+@dataclass(frozen=True, slots=True)
+class OpenOrder:
+    """The work order an episode opened, as the uplink keeps it (agent.uplink._cmms_orders).
+
+    Attributes:
+        work_order: the CMMS's id of it (from the answer that opened it).
+        opened_by: the alert id whose request opened it (its Idempotency-Key).
+        zone: the highest ISO zone the episode's requests carried (its priority's zone).
+        due: the earliest due date they carried (UTC, whole seconds, Z).
+    """
+
+    work_order: str
+    opened_by: str
+    zone: str
+    due: str
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """One update of an open work order: its Idempotency-Key (the record's alert id), the
+    body's bytes, and the order as it stands once the update is applied."""
+
+    key: str
+    body: bytes
+    order: OpenOrder
+    priority: str | int | None
+    due: str | None
+
+
+def episode(record: Mapping[str, Any]) -> str | None:
+    """The alert episode of a severity or trend record (kind, asset, sensor, channel), as
+    agent.store._episodes keys it; None for any other record."""
+    if record.get("kind") not in ("severity", "trend"):
+        return None
+    sensor = record["sensor"]
+    return "/".join((record["kind"], record["asset"]["id"], sensor["id"], sensor["channel"]))
 
 
 def no_work_order(record: Mapping[str, Any]) -> str | None:
@@ -149,6 +189,73 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
 
 
+def _zone(record: Mapping[str, Any], fact: AssetFacts | None) -> str:
+    tables = {record["asset"]["id"]: fact.table} if fact is not None else {}
+    zone, _velocity = record_zone(record, tables)
+    return zone if zone in ZONE_RANK else "unknown"
+
+
+def opened(wo: WorkOrder, work_order: str) -> OpenOrder:
+    """The open order a request opened, under the id the CMMS answered with."""
+    return OpenOrder(work_order, wo.key, wo.zone, wo.due)
+
+
+def update(
+    record: Mapping[str, Any],
+    order: OpenOrder,
+    cfg: CmmsUplink,
+    facts: Mapping[str, AssetFacts],
+    *,
+    gateway_site: str | None = None,
+) -> Update | str:
+    """The update a later record of an episode makes to its open work order, or why none.
+
+    An escalation (or a critical again after a revision) raises the priority to its zone's
+    and brings the due date forward, never the other way (the highest zone and the earliest
+    due date of the episode so far, so a retry after the order was saved is byte-identical);
+    each appends its evidence as a note. A revision only appends its note: the work order
+    stays as urgent as the critical made it until a person decides.
+
+    Raises:
+        KeyError, TypeError, ValueError: the record lacks what an update needs.
+    """
+    m = cfg.mapping
+    asset = record["asset"]
+    fact = facts.get(asset["id"])
+    tables = {asset["id"]: fact.table} if fact is not None else {}
+    horizon = fact.horizon_hours if fact is not None else DEFAULT_HORIZON_HOURS
+    zone = _zone(record, fact)
+    due_at, due_basis = due(record, zone, cfg, horizon)
+    evidence = record.get("evidence")
+    revision = isinstance(evidence, Mapping) and bool(evidence.get("revision"))
+    parts: dict[str, Any] = {}
+    after = order
+    if not revision:
+        top = max(order.zone, zone, key=lambda z: ZONE_RANK.get(z, 0))
+        soonest = min(order.due, due_at.strftime("%Y-%m-%dT%H:%M:%SZ"))
+        after = OpenOrder(order.work_order, order.opened_by, top, soonest)
+        parts["title"] = _clip(_title(record, top), m.title_max_chars)
+        parts["priority"] = m.priority_for(int(asset["tier"]), top)
+        parts["due_date"] = soonest
+    parts["note"] = _clip(
+        description(record, tables, {asset["id"]: horizon}, due_at, due_basis,
+                    site=gateway_site),
+        m.description_max_chars,
+    )  # fmt: skip
+    keys = {"title": m.fields.title, "priority": m.fields.priority,
+            "due_date": m.fields.due_date, "note": m.fields.note}  # fmt: skip
+    body = {keys[part]: v for part, v in parts.items() if keys[part] is not None}
+    if not body:
+        return (
+            f"a revision updates no work order here: mapping.fields.note is null "
+            f"(work order {order.work_order} stays as it is)"
+        )
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return Update(
+        record["alert_id"], text.encode(), after, parts.get("priority"), parts.get("due_date")
+    )
+
+
 def build(
     record: Mapping[str, Any],
     cfg: CmmsUplink,
@@ -172,8 +279,7 @@ def build(
     fact = facts.get(asset["id"])
     tables = {asset["id"]: fact.table} if fact is not None else {}
     horizon = fact.horizon_hours if fact is not None else DEFAULT_HORIZON_HOURS
-    zone, _velocity = record_zone(record, tables)
-    zone = zone if zone in ("A", "B", "C", "D") else "unknown"
+    zone = _zone(record, fact)
     due_at, due_basis = due(record, zone, cfg, horizon)
     due_text = due_at.strftime("%Y-%m-%dT%H:%M:%SZ")
     priority = m.priority_for(int(asset["tier"]), zone)
@@ -202,4 +308,4 @@ def build(
     body = {key: parts[part] for part, key in m.fields.used().items()}
     body.update(m.static)
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    return WorkOrder(record["alert_id"], text.encode(), parts["asset"], priority, due_text)
+    return WorkOrder(record["alert_id"], text.encode(), parts["asset"], priority, due_text, zone)

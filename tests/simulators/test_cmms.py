@@ -161,3 +161,49 @@ def test_edge_sim_cmms_reports_a_database_it_cannot_open(tmp_path: Path) -> None
     )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert f"edge-sim cmms: cannot open the database {bad}" in proc.stderr
+
+
+async def _patch(
+    s: aiohttp.ClientSession, url: str, key: str | None, body: Any
+) -> tuple[int, Any, Any]:
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    if key is not None:
+        headers["Idempotency-Key"] = key
+    async with s.patch(url, json=body, headers=headers) as resp:
+        return resp.status, await resp.json(), resp.headers
+
+
+async def test_an_update_raises_the_priority_of_the_open_work_order_once(tmp_path: Path) -> None:
+    """PATCH /api/v1/work-orders/{id}: priority, due date and a note on the same order;
+    a retry of the update's key applies it once; unknown id 404, closed 409."""
+    async with CmmsServer(db=tmp_path / "c.db", token=TOKEN) as c, aiohttp.ClientSession() as s:
+        _, first, _ = await _post(s, c.url, "gw-01-000000000042")
+        wo_url = f"{c.url}/{first['work_order']['id']}"
+        change = {"priority": "urgent", "due_date": "2026-11-27T08:00:00Z", "note": "zone D"}
+        status, updated, headers = await _patch(s, wo_url, "gw-01-000000000043", change)
+        assert status == 200 and "Idempotent-Replayed" not in headers
+        wo = updated["work_order"]
+        assert (wo["id"], wo["priority"], wo["due_date"]) == (
+            first["work_order"]["id"], "urgent", "2026-11-27T08:00:00Z",
+        )  # fmt: skip
+        assert [n["text"] for n in wo["notes"]] == ["zone D"] and wo["updated_at"]
+        assert wo["description"] == REQUEST["description"]  # kept: the note is added
+        status, again, headers = await _patch(s, wo_url, "gw-01-000000000043", change)
+        assert status == 200 and headers["Idempotent-Replayed"] == "true"
+        assert again["work_order"] == wo  # applied once: one note
+        status, clash, _ = await _patch(s, wo_url, "gw-01-000000000043", {"note": "other"})
+        assert status == 422 and clash["work_order_id"] == wo["id"]
+        assert (await _patch(s, f"{c.url}/WO-000099", "k-1", change))[0] == 404
+        assert (await _patch(s, wo_url, None, change))[0] == 400
+        status, bad, _ = await _patch(s, wo_url, "k-2", {"priority": "P1"})
+        assert status == 400 and "priority" in bad["error"]
+        assert (await _patch(s, wo_url, "k-3", {}))[0] == 400
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        async with s.post(f"{c.base_url}/admin/close/{wo['id']}", headers=headers) as r:
+            assert r.status == 200
+        status, closed, _ = await _patch(s, wo_url, "k-4", {"note": "late"})
+        assert status == 409 and closed["work_order_status"] == "closed"
+        [only] = await c.work_orders()
+        stats = await c.cmms.dbt.run(c.cmms.db.stats)
+    assert [n["text"] for n in only["notes"]] == ["zone D"] and only["status"] == "closed"
+    assert (stats["work_orders"], stats["updated"], stats["update_replayed"]) == (1, 1, 1)

@@ -60,7 +60,7 @@ def cfg(url: str, **kw: Any) -> CmmsUplink:
 
 def uplink(c: CmmsUplink, outbox: Outbox, **kw: Any) -> Delivery:
     """A delivery loop over a CMMS transport, as build_uplinks makes it."""
-    transport = CmmsTransport(c, name=UP, assets=FACTS, site="plant-a")
+    transport = CmmsTransport(c, name=UP, assets=FACTS, site="plant-a", outbox=outbox)
     return delivery(UP, transport, outbox, c, base_backoff_s=0.2, **kw)
 
 
@@ -148,12 +148,13 @@ async def test_records_queued_before_it_carried_only_findings_are_settled_unsent
     assert up.status.skipped_total == 3 and up.status.delivered_total == 1
 
 
-async def test_one_episode_revised_then_critical_again_opens_no_second_work_order(
+async def test_one_episode_revised_then_critical_again_is_one_work_order_updated(
     tmp_path: Path, outbox: Outbox
 ) -> None:
     """Warning, critical, revised to a warning, critical again, cleared: one trend episode.
-    Before: the critical again opened a third work order (WO-000003) beside the critical's
-    still open one. Now it is settled unsent, naming the first critical."""
+    Before: the critical opened a second work order (WO-000002) beside the warning's. Now
+    the warning's order is the episode's: the critical brings its due date forward, and
+    each later record adds its evidence as a note."""
     revised = trend("escalated", i=2)
     revised = replace(revised, evidence={**revised.evidence, "revision": {"revises": "critical"}})
     again = trend("escalated", estimate=ttf(0.2, 0.4, 0.8), i=3)
@@ -170,15 +171,17 @@ async def test_one_episode_revised_then_critical_again_opens_no_second_work_orde
         ]
     )
     async with CmmsServer(db=tmp_path / "cmms.db", token=TOKEN) as cmms:
-        async with Running(uplink(cfg(cmms.url), outbox)):
+        async with Running(uplink(cfg(cmms.url), outbox)) as up:
             await until(lambda: _pending_is(outbox, 0))
-        orders = await cmms.work_orders()
-    assert [o["request_key"] for o in orders] == [r["alert_id"] for r in records[:2]]
+        [order] = await cmms.work_orders()
+    assert order["request_key"] == records[0]["alert_id"]
+    assert [n["request_key"] for n in order["notes"]] == [r["alert_id"] for r in records[1:4]]
+    assert order["due_date"] == "2026-11-21T08:15:03Z"  # the critical's: at once
+    assert "failure expected within the planning horizon" in order["title"]
     rows = {r["alert_id"]: r["deliveries"] for r in await outbox.recent(100)}
     assert UP not in rows[records[4]["alert_id"]]  # a clear is not even routed to it
-    row = rows[records[3]["alert_id"]][UP]
-    assert row["state"] == "skipped" and "no second work order" in row["reason"]
-    assert first_at in row["reason"]
+    assert {rows[r["alert_id"]][UP]["state"] for r in records[:4]} == {"delivered"}
+    assert up.status.delivered_total == 4
 
 
 async def test_outage_then_recovery_opens_each_work_order_once(
@@ -196,7 +199,10 @@ async def test_outage_then_recovery_opens_each_work_order_once(
             back_s = time.monotonic() - t0
             # A 503 outage with Retry-After: nothing opened, nothing lost.
             again.cmms.faults.inject(Fault(status=503, retry_after="1"), 2)
-            late = await outbox.append([severity("D", "escalated", velocity=5.0, i=9)])
+            # An escalation of an episode this uplink opened no order for opens one.
+            late = await outbox.append(
+                [severity("D", "escalated", velocity=5.0, aid="press-8", i=9)]
+            )
             await until(lambda: _pending_is(outbox, 0))
             orders = await again.work_orders()
     keys = [o["request_key"] for o in orders]
@@ -335,7 +341,7 @@ async def test_a_page_refusing_every_work_order_alike_holds_them_back(
     async with CmmsServer(db=tmp_path / "cmms.db", token=TOKEN) as cmms:
         cmms.inject(NGINX_400, count=1000)
         c = cfg(cmms.url, max_backoff_s=2.0)  # the held one is tried again within 2 s
-        transport = CmmsTransport(c, name=UP, assets=FACTS, site="plant-a")
+        transport = CmmsTransport(c, name=UP, assets=FACTS, site="plant-a", outbox=outbox)
         up = delivery(UP, transport, outbox, c, base_backoff_s=0.5, rng=Longest())
         async with Running(up):
             await assert_held_back(up, outbox, 20, failures=2)

@@ -1,0 +1,143 @@
+"""CMMS uplink, one work order per alert episode, against the real `edge-sim cmms` with a
+real SQLite outbox: the episode's first record opens the work order, its escalation
+raises that order's priority (a PATCH), never opens a second one, also across a restart,
+a lost answer, or an agent stopped between the open and the update."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from agent.store import FINDINGS, Outbox
+from simulators.backend import Fault
+from simulators.cmms import CmmsServer
+from tests.agent.uplink._alerts import severity
+from tests.agent.uplink._running import Running, until
+from tests.agent.uplink.test_cmms import TOKEN, UP, cfg, uplink
+
+
+def _outbox(path: Path) -> Outbox:
+    return Outbox(path, gateway_id="gw-01", max_bytes=1 << 30, first_seq=1,
+                  uplinks=(UP,), carries={UP: FINDINGS})  # fmt: skip
+
+
+async def _drained(outbox: Outbox) -> bool:
+    return (await outbox.stats()).pending == 0
+
+
+async def _stats(cmms: CmmsServer) -> dict[str, int]:
+    return await cmms.cmms.dbt.run(cmms.cmms.db.stats)
+
+
+async def _deliver(outbox: Outbox, cmms: CmmsServer) -> None:
+    """Run the uplink (a fresh transport: an agent started) until nothing is pending."""
+    async with Running(uplink(cfg(cmms.url), outbox)):
+        await until(lambda: _drained(outbox))
+
+
+async def test_an_escalation_raises_the_priority_of_the_open_work_order_not_a_second_one(
+    tmp_path: Path,
+) -> None:
+    """Zone C then zone D on one bearing (tier 2: high, then urgent). Before: WO-000001
+    (high) and WO-000002 (urgent), two jobs for one bearing. Now: WO-000001, urgent, due
+    at once, the zone D evidence in its notes."""
+    async with _outbox(tmp_path / "outbox.db") as outbox:
+        records = await outbox.append(
+            [severity("C", tier=2, velocity=3.1, i=0),
+             severity("D", "escalated", tier=2, velocity=5.2, i=60)]
+        )  # fmt: skip
+        async with CmmsServer(db=tmp_path / "cmms.db", token=TOKEN) as cmms:
+            await _deliver(outbox, cmms)
+            orders = await cmms.work_orders()
+            stats = await _stats(cmms)
+        rows = {r["alert_id"]: r["deliveries"][UP] for r in await outbox.recent(10)}
+    assert [o["request_key"] for o in orders] == [records[0]["alert_id"]]
+    [order] = orders
+    assert order["priority"] == "urgent" and order["due_date"] == "2026-11-21T08:16:02Z"
+    assert order["title"].endswith("zone D vibration - damage likely, stop (escalated)")
+    [note] = order["notes"]
+    assert note["request_key"] == records[1]["alert_id"]
+    assert "velocity RMS 5.2 mm/s, zone D" in note["text"]
+    assert "velocity RMS 3.1 mm/s" in order["description"]  # the opening evidence stays
+    assert (stats["created"], stats["updated"]) == (1, 1)
+    assert {row["state"] for row in rows.values()} == {"delivered"}
+
+
+async def test_the_episodes_work_order_is_known_after_a_restart(tmp_path: Path) -> None:
+    """The raise's order, delivered by one agent, is updated by the next one after a
+    restart; a new episode (after a clear) opens its own order, which its escalation
+    updates, never the earlier episode's."""
+    path = tmp_path / "outbox.db"
+    async with CmmsServer(db=tmp_path / "cmms.db", token=TOKEN) as cmms:
+        async with _outbox(path) as outbox:
+            [raised] = await outbox.append([severity("C", tier=2, i=0)])
+            await _deliver(outbox, cmms)
+        cmms.inject(Fault(status=502, after_store=True))  # the update's answer is lost
+        async with _outbox(path) as outbox:  # the agent restarted
+            later = await outbox.append(
+                [severity("D", "escalated", tier=2, velocity=5.0, i=1),
+                 severity("B", "cleared", tier=2, velocity=2.0, i=2),
+                 severity("C", tier=2, i=3),
+                 severity("D", "escalated", tier=2, velocity=5.0, i=4)]
+            )  # fmt: skip
+            await _deliver(outbox, cmms)
+        orders = await cmms.work_orders()
+        stats = await _stats(cmms)
+    assert [o["request_key"] for o in orders] == [raised["alert_id"], later[2]["alert_id"]]
+    notes = [[n["request_key"] for n in o["notes"]] for o in orders]
+    assert notes == [[later[0]["alert_id"]], [later[3]["alert_id"]]]
+    assert [o["priority"] for o in orders] == ["urgent", "urgent"]
+    assert (stats["updated"], stats["update_replayed"]) == (2, 1)  # the retry applied once
+
+
+async def test_stopped_between_open_and_update_neither_loses_nor_duplicates(
+    tmp_path: Path,
+) -> None:
+    """The agent stops (as under kill -9) after the CMMS opened the order and before its
+    answer came, with the escalation stored behind it; the next agent re-sends the open
+    (replayed: no second order), then the update: one order, updated once."""
+    path = tmp_path / "outbox.db"
+    async with CmmsServer(db=tmp_path / "cmms.db", token=TOKEN) as cmms:
+        async with _outbox(path) as outbox:
+            records = await outbox.append(
+                [severity("C", tier=2, i=0), severity("D", "escalated", tier=2, i=1)]
+            )
+            cmms.inject(Fault(status=502, after_store=True, delay_s=1.5))
+            async with Running(uplink(cfg(cmms.url), outbox)):
+                await until(lambda: _created(cmms, 1))
+            assert (await outbox.stats()).pending == 2  # the agent never had the answer
+        async with _outbox(path) as outbox:
+            await _deliver(outbox, cmms)
+        orders = await cmms.work_orders()
+        stats = await _stats(cmms)
+    [order] = orders
+    assert order["request_key"] == records[0]["alert_id"] and order["priority"] == "urgent"
+    assert [n["request_key"] for n in order["notes"]] == [records[1]["alert_id"]]
+    assert (stats["created"], stats["replayed"]) == (1, 1)
+    assert (stats["updated"], stats["update_replayed"]) == (1, 0)
+
+
+async def test_a_work_order_closed_in_the_cmms_is_replaced_by_the_escalation(
+    tmp_path: Path,
+) -> None:
+    """A person closed the episode's order (or deleted it: 404) and the fault escalates:
+    the escalation opens a new order, which the next escalation updates."""
+    path = tmp_path / "outbox.db"
+    async with CmmsServer(db=tmp_path / "cmms.db", token=TOKEN) as cmms, _outbox(path) as ob:
+        [raised] = await ob.append([severity("C", tier=2, i=0)])
+        await _deliver(ob, cmms)
+        [first] = await cmms.work_orders()
+        assert await cmms.cmms.dbt.run(cmms.cmms.db.close, first["id"])
+        later = await ob.append(
+            [severity("D", "escalated", tier=2, i=1), severity("D", "escalated", tier=2, i=2)]
+        )
+        await _deliver(ob, cmms)
+        orders = await cmms.work_orders()
+    assert [o["request_key"] for o in orders] == [raised["alert_id"], later[0]["alert_id"]]
+    assert orders[0]["notes"] == [] and orders[0]["status"] == "closed"
+    assert [n["request_key"] for n in orders[1]["notes"]] == [later[1]["alert_id"]]
+
+
+async def _created(cmms: CmmsServer, n: int) -> bool:
+    stats: dict[str, Any] = await _stats(cmms)
+    return bool(stats["created"] >= n)

@@ -192,3 +192,93 @@ async def _cli(config: Path, *args: str, json_lines: bool = True) -> list[Any]:
 
 async def _uplink_at_least(health_port: int, key: str, n: int) -> bool:
     return int((await _uplink(health_port)).get(key, 0)) >= n
+
+
+async def test_a_bearing_going_c_then_d_is_one_work_order_raised_to_urgent_across_kill9(
+    tmp_path: Path,
+) -> None:
+    """A degrading machine (edge-sim modbus `degrade`) crosses zone C, then zone D: one
+    severity episode per axis. Before: two work orders per axis (zone C high, zone D
+    urgent) for one bearing. Now: the zone C order is updated to urgent. The agent is killed with SIGKILL after the
+    CMMS applied the update and before its answer came: the next agent re-sends it (the
+    CMMS replays it), no second work order, no second note."""
+    cmms_port, health_port = free_port(), free_port()
+    cmms_db, store = tmp_path / "cmms.db", tmp_path / "outbox.db"
+    base = f"http://127.0.0.1:{cmms_port}"
+    (tmp_path / "cmms-token").write_text(TOKEN + "\n")
+    (tmp_path / "cmms-token").chmod(0o600)
+    config = tmp_path / "agent.yaml"
+    logs = [(tmp_path / f"agent{i}.log").open("wb") for i in (1, 2)]
+    async with SimProcess.cmms(cmms_db, TOKEN, cmms_port):
+        async with SimProcess.modbus(["1:degrade"], 20.0) as modbus:
+            config.write_text(
+                CONFIG.replace("tier: 1", "tier: 2").format(
+                    modbus_port=modbus.info["port"], url=f"{base}/api/v1/work-orders",
+                    store=store, health_port=health_port, socket=tmp_path / "control.sock",
+                )
+            )  # fmt: skip
+            first = await agent_process(config, stdout=logs[0], stderr=logs[0])
+            try:
+                # Zone C on both axes (x, z) of the sensor: two episodes, a work order each.
+                await until(lambda: _severity_orders(base, 2), 60, "zone C opens work orders")
+                # The next write is applied, and its answer held back for 30 s.
+                async with (
+                    aiohttp.ClientSession() as s,
+                    s.post(f"{base}/admin/faults",
+                           json={"status": 502, "after_store": True, "delay_s": 30},
+                           headers={"Authorization": f"Bearer {TOKEN}"}) as r,
+                ):  # fmt: skip
+                    assert r.status == 200
+                await until(lambda: _stat_at_least(base, "updated", 1), 60,
+                            "zone D updates the zone C work order")  # fmt: skip
+            finally:
+                first.send_signal(signal.SIGKILL)
+                await first.wait()
+        # The machine's sensor is gone now: no new alert; what is stored is delivered.
+        second = await agent_process(config, stdout=logs[1], stderr=logs[1])
+        try:
+            await until(lambda: _drained(health_port), 30, "every work order delivered")
+            listing = await _get(f"{base}/api/v1/work-orders")
+            stats = await _get(f"{base}/api/v1/stats")
+        finally:
+            second.send_signal(signal.SIGTERM)
+            code = await asyncio.wait_for(second.wait(), 20)
+    for f in logs:
+        f.close()
+    assert code == 0
+    with sqlite3.connect(store) as conn:
+        rows = [json.loads(b) for (b,) in conn.execute("SELECT body FROM alerts ORDER BY seq")]
+    story = [(r["sensor"]["channel"], r["kind"], r["state"], (r["severity"] or {}).get("zone"))
+             for r in rows]  # fmt: skip
+    orders = [o for o in listing["work_orders"] if o["source"]["kind"] == "severity"]
+    channels = sorted({r["sensor"]["channel"] for r in rows if r["kind"] == "severity"})
+    assert channels and len(orders) == len(channels), story  # one per episode (axis x, z)
+    escalations = 0
+    for channel in channels:
+        mine = [r for r in rows if r["kind"] == "severity" and r["sensor"]["channel"] == channel]
+        assert [(r["state"], r["severity"]["zone"]) for r in mine] in (
+            [("raised", "C")], [("raised", "C"), ("escalated", "D")],
+        ), story  # fmt: skip
+        raised, escalated = mine[0], mine[1:]
+        [order] = [o for o in orders if o["request_key"] == raised["alert_id"]]
+        # Tier 2: high in zone C, urgent once the same order is raised to zone D, with the
+        # escalation's note once, none twice, due at once.
+        assert order["priority"] == ("urgent" if escalated else "high")
+        assert [n["request_key"] for n in order["notes"]] == [r["alert_id"] for r in escalated]
+        if escalated:
+            assert order["due_date"] == escalated[0]["detected_at"][:19] + "Z"
+        escalations += len(escalated)
+    assert escalations >= 1, story
+    assert stats["conflicts"] == 0 and stats["update_replayed"] >= 1, stats
+
+
+async def _severity_orders(base: str, n: int) -> bool:
+    listing = await _get(f"{base}/api/v1/work-orders")
+    if not listing:
+        return False
+    return sum(o["source"]["kind"] == "severity" for o in listing["work_orders"]) >= n
+
+
+async def _stat_at_least(base: str, key: str, n: int) -> bool:
+    stats = await _get(f"{base}/api/v1/stats")
+    return bool(stats) and stats[key] >= n

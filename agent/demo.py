@@ -169,22 +169,25 @@ def _due(wo: dict[str, Any]) -> str:
 
 
 async def _watch_cmms(url: str, token: str, display: _Display) -> None:
-    """One line per work order the CMMS opens (the agent's cmms uplink)."""
-    last = 0
+    """One line per work order the CMMS opens (the agent's cmms uplink), and one each time
+    the agent updates one (an escalation of its episode)."""
+    seen: dict[str, Any] = {}  # work order id -> its updated_at when last shown
     headers = {"Authorization": f"Bearer {token}"}
     timeout = aiohttp.ClientTimeout(total=2)
     async with aiohttp.ClientSession(headers=headers, timeout=timeout) as s:
         while True:
             with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
-                async with s.get(url, params={"after": str(last)}) as resp:
+                async with s.get(url) as resp:  # the demo's few orders: all of them each time
                     page = await resp.json()
                 for wo in page["work_orders"]:
-                    display.work_orders += 1
-                    display.line(
-                        f"CMMS work order {wo['id']} opened: {wo['title']} (priority "
-                        f"{wo['priority']}, due {_due(wo)})"
-                    )
-                last = int(page["last_seq"])
+                    what = f"{wo['title']} (priority {wo['priority']}, due {_due(wo)})"
+                    if wo["id"] not in seen:
+                        display.work_orders += 1
+                        seen[wo["id"]] = None
+                        display.line(f"CMMS work order {wo['id']} opened: {what}")
+                    if wo.get("updated_at") and seen[wo["id"]] != wo["updated_at"]:
+                        seen[wo["id"]] = wo["updated_at"]
+                        display.line(f"CMMS work order {wo['id']} updated: {what}")
             await asyncio.sleep(0.5)
 
 

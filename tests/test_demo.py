@@ -117,6 +117,10 @@ def test_demo_tells_the_story_a_manager_reads(demo_run: DemoRun) -> None:
     assert opened and len(set(opened)) == len(opened), out
     assert re.search(r"CMMS work order WO-\d{6} opened: press-7 Press 7 main motor: early "
                      r"warning .*\(priority high, due ", out)  # fmt: skip
+    # The early warning's critical updates its work order: no second one for the episode.
+    assert re.search(r"CMMS work order WO-\d{6} updated: press-7 Press 7 main motor: failure "
+                     r"expected within the planning horizon \(priority high, due ", out), out
+    assert "opened: press-7 Press 7 main motor: failure expected" not in out, out
     assert (demo_run.kept / "outbox.db").is_file() and (demo_run.kept / "backend.db").is_file()
     assert (demo_run.kept / "cmms.db").is_file()
     # No line of the story runs on like a raw record did.

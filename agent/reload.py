@@ -35,7 +35,7 @@ from agent.mqtt_inputs import MqttInputs, build_mqtt
 from agent.records import format_ts
 from agent.reload_plan import ReloadPlan, plan_reload
 from agent.sources import Sources, build_sources, planned_utilisation
-from agent.store import FINDINGS, StoreError
+from agent.store import StoreError, uplink_carries
 from agent.uplink import Delivery, UplinkStatus, build_uplinks
 from drivers.payloads import DecoderLibrary
 from drivers.profiles import ProfileLibrary
@@ -284,7 +284,7 @@ class Reloader:
         for each uplink unregistered, the items it had not received (kept under its name)."""
         outbox = self._agent.outbox
         names = new.uplink_names()
-        carries = {n: FINDINGS for n, u in zip(names, new.uplinks, strict=True) if u.cmms}
+        carries = uplink_carries(new)
         if names == outbox.uplinks and carries == outbox.carries:
             return {}
         try:

@@ -7,7 +7,7 @@ request is built by agent.uplink._workorder.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -101,6 +101,10 @@ class CmmsMapping(_Model):
     # Fixed keys sent with every request (a type, the site, a block of custom fields): any
     # JSON value (text, numbers, true/false, null, lists and mappings of them).
     static: dict[Key, Any] = Field(default_factory=lambda: {"type": "predictive"})
+    # A clear of an episode with an open work order: "nothing" (the default: a person
+    # closes it with the repair), or "note" (its evidence appended as a note, so the
+    # planner sees that the vibration came back down; the order stays open).
+    on_clear: Literal["nothing", "note"] = "nothing"
     title_max_chars: int = Field(default=200, ge=20, le=10_000)
     description_max_chars: int = Field(default=4000, ge=200, le=1_000_000)
 

@@ -3,9 +3,9 @@
 from agent.store._files import Quarantined, check_path
 from agent.store._lock import StoreInUseError, lock_path, store_lock
 from agent.store._ops import StoredItem
-from agent.store._outbox import Outbox, outbox_for
+from agent.store._outbox import Outbox, outbox_for, uplink_carries
 from agent.store._queries import OutboxStats, UplinkBacklog
-from agent.store._routing import FINDINGS
+from agent.store._routing import EPISODES, FINDINGS
 from agent.store._salvage import StoreFault
 from agent.store._sqlite import ro_uri
 from agent.store._view import READ_BUSY_S, StoreView, read_only, requeue_in_place
@@ -13,6 +13,7 @@ from agent.store._writer import WriterCounters
 from agent.store.errors import StoreBusyError, StoreClosedError, StoreError, StoreFullError
 
 __all__ = [
+    "EPISODES",
     "FINDINGS",
     "READ_BUSY_S",
     "Outbox",
@@ -35,4 +36,5 @@ __all__ = [
     "requeue_in_place",
     "ro_uri",
     "store_lock",
+    "uplink_carries",
 ]

@@ -24,7 +24,7 @@ from agent.store._evictlog import EvictionLog
 from agent.store._files import IssuedMark, Quarantined
 from agent.store._ops import StoredItem
 from agent.store._queries import OutboxStats
-from agent.store._routing import FINDINGS, register
+from agent.store._routing import EPISODES, FINDINGS, register
 from agent.store._salvage import StoreFault
 from agent.store._schema import open_db
 from agent.store._writer import Writer, WriterCounters
@@ -51,7 +51,8 @@ class Outbox:
         uplinks: the configured uplink names; every stored item waits for each of them.
             None keeps the store's registration as it is (CLI tools that do not deliver).
         carries: uplink name -> what it is given, for an uplink that does not carry every
-            item (FINDINGS: a CMMS); the others carry everything (agent.store._routing).
+            item (FINDINGS or EPISODES: a CMMS); the others carry everything
+            (agent.store._routing).
         queue_size: bound of queued requests; beyond it callers wait.
         first_seq: the first seq of a new store (None: the clock floor).
         on_fault: called on the event loop after the store file was recovered at run time.
@@ -370,6 +371,17 @@ def outbox_for(config: Config, *, on_fault: Callable[[StoreFault], None] | None 
         gateway_id=config.gateway.id,
         max_bytes=config.store.max_bytes,
         uplinks=names,
-        carries={n: FINDINGS for n, u in zip(names, config.uplinks, strict=True) if u.cmms},
+        carries=uplink_carries(config),
         on_fault=on_fault,
     )
+
+
+def uplink_carries(config: Config) -> dict[str, str]:
+    """What each uplink that does not carry every item is given: a CMMS uplink, its
+    findings (and their clears when its mapping notes them on the work order)."""
+    names = config.uplink_names()
+    return {
+        n: EPISODES if u.cmms.mapping.on_clear == "note" else FINDINGS
+        for n, u in zip(names, config.uplinks, strict=True)
+        if u.cmms
+    }

@@ -53,6 +53,7 @@ from agent.uplink._workorder import (
     build,
     episode,
     no_work_order,
+    note_only,
     opened,
     update,
 )
@@ -62,7 +63,6 @@ log = logging.getLogger(__name__)
 
 RETRYABLE = RETRYABLE_4XX | {409}
 SUMMARY_SKIPPED = "a feature summary opens no work order"
-_REVISION = no_work_order({"evidence": {"revision": True}})
 T = TypeVar("T")
 
 
@@ -153,7 +153,10 @@ class CmmsTransport(HttpClient):
             record = json.loads(item.json)
             ep = episode(record)
         order = None
-        if ep is not None and record.get("state") == "escalated":
+        if ep is not None and (
+            record.get("state") == "escalated"
+            or (record.get("state") == "cleared" and self.cfg.mapping.on_clear == "note")
+        ):
             order = await self._orders(self.orders.get(ep))
         with self._unbuildable(item):
             it = _Item(record, ep)
@@ -209,12 +212,11 @@ class CmmsTransport(HttpClient):
             gone = await self._update(request, it)
             if gone is None:
                 return None
-            with self._unbuildable(item):
-                revision = no_work_order(it.record) == _REVISION
-                request = self._build(it.record)
-            if revision:  # nothing to raise: the gone order is not replaced
+            if note_only(it.record):  # nothing to raise: the gone order is not replaced
                 await self._orders(self.orders.put(it.episode or "", None))
-                return f"{gone}; a revision opens no work order"
+                return f"{gone}; a {it.record['state']} record opens no work order"
+            with self._unbuildable(item):
+                request = self._build(it.record)
             log.warning("uplink[%s]: %s: alert %s opens a new one", self.name, gone, request.key)
         await self._open(request, it)
         return None
@@ -247,7 +249,10 @@ class CmmsTransport(HttpClient):
         headers = {"Idempotency-Key": up.key, "X-HTTP-Method-Override": "PATCH"}
         answer = await self.post(url, up.body, headers)
         if answer.ok:
-            await self._orders(self.orders.put(it.episode or "", up.order))  # before delivered
+            # Kept before it counts as delivered; a clear ends the episode (its next raise
+            # opens a new order).
+            done = it.record.get("state") == "cleared"
+            await self._orders(self.orders.put(it.episode or "", None if done else up.order))
             how = "already updated (a retry)" if answer.replayed else "updated"
             log.info(
                 "uplink[%s]: work order %s %s for alert %s (priority %s, due %s, opened by %s)",

@@ -124,6 +124,14 @@ def episode(record: Mapping[str, Any]) -> str | None:
     return "/".join((record["kind"], record["asset"]["id"], sensor["id"], sensor["channel"]))
 
 
+def note_only(record: Mapping[str, Any]) -> bool:
+    """Whether a later record of an episode only adds a note to its work order (a revision,
+    a clear): its priority and due date stay as the episode's worst made them."""
+    evidence = record.get("evidence")
+    revision = isinstance(evidence, Mapping) and bool(evidence.get("revision"))
+    return revision or record.get("state") == "cleared"
+
+
 def no_work_order(record: Mapping[str, Any]) -> str | None:
     """Why this record opens no work order, or None when it opens one."""
     kind, state = record.get("kind"), record.get("state")
@@ -226,11 +234,9 @@ def update(
     horizon = fact.horizon_hours if fact is not None else DEFAULT_HORIZON_HOURS
     zone = _zone(record, fact)
     due_at, due_basis = due(record, zone, cfg, horizon)
-    evidence = record.get("evidence")
-    revision = isinstance(evidence, Mapping) and bool(evidence.get("revision"))
     parts: dict[str, Any] = {}
     after = order
-    if not revision:
+    if not note_only(record):
         top = max(order.zone, zone, key=lambda z: ZONE_RANK.get(z, 0))
         soonest = min(order.due, due_at.strftime("%Y-%m-%dT%H:%M:%SZ"))
         after = OpenOrder(order.work_order, order.opened_by, top, soonest)
@@ -247,8 +253,9 @@ def update(
     body = {keys[part]: v for part, v in parts.items() if keys[part] is not None}
     if not body:
         return (
-            f"a revision updates no work order here: mapping.fields.note is null "
-            f"(work order {order.work_order} stays as it is)"
+            f"a {record['state'] if record['state'] == 'cleared' else 'revision'} updates no "
+            f"work order here: mapping.fields.note is null (work order {order.work_order} "
+            "stays as it is)"
         )
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return Update(

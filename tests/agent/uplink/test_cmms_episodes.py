@@ -8,12 +8,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from agent.store import FINDINGS, Outbox
+from agent.config import load_config
+from agent.store import EPISODES, FINDINGS, Outbox, outbox_for
 from simulators.backend import Fault
 from simulators.cmms import CmmsServer
 from tests.agent.uplink._alerts import severity
 from tests.agent.uplink._running import Running, until
 from tests.agent.uplink.test_cmms import TOKEN, UP, cfg, uplink
+from tests.conftest import free_port
+from tests.test_cmms_uplink import CONFIG
 
 
 def _outbox(path: Path) -> Outbox:
@@ -141,3 +144,53 @@ async def test_a_work_order_closed_in_the_cmms_is_replaced_by_the_escalation(
 async def _created(cmms: CmmsServer, n: int) -> bool:
     stats: dict[str, Any] = await _stats(cmms)
     return bool(stats["created"] >= n)
+
+
+async def test_a_clear_is_noted_on_the_open_work_order_when_the_mapping_says_so(
+    tmp_path: Path,
+) -> None:
+    """mapping.on_clear: note routes the episode's clear to the uplink: it adds its note
+    to the open order (priority and due date stay as the zone D escalation made them),
+    and ends the episode: the next raise opens a new order. Default: not even routed."""
+    path = tmp_path / "outbox.db"
+    mapping = {"on_clear": "note"}
+    async with (
+        CmmsServer(db=tmp_path / "cmms.db", token=TOKEN) as cmms,
+        Outbox(path, gateway_id="gw-01", max_bytes=1 << 30, first_seq=1, uplinks=(UP,),
+               carries={UP: EPISODES}) as ob,
+    ):  # fmt: skip
+        records = await ob.append(
+            [severity("C", tier=2, i=0), severity("D", "escalated", tier=2, i=1),
+             severity("B", "cleared", tier=2, velocity=2.0, i=2), severity("C", tier=2, i=3)]
+        )  # fmt: skip
+        async with Running(uplink(cfg(cmms.url, mapping=mapping), ob)):
+            await until(lambda: _drained(ob))
+        orders = await cmms.work_orders()
+        rows = {r["alert_id"]: r["deliveries"][UP] for r in await ob.recent(10)}
+    assert [o["request_key"] for o in orders] == [records[0]["alert_id"], records[3]["alert_id"]]
+    first = orders[0]
+    assert [n["request_key"] for n in first["notes"]] == [r["alert_id"] for r in records[1:3]]
+    assert "velocity RMS 2 mm/s, zone B" in first["notes"][1]["text"]
+    assert first["priority"] == "urgent" and first["status"] == "open"
+    assert first["due_date"] == "2026-11-21T08:15:03Z"  # the zone D escalation's
+    assert {row["state"] for row in rows.values()} == {"delivered"}
+
+
+async def test_on_clear_note_in_the_yaml_routes_the_clears_to_the_uplink(tmp_path: Path) -> None:
+    """The configuration's `mapping.on_clear: note` is what the store registers: a clear
+    waits for the CMMS uplink then; without it, only the findings do."""
+    for on_clear, waiting in (("note", 2), ("nothing", 1)):
+        (tmp_path / "cmms-token").write_text("t\n")
+        (tmp_path / "cmms-token").chmod(0o600)
+        path = tmp_path / f"agent-{on_clear}.yaml"
+        text = CONFIG.format(
+            modbus_port=free_port(), url="http://127.0.0.1:9/api/v1/work-orders",
+            store=tmp_path / f"{on_clear}.db", health_port=free_port(),
+            socket=tmp_path / f"{on_clear}.sock",
+        )  # fmt: skip
+        path.write_text(text.replace("mapping:\n", f"mapping:\n        on_clear: {on_clear}\n"))
+        config = load_config(path, environ={})
+        async with outbox_for(config) as ob:
+            await ob.append([severity("C", i=0), severity("B", "cleared", velocity=2.0, i=1)])
+            stats = await ob.stats()
+        assert stats.uplinks["cmms"].pending == waiting, on_clear

@@ -14,10 +14,13 @@ with backoff, never "delivered", nothing dead-lettered); the files are re-read a
 so a CA file replaced in place is picked up.
 
 Kept-alive connections: one that died while idle (the server's keep-alive timeout, a NAT or
-firewall that forgot it) shows only when the next POST meets a reset or a close before any
-answer; such a POST is sent once more at once on a new connection instead of failing (the
-same body, so the same alert ids or Idempotency-Key: a backend drops a duplicate, as after
-any retry). A fresh connection's failure is never resent here.
+firewall that forgot it, a backend or proxy that closes after each answer without saying
+`Connection: close`) shows only when the next POST on it fails before any answer began: a
+reset, a close, or a write into a transport already closing ("Can not write request body",
+no errno). Such a POST is sent once more at once on a new connection instead of failing
+(the same body, so the same alert ids or Idempotency-Key: a backend drops a duplicate, as
+after any retry). A fresh connection's failure, a timeout, or a failure once any answer
+began (a head cut short, a 2xx body cut short) is never resent here: a real failure.
 
 Status policy of a non-2xx answer (`HttpClient.failure`):
 - 1xx (a 101 nobody asked for), 5xx, 408, 429 and the caller's other retryable statuses:
@@ -33,7 +36,6 @@ Status policy of a non-2xx answer (`HttpClient.failure`):
 from __future__ import annotations
 
 import asyncio
-import errno
 import json
 import logging
 import re
@@ -170,11 +172,11 @@ class HttpClient:
             seen: dict[str, bool] = {}
             try:
                 return await self._exchange(url, shown, body, sent, seen)
-            except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
+            except aiohttp.ClientConnectionError as exc:
                 if not _stale_keepalive(exc, seen):
                     raise
                 # The far end (or a NAT, a firewall) dropped the idle kept-alive connection
-                # and our request met a reset before any answer: once more on a new one.
+                # and our request failed on it before any answer: once more on a new one.
                 # Same body, same alert ids (or Idempotency-Key): at worst a duplicate the
                 # backend drops, as after any retry.
                 self.stale_retries += 1
@@ -516,14 +518,17 @@ async def _mark_reused(
 
 
 def _stale_keepalive(exc: BaseException, seen: dict[str, bool]) -> bool:
-    """A request on a reused kept-alive connection that met a reset or a close before any
-    answer began: the connection had died while idle (a server's keep-alive timeout, a
-    NAT or firewall that forgot it), not the request's fault."""
+    """A request on a reused kept-alive connection that failed as a connection before any
+    answer began: the connection had died while idle (a server's keep-alive timeout, a NAT
+    or firewall that forgot it, a server that closed after its last answer), not the
+    request's fault. Whatever the errno (a reset, a broken pipe, or none: the write into
+    a transport aiohttp saw closing), but never a timeout (a live connection, a slow far
+    end: resending would double the wait) nor a close after part of an answer's head."""
     if not seen.get("reused") or seen.get("answered"):
         return False
+    if isinstance(exc, TimeoutError) or not isinstance(exc, aiohttp.ClientConnectionError):
+        return False
     if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return True
-    return isinstance(exc, aiohttp.ClientOSError) and exc.errno in (
-        errno.ECONNRESET,
-        errno.EPIPE,
-    )
+        # Its message is the partial answer aiohttp parsed when some of one had come.
+        return isinstance(exc.message, str)
+    return isinstance(exc, aiohttp.ClientOSError)

@@ -81,7 +81,9 @@ class Backend:
 
 
 @asynccontextmanager
-async def serving(backend: Backend | Slow | ForgetsIdle | Throttled | Picky) -> AsyncIterator[str]:
+async def serving(
+    backend: Backend | Slow | ForgetsIdle | Throttled | Picky | CutsSecondHead,
+) -> AsyncIterator[str]:
     server = await asyncio.start_server(backend.handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
@@ -305,6 +307,71 @@ async def test_a_kept_alive_connection_dropped_while_idle_costs_no_failed_post(
             assert up.status.failures_total == 0, up.status.last_error
             assert backend.resets == 1 and transport.stale_retries == 1
         assert backend.posts == 2
+
+
+async def test_a_backend_closing_after_each_answer_unannounced_costs_no_failed_post(
+    tmp_path: Path,
+) -> None:
+    """A backend (or proxy) that closes the connection right after each answer without a
+    `Connection: close`: a POST sent at once after an answer went on the kept-alive
+    connection whose close aiohttp had not yet seen and failed ("ClientOSError: [Errno
+    None] Can not write request body": no errno, so not taken for a dropped idle
+    connection): 10 of 20 alerts sent back to back failed, each a failure counted and a
+    backoff in the delivery loop. Now such a POST is sent again at once on a new
+    connection: 20 of 20 delivered, none failed, each taken once."""
+    backend = Backend(_answer(200, body=b'{"accepted": 1}'))
+    async with await _outbox(tmp_path) as outbox, serving(backend) as url:
+        await outbox.append([draft(i=i) for i in range(20)])
+        items = await outbox.next_batch(UP, 20)
+        async with HttpTransport(_cfg(url), name=UP) as transport:
+            results = [await transport.send([item]) for item in items]
+            errors = [str(r.error) for r in results if r.error is not None]
+            assert errors == [], errors
+            assert sum(len(r.delivered) for r in results) == 20
+            assert transport.stale_retries >= 1  # the close did meet a reused connection
+        # Each alert taken once: a write into the closing connection sent no body.
+        assert backend.posts == 20
+
+
+class CutsSecondHead:
+    """Keeps the connection after its first answer; the second POST on it gets part of an
+    answer's head, then the close (a backend dying mid-answer); any other POST a 200."""
+
+    def __init__(self) -> None:
+        self.posts = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            for n in range(2):
+                await _read_whole(reader)
+                self.posts += 1
+                if n == 1:
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: appl")
+                    break
+                writer.write(_answer(200, body=b'{"accepted": 1}'))
+                await writer.drain()
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+
+async def test_an_answer_cut_in_its_head_on_a_reused_connection_is_a_failure(
+    tmp_path: Path,
+) -> None:
+    """Part of an answer came: the connection was alive and the backend took the POST, so
+    this is no dropped idle connection to resend on at once but a failure (the batch is
+    resent after a backoff, as any answer cut short)."""
+    backend = CutsSecondHead()
+    async with await _outbox(tmp_path) as outbox, serving(backend) as url:
+        await outbox.append([draft(i=i) for i in range(2)])
+        items = await outbox.next_batch(UP, 2)
+        async with HttpTransport(_cfg(url), name=UP) as transport:
+            first = await transport.send(items[:1])
+            second = await transport.send(items[1:])
+        assert first.error is None and len(first.delivered) == 1
+        assert second.delivered == [] and second.error is not None
+        assert transport.stale_retries == 0 and backend.posts == 2
 
 
 class Conflicting:

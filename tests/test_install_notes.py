@@ -42,6 +42,7 @@ def test_the_install_notes_produce_a_running_hardened_service() -> None:
         for cmd in report["skipped"]
     ), report["skipped"]
     assert report["modes"]["config"] == "0644 0:0"  # readable by the dynamic user
+    assert report["modes"]["revive_timer"] == "0644 0:0"  # installed with the unit
     assert report["check_as_service_user"] == [0, ""]
     assert report["service"]["notify"][:2] == ["READY=1", "WATCHDOG=1"]
     # SIGHUP and `edge-agent reload` re-read the file; it did not change.
@@ -60,3 +61,4 @@ def test_the_install_notes_produce_a_running_hardened_service() -> None:
     assert "LoadCredential=portfolio-token:" in report["dropin"]
     if shutil.which("systemd-analyze"):
         assert report["exposure"] <= 1.5
+        assert report["verify"] == [0, ""]  # the unit and its revive timer, as installed

@@ -14,8 +14,9 @@ left out and listed. Then, as systemd would run the service:
   through `edge-agent reload` (as root), run the unit's ExecReload= as the service's uid
   (what `systemctl reload` does): it must succeed, and with a broken file fail with the
   file:line:column of the problem while the agent runs on; and exit 0 on SIGTERM;
-- `systemd-analyze security --offline=yes` rates the unit with its drop-in, when the tool
-  exists.
+- `systemd-analyze security --offline=yes` rates the unit with its drop-in, and
+  `systemd-analyze verify` checks the unit and its revive timer (mode 0644 too), when the
+  tool exists.
 
 Usage: tools/check_install_notes.py [--venv DIR] [--json]
   --venv DIR  reuse an installed virtualenv instead of running the notes' venv and pip
@@ -117,6 +118,7 @@ def modes(root: Path) -> dict[str, str]:
         "credentials": "etc/edge-agent/credentials",
         "token": "etc/edge-agent/credentials/portfolio-token",
         "unit": "etc/systemd/system/edge-agent.service",
+        "revive_timer": "etc/systemd/system/edge-agent-revive.timer",
         "dropin": "etc/systemd/system/edge-agent.service.d/site.conf",
     }
     out = {}
@@ -308,6 +310,28 @@ def exposure(root: Path) -> float | None:
     return float(m.group(1)) if m else None
 
 
+def verify(root: Path) -> tuple[int, str] | None:
+    """`systemd-analyze verify` of the installed unit and its revive timer (as files, so
+    no running systemd is needed; the agent's path as installed under the root): its exit
+    status and what it said (an unknown key, a bad value, a missing unit). None without
+    the tool."""
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        return None
+    here = root / "verify"
+    here.mkdir()
+    for name in ("edge-agent.service", "edge-agent-revive.timer"):
+        text = (root / "etc/systemd/system" / name).read_text()
+        (here / name).write_text(text.replace("/opt/", f"{root}/opt/"))
+    out = subprocess.run(
+        [tool, "verify", str(here / "edge-agent.service"), str(here / "edge-agent-revive.timer")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return out.returncode, (out.stdout + out.stderr).strip()
+
+
 def _same_agent(root: Path) -> bool:
     """ExecReload= names ExecStart='s program and configuration file."""
     start = shlex.split(unit_value(root, "ExecStart"))
@@ -349,6 +373,7 @@ def main() -> int:
             "dropin": (root / "etc/systemd/system/edge-agent.service.d/site.conf").read_text(),
             "service": run_service(root, prefix, env, port),
             "exposure": exposure(root),
+            "verify": verify(root),
             "reload_matches_start": _same_agent(root),
         }
     finally:
@@ -360,6 +385,11 @@ def main() -> int:
             ("config mode", report["modes"]["config"] == "0644 0:0"),
             ("credentials mode", report["modes"]["credentials"] == "0700 0:0"),
             ("token mode", report["modes"]["token"] == "0600 0:0"),
+            ("revive timer mode", report["modes"]["revive_timer"] == "0644 0:0"),
+            (
+                "systemd-analyze verify: unit and timer, nothing said",
+                report["verify"] is None or tuple(report["verify"]) == (0, ""),
+            ),
             ("check as the service user", report["check_as_service_user"][0] == 0),
             ("READY=1", "READY=1" in svc["notify"]),
             ("WATCHDOG=1", "WATCHDOG=1" in svc["notify"]),

@@ -18,6 +18,7 @@ from agent.unitgen import DropinError, dropin
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "systemd" / "edge-agent.service"
+REVIVE = REPO / "systemd" / "edge-agent-revive.timer"
 GROUP = "daemon"  # any group but root's: udev gives serial ports "dialout"
 GROUP_GID = grp.getgrnam(GROUP).gr_gid
 
@@ -95,6 +96,74 @@ def _exposure(tmp_path: Path, text: str) -> float:
     m = re.search(r"Overall exposure level for \S+: ([0-9.]+)", out.stdout)
     assert m is not None, out.stdout
     return float(m.group(1))
+
+
+def _settings(path: Path) -> dict[tuple[str, str], list[str]]:
+    """A unit file's settings: (section, key) -> its values in order (a key may repeat)."""
+    out: dict[tuple[str, str], list[str]] = {}
+    section = ""
+    for line in path.read_text().splitlines():
+        if line.startswith("["):
+            section = line.strip("[]")
+        elif "=" in line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            out.setdefault((section, key), []).append(value)
+    return out
+
+
+def _seconds(span: str) -> float:
+    """A systemd time span as these files write it: "5", "30s", "10min"."""
+    m = re.fullmatch(r"(\d+)(s|min)?", span)
+    assert m is not None, span
+    return int(m.group(1)) * (60 if m.group(2) == "min" else 1)
+
+
+def test_a_restart_loop_is_bounded_and_the_agent_still_comes_back() -> None:
+    """A cause that outlives a restart (the store's disk hung: the agent exits 74 at each
+    stop) restarted it every 5 s for ever: systemd's default start limit (5 in 10 s) never
+    trips at that pace. Now the loop stops after StartLimitBurst starts, and the revive
+    timer (pulled in by the unit, stopped with it) starts the agent again once the limit's
+    interval has passed: it never stays down for good. systemd 252 (Debian 12) knows no
+    RestartSteps=/RestartMaxDelaySec=, so the unit uses neither."""
+    unit, timer = _settings(UNIT), _settings(REVIVE)
+    assert unit[("Service", "Restart")] == ["on-failure"]
+    restart_s = _seconds(unit[("Service", "RestartSec")][0])
+    assert restart_s == 5  # a crash or a watchdog kill is back as soon as before
+    burst = int(unit[("Unit", "StartLimitBurst")][0])
+    window_s = _seconds(unit[("Unit", "StartLimitIntervalSec")][0])
+    # Starts that fail at once come every RestartSec: the limit trips within its interval.
+    assert burst * restart_s < window_s
+    assert "edge-agent-revive.timer" in " ".join(unit[("Unit", "Wants")]).split()
+    assert timer[("Timer", "Unit")] == ["edge-agent.service"]
+    assert timer[("Unit", "PartOf")] == ["edge-agent.service"]  # `systemctl stop` holds
+    assert ("Install", "WantedBy") not in timer  # it runs only with the agent
+    tick_s = _seconds(timer[("Timer", "OnUnitActiveSec")][0])
+    # A start refused within the interval is tried again a tick later: down at most about
+    # interval + tick after the cause went away, and never for good.
+    assert 0 < tick_s <= window_s and window_s + tick_s <= 20 * 60
+    assert _seconds(timer[("Timer", "OnActiveSec")][0]) == tick_s
+    known_to_252 = {key for _, key in unit} & {"RestartSteps", "RestartMaxDelaySec"}
+    assert known_to_252 == set()
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not here")
+def test_the_unit_and_its_revive_timer_verify_without_a_word(tmp_path: Path) -> None:
+    """`systemd-analyze verify` (this machine's systemd) takes both files as they are: no
+    unknown key, no bad value, the timer's unit found. The agent's path points at a stub,
+    as verify checks that the commands are executable."""
+    stub = tmp_path / "edge-agent"
+    stub.write_text("#!/bin/sh\n")
+    stub.chmod(0o755)
+    for src in (UNIT, REVIVE):
+        text = src.read_text().replace("/opt/edge-agent/bin/edge-agent", str(stub))
+        (tmp_path / src.name).write_text(text)
+    out = subprocess.run(
+        ["systemd-analyze", "verify", str(tmp_path / UNIT.name), str(tmp_path / REVIVE.name)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (out.returncode, out.stdout + out.stderr) == (0, "")
 
 
 def test_a_cmms_uplink_is_allowed_with_its_token(tmp_path: Path) -> None:

@@ -392,9 +392,14 @@ def test_piping_into_head_exits_quietly(tmp_path: Path) -> None:
 
 def test_ctrl_c_while_the_command_loads_exits_130_without_a_traceback(tmp_path: Path) -> None:
     """A real SIGINT, sent while `replay` imports its analysis modules (the first half
-    second of a run), used to print a KeyboardInterrupt traceback."""
+    second of a run), used to print a KeyboardInterrupt traceback.
+
+    The child first takes SIGINT as a terminal's process does: a suite started as a
+    background job of a script (`pytest &`) inherits SIGINT ignored, and then the signal
+    never interrupted the load (replay ran on and exited 2)."""
     code = (
         "import builtins, os, signal, sys\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "real = builtins.__import__\n"
         "def hook(name, *a, **k):\n"
         "    if name == 'agent.analysis.monitor':\n"

@@ -328,7 +328,9 @@ def test_demo_tells_the_alerts_delivered_as_it_stops() -> None:
     # Before: stopped within half a second of a delivery (SIGTERM, Ctrl-C, the end of
     # --duration), the story left that alert out and could end "done: no alert reached the
     # backend" right under a summary of the case it opened.
-    proc = _start_demo("--json", "--duration", "120")
+    # A bearing that fails in 30 s instead of 60: the first alert comes ~10 s sooner, and any
+    # alert will do here.
+    proc = _start_demo("--json", "--duration", "120", "--life-s", "30")
     try:
         head = _read_until(proc, "portfolio page", 60.0, proc.stderr)
         page = re.search(r"(http://127\.0\.0\.1:\d+)/portfolio\?key=(\w+)", head)

@@ -61,6 +61,25 @@ def _answer(
     ) + body
 
 
+_Handle = Callable[[Any, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+def _connection(talk: _Handle) -> _Handle:
+    """A test backend's connection handler: `talk` answers on the connection; a client gone
+    (or a wait past a bound of the backend's own) ends it quietly; the connection is closed
+    in any case."""
+
+    async def handle(self: Any, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await talk(self, reader, writer)
+        except (OSError, asyncio.IncompleteReadError, TimeoutError):
+            pass
+        finally:
+            writer.close()
+
+    return handle
+
+
 class Backend:
     """Answers every POST with `answer` (bytes) and closes; counts the POSTs."""
 
@@ -68,16 +87,12 @@ class Backend:
         self.answer = answer
         self.posts = 0
 
+    @_connection
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            if await _read_request(reader) == b"POST":
-                self.posts += 1
-            writer.write(self.answer)
-            await writer.drain()
-        except (OSError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
+        if await _read_request(reader) == b"POST":
+            self.posts += 1
+        writer.write(self.answer)
+        await writer.drain()
 
 
 @asynccontextmanager
@@ -206,27 +221,23 @@ class Slow:
         self.posts = 0
         self.first_post_at: float | None = None
 
+    @_connection
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            async with asyncio.timeout(self.limit_s):
-                if await _read_request(reader) != b"POST":
-                    writer.write(_answer(200))  # the probe's HEAD
-                    await writer.drain()
-                    return
-                self.posts += 1
-                self.first_post_at = self.first_post_at or time.monotonic()
-                await asyncio.sleep(self.delay_s)
-                body = b'{"accepted": 1}' + b" " * 200
-                writer.write(_answer(200, body=b"" if self.trickle_s else body, length=len(body)))
-                for byte in body if self.trickle_s else b"":
-                    await writer.drain()
-                    writer.write(bytes([byte]))
-                    await asyncio.sleep(self.trickle_s)
+        async with asyncio.timeout(self.limit_s):
+            if await _read_request(reader) != b"POST":
+                writer.write(_answer(200))  # the probe's HEAD
                 await writer.drain()
-        except (OSError, asyncio.IncompleteReadError, TimeoutError):
-            pass
-        finally:
-            writer.close()
+                return
+            self.posts += 1
+            self.first_post_at = self.first_post_at or time.monotonic()
+            await asyncio.sleep(self.delay_s)
+            body = b'{"accepted": 1}' + b" " * 200
+            writer.write(_answer(200, body=b"" if self.trickle_s else body, length=len(body)))
+            for byte in body if self.trickle_s else b"":
+                await writer.drain()
+                writer.write(bytes([byte]))
+                await asyncio.sleep(self.trickle_s)
+            await writer.drain()
 
 
 async def _slow_answer_times_out_overall(tmp_path: Path, backend: Slow) -> None:
@@ -384,27 +395,23 @@ class Conflicting:
         self.stored: list[str] = []
         self.posts = 0
 
+    @_connection
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            async with asyncio.timeout(10.0):
-                head, body = await _read_whole(reader)
-                if not head.startswith(b"POST"):
-                    writer.write(_answer(200))  # the probe's HEAD
-                    return
-                self.posts += 1
-                ids = [a["alert_id"] for a in json.loads(body)["alerts"]]
-                if dup := [i for i in ids if i in self.stored]:
-                    said = {"error": "duplicate alert_id", "alert_id": dup[0]}
-                    writer.write(_answer(409, body=json.dumps(said).encode()))
-                    return
-                self.stored += ids
-                if self.posts == 1:
-                    await asyncio.sleep(self.silent_s)  # the answer is lost
-                writer.write(_answer(200, body=b'{"accepted": %d}' % len(ids)))
-        except (OSError, asyncio.IncompleteReadError, TimeoutError):
-            pass
-        finally:
-            writer.close()
+        async with asyncio.timeout(10.0):
+            head, body = await _read_whole(reader)
+            if not head.startswith(b"POST"):
+                writer.write(_answer(200))  # the probe's HEAD
+                return
+            self.posts += 1
+            ids = [a["alert_id"] for a in json.loads(body)["alerts"]]
+            if dup := [i for i in ids if i in self.stored]:
+                said = {"error": "duplicate alert_id", "alert_id": dup[0]}
+                writer.write(_answer(409, body=json.dumps(said).encode()))
+                return
+            self.stored += ids
+            if self.posts == 1:
+                await asyncio.sleep(self.silent_s)  # the answer is lost
+            writer.write(_answer(200, body=b'{"accepted": %d}' % len(ids)))
 
 
 async def test_a_409_duplicate_after_a_lost_answer_counts_as_delivered_once(
@@ -436,23 +443,19 @@ class Narrow:
         self.delivered: list[str] = []
         self.posts = 0
 
+    @_connection
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            async with asyncio.timeout(10.0):
-                head, length = await _read_head(reader)
-                body = b""
-                while len(body) < length:
-                    body += await reader.readexactly(min(256, length - len(body)))
-                    await asyncio.sleep(256 / self.rate)
-                if head.startswith(b"POST"):
-                    self.posts += 1
-                    self.delivered += [a["alert_id"] for a in json.loads(body)["alerts"]]
-                writer.write(_answer(200, body=b"{}"))
-                await writer.drain()
-        except (OSError, asyncio.IncompleteReadError, TimeoutError):
-            pass
-        finally:
-            writer.close()
+        async with asyncio.timeout(10.0):
+            head, length = await _read_head(reader)
+            body = b""
+            while len(body) < length:
+                body += await reader.readexactly(min(256, length - len(body)))
+                await asyncio.sleep(256 / self.rate)
+            if head.startswith(b"POST"):
+                self.posts += 1
+                self.delivered += [a["alert_id"] for a in json.loads(body)["alerts"]]
+            writer.write(_answer(200, body=b"{}"))
+            await writer.drain()
 
 
 async def test_a_batch_too_slow_for_the_link_is_halved_not_resent_forever(
@@ -667,25 +670,21 @@ class Throttled:
     def too_big(self) -> int:
         return sum(1 for n in self.sizes if n > self.fits)
 
+    @_connection
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head, body = await _read_whole(reader)
-            if not head.startswith(b"POST"):
-                writer.write(_answer(200))
-                return
-            alerts = json.loads(body)["alerts"]
-            self.sizes.append(len(alerts))
-            if len(alerts) > self.fits:
-                await asyncio.sleep(self.slow_s)
-                writer.write(_answer(self.status))
-            else:
-                self.delivered |= {a["alert_id"] for a in alerts}
-                writer.write(_answer(200, body=b"{}"))
-            await writer.drain()
-        except (OSError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
+        head, body = await _read_whole(reader)
+        if not head.startswith(b"POST"):
+            writer.write(_answer(200))
+            return
+        alerts = json.loads(body)["alerts"]
+        self.sizes.append(len(alerts))
+        if len(alerts) > self.fits:
+            await asyncio.sleep(self.slow_s)
+            writer.write(_answer(self.status))
+        else:
+            self.delivered |= {a["alert_id"] for a in alerts}
+            writer.write(_answer(200, body=b"{}"))
+        await writer.drain()
 
 
 async def _settles_on_what_fits(tmp_path: Path, backend: Throttled, **cfg: float) -> None:
@@ -748,21 +747,17 @@ class Picky(Backend):
         self.bad = bad
         self.delivered: list[str] = []
 
+    @_connection
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            _, body = await _read_whole(reader)
-            ids = [a["alert_id"] for a in json.loads(body).get("alerts", [])]
-            self.posts += 1
-            if self.bad.intersection(ids):
-                writer.write(_typed(400, b"text/html", NGINX_400))
-            else:
-                self.delivered += ids
-                writer.write(_answer(200, body=b"{}"))
-            await writer.drain()
-        except (OSError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
+        _, body = await _read_whole(reader)
+        ids = [a["alert_id"] for a in json.loads(body).get("alerts", [])]
+        self.posts += 1
+        if self.bad.intersection(ids):
+            writer.write(_typed(400, b"text/html", NGINX_400))
+        else:
+            self.delivered += ids
+            writer.write(_answer(200, body=b"{}"))
+        await writer.drain()
 
 
 async def test_an_endpoint_refusing_everything_dead_letters_no_more_as_backoffs_pass(
@@ -812,18 +807,14 @@ class _Sluggish:
         self.delay_s = delay_s
         self.posts = 0
 
+    @_connection
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                await _read_request(reader)
-                self.posts += 1
-                await asyncio.sleep(self.delay_s)
-                writer.write(_answer(200, body=b"{}"))
-                await writer.drain()
-        except (OSError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
+        while True:
+            await _read_request(reader)
+            self.posts += 1
+            await asyncio.sleep(self.delay_s)
+            writer.write(_answer(200, body=b"{}"))
+            await writer.drain()
 
 
 async def test_a_steady_alert_stream_does_not_starve_a_slow_summaries_endpoint(
@@ -912,26 +903,22 @@ class Scripted(Backend):
         self.script = script
         self.delivered: list[str] = []
 
+    @_connection
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head, body = await _read_whole(reader)
-            if not head.startswith(b"POST"):
-                writer.write(_answer(200))
-                return
-            status = self.script[min(self.posts, len(self.script) - 1)]
-            self.posts += 1
-            if status == 200:
-                self.delivered += [a["alert_id"] for a in json.loads(body)["alerts"]]
-                writer.write(_answer(200, body=b"{}"))
-            elif status == 400:
-                writer.write(_typed(400, b"text/html", NGINX_400))
-            else:
-                writer.write(_answer(status))
-            await writer.drain()
-        except (OSError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
+        head, body = await _read_whole(reader)
+        if not head.startswith(b"POST"):
+            writer.write(_answer(200))
+            return
+        status = self.script[min(self.posts, len(self.script) - 1)]
+        self.posts += 1
+        if status == 200:
+            self.delivered += [a["alert_id"] for a in json.loads(body)["alerts"]]
+            writer.write(_answer(200, body=b"{}"))
+        elif status == 400:
+            writer.write(_typed(400, b"text/html", NGINX_400))
+        else:
+            writer.write(_answer(status))
+        await writer.drain()
 
 
 async def test_a_canary_delivered_before_an_outage_proves_nothing_after_it(
@@ -1022,16 +1009,12 @@ async def test_an_alert_held_on_a_quiet_plant_holds_no_summary_back(tmp_path: Pa
 class SummariesDown(Backend):
     """Takes every alert (200); its summaries endpoint answers 404 (a wrong summaries_url)."""
 
+    @_connection
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head, _ = await _read_whole(reader)
-            self.posts += head.startswith(b"POST /alerts")
-            writer.write(_answer(200 if b" /alerts " in head else 404, body=b"{}"))
-            await writer.drain()
-        except (OSError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
+        head, _ = await _read_whole(reader)
+        self.posts += head.startswith(b"POST /alerts")
+        writer.write(_answer(200 if b" /alerts " in head else 404, body=b"{}"))
+        await writer.drain()
 
 
 async def test_failing_summaries_do_not_say_the_alerts_fail(tmp_path: Path) -> None:

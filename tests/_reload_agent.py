@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 
 from agent.demo import SimProcess
-from tests.conftest import agent_process, free_port
+from tests.conftest import agent_process, free_port, started
 
 TOKEN = "reload-token"
 TOKEN_B = "rotated-token"  # backend B takes only this one
@@ -83,12 +83,12 @@ async def running(workdir: Path, *, link: bool = False) -> AsyncIterator[dict[st
     """Two backends (A, B), two Modbus simulators, the agent on A with m1, m2 (simulator 1)
     and m3 (simulator 2); link: agent.yaml is a symlink to v1.yaml (as a deployment tool
     that swaps a link to the release makes it)."""
-    async with (
-        SimProcess.backend(workdir / "a.db", TOKEN) as a,
-        SimProcess.backend(workdir / "b.db", TOKEN_B) as b,
-        SimProcess.modbus(["1:healthy", "2:healthy", "3:healthy"], 600.0) as m,
-        SimProcess.modbus(["1:healthy", "2:healthy"], 600.0) as m_other,
-    ):
+    async with started(
+        SimProcess.backend(workdir / "a.db", TOKEN),
+        SimProcess.backend(workdir / "b.db", TOKEN_B),
+        SimProcess.modbus(["1:healthy", "2:healthy", "3:healthy"], 600.0),
+        SimProcess.modbus(["1:healthy", "2:healthy"], 600.0),
+    ) as (a, b, m, m_other):
         d: dict[str, Any] = {
             "dir": workdir, "health": free_port(), "a": a.info["url"], "b": b.info["url"],
             "port": m.info["port"], "other_port": m_other.info["port"],

@@ -23,7 +23,7 @@ from agent.config import load_config
 from agent.demo import SimProcess
 from agent.runtime import Agent
 from agent.store import StoreInUseError
-from tests.conftest import agent_process, free_port
+from tests.conftest import agent_process, free_port, started
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 
@@ -64,10 +64,10 @@ control: {{socket: "{control}"}}
 @pytest.fixture
 async def sims(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
     # A short life: zone C after ~5 s, D after ~8 s.
-    async with (
-        SimProcess.backend(tmp_path / "backend.db", TOKEN) as backend,
-        SimProcess.modbus(["1:degrade", "2:healthy"], LIFE_S) as modbus,
-    ):
+    async with started(
+        SimProcess.backend(tmp_path / "backend.db", TOKEN),
+        SimProcess.modbus(["1:degrade", "2:healthy"], LIFE_S),
+    ) as (backend, modbus):
         yield {"backend": backend.info, "modbus": modbus.info}
 
 
@@ -248,10 +248,10 @@ def test_sigterm_flushes_and_exits_cleanly(tmp_path: Path) -> None:
     """`edge-agent run` under a service manager: SIGTERM -> exit 0, store intact."""
 
     async def scenario() -> tuple[int, str]:
-        async with (
-            SimProcess.backend(tmp_path / "b.db", TOKEN) as b,
-            SimProcess.modbus(["1:degrade", "2:healthy"], LIFE_S) as m,
-        ):
+        async with started(
+            SimProcess.backend(tmp_path / "b.db", TOKEN),
+            SimProcess.modbus(["1:degrade", "2:healthy"], LIFE_S),
+        ) as (b, m):
             cfg = write_config(tmp_path, {"backend": b.info, "modbus": m.info})
             proc = await agent_process(cfg, stderr=asyncio.subprocess.PIPE)
             await wait_for(b.info["url"], lambda a: len(a) >= 1, timeout_s=40)
@@ -267,10 +267,10 @@ def test_sigterm_flushes_and_exits_cleanly(tmp_path: Path) -> None:
 
 
 async def test_dead_sensor_raises_a_fault_and_does_not_stall_the_others(tmp_path: Path) -> None:
-    async with (
-        SimProcess.backend(tmp_path / "b.db", TOKEN) as b,
-        SimProcess.modbus(["1:degrade", "2:dead"], LIFE_S) as m,
-    ):
+    async with started(
+        SimProcess.backend(tmp_path / "b.db", TOKEN),
+        SimProcess.modbus(["1:degrade", "2:dead"], LIFE_S),
+    ) as (b, m):
         cfg = write_config(tmp_path, {"backend": b.info, "modbus": m.info})
         agent, task = await run_agent(cfg)
         try:

@@ -25,7 +25,7 @@ import pytest
 from agent.control import ControlError, call
 from agent.demo import SimProcess
 from agent.maintenance import OP
-from tests.conftest import free_port
+from tests.conftest import free_port, started
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 
@@ -119,10 +119,9 @@ async def test_kill9_loop_loses_no_acknowledged_alert(tmp_path: Path) -> None:
     health_port = free_port()
     socket = tmp_path / "control.sock"
     accepted: dict[str, dict[str, Any]] = {}
-    async with (
-        SimProcess.backend(tmp_path / "backend.db", TOKEN) as backend,
-        SimProcess.modbus(["1:healthy"], 600.0) as modbus,
-    ):
+    async with started(
+        SimProcess.backend(tmp_path / "backend.db", TOKEN), SimProcess.modbus(["1:healthy"], 600.0)
+    ) as (backend, modbus):
         url = backend.info["url"]
         config = tmp_path / "agent.yaml"
         config.write_text(

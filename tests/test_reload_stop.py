@@ -33,6 +33,7 @@ from agent.demo_sims import SimProcess
 from agent.reload_client import request_reload
 from agent.runtime import Agent
 from tests.agent.test_reload_mqtt import until
+from tests.conftest import started
 from tests.mosquitto import Mosquitto
 from tests.test_reload import _backend, _flow
 
@@ -279,10 +280,10 @@ def _stored(d: dict[str, Any]) -> set[str]:
 
 async def test_a_reload_racing_a_stop_is_applied_before_it_or_refused(tmp_path: Path) -> None:
     with Mosquitto(tmp_path / "broker") as broker:
-        async with (
-            SimProcess.backend(tmp_path / "backend.db", TOKEN) as backend,
-            SimProcess.modbus(["1:healthy", "2:healthy", "3:healthy"], 600.0) as sim,
-        ):
+        async with started(
+            SimProcess.backend(tmp_path / "backend.db", TOKEN),
+            SimProcess.modbus(["1:healthy", "2:healthy", "3:healthy"], 600.0),
+        ) as (backend, sim):
             d: dict[str, Any] = {
                 "dir": tmp_path, "config": tmp_path / "agent.yaml", "mqtt": broker.port,
                 "modbus": sim.info["port"], "backend": backend.info["url"], "accepted": {},

@@ -44,19 +44,29 @@ def config(tmp_path: Path, prior: bool) -> Config:
     )
 
 
+def reading(rng: random.Random, v: float, minute: int, noise: float = 0.03) -> Reading:
+    """m1's reading at `minute` at velocity level v (+/- `noise`; accel scaled with it)."""
+    k = 1.0 + noise * rng.gauss(0.0, 1.0)
+    feats = {"velocity_rms_mm_s": v * k, "accel_rms_g": 0.05 * v * k,
+             "hf_accel_rms_g": 0.02 * v * k, "kurtosis": 3.0}  # fmt: skip
+    return Reading("m1", "z", T0 + timedelta(minutes=minute), feats, mono_s=60.0 * minute)
+
+
 def run(
-    m: Monitor, levels: list[float], seed: int = 2, hours: list[float | None] | None = None
+    m: Monitor,
+    levels: list[float],
+    seed: int = 2,
+    hours: list[float | None] | None = None,
+    *,
+    noise: float = 0.03,
+    minutes: list[int] | None = None,
 ) -> list[dict]:
-    """One reading a minute at each velocity level (+/- 3 % noise; accel scaled with it);
+    """One reading a minute (or at `minutes`) at each velocity level (+/- 3 % noise);
     returns the records of the trend alert (hours: gets the estimate after each reading)."""
     rng = random.Random(seed)
     out = []
-    for i, v in enumerate(levels):
-        noise = 1.0 + 0.03 * rng.gauss(0.0, 1.0)
-        feats = {"velocity_rms_mm_s": v * noise, "accel_rms_g": 0.05 * v * noise,
-                 "hf_accel_rms_g": 0.02 * v * noise, "kurtosis": 3.0}  # fmt: skip
-        at = T0 + timedelta(minutes=i)
-        for d in m.update(Reading("m1", "z", at, feats, mono_s=60.0 * i)).drafts:
+    for i, v in zip(range(len(levels)) if minutes is None else minutes, levels, strict=True):
+        for d in m.update(reading(rng, v, i, noise)).drafts:
             if d.kind == "trend":
                 out.append(d.record(gateway_id="gw-t", seq=len(out) + 1))
         if hours is not None:
@@ -69,10 +79,7 @@ async def stored(ob: Outbox, m: Monitor, levels: list[float], start: int) -> lis
     rng = random.Random(2 + start)
     out = []
     for i, v in enumerate(levels, start):
-        noise = 1.0 + 0.03 * rng.gauss(0.0, 1.0)
-        feats = {"velocity_rms_mm_s": v * noise, "accel_rms_g": 0.05 * v * noise,
-                 "hf_accel_rms_g": 0.02 * v * noise, "kurtosis": 3.0}  # fmt: skip
-        up = m.update(Reading("m1", "z", T0 + timedelta(minutes=i), feats, mono_s=60.0 * i))
+        up = m.update(reading(rng, v, i))
         out += [r for r in await ob.append(up.drafts, up.state) if r["kind"] == "trend"]
     return out
 
@@ -178,18 +185,9 @@ def test_a_critical_is_not_revised_while_the_failure_is_inside_its_bounds(tmp_pa
     own upper bound (FEMTO Bearing1_1 v: 0.48 h [0.33, 4.0] revised 29 min on, 16 min
     before the failure). Now a revision waits for the upper bound."""
     m = Monitor(config(tmp_path, False))
-    rng = random.Random(2)
     levels = [1.0] * 120 + [math.exp(0.02 * i) for i in range(30)]
     levels += [levels[-1]] * 240
-    recs = []
-    for i, v in enumerate(levels):
-        noise = 1.0 + 0.1 * rng.gauss(0.0, 1.0)
-        feats = {"velocity_rms_mm_s": v * noise, "accel_rms_g": 0.05 * v * noise,
-                 "hf_accel_rms_g": 0.02 * v * noise, "kurtosis": 3.0}  # fmt: skip
-        at = T0 + timedelta(minutes=i)
-        for d in m.update(Reading("m1", "z", at, feats, mono_s=60.0 * i)).drafts:
-            if d.kind == "trend":
-                recs.append(d.record(gateway_id="gw-t", seq=len(recs) + 1))
+    recs = run(m, levels, noise=0.1)
     crit = [r for r in recs if level(r) == "critical"]
     rev = [r for r in recs if r["evidence"].get("revision")]
     assert crit and rev  # the scenario: a critical, then flat for hours
@@ -232,7 +230,6 @@ def test_a_critical_with_bounds_of_years_is_revised_once_the_horizon_has_passed(
     for its upper bound would hold it for years. The critical claimed a failure within the
     planning horizon (168 h): once that has passed, flat, it is revised."""
     m = Monitor(config(tmp_path, True))
-    rng = random.Random(2)
     # Jump, growth, flat: the growth ends 70 min after the jump, within minutes of the
     # critical (one whose metric grows on after it is a failure late, not called off).
     levels = [1.0] * 120 + [2.0 * math.exp(0.005 * i) for i in range(70)]
@@ -240,15 +237,7 @@ def test_a_critical_with_bounds_of_years_is_revised_once_the_horizon_has_passed(
     for _ in range(360):  # then flat, one reading every 30 min for 180 h
         minutes.append(minutes[-1] + 30)
         levels.append(levels[-1])
-    recs = []
-    for i, v in zip(minutes, levels, strict=True):
-        noise = 1.0 + 0.03 * rng.gauss(0.0, 1.0)
-        feats = {"velocity_rms_mm_s": v * noise, "accel_rms_g": 0.05 * v * noise,
-                 "hf_accel_rms_g": 0.02 * v * noise, "kurtosis": 3.0}  # fmt: skip
-        at = T0 + timedelta(minutes=i)
-        for d in m.update(Reading("m1", "z", at, feats, mono_s=60.0 * i)).drafts:
-            if d.kind == "trend":
-                recs.append(d.record(gateway_id="gw-t", seq=len(recs) + 1))
+    recs = run(m, levels, minutes=minutes)
     crit = [r for r in recs if level(r) == "critical"]
     assert crit and crit[0]["time_to_failure"]["upper_hours"] > 10_000  # the scenario
     rev = [r for r in recs if r["evidence"].get("revision")]

@@ -24,19 +24,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import platform
-import signal
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from _modbus_sim import modbus_simulator  # noqa: E402  (beside this script)
 
 from drivers.modbus import (  # noqa: E402
     Backoff,
@@ -61,28 +60,6 @@ def velocity(device_id: int) -> float:
     return round(1.0 + 0.01 * device_id, 3)
 
 
-@contextlib.asynccontextmanager
-async def simulator(args: list[str]) -> AsyncIterator[dict[str, Any]]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "simulators.cli", "modbus", *args,
-        stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL, cwd=REPO,
-    )  # fmt: skip
-    assert proc.stdout is not None
-    try:
-        async with asyncio.timeout(20):
-            while not (line := await proc.stdout.readline()).startswith(b"READY "):
-                if not line:
-                    raise RuntimeError("simulator exited")
-        yield json.loads(line[6:])
-    finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 10)
-            except TimeoutError:
-                proc.kill()
-
-
 async def run_case(
     line: str, case: str, args: argparse.Namespace, pty: tuple[str, str] | None
 ) -> dict[str, Any]:
@@ -104,7 +81,7 @@ async def run_case(
     else:
         baud = GATEWAY_BAUD
         sim_args += ["--gateway", "--line-baud", str(baud), "--gateway-timeout", "0.5"]
-    async with simulator(sim_args) as info:
+    async with modbus_simulator(sim_args, REPO) as info:
         if line.startswith("rtu"):
             assert pty is not None
             links: list[Any] = [RtuLink(pty[0], baudrate=baud)]

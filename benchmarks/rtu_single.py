@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import math
 import os
-import signal
 import statistics
-import sys
 import time
 from pathlib import Path
+
+from _modbus_sim import modbus_simulator  # beside this script
 
 from drivers.modbus import Bus, ModbusPoller, RtuLink, plan_profile
 from drivers.profiles import load_profile
@@ -33,35 +32,15 @@ from simulators.serial_pair import pty_pair
 TREE = Path(os.environ.get("PYTHONPATH", ".").split(os.pathsep)[0]).resolve()
 
 
-@contextlib.asynccontextmanager
-async def simulator(args: list[str]):
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "simulators.cli", "modbus", *args,
-        stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL, cwd=TREE,
-    )  # fmt: skip
-    assert proc.stdout is not None
-    try:
-        async with asyncio.timeout(20):
-            while not (line := await proc.stdout.readline()).startswith(b"READY "):
-                if not line:
-                    raise RuntimeError("simulator exited")
-        yield
-    finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 10)
-            except TimeoutError:
-                proc.kill()
-
-
 async def run_case(baud: int, blocks: int, duration: float, guard: float | None) -> dict:
     profile = load_profile("banner-qm30vt2")
     full = plan_profile(profile)
     regs = sum(b.count for b in full.blocks)
     plan = plan_profile(profile, max_count=math.ceil(regs / blocks))
     with pty_pair() as pty:
-        async with simulator(["--device", "1:velocity=1.01", "--rtu", pty[1], "--baud", str(baud)]):
+        async with modbus_simulator(
+            ["--device", "1:velocity=1.01", "--rtu", pty[1], "--baud", str(baud)], TREE
+        ):
             # repeat_guard_s exists from 8cfd4cf's parent on; older trees do not take it
             extra = {} if guard is None else {"repeat_guard_s": guard}
             bus = Bus("rtu", "rtu", [RtuLink(pty[0], baudrate=baud, **extra)])

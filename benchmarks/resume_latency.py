@@ -46,6 +46,7 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from agent.control import call
 from agent.maintenance import OP
+from tests.agent._configs import press_yaml
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "bench-token"
@@ -53,23 +54,6 @@ READY_TIMEOUT_S = 20.0
 POLL_S = 0.02
 RESUME_LIMIT_S = 60.0
 ALERTS_PER_OUTAGE = 3
-CONFIG = """\
-gateway: {{id: gw-bench}}
-assets:
-  - id: press-7
-    tier: 1
-    machine: {{standard: iso10816-3, group: 2, foundation: rigid, rpm: 1480}}
-sensors:
-  - id: m1
-    asset: press-7
-    modbus: {{host: 127.0.0.1, port: {modbus_port}, device_id: 1, timeout_s: 0.3}}
-    poll_interval_s: 1
-uplinks:
-  - http: {{url: "{url}", token: {token}, probe_interval_s: {probe}}}
-store: {{path: "{store}"}}
-health: {{port: {health_port}}}
-control: {{socket: "{socket}"}}
-"""
 
 
 def free_port() -> int:
@@ -148,9 +132,11 @@ async def run_mode(a: argparse.Namespace, tmp: Path, probe_s: float) -> dict[str
     await modbus.start()
     url = backend.info["url"]
     cfg = tmp / "agent.yaml"
-    cfg.write_text(CONFIG.format(modbus_port=modbus.info["port"], url=url, token=TOKEN,
-                                 probe=probe_s, store=tmp / "outbox.db",
-                                 health_port=health_port, socket=tmp / "control.sock"))  # fmt: skip
+    m1 = f"{{host: 127.0.0.1, port: {modbus.info['port']}, device_id: 1, timeout_s: 0.3}}"
+    http = f'{{url: "{url}", token: {TOKEN}, probe_interval_s: {probe_s}}}'
+    cfg.write_text(press_yaml("gw-bench", m1, tmp / "outbox.db", tmp / "control.sock",
+                              poll_interval_s=1, uplinks=f"  - http: {http}\n",
+                              health_port=health_port))  # fmt: skip
     agent = Proc("-m", "agent.cli", "run", "-c", str(cfg), log=tmp / "agent.log")
     await agent.start(wait_ready=False)
     health = f"http://127.0.0.1:{health_port}/healthz"

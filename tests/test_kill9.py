@@ -25,6 +25,7 @@ import pytest
 from agent.control import ControlError, call
 from agent.demo import SimProcess
 from agent.maintenance import OP
+from tests.agent._configs import press_yaml
 from tests.conftest import free_port, started
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
@@ -33,23 +34,6 @@ pytestmark = [pytest.mark.network, pytest.mark.slow]
 # and POSTs); each costs an agent start, so 20 took ~40 s under load. KILL9_KILLS: a longer hunt.
 KILLS = int(os.environ.get("KILL9_KILLS", "12"))
 TOKEN = "kill9-token"
-CONFIG = """\
-gateway: {{id: gw-k9}}
-assets:
-  - id: press-7
-    tier: 1
-    machine: {{standard: iso10816-3, group: 2, foundation: rigid, rpm: 1480}}
-sensors:
-  - id: m1
-    asset: press-7
-    modbus: {{host: 127.0.0.1, port: {modbus_port}, device_id: 1, timeout_s: 0.3}}
-    poll_interval_s: 0.5
-uplinks:
-  - http: {{url: "{url}", token: {token}, timeout_s: 2, max_backoff_s: 1, batch_size: 20}}
-store: {{path: "{store}"}}
-health: {{port: {health_port}}}
-control: {{socket: "{socket}"}}
-"""
 
 
 def _repair(socket: Path, note: str) -> list[dict[str, Any]]:
@@ -124,11 +108,11 @@ async def test_kill9_loop_loses_no_acknowledged_alert(tmp_path: Path) -> None:
     ) as (backend, modbus):
         url = backend.info["url"]
         config = tmp_path / "agent.yaml"
+        m1 = f"{{host: 127.0.0.1, port: {modbus.info['port']}, device_id: 1, timeout_s: 0.3}}"
+        http = f'{{url: "{url}", token: {TOKEN}, timeout_s: 2, max_backoff_s: 1, batch_size: 20}}'
         config.write_text(
-            CONFIG.format(
-                modbus_port=modbus.info["port"], url=url, token=TOKEN,
-                store=tmp_path / "outbox.db", health_port=health_port, socket=socket,
-            )
+            press_yaml("gw-k9", m1, tmp_path / "outbox.db", socket, poll_interval_s=0.5,
+                       uplinks=f"  - http: {http}\n", health_port=health_port)
         )  # fmt: skip
         stop = asyncio.Event()
         flows = [asyncio.create_task(_flow(socket, accepted, stop)) for _ in range(4)]

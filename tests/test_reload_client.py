@@ -16,20 +16,13 @@ from agent import reload_client
 from agent.config import Control
 from agent.control import ControlServer, Peer, Refused
 from agent.reload_client import EXIT_INVALID, request_reload
+from tests.agent._configs import press_yaml
 
-GOOD = """\
-gateway: {{id: gw-rc}}
-assets:
-  - id: press-7
-    tier: 1
-    machine: {{standard: iso10816-3, group: 2, foundation: rigid, rpm: 1480}}
-sensors:
-  - id: m1
-    asset: press-7
-    modbus: {{host: 127.0.0.1, port: 5020, device_id: 1}}
-store: {{path: "{dir}/outbox.db"}}
-control: {{socket: "{dir}/control.sock"}}
-"""
+
+def _good(folder: Path) -> str:
+    """A valid file of 11 lines (the broken one's YAML error is on line 13)."""
+    modbus = "{host: 127.0.0.1, port: 5020, device_id: 1}"
+    return press_yaml("gw-rc", modbus, folder / "outbox.db", folder / "control.sock")
 
 
 @pytest.fixture(autouse=True)
@@ -59,7 +52,7 @@ def test_a_file_that_does_not_load_is_reported_as_invalid(
     tmp_path: Path, broken: str, where: str
 ) -> None:
     path = tmp_path / "agent.yaml"
-    path.write_text(broken.format(good=GOOD.format(dir=tmp_path)))
+    path.write_text(broken.format(good=_good(tmp_path)))
     out, err = io.StringIO(), io.StringIO()
     code = request_reload(path, out, err)
     said = err.getvalue()
@@ -84,7 +77,7 @@ async def test_a_file_that_does_not_load_beside_another_agent_is_reported_as_inv
         raise Refused("this agent runs with /etc/edge-agent/other.yaml")
 
     path = tmp_path / "agent.yaml"
-    path.write_text(GOOD.format(dir=tmp_path) + "sensors: [\n")
+    path.write_text(_good(tmp_path) + "sensors: [\n")
     sock.parent.mkdir(parents=True, exist_ok=True)
     async with ControlServer(sock, group=None, identity=lambda: other, handlers={"reload": reload}):
         out, err = io.StringIO(), io.StringIO()

@@ -48,3 +48,28 @@ def write_yaml(config: Config, path: Path) -> Path:
     """The configuration as the YAML file a user would write (for `edge-agent` processes)."""
     path.write_text(yaml.safe_dump(config.model_dump(mode="json", by_alias=True)))
     return path
+
+
+def press_yaml(
+    gateway: str,
+    modbus: str,
+    store: Path | str,
+    control: Path | str,
+    *,
+    poll_interval_s: float | None = None,
+    uplinks: str = "",
+    health_port: int | None = None,
+) -> str:
+    """press-7 (without a name) with m1 on it, as the YAML an `edge-agent` process reads:
+    `modbus` is m1's modbus mapping in flow style, `uplinks` the uplinks: entries if any."""
+    poll = "" if poll_interval_s is None else f"    poll_interval_s: {poll_interval_s}\n"
+    return (
+        f"gateway: {{id: {gateway}}}\n"
+        "assets:\n  - id: press-7\n    tier: 1\n"
+        "    machine: {standard: iso10816-3, group: 2, foundation: rigid, rpm: 1480}\n"
+        f"sensors:\n  - id: m1\n    asset: press-7\n    modbus: {modbus}\n{poll}"
+        + (f"uplinks:\n{uplinks}" if uplinks else "")
+        + f'store: {{path: "{store}"}}\n'
+        + ("" if health_port is None else f"health: {{port: {health_port}}}\n")
+        + f'control: {{socket: "{control}"}}\n'
+    )

@@ -35,7 +35,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from drivers.profiles import ALL_CHANNELS, Profile, load_profile
@@ -114,7 +114,9 @@ class SimDevice:
 def parse_device(spec: str, *, seed: int = 0, life_s: float = 60.0) -> SimDevice:
     """Parse ``ID:TOKEN[,TOKEN...]``: a scenario name and/or a fault mode.
 
-    Examples: ``1:degrade``, ``3:dead``, ``4:slow=2.0``, ``5:healthy,exception=6``.
+    Examples: ``1:degrade``, ``3:dead``, ``4:slow=2.0``, ``5:healthy,exception=6``;
+    ``1:degrade,onset=0`` degrades from the start (``onset``: the part of the life it runs
+    healthy first, 0.25 by default).
 
     Raises:
         ValueError: a malformed spec, with the reason.
@@ -125,6 +127,7 @@ def parse_device(spec: str, *, seed: int = 0, life_s: float = 60.0) -> SimDevice
     device_id = int(ident)
     scenario_name, fault = "healthy", Fault()
     velocity: float | None = None
+    onset: float | None = None
     for token in filter(None, (t.strip() for t in rest.split(","))):
         name, _, value = token.partition("=")
         try:
@@ -132,6 +135,8 @@ def parse_device(spec: str, *, seed: int = 0, life_s: float = 60.0) -> SimDevice
                 scenario_name = name
             elif name == "velocity":
                 velocity = float(value)
+            elif name == "onset":
+                onset = float(value)
             elif name == "dead" and not value:
                 fault = Fault("dead")
             elif name == "slow":
@@ -145,11 +150,16 @@ def parse_device(spec: str, *, seed: int = 0, life_s: float = 60.0) -> SimDevice
         except ValueError:
             raise ValueError(
                 f"device {spec!r}: bad token {token!r}; use one of {', '.join(SCENARIOS)}, "
-                f"velocity=MM_S, dead, slow=SECONDS, exception[=CODE], {', '.join(GARBAGE)}"
+                f"velocity=MM_S, onset=FRACTION, dead, slow=SECONDS, exception[=CODE], "
+                f"{', '.join(GARBAGE)}"
             ) from None
     if fault.kind == "slow" and fault.delay_s < 0:
         raise ValueError(f"device {spec!r}: slow delay must be >= 0")
     scenario = make_scenario(scenario_name, seed=seed + device_id, life_s=life_s)
+    if onset is not None:
+        if not isinstance(scenario, Degrade) or not 0.0 <= onset < 1.0:
+            raise ValueError(f"device {spec!r}: onset=FRACTION goes with degrade, 0 <= it < 1")
+        scenario = replace(scenario, healthy_fraction=onset)
     if velocity is not None:  # fixed values: each device tells itself apart by this one
         scenario = Constant({"velocity_rms_mm_s": velocity})
     return SimDevice(device_id, scenario, fault)
@@ -422,7 +432,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         metavar="ID:SPEC",
         help="a device: ID:SCENARIO[,FAULT] with SCENARIO healthy|degrade|velocity=MM_S (fixed "
-        "values) and FAULT dead|"
+        "values) (degrade,onset=FRACTION: healthy for that part of the life first, default "
+        "0.25) and FAULT dead|"
         "slow=SECONDS|exception[=CODE]|ffff|zero|nan|short|garbled|wrong_id; repeatable "
         "(default 1:healthy)",
     )

@@ -152,7 +152,12 @@ def test_parse_device_specs() -> None:
     assert isinstance(d.scenario, Degrade) and d.scenario.life_s == 30
     assert d.fault == Fault("exception", code=6)
     assert parse_device("3:dead").fault.kind == "dead"
-    for bad in ("x:healthy", "1:sick", "300:healthy", "1", "1:slow=abc"):
+    d = parse_device("1:degrade,onset=0", life_s=9)  # degrades from its first second
+    assert isinstance(d.scenario, Degrade) and d.scenario.healthy_fraction == 0.0
+    assert d.scenario.sample(1.0)["z"]["velocity_rms_mm_s"] > 1.2
+    bad_specs = ("x:healthy", "1:sick", "300:healthy", "1", "1:slow=abc", "1:healthy,onset=0",
+                 "1:degrade,onset=1", "1:degrade,onset=x")  # fmt: skip
+    for bad in bad_specs:
         with pytest.raises(ValueError, match="device"):
             parse_device(bad)
 

@@ -30,7 +30,10 @@ pytestmark = [pytest.mark.network, pytest.mark.slow]
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA = json.loads((REPO / "agent" / "schemas" / "alert-v1.json").read_text())
 TOKEN = "test-token-123"
-LIFE_S = 12.0  # seconds until the simulated bearing fails
+# The bearing degrades from the simulator's start (no healthy first quarter: these tests
+# learn no baseline) and fails in 9 s: zone C after ~4.5 s, D after ~6.6 s, ~2 s apart.
+LIFE_S = 9.0
+DEGRADING = "1:degrade,onset=0"
 
 CONFIG = """\
 gateway: {{id: gw-e2e}}
@@ -63,10 +66,9 @@ control: {{socket: "{control}"}}
 
 @pytest.fixture
 async def sims(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
-    # A short life: zone C after ~5 s, D after ~8 s.
     async with started(
         SimProcess.backend(tmp_path / "backend.db", TOKEN),
-        SimProcess.modbus(["1:degrade", "2:healthy"], LIFE_S),
+        SimProcess.modbus([DEGRADING, "2:healthy"], LIFE_S),
     ) as (backend, modbus):
         yield {"backend": backend.info, "modbus": modbus.info}
 
@@ -250,7 +252,7 @@ def test_sigterm_flushes_and_exits_cleanly(tmp_path: Path) -> None:
     async def scenario() -> tuple[int, str]:
         async with started(
             SimProcess.backend(tmp_path / "b.db", TOKEN),
-            SimProcess.modbus(["1:degrade", "2:healthy"], LIFE_S),
+            SimProcess.modbus([DEGRADING, "2:healthy"], LIFE_S),
         ) as (b, m):
             cfg = write_config(tmp_path, {"backend": b.info, "modbus": m.info})
             proc = await agent_process(cfg, stderr=asyncio.subprocess.PIPE)
@@ -269,7 +271,7 @@ def test_sigterm_flushes_and_exits_cleanly(tmp_path: Path) -> None:
 async def test_dead_sensor_raises_a_fault_and_does_not_stall_the_others(tmp_path: Path) -> None:
     async with started(
         SimProcess.backend(tmp_path / "b.db", TOKEN),
-        SimProcess.modbus(["1:degrade", "2:dead"], LIFE_S),
+        SimProcess.modbus([DEGRADING, "2:dead"], LIFE_S),
     ) as (b, m):
         cfg = write_config(tmp_path, {"backend": b.info, "modbus": m.info})
         agent, task = await run_agent(cfg)

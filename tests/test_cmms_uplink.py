@@ -117,14 +117,17 @@ async def test_work_orders_survive_kill9_and_outage_without_duplicates(tmp_path:
             repair = await _cli(config, "maintenance", "--asset", "press-7", "--note",
                                 "drive-end bearing replaced")  # fmt: skip
             repair_id = repair[0]["alert_id"]
+            # Both views of the store at once (each is an `edge-agent` start of its own).
+            listed, lines = await asyncio.gather(
+                _cli(config, "alerts"), _cli(config, "alerts", json_lines=False)
+            )
             # The repair opens no work order: it never waits for the CMMS, which is down,
             # while the interrupted finding does.
-            shown = {r["alert_id"]: r for r in await _cli(config, "alerts")}
+            shown = {r["alert_id"]: r for r in listed}
             assert shown[repair_id]["_delivered_at"] is not None
             assert "cmms" not in shown[repair_id]["_deliveries"]
             assert {r["_deliveries"]["cmms"]["state"] for r in shown.values()
                     if "cmms" in r["_deliveries"]} == {"pending"}  # fmt: skip
-            lines = await _cli(config, "alerts", json_lines=False)
             assert any(repair_id in ln and ln.endswith("; kept here: no configured uplink "
                        "carries it") for ln in lines)  # fmt: skip
             async with SimProcess.cmms(cmms_db, TOKEN, cmms_port):

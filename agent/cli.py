@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -102,7 +103,9 @@ def _cmd_reload(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from agent.demo import DemoOptions, run_demo
 
-    opts = DemoOptions(args.duration, args.life_s, args.workdir, args.keep, args.json)
+    opts = DemoOptions(
+        args.duration, args.life_s, args.workdir, args.keep, args.json, args.status_every
+    )
     return run_demo(opts)
 
 
@@ -209,6 +212,16 @@ def _add_reload(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.set_defaults(func=_cmd_reload)
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value > 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
+    return value
+
+
 def _add_demo(sub: argparse._SubParsersAction[_Parser]) -> None:
     p = sub.add_parser("demo", help="run the whole chain here with simulators (no setup)")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
@@ -217,6 +230,12 @@ def _add_demo(sub: argparse._SubParsersAction[_Parser]) -> None:
         type=float,
         default=60.0,
         help="seconds until the simulated bearing fails (default 60)",
+    )
+    p.add_argument(
+        "--status-every",
+        type=_seconds,
+        default=10.0,
+        help="seconds between the 'watching:' lines (default 10)",
     )
     p.add_argument(
         "--workdir",

@@ -89,10 +89,10 @@ class _Display:
         self.line(story)
 
 
-async def _status_loop(agent: Agent, display: _Display) -> None:
+async def _status_loop(agent: Agent, display: _Display, every_s: float) -> None:
     await agent.ready.wait()
     while True:
-        await asyncio.sleep(STATUS_EVERY_S)
+        await asyncio.sleep(every_s)
         snap = await agent.snapshot()
         worst: dict[str, dict[str, Any]] = {}
         for c in snap["channels"]:
@@ -298,7 +298,9 @@ async def _demo(opts: DemoOptions, out: TextIO) -> int:
                 feed = _Feed(view, config, display)
                 run = asyncio.create_task(agent.run(), name="agent")
                 helpers = [
-                    asyncio.create_task(_status_loop(agent, display), name="demo-status"),
+                    asyncio.create_task(
+                        _status_loop(agent, display, opts.status_every_s), name="demo-status"
+                    ),
                     asyncio.create_task(
                         _watch_backend(feed, crew, display), name="demo-backend-watch"
                     ),
@@ -354,6 +356,7 @@ class DemoOptions:
     workdir: Path | None = None
     keep: bool = False
     json: bool = False
+    status_every_s: float = STATUS_EVERY_S
 
 
 def run_demo(opts: DemoOptions, out: TextIO | None = None) -> int:

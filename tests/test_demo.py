@@ -131,7 +131,8 @@ def test_demo_tells_the_story_a_manager_reads(demo_run: DemoRun) -> None:
 def test_demo_without_mosquitto_runs_modbus_only_and_says_so() -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "EDGE_MOSQUITTO": ""}  # as if not installed
     done = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "demo", "--duration", "12"],
+        # A 'watching:' line every 2 s, not 10: one comes within a 7 s run.
+        [sys.executable, "-m", "agent.cli", "demo", "--duration", "7", "--status-every", "2"],
         capture_output=True, text=True, env=env, timeout=90, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     out = done.stdout

@@ -4,8 +4,10 @@ A dead letter is an alert (or summary) one uplink's backend refused; once the ba
 the record's consumer is fixed, an operator requeues it by id, by uplink, or all of them.
 Each requeue is recorded in the store (who, when, the reason it had). With the agent
 stopped the store is opened as the agent opens it; with the agent running (the store lock
-is held) the change is one short transaction beside it, and its uplinks pick the items up
-at their next read.
+is held) the change is made beside it in short transactions (REQUEUE_CHUNK rows each, the
+agent's writer gets in between), each printed once committed, and its uplinks pick the
+items up at their next read. Interrupted, what was printed is requeued and the rest are
+still dead letters: a rerun requeues them.
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ from agent.store import (
     StoreInUseError,
     check_path,
     outbox_for,
-    requeue_in_place,
+    requeue_chunks,
     store_lock,
 )
 
 EXIT_NOTHING = 1
 EXIT_USAGE = 2
+EXIT_PARTIAL = 3  # some were requeued (listed) before an error stopped it: rerun for the rest
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), after what was listed
 MAX_IDS = 1000
 PRECHECK_BUSY_S = 1.0  # a store another process holds is opened (and waited for) below
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*-[0-9]{12}$")
@@ -89,22 +93,36 @@ def requeue(
         print(f"nothing requeued: cannot read the store {config.store.path}: {exc}", file=err)
         return EXIT_NOTHING
     by = _who()
+    count = 0
+
+    def show(done: list[dict[str, Any]]) -> None:
+        nonlocal count
+        count += len(done)  # committed: so many requeued, even if Ctrl-C cuts the list
+        for d in done:
+            line = f"requeued {d['id']} ({d['class']}) for {d['uplink']}; it had: {d['reason']}"
+            print(json.dumps(d, sort_keys=True) if as_json else line, file=out)
+
     try:
         # Before the lock: no lock file beside another application's file.
         with contextlib.suppress(sqlite3.Error, OSError):  # unreadable now: opening says why
             check_path(config.store.path, timeout=PRECHECK_BUSY_S)
         try:
             with store_lock(config.store.path):
-                done = asyncio.run(_offline(config, uplink, ids, by))
+                show(asyncio.run(_offline(config, uplink, ids, by)))
         except StoreInUseError:
-            done = requeue_in_place(config.store.path, uplink=uplink, item_ids=ids, by=by)
+            for chunk in requeue_chunks(config.store.path, uplink=uplink, item_ids=ids, by=by):
+                show(chunk)
     except StoreError as exc:
-        print(f"nothing requeued: {exc}", file=err)
-        return EXIT_NOTHING
-    for d in done:
-        line = f"requeued {d['id']} ({d['class']}) for {d['uplink']}; it had: {d['reason']}"
-        print(json.dumps(d, sort_keys=True) if as_json else line, file=out)
-    if not done:
+        print(f"{count or 'nothing'} requeued: {exc}", file=err)
+        return EXIT_PARTIAL if count else EXIT_NOTHING
+    except KeyboardInterrupt:
+        print(
+            f"interrupted: {count} requeued, the rest are still dead "
+            "letters; run the same command again to requeue them",
+            file=err,
+        )
+        return EXIT_INTERRUPTED
+    if not count:
         print("no matching dead letter (see `edge-agent alerts --dead-letter`)", file=err)
         return EXIT_NOTHING
     return 0

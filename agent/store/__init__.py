@@ -8,7 +8,14 @@ from agent.store._queries import OutboxStats, UplinkBacklog
 from agent.store._routing import EPISODES, FINDINGS
 from agent.store._salvage import StoreFault
 from agent.store._sqlite import ro_uri
-from agent.store._view import READ_BUSY_S, StoreView, read_only, requeue_in_place
+from agent.store._view import (
+    READ_BUSY_S,
+    REQUEUE_CHUNK,
+    StoreView,
+    read_only,
+    requeue_chunks,
+    requeue_in_place,
+)
 from agent.store._writer import WriterCounters
 from agent.store.errors import StoreBusyError, StoreClosedError, StoreError, StoreFullError
 
@@ -16,6 +23,7 @@ __all__ = [
     "EPISODES",
     "FINDINGS",
     "READ_BUSY_S",
+    "REQUEUE_CHUNK",
     "Outbox",
     "OutboxStats",
     "Quarantined",
@@ -33,6 +41,7 @@ __all__ = [
     "lock_path",
     "outbox_for",
     "read_only",
+    "requeue_chunks",
     "requeue_in_place",
     "ro_uri",
     "store_lock",

@@ -266,6 +266,7 @@ def requeue(
     uplink: str | None,
     item_ids: Sequence[str] | None,
     by: str,
+    limit: int | None = None,
 ) -> list[dict[str, Any]]:
     """Put dead letters back in their uplink's queue, and record each in `requeues`.
 
@@ -273,6 +274,8 @@ def requeue(
         uplink: only this uplink's dead letters (None: every registered uplink's).
         item_ids: only these alert or summary ids (None: all of them).
         by: who asked (kept with the record).
+        limit: at most this many (oldest first, alerts before summaries); a caller
+            committing in chunks calls again until fewer come back.
 
     Returns:
         What was requeued: uplink, class, item id, the dead-letter reason it had.
@@ -280,6 +283,9 @@ def requeue(
     at = now_ts()
     done: list[dict[str, Any]] = []
     for klass, (table, id_col) in TABLES.items():
+        left = -1 if limit is None else limit - len(done)  # SQLite: LIMIT -1 is none
+        if left == 0:
+            break
         where = [f"o.state = {DEAD}", "o.class = ?", "o.uplink IN (SELECT name FROM uplinks)"]
         args: list[Any] = [klass]
         if uplink is not None:
@@ -290,8 +296,9 @@ def requeue(
             args.extend(item_ids)
         rows = conn.execute(
             f"SELECT o.uplink, o.ref, t.{id_col}, o.reason, o.at FROM outbound o "
-            f"JOIN {table} t ON t.seq = o.ref WHERE {' AND '.join(where)} ORDER BY o.ref",
-            args,
+            f"JOIN {table} t ON t.seq = o.ref WHERE {' AND '.join(where)} ORDER BY o.ref "
+            "LIMIT ?",
+            [*args, left],
         ).fetchall()
         for up, ref, iid, reason, dead_at in rows:
             conn.execute(
@@ -306,6 +313,6 @@ def requeue(
             )
             bump(conn, up, "requeued_total", 1)
             done.append({"uplink": up, "class": CLASS_NAMES[klass], "id": iid, "reason": reason})
-    if done:
+    if done and limit is None:  # a chunked caller says the total once
         log.warning("requeued %d dead letter(s) (by %s)", len(done), by)
     return done

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -11,8 +12,10 @@ from typing import Any
 from agent.store import _ops, _queries
 from agent.store._files import refuse_directory
 from agent.store._queries import OutboxStats
-from agent.store._sqlite import connect, connect_ro, held_open, translate
+from agent.store._sqlite import connect, connect_ro, held_open, identity, translate
 from agent.store.errors import StoreError
+
+log = logging.getLogger(__name__)
 
 # An operator's read waits at most this long for a lock another process holds (the agent's
 # own writer never blocks readers in WAL mode): "busy, retry" beats a silent hang.
@@ -81,20 +84,39 @@ def read_only(path: Path) -> Iterator[StoreView]:
         yield StoreView(conn, path)
 
 
+# Rows requeued per transaction beside a running agent: SQLite has one writer, and the
+# agent's writer waits at most BUSY_TIMEOUT_S for it (150k rows in one transaction held it
+# 2.5 s here, past 5 s above ~300k). A chunk is well under a second even on a slow gateway.
+REQUEUE_CHUNK = 5000
+
+
 def requeue_in_place(
     path: Path, *, uplink: str | None, item_ids: Sequence[str] | None, by: str
 ) -> list[dict[str, Any]]:
-    """Requeue dead letters in a store a running agent holds: one short transaction.
+    """Requeue dead letters in a store a running agent holds (see requeue_chunks)."""
+    return [d for chunk in requeue_chunks(path, uplink=uplink, item_ids=item_ids, by=by)
+            for d in chunk]  # fmt: skip
+
+
+def requeue_chunks(
+    path: Path, *, uplink: str | None, item_ids: Sequence[str] | None, by: str
+) -> Iterator[list[dict[str, Any]]]:
+    """Requeue dead letters in a store a running agent holds, REQUEUE_CHUNK per transaction:
+    each list is yielded once its transaction is committed, and the write lock is free
+    between them, for the agent's writer. Interrupted, what was yielded stands and the rest
+    are still dead letters: a rerun requeues them (each row once: it is no longer dead).
 
     The agent's uplinks pick the rows up at their next read (within seconds).
 
     Raises:
         StoreError: the store cannot be written (busy beyond the timeout, not migrated), or
-            the file at `path` is not the one the agent holds open.
+            the file at `path` is not the one the agent holds open (checked before each
+            chunk: the chunks before it stand).
     """
     refuse_directory(path)
     try:
         held = held_open(path)
+        opened = identity(path)
     except OSError as exc:
         raise translate(exc, path, "requeueing dead letters") from exc
     if not held:
@@ -109,13 +131,35 @@ def requeue_in_place(
             "Nothing was changed; retry in a moment",
             path=path,
         )
+    total = 0
     with _connection(path, connect, "requeueing dead letters") as conn:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            done = _ops.requeue(conn, uplink=uplink, item_ids=item_ids, by=by)
-            conn.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            raise
-    return done
+        while True:
+            try:
+                now = identity(path)
+            except OSError as exc:
+                raise translate(exc, path, "requeueing dead letters") from exc
+            if now != opened:
+                # The agent sets a replaced file aside at its next write; rows requeued
+                # in it from here on would not follow into the recovered store.
+                raise StoreError(
+                    f"the store file at {path} was replaced or deleted during the requeue; "
+                    f"stopped after {total} requeued (they stand); rerun for the rest",
+                    path=path,
+                )
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                done = _ops.requeue(
+                    conn, uplink=uplink, item_ids=item_ids, by=by, limit=REQUEUE_CHUNK
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
+            total += len(done)
+            if done:
+                yield done
+            if len(done) < REQUEUE_CHUNK:
+                break
+    if total:
+        log.warning("requeued %d dead letter(s) (by %s)", total, by)

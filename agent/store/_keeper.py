@@ -53,10 +53,17 @@ class ConnectionKeeper:
         self.recoveries = 0
 
     def open(self) -> None:
-        """The first open; raises what opening raised."""
-        self.conn = self._opener()
-        self._opened = identity(self._path)
-        self._keep_head()
+        """The first open (and each reopen); raises what opening raised, with nothing of
+        it left open: the writer thread ends on a failed first open, and a reopen is
+        retried every RECOVERY_RETRY_S (a descriptor and a lock kept per try)."""
+        conn = self._opener()
+        try:
+            self._opened = identity(self._path)
+            self._keep_head()
+        except BaseException:
+            conn.close()
+            raise
+        self.conn = conn
 
     def _keep_head(self) -> None:
         """One descriptor on the file just opened, kept until the next open or close: the

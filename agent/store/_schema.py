@@ -272,10 +272,10 @@ def open_db(
             if quarantined is not None:
                 record_quarantine(conn, quarantined)
             catch_up_issued(conn, path)
+            stored_gw = conn.execute("SELECT value FROM meta WHERE key = 'gateway_id'").fetchone()
         except BaseException:
             conn.close()
             raise
-        stored_gw = conn.execute("SELECT value FROM meta WHERE key = 'gateway_id'").fetchone()
         if stored_gw and stored_gw[0] != gateway_id:
             log.warning(
                 "store %s was created for gateway %s, now used as %s; seq continues",

@@ -30,6 +30,7 @@ from agent.store._sqlite import (
     connect_ro,
     fsync_dir,
     is_corrupt,
+    open_private,
     ro_uri,
     store_file,
 )
@@ -102,7 +103,9 @@ class IssuedMark:
         target = issued_path(self.path)
         tmp = target.with_name(target.name + ".tmp")
         try:
-            tmp.write_text(json.dumps(dict(zip(SEQ_KEYS, values, strict=True))), "utf-8")
+            data = json.dumps(dict(zip(SEQ_KEYS, values, strict=True))).encode()
+            with os.fdopen(open_private(tmp, os.O_WRONLY | os.O_TRUNC), "wb") as fh:
+                fh.write(data)
             os.replace(tmp, target)
         except OSError as exc:  # a full disk: the clock floor still stands behind it
             log.warning("cannot record the last seq in %s: %s", target, exc)

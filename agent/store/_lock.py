@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from agent.store._sqlite import open_private
 from agent.store.errors import StoreError
 
 
@@ -34,7 +36,8 @@ def store_lock(store_path: Path) -> Iterator[None]:
     path = lock_path(store_path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fh = path.open("a+")
+        # Created 0640 (see STORE_MODE), as the store it sits beside.
+        fh = os.fdopen(open_private(path, os.O_RDWR | os.O_APPEND), "a+")
     except OSError as exc:
         # The first write of a run: a folder the sandbox keeps read-only ended the agent
         # in a traceback ("agent crashed"), restarted by systemd every few seconds.

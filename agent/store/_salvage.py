@@ -38,7 +38,15 @@ from typing import Any
 from agent.store._files import aside_name, move_aside, plausible_seq, seq_floor
 from agent.store._routing import TABLES
 from agent.store._schema import ddl_statements
-from agent.store._sqlite import MAGIC, fsync_dir, identity, now_ts, ro_uri, store_file
+from agent.store._sqlite import (
+    MAGIC,
+    create_private,
+    fsync_dir,
+    identity,
+    now_ts,
+    ro_uri,
+    store_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -327,6 +335,7 @@ def salvage(
     if tmp.exists():
         move_aside(tmp, aside_name(tmp, "stale"), sidecars=False)
     try:
+        create_private(tmp)  # the recovered store: 0640 as the store was (its journal too)
         copied, lost, last, named = _copy(conn, tmp, progress)
     except BaseException:
         for f in (tmp, tmp.with_name(tmp.name + "-journal")):

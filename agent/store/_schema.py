@@ -22,13 +22,24 @@ from agent.store._files import (
     SEQ_KEYS,
     Quarantined,
     check_path,
+    issued_path,
     precheck,
     quarantine,
     read_issued,
     refuse_directory,
     seq_floor,
 )
-from agent.store._sqlite import connect, fsync_dir, now_ts, translate
+from agent.store._lock import lock_path
+from agent.store._sqlite import (
+    SIDECARS,
+    connect,
+    create_private,
+    fsync_dir,
+    now_ts,
+    store_file,
+    translate,
+    withhold_from_others,
+)
 from agent.store.errors import StoreError
 
 log = logging.getLogger(__name__)
@@ -227,6 +238,23 @@ def catch_up_issued(conn: sqlite3.Connection, path: Path) -> None:
         raise
 
 
+def _private(path: Path) -> None:
+    """The store file created with STORE_MODE (its -wal and -shm follow it); one made
+    readable by others before (an older agent, a umask of 0022) is withheld from them."""
+    target = store_file(path)  # SQLite's files sit beside a symlink's target
+    create_private(target)
+    files = [target, *(target.with_name(target.name + s) for s in SIDECARS)]
+    files += [issued_path(path), lock_path(path)]
+    changed = [f.name for f in files if withhold_from_others(f)]
+    if changed:
+        log.warning(
+            "store %s: %s could be read by other users; now only by the agent's user and "
+            "its group (mode 0640)",
+            path,
+            ", ".join(changed),
+        )
+
+
 def open_db(
     path: Path,
     gateway_id: str,
@@ -265,6 +293,7 @@ def open_db(
             reason = precheck(path, SCHEMA_VERSION)
             if reason is not None:
                 quarantined = quarantine(path, reason)
+        _private(path)
         conn = connect(path)
         fsync_dir(path.parent)
         try:

@@ -77,6 +77,39 @@ def translate(exc: BaseException, path: Path, doing: str) -> StoreError:
     return cls(f"{doing} failed on {path}: {exc}", path=path, code=name)
 
 
+# The store's files: alerts and dead letters may hold plant data. Owner reads and writes,
+# its group reads (a site lets operators run `alerts` by that group), others nothing,
+# whatever the umask of a hand-started agent (0022: readable by anyone). SQLite gives
+# the -wal, -shm and -journal it creates the mode of their database file.
+STORE_MODE = 0o640
+SIDECARS = ("-wal", "-shm")
+
+
+def create_private(path: Path) -> None:
+    """Create `path` empty with STORE_MODE (less what the umask takes) if it is absent;
+    an existing file is left as it is."""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, STORE_MODE))
+
+
+def open_private(path: Path, flags: int) -> int:
+    """os.open with O_CREAT and STORE_MODE (for a file that is then written or locked)."""
+    return os.open(path, flags | os.O_CREAT | os.O_CLOEXEC, STORE_MODE)
+
+
+def withhold_from_others(path: Path) -> bool:
+    """Take the permissions of others off a file of ours (a store made before they were
+    set, under a umask of 0022); True when it changed. Another user's file is left."""
+    try:
+        st = os.stat(path)
+        if st.st_uid != os.geteuid() or not st.st_mode & 0o007:
+            return False
+        os.chmod(path, st.st_mode & 0o7770)
+    except OSError:  # absent, or not ours to change: SQLite's own errors say more
+        return False
+    return True
+
+
 def connect(path: Path) -> sqlite3.Connection:
     """A read-write connection in WAL mode with synchronous=FULL."""
     # isolation_level=None: we issue BEGIN/COMMIT ourselves (group commit).

@@ -171,7 +171,8 @@ def summary(config: Config) -> str:
         lines.append(f"feature summaries every {_num(sm.interval_s)} s for {which}")
     st = config.store
     lines.append(f"store {st.path}, budget {_size(st.max_bytes)}")
-    from agent.store._sqlite import WAL_LIMIT_BYTES  # here: the store is not config's
+    from agent.store._lock import world_writable  # here: the store is not config's
+    from agent.store._sqlite import WAL_LIMIT_BYTES
 
     if st.max_bytes < WAL_LIMIT_BYTES:  # the budget counts the file's live pages only
         lines.append(
@@ -179,12 +180,28 @@ def summary(config: Config) -> str:
             f"more, not counted in max_bytes: plan about {_size(st.max_bytes + WAL_LIMIT_BYTES)} "
             "of disk"
         )
+    folder = _existing(st.path.parent)
+    if (mode := world_writable(folder)) is not None:
+        lines.append(
+            f"  warning: store.path is in {folder}, a folder every local user may write "
+            f"(mode {mode:04o}): another user can lock the store there first (the agent "
+            "then refuses to start) or put files in its place; use a folder only the "
+            "agent's user can write (/var/lib/edge-agent under the shipped systemd unit)"
+        )
+
     hc = config.health
     exposed = " (exposed beyond this machine, read-only)" if hc.expose else ""
     lines.append(f"health http://{hc.host}:{hc.port}/healthz{exposed}")
     group = f", group {config.control.group}" if config.control.group else ""
     lines.append(f"control socket {config.control.socket} (maintenance; mode 0660{group})")
     return "\n".join(lines)
+
+
+def _existing(folder: Path) -> Path:
+    """The folder, or its nearest ancestor that exists (where the agent will create it)."""
+    while not folder.exists() and folder.parent != folder:
+        folder = folder.parent
+    return folder
 
 
 def _broker_lines(config: Config) -> list[str]:

@@ -6,6 +6,8 @@ import contextlib
 import errno
 import fcntl
 import os
+import pwd
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +24,54 @@ def lock_path(store_path: Path) -> Path:
     return store_path.with_name(store_path.name + ".lock")
 
 
+def world_writable(folder: Path) -> int | None:
+    """The folder's mode when every local user may create files in it (/tmp), else None."""
+    try:
+        mode = stat.S_IMODE(os.stat(folder).st_mode)
+    except OSError:
+        return None
+    return mode if mode & stat.S_IWOTH else None
+
+
+def refuse_squatted(store_path: Path) -> None:
+    """Refuse a store file another user put in a folder every user can write.
+
+    In /tmp (or any folder of mode 1777/0777) any local user can create `<store>.lock`
+    first and hold it (the agent refuses to start, `maintenance` takes it for a running
+    agent), or create the database or its WAL for the agent to write its alerts into.
+    A file there owned by neither this process's user nor root is refused, untouched.
+
+    Raises:
+        StoreError: such a file is there (the message names it and its owner).
+    """
+    folder = store_path.parent
+    mode = world_writable(folder)
+    if mode is None:
+        return
+    me = os.geteuid()
+    names = ("", "-wal", "-shm", ".lock", ".issued")
+    for f in (store_path.with_name(store_path.name + n) for n in names):
+        try:
+            owner = os.lstat(f).st_uid  # the entry itself: a symlink put there counts
+        except OSError:
+            continue
+        if owner in (0, me):
+            continue
+        try:
+            who = f"{pwd.getpwuid(owner).pw_name}, uid {owner}"
+        except KeyError:
+            who = f"uid {owner}"
+        raise StoreError(
+            f"{f} belongs to another user ({who}) and its folder {folder} may be written "
+            f"by every local user (mode {mode:04o}): whoever made it can hold the store's "
+            "lock (the agent would not start, maintenance would take it for a running "
+            "agent) or have the agent write its alerts into their file. Nothing was "
+            "changed. Set store.path to a folder only the agent's user can write "
+            "(/var/lib/edge-agent under the shipped systemd unit)",
+            path=store_path,
+        )
+
+
 @contextlib.contextmanager
 def store_lock(store_path: Path) -> Iterator[None]:
     """Hold an exclusive lock on the store for this process's lifetime.
@@ -31,9 +81,11 @@ def store_lock(store_path: Path) -> Iterator[None]:
 
     Raises:
         StoreInUseError: another process holds the lock.
-        StoreError: the lock file cannot be created (a read-only or missing folder).
+        StoreError: the lock file cannot be created (a read-only or missing folder), or a
+            store file in a folder every user can write is another user's (refuse_squatted).
     """
     path = lock_path(store_path)
+    refuse_squatted(store_path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # Created 0640 (see STORE_MODE), as the store it sits beside.

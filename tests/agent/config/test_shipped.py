@@ -124,7 +124,9 @@ def test_summary_lists_assets_sensors_uplinks_and_store(tmp_path: Path) -> None:
         "  - {name: broker, mqtt: {host: mqtt.example, topic: 'plant/{gateway}/{kind}'}}\n"
         "summaries: {interval_s: 600}\n"
     )
-    text = text.replace("{path: /tmp/outbox.db}", "{path: /tmp/outbox.db, max_bytes: 512MiB}")
+    # Not /tmp: a store there is warned about (test_squatted_store).
+    store = "{path: /var/lib/edge-agent/outbox.db, max_bytes: 512MiB}"
+    text = text.replace("{path: /tmp/outbox.db}", store)
     assert summary(load_config(write(tmp_path, text), environ={})) == (
         "gateway gw-01\n"
         "1 asset:\n"
@@ -138,7 +140,7 @@ def test_summary_lists_assets_sensors_uplinks_and_store(tmp_path: Path) -> None:
         "https://x.example/v1/summaries?code=***)\n"
         "  broker: mqtt mqtt.example:8883 (TLS, QoS 1, topic plant/{gateway}/{kind}, batch 50)\n"
         "feature summaries every 600 s for every sensor\n"
-        "store /tmp/outbox.db, budget 512 MiB\n"
+        "store /var/lib/edge-agent/outbox.db, budget 512 MiB\n"
         "health http://127.0.0.1:9108/healthz\n"
         "control socket /run/edge-agent/control.sock (maintenance; mode 0660)"
     )

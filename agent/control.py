@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import grp
 import json
 import logging
@@ -23,6 +24,7 @@ import pwd
 import socket
 import stat
 import struct
+import termios
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +69,30 @@ class Peer:
     @classmethod
     def this_process(cls) -> Peer:
         return cls(os.getpid(), os.getuid(), os.getgid())
+
+
+@dataclass(frozen=True, slots=True)
+class _Waiting:
+    """A connection still waiting for its request line (ControlServer._silent)."""
+
+    since: float  # loop time it began waiting
+    reader: asyncio.StreamReader
+    sock: socket.socket | None
+
+
+def _has_bytes(waiting: _Waiting) -> bool:
+    """Whether the client's request line came and the loop has not handled it yet: whole in
+    the stream's buffer, or bytes still in the kernel's (a stalled loop has not read them).
+    A partial line alone does not count: a client stuck mid-line is as silent as any."""
+    if b"\n" in getattr(waiting.reader, "_buffer", b""):  # asyncio's private buffer
+        return True
+    if waiting.sock is None:
+        return False
+    try:
+        raw = fcntl.ioctl(waiting.sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+    except (OSError, ValueError):  # closed meanwhile: nothing to keep
+        return False
+    return bool(struct.unpack("i", raw)[0])
 
 
 class Refused(Exception):
@@ -168,7 +194,7 @@ class ControlServer:
         self._inode: int | None = None
         self._active = 0
         # Connections still waiting for their request line, oldest first: set to close one.
-        self._silent: dict[asyncio.Event, float] = {}
+        self._silent: dict[asyncio.Event, _Waiting] = {}
         self._serving: set[asyncio.Task[Any]] = set()
         self._closing = asyncio.Event()
         # Loop time by which the close must be done (set by the agent's stop), or None.
@@ -251,18 +277,23 @@ class ControlServer:
         task then ends normally: the client hears why, and Python 3.11's stream callback,
         which asks a cancelled task for its exception, logs no error."""
         try:
-            return await self._request(reader, _peer(writer.get_extra_info("socket")))
+            sock = writer.get_extra_info("socket")
+            return await self._request(reader, _peer(sock), sock)
         except asyncio.CancelledError:
             if not self._closing.is_set():
                 raise  # not our close: leave the cancellation as it was
             return self._answer(error=UNFINISHED)
 
     def _evict_silent(self) -> bool:
-        """Close the connection silent longest, if one has been for EVICT_SILENT_S."""
+        """Close the connection silent longest, if one has been for EVICT_SILENT_S. One
+        whose client already sent bytes the loop has not read (a loop stalled for
+        EVICT_SILENT_S) is kept: it spoke in time, the next silent one goes instead."""
         now = asyncio.get_running_loop().time()
-        for gone, since in self._silent.items():  # oldest first
-            if now - since < EVICT_SILENT_S:
+        for gone, waiting in self._silent.items():  # oldest first
+            if now - waiting.since < EVICT_SILENT_S:
                 return False
+            if _has_bytes(waiting):
+                continue
             del self._silent[gone]
             gone.set()
             return True
@@ -273,11 +304,13 @@ class ControlServer:
             return {"ok": False, "agent": self._identity(), "error": error}
         return {"ok": True, "agent": self._identity(), "result": result}
 
-    async def _request(self, reader: asyncio.StreamReader, peer: Peer) -> dict[str, Any]:
+    async def _request(
+        self, reader: asyncio.StreamReader, peer: Peer, sock: socket.socket | None = None
+    ) -> dict[str, Any]:
         if self._closing.is_set():
             return self._answer(error=STOPPING)
         gone = asyncio.Event()
-        self._silent[gone] = asyncio.get_running_loop().time()
+        self._silent[gone] = _Waiting(asyncio.get_running_loop().time(), reader, sock)
         read = asyncio.ensure_future(reader.readline())
         waits = [asyncio.ensure_future(e.wait()) for e in (self._closing, gone)]
         try:

@@ -248,3 +248,40 @@ async def test_idle_connections_cannot_keep_an_operator_out(tmp_path: Path) -> N
                 w.close()
     assert [a["ok"] for a in answers] == [True] * 3, answers
     assert "no request line after" in evicted["error"], evicted
+
+
+async def _waiting(server: ControlServer, n: int) -> None:
+    """Until n connections wait for their request line."""
+    async with asyncio.timeout(5):
+        while len(server._silent) < n:  # noqa: ASYNC110 (the server has no event for it)
+            await asyncio.sleep(0.02)
+
+
+async def test_a_client_whose_line_came_during_a_loop_stall_is_not_the_one_evicted(
+    tmp_path: Path,
+) -> None:
+    """With MAX_CONNECTIONS open and the event loop stalled past EVICT_SILENT_S, the oldest
+    connection's request line had arrived (in the socket, not yet read by the loop), yet
+    it counted as silent: the next connection "evicted" it, no silent one was closed, and
+    the connections idle for the room went on holding it until their timeout. Now one with
+    its line waiting is kept and the silent one next in age is closed, told why. The stall
+    is simulated deterministically: the line is written and the eviction decided with no
+    loop turn in between."""
+    path = tmp_path / "c.sock"
+    async with served(path) as server:
+        talker = await asyncio.open_unix_connection(str(path))
+        await _waiting(server, 1)  # the oldest
+        idle = [await asyncio.open_unix_connection(str(path)) for _ in range(MAX_CONNECTIONS - 1)]
+        try:
+            await _waiting(server, MAX_CONNECTIONS)
+            await asyncio.sleep(EVICT_SILENT_S + 0.1)  # every one waited long enough to go
+            talker[1].write(json.dumps({"op": "echo", "args": {"n": 1}}).encode() + b"\n")
+            server._evict_silent()  # what a ninth connection does, before the loop reads
+            async with asyncio.timeout(10):
+                answer = json.loads(await talker[0].readline())
+                evicted = json.loads(await idle[0][0].readline())
+        finally:
+            for _, w in [talker, *idle]:
+                w.close()
+    assert answer.get("ok") and answer["result"]["args"] == {"n": 1}, answer
+    assert "no request line after" in evicted["error"], evicted

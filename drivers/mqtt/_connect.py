@@ -11,11 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
 import aiomqtt
+from paho.mqtt import __version__ as PAHO_VERSION
+
+log = logging.getLogger("edge_agent.drivers.mqtt")
 
 CLOSE_S = 1.0  # a cancelled connect is let finish, then closed, within this
 TIMED_OUT = "Operation timed out"  # aiomqtt's MqttError when no CONNACK came in time
+# paho's private method that closes its socket and unregisters it from aiomqtt's loop: no
+# public call does both without a DISCONNECT the broker never asked for.
+PAHO_SOCK_CLOSE = "_sock_close"
 
 
 async def enter_client(client: aiomqtt.Client, timeout_s: float, *, name: str) -> None:
@@ -41,8 +48,7 @@ async def enter_client(client: aiomqtt.Client, timeout_s: float, *, name: str) -
         # socket open and read by the loop: against a broker that takes connections and
         # never answers, one descriptor (and one half-open connection at the broker) more
         # at every attempt, until the process runs out of them.
-        with contextlib.suppress(Exception):
-            client._client._sock_close()
+        _close_socket(client, name)
         if str(exc) == TIMED_OUT:
             raise aiomqtt.MqttError(
                 f"no CONNACK within {client.timeout:g} s (the broker took the connection "
@@ -52,6 +58,27 @@ async def enter_client(client: aiomqtt.Client, timeout_s: float, *, name: str) -
     except asyncio.CancelledError:
         await _close_abandoned(client, entering)
         raise
+
+
+def _close_socket(client: aiomqtt.Client, name: str) -> None:
+    """Close paho's socket after a connect that failed. A paho whose private method has
+    another name is said, once per client (rebuilt only after a timeout or a refusal): a
+    silent miss would bring back the leak of one descriptor per attempt."""
+    close = getattr(client._client, PAHO_SOCK_CLOSE, None)
+    if callable(close):
+        with contextlib.suppress(OSError):  # already broken: closed is what we want
+            close()
+        return
+    if not getattr(client, "_unclosable_said", False):
+        client._unclosable_said = True  # type: ignore[attr-defined]
+        log.warning(
+            "%s: paho %s internals differ (no Client.%s): the socket of a connect that got "
+            "no CONNACK is not closed here, one descriptor may stay open per attempt until "
+            "the broker closes it",
+            name,
+            PAHO_VERSION,
+            PAHO_SOCK_CLOSE,
+        )
 
 
 async def _close_abandoned(client: aiomqtt.Client, entering: asyncio.Task[object]) -> None:

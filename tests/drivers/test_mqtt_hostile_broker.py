@@ -12,7 +12,15 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from drivers.mqtt import BrokerLink, BrokerSettings, MqttSensor, Route, Router, _subscriptions
+from drivers.mqtt import (
+    BrokerLink,
+    BrokerSettings,
+    MqttSensor,
+    Route,
+    Router,
+    _connect,
+    _subscriptions,
+)
 from drivers.payloads import load_decoder
 from drivers.reading import Reading
 from tests.drivers.test_mqtt_link import ncd, until
@@ -73,6 +81,37 @@ async def test_a_broker_that_never_sends_connack_is_named_and_tried_again(protoc
         task.cancel()
         await asyncio.wait([task], timeout=5)
         mute.close()
+
+
+async def test_a_paho_without_its_socket_close_is_said_once_and_the_link_goes_on(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After a connect with no CONNACK the link closes paho's socket through a private
+    method. A paho that renamed it would bring back one leaked descriptor per attempt;
+    before, the AttributeError was swallowed and nothing said so. Now it is logged once
+    (not at every attempt) and the link goes on trying."""
+    monkeypatch.setattr(_connect, "PAHO_SOCK_CLOSE", "_sock_close_renamed", raising=False)
+    caplog.set_level(logging.WARNING, logger="edge_agent.drivers.mqtt")
+    mute = _Mute()
+    port = await mute.start()
+    _, route = _sensor("fan-3", "t/x", [])
+    settings = BrokerSettings(
+        id="b", host="127.0.0.1", port=port, client_id="edge-t",
+        connect_timeout_s=0.2, reconnect_max_s=0.1,
+    )  # fmt: skip
+    link = BrokerLink(settings, Router([route]))
+    task = asyncio.create_task(link.run())
+    try:
+        await until(lambda: mute.accepted >= 3, 10)
+        assert "no CONNACK within 0.2 s" in (link.last_error or "")
+    finally:
+        link.stop()
+        task.cancel()
+        await asyncio.wait([task], timeout=5)
+        mute.close()
+    said = [r.getMessage() for r in caplog.records if "_sock_close_renamed" in r.getMessage()]
+    assert len(said) == 1, said
+    assert "internals differ" in said[0] and "descriptor" in said[0], said
 
 
 class _DynsecAdmin(_Dynsec):

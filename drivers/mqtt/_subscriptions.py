@@ -5,7 +5,6 @@ broker's dropped-messages counter."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from typing import Any
@@ -70,13 +69,30 @@ class Subscribing:
         """While connected, subscribe again every REFUSED_SUB_RETRY_S to the filters the
         broker refused: an ACL fixed at the broker (mosquitto's dynamic security takes
         effect at once) then reaches the sensors without waiting for a reconnect, which a
-        healthy link may never have. Ends when the connection does (the link's consumer
-        sees that)."""
-        with contextlib.suppress(aiomqtt.MqttError):
-            while True:
-                await asyncio.sleep(REFUSED_SUB_RETRY_S * self._rng.uniform(0.8, 1.0))
-                if self.refused:
-                    await self._subscribe(client, frozenset(self.refused))
+        healthy link may never have. A round that fails (a SUBSCRIBE the broker does not
+        answer in time, or anything else) is logged once per connection and the next round
+        comes as planned: the refused sensors must not stay silent until a reconnect. Ends
+        when the link cancels it, with the connection (the link's consumer sees that)."""
+        said = False
+        while True:
+            await asyncio.sleep(REFUSED_SUB_RETRY_S * self._rng.uniform(0.8, 1.0))
+            if not self.refused:
+                continue
+            try:
+                await self._subscribe(client, frozenset(self.refused))
+            except Exception as exc:  # CancelledError is no Exception: a stop still ends it
+                if not said:
+                    said = True
+                    log.warning(
+                        "mqtt broker %s: asking again for the %d refused subscription(s) "
+                        "failed (%s: %s); tried again every %.0f s",
+                        self.settings.id,
+                        len(self.refused),
+                        type(exc).__name__,
+                        exc,
+                        REFUSED_SUB_RETRY_S,
+                        exc_info=not isinstance(exc, aiomqtt.MqttError),  # a bug: its trace
+                    )
 
     def _granted(self, topic: str, route: Any, result: Any) -> None:
         """Check the SUBACK: a subscription the broker refuses (an ACL: 0x80 in 3.1.1,

@@ -114,6 +114,94 @@ async def test_a_paho_without_its_socket_close_is_said_once_and_the_link_goes_on
     assert "internals differ" in said[0] and "descriptor" in said[0], said
 
 
+SUBSCRIBE = 8  # MQTT control packet type
+
+
+class Tap:
+    """A TCP relay in front of a real broker that reads the client's MQTT packets: counts
+    its SUBSCRIBE packets, and drops the next `swallow` of them (a broker that stops
+    answering SUBSCRIBE). `delay_s`: added to every chunk each way (a slow link)."""
+
+    def __init__(self, broker_port: int, delay_s: float = 0.0) -> None:
+        self.broker_port = broker_port
+        self.delay_s = delay_s
+        self.subscribes = 0  # SUBSCRIBE packets the client sent
+        self.swallow = 0
+        self.swallowed = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    def close(self) -> None:
+        self._server.close()
+        for t in self._tasks:
+            t.cancel()
+
+    async def _serve(self, c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
+        b_reader, b_writer = await asyncio.open_connection("127.0.0.1", self.broker_port)
+        for job in (self._up(c_reader, b_writer), self._pipe(b_reader, c_writer)):
+            task = asyncio.create_task(job)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Each chunk forwarded delay_s after it came, in order (latency, not bandwidth)."""
+        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+
+        async def send() -> None:
+            while True:
+                due, data = await queue.get()
+                await asyncio.sleep(max(0.0, due - loop.time()))
+                if not data:
+                    writer.close()
+                    return
+                writer.write(data)
+
+        sender = asyncio.create_task(send())
+        try:
+            while data := await reader.read(65536):
+                queue.put_nowait((loop.time() + self.delay_s, data))
+        finally:
+            queue.put_nowait((loop.time() + self.delay_s, b""))
+            await asyncio.wait([sender], timeout=5)
+
+    async def _up(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Client to broker, packet by packet (fixed header, remaining length)."""
+        out = asyncio.StreamReader()
+
+        async def packets() -> None:
+            while True:
+                head = await reader.read(1)
+                if not head:
+                    out.feed_eof()
+                    return
+                size, shift, raw = 0, 0, head
+                while True:
+                    b = await reader.readexactly(1)
+                    raw += b
+                    size |= (b[0] & 0x7F) << shift
+                    shift += 7
+                    if not b[0] & 0x80:
+                        break
+                raw += await reader.readexactly(size)
+                if head[0] >> 4 == SUBSCRIBE:
+                    self.subscribes += 1
+                    if self.swallow:
+                        self.swallow -= 1
+                        self.swallowed += 1
+                        continue
+                out.feed_data(raw)
+
+        parsing = asyncio.create_task(packets())
+        try:
+            await self._pipe(out, writer)
+        finally:
+            parsing.cancel()
+
+
 class _DynsecAdmin(_Dynsec):
     """_Dynsec with user admin (password secret) allowed to change its ACLs ($CONTROL)."""
 
@@ -194,3 +282,53 @@ async def test_a_refused_subscription_is_asked_again_and_its_sensor_heard_once_g
             task.cancel()
             await asyncio.wait([task], timeout=5)
     assert [r.sensor_id for r in got] == ["fan-1", "fan-2"]
+
+
+@pytest.mark.skipif(not Path(DYNSEC).exists(), reason=f"{DYNSEC} is missing (mosquitto)")
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+async def test_a_retry_of_refused_subscriptions_that_times_out_is_tried_again(
+    tmp_path: Path,
+    protocol: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A round of the refused subscriptions' retry whose SUBSCRIBE the broker does not
+    answer (timed out) ended the retry for the rest of the connection: the refused sensor
+    stayed silent, its ACL fixed, until a reconnect. Now the failure is logged once and
+    the next round asks again."""
+    monkeypatch.setattr(_subscriptions, "REFUSED_SUB_RETRY_S", 0.2)
+    caplog.set_level(logging.WARNING, logger="edge_agent.drivers.mqtt")
+    got: list[Reading] = []
+    _, a_route = _sensor("fan-1", "ncd/allowed/1", got)
+    _, r_route = _sensor("fan-2", "ncd/vibration/2", got)
+    with _DynsecAdmin(tmp_path / "acl") as broker:
+        tap = Tap(broker.port)
+        settings = BrokerSettings(
+            id="b", host="127.0.0.1", port=await tap.start(), client_id="edge-t",
+            protocol=protocol, username="gw", password="secret", connect_timeout_s=0.5,
+        )  # fmt: skip
+        link = BrokerLink(settings, Router([a_route, r_route]))
+        task = asyncio.create_task(link.run())
+        try:
+            await until(lambda: link.refused, 10)
+            tap.swallow = 2  # the broker answers no SUBSCRIBE for a while: rounds time out
+            await until(lambda: tap.swallowed == 2, 10)
+            async with aiomqtt.Client(
+                "127.0.0.1", broker.port, username="admin", password="secret"
+            ) as c:
+                grant = {"command": "setDefaultACLAccess",
+                         "acls": [{"acltype": "subscribe", "allow": True}]}  # fmt: skip
+                await c.publish("$CONTROL/dynamic-security/v1", json.dumps({"commands": [grant]}))
+                await until(lambda: not link.refused, 10)
+                await c.publish("ncd/vibration/2", ncd(2.0), qos=1)
+                await until(lambda: got, 5)
+            assert link.connects_total == 1
+        finally:
+            link.stop()
+            task.cancel()
+            await asyncio.wait([task], timeout=5)
+            tap.close()
+    said = [r.getMessage() for r in caplog.records if "asking again" in r.getMessage()]
+    assert len(said) == 1, said
+    assert "MqttError: Operation timed out" in said[0], said
+    assert [r.sensor_id for r in got] == ["fan-2"]

@@ -22,6 +22,7 @@ from drivers.mqtt._broker_drops import BrokerDrops
 from drivers.mqtt._client import BoundedClient
 from drivers.mqtt._connect import enter_client
 from drivers.mqtt._settings import BrokerSettings, TlsFilesError
+from drivers.mqtt._subscriptions import SUBSCRIBE_WINDOW
 from drivers.tls import client_cert_hint, load_tls
 
 log = logging.getLogger("edge_agent.drivers.mqtt")
@@ -98,6 +99,8 @@ class Reconnecting:
             on_sys=self.broker_drops.observe,
             **kw,
         )
+        # aiomqtt warns past this many SUBSCRIBEs awaiting their SUBACK: ours are pipelined.
+        client.pending_calls_threshold = max(client.pending_calls_threshold, SUBSCRIBE_WINDOW)
         if client.unguarded is not None and not self._unguarded_said:
             self._unguarded_said = True  # the same paho at every rebuild: said once
             log.warning(

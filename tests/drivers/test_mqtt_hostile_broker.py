@@ -114,18 +114,47 @@ async def test_a_paho_without_its_socket_close_is_said_once_and_the_link_goes_on
     assert "internals differ" in said[0] and "descriptor" in said[0], said
 
 
-SUBSCRIBE = 8  # MQTT control packet type
+CONNECT, SUBSCRIBE, SUBACK = 1, 8, 9  # MQTT control packet types
+
+
+def _varint(data: bytes, at: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while True:
+        b = data[at]
+        at += 1
+        value |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return value, at
+
+
+def _filters(body: bytes, v5: bool) -> int:
+    """How many topic filters a SUBSCRIBE's body holds."""
+    at = 2  # packet identifier
+    if v5:
+        size, at = _varint(body, at)
+        at += size  # properties
+    n = 0
+    while at < len(body):
+        at += 2 + int.from_bytes(body[at : at + 2], "big") + 1  # filter, options
+        n += 1
+    return n
 
 
 class Tap:
-    """A TCP relay in front of a real broker that reads the client's MQTT packets: counts
-    its SUBSCRIBE packets, and drops the next `swallow` of them (a broker that stops
-    answering SUBSCRIBE). `delay_s`: added to every chunk each way (a slow link)."""
+    """A TCP relay in front of a real broker that reads the MQTT packets both ways: counts
+    the client's SUBSCRIBE packets and the most of them awaiting their SUBACK at once, and
+    drops the next `swallow` of them (a broker that stops answering SUBSCRIBE).
+    `delay_s`: added to every chunk each way (a slow link)."""
 
     def __init__(self, broker_port: int, delay_s: float = 0.0) -> None:
         self.broker_port = broker_port
         self.delay_s = delay_s
         self.subscribes = 0  # SUBSCRIBE packets the client sent
+        self.subacks = 0
+        self.in_flight_max = 0  # SUBSCRIBEs forwarded and not yet answered, at most
+        self.filters: list[int] = []  # topic filters in each SUBSCRIBE, in order
+        self.v5 = False
         self.swallow = 0
         self.swallowed = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -141,15 +170,32 @@ class Tap:
 
     async def _serve(self, c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
         b_reader, b_writer = await asyncio.open_connection("127.0.0.1", self.broker_port)
-        for job in (self._up(c_reader, b_writer), self._pipe(b_reader, c_writer)):
+        for job in (self._relay(c_reader, b_writer, True), self._relay(b_reader, c_writer, False)):
             task = asyncio.create_task(job)
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Each chunk forwarded delay_s after it came, in order (latency, not bandwidth)."""
-        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+    def _keep(self, kind: int, up: bool, body: bytes) -> bool:
+        if up and kind == SUBSCRIBE:
+            self.subscribes += 1
+            self.filters.append(_filters(body, self.v5))
+            if self.swallow:
+                self.swallow -= 1
+                self.swallowed += 1
+                return False
+            forwarded = self.subscribes - self.swallowed
+            self.in_flight_max = max(self.in_flight_max, forwarded - self.subacks)
+        elif not up and kind == SUBACK:
+            self.subacks += 1
+        return True
+
+    async def _relay(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up: bool
+    ) -> None:
+        """Packet by packet (fixed header, remaining length), each forwarded delay_s after
+        it came, in order (latency, not bandwidth)."""
         loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
 
         async def send() -> None:
             while True:
@@ -162,22 +208,7 @@ class Tap:
 
         sender = asyncio.create_task(send())
         try:
-            while data := await reader.read(65536):
-                queue.put_nowait((loop.time() + self.delay_s, data))
-        finally:
-            queue.put_nowait((loop.time() + self.delay_s, b""))
-            await asyncio.wait([sender], timeout=5)
-
-    async def _up(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Client to broker, packet by packet (fixed header, remaining length)."""
-        out = asyncio.StreamReader()
-
-        async def packets() -> None:
-            while True:
-                head = await reader.read(1)
-                if not head:
-                    out.feed_eof()
-                    return
+            while head := await reader.read(1):
                 size, shift, raw = 0, 0, head
                 while True:
                     b = await reader.readexactly(1)
@@ -186,20 +217,17 @@ class Tap:
                     shift += 7
                     if not b[0] & 0x80:
                         break
-                raw += await reader.readexactly(size)
-                if head[0] >> 4 == SUBSCRIBE:
-                    self.subscribes += 1
-                    if self.swallow:
-                        self.swallow -= 1
-                        self.swallowed += 1
-                        continue
-                out.feed_data(raw)
-
-        parsing = asyncio.create_task(packets())
-        try:
-            await self._pipe(out, writer)
+                body = await reader.readexactly(size)
+                raw += body
+                if up and head[0] >> 4 == CONNECT:
+                    self.v5 = body[6] == 5  # protocol level, after "\0\4MQTT"
+                if self._keep(head[0] >> 4, up, body):
+                    queue.put_nowait((loop.time() + self.delay_s, raw))
+        except (asyncio.IncompleteReadError, OSError):
+            pass
         finally:
-            parsing.cancel()
+            queue.put_nowait((loop.time() + self.delay_s, b""))
+            await asyncio.wait([sender], timeout=5)
 
 
 class _DynsecAdmin(_Dynsec):
@@ -332,3 +360,44 @@ async def test_a_retry_of_refused_subscriptions_that_times_out_is_tried_again(
     assert len(said) == 1, said
     assert "MqttError: Operation timed out" in said[0], said
     assert [r.sensor_id for r in got] == ["fan-2"]
+
+
+@pytest.mark.skipif(not Path(DYNSEC).exists(), reason=f"{DYNSEC} is missing (mosquitto)")
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+async def test_many_refused_subscriptions_are_asked_again_in_few_round_trips(
+    tmp_path: Path, protocol: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """250 refused filters: a retry round sent 250 SUBSCRIBEs one after the other, a round
+    trip each (2000 over a 40 ms link: 87 s a round). Now 3.1.1 sends them in 3 packets;
+    MQTT 5, whose subscription identifier (one per filter) belongs to the whole packet,
+    one per filter, several awaiting their SUBACK at once."""
+    n = 250
+    monkeypatch.setattr(_subscriptions, "REFUSED_SUB_RETRY_S", 0.2)
+    routes = [_sensor(f"fan-{i}", f"ncd/vibration/{i}", [])[1] for i in range(n)]
+    with _DynsecAdmin(tmp_path / "acl") as broker:
+        tap = Tap(broker.port)
+        settings = BrokerSettings(
+            id="b", host="127.0.0.1", port=await tap.start(), client_id="edge-t",
+            protocol=protocol, username="gw", password="secret", sys_dropped_topic=None,
+        )  # fmt: skip
+        router = Router(routes)
+        link = BrokerLink(settings, router)
+        task = asyncio.create_task(link.run())
+        try:
+            # the connect's subscriptions, then a retry round: n filters each
+            await until(lambda: sum(tap.filters) >= 2 * n, 20)
+        finally:
+            link.stop()
+            task.cancel()
+            await asyncio.wait([task], timeout=5)
+            tap.close()
+    assert len(link.refused) == n
+    sizes = tap.filters
+    packets = next(i + 1 for i in range(len(sizes)) if sum(sizes[: i + 1]) == n)
+    retry = next(i + 1 for i in range(len(sizes)) if sum(sizes[packets : packets + i + 1]) == n)
+    if protocol == "3.1.1":
+        assert (packets, retry) == (3, 3), sizes[:10]  # 100 + 100 + 50 filters
+    else:
+        assert router.by_id, "each filter has its own identifier"
+        assert (packets, retry) == (n, n)
+        assert tap.in_flight_max > 1, "SUBSCRIBEs pipelined, not one round trip each"

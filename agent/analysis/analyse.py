@@ -17,7 +17,7 @@ import zlib
 from collections.abc import Sequence
 
 from agent.analysis.channel import Channel, model_state, snap
-from agent.analysis.confirm import JUMP_CONFIRM, JUMP_FACTOR, Held
+from agent.analysis.confirm import JUMP_CONFIRM, JUMP_FACTOR, RECUR_BURSTS, RECUR_READINGS, Held
 from agent.analysis.drafts import SEVERITY_METRIC, severity_draft, trend_draft
 from agent.analysis.estimating import estimate
 from agent.analysis.features import VELOCITY_BAND_PERIODS
@@ -28,7 +28,7 @@ from agent.analysis.revision import note_due, revision
 from agent.analysis.severity import ZONE_LEVEL, velocity_resolved
 from agent.records import format_ts
 
-__all__ = ["analyse", "log_dropped", "note_stopped"]
+__all__ = ["analyse", "log_dropped", "log_recurring", "note_stopped"]
 
 log = logging.getLogger("agent.analysis.monitor")
 
@@ -71,6 +71,21 @@ def log_dropped(ch: Channel, dropped: Sequence[Held]) -> None:
         ch.asset.id, ch.sensor.id, ch.sensor.channel, len(dropped),
         format_ts(dropped[0].reading.timestamp), JUMP_FACTOR, name,
         dropped[0].features.get(name, math.nan), JUMP_CONFIRM,
+    )  # fmt: skip
+
+
+def log_recurring(ch: Channel) -> None:
+    """Log, once per channel, that its tenfold jumps recur and are analysed from now on."""
+    gate = ch.gate
+    if gate.recurring_since != gate.seen or gate.recur_warned:
+        return
+    gate.recur_warned = True
+    log.warning(
+        "asset %s sensor %s channel %s: %d bursts of tenfold jumps fell back within %d "
+        "readings: they recur (an intermittent fault, or a sensor to check), so they are "
+        "analysed from now on, until %d readings in a row have not jumped",
+        ch.asset.id, ch.sensor.id, ch.sensor.channel, RECUR_BURSTS, RECUR_READINGS,
+        RECUR_READINGS,
     )  # fmt: skip
 
 

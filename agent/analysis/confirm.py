@@ -16,20 +16,35 @@ have jumped (a real step: its records come at most JUMP_CONFIRM - 1 readings lat
 without the rule, their times the readings'), and dropped as garbage when a reading that
 does not jump (or a stop) comes first. The hold is in memory: a restart drops what it holds
 (at most JUMP_CONFIRM - 1 readings).
+
+Garbage bursts are rare; jumps that keep coming back are not garbage. An intermittent fault
+(an impacting bearing, looseness) can alternate tenfold high and normal readings: each burst
+falls back, and dropping them all would silence a real alert for good. So once RECUR_BURSTS
+bursts have fallen back within RECUR_READINGS readings, the last one is analysed, and so is
+every jump of the channel until RECUR_READINGS readings in a row have not jumped: severity
+and trend judge them (their debounce and median), the planner hears of it, and a recurring
+garbage source is seen as one too. Logged once per channel.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from agent.analysis.health_index import HI_FEATURES
 from drivers.reading import VELOCITY_RMS, Reading
 
-__all__ = ["JUMP_CONFIRM", "JUMP_FACTOR", "WATCHED", "Held", "JumpGate"]
+__all__ = [
+    "JUMP_CONFIRM", "JUMP_FACTOR", "RECUR_BURSTS", "RECUR_READINGS", "WATCHED", "Held", "JumpGate",
+]  # fmt: skip
 
 JUMP_FACTOR = 10.0  # one order of magnitude over the last analysed reading
 JUMP_CONFIRM = 4  # readings in a row that a jump needs: bursts of up to 3 are garbage
+# Bursts that fell back within this many readings recur: from then on jumps are analysed,
+# until this many readings in a row have not jumped.
+RECUR_BURSTS = 3
+RECUR_READINGS = 60
 # The features a jump is judged on: RMS values, which a machine does not multiply tenfold
 # for one reading. Not a peak (a failure metric such as accel_peak_g): a spall's impact
 # lifts it tenfold for one snapshot for real (FEMTO Bearing3_1, 1_1, 1_2, 3_2).
@@ -57,6 +72,11 @@ class JumpGate:
     dropped_on: str | None = None  # ...and the last dropped burst's, for the log
     warned: bool = False  # a dropped burst was logged for this channel
     dropped_total: int = 0  # readings dropped as garbage bursts
+    seen: int = 0  # readings offered
+    ends: deque[int] = field(default_factory=lambda: deque(maxlen=RECUR_BURSTS))  # bursts' ends
+    recurring_since: int | None = None  # jumps recur: analysed (None: they are held)
+    last_jump: int = 0  # the latest jumping reading (its `seen`)
+    recur_warned: bool = False  # recurring jumps were logged for this channel
 
     def jump(self, features: Mapping[str, float], watched: Sequence[str]) -> str | None:
         """The first watched feature more than JUMP_FACTOR x its reference, or None."""
@@ -69,11 +89,25 @@ class JumpGate:
 
     def offer(self, item: Held, watched: Sequence[str]) -> tuple[Sequence[Held], Sequence[Held]]:
         """(readings to analyse now, in order; readings dropped as a garbage burst)."""
+        self.seen += 1
         name = self.jump(item.features, watched)
         if name is None:  # almost every reading: no tuple or list beyond the answer's
-            dropped = self.interrupt() if self.held else ()
+            if self.recurring_since is not None and self.seen - self.last_jump > RECUR_READINGS:
+                self.recurring_since = None  # the jumps stopped recurring: hold them again
+            if not self.held:
+                self.accept(item.features, watched)
+                return (item,), ()
+            if self.recurs():  # the burst is one of many: analysed, with this reading
+                ready, self.held, self.jumped = [*self.held, item], [], None
+                self.accept(item.features, watched)
+                return ready, ()
+            dropped = self.interrupt()
             self.accept(item.features, watched)
             return (item,), dropped
+        self.last_jump = self.seen
+        if self.recurring_since is not None:
+            self.accept(item.features, watched)
+            return (item,), ()
         self.held.append(item)
         self.jumped = self.jumped or name
         if len(self.held) < JUMP_CONFIRM:
@@ -81,6 +115,15 @@ class JumpGate:
         ready, self.held, self.jumped = self.held, [], None
         self.accept(ready[-1].features, watched)
         return ready, ()
+
+    def recurs(self) -> bool:
+        """The held burst fell back: is it the RECUR_BURSTS-th within RECUR_READINGS readings
+        (then jumps are analysed from now on)?"""
+        self.ends.append(self.seen)
+        if len(self.ends) < RECUR_BURSTS or self.seen - self.ends[0] > RECUR_READINGS:
+            return False
+        self.recurring_since = self.seen
+        return True
 
     def interrupt(self) -> list[Held]:
         """A reading that does not jump (or a stop) ends a burst: what was held is dropped."""

@@ -37,7 +37,7 @@ import math
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
-from agent.analysis.analyse import analyse, log_dropped, note_stopped
+from agent.analysis.analyse import analyse, log_dropped, log_recurring, note_stopped
 from agent.analysis.basis import basis_of
 from agent.analysis.channel import (
     Channel,
@@ -303,6 +303,8 @@ class Monitor:
         watched = WATCHED if velocity_resolved(feats) else HI_FEATURES
         ready, dropped = ch.gate.offer(now, watched)
         self._dropped(ch, dropped)
+        if ch.gate.recurring_since is not None:
+            log_recurring(ch)
         for held in ready:
             analyse(ch, held, out, lives=self.lives, tuning=self.tuning, persist=self.persist)
         return out

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.analysis.confirm import JUMP_CONFIRM
+from agent.analysis.confirm import JUMP_CONFIRM, RECUR_BURSTS, RECUR_READINGS
 from agent.analysis.monitor import Monitor
 from agent.config import Config
 from drivers.reading import Reading
@@ -90,3 +90,29 @@ def test_a_peak_that_jumps_tenfold_for_one_reading_is_analysed(tmp_path: Path) -
         m.update(Reading("m1", "z", T0 + timedelta(minutes=i), f, mono_s=60.0 * i))
     assert m.unconfirmed_total == 0
     assert max(m._channels[("m1", "z")].history.points()[1]) > 2.0  # the impact is in it
+
+
+def test_jumps_that_keep_falling_back_are_analysed_not_dropped_forever(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An intermittent fault (an impacting bearing) alternating x12 and normal readings:
+    before, every high reading was a burst that fell back, dropped forever (1 reading in 2
+    counted as garbage, no alert ever). The third burst within RECUR_READINGS readings is
+    analysed, and so is every jump after it: the trend alert is raised."""
+    m = Monitor(press_config(tmp_path, baseline_readings=30))
+    with caplog.at_level(logging.WARNING, logger="agent.analysis.monitor"):
+        out = feed(m, {i: 12.0 for i in range(60, 400, 2)}, 400)
+    assert [(k, s) for _, k, s, _ in out][:1] == [("trend", "raised")]
+    assert m.unconfirmed_total == RECUR_BURSTS - 1  # the first two bursts only
+    assert [v.unconfirmed for v in m.views()] == [RECUR_BURSTS - 1]
+    logged = [r.getMessage() for r in caplog.records if "they recur" in r.getMessage()]
+    assert len(logged) == 1, logged
+
+
+def test_recurring_jumps_are_held_again_once_they_stop(tmp_path: Path) -> None:
+    """After RECUR_READINGS readings without a jump, a lone burst is garbage again."""
+    m = Monitor(press_config(tmp_path, baseline_readings=30))
+    garbage = {i: 30.0 for i in (60, 62, 64)}  # recurring: the third is analysed
+    garbage |= {i: 30.0 for i in (64 + RECUR_READINGS + 60, 64 + RECUR_READINGS + 61)}
+    feed(m, garbage, 64 + RECUR_READINGS + 100)
+    assert m.unconfirmed_total == RECUR_BURSTS - 1 + 2

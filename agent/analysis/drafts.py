@@ -254,7 +254,7 @@ def trend_draft(
             value, threshold = feats[SEVERITY_METRIC], round(iso * keep, 4)
             sev = Severity(name, zone, standard, SEVERITY_METRIC, value, threshold)  # type: ignore[arg-type]
         else:
-            sev = Severity(name, None, "learned baseline (health index)", HEALTH_METRIC,  # type: ignore[arg-type]
+            sev = Severity(name, zone, "learned baseline (health index)", HEALTH_METRIC,  # type: ignore[arg-type]
                            round(hi or 0.0, 6), round(hi_level * keep, 6))  # fmt: skip
     return _draft(ch, reading, feats, "trend", transition, sev, extra)
 

@@ -29,7 +29,9 @@ QUALITY_REASONS = (SENTINEL, OUT_OF_RANGE, NOT_FINITE, ALL_ZERO, SATURATED)
 # A raw integer at or within this many codes of a full-scale code is a clipped, railed or
 # disconnected sensor, not a measurement: 0x7FFE read as 32.766 mm/s was a zone D alert.
 # Full scale: the type's extreme codes, and in an unsigned 16/32-bit row also the signed
-# maximum (0x7FFF, 0x7FFFFFFF), the over-range mark of a device with a signed converter.
+# maximum (0x7FFF, 0x7FFFFFFF), the over-range mark of a device with a signed converter,
+# unless the row's valid range reaches it: there it is the middle of the sensor's scale (a
+# QM30VT2 reads velocity to 46 mm/s, raw 46000: 0x7FFE is a real 32.766 mm/s).
 SATURATION_CODES = 2
 
 
@@ -83,7 +85,12 @@ class Register:
         divisor = 1.0 / self.scale
         integral = abs(self.scale) < 1 and abs(divisor - round(divisor)) < 1e-9
         object.__setattr__(self, "_divisor", float(round(divisor)) if integral else 0.0)
-        object.__setattr__(self, "_rails", _rails(self.dtype))
+        rails = _rails(self.dtype)
+        if not self.dtype.code.islower() and len(rails) == 2 and self.valid is not None:
+            lo, hi = sorted(self.scaled(float(raw)) for raw in rails[1])
+            if lo <= self.valid[1] and hi >= self.valid[0]:  # a value the sensor reads
+                rails = rails[:1]
+        object.__setattr__(self, "_rails", rails)
 
     def scaled(self, raw: float) -> float:
         """The scaled value of a raw number."""

@@ -49,9 +49,10 @@ CASES: dict[int, tuple[dict[str, float], Fault, str]] = {
     7: ({}, Fault("garbled"), "error:byte_count"),
     8: ({}, Fault("wrong_id"), "error:wrong_device"),
     9: ({}, Fault("dead"), "error:timeout"),
-    # A railed or clipped sensor: one code under the int16 full scale 0x7FFF, the common
-    # over-range mark (32.766 mm/s, zone D for every class), and the uint16 one (65.534).
-    10: ({"velocity_rms_mm_s": 32.766}, Fault(), "bad:saturated"),
+    # A railed or clipped sensor: one code under the uint16 full scale (65.534 mm/s) and
+    # under the int16 over-range mark in a 0-20 g row (32.766 g). (0x7FFE in a velocity row
+    # is a real 32.766 mm/s: the QM30VT2 reads to 46.)
+    10: ({"accel_peak_g": 32.766}, Fault(), "bad:saturated"),
     11: ({"velocity_rms_mm_s": 65.534}, Fault(), "bad:saturated"),
 }
 FLOAT_CASES: dict[int, tuple[dict[str, float], Fault, str]] = {

@@ -237,12 +237,15 @@ def test_a_float32_in_s_register_at_an_iso_boundary_reads_as_the_boundary(
 @pytest.mark.parametrize(
     ("address", "raw", "reason"),
     [
-        (5201, 0x7FFE, "saturated"),  # 32.766 mm/s: zone D for every class before
-        (5201, 0x7FFD, "saturated"),
-        (5201, 0x7FFC, None),  # three codes under: a value
+        # The sensor reads velocity to 46 mm/s (raw 46000): the int16 maximum is the middle
+        # of its scale, 0x7FFE a real 32.766 mm/s (was 'saturated': a zone D reading lost).
+        (5201, 0x7FFE, None),
+        (5201, 0x7FFD, None),
+        (5219, 0x7FFE, None),  # peak velocity, valid to 65 mm/s
         (5201, 0xFFFE, "saturated"),  # the uint16 rail, not merely out of range
         (5201, 0x7FFF, "sentinel"),  # a declared sentinel stays one
         (5201, 7100, None),
+        (5206, 0x7FFE, "saturated"),  # 32.766 g on a 0-20 g row: the over-range mark
         (5203, 32766, "saturated"),  # int16 temperature: both rails
         (5203, -32767, "saturated"),
         (5203, -1234, None),
@@ -261,3 +264,27 @@ def test_a_float32_row_has_no_full_scale_code() -> None:
         " feature: velocity_rms_mm_s, channel: z}\n"
     )
     assert p.registers[0].assess(32766.0) == (32766.0, None)
+
+
+@pytest.mark.parametrize(
+    ("valid", "reason"),
+    [
+        ("[0, 100]", None),  # the row reads past 0x7FFF: 0x7FFE is a value (3.34 g)
+        ("[0, 2]", "saturated"),  # it does not: the signed over-range mark
+        (None, "saturated"),  # its range unknown: the over-range mark
+    ],
+)
+def test_the_signed_maximum_in_an_unsigned_row_is_saturated_only_beyond_its_range(
+    valid: str | None, reason: str | None
+) -> None:
+    """An AMC AVM 2000R acceleration row (uint16, x0.001 m/s2 in g, valid 0-100 g): 3.34 g
+    at raw 0x7FFE is a failing bearing's peak, not a clipped sensor. Its uint16 top stays."""
+    v = "" if valid is None else f", valid: {valid}"
+    p = parse(
+        "name: demo\nregisters:\n - {address: 0, type: uint16, scale: 0.000101972, unit: g,"
+        f" feature: accel_peak_g, channel: z{v}}}\n"
+    )
+    reg = p.registers[0]
+    assert reg.assess(0x7FFE)[1] == reason
+    assert reg.assess(0x7FFD)[1] == reason
+    assert reg.assess(0xFFFE)[1] == "saturated"  # the register's own full scale

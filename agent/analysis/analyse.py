@@ -89,6 +89,17 @@ def log_recurring(ch: Channel) -> None:
     )  # fmt: skip
 
 
+def unhold(ch: Channel, gap_s: float) -> None:
+    """Flagged readings (a railed, saturated or garbled sensor) covered gap_s seconds: no
+    reading said the machine was below its clear level then, so an alert's clear hold does
+    not count them (3 readings under the level around 2 h of a railed sensor cleared a zone D
+    alert as if it had held 30 min)."""
+    if gap_s > 0.0:
+        for state in (ch.severity, ch.trend):
+            if state.below_since_s is not None:
+                state.below_since_s += gap_s
+
+
 def analyse(
     ch: Channel, held: Held, out: Update, *, lives: AssetLives, tuning: Tuning, persist: bool
 ) -> None:
@@ -107,6 +118,9 @@ def analyse(
     if waited:  # the wait ended: a restart must not count it on
         out.state[ch.key("model")] = model_state(ch)
     ch.running_s = t_s
+    if ch.unanalysed_from_s is not None:
+        unhold(ch, t_s - ch.unanalysed_from_s)
+        ch.unanalysed_from_s = None
     alerting = ch.asset.alerting
     sev_before, tr_before = snap(ch.severity), snap(ch.trend)
     was_ready = ch.hi.ready

@@ -137,6 +137,9 @@ class Channel:
     waited_before_s: float = 0.0
     # Readings that jump tenfold wait here for confirmation (agent.analysis.confirm).
     gate: JumpGate = field(default_factory=JumpGate)
+    # Analysis time of the last reading before flagged ones (garbage, saturated: not
+    # analysed) began; None: none since. Time they cover is no time below a clear level.
+    unanalysed_from_s: float | None = None
 
     @property
     def view(self) -> ChannelView | None:

@@ -282,6 +282,9 @@ class Monitor:
             raise KeyError(f"reading from unconfigured sensor {reading.sensor_id!r}")
         if reading.quality != "good":
             self.skipped_total += 1
+            ch = self._channels.get((reading.sensor_id, reading.channel))
+            if ch is not None and ch.unanalysed_from_s is None and math.isfinite(ch.now_s):
+                ch.unanalysed_from_s = ch.now_s  # the clear hold does not run through it
             return out
         ch = self._channel(reading, out)
         relearn_standstill(ch, reading.timestamp, out, self.tuning)

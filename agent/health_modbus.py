@@ -18,7 +18,8 @@ def modbus_metrics(snap: dict[str, Any]) -> Iterator[Metric]:
     )
     bad = CounterMetricFamily(
         "edge_sensor_bad_values",
-        "Readings not analysed: implausible values (sentinel, out_of_range, not_finite, all_zero, saturated)",
+        "Readings not analysed: implausible values "
+        "(sentinel, out_of_range, not_finite, all_zero, saturated)",
         labels=["sensor", "reason"],
     )
     for s in snap.get("sensors", []):

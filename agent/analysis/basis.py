@@ -4,7 +4,8 @@ A channel learns two things, from different inputs:
 - the baseline (health index over accel RMS / HF accel RMS, else velocity RMS, and the
   velocity median behind the ISO 20816-1 alarm): learned from how the machine vibrates at
   its speed, as this sensor reports it. A new speed, a new register profile / decoder
-  (other scaling), a profile file edited under the same name so that it reads other values
+  (other scaling; not one under another name that reads the same values: a copy), a
+  profile file edited under the same name so that it reads other values
   (its rows' addresses, types, byte orders, scales, offsets, features or channels; not its
   description or valid ranges), or another physical device at the sensor id (a new Modbus
   address, MQTT broker, topic or key: a replaced sensor) makes it meaningless; nothing else
@@ -283,11 +284,13 @@ def basis_change(before: Basis, after: Basis) -> BasisChange:
     not in the basis); `alerting.baseline_readings` applies to a baseline still being
     learned and to the next one (after a repair)."""
     readings: list[str] = []
+    known = None not in (before.source_digest, after.source_digest)
     if before.source != after.source:
-        readings.append(f"{before.source} -> {after.source}")
-    elif None not in (before.source_digest, after.source_digest) and (
-        before.source_digest != after.source_digest
-    ):
+        # Another name for the same conversion (a profile or decoder copied under a new
+        # name, unchanged) reads the same values: nothing to relearn.
+        if not known or before.source_digest != after.source_digest:
+            readings.append(f"{before.source} -> {after.source}")
+    elif known and before.source_digest != after.source_digest:
         # The same name, other values: the file was edited (a scale corrected, a register
         # moved). Unknown on either side (an older saved model): kept, as before.
         readings.append(f"{after.source} edited: it reads other values")

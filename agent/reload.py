@@ -28,9 +28,10 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.analysis.basis import source_digests
+from agent.analysis.basis import Resolved, source_digests
 from agent.config import CheckResult, Config, check_file
 from agent.control import Handler, Peer, Refused
+from agent.host_names import resolve_names
 from agent.mqtt_inputs import MqttInputs, build_mqtt
 from agent.records import format_ts
 from agent.reload_plan import ReloadPlan, plan_reload
@@ -233,6 +234,12 @@ class Reloader:
             issues = "\n".join(str(i) for i in result.issues)
             raise ReloadRefused(f"{self.path} is not valid (as `edge-agent check` says):\n{issues}")
         new = result.config
+        assert agent.monitor is not None
+        # Bounded (RESOLVE_S): a device now written by its address, once by its name (or
+        # the reverse), is the same device when the name resolves to it.
+        resolved = await resolve_names(agent.monitor.host_names(new))
+        if agent.stopping:
+            raise ReloadRefused(STOPPING)
         plan = plan_reload(
             agent.config,
             new,
@@ -240,6 +247,7 @@ class Reloader:
             files.profiles,
             old_decoders=agent.decoders,
             new_decoders=files.decoders,
+            resolved=resolved,
         )
         if plan.refused:
             raise ReloadRefused("; ".join(plan.refused))
@@ -260,7 +268,7 @@ class Reloader:
         # From here to the first await in _apply nothing yields: a shutdown that begins
         # later finds this reload applying and waits for it (settle).
         needs = list(plan.needs_restart)
-        needs += await self._apply(new, files, plan, prepared)
+        needs += await self._apply(new, files, plan, prepared, resolved)
         if agent.queue_size < agent.wanted_queue_size(new):
             needs.append(
                 f"analysis queue: {agent.queue_size} readings now, "
@@ -293,8 +301,9 @@ class Reloader:
             raise ReloadRefused(f"the store cannot register the uplinks now: {exc}") from exc
 
     async def _apply(
-        self, new: Config, files: _Files, plan: ReloadPlan, prepared: _Prepared
-    ) -> list[str]:
+        self, new: Config, files: _Files, plan: ReloadPlan, prepared: _Prepared,
+        resolved: Resolved,
+    ) -> list[str]:  # fmt: skip
         """Apply a checked plan; what could not be (a health port taken, the agent stopping)."""
         agent = self._agent
         assert agent.monitor is not None and agent.faults is not None
@@ -303,7 +312,7 @@ class Reloader:
         # A removed or moved sensor's open alerts are closed with the state that says so.
         library = files.profiles
         digests = source_digests(new, library, files.decoders)
-        agent.persist(agent.monitor.reconfigure(new, digests=digests))
+        agent.persist(agent.monitor.reconfigure(new, digests=digests, resolved=resolved))
         agent.persist(agent.faults.reconfigure(new))
         agent.feeds.reconfigure(new)
         agent.config, agent.library, agent.decoders = new, library, files.decoders

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 
-from agent.analysis.basis import basis_change, basis_of, source_digests
+from agent.analysis.basis import Resolved, basis_change, basis_of, source_digests
 from agent.config import Config, Sensor
 from drivers.payloads import DecoderLibrary
 from drivers.profiles import ProfileLibrary
@@ -165,9 +165,11 @@ def plan_reload(
     *,
     old_decoders: DecoderLibrary | None = None,
     new_decoders: DecoderLibrary | None = None,
+    resolved: Resolved | None = None,
 ) -> ReloadPlan:
     """The plan that turns the running `old` configuration into `new`; the decoders: each
-    side's payload decoders (a decoder file edited in place rebuilds the MQTT links)."""
+    side's payload decoders (a decoder file edited in place rebuilds the MQTT links);
+    resolved: the Modbus host names as looked up now (agent.host_names)."""
     plan = ReloadPlan()
     if new.gateway.id != old.gateway.id:
         plan.refused.append(
@@ -183,7 +185,9 @@ def plan_reload(
     if plan.refused:
         return plan
     _plan_buses(old, new, plan)
-    _plan_sensors(old, new, (old_library, old_decoders), (new_library, new_decoders), plan)
+    _plan_sensors(
+        old, new, (old_library, old_decoders), (new_library, new_decoders), plan, resolved
+    )
     _plan_uplinks(old, new, plan)
     _plan_rest(old, new, plan)
     return plan
@@ -208,6 +212,7 @@ def _plan_sensors(
     old_sources: tuple[ProfileLibrary, DecoderLibrary | None],
     new_sources: tuple[ProfileLibrary, DecoderLibrary | None],
     plan: ReloadPlan,
+    resolved: Resolved | None = None,
 ) -> None:
     before = sensor_specs(old, *old_sources)
     after = sensor_specs(new, *new_sources)
@@ -224,12 +229,12 @@ def _plan_sensors(
             plan.mqtt |= sid in mqtt_ids  # its link is rebuilt (its decoder file edited)
             plan.changes.append(
                 f"sensor {sid} restarted: how it is read changed; "
-                + _analysis_change(old, new, sid, digests)
+                + _analysis_change(old, new, sid, digests, resolved)
             )
         elif was.analysis != spec.analysis:
             plan.reanalyse.append(sid)
             plan.changes.append(
-                f"sensor {sid} polls on; " + _analysis_change(old, new, sid, digests)
+                f"sensor {sid} polls on; " + _analysis_change(old, new, sid, digests, resolved)
             )
     for sid in before:
         if sid not in after:
@@ -238,8 +243,9 @@ def _plan_sensors(
 
 
 def _analysis_change(
-    old: Config, new: Config, sid: str, digests: tuple[dict[str, str], dict[str, str]]
-) -> str:
+    old: Config, new: Config, sid: str, digests: tuple[dict[str, str], dict[str, str]],
+    resolved: Resolved | None = None,
+) -> str:  # fmt: skip
     """What happens to a kept sensor's analysis state (agent.analysis.monitor.reconfigure);
     digests: each side's source_digests."""
     s_before = next(s for s in old.sensors if s.id == sid)
@@ -250,6 +256,7 @@ def _analysis_change(
     change = basis_change(
         basis_of(before, s_before, digests[0].get(sid)),
         basis_of(after, s_after, digests[1].get(sid)),
+        resolved,
     )
     if change.relearn is not None:
         alerts = "severity and trend" if change.readings else "trend"

@@ -29,6 +29,7 @@ from agent.control import ControlServer
 from agent.fds import loop_exception_handler
 from agent.feeds import OutboxFeeds
 from agent.health import HEALTH_NOTE, HealthServer, Snapshot, health_note, health_status
+from agent.host_names import resolve_names
 from agent.identity import agent_identity, store_created_at
 from agent.loop_lag import LAG_TICK_S, LoopLag
 from agent.mqtt_inputs import RunningMqtt, SessionSubscriptions, build_mqtt
@@ -289,6 +290,8 @@ class Agent:
         self.sessions.load(state)
         digests = source_digests(self.config, self.library, self.decoders)
         self.monitor = Monitor(self.config, state=state, fleet=fleet, digests=digests)
+        # Saved models learned at a device's name compare with its address now (bounded).
+        self.monitor.resolved = await resolve_names(self.monitor.host_names())
         self.faults = SensorFaultTracker(
             self.config, state=state, breaker_failures=BREAKER_FAILURES
         )

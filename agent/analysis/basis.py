@@ -10,8 +10,9 @@ A channel learns two things, from different inputs:
   description or valid ranges), or another physical device at the sensor id (a new Modbus
   address, MQTT broker, topic or key: a replaced sensor) makes it meaningless; nothing else
   does (a host written otherwise is the same: localhost or 127.0.0.1, capitals, a trailing
-  dot; a DNS name is not resolved, so a device by its name, then by its address, counts
-  as replaced, and the cause says names are not resolved). A payload decoder file edited
+  dot, and a name and an address it resolves to when the reload or the start looks the
+  name up (agent.host_names, bounded); a name that did not resolve counts as another
+  device, and the cause says so). A payload decoder file edited
   under the same name counts the same way (its fields' paths, scales, offsets, features
   and channels, a waveform's rate, axes and scale; not its description, units, valid
   ranges, sentinels or the order of its fields).
@@ -33,7 +34,7 @@ import contextlib
 import hashlib
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
@@ -46,10 +47,13 @@ if TYPE_CHECKING:  # types only: `edge-agent replay` starts without the profile 
 __all__ = [
     "Basis",
     "BasisChange",
+    "Resolved",
     "basis_change",
     "basis_of",
     "decoder_digest",
     "device",
+    "host_key",
+    "host_names",
     "profile_digest",
     "reading_source",
     "same_device",
@@ -228,7 +232,7 @@ _TCP = re.compile(r"^modbus tcp (?P<host>.+):(?P<port>\d+) (?P<rest>device_id .*
 _LOOPBACK = {"localhost", "localhost.localdomain", "ip6-localhost", "127.0.0.1", "::1"}
 
 
-def _host_key(host: str) -> str:
+def host_key(host: str) -> str:
     """A host as compared: case, a trailing dot, brackets and IP spelling are cosmetic.
     Names are not resolved (blocking, and a DHCP address is no identity)."""
     h = host.strip().strip("[]").rstrip(".").lower()
@@ -237,15 +241,45 @@ def _host_key(host: str) -> str:
     return "loopback" if h in _LOOPBACK else h
 
 
-def same_device(before: str, after: str) -> bool:
-    """Whether two device() strings name the same physical sensor (saved strings too)."""
+Resolved = Mapping[str, frozenset[str]]
+"""A host name (as host_key spells it) -> the addresses it resolved to (each as host_key
+spells it), looked up without blocking before a reload or a start (agent.host_names)."""
+
+
+def _addresses(host: str, resolved: Resolved | None) -> frozenset[str]:
+    """The addresses a host names: an address (or this machine's loopback) itself, a name
+    what it resolved to (nothing when it did not, or was not looked up)."""
+    key = host_key(host)
+    if key == "loopback" or _is_address(key):
+        return frozenset({key})
+    return frozenset(resolved.get(key, ())) if resolved is not None else frozenset()
+
+
+def host_names(devices: Iterable[str]) -> set[str]:
+    """The host names (not addresses) in device() strings: what a reload resolves so that
+    a device written by its name, then by its address, is known to be the same."""
+    out = set()
+    for d in devices:
+        m = _TCP.match(d)
+        if m is not None:
+            key = host_key(m["host"])
+            if key != "loopback" and not _is_address(key):
+                out.add(key)
+    return out
+
+
+def same_device(before: str, after: str, resolved: Resolved | None = None) -> bool:
+    """Whether two device() strings name the same physical sensor (saved strings too):
+    the same port and device id at the same host, written either way, or at a name and an
+    address it resolves to (`resolved`: the names looked up now)."""
     if before == after:
         return True
     b, a = _TCP.match(before), _TCP.match(after)
-    if b is None or a is None:
+    if b is None or a is None or (b["port"], b["rest"]) != (a["port"], a["rest"]):
         return False
-    return (b["port"], b["rest"], _host_key(b["host"])) == (
-        a["port"], a["rest"], _host_key(a["host"]))  # fmt: skip
+    if host_key(b["host"]) == host_key(a["host"]):
+        return True
+    return bool(_addresses(b["host"], resolved) & _addresses(a["host"], resolved))
 
 
 def _is_address(host: str) -> bool:
@@ -259,27 +293,35 @@ def _is_address(host: str) -> bool:
 _UNRESOLVED = "host names are not resolved: one device under its name and its address counts as two"
 
 
-def _replaced(before: str, after: str) -> str:
+def _replaced(before: str, after: str, resolved: Resolved | None = None) -> str:
     """The cause line of another device at the sensor id. A host written as a name on one
-    side only is said to be a guess: the name is not resolved (DNS and DHCP move), so the
-    same device under its address counts as another; the integrator sees why."""
+    side says what the name resolved to (or that it did not, or was not looked up): the
+    integrator sees why the same device under its address counted as another."""
     line = f"sensor replaced: {before} -> {after}"
     b, a = _TCP.match(before), _TCP.match(after)
     if b is None or a is None or (b["port"], b["rest"]) != (a["port"], a["rest"]):
         return line
-    if _is_address(b["host"]) and _is_address(a["host"]):
+    names = sorted(host_names([before, after]))
+    if not names:
         return line
-    if "loopback" in (_host_key(b["host"]), _host_key(a["host"])):
-        return line
-    return f"{line} ({_UNRESOLVED})"
+    if resolved is None:
+        return f"{line} ({_UNRESOLVED})"
+    said = [
+        f"{n} resolves to {', '.join(sorted(resolved[n]))}"
+        if resolved.get(n)
+        else f"{n} did not resolve"
+        for n in names
+    ]
+    return f"{line} ({'; '.join(said)})"
 
 
 def _was(name: str, before: object, after: object) -> str:
     return f"{name} {before} -> {after}"
 
 
-def basis_change(before: Basis, after: Basis) -> BasisChange:
-    """What a channel learned under `before` must relearn under `after`. Thresholds, zones,
+def basis_change(before: Basis, after: Basis, resolved: Resolved | None = None) -> BasisChange:
+    """What a channel learned under `before` must relearn under `after` (`resolved`: the
+    host names looked up now, see same_device). Thresholds, zones,
     debounce, holds, horizons, priors and `failure.threshold` invalidate nothing (they are
     not in the basis); `alerting.baseline_readings` applies to a baseline still being
     learned and to the next one (after a repair)."""
@@ -294,8 +336,8 @@ def basis_change(before: Basis, after: Basis) -> BasisChange:
         # The same name, other values: the file was edited (a scale corrected, a register
         # moved). Unknown on either side (an older saved model): kept, as before.
         readings.append(f"{after.source} edited: it reads other values")
-    if not same_device(before.device, after.device):
-        readings.append(_replaced(before.device, after.device))
+    if not same_device(before.device, after.device, resolved):
+        readings.append(_replaced(before.device, after.device, resolved))
     baseline: list[str] = []
     if before.rpm != after.rpm:
         baseline.append(_was("machine.rpm", f"{before.rpm:g}", f"{after.rpm:g}"))

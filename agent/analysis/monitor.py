@@ -38,7 +38,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from agent.analysis.analyse import analyse, log_dropped, log_recurring, note_stopped
-from agent.analysis.basis import basis_of
+from agent.analysis.basis import Resolved, basis_of, device, host_names
 from agent.analysis.channel import (
     Channel,
     ChannelView,
@@ -110,6 +110,8 @@ class Monitor:
             keeps nothing).
         digests: sensor id -> its register profile's digest (agent.analysis.basis.
             source_digests): a profile file edited under the same name relearns.
+        resolved: the Modbus host names looked up now (agent.host_names; see host_names):
+            a device written by its name, then by its address, is the same device.
     """
 
     def __init__(
@@ -121,8 +123,10 @@ class Monitor:
         fleet: Mapping[str, Sequence[FleetLife]] | None = None,
         persist: bool = True,
         digests: Mapping[str, str] | None = None,
+        resolved: Resolved | None = None,
     ) -> None:
         self._index(config, digests)
+        self.resolved = resolved
         self._saved = dict(state or {})
         self.lives = AssetLives(config.assets, self._saved, fleet)
         self.persist = persist
@@ -153,6 +157,18 @@ class Monitor:
             for s in config.sensors
         }
 
+    def host_names(self, config: Config | None = None) -> set[str]:
+        """The Modbus host names the channels' bases name (running, saved, and as
+        configured, or as `config` would configure them): what to look up before
+        reconfigure() or close_unconfigured() compares them (agent.host_names)."""
+        devices = [b.device for b in self._basis.values()]
+        devices += [ch.basis.device for ch in self._channels.values() if ch.basis is not None]
+        devices += [b.device for k, v in self._saved.items()
+                    if k.endswith("/model") and (b := saved_basis(v)) is not None]  # fmt: skip
+        if config is not None:
+            devices += [device(s) for s in config.sensors]
+        return host_names(devices)
+
     def knows(self, sensor_id: str) -> bool:
         """True when the sensor is in the configuration (a reload may have removed it)."""
         return sensor_id in self._sensor_asset
@@ -163,8 +179,10 @@ class Monitor:
         at: datetime | None = None,
         *,
         digests: Mapping[str, str] | None = None,
+        resolved: Resolved | None = None,
     ) -> Update:
-        """Take a reloaded configuration; returns the state to persist, and a "cleared"
+        """Take a reloaded configuration (`resolved`: its host names as looked up now,
+        host_names); returns the state to persist, and a "cleared"
         record for each alert a removed or moved channel leaves open, or a relearned
         baseline closes (at: their time).
 
@@ -189,6 +207,8 @@ class Monitor:
         at = at or utc_now()
         assets, transports = self._assets, self._transports  # as the alerts were raised
         self._index(config, digests)
+        if resolved is not None:
+            self.resolved = resolved
         for key, ch in list(self._channels.items()):
             asset = self._sensor_asset.get(key[0])
             if asset is None or asset.id != ch.asset.id or key[1] not in self._channels_of[key[0]]:
@@ -197,7 +217,8 @@ class Monitor:
                 transports[key[0]] = ch.sensor.transport
                 del self._channels[key]
                 continue
-            rebase(ch, asset, self._basis[key[0]], at, out, RELEARNED_BY_RELOAD, self.tuning)
+            rebase(ch, asset, self._basis[key[0]], at, out, RELEARNED_BY_RELOAD, self.tuning,
+                   self.resolved)  # fmt: skip
             # A baseline still being learned completes at the new length.
             ch.hi.learn_readings = asset.alerting.baseline_readings
             ch.asset, ch.table = asset, self._tables[asset.id]
@@ -224,7 +245,7 @@ class Monitor:
             if (sensor, channel) in self._channels or saved_basis(self._saved[k]) in (None, now):
                 continue
             ch = self._load(SensorRef(sensor, channel, self._transports[sensor]))
-            rebase(ch, asset, now, at, out, why, self.tuning)
+            rebase(ch, asset, now, at, out, why, self.tuning, self.resolved)
 
     def close_unconfigured(self, at: datetime | None = None) -> Update:
         """At start: a "cleared" record for each alert the persisted state has open for a
@@ -258,7 +279,8 @@ class Monitor:
         # The start (close_unconfigured) rebased saved models; this covers a caller that
         # did not make that call, and a model saved without a basis (it takes this one).
         asset, now = ch.asset, self._basis[reading.sensor_id]
-        rebase(ch, asset, now, reading.timestamp, out, RELEARNED_AT_START, self.tuning)
+        rebase(ch, asset, now, reading.timestamp, out, RELEARNED_AT_START, self.tuning,
+               self.resolved)  # fmt: skip
         return ch
 
     def _load(self, sensor: SensorRef) -> Channel:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
-from agent.analysis.basis import Basis, BasisChange, basis_change
+from agent.analysis.basis import Basis, BasisChange, Resolved, basis_change
 from agent.analysis.channel import Channel, model_state
 from agent.analysis.health_index import HealthIndex
 from agent.analysis.lifecycle import LifecycleState
@@ -69,13 +69,15 @@ def closed(
 
 
 def rebase(
-    ch: Channel, asset: Asset, now: Basis, at: datetime, out: Update, why: str, tuning: Tuning
-) -> None:
+    ch: Channel, asset: Asset, now: Basis, at: datetime, out: Update, why: str, tuning: Tuning,
+    resolved: Resolved | None = None,
+) -> None:  # fmt: skip
     """Relearn what the channel's model lost by the change from the basis it was learned
-    under to `now` (agent.analysis.basis), nothing more. A model saved without a basis (an
-    older store) is kept as it is and learned on under `now`."""
+    under to `now` (agent.analysis.basis; `resolved`: the host names looked up now),
+    nothing more. A model saved without a basis (an older store) is kept as it is and
+    learned on under `now`."""
     before, ch.basis = ch.basis, now
-    change = BasisChange() if before is None else basis_change(before, now)
+    change = BasisChange() if before is None else basis_change(before, now, resolved)
     if change.readings:
         judge_afresh(ch, asset, "; ".join(change.readings), at, out, why)
     if change.relearn is not None:

@@ -5,8 +5,11 @@ why (agent.analysis.basis). Real Monitor and SQLite store."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+from agent.analysis.basis import Resolved
 from agent.analysis.monitor import Monitor
+from agent.config import Config
 from tests.agent.analysis.test_monitor_reconfigure import degraded_config as config
 from tests.agent.analysis.test_monitor_reconfigure import vib
 from tests.agent.analysis.test_monitor_restart_basis import (
@@ -68,3 +71,45 @@ async def test_a_profile_renamed_with_the_same_content_keeps_the_open_episodes(
         "modbus.profile plant-vt-2 -> modbus.profile plant-vt-3" in d.evidence["reason"]
         for d in drafts
     )
+
+
+RESOLVED = {"plc-7.plant": frozenset({"10.0.0.21"})}  # as agent.host_names looked it up
+
+
+async def restart(tmp_path: Path, cfg: Config, resolved: Resolved) -> tuple[Monitor, list[Any]]:
+    """A new process on the saved state with `cfg`, its host names looked up (as
+    agent.runtime does): the monitor and the records its start stored."""
+    async with store_at(tmp_path) as ob:
+        m = Monitor(cfg, state=await ob.load_state(), resolved=resolved)
+        return m, await store(ob, m.close_unconfigured(AT))
+
+
+async def test_a_device_by_its_name_then_its_address_keeps_the_open_episodes(
+    tmp_path: Path,
+) -> None:
+    """Before: host plc-7.plant rewritten as 10.0.0.21, the address it resolves to, closed
+    the open severity and trend alerts as a replaced sensor, at a reload and at a restart
+    with the file edited while stopped. Another address still closes them, saying what the
+    name resolves to."""
+    by_name = config(tmp_path, {"sensors.0.modbus.host": "plc-7.plant"})
+    async with store_at(tmp_path) as ob:
+        m = Monitor(by_name)
+        for i in range(32):
+            await store(ob, m.update(vib(i, 1.0, 1.0) if i < 12 else vib(i, 2.0, 5.0)))
+    ch = m._channels[("m1", "z")]
+    opened = (ch.severity.raised_at, ch.trend.raised_at)
+    assert all(opened)
+    by_address = config(tmp_path, {"sensors.0.modbus.host": "10.0.0.21"})
+    # At a restart with the file edited while the agent was stopped.
+    restarted, recs = await restart(tmp_path, by_address, resolved=RESOLVED)
+    assert recs == []
+    assert ("severity", "raised") not in _from(restarted, 0, 5, 5.0)
+    # At a live reload, and back to the name.
+    assert m.reconfigure(by_address, AT, resolved=RESOLVED).drafts == []
+    assert m.reconfigure(by_name, AT, resolved=RESOLVED).drafts == []
+    ch = m._channels[("m1", "z")]
+    assert (ch.severity.raised_at, ch.trend.raised_at) == opened and ch.hi.ready
+    other = config(tmp_path, {"sensors.0.modbus.host": "10.0.0.22"})
+    drafts = m.reconfigure(other, AT, resolved=RESOLVED).drafts
+    assert sorted(d.kind for d in drafts) == ["severity", "trend"]
+    assert all("(plc-7.plant resolves to 10.0.0.21)" in d.evidence["reason"] for d in drafts)

@@ -7,13 +7,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from agent.analysis.basis import Resolved
+import pytest
+
+from agent.analysis.basis import Resolved, source_digests
 from agent.analysis.monitor import Monitor
 from agent.config import Config
+from agent.reload_plan import plan_reload
+from drivers.profiles import ProfileLibrary
 from tests.agent.analysis.test_monitor_reconfigure import degraded_config as config
 from tests.agent.analysis.test_monitor_reconfigure import vib
 from tests.agent.analysis.test_monitor_restart_basis import (
     AT,
+    ROOT,
     _digests,
     _from,
     _profile_file,
@@ -113,3 +118,33 @@ async def test_a_device_by_its_name_then_its_address_keeps_the_open_episodes(
     drafts = m.reconfigure(other, AT, resolved=RESOLVED).drafts
     assert sorted(d.kind for d in drafts) == ["severity", "trend"]
     assert all("(plc-7.plant resolves to 10.0.0.21)" in d.evidence["reason"] for d in drafts)
+
+
+SAME_MEASUREMENT = {
+    "IPv6 loopback": {"sensors.0.modbus.host": "::1"},
+    "name with a trailing dot": {"sensors.0.modbus.host": "LocalHost."},
+    "poll interval": {"sensors.0.poll_interval_s": 2.0},
+    "timeout": {"sensors.0.modbus.timeout_s": 0.2},
+    "asset display name": {"assets.0.name": "Press 7 main motor"},
+    "thresholds": {"assets.0.alerting.debounce": 4},
+}
+
+
+@pytest.mark.parametrize("edit", SAME_MEASUREMENT.values(), ids=SAME_MEASUREMENT)
+async def test_a_reload_that_measures_the_same_keeps_every_open_episode(
+    tmp_path: Path, edit: dict[str, Any]
+) -> None:
+    """What the sensor measures is unchanged: the open severity and trend episodes go on,
+    no clear and no new raise, and the reload's line says the analysis state is kept."""
+    m = await _open_episodes(tmp_path, "banner-qm30vt2", ROOT / "drivers" / "profiles")
+    ch = m._channels[("m1", "z")]
+    opened = (ch.severity.raised_at, ch.trend.raised_at)
+    old = config(tmp_path, {"sensors.0.modbus.profile": "banner-qm30vt2"})
+    new = config(tmp_path, {"sensors.0.modbus.profile": "banner-qm30vt2", **edit})
+    library = ProfileLibrary.load(None)
+    lines = plan_reload(old, new, library, library).changes
+    assert not any("relearned" in ln or "cleared" in ln for ln in lines), lines
+    assert m.reconfigure(new, AT, digests=source_digests(new, library)).drafts == []
+    ch = m._channels[("m1", "z")]
+    assert (ch.severity.raised_at, ch.trend.raised_at) == opened and ch.hi.ready
+    assert ("severity", "raised") not in _from(m, 0, 5, 5.0)

@@ -44,7 +44,9 @@ second work order.
                                    {"work_orders": [...], "last_seq": n} in creation order
     GET  /api/v1/work-orders/{id}  one work order (404 if unknown)
     GET  /api/v1/stats             counters: posts, created, replayed, conflicts, rejected,
-                                   unauthorized, faults_served; work_orders
+                                   unauthorized, faults_served, updates, updated,
+                                   update_replayed, not_found, updates_overridden (the
+                                   updates POSTed with the override); work_orders
     POST /admin/faults, /admin/outage, DELETE /admin/faults
                                    fault injection on POSTs, as the backend's
                                    (simulators/_faults.py); after_store: the work order is
@@ -89,6 +91,7 @@ COUNTERS = (
     "updated",
     "update_replayed",
     "not_found",
+    "updates_overridden",  # of the updates, POSTed with X-HTTP-Method-Override: PATCH
 )
 _KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
 _DUE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$")
@@ -429,6 +432,7 @@ class Cmms(SimApp[CmmsDb]):
         if override.upper() != "PATCH":
             return json_error(405, "POST a work order's update with X-HTTP-Method-Override: "
                               "PATCH, or PATCH it", allow="PATCH")  # fmt: skip
+        await self.dbt.run(self.db.bump, updates_overridden=1)
         return await self._patch(request)
 
     async def _close(self, request: web.Request) -> web.Response:

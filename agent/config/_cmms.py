@@ -105,6 +105,10 @@ class CmmsMapping(_Model):
     # closes it with the repair), or "note" (its evidence appended as a note, so the
     # planner sees that the vibration came back down; the order stays open).
     on_clear: Literal["nothing", "note"] = "nothing"
+    # How an update of an open work order is sent: "patch" (PATCH {url}/{id}, as UpKeep,
+    # Fiix, MaintainX take it), or "post_override" (a POST there with
+    # X-HTTP-Method-Override: PATCH, for a CMMS or proxy that only passes POST: Maximo).
+    update_method: Literal["patch", "post_override"] = "patch"
     title_max_chars: int = Field(default=200, ge=20, le=10_000)
     description_max_chars: int = Field(default=4000, ge=200, le=1_000_000)
 

@@ -9,7 +9,8 @@ recovered) is byte-identical and the CMMS answers with the work order it already
 instead of opening a second one. The id it answers with is kept for the episode in the
 store (agent.uplink._cmms_orders) before the record counts as delivered. The episode's
 later records (an escalation, a revision, a critical again) update that work order: a
-PATCH of `{url}/{id}` (sent as a POST with `X-HTTP-Method-Override: PATCH`) raising its
+PATCH of `{url}/{id}` (with `mapping.update_method: post_override`, a POST there with
+`X-HTTP-Method-Override: PATCH`, as Maximo takes it) raising its
 priority, bringing its due date forward and appending the evidence as a note, under
 `Idempotency-Key: <their alert_id>`, so a retry is applied once. A work order the CMMS no
 longer has (404) or that a person closed (409, status closed) is replaced: the record
@@ -41,7 +42,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-from agent.config import CmmsUplink
+from agent.config import CmmsUplink, public_url
 from agent.store import Outbox, StoredItem, StoreError
 from agent.uplink._cmms_orders import EpisodeOrders
 from agent.uplink._httpclient import REASON_CHARS, RETRYABLE_4XX, Answer, HttpClient
@@ -241,13 +242,17 @@ class CmmsTransport(HttpClient):
         self._opened(wo, answer)
 
     async def _update(self, up: Update, it: _Item) -> str | None:
-        """PATCH the episode's open work order (as a POST with X-HTTP-Method-Override, as
-        Maximo takes it). None once applied; why, if the work order is gone (the CMMS
+        """PATCH the episode's open work order (or, with mapping.update_method:
+        post_override, POST it with X-HTTP-Method-Override: PATCH, as Maximo takes it).
+        None once applied; why, if the work order is gone (the CMMS
         answered 404, or 409 closed: a person closed or deleted it)."""
         number = up.order.work_order
         url = f"{self.cfg.url.rstrip('/')}/{quote(number, safe='')}"
-        headers = {"Idempotency-Key": up.key, "X-HTTP-Method-Override": "PATCH"}
-        answer = await self.post(url, up.body, headers)
+        headers = {"Idempotency-Key": up.key}
+        method = "PATCH"
+        if self.cfg.mapping.update_method == "post_override":
+            method, headers["X-HTTP-Method-Override"] = "POST", "PATCH"
+        answer = await self.post(url, up.body, headers, method=method)
         if answer.ok:
             # Kept before it counts as delivered; a clear ends the episode (its next raise
             # opens a new order).
@@ -271,10 +276,10 @@ class CmmsTransport(HttpClient):
                 f"order {number} for alert {up.key}; it is never sent under another key)"
             )
             raise UplinkRejected(
-                f"POST {self.target}: {reason}",
+                f"{method} {public_url(url)}: {reason}",
                 uplink=self.name, status=422, reason=reason, per_item=True,
             )  # fmt: skip
-        err = await self.failure(url, answer, retryable=RETRYABLE)
+        err = await self.failure(url, answer, retryable=RETRYABLE, method=method)
         if not isinstance(err, UplinkRejected):
             raise err
         reason = (
@@ -283,7 +288,7 @@ class CmmsTransport(HttpClient):
             f"--uplink {self.name}`)"
         )
         raise UplinkRejected(
-            f"POST {self.target}: {reason}",
+            f"{method} {public_url(url)}: {reason}",
             uplink=self.name, status=answer.status, reason=reason,
             too_large=err.too_large, per_item=True, alike=err.alike,
         )  # fmt: skip

@@ -150,28 +150,36 @@ class HttpClient:
             await self._session.close()
             self._session = None
 
-    async def post(self, url: str, body: bytes, headers: Mapping[str, str] | None = None) -> Answer:
-        """POST a JSON body; the answer, whatever its status but a redirect.
+    async def post(
+        self,
+        url: str,
+        body: bytes,
+        headers: Mapping[str, str] | None = None,
+        *,
+        method: str = "POST",
+    ) -> Answer:
+        """POST (or `method`: a CMMS's PATCH) a JSON body; the answer, whatever its status
+        but a redirect.
 
         Raises:
             UplinkUnavailable: no answer (connection refused, reset, timeout: `down`; a
                 timeout is `timed_out` too), or a 3xx, which is never followed.
         """
         assert self._session is not None
-        shown = public_url(url)
+        shown = f"{method} {public_url(url)}"
         sent = {"Content-Type": "application/json", **(headers or {})}
         if self._token:
             sent["Authorization"] = f"Bearer {self._token}"
         if self._tls_files and self._ssl is None and not await self._load_tls():
             raise UplinkUnavailable(
-                f"POST {shown}: cannot load this uplink's TLS files: {self._tls_problem}; "
+                f"{shown}: cannot load this uplink's TLS files: {self._tls_problem}; "
                 "nothing sent (tried again at each attempt)",
                 uplink=self.name,
             )
         try:
             seen: dict[str, bool] = {}
             try:
-                return await self._exchange(url, shown, body, sent, seen)
+                return await self._exchange(method, url, shown, body, sent, seen)
             except aiohttp.ClientConnectionError as exc:
                 if not _stale_keepalive(exc, seen):
                     raise
@@ -181,25 +189,33 @@ class HttpClient:
                 # backend drops, as after any retry.
                 self.stale_retries += 1
                 log.debug("uplink[%s]: %s on a reused idle connection; resent once", self.name, exc)
-                return await self._exchange(url, shown, body, sent, {})
+                return await self._exchange(method, url, shown, body, sent, {})
         except aiohttp.ClientConnectorCertificateError as exc:
             raise await self._untrusted(shown, exc) from exc
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            text = f"{type(exc).__name__}: {exc}".replace(url, shown)
+            text = f"{type(exc).__name__}: {exc}".replace(url, public_url(url))
             raise UplinkUnavailable(
-                f"POST {shown}: {text}{await self._cert_hint(url, exc, text)}",
+                f"{shown}: {text}{await self._cert_hint(url, exc, text)}",
                 uplink=self.name,
                 down=True,
                 timed_out=isinstance(exc, TimeoutError),
             ) from exc
 
     async def _exchange(
-        self, url: str, shown: str, body: bytes, sent: Mapping[str, str], seen: dict[str, bool]
+        self,
+        method: str,
+        url: str,
+        shown: str,
+        body: bytes,
+        sent: Mapping[str, str],
+        seen: dict[str, bool],
     ) -> Answer:
-        """One POST and its answer; ``seen`` learns whether the request went on a reused
-        connection (``reused``) and whether an answer began (``answered``)."""
+        """One request (`shown`: its method and URL without secrets) and its answer;
+        ``seen`` learns whether the request went on a reused connection (``reused``) and
+        whether an answer began (``answered``)."""
         assert self._session is not None
-        async with self._session.post(
+        async with self._session.request(
+            method,
             url,
             data=body,
             headers=sent,
@@ -212,7 +228,7 @@ class HttpClient:
             if 300 <= status < 400:
                 location = public_url(resp.headers.get("Location", ""))
                 raise UplinkUnavailable(
-                    f"POST {shown}: HTTP {status} redirect to {location!r} not followed "
+                    f"{shown}: HTTP {status} redirect to {location!r} not followed "
                     "(a redirect turns the POST into a GET or sends the alerts "
                     "elsewhere); set the uplink url to the final address",
                     uplink=self.name,
@@ -229,7 +245,7 @@ class HttpClient:
                 # answers 200 by default), a proxy's or hotspot's login page or a web UI
                 # behind a wrong URL. Taking it as delivered would lose the alerts.
                 raise UplinkUnavailable(
-                    f"POST {shown}: HTTP {status} with a web page ({resp.content_type}) "
+                    f"{shown}: HTTP {status} with a web page ({resp.content_type}) "
                     "instead of the backend's answer (a firewall or proxy page, or a URL "
                     "that is not the API); nothing marked delivered",
                     uplink=self.name,
@@ -271,7 +287,7 @@ class HttpClient:
                 "(no Content-Length, no chunks: only the close marked its end)"
             )
         raise UplinkUnavailable(
-            f"POST {shown}: HTTP {resp.status} answer cut short ({why}): the backend may "
+            f"{shown}: HTTP {resp.status} answer cut short ({why}): the backend may "
             "have died before storing the batch; nothing marked delivered, resent (it "
             "dedupes on the ids)",
             uplink=self.name,
@@ -293,13 +309,18 @@ class HttpClient:
         return ""
 
     async def failure(
-        self, url: str, answer: Answer, *, retryable: frozenset[int] = RETRYABLE_4XX
+        self,
+        url: str,
+        answer: Answer,
+        *,
+        retryable: frozenset[int] = RETRYABLE_4XX,
+        method: str = "POST",
     ) -> UplinkError:
         """The error a non-2xx answer means (see the module docstring); after a 401, 403 or
         407 the token file is read again."""
         status = answer.status
         reason = f"HTTP {status}: {answer.text[:REASON_CHARS]}"
-        message = f"POST {public_url(url)}: {reason}"
+        message = f"{method} {public_url(url)}: {reason}"
         if status in AUTH_4XX:
             await self._load_token()
         # Below 400 (a 101 nobody asked for) is no refusal of the items either.
@@ -357,7 +378,7 @@ class HttpClient:
             fix = "for a private or plant CA, set ca_file to that CA's certificate (PEM)"
         await self._load_tls()
         return UplinkUnavailable(
-            f"POST {shown}: TLS: the server's certificate is not trusted "
+            f"{shown}: TLS: the server's certificate is not trusted "
             f"({exc.certificate_error}); this uplink trusts {trusted}: {fix}",
             uplink=self.name,
         )

@@ -141,6 +141,28 @@ async def test_a_work_order_closed_in_the_cmms_is_replaced_by_the_escalation(
     assert [n["request_key"] for n in orders[1]["notes"]] == [later[1]["alert_id"]]
 
 
+async def test_an_update_is_a_true_patch_unless_the_mapping_asks_for_the_override(
+    tmp_path: Path,
+) -> None:
+    """The escalation's update is a PATCH of {url}/{id}; `mapping.update_method:
+    post_override` sends it as a POST with X-HTTP-Method-Override: PATCH (Maximo). Before:
+    always the POST with the override, even to a CMMS (or proxy) that only takes PATCH."""
+    for method, overridden in (("patch", 0), ("post_override", 1)):
+        path = tmp_path / f"{method}.db"
+        async with (
+            CmmsServer(db=tmp_path / f"cmms-{method}.db", token=TOKEN) as cmms,
+            _outbox(path) as ob,
+        ):
+            await ob.append([severity("C", tier=2, i=0), severity("D", "escalated", tier=2, i=1)])
+            mapping = {"update_method": method}
+            async with Running(uplink(cfg(cmms.url, mapping=mapping), ob)):
+                await until(lambda ob=ob: _drained(ob))
+            [order] = await cmms.work_orders()
+            stats = await _stats(cmms)
+        assert order["priority"] == "urgent" and len(order["notes"]) == 1, method
+        assert (stats["updated"], stats["updates_overridden"]) == (1, overridden), method
+
+
 async def _created(cmms: CmmsServer, n: int) -> bool:
     stats: dict[str, Any] = await _stats(cmms)
     return bool(stats["created"] >= n)

@@ -69,10 +69,15 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class _Item:
-    """A stored alert as sent: its record and its episode (None: not a severity or trend)."""
+    """A stored alert as sent: its record, its episode (None: not a severity or trend), its
+    store seq, and whether it is late (stored before the record that opened its episode's
+    work order, sent after it: a requeued raise, a raise behind its escalation after a
+    reload changed the asset's tier, since tier 1 goes first)."""
 
     record: Mapping[str, Any]
     episode: str | None
+    seq: int = 0
+    late: bool = False
 
 
 def _answer_id(text: str, key: str = "id") -> str | None:
@@ -154,15 +159,23 @@ class CmmsTransport(HttpClient):
             record = json.loads(item.json)
             ep = episode(record)
         order = None
-        if ep is not None and (
-            record.get("state") == "escalated"
-            or (record.get("state") == "cleared" and self.cfg.mapping.on_clear == "note")
-        ):
+        if ep is not None:
             order = await self._orders(self.orders.get(ep))
+        # Stored before the record that opened the episode's order: never the episode's
+        # entry replaced; a note on that order, never a second one, unless it is a raise
+        # and a raise opened that order (then it is an earlier episode's: its own order).
+        late = order is not None and item.seq < order.seq
+        state = record.get("state")
+        if state not in ("escalated", "cleared") and not (late and order and not order.by_raise):
+            order = None  # a raise: a new episode (or an earlier one), its own order
+        if record.get("state") == "cleared" and self.cfg.mapping.on_clear != "note":
+            order = None
         with self._unbuildable(item):
-            it = _Item(record, ep)
+            it = _Item(record, ep, item.seq, late)
             if order is not None:
-                return update(record, order, self.cfg, self.assets, gateway_site=self.site), it
+                up = update(record, order, self.cfg, self.assets, gateway_site=self.site,
+                            late=late)  # fmt: skip
+                return up, it
             return no_work_order(record) or self._build(record), it
 
     def _build(self, record: Mapping[str, Any]) -> WorkOrder:
@@ -213,6 +226,8 @@ class CmmsTransport(HttpClient):
             gone = await self._update(request, it)
             if gone is None:
                 return None
+            if it.late:  # the episode's later records decided about its order
+                return f"{gone}; this record was stored before the one that opened it"
             if note_only(it.record):  # nothing to raise: the gone order is not replaced
                 await self._orders(self.orders.put(it.episode or "", None))
                 return f"{gone}; a {it.record['state']} record opens no work order"
@@ -226,18 +241,18 @@ class CmmsTransport(HttpClient):
         answer = await self.post(self.cfg.url, wo.body, {"Idempotency-Key": wo.key})
         if not answer.ok:
             err = await self._refusal(wo, answer)
-            if it.episode is not None and isinstance(err, UplinkRejected):
+            if it.episode is not None and not it.late and isinstance(err, UplinkRejected):
                 existing = (
                     _answer_id(answer.text, "work_order_id") if answer.status == 422 else None
                 )
                 # A 422 names the order this key opened: the episode's later records update
                 # it. Any other refusal: no order, so they must not update an older one.
-                order = None if existing is None else opened(wo, existing)
+                order = None if existing is None else opened(wo, existing, it.seq)
                 await self._orders(self.orders.put(it.episode, order))
             raise err
         number = _answer_id(answer.text)
-        if it.episode is not None:
-            order = None if number is None else opened(wo, number)
+        if it.episode is not None and not it.late:
+            order = None if number is None else opened(wo, number, it.seq)
             await self._orders(self.orders.put(it.episode, order))  # before it is delivered
         self._opened(wo, answer)
 
@@ -257,7 +272,8 @@ class CmmsTransport(HttpClient):
             # Kept before it counts as delivered; a clear ends the episode (its next raise
             # opens a new order).
             done = it.record.get("state") == "cleared"
-            await self._orders(self.orders.put(it.episode or "", None if done else up.order))
+            if not it.late:  # a late record changes nothing the episode's later ones kept
+                await self._orders(self.orders.put(it.episode or "", None if done else up.order))
             how = "already updated (a retry)" if answer.replayed else "updated"
             log.info(
                 "uplink[%s]: work order %s %s for alert %s (priority %s, due %s, opened by %s)",

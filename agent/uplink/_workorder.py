@@ -84,6 +84,7 @@ class WorkOrder:
     priority: str | int
     due: str
     zone: str = "unknown"  # the ISO zone its priority was chosen by
+    raise_: bool = True  # its record is a raise (not an escalation opening an order)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,12 +96,19 @@ class OpenOrder:
         opened_by: the alert id whose request opened it (its Idempotency-Key).
         zone: the highest ISO zone the episode's requests carried (its priority's zone).
         due: the earliest due date they carried (UTC, whole seconds, Z).
+        seq: the store seq of the record that opened it (0: kept before it was recorded):
+            a record of the episode stored before it and sent after it (a requeued raise,
+            a raise behind its escalation after a tier change) is late, only a note.
+        by_raise: a raise opened it (a late raise is then an earlier episode's: its own
+            order, and this one stays the episode's).
     """
 
     work_order: str
     opened_by: str
     zone: str
     due: str
+    seq: int = 0
+    by_raise: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,9 +211,10 @@ def _zone(record: Mapping[str, Any], fact: AssetFacts | None) -> str:
     return zone if zone in ZONE_RANK else "unknown"
 
 
-def opened(wo: WorkOrder, work_order: str) -> OpenOrder:
-    """The open order a request opened, under the id the CMMS answered with."""
-    return OpenOrder(work_order, wo.key, wo.zone, wo.due)
+def opened(wo: WorkOrder, work_order: str, seq: int = 0) -> OpenOrder:
+    """The open order a request (of the record stored at `seq`) opened, under the id the
+    CMMS answered with."""
+    return OpenOrder(work_order, wo.key, wo.zone, wo.due, seq, wo.raise_)
 
 
 def update(
@@ -215,6 +224,7 @@ def update(
     facts: Mapping[str, AssetFacts],
     *,
     gateway_site: str | None = None,
+    late: bool = False,
 ) -> Update | str:
     """The update a later record of an episode makes to its open work order, or why none.
 
@@ -222,7 +232,8 @@ def update(
     and brings the due date forward, never the other way (the highest zone and the earliest
     due date of the episode so far, so a retry after the order was saved is byte-identical);
     each appends its evidence as a note. A revision only appends its note: the work order
-    stays as urgent as the critical made it until a person decides.
+    stays as urgent as the critical made it until a person decides; so does a `late` record
+    (stored before the record that opened the order, sent after it).
 
     Raises:
         KeyError, TypeError, ValueError: the record lacks what an update needs.
@@ -236,10 +247,12 @@ def update(
     due_at, due_basis = due(record, zone, cfg, horizon)
     parts: dict[str, Any] = {}
     after = order
-    if not note_only(record):
+    if not (late or note_only(record)):
         top = max(order.zone, zone, key=lambda z: ZONE_RANK.get(z, 0))
         soonest = min(order.due, due_at.strftime("%Y-%m-%dT%H:%M:%SZ"))
-        after = OpenOrder(order.work_order, order.opened_by, top, soonest)
+        after = OpenOrder(
+            order.work_order, order.opened_by, top, soonest, order.seq, order.by_raise
+        )
         parts["title"] = _clip(_title(record, top), m.title_max_chars)
         parts["priority"] = m.priority_for(int(asset["tier"]), top)
         parts["due_date"] = soonest
@@ -252,8 +265,9 @@ def update(
             "due_date": m.fields.due_date, "note": m.fields.note}  # fmt: skip
     body = {keys[part]: v for part, v in parts.items() if keys[part] is not None}
     if not body:
+        what = record["state"] if late or record["state"] == "cleared" else "revision"
         return (
-            f"a {record['state'] if record['state'] == 'cleared' else 'revision'} updates no "
+            f"a {what} updates no "
             f"work order here: mapping.fields.note is null (work order {order.work_order} "
             "stays as it is)"
         )
@@ -315,4 +329,5 @@ def build(
     body = {key: parts[part] for part, key in m.fields.used().items()}
     body.update(m.static)
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    return WorkOrder(record["alert_id"], text.encode(), parts["asset"], priority, due_text, zone)
+    return WorkOrder(record["alert_id"], text.encode(), parts["asset"], priority, due_text, zone,
+                     record["state"] == "raised")  # fmt: skip

@@ -216,3 +216,56 @@ async def test_on_clear_note_in_the_yaml_routes_the_clears_to_the_uplink(tmp_pat
             await ob.append([severity("C", i=0), severity("B", "cleared", velocity=2.0, i=1)])
             stats = await ob.stats()
         assert stats.uplinks["cmms"].pending == waiting, on_clear
+
+
+async def test_a_raise_sent_after_its_escalation_adds_to_the_order_not_a_second_one(
+    tmp_path: Path,
+) -> None:
+    """The outbox sends tier 1 first: a reload that made the motor tier 1 between its zone
+    C raise (stored at tier 2) and the zone D escalation sends the escalation first (it
+    opens the episode's order), then the raise (the same goes for a dead-lettered raise
+    requeued after its escalation went). Before: the raise opened a second order and took
+    the episode's entry, so the next record updated that one. Now: the raise adds its
+    note to the escalation's order (still urgent), and the next record updates it."""
+    path = tmp_path / "outbox.db"
+    async with CmmsServer(db=tmp_path / "cmms.db", token=TOKEN) as cmms, _outbox(path) as ob:
+        records = await ob.append(
+            [severity("C", tier=2, i=0), severity("D", "escalated", tier=1, i=1)]
+        )
+        await _deliver(ob, cmms)
+        [revised] = await ob.append([severity("D", "escalated", tier=1, velocity=6.0, i=2)])
+        await _deliver(ob, cmms)
+        orders = await cmms.work_orders()
+    assert [o["request_key"] for o in orders] == [records[1]["alert_id"]]
+    [order] = orders
+    assert order["priority"] == "urgent" and order["due_date"] == "2026-11-21T08:15:03Z"
+    notes = [n["request_key"] for n in order["notes"]]
+    assert notes == [records[0]["alert_id"], revised["alert_id"]]
+
+
+async def test_a_dead_lettered_raise_requeued_after_its_escalation_went_is_a_note(
+    tmp_path: Path,
+) -> None:
+    """The CMMS refuses the zone C raise (a mapping the CMMS does not take: its priority
+    for tier 2 zone C); another asset's alert goes through, so the raise is dead-lettered
+    (the operator sees why in the dead letters) and its escalation, not held behind it,
+    opens the episode's order. The mapping fixed, the raise requeued: before, it opened
+    a second order for the bearing; now its evidence is a note on the escalation's."""
+    path = tmp_path / "outbox.db"
+    bad = {"priority": {"2": {"C": "whenever"}}}
+    async with CmmsServer(db=tmp_path / "cmms.db", token=TOKEN) as cmms, _outbox(path) as ob:
+        raised, other, escalated = await ob.append(
+            [severity("C", tier=2, i=0), severity("D", tier=2, aid="press-8", i=1),
+             severity("D", "escalated", tier=2, i=2)]
+        )  # fmt: skip
+        async with Running(uplink(cfg(cmms.url, mapping=bad), ob)):
+            await until(lambda: _drained(ob))
+        [dead] = await ob.dead_letters(uplink=UP)
+        assert dead["id"] == raised["alert_id"] and "priority" in dead["reason"], dead["reason"]
+        await ob.requeue(uplink=UP)
+        await _deliver(ob, cmms)
+        orders = await cmms.work_orders()
+    keys = [o["request_key"] for o in orders]
+    assert keys == [other["alert_id"], escalated["alert_id"]]
+    assert orders[1]["priority"] == "urgent"
+    assert [n["request_key"] for n in orders[1]["notes"]] == [raised["alert_id"]]

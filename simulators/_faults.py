@@ -5,7 +5,9 @@ POST   /admin/faults   {"status": 503, "count": 2, "retry_after": 1, "delay_s": 
                        the next `count` write requests fail that way; after_store: the
                        request is applied first and its answer is lost (a retry must
                        not duplicate); location: sent with a 3xx status (a redirect);
-                       content_type: of the answer ("text/html" with 200: a block page).
+                       content_type: of the answer ("text/html" with 200: a block page);
+                       on: only a write of that kind takes it (edge-sim cmms: "open",
+                       "update"), the others pass it by.
 POST   /admin/outage   {"seconds": 10, "status": 503, "retry_after": 5}: every write
                        request fails that way for `seconds` (a maintenance window).
 DELETE /admin/faults   clears queued faults and any outage.
@@ -44,6 +46,9 @@ class Fault:
     after_store: bool = False  # apply the request, then fail: a lost answer, so a retry dupes
     location: str | None = None  # Location header of a 3xx answer
     content_type: str = "text/plain"  # text/html with 200: a firewall's block page
+    # The write it waits for: None, the next one; else only one of that kind (edge-sim
+    # cmms: "open" or "update"), the others pass it by.
+    on: str | None = None
 
     async def respond(self) -> web.Response:
         """Wait `delay_s`, then answer with this fault."""
@@ -79,6 +84,7 @@ def parse_fault(spec: Any) -> Fault:
             after_store=bool(spec.get("after_store", False)),
             location=None if location is None else str(location),
             content_type=str(spec.get("content_type", "text/plain")),
+            on=None if spec.get("on") is None else str(spec["on"]),
         )
     except (TypeError, ValueError) as exc:
         raise ValueError(f"bad fault spec: {exc}") from None
@@ -116,9 +122,16 @@ class Faults:
         self._outage = None
         return None
 
-    def next_write(self) -> Fault | None:
-        """The fault for the next write request: the outage, else the next queued one."""
-        return self.outage() or (self.queue.popleft() if self.queue else None)
+    def next_write(self, kind: str | None = None) -> Fault | None:
+        """The fault for the next write request (of `kind`): the outage, else the first
+        queued one that waits for any write or for this kind."""
+        if (outage := self.outage()) is not None:
+            return outage
+        for i, fault in enumerate(self.queue):  # at most MAX_QUEUED_FAULTS
+            if fault.on is None or fault.on == kind:
+                del self.queue[i]
+                return fault
+        return None
 
     async def serve(self, fault: Fault) -> web.Response:
         """Count the fault, then answer with it."""

@@ -20,6 +20,7 @@ from typing import Any, Self, TypeVar
 from aiohttp import web
 
 T = TypeVar("T")
+SHUTDOWN_S = 0.5  # requests still open at shutdown are cut after this
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -96,7 +97,9 @@ class AppServer:
     async def __aenter__(self) -> Self:
         sock = bind(self.host, self.port)
         self.port = sock.getsockname()[1]
-        self._runner = web.AppRunner(self.app, access_log=None)
+        # A request still open at shutdown (a fault's held answer) is cut after this: a
+        # simulator stopped while holding one waited its whole delay (then was killed).
+        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=SHUTDOWN_S)
         await self._runner.setup()
         await web.SockSite(self._runner, sock).start()
         return self

@@ -111,11 +111,14 @@ class SimApp(Generic[DbT]):
             raise RuntimeError("simulator not started")
         return self._db
 
-    async def admit_write(self, request: web.Request) -> tuple[Fault | None, web.Response | None]:
-        """Count a write request, then: (the fault to answer with after applying it, or the
-        answer to give now: a fault or an outage before applying it, or a 401)."""
+    async def admit_write(
+        self, request: web.Request, kind: str | None = None
+    ) -> tuple[Fault | None, web.Response | None]:
+        """Count a write request (of `kind`, for faults that wait for one), then: (the
+        fault to answer with after applying it, or the answer to give now: a fault or an
+        outage before applying it, or a 401)."""
         await self.dbt.run(self.db.bump, posts=1)
-        fault = self.faults.next_write()
+        fault = self.faults.next_write(kind)
         if fault is not None and not fault.after_store:
             return None, await self.faults.serve(fault)
         if not bearer_ok(request, self.token):

@@ -352,7 +352,7 @@ class Cmms(SimApp[CmmsDb]):
         )
 
     async def _post(self, request: web.Request) -> web.Response:
-        fault, answer = await self.admit_write(request)
+        fault, answer = await self.admit_write(request, "open")
         if answer is not None:
             return answer
         key = request.headers.get("Idempotency-Key", "")
@@ -388,7 +388,7 @@ class Cmms(SimApp[CmmsDb]):
         )
 
     async def _patch(self, request: web.Request) -> web.Response:
-        fault, answer = await self.admit_write(request)
+        fault, answer = await self.admit_write(request, "update")
         if answer is not None:
             return answer
         await self.dbt.run(self.db.bump, updates=1)

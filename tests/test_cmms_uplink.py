@@ -9,6 +9,7 @@ finding has exactly one work order with the mapped fields; the repair has none.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import sqlite3
@@ -29,6 +30,7 @@ from tests.test_delivery import until
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 
 TOKEN = "wo-token"
+LIFE_S = 4.0  # degrade: zone C at about 2.5 s, zone D at about 3.2 s (simulators.scenario)
 CONFIG = """\
 gateway: {{id: gw-wo, site: plant-a}}
 assets:
@@ -200,11 +202,12 @@ async def _uplink_at_least(health_port: int, key: str, n: int) -> bool:
 async def test_a_bearing_going_c_then_d_is_one_work_order_raised_to_urgent_across_kill9(
     tmp_path: Path,
 ) -> None:
-    """A degrading machine (edge-sim modbus `degrade`) crosses zone C, then zone D: one
-    severity episode per axis. Before: two work orders per axis (zone C high, zone D
-    urgent) for one bearing. Now: the zone C order is updated to urgent. The agent is killed with SIGKILL after the
-    CMMS applied the update and before its answer came: the next agent re-sends it (the
-    CMMS replays it), no second work order, no second note."""
+    """A degrading machine (edge-sim modbus `degrade`, 8 mm/s in LIFE_S) crosses zone C,
+    then zone D: one severity episode per axis. Before: two work orders per axis (zone C
+    high, zone D urgent) for one bearing. Now: the zone C order is updated to urgent. The
+    agent is killed with SIGKILL after the CMMS applied the update and before its answer
+    came (the CMMS holds the first update's answer, whenever it comes): the next agent
+    re-sends it (the CMMS replays it), no second work order, no second note."""
     cmms_port, health_port = free_port(), free_port()
     cmms_db, store = tmp_path / "cmms.db", tmp_path / "outbox.db"
     base = f"http://127.0.0.1:{cmms_port}"
@@ -212,32 +215,45 @@ async def test_a_bearing_going_c_then_d_is_one_work_order_raised_to_urgent_acros
     (tmp_path / "cmms-token").chmod(0o600)
     config = tmp_path / "agent.yaml"
     logs = [(tmp_path / f"agent{i}.log").open("wb") for i in (1, 2)]
-    async with SimProcess.cmms(cmms_db, TOKEN, cmms_port):
-        async with SimProcess.modbus(["1:degrade"], 20.0) as modbus:
-            config.write_text(
-                CONFIG.replace("tier: 1", "tier: 2").format(
-                    modbus_port=modbus.info["port"], url=f"{base}/api/v1/work-orders",
-                    store=store, health_port=health_port, socket=tmp_path / "control.sock",
-                )
-            )  # fmt: skip
-            first = await agent_process(config, stdout=logs[0], stderr=logs[0])
-            try:
-                # Zone C on both axes (x, z) of the sensor: two episodes, a work order each.
-                await until(lambda: _severity_orders(base, 2), 60, "zone C opens work orders")
-                # The next write is applied, and its answer held back for 30 s.
-                async with (
-                    aiohttp.ClientSession() as s,
-                    s.post(f"{base}/admin/faults",
-                           json={"status": 502, "after_store": True, "delay_s": 30},
-                           headers={"Authorization": f"Bearer {TOKEN}"}) as r,
-                ):  # fmt: skip
-                    assert r.status == 200
-                await until(lambda: _stat_at_least(base, "updated", 1), 60,
-                            "zone D updates the zone C work order")  # fmt: skip
-            finally:
-                first.send_signal(signal.SIGKILL)
-                await first.wait()
+    modbus_port = free_port()
+    # The machine's simulator starts once the agent runs, so its life (zone C, then D)
+    # begins with the agent polling, however long the agent took to start; the agent
+    # meanwhile retries the device every 0.5 s at most (backoff_max_s).
+    modbus = SimProcess(
+        "modbus",
+        ["modbus", "--host", "127.0.0.1", "--port", str(modbus_port), "--life-s", str(LIFE_S),
+         "--device", "1:degrade"],
+    )  # fmt: skip
+    fast = (
+        CONFIG.replace("tier: 1", "tier: 2")
+        .replace("timeout_s: 0.3}}", "timeout_s: 0.08, backoff_max_s: 0.5}}")
+        .replace("poll_interval_s: 0.5", "poll_interval_s: 0.1")
+    )
+    config.write_text(
+        fast.format(
+            modbus_port=modbus_port, url=f"{base}/api/v1/work-orders",
+            store=store, health_port=health_port, socket=tmp_path / "control.sock",
+        )
+    )  # fmt: skip
+    async with contextlib.AsyncExitStack() as stack:
+        first = await agent_process(config, stdout=logs[0], stderr=logs[0])
+        stack.push_async_callback(_killed, first)
+        await stack.enter_async_context(SimProcess.cmms(cmms_db, TOKEN, cmms_port))
+        # The first update is applied, and its answer held back for 30 s.
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(f"{base}/admin/faults",
+                   json={"status": 502, "after_store": True, "delay_s": 30, "on": "update"},
+                   headers={"Authorization": f"Bearer {TOKEN}"}) as r,
+        ):  # fmt: skip
+            assert r.status == 200
+        await until(lambda: _health_up(health_port), 30, "the agent runs")
+        await stack.enter_async_context(modbus)
+        await until(lambda: _stat_at_least(base, "updated", 1), 60,
+                    "zone D updates the zone C work order")  # fmt: skip
+        await _killed(first)
         # The machine's sensor is gone now: no new alert; what is stored is delivered.
+        await modbus.stop()
         second = await agent_process(config, stdout=logs[1], stderr=logs[1])
         try:
             await until(lambda: _drained(health_port), 30, "every work order delivered")
@@ -273,6 +289,17 @@ async def test_a_bearing_going_c_then_d_is_one_work_order_raised_to_urgent_acros
         escalations += len(escalated)
     assert escalations >= 1, story
     assert stats["conflicts"] == 0 and stats["update_replayed"] >= 1, stats
+
+
+async def _killed(agent: asyncio.subprocess.Process) -> None:
+    """SIGKILL (once; a no-op for an agent gone)."""
+    if agent.returncode is None:
+        agent.send_signal(signal.SIGKILL)
+        await agent.wait()
+
+
+async def _health_up(health_port: int) -> bool:
+    return bool(await _get(f"http://127.0.0.1:{health_port}/healthz"))
 
 
 async def _severity_orders(base: str, n: int) -> bool:

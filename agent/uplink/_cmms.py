@@ -161,13 +161,16 @@ class CmmsTransport(HttpClient):
         order = None
         if ep is not None:
             order = await self._orders(self.orders.get(ep))
-        # Stored before the record that opened the episode's order: never the episode's
-        # entry replaced; a note on that order, never a second one, unless it is a raise
-        # and a raise opened that order (then it is an earlier episode's: its own order).
+        # Stored before the record that opened the episode's order (late): never the
+        # episode's entry replaced. An escalation opened it: a note on it (this may be its
+        # raise), never a second order. A raise opened it: this record is an earlier
+        # episode's, as without an order (a raise opens its own, a clear notes nothing),
+        # never a note on a later episode's order.
         late = order is not None and item.seq < order.seq
-        state = record.get("state")
-        if state not in ("escalated", "cleared") and not (late and order and not order.by_raise):
-            order = None  # a raise: a new episode (or an earlier one), its own order
+        if late and order is not None and order.by_raise:
+            order = None
+        elif not late and record.get("state") not in ("escalated", "cleared"):
+            order = None  # a raise: a new episode, its own order
         if record.get("state") == "cleared" and self.cfg.mapping.on_clear != "note":
             order = None
         with self._unbuildable(item):

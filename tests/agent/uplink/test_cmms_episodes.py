@@ -269,3 +269,36 @@ async def test_a_dead_lettered_raise_requeued_after_its_escalation_went_is_a_not
     assert keys == [other["alert_id"], escalated["alert_id"]]
     assert orders[1]["priority"] == "urgent"
     assert [n["request_key"] for n in orders[1]["notes"]] == [raised["alert_id"]]
+
+
+async def test_an_earlier_episodes_records_sent_late_never_touch_the_next_episodes_order(
+    tmp_path: Path,
+) -> None:
+    """A raise and its clear stored at tier 2, then (a reload made the motor tier 1) the
+    next episode's raise: tier 1 goes first, so that raise opens its order first. The
+    earlier raise opens its own order and the earlier clear (mapping.on_clear: note) is
+    no note on the later episode's order, which stays the episode's. Before: the clear
+    said 'zone B' on the order of the fault that is still there."""
+    path = tmp_path / "outbox.db"
+    async with (
+        CmmsServer(db=tmp_path / "cmms.db", token=TOKEN) as cmms,
+        Outbox(path, gateway_id="gw-01", max_bytes=1 << 30, first_seq=1, uplinks=(UP,),
+               carries={UP: EPISODES}) as ob,
+    ):  # fmt: skip
+        first, _clear, second = await ob.append(
+            [severity("C", tier=2, i=0), severity("B", "cleared", tier=2, velocity=2.0, i=1),
+             severity("C", tier=1, i=2)]
+        )  # fmt: skip
+        c = cfg(cmms.url, mapping={"on_clear": "note"})
+        async with Running(uplink(c, ob)):
+            await until(lambda: _drained(ob))
+        [escalated] = await ob.append([severity("D", "escalated", tier=1, i=3)])
+        async with Running(uplink(c, ob)):
+            await until(lambda: _drained(ob))
+        orders = await cmms.work_orders()
+    by_key = {o["request_key"]: o for o in orders}
+    assert sorted(by_key) == sorted([first["alert_id"], second["alert_id"]])
+    assert by_key[first["alert_id"]]["notes"] == []
+    later = by_key[second["alert_id"]]
+    assert [n["request_key"] for n in later["notes"]] == [escalated["alert_id"]]
+    assert later["priority"] == "urgent"

@@ -118,8 +118,11 @@ def test_demo_tells_the_story_a_manager_reads(demo_run: DemoRun) -> None:
     assert re.search(r"CMMS work order WO-\d{6} opened: press-7 Press 7 main motor: early "
                      r"warning .*\(priority high, due ", out)  # fmt: skip
     # The early warning's critical updates its work order: no second one for the episode.
-    assert re.search(r"CMMS work order WO-\d{6} updated: press-7 Press 7 main motor: failure "
-                     r"expected within the planning horizon \(priority high, due ", out), out
+    assert re.search(
+        r"CMMS work order WO-\d{6} updated: press-7 Press 7 main motor: failure "
+        r"expected within the planning horizon \(priority high, due ",
+        out,
+    ), out
     assert "opened: press-7 Press 7 main motor: failure expected" not in out, out
     assert (demo_run.kept / "outbox.db").is_file() and (demo_run.kept / "backend.db").is_file()
     assert (demo_run.kept / "cmms.db").is_file()
@@ -143,6 +146,9 @@ def test_demo_without_mosquitto_runs_modbus_only_and_says_so() -> None:
     assert re.search(r"watching: fan-3 [\d.]+ mm/s \(zone A\), press-7 [\d.]+ mm/s "
                      r"\(zone A\) \|", out), out  # fmt: skip
     assert "pump-2" not in out
+    # Stopped by --duration, it still closes with the backend's summary.
+    assert "summary: 0 case(s) at the backend" in out, out
+    assert "fan-3 Cooling fan 3 (tier 2): no case, healthy" in out, out
 
 
 @pytest.mark.slow

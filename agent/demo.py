@@ -31,7 +31,7 @@ import aiohttp
 from agent.analysis.severity import zone_table
 from agent.config import Config, load_config
 from agent.demo_crew import BackendView, Crew
-from agent.demo_sims import SimProcess, Wireless, modbus_only_config
+from agent.demo_sims import SimProcess, Wireless, modbus_only_config, started
 from agent.demo_story import LEGEND, case_summary, record_line
 from agent.logs import setup_logging
 from agent.runtime import Agent
@@ -253,9 +253,11 @@ async def _demo(opts: DemoOptions, out: TextIO) -> int:
     with _workdir(opts.workdir, opts.keep) as tmp:
         async with (
             Wireless(tmp) as wireless,
-            SimProcess.backend(tmp / "backend.db", token, demo_backend_config_path()) as backend,
-            SimProcess.modbus(["1:degrade", "2:healthy"], opts.life_s) as modbus,
-            SimProcess.cmms(tmp / "cmms.db", token) as cmms,
+            started(
+                SimProcess.backend(tmp / "backend.db", token, demo_backend_config_path()),
+                SimProcess.modbus(["1:degrade", "2:healthy"], opts.life_s),
+                SimProcess.cmms(tmp / "cmms.db", token),
+            ) as (backend, modbus, cmms),
         ):
             display.line(
                 f"the agent watches a press motor whose bearing wears out (failure in about "

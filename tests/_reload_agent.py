@@ -18,7 +18,8 @@ from typing import Any
 import aiohttp
 
 from agent.demo import SimProcess
-from tests.conftest import agent_process, free_port, started
+from agent.demo_sims import started
+from tests.conftest import agent_process, free_port
 
 TOKEN = "reload-token"
 TOKEN_B = "rotated-token"  # backend B takes only this one

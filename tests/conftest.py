@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-from agent.demo_sims import SimProcess
 
 REPO = Path(__file__).resolve().parent.parent
 FEMTO_DIR = REPO.parent / "shared" / "data" / "femto"
@@ -37,21 +33,6 @@ async def agent_process(config: Path, **kwargs: Any) -> asyncio.subprocess.Proce
         stdin=asyncio.subprocess.DEVNULL,
         **kwargs,
     )
-
-
-@contextlib.asynccontextmanager
-async def started(*sims: SimProcess) -> AsyncIterator[tuple[SimProcess, ...]]:
-    """Simulator processes started side by side (a start is mostly an interpreter's own
-    start-up: one after the other, four of them cost a reload test seconds); all stopped
-    on the way out."""
-    try:
-        results = await asyncio.gather(*(s.__aenter__() for s in sims), return_exceptions=True)
-        for r in results:
-            if isinstance(r, BaseException):
-                raise r
-        yield sims
-    finally:
-        await asyncio.gather(*(s.stop() for s in sims))
 
 
 @pytest.fixture

@@ -21,9 +21,10 @@ import pytest
 
 from agent.config import load_config
 from agent.demo import SimProcess
+from agent.demo_sims import started
 from agent.runtime import Agent
 from agent.store import StoreInUseError
-from tests.conftest import agent_process, free_port, started
+from tests.conftest import agent_process, free_port
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 

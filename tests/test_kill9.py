@@ -24,9 +24,10 @@ import pytest
 
 from agent.control import ControlError, call
 from agent.demo import SimProcess
+from agent.demo_sims import started
 from agent.maintenance import OP
 from tests.agent._configs import press_yaml
-from tests.conftest import free_port, started
+from tests.conftest import free_port
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 

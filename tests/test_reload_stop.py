@@ -29,11 +29,10 @@ from typing import Any
 import pytest
 
 from agent.config import load_config
-from agent.demo_sims import SimProcess
+from agent.demo_sims import SimProcess, started
 from agent.reload_client import request_reload
 from agent.runtime import Agent
 from tests.agent.test_reload_mqtt import until
-from tests.conftest import started
 from tests.mosquitto import Mosquitto
 from tests.test_reload import _backend, _flow
 

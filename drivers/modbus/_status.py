@@ -183,6 +183,12 @@ class PollLedger:
 
     def failed(self, err: DeviceError, started: float) -> None:
         """Record a failed poll that started at monotonic ``started``."""
+        if self.joined is not None and self.joined.ended_at is not None:
+            # Its endpoint's outage ended (another device answered): the failures it had
+            # in it were the endpoint's. Counted as its own they opened its breaker at
+            # once, and a host coming back (a burst of reconnects, some timing out once)
+            # raised a sensor fault per late device right after the host's cleared.
+            self.joined, self.consecutive_failures = None, 0
         failures = self.consecutive_failures + 1
         self.consecutive_failures = failures
         self.state = "backoff" if failures >= self.threshold else "failing"

@@ -7,7 +7,12 @@ import time
 
 import pytest
 
+from drivers.errors import DeviceTimeout
 from drivers.modbus import NETWORK, Peers
+from drivers.modbus._bus import Bus
+from drivers.modbus._status import PollLedger
+from drivers.modbus._tcp import TcpLink
+from drivers.reading import utc_now
 
 
 def _peers(n: int, interval_s: float = 0.0) -> Peers:
@@ -100,3 +105,47 @@ def test_an_endpoint_silent_again_and_again_is_logged_once_per_quiet_window(
     assert p.outages == 5
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 2, lines  # one silence, one answer
+
+
+def _ledgers(n: int) -> tuple[Peers, list[PollLedger]]:
+    """n devices, each on its own connection to one endpoint (as a TCP sensor's poller)."""
+    peers = Peers("127.0.0.1:502", threshold=3)
+    ledgers = []
+    for i in range(n):
+        bus = Bus(f"s{i}", "tcp", [TcpLink("127.0.0.1", 502, connect_timeout_s=0.5)])
+        bus.peers = peers
+        peers.join(f"s{i}", 1.5)  # polled every second, 0.5 s timeout
+        ledgers.append(PollLedger(f"s{i}", bus, i + 1, threshold=3))
+    return peers, ledgers
+
+
+def _timeout(ledger: PollLedger) -> DeviceTimeout:
+    return DeviceTimeout(
+        "connect timed out", sensor_id=ledger.sensor_id, address="127.0.0.1:502", device_id=1
+    )
+
+
+def test_a_device_failing_on_after_its_endpoints_outage_counts_its_own_failures_anew() -> None:
+    """A host comes back after an outage: its first answer ends the endpoint's outage and
+    the other devices reconnect in a burst, some of them timing out once. In the plant
+    benchmark (666 devices of a restarted host) each such device's failures in the outage
+    were counted as its own: its breaker open at once (state backoff), and 395 sensor
+    faults were raised right after the host's own fault cleared (cleared again within a
+    minute). Its failures from the outage's end on are its own: a breaker threshold of
+    them opens its breaker, as for any device."""
+    peers, (first, late, dead) = _ledgers(3)
+    peers.last_answer = time.monotonic() - 10.0  # the host went silent 10 s ago
+    for _ in range(3):
+        for ledger in (first, late, dead):
+            ledger.failed(_timeout(ledger), time.monotonic())
+    assert peers.outage is not None and late.state == "backoff" and late.with_endpoint
+    first.succeeded(0.01, utc_now())  # the host is back: the outage ends
+    assert peers.outage is None
+    late.failed(_timeout(late), time.monotonic())  # its reconnect timed out once
+    assert late.state == "failing" and late.consecutive_failures == 1
+    late.succeeded(0.01, utc_now())
+    assert late.state == "ok"
+    for _ in range(3):  # still dead after the outage: its own breaker, its own fault
+        dead.failed(_timeout(dead), time.monotonic())
+    first.succeeded(0.01, utc_now())  # the others answer after its failures
+    assert dead.state == "backoff" and not dead.with_endpoint

@@ -68,6 +68,11 @@ class Register:
     sentinels: frozenset[float] = frozenset()
     _divisor: float = field(default=0.0, init=False, repr=False, compare=False)
     _rails: tuple[tuple[int, int], ...] = field(default=(), init=False, repr=False, compare=False)
+    # Raw values strictly between these are on no rail: almost every reading, checked
+    # with one comparison (the rails are scanned on every register of every poll).
+    _plain: tuple[float, float] = field(
+        default=(-math.inf, math.inf), init=False, repr=False, compare=False
+    )
 
     @property
     def count(self) -> int:
@@ -91,6 +96,10 @@ class Register:
             if lo <= self.valid[1] and hi >= self.valid[0]:  # a value the sensor reads
                 rails = rails[:1]
         object.__setattr__(self, "_rails", rails)
+        low = max((hi for lo, hi in rails if hi < 0), default=-math.inf)
+        object.__setattr__(
+            self, "_plain", (low, min((lo for lo, _ in rails if lo > 0), default=math.inf))
+        )
 
     def scaled(self, raw: float) -> float:
         """The scaled value of a raw number."""
@@ -116,7 +125,8 @@ class Register:
         if not math.isfinite(raw):
             return float(raw), NOT_FINITE
         value = self.scaled(float(raw))
-        if any(lo <= raw <= hi for lo, hi in self._rails):
+        low, high = self._plain
+        if not low < raw < high and any(lo <= raw <= hi for lo, hi in self._rails):
             return value, SATURATED
         if self.valid is not None and not self.valid[0] <= value <= self.valid[1]:
             return value, OUT_OF_RANGE

@@ -19,6 +19,17 @@ checkout's for each N and each of ``--repeat`` rounds, so both are measured side
 
     python benchmarks/agent_scale.py [--sensors 500 1000 2000] [--window 60] [--warmup 20]
         [--compare main] [--repeat 2]
+
+``--plant`` runs instead one plant of 1998 Modbus sensors on 3 hosts (every 10th answering
+garbage) and MQTT sensors, through a third of the hosts dying and coming back and the
+backend down then back (benchmarks/_plant.py), with ``--compare`` side by side:
+
+    python benchmarks/agent_scale.py --plant [--mqtt-sensors 100] [--window 20]
+        [--backend-down-s 120] [--compare 8658f1f] [--repeat 1]
+
+``--outage-tick`` prints instead the CPU time of one evaluation of the outage groups (the
+sensor watch's, once a second) in process, for plant shapes from 3 hosts of 666 devices to
+4000 hosts of one.
 """
 
 from __future__ import annotations
@@ -235,7 +246,21 @@ def main() -> None:
     parser.add_argument("--py-spy", help="record a py-spy profile of the largest case here")
     parser.add_argument("--compare", help="git ref whose agent runs beside this one")
     parser.add_argument("--repeat", type=int, default=1, help="rounds per N (with --compare)")
+    parser.add_argument("--plant", action="store_true", help="the plant scenario (_plant.py)")
+    parser.add_argument("--mqtt-sensors", type=int, default=100, help="with --plant")
+    parser.add_argument("--backend-down-s", type=float, default=120.0, help="with --plant")
+    parser.add_argument(
+        "--outage-tick", action="store_true", help="per-tick cost of the outage groups"
+    )
     args = parser.parse_args()
+    if args.outage_tick:
+        from benchmarks._plant import outage_tick_cost
+
+        print(json.dumps({"benchmark": "agent_scale --outage-tick", "cases": outage_tick_cost()}))
+        return
+    if args.plant:
+        plant(args)
+        return
     sizes = [min(max(1, n), MAX_SENSORS) for n in args.sensors]
     variants: list[tuple[str, Path]] = [("this", REPO)]
     keep = Path(tempfile.mkdtemp(prefix="edge-scale-src-"))
@@ -270,6 +295,36 @@ def main() -> None:
             indent=1,
         )
     )
+
+
+def plant(args: argparse.Namespace) -> None:
+    from benchmarks._plant import run_plant
+
+    variants: list[tuple[str, Path]] = [("this", REPO)]
+    keep = Path(tempfile.mkdtemp(prefix="edge-scale-src-"))
+    cases = []
+    try:
+        if args.compare:
+            variants.append((args.compare, export_ref(args.compare, keep)))
+        for r in range(max(1, args.repeat)):
+            for name, src in variants if r % 2 == 0 else variants[::-1]:
+                case: dict[str, Any] = {"agent": name, "round": r + 1}
+                case.update(
+                    run_plant(
+                        src,
+                        mqtt_n=args.mqtt_sensors,
+                        warmup_s=args.warmup,
+                        window_s=args.window,
+                        backend_down_s=args.backend_down_s,
+                    )
+                )
+                case["load_average"] = [round(x, 2) for x in os.getloadavg()]
+                cases.append(case)
+                print(json.dumps(case), file=sys.stderr)
+    finally:
+        shutil.rmtree(keep, ignore_errors=True)
+    print(json.dumps({"benchmark": "agent_scale --plant", "python": platform.python_version(),
+                      "cpus": os.cpu_count(), "cases": cases}, indent=1))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -186,9 +186,11 @@ async def test_dead_device_does_not_slow_a_healthy_one() -> None:
         async with running(healthy, dead):
             await asyncio.sleep(3.0)
     gaps = [b - a for a, b in itertools.pairwise(stamps)]
-    assert len(stamps) >= 29, len(stamps)  # 3.0 s / 0.1 s = 30 ticks
-    assert max(gaps) < 0.15, max(gaps)
-    assert healthy.status.missed_ticks == 0 and healthy.status.errors_total == 0
+    # Bounds with room for a loaded machine: waiting on the dead one's 0.9 s timeouts would
+    # show as gaps of 0.9 s and about 4 polls in 3 s, not a late tick of a few tens of ms.
+    assert len(stamps) >= 20, len(stamps)  # 3.0 s / 0.1 s = 30 ticks
+    assert max(gaps) < 0.6, max(gaps)
+    assert healthy.status.errors_total == 0
     assert dead.status.errors_total >= 2 and dead.status.state in ("failing", "backoff")
     print(f"healthy: {len(stamps)} polls in 3.0 s, gap mean {sum(gaps) / len(gaps):.4f} s")
 

@@ -54,6 +54,11 @@ class Link(Protocol):
         """Seconds before ``device_id`` may be asked again on this link (0: now)."""
         ...
 
+    async def wait_hold_off(self, device_id: int) -> None:
+        """Return once ``device_id`` may be asked again (see hold_off_s), which may come
+        before hold_off_s said (an RTU device's late answer has arrived)."""
+        ...
+
     def close(self) -> None:
         """Drop the connection; late answers die with it."""
         ...

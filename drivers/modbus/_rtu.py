@@ -24,10 +24,12 @@ waits out this hold-off before taking the line, so other devices use it meanwhil
 
 A device that timed out (or answered garbled) may still answer, after the flush found the
 line quiet: that late answer has the device id, function code and byte count of the answer
-to the next request. So the device is not asked again for a late-answer window (the failed
-read's timeout again, within LATE_WINDOW_MIN_S..LATE_WINDOW_MAX_S, counted from the end of
-the flush): its answer must then be at least its timeout plus the window late before it
-could pass for the next one's.
+to the next request. So the device is not asked again for
+a late-answer window (LATE_WINDOW_FACTOR times the failed read's timeout, within
+LATE_WINDOW_MIN_S..LATE_WINDOW_MAX_S, counted from the end of the flush): its answer must
+then be more than (1 + LATE_WINDOW_FACTOR) timeouts late before it could pass for the next
+one's. The window ends early once the device has sent as many late frames as it has
+unanswered requests: it has nothing more to say, so waiting on would only cost its polls.
 Other devices use the line meanwhile (the same hold-off); a frame from the device arriving
 in the window is dropped and counted as late. And an answer cannot begin before our
 request has been sent: bytes that arrived before the request's end (its line time after
@@ -65,9 +67,13 @@ MAX_FLUSH_S = 2.0  # the flush bound's ceiling, whatever the baud rate
 LONGEST_FRAME_CHARS = 256  # an RTU frame is at most 256 characters
 FRAME_STRETCH = 2.5  # each character plus a gap of up to 1.5 characters after it
 MAX_BUFFER = 4096
-# The late-answer window: the failed read's timeout, within these bounds. The floor covers
-# a short timeout (0.15 s at 115200 baud) on a device that answers a few hundred ms late;
-# the ceiling keeps a 30 s timeout from silencing a device for 30 s more.
+# The late-answer window: LATE_WINDOW_FACTOR times the failed read's timeout, within these
+# bounds. One timeout again let an answer 2.5 timeouts late pass for the next request's
+# (a 0.5 s timeout, an answer 1.2 s late); the window ends as soon as the late answer has
+# come, so only a device that never answers pays it in full. The floor covers a short
+# timeout (0.15 s at 115200 baud) on a device that answers a few hundred ms late; the
+# ceiling keeps a 30 s timeout from silencing a device for long.
+LATE_WINDOW_FACTOR = 3.0
 LATE_WINDOW_MIN_S = 0.5
 LATE_WINDOW_MAX_S = 5.0
 
@@ -93,9 +99,9 @@ class RtuLink:
             to the same device; a repeat of the answer arriving before then is dropped.
             Other devices use the line meanwhile. 0: no guard.
 
-    After a device's timeout or garbled answer it is not asked again for the failed
-    read's timeout (0.5 to 5 s) after the flush; its late answer arriving
-    meanwhile is dropped and counted as late. Other devices use the line meanwhile.
+    After a device's timeout or garbled answer it is not asked again for 3 times the
+    failed read's timeout (0.5 to 5 s) after the flush, or until its late answers have
+    come; they are dropped and counted as late. Other devices use the line meanwhile.
     """
 
     def __init__(
@@ -121,6 +127,7 @@ class RtuLink:
         self._serial: serial.Serial | None = None
         self._buf = bytearray()
         self._arrived = asyncio.Event()
+        self._hold_cut = asyncio.Event()  # a late-answer window was cut short
         self._last_activity = 0.0
         self.late_answers = 0
         self.duplicate_answers = 0  # a device's answer sent again (flaky slave, repeater)
@@ -140,8 +147,12 @@ class RtuLink:
         # device id -> monotonic end of its late-answer window, from its last failed read
         # until its next answer: at most 256 entries
         self._failed: dict[int, float] = {}
+        # device id -> its failed requests since its last answer whose late answer has not
+        # come (the window ends early at 0): at most 256 entries
+        self._unanswered: dict[int, int] = {}
         self._sent_end = 0.0  # when the request being sent is off the wire (monotonic)
         self._early = 0  # bytes at the buffer's start that arrived before that
+        self._reading = False  # a read is using the buffer
         self._logs = {"echo": EpisodeLog(), "duplicate": EpisodeLog(), "late": EpisodeLog()}
         self._noise_log = EpisodeLog()
         self._gone_log = EpisodeLog()  # the port failing under us (an unplugged adapter)
@@ -213,6 +224,11 @@ class RtuLink:
         self._buf += data
         if now < self._sent_end:  # read before our request was off the wire: not its answer
             self._early = len(self._buf)
+        if not self._reading:
+            # A late answer while nobody reads (the device held off, the line idle): its
+            # arrival ends its device's window now, not at the next read's start.
+            while (frame := self._valid_frame_at_start()) is not None:
+                self._drop_stray(frame)
         self._arrived.set()
 
     def _gone(self, why: str) -> None:
@@ -326,7 +342,28 @@ class RtuLink:
             self.duplicate_answers += 1
         else:
             self.late_answers += 1
+            self._late_came(frame[0])
         self._log_once(kind, frame[0])
+
+    def _late_came(self, device_id: int) -> None:
+        """A late frame from ``device_id``: once all its failed requests have had theirs,
+        its window ends (after ``repeat_guard_s``, should the device repeat it)."""
+        left = self._unanswered.get(device_id, 0) - 1
+        if left > 0:
+            self._unanswered[device_id] = left
+            return
+        self._unanswered.pop(device_id, None)
+        if (end := self._failed.get(device_id)) is not None:
+            self._failed[device_id] = min(end, time.monotonic() + self.repeat_guard_s)
+            self._hold_cut.set()
+
+    def _read_failed(self, device_id: int, timeout_s: float) -> None:
+        """Its answer may still come: not asked again (other devices are) until the
+        late-answer window has passed or its late answers have come."""
+        window = min(max(LATE_WINDOW_FACTOR * timeout_s, LATE_WINDOW_MIN_S), LATE_WINDOW_MAX_S)
+        self._failed[device_id] = time.monotonic() + window
+        if len(self._unanswered) < 256 or device_id in self._unanswered:
+            self._unanswered[device_id] = self._unanswered.get(device_id, 0) + 1
 
     def _log_once(self, kind: str, device_id: int) -> None:
         """One warning per episode and kind (see EpisodeLog); later ones are counted."""
@@ -370,10 +407,19 @@ class RtuLink:
             until = max(until, last[0] + self.repeat_guard_s)
         return max(0.0, until - time.monotonic())
 
+    async def wait_hold_off(self, device_id: int) -> None:
+        """See Link.wait_hold_off: woken early when a late-answer window is cut short."""
+        while (hold := self.hold_off_s(device_id)) > 0:
+            self._hold_cut.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(hold):
+                    await self._hold_cut.wait()
+
     def _answered_by(self, device_id: int, frame: bytes) -> None:
         """A whole, valid answer (registers or an exception) from ``device_id``."""
         self._answered[device_id] = (time.monotonic(), frame)
         self._failed.pop(device_id, None)
+        self._unanswered.pop(device_id, None)
         self._quiet_again()
 
     async def _drop_early(self, request: bytes, sent_end: float, device_id: int) -> bool:
@@ -409,8 +455,22 @@ class RtuLink:
         ser = self._serial
         if ser is None:
             raise LinkDown(f"{self.port} is not open")
-        if (hold := self.hold_off_s(device_id)) > 0:
-            await asyncio.sleep(hold)  # the bus waits this out before taking the line
+        await self.wait_hold_off(device_id)  # the bus waits this out before taking the line
+        self._reading = True
+        try:
+            return await self._read(ser, device_id, function_code, address, count, timeout_s)
+        finally:
+            self._reading = False
+
+    async def _read(
+        self,
+        ser: serial.Serial,
+        device_id: int,
+        function_code: int,
+        address: int,
+        count: int,
+        timeout_s: float,
+    ) -> list[int]:
         await self._quiet()
         self._drop_leftovers()
         request = rtu_frame(device_id, read_pdu(function_code, address, count))
@@ -430,9 +490,7 @@ class RtuLink:
             registers = registers_of(rtu_answer_pdu(frame, device_id), function_code, count)
         except (LinkTimeout, FrameError) as exc:
             quiet = await self._flush()
-            # Its answer may still come: not asked again (other devices are) until then.
-            window = min(max(timeout_s, LATE_WINDOW_MIN_S), LATE_WINDOW_MAX_S)
-            self._failed[device_id] = time.monotonic() + window
+            self._read_failed(device_id, timeout_s)
             if quiet:
                 self._quiet_again()
                 raise

@@ -130,6 +130,9 @@ class TcpLink:
         """Always 0: a transaction id ties each answer to its request."""
         return 0.0
 
+    async def wait_hold_off(self, device_id: int) -> None:
+        """Returns at once: never held off (see hold_off_s)."""
+
     @property
     def connected(self) -> bool:
         """True while the connection is up."""

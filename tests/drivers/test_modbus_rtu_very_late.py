@@ -1,0 +1,108 @@
+"""A slow RTU device whose answer comes several timeouts late.
+
+RTU frames carry no transaction id: the answer to request N, arriving while request N+1
+to the same device (a retry, the next poll of the same block) waits, has its device id,
+function code and byte count, and was taken as its answer once it came later than the
+late-answer window (then the timeout again: a 0.3 s timeout, an answer 1 s late). The
+scripted devices answer each request with its number on the line, so a stale answer shows
+as an old number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from drivers.modbus import Bus, RtuLink
+from drivers.modbus._link import LinkTimeout
+from tests.drivers.rtu_script import ScriptedLine, read_answer
+
+pytestmark = [pytest.mark.network]
+
+TIMEOUT_S = 0.3
+VERY_LATE_S = 1.0  # past timeout + flush + timeout, within 1 + 3 timeouts
+
+
+class LateDevices(ScriptedLine):
+    """Device 1 answers request k (its k-th) after ``delays[k - 1]`` (the last one for
+    the rest); the others at once. Register values: the request's number on the line."""
+
+    def __init__(self, path: str, *delays: float) -> None:
+        super().__init__(path)
+        self.delays = delays
+        self.last_of: dict[int, int] = {}  # device id -> number of its latest request
+        self.asked: dict[int, int] = {}  # device id -> requests to it
+
+    def on_request(self, request: bytes) -> None:
+        unit = request[0]
+        self.last_of[unit] = self.requests
+        self.asked[unit] = self.asked.get(unit, 0) + 1
+        k = self.asked[unit]
+        delay = self.delays[min(k, len(self.delays)) - 1] if unit == 1 else 0.005
+        self.later(delay, read_answer(request, self.requests))
+
+
+def late_line(pair: tuple[str, str], *delays: float) -> tuple[LateDevices, RtuLink, Bus]:
+    device = LateDevices(pair[1], *delays)
+    link = RtuLink(pair[0], baudrate=115200, late_flush_s=0.05)
+    return device, link, Bus("line-1", "rtu", [link])
+
+
+async def test_an_answer_several_timeouts_late_is_not_the_next_reads(
+    serial_pair: tuple[str, str],
+) -> None:
+    device, link, bus = late_line(serial_pair, VERY_LATE_S, 0.5)
+    try:
+        with pytest.raises(LinkTimeout):
+            await bus.read(1, 3, 0, 2, TIMEOUT_S)  # request 1: answered 1 s later
+        got = await bus.read(1, 3, 0, 2, 2.0)  # the same block again, answered 0.5 s later
+    finally:
+        bus.close()
+        device.close()
+    assert got == [2, 2], "the next read of the block took the previous request's answer"
+    assert link.late_answers == 1 and bus.status().late_answers == 1
+
+
+async def test_an_always_late_device_never_passes_a_stale_answer_and_its_neighbour_keeps_its_rate(
+    serial_pair: tuple[str, str],
+) -> None:
+    """Device 1 answers every request 1 s late (timeout 0.3 s): every answer that arrives
+    while it is asked again is the previous request's, so none may be taken. Device 2 on
+    the same line is polled on its cadence meanwhile, each read its own answer."""
+    device, link, bus = late_line(serial_pair, VERY_LATE_S)
+    interval, ticks = 0.5, 6
+    stale: list[tuple[list[int], int]] = []
+    polled = 0
+
+    async def slow() -> None:
+        while True:
+            try:
+                got = await bus.read(1, 3, 0, 1, TIMEOUT_S)
+                stale.append((got, device.last_of[1]))
+            except LinkTimeout:
+                pass
+
+    async def neighbour() -> None:
+        nonlocal polled
+        next_at = time.monotonic()
+        for _ in range(ticks):
+            got = await bus.read(2, 3, 0, 1, TIMEOUT_S)
+            assert got == [device.last_of[2]]
+            polled += 1
+            next_at += interval
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+
+    slow_task = asyncio.create_task(slow())
+    try:
+        await asyncio.wait_for(neighbour(), ticks * interval + 3.0)
+    finally:
+        slow_task.cancel()
+        await asyncio.gather(slow_task, return_exceptions=True)
+        bus.close()
+        device.close()
+    assert polled == ticks
+    assert device.asked[1] >= 2, "the slow device was not asked again"
+    assert stale == [], "a late answer was taken as the next request's"
+    assert link.late_answers >= 1

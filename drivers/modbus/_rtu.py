@@ -31,9 +31,11 @@ then be more than (1 + LATE_WINDOW_FACTOR) timeouts late before it could pass fo
 one's. The window ends early once the device has sent as many late frames as it has
 unanswered requests: it has nothing more to say, so waiting on would only cost its polls.
 Other devices use the line meanwhile (the same hold-off); a frame from the device arriving
-in the window is dropped and counted as late. And an answer cannot begin before our
-request has been sent: bytes that arrived before the request's end (its line time after
-the write) are dropped (an echoing adapter's copy of our request aside).
+in the window is dropped and counted as late. A whole frame from the device we ask whose
+function code or byte count is not our request's (the late answer to another block) is
+dropped as late too, and the read goes on waiting for its own answer. And an answer cannot
+begin before our request has been sent: bytes that arrived before the request's end (its
+line time after the write) are dropped (an echoing adapter's copy of our request aside).
 """
 
 from __future__ import annotations
@@ -486,7 +488,9 @@ class RtuLink:
         deadline = sent_end + timeout_s
         try:
             echo_seen = await self._drop_early(request, sent_end, device_id)
-            frame = await self._receive(device_id, count, deadline, request, echo_seen)
+            frame = await self._receive(
+                device_id, function_code, count, deadline, request, echo_seen
+            )
             registers = registers_of(rtu_answer_pdu(frame, device_id), function_code, count)
         except (LinkTimeout, FrameError) as exc:
             quiet = await self._flush()
@@ -519,11 +523,32 @@ class RtuLink:
             return "no"
         return "echo" if n == len(request) else "partial"
 
+    @staticmethod
+    def _not_ours(frame: bytes, device_id: int, function_code: int, count: int) -> bool:
+        """A whole, valid frame that cannot answer our request: another device's, or our
+        device's answer to another request (another function or byte count)."""
+        if frame[0] != device_id:
+            return True
+        if frame[1] == function_code | 0x80:
+            return False  # an exception answer to our function: ours
+        return frame[1] != function_code or frame[2] != 2 * count
+
     async def _receive(
-        self, device_id: int, count: int, deadline: float, request: bytes, echo_seen: bool
+        self,
+        device_id: int,
+        function_code: int,
+        count: int,
+        deadline: float,
+        request: bytes,
+        echo_seen: bool,
     ) -> bytes:
+        mismatch: FrameError | None = None  # our device's frame that answered another request
         while True:
-            while (stray := self._valid_frame_at_start()) is not None and stray[0] != device_id:
+            while (stray := self._valid_frame_at_start()) is not None and self._not_ours(
+                stray, device_id, function_code, count
+            ):
+                if stray[0] == device_id:
+                    mismatch = _mismatch(stray, function_code, count)
                 self._drop_stray(stray)
             frame = self._complete_frame(count)
             # An adapter that echoes what it sends puts our request before the answer;
@@ -539,4 +564,17 @@ class RtuLink:
             if not await self._wait_data(deadline):
                 if self._buf:
                     raise FrameError("short", f"incomplete answer ({len(self._buf)} bytes)")
+                if mismatch is not None:
+                    # A device that always answers so (a block it cannot serve whole)
+                    # fails as what it is, not as a silent one.
+                    raise mismatch
                 raise LinkTimeout("no answer in time")
+
+
+def _mismatch(frame: bytes, function_code: int, count: int) -> FrameError:
+    """Why our device's whole, valid ``frame`` does not answer our request."""
+    if frame[1] & 0x7F != function_code:
+        return FrameError(
+            "wrong_function", f"answer with function {frame[1]}, asked {function_code}"
+        )
+    return FrameError("byte_count", f"answer with byte count {frame[2]}, asked {count} registers")

@@ -16,6 +16,7 @@ import time
 import pytest
 
 from drivers.modbus import Bus, RtuLink
+from drivers.modbus._frames import FrameError
 from drivers.modbus._link import LinkTimeout
 from tests.drivers.rtu_script import ScriptedLine, read_answer
 
@@ -65,6 +66,23 @@ async def test_an_answer_several_timeouts_late_is_not_the_next_reads(
     assert link.late_answers == 1 and bus.status().late_answers == 1
 
 
+async def test_a_late_answer_to_another_block_is_dropped_and_the_read_waits_for_its_own(
+    serial_pair: tuple[str, str],
+) -> None:
+    """Block A's answer (3 registers) arriving during the read of block B (1 register) of
+    the same device: a valid frame, not ours; dropped as late, not a failed read."""
+    device, link, bus = late_line(serial_pair, 2.0, 1.2)
+    try:
+        with pytest.raises(LinkTimeout):
+            await bus.read(1, 3, 0, 3, TIMEOUT_S)  # block A, answered 2 s later
+        got = await bus.read(1, 3, 10, 1, 3.0)  # block B, asked at ~1.25 s: answered ~2.45 s
+    finally:
+        bus.close()
+        device.close()
+    assert got == [2]
+    assert link.late_answers == 1
+
+
 async def test_an_always_late_device_never_passes_a_stale_answer_and_its_neighbour_keeps_its_rate(
     serial_pair: tuple[str, str],
 ) -> None:
@@ -106,3 +124,28 @@ async def test_an_always_late_device_never_passes_a_stale_answer_and_its_neighbo
     assert device.asked[1] >= 2, "the slow device was not asked again"
     assert stale == [], "a late answer was taken as the next request's"
     assert link.late_answers >= 1
+
+
+class ShortBlockDevice(ScriptedLine):
+    """Answers every read with one register fewer than asked (a block it cannot serve)."""
+
+    def on_request(self, request: bytes) -> None:
+        count = int.from_bytes(request[4:6], "big")
+        short = request[:4] + (count - 1).to_bytes(2, "big") + request[6:]
+        self.later(0.005, read_answer(short, 7))
+
+
+async def test_a_device_answering_another_byte_count_fails_as_such_not_as_silent(
+    serial_pair: tuple[str, str],
+) -> None:
+    """Its answers are dropped as not ours, and the read says why it failed."""
+    device = ShortBlockDevice(serial_pair[1])
+    link = RtuLink(serial_pair[0], baudrate=115200, late_flush_s=0.05)
+    bus = Bus("line-1", "rtu", [link])
+    try:
+        with pytest.raises(FrameError) as failed:
+            await bus.read(1, 3, 0, 2, TIMEOUT_S)
+    finally:
+        bus.close()
+        device.close()
+    assert failed.value.reason == "byte_count"

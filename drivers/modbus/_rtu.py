@@ -22,9 +22,9 @@ the next request. So a device is not asked again until ``repeat_guard_s`` after 
 last answer; a repeat arriving before that is dropped and counted as a duplicate. The bus
 waits out this hold-off before taking the line, so other devices use it meanwhile.
 
-A device that timed out (or answered garbled) may still answer, after the flush found the
-line quiet: that late answer has the device id, function code and byte count of the answer
-to the next request. So the device is not asked again for
+A device that timed out (or answered garbled, or whose read was cancelled) may still
+answer, after the flush found the line quiet: that late answer has the device id, function
+code and byte count of the answer to the next request. So the device is not asked again for
 a late-answer window (LATE_WINDOW_FACTOR times the failed read's timeout, within
 LATE_WINDOW_MIN_S..LATE_WINDOW_MAX_S, counted from the end of the flush): its answer must
 then be more than (1 + LATE_WINDOW_FACTOR) timeouts late before it could pass for the next
@@ -101,9 +101,9 @@ class RtuLink:
             to the same device; a repeat of the answer arriving before then is dropped.
             Other devices use the line meanwhile. 0: no guard.
 
-    After a device's timeout or garbled answer it is not asked again for 3 times the
-    failed read's timeout (0.5 to 5 s) after the flush, or until its late answers have
-    come; they are dropped and counted as late. Other devices use the line meanwhile.
+    After a device's timeout, garbled answer or cancelled read it is not asked again for
+    3 times the read's timeout (0.5 to 5 s) after the flush, or until its late answers
+    have come; they are dropped and counted as late. Other devices use the line meanwhile.
     """
 
     def __init__(
@@ -492,6 +492,11 @@ class RtuLink:
                 device_id, function_code, count, deadline, request, echo_seen
             )
             registers = registers_of(rtu_answer_pdu(frame, device_id), function_code, count)
+        except asyncio.CancelledError:
+            # The request is on the wire and its answer may still come (a poller stopped
+            # by a reload, the line kept open): held off as after a timeout.
+            self._read_failed(device_id, timeout_s)
+            raise
         except (LinkTimeout, FrameError) as exc:
             quiet = await self._flush()
             self._read_failed(device_id, timeout_s)

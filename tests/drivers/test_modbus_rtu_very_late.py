@@ -1,4 +1,4 @@
-"""A slow RTU device whose answer comes several timeouts late.
+"""A slow RTU device whose answer comes several timeouts late, or after a cancelled read.
 
 RTU frames carry no transaction id: the answer to request N, arriving while request N+1
 to the same device (a retry, the next poll of the same block) waits, has its device id,
@@ -80,6 +80,29 @@ async def test_a_late_answer_to_another_block_is_dropped_and_the_read_waits_for_
         bus.close()
         device.close()
     assert got == [2]
+    assert link.late_answers == 1
+
+
+async def test_a_cancelled_read_holds_the_device_off_until_its_answer(
+    serial_pair: tuple[str, str],
+) -> None:
+    """A read cancelled with its request on the wire (a poller stopped by a reload, the
+    line kept): the device's answer to it is not the next read's."""
+    device, link, bus = late_line(serial_pair, 0.4, 0.5)
+    try:
+        read = asyncio.create_task(bus.read(1, 3, 0, 2, 5.0))
+        deadline = time.monotonic() + 2.0
+        while not device.asked and time.monotonic() < deadline:  # noqa: ASYNC110 (bounded)
+            await asyncio.sleep(0.01)
+        read.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await read
+        # Held off (a 5 s read: a 5 s window) only until its late answer came.
+        got = await asyncio.wait_for(bus.read(1, 3, 0, 2, 2.0), 4.0)
+    finally:
+        bus.close()
+        device.close()
+    assert got == [2, 2], "the read after a cancelled one took its answer"
     assert link.late_answers == 1
 
 

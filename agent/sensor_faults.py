@@ -33,7 +33,8 @@ declared (its peers poll every 10 minutes: an outage waits for them), is held fo
 endpoint_silent_s at most, then raises its own fault: two dead devices beside one polled
 every 600 s raised nothing for up to 10 minutes before.
 An MQTT broker link down is one fault the same way (sensor id broker:<id>): its sensors'
-staleness is held while it is down and judged alone from the reconnect on.
+staleness is held while it is down and judged alone from the reconnect on (from the first
+message after it, when their publishers come back later: endpoint_silent_s at most).
 A TCP host's devices on endpoints too small to group are judged together as the host
 (a switch of several down is a fault per silent host, not per device). Devices each on
 their own host are judged together as the gateway's TCP network
@@ -309,6 +310,11 @@ class SensorFaultTracker:
                          (metric, round(value, 3), threshold), why, evidence)
         )  # fmt: skip
         return out
+
+    @property
+    def endpoint_silent_s(self) -> float:
+        """sensor_faults.endpoint_silent_s: how long a group's silence is waited for."""
+        return self._endpoint_after
 
     @property
     def endpoint_faults(self) -> int:

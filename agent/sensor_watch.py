@@ -43,7 +43,8 @@ async def watch_sensors(
         now = utc_now()
         links = {link.id: link for link in mqtt.links}
         healths = [_poller_health(p) for p in list(sensors.pollers.values())]
-        healths += [_mqtt_health(m, links.get(m.broker)) for m in mqtt.sensors]
+        wait_s = faults.endpoint_silent_s
+        healths += [_mqtt_health(m, links.get(m.broker), wait_s) for m in mqtt.sensors]
         for health in healths:
             _step(faults, health, now, persist)
         places = {sid: _place(p) for sid, p in sensors.pollers.items()}
@@ -202,16 +203,20 @@ def _brokers(mqtt: RunningMqtt) -> list[EndpointHealth]:
     return out
 
 
-def _mqtt_health(m: MqttSensor, link: BrokerLink | None) -> SensorHealth:
+def _mqtt_health(m: MqttSensor, link: BrokerLink | None, wait_s: float) -> SensorHealth:
     error = m.last_error
     held = False
     if link is not None:
         # Silent while its broker was out of reach: only the time the link was up counts
         # towards its stale_after_s (the broker's own fault covers the rest), so after an
         # outage it is judged alone from the reconnect on, and a link that reconnects every
-        # few seconds does not hold a dead sensor for ever.
+        # few seconds does not hold a dead sensor for ever. Nor the time after a reconnect
+        # before any publisher is back (for wait_s, endpoint_silent_s, at most): a sensor
+        # gateway reconnecting later than stale_after_s after the broker raised a fault for
+        # each of its sensors, for one broker restart.
         since = time.monotonic() - m.silent_for_s
-        held = m.state == "stale" and link.connected_s_since(since) < m.stale_after_s
+        up = link.connected_s_since(since) - link.unheard_s(since, wait_s)
+        held = m.state == "stale" and up < m.stale_after_s
     if link is not None and not link.connected:
         error = f"broker {link.id} not connected: {link.last_error or 'connecting'}"
     return SensorHealth(

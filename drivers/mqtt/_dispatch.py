@@ -7,6 +7,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 
 import aiomqtt
 
@@ -35,6 +36,7 @@ class Dispatching:
     queue_dropped: dict[str, int]
     _client: BoundedClient | None
     _stopped: bool
+    _heard: Callable[[], None]
 
     def _busiest(self) -> str | None:
         """The topic that sent us the most messages since the last look (the broker's drop
@@ -112,6 +114,8 @@ class Dispatching:
         elif not isinstance(payload, bytes | bytearray):
             payload = b"" if payload is None else str(payload).encode()
         retained = bool(message.retain)  # replayed by the broker, not published just now
+        if not retained:
+            self._heard()  # a publisher is back (drivers.mqtt._uptime)
         sub_ids = getattr(message.properties, "SubscriptionIdentifier", None)
         if sub_ids is not None and not isinstance(sub_ids, list):
             sub_ids = [sub_ids]

@@ -28,6 +28,9 @@ class Uptime:
         self.disconnects_total = 0
         self._down_since: float | None = time.monotonic()
         self._up_since: float | None = None  # monotonic time of the current connection
+        # When the first live (not retained) message came on it: the publishers (sensor
+        # gateways) reconnect after a broker restart on their own schedule.
+        self._heard_at: float | None = None
         # The last connections (monotonic start, end): how long the link was up during a
         # sensor's silence, however often it reconnected (bounded; see connected_s_since).
         self._ups: deque[tuple[float, float]] = deque(maxlen=UPS_KEPT)
@@ -60,12 +63,29 @@ class Uptime:
             total += self._ups[0][0] - since
         return total
 
+    def unheard_s(self, since: float, bound_s: float) -> float:
+        """Seconds of the current connection, from the monotonic time `since` on, before
+        its first live message (to now while none has come), counting at most bound_s
+        from the connection's start: a broker restarted is back before the sensors'
+        publishers are, and their silence meanwhile is still the outage's. After bound_s
+        with nothing at all, the sensors are judged alone (a publisher truly gone)."""
+        if not self.connected or self._up_since is None:
+            return 0.0
+        now = time.monotonic()
+        heard = self._heard_at if self._heard_at is not None else now
+        return max(0.0, min(heard, self._up_since + bound_s) - max(self._up_since, since))
+
+    def _heard(self) -> None:
+        if self.connected and self._heard_at is None:
+            self._heard_at = time.monotonic()
+
     def _mark_up(self) -> None:
         self.connected = True
         self.connects_total += 1
         down = time.monotonic() - (self._down_since or time.monotonic())
         self._down_since = None
         self._up_since = time.monotonic()
+        self._heard_at = None
         log.info(
             "mqtt broker %s connected at %s (after %.1f s down)",
             self.settings.id,
@@ -80,4 +100,4 @@ class Uptime:
             if self._up_since is not None:
                 self._ups.append((self._up_since, self._down_since))
         self.connected = False
-        self._up_since = None
+        self._up_since = self._heard_at = None

@@ -67,9 +67,14 @@ def _ncd(addr: str) -> str:
     return json.dumps(msg)
 
 
-async def _publish(port: int, live: set[int], stop: asyncio.Event) -> None:
-    """Every 0.2 s a message from each live sensor; reconnects while the broker is down."""
+async def _publish(
+    port: int, live: set[int], stop: asyncio.Event, gate: asyncio.Event | None = None
+) -> None:
+    """Every 0.2 s a message from each live sensor; reconnects while the broker is down
+    (once `gate` is set: a sensor gateway that comes back after the broker)."""
     while not stop.is_set():
+        if gate is not None:
+            await gate.wait()
         with contextlib.suppress(aiomqtt.MqttError, OSError):
             async with aiomqtt.Client("127.0.0.1", port, identifier="pub") as c:
                 while not stop.is_set():
@@ -90,46 +95,67 @@ def _faults(records: list[dict[str, Any]]) -> list[tuple[str, str]]:
     return [(r["sensor"]["id"], r["state"]) for r in records if r["kind"] == "sensor_fault"]
 
 
-# The blip test's own timings: the test's publisher (not the agent) may take 1.6 s to
-# reconnect on a loaded host, so its sensors get more than that to speak again.
-BLIP_STALE_S, BLIP_SILENT_S, BLIP_S = 2.5, 5.0, 3.0
+# The blip test's own timings: a blip longer than stale_after_s, shorter than
+# endpoint_silent_s with a second to spare for the broker's restart and the reconnect.
+BLIP_SILENT_S, BLIP_S = 4.0, 1.5
+# The publisher back this long after the broker: past stale_after_s and a watch tick.
+LATE_S = 2.5
 
 
 async def test_a_broker_outage_is_one_fault_and_a_blip_none(tmp_path: Path) -> None:
+    """A broker blip raises nothing; an outage raises one fault naming the broker, even
+    when the sensors' publisher reconnects LATE_S after the broker is back (later than
+    their stale_after_s: before, each raised its own fault then); a sensor that does not
+    come back is judged alone once the others have."""
     broker = Mosquitto(tmp_path / "broker")
     broker.start()
     records: list[dict[str, Any]] = []
     cfg = tmp_path / "agent.yaml"
-    cfg.write_text(_config(tmp_path, broker.port, BLIP_STALE_S, BLIP_SILENT_S))
+    cfg.write_text(_config(tmp_path, broker.port, STALE_S, BLIP_SILENT_S))
     live = set(range(1, SENSORS))  # s0 is dead: its own fault, as ever
-    stop = asyncio.Event()
+    stop, gate = asyncio.Event(), asyncio.Event()
+    gate.set()
     agent = Agent(load_config(cfg), on_records=records.extend)
     task = asyncio.create_task(agent.run())
-    pub = asyncio.create_task(_publish(broker.port, live, stop))
+    pub = asyncio.create_task(_publish(broker.port, live, stop, gate))
+
+    def all_are(state: str) -> Callable[[], bool]:
+        ids = {f"s{i}" for i in live}
+        return lambda: all(m.state == state for m in agent.mqtt.sensors if m.sensor_id in ids)
+
     try:
         await _until(lambda: ("s0", "raised") in _faults(records), 10)
-        await _until(lambda: all(link.connected for link in agent.mqtt.links), 5)
-        await asyncio.sleep(1.5)
+        await _until(all_are("ok"), 5)
+        await asyncio.sleep(0.5)  # a watch tick with all of them ok
         assert _faults(records) == [("s0", "raised")]
         records.clear()
 
         # A blip longer than stale_after_s, shorter than endpoint_silent_s: nothing.
         broker.stop()
-        await asyncio.sleep(BLIP_S)
+        await _until(all_are("stale"), 5)
+        await asyncio.sleep(BLIP_S - STALE_S)
         broker.start()
-        await _until(lambda: all(link.connected for link in agent.mqtt.links), 5)
-        await asyncio.sleep(BLIP_STALE_S + 1.0)  # every sensor has spoken again (or is stale)
+        await _until(all_are("ok"), 5)
+        await asyncio.sleep(0.5)  # a watch tick, and the store's records
         assert _faults(records) == [], _faults(records)  # before: 19 raised + 19 cleared
 
-        # An outage: one fault naming the broker, cleared when it is back; no sensor's.
+        # An outage: one fault naming the broker, cleared when it is back; no sensor's,
+        # though their publisher comes back LATE_S after the broker. s5 does not come back:
+        # judged alone once the others have.
+        gate.clear()
         broker.stop()
         await _until(lambda: len(_faults(records)) >= 1, 3 * BLIP_SILENT_S)
-        live.discard(5)  # s5 does not come back with the broker: judged alone after it
+        live.discard(5)
         broker.start()
-        await _until(lambda: len(_faults(records)) >= 3, 3 * BLIP_STALE_S + 3)
-        await asyncio.sleep(1.0)  # no other sensor's fault follows
+        await _until(lambda: all(link.connected for link in agent.mqtt.links), 5)
+        await asyncio.sleep(LATE_S)
+        gate.set()
+        await _until(lambda: len(_faults(records)) >= 3, 3 * BLIP_SILENT_S)
+        await _until(all_are("ok"), 5)
+        await asyncio.sleep(0.5)  # no other sensor's fault follows
     finally:
         stop.set()
+        gate.set()
         agent.stop()
         await asyncio.wait_for(task, 15)
         await asyncio.wait_for(pub, 5)

@@ -45,8 +45,8 @@ class EndpointHealth:
     # The network's: the hosts of its silent devices (silent: their host:port), what a
     # planner goes and looks at.
     silent_hosts: tuple[str, ...] = ()
-    # The key of a wider group silent with it (the network's): while that one's fault is
-    # raised, it covers this one (one fault for one outage).
+    # The key of the wider group it is in (the network's, updated before it): while that
+    # one is silent, or its fault raised, it covers this one (one fault for one outage).
     within: str = ""
 
     @property
@@ -80,6 +80,7 @@ class EndpointFaults:
         self._cleared_at: dict[str, float] = {}  # as for sensors: a flapping host
         self._flapping: set[str] = set()
         self._ok_since: dict[str, float] = {}
+        self._silent_now: dict[str, bool] = {}  # the network's key -> silent at its update
         self.raised_total = 0  # endpoint faults raised (for /metrics)
 
     def place(self, gateway: AssetRef, endpoint_silent_s: float) -> None:
@@ -144,11 +145,16 @@ class EndpointFaults:
         answered for FLAP_CLEAR_HOLD_S without a break, as a flapping sensor."""
         out = Update()
         sid, host, clock = health.sensor_id, health.key, self._clock()
-        if health.within:
+        if health.kind == "network":
+            self._silent_now[host] = health.silent_for_s > 0
+        covered = health.within in self.raised or self._silent_now.get(health.within, False)
+        if health.within and covered:
             # Silent within the network's outage, whose one fault says it (raised once all
             # has been silent for endpoint_silent_s: this one waits no longer than that):
             # not raised, and closed once the network's is (raised again if still silent
-            # when the network is back).
+            # when the network's fault clears). A flapping network's fault stays raised
+            # between its drops (FLAP_CLEAR_HOLD_S): it covers this one meanwhile, or each
+            # return raised it again and each drop closed it, 2 records per flap.
             if host in self.raised and health.within in self.raised:
                 why = f"superseded by {health.within}: the whole Modbus TCP network is silent"
                 self._close(out, host, now, why, {"superseded_by": health.within})

@@ -100,7 +100,7 @@ def _hosts(peers: Iterable[Peers], places: Mapping[str, tuple[str, str]]) -> lis
             by_host.setdefault(p.host, []).append(p)
     network = _network(peers, places)
     out = [] if network is None else [network]
-    within = network.key if network is not None and network.silent_for_s > 0 else ""
+    within = network.key if network is not None else ""
     for host, groups in by_host.items():
         tcp = any(g.level == "host" or g.network is not None for g in groups)
         out.append(_health(host, groups, places, "host", within if tcp else ""))

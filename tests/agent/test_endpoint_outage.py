@@ -110,6 +110,13 @@ async def _restart(servers: list[ModbusSimServer], i: int) -> None:
     await servers[i].__aenter__()
 
 
+async def _cut(servers: list[ModbusSimServer], which: Iterable[int]) -> None:
+    """Stop these servers at once (a switch drops them together): one after the other,
+    each waiting for its connections to close, a device cut first failed alone while the
+    others still answered, and raised its own fault, on a loaded machine."""
+    await asyncio.gather(*(servers[i].__aexit__(None, None, None) for i in which))
+
+
 def _on_hosts(servers: list[ModbusSimServer]) -> list[_Dev]:
     """h<host>u<unit>: every device of every server."""
     return [
@@ -522,3 +529,43 @@ async def test_a_network_outage_closes_the_host_faults_and_leaves_the_still_sile
     assert superseded["evidence"]["superseded_by"] == net
     network = next(r for r in records if r["sensor"]["id"] == net)
     assert network["evidence"]["hosts_silent"] == [f"127.0.0.{i}" for i in range(1, 6)]
+
+
+async def test_a_flapping_network_beside_a_dead_host_is_a_bounded_number_of_records(
+    tmp_path: Path,
+) -> None:
+    """Host .4 is dead (its fault raised); the rest of the network drops every ~2.5 s
+    and comes back (a flapping uplink switch). Each drop superseded host .4's fault and
+    each return raised it again: two records per cycle for as long as it flapped (the
+    network's own fault, flapping, stayed raised). Now host .4 stays covered while the
+    network's fault is raised, so the records stop after the first cycles."""
+    servers = await _serve_hosts([1, 1, 1, 3])
+    records: list[dict[str, Any]] = []
+    net, host4 = "network:modbus-tcp", "host:127.0.0.4"
+    try:
+        async with _running(_write_config(tmp_path, _on_hosts(servers)), records) as agent:
+            await _all_ok(agent, 6)
+            await servers[3].__aexit__(None, None, None)
+            await _until(lambda: (host4, "raised") in _faults(records), 8)
+            for _ in range(3):
+                await _cut(servers, (0, 1, 2))
+                await _until(lambda: all(p.state != "ok" for p in _up(agent)), 8)
+                await asyncio.sleep(1.5)  # down past endpoint_silent_s: the network's fault
+                for i in (0, 1, 2):
+                    await _restart(servers, i)
+                await _until(lambda: all(p.state == "ok" for p in _up(agent)), 8)
+                await asyncio.sleep(1.5)
+    finally:
+        for s in servers:
+            await s.__aexit__(None, None, None)
+    # Superseded at the first drop, raised again when the network's fault first cleared,
+    # superseded at the next drop, and covered from then on by the network's fault (held
+    # raised: it flaps). Before: 2 more per cycle (7 here, growing while the switch flaps).
+    host_records = [f for f in _faults(records) if f[0] == host4]
+    assert host_records == [(host4, "raised"), (host4, "cleared")] * 2, _faults(records)
+    assert _faults(records)[:3] == [(host4, "raised"), (net, "raised"), (host4, "cleared")]
+
+
+def _up(agent: Agent) -> list[Any]:
+    """The pollers of the devices not on host .4."""
+    return [p for sid, p in agent.sensors.pollers.items() if not sid.startswith("h4")]

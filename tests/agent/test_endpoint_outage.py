@@ -569,3 +569,34 @@ async def test_a_flapping_network_beside_a_dead_host_is_a_bounded_number_of_reco
 def _up(agent: Agent) -> list[Any]:
     """The pollers of the devices not on host .4."""
     return [p for sid, p in agent.sensors.pollers.items() if not sid.startswith("h4")]
+
+
+async def test_a_restart_during_a_network_outage_raises_nothing_new(tmp_path: Path) -> None:
+    """Host .4 silent first (its fault raised), then the whole network (the network's fault
+    supersedes .4's). The agent restarts while all is still silent: the network's fault
+    stays raised, nothing is raised again (no host's, no device's) and when the network
+    is back, only its clear."""
+    servers = await _serve_hosts([1, 1, 1, 3])
+    records: list[dict[str, Any]] = []
+    net, host4 = "network:modbus-tcp", "host:127.0.0.4"
+    cfg = _write_config(tmp_path, _on_hosts(servers), gateway="gw-net-restart")
+    try:
+        async with _running(cfg, records) as agent:
+            await _all_ok(agent, 6)
+            await servers[3].__aexit__(None, None, None)
+            await _until(lambda: (host4, "raised") in _faults(records), 8)
+            await _cut(servers, (0, 1, 2))
+            await _until(lambda: (host4, "cleared") in _faults(records), 8)
+        assert _faults(records) == [(host4, "raised"), (net, "raised"), (host4, "cleared")]
+        records.clear()
+        async with _running(cfg, records):
+            await asyncio.sleep(3.0)  # still silent: past endpoint_silent_s again
+            assert _faults(records) == [], _faults(records)
+            for i in range(4):
+                await _restart(servers, i)
+            await _until(lambda: (net, "cleared") in _faults(records), 8)
+            await asyncio.sleep(1.0)
+    finally:
+        for s in servers:
+            await s.__aexit__(None, None, None)
+    assert _faults(records) == [(net, "cleared")], _faults(records)

@@ -48,6 +48,9 @@ class EndpointHealth:
     # The key of the wider group it is in (the network's, updated before it): while that
     # one is silent, or its fault raised, it covers this one (one fault for one outage).
     within: str = ""
+    # Every failure in its silence was a gateway's exception 10 or 11: the TCP-to-RTU
+    # gateway answers, the serial line behind it (or every device on it) is what is silent.
+    gateway_answers: bool = False
 
     @property
     def key(self) -> str:
@@ -217,6 +220,8 @@ class EndpointFaults:
                 "silent_for_s": round(health.silent_for_s, 1),
             }
         elif transition == "raised":
+            if health.gateway_answers:
+                evidence["gateway_answers"] = True  # the serial side is silent, not the host
             evidence |= {
                 "endpoints_silent": sorted(health.silent),
                 "devices": health.devices,
@@ -255,6 +260,12 @@ def _reason(health: EndpointHealth, transition: str, silent: int) -> str:
                 f"{len(hosts)} hosts ({', '.join(hosts[:3])}{more}) are not watched"
             )
         return "Modbus TCP devices answer again"
+    if transition == "raised" and health.gateway_answers:
+        return (
+            f"the Modbus gateway at {', '.join(sorted(health.silent))} answers, but no device "
+            f"behind it does (exception 11, gateway target device failed to respond): check "
+            f"its serial line and the devices on it; {silent} sensors are not watched"
+        )
     if transition == "raised":
         return (
             f"no device behind {', '.join(sorted(health.silent))} answers: "

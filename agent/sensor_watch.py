@@ -170,6 +170,7 @@ def _health(
         kind=kind,
         silent_hosts=tuple(sorted(hosts - {NETWORK})),
         within=within,
+        gateway_answers=all(o.gateway_answers for o in outages),
     )
 
 

@@ -63,6 +63,10 @@ class Outage:
     error: str = ""  # the first device's error, as an example
     ended_at: float | None = None
     logged: bool = True  # its start was logged (its end is then logged too)
+    # A gateway answered exception 10 or 11 (path unavailable, target failed to respond)
+    # during it, and its connection has not failed since: the gateway answers, the serial
+    # side behind it is silent (its queued requests may time out meanwhile).
+    gateway_answers: bool = False
 
     def lasted_s(self, now: float | None = None) -> float:
         end = self.ended_at if self.ended_at is not None else (now or time.monotonic())
@@ -117,6 +121,8 @@ class Peers:
         # Undecided failing devices: sensor id -> what logs its own line once it is clear
         # it fails alone.
         self._undecided: dict[str, tuple[float, Callable[[], None]]] = {}
+        # A gateway's exception 10/11 since the last answer, and no connection failed since.
+        self._gateway_answers = False
         self._log_quiet_until = -1.0
         self._hushed = 0  # outages not logged since the last line
         # Back-off sleeps to cut short when the outage ends (one per device at most).
@@ -147,6 +153,7 @@ class Peers:
         """A device answered: the others failing now fail alone; an outage ends."""
         now = time.monotonic()
         self.last_answer = now
+        self._gateway_answers = False
         self._undecided.pop(sensor_id, None)
         if self.outage is not None:
             self._end(now, sensor_id)
@@ -157,7 +164,14 @@ class Peers:
                 report()
 
     def failed(
-        self, sensor_id: str, failures: int, since: float, error: str, report: Callable[[], None]
+        self,
+        sensor_id: str,
+        failures: int,
+        since: float,
+        error: str,
+        report: Callable[[], None],
+        *,
+        gateway_answers: bool | None = None,
     ) -> Outage | None:
         """A device's poll failed (its ``failures``-th in a row, the first at ``since``).
 
@@ -166,7 +180,13 @@ class Peers:
         this failure (it fails alone; at once when the endpoint is not grouped), unless
         it joins an outage first. An answer that came before this failure proves nothing:
         at a cut, requests sent just before it fail after answers sent just before it.
+        ``gateway_answers``: True for a gateway's exception 10 or 11, False for a
+        connection that failed (the gateway itself is gone), None for anything else.
         """
+        if gateway_answers is not None:
+            self._gateway_answers = gateway_answers
+            if self.outage is not None:
+                self.outage.gateway_answers = gateway_answers
         if self.outage is not None:
             self.outage.sensors.add(sensor_id)
             self._undecided.pop(sensor_id, None)
@@ -231,6 +251,7 @@ class Peers:
         now = time.monotonic()
         since = min(s for s, _ in self._undecided.values())
         outage = Outage(since, now, set(self._undecided), error)
+        outage.gateway_answers = self._gateway_answers
         self._undecided.clear()
         self.outage = outage
         if now < self._log_quiet_until:

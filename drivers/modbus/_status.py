@@ -12,13 +12,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
-from drivers.errors import DeviceError, DeviceExceptionResponse
+from drivers.errors import DeviceConnectionError, DeviceError, DeviceExceptionResponse
 from drivers.modbus._bus import Bus
 from drivers.modbus._peers import Outage, Peers
 from drivers.profiles import Register
 from drivers.reading import utc_now
 
 __all__ = ["PollLedger", "PollerState", "PollerStatus"]
+
+# A TCP-to-RTU gateway's own answers for a device behind it: 10 gateway path unavailable,
+# 11 gateway target device failed to respond. The gateway answers; its serial side not.
+GATEWAY_CODES = frozenset({10, 11})
 
 log = logging.getLogger("edge_agent.drivers.modbus")
 
@@ -221,6 +225,8 @@ class PollLedger:
             self._alone, self._fail_log.logged = False, False
         if self.joined is not None:
             if self.joined is peers.outage:
+                if (gateway := _gateway_answers(err)) is not None:
+                    peers.outage.gateway_answers = gateway
                 return  # the endpoint's outage goes on: its lines say it
             self.joined, self._alone = None, True  # the endpoint answers, this one not
             self._report_alone(err, " (still failing since its endpoint answered again)")
@@ -230,7 +236,12 @@ class PollLedger:
         else:
             since = self._failing_since or time.monotonic()
             outage = peers.failed(
-                self.sensor_id, failures, since, err.message, lambda: self._report_alone(err)
+                self.sensor_id,
+                failures,
+                since,
+                err.message,
+                lambda: self._report_alone(err),
+                gateway_answers=_gateway_answers(err),
             )
             if outage is not None:
                 self.joined = outage
@@ -317,3 +328,11 @@ class EpisodeLog:
         if not n:
             return ""
         return f" ({n} brief episodes since the last report were counted, not logged)"
+
+
+def _gateway_answers(err: DeviceError) -> bool | None:
+    """True: a gateway's own answer for a device behind it (the gateway is reachable);
+    False: the connection failed (it is not); None: it tells nothing (a timeout)."""
+    if isinstance(err, DeviceExceptionResponse):
+        return True if err.code in GATEWAY_CODES else None
+    return False if isinstance(err, DeviceConnectionError) else None

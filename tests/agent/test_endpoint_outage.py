@@ -22,7 +22,7 @@ import pytest
 from agent.config import load_config
 from agent.health import render_metrics
 from agent.runtime import Agent
-from simulators.modbus import Fault, ModbusSimServer, SimDevice
+from simulators.modbus import Fault, GatewayLine, ModbusSimServer, SimDevice
 from simulators.scenario import Constant
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
@@ -600,3 +600,28 @@ async def test_a_restart_during_a_network_outage_raises_nothing_new(tmp_path: Pa
         for s in servers:
             await s.__aexit__(None, None, None)
     assert _faults(records) == [(net, "cleared")], _faults(records)
+
+
+async def test_a_gateway_whose_serial_side_died_says_so(tmp_path: Path) -> None:
+    """A TCP-to-RTU gateway at 127.0.0.5 whose serial line dies: it still answers, with
+    exception 11 (gateway target device failed to respond) for each of its 4 devices. One
+    fault for the gateway's host is right (one place to go), but it said 'no device behind
+    127.0.0.5:port answers', as for a host off the network, so a planner went to check the
+    switch and the cable to the gateway. Now it says the gateway answers and its serial
+    side is silent (evidence gateway_answers)."""
+    # Dead from the start: a good answer in flight on the line when it died would tell
+    # one device from the others (failing alone) on a loaded machine.
+    devices = [SimDevice(i, Constant({}), Fault("dead")) for i in (1, 2, 3, 4)]
+    records: list[dict[str, Any]] = []
+    gateway = GatewayLine(timeout_s=0.02)  # then it answers exception 11
+    async with ModbusSimServer(devices, host="127.0.0.5", gateway=gateway) as srv:
+        cfg = _write_config(tmp_path, _devs(srv.port, (1, 2, 3, 4), host="127.0.0.5"))
+        async with _running(cfg, records):
+            await _until(lambda: len(_faults(records)) >= 1, 8)
+            await asyncio.sleep(1.0)  # no device's own fault follows
+    assert _faults(records) == [("host:127.0.0.5", "raised")], _faults(records)
+    raised = records[0]
+    assert raised["evidence"]["gateway_answers"] is True
+    assert raised["evidence"]["endpoints_silent"] == [f"127.0.0.5:{srv.port}"]
+    why = raised["no_estimate_reason"]
+    assert f"gateway at 127.0.0.5:{srv.port} answers" in why and "serial line" in why, why

@@ -47,8 +47,9 @@ async def resolve_names(names: Iterable[str], timeout_s: float = RESOLVE_S) -> R
             failed.append(f"{name} ({why})")
     if failed:
         log.warning(
-            "host names not resolved (a device written by its name and by its address "
-            "counts as two): %s",
+            "host names not resolved: a device rewritten between such a name and an "
+            "address (or another name) is not known to be another device, its open "
+            "alerts are kept: %s",
             ", ".join(failed),
         )
     return out

@@ -11,8 +11,8 @@ A channel learns two things, from different inputs:
   address, MQTT broker, topic or key: a replaced sensor) makes it meaningless; nothing else
   does (a host written otherwise is the same: localhost or 127.0.0.1, capitals, a trailing
   dot, and a name and an address it resolves to when the reload or the start looks the
-  name up (agent.host_names, bounded); a name that did not resolve counts as another
-  device, and the cause says so). A payload decoder file edited
+  name up (agent.host_names, bounded); a name that did not resolve then is not known to
+  be another device: kept, and the log says so). A payload decoder file edited
   under the same name counts the same way (its fields' paths, scales, offsets, features
   and channels, a waveform's rate, axes and scale; not its description, units, valid
   ranges, sentinels or the order of its fields).
@@ -271,7 +271,8 @@ def host_names(devices: Iterable[str]) -> set[str]:
 def same_device(before: str, after: str, resolved: Resolved | None = None) -> bool:
     """Whether two device() strings name the same physical sensor (saved strings too):
     the same port and device id at the same host, written either way, or at a name and an
-    address it resolves to (`resolved`: the names looked up now)."""
+    address it resolves to (`resolved`: the names looked up now; one that is not in it,
+    not resolved, is taken as the same: unknown is no replacement)."""
     if before == after:
         return True
     b, a = _TCP.match(before), _TCP.match(after)
@@ -279,7 +280,13 @@ def same_device(before: str, after: str, resolved: Resolved | None = None) -> bo
         return False
     if host_key(b["host"]) == host_key(a["host"]):
         return True
-    return bool(_addresses(b["host"], resolved) & _addresses(a["host"], resolved))
+    was, now = _addresses(b["host"], resolved), _addresses(a["host"], resolved)
+    if resolved is not None and not (was and now):
+        # A name that did not resolve now (DNS down or slow, the lookup's 2 s cap): not
+        # known to be another device, so its episodes are kept (agent.host_names logs
+        # which); closing them would raise every fault again as new on a bad DNS day.
+        return True
+    return bool(was & now)
 
 
 def _is_address(host: str) -> bool:

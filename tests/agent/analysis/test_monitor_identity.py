@@ -148,3 +148,26 @@ async def test_a_reload_that_measures_the_same_keeps_every_open_episode(
     ch = m._channels[("m1", "z")]
     assert (ch.severity.raised_at, ch.trend.raised_at) == opened and ch.hi.ready
     assert ("severity", "raised") not in _from(m, 0, 5, 5.0)
+
+
+async def test_a_name_that_did_not_resolve_keeps_the_open_episodes(tmp_path: Path) -> None:
+    """Before: with DNS down or slow (plc-7.plant not answered within the lookup's 2 s),
+    the device rewritten from its name to its address had its open severity and trend
+    alerts closed as a replaced sensor ('plc-7.plant did not resolve') and raised again as
+    new episodes: on a bad DNS day, every rewritten device's fault twice at the backend.
+    Unknown is no replacement: kept, at a reload and at a restart."""
+    by_name = config(tmp_path, {"sensors.0.modbus.host": "plc-7.plant"})
+    async with store_at(tmp_path) as ob:
+        m = Monitor(by_name)
+        for i in range(32):
+            await store(ob, m.update(vib(i, 1.0, 1.0) if i < 12 else vib(i, 2.0, 5.0)))
+    ch = m._channels[("m1", "z")]
+    opened = (ch.severity.raised_at, ch.trend.raised_at)
+    assert all(opened)
+    by_address = config(tmp_path, {"sensors.0.modbus.host": "10.0.0.21"})
+    restarted, recs = await restart(tmp_path, by_address, resolved={})
+    assert recs == []
+    assert ("severity", "raised") not in _from(restarted, 0, 5, 5.0)
+    assert m.reconfigure(by_address, AT, resolved={}).drafts == []
+    ch = m._channels[("m1", "z")]
+    assert (ch.severity.raised_at, ch.trend.raised_at) == opened and ch.hi.ready

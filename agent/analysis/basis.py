@@ -54,6 +54,7 @@ __all__ = [
     "device",
     "host_key",
     "host_names",
+    "names_to_compare",
     "profile_digest",
     "reading_source",
     "same_device",
@@ -265,6 +266,21 @@ def host_names(devices: Iterable[str]) -> set[str]:
             key = host_key(m["host"])
             if key != "loopback" and not _is_address(key):
                 out.add(key)
+    return out
+
+
+def names_to_compare(pairs: Iterable[tuple[str, str]]) -> set[str]:
+    """The host names to look up for these (before, after) device() strings: only where
+    the host alone is written otherwise (the same port and device id) and is a name on
+    either side; an unchanged host needs no lookup (a start with the DNS down waits for
+    nothing when no device was rewritten)."""
+    out: set[str] = set()
+    for before, after in pairs:
+        b, a = _TCP.match(before), _TCP.match(after)
+        if b is None or a is None or (b["port"], b["rest"]) != (a["port"], a["rest"]):
+            continue
+        if host_key(b["host"]) != host_key(a["host"]):
+            out |= host_names([before, after])
     return out
 
 

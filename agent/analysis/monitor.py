@@ -38,7 +38,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from agent.analysis.analyse import analyse, log_dropped, log_recurring, note_stopped
-from agent.analysis.basis import Resolved, basis_of, device, host_names
+from agent.analysis.basis import Resolved, basis_of, device, names_to_compare
 from agent.analysis.channel import (
     Channel,
     ChannelView,
@@ -158,16 +158,21 @@ class Monitor:
         }
 
     def host_names(self, config: Config | None = None) -> set[str]:
-        """The Modbus host names the channels' bases name (running, saved, and as
-        configured, or as `config` would configure them): what to look up before
-        reconfigure() or close_unconfigured() compares them (agent.host_names)."""
-        devices = [b.device for b in self._basis.values()]
-        devices += [ch.basis.device for ch in self._channels.values() if ch.basis is not None]
-        devices += [b.device for k, v in self._saved.items()
-                    if k.endswith("/model") and (b := saved_basis(v)) is not None]  # fmt: skip
-        if config is not None:
-            devices += [device(s) for s in config.sensors]
-        return host_names(devices)
+        """The Modbus host names to look up before reconfigure() or close_unconfigured()
+        compares a sensor's devices (running, saved, and as configured) with the ones
+        configured now, or as `config` would configure them (agent.host_names): only those
+        of a device whose host alone is written otherwise (basis.names_to_compare)."""
+        after = {s.id: device(s) for s in config.sensors} if config is not None else {
+            sid: b.device for sid, b in self._basis.items()}  # fmt: skip
+        pairs = [(b.device, after[sid]) for sid, b in self._basis.items() if sid in after]
+        pairs += [(ch.basis.device, after[key[0]]) for key, ch in self._channels.items()
+                  if ch.basis is not None and key[0] in after]  # fmt: skip
+        for k, v in self._saved.items():
+            parts = k.split("/")
+            ok = len(parts) == 4 and parts[3] == "model" and parts[1] in after
+            if ok and (b := saved_basis(v)) is not None:
+                pairs.append((b.device, after[parts[1]]))
+        return names_to_compare(pairs)
 
     def knows(self, sensor_id: str) -> bool:
         """True when the sensor is in the configuration (a reload may have removed it)."""

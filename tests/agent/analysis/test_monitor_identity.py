@@ -171,3 +171,24 @@ async def test_a_name_that_did_not_resolve_keeps_the_open_episodes(tmp_path: Pat
     assert m.reconfigure(by_address, AT, resolved={}).drafts == []
     ch = m._channels[("m1", "z")]
     assert (ch.severity.raised_at, ch.trend.raised_at) == opened and ch.hi.ready
+
+
+async def test_only_a_host_written_otherwise_is_looked_up(tmp_path: Path) -> None:
+    """Before: every Modbus host name of the configuration and of the saved models was
+    looked up at each start and reload, so with the DNS server down every start of a
+    gateway whose devices are written by name waited the lookup's 2 s (and logged each
+    name as not resolved), though no device was rewritten. Now only the names of a
+    device whose host alone changed between its saved or running basis and the file."""
+    by_name = config(tmp_path, {"sensors.0.modbus.host": "plc-7.plant"})
+    async with store_at(tmp_path) as ob:
+        m = Monitor(by_name)
+        for i in range(32):
+            await store(ob, m.update(vib(i, 1.0, 1.0) if i < 12 else vib(i, 2.0, 5.0)))
+        saved = await ob.load_state()
+    by_address = config(tmp_path, {"sensors.0.modbus.host": "10.0.0.21"})
+    assert Monitor(by_name, state=saved).host_names() == set()
+    assert Monitor(by_address, state=saved).host_names() == {"plc-7.plant"}
+    assert m.host_names(by_name) == set()
+    assert m.host_names(by_address) == {"plc-7.plant"}
+    other_port = config(tmp_path, {"sensors.0.modbus.port": 5021})
+    assert m.host_names(other_port) == set()  # another device whatever the name says

@@ -137,6 +137,14 @@ def vib(i: int, accel: float, velocity: float) -> Reading:
                     "hf_accel_rms_g": accel / 2})  # fmt: skip
 
 
+def degrading(i: int, accel: float = 2.0, velocity: float = 1.9) -> Reading:
+    """Reading i of a machine that degrades from reading 12 on, over 8 readings to (accel,
+    velocity) and then stays there: a ramp, not a step (a step gives no time to failure,
+    so no critical, until the jump model has bins enough after it)."""
+    f = min(max(i - 11, 0), 8) / 8
+    return vib(i, accel**f, velocity**f)
+
+
 def run(m: Monitor, start: int, n: int, accel: float, velocity: float) -> list[AlertDraft]:
     return [d for i in range(start, start + n) for d in m.update(vib(i, accel, velocity)).drafts]
 
@@ -145,7 +153,7 @@ def degrade(tmp_path: Path) -> tuple[Monitor, dict[str, str]]:
     m = Monitor(degraded_config(tmp_path))
     state: dict[str, str] = {}
     for i in range(32):
-        up = m.update(vib(i, 1.0, 1.0) if i < 12 else vib(i, 2.0, 1.9))
+        up = m.update(degrading(i))
         state.update(up.state)
         if m._channels[("m1", "z")].trend.active == 2:
             break  # raised, then escalated (the step then flat revises it later)

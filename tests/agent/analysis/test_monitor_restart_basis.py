@@ -22,7 +22,7 @@ from agent.store import Outbox
 from drivers.payloads import DecoderLibrary
 from drivers.profiles import ProfileLibrary
 from drivers.reading import Reading
-from tests.agent.analysis.test_monitor_reconfigure import T0, vib
+from tests.agent.analysis.test_monitor_reconfigure import T0, degrading, vib
 from tests.agent.analysis.test_monitor_reconfigure import degraded_config as config
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -51,7 +51,7 @@ async def degrade(tmp_path: Path) -> tuple[float, float]:
         m = Monitor(config(tmp_path))
         m.close_unconfigured(T0)
         for i in range(32):
-            await store(ob, m.update(vib(i, 1.0, 1.0) if i < 12 else vib(i, 2.0, 1.9)))
+            await store(ob, m.update(degrading(i)))
             if m._channels[("m1", "z")].trend.active == 2:
                 break
         ch = m._channels[("m1", "z")]
@@ -218,7 +218,7 @@ async def test_a_live_reload_that_replaces_the_sensor_relearns_saying_so(tmp_pat
     async with store_at(tmp_path) as ob:
         m = Monitor(config(tmp_path))
         for i in range(32):
-            await store(ob, m.update(vib(i, 1.0, 1.0) if i < 12 else vib(i, 2.0, 1.9)))
+            await store(ob, m.update(degrading(i)))
         recs = await store(ob, m.reconfigure(config(tmp_path, {"sensors.0.modbus.device_id": 7})))
     (rec,) = recs
     assert rec["evidence"]["reason"] == (
@@ -258,7 +258,7 @@ async def test_an_mqtt_sensor_is_the_same_device_by_broker_topic_and_key(
     async with store_at(tmp_path) as ob:
         m = Monitor(before)
         for i in range(32):
-            r = vib(i, 1.0, 1.0) if i < 12 else vib(i, 2.0, 1.9)
+            r = degrading(i)
             await store(ob, m.update(Reading(r.sensor_id, r.channel, r.timestamp, r.features,
                                              transport="mqtt")))  # fmt: skip
     _, recs = await restart(tmp_path, after)
@@ -319,7 +319,7 @@ async def _open_trend(tmp_path: Path, cfg: Config, digests: dict[str, str]) -> N
     async with store_at(tmp_path) as ob:
         m = Monitor(cfg, digests=digests)
         for i in range(32):
-            await store(ob, m.update(vib(i, 1.0, 1.0) if i < 12 else vib(i, 2.0, 1.9)))
+            await store(ob, m.update(degrading(i)))
         assert m._channels[("m1", "z")].trend.active >= 1  # open (its critical revised)
 
 
@@ -428,7 +428,7 @@ async def _zone_c(tmp_path: Path) -> Monitor:
     async with store_at(tmp_path) as ob:
         m = Monitor(config(tmp_path))
         for i in range(32):
-            await store(ob, m.update(vib(i, 1.0, 1.0) if i < 12 else vib(i, 2.0, 5.0)))
+            await store(ob, m.update(degrading(i, 2.0, 5.0)))
     assert m._channels[("m1", "z")].severity.active
     return m
 
@@ -532,7 +532,7 @@ async def test_a_decoder_file_with_its_fields_reordered_keeps_the_baseline(
     cfg = _mqtt_config(tmp_path, folder)
     m = Monitor(cfg, digests=_decoder_digests(cfg, folder))
     for i in range(32):
-        m.update(vib(i, 1.0, 1.0) if i < 12 else vib(i, 2.0, 5.0))
+        m.update(degrading(i, 2.0, 5.0))
     assert m._channels[("m1", "z")].severity.active
     path = folder / "plant-json.yaml"
     lines = path.read_text().splitlines()

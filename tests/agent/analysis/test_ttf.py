@@ -124,8 +124,11 @@ def test_an_estimate_the_trend_moved_far_from_the_prior_is_not_labelled_the_prio
     than the prior's, and the record named the reliability prior as its model (trend share
     0 %): the prior's spread was measured on the posterior's zoomed grid, where the prior is
     only its tail. The share now counts the shift of the median too."""
-    t = np.arange(0.0, 125 * 60.0, 60.0)
-    v = np.where(t < 120 * 60.0, 1.0, 3.2) * np.exp(0.03 * np.sin(np.arange(t.shape[0])))
+    t = np.arange(0.0, 126 * 60.0, 60.0)
+    # a steep rise, not a step: a step with so few bins after it gives no trend evidence now
+    # (degradation._recent_change); the labelling is the same question
+    rise = 3.2 ** (np.clip(np.arange(t.shape[0]) - 119, 0, 6) / 6)
+    v = rise * np.exp(0.03 * np.sin(np.arange(t.shape[0])))
     now = float(t[-1])
     ev = trend_evidence(t, v, now_s=now, threshold=4.5, min_weight=0.03)
     assert not isinstance(ev, NoEstimate)

@@ -83,6 +83,7 @@ class BrokerLink(Uptime, Reconnecting, Subscribing, Dispatching):
         self._peak_before = 0  # the queue-bytes peak of clients since rebuilt
         self.last_error: str | None = None
         self.refused: dict[str, str] = {}  # topic filter -> the broker's SUBACK reason
+        self._refused_alone: set[str] = set()  # see Subscribing._singly
         self.broker_drops = BrokerDrops(
             settings.id, settings.address, settings.sys_dropped_topic, busiest=self._busiest
         )

@@ -40,6 +40,7 @@ class Subscribing:
     broker_drops: BrokerDrops
     last_error: str | None
     refused: dict[str, str]
+    _refused_alone: set[str]  # filters the broker refused in a SUBSCRIBE of their own
     _sessions: SessionLog | None
     _sys_unsubscribed: bool
     _gone_tried: bool
@@ -62,6 +63,7 @@ class Subscribing:
         v5 = self.settings.protocol == "5"
         ids = {r.topic: i for i, r in self.router.by_id.items()}
         wanted = [(t, r) for t, r in self.router.routes.items() if only is None or t in only]
+        self._refused_alone &= self.router.routes.keys()  # a reload's removed routes
         if v5 and ids:
             for i in range(0, len(wanted), SUBSCRIBE_WINDOW):
                 window = wanted[i : i + SUBSCRIBE_WINDOW]
@@ -77,13 +79,42 @@ class Subscribing:
                 (t, SubscribeOptions(qos=r.qos, retainHandling=NO_RETAINED) if v5 else r.qos)
                 for t, r in batch
             ]
-            codes = await client.subscribe(filters)
+            codes = list(await client.subscribe(filters))
             raise_if_cancelled()
-            if len(codes) != len(batch):  # not one code per filter: none taken as granted
+            whole = len(codes) != len(batch) or all(map(_failure, codes))
+            if len(batch) > 1 and whole and not all(t in self._refused_alone for t, _ in batch):
+                # The whole packet refused, or not one code per filter: maybe for one filter
+                # the broker will not take (too long, invalid there), the others then lost
+                # with it. Each asked alone, once: the bad one is named, the others heard.
+                codes = await self._singly(client, batch, filters)
+            elif len(codes) != len(batch):  # not one code per filter: none taken as granted
                 codes = [_Unanswered(f"SUBACK with {len(codes)} codes for {len(batch)} filters")]
                 codes *= len(batch)
             for (topic, route), code in zip(batch, codes, strict=True):
                 self._granted(topic, route, code)
+
+    async def _singly(
+        self, client: BoundedClient, batch: list[tuple[str, Any]], filters: list[Any]
+    ) -> list[Any]:
+        """A refused batch's filters, one per SUBACK, SUBSCRIBE_WINDOW in flight at once.
+        Those refused alone are remembered: in later rounds a packet of them alone, all
+        refused again (an ACL), is taken as it is, not split again every minute."""
+        codes: list[Any] = []
+        for i in range(0, len(filters), SUBSCRIBE_WINDOW):
+            window = filters[i : i + SUBSCRIBE_WINDOW]
+            results = await asyncio.gather(*(client.subscribe([f]) for f in window))
+            raise_if_cancelled()
+            for result in results:
+                got = list(result)
+                codes.append(
+                    got[0]
+                    if len(got) == 1
+                    else _Unanswered(f"SUBACK with {len(got)} codes for 1 filter")
+                )
+        for (topic, _), code in zip(batch, codes, strict=True):
+            if _failure(code):
+                self._refused_alone.add(topic)
+        return codes
 
     async def _subscribe_one(
         self, client: BoundedClient, topic: str, route: Any, sub_id: int | None
@@ -131,8 +162,9 @@ class Subscribing:
         0x87 in 5) must be said, or its sensors would only look stale for no visible reason.
         """
         codes = result if isinstance(result, list | tuple) else [result]
-        failed = [c for c in codes if getattr(c, "is_failure", False) or c == 0x80]
+        failed = [c for c in codes if _failure(c)]
         if not failed:
+            self._refused_alone.discard(topic)
             was = self.refused.pop(topic, None)
             if was is not None:
                 text = _refused_text(topic, was)
@@ -255,6 +287,11 @@ def _batches(items: list[tuple[str, Any]]) -> list[list[tuple[str, Any]]]:
         out[-1].append(item)
         size += n
     return out
+
+
+def _failure(code: Any) -> bool:
+    """A SUBACK code that refuses its filter (0x80 in 3.1.1, >= 0x80 in 5)."""
+    return bool(getattr(code, "is_failure", False) or code == 0x80)
 
 
 def _refused_text(topic: str, reason: str) -> str:

@@ -384,8 +384,10 @@ async def test_many_refused_subscriptions_are_asked_again_in_few_round_trips(
         link = BrokerLink(settings, router)
         task = asyncio.create_task(link.run())
         try:
-            # the connect's subscriptions, then a retry round: n filters each
-            await until(lambda: sum(tap.filters) >= 2 * n, 20)
+            # the connect's subscriptions (3.1.1: each refused packet's filters then asked
+            # alone, once), then a retry round: n filters each
+            rounds = 3 if protocol == "3.1.1" else 2
+            await until(lambda: sum(tap.filters) >= rounds * n, 20)
         finally:
             link.stop()
             task.cancel()
@@ -393,11 +395,79 @@ async def test_many_refused_subscriptions_are_asked_again_in_few_round_trips(
             tap.close()
     assert len(link.refused) == n
     sizes = tap.filters
-    packets = next(i + 1 for i in range(len(sizes)) if sum(sizes[: i + 1]) == n)
-    retry = next(i + 1 for i in range(len(sizes)) if sum(sizes[packets : packets + i + 1]) == n)
     if protocol == "3.1.1":
-        assert (packets, retry) == (3, 3), sizes[:10]  # 100 + 100 + 50 filters
+        # A packet refused whole is asked again filter by filter, once (a filter the
+        # broker will not take must not silence the others); refused alone as well, they
+        # are an ACL's refusals, and the retry rounds ask them 100 a packet again.
+        alone = [100, *[1] * 100, 100, *[1] * 100, 50, *[1] * 50]
+        assert sizes[: len(alone)] == alone, sizes[:10]
+        assert sizes[len(alone) : len(alone) + 3] == [100, 100, 50], sizes[len(alone) :]
     else:
+        packets = next(i + 1 for i in range(len(sizes)) if sum(sizes[: i + 1]) == n)
+        retry = next(i + 1 for i in range(len(sizes)) if sum(sizes[packets : packets + i + 1]) == n)
         assert router.by_id, "each filter has its own identifier"
         assert (packets, retry) == (n, n)
         assert tap.in_flight_max > 1, "SUBSCRIBEs pipelined, not one round trip each"
+
+
+class _Picky(Tap):
+    """A Tap standing for a broker that will not take one filter (too long for it,
+    invalid there) and refuses the whole SUBSCRIBE that holds it: every code 0x80, or
+    (`short`) a SUBACK with one code for all of them. Counts what it refused so."""
+
+    def __init__(self, broker_port: int, bad: str, short: bool = False) -> None:
+        super().__init__(broker_port)
+        self.bad, self.short = bad.encode(), short
+        self.refused_whole = 0
+        self._client: asyncio.StreamWriter | None = None
+
+    async def _serve(self, c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
+        self._client = c_writer
+        await super()._serve(c_reader, c_writer)
+
+    def _keep(self, kind: int, up: bool, body: bytes) -> bool:
+        keep = super()._keep(kind, up, body)
+        if not (up and kind == SUBSCRIBE and self.bad in body) or self._client is None:
+            return keep
+        self.refused_whole += 1
+        n = 1 if self.short else _filters(body, False)
+        self._client.write(bytes([SUBACK << 4, 2 + n]) + body[:2] + b"\x80" * n)
+        return False
+
+
+@pytest.mark.skipif(not Path(DYNSEC).exists(), reason=f"{DYNSEC} is missing (mosquitto)")
+@pytest.mark.parametrize("short", [False, True], ids=["all-0x80", "one-code"])
+async def test_a_batch_refused_whole_for_one_bad_filter_still_subscribes_the_others(
+    tmp_path: Path, short: bool
+) -> None:
+    """3.1.1, 5 filters in one SUBSCRIBE, one of which this broker will not take: it
+    refuses the whole packet. The 4 good sensors stayed silent (refused with the bad one,
+    and the retry asked again in the same packet every minute); now the refused packet's
+    filters are asked one by one: the bad one alone is named refused, the others heard."""
+    got: list[Reading] = []
+    routes = [_sensor(f"fan-{i}", f"ncd/allowed/{i}", got)[1] for i in range(4)]
+    routes.insert(2, _sensor("fan-bad", "ncd/allowed/bad", got)[1])
+    with _DynsecAdmin(tmp_path / "acl") as broker:
+        tap = _Picky(broker.port, "ncd/allowed/bad", short)
+        settings = BrokerSettings(
+            id="b", host="127.0.0.1", port=await tap.start(), client_id="edge-t",
+            protocol="3.1.1", username="gw", password="secret", sys_dropped_topic=None,
+        )  # fmt: skip
+        link = BrokerLink(settings, Router(routes))
+        task = asyncio.create_task(link.run())
+        try:
+            await until(lambda: link.refused and tap.refused_whole, 10)
+            await until(lambda: list(link.refused) == ["ncd/allowed/bad"], 5)
+            async with aiomqtt.Client(
+                "127.0.0.1", broker.port, username="admin", password="secret"
+            ) as c:
+                for i in range(4):
+                    await c.publish(f"ncd/allowed/{i}", ncd(1.0), qos=1)
+                await until(lambda: len(got) == 4, 5)
+            assert link.connects_total == 1
+        finally:
+            link.stop()
+            task.cancel()
+            await asyncio.wait([task], timeout=5)
+            tap.close()
+    assert sorted(r.sensor_id for r in got) == [f"fan-{i}" for i in range(4)]

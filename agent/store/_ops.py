@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from agent.analysis.reliability import FleetLife
@@ -260,6 +260,22 @@ def dead_letter(
     return moved
 
 
+@dataclass(slots=True)
+class RequeueCursor:
+    """A chunked requeue's progress: per class, the (ref, uplink) it has gone past, and
+    the newest ref dead at its start (a class absent there had no dead letter)."""
+
+    upto: dict[int, int]
+    after: dict[int, tuple[int, str]] = field(default_factory=dict)
+
+    @classmethod
+    def at_start(cls, conn: sqlite3.Connection) -> RequeueCursor:
+        rows = conn.execute(
+            f"SELECT class, max(ref) FROM outbound WHERE state = {DEAD} GROUP BY class"
+        )
+        return cls(upto={int(k): int(r) for k, r in rows})
+
+
 def requeue(
     conn: sqlite3.Connection,
     *,
@@ -267,6 +283,7 @@ def requeue(
     item_ids: Sequence[str] | None,
     by: str,
     limit: int | None = None,
+    cursor: RequeueCursor | None = None,
 ) -> list[dict[str, Any]]:
     """Put dead letters back in their uplink's queue, and record each in `requeues`.
 
@@ -275,7 +292,11 @@ def requeue(
         item_ids: only these alert or summary ids (None: all of them).
         by: who asked (kept with the record).
         limit: at most this many (oldest first, alerts before summaries); a caller
-            committing in chunks calls again until fewer come back.
+            committing in chunks calls again until fewer come back, with a `cursor`.
+        cursor: where the last chunk ended (moved past this one's rows) and the newest
+            dead letter at the start: a row requeued by an earlier chunk and dead-lettered
+            again by the running agent (the backend still refuses it) is not requeued
+            twice in one run, nor one dead-lettered since that is newer than them all.
 
     Returns:
         What was requeued: uplink, class, item id, the dead-letter reason it had.
@@ -294,12 +315,22 @@ def requeue(
         if item_ids is not None:
             where.append(f"t.{id_col} IN ({marks(len(item_ids))})")
             args.extend(item_ids)
+        if cursor is not None:
+            if klass not in cursor.upto:
+                continue  # none of this class was dead at the start
+            where.append("o.ref <= ?")
+            args.append(cursor.upto[klass])
+            if klass in cursor.after:
+                where.append("(o.ref, o.uplink) > (?, ?)")
+                args.extend(cursor.after[klass])
         rows = conn.execute(
             f"SELECT o.uplink, o.ref, t.{id_col}, o.reason, o.at FROM outbound o "
-            f"JOIN {table} t ON t.seq = o.ref WHERE {' AND '.join(where)} ORDER BY o.ref "
-            "LIMIT ?",
+            f"JOIN {table} t ON t.seq = o.ref WHERE {' AND '.join(where)} "
+            "ORDER BY o.ref, o.uplink LIMIT ?",
             [*args, left],
         ).fetchall()
+        if cursor is not None and rows:
+            cursor.after[klass] = (rows[-1][1], rows[-1][0])
         for up, ref, iid, reason, dead_at in rows:
             conn.execute(
                 f"UPDATE outbound SET state = {PENDING}, at = NULL, reason = NULL "

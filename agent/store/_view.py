@@ -105,6 +105,10 @@ def requeue_chunks(
     each list is yielded once its transaction is committed, and the write lock is free
     between them, for the agent's writer. Interrupted, what was yielded stands and the rest
     are still dead letters: a rerun requeues them (each row once: it is no longer dead).
+    One run goes through the dead letters in order once (see RequeueCursor): one the agent
+    dead-letters again meanwhile (the backend still refuses it) stays dead, not requeued
+    again in the next chunk; so does one dead-lettered during the run that is newer than
+    every dead letter at its start (an older one the run has not reached yet is requeued).
 
     The agent's uplinks pick the rows up at their next read (within seconds).
 
@@ -133,6 +137,7 @@ def requeue_chunks(
         )
     total = 0
     with _connection(path, connect, "requeueing dead letters") as conn:
+        cursor = _ops.RequeueCursor.at_start(conn)
         while True:
             try:
                 now = identity(path)
@@ -149,7 +154,12 @@ def requeue_chunks(
             conn.execute("BEGIN IMMEDIATE")
             try:
                 done = _ops.requeue(
-                    conn, uplink=uplink, item_ids=item_ids, by=by, limit=REQUEUE_CHUNK
+                    conn,
+                    uplink=uplink,
+                    item_ids=item_ids,
+                    by=by,
+                    limit=REQUEUE_CHUNK,
+                    cursor=cursor,
                 )
                 conn.execute("COMMIT")
             except BaseException:

@@ -126,3 +126,38 @@ async def test_an_interrupted_requeue_says_how_many_and_a_rerun_completes_it(
             requeues = await ob.requeues(limit=N + 10)
     assert _dead(db) == 0
     assert sorted(r["id"] for r in requeues) == sorted(dead)
+
+
+async def test_a_dead_letter_the_agent_refuses_again_during_requeue_all_is_requeued_once(
+    tmp_path: Path,
+) -> None:
+    """The backend still refuses what `requeue --all` puts back: the running agent sends
+    the first chunk and dead-letters it again while the requeue goes on. The next chunk
+    took those oldest dead letters again (ORDER BY ref), so the run requeued them twice
+    and, the agent quicker than the run, went round without end, its history growing.
+    Now one run goes through the dead letters once: those stay dead (a rerun asks again)
+    and so does one dead-lettered during the run, newer than all of them."""
+    db = tmp_path / "outbox.db"
+    config = load_config(_config_with_store(tmp_path, db))
+    [uplink] = config.uplink_names()
+    loop = asyncio.get_running_loop()
+
+    async def refused_again() -> None:  # the agent's uplink, the backend answering 422
+        await ob.dead_letter(uplink, await ob.next_batch(uplink, N), "HTTP 422")
+        await ob.append([draft(i=N)])  # and a new alert, refused as well
+        await ob.dead_letter(uplink, await ob.next_batch(uplink, N), "HTTP 422")
+
+    def on_line(n: int) -> None:
+        if n == 1:  # the first chunk is committed
+            asyncio.run_coroutine_threadsafe(refused_again(), loop).result(timeout=30)
+
+    with store_lock(db):
+        async with outbox_for(config) as ob:
+            dead = await _dead_letters(ob, uplink)
+            out, err = _Out(on_line), io.StringIO()
+            code = await asyncio.to_thread(lambda: requeue(config, out, err, ids=None, uplink=None))
+            assert code == 0, err.getvalue()
+            requeues = await ob.requeues(limit=3 * N)
+    assert out.lines == N
+    assert sorted(r["id"] for r in requeues) == sorted(dead)  # each once
+    assert _dead(db) == REQUEUE_CHUNK + 1  # the first chunk again, and the new one

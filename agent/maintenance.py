@@ -26,7 +26,14 @@ from agent.config import Config
 from agent.control import ControlError, Handler, Peer, Refused, call
 from agent.identity import mismatch
 from agent.pending import PendingWrites
-from agent.store import StoreError, StoreInUseError, check_path, outbox_for, store_lock
+from agent.store import (
+    StoreError,
+    StoreInUseError,
+    StoreSquattedError,
+    check_path,
+    outbox_for,
+    store_lock,
+)
 from drivers.payloads import DecoderLibrary
 from drivers.profiles import ProfileLibrary
 from drivers.reading import utc_now
@@ -186,11 +193,17 @@ def _record(config: Config, request: MaintenanceRequest) -> tuple[list[dict[str,
     with contextlib.suppress(sqlite3.Error, OSError):  # unreadable now: opening says why
         check_path(config.store.path, timeout=PRECHECK_BUSY_S)
     denied: StoreError | None = None
+    squatted: StoreSquattedError | None = None
     with contextlib.ExitStack() as stack:
         try:
             stack.enter_context(store_lock(config.store.path))
         except StoreInUseError:
             pass  # the agent runs
+        except StoreSquattedError as exc:
+            # Another user's store file in a folder every user can write (/tmp): not ours
+            # to write, but the running agent's, whose files they are, if it answers (root
+            # or an operator beside an agent run as its own user). None: refused as such.
+            squatted = exc
         except StoreError as exc:
             # Not ours to lock (the service's own folder, as the install notes make it):
             # only the running agent can record it. An operator in control.group was told
@@ -203,6 +216,8 @@ def _record(config: Config, request: MaintenanceRequest) -> tuple[list[dict[str,
     try:
         return _online(config, request), "by the running agent"
     except _Unreached as exc:
+        if squatted is not None:
+            raise squatted from None
         if denied is None:
             raise
         # Whether an agent runs is unknown here (its lock could not be tried): say neither,

@@ -17,7 +17,13 @@ from agent.store._view import (
     requeue_in_place,
 )
 from agent.store._writer import WriterCounters
-from agent.store.errors import StoreBusyError, StoreClosedError, StoreError, StoreFullError
+from agent.store.errors import (
+    StoreBusyError,
+    StoreClosedError,
+    StoreError,
+    StoreFullError,
+    StoreSquattedError,
+)
 
 __all__ = [
     "EPISODES",
@@ -33,6 +39,7 @@ __all__ = [
     "StoreFault",
     "StoreFullError",
     "StoreInUseError",
+    "StoreSquattedError",
     "StoreView",
     "StoredItem",
     "UplinkBacklog",

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from agent.store._sqlite import open_private
-from agent.store.errors import StoreError
+from agent.store.errors import StoreError, StoreSquattedError
 
 
 class StoreInUseError(RuntimeError):
@@ -42,7 +42,7 @@ def refuse_squatted(store_path: Path) -> None:
     A file there owned by neither this process's user nor root is refused, untouched.
 
     Raises:
-        StoreError: such a file is there (the message names it and its owner).
+        StoreSquattedError: such a file is there (the message names it and its owner).
     """
     folder = store_path.parent
     mode = world_writable(folder)
@@ -61,7 +61,7 @@ def refuse_squatted(store_path: Path) -> None:
             who = f"{pwd.getpwuid(owner).pw_name}, uid {owner}"
         except KeyError:
             who = f"uid {owner}"
-        raise StoreError(
+        raise StoreSquattedError(
             f"{f} belongs to another user ({who}) and its folder {folder} may be written "
             f"by every local user (mode {mode:04o}): whoever made it can hold the store's "
             "lock (the agent would not start, maintenance would take it for a running "

@@ -19,6 +19,11 @@ class StoreError(Exception):
         self.code = code
 
 
+class StoreSquattedError(StoreError):
+    """A store file in a folder every local user can write belongs to another user (see
+    refuse_squatted): refused untouched."""
+
+
 class StoreFullError(StoreError):
     """The disk (or SQLite's page limit) is full: the transaction was rolled back.
 

@@ -5,14 +5,23 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests._reload_agent import OUTSIDER, REVEAL_PYENV
 from tests.agent.test_operator_commands import Ran, cli, one_line_error, write_config
+from tests.conftest import REPO
 
 OTHER = 4242  # a local user who is neither the agent's nor root
+AGENT_UID = OUTSIDER + 2  # the agent's own user (a dynamic uid)
 
 
 def _shared_config(tmp_path: Path) -> tuple[Path, Path]:
@@ -77,3 +86,49 @@ def test_check_warns_about_a_store_in_a_folder_every_user_can_write(tmp_path: Pa
     (tmp_path / "own").mkdir()
     private = cli("check", "-c", str(write_config(tmp_path / "own")))
     assert "every local user" not in private.stdout
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("setpriv") or not shutil.which("unshare"),
+    reason="needs root, setpriv and unshare to run the agent as its own user",
+)
+def test_root_records_maintenance_through_an_agent_whose_store_is_in_tmp() -> None:
+    """The agent runs as its own user with its store in a folder every user can write
+    (check warns about it): root's `maintenance` took the agent's own files for another
+    user's squat and refused to record the repair, though the running agent, whose files
+    they are, records it through its control socket. Now it does."""
+    site = Path(tempfile.mkdtemp(prefix="edge-squat-", dir="/tmp"))
+    try:
+        site.chmod(0o755)
+        shared = site / "shared"
+        shared.mkdir()
+        shared.chmod(0o1777)
+        cfg = write_config(site)
+        data = yaml.safe_load(cfg.read_text())
+        data["store"]["path"] = str(shared / "outbox.db")
+        data["control"]["socket"] = str(shared / "c.sock")
+        cfg.write_text(yaml.safe_dump(data))
+        cfg.chmod(0o644)
+        user = ["setpriv", f"--reuid={AGENT_UID}", f"--regid={AGENT_UID}", "--clear-groups"]
+        agent = subprocess.Popen(
+            ["unshare", "--mount", "--fork", "--kill-child=SIGTERM", "bash", "-c",
+             REVEAL_PYENV + 'exec "$@"', "bash", *user, sys.executable, "-m", "agent.cli",
+             "run", "-c", str(cfg)],
+            cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+            start_new_session=True,  # unshare --fork ignores SIGTERM: sent to its group
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 30
+            while not (shared / "c.sock").exists():
+                assert agent.poll() is None and time.monotonic() < deadline, "no agent"
+                time.sleep(0.05)
+            assert (shared / "outbox.db").stat().st_uid == AGENT_UID
+            done = cli("maintenance", "-c", str(cfg), "--asset", "press-7")
+        finally:
+            os.killpg(agent.pid, signal.SIGTERM)
+            agent.wait(timeout=30)
+        assert done.returncode == 0, done
+        assert "recorded by the running agent" in done.stdout, done
+    finally:
+        shutil.rmtree(site, ignore_errors=True)

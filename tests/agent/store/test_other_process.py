@@ -6,30 +6,18 @@ import asyncio
 import contextlib
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import yaml
 
-from agent.store import Outbox, StoreFault, store_lock
+from agent.store import StoreFault, store_lock
 from tests.agent.store._drafts import draft
+from tests.agent.store._tamper import UP, backup_of, damage_header, watched_outbox
 from tests.agent.test_operator_commands import write_config
 
-UP = "up"
 ROOT = Path(__file__).resolve().parents[3]
-
-
-def _outbox(path: Path, faults: list[StoreFault]) -> Outbox:
-    return Outbox(
-        path,
-        gateway_id="gw-01",
-        max_bytes=1 << 30,
-        first_seq=1,
-        uplinks=(UP,),
-        on_fault=faults.append,
-    )
 
 
 def _in_another_process(code: str, db: Path) -> str:
@@ -68,7 +56,7 @@ async def test_a_requeue_beside_the_running_agent_keeps_its_alerts_on_disk(
     them, and a kill -9 or a power cut lost them."""
     db = tmp_path / "outbox.db"
     faults: list[StoreFault] = []
-    async with _outbox(db, faults) as ob:
+    async with watched_outbox(db, faults) as ob:
         await ob.append([draft(i=0)])
         await ob.append([draft(i=1)])
         assert _in_another_process(_REQUEUE, db) == "0"
@@ -118,7 +106,7 @@ async def test_a_store_in_a_folder_named_with_hash_question_mark_or_percent_is_r
     cfg = _config_with_store(tmp_path, db)
     before = _names(tmp_path)
     faults: list[StoreFault] = []
-    async with _outbox(db, faults) as ob:
+    async with watched_outbox(db, faults) as ob:
         stored = await ob.append([draft(i=0), draft(i=1)])
         proc = _cli_in_another_process("alerts", "-c", str(cfg), "--json")
         assert proc.returncode == 0, proc.stderr
@@ -146,11 +134,6 @@ def _mv_over(db: Path) -> None:
     os.replace(other, db)
 
 
-def _overwrite_header(db: Path) -> None:
-    with db.open("r+b") as f:
-        f.write(b"\0" * 100)
-
-
 async def test_after_recoveries_the_store_is_still_held_against_other_processes(
     tmp_path: Path,
 ) -> None:
@@ -160,7 +143,7 @@ async def test_after_recoveries_the_store_is_still_held_against_other_processes(
     it holding the recovered store (its WAL stays), and damage to that file is seen."""
     db = tmp_path / "outbox.db"
     faults: list[StoreFault] = []
-    async with _outbox(db, faults) as ob:
+    async with watched_outbox(db, faults) as ob:
         await ob.append([draft(i=0)])
         held = _descriptors_on(db)
         for k in range(3):
@@ -172,19 +155,10 @@ async def test_after_recoveries_the_store_is_still_held_against_other_processes(
         await ob.append([draft(i=4)])
         assert _in_another_process(_COUNT, db) == "5"
         assert (tmp_path / "outbox.db-wal").exists()
-        await asyncio.to_thread(_overwrite_header, db)
+        await asyncio.to_thread(damage_header, db)
         await ob.append([draft(i=5)])
         assert [f.kind for f in faults] == ["replaced"] * 3 + ["corrupt"]
         assert "header" in faults[-1].reason
-
-
-def _backup(db: Path) -> Path:
-    """An operator's copy of the store, by SQLite's own online backup."""
-    backup = db.with_name("backup.db")
-    src, dst = sqlite3.connect(db), sqlite3.connect(backup)
-    with contextlib.closing(src), contextlib.closing(dst):
-        src.backup(dst)
-    return backup
 
 
 async def test_a_requeue_refuses_a_file_moved_over_the_running_agents_store(
@@ -201,10 +175,10 @@ async def test_a_requeue_refuses_a_file_moved_over_the_running_agents_store(
     cfg = _config_with_store(tmp_path, db)
     faults: list[StoreFault] = []
     with store_lock(db):  # as the running agent holds it
-        async with _outbox(db, faults) as ob:
+        async with watched_outbox(db, faults) as ob:
             dead = await ob.append([draft(i=0)])
             await ob.dead_letter(UP, await ob.next_batch(UP, 10), "HTTP 401")
-            backup = await asyncio.to_thread(_backup, db)
+            backup = await asyncio.to_thread(backup_of, db)
             kept = await asyncio.to_thread(backup.read_bytes)
             pending = [*await ob.append([draft(i=1)]), *await ob.append([draft(i=2)])]
             await asyncio.to_thread(os.replace, backup, db)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import random
 import sqlite3
@@ -16,19 +15,8 @@ from agent.store import Outbox, StoreFault
 from agent.store._files import SEQ_FLOOR_PER_SECOND
 from agent.store._salvage import RECOVERING, _copy
 from tests.agent.store._drafts import draft
-
-UP = "up"
-
-
-def outbox(path: Path, faults: list[StoreFault]) -> Outbox:
-    return Outbox(
-        path,
-        gateway_id="gw-01",
-        max_bytes=1 << 30,
-        first_seq=1,
-        uplinks=(UP,),
-        on_fault=faults.append,
-    )
+from tests.agent.store._tamper import UP, backup_of, damage_header
+from tests.agent.store._tamper import watched_outbox as outbox
 
 
 def leftovers(folder: Path, pattern: str) -> list[Path]:
@@ -260,11 +248,6 @@ async def test_a_large_store_is_copied_in_pages_and_reports_progress(tmp_path: P
     assert len(ticks) >= 3  # 12,000 rows in pages of 5,000, each reporting
 
 
-def _damage_header(db: Path) -> None:
-    with db.open("r+b") as f:
-        f.write(b"\0" * 100)
-
-
 async def test_a_symlinked_store_is_recovered_beside_its_target_and_stays_a_link(
     tmp_path: Path,
 ) -> None:
@@ -284,7 +267,7 @@ async def test_a_symlinked_store_is_recovered_beside_its_target_and_stays_a_link
         before = await ob.append([draft(i=i) for i in range(3)])
         stats = await ob.stats()
         assert stats.db_bytes == sum(os.stat(f"{real}{s}").st_size for s in ("", "-wal"))
-        await asyncio.to_thread(_damage_header, real)
+        await asyncio.to_thread(damage_header, real)
         await ob.append([draft(i=3)])
         [fault] = faults
         ids = await pending_ids(ob)
@@ -319,15 +302,6 @@ async def test_a_symlinked_store_found_corrupt_at_open_is_set_aside_beside_its_t
     assert sorted(p.name for p in state.iterdir()) == ["outbox.db", "outbox.db.issued"]
 
 
-def _backup(db: Path) -> Path:
-    """An operator's copy of the store, by SQLite's own online backup."""
-    backup = db.with_name("backup.db")
-    src, dst = sqlite3.connect(db), sqlite3.connect(backup)
-    with contextlib.closing(src), contextlib.closing(dst):
-        src.backup(dst)
-    return backup
-
-
 async def test_a_store_replaced_after_the_last_write_is_recovered_at_the_stop(
     tmp_path: Path,
 ) -> None:
@@ -339,7 +313,7 @@ async def test_a_store_replaced_after_the_last_write_is_recovered_at_the_stop(
     faults: list[StoreFault] = []
     async with outbox(db, faults) as ob:
         stored = await ob.append([draft(i=0)])
-        backup = await asyncio.to_thread(_backup, db)
+        backup = await asyncio.to_thread(backup_of, db)
         kept = await asyncio.to_thread(backup.read_bytes)
         for i in range(1, 4):
             stored += await ob.append([draft(i=i)])

@@ -248,6 +248,17 @@ async def test_a_large_store_is_copied_in_pages_and_reports_progress(tmp_path: P
     assert len(ticks) >= 3  # 12,000 rows in pages of 5,000, each reporting
 
 
+def _store_linked_to_another_disk(tmp_path: Path) -> tuple[Path, Path, Path, Path]:
+    """store.path (state/outbox.db) a symlink to the file on another disk (data/outbox.db):
+    (the disk's folder, the state folder, the target, the link)."""
+    disk, state = tmp_path / "data", tmp_path / "state"
+    disk.mkdir()
+    state.mkdir()
+    real, link = disk / "outbox.db", state / "outbox.db"
+    link.symlink_to(real)
+    return disk, state, real, link
+
+
 async def test_a_symlinked_store_is_recovered_beside_its_target_and_stays_a_link(
     tmp_path: Path,
 ) -> None:
@@ -256,12 +267,7 @@ async def test_a_symlinked_store_is_recovered_beside_its_target_and_stays_a_link
     damaged file where it was with its WAL checkpointed into it and deleted, and put the
     recovered store where the link had been: from then on the agent wrote onto the link's
     disk, and the metric of the store's size left out its WAL."""
-    disk = tmp_path / "data"
-    state = tmp_path / "state"
-    disk.mkdir()
-    state.mkdir()
-    real, link = disk / "outbox.db", state / "outbox.db"
-    link.symlink_to(real)
+    disk, state, real, link = _store_linked_to_another_disk(tmp_path)
     faults: list[StoreFault] = []
     async with outbox(link, faults) as ob:
         before = await ob.append([draft(i=i) for i in range(3)])
@@ -285,12 +291,7 @@ async def test_a_symlinked_store_found_corrupt_at_open_is_set_aside_beside_its_t
 ) -> None:
     """The quarantine at open moved the link aside, not the damaged file, and created the
     fresh store where the link had been (on the link's disk)."""
-    disk = tmp_path / "data"
-    state = tmp_path / "state"
-    disk.mkdir()
-    state.mkdir()
-    real, link = disk / "outbox.db", state / "outbox.db"
-    link.symlink_to(real)
+    disk, state, real, link = _store_linked_to_another_disk(tmp_path)
     real.write_bytes(b"\0" * 4096)  # a power cut's garbage: taken as our damaged store
     faults: list[StoreFault] = []
     async with outbox(link, faults) as ob:

@@ -79,13 +79,49 @@ async def _uplink(health_port: int) -> dict[str, Any]:
     return dict(health["uplinks"][0]) if health else {}
 
 
-async def test_work_orders_survive_kill9_and_outage_without_duplicates(tmp_path: Path) -> None:
+def _laid_out(tmp_path: Path) -> tuple[int, int, Path, Path, str, Path]:
+    """A test's CMMS and health ports, CMMS database, store, CMMS base URL and config path
+    (the token file written beside it, 0600)."""
     cmms_port, health_port = free_port(), free_port()
-    cmms_db, store = tmp_path / "cmms.db", tmp_path / "outbox.db"
-    base = f"http://127.0.0.1:{cmms_port}"
     (tmp_path / "cmms-token").write_text(TOKEN + "\n")
     (tmp_path / "cmms-token").chmod(0o600)
-    config = tmp_path / "agent.yaml"
+    return (
+        cmms_port, health_port, tmp_path / "cmms.db", tmp_path / "outbox.db",
+        f"http://127.0.0.1:{cmms_port}", tmp_path / "agent.yaml",
+    )  # fmt: skip
+
+
+async def _hold_next_answer(base: str, **fault: Any) -> None:
+    """The CMMS applies the next request (`on`: its kind) and holds its answer 30 s."""
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(f"{base}/admin/faults",
+               json={"status": 502, "after_store": True, "delay_s": 30, **fault},
+               headers={"Authorization": f"Bearer {TOKEN}"}) as r,
+    ):  # fmt: skip
+        assert r.status == 200
+
+
+async def _delivered(base: str, health_port: int) -> tuple[Any, Any]:
+    """Once the agent has delivered all it stored: the CMMS's work orders and stats."""
+    await until(lambda: _drained(health_port), 30, "every work order delivered")
+    return await _get(f"{base}/api/v1/work-orders"), await _get(f"{base}/api/v1/stats")
+
+
+async def _stopped(agent: asyncio.subprocess.Process) -> int | None:
+    """SIGTERM, then the agent's exit code (20 s at most)."""
+    agent.send_signal(signal.SIGTERM)
+    return await asyncio.wait_for(agent.wait(), 20)
+
+
+def _stored(store: Path) -> list[dict[str, Any]]:
+    """Every alert in the store, in seq order."""
+    with sqlite3.connect(store) as conn:
+        return [json.loads(b) for (b,) in conn.execute("SELECT body FROM alerts ORDER BY seq")]
+
+
+async def test_work_orders_survive_kill9_and_outage_without_duplicates(tmp_path: Path) -> None:
+    cmms_port, health_port, cmms_db, store, base, config = _laid_out(tmp_path)
     logs = [(tmp_path / f"agent{i}.log").open("wb") for i in (1, 2)]
     async with SimProcess.modbus(["1:velocity=3.5"], 600.0) as modbus:
         config.write_text(
@@ -96,13 +132,7 @@ async def test_work_orders_survive_kill9_and_outage_without_duplicates(tmp_path:
         )  # fmt: skip
         async with SimProcess.cmms(cmms_db, TOKEN, cmms_port):
             # The next work order is opened, and its answer held back for 30 s.
-            async with (
-                aiohttp.ClientSession() as s,
-                s.post(f"{base}/admin/faults",
-                       json={"status": 502, "after_store": True, "delay_s": 30},
-                       headers={"Authorization": f"Bearer {TOKEN}"}) as r,
-            ):  # fmt: skip
-                assert r.status == 200
+            await _hold_next_answer(base)
             first = await agent_process(config, stdout=logs[0], stderr=logs[0])
             try:
                 await until(lambda: _created_is(base, 1), 30, "the zone C alert opens a work order")
@@ -133,17 +163,13 @@ async def test_work_orders_survive_kill9_and_outage_without_duplicates(tmp_path:
             assert any(repair_id in ln and ln.endswith("; kept here: no configured uplink "
                        "carries it") for ln in lines)  # fmt: skip
             async with SimProcess.cmms(cmms_db, TOKEN, cmms_port):
-                await until(lambda: _drained(health_port), 30, "every work order delivered")
-                listing = await _get(f"{base}/api/v1/work-orders")
-                stats = await _get(f"{base}/api/v1/stats")
+                listing, stats = await _delivered(base, health_port)
         finally:
-            second.send_signal(signal.SIGTERM)
-            code = await asyncio.wait_for(second.wait(), 20)
+            code = await _stopped(second)
     for f in logs:
         f.close()
     assert code == 0
-    with sqlite3.connect(store) as conn:
-        rows = [json.loads(b) for (b,) in conn.execute("SELECT body FROM alerts ORDER BY seq")]
+    rows = _stored(store)
     findings = [r for r in rows if no_work_order(r) is None]
     orders = listing["work_orders"]
     keys = [o["request_key"] for o in orders]
@@ -208,12 +234,7 @@ async def test_a_bearing_going_c_then_d_is_one_work_order_raised_to_urgent_acros
     agent is killed with SIGKILL after the CMMS applied the update and before its answer
     came (the CMMS holds the first update's answer, whenever it comes): the next agent
     re-sends it (the CMMS replays it), no second work order, no second note."""
-    cmms_port, health_port = free_port(), free_port()
-    cmms_db, store = tmp_path / "cmms.db", tmp_path / "outbox.db"
-    base = f"http://127.0.0.1:{cmms_port}"
-    (tmp_path / "cmms-token").write_text(TOKEN + "\n")
-    (tmp_path / "cmms-token").chmod(0o600)
-    config = tmp_path / "agent.yaml"
+    cmms_port, health_port, cmms_db, store, base, config = _laid_out(tmp_path)
     logs = [(tmp_path / f"agent{i}.log").open("wb") for i in (1, 2)]
     modbus_port = free_port()
     # The machine's simulator starts once the agent runs, so its life (zone C, then D)
@@ -240,13 +261,7 @@ async def test_a_bearing_going_c_then_d_is_one_work_order_raised_to_urgent_acros
         stack.push_async_callback(_killed, first)
         await stack.enter_async_context(SimProcess.cmms(cmms_db, TOKEN, cmms_port))
         # The first update is applied, and its answer held back for 30 s.
-        async with (
-            aiohttp.ClientSession() as s,
-            s.post(f"{base}/admin/faults",
-                   json={"status": 502, "after_store": True, "delay_s": 30, "on": "update"},
-                   headers={"Authorization": f"Bearer {TOKEN}"}) as r,
-        ):  # fmt: skip
-            assert r.status == 200
+        await _hold_next_answer(base, on="update")
         await until(lambda: _health_up(health_port), 30, "the agent runs")
         await stack.enter_async_context(modbus)
         await until(lambda: _stat_at_least(base, "updated", 1), 60,
@@ -256,17 +271,13 @@ async def test_a_bearing_going_c_then_d_is_one_work_order_raised_to_urgent_acros
         await modbus.stop()
         second = await agent_process(config, stdout=logs[1], stderr=logs[1])
         try:
-            await until(lambda: _drained(health_port), 30, "every work order delivered")
-            listing = await _get(f"{base}/api/v1/work-orders")
-            stats = await _get(f"{base}/api/v1/stats")
+            listing, stats = await _delivered(base, health_port)
         finally:
-            second.send_signal(signal.SIGTERM)
-            code = await asyncio.wait_for(second.wait(), 20)
+            code = await _stopped(second)
     for f in logs:
         f.close()
     assert code == 0
-    with sqlite3.connect(store) as conn:
-        rows = [json.loads(b) for (b,) in conn.execute("SELECT body FROM alerts ORDER BY seq")]
+    rows = _stored(store)
     story = [(r["sensor"]["channel"], r["kind"], r["state"], (r["severity"] or {}).get("zone"))
              for r in rows]  # fmt: skip
     orders = [o for o in listing["work_orders"] if o["source"]["kind"] == "severity"]

@@ -48,16 +48,23 @@ class Rig:
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[BrokerLink]:
-        task = asyncio.create_task(self.link.run())
-        try:
+        async with link_running(self.link):
             await until(lambda: self.link.status()["connected"], 10)
             await asyncio.sleep(0.2)  # subscriptions made after CONNACK
             yield self.link
-        finally:
-            self.link.stop()
-            task.cancel()
-            await asyncio.wait([task], timeout=5)
         self.link._stopped = False  # the same link may run again (a restarted agent)
+
+
+@contextlib.asynccontextmanager
+async def link_running(link: BrokerLink) -> AsyncIterator[BrokerLink]:
+    """The link running as a task for the with-block; stopped and awaited (bounded) after."""
+    task = asyncio.create_task(link.run())
+    try:
+        yield link
+    finally:
+        link.stop()
+        task.cancel()
+        await asyncio.wait([task], timeout=5)
 
 
 async def until(pred: Any, timeout_s: float) -> float:

@@ -13,7 +13,6 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from agent.runtime import PipelineCounters
 from drivers.mqtt import BrokerLink, BrokerSettings, MqttSensor, Route, Router, parse_key_from
 from drivers.payloads import load_decoder
 from drivers.reading import Reading
-from tests.drivers.test_mqtt_link import MAC, TOPIC, Rig, broker, ncd, publish, until
+from tests.drivers.test_mqtt_link import MAC, TOPIC, Rig, broker, link_running, ncd, publish, until
 from tests.mosquitto import Mosquitto, MqttProxy, assert_nothing_outlives, cancel_after
 
 pytestmark = [pytest.mark.network]
@@ -157,18 +156,6 @@ async def test_readings_out_of_order_or_delivered_twice_are_dropped_not_analysed
     assert dict(rig.sensor.dropped) == {"duplicate": 1, "out_of_order": 2}
 
 
-@contextlib.asynccontextmanager
-async def _running(link: BrokerLink) -> AsyncIterator[None]:
-    """The link running as a task for the with-block; stopped and awaited (bounded) after."""
-    task = asyncio.create_task(link.run())
-    try:
-        yield
-    finally:
-        link.stop()
-        task.cancel()
-        await asyncio.wait([task], timeout=5)
-
-
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 async def test_overlapping_subscriptions_deliver_a_message_once(
     broker: Mosquitto, protocol: str
@@ -189,7 +176,7 @@ async def test_overlapping_subscriptions_deliver_a_message_once(
     shared.add(other, parse_key_from("payload:addr"), "00:00:00:00:00:00:00:02", 1)
     base = {"id": "b", "host": "127.0.0.1", "port": broker.port, "client_id": "edge-o"}
     link = BrokerLink(BrokerSettings(**base, protocol=protocol), Router([one, shared]))
-    async with _running(link):
+    async with link_running(link):
         await until(lambda: link.connected, 10)
         await asyncio.sleep(0.3)
         await publish(broker.port, [(TOPIC, ncd(1.0)), (TOPIC, ncd(2.0))])
@@ -277,7 +264,7 @@ async def test_a_flooding_sensor_cannot_crowd_its_neighbours_out_of_the_analysis
     base = {"id": "b", "host": "127.0.0.1", "port": broker.port, "client_id": "edge-t"}
     link = BrokerLink(BrokerSettings(**base), Router(routes))
     caplog.set_level(logging.WARNING, logger="agent.reading_queue")
-    async with _running(link):
+    async with link_running(link):
         await until(lambda: link.status()["connected"], 10)
         await asyncio.sleep(0.2)
         async with aiomqtt.Client("127.0.0.1", broker.port) as c:
@@ -454,7 +441,7 @@ async def test_many_topics_with_retained_messages_are_subscribed_without_nagle_s
         id="b", host="127.0.0.1", port=broker.port, client_id="edge-r", protocol="3.1.1"
     )
     link = BrokerLink(settings, Router(routes))
-    async with _running(link):
+    async with link_running(link):
         await until(lambda: link.connected, 10)
         assert link._client is not None
         sock = link._client._client.socket()
@@ -477,7 +464,7 @@ async def test_mqtt5_asks_the_broker_for_no_retained_copies(
     caplog.set_level(logging.WARNING, "edge_agent.drivers.mqtt")
     settings = BrokerSettings(id="b", host="127.0.0.1", port=broker.port, client_id="edge-r")
     link = BrokerLink(settings, Router(routes))
-    async with _running(link):
+    async with link_running(link):
         await until(lambda: link.connected, 10)
         await asyncio.sleep(0.5)  # subscribed, and the retained copies (if sent) decoded
         await publish(broker.port, [(f"plant/s{i}/data", ncd(2.0)) for i in range(n)])

@@ -3,7 +3,6 @@ once with the size and the cap, acknowledged, and the next message decoded."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -22,7 +21,7 @@ from drivers.mqtt import BrokerLink, BrokerSettings, MqttSensor, Route, Router
 from drivers.mqtt._oversize import HEADROOM, PAHO_VERSION
 from drivers.payloads import load_decoder
 from drivers.reading import Reading
-from tests.drivers.test_mqtt_link import TOPIC, broker, ncd, until
+from tests.drivers.test_mqtt_link import TOPIC, broker, link_running, ncd, until
 from tests.mosquitto import Certs, Mosquitto, make_certs
 
 pytestmark = [pytest.mark.network]
@@ -51,8 +50,7 @@ async def running(
 ) -> AsyncIterator[None]:
     """The link running, its subscription made (a reading came through: then forgotten).
     `pub_kw`: aiomqtt.Client's arguments for the publisher (tls_context)."""
-    task = asyncio.create_task(link.run())
-    try:
+    async with link_running(link):
         await until(lambda: link.connected, 10)
         deadline = time.monotonic() + 10
         async with aiomqtt.Client("127.0.0.1", port, **pub_kw) as pub:
@@ -63,10 +61,6 @@ async def running(
         assert got, "the link's subscription never delivered"
         got.clear()
         yield
-    finally:
-        link.stop()
-        task.cancel()
-        await asyncio.wait([task], timeout=5)
 
 
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])

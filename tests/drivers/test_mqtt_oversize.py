@@ -63,6 +63,13 @@ async def running(
         yield
 
 
+async def _sent(port: int, bodies: list[tuple[str | bytes, int]], **pub_kw: Any) -> None:
+    """Each (body, qos) published on TOPIC, in order, by a client of its own."""
+    async with aiomqtt.Client("127.0.0.1", port, **pub_kw) as pub:
+        for body, qos in bodies:
+            await pub.publish(TOPIC, body, qos=qos)
+
+
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 async def test_oversized_messages_are_counted_acked_and_the_next_one_decoded(
     broker: Mosquitto, protocol: str, caplog: pytest.LogCaptureFixture
@@ -75,10 +82,7 @@ async def test_oversized_messages_are_counted_acked_and_the_next_one_decoded(
     link, sensor = _link(broker, got, protocol=protocol, max_payload_bytes=CAP)
     big = json.dumps({"pad": "x" * (CAP + HEADROOM + 50_000)})
     async with running(link, got, broker.port):
-        async with aiomqtt.Client("127.0.0.1", broker.port) as pub:
-            for i in range(25):
-                await pub.publish(TOPIC, big, qos=(1, 2, 0)[i % 3])
-            await pub.publish(TOPIC, ncd(2.0), qos=1)
+        await _sent(broker.port, [(big, (1, 2, 0)[i % 3]) for i in range(25)] + [(ncd(2.0), 1)])
         await until(lambda: got, 5)
     assert [r.features["velocity_rms_mm_s"] for r in got] == [2.0]
     assert dict(sensor.dropped) == {"too_large": 25}
@@ -92,9 +96,7 @@ async def test_a_message_just_over_the_cap_is_counted_too(broker: Mosquitto) -> 
     got: list[Reading] = []
     link, sensor = _link(broker, got, max_payload_bytes=CAP)
     async with running(link, got, broker.port):
-        async with aiomqtt.Client("127.0.0.1", broker.port) as pub:
-            await pub.publish(TOPIC, json.dumps({"pad": "x" * CAP}), qos=1)
-            await pub.publish(TOPIC, ncd(3.0), qos=1)
+        await _sent(broker.port, [(json.dumps({"pad": "x" * CAP}), 1), (ncd(3.0), 1)])
         await until(lambda: got, 5)
     assert dict(sensor.dropped) == {"too_large": 1}
     assert [r.features["velocity_rms_mm_s"] for r in got] == [3.0]
@@ -106,8 +108,7 @@ async def test_the_largest_cap_allowed_connects(broker: Mosquitto) -> None:
     got: list[Reading] = []
     link, _ = _link(broker, got, max_payload_bytes=64 * 2**20, queue_max_bytes=64 * 2**20)
     async with running(link, got, broker.port):
-        async with aiomqtt.Client("127.0.0.1", broker.port) as pub:
-            await pub.publish(TOPIC, ncd(4.0), qos=1)
+        await _sent(broker.port, [(ncd(4.0), 1)])
         await until(lambda: got, 5)
     assert link.connects_total == 1
 
@@ -151,10 +152,7 @@ async def test_a_paho_whose_internals_differ_keeps_its_own_reader(
     async with running(link, got, broker.port):
         assert link._client is not None and isinstance(link._client._client, client)
         assert "_packet_read" not in vars(link._client._client)  # paho's own reader
-        async with aiomqtt.Client("127.0.0.1", broker.port) as pub:
-            await pub.publish(TOPIC, big, qos=1)
-            await pub.publish(TOPIC, big, qos=0)
-            await pub.publish(TOPIC, ncd(2.0), qos=1)
+        await _sent(broker.port, [(big, 1), (big, 0), (ncd(2.0), 1)])
         await until(lambda: got, 5)
     link._build(None, None)  # a rebuilt client (a credential refused): not said again
     assert [r.features["velocity_rms_mm_s"] for r in got] == [2.0]
@@ -189,10 +187,8 @@ async def test_oversized_messages_over_tls_are_read_past_too(
         )
         async with running(link, got, broker.port, tls_context=ctx):
             assert link._client is not None and "_packet_read" in vars(link._client._client)
-            async with aiomqtt.Client("127.0.0.1", broker.port, tls_context=ctx) as pub:
-                for i in range(24):
-                    await pub.publish(TOPIC, big, qos=(1, 2, 0)[i % 3])
-                await pub.publish(TOPIC, ncd(2.5), qos=1)
+            bodies = [(big, (1, 2, 0)[i % 3]) for i in range(24)] + [(ncd(2.5), 1)]
+            await _sent(broker.port, bodies, tls_context=ctx)
             await until(lambda: got, 10)
     assert [r.features["velocity_rms_mm_s"] for r in got] == [2.5]
     assert dict(sensor.dropped) == {"too_large": 24}
@@ -210,10 +206,7 @@ async def test_oversized_qos2_messages_complete_their_flow(
     link, sensor = _link(broker, got, protocol=protocol, max_payload_bytes=CAP)
     big = json.dumps({"pad": "x" * (CAP + HEADROOM + 1000)})
     async with running(link, got, broker.port):
-        async with aiomqtt.Client("127.0.0.1", broker.port) as pub:
-            for _ in range(30):
-                await pub.publish(TOPIC, big, qos=2)
-            await pub.publish(TOPIC, ncd(5.0), qos=2)
+        await _sent(broker.port, [(big, 2)] * 30 + [(ncd(5.0), 2)])
         await until(lambda: got, 5)
     assert [r.features["velocity_rms_mm_s"] for r in got] == [5.0]
     assert dict(sensor.dropped) == {"too_large": 30}
@@ -230,10 +223,7 @@ async def test_packets_at_the_guards_boundary(
     link, sensor = _link(broker, got, protocol="3.1.1", max_payload_bytes=CAP)
     at_limit = CAP + HEADROOM - (2 + len(TOPIC) + 2)  # remaining length == the limit
     async with running(link, got, broker.port):
-        async with aiomqtt.Client("127.0.0.1", broker.port) as pub:
-            await pub.publish(TOPIC, b"x" * (at_limit + 1), qos=1)
-            await pub.publish(TOPIC, b"x" * at_limit, qos=1)
-            await pub.publish(TOPIC, ncd(6.0), qos=1)
+        await _sent(broker.port, [(b"x" * (at_limit + 1), 1), (b"x" * at_limit, 1), (ncd(6.0), 1)])
         await until(lambda: got, 5)
     assert [r.features["velocity_rms_mm_s"] for r in got] == [6.0]
     assert dict(sensor.dropped) == {"too_large": 2}

@@ -23,7 +23,7 @@ from drivers.mqtt import (
 )
 from drivers.payloads import load_decoder
 from drivers.reading import Reading
-from tests.drivers.test_mqtt_link import ncd, until
+from tests.drivers.test_mqtt_link import link_running, ncd, until
 from tests.drivers.test_mqtt_link_faults import DYNSEC, _Dynsec
 
 pytestmark = [pytest.mark.network]
@@ -57,29 +57,20 @@ class _Mute:
 async def test_a_broker_that_never_sends_connack_is_named_and_tried_again(protocol: str) -> None:
     mute = _Mute()
     port = await mute.start()
-    sensor = MqttSensor(
-        "fan-3", decoder=load_decoder("ncd-processed"), channels=["z"], stale_after_s=60,
-        sink=lambda r: None, broker="b", topic="t/x",
-    )  # fmt: skip
-    route = Route("t/x")
-    route.add(sensor, None, None, 1)
+    _, route = _sensor("fan-3", "t/x", [])
     settings = BrokerSettings(
         id="b", host="127.0.0.1", port=port, client_id="edge-t", protocol=protocol,
         connect_timeout_s=0.3, reconnect_max_s=0.1,
     )  # fmt: skip
-    link = BrokerLink(settings, Router([route]))
-    task = asyncio.create_task(link.run())
     try:
-        await until(lambda: mute.accepted >= 3, 10)
-        # Each attempt's connection is closed before the next: never more than one open.
-        await until(lambda: mute.ended >= mute.accepted - 1, 5)
-        assert not link.connected and link.connects_total == 0
-        assert "no CONNACK within 0.3 s" in (link.last_error or "")
-        assert link.status()["last_error"] == link.last_error
+        async with link_running(BrokerLink(settings, Router([route]))) as link:
+            await until(lambda: mute.accepted >= 3, 10)
+            # Each attempt's connection is closed before the next: never more than one open.
+            await until(lambda: mute.ended >= mute.accepted - 1, 5)
+            assert not link.connected and link.connects_total == 0
+            assert "no CONNACK within 0.3 s" in (link.last_error or "")
+            assert link.status()["last_error"] == link.last_error
     finally:
-        link.stop()
-        task.cancel()
-        await asyncio.wait([task], timeout=5)
         mute.close()
 
 
@@ -99,15 +90,11 @@ async def test_a_paho_without_its_socket_close_is_said_once_and_the_link_goes_on
         id="b", host="127.0.0.1", port=port, client_id="edge-t",
         connect_timeout_s=0.2, reconnect_max_s=0.1,
     )  # fmt: skip
-    link = BrokerLink(settings, Router([route]))
-    task = asyncio.create_task(link.run())
     try:
-        await until(lambda: mute.accepted >= 3, 10)
-        assert "no CONNACK within 0.2 s" in (link.last_error or "")
+        async with link_running(BrokerLink(settings, Router([route]))) as link:
+            await until(lambda: mute.accepted >= 3, 10)
+            assert "no CONNACK within 0.2 s" in (link.last_error or "")
     finally:
-        link.stop()
-        task.cancel()
-        await asyncio.wait([task], timeout=5)
         mute.close()
     said = [r.getMessage() for r in caplog.records if "_sock_close_renamed" in r.getMessage()]
     assert len(said) == 1, said
@@ -250,6 +237,14 @@ class _DynsecAdmin(_Dynsec):
         return conf
 
 
+async def _grant_every_subscription(admin: aiomqtt.Client) -> None:
+    """Sets the broker's default for subscriptions to allow, through `admin` (not a role's
+    ACL: mosquitto would disconnect the role's clients, and the link subscribe again
+    anyway; other brokers change ACLs without a word)."""
+    grant = {"command": "setDefaultACLAccess", "acls": [{"acltype": "subscribe", "allow": True}]}
+    await admin.publish("$CONTROL/dynamic-security/v1", json.dumps({"commands": [grant]}))
+
+
 def _sensor(sensor_id: str, topic: str, got: list[Reading]) -> tuple[MqttSensor, Route]:
     sensor = MqttSensor(
         sensor_id, decoder=load_decoder("ncd-processed"), channels=["z"], stale_after_s=60,
@@ -281,9 +276,7 @@ async def test_a_refused_subscription_is_asked_again_and_its_sensor_heard_once_g
             id="b", host="127.0.0.1", port=broker.port, client_id="edge-t",
             protocol=protocol, username="gw", password="secret",
         )  # fmt: skip
-        link = BrokerLink(settings, Router([a_route, r_route]))
-        task = asyncio.create_task(link.run())
-        try:
+        async with link_running(BrokerLink(settings, Router([a_route, r_route]))) as link:
             await until(lambda: link.refused, 10)
             assert list(link.refused) == ["ncd/vibration/2"]
             assert "refused" in (refused.last_error or "")
@@ -293,22 +286,13 @@ async def test_a_refused_subscription_is_asked_again_and_its_sensor_heard_once_g
                 await c.publish("ncd/allowed/1", ncd(1.0), qos=1)
                 await until(lambda: got, 5)
                 # The broker's ACL changes while the link stays connected.
-                # (the broker's default for subscriptions: a role's ACL changed would
-                # make mosquitto disconnect the role's clients, and the link subscribe
-                # again anyway; other brokers change ACLs without a word)
-                grant = {"command": "setDefaultACLAccess",
-                         "acls": [{"acltype": "subscribe", "allow": True}]}  # fmt: skip
-                await c.publish("$CONTROL/dynamic-security/v1", json.dumps({"commands": [grant]}))
+                await _grant_every_subscription(c)
                 await until(lambda: not link.refused, 5)
                 await c.publish("ncd/vibration/2", ncd(2.0), qos=1)
                 await until(lambda: len(got) == 2, 5)
             assert link.connects_total == 1
             assert refused.last_error is None and link.last_error is None
             assert any("granted now" in r.getMessage() for r in caplog.records)
-        finally:
-            link.stop()
-            task.cancel()
-            await asyncio.wait([task], timeout=5)
     assert [r.sensor_id for r in got] == ["fan-1", "fan-2"]
 
 
@@ -335,26 +319,20 @@ async def test_a_retry_of_refused_subscriptions_that_times_out_is_tried_again(
             id="b", host="127.0.0.1", port=await tap.start(), client_id="edge-t",
             protocol=protocol, username="gw", password="secret", connect_timeout_s=0.5,
         )  # fmt: skip
-        link = BrokerLink(settings, Router([a_route, r_route]))
-        task = asyncio.create_task(link.run())
         try:
-            await until(lambda: link.refused, 10)
-            tap.swallow = 2  # the broker answers no SUBSCRIBE for a while: rounds time out
-            await until(lambda: tap.swallowed == 2, 10)
-            async with aiomqtt.Client(
-                "127.0.0.1", broker.port, username="admin", password="secret"
-            ) as c:
-                grant = {"command": "setDefaultACLAccess",
-                         "acls": [{"acltype": "subscribe", "allow": True}]}  # fmt: skip
-                await c.publish("$CONTROL/dynamic-security/v1", json.dumps({"commands": [grant]}))
-                await until(lambda: not link.refused, 10)
-                await c.publish("ncd/vibration/2", ncd(2.0), qos=1)
-                await until(lambda: got, 5)
-            assert link.connects_total == 1
+            async with link_running(BrokerLink(settings, Router([a_route, r_route]))) as link:
+                await until(lambda: link.refused, 10)
+                tap.swallow = 2  # the broker answers no SUBSCRIBE for a while: rounds time out
+                await until(lambda: tap.swallowed == 2, 10)
+                async with aiomqtt.Client(
+                    "127.0.0.1", broker.port, username="admin", password="secret"
+                ) as c:
+                    await _grant_every_subscription(c)
+                    await until(lambda: not link.refused, 10)
+                    await c.publish("ncd/vibration/2", ncd(2.0), qos=1)
+                    await until(lambda: got, 5)
+                assert link.connects_total == 1
         finally:
-            link.stop()
-            task.cancel()
-            await asyncio.wait([task], timeout=5)
             tap.close()
     said = [r.getMessage() for r in caplog.records if "asking again" in r.getMessage()]
     assert len(said) == 1, said
@@ -381,17 +359,13 @@ async def test_many_refused_subscriptions_are_asked_again_in_few_round_trips(
             protocol=protocol, username="gw", password="secret", sys_dropped_topic=None,
         )  # fmt: skip
         router = Router(routes)
-        link = BrokerLink(settings, router)
-        task = asyncio.create_task(link.run())
         try:
-            # the connect's subscriptions (3.1.1: each refused packet's filters then asked
-            # alone, once), then a retry round: n filters each
-            rounds = 3 if protocol == "3.1.1" else 2
-            await until(lambda: sum(tap.filters) >= rounds * n, 20)
+            async with link_running(BrokerLink(settings, router)) as link:
+                # the connect's subscriptions (3.1.1: each refused packet's filters then
+                # asked alone, once), then a retry round: n filters each
+                rounds = 3 if protocol == "3.1.1" else 2
+                await until(lambda: sum(tap.filters) >= rounds * n, 20)
         finally:
-            link.stop()
-            task.cancel()
-            await asyncio.wait([task], timeout=5)
             tap.close()
     assert len(link.refused) == n
     sizes = tap.filters

@@ -255,34 +255,51 @@ def _sensor(sensor_id: str, topic: str, got: list[Reading]) -> tuple[MqttSensor,
     return sensor, route
 
 
-@pytest.mark.skipif(not Path(DYNSEC).exists(), reason=f"{DYNSEC} is missing (mosquitto)")
+def _gw(port: int, protocol: str, **settings: object) -> BrokerSettings:
+    """The link's settings as user gw (whose ACL _DynsecAdmin's admin changes)."""
+    return BrokerSettings(
+        id="b", host="127.0.0.1", port=port, client_id="edge-t", protocol=protocol,
+        username="gw", password="secret", **settings,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+def _admin(broker: _DynsecAdmin) -> aiomqtt.Client:
+    return aiomqtt.Client("127.0.0.1", broker.port, username="admin", password="secret")
+
+
+@pytest.fixture
+def quick_retry(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> pytest.LogCaptureFixture:
+    """Refused subscriptions asked again every 0.2 s; the MQTT driver's warnings kept."""
+    monkeypatch.setattr(_subscriptions, "REFUSED_SUB_RETRY_S", 0.2)
+    caplog.set_level(logging.WARNING, logger="edge_agent.drivers.mqtt")
+    return caplog
+
+
+needs_dynsec = pytest.mark.skipif(
+    not Path(DYNSEC).exists(), reason=f"{DYNSEC} is missing (mosquitto)"
+)
+
+
+@needs_dynsec
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 async def test_a_refused_subscription_is_asked_again_and_its_sensor_heard_once_granted(
-    tmp_path: Path,
-    protocol: str,
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path, protocol: str, quick_retry: pytest.LogCaptureFixture
 ) -> None:
     """One filter of two refused (SUBACK 0x87 / 0x80): the other sensor is heard, the
     refused one named; once the broker's ACL grants it, it is heard without a reconnect
     (before: only at the next reconnect, which a healthy link may never have)."""
-    monkeypatch.setattr(_subscriptions, "REFUSED_SUB_RETRY_S", 0.2)
-    caplog.set_level(logging.WARNING, logger="edge_agent.drivers.mqtt")
     got: list[Reading] = []
     _, a_route = _sensor("fan-1", "ncd/allowed/1", got)
     refused, r_route = _sensor("fan-2", "ncd/vibration/2", got)
     with _DynsecAdmin(tmp_path / "acl") as broker:
-        settings = BrokerSettings(
-            id="b", host="127.0.0.1", port=broker.port, client_id="edge-t",
-            protocol=protocol, username="gw", password="secret",
-        )  # fmt: skip
+        settings = _gw(broker.port, protocol)
         async with link_running(BrokerLink(settings, Router([a_route, r_route]))) as link:
             await until(lambda: link.refused, 10)
             assert list(link.refused) == ["ncd/vibration/2"]
             assert "refused" in (refused.last_error or "")
-            async with aiomqtt.Client(
-                "127.0.0.1", broker.port, username="admin", password="secret"
-            ) as c:
+            async with _admin(broker) as c:
                 await c.publish("ncd/allowed/1", ncd(1.0), qos=1)
                 await until(lambda: got, 5)
                 # The broker's ACL changes while the link stays connected.
@@ -292,41 +309,31 @@ async def test_a_refused_subscription_is_asked_again_and_its_sensor_heard_once_g
                 await until(lambda: len(got) == 2, 5)
             assert link.connects_total == 1
             assert refused.last_error is None and link.last_error is None
-            assert any("granted now" in r.getMessage() for r in caplog.records)
+            assert any("granted now" in r.getMessage() for r in quick_retry.records)
     assert [r.sensor_id for r in got] == ["fan-1", "fan-2"]
 
 
-@pytest.mark.skipif(not Path(DYNSEC).exists(), reason=f"{DYNSEC} is missing (mosquitto)")
+@needs_dynsec
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 async def test_a_retry_of_refused_subscriptions_that_times_out_is_tried_again(
-    tmp_path: Path,
-    protocol: str,
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path, protocol: str, quick_retry: pytest.LogCaptureFixture
 ) -> None:
     """A round of the refused subscriptions' retry whose SUBSCRIBE the broker does not
     answer (timed out) ended the retry for the rest of the connection: the refused sensor
     stayed silent, its ACL fixed, until a reconnect. Now the failure is logged once and
     the next round asks again."""
-    monkeypatch.setattr(_subscriptions, "REFUSED_SUB_RETRY_S", 0.2)
-    caplog.set_level(logging.WARNING, logger="edge_agent.drivers.mqtt")
     got: list[Reading] = []
     _, a_route = _sensor("fan-1", "ncd/allowed/1", got)
     _, r_route = _sensor("fan-2", "ncd/vibration/2", got)
     with _DynsecAdmin(tmp_path / "acl") as broker:
         tap = Tap(broker.port)
-        settings = BrokerSettings(
-            id="b", host="127.0.0.1", port=await tap.start(), client_id="edge-t",
-            protocol=protocol, username="gw", password="secret", connect_timeout_s=0.5,
-        )  # fmt: skip
+        settings = _gw(await tap.start(), protocol, connect_timeout_s=0.5)
         try:
             async with link_running(BrokerLink(settings, Router([a_route, r_route]))) as link:
                 await until(lambda: link.refused, 10)
                 tap.swallow = 2  # the broker answers no SUBSCRIBE for a while: rounds time out
                 await until(lambda: tap.swallowed == 2, 10)
-                async with aiomqtt.Client(
-                    "127.0.0.1", broker.port, username="admin", password="secret"
-                ) as c:
+                async with _admin(broker) as c:
                     await _grant_every_subscription(c)
                     await until(lambda: not link.refused, 10)
                     await c.publish("ncd/vibration/2", ncd(2.0), qos=1)
@@ -334,13 +341,13 @@ async def test_a_retry_of_refused_subscriptions_that_times_out_is_tried_again(
                 assert link.connects_total == 1
         finally:
             tap.close()
-    said = [r.getMessage() for r in caplog.records if "asking again" in r.getMessage()]
+    said = [r.getMessage() for r in quick_retry.records if "asking again" in r.getMessage()]
     assert len(said) == 1, said
     assert "MqttError: Operation timed out" in said[0], said
     assert [r.sensor_id for r in got] == ["fan-2"]
 
 
-@pytest.mark.skipif(not Path(DYNSEC).exists(), reason=f"{DYNSEC} is missing (mosquitto)")
+@needs_dynsec
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 async def test_many_refused_subscriptions_are_asked_again_in_few_round_trips(
     tmp_path: Path, protocol: str, monkeypatch: pytest.MonkeyPatch
@@ -354,10 +361,7 @@ async def test_many_refused_subscriptions_are_asked_again_in_few_round_trips(
     routes = [_sensor(f"fan-{i}", f"ncd/vibration/{i}", [])[1] for i in range(n)]
     with _DynsecAdmin(tmp_path / "acl") as broker:
         tap = Tap(broker.port)
-        settings = BrokerSettings(
-            id="b", host="127.0.0.1", port=await tap.start(), client_id="edge-t",
-            protocol=protocol, username="gw", password="secret", sys_dropped_topic=None,
-        )  # fmt: skip
+        settings = _gw(await tap.start(), protocol, sys_dropped_topic=None)
         router = Router(routes)
         try:
             async with link_running(BrokerLink(settings, router)) as link:

@@ -16,7 +16,7 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import aiohttp
 import pytest
@@ -114,8 +114,11 @@ async def _stopped(agent: asyncio.subprocess.Process) -> int | None:
     return await asyncio.wait_for(agent.wait(), 20)
 
 
-def _stored(store: Path) -> list[dict[str, Any]]:
-    """Every alert in the store, in seq order."""
+def _stored_after(code: int | None, logs: list[IO[bytes]], store: Path) -> list[dict[str, Any]]:
+    """Every alert in the store, in seq order, once the agent exited 0 (its logs closed)."""
+    for f in logs:
+        f.close()
+    assert code == 0
     with sqlite3.connect(store) as conn:
         return [json.loads(b) for (b,) in conn.execute("SELECT body FROM alerts ORDER BY seq")]
 
@@ -166,10 +169,7 @@ async def test_work_orders_survive_kill9_and_outage_without_duplicates(tmp_path:
                 listing, stats = await _delivered(base, health_port)
         finally:
             code = await _stopped(second)
-    for f in logs:
-        f.close()
-    assert code == 0
-    rows = _stored(store)
+    rows = _stored_after(code, logs, store)
     findings = [r for r in rows if no_work_order(r) is None]
     orders = listing["work_orders"]
     keys = [o["request_key"] for o in orders]
@@ -274,10 +274,7 @@ async def test_a_bearing_going_c_then_d_is_one_work_order_raised_to_urgent_acros
             listing, stats = await _delivered(base, health_port)
         finally:
             code = await _stopped(second)
-    for f in logs:
-        f.close()
-    assert code == 0
-    rows = _stored(store)
+    rows = _stored_after(code, logs, store)
     story = [(r["sensor"]["channel"], r["kind"], r["state"], (r["severity"] or {}).get("zone"))
              for r in rows]  # fmt: skip
     orders = [o for o in listing["work_orders"] if o["source"]["kind"] == "severity"]

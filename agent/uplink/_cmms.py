@@ -289,28 +289,8 @@ class CmmsTransport(HttpClient):
             return f"work order {number} is gone from the CMMS (HTTP 404)"
         if answer.status == 409 and json_answer and '"closed"' in answer.text:
             return f"work order {number} is closed in the CMMS"
-        if answer.status == 422:
-            reason = (
-                f"HTTP 422: {answer.text[:REASON_CHARS]} (the CMMS refused the update of work "
-                f"order {number} for alert {up.key}; it is never sent under another key)"
-            )
-            raise UplinkRejected(
-                f"{method} {public_url(url)}: {reason}",
-                uplink=self.name, status=422, reason=reason, per_item=True,
-            )  # fmt: skip
-        err = await self.failure(url, answer, retryable=RETRYABLE, method=method)
-        if not isinstance(err, UplinkRejected):
-            raise err
-        reason = (
-            f"{err.reason} (the CMMS refused the update of work order {number} for alert "
-            f"{up.key}: check uplink {self.name}'s mapping, then `edge-agent requeue "
-            f"--uplink {self.name}`)"
-        )
-        raise UplinkRejected(
-            f"{method} {public_url(url)}: {reason}",
-            uplink=self.name, status=answer.status, reason=reason,
-            too_large=err.too_large, per_item=True, alike=err.alike,
-        )  # fmt: skip
+        what = f"the CMMS refused the update of work order {number} for alert {up.key}"
+        raise await self._item_refused(url, answer, what, method)
 
     def _opened(self, wo: WorkOrder, answer: Answer) -> None:
         number = _answer_id(answer.text) or "(no id in the answer)"
@@ -336,24 +316,37 @@ class CmmsTransport(HttpClient):
                     "safety margin or the asset's planning horizon was edited); no second "
                     f"work order is opened. Check {existing} in the CMMS"
                 )
-            else:
-                reason = (
-                    f"HTTP 422: {answer.text[:REASON_CHARS]} (the CMMS refused the "
-                    f"work-order request for alert {wo.key}; it is never sent under another key)"
-                )
-            return UplinkRejected(
-                f"POST {self.target}: {reason}",
-                uplink=self.name, status=422, reason=reason, per_item=True,
-            )  # fmt: skip
-        err = await self.failure(self.cfg.url, answer, retryable=RETRYABLE)
+                return self._refused("POST", self.cfg.url, 422, reason)
+        what = f"the CMMS refused the work-order request for alert {wo.key}"
+        return await self._item_refused(self.cfg.url, answer, what)
+
+    async def _item_refused(
+        self, url: str, answer: Answer, what: str, method: str = "POST"
+    ) -> UplinkError:
+        """The error a non-2xx answer to one work order's request means; a refusal (a 422:
+        the body as it is never sent under another key; or any other) says `what` the
+        CMMS refused and is this record's alone (the next ones are still sent)."""
+        if answer.status == 422:
+            reason = (
+                f"HTTP 422: {answer.text[:REASON_CHARS]} ({what}; it is never sent under "
+                "another key)"
+            )
+            return self._refused(method, url, 422, reason)
+        err = await self.failure(url, answer, retryable=RETRYABLE, method=method)
         if not isinstance(err, UplinkRejected):
             return err
         reason = (
-            f"{err.reason} (the CMMS refused the work-order request for alert {wo.key}: "
-            f"check uplink {self.name}'s mapping, then `edge-agent requeue --uplink {self.name}`)"
+            f"{err.reason} ({what}: check uplink {self.name}'s mapping, then `edge-agent "
+            f"requeue --uplink {self.name}`)"
         )
+        return self._refused(method, url, answer.status, reason, err)
+
+    def _refused(
+        self, method: str, url: str, status: int, reason: str, err: UplinkRejected | None = None
+    ) -> UplinkRejected:
+        """One record's refusal (per_item), with a generic refusal's size and likeness."""
         return UplinkRejected(
-            f"POST {self.target}: {reason}",
-            uplink=self.name, status=answer.status, reason=reason,
-            too_large=err.too_large, per_item=True, alike=err.alike,
+            f"{method} {public_url(url)}: {reason}",
+            uplink=self.name, status=status, reason=reason, per_item=True,
+            too_large=err is not None and err.too_large, alike=None if err is None else err.alike,
         )  # fmt: skip

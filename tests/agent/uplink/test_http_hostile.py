@@ -1039,6 +1039,18 @@ async def test_failing_summaries_do_not_say_the_alerts_fail(tmp_path: Path) -> N
             assert "HTTP 404" in (st.summaries_last_error or ""), st
 
 
+async def _every_alert_delivered_none_dead(tmp_path: Path, backend: Scripted, n: int) -> None:
+    """n alerts (one per machine) sent to `backend`: each delivered, none dead-lettered."""
+    async with await _outbox(tmp_path) as outbox, serving(backend) as url:
+        records = await outbox.append(_machines(n))
+        c = _cfg(url, max_backoff_s=0.05)
+        async with Running(delivery(UP, HttpTransport(c, name=UP), outbox, c)):
+            await until(lambda: _pending_is(outbox, 0), timeout_s=5.0)
+        stats = await outbox.stats()
+    assert stats.dead_lettered == 0, stats
+    assert sorted(backend.delivered) == sorted(r["alert_id"] for r in records)
+
+
 async def test_an_endpoint_flipping_between_400_and_200_dead_letters_no_good_alert(
     tmp_path: Path,
 ) -> None:
@@ -1046,15 +1058,7 @@ async def test_an_endpoint_flipping_between_400_and_200_dead_letters_no_good_ale
     canary went through, its next try met the 400 again and it was dead-lettered (a good
     alert, for the proxy's sake). A refusal after a delivered canary is now checked once
     more at once: only two in a row make it the alert's own."""
-    backend = Scripted([400, 200] * 100)
-    async with await _outbox(tmp_path) as outbox, serving(backend) as url:
-        records = await outbox.append(_machines(4))
-        c = _cfg(url, max_backoff_s=0.05)
-        async with Running(delivery(UP, HttpTransport(c, name=UP), outbox, c)):
-            await until(lambda: _pending_is(outbox, 0), timeout_s=5.0)
-        stats = await outbox.stats()
-    assert stats.dead_lettered == 0, stats
-    assert sorted(backend.delivered) == sorted(r["alert_id"] for r in records)
+    await _every_alert_delivered_none_dead(tmp_path, Scripted([400, 200] * 100), 4)
 
 
 class SplitConflict:
@@ -1154,12 +1158,5 @@ async def test_a_proxy_failing_at_random_dead_letters_no_good_alert(tmp_path: Pa
     after its canary went through and again on its immediate resend. Here the first held
     alert is delivered on its resend (the page is the proxy's, not the alert's), then
     another meets the page twice in a row: it is held, not dead-lettered."""
-    backend = Scripted([400, 400, 200, 400, 200, 400, 200, 400, 400, 200])
-    async with await _outbox(tmp_path) as outbox, serving(backend) as url:
-        records = await outbox.append(_machines(6))
-        c = _cfg(url, max_backoff_s=0.05)
-        async with Running(delivery(UP, HttpTransport(c, name=UP), outbox, c)):
-            await until(lambda: _pending_is(outbox, 0), timeout_s=5.0)
-        stats = await outbox.stats()
-    assert stats.dead_lettered == 0, stats
-    assert sorted(backend.delivered) == sorted(r["alert_id"] for r in records)
+    answers = [400, 400, 200, 400, 200, 400, 200, 400, 400, 200]
+    await _every_alert_delivered_none_dead(tmp_path, Scripted(answers), 6)

@@ -211,6 +211,24 @@ def _zone(record: Mapping[str, Any], fact: AssetFacts | None) -> str:
     return zone if zone in ZONE_RANK else "unknown"
 
 
+def _assessed(
+    record: Mapping[str, Any],
+    cfg: CmmsUplink,
+    facts: Mapping[str, AssetFacts],
+    gateway_site: str | None,
+) -> tuple[str, datetime, str]:
+    """What a record says for its work order: its zone, its due date and its description
+    (clipped to mapping.description_max_chars), by its asset's zone table and horizon."""
+    asset_id = record["asset"]["id"]
+    fact = facts.get(asset_id)
+    tables = {asset_id: fact.table} if fact is not None else {}
+    horizon = fact.horizon_hours if fact is not None else DEFAULT_HORIZON_HOURS
+    zone = _zone(record, fact)
+    due_at, due_basis = due(record, zone, cfg, horizon)
+    text = description(record, tables, {asset_id: horizon}, due_at, due_basis, site=gateway_site)
+    return zone, due_at, _clip(text, cfg.mapping.description_max_chars)
+
+
 def opened(wo: WorkOrder, work_order: str, seq: int = 0) -> OpenOrder:
     """The open order a request (of the record stored at `seq`) opened, under the id the
     CMMS answered with."""
@@ -240,11 +258,7 @@ def update(
     """
     m = cfg.mapping
     asset = record["asset"]
-    fact = facts.get(asset["id"])
-    tables = {asset["id"]: fact.table} if fact is not None else {}
-    horizon = fact.horizon_hours if fact is not None else DEFAULT_HORIZON_HOURS
-    zone = _zone(record, fact)
-    due_at, due_basis = due(record, zone, cfg, horizon)
+    zone, due_at, described = _assessed(record, cfg, facts, gateway_site)
     parts: dict[str, Any] = {}
     after = order
     if not (late or note_only(record)):
@@ -256,11 +270,7 @@ def update(
         parts["title"] = _clip(_title(record, top), m.title_max_chars)
         parts["priority"] = m.priority_for(int(asset["tier"]), top)
         parts["due_date"] = soonest
-    parts["note"] = _clip(
-        description(record, tables, {asset["id"]: horizon}, due_at, due_basis,
-                    site=gateway_site),
-        m.description_max_chars,
-    )  # fmt: skip
+    parts["note"] = described
     keys = {"title": m.fields.title, "priority": m.fields.priority,
             "due_date": m.fields.due_date, "note": m.fields.note}  # fmt: skip
     body = {keys[part]: v for part, v in parts.items() if keys[part] is not None}
@@ -297,11 +307,7 @@ def build(
     """
     m = cfg.mapping
     asset = record["asset"]
-    fact = facts.get(asset["id"])
-    tables = {asset["id"]: fact.table} if fact is not None else {}
-    horizon = fact.horizon_hours if fact is not None else DEFAULT_HORIZON_HOURS
-    zone = _zone(record, fact)
-    due_at, due_basis = due(record, zone, cfg, horizon)
+    zone, due_at, described = _assessed(record, cfg, facts, gateway_site)
     due_text = due_at.strftime("%Y-%m-%dT%H:%M:%SZ")
     priority = m.priority_for(int(asset["tier"]), zone)
     parts: dict[str, Any] = {
@@ -309,12 +315,7 @@ def build(
         "asset": m.assets.get(asset["id"], asset["id"]),
         "priority": priority,
         "due_date": due_text,
-        "description": _clip(
-            description(
-                record, tables, {asset["id"]: horizon}, due_at, due_basis, site=gateway_site
-            ),
-            m.description_max_chars,
-        ),
+        "description": described,
         "source": {
             "system": "edge-agent",
             "alert_id": record["alert_id"],

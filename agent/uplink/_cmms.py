@@ -44,8 +44,9 @@ from urllib.parse import quote
 
 from agent.config import CmmsUplink, public_url
 from agent.store import Outbox, StoredItem, StoreError
+from agent.uplink._answer import Answer
 from agent.uplink._cmms_orders import EpisodeOrders
-from agent.uplink._httpclient import REASON_CHARS, RETRYABLE_4XX, Answer, HttpClient
+from agent.uplink._httpclient import REASON_CHARS, RETRYABLE_4XX, HttpClient
 from agent.uplink._transport import SendResult
 from agent.uplink._workorder import (
     AssetFacts,

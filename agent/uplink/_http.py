@@ -50,7 +50,8 @@ import re
 from agent.config import HttpUplink as HttpUplinkConfig
 from agent.config import public_url
 from agent.store import StoredItem
-from agent.uplink._httpclient import REASON_CHARS, HttpClient, web_page
+from agent.uplink._answer import web_page
+from agent.uplink._httpclient import REASON_CHARS, HttpClient
 from agent.uplink._transport import SendResult
 from agent.uplink.errors import UplinkError, UplinkUnavailable
 

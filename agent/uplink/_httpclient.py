@@ -22,6 +22,9 @@ no errno). Such a POST is sent once more at once on a new connection instead of 
 after any retry). A fresh connection's failure, a timeout, or a failure once any answer
 began (a head cut short, a 2xx body cut short) is never resent here: a real failure.
 
+How an answer is read (bounded, a 2xx to its end) and when a 2xx is no acknowledgement (cut
+short, a web page): agent.uplink._answer.
+
 Status policy of a non-2xx answer (`HttpClient.failure`):
 - 1xx (a 101 nobody asked for), 5xx, 408, 429 and the caller's other retryable statuses:
   retried; the far end is "down"
@@ -36,12 +39,9 @@ Status policy of a non-2xx answer (`HttpClient.failure`):
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import re
 import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass
 from types import SimpleNamespace, TracebackType
 from typing import Self
 
@@ -56,6 +56,7 @@ from agent.config import (
     public_url,
     readable_by_others,
 )
+from agent.uplink._answer import Answer, read_refusal, refusal_signature, web_page, whole_answer
 from agent.uplink._backoff import parse_retry_after
 from agent.uplink.errors import UplinkError, UplinkRejected, UplinkUnavailable
 
@@ -64,11 +65,6 @@ log = logging.getLogger(__name__)
 RETRYABLE_4XX = frozenset({404, 405, 408, 429})
 AUTH_4XX = frozenset({401, 403, 407})
 REASON_CHARS = 200
-SIGNATURE_CHARS = 512  # of an answer's body, compared to tell refusals alike
-# A token holding a digit: a number, a timestamp's parts, a hex or base64 request id, a UUID.
-_WITH_DIGIT = re.compile(r"[\w+/=.-]*\d[\w+/=.-]*")
-MAX_ANSWER_BYTES = 16 * 1024  # keep no more than this of an answer
-TAIL_BYTES = 64  # of a longer 2xx answer, kept to see that its JSON ends
 PROBE_TIMEOUT_S = 2.0
 # A server that wants a client certificate drops a connection that brought none at once;
 # any other server waits (seconds) for the request. See _drops_certless.
@@ -77,30 +73,6 @@ DROPS_CERTLESS_HINT = (
     "; the server closes TLS connections that bring no client certificate: it probably "
     "requires one (mutual TLS): set cert_file and key_file"
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """What the far end answered (below 300, or 400 and above).
-
-    Attributes:
-        status: the HTTP status.
-        text: the first MAX_ANSWER_BYTES of the body, decoded (bad bytes replaced).
-        retry_after_s: its Retry-After in seconds, when it sent one.
-        replayed: it says this answers a request it had already handled (the
-            `Idempotent-Replayed: true` header of Stripe-style idempotency).
-        content_type: its media type ("" without one).
-    """
-
-    status: int
-    text: str
-    retry_after_s: float | None = None
-    replayed: bool = False
-    content_type: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return 200 <= self.status < 300
 
 
 class HttpClient:
@@ -237,9 +209,9 @@ class HttpClient:
             if 200 <= status < 300:
                 # The whole acknowledgement, read to its end (its first MAX_ANSWER_BYTES
                 # kept): a backend that died mid-answer may not have stored the batch.
-                raw = await self._whole_answer(resp, shown)
+                raw = await whole_answer(resp, shown, uplink=self.name)
             else:
-                raw = await _read_refusal(resp.content)
+                raw = await read_refusal(resp.content)
             if 200 <= status < 300 and web_page(resp.content_type, raw):
                 # Not the backend's acknowledgement: a firewall's block page (F5 ASM
                 # answers 200 by default), a proxy's or hotspot's login page or a web UI
@@ -255,45 +227,6 @@ class HttpClient:
             replayed = resp.headers.get("Idempotent-Replayed", "").lower() == "true"
             kind = resp.content_type if "Content-Type" in resp.headers else ""
         return Answer(status, raw.decode("utf-8", "replace"), retry_after, replayed, kind)
-
-    async def _whole_answer(self, resp: aiohttp.ClientResponse, shown: str) -> bytes:
-        """A 2xx answer's body (its first MAX_ANSWER_BYTES), read to its end; raises
-        UplinkUnavailable when it was cut short: the connection closed before its
-        Content-Length or last chunk, or, with neither (the close ends the body, so only
-        the body can tell), a JSON body that does not parse (empty included, but
-        for a 202: "accepted", no body needed)."""
-        try:
-            raw, total, tail = await _read_answer(resp.content)
-        except aiohttp.ClientPayloadError as exc:
-            why = f"{type(exc).__name__}: {exc}"
-        else:
-            framed = (
-                "Content-Length" in resp.headers
-                or "chunked" in resp.headers.get("Transfer-Encoding", "").lower()
-            )
-            if (
-                framed
-                or resp.status == 204
-                # 202 Accepted says "queued", nothing more: an empty one is whole (an
-                # HTTP/1.0 backend's `send_response(202)` typed JSON, no Content-Length)
-                or (resp.status == 202 and total == 0)
-                or not _json_cut_short(
-                    resp.content_type if "Content-Type" in resp.headers else "", raw, total, tail
-                )
-            ):
-                return raw
-            why = (
-                f"the connection closed after {total} byte(s) of JSON that ends half way "
-                "(no Content-Length, no chunks: only the close marked its end)"
-            )
-        raise UplinkUnavailable(
-            f"{shown}: HTTP {resp.status} answer cut short ({why}): the backend may "
-            "have died before storing the batch; nothing marked delivered, resent (it "
-            "dedupes on the ids)",
-            uplink=self.name,
-            status=resp.status,
-            down=True,
-        )
 
     async def _cert_hint(self, url: str, exc: BaseException, text: str) -> str:
         """The hint for a server that wants a client certificate this uplink has none of
@@ -403,93 +336,6 @@ class HttpClient:
             self._mode_warned = True
             log.warning("uplink[%s]: token_file %s", self.name, warning)
         self._token = token or None
-
-
-def refusal_signature(answer: Answer) -> str:
-    """What refusals of different items by one endpoint that refuses everything share: the
-    status, content type and (the start of) the body with every token holding a digit
-    masked. A proxy's or CDN's error page carries a request id, a Ray ID or the time
-    (Cloudflare, CloudFront, AWS ALB, a WAF's incident number), so the raw text differs
-    on each refusal although the page is the same."""
-    body = " ".join(answer.text.split())[:SIGNATURE_CHARS]
-    return f"{answer.status} {answer.content_type} {_WITH_DIGIT.sub('#', body)}"
-
-
-_PAGE_TYPES = frozenset({"text/html", "application/xhtml+xml"})
-_LEADING = b"\xef\xbb\xbf \t\r\n"  # a UTF-8 BOM and whitespace before the first tag
-
-
-def web_page(content_type: str, body: bytes) -> bool:
-    """A 2xx body that is a web page, not an API's acknowledgement: it begins with markup
-    (whatever its Content-Type: a portal may send none, or XHTML), or it is HTML with
-    markup in it. "HTML" without any, or JSON (Express's `res.send("OK")`, PHP's `echo`,
-    both text/html by default), is the backend's answer. So is XML sent as XML (a SOAP or
-    XML API's `<ack/>`, a CMMS answering XML), unless it holds an <html> element."""
-    if _xml_type(content_type):
-        return b"<html" in body.lower()
-    if body.lstrip(_LEADING).startswith(b"<"):
-        return True
-    if content_type not in _PAGE_TYPES or b"<" not in body:
-        return False
-    try:
-        json.loads(body)
-    except ValueError:  # UnicodeDecodeError is a ValueError
-        return True
-    return False
-
-
-def _xml_type(content_type: str) -> bool:
-    """An XML media type other than XHTML: application/xml, text/xml, application/*+xml."""
-    if content_type in _PAGE_TYPES:
-        return False
-    return content_type in ("application/xml", "text/xml") or content_type.endswith("+xml")
-
-
-async def _read_answer(content: aiohttp.StreamReader) -> tuple[bytes, int, bytes]:
-    """The body's first MAX_ANSWER_BYTES, its size and its last TAIL_BYTES, read to its
-    end (the rest discarded; time is bounded by the session's timeout). Raises
-    ClientPayloadError when the connection closes before the end its framing announced."""
-    parts: list[bytes] = []
-    size = 0
-    tail = b""
-    while chunk := await content.read(MAX_ANSWER_BYTES):
-        if size < MAX_ANSWER_BYTES:
-            parts.append(chunk[: MAX_ANSWER_BYTES - size])
-        size += len(chunk)
-        tail = (tail + chunk)[-TAIL_BYTES:]
-    return b"".join(parts), size, tail
-
-
-async def _read_refusal(content: aiohttp.StreamReader) -> bytes:
-    """A non-2xx answer's first MAX_ANSWER_BYTES (or all of it, if shorter). One `read`
-    returns only what has arrived: a 409 whose id came in a later segment or chunk named
-    no id, so the backend's "I have it" was taken for a refusal. Cut short, what came."""
-    parts: list[bytes] = []
-    size = 0
-    try:
-        while size < MAX_ANSWER_BYTES and (chunk := await content.read(MAX_ANSWER_BYTES - size)):
-            parts.append(chunk)
-            size += len(chunk)
-    except aiohttp.ClientPayloadError:
-        pass  # the reason is what came; the status decides
-    return b"".join(parts)
-
-
-def _json_cut_short(content_type: str, head: bytes, size: int, tail: bytes) -> bool:
-    """Whether a close-delimited body that is (or says it is) JSON is incomplete: it does
-    not parse, or, past MAX_ANSWER_BYTES, does not end as it began ("}" or "]")."""
-    start = head.lstrip(_LEADING)[:1]
-    typed = content_type == "application/json" or content_type.endswith("+json")
-    if not typed and start not in (b"{", b"["):
-        return False  # "OK", an empty untyped body: nothing to check it against
-    if size > len(head):
-        end = tail.rstrip(_LEADING)[-1:]
-        return not start or end != {b"{": b"}", b"[": b"]"}.get(start)
-    try:
-        json.loads(head)
-    except ValueError:  # UnicodeDecodeError is a ValueError
-        return True
-    return False
 
 
 def _reset(exc: BaseException) -> bool:

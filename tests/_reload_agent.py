@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +34,13 @@ REVEAL_PYENV = (
 )
 
 
-def sensor(sid: str, asset: str, port: int, unit: int) -> str:
+def sensor(sid: str, asset: str, port: int, unit: int, poll_s: float = POLL_S) -> str:
+    timeout_s = min(0.3, 0.75 * poll_s)  # the configuration wants it shorter than the poll
     return (
         f"  - id: {sid}\n    asset: {asset}\n"
-        f"    modbus: {{host: 127.0.0.1, port: {port}, device_id: {unit}, timeout_s: 0.3}}\n"
-        f"    poll_interval_s: {POLL_S}\n"
+        f"    modbus: {{host: 127.0.0.1, port: {port}, device_id: {unit}, "
+        f"timeout_s: {timeout_s:g}}}\n"
+        f"    poll_interval_s: {poll_s}\n"
     )
 
 
@@ -80,14 +82,23 @@ def config_text(
 
 
 @contextlib.asynccontextmanager
-async def running(workdir: Path, *, link: bool = False) -> AsyncIterator[dict[str, Any]]:
+async def running(
+    workdir: Path,
+    *,
+    link: bool = False,
+    devices: Sequence[str] = (),
+    first: Callable[[dict[str, Any]], list[str]] | None = None,
+) -> AsyncIterator[dict[str, Any]]:
     """Two backends (A, B), two Modbus simulators, the agent on A with m1, m2 (simulator 1)
     and m3 (simulator 2); link: agent.yaml is a symlink to v1.yaml (as a deployment tool
-    that swaps a link to the release makes it)."""
+    that swaps a link to the release makes it); devices: more devices of simulator 1 (units
+    past 3, e.g. "5:velocity=12"), started with the rest instead of one more simulator;
+    first: adds its sensors to d["sensors"] and names those the agent starts with (a
+    start instead of a reload to add them)."""
     async with started(
         SimProcess.backend(workdir / "a.db", TOKEN),
         SimProcess.backend(workdir / "b.db", TOKEN_B),
-        SimProcess.modbus(["1:healthy", "2:healthy", "3:healthy"], 600.0),
+        SimProcess.modbus(["1:healthy", "2:healthy", "3:healthy", *devices], 600.0),
         SimProcess.modbus(["1:healthy", "2:healthy"], 600.0),
     ) as (a, b, m, m_other):
         d: dict[str, Any] = {
@@ -109,7 +120,7 @@ async def running(workdir: Path, *, link: bool = False) -> AsyncIterator[dict[st
         token = workdir / "token"
         token.write_text(TOKEN)
         token.chmod(0o600)
-        write(d, ["m1", "m2", "m3"], url=d["a"])
+        write(d, ["m1", "m2", "m3"] if first is None else first(d), url=d["a"])
         if link:
             d["config"].replace(workdir / "v1.yaml")
             d["config"].symlink_to(workdir / "v1.yaml")

@@ -16,11 +16,14 @@ from typing import Any
 import aiomqtt
 import paho.mqtt.client as paho
 
+from drivers.mqtt._sockets import LoopSockets
+
 SOCKET_ERROR = "failed to receive on socket: "
 
 
-class HandshakeAware(aiomqtt.Client):
-    """aiomqtt's client; a socket error before CONNACK ends the connect with that error."""
+class HandshakeAware(LoopSockets):
+    """aiomqtt's client (its socket in the loop's selector in order: _sockets); a socket
+    error before CONNACK ends the connect with that error."""
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)

@@ -435,3 +435,27 @@ async def test_a_broker_wanting_a_client_certificate_says_so_at_once(
     error = up.status.last_error or ""
     assert "the server asks for a client certificate: set cert_file and key_file" in error, error
     assert took < 15, took
+
+
+async def test_a_connection_that_reads_no_puback_is_replaced_and_the_alert_delivered(
+    tmp_path: Path, outbox: Outbox
+) -> None:
+    """The guard for a deaf connection, whatever made it so (a lost add_reader: see
+    drivers.mqtt._sockets): no PUBACK within timeout_s is a failure, the connection is
+    closed and a new one delivers the alert (passed before: a guard)."""
+    with Mosquitto(tmp_path / "deaf") as broker:
+        c = plain(broker.port, timeout_s=1.0, require_subscriber=False)
+        transport = MqttTransport(c, name=UP, gateway_id=GW)
+        await outbox.append([draft(i=0)])
+        async with Running(delivery(UP, transport, outbox, c)) as up:
+            await until(lambda: _eq(pending(outbox), 0))
+            client = transport._client
+            assert client is not None
+            # Deaf: the loop no longer reads the socket; it still looks connected.
+            asyncio.get_running_loop().remove_reader(client._client.socket().fileno())
+            await outbox.append([draft(i=1)])
+            await until(lambda: _eq(pending(outbox), 0), timeout_s=10)
+            assert up.status.delivered_total == 2
+            # It failed on the missing PUBACK (not on a connect): the deaf link was seen.
+            assert up.status.failures_total >= 1
+            assert "publishing to" in (up.status.last_error or ""), up.status.last_error

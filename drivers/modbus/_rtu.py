@@ -552,6 +552,10 @@ class RtuLink:
             while (stray := self._valid_frame_at_start()) is not None and self._not_ours(
                 stray, device_id, function_code, count
             ):
+                if not echo_seen and stray == request:
+                    # Our request read back: a request for registers 0x0300-0x03FF is a
+                    # valid frame too (byte count 3, closed by its CRC). The echo, below.
+                    break
                 if stray[0] == device_id:
                     mismatch = _mismatch(stray, function_code, count)
                 self._drop_stray(stray)

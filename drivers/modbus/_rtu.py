@@ -33,7 +33,9 @@ unanswered requests: it has nothing more to say, so waiting on would only cost i
 Other devices use the line meanwhile (the same hold-off); a frame from the device arriving
 in the window is dropped and counted as late. A whole frame from the device we ask whose
 function code or byte count is not our request's (the late answer to another block) is
-dropped as late too, and the read goes on waiting for its own answer. And an answer cannot
+dropped as late too, and the read goes on waiting for its own answer, while the device
+owes a late answer (a failed read of it not answered yet); one that owes none has answered
+us wrongly: the read fails at once. And an answer cannot
 begin before our request has been sent: bytes that arrived before the request's end (its
 line time after the write) are dropped (an echoing adapter's copy of our request aside).
 """
@@ -347,6 +349,12 @@ class RtuLink:
             self._late_came(frame[0])
         self._log_once(kind, frame[0])
 
+    def _owes_nothing(self, frame: bytes) -> bool:
+        """True when ``frame``, arriving after our request, cannot be a late answer of its
+        device: no failed request of it is unanswered. (Nor a repeat of its last answer:
+        the device was asked only ``repeat_guard_s`` after it.)"""
+        return frame[0] not in self._unanswered
+
     def _late_came(self, device_id: int) -> None:
         """A late frame from ``device_id``: once all its failed requests have had theirs,
         its window ends (after ``repeat_guard_s``, should the device repeat it)."""
@@ -492,6 +500,9 @@ class RtuLink:
                 device_id, function_code, count, deadline, request, echo_seen
             )
             registers = registers_of(rtu_answer_pdu(frame, device_id), function_code, count)
+        except WrongAnswer as exc:
+            self._answered_by(device_id, exc.frame)  # it answered: nothing late to come
+            raise
         except asyncio.CancelledError:
             # The request is on the wire and its answer may still come (a poller stopped
             # by a reload, the line kept open): held off as after a timeout.
@@ -558,6 +569,12 @@ class RtuLink:
                     break
                 if stray[0] == device_id:
                     mismatch = _mismatch(stray, function_code, count)
+                    if self._owes_nothing(stray):
+                        # No late answer of it can come: this is its answer, wrong (a
+                        # block it cannot serve whole). Waiting on would hold the line
+                        # for its whole timeout, and hold the device off after.
+                        del self._buf[: len(stray)]
+                        raise WrongAnswer(stray, mismatch)
                 self._drop_stray(stray)
             frame = self._complete_frame(count)
             # An adapter that echoes what it sends puts our request before the answer;
@@ -578,6 +595,15 @@ class RtuLink:
                     # fails as what it is, not as a silent one.
                     raise mismatch
                 raise LinkTimeout("no answer in time")
+
+
+class WrongAnswer(FrameError):
+    """Our device's whole, valid answer to our request, with another function code or
+    byte count (``frame``: that answer)."""
+
+    def __init__(self, frame: bytes, why: FrameError) -> None:
+        super().__init__(why.reason, str(why))
+        self.frame = frame
 
 
 def _mismatch(frame: bytes, function_code: int, count: int) -> FrameError:

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from drivers.modbus import Bus, RtuLink
-from drivers.modbus._frames import FrameError
+from drivers.modbus._frames import FrameError, rtu_frame
 from drivers.modbus._link import LinkTimeout
 from tests.drivers.rtu_script import ScriptedLine, read_answer
 
@@ -172,3 +172,37 @@ async def test_a_device_answering_another_byte_count_fails_as_such_not_as_silent
         bus.close()
         device.close()
     assert failed.value.reason == "byte_count"
+
+
+class ShortAnswers(ScriptedLine):
+    """Device 1 answers every read at once with one register fewer than asked (a block it
+    cannot serve whole); device 2 answers in full."""
+
+    def on_request(self, request: bytes) -> None:
+        if request[0] == 1:
+            count = int.from_bytes(request[4:6], "big") - 1
+            self.later(0.005, rtu_frame(1, bytes((3, 2 * count)) + b"\x00\x07" * count))
+        else:
+            self.later(0.005, read_answer(request, self.requests))
+
+
+async def test_a_device_that_owes_no_late_answer_and_answers_another_byte_count_fails_at_once(
+    serial_pair: tuple[str, str],
+) -> None:
+    """Its frame is its answer, wrong: the read fails as byte_count when it comes, not
+    after waiting out its timeout (5 s of the line) for an answer that cannot come, and
+    the device is not held off as if its answer were still to come."""
+    device = ShortAnswers(serial_pair[1])
+    link = RtuLink(serial_pair[0], baudrate=115200, late_flush_s=0.05)
+    bus = Bus("line-1", "rtu", [link])
+    try:
+        for _ in range(3):
+            with pytest.raises(FrameError) as failed:
+                await asyncio.wait_for(bus.read(1, 3, 0, 2, 5.0), 2.0)
+            assert failed.value.reason == "byte_count"
+        got = await asyncio.wait_for(bus.read(2, 3, 0, 1, 5.0), 2.0)
+    finally:
+        bus.close()
+        device.close()
+    assert got == [device.requests]
+    assert device.requests == 4 and link.late_answers == 0

@@ -34,8 +34,9 @@ Other devices use the line meanwhile (the same hold-off); a frame from the devic
 in the window is dropped and counted as late. A whole frame from the device we ask whose
 function code or byte count is not our request's (the late answer to another block) is
 dropped as late too, and the read goes on waiting for its own answer, while the device
-owes a late answer (a failed read of it not answered yet); one that owes none has answered
-us wrongly: the read fails at once. And an answer cannot
+owes a late answer of that shape (a failed read of it with that function code and byte
+count not answered yet); a frame of another shape is its answer to us, wrong: the read
+fails at once. And an answer cannot
 begin before our request has been sent: bytes that arrived before the request's end (its
 line time after the write) are dropped (an echoing adapter's copy of our request aside).
 """
@@ -80,6 +81,7 @@ MAX_BUFFER = 4096
 LATE_WINDOW_FACTOR = 3.0
 LATE_WINDOW_MIN_S = 0.5
 LATE_WINDOW_MAX_S = 5.0
+MAX_OWED_SHAPES = 32  # a device's distinct unanswered blocks remembered (bounded)
 
 PARITIES = {"N": serial.PARITY_NONE, "E": serial.PARITY_EVEN, "O": serial.PARITY_ODD}
 
@@ -154,6 +156,9 @@ class RtuLink:
         # device id -> its failed requests since its last answer whose late answer has not
         # come (the window ends early at 0): at most 256 entries
         self._unanswered: dict[int, int] = {}
+        # device id -> (function code, byte count) of those requests' answers: a frame of
+        # another shape from it is no late answer. At most MAX_OWED_SHAPES per device.
+        self._owed: dict[int, set[tuple[int, int]]] = {}
         self._sent_end = 0.0  # when the request being sent is off the wire (monotonic)
         self._early = 0  # bytes at the buffer's start that arrived before that
         self._reading = False  # a read is using the buffer
@@ -351,9 +356,15 @@ class RtuLink:
 
     def _owes_nothing(self, frame: bytes) -> bool:
         """True when ``frame``, arriving after our request, cannot be a late answer of its
-        device: no failed request of it is unanswered. (Nor a repeat of its last answer:
-        the device was asked only ``repeat_guard_s`` after it.)"""
-        return frame[0] not in self._unanswered
+        device: no failed request of it whose answer has this function code and byte count
+        is unanswered. (Nor a repeat of its last answer: the device was asked only
+        ``repeat_guard_s`` after it.)"""
+        shapes = self._owed.get(frame[0])
+        if not shapes or frame[0] not in self._unanswered:
+            return True
+        if frame[1] & 0x80:
+            return all(fc != frame[1] & 0x7F for fc, _ in shapes)
+        return (frame[1], frame[2]) not in shapes
 
     def _late_came(self, device_id: int) -> None:
         """A late frame from ``device_id``: once all its failed requests have had theirs,
@@ -363,17 +374,24 @@ class RtuLink:
             self._unanswered[device_id] = left
             return
         self._unanswered.pop(device_id, None)
+        self._owed.pop(device_id, None)
         if (end := self._failed.get(device_id)) is not None:
             self._failed[device_id] = min(end, time.monotonic() + self.repeat_guard_s)
             self._hold_cut.set()
 
-    def _read_failed(self, device_id: int, timeout_s: float) -> None:
-        """Its answer may still come: not asked again (other devices are) until the
-        late-answer window has passed or its late answers have come."""
+    def _read_failed(
+        self, device_id: int, timeout_s: float, function_code: int, count: int
+    ) -> None:
+        """Its answer (to ``count`` registers with ``function_code``) may still come: not
+        asked again (other devices are) until the late-answer window has passed or its late
+        answers have come."""
         window = min(max(LATE_WINDOW_FACTOR * timeout_s, LATE_WINDOW_MIN_S), LATE_WINDOW_MAX_S)
         self._failed[device_id] = time.monotonic() + window
         if len(self._unanswered) < 256 or device_id in self._unanswered:
             self._unanswered[device_id] = self._unanswered.get(device_id, 0) + 1
+            shapes = self._owed.setdefault(device_id, set())
+            if len(shapes) < MAX_OWED_SHAPES:
+                shapes.add((function_code, 2 * count))
 
     def _log_once(self, kind: str, device_id: int) -> None:
         """One warning per episode and kind (see EpisodeLog); later ones are counted."""
@@ -430,6 +448,7 @@ class RtuLink:
         self._answered[device_id] = (time.monotonic(), frame)
         self._failed.pop(device_id, None)
         self._unanswered.pop(device_id, None)
+        self._owed.pop(device_id, None)
         self._quiet_again()
 
     async def _drop_early(self, request: bytes, sent_end: float, device_id: int) -> bool:
@@ -506,11 +525,11 @@ class RtuLink:
         except asyncio.CancelledError:
             # The request is on the wire and its answer may still come (a poller stopped
             # by a reload, the line kept open): held off as after a timeout.
-            self._read_failed(device_id, timeout_s)
+            self._read_failed(device_id, timeout_s, function_code, count)
             raise
         except (LinkTimeout, FrameError) as exc:
             quiet = await self._flush()
-            self._read_failed(device_id, timeout_s)
+            self._read_failed(device_id, timeout_s, function_code, count)
             if quiet:
                 self._quiet_again()
                 raise

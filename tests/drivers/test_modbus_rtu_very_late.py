@@ -206,3 +206,34 @@ async def test_a_device_that_owes_no_late_answer_and_answers_another_byte_count_
         device.close()
     assert got == [device.requests]
     assert device.requests == 4 and link.late_answers == 0
+
+
+class SilentThenShort(ShortAnswers):
+    """Device 1 ignores its first request, then answers every read one register short."""
+
+    def on_request(self, request: bytes) -> None:
+        if request[0] != 1 or self.requests > 1:
+            super().on_request(request)
+
+
+async def test_a_device_that_timed_out_once_then_answers_another_byte_count_fails_at_once(
+    serial_pair: tuple[str, str],
+) -> None:
+    """Its short answers do not fit the block it failed (a late answer to it would have
+    its byte count): they are answers to our reads, wrong, each failing at once; before,
+    each was taken for the late answer to the read before, its read waited out the whole
+    timeout, failed and left the device owing again, read after read."""
+    device = SilentThenShort(serial_pair[1])
+    link = RtuLink(serial_pair[0], baudrate=115200, late_flush_s=0.05)
+    bus = Bus("line-1", "rtu", [link])
+    try:
+        with pytest.raises(LinkTimeout):
+            await bus.read(1, 3, 0, 2, TIMEOUT_S)
+        for _ in range(3):  # held off 0.9 s once (3 timeouts of 0.3 s), then at once
+            with pytest.raises(FrameError) as failed:
+                await asyncio.wait_for(bus.read(1, 3, 0, 2, 5.0), 3.0)
+            assert failed.value.reason == "byte_count"
+    finally:
+        bus.close()
+        device.close()
+    assert device.requests == 4 and link.late_answers == 0

@@ -280,20 +280,16 @@ class RtuLink:
                 return
 
     async def _flush(self) -> bool:
-        """Discard bytes until the line has been quiet for late_flush_s; give up after
-        ``noise_after_s`` (noise). True when the line fell quiet (or the port closed)."""
+        """Wait until the line has been quiet for late_flush_s; give up after
+        ``noise_after_s`` (noise). True when the line fell quiet (or the port closed).
+        What came is left for _drop_leftovers, once the failed read is recorded."""
         stop = time.monotonic() + self.noise_after_s
         while self._serial is not None and time.monotonic() < stop:
             quiet_until = self._last_activity + self.late_flush_s
             if time.monotonic() >= quiet_until:
                 break
             await self._wait_data(min(quiet_until, stop))
-        quiet = self._serial is None or time.monotonic() >= (
-            self._last_activity + self.late_flush_s
-        )
-        self.flushed_bytes += len(self._buf)
-        self._buf.clear()
-        return quiet
+        return self._serial is None or time.monotonic() >= (self._last_activity + self.late_flush_s)
 
     def _noise_seen(self, device_id: int) -> None:
         """A flush found the line never quiet: count it, log the episode's start once."""
@@ -530,6 +526,9 @@ class RtuLink:
         except (LinkTimeout, FrameError) as exc:
             quiet = await self._flush()
             self._read_failed(device_id, timeout_s, function_code, count)
+            # The answer completed meanwhile (it began just before the deadline) is its
+            # late answer: counted, and it ends the device's hold-off.
+            self._drop_leftovers()
             if quiet:
                 self._quiet_again()
                 raise

@@ -237,3 +237,40 @@ async def test_a_device_that_timed_out_once_then_answers_another_byte_count_fail
         bus.close()
         device.close()
     assert device.requests == 4 and link.late_answers == 0
+
+
+SPLIT_READ_S = 1.5  # its late-answer window: 4.5 s
+
+
+class SplitAtTheDeadline(ScriptedLine):
+    """Device 1 starts its first answer just before the read's deadline and ends it just
+    after; then answers at once."""
+
+    def on_request(self, request: bytes) -> None:
+        answer = read_answer(request, self.requests)
+        if self.requests == 1:
+            self.later(SPLIT_READ_S - 0.02, answer[:3])
+            self.later(SPLIT_READ_S + 0.01, answer[3:])
+        else:
+            self.later(0.005, answer)
+
+
+async def test_a_late_answer_completed_during_the_flush_is_counted_and_ends_the_hold_off(
+    serial_pair: tuple[str, str],
+) -> None:
+    """The read fails short; its answer, whole once the flush has waited out the line, is
+    the late answer: counted, and the device is asked again at once, not 3 timeouts later
+    (4.5 s here)."""
+    device = SplitAtTheDeadline(serial_pair[1])
+    link = RtuLink(serial_pair[0], baudrate=115200, late_flush_s=0.05)
+    bus = Bus("line-1", "rtu", [link])
+    try:
+        with pytest.raises(FrameError) as failed:
+            await bus.read(1, 3, 0, 2, SPLIT_READ_S)
+        assert failed.value.reason == "short"
+        assert link.late_answers == 1
+        got = await asyncio.wait_for(bus.read(1, 3, 0, 2, 5.0), 2.0)
+    finally:
+        bus.close()
+        device.close()
+    assert got == [2, 2]

@@ -117,6 +117,12 @@ async def _cut(servers: list[ModbusSimServer], which: Iterable[int]) -> None:
     await asyncio.gather(*(servers[i].__aexit__(None, None, None) for i in which))
 
 
+async def _back(servers: list[ModbusSimServer], which: Iterable[int]) -> None:
+    """Restart these servers at once (the switch back): one after the other, the first
+    back answered while the rest were still silent."""
+    await asyncio.gather(*(_restart(servers, i) for i in which))
+
+
 def _on_hosts(servers: list[ModbusSimServer]) -> list[_Dev]:
     """h<host>u<unit>: every device of every server."""
     return [
@@ -193,8 +199,7 @@ async def test_a_host_silent_is_one_fault_and_a_blip_none(
 
             # The host's outage (both its endpoints): one fault for the host, raised after
             # endpoint_silent_s and cleared when it answers; none per device or endpoint.
-            await srv.__aexit__(None, None, None)
-            await other.__aexit__(None, None, None)
+            await _cut([srv, other], (0, 1))
             await _until(lambda: len(_faults(records)) >= 1, 3 * SILENT_FAULT_S)
             srv = ModbusSimServer(busy_devices, port=port)
             other = ModbusSimServer(other_devices, port=other_port)
@@ -394,11 +399,9 @@ async def test_a_network_outage_of_own_ip_devices_is_one_fault_and_a_blip_none(
             caplog.clear()
 
             # A blip of every endpoint: nothing raised, a couple of lines.
-            for s in servers[:n]:
-                await s.__aexit__(None, None, None)
+            await _cut(servers, range(n))
             await asyncio.sleep(1.5)
-            for i in range(n):
-                await _restart(servers, i)
+            await _back(servers, range(n))
             await asyncio.sleep(2.0)
             blip_lines = [r.getMessage() for r in caplog.records]
             assert _faults(records) == [], _faults(records)  # before: 10 raised + 10 cleared
@@ -408,11 +411,9 @@ async def test_a_network_outage_of_own_ip_devices_is_one_fault_and_a_blip_none(
 
             # An outage: one fault for the network, cleared when it is back; d0 does not
             # come back and is then judged alone.
-            for s in servers[:n]:
-                await s.__aexit__(None, None, None)
+            await _cut(servers, range(n))
             await _until(lambda: len(_faults(records)) >= 1, 3 * SILENT_FAULT_S)
-            for i in range(1, n):
-                await _restart(servers, i)
+            await _back(servers, range(1, n))
             await _until(lambda: len(_faults(records)) >= 3, 6)
             await asyncio.sleep(1.0)
     finally:
@@ -449,8 +450,7 @@ async def test_a_network_outage_is_not_held_back_by_a_slowly_polled_device(
     try:
         async with _running(_write_config(tmp_path, devices), records) as agent:
             await _all_ok(agent, n)
-            for s in servers:
-                await s.__aexit__(None, None, None)
+            await _cut(servers, range(n))
             await _until(lambda: len(_faults(records)) >= 1, 8)
             await asyncio.sleep(1.5)  # no device's own fault follows
     finally:
@@ -471,12 +471,10 @@ async def test_a_switch_down_silencing_3_hosts_of_9_is_one_fault_per_host(
     try:
         async with _running(_write_config(tmp_path, _on_hosts(servers)), records) as agent:
             await _all_ok(agent, 18)
-            for s in servers[:3]:
-                await s.__aexit__(None, None, None)
+            await _cut(servers, range(3))
             await _until(lambda: len(_faults(records)) >= 3, 8)
             await asyncio.sleep(1.0)  # no device's own fault follows
-            for i in range(3):
-                await _restart(servers, i)
+            await _back(servers, range(3))
             await _until(lambda: len(_faults(records)) >= 6, 8)
             metrics = render_metrics(await agent.snapshot()).decode()
     finally:
@@ -507,12 +505,10 @@ async def test_a_network_outage_closes_the_host_faults_and_leaves_the_still_sile
             await _all_ok(agent, 9)
             await servers[3].__aexit__(None, None, None)
             await _until(lambda: (host4, "raised") in _faults(records), 8)
-            for i in (0, 1, 2, 4):
-                await servers[i].__aexit__(None, None, None)
+            await _cut(servers, (0, 1, 2, 4))
             await _until(lambda: (host4, "cleared") in _faults(records), 8)
             await asyncio.sleep(1.0)  # no other host's fault follows
-            for i in (0, 1, 2, 4):
-                await _restart(servers, i)
+            await _back(servers, (0, 1, 2, 4))
             await _until(lambda: len(_faults(records)) >= 5, 8)
             await asyncio.sleep(1.0)
     finally:
@@ -551,8 +547,7 @@ async def test_a_flapping_network_beside_a_dead_host_is_a_bounded_number_of_reco
                 await _cut(servers, (0, 1, 2))
                 await _until(lambda: all(p.state != "ok" for p in _up(agent)), 8)
                 await asyncio.sleep(1.5)  # down past endpoint_silent_s: the network's fault
-                for i in (0, 1, 2):
-                    await _restart(servers, i)
+                await _back(servers, (0, 1, 2))
                 await _until(lambda: all(p.state == "ok" for p in _up(agent)), 8)
                 await asyncio.sleep(1.5)
     finally:
@@ -592,8 +587,7 @@ async def test_a_restart_during_a_network_outage_raises_nothing_new(tmp_path: Pa
         async with _running(cfg, records):
             await asyncio.sleep(3.0)  # still silent: past endpoint_silent_s again
             assert _faults(records) == [], _faults(records)
-            for i in range(4):
-                await _restart(servers, i)
+            await _back(servers, range(4))
             await _until(lambda: (net, "cleared") in _faults(records), 8)
             await asyncio.sleep(1.0)
     finally:

@@ -10,6 +10,7 @@ bus measures how busy its links are (line utilisation), which /metrics reports.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -147,6 +148,11 @@ class Bus:
         finally:
             self._account(time.monotonic() - started)
             self._release(link)
+
+    @property
+    def heard_at(self) -> float:
+        """Monotonic time its host last showed life on any link (-inf: never, or RTU)."""
+        return max((getattr(link, "heard_at", -math.inf) for link in self.links), default=-math.inf)
 
     def status(self) -> BusStatus:
         """The current snapshot; resets the longest-wait gauge."""

@@ -123,6 +123,9 @@ class Peers:
         self._undecided: dict[str, tuple[float, Callable[[], None]]] = {}
         # A gateway's exception 10/11 since the last answer, and no connection failed since.
         self._gateway_answers = False
+        # Host level: devices whose last failure came with a sign of their host (a late
+        # answer, a new connection): the host is reachable, its failing devices fail alone.
+        self._heard: set[str] = set()
         self._log_quiet_until = -1.0
         self._hushed = 0  # outages not logged since the last line
         # Back-off sleeps to cut short when the outage ends (one per device at most).
@@ -154,6 +157,7 @@ class Peers:
         now = time.monotonic()
         self.last_answer = now
         self._gateway_answers = False
+        self._heard.discard(sensor_id)
         self._undecided.pop(sensor_id, None)
         if self.outage is not None:
             self._end(now, sensor_id)
@@ -172,6 +176,7 @@ class Peers:
         report: Callable[[], None],
         *,
         gateway_answers: bool | None = None,
+        heard: bool = False,
     ) -> Outage | None:
         """A device's poll failed (its ``failures``-th in a row, the first at ``since``).
 
@@ -182,11 +187,19 @@ class Peers:
         at a cut, requests sent just before it fail after answers sent just before it.
         ``gateway_answers``: True for a gateway's exception 10 or 11, False for a
         connection that failed (the gateway itself is gone), None for anything else.
+        ``heard``: its host showed life since its previous failed poll (a late answer, a
+        connection made). On a host's level, one device heard makes every failing one
+        fail alone: a device refusing beside a slow one was a host silent, 'no device
+        behind it answers', though its other port had just answered late.
         """
         if gateway_answers is not None:
             self._gateway_answers = gateway_answers
             if self.outage is not None:
                 self.outage.gateway_answers = gateway_answers
+        if self.level == "host":
+            (self._heard.add if heard else self._heard.discard)(sensor_id)
+            if self._heard:
+                return self._reachable(sensor_id, report)
         if self.outage is not None:
             self.outage.sensors.add(sensor_id)
             self._undecided.pop(sensor_id, None)
@@ -229,12 +242,26 @@ class Peers:
         self._owners.pop(sensor_id, None)
         self.members.pop(sensor_id, None)
         self._undecided.pop(sensor_id, None)
+        self._heard.discard(sensor_id)
         if not self.members and self.outage is not None:
             # Its last device removed: nothing behind it is watched, so nothing is silent.
             self.outage.ended_at = time.monotonic()
             self.outage_s_total += self.outage.lasted_s()
             self.outages += 1
             self.outage = None
+
+    def _reachable(self, sensor_id: str, report: Callable[[], None]) -> None:
+        """The host showed life while its devices fail: not an outage (one going on
+        ends), each failing device fails alone."""
+        if self.outage is not None:
+            self._end(time.monotonic(), sensor_id)
+        self._undecided.pop(sensor_id, None)
+        alone = list(self._undecided.values())
+        self._undecided.clear()
+        for _, other in alone:
+            other()
+        report()
+        return None
 
     def _quiet_for_all(self) -> bool:
         """Whether no device has answered for longer than any of them polls: a device

@@ -110,6 +110,7 @@ class PollLedger:
         self.bad_since: float | None = None
         self.last_bad: tuple[str, ...] = ()
         self._failing_since: float | None = None
+        self._prev_failed_at = 0.0  # when its previous failed poll started
         self._fail_log = EpisodeLog()
         self._bad_log = EpisodeLog()
         self._bad_polls = 0  # flagged polls in a row
@@ -201,6 +202,10 @@ class PollLedger:
         self.last_error, self.last_error_at = str(err), utc_now()
         if failures == 1:
             self._failing_since = started
+        # The host heard since the previous failed poll was sent (its late answer, a new
+        # connection): it is reachable, this device fails alone (_peers, host level).
+        heard = self.bus.heard_at >= (self._prev_failed_at if failures > 1 else started)
+        self._prev_failed_at = started
         peers = self.bus.peers
         if peers is not None and self.joined is None:
             peers = peers.judge  # its endpoint, its host, or the gateway's TCP network
@@ -210,7 +215,7 @@ class PollLedger:
         if peers is not None:
             # Also an outage it joined when its endpoint had more devices (a reload removed
             # some since): told whether it still goes on, or this one fails alone now.
-            self._judged(err, failures, peers)
+            self._judged(err, failures, peers, heard)
             return
         self._alone = True  # too few devices behind its endpoint (left) to judge together
         if self._fail_log.report(failures, self.threshold):
@@ -218,11 +223,13 @@ class PollLedger:
         else:
             log.debug("modbus sensor %s still failing (%d): %s", self.sensor_id, failures, err)
 
-    def _judged(self, err: DeviceError, failures: int, peers: Peers) -> None:
+    def _judged(self, err: DeviceError, failures: int, peers: Peers, heard: bool) -> None:
         """A failure of a device whose endpoint has peers: its own line only once it
         fails alone; within an outage of the endpoint only counted there."""
         if failures == 1:
             self._alone, self._fail_log.logged = False, False
+        if heard and peers.level == "host" and self.joined is peers.outage:
+            self.joined = None  # its host showed life: no host outage (peers.failed ends it)
         if self.joined is not None:
             if self.joined is peers.outage:
                 if (gateway := _gateway_answers(err)) is not None:
@@ -242,6 +249,7 @@ class PollLedger:
                 err.message,
                 lambda: self._report_alone(err),
                 gateway_answers=_gateway_answers(err),
+                heard=heard,
             )
             if outage is not None:
                 self.joined = outage

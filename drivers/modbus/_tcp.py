@@ -17,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import math
 import socket
+import time
 
 from drivers.modbus._frames import (
     MBAP_SIZE,
@@ -58,11 +60,13 @@ class _Protocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        self._link.heard_at = time.monotonic()  # the host accepted a connection
         with contextlib.suppress(OSError, AttributeError):
             sock = transport.get_extra_info("socket")
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
+        self._link.heard_at = time.monotonic()  # even a late answer: the host is there
         buf = self._buf
         buf += data
         while len(buf) >= MBAP_SIZE:
@@ -125,6 +129,9 @@ class TcpLink:
         self.duplicate_answers = self.echoes = 0  # RTU only: transaction ids tell these apart
         self.noisy_reads, self.noisy = 0, False  # RTU only: a TCP stream carries no line noise
         self._timeouts = 0  # in a row
+        # Monotonic time the host last showed life (a connection made, any bytes in): a
+        # device timing out beside it fails alone, its host is not silent (_peers).
+        self.heard_at = -math.inf
 
     def hold_off_s(self, device_id: int) -> float:
         """Always 0: a transaction id ties each answer to its request."""

@@ -619,3 +619,27 @@ async def test_a_gateway_whose_serial_side_died_says_so(tmp_path: Path) -> None:
     assert raised["evidence"]["endpoints_silent"] == [f"127.0.0.5:{srv.port}"]
     why = raised["no_estimate_reason"]
     assert f"gateway at 127.0.0.5:{srv.port} answers" in why and "serial line" in why, why
+
+
+async def test_a_refused_port_beside_a_late_device_is_two_device_faults(
+    tmp_path: Path,
+) -> None:
+    """Host 127.0.0.6: d1's port refuses (nothing listens), d2 answers in 0.5 s with a
+    timeout of 0.1 s. Both failing, they were judged together as the host: one
+    'no device behind ... answers' fault, sending a planner to a host that is on the
+    network (it refuses, and it answers late). Now the late answers show the host there:
+    each device raises its own fault, the host none."""
+    refused = ModbusSimServer([SimDevice(1, Constant({}))], host="127.0.0.6")
+    await refused.__aenter__()
+    await refused.__aexit__(None, None, None)  # its port now refuses
+    slow = [SimDevice(1, Constant({}), Fault("slow", delay_s=0.5))]
+    records: list[dict[str, Any]] = []
+    async with ModbusSimServer(slow, host="127.0.0.6") as srv:
+        devices = [_Dev("d1", refused.port, host="127.0.0.6"), _Dev("d2", srv.port, host=srv.host)]
+        async with _running(_write_config(tmp_path, devices), records) as agent:
+            raised = {("d1", "raised"), ("d2", "raised")}
+            await _until(lambda: raised <= set(_faults(records)), 10)
+            await asyncio.sleep(1.5)  # past endpoint_silent_s: no host fault follows
+            snap = await agent.snapshot()
+    assert sorted(_faults(records)) == sorted(raised), _faults(records)
+    assert all(s["state"] != "ok" for s in snap["sensors"])

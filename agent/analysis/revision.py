@@ -4,10 +4,7 @@ A critical on a time to failure (the trend's level 2) keeps when its estimate sa
 failure would come (note_due); once that time has passed without failure, the failure metric
 has not grown toward its threshold and the estimate is out of the planning horizon for the
 debounce, it is revised to a warning in the same episode (revision, with
-agent.analysis.lifecycle.revise). A metric that grew after the escalation but has stopped
-growing (a ramp of 15-30 min, then flat: a load change, a loose part) counts as not grown once
-its last STOP_BINS bins show a growth rate consistent with zero (stopped): before, such a
-critical stayed for as long as the machine ran (7 h and more in the tests), however flat.
+agent.analysis.lifecycle.revise).
 """
 
 from __future__ import annotations
@@ -24,19 +21,11 @@ from agent.analysis.lifecycle import revise
 from agent.analysis.ttf import Estimate
 from agent.records import format_ts
 
-__all__ = ["REVISE_BINS", "STOP_BINS", "grown", "note_due", "recent_level", "revision", "stopped"]
+__all__ = ["REVISE_BINS", "grown", "note_due", "recent_level", "revision"]
 
 # The failure metric's level, to tell a failure that is late from one that is not coming
 # (grown): the geometric mean of this many bins (10 min at the default 60 s bin).
 REVISE_BINS = 10
-# The growth has stopped when the slope of ln(metric) over this many bins (20 min at 60 s)
-# is within STOP_T of its standard error of zero (or below it): with a ramp ending, that is
-# about 15-20 min after its end, so the critical of a 15-30 min ramp then flat is revised
-# within 1 h of the ramp's end (tests/agent/analysis/test_monitor_flat.py). A failure that
-# still grows keeps it, and the rest of the rule (due time passed, estimate out of the
-# horizon) is unchanged: the FEMTO replays have no revision before failure.
-STOP_BINS = 20
-STOP_T = 2.0
 
 
 def note_due(ch: Channel, t_s: float, at: datetime) -> None:
@@ -67,26 +56,6 @@ def recent_level(ch: Channel, *, peak: bool = False) -> float | None:
     return float(v.max()) if peak else float(np.exp(np.log(v).mean()))
 
 
-def stopped(ch: Channel) -> tuple[float, float] | None:
-    """(slope, standard error) of ln(failure metric) per hour over the last STOP_BINS bins
-    when that growth is consistent with zero (slope under STOP_T standard errors), else
-    None (still growing, or too few bins to tell)."""
-    t, v = ch.history.points()
-    t, v = t[-STOP_BINS:], v[-STOP_BINS:]
-    ok = np.isfinite(v) & (v > 0.0)
-    t, y = t[ok] / 3600.0, np.log(v[ok])
-    if t.shape[0] < STOP_BINS:
-        return None
-    dt = t - t.mean()
-    sxx = float(dt @ dt)
-    if not sxx > 0.0:
-        return None
-    slope = float(dt @ (y - y.mean())) / sxx
-    resid = y - y.mean() - slope * dt
-    se = math.sqrt(float(resid @ resid) / (t.shape[0] - 2) / sxx)
-    return (slope, se) if slope <= STOP_T * se else None
-
-
 def grown(ch: Channel) -> bool:
     """Whether the failure metric has grown toward its threshold since the escalation: its
     recent level above the highest bin before the escalation by more than JUMP_SHARE of its
@@ -115,16 +84,8 @@ def revision(ch: Channel, t_s: float) -> dict[str, object] | None:
     hours, upper, escalated_at = st.due_hours, st.due_upper_hours, st.escalated_at
     told = ch.hours_now()  # as of this reading, as the revision's record says
     soon = told is not None and told < ch.asset.planning_horizon_hours
-    halt = None if soon else stopped(ch)
-    has_grown = not soon and grown(ch) and halt is None
+    has_grown = not soon and grown(ch)
     debounce = ch.asset.alerting.debounce
     if not revise(st, soon=soon, grown=has_grown, now_s=t_s, debounce=debounce):
         return None
-    ev = revision_evidence(ch, ch.estimate_now(), hours, escalated_at, upper)
-    if halt is not None:  # why a metric above its level at the escalation no longer counts
-        ev["growth_stopped"] = {
-            "bins": STOP_BINS,
-            "log_rate_per_hour": round(halt[0], 5),
-            "standard_error": round(halt[1], 5),
-        }
-    return ev
+    return revision_evidence(ch, ch.estimate_now(), hours, escalated_at, upper)

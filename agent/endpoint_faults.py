@@ -84,6 +84,7 @@ class EndpointFaults:
         self._flapping: set[str] = set()
         self._ok_since: dict[str, float] = {}
         self._silent_now: dict[str, bool] = {}  # the network's key -> silent at its update
+        self._back_at: dict[str, float] = {}  # the network's key -> when it answered again
         self.raised_total = 0  # endpoint faults raised (for /metrics)
 
     def place(self, gateway: AssetRef, endpoint_silent_s: float) -> None:
@@ -149,7 +150,16 @@ class EndpointFaults:
         out = Update()
         sid, host, clock = health.sensor_id, health.key, self._clock()
         if health.kind == "network":
-            self._silent_now[host] = health.silent_for_s > 0
+            silent = health.silent_for_s > 0
+            if self._silent_now.get(host, False) and not silent:
+                self._back_at[host] = clock
+            self._silent_now[host] = silent
+        back_at = self._back_at.get(health.within)
+        if host not in self.raised and back_at is not None and clock - back_at < self._after:
+            # The network just answered again: a host it covered is not silent until it
+            # has had endpoint_silent_s to answer too (its devices polled again after their
+            # back-off); raised at once, it was raised and cleared a round later.
+            return out
         covered = health.within in self.raised or self._silent_now.get(health.within, False)
         if health.within and covered:
             # Silent within the network's outage, whose one fault says it (raised once all

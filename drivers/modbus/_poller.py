@@ -266,6 +266,10 @@ class ModbusPoller:
         failed with ends (another device answered: this one is most likely back too);
         returns the tick to poll at (woken: the next tick on the cadence grid)."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Also woken when the TCP network's outage ends: a host judged by its own endpoint
+        # slept through the network's return, then looked silent after it (its host fault
+        # raised and cleared, or 30 s of back-off not polled).
+        net = peers.network if peers.network is not peers else None
         if not peers.wake_on_end(fut):
             fut.set_result(None)  # not failing with its endpoint: its own back-off
             if self._wheel is not None:
@@ -278,10 +282,14 @@ class ModbusPoller:
             self._wheel.add(fut, until)
         else:
             handle = asyncio.get_running_loop().call_at(until, _resolve, fut)
+        if net is not None:
+            net.wake_on_end(fut)
         try:
             await fut
         finally:
             peers.forget(fut)
+            if net is not None:
+                net.forget(fut)
             if handle is not None:
                 handle.cancel()
         now = time.monotonic()

@@ -598,12 +598,15 @@ async def test_a_restart_during_a_network_outage_raises_nothing_new(tmp_path: Pa
             await _until(lambda: (host4, "cleared") in _faults(records), 8)
         assert _faults(records) == [(host4, "raised"), (net, "raised"), (host4, "cleared")]
         records.clear()
-        async with _running(cfg, records):
+        async with _running(cfg, records) as agent:
             await asyncio.sleep(3.0)  # still silent: past endpoint_silent_s again
             assert _faults(records) == [], _faults(records)
             await _back(servers, range(4))
             await _until(lambda: (net, "cleared") in _faults(records), 8)
-            await asyncio.sleep(1.0)
+            # Every device answering, then two watcher rounds: host .4 (its devices in
+            # their back-off at the network's return) raised and cleared nothing meanwhile.
+            await _all_ok(agent, 6)
+            await asyncio.sleep(2.0)
     finally:
         for s in servers:
             await s.__aexit__(None, None, None)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import socket
 import sqlite3
@@ -36,6 +35,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+import _scrape  # noqa: E402  (beside this script)
+
 from simulators.ncd import mac  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 from tests.mosquitto import Mosquitto  # noqa: E402
@@ -47,7 +48,6 @@ UNITS = 222
 GARBAGE = ("healthy,ffff", "healthy,zero", "healthy,nan", "velocity=32.766", "velocity=45")
 TOKEN = "bench-token"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-_METRIC = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
 
 
 def _garbage(unit: int) -> str | None:
@@ -149,18 +149,8 @@ def write_config(path: Path, tmp: Path, bases: list[int], broker: int, mqtt_n: i
 
 
 def metrics(port: int) -> dict[str, float]:
-    """GET /metrics, summed over labels: sample name -> value."""
-    out: dict[str, float] = {}
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=15) as r:
-            text = r.read().decode()
-    except OSError:
-        return out
-    for line in text.splitlines():
-        m = _METRIC.match(line)
-        if m and not line.startswith("#"):
-            out[m.group(1)] = out.get(m.group(1), 0.0) + float(m.group(3))
-    return out
+    """GET /metrics, summed over labels (a loaded agent gets 15 s to answer)."""
+    return _scrape.metrics(port, timeout_s=15)
 
 
 def healthz(port: int) -> dict[str, Any]:

@@ -32,14 +32,12 @@ import json
 import os
 import platform
 import pstats
-import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,6 +45,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+import _scrape  # noqa: E402  (beside this script)
 
 from simulators.ncd import mac  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
@@ -57,7 +57,6 @@ CHANNELS = 2  # z and x: two readings (two feature extractions for a waveform) p
 POLL_S = 0.25
 STALL_S = 3.0  # no new reading for this long after the publisher finished: the end
 CASE_TIMEOUT_S = 90.0
-_METRIC = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
 
 
 def cpu_s(pid: int) -> float:
@@ -66,18 +65,8 @@ def cpu_s(pid: int) -> float:
 
 
 def metrics(port: int) -> dict[str, float]:
-    """GET /metrics, summed over labels: family sample name -> value."""
-    out: dict[str, float] = {}
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-            text = r.read().decode()
-    except OSError:
-        return out
-    for line in text.splitlines():
-        m = _METRIC.match(line)
-        if m and not line.startswith("#"):
-            out[m.group(1)] = out.get(m.group(1), 0.0) + float(m.group(3))
-    return out
+    """GET /metrics, summed over labels: sample name -> value."""
+    return _scrape.metrics(port)
 
 
 def counters(m0: dict[str, float], m1: dict[str, float]) -> dict[str, float]:

@@ -89,6 +89,19 @@ async def restart(tmp_path: Path, cfg: Config, resolved: Resolved) -> tuple[Moni
         return m, await store(ob, m.close_unconfigured(AT))
 
 
+async def _episodes_by_name(tmp_path: Path, by_name: Any) -> tuple[Monitor, tuple[Any, Any]]:
+    """A Monitor of the device written by its name (plc-7.plant) whose severity and trend
+    episodes are open, and when each was raised."""
+    async with store_at(tmp_path) as ob:
+        m = Monitor(by_name)
+        for i in range(32):
+            await store(ob, m.update(vib(i, 1.0, 1.0) if i < 12 else vib(i, 2.0, 5.0)))
+    ch = m._channels[("m1", "z")]
+    opened = (ch.severity.raised_at, ch.trend.raised_at)
+    assert all(opened)
+    return m, opened
+
+
 async def test_a_device_by_its_name_then_its_address_keeps_the_open_episodes(
     tmp_path: Path,
 ) -> None:
@@ -97,13 +110,7 @@ async def test_a_device_by_its_name_then_its_address_keeps_the_open_episodes(
     with the file edited while stopped. Another address still closes them, saying what the
     name resolves to."""
     by_name = config(tmp_path, {"sensors.0.modbus.host": "plc-7.plant"})
-    async with store_at(tmp_path) as ob:
-        m = Monitor(by_name)
-        for i in range(32):
-            await store(ob, m.update(vib(i, 1.0, 1.0) if i < 12 else vib(i, 2.0, 5.0)))
-    ch = m._channels[("m1", "z")]
-    opened = (ch.severity.raised_at, ch.trend.raised_at)
-    assert all(opened)
+    m, opened = await _episodes_by_name(tmp_path, by_name)
     by_address = config(tmp_path, {"sensors.0.modbus.host": "10.0.0.21"})
     # At a restart with the file edited while the agent was stopped.
     restarted, recs = await restart(tmp_path, by_address, resolved=RESOLVED)
@@ -157,13 +164,7 @@ async def test_a_name_that_did_not_resolve_keeps_the_open_episodes(tmp_path: Pat
     new episodes: on a bad DNS day, every rewritten device's fault twice at the backend.
     Unknown is no replacement: kept, at a reload and at a restart."""
     by_name = config(tmp_path, {"sensors.0.modbus.host": "plc-7.plant"})
-    async with store_at(tmp_path) as ob:
-        m = Monitor(by_name)
-        for i in range(32):
-            await store(ob, m.update(vib(i, 1.0, 1.0) if i < 12 else vib(i, 2.0, 5.0)))
-    ch = m._channels[("m1", "z")]
-    opened = (ch.severity.raised_at, ch.trend.raised_at)
-    assert all(opened)
+    m, opened = await _episodes_by_name(tmp_path, by_name)
     by_address = config(tmp_path, {"sensors.0.modbus.host": "10.0.0.21"})
     restarted, recs = await restart(tmp_path, by_address, resolved={})
     assert recs == []

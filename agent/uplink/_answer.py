@@ -3,7 +3,8 @@
 A 2xx answer is the backend's acknowledgement only when it came whole: it is read to its
 end (its first MAX_ANSWER_BYTES kept), and one cut short (the connection closed before its
 Content-Length or last chunk, or, with neither, JSON that ends half way) is a failure: the
-backend may have died before storing the batch. A 2xx web page (a firewall's block page, a
+backend may have died before storing the batch; a whole body that is simply not JSON is
+complete. A 2xx web page (a firewall's block page, a
 proxy's login page) is no acknowledgement either (`web_page`). A refusal's body is read up
 to MAX_ANSWER_BYTES, whatever segments it came in (its reason, a 409's id), and refusals
 alike (an error page whatever the items) are told by `refusal_signature`.
@@ -54,8 +55,8 @@ async def whole_answer(resp: aiohttp.ClientResponse, shown: str, *, uplink: str)
     """A 2xx answer's body (its first MAX_ANSWER_BYTES), read to its end; raises
     UplinkUnavailable when it was cut short: the connection closed before its
     Content-Length or last chunk, or, with neither (the close ends the body, so only
-    the body can tell), a JSON body that does not parse (empty included, but
-    for a 202: "accepted", no body needed)."""
+    the body can tell), JSON that stops half way (`json_cut_short`; empty included,
+    but for a 202: "accepted", no body needed)."""
     try:
         raw, total, tail = await read_answer(resp.content)
     except aiohttp.ClientPayloadError as exc:
@@ -161,10 +162,13 @@ async def read_refusal(content: aiohttp.StreamReader) -> bytes:
 
 
 def json_cut_short(content_type: str, head: bytes, size: int, tail: bytes) -> bool:
-    """Whether a close-delimited body that is (or says it is) JSON is incomplete: it does
-    not parse, or, past MAX_ANSWER_BYTES, does not end as it began ("}" or "]")."""
+    """Whether a close-delimited body that is (or says it is) JSON is incomplete: empty,
+    or the start of a JSON value that a close cut short (a bracket or string still open,
+    or a prefix of a literal or number); past MAX_ANSWER_BYTES, one that does not end as
+    it began ("}" or "]"). A whole body that is simply not JSON ("OK" typed JSON, a
+    Python dict's repr) is complete: resending it met the same answer forever."""
     start = head.lstrip(_LEADING)[:1]
-    typed = content_type == "application/json" or content_type.endswith("+json")
+    typed = typed_json(content_type)
     if not typed and start not in (b"{", b"["):
         return False  # "OK", an empty untyped body: nothing to check it against
     if size > len(head):
@@ -173,5 +177,57 @@ def json_cut_short(content_type: str, head: bytes, size: int, tail: bytes) -> bo
     try:
         json.loads(head)
     except ValueError:  # UnicodeDecodeError is a ValueError
+        return _unfinished(head.strip(_LEADING))
+    return False
+
+
+def typed_json(content_type: str) -> bool:
+    """application/json or a +json type."""
+    return content_type == "application/json" or content_type.endswith("+json")
+
+
+def not_json(content_type: str, body: bytes) -> bool:
+    """A 2xx answer typed JSON whose (whole, non-empty) body does not parse: a delivery
+    all the same (the status says so), worth a warning about the backend."""
+    if not typed_json(content_type) or not body.strip(_LEADING) or len(body) >= MAX_ANSWER_BYTES:
+        return False
+    try:
+        json.loads(body)
+    except ValueError:
         return True
     return False
+
+
+_LITERALS = (b"true", b"false", b"null")
+_NUMBER_START = re.compile(rb"-?(\d+(\.\d*)?([eE][+-]?\d*)?)?")
+
+
+def _unfinished(body: bytes) -> bool:
+    """Whether a body that does not parse could be JSON cut short: empty, a bracket or a
+    string still open at its end, or a prefix of a literal or a number."""
+    if not body:
+        return True
+    if body[:1] in b'{["':
+        return _open(body)
+    return any(lit.startswith(body) for lit in _LITERALS) or bool(_NUMBER_START.fullmatch(body))
+
+
+def _open(body: bytes) -> bool:
+    """Whether JSON text ends inside a string or with a bracket not closed."""
+    depth = 0
+    in_string = escaped = False
+    for byte in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # "
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in b"{[":
+            depth += 1
+        elif byte in b"}]":
+            depth -= 1
+    return in_string or depth > 0

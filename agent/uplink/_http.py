@@ -13,9 +13,11 @@ Status policy (agent.uplink._httpclient):
   arrive whole (it is read to its end, its first 16 KiB kept): one cut short is a failure
   and the batch is resent, as a backend that died mid-answer may not have stored it (the
   backend dedupes on the ids). Cut short: closed before its Content-Length or last chunk;
-  without either (the close ends it), a JSON body (or one typed JSON) that does not parse,
-  an empty one included (but for a 202 Accepted, which needs no body). A close-delimited
-  "OK" cannot be checked: send a Content-Length.
+  without either (the close ends it), JSON (or a body typed JSON) that stops half way: a
+  bracket or string still open, the start of a literal or number, or empty (but for a 202
+  Accepted, which needs no body). A whole body typed JSON that is simply not JSON ("OK", a
+  Python dict's repr) is an acknowledgement (a WARNING once): resent, it met the same
+  answer forever.
 - 1xx as a final answer (a 101 nobody asked for): retried, never dead-lettered.
 - 3xx: never followed: a failure naming the Location, retried with backoff and logged at
   ERROR; nothing is marked delivered.

@@ -56,7 +56,14 @@ from agent.config import (
     public_url,
     readable_by_others,
 )
-from agent.uplink._answer import Answer, read_refusal, refusal_signature, web_page, whole_answer
+from agent.uplink._answer import (
+    Answer,
+    not_json,
+    read_refusal,
+    refusal_signature,
+    web_page,
+    whole_answer,
+)
 from agent.uplink._backoff import parse_retry_after
 from agent.uplink.errors import UplinkError, UplinkRejected, UplinkUnavailable
 
@@ -90,6 +97,7 @@ class HttpClient:
         self._token: str | None = cfg.token
         self._session: aiohttp.ClientSession | None = None
         self._mode_warned = False
+        self._not_json_warned = False  # a 2xx typed JSON that is not: said once
         # None until the uplink's own TLS files are loaded; unused without them.
         self._tls_files = cfg.ca_file is not None or cfg.cert_file is not None
         self._ssl: ssl.SSLContext | None = None
@@ -223,9 +231,18 @@ class HttpClient:
                     uplink=self.name,
                     status=status,
                 )
+            kind = resp.content_type if "Content-Type" in resp.headers else ""
+            if 200 <= status < 300 and not self._not_json_warned and not_json(kind, raw):
+                # Whole (its framing or the close said so) yet not JSON: the status is the
+                # acknowledgement; resending met the same answer forever.
+                self._not_json_warned = True
+                log.warning(
+                    "uplink[%s]: %s: HTTP %d typed %s but its body is not JSON (%r); "
+                    "taken as delivered (said once)",
+                    self.name, shown, status, kind, raw[:REASON_CHARS],
+                )  # fmt: skip
             retry_after = parse_retry_after(resp.headers.get("Retry-After"))
             replayed = resp.headers.get("Idempotent-Replayed", "").lower() == "true"
-            kind = resp.content_type if "Content-Type" in resp.headers else ""
         return Answer(status, raw.decode("utf-8", "replace"), retry_after, replayed, kind)
 
     async def _cert_hint(self, url: str, exc: BaseException, text: str) -> str:

@@ -159,6 +159,22 @@ async def test_a_200_cut_short_by_a_close_is_not_a_delivery(tmp_path: Path) -> N
     assert delivered == 2, error
 
 
+async def test_a_whole_close_delimited_200_that_is_not_json_is_a_delivery(
+    tmp_path: Path,
+) -> None:
+    """A backend answering 200 typed JSON with the bare text OK (or a Python dict's repr)
+    and closing (no Content-Length): taken for JSON cut short, the batch was resent
+    forever (10 POSTs, 0 of 2 delivered in the probe). A body that is whole but not JSON
+    is the backend's acknowledgement; JSON cut short (a bracket or string still open, a
+    literal's start) is still resent."""
+    for i, body in enumerate((b"OK", b"{'accepted': 2}", b"Accepted\n")):
+        delivered, error = await _delivered_by(tmp_path / f"whole{i}", CLOSE_DELIMITED + body)
+        assert delivered == 2, (body, error)
+    for i, body in enumerate((b'{"accepted": [1, 2]', b'["a', b"tr", b"-1.", b"  ")):
+        delivered, error = await _delivered_by(tmp_path / f"cut{i}", CLOSE_DELIMITED + body)
+        assert delivered == 0 and "cut short" in (error or ""), (body, error)
+
+
 async def test_an_unasked_101_answer_dead_letters_nothing(tmp_path: Path) -> None:
     """A 1xx final answer is no refusal of the alerts: retried, never dead-lettered."""
     backend = Backend(b"HTTP/1.1 101 Switching Protocols\r\nContent-Length: 0\r\n\r\n")

@@ -96,6 +96,13 @@ class BackendDb(CountedDb):
         ).fetchall()
         return [{"receipt": r, "received_at": at, "alert": json.loads(b)} for r, at, b in rows]
 
+    def get(self, alert_id: str) -> dict[str, Any] | None:
+        """The stored record with this alert_id, or None."""
+        row = self.conn.execute(
+            "SELECT body FROM alerts WHERE alert_id = ?", (alert_id,)
+        ).fetchone()
+        return json.loads(row[0]) if row else None
+
     def case_records(self) -> Iterator[dict[str, Any]]:
         """Records with an asset, the most recent MAX_CASE_RECORDS by detection time."""
         rows = self.conn.execute(

@@ -8,6 +8,9 @@ Endpoints:
     GET  /v1/alerts          ?after=<receipt>&limit=<n>: {"alerts": [record, ...],
                              "receipts": [receipt id per record], "last_receipt": n},
                              in receipt order (the token applies here too when set).
+    GET  /v1/alerts/{alert_id}
+                             the stored record, 404 if none (what an uplink's
+                             duplicate_check_url asks after a 409 naming no id).
     GET  /v1/stats           counters (accepted, duplicates, posts, rejected, faults).
     /v1/cases, /v1/cases/{id}, /v1/cases/{id}/confirm, /portfolio
                              the prevented-failure portfolio (simulators/portfolio.py):
@@ -34,7 +37,7 @@ from aiohttp import web
 
 from simulators._backend_db import BackendDb
 from simulators._faults import Fault
-from simulators._http import AppServer, read_json, serve_until_cancelled
+from simulators._http import AppServer, bearer_ok, json_error, read_json, serve_until_cancelled
 from simulators._sim import SimApp, SimServer, add_common_arguments
 from simulators._summaries import SummaryApi
 from simulators.backend_config import BackendConfig, ConfigFileError, load_backend_config
@@ -109,6 +112,7 @@ class Backend(SimApp[BackendDb]):
             [
                 web.post("/v1/alerts", self._post_alerts),
                 web.get("/v1/alerts", self._get_alerts),
+                web.get("/v1/alerts/{alert_id}", self._get_alert),
                 web.get("/v1/stats", self._get_stats),
             ]
         )
@@ -151,6 +155,14 @@ class Backend(SimApp[BackendDb]):
                 "last_receipt": last,
             }
         )
+
+    async def _get_alert(self, request: web.Request) -> web.Response:
+        if not bearer_ok(request, self.token):
+            return json_error(401, "bad or missing bearer token")
+        record = await self.dbt.run(self.db.get, request.match_info["alert_id"])
+        if record is None:
+            return json_error(404, "no such alert_id")
+        return web.json_response(record)
 
     async def _get_stats(self, _request: web.Request) -> web.Response:
         stats = await self.dbt.run(self.db.stats)

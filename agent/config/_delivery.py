@@ -71,14 +71,19 @@ class HttpUplink(_HttpEndpoint):
     # Where feature summaries go; None: url with its last path segment set to "summaries",
     # its query (a function key: ?code=...) kept.
     summaries_url: Annotated[str, Field(pattern=r"^https?://")] | None = None
+    # Where the backend answers a GET for one alert it holds, "{id}" standing for the
+    # alert_id (https://b/v1/alerts/{id}): a 409 Conflict that does not name the alert's
+    # id is taken for "it has it" only when this GET answers 2xx naming the id.
+    duplicate_check_url: Annotated[str, Field(pattern=r"^https?://.*\{id\}")] | None = None
 
     @model_validator(mode="after")
     def _summaries(self) -> HttpUplink:
-        problem = self.summaries_url and url_problem(
-            self.summaries_url, allow_insecure_http=self.allow_insecure_http
-        )
-        if problem:
-            raise ValueError(problem)
+        for extra in (self.summaries_url, self.duplicate_check_url):
+            problem = extra and url_problem(
+                extra.replace("{id}", "id"), allow_insecure_http=self.allow_insecure_http
+            )
+            if problem:
+                raise ValueError(problem)
         return self
 
     def summaries_endpoint(self) -> str:

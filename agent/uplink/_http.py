@@ -37,9 +37,13 @@ Status policy (agent.uplink._httpclient):
   no proof the backend has the item: an API gateway's or WAF's "Conflict" (plain text, or
   JSON like AWS API Gateway's {"message": ...}) answers any item alike; it is a refusal
   like any other 4xx (held, dead-lettered only once an item behind it is delivered: see
-  agent.uplink._canary), never a delivery. A 409 whose body is a web page is a CDN's or
-  proxy's error page (Cloudflare answers its error 1014, a misconfigured custom hostname,
-  with 409 and HTML): retried like a 2xx web page, nothing marked delivered.
+  agent.uplink._canary), never a delivery by itself. With duplicate_check_url (a GET
+  for one alert, "{id}" its alert_id) an alert such a 409 does not name is asked for: a
+  2xx (whole, no web page) naming its id says the backend has it (delivered); any other
+  answer leaves the 409 a refusal, its reason saying what the GET answered. A 409 whose
+  body is a web page is a CDN's or proxy's error page (Cloudflare answers its error 1014,
+  a misconfigured custom hostname, with 409 and HTML): retried like a 2xx web page,
+  nothing marked delivered.
 - any other 4xx: the backend refuses these alerts (see agent.uplink._canary).
 Error messages name the URL without credentials.
 """
@@ -48,6 +52,7 @@ from __future__ import annotations
 
 import logging
 import re
+from urllib.parse import quote
 
 from agent.config import HttpUplink as HttpUplinkConfig
 from agent.config import public_url
@@ -55,11 +60,15 @@ from agent.store import StoredItem
 from agent.uplink._answer import web_page
 from agent.uplink._httpclient import REASON_CHARS, HttpClient
 from agent.uplink._transport import SendResult
-from agent.uplink.errors import UplinkError, UplinkUnavailable
+from agent.uplink.errors import UplinkError, UplinkRejected, UplinkUnavailable
 
 log = logging.getLogger(__name__)
 
 DUPLICATE = 409  # Conflict: the backend already has this id, when its answer names it
+_NO_CHECK = (
+    " (409 naming no id: no proof the backend has it; if it answers such a 409 to a "
+    "duplicate, set duplicate_check_url so a GET confirms it)"
+)
 
 
 class HttpTransport(HttpClient):
@@ -94,13 +103,45 @@ class HttpTransport(HttpClient):
             return SendResult(items)
         if answer.status == DUPLICATE and web_page(answer.content_type, answer.text.encode()):
             return SendResult([], self._page_409(url, answer.content_type), items)
-        if answer.status == DUPLICATE and len(items) == 1 and _names(answer.text, items[0]):
-            log.warning(
-                "uplink[%s]: %s %s: the backend already has it (HTTP 409: %s); delivered",
-                self.name, items[0].class_name, items[0].item_id, answer.text[:REASON_CHARS],
-            )  # fmt: skip
-            return SendResult(items)
+        if answer.status == DUPLICATE and len(items) == 1:
+            item = items[0]
+            if _names(answer.text, item):
+                log.warning(
+                    "uplink[%s]: %s %s: the backend already has it (HTTP 409: %s); delivered",
+                    self.name, item.class_name, item.item_id, answer.text[:REASON_CHARS],
+                )  # fmt: skip
+                return SendResult(items)
+            checked = await self._confirm(item)
+            if checked is True:
+                return SendResult(items)
+            err = await self.failure(url, answer)
+            if isinstance(err, UplinkRejected):  # why it is no delivery, for the dead letter
+                err.reason += checked or _NO_CHECK
+            return SendResult([], err, items)
         return SendResult([], await self.failure(url, answer), items)
+
+    async def _confirm(self, item: StoredItem) -> bool | str:
+        """Whether the backend holds an alert a 409 did not name: its duplicate_check_url
+        answers 2xx naming the id (True); else why not ("" with no URL to ask, or for a
+        summary). A 409 that names no id may be a gateway's or WAF's "Conflict" answered to
+        any request, so the 409 alone never marks anything delivered."""
+        template = self.cfg.duplicate_check_url
+        if template is None or item.class_name != "alert":
+            return ""
+        url = template.replace("{id}", quote(item.item_id, safe=""))
+        shown = f"GET {public_url(url)}"
+        try:
+            answer = await self.post(url, b"", method="GET")
+        except UplinkError as exc:
+            return f" (409 naming no id; asked {shown}: no answer: {exc})"
+        if answer.ok and _names(answer.text, item):
+            log.warning(
+                "uplink[%s]: alert %s: the backend already has it (HTTP 409 naming no id, "
+                "confirmed by %s: HTTP %d); delivered",
+                self.name, item.item_id, shown, answer.status,
+            )  # fmt: skip
+            return True
+        return f" (409 naming no id; {shown} answered HTTP {answer.status} not naming it)"
 
     def _page_409(self, url: str, content_type: str) -> UplinkUnavailable:
         """A 409 with a web page: not the backend saying it has the items."""

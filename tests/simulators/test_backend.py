@@ -56,6 +56,11 @@ async def test_accepts_dedupes_and_lists_in_receipt_order(tmp_path: Path) -> Non
         assert [a["seq"] for a in listing["alerts"]] == [1, 2, 3]
         async with s.get(b.url, params={"after": str(listing["receipts"][0])}) as resp:
             assert [a["seq"] for a in (await resp.json())["alerts"]] == [2, 3]
+        # One record by its id (an uplink's duplicate_check_url), 404 for one it lacks.
+        async with s.get(f"{b.url}/{rec(2)['alert_id']}") as resp:
+            assert resp.status == 200 and (await resp.json())["seq"] == 2
+        async with s.get(f"{b.url}/gw-x-none") as resp:
+            assert resp.status == 404
     # Persisted: a restarted backend still knows what it has (dedupe survives restarts).
     async with BackendServer(db=tmp_path / "b.db") as b, aiohttp.ClientSession() as s:
         assert (await post(s, b.url, {"alerts": [rec(1)]}))[:2] == (

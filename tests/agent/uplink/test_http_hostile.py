@@ -1176,3 +1176,79 @@ async def test_a_proxy_failing_at_random_dead_letters_no_good_alert(tmp_path: Pa
     another meets the page twice in a row: it is held, not dead-lettered."""
     answers = [400, 400, 200, 400, 200, 400, 200, 400, 400, 200]
     await _every_alert_delivered_none_dead(tmp_path, Scripted(answers), 6)
+
+
+class AnonymousConflict:
+    """A backend with a unique alert_id answering a duplicate `409 {"error": "duplicate"}`
+    (no id), and GET /alerts/{id} with the record it holds (404 if none); its first POST's
+    answer is lost (it stores, then stays silent past the client's timeout). With `waf`,
+    a gateway in front answers 409 "Conflict" to every POST, storing nothing."""
+
+    def __init__(self, *, waf: bool = False) -> None:
+        self.waf = waf
+        self.stored: dict[str, dict[str, Any]] = {}
+        self.posts = 0
+        self.gets = 0
+
+    @_connection
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async with asyncio.timeout(10.0):
+            head, body = await _read_whole(reader)
+            method, path = head.split(b" ")[:2]
+            if method == b"GET":
+                self.gets += 1
+                record = self.stored.get(path.decode().rsplit("/", 1)[-1])
+                said = json.dumps(record).encode() if record else b'{"error": "not found"}'
+                writer.write(_answer(200 if record else 404, body=said))
+                return
+            if method != b"POST":
+                writer.write(_answer(200))  # the probe's HEAD
+                return
+            self.posts += 1
+            if self.waf:
+                writer.write(_answer(409, body=b'{"message": "Conflict"}'))
+                return
+            alerts = json.loads(body)["alerts"]
+            if any(a["alert_id"] in self.stored for a in alerts):
+                writer.write(_answer(409, body=b'{"error": "duplicate"}'))
+                return
+            self.stored |= {a["alert_id"]: a for a in alerts}
+            if self.posts == 1:
+                await asyncio.sleep(1.5)  # the answer is lost
+            writer.write(_answer(200, body=b"{}"))
+
+
+def _checked_cfg(url: str, **kw: Any) -> HttpUplinkConfig:
+    check = url.rsplit("/", 1)[0] + "/alerts/{id}"
+    return _cfg(url, **kw).model_copy(update={"duplicate_check_url": check})
+
+
+async def test_a_409_naming_no_id_for_an_alert_the_backend_has_is_confirmed_by_a_get(
+    tmp_path: Path,
+) -> None:
+    """A backend answering a duplicate `409 {"error": "duplicate"}` (no id) after a lost
+    answer: the alert it holds was dead-lettered once the alert behind it was delivered
+    (1 of 1, an operator's alarm for an alert the backend has). With duplicate_check_url
+    a GET confirms it: delivered, none dead-lettered; the 409 alone is never proof (a
+    WAF's 409 to every POST, the GET answering 404, delivers nothing)."""
+    backend = AnonymousConflict()
+    async with await _outbox(tmp_path) as outbox, serving(backend) as url:
+        await outbox.append(_machines(1))
+        c = _checked_cfg(url, timeout_s=1.0, max_backoff_s=0.2)
+        async with Running(delivery(UP, HttpTransport(c, name=UP), outbox, c)) as up:
+            await until(lambda: _true(backend.posts >= 1))
+            await outbox.append([draft(i=5, asset="other")])
+            await until(lambda: _pending_is(outbox, 0))
+        stats = await outbox.stats()
+    assert stats.dead_lettered == 0 and stats.delivered == 2, (stats, up.status.last_error)
+    assert backend.gets >= 1 and len(backend.stored) == 2
+
+    waf = AnonymousConflict(waf=True)
+    async with await _outbox(tmp_path / "waf") as outbox, serving(waf) as url:
+        await outbox.append(_machines(2))
+        c = _checked_cfg(url, max_backoff_s=0.2)
+        async with Running(delivery(UP, HttpTransport(c, name=UP), outbox, c)) as up:
+            await until(lambda: _true(waf.gets >= 2))
+        stats = await outbox.stats()
+    assert stats.delivered == 0 and stats.pending == 2, stats
+    assert "answered HTTP 404" in (up.status.last_error or ""), up.status.last_error

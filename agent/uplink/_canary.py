@@ -31,7 +31,9 @@ often the agent restarts (the rule needs no count that a restart would reset). W
 item behind the held one (a quiet plant), or only records of its episodes, there is no
 canary: the held item is retried after each backoff, failing, until it is delivered or
 an item of another episode arrives behind it;
-the pending summaries (which otherwise wait behind any alert) are sent meanwhile.
+the pending summaries (which otherwise wait behind any alert) are sent meanwhile; they
+prove nothing of the alerts' endpoint (never a canary: a batch is of one class), so their
+delivery ends neither the hold nor the alerts' backoff (agent.uplink._delivery).
 This is for refusals of a batch narrowed down to one item (http) and a CMMS's refusals
 other than a 422 (a proxy's page names no work order); a refusal that is certainly one
 item's own (too large, an MQTT PUBACK, a CMMS 422, a record no work order can be built
@@ -65,6 +67,7 @@ class Canary:
     Attributes:
         refusals: refusals that may be the endpoint's since a delivery.
         held: the first pending item, so refused: kept pending.
+        held_class: its class ("alert", "summary"): only a delivery of that class ends it.
         due: the held item was just refused: an item behind it next.
         depth: how far behind the held item the canary is taken.
         ahead: the items ahead of the canary under way.
@@ -78,6 +81,7 @@ class Canary:
 
     refusals: int = 0
     held: str | None = None
+    held_class: str | None = None
     due: bool = False
     depth: int = 1
     ahead: frozenset[str] = frozenset()
@@ -115,19 +119,22 @@ class Canary:
             for item_id in ids:  # dead-lettered: its refusal was its own
                 self.refused_with.pop(item_id, None)
             if self.held in ids:
-                self.held, self.depth = None, 1
+                self.held, self.held_class, self.depth = None, None, 1
             return False
         self.refusals += len(items)
         self._remember(ids, exc.alike)
         if self.ahead:  # the canary: the next one is taken further back
             self.depth = min(len(self.ahead) * 2, CANARY_MAX_DEPTH)
         else:  # the first pending item: held, and one behind it tried at once
-            self.held, self.due = items[0].item_id, True
+            self.held, self.held_class, self.due = items[0].item_id, items[0].class_name, True
         return True
 
     def delivered(self, items: list[StoredItem]) -> None:
-        """Items were delivered: the endpoint takes items, nothing is held."""
-        self.refusals, self.held, self.depth = 0, None, 1
+        """Items were delivered: the endpoint takes items, nothing is held. But summaries
+        (sent while an alert is held on a quiet plant, to their own endpoint maybe) say
+        nothing of the alerts' endpoint: they leave a held alert held."""
+        if self.held_class is None or any(it.class_name == self.held_class for it in items):
+            self.refusals, self.held, self.held_class, self.depth = 0, None, None, 1
         self.proven -= {it.item_id for it in items}
         self.rechecked -= {it.item_id for it in items}
         for it in items:

@@ -133,6 +133,7 @@ class Delivery:
             await self._failed(f"outbox: {exc}", of_items=False)
             return
         c.ahead = frozenset()
+        quiet = False  # summaries sent while an alert is held with no canary behind it
         if canary and items and items[0].item_id == c.held:
             k = canary_at(items, c.depth)
             if k is None:  # a quiet plant: no alert behind the held one to try (or only
@@ -148,6 +149,7 @@ class Delivery:
                 if not items:
                     await self._failed(self._held_error(quiet=True))
                     return
+                quiet = True
             else:
                 c.ahead = frozenset(it.item_id for it in items[:k])
                 items = items[k : k + 1]
@@ -181,6 +183,9 @@ class Delivery:
             self._succeeded(result.delivered)
             if c.ahead:  # a canary delivered: the items ahead of it refused as their own
                 c.proven = c.ahead
+            # The held alert is tried again after the backoff, not after each summaries
+            # batch: the next step sends more summaries (or a canary), else backs off.
+            c.due = c.due or quiet
         err = result.error
         if isinstance(err, UplinkUnavailable):
             if err.timed_out and len(result.failed) > 1:
@@ -291,13 +296,19 @@ class Delivery:
         st.summaries_delivered_total += len(items) - alerts
         st.last_success_at = format_ts(datetime.now(UTC))
         self._probe_trusted = True
-        self._woken_early = False
         self._canary.delivered(items)
-        streak, self._streak = self._streak, 0
+        # Summaries delivered while an alert is held (a quiet plant) end no backoff of the
+        # alerts': each reset it, so the refused alert was POSTed again several times per
+        # summary (30 times in 6 s with max_backoff_s 5) instead of backing off.
+        alerts_flow = alerts > 0 or not self._alert_failed
+        streak = self._streak
+        if alerts_flow:
+            self._streak = 0
+            self._woken_early = False
         if self._one_by_one:
             self._one_by_one -= 1
         self._size.delivered(len(items))
-        if self._in_error:
+        if self._in_error and alerts_flow:
             log.warning(
                 "uplink[%s] recovered after %d failure(s): delivered %d item(s)",
                 self.name,
@@ -305,7 +316,7 @@ class Delivery:
                 len(items),
             )
             self._in_error = False
-        if alerts or not self._alert_failed:
+        if alerts_flow:
             # A store's or the loop's failure is over once anything is delivered: on a
             # calm plant (no alert for days) it read as failing all that time.
             st.consecutive_failures = 0

@@ -1252,3 +1252,48 @@ async def test_a_409_naming_no_id_for_an_alert_the_backend_has_is_confirmed_by_a
         stats = await outbox.stats()
     assert stats.delivered == 0 and stats.pending == 2, stats
     assert "answered HTTP 404" in (up.status.last_error or ""), up.status.last_error
+
+
+class CountsAlertPosts(Picky):
+    """Picky, counting the POSTs that carry alerts."""
+
+    def __init__(self, bad: set[str]) -> None:
+        super().__init__(bad)
+        self.alert_posts = 0
+
+    @_connection
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        _, body = await _read_whole(reader)
+        ids = [a["alert_id"] for a in json.loads(body).get("alerts", [])]
+        self.posts += 1
+        self.alert_posts += bool(ids)
+        if self.bad.intersection(ids):
+            writer.write(_typed(400, b"text/html", NGINX_400))
+        else:
+            self.delivered += ids
+            writer.write(_answer(200, body=b"{}"))
+        await writer.drain()
+
+
+async def test_summaries_delivered_while_an_alert_is_held_end_none_of_its_backoff(
+    tmp_path: Path,
+) -> None:
+    """One alert its backend refuses for good on a quiet plant, a summary every 0.3 s:
+    each summaries delivery ended the held alert's backoff (and the canary rule's hold),
+    so the alert was POSTed again several times per summary (30 times in 6 s with
+    max_backoff_s 5). Summaries prove nothing of the alerts' endpoint: the alert backs
+    off (0.5, 1, 2, 4 s), the summaries still go, nothing is dead-lettered."""
+    backend = CountsAlertPosts(bad=set())
+    async with await _outbox(tmp_path) as outbox, serving(backend) as url:
+        records = await outbox.append([draft(i=0)])
+        backend.bad = {records[0]["alert_id"]}
+        c = _cfg(url, max_backoff_s=5.0)
+        up = delivery(UP, HttpTransport(c, name=UP), outbox, c, rng=Longest())
+        async with Running(up):
+            for _ in range(20):
+                await _append_a_summary(outbox)
+                await asyncio.sleep(0.3)
+        stats = await outbox.stats()
+    assert backend.alert_posts <= 6, backend.alert_posts
+    assert stats.pending == 1 and stats.dead_lettered == 0, stats
+    assert up.status.summaries_delivered_total >= 5 and up.status.consecutive_failures >= 3

@@ -18,6 +18,10 @@ answers its 400 page, dead-lettered about 1 good alert in 100 with two refusals 
 Such an answer is the endpoint's for ENDPOINT_MEMORY_S after an item last met it and went
 through (ENDPOINT_SIGNATURES kept): a backend that refused everything with its own "invalid
 record" during a deploy does not hold a truly invalid record back for good after it.
+Meanwhile such an item, refused again after an item behind it went through, is set aside
+for ASIDE_S at a time: the items behind it (but its own episode's) go in full batches
+without it; before, each went alone as a canary with the held item resent before each
+(123 POSTs for 60 good records behind one bad one).
 The refused first item is held pending and an item behind it is sent at once (the canary,
 CANARY_MAX_DEPTH items back at most, further back each round it is refused too, so a run
 of bad items blocks none behind it for long; never a record of an alert episode, same
@@ -57,6 +61,9 @@ CANARY_SEARCH = 64
 # each for this long after it was last proven.
 ENDPOINT_SIGNATURES = 8
 ENDPOINT_MEMORY_S = 600.0
+# An item held by such a refusal while the items behind it are delivered is set aside for
+# this long: the items behind it go in full batches meanwhile (then it is tried again).
+ASIDE_S = 60.0
 _EPISODIC = frozenset({"severity", "trend", "sensor_fault"})
 
 
@@ -77,6 +84,10 @@ class Canary:
         refused_with: items held or rechecked, and the refusal (its `alike`) they met.
         endpoint_says: refusals an item met and was delivered after: the endpoint's
             (with the monotonic time it was last so proven).
+        aside: an item held by such a refusal though an item behind it was delivered: the
+            items behind it (but its episodes') go without it until `aside_until`
+            (monotonic); before, each went alone as a canary, the held item resent
+            before each (1 good record per 2 POSTs for up to ENDPOINT_MEMORY_S).
     """
 
     refusals: int = 0
@@ -89,6 +100,8 @@ class Canary:
     rechecked: frozenset[str] = frozenset()
     refused_with: dict[str, str] = field(default_factory=dict)
     endpoint_says: dict[str, float] = field(default_factory=dict)
+    aside: str | None = None
+    aside_until: float = 0.0
 
     def recheck(self, items: list[StoredItem], exc: UplinkRejected) -> bool:
         """Whether to send these items once more at once, alone, before taking a refusal
@@ -120,7 +133,13 @@ class Canary:
                 self.refused_with.pop(item_id, None)
             if self.held in ids:
                 self.held, self.held_class, self.depth = None, None, 1
+            if self.aside in ids:
+                self.aside = None
             return False
+        if not self.ahead and len(items) == 1 and ids <= self.proven:
+            # Refused again after an item behind it went through, by an answer the
+            # endpoint gave items it took later: held, and set aside meanwhile.
+            self.aside, self.aside_until = items[0].item_id, time.monotonic() + ASIDE_S
         self.refusals += len(items)
         self._remember(ids, exc.alike)
         if self.ahead:  # the canary: the next one is taken further back
@@ -135,6 +154,8 @@ class Canary:
         nothing of the alerts' endpoint: they leave a held alert held."""
         if self.held_class is None or any(it.class_name == self.held_class for it in items):
             self.refusals, self.held, self.held_class, self.depth = 0, None, None, 1
+        if self.aside in {it.item_id for it in items}:
+            self.aside = None
         self.proven -= {it.item_id for it in items}
         self.rechecked -= {it.item_id for it in items}
         for it in items:
@@ -162,8 +183,29 @@ class Canary:
     def failed(self) -> None:
         """A failure: a delivered canary proves the endpoint took items then, not after
         a failure (an outage, a proxy refusing everything again): a refusal after it may
-        be the endpoint's again, so the items ahead of the canary are held again."""
+        be the endpoint's again, so the items ahead of the canary are held again (and
+        an item set aside goes first again, in order)."""
         self.proven = self.rechecked = frozenset()
+        self.aside = None
+
+    def behind(self, items: list[StoredItem]) -> list[StoredItem] | None:
+        """`items` without the item set aside and the records of its episodes behind it
+        (which must not overtake it); None when none is set aside (or its time is up), it
+        is not among them, or nothing would be left."""
+        if self.aside is not None and time.monotonic() >= self.aside_until:
+            self.aside = None
+        at = next((i for i, it in enumerate(items) if it.item_id == self.aside), None)
+        if at is None:
+            return None
+        skipped = episodes(items[at])
+        rest = items[:at]
+        for item in items[at + 1 :]:
+            keys = episodes(item)
+            if keys & skipped:
+                skipped |= keys
+            else:
+                rest.append(item)
+        return rest or None
 
     def held_error(self, last_error: str | None, *, reason: str | None, quiet: bool) -> str:
         """Why the backlog is held back (the ERROR, /healthz's last_error)."""

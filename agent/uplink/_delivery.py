@@ -36,7 +36,7 @@ from agent.records import format_ts
 from agent.store import Outbox, StoredItem, StoreError
 from agent.uplink._backoff import retry_delay
 from agent.uplink._batchsize import BatchSize
-from agent.uplink._canary import CANARY_SEARCH, Canary, canary_at
+from agent.uplink._canary import ASIDE_S, CANARY_SEARCH, ENDPOINT_MEMORY_S, Canary, canary_at
 from agent.uplink._giveway import GiveWay
 from agent.uplink._status import UplinkStatus
 from agent.uplink._transport import SendResult, Transport
@@ -125,13 +125,16 @@ class Delivery:
         size = 1 if self._one_by_one else self._size.limit
         c = self._canary
         canary, c.due = c.due, False
+        wide = canary or c.aside is not None
         try:
             items = await self.outbox.next_batch(
-                self.name, max(size, c.depth + CANARY_SEARCH) if canary else size
+                self.name, max(size, c.depth + CANARY_SEARCH) if wide else size
             )
         except StoreError as exc:
             await self._failed(f"outbox: {exc}", of_items=False)
             return
+        if (rest := c.behind(items)) is not None:
+            items = rest  # an item set aside: those behind it go in full batches
         c.ahead = frozenset()
         quiet = False  # summaries sent while an alert is held with no canary behind it
         if canary and items and items[0].item_id == c.held:
@@ -253,8 +256,19 @@ class Delivery:
             )  # fmt: skip
             self._note(exc.reason, summaries=summaries)
             return
+        aside = self._canary.aside
         if self._canary.hold_back(items, exc):
             self._note(exc.reason, summaries=summaries)
+            if self._canary.aside is not None and self._canary.aside != aside:
+                self._one_by_one = 0  # its culprit found: the rest go in batches again
+                log.warning(
+                    "uplink[%s]: %s refused again (%s) though an item behind it went "
+                    "through; this endpoint gave that answer to items it took later, so it "
+                    "stays pending: set aside for %.0f s while the items behind it go (it "
+                    "is dead-lettered once that answer is %.0f min past)",
+                    self.name, self._canary.aside, exc.reason, ASIDE_S,
+                    ENDPOINT_MEMORY_S / 60,
+                )  # fmt: skip
             if not self._canary.due:  # a canary refused too: the round ends, a backoff
                 await self._failed(self._held_error(reason=exc.reason), summaries=summaries)
             return

@@ -45,3 +45,22 @@ def test_a_refusal_an_item_went_through_after_holds_for_a_while_only() -> None:
     assert _proven_then_refused(c) == ["held", "held"]  # the answer is the endpoint's
     c.endpoint_says[PAGE] = time.monotonic() - ENDPOINT_MEMORY_S - 1
     assert _proven_then_refused(c) == ["resent", "dead"]  # long ago: the item's own
+
+
+def test_an_item_held_by_the_endpoints_refusal_is_set_aside_for_a_while_only() -> None:
+    """An item refused, after an item behind it went through, by an answer the endpoint
+    gave items it took later: the items behind it go without it, for ASIDE_S; then (or
+    after a failure: an outage proves nothing) it goes first again, in order."""
+    c = Canary()
+    good = _item(1)
+    assert _refuse(c, good) == "held"
+    c.delivered([good])  # the refusal is the endpoint's
+    assert _proven_then_refused(c) == ["held", "held"]
+    bad, behind = _item(9), [_item(10), _item(11)]
+    assert c.aside == bad.item_id
+    assert c.behind([bad, *behind]) == behind
+    c.aside_until = time.monotonic() - 1
+    assert c.behind([bad, *behind]) is None and c.aside is None
+    assert _proven_then_refused(c) == ["held", "held"] and c.aside == bad.item_id
+    c.failed()
+    assert c.behind([bad, *behind]) is None

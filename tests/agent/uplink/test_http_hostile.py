@@ -1297,3 +1297,60 @@ async def test_summaries_delivered_while_an_alert_is_held_end_none_of_its_backof
     assert backend.alert_posts <= 6, backend.alert_posts
     assert stats.pending == 1 and stats.dead_lettered == 0, stats
     assert up.status.summaries_delivered_total >= 5 and up.status.consecutive_failures >= 3
+
+
+class Validating(Backend):
+    """A backend refusing a batch holding a record in `bad` (or every batch while
+    `deploying`) with its own 400 {"error": "invalid record"}; taking the rest."""
+
+    def __init__(self) -> None:
+        super().__init__(b"")
+        self.bad: set[str] = set()
+        self.deploying = False
+        self.delivered: list[str] = []
+
+    @_connection
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head, body = await _read_whole(reader)
+        if not head.startswith(b"POST"):
+            writer.write(_answer(200))
+            return
+        self.posts += 1
+        ids = [a["alert_id"] for a in json.loads(body).get("alerts", [])]
+        if self.deploying or self.bad.intersection(ids):
+            writer.write(_answer(400, body=b'{"error": "invalid record"}'))
+        else:
+            self.delivered += ids
+            writer.write(_answer(200, body=b"{}"))
+        await writer.drain()
+
+
+async def test_a_record_held_by_a_learned_refusal_lets_the_records_behind_it_go_in_batches(
+    tmp_path: Path,
+) -> None:
+    """A backend refused everything with its own "invalid record" during a deploy, then
+    took the records: that answer is the endpoint's for 10 minutes, so a truly invalid
+    record meeting it is held, not dead-lettered. Meanwhile each record behind it went
+    alone as a canary, the held one resent before each: 123 POSTs for 60 good records
+    (and as many of the bad one). It is now set aside: the records behind it go in full
+    batches, but its own episode's (its clear), which must not overtake it."""
+    backend = Validating()
+    async with await _outbox(tmp_path) as outbox, serving(backend) as url:
+        c = _cfg(url, max_backoff_s=0.1, batch_size=50)
+        async with Running(delivery(UP, HttpTransport(c, name=UP), outbox, c)):
+            backend.deploying = True
+            await outbox.append(_machines(2))
+            await until(lambda: _true(backend.posts >= 3))
+            backend.deploying = False  # the deploy is over: both go through
+            await until(lambda: _true(len(backend.delivered) == 2))
+            bad = await outbox.append([draft(i=100, asset="bad")])
+            backend.bad = {bad[0]["alert_id"]}
+            clear = await outbox.append([replace(draft(i=101, asset="bad"), state="cleared")])
+            good = await outbox.append([draft(i=200 + i, asset=f"good-{i}") for i in range(60)])
+            posts = backend.posts
+            await until(lambda: _true(len(backend.delivered) == 62))
+            stats = await outbox.stats()
+    assert backend.posts - posts <= 12, backend.posts - posts
+    assert backend.delivered[2:] == [r["alert_id"] for r in good]
+    assert stats.pending == 2 and stats.dead_lettered == 0, stats  # the bad one, its clear
+    assert clear[0]["alert_id"] not in backend.delivered

@@ -19,16 +19,31 @@ def modbus_metrics(snap: dict[str, Any]) -> Iterator[Metric]:
     bad = CounterMetricFamily(
         "edge_sensor_bad_values",
         "Readings not analysed: implausible values "
-        "(sentinel, out_of_range, not_finite, all_zero, saturated)",
+        "(sentinel, out_of_range, not_finite, all_zero, saturated, stuck)",
         labels=["sensor", "reason"],
+    )
+    stuck = CounterMetricFamily(
+        "edge_sensor_stuck_episodes",
+        "Values found frozen (one exact value repeated past the stuck rule), each run once",
+        labels=["sensor"],
+    )
+    stuck_now = GaugeMetricFamily(
+        "edge_sensor_stuck_values",
+        "Channel features frozen now (their readings are not analysed)",
+        labels=["sensor"],
     )
     for s in snap.get("sensors", []):
         for kind, n in (s.get("errors_by_kind") or {}).items():
             kinds.add_metric([s["id"], kind], float(n))
         for reason, n in (s.get("bad_values") or {}).items():
             bad.add_metric([s["id"], reason], float(n))
+        if "stuck" in s:
+            stuck.add_metric([s["id"]], float(s.get("stuck_episodes") or 0))
+            stuck_now.add_metric([s["id"]], float(len(s["stuck"])))
     yield kinds
     yield bad
+    yield stuck
+    yield stuck_now
     families = {
         "utilisation": GaugeMetricFamily(
             "edge_bus_utilisation",

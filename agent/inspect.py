@@ -230,6 +230,8 @@ def _line(config: Config, agent: dict[str, Any] | None, problem: str | None, sto
     sensors = agent.get("sensors", [])
     bad = [s for s in sensors if s.get("state") not in ("ok", "starting")]
     troubles = [str(s.get("last_error") or f"sensor {s['id']} {s.get('state')}") for s in bad]
+    frozen = [s for s in sensors if s.get("stuck") and s not in bad]
+    troubles += [f"sensor {s['id']} frozen at one value ({', '.join(s['stuck'])})" for s in frozen]
     troubles += [
         str(u.get("last_error") or f"uplink {u['name']} failing")
         for u in agent.get("uplinks", [])
@@ -259,7 +261,7 @@ def _line(config: Config, agent: dict[str, Any] | None, problem: str | None, sto
     head = f"{gw}: agent running, {state}"
     if troubles:
         head += ": " + "; ".join(troubles)
-    ok = sum(1 for s in sensors if s.get("state") == "ok")
+    ok = sum(1 for s in sensors if s.get("state") == "ok" and not s.get("stuck"))
     starting = sum(1 for s in sensors if s.get("state") == "starting")
     waiting = f" ({starting} starting)" if starting else ""
     return (

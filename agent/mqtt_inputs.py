@@ -143,6 +143,7 @@ def build_mqtt(
             broker=m.broker,
             topic=m.topic,
             key=m.key or (s.id if m.key_from else None),
+            stuck=config.stuck_rule(s),
         )
         route = routes.setdefault(m.broker, {}).setdefault(m.topic, Route(m.topic))
         route.add(sensor, parse_key_from(m.key_from), m.key, m.qos)

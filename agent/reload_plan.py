@@ -66,7 +66,13 @@ def sensor_specs(
     return {
         s.id: SensorSpec(
             _transport(config, s, library, decoders),
-            (s.asset, config.asset(s.asset), s.channels, s.bad_values_fault_s),
+            (
+                s.asset,
+                config.asset(s.asset),
+                s.channels,
+                s.bad_values_fault_s,
+                config.stuck_rule(s),
+            ),  # fmt: skip
         )
         for s in config.sensors
     }

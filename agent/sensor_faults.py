@@ -3,7 +3,8 @@ monitoring gap.
 
 A reliability engineer must know that a machine is no longer watched. When a poller's
 circuit breaker opens (several failed polls in a row), or when a sensor has answered only
-implausible values (sentinels such as 0xFFFF, out of its valid range, NaN, all zero) for
+implausible values (sentinels such as 0xFFFF, out of its valid range, NaN, all zero,
+saturated at full scale, or one exact value repeated: frozen, see drivers.stuck) for
 longer than its ``bad_values_fault_s``, a `sensor_fault` alert is raised for the sensor's
 asset; when the sensor answers plausible values again it is cleared. The raised state is
 persisted with the alert, so a restart neither repeats nor forgets it. A sensor that leaves
@@ -295,6 +296,9 @@ class SensorFaultTracker:
             metric, value = "implausible_values_seconds", health.bad_for_s
             threshold = self._bad_after[health.sensor_id]
             reason = "the sensor answers implausible values: the machine is not watched"
+            if health.last_bad and all(f.endswith(":stuck") for f in health.last_bad):
+                # drivers.stuck: plausible numbers, but one exact value over and over
+                reason = "the sensor repeats one exact value (frozen): the machine is not watched"
         elif health.sensor_id in self._stale_after:
             metric, value = "seconds_without_message", health.silent_for_s
             threshold = self._stale_after[health.sensor_id]

@@ -44,6 +44,9 @@ async def agent_snapshot(agent: Agent) -> Snapshot:
                 "bad_values": st.bad_values,
                 "bad_for_s": st.bad_for_s,
                 "last_bad": list(st.last_bad),
+                # channel/feature repeating one value, judged frozen (drivers.stuck)
+                "stuck": list(p.stuck.stuck_now) if p.stuck is not None else [],
+                "stuck_episodes": p.stuck.episodes if p.stuck is not None else 0,
                 "last_rtt_s": st.last_rtt_s,
                 "last_error": st.last_error,
             }

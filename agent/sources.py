@@ -205,6 +205,7 @@ def build_sources(
                 transport="modbus-rtu" if bus.kind == "rtu" else "modbus",
                 rng=rng,
                 wheel=ticks,
+                stuck=config.stuck_rule(s),
             )
         )
     for p in peers.values():

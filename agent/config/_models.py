@@ -23,6 +23,14 @@ from agent.config._base import _ID_PATTERN, Id, _Model
 from agent.config._delivery import MAX_UPLINKS, Summaries, Uplink, uplink_names
 from agent.config._hosts import Host, ListenHost
 from agent.config._mqtt import Broker, MqttSource
+from drivers.reading import FEATURE_NAMES
+from drivers.stuck import (
+    DEFAULT_FEATURES,
+    DEFAULT_MIN_DURATION_S,
+    DEFAULT_MIN_READINGS,
+    WAVEFORM,
+    StuckRule,
+)
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {
@@ -354,6 +362,37 @@ class Bus(_Model):
         return self
 
 
+class StuckValues(_Model):
+    """When a value that repeats exactly is a frozen sensor (drivers.stuck): a
+    transmitter stuck at its last value, a gateway serving a cached register. Its
+    readings are then not analysed and its bad_values_fault_s runs towards a
+    sensor_fault; the first reading that moves clears it."""
+
+    enabled: bool = True
+    # The same exact value this many readings in a row (more for a coarse value that
+    # has repeated before: learned from its own history) ...
+    min_readings: int = Field(default=DEFAULT_MIN_READINGS, ge=2, le=1_000_000)
+    # ... over at least this long.
+    min_duration_s: float = Field(default=DEFAULT_MIN_DURATION_S, ge=0, le=30 * 86_400)
+    # Features judged (canonical names, or "waveform": a snapshot's samples, byte for byte).
+    features: tuple[str, ...] = DEFAULT_FEATURES
+
+    @field_validator("features")
+    @classmethod
+    def _known(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        known = FEATURE_NAMES | {WAVEFORM}
+        unknown = [f for f in v if f not in known]
+        if unknown:
+            raise ValueError(f"unknown feature {unknown[0]!r}; known: {sorted(known)}")
+        return v
+
+    def rule(self) -> StuckRule | None:
+        """The detector's rule (None: not judged)."""
+        if not self.enabled or not self.features:
+            return None
+        return StuckRule(self.min_readings, self.min_duration_s, frozenset(self.features))
+
+
 class Sensor(_Model):
     id: Id
     asset: Id
@@ -364,6 +403,8 @@ class Sensor(_Model):
     # Seconds of implausible values (sentinels, out of range, NaN, all zero) in a row
     # before a sensor_fault alert is raised.
     bad_values_fault_s: float = Field(default=30.0, ge=0, le=86_400)
+    # This sensor's stuck-value rule: the keys given replace sensor_faults.stuck's.
+    stuck: StuckValues | None = None
 
     @model_validator(mode="after")
     def _timeout_fits(self) -> Sensor:
@@ -475,6 +516,9 @@ class SensorFaults(_Model):
     # An MQTT broker link down likewise: one fault for the broker once down this long
     # (and as long as its sensors' shortest stale_after_s).
     endpoint_silent_s: float = Field(default=30.0, ge=0, le=86_400)
+    # Values that repeat exactly (a frozen sensor): every sensor's rule unless its own
+    # `stuck:` overrides some keys.
+    stuck: StuckValues = StuckValues()
 
 
 class Health(_Model):
@@ -545,6 +589,14 @@ class Config(_Model):
             if a.id == asset_id:
                 return a
         raise KeyError(asset_id)
+
+    def stuck_rule(self, sensor: Sensor) -> StuckRule | None:
+        """The sensor's stuck-value rule: its own keys over sensor_faults.stuck."""
+        rule = self.sensor_faults.stuck
+        if sensor.stuck is not None:
+            given = {k: getattr(sensor.stuck, k) for k in sensor.stuck.model_fields_set}
+            rule = rule.model_copy(update=given)
+        return rule.rule()
 
     def uplink_names(self) -> tuple[str, ...]:
         """Each uplink's name: as given, else its kind (only one uplink may then have it)."""

@@ -41,6 +41,7 @@ from drivers.modbus._status import PollerState, PollerStatus, PollLedger
 from drivers.modbus._wheel import Wheel
 from drivers.profiles import Profile
 from drivers.reading import Reading, Transport, utc_now
+from drivers.stuck import StuckRule, StuckWatch
 
 __all__ = ["BUSY", "ModbusPoller"]
 
@@ -74,6 +75,7 @@ class ModbusPoller:
             pollers of the same profile and channels may share one).
         wheel: wakes the poller at each tick, shared by many pollers (one event-loop timer
             per slot; a tick is then up to its grain late); None: a timer per tick.
+        stuck: when a repeated value is frozen (drivers.stuck); None: not judged.
     """
 
     def __init__(
@@ -92,6 +94,7 @@ class ModbusPoller:
         rng: random.Random | None = None,
         plan: ReadPlan | None = None,
         wheel: Wheel | None = None,
+        stuck: StuckRule | None = None,
     ) -> None:
         if timeout_s <= 0 or poll_interval_s <= 0:
             raise ValueError("timeout_s and poll_interval_s must be positive")
@@ -110,6 +113,7 @@ class ModbusPoller:
         self._stopped = False
         self._sink_errors = 0
         self.ledger = PollLedger(sensor_id, bus, device_id, self._backoff.threshold)
+        self.stuck = StuckWatch(stuck) if stuck is not None else None
         bus.devices += 1
         if bus.peers is not None:
             for peers in bus.peers.groups:
@@ -235,8 +239,11 @@ class ModbusPoller:
             transport=self.transport,
             all_zero_fault=self.profile.all_zero_fault,
         )
-        if flags or self.ledger.bad_since is not None:
-            self.ledger.count_quality(flags)
+        frozen: list[str] = []
+        if self.stuck is not None:
+            readings, frozen = self.stuck.check(readings)
+        if flags or frozen or self.ledger.bad_since is not None:
+            self.ledger.count_quality(flags, frozen)
         return readings
 
     def _deliver(self, readings: list[Reading]) -> None:

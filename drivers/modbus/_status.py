@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
@@ -163,17 +164,18 @@ class PollLedger:
             self.last_bad,
         )
 
-    def count_quality(self, flags: list[tuple[Register, str]]) -> None:
-        """Record one poll's value flags (none: the values are plausible again)."""
-        if not flags:
+    def count_quality(self, flags: list[tuple[Register, str]], frozen: Sequence[str] = ()) -> None:
+        """Record one poll's value flags, and its stuck ones as ``feature:stuck``
+        (drivers.stuck); none: the values are plausible again."""
+        if not flags and not frozen:
             if self.bad_since is not None and self._bad_log.logged:
                 log.info("modbus sensor %s values plausible again", self.sensor_id)
             self.bad_since, self._bad_polls = None, 0
             return
-        reasons = {reason for _, reason in flags}
-        for reason in reasons:
+        named = {f"{reg.feature}:{reason}" for reg, reason in flags} | set(frozen)
+        for reason in {f.rpartition(":")[2] for f in named}:
             self.bad[reason] += 1
-        self.last_bad = tuple(sorted(f"{reg.feature}:{reason}" for reg, reason in flags))
+        self.last_bad = tuple(sorted(named))
         self._bad_polls += 1
         if self.bad_since is None:
             self.bad_since = time.monotonic()

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from drivers.errors import PayloadError
 from drivers.payloads import Decoded, Decoder, Payload, to_readings
 from drivers.reading import Reading, utc_now
+from drivers.stuck import StuckRule, StuckWatch
 
 log = logging.getLogger("edge_agent.drivers.mqtt")
 
@@ -63,6 +64,7 @@ class MqttSensor:
         broker: the broker id, for status and logs.
         topic: the subscription's topic filter.
         key: the key that routes shared-subscription messages here (None: all of them).
+        stuck: when a repeated value is frozen (drivers.stuck); None: not judged.
     """
 
     def __init__(
@@ -76,6 +78,7 @@ class MqttSensor:
         broker: str,
         topic: str,
         key: str | None = None,
+        stuck: StuckRule | None = None,
     ) -> None:
         self.sensor_id = sensor_id
         self.decoder = decoder
@@ -85,6 +88,7 @@ class MqttSensor:
         self.topic = topic
         self.key = key
         self._sink = sink
+        self.stuck = StuckWatch(stuck) if stuck is not None else None
         self._started = time.monotonic()
         self._last_msg: float | None = None
         # The sensor's usual lag, arrival minus measurement (see _alive): 0 until learned.
@@ -156,6 +160,8 @@ class MqttSensor:
             "timing": dict(self.timing),
             "bad_for_s": round(self.bad_for_s, 3),
             "last_bad": list(self._last_bad),
+            "stuck": list(self.stuck.stuck_now) if self.stuck is not None else [],
+            "stuck_episodes": self.stuck.episodes if self.stuck is not None else 0,
             "last_error": self._last_error,
         }
 
@@ -206,6 +212,8 @@ class MqttSensor:
         self._alive(readings[0].timestamp, received_at)
         if mid is not None:
             self._recent.append((mid, hash(payload.raw)))
+        if self.stuck is not None:
+            readings, _ = self.stuck.check(readings)
         self._quality([f for r in readings for f in r.flags])
         for reading in readings:
             try:

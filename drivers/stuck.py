@@ -1,0 +1,143 @@
+"""Stuck values: a sensor that repeats one exact value is frozen, not healthy.
+
+A transmitter stuck at its last value, or a gateway serving a cached register, keeps
+answering plausible numbers: without this check its machine reads "healthy" for ever and
+every alert for it is silenced. A feature (or a waveform, by its bytes) that repeats the
+exact same value for ``min_readings`` readings in a row, over at least ``min_duration_s``,
+is flagged ``feature:stuck`` and left out of its reading (quality "bad"), like a saturated
+register: the monitor never takes it as evidence of health, the sensor's implausible-value
+time runs (a sensor_fault after its bad_values_fault_s), and the first reading that moves
+clears it.
+
+Real vibration never repeats at float resolution (FEMTO: 0 repeats in 7534 consecutive
+RMS pairs of six bearings), but a coarse integer register can: the same RMS at 0.01 g
+resolution repeats in 11-26 % of consecutive pairs, in runs of up to 8. So the readings
+needed grow with how often the value has repeated before (its finished runs, not the one
+going on): a run that live data would reach by chance less than once in FALSE_RUN_ODDS.
+A value of exactly 0 is never judged stuck (a stopped machine reads 0 at rest; the
+all-zero check covers a dead register).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass, field, replace
+
+from drivers.reading import (
+    ACCEL_PEAK,
+    ACCEL_RMS,
+    CREST_FACTOR,
+    HF_ACCEL_RMS,
+    KURTOSIS,
+    VELOCITY_PEAK,
+    VELOCITY_RMS,
+    Reading,
+)
+
+STUCK = "stuck"  # the quality reason (counted per sensor in /metrics)
+WAVEFORM = "waveform"  # a reading's waveform, compared by its samples' bytes
+# Judged by default: the noisy statistics. Temperature drifts slowly at 0.01 degC, and a
+# constant-speed machine's dominant frequency is the same bin every time: both repeat
+# legitimately for hours (add them per sensor when they do move).
+DEFAULT_FEATURES = (
+    VELOCITY_RMS, VELOCITY_PEAK, ACCEL_RMS, ACCEL_PEAK, HF_ACCEL_RMS, KURTOSIS, CREST_FACTOR,
+    WAVEFORM,
+)  # fmt: skip
+DEFAULT_MIN_READINGS = 10
+DEFAULT_MIN_DURATION_S = 300.0
+FALSE_RUN_ODDS = 1e-6  # chance that a live value repeats as long as a stuck one
+MAX_NEEDED = 100_000  # a value that nearly always repeats is never judged stuck sooner
+_LEARNED_PAIRS = 4096.0  # past pairs weighed (halved beyond: a sensor's resolution may change)
+
+
+@dataclass(frozen=True, slots=True)
+class StuckRule:
+    """When a repeated value is stuck (see the module docstring)."""
+
+    min_readings: int = DEFAULT_MIN_READINGS
+    min_duration_s: float = DEFAULT_MIN_DURATION_S
+    features: frozenset[str] = frozenset(DEFAULT_FEATURES)
+
+
+@dataclass(slots=True)
+class _Run:
+    value: Hashable
+    since: float
+    count: int = 1
+    stuck: bool = False
+    repeats: float = 0.0  # of the finished runs: consecutive equal pairs
+    pairs: float = 0.0  # and all consecutive pairs
+
+
+@dataclass(slots=True)
+class StuckWatch:
+    """One sensor's runs of equal values, by (channel, feature)."""
+
+    rule: StuckRule
+    episodes: int = 0  # features found stuck (each run counted once), for /metrics
+    _runs: dict[tuple[str, str], _Run] = field(default_factory=dict)
+
+    def needed(self, key: tuple[str, str]) -> int:
+        """Readings in a row that make the value at ``key`` stuck now."""
+        run = self._runs.get(key)
+        floor = self.rule.min_readings
+        if run is None:
+            return floor
+        p = (run.repeats + 1.0) / (run.pairs + 2.0)  # a repeat's odds, by its history
+        return max(floor, min(MAX_NEEDED, 1 + math.ceil(math.log(FALSE_RUN_ODDS) / math.log(p))))
+
+    def observe(self, key: tuple[str, str], value: Hashable, mono_s: float) -> bool:
+        """Take one value at monotonic ``mono_s``; whether it is stuck."""
+        run = self._runs.get(key)
+        if run is None:
+            self._runs[key] = _Run(value, mono_s)
+            return False
+        if value != run.value:
+            if not run.stuck:  # a frozen stretch says nothing of the live resolution
+                run.repeats += run.count - 1
+                run.pairs += run.count
+                if run.pairs > _LEARNED_PAIRS:
+                    run.repeats, run.pairs = run.repeats / 2, run.pairs / 2
+            run.value, run.since, run.count, run.stuck = value, mono_s, 1, False
+            return False
+        run.count += 1
+        if value == 0:
+            return False
+        stuck = run.count >= self.needed(key) and mono_s - run.since >= self.rule.min_duration_s
+        if stuck and not run.stuck:
+            self.episodes += 1
+        run.stuck = stuck
+        return stuck
+
+    @property
+    def stuck_now(self) -> tuple[str, ...]:
+        """``channel/feature`` of every value stuck now (for status)."""
+        return tuple(sorted(f"{c}/{f}" for (c, f), run in self._runs.items() if run.stuck))
+
+    def check(self, readings: Iterable[Reading]) -> tuple[list[Reading], list[str]]:
+        """The readings with their stuck values flagged and left out, and the new flags."""
+        out: list[Reading] = []
+        flags: dict[str, None] = {}
+        for r in readings:
+            mono = r.mono_s if r.mono_s is not None else r.timestamp.timestamp()
+            frozen = [
+                f
+                for f, v in r.features.items()
+                if f in self.rule.features and self.observe((r.channel, f), v, mono)
+            ]
+            wave = r.waveform
+            if wave is not None and WAVEFORM in self.rule.features:
+                digest = hash(wave.samples.tobytes())
+                if self.observe((r.channel, WAVEFORM), digest, mono):
+                    frozen.append(WAVEFORM)
+                    wave = None
+            if not frozen:
+                out.append(r)
+                continue
+            mine = tuple(f"{f}:{STUCK}" for f in frozen)
+            flags.update(dict.fromkeys(mine))
+            features = {k: v for k, v in r.features.items() if k not in frozen}
+            out.append(replace(r, features=features, waveform=wave, quality="bad",
+                               flags=(*r.flags, *mine)))  # fmt: skip
+        return out, list(flags)

@@ -1,0 +1,198 @@
+"""A frozen sensor (one exact value over and over: a transmitter stuck at its last value,
+a gateway serving a cached register) is a sensor fault, not a healthy machine.
+
+Real parts: FEMTO bearing recordings for the detector's false-alarm odds; the in-process
+Modbus simulator on loopback serving a frozen register image to the real Agent (real
+SQLite store), then moving values again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from agent.config import ConfigError, load_config
+from agent.health import render_metrics
+from agent.runtime import Agent
+from drivers.reading import VELOCITY_RMS, Reading
+from drivers.stuck import StuckRule, StuckWatch
+from simulators.modbus import Fault, ModbusSimServer, SimDevice
+from simulators.scenario import Constant, Healthy
+
+FEMTO = Path("/work/shared/data/femto")
+T0 = datetime(2026, 11, 26, 8, 0, tzinfo=UTC)
+
+
+def _rms(bearing: str) -> np.ndarray:
+    """Per-snapshot RMS (g) of the horizontal axis: one reading every 10 s."""
+    data = np.load(FEMTO / f"{bearing}.npz")
+    acc = data["acc"][:, :, 0].astype(np.float64) * float(data["scale_g"])
+    return np.sqrt((acc**2).mean(axis=1))
+
+
+def _feed(watch: StuckWatch, values: list[float], start_s: float = 0.0) -> list[bool]:
+    return [
+        watch.observe(("x", "accel_rms_g"), v, start_s + 10.0 * i) for i, v in enumerate(values)
+    ]
+
+
+@pytest.mark.skipif(not FEMTO.exists(), reason="the FEMTO recordings are not on this machine")
+@pytest.mark.parametrize("bearing", ["Bearing1_1", "Bearing3_2"])
+def test_real_vibration_is_never_stuck_even_at_coarse_register_resolution(bearing: str) -> None:
+    """FEMTO RMS at float resolution never repeats; rounded to 0.01 g (a register scaled
+    /100) it repeats in about a fifth of consecutive pairs, in runs of up to 8: neither is
+    frozen, however short the time rule."""
+    rms = _rms(bearing)
+    for values in (rms.astype(np.float32).tolist(), np.round(rms, 2).tolist()):
+        watch = StuckWatch(StuckRule(min_readings=3, min_duration_s=0.0))
+        assert not any(_feed(watch, values))
+        assert watch.episodes == 0
+
+
+@pytest.mark.skipif(not FEMTO.exists(), reason="the FEMTO recordings are not on this machine")
+def test_a_coarse_register_that_freezes_is_stuck_then_clears_when_it_moves() -> None:
+    """The same register frozen at its last value for 10 minutes: stuck once its run is
+    longer than live data would reach by chance (more readings than the floor, learned
+    from its repeats), not before the time rule; the first new value clears it, and the
+    frozen stretch does not teach the watch that long runs are normal."""
+    live = np.round(_rms("Bearing1_1")[:1000], 2).tolist()
+    watch = StuckWatch(StuckRule(min_readings=3, min_duration_s=120.0))
+    assert not any(_feed(watch, live))
+    key = ("x", "accel_rms_g")
+    needed = watch.needed(key)
+    assert 8 < needed < 40  # its live runs reach 8; a frozen one is found within minutes
+    frozen = [live[-1]] * 60
+    seen = _feed(watch, frozen, start_s=10.0 * len(live))
+    first = seen.index(True)
+    assert first + 1 >= needed  # the live run it froze on counts too
+    assert all(seen[first:]) and watch.episodes == 1
+    assert watch.stuck_now == ("x/accel_rms_g",)
+    assert not watch.observe(key, live[-1] + 0.01, 10.0 * (len(live) + 61))
+    assert watch.stuck_now == () and watch.needed(key) == needed
+
+
+def test_the_time_rule_and_zero() -> None:
+    """Many equal readings within min_duration_s are not stuck (a fast poll of a slowly
+    updating sensor); a value of exactly 0 is a machine at rest, never stuck."""
+    watch = StuckWatch(StuckRule(min_readings=5, min_duration_s=60.0))
+    assert not any(watch.observe(("z", "v"), 1.234, 0.5 * i) for i in range(100))  # 50 s
+    assert watch.observe(("z", "v"), 1.234, 61.0)
+    assert not any(watch.observe(("z", "w"), 0.0, 10.0 * i) for i in range(100))
+
+
+def test_a_frozen_feature_is_left_out_and_its_reading_is_bad() -> None:
+    """A stuck value never reaches the monitor as a healthy reading: flagged, left out, and
+    the reading marked bad, as a saturated register is."""
+    watch = StuckWatch(StuckRule(min_readings=3, min_duration_s=0.0))
+    out: list[Reading] = []
+    for i in range(30):
+        at = T0 + timedelta(seconds=i)
+        feats = {VELOCITY_RMS: 2.5, "temperature_c": 40.0 + i / 100}
+        out, flags = watch.check([Reading("s", "z", at, feats, mono_s=float(i))])
+    (last,) = out
+    assert last.quality == "bad" and last.flags == ("velocity_rms_mm_s:stuck",)
+    assert VELOCITY_RMS not in last.features and flags == ["velocity_rms_mm_s:stuck"]
+
+
+def _yaml(tmp_path: Path, port: int, extra: str = "") -> Path:
+    path = tmp_path / "agent.yaml"
+    sensors = [
+        f"  - {{id: s{i}, asset: m, modbus: {{host: 127.0.0.1, port: {port}, device_id: {i},"
+        " timeout_s: 0.2}, poll_interval_s: 0.25, bad_values_fault_s: 0.5}"
+        for i in (1, 2)
+    ]
+    path.write_text(
+        "\n".join(
+            [
+                "gateway: {id: gw-stuck}",
+                "assets:",
+                "  - {id: m, tier: 1, machine: {standard: iso10816-3, group: 2,"
+                " foundation: rigid, rpm: 1480}, alerting: {debounce: 1, baseline_readings: 10}}",
+                "sensors:",
+                *sensors,
+                f'store: {{path: "{tmp_path / "o.db"}"}}',
+                "health: {port: 0}",
+                f'control: {{socket: "{tmp_path / "c.sock"}"}}',
+                "sensor_faults: {stuck: {min_readings: 4, min_duration_s: 1}}",
+                extra,
+            ]
+        )
+    )
+    return path
+
+
+async def _until(done: Callable[[], bool], deadline: float) -> None:
+    while time.monotonic() < deadline:
+        if done():
+            return
+        await asyncio.sleep(0.2)
+
+
+@pytest.mark.network
+async def test_a_frozen_modbus_register_raises_a_sensor_fault_and_moving_values_clear_it(
+    tmp_path: Path,
+) -> None:
+    """s1's registers freeze (the simulator serves one fixed image, as a gateway serving a
+    cached register does); s2's move. s1 raises one sensor_fault naming its stuck
+    features, shows them in status and /metrics; once its values move again, it clears."""
+    frozen = SimDevice(1, Constant(), Fault())
+    async with ModbusSimServer([frozen, SimDevice(2, Healthy(seed=2), Fault())]) as srv:
+        records: list[dict[str, Any]] = []
+        agent = Agent(load_config(_yaml(tmp_path, srv.port)), on_records=records.extend)
+        task = asyncio.create_task(agent.run())
+
+        def faults(state: str) -> list[dict[str, Any]]:
+            return [r for r in records if r["kind"] == "sensor_fault" and r["state"] == state]
+
+        try:
+            deadline = time.monotonic() + 30
+            await _until(lambda: bool(faults("raised")), deadline)
+            snap = await agent.snapshot()
+            frozen.scenario = Healthy(seed=1)  # the register moves again
+            await _until(lambda: bool(faults("cleared")), deadline)
+            after = await agent.snapshot()
+        finally:
+            agent.stop()
+            await asyncio.wait_for(task, 15)
+    (raised,) = faults("raised")
+    assert raised["sensor"]["id"] == "s1"
+    assert "velocity_rms_mm_s:stuck" in raised["evidence"]["implausible_values"]
+    assert "frozen" in raised["no_estimate_reason"]
+    by_id = {s["id"]: s for s in snap["sensors"]}
+    assert "z/velocity_rms_mm_s" in by_id["s1"]["stuck"] and by_id["s2"]["stuck"] == []
+    metrics = render_metrics(snap).decode()
+    assert 'edge_sensor_bad_values_total{reason="stuck",sensor="s1"}' in metrics
+    assert 'edge_sensor_stuck_episodes_total{sensor="s1"}' in metrics
+    assert 'edge_sensor_stuck_values{sensor="s2"} 0.0' in metrics
+    (cleared,) = faults("cleared")
+    assert cleared["sensor"]["id"] == "s1"
+    assert {s["id"]: s["stuck"] for s in after["sensors"]} == {"s1": [], "s2": []}
+
+
+def test_check_refuses_an_unknown_feature_and_a_sensor_overrides_some_keys(
+    tmp_path: Path,
+) -> None:
+    cfg = load_config(_yaml(tmp_path, 5020))
+    assert cfg.stuck_rule(cfg.sensors[0]) == StuckRule(
+        4, 1.0, cfg.stuck_rule(cfg.sensors[0]).features
+    )
+    path = _yaml(tmp_path, 5020)
+    text = path.read_text().replace(
+        "bad_values_fault_s: 0.5}", "bad_values_fault_s: 0.5, stuck: {min_duration_s: 600}}", 1
+    )
+    path.write_text(text)
+    cfg = load_config(path)
+    rule = cfg.stuck_rule(cfg.sensors[0])
+    assert rule is not None and (rule.min_readings, rule.min_duration_s) == (4, 600.0)
+    path.write_text(text.replace("min_duration_s: 600", "features: [velocity_rms]"))
+    with pytest.raises(ConfigError, match="unknown feature 'velocity_rms'"):
+        load_config(path)
+    path.write_text(text.replace("min_duration_s: 600", "enabled: false"))
+    assert load_config(path).stuck_rule(load_config(path).sensors[0]) is None

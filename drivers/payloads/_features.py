@@ -22,7 +22,11 @@ from drivers.payloads._common import (
     number,
     parse_timestamp,
 )
-from drivers.profiles import NOT_FINITE, OUT_OF_RANGE, SENTINEL
+from drivers.profiles import NOT_FINITE, OUT_OF_RANGE, SATURATED, SENTINEL
+
+# A value at full scale less this share is saturated (a converter's top code is a step
+# below its range: 1/2048 of it for a 12-bit one).
+FULL_SCALE_TOLERANCE = 0.001
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -39,6 +43,9 @@ class Field:
         valid: (lowest, highest) plausible scaled value; None: any finite value.
         sentinels: sent values that mean "no value".
         required: a message without it is dropped (missing_field); else it is skipped.
+        full_scale: the sensor's measuring limit after scaling: a value at it (either sign)
+            is saturated, a clipped sensor, never analysed (None: unknown). Peaks show it;
+            an RMS of a clipped signal stays below it.
     """
 
     path: tuple[str, ...]
@@ -50,6 +57,7 @@ class Field:
     valid: tuple[float, float] | None = None
     sentinels: frozenset[float] = frozenset()
     required: bool = False
+    full_scale: float | None = None
 
     def assess(self, raw: float) -> tuple[float, str | None]:
         """The scaled value and why it is garbage (a quality reason), or None."""
@@ -60,6 +68,10 @@ class Field:
         value = raw * self.scale + self.offset
         if not math.isfinite(value):
             return value, NOT_FINITE
+        if self.full_scale is not None and abs(value) >= self.full_scale * (
+            1 - FULL_SCALE_TOLERANCE
+        ):
+            return value, SATURATED
         if self.valid is not None and not self.valid[0] <= value <= self.valid[1]:
             return value, OUT_OF_RANGE
         return value, None

@@ -35,9 +35,9 @@ _KEYS = {
                   "scale", "axis_names", "layout", "limits"},
 }  # fmt: skip
 _FIELD_KEYS = {"path", "feature", "channel", "unit", "scale", "offset", "valid", "sentinels",
-               "required"}  # fmt: skip
+               "required", "full_scale"}  # fmt: skip
 _HEADER_KEYS = {"name", "offset", "type", "equals"}
-_LIMIT_KEYS = {"min_samples", "max_samples", "rate_hz", "max_g"}
+_LIMIT_KEYS = {"min_samples", "max_samples", "rate_hz", "max_g", "clip_share", "full_scale_g"}
 
 
 class _Doc:
@@ -117,7 +117,20 @@ class _Doc:
         max_g = self.number(given.get("max_g", d.max_g), ("limits", "max_g"))
         if max_g <= 0:
             self.fail(("limits", "max_g"), f"max_g must be a positive number of g, got {max_g:g}")
-        return WaveLimits(min_samples=lo, max_samples=hi, rate_hz=rate, max_g=max_g)
+        clip = self.number(given.get("clip_share", d.clip_share), ("limits", "clip_share"))
+        if not 0 < clip <= 1:
+            self.fail(
+                ("limits", "clip_share"), f"clip_share must be a share in (0, 1], got {clip:g}"
+            )
+        full = given.get("full_scale_g")
+        if full is not None:
+            full = self.number(full, ("limits", "full_scale_g"))
+            if full <= 0:
+                self.fail(
+                    ("limits", "full_scale_g"), f"full_scale_g must be positive, got {full:g}"
+                )
+        return WaveLimits(min_samples=lo, max_samples=hi, rate_hz=rate, max_g=max_g,
+                          clip_share=clip, full_scale_g=full)  # fmt: skip
 
 
 def _field(d: _Doc, row: Any, i: int) -> Field:
@@ -140,6 +153,11 @@ def _field(d: _Doc, row: Any, i: int) -> Field:
     sentinels = row.get("sentinels", [])
     if not isinstance(sentinels, list):
         d.fail((*base, "sentinels"), f"sentinels must be a list of numbers, got {sentinels!r}")
+    full_scale = row.get("full_scale")
+    if full_scale is not None:
+        full_scale = d.number(full_scale, (*base, "full_scale"))
+        if full_scale <= 0:
+            d.fail((*base, "full_scale"), f"full_scale must be positive, got {full_scale:g}")
     required = row.get("required", False)
     if not isinstance(required, bool):
         d.fail((*base, "required"), f"required must be true or false, got {required!r}")
@@ -153,6 +171,7 @@ def _field(d: _Doc, row: Any, i: int) -> Field:
         valid=None if row.get("valid") is None else d.pair(row["valid"], (*base, "valid"), "valid"),
         sentinels=frozenset(d.number(s, (*base, "sentinels", j)) for j, s in enumerate(sentinels)),
         required=required,
+        full_scale=full_scale,
     )
 
 

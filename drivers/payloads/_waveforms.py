@@ -3,7 +3,11 @@ little-endian int16 block after a header described in YAML.
 
 The agent computes the features itself (agent.analysis.features via Reading.waveform).
 An axis with a NaN or infinite sample, or one beyond the decoder's max_g, is flagged, never
-analysed.
+analysed. So is a clipped one (``waveform:saturated``): int16 samples whose share at the
+int16 limits (within SATURATION_CODES of 32767 / -32768; float samples: at
+``limits.full_scale_g``) reaches ``limits.clip_share``. Clipping cuts the peaks off, so
+its RMS and kurtosis are wrong (a severity from them is not the machine's), as a
+saturated register's value is.
 """
 
 from __future__ import annotations
@@ -30,11 +34,20 @@ from drivers.payloads._common import (
     number,
     parse_timestamp,
 )
-from drivers.profiles import NOT_FINITE, OUT_OF_RANGE
+from drivers.profiles import NOT_FINITE, OUT_OF_RANGE, SATURATED
+from drivers.profiles._profile import SATURATION_CODES
 from drivers.reading import Waveform
 
 WAVE_FLAG = f"waveform:{NOT_FINITE}"
 WAVE_RANGE_FLAG = f"waveform:{OUT_OF_RANGE}"
+WAVE_CLIP_FLAG = f"waveform:{SATURATED}"
+# Share of an axis's samples at full scale that makes it clipped. Gaussian vibration
+# clipped at 3 sigma has 0.27 % of its samples there; a live signal that touches full
+# scale once (1 sample in 25600) is not clipped. At least MIN_CLIPPED samples either way.
+CLIP_SHARE = 0.001
+MIN_CLIPPED = 3
+INT16_TOP, INT16_BOTTOM = 32767 - SATURATION_CODES, -32768 + SATURATION_CODES
+FULL_SCALE_TOLERANCE = 0.001  # a float at full scale less its converter's top step
 # No vibration accelerometer measures beyond this (industrial IEPE: 50-500 g, MEMS: 2-64 g): a
 # larger sample is a bad scale (a float32 header field read as 3e38 g/count) or a corrupt
 # body, whose velocity RMS (1e42 mm/s) would otherwise be ISO zone D. A decoder for a shock
@@ -55,6 +68,20 @@ class WaveLimits:
     max_samples: int = 65_536
     rate_hz: tuple[float, float] = (100.0, 200_000.0)
     max_g: float = MAX_G
+    clip_share: float = CLIP_SHARE
+    full_scale_g: float | None = None  # float samples: the sensor's range (None: unknown)
+
+    def clipped(self, samples: np.ndarray, raw: np.ndarray | None) -> bool:
+        """Whether an axis is clipped: its share of samples at full scale (the int16
+        limits of ``raw`` counts, else ``full_scale_g``) reaches clip_share."""
+        if raw is not None:
+            n = int(np.count_nonzero((raw >= INT16_TOP) | (raw <= INT16_BOTTOM)))
+        elif self.full_scale_g is not None:
+            at = self.full_scale_g * (1 - FULL_SCALE_TOLERANCE)
+            n = int(np.count_nonzero(np.abs(samples) >= at))
+        else:
+            return False
+        return n >= max(MIN_CLIPPED, self.clip_share * samples.size)
 
     def check(self, n: int, fs: float, axis: str) -> None:
         if not self.min_samples <= n <= self.max_samples:
@@ -66,12 +93,23 @@ class WaveLimits:
             raise PayloadError(BAD_WAVEFORM, f"sampling rate {fs!r} Hz out of range")
 
 
-def _store(out: Decoded, axis: str, samples: np.ndarray, fs: float, max_g: float) -> None:
+def _store(
+    out: Decoded,
+    axis: str,
+    samples: np.ndarray,
+    fs: float,
+    limits: WaveLimits,
+    raw: np.ndarray | None = None,
+) -> None:
+    """Keep an axis's samples, or flag why not (``raw``: its int16 counts, if sent so)."""
     if not np.isfinite(samples).all():
         out.flags.setdefault(axis, []).append(WAVE_FLAG)
         return
-    if samples.size and float(np.abs(samples).max()) > max_g:
+    if samples.size and float(np.abs(samples).max()) > limits.max_g:
         out.flags.setdefault(axis, []).append(WAVE_RANGE_FLAG)
+        return
+    if limits.clipped(samples, raw):
+        out.flags.setdefault(axis, []).append(WAVE_CLIP_FLAG)
         return
     out.waveforms[axis] = Waveform(samples, fs)
 
@@ -142,14 +180,17 @@ class WaveformJsonDecoder:
         for axis, data in axes.items():
             if axis not in self.axis_names:
                 continue  # an axis nobody asked for
-            samples = self._samples(data, encoding, scale, axis)
+            samples, raw = self._samples(data, encoding, scale, axis)
             self.limits.check(len(samples), fs, axis)
-            _store(out, axis, samples, fs, self.limits.max_g)
+            _store(out, axis, samples, fs, self.limits, raw)
         if not out.waveforms and not out.flags:
             raise PayloadError(MISSING_FIELD, f"no axis among {', '.join(self.axis_names)}")
         return out
 
-    def _samples(self, data: Any, encoding: str, scale: float, axis: str) -> np.ndarray:
+    def _samples(
+        self, data: Any, encoding: str, scale: float, axis: str
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The samples in g, and the int16 counts they came from (None: floats)."""
         limit = self.limits.max_samples
         if encoding == "int16-b64":
             if not isinstance(data, str):
@@ -162,8 +203,9 @@ class WaveformJsonDecoder:
                 raise PayloadError(MALFORMED, f"axis {axis}: not base64") from None
             if len(raw) % 2:
                 raise PayloadError(BAD_WAVEFORM, f"axis {axis}: odd byte count {len(raw)}")
+            counts = np.frombuffer(raw, dtype="<i2")
             with np.errstate(over="ignore"):  # a huge scale gives inf: flagged, not analysed
-                return np.frombuffer(raw, dtype="<i2").astype(np.float64) * scale
+                return counts.astype(np.float64) * scale, counts
         if not isinstance(data, list):
             raise PayloadError(WRONG_TYPE, f"axis {axis}: expected a list of numbers")
         if len(data) > limit:
@@ -175,7 +217,7 @@ class WaveformJsonDecoder:
         # strings, None, nested lists and huge integers give another dtype or shape
         if arr.ndim != 1 or arr.dtype.kind not in "fiu":
             raise PayloadError(WRONG_TYPE, f"axis {axis}: a sample is not a number")
-        return arr.astype(np.float64, copy=False)
+        return arr.astype(np.float64, copy=False), None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -268,11 +310,12 @@ class RawInt16Decoder:
                 BAD_WAVEFORM, f"header says {int(head[self.sample_count])} samples, body has {n}"
             )
         self.limits.check(n, fs, self.axis_names[0])
-        data = np.frombuffer(raw, dtype="<i2", offset=self.data_offset).astype(np.float64)
+        counts = np.frombuffer(raw, dtype="<i2", offset=self.data_offset)
+        data = counts.astype(np.float64)
         with np.errstate(over="ignore"):  # a huge scale gives inf: flagged, not analysed
             data *= scale
         out = Decoded()
         for i, axis in enumerate(self.axis_names[:n_axes]):
-            samples = data[i * n : (i + 1) * n] if self.layout == "planar" else data[i::n_axes]
-            _store(out, axis, samples, fs, self.limits.max_g)
+            part = slice(i * n, (i + 1) * n) if self.layout == "planar" else slice(i, None, n_axes)
+            _store(out, axis, data[part], fs, self.limits, counts[part])
         return out

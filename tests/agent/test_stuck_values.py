@@ -196,3 +196,19 @@ def test_check_refuses_an_unknown_feature_and_a_sensor_overrides_some_keys(
         load_config(path)
     path.write_text(text.replace("min_duration_s: 600", "enabled: false"))
     assert load_config(path).stuck_rule(load_config(path).sensors[0]) is None
+
+
+def test_status_names_a_frozen_sensor_and_does_not_count_it_ok(tmp_path: Path) -> None:
+    from agent.inspect import _line
+
+    cfg = load_config(_yaml(tmp_path, 5020))
+    agent = {
+        "status": "ok",
+        "sensors": [
+            {"id": "s1", "state": "ok", "stuck": ["z/velocity_rms_mm_s"]},
+            {"id": "s2", "state": "ok", "stuck": []},
+        ],
+    }
+    line = _line(cfg, agent, None, {})
+    assert "sensor s1 frozen at one value (z/velocity_rms_mm_s)" in line
+    assert "sensors 1/2 ok" in line

@@ -72,7 +72,7 @@ def sensor_specs(
                 s.channels,
                 s.bad_values_fault_s,
                 config.stuck_rule(s),
-            ),  # fmt: skip
+            ),
         )
         for s in config.sensors
     }

@@ -30,6 +30,12 @@ LATE_WINDOW_MIN_S..LATE_WINDOW_MAX_S, counted from the end of the flush): its an
 then be more than (1 + LATE_WINDOW_FACTOR) timeouts late before it could pass for the next
 one's. The window ends early once the device has sent as many late frames as it has
 unanswered requests: it has nothing more to say, so waiting on would only cost its polls.
+An answer later than that must not pass for a later read of the same block either: while
+the device owes a late answer of the block's shape (up to LATE_MEMORY_S), a read of it is
+preceded by a sync read, of a shape nothing owed has (a part of the block, else the other
+register function or a longer block). A slave serves one request at a time, in order (the
+Modbus serial line specification's slave state machine): once the sync read's answer is in,
+nothing older can follow, so the device owes nothing and the block is read at once.
 Other devices use the line meanwhile (the same hold-off); a frame from the device arriving
 in the window is dropped and counted as late. A whole frame from the device we ask whose
 function code or byte count is not our request's (the late answer to another block) is
@@ -48,6 +54,7 @@ answers) drivers.modbus._rtu_devices, and finding frames in the bytes drivers.mo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -97,6 +104,8 @@ class RtuLink:
     After a device's timeout, garbled answer or cancelled read it is not asked again for
     3 times the read's timeout (0.5 to 5 s) after the flush, or until its late answers
     have come; they are dropped and counted as late. Other devices use the line meanwhile.
+    While it still owes a late answer to a block, a read of that block is preceded by a
+    sync read (counted in ``syncs``) whose answer that late one cannot be mistaken for.
     """
 
     def __init__(
@@ -133,6 +142,7 @@ class RtuLink:
         self.late_answers = 0
         self.duplicate_answers = 0  # a device's answer sent again (flaky slave, repeater)
         self.echoes = 0  # our own requests read back (RS-485 adapters that echo), dropped
+        self.syncs = 0  # reads sent first to find a device's answers in order again
         self._logs = {"echo": EpisodeLog(), "duplicate": EpisodeLog(), "late": EpisodeLog()}
 
     @property
@@ -272,13 +282,32 @@ class RtuLink:
             self.line.reading = False
 
     async def _read(
+        self, device_id: int, function_code: int, address: int, count: int, timeout_s: float
+    ) -> list[int]:
+        if self.devices.owes(device_id, function_code, count):
+            # A late answer to an earlier read of this block may still come, however late,
+            # and would pass for this one's (no transaction id). So first ask something
+            # whose answer nothing owed can look like: once it is in, the device (which
+            # answers in order) has nothing older to send.
+            sync_fc, sync_count = self.devices.sync_shape(device_id, function_code, count)
+            self.syncs += 1
+            with contextlib.suppress(ExceptionAnswer):  # an answer all the same
+                await self._exchange(device_id, sync_fc, address, sync_count, timeout_s, True)
+            await self.devices.wait_hold_off(device_id)  # its repeat guard
+        return await self._exchange(device_id, function_code, address, count, timeout_s)
+
+    async def _exchange(
         self,
         device_id: int,
         function_code: int,
         address: int,
         count: int,
         timeout_s: float,
+        sync: bool = False,
     ) -> list[int]:
+        """One request and its answer. ``sync``: a read only to find the device's answers
+        in order again (see _read): an exception answer to a function it owes a late
+        answer of may be that late answer, so it is dropped as late, not taken."""
         await self.line.quiet()
         self._drop_leftovers()
         request = rtu_frame(device_id, read_pdu(function_code, address, count))
@@ -291,7 +320,7 @@ class RtuLink:
         try:
             echo_seen = await self._drop_early(request, sent_end, device_id)
             frame = await self._receive(
-                device_id, function_code, count, deadline, request, echo_seen
+                device_id, function_code, count, deadline, request, echo_seen, sync
             )
             registers = registers_of(rtu_answer_pdu(frame, device_id), function_code, count)
         except WrongAnswer as exc:
@@ -319,6 +348,15 @@ class RtuLink:
         self._answered_by(device_id, frame)
         return registers
 
+    def _stray(
+        self, frame: bytes, device_id: int, function_code: int, count: int, sync: bool
+    ) -> bool:
+        """A whole, valid frame that is not the answer to our request (see not_ours); in a
+        sync read also our device's exception answer that may be a late one."""
+        if not_ours(frame, device_id, function_code, count):
+            return True
+        return sync and bool(frame[1] & 0x80) and not self.devices.owes_nothing(frame)
+
     async def _receive(
         self,
         device_id: int,
@@ -327,17 +365,18 @@ class RtuLink:
         deadline: float,
         request: bytes,
         echo_seen: bool,
+        sync: bool = False,
     ) -> bytes:
         wrong: FrameError | None = None  # our device's frame that answered another request
         while True:
-            while (stray := valid_frame_at_start(self._buf)) is not None and not_ours(
-                stray, device_id, function_code, count
+            while (stray := valid_frame_at_start(self._buf)) is not None and self._stray(
+                stray, device_id, function_code, count, sync
             ):
                 if not echo_seen and stray == request:
                     # Our request read back: a request for registers 0x0300-0x03FF is a
                     # valid frame too (byte count 3, closed by its CRC). The echo, below.
                     break
-                if stray[0] == device_id:
+                if stray[0] == device_id and not_ours(stray, device_id, function_code, count):
                     wrong = mismatch(stray, function_code, count)
                     if self.devices.owes_nothing(stray):
                         # No late answer of it can come: this is its answer, wrong (a

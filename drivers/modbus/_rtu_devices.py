@@ -13,6 +13,8 @@ import asyncio
 import contextlib
 import time
 
+from drivers.decoders import MAX_READ_REGISTERS
+
 # The late-answer window: LATE_WINDOW_FACTOR times the failed read's timeout, within these
 # bounds. One timeout again let an answer 2.5 timeouts late pass for the next request's
 # (a 0.5 s timeout, an answer 1.2 s late); the window ends as soon as the late answer has
@@ -23,6 +25,10 @@ LATE_WINDOW_FACTOR = 3.0
 LATE_WINDOW_MIN_S = 0.5
 LATE_WINDOW_MAX_S = 5.0
 MAX_OWED_SHAPES = 32  # a device's distinct unanswered blocks remembered (bounded)
+# A failed read's answer is looked out for this long (a frame of its shape is then taken
+# as late, and the same block is asked only after a sync read); an answer later than this,
+# or than MAX_OWED_SHAPES other failed blocks of the device, is not a device's behaviour.
+LATE_MEMORY_S = 600.0
 MAX_DEVICES = 256
 
 
@@ -46,8 +52,9 @@ class DeviceTimes:
         # come (the window ends early at 0): at most 256 entries
         self._unanswered: dict[int, int] = {}
         # device id -> (function code, byte count) of those requests' answers: a frame of
-        # another shape from it is no late answer. At most MAX_OWED_SHAPES per device.
-        self._owed: dict[int, set[tuple[int, int]]] = {}
+        # another shape from it is no late answer. Each with its last failure (monotonic),
+        # forgotten after LATE_MEMORY_S; at most MAX_OWED_SHAPES per device.
+        self._owed: dict[int, dict[tuple[int, int], float]] = {}
 
     def hold_off_s(self, device_id: int) -> float:
         """Seconds before ``device_id`` may be asked again: until ``repeat_guard_s`` after
@@ -106,12 +113,43 @@ class DeviceTimes:
         self._failed[device_id] = time.monotonic() + window
         if len(self._unanswered) < MAX_DEVICES or device_id in self._unanswered:
             self._unanswered[device_id] = self._unanswered.get(device_id, 0) + 1
-            shapes = self._owed.setdefault(device_id, set())
-            if len(shapes) < MAX_OWED_SHAPES:
-                shapes.add((function_code, 2 * count))
+            shapes = self._owed.setdefault(device_id, {})
+            now = time.monotonic()
+            for shape, at in list(shapes.items()):
+                if now - at > LATE_MEMORY_S:
+                    del shapes[shape]
+            shapes.pop((function_code, 2 * count), None)  # re-added as the newest
+            if len(shapes) >= MAX_OWED_SHAPES:
+                del shapes[next(iter(shapes))]  # the oldest failure
+            shapes[(function_code, 2 * count)] = now
+
+    def owes(self, device_id: int, function_code: int, count: int) -> bool:
+        """Whether a late answer to an earlier read of this shape (``count`` registers
+        with ``function_code``) may still come from ``device_id``: it would pass for the
+        answer to this one, whenever it comes."""
+        shapes = self._owed.get(device_id)
+        if not shapes or device_id not in self._unanswered:
+            return False
+        failed_at = shapes.get((function_code, 2 * count))
+        return failed_at is not None and time.monotonic() - failed_at <= LATE_MEMORY_S
+
+    def sync_shape(self, device_id: int, function_code: int, count: int) -> tuple[int, int]:
+        """A read (function code, register count) whose normal answer no failed read of
+        ``device_id`` owes: a part of the block first (a device serves it whenever it
+        serves the block), then the other register function, then a longer block."""
+        owed = self._owed.get(device_id, {})
+        other = 4 if function_code == 3 else 3
+        candidates = [(function_code, c) for c in range(count - 1, 0, -1)]
+        candidates.append((other, 1))
+        candidates += [(function_code, c) for c in range(count + 1, MAX_READ_REGISTERS + 1)]
+        # At most MAX_OWED_SHAPES are owed: one of the 125 candidates is free.
+        return next((fc, c) for fc, c in candidates if (fc, 2 * c) not in owed)
 
     def answered(self, device_id: int, frame: bytes) -> None:
-        """A whole, valid answer (registers or an exception) from ``device_id``."""
+        """A whole, valid answer (registers or an exception) from ``device_id`` to our
+        request. A slave serves one request at a time and answers in order (Modbus over
+        serial line v1.02, 2.4: it ignores requests while busy): nothing older can follow,
+        so it owes nothing any more."""
         self._answered[device_id] = (time.monotonic(), frame)
         self._failed.pop(device_id, None)
         self._unanswered.pop(device_id, None)

@@ -11,6 +11,7 @@ as an old number.
 from __future__ import annotations
 
 import asyncio
+import struct
 import time
 
 import pytest
@@ -274,3 +275,79 @@ async def test_a_late_answer_completed_during_the_flush_is_counted_and_ends_the_
         bus.close()
         device.close()
     assert got == [2, 2]
+
+
+class InOrderDevice(ScriptedLine):
+    """Device 1 as a Modbus slave is: it serves one request at a time, in order, each
+    ``delays[k - 1]`` after it could start on it (the last delay for the rest); it answers
+    with the request's function code, every register holding the request's number on the
+    line. ``numbers`` lists the numbers of its requests for (function, address, count)."""
+
+    def __init__(self, path: str, *delays: float, lost: int = 0) -> None:
+        super().__init__(path)
+        self.delays = delays
+        self.lost = lost  # its first ``lost`` requests never reach it (noise on the line)
+        self.busy_until = 0.0  # monotonic: when its last queued answer goes out
+        self.numbers: dict[tuple[int, int, int], list[int]] = {}
+
+    def on_request(self, request: bytes) -> None:
+        if request[0] != 1:
+            return
+        if self.lost > 0:
+            self.lost -= 1
+            return
+        fc, address, count = request[1], *struct.unpack(">HH", request[2:6])
+        asked = self.numbers.setdefault((fc, address, count), [])
+        asked.append(self.requests)
+        k = sum(len(v) for v in self.numbers.values())
+        now = time.monotonic()
+        self.busy_until = max(now, self.busy_until) + self.delays[min(k, len(self.delays)) - 1]
+        regs = struct.pack(f">{count}H", *[self.requests] * count)
+        self.later(self.busy_until - now, rtu_frame(1, bytes((fc, 2 * count)) + regs))
+
+
+@pytest.mark.parametrize("late_s", [1.6, 2.4])  # 5.3 and 8 timeouts of 0.3 s
+async def test_an_answer_five_or_more_timeouts_late_is_never_taken_for_a_later_read(
+    serial_pair: tuple[str, str], late_s: float
+) -> None:
+    """Past the late-answer window (3 timeouts after the flush) the device is asked the
+    same block again while its first answer is still to come: that answer (value 1) has the
+    device id, function and byte count of the next read's, and was taken as its answer.
+    Now the device is first asked a part of the block (an answer nothing owed can look
+    like), which it answers after the late one: the read gets its own request's value."""
+    device = InOrderDevice(serial_pair[1], late_s, 0.01)
+    link = RtuLink(serial_pair[0], baudrate=115200, late_flush_s=0.05)
+    bus = Bus("line-1", "rtu", [link])
+    try:
+        with pytest.raises(LinkTimeout):
+            await bus.read(1, 3, 0, 2, TIMEOUT_S)  # request 1, answered late_s later
+        got = await asyncio.wait_for(bus.read(1, 3, 0, 2, 1.5), 5.0)
+    finally:
+        bus.close()
+        device.close()
+    asked = device.numbers[(3, 0, 2)]
+    assert got != [1, 1], "a read took the answer to a request 5+ timeouts older"
+    assert got == [asked[-1]] * 2, "the read's value is not its own request's"
+    assert link.late_answers == 1 and link.syncs == 1
+
+
+async def test_a_device_whose_request_was_lost_is_read_after_one_sync_read(
+    serial_pair: tuple[str, str],
+) -> None:
+    """A one-register block: its sync read is one register of the other function (no
+    shorter part exists); the device answers it and then the block, each with its own
+    request's value, and owes nothing after."""
+    device = InOrderDevice(serial_pair[1], 0.01, lost=1)
+    link = RtuLink(serial_pair[0], baudrate=115200, late_flush_s=0.05)
+    bus = Bus("line-1", "rtu", [link])
+    try:
+        with pytest.raises(LinkTimeout):
+            await bus.read(1, 3, 7, 1, TIMEOUT_S)
+        got = await asyncio.wait_for(bus.read(1, 3, 7, 1, TIMEOUT_S), 3.0)
+        again = await asyncio.wait_for(bus.read(1, 3, 7, 1, TIMEOUT_S), 3.0)
+    finally:
+        bus.close()
+        device.close()
+    assert device.numbers == {(4, 7, 1): [2], (3, 7, 1): [3, 4]}
+    assert got == [3] and again == [4]
+    assert link.syncs == 1 and link.late_answers == 0

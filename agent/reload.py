@@ -281,7 +281,13 @@ class Reloader:
         agent, library = self._agent, files.profiles
         kept = {i: b for i, b in agent.sensors.shared.items() if i not in plan.buses_retired}
         sources = build_sources(
-            new, library, agent.sink, only=set(plan.start), shared=kept, peers=agent.sensors.peers
+            new,
+            library,
+            agent.sink,
+            only=set(plan.start),
+            shared=kept,
+            peers=agent.sensors.peers,
+            lines=agent.sensors.lines,
         )
         built = {d.name: d for d in build_uplinks(new, agent.outbox)}
         mqtt = build_mqtt(new, agent.sink, files.decoders, agent.sessions) if plan.mqtt else None

@@ -144,7 +144,9 @@ class Agent:
         self.library = ProfileLibrary.load(config.profiles_dir)
         self.decoders = DecoderLibrary.load(config.decoders_dir)  # as this config reads them
         self.sensors = RunningSensors()
-        sources = build_sources(config, self.library, self.sink, peers=self.sensors.peers)
+        sources = build_sources(
+            config, self.library, self.sink, peers=self.sensors.peers, lines=self.sensors.lines
+        )
         self.sensors.add_buses(sources.buses)
         self._first_pollers = sources.pollers
         # What persistent MQTT sessions hold (loaded with the store, before links run).

@@ -13,7 +13,7 @@ import logging
 import random
 from collections.abc import Iterable
 
-from drivers.modbus import Bus, ModbusPoller, Peers
+from drivers.modbus import Bus, DeviceTimes, ModbusPoller, Peers
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,9 @@ class RunningSensors:
         # The devices behind each endpoint (host:port, gateway, serial line), by endpoint:
         # shared by the pollers a reload starts later (drivers.modbus._peers).
         self.peers: dict[str, Peers] = {}
+        # What the devices on each serial port may still send (late answers), by port:
+        # a serial line a reload rebuilds keeps it (drivers.modbus._rtu_devices).
+        self.lines: dict[str, DeviceTimes] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         # Pollers being stopped (by a reload) until their task has ended: a shutdown that
         # overlaps that stop waits for them too.

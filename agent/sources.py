@@ -18,6 +18,7 @@ from drivers.modbus import (
     NETWORK,
     Backoff,
     Bus,
+    DeviceTimes,
     ModbusPoller,
     Peers,
     ReadPlan,
@@ -70,10 +71,17 @@ def planned_utilisation(config: Config, bus: BusConfig, library: ProfileLibrary)
     return line_utilisation(devices, baudrate=baud, parity=parity, stop_bits=stop)
 
 
-def _shared_bus(config: Config, bus: BusConfig, library: ProfileLibrary) -> Bus:
+def _shared_bus(
+    config: Config, bus: BusConfig, library: ProfileLibrary, lines: dict[str, DeviceTimes]
+) -> Bus:
     plan = planned_utilisation(config, bus, library)
     if bus.rtu is not None:
         r = bus.rtu
+        # A rebuilt line (its settings changed on reload) keeps its devices' hold-offs and
+        # owed late answers: a device that was late is not asked at once on the new one.
+        devices = lines.get(r.port)
+        if devices is None:
+            devices = lines[r.port] = DeviceTimes(r.repeat_guard_s)
         link = RtuLink(
             r.port,
             baudrate=r.baudrate,
@@ -83,6 +91,7 @@ def _shared_bus(config: Config, bus: BusConfig, library: ProfileLibrary) -> Bus:
             inter_frame_s=r.inter_frame_s,
             late_flush_s=r.late_flush_s,
             repeat_guard_s=r.repeat_guard_s,
+            devices=devices,
         )
         return Bus(bus.id, "rtu", [link], planned_utilisation=plan)
     assert bus.tcp is not None
@@ -136,6 +145,7 @@ def build_sources(
     only: Collection[str] | None = None,
     shared: Mapping[str, Bus] | None = None,
     peers: dict[str, Peers] | None = None,
+    lines: dict[str, DeviceTimes] | None = None,
 ) -> Sources:
     """Buses and pollers for the configured sensors (nothing is opened here).
 
@@ -149,19 +159,26 @@ def build_sources(
         peers: the devices behind each endpoint, by endpoint, for the built buses to
             join (and add to): devices behind one endpoint are judged together when it
             falls silent (drivers.modbus._peers).
+        lines: what the devices on each serial port may still send, by port, for the
+            built serial lines to share with the lines they replace (and add to); the
+            ports the configuration no longer names are forgotten.
 
     Raises:
         ProfileError: a sensor names a profile the library does not have (``check``
             reports it first).
     """
     peers = {} if peers is None else peers
+    lines = {} if lines is None else lines
+    ports = {b.rtu.port for b in config.buses if b.rtu is not None}
+    for gone in [p for p in lines if p not in ports]:
+        del lines[gone]  # bounded by the configured ports
     sensors = [
         s for s in config.sensors if s.modbus is not None and (only is None or s.id in only)
     ]  # MQTT sensors: agent.mqtt_inputs
     used = {s.modbus.bus for s in sensors if s.modbus is not None}
     reuse = dict(shared or {})
     built = {
-        b.id: _shared_bus(config, b, library)
+        b.id: _shared_bus(config, b, library, lines)
         for b in config.buses
         if b.id not in reuse and (only is None or b.id in used)
     }

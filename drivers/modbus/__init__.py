@@ -12,6 +12,7 @@ from drivers.modbus._plan import ReadBlock, ReadPlan, plan_profile, plan_reads
 from drivers.modbus._poller import ModbusPoller
 from drivers.modbus._readings import readings_from
 from drivers.modbus._rtu import RtuLink
+from drivers.modbus._rtu_devices import DeviceTimes
 from drivers.modbus._status import PollerState, PollerStatus
 from drivers.modbus._tcp import TcpLink, deadline_wheel
 from drivers.modbus._wheel import Wheel
@@ -23,6 +24,7 @@ __all__ = [
     "Backoff",
     "Bus",
     "BusStatus",
+    "DeviceTimes",
     "ExceptionAnswer",
     "FrameError",
     "Link",

@@ -100,6 +100,9 @@ class RtuLink:
         repeat_guard_s: the least time between a device's answer and the next request
             to the same device; a repeat of the answer arriving before then is dropped.
             Other devices use the line meanwhile. 0: no guard.
+        devices: what the devices on this port may still send (hold-offs, owed late
+            answers), from the link this one replaces on the same port (a reload that
+            rebuilds the bus): a device held off there is held off here. None: new.
 
     After a device's timeout, garbled answer or cancelled read it is not asked again for
     3 times the read's timeout (0.5 to 5 s) after the flush, or until its late answers
@@ -119,6 +122,7 @@ class RtuLink:
         inter_frame_s: float | None = None,
         late_flush_s: float = 0.05,
         repeat_guard_s: float = 0.02,
+        devices: DeviceTimes | None = None,
     ) -> None:
         self.address = port
         self.line = SerialLine(
@@ -137,7 +141,10 @@ class RtuLink:
         self.late_flush_s = late_flush_s
         self.repeat_guard_s = repeat_guard_s
         self.noise_after_s = self.line.noise_after_s
-        self.devices = DeviceTimes(repeat_guard_s)
+        if devices is None:
+            devices = DeviceTimes(repeat_guard_s)
+        devices.repeat_guard_s = repeat_guard_s
+        self.devices = devices
         self._buf = self.line.buf
         self.late_answers = 0
         self.duplicate_answers = 0  # a device's answer sent again (flaky slave, repeater)

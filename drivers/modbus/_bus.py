@@ -127,15 +127,18 @@ class Bus:
             self._last_utilisation = self._busy_s / (span * len(self.links))
             self._busy_s, self._window_start = 0.0, now
 
+    async def hold_off(self, device_id: int) -> None:
+        """Return once ``device_id`` may be asked again. It answered moments ago, or failed
+        and may still answer (an RTU line): others use the line while that answer dies
+        out, so this is no wait for the line, nor line time."""
+        if len(self.links) == 1 and self.links[0].hold_off_s(device_id) > 0:
+            await self.links[0].wait_hold_off(device_id)
+
     async def read(
         self, device_id: int, function_code: int, address: int, count: int, timeout_s: float
     ) -> list[int]:
         """One read on the next free link (see Link.read for what it raises)."""
-        if len(self.links) == 1 and self.links[0].hold_off_s(device_id) > 0:
-            # This device answered moments ago, or failed and may still answer (an RTU
-            # line): let others use the line while that answer dies out (not a wait for
-            # the line).
-            await self.links[0].wait_hold_off(device_id)
+        await self.hold_off(device_id)
         asked = time.monotonic()
         # The free link is taken without a coroutine of its own: this runs on every poll.
         link = self._free.pop(0) if self._free and not self._waiters else await self._acquire()

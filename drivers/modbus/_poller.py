@@ -337,6 +337,11 @@ class ModbusPoller:
                 else:
                     await asyncio.sleep(delay)
                 self._check_stop(task)
+            # The device's hold-off on its line (its late answer may still come) is waited
+            # out first: the line is others' meanwhile, so it is not the failed poll's line
+            # time that spaces its probes (it spaced a dead device's up to 4 times wider).
+            await self.bus.hold_off(self.device_id)
+            self._check_stop(task)
             started = time.monotonic()
             try:
                 readings: list[Reading] | None = await self.poll_once()

@@ -85,6 +85,12 @@ def modbus_metrics(snap: dict[str, Any]) -> Iterator[Metric]:
         "babbling device)",
         labels=["bus"],
     )
+    sync_reads = CounterMetricFamily(
+        "edge_bus_sync_reads",
+        "Reads sent first because the device still owed a late answer to the block (RTU): "
+        "that answer cannot pass for the block's",
+        labels=["bus"],
+    )
     noisy = GaugeMetricFamily(
         "edge_bus_noisy", "1 while the line is noisy (never falls quiet)", labels=["bus"]
     )
@@ -96,12 +102,14 @@ def modbus_metrics(snap: dict[str, Any]) -> Iterator[Metric]:
         duplicates.add_metric([b["name"]], float(b.get("duplicate_answers", 0)))
         echoes.add_metric([b["name"]], float(b.get("echoes", 0)))
         noisy_reads.add_metric([b["name"]], float(b.get("noisy_reads", 0)))
+        sync_reads.add_metric([b["name"]], float(b.get("sync_reads", 0)))
         noisy.add_metric([b["name"]], float(bool(b.get("noisy"))))
     yield from families.values()
     yield late
     yield duplicates
     yield echoes
     yield noisy_reads
+    yield sync_reads
     yield noisy
     yield from _endpoint_metrics(snap.get("endpoints", []))
     lag = snap.get("pipeline", {}).get("loop_lag_max_s")

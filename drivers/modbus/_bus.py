@@ -40,6 +40,8 @@ class BusStatus:
         echoes: our requests read back by an echoing RS-485 adapter, dropped (RTU).
         noisy_reads: failed reads after which the line never fell quiet (RTU noise).
         noisy: the line is noisy now: the last failed read found it never quiet (RTU).
+        sync_reads: reads sent before a block's read because its device still owed a late
+            answer to an earlier read of it, so that it cannot pass for this one's (RTU).
     """
 
     name: str
@@ -55,6 +57,7 @@ class BusStatus:
     echoes: int = 0
     noisy_reads: int = 0
     noisy: bool = False
+    sync_reads: int = 0
 
 
 class Bus:
@@ -178,6 +181,7 @@ class Bus:
             sum(link.echoes for link in self.links),
             sum(link.noisy_reads for link in self.links),
             any(link.noisy for link in self.links),
+            sum(link.sync_reads for link in self.links),
         )
 
     def close(self) -> None:

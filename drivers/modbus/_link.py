@@ -27,6 +27,7 @@ class Link(Protocol):
     echoes: int  # our own requests read back by an echoing RS-485 adapter (RTU)
     noisy_reads: int  # failed reads after which the line never fell quiet (RTU noise)
     noisy: bool  # the line is noisy now (RTU)
+    sync_reads: int  # reads sent first as a device still owed a late answer (RTU)
 
     @property
     def connected(self) -> bool:

@@ -108,7 +108,7 @@ class RtuLink:
     3 times the read's timeout (0.5 to 5 s) after the flush, or until its late answers
     have come; they are dropped and counted as late. Other devices use the line meanwhile.
     While it still owes a late answer to a block, a read of that block is preceded by a
-    sync read (counted in ``syncs``) whose answer that late one cannot be mistaken for.
+    sync read (counted in ``sync_reads``) whose answer that late one cannot be mistaken for.
     """
 
     def __init__(
@@ -149,7 +149,7 @@ class RtuLink:
         self.late_answers = 0
         self.duplicate_answers = 0  # a device's answer sent again (flaky slave, repeater)
         self.echoes = 0  # our own requests read back (RS-485 adapters that echo), dropped
-        self.syncs = 0  # reads sent first to find a device's answers in order again
+        self.sync_reads = 0  # reads sent first to find a device's answers in order again
         self._logs = {"echo": EpisodeLog(), "duplicate": EpisodeLog(), "late": EpisodeLog()}
 
     @property
@@ -297,7 +297,7 @@ class RtuLink:
             # whose answer nothing owed can look like: once it is in, the device (which
             # answers in order) has nothing older to send.
             sync_fc, sync_count = self.devices.sync_shape(device_id, function_code, count)
-            self.syncs += 1
+            self.sync_reads += 1
             with contextlib.suppress(ExceptionAnswer):  # an answer all the same
                 await self._exchange(device_id, sync_fc, address, sync_count, timeout_s, True)
             await self.devices.wait_hold_off(device_id)  # its repeat guard

@@ -127,6 +127,7 @@ class TcpLink:
         self.late_answers = 0
         self.stray_answers = 0  # answers to no request of ours (a confused peer)
         self.duplicate_answers = self.echoes = 0  # RTU only: transaction ids tell these apart
+        self.sync_reads = 0  # RTU only
         self.noisy_reads, self.noisy = 0, False  # RTU only: a TCP stream carries no line noise
         self._timeouts = 0  # in a row
         # Monotonic time the host last showed life (a connection made, any bytes in): a

@@ -13,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import struct
 import time
+from dataclasses import asdict
 
 import pytest
 
+from agent.health_metrics import render_metrics
 from drivers.modbus import Bus, RtuLink
 from drivers.modbus._frames import FrameError, rtu_frame
 from drivers.modbus._link import LinkTimeout
@@ -328,7 +330,10 @@ async def test_an_answer_five_or_more_timeouts_late_is_never_taken_for_a_later_r
     asked = device.numbers[(3, 0, 2)]
     assert got != [1, 1], "a read took the answer to a request 5+ timeouts older"
     assert got == [asked[-1]] * 2, "the read's value is not its own request's"
-    assert link.late_answers == 1 and link.syncs == 1
+    status = bus.status()
+    assert link.late_answers == 1 and status.sync_reads == 1
+    metrics = render_metrics({"buses": [asdict(status)]}).decode()
+    assert 'edge_bus_sync_reads_total{bus="line-1"} 1.0' in metrics
 
 
 async def test_a_device_whose_request_was_lost_is_read_after_one_sync_read(
@@ -350,4 +355,4 @@ async def test_a_device_whose_request_was_lost_is_read_after_one_sync_read(
         device.close()
     assert device.numbers == {(4, 7, 1): [2], (3, 7, 1): [3, 4]}
     assert got == [3] and again == [4]
-    assert link.syncs == 1 and link.late_answers == 0
+    assert link.sync_reads == 1 and link.late_answers == 0

@@ -87,10 +87,15 @@ def requeue(
             return EXIT_USAGE
     try:
         if not config.store.path.exists():
+            # A WAL left there without its database (moved away) holds alerts: say so.
+            check_path(config.store.path)
             print(f"no store yet at {config.store.path}", file=err)
             return EXIT_NOTHING
     except OSError as exc:  # the service's state folder, entered by another user
         print(f"nothing requeued: cannot read the store {config.store.path}: {exc}", file=err)
+        return EXIT_NOTHING
+    except StoreError as exc:
+        print(f"nothing requeued: {exc}", file=err)
         return EXIT_NOTHING
     by = _who()
     count = 0

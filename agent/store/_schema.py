@@ -30,6 +30,7 @@ from agent.store._files import (
     seq_floor,
 )
 from agent.store._lock import lock_path
+from agent.store._pairing import inode_path, record_file
 from agent.store._sqlite import (
     SIDECARS,
     connect,
@@ -244,7 +245,7 @@ def _private(path: Path) -> None:
     target = store_file(path)  # SQLite's files sit beside a symlink's target
     create_private(target)
     files = [target, *(target.with_name(target.name + s) for s in SIDECARS)]
-    files += [issued_path(path), lock_path(path)]
+    files += [issued_path(path), lock_path(path), inode_path(path)]
     changed = [f.name for f in files if withhold_from_others(f)]
     if changed:
         log.warning(
@@ -294,6 +295,7 @@ def open_db(
             if reason is not None:
                 quarantined = quarantine(path, reason)
         _private(path)
+        record_file(path)  # which file its WAL is written for (agent.store._pairing)
         conn = connect(path)
         fsync_dir(path.parent)
         try:

@@ -83,6 +83,7 @@ def translate(exc: BaseException, path: Path, doing: str) -> StoreError:
 # the -wal, -shm and -journal it creates the mode of their database file.
 STORE_MODE = 0o640
 SIDECARS = ("-wal", "-shm")
+INODE = ".inode"  # beside the store: the inode of the file its WAL is written for
 
 
 def create_private(path: Path) -> None:

@@ -53,7 +53,7 @@ async def test_store_files_are_created_for_the_agent_and_its_group_only(
             await ob.append([draft(i=0)])
             await ob.dead_letter(UP, await ob.next_batch(UP, 10), "HTTP 401")
             names = ["outbox.db", "outbox.db-wal", "outbox.db-shm", "outbox.db.lock"]
-            expected = dict.fromkeys([*names, "outbox.db.issued"], "0o640")
+            expected = dict.fromkeys([*names, "outbox.db.issued", "outbox.db.inode"], "0o640")
             assert _modes(tmp_path, "outbox.db") == expected
             other = tmp_path / "other"
             other.write_bytes(b"not a store\n" * 100)

@@ -283,7 +283,11 @@ async def test_a_symlinked_store_is_recovered_beside_its_target_and_stays_a_link
         assert fault.moved_to.with_name(fault.moved_to.name + "-wal").exists()
     assert fault.kind == "corrupt"
     assert set(r["alert_id"] for r in before) <= set(ids)
-    assert sorted(p.name for p in state.iterdir()) == ["outbox.db", "outbox.db.issued"]
+    assert sorted(p.name for p in state.iterdir()) == [
+        "outbox.db",
+        "outbox.db.inode",
+        "outbox.db.issued",
+    ]
 
 
 async def test_a_symlinked_store_found_corrupt_at_open_is_set_aside_beside_its_target(
@@ -300,7 +304,11 @@ async def test_a_symlinked_store_found_corrupt_at_open_is_set_aside_beside_its_t
     assert quarantined is not None and quarantined.path.parent == disk
     assert quarantined.path.read_bytes() == b"\0" * 4096
     assert link.is_symlink() and link.resolve() == real
-    assert sorted(p.name for p in state.iterdir()) == ["outbox.db", "outbox.db.issued"]
+    assert sorted(p.name for p in state.iterdir()) == [
+        "outbox.db",
+        "outbox.db.inode",
+        "outbox.db.issued",
+    ]
 
 
 async def test_a_store_replaced_after_the_last_write_is_recovered_at_the_stop(

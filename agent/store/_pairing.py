@@ -1,0 +1,197 @@
+"""The store file and the WAL beside it belong together.
+
+SQLite pairs a database with the `-wal` that has its name plus "-wal", nothing more: the
+WAL's header holds no mark of the database it was written for. A WAL left by a kill -9 is
+read into whatever file is at the name when the store next opens:
+- the file moved away (`mv outbox.db outbox.db.bak`): SQLite finds no database (or an
+  empty one) and deletes the WAL, with every alert acknowledged since the last checkpoint;
+- a backup moved back over it: the WAL's pages are laid over another version of the
+  database, a corrupt store (quarantined: its backlog no longer delivered) or alerts lost.
+
+So the agent records which file (its inode) it last opened at the path, in
+`<store>.inode` (fsynced before the first write into a new file), and refuses a WAL with
+committed frames beside a file that is not that one, beside no database, or written with
+another page size. Both files are left as they are: the message says what to do.
+
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import struct
+from pathlib import Path
+
+from agent.store._sqlite import INODE, MAGIC, fsync_dir, open_private, store_file
+from agent.store.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+_WAL_MAGICS = (0x377F0682, 0x377F0683)
+_WAL_HEADER = 32
+_FRAME_HEADER = 24
+_SCAN_LIMIT = 10_000  # folder entries looked through for another name of a file
+
+
+def inode_path(path: Path) -> Path:
+    return path.with_name(path.name + INODE)
+
+
+def _read_mark(path: Path) -> int | None:
+    try:
+        value = json.loads(inode_path(path).read_text(encoding="utf-8")).get("inode")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def record_file(path: Path) -> None:
+    """Record the inode of the store file at `path` (before anything is written into its
+    WAL). Durable: after a power cut a stale mark would refuse the agent's own WAL."""
+    try:
+        ino = os.stat(path).st_ino
+    except OSError:
+        return
+    if _read_mark(path) == ino:
+        return
+    target = inode_path(path)
+    tmp = target.with_name(target.name + ".tmp")
+    try:
+        fd = open_private(tmp, os.O_WRONLY | os.O_TRUNC)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(json.dumps({"inode": ino}).encode())
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+        fsync_dir(target.parent)
+    except OSError as exc:  # a full disk: the other checks still stand
+        log.warning("cannot record the store file's identity in %s: %s", target, exc)
+
+
+def _wal_page_size(wal: Path) -> int | None:
+    """The page size of a WAL holding frames SQLite would read (None: no such frame).
+
+    A WAL restarted after a checkpoint keeps its old frames under a new salt: SQLite
+    ignores them, and so does this check (the first frame's salt must be the header's)."""
+    try:
+        with wal.open("rb") as fh:
+            head = fh.read(_WAL_HEADER + _FRAME_HEADER)
+    except OSError:
+        return None
+    if len(head) < _WAL_HEADER + _FRAME_HEADER:
+        return None
+    magic, _version, page_size, _ckpt, salt1, salt2 = struct.unpack(">6I", head[:24])
+    frame_salts = struct.unpack(">2I", head[_WAL_HEADER + 8 : _WAL_HEADER + 16])
+    if magic not in _WAL_MAGICS or frame_salts != (salt1, salt2):
+        return None
+    return page_size
+
+
+def _db_page_size(path: Path) -> int | None:
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(18)
+    except OSError:
+        return None
+    if len(head) < 18 or head[:16] != MAGIC:
+        return None
+    size = struct.unpack(">H", head[16:18])[0]
+    return 65536 if size == 1 else size
+
+
+def _lock_held(path: Path) -> bool:
+    """Whether a running agent holds the store's lock (`<store>.lock`, agent.store._lock).
+    A flock probe on its own descriptor: closing it drops no lock of this process."""
+    try:
+        fd = os.open(path.with_name(path.name + ".lock"), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def _names_of(folder: Path, ino: int, but: str = "") -> list[Path]:
+    """Names in `folder` of the file with inode `ino` (bounded scan)."""
+    found: list[Path] = []
+    with contextlib.suppress(OSError), os.scandir(folder) as it:
+        for n, entry in enumerate(it):
+            if n >= _SCAN_LIMIT:
+                break
+            with contextlib.suppress(OSError):
+                if entry.name != but and entry.inode() == ino and entry.is_file():
+                    found.append(Path(entry.path))
+    return found
+
+
+def refuse_unpaired_wal(path: Path) -> None:
+    """Refuse a WAL (and -shm) beside the store that was written for another file.
+
+    Raises:
+        StoreError: the WAL holds frames SQLite would lay over (or delete beside) a file
+            that is not the one they were written for; nothing was changed.
+    """
+    target = store_file(path)
+    wal = target.with_name(target.name + "-wal")
+    wal_size = _wal_page_size(wal)
+    if wal_size is None or _lock_held(path):
+        # A running agent's own WAL: it recovers a file replaced under it by itself (and
+        # `requeue` beside it refuses a file the agent does not hold).
+        return
+    shm = target.with_name(target.name + "-shm")
+    files = f"{wal} and {shm}" if shm.exists() else str(wal)
+    try:
+        st: os.stat_result | None = os.stat(target)
+    except FileNotFoundError:
+        st = None
+    mark = _read_mark(path)
+    home = [p for p in _names_of(target.parent, mark) if p != target] if mark else []
+    why: str | None = None
+    if st is None or st.st_size == 0:
+        why = (
+            f"there is no database at {target} (moved away?): SQLite would delete the WAL, "
+            "and the alerts in it"
+        )
+    elif (db_size := _db_page_size(target)) is not None and db_size != wal_size:
+        why = (
+            f"the WAL's pages are {wal_size} bytes, {target}'s are {db_size}: it was "
+            "written for another database"
+        )
+    elif mark is not None and st.st_ino != mark:
+        why = (
+            f"{target} is not the file the agent last wrote (inode {st.st_ino}, the agent's "
+            f"was {mark}: a backup moved over it?); SQLite would lay the WAL's pages over "
+            "it (a corrupt store, or alerts lost)"
+        )
+    if why is None:
+        return
+    if home:
+        back = (
+            f"mv {home[0]} {target}"
+            if st is None
+            else (f"mv {target} {target}.other; mv {home[0]} {target}")
+        )
+        fix = (
+            f"The WAL belongs to {home[0]}: put that file back ({back}), or "
+            f"keep {target} and move the WAL beside its own file (mv {wal} {home[0]}-wal"
+            + (f"; mv {shm} {home[0]}-shm" if shm.exists() else "")
+            + ")"
+        )
+    else:
+        fix = (
+            f"Put back the database file the WAL was written for at {target}, or, to "
+            f"start from {target} as it is, move {files} aside (keep them: they hold "
+            "alerts, readable with that database file)"
+        )
+    raise StoreError(
+        f"{files} beside the store do not belong to {target}: {why}. Nothing was "
+        f"changed. {fix}; then start again",
+        path=path,
+    )

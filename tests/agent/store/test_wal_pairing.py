@@ -1,0 +1,145 @@
+"""A WAL a kill -9 left beside the store, paired with another file by a backup's mv:
+refused with what to do, nothing changed.
+
+Real processes: the agent's store is written by a child process killed with SIGKILL
+(its WAL stays, unchecked), then the real CLI opens what an integrator left."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from agent.store import Outbox
+from tests.agent.test_operator_commands import cli, one_line_error, write_config
+from tests.conftest import REPO
+
+_KILLED_WRITER = """
+import asyncio, os, signal, sys
+from agent.store import Outbox
+from tests.agent.store._drafts import draft
+
+async def main(path: str, n: int) -> None:
+    outbox = Outbox(path, gateway_id="gw-01", max_bytes=1 << 30, uplinks=["portfolio"])
+    await outbox.__aenter__()
+    for i in range(n):
+        await outbox.append([draft(i=i)])  # acknowledged: on disk, in the WAL
+    os.kill(os.getpid(), signal.SIGKILL)
+
+asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+"""
+
+
+def _write_and_kill(path: Path, n: int) -> None:
+    """n alerts acknowledged by a process then killed with SIGKILL (its WAL stays)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILLED_WRITER, str(path), str(n)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert path.with_name(path.name + "-wal").stat().st_size > 0
+
+
+def _pending(path: Path) -> int:
+    async def count() -> int:
+        async with Outbox(path, gateway_id="gw-01", max_bytes=1 << 30) as outbox:
+            return (await outbox.stats()).pending
+
+    return asyncio.run(count())
+
+
+def _config(tmp_path: Path) -> tuple[Path, Path]:
+    cfg = write_config(tmp_path)
+    data = yaml.safe_load(cfg.read_text())
+    db = tmp_path / "store" / "outbox.db"
+    db.parent.mkdir()
+    data["store"]["path"] = str(db)
+    cfg.write_text(yaml.safe_dump(data))
+    return cfg, db
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+COMMANDS = [("requeue", "--all"), ("maintenance", "--asset", "press-7"), ("run",)]
+
+
+def _refused(cfg: Path, command: tuple[str, ...]) -> str:
+    """The one line a command refused with (exit 1). `run` is a real process: one that
+    opened the store would run on (killed at the time-out, a failure)."""
+    if command[0] != "run":
+        proc = cli(command[0], "-c", str(cfg), *command[1:])
+        assert proc.returncode == 1, (command, proc)
+        return one_line_error(proc)
+    ran = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "run", "-c", str(cfg)],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert ran.returncode == 1, ran
+    return [ln for ln in ran.stderr.splitlines() if "beside the store" in ln][-1]
+
+
+def test_a_wal_left_beside_a_store_moved_away_is_refused_not_deleted(tmp_path: Path) -> None:
+    """`mv outbox.db outbox.db.bak` after a kill -9: the next start created an empty
+    outbox.db and SQLite deleted the WAL beside it, with all 40 alerts acknowledged since
+    the last checkpoint (outbox.db.bak had none of them). Now every command refuses, names
+    both files, and says where the WAL belongs; put back, every alert is there."""
+    cfg, db = _config(tmp_path)
+    _write_and_kill(db, 40)
+    bak = db.with_name("outbox.db.bak")
+    db.rename(bak)
+    before = _snapshot(db.parent)
+    for command in COMMANDS:
+        line = _refused(cfg, command)
+        assert f"{db}-wal and {db}-shm beside the store do not belong to {db}" in line, line
+        assert f"there is no database at {db}" in line
+        assert f"The WAL belongs to {bak}: put that file back (mv {bak} {db})" in line
+        assert _snapshot(db.parent) == before, command
+    bak.rename(db)
+    assert _pending(db) == 40
+
+
+def test_a_backup_moved_over_a_store_with_a_wal_is_refused(tmp_path: Path) -> None:
+    """A copy taken as a backup, moved back over the store while a kill -9 had left the
+    WAL: SQLite laid the WAL's pages over the older file, quick_check found it corrupt and
+    the store was quarantined: none of the 70 alerts was delivered any more. Now refused,
+    the backup and the WAL untouched; with the right file back, all 70 are pending."""
+    cfg, db = _config(tmp_path)
+    _write_and_kill(db, 30)
+    shutil.copyfile(db, db.with_name("backup.db"))
+    _write_and_kill(db, 40)
+    current = db.with_name("current.db")
+    db.rename(current)
+    db.with_name("backup.db").rename(db)
+    before = _snapshot(db.parent)
+    for command in COMMANDS:
+        line = _refused(cfg, command)
+        assert f"{db} is not the file the agent last wrote" in line, line
+        assert f"The WAL belongs to {current}" in line
+        assert f"mv {db}-wal {current}-wal; mv {db}-shm {current}-shm" in line
+        assert _snapshot(db.parent) == before, command
+    db.rename(db.with_name("backup.db"))
+    current.rename(db)
+    assert _pending(db) == 70
+
+
+def test_a_store_reopened_after_a_kill_keeps_its_wal(tmp_path: Path) -> None:
+    """The agent's own WAL after a kill -9 (and after a restore with no WAL beside it) is
+    never refused: the store file is the one it was written for."""
+    _, db = _config(tmp_path)
+    _write_and_kill(db, 10)
+    assert _pending(db) == 10
+    # A backup restored over a store stopped cleanly (no WAL): opened as the store.
+    shutil.copyfile(db, tmp_path / "copy.db")
+    os.replace(tmp_path / "copy.db", db)
+    _write_and_kill(db, 5)
+    assert _pending(db) == 15

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from agent.store._pairing import refuse_unpaired_wal
+from agent.store._pairing import refuse_other_names, refuse_unpaired_wal
 from agent.store._sqlite import (
     BUSY_TIMEOUT_S,
     MAGIC,
@@ -211,11 +211,12 @@ def check_path(
 
     Raises:
         StoreError: what is at `path` cannot be a store, or cannot be opened as it is (a
-            WAL beside it written for another file): nothing was changed.
+            WAL beside it written for another file, a second name): nothing was changed.
         sqlite3.Error / OSError: it cannot be read now (locked, permissions).
     """
     refuse_directory(path)
     # Before anything opens it: SQLite would read (or delete) a WAL that is not this file's.
+    refuse_other_names(path)
     refuse_unpaired_wal(path)
     if path.exists() and (found := foreign(path, timeout, damage_is_ours=damage_is_ours)):
         raise StoreError(

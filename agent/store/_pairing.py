@@ -1,4 +1,4 @@
-"""The store file and the WAL beside it belong together.
+"""The store file and the WAL beside it belong together, and the file has one name.
 
 SQLite pairs a database with the `-wal` that has its name plus "-wal", nothing more: the
 WAL's header holds no mark of the database it was written for. A WAL left by a kill -9 is
@@ -13,6 +13,10 @@ So the agent records which file (its inode) it last opened at the path, in
 committed frames beside a file that is not that one, beside no database, or written with
 another page size. Both files are left as they are: the message says what to do.
 
+A second name (a hard link) gives the same database a second WAL and a second lock index:
+two processes opening it by different names both write and overwrite each other's pages
+("How To Corrupt An SQLite Database File", multiple links: a database file whose link
+count is not 1 is undefined behaviour). Such a file is refused too.
 """
 
 from __future__ import annotations
@@ -129,6 +133,32 @@ def _names_of(folder: Path, ino: int, but: str = "") -> list[Path]:
                 if entry.name != but and entry.inode() == ino and entry.is_file():
                     found.append(Path(entry.path))
     return found
+
+
+def refuse_other_names(path: Path) -> None:
+    """Refuse a store file that has more than one name (hard links).
+
+    Raises:
+        StoreError: it has; nothing was changed.
+    """
+    target = store_file(path)
+    try:
+        st = os.stat(target)
+    except OSError:
+        return
+    if st.st_nlink <= 1:
+        return
+    others = _names_of(target.parent, st.st_ino, but=target.name)
+    named = ", ".join(map(str, others)) if others else "in another folder (find -samefile)"
+    raise StoreError(
+        f"{target} has {st.st_nlink} names (hard links): {named}. SQLite keeps a WAL and a "
+        "lock index beside each name, so a process opening the store by another name "
+        "writes into the same database with a second WAL and overwrites the agent's "
+        "alerts. Nothing was changed. Remove the other name(s) with rm (the data stays "
+        f'in {target}); to back the store up, copy it (sqlite3 {target} ".backup '
+        'FILE") instead of linking it',
+        path=path,
+    )
 
 
 def refuse_unpaired_wal(path: Path) -> None:

@@ -1,5 +1,5 @@
-"""A WAL a kill -9 left beside the store, paired with another file by a backup's mv:
-refused with what to do, nothing changed.
+"""A WAL a kill -9 left beside the store, paired with another file by a backup's mv, and a
+store file with a second name (hard link): refused with what to do, nothing changed.
 
 Real processes: the agent's store is written by a child process killed with SIGKILL
 (its WAL stays, unchecked), then the real CLI opens what an integrator left."""
@@ -14,9 +14,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
-from agent.store import Outbox
+from agent.store import Outbox, StoreError
 from tests.agent.test_operator_commands import cli, one_line_error, write_config
 from tests.conftest import REPO
 
@@ -85,7 +86,7 @@ def _refused(cfg: Path, command: tuple[str, ...]) -> str:
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert ran.returncode == 1, ran
-    return [ln for ln in ran.stderr.splitlines() if "beside the store" in ln][-1]
+    return [ln for ln in ran.stderr.splitlines() if "beside the store" in ln or "names" in ln][-1]
 
 
 def test_a_wal_left_beside_a_store_moved_away_is_refused_not_deleted(tmp_path: Path) -> None:
@@ -143,3 +144,24 @@ def test_a_store_reopened_after_a_kill_keeps_its_wal(tmp_path: Path) -> None:
     os.replace(tmp_path / "copy.db", db)
     _write_and_kill(db, 5)
     assert _pending(db) == 15
+
+
+def test_a_store_file_with_a_second_name_is_refused(tmp_path: Path) -> None:
+    """`ln outbox.db other.db`: opened by the other name, SQLite kept a second WAL
+    (other.db-wal) for the same database and each name's reader laid its own WAL over the
+    other's pages: 30 acknowledged alerts vanished. Now refused, naming the other name."""
+    cfg, db = _config(tmp_path)
+    _write_and_kill(db, 30)
+    assert _pending(db) == 30
+    other = db.with_name("other.db")
+    os.link(db, other)
+    before = _snapshot(db.parent)
+    for command in COMMANDS:
+        line = _refused(cfg, command)
+        assert f"{db} has 2 names (hard links): {other}." in line, line
+        assert "Nothing was changed. Remove the other name(s) with rm" in line
+        assert _snapshot(db.parent) == before, command
+    with pytest.raises(StoreError, match="has 2 names"):
+        _pending(other)
+    other.unlink()
+    assert _pending(db) == 30

@@ -25,6 +25,7 @@ from agent.config import Config
 from agent.store import (
     StoreError,
     StoreInUseError,
+    become_store_owner,
     check_path,
     outbox_for,
     requeue_chunks,
@@ -108,6 +109,10 @@ def requeue(
             print(json.dumps(d, sort_keys=True) if as_json else line, file=out)
 
     try:
+        # Root on a store in /tmp writes as its owner (the agent), leaving it no file of
+        # root's it cannot replace; `by` still names who ran it.
+        if (uid := become_store_owner(config.store.path)) is not None:
+            print(f"as root: requeuing as the store's owner (uid {uid})", file=err)
         # Before the lock: no lock file beside another application's file.
         with contextlib.suppress(sqlite3.Error, OSError):  # unreadable now: opening says why
             check_path(config.store.path, timeout=PRECHECK_BUSY_S)

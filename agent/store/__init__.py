@@ -1,7 +1,7 @@
 """Durable store-and-forward: the SQLite outbox of alerts, summaries and monitor state."""
 
 from agent.store._files import Quarantined, check_path
-from agent.store._lock import StoreInUseError, lock_path, store_lock
+from agent.store._lock import StoreInUseError, become_store_owner, lock_path, store_lock
 from agent.store._ops import StoredItem
 from agent.store._outbox import Outbox, outbox_for, uplink_carries
 from agent.store._queries import OutboxStats, UplinkBacklog
@@ -44,6 +44,7 @@ __all__ = [
     "StoredItem",
     "UplinkBacklog",
     "WriterCounters",
+    "become_store_owner",
     "check_path",
     "lock_path",
     "outbox_for",

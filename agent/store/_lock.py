@@ -7,7 +7,10 @@ import errno
 import fcntl
 import os
 import pwd
+import shlex
 import stat
+import sys
+import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -70,6 +73,87 @@ def refuse_squatted(store_path: Path) -> None:
             "(/var/lib/edge-agent under the shipped systemd unit)",
             path=store_path,
         )
+
+
+def become_store_owner(store_path: Path) -> int | None:
+    """Root on a store in a folder every user can write: go on as the store file's owner.
+
+    Root's files there are for good (the folder's sticky bit keeps the agent from
+    replacing them): the `.issued` mark root's write left behind the agent could neither
+    read nor update, and a file root created first (`.lock`, a recovered store) it could
+    not open at all. As the owner, what is written is the agent's as if it wrote it; the
+    store's files are then checked as that user's (refuse_squatted). Only there: under
+    the shipped unit the owner cannot enter the service's folder (/var/lib/private).
+
+    Returns:
+        The uid now in effect, or None when nothing changed (not root, another folder, a
+        store root owns or none yet).
+
+    Raises:
+        StoreError: the process could not take the owner's ids.
+    """
+    if os.geteuid() != 0 or world_writable(store_path.parent) is None:
+        return None
+    try:
+        st = os.lstat(store_path)
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode) or st.st_uid == 0 or st.st_size == 0:
+        return None  # an empty file or a link another user put there: refused as such
+    if unreadable := _closed_to(st.st_uid, st.st_gid, _code_dirs()):
+        # Dropped for good, it would fail at its first lazy import (halfway through).
+        raise StoreError(
+            f"{store_path} belongs to uid {st.st_uid}, who cannot read {unreadable} (this "
+            f"Python's files); nothing was changed. Run it as that user: {_sudo(st.st_uid)}",
+            path=store_path,
+        )
+    try:
+        os.setgroups([])
+        os.setgid(st.st_gid)
+        os.setuid(st.st_uid)  # as root: real, effective and saved uid, for good
+    except OSError as exc:
+        raise StoreError(
+            f"cannot act as {store_path}'s owner (uid {st.st_uid}): {exc.strerror}; run this "
+            f"as that user: {_sudo(st.st_uid)}",
+            path=store_path,
+        ) from exc
+    return st.st_uid
+
+
+def _code_dirs() -> list[Path]:
+    """Where this process imports from: the standard library, the installed packages and
+    this package."""
+    import agent  # this package's folder (not a global of this module: no cycle)
+
+    found = [sysconfig.get_path("stdlib"), sysconfig.get_path("purelib")]
+    found.append(os.path.dirname(os.path.dirname(os.path.abspath(agent.__file__))))
+    return [Path(p) for p in found if p]
+
+
+def _closed_to(uid: int, gid: int, dirs: list[Path]) -> Path | None:
+    """The first folder of `dirs` (or on the way to it) that uid:gid, with no other
+    group, may not enter and read, judged by the mode bits; None when all are open."""
+    for folder in dirs:
+        steps = [*reversed(folder.parents), folder]
+        for i, step in enumerate(steps):
+            want = 0o5 if i == len(steps) - 1 else 0o1  # the folder: read and enter
+            try:
+                st = os.stat(step)
+            except OSError:
+                break  # not there: nothing is imported from it
+            shift = 6 if st.st_uid == uid else 3 if st.st_gid == gid else 0
+            if (st.st_mode >> shift) & want != want:
+                return step
+    return None
+
+
+def _sudo(uid: int) -> str:
+    """This very command, run as `uid`."""
+    try:
+        who = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        who = f"#{uid}"  # sudo's form for a uid with no name
+    return shlex.join(["sudo", "-u", who, "edge-agent", *sys.argv[1:]])
 
 
 @contextlib.contextmanager

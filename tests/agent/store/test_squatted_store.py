@@ -3,6 +3,7 @@ store there is refused with what to do, and `check` warns about such a folder.""
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import os
 import shutil
@@ -16,7 +17,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from agent.store import Outbox, lock_path
+from agent.store._lock import _closed_to, _code_dirs
 from tests._reload_agent import OUTSIDER, REVEAL_PYENV
+from tests.agent.store._drafts import draft
 from tests.agent.test_operator_commands import Ran, cli, one_line_error, write_config
 from tests.conftest import REPO
 
@@ -130,5 +134,91 @@ def test_root_records_maintenance_through_an_agent_whose_store_is_in_tmp() -> No
             agent.wait(timeout=30)
         assert done.returncode == 0, done
         assert "recorded by the running agent" in done.stdout, done
+    finally:
+        shutil.rmtree(site, ignore_errors=True)
+
+
+def _agents_store_in_tmp(site: Path) -> tuple[Path, Path]:
+    """A store with one dead letter in a 1777 folder, its files the agent's (uid OTHER)."""
+    shared = site / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    cfg = write_config(site)
+    data = yaml.safe_load(cfg.read_text())
+    db = shared / "outbox.db"
+    data["store"]["path"] = str(db)
+    data["uplinks"] = [{"name": "up", "http": {"url": "http://127.0.0.1:9/v1/alerts"}}]
+    cfg.write_text(yaml.safe_dump(data))
+
+    async def dead_letter() -> None:
+        async with Outbox(db, gateway_id="gw-t", max_bytes=1 << 30, uplinks=["up"]) as ob:
+            await ob.append([draft(i=0)])
+            await ob.dead_letter("up", await ob.next_batch("up", 10), "HTTP 401")
+
+    asyncio.run(dead_letter())
+    lock_path(db).touch()
+    for f in shared.iterdir():
+        os.chown(f, OTHER, OTHER)
+    return cfg, db
+
+
+def _requeue_as_root(cfg: Path, *, reveal_python: bool) -> subprocess.CompletedProcess[str]:
+    """`edge-agent requeue --all` as root, a process of its own (it may give up root).
+    reveal_python: this machine's Python (under /root, 0700) readable by every user, as
+    a gateway's /usr/bin/python3 is."""
+    cmd = [sys.executable, "-m", "agent.cli", "requeue", "-c", str(cfg), "--all"]
+    if reveal_python:
+        cmd = ["unshare", "--mount", "--fork", "bash", "-c", REVEAL_PYENV + 'exec "$@"', "bash",
+               *cmd]  # fmt: skip
+    return subprocess.run(
+        cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("unshare"),
+    reason="needs root and unshare (to give files to another uid and read Python as it)",
+)
+def test_root_requeues_an_agents_store_in_tmp_as_the_agents_user() -> None:
+    """`sudo edge-agent requeue --all` on an agent's store in /tmp was refused as another
+    user's squat, with advice meant for the agent (move store.path). Run on, as root, it
+    would have left a root-owned `.issued` the agent could neither read nor replace (the
+    folder's sticky bit). Now root requeues as the store's owner: every file stays the
+    agent's."""
+    site = Path(tempfile.mkdtemp(prefix="edge-requeue-", dir="/tmp"))
+    try:
+        site.chmod(0o755)
+        cfg, db = _agents_store_in_tmp(site)
+        ran = _requeue_as_root(cfg, reveal_python=True)
+        assert ran.returncode == 0, ran.stderr
+        assert ran.stdout.startswith("requeued gw-t-"), ran.stdout
+        assert f"as root: requeuing as the store's owner (uid {OTHER})" in ran.stderr
+        owners = {f.name: f.stat().st_uid for f in db.parent.iterdir()}
+        assert owners == dict.fromkeys(owners, OTHER), owners
+        assert "outbox.db.issued" in owners
+    finally:
+        shutil.rmtree(site, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another uid needs root")
+@pytest.mark.skipif(
+    _closed_to(OTHER, OTHER, _code_dirs()) is None,
+    reason="this Python is readable by every user: root's requeue acts as the owner here",
+)
+def test_root_is_told_the_command_to_run_as_the_stores_owner() -> None:
+    """Where the store's owner could not read the Python root runs (it would fail at its
+    first import once root is given up), root is told the very command to run as the
+    owner, and nothing is changed."""
+    site = Path(tempfile.mkdtemp(prefix="edge-requeue-", dir="/tmp"))
+    try:
+        site.chmod(0o755)
+        cfg, db = _agents_store_in_tmp(site)
+        before = {f.name: f.read_bytes() for f in db.parent.iterdir()}
+        ran = _requeue_as_root(cfg, reveal_python=False)
+        assert ran.returncode == 1, ran
+        assert f"{db} belongs to uid {OTHER}, who cannot read" in ran.stderr
+        assert f"sudo -u '#{OTHER}' edge-agent requeue -c {cfg} --all" in ran.stderr
+        assert {f.name: f.read_bytes() for f in db.parent.iterdir()} == before
     finally:
         shutil.rmtree(site, ignore_errors=True)

@@ -26,6 +26,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import struct
 from pathlib import Path
 
@@ -37,7 +38,10 @@ log = logging.getLogger(__name__)
 _WAL_MAGICS = (0x377F0682, 0x377F0683)
 _WAL_HEADER = 32
 _FRAME_HEADER = 24
-_SCAN_LIMIT = 10_000  # folder entries looked through for another name of a file
+_SCAN_LIMIT = 10_000
+_FRESH_INODES = frozenset(
+    {"vfat", "msdos", "exfat"}
+)  # folder entries looked through for another name of a file
 
 
 def inode_path(path: Path) -> Path:
@@ -122,6 +126,34 @@ def _lock_held(path: Path) -> bool:
     return False
 
 
+def _fs_type(folder: Path) -> str | None:
+    """The type of the filesystem `folder` is on (Linux's mount table), None if unknown."""
+    where = os.path.realpath(folder)
+    best: tuple[int, str] | None = None
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                fields, _, tail = line.partition(" - ")
+                parts = fields.split()
+                if len(parts) < 5 or not tail:
+                    continue
+                # Spaces and the like in a mount point come as octal escapes (\040).
+                mount = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), parts[4])
+                inside = where == mount or where.startswith(mount.rstrip("/") + "/")
+                if inside and (best is None or len(mount) >= best[0]):
+                    best = (len(mount), tail.split()[0])
+    except OSError:
+        return None
+    return None if best is None else best[1]
+
+
+def _stable_inodes(folder: Path) -> bool:
+    """False on a filesystem that numbers inodes afresh at each mount (FAT, exFAT; FUSE
+    may): there the inode recorded before a reboot says nothing of the file after it."""
+    kind = _fs_type(folder)
+    return kind is None or not (kind in _FRESH_INODES or kind.startswith("fuse"))
+
+
 def _names_of(folder: Path, ino: int, but: str = "") -> list[Path]:
     """Names in `folder` of the file with inode `ino` (bounded scan)."""
     found: list[Path] = []
@@ -194,7 +226,7 @@ def refuse_unpaired_wal(path: Path) -> None:
             f"the WAL's pages are {wal_size} bytes, {target}'s are {db_size}: it was "
             "written for another database"
         )
-    elif mark is not None and st.st_ino != mark:
+    elif mark is not None and st.st_ino != mark and _stable_inodes(target.parent):
         why = (
             f"{target} is not the file the agent last wrote (inode {st.st_ino}, the agent's "
             f"was {mark}: a backup moved over it?); SQLite would lay the WAL's pages over "

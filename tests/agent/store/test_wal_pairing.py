@@ -165,3 +165,29 @@ def test_a_store_file_with_a_second_name_is_refused(tmp_path: Path) -> None:
         _pending(other)
     other.unlink()
     assert _pending(db) == 30
+
+
+_KILLED_SQLITE = """
+import os, signal, sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("PRAGMA page_size=1024")
+conn.execute("PRAGMA journal_mode=WAL")
+conn.execute("CREATE TABLE parts (name TEXT)")
+conn.execute("INSERT INTO parts VALUES ('bearing 6205')")
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_wal_of_another_page_size_is_refused(tmp_path: Path) -> None:
+    """Another database's WAL (1024-byte pages, left by a killed process) put beside the
+    store, whose file is the one the agent wrote: its frames are not this database's."""
+    cfg, db = _config(tmp_path)
+    _write_and_kill(db, 5)
+    other = tmp_path / "parts.db"
+    proc = subprocess.run([sys.executable, "-c", _KILLED_SQLITE, str(other)], timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    os.replace(f"{other}-wal", f"{db}-wal")
+    before = _snapshot(db.parent)
+    line = _refused(cfg, ("requeue", "--all"))
+    assert "the WAL's pages are 1024 bytes" in line and "are 4096" in line, line
+    assert _snapshot(db.parent) == before

@@ -160,6 +160,13 @@ class Bus:
         """Monotonic time its host last showed life on any link (-inf: never, or RTU)."""
         return max((getattr(link, "heard_at", -math.inf) for link in self.links), default=-math.inf)
 
+    @property
+    def refused_at(self) -> float:
+        """Monotonic time a connect to its host was last refused (-inf: never, or RTU)."""
+        return max(
+            (getattr(link, "refused_at", -math.inf) for link in self.links), default=-math.inf
+        )
+
     def status(self) -> BusStatus:
         """The current snapshot; resets the longest-wait gauge."""
         span = time.monotonic() - self._window_start

@@ -21,7 +21,9 @@ Endpoints with fewer than MIN_PEERS devices are not grouped: one device failing 
 simply that device failing. A TCP host's devices on such endpoints (two device ids
 behind one port, a device per port) are judged together as the host when there are
 HOST_MIN_PEERS of them (`host_group`): a switch of several down, silencing 3 hosts of 9,
-is one outage per host, not each device failing alone.
+is one outage per host, not each device failing alone. A host that shows life while
+they fail (a late answer, a connection made, or one port refusing while another times
+out: the reset is the host answering) is not silent: each failing device fails alone.
 """
 
 from __future__ import annotations
@@ -126,6 +128,9 @@ class Peers:
         # Host level: devices whose last failure came with a sign of their host (a late
         # answer, a new connection): the host is reachable, its failing devices fail alone.
         self._heard: set[str] = set()
+        # Host level: when the last poll refused by one of its ports started (a reset: the
+        # host is on the network, nothing listens on that port); see PollLedger.failed.
+        self.refused_at = -math.inf
         self._log_quiet_until = -1.0
         self._hushed = 0  # outages not logged since the last line
         # Back-off sleeps to cut short when the outage ends (one per device at most).

@@ -215,6 +215,7 @@ class ModbusPoller:
         """
         started = time.monotonic()
         self.ledger.polls += 1
+        self.ledger.begin()
         answers: list[list[int]] = []
         try:
             for block in self.plan.blocks:

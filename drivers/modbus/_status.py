@@ -6,6 +6,7 @@ nothing of its own: its endpoint's two lines say it (drivers.modbus._peers)."""
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -112,6 +113,9 @@ class PollLedger:
         self.last_bad: tuple[str, ...] = ()
         self._failing_since: float | None = None
         self._prev_failed_at = 0.0  # when its previous failed poll started
+        # Its host's refused_at when the current poll started (see failed).
+        self._refused_seen = -math.inf
+        self._prev_refused = False  # its previous failed poll's connect was refused
         self._fail_log = EpisodeLog()
         self._bad_log = EpisodeLog()
         self._bad_polls = 0  # flagged polls in a row
@@ -188,6 +192,12 @@ class PollLedger:
                 extra={"sensor_id": self.sensor_id, "address": self.bus.address},
             )
 
+    def begin(self) -> None:
+        """A poll starts: what its host has shown of itself until now is kept (failed)."""
+        peers = self.bus.peers
+        host = None if peers is None else peers.host_group
+        self._refused_seen = -math.inf if host is None else host.refused_at
+
     def failed(self, err: DeviceError, started: float) -> None:
         """Record a failed poll that started at monotonic ``started``."""
         if self.joined is not None and self.joined.ended_at is not None:
@@ -207,8 +217,25 @@ class PollLedger:
         # The host heard since the previous failed poll was sent (its late answer, a new
         # connection): it is reachable, this device fails alone (_peers, host level).
         heard = self.bus.heard_at >= (self._prev_failed_at if failures > 1 else started)
-        self._prev_failed_at = started
         peers = self.bus.peers
+        host = None if peers is None else peers.host_group
+        refused = self.bus.refused_at >= started
+        if host is not None and refused:
+            host.refused_at = max(host.refused_at, started)  # the host answered: a reset
+        elif (
+            host is not None
+            and failures > 1
+            and not self._prev_refused
+            and self._refused_seen > self._prev_failed_at
+        ):
+            # Failed twice, not refused, although its host refused another port between
+            # the two polls' starts: the host is on the network, this port is filtered or
+            # hung; it fails alone. (A port refused beside it was one host fault, 'no
+            # device behind it answers'.) Not a refusal after this poll started (a host
+            # booting refuses while a connect sent before still times out), nor refusals
+            # alone (every port refused is its Modbus service down: one host fault).
+            heard = True
+        self._prev_failed_at, self._prev_refused = started, refused
         if peers is not None and self.joined is None:
             peers = peers.judge  # its endpoint, its host, or the gateway's TCP network
         elif peers is not None:

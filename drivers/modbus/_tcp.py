@@ -133,6 +133,9 @@ class TcpLink:
         # Monotonic time the host last showed life (a connection made, any bytes in): a
         # device timing out beside it fails alone, its host is not silent (_peers).
         self.heard_at = -math.inf
+        # Monotonic time a connect was last refused: the host answered with a reset, so
+        # it is on the network (nothing listens on this port); _peers, host level.
+        self.refused_at = -math.inf
 
     def hold_off_s(self, device_id: int) -> float:
         """Always 0: a transaction id ties each answer to its request."""
@@ -163,6 +166,9 @@ class TcpLink:
                 )
         except TimeoutError as exc:
             raise LinkDown(f"connect to {self.address} timed out") from exc
+        except ConnectionRefusedError as exc:
+            self.refused_at = time.monotonic()
+            raise LinkDown(f"connect to {self.address} failed: {exc.strerror or exc}") from exc
         except OSError as exc:
             raise LinkDown(f"connect to {self.address} failed: {exc.strerror or exc}") from exc
         self._protocol = protocol

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -660,3 +661,48 @@ async def test_a_refused_port_beside_a_late_device_is_two_device_faults(
             snap = await agent.snapshot()
     assert sorted(_faults(records)) == sorted(raised), _faults(records)
     assert all(s["state"] != "ok" for s in snap["sensors"])
+
+
+@contextlib.contextmanager
+def _black_hole(host: str, port: int) -> Iterator[None]:
+    """host:port's connects time out from now, as a filtered (black-holed) port: it
+    listens with a backlog of 0 and its one place is taken, so the kernel drops further
+    SYNs (net.ipv4.tcp_abort_on_overflow 0, the default) and sends no reset."""
+    with socket.socket() as listener, socket.socket() as filler:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+        listener.listen(0)
+        filler.connect((host, port))
+        yield
+
+
+async def test_a_refused_port_beside_a_filtered_one_is_two_device_faults(
+    tmp_path: Path,
+) -> None:
+    """Host 127.0.0.7 answers on two ports, a device behind each; then d1's port refuses
+    (its server stopped: the host answers with a reset) and d2's is filtered (its connects
+    time out). Both failing, they were judged together as the host: one 'no device behind
+    ... answers' fault, sending a planner to the switch and the cable of a host that is on
+    the network. Now the refusal shows the host there: each port's device raises its own
+    fault (its last error: refused, timed out), the host none."""
+    servers = [ModbusSimServer([SimDevice(1, Constant({}))], host="127.0.0.7") for _ in "ab"]
+    for s in servers:
+        await s.__aenter__()
+    refused, filtered = (s.port for s in servers)
+    devices = [_Dev("d1", refused, host="127.0.0.7"), _Dev("d2", filtered, host="127.0.0.7")]
+    # The host looks silent until d2's connects have timed out twice (1 s each, after a
+    # refusal or two before the port is black-holed): endpoint_silent_s outlasts that.
+    silent_s = 2 * SILENT_FAULT_S
+    cfg = _write_config(tmp_path, devices, silent_s=silent_s)
+    records: list[dict[str, Any]] = []
+    async with _running(cfg, records) as agent:
+        await _all_ok(agent, 2)
+        await _cut(servers, (0, 1))
+        with _black_hole("127.0.0.7", filtered):
+            raised = {("d1", "raised"), ("d2", "raised")}
+            await _until(lambda: raised <= set(_faults(records)), 15)
+            await asyncio.sleep(silent_s)  # no host fault follows
+    assert sorted(_faults(records)) == sorted(raised), _faults(records)
+    errors = {r["sensor"]["id"]: r["evidence"]["last_error"] for r in records}
+    assert "Connect call failed" in errors["d1"], errors
+    assert "timed out" in errors["d2"], errors

@@ -18,10 +18,12 @@ each polls again at its next tick instead of after its own back-off (up to backo
 30 s by default), so readings resume within about a poll interval of the first answer.
 
 Endpoints with fewer than MIN_PEERS devices are not grouped: one device failing is
-simply that device failing. A TCP host's devices on such endpoints (two device ids
-behind one port, a device per port) are judged together as the host when there are
-HOST_MIN_PEERS of them (`host_group`): a switch of several down, silencing 3 hosts of 9,
-is one outage per host, not each device failing alone. A host that shows life while
+simply that device failing; a TCP port needs HOST_MIN_PEERS (two device ids behind one
+port silent together are that port's outage, its host answering on another or not). A
+TCP host's devices on endpoints too small to group (a device per port) are judged
+together as the host when there are HOST_MIN_PEERS of them (`host_group`): a switch of
+several down, silencing 3 hosts of 9, is one outage per host, not each device failing
+alone. A host that shows life while
 they fail (a late answer, a connection made, or one port refusing while another times
 out: the reset is the host answering) is not silent: each failing device fails alone.
 """
@@ -101,7 +103,6 @@ class Peers:
         self.label = {"network": "TCP network", "host": f"host {self.host}"}.get(
             self.level, f"endpoint {address}"
         )
-        self.min_peers = HOST_MIN_PEERS if self.level == "host" else MIN_PEERS
         # The devices of its TCP host, and the gateway's TCP network (NETWORK): who
         # judges a device here when this endpoint has too few.
         self.host_group: Peers | None = None
@@ -153,9 +154,26 @@ class Peers:
         return [p for p in (self, self.host_group, self.network) if p is not None]
 
     @property
+    def min_peers(self) -> int:
+        """Devices it needs to judge them together: HOST_MIN_PEERS for a TCP host and a
+        TCP port (two device ids behind one port silent together, while their host answers
+        on another, are that port's outage: each was judged alone, two device faults for
+        one silent port), MIN_PEERS for a serial line."""
+        return HOST_MIN_PEERS if self.level == "host" or self.host_group is not None else MIN_PEERS
+
+    @property
     def grouped(self) -> bool:
         """Whether these devices are judged together (enough of them)."""
         return len(self.members) >= self.min_peers
+
+    @property
+    def hears(self) -> bool:
+        """Whether a sign of life (a late answer, a connection made) makes its failing
+        devices fail alone: on a host's level, and on a port with fewer than MIN_PEERS
+        devices (a device answering late beside a dead one on one port is two devices
+        failing, not a silent port). Not on a bigger endpoint: a gateway answering
+        exception 11 for each device is its serial side silent, one fault."""
+        return self.level == "host" or (self.level == "endpoint" and len(self.members) < MIN_PEERS)
 
     def answered(self, sensor_id: str) -> None:
         """A device answered: the others failing now fail alone; an outage ends."""
@@ -201,7 +219,7 @@ class Peers:
             self._gateway_answers = gateway_answers
             if self.outage is not None:
                 self.outage.gateway_answers = gateway_answers
-        if self.level == "host":
+        if self.hears:
             (self._heard.add if heard else self._heard.discard)(sensor_id)
             if self._heard:
                 return self._reachable(sensor_id, report)

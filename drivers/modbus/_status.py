@@ -216,7 +216,7 @@ class PollLedger:
             self._failing_since = started
         # The host heard since the previous failed poll was sent (its late answer, a new
         # connection): it is reachable, this device fails alone (_peers, host level).
-        heard = self.bus.heard_at >= (self._prev_failed_at if failures > 1 else started)
+        heard = here = self.bus.heard_at >= (self._prev_failed_at if failures > 1 else started)
         peers = self.bus.peers
         host = None if peers is None else peers.host_group
         refused = self.bus.refused_at >= started
@@ -244,7 +244,9 @@ class PollLedger:
         if peers is not None:
             # Also an outage it joined when its endpoint had more devices (a reload removed
             # some since): told whether it still goes on, or this one fails alone now.
-            self._judged(err, failures, peers, heard)
+            # A port's own life only on its level: its host answering on another port
+            # does not make a silent port's devices fail alone.
+            self._judged(err, failures, peers, heard if peers.level == "host" else here)
             return
         self._alone = True  # too few devices behind its endpoint (left) to judge together
         if self._fail_log.report(failures, self.threshold):
@@ -257,7 +259,7 @@ class PollLedger:
         fails alone; within an outage of the endpoint only counted there."""
         if failures == 1:
             self._alone, self._fail_log.logged = False, False
-        if heard and peers.level == "host" and self.joined is peers.outage:
+        if heard and peers.hears and self.joined is peers.outage:
             self.joined = None  # its host showed life: no host outage (peers.failed ends it)
         if self.joined is not None:
             if self.joined is peers.outage:

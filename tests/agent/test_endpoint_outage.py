@@ -486,8 +486,9 @@ async def test_a_switch_down_silencing_3_hosts_of_9_is_one_fault_per_host(
     assert sorted(faults[3:]) == [(h, "cleared") for h in silent], faults
     raised = next(r for r in records if r["kind"] == "sensor_fault")
     assert raised["evidence"]["devices_silent"] == 2
-    # /metrics counts the silent hosts' outages, and lists no answering host's group.
-    assert 'edge_endpoint_outages_total{endpoint="127.0.0.1"} 1.0' in metrics
+    # /metrics counts the silent hosts' outages (each its port's: two device ids behind one
+    # port are judged by it), and lists no answering host's group.
+    assert f'edge_endpoint_outages_total{{endpoint="127.0.0.1:{servers[0].port}"}} 1.0' in metrics
     assert 'endpoint="127.0.0.9"' not in metrics
 
 
@@ -706,3 +707,41 @@ async def test_a_refused_port_beside_a_filtered_one_is_two_device_faults(
     errors = {r["sensor"]["id"]: r["evidence"]["last_error"] for r in records}
     assert "Connect call failed" in errors["d1"], errors
     assert "timed out" in errors["d2"], errors
+
+
+async def test_a_silent_port_of_two_devices_on_an_answering_host_is_one_fault(
+    tmp_path: Path,
+) -> None:
+    """Host 127.0.0.1: d1 and d2 behind one port (too few to judge as an endpoint), o1
+    behind another. d1 and d2's port falls silent (its server stopped) while o1 answers:
+    the host answers, so they were each judged alone, two device faults for one silent
+    port. Now a TCP port's two devices are judged together: one fault naming the port,
+    cleared when it answers again, and no device's own."""
+    servers = [
+        ModbusSimServer([SimDevice(i, Constant({})) for i in (1, 2)]),
+        ModbusSimServer([SimDevice(1, Constant({}))]),
+    ]
+    for s in servers:
+        await s.__aenter__()
+    port = servers[0].port
+    devices = [*_devs(port, (1, 2)), _Dev("o1", servers[1].port)]
+    records: list[dict[str, Any]] = []
+    cfg = _write_config(tmp_path, devices, silent_s=SILENT_FAULT_S)
+    try:
+        async with _running(cfg, records) as agent:
+            await _all_ok(agent, 3)
+            await _cut(servers, (0,))
+            await _until(lambda: len(_faults(records)) >= 1, 3 * SILENT_FAULT_S)
+            await asyncio.sleep(1.5)  # no device's own fault follows
+            await _back(servers, (0,))
+            await _until(lambda: len(_faults(records)) >= 2, 8)
+            await asyncio.sleep(1.0)
+    finally:
+        for s in servers:
+            await s.__aexit__(None, None, None)
+    host = "host:127.0.0.1"
+    assert _faults(records) == [(host, "raised"), (host, "cleared")], _faults(records)
+    raised = records[0]
+    assert raised["evidence"]["endpoints_silent"] == [f"127.0.0.1:{port}"]
+    assert raised["evidence"]["devices_silent"] == 2
+    assert raised["evidence"]["sensor_ids"] == ["d1", "d2"]

@@ -69,22 +69,28 @@ def test_too_few_devices_are_each_judged_alone() -> None:
 
 
 def test_too_few_on_an_endpoint_are_judged_with_their_host_then_the_network() -> None:
-    """Two devices behind one port of a host are judged as the host (its silence is the
-    host's outage); one alone on its host is judged with the gateway's TCP network."""
+    """Two devices behind one TCP port are judged by the port (their silence is its
+    outage, their host answering elsewhere or not); a device alone on its port, by its
+    host (with the host's other devices); one alone on its host, with the gateway's TCP
+    network."""
     network = Peers(NETWORK)
     host = Peers("10.0.0.7", host="10.0.0.7", level="host")
-    pair, single = Peers("10.0.0.7:502", host="10.0.0.7"), Peers("10.0.0.8:502", host="10.0.0.8")
-    pair.host_group, pair.network, single.network = host, network, network
-    for ep, sid in ((pair, "a"), (pair, "b"), (single, "c")):
+    pair, lone = Peers("10.0.0.7:502", host="10.0.0.7"), Peers("10.0.0.7:503", host="10.0.0.7")
+    single = Peers("10.0.0.8:502", host="10.0.0.8")
+    for ep in (pair, lone):
+        ep.host_group, ep.network = host, network
+    single.network = network
+    for ep, sid in ((pair, "a"), (pair, "b"), (lone, "l"), (single, "c")):
         for g in ep.groups:
             g.join(sid, 0.0)
-    assert pair.judge is host and single.judge is network
+    assert pair.judge is pair and lone.judge is host and single.judge is network
     for failures in (1, 2, 3):
         for sid in ("a", "b"):
-            outage = host.failed(sid, failures, time.monotonic(), "refused", lambda: None)
-    assert outage is host.outage and outage.sensors == {"a", "b"}
-    network.answered("c")  # the rest of the network answers: the host is still silent
-    assert host.outage is outage
+            outage = pair.failed(sid, failures, time.monotonic(), "refused", lambda: None)
+    assert outage is pair.outage and outage.sensors == {"a", "b"}
+    host.answered("l")  # its host answers on another port: the port is still silent
+    network.answered("c")  # the rest of the network answers
+    assert pair.outage is outage
 
 
 def test_an_endpoint_silent_again_and_again_is_logged_once_per_quiet_window(

@@ -5,6 +5,7 @@ agent.sensor_faults for the rules; drivers.modbus._peers tells the two apart).""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
@@ -46,7 +47,7 @@ class EndpointHealth:
     # planner goes and looks at.
     silent_hosts: tuple[str, ...] = ()
     # The key of the wider group it is in (the network's, updated before it): while that
-    # one is silent, or its fault raised, it covers this one (one fault for one outage).
+    # one is silent it covers this one (one fault for one outage).
     within: str = ""
     # Every failure in its silence was a gateway's exception 10 or 11: the TCP-to-RTU
     # gateway answers, the serial line behind it (or every device on it) is what is silent.
@@ -80,6 +81,7 @@ class EndpointFaults:
         self._gateway = AssetRef("", "", 1)
         self._after = 0.0
         self.raised: dict[str, str] = {}  # host -> its fault's sensor id
+        self._raised_at: dict[str, float] = {}  # host -> when raised (restored: unknown)
         self._cleared_at: dict[str, float] = {}  # as for sensors: a flapping host
         self._flapping: set[str] = set()
         self._ok_since: dict[str, float] = {}
@@ -129,6 +131,7 @@ class EndpointFaults:
     ) -> None:
         """Clear a host's fault for a reason other than its answering again."""
         sid = self.raised.pop(host)
+        self._raised_at.pop(host, None)
         self._flapping.discard(host)
         self._ok_since.pop(host, None)
         key = fault_key(self._gateway.id, sid)
@@ -160,18 +163,26 @@ class EndpointFaults:
             # has had endpoint_silent_s to answer too (its devices polled again after their
             # back-off); raised at once, it was raised and cleared a round later.
             return out
-        covered = health.within in self.raised or self._silent_now.get(health.within, False)
-        if health.within and covered:
+        if health.within and self._silent_now.get(health.within, False):
             # Silent within the network's outage, whose one fault says it (raised once all
             # has been silent for endpoint_silent_s: this one waits no longer than that):
-            # not raised, and closed once the network's is (raised again if still silent
-            # when the network's fault clears). A flapping network's fault stays raised
-            # between its drops (FLAP_CLEAR_HOLD_S): it covers this one meanwhile, or each
-            # return raised it again and each drop closed it, 2 records per flap.
-            if host in self.raised and health.within in self.raised:
+            # not raised, and a fault raised before the network's is closed once the
+            # network's is raised (raised again if still silent when the network answers).
+            # One raised while the network's fault was held (a flapping network answering
+            # between its drops) stays raised through the next drop: closed at each drop
+            # and raised at each return, it was 2 records per flap.
+            net_at = self._raised_at.get(health.within, -math.inf)
+            if (
+                host in self.raised
+                and health.within in self.raised
+                and self._raised_at.get(host, -math.inf) < net_at
+            ):
                 why = f"superseded by {health.within}: the whole Modbus TCP network is silent"
                 self._close(out, host, now, why, {"superseded_by": health.within})
             return out
+        # The network answers: a host silent now is its own fault, even while a flapping
+        # network's fault is held raised (FLAP_CLEAR_HOLD_S): covered by it, it was raised
+        # only once that cleared, 2 minutes late or never while the switch kept flapping.
         after = max(self._after, health.raised_after_s)
         raised = host in self.raised
         answering_for = None
@@ -182,6 +193,7 @@ class EndpointFaults:
         if not raised and health.silent_for_s > 0 and health.silent_for_s >= after:
             transition = "raised"
             self.raised[host] = sid
+            self._raised_at[host] = clock
             self.raised_total += 1
             cleared_at = self._cleared_at.get(host)
             if cleared_at is not None and clock - cleared_at < FLAP_WINDOW_S:
@@ -191,6 +203,7 @@ class EndpointFaults:
                 return out  # back for a moment only: the episode goes on
             transition = "cleared"
             del self.raised[host]
+            self._raised_at.pop(host, None)
             self._cleared_at[host] = clock
         else:
             return out

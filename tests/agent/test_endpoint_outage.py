@@ -535,8 +535,9 @@ async def test_a_flapping_network_beside_a_dead_host_is_a_bounded_number_of_reco
     """Host .4 is dead (its fault raised); the rest of the network drops every ~2.5 s
     and comes back (a flapping uplink switch). Each drop superseded host .4's fault and
     each return raised it again: two records per cycle for as long as it flapped (the
-    network's own fault, flapping, stayed raised). Now host .4 stays covered while the
-    network's fault is raised, so the records stop after the first cycles."""
+    network's own fault, flapping, stayed raised). Now host .4, raised again while the
+    network answers (its fault held raised), stays raised through the next drops, so the
+    records stop after the first cycles."""
     servers = await _serve_hosts([1, 1, 1, 3])
     records: list[dict[str, Any]] = []
     net, host4 = "network:modbus-tcp", "host:127.0.0.4"
@@ -563,10 +564,13 @@ async def test_a_flapping_network_beside_a_dead_host_is_a_bounded_number_of_reco
         for s in servers:
             await s.__aexit__(None, None, None)
     # Superseded at the first drop, raised again when the network's fault first cleared,
-    # superseded at the next drop, and covered from then on by the network's fault (held
-    # raised: it flaps). Before: 2 more per cycle (7 here, growing while the switch flaps).
+    # superseded at the next drop (the network's fault raised again, now flapping), raised
+    # again at the next return (the network answers: host .4's silence is its own), and
+    # kept raised through the drops after it. Before: 2 more per cycle (7 here, growing
+    # while the switch flaps).
     host_records = [f for f in _faults(records) if f[0] == host4]
-    assert host_records == [(host4, "raised"), (host4, "cleared")] * 2, _faults(records)
+    expected = [(host4, "raised"), (host4, "cleared")] * 2 + [(host4, "raised")]
+    assert host_records == expected, _faults(records)
     assert _faults(records)[:3] == [(host4, "raised"), (net, "raised"), (host4, "cleared")]
 
 
@@ -745,3 +749,36 @@ async def test_a_silent_port_of_two_devices_on_an_answering_host_is_one_fault(
     assert raised["evidence"]["endpoints_silent"] == [f"127.0.0.1:{port}"]
     assert raised["evidence"]["devices_silent"] == 2
     assert raised["evidence"]["sensor_ids"] == ["d1", "d2"]
+
+
+async def test_a_host_silent_while_a_flapping_network_answers_is_raised_at_once(
+    tmp_path: Path,
+) -> None:
+    """The network (hosts .1-.3, a device each) drops twice and comes back: its fault is
+    raised again within 10 minutes of its clear, so it flaps and stays raised for 2 minutes
+    after its return. Then host .4 falls silent while the network answers. Its fault waited
+    for the network's to clear (2 minutes late, and never while the switch kept flapping):
+    the network covered it though the network answered. Now host .4 is raised after
+    endpoint_silent_s, as any host: the network answering, its silence is its own."""
+    servers = await _serve_hosts([1, 1, 1, 3])
+    records: list[dict[str, Any]] = []
+    net, host4 = "network:modbus-tcp", "host:127.0.0.4"
+    try:
+        async with _running(_write_config(tmp_path, _on_hosts(servers)), records) as agent:
+            await _all_ok(agent, 6)
+            for cycle in range(2):
+                await _cut(servers, (0, 1, 2, 3))
+                # Past endpoint_silent_s for two of the watcher's rounds (1 s apart).
+                await _until(lambda: _network_silent_s(agent) >= 1.0 + 2 * 1.0, 15)
+                await _back(servers, (0, 1, 2, 3))
+                await _all_ok(agent, 6)
+                if cycle == 0:  # cleared, so the next drop's raise makes it flap
+                    await _until(lambda: (net, "cleared") in _faults(records), 8)
+            await asyncio.sleep(2.0)  # the network answers: its flapping fault held raised
+            assert _faults(records) == [(net, "raised"), (net, "cleared"), (net, "raised")]
+            await servers[3].__aexit__(None, None, None)
+            await _until(lambda: (host4, "raised") in _faults(records), 8)
+    finally:
+        for s in servers:
+            await s.__aexit__(None, None, None)
+    assert _faults(records)[3:] == [(host4, "raised")], _faults(records)

@@ -1,5 +1,11 @@
 """A broker link's messages to its sensors (a BrokerLink's part): taken from the bounded
-queue and decoded in slices that yield the event loop; what the queue refused counted."""
+queue and decoded in slices that yield the event loop; what the queue refused counted.
+
+A large JSON body is parsed in the link's own worker thread, one message at a time, in
+short C calls (drivers.payloads._sliced_json): parsed inline, a 60 MiB waveform within
+the cap stopped the event loop (every Modbus poll, the uplink, /healthz) for seconds. The
+link waits for it, so its messages stay in order and those behind it wait in aiomqtt's
+queue, whose bounds (queue_size, queue_max_bytes) drop and count a flood as before."""
 
 from __future__ import annotations
 
@@ -8,12 +14,14 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import aiomqtt
 
 from drivers.mqtt._client import DROP_LOG_EVERY, QUEUE_FULL, BoundedClient
 from drivers.mqtt._router import Router
 from drivers.mqtt._settings import BrokerSettings
+from drivers.payloads import Payload
 from drivers.reading import utc_now
 
 log = logging.getLogger("edge_agent.drivers.mqtt")
@@ -25,6 +33,9 @@ DRAIN_SLICE_S = 0.005
 # sensors at 1 Hz arrive one every 5 ms, and one wake-up per message (of this task and of
 # the analysis) costs more CPU than decoding it. A reading is at most this much later.
 GATHER_S = 0.02
+# A JSON body from this size on is parsed in the worker thread (about 2 ms of json.loads
+# here); smaller ones inline, cheaper than a thread hand-off.
+OFFLOAD_BYTES = 128 * 1024
 
 
 class Dispatching:
@@ -37,6 +48,7 @@ class Dispatching:
     _client: BoundedClient | None
     _stopped: bool
     _heard: Callable[[], None]
+    _parser: ThreadPoolExecutor | None  # the worker thread, made at the first large body
 
     def _busiest(self) -> str | None:
         """The topic that sent us the most messages since the last look (the broker's drop
@@ -80,15 +92,16 @@ class Dispatching:
     async def _consume(self, client: BoundedClient) -> None:
         async for message in client.messages:
             client.taken(message)
-            self._handle(message)
+            await self._handle(message)
             await self._drain(client)
             if self._stopped:
                 return
             await asyncio.sleep(GATHER_S)
 
-    async def _drain_meanwhile(self, client: BoundedClient) -> None:
-        """Decode what comes while the session is being set up, until cancelled."""
-        while not self._stopped:
+    async def _drain_meanwhile(self, client: BoundedClient, done: asyncio.Event) -> None:
+        """Decode what comes while the session is being set up, until ``done`` (then it
+        ends at its next look: a message taken is decoded, not lost to a cancel)."""
+        while not self._stopped and not done.is_set():
             await self._drain(client)
             await asyncio.sleep(GATHER_S)
 
@@ -99,14 +112,16 @@ class Dispatching:
         while not queue.empty() and not self._stopped:
             message = queue.get_nowait()
             client.taken(message)
-            self._handle(message)
-            if time.monotonic() >= slice_end:
+            if await self._handle(message):
+                slice_end = time.monotonic() + DRAIN_SLICE_S  # the loop ran meanwhile
+            elif time.monotonic() >= slice_end:
                 await asyncio.sleep(0)
                 slice_end = time.monotonic() + DRAIN_SLICE_S
 
-    def _handle(self, message: aiomqtt.Message) -> None:
+    async def _handle(self, message: aiomqtt.Message) -> bool:
+        """Decode one message; True when its body was parsed off the loop (it yielded)."""
         if self._stopped:
-            return
+            return False
         self.messages_total += 1
         payload = message.payload
         if isinstance(payload, str):
@@ -122,12 +137,37 @@ class Dispatching:
         # A QoS 1 message's packet id names it while in flight, so a copy the broker sends
         # again (DUP) can be told from a new message (MqttSensor).
         mid = message.mid if message.qos > 0 else None
+        topic = message.topic.value
+        received_at = utc_now()
+        body: bytes | Payload = bytes(payload)
+        offloaded = len(body) >= OFFLOAD_BYTES and self.router.wants_json(topic, sub_ids)
+        if offloaded:
+            body = await self._parsed(bytes(payload))
+            if self._stopped:
+                return True
         self.router.dispatch(
-            message.topic.value,
-            bytes(payload),
-            utc_now(),
+            topic,
+            body,
+            received_at,
             retained=retained,
             sub_ids=sub_ids,
             mid=mid,
             dup=bool(getattr(message, "dup", False)),
         )
+        return offloaded
+
+    async def _parsed(self, raw: bytes) -> Payload:
+        """The body with its JSON parsed in the link's worker thread (the loop runs on)."""
+        if self._parser is None:
+            self._parser = ThreadPoolExecutor(
+                1, thread_name_prefix=f"mqtt-json[{self.settings.id}]"
+            )
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._parser, Payload.parsed_in_slices, raw)
+
+    def _close_parser(self) -> None:
+        """The link ends: its worker ends after the body it may be parsing (not awaited:
+        a stop must not wait seconds for a parse whose result nobody reads)."""
+        parser, self._parser = self._parser, None
+        if parser is not None:
+            parser.shutdown(wait=False, cancel_futures=True)

@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import aiomqtt
@@ -90,6 +91,7 @@ class BrokerLink(Uptime, Reconnecting, Subscribing, Dispatching):
         self._sys_unsubscribed = False  # an earlier run's $SYS subscription (persistent)
         self._gone_tried = False  # the filters an earlier run left in the session
         self._unguarded_said = False  # drivers.mqtt._reconnect
+        self._parser: ThreadPoolExecutor | None = None  # drivers.mqtt._dispatch
         self._init_uptime()
 
     @property
@@ -138,6 +140,12 @@ class BrokerLink(Uptime, Reconnecting, Subscribing, Dispatching):
 
     async def run(self) -> None:
         """Connect, subscribe and route until stopped; reconnect after every failure."""
+        try:
+            await self._reconnecting()
+        finally:
+            self._close_parser()
+
+    async def _reconnecting(self) -> None:
         attempt = 0
         while not self._stopped:
             try:
@@ -165,13 +173,16 @@ class BrokerLink(Uptime, Reconnecting, Subscribing, Dispatching):
             self._mark_up()
             # A persistent session's backlog arrives from CONNACK on, ahead of the SUBACKs:
             # decoded as it comes, not left to fill the queue until the last one.
-            draining = asyncio.create_task(self._drain_meanwhile(client))
+            set_up = asyncio.Event()
+            draining = asyncio.create_task(self._drain_meanwhile(client, set_up))
             try:
                 await self._subscribe(client)
                 await self._unsubscribe_gone(client)
                 await self._watch_broker_drops(client)
+                set_up.set()
+                await draining  # ends at its next look: no message taken is left undecoded
             finally:
-                draining.cancel()  # lands at its sleep: no message taken is left undecoded
+                draining.cancel()  # a failed set-up: the connection is gone anyway
                 await asyncio.wait([draining])
             retrying = asyncio.create_task(self._retry_refused(client))
             try:

@@ -162,10 +162,20 @@ class Router:
         found = [r for r in self._wild if topic_matches(r.topic, topic)]
         return found if exact is None else [exact, *found]
 
+    def wants_json(self, topic: str, sub_ids: Iterable[int] | None = None) -> bool:
+        """Whether a message on ``topic`` is read as JSON (a key in its payload, or a
+        sensor's decoder), so worth parsing ahead, off the event loop."""
+        for route in self.matching(topic, sub_ids):
+            if any(key_from[0] == "payload" for key_from in route.keyed):
+                return True
+            if any(getattr(s.decoder, "json_payload", True) for s in route.sensors()):
+                return True
+        return False
+
     def dispatch(
         self,
         topic: str,
-        raw: bytes,
+        raw: bytes | Payload,
         received_at: datetime,
         *,
         retained: bool = False,
@@ -175,8 +185,9 @@ class Router:
     ) -> None:
         """Decode a message for each sensor it is for; never raises.
 
-        ``mid``: a QoS 1 message's packet id; ``dup``: the broker sends it again."""
-        payload = Payload(raw)
+        ``raw``: the body, or its Payload already parsed; ``mid``: a QoS 1 message's
+        packet id; ``dup``: the broker sends it again."""
+        payload = raw if isinstance(raw, Payload) else Payload(raw)
         sensors: dict[int, MqttSensor] = {}
         routes = self.matching(topic, sub_ids)
         for route in routes:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from drivers.errors import PayloadError
+from drivers.payloads._sliced_json import loads_sliced
 from drivers.reading import Reading, Transport, Waveform
 
 ALL_CHANNELS = "all"  # a value every axis shares (temperature)
@@ -46,6 +47,15 @@ class Payload:
         self.raw = raw
         self._json: Any = _MISSING
 
+    @classmethod
+    def parsed_in_slices(cls, raw: bytes) -> Payload:
+        """A message body with its JSON parsed now, in short C calls (for a worker thread:
+        a single json.loads call would hold the GIL, the event loop with it, for the whole
+        body: drivers.payloads._sliced_json)."""
+        payload = cls(raw)
+        payload._parse(lambda b: loads_sliced(b, _unique_keys))
+        return payload
+
     @property
     def json(self) -> dict[str, Any]:
         """The body as a JSON object.
@@ -54,19 +64,22 @@ class Payload:
             PayloadError: not UTF-8, not JSON, or not an object.
         """
         if self._json is _MISSING:
-            try:
-                self._json = json.loads(self.raw, object_pairs_hook=_unique_keys)
-            except _DuplicateKey as exc:
-                self._json = PayloadError(MALFORMED, f"duplicate key {str(exc)[:80]!r}")
-            except (ValueError, RecursionError) as exc:
-                self._json = PayloadError(MALFORMED, f"not JSON ({type(exc).__name__})")
-            else:
-                if not isinstance(self._json, dict):
-                    got = type(self._json).__name__
-                    self._json = PayloadError(MALFORMED, f"JSON {got}, expected an object")
+            self._parse(lambda b: json.loads(b, object_pairs_hook=_unique_keys))
         if isinstance(self._json, PayloadError):
             raise self._json
         return self._json  # type: ignore[no-any-return]
+
+    def _parse(self, loads: Callable[[bytes], Any]) -> None:
+        try:
+            self._json = loads(self.raw)
+        except _DuplicateKey as exc:
+            self._json = PayloadError(MALFORMED, f"duplicate key {str(exc)[:80]!r}")
+        except (ValueError, RecursionError) as exc:
+            self._json = PayloadError(MALFORMED, f"not JSON ({type(exc).__name__})")
+        else:
+            if not isinstance(self._json, dict):
+                got = type(self._json).__name__
+                self._json = PayloadError(MALFORMED, f"JSON {got}, expected an object")
 
     def field(self, path: Sequence[str]) -> Any:
         """The JSON value at a dotted path, or None when absent."""

@@ -1,0 +1,100 @@
+"""JSON parsed in short C calls, so that a worker thread parsing a large message lets the
+event loop's thread run between them.
+
+``json.loads`` is one C call that holds the GIL throughout: run in a thread, a 60 MiB
+waveform still stopped the event loop for a second (measured). Here objects and arrays
+are walked in Python and their members parsed by the C scanner; a run of numbers in an
+array (a waveform's samples) is parsed by ``json.loads`` in slices of at most
+NUMBER_RUN_CHARS. The GIL is offered between calls. Same result and the same errors
+(ValueError / RecursionError) as ``json.loads`` with the given object_pairs_hook.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import re
+from collections.abc import Callable
+from json.decoder import WHITESPACE, JSONArray, JSONObject
+from json.scanner import c_make_scanner, py_make_scanner  # type: ignore[attr-defined]
+from typing import Any
+
+# About 1 ms of C parsing per slice; a text slice is decoded in the same size.
+NUMBER_RUN_CHARS = 64 * 1024
+TEXT_SLICE_BYTES = 1024 * 1024
+_NUMBER_RUN = re.compile(rf"[-+0-9.eE \t\n\r,]{{2,{NUMBER_RUN_CHARS}}}")
+
+PairsHook = Callable[[list[tuple[str, Any]]], Any]
+
+
+def loads_sliced(raw: bytes, pairs_hook: PairsHook) -> Any:
+    """``json.loads(raw, object_pairs_hook=pairs_hook)``, in slices (see the module).
+
+    Raises:
+        ValueError: not UTF-8 / not JSON (json.JSONDecodeError is one).
+        RecursionError: nested too deep.
+    """
+    text = _text(raw)
+    decoder = json.JSONDecoder(object_pairs_hook=pairs_hook)
+    scan_c = (c_make_scanner or py_make_scanner)(decoder)
+    memo: dict[str, str] = {}
+    ws = WHITESPACE.match
+
+    def scan_once(s: str, idx: int) -> tuple[Any, int]:
+        ch = s[idx : idx + 1]
+        if ch == "{":
+            return JSONObject((s, idx + 1), True, scan_once, None, pairs_hook, memo)  # type: ignore[no-any-return]
+        if ch == "[":
+            return _array(s, idx + 1, scan_once)
+        return scan_c(s, idx)  # type: ignore[no-any-return]
+
+    def _array(s: str, idx: int, scan: Callable[[str, int], tuple[Any, int]]) -> tuple[Any, int]:
+        out: list[Any] = []
+        while True:
+            run = _NUMBER_RUN.match(s, idx)
+            cut = run.group().rfind(",") if run is not None else -1
+            if cut <= 0:
+                break
+            chunk = s[idx : idx + cut]
+            try:
+                values = json.loads("[" + chunk + "]")
+            except ValueError:
+                break  # not numbers alone: member by member below, with its error
+            if len(values) != chunk.count(",") + 1:
+                break  # an empty member (" ,"): json's own parser names the error
+            out += values
+            idx += cut + 1  # past the comma: the next member follows
+        if not out:
+            return JSONArray((s, idx), scan)  # type: ignore[no-any-return]
+        # After a comma: a member must follow (json refuses a trailing comma).
+        idx = ws(s, idx).end()
+        if s[idx : idx + 1] == "]":
+            raise json.JSONDecodeError("Expecting value", s, idx)
+        # The rest as json's own array parser does it, from that member on.
+        rest, end = JSONArray((s, idx), scan)
+        return out + rest, end
+
+    idx = ws(text, 0).end()
+    try:
+        value, end = scan_once(text, idx)
+    except StopIteration as err:
+        raise json.JSONDecodeError("Expecting value", text, err.value) from None
+    end = ws(text, end).end()
+    if end != len(text):
+        raise json.JSONDecodeError("Extra data", text, end)
+    return value
+
+
+def _text(raw: bytes) -> str:
+    """The body as text, as json.loads decodes bytes, a slice at a time."""
+    encoding = json.detect_encoding(raw)
+    if encoding != "utf-8":
+        return raw.decode(encoding, "surrogatepass")
+
+    dec = codecs.getincrementaldecoder("utf-8")("surrogatepass")
+    view = memoryview(raw)
+    parts = [
+        dec.decode(view[i : i + TEXT_SLICE_BYTES]) for i in range(0, len(raw), TEXT_SLICE_BYTES)
+    ]
+    parts.append(dec.decode(b"", final=True))
+    return "".join(parts)

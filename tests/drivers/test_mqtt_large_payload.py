@@ -1,0 +1,105 @@
+"""A large JSON message within the size cap, against a real mosquitto: decoded as before,
+but its body parsed off the event loop, so every other task (Modbus polls, the uplink,
+/healthz) runs meanwhile. Parsed inline, a 60 MiB waveform held the loop for seconds."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+
+import aiomqtt
+import pytest
+
+from drivers.mqtt import BrokerLink, BrokerSettings, MqttSensor, Route, Router
+from drivers.mqtt._dispatch import OFFLOAD_BYTES
+from drivers.payloads import load_decoder
+from drivers.payloads._common import _unique_keys
+from drivers.payloads._sliced_json import loads_sliced
+from drivers.reading import Reading
+from tests.drivers.test_mqtt_link import broker, link_running, until
+from tests.mosquitto import Mosquitto
+
+pytestmark = [pytest.mark.network]
+__all__ = ["broker"]  # the fixture
+
+TOPIC = "plant/waveform/pump-7"
+SAMPLES = 65_536  # the shipped decoder's most per axis
+
+
+def _waveform(rng: random.Random) -> bytes:
+    """Three full axes and a long field the decoder ignores: about 12 MiB of JSON."""
+    axes = {a: [rng.uniform(-2, 2) for _ in range(SAMPLES)] for a in "xyz"}
+    extra = [rng.uniform(-1, 1) for _ in range(400_000)]
+    return json.dumps({"odr_hz": 25_600, "axes": axes, "spectrum": extra}).encode()
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+async def test_a_large_waveform_is_decoded_while_the_loop_runs_on(
+    broker: Mosquitto, protocol: str
+) -> None:
+    got: list[Reading] = []
+    sensor = MqttSensor(
+        "pump-7", decoder=load_decoder("waveform-json"), channels=["x", "y", "z"],
+        stale_after_s=60, sink=got.append, broker="b", topic=TOPIC,
+    )  # fmt: skip
+    route = Route(TOPIC)
+    route.add(sensor, None, None, 1)
+    settings = BrokerSettings(
+        id="b", host="127.0.0.1", port=broker.port, client_id=f"edge-large-{protocol}",
+        protocol=protocol, max_payload_bytes=64 * 2**20, queue_max_bytes=64 * 2**20,
+    )  # fmt: skip
+    link = BrokerLink(settings, Router([route]))
+    body = _waveform(random.Random(7))
+    assert len(body) > 8 * OFFLOAD_BYTES
+    # Loop turns seen between the link taking the message and the sensor decoding it: none
+    # when the body is parsed on the loop.
+    turns = 0
+
+    async def ticker() -> None:
+        nonlocal turns
+        while sensor.messages_total == 0:
+            if link.messages_total > 0:
+                turns += 1
+            await asyncio.sleep(0.002)
+
+    async with link_running(link):
+        await until(lambda: link.connected, 10)
+        await asyncio.sleep(0.3)  # the SUBACK (the link is connected before it)
+        ticking = asyncio.create_task(ticker())
+        async with aiomqtt.Client("127.0.0.1", broker.port) as pub:
+            await pub.publish(TOPIC, body, qos=1)
+        await until(lambda: sensor.messages_total > 0, 60)
+        await asyncio.wait([ticking], timeout=5)
+    assert sensor.dropped == {}, sensor.status()
+    assert sorted(r.channel for r in got) == ["x", "y", "z"]
+    sent = json.loads(body)["axes"]
+    for r in got:
+        assert r.waveform is not None and list(r.waveform.samples) == sent[r.channel]
+    assert turns >= 3, "the event loop stood still while the message was parsed"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b'{"a": [1, 2.5, -3e2, 4], "b": [[1, 2], [], {"c": null}], "d": "x,1"}',
+        b"[1,2,]", b"[ ,1]", b"[1,,2]", b"[1 2]", b"[1,2", b'{"a": 1, "a": 2}',
+        b"\xef\xbb\xbf[1]", b"[NaN, 1, 2]", b"[01, 2]", b"[" * 5000, b"\xff", b"[1] x",
+    ],
+)  # fmt: skip
+def test_sliced_parsing_gives_what_json_gives(text: bytes) -> None:
+    """Same value, or an error where json.loads refuses (the decoder counts it malformed)."""
+    try:
+        expected: object = json.loads(text, object_pairs_hook=_unique_keys)
+    except (ValueError, RecursionError) as exc:
+        expected = type(exc)
+    try:
+        got: object = loads_sliced(text, _unique_keys)
+    except (ValueError, RecursionError) as exc:
+        got = type(exc)
+    if isinstance(expected, type):
+        assert isinstance(got, type) and issubclass(got, ValueError) == issubclass(
+            expected, ValueError
+        )
+    else:
+        assert json.dumps(got) == json.dumps(expected)

@@ -40,12 +40,29 @@ _QUEUE_BYTES_SCHEMA = {
 }
 
 
+# Code points brokers refuse in a topic (mosquitto's UTF-8 check): controls, surrogates,
+# the non-characters U+FDD0..U+FDEF (and U+xFFFE/U+xFFFF: _noncharacter).
+_REFUSED_CHAR = re.compile("[\x01-\x1f\x7f-\x9f\ufdd0-\ufdef\ud800-\udfff]")
+
+
+def _noncharacter(topic: str) -> str | None:
+    return next((c for c in topic if ord(c) & 0xFFFE == 0xFFFE), None)
+
+
 def topic_filter_problem(topic: str) -> str | None:
     """What is wrong with an MQTT topic filter (MQTT 3.1.1 / 5 section 4.7), or None."""
     if not topic:
         return "topic must not be empty"
-    if len(topic.encode()) > 65535 or "\0" in topic:
+    if len(topic.encode(errors="surrogatepass")) > 65535 or "\0" in topic:
         return "topic is too long or holds a NUL character"
+    if (bad := _REFUSED_CHAR.search(topic)) is not None or (bad := _noncharacter(topic)):
+        # mosquitto takes such a filter as a malformed packet and disconnects us: every
+        # reconnect would subscribe it again and be dropped again (MQTT 5 section 1.5.4).
+        char = bad if isinstance(bad, str) else bad.group()
+        return (
+            f"topic holds U+{ord(char):04X}, a control character or Unicode non-character "
+            f"that brokers refuse (mosquitto disconnects the client), got {topic!r}"
+        )
     levels = topic.split("/")
     for i, level in enumerate(levels):
         if "#" in level and (level != "#" or i != len(levels) - 1):

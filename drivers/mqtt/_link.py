@@ -85,6 +85,9 @@ class BrokerLink(Uptime, Reconnecting, Subscribing, Dispatching):
         self.last_error: str | None = None
         self.refused: dict[str, str] = {}  # topic filter -> the broker's SUBACK reason
         self._refused_alone: set[str] = set()  # see Subscribing._singly
+        self.quarantined: dict[str, str] = {}  # topic filter -> why (drivers.mqtt._subscriptions)
+        self._suspects: set[str] = set()
+        self._strikes: dict[str, int] = {}
         self.broker_drops = BrokerDrops(
             settings.id, settings.address, settings.sys_dropped_topic, busiest=self._busiest
         )
@@ -129,7 +132,12 @@ class BrokerLink(Uptime, Reconnecting, Subscribing, Dispatching):
             else round(time.monotonic() - self._down_since, 3),
             "last_error": self.last_error,
             "subscriptions": {t: r.qos for t, r in self.router.routes.items()},
-            "refused_subscriptions": dict(self.refused),
+            # A quarantined filter is refused too (one list for /healthz, /metrics, inspect).
+            "refused_subscriptions": {
+                **self.refused,
+                **{t: f"quarantined: {why}" for t, why in self.quarantined.items()},
+            },
+            "quarantined_subscriptions": dict(self.quarantined),
             "unrouted": self.router.status(),
             **self.broker_drops.status(),
         }

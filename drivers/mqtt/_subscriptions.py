@@ -1,12 +1,22 @@
 """A broker link's subscriptions (a BrokerLink's part): one per route, each SUBACK
 checked; the filters an earlier run left in a persistent session unsubscribed; the
-broker's dropped-messages counter."""
+broker's dropped-messages counter.
+
+A broker may close the connection at a SUBSCRIBE instead of refusing it in the SUBACK
+(mosquitto for a filter it takes as malformed, other brokers for an ACL denial): the link
+then reconnected, subscribed, was dropped again, without end, every sensor of the broker
+silent, and each round waited out the SUBACK's timeout. Here a drop while SUBSCRIBEs are
+in flight fails them at once; their filters become suspects, asked for one at a time
+after the others at the next connections; one the connection is lost at, alone in
+flight, QUARANTINE_STRIKES times in a row is quarantined: not asked for again by this
+link (a reload or a restart asks again), reported as refused, its sensors told why."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import random
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +40,21 @@ SUBSCRIBE_BATCH_BYTES = 16 * 1024  # and their bytes per packet (a filter may be
 SUBSCRIBE_WINDOW = 32  # MQTT 5 with identifiers: SUBSCRIBEs in flight at once
 NO_RETAINED = SubscribeOptions.RETAIN_DO_NOT_SEND  # MQTT 5 retain handling 2
 REFUSED_SUB_RETRY_S = 60.0  # a refused subscription is asked for again this often
+QUARANTINE_STRIKES = 2  # a broker restart may coincide once with a suspect's SUBSCRIBE
+# A broker that will not take a filter drops us as it reads the SUBSCRIBE: a drop later
+# than this, or our own keepalive giving up (a deaf link), is no strike against the filter.
+STRIKE_WITHIN_S = 3.0
+KEEPALIVE_TIMEOUT = 0x8D  # MQTT 5's reason code, which paho gives for its own timeout too
+
+
+class SubscriptionLost(aiomqtt.MqttError):
+    """The connection closed while SUBSCRIBEs were in flight (their filters named)."""
+
+    def __init__(self, filters: list[str], reason: str) -> None:
+        shown = ", ".join(repr(f) for f in filters[:5])
+        more = f" and {len(filters) - 5} more" if len(filters) > 5 else ""
+        super().__init__(f"connection lost at the SUBSCRIBE of {shown}{more} ({reason})")
+        self.filters = filters
 
 
 class Subscribing:
@@ -40,6 +65,9 @@ class Subscribing:
     broker_drops: BrokerDrops
     last_error: str | None
     refused: dict[str, str]
+    quarantined: dict[str, str]  # filter -> why (see the module docstring)
+    _suspects: set[str]  # filters in flight when a connection was lost
+    _strikes: dict[str, int]  # connections lost with the filter alone in flight, in a row
     _refused_alone: set[str]  # filters the broker refused in a SUBSCRIBE of their own
     _sessions: SessionLog | None
     _sys_unsubscribed: bool
@@ -62,16 +90,49 @@ class Subscribing:
         of them in flight at once."""
         v5 = self.settings.protocol == "5"
         ids = {r.topic: i for i, r in self.router.by_id.items()}
-        wanted = [(t, r) for t, r in self.router.routes.items() if only is None or t in only]
-        self._refused_alone &= self.router.routes.keys()  # a reload's removed routes
+        routes = self.router.routes
+        wanted = [
+            (t, r)
+            for t, r in routes.items()
+            if (only is None or t in only) and t not in self.quarantined
+        ]
+        self._refused_alone &= routes.keys()  # a reload's removed routes
+        self._suspects &= routes.keys()
+        # Suspects last, one at a time: a drop then names its filter, the others heard.
+        suspects = [(t, r) for t, r in wanted if t in self._suspects]
+        wanted = [(t, r) for t, r in wanted if t not in self._suspects]
+        await self._subscribe_together(client, wanted, v5, ids)
+        for topic, route in suspects:
+            sub_id = ids.get(topic)
+            result = await self._in_flight(
+                client,
+                [topic],
+                self._subscribe_one(client, topic, route, sub_id)
+                if v5
+                else client.subscribe(topic, qos=route.qos),
+            )
+            raise_if_cancelled()
+            self._suspects.discard(topic)
+            self._strikes.pop(topic, None)
+            self._granted(topic, route, result)
+
+    async def _subscribe_together(
+        self, client: BoundedClient, wanted: list[tuple[str, Any]], v5: bool, ids: dict[str, int]
+    ) -> None:
+        """``wanted`` pipelined or batched (see _subscribe)."""
         if v5 and ids:
             for i in range(0, len(wanted), SUBSCRIBE_WINDOW):
                 window = wanted[i : i + SUBSCRIBE_WINDOW]
-                results = await asyncio.gather(
-                    *(self._subscribe_one(client, t, r, ids.get(t)) for t, r in window)
+                results = await self._in_flight(
+                    client,
+                    [t for t, _ in window],
+                    asyncio.gather(
+                        *(self._subscribe_one(client, t, r, ids.get(t)) for t, r in window)
+                    ),
                 )
                 raise_if_cancelled()
                 for (topic, route), result in zip(window, results, strict=True):
+                    self._strikes.pop(topic, None)
                     self._granted(topic, route, result)
             return
         for batch in _batches(wanted):
@@ -79,8 +140,12 @@ class Subscribing:
                 (t, SubscribeOptions(qos=r.qos, retainHandling=NO_RETAINED) if v5 else r.qos)
                 for t, r in batch
             ]
-            codes = list(await client.subscribe(filters))
+            codes = list(
+                await self._in_flight(client, [t for t, _ in batch], client.subscribe(filters))
+            )
             raise_if_cancelled()
+            for topic, _ in batch:
+                self._strikes.pop(topic, None)
             whole = len(codes) != len(batch) or all(map(_failure, codes))
             if len(batch) > 1 and whole and not all(t in self._refused_alone for t, _ in batch):
                 # The whole packet refused, or not one code per filter: maybe for one filter
@@ -102,7 +167,11 @@ class Subscribing:
         codes: list[Any] = []
         for i in range(0, len(filters), SUBSCRIBE_WINDOW):
             window = filters[i : i + SUBSCRIBE_WINDOW]
-            results = await asyncio.gather(*(client.subscribe([f]) for f in window))
+            results = await self._in_flight(
+                client,
+                [t for t, _ in batch[i : i + SUBSCRIBE_WINDOW]],
+                asyncio.gather(*(client.subscribe([f]) for f in window)),
+            )
             raise_if_cancelled()
             for result in results:
                 got = list(result)
@@ -115,6 +184,62 @@ class Subscribing:
             if _failure(code):
                 self._refused_alone.add(topic)
         return codes
+
+    async def _in_flight(self, client: BoundedClient, filters: list[str], answer: Any) -> Any:
+        """The SUBACK(s) ``answer`` awaits, or SubscriptionLost at once when the connection
+        closes first (aiomqtt would wait out its timeout: 10 s a round); the filters in
+        flight are then suspects (one alone: a strike, see QUARANTINE_STRIKES)."""
+        sent = time.monotonic()
+        waiting = asyncio.ensure_future(answer)
+        lost: asyncio.Future[None] = client._disconnected
+        if lost.done():  # lost before these were sent: no sign against them
+            waiting.cancel()
+            await asyncio.wait([waiting])
+            raise aiomqtt.MqttError("connection lost before the SUBSCRIBE")
+        try:
+            await asyncio.wait({waiting, lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not waiting.done():
+                waiting.cancel()
+                await asyncio.wait([waiting])
+        good = waiting.done() and not waiting.cancelled()
+        if not lost.done() or (good and waiting.exception() is None):
+            return waiting.result()  # the SUBACK (even when the drop came with it), or its error
+        error = None if lost.cancelled() else lost.exception()
+        reason = "closed" if error is None else str(error)
+        code = getattr(getattr(error, "rc", None), "value", getattr(error, "rc", None))
+        struck = time.monotonic() - sent <= STRIKE_WITHIN_S and code != KEEPALIVE_TIMEOUT
+        self._lost_at(filters, reason, struck=struck)
+        raise SubscriptionLost(filters, reason)
+
+    def _lost_at(self, filters: list[str], reason: str, *, struck: bool) -> None:
+        if len(filters) != 1 or not struck:
+            self._suspects.update(filters)
+            return
+        topic = filters[0]
+        strikes = self._strikes[topic] = self._strikes.get(topic, 0) + 1
+        if strikes < QUARANTINE_STRIKES:
+            self._suspects.add(topic)
+            return
+        self._suspects.discard(topic)
+        self._strikes.pop(topic, None)
+        why = (
+            f"the broker closed the connection at its SUBSCRIBE {strikes} times in a row ({reason})"
+        )
+        self.quarantined[topic] = why
+        text = f"subscription to {topic!r} quarantined: {why}"
+        route = self.router.routes.get(topic)
+        for sensor in route.sensors() if route is not None else ():
+            sensor.refused(text)
+        log.error(
+            "mqtt broker %s at %s: %s; its sensors get no messages, the other subscriptions "
+            "go on; not asked for again until a reload or a restart (check the filter and "
+            "the broker's ACL for user %s)",
+            self.settings.id,
+            self.settings.address,
+            text,
+            self.settings.username,
+        )
 
     async def _subscribe_one(
         self, client: BoundedClient, topic: str, route: Any, sub_id: int | None

@@ -214,7 +214,7 @@ def test_waveform_json_float_arrays() -> None:
 
 
 def test_waveform_json_base64_int16_with_scale() -> None:
-    counts = np.array([0, 1000, -1000, 32767, -32768] * 100, dtype="<i2")
+    counts = np.array([0, 1000, -1000, 32000, -32000] * 100, dtype="<i2")
     msg = {"addr": MAC, "odr_hz": 25600, "encoding": "int16-b64", "scale_g": 0.0005,
            "axes": {"y": base64.b64encode(counts.tobytes()).decode()}}  # fmt: skip
     d = decode("waveform-json", msg)

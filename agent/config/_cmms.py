@@ -101,9 +101,9 @@ class CmmsMapping(_Model):
     # Fixed keys sent with every request (a type, the site, a block of custom fields): any
     # JSON value (text, numbers, true/false, null, lists and mappings of them).
     static: dict[Key, Any] = Field(default_factory=lambda: {"type": "predictive"})
-    # A clear of an episode with an open work order: "nothing" (the default: a person
-    # closes it with the repair), or "note" (its evidence appended as a note, so the
-    # planner sees that the vibration came back down; the order stays open).
+    # A clear of a channel its asset's open work order covers: "nothing" (the default: a
+    # person closes it with the repair), or "note" (its evidence appended as a note, so
+    # the planner sees that the vibration came back down; the order stays open).
     on_clear: Literal["nothing", "note"] = "nothing"
     # How an update of an open work order is sent: "patch" (PATCH {url}/{id}, as UpKeep,
     # Fiix, MaintainX take it), or "post_override" (a POST there with

@@ -177,8 +177,24 @@ def append_summaries(
     return records
 
 
-def load_state(conn: sqlite3.Connection) -> dict[str, str]:
-    return dict(conn.execute("SELECT key, value FROM monitor_state").fetchall())
+def load_state(
+    conn: sqlite3.Connection, prefix: str | None = None, limit: int | None = None
+) -> dict[str, str]:
+    """The state rows (those whose key starts with `prefix`: a range on the primary key,
+    no scan; at most `limit` of them, lowest keys first)."""
+    if prefix is None:
+        return dict(conn.execute("SELECT key, value FROM monitor_state").fetchall())
+    upper = prefix[:-1] + chr(ord(prefix[-1]) + 1) if prefix else "\U0010ffff"
+    rows = conn.execute(
+        "SELECT key, value FROM monitor_state WHERE key >= ? AND key < ? ORDER BY key LIMIT ?",
+        (prefix, upper, -1 if limit is None else max(0, int(limit))),
+    ).fetchall()
+    return dict(rows)
+
+
+def drop_state(conn: sqlite3.Connection, keys: Sequence[str]) -> None:
+    """Delete state rows (keys that are not there are ignored)."""
+    conn.executemany("DELETE FROM monitor_state WHERE key = ?", [(str(k),) for k in keys])
 
 
 def next_batch(

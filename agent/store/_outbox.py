@@ -24,7 +24,7 @@ from agent.store._evictlog import EvictionLog
 from agent.store._files import IssuedMark, Quarantined
 from agent.store._ops import StoredItem
 from agent.store._queries import OutboxStats
-from agent.store._routing import EPISODES, FINDINGS, register
+from agent.store._routing import EPISODES, register
 from agent.store._salvage import StoreFault
 from agent.store._schema import open_db
 from agent.store._writer import Writer, WriterCounters
@@ -250,12 +250,21 @@ class Outbox:
         self._wake_all()
         return records
 
-    async def load_state(self) -> dict[str, str]:
-        """All persisted monitor state."""
+    async def load_state(
+        self, prefix: str | None = None, limit: int | None = None
+    ) -> dict[str, str]:
+        """All persisted monitor state, or only the keys under `prefix` (at most `limit`)."""
         result: dict[str, str] = await self._call(
-            _ops.load_state, write=False, what="loading state"
+            lambda c: _ops.load_state(c, prefix, limit), write=False, what="loading state"
         )
         return result
+
+    async def drop_state(self, keys: Sequence[str]) -> None:
+        """Delete state keys (an uplink's entries it no longer needs), on disk when this
+        returns."""
+        keys = list(keys)
+        if keys:
+            await self._call(lambda c: _ops.drop_state(c, keys), write=True, what="dropping state")
 
     async def fleet_lives(self) -> dict[str, list[FleetLife]]:
         """The fleet history: completed lives by asset class."""
@@ -378,10 +387,7 @@ def outbox_for(config: Config, *, on_fault: Callable[[StoreFault], None] | None 
 
 def uplink_carries(config: Config) -> dict[str, str]:
     """What each uplink that does not carry every item is given: a CMMS uplink, its
-    findings (and their clears when its mapping notes them on the work order)."""
+    findings, their clears and the repairs (it ends an asset's work order once all its
+    channels cleared or the asset was repaired, and notes clears when its mapping says so)."""
     names = config.uplink_names()
-    return {
-        n: EPISODES if u.cmms.mapping.on_clear == "note" else FINDINGS
-        for n, u in zip(names, config.uplinks, strict=True)
-        if u.cmms
-    }
+    return {n: EPISODES for n, u in zip(names, config.uplinks, strict=True) if u.cmms}

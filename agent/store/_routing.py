@@ -3,8 +3,9 @@
 Every item (an alert, or a feature summary) gets one `outbound` row per registered uplink
 that carries it when it is stored: pending, then delivered or dead-lettered. Most uplinks
 carry every item; a CMMS uplink (`carries` = FINDINGS) only severity and trend alerts
-raised or escalated (EPISODES: their clears too, for a mapping that notes them on the
-work order), so a repair, a sensor fault or a summary never waits for it
+raised or escalated (EPISODES, what the configuration registers: their clears and the
+repairs too, so it knows when an asset's work order ends), so a sensor fault or a summary
+never waits for it
 (an item no uplink carries is complete at once). An item is *complete* (its
 `delivered_at` set) once every registered uplink has it, or does not carry it; only
 complete items are pruned first by the disk budget. A newly configured uplink is
@@ -46,12 +47,15 @@ def marks(n: int) -> str:
 
 
 FINDINGS = "findings"  # what a CMMS uplink carries: raised or escalated severity/trend alerts
-EPISODES = "episodes"  # findings and their clears (a CMMS uplink noting clears on its orders)
+# Findings, their clears and repairs: what a CMMS uplink is given, so it knows when all the
+# channels of an asset's work order cleared (or the asset was repaired) and the order ends.
+EPISODES = "episodes"
 # Which items an uplink `u` carries, as SQL over the item `t` (u.carries NULL: every item).
 _CARRIED = {
     ALERT: f"(u.carries IS NULL OR (u.carries IN ('{FINDINGS}', '{EPISODES}') AND t.kind IN "
-    "('severity', 'trend') AND (json_extract(t.body, '$.state') IN ('raised', 'escalated') "
-    f"OR (u.carries = '{EPISODES}' AND json_extract(t.body, '$.state') = 'cleared'))))",
+    "('severity', 'trend') AND json_extract(t.body, '$.state') IN ('raised', 'escalated')) "
+    f"OR (u.carries = '{EPISODES}' AND (t.kind = 'maintenance' OR (t.kind IN ('severity', "
+    "'trend') AND json_extract(t.body, '$.state') = 'cleared'))))",
     SUMMARY: "u.carries IS NULL",
 }
 

@@ -1,21 +1,26 @@
-"""CMMS transport: one work order per alert episode, opened by its first record, updated
-by the later ones; every request idempotent.
+"""CMMS transport: one work order per machine (asset) and fault, opened by its first
+finding, updated by the later ones of any of its channels; every request idempotent.
 
-The first record of an episode that opens a work order (agent.uplink._workorder: a raise,
-or an escalation of an episode whose order the uplink does not know) is POSTed on its own
-to the configured URL with `Idempotency-Key: <alert_id>` and a body built deterministically
-from the stored record, so a retry (an answer lost, an agent killed mid-request, a store
-recovered) is byte-identical and the CMMS answers with the work order it already opened
-instead of opening a second one. The id it answers with is kept for the episode in the
-store (agent.uplink._cmms_orders) before the record counts as delivered. The episode's
-later records (an escalation, a revision, a critical again) update that work order: a
-PATCH of `{url}/{id}` (with `mapping.update_method: post_override`, a POST there with
-`X-HTTP-Method-Override: PATCH`, as Maximo takes it) raising its
-priority, bringing its due date forward and appending the evidence as a note, under
-`Idempotency-Key: <their alert_id>`, so a retry is applied once. A work order the CMMS no
-longer has (404) or that a person closed (409, status closed) is replaced: the record
-opens a new one. Everything else the uplink is given (clears, maintenance records, sensor
-and gateway faults, feature summaries) is settled unsent, with why.
+The first record of an asset's fault that opens a work order (agent.uplink._workorder: a
+raise, or an escalation, while the asset has no open order the uplink knows) is POSTed on
+its own to the configured URL with `Idempotency-Key: <alert_id>` and a body built
+deterministically from the stored record, so a retry (an answer lost, an agent killed
+mid-request, a store recovered) is byte-identical and the CMMS answers with the work order
+it already opened instead of opening a second one. The id it answers with is kept for the
+asset in the store (agent.uplink._cmms_orders) before the record counts as delivered. The
+asset's later findings, on any sensor and channel (a bearing's x axis after its z axis,
+an escalation, a revision, a critical again), update that work order: a PATCH of
+`{url}/{id}` (with `mapping.update_method: post_override`, a POST
+there with `X-HTTP-Method-Override: PATCH`, as Maximo takes it) raising its priority,
+bringing its due date forward and appending the evidence as a note, under
+`Idempotency-Key: <their alert_id>`, so a retry is applied once. The order covers the
+channels whose findings it took; a channel's clear (a note with `mapping.on_clear: note`,
+else nothing sent) takes it off, and the order ends when none is left or the asset's
+maintenance record (the repair) comes: the asset's next finding opens a new one. A work
+order the CMMS no longer has (404) or that a person closed (409, status closed) is
+replaced: the record opens a new one. Everything else the uplink is given (clears,
+maintenance records, sensor and gateway faults, feature summaries) is settled unsent, with
+why.
 
 Status policy (agent.uplink._httpclient, plus):
 - 201, 200 (a replay of the same key): delivered; the work order's id is logged and kept;
@@ -57,6 +62,7 @@ from agent.uplink._workorder import (
     no_work_order,
     note_only,
     opened,
+    order_key,
     update,
 )
 from agent.uplink.errors import UplinkError, UplinkRejected, UplinkUnavailable
@@ -70,15 +76,19 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class _Item:
-    """A stored alert as sent: its record, its episode (None: not a severity or trend), its
-    store seq, and whether it is late (stored before the record that opened its episode's
-    work order, sent after it: a requeued raise, a raise behind its escalation after a
-    reload changed the asset's tier, since tier 1 goes first)."""
+    """A stored alert as sent: its record, its channel episode (None: not a severity or
+    trend), its asset's work-order key (order_key), its store seq, whether it is late
+    (stored before the record that opened its asset's work order, sent after it: a
+    requeued raise, a raise behind its escalation after a reload changed the asset's tier,
+    since tier 1 goes first), and the channels in fault the asset's order covered (a new
+    order replacing a gone one covers them too)."""
 
     record: Mapping[str, Any]
     episode: str | None
+    key: str | None = None
     seq: int = 0
     late: bool = False
+    channels: tuple[str, ...] = ()
 
 
 def _answer_id(text: str, key: str = "id") -> str | None:
@@ -152,30 +162,35 @@ class CmmsTransport(HttpClient):
             ) from exc
 
     async def _plan(self, item: StoredItem) -> tuple[WorkOrder | Update | str, _Item | None]:
-        """What to send for an item: an update of its episode's open work order, a request
+        """What to send for an item: an update of its asset's open work order, a request
         opening one, or why nothing (with the record, for a work order that is gone)."""
         if item.class_name != "alert":
             return SUMMARY_SKIPPED, None
         with self._unbuildable(item):
             record = json.loads(item.json)
-            ep = episode(record)
+            ep, key = episode(record), order_key(record)
         order = None
-        if ep is not None:
-            order = await self._orders(self.orders.get(ep))
-        # Stored before the record that opened the episode's order (late): never the
-        # episode's entry replaced. An escalation opened it: a note on it (this may be its
-        # raise), never a second order. A raise opened it: this record is an earlier
-        # episode's, as without an order (a raise opens its own, a clear notes nothing),
-        # never a note on a later episode's order.
+        if key is not None:
+            order = await self._orders(self.orders.get(key))
+        known = order.channels if order is not None else ()
+        # Stored before the record that opened the asset's order (late): never the asset's
+        # entry changed. An escalation opened it: a note on it (this may be its raise),
+        # never a second order. A raise opened it: this record is an earlier fault's, as
+        # without an order (a raise opens its own, a clear notes nothing), never a note on
+        # a later fault's order. Not late: a raise or escalation of any channel of the
+        # asset updates its open order (one machine, one work order); a clear notes it
+        # only if its channel is one the order covers.
         late = order is not None and item.seq < order.seq
-        if late and order is not None and order.by_raise:
+        state = record.get("state")
+        earlier = late and order is not None and order.by_raise
+        if earlier or (not late and state == "cleared" and ep not in known):
             order = None
-        elif not late and record.get("state") not in ("escalated", "cleared"):
-            order = None  # a raise: a new episode, its own order
-        if record.get("state") == "cleared" and self.cfg.mapping.on_clear != "note":
+        if state == "cleared" and self.cfg.mapping.on_clear != "note":
             order = None
         with self._unbuildable(item):
-            it = _Item(record, ep, item.seq, late)
+            it = _Item(record, ep, key, item.seq, late, known)
+            if ep is None:  # a repair: it ends the asset's order, sends nothing
+                return no_work_order(record) or self._build(record), it
             if order is not None:
                 up = update(record, order, self.cfg, self.assets, gateway_site=self.site,
                             late=late)  # fmt: skip
@@ -186,12 +201,12 @@ class CmmsTransport(HttpClient):
         return build(record, self.cfg, self.assets, gateway_site=self.site)
 
     async def _orders(self, call: Awaitable[T]) -> T:
-        """The episode map's answer; a store that fails it leaves the item pending."""
+        """The order map's answer; a store that fails it leaves the item pending."""
         try:
             return await call
         except StoreError as exc:
             raise UplinkUnavailable(
-                f"uplink {self.name}: cannot read or keep the episodes' work orders in the "
+                f"uplink {self.name}: cannot read or keep the assets' work orders in the "
                 f"store ({exc}); retried",
                 uplink=self.name,
             ) from exc
@@ -224,22 +239,42 @@ class CmmsTransport(HttpClient):
         """
         request, it = await self._plan(item)
         if isinstance(request, str):
+            if it is not None and not it.late:
+                await self._ended(it)
             return request
         assert it is not None
         if isinstance(request, Update):
             gone = await self._update(request, it)
             if gone is None:
                 return None
-            if it.late:  # the episode's later records decided about its order
+            if it.late:  # the asset's later records decided about its order
                 return f"{gone}; this record was stored before the one that opened it"
             if note_only(it.record):  # nothing to raise: the gone order is not replaced
-                await self._orders(self.orders.put(it.episode or "", None))
+                await self._orders(self.orders.put(it.key or "", None))
                 return f"{gone}; a {it.record['state']} record opens no work order"
             with self._unbuildable(item):
                 request = self._build(it.record)
             log.warning("uplink[%s]: %s: alert %s opens a new one", self.name, gone, request.key)
         await self._open(request, it)
         return None
+
+    async def _ended(self, it: _Item) -> None:
+        """A record that sends nothing may end its asset's order: a clear of the last
+        channel in fault it covers (on_clear: nothing), a repair of the asset."""
+        if it.key is None or not it.channels:
+            return
+        if it.episode is None:  # a maintenance record: the asset was repaired
+            await self._orders(self.orders.put(it.key, None))
+        elif it.record.get("state") == "cleared" and it.episode in it.channels:
+            order = await self._orders(self.orders.get(it.key))
+            if order is not None:
+                await self._orders(self.orders.put(it.key, order.left(it.episode)))
+
+    def _covering(self, it: _Item) -> tuple[str, ...]:
+        """The channels a new order for the item covers: its own and those still in
+        fault under the order it replaces."""
+        assert it.episode is not None
+        return (*(c for c in it.channels if c != it.episode), it.episode)
 
     async def _open(self, wo: WorkOrder, it: _Item) -> None:
         answer = await self.post(self.cfg.url, wo.body, {"Idempotency-Key": wo.key})
@@ -249,15 +284,15 @@ class CmmsTransport(HttpClient):
                 existing = (
                     _answer_id(answer.text, "work_order_id") if answer.status == 422 else None
                 )
-                # A 422 names the order this key opened: the episode's later records update
+                # A 422 names the order this key opened: the asset's later records update
                 # it. Any other refusal: no order, so they must not update an older one.
-                order = None if existing is None else opened(wo, existing, it.seq)
-                await self._orders(self.orders.put(it.episode, order))
+                order = None if existing is None else opened(wo, existing, it.seq, (it.episode,))
+                await self._orders(self.orders.put(it.key or "", order))
             raise err
         number = _answer_id(answer.text)
         if it.episode is not None and not it.late:
-            order = None if number is None else opened(wo, number, it.seq)
-            await self._orders(self.orders.put(it.episode, order))  # before it is delivered
+            order = None if number is None else opened(wo, number, it.seq, self._covering(it))
+            await self._orders(self.orders.put(it.key or "", order))  # before it is delivered
         self._opened(wo, answer)
 
     async def _update(self, up: Update, it: _Item) -> str | None:
@@ -273,11 +308,13 @@ class CmmsTransport(HttpClient):
             method, headers["X-HTTP-Method-Override"] = "POST", "PATCH"
         answer = await self.post(url, up.body, headers, method=method)
         if answer.ok:
-            # Kept before it counts as delivered; a clear ends the episode (its next raise
-            # opens a new order).
+            # Kept before it counts as delivered; the clear of the last channel in fault
+            # ends the order (the asset's next raise opens a new one).
+            ep = it.episode or ""
             done = it.record.get("state") == "cleared"
-            if not it.late:  # a late record changes nothing the episode's later ones kept
-                await self._orders(self.orders.put(it.episode or "", None if done else up.order))
+            after = up.order.left(ep) if done else up.order.joined(ep)
+            if not it.late:  # a late record changes nothing the asset's later ones kept
+                await self._orders(self.orders.put(it.key or "", after))
             how = "already updated (a retry)" if answer.replayed else "updated"
             log.info(
                 "uplink[%s]: work order %s %s for alert %s (priority %s, due %s, opened by %s)",

@@ -6,9 +6,10 @@ under the same Idempotency-Key (the alert id) and the CMMS answers with the work
 already opened.
 
 Which records open a work order: severity and trend alerts that are raised, and an
-escalation whose episode has no work order the uplink knows of. The later records of an
-episode that has one (an escalation, a revision, a critical again after a revision) make
-an `update` of it instead (agent.uplink._cmms): one work order per episode. Without a
+escalation, when their asset has no open work order the uplink knows of. The later records
+of the asset's fault (a raise or an escalation on another channel or sensor of the same
+asset, a revision, a critical again after a revision) make an `update` of it instead
+(agent.uplink._cmms): one work order per asset and fault, until all its channels cleared. Without a
 known order, a revision (a critical back to a warning) and a critical again after one
 (evidence.re_escalation) open none. None for a clear (the work order stays open until a
 person closes it in the CMMS with the repair), a maintenance record (it is the repair), a
@@ -29,7 +30,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -101,6 +102,8 @@ class OpenOrder:
             a raise behind its escalation after a tier change) is late, only a note.
         by_raise: a raise opened it (a late raise is then an earlier episode's: its own
             order, and this one stays the episode's).
+        channels: the channel episodes (`episode`) of the asset in fault that it covers;
+            it ends when the last of them cleared.
     """
 
     work_order: str
@@ -109,6 +112,18 @@ class OpenOrder:
     due: str
     seq: int = 0
     by_raise: bool = True
+    channels: tuple[str, ...] = ()
+
+    def joined(self, episode: str) -> OpenOrder:
+        """The order once it covers the episode too."""
+        if episode in self.channels:
+            return self
+        return replace(self, channels=(*self.channels, episode))
+
+    def left(self, episode: str) -> OpenOrder | None:
+        """The order once the episode cleared; None when no channel is left in fault."""
+        rest = tuple(c for c in self.channels if c != episode)
+        return replace(self, channels=rest) if rest else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +145,15 @@ def episode(record: Mapping[str, Any]) -> str | None:
         return None
     sensor = record["sensor"]
     return "/".join((record["kind"], record["asset"]["id"], sensor["id"], sensor["channel"]))
+
+
+def order_key(record: Mapping[str, Any]) -> str | None:
+    """The work order a record belongs to: its asset's (the machine the configuration
+    names; its sensors and channels are one fault), for a severity, trend or maintenance
+    record; None for any other."""
+    if record.get("kind") not in ("severity", "trend", "maintenance"):
+        return None
+    return str(record["asset"]["id"])
 
 
 def note_only(record: Mapping[str, Any]) -> bool:
@@ -229,10 +253,12 @@ def _assessed(
     return zone, due_at, _clip(text, cfg.mapping.description_max_chars)
 
 
-def opened(wo: WorkOrder, work_order: str, seq: int = 0) -> OpenOrder:
+def opened(
+    wo: WorkOrder, work_order: str, seq: int = 0, channels: tuple[str, ...] = ()
+) -> OpenOrder:
     """The open order a request (of the record stored at `seq`) opened, under the id the
-    CMMS answered with."""
-    return OpenOrder(work_order, wo.key, wo.zone, wo.due, seq, wo.raise_)
+    CMMS answered with, covering `channels`."""
+    return OpenOrder(work_order, wo.key, wo.zone, wo.due, seq, wo.raise_, channels)
 
 
 def update(
@@ -264,9 +290,7 @@ def update(
     if not (late or note_only(record)):
         top = max(order.zone, zone, key=lambda z: ZONE_RANK.get(z, 0))
         soonest = min(order.due, due_at.strftime("%Y-%m-%dT%H:%M:%SZ"))
-        after = OpenOrder(
-            order.work_order, order.opened_by, top, soonest, order.seq, order.by_raise
-        )
+        after = replace(order, zone=top, due=soonest)
         parts["title"] = _clip(_title(record, top), m.title_max_chars)
         parts["priority"] = m.priority_for(int(asset["tier"]), top)
         parts["due_date"] = soonest

@@ -65,6 +65,7 @@ def trend(
     velocity: float | None = 1.43,
     estimate: TimeToFailure | None = None,
     horizon_h: float = 168.0,
+    aid: str = "press-7",
     i: int = 0,
 ) -> AlertDraft:
     """An early warning from the learned baseline (no ISO zone in its severity); escalated:
@@ -79,7 +80,7 @@ def trend(
     if velocity is not None:
         features[VELOCITY] = velocity
     return AlertDraft(
-        asset=asset(tier),
+        asset=asset(tier, aid),
         sensor=SensorRef("m1-de", "x", "modbus"),
         kind="trend",
         state=state,  # type: ignore[arg-type]

@@ -84,7 +84,7 @@ async def test_findings_open_mapped_work_orders_and_the_rest_opens_none(
     records = await outbox.append(
         [
             severity("C", estimate=ttf(150.0), i=0),
-            trend("escalated", estimate=ttf(30.0), i=1),
+            trend("escalated", estimate=ttf(30.0), aid="press-8", i=1),  # another machine
             severity("B", "cleared", velocity=2.0, i=2),
             maintenance(i=3),
             sensor_fault(i=4),
@@ -189,7 +189,10 @@ async def test_outage_then_recovery_opens_each_work_order_once(
 ) -> None:
     async with CmmsServer(db=tmp_path / "cmms.db", token=TOKEN) as cmms:
         port, url = cmms.port, cmms.url
-    records = await outbox.append([severity("C", i=i, tier=1 + i % 3) for i in range(6)])
+    # Six machines (one work order each; findings of one machine share its order).
+    records = await outbox.append(
+        [severity("C", aid=f"m{i}", i=i, tier=1 + i % 3) for i in range(6)]
+    )
     async with Running(uplink(cfg(url, timeout_s=0.5), outbox)) as up:
         await until(lambda: _true(up.status.consecutive_failures >= 3))
         assert (await outbox.stats()).pending == 6 and up.status.state == "probing"
@@ -275,7 +278,7 @@ async def test_a_mapping_refused_for_every_work_order_holds_them_back_until_fixe
     """A mapping the CMMS refuses (400 naming the field) for every work order alike: none is
     dead-lettered while none is opened (each needed a requeue after the fix); the ERROR
     and last_error carry the CMMS's words, and fixing the mapping opens them all."""
-    await outbox.append([severity("C", i=i) for i in range(2)])
+    await outbox.append([severity("C", aid=f"m{i}", i=i) for i in range(2)])  # two machines
     wrong = {"fields": {"asset": "asset"}}  # the receiver calls it asset_id
     async with CmmsServer(db=tmp_path / "cmms.db", token=TOKEN) as cmms:
         async with Running(uplink(cfg(cmms.url, mapping=wrong), outbox)) as up:
@@ -331,10 +334,10 @@ async def test_a_page_refusing_every_work_order_alike_holds_them_back(
     sent to nginx's TLS port) dead-lettered every finding, 50 of 50 in 5 s in the probe:
     each answer named its own alert, so no two refusals were alike. Now they are held
     back like the http uplink's and opened once the proxy lets them through."""
-    # 20 sensors' findings (a canary is never one of the held one's episode)
+    # 20 machines' findings (a canary is never one of the held one's episode)
     await outbox.append(
         [
-            replace(severity("C", i=i), sensor=SensorRef(f"m{i}-de", "z", "modbus"))
+            replace(severity("C", aid=f"m{i}", i=i), sensor=SensorRef(f"m{i}-de", "z", "modbus"))
             for i in range(20)
         ]
     )

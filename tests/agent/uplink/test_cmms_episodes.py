@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import load_config
-from agent.store import EPISODES, FINDINGS, Outbox, outbox_for
+from agent.store import EPISODES, Outbox, outbox_for
 from simulators.backend import Fault
 from simulators.cmms import CmmsServer
-from tests.agent.uplink._alerts import severity
+from tests.agent.uplink._alerts import maintenance, sensor_fault, severity
 from tests.agent.uplink._running import Running, until
 from tests.agent.uplink.test_cmms import TOKEN, UP, cfg, uplink
 from tests.conftest import free_port
@@ -21,7 +21,7 @@ from tests.test_cmms_uplink import CONFIG
 
 def _outbox(path: Path) -> Outbox:
     return Outbox(path, gateway_id="gw-01", max_bytes=1 << 30, first_seq=1,
-                  uplinks=(UP,), carries={UP: FINDINGS})  # fmt: skip
+                  uplinks=(UP,), carries={UP: EPISODES})  # fmt: skip
 
 
 async def _drained(outbox: Outbox) -> bool:
@@ -173,7 +173,8 @@ async def test_a_clear_is_noted_on_the_open_work_order_when_the_mapping_says_so(
 ) -> None:
     """mapping.on_clear: note routes the episode's clear to the uplink: it adds its note
     to the open order (priority and due date stay as the zone D escalation made them),
-    and ends the episode: the next raise opens a new order. Default: not even routed."""
+    and ends the order (its only channel cleared): the next raise opens a new order.
+    Default: routed too, but sends nothing."""
     path = tmp_path / "outbox.db"
     mapping = {"on_clear": "note"}
     async with (
@@ -198,10 +199,15 @@ async def test_a_clear_is_noted_on_the_open_work_order_when_the_mapping_says_so(
     assert {row["state"] for row in rows.values()} == {"delivered"}
 
 
-async def test_on_clear_note_in_the_yaml_routes_the_clears_to_the_uplink(tmp_path: Path) -> None:
-    """The configuration's `mapping.on_clear: note` is what the store registers: a clear
-    waits for the CMMS uplink then; without it, only the findings do."""
-    for on_clear, waiting in (("note", 2), ("nothing", 1)):
+async def test_the_clears_and_repairs_are_routed_to_the_uplink_whatever_on_clear_says(
+    tmp_path: Path,
+) -> None:
+    """The store gives a CMMS uplink the findings, their clears and the repairs (it ends an
+    asset's work order when all its channels cleared or the machine was repaired), with
+    `mapping.on_clear: note` or without; a sensor fault never waits for it. Before: without
+    on_clear: note the uplink never saw a clear, so it could not tell when a machine's
+    fault ended."""
+    for on_clear, waiting in (("note", 3), ("nothing", 3)):
         (tmp_path / "cmms-token").write_text("t\n")
         (tmp_path / "cmms-token").chmod(0o600)
         path = tmp_path / f"agent-{on_clear}.yaml"
@@ -213,7 +219,8 @@ async def test_on_clear_note_in_the_yaml_routes_the_clears_to_the_uplink(tmp_pat
         path.write_text(text.replace("mapping:\n", f"mapping:\n        on_clear: {on_clear}\n"))
         config = load_config(path, environ={})
         async with outbox_for(config) as ob:
-            await ob.append([severity("C", i=0), severity("B", "cleared", velocity=2.0, i=1)])
+            await ob.append([severity("C", i=0), severity("B", "cleared", velocity=2.0, i=1),
+                             maintenance(i=2), sensor_fault(i=3)])  # fmt: skip
             stats = await ob.stats()
         assert stats.uplinks["cmms"].pending == waiting, on_clear
 

@@ -1,0 +1,166 @@
+"""CMMS uplink, one work order per machine and fault, against the real `edge-sim cmms` with
+a real SQLite outbox: a bearing watched on two axes (two channels of one sensor) or by two
+sensors of one asset is one job for the planner; the order takes every channel's findings
+until all of them cleared (or the machine was repaired), across restarts; its entry in the
+store is deleted once it ended, and the map stays bounded."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+from agent.records import AlertDraft, SensorRef
+from agent.store import EPISODES, Outbox
+from agent.uplink._cmms_orders import EpisodeOrders
+from agent.uplink._workorder import OpenOrder
+from simulators.cmms import CmmsServer
+from tests.agent.uplink._alerts import maintenance, severity
+from tests.agent.uplink._running import Running, until
+from tests.agent.uplink.test_cmms import TOKEN, UP, cfg, uplink
+
+ROWS = f"uplink/{UP}/"
+
+
+def _outbox(path: Path) -> Outbox:
+    return Outbox(path, gateway_id="gw-01", max_bytes=1 << 30, first_seq=1,
+                  uplinks=(UP,), carries={UP: EPISODES})  # fmt: skip
+
+
+def _on(channel: str, draft: AlertDraft, sensor: str = "m1-de") -> AlertDraft:
+    return replace(draft, sensor=SensorRef(sensor, channel, "modbus"))
+
+
+async def _drained(outbox: Outbox) -> bool:
+    return (await outbox.stats()).pending == 0
+
+
+async def _deliver(outbox: Outbox, cmms: CmmsServer, **kw: Any) -> None:
+    """Run the uplink (a fresh transport: an agent started) until nothing is pending."""
+    async with Running(uplink(cfg(cmms.url, **kw), outbox)):
+        await until(lambda: _drained(outbox))
+
+
+def _notes(order: dict[str, Any]) -> list[str]:
+    return [n["request_key"] for n in order["notes"]]
+
+
+async def test_two_axes_of_one_bearing_are_one_work_order_until_both_cleared(
+    tmp_path: Path,
+) -> None:
+    """z and x of one sensor raise zone C, x goes to D (the agent restarted between), z
+    clears, x clears, z raises again. Before: WO-000001 (z) and WO-000002 (x), two jobs
+    for one bearing, then WO-000003. Now: WO-000001 has x's raise and escalation and both
+    clears as notes (urgent), and only the raise after both cleared opens WO-000002."""
+    path = tmp_path / "outbox.db"
+    kw = {"mapping": {"on_clear": "note"}}
+    async with CmmsServer(db=tmp_path / "cmms.db", token=TOKEN) as cmms:
+        async with _outbox(path) as ob:
+            first = await ob.append(
+                [_on("z", severity("C", tier=2, i=0)), _on("x", severity("C", tier=2, i=1))]
+            )
+            await _deliver(ob, cmms, **kw)
+        async with _outbox(path) as ob:  # the agent restarted: the map is in the store
+            later = await ob.append(
+                [_on("x", severity("D", "escalated", tier=2, velocity=5.0, i=2)),
+                 _on("z", severity("B", "cleared", tier=2, velocity=2.0, i=3)),
+                 _on("x", severity("B", "cleared", tier=2, velocity=2.0, i=4)),
+                 _on("z", severity("C", tier=2, i=5))]
+            )  # fmt: skip
+            await _deliver(ob, cmms, **kw)
+            rows = await ob.load_state()
+        orders = await cmms.work_orders()
+    assert [o["request_key"] for o in orders] == [first[0]["alert_id"], later[3]["alert_id"]]
+    one, two = orders
+    assert _notes(one) == [first[1]["alert_id"], *(r["alert_id"] for r in later[:3])]
+    assert one["priority"] == "urgent" and two["priority"] == "high" and _notes(two) == []
+    kept = {k: json.loads(v) for k, v in rows.items() if k.startswith(ROWS)}
+    assert list(kept) == [f"{ROWS}asset_order/press-7"]  # the ended order's row is gone
+    assert kept[f"{ROWS}asset_order/press-7"]["work_order"] == two["id"]
+
+
+async def test_the_order_ends_only_when_all_its_channels_cleared(tmp_path: Path) -> None:
+    """Default mapping (clears add no note): two sensors of one machine raise; one clears
+    and raises again while the other is still in fault (the same order, a note); once
+    both cleared, the next raise opens a new order. No row is left for the ended one."""
+    path = tmp_path / "outbox.db"
+    async with CmmsServer(db=tmp_path / "cmms.db", token=TOKEN) as cmms, _outbox(path) as ob:
+        recs = await ob.append(
+            [_on("z", severity("C", i=0)), _on("z", severity("C", i=1), sensor="m1-nde"),
+             _on("z", severity("B", "cleared", velocity=2.0, i=2)),
+             _on("z", severity("C", i=3)),
+             _on("z", severity("B", "cleared", velocity=2.0, i=4), sensor="m1-nde"),
+             _on("z", severity("B", "cleared", velocity=2.0, i=5))]
+        )  # fmt: skip
+        await _deliver(ob, cmms)
+        assert not [k for k in await ob.load_state() if k.startswith(ROWS)]
+        [again] = await ob.append([_on("z", severity("C", i=6), sensor="m1-nde")])
+        await _deliver(ob, cmms)
+        orders = await cmms.work_orders()
+    assert [o["request_key"] for o in orders] == [recs[0]["alert_id"], again["alert_id"]]
+    assert _notes(orders[0]) == [recs[1]["alert_id"], recs[3]["alert_id"]]
+
+
+async def test_a_repair_ends_the_machines_work_order(tmp_path: Path) -> None:
+    """Both axes raise (one order, the second axis a note on it), then the repair record
+    (no clears after it: it closes the machine's episodes) ends the order: the fault
+    found after it is a new job, not a note on the repaired one."""
+    path = tmp_path / "outbox.db"
+    async with CmmsServer(db=tmp_path / "cmms.db", token=TOKEN) as cmms, _outbox(path) as ob:
+        z, x, _repair, again = await ob.append(
+            [_on("z", severity("C", i=0)), _on("x", severity("C", i=1)), maintenance(i=2),
+             _on("x", severity("C", i=3))]
+        )  # fmt: skip
+        await _deliver(ob, cmms)
+        orders = await cmms.work_orders()
+    assert [o["request_key"] for o in orders] == [z["alert_id"], again["alert_id"]]
+    assert _notes(orders[0]) == [x["alert_id"]] and orders[1]["notes"] == []
+
+
+async def test_entries_of_an_agent_before_this_version_are_taken_over(tmp_path: Path) -> None:
+    """The store holds the order under the per-channel key an earlier agent kept: the
+    other axis's escalation updates that order, and the old row is replaced by one per
+    machine."""
+    path = tmp_path / "outbox.db"
+    async with CmmsServer(db=tmp_path / "cmms.db", token=TOKEN) as cmms, _outbox(path) as ob:
+        [raised] = await ob.append([_on("z", severity("C", tier=2, i=0))])
+        await _deliver(ob, cmms)
+        new = f"{ROWS}asset_order/press-7"
+        order = json.loads((await ob.load_state())[new])
+        del order["channels"]
+        await ob.drop_state([new])
+        old = f"{ROWS}work_order/severity/press-7/m1-de/z"
+        await ob.append([], {old: json.dumps(order)})
+        [escalated] = await ob.append([_on("x", severity("D", "escalated", tier=2, i=1))])
+        await _deliver(ob, cmms)
+        rows = {k: v for k, v in (await ob.load_state()).items() if k.startswith(ROWS)}
+        [wo] = await cmms.work_orders()
+    assert wo["request_key"] == raised["alert_id"] and _notes(wo) == [escalated["alert_id"]]
+    assert list(rows) == [new]
+    assert json.loads(rows[new])["channels"] == [
+        "severity/press-7/m1-de/z",
+        "severity/press-7/m1-de/x",
+    ]
+
+
+async def test_the_map_is_bounded_and_loads_only_its_own_rows(tmp_path: Path) -> None:
+    """Beyond its limit the oldest opened order is forgotten (its row deleted); a
+    restart reads this uplink's rows only, at most the limit."""
+    async with _outbox(tmp_path / "outbox.db") as ob:
+        await ob.append([], {"monitor/press-7": "{}", "uplink/other/asset_order/a": "{}"})
+        orders = EpisodeOrders(UP, ob, limit=2)
+        for i, asset in enumerate(("a", "b", "c")):
+            due, channel = "2026-11-21T08:15:02Z", f"severity/{asset}/s/z"
+            order = OpenOrder(f"WO-{i}", f"k{i}", "C", due, seq=i + 1, channels=(channel,))
+            await orders.put(asset, order)
+        assert await orders.get("a") is None
+        assert sorted(await ob.load_state(f"{ROWS}asset_order/")) == [
+            f"{ROWS}asset_order/b",
+            f"{ROWS}asset_order/c",
+        ]
+        again = EpisodeOrders(UP, ob, limit=2)
+        got = await again.get("c")
+        assert got is not None and asdict(got)["channels"] == ("severity/c/s/z",)
+        assert await again.get("a") is None
+        assert len(await ob.load_state(f"{ROWS}asset_order/", 1)) == 1

@@ -105,8 +105,8 @@ class CmmsMapping(_Model):
     # person closes it with the repair), or "note" (its evidence appended as a note, so
     # the planner sees that the vibration came back down; the order stays open).
     on_clear: Literal["nothing", "note"] = "nothing"
-    # How an update of an open work order is sent: "patch" (PATCH {url}/{id}, as UpKeep,
-    # Fiix, MaintainX take it), or "post_override" (a POST there with
+    # How an update of an open work order is sent: "patch" (PATCH update_url, by default
+    # {url}/{id}, as UpKeep, Fiix, MaintainX take it), or "post_override" (a POST there with
     # X-HTTP-Method-Override: PATCH, for a CMMS or proxy that only passes POST: Maximo).
     update_method: Literal["patch", "post_override"] = "patch"
     title_max_chars: int = Field(default=200, ge=20, le=10_000)

@@ -111,6 +111,33 @@ class CmmsUplink(_HttpEndpoint):
     safety_margin_hours: float = Field(default=24.0, ge=0, le=87_600)
     due_without_estimate_hours: float | None = Field(default=None, gt=0, le=87_600)
     mapping: CmmsMapping = CmmsMapping()
+    # Where an update of an open work order goes: a template whose {id} is the work
+    # order's id (URL-quoted), e.g. https://cmms/api/workorders/{id}/update?code=K; None:
+    # {url}/{id}.
+    update_url: Annotated[str, Field(pattern=r"^https?://")] | None = None
+
+    @field_validator("update_url")
+    @classmethod
+    def _update_template(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None:
+            return v
+        rest = v.replace("{id}", "")
+        if "{id}" not in v or "{" in rest or "}" in rest:
+            raise ValueError(
+                "an update_url must hold {id} (where the work order's id goes) and no "
+                "other {...} placeholder"
+            )
+        insecure = bool(info.data.get("allow_insecure_http"))
+        problem = url_problem(v.replace("{id}", "WO-1"), allow_insecure_http=insecure)
+        if problem:
+            raise ValueError(problem)
+        return v
+
+    def update_endpoint(self, quoted_id: str) -> str:
+        """The URL an update of work order `quoted_id` (already URL-quoted) goes to."""
+        if self.update_url:
+            return self.update_url.replace("{id}", quoted_id)
+        return f"{self.url.rstrip('/')}/{quoted_id}"
 
 
 class MqttTls(_Model):

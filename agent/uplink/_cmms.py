@@ -10,7 +10,7 @@ it already opened instead of opening a second one. The id it answers with is kep
 asset in the store (agent.uplink._cmms_orders) before the record counts as delivered. The
 asset's later findings, on any sensor and channel (a bearing's x axis after its z axis,
 an escalation, a revision, a critical again), update that work order: a PATCH of
-`{url}/{id}` (with `mapping.update_method: post_override`, a POST
+`update_url` (default `{url}/{id}`; with `mapping.update_method: post_override`, a POST
 there with `X-HTTP-Method-Override: PATCH`, as Maximo takes it) raising its priority,
 bringing its due date forward and appending the evidence as a note, under
 `Idempotency-Key: <their alert_id>`, so a retry is applied once. The order covers the
@@ -301,7 +301,7 @@ class CmmsTransport(HttpClient):
         None once applied; why, if the work order is gone (the CMMS
         answered 404, or 409 closed: a person closed or deleted it)."""
         number = up.order.work_order
-        url = f"{self.cfg.url.rstrip('/')}/{quote(number, safe='')}"
+        url = self.cfg.update_endpoint(quote(number, safe=""))
         headers = {"Idempotency-Key": up.key}
         method = "PATCH"
         if self.cfg.mapping.update_method == "post_override":

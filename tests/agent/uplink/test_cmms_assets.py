@@ -118,6 +118,23 @@ async def test_a_repair_ends_the_machines_work_order(tmp_path: Path) -> None:
     assert _notes(orders[0]) == [x["alert_id"]] and orders[1]["notes"] == []
 
 
+async def test_an_update_goes_to_the_configured_update_url(tmp_path: Path) -> None:
+    """A CMMS behind a function key (?code=): the open goes to url, the update to
+    update_url with the order's id in {id}. Before: no update_url; the update went to
+    '{url}/{id}', i.e. '...?code=k/WO-000001', and never reached the order."""
+    path = tmp_path / "outbox.db"
+    async with CmmsServer(db=tmp_path / "cmms.db", token=TOKEN) as cmms, _outbox(path) as ob:
+        raised, escalated = await ob.append(
+            [severity("C", tier=2, i=0), severity("D", "escalated", tier=2, i=1)]
+        )
+        c = cfg(f"{cmms.url}?code=k", update_url=f"{cmms.url}/{{id}}?code=k")
+        async with Running(uplink(c, ob)):
+            await until(lambda: _drained(ob))
+        [order] = await cmms.work_orders()
+    assert order["request_key"] == raised["alert_id"] and order["priority"] == "urgent"
+    assert _notes(order) == [escalated["alert_id"]]
+
+
 async def test_entries_of_an_agent_before_this_version_are_taken_over(tmp_path: Path) -> None:
     """The store holds the order under the per-channel key an earlier agent kept: the
     other axis's escalation updates that order, and the old row is replaced by one per

@@ -35,6 +35,9 @@ TOKEN = "test-token-123"
 # learn no baseline) and fails in 9 s: zone C after ~4.5 s, D after ~6.6 s, ~2 s apart.
 LIFE_S = 9.0
 DEGRADING = "1:degrade,onset=0"
+# For the tests that need an alert, not a degradation: a machine in zone C from the start,
+# raised after the debounce (~1.5 s) instead of ~6 s into the bearing's life.
+IN_ZONE_C = "1:velocity=3.5"
 
 CONFIG = """\
 gateway: {{id: gw-e2e}}
@@ -66,10 +69,13 @@ control: {{socket: "{control}"}}
 
 
 @pytest.fixture
-async def sims(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
+async def sims(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[dict[str, Any]]:
+    """The backend and the Modbus simulator: press-7's device DEGRADING, or (parametrised
+    indirectly) the spec given."""
+    press = getattr(request, "param", DEGRADING)
     async with started(
         SimProcess.backend(tmp_path / "backend.db", TOKEN),
-        SimProcess.modbus([DEGRADING, "2:healthy"], LIFE_S),
+        SimProcess.modbus([press, "2:healthy"], LIFE_S),
     ) as (backend, modbus):
         yield {"backend": backend.info, "modbus": modbus.info}
 
@@ -204,6 +210,7 @@ async def test_restart_neither_resends_as_new_nor_reuses_a_seq(
     assert len(seqs) == len(set(seqs))
 
 
+@pytest.mark.parametrize("sims", [IN_ZONE_C], indirect=True)
 async def test_health_metrics_and_cli_views_of_a_running_agent(
     tmp_path: Path, sims: dict[str, Any]
 ) -> None:
@@ -253,7 +260,7 @@ def test_sigterm_flushes_and_exits_cleanly(tmp_path: Path) -> None:
     async def scenario() -> tuple[int, str]:
         async with started(
             SimProcess.backend(tmp_path / "b.db", TOKEN),
-            SimProcess.modbus([DEGRADING, "2:healthy"], LIFE_S),
+            SimProcess.modbus([IN_ZONE_C, "2:healthy"], LIFE_S),
         ) as (b, m):
             cfg = write_config(tmp_path, {"backend": b.info, "modbus": m.info})
             proc = await agent_process(cfg, stderr=asyncio.subprocess.PIPE)
@@ -303,6 +310,7 @@ async def test_dead_sensor_raises_a_fault_and_does_not_stall_the_others(tmp_path
     assert snap["status"] == "degraded"
 
 
+@pytest.mark.parametrize("sims", [IN_ZONE_C], indirect=True)
 async def test_maintenance_while_running_and_while_stopped(
     tmp_path: Path, sims: dict[str, Any]
 ) -> None:

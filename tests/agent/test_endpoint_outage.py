@@ -360,13 +360,13 @@ async def test_after_an_outage_one_answer_wakes_the_others_backoff(tmp_path: Pat
     srv = ModbusSimServer(devices)
     await srv.__aenter__()
     port = srv.port
-    cfg = _write_config(tmp_path, _busy(port), silent_s=60, backoff_max_s=6)
+    cfg = _write_config(tmp_path, _busy(port), silent_s=60, backoff_max_s=3)
     try:
         async with _running(cfg, []) as agent:
             pollers = agent.sensors.pollers
             await _all_ok(agent, BUSY)
             await srv.__aexit__(None, None, None)
-            await asyncio.sleep(6.0)  # 0.2 s base doubled: back-offs of 1.6 to 6 s now
+            await asyncio.sleep(3.0)  # 0.2 s base doubled: back-offs of 1.6 to 3 s now
             srv = ModbusSimServer(devices, port=port)
             await srv.__aenter__()
             await _until(lambda: any(p.state == "ok" for p in pollers.values()), 8)
@@ -375,7 +375,7 @@ async def test_after_an_outage_one_answer_wakes_the_others_backoff(tmp_path: Pat
             spread = time.monotonic() - first
     finally:
         await srv.__aexit__(None, None, None)
-    # Before: the last resumed up to a whole back-off (1.6 to 6 s) after the first.
+    # Before: the last resumed up to a whole back-off (1.6 to 3 s) after the first.
     assert spread < 1.0, spread
 
 

@@ -73,7 +73,8 @@ class HttpUplink(_HttpEndpoint):
     summaries_url: Annotated[str, Field(pattern=r"^https?://")] | None = None
     # Where the backend answers a GET for one alert it holds, "{id}" standing for the
     # alert_id (https://b/v1/alerts/{id}): a 409 Conflict that does not name the alert's
-    # id is taken for "it has it" only when this GET answers 2xx naming the id.
+    # id is taken for "it has it" only when this GET answers 2xx with the record as JSON
+    # (its alert_id and one more field as sent: agent.uplink._http).
     duplicate_check_url: Annotated[str, Field(pattern=r"^https?://.*\{id\}")] | None = None
 
     @model_validator(mode="after")

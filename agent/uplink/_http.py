@@ -39,8 +39,11 @@ Status policy (agent.uplink._httpclient):
   like any other 4xx (held, dead-lettered only once an item behind it is delivered: see
   agent.uplink._canary), never a delivery by itself. With duplicate_check_url (a GET
   for one alert, "{id}" its alert_id) an alert such a 409 does not name is asked for: a
-  2xx (whole, no web page) naming its id says the backend has it (delivered); any other
-  answer leaves the 409 a refusal, its reason saying what the GET answered. A 409 whose
+  2xx (whole, no web page) whose JSON is the record (an object, itself or in a list or
+  under a key, with its alert_id and one more field as sent) says the backend has it
+  (delivered); one that merely names the id (a 200 "alert X not found", a lookup's echo
+  {"alert_id": X, "found": false}) or any other answer leaves the 409 a refusal, its
+  reason saying what the GET answered. A 409 whose
   body is a web page is a CDN's or proxy's error page (Cloudflare answers its error 1014,
   a misconfigured custom hostname, with 409 and HTML): retried like a 2xx web page,
   nothing marked delivered.
@@ -50,6 +53,7 @@ Error messages name the URL without credentials.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from urllib.parse import quote
@@ -134,14 +138,17 @@ class HttpTransport(HttpClient):
             answer = await self.post(url, b"", method="GET")
         except UplinkError as exc:
             return f" (409 naming no id; asked {shown}: no answer: {exc})"
-        if answer.ok and _names(answer.text, item):
+        if answer.ok and _holds(answer.text, item):
             log.warning(
                 "uplink[%s]: alert %s: the backend already has it (HTTP 409 naming no id, "
                 "confirmed by %s: HTTP %d); delivered",
                 self.name, item.item_id, shown, answer.status,
             )  # fmt: skip
             return True
-        return f" (409 naming no id; {shown} answered HTTP {answer.status} not naming it)"
+        return (
+            f" (409 naming no id; {shown} answered HTTP {answer.status} not naming it "
+            "as a record it holds)"
+        )
 
     def _page_409(self, url: str, content_type: str) -> UplinkUnavailable:
         """A 409 with a web page: not the backend saying it has the items."""
@@ -153,6 +160,34 @@ class HttpTransport(HttpClient):
             uplink=self.name,
             status=DUPLICATE,
         )
+
+
+def _holds(text: str, item: StoredItem) -> bool:
+    """Whether a GET's answer is the record the backend holds: JSON with an object (the
+    answer itself, in a list, or under one of its keys) whose alert_id is the item's and
+    that agrees with the record sent on one other field at least. An answer that merely
+    names the id ("alert X not found" with a 200, a lookup's echo {"alert_id": X,
+    "found": false}, a search's query) is no proof the backend has it."""
+    try:
+        answer = json.loads(text)
+        sent = json.loads(item.json)
+    except ValueError:
+        return False
+    if not isinstance(sent, dict):
+        return False
+    found: list[object] = [answer]
+    for value in answer.values() if isinstance(answer, dict) else ():
+        found.append(value)
+    candidates: list[dict[str, object]] = []
+    for value in found:
+        for one in value if isinstance(value, list) else [value]:
+            if isinstance(one, dict):
+                candidates.append(one)
+    return any(
+        one.get("alert_id") == item.item_id
+        and any(k != "alert_id" and k in sent and sent[k] == v for k, v in one.items())
+        for one in candidates
+    )
 
 
 def _names(text: str, item: StoredItem) -> bool:

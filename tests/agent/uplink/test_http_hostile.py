@@ -1354,3 +1354,52 @@ async def test_a_record_held_by_a_learned_refusal_lets_the_records_behind_it_go_
     assert backend.delivered[2:] == [r["alert_id"] for r in good]
     assert stats.pending == 2 and stats.dead_lettered == 0, stats  # the bad one, its clear
     assert clear[0]["alert_id"] not in backend.delivered
+
+
+class SaysNotFound(AnonymousConflict):
+    """A gateway answering 409 "Conflict" to every POST (storing nothing), the backend's
+    GET /alerts/{id} answering 200 with `said` (its text with {id} the id asked for):
+    an error that names the id, or a lookup that echoes it, not the record."""
+
+    def __init__(self, said: str) -> None:
+        super().__init__(waf=True)
+        self.said = said
+
+    @_connection
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async with asyncio.timeout(10.0):
+            head, _ = await _read_whole(reader)
+            method, path = head.split(b" ")[:2]
+            if method == b"GET":
+                self.gets += 1
+                asked = path.decode().rsplit("/", 1)[-1]
+                writer.write(_answer(200, body=self.said.replace("{id}", asked).encode()))
+                return
+            self.posts += method == b"POST"
+            writer.write(_answer(409 if method == b"POST" else 200, body=b'{"message": "x"}'))
+
+
+async def test_a_200_that_names_the_id_without_the_record_confirms_no_duplicate(
+    tmp_path: Path,
+) -> None:
+    """duplicate_check_url's GET answering 200 with an error naming the id ("alert X not
+    found", as APIs that answer errors with 200 do) or a lookup echoing it ({"alert_id":
+    X, "found": false}) was taken for "the backend has it": the alert a WAF answered 409
+    was marked delivered though the backend never got it. Only the record itself (its
+    alert_id and a field of what was sent) confirms it."""
+    for n, said in enumerate(
+        (
+            '{"error": "alert {id} not found"}',
+            '{"alert_id": "{id}", "found": false}',
+            '{"query": {"alert_id": "{id}"}, "results": []}',
+        )
+    ):
+        backend = SaysNotFound(said)
+        async with await _outbox(tmp_path / str(n)) as outbox, serving(backend) as url:
+            await outbox.append(_machines(2))
+            c = _checked_cfg(url, max_backoff_s=0.2)
+            async with Running(delivery(UP, HttpTransport(c, name=UP), outbox, c)) as up:
+                await until(lambda b=backend: _true(b.gets >= 2))
+            stats = await outbox.stats()
+        assert stats.delivered == 0 and stats.pending == 2, (said, stats)
+        assert "not naming it" in (up.status.last_error or ""), up.status.last_error

@@ -37,7 +37,8 @@ canary: the held item is retried after each backoff, failing, until it is delive
 an item of another episode arrives behind it;
 the pending summaries (which otherwise wait behind any alert) are sent meanwhile; they
 prove nothing of the alerts' endpoint (never a canary: a batch is of one class), so their
-delivery ends neither the hold nor the alerts' backoff (agent.uplink._delivery).
+delivery ends neither the hold nor the alerts' backoff (agent.uplink._delivery), which
+they fill: the held item is tried again when it ends, not once every summary is sent.
 This is for refusals of a batch narrowed down to one item (http) and a CMMS's refusals
 other than a 422 (a proxy's page names no work order); a refusal that is certainly one
 item's own (too large, an MQTT PUBACK, a CMMS 422, a record no work order can be built

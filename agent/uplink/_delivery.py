@@ -95,6 +95,9 @@ class Delivery:
         self._probe_trusted = True
         self._after_probe = False  # the send under way follows a probe that said "up"
         self._woken_early = False  # a new item cut a wait short since the last success
+        # While an alert is held on a quiet plant, its backoff is spent sending summaries
+        # until this (monotonic) time; then it is tried again. None: no such backoff.
+        self._quiet_until: float | None = None
         self._canary = Canary()
         self._give_way = GiveWay(name, transport, outbox)
         self._stopping = False
@@ -149,13 +152,28 @@ class Delivery:
                 except StoreError as exc:
                     await self._failed(f"outbox: {exc}", of_items=False)
                     return
+                if self._quiet_until is not None and not items:
+                    # The backoff began with summaries to send: the rest of it waited out.
+                    until, self._quiet_until = self._quiet_until, None
+                    try:
+                        await self._wait(until - time.monotonic(), probing=False, honour=False)
+                    finally:
+                        self.status.next_retry_in_s = None
+                    return
                 if not items:
                     await self._failed(self._held_error(quiet=True))
                     return
+                if self._quiet_until is None:
+                    # The held alert's failure: its backoff is spent sending summaries,
+                    # not waited for their whole backlog (10 s for 200, max_backoff_s 0.3).
+                    delay = self._count_failure(self._held_error(quiet=True))
+                    self._quiet_until = time.monotonic() + delay
                 quiet = True
             else:
                 c.ahead = frozenset(it.item_id for it in items[:k])
                 items = items[k : k + 1]
+        if not quiet:
+            self._quiet_until = None  # the held alert (or a canary) goes: that backoff is over
         items = items[:size]
         if not items:
             self.status.state = "idle"
@@ -187,8 +205,13 @@ class Delivery:
             if c.ahead:  # a canary delivered: the items ahead of it refused as their own
                 c.proven = c.ahead
             # The held alert is tried again after the backoff, not after each summaries
-            # batch: the next step sends more summaries (or a canary), else backs off.
-            c.due = c.due or quiet
+            # batch: the next step sends more summaries (or a canary) until the backoff
+            # is over (or the summaries are, then the rest of it is waited out).
+            if quiet and self._quiet_until is not None:
+                if time.monotonic() < self._quiet_until:
+                    c.due = True
+                else:
+                    self._quiet_until = None
         err = result.error
         if isinstance(err, UplinkUnavailable):
             if err.timed_out and len(result.failed) > 1:
@@ -349,7 +372,24 @@ class Delivery:
     ) -> None:
         """Count a failure (the summaries' or the alerts'; not of_items: the store's or
         the loop's, on the alerts' side) and wait out its backoff."""
+        delay = self._count_failure(error, retry_after_s, summaries=summaries, of_items=of_items)
+        probing = down and retry_after_s is None and self._probe_trusted
+        try:
+            await self._wait(delay, probing=probing, honour=retry_after_s is not None)
+        finally:
+            self.status.next_retry_in_s = None
+
+    def _count_failure(
+        self,
+        error: str,
+        retry_after_s: float | None = None,
+        *,
+        summaries: bool = False,
+        of_items: bool = True,
+    ) -> float:
+        """Count a failure (see `_failed`) and say so; its backoff's length."""
         st = self.status
+        self._quiet_until = None
         if of_items and not summaries:
             self._alert_failed = True
         self._size.fitted = 0
@@ -381,11 +421,7 @@ class Delivery:
                 error,
                 delay,
             )
-        probing = down and retry_after_s is None and self._probe_trusted
-        try:
-            await self._wait(delay, probing=probing, honour=retry_after_s is not None)
-        finally:
-            st.next_retry_in_s = None
+        return delay
 
     async def _wait(self, delay: float, *, probing: bool, honour: bool) -> None:
         """Wait out a backoff; a probe seeing the far end back, or the episode's first new item,

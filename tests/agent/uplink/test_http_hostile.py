@@ -1403,3 +1403,58 @@ async def test_a_200_that_names_the_id_without_the_record_confirms_no_duplicate(
             stats = await outbox.stats()
         assert stats.delivered == 0 and stats.pending == 2, (said, stats)
         assert "not naming it" in (up.status.last_error or ""), up.status.last_error
+
+
+class SlowSummaries(Picky):
+    """Picky for alerts; its summaries endpoint takes each batch after `summaries_s`."""
+
+    def __init__(self, bad: set[str], summaries_s: float) -> None:
+        super().__init__(bad)
+        self.summaries_s = summaries_s
+        self.summaries_left_at_alert: int | None = None  # pending when the alert went
+        self.outbox: Outbox | None = None
+
+    @_connection
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head, body = await _read_whole(reader)
+        if not head.startswith(b"POST"):
+            writer.write(_answer(200))
+            return
+        ids = [a["alert_id"] for a in json.loads(body).get("alerts", [])]
+        self.posts += 1
+        if not ids:
+            await asyncio.sleep(self.summaries_s)
+        elif self.bad.intersection(ids):
+            writer.write(_typed(400, b"text/html", NGINX_400))
+            return
+        elif self.outbox is not None and self.summaries_left_at_alert is None:
+            self.summaries_left_at_alert = (await self.outbox.stats()).summaries_pending
+        self.delivered += ids
+        writer.write(_answer(200, body=b"{}"))
+
+
+async def test_a_held_alert_is_retried_after_its_backoff_not_after_the_summaries_backlog(
+    tmp_path: Path,
+) -> None:
+    """An alert refused on a quiet plant with a backlog of summaries (after an outage of
+    their endpoint): the summaries went meanwhile, but each delivery sent the next
+    batch of them at once, so the alert was tried again only once the whole backlog was
+    gone (200 summaries, 2 a POST at 0.1 s: 10 s, with max_backoff_s 0.3), though its
+    endpoint took it again at once. Its backoff is spent sending summaries: it is tried
+    again when that ends, the rest of the summaries after it."""
+    backend = SlowSummaries(bad=set(), summaries_s=0.1)
+    async with await _outbox(tmp_path) as outbox, serving(backend) as url:
+        backend.outbox = outbox
+        records = await outbox.append([draft(i=0)])
+        backend.bad = {records[0]["alert_id"]}
+        for _ in range(200):
+            await _append_a_summary(outbox)
+        c = _cfg(url, max_backoff_s=0.3, batch_size=2)
+        async with Running(delivery(UP, HttpTransport(c, name=UP), outbox, c)):
+            await until(lambda: _true(backend.posts >= 3))  # refused, summaries going
+            backend.bad = set()  # its endpoint takes it again
+            await until(lambda: _pending_is(outbox, 0), timeout_s=20.0)
+        stats = await outbox.stats()
+    assert stats.pending == 0 and stats.dead_lettered == 0, stats
+    left = backend.summaries_left_at_alert
+    assert left is not None and left >= 100, left

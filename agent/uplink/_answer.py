@@ -102,20 +102,27 @@ def refusal_signature(answer: Answer) -> str:
 
 
 _PAGE_TYPES = frozenset({"text/html", "application/xhtml+xml"})
+_MARKUP = re.compile(rb"<(?:[A-Za-z][A-Za-z0-9]*[\s/>]|!--|!doctype|/[A-Za-z])", re.IGNORECASE)
 _LEADING = b"\xef\xbb\xbf \t\r\n"  # a UTF-8 BOM and whitespace before the first tag
 
 
 def web_page(content_type: str, body: bytes) -> bool:
     """A 2xx body that is a web page, not an API's acknowledgement: it begins with markup
     (whatever its Content-Type: a portal may send none, or XHTML), or it is HTML with
-    markup in it. "HTML" without any, or JSON (Express's `res.send("OK")`, PHP's `echo`,
-    both text/html by default), is the backend's answer. So is XML sent as XML (a SOAP or
+    markup in it, or typed JSON that is not JSON with a tag in it. "HTML" without any,
+    or JSON (Express's `res.send("OK")`, PHP's `echo`, both text/html by default), is the
+    backend's answer. So is XML sent as XML (a SOAP or
     XML API's `<ack/>`, a CMMS answering XML), unless it holds an <html> element."""
     if _xml_type(content_type):
         return b"<html" in body.lower()
     if body.lstrip(_LEADING).startswith(b"<"):
         return True
-    if content_type not in _PAGE_TYPES or b"<" not in body:
+    if typed_json(content_type):
+        # Typed JSON, not JSON, with markup in it: a proxy's or portal's page ("Access
+        # denied. <a href=...>"), not the bare "OK" of a backend (a delivery).
+        if not _MARKUP.search(body):
+            return False
+    elif content_type not in _PAGE_TYPES or b"<" not in body:
         return False
     try:
         json.loads(body)

@@ -6,7 +6,8 @@ same record.
 
 Status policy (agent.uplink._httpclient):
 - 2xx: delivered, unless the body is a web page (it begins with markup, whatever its
-  Content-Type, or it is text/html with markup in it): a firewall's block page, a proxy's
+  Content-Type, or it is text/html with markup in it, or typed JSON that is not JSON with
+  a tag in it): a firewall's block page, a proxy's
   or hotspot's login page answer 200 too; retried and logged at ERROR like a 3xx. A
   text/html answer without markup ("OK" from Express or PHP) is an acknowledgement, and so
   is XML sent as XML (application/xml, text/xml, */*+xml) without an <html> element. The answer must

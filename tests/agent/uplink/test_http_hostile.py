@@ -1458,3 +1458,24 @@ async def test_a_held_alert_is_retried_after_its_backoff_not_after_the_summaries
     assert stats.pending == 0 and stats.dead_lettered == 0, stats
     left = backend.summaries_left_at_alert
     assert left is not None and left >= 100, left
+
+
+async def test_a_page_typed_json_is_no_delivery_even_when_it_begins_with_text(
+    tmp_path: Path,
+) -> None:
+    """A proxy's or portal's 200 typed application/json whose body is a page beginning
+    with text ("Access denied. <a href=...>"): once a whole body that is not JSON counted
+    as delivered, such a close-delimited page (resent before, as JSON cut short) marked
+    the batch delivered (2 of 2 lost), as did one with a Content-Length. Markup in a body
+    typed JSON that is not JSON is a page: nothing delivered. "OK" still delivers."""
+    pages = (
+        b'Access denied by policy. <a href="/login">Sign in</a>',
+        b"Redirecting to the portal...\n<script>location='/login'</script>",
+    )
+    for i, page in enumerate(pages):
+        for framed in (False, True):
+            answer = _typed(200, b"application/json", page) if framed else CLOSE_DELIMITED + page
+            delivered, error = await _delivered_by(tmp_path / f"{i}{framed}", answer)
+            assert delivered == 0 and "a web page" in (error or ""), (page, framed, error)
+    delivered, error = await _delivered_by(tmp_path / "ok", CLOSE_DELIMITED + b"OK <3")
+    assert delivered == 2, error

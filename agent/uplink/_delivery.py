@@ -303,6 +303,11 @@ class Delivery:
             await self._failed(f"outbox: dead-lettering: {store_exc}", of_items=False)
             return
         self.status.dead_lettered_total += len(moved)
+        if not summaries:
+            # The alert that failed to go is settled (counted, an operator can requeue
+            # it): the next delivery, a summary too, ends the alerts' failure streak, or
+            # /healthz stayed degraded on a calm plant until an alert was delivered.
+            self._alert_failed = False
         if exc.too_large:
             self.status.too_large_total += len(moved)
         self._note(exc.reason, summaries=summaries)

@@ -27,7 +27,8 @@ class UplinkStatus:
         consecutive_failures, last_error: the alerts' side (a send of alerts, the store,
             the loop itself): consecutive_failures 0 means alerts flow. A summary delivered
             resets it only when no alert failed to go (the store or the loop failed: a
-            calm plant sends no alert for days); a summary's failure sets neither.
+            calm plant sends no alert for days), or the one that did was dead-lettered
+            since; a summary's failure sets neither.
         summaries_consecutive_failures, summaries_last_error: the feature summaries' own
             (their endpoint may be another: summaries_url), reset by a summary delivered.
     """

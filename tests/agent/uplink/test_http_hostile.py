@@ -1479,3 +1479,41 @@ async def test_a_page_typed_json_is_no_delivery_even_when_it_begins_with_text(
             assert delivered == 0 and "a web page" in (error or ""), (page, framed, error)
     delivered, error = await _delivered_by(tmp_path / "ok", CLOSE_DELIMITED + b"OK <3")
     assert delivered == 2, error
+
+
+class BusyThenTooLarge(Backend):
+    """Answers the first alerts POST 503, every later one 413 (the alert is larger than
+    the backend takes); takes every summaries POST."""
+
+    def __init__(self) -> None:
+        super().__init__(b"")
+        self.alert_posts = 0
+
+    @_connection
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head, _ = await _read_whole(reader)
+        if not head.startswith(b"POST /alerts "):
+            writer.write(_answer(200, body=b"{}"))
+            return
+        self.alert_posts += 1
+        writer.write(_answer(503 if self.alert_posts == 1 else 413, body=b'{"error": "x"}'))
+
+
+async def test_an_alert_failure_ended_by_its_dead_letter_is_no_failure_for_good(
+    tmp_path: Path,
+) -> None:
+    """An alert that failed to go (a 503), then was dead-lettered as too large (413): no
+    alert left, the summaries delivered, yet the alerts' failure streak stayed set (only an
+    alert delivered ended it): /healthz degraded and `status` failing on a calm plant for
+    days, and the summaries' backoff kept growing from it. A dead letter settles the alert
+    that failed: the next delivery ends the streak."""
+    backend = BusyThenTooLarge()
+    async with await _outbox(tmp_path) as outbox, serving(backend) as url:
+        c = _cfg(url, max_backoff_s=0.2)
+        await outbox.append([draft(i=0)])
+        async with Running(delivery(UP, HttpTransport(c, name=UP), outbox, c)) as up:
+            await until(lambda: _true(up.status.dead_lettered_total == 1))
+            await _append_a_summary(outbox)
+            await until(lambda: _true(up.status.summaries_delivered_total == 1))
+            assert up.status.too_large_total == 1
+            assert up.status.consecutive_failures == 0, up.status

@@ -43,8 +43,9 @@ Status policy (agent.uplink._httpclient):
   2xx (whole, no web page) whose JSON is the record (an object, itself or in a list or
   under a key, with its alert_id and one more field as sent) says the backend has it
   (delivered); one that merely names the id (a 200 "alert X not found", a lookup's echo
-  {"alert_id": X, "found": false}) or any other answer leaves the 409 a refusal, its
-  reason saying what the GET answered. A 409 whose
+  {"alert_id": X, "found": false}), a 404 or a 410 leaves the 409 a refusal, its reason
+  saying what the GET answered; no verdict (no answer, a 5xx, a 429, a 401) is retried
+  with backoff, never a refusal (the backend may hold it). A 409 whose
   body is a web page is a CDN's or proxy's error page (Cloudflare answers its error 1014,
   a misconfigured custom hostname, with 409 and HTML): retried like a 2xx web page,
   nothing marked delivered.
@@ -70,6 +71,9 @@ from agent.uplink.errors import UplinkError, UplinkRejected, UplinkUnavailable
 log = logging.getLogger(__name__)
 
 DUPLICATE = 409  # Conflict: the backend already has this id, when its answer names it
+# What duplicate_check_url's GET answers for an alert the backend does not hold (besides a
+# 2xx without its record); any other answer is no verdict: retried.
+_LACKS = frozenset({404, 410})
 _NO_CHECK = (
     " (409 naming no id: no proof the backend has it; if it answers such a 409 to a "
     "duplicate, set duplicate_check_url so a GET confirms it)"
@@ -116,29 +120,50 @@ class HttpTransport(HttpClient):
                     self.name, item.class_name, item.item_id, answer.text[:REASON_CHARS],
                 )  # fmt: skip
                 return SendResult(items)
-            checked = await self._confirm(item)
+            checked = await self._confirm(url, item)
             if checked is True:
                 return SendResult(items)
+            if isinstance(checked, UplinkUnavailable):
+                return SendResult([], checked, items)
             err = await self.failure(url, answer)
             if isinstance(err, UplinkRejected):  # why it is no delivery, for the dead letter
                 err.reason += checked or _NO_CHECK
             return SendResult([], err, items)
         return SendResult([], await self.failure(url, answer), items)
 
-    async def _confirm(self, item: StoredItem) -> bool | str:
+    async def _confirm(self, posted: str, item: StoredItem) -> bool | str | UplinkUnavailable:
         """Whether the backend holds an alert a 409 did not name: its duplicate_check_url
-        answers 2xx naming the id (True); else why not ("" with no URL to ask, or for a
-        summary). A 409 that names no id may be a gateway's or WAF's "Conflict" answered to
-        any request, so the 409 alone never marks anything delivered."""
+        answers 2xx with its record (True); else why not ("" with no URL to ask, or for a
+        summary), or, when the GET gave no verdict (no answer, a 5xx, a 429, a 401), the
+        failure to retry: taken for a refusal, the alert the backend holds was
+        dead-lettered once one behind it went through. Only a 2xx without the record, a
+        404 or a 410 says it lacks it. A 409 that names no id may be a gateway's or WAF's
+        "Conflict" answered to any request, so the 409 alone never marks anything
+        delivered."""
         template = self.cfg.duplicate_check_url
         if template is None or item.class_name != "alert":
             return ""
         url = template.replace("{id}", quote(item.item_id, safe=""))
         shown = f"GET {public_url(url)}"
+        said = f"POST {public_url(posted)}: HTTP 409 naming no id for alert {item.item_id}"
         try:
             answer = await self.post(url, b"", method="GET")
+        except UplinkUnavailable as exc:
+            return UplinkUnavailable(
+                f"{said}; asked {shown}: no answer ({exc}): retried",
+                uplink=self.name, down=exc.down, timed_out=exc.timed_out,
+                retry_after_s=exc.retry_after_s, status=exc.status,
+            )  # fmt: skip
         except UplinkError as exc:
             return f" (409 naming no id; asked {shown}: no answer: {exc})"
+        if not answer.ok and answer.status not in _LACKS:
+            return UplinkUnavailable(
+                f"{said}; {shown} answered HTTP {answer.status} "
+                f"({answer.text[:REASON_CHARS]}), no verdict whether the backend has it: "
+                "retried",
+                uplink=self.name, status=answer.status, retry_after_s=answer.retry_after_s,
+                down=answer.status >= 500 and answer.retry_after_s is None,
+            )  # fmt: skip
         if answer.ok and _holds(answer.text, item):
             log.warning(
                 "uplink[%s]: alert %s: the backend already has it (HTTP 409 naming no id, "

@@ -1184,8 +1184,9 @@ class AnonymousConflict:
     answer is lost (it stores, then stays silent past the client's timeout). With `waf`,
     a gateway in front answers 409 "Conflict" to every POST, storing nothing."""
 
-    def __init__(self, *, waf: bool = False) -> None:
+    def __init__(self, *, waf: bool = False, busy_gets: int = 0) -> None:
         self.waf = waf
+        self.busy_gets = busy_gets  # GETs answered 503 first (a deploy, a busy replica)
         self.stored: dict[str, dict[str, Any]] = {}
         self.posts = 0
         self.gets = 0
@@ -1197,6 +1198,10 @@ class AnonymousConflict:
             method, path = head.split(b" ")[:2]
             if method == b"GET":
                 self.gets += 1
+                if self.busy_gets > 0:
+                    self.busy_gets -= 1
+                    writer.write(_answer(503, body=b'{"error": "busy"}'))
+                    return
                 record = self.stored.get(path.decode().rsplit("/", 1)[-1])
                 said = json.dumps(record).encode() if record else b'{"error": "not found"}'
                 writer.write(_answer(200 if record else 404, body=said))
@@ -1517,3 +1522,24 @@ async def test_an_alert_failure_ended_by_its_dead_letter_is_no_failure_for_good(
             await until(lambda: _true(up.status.summaries_delivered_total == 1))
             assert up.status.too_large_total == 1
             assert up.status.consecutive_failures == 0, up.status
+
+
+async def test_a_duplicate_check_that_gets_no_verdict_dead_letters_nothing(
+    tmp_path: Path,
+) -> None:
+    """duplicate_check_url's GET answering 503 (the backend's read side busy) after a 409
+    naming no id: the 409 was taken as a refusal, so the alert the backend holds (its
+    first answer lost) was dead-lettered once the alert behind it went through (1 of 1,
+    an operator's alarm for an alert the backend has). No verdict from the GET is no
+    refusal: retried until it answers, then delivered; none dead-lettered."""
+    backend = AnonymousConflict(busy_gets=4)
+    async with await _outbox(tmp_path) as outbox, serving(backend) as url:
+        await outbox.append(_machines(1))
+        c = _checked_cfg(url, timeout_s=1.0, max_backoff_s=0.2)
+        async with Running(delivery(UP, HttpTransport(c, name=UP), outbox, c)) as up:
+            await until(lambda: _true(backend.posts >= 1))
+            await outbox.append([draft(i=5, asset="other")])
+            await until(lambda: _pending_is(outbox, 0), timeout_s=15.0)
+        stats = await outbox.stats()
+    assert stats.dead_lettered == 0 and stats.delivered == 2, (stats, up.status.last_error)
+    assert backend.busy_gets == 0 and len(backend.stored) == 2

@@ -117,28 +117,35 @@ class EpisodeOrders:
         return orders
 
     async def _take_over(self, orders: dict[str, OpenOrder]) -> None:
-        """Entries kept per channel episode by an agent before this version: one per asset."""
+        """Entries kept per channel episode by an agent before this version: one per asset.
+
+        Read a page (at most `limit` rows) at a time until none is left, each page's rows
+        deleted once their assets' rows are written: a map an earlier agent kept for more
+        channels than `limit` is taken over whole at the first start, not a page per start
+        (the assets of the rest would open second orders meanwhile)."""
         assert self.outbox is not None
-        old = await self.outbox.load_state(self.legacy, self.limit)
-        if not old:
-            return
-        taken: dict[str, OpenOrder] = {}
-        for key, value in old.items():
-            episode = key[len(self.legacy) :]
-            parts = episode.split("/")
-            order = _order(key, value) if value and len(parts) == 4 else None
-            if order is None:
-                continue
-            asset = parts[1]
-            was = taken.get(asset) or orders.get(asset)
-            channels = (*(was.channels if was else ()), episode)
-            if was is not None and was.seq > order.seq:
-                order = was
-            taken[asset] = OpenOrder(**{**asdict(order), "channels": channels})
-        if taken:
-            await self.outbox.append(
-                [],
-                {self.prefix + a: json.dumps(asdict(o), sort_keys=True) for a, o in taken.items()},
-            )
-            orders.update(taken)
-        await self.outbox.drop_state(list(old))
+        while old := await self.outbox.load_state(self.legacy, self.limit):
+            taken: dict[str, OpenOrder] = {}
+            for key, value in old.items():
+                episode = key[len(self.legacy) :]
+                # kind/asset/sensor/channel: ids never hold a slash, a channel may (the
+                # axis names of a site's own register profile or payload decoder: de/z).
+                parts = episode.split("/", 3)
+                order = _order(key, value) if value and len(parts) == 4 else None
+                if order is None:
+                    continue
+                asset = parts[1]
+                was = taken.get(asset) or orders.get(asset)
+                channels = (*(was.channels if was else ()), episode)
+                if was is not None and was.seq > order.seq:
+                    order = was
+                taken[asset] = OpenOrder(**{**asdict(order), "channels": channels})
+            if taken:
+                await self.outbox.append(
+                    [],
+                    {self.prefix + a: json.dumps(asdict(o), sort_keys=True)
+                     for a, o in taken.items()},
+                )  # fmt: skip
+                orders.update(taken)
+            await self.outbox.drop_state(list(old))
+        await self._bound(orders)

@@ -181,3 +181,47 @@ async def test_the_map_is_bounded_and_loads_only_its_own_rows(tmp_path: Path) ->
         assert got is not None and asdict(got)["channels"] == ("severity/c/s/z",)
         assert await again.get("a") is None
         assert len(await ob.load_state(f"{ROWS}asset_order/", 1)) == 1
+
+
+def _legacy(seq: int, wo: str) -> str:
+    order = OpenOrder(wo, f"k{seq}", "C", "2026-11-21T08:15:02Z", seq=seq)
+    raw = asdict(order)
+    del raw["channels"]  # an earlier agent's row: no channels
+    return json.dumps(raw, sort_keys=True)
+
+
+async def test_an_earlier_agents_rows_are_taken_over_whatever_the_channels_names(
+    tmp_path: Path,
+) -> None:
+    """A register profile or payload decoder of the site's own may name its channels with
+    a slash (de/z). Before: the old row of such a channel was not recognised and deleted,
+    its open order forgotten: the machine's next finding opened a second order."""
+    async with _outbox(tmp_path / "outbox.db") as ob:
+        old = f"{ROWS}work_order/severity/press-7/m1/de/z"
+        await ob.append([], {old: _legacy(1, "WO-000001")})
+        got = await EpisodeOrders(UP, ob).get("press-7")
+        assert got is not None and got.work_order == "WO-000001"
+        assert got.channels == ("severity/press-7/m1/de/z",)
+        assert list(await ob.load_state(f"{ROWS}")) == [f"{ROWS}asset_order/press-7"]
+
+
+async def test_an_earlier_agents_rows_beyond_the_limit_are_all_taken_over(
+    tmp_path: Path,
+) -> None:
+    """An earlier agent kept a row per channel: more of them than the map's limit of
+    assets. Before: only the first `limit` (by key) were taken over at the first start,
+    the other assets' orders were unknown until the next restart (their findings opened
+    second orders meanwhile)."""
+    async with _outbox(tmp_path / "outbox.db") as ob:
+        rows = {
+            f"{ROWS}work_order/severity/{a}/s/{ch}": _legacy(i * 2 + j, f"WO-{a}")
+            for i, a in enumerate(("a", "b", "c"))
+            for j, ch in enumerate(("x", "z"))
+        }
+        await ob.append([], rows)
+        orders = EpisodeOrders(UP, ob, limit=3)
+        for a in ("a", "b", "c"):
+            got = await orders.get(a)
+            assert got is not None and got.work_order == f"WO-{a}"
+            assert sorted(got.channels) == [f"severity/{a}/s/x", f"severity/{a}/s/z"]
+        assert not await ob.load_state(f"{ROWS}work_order/")

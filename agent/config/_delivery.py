@@ -128,6 +128,13 @@ class CmmsUplink(_HttpEndpoint):
                 "an update_url must hold {id} (where the work order's id goes) and no "
                 "other {...} placeholder"
             )
+        parts = urlsplit(v)
+        if "{id}" in parts.netloc or "{id}" in parts.fragment:
+            raise ValueError(
+                "{id} must be in the path or the query (after the host): in the host, the "
+                "work order's id the CMMS answers with would choose the server the token is "
+                "sent to; in the fragment, it is never sent"
+            )
         insecure = bool(info.data.get("allow_insecure_http"))
         problem = url_problem(v.replace("{id}", "WO-1"), allow_insecure_http=insecure)
         if problem:

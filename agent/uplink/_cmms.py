@@ -16,7 +16,8 @@ bringing its due date forward and appending the evidence as a note, under
 `Idempotency-Key: <their alert_id>`, so a retry is applied once. The order covers the
 channels whose findings it took; a channel's clear (a note with `mapping.on_clear: note`,
 else nothing sent) takes it off, and the order ends when none is left or the asset's
-maintenance record (the repair) comes: the asset's next finding opens a new one. A work
+maintenance record (the repair) comes: the asset's next finding opens a new one (one
+detected before that last clear, delivered after it, takes the ended order up again). A work
 order the CMMS no longer has (404) or that a person closed (409, status closed) is
 replaced: the record opens a new one. Everything else the uplink is given (clears,
 maintenance records, sensor and gateway faults, feature summaries) is settled unsent, with
@@ -43,7 +44,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -169,9 +170,15 @@ class CmmsTransport(HttpClient):
         with self._unbuildable(item):
             record = json.loads(item.json)
             ep, key = episode(record), order_key(record)
-        order = None
+        row = order = None
         if key is not None:
-            order = await self._orders(self.orders.get(key))
+            row = order = await self._orders(self.orders.get(key))
+        if row is not None and row.ended is not None:
+            # Ended when its last channel cleared: a finding detected before that clear
+            # (stored after it: another sensor's readings delivered late, the same
+            # reading's other axis) was in fault under it and takes it up again.
+            with self._unbuildable(item):
+                order = replace(row, ended=None) if row.taken_up(record) else None
         known = order.channels if order is not None else ()
         # Stored before the record that opened the asset's order (late): never the asset's
         # entry changed. An escalation opened it: a note on it (this may be its raise),
@@ -180,7 +187,7 @@ class CmmsTransport(HttpClient):
         # a later fault's order. Not late: a raise or escalation of any channel of the
         # asset updates its open order (one machine, one work order); a clear notes it
         # only if its channel is one the order covers.
-        late = order is not None and item.seq < order.seq
+        late = row is not None and item.seq < row.seq
         state = record.get("state")
         earlier = late and order is not None and order.by_raise
         if earlier or (not late and state == "cleared" and ep not in known):
@@ -267,8 +274,9 @@ class CmmsTransport(HttpClient):
             await self._orders(self.orders.put(it.key, None))
         elif it.record.get("state") == "cleared" and it.episode in it.channels:
             order = await self._orders(self.orders.get(it.key))
-            if order is not None:
-                await self._orders(self.orders.put(it.key, order.left(it.episode)))
+            if order is not None and order.ended is None:
+                at = str(it.record["detected_at"])
+                await self._orders(self.orders.put(it.key, order.left(it.episode, at)))
 
     def _covering(self, it: _Item) -> tuple[str, ...]:
         """The channels a new order for the item covers: its own and those still in
@@ -312,7 +320,8 @@ class CmmsTransport(HttpClient):
             # ends the order (the asset's next raise opens a new one).
             ep = it.episode or ""
             done = it.record.get("state") == "cleared"
-            after = up.order.left(ep) if done else up.order.joined(ep)
+            at = str(it.record["detected_at"])
+            after = up.order.left(ep, at) if done else up.order.joined(ep)
             if not it.late:  # a late record changes nothing the asset's later ones kept
                 await self._orders(self.orders.put(it.key or "", after))
             how = "already updated (a retry)" if answer.replayed else "updated"

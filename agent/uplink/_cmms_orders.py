@@ -6,11 +6,13 @@ it with the later records of any of its channels. The asset -> work order map is
 the store's state table (through the store's writer thread, like the monitor's state)
 before the record that opened or updated the order is marked delivered, so an agent killed
 in between finds it again: the request is retried (the CMMS replays its answer) and the map
-saved then. An order ends (its row deleted, not kept empty) once all its channels cleared,
-the asset was repaired, or the CMMS no longer has it; a refused raise removes it, so an
-escalation never updates an earlier fault's order. So the map holds at most one entry per
-asset in fault, and never more than MAX_ORDERS (the oldest opened are forgotten first: their
-later records open a new order). Loading reads this uplink's keys only (a range on the
+saved then. An order ends once all its channels cleared (its row then keeps only the
+detection time of that last clear, for a finding detected before it and delivered late:
+OpenOrder.taken_up), the asset was repaired or the CMMS no longer has it (its row
+deleted); a refused raise removes it, so an escalation never updates an earlier fault's
+order. So the map holds at most one entry per asset, and never more than MAX_ORDERS (the
+ended are forgotten first, then the oldest opened: their later records open a new
+order). Loading reads this uplink's keys only (a range on the
 state table's primary key), at most MAX_ORDERS of them.
 
 Entries of agents before this version (one per channel episode, under LEGACY_PREFIX) are
@@ -96,7 +98,8 @@ class EpisodeOrders:
         extra = len(orders) - self.limit
         if extra <= 0:
             return
-        oldest = sorted(orders, key=lambda k: orders[k].seq)[:extra]
+        # Ended orders first (they only wait for a late finding), then the oldest opened.
+        oldest = sorted(orders, key=lambda k: (orders[k].ended is None, orders[k].seq))[:extra]
         await self._drop(oldest)
         for k in oldest:
             log.warning("work order %s of %s forgotten: more than %d assets have an open "

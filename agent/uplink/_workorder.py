@@ -104,6 +104,10 @@ class OpenOrder:
             order, and this one stays the episode's).
         channels: the channel episodes (`episode`) of the asset in fault that it covers;
             it ends when the last of them cleared.
+        ended: once it ended so, the detection time of that last clear (None: open). A
+            finding of the asset detected no later (its readings delivered late, the
+            same reading's other axis) was in fault while the order was open: it takes
+            the order up again, not a second one (`taken_up`).
     """
 
     work_order: str
@@ -113,17 +117,30 @@ class OpenOrder:
     seq: int = 0
     by_raise: bool = True
     channels: tuple[str, ...] = ()
+    ended: str | None = None
+
+    def taken_up(self, record: Mapping[str, Any]) -> bool:
+        """Whether a finding (a raise, an escalation) of the asset belongs to this order
+        although it ended: it was detected no later than the clear that ended it."""
+        return (
+            self.ended is not None
+            and record.get("kind") in ("severity", "trend")
+            and record.get("state") != "cleared"
+            and parse_ts(record["detected_at"]) <= parse_ts(self.ended)
+        )
 
     def joined(self, episode: str) -> OpenOrder:
-        """The order once it covers the episode too."""
-        if episode in self.channels:
+        """The order once it covers the episode too (open again, if it had ended)."""
+        if episode in self.channels and self.ended is None:
             return self
-        return replace(self, channels=(*self.channels, episode))
+        channels = self.channels if episode in self.channels else (*self.channels, episode)
+        return replace(self, channels=channels, ended=None)
 
-    def left(self, episode: str) -> OpenOrder | None:
-        """The order once the episode cleared; None when no channel is left in fault."""
+    def left(self, episode: str, at: str) -> OpenOrder:
+        """The order once the episode cleared (detected `at`); ended at that clear when no
+        channel is left in fault."""
         rest = tuple(c for c in self.channels if c != episode)
-        return replace(self, channels=rest) if rest else None
+        return replace(self, channels=rest, ended=None if rest else at)
 
 
 @dataclass(frozen=True, slots=True)

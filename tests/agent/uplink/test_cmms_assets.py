@@ -83,7 +83,8 @@ async def test_two_axes_of_one_bearing_are_one_work_order_until_both_cleared(
 async def test_the_order_ends_only_when_all_its_channels_cleared(tmp_path: Path) -> None:
     """Default mapping (clears add no note): two sensors of one machine raise; one clears
     and raises again while the other is still in fault (the same order, a note); once
-    both cleared, the next raise opens a new order. No row is left for the ended one."""
+    both cleared, the next raise opens a new order. The ended one's row says when it
+    ended, and covers no channel."""
     path = tmp_path / "outbox.db"
     async with CmmsServer(db=tmp_path / "cmms.db", token=TOKEN) as cmms, _outbox(path) as ob:
         recs = await ob.append(
@@ -94,7 +95,10 @@ async def test_the_order_ends_only_when_all_its_channels_cleared(tmp_path: Path)
              _on("z", severity("B", "cleared", velocity=2.0, i=5))]
         )  # fmt: skip
         await _deliver(ob, cmms)
-        assert not [k for k in await ob.load_state() if k.startswith(ROWS)]
+        rows = {k: json.loads(v) for k, v in (await ob.load_state()).items() if k.startswith(ROWS)}
+        # Ended at the last clear: kept only for a finding detected before it, delivered late.
+        [ended] = rows.values()
+        assert ended["channels"] == [] and ended["ended"] == recs[5]["detected_at"]
         [again] = await ob.append([_on("z", severity("C", i=6), sensor="m1-nde")])
         await _deliver(ob, cmms)
         orders = await cmms.work_orders()
@@ -225,3 +229,48 @@ async def test_an_earlier_agents_rows_beyond_the_limit_are_all_taken_over(
             assert got is not None and got.work_order == f"WO-{a}"
             assert sorted(got.channels) == [f"severity/{a}/s/x", f"severity/{a}/s/z"]
         assert not await ob.load_state(f"{ROWS}work_order/")
+
+
+async def test_a_finding_detected_before_the_order_ended_is_the_same_fault(
+    tmp_path: Path,
+) -> None:
+    """Sensor m1-de raises and clears; the other sensor's raise, detected while m1-de was
+    still in fault (its readings time-stamped by the device and delivered late, after a
+    network drop), is stored after that clear, and the agent restarted between. Before:
+    the order had ended at the clear (its row deleted) and the late raise opened a second
+    order for the one fault. Now it updates the order it was in fault under; a finding
+    detected after the clear still opens a new one."""
+    path = tmp_path / "outbox.db"
+    async with CmmsServer(db=tmp_path / "cmms.db", token=TOKEN) as cmms:
+        async with _outbox(path) as ob:
+            first = await ob.append(
+                [_on("z", severity("C", i=0)),
+                 _on("z", severity("B", "cleared", velocity=2.0, i=10))]
+            )  # fmt: skip
+            await _deliver(ob, cmms)
+        async with _outbox(path) as ob:
+            [late] = await ob.append([_on("z", severity("C", i=5), sensor="m1-nde")])
+            await _deliver(ob, cmms)
+            await ob.append([_on("z", severity("B", "cleared", velocity=2.0, i=20), "m1-nde")])
+            [anew] = await ob.append([_on("z", severity("C", i=30))])
+            await _deliver(ob, cmms)
+        orders = await cmms.work_orders()
+    assert [o["request_key"] for o in orders] == [first[0]["alert_id"], anew["alert_id"]]
+    assert _notes(orders[0]) == [late["alert_id"]] and orders[1]["notes"] == []
+
+
+async def test_one_axis_clearing_as_the_other_raises_is_one_fault(tmp_path: Path) -> None:
+    """One reading: z falls back under its threshold as x crosses its own, and z's clear
+    is stored first. Before: the order ended at z's clear and x's raise, the same
+    reading's, opened a second order while the machine never stopped being alarmed."""
+    path = tmp_path / "outbox.db"
+    async with CmmsServer(db=tmp_path / "cmms.db", token=TOKEN) as cmms, _outbox(path) as ob:
+        z, _clear, x = await ob.append(
+            [_on("z", severity("C", i=0)),
+             _on("z", severity("B", "cleared", velocity=2.0, i=7)),
+             _on("x", severity("C", i=7))]
+        )  # fmt: skip
+        await _deliver(ob, cmms)
+        orders = await cmms.work_orders()
+    assert [o["request_key"] for o in orders] == [z["alert_id"]]
+    assert _notes(orders[0]) == [x["alert_id"]]

@@ -102,7 +102,10 @@ def _answer_id(text: str, key: str = "id") -> str | None:
         return None
     for where in (obj, obj.get("work_order"), obj.get("workOrder"), obj.get("data")):
         if isinstance(where, dict) and isinstance(where.get(key), str | int):
-            return str(where[key])
+            found = str(where[key])
+            # "", "." or ".." in a URL's path names no order (a dot segment is resolved
+            # away: the update would go to the collection, refused and retried for ever).
+            return None if found.strip(".") == "" else found
     return None
 
 

@@ -274,3 +274,39 @@ async def test_one_axis_clearing_as_the_other_raises_is_one_fault(tmp_path: Path
         orders = await cmms.work_orders()
     assert [o["request_key"] for o in orders] == [z["alert_id"]]
     assert _notes(orders[0]) == [x["alert_id"]]
+
+
+async def test_a_work_order_id_that_names_no_order_in_a_url_stalls_nothing(
+    tmp_path: Path,
+) -> None:
+    """A CMMS (here a small one of another make) answers an open with the id "..": in
+    `{url}/{id}` it names no order (a URL's dot segment: PATCH /api/v1/, which that CMMS
+    does not have). Before: the id was kept, every later finding of the machine was
+    PATCHed there, answered 404 and retried for ever, and every record behind it waited.
+    Now such an id is taken for no id: the findings are delivered."""
+    from aiohttp import web
+
+    seen: list[str] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        seen.append(f"{request.method} {request.path}")
+        if request.method == "POST" and request.path == "/api/v1/work-orders":
+            return web.json_response({"id": ".."}, status=201)
+        return web.Response(status=404, text="no such route")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        async with _outbox(tmp_path / "outbox.db") as ob:
+            await ob.append([_on("z", severity("C", i=0)), _on("x", severity("C", i=1))])
+            url = f"http://127.0.0.1:{port}/api/v1/work-orders"
+            async with Running(uplink(cfg(url, allow_insecure_http=True), ob)):
+                await until(lambda: _drained(ob))
+    finally:
+        await runner.cleanup()
+    assert all(s == "POST /api/v1/work-orders" for s in seen), seen

@@ -136,7 +136,7 @@ class CmmsTransport(HttpClient):
         self.cfg: CmmsUplink = cfg
         self.assets = dict(assets)
         self.site = site
-        self.orders = EpisodeOrders(name, outbox)
+        self.orders = EpisodeOrders(name, outbox, configured=self.assets)
 
     def request(self, item: StoredItem) -> WorkOrder | str:
         """The work-order request for an item as if its episode had no work order, or why

@@ -11,8 +11,8 @@ detection time of that last clear, for a finding detected before it and delivere
 OpenOrder.taken_up), the asset was repaired or the CMMS no longer has it (its row
 deleted); a refused raise removes it, so an escalation never updates an earlier fault's
 order. So the map holds at most one entry per asset, and never more than MAX_ORDERS (the
-ended are forgotten first, then the oldest opened: their later records open a new
-order). Loading reads this uplink's keys only (a range on the
+ended are forgotten first, then those of assets no longer configured, then the oldest
+opened: their later records open a new order). Loading reads this uplink's keys only (a range on the
 state table's primary key), at most MAX_ORDERS of them.
 
 Entries of agents before this version (one per channel episode, under LEGACY_PREFIX) are
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Collection
 from dataclasses import asdict
 
 from agent.store import Outbox
@@ -54,14 +55,24 @@ class EpisodeOrders:
         uplink: the uplink's name (its entries are its own).
         outbox: the store that keeps them; None keeps them in memory only (a transport
             built without a store, e.g. by a test).
-        limit: at most this many kept (the oldest opened are forgotten first).
+        limit: at most this many kept (beyond it, the ended are forgotten first, then
+            those of assets not `configured`, then the oldest opened).
+        configured: the asset ids the configuration names (None: all are taken for
+            configured): an asset a reload removed with its order open never clears.
     """
 
-    def __init__(self, uplink: str, outbox: Outbox | None, limit: int = MAX_ORDERS) -> None:
+    def __init__(
+        self,
+        uplink: str,
+        outbox: Outbox | None,
+        limit: int = MAX_ORDERS,
+        configured: Collection[str] | None = None,
+    ) -> None:
         self.prefix = PREFIX.format(uplink=uplink)
         self.legacy = LEGACY_PREFIX.format(uplink=uplink)
         self.outbox = outbox
         self.limit = max(1, limit)
+        self.configured = None if configured is None else frozenset(configured)
         self._orders: dict[str, OpenOrder] | None = None
 
     async def get(self, key: str) -> OpenOrder | None:
@@ -98,8 +109,15 @@ class EpisodeOrders:
         extra = len(orders) - self.limit
         if extra <= 0:
             return
-        # Ended orders first (they only wait for a late finding), then the oldest opened.
-        oldest = sorted(orders, key=lambda k: (orders[k].ended is None, orders[k].seq))[:extra]
+
+        # Ended orders first (they only wait for a late finding), then those of assets no
+        # longer configured (a reload removed them: no clear of theirs will come), then
+        # the oldest opened.
+        def keep(k: str) -> tuple[bool, bool, int]:
+            configured = self.configured is None or k in self.configured
+            return orders[k].ended is None, configured, orders[k].seq
+
+        oldest = sorted(orders, key=keep)[:extra]
         await self._drop(oldest)
         for k in oldest:
             log.warning("work order %s of %s forgotten: more than %d assets have an open "

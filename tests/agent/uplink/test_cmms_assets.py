@@ -310,3 +310,23 @@ async def test_a_work_order_id_that_names_no_order_in_a_url_stalls_nothing(
     finally:
         await runner.cleanup()
     assert all(s == "POST /api/v1/work-orders" for s in seen), seen
+
+
+async def test_at_the_limit_an_asset_no_longer_configured_is_forgotten_first(
+    tmp_path: Path,
+) -> None:
+    """The map is full: press-7, still configured and in fault, has the oldest open
+    order; old-3 was removed from the configuration by a reload while its order was open
+    (no clear of it will ever come). Before: press-7's order was forgotten (its next
+    finding opened a second order, its clears ended nothing) and old-3's row kept. Now
+    the row of the asset no longer configured goes first."""
+    async with _outbox(tmp_path / "outbox.db") as ob:
+        orders = EpisodeOrders(UP, ob, limit=2, configured={"press-7", "fan-3"})
+        due = "2026-11-21T08:15:02Z"
+        for i, asset in enumerate(("press-7", "old-3", "fan-3")):
+            channel = f"severity/{asset}/s/z"
+            order = OpenOrder(f"WO-{i}", f"k{i}", "C", due, seq=i + 1, channels=(channel,))
+            await orders.put(asset, order)
+        assert await orders.get("old-3") is None
+        kept = await EpisodeOrders(UP, ob, limit=2).get("press-7")
+        assert kept is not None and kept.work_order == "WO-0"

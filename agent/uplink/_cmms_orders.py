@@ -13,7 +13,7 @@ deleted); a refused raise removes it, so an escalation never updates an earlier 
 order. So the map holds at most one entry per asset, and never more than MAX_ORDERS (the
 ended are forgotten first, then those of assets no longer configured, then the oldest
 opened: their later records open a new order). Loading reads this uplink's keys only (a range on the
-state table's primary key), at most MAX_ORDERS of them.
+state table's primary key), at most twice MAX_ORDERS of them, then bounded.
 
 Entries of agents before this version (one per channel episode, under LEGACY_PREFIX) are
 taken over at the first load: one per asset (the latest opened; its channels those of all
@@ -128,12 +128,15 @@ class EpisodeOrders:
             return self._orders
         orders: dict[str, OpenOrder] = {}
         if self.outbox is not None:
-            saved = await self.outbox.load_state(self.prefix, self.limit)
+            # Up to twice the limit: an agent killed between keeping an order and
+            # forgetting the oldest left one row too many, bounded below (read only
+            # `limit` by key, the asset whose key sorts last would be invisible).
+            saved = await self.outbox.load_state(self.prefix, 2 * self.limit)
             for key, value in saved.items():
                 order = _order(key, value) if value else None
                 if order is not None:
                     orders[key[len(self.prefix) :]] = order
-            await self._take_over(orders)
+            await self._take_over(orders)  # bounds them
         self._orders = orders
         return orders
 

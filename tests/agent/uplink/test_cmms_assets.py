@@ -330,3 +330,24 @@ async def test_at_the_limit_an_asset_no_longer_configured_is_forgotten_first(
         assert await orders.get("old-3") is None
         kept = await EpisodeOrders(UP, ob, limit=2).get("press-7")
         assert kept is not None and kept.work_order == "WO-0"
+
+
+async def test_a_row_beyond_the_limit_left_by_a_kill_is_not_invisible(tmp_path: Path) -> None:
+    """At the limit, the agent is killed between keeping a new asset's order and
+    forgetting the oldest: one row too many on disk. Before: a start read the lowest
+    `limit` keys only, so the order of the asset whose key sorts last was invisible
+    (its next finding opened a second order) and never deleted. Now the oldest opened is
+    forgotten."""
+    async with _outbox(tmp_path / "outbox.db") as ob:
+        due = "2026-11-21T08:15:02Z"
+        rows = {}
+        for i, asset in enumerate(("b", "c", "a")):  # "a" kept first, opened last
+            order = OpenOrder(f"WO-{asset}", f"k{i}", "C", due, seq=i + 1,
+                              channels=(f"severity/{asset}/s/z",))  # fmt: skip
+            rows[f"{ROWS}asset_order/{asset}"] = json.dumps(asdict(order), sort_keys=True)
+        await ob.append([], rows)
+        orders = EpisodeOrders(UP, ob, limit=2)
+        assert await orders.get("b") is None  # the oldest opened
+        got = await orders.get("c")
+        assert got is not None and got.work_order == "WO-c"
+        assert len(await ob.load_state(f"{ROWS}asset_order/")) == 2

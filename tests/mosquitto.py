@@ -267,7 +267,10 @@ class MqttProxy:
       the message again (DUP) to the session at the next connection;
     - `pause()` / `resume()`: it stops passing the broker's bytes to the client (a client
       too slow to drain: it acknowledges nothing meanwhile, so the broker's in-flight
-      window and per-client queue fill, and mosquitto drops the rest).
+      window and per-client queue fill, and mosquitto drops the rest);
+    - `crash_at_subscribe`: the broker is killed (SIGKILL) and started again at that many
+      of the next SUBSCRIBE packets, the packet never answered: a broker crashing under
+      load while the client subscribes.
 
     Attributes:
         port: where clients connect (127.0.0.1).
@@ -281,6 +284,8 @@ class MqttProxy:
         self.holding = False
         self.holding_acks = False
         self.acks_held = 0
+        self.crash_at_subscribe = 0
+        self.crashes = 0
         self.port = 0
         self.cuts = 0
         self.held: list[str] = []
@@ -357,8 +362,17 @@ class MqttProxy:
                 if self.holding_acks and header[0] >> 4 == 4:  # PUBACK
                     self.acks_held += 1
                     continue
+                if self.crash_at_subscribe and header[0] >> 4 == 8:  # SUBSCRIBE
+                    self.crash_at_subscribe -= 1
+                    self.crashes += 1
+                    await asyncio.to_thread(self._crash)
+                    return
                 dst.write(bytes(header) + body)
                 await dst.drain()
+
+    def _crash(self) -> None:
+        self.broker.kill()
+        self.broker.start()
 
     async def _bytes(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError):

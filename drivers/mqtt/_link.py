@@ -46,7 +46,7 @@ from drivers.mqtt._dispatch import Dispatching
 from drivers.mqtt._reconnect import Reconnecting
 from drivers.mqtt._router import Router
 from drivers.mqtt._settings import BrokerSettings, SessionLog, TlsFilesError
-from drivers.mqtt._subscriptions import Subscribing
+from drivers.mqtt._subscriptions import Quarantine, Subscribing
 from drivers.mqtt._uptime import Uptime
 
 __all__ = ["BrokerLink", "BrokerSettings", "SessionLog", "TlsFilesError"]
@@ -88,6 +88,7 @@ class BrokerLink(Uptime, Reconnecting, Subscribing, Dispatching):
         self.quarantined: dict[str, str] = {}  # topic filter -> why (drivers.mqtt._subscriptions)
         self._suspects: set[str] = set()
         self._strikes: dict[str, int] = {}
+        self._quarantines: dict[str, Quarantine] = {}
         self.broker_drops = BrokerDrops(
             settings.id, settings.address, settings.sys_dropped_topic, busiest=self._busiest
         )

@@ -8,8 +8,13 @@ then reconnected, subscribed, was dropped again, without end, every sensor of th
 silent, and each round waited out the SUBACK's timeout. Here a drop while SUBSCRIBEs are
 in flight fails them at once; their filters become suspects, asked for one at a time
 after the others at the next connections; one the connection is lost at, alone in
-flight, QUARANTINE_STRIKES times in a row is quarantined: not asked for again by this
-link (a reload or a restart asks again), reported as refused, its sensors told why."""
+flight, QUARANTINE_STRIKES times in a row is quarantined: reported as refused, its
+sensors told why, and asked for again alone only after a back-off (QUARANTINE_RETRY_S,
+doubled each time up to QUARANTINE_RETRY_MAX_S; a reload or a restart asks at once). A
+broker that crashes, or a network that blips, twice at a good filter's SUBSCRIBE looks
+the same as a broker refusing it: held back for good, that filter's sensors stayed
+silent until someone reloaded. A filter the broker really drops us for costs the link
+one reconnect per back-off."""
 
 from __future__ import annotations
 
@@ -45,6 +50,17 @@ QUARANTINE_STRIKES = 2  # a broker restart may coincide once with a suspect's SU
 # than this, or our own keepalive giving up (a deaf link), is no strike against the filter.
 STRIKE_WITHIN_S = 3.0
 KEEPALIVE_TIMEOUT = 0x8D  # MQTT 5's reason code, which paho gives for its own timeout too
+QUARANTINE_RETRY_S = 300.0  # a quarantined filter is asked for again after this (jittered),
+QUARANTINE_RETRY_MAX_S = 3600.0  # the wait doubled each time it is dropped again, up to this
+
+
+@dataclass
+class Quarantine:
+    """A filter quarantined, until the broker answers a SUBSCRIBE of it."""
+
+    text: str  # what its sensors were told
+    rounds: int  # times quarantined since the broker last answered it
+    due: float  # monotonic: asked for again from then on
 
 
 class SubscriptionLost(aiomqtt.MqttError):
@@ -68,6 +84,7 @@ class Subscribing:
     quarantined: dict[str, str]  # filter -> why (see the module docstring)
     _suspects: set[str]  # filters in flight when a connection was lost
     _strikes: dict[str, int]  # connections lost with the filter alone in flight, in a row
+    _quarantines: dict[str, Quarantine]  # quarantined, or released and not yet answered
     _refused_alone: set[str]  # filters the broker refused in a SUBSCRIBE of their own
     _sessions: SessionLog | None
     _sys_unsubscribed: bool
@@ -91,6 +108,7 @@ class Subscribing:
         v5 = self.settings.protocol == "5"
         ids = {r.topic: i for i, r in self.router.by_id.items()}
         routes = self.router.routes
+        self._release_due(only)
         wanted = [
             (t, r)
             for t, r in routes.items()
@@ -115,6 +133,23 @@ class Subscribing:
             self._suspects.discard(topic)
             self._strikes.pop(topic, None)
             self._granted(topic, route, result)
+
+    def _release_due(self, only: frozenset[str] | None) -> None:
+        """Quarantined filters whose back-off is over become suspects on their last strike:
+        asked for alone, after the others; one more drop at it holds it back again, longer."""
+        now = time.monotonic()
+        for topic in [t for t in self._quarantines if t not in self.router.routes]:
+            del self._quarantines[topic]  # a reload removed it
+            self.quarantined.pop(topic, None)
+        for topic, held in self._quarantines.items():
+            if topic in self.quarantined and now >= held.due and (only is None or topic in only):
+                del self.quarantined[topic]
+                self._suspects.add(topic)
+                self._strikes[topic] = QUARANTINE_STRIKES - 1
+
+    def _quarantine_due(self) -> frozenset[str]:
+        now = time.monotonic()
+        return frozenset(t for t in self.quarantined if now >= self._quarantines[t].due)
 
     async def _subscribe_together(
         self, client: BoundedClient, wanted: list[tuple[str, Any]], v5: bool, ids: dict[str, int]
@@ -228,16 +263,22 @@ class Subscribing:
         )
         self.quarantined[topic] = why
         text = f"subscription to {topic!r} quarantined: {why}"
+        held = self._quarantines.get(topic)
+        rounds = 1 if held is None else held.rounds + 1
+        wait = min(QUARANTINE_RETRY_MAX_S, QUARANTINE_RETRY_S * 2 ** (rounds - 1))
+        wait *= self._rng.uniform(0.8, 1.0)
+        self._quarantines[topic] = Quarantine(text, rounds, time.monotonic() + wait)
         route = self.router.routes.get(topic)
         for sensor in route.sensors() if route is not None else ():
             sensor.refused(text)
-        log.error(
+        (log.error if rounds == 1 else log.warning)(
             "mqtt broker %s at %s: %s; its sensors get no messages, the other subscriptions "
-            "go on; not asked for again until a reload or a restart (check the filter and "
-            "the broker's ACL for user %s)",
+            "go on; asked for again alone in %.0f s (check the filter and the broker's ACL "
+            "for user %s)",
             self.settings.id,
             self.settings.address,
             text,
+            wait,
             self.settings.username,
         )
 
@@ -264,10 +305,11 @@ class Subscribing:
         said = False
         while True:
             await asyncio.sleep(REFUSED_SUB_RETRY_S * self._rng.uniform(0.8, 1.0))
-            if not self.refused:
+            due = self._quarantine_due()
+            if not self.refused and not due:
                 continue
             try:
-                await self._subscribe(client, frozenset(self.refused))
+                await self._subscribe(client, frozenset(self.refused) | due)
             except Exception as exc:  # CancelledError is no Exception: a stop still ends it
                 if not said:
                     said = True
@@ -288,8 +330,19 @@ class Subscribing:
         """
         codes = result if isinstance(result, list | tuple) else [result]
         failed = [c for c in codes if _failure(c)]
+        held = self._quarantines.pop(topic, None)  # answered: no longer drops us
         if not failed:
             self._refused_alone.discard(topic)
+            if held is not None:
+                for sensor in route.sensors():
+                    if sensor.last_error == held.text:
+                        sensor.refused(None)
+                log.warning(
+                    "mqtt broker %s: subscription to %s, quarantined, granted now; its "
+                    "sensors get messages",
+                    self.settings.id,
+                    topic,
+                )
             was = self.refused.pop(topic, None)
             if was is not None:
                 text = _refused_text(topic, was)

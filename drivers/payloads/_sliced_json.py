@@ -79,6 +79,11 @@ def loads_sliced(raw: bytes, pairs_hook: PairsHook) -> Any:
         value, end = scan_once(text, idx)
     except StopIteration as err:
         raise json.JSONDecodeError("Expecting value", text, err.value) from None
+    except RecursionError:
+        # The walk takes two or three Python frames a level, json's C parser none: nesting
+        # json takes (up to the recursion limit) is refused here from about a third of
+        # it. Such a body, rare, is parsed whole, as json.loads would.
+        return decoder.decode(text)
     end = ws(text, end).end()
     if end != len(text):
         raise json.JSONDecodeError("Extra data", text, end)

@@ -85,6 +85,7 @@ async def test_a_large_waveform_is_decoded_while_the_loop_runs_on(
         b'{"a": [1, 2.5, -3e2, 4], "b": [[1, 2], [], {"c": null}], "d": "x,1"}',
         b"[1,2,]", b"[ ,1]", b"[1,,2]", b"[1 2]", b"[1,2", b'{"a": 1, "a": 2}',
         b"\xef\xbb\xbf[1]", b"[NaN, 1, 2]", b"[01, 2]", b"[" * 5000, b"\xff", b"[1] x",
+        b"[" * 400 + b"1" + b"]" * 400, b'{"a": ' * 400 + b"1" + b"}" * 400,
     ],
 )  # fmt: skip
 def test_sliced_parsing_gives_what_json_gives(text: bytes) -> None:
@@ -103,3 +104,4 @@ def test_sliced_parsing_gives_what_json_gives(text: bytes) -> None:
         )
     else:
         assert json.dumps(got) == json.dumps(expected)
+

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -49,6 +50,7 @@ class Dispatching:
     _stopped: bool
     _heard: Callable[[], None]
     _parser: ThreadPoolExecutor | None  # the worker thread, made at the first large body
+    _abandon: threading.Event  # set: the worker gives up the body it parses
 
     def _busiest(self) -> str | None:
         """The topic that sent us the most messages since the last look (the broker's drop
@@ -159,15 +161,20 @@ class Dispatching:
     async def _parsed(self, raw: bytes) -> Payload:
         """The body with its JSON parsed in the link's worker thread (the loop runs on)."""
         if self._parser is None:
+            self._abandon = threading.Event()
             self._parser = ThreadPoolExecutor(
                 1, thread_name_prefix=f"mqtt-json[{self.settings.id}]"
             )
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._parser, Payload.parsed_in_slices, raw)
+        return await loop.run_in_executor(
+            self._parser, Payload.parsed_in_slices, raw, self._abandon
+        )
 
     def _close_parser(self) -> None:
-        """The link ends: its worker ends after the body it may be parsing (not awaited:
-        a stop must not wait seconds for a parse whose result nobody reads)."""
+        """The link ends: its worker gives up the body it may be parsing, at its next
+        member, and ends (not awaited). Left to finish, a parse of seconds outlived the
+        stop, and the interpreter's exit waits for the thread: past the stop budget."""
         parser, self._parser = self._parser, None
         if parser is not None:
+            self._abandon.set()
             parser.shutdown(wait=False, cancel_futures=True)

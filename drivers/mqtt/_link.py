@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -96,6 +97,7 @@ class BrokerLink(Uptime, Reconnecting, Subscribing, Dispatching):
         self._gone_tried = False  # the filters an earlier run left in the session
         self._unguarded_said = False  # drivers.mqtt._reconnect
         self._parser: ThreadPoolExecutor | None = None  # drivers.mqtt._dispatch
+        self._abandon = threading.Event()
         self._init_uptime()
 
     @property

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -48,12 +49,12 @@ class Payload:
         self._json: Any = _MISSING
 
     @classmethod
-    def parsed_in_slices(cls, raw: bytes) -> Payload:
+    def parsed_in_slices(cls, raw: bytes, abandon: threading.Event | None = None) -> Payload:
         """A message body with its JSON parsed now, in short C calls (for a worker thread:
         a single json.loads call would hold the GIL, the event loop with it, for the whole
-        body: drivers.payloads._sliced_json)."""
+        body: drivers.payloads._sliced_json); ParseAbandoned once ``abandon`` is set."""
         payload = cls(raw)
-        payload._parse(lambda b: loads_sliced(b, _unique_keys))
+        payload._parse(lambda b: loads_sliced(b, _unique_keys, abandon))
         return payload
 
     @property

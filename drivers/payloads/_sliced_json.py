@@ -14,6 +14,7 @@ from __future__ import annotations
 import codecs
 import json
 import re
+import threading
 from collections.abc import Callable
 from json.decoder import WHITESPACE, JSONArray, JSONObject
 from json.scanner import c_make_scanner, py_make_scanner  # type: ignore[attr-defined]
@@ -27,13 +28,21 @@ _NUMBER_RUN = re.compile(rf"[-+0-9.eE \t\n\r,]{{2,{NUMBER_RUN_CHARS}}}")
 PairsHook = Callable[[list[tuple[str, Any]]], Any]
 
 
-def loads_sliced(raw: bytes, pairs_hook: PairsHook) -> Any:
+class ParseAbandoned(Exception):
+    """The parse was abandoned (its ``abandon`` event set) before it ended."""
+
+
+def loads_sliced(raw: bytes, pairs_hook: PairsHook, abandon: threading.Event | None = None) -> Any:
     """``json.loads(raw, object_pairs_hook=pairs_hook)``, in slices (see the module).
+    ``abandon``: when set, the parse ends at its next member (a link stopping: the worker
+    thread, which the interpreter's exit waits for, must not parse on for seconds).
 
     Raises:
         ValueError: not UTF-8 / not JSON (json.JSONDecodeError is one).
         RecursionError: nested too deep.
+        ParseAbandoned: ``abandon`` was set.
     """
+    abandoned = abandon.is_set if abandon is not None else lambda: False
     text = _text(raw)
     decoder = json.JSONDecoder(object_pairs_hook=pairs_hook)
     scan_c = (c_make_scanner or py_make_scanner)(decoder)
@@ -41,6 +50,8 @@ def loads_sliced(raw: bytes, pairs_hook: PairsHook) -> Any:
     ws = WHITESPACE.match
 
     def scan_once(s: str, idx: int) -> tuple[Any, int]:
+        if abandoned():
+            raise ParseAbandoned
         ch = s[idx : idx + 1]
         if ch == "{":
             return JSONObject((s, idx + 1), True, scan_once, None, pairs_hook, memo)  # type: ignore[no-any-return]
@@ -50,7 +61,7 @@ def loads_sliced(raw: bytes, pairs_hook: PairsHook) -> Any:
 
     def _array(s: str, idx: int, scan: Callable[[str, int], tuple[Any, int]]) -> tuple[Any, int]:
         out: list[Any] = []
-        while True:
+        while not abandoned():
             run = _NUMBER_RUN.match(s, idx)
             cut = run.group().rfind(",") if run is not None else -1
             if cut <= 0:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import threading
 
 import aiomqtt
 import pytest
@@ -105,3 +106,36 @@ def test_sliced_parsing_gives_what_json_gives(text: bytes) -> None:
     else:
         assert json.dumps(got) == json.dumps(expected)
 
+
+def _parsers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("mqtt-json[") and t.is_alive()]
+
+
+async def test_a_stop_during_a_long_parse_ends_the_worker_thread(broker: Mosquitto) -> None:
+    """A stop (SIGTERM, a reload removing the broker) while a large body is parsed: the
+    link ends at once and so does its worker thread, which the interpreter's exit waits
+    for (a parse of seconds left running would push `edge-agent run` past its stop budget,
+    systemd then killing it)."""
+    got: list[Reading] = []
+    sensor = MqttSensor(
+        "pump-7", decoder=load_decoder("generic-json"), channels=["x"], stale_after_s=60,
+        sink=got.append, broker="b", topic=TOPIC,
+    )  # fmt: skip
+    route = Route(TOPIC)
+    route.add(sensor, None, None, 1)
+    settings = BrokerSettings(
+        id="b", host="127.0.0.1", port=broker.port, client_id="edge-large-stop",
+        max_payload_bytes=64 * 2**20, queue_max_bytes=64 * 2**20,
+    )  # fmt: skip
+    link = BrokerLink(settings, Router([route]))
+    # Valid JSON of 40 MiB whose walk takes seconds (one member at a time).
+    body = b'{"x": {"velocity_rms_mm_s": 1.5}, "flags": [' + b"true," * 8_000_000 + b"true]}"
+    async with link_running(link):
+        await until(lambda: link.connected, 10)
+        await asyncio.sleep(0.3)  # the SUBACK (the link is connected before it)
+        async with aiomqtt.Client("127.0.0.1", broker.port) as pub:
+            await pub.publish(TOPIC, body, qos=1)
+        await until(lambda: link.messages_total > 0 and _parsers(), 60)
+        await asyncio.sleep(0.2)  # well into the parse
+    assert sensor.messages_total == 0  # stopped before the parse ended: nothing decoded
+    await until(lambda: not _parsers(), 2)

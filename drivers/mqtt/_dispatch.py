@@ -51,6 +51,7 @@ class Dispatching:
     _heard: Callable[[], None]
     _parser: ThreadPoolExecutor | None  # the worker thread, made at the first large body
     _abandon: threading.Event  # set: the worker gives up the body it parses
+    _parse_failed_said: bool
 
     def _busiest(self) -> str | None:
         """The topic that sent us the most messages since the last look (the broker's drop
@@ -166,9 +167,25 @@ class Dispatching:
                 1, thread_name_prefix=f"mqtt-json[{self.settings.id}]"
             )
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._parser, Payload.parsed_in_slices, raw, self._abandon
-        )
+        try:
+            return await loop.run_in_executor(
+                self._parser, Payload.parsed_in_slices, raw, self._abandon
+            )
+        except Exception as exc:  # CancelledError is no Exception: a stop still ends it
+            # Out of memory, a bug: raised here it ended the link, every sensor of the
+            # broker silent for good. The body is decoded as before, on the loop, where the
+            # sensor counts what fails.
+            if not self._parse_failed_said:
+                self._parse_failed_said = True
+                log.warning(
+                    "mqtt broker %s: parsing a large message in the worker thread failed "
+                    "(%s: %s); such messages are parsed on the event loop instead (said once)",
+                    self.settings.id,
+                    type(exc).__name__,
+                    exc,
+                    exc_info=True,
+                )
+            return Payload(raw)
 
     def _close_parser(self) -> None:
         """The link ends: its worker gives up the body it may be parsing, at its next

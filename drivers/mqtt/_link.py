@@ -98,6 +98,7 @@ class BrokerLink(Uptime, Reconnecting, Subscribing, Dispatching):
         self._unguarded_said = False  # drivers.mqtt._reconnect
         self._parser: ThreadPoolExecutor | None = None  # drivers.mqtt._dispatch
         self._abandon = threading.Event()
+        self._parse_failed_said = False
         self._init_uptime()
 
     @property

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 import threading
 
@@ -14,7 +15,7 @@ import pytest
 
 from drivers.mqtt import BrokerLink, BrokerSettings, MqttSensor, Route, Router
 from drivers.mqtt._dispatch import OFFLOAD_BYTES
-from drivers.payloads import load_decoder
+from drivers.payloads import Payload, load_decoder
 from drivers.payloads._common import _unique_keys
 from drivers.payloads._sliced_json import loads_sliced
 from drivers.reading import Reading
@@ -139,3 +140,42 @@ async def test_a_stop_during_a_long_parse_ends_the_worker_thread(broker: Mosquit
         await asyncio.sleep(0.2)  # well into the parse
     assert sensor.messages_total == 0  # stopped before the parse ended: nothing decoded
     await until(lambda: not _parsers(), 2)
+
+
+async def test_a_worker_that_raises_leaves_the_link_running(
+    broker: Mosquitto, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The worker failing (out of memory on a small gateway, a bug): the message is decoded
+    as before the worker existed, on the loop, and the link goes on; said once."""
+
+    def fail(cls: type[Payload], raw: bytes, *args: object) -> Payload:
+        raise MemoryError
+
+    monkeypatch.setattr(Payload, "parsed_in_slices", classmethod(fail))
+    caplog.set_level(logging.WARNING, logger="edge_agent.drivers.mqtt")
+    got: list[Reading] = []
+    sensor = MqttSensor(
+        "pump-7", decoder=load_decoder("generic-json"), channels=["x"], stale_after_s=60,
+        sink=got.append, broker="b", topic=TOPIC,
+    )  # fmt: skip
+    route = Route(TOPIC)
+    route.add(sensor, None, None, 1)
+    settings = BrokerSettings(
+        id="b", host="127.0.0.1", port=broker.port, client_id="edge-large-raise",
+        max_payload_bytes=64 * 2**20, queue_max_bytes=64 * 2**20,
+    )  # fmt: skip
+    link = BrokerLink(settings, Router([route]))
+    body = json.dumps({"x": {"velocity_rms_mm_s": 1.5}, "pad": "p" * OFFLOAD_BYTES}).encode()
+    async with link_running(link) as running:
+        task = next(t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "BrokerLink.run")
+        await until(lambda: link.connected, 10)
+        await asyncio.sleep(0.3)
+        async with aiomqtt.Client("127.0.0.1", broker.port) as pub:
+            for _ in range(3):
+                await pub.publish(TOPIC, body, qos=1)
+        await until(lambda: sensor.messages_total >= 3 or task.done(), 20)
+        assert not task.done(), task
+        assert running.connected and running.connects_total == 1
+    assert len(got) == 3
+    said = [r for r in caplog.records if "worker" in r.getMessage()]
+    assert len(said) == 1, [r.getMessage() for r in caplog.records]

@@ -270,7 +270,10 @@ class MqttProxy:
       window and per-client queue fill, and mosquitto drops the rest);
     - `crash_at_subscribe`: the broker is killed (SIGKILL) and started again at that many
       of the next SUBSCRIBE packets, the packet never answered: a broker crashing under
-      load while the client subscribes.
+      load while the client subscribes;
+    - `cut_at_subscribe`: it closes the connection `cut_after_s` after each of that many
+      of the next SUBSCRIBE packets, the packet never forwarded: a network blip while the
+      client subscribes (the broker runs on; a persistent session keeps what it queued).
 
     Attributes:
         port: where clients connect (127.0.0.1).
@@ -286,6 +289,9 @@ class MqttProxy:
         self.acks_held = 0
         self.crash_at_subscribe = 0
         self.crashes = 0
+        self.cut_at_subscribe = 0
+        self.cut_after_s = 0.0
+        self._cutting: asyncio.Task[None] | None = None
         self.port = 0
         self.cuts = 0
         self.held: list[str] = []
@@ -367,8 +373,19 @@ class MqttProxy:
                     self.crashes += 1
                     await asyncio.to_thread(self._crash)
                     return
+                if self.cut_at_subscribe and header[0] >> 4 == 8:  # SUBSCRIBE
+                    self.cut_at_subscribe -= 1
+                    me = asyncio.current_task()
+                    assert me is not None
+                    self._cutting = asyncio.create_task(self._cut_later(me))
+                    continue  # what the client sends meanwhile (PUBACKs) still goes through
                 dst.write(bytes(header) + body)
                 await dst.drain()
+
+    async def _cut_later(self, task: asyncio.Task[Any]) -> None:
+        await asyncio.sleep(self.cut_after_s)
+        self.cuts += 1
+        task.cancel()
 
     def _crash(self) -> None:
         self.broker.kill()

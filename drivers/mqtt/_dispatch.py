@@ -23,6 +23,7 @@ from drivers.mqtt._client import DROP_LOG_EVERY, QUEUE_FULL, BoundedClient
 from drivers.mqtt._router import Router
 from drivers.mqtt._settings import BrokerSettings
 from drivers.payloads import Payload
+from drivers.payloads._sliced_json import ParseAbandoned
 from drivers.reading import utc_now
 
 log = logging.getLogger("edge_agent.drivers.mqtt")
@@ -171,6 +172,8 @@ class Dispatching:
             return await loop.run_in_executor(
                 self._parser, Payload.parsed_in_slices, raw, self._abandon
             )
+        except ParseAbandoned:
+            return Payload(raw)  # the link ended meanwhile: nobody decodes it (_handle)
         except Exception as exc:  # CancelledError is no Exception: a stop still ends it
             # Out of memory, a bug: raised here it ended the link, every sensor of the
             # broker silent for good. The body is decoded as before, on the loop, where the

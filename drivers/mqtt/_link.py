@@ -191,11 +191,20 @@ class BrokerLink(Uptime, Reconnecting, Subscribing, Dispatching):
                 await self._subscribe(client)
                 await self._unsubscribe_gone(client)
                 await self._watch_broker_drops(client)
-                set_up.set()
-                await draining  # ends at its next look: no message taken is left undecoded
+            except asyncio.CancelledError:
+                draining.cancel()  # a stop: nothing is decoded after it
+                raise
             finally:
-                draining.cancel()  # a failed set-up: the connection is gone anyway
-                await asyncio.wait([draining])
+                # It ends at its next look, after the message it decodes: a cancel would
+                # land in a large body's parse, and that message, acknowledged to the
+                # broker already, would be lost (the set-up failing: a drop at a SUBSCRIBE).
+                set_up.set()
+                try:
+                    await asyncio.wait([draining])
+                except asyncio.CancelledError:
+                    draining.cancel()  # a stop while it decodes what was queued
+                    await asyncio.wait([draining])
+                    raise
             retrying = asyncio.create_task(self._retry_refused(client))
             try:
                 await self._consume(client)

@@ -20,7 +20,7 @@ from drivers.payloads._common import _unique_keys
 from drivers.payloads._sliced_json import loads_sliced
 from drivers.reading import Reading
 from tests.drivers.test_mqtt_link import broker, link_running, until
-from tests.mosquitto import Mosquitto
+from tests.mosquitto import Mosquitto, MqttProxy
 
 pytestmark = [pytest.mark.network]
 __all__ = ["broker"]  # the fixture
@@ -179,3 +179,38 @@ async def test_a_worker_that_raises_leaves_the_link_running(
     assert len(got) == 3
     said = [r for r in caplog.records if "worker" in r.getMessage()]
     assert len(said) == 1, [r.getMessage() for r in caplog.records]
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+async def test_a_large_backlog_message_survives_a_drop_during_the_set_up(
+    broker: Mosquitto, protocol: str
+) -> None:
+    """A persistent session's backlog is decoded while the link subscribes; the connection
+    lost then (a blip at the SUBSCRIBE) ended the set-up and cancelled the large message's
+    parse: the message, already acknowledged to the broker, was lost for good."""
+    got: list[Reading] = []
+    sensor = MqttSensor(
+        "pump-7", decoder=load_decoder("generic-json"), channels=["x"], stale_after_s=60,
+        sink=got.append, broker="b", topic=TOPIC,
+    )  # fmt: skip
+    route = Route(TOPIC)
+    route.add(sensor, None, None, 1)
+    async with MqttProxy(broker) as proxy:
+        settings = BrokerSettings(
+            id="b", host="127.0.0.1", port=proxy.port, client_id=f"edge-backlog-{protocol}",
+            protocol=protocol, persistent=True, max_payload_bytes=64 * 2**20,
+            queue_max_bytes=64 * 2**20,
+        )  # fmt: skip
+        link = BrokerLink(settings, Router([route]))
+        async with link_running(link):
+            await until(lambda: link.connected, 10)
+            await asyncio.sleep(0.3)  # the SUBACK: the session holds the subscription
+        link._stopped = False  # the same link runs again (a restarted agent)
+        body = b'{"x": {"velocity_rms_mm_s": 1.5}, "flags": [' + b"true," * 8_000_000 + b"1]}"
+        async with aiomqtt.Client("127.0.0.1", broker.port) as pub:
+            await pub.publish(TOPIC, body, qos=1)  # queued for the session while away
+        proxy.cut_at_subscribe, proxy.cut_after_s = 1, 1.5  # mid-parse of the backlog
+        async with link_running(link):
+            await until(lambda: proxy.cuts == 1, 30)
+            await until(lambda: link.connected and sensor.messages_total > 0, 60)
+    assert [r.features["velocity_rms_mm_s"] for r in got] == [1.5]

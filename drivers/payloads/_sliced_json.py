@@ -16,7 +16,7 @@ import json
 import re
 import threading
 from collections.abc import Callable
-from json.decoder import WHITESPACE, JSONArray, JSONObject
+from json.decoder import WHITESPACE, JSONObject
 from json.scanner import c_make_scanner, py_make_scanner  # type: ignore[attr-defined]
 from typing import Any
 
@@ -60,30 +60,39 @@ def loads_sliced(raw: bytes, pairs_hook: PairsHook, abandon: threading.Event | N
         return scan_c(s, idx)  # type: ignore[no-any-return]
 
     def _array(s: str, idx: int, scan: Callable[[str, int], tuple[Any, int]]) -> tuple[Any, int]:
+        """The array from after its ``[``: each run of numbers in slices, every other
+        member as json's own parser does it, and number runs again after it (a ``null``
+        among a waveform's samples must not leave the rest to one call a sample)."""
         out: list[Any] = []
-        while not abandoned():
-            run = _NUMBER_RUN.match(s, idx)
-            cut = run.group().rfind(",") if run is not None else -1
-            if cut <= 0:
-                break
-            chunk = s[idx : idx + cut]
-            try:
-                values = json.loads("[" + chunk + "]")
-            except ValueError:
-                break  # not numbers alone: member by member below, with its error
-            if len(values) != chunk.count(",") + 1:
-                break  # an empty member (" ,"): json's own parser names the error
-            out += values
-            idx += cut + 1  # past the comma: the next member follows
-        if not out:
-            return JSONArray((s, idx), scan)  # type: ignore[no-any-return]
-        # After a comma: a member must follow (json refuses a trailing comma).
         idx = ws(s, idx).end()
         if s[idx : idx + 1] == "]":
-            raise json.JSONDecodeError("Expecting value", s, idx)
-        # The rest as json's own array parser does it, from that member on.
-        rest, end = JSONArray((s, idx), scan)
-        return out + rest, end
+            return out, idx + 1
+        while True:
+            if abandoned():
+                raise ParseAbandoned
+            run = _NUMBER_RUN.match(s, idx)
+            cut = run.group().rfind(",") if run is not None else -1
+            if cut > 0:
+                try:
+                    values = json.loads("[" + s[idx : idx + cut] + "]")
+                except ValueError:
+                    pass  # not numbers alone: member by member below, with its error
+                else:
+                    out += values
+                    idx = ws(s, idx + cut + 1).end()  # past the comma: the next member
+                    continue
+            try:
+                value, idx = scan(s, idx)
+            except StopIteration as err:
+                raise json.JSONDecodeError("Expecting value", s, err.value) from None
+            out.append(value)
+            idx = ws(s, idx).end()
+            ch = s[idx : idx + 1]
+            if ch == "]":
+                return out, idx + 1
+            if ch != ",":
+                raise json.JSONDecodeError("Expecting ',' delimiter", s, idx)
+            idx = ws(s, idx + 1).end()
 
     idx = ws(text, 0).end()
     try:

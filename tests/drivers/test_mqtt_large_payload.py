@@ -87,6 +87,8 @@ async def test_a_large_waveform_is_decoded_while_the_loop_runs_on(
         b'{"a": [1, 2.5, -3e2, 4], "b": [[1, 2], [], {"c": null}], "d": "x,1"}',
         b"[1,2,]", b"[ ,1]", b"[1,,2]", b"[1 2]", b"[1,2", b'{"a": 1, "a": 2}',
         b"\xef\xbb\xbf[1]", b"[NaN, 1, 2]", b"[01, 2]", b"[" * 5000, b"\xff", b"[1] x",
+        b"[null, 1, 2.5, 3]", b'[1, "x", 2, 3, 4]', b"[1, 2, null ,3 , 4 ]", b"[1, 2, null,]",
+        b"[1, null 2, 3]", b"[ 1 , 2 , [3, 4], 5, 6 ]",
         b"[" * 400 + b"1" + b"]" * 400, b'{"a": ' * 400 + b"1" + b"}" * 400,
     ],
 )  # fmt: skip

@@ -199,6 +199,8 @@ class BrokerLink(Uptime, Reconnecting, Subscribing, Dispatching):
                 # land in a large body's parse, and that message, acknowledged to the
                 # broker already, would be lost (the set-up failing: a drop at a SUBSCRIBE).
                 set_up.set()
+                if self._stopped:
+                    draining.cancel()  # a stop, its cancel taken by aiomqtt as an answer
                 try:
                     await asyncio.wait([draining])
                 except asyncio.CancelledError:

@@ -290,6 +290,7 @@ class MqttProxy:
         self.crash_at_subscribe = 0
         self.crashes = 0
         self.cut_at_subscribe = 0
+        self.subscribes = 0  # SUBSCRIBE packets passed to the broker
         self.cut_after_s = 0.0
         self._cutting: asyncio.Task[None] | None = None
         self.port = 0
@@ -379,6 +380,7 @@ class MqttProxy:
                     assert me is not None
                     self._cutting = asyncio.create_task(self._cut_later(me))
                     continue  # what the client sends meanwhile (PUBACKs) still goes through
+                self.subscribes += header[0] >> 4 == 8
                 dst.write(bytes(header) + body)
                 await dst.drain()
 

@@ -88,6 +88,7 @@ class BrokerLink(Uptime, Reconnecting, Subscribing, Dispatching):
         self._refused_alone: set[str] = set()  # see Subscribing._singly
         self.quarantined: dict[str, str] = {}  # topic filter -> why (drivers.mqtt._subscriptions)
         self._suspects: set[str] = set()
+        self._doubted: set[str] = set()
         self._strikes: dict[str, int] = {}
         self._quarantines: dict[str, Quarantine] = {}
         self.broker_drops = BrokerDrops(

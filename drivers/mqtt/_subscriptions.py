@@ -6,7 +6,8 @@ A broker may close the connection at a SUBSCRIBE instead of refusing it in the S
 (mosquitto for a filter it takes as malformed, other brokers for an ACL denial): the link
 then reconnected, subscribed, was dropped again, without end, every sensor of the broker
 silent, and each round waited out the SUBACK's timeout. Here a drop while SUBSCRIBEs are
-in flight fails them at once; their filters become suspects, asked for one at a time
+in flight fails them at once; filters lost in flight twice in a row (once: most likely a
+broker restarting, asked for together again) become suspects, asked for one at a time
 after the others at the next connections; one the connection is lost at, alone in
 flight, QUARANTINE_STRIKES times in a row is quarantined: reported as refused, its
 sensors told why, and asked for again alone only after a back-off (QUARANTINE_RETRY_S,
@@ -82,7 +83,8 @@ class Subscribing:
     last_error: str | None
     refused: dict[str, str]
     quarantined: dict[str, str]  # filter -> why (see the module docstring)
-    _suspects: set[str]  # filters in flight when a connection was lost
+    _suspects: set[str]  # filters in flight when a connection was lost (twice, or alone)
+    _doubted: set[str]  # filters in flight, with others, when a connection was lost once
     _strikes: dict[str, int]  # connections lost with the filter alone in flight, in a row
     _quarantines: dict[str, Quarantine]  # quarantined, or released and not yet answered
     _refused_alone: set[str]  # filters the broker refused in a SUBSCRIBE of their own
@@ -116,6 +118,7 @@ class Subscribing:
         ]
         self._refused_alone &= routes.keys()  # a reload's removed routes
         self._suspects &= routes.keys()
+        self._doubted &= routes.keys()
         # Suspects last, one at a time: a drop then names its filter, the others heard.
         suspects = [(t, r) for t, r in wanted if t in self._suspects]
         wanted = [(t, r) for t, r in wanted if t not in self._suspects]
@@ -131,7 +134,7 @@ class Subscribing:
             )
             raise_if_cancelled()
             self._suspects.discard(topic)
-            self._strikes.pop(topic, None)
+            self._answered(topic)
             self._granted(topic, route, result)
 
     def _release_due(self, only: frozenset[str] | None) -> None:
@@ -167,7 +170,7 @@ class Subscribing:
                 )
                 raise_if_cancelled()
                 for (topic, route), result in zip(window, results, strict=True):
-                    self._strikes.pop(topic, None)
+                    self._answered(topic)
                     self._granted(topic, route, result)
             return
         for batch in _batches(wanted):
@@ -180,7 +183,7 @@ class Subscribing:
             )
             raise_if_cancelled()
             for topic, _ in batch:
-                self._strikes.pop(topic, None)
+                self._answered(topic)
             whole = len(codes) != len(batch) or all(map(_failure, codes))
             if len(batch) > 1 and whole and not all(t in self._refused_alone for t, _ in batch):
                 # The whole packet refused, or not one code per filter: maybe for one filter
@@ -247,8 +250,21 @@ class Subscribing:
         self._lost_at(filters, reason, struck=struck)
         raise SubscriptionLost(filters, reason)
 
+    def _answered(self, topic: str) -> None:
+        """The broker answered a SUBSCRIBE of ``topic``: no sign against it."""
+        self._strikes.pop(topic, None)
+        self._doubted.discard(topic)
+
     def _lost_at(self, filters: list[str], reason: str, *, struck: bool) -> None:
-        if len(filters) != 1 or not struck:
+        if len(filters) > 1:
+            # Lost with others once: most likely the broker restarting or a blip, asked for
+            # together again (one at a time, 2000 filters over a 40 ms link took 80 s, each
+            # lone SUBSCRIBE a chance for the next blip to strike a good filter). Twice in a
+            # row: suspects.
+            self._suspects.update(f for f in filters if f in self._doubted)
+            self._doubted.update(filters)
+            return
+        if not struck:
             self._suspects.update(filters)
             return
         topic = filters[0]

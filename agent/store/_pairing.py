@@ -28,6 +28,7 @@ import logging
 import os
 import re
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 from agent.store._sqlite import INODE, MAGIC, fsync_dir, open_private, store_file
@@ -48,29 +49,55 @@ def inode_path(path: Path) -> Path:
     return path.with_name(path.name + INODE)
 
 
-def _read_mark(path: Path) -> int | None:
+@dataclass(frozen=True)
+class Mark:
+    """What `<store>.inode` says: the store file's inode, and the mark file's own inode
+    when it was written (None in a mark of an earlier version)."""
+
+    store: int
+    own: int | None
+
+
+def _read_mark(path: Path) -> Mark | None:
     try:
-        value = json.loads(inode_path(path).read_text(encoding="utf-8")).get("inode")
+        data = json.loads(inode_path(path).read_text(encoding="utf-8"))
+        store, own = data.get("inode"), data.get("mark")
     except (OSError, ValueError, AttributeError):
         return None
-    return value if isinstance(value, int) and value > 0 else None
+    if not (isinstance(store, int) and store > 0):
+        return None
+    return Mark(store, own if isinstance(own, int) and own > 0 else None)
+
+
+def _mark_copied(path: Path, mark: Mark) -> bool:
+    """Whether the mark file is not the one the agent wrote but a copy (the store's folder
+    copied whole: cp -a, rsync, tar, an image's layer): every file then has a new inode,
+    the store's as well, and the WAL beside it is the one copied with it."""
+    try:
+        return mark.own is not None and os.stat(inode_path(path)).st_ino != mark.own
+    except OSError:
+        return True
 
 
 def record_file(path: Path) -> None:
     """Record the inode of the store file at `path` (before anything is written into its
-    WAL). Durable: after a power cut a stale mark would refuse the agent's own WAL."""
+    WAL), and the mark file's own (see _mark_copied). Durable: after a power cut a stale
+    mark would refuse the agent's own WAL."""
     try:
         ino = os.stat(path).st_ino
     except OSError:
         return
-    if _read_mark(path) == ino:
+    mark = _read_mark(path)
+    if mark is not None and mark.store == ino and mark.own and not _mark_copied(path, mark):
         return
     target = inode_path(path)
     tmp = target.with_name(target.name + ".tmp")
     try:
         fd = open_private(tmp, os.O_WRONLY | os.O_TRUNC)
         with os.fdopen(fd, "wb") as fh:
-            fh.write(json.dumps({"inode": ino}).encode())
+            # Its own inode is the mark's once renamed (a rename keeps the inode).
+            own = os.fstat(fh.fileno()).st_ino
+            fh.write(json.dumps({"inode": ino, "mark": own}).encode())
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, target)
@@ -214,7 +241,9 @@ def refuse_unpaired_wal(path: Path) -> None:
     except FileNotFoundError:
         st = None
     mark = _read_mark(path)
-    home = [p for p in _names_of(target.parent, mark) if p != target] if mark else []
+    if mark is not None and _mark_copied(path, mark):
+        mark = None  # the folder was copied whole: no inode is the one recorded
+    home = [p for p in _names_of(target.parent, mark.store) if p != target] if mark else []
     why: str | None = None
     if st is None or st.st_size == 0:
         why = (
@@ -226,10 +255,10 @@ def refuse_unpaired_wal(path: Path) -> None:
             f"the WAL's pages are {wal_size} bytes, {target}'s are {db_size}: it was "
             "written for another database"
         )
-    elif mark is not None and st.st_ino != mark and _stable_inodes(target.parent):
+    elif mark is not None and st.st_ino != mark.store and _stable_inodes(target.parent):
         why = (
             f"{target} is not the file the agent last wrote (inode {st.st_ino}, the agent's "
-            f"was {mark}: a backup moved over it?); SQLite would lay the WAL's pages over "
+            f"was {mark.store}: a backup moved over it?); SQLite would lay the WAL's pages over "
             "it (a corrupt store, or alerts lost)"
         )
     if why is None:

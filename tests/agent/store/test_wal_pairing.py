@@ -191,3 +191,25 @@ def test_a_wal_of_another_page_size_is_refused(tmp_path: Path) -> None:
     line = _refused(cfg, ("requeue", "--all"))
     assert "the WAL's pages are 1024 bytes" in line and "are 4096" in line, line
     assert _snapshot(db.parent) == before
+
+
+def test_a_store_folder_copied_whole_after_a_kill_keeps_its_wal(tmp_path: Path) -> None:
+    """The store's folder copied whole after a kill -9 (`cp -a` to a new disk, rsync, a
+    tar restored, a container committed): every file has a new inode, so the recorded
+    inode no longer matched and every command refused the store's own WAL, advising to
+    move it aside (its 40 alerts lost). The mark copied with it says so: all 40 stay."""
+    cfg, db = _config(tmp_path)
+    _write_and_kill(db, 40)
+    new = tmp_path / "new-disk"
+    subprocess.run(["cp", "-a", str(db.parent), str(new)], check=True, timeout=60)
+    data = yaml.safe_load(cfg.read_text())
+    data["store"]["path"] = str(new / "outbox.db")
+    cfg.write_text(yaml.safe_dump(data))
+    proc = cli("requeue", "-c", str(cfg), "--all")
+    assert "beside the store" not in proc.stderr, proc.stderr
+    assert _pending(new / "outbox.db") == 40
+    # The mark is the new folder's own from then on: a backup moved over it is refused.
+    _write_and_kill(new / "outbox.db", 5)
+    shutil.copyfile(db, tmp_path / "old.db")
+    os.replace(tmp_path / "old.db", new / "outbox.db")
+    assert "is not the file the agent last wrote" in _refused(cfg, ("requeue", "--all"))

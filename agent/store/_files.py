@@ -204,10 +204,15 @@ def foreign(
 
 
 def check_path(
-    path: Path, timeout: float = BUSY_TIMEOUT_S, *, damage_is_ours: bool = False
+    path: Path,
+    timeout: float = BUSY_TIMEOUT_S,
+    *,
+    damage_is_ours: bool = False,
+    warn_links: bool = True,
 ) -> None:
     """Refuse a store.path that names a directory or a file that is not our store
-    (damage_is_ours: see foreign).
+    (damage_is_ours: see foreign). warn_links: log a second name nothing opened (once
+    per command: the store's opening checks again, without).
 
     Raises:
         StoreError: what is at `path` cannot be a store, or cannot be opened as it is (a
@@ -216,7 +221,7 @@ def check_path(
     """
     refuse_directory(path)
     # Before anything opens it: SQLite would read (or delete) a WAL that is not this file's.
-    refuse_other_names(path)
+    refuse_other_names(path, warn=warn_links)
     refuse_unpaired_wal(path)
     if path.exists() and (found := foreign(path, timeout, damage_is_ours=damage_is_ours)):
         raise StoreError(

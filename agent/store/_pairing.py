@@ -194,11 +194,28 @@ def _names_of(folder: Path, ino: int, but: str = "") -> list[Path]:
     return found
 
 
-def refuse_other_names(path: Path) -> None:
-    """Refuse a store file that has more than one name (hard links).
+def _opened_apart(other: Path, target: Path) -> bool:
+    """Whether SQLite opened the store by the name `other`: a -wal or -shm beside it that
+    is not the store's own (`cp -al` links those too: one file, no second WAL)."""
+    for suffix in ("-wal", "-shm"):
+        theirs = other.with_name(other.name + suffix)
+        if not theirs.exists():
+            continue
+        try:
+            if not theirs.samefile(target.with_name(target.name + suffix)):
+                return True
+        except OSError:  # the store has none: theirs was made by the other name
+            return True
+    return False
+
+
+def refuse_other_names(path: Path, *, warn: bool = True) -> None:
+    """Refuse a store file opened by another name (a hard link with its own WAL); a second
+    name nothing opened (a `cp -al` snapshot, a hard-link backup) is only warned of (when
+    `warn`): refused, one night's snapshot left the agent unable to start, no alert sent.
 
     Raises:
-        StoreError: it has; nothing was changed.
+        StoreError: SQLite opened the file by another name too; nothing was changed.
     """
     target = store_file(path)
     try:
@@ -208,12 +225,27 @@ def refuse_other_names(path: Path) -> None:
     if st.st_nlink <= 1:
         return
     others = _names_of(target.parent, st.st_ino, but=target.name)
+    used = [o for o in others if _opened_apart(o, target)]
     named = ", ".join(map(str, others)) if others else "in another folder (find -samefile)"
+    if not used:
+        if warn:
+            log.warning(
+                "%s has %d names (hard links): %s. That is no backup (it changes with the "
+                "store), and a process opening the store by another name would write into "
+                "it with a second WAL and overwrite the agent's alerts. Remove the other "
+                'name(s) with rm; to back the store up, copy it (sqlite3 %s ".backup FILE")',
+                target,
+                st.st_nlink,
+                named,
+                target,
+            )
+        return
+    theirs = ", ".join(f"{o}-wal" for o in used)
     raise StoreError(
-        f"{target} has {st.st_nlink} names (hard links): {named}. SQLite keeps a WAL and a "
-        "lock index beside each name, so a process opening the store by another name "
-        "writes into the same database with a second WAL and overwrites the agent's "
-        "alerts. Nothing was changed. Remove the other name(s) with rm (the data stays "
+        f"{target} has {st.st_nlink} names (hard links): {named}. SQLite opened it by "
+        f"{', '.join(map(str, used))} too, keeping a second WAL ({theirs}): each name's "
+        "WAL overwrites the other's pages, and the agent's alerts with them. Nothing was "
+        "changed. Remove the other name(s) with rm (the data stays "
         f'in {target}); to back the store up, copy it (sqlite3 {target} ".backup '
         'FILE") instead of linking it',
         path=path,

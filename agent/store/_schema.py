@@ -289,7 +289,7 @@ def open_db(
         finish_interrupted(path)  # our own interrupted recovery first: it may fix the file
         # Another application's database is refused, never quarantined or written into;
         # unreadable garbage is taken as our damaged store (see foreign).
-        check_path(path, damage_is_ours=True)
+        check_path(path, damage_is_ours=True, warn_links=False)
         if path.exists():
             reason = precheck(path, SCHEMA_VERSION)
             if reason is not None:

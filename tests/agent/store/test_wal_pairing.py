@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from agent.store import Outbox, StoreError
-from tests.agent.test_operator_commands import cli, one_line_error, write_config
+from tests.agent.test_operator_commands import cli, one_line_error, running_agent, write_config
 from tests.conftest import REPO
 
 _KILLED_WRITER = """
@@ -146,25 +146,57 @@ def test_a_store_reopened_after_a_kill_keeps_its_wal(tmp_path: Path) -> None:
     assert _pending(db) == 15
 
 
-def test_a_store_file_with_a_second_name_is_refused(tmp_path: Path) -> None:
-    """`ln outbox.db other.db`: opened by the other name, SQLite kept a second WAL
-    (other.db-wal) for the same database and each name's reader laid its own WAL over the
-    other's pages: 30 acknowledged alerts vanished. Now refused, naming the other name."""
+_KILLED_OTHER_NAME = """
+import os, signal, sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("CREATE TABLE IF NOT EXISTS notes (text TEXT)")  # it sees no alerts table
+conn.execute("INSERT INTO notes VALUES ('by the other name')")
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_store_file_opened_by_a_second_name_is_refused(tmp_path: Path) -> None:
+    """`ln outbox.db other.db`, then a process writes through other.db: SQLite kept a
+    second WAL (other.db-wal) for the same database and each name's reader laid its own
+    WAL over the other's pages: 30 acknowledged alerts vanished. Refused, naming it."""
     cfg, db = _config(tmp_path)
     _write_and_kill(db, 30)
-    assert _pending(db) == 30
     other = db.with_name("other.db")
     os.link(db, other)
+    proc = subprocess.run([sys.executable, "-c", _KILLED_OTHER_NAME, str(other)], timeout=60)
+    assert proc.returncode == -signal.SIGKILL
     before = _snapshot(db.parent)
     for command in COMMANDS:
         line = _refused(cfg, command)
-        assert f"{db} has 2 names (hard links): {other}." in line, line
+        assert f"{db} has 2 names (hard links): {other}. SQLite opened it by {other}" in line
         assert "Nothing was changed. Remove the other name(s) with rm" in line
         assert _snapshot(db.parent) == before, command
     with pytest.raises(StoreError, match="has 2 names"):
         _pending(other)
-    other.unlink()
+    for name in ("other.db", "other.db-wal", "other.db-shm"):
+        db.with_name(name).unlink(missing_ok=True)
     assert _pending(db) == 30
+
+
+async def test_a_hard_link_snapshot_of_the_store_folder_does_not_stop_the_agent(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A nightly `cp -al` snapshot of the state folder (rsnapshot style) gives the store
+    file a second name nothing opens: the agent refused to start (no alert sent) until
+    someone removed it. Now it starts, warns with what to do, and the commands run."""
+    cfg, db = _config(tmp_path)
+    await asyncio.to_thread(_write_and_kill, db, 10)
+    (tmp_path / "snapshots").mkdir()
+    daily = tmp_path / "snapshots" / "daily.0"
+    cp = ["cp", "-al", str(db.parent), str(daily)]
+    await asyncio.to_thread(subprocess.run, cp, check=True, timeout=60)
+    async with running_agent(cfg):
+        pass
+    assert f"{db} has 2 names (hard links): in another folder" in caplog.text
+    assert "That is no backup" in caplog.text
+    proc = await asyncio.to_thread(cli, "requeue", "-c", str(cfg), "--all")
+    assert "names" not in proc.stdout + proc.stderr.replace("has 2 names", ""), proc
+    assert await asyncio.to_thread(_pending, db) == 10
 
 
 _KILLED_SQLITE = """

@@ -102,8 +102,18 @@ def record_file(path: Path) -> None:
             os.fsync(fh.fileno())
         os.replace(tmp, target)
         fsync_dir(target.parent)
-    except OSError as exc:  # a full disk: the other checks still stand
-        log.warning("cannot record the store file's identity in %s: %s", target, exc)
+    except OSError as exc:  # a full disk, a tmp another user holds (in /tmp)
+        # The previous file's mark would refuse this file's own WAL after a kill -9: with
+        # none, only the inode check is off (the other checks still stand).
+        with contextlib.suppress(FileNotFoundError):
+            target.unlink()
+        fsync_dir(target.parent)
+        log.warning(
+            "cannot record the store file's identity in %s (%s): a backup moved over the "
+            "store with a WAL beside it is not detected until it is",
+            target,
+            exc,
+        )
 
 
 def _wal_page_size(wal: Path) -> int | None:

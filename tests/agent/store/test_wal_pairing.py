@@ -245,3 +245,19 @@ def test_a_store_folder_copied_whole_after_a_kill_keeps_its_wal(tmp_path: Path) 
     shutil.copyfile(db, tmp_path / "old.db")
     os.replace(tmp_path / "old.db", new / "outbox.db")
     assert "is not the file the agent last wrote" in _refused(cfg, ("requeue", "--all"))
+
+
+def test_a_mark_that_cannot_be_written_refuses_no_wal_later(tmp_path: Path) -> None:
+    """The integrator starts a fresh store (the old one moved aside) and the new file's
+    inode cannot be recorded (its .inode.tmp cannot be opened: here a folder; another
+    user's file in /tmp, a full disk): the old file's mark stayed, and after the next
+    kill -9 every command refused the new store's own WAL (7 alerts, an outage). Now the
+    stale mark is removed with a warning: the 7 alerts are read back."""
+    _, db = _config(tmp_path)
+    _write_and_kill(db, 10)
+    (tmp_path / "old").mkdir()
+    for name in ("outbox.db", "outbox.db-wal", "outbox.db-shm"):
+        db.with_name(name).rename(tmp_path / "old" / name)
+    db.with_name("outbox.db.inode.tmp").mkdir()
+    _write_and_kill(db, 7)
+    assert _pending(db) == 7

@@ -29,9 +29,9 @@ from agent.store._sqlite import (
     BUSY_TIMEOUT_S,
     MAGIC,
     connect_ro,
+    create_fresh,
     fsync_dir,
     is_corrupt,
-    open_private,
     ro_uri,
     store_file,
 )
@@ -105,7 +105,7 @@ class IssuedMark:
         tmp = target.with_name(target.name + ".tmp")
         try:
             data = json.dumps(dict(zip(SEQ_KEYS, values, strict=True))).encode()
-            with os.fdopen(open_private(tmp, os.O_WRONLY | os.O_TRUNC), "wb") as fh:
+            with os.fdopen(create_fresh(tmp), "wb") as fh:
                 fh.write(data)
             os.replace(tmp, target)
         except OSError as exc:  # a full disk: the clock floor still stands behind it

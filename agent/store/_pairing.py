@@ -31,7 +31,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.store._sqlite import INODE, MAGIC, fsync_dir, open_private, store_file
+from agent.store._sqlite import INODE, MAGIC, create_fresh, fsync_dir, store_file
 from agent.store.errors import StoreError
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ def record_file(path: Path) -> None:
     target = inode_path(path)
     tmp = target.with_name(target.name + ".tmp")
     try:
-        fd = open_private(tmp, os.O_WRONLY | os.O_TRUNC)
+        fd = create_fresh(tmp)
         with os.fdopen(fd, "wb") as fh:
             # Its own inode is the mark's once renamed (a rename keeps the inode).
             own = os.fstat(fh.fileno()).st_ino

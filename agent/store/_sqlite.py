@@ -98,6 +98,18 @@ def open_private(path: Path, flags: int) -> int:
     return os.open(path, flags | os.O_CREAT | os.O_CLOEXEC, STORE_MODE)
 
 
+def create_fresh(path: Path) -> int:
+    """A new, empty file at `path` (STORE_MODE), open for writing: a file to be renamed
+    over one of the store's. Whatever was at the name is removed first and never opened:
+    in a folder every user can write, a link another user put there would have had an
+    agent run as root truncate and write the file it points to (/etc/shadow)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)  # another user's in a sticky folder: EPERM, the write is given up
+    return os.open(
+        path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, STORE_MODE
+    )
+
+
 def withhold_from_others(path: Path) -> bool:
     """Take the permissions of others off a file of ours (a store made before they were
     set, under a umask of 0022); True when it changed. Another user's file is left."""

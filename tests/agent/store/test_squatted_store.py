@@ -222,3 +222,36 @@ def test_root_is_told_the_command_to_run_as_the_stores_owner() -> None:
         assert {f.name: f.read_bytes() for f in db.parent.iterdir()} == before
     finally:
         shutil.rmtree(site, ignore_errors=True)
+
+
+def test_links_put_at_the_stores_temporary_names_in_tmp_are_never_written_through(
+    tmp_path: Path,
+) -> None:
+    """Another user links `<store>.inode.tmp` and `<store>.issued.tmp` to root's files in
+    /tmp before an agent run as root creates its store: root truncated both targets and
+    wrote the store's marks into them (where fs.protected_symlinks is 0, as here, or by a
+    hard link where fs.protected_hardlinks is). Now the links are removed unopened, the
+    targets are as they were and the store's marks are its own files. (The links are
+    the test's own: a link of another user is followed only where fs.protected_symlinks
+    is 0, the code path is the same.)"""
+    _, db = _shared_config(tmp_path)
+    victims = {}
+    for suffix in (".inode.tmp", ".issued.tmp"):
+        victim = tmp_path / f"root-file{suffix}"
+        victim.write_text("root's data\n")
+        victims[suffix] = victim
+        link = db.with_name(db.name + suffix)
+        link.symlink_to(victim)
+
+    async def write() -> int:
+        async with Outbox(db, gateway_id="gw-01", max_bytes=1 << 30) as outbox:
+            await outbox.append([draft(i=1)])
+            return (await outbox.stats()).pending
+
+    assert asyncio.run(write()) == 1
+    for victim in victims.values():
+        assert victim.read_text() == "root's data\n"
+    for suffix in (".inode", ".issued"):
+        mark = db.with_name(db.name + suffix)
+        assert mark.is_file() and not mark.is_symlink(), mark
+        assert mark.read_text().startswith("{")

@@ -57,7 +57,7 @@ from agent.shutdown import (
 )
 from agent.snapshot import agent_snapshot
 from agent.sources import BREAKER_FAILURES, build_sources
-from agent.store import StoreError, check_path, outbox_for, store_lock
+from agent.store import StoreError, check_path, outbox_for, refuse_squatted, store_lock
 from agent.uplink import Delivery, build_uplinks
 from agent.watchdog import Watchdog, WatchdogLimits
 from drivers.modbus import Bus, ModbusPoller
@@ -261,6 +261,9 @@ class Agent:
             path = self.config.store.path
             # Before the lock: another application's file is refused with no lock file
             # left beside it. Damage is ours (quarantined when the store opens, as there).
+            # Another user's file in /tmp first: SQLite run as root opening their -wal
+            # makes it root's (and a FIFO there fails it), so store_lock's check came late.
+            refuse_squatted(path)
             with contextlib.suppress(sqlite3.Error, OSError):  # unreadable now: opening says
                 check_path(path, timeout=maint.PRECHECK_BUSY_S, damage_is_ours=True)
             with store_lock(path):

@@ -1,7 +1,13 @@
 """Durable store-and-forward: the SQLite outbox of alerts, summaries and monitor state."""
 
 from agent.store._files import Quarantined, check_path
-from agent.store._lock import StoreInUseError, become_store_owner, lock_path, store_lock
+from agent.store._lock import (
+    StoreInUseError,
+    become_store_owner,
+    lock_path,
+    refuse_squatted,
+    store_lock,
+)
 from agent.store._ops import StoredItem
 from agent.store._outbox import Outbox, outbox_for, uplink_carries
 from agent.store._queries import OutboxStats, UplinkBacklog
@@ -49,6 +55,7 @@ __all__ = [
     "lock_path",
     "outbox_for",
     "read_only",
+    "refuse_squatted",
     "requeue_chunks",
     "requeue_in_place",
     "ro_uri",

@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import re
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,17 +117,31 @@ def record_file(path: Path) -> None:
         )
 
 
+def _head(path: Path, size: int) -> bytes | None:
+    """The first `size` bytes of a regular file (None: absent, unreadable, or not a file).
+    Never waits: a FIFO another user put at the name in /tmp is not read (refused as
+    theirs by refuse_squatted) but would have held the agent's start silently for ever."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return os.read(fd, size)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
 def _wal_page_size(wal: Path) -> int | None:
     """The page size of a WAL holding frames SQLite would read (None: no such frame).
 
     A WAL restarted after a checkpoint keeps its old frames under a new salt: SQLite
     ignores them, and so does this check (the first frame's salt must be the header's)."""
-    try:
-        with wal.open("rb") as fh:
-            head = fh.read(_WAL_HEADER + _FRAME_HEADER)
-    except OSError:
-        return None
-    if len(head) < _WAL_HEADER + _FRAME_HEADER:
+    head = _head(wal, _WAL_HEADER + _FRAME_HEADER)
+    if head is None or len(head) < _WAL_HEADER + _FRAME_HEADER:
         return None
     magic, _version, page_size, _ckpt, salt1, salt2 = struct.unpack(">6I", head[:24])
     frame_salts = struct.unpack(">2I", head[_WAL_HEADER + 8 : _WAL_HEADER + 16])
@@ -136,12 +151,8 @@ def _wal_page_size(wal: Path) -> int | None:
 
 
 def _db_page_size(path: Path) -> int | None:
-    try:
-        with path.open("rb") as fh:
-            head = fh.read(18)
-    except OSError:
-        return None
-    if len(head) < 18 or head[:16] != MAGIC:
+    head = _head(path, 18)
+    if head is None or len(head) < 18 or head[:16] != MAGIC:
         return None
     size = struct.unpack(">H", head[16:18])[0]
     return 65536 if size == 1 else size
@@ -151,7 +162,8 @@ def _lock_held(path: Path) -> bool:
     """Whether a running agent holds the store's lock (`<store>.lock`, agent.store._lock).
     A flock probe on its own descriptor: closing it drops no lock of this process."""
     try:
-        fd = os.open(path.with_name(path.name + ".lock"), os.O_RDONLY | os.O_CLOEXEC)
+        lock = path.with_name(path.name + ".lock")
+        fd = os.open(lock, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO: no wait
     except OSError:
         return False
     try:

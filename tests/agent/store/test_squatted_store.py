@@ -255,3 +255,54 @@ def test_links_put_at_the_stores_temporary_names_in_tmp_are_never_written_throug
         mark = db.with_name(db.name + suffix)
         assert mark.is_file() and not mark.is_symlink(), mark
         assert mark.read_text().startswith("{")
+
+
+def test_a_fifo_another_user_put_at_the_stores_wal_in_tmp_is_refused_not_waited_on(
+    tmp_path: Path,
+) -> None:
+    """Another user makes a FIFO at `<store>-wal` in /tmp while the agent is stopped:
+    the WAL check read it before the files' owners were checked, and `run` hung at start
+    for ever, saying nothing (no alerting, no error). Now it is refused as theirs."""
+    cfg, db = _shared_config(tmp_path)
+
+    async def create() -> None:
+        async with Outbox(db, gateway_id="gw-01", max_bytes=1 << 30):
+            pass
+
+    asyncio.run(create())
+    fifo = db.with_name(db.name + "-wal")
+    os.mkfifo(fifo, 0o666)
+    os.chown(fifo, OTHER, OTHER)
+    ran = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "run", "-c", str(cfg)],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert ran.returncode == 1, ran
+    assert f"{fifo} belongs to another user (uid {OTHER})" in ran.stderr, ran.stderr
+
+
+@pytest.mark.parametrize("command", [("requeue", "--all"), ("maintenance", "--asset", "press-7")])
+def test_operator_commands_do_not_wait_on_a_fifo_at_the_stores_wal(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """The same FIFO of another user at `<store>-wal`: `requeue` and `maintenance` read
+    it in their check before the lock and waited for ever. Now they end, with no
+    traceback (SQLite run as root takes such a file for its own WAL: see runtime)."""
+    cfg, db = _shared_config(tmp_path)
+
+    async def create() -> None:
+        async with Outbox(db, gateway_id="gw-01", max_bytes=1 << 30):
+            pass
+
+    asyncio.run(create())
+    fifo = db.with_name(db.name + "-wal")
+    os.mkfifo(fifo, 0o666)
+    os.chown(fifo, OTHER, OTHER)
+    ran = subprocess.run(
+        [sys.executable, "-m", "agent.cli", command[0], "-c", str(cfg), *command[1:]],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert ran.returncode in (0, 1), ran
+    assert "Traceback" not in ran.stderr, ran.stderr

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import sqlite3
+import stat
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -178,8 +179,15 @@ def foreign(
     Raises:
         sqlite3.Error / OSError: it cannot be read now (locked, permissions).
     """
-    with path.open("rb") as f:
-        head = f.read(len(MAGIC))
+    # Without waiting: a FIFO another user put at the name in /tmp held a command for ever.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            return f"not a regular file (mode {stat.filemode(mode)})"
+        head = os.read(fd, len(MAGIC))
+    finally:
+        os.close(fd)
     if not head:
         return None
     if head != MAGIC:

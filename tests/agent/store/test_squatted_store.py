@@ -282,21 +282,25 @@ def test_a_fifo_another_user_put_at_the_stores_wal_in_tmp_is_refused_not_waited_
     assert f"{fifo} belongs to another user (uid {OTHER})" in ran.stderr, ran.stderr
 
 
+@pytest.mark.parametrize("suffix", ["-wal", ""])
 @pytest.mark.parametrize("command", [("requeue", "--all"), ("maintenance", "--asset", "press-7")])
-def test_operator_commands_do_not_wait_on_a_fifo_at_the_stores_wal(
-    tmp_path: Path, command: tuple[str, ...]
+def test_operator_commands_do_not_wait_on_a_fifo_another_user_put_in_tmp(
+    tmp_path: Path, command: tuple[str, ...], suffix: str
 ) -> None:
-    """The same FIFO of another user at `<store>-wal`: `requeue` and `maintenance` read
-    it in their check before the lock and waited for ever. Now they end, with no
-    traceback (SQLite run as root takes such a file for its own WAL: see runtime)."""
+    """A FIFO of another user at `<store>-wal` (the store stopped) or at the store's
+    own name (no store yet): `requeue` and `maintenance` read it in their check before
+    the lock and waited for ever. Now they end, with no traceback; one at the store's
+    name is named as not a regular file (SQLite run as root takes a -wal of another
+    user's for its own: see runtime)."""
     cfg, db = _shared_config(tmp_path)
 
     async def create() -> None:
         async with Outbox(db, gateway_id="gw-01", max_bytes=1 << 30):
             pass
 
-    asyncio.run(create())
-    fifo = db.with_name(db.name + "-wal")
+    if suffix:
+        asyncio.run(create())
+    fifo = db.with_name(db.name + suffix)
     os.mkfifo(fifo, 0o666)
     os.chown(fifo, OTHER, OTHER)
     ran = subprocess.run(
@@ -306,3 +310,6 @@ def test_operator_commands_do_not_wait_on_a_fifo_at_the_stores_wal(
     )  # fmt: skip
     assert ran.returncode in (0, 1), ran
     assert "Traceback" not in ran.stderr, ran.stderr
+    if not suffix:
+        assert ran.returncode == 1
+        assert f"{db} is not an edge-agent store: not a regular file" in ran.stderr

@@ -32,6 +32,7 @@ from agent.store import (
     StoreSquattedError,
     check_path,
     outbox_for,
+    refuse_squatted,
     store_lock,
 )
 from drivers.payloads import DecoderLibrary
@@ -189,9 +190,16 @@ def _record(config: Config, request: MaintenanceRequest) -> tuple[list[dict[str,
     Raises:
         RuntimeError, StoreError, OSError: not recorded (the message says why).
     """
-    # Before the lock: no lock file beside another application's file.
-    with contextlib.suppress(sqlite3.Error, OSError):  # unreadable now: opening says why
-        check_path(config.store.path, timeout=PRECHECK_BUSY_S)
+    try:
+        # Another user's file in /tmp before SQLite opens anything: run as root, SQLite
+        # makes a -wal there the store owner's, and reads its frames into the store.
+        refuse_squatted(config.store.path)
+    except StoreSquattedError:
+        pass  # not opened here: store_lock says so below, and the running agent is asked
+    else:
+        # Before the lock: no lock file beside another application's file.
+        with contextlib.suppress(sqlite3.Error, OSError):  # unreadable now: opening says
+            check_path(config.store.path, timeout=PRECHECK_BUSY_S)
     denied: StoreError | None = None
     squatted: StoreSquattedError | None = None
     with contextlib.ExitStack() as stack:

@@ -28,6 +28,7 @@ from agent.store import (
     become_store_owner,
     check_path,
     outbox_for,
+    refuse_squatted,
     requeue_chunks,
     store_lock,
 )
@@ -113,6 +114,9 @@ def requeue(
         # root's it cannot replace; `by` still names who ran it.
         if (uid := become_store_owner(config.store.path)) is not None:
             print(f"as root: requeuing as the store's owner (uid {uid})", file=err)
+        # Another user's file in /tmp before SQLite opens anything: run as root, SQLite
+        # makes a -wal there the store owner's, and reads its frames into the store.
+        refuse_squatted(config.store.path)
         # Before the lock: no lock file beside another application's file.
         with contextlib.suppress(sqlite3.Error, OSError):  # unreadable now: opening says why
             check_path(config.store.path, timeout=PRECHECK_BUSY_S)

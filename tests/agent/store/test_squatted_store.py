@@ -287,11 +287,10 @@ def test_a_fifo_another_user_put_at_the_stores_wal_in_tmp_is_refused_not_waited_
 def test_operator_commands_do_not_wait_on_a_fifo_another_user_put_in_tmp(
     tmp_path: Path, command: tuple[str, ...], suffix: str
 ) -> None:
-    """A FIFO of another user at `<store>-wal` (the store stopped) or at the store's
-    own name (no store yet): `requeue` and `maintenance` read it in their check before
-    the lock and waited for ever. Now they end, with no traceback; one at the store's
-    name is named as not a regular file (SQLite run as root takes a -wal of another
-    user's for its own: see runtime)."""
+    """A FIFO of another user at `<store>-wal` (the store stopped), or a FIFO at the
+    store's own name (store.path naming a pipe, no store yet): `requeue` and
+    `maintenance` read it in their check before the lock and waited for ever. Now the
+    first is refused as another user's file, the second as not a regular file."""
     cfg, db = _shared_config(tmp_path)
 
     async def create() -> None:
@@ -302,14 +301,57 @@ def test_operator_commands_do_not_wait_on_a_fifo_another_user_put_in_tmp(
         asyncio.run(create())
     fifo = db.with_name(db.name + suffix)
     os.mkfifo(fifo, 0o666)
-    os.chown(fifo, OTHER, OTHER)
+    if suffix:
+        os.chown(fifo, OTHER, OTHER)
     ran = subprocess.run(
         [sys.executable, "-m", "agent.cli", command[0], "-c", str(cfg), *command[1:]],
         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
-    assert ran.returncode in (0, 1), ran
+    assert ran.returncode == 1, ran
     assert "Traceback" not in ran.stderr, ran.stderr
-    if not suffix:
-        assert ran.returncode == 1
+    if suffix:
+        assert f"{fifo} belongs to another user (uid {OTHER})" in ran.stderr, ran.stderr
+    else:
         assert f"{db} is not an edge-agent store: not a regular file" in ran.stderr
+
+
+@pytest.mark.parametrize("command", [("requeue", "--all"), ("maintenance", "--asset", "press-7")])
+def test_root_does_not_take_another_users_wal_in_tmp_for_the_stores(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """Another user puts a WAL of their own making (frames for this database) beside a
+    store of root's in /tmp while no agent runs. The commands' check before the lock
+    opened the store with SQLite, which, run as root, gave that WAL to the store's owner
+    and read its frames: the lock's check then found nothing of another user's, and
+    `maintenance` wrote into the store with their pages in it. Now refused first, naming
+    their file, which is left theirs."""
+    cfg, db = _shared_config(tmp_path)
+
+    async def create() -> None:
+        async with Outbox(db, gateway_id="gw-01", max_bytes=1 << 30):
+            pass
+
+    asyncio.run(create())
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    shutil.copyfile(db, theirs / "outbox.db")
+    code = (
+        "import sqlite3, os, signal, sys\n"
+        "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "c.execute(\"INSERT INTO meta (key, value) VALUES ('planted', 'by another user')\")\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(theirs / "outbox.db")], timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    wal = db.with_name(db.name + "-wal")
+    shutil.copyfile(theirs / "outbox.db-wal", wal)
+    os.chown(wal, OTHER, OTHER)
+    ran = subprocess.run(
+        [sys.executable, "-m", "agent.cli", command[0], "-c", str(cfg), *command[1:]],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert ran.returncode == 1, ran
+    assert f"{wal} belongs to another user (uid {OTHER})" in ran.stderr, ran.stderr
+    assert wal.stat().st_uid == OTHER

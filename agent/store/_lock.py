@@ -14,7 +14,7 @@ import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
-from agent.store._sqlite import INODE, open_private
+from agent.store._sqlite import INODE, RECOVERING, open_private
 from agent.store.errors import StoreError, StoreSquattedError
 
 
@@ -52,7 +52,7 @@ def refuse_squatted(store_path: Path) -> None:
     if mode is None:
         return
     me = os.geteuid()
-    names = ("", "-wal", "-shm", ".lock", ".issued", INODE)
+    names = ("", "-wal", "-shm", ".lock", ".issued", INODE, RECOVERING)
     for f in (store_path.with_name(store_path.name + n) for n in names):
         try:
             owner = os.lstat(f).st_uid  # the entry itself: a symlink put there counts

@@ -40,7 +40,8 @@ from agent.store._routing import TABLES
 from agent.store._schema import ddl_statements
 from agent.store._sqlite import (
     MAGIC,
-    create_private,
+    RECOVERING,
+    create_fresh,
     fsync_dir,
     identity,
     now_ts,
@@ -50,7 +51,6 @@ from agent.store._sqlite import (
 
 log = logging.getLogger(__name__)
 
-RECOVERING = ".recovering"
 _MARKER = "salvage_complete"
 _MAX_STATEMENTS = 4000  # bound on the bisection around damaged pages, per recovery
 _PAGE_ROWS = 5000  # rows copied per transaction
@@ -332,10 +332,15 @@ def salvage(
     """
     path = store_file(path)
     tmp = path.with_name(path.name + RECOVERING)
-    if tmp.exists():
+    if tmp.is_symlink():
+        # Never ours (we make no links): another user's in /tmp, through which the copy
+        # of every alert was written where it pointed, as root, then made the store.
+        tmp.unlink()
+    elif tmp.exists():
         move_aside(tmp, aside_name(tmp, "stale"), sidecars=False)
     try:
-        create_private(tmp)  # the recovered store: 0640 as the store was (its journal too)
+        # The recovered store, 0640 as the store was (its journal too); a new file.
+        os.close(create_fresh(tmp))
         copied, lost, last, named = _copy(conn, tmp, progress)
     except BaseException:
         for f in (tmp, tmp.with_name(tmp.name + "-journal")):
@@ -369,6 +374,9 @@ def finish_interrupted(path: Path) -> None:
     """At open: a recovery cut off by a crash is finished, or its leftovers moved aside."""
     path = store_file(path)
     tmp = path.with_name(path.name + RECOVERING)
+    if tmp.is_symlink():
+        tmp.unlink()  # not our recovery (see salvage): never made the store
+        return
     if not tmp.exists():
         return
     complete = False

@@ -84,6 +84,7 @@ def translate(exc: BaseException, path: Path, doing: str) -> StoreError:
 STORE_MODE = 0o640
 SIDECARS = ("-wal", "-shm")
 INODE = ".inode"  # beside the store: the inode of the file its WAL is written for
+RECOVERING = ".recovering"  # beside the store: the copy a recovery makes
 
 
 def create_private(path: Path) -> None:

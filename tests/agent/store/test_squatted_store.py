@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent.store import Outbox, lock_path
+from agent.store import Outbox, StoreFault, lock_path
 from agent.store._lock import _closed_to, _code_dirs
 from tests._reload_agent import OUTSIDER, REVEAL_PYENV
 from tests.agent.store._drafts import draft
+from tests.agent.store._tamper import damage_header, watched_outbox
 from tests.agent.test_operator_commands import Ran, cli, one_line_error, write_config
 from tests.conftest import REPO
 
@@ -355,3 +356,43 @@ def test_root_does_not_take_another_users_wal_in_tmp_for_the_stores(
     assert ran.returncode == 1, ran
     assert f"{wal} belongs to another user (uid {OTHER})" in ran.stderr, ran.stderr
     assert wal.stat().st_uid == OTHER
+
+
+async def test_a_link_at_the_recovery_copys_name_in_tmp_is_not_written_through(
+    tmp_path: Path,
+) -> None:
+    """A link put at `<store>.recovering` in /tmp, pointing where no file is yet: the
+    agent's recovery of its damaged store (run as root) created the file it named, wrote
+    the copy of every alert into it, and moved the link into the store's place (the
+    store then lived where the link pointed). Now the link is removed unused. (The link
+    is the test's own: another user's is followed where fs.protected_symlinks is 0.)"""
+    _, db = _shared_config(tmp_path)
+    target = tmp_path / "chosen-by-another-user"
+    faults: list[StoreFault] = []
+    async with watched_outbox(db, faults) as ob:
+        await ob.append([draft(i=i) for i in range(3)])
+        db.with_name(db.name + ".recovering").symlink_to(target)
+        await asyncio.to_thread(damage_header, db)
+        await ob.append([draft(i=3)])
+        assert [f.kind for f in faults] == ["corrupt"]
+        assert (await ob.stats()).pending == 4
+    assert not target.exists()
+    assert db.is_file() and not db.is_symlink()
+
+
+def test_another_users_recovery_copy_in_tmp_is_refused(tmp_path: Path) -> None:
+    """Another user's `<store>.recovering` (their database, marked complete) was taken
+    at the next start for the agent's interrupted recovery and made the store. Now
+    `run` refuses it as theirs, untouched (here an empty file: its owner is enough)."""
+    cfg, db = _shared_config(tmp_path)
+    theirs = db.with_name(db.name + ".recovering")
+    theirs.write_bytes(b"")
+    os.chown(theirs, OTHER, OTHER)
+    ran = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "run", "-c", str(cfg)],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert ran.returncode == 1, ran
+    assert f"{theirs} belongs to another user (uid {OTHER})" in ran.stderr, ran.stderr
+    assert theirs.stat().st_uid == OTHER and not db.exists()

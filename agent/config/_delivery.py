@@ -75,17 +75,27 @@ class HttpUplink(_HttpEndpoint):
     # alert_id (https://b/v1/alerts/{id}): a 409 Conflict that does not name the alert's
     # id is taken for "it has it" only when this GET answers 2xx with the record as JSON
     # (its alert_id and one more field as sent: agent.uplink._http).
-    duplicate_check_url: Annotated[str, Field(pattern=r"^https?://.*\{id\}")] | None = None
+    duplicate_check_url: Annotated[str, Field(pattern=r"^https?://")] | None = None
 
-    @model_validator(mode="after")
-    def _summaries(self) -> HttpUplink:
-        for extra in (self.summaries_url, self.duplicate_check_url):
-            problem = extra and url_problem(
-                extra.replace("{id}", "id"), allow_insecure_http=self.allow_insecure_http
-            )
-            if problem:
-                raise ValueError(problem)
-        return self
+    @field_validator("summaries_url", "duplicate_check_url")
+    @classmethod
+    def _extra_url(cls, v: str | None, info: ValidationInfo) -> str | None:
+        # A field validator, not a model one: check reports a problem at this key's line,
+        # not at url's (allow_insecure_http is declared before, so validated already).
+        if v is None:
+            return v
+        if info.field_name == "duplicate_check_url":
+            rest = v.replace("{id}", "")
+            if "{id}" not in v or "{" in rest or "}" in rest:
+                raise ValueError(
+                    "a duplicate_check_url must hold {id} (where the alert_id goes) and no "
+                    "other {...} placeholder, e.g. https://backend.example/v1/alerts/{id}"
+                )
+        insecure = bool(info.data.get("allow_insecure_http"))
+        problem = url_problem(v.replace("{id}", "ID"), allow_insecure_http=insecure)
+        if problem:
+            raise ValueError(problem)
+        return v
 
     def summaries_endpoint(self) -> str:
         """The URL feature summaries are POSTed to: summaries_url, else url with its last

@@ -167,8 +167,18 @@ def bounds(field: FieldInfo | None) -> str:
 
 
 def pattern_of(field: FieldInfo | None) -> str | None:
-    """The regex a string field must match, if any."""
-    for m in field.metadata if field else ():
+    """The regex a string field must match, if any: on the field itself, or on the text
+    member of an optional field (``Annotated[str, Field(pattern=...)] | None``, whose
+    pattern pydantic keeps inside the union, not in the field's metadata)."""
+    if field is None:
+        return None
+    metadata = list(field.metadata)
+    ann = field.annotation
+    for member in get_args(ann) if is_union(ann) else (ann,):
+        if get_origin(member) is Annotated:
+            for m in get_args(member)[1:]:
+                metadata.extend(getattr(m, "metadata", ()) or (m,))
+    for m in metadata:
         pattern = getattr(m, "pattern", None)
         if pattern:
             return str(pattern)

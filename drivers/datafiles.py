@@ -7,8 +7,9 @@ collects every error as FILE:LINE:COL instead of stopping at the first one.
 
 from __future__ import annotations
 
+import difflib
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,6 +25,15 @@ MAX_FILES = 1000
 SUFFIXES = (".yaml", ".yml")
 
 KeyPath = tuple[str | int, ...]
+
+
+def unknown_key(key: Any, allowed: Iterable[str]) -> str:
+    """The message for a key a data file's mapping does not take, naming the closest allowed
+    one (a decoder's limits.full_scale for full_scale_g) so the fix is in the line."""
+    options = sorted(allowed)
+    close = difflib.get_close_matches(str(key), options, n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown key {key!r}; allowed: {options}{hint}"
 
 
 @dataclass(frozen=True, slots=True)

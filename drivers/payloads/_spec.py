@@ -10,7 +10,7 @@ import math
 import re
 from typing import Any, NoReturn
 
-from drivers.datafiles import Document, item_name
+from drivers.datafiles import Document, item_name, unknown_key
 from drivers.errors import DecoderError
 from drivers.payloads._common import ALL_CHANNELS, split_path
 from drivers.payloads._features import FeaturesDecoder, Field
@@ -52,9 +52,7 @@ class _Doc:
             self.fail(path, f"expected a mapping, got {type(obj).__name__}")
         unknown = sorted(set(obj) - allowed, key=str)
         if unknown:
-            self.fail(
-                (*path, unknown[0]), f"unknown key {unknown[0]!r}; allowed: {sorted(allowed)}"
-            )
+            self.fail((*path, unknown[0]), unknown_key(unknown[0], allowed))
         return obj
 
     def path(
@@ -120,7 +118,8 @@ class _Doc:
         clip = self.number(given.get("clip_share", d.clip_share), ("limits", "clip_share"))
         if not 0 < clip <= 1:
             self.fail(
-                ("limits", "clip_share"), f"clip_share must be a share in (0, 1], got {clip:g}"
+                ("limits", "clip_share"),
+                f"clip_share must be a share in (0, 1] (0.001: 0.1 % of the samples), got {clip:g}",
             )
         full = given.get("full_scale_g")
         if full is not None:

@@ -7,7 +7,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from drivers.datafiles import Document, item_name
+from drivers.datafiles import Document, item_name, unknown_key
 from drivers.decoders import (
     MAX_READ_REGISTERS,
     DataType,
@@ -40,7 +40,7 @@ class _Row:
             self.fail((), f"expected a mapping, got {type(row).__name__}")
         unknown = sorted(set(row) - _ROW_KEYS)
         if unknown:
-            self.fail((unknown[0],), f"unknown key {unknown[0]!r}; allowed: {sorted(_ROW_KEYS)}")
+            self.fail((unknown[0],), unknown_key(unknown[0], _ROW_KEYS))
         self.given = set(row)
         self.row = {**defaults, **row}
 
@@ -190,9 +190,7 @@ def parse_profile(doc: Document, expected_name: str | None = None) -> Profile:
         raise doc.error((), "expected a mapping at the top level", ProfileError)
     unknown = sorted(set(data) - _TOP_KEYS)
     if unknown:
-        raise doc.error(
-            (unknown[0],), f"unknown key {unknown[0]!r}; allowed: {sorted(_TOP_KEYS)}", ProfileError
-        )
+        raise doc.error((unknown[0],), unknown_key(unknown[0], _TOP_KEYS), ProfileError)
     name = item_name(doc, expected_name, ProfileError)
     defaults = data.get("defaults") or {}
     if not isinstance(defaults, dict) or set(defaults) - _DEFAULT_KEYS:

@@ -325,7 +325,12 @@ def refuse_unpaired_wal(path: Path) -> None:
         )
         fix = (
             f"The WAL belongs to {home[0]}: put that file back ({back}), or "
-            f"keep {target} and move the WAL beside its own file (mv {wal} {home[0]}-wal"
+            + (
+                "start with a new, empty store"
+                if st is None  # nothing at the store's path to keep
+                else f"keep {target}"
+            )
+            + f" and move the WAL beside its own file (mv {wal} {home[0]}-wal"
             + (f"; mv {shm} {home[0]}-shm" if shm.exists() else "")
             + ")"
         )

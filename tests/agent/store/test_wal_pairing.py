@@ -104,6 +104,9 @@ def test_a_wal_left_beside_a_store_moved_away_is_refused_not_deleted(tmp_path: P
         assert f"{db}-wal and {db}-shm beside the store do not belong to {db}" in line, line
         assert f"there is no database at {db}" in line
         assert f"The WAL belongs to {bak}: put that file back (mv {bak} {db})" in line
+        # No file at the store's path to keep: the other way out is a new store.
+        new_store = "or start with a new, empty store and move the WAL beside its own file"
+        assert f"{new_store} (mv {db}-wal {bak}-wal" in line, line
         assert _snapshot(db.parent) == before, command
     bak.rename(db)
     assert _pending(db) == 40

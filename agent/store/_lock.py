@@ -153,7 +153,12 @@ def _sudo(uid: int) -> str:
         who = pwd.getpwuid(uid).pw_name
     except KeyError:
         who = f"#{uid}"  # sudo's form for a uid with no name
-    return shlex.join(["sudo", "-u", who, "edge-agent", *sys.argv[1:]])
+    # The command by its path: sudo searches its own secure_path, where a venv's or
+    # /opt/edge-agent/bin's edge-agent is not (the name alone: "command not found").
+    program = sys.argv[0] if os.path.basename(sys.argv[0]) == "edge-agent" else "edge-agent"
+    if os.sep in program:
+        program = os.path.abspath(program)
+    return shlex.join(["sudo", "-u", who, program, *sys.argv[1:]])
 
 
 @contextlib.contextmanager

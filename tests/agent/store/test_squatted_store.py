@@ -163,11 +163,14 @@ def _agents_store_in_tmp(site: Path) -> tuple[Path, Path]:
     return cfg, db
 
 
-def _requeue_as_root(cfg: Path, *, reveal_python: bool) -> subprocess.CompletedProcess[str]:
+def _requeue_as_root(
+    cfg: Path, *, reveal_python: bool, program: list[str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """`edge-agent requeue --all` as root, a process of its own (it may give up root).
     reveal_python: this machine's Python (under /root, 0700) readable by every user, as
-    a gateway's /usr/bin/python3 is."""
-    cmd = [sys.executable, "-m", "agent.cli", "requeue", "-c", str(cfg), "--all"]
+    a gateway's /usr/bin/python3 is. program: how the command is started (default
+    python -m agent.cli)."""
+    cmd = [*(program or [sys.executable, "-m", "agent.cli"]), "requeue", "-c", str(cfg), "--all"]
     if reveal_python:
         cmd = ["unshare", "--mount", "--fork", "bash", "-c", REVEAL_PYENV + 'exec "$@"', "bash",
                *cmd]  # fmt: skip
@@ -396,3 +399,27 @@ def test_another_users_recovery_copy_in_tmp_is_refused(tmp_path: Path) -> None:
     assert ran.returncode == 1, ran
     assert f"{theirs} belongs to another user (uid {OTHER})" in ran.stderr, ran.stderr
     assert theirs.stat().st_uid == OTHER and not db.exists()
+
+
+EDGE_AGENT_SCRIPT = Path(sys.executable).parent / "edge-agent"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another uid needs root")
+@pytest.mark.skipif(
+    _closed_to(OTHER, OTHER, _code_dirs()) is None,
+    reason="this Python is readable by every user: root's requeue acts as the owner here",
+)
+@pytest.mark.skipif(not EDGE_AGENT_SCRIPT.exists(), reason="no installed edge-agent script")
+def test_the_command_to_run_as_the_owner_names_the_installed_script_by_its_path() -> None:
+    """Run as /opt/edge-agent/bin/edge-agent (the install notes put it there, off the
+    PATH), the advice said `sudo -u USER edge-agent requeue ...`: sudo searches its own
+    secure_path and answered "command not found". It now names the script by its path."""
+    site = Path(tempfile.mkdtemp(prefix="edge-requeue-", dir="/tmp"))
+    try:
+        site.chmod(0o755)
+        cfg, _db = _agents_store_in_tmp(site)
+        ran = _requeue_as_root(cfg, reveal_python=False, program=[str(EDGE_AGENT_SCRIPT)])
+        assert ran.returncode == 1, ran
+        assert f"sudo -u '#{OTHER}' {EDGE_AGENT_SCRIPT} requeue -c {cfg} --all" in ran.stderr
+    finally:
+        shutil.rmtree(site, ignore_errors=True)

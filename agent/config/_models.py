@@ -5,6 +5,7 @@ Every model is frozen: runtime code receives these objects and never a raw dict.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import stat
@@ -383,7 +384,9 @@ class StuckValues(_Model):
         known = FEATURE_NAMES | {WAVEFORM}
         unknown = [f for f in v if f not in known]
         if unknown:
-            raise ValueError(f"unknown feature {unknown[0]!r}; known: {sorted(known)}")
+            close = difflib.get_close_matches(unknown[0], sorted(known), n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"unknown feature {unknown[0]!r}{hint}; known: {sorted(known)}")
         return v
 
     def rule(self) -> StuckRule | None:

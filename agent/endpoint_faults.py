@@ -35,8 +35,9 @@ class EndpointHealth:
     silent: tuple[str, ...] = ()  # the endpoints silent now
     silenced: tuple[str, ...] = ()  # the devices that failed during those silences
     error: str = ""  # an example of their errors
-    # Every endpoint has answered since the agent started: a fault kept raised across a
-    # restart is not cleared by endpoints not yet found silent again.
+    # Every endpoint has answered (or its host shown life) since the agent started: a
+    # fault kept raised across a restart is not cleared by endpoints not yet found silent
+    # again.
     answered: bool = True
     # "broker": an MQTT broker link down (host: the broker id, silent: its address,
     # devices: its sensors); its fault waits for the shortest stale_after_s of them too

@@ -141,7 +141,10 @@ def _health(
     """One host's (or the network's) groups: silent for the longest silence of one of
     them (since_last: for the shortest, the time they have all been silent)."""
     devices = len({s for g in groups for s in g.members})
-    answered = all(g.last_answer >= 0 for g in groups)  # since the agent started
+    # Since the agent started: a device answered, or the host showed life while they
+    # failed (a refusal beside a timed-out port): its fault raised before that, with no
+    # device answering, stayed raised beside its devices' own faults for ever.
+    answered = all(g.last_answer >= 0 or g.shown_life for g in groups)
     outages = [g.outage for g in groups if g.outage is not None]
     if not outages:
         return EndpointHealth(host, devices, 0.0, answered=answered, kind=kind, within=within)

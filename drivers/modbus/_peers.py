@@ -118,6 +118,9 @@ class Peers:
         # sensor's new poller before it stops the old one, whose leave must not remove it.
         self._owners: dict[str, object] = {}
         self.last_answer = -1.0  # monotonic time of the latest good poll of any device
+        # Its host showed life while its devices failed (_reachable), since the agent
+        # started: its fault raised before that was known is cleared as if one answered.
+        self.shown_life = False
         self.outage: Outage | None = None
         self.outages = 0  # outages ended
         self.outage_s_total = 0.0
@@ -276,6 +279,7 @@ class Peers:
     def _reachable(self, sensor_id: str, report: Callable[[], None]) -> None:
         """The host showed life while its devices fail: not an outage (one going on
         ends), each failing device fails alone."""
+        self.shown_life = True
         if self.outage is not None:
             self._end(time.monotonic(), sensor_id)
         self._undecided.pop(sensor_id, None)

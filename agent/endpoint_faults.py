@@ -50,6 +50,11 @@ class EndpointHealth:
     # The key of the wider group it is in (the network's, updated before it): while that
     # one is silent it covers this one (one fault for one outage).
     within: str = ""
+    # Seconds since any device of that wider group answered (0: it cannot fall silent as
+    # a whole), and how long its silence takes to be decided (its polls to the breaker's
+    # threshold): a host silent with nothing answering anywhere waits for it (update).
+    within_quiet_s: float = 0.0
+    within_decide_s: float = 0.0
     # Every failure in its silence was a gateway's exception 10 or 11: the TCP-to-RTU
     # gateway answers, the serial line behind it (or every device on it) is what is silent.
     gateway_answers: bool = False
@@ -181,10 +186,26 @@ class EndpointFaults:
                 why = f"superseded by {health.within}: the whole Modbus TCP network is silent"
                 self._close(out, host, now, why, {"superseded_by": health.within})
             return out
+        after = max(self._after, health.raised_after_s)
+        if (
+            host not in self.raised
+            and health.within
+            and 0 < health.silent_for_s <= health.within_quiet_s
+            and (
+                health.within in self.raised or health.silent_for_s < after + health.within_decide_s
+            )
+        ):
+            # No device anywhere on the network has answered since this host fell silent:
+            # the network is dropping, its hosts found silent one by one (their polls are
+            # spread over an interval), the network only once the last one is. Not raised
+            # meanwhile (while the network's fault is raised, or until the network's
+            # silence should have been decided): 200 hosts of a switch flap raised 200
+            # faults, closed a round later as superseded, and while a flapping network's
+            # fault was held, kept raised beside it, 400 records per flap.
+            return out
         # The network answers: a host silent now is its own fault, even while a flapping
         # network's fault is held raised (FLAP_CLEAR_HOLD_S): covered by it, it was raised
         # only once that cleared, 2 minutes late or never while the switch kept flapping.
-        after = max(self._after, health.raised_after_s)
         raised = host in self.raised
         answering_for = None
         if health.silent_for_s > 0:

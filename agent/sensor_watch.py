@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from datetime import datetime
 
 from agent.analysis.monitor import Update
@@ -101,10 +102,30 @@ def _hosts(peers: Iterable[Peers], places: Mapping[str, tuple[str, str]]) -> lis
     network = _network(peers, places)
     out = [] if network is None else [network]
     within = network.key if network is not None else ""
+    quiet_s, decide_s = _network_quiet(peers) if network is not None else (0.0, 0.0)
     for host, groups in by_host.items():
         tcp = any(g.level == "host" or g.network is not None for g in groups)
-        out.append(_health(host, groups, places, "host", within if tcp else ""))
+        health = _health(host, groups, places, "host", within if tcp else "")
+        if tcp and quiet_s:
+            health = replace(health, within_quiet_s=quiet_s, within_decide_s=decide_s)
+        out.append(health)
     return out
+
+
+def _network_quiet(peers: list[Peers]) -> tuple[float, float]:
+    """Seconds since any Modbus TCP device answered (and one poll more: a poll sent just
+    before a cut fails after answers sent just before it, and a switch's ports do not all
+    drop at one instant), and how long the network's silence takes to be decided (its
+    devices due within decide_within_s, to the breaker's threshold); (0, 0) when it
+    cannot be silent as a whole (all on one host)."""
+    net = next((p for p in peers if p.level == "network"), None)
+    tcp = [p for p in peers if p.level == "endpoint" and p.network is not None and p.members]
+    if net is None or len({p.host for p in tcp}) < 2:
+        return 0.0, 0.0
+    polls = list(net.members.values())
+    due = [q for q in polls if q <= net.decide_within_s] or polls
+    poll = max(due, default=0.0)
+    return time.monotonic() - net.last_answer + poll, net.threshold * poll
 
 
 def _network(peers: list[Peers], places: Mapping[str, tuple[str, str]]) -> EndpointHealth | None:

@@ -811,3 +811,44 @@ async def test_a_host_raised_before_its_refusal_showed_it_up_clears(tmp_path: Pa
     assert raised <= set(faults), faults
     # Raised or not (a loaded machine may tell the two apart first), it is not left open.
     assert faults.count((host, "raised")) == faults.count((host, "cleared")), faults
+
+
+async def test_a_switch_flap_of_hosts_found_silent_one_by_one_is_the_networks_fault(
+    tmp_path: Path,
+) -> None:
+    """Hosts .1-.4, 3 devices each, host .4's polled every 1.6 s: the switch drops them
+    all, 3 times. The fast-polled hosts are found silent seconds before host .4 (the network
+    only once all are): each host's fault was raised, then closed as superseded by the
+    network's, 2 records per host per flap (400 for 200 hosts); and once the network's
+    fault flapped (held raised between drops), kept raised beside it. Now a host silent
+    while no device anywhere answers waits for the network: only the network's fault."""
+    servers = await _serve_hosts([3, 3, 3, 3])
+    devices = [
+        _Dev(f"h{h + 1}u{u}", s.port, u, s.host, every=1.6 if h == 3 else 0.2)
+        for h, s in enumerate(servers)
+        for u in s.devices
+    ]
+    silent_s = 2.0
+    records: list[dict[str, Any]] = []
+    net = "network:modbus-tcp"
+    cfg = _write_config(tmp_path, devices, gateway="gw-switch-flap", silent_s=silent_s)
+    try:
+        async with _running(cfg, records) as agent:
+            await _all_ok(agent, 12)
+            for cycle in range(3):
+                await _cut(servers, range(4))
+                # Host .4 found silent (3 polls, 5 s), then endpoint_silent_s and 2 rounds.
+                await asyncio.sleep(5.0 + silent_s + 2.0)
+                if cycle < 2:
+                    assert _faults(records).count((net, "raised")) == cycle + 1, _faults(records)
+                await _back(servers, range(4))
+                await _all_ok(agent, 12)
+                if cycle == 0:  # cleared, so the next drop's raise makes it flap
+                    await _until(lambda: (net, "cleared") in _faults(records), 8)
+            await asyncio.sleep(2.0)
+    finally:
+        for s in servers:
+            await s.__aexit__(None, None, None)
+    assert _faults(records) == [(net, "raised"), (net, "cleared"), (net, "raised")], _faults(
+        records
+    )

@@ -41,6 +41,8 @@ _WAL_MAGICS = (0x377F0682, 0x377F0683)
 _WAL_HEADER = 32
 _FRAME_HEADER = 24
 _SCAN_LIMIT = 10_000
+# The store files the agent sets aside, with their -wal/-shm (agent.store._files.aside_name)
+_ASIDE = r"\.(corrupt|replaced|superseded)-\d{8}T\d{6}Z(\.\d+)?"
 _FRESH_INODES = frozenset(
     {"vfat", "msdos", "exfat"}
 )  # folder entries looked through for another name of a file
@@ -274,6 +276,12 @@ def refuse_other_names(path: Path, *, warn: bool = True) -> None:
     )
 
 
+def _set_aside(other: Path, target: Path) -> bool:
+    """Whether `other` is a name the agent gives a store file it sets aside with its
+    sidecars (agent.store._files.aside_name: `<store>.corrupt-20261126T155614Z[.2]`)."""
+    return re.fullmatch(re.escape(target.name) + _ASIDE, other.name) is not None
+
+
 def refuse_unpaired_wal(path: Path) -> None:
     """Refuse a WAL (and -shm) beside the store that was written for another file.
 
@@ -298,6 +306,18 @@ def refuse_unpaired_wal(path: Path) -> None:
     if mark is not None and _mark_copied(path, mark):
         mark = None  # the folder was copied whole: no inode is the one recorded
     home = [p for p in _names_of(target.parent, mark.store) if p != target] if mark else []
+    if mark is not None and st is not None and home and all(_set_aside(p, target) for p in home):
+        # The agent moves a file aside only with its -wal/-shm (quarantine, recovery): the
+        # WAL here is the file's made in its place by an agent that kept no mark (a
+        # rollback to a release before it). Refused, the advice put the damaged file back.
+        log.warning(
+            "%s records %s, which an agent set aside; %s was made after it without a new "
+            "mark (an earlier release ran): its WAL is kept",
+            inode_path(path),
+            home[0],
+            target,
+        )
+        mark, home = None, []
     why: str | None = None
     if st is None or st.st_size == 0:
         why = (

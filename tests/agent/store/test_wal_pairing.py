@@ -264,3 +264,25 @@ def test_a_mark_that_cannot_be_written_refuses_no_wal_later(tmp_path: Path) -> N
     db.with_name("outbox.db.inode.tmp").mkdir()
     _write_and_kill(db, 7)
     assert _pending(db) == 7
+
+
+def test_a_store_an_earlier_release_made_in_a_quarantined_ones_place_keeps_its_wal(
+    tmp_path: Path,
+) -> None:
+    """A release rolled back (before the .inode mark) found the store damaged, set it aside
+    as outbox.db.corrupt-<stamp> (with its -wal/-shm) and made a fresh one, leaving the
+    mark on the damaged file; a power cut, the release put back: every command refused the
+    fresh store's own WAL, advising to put the damaged file back (6 alerts, no alerting).
+    The mark names a file the agent set aside, so it is stale: the 6 alerts are read."""
+    cfg, db = _config(tmp_path)
+    _write_and_kill(db, 3)
+    assert _pending(db) == 3  # closed: checkpointed, no WAL left
+    mark = db.with_name("outbox.db.inode")
+    kept = tmp_path / "mark-of-the-damaged-file"
+    mark.rename(kept)  # the earlier release neither reads nor writes it
+    db.rename(db.with_name("outbox.db.corrupt-20261126T155614Z"))
+    _write_and_kill(db, 6)
+    os.replace(kept, mark)  # as it was: the same file, naming the set-aside store
+    proc = cli("requeue", "-c", str(cfg), "--all")
+    assert "beside the store" not in proc.stderr, proc.stderr
+    assert _pending(db) == 6

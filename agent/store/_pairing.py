@@ -42,6 +42,7 @@ _WAL_HEADER = 32
 _FRAME_HEADER = 24
 _SCAN_LIMIT = 10_000
 # The store files the agent sets aside, with their -wal/-shm (agent.store._files.aside_name)
+_CORRUPT = r"\.corrupt-\d{8}T\d{6}Z(\.\d+)?"
 _ASIDE = r"\.(corrupt|replaced|superseded)-\d{8}T\d{6}Z(\.\d+)?"
 _FRESH_INODES = frozenset(
     {"vfat", "msdos", "exfat"}
@@ -282,6 +283,30 @@ def _set_aside(other: Path, target: Path) -> bool:
     return re.fullmatch(re.escape(target.name) + _ASIDE, other.name) is not None
 
 
+def _quarantine_cut(aside: Path, target: Path) -> bool:
+    """Finish a quarantine a kill -9 cut between its renames: the damaged store already
+    set aside as `<store>.corrupt-<time>`, its -wal/-shm still at the store's name
+    (agent.store._files.move_aside). They follow it, as the evidence they are; refused,
+    the agent did not start, advising to put the damaged file back. True when done."""
+    if not re.fullmatch(re.escape(target.name) + _CORRUPT, aside.name):
+        return False
+    sides = ("-wal", "-shm")
+    if any(aside.with_name(aside.name + s).exists() for s in sides):
+        return False
+    for suffix in sides:
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(target.with_name(target.name + suffix), aside.with_name(aside.name + suffix))
+    fsync_dir(target.parent)
+    log.error(
+        "STORE CORRUPT: finished setting the damaged store %s aside (cut off by a kill): "
+        "its WAL moved beside it, NOT deleted, keep them for recovery. A fresh store is "
+        "made at %s; alerts not yet delivered from the old file are NOT in it",
+        aside,
+        target,
+    )
+    return True
+
+
 def refuse_unpaired_wal(path: Path) -> None:
     """Refuse a WAL (and -shm) beside the store that was written for another file.
 
@@ -306,6 +331,8 @@ def refuse_unpaired_wal(path: Path) -> None:
     if mark is not None and _mark_copied(path, mark):
         mark = None  # the folder was copied whole: no inode is the one recorded
     home = [p for p in _names_of(target.parent, mark.store) if p != target] if mark else []
+    if st is None and len(home) == 1 and _quarantine_cut(home[0], target):
+        return
     if mark is not None and st is not None and home and all(_set_aside(p, target) for p in home):
         # The agent moves a file aside only with its -wal/-shm (quarantine, recovery): the
         # WAL here is the file's made in its place by an agent that kept no mark (a

@@ -286,3 +286,17 @@ def test_a_store_an_earlier_release_made_in_a_quarantined_ones_place_keeps_its_w
     proc = cli("requeue", "-c", str(cfg), "--all")
     assert "beside the store" not in proc.stderr, proc.stderr
     assert _pending(db) == 6
+
+
+def test_a_quarantine_cut_between_its_renames_is_finished(tmp_path: Path) -> None:
+    """A kill -9 (a power cut) while the agent set a damaged store aside, after the file's
+    rename and before its WAL's: at the next start every command refused the WAL at the
+    store's name, advising to put the damaged file back (no alerting until someone did).
+    The WAL now follows its file, and a fresh store opens."""
+    _, db = _config(tmp_path)
+    _write_and_kill(db, 10)
+    wal = db.with_name("outbox.db-wal").read_bytes()
+    aside = db.with_name("outbox.db.corrupt-20261126T155614Z")
+    db.rename(aside)  # the quarantine's first rename (agent.store._files.move_aside)
+    assert _pending(db) == 0
+    assert aside.with_name(aside.name + "-wal").read_bytes() == wal

@@ -109,7 +109,9 @@ def record_file(path: Path) -> None:
     except OSError as exc:  # a full disk, a tmp another user holds (in /tmp)
         # The previous file's mark would refuse this file's own WAL after a kill -9: with
         # none, only the inode check is off (the other checks still stand).
-        with contextlib.suppress(FileNotFoundError):
+        # Not removable either (root's in a sticky /tmp, not a file): raised, it stopped
+        # the agent, for a check that is only off (an unreadable mark is none).
+        with contextlib.suppress(OSError):
             target.unlink()
         fsync_dir(target.parent)
         log.warning(

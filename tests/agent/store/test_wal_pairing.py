@@ -300,3 +300,13 @@ def test_a_quarantine_cut_between_its_renames_is_finished(tmp_path: Path) -> Non
     db.rename(aside)  # the quarantine's first rename (agent.store._files.move_aside)
     assert _pending(db) == 0
     assert aside.with_name(aside.name + "-wal").read_bytes() == wal
+
+
+def test_a_mark_that_can_be_neither_written_nor_removed_stops_no_start(tmp_path: Path) -> None:
+    """A <store>.inode the agent can neither replace nor remove (here a folder; root's
+    file in a sticky /tmp for an agent run as its own user): the error of its removal
+    escaped, and the store did not open (no alerting). Now a warning: the agent runs."""
+    _, db = _config(tmp_path)
+    (db.with_name("outbox.db.inode") / "x").mkdir(parents=True)
+    _write_and_kill(db, 4)
+    assert _pending(db) == 4

@@ -15,6 +15,7 @@ from typing import Any
 from agent.analysis.reliability import FleetLife
 from agent.records import AlertDraft, dumps
 from agent.store._episodes import link
+from agent.store._order import follow, overtaken, regroup
 from agent.store._queries import NOTE_PREFIX
 from agent.store._routing import (
     ALERT,
@@ -125,6 +126,7 @@ def append(
     if drafts:
         conn.execute("UPDATE meta SET value = ? WHERE key = 'last_seq'", (last,))
         route(conn, ALERT, [r["seq"] for r in records])
+        follow(conn, records)  # never ahead of its episode's earlier records
     if state:
         conn.executemany(
             "INSERT INTO monitor_state (key, value) VALUES (?, ?) "
@@ -201,13 +203,14 @@ def next_batch(
     conn: sqlite3.Connection, uplink: str, limit: int, *, summaries_only: bool = False
 ) -> list[StoredItem]:
     """Up to `limit` items pending for the uplink, one class per batch: alerts (tier 1
-    first, then oldest first), and summaries (oldest first) only when no alert waits
+    first, then oldest first; a record of an alert episode never ahead of its earlier
+    ones: agent.store._order), and summaries (oldest first) only when no alert waits
     (or when told to skip the alerts: one held back blocks no summary)."""
     classes = ((ALERT, "o.tier, o.ref"), (SUMMARY, "o.ref"))
     for klass, order in classes[1:] if summaries_only else classes:
         table, id_col = TABLES[klass]
         rows = conn.execute(
-            f"SELECT o.ref, o.tier, t.{id_col}, t.body, json_valid(t.body) FROM outbound o "
+            f"SELECT o.ref, t.tier, t.{id_col}, t.body, json_valid(t.body) FROM outbound o "
             f"JOIN {table} t ON t.seq = o.ref "
             f"WHERE o.uplink = ? AND o.class = ? AND o.state = {PENDING} "
             f"ORDER BY {order} LIMIT ?",
@@ -360,6 +363,19 @@ def requeue(
             )
             bump(conn, up, "requeued_total", 1)
             done.append({"uplink": up, "class": CLASS_NAMES[klass], "id": iid, "reason": reason})
+        if klass == ALERT and rows:
+            # Pending again, maybe behind its clear stored meanwhile: its episode's
+            # records go in their order again.
+            regroup(conn, [ref for _, ref, _, _, _ in rows])
+            for up in sorted({r[0] for r in rows}):
+                if late := overtaken(conn, up, [r[1] for r in rows if r[0] == up]):
+                    log.warning(
+                        "requeued %d alert(s) for uplink %s after a later record of their "
+                        "episode (its clear, a raise again, a repair) was already sent or "
+                        "dead-lettered: the far end gets them after it (an alert it may "
+                        "show open that has cleared): %s",
+                        len(late), up, ", ".join(late[:20]),
+                    )  # fmt: skip
     if done and limit is None:  # a chunked caller says the total once
         log.warning("requeued %d dead letter(s) (by %s)", len(done), by)
     return done

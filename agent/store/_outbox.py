@@ -23,8 +23,9 @@ from agent.store import _budget, _ops, _queries
 from agent.store._evictlog import EvictionLog
 from agent.store._files import IssuedMark, Quarantined
 from agent.store._ops import StoredItem
+from agent.store._order import register_in_order
 from agent.store._queries import OutboxStats
-from agent.store._routing import EPISODES, register
+from agent.store._routing import EPISODES
 from agent.store._salvage import StoreFault
 from agent.store._schema import open_db
 from agent.store._writer import Writer, WriterCounters
@@ -231,7 +232,7 @@ class Outbox:
         uplink's count of items it had not received (kept under its name)."""
         names, carries = tuple(names), dict(carries)
         kept: dict[str, int] = await self._call(
-            lambda c: register(c, names, carries), write=True, what="registering uplinks"
+            lambda c: register_in_order(c, names, carries), write=True, what="registering uplinks"
         )
         self.uplinks, self.carries = names, carries  # a recovered file registers these
         self._wake_all()

@@ -58,6 +58,8 @@ _CARRIED = {
     "'trend') AND json_extract(t.body, '$.state') = 'cleared'))))",
     SUMMARY: "u.carries IS NULL",
 }
+# A delivery row's alert episode (agent.store._order keeps an episode's records in order).
+_EPISODE = {ALERT: "t.episode", SUMMARY: "NULL"}
 
 
 def route(conn: sqlite3.Connection, klass: int, refs: Sequence[int]) -> None:
@@ -66,9 +68,9 @@ def route(conn: sqlite3.Connection, klass: int, refs: Sequence[int]) -> None:
     table, _ = TABLES[klass]
     for part in chunks(refs):
         conn.execute(
-            "INSERT OR IGNORE INTO outbound (uplink, class, ref, tier, state) "
-            f"SELECT u.name, ?, t.seq, t.tier, {PENDING} FROM uplinks u, {table} t "
-            f"WHERE t.seq IN ({marks(len(part))}) AND {_CARRIED[klass]}",
+            "INSERT OR IGNORE INTO outbound (uplink, class, ref, tier, state, episode) "
+            f"SELECT u.name, ?, t.seq, t.tier, {PENDING}, {_EPISODE[klass]} "
+            f"FROM uplinks u, {table} t WHERE t.seq IN ({marks(len(part))}) AND {_CARRIED[klass]}",
             (klass, *part),
         )
     if conn.execute("SELECT 1 FROM uplinks WHERE carries IS NOT NULL LIMIT 1").fetchone():
@@ -142,9 +144,10 @@ def register(
                 (name, klass),
             ).rowcount
             routed += conn.execute(
-                "INSERT OR IGNORE INTO outbound (uplink, class, ref, tier, state) "
-                f"SELECT u.name, ?, t.seq, t.tier, {PENDING} FROM uplinks u, {table} t "
-                f"WHERE u.name = ? AND t.delivered_at IS NULL AND {_CARRIED[klass]}",
+                "INSERT OR IGNORE INTO outbound (uplink, class, ref, tier, state, episode) "
+                f"SELECT u.name, ?, t.seq, t.tier, {PENDING}, {_EPISODE[klass]} "
+                f"FROM uplinks u, {table} t WHERE u.name = ? AND t.delivered_at IS NULL "
+                f"AND {_CARRIED[klass]}",
                 (klass, name),
             ).rowcount
         log.info(

@@ -17,7 +17,7 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from agent.store import _episodes, _routing
+from agent.store import _episodes, _order, _routing
 from agent.store._files import (
     SEQ_KEYS,
     Quarantined,
@@ -84,11 +84,13 @@ CREATE TABLE IF NOT EXISTS outbound (
     state  INTEGER NOT NULL DEFAULT 0,
     at     TEXT,
     reason TEXT,
+    episode TEXT,
     PRIMARY KEY (uplink, class, ref)
 );
 CREATE INDEX IF NOT EXISTS outbound_pending ON outbound (uplink, class, tier, ref) WHERE state = 0;
 CREATE INDEX IF NOT EXISTS outbound_item ON outbound (class, ref);
 CREATE INDEX IF NOT EXISTS outbound_dead ON outbound (uplink, class, ref) WHERE state = 2;
+CREATE INDEX IF NOT EXISTS outbound_episode ON outbound (episode, uplink, ref) WHERE state = 0;
 CREATE TABLE IF NOT EXISTS uplinks (name TEXT PRIMARY KEY, added_at TEXT NOT NULL, carries TEXT);
 CREATE TABLE IF NOT EXISTS retired_uplinks (name TEXT PRIMARY KEY, at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS uplink_counters (
@@ -131,16 +133,21 @@ CREATE TABLE IF NOT EXISTS quarantine (
 
 
 _RANKED = "episodes_ranked_at"  # set once the alerts carry their episode and hold
+_GROUPED = "episodes_grouped_at"  # set once pending rows are in episode order (_order)
 
 
 def _add_episodes(conn: sqlite3.Connection) -> None:
     """A file from before episodes were tracked: add the columns in place (ranked after
-    the DDL, by agent.store._episodes.backfill) and drop the index they replace."""
+    the DDL, by agent.store._episodes.backfill; the delivery rows' episode filled by
+    agent.store._order.regroup) and drop the index they replace."""
     cols = {r[1] for r in conn.execute("PRAGMA table_info(alerts)")}
     if cols and "hold" not in cols:
         conn.execute("ALTER TABLE alerts ADD COLUMN episode TEXT")
         conn.execute("ALTER TABLE alerts ADD COLUMN hold INTEGER NOT NULL DEFAULT 0")
     conn.execute("DROP INDEX IF EXISTS alerts_pending")  # alerts_evict covers it
+    out = {r[1] for r in conn.execute("PRAGMA table_info(outbound)")}
+    if out and "episode" not in out:  # filled at open (agent.store._order.regroup)
+        conn.execute("ALTER TABLE outbound ADD COLUMN episode TEXT")
 
 
 def ddl_statements() -> list[str]:
@@ -182,12 +189,18 @@ def create(
         ):
             conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (key, value))
         if uplinks is not None:
-            _routing.register(conn, uplinks, carries or {})
+            _order.register_in_order(conn, uplinks, carries or {})
         if conn.execute("SELECT 1 FROM meta WHERE key = ?", (_RANKED,)).fetchone() is None:
             n = _episodes.backfill(conn)
             conn.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (_RANKED, now_ts()))
             if n:
                 log.info("store: ranked %d undelivered alert(s) by episode", n)
+        if conn.execute("SELECT 1 FROM meta WHERE key = ?", (_GROUPED,)).fetchone() is None:
+            # Written before: a clear may wait ahead of its raise (another tier then).
+            n = _order.regroup(conn)
+            conn.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (_GROUPED, now_ts()))
+            if n:
+                log.info("store: %d pending delivery row(s) put in episode order", n)
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:

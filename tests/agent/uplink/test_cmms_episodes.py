@@ -225,15 +225,15 @@ async def test_the_clears_and_repairs_are_routed_to_the_uplink_whatever_on_clear
         assert stats.uplinks["cmms"].pending == waiting, on_clear
 
 
-async def test_a_raise_sent_after_its_escalation_adds_to_the_order_not_a_second_one(
+async def test_a_raise_stored_before_a_tier_change_still_opens_the_order_not_a_second_one(
     tmp_path: Path,
 ) -> None:
-    """The outbox sends tier 1 first: a reload that made the motor tier 1 between its zone
-    C raise (stored at tier 2) and the zone D escalation sends the escalation first (it
-    opens the episode's order), then the raise (the same goes for a dead-lettered raise
-    requeued after its escalation went). Before: the raise opened a second order and took
-    the episode's entry, so the next record updated that one. Now: the raise adds its
-    note to the escalation's order (still urgent), and the next record updates it."""
+    """A reload made the motor tier 1 between its zone C raise (stored at tier 2) and the
+    zone D escalation. The outbox sent tier 1 first: the escalation opened the order, then
+    the raise came (a note on it, or before that a second order). Now the episode keeps
+    its order (agent.store._order): the raise opens the order, the escalation and the
+    next record update it (the raise arriving after its escalation, a requeued dead
+    letter, is the next test)."""
     path = tmp_path / "outbox.db"
     async with CmmsServer(db=tmp_path / "cmms.db", token=TOKEN) as cmms, _outbox(path) as ob:
         records = await ob.append(
@@ -243,11 +243,11 @@ async def test_a_raise_sent_after_its_escalation_adds_to_the_order_not_a_second_
         [revised] = await ob.append([severity("D", "escalated", tier=1, velocity=6.0, i=2)])
         await _deliver(ob, cmms)
         orders = await cmms.work_orders()
-    assert [o["request_key"] for o in orders] == [records[1]["alert_id"]]
+    assert [o["request_key"] for o in orders] == [records[0]["alert_id"]]
     [order] = orders
     assert order["priority"] == "urgent" and order["due_date"] == "2026-11-21T08:15:03Z"
     notes = [n["request_key"] for n in order["notes"]]
-    assert notes == [records[0]["alert_id"], revised["alert_id"]]
+    assert notes == [records[1]["alert_id"], revised["alert_id"]]
 
 
 async def test_a_dead_lettered_raise_requeued_after_its_escalation_went_is_a_note(
@@ -282,17 +282,18 @@ async def test_an_earlier_episodes_records_sent_late_never_touch_the_next_episod
     tmp_path: Path,
 ) -> None:
     """A raise and its clear stored at tier 2, then (a reload made the motor tier 1) the
-    next episode's raise: tier 1 goes first, so that raise opens its order first. The
-    earlier raise opens its own order and the earlier clear (mapping.on_clear: note) is
-    no note on the later episode's order, which stays the episode's. Before: the clear
-    said 'zone B' on the order of the fault that is still there."""
+    next episode's raise: it waits behind that clear (agent.store._order; before, tier 1
+    went first and opened its order first). The earlier clear (mapping.on_clear: note)
+    is a note on the earlier order only, never on the later episode's order, which stays
+    the episode's. Before: the clear said 'zone B' on the order of the fault that is
+    still there."""
     path = tmp_path / "outbox.db"
     async with (
         CmmsServer(db=tmp_path / "cmms.db", token=TOKEN) as cmms,
         Outbox(path, gateway_id="gw-01", max_bytes=1 << 30, first_seq=1, uplinks=(UP,),
                carries={UP: EPISODES}) as ob,
     ):  # fmt: skip
-        first, _clear, second = await ob.append(
+        first, clear, second = await ob.append(
             [severity("C", tier=2, i=0), severity("B", "cleared", tier=2, velocity=2.0, i=1),
              severity("C", tier=1, i=2)]
         )  # fmt: skip
@@ -305,7 +306,7 @@ async def test_an_earlier_episodes_records_sent_late_never_touch_the_next_episod
         orders = await cmms.work_orders()
     by_key = {o["request_key"]: o for o in orders}
     assert sorted(by_key) == sorted([first["alert_id"], second["alert_id"]])
-    assert by_key[first["alert_id"]]["notes"] == []
+    assert [n["request_key"] for n in by_key[first["alert_id"]]["notes"]] == [clear["alert_id"]]
     later = by_key[second["alert_id"]]
     assert [n["request_key"] for n in later["notes"]] == [escalated["alert_id"]]
     assert later["priority"] == "urgent"

@@ -32,10 +32,12 @@ one's. The window ends early once the device has sent as many late frames as it 
 unanswered requests: it has nothing more to say, so waiting on would only cost its polls.
 An answer later than that must not pass for a later read of the same block either: while
 the device owes a late answer of the block's shape (up to LATE_MEMORY_S), a read of it is
-preceded by a sync read, of a shape nothing owed has (a part of the block, else the other
-register function or a longer block). A slave serves one request at a time, in order (the
-Modbus serial line specification's slave state machine): once the sync read's answer is in,
-nothing older can follow, so the device owes nothing and the block is read at once.
+preceded by a sync read, of a shape nothing owed has (one register of the other register
+function, whose refusal cannot pass for a late answer either, else a part of the block or a
+longer block). A slave serves one request at a time, in order (the Modbus serial line
+specification's slave state machine): once the sync read's answer is in (a refusal or a
+frame of another shape is an answer all the same), nothing older can follow, so the device
+owes nothing and the block is read at once.
 Other devices use the line meanwhile (the same hold-off); a frame from the device arriving
 in the window is dropped and counted as late. A whole frame from the device we ask whose
 function code or byte count is not our request's (the late answer to another block) is
@@ -298,7 +300,10 @@ class RtuLink:
             # answers in order) has nothing older to send.
             sync_fc, sync_count = self.devices.sync_shape(device_id, function_code, count)
             self.sync_reads += 1
-            with contextlib.suppress(ExceptionAnswer):  # an answer all the same
+            # A refusal or a frame of another shape is an answer all the same: the device
+            # answers in order again, so the block is read (a refused sync read failed
+            # the poll of a device that serves the block).
+            with contextlib.suppress(ExceptionAnswer, WrongAnswer):
                 await self._exchange(device_id, sync_fc, address, sync_count, timeout_s, True)
             await self.devices.wait_hold_off(device_id)  # its repeat guard
         return await self._exchange(device_id, function_code, address, count, timeout_s)

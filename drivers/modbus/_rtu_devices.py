@@ -135,11 +135,22 @@ class DeviceTimes:
 
     def sync_shape(self, device_id: int, function_code: int, count: int) -> tuple[int, int]:
         """A read (function code, register count) whose normal answer no failed read of
-        ``device_id`` owes: a part of the block first (a device serves it whenever it
-        serves the block), then the other register function, then a longer block."""
+        ``device_id`` owes: one register of the other register function first when no
+        failed read of it is owed, then a part of the block, then a longer block.
+
+        An exception answer carries only the function code, so an exception to a sync read
+        of a function the device owes a late answer of may be that late answer: it is
+        dropped and the read waits out its timeout. The other function first, then: its
+        answer, registers or an exception (a device that implements holding registers
+        only answers 01, one whose map has no such address 02), is the sync read's for
+        certain. A part of the block came first, and a device that refuses a read cutting
+        a 32-bit value in half (exception 02) failed every poll after a lost request."""
         owed = self._owed.get(device_id, {})
         other = 4 if function_code == 3 else 3
-        candidates = [(function_code, c) for c in range(count - 1, 0, -1)]
+        candidates = []
+        if all(fc != other for fc, _ in owed):
+            candidates.append((other, 1))
+        candidates += [(function_code, c) for c in range(count - 1, 0, -1)]
         candidates.append((other, 1))
         candidates += [(function_code, c) for c in range(count + 1, MAX_READ_REGISTERS + 1)]
         # At most MAX_OWED_SHAPES are owed: one of the 125 candidates is free.

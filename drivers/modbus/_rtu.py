@@ -37,7 +37,10 @@ function, whose refusal cannot pass for a late answer either, else a part of the
 longer block). A slave serves one request at a time, in order (the Modbus serial line
 specification's slave state machine): once the sync read's answer is in (a refusal or a
 frame of another shape is an answer all the same), nothing older can follow, so the device
-owes nothing and the block is read at once.
+owes nothing and the block is read at once. So too when, in the sync read, the device sent
+a frame that may be a late answer (an exception carries only its function code) and then
+nothing until the deadline: a slave ignores requests while busy, so only the sync read's own
+answer can still follow (owed, so dropped as late if it comes).
 Other devices use the line meanwhile (the same hold-off); a frame from the device arriving
 in the window is dropped and counted as late. A whole frame from the device we ask whose
 function code or byte count is not our request's (the late answer to another block) is
@@ -56,7 +59,6 @@ answers) drivers.modbus._rtu_devices, and finding frames in the bytes drivers.mo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 
@@ -72,6 +74,7 @@ from drivers.modbus._link import LinkDown, LinkTimeout
 from drivers.modbus._rtu_devices import DeviceTimes
 from drivers.modbus._rtu_port import SerialLine
 from drivers.modbus._rtu_scan import (
+    InOrderAgain,
     WrongAnswer,
     complete_frame,
     echo_state,
@@ -300,11 +303,21 @@ class RtuLink:
             # answers in order) has nothing older to send.
             sync_fc, sync_count = self.devices.sync_shape(device_id, function_code, count)
             self.sync_reads += 1
-            # A refusal or a frame of another shape is an answer all the same: the device
-            # answers in order again, so the block is read (a refused sync read failed
-            # the poll of a device that serves the block).
-            with contextlib.suppress(ExceptionAnswer, WrongAnswer):
-                await self._exchange(device_id, sync_fc, address, sync_count, timeout_s, True)
+            # Nothing it owes is older than this block's request: whatever it sends during
+            # the sync read answers that request or a later one, so a frame of another
+            # shape, or one that may be a late answer followed by silence, leaves nothing
+            # of the block's shape to come. (An older request's answer may precede the
+            # block's, which a device that queues requests still sends after it.)
+            first = self.devices.owes_first(device_id, function_code, count)
+            try:
+                await self._exchange(
+                    device_id, sync_fc, address, sync_count, timeout_s, True, first
+                )
+            except (ExceptionAnswer, InOrderAgain):
+                pass  # a refusal is an answer all the same; InOrderAgain: see _exchange
+            except WrongAnswer:
+                if not first:
+                    raise
             await self.devices.wait_hold_off(device_id)  # its repeat guard
         return await self._exchange(device_id, function_code, address, count, timeout_s)
 
@@ -316,10 +329,13 @@ class RtuLink:
         count: int,
         timeout_s: float,
         sync: bool = False,
+        block_first: bool = False,
     ) -> list[int]:
         """One request and its answer. ``sync``: a read only to find the device's answers
         in order again (see _read): an exception answer to a function it owes a late
-        answer of may be that late answer, so it is dropped as late, not taken."""
+        answer of may be that late answer, so it is dropped as late, not taken.
+        ``block_first``: the block synced for is the oldest request the device owes an
+        answer to; a frame from it and then silence until the deadline is InOrderAgain."""
         await self.line.quiet()
         self._drop_leftovers()
         request = rtu_frame(device_id, read_pdu(function_code, address, count))
@@ -332,11 +348,22 @@ class RtuLink:
         try:
             echo_seen = await self._drop_early(request, sent_end, device_id)
             frame = await self._receive(
-                device_id, function_code, count, deadline, request, echo_seen, sync
+                device_id, function_code, count, deadline, request, echo_seen, sync, block_first
             )
             registers = registers_of(rtu_answer_pdu(frame, device_id), function_code, count)
         except WrongAnswer as exc:
             self._answered_by(device_id, exc.frame)  # it answered: nothing late to come
+            raise
+        except InOrderAgain as exc:
+            # It answered after our sync request and fell silent, owing nothing older than
+            # the block's request: a slave answers in order, so that frame answered the
+            # block's request (or one after it, the block's lost), or was the sync read's
+            # own; only the sync read's answer can still follow. Failing the
+            # read instead left the device owing a new shape each time: a device that
+            # refuses the sync read (exception 02, which may be the late answer it owes)
+            # failed poll after poll.
+            self._answered_by(device_id, exc.frame)
+            self.devices.owe(device_id, function_code, count)  # a slow answer to it
             raise
         except asyncio.CancelledError:
             # The request is on the wire and its answer may still come (a poller stopped
@@ -378,8 +405,10 @@ class RtuLink:
         request: bytes,
         echo_seen: bool,
         sync: bool = False,
+        block_first: bool = False,
     ) -> bytes:
         wrong: FrameError | None = None  # our device's frame that answered another request
+        heard: bytes | None = None  # our device's last frame dropped as a late answer
         while True:
             while (stray := valid_frame_at_start(self._buf)) is not None and self._stray(
                 stray, device_id, function_code, count, sync
@@ -396,6 +425,8 @@ class RtuLink:
                         # for its whole timeout, and hold the device off after.
                         del self._buf[: len(stray)]
                         raise WrongAnswer(stray, wrong)
+                if stray[0] == device_id:
+                    heard = stray
                 self._drop_stray(stray)
             frame = complete_frame(self._buf, count)
             # An adapter that echoes what it sends puts our request before the answer;
@@ -411,6 +442,8 @@ class RtuLink:
             if not await self.line.wait_data(deadline):
                 if self._buf:
                     raise FrameError("short", f"incomplete answer ({len(self._buf)} bytes)")
+                if sync and block_first and heard is not None:
+                    raise InOrderAgain(heard)
                 if wrong is not None:
                     # A device that always answers so (a block it cannot serve whole)
                     # fails as what it is, not as a silent one.

@@ -111,6 +111,11 @@ class DeviceTimes:
         answers have come."""
         window = min(max(LATE_WINDOW_FACTOR * timeout_s, LATE_WINDOW_MIN_S), LATE_WINDOW_MAX_S)
         self._failed[device_id] = time.monotonic() + window
+        self.owe(device_id, function_code, count)
+
+    def owe(self, device_id: int, function_code: int, count: int) -> None:
+        """An answer (to ``count`` registers with ``function_code``) may still come from
+        ``device_id``: a frame of its shape is dropped as late, a read of it synced first."""
         if len(self._unanswered) < MAX_DEVICES or device_id in self._unanswered:
             self._unanswered[device_id] = self._unanswered.get(device_id, 0) + 1
             shapes = self._owed.setdefault(device_id, {})
@@ -132,6 +137,19 @@ class DeviceTimes:
             return False
         failed_at = shapes.get((function_code, 2 * count))
         return failed_at is not None and time.monotonic() - failed_at <= LATE_MEMORY_S
+
+    def owes_first(self, device_id: int, function_code: int, count: int) -> bool:
+        """Whether the device's oldest failed request whose answer may still come is one of
+        this shape (``count`` registers with ``function_code``): a device answering in
+        order then sends that answer before anything asked after it. Known only while each
+        owed shape stands for one request and no late frame has come since (a late frame
+        is not matched to its request: the oldest shape may have been answered)."""
+        shapes = self._owed.get(device_id)
+        return (
+            bool(shapes)
+            and next(iter(shapes)) == (function_code, 2 * count)
+            and self._unanswered.get(device_id) == len(shapes)
+        )
 
     def sync_shape(self, device_id: int, function_code: int, count: int) -> tuple[int, int]:
         """A read (function code, register count) whose normal answer no failed read of

@@ -19,6 +19,16 @@ class WrongAnswer(FrameError):
         self.frame = frame
 
 
+class InOrderAgain(Exception):
+    """A sync read's deadline passed after its device sent a frame that may have been a
+    late answer (``frame``: the last one) and nothing after it: the device answers in
+    order again (see drivers.modbus._rtu)."""
+
+    def __init__(self, frame: bytes) -> None:
+        super().__init__("the device answered before the sync read's deadline")
+        self.frame = frame
+
+
 def valid_frame_at_start(buf: bytes | bytearray) -> bytes | None:
     """The complete answer frame (any device, valid CRC) at the buffer's start."""
     if len(buf) < 3:

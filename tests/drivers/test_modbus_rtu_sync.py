@@ -10,14 +10,16 @@ late answer of could not be told from that late answer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
 
 import pytest
 
 from drivers.modbus import Bus, RtuLink
-from drivers.modbus._frames import rtu_frame
+from drivers.modbus._frames import FrameError, rtu_frame
 from drivers.modbus._link import LinkTimeout
 from tests.drivers.rtu_script import ScriptedLine
+from tests.drivers.test_modbus_rtu_very_late import InOrderDevice
 
 pytestmark = [pytest.mark.network]
 
@@ -83,3 +85,44 @@ async def test_a_lost_request_costs_one_failed_poll_on_a_device_serving_only_its
     got, device = await reads(serial_pair, lost=1, polls=3)
     assert got == ["timeout", "ok", "ok"]
     assert device.asked[1] == (4, 0, 1)
+
+
+async def test_two_lost_requests_cost_two_failed_polls_not_one_per_shape_it_refuses(
+    serial_pair: tuple[str, str],
+) -> None:
+    """The block's request and its sync read's (the other function) lost: the device owes
+    late answers of both functions, so the next sync read is a part of the block, which it
+    refuses with an exception that may be the late answer it owes. That read failed on its
+    timeout and left the device owing a new shape: each poll after asked another part (then
+    longer blocks), refused, failed as a timeout, up to 31 in a row for a device that
+    answered every one. The refusal is the device answering in order: the block is read."""
+    got, device = await reads(serial_pair, lost=2, polls=6)
+    assert got == ["timeout", "timeout", "ok", "ok", "ok", "ok"]
+    assert device.asked[:2] == [BLOCK, (4, 0, 1)]
+
+
+async def test_a_frame_from_an_older_request_during_a_sync_read_does_not_end_the_sync(
+    serial_pair: tuple[str, str],
+) -> None:
+    """A device that queues requests and answers them in order, slowly: block X's read
+    fails (its answer comes 2.8 s later), then block B's (queued behind X: 4.3 s). B's
+    next read is synced first; X's late answer arrives during that sync read and nothing
+    after it before its deadline. B's own late answer is still to come, so the device is
+    not in order again: the block read must not follow (it took B's stale answer)."""
+    device = InOrderDevice(serial_pair[1], 2.8, 1.5, 0.01)
+    link = RtuLink(serial_pair[0], baudrate=115200, late_flush_s=0.05)
+    bus = Bus("line-1", "rtu", [link])
+    got: list[int] | None = None
+    try:
+        with pytest.raises(LinkTimeout):
+            await bus.read(1, 3, 100, 2, TIMEOUT_S)  # X
+        with pytest.raises(LinkTimeout):
+            await bus.read(1, *BLOCK, TIMEOUT_S)  # B, held off until X's window ended
+        with contextlib.suppress(LinkTimeout, FrameError):  # failing is fine; stale is not
+            got = await asyncio.wait_for(bus.read(1, *BLOCK, 1.0), 8.0)
+    finally:
+        bus.close()
+        device.close()
+    first_b = device.numbers[BLOCK][0]
+    assert got != [first_b] * 8, "the read took the answer to B's earlier request"
+    assert link.sync_reads >= 1

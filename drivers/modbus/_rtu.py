@@ -318,6 +318,10 @@ class RtuLink:
             except WrongAnswer:
                 if not first:
                     raise
+            except LinkTimeout:
+                if sync_fc != function_code:
+                    self.devices.other_unanswered(device_id)
+                raise
             await self.devices.wait_hold_off(device_id)  # its repeat guard
         return await self._exchange(device_id, function_code, address, count, timeout_s)
 

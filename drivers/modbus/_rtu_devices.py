@@ -55,6 +55,10 @@ class DeviceTimes:
         # another shape from it is no late answer. Each with its last failure (monotonic),
         # forgotten after LATE_MEMORY_S; at most MAX_OWED_SHAPES per device.
         self._owed: dict[int, dict[tuple[int, int], float]] = {}
+        # device ids whose sync read of the other register function went unanswered (a
+        # device that ignores a function it lacks, against the spec): synced with a part
+        # of the block from then on. At most 256 entries.
+        self._other_silent: set[int] = set()
 
     def hold_off_s(self, device_id: int) -> float:
         """Seconds before ``device_id`` may be asked again: until ``repeat_guard_s`` after
@@ -162,17 +166,24 @@ class DeviceTimes:
         answer, registers or an exception (a device that implements holding registers
         only answers 01, one whose map has no such address 02), is the sync read's for
         certain. A part of the block came first, and a device that refuses a read cutting
-        a 32-bit value in half (exception 02) failed every poll after a lost request."""
+        a 32-bit value in half (exception 02) failed every poll after a lost request. A
+        device that left the other function unanswered (see other_unanswered) is asked a
+        part of the block first."""
         owed = self._owed.get(device_id, {})
         other = 4 if function_code == 3 else 3
         candidates = []
-        if all(fc != other for fc, _ in owed):
+        if device_id not in self._other_silent and all(fc != other for fc, _ in owed):
             candidates.append((other, 1))
         candidates += [(function_code, c) for c in range(count - 1, 0, -1)]
         candidates.append((other, 1))
         candidates += [(function_code, c) for c in range(count + 1, MAX_READ_REGISTERS + 1)]
         # At most MAX_OWED_SHAPES are owed: one of the 125 candidates is free.
         return next((fc, c) for fc, c in candidates if (fc, 2 * c) not in owed)
+
+    def other_unanswered(self, device_id: int) -> None:
+        """Its sync read of the other register function timed out: the next sync reads
+        ask a part of the block (one unanswered per lost request cost a failed poll)."""
+        self._other_silent.add(device_id)
 
     def answered(self, device_id: int, frame: bytes) -> None:
         """A whole, valid answer (registers or an exception) from ``device_id`` to our

@@ -232,6 +232,12 @@ def _line(config: Config, agent: dict[str, Any] | None, problem: str | None, sto
     troubles = [str(s.get("last_error") or f"sensor {s['id']} {s.get('state')}") for s in bad]
     frozen = [s for s in sensors if s.get("stuck") and s not in bad]
     troubles += [f"sensor {s['id']} frozen at one value ({', '.join(s['stuck'])})" for s in frozen]
+    garbage = [s for s in sensors if s.get("implausible_fault") and s not in bad + frozen]
+    troubles += [
+        f"sensor {s['id']} answers only implausible values for {s.get('bad_for_s', 0):.0f} s"
+        f" ({', '.join(s.get('last_bad') or ['?'])})"
+        for s in garbage
+    ]
     troubles += [
         str(u.get("last_error") or f"uplink {u['name']} failing")
         for u in agent.get("uplinks", [])
@@ -261,7 +267,11 @@ def _line(config: Config, agent: dict[str, Any] | None, problem: str | None, sto
     head = f"{gw}: agent running, {state}"
     if troubles:
         head += ": " + "; ".join(troubles)
-    ok = sum(1 for s in sensors if s.get("state") == "ok" and not s.get("stuck"))
+    ok = sum(
+        1
+        for s in sensors
+        if s.get("state") == "ok" and not s.get("stuck") and not s.get("implausible_fault")
+    )
     starting = sum(1 for s in sensors if s.get("state") == "starting")
     waiting = f" ({starting} starting)" if starting else ""
     return (

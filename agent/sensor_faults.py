@@ -240,6 +240,13 @@ class SensorFaultTracker:
             return None
         return self._clock() - since
 
+    def implausible_too_long(self, sensor_id: str, bad_for_s: float) -> bool:
+        """Whether `bad_for_s` seconds of implausible values only (flagged: sentinel,
+        saturated, stuck...) raise the sensor's fault (its bad_values_fault_s): the one
+        condition for the alert and for /healthz's "degraded"."""
+        after = self._bad_after.get(sensor_id)
+        return after is not None and bad_for_s > 0 and bad_for_s >= after
+
     def update(self, health: SensorHealth, now: datetime) -> Update:
         """One status observation; a draft only when the fault starts or ends."""
         out = Update()
@@ -248,7 +255,7 @@ class SensorFaultTracker:
             return out
         sid = health.sensor_id
         raised = self._raised[sid]
-        garbage = health.bad_for_s > 0 and health.bad_for_s >= self._bad_after[sid]
+        garbage = self.implausible_too_long(sid, health.bad_for_s)
         # Failing with its whole endpoint: that is the endpoint's fault (update_endpoint).
         # Undecided for endpoint_silent_s (the other devices poll every 10 minutes, so no
         # outage is declared and none answers yet): its own fault, not held any longer.

@@ -52,6 +52,13 @@ async def agent_snapshot(agent: Agent) -> Snapshot:
             }
         )
     sensors += [m.status() for m in agent.mqtt.sensors]
+    faults = agent.faults
+    for s in sensors:
+        # Only implausible values (saturated, sentinel, stuck...) for as long as raises its
+        # sensor_fault: the machine is not watched, though the sensor answers.
+        s["implausible_fault"] = faults is not None and faults.implausible_too_long(
+            s["id"], s.get("bad_for_s") or 0.0
+        )
     mqtt_links = [link.status() for link in agent.mqtt.links]
     buses = [asdict(b.status()) for b in agent.buses if b.kind != "tcp"]
     endpoints = [
@@ -106,6 +113,8 @@ async def agent_snapshot(agent: Agent) -> Snapshot:
     uplinks = [{**asdict(u.status), "backlog": backlogs.get(u.name)} for u in agent.uplinks]
     degraded = (
         any(s["state"] not in ("ok", "starting") for s in sensors)
+        # A sensor that answers but is not watched: frozen at one value, or garbage only.
+        or any(s.get("stuck") or s["implausible_fault"] for s in sensors)
         or any(not link["connected"] or link["refused_subscriptions"] for link in mqtt_links)
         or any(u.get("consecutive_failures", 0) > 0 for u in uplinks)
         or any(u.get("summaries_consecutive_failures", 0) > 0 for u in uplinks)

@@ -146,6 +146,9 @@ async def test_a_clipped_waveform_and_a_feature_at_full_scale_are_saturated_not_
     assert feat["evidence"]["implausible_values"] == ["accel_peak_g:saturated"]
     by_id = {s["id"]: s for s in snap["sensors"]}
     assert by_id["wave"]["bad_values"] == {"saturated": 5}
+    # saturated only, past bad_values_fault_s: not watched, so /healthz is degraded
+    assert snap["status"] == "degraded"
+    assert by_id["wave"]["implausible_fault"] and by_id["feat"]["implausible_fault"]
     assert ("wave", "z") in after
     assert [r for r in early if r["kind"] in ("severity", "trend")] == []
 
@@ -181,3 +184,4 @@ async def test_frozen_mqtt_features_raise_a_sensor_fault_and_moving_ones_clear_i
     feat = {s["id"]: s for s in snap["sensors"]}["feat"]
     assert feat["stuck"] == ["z/accel_peak_g", "z/velocity_rms_mm_s"]
     assert feat["stuck_episodes"] == 2 and feat["bad_values"]["stuck"] >= 1
+    assert snap["status"] == "degraded"  # frozen: the fan is not watched

@@ -208,11 +208,15 @@ async def test_a_large_backlog_message_survives_a_drop_during_the_set_up(
             await until(lambda: link.connected, 10)
             await asyncio.sleep(0.3)  # the SUBACK: the session holds the subscription
         link._stopped = False  # the same link runs again (a restarted agent)
-        body = b'{"x": {"velocity_rms_mm_s": 1.5}, "flags": [' + b"true," * 8_000_000 + b"1]}"
+        # 10 MB whose sliced parse takes seconds (a Python call per member): received
+        # within a fraction of the 0.5 s before the cut, still parsing at it.
+        body = b'{"x": {"velocity_rms_mm_s": 1.5}, "flags": [' + b"true," * 2_000_000 + b"1]}"
         async with aiomqtt.Client("127.0.0.1", broker.port) as pub:
             await pub.publish(TOPIC, body, qos=1)  # queued for the session while away
-        proxy.cut_at_subscribe, proxy.cut_after_s = 1, 1.5  # mid-parse of the backlog
+        proxy.cut_at_subscribe, proxy.cut_after_s = 1, 0.5  # mid-parse of the backlog
         async with link_running(link):
             await until(lambda: proxy.cuts == 1, 30)
+            # The cut fell mid-parse: the worker started on the body, no message decoded yet.
+            assert link._parser is not None and sensor.messages_total == 0
             await until(lambda: link.connected and sensor.messages_total > 0, 60)
     assert [r.features["velocity_rms_mm_s"] for r in got] == [1.5]

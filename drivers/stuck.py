@@ -15,7 +15,10 @@ resolution repeats in 11-26 % of consecutive pairs, in runs of up to 8. So the r
 needed grow with how often the value has repeated before (its finished runs, not the one
 going on): a run that live data would reach by chance less than once in FALSE_RUN_ODDS.
 A value of exactly 0 is never judged stuck (a stopped machine reads 0 at rest; the
-all-zero check covers a dead register).
+all-zero check covers a dead register). And a value is stuck only while its whole channel
+is still: a frozen transmitter or a cached register block freezes every value at once,
+while a coarse value that repeats beside live ones is a steady machine inside one
+register step (see StuckWatch._frozen).
 """
 
 from __future__ import annotations
@@ -88,11 +91,16 @@ class StuckWatch:
         return max(floor, min(MAX_NEEDED, 1 + math.ceil(math.log(FALSE_RUN_ODDS) / math.log(p))))
 
     def observe(self, key: tuple[str, str], value: Hashable, mono_s: float) -> bool:
-        """Take one value at monotonic ``mono_s``; whether it is stuck."""
+        """Take one value at monotonic ``mono_s``; whether it is stuck (judged alone)."""
+        run = self._take(key, value, mono_s)
+        return self._mark(run, self._qualifies(key, run, mono_s))
+
+    def _take(self, key: tuple[str, str], value: Hashable, mono_s: float) -> _Run:
+        """The run of ``key`` with ``value`` taken (a new value ends and learns the old run)."""
         run = self._runs.get(key)
         if run is None:
-            self._runs[key] = _Run(value, mono_s)
-            return False
+            run = self._runs[key] = _Run(value, mono_s)
+            return run
         if value != run.value:
             if not run.stuck:  # a frozen stretch says nothing of the live resolution
                 run.repeats += run.count - 1
@@ -100,15 +108,44 @@ class StuckWatch:
                 if run.pairs > _LEARNED_PAIRS:
                     run.repeats, run.pairs = run.repeats / 2, run.pairs / 2
             run.value, run.since, run.count, run.stuck = value, mono_s, 1, False
-            return False
+            return run
         run.count += 1
-        if value == 0:
-            return False
-        stuck = run.count >= self.needed(key) and mono_s - run.since >= self.rule.min_duration_s
+        return run
+
+    def _still(self, run: _Run, mono_s: float) -> bool:
+        """Whether the run has not moved for the rule's floor (readings and time)."""
+        return (
+            run.count >= self.rule.min_readings and mono_s - run.since >= self.rule.min_duration_s
+        )
+
+    def _qualifies(self, key: tuple[str, str], run: _Run, mono_s: float) -> bool:
+        """Whether the run alone is stuck: longer than live data reaches by chance."""
+        return (
+            run.value != 0
+            and run.count >= self.needed(key)
+            and mono_s - run.since >= self.rule.min_duration_s
+        )
+
+    def _mark(self, run: _Run, stuck: bool) -> bool:
         if stuck and not run.stuck:
             self.episodes += 1
         run.stuck = stuck
         return stuck
+
+    def _frozen(self, channel: str, values: dict[str, Hashable], mono_s: float) -> list[str]:
+        """The judged values of one channel's reading that are stuck.
+
+        A frozen transmitter or a gateway's cached register freezes every value of the
+        channel at once; a coarse value that repeats while its channel's other values
+        move is the machine holding steady at its register's resolution (0.3 mm/s at
+        0.1 mm/s steps on an idle machine, for an hour), not a frozen sensor. So values are
+        stuck only while none of the channel's judged values moved for the rule's floor and
+        one of them repeated longer than chance; then every one not at 0 is.
+        """
+        runs = {f: self._take((channel, f), v, mono_s) for f, v in values.items()}
+        alone = {f for f, run in runs.items() if self._qualifies((channel, f), run, mono_s)}
+        frozen = bool(alone) and all(self._still(run, mono_s) for run in runs.values())
+        return [f for f, run in runs.items() if self._mark(run, frozen and run.value != 0)]
 
     @property
     def stuck_now(self) -> tuple[str, ...]:
@@ -121,17 +158,15 @@ class StuckWatch:
         flags: dict[str, None] = {}
         for r in readings:
             mono = r.mono_s if r.mono_s is not None else r.timestamp.timestamp()
-            frozen = [
-                f
-                for f, v in r.features.items()
-                if f in self.rule.features and self.observe((r.channel, f), v, mono)
-            ]
+            values: dict[str, Hashable] = {
+                f: v for f, v in r.features.items() if f in self.rule.features
+            }
             wave = r.waveform
             if wave is not None and WAVEFORM in self.rule.features:
-                digest = hash(wave.samples.tobytes())
-                if self.observe((r.channel, WAVEFORM), digest, mono):
-                    frozen.append(WAVEFORM)
-                    wave = None
+                values[WAVEFORM] = hash(wave.samples.tobytes())
+            frozen = self._frozen(r.channel, values, mono) if values else []
+            if WAVEFORM in frozen:
+                wave = None
             if not frozen:
                 out.append(r)
                 continue

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -212,3 +213,50 @@ def test_status_names_a_frozen_sensor_and_does_not_count_it_ok(tmp_path: Path) -
     line = _line(cfg, agent, None, {})
     assert "sensor s1 frozen at one value (z/velocity_rms_mm_s)" in line
     assert "sensors 1/2 ok" in line
+
+
+@dataclass(frozen=True, slots=True)
+class _IdleAtCoarseVelocity:
+    """A quiet machine whose velocity sits inside one register step (0.3 mm/s at 0.1 mm/s
+    resolution: the same value for an hour), while its accelerations, kurtosis and crest
+    factor, at finer resolution, move as live vibration does."""
+
+    resolution_s = Healthy.resolution_s
+
+    def sample(self, t_s: float) -> dict[str, dict[str, float]]:
+        live = Healthy(seed=3).sample(t_s)
+        for axis in ("z", "x"):
+            live[axis] |= {VELOCITY_RMS: 0.3, "velocity_peak_mm_s": 0.5}
+        return live
+
+
+@pytest.mark.network
+async def test_a_steady_coarse_value_on_a_live_sensor_is_not_stuck(tmp_path: Path) -> None:
+    """s1's velocity never leaves one coarse register step on an idle machine while its
+    other values move: a live sensor, analysed, no sensor_fault. s2 serves one frozen
+    image (every value still): stuck and faulted. Before the check looked at the
+    channel's other values, s1's velocity was dropped as frozen and s1 faulted too."""
+    frozen = SimDevice(2, Constant(), Fault())
+    async with ModbusSimServer([SimDevice(1, _IdleAtCoarseVelocity(), Fault()), frozen]) as srv:
+        records: list[dict[str, Any]] = []
+        agent = Agent(load_config(_yaml(tmp_path, srv.port)), on_records=records.extend)
+        task = asyncio.create_task(agent.run())
+
+        def raised() -> set[str]:
+            return {
+                r["sensor"]["id"]
+                for r in records
+                if r["kind"] == "sensor_fault" and r["state"] == "raised"
+            }
+
+        try:
+            await _until(lambda: "s2" in raised(), time.monotonic() + 30)
+            await asyncio.sleep(2.0)  # s1 has had 4 times the rule's 1 s since then
+            snap = await agent.snapshot()
+        finally:
+            agent.stop()
+            await asyncio.wait_for(task, 15)
+    assert raised() == {"s2"}
+    by_id = {s["id"]: s for s in snap["sensors"]}
+    assert by_id["s1"]["stuck"] == [] and by_id["s1"]["stuck_episodes"] == 0
+    assert "z/velocity_rms_mm_s" in by_id["s2"]["stuck"]

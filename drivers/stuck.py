@@ -24,6 +24,8 @@ register step (see StuckWatch._frozen).
 from __future__ import annotations
 
 import math
+import statistics
+from collections import deque
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field, replace
 
@@ -52,6 +54,13 @@ DEFAULT_MIN_DURATION_S = 300.0
 FALSE_RUN_ODDS = 1e-6  # chance that a live value repeats as long as a stuck one
 MAX_NEEDED = 100_000  # a value that nearly always repeats is never judged stuck sooner
 _LEARNED_PAIRS = 4096.0  # past pairs weighed (halved beyond: a sensor's resolution may change)
+# A gateway that refreshes a wireless sensor's registers every few minutes serves each
+# measurement to every poll until the next: its channel stands still for that long, then
+# moves. A channel is frozen once it stands still STILL_FACTOR times its usual stretch
+# (the lower median of its last STILL_STRETCHES: one long real freeze that ended does not
+# teach it), so a sensor that missed two refreshes in a row is not yet, a third is.
+STILL_FACTOR = 3.0
+STILL_STRETCHES = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +80,19 @@ class _Run:
     stuck: bool = False
     repeats: float = 0.0  # of the finished runs: consecutive equal pairs
     pairs: float = 0.0  # and all consecutive pairs
+    fresh: int = 1  # readings of this run that were new measurements (learned from)
+
+
+@dataclass(slots=True)
+class _Channel:
+    since: float  # when one of its judged values last moved
+    stretches: deque[float] = field(default_factory=lambda: deque(maxlen=STILL_STRETCHES))
+
+    def required_s(self, floor_s: float) -> float:
+        """How long the channel must stand still to be frozen."""
+        if not self.stretches:
+            return floor_s
+        return max(floor_s, STILL_FACTOR * statistics.median_low(self.stretches))
 
 
 @dataclass(slots=True)
@@ -80,6 +102,7 @@ class StuckWatch:
     rule: StuckRule
     episodes: int = 0  # features found stuck (each run counted once), for /metrics
     _runs: dict[tuple[str, str], _Run] = field(default_factory=dict)
+    _channels: dict[str, _Channel] = field(default_factory=dict)
 
     def needed(self, key: tuple[str, str]) -> int:
         """Readings in a row that make the value at ``key`` stuck now."""
@@ -95,21 +118,25 @@ class StuckWatch:
         run = self._take(key, value, mono_s)
         return self._mark(run, self._qualifies(key, run, mono_s))
 
-    def _take(self, key: tuple[str, str], value: Hashable, mono_s: float) -> _Run:
-        """The run of ``key`` with ``value`` taken (a new value ends and learns the old run)."""
+    def _take(
+        self, key: tuple[str, str], value: Hashable, mono_s: float, fresh: bool = True
+    ) -> _Run:
+        """The run of ``key`` with ``value`` taken (a new value ends and learns the old run);
+        ``fresh``: a new measurement (a repeat served again by a gateway teaches nothing)."""
         run = self._runs.get(key)
         if run is None:
             run = self._runs[key] = _Run(value, mono_s)
             return run
         if value != run.value:
             if not run.stuck:  # a frozen stretch says nothing of the live resolution
-                run.repeats += run.count - 1
-                run.pairs += run.count
+                run.repeats += run.fresh - 1
+                run.pairs += run.fresh
                 if run.pairs > _LEARNED_PAIRS:
                     run.repeats, run.pairs = run.repeats / 2, run.pairs / 2
-            run.value, run.since, run.count, run.stuck = value, mono_s, 1, False
+            run.value, run.since, run.count, run.stuck, run.fresh = value, mono_s, 1, False, 1
             return run
         run.count += 1
+        run.fresh += fresh
         return run
 
     def _still(self, run: _Run, mono_s: float) -> bool:
@@ -142,9 +169,23 @@ class StuckWatch:
         stuck only while none of the channel's judged values moved for the rule's floor and
         one of them repeated longer than chance; then every one not at 0 is.
         """
-        runs = {f: self._take((channel, f), v, mono_s) for f, v in values.items()}
+        known = [self._runs.get((channel, f)) for f in values]
+        moved = any(
+            run is None or run.value != v for run, v in zip(known, values.values(), strict=True)
+        )
+        ch = self._channels.get(channel)
+        if ch is None:
+            ch = self._channels[channel] = _Channel(mono_s)
+        elif moved:
+            ch.stretches.append(mono_s - ch.since)
+            ch.since = mono_s
+        runs = {f: self._take((channel, f), v, mono_s, moved) for f, v in values.items()}
         alone = {f for f, run in runs.items() if self._qualifies((channel, f), run, mono_s)}
-        frozen = bool(alone) and all(self._still(run, mono_s) for run in runs.values())
+        frozen = (
+            bool(alone)
+            and all(self._still(run, mono_s) for run in runs.values())
+            and mono_s - ch.since >= ch.required_s(self.rule.min_duration_s)
+        )
         return [f for f, run in runs.items() if self._mark(run, frozen and run.value != 0)]
 
     @property

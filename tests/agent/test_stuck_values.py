@@ -260,3 +260,75 @@ async def test_a_steady_coarse_value_on_a_live_sensor_is_not_stuck(tmp_path: Pat
     by_id = {s["id"]: s for s in snap["sensors"]}
     assert by_id["s1"]["stuck"] == [] and by_id["s1"]["stuck_episodes"] == 0
     assert "z/velocity_rms_mm_s" in by_id["s2"]["stuck"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Refreshed:
+    """A gateway that refreshes a wireless sensor's registers every ``every_s`` and serves
+    the last measurement to every poll in between."""
+
+    every_s: float
+
+    @property
+    def resolution_s(self) -> float:
+        return self.every_s
+
+    def sample(self, t_s: float) -> dict[str, dict[str, float]]:
+        return Healthy(seed=4).sample(self.every_s * (t_s // self.every_s))
+
+
+@pytest.mark.network
+async def test_a_gateway_that_refreshes_slowly_is_learned_and_a_freeze_still_found(
+    tmp_path: Path,
+) -> None:
+    """Registers refreshed every 2.5 s, polled every 0.25 s, against a 1 s rule: the
+    channel stands still 2.5 s and moves, again and again. At most the first stretch is
+    taken for a freeze (nothing is learned yet); then the agent knows the sensor's rhythm
+    and raises nothing more. When the refreshes stop (the register image freezes), a
+    sensor_fault follows within three refreshes' time. Before, every refresh raised a
+    'frozen' sensor_fault and cleared it (one every 2.5 s)."""
+    device = SimDevice(1, _Refreshed(2.5), Fault())
+    async with ModbusSimServer([device, SimDevice(2, Healthy(seed=2), Fault())]) as srv:
+        records: list[dict[str, Any]] = []
+        agent = Agent(load_config(_yaml(tmp_path, srv.port)), on_records=records.extend)
+        task = asyncio.create_task(agent.run())
+
+        def raised() -> list[dict[str, Any]]:
+            return [r for r in records if r["kind"] == "sensor_fault" and r["state"] == "raised"]
+
+        try:
+            await asyncio.sleep(15.0)  # six refreshes
+            refreshing = len(raised())
+            device.scenario = Constant()  # the refreshes stop: one image for good
+            frozen_at = time.monotonic()
+            await _until(lambda: len(raised()) > refreshing, frozen_at + 20)
+            found_s = time.monotonic() - frozen_at
+        finally:
+            agent.stop()
+            await asyncio.wait_for(task, 15)
+    assert refreshing <= 1
+    assert len(raised()) == refreshing + 1 and raised()[-1]["sensor"]["id"] == "s1"
+    assert found_s < 3 * 2.5 + 3  # three refreshes' time, plus the fault's 0.5 s and a poll
+
+
+def test_a_wireless_sensor_refreshed_every_10_minutes_does_not_flap() -> None:
+    """A gateway polled every 5 s serves a wireless sensor's measurement, refreshed every
+    10 minutes: for 4 hours the first stretch at most is taken for a freeze, then never
+    again; when the refreshes stop, the values are stuck within three refreshes' time.
+    Before, every refresh was 'frozen' after 300 s (half of all readings dropped, 24
+    sensor_faults raised and cleared in the 4 hours)."""
+    rng = np.random.default_rng(7)
+    watch = StuckWatch(StuckRule())
+    dropped, values = 0, {}
+    for i in range(4 * 720 + 720):
+        t = 5.0 * i
+        if t % 600 == 0 and t < 4 * 3600:
+            values = {VELOCITY_RMS: round(2 + rng.normal(0, 0.1), 3), "kurtosis": 3 + rng.random()}
+        _, flags = watch.check([Reading("s", "z", T0 + timedelta(seconds=t), values, mono_s=t)])
+        if t < 4 * 3600:
+            dropped += bool(flags)
+        elif flags:
+            break
+    assert dropped <= 300 / 5  # of the first stretch, once
+    assert watch.episodes <= 4  # its 2 values then, and at the real freeze
+    assert t - (4 * 3600 - 600) <= 3 * 600 + 5  # since the last refresh

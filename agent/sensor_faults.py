@@ -303,7 +303,14 @@ class SensorFaultTracker:
             metric, value = "implausible_values_seconds", health.bad_for_s
             threshold = self._bad_after[health.sensor_id]
             reason = "the sensor answers implausible values: the machine is not watched"
-            if health.last_bad and all(f.endswith(":stuck") for f in health.last_bad):
+            if any(f.endswith(":saturated") for f in health.last_bad):
+                # At its full scale: most often the machine shakes beyond the sensor's
+                # range, the worst case a reliability engineer can be told is "garbage".
+                reason = (
+                    "the sensor is at its full scale (saturated): the vibration may exceed its"
+                    " measuring range, check the machine; its readings are not analysed"
+                )
+            elif health.last_bad and all(f.endswith(":stuck") for f in health.last_bad):
                 # drivers.stuck: plausible numbers, but one exact value over and over
                 reason = "the sensor repeats one exact value (frozen): the machine is not watched"
         elif health.sensor_id in self._stale_after:

@@ -144,6 +144,9 @@ async def test_a_clipped_waveform_and_a_feature_at_full_scale_are_saturated_not_
     assert wave["evidence"]["implausible_values"] == ["waveform:saturated"]
     (feat,) = _faults(records, "feat", "raised")
     assert feat["evidence"]["implausible_values"] == ["accel_peak_g:saturated"]
+    for fault in (wave, feat):  # what the engineer reads: over range, not "garbage"
+        assert "saturated" in fault["no_estimate_reason"]
+        assert "exceed its measuring range" in fault["no_estimate_reason"]
     by_id = {s["id"]: s for s in snap["sensors"]}
     assert by_id["wave"]["bad_values"] == {"saturated": 5}
     # saturated only, past bad_values_fault_s: not watched, so /healthz is degraded

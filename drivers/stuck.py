@@ -15,7 +15,8 @@ resolution repeats in 11-26 % of consecutive pairs, in runs of up to 8. So the r
 needed grow with how often the value has repeated before (its finished runs, not the one
 going on): a run that live data would reach by chance less than once in FALSE_RUN_ODDS.
 A value of exactly 0 is never judged stuck (a stopped machine reads 0 at rest; the
-all-zero check covers a dead register). And a value is stuck only while its whole channel
+all-zero check covers a dead register), nor a channel whose velocity RMS says its machine
+is stopped (StuckRule.at_rest_below_mm_s). And a value is stuck only while its whole channel
 is still: a frozen transmitter or a cached register block freezes every value at once,
 while a coarse value that repeats beside live ones is a steady machine inside one
 register step (see StuckWatch._frozen).
@@ -70,6 +71,10 @@ class StuckRule:
     min_readings: int = DEFAULT_MIN_READINGS
     min_duration_s: float = DEFAULT_MIN_DURATION_S
     features: frozenset[str] = frozenset(DEFAULT_FEATURES)
+    # A channel whose velocity RMS is under this (its asset's machine.running_above_mm_s)
+    # is a stopped machine: its values sit at the sensor's noise floor for the whole stop,
+    # and the monitor takes no evidence from them anyway (agent.analysis.channel).
+    at_rest_below_mm_s: float = 0.0
 
 
 @dataclass(slots=True)
@@ -159,7 +164,9 @@ class StuckWatch:
         run.stuck = stuck
         return stuck
 
-    def _frozen(self, channel: str, values: dict[str, Hashable], mono_s: float) -> list[str]:
+    def _frozen(
+        self, channel: str, values: dict[str, Hashable], mono_s: float, at_rest: bool = False
+    ) -> list[str]:
         """The judged values of one channel's reading that are stuck.
 
         A frozen transmitter or a gateway's cached register freezes every value of the
@@ -182,7 +189,8 @@ class StuckWatch:
         runs = {f: self._take((channel, f), v, mono_s, moved) for f, v in values.items()}
         alone = {f for f, run in runs.items() if self._qualifies((channel, f), run, mono_s)}
         frozen = (
-            bool(alone)
+            not at_rest
+            and bool(alone)
             and all(self._still(run, mono_s) for run in runs.values())
             and mono_s - ch.since >= ch.required_s(self.rule.min_duration_s)
         )
@@ -205,7 +213,9 @@ class StuckWatch:
             wave = r.waveform
             if wave is not None and WAVEFORM in self.rule.features:
                 values[WAVEFORM] = hash(wave.samples.tobytes())
-            frozen = self._frozen(r.channel, values, mono) if values else []
+            velocity = r.features.get(VELOCITY_RMS)
+            at_rest = velocity is not None and velocity < self.rule.at_rest_below_mm_s
+            frozen = self._frozen(r.channel, values, mono, at_rest) if values else []
             if WAVEFORM in frozen:
                 wave = None
             if not frozen:

@@ -389,11 +389,17 @@ class StuckValues(_Model):
             raise ValueError(f"unknown feature {unknown[0]!r}{hint}; known: {sorted(known)}")
         return v
 
-    def rule(self) -> StuckRule | None:
-        """The detector's rule (None: not judged)."""
+    def rule(self, at_rest_below_mm_s: float = 0.0) -> StuckRule | None:
+        """The detector's rule (None: not judged); under ``at_rest_below_mm_s`` of
+        velocity RMS a channel is a stopped machine, not judged."""
         if not self.enabled or not self.features:
             return None
-        return StuckRule(self.min_readings, self.min_duration_s, frozenset(self.features))
+        return StuckRule(
+            self.min_readings,
+            self.min_duration_s,
+            frozenset(self.features),
+            at_rest_below_mm_s,
+        )
 
 
 class Sensor(_Model):
@@ -599,7 +605,7 @@ class Config(_Model):
         if sensor.stuck is not None:
             given = {k: getattr(sensor.stuck, k) for k in sensor.stuck.model_fields_set}
             rule = rule.model_copy(update=given)
-        return rule.rule()
+        return rule.rule(self.asset(sensor.asset).machine.running_above_mm_s)
 
     def uplink_names(self) -> tuple[str, ...]:
         """Each uplink's name: as given, else its kind (only one uplink may then have it)."""

@@ -188,3 +188,29 @@ async def test_frozen_mqtt_features_raise_a_sensor_fault_and_moving_ones_clear_i
     assert feat["stuck"] == ["z/accel_peak_g", "z/velocity_rms_mm_s"]
     assert feat["stuck_episodes"] == 2 and feat["bad_values"]["stuck"] >= 1
     assert snap["status"] == "degraded"  # frozen: the fan is not watched
+
+
+async def test_a_stopped_machine_at_the_sensors_noise_floor_is_not_frozen(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    """A machine stopped for the night: the gateway sends the same noise-floor numbers
+    (0.02 mm/s, 0.009 g) every message, under the asset's running floor (0.05 mm/s).
+    The monitor takes a stop as no evidence anyway; a 'frozen' sensor_fault on every stop
+    (raised before) would be a false alarm. The same values at a running level are
+    frozen (test above)."""
+    records: list[dict[str, Any]] = []
+    agent, task = await _agent(tmp_path, broker, records)
+    try:
+        async with aiomqtt.Client("127.0.0.1", broker.port) as c:
+            rest = json.dumps({"z_velocity_mm_sec": 0.02, "z_max_ACC_G": 0.009})
+            for _ in range(40):  # 2 s: past the rule's 0.5 s and every learned count
+                await c.publish("q/feat", rest, qos=1)
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(1.0)  # twice bad_values_fault_s
+            snap = await agent.snapshot()
+    finally:
+        agent.stop()
+        await asyncio.wait_for(task, 15)
+    feat = {s["id"]: s for s in snap["sensors"]}["feat"]
+    assert feat["stuck"] == [] and feat["stuck_episodes"] == 0
+    assert _faults(records, "feat", "raised") == []

@@ -181,9 +181,9 @@ def test_check_refuses_an_unknown_feature_and_a_sensor_overrides_some_keys(
     tmp_path: Path,
 ) -> None:
     cfg = load_config(_yaml(tmp_path, 5020))
-    assert cfg.stuck_rule(cfg.sensors[0]) == StuckRule(
-        4, 1.0, cfg.stuck_rule(cfg.sensors[0]).features
-    )
+    rule = cfg.stuck_rule(cfg.sensors[0])
+    assert rule is not None
+    assert rule == StuckRule(4, 1.0, rule.features, at_rest_below_mm_s=0.05)  # its asset's
     path = _yaml(tmp_path, 5020)
     text = path.read_text().replace(
         "bad_values_fault_s: 0.5}", "bad_values_fault_s: 0.5, stuck: {min_duration_s: 600}}", 1

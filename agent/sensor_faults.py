@@ -110,6 +110,9 @@ class SensorHealth:
     # Seconds it has failed with no other device behind its endpoint answering and no
     # outage declared (the others poll slower, or not yet): held up to endpoint_silent_s.
     undecided_for_s: float = 0.0
+    # Its values have not moved since it began (a restart, a reload): whether they are
+    # frozen is not known yet (drivers.stuck), so they do not clear a raised fault.
+    values_undecided: bool = False
 
 
 class SensorFaultTracker:
@@ -268,7 +271,7 @@ class SensorFaultTracker:
             cleared_at = self._cleared_at.get(sid)
             if cleared_at is not None and self._clock() - cleared_at < FLAP_WINDOW_S:
                 self._flapping.add(sid)
-        elif raised and answering_for is not None:
+        elif raised and answering_for is not None and not health.values_undecided:
             if sid in self._flapping and answering_for < FLAP_CLEAR_HOLD_S:
                 return out  # back for a moment only, as before: the episode goes on
             transition = "cleared"

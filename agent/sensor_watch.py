@@ -81,6 +81,7 @@ def _poller_health(p: ModbusPoller) -> SensorHealth:
         p.last_bad,
         with_endpoint=p.with_endpoint,
         undecided_for_s=p.undecided_for_s,
+        values_undecided=p.values_undecided,
     )
 
 
@@ -254,4 +255,5 @@ def _mqtt_health(m: MqttSensor, link: BrokerLink | None, wait_s: float) -> Senso
         m.last_bad,
         m.silent_for_s,
         with_endpoint=held,
+        values_undecided=m.values_undecided,
     )

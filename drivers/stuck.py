@@ -91,6 +91,7 @@ class _Run:
 @dataclass(slots=True)
 class _Channel:
     since: float  # when one of its judged values last moved
+    moved_once: bool = False  # since the watch began: before, a run's true age is unknown
     stretches: deque[float] = field(default_factory=lambda: deque(maxlen=STILL_STRETCHES))
 
     def required_s(self, floor_s: float) -> float:
@@ -106,6 +107,10 @@ class StuckWatch:
 
     rule: StuckRule
     episodes: int = 0  # features found stuck (each run counted once), for /metrics
+    # The last readings' values have not moved since the watch began (an agent restart or
+    # a reload): whether they are frozen is not known yet, so they are no sign that a
+    # frozen sensor answers again (agent.sensor_faults holds a raised fault meanwhile).
+    undecided: bool = False
     _runs: dict[tuple[str, str], _Run] = field(default_factory=dict)
     _channels: dict[str, _Channel] = field(default_factory=dict)
 
@@ -185,7 +190,7 @@ class StuckWatch:
             ch = self._channels[channel] = _Channel(mono_s)
         elif moved:
             ch.stretches.append(mono_s - ch.since)
-            ch.since = mono_s
+            ch.since, ch.moved_once = mono_s, True
         runs = {f: self._take((channel, f), v, mono_s, moved) for f, v in values.items()}
         alone = {f for f, run in runs.items() if self._qualifies((channel, f), run, mono_s)}
         frozen = (
@@ -194,6 +199,8 @@ class StuckWatch:
             and all(self._still(run, mono_s) for run in runs.values())
             and mono_s - ch.since >= ch.required_s(self.rule.min_duration_s)
         )
+        if not (frozen or ch.moved_once or at_rest) and any(v != 0 for v in values.values()):
+            self.undecided = True
         return [f for f, run in runs.items() if self._mark(run, frozen and run.value != 0)]
 
     @property
@@ -205,6 +212,7 @@ class StuckWatch:
         """The readings with their stuck values flagged and left out, and the new flags."""
         out: list[Reading] = []
         flags: dict[str, None] = {}
+        self.undecided = False
         for r in readings:
             mono = r.mono_s if r.mono_s is not None else r.timestamp.timestamp()
             values: dict[str, Hashable] = {

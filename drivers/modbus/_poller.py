@@ -165,6 +165,11 @@ class ModbusPoller:
         return self.ledger.bad_for_s
 
     @property
+    def values_undecided(self) -> bool:
+        """Its values have not moved since the poller began: not yet known to be live."""
+        return self.stuck is not None and self.stuck.undecided
+
+    @property
     def status(self) -> PollerStatus:
         """The current status snapshot (safe to keep; it never changes)."""
         return self.ledger.snapshot()

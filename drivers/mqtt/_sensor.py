@@ -141,6 +141,11 @@ class MqttSensor:
     def last_bad(self) -> tuple[str, ...]:
         return self._last_bad
 
+    @property
+    def values_undecided(self) -> bool:
+        """Its values have not moved since the sensor began: not yet known to be live."""
+        return self.stuck is not None and self.stuck.undecided
+
     def status(self) -> dict[str, Any]:
         """A snapshot for /healthz (the same keys as a Modbus poller's, plus MQTT ones)."""
         last = self._last_ok_at

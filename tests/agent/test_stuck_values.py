@@ -332,3 +332,45 @@ def test_a_wireless_sensor_refreshed_every_10_minutes_does_not_flap() -> None:
     assert dropped <= 300 / 5  # of the first stretch, once
     assert watch.episodes <= 4  # its 2 values then, and at the real freeze
     assert t - (4 * 3600 - 600) <= 3 * 600 + 5  # since the last refresh
+
+
+@pytest.mark.network
+async def test_a_restart_neither_clears_a_frozen_sensors_fault_nor_raises_it_anew(
+    tmp_path: Path,
+) -> None:
+    """s1 is frozen and its sensor_fault raised; the agent restarts (same store). Its first
+    readings after the restart cannot be judged (their run's start was before), but they
+    are no sign that it answers again: the fault stays raised, and no new one is raised
+    when the run is long enough again. When s1's values move, it clears. Before, the
+    restart cleared it ('sensor answers again') and raised it again seconds later."""
+    device = SimDevice(1, Constant(), Fault())
+    async with ModbusSimServer([device, SimDevice(2, Healthy(seed=2), Fault())]) as srv:
+        path = _yaml(tmp_path, srv.port)
+        runs: list[list[dict[str, Any]]] = []
+        for restart in (False, True):
+            records: list[dict[str, Any]] = []
+            runs.append(records)
+            agent = Agent(load_config(path), on_records=records.extend)
+            task = asyncio.create_task(agent.run())
+
+            def faults(state: str, records: list[dict[str, Any]] = records) -> list[str]:
+                return [
+                    r["sensor"]["id"]
+                    for r in records
+                    if r["kind"] == "sensor_fault" and r["state"] == state
+                ]
+
+            try:
+                if not restart:
+                    await _until(lambda: bool(faults("raised")), time.monotonic() + 30)
+                    continue
+                await asyncio.sleep(8.0)  # 32 polls: past every count the watch learns anew
+                during = list(records)
+                device.scenario = Healthy(seed=1)
+                await _until(lambda: bool(faults("cleared")), time.monotonic() + 20)
+            finally:
+                agent.stop()
+                await asyncio.wait_for(task, 15)
+    assert [r["state"] for r in runs[0] if r["kind"] == "sensor_fault"] == ["raised"]
+    assert [r for r in during if r["kind"] == "sensor_fault"] == []
+    assert [r["state"] for r in runs[1] if r["kind"] == "sensor_fault"] == ["cleared"]

@@ -54,12 +54,17 @@ DEFAULT_MIN_READINGS = 10
 DEFAULT_MIN_DURATION_S = 300.0
 FALSE_RUN_ODDS = 1e-6  # chance that a live value repeats as long as a stuck one
 MAX_NEEDED = 100_000  # a value that nearly always repeats is never judged stuck sooner
+VALUES_LEARNED = 8  # values whose own repeat odds are kept, per feature
 _LEARNED_PAIRS = 4096.0  # past pairs weighed (halved beyond: a sensor's resolution may change)
 # A gateway that refreshes a wireless sensor's registers every few minutes serves each
-# measurement to every poll until the next: its channel stands still for that long, then
-# moves. A channel is frozen once it stands still STILL_FACTOR times its usual stretch
-# (the lower median of its last STILL_STRETCHES: one long real freeze that ended does not
-# teach it), so a sensor that missed two refreshes in a row is not yet, a third is.
+# measurement to every poll until the next: its channel stands still for one refresh
+# period, then moves, again and again. A channel is frozen only once it has stood still
+# STILL_FACTOR times its usual still stretch (the lower median of its last
+# STILL_STRETCHES, each from a move of one of its judged values to the next; one long
+# real freeze that ended does not change it), so a gateway that missed two refreshes in a
+# row is not frozen yet. Its served-again repeats also raise its values' learned repeat
+# rate, so a stopped gateway is found later (hours for a 10-minute refresh) but never
+# taken for one at every refresh.
 STILL_FACTOR = 3.0
 STILL_STRETCHES = 8
 
@@ -85,7 +90,29 @@ class _Run:
     stuck: bool = False
     repeats: float = 0.0  # of the finished runs: consecutive equal pairs
     pairs: float = 0.0  # and all consecutive pairs
-    fresh: int = 1  # readings of this run that were new measurements (learned from)
+    # The same per value that has repeated (at most VALUES_LEARNED): a steady machine
+    # sits on one coarse step far longer than the feature's average run says.
+    by_value: dict[Hashable, list[float]] = field(default_factory=dict)
+
+    def learn(self) -> None:
+        """Take the finished run into its feature's and its value's repeat odds."""
+        self.repeats += self.count - 1
+        self.pairs += self.count
+        if self.pairs > _LEARNED_PAIRS:
+            self.repeats, self.pairs = self.repeats / 2, self.pairs / 2
+        mine = self.by_value.get(self.value)
+        if mine is None:
+            if self.count < 2:
+                return  # a float-resolution value never repeats: nothing to keep
+            mine = self.by_value[self.value] = [0.0, 0.0]
+            if len(self.by_value) > VALUES_LEARNED:  # forget the least seen one
+                del self.by_value[min(self.by_value, key=lambda v: self.by_value[v][1])]
+                if self.value not in self.by_value:
+                    return
+        mine[0] += self.count - 1
+        mine[1] += self.count
+        if mine[1] > _LEARNED_PAIRS:
+            mine[0], mine[1] = mine[0] / 2, mine[1] / 2
 
 
 @dataclass(slots=True)
@@ -93,12 +120,19 @@ class _Channel:
     since: float  # when one of its judged values last moved
     moved_once: bool = False  # since the watch began: before, a run's true age is unknown
     stretches: deque[float] = field(default_factory=lambda: deque(maxlen=STILL_STRETCHES))
+    at_rest: bool = False  # a reading of this stretch was of a stopped machine
+
+    def moved(self, mono_s: float) -> None:
+        """One of the channel's values moved: its still stretch ends and teaches."""
+        stretch = mono_s - self.since
+        if not self.at_rest:  # a stop's stillness says nothing of the running sensor
+            self.stretches.append(stretch)
+        self.since, self.moved_once, self.at_rest = mono_s, True, False
 
     def required_s(self, floor_s: float) -> float:
         """How long the channel must stand still to be frozen."""
-        if not self.stretches:
-            return floor_s
-        return max(floor_s, STILL_FACTOR * statistics.median_low(self.stretches))
+        usual = statistics.median_low(self.stretches) if self.stretches else 0.0
+        return max(floor_s, STILL_FACTOR * usual)
 
 
 @dataclass(slots=True)
@@ -121,6 +155,9 @@ class StuckWatch:
         if run is None:
             return floor
         p = (run.repeats + 1.0) / (run.pairs + 2.0)  # a repeat's odds, by its history
+        mine = run.by_value.get(run.value)
+        if mine is not None:  # the value's own, when it stays longer than the others
+            p = max(p, (mine[0] + 1.0) / (mine[1] + 2.0))
         return max(floor, min(MAX_NEEDED, 1 + math.ceil(math.log(FALSE_RUN_ODDS) / math.log(p))))
 
     def observe(self, key: tuple[str, str], value: Hashable, mono_s: float) -> bool:
@@ -128,25 +165,18 @@ class StuckWatch:
         run = self._take(key, value, mono_s)
         return self._mark(run, self._qualifies(key, run, mono_s))
 
-    def _take(
-        self, key: tuple[str, str], value: Hashable, mono_s: float, fresh: bool = True
-    ) -> _Run:
-        """The run of ``key`` with ``value`` taken (a new value ends and learns the old run);
-        ``fresh``: a new measurement (a repeat served again by a gateway teaches nothing)."""
+    def _take(self, key: tuple[str, str], value: Hashable, mono_s: float) -> _Run:
+        """The run of ``key`` with ``value`` taken (a new value ends and learns the old run)."""
         run = self._runs.get(key)
         if run is None:
             run = self._runs[key] = _Run(value, mono_s)
             return run
         if value != run.value:
             if not run.stuck:  # a frozen stretch says nothing of the live resolution
-                run.repeats += run.fresh - 1
-                run.pairs += run.fresh
-                if run.pairs > _LEARNED_PAIRS:
-                    run.repeats, run.pairs = run.repeats / 2, run.pairs / 2
-            run.value, run.since, run.count, run.stuck, run.fresh = value, mono_s, 1, False, 1
+                run.learn()
+            run.value, run.since, run.count, run.stuck = value, mono_s, 1, False
             return run
         run.count += 1
-        run.fresh += fresh
         return run
 
     def _still(self, run: _Run, mono_s: float) -> bool:
@@ -189,9 +219,9 @@ class StuckWatch:
         if ch is None:
             ch = self._channels[channel] = _Channel(mono_s)
         elif moved:
-            ch.stretches.append(mono_s - ch.since)
-            ch.since, ch.moved_once = mono_s, True
-        runs = {f: self._take((channel, f), v, mono_s, moved) for f, v in values.items()}
+            ch.moved(mono_s)
+        ch.at_rest |= at_rest
+        runs = {f: self._take((channel, f), v, mono_s) for f, v in values.items()}
         alone = {f for f, run in runs.items() if self._qualifies((channel, f), run, mono_s)}
         frozen = (
             not at_rest

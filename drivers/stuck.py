@@ -145,6 +145,9 @@ class StuckWatch:
     # a reload): whether they are frozen is not known yet, so they are no sign that a
     # frozen sensor answers again (agent.sensor_faults holds a raised fault meanwhile).
     undecided: bool = False
+    # The last channel judged stands still past the rule's floor, not (yet) frozen: a
+    # gateway serving one measurement again, or a freeze still inside its learned wait.
+    _served_again: bool = False
     _runs: dict[tuple[str, str], _Run] = field(default_factory=dict)
     _channels: dict[str, _Channel] = field(default_factory=dict)
 
@@ -229,8 +232,12 @@ class StuckWatch:
             and all(self._still(run, mono_s) for run in runs.values())
             and mono_s - ch.since >= ch.required_s(self.rule.min_duration_s)
         )
-        if not (frozen or ch.moved_once or at_rest) and any(v != 0 for v in values.values()):
+        live = not at_rest and any(v != 0 for v in values.values())
+        if not (frozen or ch.moved_once) and live:
             self.undecided = True
+        self._served_again = (
+            live and not frozen and all(self._still(run, mono_s) for run in runs.values())
+        )
         return [f for f, run in runs.items() if self._mark(run, frozen and run.value != 0)]
 
     @property
@@ -257,7 +264,11 @@ class StuckWatch:
             if WAVEFORM in frozen:
                 wave = None
             if not frozen:
-                out.append(r)
+                # One measurement served again past the rule's floor is no new evidence:
+                # not analysed (a cached zone A value must not fill an alert's clear hold
+                # while the freeze is not yet judged), but no fault either.
+                again = values and self._served_again and r.quality == "good"
+                out.append(replace(r, quality="uncertain") if again else r)
                 continue
             mine = tuple(f"{f}:{STUCK}" for f in frozen)
             flags.update(dict.fromkeys(mine))

@@ -49,3 +49,36 @@ def test_a_frozen_zone_a_value_never_clears_a_zone_d_alert(tmp_path: Path) -> No
     assert "cleared" not in [s for _, s in with_watch], with_watch
     without = run(Monitor(press_config(tmp_path, baseline_readings=30)), None, plan())
     assert "cleared" in [s for _, s in without]
+
+
+def _gateway(m: Monitor, watch: StuckWatch, measurements: list[float]) -> list[str]:
+    """A gateway that refreshes every 10 minutes, polled every 5 s: each measurement is
+    served to 120 polls. The severity drafts' states."""
+    out = []
+    for i in range(120 * len(measurements)):
+        t = 5.0 * i
+        at = T0 + timedelta(seconds=t)
+        readings, _ = watch.check([Reading("m1", "z", at, feats(measurements[i // 120]), mono_s=t)])
+        for r in readings:
+            out += [d.state for d in m.update(r).drafts if d.kind == "severity"]
+    return out
+
+
+def test_one_cached_measurement_of_a_slow_gateway_does_not_clear_an_alert(
+    tmp_path: Path,
+) -> None:
+    """4 h healthy and 1 h in zone D through a gateway refreshing every 10 minutes; then
+    the sensor dies and the gateway serves its last measurement (zone A) for 3 h: the
+    alert stays open (the freeze is judged only after the gateway's learned wait, but a
+    measurement served again past the rule's floor is not analysed meanwhile). Fresh
+    zone A measurements instead clear it. Before, the one cached measurement, analysed
+    poll after poll, met the 30 min clear hold."""
+    healthy = [1.0 + 0.01 * math.sin(k * 1.7) for k in range(24)]
+    zone_d = [6.0 + 0.05 * math.sin(k * 1.3) for k in range(6)]
+    cfg = press_config(tmp_path, baseline_readings=30)
+    frozen = _gateway(Monitor(cfg), StuckWatch(StuckRule()), [*healthy, *zone_d, *[1.0] * 18])
+    assert frozen == ["raised"]
+    fresh = [1.0 + 0.01 * math.sin(k * 0.9) for k in range(18)]
+    cfg = press_config(tmp_path, baseline_readings=30)
+    live = _gateway(Monitor(cfg), StuckWatch(StuckRule()), [*healthy, *zone_d, *fresh])
+    assert live == ["raised", "cleared"]

@@ -54,7 +54,7 @@ DEFAULT_MIN_READINGS = 10
 DEFAULT_MIN_DURATION_S = 300.0
 FALSE_RUN_ODDS = 1e-6  # chance that a live value repeats as long as a stuck one
 MAX_NEEDED = 100_000  # a value that nearly always repeats is never judged stuck sooner
-VALUES_LEARNED = 8  # values whose own repeat odds are kept, per feature
+VALUES_LEARNED = 4  # values whose own repeat odds are kept, per feature (bounded memory)
 _LEARNED_PAIRS = 4096.0  # past pairs weighed (halved beyond: a sensor's resolution may change)
 # A gateway that refreshes a wireless sensor's registers every few minutes serves each
 # measurement to every poll until the next: its channel stands still for one refresh
@@ -92,7 +92,8 @@ class _Run:
     pairs: float = 0.0  # and all consecutive pairs
     # The same per value that has repeated (at most VALUES_LEARNED): a steady machine
     # sits on one coarse step far longer than the feature's average run says.
-    by_value: dict[Hashable, list[float]] = field(default_factory=dict)
+    # (repeats + 1j * pairs: one small object a value; None until a value repeats)
+    by_value: dict[Hashable, complex] | None = None
 
     def learn(self) -> None:
         """Take the finished run into its feature's and its value's repeat odds."""
@@ -100,19 +101,16 @@ class _Run:
         self.pairs += self.count
         if self.pairs > _LEARNED_PAIRS:
             self.repeats, self.pairs = self.repeats / 2, self.pairs / 2
-        mine = self.by_value.get(self.value)
-        if mine is None:
+        known = self.by_value
+        if known is None or self.value not in known:
             if self.count < 2:
                 return  # a float-resolution value never repeats: nothing to keep
-            mine = self.by_value[self.value] = [0.0, 0.0]
-            if len(self.by_value) > VALUES_LEARNED:  # forget the least seen one
-                del self.by_value[min(self.by_value, key=lambda v: self.by_value[v][1])]
-                if self.value not in self.by_value:
-                    return
-        mine[0] += self.count - 1
-        mine[1] += self.count
-        if mine[1] > _LEARNED_PAIRS:
-            mine[0], mine[1] = mine[0] / 2, mine[1] / 2
+            if known is None:
+                known = self.by_value = {}
+            elif len(known) >= VALUES_LEARNED:  # forget the least seen one
+                del known[min(known, key=lambda v: known[v].imag)]
+        mine = known.get(self.value, 0j) + complex(self.count - 1, self.count)
+        known[self.value] = mine / 2 if mine.imag > _LEARNED_PAIRS else mine
 
 
 @dataclass(slots=True)
@@ -158,9 +156,9 @@ class StuckWatch:
         if run is None:
             return floor
         p = (run.repeats + 1.0) / (run.pairs + 2.0)  # a repeat's odds, by its history
-        mine = run.by_value.get(run.value)
+        mine = run.by_value.get(run.value) if run.by_value else None
         if mine is not None:  # the value's own, when it stays longer than the others
-            p = max(p, (mine[0] + 1.0) / (mine[1] + 2.0))
+            p = max(p, (mine.real + 1.0) / (mine.imag + 2.0))
         return max(floor, min(MAX_NEEDED, 1 + math.ceil(math.log(FALSE_RUN_ODDS) / math.log(p))))
 
     def observe(self, key: tuple[str, str], value: Hashable, mono_s: float) -> bool:

@@ -5,6 +5,7 @@ agent.sensor_faults for the rules; drivers.modbus._peers tells the two apart).""
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -22,6 +23,9 @@ from agent.fault_draft import (
     transport_of,
 )
 from agent.records import AssetRef, SensorRef, format_ts
+
+log = logging.getLogger("edge_agent.drivers.modbus")
+NAMED_IN_LINE = 5  # hosts a log line names (the rest are counted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +257,7 @@ class EndpointFaults:
         elif transition == "raised" and health.kind == "network":
             # Every silent endpoint and host named (the first MAX_NAMED, and how many).
             endpoints, hosts = sorted(health.silent), sorted(health.silent_hosts)
+            _log_network_silent(hosts, len(named), health)
             evidence |= {
                 "hosts_silent": hosts[:MAX_NAMED],
                 "hosts_silent_count": len(hosts),
@@ -286,6 +291,24 @@ class EndpointFaults:
             fault_draft(self._gateway, sensor, transition, now, measured, why, evidence)
         )
         return out
+
+
+def _log_network_silent(hosts: list[str], silent: int, health: EndpointHealth) -> None:
+    """The one line of a network outage's start: its hosts' and endpoints' own lines are
+    folded into it (drivers.modbus._peers), its return is one line too."""
+    more = len(hosts) - NAMED_IN_LINE
+    log.warning(
+        "modbus TCP network silent: %d hosts / %d of %d devices silent for %.1f s "
+        "(a network outage: check the switch or uplink; %s%s; last error: %s); their "
+        "own lines are folded into this one",
+        len(hosts),
+        silent,
+        health.devices,
+        health.silent_for_s,
+        ", ".join(hosts[:NAMED_IN_LINE]),
+        f" and {more} more" if more > 0 else "",
+        health.error or "none",
+    )
 
 
 def _reason(health: EndpointHealth, transition: str, silent: int) -> str:

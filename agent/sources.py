@@ -133,7 +133,7 @@ def _peers_of(registry: dict[str, Peers], bus: Bus) -> Peers:
             network = registry.get(NETWORK)
             if network is None:
                 network = registry[NETWORK] = Peers(NETWORK, BREAKER_FAILURES)
-            found.network = network
+            found.network = group.network = network
     return found
 
 

@@ -71,6 +71,8 @@ class Outage:
     # during it, and its connection has not failed since: the gateway answers, the serial
     # side behind it is silent (its queued requests may time out meanwhile).
     gateway_answers: bool = False
+    # Folded into the network's outage (not logged): when the network answered again.
+    network_back_at: float | None = None
 
     def lasted_s(self, now: float | None = None) -> float:
         end = self.ended_at if self.ended_at is not None else (now or time.monotonic())
@@ -139,6 +141,11 @@ class Peers:
         self._hushed = 0  # outages not logged since the last line
         # Back-off sleeps to cut short when the outage ends (one per device at most).
         self._sleepers: set[asyncio.Future[None]] = set()
+        # The network's: outages of its endpoints and hosts that began while no TCP device
+        # anywhere answered (a switch dropping them all), logged as one line when the
+        # network answers again instead of two lines per host (see _fold). Bounded: one
+        # per endpoint and host, cleared at each answer.
+        self._folded: list[tuple[Peers, Outage]] = []
 
     @property
     def judge(self) -> Peers | None:
@@ -187,6 +194,8 @@ class Peers:
         self._undecided.pop(sensor_id, None)
         if self.outage is not None:
             self._end(now, sensor_id)
+        if self._folded:
+            self._end_folded(now, sensor_id)
         if self._undecided:
             alone = list(self._undecided.values())
             self._undecided.clear()
@@ -308,25 +317,83 @@ class Peers:
         outage.gateway_answers = self._gateway_answers
         self._undecided.clear()
         self.outage = outage
+        net = self.network
+        if self.level != "network" and net is not None and net.last_answer < since:
+            # No TCP device anywhere has answered since this one fell silent: the network
+            # is dropping (or has dropped), its one line says it (_end_folded). A switch
+            # flap of 200 hosts logged 200 'silent' and 200 'answers again' lines.
+            outage.logged = False
+            net._folded.append((self, outage))
+            return outage
         if now < self._log_quiet_until:
             outage.logged = False
             self._hushed += 1
             return outage
+        self._log_silent(outage, now)
+        return outage
+
+    def _log_silent(self, outage: Outage, now: float, note: str = "") -> None:
         self._log_quiet_until = now + LOG_QUIET_S
         hushed, self._hushed = self._hushed, 0
         log.warning(
-            "modbus %s silent: none of its %d devices answers (for %.1f s; "
+            "modbus %s silent%s: none of its %d devices answers (for %.1f s; "
             "first: %s); the devices failing with it are counted, not logged one by one%s",
             self.label,
+            note,
             len(self.members),
             outage.lasted_s(now),
-            error,
+            outage.error,
             f" ({hushed} brief silences since the last report were counted, not logged)"
             if hushed
             else "",
             extra={"address": self.address},
         )
-        return outage
+
+    def _end_folded(self, now: float, sensor_id: str) -> None:
+        """The network answers again after its endpoints' outages were folded into it: one
+        line with their counts; those still silent are covered until decide_within_s has
+        let their devices poll again (then each logs its own line, still_silent)."""
+        folded, self._folded = self._folded, []
+        hosts = {p.host for p, _ in folded}
+        devices = sum(len(o.sensors) for _, o in folded)
+        since = min(o.since for _, o in folded)
+        named = sorted(hosts)
+        more = len(named) - MAX_NAMED
+        log.info(
+            "modbus TCP network answers again (%s first) after %.1f s: %d hosts / %d devices "
+            "were silent with it (%s%s); a host still silent is logged on its own",
+            sensor_id,
+            max(0.0, now - since),
+            len(hosts),
+            devices,
+            ", ".join(named[:MAX_NAMED]),
+            f" and {more} more" if more > 0 else "",
+            extra={"address": self.address},
+        )
+        for _, outage in folded:
+            outage.network_back_at = now
+
+    def still_silent(self, started: float) -> None:
+        """A device failed again in this outage, its poll sent at monotonic ``started``: an
+        outage folded into the network's is this host's own once a poll sent
+        decide_within_s after the network answered again fails (its devices have had the
+        time to answer, as a host fault waits: agent.endpoint_faults); its own line then,
+        and its end's."""
+        outage = self.outage
+        if outage is None or outage.logged or outage.network_back_at is None:
+            return
+        net = self.network
+        grace = (
+            0.0 if net is None or not math.isfinite(net.decide_within_s) else net.decide_within_s
+        )
+        # The network still answering that long after its return (not a straggler's
+        # answer sent before its drop) while this host's poll, sent as late, fails.
+        back = outage.network_back_at + grace
+        if started >= back and net is not None and net.last_answer >= back:
+            outage.logged = True
+            self._log_silent(
+                outage, time.monotonic(), " (still, after the TCP network answered again)"
+            )
 
     def _end(self, now: float, sensor_id: str) -> None:
         outage = self.outage

@@ -246,7 +246,7 @@ class PollLedger:
             # some since): told whether it still goes on, or this one fails alone now.
             # A port's own life only on its level: its host answering on another port
             # does not make a silent port's devices fail alone.
-            self._judged(err, failures, peers, heard if peers.level == "host" else here)
+            self._judged(err, failures, peers, heard if peers.level == "host" else here, started)
             return
         self._alone = True  # too few devices behind its endpoint (left) to judge together
         if self._fail_log.report(failures, self.threshold):
@@ -254,7 +254,9 @@ class PollLedger:
         else:
             log.debug("modbus sensor %s still failing (%d): %s", self.sensor_id, failures, err)
 
-    def _judged(self, err: DeviceError, failures: int, peers: Peers, heard: bool) -> None:
+    def _judged(
+        self, err: DeviceError, failures: int, peers: Peers, heard: bool, started: float
+    ) -> None:
         """A failure of a device whose endpoint has peers: its own line only once it
         fails alone; within an outage of the endpoint only counted there."""
         if failures == 1:
@@ -265,6 +267,7 @@ class PollLedger:
             if self.joined is peers.outage:
                 if (gateway := _gateway_answers(err)) is not None:
                     peers.outage.gateway_answers = gateway
+                peers.still_silent(started)  # folded into the network's: its own now?
                 return  # the endpoint's outage goes on: its lines say it
             self.joined, self._alone = None, True  # the endpoint answers, this one not
             self._report_alone(err, " (still failing since its endpoint answered again)")

@@ -852,3 +852,59 @@ async def test_a_switch_flap_of_hosts_found_silent_one_by_one_is_the_networks_fa
     assert _faults(records) == [(net, "raised"), (net, "cleared"), (net, "raised")], _faults(
         records
     )
+
+
+def _outage_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The Modbus lines about silences and returns (endpoint, host or network)."""
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "edge_agent.drivers.modbus"
+        and r.levelno >= logging.INFO
+        and (" silent" in r.getMessage() or "answers again" in r.getMessage())
+    ]
+
+
+async def test_a_switch_flap_is_one_line_down_and_one_back_not_two_per_host(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Hosts .1-.6, 3 devices each: the switch drops them all twice, and the second time
+    host .6 stays down. Each host's endpoint logged its own 'silent' and 'answers again'
+    line (200 hosts: 400 lines at a flap, the network's cause lost among them); now the
+    network's outage is one line on its raise (with the hosts' and devices' counts) and
+    one on its return, and a host still silent after the network answers again has its
+    own line."""
+    caplog.set_level(logging.INFO, logger="edge_agent")
+    servers = await _serve_hosts([3] * 6)
+    records: list[dict[str, Any]] = []
+    net = "network:modbus-tcp"
+    cfg = _write_config(tmp_path, _on_hosts(servers), gateway="gw-flap-logs", silent_s=1.0)
+    try:
+        async with _running(cfg, records) as agent:
+            await _all_ok(agent, 18)
+            caplog.clear()
+            await _cut(servers, range(6))
+            await _until(lambda: (net, "raised") in _faults(records), 10)
+            await _back(servers, range(6))
+            await _all_ok(agent, 18)
+            await _until(lambda: len(_outage_lines(caplog)) >= 2, 5)
+            first = _outage_lines(caplog)
+            await asyncio.sleep(1.0)
+            caplog.clear()
+            await _cut(servers, range(6))
+            await asyncio.sleep(3.0)
+            await _back(servers, range(5))  # host .6 stays down
+            # Its own fault, raised once the network answers and it does not.
+            await _until(lambda: ("host:127.0.0.6", "raised") in _faults(records), 10)
+            await asyncio.sleep(1.0)
+            second = _outage_lines(caplog)
+    finally:
+        for s in servers:
+            await s.__aexit__(None, None, None)
+    assert len(first) == 2, first
+    down, back = first
+    assert "network silent: 6 hosts / 18 of 18 devices" in down, down
+    assert "network answers again" in back and "6 hosts / 18 devices" in back, back
+    still = [m for m in second if "127.0.0.6" in m and "silent (still" in m]
+    assert len(still) == 1, second
+    assert len(second) <= 3, second  # the return (and the network's raise), host .6's own

@@ -72,7 +72,9 @@ async def test_a_quarantined_filter_is_asked_again_ever_less_often(
     # Production: 60 s, 5 min doubled up to 1 h; the same path in a fraction of a second.
     monkeypatch.setattr(_subscriptions, "REFUSED_SUB_RETRY_S", 0.2)
     monkeypatch.setattr(_subscriptions, "QUARANTINE_RETRY_S", 0.3)
-    monkeypatch.setattr(_subscriptions, "QUARANTINE_RETRY_MAX_S", 0.6)
+    # The bound leaves the good sensor a connected stretch between re-asks even on a loaded
+    # machine (at 0.6 s its publishes fell into the reconnects once in a loaded run).
+    monkeypatch.setattr(_subscriptions, "QUARANTINE_RETRY_MAX_S", 2.0)
     caplog.set_level(logging.WARNING, logger="edge_agent.drivers.mqtt")
     got: list[Reading] = []
     routes = []
@@ -94,7 +96,7 @@ async def test_a_quarantined_filter_is_asked_again_ever_less_often(
         await until(lambda: link.connected and BAD in link.quarantined, 10)
         heard = len(got)
         await until(lambda: link.connected, 10)
-        for _ in range(50):
+        for _ in range(100):
             await pub.publish(GOOD, b'{"x": {"velocity_rms_mm_s": 1.5}}', qos=1)
             await asyncio.sleep(0.1)
             if len(got) > heard:
@@ -102,7 +104,7 @@ async def test_a_quarantined_filter_is_asked_again_ever_less_often(
         held = link._quarantines[BAD]
     assert len(got) > heard, "the good sensor was not heard between the re-asks"
     # Waits double from 0.3 s and stop at the bound (jittered 0.8-1.0).
-    assert held.due - time.monotonic() <= 0.6
+    assert held.due - time.monotonic() <= 2.0
     errors = [r for r in caplog.records if "quarantined" in r.getMessage()]
     assert errors[0].levelno == logging.ERROR
     assert all(r.levelno == logging.WARNING for r in errors[1:]) and len(errors) >= 4

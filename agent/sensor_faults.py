@@ -147,6 +147,9 @@ class SensorFaultTracker:
         self._saved = {k: v for k, v in (state or {}).items() if k.endswith("/sensor_fault")}
         self._raised: dict[str, bool] = {}
         self._raised_on: dict[str, str] = {}  # the asset each sensor's raised state is for
+        # Sensors whose raised fault is for their values (implausible, frozen), not silence:
+        # only those are held while their values are undecided (drivers.stuck).
+        self._for_values: set[str] = set()
         self._assets: dict[str, Asset] = {}
         self._transports: dict[str, str] = {}
         self._endpoints = EndpointFaults(self._saved, transport, clock)
@@ -184,17 +187,21 @@ class SensorFaultTracker:
                 del flaps[sid]
         self._flapping &= self._assets.keys()
         for sid in [s for s in self._raised if s not in self._assets]:
-            kept = json.dumps({"raised": self._raised.pop(sid)})
+            kept = json.dumps({"raised": self._raised.pop(sid), "values": sid in self._for_values})
             self._saved[fault_key(self._raised_on.pop(sid), sid)] = kept
         for sid, a in self._assets.items():
             was = self._raised_on.get(sid)
             if sid in self._raised and was is not None and was != a.id:
-                kept = json.dumps({"raised": self._raised.pop(sid)})
+                kept = json.dumps(
+                    {"raised": self._raised.pop(sid), "values": sid in self._for_values}
+                )
                 self._saved[fault_key(was, sid)] = kept
             if sid not in self._raised:
                 saved = json.loads(self._saved.get(fault_key(a.id, sid), "{}"))
                 self._raised[sid] = bool(saved.get("raised", False))
                 self._raised_on[sid] = a.id
+                if saved.get("raised") and saved.get("values"):
+                    self._for_values.add(sid)
 
     def _close_left(
         self, before: dict[str, Asset], transports: dict[str, str], at: datetime | None, when: str
@@ -271,7 +278,15 @@ class SensorFaultTracker:
             cleared_at = self._cleared_at.get(sid)
             if cleared_at is not None and self._clock() - cleared_at < FLAP_WINDOW_S:
                 self._flapping.add(sid)
-        elif raised and answering_for is not None and not health.values_undecided:
+        elif (
+            raised
+            and answering_for is not None
+            and not (
+                # A fault for frozen values is not ended by values not yet known to be live
+                # (a restart); a silent sensor's first message ends a silence fault.
+                health.values_undecided and sid in self._for_values
+            )
+        ):
             if sid in self._flapping and answering_for < FLAP_CLEAR_HOLD_S:
                 return out  # back for a moment only, as before: the episode goes on
             transition = "cleared"
@@ -279,10 +294,16 @@ class SensorFaultTracker:
         else:
             return out
         self._raised[health.sensor_id] = transition == "raised"
+        for_values = transition == "raised" and garbage and not down
+        if for_values:
+            self._for_values.add(sid)
+        else:
+            self._for_values.discard(sid)
         self._saved.pop(fault_key(asset.id, health.sensor_id), None)  # superseded
-        out.state[fault_key(asset.id, health.sensor_id)] = json.dumps(
-            {"raised": transition == "raised", "at": format_ts(now)}
-        )
+        saved: dict[str, object] = {"raised": transition == "raised", "at": format_ts(now)}
+        if for_values:
+            saved["values"] = True
+        out.state[fault_key(asset.id, health.sensor_id)] = json.dumps(saved)
         evidence: dict[str, object] = {
             "consecutive_failures": health.consecutive_failures,
             "last_error": health.last_error,
